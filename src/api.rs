@@ -1,0 +1,132 @@
+//! Stage 7: the embedding API. Compile lx source to a [`Program`], pick a loss, evaluate it.
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use lossc::{Program, Tensor};
+//! let src = "loss ce(s: f32[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }";
+//! let program = Program::from_source("ce.lx", src).expect("compiles");
+//! let mut inputs = BTreeMap::new();
+//! inputs.insert("s".to_string(), Tensor::float(vec![1, 2], vec![0.0, 0.0]));
+//! inputs.insert("y".to_string(), Tensor::labels(vec![1], vec![1]));
+//! let out = program.eval(None, &inputs, &BTreeMap::new()).unwrap();
+//! assert!((out.loss - 2f64.ln()).abs() < 1e-12);
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::backend::interp::{self, Evaluation};
+use crate::call::{self, CallError};
+use crate::data::Tensor;
+use crate::diag::{Code, Diag, Diags, SourceId, SourceMap};
+use crate::ir::{Function, Module};
+use crate::syntax::{self, ast};
+
+/// A checked program: its sources, its AST and the IR of every loss it defines or imports.
+#[derive(Debug)]
+pub struct Program {
+    pub sources: SourceMap,
+    pub root: SourceId,
+    pub ast: ast::File,
+    pub module: Module,
+}
+
+impl Program {
+    /// Parses and checks source text; `name` is the file name diagnostics show.
+    pub fn from_source(name: &str, text: &str) -> Result<Program, Diags> {
+        let mut sources = SourceMap::default();
+        let root = sources.add(name, text);
+        let text = sources.get(root).text.clone();
+        let file = syntax::parse(root, &text).map_err(|d| Diags(vec![d.with_source(&sources)]))?;
+        let module = crate::sema::check(&mut sources, root, file.clone())?;
+        Ok(Program {
+            sources,
+            root,
+            ast: file,
+            module,
+        })
+    }
+
+    /// Reads, parses and checks a file.
+    pub fn from_file(path: &Path) -> Result<Program, Diags> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Diags(vec![
+                Diag::new(Code::Io, format!("cannot read {}: {e}", path.display()))
+                    .help("check the path"),
+            ])
+        })?;
+        Program::from_source(&path.display().to_string(), &text)
+    }
+
+    /// Parses only (for `--emit ast` on files that may not check).
+    pub fn parse_only(name: &str, text: &str) -> Result<ast::File, Diags> {
+        let mut sources = SourceMap::default();
+        let root = sources.add(name, text);
+        syntax::parse(root, text).map_err(|d| Diags(vec![d.with_source(&sources)]))
+    }
+
+    /// The loss named `name`, or the only one when `name` is `None`.
+    pub fn loss(&self, name: Option<&str>) -> Result<&Function, Diag> {
+        let names = || {
+            self.module
+                .functions
+                .iter()
+                .map(|f| f.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match name {
+            Some(n) => self.module.get(n).ok_or_else(|| {
+                let mut d = Diag::new(Code::UnknownLoss, format!("no loss named `{n}`"));
+                d = match crate::diag::closest(
+                    n,
+                    self.module.functions.iter().map(|f| f.name.as_str()),
+                ) {
+                    Some(c) => d.help(format!("did you mean `{c}`? (losses: {})", names())),
+                    None => d.help(format!("losses in this file: {}", names())),
+                };
+                d
+            }),
+            None => match self.module.functions.as_slice() {
+                [only] => Ok(only),
+                [] => Err(Diag::new(Code::UnknownLoss, "the file defines no loss")
+                    .help("define one: `loss name(x: f32[N]) { mean[i] x[i] }`")),
+                _ => Err(Diag::new(
+                    Code::UnknownLoss,
+                    "the file defines several losses; choose one",
+                )
+                .help(format!("pass --loss NAME with one of: {}", names()))),
+            },
+        }
+    }
+
+    /// Evaluates a loss with the reference interpreter.
+    pub fn eval(
+        &self,
+        loss: Option<&str>,
+        inputs: &BTreeMap<String, Tensor>,
+        hypers: &BTreeMap<String, f64>,
+    ) -> Result<Evaluation, EvalError> {
+        let f = self.loss(loss).map_err(EvalError::Loss)?;
+        Ok(eval(f, inputs, hypers)?)
+    }
+}
+
+/// Evaluates one function with the reference interpreter.
+pub fn eval(
+    f: &Function,
+    inputs: &BTreeMap<String, Tensor>,
+    hypers: &BTreeMap<String, f64>,
+) -> Result<Evaluation, CallError> {
+    let bound = call::bind(f, inputs, hypers)?;
+    interp::run(f, &bound)
+}
+
+/// Why an evaluation through [`Program::eval`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("{0}")]
+    Loss(Diag),
+    #[error(transparent)]
+    Call(#[from] CallError),
+}

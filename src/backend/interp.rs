@@ -1,0 +1,246 @@
+//! The reference interpreter: evaluates the IR in f64, directly from its definition.
+//!
+//! Semantics fixed here (every backend must match): tensors are materialized in definition order; `select`,
+//! `&&` and `||` evaluate only the operand they need (so a guarded load never runs); a reduction over an
+//! empty set gives sum 0, prod 1, count 0, max -inf, min +inf, logsumexp -inf and mean NaN; `max`/`min`
+//! propagate NaN; `logsumexp` subtracts the maximum. Subscripts are bounds-checked: a subscript outside its
+//! axis is a [`CallError::IndexOutOfRange`], never a wild read.
+//!
+//! Reductions are memoized on the values of their free indices, so a reduction that does not depend on an
+//! enclosing index is computed once, not once per iteration.
+
+use std::collections::HashMap;
+
+use crate::call::{Bound, CallError};
+use crate::data::{Data, Tensor};
+use crate::ir::{Expr, Function, IndexId, NodeId, ReduceOp, Role, Scalar, TensorRef, Value};
+use crate::prims::Prim;
+
+/// What one evaluation produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evaluation {
+    pub loss: f64,
+    /// Extra outputs in declaration order.
+    pub outputs: Vec<(String, Tensor)>,
+}
+
+/// Evaluates every tensor of `f` and returns the loss and outputs.
+pub fn run(f: &Function, call: &Bound) -> Result<Evaluation, CallError> {
+    let mut it = Interp {
+        f,
+        call,
+        tensors: Vec::new(),
+        env: vec![0; f.indices.len()],
+        memo: HashMap::new(),
+    };
+    for t in &f.tensors {
+        let shape: Vec<usize> = t
+            .indices
+            .iter()
+            .map(|i| f.index(*i).range.eval(&call.sizes) as usize)
+            .collect();
+        let count: usize = shape.iter().product();
+        let mut data = Vec::with_capacity(count);
+        let mut pos = vec![0usize; shape.len()];
+        for _ in 0..count {
+            for (i, p) in t.indices.iter().zip(&pos) {
+                it.env[i.index()] = *p as i64;
+            }
+            data.push(it.eval(t.body)?);
+            for k in (0..pos.len()).rev() {
+                pos[k] += 1;
+                if pos[k] < shape[k] {
+                    break;
+                }
+                pos[k] = 0;
+            }
+        }
+        it.tensors.push(Table { shape, data });
+    }
+    let mut loss = f64::NAN;
+    let mut outputs = Vec::new();
+    for (t, table) in f.tensors.iter().zip(&it.tensors) {
+        match t.role {
+            Role::Loss => loss = table.data[0].as_f64(),
+            Role::Output => outputs.push((
+                t.name.clone(),
+                Tensor::float(
+                    table.shape.clone(),
+                    table.data.iter().map(|v| v.as_f64()).collect(),
+                ),
+            )),
+            Role::Let => {}
+        }
+    }
+    Ok(Evaluation { loss, outputs })
+}
+
+struct Table {
+    shape: Vec<usize>,
+    data: Vec<Value>,
+}
+
+struct Interp<'a> {
+    f: &'a Function,
+    call: &'a Bound<'a>,
+    tensors: Vec<Table>,
+    env: Vec<i64>,
+    memo: HashMap<(NodeId, Vec<i64>), Value>,
+}
+
+impl Interp<'_> {
+    fn eval(&mut self, id: NodeId) -> Result<Value, CallError> {
+        let node = self.f.node(id);
+        Ok(match &node.expr {
+            Expr::Float(bits) => Value::F(f64::from_bits(*bits)),
+            Expr::Int(i) => Value::I(*i),
+            Expr::Bool(b) => Value::B(*b),
+            Expr::Index(i) => Value::I(self.env[i.index()]),
+            Expr::Size(d) => Value::I(d.eval(&self.call.sizes)),
+            Expr::Hyper(h) => {
+                let v = self.call.hypers[*h as usize];
+                if node.scalar == Scalar::Int {
+                    Value::I(v as i64)
+                } else {
+                    Value::F(v)
+                }
+            }
+            Expr::Load { tensor, subs } => {
+                let mut offset = 0usize;
+                let shape: Vec<usize> = match tensor {
+                    TensorRef::Input(i) => self.call.inputs[*i as usize].shape.clone(),
+                    TensorRef::Def(t) => self.tensors[t.index()].shape.clone(),
+                };
+                for (axis, (s, size)) in subs.iter().zip(&shape).enumerate() {
+                    let v = self.eval(*s)?.as_i64();
+                    if v < 0 || v as usize >= *size {
+                        return Err(CallError::IndexOutOfRange {
+                            tensor: self.f.ref_name(*tensor).to_string(),
+                            axis,
+                            value: v,
+                            size: *size,
+                            span: self.f.span(id),
+                        });
+                    }
+                    offset = offset * size + v as usize;
+                }
+                match tensor {
+                    TensorRef::Input(i) => match &self.call.inputs[*i as usize].data {
+                        Data::Float(v) => Value::F(v[offset]),
+                        Data::Int(v) => Value::I(v[offset]),
+                    },
+                    TensorRef::Def(t) => self.tensors[t.index()].data[offset],
+                }
+            }
+            Expr::Prim {
+                prim: Prim::Select,
+                args,
+            } => {
+                let c = self.eval(args[0])?.as_bool();
+                self.eval(if c { args[1] } else { args[2] })?
+            }
+            Expr::Prim {
+                prim: Prim::And,
+                args,
+            } => Value::B(self.eval(args[0])?.as_bool() && self.eval(args[1])?.as_bool()),
+            Expr::Prim {
+                prim: Prim::Or,
+                args,
+            } => Value::B(self.eval(args[0])?.as_bool() || self.eval(args[1])?.as_bool()),
+            Expr::Prim { prim, args } => {
+                let mut vals = [Value::I(0); 3];
+                for (k, a) in args.iter().enumerate() {
+                    vals[k] = self.eval(*a)?;
+                }
+                prim.eval(&vals[..args.len()])
+            }
+            Expr::Reduce {
+                op,
+                indices,
+                mask,
+                body,
+            } => {
+                let key = (
+                    id,
+                    node.free
+                        .iter()
+                        .map(|i| self.env[i.index()])
+                        .collect::<Vec<_>>(),
+                );
+                if let Some(v) = self.memo.get(&key) {
+                    return Ok(*v);
+                }
+                let v = self.reduce(*op, indices, *mask, *body)?;
+                self.memo.insert(key, v);
+                v
+            }
+        })
+    }
+
+    fn reduce(
+        &mut self,
+        op: ReduceOp,
+        indices: &[IndexId],
+        mask: Option<NodeId>,
+        body: NodeId,
+    ) -> Result<Value, CallError> {
+        let ranges: Vec<i64> = indices
+            .iter()
+            .map(|i| self.f.index(*i).range.eval(&self.call.sizes))
+            .collect();
+        let saved: Vec<i64> = indices.iter().map(|i| self.env[i.index()]).collect();
+        let total: i64 = ranges.iter().product();
+        let mut pos = vec![0i64; indices.len()];
+        let mut values = Vec::new();
+        let mut count: i64 = 0;
+        for _ in 0..total {
+            for (i, p) in indices.iter().zip(&pos) {
+                self.env[i.index()] = *p;
+            }
+            let take = match mask {
+                Some(m) => self.eval(m)?.as_bool(),
+                None => true,
+            };
+            if take {
+                let v = self.eval(body)?;
+                match op {
+                    ReduceOp::Count => count += i64::from(v.as_bool()),
+                    _ => values.push(v.as_f64()),
+                }
+            }
+            for k in (0..pos.len()).rev() {
+                pos[k] += 1;
+                if pos[k] < ranges[k] {
+                    break;
+                }
+                pos[k] = 0;
+            }
+        }
+        for (i, s) in indices.iter().zip(saved) {
+            self.env[i.index()] = s;
+        }
+        Ok(match op {
+            ReduceOp::Count => Value::I(count),
+            ReduceOp::Sum => Value::F(values.iter().sum()),
+            ReduceOp::Mean => Value::F(values.iter().sum::<f64>() / values.len() as f64),
+            ReduceOp::Prod => Value::F(values.iter().product()),
+            ReduceOp::Max => Value::F(fold_nan(&values, f64::NEG_INFINITY, f64::max)),
+            ReduceOp::Min => Value::F(fold_nan(&values, f64::INFINITY, f64::min)),
+            ReduceOp::LogSumExp => {
+                let m = fold_nan(&values, f64::NEG_INFINITY, f64::max);
+                if m.is_nan() || m.is_infinite() {
+                    Value::F(m)
+                } else {
+                    Value::F(m + values.iter().map(|x| (x - m).exp()).sum::<f64>().ln())
+                }
+            }
+        })
+    }
+}
+
+fn fold_nan(values: &[f64], init: f64, f: fn(f64, f64) -> f64) -> f64 {
+    if values.iter().any(|x| x.is_nan()) {
+        return f64::NAN;
+    }
+    values.iter().copied().fold(init, f)
+}

@@ -1,0 +1,312 @@
+//! Call-time checking, shared by every backend: binds a function's dimension symbols from the shapes of
+//! the given inputs, checks dtypes, ranks, sizes, label ranges and hyperparameters, and returns a typed
+//! [`CallError`] for anything wrong — before any evaluation starts.
+//!
+//! Invariant: a [`Bound`] call has every input present with its declared rank and consistent sizes, every
+//! label inside its bound, and every tensor definition small enough to allocate; backends may rely on it.
+
+use std::collections::BTreeMap;
+
+use thiserror::Error;
+
+use crate::data::{DType, Data, Tensor};
+use crate::diag::Span;
+use crate::ir::{Dim, ElemTy, Function, Scalar};
+
+/// The most elements one tensor (input or intermediate) may have.
+pub const MAX_ELEMENTS: u64 = 1 << 32;
+
+/// A bad call of a compiled loss.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum CallError {
+    #[error("missing input `{name}` (the loss takes: {expected})")]
+    MissingInput { name: String, expected: String },
+    #[error("unknown input `{name}` (the loss takes: {expected})")]
+    UnknownInput { name: String, expected: String },
+    #[error("input `{input}` must be {expected}, but it is {got}")]
+    WrongDtype {
+        input: String,
+        expected: &'static str,
+        got: DType,
+    },
+    #[error("input `{input}` must have rank {expected} (shape {shape}), but it has shape {got:?}")]
+    RankMismatch {
+        input: String,
+        expected: usize,
+        shape: String,
+        got: Vec<usize>,
+    },
+    #[error("input `{input}` holds {len} elements but its shape {shape:?} needs {needed}")]
+    LengthMismatch {
+        input: String,
+        shape: Vec<usize>,
+        len: usize,
+        needed: usize,
+    },
+    #[error(
+        "dimension {dim} mismatch: axis {axis} of `{input}` has size {got}, but {dim} = {expected} (from {source_of})"
+    )]
+    ShapeMismatch {
+        input: String,
+        axis: usize,
+        dim: String,
+        expected: usize,
+        got: usize,
+        source_of: String,
+    },
+    #[error(
+        "label out of range: `{input}` at position {position:?} is {value}, but labels must lie in 0..{bound} ({bound} = {size})"
+    )]
+    LabelOutOfRange {
+        input: String,
+        position: Vec<usize>,
+        value: i64,
+        bound: String,
+        size: i64,
+    },
+    #[error("unknown hyperparameter `{name}` (the loss has: {available})")]
+    UnknownHyper { name: String, available: String },
+    #[error("hyperparameter `{name}` is an integer, but was given {value}")]
+    HyperNotInteger { name: String, value: f64 },
+    #[error("tensor `{tensor}` would have a negative extent {value} along {dim}")]
+    NegativeDim {
+        tensor: String,
+        dim: String,
+        value: i64,
+    },
+    #[error(
+        "tensor `{tensor}` would have {elements} elements, more than the limit of {MAX_ELEMENTS}"
+    )]
+    TooLarge { tensor: String, elements: u128 },
+    #[error(
+        "subscript out of range: axis {axis} of `{tensor}` has size {size}, but the subscript is {value}"
+    )]
+    IndexOutOfRange {
+        tensor: String,
+        axis: usize,
+        value: i64,
+        size: usize,
+        span: Span,
+    },
+}
+
+/// A checked call: sizes of the dimension symbols, hyperparameter values and inputs in declaration order.
+#[derive(Debug)]
+pub struct Bound<'a> {
+    pub sizes: Vec<i64>,
+    pub hypers: Vec<f64>,
+    pub inputs: Vec<&'a Tensor>,
+}
+
+/// Checks a call of `f` and binds its dimensions.
+pub fn bind<'a>(
+    f: &Function,
+    inputs: &'a BTreeMap<String, Tensor>,
+    hypers: &BTreeMap<String, f64>,
+) -> Result<Bound<'a>, CallError> {
+    let expected = || {
+        f.inputs
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if let Some(name) = inputs
+        .keys()
+        .find(|n| !f.inputs.iter().any(|i| &i.name == *n))
+    {
+        return Err(CallError::UnknownInput {
+            name: name.clone(),
+            expected: expected(),
+        });
+    }
+    let mut sizes: Vec<Option<(usize, String)>> = vec![None; f.dims.len()];
+    let mut ordered = Vec::new();
+    for input in &f.inputs {
+        let t = inputs
+            .get(&input.name)
+            .ok_or_else(|| CallError::MissingInput {
+                name: input.name.clone(),
+                expected: expected(),
+            })?;
+        match (input.elem, &t.data) {
+            (ElemTy::Idx, Data::Int(_)) | (ElemTy::F32 | ElemTy::F64, Data::Float(_)) => {}
+            (ElemTy::Idx, _) => {
+                return Err(CallError::WrongDtype {
+                    input: input.name.clone(),
+                    expected: "integer labels (int32 or int64)",
+                    got: t.dtype,
+                });
+            }
+            _ => {
+                return Err(CallError::WrongDtype {
+                    input: input.name.clone(),
+                    expected: "floating point (float32 or float64)",
+                    got: t.dtype,
+                });
+            }
+        }
+        let shape_str = format!(
+            "[{}]",
+            input
+                .shape
+                .iter()
+                .map(|d| f.show_dim(d))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if t.shape.len() != input.shape.len() {
+            return Err(CallError::RankMismatch {
+                input: input.name.clone(),
+                expected: input.shape.len(),
+                shape: shape_str,
+                got: t.shape.clone(),
+            });
+        }
+        let needed = t
+            .shape
+            .iter()
+            .try_fold(1u64, |a, d| a.checked_mul(*d as u64))
+            .filter(|n| *n <= MAX_ELEMENTS);
+        let Some(needed) = needed else {
+            return Err(CallError::TooLarge {
+                tensor: input.name.clone(),
+                elements: t.shape.iter().map(|d| *d as u128).product(),
+            });
+        };
+        if needed as usize != t.len() {
+            return Err(CallError::LengthMismatch {
+                input: input.name.clone(),
+                shape: t.shape.clone(),
+                len: t.len(),
+                needed: needed as usize,
+            });
+        }
+        for (axis, (d, got)) in input.shape.iter().zip(&t.shape).enumerate() {
+            match d {
+                Dim::Const(c) if *c as usize != *got || *c < 0 => {
+                    return Err(CallError::ShapeMismatch {
+                        input: input.name.clone(),
+                        axis,
+                        dim: c.to_string(),
+                        expected: *c as usize,
+                        got: *got,
+                        source_of: "the declared type".into(),
+                    });
+                }
+                Dim::Sym(s) => match &sizes[s.index()] {
+                    Some((n, from)) if n != got => {
+                        return Err(CallError::ShapeMismatch {
+                            input: input.name.clone(),
+                            axis,
+                            dim: f.dims[s.index()].name.clone(),
+                            expected: *n,
+                            got: *got,
+                            source_of: from.clone(),
+                        });
+                    }
+                    Some(_) => {}
+                    None => {
+                        sizes[s.index()] = Some((*got, format!("axis {axis} of `{}`", input.name)))
+                    }
+                },
+                _ => {}
+            }
+        }
+        ordered.push(t);
+    }
+    let sizes: Vec<i64> = sizes
+        .into_iter()
+        .map(|s| s.map_or(0, |(n, _)| n as i64))
+        .collect();
+    // Labels inside their bounds.
+    for (input, t) in f.inputs.iter().zip(&ordered) {
+        if let (Some(b), Data::Int(v)) = (&input.bound, &t.data) {
+            let size = b.eval(&sizes);
+            if let Some(pos) = v.iter().position(|x| *x < 0 || *x >= size) {
+                return Err(CallError::LabelOutOfRange {
+                    input: input.name.clone(),
+                    position: unravel(pos, &t.shape),
+                    value: v[pos],
+                    bound: f.show_dim(b),
+                    size,
+                });
+            }
+        }
+    }
+    let mut values: Vec<f64> = f.hypers.iter().map(|h| h.default).collect();
+    for (name, v) in hypers {
+        let Some(k) = f.hypers.iter().position(|h| &h.name == name) else {
+            let available = f
+                .hypers
+                .iter()
+                .map(|h| h.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(CallError::UnknownHyper {
+                name: name.clone(),
+                available: if available.is_empty() {
+                    "none".into()
+                } else {
+                    available
+                },
+            });
+        };
+        if f.hypers[k].scalar == Scalar::Int && v.fract() != 0.0 {
+            return Err(CallError::HyperNotInteger {
+                name: name.clone(),
+                value: *v,
+            });
+        }
+        values[k] = *v;
+    }
+    // Every tensor definition must have a sane size.
+    for t in &f.tensors {
+        let mut elements: u128 = 1;
+        for i in &t.indices {
+            let r = &f.index(*i).range;
+            let n = r.eval(&sizes);
+            if n < 0 {
+                return Err(CallError::NegativeDim {
+                    tensor: t.name.clone(),
+                    dim: f.show_dim(r),
+                    value: n,
+                });
+            }
+            elements = elements.saturating_mul(n as u128);
+        }
+        if elements > MAX_ELEMENTS as u128 {
+            return Err(CallError::TooLarge {
+                tensor: t.name.clone(),
+                elements,
+            });
+        }
+    }
+    for v in &f.indices {
+        let n = v.range.eval(&sizes);
+        if n < 0 {
+            return Err(CallError::NegativeDim {
+                tensor: v.name.clone(),
+                dim: f.show_dim(&v.range),
+                value: n,
+            });
+        }
+    }
+    Ok(Bound {
+        sizes,
+        hypers: values,
+        inputs: ordered,
+    })
+}
+
+/// Row-major position of a flat offset.
+pub fn unravel(mut flat: usize, shape: &[usize]) -> Vec<usize> {
+    let mut pos = vec![0; shape.len()];
+    for (k, d) in shape.iter().enumerate().rev() {
+        if *d > 0 {
+            pos[k] = flat % d;
+            flat /= d;
+        }
+    }
+    pos
+}

@@ -1,0 +1,355 @@
+//! The `lossc` command line (behind the `cli` feature): `check`, `compile`, `eval`.
+//!
+//! Exit codes: 0 success, 1 a user error (diagnostic or message on stderr), 2 a usage error (clap).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::call::{self, CallError};
+use crate::data::{self, Data, Rng, Tensor};
+use crate::diag::Diags;
+use crate::ir::{Dim, ElemTy, Function};
+use crate::{Program, syntax};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lossc",
+    version,
+    about = "A declarative language and compiler for training objectives"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Parse and check files; print every diagnostic.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Compile a file and print a stage of the pipeline.
+    Compile {
+        file: PathBuf,
+        /// What to print.
+        #[arg(long, value_enum, default_value = "ir")]
+        emit: Emit,
+        /// Only this loss (default: all).
+        #[arg(long)]
+        loss: Option<String>,
+        /// Write to this file instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Evaluate a loss on inputs from files or seeded random data.
+    Eval(EvalArgs),
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Emit {
+    Ast,
+    Ir,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    pub file: PathBuf,
+    /// The loss to evaluate (needed when the file defines several).
+    #[arg(long)]
+    pub loss: Option<String>,
+    /// An input: NAME=PATH.npy or NAME=PATH.safetensors:TENSOR.
+    #[arg(long = "input", value_name = "NAME=PATH")]
+    pub inputs: Vec<String>,
+    /// A directory holding NAME.npy for each input not given with --input.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Override a hyperparameter: NAME=VALUE.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub sets: Vec<String>,
+    /// Fill inputs not given otherwise with seeded random data, with these dimension sizes: N=8,C=5.
+    #[arg(long, value_name = "DIM=SIZE,…")]
+    pub random: Option<String>,
+    /// Seed for --random.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Write loss.npy (and out_NAME.npy for each extra output) into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+/// A user-facing failure: printed to stderr, exit 1.
+pub enum Failure {
+    Diags(Diags),
+    Message(String),
+}
+
+impl From<Diags> for Failure {
+    fn from(d: Diags) -> Failure {
+        Failure::Diags(d)
+    }
+}
+impl From<CallError> for Failure {
+    fn from(e: CallError) -> Failure {
+        Failure::Message(format!("error: {e}"))
+    }
+}
+impl From<data::DataError> for Failure {
+    fn from(e: data::DataError) -> Failure {
+        Failure::Message(format!("error: {e}"))
+    }
+}
+
+impl Failure {
+    pub fn print(&self) {
+        match self {
+            Failure::Diags(d) => eprint!("{}", d.render()),
+            Failure::Message(m) => eprintln!("{m}"),
+        }
+    }
+}
+
+/// Runs a parsed command line; returns what to print on stdout.
+pub fn run(cli: Cli) -> Result<String, Failure> {
+    match cli.command {
+        Command::Check { files } => check(&files),
+        Command::Compile {
+            file,
+            emit,
+            loss,
+            output,
+        } => {
+            let text = compile(&file, emit, loss.as_deref())?;
+            match output {
+                Some(path) => {
+                    std::fs::write(&path, text).map_err(|e| {
+                        Failure::Message(format!("error: cannot write {}: {e}", path.display()))
+                    })?;
+                    Ok(String::new())
+                }
+                None => Ok(text),
+            }
+        }
+        Command::Eval(args) => eval(&args),
+    }
+}
+
+fn check(files: &[PathBuf]) -> Result<String, Failure> {
+    let mut failed = Vec::new();
+    let mut out = String::new();
+    for f in files {
+        match Program::from_file(f) {
+            Ok(p) => out.push_str(&format!(
+                "{}: ok ({} loss(es))\n",
+                f.display(),
+                p.module.functions.len()
+            )),
+            Err(d) => failed.push(d),
+        }
+    }
+    if failed.is_empty() {
+        Ok(out)
+    } else {
+        print!("{out}");
+        Err(Failure::Diags(Diags(
+            failed.into_iter().flat_map(|d| d.0).collect(),
+        )))
+    }
+}
+
+fn compile(file: &Path, emit: Emit, loss: Option<&str>) -> Result<String, Failure> {
+    let read_err =
+        |e: std::io::Error| Failure::Message(format!("error: cannot read {}: {e}", file.display()));
+    match emit {
+        Emit::Ast => {
+            let text = std::fs::read_to_string(file).map_err(read_err)?;
+            let ast = Program::parse_only(&file.display().to_string(), &text)?;
+            Ok(syntax::print::file(&ast))
+        }
+        Emit::Ir => {
+            let p = Program::from_file(file)?;
+            let fs: Vec<&Function> = match loss {
+                Some(_) => vec![p.loss(loss).map_err(|d| Failure::Diags(Diags(vec![d])))?],
+                None => p.module.functions.iter().collect(),
+            };
+            Ok(fs
+                .iter()
+                .map(|f| crate::ir::print::function(f))
+                .collect::<Vec<_>>()
+                .join("\n"))
+        }
+    }
+}
+
+fn parse_pairs(items: &[String], what: &str) -> Result<Vec<(String, String)>, Failure> {
+    items
+        .iter()
+        .flat_map(|s| s.split(','))
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.split_once('=')
+                .map(|(a, b)| (a.trim().to_string(), b.trim().to_string()))
+                .ok_or_else(|| Failure::Message(format!("error: `{s}` is not of the form {what}")))
+        })
+        .collect()
+}
+
+/// Gathers a loss's inputs from --input, --data and --random.
+pub fn gather_inputs(f: &Function, args: &EvalArgs) -> Result<BTreeMap<String, Tensor>, Failure> {
+    let mut inputs = BTreeMap::new();
+    for spec in &args.inputs {
+        let (name, path) = spec.split_once('=').ok_or_else(|| {
+            Failure::Message(format!("error: `{spec}` is not of the form NAME=PATH"))
+        })?;
+        inputs.insert(name.to_string(), data::load(path)?);
+    }
+    if let Some(dir) = &args.data {
+        for input in &f.inputs {
+            let path = dir.join(format!("{}.npy", input.name));
+            if !inputs.contains_key(&input.name) && (path.exists() || args.random.is_none()) {
+                inputs.insert(input.name.clone(), data::load_npy(&path)?);
+            }
+        }
+    }
+    if let Some(spec) = &args.random {
+        let mut sizes: BTreeMap<String, usize> = BTreeMap::new();
+        for (k, v) in parse_pairs(std::slice::from_ref(spec), "DIM=SIZE")? {
+            let n = v.parse::<usize>().map_err(|_| {
+                Failure::Message(format!(
+                    "error: size of {k} must be a non-negative integer, got `{v}`"
+                ))
+            })?;
+            if !f.dims.iter().any(|d| d.name == k) {
+                let dims: Vec<&str> = f.dims.iter().map(|d| d.name.as_str()).collect();
+                return Err(Failure::Message(format!(
+                    "error: `{k}` is not a dimension of `{}` (its dimensions: {})",
+                    f.name,
+                    dims.join(", ")
+                )));
+            }
+            sizes.insert(k, n);
+        }
+        // Sizes fixed by files already given win over nothing; a disagreement is reported at bind time.
+        for (input, t) in f
+            .inputs
+            .iter()
+            .filter_map(|i| inputs.get(&i.name).map(|t| (i, t)))
+        {
+            for (d, n) in input.shape.iter().zip(&t.shape) {
+                if let Dim::Sym(s) = d {
+                    sizes.entry(f.dims[s.index()].name.clone()).or_insert(*n);
+                }
+            }
+        }
+        let size_of = |d: &Dim| -> Result<usize, Failure> {
+            let vals: Result<Vec<i64>, Failure> = f
+                .dims
+                .iter()
+                .map(|s| {
+                    sizes.get(&s.name).map(|n| *n as i64).ok_or_else(|| {
+                        Failure::Message(format!(
+                            "error: give the size of dimension {0} with --random {0}=SIZE",
+                            s.name
+                        ))
+                    })
+                })
+                .collect();
+            let v = d.eval(&vals?);
+            usize::try_from(v).map_err(|_| {
+                Failure::Message(format!("error: dimension {} is negative", f.show_dim(d)))
+            })
+        };
+        let mut rng = Rng::new(args.seed);
+        for input in &f.inputs {
+            if inputs.contains_key(&input.name) {
+                continue;
+            }
+            let shape: Vec<usize> = input.shape.iter().map(&size_of).collect::<Result<_, _>>()?;
+            let count: usize = shape
+                .iter()
+                .try_fold(1usize, |a, d| a.checked_mul(*d))
+                .filter(|n| *n as u64 <= call::MAX_ELEMENTS)
+                .ok_or_else(|| {
+                    Failure::Message(format!("error: input `{}` would be too large", input.name))
+                })?;
+            let t = if input.elem == ElemTy::Idx {
+                let bound = match &input.bound {
+                    Some(b) => size_of(b)? as u64,
+                    None => 4,
+                };
+                Tensor::labels(shape, (0..count).map(|_| rng.below(bound) as i64).collect())
+            } else if input.nograd {
+                Tensor::float(shape, (0..count).map(|_| rng.uniform()).collect())
+            } else {
+                Tensor::float(shape, (0..count).map(|_| rng.normal()).collect())
+            };
+            inputs.insert(input.name.clone(), t);
+        }
+    }
+    Ok(inputs)
+}
+
+fn eval(args: &EvalArgs) -> Result<String, Failure> {
+    let p = Program::from_file(&args.file)?;
+    let f = p
+        .loss(args.loss.as_deref())
+        .map_err(|d| Failure::Diags(Diags(vec![d])))?;
+    let inputs = gather_inputs(f, args)?;
+    let mut hypers = BTreeMap::new();
+    for (k, v) in parse_pairs(&args.sets, "NAME=VALUE")? {
+        let x = v.parse::<f64>().map_err(|_| {
+            Failure::Message(format!("error: value of {k} must be a number, got `{v}`"))
+        })?;
+        hypers.insert(k, x);
+    }
+    let result = crate::api::eval(f, &inputs, &hypers)?;
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Failure::Message(format!("error: cannot create {}: {e}", dir.display()))
+        })?;
+        data::save_npy(&dir.join("loss.npy"), &Tensor::scalar(result.loss))?;
+        for (name, t) in &result.outputs {
+            data::save_npy(&dir.join(format!("out_{name}.npy")), t)?;
+        }
+    }
+    if args.json {
+        let mut obj = serde_json::Map::new();
+        obj.insert("loss".into(), serde_json::json!(result.loss));
+        if !result.outputs.is_empty() {
+            let outs: serde_json::Map<String, serde_json::Value> = result
+                .outputs
+                .iter()
+                .map(|(n, t)| {
+                    let data = match &t.data {
+                        Data::Float(v) => serde_json::json!(v),
+                        Data::Int(v) => serde_json::json!(v),
+                    };
+                    (
+                        n.clone(),
+                        serde_json::json!({"shape": t.shape, "data": data}),
+                    )
+                })
+                .collect();
+            obj.insert("outputs".into(), serde_json::Value::Object(outs));
+        }
+        return Ok(format!("{}\n", serde_json::Value::Object(obj)));
+    }
+    let mut s = format!("loss = {}\n", fmt_num(result.loss));
+    for (n, t) in &result.outputs {
+        let vals: Vec<String> = t.to_f64().iter().map(|x| fmt_num(*x)).collect();
+        s.push_str(&format!("{n} {:?} = [{}]\n", t.shape, vals.join(", ")));
+    }
+    Ok(s)
+}
+
+fn fmt_num(x: f64) -> String {
+    format!("{x:.10}")
+        .trim_end_matches('0')
+        .trim_end_matches('.')
+        .to_string()
+}

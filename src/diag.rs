@@ -1,0 +1,314 @@
+//! Diagnostics: source spans, the source map, and the one diagnostic type every stage reports.
+//!
+//! Invariants: every error a user can cause is a [`Diag`] with a stable [`Code`], at least one labelled span
+//! (unless it concerns no source text, e.g. a missing file) and help text. Codes are never renumbered: a new
+//! kind of error gets a new variant at the end of its group.
+
+use std::fmt;
+use std::sync::Arc;
+
+use miette::{LabeledSpan, NamedSource, SourceCode};
+
+/// Identifies a file in a [`SourceMap`].
+pub type SourceId = u32;
+
+/// A byte range in one source file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Span {
+    pub source: SourceId,
+    pub start: u32,
+    pub end: u32,
+}
+
+impl Span {
+    pub fn new(source: SourceId, start: usize, end: usize) -> Span {
+        Span {
+            source,
+            start: start as u32,
+            end: end as u32,
+        }
+    }
+    /// The smallest span covering both (which must lie in the same file; otherwise `self`).
+    pub fn to(self, other: Span) -> Span {
+        if self.source != other.source {
+            return self;
+        }
+        Span {
+            source: self.source,
+            start: self.start.min(other.start),
+            end: self.end.max(other.end),
+        }
+    }
+    pub fn len(&self) -> usize {
+        (self.end - self.start) as usize
+    }
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+}
+
+/// One loaded source file.
+#[derive(Debug)]
+pub struct SourceFile {
+    pub name: String,
+    pub text: Arc<String>,
+}
+
+/// All files a compilation read: the user's and the stdlib files pulled in by `use`.
+#[derive(Debug, Default)]
+pub struct SourceMap {
+    files: Vec<SourceFile>,
+}
+
+impl SourceMap {
+    pub fn add(&mut self, name: impl Into<String>, text: impl Into<String>) -> SourceId {
+        self.files.push(SourceFile {
+            name: name.into(),
+            text: Arc::new(text.into()),
+        });
+        (self.files.len() - 1) as SourceId
+    }
+    pub fn get(&self, id: SourceId) -> &SourceFile {
+        &self.files[id as usize]
+    }
+    pub fn text(&self, span: Span) -> &str {
+        let f = self.get(span.source);
+        f.text
+            .get(span.start as usize..span.end as usize)
+            .unwrap_or("")
+    }
+    pub fn find(&self, name: &str) -> Option<SourceId> {
+        self.files
+            .iter()
+            .position(|f| f.name == name)
+            .map(|i| i as SourceId)
+    }
+}
+
+macro_rules! codes {
+    ($($(#[doc = $doc:literal])* $variant:ident = $num:literal,)*) => {
+        /// Stable error codes. Rendered as `lossc::E<num>`; the number never changes meaning.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Code { $($(#[doc = $doc])* $variant,)* }
+        impl Code {
+            /// Every code, in numeric order.
+            pub const ALL: &'static [Code] = &[$(Code::$variant,)*];
+            pub fn as_str(self) -> &'static str {
+                match self { $(Code::$variant => concat!("lossc::E", $num),)* }
+            }
+        }
+    };
+}
+
+codes! {
+    /// The text does not match the grammar.
+    Syntax = "001",
+    /// Brackets, reductions or operator chains nested beyond the compiler's limit.
+    TooDeep = "002",
+    /// A number literal that does not fit.
+    BadNumber = "003",
+    /// A name that is not defined where it is used.
+    UnknownName = "101",
+    /// Two items, parameters, lets or indices with one name.
+    Duplicate = "102",
+    /// A call of something that is not a function.
+    UnknownFunction = "103",
+    /// A call with the wrong number of arguments.
+    Arity = "104",
+    /// `use std::x` where stdlib/x.lx does not exist.
+    UnknownModule = "105",
+    /// `use std::x::y` where x.lx has no item y.
+    UnknownImport = "106",
+    /// A `fn` that calls itself, directly or not.
+    RecursiveFn = "107",
+    /// A `const` whose value is not a constant expression.
+    NotConstant = "108",
+    /// A subscript on something that is not a tensor.
+    NotATensor = "109",
+    /// A tensor used with the wrong number of subscripts.
+    SubscriptCount = "110",
+    /// One index given two different ranges by its uses.
+    RangeConflict = "111",
+    /// An index whose range no use determines.
+    RangeUnknown = "112",
+    /// A condition used where a number is expected.
+    ConditionAsNumber = "113",
+    /// A number used where a condition is expected.
+    NumberAsCondition = "114",
+    /// A float expression used as a subscript.
+    FloatSubscript = "115",
+    /// A label tensor's bound differs from the dimension it indexes.
+    LabelBound = "116",
+    /// A dimension that is not an integer or not known.
+    BadDim = "117",
+    /// A tensor or label input given a default value.
+    DefaultOnTensor = "118",
+    /// `nograd` on an input that carries no gradient anyway.
+    NogradOnLabel = "119",
+    /// A dimension no input's shape determines.
+    UndeterminedDim = "120",
+    /// An `out` without a declaration, a declaration without an `out`, or a shape that differs.
+    OutputMismatch = "121",
+    /// A loss whose value is not a number.
+    LossNotNumber = "122",
+    /// A `let` with indices inside a `fn`.
+    IndexedLetInFn = "123",
+    /// A loss or input used as a function, or a function used as a value.
+    NotAValue = "124",
+    /// A default value whose type differs from its parameter's.
+    DefaultType = "125",
+    /// A hyperparameter default that is not a constant.
+    DefaultNotConstant = "126",
+    /// `count` or a mask over something that is not a condition, or `select` with mixed branches.
+    BadOperand = "127",
+    /// Integer arithmetic on a dimension expression that is not allowed (e.g. a float const as a dim).
+    DimArithmetic = "128",
+    /// A file has no loss, or `--loss` names none of its losses.
+    UnknownLoss = "201",
+    /// A file that cannot be read.
+    Io = "202",
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A labelled span: where, and what is wrong there.
+#[derive(Clone, Debug)]
+pub struct Label {
+    pub span: Span,
+    pub text: String,
+}
+
+/// A compile-time diagnostic. Rendered by miette; carries its own copy of the source it points into.
+#[derive(Clone, Debug)]
+pub struct Diag {
+    pub code: Code,
+    pub message: String,
+    pub labels: Vec<Label>,
+    pub help: Option<String>,
+    source: Option<NamedSource<Arc<String>>>,
+}
+
+impl Diag {
+    pub fn new(code: Code, message: impl Into<String>) -> Diag {
+        Diag {
+            code,
+            message: message.into(),
+            labels: Vec::new(),
+            help: None,
+            source: None,
+        }
+    }
+    pub fn label(mut self, span: Span, text: impl Into<String>) -> Diag {
+        self.labels.push(Label {
+            span,
+            text: text.into(),
+        });
+        self
+    }
+    pub fn help(mut self, help: impl Into<String>) -> Diag {
+        self.help = Some(help.into());
+        self
+    }
+    /// Attaches the source text of the first label's file, keeping only labels in that file.
+    pub fn with_source(mut self, sources: &SourceMap) -> Diag {
+        if let Some(first) = self.labels.first() {
+            let file = sources.get(first.span.source);
+            let id = first.span.source;
+            self.labels.retain(|l| l.span.source == id);
+            self.source = Some(NamedSource::new(file.name.clone(), file.text.clone()));
+        }
+        self
+    }
+    /// The primary span, if any.
+    pub fn span(&self) -> Option<Span> {
+        self.labels.first().map(|l| l.span)
+    }
+}
+
+impl fmt::Display for Diag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Diag {}
+
+impl miette::Diagnostic for Diag {
+    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        Some(Box::new(self.code))
+    }
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        self.help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
+    }
+    fn source_code(&self) -> Option<&dyn SourceCode> {
+        self.source.as_ref().map(|s| s as &dyn SourceCode)
+    }
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        self.source.as_ref()?;
+        Some(Box::new(self.labels.iter().map(|l| {
+            LabeledSpan::new(Some(l.text.clone()), l.span.start as usize, l.span.len())
+        })))
+    }
+}
+
+/// Every diagnostic of a failed compilation, in source order.
+#[derive(Clone, Debug)]
+pub struct Diags(pub Vec<Diag>);
+
+impl fmt::Display for Diags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} error(s)", self.0.len())
+    }
+}
+
+impl std::error::Error for Diags {}
+
+impl Diags {
+    /// Renders every diagnostic as plain text (no colour), as the CLI and the snapshot tests show them.
+    pub fn render(&self) -> String {
+        self.0.iter().map(render).collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// Renders one diagnostic with miette's graphical handler, colour and links off, unicode on.
+pub fn render(diag: &Diag) -> String {
+    let handler =
+        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+            .with_links(false)
+            .with_width(110);
+    let mut out = String::new();
+    match handler.render_report(&mut out, diag) {
+        Ok(()) => out,
+        Err(_) => format!("{}: {}\n", diag.code, diag.message),
+    }
+}
+
+/// Edit distance, for "did you mean" help.
+pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    fn lev(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut prev: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut cur = vec![i + 1];
+            for (j, cb) in b.iter().enumerate() {
+                let sub = prev[j] + usize::from(ca != *cb);
+                cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+            }
+            prev = cur;
+        }
+        prev[b.len()]
+    }
+    let limit = (name.chars().count() / 3).max(1);
+    candidates
+        .into_iter()
+        .map(|c| (lev(name, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}

@@ -1,0 +1,454 @@
+//! The IR: one typed, pure, first-order expression DAG per loss, over index variables.
+//!
+//! A [`Function`] is a list of tensor definitions (`let m[i, k] = body`) in dependency order; a body is a
+//! node of the function's arena. A node denotes one scalar for every assignment of its free index
+//! variables, so a tensor is the table of its body's values over its head indices. Reductions bind indices.
+//!
+//! Invariants (checked by [`verify`]):
+//! - Operands precede users in the arena, so arena order is a topological order.
+//! - Nodes are hash-consed: structurally equal nodes are one node (CSE for free).
+//! - Every node has a span (the source it came from), its scalar kind and its sorted free indices.
+//! - A tensor definition's body is free in exactly (a subset of) its head indices; a `Load` of a tensor
+//!   refers only to inputs or to earlier definitions.
+//! - Every index variable has a range, a [`Dim`] over the function's dimension symbols.
+
+pub mod print;
+pub mod verify;
+
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::diag::Span;
+use crate::prims::Prim;
+pub use crate::syntax::ast::{ElemTy, ReduceOp};
+
+macro_rules! id {
+    ($(#[doc = $doc:literal])* $name:ident) => {
+        $(#[doc = $doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub u32);
+        impl $name {
+            pub fn index(self) -> usize { self.0 as usize }
+        }
+    };
+}
+
+id!(
+    /// A node of a function's arena.
+    NodeId
+);
+id!(
+    /// An index variable bound by a tensor head or a reduction.
+    IndexId
+);
+id!(
+    /// A tensor definition (`let`, `out` or the loss).
+    TensorId
+);
+id!(
+    /// A symbolic dimension (`N`, `C`).
+    DimId
+);
+
+/// The kind of scalar a node denotes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scalar {
+    Float,
+    Int,
+    Bool,
+}
+
+impl Scalar {
+    pub fn letter(self) -> char {
+        match self {
+            Scalar::Float => 'f',
+            Scalar::Int => 'i',
+            Scalar::Bool => 'b',
+        }
+    }
+}
+
+/// A runtime scalar of the reference interpreter.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Value {
+    F(f64),
+    I(i64),
+    B(bool),
+}
+
+impl Value {
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Value::F(x) => x,
+            Value::I(i) => i as f64,
+            Value::B(b) => f64::from(u8::from(b)),
+        }
+    }
+    pub fn as_bool(self) -> bool {
+        match self {
+            Value::B(b) => b,
+            Value::I(i) => i != 0,
+            Value::F(x) => x != 0.0,
+        }
+    }
+    pub fn as_i64(self) -> i64 {
+        match self {
+            Value::I(i) => i,
+            Value::F(x) => x as i64,
+            Value::B(b) => i64::from(b),
+        }
+    }
+}
+
+/// A dimension: an integer expression over dimension symbols.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Dim {
+    Const(i64),
+    Sym(DimId),
+    Add(Box<Dim>, Box<Dim>),
+    Sub(Box<Dim>, Box<Dim>),
+    Mul(Box<Dim>, Box<Dim>),
+}
+
+impl Dim {
+    /// Folds constant sub-expressions, so that `10 + 1` and `11` compare equal.
+    pub fn fold(self) -> Dim {
+        fn bin(a: Dim, b: Dim, f: fn(i64, i64) -> i64, mk: fn(Box<Dim>, Box<Dim>) -> Dim) -> Dim {
+            match (a.fold(), b.fold()) {
+                (Dim::Const(x), Dim::Const(y)) => Dim::Const(f(x, y)),
+                (x, y) => mk(Box::new(x), Box::new(y)),
+            }
+        }
+        match self {
+            Dim::Add(a, b) => bin(*a, *b, i64::wrapping_add, Dim::Add),
+            Dim::Sub(a, b) => bin(*a, *b, i64::wrapping_sub, Dim::Sub),
+            Dim::Mul(a, b) => bin(*a, *b, i64::wrapping_mul, Dim::Mul),
+            d => d,
+        }
+    }
+
+    /// Evaluates with the given sizes of the symbols.
+    pub fn eval(&self, sizes: &[i64]) -> i64 {
+        match self {
+            Dim::Const(c) => *c,
+            Dim::Sym(s) => sizes[s.index()],
+            Dim::Add(a, b) => a.eval(sizes).wrapping_add(b.eval(sizes)),
+            Dim::Sub(a, b) => a.eval(sizes).wrapping_sub(b.eval(sizes)),
+            Dim::Mul(a, b) => a.eval(sizes).wrapping_mul(b.eval(sizes)),
+        }
+    }
+
+    /// Prints with the function's symbol names.
+    pub fn show(&self, names: &[DimSym]) -> String {
+        fn go(d: &Dim, names: &[DimSym], prec: u8) -> String {
+            match d {
+                Dim::Const(c) => c.to_string(),
+                Dim::Sym(s) => names
+                    .get(s.index())
+                    .map_or_else(|| format!("?{}", s.0), |n| n.name.clone()),
+                Dim::Add(a, b) | Dim::Sub(a, b) => {
+                    let op = if matches!(d, Dim::Add(..)) { "+" } else { "-" };
+                    let s = format!("{} {op} {}", go(a, names, 1), go(b, names, 2));
+                    if prec > 1 { format!("({s})") } else { s }
+                }
+                Dim::Mul(a, b) => format!("{} * {}", go(a, names, 2), go(b, names, 3)),
+            }
+        }
+        go(self, names, 0)
+    }
+}
+
+/// A named dimension symbol, bound from input shapes at call time.
+#[derive(Clone, Debug)]
+pub struct DimSym {
+    pub name: String,
+    pub span: Span,
+}
+
+/// An input tensor (rank 0 for a scalar input).
+#[derive(Clone, Debug)]
+pub struct Input {
+    pub name: String,
+    pub elem: ElemTy,
+    pub shape: Vec<Dim>,
+    /// For `idx` inputs: every value must lie in `0..bound`.
+    pub bound: Option<Dim>,
+    pub nograd: bool,
+    pub span: Span,
+}
+
+impl Input {
+    /// Whether this input receives a gradient.
+    pub fn differentiable(&self) -> bool {
+        self.elem != ElemTy::Idx && !self.nograd
+    }
+}
+
+/// A scalar hyperparameter with a default, overridable per call.
+#[derive(Clone, Debug)]
+pub struct Hyper {
+    pub name: String,
+    pub scalar: Scalar,
+    pub default: f64,
+    pub span: Span,
+}
+
+/// An index variable and its range `0..range`.
+#[derive(Clone, Debug)]
+pub struct IndexVar {
+    pub name: String,
+    pub range: Dim,
+    pub span: Span,
+}
+
+/// What a `Load` reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TensorRef {
+    Input(u32),
+    Def(TensorId),
+}
+
+/// A node's operation.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Expr {
+    /// A float constant, stored as its bits.
+    Float(u64),
+    Int(i64),
+    Bool(bool),
+    /// The current value of an index variable.
+    Index(IndexId),
+    /// A dimension's size as an integer.
+    Size(Dim),
+    /// A hyperparameter's value.
+    Hyper(u32),
+    /// An element of an input or an earlier tensor; subscripts are integer nodes.
+    Load {
+        tensor: TensorRef,
+        subs: Box<[NodeId]>,
+    },
+    Prim {
+        prim: Prim,
+        args: Box<[NodeId]>,
+    },
+    /// A reduction over `indices` (where `mask` holds, if given).
+    Reduce {
+        op: ReduceOp,
+        indices: Box<[IndexId]>,
+        mask: Option<NodeId>,
+        body: NodeId,
+    },
+}
+
+impl Expr {
+    pub fn float(x: f64) -> Expr {
+        Expr::Float(x.to_bits())
+    }
+    /// The operand nodes, in order.
+    pub fn operands(&self) -> Vec<NodeId> {
+        match self {
+            Expr::Load { subs, .. } => subs.to_vec(),
+            Expr::Prim { args, .. } => args.to_vec(),
+            Expr::Reduce { mask, body, .. } => mask.iter().copied().chain([*body]).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// An arena entry: the operation, its kind, its free indices (sorted) and its depth.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub expr: Expr,
+    pub scalar: Scalar,
+    pub free: Box<[IndexId]>,
+    pub depth: u32,
+}
+
+/// What a tensor definition is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// An intermediate `let`.
+    Let,
+    /// The loss value (rank 0).
+    Loss,
+    /// A named extra output (`out name[i] = …`).
+    Output,
+}
+
+/// `name[indices] = body`.
+#[derive(Clone, Debug)]
+pub struct TensorDef {
+    pub name: String,
+    pub indices: Vec<IndexId>,
+    pub body: NodeId,
+    pub scalar: Scalar,
+    pub role: Role,
+    pub span: Span,
+}
+
+/// The deepest node the IR admits (keeps every recursive walk's stack bounded).
+pub const MAX_NODE_DEPTH: u32 = 1000;
+
+/// Returned when a node would exceed [`MAX_NODE_DEPTH`].
+#[derive(Debug, Clone, Copy)]
+pub struct TooDeep;
+
+/// One loss: its signature and its definitions.
+#[derive(Clone, Debug)]
+pub struct Function {
+    pub name: String,
+    pub doc: String,
+    pub span: Span,
+    pub dims: Vec<DimSym>,
+    pub inputs: Vec<Input>,
+    pub hypers: Vec<Hyper>,
+    pub indices: Vec<IndexVar>,
+    pub tensors: Vec<TensorDef>,
+    nodes: Vec<Node>,
+    spans: Vec<Span>,
+    intern: HashMap<Expr, NodeId>,
+}
+
+impl Function {
+    pub fn new(name: impl Into<String>, span: Span) -> Function {
+        Function {
+            name: name.into(),
+            doc: String::new(),
+            span,
+            dims: Vec::new(),
+            inputs: Vec::new(),
+            hypers: Vec::new(),
+            indices: Vec::new(),
+            tensors: Vec::new(),
+            nodes: Vec::new(),
+            spans: Vec::new(),
+            intern: HashMap::new(),
+        }
+    }
+
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id.index()]
+    }
+    pub fn span(&self, id: NodeId) -> Span {
+        self.spans[id.index()]
+    }
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+    pub fn index(&self, id: IndexId) -> &IndexVar {
+        &self.indices[id.index()]
+    }
+    pub fn tensor(&self, id: TensorId) -> &TensorDef {
+        &self.tensors[id.index()]
+    }
+
+    /// Adds (or finds) a node. Its kind is given; free indices and depth are derived from the operands.
+    pub fn add(&mut self, expr: Expr, scalar: Scalar, span: Span) -> Result<NodeId, TooDeep> {
+        if let Some(&id) = self.intern.get(&expr) {
+            return Ok(id);
+        }
+        let mut free: Vec<IndexId> = Vec::new();
+        let mut depth = 0;
+        for op in expr.operands() {
+            let n = &self.nodes[op.index()];
+            free.extend(n.free.iter().copied());
+            depth = depth.max(n.depth + 1);
+        }
+        match &expr {
+            Expr::Index(i) => free.push(*i),
+            Expr::Reduce { indices, .. } => free.retain(|f| !indices.contains(f)),
+            _ => {}
+        }
+        if depth > MAX_NODE_DEPTH {
+            return Err(TooDeep);
+        }
+        free.sort_unstable();
+        free.dedup();
+        let id = NodeId(self.nodes.len() as u32);
+        self.nodes.push(Node {
+            expr: expr.clone(),
+            scalar,
+            free: free.into(),
+            depth,
+        });
+        self.spans.push(span);
+        self.intern.insert(expr, id);
+        Ok(id)
+    }
+
+    pub fn add_index(&mut self, name: impl Into<String>, range: Dim, span: Span) -> IndexId {
+        self.indices.push(IndexVar {
+            name: name.into(),
+            range,
+            span,
+        });
+        IndexId(self.indices.len() as u32 - 1)
+    }
+
+    pub fn add_tensor(&mut self, def: TensorDef) -> TensorId {
+        self.tensors.push(def);
+        TensorId(self.tensors.len() as u32 - 1)
+    }
+
+    /// The loss definition.
+    pub fn loss(&self) -> Option<TensorId> {
+        self.tensors
+            .iter()
+            .position(|t| t.role == Role::Loss)
+            .map(|i| TensorId(i as u32))
+    }
+
+    /// The named extra outputs, in declaration order.
+    pub fn outputs(&self) -> impl Iterator<Item = (TensorId, &TensorDef)> {
+        self.tensors
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.role == Role::Output)
+            .map(|(i, t)| (TensorId(i as u32), t))
+    }
+
+    /// The shape of a tensor (the ranges of its head indices).
+    pub fn tensor_shape(&self, id: TensorId) -> Vec<Dim> {
+        self.tensor(id)
+            .indices
+            .iter()
+            .map(|i| self.index(*i).range.clone())
+            .collect()
+    }
+
+    /// The shape of what a `TensorRef` names.
+    pub fn ref_shape(&self, r: TensorRef) -> Vec<Dim> {
+        match r {
+            TensorRef::Input(i) => self.inputs[i as usize].shape.clone(),
+            TensorRef::Def(t) => self.tensor_shape(t),
+        }
+    }
+
+    pub fn ref_name(&self, r: TensorRef) -> &str {
+        match r {
+            TensorRef::Input(i) => &self.inputs[i as usize].name,
+            TensorRef::Def(t) => &self.tensor(t).name,
+        }
+    }
+
+    pub fn show_dim(&self, d: &Dim) -> String {
+        d.show(&self.dims)
+    }
+}
+
+/// A checked program: every loss it defines or imports.
+#[derive(Clone, Debug, Default)]
+pub struct Module {
+    pub functions: Vec<Function>,
+}
+
+impl Module {
+    pub fn get(&self, name: &str) -> Option<&Function> {
+        self.functions.iter().find(|f| f.name == name)
+    }
+}
+
+impl fmt::Display for Function {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&print::function(self))
+    }
+}

@@ -1,0 +1,258 @@
+//! The primitive table: every elementwise operation of the IR, declared once.
+//!
+//! A primitive's surface name, arity, type rule ([`Prim::sig`]) and f64 semantics ([`Prim::eval`]) are all
+//! found from [`Prim`]; each is an exhaustive `match`, so adding a variant to the `prims!` list makes the
+//! compiler point at every rule still missing. Reductions are not primitives: they bind indices and live
+//! in the IR as [`crate::ir::Expr::Reduce`].
+
+use crate::ir::{Scalar, Value};
+
+macro_rules! prims {
+    ($($variant:ident $name:literal $surface:expr;)*) => {
+        /// An elementwise primitive.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Prim { $($variant,)* }
+        impl Prim {
+            /// Every primitive, in table order (tests iterate this).
+            pub const ALL: &'static [Prim] = &[$(Prim::$variant,)*];
+            /// The name the IR printer uses.
+            pub fn name(self) -> &'static str {
+                match self { $(Prim::$variant => $name,)* }
+            }
+            /// The builtin function name lx source calls it by, if it is callable by name.
+            pub fn surface(self) -> Option<&'static str> {
+                match self { $(Prim::$variant => $surface,)* }
+            }
+        }
+    };
+}
+
+prims! {
+    Add "add" None;
+    Sub "sub" None;
+    Mul "mul" None;
+    Div "div" None;
+    Neg "neg" None;
+    Pow "pow" Some("pow");
+    Min "min" Some("min");
+    Max "max" Some("max");
+    Abs "abs" Some("abs");
+    Sign "sign" Some("sign");
+    Exp "exp" Some("exp");
+    Log "log" Some("log");
+    Log1p "log1p" Some("log1p");
+    Expm1 "expm1" Some("expm1");
+    Sqrt "sqrt" Some("sqrt");
+    Sigmoid "sigmoid" Some("sigmoid");
+    Softplus "softplus" Some("softplus");
+    Tanh "tanh" Some("tanh");
+    Relu "relu" Some("relu");
+    Atan "atan" Some("atan");
+    Clamp "clamp" Some("clamp");
+    Eq "eq" None;
+    Ne "ne" None;
+    Lt "lt" None;
+    Le "le" None;
+    Gt "gt" None;
+    Ge "ge" None;
+    And "and" None;
+    Or "or" None;
+    Not "not" None;
+    Select "select" Some("select");
+    Iverson "iverson" None;
+    ToFloat "float" None;
+    StopGrad "stopgrad" Some("stopgrad");
+}
+
+/// The type rule family of a primitive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sig {
+    /// `n` numbers, promoted to float; a float result.
+    Float(usize),
+    /// `n` numbers; an integer result when all are integers, else float (promoting).
+    Numeric(usize),
+    /// Two numbers (promoted alike); a condition.
+    Compare,
+    /// `n` conditions; a condition.
+    Logic(usize),
+    /// A condition and two branches of one kind (numbers promote).
+    Select,
+    /// A condition; the float 1 or 0.
+    Iverson,
+    /// An integer; the same value as a float.
+    ToFloat,
+}
+
+impl Sig {
+    pub fn arity(self) -> usize {
+        match self {
+            Sig::Float(n) | Sig::Numeric(n) | Sig::Logic(n) => n,
+            Sig::Compare => 2,
+            Sig::Select => 3,
+            Sig::Iverson | Sig::ToFloat => 1,
+        }
+    }
+}
+
+impl Prim {
+    /// Looks a builtin up by the name source code calls it by.
+    pub fn from_surface(name: &str) -> Option<Prim> {
+        Prim::ALL
+            .iter()
+            .copied()
+            .find(|p| p.surface() == Some(name))
+    }
+
+    pub fn sig(self) -> Sig {
+        use Prim::*;
+        match self {
+            Add | Sub | Mul | Min | Max => Sig::Numeric(2),
+            Neg | Abs | Sign => Sig::Numeric(1),
+            Div | Pow => Sig::Float(2),
+            Exp | Log | Log1p | Expm1 | Sqrt | Sigmoid | Softplus | Tanh | Relu | Atan
+            | StopGrad => Sig::Float(1),
+            Clamp => Sig::Float(3),
+            Eq | Ne | Lt | Le | Gt | Ge => Sig::Compare,
+            And | Or => Sig::Logic(2),
+            Not => Sig::Logic(1),
+            Select => Sig::Select,
+            Iverson => Sig::Iverson,
+            ToFloat => Sig::ToFloat,
+        }
+    }
+
+    /// The result kind for well-typed (already promoted) operands.
+    pub fn result(self, args: &[Scalar]) -> Scalar {
+        match self.sig() {
+            Sig::Float(_) | Sig::Iverson | Sig::ToFloat => Scalar::Float,
+            Sig::Numeric(_) => {
+                if args.iter().all(|a| *a == Scalar::Int) {
+                    Scalar::Int
+                } else {
+                    Scalar::Float
+                }
+            }
+            Sig::Compare | Sig::Logic(_) => Scalar::Bool,
+            Sig::Select => args[1],
+        }
+    }
+
+    /// The f64 reference semantics. Operands are already of the kinds [`Prim::sig`] asks for.
+    pub fn eval(self, a: &[Value]) -> Value {
+        use Prim::*;
+        use Value::{B, F, I};
+        let f = |k: usize| a[k].as_f64();
+        match self {
+            Add | Sub | Mul | Min | Max => match (a[0], a[1]) {
+                (I(x), I(y)) => I(match self {
+                    Add => x.wrapping_add(y),
+                    Sub => x.wrapping_sub(y),
+                    Mul => x.wrapping_mul(y),
+                    Min => x.min(y),
+                    _ => x.max(y),
+                }),
+                _ => {
+                    let (x, y) = (f(0), f(1));
+                    F(match self {
+                        Add => x + y,
+                        Sub => x - y,
+                        Mul => x * y,
+                        Min => nan_or(x, y, x.min(y)),
+                        _ => nan_or(x, y, x.max(y)),
+                    })
+                }
+            },
+            Neg | Abs | Sign => match a[0] {
+                I(x) => I(match self {
+                    Neg => x.wrapping_neg(),
+                    Abs => x.wrapping_abs(),
+                    _ => x.signum(),
+                }),
+                _ => {
+                    let x = f(0);
+                    F(match self {
+                        Neg => -x,
+                        Abs => x.abs(),
+                        _ => sign(x),
+                    })
+                }
+            },
+            Div => F(f(0) / f(1)),
+            Pow => F(f(0).powf(f(1))),
+            Exp => F(f(0).exp()),
+            Log => F(f(0).ln()),
+            Log1p => F(f(0).ln_1p()),
+            Expm1 => F(f(0).exp_m1()),
+            Sqrt => F(f(0).sqrt()),
+            Sigmoid => F(sigmoid(f(0))),
+            Softplus => F(softplus(f(0))),
+            Tanh => F(f(0).tanh()),
+            Relu => F(if f(0) > 0.0 || f(0).is_nan() {
+                f(0)
+            } else {
+                0.0
+            }),
+            Atan => F(f(0).atan()),
+            Clamp => F(nan_or(f(0), f(0), f(0).max(f(1)).min(f(2)))),
+            Eq => B(cmp(a, |o| o.is_eq())),
+            Ne => B(!cmp(a, |o| o.is_eq()) || a.iter().any(|v| v.as_f64().is_nan())),
+            Lt => B(cmp(a, |o| o.is_lt())),
+            Le => B(cmp(a, |o| o.is_le())),
+            Gt => B(cmp(a, |o| o.is_gt())),
+            Ge => B(cmp(a, |o| o.is_ge())),
+            And => B(a[0].as_bool() && a[1].as_bool()),
+            Or => B(a[0].as_bool() || a[1].as_bool()),
+            Not => B(!a[0].as_bool()),
+            Select => {
+                if a[0].as_bool() {
+                    a[1]
+                } else {
+                    a[2]
+                }
+            }
+            Iverson => F(if a[0].as_bool() { 1.0 } else { 0.0 }),
+            ToFloat => F(f(0)),
+            StopGrad => F(f(0)),
+        }
+    }
+}
+
+fn nan_or(x: f64, y: f64, v: f64) -> f64 {
+    if x.is_nan() || y.is_nan() {
+        f64::NAN
+    } else {
+        v
+    }
+}
+
+fn sign(x: f64) -> f64 {
+    if x > 0.0 {
+        1.0
+    } else if x < 0.0 {
+        -1.0
+    } else {
+        x * 0.0
+    }
+}
+
+fn cmp(a: &[Value], pred: impl Fn(std::cmp::Ordering) -> bool) -> bool {
+    match (a[0], a[1]) {
+        (Value::I(x), Value::I(y)) => pred(x.cmp(&y)),
+        _ => a[0].as_f64().partial_cmp(&a[1].as_f64()).is_some_and(pred),
+    }
+}
+
+/// `1 / (1 + e^-x)` without overflow for large |x|.
+pub fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// `log(1 + e^x)` without overflow for large x.
+pub fn softplus(x: f64) -> f64 {
+    x.max(0.0) + (-x.abs()).exp().ln_1p()
+}

@@ -1,0 +1,707 @@
+//! pest pairs to AST, plus the pre-scan that keeps the recursive-descent parser's stack bounded.
+
+use pest::Parser as _;
+use pest::iterators::Pair;
+
+use super::ast::*;
+use super::{MAX_DEPTH, MAX_NESTING};
+use crate::diag::{Code, Diag, SourceId, Span};
+
+#[derive(pest_derive::Parser)]
+#[grammar = "../grammar/lx.pest"]
+struct LxParser;
+
+type Result<T> = std::result::Result<T, Diag>;
+
+/// Parses one file. `source` is the id its spans will carry.
+pub fn parse(source: SourceId, text: &str) -> Result<File> {
+    prescan(source, text)?;
+    let mut pairs =
+        LxParser::parse(Rule::program, text).map_err(|e| syntax_error(source, text, e))?;
+    let program = pairs.next().expect("pest returns the program rule");
+    let b = Builder { source };
+    let mut items = Vec::new();
+    for p in program.into_inner() {
+        if p.as_rule() == Rule::item {
+            items.push(b.item(p)?);
+        }
+    }
+    Ok(File { items })
+}
+
+fn syntax_error(source: SourceId, text: &str, e: pest::error::Error<Rule>) -> Diag {
+    let (start, end) = match e.location {
+        pest::error::InputLocation::Pos(p) => (p, p),
+        pest::error::InputLocation::Span((s, e)) => (s, e),
+    };
+    let expected = match &e.variant {
+        pest::error::ErrorVariant::ParsingError { positives, .. } => {
+            let mut names: Vec<&str> = positives.iter().filter_map(|r| describe(*r)).collect();
+            names.sort_unstable();
+            names.dedup();
+            names
+        }
+        pest::error::ErrorVariant::CustomError { .. } => vec![],
+    };
+    let found = text[start..].chars().next();
+    let message = match found {
+        Some(c) => format!("unexpected `{c}`"),
+        None => "unexpected end of file".to_string(),
+    };
+    let end = if end == start {
+        start + found.map_or(0, char::len_utf8)
+    } else {
+        end
+    };
+    let help = if expected.is_empty() {
+        "check the syntax against the language tour in README.md".to_string()
+    } else {
+        format!("expected {}", expected.join(", "))
+    };
+    Diag::new(Code::Syntax, message)
+        .label(Span::new(source, start, end), "here")
+        .help(help)
+}
+
+fn describe(rule: Rule) -> Option<&'static str> {
+    Some(match rule {
+        Rule::item | Rule::use_item | Rule::const_item | Rule::fn_item | Rule::loss_item => {
+            "an item (`loss`, `fn`, `use` or `const`)"
+        }
+        Rule::EOI => "end of file",
+        Rule::ident | Rule::access | Rule::call => "a name",
+        Rule::expr | Rule::primary | Rule::unary | Rule::power | Rule::paren | Rule::iverson => {
+            "an expression"
+        }
+        Rule::int | Rule::float => "a number",
+        Rule::or_op | Rule::and_op | Rule::cmp_op | Rule::add_op | Rule::mul_op | Rule::pow_op => {
+            "an operator"
+        }
+        Rule::ty | Rule::elem_ty => "a type (`f32`, `f64` or `idx`)",
+        Rule::dim | Rule::dim_atom | Rule::dim_term | Rule::dim_add_op => "a dimension",
+        Rule::stmt | Rule::let_stmt | Rule::out_stmt => "`let` or `out`",
+        Rule::param => "a parameter",
+        Rule::binder => "an index",
+        Rule::subscripts | Rule::shape | Rule::head => "`[`",
+        Rule::bound => "`<`",
+        Rule::nograd => "`nograd`",
+        Rule::outputs => "`->`",
+        Rule::body => "`{`",
+        Rule::path | Rule::glob => "a module path",
+        _ => return None,
+    })
+}
+
+/// Bounds the nesting the recursive grammar will see. Counts open brackets plus prefix constructs
+/// (reduction keywords, `if`, `then`, `else`, unary operators) since the enclosing bracket; `let`, `out` and
+/// `,` start afresh at the enclosing bracket's level.
+fn prescan(source: SourceId, text: &str) -> Result<()> {
+    let bytes = text.as_bytes();
+    let mut stack: Vec<usize> = Vec::new();
+    let mut level = 0usize;
+    let mut i = 0;
+    let too_deep = |at: usize| {
+        Diag::new(
+            Code::TooDeep,
+            format!("nesting deeper than {MAX_NESTING} levels"),
+        )
+        .label(
+            Span::new(source, at, (at + 1).min(text.len())),
+            "this is nested too deeply",
+        )
+        .help("split the expression with `let` or a `fn`")
+    };
+    let mut prev_operand = false;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if c == b'/' && bytes.get(i + 1) == Some(&b'/') {
+            while i < bytes.len() && bytes[i] != b'\n' {
+                i += 1;
+            }
+            continue;
+        }
+        if c == b'/' && bytes.get(i + 1) == Some(&b'*') {
+            // Block comments nest in the grammar; skip them the same way.
+            let mut depth = 0usize;
+            while i < bytes.len() {
+                if bytes[i] == b'/' && bytes.get(i + 1) == Some(&b'*') {
+                    depth += 1;
+                    if depth > MAX_NESTING {
+                        return Err(too_deep(i));
+                    }
+                    i += 2;
+                } else if bytes[i] == b'*' && bytes.get(i + 1) == Some(&b'/') {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            continue;
+        }
+        if c.is_ascii_alphabetic() || c == b'_' {
+            let start = i;
+            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                i += 1;
+            }
+            let word = &text[start..i];
+            match word {
+                "sum" | "mean" | "max" | "min" | "prod" | "logsumexp" | "count" | "if" | "then"
+                | "else" => level += 1,
+                "let" | "out" => level = stack.last().copied().unwrap_or(0),
+                _ => {}
+            }
+            if level > MAX_NESTING {
+                return Err(too_deep(start));
+            }
+            prev_operand = true;
+            continue;
+        }
+        match c {
+            b'(' | b'[' | b'{' => {
+                stack.push(level);
+                level += 1;
+                prev_operand = false;
+            }
+            b')' | b']' | b'}' => {
+                level = stack.pop().unwrap_or(0);
+                prev_operand = true;
+            }
+            b',' => {
+                level = stack.last().copied().unwrap_or(0) + usize::from(!stack.is_empty());
+                prev_operand = false;
+            }
+            b'-' | b'!' if !prev_operand => level += 1,
+            b' ' | b'\t' | b'\r' | b'\n' => {}
+            b'0'..=b'9' | b'.' => prev_operand = true,
+            _ => prev_operand = false,
+        }
+        if level > MAX_NESTING {
+            return Err(too_deep(i));
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+struct Builder {
+    source: SourceId,
+}
+
+impl Builder {
+    fn span(&self, p: &Pair<Rule>) -> Span {
+        let s = p.as_span();
+        Span::new(self.source, s.start(), s.end())
+    }
+
+    fn ident(&self, p: Pair<Rule>) -> Ident {
+        Ident {
+            name: p.as_str().to_string(),
+            span: self.span(&p),
+        }
+    }
+
+    fn item(&self, p: Pair<Rule>) -> Result<Item> {
+        let span = self.span(&p);
+        let mut doc = Vec::new();
+        let mut kind = None;
+        for q in p.into_inner() {
+            match q.as_rule() {
+                Rule::doc_comment => {
+                    let line = q.as_str().trim_start_matches("///");
+                    doc.push(
+                        line.strip_prefix(' ')
+                            .unwrap_or(line)
+                            .trim_end()
+                            .to_string(),
+                    );
+                }
+                Rule::use_item => kind = Some(self.use_item(q)),
+                Rule::const_item => {
+                    let mut it = q.into_inner();
+                    let name = self.ident(it.next().unwrap());
+                    let value = self.expr(it.next().unwrap(), 0)?;
+                    kind = Some(ItemKind::Const { name, value });
+                }
+                Rule::fn_item => kind = Some(ItemKind::Fn(self.fn_item(q)?)),
+                Rule::loss_item => kind = Some(ItemKind::Loss(self.loss_item(q)?)),
+                r => unreachable!("item child {r:?}"),
+            }
+        }
+        Ok(Item {
+            doc: doc.join("\n"),
+            kind: kind.expect("grammar: item has a kind"),
+            span,
+        })
+    }
+
+    fn use_item(&self, p: Pair<Rule>) -> ItemKind {
+        let path_pair = p.into_inner().next().unwrap();
+        let mut path = Vec::new();
+        let mut glob = false;
+        for q in path_pair.into_inner() {
+            match q.as_rule() {
+                Rule::ident => path.push(self.ident(q)),
+                Rule::glob => glob = true,
+                r => unreachable!("path child {r:?}"),
+            }
+        }
+        ItemKind::Use { path, glob }
+    }
+
+    fn fn_item(&self, p: Pair<Rule>) -> Result<FnDef> {
+        let mut it = p.into_inner();
+        let name = self.ident(it.next().unwrap());
+        let mut params = Vec::new();
+        let mut body = None;
+        for q in it {
+            match q.as_rule() {
+                Rule::fn_param => {
+                    let mut jt = q.into_inner();
+                    let name = self.ident(jt.next().unwrap());
+                    let ty = jt.next().map(|t| self.ty(t)).transpose()?;
+                    params.push(FnParam { name, ty });
+                }
+                Rule::body => body = Some(self.body(q)?),
+                r => unreachable!("fn child {r:?}"),
+            }
+        }
+        Ok(FnDef {
+            name,
+            params,
+            body: body.unwrap(),
+        })
+    }
+
+    fn loss_item(&self, p: Pair<Rule>) -> Result<LossDef> {
+        let mut it = p.into_inner();
+        let name = self.ident(it.next().unwrap());
+        let mut params = Vec::new();
+        let mut outputs = Vec::new();
+        let mut body = None;
+        for q in it {
+            match q.as_rule() {
+                Rule::param => {
+                    let mut jt = q.into_inner();
+                    let name = self.ident(jt.next().unwrap());
+                    let ty = self.ty(jt.next().unwrap())?;
+                    let mut nograd = None;
+                    let mut default = None;
+                    for r in jt {
+                        match r.as_rule() {
+                            Rule::nograd => nograd = Some(self.span(&r)),
+                            Rule::expr => default = Some(self.expr(r, 0)?),
+                            x => unreachable!("param child {x:?}"),
+                        }
+                    }
+                    params.push(Param {
+                        name,
+                        ty,
+                        nograd,
+                        default,
+                    });
+                }
+                Rule::outputs => {
+                    for d in q.into_inner() {
+                        let mut jt = d.into_inner();
+                        let name = self.ident(jt.next().unwrap());
+                        let ty = self.ty(jt.next().unwrap())?;
+                        outputs.push(OutDecl { name, ty });
+                    }
+                }
+                Rule::body => body = Some(self.body(q)?),
+                r => unreachable!("loss child {r:?}"),
+            }
+        }
+        Ok(LossDef {
+            name,
+            params,
+            outputs,
+            body: body.unwrap(),
+        })
+    }
+
+    fn ty(&self, p: Pair<Rule>) -> Result<Type> {
+        let span = self.span(&p);
+        let mut elem = ElemTy::F32;
+        let mut shape = Vec::new();
+        let mut bound = None;
+        for q in p.into_inner() {
+            match q.as_rule() {
+                Rule::elem_ty => {
+                    elem = match q.as_str() {
+                        "f32" => ElemTy::F32,
+                        "f64" => ElemTy::F64,
+                        _ => ElemTy::Idx,
+                    }
+                }
+                Rule::shape => {
+                    for d in q.into_inner() {
+                        shape.push(self.dim(d)?);
+                    }
+                }
+                Rule::bound => bound = Some(self.dim(q.into_inner().next().unwrap())?),
+                r => unreachable!("type child {r:?}"),
+            }
+        }
+        Ok(Type {
+            elem,
+            shape,
+            bound,
+            span,
+        })
+    }
+
+    fn dim(&self, p: Pair<Rule>) -> Result<DimExpr> {
+        let span = self.span(&p);
+        match p.as_rule() {
+            Rule::dim => {
+                let mut it = p.into_inner();
+                let mut acc = self.dim(it.next().unwrap())?;
+                while let Some(op) = it.next() {
+                    let rhs = self.dim(it.next().unwrap())?;
+                    let span = acc.span.to(rhs.span);
+                    let kind = if op.as_str() == "+" {
+                        DimExprKind::Add(Box::new(acc), Box::new(rhs))
+                    } else {
+                        DimExprKind::Sub(Box::new(acc), Box::new(rhs))
+                    };
+                    acc = DimExpr { kind, span };
+                }
+                Ok(acc)
+            }
+            Rule::dim_term => {
+                let mut it = p.into_inner();
+                let mut acc = self.dim(it.next().unwrap())?;
+                for q in it {
+                    let rhs = self.dim(q)?;
+                    let span = acc.span.to(rhs.span);
+                    acc = DimExpr {
+                        kind: DimExprKind::Mul(Box::new(acc), Box::new(rhs)),
+                        span,
+                    };
+                }
+                Ok(acc)
+            }
+            Rule::dim_atom => {
+                let q = p.into_inner().next().unwrap();
+                match q.as_rule() {
+                    Rule::int => {
+                        let v = q.as_str().parse::<i64>().map_err(|_| {
+                            Diag::new(Code::BadNumber, "dimension literal too large")
+                                .label(span, "does not fit in 64 bits")
+                                .help("dimensions are at most 2^63 - 1")
+                        })?;
+                        Ok(DimExpr {
+                            kind: DimExprKind::Int(v),
+                            span,
+                        })
+                    }
+                    Rule::ident => Ok(DimExpr {
+                        kind: DimExprKind::Name(q.as_str().to_string()),
+                        span,
+                    }),
+                    Rule::dim => self.dim(q),
+                    r => unreachable!("dim atom {r:?}"),
+                }
+            }
+            r => unreachable!("dim {r:?}"),
+        }
+    }
+
+    fn body(&self, p: Pair<Rule>) -> Result<Body> {
+        let span = self.span(&p);
+        let mut stmts = Vec::new();
+        let mut result = None;
+        for q in p.into_inner() {
+            match q.as_rule() {
+                Rule::doc_comment => {}
+                Rule::stmt => stmts.push(self.stmt(q.into_inner().next().unwrap())?),
+                Rule::expr => result = Some(self.expr(q, 0)?),
+                r => unreachable!("body child {r:?}"),
+            }
+        }
+        Ok(Body {
+            stmts,
+            result: result.unwrap(),
+            span,
+        })
+    }
+
+    fn stmt(&self, p: Pair<Rule>) -> Result<Stmt> {
+        let span = self.span(&p);
+        let kind = if p.as_rule() == Rule::let_stmt {
+            StmtKind::Let
+        } else {
+            StmtKind::Out
+        };
+        let mut it = p.into_inner();
+        let name = self.ident(it.next().unwrap());
+        let mut head = Vec::new();
+        let mut value = None;
+        for q in it {
+            match q.as_rule() {
+                Rule::head => {
+                    for b in q.into_inner() {
+                        head.push(self.binder(b)?);
+                    }
+                }
+                Rule::expr => value = Some(self.expr(q, 0)?),
+                r => unreachable!("stmt child {r:?}"),
+            }
+        }
+        Ok(Stmt {
+            kind,
+            name,
+            head,
+            value: value.unwrap(),
+            span,
+        })
+    }
+
+    fn binder(&self, p: Pair<Rule>) -> Result<Binder> {
+        let mut it = p.into_inner();
+        let name = self.ident(it.next().unwrap());
+        let range = it.next().map(|d| self.dim(d)).transpose()?;
+        Ok(Binder { name, range })
+    }
+
+    fn too_deep(&self, span: Span) -> Diag {
+        Diag::new(
+            Code::TooDeep,
+            format!("expression deeper than {MAX_DEPTH} levels"),
+        )
+        .label(span, "this expression is nested too deeply")
+        .help("split it with `let`, or shorten long operator chains")
+    }
+
+    /// Builds an expression; `depth` is how deep in the tree this pair sits.
+    fn expr(&self, p: Pair<Rule>, depth: usize) -> Result<Expr> {
+        let span = self.span(&p);
+        if depth > MAX_DEPTH {
+            return Err(self.too_deep(span));
+        }
+        match p.as_rule() {
+            Rule::expr => self.expr(p.into_inner().next().unwrap(), depth),
+            Rule::or_expr | Rule::and_expr | Rule::cmp_expr | Rule::add_expr | Rule::mul_expr => {
+                let mut it = p.into_inner();
+                let first = it.next().unwrap();
+                let rest: Vec<Pair<Rule>> = it.collect();
+                let ops = rest.len() / 2;
+                if depth + ops > MAX_DEPTH {
+                    return Err(self.too_deep(span));
+                }
+                // Left-associative: the first operand sits `ops` levels down.
+                let mut acc = self.expr(first, depth + ops)?;
+                let mut level = depth + ops;
+                for pair in rest.chunks(2) {
+                    level -= 1;
+                    let op = binop(pair[0].as_str());
+                    let rhs = self.expr(pair[1].clone(), level + 1)?;
+                    let span = acc.span.to(rhs.span);
+                    acc = Expr {
+                        kind: ExprKind::Binary {
+                            op,
+                            lhs: Box::new(acc),
+                            rhs: Box::new(rhs),
+                        },
+                        span,
+                    };
+                }
+                Ok(acc)
+            }
+            Rule::unary => {
+                let parts: Vec<Pair<Rule>> = p.into_inner().collect();
+                let (ops, operand) = parts.split_at(parts.len() - 1);
+                if depth + ops.len() > MAX_DEPTH {
+                    return Err(self.too_deep(span));
+                }
+                let mut acc = self.expr(operand[0].clone(), depth + ops.len())?;
+                for op in ops.iter().rev() {
+                    let op_span = self.span(op);
+                    let op = if op.as_str() == "-" {
+                        UnOp::Neg
+                    } else {
+                        UnOp::Not
+                    };
+                    let span = op_span.to(acc.span);
+                    acc = Expr {
+                        kind: ExprKind::Unary {
+                            op,
+                            arg: Box::new(acc),
+                        },
+                        span,
+                    };
+                }
+                Ok(acc)
+            }
+            Rule::power => {
+                let mut it = p.into_inner();
+                let base = self.expr(it.next().unwrap(), depth + 1)?;
+                match it.next() {
+                    None => Ok(base),
+                    Some(_op) => {
+                        let exp = self.expr(it.next().unwrap(), depth + 1)?;
+                        Ok(Expr {
+                            kind: ExprKind::Binary {
+                                op: BinOp::Pow,
+                                lhs: Box::new(base),
+                                rhs: Box::new(exp),
+                            },
+                            span,
+                        })
+                    }
+                }
+            }
+            Rule::primary => self.expr(p.into_inner().next().unwrap(), depth),
+            Rule::int => {
+                let value = p
+                    .as_str()
+                    .parse::<f64>()
+                    .map_err(|_| self.bad_number(span))?;
+                if value >= 9.0e15 {
+                    return Err(self.bad_number(span));
+                }
+                Ok(Expr {
+                    kind: ExprKind::Number {
+                        value,
+                        is_int: true,
+                    },
+                    span,
+                })
+            }
+            Rule::float => {
+                let value = p
+                    .as_str()
+                    .parse::<f64>()
+                    .map_err(|_| self.bad_number(span))?;
+                if !value.is_finite() {
+                    return Err(self.bad_number(span));
+                }
+                Ok(Expr {
+                    kind: ExprKind::Number {
+                        value,
+                        is_int: false,
+                    },
+                    span,
+                })
+            }
+            Rule::boolean => Ok(Expr {
+                kind: ExprKind::Bool(p.as_str() == "true"),
+                span,
+            }),
+            Rule::paren => {
+                let inner = self.expr(p.into_inner().next().unwrap(), depth + 1)?;
+                Ok(Expr {
+                    kind: ExprKind::Paren(Box::new(inner)),
+                    span,
+                })
+            }
+            Rule::iverson => {
+                let inner = self.expr(p.into_inner().next().unwrap(), depth + 1)?;
+                Ok(Expr {
+                    kind: ExprKind::Iverson(Box::new(inner)),
+                    span,
+                })
+            }
+            Rule::if_expr => {
+                let mut it = p.into_inner();
+                let cond = self.expr(it.next().unwrap(), depth + 1)?;
+                let then = self.expr(it.next().unwrap(), depth + 1)?;
+                let otherwise = self.expr(it.next().unwrap(), depth + 1)?;
+                Ok(Expr {
+                    kind: ExprKind::If {
+                        cond: Box::new(cond),
+                        then: Box::new(then),
+                        otherwise: Box::new(otherwise),
+                    },
+                    span,
+                })
+            }
+            Rule::reduction => {
+                let mut it = p.into_inner();
+                let op =
+                    ReduceOp::from_name(it.next().unwrap().as_str()).expect("grammar: reduce_op");
+                let mut binders = Vec::new();
+                let mut exprs = Vec::new();
+                for q in it {
+                    match q.as_rule() {
+                        Rule::binder => binders.push(self.binder(q)?),
+                        Rule::expr => exprs.push(q),
+                        r => unreachable!("reduction child {r:?}"),
+                    }
+                }
+                let body = self.expr(exprs.pop().unwrap(), depth + 1)?;
+                let mask = exprs
+                    .pop()
+                    .map(|m| self.expr(m, depth + 1))
+                    .transpose()?
+                    .map(Box::new);
+                Ok(Expr {
+                    kind: ExprKind::Reduce {
+                        op,
+                        binders,
+                        mask,
+                        body: Box::new(body),
+                    },
+                    span,
+                })
+            }
+            Rule::call => {
+                let mut it = p.into_inner();
+                let func = self.ident(it.next().unwrap());
+                let args = it
+                    .map(|a| self.expr(a, depth + 1))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Expr {
+                    kind: ExprKind::Call { func, args },
+                    span,
+                })
+            }
+            Rule::access => {
+                let mut it = p.into_inner();
+                let name = self.ident(it.next().unwrap());
+                let subscripts = match it.next() {
+                    Some(s) => Some(
+                        s.into_inner()
+                            .map(|a| self.expr(a, depth + 1))
+                            .collect::<Result<Vec<_>>>()?,
+                    ),
+                    None => None,
+                };
+                Ok(Expr {
+                    kind: ExprKind::Access { name, subscripts },
+                    span,
+                })
+            }
+            r => unreachable!("expression rule {r:?}"),
+        }
+    }
+
+    fn bad_number(&self, span: Span) -> Diag {
+        Diag::new(Code::BadNumber, "number literal out of range")
+            .label(span, "this literal cannot be represented")
+            .help("integers must be below 9e15 and floats finite in f64")
+    }
+}
+
+fn binop(s: &str) -> BinOp {
+    match s {
+        "||" => BinOp::Or,
+        "&&" => BinOp::And,
+        "==" => BinOp::Eq,
+        "!=" => BinOp::Ne,
+        "<" => BinOp::Lt,
+        "<=" => BinOp::Le,
+        ">" => BinOp::Gt,
+        ">=" => BinOp::Ge,
+        "+" => BinOp::Add,
+        "-" => BinOp::Sub,
+        "*" => BinOp::Mul,
+        "/" => BinOp::Div,
+        _ => BinOp::Pow,
+    }
+}

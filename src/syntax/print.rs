@@ -1,0 +1,179 @@
+//! `--emit ast`: a stable S-expression dump of the AST that makes grouping and binding visible.
+
+use std::fmt::Write;
+
+use super::ast::*;
+
+/// Prints a whole file, one item per paragraph.
+pub fn file(f: &File) -> String {
+    let mut out = String::new();
+    for item in &f.items {
+        if !item.doc.is_empty() {
+            for line in item.doc.lines() {
+                let _ = writeln!(out, "/// {line}");
+            }
+        }
+        match &item.kind {
+            ItemKind::Use { path, glob } => {
+                let mut p: Vec<&str> = path.iter().map(|i| i.name.as_str()).collect();
+                if *glob {
+                    p.push("*");
+                }
+                let _ = writeln!(out, "(use {})", p.join("::"));
+            }
+            ItemKind::Const { name, value } => {
+                let _ = writeln!(out, "(const {} {})", name.name, expr(value));
+            }
+            ItemKind::Fn(f) => {
+                let params: Vec<String> = f
+                    .params
+                    .iter()
+                    .map(|p| match &p.ty {
+                        Some(t) => format!("({} {})", p.name.name, ty(t)),
+                        None => p.name.name.clone(),
+                    })
+                    .collect();
+                let _ = writeln!(out, "(fn {} ({})", f.name.name, params.join(" "));
+                body(&mut out, &f.body);
+            }
+            ItemKind::Loss(l) => {
+                let _ = writeln!(out, "(loss {}", l.name.name);
+                for p in &l.params {
+                    let mut s = format!("  (param {} {}", p.name.name, ty(&p.ty));
+                    if p.nograd.is_some() {
+                        s.push_str(" nograd");
+                    }
+                    if let Some(d) = &p.default {
+                        let _ = write!(s, " (default {})", expr(d));
+                    }
+                    let _ = writeln!(out, "{s})");
+                }
+                for o in &l.outputs {
+                    let _ = writeln!(out, "  (output {} {})", o.name.name, ty(&o.ty));
+                }
+                body(&mut out, &l.body);
+            }
+        }
+    }
+    out
+}
+
+fn body(out: &mut String, b: &Body) {
+    for s in &b.stmts {
+        let kw = match s.kind {
+            StmtKind::Let => "let",
+            StmtKind::Out => "out",
+        };
+        let head = if s.head.is_empty() {
+            String::new()
+        } else {
+            format!("[{}]", binders(&s.head))
+        };
+        let _ = writeln!(out, "  ({kw} {}{head} {})", s.name.name, expr(&s.value));
+    }
+    let _ = writeln!(out, "  {})", expr(&b.result));
+}
+
+fn binders(bs: &[Binder]) -> String {
+    bs.iter()
+        .map(|b| match &b.range {
+            Some(r) => format!("{}: {}", b.name.name, dim(r)),
+            None => b.name.name.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A type as written: `f32[N, C]`, `idx[N] < C`.
+pub fn ty(t: &Type) -> String {
+    let mut s = t.elem.as_str().to_string();
+    if !t.shape.is_empty() {
+        let dims: Vec<String> = t.shape.iter().map(dim).collect();
+        let _ = write!(s, "[{}]", dims.join(", "));
+    }
+    if let Some(b) = &t.bound {
+        let _ = write!(s, " < {}", dim(b));
+    }
+    s
+}
+
+/// A dimension expression, parenthesised only where needed.
+pub fn dim(d: &DimExpr) -> String {
+    fn go(d: &DimExpr, prec: u8) -> String {
+        match &d.kind {
+            DimExprKind::Int(v) => v.to_string(),
+            DimExprKind::Name(n) => n.clone(),
+            DimExprKind::Add(a, b) | DimExprKind::Sub(a, b) => {
+                let op = if matches!(d.kind, DimExprKind::Add(..)) {
+                    "+"
+                } else {
+                    "-"
+                };
+                let s = format!("{} {op} {}", go(a, 1), go(b, 2));
+                if prec > 1 { format!("({s})") } else { s }
+            }
+            DimExprKind::Mul(a, b) => format!("{} * {}", go(a, 2), go(b, 3)),
+        }
+    }
+    go(d, 0)
+}
+
+/// An expression as an S-expression.
+pub fn expr(e: &Expr) -> String {
+    match &e.kind {
+        ExprKind::Number { value, is_int } => {
+            if *is_int {
+                format!("{}", *value as i64)
+            } else {
+                format!("{value:?}")
+            }
+        }
+        ExprKind::Bool(b) => b.to_string(),
+        ExprKind::Access {
+            name,
+            subscripts: None,
+        } => name.name.clone(),
+        ExprKind::Access {
+            name,
+            subscripts: Some(s),
+        } => {
+            let subs: Vec<String> = s.iter().map(expr).collect();
+            format!("{}[{}]", name.name, subs.join(", "))
+        }
+        ExprKind::Call { func, args } => {
+            let a: Vec<String> = args.iter().map(expr).collect();
+            format!("({} {})", func.name, a.join(" "))
+        }
+        ExprKind::Unary { op, arg } => {
+            let op = match op {
+                UnOp::Neg => "neg",
+                UnOp::Not => "!",
+            };
+            format!("({op} {})", expr(arg))
+        }
+        ExprKind::Binary { op, lhs, rhs } => {
+            format!("({} {} {})", op.as_str(), expr(lhs), expr(rhs))
+        }
+        ExprKind::Iverson(c) => format!("[{}]", expr(c)),
+        ExprKind::If {
+            cond,
+            then,
+            otherwise,
+        } => {
+            format!("(if {} {} {})", expr(cond), expr(then), expr(otherwise))
+        }
+        ExprKind::Reduce {
+            op,
+            binders: b,
+            mask,
+            body,
+        } => {
+            let m = mask
+                .as_ref()
+                .map(|m| format!(" | {}", expr(m)))
+                .unwrap_or_default();
+            format!("({}[{}{m}] {})", op.as_str(), binders(b), expr(body))
+        }
+        ExprKind::Paren(inner) => expr(inner),
+    }
+}
