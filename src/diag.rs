@@ -157,8 +157,6 @@ codes! {
     NotAValue = "124",
     /// A default value whose type differs from its parameter's.
     DefaultType = "125",
-    /// A hyperparameter default that is not a constant.
-    DefaultNotConstant = "126",
     /// `count` or a mask over something that is not a condition, or `select` with mixed branches.
     BadOperand = "127",
     /// Integer arithmetic on a dimension expression that is not allowed (e.g. a float const as a dim).

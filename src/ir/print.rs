@@ -36,7 +36,10 @@ pub fn function(f: &Function) -> String {
         .chain(
             f.hypers
                 .iter()
-                .map(|h| format!("{}: {} = {:?}", h.name, h.scalar.letter(), h.default)),
+                .map(|h| match h.scalar {
+                    Scalar::Int => format!("{}: idx = {}", h.name, h.default),
+                    _ => format!("{} = {:?}", h.name, h.default),
+                }),
         )
         .collect();
     let _ = writeln!(out, "loss {}({})", f.name, sig.join(", "));

@@ -662,7 +662,11 @@ impl Cx<'_, '_> {
                         continue;
                     }
                     defined_outs.push((s.name.name.clone(), s.name.span));
-                    self.tensor_def(s, Role::Output, Some(decl));
+                    let local = match self.tensor_def(s, Role::Output, Some(decl)) {
+                        Some(t) => Local::Tensor(t),
+                        None => Local::Poison,
+                    };
+                    self.bind(&s.name, local);
                 }
             }
         }
