@@ -28,9 +28,8 @@ fn main() {
     println!("cargo:rerun-if-changed=stdlib");
     let mut files = Vec::new();
     walk(&root, "", &mut files);
-    let mut src = String::from(
-        "/// Every stdlib module: (path with `/`, source).\npub static FILES: &[(&str, &str)] = &[\n",
-    );
+    let mut src =
+        String::from("/// Every stdlib module: (path with `/`, source).\npub static FILES: &[(&str, &str)] = &[\n");
     for (module, path) in &files {
         println!("cargo:rerun-if-changed={path}");
         writeln!(src, "    ({module:?}, include_str!({path:?})),").unwrap();

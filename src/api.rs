@@ -34,6 +34,10 @@ pub struct Program {
 impl Program {
     /// Parses and checks source text; `name` is the file name diagnostics show.
     pub fn from_source(name: &str, text: &str) -> Result<Program, Diags> {
+        on_big_stack(|| Program::compile(name, text))
+    }
+
+    fn compile(name: &str, text: &str) -> Result<Program, Diags> {
         let mut sources = SourceMap::default();
         let root = sources.add(name, text);
         let text = sources.get(root).text.clone();
@@ -51,8 +55,7 @@ impl Program {
     pub fn from_file(path: &Path) -> Result<Program, Diags> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Diags(vec![
-                Diag::new(Code::Io, format!("cannot read {}: {e}", path.display()))
-                    .help("check the path"),
+                Diag::new(Code::Io, format!("cannot read {}: {e}", path.display())).help("check the path"),
             ])
         })?;
         Program::from_source(&path.display().to_string(), &text)
@@ -60,9 +63,11 @@ impl Program {
 
     /// Parses only (for `--emit ast` on files that may not check).
     pub fn parse_only(name: &str, text: &str) -> Result<ast::File, Diags> {
-        let mut sources = SourceMap::default();
-        let root = sources.add(name, text);
-        syntax::parse(root, text).map_err(|d| Diags(vec![d.with_source(&sources)]))
+        on_big_stack(|| {
+            let mut sources = SourceMap::default();
+            let root = sources.add(name, text);
+            syntax::parse(root, text).map_err(|d| Diags(vec![d.with_source(&sources)]))
+        })
     }
 
     /// The loss named `name`, or the only one when `name` is `None`.
@@ -78,10 +83,7 @@ impl Program {
         match name {
             Some(n) => self.module.get(n).ok_or_else(|| {
                 let mut d = Diag::new(Code::UnknownLoss, format!("no loss named `{n}`"));
-                d = match crate::diag::closest(
-                    n,
-                    self.module.functions.iter().map(|f| f.name.as_str()),
-                ) {
+                d = match crate::diag::closest(n, self.module.functions.iter().map(|f| f.name.as_str())) {
                     Some(c) => d.help(format!("did you mean `{c}`? (losses: {})", names())),
                     None => d.help(format!("losses in this file: {}", names())),
                 };
@@ -91,11 +93,10 @@ impl Program {
                 [only] => Ok(only),
                 [] => Err(Diag::new(Code::UnknownLoss, "the file defines no loss")
                     .help("define one: `loss name(x: f32[N]) { mean[i] x[i] }`")),
-                _ => Err(Diag::new(
-                    Code::UnknownLoss,
-                    "the file defines several losses; choose one",
-                )
-                .help(format!("pass --loss NAME with one of: {}", names()))),
+                _ => Err(
+                    Diag::new(Code::UnknownLoss, "the file defines several losses; choose one")
+                        .help(format!("pass --loss NAME with one of: {}", names())),
+                ),
             },
         }
     }
@@ -119,7 +120,26 @@ pub fn eval(
     hypers: &BTreeMap<String, f64>,
 ) -> Result<Evaluation, CallError> {
     let bound = call::bind(f, inputs, hypers)?;
-    interp::run(f, &bound)
+    on_big_stack(|| interp::run(f, &bound))
+}
+
+/// The stack the compiler's recursive stages run on. The parser, the checker and the interpreter recurse
+/// over trees whose depth the front end bounds (see `syntax::MAX_NESTING` and `ir::MAX_NODE_DEPTH`); this
+/// much stack covers those bounds even in unoptimised builds. It is reserved, not committed, memory.
+const STACK_BYTES: usize = 256 << 20;
+
+/// Runs `f` on a thread with [`STACK_BYTES`] of stack and returns its result (re-raising a panic).
+pub(crate) fn on_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        let handle = std::thread::Builder::new()
+            .name("lossc".into())
+            .stack_size(STACK_BYTES)
+            .spawn_scoped(scope, f)
+            .expect("the OS refused to start a thread");
+        handle
+            .join()
+            .unwrap_or_else(|payload| std::panic::resume_unwind(payload))
+    })
 }
 
 /// Why an evaluation through [`Program::eval`] failed.

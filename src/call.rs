@@ -69,18 +69,10 @@ pub enum CallError {
     #[error("hyperparameter `{name}` is an integer, but was given {value}")]
     HyperNotInteger { name: String, value: f64 },
     #[error("tensor `{tensor}` would have a negative extent {value} along {dim}")]
-    NegativeDim {
-        tensor: String,
-        dim: String,
-        value: i64,
-    },
-    #[error(
-        "tensor `{tensor}` would have {elements} elements, more than the limit of {MAX_ELEMENTS}"
-    )]
+    NegativeDim { tensor: String, dim: String, value: i64 },
+    #[error("tensor `{tensor}` would have {elements} elements, more than the limit of {MAX_ELEMENTS}")]
     TooLarge { tensor: String, elements: u128 },
-    #[error(
-        "subscript out of range: axis {axis} of `{tensor}` has size {size}, but the subscript is {value}"
-    )]
+    #[error("subscript out of range: axis {axis} of `{tensor}` has size {size}, but the subscript is {value}")]
     IndexOutOfRange {
         tensor: String,
         axis: usize,
@@ -104,17 +96,8 @@ pub fn bind<'a>(
     inputs: &'a BTreeMap<String, Tensor>,
     hypers: &BTreeMap<String, f64>,
 ) -> Result<Bound<'a>, CallError> {
-    let expected = || {
-        f.inputs
-            .iter()
-            .map(|i| i.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    if let Some(name) = inputs
-        .keys()
-        .find(|n| !f.inputs.iter().any(|i| &i.name == *n))
-    {
+    let expected = || f.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ");
+    if let Some(name) = inputs.keys().find(|n| !f.inputs.iter().any(|i| &i.name == *n)) {
         return Err(CallError::UnknownInput {
             name: name.clone(),
             expected: expected(),
@@ -123,12 +106,10 @@ pub fn bind<'a>(
     let mut sizes: Vec<Option<(usize, String)>> = vec![None; f.dims.len()];
     let mut ordered = Vec::new();
     for input in &f.inputs {
-        let t = inputs
-            .get(&input.name)
-            .ok_or_else(|| CallError::MissingInput {
-                name: input.name.clone(),
-                expected: expected(),
-            })?;
+        let t = inputs.get(&input.name).ok_or_else(|| CallError::MissingInput {
+            name: input.name.clone(),
+            expected: expected(),
+        })?;
         match (input.elem, &t.data) {
             (ElemTy::Idx, Data::Int(_)) | (ElemTy::F32 | ElemTy::F64, Data::Float(_)) => {}
             (ElemTy::Idx, _) => {
@@ -148,12 +129,7 @@ pub fn bind<'a>(
         }
         let shape_str = format!(
             "[{}]",
-            input
-                .shape
-                .iter()
-                .map(|d| f.show_dim(d))
-                .collect::<Vec<_>>()
-                .join(", ")
+            input.shape.iter().map(|d| f.show_dim(d)).collect::<Vec<_>>().join(", ")
         );
         if t.shape.len() != input.shape.len() {
             return Err(CallError::RankMismatch {
@@ -206,19 +182,14 @@ pub fn bind<'a>(
                         });
                     }
                     Some(_) => {}
-                    None => {
-                        sizes[s.index()] = Some((*got, format!("axis {axis} of `{}`", input.name)))
-                    }
+                    None => sizes[s.index()] = Some((*got, format!("axis {axis} of `{}`", input.name))),
                 },
                 _ => {}
             }
         }
         ordered.push(t);
     }
-    let sizes: Vec<i64> = sizes
-        .into_iter()
-        .map(|s| s.map_or(0, |(n, _)| n as i64))
-        .collect();
+    let sizes: Vec<i64> = sizes.into_iter().map(|s| s.map_or(0, |(n, _)| n as i64)).collect();
     // Labels inside their bounds.
     for (input, t) in f.inputs.iter().zip(&ordered) {
         if let (Some(b), Data::Int(v)) = (&input.bound, &t.data) {
@@ -237,19 +208,10 @@ pub fn bind<'a>(
     let mut values: Vec<f64> = f.hypers.iter().map(|h| h.default).collect();
     for (name, v) in hypers {
         let Some(k) = f.hypers.iter().position(|h| &h.name == name) else {
-            let available = f
-                .hypers
-                .iter()
-                .map(|h| h.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ");
+            let available = f.hypers.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ");
             return Err(CallError::UnknownHyper {
                 name: name.clone(),
-                available: if available.is_empty() {
-                    "none".into()
-                } else {
-                    available
-                },
+                available: if available.is_empty() { "none".into() } else { available },
             });
         };
         if f.hypers[k].scalar == Scalar::Int && v.fract() != 0.0 {

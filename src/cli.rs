@@ -127,9 +127,8 @@ pub fn run(cli: Cli) -> Result<String, Failure> {
             let text = compile(&file, emit, loss.as_deref())?;
             match output {
                 Some(path) => {
-                    std::fs::write(&path, text).map_err(|e| {
-                        Failure::Message(format!("error: cannot write {}: {e}", path.display()))
-                    })?;
+                    std::fs::write(&path, text)
+                        .map_err(|e| Failure::Message(format!("error: cannot write {}: {e}", path.display())))?;
                     Ok(String::new())
                 }
                 None => Ok(text),
@@ -156,15 +155,12 @@ fn check(files: &[PathBuf]) -> Result<String, Failure> {
         Ok(out)
     } else {
         print!("{out}");
-        Err(Failure::Diags(Diags(
-            failed.into_iter().flat_map(|d| d.0).collect(),
-        )))
+        Err(Failure::Diags(Diags(failed.into_iter().flat_map(|d| d.0).collect())))
     }
 }
 
 fn compile(file: &Path, emit: Emit, loss: Option<&str>) -> Result<String, Failure> {
-    let read_err =
-        |e: std::io::Error| Failure::Message(format!("error: cannot read {}: {e}", file.display()));
+    let read_err = |e: std::io::Error| Failure::Message(format!("error: cannot read {}: {e}", file.display()));
     match emit {
         Emit::Ast => {
             let text = std::fs::read_to_string(file).map_err(read_err)?;
@@ -203,9 +199,9 @@ fn parse_pairs(items: &[String], what: &str) -> Result<Vec<(String, String)>, Fa
 pub fn gather_inputs(f: &Function, args: &EvalArgs) -> Result<BTreeMap<String, Tensor>, Failure> {
     let mut inputs = BTreeMap::new();
     for spec in &args.inputs {
-        let (name, path) = spec.split_once('=').ok_or_else(|| {
-            Failure::Message(format!("error: `{spec}` is not of the form NAME=PATH"))
-        })?;
+        let (name, path) = spec
+            .split_once('=')
+            .ok_or_else(|| Failure::Message(format!("error: `{spec}` is not of the form NAME=PATH")))?;
         inputs.insert(name.to_string(), data::load(path)?);
     }
     if let Some(dir) = &args.data {
@@ -220,9 +216,7 @@ pub fn gather_inputs(f: &Function, args: &EvalArgs) -> Result<BTreeMap<String, T
         let mut sizes: BTreeMap<String, usize> = BTreeMap::new();
         for (k, v) in parse_pairs(std::slice::from_ref(spec), "DIM=SIZE")? {
             let n = v.parse::<usize>().map_err(|_| {
-                Failure::Message(format!(
-                    "error: size of {k} must be a non-negative integer, got `{v}`"
-                ))
+                Failure::Message(format!("error: size of {k} must be a non-negative integer, got `{v}`"))
             })?;
             if !f.dims.iter().any(|d| d.name == k) {
                 let dims: Vec<&str> = f.dims.iter().map(|d| d.name.as_str()).collect();
@@ -235,11 +229,7 @@ pub fn gather_inputs(f: &Function, args: &EvalArgs) -> Result<BTreeMap<String, T
             sizes.insert(k, n);
         }
         // Sizes fixed by files already given win over nothing; a disagreement is reported at bind time.
-        for (input, t) in f
-            .inputs
-            .iter()
-            .filter_map(|i| inputs.get(&i.name).map(|t| (i, t)))
-        {
+        for (input, t) in f.inputs.iter().filter_map(|i| inputs.get(&i.name).map(|t| (i, t))) {
             for (d, n) in input.shape.iter().zip(&t.shape) {
                 if let Dim::Sym(s) = d {
                     sizes.entry(f.dims[s.index()].name.clone()).or_insert(*n);
@@ -260,9 +250,7 @@ pub fn gather_inputs(f: &Function, args: &EvalArgs) -> Result<BTreeMap<String, T
                 })
                 .collect();
             let v = d.eval(&vals?);
-            usize::try_from(v).map_err(|_| {
-                Failure::Message(format!("error: dimension {} is negative", f.show_dim(d)))
-            })
+            usize::try_from(v).map_err(|_| Failure::Message(format!("error: dimension {} is negative", f.show_dim(d))))
         };
         let mut rng = Rng::new(args.seed);
         for input in &f.inputs {
@@ -274,9 +262,7 @@ pub fn gather_inputs(f: &Function, args: &EvalArgs) -> Result<BTreeMap<String, T
                 .iter()
                 .try_fold(1usize, |a, d| a.checked_mul(*d))
                 .filter(|n| *n as u64 <= call::MAX_ELEMENTS)
-                .ok_or_else(|| {
-                    Failure::Message(format!("error: input `{}` would be too large", input.name))
-                })?;
+                .ok_or_else(|| Failure::Message(format!("error: input `{}` would be too large", input.name)))?;
             let t = if input.elem == ElemTy::Idx {
                 let bound = match &input.bound {
                     Some(b) => size_of(b)? as u64,
@@ -302,16 +288,15 @@ fn eval(args: &EvalArgs) -> Result<String, Failure> {
     let inputs = gather_inputs(f, args)?;
     let mut hypers = BTreeMap::new();
     for (k, v) in parse_pairs(&args.sets, "NAME=VALUE")? {
-        let x = v.parse::<f64>().map_err(|_| {
-            Failure::Message(format!("error: value of {k} must be a number, got `{v}`"))
-        })?;
+        let x = v
+            .parse::<f64>()
+            .map_err(|_| Failure::Message(format!("error: value of {k} must be a number, got `{v}`")))?;
         hypers.insert(k, x);
     }
     let result = crate::api::eval(f, &inputs, &hypers)?;
     if let Some(dir) = &args.out {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            Failure::Message(format!("error: cannot create {}: {e}", dir.display()))
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Failure::Message(format!("error: cannot create {}: {e}", dir.display())))?;
         data::save_npy(&dir.join("loss.npy"), &Tensor::scalar(result.loss))?;
         for (name, t) in &result.outputs {
             data::save_npy(&dir.join(format!("out_{name}.npy")), t)?;
@@ -329,10 +314,7 @@ fn eval(args: &EvalArgs) -> Result<String, Failure> {
                         Data::Float(v) => serde_json::json!(v),
                         Data::Int(v) => serde_json::json!(v),
                     };
-                    (
-                        n.clone(),
-                        serde_json::json!({"shape": t.shape, "data": data}),
-                    )
+                    (n.clone(), serde_json::json!({"shape": t.shape, "data": data}))
                 })
                 .collect();
             obj.insert("outputs".into(), serde_json::Value::Object(outs));

@@ -89,15 +89,9 @@ impl Tensor {
 #[derive(Debug, Error)]
 pub enum DataError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a valid .npy file: {reason}")]
     BadNpy { path: PathBuf, reason: String },
     #[error("{path} holds dtype {dtype}; lossc reads float32, float64, int32 and int64")]
@@ -158,9 +152,7 @@ fn parse_npy(bytes: &[u8]) -> Result<Tensor, NpyProblem> {
     let bad = |s: &str| NpyProblem::Bad(s.to_string());
     let npy = npyz::NpyFile::new(bytes).map_err(|e| NpyProblem::Bad(e.to_string()))?;
     if npy.order() == npyz::Order::Fortran {
-        return Err(bad(
-            "Fortran-order arrays are not supported; save with C order",
-        ));
+        return Err(bad("Fortran-order arrays are not supported; save with C order"));
     }
     let shape: Vec<usize> = npy.shape().iter().map(|d| *d as usize).collect();
     let count = shape
@@ -224,11 +216,10 @@ pub fn load_safetensors(path: &Path, name: &str) -> Result<Tensor, DataError> {
         path: path.into(),
         source,
     })?;
-    let st =
-        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| DataError::BadSafetensors {
-            path: path.into(),
-            reason: e.to_string(),
-        })?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| DataError::BadSafetensors {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
     let view = st.tensor(name).map_err(|_| {
         let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
         names.sort();

@@ -73,15 +73,10 @@ impl SourceMap {
     }
     pub fn text(&self, span: Span) -> &str {
         let f = self.get(span.source);
-        f.text
-            .get(span.start as usize..span.end as usize)
-            .unwrap_or("")
+        f.text.get(span.start as usize..span.end as usize).unwrap_or("")
     }
     pub fn find(&self, name: &str) -> Option<SourceId> {
-        self.files
-            .iter()
-            .position(|f| f.name == name)
-            .map(|i| i as SourceId)
+        self.files.iter().position(|f| f.name == name).map(|i| i as SourceId)
     }
 }
 
@@ -240,9 +235,7 @@ impl miette::Diagnostic for Diag {
         Some(Box::new(self.code))
     }
     fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        self.help
-            .as_ref()
-            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
+        self.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
     fn source_code(&self) -> Option<&dyn SourceCode> {
         self.source.as_ref().map(|s| s as &dyn SourceCode)
@@ -276,10 +269,9 @@ impl Diags {
 
 /// Renders one diagnostic with miette's graphical handler, colour and links off, unicode on.
 pub fn render(diag: &Diag) -> String {
-    let handler =
-        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
-            .with_links(false)
-            .with_width(110);
+    let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+        .with_links(false)
+        .with_width(110);
     let mut out = String::new();
     match handler.render_report(&mut out, diag) {
         Ok(()) => out,

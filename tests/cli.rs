@@ -7,18 +7,29 @@ use std::process::{Command, Output};
 use lossc::data::{Tensor, save_npy};
 
 fn lossc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lossc")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_lossc"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
 }
 
 fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 /// Runs and expects exit code `code`; checks no panic message leaked.
 fn expect(args: &[&str], code: i32) -> (String, String) {
     let o = lossc(args);
     let (out, err) = text(&o);
-    assert_eq!(o.status.code(), Some(code), "lossc {args:?}\nstdout: {out}\nstderr: {err}");
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "lossc {args:?}\nstdout: {out}\nstderr: {err}"
+    );
     assert!(!err.contains("panicked"), "lossc {args:?} panicked: {err}");
     (out, err)
 }
@@ -44,7 +55,10 @@ fn check_accepts_every_example() {
         .collect();
     args.extend(files.iter().map(String::as_str));
     let (out, _) = expect(&args, 0);
-    assert_eq!(out.lines().filter(|l| l.ends_with("ok (1 loss(es))")).count(), files.len());
+    assert_eq!(
+        out.lines().filter(|l| l.ends_with("ok (1 loss(es))")).count(),
+        files.len()
+    );
 }
 
 #[test]
@@ -53,12 +67,23 @@ fn check_reports_diagnostics_and_exits_1() {
     let f = d.join("bad.lx");
     std::fs::write(&f, "loss f(x: f32[N]) { mean[i] x[i] * lamda }").unwrap();
     let (_, err) = expect(&["check", p(&f)], 1);
-    assert!(err.contains("lossc::E101") && err.contains("unknown name `lamda`"), "{err}");
+    assert!(
+        err.contains("lossc::E101") && err.contains("unknown name `lamda`"),
+        "{err}"
+    );
 }
 
 #[test]
 fn eval_bundled_example() {
-    let (out, _) = expect(&["eval", "examples/cross_entropy.lx", "--data", "examples/data/cross_entropy"], 0);
+    let (out, _) = expect(
+        &[
+            "eval",
+            "examples/cross_entropy.lx",
+            "--data",
+            "examples/data/cross_entropy",
+        ],
+        0,
+    );
     assert!(out.starts_with("loss = "), "{out}");
 }
 
@@ -66,10 +91,25 @@ fn eval_bundled_example() {
 fn eval_json_and_out_dir_agree() {
     let d = scratch("out");
     let (out, _) = expect(
-        &["eval", "examples/ldr_kl.lx", "--random", "N=4,C=3", "--seed", "7", "--json", "--out", p(&d)],
+        &[
+            "eval",
+            "examples/ldr_kl.lx",
+            "--random",
+            "N=4,C=3",
+            "--seed",
+            "7",
+            "--json",
+            "--out",
+            p(&d),
+        ],
         0,
     );
-    let v: f64 = out.trim().trim_start_matches("{\"loss\":").trim_end_matches('}').parse().unwrap();
+    let v: f64 = out
+        .trim()
+        .trim_start_matches("{\"loss\":")
+        .trim_end_matches('}')
+        .parse()
+        .unwrap();
     let saved = lossc::data::load_npy(&d.join("loss.npy")).unwrap();
     assert_eq!(saved.shape, Vec::<usize>::new());
     assert_eq!(saved.to_f64(), vec![v]);
@@ -78,7 +118,10 @@ fn eval_json_and_out_dir_agree() {
 #[test]
 fn eval_writes_outputs() {
     let d = scratch("outputs");
-    expect(&["eval", "tests/in/outputs.lx", "--random", "B=3,C=2", "--out", p(&d)], 0);
+    expect(
+        &["eval", "tests/in/outputs.lx", "--random", "B=3,C=2", "--out", p(&d)],
+        0,
+    );
     let u = lossc::data::load_npy(&d.join("out_u_new.npy")).unwrap();
     assert_eq!(u.shape, vec![3]);
 }
@@ -90,38 +133,94 @@ fn eval_inputs_from_files_and_safetensors() {
     save_npy(&d.join("s.npy"), &s).unwrap();
     save_npy(&d.join("y.npy"), &Tensor::labels(vec![2], vec![2, 0])).unwrap();
     let (out, _) = expect(
-        &["eval", "examples/cross_entropy.lx", "--input", &format!("s={}", p(&d.join("s.npy"))), "--input", &format!("y={}", p(&d.join("y.npy"))), "--json"],
+        &[
+            "eval",
+            "examples/cross_entropy.lx",
+            "--input",
+            &format!("s={}", p(&d.join("s.npy"))),
+            "--input",
+            &format!("y={}", p(&d.join("y.npy"))),
+            "--json",
+        ],
         0,
     );
     let want = ((1f64.exp() + 2f64.exp() + 3f64.exp()).ln() - 3.0 + 3f64.ln()) / 2.0;
-    let got: f64 = out.trim().trim_start_matches("{\"loss\":").trim_end_matches('}').parse().unwrap();
+    let got: f64 = out
+        .trim()
+        .trim_start_matches("{\"loss\":")
+        .trim_end_matches('}')
+        .parse()
+        .unwrap();
     assert!((got - want).abs() < 1e-12);
 
     // The same through a .safetensors file.
     let mut bytes = Vec::new();
-    let data: Vec<u8> = [1.0f32, 2.0, 3.0, 0.0, 0.0, 0.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+    let data: Vec<u8> = [1.0f32, 2.0, 3.0, 0.0, 0.0, 0.0]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
     let labels: Vec<u8> = [2i64, 0].iter().flat_map(|x| x.to_le_bytes()).collect();
     let views = vec![
-        ("logits", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 3], &data).unwrap()),
-        ("labels", safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![2], &labels).unwrap()),
+        (
+            "logits",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 3], &data).unwrap(),
+        ),
+        (
+            "labels",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![2], &labels).unwrap(),
+        ),
     ];
     bytes.extend(safetensors::tensor::serialize(views, None).unwrap());
     let st = d.join("batch.safetensors");
     std::fs::write(&st, bytes).unwrap();
     let (out2, _) = expect(
-        &["eval", "examples/cross_entropy.lx", "--input", &format!("s={}:logits", p(&st)), "--input", &format!("y={}:labels", p(&st)), "--json"],
+        &[
+            "eval",
+            "examples/cross_entropy.lx",
+            "--input",
+            &format!("s={}:logits", p(&st)),
+            "--input",
+            &format!("y={}:labels", p(&st)),
+            "--json",
+        ],
         0,
     );
-    let got2: f64 = out2.trim().trim_start_matches("{\"loss\":").trim_end_matches('}').parse().unwrap();
+    let got2: f64 = out2
+        .trim()
+        .trim_start_matches("{\"loss\":")
+        .trim_end_matches('}')
+        .parse()
+        .unwrap();
     assert!((got2 - want).abs() < 1e-6);
 }
 
 #[test]
 fn set_overrides_a_hyperparameter() {
     let base = expect(&["eval", "examples/ldr_kl.lx", "--data", "examples/data/ldr_kl"], 0).0;
-    let changed = expect(&["eval", "examples/ldr_kl.lx", "--data", "examples/data/ldr_kl", "--set", "lambda=3"], 0).0;
+    let changed = expect(
+        &[
+            "eval",
+            "examples/ldr_kl.lx",
+            "--data",
+            "examples/data/ldr_kl",
+            "--set",
+            "lambda=3",
+        ],
+        0,
+    )
+    .0;
     assert_ne!(base, changed);
-    let (_, err) = expect(&["eval", "examples/ldr_kl.lx", "--data", "examples/data/ldr_kl", "--set", "lamda=3"], 1);
+    let (_, err) = expect(
+        &[
+            "eval",
+            "examples/ldr_kl.lx",
+            "--data",
+            "examples/data/ldr_kl",
+            "--set",
+            "lamda=3",
+        ],
+        1,
+    );
     assert!(err.contains("unknown hyperparameter `lamda`"), "{err}");
 }
 
@@ -140,7 +239,17 @@ fn compile_emits_ast_and_ir() {
 fn missing_file() {
     let (_, err) = expect(&["eval", "examples/nope.lx", "--random", "N=2"], 1);
     assert!(err.contains("cannot read examples/nope.lx"), "{err}");
-    let (_, err) = expect(&["eval", "examples/cross_entropy.lx", "--input", "s=/nonexistent/s.npy", "--random", "N=2,C=2"], 1);
+    let (_, err) = expect(
+        &[
+            "eval",
+            "examples/cross_entropy.lx",
+            "--input",
+            "s=/nonexistent/s.npy",
+            "--random",
+            "N=2,C=2",
+        ],
+        1,
+    );
     assert!(err.contains("cannot read /nonexistent/s.npy"), "{err}");
 }
 
@@ -148,18 +257,54 @@ fn missing_file() {
 fn wrong_dtype() {
     let d = scratch("dtype");
     save_npy(&d.join("y.npy"), &Tensor::float(vec![2], vec![0.0, 1.0])).unwrap();
-    let (_, err) = expect(&["eval", "examples/cross_entropy.lx", "--input", &format!("y={}", p(&d.join("y.npy"))), "--random", "N=2,C=3"], 1);
-    assert!(err.contains("input `y` must be integer labels") && err.contains("float64"), "{err}");
+    let (_, err) = expect(
+        &[
+            "eval",
+            "examples/cross_entropy.lx",
+            "--input",
+            &format!("y={}", p(&d.join("y.npy"))),
+            "--random",
+            "N=2,C=3",
+        ],
+        1,
+    );
+    assert!(
+        err.contains("input `y` must be integer labels") && err.contains("float64"),
+        "{err}"
+    );
 }
 
 #[test]
 fn wrong_shape() {
     let d = scratch("shape");
     save_npy(&d.join("y.npy"), &Tensor::labels(vec![3], vec![0, 1, 0])).unwrap();
-    let (_, err) = expect(&["eval", "examples/cross_entropy.lx", "--input", &format!("y={}", p(&d.join("y.npy"))), "--random", "N=2,C=3"], 1);
-    assert!(err.contains("dimension N mismatch") && err.contains("size 3") && err.contains("N = 2"), "{err}");
+    let (_, err) = expect(
+        &[
+            "eval",
+            "examples/cross_entropy.lx",
+            "--input",
+            &format!("y={}", p(&d.join("y.npy"))),
+            "--random",
+            "N=2,C=3",
+        ],
+        1,
+    );
+    assert!(
+        err.contains("dimension N mismatch") && err.contains("size 3") && err.contains("N = 2"),
+        "{err}"
+    );
     save_npy(&d.join("y2.npy"), &Tensor::labels(vec![2, 1], vec![0, 1])).unwrap();
-    let (_, err) = expect(&["eval", "examples/cross_entropy.lx", "--input", &format!("y={}", p(&d.join("y2.npy"))), "--random", "N=2,C=3"], 1);
+    let (_, err) = expect(
+        &[
+            "eval",
+            "examples/cross_entropy.lx",
+            "--input",
+            &format!("y={}", p(&d.join("y2.npy"))),
+            "--random",
+            "N=2,C=3",
+        ],
+        1,
+    );
     assert!(err.contains("must have rank 1"), "{err}");
 }
 
@@ -167,29 +312,68 @@ fn wrong_shape() {
 fn label_out_of_range() {
     let d = scratch("label");
     save_npy(&d.join("y.npy"), &Tensor::labels(vec![2], vec![0, 7])).unwrap();
-    let (_, err) = expect(&["eval", "examples/cross_entropy.lx", "--input", &format!("y={}", p(&d.join("y.npy"))), "--random", "N=2,C=3"], 1);
-    assert!(err.contains("label out of range") && err.contains("position [1]") && err.contains("is 7"), "{err}");
+    let (_, err) = expect(
+        &[
+            "eval",
+            "examples/cross_entropy.lx",
+            "--input",
+            &format!("y={}", p(&d.join("y.npy"))),
+            "--random",
+            "N=2,C=3",
+        ],
+        1,
+    );
+    assert!(
+        err.contains("label out of range") && err.contains("position [1]") && err.contains("is 7"),
+        "{err}"
+    );
 }
 
 #[test]
 fn malformed_npy() {
     let d = scratch("malformed");
     std::fs::write(d.join("s.npy"), b"\x93NUMPY\x01\x00garbage").unwrap();
-    let (_, err) = expect(&["eval", "examples/cross_entropy.lx", "--input", &format!("s={}", p(&d.join("s.npy"))), "--random", "N=2,C=3"], 1);
+    let (_, err) = expect(
+        &[
+            "eval",
+            "examples/cross_entropy.lx",
+            "--input",
+            &format!("s={}", p(&d.join("s.npy"))),
+            "--random",
+            "N=2,C=3",
+        ],
+        1,
+    );
     assert!(err.contains("is not a valid .npy file"), "{err}");
     // A valid header that promises more data than the file holds.
     save_npy(&d.join("t.npy"), &Tensor::float(vec![4], vec![1.0; 4])).unwrap();
     let mut bytes = std::fs::read(d.join("t.npy")).unwrap();
     bytes.truncate(bytes.len() - 9);
     std::fs::write(d.join("t.npy"), bytes).unwrap();
-    let (_, err) = expect(&["eval", "examples/anyloss_f1.lx", "--input", &format!("p={}", p(&d.join("t.npy"))), "--random", "N=4"], 1);
+    let (_, err) = expect(
+        &[
+            "eval",
+            "examples/anyloss_f1.lx",
+            "--input",
+            &format!("p={}", p(&d.join("t.npy"))),
+            "--random",
+            "N=4",
+        ],
+        1,
+    );
     assert!(err.contains("is not a valid .npy file"), "{err}");
 }
 
 #[test]
 fn unknown_loss_name() {
-    let (_, err) = expect(&["eval", "tests/in/use_std.lx", "--loss", "mixd", "--random", "N=2,C=3"], 1);
-    assert!(err.contains("no loss named `mixd`") && err.contains("did you mean `mixed`"), "{err}");
+    let (_, err) = expect(
+        &["eval", "tests/in/use_std.lx", "--loss", "mixd", "--random", "N=2,C=3"],
+        1,
+    );
+    assert!(
+        err.contains("no loss named `mixd`") && err.contains("did you mean `mixed`"),
+        "{err}"
+    );
     let (_, err) = expect(&["eval", "tests/in/use_std.lx", "--random", "N=2,C=3"], 1);
     assert!(err.contains("several losses"), "{err}");
 }
@@ -200,7 +384,17 @@ fn missing_and_unknown_inputs() {
     assert!(err.contains("missing input `s`"), "{err}");
     let d = scratch("unknown");
     save_npy(&d.join("q.npy"), &Tensor::float(vec![2], vec![0.0, 1.0])).unwrap();
-    let (_, err) = expect(&["eval", "examples/cross_entropy.lx", "--input", &format!("q={}", p(&d.join("q.npy"))), "--random", "N=2,C=3"], 1);
+    let (_, err) = expect(
+        &[
+            "eval",
+            "examples/cross_entropy.lx",
+            "--input",
+            &format!("q={}", p(&d.join("q.npy"))),
+            "--random",
+            "N=2,C=3",
+        ],
+        1,
+    );
     assert!(err.contains("unknown input `q`"), "{err}");
     let (_, err) = expect(&["eval", "examples/cross_entropy.lx", "--random", "N=2"], 1);
     assert!(err.contains("give the size of dimension C"), "{err}");

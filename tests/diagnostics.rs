@@ -11,7 +11,11 @@ fn fails(name: &str, src: &str, code: Code) -> String {
         Err(d) => d,
     };
     let codes: Vec<Code> = diags.0.iter().map(|d| d.code).collect();
-    assert!(codes.contains(&code), "{name}: expected {code}, got {codes:?}:\n{}", diags.render());
+    assert!(
+        codes.contains(&code),
+        "{name}: expected {code}, got {codes:?}:\n{}",
+        diags.render()
+    );
     for d in &diags.0 {
         assert!(d.help.is_some(), "{name}: {} has no help", d.code);
         assert!(!d.labels.is_empty(), "{name}: {} has no label", d.code);
@@ -31,47 +35,172 @@ macro_rules! case {
 
 case!(syntax_error, Syntax, "loss f(x: f32[N]) {\n    mean[i] x[i] +\n}\n");
 case!(syntax_bad_item, Syntax, "lost f(x: f32[N]) { 1 }\n");
-case!(nesting_too_deep, TooDeep, &format!("loss f(x: f32[N]) {{ {}x[0]{} }}\n", "(".repeat(100), ")".repeat(100)));
-case!(chain_too_deep, TooDeep, &format!("loss f(x: f32[N]) {{ x[0]{} }}\n", " + 1".repeat(400)));
-case!(number_out_of_range, BadNumber, "loss f(x: f32[N]) { mean[i] x[i] * 1e999 }\n");
-case!(unknown_name, UnknownName, "loss f(x: f32[N], lambda: f32 = 1.0) {\n    mean[i] x[i] * lamda\n}\n");
-case!(duplicate_let, Duplicate, "loss f(x: f32[N]) {\n    let a = sum[i] x[i]\n    let a = mean[i] x[i]\n    a\n}\n");
-case!(duplicate_item, Duplicate, "fn g(v) { v }\nfn g(v) { 2 * v }\nloss f(x: f32[N]) { mean[i] g(x[i]) }\n");
-case!(unknown_function, UnknownFunction, "loss f(x: f32[N]) {\n    mean[i] expp(x[i])\n}\n");
-case!(reduction_called_like_function, UnknownFunction, "loss f(x: f32[N]) {\n    sum(x[0])\n}\n");
+case!(
+    nesting_too_deep,
+    TooDeep,
+    &format!("loss f(x: f32[N]) {{ {}x[0]{} }}\n", "(".repeat(100), ")".repeat(100))
+);
+case!(
+    chain_too_deep,
+    TooDeep,
+    &format!("loss f(x: f32[N]) {{ x[0]{} }}\n", " + 1".repeat(400))
+);
+case!(
+    number_out_of_range,
+    BadNumber,
+    "loss f(x: f32[N]) { mean[i] x[i] * 1e999 }\n"
+);
+case!(
+    unknown_name,
+    UnknownName,
+    "loss f(x: f32[N], lambda: f32 = 1.0) {\n    mean[i] x[i] * lamda\n}\n"
+);
+case!(
+    duplicate_let,
+    Duplicate,
+    "loss f(x: f32[N]) {\n    let a = sum[i] x[i]\n    let a = mean[i] x[i]\n    a\n}\n"
+);
+case!(
+    duplicate_item,
+    Duplicate,
+    "fn g(v) { v }\nfn g(v) { 2 * v }\nloss f(x: f32[N]) { mean[i] g(x[i]) }\n"
+);
+case!(
+    unknown_function,
+    UnknownFunction,
+    "loss f(x: f32[N]) {\n    mean[i] expp(x[i])\n}\n"
+);
+case!(
+    reduction_called_like_function,
+    UnknownFunction,
+    "loss f(x: f32[N]) {\n    sum(x[0])\n}\n"
+);
 case!(wrong_arity, Arity, "loss f(x: f32[N]) {\n    mean[i] pow(x[i])\n}\n");
-case!(unknown_module, UnknownModule, "use std::robustness::ldr_kl\nloss f(x: f32[N]) { mean[i] x[i] }\n");
-case!(unknown_import, UnknownImport, "use std::classification::cross_entropyy\nloss f(x: f32[N]) { mean[i] x[i] }\n");
-case!(recursive_fn, RecursiveFn, "fn g(v) { g(v) + 1 }\nloss f(x: f32[N]) { mean[i] g(x[i]) }\n");
-case!(not_constant, NotConstant, "const K = [1 > 0]\nloss f(x: f32[N]) { mean[i] x[i] * K }\n");
-case!(not_a_tensor, NotATensor, "loss f(x: f32[N], w: f32 = 1.0) {\n    mean[i] x[i] * w[i]\n}\n");
-case!(subscript_count, SubscriptCount, "loss f(s: f32[N, C]) {\n    mean[i] s[i]\n}\n");
-case!(tensor_without_subscripts, SubscriptCount, "loss f(s: f32[N, C]) {\n    mean[i] s\n}\n");
-case!(range_conflict, RangeConflict, "loss f(x: f32[N], z: f32[M]) {\n    sum[i] x[i] * z[i]\n}\n");
+case!(
+    unknown_module,
+    UnknownModule,
+    "use std::robustness::ldr_kl\nloss f(x: f32[N]) { mean[i] x[i] }\n"
+);
+case!(
+    unknown_import,
+    UnknownImport,
+    "use std::classification::cross_entropyy\nloss f(x: f32[N]) { mean[i] x[i] }\n"
+);
+case!(
+    recursive_fn,
+    RecursiveFn,
+    "fn g(v) { g(v) + 1 }\nloss f(x: f32[N]) { mean[i] g(x[i]) }\n"
+);
+case!(
+    not_constant,
+    NotConstant,
+    "const K = [1 > 0]\nloss f(x: f32[N]) { mean[i] x[i] * K }\n"
+);
+case!(
+    not_a_tensor,
+    NotATensor,
+    "loss f(x: f32[N], w: f32 = 1.0) {\n    mean[i] x[i] * w[i]\n}\n"
+);
+case!(
+    subscript_count,
+    SubscriptCount,
+    "loss f(s: f32[N, C]) {\n    mean[i] s[i]\n}\n"
+);
+case!(
+    tensor_without_subscripts,
+    SubscriptCount,
+    "loss f(s: f32[N, C]) {\n    mean[i] s\n}\n"
+);
+case!(
+    range_conflict,
+    RangeConflict,
+    "loss f(x: f32[N], z: f32[M]) {\n    sum[i] x[i] * z[i]\n}\n"
+);
 case!(range_unknown, RangeUnknown, "loss f(x: f32[N]) {\n    sum[j] x[0]\n}\n");
-case!(condition_as_number, ConditionAsNumber, "loss f(x: f32[N]) {\n    mean[i] x[i] > 0\n}\n");
-case!(number_as_condition, NumberAsCondition, "loss f(x: f32[N]) {\n    mean[i | x[i]] x[i]\n}\n");
-case!(float_subscript, FloatSubscript, "loss f(s: f32[N, C], x: f32[N]) {\n    mean[i] s[i, x[i]]\n}\n");
-case!(label_bound, LabelBound, "loss f(s: f32[N, C], y: idx[N] < K, w: f32[K]) {\n    mean[i] s[i, y[i]] + w[y[i]]\n}\n");
+case!(
+    condition_as_number,
+    ConditionAsNumber,
+    "loss f(x: f32[N]) {\n    mean[i] x[i] > 0\n}\n"
+);
+case!(
+    number_as_condition,
+    NumberAsCondition,
+    "loss f(x: f32[N]) {\n    mean[i | x[i]] x[i]\n}\n"
+);
+case!(
+    float_subscript,
+    FloatSubscript,
+    "loss f(s: f32[N, C], x: f32[N]) {\n    mean[i] s[i, x[i]]\n}\n"
+);
+case!(
+    label_bound,
+    LabelBound,
+    "loss f(s: f32[N, C], y: idx[N] < K, w: f32[K]) {\n    mean[i] s[i, y[i]] + w[y[i]]\n}\n"
+);
 case!(bad_input_dim, BadDim, "loss f(x: f32[N + 1]) {\n    x[0]\n}\n");
-case!(default_on_tensor, DefaultOnTensor, "loss f(x: f32[N] = 1.0) {\n    mean[i] x[i]\n}\n");
-case!(nograd_on_label, NogradOnLabel, "loss f(x: f32[N], y: idx[N] nograd) {\n    mean[i] x[i] * y[i]\n}\n");
-case!(undetermined_dim, UndeterminedDim, "loss f(x: f32[N], y: idx[N] < C) {\n    mean[i] x[i] * y[i]\n}\n");
-case!(undeclared_output, OutputMismatch, "loss f(x: f32[N]) {\n    out u[i] = x[i]\n    mean[i] x[i]\n}\n");
-case!(output_never_defined, OutputMismatch, "loss f(x: f32[N]) -> (u: f32[N]) {\n    mean[i] x[i]\n}\n");
-case!(loss_not_number, LossNotNumber, "loss f(x: f32[N]) {\n    (sum[i] x[i]) > 0\n}\n");
-case!(indexed_let_in_fn, IndexedLetInFn, "fn g(v) {\n    let t[i] = v\n    v\n}\nloss f(x: f32[N]) { mean[i] g(x[i]) }\n");
+case!(
+    default_on_tensor,
+    DefaultOnTensor,
+    "loss f(x: f32[N] = 1.0) {\n    mean[i] x[i]\n}\n"
+);
+case!(
+    nograd_on_label,
+    NogradOnLabel,
+    "loss f(x: f32[N], y: idx[N] nograd) {\n    mean[i] x[i] * y[i]\n}\n"
+);
+case!(
+    undetermined_dim,
+    UndeterminedDim,
+    "loss f(x: f32[N], y: idx[N] < C) {\n    mean[i] x[i] * y[i]\n}\n"
+);
+case!(
+    undeclared_output,
+    OutputMismatch,
+    "loss f(x: f32[N]) {\n    out u[i] = x[i]\n    mean[i] x[i]\n}\n"
+);
+case!(
+    output_never_defined,
+    OutputMismatch,
+    "loss f(x: f32[N]) -> (u: f32[N]) {\n    mean[i] x[i]\n}\n"
+);
+case!(
+    loss_not_number,
+    LossNotNumber,
+    "loss f(x: f32[N]) {\n    (sum[i] x[i]) > 0\n}\n"
+);
+case!(
+    indexed_let_in_fn,
+    IndexedLetInFn,
+    "fn g(v) {\n    let t[i] = v\n    v\n}\nloss f(x: f32[N]) { mean[i] g(x[i]) }\n"
+);
 case!(tensor_called, NotAValue, "loss f(x: f32[N]) {\n    mean[i] x(i)\n}\n");
-case!(default_type, DefaultType, "loss f(x: f32[N], k: idx = 1.5) {\n    mean[i] x[i] * k\n}\n");
-case!(count_of_number, BadOperand, "loss f(x: f32[N]) {\n    count[k] x[k]\n}\n");
-case!(float_const_as_dim, DimArithmetic, "const H = 0.5\nloss f(x: f32[N]) {\n    let a[t: H] = 1.0\n    sum[t] a[t]\n}\n");
+case!(
+    default_type,
+    DefaultType,
+    "loss f(x: f32[N], k: idx = 1.5) {\n    mean[i] x[i] * k\n}\n"
+);
+case!(
+    count_of_number,
+    BadOperand,
+    "loss f(x: f32[N]) {\n    count[k] x[k]\n}\n"
+);
+case!(
+    float_const_as_dim,
+    DimArithmetic,
+    "const H = 0.5\nloss f(x: f32[N]) {\n    let a[t: H] = 1.0\n    sum[t] a[t]\n}\n"
+);
 
 #[test]
 fn every_error_in_a_file_is_reported() {
     let src = "loss f(x: f32[N]) {\n    let a = sum[i] x[i] * lamda\n    let b = mean[i] expp(x[i])\n    let c = count[k] x[k]\n    a + b + c\n}\n";
     let diags = Program::from_source("many.lx", src).unwrap_err();
     let codes: Vec<Code> = diags.0.iter().map(|d| d.code).collect();
-    assert_eq!(codes, vec![Code::UnknownName, Code::UnknownFunction, Code::BadOperand], "{}", diags.render());
+    assert_eq!(
+        codes,
+        vec![Code::UnknownName, Code::UnknownFunction, Code::BadOperand],
+        "{}",
+        diags.render()
+    );
 }
 
 #[test]

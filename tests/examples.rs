@@ -19,7 +19,9 @@ fn inputs(name: &str) -> BTreeMap<String, Tensor> {
 }
 
 fn lx(name: &str) -> f64 {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(format!("{name}.lx"));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(format!("{name}.lx"));
     let p = Program::from_file(&path).unwrap_or_else(|d| panic!("{}", d.render()));
     p.eval(None, &inputs(name), &BTreeMap::new()).unwrap().loss
 }
@@ -49,11 +51,17 @@ fn sigmoid(x: f64) -> f64 {
 }
 
 fn close(name: &str, got: f64, want: f64) {
-    assert!((got - want).abs() <= 1e-9 * want.abs().max(1.0), "{name}: lx gives {got}, reference {want}");
+    assert!(
+        (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+        "{name}: lx gives {got}, reference {want}"
+    );
 }
 
 fn per_row_ce(s: &[f64], y: &[usize], c: usize) -> Vec<f64> {
-    y.iter().enumerate().map(|(i, &yi)| lse(&s[i * c..(i + 1) * c]) - s[i * c + yi]).collect()
+    y.iter()
+        .enumerate()
+        .map(|(i, &yi)| lse(&s[i * c..(i + 1) * c]) - s[i * c + yi])
+        .collect()
 }
 
 #[test]
@@ -61,7 +69,11 @@ fn cross_entropy() {
     let m = inputs("cross_entropy");
     let ((sh, s), y) = (floats(&m, "s"), labels(&m, "y"));
     let l = per_row_ce(&s, &y, sh[1]);
-    close("cross_entropy", lx("cross_entropy"), l.iter().sum::<f64>() / l.len() as f64);
+    close(
+        "cross_entropy",
+        lx("cross_entropy"),
+        l.iter().sum::<f64>() / l.len() as f64,
+    );
 }
 
 #[test]
@@ -103,10 +115,16 @@ fn multi_similarity() {
         let neg: Vec<usize> = (0..b).filter(|&j| y[j] != y[i]).collect();
         let min_pos = pos.iter().map(|&j| s(i, j)).fold(f64::INFINITY, f64::min);
         let max_neg = neg.iter().map(|&j| s(i, j)).fold(f64::NEG_INFINITY, f64::max);
-        let pos_sum: f64 =
-            pos.iter().filter(|&&j| s(i, j) - eps < max_neg).map(|&j| (-alpha * (s(i, j) - base)).exp()).sum();
-        let neg_sum: f64 =
-            neg.iter().filter(|&&j| s(i, j) + eps > min_pos).map(|&j| (beta * (s(i, j) - base)).exp()).sum();
+        let pos_sum: f64 = pos
+            .iter()
+            .filter(|&&j| s(i, j) - eps < max_neg)
+            .map(|&j| (-alpha * (s(i, j) - base)).exp())
+            .sum();
+        let neg_sum: f64 = neg
+            .iter()
+            .filter(|&&j| s(i, j) + eps > min_pos)
+            .map(|&j| (beta * (s(i, j) - base)).exp())
+            .sum();
         total += (1.0 / alpha) * (1.0 + pos_sum).ln() + (1.0 / beta) * (1.0 + neg_sum).ln();
     }
     close("multi_similarity", lx("multi_similarity"), total / b as f64);
@@ -128,7 +146,11 @@ fn focal_binary() {
             at * (1.0 - pt).powf(gamma) * ce
         })
         .collect();
-    close("focal_binary", lx("focal_binary"), l.iter().sum::<f64>() / l.len() as f64);
+    close(
+        "focal_binary",
+        lx("focal_binary"),
+        l.iter().sum::<f64>() / l.len() as f64,
+    );
 }
 
 #[test]
@@ -239,7 +261,10 @@ fn every_example_has_a_value_test() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "lx") {
             let name = p.file_stem().unwrap().to_str().unwrap();
-            assert!(src.contains(&format!("fn {name}()")), "examples/{name}.lx has no value test here");
+            assert!(
+                src.contains(&format!("fn {name}()")),
+                "examples/{name}.lx has no value test here"
+            );
         }
     }
 }

@@ -13,7 +13,12 @@ fn stages(path: &Path) -> (String, String) {
     for f in &program.module.functions {
         lossc::ir::verify::verify(f).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
-    let ir: Vec<String> = program.module.functions.iter().map(lossc::ir::print::function).collect();
+    let ir: Vec<String> = program
+        .module
+        .functions
+        .iter()
+        .map(lossc::ir::print::function)
+        .collect();
     (lossc::syntax::print::file(&ast), ir.join("\n"))
 }
 

@@ -64,10 +64,7 @@ pub fn run(f: &Function, call: &Bound) -> Result<Evaluation, CallError> {
             Role::Loss => loss = table.data[0].as_f64(),
             Role::Output => outputs.push((
                 t.name.clone(),
-                Tensor::float(
-                    table.shape.clone(),
-                    table.data.iter().map(|v| v.as_f64()).collect(),
-                ),
+                Tensor::float(table.shape.clone(), table.data.iter().map(|v| v.as_f64()).collect()),
             )),
             Role::Let => {}
         }
@@ -139,14 +136,12 @@ impl Interp<'_> {
                 let c = self.eval(args[0])?.as_bool();
                 self.eval(if c { args[1] } else { args[2] })?
             }
-            Expr::Prim {
-                prim: Prim::And,
-                args,
-            } => Value::B(self.eval(args[0])?.as_bool() && self.eval(args[1])?.as_bool()),
-            Expr::Prim {
-                prim: Prim::Or,
-                args,
-            } => Value::B(self.eval(args[0])?.as_bool() || self.eval(args[1])?.as_bool()),
+            Expr::Prim { prim: Prim::And, args } => {
+                Value::B(self.eval(args[0])?.as_bool() && self.eval(args[1])?.as_bool())
+            }
+            Expr::Prim { prim: Prim::Or, args } => {
+                Value::B(self.eval(args[0])?.as_bool() || self.eval(args[1])?.as_bool())
+            }
             Expr::Prim { prim, args } => {
                 let mut vals = [Value::I(0); 3];
                 for (k, a) in args.iter().enumerate() {
@@ -160,13 +155,7 @@ impl Interp<'_> {
                 mask,
                 body,
             } => {
-                let key = (
-                    id,
-                    node.free
-                        .iter()
-                        .map(|i| self.env[i.index()])
-                        .collect::<Vec<_>>(),
-                );
+                let key = (id, node.free.iter().map(|i| self.env[i.index()]).collect::<Vec<_>>());
                 if let Some(v) = self.memo.get(&key) {
                     return Ok(*v);
                 }

@@ -288,7 +288,10 @@ pub struct TensorDef {
 /// The deepest node the IR admits (keeps every recursive walk's stack bounded).
 pub const MAX_NODE_DEPTH: u32 = 1000;
 
-/// Returned when a node would exceed [`MAX_NODE_DEPTH`].
+/// The most nodes one function may have (bounds the work of inlining).
+pub const MAX_NODES: usize = 1 << 20;
+
+/// Returned when a node would exceed [`MAX_NODE_DEPTH`] or the function [`MAX_NODES`].
 #[derive(Debug, Clone, Copy)]
 pub struct TooDeep;
 
@@ -358,7 +361,7 @@ impl Function {
             Expr::Reduce { indices, .. } => free.retain(|f| !indices.contains(f)),
             _ => {}
         }
-        if depth > MAX_NODE_DEPTH {
+        if depth > MAX_NODE_DEPTH || self.nodes.len() >= MAX_NODES {
             return Err(TooDeep);
         }
         free.sort_unstable();

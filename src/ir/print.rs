@@ -33,14 +33,10 @@ pub fn function(f: &Function) -> String {
             }
             s
         })
-        .chain(
-            f.hypers
-                .iter()
-                .map(|h| match h.scalar {
-                    Scalar::Int => format!("{}: idx = {}", h.name, h.default),
-                    _ => format!("{} = {:?}", h.name, h.default),
-                }),
-        )
+        .chain(f.hypers.iter().map(|h| match h.scalar {
+            Scalar::Int => format!("{}: idx = {}", h.name, h.default),
+            _ => format!("{} = {:?}", h.name, h.default),
+        }))
         .collect();
     let _ = writeln!(out, "loss {}({})", f.name, sig.join(", "));
     for (i, v) in f.indices.iter().enumerate() {
@@ -59,11 +55,7 @@ pub fn function(f: &Function) -> String {
             Role::Loss => "loss",
             Role::Output => "out",
         };
-        let head: Vec<&str> = t
-            .indices
-            .iter()
-            .map(|i| names[i.index()].as_str())
-            .collect();
+        let head: Vec<&str> = t.indices.iter().map(|i| names[i.index()].as_str()).collect();
         let head = if head.is_empty() {
             String::new()
         } else {

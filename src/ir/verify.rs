@@ -29,19 +29,11 @@ pub fn verify(f: &Function) -> Result<(), String> {
             }
             Expr::Prim { prim, args } => {
                 if args.len() != prim.sig().arity() {
-                    return Err(format!(
-                        "%{i}: {} takes {} operands",
-                        prim.name(),
-                        prim.sig().arity()
-                    ));
+                    return Err(format!("%{i}: {} takes {} operands", prim.name(), prim.sig().arity()));
                 }
                 let kinds: Vec<Scalar> = args.iter().map(|a| kind(*a)).collect();
                 if prim.result(&kinds) != n.scalar {
-                    return Err(format!(
-                        "%{i}: {} of {kinds:?} is not {:?}",
-                        prim.name(),
-                        n.scalar
-                    ));
+                    return Err(format!("%{i}: {} of {kinds:?} is not {:?}", prim.name(), n.scalar));
                 }
             }
             Expr::Reduce { mask, indices, .. } => {

@@ -97,10 +97,7 @@ impl Sig {
 impl Prim {
     /// Looks a builtin up by the name source code calls it by.
     pub fn from_surface(name: &str) -> Option<Prim> {
-        Prim::ALL
-            .iter()
-            .copied()
-            .find(|p| p.surface() == Some(name))
+        Prim::ALL.iter().copied().find(|p| p.surface() == Some(name))
     }
 
     pub fn sig(self) -> Sig {
@@ -109,8 +106,7 @@ impl Prim {
             Add | Sub | Mul | Min | Max => Sig::Numeric(2),
             Neg | Abs | Sign => Sig::Numeric(1),
             Div | Pow => Sig::Float(2),
-            Exp | Log | Log1p | Expm1 | Sqrt | Sigmoid | Softplus | Tanh | Relu | Atan
-            | StopGrad => Sig::Float(1),
+            Exp | Log | Log1p | Expm1 | Sqrt | Sigmoid | Softplus | Tanh | Relu | Atan | StopGrad => Sig::Float(1),
             Clamp => Sig::Float(3),
             Eq | Ne | Lt | Le | Gt | Ge => Sig::Compare,
             And | Or => Sig::Logic(2),
@@ -187,11 +183,7 @@ impl Prim {
             Sigmoid => F(sigmoid(f(0))),
             Softplus => F(softplus(f(0))),
             Tanh => F(f(0).tanh()),
-            Relu => F(if f(0) > 0.0 || f(0).is_nan() {
-                f(0)
-            } else {
-                0.0
-            }),
+            Relu => F(if f(0) > 0.0 || f(0).is_nan() { f(0) } else { 0.0 }),
             Atan => F(f(0).atan()),
             Clamp => F(nan_or(f(0), f(0), f(0).max(f(1)).min(f(2)))),
             Eq => B(cmp(a, |o| o.is_eq())),
@@ -218,11 +210,7 @@ impl Prim {
 }
 
 fn nan_or(x: f64, y: f64, v: f64) -> f64 {
-    if x.is_nan() || y.is_nan() {
-        f64::NAN
-    } else {
-        v
-    }
+    if x.is_nan() || y.is_nan() { f64::NAN } else { v }
 }
 
 fn sign(x: f64) -> f64 {

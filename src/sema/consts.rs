@@ -42,12 +42,9 @@ pub(super) fn item_value(sema: &mut Sema, r: ItemRef) -> Option<Const> {
     };
     if sema.consts.active.contains(&r) {
         sema.err(
-            Diag::new(
-                Code::NotConstant,
-                format!("const `{}` depends on itself", name.name),
-            )
-            .label(name.span, "defined in terms of itself")
-            .help("give the const a value that does not refer back to it"),
+            Diag::new(Code::NotConstant, format!("const `{}` depends on itself", name.name))
+                .label(name.span, "defined in terms of itself")
+                .help("give the const a value that does not refer back to it"),
         );
         sema.consts.done.insert(r, None);
         return None;
@@ -70,10 +67,7 @@ pub(super) fn eval(sema: &mut Sema, unit: usize, e: &ast::Expr) -> Option<Const>
         None
     };
     match &e.kind {
-        ExprKind::Number {
-            value,
-            is_int: true,
-        } => Some(Const::Int(*value as i64)),
+        ExprKind::Number { value, is_int: true } => Some(Const::Int(*value as i64)),
         ExprKind::Number { value, .. } => Some(Const::Float(*value)),
         ExprKind::Paren(inner) => eval(sema, unit, inner),
         ExprKind::Unary { op: UnOp::Neg, arg } => match eval(sema, unit, arg)? {
@@ -93,27 +87,20 @@ pub(super) fn eval(sema: &mut Sema, unit: usize, e: &ast::Expr) -> Option<Const>
             };
             Some(apply(prim, &[a, b]))
         }
-        ExprKind::Access {
-            name,
-            subscripts: None,
-        } => match sema.units[unit].globals.get(&name.name).copied() {
+        ExprKind::Access { name, subscripts: None } => match sema.units[unit].globals.get(&name.name).copied() {
             Some(r) if matches!(sema.item(r).kind, ItemKind::Const { .. }) => item_value(sema, r),
             Some(_) => not_const(sema, name.span, &format!("`{}`", name.name)),
             None => {
                 sema.err(
-                    Diag::new(
-                        Code::UnknownName,
-                        format!("unknown constant `{}`", name.name),
-                    )
-                    .label(name.span, "not a const")
-                    .help("constant expressions may use numbers and `const` items only"),
+                    Diag::new(Code::UnknownName, format!("unknown constant `{}`", name.name))
+                        .label(name.span, "not a const")
+                        .help("constant expressions may use numbers and `const` items only"),
                 );
                 None
             }
         },
         ExprKind::Call { func, args } => {
-            let prim = Prim::from_surface(&func.name)
-                .filter(|p| matches!(p.sig(), Sig::Float(_) | Sig::Numeric(_)));
+            let prim = Prim::from_surface(&func.name).filter(|p| matches!(p.sig(), Sig::Float(_) | Sig::Numeric(_)));
             let Some(prim) = prim else {
                 return not_const(sema, func.span, &format!("`{}(…)`", func.name));
             };

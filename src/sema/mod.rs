@@ -16,8 +16,7 @@ use std::rc::Rc;
 
 use crate::diag::{Code, Diag, Diags, SourceId, SourceMap, Span, closest};
 use crate::ir::{
-    self, Dim, DimId, DimSym, Expr, Function, IndexId, Module, NodeId, Role, Scalar, TensorDef,
-    TensorId, TensorRef,
+    self, Dim, DimId, DimSym, Expr, Function, IndexId, Module, NodeId, Role, Scalar, TensorDef, TensorId, TensorRef,
 };
 use crate::prims::{Prim, Sig};
 use crate::syntax::ast::{self, BinOp, ElemTy, ExprKind, ItemKind, ReduceOp, StmtKind, UnOp};
@@ -48,9 +47,7 @@ pub fn check(sources: &mut SourceMap, root: SourceId, file: ast::File) -> Result
     if diags.is_empty() {
         Ok(module)
     } else {
-        Err(Diags(
-            diags.into_iter().map(|d| d.with_source(sources)).collect(),
-        ))
+        Err(Diags(diags.into_iter().map(|d| d.with_source(sources)).collect()))
     }
 }
 
@@ -138,12 +135,7 @@ impl Sema<'_> {
             );
             return;
         }
-        let join = |p: &[ast::Ident]| {
-            p.iter()
-                .map(|i| i.name.as_str())
-                .collect::<Vec<_>>()
-                .join("/")
-        };
+        let join = |p: &[ast::Ident]| p.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join("/");
         // `use std::a::b` is item `b` of module `a`, unless `a/b` is itself a module.
         let whole = join(rest);
         let (module, item_name): (String, Option<&ast::Ident>) =
@@ -165,11 +157,7 @@ impl Sema<'_> {
                     let names: Vec<String> = self.units[m].globals.keys().cloned().collect();
                     let mut d = Diag::new(
                         Code::UnknownImport,
-                        format!(
-                            "`std::{}` has no item `{}`",
-                            module.replace('/', "::"),
-                            name.name
-                        ),
+                        format!("`std::{}` has no item `{}`", module.replace('/', "::"), name.name),
                     )
                     .label(name.span, "not found in that module");
                     d = match closest(&name.name, names.iter().map(String::as_str)) {
@@ -196,11 +184,8 @@ impl Sema<'_> {
                 Some(prev) if prev == r => {}
                 Some(prev) => {
                     let prev_span = self.item(prev).name().map(|n| n.span).unwrap_or(at);
-                    let mut d = Diag::new(
-                        Code::Duplicate,
-                        format!("`{name}` is imported but already defined"),
-                    )
-                    .label(at, "imported here");
+                    let mut d = Diag::new(Code::Duplicate, format!("`{name}` is imported but already defined"))
+                        .label(at, "imported here");
                     if prev_span.source == at.source {
                         d = d.label(prev_span, "already defined here");
                     }
@@ -235,9 +220,7 @@ impl Sema<'_> {
             return None;
         };
         self.std_units.insert(module.to_string(), None);
-        let source = self
-            .sources
-            .add(format!("std::{}", module.replace('/', "::")), text);
+        let source = self.sources.add(format!("std::{}", module.replace('/', "::")), text);
         let text = self.sources.get(source).text.clone();
         match crate::syntax::parse(source, &text) {
             Ok(file) => {
@@ -277,6 +260,7 @@ impl Sema<'_> {
             scopes: vec![Vec::new()],
             ranges: Vec::new(),
             fn_stack: Vec::new(),
+            inlined: HashMap::new(),
         };
         cx.lower_loss(def);
         let f = cx.f;
@@ -324,6 +308,8 @@ struct Cx<'a, 's> {
     scopes: Vec<Vec<(String, Local, Span)>>,
     ranges: Vec<Option<RangeOrigin>>,
     fn_stack: Vec<ItemRef>,
+    /// Inlined calls by (fn, lowered arguments): a `fn` body is a pure function of its arguments.
+    inlined: HashMap<(ItemRef, Vec<NodeId>), Option<NodeId>>,
 }
 
 enum Found {
@@ -342,19 +328,11 @@ impl Cx<'_, '_> {
                 return Some(Found::Local(*l, *s));
             }
         }
-        self.sema.units[self.unit]
-            .globals
-            .get(name)
-            .map(|r| Found::Global(*r))
+        self.sema.units[self.unit].globals.get(name).map(|r| Found::Global(*r))
     }
 
     fn visible_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .scopes
-            .iter()
-            .flatten()
-            .map(|(n, _, _)| n.clone())
-            .collect();
+        let mut v: Vec<String> = self.scopes.iter().flatten().map(|(n, _, _)| n.clone()).collect();
         v.extend(self.sema.units[self.unit].globals.keys().cloned());
         v
     }
@@ -374,20 +352,16 @@ impl Cx<'_, '_> {
     fn bind(&mut self, name: &ast::Ident, local: Local) {
         if let Some(Found::Local(_, prev)) = self.lookup(&name.name) {
             self.err(
-                Diag::new(
-                    Code::Duplicate,
-                    format!("`{}` is already defined", name.name),
-                )
-                .label(name.span, "defined again here")
-                .label(prev, "first defined here")
-                .help("use another name; lx does not shadow names"),
+                Diag::new(Code::Duplicate, format!("`{}` is already defined", name.name))
+                    .label(name.span, "defined again here")
+                    .label(prev, "first defined here")
+                    .help("use another name; lx does not shadow names"),
             );
         }
-        self.scopes.last_mut().expect("a scope is open").push((
-            name.name.clone(),
-            local,
-            name.span,
-        ));
+        self.scopes
+            .last_mut()
+            .expect("a scope is open")
+            .push((name.name.clone(), local, name.span));
     }
 
     fn mk(&mut self, expr: Expr, scalar: Scalar, span: Span) -> Option<NodeId> {
@@ -417,11 +391,7 @@ impl Cx<'_, '_> {
         // Every dimension symbol must be the extent of some input axis.
         for (k, d) in self.f.dims.clone().iter().enumerate() {
             let id = DimId(k as u32);
-            let determined = self
-                .f
-                .inputs
-                .iter()
-                .any(|i| i.shape.contains(&Dim::Sym(id)));
+            let determined = self.f.inputs.iter().any(|i| i.shape.contains(&Dim::Sym(id)));
             if !determined {
                 self.err(
                     Diag::new(
@@ -443,10 +413,13 @@ impl Cx<'_, '_> {
         if let Some(default) = &p.default {
             if !p.ty.shape.is_empty() || p.ty.bound.is_some() {
                 self.err(
-                    Diag::new(Code::DefaultOnTensor, format!("`{}` has a shape and a default", p.name.name))
-                        .label(p.ty.span, "a tensor type")
-                        .label(default.span, "a default")
-                        .help("only scalar hyperparameters take defaults; drop the default to make it an input"),
+                    Diag::new(
+                        Code::DefaultOnTensor,
+                        format!("`{}` has a shape and a default", p.name.name),
+                    )
+                    .label(p.ty.span, "a tensor type")
+                    .label(default.span, "a default")
+                    .help("only scalar hyperparameters take defaults; drop the default to make it an input"),
                 );
                 self.bind(&p.name, Local::Poison);
                 return;
@@ -533,13 +506,10 @@ impl Cx<'_, '_> {
                 Some(Found::Global(_)) => self.dim(d),
                 Some(Found::Local(_, prev)) => {
                     self.err(
-                        Diag::new(
-                            Code::Duplicate,
-                            format!("`{n}` is a parameter and a dimension"),
-                        )
-                        .label(d.span, "used as a dimension")
-                        .label(prev, "defined as a parameter")
-                        .help("dimension names and parameter names must differ"),
+                        Diag::new(Code::Duplicate, format!("`{n}` is a parameter and a dimension"))
+                            .label(d.span, "used as a dimension")
+                            .label(prev, "defined as a parameter")
+                            .help("dimension names and parameter names must differ"),
                     );
                     None
                 }
@@ -559,12 +529,9 @@ impl Cx<'_, '_> {
             },
             _ => {
                 self.err(
-                    Diag::new(
-                        Code::BadDim,
-                        "an input's dimension must be a name or an integer",
-                    )
-                    .label(d.span, "an expression")
-                    .help("name the dimension (`f32[M]`) and derive others inside the body"),
+                    Diag::new(Code::BadDim, "an input's dimension must be a name or an integer")
+                        .label(d.span, "an expression")
+                        .help("name the dimension (`f32[M]`) and derive others inside the body"),
                 );
                 None
             }
@@ -577,9 +544,7 @@ impl Cx<'_, '_> {
             ast::DimExprKind::Int(v) => Dim::Const(*v),
             ast::DimExprKind::Name(n) => match self.lookup(n) {
                 Some(Found::Local(Local::Dim(id), _)) => Dim::Sym(id),
-                Some(Found::Global(r))
-                    if matches!(self.sema.item(r).kind, ItemKind::Const { .. }) =>
-                {
+                Some(Found::Global(r)) if matches!(self.sema.item(r).kind, ItemKind::Const { .. }) => {
                     match consts::item_value(self.sema, r) {
                         Some(Const::Int(v)) => Dim::Const(v),
                         Some(Const::Float(v)) => {
@@ -636,28 +601,22 @@ impl Cx<'_, '_> {
                 StmtKind::Out => {
                     let Some(decl) = decls.iter().find(|d| d.name.name == s.name.name) else {
                         self.err(
-                            Diag::new(
-                                Code::OutputMismatch,
-                                format!("`out {}` is not declared", s.name.name),
-                            )
-                            .label(s.name.span, "undeclared output")
-                            .help(format!(
-                                "declare it after the parameters: `-> ({}: f32[…])`",
-                                s.name.name
-                            )),
+                            Diag::new(Code::OutputMismatch, format!("`out {}` is not declared", s.name.name))
+                                .label(s.name.span, "undeclared output")
+                                .help(format!(
+                                    "declare it after the parameters: `-> ({}: f32[…])`",
+                                    s.name.name
+                                )),
                         );
                         continue;
                     };
                     if let Some((_, prev)) = defined_outs.iter().find(|(n, _)| *n == s.name.name) {
                         let prev = *prev;
                         self.err(
-                            Diag::new(
-                                Code::Duplicate,
-                                format!("output `{}` is defined twice", s.name.name),
-                            )
-                            .label(s.name.span, "defined again here")
-                            .label(prev, "first defined here")
-                            .help("each output has exactly one `out` statement"),
+                            Diag::new(Code::Duplicate, format!("output `{}` is defined twice", s.name.name))
+                                .label(s.name.span, "defined again here")
+                                .label(prev, "first defined here")
+                                .help("each output has exactly one `out` statement"),
                         );
                         continue;
                     }
@@ -678,10 +637,7 @@ impl Cx<'_, '_> {
                         format!("output `{}` is declared but never defined", d.name.name),
                     )
                     .label(d.name.span, "declared here")
-                    .help(format!(
-                        "define it in the body: `out {}[…] = …`",
-                        d.name.name
-                    )),
+                    .help(format!("define it in the body: `out {}[…] = …`", d.name.name)),
                 );
             }
         }
@@ -690,12 +646,9 @@ impl Cx<'_, '_> {
         };
         if self.kind(v) == Scalar::Bool {
             self.err(
-                Diag::new(
-                    Code::LossNotNumber,
-                    "the loss value is a condition, not a number",
-                )
-                .label(body.result.span, "a condition")
-                .help("wrap it in an Iverson bracket `[…]` to get 1 or 0"),
+                Diag::new(Code::LossNotNumber, "the loss value is a condition, not a number")
+                    .label(body.result.span, "a condition")
+                    .help("wrap it in an Iverson bracket `[…]` to get 1 or 0"),
             );
             return;
         }
@@ -713,12 +666,7 @@ impl Cx<'_, '_> {
     }
 
     /// Lowers `let`/`out name[head] = value` into a tensor definition.
-    fn tensor_def(
-        &mut self,
-        s: &ast::Stmt,
-        role: Role,
-        decl: Option<&ast::OutDecl>,
-    ) -> Option<TensorId> {
+    fn tensor_def(&mut self, s: &ast::Stmt, role: Role, decl: Option<&ast::OutDecl>) -> Option<TensorId> {
         if let Some(decl) = decl
             && decl.ty.shape.len() != s.head.len()
         {
@@ -787,9 +735,7 @@ impl Cx<'_, '_> {
                 what: "its explicit range".into(),
             })
         });
-        let id = self
-            .f
-            .add_index(b.name.name.clone(), Dim::Const(0), b.name.span);
+        let id = self.f.add_index(b.name.name.clone(), Dim::Const(0), b.name.span);
         let origin = match (explicit, seed) {
             (Some(e), Some(s)) if e.dim != s.dim => {
                 let (ed, sd) = (self.f.show_dim(&e.dim), self.f.show_dim(&s.dim));
@@ -816,11 +762,7 @@ impl Cx<'_, '_> {
     }
 
     /// Closes binders: every index must have a range by now.
-    fn finish_binders(
-        &mut self,
-        binders: &[ast::Binder],
-        ids: Vec<IndexId>,
-    ) -> Option<Vec<IndexId>> {
+    fn finish_binders(&mut self, binders: &[ast::Binder], ids: Vec<IndexId>) -> Option<Vec<IndexId>> {
         let mut ok = true;
         for (b, id) in binders.iter().zip(&ids) {
             match self.ranges[id.index()].clone() {
@@ -828,9 +770,15 @@ impl Cx<'_, '_> {
                 None => {
                     ok = false;
                     self.err(
-                        Diag::new(Code::RangeUnknown, format!("cannot infer the range of index `{}`", b.name.name))
-                            .label(b.name.span, "bound here")
-                            .help(format!("use `{0}` directly as a subscript of a tensor (`x[{0}]`), or give its range: `{0}: N`", b.name.name)),
+                        Diag::new(
+                            Code::RangeUnknown,
+                            format!("cannot infer the range of index `{}`", b.name.name),
+                        )
+                        .label(b.name.span, "bound here")
+                        .help(format!(
+                            "use `{0}` directly as a subscript of a tensor (`x[{0}]`), or give its range: `{0}: N`",
+                            b.name.name
+                        )),
                     );
                 }
             }
@@ -930,25 +878,11 @@ impl Cx<'_, '_> {
                         )
                         .label(
                             a.1.span,
-                            format!(
-                                "{}",
-                                if ka == Scalar::Bool {
-                                    "a condition"
-                                } else {
-                                    "a number"
-                                }
-                            ),
+                            format!("{}", if ka == Scalar::Bool { "a condition" } else { "a number" }),
                         )
                         .label(
                             b.1.span,
-                            format!(
-                                "{}",
-                                if kb == Scalar::Bool {
-                                    "a condition"
-                                } else {
-                                    "a number"
-                                }
-                            ),
+                            format!("{}", if kb == Scalar::Bool { "a condition" } else { "a number" }),
                         )
                         .help("make both numbers (wrap a condition in `[…]`) or both conditions"),
                     );
@@ -980,10 +914,7 @@ impl Cx<'_, '_> {
             }
             ExprKind::Bool(b) => self.mk(Expr::Bool(*b), Scalar::Bool, e.span),
             ExprKind::Paren(inner) => self.expr(inner),
-            ExprKind::Access {
-                name,
-                subscripts: None,
-            } => self.name(name),
+            ExprKind::Access { name, subscripts: None } => self.name(name),
             ExprKind::Access {
                 name,
                 subscripts: Some(subs),
@@ -1021,17 +952,9 @@ impl Cx<'_, '_> {
                 let a = self.expr(c)?;
                 self.apply(Prim::Iverson, &[(a, c)], e.span)
             }
-            ExprKind::If {
-                cond,
-                then,
-                otherwise,
-            } => {
+            ExprKind::If { cond, then, otherwise } => {
                 let (c, a, b) = (self.expr(cond), self.expr(then), self.expr(otherwise));
-                self.apply(
-                    Prim::Select,
-                    &[(c?, cond), (a?, then), (b?, otherwise)],
-                    e.span,
-                )
+                self.apply(Prim::Select, &[(c?, cond), (a?, then), (b?, otherwise)], e.span)
             }
             ExprKind::Reduce {
                 op,
@@ -1075,7 +998,12 @@ impl Cx<'_, '_> {
                     self.err(
                         Diag::new(Code::NotAValue, format!("`{}` is a {what}, not a value", name.name))
                             .label(span, "used as a value")
-                            .help(if what == "function" { format!("call it: `{}(…)`", name.name) } else { "losses cannot be used inside other losses; factor the shared part into a `fn`".to_string() }),
+                            .help(if what == "function" {
+                                format!("call it: `{}(…)`", name.name)
+                            } else {
+                                "losses cannot be used inside other losses; factor the shared part into a `fn`"
+                                    .to_string()
+                            }),
                     );
                     None
                 }
@@ -1085,21 +1013,10 @@ impl Cx<'_, '_> {
     }
 
     /// A load with already-lowered subscripts; checks the rank.
-    fn load(
-        &mut self,
-        tensor: TensorRef,
-        name: &ast::Ident,
-        subs: Vec<NodeId>,
-        span: Span,
-    ) -> Option<NodeId> {
+    fn load(&mut self, tensor: TensorRef, name: &ast::Ident, subs: Vec<NodeId>, span: Span) -> Option<NodeId> {
         let rank = self.f.ref_shape(tensor).len();
         if rank != subs.len() {
-            let shape: Vec<String> = self
-                .f
-                .ref_shape(tensor)
-                .iter()
-                .map(|d| self.f.show_dim(d))
-                .collect();
+            let shape: Vec<String> = self.f.ref_shape(tensor).iter().map(|d| self.f.show_dim(d)).collect();
             let help = if subs.is_empty() {
                 format!(
                     "subscript it with {rank} indices, e.g. `{}[{}]`",
@@ -1199,15 +1116,16 @@ impl Cx<'_, '_> {
                 Scalar::Int => {}
                 k => {
                     ok = false;
-                    let what = if k == Scalar::Float {
-                        "a float"
-                    } else {
-                        "a condition"
-                    };
+                    let what = if k == Scalar::Float { "a float" } else { "a condition" };
                     self.err(
-                        Diag::new(Code::FloatSubscript, format!("a subscript must be an integer index, found {what}"))
-                            .label(sub.span, what)
-                            .help("subscripts are indices, labels (`idx` inputs), dimensions and integer arithmetic on them"),
+                        Diag::new(
+                            Code::FloatSubscript,
+                            format!("a subscript must be an integer index, found {what}"),
+                        )
+                        .label(sub.span, what)
+                        .help(
+                            "subscripts are indices, labels (`idx` inputs), dimensions and integer arithmetic on them",
+                        ),
                     );
                     continue;
                 }
@@ -1222,13 +1140,17 @@ impl Cx<'_, '_> {
                 if let Some(b) = &input.bound
                     && b != dim
                 {
-                    let (bs, ds, lname) =
-                        (self.f.show_dim(b), self.f.show_dim(dim), input.name.clone());
+                    let (bs, ds, lname) = (self.f.show_dim(b), self.f.show_dim(dim), input.name.clone());
                     self.err(
-                        Diag::new(Code::LabelBound, format!("label `{lname}` lies in 0..{bs} but indexes an axis of size {ds}"))
-                            .label(sub.span, format!("values in 0..{bs}"))
-                            .label(name.span, format!("axis {axis} has size {ds}"))
-                            .help(format!("declare the labels as `{lname}: idx[…] < {ds}`, or index a tensor whose axis is {bs}")),
+                        Diag::new(
+                            Code::LabelBound,
+                            format!("label `{lname}` lies in 0..{bs} but indexes an axis of size {ds}"),
+                        )
+                        .label(sub.span, format!("values in 0..{bs}"))
+                        .label(name.span, format!("axis {axis} has size {ds}"))
+                        .help(format!(
+                            "declare the labels as `{lname}: idx[…] < {ds}`, or index a tensor whose axis is {bs}"
+                        )),
                     );
                     ok = false;
                 }
@@ -1261,9 +1183,7 @@ impl Cx<'_, '_> {
                 )
                 .label(span, format!("here it indexes {what}, of size {b}"))
                 .label(o.span, format!("here it is {}, of size {a}", o.what))
-                .help(
-                    "an index has one range; use two indices, or fix the shapes so the sizes agree",
-                );
+                .help("an index has one range; use two indices, or fix the shapes so the sizes agree");
                 self.err(d);
             }
         }
@@ -1291,12 +1211,9 @@ impl Cx<'_, '_> {
         let (b, scalar) = if op == ReduceOp::Count {
             if self.kind(b) != Scalar::Bool {
                 self.err(
-                    Diag::new(
-                        Code::BadOperand,
-                        "`count` counts a condition, but its body is a number",
-                    )
-                    .label(body.span, "a number")
-                    .help("write a comparison, e.g. `count[k] x[k] > 0`, or use `sum` for numbers"),
+                    Diag::new(Code::BadOperand, "`count` counts a condition, but its body is a number")
+                        .label(body.span, "a number")
+                        .help("write a comparison, e.g. `count[k] x[k] > 0`, or use `sum` for numbers"),
                 );
                 return None;
             }
@@ -1329,12 +1246,9 @@ impl Cx<'_, '_> {
                     _ => "a value",
                 };
                 self.err(
-                    Diag::new(
-                        Code::NotAValue,
-                        format!("`{}` is not a function", func.name),
-                    )
-                    .label(func.span, "called here")
-                    .help(format!("`{}` is {what}", func.name)),
+                    Diag::new(Code::NotAValue, format!("`{}` is not a function", func.name))
+                        .label(func.span, "called here")
+                        .help(format!("`{}` is {what}", func.name)),
                 );
                 return None;
             }
@@ -1354,11 +1268,7 @@ impl Cx<'_, '_> {
             None => {}
         }
         let Some(prim) = Prim::from_surface(&func.name) else {
-            let mut names: Vec<String> = Prim::ALL
-                .iter()
-                .filter_map(|p| p.surface())
-                .map(String::from)
-                .collect();
+            let mut names: Vec<String> = Prim::ALL.iter().filter_map(|p| p.surface()).map(String::from).collect();
             names.extend(
                 self.sema.units[self.unit]
                     .globals
@@ -1378,12 +1288,9 @@ impl Cx<'_, '_> {
                 }
             };
             self.err(
-                Diag::new(
-                    Code::UnknownFunction,
-                    format!("unknown function `{}`", func.name),
-                )
-                .label(func.span, "not a builtin or `fn`")
-                .help(help),
+                Diag::new(Code::UnknownFunction, format!("unknown function `{}`", func.name))
+                    .label(func.span, "not a builtin or `fn`")
+                    .help(help),
             );
             for a in args {
                 self.expr(a);
@@ -1395,11 +1302,7 @@ impl Cx<'_, '_> {
             self.err(
                 Diag::new(
                     Code::Arity,
-                    format!(
-                        "`{}` takes {arity} argument(s) but is given {}",
-                        func.name,
-                        args.len()
-                    ),
+                    format!("`{}` takes {arity} argument(s) but is given {}", func.name, args.len()),
                 )
                 .label(span, format!("{} argument(s)", args.len()))
                 .help(format!("call it with {arity} argument(s)")),
@@ -1415,13 +1318,7 @@ impl Cx<'_, '_> {
     }
 
     /// Inlines a user `fn`: its parameters bind to the lowered arguments.
-    fn inline(
-        &mut self,
-        r: ItemRef,
-        func: &ast::Ident,
-        args: &[ast::Expr],
-        span: Span,
-    ) -> Option<NodeId> {
+    fn inline(&mut self, r: ItemRef, func: &ast::Ident, args: &[ast::Expr], span: Span) -> Option<NodeId> {
         let file = self.sema.units[r.unit].file.clone();
         let ItemKind::Fn(def) = &file.items[r.item].kind else {
             return None;
@@ -1492,6 +1389,10 @@ impl Cx<'_, '_> {
             }
             vals.push(v);
         }
+        let key = (r, vals.clone());
+        if let Some(done) = self.inlined.get(&key) {
+            return *done;
+        }
         let saved_scopes = std::mem::replace(&mut self.scopes, vec![Vec::new()]);
         let saved_unit = std::mem::replace(&mut self.unit, r.unit);
         self.fn_stack.push(r);
@@ -1502,19 +1403,16 @@ impl Cx<'_, '_> {
         for s in &def.body.stmts {
             if s.kind == StmtKind::Out || !s.head.is_empty() {
                 self.err(
-                    Diag::new(
-                        Code::IndexedLetInFn,
-                        "a fn body may only hold scalar `let`s",
-                    )
-                    .label(
-                        s.span,
-                        if s.kind == StmtKind::Out {
-                            "an `out`"
-                        } else {
-                            "a `let` with indices"
-                        },
-                    )
-                    .help("fns are elementwise: define tensors in the loss body instead"),
+                    Diag::new(Code::IndexedLetInFn, "a fn body may only hold scalar `let`s")
+                        .label(
+                            s.span,
+                            if s.kind == StmtKind::Out {
+                                "an `out`"
+                            } else {
+                                "a `let` with indices"
+                            },
+                        )
+                        .help("fns are elementwise: define tensors in the loss body instead"),
                 );
                 ok = false;
                 continue;
@@ -1526,6 +1424,8 @@ impl Cx<'_, '_> {
         self.fn_stack.pop();
         self.unit = saved_unit;
         self.scopes = saved_scopes;
-        if ok { result } else { None }
+        let result = if ok { result } else { None };
+        self.inlined.insert(key, result);
+        result
     }
 }

@@ -5,6 +5,9 @@ use pest::iterators::Pair;
 
 use super::ast::*;
 use super::{MAX_DEPTH, MAX_NESTING};
+
+/// The most grammar-rule calls one parse may make.
+const MAX_PARSER_CALLS: usize = 20_000_000;
 use crate::diag::{Code, Diag, SourceId, Span};
 
 #[derive(pest_derive::Parser)]
@@ -16,8 +19,9 @@ type Result<T> = std::result::Result<T, Diag>;
 /// Parses one file. `source` is the id its spans will carry.
 pub fn parse(source: SourceId, text: &str) -> Result<File> {
     prescan(source, text)?;
-    let mut pairs =
-        LxParser::parse(Rule::program, text).map_err(|e| syntax_error(source, text, e))?;
+    // Bounds the work of backtracking on pathological input (a PEG can otherwise take exponential time).
+    pest::set_call_limit(std::num::NonZeroUsize::new(MAX_PARSER_CALLS));
+    let mut pairs = LxParser::parse(Rule::program, text).map_err(|e| syntax_error(source, text, e))?;
     let program = pairs.next().expect("pest returns the program rule");
     let b = Builder { source };
     let mut items = Vec::new();
@@ -30,6 +34,13 @@ pub fn parse(source: SourceId, text: &str) -> Result<File> {
 }
 
 fn syntax_error(source: SourceId, text: &str, e: pest::error::Error<Rule>) -> Diag {
+    if let pest::error::ErrorVariant::CustomError { message } = &e.variant
+        && message.contains("call limit")
+    {
+        return Diag::new(Code::TooDeep, "the parser gave up: this input is too complex")
+            .label(Span::new(source, 0, text.len().min(1)), "in this file")
+            .help("look for unclosed brackets or very deeply nested expressions");
+    }
     let (start, end) = match e.location {
         pest::error::InputLocation::Pos(p) => (p, p),
         pest::error::InputLocation::Span((s, e)) => (s, e),
@@ -70,13 +81,9 @@ fn describe(rule: Rule) -> Option<&'static str> {
         }
         Rule::EOI => "end of file",
         Rule::ident | Rule::access | Rule::call => "a name",
-        Rule::expr | Rule::primary | Rule::unary | Rule::power | Rule::paren | Rule::iverson => {
-            "an expression"
-        }
+        Rule::expr | Rule::primary | Rule::unary | Rule::power | Rule::paren | Rule::iverson => "an expression",
         Rule::int | Rule::float => "a number",
-        Rule::or_op | Rule::and_op | Rule::cmp_op | Rule::add_op | Rule::mul_op | Rule::pow_op => {
-            "an operator"
-        }
+        Rule::or_op | Rule::and_op | Rule::cmp_op | Rule::add_op | Rule::mul_op | Rule::pow_op => "an operator",
         Rule::ty | Rule::elem_ty => "a type (`f32`, `f64` or `idx`)",
         Rule::dim | Rule::dim_atom | Rule::dim_term | Rule::dim_add_op => "a dimension",
         Rule::stmt | Rule::let_stmt | Rule::out_stmt => "`let` or `out`",
@@ -101,15 +108,12 @@ fn prescan(source: SourceId, text: &str) -> Result<()> {
     let mut level = 0usize;
     let mut i = 0;
     let too_deep = |at: usize| {
-        Diag::new(
-            Code::TooDeep,
-            format!("nesting deeper than {MAX_NESTING} levels"),
-        )
-        .label(
-            Span::new(source, at, (at + 1).min(text.len())),
-            "this is nested too deeply",
-        )
-        .help("split the expression with `let` or a `fn`")
+        Diag::new(Code::TooDeep, format!("nesting deeper than {MAX_NESTING} levels"))
+            .label(
+                Span::new(source, at, (at + 1).min(text.len())),
+                "this is nested too deeply",
+            )
+            .help("split the expression with `let` or a `fn`")
     };
     let mut prev_operand = false;
     while i < bytes.len() {
@@ -149,8 +153,7 @@ fn prescan(source: SourceId, text: &str) -> Result<()> {
             }
             let word = &text[start..i];
             match word {
-                "sum" | "mean" | "max" | "min" | "prod" | "logsumexp" | "count" | "if" | "then"
-                | "else" => level += 1,
+                "sum" | "mean" | "max" | "min" | "prod" | "logsumexp" | "count" | "if" | "then" | "else" => level += 1,
                 "let" | "out" => level = stack.last().copied().unwrap_or(0),
                 _ => {}
             }
@@ -212,12 +215,7 @@ impl Builder {
             match q.as_rule() {
                 Rule::doc_comment => {
                     let line = q.as_str().trim_start_matches("///");
-                    doc.push(
-                        line.strip_prefix(' ')
-                            .unwrap_or(line)
-                            .trim_end()
-                            .to_string(),
-                    );
+                    doc.push(line.strip_prefix(' ').unwrap_or(line).trim_end().to_string());
                 }
                 Rule::use_item => kind = Some(self.use_item(q)),
                 Rule::const_item => {
@@ -470,12 +468,9 @@ impl Builder {
     }
 
     fn too_deep(&self, span: Span) -> Diag {
-        Diag::new(
-            Code::TooDeep,
-            format!("expression deeper than {MAX_DEPTH} levels"),
-        )
-        .label(span, "this expression is nested too deeply")
-        .help("split it with `let`, or shorten long operator chains")
+        Diag::new(Code::TooDeep, format!("expression deeper than {MAX_DEPTH} levels"))
+            .label(span, "this expression is nested too deeply")
+            .help("split it with `let`, or shorten long operator chains")
     }
 
     /// Builds an expression; `depth` is how deep in the tree this pair sits.
@@ -522,17 +517,10 @@ impl Builder {
                 let mut acc = self.expr(operand[0].clone(), depth + ops.len())?;
                 for op in ops.iter().rev() {
                     let op_span = self.span(op);
-                    let op = if op.as_str() == "-" {
-                        UnOp::Neg
-                    } else {
-                        UnOp::Not
-                    };
+                    let op = if op.as_str() == "-" { UnOp::Neg } else { UnOp::Not };
                     let span = op_span.to(acc.span);
                     acc = Expr {
-                        kind: ExprKind::Unary {
-                            op,
-                            arg: Box::new(acc),
-                        },
+                        kind: ExprKind::Unary { op, arg: Box::new(acc) },
                         span,
                     };
                 }
@@ -558,34 +546,22 @@ impl Builder {
             }
             Rule::primary => self.expr(p.into_inner().next().unwrap(), depth),
             Rule::int => {
-                let value = p
-                    .as_str()
-                    .parse::<f64>()
-                    .map_err(|_| self.bad_number(span))?;
+                let value = p.as_str().parse::<f64>().map_err(|_| self.bad_number(span))?;
                 if value >= 9.0e15 {
                     return Err(self.bad_number(span));
                 }
                 Ok(Expr {
-                    kind: ExprKind::Number {
-                        value,
-                        is_int: true,
-                    },
+                    kind: ExprKind::Number { value, is_int: true },
                     span,
                 })
             }
             Rule::float => {
-                let value = p
-                    .as_str()
-                    .parse::<f64>()
-                    .map_err(|_| self.bad_number(span))?;
+                let value = p.as_str().parse::<f64>().map_err(|_| self.bad_number(span))?;
                 if !value.is_finite() {
                     return Err(self.bad_number(span));
                 }
                 Ok(Expr {
-                    kind: ExprKind::Number {
-                        value,
-                        is_int: false,
-                    },
+                    kind: ExprKind::Number { value, is_int: false },
                     span,
                 })
             }
@@ -623,8 +599,7 @@ impl Builder {
             }
             Rule::reduction => {
                 let mut it = p.into_inner();
-                let op =
-                    ReduceOp::from_name(it.next().unwrap().as_str()).expect("grammar: reduce_op");
+                let op = ReduceOp::from_name(it.next().unwrap().as_str()).expect("grammar: reduce_op");
                 let mut binders = Vec::new();
                 let mut exprs = Vec::new();
                 for q in it {
@@ -635,11 +610,7 @@ impl Builder {
                     }
                 }
                 let body = self.expr(exprs.pop().unwrap(), depth + 1)?;
-                let mask = exprs
-                    .pop()
-                    .map(|m| self.expr(m, depth + 1))
-                    .transpose()?
-                    .map(Box::new);
+                let mask = exprs.pop().map(|m| self.expr(m, depth + 1)).transpose()?.map(Box::new);
                 Ok(Expr {
                     kind: ExprKind::Reduce {
                         op,
@@ -653,9 +624,7 @@ impl Builder {
             Rule::call => {
                 let mut it = p.into_inner();
                 let func = self.ident(it.next().unwrap());
-                let args = it
-                    .map(|a| self.expr(a, depth + 1))
-                    .collect::<Result<Vec<_>>>()?;
+                let args = it.map(|a| self.expr(a, depth + 1)).collect::<Result<Vec<_>>>()?;
                 Ok(Expr {
                     kind: ExprKind::Call { func, args },
                     span,

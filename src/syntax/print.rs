@@ -129,10 +129,7 @@ pub fn expr(e: &Expr) -> String {
             }
         }
         ExprKind::Bool(b) => b.to_string(),
-        ExprKind::Access {
-            name,
-            subscripts: None,
-        } => name.name.clone(),
+        ExprKind::Access { name, subscripts: None } => name.name.clone(),
         ExprKind::Access {
             name,
             subscripts: Some(s),
@@ -155,11 +152,7 @@ pub fn expr(e: &Expr) -> String {
             format!("({} {} {})", op.as_str(), expr(lhs), expr(rhs))
         }
         ExprKind::Iverson(c) => format!("[{}]", expr(c)),
-        ExprKind::If {
-            cond,
-            then,
-            otherwise,
-        } => {
+        ExprKind::If { cond, then, otherwise } => {
             format!("(if {} {} {})", expr(cond), expr(then), expr(otherwise))
         }
         ExprKind::Reduce {
@@ -168,10 +161,7 @@ pub fn expr(e: &Expr) -> String {
             mask,
             body,
         } => {
-            let m = mask
-                .as_ref()
-                .map(|m| format!(" | {}", expr(m)))
-                .unwrap_or_default();
+            let m = mask.as_ref().map(|m| format!(" | {}", expr(m))).unwrap_or_default();
             format!("({}[{}{m}] {})", op.as_str(), binders(b), expr(body))
         }
         ExprKind::Paren(inner) => expr(inner),

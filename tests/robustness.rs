@@ -1,0 +1,263 @@
+//! Thousands of mutated programs through the parser and checker (and, when they still check, the
+//! interpreter on small random inputs): none may panic, overflow the stack or hang.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use lossc::Program;
+use lossc::data::Rng;
+
+/// Splits source into tokens: identifiers/numbers, whitespace runs, and single punctuation characters.
+fn tokens(src: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    let flush = |cur: &mut String, out: &mut Vec<String>| {
+        if !cur.is_empty() {
+            out.push(std::mem::take(cur));
+        }
+    };
+    for c in src.chars() {
+        if c.is_alphanumeric() || c == '_' || c == '.' {
+            if cur.chars().next().is_some_and(|f| f.is_whitespace()) {
+                flush(&mut cur, &mut out);
+            }
+            cur.push(c);
+        } else if c.is_whitespace() {
+            if cur.chars().next().is_some_and(|f| !f.is_whitespace()) {
+                flush(&mut cur, &mut out);
+            }
+            cur.push(c);
+        } else {
+            flush(&mut cur, &mut out);
+            out.push(c.to_string());
+        }
+    }
+    flush(&mut cur, &mut out);
+    out
+}
+
+const POOL: &[&str] = &[
+    "(",
+    ")",
+    "[",
+    "]",
+    "{",
+    "}",
+    "|",
+    "||",
+    "&&",
+    "!",
+    "-",
+    "+",
+    "*",
+    "/",
+    "^",
+    "<",
+    ">",
+    "==",
+    "=",
+    ",",
+    ":",
+    "::",
+    "sum[",
+    "mean[k]",
+    "max[",
+    "count[j]",
+    "if",
+    "then",
+    "else",
+    "let",
+    "out",
+    "loss",
+    "fn",
+    "use",
+    "const",
+    "idx",
+    "f32",
+    "nograd",
+    "0",
+    "1e-5",
+    "99999999999999999999",
+    "1e999",
+    "N",
+    "C",
+    "i",
+    "k",
+    "x",
+    "y",
+    "s",
+    "[k == y[i]]",
+    "/*",
+    "*/",
+    "//",
+    "///",
+    "\n",
+    "é",
+    "\u{0}",
+    "select(",
+    "stopgrad(",
+    "log(",
+    "->",
+    "std::",
+];
+
+fn mutate(toks: &[String], rng: &mut Rng) -> String {
+    let mut t = toks.to_vec();
+    let n = 1 + rng.below(3) as usize;
+    for _ in 0..n {
+        if t.is_empty() {
+            break;
+        }
+        let at = rng.below(t.len() as u64) as usize;
+        match rng.below(6) {
+            0 => {
+                t.remove(at);
+            }
+            1 => {
+                let dup = t[at].clone();
+                t.insert(at, dup);
+            }
+            2 => {
+                let other = rng.below(t.len() as u64) as usize;
+                t.swap(at, other);
+            }
+            3 => t.truncate(at),
+            4 => t.insert(at, POOL[rng.below(POOL.len() as u64) as usize].to_string()),
+            _ => t[at] = POOL[rng.below(POOL.len() as u64) as usize].to_string(),
+        }
+    }
+    t.concat()
+}
+
+/// Compiles, and evaluates what compiles on small random inputs. Errors are fine; panics are not.
+fn exercise(src: &str, rng: &mut Rng) -> bool {
+    let Ok(program) = Program::from_source("mutant.lx", src) else {
+        return false;
+    };
+    for f in &program.module.functions {
+        lossc::ir::verify::verify(f).unwrap_or_else(|e| panic!("verify failed: {e}\n{src}"));
+        let mut inputs = BTreeMap::new();
+        let sizes: Vec<i64> = f.dims.iter().map(|_| 1 + rng.below(3) as i64).collect();
+        if f.indices.iter().any(|i| !(0..=8).contains(&i.range.eval(&sizes))) || f.indices.len() > 40 {
+            continue;
+        }
+        for input in &f.inputs {
+            let shape: Vec<usize> = input
+                .shape
+                .iter()
+                .map(|d| d.eval(&sizes).clamp(0, 8) as usize)
+                .collect();
+            let count = shape.iter().product();
+            let t = if input.elem == lossc::ir::ElemTy::Idx {
+                let bound = input.bound.as_ref().map_or(3, |b| b.eval(&sizes).max(1));
+                lossc::Tensor::labels(shape, (0..count).map(|_| rng.below(bound as u64 + 1) as i64).collect())
+            } else {
+                lossc::Tensor::float(shape, (0..count).map(|_| rng.normal() * 3.0).collect())
+            };
+            inputs.insert(input.name.clone(), t);
+        }
+        let _ = lossc::api::eval(f, &inputs, &BTreeMap::new());
+    }
+    true
+}
+
+fn sources() -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut out = Vec::new();
+    for dir in ["examples", "tests/in", "stdlib"] {
+        for e in std::fs::read_dir(root.join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "lx") {
+                out.push(std::fs::read_to_string(p).unwrap());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn random_mutations_never_panic() {
+    let mut rng = Rng::new(42);
+    let mut compiled = 0;
+    let mut total = 0;
+    for src in sources() {
+        let toks = tokens(&src);
+        for _ in 0..250 {
+            let m = mutate(&toks, &mut rng);
+            total += 1;
+            compiled += usize::from(exercise(&m, &mut rng));
+        }
+    }
+    assert!(total >= 3000, "only {total} mutants");
+    // Some mutants (e.g. whitespace duplicated) still compile and are evaluated.
+    assert!(compiled > 0, "no mutant compiled");
+}
+
+#[test]
+fn truncations_never_panic() {
+    let mut rng = Rng::new(7);
+    for src in sources() {
+        let chars: Vec<char> = src.chars().collect();
+        for cut in 0..chars.len() {
+            let s: String = chars[..cut].iter().collect();
+            exercise(&s, &mut rng);
+        }
+    }
+}
+
+#[test]
+fn deep_nesting_is_a_diagnostic() {
+    let mut rng = Rng::new(1);
+    let wrap = |open: &str, close: &str, n: usize| {
+        format!("loss f(x: f32[N]) {{ {}x[0]{} }}", open.repeat(n), close.repeat(n))
+    };
+    for n in [10, 40, 60, 64, 65, 200, 5000, 100_000] {
+        for (open, close) in [
+            ("(", ")"),
+            ("[", "]"),
+            ("-", ""),
+            ("!", ""),
+            ("sum[k: N] ", ""),
+            ("exp(", ")"),
+            ("if 1 > 0 then ", " else 0"),
+        ] {
+            let src = wrap(open, close, n);
+            let result = Program::from_source("deep.lx", &src);
+            if let Err(d) = result {
+                assert!(!d.0.is_empty());
+            }
+            exercise(&src, &mut rng);
+        }
+        let chain = format!("loss f(x: f32[N]) {{ x[0]{} }}", " + x[0]".repeat(n));
+        let _ = Program::from_source("chain.lx", &chain);
+        let unclosed = format!("loss f(x: f32[N]) {{ {} }}", "f(".repeat(n.min(5000)));
+        assert!(Program::from_source("unclosed.lx", &unclosed).is_err());
+        let comments = format!("{}{}", "/*".repeat(n.min(5000)), "*/".repeat(n.min(5000)));
+        let _ = Program::from_source("comments.lx", &comments);
+    }
+}
+
+#[test]
+fn deep_fn_inlining_is_a_diagnostic() {
+    // g0 calls g1 twice, g1 calls g2 twice, …: exponential if expanded naively, deep if inlined.
+    let mut src = String::new();
+    for k in 0..60 {
+        src.push_str(&format!("fn g{k}(v) {{ g{}(v) + g{}(v * 2) }}\n", k + 1, k + 1));
+    }
+    src.push_str("fn g60(v) { v }\nloss h(x: f32[N]) { mean[i] g0(x[i]) }\n");
+    let r = Program::from_source("inline.lx", &src);
+    let d = r.expect_err("60 nested fns must be rejected");
+    assert!(
+        d.0.iter().all(|d| d.code == lossc::diag::Code::TooDeep),
+        "{}",
+        d.render()
+    );
+    // 20 levels are fine, and fast: a call with the same arguments is inlined once.
+    let mut src = String::new();
+    for k in 0..20 {
+        src.push_str(&format!("fn g{k}(v) {{ g{}(v) + g{}(v * 2) }}\n", k + 1, k + 1));
+    }
+    src.push_str("fn g20(v) { v }\nloss h(x: f32[N]) { mean[i] g0(x[i]) }\n");
+    Program::from_source("inline20.lx", &src).unwrap();
+}
