@@ -150,3 +150,13 @@ pub enum EvalError {
     #[error(transparent)]
     Call(#[from] CallError),
 }
+
+/// The loss and its gradients, through the reference interpreter (on the optimized gradient program).
+pub fn eval_grad(
+    f: &Function,
+    inputs: &BTreeMap<String, Tensor>,
+    hypers: &BTreeMap<String, f64>,
+) -> Result<Evaluation, EvalError> {
+    let g = on_big_stack(|| crate::autodiff::grad(f)).map_err(EvalError::Loss)?;
+    Ok(eval(&g, inputs, hypers)?)
+}

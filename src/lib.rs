@@ -11,12 +11,14 @@
 //!    [`api`] ties it together for embedding.
 
 pub mod api;
+pub mod autodiff;
 pub mod backend;
 pub mod call;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod data;
 pub mod diag;
+pub mod gradcheck;
 pub mod ir;
 pub mod prims;
 pub mod sema;

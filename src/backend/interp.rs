@@ -22,16 +22,36 @@ pub struct Evaluation {
     pub loss: f64,
     /// Extra outputs in declaration order.
     pub outputs: Vec<(String, Tensor)>,
+    /// Gradients of the loss by input name (present when the function was differentiated).
+    pub grads: Vec<(String, Tensor)>,
+}
+
+/// Values of `stopgrad` nodes, keyed by node and the values of its free indices.
+pub type Frozen = HashMap<(NodeId, Vec<i64>), Value>;
+
+/// How `stopgrad(e)` is evaluated: as `e` (live), recording each value, or replaying recorded values.
+/// Replaying makes a finite-difference check see the function the gradient is of: a surrogate whose
+/// stopped parts are constants.
+pub enum StopGrads<'a> {
+    Live,
+    Record(&'a mut Frozen),
+    Replay(&'a Frozen),
 }
 
 /// Evaluates every tensor of `f` and returns the loss and outputs.
 pub fn run(f: &Function, call: &Bound) -> Result<Evaluation, CallError> {
+    run_with(f, call, StopGrads::Live)
+}
+
+/// [`run`], with a choice of how `stopgrad` is evaluated.
+pub fn run_with(f: &Function, call: &Bound, stopgrads: StopGrads) -> Result<Evaluation, CallError> {
     let mut it = Interp {
         f,
         call,
         tensors: Vec::new(),
         env: vec![0; f.indices.len()],
         memo: HashMap::new(),
+        stopgrads,
     };
     for t in &f.tensors {
         let shape: Vec<usize> = t
@@ -59,6 +79,7 @@ pub fn run(f: &Function, call: &Bound) -> Result<Evaluation, CallError> {
     }
     let mut loss = f64::NAN;
     let mut outputs = Vec::new();
+    let mut grads = Vec::new();
     for (t, table) in f.tensors.iter().zip(&it.tensors) {
         match t.role {
             Role::Loss => loss = table.data[0].as_f64(),
@@ -66,10 +87,14 @@ pub fn run(f: &Function, call: &Bound) -> Result<Evaluation, CallError> {
                 t.name.clone(),
                 Tensor::float(table.shape.clone(), table.data.iter().map(|v| v.as_f64()).collect()),
             )),
+            Role::Grad(i) => grads.push((
+                f.inputs[i as usize].name.clone(),
+                Tensor::float(table.shape.clone(), table.data.iter().map(|v| v.as_f64()).collect()),
+            )),
             Role::Let => {}
         }
     }
-    Ok(Evaluation { loss, outputs })
+    Ok(Evaluation { loss, outputs, grads })
 }
 
 struct Table {
@@ -83,6 +108,7 @@ struct Interp<'a> {
     tensors: Vec<Table>,
     env: Vec<i64>,
     memo: HashMap<(NodeId, Vec<i64>), Value>,
+    stopgrads: StopGrads<'a>,
 }
 
 impl Interp<'_> {
@@ -142,6 +168,29 @@ impl Interp<'_> {
             Expr::Prim { prim: Prim::Or, args } => {
                 Value::B(self.eval(args[0])?.as_bool() || self.eval(args[1])?.as_bool())
             }
+            Expr::Prim {
+                prim: Prim::StopGrad,
+                args,
+            } => {
+                let key = |it: &Self| (id, node.free.iter().map(|i| it.env[i.index()]).collect::<Vec<_>>());
+                match &mut self.stopgrads {
+                    StopGrads::Replay(frozen) => {
+                        if let Some(v) = frozen.get(&key(self)) {
+                            return Ok(*v);
+                        }
+                        self.eval(args[0])?
+                    }
+                    StopGrads::Live => self.eval(args[0])?,
+                    StopGrads::Record(_) => {
+                        let v = self.eval(args[0])?;
+                        let k = key(self);
+                        if let StopGrads::Record(frozen) = &mut self.stopgrads {
+                            frozen.insert(k, v);
+                        }
+                        v
+                    }
+                }
+            }
             Expr::Prim { prim, args } => {
                 let mut vals = [Value::I(0); 3];
                 for (k, a) in args.iter().enumerate() {
@@ -182,6 +231,7 @@ impl Interp<'_> {
         let mut pos = vec![0i64; indices.len()];
         let mut values = Vec::new();
         let mut count: i64 = 0;
+        let mut positions = Vec::new();
         for _ in 0..total {
             for (i, p) in indices.iter().zip(&pos) {
                 self.env[i.index()] = *p;
@@ -194,6 +244,10 @@ impl Interp<'_> {
                 let v = self.eval(body)?;
                 match op {
                     ReduceOp::Count => count += i64::from(v.as_bool()),
+                    ReduceOp::ArgMax | ReduceOp::ArgMin => {
+                        values.push(v.as_f64());
+                        positions.push(pos.iter().zip(&ranges).fold(0i64, |acc, (p, r)| acc * r + p));
+                    }
                     _ => values.push(v.as_f64()),
                 }
             }
@@ -215,6 +269,20 @@ impl Interp<'_> {
             ReduceOp::Prod => Value::F(values.iter().product()),
             ReduceOp::Max => Value::F(fold_nan(&values, f64::NEG_INFINITY, f64::max)),
             ReduceOp::Min => Value::F(fold_nan(&values, f64::INFINITY, f64::min)),
+            ReduceOp::ArgMax | ReduceOp::ArgMin => {
+                let better = |a: f64, b: f64| if op == ReduceOp::ArgMax { a > b } else { a < b };
+                let mut best: Option<usize> = None;
+                for (k, v) in values.iter().enumerate() {
+                    if v.is_nan() {
+                        best = Some(k);
+                        break;
+                    }
+                    if best.is_none_or(|b| better(*v, values[b])) {
+                        best = Some(k);
+                    }
+                }
+                Value::I(best.map_or(-1, |b| positions[b]))
+            }
             ReduceOp::LogSumExp => {
                 let m = fold_nan(&values, f64::NEG_INFINITY, f64::max);
                 if m.is_nan() || m.is_infinite() {

@@ -264,7 +264,7 @@ pub struct Node {
 }
 
 /// What a tensor definition is for.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     /// An intermediate `let`.
     Let,
@@ -272,6 +272,8 @@ pub enum Role {
     Loss,
     /// A named extra output (`out name[i] = …`).
     Output,
+    /// The gradient of the loss with respect to input `.0` (made by autodiff).
+    Grad(u32),
 }
 
 /// `name[indices] = body`.
@@ -376,6 +378,143 @@ impl Function {
         self.spans.push(span);
         self.intern.insert(expr, id);
         Ok(id)
+    }
+
+    /// Adds a primitive application; its kind follows from the operands' kinds ([`Prim::result`]).
+    pub fn prim(&mut self, prim: Prim, args: &[NodeId], span: Span) -> Result<NodeId, TooDeep> {
+        let kinds: Vec<Scalar> = args.iter().map(|a| self.node(*a).scalar).collect();
+        let scalar = prim.result(&kinds);
+        self.add(
+            Expr::Prim {
+                prim,
+                args: args.into(),
+            },
+            scalar,
+            span,
+        )
+    }
+
+    pub fn float(&mut self, x: f64, span: Span) -> Result<NodeId, TooDeep> {
+        self.add(Expr::float(x), Scalar::Float, span)
+    }
+
+    /// The float constant a node holds, if it is one.
+    pub fn as_float(&self, id: NodeId) -> Option<f64> {
+        match self.node(id).expr {
+            Expr::Float(bits) => Some(f64::from_bits(bits)),
+            _ => None,
+        }
+    }
+
+    /// Rebuilds `node` with index variables replaced by the given integer nodes. Only nodes in which a
+    /// replaced index is free are rebuilt; a reduction that binds an index hides it from replacement.
+    pub fn subst(&mut self, node: NodeId, map: &HashMap<IndexId, NodeId>) -> Result<NodeId, TooDeep> {
+        let mut memo = HashMap::new();
+        self.subst_memo(node, map, &mut memo)
+    }
+
+    fn subst_memo(
+        &mut self,
+        node: NodeId,
+        map: &HashMap<IndexId, NodeId>,
+        memo: &mut HashMap<NodeId, NodeId>,
+    ) -> Result<NodeId, TooDeep> {
+        if let Some(done) = memo.get(&node) {
+            return Ok(*done);
+        }
+        let n = self.node(node).clone();
+        if !n.free.iter().any(|i| map.contains_key(i)) {
+            return Ok(node);
+        }
+        let span = self.span(node);
+        let expr = match n.expr {
+            Expr::Index(i) => {
+                let r = map[&i];
+                return Ok(r);
+            }
+            Expr::Load { tensor, subs } => {
+                let mut out = Vec::with_capacity(subs.len());
+                for s in subs.iter() {
+                    out.push(self.subst_memo(*s, map, memo)?);
+                }
+                Expr::Load {
+                    tensor,
+                    subs: out.into(),
+                }
+            }
+            Expr::Prim { prim, args } => {
+                let mut out = Vec::with_capacity(args.len());
+                for a in args.iter() {
+                    out.push(self.subst_memo(*a, map, memo)?);
+                }
+                Expr::Prim { prim, args: out.into() }
+            }
+            Expr::Reduce {
+                op,
+                indices,
+                mask,
+                body,
+            } => {
+                // The reduction binds its indices: inside it they are not the ones being replaced.
+                let (mask, body) = if indices.iter().any(|i| map.contains_key(i)) {
+                    let inner: HashMap<IndexId, NodeId> = map
+                        .iter()
+                        .filter(|(k, _)| !indices.contains(k))
+                        .map(|(k, v)| (*k, *v))
+                        .collect();
+                    let mut inner_memo = HashMap::new();
+                    let mask = mask.map(|m| self.subst_memo(m, &inner, &mut inner_memo)).transpose()?;
+                    (mask, self.subst_memo(body, &inner, &mut inner_memo)?)
+                } else {
+                    let mask = mask.map(|m| self.subst_memo(m, map, memo)).transpose()?;
+                    (mask, self.subst_memo(body, map, memo)?)
+                };
+                Expr::Reduce {
+                    op,
+                    indices,
+                    mask,
+                    body,
+                }
+            }
+            other => other,
+        };
+        let id = self.add(expr, n.scalar, span)?;
+        memo.insert(node, id);
+        Ok(id)
+    }
+
+    /// Every node reachable from `root`, in arena (topological) order.
+    pub fn reachable(&self, roots: &[NodeId]) -> Vec<NodeId> {
+        let mut seen = vec![false; self.nodes.len()];
+        let mut stack: Vec<NodeId> = roots.to_vec();
+        while let Some(n) = stack.pop() {
+            if std::mem::replace(&mut seen[n.index()], true) {
+                continue;
+            }
+            stack.extend(self.node(n).expr.operands());
+        }
+        seen.iter()
+            .enumerate()
+            .filter(|(_, s)| **s)
+            .map(|(i, _)| NodeId(i as u32))
+            .collect()
+    }
+
+    /// A copy with the same signature and index variables but no nodes or tensors.
+    pub fn empty_like(&self) -> Function {
+        Function {
+            name: self.name.clone(),
+            doc: self.doc.clone(),
+            span: self.span,
+            dims: self.dims.clone(),
+            inputs: self.inputs.clone(),
+            hypers: self.hypers.clone(),
+            indices: self.indices.clone(),
+            tensors: Vec::new(),
+            nodes: Vec::new(),
+            spans: Vec::new(),
+            intern: HashMap::new(),
+        }
     }
 
     pub fn add_index(&mut self, name: impl Into<String>, range: Dim, span: Span) -> IndexId {

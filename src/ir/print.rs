@@ -54,6 +54,7 @@ pub fn function(f: &Function) -> String {
             Role::Let => "let",
             Role::Loss => "loss",
             Role::Output => "out",
+            Role::Grad(_) => "grad",
         };
         let head: Vec<&str> = t.indices.iter().map(|i| names[i.index()].as_str()).collect();
         let head = if head.is_empty() {

@@ -5,7 +5,8 @@
 //! compiler point at every rule still missing. Reductions are not primitives: they bind indices and live
 //! in the IR as [`crate::ir::Expr::Reduce`].
 
-use crate::ir::{Scalar, Value};
+use crate::diag::Span;
+use crate::ir::{Function, NodeId, Scalar, TooDeep, Value};
 
 macro_rules! prims {
     ($($variant:ident $name:literal $surface:expr;)*) => {
@@ -243,4 +244,121 @@ pub fn sigmoid(x: f64) -> f64 {
 /// `log(1 + e^x)` without overflow for large x.
 pub fn softplus(x: f64) -> f64 {
     x.max(0.0) + (-x.abs()).exp().ln_1p()
+}
+
+/// The partial derivative of a primitive's result with respect to one operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Partial {
+    /// No dependence (or no gradient by definition: comparisons, `stopgrad`, integer operations).
+    Zero,
+    One,
+    NegOne,
+    /// The partial as an IR node.
+    Node(NodeId),
+}
+
+impl Prim {
+    /// Builds the partials of `out = self(args)` in `f`, one per operand.
+    ///
+    /// Subgradients at kinks, as in PyTorch: `relu'(0) = 0`, `abs'(0) = 0`, `max(a, b)` sends the gradient to
+    /// `a` on a tie (`min` likewise), `clamp` passes it through on the closed interval.
+    pub fn partials(self, f: &mut Function, args: &[NodeId], out: NodeId, span: Span) -> Result<Vec<Partial>, TooDeep> {
+        use Partial::{NegOne, Node, One, Zero};
+        use Prim::*;
+        let a = args.first().copied().unwrap_or(out);
+        Ok(match self {
+            Add => vec![One, One],
+            Sub => vec![One, NegOne],
+            Neg => vec![NegOne],
+            Mul => vec![Node(args[1]), Node(args[0])],
+            Div => {
+                let one = f.float(1.0, span)?;
+                let inv = f_prim(f, Div, &[one, args[1]], span)?;
+                let q = f_prim(f, Div, &[out, args[1]], span)?;
+                let nq = f_prim(f, Neg, &[q], span)?;
+                vec![Node(inv), Node(nq)]
+            }
+            Pow => {
+                let one = f.float(1.0, span)?;
+                let bm1 = f_prim(f, Sub, &[args[1], one], span)?;
+                let pw = f_prim(f, Pow, &[args[0], bm1], span)?;
+                let da = f_prim(f, Mul, &[args[1], pw], span)?;
+                let la = f_prim(f, Log, &[args[0]], span)?;
+                let db = f_prim(f, Mul, &[out, la], span)?;
+                vec![Node(da), Node(db)]
+            }
+            Max | Min => {
+                let (first, second) = if self == Max { (Ge, Lt) } else { (Le, Gt) };
+                let c1 = f_prim(f, first, args, span)?;
+                let c2 = f_prim(f, second, args, span)?;
+                let i1 = f_prim(f, Iverson, &[c1], span)?;
+                let i2 = f_prim(f, Iverson, &[c2], span)?;
+                vec![Node(i1), Node(i2)]
+            }
+            Abs => vec![Node(f_prim(f, Sign, &[a], span)?)],
+            Exp => vec![Node(out)],
+            Log => {
+                let one = f.float(1.0, span)?;
+                vec![Node(f_prim(f, Div, &[one, a], span)?)]
+            }
+            Log1p => {
+                let one = f.float(1.0, span)?;
+                let d = f_prim(f, Add, &[one, a], span)?;
+                vec![Node(f_prim(f, Div, &[one, d], span)?)]
+            }
+            Expm1 => vec![Node(f_prim(f, Exp, &[a], span)?)],
+            Sqrt => {
+                let half = f.float(0.5, span)?;
+                vec![Node(f_prim(f, Div, &[half, out], span)?)]
+            }
+            Sigmoid => {
+                let one = f.float(1.0, span)?;
+                let c = f_prim(f, Sub, &[one, out], span)?;
+                vec![Node(f_prim(f, Mul, &[out, c], span)?)]
+            }
+            Softplus => vec![Node(f_prim(f, Sigmoid, &[a], span)?)],
+            Tanh => {
+                let one = f.float(1.0, span)?;
+                let sq = f_prim(f, Mul, &[out, out], span)?;
+                vec![Node(f_prim(f, Sub, &[one, sq], span)?)]
+            }
+            Relu => {
+                let zero = f.float(0.0, span)?;
+                let c = f_prim(f, Gt, &[a, zero], span)?;
+                vec![Node(f_prim(f, Iverson, &[c], span)?)]
+            }
+            Atan => {
+                let one = f.float(1.0, span)?;
+                let sq = f_prim(f, Mul, &[a, a], span)?;
+                let d = f_prim(f, Add, &[one, sq], span)?;
+                vec![Node(f_prim(f, Div, &[one, d], span)?)]
+            }
+            Clamp => {
+                let (x, lo, hi) = (args[0], args[1], args[2]);
+                let ge = f_prim(f, Ge, &[x, lo], span)?;
+                let le = f_prim(f, Le, &[x, hi], span)?;
+                let inside = f_prim(f, And, &[ge, le], span)?;
+                let below = f_prim(f, Lt, &[x, lo], span)?;
+                let above = f_prim(f, Gt, &[x, hi], span)?;
+                let di = f_prim(f, Iverson, &[inside], span)?;
+                let dl = f_prim(f, Iverson, &[below], span)?;
+                let dh = f_prim(f, Iverson, &[above], span)?;
+                vec![Node(di), Node(dl), Node(dh)]
+            }
+            Select => {
+                let c = args[0];
+                let nc = f_prim(f, Not, &[c], span)?;
+                let t = f_prim(f, Iverson, &[c], span)?;
+                let e = f_prim(f, Iverson, &[nc], span)?;
+                vec![Zero, Node(t), Node(e)]
+            }
+            Sign | StopGrad | Eq | Ne | Lt | Le | Gt | Ge | And | Or | Not | Iverson | ToFloat => {
+                vec![Zero; self.sig().arity()]
+            }
+        })
+    }
+}
+
+fn f_prim(f: &mut Function, prim: Prim, args: &[NodeId], span: Span) -> Result<NodeId, TooDeep> {
+    f.prim(prim, args, span)
 }

@@ -218,9 +218,15 @@ pub enum ReduceOp {
     Prod,
     LogSumExp,
     Count,
+    /// Internal (made by autodiff, not written in source): the row-major flat position of the first
+    /// maximum among the reduced indices, or -1 when the set is empty.
+    ArgMax,
+    /// Internal: like `ArgMax`, for the first minimum.
+    ArgMin,
 }
 
 impl ReduceOp {
+    /// The reductions source code can write.
     pub const ALL: [ReduceOp; 7] = [
         ReduceOp::Sum,
         ReduceOp::Mean,
@@ -239,6 +245,8 @@ impl ReduceOp {
             ReduceOp::Prod => "prod",
             ReduceOp::LogSumExp => "logsumexp",
             ReduceOp::Count => "count",
+            ReduceOp::ArgMax => "argmax",
+            ReduceOp::ArgMin => "argmin",
         }
     }
     pub fn from_name(name: &str) -> Option<ReduceOp> {

@@ -1,0 +1,490 @@
+//! Stage 4: reverse-mode differentiation as an IR → IR transform.
+//!
+//! [`grad`] returns a new function holding every tensor of the original plus, for each differentiable input
+//! `x`, a tensor `grad_x` (role [`Role::Grad`]) with the gradient of the loss. The result is ordinary IR:
+//! it prints, verifies, optimizes and evaluates like any other function, and can be differentiated again.
+//!
+//! Naming: the adjoint of a tensor `m` is the tensor `m_adj` (∂loss/∂m, same shape); `grad_x` is the
+//! adjoint of input `x`. Inside one tensor body, the adjoint of a node is an expression over the node's own
+//! free indices.
+//!
+//! How it works, per tensor from the last to the first:
+//! - Within the body, nodes are visited from the root down (reverse arena order). Elementwise primitives
+//!   contribute `adjoint × partial` ([`Prim::partials`]), summed over any index the operand does not
+//!   depend on (a broadcast's adjoint is a sum). Reductions give an explicit vector-Jacobian rule
+//!   (`sum`: broadcast, `mean`: divide by the count, `logsumexp`: softmax weights, `max`/`min`: the first
+//!   arg-max, `prod`: `out / x`). `stopgrad`, conditions, integers, labels and `nograd` inputs carry none.
+//! - A load `t[s0, s1]` hands its adjoint to `t`. The adjoint tensor `t_adj[k0, k1]` sums those
+//!   contributions with an Iverson bracket `[s0 == k0 && s1 == k1]` over the indices of the use; where a
+//!   subscript is a bare index the sum is resolved by substitution, so the adjoint of a gather
+//!   `s[i, y[i]]` becomes `[k1 == y[k0]] * g[k0]`, never a scatter.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::diag::{Code, Diag, Span};
+use crate::ir::{
+    Dim, Expr, Function, IndexId, NodeId, ReduceOp, Role, Scalar, TensorDef, TensorId, TensorRef, TooDeep,
+};
+use crate::prims::{Partial, Prim};
+
+type R<T> = Result<T, TooDeep>;
+
+/// Differentiates the loss of `f` with respect to every differentiable input.
+pub fn grad(f: &Function) -> Result<Function, Diag> {
+    Ad::new(f).run().map_err(|TooDeep| too_large(f))
+}
+
+fn too_large(f: &Function) -> Diag {
+    Diag::new(
+        Code::TooDeep,
+        format!("the gradient of `{}` is too large to build", f.name),
+    )
+    .label(f.span, "this loss")
+    .help("split the loss into `let`s so that the gradient can reuse them")
+}
+
+/// Builds `sum_t grad_x[t] * v[t]` as the new loss of a copy of the gradient function `g`, with `v` a new
+/// `nograd` input shaped like `x`. Differentiating the result gives the Hessian-vector product `H v`.
+pub fn directional(g: &Function, x: &str, v: &str) -> Result<Function, Diag> {
+    let mut h = g.clone();
+    let Some(xi) = h.inputs.iter().position(|i| i.name == x) else {
+        return Err(Diag::new(Code::UnknownName, format!("no input `{x}`")).help("name a differentiable input"));
+    };
+    let Some(gt) = h.tensors.iter().position(|t| t.role == Role::Grad(xi as u32)) else {
+        return Err(Diag::new(Code::UnknownName, format!("`{x}` has no gradient")).help("differentiate first"));
+    };
+    let mut input = h.inputs[xi].clone();
+    input.name = v.to_string();
+    input.nograd = true;
+    h.inputs.push(input);
+    let vi = h.inputs.len() as u32 - 1;
+    for t in &mut h.tensors {
+        if t.role != Role::Output {
+            t.role = Role::Let;
+        }
+    }
+    let span = h.span;
+    let build = |h: &mut Function| -> R<NodeId> {
+        let idx: Vec<IndexId> = h.inputs[xi]
+            .shape
+            .clone()
+            .into_iter()
+            .map(|d| h.add_index("t", d, span))
+            .collect();
+        let subs: Vec<NodeId> = idx
+            .iter()
+            .map(|i| h.add(Expr::Index(*i), Scalar::Int, span))
+            .collect::<R<_>>()?;
+        let gl = h.add(
+            Expr::Load {
+                tensor: TensorRef::Def(TensorId(gt as u32)),
+                subs: subs.clone().into(),
+            },
+            Scalar::Float,
+            span,
+        )?;
+        let vl = h.add(
+            Expr::Load {
+                tensor: TensorRef::Input(vi),
+                subs: subs.into(),
+            },
+            Scalar::Float,
+            span,
+        )?;
+        let prod = h.prim(Prim::Mul, &[gl, vl], span)?;
+        if idx.is_empty() {
+            return Ok(prod);
+        }
+        h.add(
+            Expr::Reduce {
+                op: ReduceOp::Sum,
+                indices: idx.into(),
+                mask: None,
+                body: prod,
+            },
+            Scalar::Float,
+            span,
+        )
+    };
+    let body = build(&mut h).map_err(|TooDeep| too_large(g))?;
+    h.add_tensor(TensorDef {
+        name: "loss".into(),
+        indices: vec![],
+        body,
+        scalar: Scalar::Float,
+        role: Role::Loss,
+        span,
+    });
+    Ok(h)
+}
+
+/// A use of a tensor inside some body: its subscripts and the adjoint flowing into it.
+struct Contribution {
+    subs: Vec<NodeId>,
+    adjoint: NodeId,
+}
+
+struct Ad {
+    g: Function,
+    /// Per node of the original function: does it depend on a differentiable input?
+    active: Vec<bool>,
+    /// Per tensor of the original function.
+    active_tensor: Vec<bool>,
+    contributions: HashMap<TensorRef, Vec<Contribution>>,
+}
+
+impl Ad {
+    fn new(f: &Function) -> Ad {
+        let mut g = f.clone();
+        for t in &mut g.tensors {
+            if matches!(t.role, Role::Grad(_)) {
+                t.role = Role::Let;
+            }
+        }
+        let mut active = vec![false; f.nodes().len()];
+        let mut active_tensor = vec![false; f.tensors.len()];
+        // Tensors only load earlier tensors, so one pass in definition order settles everything.
+        let mut done = vec![false; f.nodes().len()];
+        for (k, t) in f.tensors.iter().enumerate() {
+            for n in f.reachable(&[t.body]) {
+                if done[n.index()] {
+                    continue;
+                }
+                done[n.index()] = true;
+                let node = f.node(n);
+                active[n.index()] = node.scalar == Scalar::Float
+                    && match &node.expr {
+                        Expr::Load {
+                            tensor: TensorRef::Input(i),
+                            ..
+                        } => f.inputs[*i as usize].differentiable(),
+                        Expr::Load {
+                            tensor: TensorRef::Def(t),
+                            ..
+                        } => active_tensor[t.index()],
+                        Expr::Prim {
+                            prim: Prim::StopGrad | Prim::Iverson | Prim::ToFloat,
+                            ..
+                        } => false,
+                        Expr::Prim { args, .. } => args.iter().any(|a| active[a.index()]),
+                        Expr::Reduce {
+                            op: ReduceOp::Count | ReduceOp::ArgMax | ReduceOp::ArgMin,
+                            ..
+                        } => false,
+                        Expr::Reduce { body, .. } => active[body.index()],
+                        _ => false,
+                    };
+            }
+            active_tensor[k] = t.scalar == Scalar::Float && active[t.body.index()];
+        }
+        Ad {
+            g,
+            active,
+            active_tensor,
+            contributions: HashMap::new(),
+        }
+    }
+
+    fn is_active(&self, n: NodeId) -> bool {
+        self.active.get(n.index()).copied().unwrap_or(false)
+    }
+
+    fn run(mut self) -> R<Function> {
+        let originals = self.g.tensors.len();
+        let mut adjoints = Vec::new();
+        for k in (0..originals).rev() {
+            let t = self.g.tensors[k].clone();
+            if !self.active_tensor[k] {
+                continue;
+            }
+            let seed = match t.role {
+                Role::Loss => Some(self.g.float(1.0, t.span)?),
+                _ => {
+                    let head: Vec<Dim> = t.indices.iter().map(|i| self.g.index(*i).range.clone()).collect();
+                    match self.assemble(TensorRef::Def(TensorId(k as u32)), &head, t.span)? {
+                        None => None,
+                        Some((indices, body)) => {
+                            let adj = self.g.add_tensor(TensorDef {
+                                name: format!("{}_adj", t.name),
+                                indices,
+                                body,
+                                scalar: Scalar::Float,
+                                role: Role::Let,
+                                span: t.span,
+                            });
+                            adjoints.push(adj);
+                            // Inside t's body, the adjoint of the root is t_adj at t's own head indices.
+                            let subs: Vec<NodeId> = t
+                                .indices
+                                .iter()
+                                .map(|i| self.g.add(Expr::Index(*i), Scalar::Int, t.span))
+                                .collect::<R<_>>()?;
+                            Some(self.g.add(
+                                Expr::Load {
+                                    tensor: TensorRef::Def(adj),
+                                    subs: subs.into(),
+                                },
+                                Scalar::Float,
+                                t.span,
+                            )?)
+                        }
+                    }
+                }
+            };
+            if let Some(seed) = seed {
+                self.backprop(t.body, seed)?;
+            }
+        }
+        for (i, input) in self.g.inputs.clone().iter().enumerate() {
+            if !input.differentiable() {
+                continue;
+            }
+            let span = input.span;
+            let (indices, body) = match self.assemble(TensorRef::Input(i as u32), &input.shape, span)? {
+                Some(x) => x,
+                None => {
+                    let idx = input
+                        .shape
+                        .iter()
+                        .map(|d| self.g.add_index("t", d.clone(), span))
+                        .collect();
+                    (idx, self.g.float(0.0, span)?)
+                }
+            };
+            self.g.add_tensor(TensorDef {
+                name: format!("grad_{}", input.name),
+                indices,
+                body,
+                scalar: Scalar::Float,
+                role: Role::Grad(i as u32),
+                span,
+            });
+        }
+        Ok(self.g)
+    }
+
+    /// Reverse sweep through one tensor body whose root has adjoint `seed`.
+    fn backprop(&mut self, root: NodeId, seed: NodeId) -> R<()> {
+        let mut terms: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
+        terms.insert(root, vec![seed]);
+        let order = self.g.reachable(&[root]);
+        for &n in order.iter().rev() {
+            if !self.is_active(n) {
+                continue;
+            }
+            let Some(ts) = terms.remove(&n) else { continue };
+            let span = self.g.span(n);
+            let adj = self.sum_terms(&ts, span)?;
+            let node = self.g.node(n).clone();
+            match node.expr {
+                Expr::Load { tensor, subs } => {
+                    self.contributions.entry(tensor).or_default().push(Contribution {
+                        subs: subs.to_vec(),
+                        adjoint: adj,
+                    });
+                }
+                Expr::Prim { prim, args } => {
+                    let partials = prim.partials(&mut self.g, &args, n, span)?;
+                    for (a, p) in args.iter().zip(partials) {
+                        if !self.is_active(*a) {
+                            continue;
+                        }
+                        let term = match p {
+                            Partial::Zero => continue,
+                            Partial::One => adj,
+                            Partial::NegOne => self.g.prim(Prim::Neg, &[adj], span)?,
+                            Partial::Node(d) => self.g.prim(Prim::Mul, &[adj, d], span)?,
+                        };
+                        let term = self.sum_to(term, n, *a, span)?;
+                        terms.entry(*a).or_default().push(term);
+                    }
+                }
+                Expr::Reduce {
+                    op,
+                    indices,
+                    mask,
+                    body,
+                } => {
+                    if !self.is_active(body) {
+                        continue;
+                    }
+                    let term = self.reduce_vjp(op, &indices, mask, body, n, adj, span)?;
+                    terms.entry(body).or_default().push(term);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn sum_terms(&mut self, ts: &[NodeId], span: Span) -> R<NodeId> {
+        let mut acc = ts[0];
+        for t in &ts[1..] {
+            acc = self.g.prim(Prim::Add, &[acc, *t], span)?;
+        }
+        Ok(acc)
+    }
+
+    /// Sums `term`, an adjoint over the index space of `node`, over the indices of `node` that `target`
+    /// lacks (the adjoint of a broadcast). The term itself may be invariant in them: it is still summed.
+    fn sum_to(&mut self, term: NodeId, node: NodeId, target: NodeId, span: Span) -> R<NodeId> {
+        let have: BTreeSet<IndexId> = self.g.node(node).free.iter().copied().collect();
+        let want: BTreeSet<IndexId> = self.g.node(target).free.iter().copied().collect();
+        let extra: Vec<IndexId> = have.difference(&want).copied().collect();
+        if extra.is_empty() {
+            return Ok(term);
+        }
+        self.g.add(
+            Expr::Reduce {
+                op: ReduceOp::Sum,
+                indices: extra.into(),
+                mask: None,
+                body: term,
+            },
+            Scalar::Float,
+            span,
+        )
+    }
+
+    /// The adjoint of a reduction's body, given the adjoint `adj` of the reduction `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn reduce_vjp(
+        &mut self,
+        op: ReduceOp,
+        indices: &[IndexId],
+        mask: Option<NodeId>,
+        body: NodeId,
+        out: NodeId,
+        adj: NodeId,
+        span: Span,
+    ) -> R<NodeId> {
+        let g = &mut self.g;
+        let term = match op {
+            ReduceOp::Sum => adj,
+            ReduceOp::Mean => {
+                let t = g.add(Expr::Bool(true), Scalar::Bool, span)?;
+                let count = g.add(
+                    Expr::Reduce {
+                        op: ReduceOp::Count,
+                        indices: indices.into(),
+                        mask,
+                        body: t,
+                    },
+                    Scalar::Int,
+                    span,
+                )?;
+                let count = g.prim(Prim::ToFloat, &[count], span)?;
+                g.prim(Prim::Div, &[adj, count], span)?
+            }
+            ReduceOp::LogSumExp => {
+                let d = g.prim(Prim::Sub, &[body, out], span)?;
+                let w = g.prim(Prim::Exp, &[d], span)?;
+                g.prim(Prim::Mul, &[adj, w], span)?
+            }
+            ReduceOp::Prod => {
+                let q = g.prim(Prim::Div, &[out, body], span)?;
+                g.prim(Prim::Mul, &[adj, q], span)?
+            }
+            ReduceOp::Max | ReduceOp::Min => {
+                let arg = if op == ReduceOp::Max {
+                    ReduceOp::ArgMax
+                } else {
+                    ReduceOp::ArgMin
+                };
+                let best = g.add(
+                    Expr::Reduce {
+                        op: arg,
+                        indices: indices.into(),
+                        mask,
+                        body,
+                    },
+                    Scalar::Int,
+                    span,
+                )?;
+                let mut flat = g.add(Expr::Int(0), Scalar::Int, span)?;
+                for i in indices {
+                    let range = g.index(*i).range.clone();
+                    let size = g.add(Expr::Size(range), Scalar::Int, span)?;
+                    let scaled = g.prim(Prim::Mul, &[flat, size], span)?;
+                    let iv = g.add(Expr::Index(*i), Scalar::Int, span)?;
+                    flat = g.prim(Prim::Add, &[scaled, iv], span)?;
+                }
+                let hit = g.prim(Prim::Eq, &[flat, best], span)?;
+                let zero = g.float(0.0, span)?;
+                return g.prim(Prim::Select, &[hit, adj, zero], span);
+            }
+            ReduceOp::Count | ReduceOp::ArgMax | ReduceOp::ArgMin => unreachable!("inactive reductions"),
+        };
+        match mask {
+            Some(m) => {
+                let zero = g.float(0.0, span)?;
+                g.prim(Prim::Select, &[m, term, zero], span)
+            }
+            None => Ok(term),
+        }
+    }
+
+    /// Builds the adjoint of a tensor (shape `shape`) from its contributions: fresh head indices and a body.
+    fn assemble(&mut self, tensor: TensorRef, shape: &[Dim], span: Span) -> R<Option<(Vec<IndexId>, NodeId)>> {
+        let Some(cs) = self.contributions.remove(&tensor) else {
+            return Ok(None);
+        };
+        let head: Vec<IndexId> = shape.iter().map(|d| self.g.add_index("t", d.clone(), span)).collect();
+        let head_nodes: Vec<NodeId> = head
+            .iter()
+            .map(|i| self.g.add(Expr::Index(*i), Scalar::Int, span))
+            .collect::<R<_>>()?;
+        let mut terms = Vec::new();
+        for c in cs {
+            let mut free: BTreeSet<IndexId> = self.g.node(c.adjoint).free.iter().copied().collect();
+            for s in &c.subs {
+                free.extend(self.g.node(*s).free.iter().copied());
+            }
+            // Resolve bare-index subscripts by substitution; keep the rest as equality conditions.
+            let mut map: HashMap<IndexId, NodeId> = HashMap::new();
+            let mut conditions = Vec::new();
+            for (p, s) in c.subs.iter().enumerate() {
+                match self.g.node(*s).expr {
+                    Expr::Index(v) if free.contains(&v) && !map.contains_key(&v) => {
+                        map.insert(v, head_nodes[p]);
+                    }
+                    _ => conditions.push(p),
+                }
+            }
+            let body = self.g.subst(c.adjoint, &map)?;
+            let mut cond: Option<NodeId> = None;
+            for p in conditions {
+                let s = self.g.subst(c.subs[p], &map)?;
+                let eq = self.g.prim(Prim::Eq, &[s, head_nodes[p]], span)?;
+                cond = Some(match cond {
+                    None => eq,
+                    Some(c) => self.g.prim(Prim::And, &[c, eq], span)?,
+                });
+            }
+            let remaining: Vec<IndexId> = free.iter().filter(|v| !map.contains_key(v)).copied().collect();
+            let term = if remaining.is_empty() {
+                match cond {
+                    None => body,
+                    Some(c) => {
+                        let zero = self.g.float(0.0, span)?;
+                        self.g.prim(Prim::Select, &[c, body, zero], span)?
+                    }
+                }
+            } else {
+                self.g.add(
+                    Expr::Reduce {
+                        op: ReduceOp::Sum,
+                        indices: remaining.into(),
+                        mask: cond,
+                        body,
+                    },
+                    Scalar::Float,
+                    span,
+                )?
+            };
+            terms.push(term);
+        }
+        let body = self.sum_terms(&terms, span)?;
+        Ok(Some((head, body)))
+    }
+}

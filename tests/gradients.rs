@@ -1,0 +1,210 @@
+//! Symbolic gradients against central finite differences: for every primitive (driven by the primitive
+//! table), every reduction, every example and every feature input.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use lossc::data::Rng;
+use lossc::prims::Prim;
+use lossc::{Program, Tensor};
+
+fn random_inputs(
+    f: &lossc::ir::Function,
+    sizes: &BTreeMap<&str, i64>,
+    rng: &mut Rng,
+    lo: f64,
+    hi: f64,
+) -> BTreeMap<String, Tensor> {
+    let dims: Vec<i64> = f
+        .dims
+        .iter()
+        .map(|d| *sizes.get(d.name.as_str()).unwrap_or(&3))
+        .collect();
+    let mut m = BTreeMap::new();
+    for input in &f.inputs {
+        let shape: Vec<usize> = input.shape.iter().map(|d| d.eval(&dims) as usize).collect();
+        let n: usize = shape.iter().product();
+        let t = if input.elem == lossc::ir::ElemTy::Idx {
+            let b = input.bound.as_ref().map_or(3, |b| b.eval(&dims));
+            Tensor::labels(shape, (0..n).map(|_| rng.below(b as u64) as i64).collect())
+        } else {
+            Tensor::float(shape, (0..n).map(|_| lo + (hi - lo) * rng.uniform()).collect())
+        };
+        m.insert(input.name.clone(), t);
+    }
+    m
+}
+
+fn assert_gradcheck(name: &str, src: &str, inputs: &BTreeMap<String, Tensor>) -> usize {
+    let p = Program::from_source(name, src).unwrap_or_else(|d| panic!("{}", d.render()));
+    let mut checked = 0;
+    for f in &p.module.functions {
+        let g = lossc::autodiff::grad(f).unwrap();
+        lossc::ir::verify::verify(&g).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let result = lossc::gradcheck::check(f, inputs, &BTreeMap::new(), 64).unwrap();
+        for c in result {
+            assert!(
+                c.max_error <= lossc::gradcheck::TOLERANCE,
+                "{name}: gradient of `{}` off by {} at {:?}\n{}",
+                c.name,
+                c.max_error,
+                c.worst,
+                lossc::ir::print::function(&g)
+            );
+            checked += c.checked;
+        }
+    }
+    checked
+}
+
+/// An expression exercising each primitive, over x[i], z[i] (and a condition c), with the input domain.
+fn case(p: Prim) -> (&'static str, f64, f64) {
+    use Prim::*;
+    match p {
+        Add => ("x[i] + z[i]", -2.0, 2.0),
+        Sub => ("x[i] - z[i]", -2.0, 2.0),
+        Mul => ("x[i] * z[i]", -2.0, 2.0),
+        Div => ("x[i] / z[i]", 0.5, 2.0),
+        Neg => ("-x[i] * z[i]", -2.0, 2.0),
+        Pow => ("x[i] ^ z[i]", 0.5, 2.0),
+        Min => ("min(x[i], z[i])", -2.0, 2.0),
+        Max => ("max(x[i], z[i])", -2.0, 2.0),
+        Abs => ("abs(x[i]) * z[i]", -2.0, 2.0),
+        Sign => ("sign(x[i]) * z[i]", -2.0, 2.0),
+        Exp => ("exp(x[i]) * z[i]", -2.0, 2.0),
+        Log => ("log(x[i]) * z[i]", 0.5, 2.0),
+        Log1p => ("log1p(x[i]) * z[i]", 0.5, 2.0),
+        Expm1 => ("expm1(x[i]) * z[i]", -2.0, 2.0),
+        Sqrt => ("sqrt(x[i]) * z[i]", 0.5, 2.0),
+        Sigmoid => ("sigmoid(x[i]) * z[i]", -2.0, 2.0),
+        Softplus => ("softplus(x[i]) * z[i]", -2.0, 2.0),
+        Tanh => ("tanh(x[i]) * z[i]", -2.0, 2.0),
+        Relu => ("relu(x[i]) * z[i]", -2.0, 2.0),
+        Atan => ("atan(x[i]) * z[i]", -2.0, 2.0),
+        Clamp => ("clamp(x[i], -1, z[i])", -2.0, 2.0),
+        Eq | Ne | Lt | Le | Gt | Ge | And | Or | Not | Iverson => (
+            "[x[i] > z[i] && !(x[i] < -1) || x[i] == 0.25 || x[i] != z[i] && x[i] <= 3 && z[i] >= -3] * x[i] * z[i]",
+            -2.0,
+            2.0,
+        ),
+        Select => ("select(x[i] > 0, x[i] * z[i], exp(z[i]))", -2.0, 2.0),
+        ToFloat => ("x[i] * i + z[i]", -2.0, 2.0),
+        StopGrad => ("stopgrad(x[i]) * z[i] + x[i]", -2.0, 2.0),
+    }
+}
+
+#[test]
+fn every_primitive_against_finite_differences() {
+    let mut rng = Rng::new(3);
+    for p in Prim::ALL {
+        let (expr, lo, hi) = case(*p);
+        let src = format!("loss f(x: f32[N], z: f32[N]) {{ sum[i] {expr} }}");
+        let prog = Program::from_source("p.lx", &src).unwrap_or_else(|d| panic!("{}", d.render()));
+        let f = prog.loss(None).unwrap();
+        // The primitive really appears in the program under test.
+        let printed = lossc::ir::print::function(f);
+        assert!(
+            printed.contains(&format!(" = {} ", p.name())) || printed.contains(&format!(" = {}", p.name())),
+            "{} not exercised by {expr}",
+            p.name()
+        );
+        let inputs = random_inputs(f, &BTreeMap::from([("N", 6)]), &mut rng, lo, hi);
+        let checked = assert_gradcheck(p.name(), &src, &inputs);
+        assert!(checked >= 6, "{}: only {checked} elements checked", p.name());
+    }
+}
+
+#[test]
+fn every_reduction_against_finite_differences() {
+    let mut rng = Rng::new(4);
+    for op in ["sum", "mean", "max", "min", "prod", "logsumexp"] {
+        for mask in ["", " | z[i, j] > 0"] {
+            let src = format!("loss f(x: f32[N, M], z: f32[N, M]) {{ sum[i] ({op}[j{mask}] x[i, j] * z[i, j]) ^ 2 }}");
+            let prog = Program::from_source("r.lx", &src).unwrap();
+            let inputs = random_inputs(
+                prog.loss(None).unwrap(),
+                &BTreeMap::from([("N", 3), ("M", 4)]),
+                &mut rng,
+                -1.5,
+                1.5,
+            );
+            assert_gradcheck(op, &src, &inputs);
+        }
+    }
+}
+
+#[test]
+fn gathers_brackets_and_nested_lets() {
+    let mut rng = Rng::new(5);
+    let src = "loss f(s: f32[N, C], y: idx[N] < C, w: f32[C]) {
+        let m[i, k] = [k != y[i]] + s[i, k] * w[k] - s[i, y[i]]
+        let d[i, j] = sum[k] (m[i, k] - m[j, k]) ^ 2
+        mean[i] (logsumexp[k] m[i, k]) + 0.1 * sum[j | j != i] sqrt(d[i, j] + 1) + w[y[i]] ^ 2
+    }";
+    let f = Program::from_source("g.lx", src).unwrap();
+    let inputs = random_inputs(
+        f.loss(None).unwrap(),
+        &BTreeMap::from([("N", 4), ("C", 3)]),
+        &mut rng,
+        -2.0,
+        2.0,
+    );
+    assert_gradcheck("gathers", src, &inputs);
+}
+
+fn lx_files(dir: &str) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "lx"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn every_example_on_its_bundled_input() {
+    for path in lx_files("examples") {
+        let name = path.file_stem().unwrap().to_str().unwrap();
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data").join(name);
+        let mut inputs = BTreeMap::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            inputs.insert(
+                p.file_stem().unwrap().to_str().unwrap().to_string(),
+                lossc::data::load_npy(&p).unwrap(),
+            );
+        }
+        let checked = assert_gradcheck(name, &std::fs::read_to_string(&path).unwrap(), &inputs);
+        assert!(checked > 0, "{name}: nothing checked");
+    }
+}
+
+#[test]
+fn every_feature_input_on_random_data() {
+    let mut rng = Rng::new(6);
+    for path in lx_files("tests/in") {
+        let src = std::fs::read_to_string(&path).unwrap();
+        let p = Program::from_source("in.lx", &src).unwrap();
+        for f in &p.module.functions {
+            let inputs = random_inputs(
+                f,
+                &BTreeMap::from([("N", 4), ("M", 3), ("B", 3), ("C", 4)]),
+                &mut rng,
+                -1.5,
+                1.5,
+            );
+            let g = lossc::autodiff::grad(f).unwrap();
+            lossc::ir::verify::verify(&g).unwrap();
+            for c in lossc::gradcheck::check(f, &inputs, &BTreeMap::new(), 32).unwrap() {
+                assert!(
+                    c.max_error <= lossc::gradcheck::TOLERANCE,
+                    "{}: {} off by {}",
+                    path.display(),
+                    c.name,
+                    c.max_error
+                );
+            }
+        }
+    }
+}
