@@ -157,6 +157,20 @@ pub fn eval_grad(
     inputs: &BTreeMap<String, Tensor>,
     hypers: &BTreeMap<String, f64>,
 ) -> Result<Evaluation, EvalError> {
-    let g = on_big_stack(|| crate::autodiff::grad(f)).map_err(EvalError::Loss)?;
+    let g = gradient(f).map_err(EvalError::Loss)?;
     Ok(eval(&g, inputs, hypers)?)
+}
+
+/// The gradient program, simplified but not yet optimized for execution (`--emit grad`).
+pub fn simplified_gradient(f: &Function) -> Result<Function, Diag> {
+    on_big_stack(|| {
+        let g = crate::autodiff::grad(f)?;
+        crate::opt::simplify_only(&g)
+            .map_err(|_| Diag::new(Code::TooDeep, "the gradient is too large").help("split the loss into lets"))
+    })
+}
+
+/// The optimized program computing the loss and the gradient of every differentiable input.
+pub fn gradient(f: &Function) -> Result<Function, Diag> {
+    on_big_stack(|| crate::opt::optimize(&crate::autodiff::grad(f)?))
 }

@@ -46,18 +46,26 @@ pub enum Command {
     },
     /// Evaluate a loss on inputs from files or seeded random data.
     Eval(EvalArgs),
+    /// Compare the symbolic gradient with central finite differences (f64); exit 1 above tolerance.
+    Gradcheck(GradcheckArgs),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Emit {
+    /// The syntax tree as S-expressions.
     Ast,
+    /// The checked IR, node by node.
     Ir,
+    /// The gradient program, simplified, one expression per tensor.
+    Grad,
+    /// The optimized loss-and-gradient program (what backends run), one expression per tensor.
+    Opt,
 }
 
 #[derive(clap::Args, Debug)]
-pub struct EvalArgs {
+pub struct InputArgs {
     pub file: PathBuf,
-    /// The loss to evaluate (needed when the file defines several).
+    /// The loss to use (needed when the file defines several).
     #[arg(long)]
     pub loss: Option<String>,
     /// An input: NAME=PATH.npy or NAME=PATH.safetensors:TENSOR.
@@ -75,12 +83,33 @@ pub struct EvalArgs {
     /// Seed for --random.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Also compute the gradient of every differentiable input.
+    #[arg(long)]
+    pub grad: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Write loss.npy (and out_NAME.npy for each extra output) into this directory.
+    /// Write loss.npy (grad_NAME.npy with --grad, out_NAME.npy for each extra output) into this directory.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GradcheckArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// The largest error accepted: |g - fd| / max(1, |g|, |fd|).
+    #[arg(long, default_value_t = crate::gradcheck::TOLERANCE)]
+    pub tol: f64,
+    /// Check at most this many elements of each input.
+    #[arg(long, default_value_t = 256)]
+    pub elements: usize,
 }
 
 /// A user-facing failure: printed to stderr, exit 1.
@@ -135,6 +164,7 @@ pub fn run(cli: Cli) -> Result<String, Failure> {
             }
         }
         Command::Eval(args) => eval(&args),
+        Command::Gradcheck(args) => gradcheck(&args),
     }
 }
 
@@ -167,17 +197,22 @@ fn compile(file: &Path, emit: Emit, loss: Option<&str>) -> Result<String, Failur
             let ast = Program::parse_only(&file.display().to_string(), &text)?;
             Ok(syntax::print::file(&ast))
         }
-        Emit::Ir => {
+        Emit::Ir | Emit::Grad | Emit::Opt => {
             let p = Program::from_file(file)?;
             let fs: Vec<&Function> = match loss {
                 Some(_) => vec![p.loss(loss).map_err(|d| Failure::Diags(Diags(vec![d])))?],
                 None => p.module.functions.iter().collect(),
             };
-            Ok(fs
-                .iter()
-                .map(|f| crate::ir::print::function(f))
-                .collect::<Vec<_>>()
-                .join("\n"))
+            let diag = |d| Failure::Diags(Diags(vec![d]));
+            let mut out = Vec::new();
+            for f in fs {
+                out.push(match emit {
+                    Emit::Grad => crate::ir::print::readable(&crate::api::simplified_gradient(f).map_err(diag)?),
+                    Emit::Opt => crate::ir::print::readable(&crate::api::gradient(f).map_err(diag)?),
+                    _ => crate::ir::print::function(f),
+                });
+            }
+            Ok(out.join("\n"))
         }
     }
 }
@@ -196,7 +231,7 @@ fn parse_pairs(items: &[String], what: &str) -> Result<Vec<(String, String)>, Fa
 }
 
 /// Gathers a loss's inputs from --input, --data and --random.
-pub fn gather_inputs(f: &Function, args: &EvalArgs) -> Result<BTreeMap<String, Tensor>, Failure> {
+pub fn gather_inputs(f: &Function, args: &InputArgs) -> Result<BTreeMap<String, Tensor>, Failure> {
     let mut inputs = BTreeMap::new();
     for spec in &args.inputs {
         let (name, path) = spec
@@ -280,7 +315,8 @@ pub fn gather_inputs(f: &Function, args: &EvalArgs) -> Result<BTreeMap<String, T
     Ok(inputs)
 }
 
-fn eval(args: &EvalArgs) -> Result<String, Failure> {
+/// Loads the program, picks the loss, gathers inputs and hyperparameters.
+fn prepare(args: &InputArgs) -> Result<(Program, String, BTreeMap<String, Tensor>, BTreeMap<String, f64>), Failure> {
     let p = Program::from_file(&args.file)?;
     let f = p
         .loss(args.loss.as_deref())
@@ -293,7 +329,33 @@ fn eval(args: &EvalArgs) -> Result<String, Failure> {
             .map_err(|_| Failure::Message(format!("error: value of {k} must be a number, got `{v}`")))?;
         hypers.insert(k, x);
     }
-    let result = crate::api::eval(f, &inputs, &hypers)?;
+    let name = f.name.clone();
+    Ok((p, name, inputs, hypers))
+}
+
+fn eval_failure(e: crate::EvalError) -> Failure {
+    match e {
+        crate::EvalError::Loss(d) => Failure::Diags(Diags(vec![d])),
+        crate::EvalError::Call(c) => c.into(),
+    }
+}
+
+fn tensor_json(t: &Tensor) -> serde_json::Value {
+    let data = match &t.data {
+        Data::Float(v) => serde_json::json!(v),
+        Data::Int(v) => serde_json::json!(v),
+    };
+    serde_json::json!({"shape": t.shape, "data": data})
+}
+
+fn eval(args: &EvalArgs) -> Result<String, Failure> {
+    let (p, name, inputs, hypers) = prepare(&args.input)?;
+    let f = p.module.get(&name).expect("prepare picked a loss of this program");
+    let result = if args.grad {
+        crate::api::eval_grad(f, &inputs, &hypers).map_err(eval_failure)?
+    } else {
+        crate::api::eval(f, &inputs, &hypers)?
+    };
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir)
             .map_err(|e| Failure::Message(format!("error: cannot create {}: {e}", dir.display())))?;
@@ -301,23 +363,29 @@ fn eval(args: &EvalArgs) -> Result<String, Failure> {
         for (name, t) in &result.outputs {
             data::save_npy(&dir.join(format!("out_{name}.npy")), t)?;
         }
+        for (name, t) in &result.grads {
+            data::save_npy(&dir.join(format!("grad_{name}.npy")), t)?;
+        }
     }
+    let norm = |t: &Tensor| t.to_f64().iter().map(|x| x * x).sum::<f64>().sqrt();
     if args.json {
         let mut obj = serde_json::Map::new();
         obj.insert("loss".into(), serde_json::json!(result.loss));
         if !result.outputs.is_empty() {
-            let outs: serde_json::Map<String, serde_json::Value> = result
+            let outs = result
                 .outputs
                 .iter()
-                .map(|(n, t)| {
-                    let data = match &t.data {
-                        Data::Float(v) => serde_json::json!(v),
-                        Data::Int(v) => serde_json::json!(v),
-                    };
-                    (n.clone(), serde_json::json!({"shape": t.shape, "data": data}))
-                })
+                .map(|(n, t)| (n.clone(), tensor_json(t)))
                 .collect();
             obj.insert("outputs".into(), serde_json::Value::Object(outs));
+        }
+        if args.grad {
+            let norms = result
+                .grads
+                .iter()
+                .map(|(n, t)| (n.clone(), serde_json::json!(norm(t))))
+                .collect();
+            obj.insert("grad_norms".into(), serde_json::Value::Object(norms));
         }
         return Ok(format!("{}\n", serde_json::Value::Object(obj)));
     }
@@ -326,6 +394,36 @@ fn eval(args: &EvalArgs) -> Result<String, Failure> {
         let vals: Vec<String> = t.to_f64().iter().map(|x| fmt_num(*x)).collect();
         s.push_str(&format!("{n} {:?} = [{}]\n", t.shape, vals.join(", ")));
     }
+    for (n, t) in &result.grads {
+        s.push_str(&format!("|grad_{n}| = {} (shape {:?})\n", fmt_num(norm(t)), t.shape));
+    }
+    Ok(s)
+}
+
+fn gradcheck(args: &GradcheckArgs) -> Result<String, Failure> {
+    let (p, name, inputs, hypers) = prepare(&args.input)?;
+    let f = p.module.get(&name).expect("prepare picked a loss of this program");
+    let checks = crate::gradcheck::check(f, &inputs, &hypers, args.elements).map_err(eval_failure)?;
+    let mut s = String::new();
+    let mut worst: f64 = 0.0;
+    for c in &checks {
+        worst = worst.max(c.max_error);
+        s.push_str(&format!(
+            "{:<12} max error {:.3e}  ({} elements checked, {} skipped near kinks)\n",
+            c.name, c.max_error, c.checked, c.skipped
+        ));
+    }
+    if checks.is_empty() {
+        s.push_str("no differentiable inputs\n");
+    }
+    if worst > args.tol || worst.is_nan() {
+        print!("{s}");
+        return Err(Failure::Message(format!(
+            "error: gradient check failed: error {worst:.3e} above tolerance {:.1e}",
+            args.tol
+        )));
+    }
+    s.push_str(&format!("ok: every error within {:.1e}\n", args.tol));
     Ok(s)
 }
 

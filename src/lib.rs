@@ -20,6 +20,7 @@ pub mod data;
 pub mod diag;
 pub mod gradcheck;
 pub mod ir;
+pub mod opt;
 pub mod prims;
 pub mod sema;
 pub mod syntax;

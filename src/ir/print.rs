@@ -137,3 +137,120 @@ fn node(f: &Function, id: NodeId, names: &[String]) -> String {
     };
     format!("%{} = {rhs} : {ty}", id.0)
 }
+
+/// `--emit grad|opt`: each tensor definition as one lx-like expression, for reading against a paper.
+///
+/// Shared sub-expressions are printed where they are used; reductions print their index ranges.
+pub fn readable(f: &Function) -> String {
+    let names = index_names(f);
+    let mut out = String::new();
+    let head = function(f);
+    let _ = writeln!(out, "{}", head.lines().next().unwrap_or_default());
+    for t in &f.tensors {
+        let kw = match t.role {
+            Role::Let => "let ",
+            Role::Loss => "",
+            Role::Output => "out ",
+            Role::Grad(_) => "",
+        };
+        let idx: Vec<String> = t
+            .indices
+            .iter()
+            .map(|i| format!("{}: {}", names[i.index()], f.show_dim(&f.index(*i).range)))
+            .collect();
+        let idx = if idx.is_empty() {
+            String::new()
+        } else {
+            format!("[{}]", idx.join(", "))
+        };
+        let _ = writeln!(out, "  {kw}{}{idx} = {}", t.name, expr(f, t.body, &names, 0));
+    }
+    out
+}
+
+fn expr(f: &Function, id: NodeId, names: &[String], prec: u8) -> String {
+    use crate::prims::Prim::*;
+    let n = f.node(id);
+    let sub = |x: NodeId, p: u8| expr(f, x, names, p);
+    let paren = |s: String, mine: u8| if mine < prec { format!("({s})") } else { s };
+    match &n.expr {
+        Expr::Float(bits) => {
+            let x = f64::from_bits(*bits);
+            let s = format!("{x:?}");
+            if x < 0.0 { paren(s, 6) } else { s }
+        }
+        Expr::Int(i) => {
+            if *i < 0 {
+                paren(i.to_string(), 6)
+            } else {
+                i.to_string()
+            }
+        }
+        Expr::Bool(b) => b.to_string(),
+        Expr::Index(i) => names[i.index()].clone(),
+        Expr::Size(d) => {
+            let s = f.show_dim(d);
+            if matches!(d, Dim::Add(..) | Dim::Sub(..) | Dim::Mul(..)) {
+                format!("({s})")
+            } else {
+                s
+            }
+        }
+        Expr::Hyper(h) => f.hypers[*h as usize].name.clone(),
+        Expr::Load { tensor, subs } => {
+            if subs.is_empty() {
+                f.ref_name(*tensor).to_string()
+            } else {
+                let s: Vec<String> = subs.iter().map(|x| sub(*x, 0)).collect();
+                format!("{}[{}]", f.ref_name(*tensor), s.join(", "))
+            }
+        }
+        Expr::Prim { prim, args } => {
+            let bin = |op: &str, mine: u8, right_assoc: bool| {
+                let (l, r) = if right_assoc {
+                    (mine + 1, mine)
+                } else {
+                    (mine, mine + 1)
+                };
+                paren(format!("{} {op} {}", sub(args[0], l), sub(args[1], r)), mine)
+            };
+            match prim {
+                Or => bin("||", 1, false),
+                And => bin("&&", 2, false),
+                Eq => bin("==", 3, true),
+                Ne => bin("!=", 3, true),
+                Lt => bin("<", 3, true),
+                Le => bin("<=", 3, true),
+                Gt => bin(">", 3, true),
+                Ge => bin(">=", 3, true),
+                Add => bin("+", 4, false),
+                Sub => bin("-", 4, false),
+                Mul => bin("*", 5, false),
+                Div => bin("/", 5, false),
+                Pow => bin("^", 7, true),
+                Neg => paren(format!("-{}", sub(args[0], 7)), 6),
+                Not => paren(format!("!{}", sub(args[0], 7)), 6),
+                Iverson => format!("[{}]", sub(args[0], 0)),
+                ToFloat => sub(args[0], prec),
+                other => {
+                    let a: Vec<String> = args.iter().map(|x| sub(*x, 0)).collect();
+                    format!("{}({})", other.name(), a.join(", "))
+                }
+            }
+        }
+        Expr::Reduce {
+            op,
+            indices,
+            mask,
+            body,
+        } => {
+            let idx: Vec<String> = indices
+                .iter()
+                .map(|i| format!("{}: {}", names[i.index()], f.show_dim(&f.index(*i).range)))
+                .collect();
+            let m = mask.map(|m| format!(" | {}", sub(m, 0))).unwrap_or_default();
+            let s = format!("{}[{}{m}] {}", op.as_str(), idx.join(", "), sub(*body, 0));
+            if prec > 0 { format!("({s})") } else { s }
+        }
+    }
+}

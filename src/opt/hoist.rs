@@ -1,0 +1,209 @@
+//! The fusion decision: which reductions are materialized as tensors of their own.
+//!
+//! A reduction whose free indices are a strict subset of the indices around it (the head of its tensor
+//! plus the indices of enclosing reductions) would be recomputed for every value of the indices it does
+//! not use. It is hoisted into a tensor over its free indices, computed once per point, and read back with
+//! a load. Everything else stays fused inline. Hoisted reductions are keyed by their body with canonical
+//! head indices, so the same reduction hoisted from two places (the loss and its gradient, say) is one
+//! tensor. A reduction under a lazy operand (a `select` branch, the right side of `&&`/`||`) is hoisted
+//! only if every subscript inside it is statically in range, so hoisting never adds an out-of-range read.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::ir::{Dim, Expr, Function, IndexId, NodeId, Role, Scalar, TensorDef, TensorId, TensorRef, TooDeep};
+use crate::prims::Prim;
+
+type R<T> = Result<T, TooDeep>;
+
+/// Rebuilds `src` with invariant reductions materialized.
+pub fn materialize(src: &Function) -> R<Function> {
+    let mut h = Hoist {
+        src,
+        dst: src.empty_like(),
+        tensors: vec![None; src.tensors.len()],
+        memo: HashMap::new(),
+        canonical: HashMap::new(),
+        hoisted: HashMap::new(),
+        pending: Vec::new(),
+    };
+    for (k, t) in src.tensors.iter().enumerate() {
+        let ctx: BTreeSet<IndexId> = t.indices.iter().copied().collect();
+        let body = h.walk(t.body, &ctx, true, false)?;
+        let pending = std::mem::take(&mut h.pending);
+        for p in pending {
+            h.dst.add_tensor(p);
+        }
+        let id = h.dst.add_tensor(TensorDef { body, ..t.clone() });
+        h.tensors[k] = Some(id);
+        // A reduction equal to this tensor's element (up to renaming its head) is read from it instead.
+        if t.role == Role::Let && matches!(h.dst.node(body).expr, Expr::Reduce { .. }) {
+            let head: Vec<IndexId> = t.indices.clone();
+            if head.windows(2).all(|w| w[0] < w[1]) && h.dst.node(body).free.len() == head.len() {
+                let canon = h.canonicalize(body, &head)?;
+                h.hoisted.entry(canon.1).or_insert(id);
+            }
+        }
+    }
+    Ok(h.dst)
+}
+
+struct Hoist<'a> {
+    src: &'a Function,
+    dst: Function,
+    tensors: Vec<Option<TensorId>>,
+    memo: HashMap<(NodeId, Vec<IndexId>, bool, bool), NodeId>,
+    canonical: HashMap<(Dim, usize), IndexId>,
+    hoisted: HashMap<NodeId, TensorId>,
+    pending: Vec<TensorDef>,
+}
+
+impl Hoist<'_> {
+    fn walk(&mut self, n: NodeId, ctx: &BTreeSet<IndexId>, root: bool, lazy: bool) -> R<NodeId> {
+        let key = (n, ctx.iter().copied().collect::<Vec<_>>(), root, lazy);
+        if let Some(m) = self.memo.get(&key) {
+            return Ok(*m);
+        }
+        let node = self.src.node(n).clone();
+        let span = self.src.span(n);
+        let free: BTreeSet<IndexId> = node.free.iter().copied().collect();
+        let out = match node.expr {
+            Expr::Reduce { .. }
+                if !root && free.is_subset(ctx) && free.len() < ctx.len() && (!lazy || self.safe(n)) =>
+            {
+                self.hoist(n)?
+            }
+            Expr::Reduce {
+                op,
+                indices,
+                mask,
+                body,
+            } => {
+                let mut inner = ctx.clone();
+                inner.extend(indices.iter().copied());
+                let mask = mask.map(|m| self.walk(m, &inner, false, lazy)).transpose()?;
+                let body = self.walk(body, &inner, false, lazy)?;
+                self.dst.add(
+                    Expr::Reduce {
+                        op,
+                        indices,
+                        mask,
+                        body,
+                    },
+                    node.scalar,
+                    span,
+                )?
+            }
+            Expr::Prim { prim, args } => {
+                let mut out = Vec::new();
+                for (k, a) in args.iter().enumerate() {
+                    let lazy_arg = match prim {
+                        Prim::Select => k > 0,
+                        Prim::And | Prim::Or => k > 0,
+                        _ => false,
+                    };
+                    out.push(self.walk(*a, ctx, false, lazy || lazy_arg)?);
+                }
+                self.dst.add(Expr::Prim { prim, args: out.into() }, node.scalar, span)?
+            }
+            Expr::Load { tensor, subs } => {
+                let mut out = Vec::new();
+                for s in subs.iter() {
+                    out.push(self.walk(*s, ctx, false, lazy)?);
+                }
+                let tensor = match tensor {
+                    TensorRef::Def(t) => TensorRef::Def(self.tensors[t.index()].expect("earlier tensor")),
+                    input => input,
+                };
+                self.dst.add(
+                    Expr::Load {
+                        tensor,
+                        subs: out.into(),
+                    },
+                    node.scalar,
+                    span,
+                )?
+            }
+            leaf => self.dst.add(leaf, node.scalar, span)?,
+        };
+        self.memo.insert(key, out);
+        Ok(out)
+    }
+
+    /// Renames the free indices `free` (sorted) of `node` to canonical head indices, one per (range,
+    /// position); returns the head and the renamed node.
+    fn canonicalize(&mut self, node: NodeId, free: &[IndexId]) -> R<(Vec<IndexId>, NodeId)> {
+        let span = self.dst.span(node);
+        let mut map = HashMap::new();
+        let mut head = Vec::new();
+        for (pos, v) in free.iter().enumerate() {
+            let range = self.dst.index(*v).range.clone();
+            let c = match self.canonical.get(&(range.clone(), pos)) {
+                Some(c) => *c,
+                None => {
+                    let c = self.dst.add_index(format!("h{pos}"), range.clone(), span);
+                    self.canonical.insert((range, pos), c);
+                    c
+                }
+            };
+            head.push(c);
+            map.insert(*v, self.dst.add(Expr::Index(c), Scalar::Int, span)?);
+        }
+        Ok((head, self.dst.subst(node, &map)?))
+    }
+
+    /// Every subscript under `n` is a bare index or a bounded label: reading it can never fail.
+    fn safe(&self, n: NodeId) -> bool {
+        self.src
+            .reachable(&[n])
+            .into_iter()
+            .all(|m| match &self.src.node(m).expr {
+                Expr::Load { subs, .. } => subs.iter().all(|s| match &self.src.node(*s).expr {
+                    Expr::Index(_) => true,
+                    Expr::Load {
+                        tensor: TensorRef::Input(i),
+                        ..
+                    } => self.src.inputs[*i as usize].bound.is_some(),
+                    _ => false,
+                }),
+                _ => true,
+            })
+    }
+
+    /// Materializes reduction `n` as a tensor over its free indices; returns the load that replaces it.
+    fn hoist(&mut self, n: NodeId) -> R<NodeId> {
+        let span = self.src.span(n);
+        let free: Vec<IndexId> = self.src.node(n).free.to_vec();
+        let own: BTreeSet<IndexId> = free.iter().copied().collect();
+        let inner = self.walk(n, &own, true, false)?;
+        let (head, body) = self.canonicalize(inner, &free)?;
+        let t = match self.hoisted.get(&body) {
+            Some(t) => *t,
+            None => {
+                let id = TensorId((self.dst.tensors.len() + self.pending.len()) as u32);
+                let scalar = self.dst.node(body).scalar;
+                self.pending.push(TensorDef {
+                    name: format!("r{}", self.hoisted.len()),
+                    indices: head,
+                    body,
+                    scalar,
+                    role: Role::Let,
+                    span,
+                });
+                self.hoisted.insert(body, id);
+                id
+            }
+        };
+        let subs: Vec<NodeId> = free
+            .iter()
+            .map(|v| self.dst.add(Expr::Index(*v), Scalar::Int, span))
+            .collect::<R<_>>()?;
+        self.dst.add(
+            Expr::Load {
+                tensor: TensorRef::Def(t),
+                subs: subs.into(),
+            },
+            self.src.node(n).scalar,
+            span,
+        )
+    }
+}

@@ -1,0 +1,49 @@
+//! Stage 5: the optimizer, IR → IR.
+//!
+//! [`optimize`] runs [`simplify`] to a fixpoint (constant folding, cheaper algebra, bracket fusion and the
+//! stabilising rewrites, with CSE from hash-consing and dead-code removal from rebuilding only what the
+//! results reach), then [`hoist`] (the fusion decision: a reduction that does not depend on every index
+//! around it is materialized once as its own tensor instead of being recomputed inline), then one more
+//! simplification to compact. Every pass returns a function that passes [`crate::ir::verify::verify`] and
+//! computes the same results as its input.
+
+pub mod hoist;
+pub mod simplify;
+
+use crate::diag::{Code, Diag};
+use crate::ir::{Function, TooDeep};
+
+/// The most simplification rounds before giving up on a fixpoint.
+const MAX_ROUNDS: usize = 8;
+
+/// Simplifies to a fixpoint, materializes invariant reductions, and compacts.
+pub fn optimize(f: &Function) -> Result<Function, Diag> {
+    run(f).map_err(|TooDeep| {
+        Diag::new(
+            Code::TooDeep,
+            format!("optimizing `{}` produced too large a program", f.name),
+        )
+        .label(f.span, "this loss")
+        .help("split the loss into `let`s")
+    })
+}
+
+/// Only the fixpoint simplification (what `--emit grad` shows).
+pub fn simplify_only(f: &Function) -> Result<Function, TooDeep> {
+    let mut cur = simplify::rebuild(f)?;
+    for _ in 0..MAX_ROUNDS {
+        let next = simplify::rebuild(&cur)?;
+        let done = next.nodes().len() == cur.nodes().len() && next.tensors.len() == cur.tensors.len();
+        cur = next;
+        if done {
+            break;
+        }
+    }
+    Ok(cur)
+}
+
+fn run(f: &Function) -> Result<Function, TooDeep> {
+    let simple = simplify_only(f)?;
+    let hoisted = hoist::materialize(&simple)?;
+    simplify_only(&hoisted)
+}

@@ -1,0 +1,502 @@
+//! Rebuilds a function, applying directional rewrite rules as each node is re-created.
+//!
+//! Policy (after Cranelift's): a rule only ever makes code cheaper or numerically safer, never reorders
+//! operands for its own sake, and never assumes values are finite unless its comment says so. Only tensors
+//! that a result (loss, output, gradient) reaches are rebuilt, and only nodes they reach: rebuilding is also
+//! dead-code removal and compaction.
+
+use std::collections::HashMap;
+
+use crate::diag::Span;
+use crate::ir::{
+    Dim, Expr, Function, IndexId, NodeId, ReduceOp, Role, Scalar, TensorDef, TensorId, TensorRef, TooDeep, Value,
+};
+use crate::prims::Prim;
+
+type R<T> = Result<T, TooDeep>;
+
+/// One simplification round over the live part of `src`.
+pub fn rebuild(src: &Function) -> R<Function> {
+    let live = live_tensors(src);
+    let mut b = Rebuild {
+        src,
+        dst: src.empty_like(),
+        map: vec![None; src.nodes().len()],
+        tensors: vec![None; src.tensors.len()],
+    };
+    for (k, t) in src.tensors.iter().enumerate() {
+        if !live[k] {
+            continue;
+        }
+        let body = b.node(t.body)?;
+        let scalar = b.dst.node(body).scalar;
+        let id = b.dst.add_tensor(TensorDef {
+            body,
+            scalar,
+            ..t.clone()
+        });
+        b.tensors[k] = Some(id);
+    }
+    Ok(b.dst)
+}
+
+/// Tensors a result reaches through loads.
+pub fn live_tensors(f: &Function) -> Vec<bool> {
+    let mut live: Vec<bool> = f.tensors.iter().map(|t| t.role != Role::Let).collect();
+    for k in (0..f.tensors.len()).rev() {
+        if !live[k] {
+            continue;
+        }
+        for n in f.reachable(&[f.tensors[k].body]) {
+            if let Expr::Load {
+                tensor: TensorRef::Def(t),
+                ..
+            } = f.node(n).expr
+            {
+                live[t.index()] = true;
+            }
+        }
+    }
+    live
+}
+
+struct Rebuild<'a> {
+    src: &'a Function,
+    dst: Function,
+    map: Vec<Option<NodeId>>,
+    tensors: Vec<Option<TensorId>>,
+}
+
+impl Rebuild<'_> {
+    fn node(&mut self, n: NodeId) -> R<NodeId> {
+        if let Some(m) = self.map[n.index()] {
+            return Ok(m);
+        }
+        let node = self.src.node(n).clone();
+        let span = self.src.span(n);
+        let expr = match node.expr {
+            Expr::Load { tensor, subs } => {
+                let subs = subs.iter().map(|s| self.node(*s)).collect::<R<Vec<_>>>()?;
+                let tensor = match tensor {
+                    TensorRef::Def(t) => {
+                        TensorRef::Def(self.tensors[t.index()].expect("loads refer to live, earlier tensors"))
+                    }
+                    input => input,
+                };
+                Expr::Load {
+                    tensor,
+                    subs: subs.into(),
+                }
+            }
+            Expr::Prim { prim, args } => {
+                let args = args.iter().map(|a| self.node(*a)).collect::<R<Vec<_>>>()?;
+                Expr::Prim {
+                    prim,
+                    args: args.into(),
+                }
+            }
+            Expr::Reduce {
+                op,
+                indices,
+                mask,
+                body,
+            } => {
+                let mask = mask.map(|m| self.node(m)).transpose()?;
+                let body = self.node(body)?;
+                Expr::Reduce {
+                    op,
+                    indices,
+                    mask,
+                    body,
+                }
+            }
+            leaf => leaf,
+        };
+        let id = simplify(&mut self.dst, expr, node.scalar, span)?;
+        self.map[n.index()] = Some(id);
+        Ok(id)
+    }
+}
+
+fn float(f: &Function, n: NodeId) -> Option<f64> {
+    f.as_float(n)
+}
+
+fn is_float(f: &Function, n: NodeId, x: f64) -> bool {
+    float(f, n) == Some(x)
+}
+
+fn constant(f: &Function, n: NodeId) -> Option<Value> {
+    match f.node(n).expr {
+        Expr::Float(b) => Some(Value::F(f64::from_bits(b))),
+        Expr::Int(i) => Some(Value::I(i)),
+        Expr::Bool(b) => Some(Value::B(b)),
+        _ => None,
+    }
+}
+
+fn prim_of(f: &Function, n: NodeId) -> Option<(Prim, Vec<NodeId>)> {
+    match &f.node(n).expr {
+        Expr::Prim { prim, args } => Some((*prim, args.to_vec())),
+        _ => None,
+    }
+}
+
+/// Creates `expr` in `f`, rewritten by the first rule that applies.
+pub fn simplify(f: &mut Function, expr: Expr, scalar: Scalar, span: Span) -> R<NodeId> {
+    use Prim::*;
+    let Expr::Prim { prim, args } = &expr else {
+        if let Expr::Reduce {
+            op,
+            indices,
+            mask,
+            body,
+        } = &expr
+        {
+            return reduce(f, *op, indices, *mask, *body, scalar, span);
+        }
+        return f.add(expr, scalar, span);
+    };
+    let (prim, a) = (*prim, args.to_vec());
+    // Constant folding: an operation of constants is a constant (stopgrad is kept: it marks intent).
+    if prim != StopGrad
+        && let Some(vals) = a.iter().map(|x| constant(f, *x)).collect::<Option<Vec<Value>>>()
+    {
+        return match prim.eval(&vals) {
+            Value::F(x) => f.float(x, span),
+            Value::I(i) => f.add(Expr::Int(i), Scalar::Int, span),
+            Value::B(b) => f.add(Expr::Bool(b), Scalar::Bool, span),
+        };
+    }
+    let p = |f: &Function, n: NodeId| prim_of(f, n);
+    match prim {
+        // x + 0 = x, 0 + x = x
+        Add if is_float(f, a[1], 0.0) => return Ok(a[0]),
+        Add if is_float(f, a[0], 0.0) => return Ok(a[1]),
+        // x + (-y) = x - y
+        Add if matches!(p(f, a[1]), Some((Neg, _))) => {
+            return simplify(f, prim_expr(Sub, &[a[0], p(f, a[1]).unwrap().1[0]]), scalar, span);
+        }
+        // x - 0 = x
+        Sub if is_float(f, a[1], 0.0) => return Ok(a[0]),
+        // 0 - x = -x
+        Sub if is_float(f, a[0], 0.0) => return simplify(f, prim_expr(Neg, &[a[1]]), scalar, span),
+        // x - (-y) = x + y
+        Sub if matches!(p(f, a[1]), Some((Neg, _))) => {
+            return simplify(f, prim_expr(Add, &[a[0], p(f, a[1]).unwrap().1[0]]), scalar, span);
+        }
+        // x * 1 = x, 1 * x = x
+        Mul if is_float(f, a[1], 1.0) => return Ok(a[0]),
+        Mul if is_float(f, a[0], 1.0) => return Ok(a[1]),
+        // x * -1 = -x, -1 * x = -x
+        Mul if is_float(f, a[1], -1.0) => return simplify(f, prim_expr(Neg, &[a[0]]), scalar, span),
+        Mul if is_float(f, a[0], -1.0) => return simplify(f, prim_expr(Neg, &[a[1]]), scalar, span),
+        // [a] * [b] = [a && b]
+        Mul if matches!((p(f, a[0]), p(f, a[1])), (Some((Iverson, _)), Some((Iverson, _)))) => {
+            let (c1, c2) = (p(f, a[0]).unwrap().1[0], p(f, a[1]).unwrap().1[0]);
+            let both = simplify(f, prim_expr(And, &[c1, c2]), Scalar::Bool, span)?;
+            return simplify(f, prim_expr(Iverson, &[both]), scalar, span);
+        }
+        // x / 1 = x
+        Div if is_float(f, a[1], 1.0) => return Ok(a[0]),
+        // x ^ 1 = x
+        Pow if is_float(f, a[1], 1.0) => return Ok(a[0]),
+        // x ^ 2 = x * x
+        Pow if is_float(f, a[1], 2.0) => return f.prim(Mul, &[a[0], a[0]], span),
+        // -(-x) = x
+        Neg if matches!(p(f, a[0]), Some((Neg, _))) => return Ok(p(f, a[0]).unwrap().1[0]),
+        // log(exp(x)) = x
+        Log if matches!(p(f, a[0]), Some((Exp, _))) => return Ok(p(f, a[0]).unwrap().1[0]),
+        // Stabilising: log(sum[k] exp(e)) = logsumexp[k] e
+        Log if let Expr::Reduce {
+            op: ReduceOp::Sum,
+            indices,
+            mask,
+            body,
+        } = f.node(a[0]).expr.clone()
+            && let Some((Exp, e)) = p(f, body) =>
+        {
+            return f.add(
+                Expr::Reduce {
+                    op: ReduceOp::LogSumExp,
+                    indices,
+                    mask,
+                    body: e[0],
+                },
+                Scalar::Float,
+                span,
+            );
+        }
+        // Stabilising: log(mean[k] exp(e)) = logsumexp[k] e - log(|k|)   (unmasked)
+        Log if let Expr::Reduce {
+            op: ReduceOp::Mean,
+            indices,
+            mask: None,
+            body,
+        } = f.node(a[0]).expr.clone()
+            && let Some((Exp, e)) = p(f, body) =>
+        {
+            let lse = f.add(
+                Expr::Reduce {
+                    op: ReduceOp::LogSumExp,
+                    indices: indices.clone(),
+                    mask: None,
+                    body: e[0],
+                },
+                Scalar::Float,
+                span,
+            )?;
+            let count = count_of(f, &indices, span)?;
+            let lc = simplify(f, prim_expr(Log, &[count]), Scalar::Float, span)?;
+            return simplify(f, prim_expr(Sub, &[lse, lc]), Scalar::Float, span);
+        }
+        // Stabilising: log(1 + exp(x)) = softplus(x), log(exp(x) + 1) = softplus(x)
+        Log if let Some((Add, s)) = p(f, a[0])
+            && let Some(x) = one_plus_exp(f, &s) =>
+        {
+            return f.prim(Softplus, &[x], span);
+        }
+        // Stabilising: log1p(exp(x)) = softplus(x)
+        Log1p if let Some((Exp, e)) = p(f, a[0]) => return f.prim(Softplus, &[e[0]], span),
+        // Stabilising: log(sigmoid(x)) = -softplus(-x)
+        Log if let Some((Sigmoid, e)) = p(f, a[0]) => {
+            let nx = simplify(f, prim_expr(Neg, &[e[0]]), Scalar::Float, span)?;
+            let sp = f.prim(Softplus, &[nx], span)?;
+            return simplify(f, prim_expr(Neg, &[sp]), Scalar::Float, span);
+        }
+        // Stabilising: exp(a) / sum[k] exp(b) = exp(a - logsumexp[k] b)   (the shifted softmax)
+        Div if let Some((Exp, num)) = p(f, a[0])
+            && let Expr::Reduce {
+                op: ReduceOp::Sum,
+                indices,
+                mask,
+                body,
+            } = f.node(a[1]).expr.clone()
+            && let Some((Exp, den)) = p(f, body) =>
+        {
+            let lse = f.add(
+                Expr::Reduce {
+                    op: ReduceOp::LogSumExp,
+                    indices,
+                    mask,
+                    body: den[0],
+                },
+                Scalar::Float,
+                span,
+            )?;
+            let d = simplify(f, prim_expr(Sub, &[num[0], lse]), Scalar::Float, span)?;
+            return f.prim(Exp, &[d], span);
+        }
+        // select(c, a, a) = a
+        Select if a[1] == a[2] => return Ok(a[1]),
+        // select(true, a, b) = a, select(false, a, b) = b
+        Select if matches!(constant(f, a[0]), Some(Value::B(_))) => {
+            return Ok(if constant(f, a[0]) == Some(Value::B(true)) {
+                a[1]
+            } else {
+                a[2]
+            });
+        }
+        // true && c = c, c && true = c, false && c = false
+        And | Or => {
+            let (unit, absorbing) = if prim == And { (true, false) } else { (false, true) };
+            for (x, y) in [(a[0], a[1]), (a[1], a[0])] {
+                match constant(f, x) {
+                    Some(Value::B(b)) if b == unit => return Ok(y),
+                    Some(Value::B(b)) if b == absorbing => return Ok(x),
+                    _ => {}
+                }
+            }
+        }
+        // !!c = c
+        Not if matches!(p(f, a[0]), Some((Not, _))) => return Ok(p(f, a[0]).unwrap().1[0]),
+        // stopgrad(stopgrad(x)) = stopgrad(x)
+        StopGrad if matches!(p(f, a[0]), Some((StopGrad, _))) => return Ok(a[0]),
+        _ => {}
+    }
+    f.add(expr, scalar, span)
+}
+
+fn prim_expr(prim: Prim, args: &[NodeId]) -> Expr {
+    Expr::Prim {
+        prim,
+        args: args.into(),
+    }
+}
+
+/// `x` when the operands of an addition are `1` and `exp(x)` in either order.
+fn one_plus_exp(f: &Function, s: &[NodeId]) -> Option<NodeId> {
+    for (one, e) in [(s[0], s[1]), (s[1], s[0])] {
+        if is_float(f, one, 1.0)
+            && let Some((Prim::Exp, x)) = prim_of(f, e)
+        {
+            return Some(x[0]);
+        }
+    }
+    None
+}
+
+/// The number of points of an unmasked reduction over `indices`, as a float node.
+fn count_of(f: &mut Function, indices: &[IndexId], span: Span) -> R<NodeId> {
+    let mut size: Option<Dim> = None;
+    for i in indices {
+        let r = f.index(*i).range.clone();
+        size = Some(match size {
+            None => r,
+            Some(s) => Dim::Mul(Box::new(s), Box::new(r)).fold(),
+        });
+    }
+    let n = f.add(Expr::Size(size.unwrap_or(Dim::Const(1))), Scalar::Int, span)?;
+    simplify(f, prim_expr(Prim::ToFloat, &[n]), Scalar::Float, span)
+}
+
+/// Whether integer node `e` always lies in `0..range` (so substituting it for an index of that range
+/// cannot read out of bounds).
+fn within(f: &Function, e: NodeId, range: &Dim) -> bool {
+    match &f.node(e).expr {
+        Expr::Index(v) => f.index(*v).range == *range,
+        Expr::Load {
+            tensor: TensorRef::Input(i),
+            ..
+        } => f.inputs[*i as usize].bound.as_ref() == Some(range),
+        Expr::Int(c) => matches!(range, Dim::Const(r) if *c >= 0 && c < r),
+        _ => false,
+    }
+}
+
+/// An equality `k == e` (either way round) that bracket fusion can resolve for one of `indices`.
+fn fusible_eq(f: &Function, cond: NodeId, indices: &[IndexId]) -> Option<(IndexId, NodeId)> {
+    let (Prim::Eq, s) = prim_of(f, cond)? else { return None };
+    for (x, e) in [(s[0], s[1]), (s[1], s[0])] {
+        if let Expr::Index(k) = f.node(x).expr
+            && indices.contains(&k)
+            && !f.node(e).free.contains(&k)
+            && within(f, e, &f.index(k).range)
+        {
+            return Some((k, e));
+        }
+    }
+    None
+}
+
+fn reduce(
+    f: &mut Function,
+    op: ReduceOp,
+    indices: &[IndexId],
+    mask: Option<NodeId>,
+    body: NodeId,
+    scalar: Scalar,
+    span: Span,
+) -> R<NodeId> {
+    // count[k] true = |k|
+    if op == ReduceOp::Count && mask.is_none() && constant(f, body) == Some(Value::B(true)) {
+        let count = count_of(f, indices, span)?;
+        let Some((Prim::ToFloat, n)) = prim_of(f, count) else {
+            return Ok(count);
+        };
+        return Ok(n[0]);
+    }
+    if op == ReduceOp::Sum {
+        // Bracket fusion: sum[k | k == e && rest] x = sum[| rest] x[k := e]
+        if let Some(m) = mask {
+            let parts = conjuncts(f, m);
+            for (n, part) in parts.iter().enumerate() {
+                if let Some((k, e)) = fusible_eq(f, *part, indices) {
+                    let rest: Vec<NodeId> = parts
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| *j != n)
+                        .map(|(_, p)| *p)
+                        .collect();
+                    return fuse(f, indices, k, e, &rest, body, span);
+                }
+            }
+        }
+        // sum[k] select(k == e, x, 0) = x[k := e];  sum[k] [k == e] * x = x[k := e]
+        if mask.is_none() {
+            let found = match prim_of(f, body) {
+                Some((Prim::Select, s)) if is_float(f, s[2], 0.0) => Some((s[0], s[1])),
+                Some((Prim::Mul, s)) => match (prim_of(f, s[0]), prim_of(f, s[1])) {
+                    (Some((Prim::Iverson, c)), _) => Some((c[0], s[1])),
+                    (_, Some((Prim::Iverson, c))) => Some((c[0], s[0])),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some((cond, x)) = found {
+                let parts = conjuncts(f, cond);
+                for (n, part) in parts.iter().enumerate() {
+                    if let Some((k, e)) = fusible_eq(f, *part, indices) {
+                        let rest: Vec<NodeId> = parts
+                            .iter()
+                            .enumerate()
+                            .filter(|(j, _)| *j != n)
+                            .map(|(_, p)| *p)
+                            .collect();
+                        return fuse(f, indices, k, e, &rest, x, span);
+                    }
+                }
+            }
+        }
+        // sum[k] c = c * |k| when c does not depend on k (unmasked)
+        if mask.is_none() && indices.iter().all(|k| !f.node(body).free.contains(k)) {
+            let count = count_of(f, indices, span)?;
+            return simplify(f, prim_expr(Prim::Mul, &[body, count]), Scalar::Float, span);
+        }
+    }
+    f.add(
+        Expr::Reduce {
+            op,
+            indices: indices.into(),
+            mask,
+            body,
+        },
+        scalar,
+        span,
+    )
+}
+
+/// The conjuncts of a condition `a && b && …`.
+fn conjuncts(f: &Function, c: NodeId) -> Vec<NodeId> {
+    match prim_of(f, c) {
+        Some((Prim::And, s)) => {
+            let mut v = conjuncts(f, s[0]);
+            v.extend(conjuncts(f, s[1]));
+            v
+        }
+        _ => vec![c],
+    }
+}
+
+/// `sum[indices | rest] body` with index `k` replaced by `e` and dropped from the sum.
+fn fuse(
+    f: &mut Function,
+    indices: &[IndexId],
+    k: IndexId,
+    e: NodeId,
+    rest: &[NodeId],
+    body: NodeId,
+    span: Span,
+) -> R<NodeId> {
+    let map = HashMap::from([(k, e)]);
+    let body = f.subst(body, &map)?;
+    let mut cond: Option<NodeId> = None;
+    for r in rest {
+        let r = f.subst(*r, &map)?;
+        cond = Some(match cond {
+            None => r,
+            Some(c) => f.prim(Prim::And, &[c, r], span)?,
+        });
+    }
+    let left: Vec<IndexId> = indices.iter().copied().filter(|i| *i != k).collect();
+    if left.is_empty() {
+        return match cond {
+            None => Ok(body),
+            Some(c) => {
+                let zero = f.float(0.0, span)?;
+                f.prim(Prim::Select, &[c, body, zero], span)
+            }
+        };
+    }
+    reduce(f, ReduceOp::Sum, &left, cond, body, Scalar::Float, span)
+}
