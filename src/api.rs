@@ -164,13 +164,26 @@ pub fn eval_grad(
 /// The gradient program, simplified but not yet optimized for execution (`--emit grad`).
 pub fn simplified_gradient(f: &Function) -> Result<Function, Diag> {
     on_big_stack(|| {
-        let g = crate::autodiff::grad(f)?;
-        crate::opt::simplify_only(&g)
-            .map_err(|_| Diag::new(Code::TooDeep, "the gradient is too large").help("split the loss into lets"))
+        let stable = crate::opt::simplify_only(f).map_err(|_| too_large(f))?;
+        let g = crate::autodiff::grad(&stable)?;
+        crate::opt::simplify_only(&g).map_err(|_| too_large(f))
     })
 }
 
 /// The optimized program computing the loss and the gradient of every differentiable input.
 pub fn gradient(f: &Function) -> Result<Function, Diag> {
-    on_big_stack(|| crate::opt::optimize(&crate::autodiff::grad(f)?))
+    on_big_stack(|| {
+        // Stabilise the primal first, so the derivative is taken of the stable form.
+        let stable = crate::opt::simplify_only(f).map_err(|_| too_large(f))?;
+        crate::opt::optimize(&crate::autodiff::grad(&stable)?)
+    })
+}
+
+fn too_large(f: &Function) -> Diag {
+    Diag::new(
+        Code::TooDeep,
+        format!("the gradient program of `{}` is too large", f.name),
+    )
+    .label(f.span, "this loss")
+    .help("split the loss into `let`s")
 }

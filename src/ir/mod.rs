@@ -12,6 +12,7 @@
 //!   refers only to inputs or to earlier definitions.
 //! - Every index variable has a range, a [`Dim`] over the function's dimension symbols.
 
+pub mod cost;
 pub mod print;
 pub mod verify;
 

@@ -1,0 +1,245 @@
+//! The optimizer: each rewrite rule fires where it should and keeps values; every pass keeps the IR valid
+//! and the results equal; bracket fusion changes the complexity of the cross-entropy gradient; the
+//! stabilising rewrites make naive programs finite at large logits.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use lossc::data::Rng;
+use lossc::ir::Function;
+use lossc::{Program, Tensor};
+
+fn compile(src: &str) -> Function {
+    let p = Program::from_source("t.lx", src).unwrap_or_else(|d| panic!("{}", d.render()));
+    p.loss(None).unwrap().clone()
+}
+
+fn inputs_for(f: &Function, rng: &mut Rng, scale: f64) -> BTreeMap<String, Tensor> {
+    let dims: Vec<i64> = f.dims.iter().map(|_| 4).collect();
+    f.inputs
+        .iter()
+        .map(|i| {
+            let shape: Vec<usize> = i.shape.iter().map(|d| d.eval(&dims) as usize).collect();
+            let n = shape.iter().product();
+            let t = match &i.bound {
+                _ if i.elem == lossc::ir::ElemTy::Idx => {
+                    let b = i.bound.as_ref().map_or(3, |b| b.eval(&dims));
+                    Tensor::labels(shape, (0..n).map(|_| rng.below(b as u64) as i64).collect())
+                }
+                _ => Tensor::float(shape, (0..n).map(|_| scale * rng.normal()).collect()),
+            };
+            (i.name.clone(), t)
+        })
+        .collect()
+}
+
+fn loss(f: &Function, inputs: &BTreeMap<String, Tensor>) -> f64 {
+    lossc::api::eval(f, inputs, &BTreeMap::new()).unwrap().loss
+}
+
+/// Optimizes the primal program, checks validity and equal value, and returns the readable print.
+fn rule(src: &str) -> String {
+    let f = compile(src);
+    let o = lossc::opt::optimize(&f).unwrap();
+    lossc::ir::verify::verify(&o).unwrap();
+    let mut rng = Rng::new(9);
+    let inputs = inputs_for(&f, &mut rng, 0.7);
+    let (a, b) = (loss(&f, &inputs), loss(&o, &inputs));
+    assert!((a - b).abs() <= 1e-12 * a.abs().max(1.0), "{src}: {a} vs {b}");
+    lossc::ir::print::readable(&o)
+}
+
+fn body(printed: &str) -> String {
+    printed
+        .lines()
+        .filter(|l| l.trim_start().starts_with("loss ="))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn constant_folding() {
+    // 2 * 3 + 1 = 7
+    assert!(body(&rule("loss f(x: f32[N]) { sum[i] x[i] * (2 * 3 + 1) }")).contains("x[i] * 7"));
+}
+
+#[test]
+fn additive_and_multiplicative_identities() {
+    // x + 0 = x, 0 + x = x, x - 0 = x, x * 1 = x, 1 * x = x, x / 1 = x
+    let b = body(&rule(
+        "loss f(x: f32[N]) { sum[i] (0.0 + x[i] * 1.0 - 0.0) / 1.0 * (1.0 * x[i] + 0.0) }",
+    ));
+    assert_eq!(b.trim(), "loss = sum[i: N] x[i] * x[i]");
+}
+
+#[test]
+fn negation_rules() {
+    // x * -1 = -x, -(-x) = x, x + (-y) = x - y, x - (-y) = x + y, 0 - x = -x
+    assert!(body(&rule("loss f(x: f32[N]) { sum[i] x[i] * -1.0 }")).contains("-x[i]"));
+    assert!(body(&rule("loss f(x: f32[N]) { sum[i] -(-x[i]) }")).contains("sum[i: N] x[i]"));
+    assert!(body(&rule("loss f(x: f32[N], z: f32[N]) { sum[i] x[i] + -z[i] }")).contains("x[i] - z[i]"));
+    assert!(body(&rule("loss f(x: f32[N], z: f32[N]) { sum[i] x[i] - -z[i] }")).contains("x[i] + z[i]"));
+    assert!(body(&rule("loss f(x: f32[N]) { sum[i] 0.0 - x[i] }")).contains("-x[i]"));
+}
+
+#[test]
+fn powers_logs_and_choices() {
+    // x ^ 1 = x, x ^ 2 = x * x, log(exp(x)) = x
+    assert!(body(&rule("loss f(x: f32[N]) { sum[i] x[i] ^ 1.0 + x[i] ^ 2.0 }")).contains("x[i] + x[i] * x[i]"));
+    assert!(body(&rule("loss f(x: f32[N]) { sum[i] log(exp(x[i])) }")).contains("sum[i: N] x[i]"));
+    // select(c, a, a) = a;  select(true, a, b) = a
+    assert!(
+        body(&rule(
+            "loss f(x: f32[N]) { sum[i] select(x[i] > 0, x[i], x[i]) + select(1 > 0, 1.0, x[i]) }"
+        ))
+        .contains("x[i] + 1.0")
+    );
+    // [a] * [b] = [a && b]
+    assert!(body(&rule("loss f(x: f32[N]) { sum[i] [x[i] > 0] * [x[i] < 1] }")).contains("[x[i] > 0.0 && x[i] < 1.0]"));
+    // !!c = c;  true && c = c;  false || c = c
+    assert!(body(&rule("loss f(x: f32[N]) { sum[i] [!!(x[i] > 0) && true || false] }")).contains("[x[i] > 0.0]"));
+    // stopgrad(stopgrad(x)) = stopgrad(x)
+    assert!(body(&rule("loss f(x: f32[N]) { sum[i] stopgrad(stopgrad(x[i])) }")).contains("sum[i: N] stopgrad(x[i])"));
+}
+
+#[test]
+fn counting_and_invariant_sums() {
+    // count[k] true = |k|;  sum[k] c = c * |k|
+    let b = body(&rule(
+        "loss f(x: f32[N, C]) { sum[i] x[i, 0] * (count[k: C] true) + sum[k: C] x[i, 0] }",
+    ));
+    assert!(b.contains("x[i, 0] * C + x[i, 0] * C"), "{b}");
+}
+
+#[test]
+fn bracket_fusion() {
+    // sum[k] [k == y[i]] * e[i, k] = e[i, y[i]]
+    let b = body(&rule(
+        "loss f(s: f32[N, C], y: idx[N] < C) { mean[i] sum[k] [k == y[i]] * s[i, k] }",
+    ));
+    assert_eq!(b.trim(), "loss = mean[i: N] s[i, y[i]]");
+    let b = body(&rule(
+        "loss f(s: f32[N, C], y: idx[N] < C) { mean[i] sum[k | y[i] == k] exp(s[i, k]) }",
+    ));
+    assert_eq!(b.trim(), "loss = mean[i: N] exp(s[i, y[i]])");
+    // Not fused when the value might lie outside the index's range.
+    let b = body(&rule(
+        "loss f(s: f32[N, C], y: idx[N]) { mean[i] sum[k] [k == y[i]] * s[i, k] }",
+    ));
+    assert!(b.contains("sum[k: C]"), "{b}");
+}
+
+#[test]
+fn stabilising_rewrites() {
+    // log(sum[k] exp(e)) = logsumexp[k] e
+    assert!(rule("loss f(s: f32[N, C]) { sum[i] log(sum[k] exp(s[i, k])) }").contains("logsumexp[k: C] s[i, k]"));
+    // log(mean[k] exp(e)) = logsumexp[k] e - log(|k|)
+    assert!(rule("loss f(s: f32[N, C]) { sum[i] log(mean[k] exp(s[i, k])) }").contains("logsumexp[k: C] s[i, k]"));
+    // log(1 + exp(x)) = softplus(x), log1p(exp(x)) = softplus(x)
+    assert!(
+        body(&rule(
+            "loss f(x: f32[N]) { sum[i] log(1 + exp(x[i])) + log1p(exp(x[i])) }"
+        ))
+        .contains("softplus(x[i]) + softplus(x[i])")
+    );
+    // log(sigmoid(x)) = -softplus(-x)
+    assert!(body(&rule("loss f(x: f32[N]) { sum[i] log(sigmoid(x[i])) }")).contains("-softplus(-x[i])"));
+    // exp(a) / sum[k] exp(b) = exp(a - logsumexp[k] b)
+    let p = rule("loss f(s: f32[N, C], y: idx[N] < C) { mean[i] -log(exp(s[i, y[i]]) / sum[k] exp(s[i, k])) }");
+    assert!(p.contains("logsumexp[k: C] s[") && !p.contains("sum[k: C] exp"), "{p}");
+}
+
+#[test]
+fn naive_programs_are_finite_at_large_logits() {
+    let naive = [
+        "loss f(s: f32[N, C], y: idx[N] < C) { mean[i] log(sum[k] exp(s[i, k])) - s[i, y[i]] }",
+        "loss f(s: f32[N, C], y: idx[N] < C) { mean[i] -log(exp(s[i, y[i]]) / sum[k] exp(s[i, k])) }",
+        "loss f(x: f32[N]) { mean[i] log(1 + exp(x[i])) - log(sigmoid(x[i])) }",
+    ];
+    let mut rng = Rng::new(11);
+    for src in naive {
+        let f = compile(src);
+        let inputs = inputs_for(&f, &mut rng, 1e4);
+        let g = lossc::api::eval_grad(&f, &inputs, &BTreeMap::new()).unwrap();
+        assert!(g.loss.is_finite(), "{src}: loss {}", g.loss);
+        for (n, t) in &g.grads {
+            assert!(t.to_f64().iter().all(|x| x.is_finite()), "{src}: grad {n} not finite");
+        }
+    }
+}
+
+#[test]
+fn cross_entropy_gradient_is_linear_work() {
+    let f = compile("loss ce(s: f32[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }");
+    let raw = lossc::autodiff::grad(&f).unwrap();
+    let opt = lossc::opt::optimize(&raw).unwrap();
+    let (n, c) = (64.0, 200.0);
+    let sizes = [64, 200];
+    let before = lossc::ir::cost::work(&raw, &sizes);
+    let after = lossc::ir::cost::work(&opt, &sizes);
+    // Unoptimized, the gradient recomputes the row's logsumexp for every element: N*C*C.
+    assert!(before > n * c * c, "raw work {before}");
+    // Optimized: a constant number of passes over N*C.
+    assert!(
+        after < 40.0 * n * c,
+        "optimized work {after} ({} per element)",
+        after / (n * c)
+    );
+    // And no reduction over C remains inside the N*C gradient tensor.
+    let printed = lossc::ir::print::readable(&opt);
+    let grad_line = printed.lines().find(|l| l.trim_start().starts_with("grad_s")).unwrap();
+    assert!(
+        !grad_line.contains("sum[") && !grad_line.contains("logsumexp["),
+        "{grad_line}"
+    );
+}
+
+fn lx_files() -> Vec<std::path::PathBuf> {
+    let mut v = Vec::new();
+    for dir in ["examples", "tests/in"] {
+        for e in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "lx") {
+                v.push(p);
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn every_pass_keeps_the_ir_valid_and_the_results_equal() {
+    let mut rng = Rng::new(12);
+    for path in lx_files() {
+        let p = Program::from_file(&path).unwrap();
+        for f in &p.module.functions {
+            let raw = lossc::autodiff::grad(f).unwrap();
+            lossc::ir::verify::verify(&raw).unwrap();
+            let simple = lossc::opt::simplify::rebuild(&raw).unwrap();
+            lossc::ir::verify::verify(&simple).unwrap_or_else(|e| panic!("{}: simplify: {e}", path.display()));
+            let hoisted = lossc::opt::hoist::materialize(&simple).unwrap();
+            lossc::ir::verify::verify(&hoisted).unwrap_or_else(|e| panic!("{}: hoist: {e}", path.display()));
+            let opt = lossc::opt::optimize(&raw).unwrap();
+            lossc::ir::verify::verify(&opt).unwrap();
+            let inputs = inputs_for(f, &mut rng, 1.0);
+            let a = lossc::api::eval(&raw, &inputs, &BTreeMap::new()).unwrap();
+            for other in [&simple, &hoisted, &opt] {
+                let b = lossc::api::eval(other, &inputs, &BTreeMap::new()).unwrap();
+                let close = |x: f64, y: f64| (x - y).abs() <= 1e-10 * x.abs().max(1.0) || (x.is_nan() && y.is_nan());
+                assert!(
+                    close(a.loss, b.loss),
+                    "{}: loss {} vs {}",
+                    path.display(),
+                    a.loss,
+                    b.loss
+                );
+                for ((n, ga), (_, gb)) in a.grads.iter().zip(&b.grads) {
+                    for (x, y) in ga.to_f64().iter().zip(gb.to_f64()) {
+                        assert!(close(*x, y), "{}: grad {n}: {x} vs {y}", path.display());
+                    }
+                }
+            }
+        }
+    }
+}
