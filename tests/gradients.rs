@@ -208,3 +208,121 @@ fn every_feature_input_on_random_data() {
         }
     }
 }
+
+/// H·v by differentiating the gradient again, against finite differences of the gradient along v.
+fn check_hvp(src: &str, x: &str, sizes: &[(&'static str, i64)], seed: u64) {
+    let mut rng = Rng::new(seed);
+    let p = Program::from_source("h.lx", src).unwrap();
+    let f = p.loss(None).unwrap();
+    let g = lossc::autodiff::grad(f).unwrap();
+    let h = lossc::autodiff::directional(&g, x, "v").unwrap();
+    lossc::ir::verify::verify(&h).unwrap();
+    let hv_prog = lossc::opt::optimize(&lossc::autodiff::grad(&h).unwrap()).unwrap();
+    lossc::ir::verify::verify(&hv_prog).unwrap();
+    let sizes: BTreeMap<&str, i64> = sizes.iter().copied().collect();
+    let mut inputs = random_inputs(f, &sizes, &mut rng, -1.5, 1.5);
+    let shape = inputs[x].shape.clone();
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
+    inputs.insert("v".into(), Tensor::float(shape.clone(), v.clone()));
+    let hv = lossc::api::eval(&hv_prog, &inputs, &BTreeMap::new()).unwrap();
+    let hv = hv.grads.iter().find(|(name, _)| name == x).unwrap().1.to_f64();
+    // Finite differences of the (first) gradient along v.
+    let grad_at = |delta: f64| {
+        let mut m = inputs.clone();
+        m.remove("v");
+        let base = m[x].to_f64();
+        m.insert(
+            x.to_string(),
+            Tensor::float(shape.clone(), base.iter().zip(&v).map(|(a, b)| a + delta * b).collect()),
+        );
+        let e = lossc::api::eval(&g, &m, &BTreeMap::new()).unwrap();
+        e.grads.iter().find(|(name, _)| name == x).unwrap().1.to_f64()
+    };
+    let eps = 1e-5;
+    let (plus, minus) = (grad_at(eps), grad_at(-eps));
+    for k in 0..n {
+        let fd = (plus[k] - minus[k]) / (2.0 * eps);
+        assert!(
+            (hv[k] - fd).abs() <= 1e-6 * fd.abs().max(1.0),
+            "Hv[{k}] = {} but finite differences give {fd}",
+            hv[k]
+        );
+    }
+}
+
+#[test]
+fn hessian_vector_product_of_cross_entropy() {
+    check_hvp(
+        "loss ce(s: f32[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }",
+        "s",
+        &[("N", 4), ("C", 5)],
+        21,
+    );
+}
+
+#[test]
+fn hessian_vector_product_of_a_contrastive_loss() {
+    let src = "loss infonce(a: f32[B, D], b: f32[B, D], tau: f32 = 0.5) {
+        let na[i] = sqrt(sum[d] a[i, d] ^ 2)
+        let S[i, j] = sum[d] a[i, d] * b[j, d] / (na[i] * tau)
+        mean[i] (logsumexp[j] S[i, j]) - S[i, i]
+    }";
+    check_hvp(src, "a", &[("B", 4), ("D", 3)], 22);
+}
+
+#[test]
+fn reductions_over_invariant_bodies() {
+    // The body of each reduction does not depend on the reduced index: its adjoint is summed over it.
+    let mut rng = Rng::new(7);
+    let src = "loss f(u: f32[N], x: f32[N, C]) {
+        mean[i] (sum[k: C] sigmoid(u[i])) + (sum[k: C | x[i, k] > 0] u[i] ^ 2) + (mean[k: C] u[i]) * (logsumexp[k: C] u[i])
+    }";
+    let p = Program::from_source("inv.lx", src).unwrap();
+    let inputs = random_inputs(
+        p.loss(None).unwrap(),
+        &BTreeMap::from([("N", 3), ("C", 4)]),
+        &mut rng,
+        -1.5,
+        1.5,
+    );
+    // Through the raw gradient (no simplification first) and through the optimized one.
+    let f = p.loss(None).unwrap();
+    let raw = lossc::autodiff::grad(f).unwrap();
+    let opt = lossc::api::gradient(f).unwrap();
+    let a = lossc::api::eval(&raw, &inputs, &BTreeMap::new()).unwrap();
+    let b = lossc::api::eval(&opt, &inputs, &BTreeMap::new()).unwrap();
+    for ((_, x), (_, y)) in a.grads.iter().zip(&b.grads) {
+        for (p, q) in x.to_f64().iter().zip(y.to_f64()) {
+            assert!((p - q).abs() < 1e-12, "{p} vs {q}");
+        }
+    }
+    assert_gradcheck("invariant", src, &inputs);
+}
+
+#[test]
+fn masked_out_points_contribute_zero_not_nan() {
+    // log(1 + x) is NaN for x < -1, but those points are masked out (or not chosen) in the primal.
+    let mut rng = Rng::new(8);
+    for src in [
+        "loss f(x: f32[N, C]) { sum[i] sum[k | x[i, k] > -0.5] log(1 + x[i, k]) }",
+        "loss f(x: f32[N, C]) { sum[i, k] select(x[i, k] > -0.5, log(1 + x[i, k]) * x[i, k], 0) }",
+        "loss f(x: f32[N, C]) { sum[i] logsumexp[k | x[i, k] > 0] sqrt(x[i, k]) }",
+    ] {
+        let p = Program::from_source("m.lx", src).unwrap();
+        let inputs = random_inputs(
+            p.loss(None).unwrap(),
+            &BTreeMap::from([("N", 4), ("C", 5)]),
+            &mut rng,
+            -3.0,
+            3.0,
+        );
+        let g = lossc::api::eval_grad(p.loss(None).unwrap(), &inputs, &BTreeMap::new()).unwrap();
+        assert!(
+            g.grads[0].1.to_f64().iter().all(|v| v.is_finite()),
+            "{src}: {:?}",
+            g.grads
+        );
+        assert_gradcheck("masked", src, &inputs);
+    }
+}

@@ -142,6 +142,11 @@ fn stabilising_rewrites() {
         ))
         .contains("softplus(x[i]) + softplus(x[i])")
     );
+    // log(1 + sum[k] exp(e)) = softplus(logsumexp[k] e)
+    assert!(
+        rule("loss f(s: f32[N, C]) { sum[i] log(1 + sum[k | s[i, k] > 0] exp(s[i, k])) }")
+            .contains("softplus(logsumexp[k: C | s[i, k] > 0.0] s[i, k])")
+    );
     // log(sigmoid(x)) = -softplus(-x)
     assert!(body(&rule("loss f(x: f32[N]) { sum[i] log(sigmoid(x[i])) }")).contains("-softplus(-x[i])"));
     // exp(a) / sum[k] exp(b) = exp(a - logsumexp[k] b)

@@ -118,6 +118,13 @@ pub fn directional(g: &Function, x: &str, v: &str) -> Result<Function, Diag> {
     Ok(h)
 }
 
+/// An adjoint term: `value` where `guard` holds (everywhere when `None`), 0 elsewhere.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Term {
+    guard: Option<NodeId>,
+    value: NodeId,
+}
+
 /// A use of a tensor inside some body: its subscripts and the adjoint flowing into it.
 struct Contribution {
     subs: Vec<NodeId>,
@@ -264,9 +271,19 @@ impl Ad {
     }
 
     /// Reverse sweep through one tensor body whose root has adjoint `seed`.
+    ///
+    /// Adjoint terms carry a guard: the condition (a reduction's mask, a `select`'s condition) under which
+    /// the primal evaluated the node at all. Partials are only ever evaluated under the guard, so a masked
+    /// out point whose partials would be NaN (`log` of a negative, say) contributes 0, not NaN.
     fn backprop(&mut self, root: NodeId, seed: NodeId) -> R<()> {
-        let mut terms: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
-        terms.insert(root, vec![seed]);
+        let mut terms: HashMap<NodeId, Vec<Term>> = HashMap::new();
+        terms.insert(
+            root,
+            vec![Term {
+                guard: None,
+                value: seed,
+            }],
+        );
         let order = self.g.reachable(&[root]);
         for &n in order.iter().rev() {
             if !self.is_active(n) {
@@ -274,13 +291,15 @@ impl Ad {
             }
             let Some(ts) = terms.remove(&n) else { continue };
             let span = self.g.span(n);
-            let adj = self.sum_terms(&ts, span)?;
+            let Term { guard, value: adj } = self.combine(&ts, span)?;
             let node = self.g.node(n).clone();
+            let space: BTreeSet<IndexId> = node.free.iter().copied().collect();
             match node.expr {
                 Expr::Load { tensor, subs } => {
+                    let adjoint = self.guarded(guard, adj, span)?;
                     self.contributions.entry(tensor).or_default().push(Contribution {
                         subs: subs.to_vec(),
-                        adjoint: adj,
+                        adjoint,
                     });
                 }
                 Expr::Prim { prim, args } => {
@@ -289,13 +308,19 @@ impl Ad {
                         if !self.is_active(*a) {
                             continue;
                         }
-                        let term = match p {
+                        let value = match p {
                             Partial::Zero => continue,
+                            Partial::Guard(c) => {
+                                let g = self.and(guard, c, span)?;
+                                let term = self.sum_to(Term { guard: g, value: adj }, &space, *a, span)?;
+                                terms.entry(*a).or_default().push(term);
+                                continue;
+                            }
                             Partial::One => adj,
                             Partial::NegOne => self.g.prim(Prim::Neg, &[adj], span)?,
                             Partial::Node(d) => self.g.prim(Prim::Mul, &[adj, d], span)?,
                         };
-                        let term = self.sum_to(term, n, *a, span)?;
+                        let term = self.sum_to(Term { guard, value }, &space, *a, span)?;
                         terms.entry(*a).or_default().push(term);
                     }
                 }
@@ -308,13 +333,64 @@ impl Ad {
                     if !self.is_active(body) {
                         continue;
                     }
-                    let term = self.reduce_vjp(op, &indices, mask, body, n, adj, span)?;
+                    let value = self.reduce_vjp(op, &indices, mask, body, n, adj, span)?;
+                    let g = match mask {
+                        Some(m) => self.and(guard, m, span)?,
+                        None => guard,
+                    };
+                    // The term lives on the reduction's iteration space; a body that does not depend on
+                    // some reduced index was used once per value of it.
+                    let mut space = space;
+                    space.extend(indices.iter().copied());
+                    let term = self.sum_to(Term { guard: g, value }, &space, body, span)?;
                     terms.entry(body).or_default().push(term);
                 }
                 _ => {}
             }
         }
         Ok(())
+    }
+
+    fn and(&mut self, guard: Option<NodeId>, c: NodeId, span: Span) -> R<Option<NodeId>> {
+        Ok(Some(match guard {
+            None => c,
+            Some(g) => self.g.prim(Prim::And, &[g, c], span)?,
+        }))
+    }
+
+    /// `select(guard, value, 0)`, or the value itself when unguarded.
+    fn guarded(&mut self, guard: Option<NodeId>, value: NodeId, span: Span) -> R<NodeId> {
+        match guard {
+            None => Ok(value),
+            Some(g) => {
+                let zero = self.g.float(0.0, span)?;
+                self.g.prim(Prim::Select, &[g, value, zero], span)
+            }
+        }
+    }
+
+    /// One term from several: their sum, under one guard when all share it, else each under its own.
+    fn combine(&mut self, ts: &[Term], span: Span) -> R<Term> {
+        if ts.iter().all(|t| t.guard == ts[0].guard) {
+            let values: Vec<NodeId> = ts.iter().map(|t| t.value).collect();
+            return Ok(Term {
+                guard: ts[0].guard,
+                value: self.sum_terms(&values, span)?,
+            });
+        }
+        let mut values = Vec::new();
+        let mut any: Option<NodeId> = Some(self.g.add(Expr::Bool(false), Scalar::Bool, span)?);
+        for t in ts {
+            values.push(self.guarded(t.guard, t.value, span)?);
+            any = match (any, t.guard) {
+                (_, None) | (None, _) => None,
+                (Some(a), Some(g)) => Some(self.g.prim(Prim::Or, &[a, g], span)?),
+            };
+        }
+        Ok(Term {
+            guard: any,
+            value: self.sum_terms(&values, span)?,
+        })
     }
 
     fn sum_terms(&mut self, ts: &[NodeId], span: Span) -> R<NodeId> {
@@ -325,25 +401,26 @@ impl Ad {
         Ok(acc)
     }
 
-    /// Sums `term`, an adjoint over the index space of `node`, over the indices of `node` that `target`
+    /// Sums `term`, an adjoint over the index space `space`, over the indices of `space` that `target`
     /// lacks (the adjoint of a broadcast). The term itself may be invariant in them: it is still summed.
-    fn sum_to(&mut self, term: NodeId, node: NodeId, target: NodeId, span: Span) -> R<NodeId> {
-        let have: BTreeSet<IndexId> = self.g.node(node).free.iter().copied().collect();
+    /// The guard becomes the sum's mask.
+    fn sum_to(&mut self, term: Term, space: &BTreeSet<IndexId>, target: NodeId, span: Span) -> R<Term> {
         let want: BTreeSet<IndexId> = self.g.node(target).free.iter().copied().collect();
-        let extra: Vec<IndexId> = have.difference(&want).copied().collect();
+        let extra: Vec<IndexId> = space.difference(&want).copied().collect();
         if extra.is_empty() {
             return Ok(term);
         }
-        self.g.add(
+        let value = self.g.add(
             Expr::Reduce {
                 op: ReduceOp::Sum,
                 indices: extra.into(),
-                mask: None,
-                body: term,
+                mask: term.guard,
+                body: term.value,
             },
             Scalar::Float,
             span,
-        )
+        )?;
+        Ok(Term { guard: None, value })
     }
 
     /// The adjoint of a reduction's body, given the adjoint `adj` of the reduction `out`.
@@ -415,13 +492,7 @@ impl Ad {
             }
             ReduceOp::Count | ReduceOp::ArgMax | ReduceOp::ArgMin => unreachable!("inactive reductions"),
         };
-        match mask {
-            Some(m) => {
-                let zero = g.float(0.0, span)?;
-                g.prim(Prim::Select, &[m, term, zero], span)
-            }
-            None => Ok(term),
-        }
+        Ok(term)
     }
 
     /// Builds the adjoint of a tensor (shape `shape`) from its contributions: fresh head indices and a body.

@@ -256,6 +256,22 @@ pub fn simplify(f: &mut Function, expr: Expr, scalar: Scalar, span: Span) -> R<N
         {
             return f.prim(Softplus, &[x], span);
         }
+        // Stabilising: log(1 + sum[k] exp(e)) = softplus(logsumexp[k] e)   (also with the sum first)
+        Log if let Some((Add, s)) = p(f, a[0])
+            && let Some((indices, mask, e)) = one_plus_sum_exp(f, &s) =>
+        {
+            let lse = f.add(
+                Expr::Reduce {
+                    op: ReduceOp::LogSumExp,
+                    indices,
+                    mask,
+                    body: e,
+                },
+                Scalar::Float,
+                span,
+            )?;
+            return f.prim(Softplus, &[lse], span);
+        }
         // Stabilising: log1p(exp(x)) = softplus(x)
         Log1p if let Some((Exp, e)) = p(f, a[0]) => return f.prim(Softplus, &[e[0]], span),
         // Stabilising: log(sigmoid(x)) = -softplus(-x)
@@ -331,6 +347,24 @@ fn one_plus_exp(f: &Function, s: &[NodeId]) -> Option<NodeId> {
             && let Some((Prim::Exp, x)) = prim_of(f, e)
         {
             return Some(x[0]);
+        }
+    }
+    None
+}
+
+/// `(k, mask, e)` when the operands of an addition are `1` and `sum[k | mask] exp(e)` in either order.
+fn one_plus_sum_exp(f: &Function, s: &[NodeId]) -> Option<(Box<[IndexId]>, Option<NodeId>, NodeId)> {
+    for (one, sum) in [(s[0], s[1]), (s[1], s[0])] {
+        if is_float(f, one, 1.0)
+            && let Expr::Reduce {
+                op: ReduceOp::Sum,
+                indices,
+                mask,
+                body,
+            } = &f.node(sum).expr
+            && let Some((Prim::Exp, e)) = prim_of(f, *body)
+        {
+            return Some((indices.clone(), *mask, e[0]));
         }
     }
     None

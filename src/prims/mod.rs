@@ -255,6 +255,9 @@ pub enum Partial {
     NegOne,
     /// The partial as an IR node.
     Node(NodeId),
+    /// 1 where this condition holds, and the operand is not evaluated elsewhere (a branch of a choice):
+    /// the adjoint passes through under the condition.
+    Guard(NodeId),
 }
 
 impl Prim {
@@ -348,9 +351,7 @@ impl Prim {
             Select => {
                 let c = args[0];
                 let nc = f_prim(f, Not, &[c], span)?;
-                let t = f_prim(f, Iverson, &[c], span)?;
-                let e = f_prim(f, Iverson, &[nc], span)?;
-                vec![Zero, Node(t), Node(e)]
+                vec![Zero, Partial::Guard(c), Partial::Guard(nc)]
             }
             Sign | StopGrad | Eq | Ne | Lt | Le | Gt | Ge | And | Or | Not | Iverson | ToFloat => {
                 vec![Zero; self.sig().arity()]
