@@ -406,3 +406,83 @@ fn usage_errors_exit_2() {
     expect(&["frobnicate"], 2);
     expect(&["compile", "examples/cross_entropy.lx", "--emit", "nonsense"], 2);
 }
+
+#[test]
+fn eval_grad_writes_gradients() {
+    let d = scratch("grad");
+    let (out, _) = expect(
+        &[
+            "eval",
+            "examples/cross_entropy.lx",
+            "--data",
+            "examples/data/cross_entropy",
+            "--grad",
+            "--json",
+            "--out",
+            p(&d),
+        ],
+        0,
+    );
+    assert!(out.contains("\"grad_norms\":{\"s\":"), "{out}");
+    let g = lossc::data::load_npy(&d.join("grad_s.npy")).unwrap();
+    assert_eq!(g.shape, vec![6, 5]);
+    // Each row of (softmax - onehot) / N sums to zero.
+    for row in g.to_f64().chunks(5) {
+        assert!(row.iter().sum::<f64>().abs() < 1e-12);
+    }
+    let (text, _) = expect(
+        &[
+            "eval",
+            "examples/cross_entropy.lx",
+            "--data",
+            "examples/data/cross_entropy",
+            "--grad",
+        ],
+        0,
+    );
+    assert!(text.contains("|grad_s| = "), "{text}");
+}
+
+#[test]
+fn gradcheck_passes_on_examples_and_fails_on_a_wrong_gradient() {
+    let (out, _) = expect(
+        &["gradcheck", "examples/ldr_kl.lx", "--data", "examples/data/ldr_kl"],
+        0,
+    );
+    assert!(
+        out.contains("max error") && out.contains("ok: every error within"),
+        "{out}"
+    );
+    expect(
+        &[
+            "gradcheck",
+            "examples/multi_similarity.lx",
+            "--random",
+            "B=12,D=4",
+            "--seed",
+            "3",
+        ],
+        0,
+    );
+    // A tolerance no gradient can meet makes it fail with exit 1.
+    let (_, err) = expect(
+        &[
+            "gradcheck",
+            "examples/ldr_kl.lx",
+            "--data",
+            "examples/data/ldr_kl",
+            "--tol",
+            "0",
+        ],
+        1,
+    );
+    assert!(err.contains("gradient check failed"), "{err}");
+}
+
+#[test]
+fn compile_emits_grad_and_opt() {
+    let (grad, _) = expect(&["compile", "examples/cross_entropy.lx", "--emit", "grad"], 0);
+    assert!(grad.contains("grad_s[t: N, t.1: C] = select(y[t] == t.1, "), "{grad}");
+    let (opt, _) = expect(&["compile", "examples/cross_entropy.lx", "--emit", "opt"], 0);
+    assert!(opt.contains("let r0[h0: N] = logsumexp[k: C] s[h0, k]"), "{opt}");
+}

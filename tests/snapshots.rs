@@ -28,6 +28,9 @@ fn feature_inputs() {
         let (ast, ir) = stages(path);
         insta::assert_snapshot!("ast", ast);
         insta::assert_snapshot!("ir", ir);
+        let (grad, opt) = gradient_stages(path);
+        insta::assert_snapshot!("grad", grad);
+        insta::assert_snapshot!("opt", opt);
     });
 }
 
@@ -37,5 +40,24 @@ fn examples() {
         let (ast, ir) = stages(path);
         insta::assert_snapshot!("ast", ast);
         insta::assert_snapshot!("ir", ir);
+        let (grad, opt) = gradient_stages(path);
+        insta::assert_snapshot!("grad", grad);
+        insta::assert_snapshot!("opt", opt);
     });
+}
+
+/// `--emit grad` and `--emit opt` of every loss in a file.
+fn gradient_stages(path: &Path) -> (String, String) {
+    let program = Program::from_file(path).unwrap();
+    let mut grad = Vec::new();
+    let mut opt = Vec::new();
+    for f in &program.module.functions {
+        let g = lossc::api::simplified_gradient(f).unwrap();
+        lossc::ir::verify::verify(&g).unwrap();
+        grad.push(lossc::ir::print::readable(&g));
+        let o = lossc::api::gradient(f).unwrap();
+        lossc::ir::verify::verify(&o).unwrap();
+        opt.push(lossc::ir::print::readable(&o));
+    }
+    (grad.join("\n"), opt.join("\n"))
 }
