@@ -66,6 +66,8 @@ pub enum CallError {
     },
     #[error("unknown hyperparameter `{name}` (the loss has: {available})")]
     UnknownHyper { name: String, available: String },
+    #[error("hyperparameter `{name}` was fixed when the kernel was compiled; it cannot be set per call")]
+    HyperFixed { name: String },
     #[error("hyperparameter `{name}` is an integer, but was given {value}")]
     HyperNotInteger { name: String, value: f64 },
     #[error("tensor `{tensor}` would have a negative extent {value} along {dim}")]

@@ -2,3 +2,6 @@
 //! interpreter is the oracle every other backend is tested against.
 
 pub mod interp;
+#[cfg(feature = "jit")]
+pub mod jit;
+pub mod loops;

@@ -47,3 +47,11 @@ fn run(f: &Function) -> Result<Function, TooDeep> {
     let hoisted = hoist::materialize(&simple)?;
     simplify_only(&hoisted)
 }
+
+/// Rebuilds `f` with the listed hyperparameters (by index) replaced by nodes already in `f`.
+pub fn replace_hypers(
+    f: &Function,
+    values: &std::collections::HashMap<u32, crate::ir::NodeId>,
+) -> Result<Function, TooDeep> {
+    simplify::rebuild_with(f, values)
+}

@@ -17,9 +17,15 @@ type R<T> = Result<T, TooDeep>;
 
 /// One simplification round over the live part of `src`.
 pub fn rebuild(src: &Function) -> R<Function> {
+    rebuild_with(src, &HashMap::new())
+}
+
+/// [`rebuild`], with hyperparameter nodes replaced by the given nodes of `src` (for specialisation).
+pub fn rebuild_with(src: &Function, hypers: &HashMap<u32, NodeId>) -> R<Function> {
     let live = live_tensors(src);
     let mut b = Rebuild {
         src,
+        hypers,
         dst: src.empty_like(),
         map: vec![None; src.nodes().len()],
         tensors: vec![None; src.tensors.len()],
@@ -62,6 +68,7 @@ pub fn live_tensors(f: &Function) -> Vec<bool> {
 
 struct Rebuild<'a> {
     src: &'a Function,
+    hypers: &'a HashMap<u32, NodeId>,
     dst: Function,
     map: Vec<Option<NodeId>>,
     tensors: Vec<Option<TensorId>>,
@@ -74,6 +81,13 @@ impl Rebuild<'_> {
         }
         let node = self.src.node(n).clone();
         let span = self.src.span(n);
+        if let Expr::Hyper(h) = node.expr
+            && let Some(v) = self.hypers.get(&h)
+        {
+            let id = self.node(*v)?;
+            self.map[n.index()] = Some(id);
+            return Ok(id);
+        }
         let expr = match node.expr {
             Expr::Load { tensor, subs } => {
                 let subs = subs.iter().map(|s| self.node(*s)).collect::<R<Vec<_>>>()?;

@@ -1,0 +1,926 @@
+//! The Cranelift JIT backend: one native function per loop nest of the [`Plan`], compiled together into
+//! one kernel that computes the loss, every gradient and every output.
+//!
+//! Numerics: tensors are stored as f32 (integers and conditions as i64); elementwise arithmetic is f32;
+//! reductions accumulate in f64 (`sum`, `mean`, `prod`, and `logsumexp` online with a running maximum),
+//! so a JIT result matches the f64 interpreter to float32 accuracy (see `tests/jit.rs` for the
+//! tolerances). Transcendental functions call Rust's `f32`/`f64` methods, correctly rounded to within
+//! an ulp or two.
+//!
+//! Safety: the caller binds the call first ([`crate::call::bind`]), so input shapes agree with the
+//! dimension sizes and labels lie within their bounds. Subscripts that are not statically within their
+//! axis (index arithmetic, unbounded labels) are checked in the generated code, which then stops and
+//! reports [`CallError::IndexOutOfRange`]; no generated load or store leaves its buffer.
+//!
+//! Parallelism: the outermost loop of each nest is split into fixed chunks handed to threads; chunking
+//! does not depend on the thread count and each element is computed by exactly one call, so results
+//! are bit-identical for any number of threads.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{self, AbiParam, Block, InstBuilder, MemFlagsData, Type, Value, types};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{FuncId, Linkage, Module};
+
+use super::interp::Evaluation;
+use super::loops::{Nest, Plan};
+use crate::call::{Bound, CallError};
+use crate::data::{Data, Tensor};
+use crate::ir::{Dim, Expr, Function, IndexId, NodeId, ReduceOp, Role, Scalar, TensorRef};
+use crate::prims::Prim;
+
+/// Why JIT compilation failed (an internal limit or a Cranelift error; never user input).
+#[derive(Debug, thiserror::Error)]
+#[error("JIT compilation failed: {0}")]
+pub struct JitError(String);
+
+/// The signature of every generated nest function.
+type NestFn = unsafe extern "C" fn(*const *mut u8, *const i64, *const f64, *mut i64, i64, i64);
+
+/// Elements of the outermost loop per parallel chunk.
+const CHUNK: i64 = 16;
+
+/// Compiled native code for one function. Immutable after compilation, so it is shared across threads.
+pub struct Compiled {
+    plan: Plan,
+    function: Function,
+    entries: Vec<NestFn>,
+    _code: Arc<CodeHolder>,
+}
+
+struct CodeHolder(Option<JITModule>);
+
+// SAFETY: after `finalize_definitions` the module is never mutated; its code and data are read-only and
+// executable, and the entry points are plain functions that may be called from any thread.
+unsafe impl Send for CodeHolder {}
+unsafe impl Sync for CodeHolder {}
+
+impl Drop for CodeHolder {
+    fn drop(&mut self) {
+        if let Some(m) = self.0.take() {
+            // SAFETY: the last owner of the code is going away; no entry point can be called afterwards.
+            unsafe { m.free_memory() };
+        }
+    }
+}
+
+macro_rules! math {
+    ($($name:ident: $ty:ty => $body:expr;)*) => {
+        $(extern "C" fn $name(x: $ty) -> $ty { let f: fn($ty) -> $ty = $body; f(x) })*
+        /// (symbol, address, is_f64) of every math helper the generated code may call.
+        fn math_symbols() -> Vec<(&'static str, *const u8, bool)> {
+            vec![$((stringify!($name), $name as *const u8, stringify!($ty) == "f64"),)*]
+        }
+    };
+}
+
+math! {
+    lossc_expf: f32 => f32::exp;
+    lossc_logf: f32 => f32::ln;
+    lossc_log1pf: f32 => f32::ln_1p;
+    lossc_expm1f: f32 => f32::exp_m1;
+    lossc_tanhf: f32 => f32::tanh;
+    lossc_atanf: f32 => f32::atan;
+    lossc_sigmoidf: f32 => |x| crate::prims::sigmoid(x as f64) as f32;
+    lossc_softplusf: f32 => |x| crate::prims::softplus(x as f64) as f32;
+    lossc_exp: f64 => f64::exp;
+    lossc_log: f64 => f64::ln;
+}
+
+extern "C" fn lossc_powf(x: f32, y: f32) -> f32 {
+    x.powf(y)
+}
+
+/// Compiles an optimized function.
+pub fn compile(f: &Function) -> Result<Compiled, JitError> {
+    let err = |e: &dyn std::fmt::Display| JitError(e.to_string());
+    let mut flags = settings::builder();
+    flags.set("opt_level", "speed").map_err(|e| err(&e))?;
+    flags.set("is_pic", "false").map_err(|e| err(&e))?;
+    flags.set("use_colocated_libcalls", "false").map_err(|e| err(&e))?;
+    let isa = cranelift_native::builder()
+        .map_err(|e| err(&e))?
+        .finish(settings::Flags::new(flags))
+        .map_err(|e| err(&e))?;
+    let mut jb = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
+    for (name, ptr, _) in math_symbols() {
+        jb.symbol(name, ptr);
+    }
+    jb.symbol("lossc_powf", lossc_powf as *const u8);
+    let mut module = JITModule::new(jb);
+    let ptr = module.target_config().pointer_type();
+
+    let mut imports = HashMap::new();
+    for (name, _, wide) in math_symbols() {
+        let t = if wide { types::F64 } else { types::F32 };
+        let mut sig = module.make_signature();
+        sig.params.push(AbiParam::new(t));
+        sig.returns.push(AbiParam::new(t));
+        let id = module
+            .declare_function(name, Linkage::Import, &sig)
+            .map_err(|e| err(&e))?;
+        imports.insert(name, id);
+    }
+    let mut sig = module.make_signature();
+    sig.params.push(AbiParam::new(types::F32));
+    sig.params.push(AbiParam::new(types::F32));
+    sig.returns.push(AbiParam::new(types::F32));
+    imports.insert(
+        "lossc_powf",
+        module
+            .declare_function("lossc_powf", Linkage::Import, &sig)
+            .map_err(|e| err(&e))?,
+    );
+
+    let plan = Plan::new(f);
+    let mut sig = module.make_signature();
+    for _ in 0..4 {
+        sig.params.push(AbiParam::new(ptr));
+    }
+    sig.params.push(AbiParam::new(types::I64));
+    sig.params.push(AbiParam::new(types::I64));
+    let mut ids: Vec<FuncId> = Vec::new();
+    let mut ctx = module.make_context();
+    let mut fctx = FunctionBuilderContext::new();
+    for (k, nest) in plan.nests.iter().enumerate() {
+        let id = module
+            .declare_function(&format!("nest{k}"), Linkage::Local, &sig)
+            .map_err(|e| err(&e))?;
+        ctx.func.signature = sig.clone();
+        ctx.func.name = ir::UserFuncName::user(0, id.as_u32());
+        {
+            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let mut refs = HashMap::new();
+            for (name, fid) in &imports {
+                refs.insert(*name, module.declare_func_in_func(*fid, b.func));
+            }
+            let mut l = Lower::new(f, &plan, &mut b, ptr, refs);
+            l.nest(nest);
+            b.seal_all_blocks();
+            b.finalize(module.target_config());
+        }
+        module
+            .define_function(id, &mut ctx)
+            .map_err(|e| err(&format!("{e:?}")))?;
+        module.clear_context(&mut ctx);
+        ids.push(id);
+    }
+    module.finalize_definitions().map_err(|e| err(&e))?;
+    let entries = ids
+        .iter()
+        .map(|id| {
+            let p = module.get_finalized_function(*id);
+            // SAFETY: every nest function was defined with exactly the `NestFn` signature above.
+            unsafe { std::mem::transmute::<*const u8, NestFn>(p) }
+        })
+        .collect();
+    Ok(Compiled {
+        plan,
+        function: f.clone(),
+        entries,
+        _code: Arc::new(CodeHolder(Some(module))),
+    })
+}
+
+/// A raw buffer pointer that threads may share: each writes a disjoint range of elements.
+#[derive(Clone, Copy)]
+struct Shared(*const *mut u8);
+// SAFETY: threads only read inputs and earlier tensors, and write disjoint chunks of the current one.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Compiled {
+    pub fn function(&self) -> &Function {
+        &self.function
+    }
+
+    /// Runs the kernel on a bound call with `threads` threads (1 = the calling thread only).
+    pub fn run(&self, call: &Bound, threads: usize) -> Result<Evaluation, CallError> {
+        let f = &self.function;
+        let sizes = &call.sizes;
+        // Storage: f32 for floats, i64 for integers and conditions.
+        enum Store {
+            F(Vec<f32>),
+            I(Vec<i64>),
+        }
+        let mut stores: Vec<Store> = Vec::with_capacity(self.plan.buffers.len());
+        for (k, buf) in self.plan.buffers.iter().enumerate() {
+            let len: usize = buf.shape.iter().map(|d| d.eval(sizes) as usize).product();
+            stores.push(match buf.of {
+                TensorRef::Input(_) => match &call.inputs[k].data {
+                    Data::Float(v) => Store::F(v.iter().map(|x| *x as f32).collect()),
+                    Data::Int(v) => Store::I(v.clone()),
+                },
+                TensorRef::Def(_) => match buf.scalar {
+                    Scalar::Float => Store::F(vec![0.0; len]),
+                    _ => Store::I(vec![0; len]),
+                },
+            });
+        }
+        let ptrs: Vec<*mut u8> = stores
+            .iter_mut()
+            .map(|s| match s {
+                Store::F(v) => v.as_mut_ptr() as *mut u8,
+                Store::I(v) => v.as_mut_ptr() as *mut u8,
+            })
+            .collect();
+        let shared = Shared(ptrs.as_ptr());
+        for (nest, entry) in self.plan.nests.iter().zip(&self.entries) {
+            let outer = nest.head.first().map_or(1, |(_, d)| d.eval(sizes).max(0));
+            let chunks: Vec<(i64, i64)> = (0..outer)
+                .step_by(CHUNK as usize)
+                .map(|lo| (lo, (lo + CHUNK).min(outer)))
+                .collect();
+            let run_chunks = |chunks: &[(i64, i64)]| -> [i64; 3] {
+                let mut err = [0i64; 3];
+                for &(lo, hi) in chunks {
+                    let s = shared;
+                    // SAFETY: buffers match the plan (bound call), the code checks every subscript that is not
+                    // statically in range, and this chunk's elements are written by no other call.
+                    unsafe { entry(s.0, sizes.as_ptr(), call.hypers.as_ptr(), err.as_mut_ptr(), lo, hi) };
+                    if err[0] != 0 {
+                        break;
+                    }
+                }
+                err
+            };
+            let errs: Vec<[i64; 3]> = if threads <= 1 || chunks.len() <= 1 || !nest.parallel {
+                vec![run_chunks(&chunks)]
+            } else {
+                let per = chunks.len().div_ceil(threads);
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = chunks.chunks(per).map(|c| scope.spawn(move || run_chunks(c))).collect();
+                    handles.into_iter().map(|h| h.join().unwrap_or([1, 0, 0])).collect()
+                })
+            };
+            if let Some(e) = errs.iter().find(|e| e[0] != 0) {
+                let node = NodeId((e[0] - 1) as u32);
+                let (tensor, shape) = match &f.node(node).expr {
+                    Expr::Load { tensor, .. } => (f.ref_name(*tensor).to_string(), f.ref_shape(*tensor)),
+                    _ => (String::from("?"), vec![]),
+                };
+                let axis = e[1] as usize;
+                let size = shape.get(axis).map_or(0, |d| d.eval(sizes) as usize);
+                return Err(CallError::IndexOutOfRange {
+                    tensor,
+                    axis,
+                    value: e[2],
+                    size,
+                    span: f.span(node),
+                });
+            }
+        }
+        let mut loss = f64::NAN;
+        let mut outputs = Vec::new();
+        let mut grads = Vec::new();
+        for nest in &self.plan.nests {
+            let k = self.plan.buffer_of(f, TensorRef::Def(nest.tensor));
+            let shape: Vec<usize> = self.plan.buffers[k]
+                .shape
+                .iter()
+                .map(|d| d.eval(sizes) as usize)
+                .collect();
+            let values = || match &stores[k] {
+                Store::F(v) => v.iter().map(|x| *x as f64).collect::<Vec<f64>>(),
+                Store::I(v) => v.iter().map(|x| *x as f64).collect(),
+            };
+            match nest.role {
+                Role::Loss => loss = values()[0],
+                Role::Output => outputs.push((f.tensor(nest.tensor).name.clone(), Tensor::float(shape, values()))),
+                Role::Grad(i) => grads.push((f.inputs[i as usize].name.clone(), Tensor::float(shape, values()))),
+                Role::Let => {}
+            }
+        }
+        Ok(Evaluation { loss, outputs, grads })
+    }
+}
+
+/// Lowers one nest to CLIF.
+struct Lower<'a, 'b> {
+    f: &'a Function,
+    plan: &'a Plan,
+    b: &'a mut FunctionBuilder<'b>,
+    ptr: Type,
+    math: HashMap<&'static str, ir::FuncRef>,
+    vars: HashMap<IndexId, Variable>,
+    /// Values already computed, per dominance scope (a loop body or a branch opens a scope).
+    frames: Vec<HashMap<NodeId, Value>>,
+    bases: Vec<Value>,
+    sizes: Vec<Value>,
+    hypers: Value,
+    err: Value,
+    lo: Value,
+    hi: Value,
+    fail: Block,
+}
+
+fn flags() -> MemFlagsData {
+    MemFlagsData::trusted()
+}
+
+impl<'a, 'b> Lower<'a, 'b> {
+    fn new(
+        f: &'a Function,
+        plan: &'a Plan,
+        b: &'a mut FunctionBuilder<'b>,
+        ptr: Type,
+        math: HashMap<&'static str, ir::FuncRef>,
+    ) -> Self {
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let params = b.block_params(entry).to_vec();
+        let (bufs, sizes_ptr) = (params[0], params[1]);
+        let step = ptr.bytes() as usize;
+        let bases = (0..plan.buffers.len())
+            .map(|k| b.ins().load(ptr, flags(), bufs, (k * step) as i32))
+            .collect();
+        let sizes = (0..f.dims.len())
+            .map(|k| b.ins().load(types::I64, flags(), sizes_ptr, (k * 8) as i32))
+            .collect();
+        let fail = b.create_block();
+        Lower {
+            f,
+            plan,
+            b,
+            ptr,
+            math,
+            vars: HashMap::new(),
+            frames: vec![HashMap::new()],
+            bases,
+            sizes,
+            hypers: params[2],
+            err: params[3],
+            lo: params[4],
+            hi: params[5],
+            fail,
+        }
+    }
+
+    /// The whole nest: loops over the head (the outermost over `lo..hi`), then the store.
+    fn nest(&mut self, nest: &Nest) {
+        let buffer = self.plan.buffer_of(self.f, TensorRef::Def(nest.tensor));
+        let scalar = self.plan.buffers[buffer].scalar;
+        let head = nest.head.clone();
+        self.loops(&head, 0, &mut |l: &mut Self| {
+            let v = l.value(nest.body);
+            let mut flat = l.b.ins().iconst(types::I64, 0);
+            for (i, d) in &head {
+                let size = l.dim(d);
+                let iv = l.index(*i);
+                let scaled = l.b.ins().imul(flat, size);
+                flat = l.b.ins().iadd(scaled, iv);
+            }
+            l.store(buffer, scalar, flat, v);
+        });
+        self.b.ins().return_(&[]);
+        self.b.switch_to_block(self.fail);
+        self.b.ins().return_(&[]);
+    }
+
+    fn loops(&mut self, head: &[(IndexId, Dim)], level: usize, body: &mut dyn FnMut(&mut Self)) {
+        if level == head.len() {
+            body(self);
+            return;
+        }
+        let (i, d) = head[level].clone();
+        let (start, end) = if level == 0 {
+            (self.lo, self.hi)
+        } else {
+            (self.b.ins().iconst(types::I64, 0), self.dim(&d))
+        };
+        if level == 0 {
+            // The outermost range is [lo, hi) but never beyond the extent.
+            let extent = self.dim(&d);
+            let end = self.b.ins().smin(end, extent);
+            self.for_range(i, start, end, &mut |l: &mut Self| l.loops(head, level + 1, body));
+        } else {
+            self.for_range(i, start, end, &mut |l: &mut Self| l.loops(head, level + 1, body));
+        }
+    }
+
+    fn var(&mut self, i: IndexId) -> Variable {
+        if let Some(v) = self.vars.get(&i) {
+            return *v;
+        }
+        let v = self.b.declare_var(types::I64);
+        self.vars.insert(i, v);
+        v
+    }
+
+    fn index(&mut self, i: IndexId) -> Value {
+        let v = self.var(i);
+        self.b.use_var(v)
+    }
+
+    /// `for i in start..end { body }`; the body runs in its own dominance scope.
+    fn for_range(&mut self, i: IndexId, start: Value, end: Value, body: &mut dyn FnMut(&mut Self)) {
+        let var = self.var(i);
+        self.b.def_var(var, start);
+        let header = self.b.create_block();
+        let inner = self.b.create_block();
+        let exit = self.b.create_block();
+        self.b.ins().jump(header, &[]);
+        self.b.switch_to_block(header);
+        let iv = self.b.use_var(var);
+        let more = self.b.ins().icmp(IntCC::SignedLessThan, iv, end);
+        self.b.ins().brif(more, inner, &[], exit, &[]);
+        self.b.switch_to_block(inner);
+        self.frames.push(HashMap::new());
+        body(self);
+        self.frames.pop();
+        let iv = self.b.use_var(var);
+        let next = self.b.ins().iadd_imm_s(iv, 1);
+        self.b.def_var(var, next);
+        self.b.ins().jump(header, &[]);
+        self.b.switch_to_block(exit);
+    }
+
+    fn dim(&mut self, d: &Dim) -> Value {
+        match d {
+            Dim::Const(c) => self.b.ins().iconst(types::I64, *c),
+            Dim::Sym(s) => self.sizes[s.index()],
+            Dim::Add(a, c) | Dim::Sub(a, c) | Dim::Mul(a, c) => {
+                let (x, y) = (self.dim(a), self.dim(c));
+                match d {
+                    Dim::Add(..) => self.b.ins().iadd(x, y),
+                    Dim::Sub(..) => self.b.ins().isub(x, y),
+                    _ => self.b.ins().imul(x, y),
+                }
+            }
+        }
+    }
+
+    fn elem_type(scalar: Scalar) -> Type {
+        if scalar == Scalar::Float {
+            types::F32
+        } else {
+            types::I64
+        }
+    }
+
+    fn address(&mut self, buffer: usize, scalar: Scalar, flat: Value) -> Value {
+        let bytes = Self::elem_type(scalar).bytes() as i64;
+        let off = self.b.ins().imul_imm_s(flat, bytes);
+        let off = if self.ptr == types::I64 {
+            off
+        } else {
+            self.b.ins().ireduce(self.ptr, off)
+        };
+        self.b.ins().iadd(self.bases[buffer], off)
+    }
+
+    fn store(&mut self, buffer: usize, scalar: Scalar, flat: Value, v: Value) {
+        let addr = self.address(buffer, scalar, flat);
+        let v = if scalar == Scalar::Bool {
+            self.b.ins().uextend(types::I64, v)
+        } else {
+            v
+        };
+        self.b.ins().store(flags(), v, addr, 0);
+    }
+
+    fn lookup(&self, n: NodeId) -> Option<Value> {
+        self.frames.iter().rev().find_map(|f| f.get(&n).copied())
+    }
+
+    fn call(&mut self, name: &'static str, args: &[Value]) -> Value {
+        let fref = self.math[name];
+        let inst = self.b.ins().call(fref, args);
+        self.b.inst_results(inst)[0]
+    }
+
+    fn fconst(&mut self, x: f32) -> Value {
+        self.b.ins().f32const(x)
+    }
+
+    /// Whether subscript `s` is always within an axis of size `d` (so needs no check).
+    fn in_range(&self, s: NodeId, d: &Dim) -> bool {
+        match &self.f.node(s).expr {
+            Expr::Index(v) => self.f.index(*v).range == *d,
+            Expr::Load {
+                tensor: TensorRef::Input(i),
+                ..
+            } => self.f.inputs[*i as usize].bound.as_ref() == Some(d),
+            Expr::Int(c) => matches!(d, Dim::Const(n) if *c >= 0 && c < n),
+            _ => false,
+        }
+    }
+
+    /// Whether evaluating `n` could fail or cost a loop (then choices around it branch instead of selecting).
+    fn needs_branch(&self, n: NodeId) -> bool {
+        self.f.reachable(&[n]).into_iter().any(|m| match &self.f.node(m).expr {
+            Expr::Reduce { .. } => true,
+            Expr::Load { tensor, subs } => {
+                let shape = self.f.ref_shape(*tensor);
+                subs.iter().zip(&shape).any(|(s, d)| !self.in_range(*s, d))
+            }
+            _ => false,
+        })
+    }
+
+    fn value(&mut self, n: NodeId) -> Value {
+        if let Some(v) = self.lookup(n) {
+            return v;
+        }
+        let node = self.f.node(n).clone();
+        let v = match &node.expr {
+            Expr::Float(bits) => self.fconst(f64::from_bits(*bits) as f32),
+            Expr::Int(i) => self.b.ins().iconst(types::I64, *i),
+            Expr::Bool(b) => self.b.ins().iconst(types::I8, i64::from(*b)),
+            Expr::Index(i) => self.index(*i),
+            Expr::Size(d) => self.dim(d),
+            Expr::Hyper(h) => {
+                let x = self.b.ins().load(types::F64, flags(), self.hypers, (*h as i32) * 8);
+                if node.scalar == Scalar::Int {
+                    self.b.ins().fcvt_to_sint_sat(types::I64, x)
+                } else {
+                    self.b.ins().fdemote(types::F32, x)
+                }
+            }
+            Expr::Load { tensor, subs } => self.load(n, *tensor, subs),
+            Expr::Prim { prim, args } => self.prim(*prim, args, node.scalar),
+            Expr::Reduce {
+                op,
+                indices,
+                mask,
+                body,
+            } => self.reduce(*op, indices, *mask, *body),
+        };
+        self.frames.last_mut().expect("a frame").insert(n, v);
+        v
+    }
+
+    fn load(&mut self, n: NodeId, tensor: TensorRef, subs: &[NodeId]) -> Value {
+        let buffer = self.plan.buffer_of(self.f, tensor);
+        let scalar = self.plan.buffers[buffer].scalar;
+        let shape = self.plan.buffers[buffer].shape.clone();
+        let mut flat = self.b.ins().iconst(types::I64, 0);
+        for (axis, (s, d)) in subs.iter().zip(&shape).enumerate() {
+            let v = self.value(*s);
+            let size = self.dim(d);
+            if !self.in_range(*s, d) {
+                // 0 <= v < size, as one unsigned comparison; else report and stop.
+                let ok = self.b.ins().icmp(IntCC::UnsignedLessThan, v, size);
+                let cont = self.b.create_block();
+                let report = self.b.create_block();
+                self.b.ins().brif(ok, cont, &[], report, &[]);
+                self.b.switch_to_block(report);
+                let code = self.b.ins().iconst(types::I64, i64::from(n.0) + 1);
+                let ax = self.b.ins().iconst(types::I64, axis as i64);
+                self.b.ins().store(flags(), code, self.err, 0);
+                self.b.ins().store(flags(), ax, self.err, 8);
+                self.b.ins().store(flags(), v, self.err, 16);
+                self.b.ins().jump(self.fail, &[]);
+                self.b.switch_to_block(cont);
+            }
+            let scaled = self.b.ins().imul(flat, size);
+            flat = self.b.ins().iadd(scaled, v);
+        }
+        let addr = self.address(buffer, scalar, flat);
+        let x = self.b.ins().load(Self::elem_type(scalar), flags(), addr, 0);
+        if scalar == Scalar::Bool {
+            self.b.ins().icmp_imm_s(IntCC::NotEqual, x, 0)
+        } else {
+            x
+        }
+    }
+
+    /// A two-way choice evaluated lazily: only the taken side runs.
+    fn branch(
+        &mut self,
+        c: Value,
+        ty: Type,
+        a: &mut dyn FnMut(&mut Self) -> Value,
+        b: &mut dyn FnMut(&mut Self) -> Value,
+    ) -> Value {
+        let then = self.b.create_block();
+        let other = self.b.create_block();
+        let merge = self.b.create_block();
+        let out = self.b.append_block_param(merge, ty);
+        self.b.ins().brif(c, then, &[], other, &[]);
+        self.b.switch_to_block(then);
+        self.frames.push(HashMap::new());
+        let v = a(self);
+        self.frames.pop();
+        self.b.ins().jump(merge, &[v.into()]);
+        self.b.switch_to_block(other);
+        self.frames.push(HashMap::new());
+        let v = b(self);
+        self.frames.pop();
+        self.b.ins().jump(merge, &[v.into()]);
+        self.b.switch_to_block(merge);
+        out
+    }
+
+    fn prim(&mut self, prim: Prim, args: &[NodeId], scalar: Scalar) -> Value {
+        use Prim::*;
+        // Lazy operands first: they must not be evaluated unless needed.
+        match prim {
+            Select if self.needs_branch(args[1]) || self.needs_branch(args[2]) => {
+                let c = self.value(args[0]);
+                let ty = if scalar == Scalar::Float {
+                    types::F32
+                } else if scalar == Scalar::Int {
+                    types::I64
+                } else {
+                    types::I8
+                };
+                let (x, y) = (args[1], args[2]);
+                return self.branch(c, ty, &mut |l| l.value(x), &mut |l| l.value(y));
+            }
+            And | Or if self.needs_branch(args[1]) => {
+                let a = self.value(args[0]);
+                let rhs = args[1];
+                return if prim == And {
+                    self.branch(a, types::I8, &mut |l| l.value(rhs), &mut |l| {
+                        l.b.ins().iconst(types::I8, 0)
+                    })
+                } else {
+                    self.branch(a, types::I8, &mut |l| l.b.ins().iconst(types::I8, 1), &mut |l| {
+                        l.value(rhs)
+                    })
+                };
+            }
+            _ => {}
+        }
+        let a: Vec<Value> = args.iter().map(|x| self.value(*x)).collect();
+        let int = |l: &Self, k: usize| l.f.node(args[k]).scalar == Scalar::Int;
+        match prim {
+            Add if scalar == Scalar::Int => self.b.ins().iadd(a[0], a[1]),
+            Sub if scalar == Scalar::Int => self.b.ins().isub(a[0], a[1]),
+            Mul if scalar == Scalar::Int => self.b.ins().imul(a[0], a[1]),
+            Min if scalar == Scalar::Int => self.b.ins().smin(a[0], a[1]),
+            Max if scalar == Scalar::Int => self.b.ins().smax(a[0], a[1]),
+            Neg if scalar == Scalar::Int => self.b.ins().ineg(a[0]),
+            Abs if scalar == Scalar::Int => self.b.ins().iabs(a[0]),
+            Sign if scalar == Scalar::Int => {
+                let zero = self.b.ins().iconst(types::I64, 0);
+                let gt = self.b.ins().icmp(IntCC::SignedGreaterThan, a[0], zero);
+                let lt = self.b.ins().icmp(IntCC::SignedLessThan, a[0], zero);
+                let gt = self.b.ins().uextend(types::I64, gt);
+                let lt = self.b.ins().uextend(types::I64, lt);
+                self.b.ins().isub(gt, lt)
+            }
+            Add => self.b.ins().fadd(a[0], a[1]),
+            Sub => self.b.ins().fsub(a[0], a[1]),
+            Mul => self.b.ins().fmul(a[0], a[1]),
+            Div => self.b.ins().fdiv(a[0], a[1]),
+            Neg => self.b.ins().fneg(a[0]),
+            Min => self.b.ins().fmin(a[0], a[1]),
+            Max => self.b.ins().fmax(a[0], a[1]),
+            Abs => self.b.ins().fabs(a[0]),
+            Sqrt => self.b.ins().sqrt(a[0]),
+            Relu => {
+                let zero = self.fconst(0.0);
+                self.b.ins().fmax(a[0], zero)
+            }
+            Clamp => {
+                let lo = self.b.ins().fmax(a[0], a[1]);
+                self.b.ins().fmin(lo, a[2])
+            }
+            Sign => {
+                let zero = self.fconst(0.0);
+                let (one, minus) = (self.fconst(1.0), self.fconst(-1.0));
+                let gt = self.b.ins().fcmp(FloatCC::GreaterThan, a[0], zero);
+                let lt = self.b.ins().fcmp(FloatCC::LessThan, a[0], zero);
+                let keep = self.b.ins().fmul(a[0], zero);
+                let neg = self.b.ins().select(lt, minus, keep);
+                self.b.ins().select(gt, one, neg)
+            }
+            Pow => self.call("lossc_powf", &a),
+            Exp => self.call("lossc_expf", &a),
+            Log => self.call("lossc_logf", &a),
+            Log1p => self.call("lossc_log1pf", &a),
+            Expm1 => self.call("lossc_expm1f", &a),
+            Tanh => self.call("lossc_tanhf", &a),
+            Atan => self.call("lossc_atanf", &a),
+            Sigmoid => self.call("lossc_sigmoidf", &a),
+            Softplus => self.call("lossc_softplusf", &a),
+            Eq | Ne | Lt | Le | Gt | Ge => {
+                if int(self, 0) && int(self, 1) {
+                    let cc = match prim {
+                        Eq => IntCC::Equal,
+                        Ne => IntCC::NotEqual,
+                        Lt => IntCC::SignedLessThan,
+                        Le => IntCC::SignedLessThanOrEqual,
+                        Gt => IntCC::SignedGreaterThan,
+                        _ => IntCC::SignedGreaterThanOrEqual,
+                    };
+                    self.b.ins().icmp(cc, a[0], a[1])
+                } else {
+                    let cc = match prim {
+                        Eq => FloatCC::Equal,
+                        Ne => FloatCC::NotEqual,
+                        Lt => FloatCC::LessThan,
+                        Le => FloatCC::LessThanOrEqual,
+                        Gt => FloatCC::GreaterThan,
+                        _ => FloatCC::GreaterThanOrEqual,
+                    };
+                    self.b.ins().fcmp(cc, a[0], a[1])
+                }
+            }
+            And => self.b.ins().band(a[0], a[1]),
+            Or => self.b.ins().bor(a[0], a[1]),
+            Not => self.b.ins().icmp_imm_s(IntCC::Equal, a[0], 0),
+            Select => self.b.ins().select(a[0], a[1], a[2]),
+            Iverson => {
+                let (one, zero) = (self.fconst(1.0), self.fconst(0.0));
+                self.b.ins().select(a[0], one, zero)
+            }
+            ToFloat => self.b.ins().fcvt_from_sint(types::F32, a[0]),
+            StopGrad => a[0],
+        }
+    }
+
+    /// A reduction: nested loops over its indices with f64 accumulators (i64 for counts and arg-max).
+    fn reduce(&mut self, op: ReduceOp, indices: &[IndexId], mask: Option<NodeId>, body: NodeId) -> Value {
+        let f64v = |l: &mut Self, x: f64| l.b.ins().f64const(x);
+        let acc = self.b.declare_var(types::F64);
+        let aux = self.b.declare_var(types::F64);
+        let count = self.b.declare_var(types::I64);
+        let pos = self.b.declare_var(types::I64);
+        let nan = self.b.declare_var(types::I8);
+        let init = match op {
+            ReduceOp::Sum | ReduceOp::Mean | ReduceOp::Count | ReduceOp::LogSumExp => 0.0,
+            ReduceOp::Prod => 1.0,
+            ReduceOp::Max | ReduceOp::ArgMax => f64::NEG_INFINITY,
+            ReduceOp::Min | ReduceOp::ArgMin => f64::INFINITY,
+        };
+        let v0 = f64v(self, init);
+        self.b.def_var(acc, v0);
+        let m0 = f64v(self, f64::NEG_INFINITY);
+        self.b.def_var(aux, m0);
+        let z = self.b.ins().iconst(types::I64, 0);
+        self.b.def_var(count, z);
+        let best = self.b.ins().iconst(types::I64, -1);
+        self.b.def_var(pos, best);
+        let no = self.b.ins().iconst(types::I8, 0);
+        self.b.def_var(nan, no);
+        let ranges: Vec<(IndexId, Dim)> = indices.iter().map(|i| (*i, self.f.index(*i).range.clone())).collect();
+        // The flat position within the reduction, counted in row-major order (for arg-max).
+        let flat = self.b.declare_var(types::I64);
+        let z = self.b.ins().iconst(types::I64, 0);
+        self.b.def_var(flat, z);
+        self.reduce_loops(&ranges, 0, &mut |l: &mut Self| {
+            let take = |l: &mut Self| {
+                let v = l.value(body);
+                l.accumulate(op, v, acc, aux, count, pos, nan, flat);
+            };
+            match mask {
+                Some(m) => {
+                    let c = l.value(m);
+                    let yes = l.b.create_block();
+                    let next = l.b.create_block();
+                    l.b.ins().brif(c, yes, &[], next, &[]);
+                    l.b.switch_to_block(yes);
+                    l.frames.push(HashMap::new());
+                    take(l);
+                    l.frames.pop();
+                    l.b.ins().jump(next, &[]);
+                    l.b.switch_to_block(next);
+                }
+                None => take(l),
+            }
+            let p = l.b.use_var(flat);
+            let p1 = l.b.ins().iadd_imm_s(p, 1);
+            l.b.def_var(flat, p1);
+        });
+        let a = self.b.use_var(acc);
+        match op {
+            ReduceOp::Count => self.b.use_var(count),
+            ReduceOp::ArgMax | ReduceOp::ArgMin => self.b.use_var(pos),
+            ReduceOp::Sum | ReduceOp::Prod | ReduceOp::Max | ReduceOp::Min => self.b.ins().fdemote(types::F32, a),
+            ReduceOp::Mean => {
+                let c = self.b.use_var(count);
+                let c = self.b.ins().fcvt_from_sint(types::F64, c);
+                let m = self.b.ins().fdiv(a, c);
+                self.b.ins().fdemote(types::F32, m)
+            }
+            ReduceOp::LogSumExp => {
+                // acc = sum of exp(x - m), aux = m; empty or all -inf gives -inf; +inf gives +inf; NaN stays.
+                let m = self.b.use_var(aux);
+                let l = self.call("lossc_log", &[a]);
+                let r = self.b.ins().fadd(m, l);
+                let finite = self.b.ins().fcmp(FloatCC::Equal, m, m);
+                let inf = f64v(self, f64::INFINITY);
+                let is_inf = self.b.ins().fcmp(FloatCC::Equal, m, inf);
+                let ninf = f64v(self, f64::NEG_INFINITY);
+                let is_ninf = self.b.ins().fcmp(FloatCC::Equal, m, ninf);
+                let special = self.b.ins().bor(is_inf, is_ninf);
+                let r = self.b.ins().select(special, m, r);
+                let nan_seen = self.b.use_var(nan);
+                let nanv = f64v(self, f64::NAN);
+                let r = self.b.ins().select(nan_seen, nanv, r);
+                let _ = finite;
+                self.b.ins().fdemote(types::F32, r)
+            }
+        }
+    }
+
+    fn reduce_loops(&mut self, ranges: &[(IndexId, Dim)], level: usize, body: &mut dyn FnMut(&mut Self)) {
+        if level == ranges.len() {
+            body(self);
+            return;
+        }
+        let (i, d) = ranges[level].clone();
+        let zero = self.b.ins().iconst(types::I64, 0);
+        let end = self.dim(&d);
+        self.for_range(i, zero, end, &mut |l: &mut Self| {
+            l.reduce_loops(ranges, level + 1, body)
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn accumulate(
+        &mut self,
+        op: ReduceOp,
+        v: Value,
+        acc: Variable,
+        aux: Variable,
+        count: Variable,
+        pos: Variable,
+        nan: Variable,
+        flat: Variable,
+    ) {
+        match op {
+            ReduceOp::Count => {
+                let c = self.b.use_var(count);
+                let one = self.b.ins().uextend(types::I64, v);
+                let c = self.b.ins().iadd(c, one);
+                self.b.def_var(count, c);
+            }
+            ReduceOp::Sum | ReduceOp::Mean | ReduceOp::Prod | ReduceOp::Max | ReduceOp::Min => {
+                let x = self.b.ins().fpromote(types::F64, v);
+                let a = self.b.use_var(acc);
+                let r = match op {
+                    ReduceOp::Sum | ReduceOp::Mean => self.b.ins().fadd(a, x),
+                    ReduceOp::Prod => self.b.ins().fmul(a, x),
+                    ReduceOp::Max => self.b.ins().fmax(a, x),
+                    _ => self.b.ins().fmin(a, x),
+                };
+                self.b.def_var(acc, r);
+                if op == ReduceOp::Mean {
+                    let c = self.b.use_var(count);
+                    let c = self.b.ins().iadd_imm_s(c, 1);
+                    self.b.def_var(count, c);
+                }
+            }
+            ReduceOp::LogSumExp => {
+                // Online: with m the running max and s = sum exp(x - m):
+                // x > m: s = s * exp(m - x) + 1, m = x;  else s += exp(x - m) (0 when x - m is NaN).
+                let x = self.b.ins().fpromote(types::F64, v);
+                let (s, m) = (self.b.use_var(acc), self.b.use_var(aux));
+                let isnan = self.b.ins().fcmp(FloatCC::Unordered, x, x);
+                let seen = self.b.use_var(nan);
+                let seen = self.b.ins().bor(seen, isnan);
+                self.b.def_var(nan, seen);
+                let gt = self.b.ins().fcmp(FloatCC::GreaterThan, x, m);
+                let hi = self.b.ins().select(gt, x, m);
+                let lo = self.b.ins().select(gt, m, x);
+                let d = self.b.ins().fsub(lo, hi);
+                let e = self.call("lossc_exp", &[d]);
+                let zero = self.b.ins().f64const(0.0);
+                let ok = self.b.ins().fcmp(FloatCC::Equal, d, d);
+                let e = self.b.ins().select(ok, e, zero);
+                let one = self.b.ins().f64const(1.0);
+                let scaled = self.b.ins().fmul(s, e);
+                let grown = self.b.ins().fadd(scaled, one);
+                let added = self.b.ins().fadd(s, e);
+                let s2 = self.b.ins().select(gt, grown, added);
+                self.b.def_var(acc, s2);
+                self.b.def_var(aux, hi);
+            }
+            ReduceOp::ArgMax | ReduceOp::ArgMin => {
+                let x = self.b.ins().fpromote(types::F64, v);
+                let best = self.b.use_var(acc);
+                let p = self.b.use_var(pos);
+                let seen = self.b.use_var(nan);
+                let cc = if op == ReduceOp::ArgMax {
+                    FloatCC::GreaterThan
+                } else {
+                    FloatCC::LessThan
+                };
+                let better = self.b.ins().fcmp(cc, x, best);
+                let first = self.b.ins().icmp_imm_s(IntCC::Equal, p, -1);
+                let isnan = self.b.ins().fcmp(FloatCC::Unordered, x, x);
+                let take = self.b.ins().bor(better, first);
+                let take = self.b.ins().bor(take, isnan);
+                let not_seen = self.b.ins().icmp_imm_s(IntCC::Equal, seen, 0);
+                let take = self.b.ins().band(take, not_seen);
+                let here = self.b.use_var(flat);
+                let p2 = self.b.ins().select(take, here, p);
+                let b2 = self.b.ins().select(take, x, best);
+                let seen2 = self.b.ins().band(take, isnan);
+                let seen2 = self.b.ins().bor(seen, seen2);
+                self.b.def_var(pos, p2);
+                self.b.def_var(acc, b2);
+                self.b.def_var(nan, seen2);
+            }
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! The embedding API for compiled kernels: a [`Compiler`] with options, a [`Module`] of checked losses,
+//! and a [`Kernel`] per loss that computes the loss and every gradient in one call.
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use lossc::{Compiler, Tensor};
+//! let module = Compiler::new().threads(2).compile_source("ce.lx",
+//!     "loss ce(s: f32[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }").unwrap();
+//! let kernel = module.kernel(None).unwrap();
+//! let inputs = BTreeMap::from([
+//!     ("s".to_string(), Tensor::float(vec![1, 2], vec![0.0, 0.0])),
+//!     ("y".to_string(), Tensor::labels(vec![1], vec![1])),
+//! ]);
+//! let out = kernel.eval(&inputs).unwrap();
+//! assert!((out.loss - 2f64.ln()).abs() < 1e-6);
+//! assert!((out.grads[0].1.to_f64()[1] + 0.5).abs() < 1e-6);
+//! ```
+//!
+//! Every bad call (missing or unknown input, wrong dtype, rank or size, label out of range, unknown
+//! hyperparameter) is a typed [`CallError`] returned before any native code runs.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::backend::interp::{self, Evaluation};
+use crate::call::{self, CallError};
+use crate::data::Tensor;
+use crate::diag::{Code, Diag, Diags};
+use crate::ir::{Expr, Function, Scalar};
+use crate::{Program, api};
+
+/// Which backend runs a kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Native code from Cranelift (the default when built with the `jit` feature).
+    Jit,
+    /// The f64 reference interpreter.
+    Interp,
+}
+
+/// Compilation options.
+#[derive(Clone, Debug)]
+pub struct Compiler {
+    backend: Backend,
+    threads: usize,
+    specialise: BTreeMap<String, f64>,
+}
+
+impl Default for Compiler {
+    fn default() -> Compiler {
+        Compiler::new()
+    }
+}
+
+impl Compiler {
+    /// The JIT backend (if built) with one thread per available core.
+    pub fn new() -> Compiler {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let backend = if cfg!(feature = "jit") {
+            Backend::Jit
+        } else {
+            Backend::Interp
+        };
+        Compiler {
+            backend,
+            threads,
+            specialise: BTreeMap::new(),
+        }
+    }
+    pub fn backend(mut self, backend: Backend) -> Compiler {
+        self.backend = backend;
+        self
+    }
+    pub fn threads(mut self, threads: usize) -> Compiler {
+        self.threads = threads.max(1);
+        self
+    }
+    /// Fixes a hyperparameter at compile time (folded into the code; it cannot be set per call).
+    pub fn specialise(mut self, name: &str, value: f64) -> Compiler {
+        self.specialise.insert(name.to_string(), value);
+        self
+    }
+    pub fn compile_source(&self, name: &str, text: &str) -> Result<Module, Diags> {
+        Ok(Module {
+            program: Program::from_source(name, text)?,
+            compiler: self.clone(),
+        })
+    }
+    pub fn compile_file(&self, path: &Path) -> Result<Module, Diags> {
+        Ok(Module {
+            program: Program::from_file(path)?,
+            compiler: self.clone(),
+        })
+    }
+}
+
+/// A checked program and the options to build kernels from it.
+#[derive(Debug)]
+pub struct Module {
+    pub program: Program,
+    compiler: Compiler,
+}
+
+/// Time spent in each compilation stage.
+#[derive(Clone, Debug, Default)]
+pub struct Timings {
+    pub stages: Vec<(&'static str, Duration)>,
+}
+
+impl Module {
+    /// Names of the losses this module defines or imports.
+    pub fn losses(&self) -> Vec<&str> {
+        self.program.module.functions.iter().map(|f| f.name.as_str()).collect()
+    }
+
+    /// Builds the kernel of one loss (the only one when `name` is `None`).
+    pub fn kernel(&self, name: Option<&str>) -> Result<Kernel, Diag> {
+        let f = self.program.loss(name)?;
+        Kernel::build(f, &self.compiler)
+    }
+}
+
+/// One loss compiled to compute its value and the gradient of every differentiable input.
+/// Dimensions stay symbolic until called. `Kernel` is `Send + Sync`: share it across threads.
+#[derive(Clone)]
+pub struct Kernel {
+    function: Arc<Function>,
+    fixed: Vec<String>,
+    #[cfg(feature = "jit")]
+    jit: Option<Arc<crate::backend::jit::Compiled>>,
+    threads: usize,
+    timings: Timings,
+}
+
+impl Kernel {
+    fn build(f: &Function, options: &Compiler) -> Result<Kernel, Diag> {
+        let mut timings = Timings::default();
+        let t = Instant::now();
+        let mut f = f.clone();
+        let mut fixed = Vec::new();
+        for (name, value) in &options.specialise {
+            let Some(h) = f.hypers.iter().position(|h| &h.name == name) else {
+                return Err(Diag::new(
+                    Code::UnknownName,
+                    format!("`{}` has no hyperparameter `{name}`", f.name),
+                )
+                .help("specialise only the hyperparameters the loss declares"));
+            };
+            f.hypers[h].default = *value;
+            fixed.push(name.clone());
+        }
+        let mut g = api::gradient(&f)?;
+        if !fixed.is_empty() {
+            g = specialise(&g, &fixed)?;
+        }
+        timings.stages.push(("autodiff+opt", t.elapsed()));
+        #[cfg(feature = "jit")]
+        let jit = if options.backend == Backend::Jit {
+            let t = Instant::now();
+            let compiled = crate::backend::jit::compile(&g).map_err(|e| {
+                Diag::new(Code::TooDeep, e.to_string())
+                    .help("this is a compiler limitation; use the interpreter backend")
+            })?;
+            timings.stages.push(("codegen", t.elapsed()));
+            Some(Arc::new(compiled))
+        } else {
+            None
+        };
+        Ok(Kernel {
+            function: Arc::new(g),
+            fixed,
+            #[cfg(feature = "jit")]
+            jit,
+            threads: options.threads,
+            timings,
+        })
+    }
+
+    /// The optimized loss-and-gradient program this kernel runs.
+    pub fn function(&self) -> &Function {
+        &self.function
+    }
+
+    pub fn timings(&self) -> &Timings {
+        &self.timings
+    }
+
+    /// The loss and gradients at the hyperparameters' defaults.
+    pub fn eval(&self, inputs: &BTreeMap<String, Tensor>) -> Result<Evaluation, CallError> {
+        self.eval_with(inputs, &BTreeMap::new())
+    }
+
+    /// The loss and gradients with some hyperparameters set for this call.
+    pub fn eval_with(
+        &self,
+        inputs: &BTreeMap<String, Tensor>,
+        hypers: &BTreeMap<String, f64>,
+    ) -> Result<Evaluation, CallError> {
+        if let Some(name) = hypers.keys().find(|k| self.fixed.contains(k)) {
+            return Err(CallError::HyperFixed { name: name.clone() });
+        }
+        let bound = call::bind(&self.function, inputs, hypers)?;
+        #[cfg(feature = "jit")]
+        if let Some(jit) = &self.jit {
+            return jit.run(&bound, self.threads);
+        }
+        interp::run(&self.function, &bound)
+    }
+
+    /// Like [`Kernel::eval_with`], writing each gradient into a caller buffer of the input's size; returns
+    /// the loss.
+    pub fn eval_into(
+        &self,
+        inputs: &BTreeMap<String, Tensor>,
+        hypers: &BTreeMap<String, f64>,
+        grads: &mut [(&str, &mut [f64])],
+    ) -> Result<f64, CallError> {
+        let e = self.eval_with(inputs, hypers)?;
+        for (name, out) in grads.iter_mut() {
+            let Some((_, g)) = e.grads.iter().find(|(n, _)| n == name) else {
+                let expected = e.grads.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
+                return Err(CallError::UnknownInput {
+                    name: name.to_string(),
+                    expected,
+                });
+            };
+            let v = g.to_f64();
+            if v.len() != out.len() {
+                return Err(CallError::LengthMismatch {
+                    input: format!("grad_{name}"),
+                    shape: g.shape.clone(),
+                    len: out.len(),
+                    needed: v.len(),
+                });
+            }
+            out.copy_from_slice(&v);
+        }
+        Ok(e.loss)
+    }
+}
+
+/// Replaces the named hyperparameters by their (default) values as constants and re-optimizes.
+fn specialise(g: &Function, names: &[String]) -> Result<Function, Diag> {
+    let mut f = g.clone();
+    let mut map = std::collections::HashMap::new();
+    for (k, h) in g.hypers.iter().enumerate() {
+        if names.contains(&h.name) {
+            let c = match h.scalar {
+                Scalar::Int => f.add(Expr::Int(h.default as i64), Scalar::Int, h.span),
+                _ => f.float(h.default, h.span),
+            };
+            map.insert(k as u32, c.map_err(|_| too_large(g))?);
+        }
+    }
+    let f = crate::opt::replace_hypers(&f, &map).map_err(|_| too_large(g))?;
+    crate::opt::optimize(&f)
+}
+
+fn too_large(f: &Function) -> Diag {
+    Diag::new(Code::TooDeep, format!("`{}` is too large to specialise", f.name)).help("split the loss into `let`s")
+}

@@ -1,0 +1,325 @@
+//! The JIT against the interpreter (the oracle): every example and feature input, random programs, any
+//! thread count; and the typed errors of bad calls.
+#![cfg(feature = "jit")]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use lossc::data::Rng;
+use lossc::ir::Function;
+use lossc::{Backend, CallError, Compiler, Evaluation, Tensor};
+
+/// Float32 accuracy: |jit - interp| <= 2e-4 * max(1, |interp|), per value.
+pub const TOL: f64 = 2e-4;
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= TOL * b.abs().max(1.0) || (a.is_nan() && b.is_nan()) || a == b
+}
+
+fn assert_agree(what: &str, jit: &Evaluation, interp: &Evaluation) {
+    assert!(
+        close(jit.loss, interp.loss),
+        "{what}: loss jit {} vs interp {}",
+        jit.loss,
+        interp.loss
+    );
+    for ((n, a), (_, b)) in jit.grads.iter().zip(&interp.grads) {
+        for (k, (x, y)) in a.to_f64().iter().zip(b.to_f64()).enumerate() {
+            assert!(close(*x, y), "{what}: grad_{n}[{k}] jit {x} vs interp {y}");
+        }
+    }
+    for ((n, a), (_, b)) in jit.outputs.iter().zip(&interp.outputs) {
+        for (x, y) in a.to_f64().iter().zip(b.to_f64()) {
+            assert!(close(*x, y), "{what}: out {n}: jit {x} vs interp {y}");
+        }
+    }
+    assert_eq!(jit.grads.len(), interp.grads.len());
+}
+
+fn random_inputs(f: &Function, sizes: &[i64], rng: &mut Rng) -> BTreeMap<String, Tensor> {
+    f.inputs
+        .iter()
+        .map(|i| {
+            let shape: Vec<usize> = i.shape.iter().map(|d| d.eval(sizes) as usize).collect();
+            let n = shape.iter().product();
+            let t = if i.elem == lossc::ir::ElemTy::Idx {
+                let b = i.bound.as_ref().map_or(3, |b| b.eval(sizes));
+                Tensor::labels(shape, (0..n).map(|_| rng.below(b as u64) as i64).collect())
+            } else {
+                Tensor::float(shape, (0..n).map(|_| rng.normal()).collect())
+            };
+            (i.name.clone(), t)
+        })
+        .collect()
+}
+
+fn lx_files() -> Vec<std::path::PathBuf> {
+    let mut v = Vec::new();
+    for dir in ["examples", "tests/in"] {
+        for e in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "lx") {
+                v.push(p);
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn jit_matches_interpreter_on_every_file() {
+    let mut rng = Rng::new(31);
+    for path in lx_files() {
+        let jit = Compiler::new().threads(3).compile_file(&path).unwrap();
+        let interp = Compiler::new().backend(Backend::Interp).compile_file(&path).unwrap();
+        for name in jit.losses() {
+            let kj = jit.kernel(Some(name)).unwrap();
+            let ki = interp.kernel(Some(name)).unwrap();
+            for sizes in [[5i64, 4, 3, 6], [1, 1, 1, 1], [37, 9, 5, 2]] {
+                let f = kj.function();
+                let s: Vec<i64> = f.dims.iter().enumerate().map(|(k, _)| sizes[k % 4]).collect();
+                let inputs = random_inputs(f, &s, &mut rng);
+                let (a, b) = (kj.eval(&inputs), ki.eval(&inputs));
+                match (a, b) {
+                    (Ok(a), Ok(b)) => assert_agree(&format!("{} {name} {s:?}", path.display()), &a, &b),
+                    (Err(a), Err(b)) => assert_eq!(a, b, "{}: both fail, differently", path.display()),
+                    (a, b) => panic!("{}: jit {a:?} but interp {b:?}", path.display()),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn jit_matches_interpreter_on_bundled_examples() {
+    for path in lx_files()
+        .into_iter()
+        .filter(|p| p.starts_with(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")))
+    {
+        let name = path.file_stem().unwrap().to_str().unwrap();
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data").join(name);
+        let mut inputs = BTreeMap::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            inputs.insert(
+                p.file_stem().unwrap().to_str().unwrap().to_string(),
+                lossc::data::load_npy(&p).unwrap(),
+            );
+        }
+        let kj = Compiler::new().compile_file(&path).unwrap().kernel(None).unwrap();
+        let ki = Compiler::new()
+            .backend(Backend::Interp)
+            .compile_file(&path)
+            .unwrap()
+            .kernel(None)
+            .unwrap();
+        assert_agree(name, &kj.eval(&inputs).unwrap(), &ki.eval(&inputs).unwrap());
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let mut rng = Rng::new(32);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ldr_kl.lx");
+    let module = Compiler::new().compile_file(&path).unwrap();
+    let k1 = Compiler::new()
+        .threads(1)
+        .compile_file(&path)
+        .unwrap()
+        .kernel(None)
+        .unwrap();
+    let k4 = module.kernel(None).unwrap();
+    let inputs = random_inputs(k1.function(), &[300, 17], &mut rng);
+    let (a, b) = (
+        k1.eval(&inputs).unwrap(),
+        Compiler::new()
+            .threads(4)
+            .compile_file(&path)
+            .unwrap()
+            .kernel(None)
+            .unwrap()
+            .eval(&inputs)
+            .unwrap(),
+    );
+    // Fixed chunking: bit-identical.
+    assert_eq!(a, b);
+    assert_eq!(a, k4.eval(&inputs).unwrap());
+}
+
+#[test]
+fn kernels_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<lossc::Kernel>();
+    let k = Compiler::new()
+        .compile_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cross_entropy.lx"))
+        .unwrap()
+        .kernel(None)
+        .unwrap();
+    let inputs = BTreeMap::from([
+        (
+            "s".to_string(),
+            Tensor::float(vec![2, 3], vec![0.1, 0.2, 0.3, 1.0, 0.0, -1.0]),
+        ),
+        ("y".to_string(), Tensor::labels(vec![2], vec![2, 0])),
+    ]);
+    let base = k.eval(&inputs).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| assert_eq!(k.eval(&inputs).unwrap(), base));
+        }
+    });
+}
+
+#[test]
+fn bad_calls_are_typed_errors_before_native_code() {
+    let k = Compiler::new()
+        .compile_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ldr_kl.lx"))
+        .unwrap()
+        .kernel(None)
+        .unwrap();
+    let good = BTreeMap::from([
+        ("s".to_string(), Tensor::float(vec![2, 3], vec![0.0; 6])),
+        ("y".to_string(), Tensor::labels(vec![2], vec![2, 0])),
+    ]);
+    assert!(k.eval(&good).is_ok());
+    let with = |name: &str, t: Tensor| {
+        let mut m = good.clone();
+        m.insert(name.to_string(), t);
+        k.eval(&m).unwrap_err()
+    };
+    assert!(matches!(
+        with("y", Tensor::labels(vec![2], vec![3, 0])),
+        CallError::LabelOutOfRange { .. }
+    ));
+    assert!(matches!(
+        with("y", Tensor::labels(vec![2], vec![i64::MIN, 0])),
+        CallError::LabelOutOfRange { .. }
+    ));
+    assert!(matches!(
+        with("y", Tensor::labels(vec![3], vec![0, 0, 0])),
+        CallError::ShapeMismatch { .. }
+    ));
+    assert!(matches!(
+        with("s", Tensor::float(vec![6], vec![0.0; 6])),
+        CallError::RankMismatch { .. }
+    ));
+    assert!(matches!(
+        with("s", Tensor::float(vec![2, 3], vec![0.0; 2])),
+        CallError::LengthMismatch { .. }
+    ));
+    assert!(matches!(
+        with("s", Tensor::float(vec![usize::MAX, 3], vec![])),
+        CallError::TooLarge { .. }
+    ));
+    assert!(matches!(
+        with("y", Tensor::float(vec![2], vec![0.0; 2])),
+        CallError::WrongDtype { .. }
+    ));
+    assert!(matches!(
+        with("z", Tensor::float(vec![2], vec![0.0; 2])),
+        CallError::UnknownInput { .. }
+    ));
+    let mut missing = good.clone();
+    missing.remove("s");
+    assert!(matches!(k.eval(&missing).unwrap_err(), CallError::MissingInput { .. }));
+    assert!(matches!(
+        k.eval_with(&good, &BTreeMap::from([("lam".to_string(), 1.0)]))
+            .unwrap_err(),
+        CallError::UnknownHyper { .. }
+    ));
+    // Zero-sized batches are fine.
+    let empty = BTreeMap::from([
+        ("s".to_string(), Tensor::float(vec![0, 3], vec![])),
+        ("y".to_string(), Tensor::labels(vec![0], vec![])),
+    ]);
+    assert!(k.eval(&empty).unwrap().loss.is_nan());
+}
+
+#[test]
+fn data_dependent_subscripts_are_checked_in_native_code() {
+    // x[i + 1] reads one past the end at the last i: the kernel stops with a typed error.
+    let m = Compiler::new()
+        .compile_source(
+            "oob.lx",
+            "loss f(x: f32[N], y: idx[N]) { sum[i: N] x[i + 1] + x[y[i]] }",
+        )
+        .unwrap();
+    let k = m.kernel(None).unwrap();
+    let inputs = BTreeMap::from([
+        ("x".to_string(), Tensor::float(vec![3], vec![1.0, 2.0, 3.0])),
+        ("y".to_string(), Tensor::labels(vec![3], vec![0, 1, 2])),
+    ]);
+    assert!(matches!(
+        k.eval(&inputs).unwrap_err(),
+        CallError::IndexOutOfRange { value: 3, size: 3, .. }
+    ));
+    // Unbounded labels are checked too.
+    let m = Compiler::new()
+        .compile_source("lab.lx", "loss f(x: f32[N], y: idx[N]) { sum[i] x[y[i]] }")
+        .unwrap();
+    let k = m.kernel(None).unwrap();
+    let bad = BTreeMap::from([
+        ("x".to_string(), Tensor::float(vec![3], vec![1.0, 2.0, 3.0])),
+        ("y".to_string(), Tensor::labels(vec![3], vec![0, 7, 2])),
+    ]);
+    assert!(matches!(
+        k.eval(&bad).unwrap_err(),
+        CallError::IndexOutOfRange { value: 7, .. }
+    ));
+    let good = BTreeMap::from([
+        ("x".to_string(), Tensor::float(vec![3], vec![1.0, 2.0, 3.0])),
+        ("y".to_string(), Tensor::labels(vec![3], vec![0, 2, 2])),
+    ]);
+    assert_eq!(k.eval(&good).unwrap().loss, 7.0);
+}
+
+#[test]
+fn specialised_hyperparameters_are_folded_and_fixed() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ldr_kl.lx");
+    let k = Compiler::new()
+        .specialise("lambda", 2.0)
+        .compile_file(&path)
+        .unwrap()
+        .kernel(None)
+        .unwrap();
+    let generic = Compiler::new().compile_file(&path).unwrap().kernel(None).unwrap();
+    let mut rng = Rng::new(33);
+    let inputs = random_inputs(generic.function(), &[6, 4], &mut rng);
+    let a = k.eval(&inputs).unwrap();
+    let b = generic
+        .eval_with(&inputs, &BTreeMap::from([("lambda".to_string(), 2.0)]))
+        .unwrap();
+    assert_agree("specialised", &a, &b);
+    assert!(matches!(
+        k.eval_with(&inputs, &BTreeMap::from([("lambda".to_string(), 1.0)]))
+            .unwrap_err(),
+        CallError::HyperFixed { .. }
+    ));
+    assert!(!lossc::ir::print::function(k.function()).contains("hyper lambda"));
+}
+
+#[test]
+fn eval_into_writes_caller_buffers() {
+    let k = Compiler::new()
+        .compile_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cross_entropy.lx"))
+        .unwrap()
+        .kernel(None)
+        .unwrap();
+    let inputs = BTreeMap::from([
+        (
+            "s".to_string(),
+            Tensor::float(vec![2, 3], vec![0.1, 0.2, 0.3, 1.0, 0.0, -1.0]),
+        ),
+        ("y".to_string(), Tensor::labels(vec![2], vec![2, 0])),
+    ]);
+    let mut g = vec![0.0; 6];
+    let loss = k.eval_into(&inputs, &BTreeMap::new(), &mut [("s", &mut g)]).unwrap();
+    assert!(loss > 0.0 && g.iter().sum::<f64>().abs() < 1e-6);
+    let mut short = vec![0.0; 5];
+    assert!(matches!(
+        k.eval_into(&inputs, &BTreeMap::new(), &mut [("s", &mut short)])
+            .unwrap_err(),
+        CallError::LengthMismatch { .. }
+    ));
+}
