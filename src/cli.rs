@@ -43,11 +43,58 @@ pub enum Command {
         /// Write to this file instead of stdout.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Print the time each compilation stage takes (on stderr).
+        #[arg(long)]
+        timings: bool,
     },
     /// Evaluate a loss on inputs from files or seeded random data.
     Eval(EvalArgs),
     /// Compare the symbolic gradient with central finite differences (f64); exit 1 above tolerance.
     Gradcheck(GradcheckArgs),
+    /// Time loss + gradient on seeded random data.
+    Bench(BenchArgs),
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    Jit,
+    Interp,
+}
+
+impl BackendArg {
+    pub fn into_backend(self) -> crate::Backend {
+        self.backend()
+    }
+    fn backend(self) -> crate::Backend {
+        match self {
+            BackendArg::Jit => crate::Backend::Jit,
+            BackendArg::Interp => crate::Backend::Interp,
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    pub file: PathBuf,
+    /// The loss to time (needed when the file defines several).
+    #[arg(long)]
+    pub loss: Option<String>,
+    /// Dimension sizes: N=8192,C=1000.
+    #[arg(long, value_name = "DIM=SIZE,…")]
+    pub shape: String,
+    /// Threads for the JIT (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, value_enum, default_value = "jit")]
+    pub backend: BackendArg,
+    /// Timed repetitions (after one warm-up).
+    #[arg(long, default_value_t = 20)]
+    pub iters: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -92,6 +139,9 @@ pub struct EvalArgs {
     /// Also compute the gradient of every differentiable input.
     #[arg(long)]
     pub grad: bool,
+    /// Which backend computes the result.
+    #[arg(long, value_enum, default_value = "jit")]
+    pub backend: BackendArg,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -152,7 +202,11 @@ pub fn run(cli: Cli) -> Result<String, Failure> {
             emit,
             loss,
             output,
+            timings,
         } => {
+            if timings {
+                eprint!("{}", stage_timings(&file, loss.as_deref())?);
+            }
             let text = compile(&file, emit, loss.as_deref())?;
             match output {
                 Some(path) => {
@@ -165,6 +219,7 @@ pub fn run(cli: Cli) -> Result<String, Failure> {
         }
         Command::Eval(args) => eval(&args),
         Command::Gradcheck(args) => gradcheck(&args),
+        Command::Bench(args) => crate::bench::run(&args).map_err(Failure::Message),
     }
 }
 
@@ -217,7 +272,31 @@ fn compile(file: &Path, emit: Emit, loss: Option<&str>) -> Result<String, Failur
     }
 }
 
-fn parse_pairs(items: &[String], what: &str) -> Result<Vec<(String, String)>, Failure> {
+/// Per-stage compile times of every loss in a file (or one), as text.
+fn stage_timings(file: &Path, loss: Option<&str>) -> Result<String, Failure> {
+    let t = std::time::Instant::now();
+    let p = Program::from_file(file)?;
+    let front = t.elapsed();
+    let mut out = format!("parse+check  {:>9.3} ms\n", front.as_secs_f64() * 1e3);
+    let fs: Vec<&Function> = match loss {
+        Some(_) => vec![p.loss(loss).map_err(|d| Failure::Diags(Diags(vec![d])))?],
+        None => p.module.functions.iter().collect(),
+    };
+    for f in fs {
+        let k = crate::kernel::Kernel::build(f, &crate::Compiler::new()).map_err(|d| Failure::Diags(Diags(vec![d])))?;
+        for (stage, d) in &k.timings().stages {
+            out.push_str(&format!(
+                "{:<12} {:>9.3} ms  ({})\n",
+                stage,
+                d.as_secs_f64() * 1e3,
+                f.name
+            ));
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn parse_pairs(items: &[String], what: &str) -> Result<Vec<(String, String)>, Failure> {
     items
         .iter()
         .flat_map(|s| s.split(','))
@@ -351,10 +430,17 @@ fn tensor_json(t: &Tensor) -> serde_json::Value {
 fn eval(args: &EvalArgs) -> Result<String, Failure> {
     let (p, name, inputs, hypers) = prepare(&args.input)?;
     let f = p.module.get(&name).expect("prepare picked a loss of this program");
-    let result = if args.grad {
-        crate::api::eval_grad(f, &inputs, &hypers).map_err(eval_failure)?
-    } else {
-        crate::api::eval(f, &inputs, &hypers)?
+    let result = match (args.backend, args.grad) {
+        (BackendArg::Interp, false) => crate::api::eval(f, &inputs, &hypers)?,
+        (backend, grad) => {
+            let kernel = crate::kernel::Kernel::build(f, &crate::Compiler::new().backend(backend.backend()))
+                .map_err(|d| Failure::Diags(Diags(vec![d])))?;
+            let mut e = kernel.eval_with(&inputs, &hypers)?;
+            if !grad {
+                e.grads.clear();
+            }
+            e
+        }
     };
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir)

@@ -135,7 +135,8 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    fn build(f: &Function, options: &Compiler) -> Result<Kernel, Diag> {
+    /// Differentiates, optimizes and (for the JIT) compiles one loss.
+    pub fn build(f: &Function, options: &Compiler) -> Result<Kernel, Diag> {
         let mut timings = Timings::default();
         let t = Instant::now();
         let mut f = f.clone();
@@ -156,6 +157,7 @@ impl Kernel {
             g = specialise(&g, &fixed)?;
         }
         timings.stages.push(("autodiff+opt", t.elapsed()));
+
         #[cfg(feature = "jit")]
         let jit = if options.backend == Backend::Jit {
             let t = Instant::now();
@@ -181,6 +183,16 @@ impl Kernel {
     /// The optimized loss-and-gradient program this kernel runs.
     pub fn function(&self) -> &Function {
         &self.function
+    }
+
+    /// The native code, when the JIT backend built this kernel.
+    #[cfg(feature = "jit")]
+    pub fn native(&self) -> Option<&crate::backend::jit::Compiled> {
+        self.jit.as_deref()
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     pub fn timings(&self) -> &Timings {

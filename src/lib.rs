@@ -13,6 +13,8 @@
 pub mod api;
 pub mod autodiff;
 pub mod backend;
+#[cfg(feature = "cli")]
+pub mod bench;
 pub mod call;
 #[cfg(feature = "cli")]
 pub mod cli;

@@ -200,16 +200,17 @@ impl Compiled {
 
     /// Runs the kernel on a bound call with `threads` threads (1 = the calling thread only).
     pub fn run(&self, call: &Bound, threads: usize) -> Result<Evaluation, CallError> {
-        let f = &self.function;
-        let sizes = &call.sizes;
-        // Storage: f32 for floats, i64 for integers and conditions.
-        enum Store {
-            F(Vec<f32>),
-            I(Vec<i64>),
-        }
+        let mut buffers = self.buffers(call);
+        self.execute(&mut buffers, threads)?;
+        Ok(self.collect(&buffers))
+    }
+
+    /// Allocates every buffer and converts the inputs to their native element types.
+    pub fn buffers(&self, call: &Bound) -> Buffers {
+        let sizes = call.sizes.clone();
         let mut stores: Vec<Store> = Vec::with_capacity(self.plan.buffers.len());
         for (k, buf) in self.plan.buffers.iter().enumerate() {
-            let len: usize = buf.shape.iter().map(|d| d.eval(sizes) as usize).product();
+            let len: usize = buf.shape.iter().map(|d| d.eval(&sizes) as usize).product();
             stores.push(match buf.of {
                 TensorRef::Input(_) => match &call.inputs[k].data {
                     Data::Float(v) => Store::F(v.iter().map(|x| *x as f32).collect()),
@@ -221,7 +222,20 @@ impl Compiled {
                 },
             });
         }
-        let ptrs: Vec<*mut u8> = stores
+        Buffers {
+            stores,
+            sizes,
+            hypers: call.hypers.clone(),
+        }
+    }
+
+    /// Runs the native code over prepared buffers (what `lossc bench` times).
+    pub fn execute(&self, buffers: &mut Buffers, threads: usize) -> Result<(), CallError> {
+        let f = &self.function;
+        let sizes = &buffers.sizes;
+        let hypers = &buffers.hypers;
+        let ptrs: Vec<*mut u8> = buffers
+            .stores
             .iter_mut()
             .map(|s| match s {
                 Store::F(v) => v.as_mut_ptr() as *mut u8,
@@ -241,7 +255,7 @@ impl Compiled {
                     let s = shared;
                     // SAFETY: buffers match the plan (bound call), the code checks every subscript that is not
                     // statically in range, and this chunk's elements are written by no other call.
-                    unsafe { entry(s.0, sizes.as_ptr(), call.hypers.as_ptr(), err.as_mut_ptr(), lo, hi) };
+                    unsafe { entry(s.0, sizes.as_ptr(), hypers.as_ptr(), err.as_mut_ptr(), lo, hi) };
                     if err[0] != 0 {
                         break;
                     }
@@ -274,6 +288,12 @@ impl Compiled {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// The loss, outputs and gradients held in executed buffers, as f64 tensors.
+    pub fn collect(&self, buffers: &Buffers) -> Evaluation {
+        let f = &self.function;
         let mut loss = f64::NAN;
         let mut outputs = Vec::new();
         let mut grads = Vec::new();
@@ -282,21 +302,52 @@ impl Compiled {
             let shape: Vec<usize> = self.plan.buffers[k]
                 .shape
                 .iter()
-                .map(|d| d.eval(sizes) as usize)
+                .map(|d| d.eval(&buffers.sizes) as usize)
                 .collect();
-            let values = || match &stores[k] {
+            let values = || match &buffers.stores[k] {
                 Store::F(v) => v.iter().map(|x| *x as f64).collect::<Vec<f64>>(),
                 Store::I(v) => v.iter().map(|x| *x as f64).collect(),
             };
             match nest.role {
-                Role::Loss => loss = values()[0],
+                Role::Loss => loss = values().first().copied().unwrap_or(f64::NAN),
                 Role::Output => outputs.push((f.tensor(nest.tensor).name.clone(), Tensor::float(shape, values()))),
                 Role::Grad(i) => grads.push((f.inputs[i as usize].name.clone(), Tensor::float(shape, values()))),
                 Role::Let => {}
             }
         }
-        Ok(Evaluation { loss, outputs, grads })
+        Evaluation { loss, outputs, grads }
     }
+
+    /// Bytes read from inputs plus bytes of gradients written: the memory floor of one call.
+    pub fn floor_bytes(&self, sizes: &[i64]) -> u64 {
+        let f = &self.function;
+        let mut bytes = 0u64;
+        for (k, buf) in self.plan.buffers.iter().enumerate() {
+            let len: u64 = buf.shape.iter().map(|d| d.eval(sizes).max(0) as u64).product();
+            let elem = if buf.scalar == Scalar::Float { 4 } else { 8 };
+            let counted = match buf.of {
+                TensorRef::Input(_) => true,
+                TensorRef::Def(t) => matches!(f.tensor(t).role, Role::Grad(_)),
+            };
+            if counted || k < f.inputs.len() {
+                bytes += len * elem;
+            }
+        }
+        bytes
+    }
+}
+
+/// Element storage of one buffer.
+enum Store {
+    F(Vec<f32>),
+    I(Vec<i64>),
+}
+
+/// The buffers of one call: inputs converted, every tensor allocated.
+pub struct Buffers {
+    stores: Vec<Store>,
+    sizes: Vec<i64>,
+    hypers: Vec<f64>,
 }
 
 /// Lowers one nest to CLIF.

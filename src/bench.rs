@@ -1,0 +1,179 @@
+//! `lossc bench`: times loss + gradient on seeded random data and relates it to the memory floor.
+//!
+//! The floor is the time to read every input once and write every gradient once, at the memory
+//! bandwidth measured in the same run (a large buffer copy); the ratio to it says how far the kernel is
+//! from being memory-bound. Times are wall-clock medians over repetitions after a warm-up; only the
+//! native code is timed, not the conversion of inputs.
+
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::{BenchArgs, InputArgs, gather_inputs};
+use crate::{Compiler, Program, call};
+
+/// The measured numbers.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub compile_ms: f64,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub bytes: u64,
+    pub elements: u64,
+    pub bandwidth_gb_s: f64,
+    pub threads: usize,
+}
+
+impl Report {
+    pub fn floor_ms(&self) -> f64 {
+        self.bytes as f64 / (self.bandwidth_gb_s * 1e9) * 1e3
+    }
+}
+
+/// Best-of-5 copy bandwidth over a buffer of at least `bytes` (GB/s, counting read + write).
+pub fn copy_bandwidth(bytes: u64) -> f64 {
+    let n = (bytes.max(64 << 20) / 4) as usize;
+    let src = vec![1.0f32; n];
+    let mut dst = vec![0.0f32; n];
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        dst.copy_from_slice(&src);
+        std::hint::black_box(&mut dst);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (2 * n * 4) as f64 / best / 1e9
+}
+
+pub fn run(args: &BenchArgs) -> Result<String, String> {
+    let t0 = Instant::now();
+    let program = Program::from_file(&args.file).map_err(|d| d.render())?;
+    let f = program.loss(args.loss.as_deref()).map_err(|d| format!("error: {d}"))?;
+    let mut options = Compiler::new().backend(args.backend.into_backend());
+    if let Some(t) = args.threads {
+        options = options.threads(t);
+    }
+    let kernel = crate::kernel::Kernel::build(f, &options).map_err(|d| format!("error: {d}"))?;
+    let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let input_args = InputArgs {
+        file: args.file.clone(),
+        loss: args.loss.clone(),
+        inputs: vec![],
+        data: None,
+        sets: vec![],
+        random: Some(args.shape.clone()),
+        seed: args.seed,
+    };
+    let inputs =
+        gather_inputs(f, &input_args).map_err(|_| format!("error: bad --shape `{}` for `{}`", args.shape, f.name))?;
+    let g = kernel.function();
+    let bound = call::bind(g, &inputs, &Default::default()).map_err(|e| format!("error: {e}"))?;
+    let elements: u64 = inputs.values().map(|t| t.len() as u64).sum();
+    let bar = ProgressBar::new(args.iters as u64 + 1);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} {bar:30} {pos}/{len}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("timing {}", f.name));
+    let mut times: Vec<Duration> = Vec::new();
+    let bytes;
+    #[cfg(feature = "jit")]
+    {
+        if let Some(native) = kernel.native() {
+            let mut buffers = native.buffers(&bound);
+            bytes = native.floor_bytes(&bound.sizes);
+            for k in 0..=args.iters {
+                let t = Instant::now();
+                native
+                    .execute(&mut buffers, kernel.threads())
+                    .map_err(|e| format!("error: {e}"))?;
+                if k > 0 {
+                    times.push(t.elapsed());
+                }
+                bar.inc(1);
+            }
+        } else {
+            bytes = interp_floor(g, &bound);
+            time_interp(g, &bound, args.iters, &bar, &mut times)?;
+        }
+    }
+    #[cfg(not(feature = "jit"))]
+    {
+        bytes = interp_floor(g, &bound);
+        time_interp(g, &bound, args.iters, &bar, &mut times)?;
+    }
+    bar.finish_and_clear();
+    times.sort();
+    let report = Report {
+        compile_ms,
+        median_ms: times[times.len() / 2].as_secs_f64() * 1e3,
+        min_ms: times[0].as_secs_f64() * 1e3,
+        bytes,
+        elements,
+        bandwidth_gb_s: copy_bandwidth(bytes),
+        threads: kernel.threads(),
+    };
+    let gbs = report.bytes as f64 / (report.median_ms / 1e3) / 1e9;
+    let eps = report.elements as f64 / (report.median_ms / 1e3);
+    if args.json {
+        return Ok(format!(
+            "{}\n",
+            serde_json::json!({
+                "loss": f.name, "shape": args.shape, "threads": report.threads,
+                "compile_ms": report.compile_ms, "median_ms": report.median_ms, "min_ms": report.min_ms,
+                "bytes": report.bytes, "gb_per_s": gbs, "elements_per_s": eps,
+                "copy_bandwidth_gb_per_s": report.bandwidth_gb_s, "floor_ms": report.floor_ms(),
+                "ratio_to_floor": report.median_ms / report.floor_ms(),
+            })
+        ));
+    }
+    Ok(format!(
+        "{} [{}] on {} thread(s)\n  compile   {:>10.3} ms\n  median    {:>10.3} ms   (min {:.3} ms)\n  traffic   {:>10.3} MB    {:.2} GB/s, {:.3e} elements/s\n  floor     {:>10.3} ms   at {:.1} GB/s copy bandwidth: {:.2}x the floor\n",
+        f.name,
+        args.shape,
+        report.threads,
+        report.compile_ms,
+        report.median_ms,
+        report.min_ms,
+        report.bytes as f64 / 1e6,
+        gbs,
+        eps,
+        report.floor_ms(),
+        report.bandwidth_gb_s,
+        report.median_ms / report.floor_ms()
+    ))
+}
+
+fn interp_floor(g: &crate::ir::Function, bound: &call::Bound) -> u64 {
+    let inputs: u64 = bound.inputs.iter().map(|t| t.len() as u64 * 4).sum();
+    let grads: u64 = g
+        .inputs
+        .iter()
+        .filter(|i| i.differentiable())
+        .map(|i| {
+            i.shape
+                .iter()
+                .map(|d| d.eval(&bound.sizes).max(0) as u64)
+                .product::<u64>()
+                * 4
+        })
+        .sum();
+    inputs + grads
+}
+
+fn time_interp(
+    g: &crate::ir::Function,
+    bound: &call::Bound,
+    iters: usize,
+    bar: &ProgressBar,
+    times: &mut Vec<Duration>,
+) -> Result<(), String> {
+    for k in 0..=iters {
+        let t = Instant::now();
+        crate::backend::interp::run(g, bound).map_err(|e| format!("error: {e}"))?;
+        if k > 0 {
+            times.push(t.elapsed());
+        }
+        bar.inc(1);
+    }
+    Ok(())
+}
