@@ -135,6 +135,8 @@ fn eval_inputs_from_files_and_safetensors() {
     let (out, _) = expect(
         &[
             "eval",
+            "--backend",
+            "interp",
             "examples/cross_entropy.lx",
             "--input",
             &format!("s={}", p(&d.join("s.npy"))),
@@ -413,6 +415,8 @@ fn eval_grad_writes_gradients() {
     let (out, _) = expect(
         &[
             "eval",
+            "--backend",
+            "interp",
             "examples/cross_entropy.lx",
             "--data",
             "examples/data/cross_entropy",
@@ -485,4 +489,77 @@ fn compile_emits_grad_and_opt() {
     assert!(grad.contains("grad_s[t: N, t.1: C] = select(y[t] == t.1, "), "{grad}");
     let (opt, _) = expect(&["compile", "examples/cross_entropy.lx", "--emit", "opt"], 0);
     assert!(opt.contains("let r0[h0: N] = logsumexp[k: C] s[h0, k]"), "{opt}");
+}
+
+#[test]
+fn jit_and_interp_backends_agree_from_the_command_line() {
+    let json = |backend: &str| {
+        let (out, _) = expect(
+            &[
+                "eval",
+                "examples/ldr_kl.lx",
+                "--data",
+                "examples/data/ldr_kl",
+                "--grad",
+                "--json",
+                "--backend",
+                backend,
+            ],
+            0,
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        (v["loss"].as_f64().unwrap(), v["grad_norms"]["s"].as_f64().unwrap())
+    };
+    let (a, b) = (json("jit"), json("interp"));
+    assert!((a.0 - b.0).abs() < 1e-4 * b.0.abs().max(1.0), "{a:?} vs {b:?}");
+    assert!((a.1 - b.1).abs() < 1e-4 * b.1.abs().max(1.0), "{a:?} vs {b:?}");
+}
+
+#[test]
+fn bench_reports_json() {
+    let (out, _) = expect(
+        &[
+            "bench",
+            "examples/cross_entropy.lx",
+            "--shape",
+            "N=64,C=10",
+            "--iters",
+            "3",
+            "--json",
+        ],
+        0,
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for key in [
+        "compile_ms",
+        "median_ms",
+        "min_ms",
+        "gb_per_s",
+        "elements_per_s",
+        "floor_ms",
+        "ratio_to_floor",
+    ] {
+        assert!(
+            v[key].as_f64().is_some_and(|x| x.is_finite() && x >= 0.0),
+            "{key}: {out}"
+        );
+    }
+    let (text, _) = expect(
+        &[
+            "bench",
+            "examples/cross_entropy.lx",
+            "--shape",
+            "N=64,C=10",
+            "--iters",
+            "2",
+            "--backend",
+            "interp",
+        ],
+        0,
+    );
+    assert!(text.contains("x the floor"), "{text}");
+    let (_, err) = expect(&["bench", "examples/cross_entropy.lx", "--shape", "N=64"], 1);
+    assert!(err.contains("error"), "{err}");
+    let (_, err) = expect(&["compile", "examples/cross_entropy.lx", "--timings"], 0);
+    assert!(err.contains("parse+check") && err.contains("codegen"), "{err}");
 }

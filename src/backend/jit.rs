@@ -163,9 +163,20 @@ pub fn compile(f: &Function) -> Result<Compiled, JitError> {
             b.seal_all_blocks();
             b.finalize(module.target_config());
         }
+        if std::env::var_os("LOSSC_DUMP_CLIF").is_some() {
+            eprintln!("{}", ctx.func.display());
+        }
+        let dump = std::env::var_os("LOSSC_DUMP_ASM").is_some();
+        ctx.set_disasm(dump);
         module
             .define_function(id, &mut ctx)
             .map_err(|e| err(&format!("{e:?}")))?;
+        if dump
+            && let Some(code) = ctx.compiled_code()
+            && let Some(vcode) = &code.vcode
+        {
+            eprintln!("== nest{k}\n{vcode}");
+        }
         module.clear_context(&mut ctx);
         ids.push(id);
     }
@@ -243,7 +254,9 @@ impl Compiled {
             })
             .collect();
         let shared = Shared(ptrs.as_ptr());
+        let profile = std::env::var_os("LOSSC_PROFILE").is_some();
         for (nest, entry) in self.plan.nests.iter().zip(&self.entries) {
+            let started = std::time::Instant::now();
             let outer = nest.head.first().map_or(1, |(_, d)| d.eval(sizes).max(0));
             let chunks: Vec<(i64, i64)> = (0..outer)
                 .step_by(CHUNK as usize)
@@ -271,6 +284,13 @@ impl Compiled {
                     handles.into_iter().map(|h| h.join().unwrap_or([1, 0, 0])).collect()
                 })
             };
+            if profile {
+                eprintln!(
+                    "nest {:<12} {:>9.3} ms",
+                    f.tensor(nest.tensor).name,
+                    started.elapsed().as_secs_f64() * 1e3
+                );
+            }
             if let Some(e) = errs.iter().find(|e| e[0] != 0) {
                 let node = NodeId((e[0] - 1) as u32);
                 let (tensor, shape) = match &f.node(node).expr {
@@ -744,7 +764,7 @@ impl<'a, 'b> Lower<'a, 'b> {
                 self.b.ins().select(gt, one, neg)
             }
             Pow => self.call("lossc_powf", &a),
-            Exp => self.call("lossc_expf", &a),
+            Exp => self.exp_f32(a[0]),
             Log => self.call("lossc_logf", &a),
             Log1p => self.call("lossc_log1pf", &a),
             Expm1 => self.call("lossc_expm1f", &a),
@@ -789,7 +809,142 @@ impl<'a, 'b> Lower<'a, 'b> {
     }
 
     /// A reduction: nested loops over its indices with f64 accumulators (i64 for counts and arg-max).
+    /// `e^x` in f32, inline: x = n ln2 + r with |r| <= ln2/2, e^r by its Taylor polynomial to r^7 (error
+    /// below 1e-8 on that range), times 2^n built in the exponent bits. Overflow gives +inf, results below
+    /// the normal range flush to 0, NaN stays NaN. Measured against f64 in `tests/jit.rs`.
+    fn exp_f32(&mut self, x: Value) -> Value {
+        let c = |l: &mut Self, v: f32| l.b.ins().f32const(v);
+        let hi_lim = c(self, 88.72);
+        let lo_lim = c(self, -87.33);
+        let xc = self.b.ins().fmin(x, hi_lim);
+        let xc = self.b.ins().fmax(xc, lo_lim);
+        let log2e = c(self, std::f32::consts::LOG2_E);
+        let t = self.b.ins().fmul(xc, log2e);
+        let n = self.b.ins().nearest(t);
+        let ln2_hi = c(self, 0.693_359_4);
+        let ln2_lo = c(self, -2.121_944_4e-4);
+        let a = self.b.ins().fmul(n, ln2_hi);
+        let r = self.b.ins().fsub(xc, a);
+        let b2 = self.b.ins().fmul(n, ln2_lo);
+        let r = self.b.ins().fsub(r, b2);
+        // Horner: 1 + r(1 + r/2(1 + r/3(1 + r/4(1 + r/5(1 + r/6(1 + r/7))))))
+        let mut p = c(self, 1.0);
+        for k in (1..=7).rev() {
+            let inv = c(self, 1.0 / k as f32);
+            let rk = self.b.ins().fmul(r, inv);
+            let prod = self.b.ins().fmul(p, rk);
+            let one = c(self, 1.0);
+            p = self.b.ins().fadd(prod, one);
+        }
+        let ni = self.b.ins().fcvt_to_sint_sat(types::I32, n);
+        let biased = self.b.ins().iadd_imm_s(ni, 127);
+        let bits = self.b.ins().ishl_imm_s(biased, 23);
+        let scale = self.b.ins().bitcast(types::F32, MemFlagsData::new(), bits);
+        let y = self.b.ins().fmul(p, scale);
+        // Beyond the clamps: +inf above, 0 below; NaN passes through.
+        let inf = c(self, f32::INFINITY);
+        let zero = c(self, 0.0);
+        let over = self.b.ins().fcmp(FloatCC::GreaterThan, x, hi_lim);
+        let under = self.b.ins().fcmp(FloatCC::LessThan, x, lo_lim);
+        let y = self.b.ins().select(over, inf, y);
+        let y = self.b.ins().select(under, zero, y);
+        let nan = self.b.ins().fcmp(FloatCC::Unordered, x, x);
+        self.b.ins().select(nan, x, y)
+    }
+
+    /// Whether a reduction body is cheap enough to evaluate twice (for a two-pass logsumexp).
+    fn cheap(&self, body: NodeId) -> bool {
+        let nodes = self.f.reachable(&[body]);
+        nodes.len() <= 12
+            && nodes.iter().all(|n| match &self.f.node(*n).expr {
+                Expr::Reduce { .. } => false,
+                Expr::Prim { prim, .. } => matches!(
+                    prim,
+                    Prim::Add
+                        | Prim::Sub
+                        | Prim::Mul
+                        | Prim::Div
+                        | Prim::Neg
+                        | Prim::ToFloat
+                        | Prim::Iverson
+                        | Prim::Eq
+                        | Prim::Ne
+                        | Prim::Lt
+                        | Prim::Le
+                        | Prim::Gt
+                        | Prim::Ge
+                        | Prim::Select
+                        | Prim::StopGrad
+                ),
+                _ => true,
+            })
+    }
+
+    /// logsumexp in two passes over a cheap body: the maximum, then the sum of exp(x - max) (one exp per
+    /// element, no rescaling). A maximum of ±inf or NaN is the result itself.
+    fn logsumexp_two_pass(&mut self, ranges: &[(IndexId, Dim)], mask: Option<NodeId>, body: NodeId) -> Value {
+        let m = self.b.declare_var(types::F32);
+        let ninf = self.b.ins().f32const(f32::NEG_INFINITY);
+        self.b.def_var(m, ninf);
+        self.reduce_loops(ranges, 0, &mut |l: &mut Self| {
+            l.masked(mask, &mut |l: &mut Self| {
+                let x = l.value(body);
+                let cur = l.b.use_var(m);
+                let nm = l.b.ins().fmax(cur, x);
+                l.b.def_var(m, nm);
+            });
+        });
+        let mx = self.b.use_var(m);
+        let s = self.b.declare_var(types::F64);
+        let zero = self.b.ins().f64const(0.0);
+        self.b.def_var(s, zero);
+        self.reduce_loops(ranges, 0, &mut |l: &mut Self| {
+            l.masked(mask, &mut |l: &mut Self| {
+                let x = l.value(body);
+                let d = l.b.ins().fsub(x, mx);
+                let e = l.exp_f32(d);
+                let e = l.b.ins().fpromote(types::F64, e);
+                let cur = l.b.use_var(s);
+                let ns = l.b.ins().fadd(cur, e);
+                l.b.def_var(s, ns);
+            });
+        });
+        let sum = self.b.use_var(s);
+        let lg = self.call("lossc_log", &[sum]);
+        let mx64 = self.b.ins().fpromote(types::F64, mx);
+        let r = self.b.ins().fadd(mx64, lg);
+        let r = self.b.ins().fdemote(types::F32, r);
+        // m = ±inf or NaN: the result is m.
+        let inf = self.b.ins().f32const(f32::INFINITY);
+        let a = self.b.ins().fabs(mx);
+        let finite = self.b.ins().fcmp(FloatCC::LessThan, a, inf);
+        self.b.ins().select(finite, r, mx)
+    }
+
+    /// Runs `body` where the mask holds (always without a mask), in its own scope.
+    fn masked(&mut self, mask: Option<NodeId>, body: &mut dyn FnMut(&mut Self)) {
+        match mask {
+            None => body(self),
+            Some(m) => {
+                let c = self.value(m);
+                let yes = self.b.create_block();
+                let next = self.b.create_block();
+                self.b.ins().brif(c, yes, &[], next, &[]);
+                self.b.switch_to_block(yes);
+                self.frames.push(HashMap::new());
+                body(self);
+                self.frames.pop();
+                self.b.ins().jump(next, &[]);
+                self.b.switch_to_block(next);
+            }
+        }
+    }
+
     fn reduce(&mut self, op: ReduceOp, indices: &[IndexId], mask: Option<NodeId>, body: NodeId) -> Value {
+        if op == ReduceOp::LogSumExp && self.cheap(body) {
+            let ranges: Vec<(IndexId, Dim)> = indices.iter().map(|i| (*i, self.f.index(*i).range.clone())).collect();
+            return self.logsumexp_two_pass(&ranges, mask, body);
+        }
         let f64v = |l: &mut Self, x: f64| l.b.ins().f64const(x);
         let acc = self.b.declare_var(types::F64);
         let aux = self.b.declare_var(types::F64);
@@ -934,7 +1089,9 @@ impl<'a, 'b> Lower<'a, 'b> {
                 let hi = self.b.ins().select(gt, x, m);
                 let lo = self.b.ins().select(gt, m, x);
                 let d = self.b.ins().fsub(lo, hi);
-                let e = self.call("lossc_exp", &[d]);
+                let d32 = self.b.ins().fdemote(types::F32, d);
+                let e = self.exp_f32(d32);
+                let e = self.b.ins().fpromote(types::F64, e);
                 let zero = self.b.ins().f64const(0.0);
                 let ok = self.b.ins().fcmp(FloatCC::Equal, d, d);
                 let e = self.b.ins().select(ok, e, zero);

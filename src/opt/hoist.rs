@@ -1,9 +1,11 @@
 //! The fusion decision: which reductions are materialized as tensors of their own.
 //!
-//! A reduction whose free indices are a strict subset of the indices around it (the head of its tensor
-//! plus the indices of enclosing reductions) would be recomputed for every value of the indices it does
-//! not use. It is hoisted into a tensor over its free indices, computed once per point, and read back with
-//! a load. Everything else stays fused inline. Hoisted reductions are keyed by their body with canonical
+//! Every reduction that is not the root of its tensor's element is hoisted into a tensor over its free
+//! indices, computed once per point and read back with a load. When its free indices are a strict subset
+//! of the indices around it (the head of its tensor plus the indices of enclosing reductions), this saves
+//! recomputing it for every value of the others; otherwise it costs nothing in work, lets the reduction
+//! run in parallel over its own points, and lets the loss and its gradient share it. Elementwise work
+//! stays fused inline. Hoisted reductions are keyed by their body with canonical
 //! head indices, so the same reduction hoisted from two places (the loss and its gradient, say) is one
 //! tensor. A reduction under a lazy operand (a `select` branch, the right side of `&&`/`||`) is hoisted
 //! only if every subscript inside it is statically in range, so hoisting never adds an out-of-range read.
@@ -67,11 +69,7 @@ impl Hoist<'_> {
         let span = self.src.span(n);
         let free: BTreeSet<IndexId> = node.free.iter().copied().collect();
         let out = match node.expr {
-            Expr::Reduce { .. }
-                if !root && free.is_subset(ctx) && free.len() < ctx.len() && (!lazy || self.safe(n)) =>
-            {
-                self.hoist(n)?
-            }
+            Expr::Reduce { .. } if !root && free.is_subset(ctx) && (!lazy || self.safe(n)) => self.hoist(n)?,
             Expr::Reduce {
                 op,
                 indices,
