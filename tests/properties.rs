@@ -121,3 +121,25 @@ proptest! {
         }
     }
 }
+
+#[cfg(feature = "jit")]
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases() / 2, failure_persistence: None, .. ProptestConfig::default() })]
+
+    #[test]
+    fn jit_matches_interpreter(src in program(), seed in 0u64..1000) {
+        let m = lossc::Compiler::new().threads(2).compile_source("prop.lx", &src).unwrap();
+        let i = lossc::Compiler::new().backend(lossc::Backend::Interp).compile_source("prop.lx", &src).unwrap();
+        let (kj, ki) = (m.kernel(None).unwrap(), i.kernel(None).unwrap());
+        let x = inputs(seed);
+        let (a, b) = (kj.eval(&x).unwrap(), ki.eval(&x).unwrap());
+        // float32 arithmetic against f64: relative 1e-3 (long chains of tanh/exp amplify rounding).
+        let close = |p: f64, q: f64| (p - q).abs() <= 1e-3 * q.abs().max(1.0) || (p.is_nan() && q.is_nan()) || p == q;
+        prop_assert!(close(a.loss, b.loss), "{src}\nloss {} vs {}", a.loss, b.loss);
+        for ((n, ga), (_, gb)) in a.grads.iter().zip(&b.grads) {
+            for (p, q) in ga.to_f64().iter().zip(gb.to_f64()) {
+                prop_assert!(close(*p, q), "{src}\ngrad {n}: jit {p} vs interp {q}");
+            }
+        }
+    }
+}
