@@ -809,39 +809,51 @@ impl<'a, 'b> Lower<'a, 'b> {
     }
 
     /// A reduction: nested loops over its indices with f64 accumulators (i64 for counts and arg-max).
-    /// `e^x` in f32, inline: x = n ln2 + r with |r| <= ln2/2, e^r by its Taylor polynomial to r^7 (error
-    /// below 1e-8 on that range), times 2^n built in the exponent bits. Overflow gives +inf, results below
-    /// the normal range flush to 0, NaN stays NaN. Measured against f64 in `tests/jit.rs`.
+    /// `e^x` in f32, inline: x = n ln2 + r with |r| <= ln2/2 (n rounded with the 1.5 * 2^23 trick, ln2
+    /// split in two parts), e^r by the Cephes
+    /// `expf` polynomial (1 + r + r^2 P(r), P of degree 5), times 2^n built in the exponent bits. Overflow
+    /// gives +inf, results below the normal range flush to 0, NaN stays NaN. No branches; the accuracy
+    /// (about 1 ulp) is measured against f64 in `tests/jit.rs`.
     fn exp_f32(&mut self, x: Value) -> Value {
         let c = |l: &mut Self, v: f32| l.b.ins().f32const(v);
-        let hi_lim = c(self, 88.72);
-        let lo_lim = c(self, -87.33);
-        let xc = self.b.ins().fmin(x, hi_lim);
-        let xc = self.b.ins().fmax(xc, lo_lim);
         let log2e = c(self, std::f32::consts::LOG2_E);
-        let t = self.b.ins().fmul(xc, log2e);
-        let n = self.b.ins().nearest(t);
+        let t = self.b.ins().fmul(x, log2e);
+        // Round to nearest by adding 1.5 * 2^23: the integer lands in the low mantissa bits.
+        let magic = c(self, 12_582_912.0);
+        let shifted = self.b.ins().fadd(t, magic);
+        let n = self.b.ins().fsub(shifted, magic);
         let ln2_hi = c(self, 0.693_359_4);
         let ln2_lo = c(self, -2.121_944_4e-4);
         let a = self.b.ins().fmul(n, ln2_hi);
-        let r = self.b.ins().fsub(xc, a);
+        let r = self.b.ins().fsub(x, a);
         let b2 = self.b.ins().fmul(n, ln2_lo);
         let r = self.b.ins().fsub(r, b2);
-        // Horner: 1 + r(1 + r/2(1 + r/3(1 + r/4(1 + r/5(1 + r/6(1 + r/7))))))
-        let mut p = c(self, 1.0);
-        for k in (1..=7).rev() {
-            let inv = c(self, 1.0 / k as f32);
-            let rk = self.b.ins().fmul(r, inv);
-            let prod = self.b.ins().fmul(p, rk);
-            let one = c(self, 1.0);
-            p = self.b.ins().fadd(prod, one);
+        let coefficients = [
+            1.987_569_2e-4,
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            5.000_000_1e-1,
+        ];
+        let mut q = c(self, coefficients[0]);
+        for k in &coefficients[1..] {
+            let m = self.b.ins().fmul(q, r);
+            let ck = c(self, *k);
+            q = self.b.ins().fadd(m, ck);
         }
-        let ni = self.b.ins().fcvt_to_sint_sat(types::I32, n);
-        let biased = self.b.ins().iadd_imm_s(ni, 127);
+        let r2 = self.b.ins().fmul(r, r);
+        let y = self.b.ins().fmul(r2, q);
+        let y = self.b.ins().fadd(y, r);
+        let one = c(self, 1.0);
+        let p = self.b.ins().fadd(y, one);
+        let nbits = self.b.ins().bitcast(types::I32, MemFlagsData::new(), shifted);
+        let biased = self.b.ins().iadd_imm_s(nbits, 127 - 0x4B40_0000);
         let bits = self.b.ins().ishl_imm_s(biased, 23);
         let scale = self.b.ins().bitcast(types::F32, MemFlagsData::new(), bits);
         let y = self.b.ins().fmul(p, scale);
-        // Beyond the clamps: +inf above, 0 below; NaN passes through.
+        // Outside the normal range: +inf above, 0 below; NaN passes through.
+        let (hi_lim, lo_lim) = (c(self, 88.72), c(self, -87.33));
         let inf = c(self, f32::INFINITY);
         let zero = c(self, 0.0);
         let over = self.b.ins().fcmp(FloatCC::GreaterThan, x, hi_lim);

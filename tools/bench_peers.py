@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Times the BENCHMARKS.md workloads (loss + gradient) with JAX and PyTorch on this machine.
+
+Each peer runs whatever of {JAX jit(value_and_grad), PyTorch eager, torch.compile} is installed; missing
+ones are reported as such. Data are float32, seeded, shaped as in benches/workloads.rs. Prints one line
+per (workload, peer) with the median over --iters runs after warm-up, and with --json a JSON list.
+
+Usage: python3 tools/bench_peers.py [--iters 20] [--json] [--only W1,W2]
+Compare with `lossc bench examples/<loss>.lx --shape ...` run in the same session on the same machine.
+"""
+import argparse
+import json
+import math
+import statistics
+import time
+
+WORKLOADS = {
+    "W1": ("cross-entropy", {"N": 8192, "C": 1000}),
+    "W2": ("LDR-KL lambda=1", {"N": 8192, "C": 1000}),
+    "W3": ("AnyLoss 1-F1 L=73", {"N": 1_000_000}),
+    "W4": ("NT-Xent tau=0.1", {"B": 1024, "D": 128}),
+    "W5": ("multi-similarity (64 classes)", {"B": 512, "D": 128}),
+    "W7": ("Z-loss", {"N": 8192, "C": 1000}),
+    "W8": ("KL-DRO over CE, lambda=1", {"N": 8192, "C": 1000}),
+}
+
+
+def timeit(fn, iters):
+    fn()  # warm-up (and compilation)
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def jax_workloads():
+    import jax
+    import jax.numpy as jnp
+
+    def ce(s, y):
+        return jnp.mean(jax.nn.logsumexp(s, axis=1) - jnp.take_along_axis(s, y[:, None], 1)[:, 0])
+
+    def ldr(s, y, lam=1.0):
+        c = s.shape[1]
+        sy = jnp.take_along_axis(s, y[:, None], 1)
+        m = (jnp.arange(c)[None, :] != y[:, None]) + s - sy
+        return jnp.mean(lam * jax.nn.logsumexp(m / lam, axis=1) - lam * jnp.log(c))
+
+    def anyloss(p, y, L=73.0):
+        a = jax.nn.sigmoid(L * (p - 0.5))
+        tp = jnp.sum(a * y)
+        fp = jnp.sum(a * (1 - y))
+        fn = jnp.sum((1 - a) * y)
+        return 1 - 2 * tp / (2 * tp + fp + fn)
+
+    def ntxent(a, b, tau=0.1):
+        a = a / jnp.linalg.norm(a, axis=1, keepdims=True)
+        b = b / jnp.linalg.norm(b, axis=1, keepdims=True)
+        z = jnp.concatenate([a, b]) @ jnp.concatenate([a, b]).T / tau
+        n = a.shape[0]
+        z = z - 1e9 * jnp.eye(2 * n)
+        pos = jnp.concatenate([jnp.arange(n, 2 * n), jnp.arange(n)])
+        return jnp.mean(jax.nn.logsumexp(z, axis=1) - z[jnp.arange(2 * n), pos])
+
+    def ms(x, y, alpha=2.0, beta=50.0, base=0.5, eps=0.1):
+        s = x @ x.T
+        same = y[:, None] == y[None, :]
+        eye = jnp.eye(x.shape[0], dtype=bool)
+        pos = same & ~eye
+        neg = ~same
+        min_pos = jnp.min(jnp.where(pos, s, jnp.inf), axis=1, keepdims=True)
+        max_neg = jnp.max(jnp.where(neg, s, -jnp.inf), axis=1, keepdims=True)
+        hard_neg = neg & (s + eps > jax.lax.stop_gradient(min_pos))
+        hard_pos = pos & (s - eps < jax.lax.stop_gradient(max_neg))
+        lp = jnp.log1p(jnp.sum(jnp.where(hard_pos, jnp.exp(-alpha * (s - base)), 0), axis=1)) / alpha
+        ln = jnp.log1p(jnp.sum(jnp.where(hard_neg, jnp.exp(beta * (s - base)), 0), axis=1)) / beta
+        return jnp.mean(lp + ln)
+
+    def zloss(s, y, eps=1e-12):
+        mu = jnp.mean(s, axis=1)
+        sigma = jnp.sqrt(jnp.mean(s * s, axis=1) - mu * mu)
+        z = (jnp.take_along_axis(s, y[:, None], 1)[:, 0] - mu) / (sigma + eps)
+        return jnp.sum(jax.nn.softplus(-z))
+
+    def kldro(s, y, lam=1.0):
+        l = jax.nn.logsumexp(s, axis=1) - jnp.take_along_axis(s, y[:, None], 1)[:, 0]
+        return lam * (jax.nn.logsumexp(l / lam) - jnp.log(l.shape[0]))
+
+    key = jax.random.PRNGKey(0)
+    k1, k2, k3 = jax.random.split(key, 3)
+    s = jax.random.normal(k1, (8192, 1000), jnp.float32)
+    y = jax.random.randint(k2, (8192,), 0, 1000)
+    p = jax.random.uniform(k1, (1_000_000,), jnp.float32)
+    yb = (jax.random.uniform(k2, (1_000_000,)) > 0.5).astype(jnp.float32)
+    va = jax.random.normal(k1, (1024, 128), jnp.float32)
+    vb = jax.random.normal(k2, (1024, 128), jnp.float32)
+    xm = jax.random.normal(k3, (512, 128), jnp.float32)
+    ym = jax.random.randint(k2, (512,), 0, 64)
+    cases = {
+        "W1": (ce, (s, y)), "W2": (ldr, (s, y)), "W3": (anyloss, (p, yb)), "W4": (ntxent, (va, vb)),
+        "W5": (ms, (xm, ym)), "W7": (zloss, (s, y)), "W8": (kldro, (s, y)),
+    }
+    out = {}
+    for w, (fn, args) in cases.items():
+        g = jax.jit(jax.value_and_grad(fn))
+
+        def run(g=g, args=args):
+            v, gr = g(*args)
+            gr.block_until_ready()
+        out[w] = run
+    return out
+
+
+def torch_workloads(compiled):
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    s = torch.randn(8192, 1000, requires_grad=True)
+    y = torch.randint(0, 1000, (8192,))
+
+    def ce():
+        s.grad = None
+        F.cross_entropy(s, y).backward()
+
+    def kldro():
+        s.grad = None
+        l = F.cross_entropy(s, y, reduction="none")
+        (torch.logsumexp(l, 0) - math.log(l.shape[0])).backward()
+
+    cases = {"W1": ce, "W8": kldro}
+    if compiled:
+        cases = {k: torch.compile(v) for k, v in cases.items()}
+    return cases
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--only", default="")
+    args = ap.parse_args()
+    only = set(filter(None, args.only.split(",")))
+    results = []
+    peers = [("jax jit(value_and_grad)", jax_workloads), ("pytorch eager", lambda: torch_workloads(False)),
+             ("torch.compile", lambda: torch_workloads(True))]
+    for name, make in peers:
+        try:
+            cases = make()
+        except Exception as e:  # not installed, or failed to build
+            results.append({"peer": name, "error": f"{type(e).__name__}: {e}"})
+            continue
+        for w, fn in cases.items():
+            if only and w not in only:
+                continue
+            results.append({"peer": name, "workload": w, "what": WORKLOADS[w][0], "shape": WORKLOADS[w][1],
+                            "median_ms": timeit(fn, args.iters)})
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"{r['peer']:<26} unavailable ({r['error'][:60]})")
+            else:
+                print(f"{r['peer']:<26} {r['workload']} {r['what']:<32} {r['median_ms']:9.3f} ms")
+
+
+if __name__ == "__main__":
+    main()
