@@ -14,17 +14,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use lossc::data::Rng;
 use lossc::{Backend, Compiler, Tensor};
 
-const NT_XENT: &str = "
-loss nt_xent(a: f32[B, D], b: f32[B, D], tau: f32 = 0.1) {
-    let na[i] = sqrt(sum[d] a[i, d] ^ 2)
-    let nb[i] = sqrt(sum[d] b[i, d] ^ 2)
-    let ab[i, j] = sum[d] a[i, d] * b[j, d] / (na[i] * nb[j] * tau)
-    let aa[i, j] = sum[d] a[i, d] * a[j, d] / (na[i] * na[j] * tau)
-    let bb[i, j] = sum[d] b[i, d] * b[j, d] / (nb[i] * nb[j] * tau)
-    let la[i] = log((sum[j] exp(ab[i, j])) + sum[j | j != i] exp(aa[i, j])) - ab[i, i]
-    let lb[i] = log((sum[j] exp(ab[j, i])) + sum[j | j != i] exp(bb[i, j])) - ab[i, i]
-    (sum[i] la[i] + lb[i]) / (2 * B)
-}";
+const NT_XENT: &str = include_str!("nt_xent.lx");
 
 struct Workload {
     id: &'static str,

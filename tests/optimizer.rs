@@ -60,7 +60,7 @@ fn body(printed: &str) -> String {
 #[test]
 fn constant_folding() {
     // 2 * 3 + 1 = 7
-    assert!(body(&rule("loss f(x: f32[N]) { sum[i] x[i] * (2 * 3 + 1) }")).contains("x[i] * 7"));
+    assert!(body(&rule("loss f(x: f32[N]) { mean[i] x[i] * (2 * 3 + 1) }")).contains("x[i] * 7"));
 }
 
 #[test]
@@ -75,11 +75,11 @@ fn additive_and_multiplicative_identities() {
 #[test]
 fn negation_rules() {
     // x * -1 = -x, -(-x) = x, x + (-y) = x - y, x - (-y) = x + y, 0 - x = -x
-    assert!(body(&rule("loss f(x: f32[N]) { sum[i] x[i] * -1.0 }")).contains("-x[i]"));
+    assert!(body(&rule("loss f(x: f32[N]) { mean[i] x[i] * -1.0 }")).contains("-x[i]"));
     assert!(body(&rule("loss f(x: f32[N]) { sum[i] -(-x[i]) }")).contains("sum[i: N] x[i]"));
-    assert!(body(&rule("loss f(x: f32[N], z: f32[N]) { sum[i] x[i] + -z[i] }")).contains("x[i] - z[i]"));
-    assert!(body(&rule("loss f(x: f32[N], z: f32[N]) { sum[i] x[i] - -z[i] }")).contains("x[i] + z[i]"));
-    assert!(body(&rule("loss f(x: f32[N]) { sum[i] 0.0 - x[i] }")).contains("-x[i]"));
+    assert!(body(&rule("loss f(x: f32[N], z: f32[N]) { mean[i] x[i] + -z[i] }")).contains("x[i] - z[i]"));
+    assert!(body(&rule("loss f(x: f32[N], z: f32[N]) { mean[i] x[i] - -z[i] }")).contains("x[i] + z[i]"));
+    assert!(body(&rule("loss f(x: f32[N]) { mean[i] 0.0 - x[i] }")).contains("-x[i]"));
 }
 
 #[test]
@@ -148,7 +148,7 @@ fn stabilising_rewrites() {
             .contains("softplus(logsumexp[k: C | s[i, k] > 0.0] s[i, k])")
     );
     // log(sigmoid(x)) = -softplus(-x)
-    assert!(body(&rule("loss f(x: f32[N]) { sum[i] log(sigmoid(x[i])) }")).contains("-softplus(-x[i])"));
+    assert!(body(&rule("loss f(x: f32[N]) { mean[i] log(sigmoid(x[i])) }")).contains("-softplus(-x[i])"));
     // exp(a) / sum[k] exp(b) = exp(a - logsumexp[k] b)
     let p = rule("loss f(s: f32[N, C], y: idx[N] < C) { mean[i] -log(exp(s[i, y[i]]) / sum[k] exp(s[i, k])) }");
     assert!(p.contains("logsumexp[k: C] s[") && !p.contains("sum[k: C] exp"), "{p}");
@@ -257,4 +257,21 @@ fn reductions_inside_elements_are_materialized_and_shared() {
     let printed = lossc::ir::print::readable(&g);
     assert_eq!(printed.matches("logsumexp[").count(), 1, "{printed}");
     assert!(printed.contains("loss = mean[i: N] r0[i] - s[i, y[i]]"), "{printed}");
+}
+
+#[test]
+fn distributivity_and_commutation() {
+    // sum[k] c * e = c * sum[k] e;  sum[k] e / c = (sum[k] e) / c;  sum[k] -e = -(sum[k] e)
+    let b = body(&rule(
+        "loss f(x: f32[N, C], w: f32[N]) { sum[i] sum[k] w[i] * x[i, k] / w[i] }",
+    ));
+    assert!(b.contains("w[i] * (sum[k: C] x[i, k]) / w[i]"), "{b}");
+    let b = body(&rule("loss f(x: f32[N]) { sum[i] -x[i] }"));
+    assert_eq!(b.trim(), "loss = -(sum[i: N] x[i])");
+    // a * b and b * a are one node: the sum below is computed once.
+    let f = compile(
+        "loss f(x: f32[N, D]) { let s[i, j] = sum[d] x[i, d] * x[j, d]\n let t[i, j] = sum[d] x[j, d] * x[i, d]\n sum[i, j] s[i, j] - t[j, i] }",
+    );
+    let printed = lossc::ir::print::readable(&lossc::api::gradient(&f).unwrap());
+    assert!(printed.matches("sum[d").count() <= 2, "{printed}");
 }

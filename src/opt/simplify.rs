@@ -183,6 +183,12 @@ pub fn simplify(f: &mut Function, expr: Expr, scalar: Scalar, span: Span) -> R<N
         };
     }
     let p = |f: &Function, n: NodeId| prim_of(f, n);
+    // Canonical operand order for exactly commutative operations (IEEE + and * commute), so that
+    // hash-consing finds `a * b` and `b * a` to be one node. Not for max/min (ties send the gradient to
+    // the first operand) nor &&/|| (the second operand is evaluated lazily).
+    if matches!(prim, Add | Mul | Eq | Ne) && a[1] < a[0] {
+        return simplify(f, prim_expr(prim, &[a[1], a[0]]), scalar, span);
+    }
     match prim {
         // x + 0 = x, 0 + x = x
         Add if is_float(f, a[1], 0.0) => return Ok(a[0]),
@@ -485,6 +491,29 @@ fn reduce(
                     }
                 }
             }
+        }
+        // Distributivity (reassociates float sums, so results may differ in the last bits):
+        // sum[k] (c * e) = c * sum[k] e,  sum[k] (e * c) = (sum[k] e) * c,  sum[k] e / c = (sum[k] e) / c,
+        // sum[k] -e = -(sum[k] e), for c that does not depend on the summed indices.
+        let invariant = |f: &Function, n: NodeId| indices.iter().all(|k| !f.node(n).free.contains(k));
+        match prim_of(f, body) {
+            Some((Prim::Mul, a)) if invariant(f, a[0]) && !invariant(f, a[1]) => {
+                let inner = reduce(f, op, indices, mask, a[1], scalar, span)?;
+                return simplify(f, prim_expr(Prim::Mul, &[a[0], inner]), Scalar::Float, span);
+            }
+            Some((Prim::Mul, a)) if invariant(f, a[1]) && !invariant(f, a[0]) => {
+                let inner = reduce(f, op, indices, mask, a[0], scalar, span)?;
+                return simplify(f, prim_expr(Prim::Mul, &[inner, a[1]]), Scalar::Float, span);
+            }
+            Some((Prim::Div, a)) if invariant(f, a[1]) && !invariant(f, a[0]) => {
+                let inner = reduce(f, op, indices, mask, a[0], scalar, span)?;
+                return simplify(f, prim_expr(Prim::Div, &[inner, a[1]]), Scalar::Float, span);
+            }
+            Some((Prim::Neg, a)) => {
+                let inner = reduce(f, op, indices, mask, a[0], scalar, span)?;
+                return simplify(f, prim_expr(Prim::Neg, &[inner]), Scalar::Float, span);
+            }
+            _ => {}
         }
         // sum[k] c = c * |k| when c does not depend on k (unmasked)
         if mask.is_none() && indices.iter().all(|k| !f.node(body).free.contains(k)) {
