@@ -205,7 +205,10 @@ impl Ad {
                 continue;
             }
             let seed = match t.role {
-                Role::Loss => Some(self.g.float(1.0, t.span)?),
+                Role::Loss => Some(Term {
+                    guard: None,
+                    value: self.g.float(1.0, t.span)?,
+                }),
                 _ => {
                     let head: Vec<Dim> = t.indices.iter().map(|i| self.g.index(*i).range.clone()).collect();
                     match self.assemble(TensorRef::Def(TensorId(k as u32)), &head, t.span)? {
@@ -226,14 +229,22 @@ impl Ad {
                                 .iter()
                                 .map(|i| self.g.add(Expr::Index(*i), Scalar::Int, t.span))
                                 .collect::<R<_>>()?;
-                            Some(self.g.add(
+                            let value = self.g.add(
                                 Expr::Load {
                                     tensor: TensorRef::Def(adj),
                                     subs: subs.into(),
                                 },
                                 Scalar::Float,
                                 t.span,
-                            )?)
+                            )?;
+                            // An element that receives no adjoint (it was masked out, or not chosen, where
+                            // it was used) contributes nothing, even where its partials are not finite.
+                            let zero = self.g.float(0.0, t.span)?;
+                            let nonzero = self.g.prim(Prim::Ne, &[value, zero], t.span)?;
+                            Some(Term {
+                                guard: Some(nonzero),
+                                value,
+                            })
                         }
                     }
                 }
@@ -275,15 +286,9 @@ impl Ad {
     /// Adjoint terms carry a guard: the condition (a reduction's mask, a `select`'s condition) under which
     /// the primal evaluated the node at all. Partials are only ever evaluated under the guard, so a masked
     /// out point whose partials would be NaN (`log` of a negative, say) contributes 0, not NaN.
-    fn backprop(&mut self, root: NodeId, seed: NodeId) -> R<()> {
+    fn backprop(&mut self, root: NodeId, seed: Term) -> R<()> {
         let mut terms: HashMap<NodeId, Vec<Term>> = HashMap::new();
-        terms.insert(
-            root,
-            vec![Term {
-                guard: None,
-                value: seed,
-            }],
-        );
+        terms.insert(root, vec![seed]);
         let order = self.g.reachable(&[root]);
         for &n in order.iter().rev() {
             if !self.is_active(n) {
