@@ -26,6 +26,8 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{FuncId, Linkage, Module};
 
+mod simd;
+
 use super::interp::Evaluation;
 use super::loops::{Nest, Plan};
 use crate::call::{Bound, CallError};
@@ -40,6 +42,16 @@ pub struct JitError(String);
 
 /// The signature of every generated nest function.
 type NestFn = unsafe extern "C" fn(*const *mut u8, *const i64, *const f64, *mut i64, i64, i64);
+
+/// The coefficients of the Cephes `expf` polynomial P in e^r = 1 + r + r^2 P(r).
+const EXP_COEFFICIENTS: [f32; 6] = [
+    1.987_569_2e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    5.000_000_1e-1,
+];
 
 /// Elements of the outermost loop per parallel chunk.
 const CHUNK: i64 = 16;
@@ -387,6 +399,8 @@ struct Lower<'a, 'b> {
     lo: Value,
     hi: Value,
     fail: Block,
+    /// When the nest's innermost loop is vectorized: its buffer and element.
+    vector_head: Option<(usize, NodeId)>,
 }
 
 fn flags() -> MemFlagsData {
@@ -429,6 +443,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             lo: params[4],
             hi: params[5],
             fail,
+            vector_head: None,
         }
     }
 
@@ -437,15 +452,14 @@ impl<'a, 'b> Lower<'a, 'b> {
         let buffer = self.plan.buffer_of(self.f, TensorRef::Def(nest.tensor));
         let scalar = self.plan.buffers[buffer].scalar;
         let head = nest.head.clone();
+        // The innermost head loop runs 4 elements at a time when the element is vectorizable along it.
+        self.vector_head = match head.last() {
+            Some((k, _)) if scalar == Scalar::Float && self.vectorizable(nest.body, *k) => Some((buffer, nest.body)),
+            _ => None,
+        };
         self.loops(&head, 0, &mut |l: &mut Self| {
             let v = l.value(nest.body);
-            let mut flat = l.b.ins().iconst(types::I64, 0);
-            for (i, d) in &head {
-                let size = l.dim(d);
-                let iv = l.index(*i);
-                let scaled = l.b.ins().imul(flat, size);
-                flat = l.b.ins().iadd(scaled, iv);
-            }
+            let flat = l.flat(&head);
             l.store(buffer, scalar, flat, v);
         });
         self.b.ins().return_(&[]);
@@ -464,14 +478,39 @@ impl<'a, 'b> Lower<'a, 'b> {
         } else {
             (self.b.ins().iconst(types::I64, 0), self.dim(&d))
         };
-        if level == 0 {
+        let end = if level == 0 {
             // The outermost range is [lo, hi) but never beyond the extent.
             let extent = self.dim(&d);
-            let end = self.b.ins().smin(end, extent);
-            self.for_range(i, start, end, &mut |l: &mut Self| l.loops(head, level + 1, body));
+            self.b.ins().smin(end, extent)
         } else {
-            self.for_range(i, start, end, &mut |l: &mut Self| l.loops(head, level + 1, body));
+            end
+        };
+        let start = match self.vector_head {
+            Some((buffer, element)) if level + 1 == head.len() => {
+                let head = head.to_vec();
+                self.vector_loop(i, start, end, &mut |l: &mut Self, _kb| {
+                    let mut memo = HashMap::new();
+                    let kb = l.index(i);
+                    let v = l.vvalue(element, i, kb, &mut memo);
+                    let flat = l.flat(&head);
+                    l.vstore(buffer, flat, v);
+                })
+            }
+            _ => start,
+        };
+        self.for_range(i, start, end, &mut |l: &mut Self| l.loops(head, level + 1, body));
+    }
+
+    /// The row-major position of the current head indices.
+    fn flat(&mut self, head: &[(IndexId, Dim)]) -> Value {
+        let mut flat = self.b.ins().iconst(types::I64, 0);
+        for (i, d) in head {
+            let size = self.dim(d);
+            let iv = self.index(*i);
+            let scaled = self.b.ins().imul(flat, size);
+            flat = self.b.ins().iadd(scaled, iv);
         }
+        flat
     }
 
     fn var(&mut self, i: IndexId) -> Variable {
@@ -898,29 +937,53 @@ impl<'a, 'b> Lower<'a, 'b> {
         let m = self.b.declare_var(types::F32);
         let ninf = self.b.ins().f32const(f32::NEG_INFINITY);
         self.b.def_var(m, ninf);
-        self.reduce_loops(ranges, 0, &mut |l: &mut Self| {
-            l.masked(mask, &mut |l: &mut Self| {
-                let x = l.value(body);
+        self.reduce_pass(
+            ranges,
+            mask,
+            body,
+            &mut |l: &mut Self, v, lanes_mask| {
+                let v = l.fill_masked(v, lanes_mask, f32::NEG_INFINITY);
+                for lane in 0..simd::LANES as u8 {
+                    let x = l.b.ins().extractlane(v, lane);
+                    let cur = l.b.use_var(m);
+                    let nm = l.b.ins().fmax(cur, x);
+                    l.b.def_var(m, nm);
+                }
+            },
+            &mut |l: &mut Self, x| {
                 let cur = l.b.use_var(m);
                 let nm = l.b.ins().fmax(cur, x);
                 l.b.def_var(m, nm);
-            });
-        });
+            },
+        );
         let mx = self.b.use_var(m);
         let s = self.b.declare_var(types::F64);
         let zero = self.b.ins().f64const(0.0);
         self.b.def_var(s, zero);
-        self.reduce_loops(ranges, 0, &mut |l: &mut Self| {
-            l.masked(mask, &mut |l: &mut Self| {
-                let x = l.value(body);
+        self.reduce_pass(
+            ranges,
+            mask,
+            body,
+            &mut |l: &mut Self, v, lanes_mask| {
+                let mxv = l.b.ins().splat(types::F32X4, mx);
+                let d = l.b.ins().fsub(v, mxv);
+                let e = l.vexp(d);
+                let e = l.fill_masked(e, lanes_mask, 0.0);
+                for x in l.lanes_f64(e) {
+                    let cur = l.b.use_var(s);
+                    let ns = l.b.ins().fadd(cur, x);
+                    l.b.def_var(s, ns);
+                }
+            },
+            &mut |l: &mut Self, x| {
                 let d = l.b.ins().fsub(x, mx);
                 let e = l.exp_f32(d);
                 let e = l.b.ins().fpromote(types::F64, e);
                 let cur = l.b.use_var(s);
                 let ns = l.b.ins().fadd(cur, e);
                 l.b.def_var(s, ns);
-            });
-        });
+            },
+        );
         let sum = self.b.use_var(s);
         let lg = self.call("lossc_log", &[sum]);
         let mx64 = self.b.ins().fpromote(types::F64, mx);
@@ -931,6 +994,44 @@ impl<'a, 'b> Lower<'a, 'b> {
         let a = self.b.ins().fabs(mx);
         let finite = self.b.ins().fcmp(FloatCC::LessThan, a, inf);
         self.b.ins().select(finite, r, mx)
+    }
+
+    /// One pass over a reduction's points where the mask holds: 4 at a time where the reduction has one
+    /// index and its body and mask are vectorizable along it (`vector` gets the body's lanes and the mask's),
+    /// the rest one by one (`scalar` gets the body's value).
+    fn reduce_pass(
+        &mut self,
+        ranges: &[(IndexId, Dim)],
+        mask: Option<NodeId>,
+        body: NodeId,
+        vector: &mut dyn FnMut(&mut Self, Value, Option<Value>),
+        scalar: &mut dyn FnMut(&mut Self, Value),
+    ) {
+        let single = match ranges {
+            [(k, _)] => Some(*k),
+            _ => None,
+        };
+        let vec_index = single.filter(|k| self.vectorizable(body, *k) && mask.is_none_or(|m| self.vectorizable(m, *k)));
+        let mut one = |l: &mut Self| {
+            l.masked(mask, &mut |l: &mut Self| {
+                let x = l.value(body);
+                scalar(l, x);
+            })
+        };
+        match vec_index {
+            Some(k) => {
+                let zero = self.b.ins().iconst(types::I64, 0);
+                let end = self.dim(&ranges[0].1);
+                let tail = self.vector_loop(k, zero, end, &mut |l: &mut Self, kb| {
+                    let mut memo = HashMap::new();
+                    let v = l.vvalue(body, k, kb, &mut memo);
+                    let m = mask.map(|m| l.vvalue(m, k, kb, &mut memo));
+                    vector(l, v, m);
+                });
+                self.for_range(k, tail, end, &mut one);
+            }
+            None => self.reduce_loops(ranges, 0, &mut one),
+        }
     }
 
     /// Runs `body` where the mask holds (always without a mask), in its own scope.
@@ -984,30 +1085,63 @@ impl<'a, 'b> Lower<'a, 'b> {
         let flat = self.b.declare_var(types::I64);
         let z = self.b.ins().iconst(types::I64, 0);
         self.b.def_var(flat, z);
-        self.reduce_loops(&ranges, 0, &mut |l: &mut Self| {
-            let take = |l: &mut Self| {
-                let v = l.value(body);
-                l.accumulate(op, v, acc, aux, count, pos, nan, flat);
-            };
-            match mask {
-                Some(m) => {
-                    let c = l.value(m);
-                    let yes = l.b.create_block();
-                    let next = l.b.create_block();
-                    l.b.ins().brif(c, yes, &[], next, &[]);
-                    l.b.switch_to_block(yes);
-                    l.frames.push(HashMap::new());
-                    take(l);
-                    l.frames.pop();
-                    l.b.ins().jump(next, &[]);
-                    l.b.switch_to_block(next);
+        let simple =
+            matches!(op, ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min) || (op == ReduceOp::Mean && mask.is_none());
+        if simple && ranges.len() == 1 {
+            self.reduce_pass(
+                &ranges,
+                mask,
+                body,
+                &mut |l: &mut Self, v, lanes_mask| {
+                    let fill = match op {
+                        ReduceOp::Max => f32::NEG_INFINITY,
+                        ReduceOp::Min => f32::INFINITY,
+                        _ => 0.0,
+                    };
+                    let v = l.fill_masked(v, lanes_mask, fill);
+                    for x in l.lanes_f64(v) {
+                        let a = l.b.use_var(acc);
+                        let r = match op {
+                            ReduceOp::Max => l.b.ins().fmax(a, x),
+                            ReduceOp::Min => l.b.ins().fmin(a, x),
+                            _ => l.b.ins().fadd(a, x),
+                        };
+                        l.b.def_var(acc, r);
+                    }
+                    if op == ReduceOp::Mean {
+                        let c = l.b.use_var(count);
+                        let c = l.b.ins().iadd_imm_s(c, simd::LANES);
+                        l.b.def_var(count, c);
+                    }
+                },
+                &mut |l: &mut Self, v| l.accumulate(op, v, acc, aux, count, pos, nan, flat),
+            );
+        } else {
+            self.reduce_loops(&ranges, 0, &mut |l: &mut Self| {
+                let take = |l: &mut Self| {
+                    let v = l.value(body);
+                    l.accumulate(op, v, acc, aux, count, pos, nan, flat);
+                };
+                match mask {
+                    Some(m) => {
+                        let c = l.value(m);
+                        let yes = l.b.create_block();
+                        let next = l.b.create_block();
+                        l.b.ins().brif(c, yes, &[], next, &[]);
+                        l.b.switch_to_block(yes);
+                        l.frames.push(HashMap::new());
+                        take(l);
+                        l.frames.pop();
+                        l.b.ins().jump(next, &[]);
+                        l.b.switch_to_block(next);
+                    }
+                    None => take(l),
                 }
-                None => take(l),
-            }
-            let p = l.b.use_var(flat);
-            let p1 = l.b.ins().iadd_imm_s(p, 1);
-            l.b.def_var(flat, p1);
-        });
+                let p = l.b.use_var(flat);
+                let p1 = l.b.ins().iadd_imm_s(p, 1);
+                l.b.def_var(flat, p1);
+            });
+        }
         let a = self.b.use_var(acc);
         match op {
             ReduceOp::Count => self.b.use_var(count),

@@ -1,0 +1,315 @@
+//! 4-wide SIMD for innermost loops along one index `k` (Cranelift 0.135 has 128-bit vectors: f32x4).
+//!
+//! A body is vectorizable along `k` when every node that depends on `k` is a float load contiguous in `k`
+//! (`k` is the bare last subscript, every other subscript is in range and independent of `k`), `k` itself
+//! in an integer comparison, or an elementwise operation of the supported set on such nodes; nodes that do
+//! not depend on `k` are computed once per vector step as scalars and broadcast. Nothing in a vectorized
+//! body can fail or loop (no reductions, no checked subscripts), so evaluating every lane — also lanes a
+//! mask or a choice discards — is safe. Loops run 4 elements at a time while 4 remain; the scalar code
+//! finishes the tail, so any extent works.
+
+use std::collections::HashMap;
+
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Value, types};
+
+use super::Lower;
+use crate::ir::{Expr, IndexId, NodeId, Scalar};
+use crate::prims::Prim;
+
+pub(super) const LANES: i64 = 4;
+
+fn vflags() -> MemFlagsData {
+    MemFlagsData::new().with_endianness(Endianness::Little)
+}
+
+impl Lower<'_, '_> {
+    /// Whether `n` can be computed lane-wise along `k`.
+    pub(super) fn vectorizable(&self, n: NodeId, k: IndexId) -> bool {
+        let mut memo = HashMap::new();
+        self.vec_ok(n, k, &mut memo)
+    }
+
+    fn vec_ok(&self, n: NodeId, k: IndexId, memo: &mut HashMap<NodeId, bool>) -> bool {
+        if let Some(v) = memo.get(&n) {
+            return *v;
+        }
+        let node = self.f.node(n);
+        let ok = if !node.free.contains(&k) {
+            // Invariant: computed as a scalar; it must not fail or loop.
+            !self.needs_branch(n)
+        } else {
+            match &node.expr {
+                Expr::Index(i) => *i == k,
+                Expr::Load { tensor, subs } => {
+                    let shape = self.f.ref_shape(*tensor);
+                    node.scalar == Scalar::Float
+                        && matches!(self.f.node(*subs.last().unwrap_or(&n)).expr, Expr::Index(i) if i == k)
+                        && subs.iter().zip(&shape).all(|(s, d)| self.in_range(*s, d))
+                        && subs[..subs.len() - 1]
+                            .iter()
+                            .all(|s| !self.f.node(*s).free.contains(&k))
+                }
+                Expr::Prim { prim, args } => {
+                    use Prim::*;
+                    let args_ok = args.iter().all(|a| self.vec_ok(*a, k, memo));
+                    let int_args = args.iter().all(|a| self.f.node(*a).scalar == Scalar::Int);
+                    args_ok
+                        && match prim {
+                            Add | Sub | Mul | Div | Neg | Min | Max | Abs | Sqrt | Exp | StopGrad => {
+                                node.scalar == Scalar::Float
+                            }
+                            // Integer comparisons only of k against a k-independent integer.
+                            Eq | Ne | Lt | Le | Gt | Ge => {
+                                !int_args
+                                    || args.iter().all(|a| {
+                                        let e = &self.f.node(*a).expr;
+                                        matches!(e, Expr::Index(i) if *i == k) || !self.f.node(*a).free.contains(&k)
+                                    })
+                            }
+                            And | Or | Not | Iverson => true,
+                            Select => node.scalar == Scalar::Float,
+                            _ => false,
+                        }
+                }
+                _ => false,
+            }
+        };
+        memo.insert(n, ok);
+        ok
+    }
+
+    /// `body(l, kb)` for kb = start, start + 4, … while kb + 4 <= end; returns the first k not covered.
+    pub(super) fn vector_loop(
+        &mut self,
+        k: IndexId,
+        start: Value,
+        end: Value,
+        body: &mut dyn FnMut(&mut Self, Value),
+    ) -> Value {
+        let var = self.var(k);
+        self.b.def_var(var, start);
+        let header = self.b.create_block();
+        let inner = self.b.create_block();
+        let exit = self.b.create_block();
+        self.b.ins().jump(header, &[]);
+        self.b.switch_to_block(header);
+        let kb = self.b.use_var(var);
+        let next = self.b.ins().iadd_imm_s(kb, LANES);
+        let more = self.b.ins().icmp(IntCC::SignedLessThanOrEqual, next, end);
+        self.b.ins().brif(more, inner, &[], exit, &[]);
+        self.b.switch_to_block(inner);
+        self.frames.push(HashMap::new());
+        let kb = self.b.use_var(var);
+        body(self, kb);
+        self.frames.pop();
+        let kb = self.b.use_var(var);
+        let next = self.b.ins().iadd_imm_s(kb, LANES);
+        self.b.def_var(var, next);
+        self.b.ins().jump(header, &[]);
+        self.b.switch_to_block(exit);
+        self.b.use_var(var)
+    }
+
+    fn splat_f32(&mut self, x: f32) -> Value {
+        let s = self.b.ins().f32const(x);
+        self.b.ins().splat(types::F32X4, s)
+    }
+
+    fn mask_as_f32(&mut self, m: Value) -> Value {
+        self.b.ins().bitcast(types::F32X4, vflags(), m)
+    }
+
+    /// The lanes of `n` at k = kb .. kb + 3: f32x4 for numbers, an i32x4 mask for conditions.
+    pub(super) fn vvalue(&mut self, n: NodeId, k: IndexId, kb: Value, memo: &mut HashMap<NodeId, Value>) -> Value {
+        if let Some(v) = memo.get(&n) {
+            return *v;
+        }
+        let node = self.f.node(n).clone();
+        let v = if !node.free.contains(&k) {
+            let s = self.value(n);
+            match node.scalar {
+                Scalar::Float => self.b.ins().splat(types::F32X4, s),
+                Scalar::Int => {
+                    let s32 = self.b.ins().ireduce(types::I32, s);
+                    self.b.ins().splat(types::I32X4, s32)
+                }
+                Scalar::Bool => {
+                    let s32 = self.b.ins().uextend(types::I32, s);
+                    let m = self.b.ins().ineg(s32);
+                    self.b.ins().splat(types::I32X4, m)
+                }
+            }
+        } else {
+            match &node.expr {
+                Expr::Index(_) => {
+                    let k32 = self.b.ins().ireduce(types::I32, kb);
+                    let mut lanes = self.b.ins().splat(types::I32X4, k32);
+                    for l in 1..LANES as u8 {
+                        let x = self.b.ins().iadd_imm_s(k32, i64::from(l));
+                        lanes = self.b.ins().insertlane(lanes, x, l);
+                    }
+                    lanes
+                }
+                Expr::Load { tensor, subs } => {
+                    let buffer = self.plan.buffer_of(self.f, *tensor);
+                    let shape = self.plan.buffers[buffer].shape.clone();
+                    let mut flat = self.b.ins().iconst(types::I64, 0);
+                    for (s, d) in subs.iter().zip(&shape) {
+                        let v = if matches!(self.f.node(*s).expr, Expr::Index(i) if i == k) {
+                            kb
+                        } else {
+                            self.value(*s)
+                        };
+                        let size = self.dim(d);
+                        let scaled = self.b.ins().imul(flat, size);
+                        flat = self.b.ins().iadd(scaled, v);
+                    }
+                    let addr = self.address(buffer, Scalar::Float, flat);
+                    self.b
+                        .ins()
+                        .load(types::F32X4, MemFlagsData::new().with_notrap(), addr, 0)
+                }
+                Expr::Prim { prim, args } => self.vprim(*prim, args, k, kb, memo),
+                _ => unreachable!("vectorizable() admits no other node"),
+            }
+        };
+        memo.insert(n, v);
+        v
+    }
+
+    fn vprim(
+        &mut self,
+        prim: Prim,
+        args: &[NodeId],
+        k: IndexId,
+        kb: Value,
+        memo: &mut HashMap<NodeId, Value>,
+    ) -> Value {
+        use Prim::*;
+        let a: Vec<Value> = args.iter().map(|x| self.vvalue(*x, k, kb, memo)).collect();
+        let ins = &mut *self.b;
+        match prim {
+            Add => ins.ins().fadd(a[0], a[1]),
+            Sub => ins.ins().fsub(a[0], a[1]),
+            Mul => ins.ins().fmul(a[0], a[1]),
+            Div => ins.ins().fdiv(a[0], a[1]),
+            Neg => ins.ins().fneg(a[0]),
+            Min => ins.ins().fmin(a[0], a[1]),
+            Max => ins.ins().fmax(a[0], a[1]),
+            Abs => ins.ins().fabs(a[0]),
+            Sqrt => ins.ins().sqrt(a[0]),
+            StopGrad => a[0],
+            Exp => self.vexp(a[0]),
+            Eq | Ne | Lt | Le | Gt | Ge => {
+                let int = args.iter().all(|x| self.f.node(*x).scalar == Scalar::Int);
+                if int {
+                    let cc = match prim {
+                        Eq => IntCC::Equal,
+                        Ne => IntCC::NotEqual,
+                        Lt => IntCC::SignedLessThan,
+                        Le => IntCC::SignedLessThanOrEqual,
+                        Gt => IntCC::SignedGreaterThan,
+                        _ => IntCC::SignedGreaterThanOrEqual,
+                    };
+                    self.b.ins().icmp(cc, a[0], a[1])
+                } else {
+                    let cc = match prim {
+                        Eq => FloatCC::Equal,
+                        Ne => FloatCC::NotEqual,
+                        Lt => FloatCC::LessThan,
+                        Le => FloatCC::LessThanOrEqual,
+                        Gt => FloatCC::GreaterThan,
+                        _ => FloatCC::GreaterThanOrEqual,
+                    };
+                    self.b.ins().fcmp(cc, a[0], a[1])
+                }
+            }
+            And => self.b.ins().band(a[0], a[1]),
+            Or => self.b.ins().bor(a[0], a[1]),
+            Not => self.b.ins().bnot(a[0]),
+            Iverson => {
+                let one = self.splat_f32(1.0);
+                let m = self.mask_as_f32(a[0]);
+                self.b.ins().band(m, one)
+            }
+            Select => {
+                let m = self.mask_as_f32(a[0]);
+                self.b.ins().bitselect(m, a[1], a[2])
+            }
+            _ => unreachable!("vectorizable() admits no other primitive"),
+        }
+    }
+
+    /// Lane-wise `exp`, the same algorithm and accuracy as the scalar `exp_f32`.
+    pub(super) fn vexp(&mut self, x: Value) -> Value {
+        let log2e = self.splat_f32(std::f32::consts::LOG2_E);
+        let t = self.b.ins().fmul(x, log2e);
+        let magic = self.splat_f32(12_582_912.0);
+        let shifted = self.b.ins().fadd(t, magic);
+        let n = self.b.ins().fsub(shifted, magic);
+        let ln2_hi = self.splat_f32(0.693_359_4);
+        let ln2_lo = self.splat_f32(-2.121_944_4e-4);
+        let a = self.b.ins().fmul(n, ln2_hi);
+        let r = self.b.ins().fsub(x, a);
+        let b2 = self.b.ins().fmul(n, ln2_lo);
+        let r = self.b.ins().fsub(r, b2);
+        let mut q = self.splat_f32(super::EXP_COEFFICIENTS[0]);
+        for c in &super::EXP_COEFFICIENTS[1..] {
+            let m = self.b.ins().fmul(q, r);
+            let ck = self.splat_f32(*c);
+            q = self.b.ins().fadd(m, ck);
+        }
+        let r2 = self.b.ins().fmul(r, r);
+        let y = self.b.ins().fmul(r2, q);
+        let y = self.b.ins().fadd(y, r);
+        let one = self.splat_f32(1.0);
+        let p = self.b.ins().fadd(y, one);
+        let nbits = self.b.ins().bitcast(types::I32X4, vflags(), shifted);
+        let bias = self.b.ins().iconst(types::I32, 127 - 0x4B40_0000);
+        let bias = self.b.ins().splat(types::I32X4, bias);
+        let biased = self.b.ins().iadd(nbits, bias);
+        let bits = self.b.ins().ishl_imm_s(biased, 23);
+        let scale = self.b.ins().bitcast(types::F32X4, vflags(), bits);
+        let y = self.b.ins().fmul(p, scale);
+        let hi = self.splat_f32(88.72);
+        let lo = self.splat_f32(-87.33);
+        let inf = self.splat_f32(f32::INFINITY);
+        let zero = self.splat_f32(0.0);
+        let over = self.b.ins().fcmp(FloatCC::GreaterThan, x, hi);
+        let under = self.b.ins().fcmp(FloatCC::LessThan, x, lo);
+        let nan = self.b.ins().fcmp(FloatCC::Unordered, x, x);
+        let over = self.mask_as_f32(over);
+        let under = self.mask_as_f32(under);
+        let nan = self.mask_as_f32(nan);
+        let y = self.b.ins().bitselect(over, inf, y);
+        let y = self.b.ins().bitselect(under, zero, y);
+        self.b.ins().bitselect(nan, x, y)
+    }
+
+    /// The 4 lanes of an f32x4, promoted to f64.
+    pub(super) fn lanes_f64(&mut self, v: Value) -> [Value; 4] {
+        std::array::from_fn(|l| {
+            let x = self.b.ins().extractlane(v, l as u8);
+            self.b.ins().fpromote(types::F64, x)
+        })
+    }
+
+    /// `v` where the lanes' mask holds, `fill` elsewhere (just `v` without a mask).
+    pub(super) fn fill_masked(&mut self, v: Value, mask: Option<Value>, fill: f32) -> Value {
+        match mask {
+            None => v,
+            Some(m) => {
+                let m = self.mask_as_f32(m);
+                let f = self.splat_f32(fill);
+                self.b.ins().bitselect(m, v, f)
+            }
+        }
+    }
+
+    /// Stores 4 lanes at `flat .. flat + 3` of a float buffer.
+    pub(super) fn vstore(&mut self, buffer: usize, flat: Value, v: Value) {
+        let addr = self.address(buffer, Scalar::Float, flat);
+        self.b.ins().store(MemFlagsData::new().with_notrap(), v, addr, 0);
+    }
+}
