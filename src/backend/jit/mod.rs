@@ -937,18 +937,16 @@ impl<'a, 'b> Lower<'a, 'b> {
         let m = self.b.declare_var(types::F32);
         let ninf = self.b.ins().f32const(f32::NEG_INFINITY);
         self.b.def_var(m, ninf);
+        let vmax = self.vacc_lanes(f32::NEG_INFINITY);
         self.reduce_pass(
             ranges,
             mask,
             body,
             &mut |l: &mut Self, v, lanes_mask| {
                 let v = l.fill_masked(v, lanes_mask, f32::NEG_INFINITY);
-                for lane in 0..simd::LANES as u8 {
-                    let x = l.b.ins().extractlane(v, lane);
-                    let cur = l.b.use_var(m);
-                    let nm = l.b.ins().fmax(cur, x);
-                    l.b.def_var(m, nm);
-                }
+                let cur = l.b.use_var(vmax);
+                let nm = l.b.ins().fmax(cur, v);
+                l.b.def_var(vmax, nm);
             },
             &mut |l: &mut Self, x| {
                 let cur = l.b.use_var(m);
@@ -956,10 +954,13 @@ impl<'a, 'b> Lower<'a, 'b> {
                 l.b.def_var(m, nm);
             },
         );
-        let mx = self.b.use_var(m);
+        let lanes = self.vacc_fold(vmax, true);
+        let tail = self.b.use_var(m);
+        let mx = self.b.ins().fmax(lanes, tail);
         let s = self.b.declare_var(types::F64);
         let zero = self.b.ins().f64const(0.0);
         self.b.def_var(s, zero);
+        let vsum = self.vacc_sum();
         self.reduce_pass(
             ranges,
             mask,
@@ -969,11 +970,7 @@ impl<'a, 'b> Lower<'a, 'b> {
                 let d = l.b.ins().fsub(v, mxv);
                 let e = l.vexp(d);
                 let e = l.fill_masked(e, lanes_mask, 0.0);
-                for x in l.lanes_f64(e) {
-                    let cur = l.b.use_var(s);
-                    let ns = l.b.ins().fadd(cur, x);
-                    l.b.def_var(s, ns);
-                }
+                l.vacc_add(vsum, e);
             },
             &mut |l: &mut Self, x| {
                 let d = l.b.ins().fsub(x, mx);
@@ -984,7 +981,9 @@ impl<'a, 'b> Lower<'a, 'b> {
                 l.b.def_var(s, ns);
             },
         );
-        let sum = self.b.use_var(s);
+        let lanes = self.vacc_total(vsum);
+        let tail = self.b.use_var(s);
+        let sum = self.b.ins().fadd(lanes, tail);
         let lg = self.call("lossc_log", &[sum]);
         let mx64 = self.b.ins().fpromote(types::F64, mx);
         let r = self.b.ins().fadd(mx64, lg);
@@ -1088,6 +1087,8 @@ impl<'a, 'b> Lower<'a, 'b> {
         let simple =
             matches!(op, ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min) || (op == ReduceOp::Mean && mask.is_none());
         if simple && ranges.len() == 1 {
+            let vsum = self.vacc_sum();
+            let vext = self.vacc_lanes(init as f32);
             self.reduce_pass(
                 &ranges,
                 mask,
@@ -1099,14 +1100,17 @@ impl<'a, 'b> Lower<'a, 'b> {
                         _ => 0.0,
                     };
                     let v = l.fill_masked(v, lanes_mask, fill);
-                    for x in l.lanes_f64(v) {
-                        let a = l.b.use_var(acc);
-                        let r = match op {
-                            ReduceOp::Max => l.b.ins().fmax(a, x),
-                            ReduceOp::Min => l.b.ins().fmin(a, x),
-                            _ => l.b.ins().fadd(a, x),
-                        };
-                        l.b.def_var(acc, r);
+                    match op {
+                        ReduceOp::Max | ReduceOp::Min => {
+                            let a = l.b.use_var(vext);
+                            let r = if op == ReduceOp::Max {
+                                l.b.ins().fmax(a, v)
+                            } else {
+                                l.b.ins().fmin(a, v)
+                            };
+                            l.b.def_var(vext, r);
+                        }
+                        _ => l.vacc_add(vsum, v),
                     }
                     if op == ReduceOp::Mean {
                         let c = l.b.use_var(count);
@@ -1116,6 +1120,24 @@ impl<'a, 'b> Lower<'a, 'b> {
                 },
                 &mut |l: &mut Self, v| l.accumulate(op, v, acc, aux, count, pos, nan, flat),
             );
+            // Fold the vector accumulators into the scalar one.
+            let a = self.b.use_var(acc);
+            let r = match op {
+                ReduceOp::Max | ReduceOp::Min => {
+                    let lanes = self.vacc_fold(vext, op == ReduceOp::Max);
+                    let lanes = self.b.ins().fpromote(types::F64, lanes);
+                    if op == ReduceOp::Max {
+                        self.b.ins().fmax(a, lanes)
+                    } else {
+                        self.b.ins().fmin(a, lanes)
+                    }
+                }
+                _ => {
+                    let lanes = self.vacc_total(vsum);
+                    self.b.ins().fadd(a, lanes)
+                }
+            };
+            self.b.def_var(acc, r);
         } else {
             self.reduce_loops(&ranges, 0, &mut |l: &mut Self| {
                 let take = |l: &mut Self| {

@@ -6,15 +6,17 @@
 //! not depend on `k` are computed once per vector step as scalars and broadcast. Nothing in a vectorized
 //! body can fail or loop (no reductions, no checked subscripts), so evaluating every lane — also lanes a
 //! mask or a choice discards — is safe. Loops run 4 elements at a time while 4 remain; the scalar code
-//! finishes the tail, so any extent works.
+//! finishes the tail, so any extent works. A sum over other indices inside such an element (the
+//! `sum[i] g[i, j] * x[i, d]` of a gradient contraction) accumulates all 4 lanes at once, in f32.
 
 use std::collections::HashMap;
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Value, types};
+use cranelift_codegen::ir::{ConstantData, Endianness, InstBuilder, MemFlagsData, Value, types};
+use cranelift_frontend::Variable;
 
 use super::Lower;
-use crate::ir::{Expr, IndexId, NodeId, Scalar};
+use crate::ir::{Expr, IndexId, NodeId, ReduceOp, Scalar};
 use crate::prims::Prim;
 
 pub(super) const LANES: i64 = 4;
@@ -50,13 +52,22 @@ impl Lower<'_, '_> {
                             .iter()
                             .all(|s| !self.f.node(*s).free.contains(&k))
                 }
+                // A sum over other indices, each term lane-wise along k (an outer-product style loop).
+                Expr::Reduce {
+                    op: ReduceOp::Sum,
+                    indices,
+                    mask,
+                    body,
+                } => {
+                    !indices.contains(&k) && self.vec_ok(*body, k, memo) && mask.is_none_or(|m| self.vec_ok(m, k, memo))
+                }
                 Expr::Prim { prim, args } => {
                     use Prim::*;
                     let args_ok = args.iter().all(|a| self.vec_ok(*a, k, memo));
                     let int_args = args.iter().all(|a| self.f.node(*a).scalar == Scalar::Int);
                     args_ok
                         && match prim {
-                            Add | Sub | Mul | Div | Neg | Min | Max | Abs | Sqrt | Exp | StopGrad => {
+                            Add | Sub | Mul | Div | Neg | Min | Max | Abs | Sqrt | Exp | Sigmoid | StopGrad => {
                                 node.scalar == Scalar::Float
                             }
                             // Integer comparisons only of k against a k-independent integer.
@@ -171,6 +182,27 @@ impl Lower<'_, '_> {
                         .load(types::F32X4, MemFlagsData::new().with_notrap(), addr, 0)
                 }
                 Expr::Prim { prim, args } => self.vprim(*prim, args, k, kb, memo),
+                Expr::Reduce {
+                    indices, mask, body, ..
+                } => {
+                    let acc = self.b.declare_var(types::F32X4);
+                    let zero = self.splat_f32(0.0);
+                    self.b.def_var(acc, zero);
+                    let ranges: Vec<(IndexId, crate::ir::Dim)> =
+                        indices.iter().map(|i| (*i, self.f.index(*i).range.clone())).collect();
+                    let (mask, body) = (*mask, *body);
+                    self.reduce_loops(&ranges, 0, &mut |l: &mut Self| {
+                        // Terms depend on the summed indices: a fresh memo per point.
+                        let mut inner = HashMap::new();
+                        let v = l.vvalue(body, k, kb, &mut inner);
+                        let m = mask.map(|m| l.vvalue(m, k, kb, &mut inner));
+                        let v = l.fill_masked(v, m, 0.0);
+                        let a = l.b.use_var(acc);
+                        let r = l.b.ins().fadd(a, v);
+                        l.b.def_var(acc, r);
+                    });
+                    self.b.use_var(acc)
+                }
                 _ => unreachable!("vectorizable() admits no other node"),
             }
         };
@@ -201,6 +233,14 @@ impl Lower<'_, '_> {
             Sqrt => ins.ins().sqrt(a[0]),
             StopGrad => a[0],
             Exp => self.vexp(a[0]),
+            // 1 / (1 + e^-x): exact limits 0 and 1, NaN stays NaN.
+            Sigmoid => {
+                let nx = self.b.ins().fneg(a[0]);
+                let e = self.vexp(nx);
+                let one = self.splat_f32(1.0);
+                let d = self.b.ins().fadd(one, e);
+                self.b.ins().fdiv(one, d)
+            }
             Eq | Ne | Lt | Le | Gt | Ge => {
                 let int = args.iter().all(|x| self.f.node(*x).scalar == Scalar::Int);
                 if int {
@@ -287,14 +327,6 @@ impl Lower<'_, '_> {
         self.b.ins().bitselect(nan, x, y)
     }
 
-    /// The 4 lanes of an f32x4, promoted to f64.
-    pub(super) fn lanes_f64(&mut self, v: Value) -> [Value; 4] {
-        std::array::from_fn(|l| {
-            let x = self.b.ins().extractlane(v, l as u8);
-            self.b.ins().fpromote(types::F64, x)
-        })
-    }
-
     /// `v` where the lanes' mask holds, `fill` elsewhere (just `v` without a mask).
     pub(super) fn fill_masked(&mut self, v: Value, mask: Option<Value>, fill: f32) -> Value {
         match mask {
@@ -305,6 +337,64 @@ impl Lower<'_, '_> {
                 self.b.ins().bitselect(m, v, f)
             }
         }
+    }
+
+    /// Vector accumulators of a reduction: two f64x2 for sums (all 4 lanes kept in f64), one f32x4 for
+    /// max/min. `add` and `fold` update them; `finish_*` folds them into a scalar at the end.
+    pub(super) fn vacc_sum(&mut self) -> (Variable, Variable) {
+        let z = self.b.ins().f64const(0.0);
+        let z = self.b.ins().splat(types::F64X2, z);
+        let (lo, hi) = (self.b.declare_var(types::F64X2), self.b.declare_var(types::F64X2));
+        self.b.def_var(lo, z);
+        self.b.def_var(hi, z);
+        (lo, hi)
+    }
+
+    pub(super) fn vacc_add(&mut self, acc: (Variable, Variable), v: Value) {
+        let low = self.b.ins().fvpromote_low(v);
+        let bytes: Vec<u8> = (8..16).chain(8..16).collect();
+        let imm = self.b.func.dfg.immediates.push(ConstantData::from(bytes));
+        let x = self.b.ins().bitcast(types::I8X16, vflags(), v);
+        let sh = self.b.ins().shuffle(x, x, imm);
+        let sh = self.b.ins().bitcast(types::F32X4, vflags(), sh);
+        let high = self.b.ins().fvpromote_low(sh);
+        let (a, b) = (self.b.use_var(acc.0), self.b.use_var(acc.1));
+        let a = self.b.ins().fadd(a, low);
+        let b = self.b.ins().fadd(b, high);
+        self.b.def_var(acc.0, a);
+        self.b.def_var(acc.1, b);
+    }
+
+    /// The total of a sum's vector accumulators, as an f64 scalar.
+    pub(super) fn vacc_total(&mut self, acc: (Variable, Variable)) -> Value {
+        let (a, b) = (self.b.use_var(acc.0), self.b.use_var(acc.1));
+        let s = self.b.ins().fadd(a, b);
+        let x0 = self.b.ins().extractlane(s, 0);
+        let x1 = self.b.ins().extractlane(s, 1);
+        self.b.ins().fadd(x0, x1)
+    }
+
+    /// An f32x4 accumulator starting at `init` in every lane.
+    pub(super) fn vacc_lanes(&mut self, init: f32) -> Variable {
+        let v = self.splat_f32(init);
+        let var = self.b.declare_var(types::F32X4);
+        self.b.def_var(var, v);
+        var
+    }
+
+    /// Folds the lanes of an f32x4 accumulator with `fmax` (or `fmin`) into one f32.
+    pub(super) fn vacc_fold(&mut self, acc: Variable, max: bool) -> Value {
+        let v = self.b.use_var(acc);
+        let mut r = self.b.ins().extractlane(v, 0);
+        for l in 1..LANES as u8 {
+            let x = self.b.ins().extractlane(v, l);
+            r = if max {
+                self.b.ins().fmax(r, x)
+            } else {
+                self.b.ins().fmin(r, x)
+            };
+        }
+        r
     }
 
     /// Stores 4 lanes at `flat .. flat + 3` of a float buffer.
