@@ -107,6 +107,8 @@ pub enum Emit {
     Grad,
     /// The optimized loss-and-gradient program (what backends run), one expression per tensor.
     Opt,
+    /// The Cranelift IR of every loop nest of the JIT kernel.
+    Clif,
 }
 
 #[derive(clap::Args, Debug)]
@@ -252,7 +254,7 @@ fn compile(file: &Path, emit: Emit, loss: Option<&str>) -> Result<String, Failur
             let ast = Program::parse_only(&file.display().to_string(), &text)?;
             Ok(syntax::print::file(&ast))
         }
-        Emit::Ir | Emit::Grad | Emit::Opt => {
+        Emit::Ir | Emit::Grad | Emit::Opt | Emit::Clif => {
             let p = Program::from_file(file)?;
             let fs: Vec<&Function> = match loss {
                 Some(_) => vec![p.loss(loss).map_err(|d| Failure::Diags(Diags(vec![d])))?],
@@ -264,12 +266,26 @@ fn compile(file: &Path, emit: Emit, loss: Option<&str>) -> Result<String, Failur
                 out.push(match emit {
                     Emit::Grad => crate::ir::print::readable(&crate::api::simplified_gradient(f).map_err(diag)?),
                     Emit::Opt => crate::ir::print::readable(&crate::api::gradient(f).map_err(diag)?),
+                    Emit::Clif => clif(f)?,
                     _ => crate::ir::print::function(f),
                 });
             }
             Ok(out.join("\n"))
         }
     }
+}
+
+#[cfg(feature = "jit")]
+fn clif(f: &Function) -> Result<String, Failure> {
+    let g = crate::api::gradient(f).map_err(|d| Failure::Diags(Diags(vec![d])))?;
+    crate::backend::jit::clif(&g).map_err(|e| Failure::Message(format!("error: {e}")))
+}
+
+#[cfg(not(feature = "jit"))]
+fn clif(_: &Function) -> Result<String, Failure> {
+    Err(Failure::Message(
+        "error: this lossc was built without the `jit` feature".into(),
+    ))
 }
 
 /// Per-stage compile times of every loss in a file (or one), as text.

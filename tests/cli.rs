@@ -563,3 +563,12 @@ fn bench_reports_json() {
     let (_, err) = expect(&["compile", "examples/cross_entropy.lx", "--timings"], 0);
     assert!(err.contains("parse+check") && err.contains("codegen"), "{err}");
 }
+
+#[test]
+fn compile_emits_clif() {
+    let (clif, _) = expect(&["compile", "examples/cross_entropy.lx", "--emit", "clif"], 0);
+    assert!(
+        clif.contains("; nest 0: r0 (parallel)") && clif.contains("f32x4"),
+        "{clif}"
+    );
+}

@@ -109,6 +109,17 @@ extern "C" fn lossc_powf(x: f32, y: f32) -> f32 {
 
 /// Compiles an optimized function.
 pub fn compile(f: &Function) -> Result<Compiled, JitError> {
+    build(f, None)
+}
+
+/// `--emit clif`: the Cranelift IR of every nest function, before Cranelift's own optimizations.
+pub fn clif(f: &Function) -> Result<String, JitError> {
+    let mut text = String::new();
+    build(f, Some(&mut text))?;
+    Ok(text)
+}
+
+fn build(f: &Function, mut clif_text: Option<&mut String>) -> Result<Compiled, JitError> {
     let err = |e: &dyn std::fmt::Display| JitError(e.to_string());
     let mut flags = settings::builder();
     flags.set("opt_level", "speed").map_err(|e| err(&e))?;
@@ -175,8 +186,14 @@ pub fn compile(f: &Function) -> Result<Compiled, JitError> {
             b.seal_all_blocks();
             b.finalize(module.target_config());
         }
-        if std::env::var_os("LOSSC_DUMP_CLIF").is_some() {
-            eprintln!("{}", ctx.func.display());
+        if let Some(text) = clif_text.as_deref_mut() {
+            let t = &f.tensor(nest.tensor);
+            text.push_str(&format!(
+                "; nest {k}: {} {}\n{}\n",
+                t.name,
+                if nest.parallel { "(parallel)" } else { "" },
+                ctx.func.display()
+            ));
         }
         let dump = std::env::var_os("LOSSC_DUMP_ASM").is_some();
         ctx.set_disasm(dump);
