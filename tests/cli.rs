@@ -1,3 +1,4 @@
+#![cfg(feature = "cli")]
 //! End-to-end runs of the `lossc` binary: good runs, and bad inputs that must exit 1 with a clear message
 //! (never a panic).
 

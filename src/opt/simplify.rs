@@ -452,19 +452,10 @@ fn reduce(
     }
     if op == ReduceOp::Sum {
         // Bracket fusion: sum[k | k == e && rest] x = sum[| rest] x[k := e]
-        if let Some(m) = mask {
-            let parts = conjuncts(f, m);
-            for (n, part) in parts.iter().enumerate() {
-                if let Some((k, e)) = fusible_eq(f, *part, indices) {
-                    let rest: Vec<NodeId> = parts
-                        .iter()
-                        .enumerate()
-                        .filter(|(j, _)| *j != n)
-                        .map(|(_, p)| *p)
-                        .collect();
-                    return fuse(f, indices, k, e, &rest, body, span);
-                }
-            }
+        if let Some(m) = mask
+            && let Some(fused) = fuse_condition(f, indices, m, body, span)?
+        {
+            return Ok(fused);
         }
         // sum[k] select(k == e, x, 0) = x[k := e];  sum[k] [k == e] * x = x[k := e]
         if mask.is_none() {
@@ -477,19 +468,10 @@ fn reduce(
                 },
                 _ => None,
             };
-            if let Some((cond, x)) = found {
-                let parts = conjuncts(f, cond);
-                for (n, part) in parts.iter().enumerate() {
-                    if let Some((k, e)) = fusible_eq(f, *part, indices) {
-                        let rest: Vec<NodeId> = parts
-                            .iter()
-                            .enumerate()
-                            .filter(|(j, _)| *j != n)
-                            .map(|(_, p)| *p)
-                            .collect();
-                        return fuse(f, indices, k, e, &rest, x, span);
-                    }
-                }
+            if let Some((cond, x)) = found
+                && let Some(fused) = fuse_condition(f, indices, cond, x, span)?
+            {
+                return Ok(fused);
             }
         }
         // Distributivity (reassociates float sums, so results may differ in the last bits):
@@ -531,6 +513,23 @@ fn reduce(
         scalar,
         span,
     )
+}
+
+/// `sum[indices | cond] body` with one equality of `cond` resolved by substitution, if one is fusible.
+fn fuse_condition(f: &mut Function, indices: &[IndexId], cond: NodeId, body: NodeId, span: Span) -> R<Option<NodeId>> {
+    let parts = conjuncts(f, cond);
+    for (n, part) in parts.iter().enumerate() {
+        if let Some((k, e)) = fusible_eq(f, *part, indices) {
+            let rest: Vec<NodeId> = parts
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != n)
+                .map(|(_, p)| *p)
+                .collect();
+            return fuse(f, indices, k, e, &rest, body, span).map(Some);
+        }
+    }
+    Ok(None)
 }
 
 /// The conjuncts of a condition `a && b && …`.

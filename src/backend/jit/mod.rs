@@ -866,58 +866,69 @@ impl<'a, 'b> Lower<'a, 'b> {
 
     /// A reduction: nested loops over its indices with f64 accumulators (i64 for counts and arg-max).
     /// `e^x` in f32, inline: x = n ln2 + r with |r| <= ln2/2 (n rounded with the 1.5 * 2^23 trick, ln2
-    /// split in two parts), e^r by the Cephes
-    /// `expf` polynomial (1 + r + r^2 P(r), P of degree 5), times 2^n built in the exponent bits. Overflow
-    /// gives +inf, results below the normal range flush to 0, NaN stays NaN. No branches; the accuracy
-    /// (about 1 ulp) is measured against f64 in `tests/jit.rs`.
+    /// split in two parts), e^r by the Cephes `expf` polynomial (1 + r + r^2 P(r), P of degree 5), times 2^n
+    /// built in the exponent bits. Overflow gives +inf, results below the normal range flush to 0, NaN
+    /// stays NaN. No branches; about 1 ulp (measured against f64 in `tests/jit.rs`). `lanes`: x is an
+    /// f32x4 and so is the result.
     fn exp_f32(&mut self, x: Value) -> Value {
-        let c = |l: &mut Self, v: f32| l.b.ins().f32const(v);
-        let log2e = c(self, std::f32::consts::LOG2_E);
+        self.exp_lanes(x, false)
+    }
+
+    pub(crate) fn exp_lanes(&mut self, x: Value, lanes: bool) -> Value {
+        let (fty, ity) = if lanes {
+            (types::F32X4, types::I32X4)
+        } else {
+            (types::F32, types::I32)
+        };
+        let k = |l: &mut Self, v: f32| {
+            let c = l.b.ins().f32const(v);
+            if lanes { l.b.ins().splat(fty, c) } else { c }
+        };
+        let log2e = k(self, std::f32::consts::LOG2_E);
         let t = self.b.ins().fmul(x, log2e);
-        // Round to nearest by adding 1.5 * 2^23: the integer lands in the low mantissa bits.
-        let magic = c(self, 12_582_912.0);
+        let magic = k(self, 12_582_912.0);
         let shifted = self.b.ins().fadd(t, magic);
         let n = self.b.ins().fsub(shifted, magic);
-        let ln2_hi = c(self, 0.693_359_4);
-        let ln2_lo = c(self, -2.121_944_4e-4);
+        let (ln2_hi, ln2_lo) = (k(self, 0.693_359_4), k(self, -2.121_944_4e-4));
         let a = self.b.ins().fmul(n, ln2_hi);
         let r = self.b.ins().fsub(x, a);
         let b2 = self.b.ins().fmul(n, ln2_lo);
         let r = self.b.ins().fsub(r, b2);
-        let coefficients = [
-            1.987_569_2e-4,
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            5.000_000_1e-1,
-        ];
-        let mut q = c(self, coefficients[0]);
-        for k in &coefficients[1..] {
+        let mut q = k(self, EXP_COEFFICIENTS[0]);
+        for c in &EXP_COEFFICIENTS[1..] {
             let m = self.b.ins().fmul(q, r);
-            let ck = c(self, *k);
+            let ck = k(self, *c);
             q = self.b.ins().fadd(m, ck);
         }
         let r2 = self.b.ins().fmul(r, r);
         let y = self.b.ins().fmul(r2, q);
         let y = self.b.ins().fadd(y, r);
-        let one = c(self, 1.0);
+        let one = k(self, 1.0);
         let p = self.b.ins().fadd(y, one);
-        let nbits = self.b.ins().bitcast(types::I32, MemFlagsData::new(), shifted);
-        let biased = self.b.ins().iadd_imm_s(nbits, 127 - 0x4B40_0000);
+        let flags = MemFlagsData::new().with_endianness(ir::Endianness::Little);
+        let nbits = self.b.ins().bitcast(ity, flags, shifted);
+        let bias = self.b.ins().iconst(types::I32, 127 - 0x4B40_0000);
+        let bias = if lanes { self.b.ins().splat(ity, bias) } else { bias };
+        let biased = self.b.ins().iadd(nbits, bias);
         let bits = self.b.ins().ishl_imm_s(biased, 23);
-        let scale = self.b.ins().bitcast(types::F32, MemFlagsData::new(), bits);
+        let scale = self.b.ins().bitcast(fty, flags, bits);
         let y = self.b.ins().fmul(p, scale);
         // Outside the normal range: +inf above, 0 below; NaN passes through.
-        let (hi_lim, lo_lim) = (c(self, 88.72), c(self, -87.33));
-        let inf = c(self, f32::INFINITY);
-        let zero = c(self, 0.0);
-        let over = self.b.ins().fcmp(FloatCC::GreaterThan, x, hi_lim);
-        let under = self.b.ins().fcmp(FloatCC::LessThan, x, lo_lim);
-        let y = self.b.ins().select(over, inf, y);
-        let y = self.b.ins().select(under, zero, y);
+        let (hi, lo, inf, zero) = (k(self, 88.72), k(self, -87.33), k(self, f32::INFINITY), k(self, 0.0));
+        let over = self.b.ins().fcmp(FloatCC::GreaterThan, x, hi);
+        let under = self.b.ins().fcmp(FloatCC::LessThan, x, lo);
         let nan = self.b.ins().fcmp(FloatCC::Unordered, x, x);
-        self.b.ins().select(nan, x, y)
+        let choose = |l: &mut Self, c: Value, a: Value, b: Value| {
+            if lanes {
+                let m = l.b.ins().bitcast(fty, flags, c);
+                l.b.ins().bitselect(m, a, b)
+            } else {
+                l.b.ins().select(c, a, b)
+            }
+        };
+        let y = choose(self, over, inf, y);
+        let y = choose(self, under, zero, y);
+        choose(self, nan, x, y)
     }
 
     /// Whether a reduction body is cheap enough to evaluate twice (for a two-pass logsumexp).
@@ -1157,25 +1168,10 @@ impl<'a, 'b> Lower<'a, 'b> {
             self.b.def_var(acc, r);
         } else {
             self.reduce_loops(&ranges, 0, &mut |l: &mut Self| {
-                let take = |l: &mut Self| {
+                l.masked(mask, &mut |l: &mut Self| {
                     let v = l.value(body);
                     l.accumulate(op, v, acc, aux, count, pos, nan, flat);
-                };
-                match mask {
-                    Some(m) => {
-                        let c = l.value(m);
-                        let yes = l.b.create_block();
-                        let next = l.b.create_block();
-                        l.b.ins().brif(c, yes, &[], next, &[]);
-                        l.b.switch_to_block(yes);
-                        l.frames.push(HashMap::new());
-                        take(l);
-                        l.frames.pop();
-                        l.b.ins().jump(next, &[]);
-                        l.b.switch_to_block(next);
-                    }
-                    None => take(l),
-                }
+                });
                 let p = l.b.use_var(flat);
                 let p1 = l.b.ins().iadd_imm_s(p, 1);
                 l.b.def_var(flat, p1);

@@ -281,50 +281,9 @@ impl Lower<'_, '_> {
         }
     }
 
-    /// Lane-wise `exp`, the same algorithm and accuracy as the scalar `exp_f32`.
+    /// Lane-wise `exp`: the scalar algorithm on f32x4.
     pub(super) fn vexp(&mut self, x: Value) -> Value {
-        let log2e = self.splat_f32(std::f32::consts::LOG2_E);
-        let t = self.b.ins().fmul(x, log2e);
-        let magic = self.splat_f32(12_582_912.0);
-        let shifted = self.b.ins().fadd(t, magic);
-        let n = self.b.ins().fsub(shifted, magic);
-        let ln2_hi = self.splat_f32(0.693_359_4);
-        let ln2_lo = self.splat_f32(-2.121_944_4e-4);
-        let a = self.b.ins().fmul(n, ln2_hi);
-        let r = self.b.ins().fsub(x, a);
-        let b2 = self.b.ins().fmul(n, ln2_lo);
-        let r = self.b.ins().fsub(r, b2);
-        let mut q = self.splat_f32(super::EXP_COEFFICIENTS[0]);
-        for c in &super::EXP_COEFFICIENTS[1..] {
-            let m = self.b.ins().fmul(q, r);
-            let ck = self.splat_f32(*c);
-            q = self.b.ins().fadd(m, ck);
-        }
-        let r2 = self.b.ins().fmul(r, r);
-        let y = self.b.ins().fmul(r2, q);
-        let y = self.b.ins().fadd(y, r);
-        let one = self.splat_f32(1.0);
-        let p = self.b.ins().fadd(y, one);
-        let nbits = self.b.ins().bitcast(types::I32X4, vflags(), shifted);
-        let bias = self.b.ins().iconst(types::I32, 127 - 0x4B40_0000);
-        let bias = self.b.ins().splat(types::I32X4, bias);
-        let biased = self.b.ins().iadd(nbits, bias);
-        let bits = self.b.ins().ishl_imm_s(biased, 23);
-        let scale = self.b.ins().bitcast(types::F32X4, vflags(), bits);
-        let y = self.b.ins().fmul(p, scale);
-        let hi = self.splat_f32(88.72);
-        let lo = self.splat_f32(-87.33);
-        let inf = self.splat_f32(f32::INFINITY);
-        let zero = self.splat_f32(0.0);
-        let over = self.b.ins().fcmp(FloatCC::GreaterThan, x, hi);
-        let under = self.b.ins().fcmp(FloatCC::LessThan, x, lo);
-        let nan = self.b.ins().fcmp(FloatCC::Unordered, x, x);
-        let over = self.mask_as_f32(over);
-        let under = self.mask_as_f32(under);
-        let nan = self.mask_as_f32(nan);
-        let y = self.b.ins().bitselect(over, inf, y);
-        let y = self.b.ins().bitselect(under, zero, y);
-        self.b.ins().bitselect(nan, x, y)
+        self.exp_lanes(x, true)
     }
 
     /// `v` where the lanes' mask holds, `fill` elsewhere (just `v` without a mask).
