@@ -53,6 +53,13 @@ pub enum Command {
     Gradcheck(GradcheckArgs),
     /// Time loss + gradient on seeded random data.
     Bench(BenchArgs),
+    /// Format .lx files in place (with --check: only report which would change, exit 1 if any).
+    Fmt {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -222,6 +229,7 @@ pub fn run(cli: Cli) -> Result<String, Failure> {
         Command::Eval(args) => eval(&args),
         Command::Gradcheck(args) => gradcheck(&args),
         Command::Bench(args) => crate::bench::run(&args).map_err(Failure::Message),
+        Command::Fmt { files, check } => fmt(&files, check),
     }
 }
 
@@ -286,6 +294,26 @@ fn clif(_: &Function) -> Result<String, Failure> {
     Err(Failure::Message(
         "error: this lossc was built without the `jit` feature".into(),
     ))
+}
+
+fn fmt(files: &[PathBuf], check: bool) -> Result<String, Failure> {
+    let mut changed = Vec::new();
+    for path in files {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Failure::Message(format!("error: cannot read {}: {e}", path.display())))?;
+        let formatted = crate::syntax::fmt::format(&path.display().to_string(), &text)?;
+        if formatted != text {
+            changed.push(path.display().to_string());
+            if !check {
+                std::fs::write(path, formatted)
+                    .map_err(|e| Failure::Message(format!("error: cannot write {}: {e}", path.display())))?;
+            }
+        }
+    }
+    if check && !changed.is_empty() {
+        return Err(Failure::Message(format!("would reformat: {}", changed.join(", "))));
+    }
+    Ok(changed.iter().map(|c| format!("formatted {c}\n")).collect())
 }
 
 /// Per-stage compile times of every loss in a file (or one), as text.

@@ -573,3 +573,21 @@ fn compile_emits_clif() {
         "{clif}"
     );
 }
+
+#[test]
+fn fmt_check_and_rewrite() {
+    let d = scratch("fmt");
+    let f = d.join("messy.lx");
+    std::fs::write(&f, "loss f(x:f32[N]){sum[i]x[i]}").unwrap();
+    let (_, err) = expect(&["fmt", "--check", p(&f)], 1);
+    assert!(err.contains("would reformat"), "{err}");
+    expect(&["fmt", p(&f)], 0);
+    assert_eq!(
+        std::fs::read_to_string(&f).unwrap(),
+        "loss f(x: f32[N]) {\n    sum[i] x[i]\n}\n"
+    );
+    expect(&["fmt", "--check", p(&f)], 0);
+    std::fs::write(&f, "loss f(x: f32[N]) { sum[i] x[i] + }").unwrap();
+    let (_, err) = expect(&["fmt", p(&f)], 1);
+    assert!(err.contains("lossc::E001"), "{err}");
+}

@@ -6,6 +6,7 @@
 //! builder refuses trees deeper than [`MAX_DEPTH`].
 
 pub mod ast;
+pub mod fmt;
 mod parser;
 pub mod print;
 
