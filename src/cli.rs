@@ -53,6 +53,8 @@ pub enum Command {
     Gradcheck(GradcheckArgs),
     /// Time loss + gradient on seeded random data.
     Bench(BenchArgs),
+    /// An interactive session (reads stdin as a script when it is not a terminal).
+    Repl,
     /// Format .lx files in place (with --check: only report which would change, exit 1 if any).
     Fmt {
         #[arg(required = true)]
@@ -230,6 +232,7 @@ pub fn run(cli: Cli) -> Result<String, Failure> {
         Command::Gradcheck(args) => gradcheck(&args),
         Command::Bench(args) => crate::bench::run(&args).map_err(Failure::Message),
         Command::Fmt { files, check } => fmt(&files, check),
+        Command::Repl => crate::repl::run().map(|()| String::new()).map_err(Failure::Message),
     }
 }
 

@@ -25,6 +25,8 @@ pub mod ir;
 pub mod kernel;
 pub mod opt;
 pub mod prims;
+#[cfg(feature = "cli")]
+pub mod repl;
 pub mod sema;
 pub mod syntax;
 

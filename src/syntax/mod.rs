@@ -7,6 +7,7 @@
 
 pub mod ast;
 pub mod fmt;
+pub mod lexer;
 mod parser;
 pub mod print;
 

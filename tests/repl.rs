@@ -1,0 +1,174 @@
+//! The REPL: a scripted session through the binary's stdin, and unit tests of completion, completeness
+//! and tensor literals.
+#![cfg(feature = "cli")]
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use lossc::repl::{Session, complete, parse_literal};
+use lossc::syntax::lexer::is_complete;
+
+fn run_script(script: &str) -> (String, String, Option<i32>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lossc"))
+        .arg("repl")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code(),
+    )
+}
+
+#[test]
+fn a_session_defines_differentiates_evaluates_errs_and_goes_on() {
+    let script = "\
+loss ce(s: f32[N, C], y: idx[N] < C) {
+    mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]]
+}
+let s = [[1.0, 2.0, 3.0], [0.5, 0.0, -1.0]]
+let y = [2, 0]
+:grad ce
+:eval ce
+logsumexp[k] s[0, k]
+mean[i] s[i, 0] + undefined_name
+:type s[0, 1] > 0
+:gradcheck ce
+:quit
+this line is never read
+";
+    let (out, err, code) = run_script(script);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.contains("defined loss ce(s, y)"), "{out}");
+    assert!(out.contains("grad_s[t: N, t.1: C] = select(y[t] == t.1"), "{out}");
+    let want = (1f64.exp() + 2f64.exp() + 3f64.exp()).ln();
+    assert!(
+        out.contains(&format!("{want}"))
+            || out
+                .lines()
+                .any(|l| l.parse::<f64>().is_ok_and(|v| (v - want).abs() < 1e-12)),
+        "{out}"
+    );
+    assert!(out.contains("loss = 0.50586828489"), "{out}");
+    assert!(
+        out.contains("lossc::E101") && out.contains("unknown name `undefined_name`"),
+        "{out}"
+    );
+    assert!(out.contains("condition"), "{out}");
+    assert!(out.contains("max error"), "{out}");
+    assert!(!out.contains("never read"), "{out}");
+}
+
+#[test]
+fn errors_leave_the_session_unchanged() {
+    let mut s = Session::new();
+    assert!(s.handle("loss f(x: f32[N]) { sum[i] x[i] }").contains("defined loss f"));
+    assert!(s.handle("loss g(x: f32[N]) { sum[i] x[i] + }").contains("lossc::E001"));
+    assert!(
+        s.handle("loss f(x: f32[N]) { 2 }").contains("lossc::E102"),
+        "a duplicate is refused"
+    );
+    assert!(s.handle(":eval f N=3").contains("loss = "));
+    assert!(s.handle("let x = [[1, 2], [3]]").contains("ragged"));
+    assert!(s.handle(":ir nope").contains("no loss named `nope`"));
+    assert!(s.handle(":load /nonexistent.lx").contains("cannot read"));
+    assert!(s.handle(":bench f N=1000").contains("ms per call"));
+}
+
+#[test]
+fn nothing_typed_panics() {
+    let mut s = Session::new();
+    let lines = [
+        "",
+        ":",
+        "::",
+        ":eval",
+        ":type",
+        ":type (",
+        "let",
+        "let =",
+        "let 3 = [1]",
+        "let x = ",
+        "let x = [",
+        "let x = [[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]",
+        "let x = [1e999]",
+        "]",
+        "[",
+        "loss",
+        "fn",
+        "use std::",
+        "use nothing",
+        "const K =",
+        "1 +",
+        "mean[i]",
+        "sum[k] k",
+        "x[0]",
+        ":grad",
+        ":gradcheck nope",
+        ":bench",
+        ":load",
+        "/*",
+        "//",
+        "\u{0}",
+        "é",
+        "let x = [1, 2.5]",
+        "x[0] + x[1]",
+        ":type x",
+    ];
+    for l in lines {
+        let _ = s.handle(l);
+    }
+    assert!(s.handle("x[1]").starts_with("2.5"));
+}
+
+#[test]
+fn completeness_follows_brackets_and_comments() {
+    assert!(is_complete("loss f(x: f32[N]) { sum[i] x[i] }"));
+    assert!(!is_complete("loss f(x: f32[N]) {\n    sum[i] x[i]"));
+    assert!(!is_complete("let s = [[1.0, 2.0],"));
+    assert!(!is_complete("/* open /* nested */"));
+    assert!(is_complete("/* a /* b */ c */ 1"));
+    assert!(is_complete("x ) )"), "surplus closers are the parser's to report");
+    assert!(is_complete("// a comment with ( inside"));
+}
+
+#[test]
+fn completion_offers_builtins_stdlib_and_session_names() {
+    let mut s = Session::new();
+    s.handle("loss my_loss(x: f32[N]) { sum[i] x[i] }");
+    s.handle("let logits = [1.0, 2.0]");
+    let names = s.names();
+    let (start, c) = complete(&names, "mean[i] logs", 12);
+    assert_eq!(start, 8);
+    assert!(c.contains(&"logsumexp".to_string()), "{c:?}");
+    let (_, c) = complete(&names, ":eval my_", 9);
+    assert_eq!(c, vec!["my_loss".to_string()]);
+    let (_, c) = complete(&names, "use std::cl", 11);
+    assert!(c.contains(&"std::classification".to_string()), "{c:?}");
+    let (_, c) = complete(&names, "logi", 4);
+    assert!(c.contains(&"logits".to_string()), "{c:?}");
+    let (_, c) = complete(&names, ":gr", 3);
+    assert!(
+        c.contains(&":grad".to_string()) && c.contains(&":gradcheck".to_string()),
+        "{c:?}"
+    );
+}
+
+#[test]
+fn tensor_literals() {
+    let t = parse_literal("[[1.0, 2.0], [0.5, 0.1]]").unwrap();
+    assert_eq!(t.shape, vec![2, 2]);
+    assert_eq!(t.to_f64(), vec![1.0, 2.0, 0.5, 0.1]);
+    let y = parse_literal("[1, 0, 2]").unwrap();
+    assert!(matches!(y.data, lossc::data::Data::Int(_)));
+    assert_eq!(parse_literal("3.5").unwrap().shape, Vec::<usize>::new());
+    assert!(parse_literal("[[1], [2, 3]]").is_err());
+    assert!(parse_literal("[1, 2").is_err());
+    assert!(parse_literal("[1 2]").is_err());
+}
