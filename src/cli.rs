@@ -53,6 +53,8 @@ pub enum Command {
     Gradcheck(GradcheckArgs),
     /// Time loss + gradient on seeded random data.
     Bench(BenchArgs),
+    /// Draw losses (and their derivatives) against a varied margin, logit or probability.
+    Plot(crate::plot::PlotArgs),
     /// An interactive session (reads stdin as a script when it is not a terminal).
     Repl,
     /// Format .lx files in place (with --check: only report which would change, exit 1 if any).
@@ -232,6 +234,7 @@ pub fn run(cli: Cli) -> Result<String, Failure> {
         Command::Gradcheck(args) => gradcheck(&args),
         Command::Bench(args) => crate::bench::run(&args).map_err(Failure::Message),
         Command::Fmt { files, check } => fmt(&files, check),
+        Command::Plot(args) => crate::plot::run(&args).map_err(Failure::Message),
         Command::Repl => crate::repl::run().map(|()| String::new()).map_err(Failure::Message),
     }
 }

@@ -24,6 +24,8 @@ pub mod gradcheck;
 pub mod ir;
 pub mod kernel;
 pub mod opt;
+#[cfg(feature = "cli")]
+pub mod plot;
 pub mod prims;
 #[cfg(feature = "cli")]
 pub mod repl;

@@ -31,6 +31,7 @@ expression logsumexp[k] s[0, k]                 (evaluated over the tensors defi
 :gradcheck NAME [N=…] finite-difference check of the gradient
 :bench NAME N=…       time loss + gradient with the JIT
 :type EXPR            the kind of an expression
+:plot NAMES [OPTIONS] draw losses, e.g. :plot ce,gce --vary margin --range -5:5 --grad -o plot.png
 :quit                 leave";
 
 /// The state of one REPL session.
@@ -241,6 +242,26 @@ impl Session {
                 let f = self.loss(arg)?;
                 let g = crate::api::simplified_gradient(&f).map_err(|d| format!("error: {d}"))?;
                 Ok(crate::ir::print::readable(&g))
+            }
+            "plot" => {
+                #[derive(clap::Parser)]
+                #[command(name = ":plot", no_binary_name = true)]
+                struct PlotLine {
+                    #[command(flatten)]
+                    args: crate::plot::PlotArgs,
+                }
+                use clap::Parser;
+                let mut words: Vec<String> = arg.split_whitespace().map(String::from).collect();
+                // `:plot a,b …`: the session is the file; the first word names the losses.
+                if words.first().is_some_and(|w| !w.starts_with('-')) {
+                    let names = words.remove(0);
+                    words.splice(0..0, ["<session>".to_string(), "--loss".to_string(), names]);
+                } else {
+                    words.insert(0, "<session>".to_string());
+                }
+                let line = PlotLine::try_parse_from(&words).map_err(|e| format!("{e}"))?;
+                let program = self.program()?;
+                crate::plot::render(&program, &line.args)
             }
             "type" => {
                 let text = self.with_items(&self.wrap(&format!("let __t = {arg}\n0")));
