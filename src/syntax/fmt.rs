@@ -8,6 +8,7 @@
 //! formatted text parses to the same AST (tested over every .lx file of the repository).
 
 use super::ast::*;
+use super::print::binders;
 use crate::diag::Diags;
 
 /// The target line width.
@@ -316,16 +317,6 @@ fn param(p: &Param) -> String {
         s.push_str(&format!(" = {}", expr(d)));
     }
     s
-}
-
-fn binders(bs: &[Binder]) -> String {
-    bs.iter()
-        .map(|b| match &b.range {
-            Some(r) => format!("{}: {}", b.name.name, super::print::dim(r)),
-            None => b.name.name.clone(),
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// An expression in lx syntax, parenthesised exactly as in the source.

@@ -74,7 +74,8 @@ fn body(out: &mut String, b: &Body) {
     let _ = writeln!(out, "  {})", expr(&b.result));
 }
 
-fn binders(bs: &[Binder]) -> String {
+/// Binders as written: `i, t: K + 1`.
+pub fn binders(bs: &[Binder]) -> String {
     bs.iter()
         .map(|b| match &b.range {
             Some(r) => format!("{}: {}", b.name.name, dim(r)),

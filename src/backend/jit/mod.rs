@@ -717,6 +717,32 @@ impl<'a, 'b> Lower<'a, 'b> {
         }
     }
 
+    /// A comparison, integer or float, of scalars or of lanes (the result is a condition or a lane mask).
+    fn compare(&mut self, prim: Prim, int: bool, a: Value, b: Value) -> Value {
+        use Prim::*;
+        if int {
+            let cc = match prim {
+                Eq => IntCC::Equal,
+                Ne => IntCC::NotEqual,
+                Lt => IntCC::SignedLessThan,
+                Le => IntCC::SignedLessThanOrEqual,
+                Gt => IntCC::SignedGreaterThan,
+                _ => IntCC::SignedGreaterThanOrEqual,
+            };
+            self.b.ins().icmp(cc, a, b)
+        } else {
+            let cc = match prim {
+                Eq => FloatCC::Equal,
+                Ne => FloatCC::NotEqual,
+                Lt => FloatCC::LessThan,
+                Le => FloatCC::LessThanOrEqual,
+                Gt => FloatCC::GreaterThan,
+                _ => FloatCC::GreaterThanOrEqual,
+            };
+            self.b.ins().fcmp(cc, a, b)
+        }
+    }
+
     /// A two-way choice evaluated lazily: only the taken side runs.
     fn branch(
         &mut self,
@@ -829,27 +855,8 @@ impl<'a, 'b> Lower<'a, 'b> {
             Sigmoid => self.call("lossc_sigmoidf", &a),
             Softplus => self.call("lossc_softplusf", &a),
             Eq | Ne | Lt | Le | Gt | Ge => {
-                if int(self, 0) && int(self, 1) {
-                    let cc = match prim {
-                        Eq => IntCC::Equal,
-                        Ne => IntCC::NotEqual,
-                        Lt => IntCC::SignedLessThan,
-                        Le => IntCC::SignedLessThanOrEqual,
-                        Gt => IntCC::SignedGreaterThan,
-                        _ => IntCC::SignedGreaterThanOrEqual,
-                    };
-                    self.b.ins().icmp(cc, a[0], a[1])
-                } else {
-                    let cc = match prim {
-                        Eq => FloatCC::Equal,
-                        Ne => FloatCC::NotEqual,
-                        Lt => FloatCC::LessThan,
-                        Le => FloatCC::LessThanOrEqual,
-                        Gt => FloatCC::GreaterThan,
-                        _ => FloatCC::GreaterThanOrEqual,
-                    };
-                    self.b.ins().fcmp(cc, a[0], a[1])
-                }
+                let both_int = int(self, 0) && int(self, 1);
+                self.compare(prim, both_int, a[0], a[1])
             }
             And => self.b.ins().band(a[0], a[1]),
             Or => self.b.ins().bor(a[0], a[1]),

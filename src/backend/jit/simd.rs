@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{ConstantData, Endianness, InstBuilder, MemFlagsData, Value, types};
 use cranelift_frontend::Variable;
 
@@ -243,27 +243,7 @@ impl Lower<'_, '_> {
             }
             Eq | Ne | Lt | Le | Gt | Ge => {
                 let int = args.iter().all(|x| self.f.node(*x).scalar == Scalar::Int);
-                if int {
-                    let cc = match prim {
-                        Eq => IntCC::Equal,
-                        Ne => IntCC::NotEqual,
-                        Lt => IntCC::SignedLessThan,
-                        Le => IntCC::SignedLessThanOrEqual,
-                        Gt => IntCC::SignedGreaterThan,
-                        _ => IntCC::SignedGreaterThanOrEqual,
-                    };
-                    self.b.ins().icmp(cc, a[0], a[1])
-                } else {
-                    let cc = match prim {
-                        Eq => FloatCC::Equal,
-                        Ne => FloatCC::NotEqual,
-                        Lt => FloatCC::LessThan,
-                        Le => FloatCC::LessThanOrEqual,
-                        Gt => FloatCC::GreaterThan,
-                        _ => FloatCC::GreaterThanOrEqual,
-                    };
-                    self.b.ins().fcmp(cc, a[0], a[1])
-                }
+                self.compare(prim, int, a[0], a[1])
             }
             And => self.b.ins().band(a[0], a[1]),
             Or => self.b.ins().bor(a[0], a[1]),
