@@ -21,6 +21,7 @@ use crate::{Compiler, Program};
 const HELP: &str = "\
 items      loss f(x: f32[N]) { … }   fn g(v) { … }   use std::classification   const K = 3
 tensors    let s = [[1.0, 2.0], [0.5, 0.1]]     (integer literals make labels: let y = [1, 0])
+           let z = logsumexp[k] s[0, k]          (an expression's value, as a scalar)
 expression logsumexp[k] s[0, k]                 (evaluated over the tensors defined so far)
 :help                 this text
 :load FILE            add the items of a file
@@ -166,7 +167,21 @@ impl Session {
                 "error: `{name}` is not a name (let with indices belongs in a loss body)"
             ));
         }
-        let t = parse_literal(literal.trim()).map_err(|e| format!("error: {e}"))?;
+        // A tensor literal, or else an expression over the tensors so far (a scalar).
+        let literal = literal.trim();
+        let looks_literal = !literal.chars().any(|c| c.is_ascii_alphabetic() && c != 'e' && c != 'E');
+        let t = match parse_literal(literal) {
+            Ok(t) => t,
+            Err(e) if looks_literal => return Err(format!("error: {e}")),
+            Err(_) => {
+                let v = self.expression(literal)?;
+                Tensor::scalar(
+                    v.trim()
+                        .parse::<f64>()
+                        .map_err(|_| format!("error: `{literal}` is not a number"))?,
+                )
+            }
+        };
         let shape = t.shape.clone();
         let kind = if matches!(t.data, Data::Int(_)) {
             "labels"

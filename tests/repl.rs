@@ -79,6 +79,11 @@ fn errors_leave_the_session_unchanged() {
     assert!(s.handle(":ir nope").contains("no loss named `nope`"));
     assert!(s.handle(":load /nonexistent.lx").contains("cannot read"));
     assert!(s.handle(":bench f N=1000").contains("ms per call"));
+    // let of an expression: its value, as a scalar tensor usable afterwards.
+    s.handle("let v = [1.0, 2.0, 3.0]");
+    assert_eq!(s.handle("let total = sum[i] v[i]"), "total: f32[]\n");
+    assert_eq!(s.handle("total * 2").trim(), "12");
+    assert!(s.handle("let bad = nope + 1").contains("lossc::E101"));
 }
 
 #[test]
