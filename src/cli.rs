@@ -55,6 +55,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Draw losses (and their derivatives) against a varied margin, logit or probability.
     Plot(crate::plot::PlotArgs),
+    /// List the standard library's losses, or show one's documentation and source.
+    Stdlib { name: Option<String> },
     /// An interactive session (reads stdin as a script when it is not a terminal).
     Repl,
     /// Format .lx files in place (with --check: only report which would change, exit 1 if any).
@@ -235,6 +237,9 @@ pub fn run(cli: Cli) -> Result<String, Failure> {
         Command::Bench(args) => crate::bench::run(&args).map_err(Failure::Message),
         Command::Fmt { files, check } => fmt(&files, check),
         Command::Plot(args) => crate::plot::run(&args).map_err(Failure::Message),
+        Command::Stdlib { name: None } => Ok(crate::stdlib::listing()),
+        Command::Stdlib { name: Some(n) } => crate::stdlib::describe(&n)
+            .ok_or_else(|| Failure::Message(format!("error: no stdlib loss named `{n}` (see `lossc stdlib`)"))),
         Command::Repl => crate::repl::run().map(|()| String::new()).map_err(Failure::Message),
     }
 }

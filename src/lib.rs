@@ -30,6 +30,7 @@ pub mod prims;
 #[cfg(feature = "cli")]
 pub mod repl;
 pub mod sema;
+pub mod stdlib;
 pub mod syntax;
 
 pub use api::{EvalError, Program};
