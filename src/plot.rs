@@ -194,7 +194,7 @@ fn curve(f: &Function, g: &Function, vary: Vary, classes: usize, xs: &[f64]) -> 
 
 fn draw(path: &Path, xlabel: &str, xs: &[f64], series: &[Series]) -> Result<(), String> {
     let svg = path.extension().is_some_and(|e| e == "svg");
-    if !svg && !path.extension().is_some_and(|e| e == "png") {
+    if !svg && path.extension().is_none_or(|e| e != "png") {
         return Err(format!("error: {}: the image must be .png or .svg", path.display()));
     }
     // The y range covers the finite values, fenced at half the 1st-99th percentile spread beyond those

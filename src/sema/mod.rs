@@ -878,11 +878,11 @@ impl Cx<'_, '_> {
                         )
                         .label(
                             a.1.span,
-                            format!("{}", if ka == Scalar::Bool { "a condition" } else { "a number" }),
+                            (if ka == Scalar::Bool { "a condition" } else { "a number" }).to_string(),
                         )
                         .label(
                             b.1.span,
-                            format!("{}", if kb == Scalar::Bool { "a condition" } else { "a number" }),
+                            (if kb == Scalar::Bool { "a condition" } else { "a number" }).to_string(),
                         )
                         .help("make both numbers (wrap a condition in `[…]`) or both conditions"),
                     );

@@ -50,7 +50,7 @@ const EXP_COEFFICIENTS: [f32; 6] = [
     8.333_452e-3,
     4.166_579_6e-2,
     1.666_666_5e-1,
-    5.000_000_1e-1,
+    5e-1,
 ];
 
 /// Elements of the outermost loop per parallel chunk.
