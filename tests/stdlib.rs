@@ -205,3 +205,55 @@ fn stdlib_listing() {
     assert!(d.starts_with("std::robust::ldr_kl") && d.contains("loss ldr_kl("));
     assert!(lossc::stdlib::describe("nope").is_none());
 }
+
+#[test]
+fn triplet_margin_matches_torch_formula() {
+    let mut rng = Rng::new(6);
+    let mk = |rng: &mut Rng| Tensor::float(vec![4, 3], (0..12).map(|_| rng.normal()).collect());
+    let x = BTreeMap::from([
+        ("a".to_string(), mk(&mut rng)),
+        ("p".to_string(), mk(&mut rng)),
+        ("n".to_string(), mk(&mut rng)),
+    ]);
+    let (a, p, n) = (x["a"].to_f64(), x["p"].to_f64(), x["n"].to_f64());
+    let dist = |u: &[f64], v: &[f64]| u.iter().zip(v).map(|(s, t)| (s - t + 1e-6).powi(2)).sum::<f64>().sqrt();
+    let want = (0..4)
+        .map(|i| {
+            (dist(&a[i * 3..i * 3 + 3], &p[i * 3..i * 3 + 3]) - dist(&a[i * 3..i * 3 + 3], &n[i * 3..i * 3 + 3]) + 1.0)
+                .max(0.0)
+        })
+        .sum::<f64>()
+        / 4.0;
+    let got = eval("use std::metric_learning::triplet_margin", "triplet_margin", &x, &[]).loss;
+    assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+}
+
+#[test]
+fn labelled_nt_xent_with_one_pair_per_class_is_cross_entropy_over_negatives() {
+    // Two classes of two: each anchor has one positive; -log(e^s_ap / (e^s_ap + sum_neg e^s_an)).
+    let mut rng = Rng::new(7);
+    let xs: Vec<f64> = (0..8).map(|_| rng.normal()).collect();
+    let x = BTreeMap::from([
+        ("x".to_string(), Tensor::float(vec![4, 2], xs.clone())),
+        ("y".to_string(), Tensor::labels(vec![4], vec![0, 0, 1, 1])),
+    ]);
+    let row = |i: usize| &xs[i * 2..i * 2 + 2];
+    let cos = |i: usize, j: usize| {
+        let (u, v) = (row(i), row(j));
+        (u[0] * v[0] + u[1] * v[1]) / ((u[0] * u[0] + u[1] * u[1]).sqrt() * (v[0] * v[0] + v[1] * v[1]).sqrt()) / 0.07
+    };
+    let (pairs, negs) = (
+        [(0, 1), (1, 0), (2, 3), (3, 2)],
+        |a: usize| if a < 2 { [2, 3] } else { [0, 1] },
+    );
+    let want = pairs
+        .iter()
+        .map(|&(a, p)| {
+            let sp = cos(a, p);
+            (sp.exp() + negs(a).iter().map(|&n| cos(a, n).exp()).sum::<f64>()).ln() - sp
+        })
+        .sum::<f64>()
+        / 4.0;
+    let got = eval("use std::contrastive::nt_xent_labels", "nt_xent_labels", &x, &[]).loss;
+    assert!((got - want).abs() < 1e-9, "{got} vs {want}");
+}
