@@ -218,3 +218,13 @@ fn codes_are_distinct_and_well_formed() {
         assert!(seen.insert(s), "{s} used twice");
     }
 }
+
+#[test]
+fn a_name_then_a_parenthesised_line_is_not_a_call() {
+    // `inner` ends a let; the next line's `(…)` is the loss value, not an argument list.
+    let src = "loss f(s: f32[N]) {\n    let inner = sum[i] s[i]\n    (inner) * 2\n}\n";
+    let p = Program::from_source("c.lx", src).unwrap_or_else(|d| panic!("{}", d.render()));
+    assert_eq!(p.module.functions.len(), 1);
+    // With a space, a call is a syntax error rather than a different program.
+    assert!(Program::from_source("d.lx", "loss f(s: f32[N]) { exp (s[0]) }").is_err());
+}

@@ -80,7 +80,7 @@ fn describe(rule: Rule) -> Option<&'static str> {
             "an item (`loss`, `fn`, `use` or `const`)"
         }
         Rule::EOI => "end of file",
-        Rule::ident | Rule::access | Rule::call => "a name",
+        Rule::ident | Rule::access | Rule::call | Rule::call_head => "a name",
         Rule::expr | Rule::primary | Rule::unary | Rule::power | Rule::paren | Rule::iverson => "an expression",
         Rule::int | Rule::float => "a number",
         Rule::or_op | Rule::and_op | Rule::cmp_op | Rule::add_op | Rule::mul_op | Rule::pow_op => "an operator",
@@ -623,7 +623,8 @@ impl Builder {
             }
             Rule::call => {
                 let mut it = p.into_inner();
-                let func = self.ident(it.next().unwrap());
+                let head = it.next().unwrap().into_inner().next().unwrap();
+                let func = self.ident(head);
                 let args = it.map(|a| self.expr(a, depth + 1)).collect::<Result<Vec<_>>>()?;
                 Ok(Expr {
                     kind: ExprKind::Call { func, args },
