@@ -231,16 +231,7 @@ impl Formatter<'_> {
     fn body(&mut self, b: &Body) {
         for s in &b.stmts {
             self.leading(s.span.start as usize, "    ");
-            let kw = match s.kind {
-                StmtKind::Let => "let",
-                StmtKind::Out => "out",
-            };
-            let head = if s.head.is_empty() {
-                String::new()
-            } else {
-                format!("[{}]", binders(&s.head))
-            };
-            let start = format!("    {kw} {}{head} = ", s.name.name);
+            let start = format!("    {} = ", super::print::stmt_head(s));
             self.wrapped(&start, &s.value);
             self.end_line(self.line_end(s.span.end as usize));
         }

@@ -58,18 +58,23 @@ pub fn file(f: &File) -> String {
     out
 }
 
+/// A statement's left-hand side as written: `let m[i, k]`, `out u[i]`.
+pub fn stmt_head(s: &Stmt) -> String {
+    let kw = match s.kind {
+        StmtKind::Let => "let",
+        StmtKind::Out => "out",
+    };
+    let head = if s.head.is_empty() {
+        String::new()
+    } else {
+        format!("[{}]", binders(&s.head))
+    };
+    format!("{kw} {}{head}", s.name.name)
+}
+
 fn body(out: &mut String, b: &Body) {
     for s in &b.stmts {
-        let kw = match s.kind {
-            StmtKind::Let => "let",
-            StmtKind::Out => "out",
-        };
-        let head = if s.head.is_empty() {
-            String::new()
-        } else {
-            format!("[{}]", binders(&s.head))
-        };
-        let _ = writeln!(out, "  ({kw} {}{head} {})", s.name.name, expr(&s.value));
+        let _ = writeln!(out, "  ({} {})", stmt_head(s), expr(&s.value));
     }
     let _ = writeln!(out, "  {})", expr(&b.result));
 }
