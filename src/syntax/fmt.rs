@@ -68,22 +68,8 @@ fn comments(text: &str) -> Vec<Comment> {
             }
             i = end;
         } else if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
-            let mut depth = 0;
             let start = i;
-            while i < b.len() {
-                if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
-                    depth += 1;
-                    i += 2;
-                } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
-                    depth -= 1;
-                    i += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
+            i = super::scan_block_comment(b, i).0;
             out.push(Comment {
                 start,
                 text: text[start..i].to_string(),

@@ -63,26 +63,10 @@ pub enum Closed {
 }
 
 fn block_comment(lex: &mut logos::Lexer<Tok>) -> Closed {
-    let rest = lex.remainder().as_bytes();
-    let mut depth = 1;
-    let mut i = 0;
-    while i < rest.len() {
-        if rest[i] == b'/' && rest.get(i + 1) == Some(&b'*') {
-            depth += 1;
-            i += 2;
-        } else if rest[i] == b'*' && rest.get(i + 1) == Some(&b'/') {
-            depth -= 1;
-            i += 2;
-            if depth == 0 {
-                lex.bump(i);
-                return Closed::Yes;
-            }
-        } else {
-            i += 1;
-        }
-    }
-    lex.bump(rest.len());
-    Closed::Open
+    let start = lex.span().start;
+    let (end, _, closed) = super::scan_block_comment(lex.source().as_bytes(), start);
+    lex.bump(end - lex.span().end);
+    if closed { Closed::Yes } else { Closed::Open }
 }
 
 /// Tokens with their byte ranges; characters that form no token are skipped.

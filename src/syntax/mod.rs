@@ -19,3 +19,26 @@ pub const MAX_DEPTH: usize = 200;
 /// The deepest nesting of brackets plus prefix constructs (reductions, `if`, unary operators) the pre-scan
 /// lets through to pest.
 pub const MAX_NESTING: usize = 64;
+
+/// Scans a (nesting) block comment that starts at `bytes[start..]` with `/*`: returns the offset just past
+/// its closing `*/` (or the end of input), the deepest nesting seen, and whether it was closed. One scanner
+/// for the parser's pre-scan, the formatter and the REPL lexer.
+pub(crate) fn scan_block_comment(bytes: &[u8], start: usize) -> (usize, usize, bool) {
+    let (mut i, mut depth, mut deepest) = (start, 0usize, 0usize);
+    while i < bytes.len() {
+        if bytes[i] == b'/' && bytes.get(i + 1) == Some(&b'*') {
+            depth += 1;
+            deepest = deepest.max(depth);
+            i += 2;
+        } else if bytes[i] == b'*' && bytes.get(i + 1) == Some(&b'/') {
+            depth -= 1;
+            i += 2;
+            if depth == 0 {
+                return (i, deepest, true);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    (i, deepest, false)
+}

@@ -126,24 +126,11 @@ fn prescan(source: SourceId, text: &str) -> Result<()> {
         }
         if c == b'/' && bytes.get(i + 1) == Some(&b'*') {
             // Block comments nest in the grammar; skip them the same way.
-            let mut depth = 0usize;
-            while i < bytes.len() {
-                if bytes[i] == b'/' && bytes.get(i + 1) == Some(&b'*') {
-                    depth += 1;
-                    if depth > MAX_NESTING {
-                        return Err(too_deep(i));
-                    }
-                    i += 2;
-                } else if bytes[i] == b'*' && bytes.get(i + 1) == Some(&b'/') {
-                    depth -= 1;
-                    i += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
+            let (end, deepest, _) = super::scan_block_comment(bytes, i);
+            if deepest > MAX_NESTING {
+                return Err(too_deep(i));
             }
+            i = end;
             continue;
         }
         if c.is_ascii_alphabetic() || c == b'_' {

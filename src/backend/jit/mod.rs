@@ -546,6 +546,19 @@ impl<'a, 'b> Lower<'a, 'b> {
 
     /// `for i in start..end { body }`; the body runs in its own dominance scope.
     fn for_range(&mut self, i: IndexId, start: Value, end: Value, body: &mut dyn FnMut(&mut Self)) {
+        self.stepped_loop(i, start, end, 1, body);
+    }
+
+    /// `body` for i = start, start + step, … while i + step <= end (each iteration covers `step` values of
+    /// i), in its own dominance scope; returns the first i not covered.
+    fn stepped_loop(
+        &mut self,
+        i: IndexId,
+        start: Value,
+        end: Value,
+        step: i64,
+        body: &mut dyn FnMut(&mut Self),
+    ) -> Value {
         let var = self.var(i);
         self.b.def_var(var, start);
         let header = self.b.create_block();
@@ -554,17 +567,19 @@ impl<'a, 'b> Lower<'a, 'b> {
         self.b.ins().jump(header, &[]);
         self.b.switch_to_block(header);
         let iv = self.b.use_var(var);
-        let more = self.b.ins().icmp(IntCC::SignedLessThan, iv, end);
+        let next = self.b.ins().iadd_imm_s(iv, step);
+        let more = self.b.ins().icmp(IntCC::SignedLessThanOrEqual, next, end);
         self.b.ins().brif(more, inner, &[], exit, &[]);
         self.b.switch_to_block(inner);
         self.frames.push(HashMap::new());
         body(self);
         self.frames.pop();
         let iv = self.b.use_var(var);
-        let next = self.b.ins().iadd_imm_s(iv, 1);
+        let next = self.b.ins().iadd_imm_s(iv, step);
         self.b.def_var(var, next);
         self.b.ins().jump(header, &[]);
         self.b.switch_to_block(exit);
+        self.b.use_var(var)
     }
 
     fn dim(&mut self, d: &Dim) -> Value {

@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 
-use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{ConstantData, Endianness, InstBuilder, MemFlagsData, Value, types};
 use cranelift_frontend::Variable;
 
@@ -98,28 +97,10 @@ impl Lower<'_, '_> {
         end: Value,
         body: &mut dyn FnMut(&mut Self, Value),
     ) -> Value {
-        let var = self.var(k);
-        self.b.def_var(var, start);
-        let header = self.b.create_block();
-        let inner = self.b.create_block();
-        let exit = self.b.create_block();
-        self.b.ins().jump(header, &[]);
-        self.b.switch_to_block(header);
-        let kb = self.b.use_var(var);
-        let next = self.b.ins().iadd_imm_s(kb, LANES);
-        let more = self.b.ins().icmp(IntCC::SignedLessThanOrEqual, next, end);
-        self.b.ins().brif(more, inner, &[], exit, &[]);
-        self.b.switch_to_block(inner);
-        self.frames.push(HashMap::new());
-        let kb = self.b.use_var(var);
-        body(self, kb);
-        self.frames.pop();
-        let kb = self.b.use_var(var);
-        let next = self.b.ins().iadd_imm_s(kb, LANES);
-        self.b.def_var(var, next);
-        self.b.ins().jump(header, &[]);
-        self.b.switch_to_block(exit);
-        self.b.use_var(var)
+        self.stepped_loop(k, start, end, LANES, &mut |l: &mut Self| {
+            let kb = l.index(k);
+            body(l, kb)
+        })
     }
 
     fn splat_f32(&mut self, x: f32) -> Value {
