@@ -64,6 +64,8 @@ pub enum CallError {
         bound: String,
         size: i64,
     },
+    #[error("input `{name}` is state kept by the state store; pass only its sample ids `{key}`")]
+    StateGiven { name: String, key: String },
     #[error("unknown hyperparameter `{name}` (the loss has: {available})")]
     UnknownHyper { name: String, available: String },
     #[error("hyperparameter `{name}` was fixed when the kernel was compiled; it cannot be set per call")]

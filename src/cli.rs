@@ -163,6 +163,10 @@ pub struct EvalArgs {
     /// Write loss.npy (grad_NAME.npy with --grad, out_NAME.npy for each extra output) into this directory.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Keep the loss's per-sample state (`state[ids]` inputs) in DIR/NAME.npy: read before the call
+    /// (missing rows start at their initial value) and written back after it.
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -483,20 +487,48 @@ fn tensor_json(t: &Tensor) -> serde_json::Value {
 }
 
 fn eval(args: &EvalArgs) -> Result<String, Failure> {
-    let (p, name, inputs, hypers) = prepare(&args.input)?;
+    let (p, name, mut inputs, hypers) = prepare(&args.input)?;
     let f = p.module.get(&name).expect("prepare picked a loss of this program");
-    let result = match (args.backend, args.grad) {
-        (BackendArg::Interp, false) => crate::api::eval(f, &inputs, &hypers)?,
-        (backend, grad) => {
+    let mut store = match &args.state {
+        Some(dir) => {
+            // State comes from the store; drop what --data or --random filled in (an explicit --input stays,
+            // and is reported as a bad call).
+            let explicit: Vec<&str> = args
+                .input
+                .inputs
+                .iter()
+                .filter_map(|s| s.split_once('='))
+                .map(|p| p.0)
+                .collect();
+            for i in f
+                .inputs
+                .iter()
+                .filter(|i| i.state.is_some() && !explicit.contains(&i.name.as_str()))
+            {
+                inputs.remove(&i.name);
+            }
+            Some(crate::StateStore::load_dir(dir, f)?)
+        }
+        None => None,
+    };
+    let result = match (args.backend, args.grad, &mut store) {
+        (BackendArg::Interp, false, None) => crate::api::eval(f, &inputs, &hypers)?,
+        (backend, grad, store) => {
             let kernel = crate::kernel::Kernel::build(f, &crate::Compiler::new().backend(backend.backend()))
                 .map_err(|d| Failure::Diags(Diags(vec![d])))?;
-            let mut e = kernel.eval_with(&inputs, &hypers)?;
+            let mut e = match store {
+                Some(store) => kernel.eval_stateful(&inputs, &hypers, store)?,
+                None => kernel.eval_with(&inputs, &hypers)?,
+            };
             if !grad {
                 e.grads.clear();
             }
             e
         }
     };
+    if let (Some(dir), Some(store)) = (&args.state, &store) {
+        store.save_dir(dir)?;
+    }
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir)
             .map_err(|e| Failure::Message(format!("error: cannot create {}: {e}", dir.display())))?;

@@ -156,6 +156,8 @@ codes! {
     BadOperand = "127",
     /// Integer arithmetic on a dimension expression that is not allowed (e.g. a float const as a dim).
     DimArithmetic = "128",
+    /// A `state[key]` input or an `updates` output that does not fit its key, shape or state input.
+    BadState = "129",
     /// A file has no loss, or `--loss` names none of its losses.
     UnknownLoss = "201",
     /// A file that cannot be read.

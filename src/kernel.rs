@@ -221,6 +221,21 @@ impl Kernel {
         interp::run(&self.function, &bound)
     }
 
+    /// One call of a stateful loss: the state inputs are gathered from `store` by the call's sample ids,
+    /// and the outputs declared `updates` are written back into it. Pass every input but the state ones.
+    pub fn eval_stateful(
+        &self,
+        inputs: &BTreeMap<String, Tensor>,
+        hypers: &BTreeMap<String, f64>,
+        store: &mut crate::StateStore,
+    ) -> Result<Evaluation, CallError> {
+        let mut all = inputs.clone();
+        store.gather(&self.function, &mut all, hypers)?;
+        let e = self.eval_with(&all, hypers)?;
+        store.scatter(&self.function, &all, &e.outputs)?;
+        Ok(e)
+    }
+
     /// Like [`Kernel::eval_with`], writing each gradient into a caller buffer of the input's size; returns
     /// the loss.
     pub fn eval_into(

@@ -8,7 +8,7 @@
 //!    of elementwise primitives (type rule and semantics in one place).
 //! 4. [`backend`]: the f64 reference interpreter, the oracle of every other backend.
 //! 5. [`call`] checks a call (shapes, labels, hyperparameters) before any backend runs;
-//!    [`api`] ties it together for embedding.
+//!    [`api`] and [`kernel`] tie it together for embedding; [`state`] keeps per-sample state between calls.
 
 pub mod api;
 pub mod autodiff;
@@ -30,6 +30,7 @@ pub mod prims;
 #[cfg(feature = "cli")]
 pub mod repl;
 pub mod sema;
+pub mod state;
 pub mod stdlib;
 pub mod syntax;
 
@@ -39,3 +40,4 @@ pub use call::CallError;
 pub use data::Tensor;
 pub use diag::{Diag, Diags};
 pub use kernel::{Backend, Compiler, Kernel};
+pub use state::StateStore;

@@ -42,20 +42,7 @@ pub fn entries() -> Vec<Entry> {
 }
 
 fn signature(l: &LossDef) -> String {
-    let params: Vec<String> = l
-        .params
-        .iter()
-        .map(|p| {
-            let mut s = format!("{}: {}", p.name.name, crate::syntax::print::ty(&p.ty));
-            if p.nograd.is_some() {
-                s.push_str(" nograd");
-            }
-            if let Some(d) = &p.default {
-                s.push_str(&format!(" = {}", crate::syntax::fmt::expr(d)));
-            }
-            s
-        })
-        .collect();
+    let params: Vec<String> = l.params.iter().map(crate::syntax::fmt::param).collect();
     format!("{}({})", l.name.name, params.join(", "))
 }
 

@@ -175,7 +175,33 @@ pub struct Input {
     /// For `idx` inputs: every value must lie in `0..bound`.
     pub bound: Option<Dim>,
     pub nograd: bool,
+    /// For per-sample state (`u: f32[B] state[ids] = init`): the key input and the initial row value.
+    pub state: Option<StateSpec>,
     pub span: Span,
+}
+
+/// How a state input is kept between calls: its rows are gathered from a table by the sample ids of
+/// input `key` (rank 1, one id per row), and a table row never written yet holds `init`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateSpec {
+    pub key: u32,
+    pub init: StateInit,
+}
+
+/// The initial value of a state table's rows.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum StateInit {
+    Const(f64),
+    /// The value of hyperparameter `.0` for the call that creates the row.
+    Hyper(u32),
+}
+
+/// `out_name: … updates input`: after a call, output `output` is scattered back into the state table of
+/// input `input` at the call's sample ids.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateUpdate {
+    pub output: String,
+    pub input: u32,
 }
 
 impl Input {
@@ -307,6 +333,8 @@ pub struct Function {
     pub dims: Vec<DimSym>,
     pub inputs: Vec<Input>,
     pub hypers: Vec<Hyper>,
+    /// Which outputs write which state inputs back.
+    pub updates: Vec<StateUpdate>,
     pub indices: Vec<IndexVar>,
     pub tensors: Vec<TensorDef>,
     nodes: Vec<Node>,
@@ -323,6 +351,7 @@ impl Function {
             dims: Vec::new(),
             inputs: Vec::new(),
             hypers: Vec::new(),
+            updates: Vec::new(),
             indices: Vec::new(),
             tensors: Vec::new(),
             nodes: Vec::new(),
@@ -510,6 +539,7 @@ impl Function {
             dims: self.dims.clone(),
             inputs: self.inputs.clone(),
             hypers: self.hypers.clone(),
+            updates: self.updates.clone(),
             indices: self.indices.clone(),
             tensors: Vec::new(),
             nodes: Vec::new(),

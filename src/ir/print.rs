@@ -31,6 +31,13 @@ pub fn function(f: &Function) -> String {
             if i.nograd {
                 s.push_str(" nograd");
             }
+            if let Some(st) = &i.state {
+                let init = match st.init {
+                    crate::ir::StateInit::Const(c) => format!("{c:?}"),
+                    crate::ir::StateInit::Hyper(h) => f.hypers[h as usize].name.clone(),
+                };
+                let _ = write!(s, " state[{}] = {init}", f.inputs[st.key as usize].name);
+            }
             s
         })
         .chain(f.hypers.iter().map(|h| match h.scalar {
@@ -39,6 +46,9 @@ pub fn function(f: &Function) -> String {
         }))
         .collect();
     let _ = writeln!(out, "loss {}({})", f.name, sig.join(", "));
+    for u in &f.updates {
+        let _ = writeln!(out, "  state {} <- {}", f.inputs[u.input as usize].name, u.output);
+    }
     for (i, v) in f.indices.iter().enumerate() {
         let _ = writeln!(out, "  index {}: {}", names[i], f.show_dim(&v.range));
     }

@@ -388,6 +388,7 @@ impl Cx<'_, '_> {
         for p in &def.params {
             self.param(p);
         }
+        self.state_keys(def);
         // Every dimension symbol must be the extent of some input axis.
         for (k, d) in self.f.dims.clone().iter().enumerate() {
             let id = DimId(k as u32);
@@ -410,7 +411,9 @@ impl Cx<'_, '_> {
     }
 
     fn param(&mut self, p: &ast::Param) {
-        if let Some(default) = &p.default {
+        if let Some(default) = &p.default
+            && p.state.is_none()
+        {
             if !p.ty.shape.is_empty() || p.ty.bound.is_some() {
                 self.err(
                     Diag::new(
@@ -491,10 +494,122 @@ impl Cx<'_, '_> {
             elem: p.ty.elem,
             shape,
             bound,
-            nograd: p.nograd.is_some(),
+            nograd: p.nograd.is_some() || p.state.is_some(),
+            state: None,
             span: p.name.span,
         });
         self.bind(&p.name, Local::Input(self.f.inputs.len() as u32 - 1));
+    }
+
+    /// Resolves `state[key]` inputs and `updates` outputs once every parameter is known.
+    fn state_keys(&mut self, def: &ast::LossDef) {
+        let help_key = "a state input is gathered by a rank-1 idx input of sample ids of the same length: \
+                        `ids: idx[B], u: f32[B] state[ids] = 0.0`";
+        for p in def.params.iter().filter(|p| p.state.is_some()) {
+            let Some(at) = self.f.inputs.iter().position(|i| i.name == p.name.name) else {
+                continue;
+            };
+            let key = p.state.as_ref().expect("filtered");
+            let fail = |this: &mut Self, msg: String, label: &str| {
+                this.err(
+                    Diag::new(Code::BadState, msg)
+                        .label(key.span, label.to_string())
+                        .label(p.ty.span, "the state's type")
+                        .help(help_key),
+                );
+            };
+            let Some(k) = self.f.inputs.iter().position(|i| i.name == key.name) else {
+                fail(
+                    self,
+                    format!("`{}` is not an input of this loss", key.name),
+                    "not an input",
+                );
+                continue;
+            };
+            let (key_in, state_in) = (&self.f.inputs[k], &self.f.inputs[at]);
+            if key_in.elem != ElemTy::Idx || key_in.shape.len() != 1 {
+                fail(
+                    self,
+                    format!("the state key `{}` is not a rank-1 idx input", key.name),
+                    "not sample ids",
+                );
+                continue;
+            }
+            if state_in.elem == ElemTy::Idx
+                || state_in.shape.len() != 1
+                || state_in.shape.first() != key_in.shape.first()
+            {
+                let msg = format!(
+                    "state `{}` must be a float vector with one value per id of `{}`",
+                    p.name.name, key.name
+                );
+                fail(self, msg, "the ids");
+                continue;
+            }
+            let init = match &p.default {
+                None => ir::StateInit::Const(0.0),
+                Some(e) => match &e.kind {
+                    ast::ExprKind::Access { name, subscripts: None }
+                        if self.f.hypers.iter().any(|h| h.name == name.name) =>
+                    {
+                        let h = self.f.hypers.iter().position(|h| h.name == name.name).expect("checked");
+                        ir::StateInit::Hyper(h as u32)
+                    }
+                    _ => match consts::eval(self.sema, self.unit, e) {
+                        Some(c) => ir::StateInit::Const(c.as_f64()),
+                        None => continue,
+                    },
+                },
+            };
+            self.f.inputs[at].state = Some(ir::StateSpec { key: k as u32, init });
+        }
+        for o in &def.outputs {
+            let Some(u) = &o.updates else { continue };
+            let state = self.f.inputs.iter().position(|i| i.name == u.name && i.state.is_some());
+            let Some(state) = state else {
+                self.err(
+                    Diag::new(Code::BadState, format!("`{}` is not a state input", u.name))
+                        .label(u.span, "updated here")
+                        .help("declare it as state: `u: f32[B] state[ids] = 0.0`"),
+                );
+                continue;
+            };
+            let declared: Vec<Option<Dim>> = o.ty.shape.iter().map(|d| self.dim(d)).collect();
+            let same = declared.len() == self.f.inputs[state].shape.len()
+                && declared
+                    .iter()
+                    .zip(&self.f.inputs[state].shape)
+                    .all(|(a, b)| a.as_ref() == Some(b));
+            if !same || o.ty.elem == ElemTy::Idx {
+                let span = self.f.inputs[state].span;
+                self.err(
+                    Diag::new(
+                        Code::BadState,
+                        format!("output `{}` does not have the shape of state `{}`", o.name.name, u.name),
+                    )
+                    .label(o.ty.span, "this shape")
+                    .label(span, "the state")
+                    .help("an update writes whole rows back: declare it with the state's float type and shape"),
+                );
+                continue;
+            }
+            if let Some(prev) = self.f.updates.iter().find(|x| x.input == state as u32) {
+                let msg = format!(
+                    "state `{}` is updated by both `{}` and `{}`",
+                    u.name, prev.output, o.name.name
+                );
+                self.err(
+                    Diag::new(Code::BadState, msg)
+                        .label(u.span, "a second update")
+                        .help("write each state back from one output"),
+                );
+                continue;
+            }
+            self.f.updates.push(ir::StateUpdate {
+                output: o.name.name.clone(),
+                input: state as u32,
+            });
+        }
     }
 
     /// A dimension in an input type: an integer, a const, or a dimension symbol (created on first use).

@@ -76,6 +76,8 @@ pub struct Param {
     pub name: Ident,
     pub ty: Type,
     pub nograd: Option<Span>,
+    /// `state[ids]`: the sample-id input whose rows this state input is gathered by.
+    pub state: Option<Ident>,
     pub default: Option<Expr>,
 }
 
@@ -83,6 +85,8 @@ pub struct Param {
 pub struct OutDecl {
     pub name: Ident,
     pub ty: Type,
+    /// `updates u`: the state input this output is written back to.
+    pub updates: Option<Ident>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -173,7 +173,13 @@ impl Formatter<'_> {
                     let o: Vec<String> = l
                         .outputs
                         .iter()
-                        .map(|o| format!("{}: {}", o.name.name, super::print::ty(&o.ty)))
+                        .map(|o| {
+                            let updates = o
+                                .updates
+                                .as_ref()
+                                .map_or(String::new(), |u| format!(" updates {}", u.name));
+                            format!("{}: {}{updates}", o.name.name, super::print::ty(&o.ty))
+                        })
                         .collect();
                     format!(" -> ({})", o.join(", "))
                 };
@@ -285,10 +291,14 @@ fn split_chain(e: &Expr) -> (String, Vec<(&'static str, String)>) {
     (String::new(), terms)
 }
 
-fn param(p: &Param) -> String {
+/// One loss parameter in lx syntax.
+pub fn param(p: &Param) -> String {
     let mut s = format!("{}: {}", p.name.name, super::print::ty(&p.ty));
     if p.nograd.is_some() {
         s.push_str(" nograd");
+    }
+    if let Some(k) = &p.state {
+        s.push_str(&format!(" state[{}]", k.name));
     }
     if let Some(d) = &p.default {
         s.push_str(&format!(" = {}", expr(d)));

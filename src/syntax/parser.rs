@@ -92,6 +92,7 @@ fn describe(rule: Rule) -> Option<&'static str> {
         Rule::subscripts | Rule::shape | Rule::head => "`[`",
         Rule::bound => "`<`",
         Rule::nograd => "`nograd`",
+        Rule::state_key => "`state[…]`",
         Rule::outputs => "`->`",
         Rule::body => "`{`",
         Rule::path | Rule::glob => "a module path",
@@ -274,10 +275,12 @@ impl Builder {
                     let name = self.ident(jt.next().unwrap());
                     let ty = self.ty(jt.next().unwrap())?;
                     let mut nograd = None;
+                    let mut state = None;
                     let mut default = None;
                     for r in jt {
                         match r.as_rule() {
                             Rule::nograd => nograd = Some(self.span(&r)),
+                            Rule::state_key => state = Some(self.ident(r.into_inner().next().unwrap())),
                             Rule::expr => default = Some(self.expr(r, 0)?),
                             x => unreachable!("param child {x:?}"),
                         }
@@ -286,6 +289,7 @@ impl Builder {
                         name,
                         ty,
                         nograd,
+                        state,
                         default,
                     });
                 }
@@ -294,7 +298,8 @@ impl Builder {
                         let mut jt = d.into_inner();
                         let name = self.ident(jt.next().unwrap());
                         let ty = self.ty(jt.next().unwrap())?;
-                        outputs.push(OutDecl { name, ty });
+                        let updates = jt.next().map(|u| self.ident(u));
+                        outputs.push(OutDecl { name, ty, updates });
                     }
                 }
                 Rule::body => body = Some(self.body(q)?),

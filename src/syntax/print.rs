@@ -43,13 +43,20 @@ pub fn file(f: &File) -> String {
                     if p.nograd.is_some() {
                         s.push_str(" nograd");
                     }
+                    if let Some(k) = &p.state {
+                        let _ = write!(s, " (state {})", k.name);
+                    }
                     if let Some(d) = &p.default {
                         let _ = write!(s, " (default {})", expr(d));
                     }
                     let _ = writeln!(out, "{s})");
                 }
                 for o in &l.outputs {
-                    let _ = writeln!(out, "  (output {} {})", o.name.name, ty(&o.ty));
+                    let updates = o
+                        .updates
+                        .as_ref()
+                        .map_or(String::new(), |u| format!(" (updates {})", u.name));
+                    let _ = writeln!(out, "  (output {} {}{updates})", o.name.name, ty(&o.ty));
                 }
                 body(&mut out, &l.body);
             }
