@@ -158,6 +158,9 @@ codes! {
     DimArithmetic = "128",
     /// A `state[key]` input or an `updates` output that does not fit its key, shape or state input.
     BadState = "129",
+    /// A `topk`, `argsort` or `sortnet` with an unknown or bad option, a mask it does not take, or a size it
+    /// cannot sort.
+    BadOrderOption = "130",
     /// A file has no loss, or `--loss` names none of its losses.
     UnknownLoss = "201",
     /// A file that cannot be read.

@@ -9,6 +9,7 @@
 //! dimension symbol is the whole extent of some input axis, so call-time shapes bind all of them.
 
 mod consts;
+mod order;
 mod std_modules;
 
 use std::collections::HashMap;
@@ -1077,6 +1078,14 @@ impl Cx<'_, '_> {
                 mask,
                 body,
             } => self.reduce(*op, binders, mask.as_deref(), body, e.span),
+            ExprKind::Order {
+                op,
+                binder,
+                mask,
+                body,
+                options,
+                subscripts,
+            } => self.order(*op, binder, mask.as_deref(), body, options, subscripts, e.span),
         }
     }
 

@@ -297,6 +297,61 @@ pub enum ExprKind {
         body: Box<Expr>,
     },
     Paren(Box<Expr>),
+    /// An ordering form: `topk[j | m](e; k = K)[u]`, `argsort[j](e)[u]`, `sortnet[k](e; …)[i, j]`.
+    Order {
+        op: OrderOp,
+        binder: Binder,
+        mask: Option<Box<Expr>>,
+        body: Box<Expr>,
+        options: Vec<OrderOption>,
+        subscripts: Vec<Expr>,
+    },
+}
+
+/// Which ordering form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OrderOp {
+    TopK,
+    ArgSort,
+    SortNet,
+}
+
+impl OrderOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderOp::TopK => "topk",
+            OrderOp::ArgSort => "argsort",
+            OrderOp::SortNet => "sortnet",
+        }
+    }
+    pub fn from_name(name: &str) -> Option<OrderOp> {
+        [OrderOp::TopK, OrderOp::ArgSort, OrderOp::SortNet]
+            .into_iter()
+            .find(|o| o.as_str() == name)
+    }
+}
+
+/// `name = value` after the `;` of an ordering form.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OrderOption {
+    pub name: Ident,
+    pub value: OptionValue,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum OptionValue {
+    /// A string literal (without its quotes) and its span.
+    Str(String, Span),
+    Expr(Expr),
+}
+
+impl OptionValue {
+    pub fn span(&self) -> Span {
+        match self {
+            OptionValue::Str(_, s) => *s,
+            OptionValue::Expr(e) => e.span,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

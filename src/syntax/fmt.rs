@@ -348,5 +348,26 @@ fn print_expr(e: &Expr, src: &str) -> String {
             format!("{}[{}{m}] {}", op.as_str(), binders(b), go(body))
         }
         ExprKind::Paren(inner) => format!("({})", go(inner)),
+        ExprKind::Order {
+            op,
+            binder,
+            mask,
+            body,
+            options,
+            subscripts,
+        } => {
+            let m = mask.as_ref().map(|m| format!(" | {}", go(m))).unwrap_or_default();
+            let opts: Vec<String> = options
+                .iter()
+                .map(|o| format!("{} = {}", o.name.name, super::print::option_value(&o.value, go)))
+                .collect();
+            let opts = if opts.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", opts.join(", "))
+            };
+            let b = binders(std::slice::from_ref(binder));
+            format!("{}[{b}{m}]({}{opts})[{}]", op.as_str(), go(body), list(subscripts))
+        }
     }
 }

@@ -92,6 +92,9 @@ fn describe(rule: Rule) -> Option<&'static str> {
         Rule::subscripts | Rule::shape | Rule::head => "`[`",
         Rule::bound => "`<`",
         Rule::nograd => "`nograd`",
+        Rule::order | Rule::order_op => "`topk`, `argsort` or `sortnet`",
+        Rule::option => "an option (`name = value`)",
+        Rule::string => "a string",
         Rule::state_key => "`state[…]`",
         Rule::outputs => "`->`",
         Rule::body => "`{`",
@@ -609,6 +612,51 @@ impl Builder {
                         binders,
                         mask,
                         body: Box::new(body),
+                    },
+                    span,
+                })
+            }
+            Rule::order => {
+                let mut it = p.into_inner();
+                let op = OrderOp::from_name(it.next().unwrap().as_str()).expect("grammar: order_op");
+                let binder = self.binder(it.next().unwrap())?;
+                let mut exprs = Vec::new();
+                let mut options = Vec::new();
+                let mut subscripts = Vec::new();
+                for q in it {
+                    match q.as_rule() {
+                        Rule::expr => exprs.push(self.expr(q, depth + 1)?),
+                        Rule::option => {
+                            let mut jt = q.into_inner();
+                            let name = self.ident(jt.next().unwrap());
+                            let v = jt.next().unwrap();
+                            let value = match v.as_rule() {
+                                Rule::string => {
+                                    let text = v.as_str();
+                                    OptionValue::Str(text[1..text.len() - 1].to_string(), self.span(&v))
+                                }
+                                _ => OptionValue::Expr(self.expr(v, depth + 1)?),
+                            };
+                            options.push(OrderOption { name, value });
+                        }
+                        Rule::subscripts => {
+                            for a in q.into_inner() {
+                                subscripts.push(self.expr(a, depth + 1)?);
+                            }
+                        }
+                        r => unreachable!("order child {r:?}"),
+                    }
+                }
+                let body = exprs.pop().expect("grammar: order body");
+                let mask = exprs.pop().map(Box::new);
+                Ok(Expr {
+                    kind: ExprKind::Order {
+                        op,
+                        binder,
+                        mask,
+                        body: Box::new(body),
+                        options,
+                        subscripts,
                     },
                     span,
                 })

@@ -178,5 +178,35 @@ pub fn expr(e: &Expr) -> String {
             format!("({}[{}{m}] {})", op.as_str(), binders(b), expr(body))
         }
         ExprKind::Paren(inner) => expr(inner),
+        ExprKind::Order {
+            op,
+            binder,
+            mask,
+            body,
+            options,
+            subscripts,
+        } => {
+            let m = mask.as_ref().map(|m| format!(" | {}", expr(m))).unwrap_or_default();
+            let opts: String = options
+                .iter()
+                .map(|o| format!(" ({} {})", o.name.name, option_value(&o.value, expr)))
+                .collect();
+            let subs: Vec<String> = subscripts.iter().map(expr).collect();
+            format!(
+                "({}[{}{m}] {}{opts} [{}])",
+                op.as_str(),
+                binders(std::slice::from_ref(binder)),
+                expr(body),
+                subs.join(" ")
+            )
+        }
+    }
+}
+
+/// An option value as written: a string in quotes, an expression by `show`.
+pub fn option_value(v: &OptionValue, show: impl Fn(&Expr) -> String) -> String {
+    match v {
+        OptionValue::Str(s, _) => format!("\"{s}\""),
+        OptionValue::Expr(e) => show(e),
     }
 }
