@@ -1,0 +1,364 @@
+#!/usr/bin/env python3
+"""Writes the stdlib conformance fixtures (tests/fixtures/*.json) from the reference implementations.
+
+Requires: torch, torchvision, libauc, pytorch-metric-learning, diffsort (all from PyPI; see
+tools/requirements-fixtures.txt; the test suite does not need Python). Run from the repository root:  python3 tools/make_fixtures.py
+
+Each fixture file holds cases; a case names the lx loss (a stdlib path or inline source), its
+hyperparameters, and one or more calls (several for stateful losses: the state carries over) with inputs,
+the expected loss (float64), the expected gradients and the expected outputs (state written back).
+The reference of each case is named in its "reference" field: a library call, or "re-implementation of
+<repo file>" where no package ships the paper's code.
+"""
+
+import json
+import math
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+torch.set_default_dtype(torch.float64)
+OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures")
+
+
+def enc(t):
+    a = t.detach().cpu().numpy() if torch.is_tensor(t) else np.asarray(t)
+    if a.dtype.kind in "iu":
+        return {"shape": list(a.shape), "dtype": "i64", "data": [int(v) for v in a.reshape(-1)]}
+    return {"shape": list(a.shape), "dtype": "f64", "data": [float(v) for v in a.reshape(-1)]}
+
+
+def call(inputs, fn, outputs=None):
+    """Runs `fn(**inputs)` (float inputs that require grad get gradients) and records the result."""
+    leaves = {}
+    for k, v in inputs.items():
+        if torch.is_tensor(v) and v.dtype.is_floating_point and v.requires_grad:
+            leaves[k] = v
+    res = fn(**inputs)
+    loss, outs = (res if isinstance(res, tuple) else (res, {}))
+    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True) if leaves else []
+    rec = {
+        "inputs": {k: enc(v) for k, v in inputs.items()},
+        "loss": float(loss),
+        "grads": {k: enc(g if g is not None else torch.zeros_like(leaves[k])) for k, g in zip(leaves, grads)},
+        "outputs": {k: enc(v) for k, v in outs.items()},
+    }
+    return rec
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(*shape, seed, scale=1.0, grad=True):
+    t = torch.randn(*shape, generator=gen(seed)) * scale
+    return t.requires_grad_(grad)
+
+
+def labels(n, c, seed):
+    return torch.randint(0, c, (n,), generator=gen(seed))
+
+
+def write(family, cases):
+    os.makedirs(OUT, exist_ok=True)
+    with open(os.path.join(OUT, f"{family}.json"), "w") as f:
+        json.dump({"family": family, "cases": cases}, f, indent=None, separators=(",", ":"))
+        f.write("\n")
+    print(f"{family}: {len(cases)} cases")
+
+
+def case(name, loss, reference, calls, hypers=None, source=None):
+    c = {"name": name, "loss": loss, "reference": reference, "hypers": hypers or {}, "calls": calls}
+    if source is not None:
+        c["source"] = source
+    return c
+
+
+# ---- classification ----------------------------------------------------------------------------------
+
+
+def classification():
+    cases = []
+    for scale, tag in [(1.0, ""), (80.0, "_pm80")]:
+        s = (torch.rand(6, 5, generator=gen(1)) * 2 - 1) * scale
+        s.requires_grad_(True)
+        y = labels(6, 5, 2)
+        cases.append(case(f"cross_entropy{tag}", "std::classification::cross_entropy", "torch F.cross_entropy",
+                          [call({"s": s, "y": y}, lambda s, y: F.cross_entropy(s, y))]))
+        cases.append(case(f"cross_entropy_smooth{tag}", "std::classification::cross_entropy_smooth",
+                          "torch F.cross_entropy(label_smoothing=0.1)",
+                          [call({"s": s, "y": y}, lambda s, y: F.cross_entropy(s, y, label_smoothing=0.1))]))
+    write("classification", cases)
+
+
+# ---- robust (LDR-KL, ALDR-KL) ------------------------------------------------------------------------
+
+
+def ldr_kl_ref(s, y, c=2.0, lam=1.0):
+    # re-implementation of Optimization-AI/ICML2023_LDR loss.py LDRLoss_V1
+    C = s.shape[1]
+    g = F.softplus(s)
+    g = g / g.mean(dim=1, keepdim=True)
+    d = c * (1 - F.one_hot(y, C)) + g - g.gather(1, y[:, None])
+    m = d.max(dim=1, keepdim=True)[0].detach()
+    return (lam * torch.log(torch.exp((d - m) / lam).mean(dim=1)) + m[:, 0]).mean()
+
+
+class ALDR:
+    # re-implementation of Optimization-AI/ICML2023_LDR loss.py ALDRLoss_V1 (LOSSES.md §4)
+    def __init__(self, n, c=1.0, lam_ref=1.0, alpha=1.0, softplus=False):
+        self.lam = torch.ones(n) * lam_ref
+        self.c, self.lam_ref, self.alpha, self.softplus = c, lam_ref, alpha, softplus
+
+    def __call__(self, s, y, ids):
+        C = s.shape[1]
+        g = F.softplus(s) if self.softplus else s
+        g = g / (g.abs().sum(dim=1, keepdim=True) / C)
+        q = torch.softmax(g.detach() / self.lam[ids][:, None], dim=1) + 1e-5
+        q = q / q.sum(dim=1, keepdim=True)
+        kl = (q * torch.log(C * q)).sum(dim=1)
+        logC = math.log(C)
+        lam = (self.lam_ref - self.lam_ref * kl / (self.alpha * logC)).detach()
+        self.lam[ids] = lam
+        extra = -0.5 * self.alpha * logC / self.lam_ref * (lam - self.lam_ref) ** 2
+        d = self.c * (1 - F.one_hot(y, C)) + g - g.gather(1, y[:, None])
+        l = lam * torch.log(torch.exp(d / lam[:, None]).mean(dim=1)) + extra
+        return l.mean(), {"lam_new": lam}
+
+
+def robust():
+    cases = []
+    for scale, tag in [(1.0, ""), (80.0, "_pm80")]:
+        s = randn(6, 5, seed=3, scale=scale)
+        y = labels(6, 5, 4)
+        cases.append(case(f"ldr_kl{tag}", "std::robust::ldr_kl", "re-implementation of ICML2023_LDR loss.py LDRLoss_V1",
+                          [call({"s": s, "y": y}, lambda s, y: ldr_kl_ref(s, y))]))
+    ref = ALDR(10, c=0.1, lam_ref=10.0, alpha=2.0, softplus=True)
+    calls = []
+    for k, ids in enumerate([[0, 3, 5, 7], [3, 1, 7, 9]]):
+        s = randn(4, 6, seed=10 + k, scale=2.0)
+        y = labels(4, 6, 20 + k)
+        calls.append(call({"s": s, "y": y, "ids": torch.tensor(ids)}, ref))
+    cases.append(case("aldr_kl_two_calls", "std::robust::aldr_kl", "re-implementation of ICML2023_LDR loss.py ALDRLoss_V1",
+                      calls, hypers={"c": 0.1, "lambda_ref": 10.0, "alpha": 2.0, "use_softplus": 1.0}))
+    write("robust", cases)
+
+
+# ---- focal, hinge, distill ---------------------------------------------------------------------------
+
+
+def focal_hinge_distill():
+    from libauc.losses import FocalLoss
+
+    cases = []
+    for scale, tag in [(1.0, ""), (80.0, "_pm80")]:
+        x = randn(8, seed=5, scale=scale)
+        y = labels(8, 2, 6)
+        fl = FocalLoss(alpha=0.25, gamma=2.0, device="cpu")
+        cases.append(case(f"focal_libauc_as_coded{tag}", "std::focal::focal_libauc_as_coded",
+                          "libauc.losses.FocalLoss(0.25, 2)",
+                          [call({"x": x, "y": y}, lambda x, y: fl(x[:, None], y[:, None].double()))]))
+
+        def per_sample(x, y):
+            # libauc FocalLoss with alpha_t kept per sample (its [N] x [N, 1] broadcast removed)
+            bce = F.binary_cross_entropy_with_logits(x, y.double(), reduction="none")
+            at = torch.tensor([0.25, 0.75]).gather(0, y)
+            return (at * (1 - torch.exp(-bce)) ** 2 * bce).mean()
+
+        cases.append(case(f"focal_libauc{tag}", "std::focal::focal_libauc",
+                          "re-implementation of libauc FocalLoss per sample", [call({"x": x, "y": y}, per_sample)]))
+        xb = randn(8, seed=15, scale=scale)
+        yb = labels(8, 2, 16).double()
+        from torchvision.ops import sigmoid_focal_loss
+
+        cases.append(case(f"focal_binary{tag}", "std::focal::focal_binary",
+                          "torchvision.ops.sigmoid_focal_loss(alpha=0.25, gamma=2, reduction='mean')",
+                          [call({"x": xb, "y": yb}, lambda x, y: sigmoid_focal_loss(x, y, reduction="mean"))]))
+        s = randn(6, 5, seed=7, scale=scale)
+        yy = labels(6, 5, 8)
+        cases.append(case(f"weston_watkins{tag}", "std::hinge::weston_watkins", "torch F.multi_margin_loss(p=1, margin=1)",
+                          [call({"s": s, "y": yy}, lambda s, y: F.multi_margin_loss(s, y))]))
+    s = randn(6, 5, seed=9, scale=3.0)
+    t = randn(6, 5, seed=10, scale=3.0, grad=False)
+    kd = lambda s, t: F.kl_div(F.log_softmax(s / 4.0, 1), F.softmax(t / 4.0, 1), reduction="batchmean") * 16.0
+    cases.append(case("distill", "std::distill::distill", "torch KL(softmax(t/T) || softmax(s/T)) * T^2, batchmean",
+                      [call({"s": s, "t": t}, kd)]))
+    write("focal_hinge_distill", cases)
+
+
+# ---- ranking -----------------------------------------------------------------------------------------
+
+
+def ranking():
+    from libauc.losses import PairwiseAUCLoss
+
+    cases = []
+    s = randn(10, seed=11)
+    y = torch.tensor([0, 1, 1, 0, 0, 1, 0, 0, 1, 0])
+    for surr, lx in [("logistic", "auc_logistic"), ("squared", "auc_squared"),
+                     ("squared_hinge", "auc_squared_hinge"), ("hinge", "auc_hinge")]:
+        hp = 1.0
+        fn = PairwiseAUCLoss(surr_loss=surr, hparam=hp)
+        cases.append(case(lx, f"std::ranking::{lx}", f"libauc.losses.PairwiseAUCLoss(surr_loss='{surr}')",
+                          [call({"s": s, "y": y}, lambda s, y, fn=fn: fn(s, y))]))
+    write("ranking", cases)
+
+
+# ---- metric learning ---------------------------------------------------------------------------------
+
+
+def metric_learning():
+    from pytorch_metric_learning import losses, miners
+
+    cases = []
+    a, p, n = randn(5, 4, seed=12), randn(5, 4, seed=13), randn(5, 4, seed=14)
+    cases.append(case("triplet_margin", "std::metric_learning::triplet_margin", "torch nn.TripletMarginLoss(margin=1)",
+                      [call({"a": a, "p": p, "n": n}, lambda a, p, n: torch.nn.TripletMarginLoss(margin=1.0)(a, p, n))]))
+    x = randn(8, 4, seed=15)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    cases.append(case("triplet_all", "std::metric_learning::triplet_all",
+                      "pytorch_metric_learning TripletMarginLoss(margin=0.05) (all triplets, AvgNonZero)",
+                      [call({"x": x, "y": y}, lambda x, y: losses.TripletMarginLoss(margin=0.05)(x, y))]))
+
+    def ms(x, y):
+        miner = miners.MultiSimilarityMiner(epsilon=0.1)
+        return losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5)(x, y, miner(x, y))
+
+    xs = randn(8, 4, seed=16)
+    cases.append(case("multi_similarity", "std::metric_learning::multi_similarity",
+                      "pytorch_metric_learning MultiSimilarityLoss(2, 50, 0.5) with MultiSimilarityMiner(0.1)",
+                      [call({"x": xs, "y": y}, ms)]))
+    write("metric_learning", cases)
+
+
+# ---- contrastive (NT-Xent, SogCLR, iSogCLR, GCL bimodal) ---------------------------------------------
+
+
+def contrastive():
+    from pytorch_metric_learning import losses
+    from libauc.losses import GCLoss_v1, GCLoss_v2
+
+    cases = []
+    x = randn(8, 4, seed=17)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    cases.append(case("nt_xent_labels", "std::contrastive::nt_xent_labels", "pytorch_metric_learning NTXentLoss(0.07)",
+                      [call({"x": x, "y": y}, lambda x, y: losses.NTXentLoss(temperature=0.07)(x, y))]))
+
+    def stateful(ref, names, make_inputs, fn):
+        calls = []
+        for k, ids in enumerate([[0, 2, 4, 5, 7], [2, 3, 5, 6, 9]]):
+            inputs = make_inputs(k)
+            inputs["ids"] = torch.tensor(ids)
+            calls.append(call(inputs, fn))
+        return calls
+
+    B, D = 5, 4
+    mk = lambda k: {"h1": randn(B, D, seed=30 + k), "h2": randn(B, D, seed=40 + k)}
+    ref = GCLoss_v1(N=10, tau=0.1, gamma=0.9, device="cpu")
+
+    def sog(h1, h2, ids):
+        loss = ref(h1, h2, ids)
+        return loss, {"u_new": ref.u[ids][:, 0].clone()}
+
+    cases.append(case("sogclr_two_calls", "std::contrastive::sogclr", "libauc.losses.GCLoss_v1(N=10, tau=0.1, gamma=0.9)",
+                      stateful(ref, None, mk, sog)))
+
+    iref = GCLoss_v1(N=10, tau=0.1, gamma=0.9, device="cpu", enable_isogclr=True)
+
+    def isog(h1, h2, ids):
+        loss = iref(h1, h2, ids)
+        return loss, {"u_new": iref.u[ids][:, 0].clone(), "t_new": iref.learnable_tau[ids][:, 0].clone(),
+                      "gt_new": iref.grad_tau[ids][:, 0].clone()}
+
+    cases.append(case("isogclr_two_calls", "std::contrastive::isogclr",
+                      "libauc.losses.GCLoss_v1(N=10, tau=0.1, enable_isogclr=True)", stateful(iref, None, mk, isog)))
+
+    bref = GCLoss_v2(N=10, tau=0.1, gamma=0.9)
+    mkb = lambda k: {"img": randn(B, D, seed=50 + k, scale=0.5), "txt": randn(B, D, seed=60 + k, scale=0.5)}
+
+    def bim(img, txt, ids):
+        loss, _ = bref(img, txt, ids)
+        return loss, {"u1_new": bref.u1[ids][:, 0].clone(), "u2_new": bref.u2[ids][:, 0].clone(),
+                      "b1_new": bref.b1[ids][:, 0].clone(), "b2_new": bref.b2[ids][:, 0].clone()}
+
+    cases.append(case("gcl_bimodal_two_calls", "std::contrastive::gcl_bimodal", "libauc.losses.GCLoss_v2(N=10, tau=0.1)",
+                      stateful(bref, None, mkb, bim), hypers={"tau": 0.1}))
+    write("contrastive", cases)
+
+
+# ---- sorting networks, sorting supervision, GroCo -----------------------------------------------------
+
+
+def sorting():
+    import diffsort
+
+    cases = []
+    for n, network, relax, steep in [(5, "odd_even", "cauchy", 10.0), (6, "bitonic", "cauchy", 10.0),
+                                     (5, "bitonic", "logistic", 3.0), (7, "odd_even", "logistic_phi", 5.0),
+                                     (8, "bitonic", "reciprocal", 4.0)]:
+        x = randn(3, n, seed=70 + n)
+        w = randn(3, n, n, seed=80 + n, grad=False)
+        sorter = diffsort.DiffSortNet(network, n, steepness=steep, distribution=relax, device="cpu")
+        src = (f"loss net(x: f32[B, {n}], w: f32[B, {n}, {n}] nograd) -> (P: f32[B, {n}, {n}]) {{\n"
+               f"    out P[r, i, j] = sortnet[k](x[r, k]; network = \"{network}\", relax = \"{relax}\", "
+               f"steepness = {steep})[i, j]\n"
+               f"    sum[r, i, j] P[r, i, j] * w[r, i, j]\n}}\n")
+
+        def fn(x, w, sorter=sorter):
+            _, P = sorter(x)
+            return (P * w).sum(), {"P": P}
+
+        cases.append(case(f"sortnet_{network}_{relax}_{n}", "net", f"diffsort.DiffSortNet('{network}', {n}, "
+                          f"steepness={steep}, distribution='{relax}')", [call({"x": x, "w": w}, fn)], source=src))
+
+    def sort_bce(network, n):
+        sorter = diffsort.DiffSortNet(network, n, steepness=10.0, distribution="cauchy", device="cpu")
+
+        def fn(x, t):
+            _, P = sorter(x)
+            gt = F.one_hot(torch.argsort(t, dim=-1), n).transpose(-2, -1).double()
+            return torch.nn.BCELoss()(P, gt)
+
+        return fn
+
+    for lx, network, n in [("sort_bce", "odd_even", 5), ("sort_bce_bitonic", "bitonic", 6)]:
+        x = randn(4, n, seed=90 + n)
+        t = randn(4, n, seed=95 + n, grad=False)
+        cases.append(case(lx, f"std::sorting::{lx}", f"diffsort.DiffSortNet('{network}', {n}) + torch BCELoss "
+                          "(diffsort experiments/main.py)", [call({"x": x, "t": t}, sort_bce(network, n))]))
+
+    def groco(z1, z2, k_neg=10, steepness=1.0):
+        # re-implementation of ninatu/learning_by_sorting losses/groco.py (2 views, stop_grad) on diffsort
+        sorter = diffsort.DiffSortNet("odd_even", k_neg + 1, steepness=steepness, art_lambda=0.25,
+                                      distribution="cauchy", device="cpu")
+        total = 0
+        for a, b in [(z1, z2), (z2, z1)]:
+            pos = F.cosine_similarity(a, b.detach(), dim=1)[:, None]
+            an, nn_ = F.normalize(a, dim=1), F.normalize(a.detach(), dim=1)
+            neg = (an @ nn_.T).masked_fill(torch.eye(len(a)) > 0, -float("inf"))
+            neg = torch.flip(torch.topk(neg, k=k_neg, dim=1)[0], dims=[1])
+            _, P = sorter(torch.cat((neg, pos), dim=1))
+            pp = torch.clip(P[:, :, k_neg:].sum(2, keepdim=True), 0, 1)
+            pn = torch.clip(P[:, :, :k_neg].sum(2, keepdim=True), 0, 1)
+            tgt = torch.eye(k_neg + 1)[None].repeat(len(a), 1, 1)
+            tp = torch.clip(tgt[:, :, k_neg:].sum(2, keepdim=True), 0, 1)
+            tn = torch.clip(tgt[:, :, :k_neg].sum(2, keepdim=True), 0, 1)
+            total = total + (torch.nn.BCELoss()(pp, tp) + torch.nn.BCELoss()(pn, tn)) / 2
+        return total / 2
+
+    z1, z2 = randn(12, 4, seed=101), randn(12, 4, seed=102)
+    cases.append(case("groco", "std::sorting::groco", "re-implementation of learning_by_sorting losses/groco.py on diffsort",
+                      [call({"z1": z1, "z2": z2}, groco)]))
+    write("sorting", cases)
+
+
+if __name__ == "__main__":
+    classification()
+    robust()
+    focal_hinge_distill()
+    ranking()
+    metric_learning()
+    contrastive()
+    sorting()
