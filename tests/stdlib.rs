@@ -24,6 +24,9 @@ fn inputs(f: &Function, rng: &mut Rng) -> BTreeMap<String, Tensor> {
                         .map(|k| if b == 2 { (k % 2) as i64 } else { rng.below(b) as i64 })
                         .collect(),
                 )
+            } else if i.state.is_some() {
+                // State as a previous call leaves it: positive (moving averages, temperatures).
+                Tensor::float(shape, (0..n).map(|_| 0.1 + rng.uniform()).collect())
             } else if i.nograd {
                 Tensor::float(
                     shape,
