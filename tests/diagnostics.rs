@@ -190,6 +190,62 @@ case!(
     "const H = 0.5\nloss f(x: f32[N]) {\n    let a[t: H] = 1.0\n    sum[t] a[t]\n}\n"
 );
 
+case!(
+    state_key_not_ids,
+    BadState,
+    "loss f(x: f32[B], ids: f32[B], u: f32[B] state[ids] = 0.0) { sum[i] x[i] * u[i] }\n"
+);
+case!(
+    state_key_unknown,
+    BadState,
+    "loss f(x: f32[B], u: f32[B] state[idz] = 0.0) { sum[i] x[i] * u[i] }\n"
+);
+case!(
+    state_wrong_shape,
+    BadState,
+    "loss f(x: f32[B, C], ids: idx[B], u: f32[B, C] state[ids]) { sum[i, k] x[i, k] * u[i, k] }\n"
+);
+case!(
+    updates_not_state,
+    BadState,
+    "loss f(x: f32[B], ids: idx[B]) -> (v: f32[B] updates x) {\n    out v[i] = x[i]\n    sum[i] x[i]\n}\n"
+);
+case!(
+    updates_wrong_shape,
+    BadState,
+    "loss f(x: f32[B, C], ids: idx[B], u: f32[B] state[ids]) -> (v: f32[B, C] updates u) {\n    out v[i, k] = x[i, k]\n    sum[i] u[i]\n}\n"
+);
+case!(
+    sortnet_symbolic_size,
+    BadOrderOption,
+    "loss f(x: f32[B, N]) {\n    sum[r, i, j] sortnet[k](x[r, k])[i, j] * x[r, j]\n}\n"
+);
+case!(
+    sortnet_unknown_network,
+    BadOrderOption,
+    "loss f(x: f32[B, 4]) {\n    sum[r, i, j] sortnet[k](x[r, k]; network = \"bubble\")[i, j] * x[r, j]\n}\n"
+);
+case!(
+    topk_unknown_option,
+    BadOrderOption,
+    "loss f(s: f32[B, N]) {\n    sum[r, u: 3] topk[j](s[r, j]; k = 3, largest = 1)[u]\n}\n"
+);
+case!(
+    topk_without_k,
+    BadOrderOption,
+    "loss f(s: f32[B, N]) {\n    sum[r, u: 3] topk[j](s[r, j])[u]\n}\n"
+);
+case!(
+    sortnet_with_mask,
+    BadOrderOption,
+    "loss f(x: f32[B, 4]) {\n    sum[r, i, j] sortnet[k | k > 0](x[r, k])[i, j] * x[r, j]\n}\n"
+);
+case!(
+    argsort_two_positions,
+    BadOrderOption,
+    "loss f(s: f32[B, N]) {\n    sum[r, u] s[r, argsort[j](s[r, j])[u, u]]\n}\n"
+);
+
 #[test]
 fn every_error_in_a_file_is_reported() {
     let src = "loss f(x: f32[N]) {\n    let a = sum[i] x[i] * lamda\n    let b = mean[i] expp(x[i])\n    let c = count[k] x[k]\n    a + b + c\n}\n";

@@ -110,26 +110,45 @@ impl Cx<'_, '_> {
         subscripts: &[ast::Expr],
         span: Span,
     ) -> Option<NodeId> {
+        // Lower everything first, so that one bad option does not leave the indices around unconstrained.
+        self.scopes.push(Vec::new());
+        let j = self.binder(binder, None);
+        let m = mask_ast.map(|m| self.expr(m).and_then(|n| self.condition(n, m)));
+        let b = self.expr(body);
+        self.scopes.pop();
+        let j = self.finish_binders(std::slice::from_ref(binder), vec![j]).map(|v| v[0]);
+        let k_option = options.iter().find(|o| o.name.name == "k");
+        let positions = match (op, j) {
+            (OrderOp::TopK, _) => k_option.and_then(|k| self.option_dim(k)),
+            (_, Some(j)) => Some(self.f.index(j).range.clone()),
+            _ => None,
+        };
+        let subs: Vec<Option<NodeId>> = subscripts
+            .iter()
+            .map(|sub| match &positions {
+                Some(dim) => self.position(sub, dim, op),
+                None => self.expr(sub),
+            })
+            .collect();
+
         let allowed: &[&str] = match op {
             OrderOp::TopK => &["k"],
             OrderOp::ArgSort => &[],
             OrderOp::SortNet => &["network", "relax", "steepness", "art_lambda"],
         };
-        for o in options {
-            if !allowed.contains(&o.name.name.as_str()) {
-                let help = if allowed.is_empty() {
-                    format!("`{}` takes no options", op.as_str())
-                } else {
-                    format!("`{}` takes: {}", op.as_str(), allowed.join(", "))
-                };
-                self.order_err(
-                    o.name.span,
-                    format!("unknown option `{}`", o.name.name),
-                    "unknown",
-                    &help,
-                );
-                return None;
-            }
+        if let Some(o) = options.iter().find(|o| !allowed.contains(&o.name.name.as_str())) {
+            let help = if allowed.is_empty() {
+                format!("`{}` takes no options", op.as_str())
+            } else {
+                format!("`{}` takes: {}", op.as_str(), allowed.join(", "))
+            };
+            self.order_err(
+                o.name.span,
+                format!("unknown option `{}`", o.name.name),
+                "unknown",
+                &help,
+            );
+            return None;
         }
         let want = if op == OrderOp::SortNet { 2 } else { 1 };
         if subscripts.len() != want {
@@ -145,13 +164,27 @@ impl Cx<'_, '_> {
             self.order_err(span, msg, "here", help);
             return None;
         }
-
-        self.scopes.push(Vec::new());
-        let j = self.binder(binder, None);
-        let m = mask_ast.map(|m| self.expr(m).and_then(|n| self.condition(n, m)));
-        let b = self.expr(body);
-        self.scopes.pop();
-        let j = self.finish_binders(std::slice::from_ref(binder), vec![j])?[0];
+        if op == OrderOp::TopK && k_option.is_none() {
+            self.order_err(
+                span,
+                "`topk` needs `k = …`".into(),
+                "no k",
+                "write `topk[j](e; k = 5)[u]`",
+            );
+            return None;
+        }
+        if let (OrderOp::SortNet, Some(m)) = (op, mask_ast) {
+            self.order_err(
+                m.span,
+                "a sorting network sorts every element".into(),
+                "a mask",
+                "drop the mask; select the elements to sort in a `let` first",
+            );
+            return None;
+        }
+        let j = j?;
+        positions?;
+        let subs = subs.into_iter().collect::<Option<Vec<NodeId>>>()?;
         let mask = match m {
             Some(m) => Some(m?),
             None => None,
@@ -159,19 +192,10 @@ impl Cx<'_, '_> {
         let b = self.number(b?, body)?;
         let b = self.to_float(b, body.span)?;
         match op {
-            OrderOp::TopK | OrderOp::ArgSort => self.select_by_rank(op, j, mask, b, options, subscripts, span),
+            OrderOp::TopK | OrderOp::ArgSort => self.select_by_rank(op, j, mask, b, subs[0], span),
             OrderOp::SortNet => {
-                if let Some(m) = mask_ast {
-                    self.order_err(
-                        m.span,
-                        "a sorting network sorts every element".into(),
-                        "a mask",
-                        "drop the mask; select the elements to sort in a `let` first",
-                    );
-                    return None;
-                }
                 let net = self.net_options(j, options, span)?;
-                self.sortnet(j, b, net, subscripts, span)
+                self.sortnet(j, b, net, (subs[0], subs[1]), span)
             }
         }
     }
@@ -184,27 +208,10 @@ impl Cx<'_, '_> {
         j: IndexId,
         mask: Option<NodeId>,
         body: NodeId,
-        options: &[OrderOption],
-        subscripts: &[ast::Expr],
+        u: NodeId,
         span: Span,
     ) -> Option<NodeId> {
         let range_j = self.f.index(j).range.clone();
-        let positions = match op {
-            OrderOp::TopK => {
-                let Some(k) = options.iter().find(|o| o.name.name == "k") else {
-                    self.order_err(
-                        span,
-                        "`topk` needs `k = …`".into(),
-                        "no k",
-                        "write `topk[j](e; k = 5)[u]`",
-                    );
-                    return None;
-                };
-                self.option_dim(k)?
-            }
-            _ => range_j.clone(),
-        };
-        let u = self.position(&subscripts[0], &positions, op)?;
         let j2 = self
             .f
             .add_index(format!("{}'", self.f.index(j).name), range_j.clone(), span);
@@ -471,7 +478,7 @@ impl Cx<'_, '_> {
         j: IndexId,
         body: NodeId,
         net: NetOptions,
-        subscripts: &[ast::Expr],
+        (si, sj): (NodeId, NodeId),
         span: Span,
     ) -> Option<NodeId> {
         let n = match self.f.index(j).range {
@@ -560,9 +567,6 @@ impl Cx<'_, '_> {
             x = self.hidden_let(format!("sortnet.x{}", l + 1), &head_x, x_body, span)?;
             p = Some(self.hidden_let(format!("sortnet.P{}", l + 1), &head_p, p_body, span)?);
         }
-        let positions = Dim::Const(n as i64);
-        let si = self.position(&subscripts[0], &positions, OrderOp::SortNet)?;
-        let sj = self.position(&subscripts[1], &positions, OrderOp::SortNet)?;
         match p {
             Some(p) => self.load_at(p, at(&outer_nodes, &[si, sj]), span),
             None => {

@@ -1,0 +1,189 @@
+//! Per-sample state: `state[ids]` inputs and `updates` outputs, kept between calls by a StateStore (API)
+//! and by `lossc eval --state DIR` (CLI), and passable in and out explicitly.
+
+use std::collections::BTreeMap;
+
+use lossc::{Backend, CallError, Compiler, Kernel, StateStore, Tensor};
+
+const COUNTER: &str =
+    "loss t(x: f32[B], ids: idx[B], u: f32[B] state[ids] = h, h: f32 = 3.0) -> (u_new: f32[B] updates u) {
+    out u_new[i] = u[i] + x[i]
+    sum[i] x[i] * u[i]
+}";
+
+fn kernel(src: &str, name: &str, backend: Backend) -> Kernel {
+    Compiler::new()
+        .backend(backend)
+        .compile_source("t.lx", src)
+        .unwrap_or_else(|d| panic!("{}", d.render()))
+        .kernel(Some(name))
+        .unwrap()
+}
+
+fn inputs(pairs: Vec<(&str, Tensor)>) -> BTreeMap<String, Tensor> {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+fn backends() -> Vec<Backend> {
+    let mut v = vec![Backend::Interp];
+    if cfg!(feature = "jit") {
+        v.push(Backend::Jit);
+    }
+    v
+}
+
+#[test]
+fn the_second_call_sees_the_first_calls_state() {
+    for backend in backends() {
+        let k = kernel(COUNTER, "t", backend);
+        let mut store = StateStore::new();
+        let x1 = inputs(vec![
+            ("x", Tensor::float(vec![2], vec![1.0, 2.0])),
+            ("ids", Tensor::labels(vec![2], vec![0, 4])),
+        ]);
+        let e1 = k.eval_stateful(&x1, &BTreeMap::new(), &mut store).unwrap();
+        // Rows start at h = 3: loss = 1*3 + 2*3; the gradient of x is the gathered state.
+        assert_eq!(e1.loss, 9.0);
+        assert_eq!(e1.grads[0].1.to_f64(), vec![3.0, 3.0]);
+        // Ids 1..3 were never written and hold the initial value; 0 and 4 were updated.
+        assert_eq!(store.table("u").unwrap(), &[4.0, 3.0, 3.0, 3.0, 5.0]);
+        let x2 = inputs(vec![
+            ("x", Tensor::float(vec![2], vec![1.0, 1.0])),
+            ("ids", Tensor::labels(vec![2], vec![4, 2])),
+        ]);
+        let e2 = k.eval_stateful(&x2, &BTreeMap::new(), &mut store).unwrap();
+        assert_eq!(e2.loss, 5.0 + 3.0, "{backend:?}");
+        assert_eq!(store.table("u").unwrap(), &[4.0, 3.0, 4.0, 3.0, 6.0]);
+    }
+}
+
+#[test]
+fn the_initial_value_follows_the_calls_hyperparameter() {
+    let k = kernel(COUNTER, "t", Backend::Interp);
+    let mut store = StateStore::new();
+    let x = inputs(vec![
+        ("x", Tensor::float(vec![1], vec![1.0])),
+        ("ids", Tensor::labels(vec![1], vec![2])),
+    ]);
+    let e = k
+        .eval_stateful(&x, &BTreeMap::from([("h".to_string(), 5.0)]), &mut store)
+        .unwrap();
+    assert_eq!(e.loss, 5.0);
+    assert_eq!(store.table("u").unwrap(), &[5.0, 5.0, 6.0]);
+}
+
+#[test]
+fn a_repeated_id_keeps_the_last_update() {
+    let k = kernel(COUNTER, "t", Backend::Interp);
+    let mut store = StateStore::new();
+    let x = inputs(vec![
+        ("x", Tensor::float(vec![2], vec![1.0, 2.0])),
+        ("ids", Tensor::labels(vec![2], vec![1, 1])),
+    ]);
+    k.eval_stateful(&x, &BTreeMap::new(), &mut store).unwrap();
+    assert_eq!(store.table("u").unwrap(), &[3.0, 5.0]);
+}
+
+#[test]
+fn explicit_state_in_and_out_equals_the_store() {
+    // ALDR-KL with its λ passed explicitly gives the same loss, gradient and update as through the store.
+    let src = "use std::robust::aldr_kl";
+    for backend in backends() {
+        let k = kernel(src, "aldr_kl", backend);
+        let s = Tensor::float(vec![3, 4], (0..12).map(|v| ((v * 7 % 5) as f64 - 2.0) * 0.7).collect());
+        let y = Tensor::labels(vec![3], vec![0, 3, 1]);
+        let mut store = StateStore::new();
+        store.set_table("lam", vec![1.0, 0.8, 0.6, 0.9]);
+        let base = inputs(vec![
+            ("s", s.clone()),
+            ("y", y.clone()),
+            ("ids", Tensor::labels(vec![3], vec![3, 0, 2])),
+        ]);
+        let through_store = k.eval_stateful(&base, &BTreeMap::new(), &mut store).unwrap();
+        let mut explicit = base.clone();
+        explicit.insert("lam".into(), Tensor::float(vec![3], vec![0.9, 1.0, 0.6]));
+        let direct = k.eval(&explicit).unwrap();
+        assert_eq!(through_store.loss, direct.loss);
+        assert_eq!(through_store.grads, direct.grads);
+        let lam_new = direct.outputs.iter().find(|(n, _)| n == "lam_new").unwrap().1.to_f64();
+        let table = store.table("lam").unwrap();
+        assert_eq!([table[3], table[0], table[2]], [lam_new[0], lam_new[1], lam_new[2]]);
+        assert_eq!(table[1], 0.8, "an id outside the batch is untouched");
+    }
+}
+
+#[test]
+fn bad_stateful_calls_are_typed_errors() {
+    let k = kernel(COUNTER, "t", Backend::Interp);
+    let mut store = StateStore::new();
+    let x = Tensor::float(vec![1], vec![1.0]);
+    let with = |ids: Tensor| inputs(vec![("x", x.clone()), ("ids", ids)]);
+    let e = k.eval_stateful(&with(Tensor::labels(vec![1], vec![-1])), &BTreeMap::new(), &mut store);
+    assert!(matches!(e, Err(CallError::LabelOutOfRange { value: -1, .. })), "{e:?}");
+    let e = k.eval_stateful(
+        &with(Tensor::labels(vec![1], vec![1 << 40])),
+        &BTreeMap::new(),
+        &mut store,
+    );
+    assert!(matches!(e, Err(CallError::LabelOutOfRange { .. })), "{e:?}");
+    let e = k.eval_stateful(&with(Tensor::float(vec![1], vec![0.0])), &BTreeMap::new(), &mut store);
+    assert!(matches!(e, Err(CallError::WrongDtype { .. })), "{e:?}");
+    let e = k.eval_stateful(&inputs(vec![("x", x.clone())]), &BTreeMap::new(), &mut store);
+    assert!(matches!(e, Err(CallError::MissingInput { .. })), "{e:?}");
+    let mut given = with(Tensor::labels(vec![1], vec![0]));
+    given.insert("u".into(), Tensor::float(vec![1], vec![0.0]));
+    let e = k.eval_stateful(&given, &BTreeMap::new(), &mut store);
+    assert!(matches!(e, Err(CallError::StateGiven { .. })), "{e:?}");
+    // A batch whose ids and rows disagree in length fails at binding: nothing is written back (rows the
+    // gather created hold the initial value, the same as rows never seen).
+    let bad = inputs(vec![
+        ("x", Tensor::float(vec![2], vec![1.0, 2.0])),
+        ("ids", Tensor::labels(vec![1], vec![0])),
+    ]);
+    assert!(k.eval_stateful(&bad, &BTreeMap::new(), &mut store).is_err());
+    assert!(store.table("u").unwrap_or(&[]).iter().all(|v| *v == 3.0));
+}
+
+#[test]
+fn tables_round_trip_through_a_directory() {
+    let f = lossc::Program::from_source("t.lx", COUNTER)
+        .unwrap()
+        .loss(None)
+        .unwrap()
+        .clone();
+    let dir = std::env::temp_dir().join(format!("lossc-state-{}", std::process::id()));
+    let mut store = StateStore::new();
+    store.set_table("u", vec![1.5, -2.0, 7.0]);
+    store.save_dir(&dir).unwrap();
+    let back = StateStore::load_dir(&dir, &f).unwrap();
+    assert_eq!(back, store);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[cfg(feature = "cli")]
+#[test]
+fn cli_keeps_state_between_runs() {
+    let dir = std::env::temp_dir().join(format!("lossc-cli-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("aldr.lx");
+    std::fs::write(&file, "use std::robust::aldr_kl\n").unwrap();
+    let run = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lossc"))
+            .arg("eval")
+            .arg(&file)
+            .args(["--random", "N=4,C=5", "--seed", "3", "--json", "--state"])
+            .arg(dir.join("state"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = run();
+    let table1 = lossc::data::load_npy(&dir.join("state/lam.npy")).unwrap().to_f64();
+    let second = run();
+    let table2 = lossc::data::load_npy(&dir.join("state/lam.npy")).unwrap().to_f64();
+    assert_ne!(first, second, "the second run starts from the first run's λ");
+    assert_ne!(table1, table2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
