@@ -426,8 +426,9 @@ pub fn gather_inputs(f: &Function, args: &InputArgs) -> Result<BTreeMap<String, 
             usize::try_from(v).map_err(|_| Failure::Message(format!("error: dimension {} is negative", f.show_dim(d))))
         };
         let mut rng = Rng::new(args.seed);
-        for input in &f.inputs {
-            if inputs.contains_key(&input.name) {
+        for (k, input) in f.inputs.iter().enumerate() {
+            // A per-sample loss's cotangent defaults to ones (below), not to random numbers.
+            if inputs.contains_key(&input.name) || f.cotangent == Some(k as u32) {
                 continue;
             }
             let shape: Vec<usize> = input.shape.iter().map(&size_of).collect::<Result<_, _>>()?;
@@ -450,7 +451,41 @@ pub fn gather_inputs(f: &Function, args: &InputArgs) -> Result<BTreeMap<String, 
             inputs.insert(input.name.clone(), t);
         }
     }
+    fill_cotangent(f, &mut inputs);
     Ok(inputs)
+}
+
+/// A per-sample loss called without `cotangent` gets ones: its gradients are those of the sum of its values.
+/// (A shape no other input determines is left for the call to report.)
+fn fill_cotangent(f: &Function, inputs: &mut BTreeMap<String, Tensor>) {
+    let Some(c) = f.cotangent else { return };
+    let input = &f.inputs[c as usize];
+    if inputs.contains_key(&input.name) {
+        return;
+    }
+    let mut sizes = vec![None; f.dims.len()];
+    for (i, t) in f.inputs.iter().filter_map(|i| inputs.get(&i.name).map(|t| (i, t))) {
+        for (d, n) in i.shape.iter().zip(&t.shape) {
+            if let Dim::Sym(s) = d {
+                sizes[s.index()] = Some(*n as i64);
+            }
+        }
+    }
+    let Some(sizes) = sizes.into_iter().collect::<Option<Vec<i64>>>() else {
+        return;
+    };
+    let Some(shape) = input
+        .shape
+        .iter()
+        .map(|d| usize::try_from(d.eval(&sizes)).ok())
+        .collect::<Option<Vec<usize>>>()
+    else {
+        return;
+    };
+    let n: usize = shape.iter().product();
+    if n as u64 <= call::MAX_ELEMENTS {
+        inputs.insert(input.name.clone(), Tensor::float(shape, vec![1.0; n]));
+    }
 }
 
 /// Loads the program, picks the loss, gathers inputs and hyperparameters.

@@ -221,6 +221,32 @@ impl Kernel {
         interp::run(&self.function, &bound)
     }
 
+    /// The vector-Jacobian product of a per-sample loss (`-> f32[N]`): its values (output `value`) and the
+    /// gradient of `sum cotangent * value` for every differentiable input.
+    pub fn vjp(
+        &self,
+        inputs: &BTreeMap<String, Tensor>,
+        hypers: &BTreeMap<String, f64>,
+        cotangent: Tensor,
+    ) -> Result<Evaluation, CallError> {
+        let Some(c) = self.function.cotangent else {
+            let expected = self
+                .function
+                .inputs
+                .iter()
+                .map(|i| i.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(CallError::UnknownInput {
+                name: "cotangent".into(),
+                expected,
+            });
+        };
+        let mut all = inputs.clone();
+        all.insert(self.function.inputs[c as usize].name.clone(), cotangent);
+        self.eval_with(&all, hypers)
+    }
+
     /// One call of a stateful loss: the state inputs are gathered from `store` by the call's sample ids,
     /// and the outputs declared `updates` are written back into it. Pass every input but the state ones.
     pub fn eval_stateful(

@@ -246,6 +246,17 @@ case!(
     "loss f(s: f32[B, N]) {\n    sum[r, u] s[r, argsort[j](s[r, j])[u, u]]\n}\n"
 );
 
+case!(
+    per_sample_not_a_tensor,
+    OutputMismatch,
+    "loss f(x: f32[N]) -> f32[N] {\n    sum[i] x[i]\n}\n"
+);
+case!(
+    per_sample_wrong_shape,
+    OutputMismatch,
+    "loss f(x: f32[N, C]) -> f32[N] {\n    let l[i, k] = x[i, k] ^ 2\n    l\n}\n"
+);
+
 #[test]
 fn every_error_in_a_file_is_reported() {
     let src = "loss f(x: f32[N]) {\n    let a = sum[i] x[i] * lamda\n    let b = mean[i] expp(x[i])\n    let c = count[k] x[k]\n    a + b + c\n}\n";

@@ -90,6 +90,17 @@ def classification():
         cases.append(case(f"cross_entropy_smooth{tag}", "std::classification::cross_entropy_smooth",
                           "torch F.cross_entropy(label_smoothing=0.1)",
                           [call({"s": s, "y": y}, lambda s, y: F.cross_entropy(s, y, label_smoothing=0.1))]))
+    s = randn(6, 5, seed=25, scale=4.0)
+    y = labels(6, 5, 26)
+    v = torch.randn(6, generator=gen(27))
+
+    def per_sample(s, y, cotangent):
+        value = F.cross_entropy(s, y, reduction="none")
+        return (value * cotangent).sum(), {"value": value}
+
+    cases.append(case("cross_entropy_per_sample_vjp", "std::classification::cross_entropy_per_sample",
+                      "torch F.cross_entropy(reduction='none'), VJP with a cotangent",
+                      [call({"s": s, "y": y, "cotangent": v}, per_sample)]))
     write("classification", cases)
 
 

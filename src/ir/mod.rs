@@ -335,6 +335,8 @@ pub struct Function {
     pub hypers: Vec<Hyper>,
     /// Which outputs write which state inputs back.
     pub updates: Vec<StateUpdate>,
+    /// For a per-sample loss (`-> f32[N]`): the input holding the cotangent its gradients are VJPs with.
+    pub cotangent: Option<u32>,
     pub indices: Vec<IndexVar>,
     pub tensors: Vec<TensorDef>,
     nodes: Vec<Node>,
@@ -352,6 +354,7 @@ impl Function {
             inputs: Vec::new(),
             hypers: Vec::new(),
             updates: Vec::new(),
+            cotangent: None,
             indices: Vec::new(),
             tensors: Vec::new(),
             nodes: Vec::new(),
@@ -540,6 +543,7 @@ impl Function {
             inputs: self.inputs.clone(),
             hypers: self.hypers.clone(),
             updates: self.updates.clone(),
+            cotangent: self.cotangent,
             indices: self.indices.clone(),
             tensors: Vec::new(),
             nodes: Vec::new(),

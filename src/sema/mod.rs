@@ -408,7 +408,7 @@ impl Cx<'_, '_> {
                 );
             }
         }
-        self.body(&def.body, &def.outputs);
+        self.body(&def.body, &def.outputs, def.result.as_ref());
     }
 
     fn param(&mut self, p: &ast::Param) {
@@ -703,7 +703,7 @@ impl Cx<'_, '_> {
 
     // ---- bodies ----
 
-    fn body(&mut self, body: &ast::Body, decls: &[ast::OutDecl]) {
+    fn body(&mut self, body: &ast::Body, decls: &[ast::OutDecl], result: Option<&ast::Type>) {
         let mut defined_outs: Vec<(String, Span)> = Vec::new();
         for s in &body.stmts {
             match s.kind {
@@ -757,6 +757,10 @@ impl Cx<'_, '_> {
                 );
             }
         }
+        if let Some(ty) = result {
+            self.per_sample_result(&body.result, ty, decls);
+            return;
+        }
         let Some(v) = self.expr(&body.result) else {
             return;
         };
@@ -779,6 +783,131 @@ impl Cx<'_, '_> {
                 span: body.result.span,
             });
         }
+    }
+
+    /// A per-sample loss (`-> f32[N]`, ending in a tensor's name): its value becomes the output `value`, and
+    /// the scalar the gradients are taken of is `sum cotangent * value`, with `cotangent` a new input of the
+    /// same shape, so every gradient is the vector-Jacobian product with the given cotangent.
+    fn per_sample_result(&mut self, result: &ast::Expr, ty: &ast::Type, decls: &[ast::OutDecl]) {
+        let help =
+            "end a per-sample loss with the name of a float tensor of the declared shape: `let l[i] = …` then `l`";
+        let tensor = match &result.kind {
+            ExprKind::Access { name, subscripts: None } => match self.lookup(&name.name) {
+                Some(Found::Local(Local::Tensor(t), _)) => Some(t),
+                Some(Found::Local(Local::Poison, _)) => return,
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some(t) = tensor else {
+            self.err(
+                Diag::new(Code::OutputMismatch, "a per-sample loss must end with a tensor's name")
+                    .label(result.span, "not a tensor name")
+                    .label(ty.span, "declared per-sample here")
+                    .help(help),
+            );
+            return;
+        };
+        let declared: Vec<Option<Dim>> = ty.shape.iter().map(|d| self.dim(d)).collect();
+        let shape = self.f.tensor_shape(t);
+        let same = declared.len() == shape.len() && declared.iter().zip(&shape).all(|(a, b)| a.as_ref() == Some(b));
+        if !same || ty.elem == ElemTy::Idx || self.f.tensor(t).scalar != Scalar::Float {
+            let got: Vec<String> = shape.iter().map(|d| self.f.show_dim(d)).collect();
+            self.err(
+                Diag::new(
+                    Code::OutputMismatch,
+                    format!("the loss value has shape [{}], not the declared type", got.join(", ")),
+                )
+                .label(result.span, format!("shape [{}]", got.join(", ")))
+                .label(ty.span, "declared here")
+                .help(help),
+            );
+            return;
+        }
+        for taken in ["cotangent", "value"] {
+            let clash = self.f.inputs.iter().any(|i| i.name == taken)
+                || self.f.hypers.iter().any(|h| h.name == taken)
+                || decls.iter().any(|d| d.name.name == taken);
+            if clash {
+                self.err(
+                    Diag::new(Code::Duplicate, format!("`{taken}` is reserved in a per-sample loss"))
+                        .label(ty.span, "a per-sample loss")
+                        .help("a per-sample loss takes the input `cotangent` and returns the output `value`; rename yours"),
+                );
+                return;
+            }
+        }
+        self.f.inputs.push(ir::Input {
+            name: "cotangent".into(),
+            elem: ElemTy::F32,
+            shape: shape.clone(),
+            bound: None,
+            nograd: true,
+            state: None,
+            span: ty.span,
+        });
+        let cot = self.f.inputs.len() as u32 - 1;
+        self.f.cotangent = Some(cot);
+        let span = result.span;
+        let mut head = Vec::new();
+        let mut subs = Vec::new();
+        for (k, d) in shape.iter().enumerate() {
+            let id = self.f.add_index(format!("s{k}"), d.clone(), span);
+            self.ranges.push(Some(RangeOrigin {
+                dim: d.clone(),
+                span,
+                what: "the per-sample value".into(),
+            }));
+            head.push(id);
+            let Some(n) = self.mk(Expr::Index(id), Scalar::Int, span) else {
+                return;
+            };
+            subs.push(n);
+        }
+        let load = |cx: &mut Self, tensor: TensorRef| {
+            cx.mk(
+                Expr::Load {
+                    tensor,
+                    subs: subs.clone().into(),
+                },
+                Scalar::Float,
+                span,
+            )
+        };
+        let (Some(value), Some(c)) = (load(self, TensorRef::Def(t)), load(self, TensorRef::Input(cot))) else {
+            return;
+        };
+        self.f.add_tensor(TensorDef {
+            name: "value".into(),
+            indices: head.clone(),
+            body: value,
+            scalar: Scalar::Float,
+            role: Role::Output,
+            span,
+        });
+        let Some(weighted) = self.prim(Prim::Mul, vec![c, value], span) else {
+            return;
+        };
+        let Some(total) = self.mk(
+            Expr::Reduce {
+                op: ReduceOp::Sum,
+                indices: head.into(),
+                mask: None,
+                body: weighted,
+            },
+            Scalar::Float,
+            span,
+        ) else {
+            return;
+        };
+        self.f.add_tensor(TensorDef {
+            name: "loss".into(),
+            indices: vec![],
+            body: total,
+            scalar: Scalar::Float,
+            role: Role::Loss,
+            span,
+        });
     }
 
     /// Lowers `let`/`out name[head] = value` into a tensor definition.

@@ -67,6 +67,8 @@ pub struct FnParam {
 pub struct LossDef {
     pub name: Ident,
     pub params: Vec<Param>,
+    /// `-> f32[N]`: the type of a per-sample loss value.
+    pub result: Option<Type>,
     pub outputs: Vec<OutDecl>,
     pub body: Body,
 }

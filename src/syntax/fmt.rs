@@ -167,22 +167,7 @@ impl Formatter<'_> {
             }
             ItemKind::Loss(l) => {
                 let params: Vec<String> = l.params.iter().map(param).collect();
-                let outs = if l.outputs.is_empty() {
-                    String::new()
-                } else {
-                    let o: Vec<String> = l
-                        .outputs
-                        .iter()
-                        .map(|o| {
-                            let updates = o
-                                .updates
-                                .as_ref()
-                                .map_or(String::new(), |u| format!(" updates {}", u.name));
-                            format!("{}: {}{updates}", o.name.name, super::print::ty(&o.ty))
-                        })
-                        .collect();
-                    format!(" -> ({})", o.join(", "))
-                };
+                let outs = outputs(l);
                 let one_line = format!("loss {}({}){outs} {{", l.name.name, params.join(", "));
                 if one_line.len() <= WIDTH {
                     self.out.push_str(&one_line);
@@ -289,6 +274,29 @@ fn split_chain(e: &Expr) -> (String, Vec<(&'static str, String)>) {
     }
     walk(e, "", &mut terms);
     (String::new(), terms)
+}
+
+/// A loss's ` -> …` clause (empty without one).
+pub fn outputs(l: &LossDef) -> String {
+    let named: Vec<String> = l
+        .outputs
+        .iter()
+        .map(|o| {
+            let updates = o
+                .updates
+                .as_ref()
+                .map_or(String::new(), |u| format!(" updates {}", u.name));
+            format!("{}: {}{updates}", o.name.name, super::print::ty(&o.ty))
+        })
+        .collect();
+    let named = (!named.is_empty()).then(|| format!("({})", named.join(", ")));
+    let result = l.result.as_ref().map(super::print::ty);
+    match (result, named) {
+        (None, None) => String::new(),
+        (Some(r), None) => format!(" -> {r}"),
+        (None, Some(n)) => format!(" -> {n}"),
+        (Some(r), Some(n)) => format!(" -> {r}, {n}"),
+    }
 }
 
 /// One loss parameter in lx syntax.

@@ -96,7 +96,7 @@ fn describe(rule: Rule) -> Option<&'static str> {
         Rule::option => "an option (`name = value`)",
         Rule::string => "a string",
         Rule::state_key => "`state[…]`",
-        Rule::outputs => "`->`",
+        Rule::outputs | Rule::result_ty => "`->`",
         Rule::body => "`{`",
         Rule::path | Rule::glob => "a module path",
         _ => return None,
@@ -270,6 +270,7 @@ impl Builder {
         let name = self.ident(it.next().unwrap());
         let mut params = Vec::new();
         let mut outputs = Vec::new();
+        let mut result = None;
         let mut body = None;
         for q in it {
             match q.as_rule() {
@@ -298,6 +299,10 @@ impl Builder {
                 }
                 Rule::outputs => {
                     for d in q.into_inner() {
+                        if d.as_rule() == Rule::result_ty {
+                            result = Some(self.ty(d.into_inner().next().unwrap())?);
+                            continue;
+                        }
                         let mut jt = d.into_inner();
                         let name = self.ident(jt.next().unwrap());
                         let ty = self.ty(jt.next().unwrap())?;
@@ -312,6 +317,7 @@ impl Builder {
         Ok(LossDef {
             name,
             params,
+            result,
             outputs,
             body: body.unwrap(),
         })

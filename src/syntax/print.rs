@@ -51,6 +51,9 @@ pub fn file(f: &File) -> String {
                     }
                     let _ = writeln!(out, "{s})");
                 }
+                if let Some(r) = &l.result {
+                    let _ = writeln!(out, "  (result {})", ty(r));
+                }
                 for o in &l.outputs {
                     let updates = o
                         .updates
