@@ -90,6 +90,36 @@ def classification():
         cases.append(case(f"cross_entropy_smooth{tag}", "std::classification::cross_entropy_smooth",
                           "torch F.cross_entropy(label_smoothing=0.1)",
                           [call({"s": s, "y": y}, lambda s, y: F.cross_entropy(s, y, label_smoothing=0.1))]))
+    s = randn(6, 5, seed=21, scale=2.0)
+    y = labels(6, 5, 22)
+    p_y = lambda s, y: torch.softmax(s, 1).gather(1, y[:, None])[:, 0]
+
+    def comp_sum(s, y, tau=0.5):
+        # the comp-sum family (Mao, Mohri, Zhong, ICML 2023; no official code): ((1 + u)^(1 - tau) - 1)/(1 - tau)
+        return (((1 / p_y(s, y)) ** (1 - tau) - 1) / (1 - tau)).mean()
+
+    def gce(s, y, q=0.7):
+        # Active-Passive-Losses loss.py GeneralizedCrossEntropy: clamp p to [1e-7, 1]
+        return ((1 - torch.clamp(p_y(s, y), min=1e-7, max=1.0) ** q) / q).mean()
+
+    def mae(s, y):
+        # Active-Passive-Losses loss.py MeanAbsoluteError(scale=1)
+        return (1.0 - (F.one_hot(y, 5) * torch.softmax(s, 1)).sum(1)).mean()
+
+    def z_loss(s, y):
+        # factored_output_layer timing_example.py cost 'z', plain: sum of softplus((mu - x_y)/(sigma + eps))
+        mu = s.mean(1)
+        sigma = torch.sqrt((s * s).mean(1) - mu * mu)
+        return F.softplus((mu - s.gather(1, y[:, None])[:, 0]) / (sigma + 1e-12)).sum()
+
+    s80 = ((torch.rand(6, 5, generator=gen(23)) * 2 - 1) * 80).requires_grad_(True)
+    for lx, fn, ref in [("comp_sum", comp_sum, "comp-sum formula, tau = 0.5 (no official code)"),
+                        ("gce", gce, "re-implementation of Active-Passive-Losses GeneralizedCrossEntropy(q=0.7)"),
+                        ("mae", mae, "re-implementation of Active-Passive-Losses MeanAbsoluteError(scale=1)"),
+                        ("z_loss", z_loss, "re-implementation of factored_output_layer cost 'z' (plain)")]:
+        cases.append(case(lx, f"std::classification::{lx}", ref, [call({"s": s, "y": y}, fn)]))
+        cases.append(case(f"{lx}_pm80", f"std::classification::{lx}", ref, [call({"s": s80, "y": y}, fn)]))
+
     s = randn(6, 5, seed=25, scale=4.0)
     y = labels(6, 5, 26)
     v = torch.randn(6, generator=gen(27))
@@ -146,6 +176,16 @@ def robust():
         y = labels(6, 5, 4)
         cases.append(case(f"ldr_kl{tag}", "std::robust::ldr_kl", "re-implementation of ICML2023_LDR loss.py LDRLoss_V1",
                           [call({"s": s, "y": y}, lambda s, y: ldr_kl_ref(s, y))]))
+    s = randn(6, 5, seed=5, scale=2.0)
+    y = labels(6, 5, 6)
+
+    def ldr_paper(s, y, c=1.0, lam=1.0):
+        C = s.shape[1]
+        d = c * (1 - F.one_hot(y, C)) + s - s.gather(1, y[:, None])
+        return (lam * (torch.logsumexp(d / lam, 1) - math.log(C))).mean()
+
+    cases.append(case("ldr_kl_paper", "std::robust::ldr_kl_paper", "LDR-KL paper form (Zhu, Ying, Yang, ICML 2023)",
+                      [call({"s": s, "y": y}, ldr_paper)]))
     ref = ALDR(10, c=0.1, lam_ref=10.0, alpha=2.0, softplus=True)
     calls = []
     for k, ids in enumerate([[0, 3, 5, 7], [3, 1, 7, 9]]):
@@ -191,6 +231,35 @@ def focal_hinge_distill():
         yy = labels(6, 5, 8)
         cases.append(case(f"weston_watkins{tag}", "std::hinge::weston_watkins", "torch F.multi_margin_loss(p=1, margin=1)",
                           [call({"s": s, "y": yy}, lambda s, y: F.multi_margin_loss(s, y))]))
+    s = randn(6, 5, seed=31, scale=2.0)
+    y = labels(6, 5, 32)
+
+    def focal_mc(s, y, detach):
+        # clcarwin/focal_loss_pytorch as in Active-Passive-Losses loss.py FocalLoss(gamma=2): pt detached there
+        logpt = F.log_softmax(s, 1).gather(1, y[:, None])[:, 0]
+        pt = logpt.exp().detach() if detach else logpt.exp()
+        return (-(1 - pt) ** 2 * logpt).mean()
+
+    cases.append(case("focal_multiclass", "std::focal::focal_multiclass", "multi-class focal, differentiated through p_t",
+                      [call({"s": s, "y": y}, lambda s, y: focal_mc(s, y, False))]))
+    cases.append(case("focal_multiclass_detached", "std::focal::focal_multiclass_detached",
+                      "re-implementation of Active-Passive-Losses FocalLoss (detached p_t)",
+                      [call({"s": s, "y": y}, lambda s, y: focal_mc(s, y, True))]))
+
+    def crammer_singer(s, y, c=1.0):
+        # re-implementation of ICML2023_LDR loss.py CSLoss(threshold=1.0)
+        d = c * (1 - F.one_hot(y, s.shape[1])) + s - s.gather(1, y[:, None])
+        return F.relu(d).max(1)[0].mean()
+
+    s = randn(6, 5, seed=33, scale=0.5)
+    cases.append(case("crammer_singer", "std::hinge::crammer_singer", "re-implementation of ICML2023_LDR CSLoss",
+                      [call({"s": s, "y": y}, crammer_singer)]))
+    from libauc.losses.surrogate import hinge_loss
+
+    sb = randn(8, seed=34)
+    yb = torch.tensor([1.0, -1, 1, 1, -1, -1, 1, -1])
+    cases.append(case("binary_hinge", "std::hinge::binary_hinge", "libauc.losses.surrogate.hinge_loss(1, y * s), mean",
+                      [call({"s": sb, "y": yb}, lambda s, y: hinge_loss(1.0, y * s).mean())]))
     s = randn(6, 5, seed=9, scale=3.0)
     t = randn(6, 5, seed=10, scale=3.0, grad=False)
     kd = lambda s, t: F.kl_div(F.log_softmax(s / 4.0, 1), F.softmax(t / 4.0, 1), reduction="batchmean") * 16.0
@@ -214,6 +283,19 @@ def ranking():
         fn = PairwiseAUCLoss(surr_loss=surr, hparam=hp)
         cases.append(case(lx, f"std::ranking::{lx}", f"libauc.losses.PairwiseAUCLoss(surr_loss='{surr}')",
                           [call({"s": s, "y": y}, lambda s, y, fn=fn: fn(s, y))]))
+    from libauc.losses import AUCMLoss
+
+    for version in ["v1", "v2"]:
+        def aucm(s, y, a, b, alpha, version=version):
+            fn = AUCMLoss(margin=1.0, version=version, device="cpu")
+            fn._parameters["a"], fn._parameters["b"], fn._parameters["alpha"] = a, b, alpha
+            return fn(s, y)
+
+        ab = {"a": torch.tensor([0.3]).requires_grad_(True), "b": torch.tensor([-0.2]).requires_grad_(True),
+              "alpha": torch.tensor([0.7]).requires_grad_(True)}
+        cases.append(case(f"aucm_{version}", f"std::ranking::aucm_{version}",
+                          f"libauc.losses.AUCMLoss(margin=1, version='{version}') with a, b, alpha set",
+                          [call({"s": s, "y": y, **ab}, aucm)]))
     write("ranking", cases)
 
 
@@ -241,6 +323,26 @@ def metric_learning():
     cases.append(case("multi_similarity", "std::metric_learning::multi_similarity",
                       "pytorch_metric_learning MultiSimilarityLoss(2, 50, 0.5) with MultiSimilarityMiner(0.1)",
                       [call({"x": xs, "y": y}, ms)]))
+    def ms_paper(x, y, alpha=2.0, beta=40.0, thresh=0.5, margin=0.1):
+        # re-implementation of MalongTech/research-ms-loss multi_similarity_loss.py on l2-normalised features
+        feats = F.normalize(x, dim=1)
+        sim = feats @ feats.T
+        loss = []
+        for i in range(len(x)):
+            pos_ = sim[i][y == y[i]]
+            pos_ = pos_[pos_ < 1 - 1e-5]
+            neg_ = sim[i][y != y[i]]
+            neg = neg_[neg_ + margin > torch.min(pos_)]
+            pos = pos_[pos_ - margin < torch.max(neg_)]
+            if len(neg) < 1 or len(pos) < 1:
+                continue
+            loss.append(1 / alpha * torch.log(1 + torch.exp(-alpha * (pos - thresh)).sum())
+                        + 1 / beta * torch.log(1 + torch.exp(beta * (neg - thresh)).sum()))
+        return sum(loss) / len(x)
+
+    cases.append(case("multi_similarity_paper", "std::metric_learning::multi_similarity_paper",
+                      "re-implementation of research-ms-loss MultiSimilarityLoss (2, 40, thresh 0.5, margin 0.1)",
+                      [call({"x": xs, "y": y}, ms_paper)]))
     write("metric_learning", cases)
 
 
@@ -256,6 +358,38 @@ def contrastive():
     y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     cases.append(case("nt_xent_labels", "std::contrastive::nt_xent_labels", "pytorch_metric_learning NTXentLoss(0.07)",
                       [call({"x": x, "y": y}, lambda x, y: losses.NTXentLoss(temperature=0.07)(x, y))]))
+
+    def simclr(a, b, tau=0.5):
+        # re-implementation of learning_by_sorting losses/nt_xent.py NT_Xent(temperature=0.5)
+        n = len(a)
+        z = torch.cat((a, b), 0)
+        sim = F.cosine_similarity(z[:, None], z[None], dim=2) / tau
+        targets = torch.cat([torch.cat([torch.zeros(n, n), torch.eye(n)], 1),
+                             torch.cat([torch.eye(n), torch.zeros(n, n)], 1)], 0)
+        mask = torch.eye(2 * n, dtype=torch.bool)
+        sim = sim[~mask].view(2 * n, -1)
+        targets = targets[~mask].view(2 * n, -1).argmax(1)
+        return F.cross_entropy(sim, targets, reduction="sum") / (2 * n)
+
+    cases.append(case("nt_xent", "std::contrastive::nt_xent", "re-implementation of learning_by_sorting NT_Xent",
+                      [call({"a": randn(6, 4, seed=18), "b": randn(6, 4, seed=19)}, simclr)]))
+
+    def dexml(q, d, rel, tau=0.5):
+        # re-implementation of DEXML losses.py decoupled-softmax without sampling: other positives removed
+        s = F.normalize(q, dim=1) @ F.normalize(d, dim=1).T / tau
+        pos = rel > 0
+        total = 0
+        for i in range(len(q)):
+            others = torch.exp(s[i][~pos[i]]).sum()
+            ps = s[i][pos[i]]
+            total = total + (torch.log(torch.exp(ps) + others) - ps).mean()
+        return total / len(q)
+
+    rel = torch.tensor([[1.0, 0, 0, 2, 0], [0, 1, 0, 0, 0], [0, 0, 3, 1, 1], [1, 0, 0, 0, 1]])
+    cases.append(case("decoupled_softmax", "std::contrastive::decoupled_softmax",
+                      "re-implementation of DEXML decoupled softmax (no sampling)",
+                      [call({"q": randn(4, 3, seed=20), "d": randn(5, 3, seed=21), "rel": rel}, dexml)],
+                      hypers={"tau": 0.5}))
 
     def stateful(ref, names, make_inputs, fn):
         calls = []
@@ -365,7 +499,75 @@ def sorting():
     write("sorting", cases)
 
 
+# ---- DRO, AnyLoss metrics, Cauchy-Schwarz divergence (formula re-implementations) --------------------
+
+
+def dro_metrics_divergence():
+    s = randn(8, 4, seed=110, scale=2.0)
+    y = labels(8, 4, 111)
+
+    def per_sample(s, y):
+        return F.cross_entropy(s, y, reduction="none")
+
+    def kl_dro(s, y, lam=1.0):
+        l = per_sample(s, y)
+        return lam * (torch.logsumexp(l / lam, 0) - math.log(len(l)))
+
+    def done(s, y, r=1.0):
+        # DONE instance weights (Sow et al., ICLR 2024): softmax(l / r), detached
+        l = per_sample(s, y)
+        return (torch.softmax(l / r, 0).detach() * l).sum()
+
+    s80 = ((torch.rand(8, 4, generator=gen(115)) * 2 - 1) * 80).requires_grad_(True)
+    write("dro", [case("kl_dro", "std::dro::kl_dro", "KL-DRO closed form over torch per-sample CE",
+                       [call({"s": s, "y": y}, kl_dro)]),
+                  case("kl_dro_pm80", "std::dro::kl_dro", "KL-DRO closed form over torch per-sample CE",
+                       [call({"s": s80, "y": y}, kl_dro)]),
+                  case("done_reweighted", "std::dro::done_reweighted", "DONE weights over torch per-sample CE",
+                       [call({"s": s, "y": y}, done)])])
+
+    p = (0.3 + 0.4 * torch.rand(12, generator=gen(112))).requires_grad_(True)
+    yy = torch.tensor([1.0, 0, 1, 1, 0, 0, 0, 1, 1, 0, 1, 0])
+
+    def confusion(p, y, L=73.0):
+        # AnyLoss (Han, Moniz, Chawla, KDD 2024; anyloss_extension notebook): the amplified soft confusion matrix
+        a = 1 / (1 + torch.exp(-L * (p - 0.5)))
+        tp = (y * a).sum()
+        n, y1 = len(p), y.sum()
+        return a, tp, a.sum() - tp, y1 - tp, n - y1 - a.sum() + tp, y1, n - y1
+
+    def acc(p, y):
+        a, tp, fp, fn, tn, y1, y0 = confusion(p, y)
+        return 1 - (tp + tn) / len(p)
+
+    def fbeta(p, y, s=1e-5):
+        a, tp, fp, fn, tn, y1, y0 = confusion(p, y)
+        return 1 - 2 * tp / (y1 + a.sum() + s)
+
+    def gmean(p, y, s=1e-5):
+        a, tp, fp, fn, tn, y1, y0 = confusion(p, y)
+        return 1 - tp * tn / (y1 * y0 + s)
+
+    def bal(p, y, s=1e-5):
+        a, tp, fp, fn, tn, y1, y0 = confusion(p, y)
+        return 1 - (y0 * tp + y1 * tn) / (2 * y1 * y0 + s)
+
+    cases = [case(f"anyloss_{k}", f"std::metrics::anyloss_{k}", "re-implementation of the AnyLoss notebook formulas",
+                  [call({"p": p, "y": yy}, fn)]) for k, fn in
+             [("accuracy", acc), ("fbeta", fbeta), ("gmean", gmean), ("balanced_accuracy", bal)]]
+    write("metrics", cases)
+
+    def cs(x, z, sigma=1.0):
+        k = lambda a, b: torch.exp(-torch.cdist(a, b) ** 2 / (2 * sigma ** 2)).mean()
+        return torch.log(k(x, x)) + torch.log(k(z, z)) - 2 * torch.log(k(x, z))
+
+    write("divergence", [case("cauchy_schwarz", "std::divergence::cauchy_schwarz",
+                              "Cauchy-Schwarz divergence, Gaussian kernel V-statistics (Principe 2010)",
+                              [call({"x": randn(6, 3, seed=113), "z": randn(5, 3, seed=114, scale=1.5)}, cs)])])
+
+
 if __name__ == "__main__":
+    dro_metrics_divergence()
     classification()
     robust()
     focal_hinge_distill()
