@@ -14,6 +14,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use lossc::data::Rng;
 use lossc::{Backend, Compiler, Tensor};
 
+const SORT_BCE16: &str = include_str!("sort_bce16.lx");
 const NT_XENT: &str = include_str!("nt_xent.lx");
 
 struct Workload {
@@ -241,6 +242,14 @@ fn workloads() -> Vec<Workload> {
             sizes: &[("B", 512), ("D", 128)],
             interp_sizes: &[("B", 32), ("D", 16)],
             classes: 64,
+            hand: None,
+        },
+        Workload {
+            id: "W6 differentiable sort BCE [1024, 16]",
+            source: SORT_BCE16.to_string(),
+            sizes: &[("B", 1024)],
+            interp_sizes: &[("B", 4)],
+            classes: 0,
             hand: None,
         },
         Workload {

@@ -130,6 +130,20 @@ fn bracket_fusion() {
 }
 
 #[test]
+fn sums_over_the_preimage_of_a_permutation_table() {
+    // T = [1, 0, 3, 2] permutes 0..4: sum[w | T(w) == h] g[w] = g[T⁻¹(h)] (the adjoint of a partner gather).
+    let b = body(&rule(
+        "loss f(g: f32[4], x: f32[4]) { sum[h] x[h] * (sum[w: 4 | (if w < 2 then 1 - w else 5 - w) == h] g[w]) }",
+    ));
+    assert_eq!(b.matches("sum[").count(), 1, "{b}");
+    // A table that is not a permutation stays a reduction (and keeps its value: `rule` checks).
+    let b = body(&rule(
+        "loss f(g: f32[4], x: f32[4]) { sum[h] x[h] * (sum[w: 4 | (if w < 2 then 0 else 1) == h] g[w]) }",
+    ));
+    assert_eq!(b.matches("sum[").count(), 2, "{b}");
+}
+
+#[test]
 fn stabilising_rewrites() {
     // log(sum[k] exp(e)) = logsumexp[k] e
     assert!(rule("loss f(s: f32[N, C]) { sum[i] log(sum[k] exp(s[i, k])) }").contains("logsumexp[k: C] s[i, k]"));

@@ -20,6 +20,7 @@ WORKLOADS = {
     "W3": ("AnyLoss 1-F1 L=73", {"N": 1_000_000}),
     "W4": ("NT-Xent tau=0.1", {"B": 1024, "D": 128}),
     "W5": ("multi-similarity (64 classes)", {"B": 512, "D": 128}),
+    "W6": ("sort BCE, odd-even Cauchy n=16", {"B": 1024, "n": 16}),
     "W7": ("Z-loss", {"N": 8192, "C": 1000}),
     "W8": ("KL-DRO over CE, lambda=1", {"N": 8192, "C": 1000}),
 }
@@ -33,6 +34,18 @@ def timeit(fn, iters):
         fn()
         times.append((time.perf_counter() - t) * 1e3)
     return statistics.median(times)
+
+
+def odd_even_layers(n):
+    """The odd-even transposition network as (partner, side) per wire per layer (side +1: takes the min)."""
+    layers = []
+    for layer in range(n):
+        partner, side = list(range(n)), [0.0] * n
+        for a in range(layer % 2, n - 1, 2):
+            partner[a], side[a] = a + 1, 1.0
+            partner[a + 1], side[a + 1] = a, -1.0
+        layers.append((partner, side))
+    return layers
 
 
 def jax_workloads():
@@ -88,6 +101,20 @@ def jax_workloads():
         l = jax.nn.logsumexp(s, axis=1) - jnp.take_along_axis(s, y[:, None], 1)[:, 0]
         return lam * (jax.nn.logsumexp(l / lam) - jnp.log(l.shape[0]))
 
+    def sort_bce(x, gt, steepness=10.0):
+        # diffsort's odd-even network with the Cauchy relaxation, written with partner gathers
+        n = x.shape[1]
+        P = jnp.broadcast_to(jnp.eye(n), (x.shape[0], n, n))
+        for partner, side in odd_even_layers(n):
+            partner, side = jnp.array(partner), jnp.array(side)
+            xo = x[:, partner]
+            alpha = jnp.arctan(steepness * side * (xo - x)) / jnp.pi + 0.5
+            x = alpha * x + (1 - alpha) * xo
+            P = alpha[:, None, :] * P + (1 - alpha[:, None, :]) * P[:, :, partner]
+        lp = jnp.maximum(jnp.log(P), -100.0)
+        lq = jnp.maximum(jnp.log(1 - P), -100.0)
+        return -jnp.mean(gt * lp + (1 - gt) * lq)
+
     key = jax.random.PRNGKey(0)
     k1, k2, k3 = jax.random.split(key, 3)
     s = jax.random.normal(k1, (8192, 1000), jnp.float32)
@@ -98,9 +125,12 @@ def jax_workloads():
     vb = jax.random.normal(k2, (1024, 128), jnp.float32)
     xm = jax.random.normal(k3, (512, 128), jnp.float32)
     ym = jax.random.randint(k2, (512,), 0, 64)
+    xs = jax.random.normal(k1, (1024, 16), jnp.float32)
+    ts = jax.random.normal(k2, (1024, 16), jnp.float32)
+    gts = jnp.swapaxes(jax.nn.one_hot(jnp.argsort(ts, axis=1), 16), 1, 2)
     cases = {
         "W1": (ce, (s, y)), "W2": (ldr, (s, y)), "W3": (anyloss, (p, yb)), "W4": (ntxent, (va, vb)),
-        "W5": (ms, (xm, ym)), "W7": (zloss, (s, y)), "W8": (kldro, (s, y)),
+        "W5": (ms, (xm, ym)), "W6": (sort_bce, (xs, gts)), "W7": (zloss, (s, y)), "W8": (kldro, (s, y)),
     }
     out = {}
     for w, (fn, args) in cases.items():
@@ -131,6 +161,21 @@ def torch_workloads(compiled):
         (torch.logsumexp(l, 0) - math.log(l.shape[0])).backward()
 
     cases = {"W1": ce, "W8": kldro}
+    try:
+        import diffsort
+
+        xs = torch.randn(1024, 16, requires_grad=True)
+        gts = F.one_hot(torch.argsort(torch.randn(1024, 16), dim=-1), 16).transpose(-2, -1).float()
+        sorter = diffsort.DiffSortNet("odd_even", 16, steepness=10.0, distribution="cauchy")
+
+        def sort_bce():
+            xs.grad = None
+            _, P = sorter(xs)
+            torch.nn.BCELoss()(P, gts).backward()
+
+        cases["W6"] = sort_bce
+    except ImportError:
+        pass
     if compiled:
         cases = {k: torch.compile(v) for k, v in cases.items()}
     return cases

@@ -516,6 +516,47 @@ impl Function {
         Ok(id)
     }
 
+    /// A constant lookup table `values[at]` as a balanced tree of selects over the integer node `at`
+    /// (`at` must lie in `0..values.len()`; the values share one kind).
+    pub fn table(&mut self, at: NodeId, values: &[Value], span: Span) -> Result<NodeId, TooDeep> {
+        self.table_from(at, values, 0, span)
+    }
+
+    fn table_from(&mut self, at: NodeId, values: &[Value], lo: usize, span: Span) -> Result<NodeId, TooDeep> {
+        if values.iter().all(|v| *v == values[0]) {
+            return match values[0] {
+                Value::I(i) => self.add(Expr::Int(i), Scalar::Int, span),
+                Value::B(b) => self.add(Expr::Bool(b), Scalar::Bool, span),
+                Value::F(x) => self.float(x, span),
+            };
+        }
+        let mid = values.len() / 2;
+        let left = self.table_from(at, &values[..mid], lo, span)?;
+        let right = self.table_from(at, &values[mid..], lo + mid, span)?;
+        let split = self.add(Expr::Int((lo + mid) as i64), Scalar::Int, span)?;
+        let cond = self.prim(Prim::Lt, &[at, split], span)?;
+        self.prim(Prim::Select, &[cond, left, right], span)
+    }
+
+    /// The value of `node` when index `index` is `value`, if the node is built from constants, that index
+    /// and primitives only (no loads, reductions, hyperparameters or other indices).
+    pub fn eval_at(&self, node: NodeId, index: IndexId, value: i64) -> Option<Value> {
+        match &self.node(node).expr {
+            Expr::Int(i) => Some(Value::I(*i)),
+            Expr::Bool(b) => Some(Value::B(*b)),
+            Expr::Float(bits) => Some(Value::F(f64::from_bits(*bits))),
+            Expr::Index(i) if *i == index => Some(Value::I(value)),
+            Expr::Prim { prim, args } => {
+                let vals = args
+                    .iter()
+                    .map(|a| self.eval_at(*a, index, value))
+                    .collect::<Option<Vec<Value>>>()?;
+                Some(prim.eval(&vals))
+            }
+            _ => None,
+        }
+    }
+
     /// Every node reachable from `root`, in arena (topological) order.
     pub fn reachable(&self, roots: &[NodeId]) -> Vec<NodeId> {
         let mut seen = vec![false; self.nodes.len()];

@@ -418,19 +418,56 @@ fn within(f: &Function, e: NodeId, range: &Dim) -> bool {
     }
 }
 
-/// An equality `k == e` (either way round) that bracket fusion can resolve for one of `indices`.
-fn fusible_eq(f: &Function, cond: NodeId, indices: &[IndexId]) -> Option<(IndexId, NodeId)> {
-    let (Prim::Eq, s) = prim_of(f, cond)? else { return None };
+/// An equality that bracket fusion can resolve for one of `indices`: `k == e` (either way round), or
+/// `T(k) == e` where `T` is a constant table permuting the range of `k` (the adjoint of a gather through a
+/// permutation, as in a sorting network's partner wires), resolved as `k = T⁻¹(e)`.
+fn fusible_eq(f: &mut Function, cond: NodeId, indices: &[IndexId], span: Span) -> R<Option<(IndexId, NodeId)>> {
+    let Some((Prim::Eq, s)) = prim_of(f, cond) else {
+        return Ok(None);
+    };
     for (x, e) in [(s[0], s[1]), (s[1], s[0])] {
         if let Expr::Index(k) = f.node(x).expr
             && indices.contains(&k)
             && !f.node(e).free.contains(&k)
             && within(f, e, &f.index(k).range)
         {
-            return Some((k, e));
+            return Ok(Some((k, e)));
         }
     }
-    None
+    for (t, e) in [(s[0], s[1]), (s[1], s[0])] {
+        let &[k] = &*f.node(t).free else { continue };
+        if !indices.contains(&k) || f.node(e).free.contains(&k) || !within(f, e, &f.index(k).range) {
+            continue;
+        }
+        if let Some(inverse) = inverse_permutation(f, t, k) {
+            let values: Vec<Value> = inverse.into_iter().map(Value::I).collect();
+            return Ok(Some((k, f.table(e, &values, span)?)));
+        }
+    }
+    Ok(None)
+}
+
+/// The largest table [`inverse_permutation`] evaluates.
+const MAX_TABLE: i64 = 1024;
+
+/// If `t`, an integer function of index `k` alone over a constant range 0..n, permutes 0..n: its inverse.
+fn inverse_permutation(f: &Function, t: NodeId, k: IndexId) -> Option<Vec<i64>> {
+    let Dim::Const(n) = f.index(k).range else { return None };
+    if !(1..=MAX_TABLE).contains(&n) || f.node(t).scalar != Scalar::Int {
+        return None;
+    }
+    let mut inverse = vec![-1; n as usize];
+    for w in 0..n {
+        let Some(Value::I(v)) = f.eval_at(t, k, w) else {
+            return None;
+        };
+        let slot = inverse.get_mut(usize::try_from(v).ok()?)?;
+        if *slot != -1 {
+            return None;
+        }
+        *slot = w;
+    }
+    Some(inverse)
 }
 
 fn reduce(
@@ -519,7 +556,7 @@ fn reduce(
 fn fuse_condition(f: &mut Function, indices: &[IndexId], cond: NodeId, body: NodeId, span: Span) -> R<Option<NodeId>> {
     let parts = conjuncts(f, cond);
     for (n, part) in parts.iter().enumerate() {
-        if let Some((k, e)) = fusible_eq(f, *part, indices) {
+        if let Some((k, e)) = fusible_eq(f, *part, indices, span)? {
             let rest: Vec<NodeId> = parts
                 .iter()
                 .enumerate()

@@ -366,7 +366,13 @@ impl Cx<'_, '_> {
     }
 
     fn mk(&mut self, expr: Expr, scalar: Scalar, span: Span) -> Option<NodeId> {
-        match self.f.add(expr, scalar, span) {
+        let r = self.f.add(expr, scalar, span);
+        self.lift(r, span)
+    }
+
+    /// A node-building result, with the IR's size limit reported as a diagnostic.
+    fn lift<T>(&mut self, r: Result<T, ir::TooDeep>, span: Span) -> Option<T> {
+        match r {
             Ok(id) => Some(id),
             Err(ir::TooDeep) => {
                 self.err(

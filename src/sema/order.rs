@@ -17,7 +17,7 @@ use std::collections::HashMap;
 
 use super::{Cx, RangeOrigin};
 use crate::diag::{Code, Diag, Span};
-use crate::ir::{Dim, Expr, IndexId, NodeId, ReduceOp, Role, Scalar, TensorDef, TensorId, TensorRef};
+use crate::ir::{Dim, Expr, IndexId, NodeId, ReduceOp, Role, Scalar, TensorDef, TensorId, TensorRef, Value};
 use crate::prims::Prim;
 use crate::syntax::ast::{self, ExprKind, OptionValue, OrderOp, OrderOption};
 
@@ -417,20 +417,10 @@ impl Cx<'_, '_> {
         })
     }
 
-    /// A balanced select tree over the constant `values[w]` at the integer node `w`.
-    fn table(&mut self, w: NodeId, values: &[f64], lo: usize, scalar: Scalar, span: Span) -> Option<NodeId> {
-        if values.iter().all(|v| *v == values[0]) {
-            return match scalar {
-                Scalar::Int => self.mk(Expr::Int(values[0] as i64), Scalar::Int, span),
-                _ => self.mk(Expr::float(values[0]), Scalar::Float, span),
-            };
-        }
-        let mid = values.len() / 2;
-        let left = self.table(w, &values[..mid], lo, scalar, span)?;
-        let right = self.table(w, &values[mid..], lo + mid, scalar, span)?;
-        let at = self.mk(Expr::Int((lo + mid) as i64), Scalar::Int, span)?;
-        let cond = self.prim(Prim::Lt, vec![w, at], span)?;
-        self.prim(Prim::Select, vec![cond, left, right], span)
+    /// A constant table over the wire index (see [`crate::ir::Function::table`]).
+    fn table(&mut self, w: NodeId, values: &[Value], span: Span) -> Option<NodeId> {
+        let r = self.f.table(w, values, span);
+        self.lift(r, span)
     }
 
     /// Adds `let name[fresh copies of head] = body` (the body written over `head`) and returns it.
@@ -531,10 +521,10 @@ impl Cx<'_, '_> {
         let mut p = None;
         let one = self.mk(Expr::float(1.0), Scalar::Float, span)?;
         for (l, layer) in net.layers.iter().enumerate() {
-            let partners: Vec<f64> = layer.iter().map(|(q, _)| *q as f64).collect();
-            let sides: Vec<f64> = layer.iter().map(|(_, s)| f64::from(*s)).collect();
-            let other = self.table(w_node, &partners, 0, Scalar::Int, span)?;
-            let side = self.table(w_node, &sides, 0, Scalar::Float, span)?;
+            let partners: Vec<Value> = layer.iter().map(|(q, _)| Value::I(*q as i64)).collect();
+            let sides: Vec<Value> = layer.iter().map(|(_, s)| Value::F(f64::from(*s))).collect();
+            let other = self.table(w_node, &partners, span)?;
+            let side = self.table(w_node, &sides, span)?;
             let xw = self.load_at(x, at(&outer_nodes, &[w_node]), span)?;
             let xo = self.load_at(x, at(&outer_nodes, &[other]), span)?;
             let diff = self.prim(Prim::Sub, vec![xo, xw], span)?;
