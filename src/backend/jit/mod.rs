@@ -26,6 +26,7 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{FuncId, Linkage, Module};
 
+mod math;
 mod simd;
 
 use super::interp::Evaluation;
@@ -42,16 +43,6 @@ pub struct JitError(String);
 
 /// The signature of every generated nest function.
 type NestFn = unsafe extern "C" fn(*const *mut u8, *const i64, *const f64, *mut i64, i64, i64);
-
-/// The coefficients of the Cephes `expf` polynomial P in e^r = 1 + r + r^2 P(r).
-const EXP_COEFFICIENTS: [f32; 6] = [
-    1.987_569_2e-4,
-    1.398_199_9e-3,
-    8.333_452e-3,
-    4.166_579_6e-2,
-    1.666_666_5e-1,
-    5e-1,
-];
 
 /// Elements of the outermost loop per parallel chunk.
 const CHUNK: i64 = 16;
@@ -91,15 +82,12 @@ macro_rules! math {
 }
 
 math! {
-    lossc_expf: f32 => f32::exp;
     lossc_logf: f32 => f32::ln;
     lossc_log1pf: f32 => f32::ln_1p;
-    lossc_expm1f: f32 => f32::exp_m1;
     lossc_tanhf: f32 => f32::tanh;
-    lossc_atanf: f32 => f32::atan;
-    lossc_sigmoidf: f32 => |x| crate::prims::sigmoid(x as f64) as f32;
     lossc_softplusf: f32 => |x| crate::prims::softplus(x as f64) as f32;
-    lossc_exp: f64 => f64::exp;
+    lossc_expm1f: f32 => f32::exp_m1;
+    lossc_atanf: f32 => f32::atan;
     lossc_log: f64 => f64::ln;
 }
 
@@ -861,13 +849,13 @@ impl<'a, 'b> Lower<'a, 'b> {
                 self.b.ins().select(gt, one, neg)
             }
             Pow => self.call("lossc_powf", &a),
-            Exp => self.exp_f32(a[0]),
+            Exp => self.exp_lanes(a[0], false),
             Log => self.call("lossc_logf", &a),
             Log1p => self.call("lossc_log1pf", &a),
             Expm1 => self.call("lossc_expm1f", &a),
             Tanh => self.call("lossc_tanhf", &a),
             Atan => self.call("lossc_atanf", &a),
-            Sigmoid => self.call("lossc_sigmoidf", &a),
+            Sigmoid => self.sigmoid_lanes(a[0], false),
             Softplus => self.call("lossc_softplusf", &a),
             Eq | Ne | Lt | Le | Gt | Ge => {
                 let both_int = int(self, 0) && int(self, 1);
@@ -884,73 +872,6 @@ impl<'a, 'b> Lower<'a, 'b> {
             ToFloat => self.b.ins().fcvt_from_sint(types::F32, a[0]),
             StopGrad => a[0],
         }
-    }
-
-    /// A reduction: nested loops over its indices with f64 accumulators (i64 for counts and arg-max).
-    /// `e^x` in f32, inline: x = n ln2 + r with |r| <= ln2/2 (n rounded with the 1.5 * 2^23 trick, ln2
-    /// split in two parts), e^r by the Cephes `expf` polynomial (1 + r + r^2 P(r), P of degree 5), times 2^n
-    /// built in the exponent bits. Overflow gives +inf, results below the normal range flush to 0, NaN
-    /// stays NaN. No branches; about 1 ulp (measured against f64 in `tests/jit.rs`). `lanes`: x is an
-    /// f32x4 and so is the result.
-    fn exp_f32(&mut self, x: Value) -> Value {
-        self.exp_lanes(x, false)
-    }
-
-    pub(crate) fn exp_lanes(&mut self, x: Value, lanes: bool) -> Value {
-        let (fty, ity) = if lanes {
-            (types::F32X4, types::I32X4)
-        } else {
-            (types::F32, types::I32)
-        };
-        let k = |l: &mut Self, v: f32| {
-            let c = l.b.ins().f32const(v);
-            if lanes { l.b.ins().splat(fty, c) } else { c }
-        };
-        let log2e = k(self, std::f32::consts::LOG2_E);
-        let t = self.b.ins().fmul(x, log2e);
-        let magic = k(self, 12_582_912.0);
-        let shifted = self.b.ins().fadd(t, magic);
-        let n = self.b.ins().fsub(shifted, magic);
-        let (ln2_hi, ln2_lo) = (k(self, 0.693_359_4), k(self, -2.121_944_4e-4));
-        let a = self.b.ins().fmul(n, ln2_hi);
-        let r = self.b.ins().fsub(x, a);
-        let b2 = self.b.ins().fmul(n, ln2_lo);
-        let r = self.b.ins().fsub(r, b2);
-        let mut q = k(self, EXP_COEFFICIENTS[0]);
-        for c in &EXP_COEFFICIENTS[1..] {
-            let m = self.b.ins().fmul(q, r);
-            let ck = k(self, *c);
-            q = self.b.ins().fadd(m, ck);
-        }
-        let r2 = self.b.ins().fmul(r, r);
-        let y = self.b.ins().fmul(r2, q);
-        let y = self.b.ins().fadd(y, r);
-        let one = k(self, 1.0);
-        let p = self.b.ins().fadd(y, one);
-        let flags = MemFlagsData::new().with_endianness(ir::Endianness::Little);
-        let nbits = self.b.ins().bitcast(ity, flags, shifted);
-        let bias = self.b.ins().iconst(types::I32, 127 - 0x4B40_0000);
-        let bias = if lanes { self.b.ins().splat(ity, bias) } else { bias };
-        let biased = self.b.ins().iadd(nbits, bias);
-        let bits = self.b.ins().ishl_imm_s(biased, 23);
-        let scale = self.b.ins().bitcast(fty, flags, bits);
-        let y = self.b.ins().fmul(p, scale);
-        // Outside the normal range: +inf above, 0 below; NaN passes through.
-        let (hi, lo, inf, zero) = (k(self, 88.72), k(self, -87.33), k(self, f32::INFINITY), k(self, 0.0));
-        let over = self.b.ins().fcmp(FloatCC::GreaterThan, x, hi);
-        let under = self.b.ins().fcmp(FloatCC::LessThan, x, lo);
-        let nan = self.b.ins().fcmp(FloatCC::Unordered, x, x);
-        let choose = |l: &mut Self, c: Value, a: Value, b: Value| {
-            if lanes {
-                let m = l.b.ins().bitcast(fty, flags, c);
-                l.b.ins().bitselect(m, a, b)
-            } else {
-                l.b.ins().select(c, a, b)
-            }
-        };
-        let y = choose(self, over, inf, y);
-        let y = choose(self, under, zero, y);
-        choose(self, nan, x, y)
     }
 
     /// Whether a reduction body is cheap enough to evaluate twice (for a two-pass logsumexp).
@@ -1018,13 +939,13 @@ impl<'a, 'b> Lower<'a, 'b> {
             &mut |l: &mut Self, v, lanes_mask| {
                 let mxv = l.b.ins().splat(types::F32X4, mx);
                 let d = l.b.ins().fsub(v, mxv);
-                let e = l.vexp(d);
+                let e = l.exp_lanes(d, true);
                 let e = l.fill_masked(e, lanes_mask, 0.0);
                 l.vacc_add(vsum, e);
             },
             &mut |l: &mut Self, x| {
                 let d = l.b.ins().fsub(x, mx);
-                let e = l.exp_f32(d);
+                let e = l.exp_lanes(d, false);
                 let e = l.b.ins().fpromote(types::F64, e);
                 let cur = l.b.use_var(s);
                 let ns = l.b.ins().fadd(cur, e);
@@ -1293,7 +1214,7 @@ impl<'a, 'b> Lower<'a, 'b> {
                 let lo = self.b.ins().select(gt, m, x);
                 let d = self.b.ins().fsub(lo, hi);
                 let d32 = self.b.ins().fdemote(types::F32, d);
-                let e = self.exp_f32(d32);
+                let e = self.exp_lanes(d32, false);
                 let e = self.b.ins().fpromote(types::F64, e);
                 let zero = self.b.ins().f64const(0.0);
                 let ok = self.b.ins().fcmp(FloatCC::Equal, d, d);

@@ -66,9 +66,8 @@ impl Lower<'_, '_> {
                     let int_args = args.iter().all(|a| self.f.node(*a).scalar == Scalar::Int);
                     args_ok
                         && match prim {
-                            Add | Sub | Mul | Div | Neg | Min | Max | Abs | Sqrt | Exp | Sigmoid | StopGrad => {
-                                node.scalar == Scalar::Float
-                            }
+                            Add | Sub | Mul | Div | Neg | Min | Max | Abs | Sqrt | Exp | Sigmoid | Log | Log1p
+                            | Softplus | Tanh | StopGrad => node.scalar == Scalar::Float,
                             // Integer comparisons only of k against a k-independent integer.
                             Eq | Ne | Lt | Le | Gt | Ge => {
                                 !int_args
@@ -213,15 +212,12 @@ impl Lower<'_, '_> {
             Abs => ins.ins().fabs(a[0]),
             Sqrt => ins.ins().sqrt(a[0]),
             StopGrad => a[0],
-            Exp => self.vexp(a[0]),
-            // 1 / (1 + e^-x): exact limits 0 and 1, NaN stays NaN.
-            Sigmoid => {
-                let nx = self.b.ins().fneg(a[0]);
-                let e = self.vexp(nx);
-                let one = self.splat_f32(1.0);
-                let d = self.b.ins().fadd(one, e);
-                self.b.ins().fdiv(one, d)
-            }
+            Exp => self.exp_lanes(a[0], true),
+            Sigmoid => self.sigmoid_lanes(a[0], true),
+            Log => self.log_lanes(a[0], true),
+            Log1p => self.log1p_lanes(a[0], true),
+            Softplus => self.softplus_lanes(a[0], true),
+            Tanh => self.tanh_lanes(a[0], true),
             Eq | Ne | Lt | Le | Gt | Ge => {
                 let int = args.iter().all(|x| self.f.node(*x).scalar == Scalar::Int);
                 self.compare(prim, int, a[0], a[1])
@@ -240,11 +236,6 @@ impl Lower<'_, '_> {
             }
             _ => unreachable!("vectorizable() admits no other primitive"),
         }
-    }
-
-    /// Lane-wise `exp`: the scalar algorithm on f32x4.
-    pub(super) fn vexp(&mut self, x: Value) -> Value {
-        self.exp_lanes(x, true)
     }
 
     /// `v` where the lanes' mask holds, `fill` elsewhere (just `v` without a mask).
