@@ -430,6 +430,33 @@ def contrastive():
 
     cases.append(case("gcl_bimodal_two_calls", "std::contrastive::gcl_bimodal", "libauc.losses.GCLoss_v2(N=10, tau=0.1)",
                       stateful(bref, None, mkb, bim), hypers={"tau": 0.1}))
+    iref2 = GCLoss_v2(N=10, tau=0.02, gamma=0.9, temperature_scheme="individual_learnable")
+
+    def bim_iso(img, txt, ids):
+        loss, _ = iref2(img, txt, ids)
+        names = {"u1": "u1", "u2": "u2", "b1": "b1", "b2": "b2", "t": "learnable_tau_img",
+                 "s": "learnable_tau_txt", "gt": "grad_tau_img", "gs": "grad_tau_txt"}
+        return loss, {f"{k}_new": getattr(iref2, v)[ids][:, 0].clone() for k, v in names.items()}
+
+    cases.append(case("gcl_bimodal_isogclr_two_calls", "std::contrastive::gcl_bimodal_isogclr",
+                      "libauc.losses.GCLoss_v2(N=10, tau=0.02, temperature_scheme='individual_learnable')",
+                      stateful(iref2, None, mkb, bim_iso), hypers={"tau": 0.02}))
+    gref = GCLoss_v2(N=10, tau=0.05, gamma=0.9, temperature_scheme="global_learnable")
+
+    def bim_tau(img, txt, ids, tau):
+        gref.tau = tau[0]
+        loss, _ = gref(img, txt, ids)
+        return loss, {"u1_new": gref.u1[ids][:, 0].clone(), "u2_new": gref.u2[ids][:, 0].clone(),
+                      "b1_new": gref.b1[ids][:, 0].clone(), "b2_new": gref.b2[ids][:, 0].clone()}
+
+    def mk_tau(k):
+        d = mkb(k)
+        d["tau"] = torch.tensor([0.05 + 0.01 * k]).requires_grad_(True)
+        return d
+
+    cases.append(case("gcl_bimodal_learnable_tau_two_calls", "std::contrastive::gcl_bimodal_learnable_tau",
+                      "libauc.losses.GCLoss_v2(N=10, temperature_scheme='global_learnable')",
+                      stateful(gref, None, mk_tau, bim_tau)))
     write("contrastive", cases)
 
 
