@@ -457,6 +457,16 @@ impl<'a, 'b> Lower<'a, 'b> {
         let buffer = self.plan.buffer_of(self.f, TensorRef::Def(nest.tensor));
         let scalar = self.plan.buffers[buffer].scalar;
         let head = nest.head.clone();
+        if scalar == Scalar::Float
+            && let Some(update) = self.row_update_form(&head, nest.body)
+        {
+            self.vector_head = None;
+            self.row_update_nest(buffer, &head, update);
+            self.b.ins().return_(&[]);
+            self.b.switch_to_block(self.fail);
+            self.b.ins().return_(&[]);
+            return;
+        }
         // The innermost head loop runs 4 elements at a time when the element is vectorizable along it.
         self.vector_head = match head.last() {
             Some((k, _)) if scalar == Scalar::Float && self.vectorizable(nest.body, *k) => Some((buffer, nest.body)),

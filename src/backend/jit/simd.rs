@@ -20,6 +20,15 @@ use crate::prims::Prim;
 
 pub(super) const LANES: i64 = 4;
 
+/// See [`Lower::row_update_form`].
+#[derive(Clone, Copy)]
+pub(super) struct RowUpdate {
+    index: IndexId,
+    mask: Option<NodeId>,
+    scale: NodeId,
+    row: NodeId,
+}
+
 fn vflags() -> MemFlagsData {
     MemFlagsData::new().with_endianness(Endianness::Little)
 }
@@ -306,6 +315,96 @@ impl Lower<'_, '_> {
             };
         }
         r
+    }
+
+    /// A nest `r[…, k] = sum[i | m] s * v` whose mask `m` and factor `s` do not depend on the last head
+    /// index `k` while `v` is vectorizable along `k` (the gradient of a contraction: `g[h, d] = sum[i]
+    /// w[i, h] * x[i, d]`). Returns (i, m, s, v).
+    pub(super) fn row_update_form(&self, head: &[(IndexId, crate::ir::Dim)], body: NodeId) -> Option<RowUpdate> {
+        let (k, _) = *head.last()?;
+        if head.len() < 2 || self.f.node(body).scalar != Scalar::Float {
+            return None;
+        }
+        let Expr::Reduce {
+            op: ReduceOp::Sum,
+            indices,
+            mask,
+            body: term,
+        } = &self.f.node(body).expr
+        else {
+            return None;
+        };
+        let &[i] = &indices[..] else { return None };
+        if mask.is_some_and(|m| self.f.node(m).free.contains(&k)) {
+            return None;
+        }
+        let Expr::Prim { prim: Prim::Mul, args } = &self.f.node(*term).expr else { return None };
+        let depends = |n: NodeId| self.f.node(n).free.contains(&k);
+        let (scale, row) = match (depends(args[0]), depends(args[1])) {
+            (false, true) => (args[0], args[1]),
+            (true, false) => (args[1], args[0]),
+            _ => return None,
+        };
+        (self.vectorizable(row, k) && !self.needs_branch(row)).then_some(RowUpdate {
+            index: i,
+            mask: *mask,
+            scale,
+            row,
+        })
+    }
+
+    /// The loops of a [`RowUpdate`] nest: for each row of the outer head indices, zero the row, then for each
+    /// `i` where the mask holds compute `s` once and add `s * v` to the whole row, 4 lanes at a time (f32
+    /// accumulation in the output row, as the other in-lane sums). Each `s` is computed once per row and
+    /// `i`, not once per output element.
+    pub(super) fn row_update_nest(&mut self, buffer: usize, head: &[(IndexId, crate::ir::Dim)], update: RowUpdate) {
+        let (k, kd) = head.last().cloned().expect("row_update_form: a head");
+        let outer = head[..head.len() - 1].to_vec();
+        let head = head.to_vec();
+        self.loops(&outer, 0, &mut |l: &mut Self| {
+            let zero = l.b.ins().iconst(types::I64, 0);
+            let end = l.dim(&kd);
+            let zero_row = |l: &mut Self| {
+                let tail = l.vector_loop(k, zero, end, &mut |l: &mut Self, _kb| {
+                    let z = l.splat_f32(0.0);
+                    let flat = l.flat(&head);
+                    l.vstore(buffer, flat, z);
+                });
+                l.for_range(k, tail, end, &mut |l: &mut Self| {
+                    let z = l.b.ins().f32const(0.0);
+                    let flat = l.flat(&head);
+                    l.store(buffer, Scalar::Float, flat, z);
+                });
+            };
+            zero_row(l);
+            let range = l.f.index(update.index).range.clone();
+            let n = l.dim(&range);
+            l.for_range(update.index, zero, n, &mut |l: &mut Self| {
+                l.masked(update.mask, &mut |l: &mut Self| {
+                    let s = l.value(update.scale);
+                    let sv = l.b.ins().splat(types::F32X4, s);
+                    let tail = l.vector_loop(k, zero, end, &mut |l: &mut Self, kb| {
+                        let mut memo = HashMap::new();
+                        let v = l.vvalue(update.row, k, kb, &mut memo);
+                        let flat = l.flat(&head);
+                        let addr = l.address(buffer, Scalar::Float, flat);
+                        let old = l.b.ins().load(types::F32X4, MemFlagsData::new().with_notrap(), addr, 0);
+                        let add = l.b.ins().fmul(sv, v);
+                        let new = l.b.ins().fadd(old, add);
+                        l.vstore(buffer, flat, new);
+                    });
+                    l.for_range(k, tail, end, &mut |l: &mut Self| {
+                        let v = l.value(update.row);
+                        let flat = l.flat(&head);
+                        let addr = l.address(buffer, Scalar::Float, flat);
+                        let old = l.b.ins().load(types::F32, MemFlagsData::new().with_notrap(), addr, 0);
+                        let add = l.b.ins().fmul(s, v);
+                        let new = l.b.ins().fadd(old, add);
+                        l.store(buffer, Scalar::Float, flat, new);
+                    });
+                });
+            });
+        });
     }
 
     /// Stores 4 lanes at `flat .. flat + 3` of a float buffer.
