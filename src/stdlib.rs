@@ -43,7 +43,12 @@ pub fn entries() -> Vec<Entry> {
 
 fn signature(l: &LossDef) -> String {
     let params: Vec<String> = l.params.iter().map(crate::syntax::fmt::param).collect();
-    format!("{}({}){}", l.name.name, params.join(", "), crate::syntax::fmt::outputs(l))
+    format!(
+        "{}({}){}",
+        l.name.name,
+        params.join(", "),
+        crate::syntax::fmt::outputs(l)
+    )
 }
 
 /// `lossc stdlib`: one line per loss, its first doc line indented below.

@@ -274,6 +274,21 @@ fn reductions_inside_elements_are_materialized_and_shared() {
 }
 
 #[test]
+fn a_hoisted_contraction_and_its_transpose_are_one_tensor() {
+    let f = compile(
+        "loss f(a: f32[N, D], b: f32[N, D]) { sum[i] (log(sum[j] exp(sum[d] a[i, d] * b[j, d]))) + log(sum[j] exp(sum[d] b[i, d] * a[j, d])) }",
+    );
+    let hoisted = lossc::opt::hoist::materialize(&lossc::opt::simplify_only(&f).unwrap()).unwrap();
+    lossc::ir::verify::verify(&hoisted).unwrap();
+    let printed = lossc::ir::print::readable(&hoisted);
+    assert_eq!(printed.matches("sum[d").count(), 1, "{printed}");
+    let mut rng = Rng::new(4);
+    let inputs = inputs_for(&f, &mut rng, 0.5);
+    let (x, y) = (loss(&f, &inputs), loss(&hoisted, &inputs));
+    assert!((x - y).abs() < 1e-12 * x.abs().max(1.0), "{x} vs {y}");
+}
+
+#[test]
 fn distributivity_and_commutation() {
     // sum[k] c * e = c * sum[k] e;  sum[k] e / c = (sum[k] e) / c;  sum[k] -e = -(sum[k] e)
     let b = body(&rule(

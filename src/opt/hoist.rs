@@ -7,7 +7,7 @@
 //! run in parallel over its own points, and lets the loss and its gradient share it. Elementwise work
 //! stays fused inline. Hoisted reductions are keyed by their body with canonical
 //! head indices, so the same reduction hoisted from two places (the loss and its gradient, say) is one
-//! tensor. A reduction under a lazy operand (a `select` branch, the right side of `&&`/`||`) is hoisted
+//! tensor, and so is a two-index reduction and its transpose. A reduction under a lazy operand (a `select` branch, the right side of `&&`/`||`) is hoisted
 //! only if every subscript inside it is statically in range, so hoisting never adds an out-of-range read.
 
 use std::collections::{BTreeSet, HashMap};
@@ -174,6 +174,35 @@ impl Hoist<'_> {
         let own: BTreeSet<IndexId> = free.iter().copied().collect();
         let inner = self.walk(n, &own, true, false)?;
         let (head, body) = self.canonicalize(inner, &free)?;
+        // The transpose of a reduction already hoisted over two indices of one range (`sum[d] b[i, d] *
+        // a[j, d]` after `sum[d] a[i, d] * b[j, d]`) is read from it with the subscripts swapped.
+        if let [x, y] = free[..]
+            && self.dst.index(x).range == self.dst.index(y).range
+        {
+            let (_, swapped) = self.canonicalize(inner, &[y, x])?;
+            let found = self
+                .hoisted
+                .iter()
+                .find(|(b, _)| same_up_to_commuting(&self.dst, **b, swapped, SAME_BUDGET))
+                .map(|(_, t)| *t);
+            if let Some(t) = found
+                && !self.hoisted.contains_key(&body)
+            {
+                let subs = [y, x]
+                    .iter()
+                    .map(|v| self.dst.add(Expr::Index(*v), Scalar::Int, span))
+                    .collect::<R<Vec<NodeId>>>()?;
+                let tensor = TensorRef::Def(t);
+                return self.dst.add(
+                    Expr::Load {
+                        tensor,
+                        subs: subs.into(),
+                    },
+                    self.src.node(n).scalar,
+                    span,
+                );
+            }
+        }
         let t = match self.hoisted.get(&body) {
             Some(t) => *t,
             None => {
@@ -204,4 +233,86 @@ impl Hoist<'_> {
             span,
         )
     }
+}
+
+/// How many node pairs [`same_up_to_commuting`] may compare (it branches at every commutative node).
+const SAME_BUDGET: usize = 256;
+
+/// Whether two nodes compute the same value by the same operations, up to the order of the operands of
+/// exactly commutative primitives (`+`, `*`, `==`, `!=`) and the names of reduction indices, within a
+/// budget of compared pairs.
+fn same_up_to_commuting(f: &Function, a: NodeId, b: NodeId, budget: usize) -> bool {
+    struct Cmp<'f> {
+        f: &'f Function,
+        budget: usize,
+        /// Reduction indices bound in step by the two sides.
+        bound: Vec<(IndexId, IndexId)>,
+    }
+    impl Cmp<'_> {
+        fn all(&mut self, p: &[NodeId], q: &[NodeId]) -> bool {
+            p.len() == q.len() && p.iter().zip(q).all(|(u, v)| self.go(*u, *v))
+        }
+        fn go(&mut self, a: NodeId, b: NodeId) -> bool {
+            if a == b && self.bound.is_empty() {
+                return true;
+            }
+            if self.budget == 0 {
+                return false;
+            }
+            self.budget -= 1;
+            let f = self.f;
+            match (&f.node(a).expr, &f.node(b).expr) {
+                (Expr::Index(u), Expr::Index(v)) => {
+                    u == v && !self.bound.iter().any(|(x, y)| x == u || y == v) || self.bound.contains(&(*u, *v))
+                }
+                (Expr::Prim { prim: p, args: u }, Expr::Prim { prim: q, args: v }) if p == q => {
+                    self.all(u, v)
+                        || (matches!(p, Prim::Add | Prim::Mul | Prim::Eq | Prim::Ne)
+                            && u.len() == 2
+                            && self.go(u[0], v[1])
+                            && self.go(u[1], v[0]))
+                }
+                (Expr::Load { tensor: s, subs: u }, Expr::Load { tensor: t, subs: v }) => s == t && self.all(u, v),
+                (
+                    Expr::Reduce {
+                        op: o,
+                        indices: i,
+                        mask: m,
+                        body: u,
+                    },
+                    Expr::Reduce {
+                        op: p,
+                        indices: j,
+                        mask: n,
+                        body: v,
+                    },
+                ) => {
+                    if o != p
+                        || i.len() != j.len()
+                        || i.iter()
+                            .zip(j.iter())
+                            .any(|(x, y)| f.index(*x).range != f.index(*y).range)
+                    {
+                        return false;
+                    }
+                    let depth = self.bound.len();
+                    self.bound.extend(i.iter().copied().zip(j.iter().copied()));
+                    let same = match (m, n) {
+                        (None, None) => true,
+                        (Some(m), Some(n)) => self.go(*m, *n),
+                        _ => false,
+                    } && self.go(*u, *v);
+                    self.bound.truncate(depth);
+                    same
+                }
+                (x, y) => x == y,
+            }
+        }
+    }
+    Cmp {
+        f,
+        budget,
+        bound: Vec::new(),
+    }
+    .go(a, b)
 }

@@ -338,7 +338,9 @@ impl Lower<'_, '_> {
         if mask.is_some_and(|m| self.f.node(m).free.contains(&k)) {
             return None;
         }
-        let Expr::Prim { prim: Prim::Mul, args } = &self.f.node(*term).expr else { return None };
+        let Expr::Prim { prim: Prim::Mul, args } = &self.f.node(*term).expr else {
+            return None;
+        };
         let depends = |n: NodeId| self.f.node(n).free.contains(&k);
         let (scale, row) = match (depends(args[0]), depends(args[1])) {
             (false, true) => (args[0], args[1]),
