@@ -923,6 +923,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             ranges,
             mask,
             body,
+            false,
             &mut |l: &mut Self, v, lanes_mask| {
                 let v = l.fill_masked(v, lanes_mask, f32::NEG_INFINITY);
                 let cur = l.b.use_var(vmax);
@@ -946,6 +947,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             ranges,
             mask,
             body,
+            false,
             &mut |l: &mut Self, v, lanes_mask| {
                 let mxv = l.b.ins().splat(types::F32X4, mx);
                 let d = l.b.ins().fsub(v, mxv);
@@ -979,11 +981,17 @@ impl<'a, 'b> Lower<'a, 'b> {
     /// One pass over a reduction's points where the mask holds: 4 at a time where the reduction has one
     /// index and its body and mask are vectorizable along it (`vector` gets the body's lanes and the mask's),
     /// the rest one by one (`scalar` gets the body's value).
+    ///
+    /// `presum`: the caller only adds the lanes (a sum); 16 points at a time are then added in f32 four
+    /// vectors at once before `vector` sees them (one f64 widening per 16 points; each term passes through
+    /// at most three f32 additions).
+    #[allow(clippy::too_many_arguments)]
     fn reduce_pass(
         &mut self,
         ranges: &[(IndexId, Dim)],
         mask: Option<NodeId>,
         body: NodeId,
+        presum: bool,
         vector: &mut dyn FnMut(&mut Self, Value, Option<Value>),
         scalar: &mut dyn FnMut(&mut Self, Value),
     ) {
@@ -1002,6 +1010,27 @@ impl<'a, 'b> Lower<'a, 'b> {
             Some(k) => {
                 let zero = self.b.ins().iconst(types::I64, 0);
                 let end = self.dim(&ranges[0].1);
+                let zero = if presum {
+                    self.stepped_loop(k, zero, end, 4 * simd::LANES, &mut |l: &mut Self| {
+                        let kb = l.index(k);
+                        let mut total: Option<Value> = None;
+                        for u in 0..4 {
+                            let at = l.b.ins().iadd_imm_s(kb, u * simd::LANES);
+                            let mut memo = HashMap::new();
+                            let v = l.vvalue(body, k, at, &mut memo);
+                            let m = mask.map(|m| l.vvalue(m, k, at, &mut memo));
+                            let v = l.fill_masked(v, m, 0.0);
+                            total = Some(match total {
+                                None => v,
+                                Some(t) => l.b.ins().fadd(t, v),
+                            });
+                        }
+                        let total = total.expect("four vectors");
+                        vector(l, total, None);
+                    })
+                } else {
+                    zero
+                };
                 let tail = self.vector_loop(k, zero, end, &mut |l: &mut Self, kb| {
                     let mut memo = HashMap::new();
                     let v = l.vvalue(body, k, kb, &mut memo);
@@ -1074,6 +1103,7 @@ impl<'a, 'b> Lower<'a, 'b> {
                 &ranges,
                 mask,
                 body,
+                op == ReduceOp::Sum,
                 &mut |l: &mut Self, v, lanes_mask| {
                     let fill = match op {
                         ReduceOp::Max => f32::NEG_INFINITY,
