@@ -462,3 +462,47 @@ fn sgd_on_a_linear_softmax_classifier_converges() {
         "{losses:?}"
     );
 }
+
+#[test]
+fn row_updates_skip_masked_out_points() {
+    // g[h, d] = sum[i | w[i, h] != 0] w[i, h] * x[i, d] runs as a blocked row update; row 5 of x is inf,
+    // but its weights are 0, so it is masked out and must not turn the result into NaN (0 * inf).
+    let src = "loss f(w: f32[N, H] nograd, x: f32[N, D] nograd) -> (g: f32[H, D]) {
+    out g[h, d] = sum[i | w[i, h] != 0] w[i, h] * x[i, d]
+    0
+}";
+    let (n, h, d) = (11, 3, 6);
+    let w: Vec<f64> = (0..n * h)
+        .map(|k| if k / h == 5 { 0.0 } else { ((k * 7 % 5) as f64) - 2.0 })
+        .collect();
+    let x: Vec<f64> = (0..n * d)
+        .map(|k| {
+            if k / d == 5 {
+                f64::INFINITY
+            } else {
+                (k % 9) as f64 * 0.25
+            }
+        })
+        .collect();
+    let inputs = BTreeMap::from([
+        ("w".to_string(), Tensor::float(vec![n, h], w.clone())),
+        ("x".to_string(), Tensor::float(vec![n, d], x.clone())),
+    ]);
+    let jit = Compiler::new()
+        .compile_source("r.lx", src)
+        .unwrap()
+        .kernel(None)
+        .unwrap()
+        .eval(&inputs)
+        .unwrap();
+    let got = jit.outputs[0].1.to_f64();
+    for hh in 0..h {
+        for dd in 0..d {
+            let want: f64 = (0..n)
+                .filter(|i| w[i * h + hh] != 0.0)
+                .map(|i| w[i * h + hh] * x[i * d + dd])
+                .sum();
+            assert_eq!(got[hh * d + dd], want, "g[{hh}, {dd}]");
+        }
+    }
+}

@@ -20,6 +20,9 @@ use crate::prims::Prim;
 
 pub(super) const LANES: i64 = 4;
 
+/// How many values of the summed index a row update handles per pass over the row.
+const ROW_BLOCK: i64 = 4;
+
 /// See [`Lower::row_update_form`].
 #[derive(Clone, Copy)]
 pub(super) struct RowUpdate {
@@ -355,58 +358,153 @@ impl Lower<'_, '_> {
         })
     }
 
-    /// The loops of a [`RowUpdate`] nest: for each row of the outer head indices, zero the row, then for each
-    /// `i` where the mask holds compute `s` once and add `s * v` to the whole row, 4 lanes at a time (f32
-    /// accumulation in the output row, as the other in-lane sums). Each `s` is computed once per row and
-    /// `i`, not once per output element.
+    /// The loops of a [`RowUpdate`] nest: for each row of the outer head indices, zero the row, then add
+    /// `s * v` for each `i` where the mask holds, computing `s` once per row and `i` (not per element).
+    /// Four values of `i` are handled per pass over the row (one load and store of each row vector per
+    /// four updates) when all four masks hold; otherwise those four go one by one, skipping masked-out
+    /// points (which add nothing, not 0 * v: v may be inf or NaN there). f32 accumulation in the output
+    /// row, as the other in-lane sums.
     pub(super) fn row_update_nest(&mut self, buffer: usize, head: &[(IndexId, crate::ir::Dim)], update: RowUpdate) {
         let (k, kd) = head.last().cloned().expect("row_update_form: a head");
         let outer = head[..head.len() - 1].to_vec();
         let head = head.to_vec();
+        let i = update.index;
         self.loops(&outer, 0, &mut |l: &mut Self| {
             let zero = l.b.ins().iconst(types::I64, 0);
             let end = l.dim(&kd);
-            let zero_row = |l: &mut Self| {
-                let tail = l.vector_loop(k, zero, end, &mut |l: &mut Self, _kb| {
-                    let z = l.splat_f32(0.0);
-                    let flat = l.flat(&head);
-                    l.vstore(buffer, flat, z);
-                });
-                l.for_range(k, tail, end, &mut |l: &mut Self| {
-                    let z = l.b.ins().f32const(0.0);
-                    let flat = l.flat(&head);
-                    l.store(buffer, Scalar::Float, flat, z);
-                });
-            };
-            zero_row(l);
-            let range = l.f.index(update.index).range.clone();
+            let tail = l.vector_loop(k, zero, end, &mut |l: &mut Self, _kb| {
+                let z = l.splat_f32(0.0);
+                let flat = l.flat(&head);
+                l.vstore(buffer, flat, z);
+            });
+            l.for_range(k, tail, end, &mut |l: &mut Self| {
+                let z = l.b.ins().f32const(0.0);
+                let flat = l.flat(&head);
+                l.store(buffer, Scalar::Float, flat, z);
+            });
+            let range = l.f.index(i).range.clone();
             let n = l.dim(&range);
-            l.for_range(update.index, zero, n, &mut |l: &mut Self| {
-                l.masked(update.mask, &mut |l: &mut Self| {
-                    let s = l.value(update.scale);
-                    let sv = l.b.ins().splat(types::F32X4, s);
-                    let tail = l.vector_loop(k, zero, end, &mut |l: &mut Self, kb| {
-                        let mut memo = HashMap::new();
-                        let v = l.vvalue(update.row, k, kb, &mut memo);
-                        let flat = l.flat(&head);
-                        let addr = l.address(buffer, Scalar::Float, flat);
-                        let old = l.b.ins().load(types::F32X4, MemFlagsData::new().with_notrap(), addr, 0);
-                        let add = l.b.ins().fmul(sv, v);
-                        let new = l.b.ins().fadd(old, add);
-                        l.vstore(buffer, flat, new);
-                    });
-                    l.for_range(k, tail, end, &mut |l: &mut Self| {
-                        let v = l.value(update.row);
-                        let flat = l.flat(&head);
-                        let addr = l.address(buffer, Scalar::Float, flat);
-                        let old = l.b.ins().load(types::F32, MemFlagsData::new().with_notrap(), addr, 0);
-                        let add = l.b.ins().fmul(s, v);
-                        let new = l.b.ins().fadd(old, add);
-                        l.store(buffer, Scalar::Float, flat, new);
-                    });
+            let rest = l.stepped_loop(i, zero, n, ROW_BLOCK, &mut |l: &mut Self| {
+                let i0 = l.index(i);
+                // Each i's factor (0, and not evaluated, where its mask fails) and whether all four masks hold.
+                let mut conds = Vec::new();
+                let scales: Vec<Value> = (0..ROW_BLOCK)
+                    .map(|u| {
+                        l.at_index(i, i0, u, &mut |l: &mut Self| match update.mask {
+                            None => l.value(update.scale),
+                            Some(m) => {
+                                let c = l.value(m);
+                                conds.push(c);
+                                l.branch(
+                                    c,
+                                    types::F32,
+                                    &mut |l: &mut Self| l.value(update.scale),
+                                    &mut |l: &mut Self| l.b.ins().f32const(0.0),
+                                )
+                            }
+                        })
+                    })
+                    .collect();
+                let all = conds.into_iter().reduce(|a, b| l.b.ins().band(a, b));
+                let block = &mut |l: &mut Self| l.row_axpy(buffer, &head, update, k, end, i0, &scales);
+                match all {
+                    None => block(l),
+                    Some(all) => {
+                        let (fast, slow, next) = (l.b.create_block(), l.b.create_block(), l.b.create_block());
+                        l.b.ins().brif(all, fast, &[], slow, &[]);
+                        l.b.switch_to_block(fast);
+                        l.frames.push(HashMap::new());
+                        block(l);
+                        l.frames.pop();
+                        l.b.ins().jump(next, &[]);
+                        l.b.switch_to_block(slow);
+                        let stop = l.b.ins().iadd_imm_s(i0, ROW_BLOCK);
+                        l.row_updates_one_by_one(buffer, &head, update, k, end, i0, stop);
+                        let var = l.var(i);
+                        l.b.def_var(var, i0);
+                        l.b.ins().jump(next, &[]);
+                        l.b.switch_to_block(next);
+                    }
+                }
+            });
+            l.row_updates_one_by_one(buffer, &head, update, k, end, rest, n);
+        });
+    }
+
+    /// `row += sum_u scales[u] * v(i0 + u)` over the row, 4 lanes at a time, then the scalar tail.
+    #[allow(clippy::too_many_arguments)]
+    fn row_axpy(
+        &mut self,
+        buffer: usize,
+        head: &[(IndexId, crate::ir::Dim)],
+        update: RowUpdate,
+        k: IndexId,
+        end: Value,
+        i0: Value,
+        scales: &[Value],
+    ) {
+        let i = update.index;
+        let zero = self.b.ins().iconst(types::I64, 0);
+        let splats: Vec<Value> = scales.iter().map(|s| self.b.ins().splat(types::F32X4, *s)).collect();
+        let tail = self.vector_loop(k, zero, end, &mut |l: &mut Self, kb| {
+            let flat = l.flat(head);
+            let addr = l.address(buffer, Scalar::Float, flat);
+            let mut acc = l.b.ins().load(types::F32X4, MemFlagsData::new().with_notrap(), addr, 0);
+            for (u, sv) in splats.iter().enumerate() {
+                let v = l.at_index(i, i0, u as i64, &mut |l: &mut Self| {
+                    let mut memo = HashMap::new();
+                    l.vvalue(update.row, k, kb, &mut memo)
                 });
+                let add = l.b.ins().fmul(*sv, v);
+                acc = l.b.ins().fadd(acc, add);
+            }
+            l.vstore(buffer, flat, acc);
+        });
+        self.for_range(k, tail, end, &mut |l: &mut Self| {
+            let flat = l.flat(head);
+            let addr = l.address(buffer, Scalar::Float, flat);
+            let mut acc = l.b.ins().load(types::F32, MemFlagsData::new().with_notrap(), addr, 0);
+            for (u, s) in scales.iter().enumerate() {
+                let v = l.at_index(i, i0, u as i64, &mut |l: &mut Self| l.value(update.row));
+                let add = l.b.ins().fmul(*s, v);
+                acc = l.b.ins().fadd(acc, add);
+            }
+            l.store(buffer, Scalar::Float, flat, acc);
+        });
+    }
+
+    /// The updates for i in `start..stop`, one at a time, each only where its mask holds.
+    #[allow(clippy::too_many_arguments)]
+    fn row_updates_one_by_one(
+        &mut self,
+        buffer: usize,
+        head: &[(IndexId, crate::ir::Dim)],
+        update: RowUpdate,
+        k: IndexId,
+        end: Value,
+        start: Value,
+        stop: Value,
+    ) {
+        self.for_range(update.index, start, stop, &mut |l: &mut Self| {
+            l.masked(update.mask, &mut |l: &mut Self| {
+                let s = l.value(update.scale);
+                let i0 = l.index(update.index);
+                l.row_axpy(buffer, head, update, k, end, i0, &[s]);
             });
         });
+    }
+
+    /// `f` evaluated with index `i` at `base + offset`, in its own scope (nothing memoized at another value
+    /// of `i` is reused); `i` is `base` again afterwards.
+    fn at_index(&mut self, i: IndexId, base: Value, offset: i64, f: &mut dyn FnMut(&mut Self) -> Value) -> Value {
+        let var = self.var(i);
+        let at = self.b.ins().iadd_imm_s(base, offset);
+        self.b.def_var(var, at);
+        self.frames.push(HashMap::new());
+        let v = f(self);
+        self.frames.pop();
+        self.b.def_var(var, base);
+        v
     }
 
     /// Stores 4 lanes at `flat .. flat + 3` of a float buffer.
