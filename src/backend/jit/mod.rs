@@ -467,6 +467,17 @@ impl<'a, 'b> Lower<'a, 'b> {
             self.b.ins().return_(&[]);
             return;
         }
+        if scalar == Scalar::Float
+            && !head.last().is_some_and(|(k, _)| self.vectorizable(nest.body, *k))
+            && let Some((d, term)) = self.dot_form(&head, nest.body)
+        {
+            self.vector_head = None;
+            self.dot_nest(buffer, &head, d, term, nest.body);
+            self.b.ins().return_(&[]);
+            self.b.switch_to_block(self.fail);
+            self.b.ins().return_(&[]);
+            return;
+        }
         // The innermost head loop runs 4 elements at a time when the element is vectorizable along it.
         self.vector_head = match head.last() {
             Some((k, _)) if scalar == Scalar::Float && self.vectorizable(nest.body, *k) => Some((buffer, nest.body)),

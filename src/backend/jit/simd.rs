@@ -20,6 +20,9 @@ use crate::prims::Prim;
 
 pub(super) const LANES: i64 = 4;
 
+/// How many outputs a dot-product nest computes per pass over the contracted index.
+const DOT_BLOCK: i64 = 4;
+
 /// How many values of the summed index a row update handles per pass over the row.
 const ROW_BLOCK: i64 = 4;
 
@@ -505,6 +508,96 @@ impl Lower<'_, '_> {
         self.frames.pop();
         self.b.def_var(var, base);
         v
+    }
+
+    /// A nest whose element is a dot product `sum[d] e` (no mask) with `e` vectorizable along `d` and
+    /// depending on the last head index `h` (`r[i, h] = sum[d] x[i, d] * y[h, d]`): returns `d` and `e`.
+    pub(super) fn dot_form(&self, head: &[(IndexId, crate::ir::Dim)], body: NodeId) -> Option<(IndexId, NodeId)> {
+        let (h, _) = *head.last()?;
+        if head.len() < 2 || self.f.node(body).scalar != Scalar::Float {
+            return None;
+        }
+        let Expr::Reduce {
+            op: ReduceOp::Sum,
+            indices,
+            mask: None,
+            body: term,
+        } = &self.f.node(body).expr
+        else {
+            return None;
+        };
+        let &[d] = &indices[..] else { return None };
+        (self.f.node(*term).free.contains(&h) && self.vectorizable(*term, d) && !self.needs_branch(*term))
+            .then_some((d, *term))
+    }
+
+    /// The loops of a dot-product nest: four consecutive `h` at a time, each with its own f32x4 accumulator
+    /// over `d` (the operands that do not depend on `h` are loaded once per step), folded in f64 at the
+    /// end; remaining `h` and `d` one by one. The f32 lane sums carry about (extent of d / 4) ulp of the sum
+    /// of the terms' magnitudes.
+    pub(super) fn dot_nest(
+        &mut self,
+        buffer: usize,
+        head: &[(IndexId, crate::ir::Dim)],
+        d: IndexId,
+        term: NodeId,
+        body: NodeId,
+    ) {
+        let (h, hd) = head.last().cloned().expect("dot_form: a head");
+        let outer = head[..head.len() - 1].to_vec();
+        let head = head.to_vec();
+        self.loops(&outer, 0, &mut |l: &mut Self| {
+            let zero = l.b.ins().iconst(types::I64, 0);
+            let h_end = l.dim(&hd);
+            let d_range = l.f.index(d).range.clone();
+            let d_end = l.dim(&d_range);
+            let rest = l.stepped_loop(h, zero, h_end, DOT_BLOCK, &mut |l: &mut Self| {
+                let h0 = l.index(h);
+                let accs: Vec<Variable> = (0..DOT_BLOCK).map(|_| l.vacc_lanes(0.0)).collect();
+                let d_tail = l.vector_loop(d, zero, d_end, &mut |l: &mut Self, db| {
+                    for (u, acc) in accs.iter().enumerate() {
+                        let v = l.at_index(h, h0, u as i64, &mut |l: &mut Self| {
+                            let mut memo = HashMap::new();
+                            l.vvalue(term, d, db, &mut memo)
+                        });
+                        let a = l.b.use_var(*acc);
+                        let a = l.b.ins().fadd(a, v);
+                        l.b.def_var(*acc, a);
+                    }
+                });
+                for (u, acc) in accs.iter().enumerate() {
+                    // The lanes, then the scalar tail over d, in f64.
+                    let lanes = l.b.use_var(*acc);
+                    let mut total = l.b.ins().f64const(0.0);
+                    for lane in 0..LANES as u8 {
+                        let x = l.b.ins().extractlane(lanes, lane);
+                        let x = l.b.ins().fpromote(types::F64, x);
+                        total = l.b.ins().fadd(total, x);
+                    }
+                    let tail_sum = l.b.declare_var(types::F64);
+                    l.b.def_var(tail_sum, total);
+                    l.at_index(h, h0, u as i64, &mut |l: &mut Self| {
+                        l.for_range(d, d_tail, d_end, &mut |l: &mut Self| {
+                            let x = l.value(term);
+                            let x = l.b.ins().fpromote(types::F64, x);
+                            let t = l.b.use_var(tail_sum);
+                            let t = l.b.ins().fadd(t, x);
+                            l.b.def_var(tail_sum, t);
+                        });
+                        let t = l.b.use_var(tail_sum);
+                        let r = l.b.ins().fdemote(types::F32, t);
+                        let flat = l.flat(&head);
+                        l.store(buffer, Scalar::Float, flat, r);
+                        r
+                    });
+                }
+            });
+            l.for_range(h, rest, h_end, &mut |l: &mut Self| {
+                let v = l.value(body);
+                let flat = l.flat(&head);
+                l.store(buffer, Scalar::Float, flat, v);
+            });
+        });
     }
 
     /// Stores 4 lanes at `flat .. flat + 3` of a float buffer.
