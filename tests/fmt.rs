@@ -74,6 +74,14 @@ fn messy_source_gets_the_canonical_layout() {
 }
 
 #[test]
+fn a_blank_line_after_a_comment_stays() {
+    let src = "// file header\n\n/// Doc.\nconst K = 1\n";
+    assert_eq!(format("h.lx", src).unwrap(), src);
+    let src = "// a note on the const\n/// Doc.\nconst K = 1\n";
+    assert_eq!(format("h.lx", src).unwrap(), src);
+}
+
+#[test]
 fn long_expressions_break_before_additive_operators() {
     let long = format!(
         "loss f(x: f32[N]) {{ mean[i] {} }}",

@@ -109,6 +109,13 @@ impl Formatter<'_> {
                     self.out.push_str(line.trim_start());
                     self.out.push('\n');
                 }
+                // A blank line after the comment in the source stays (a file's header comment, say).
+                let end = c.start + c.text.len();
+                let upto = self.comments.get(self.next + 1).map_or(pos, |n| n.start.min(pos));
+                let gap = self.text.get(end..upto).unwrap_or("");
+                if gap.chars().filter(|ch| *ch == '\n').count() >= 2 && gap.trim().is_empty() {
+                    self.out.push('\n');
+                }
             }
             self.next += 1;
         }
