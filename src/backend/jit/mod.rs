@@ -169,7 +169,7 @@ fn build(f: &Function, mut clif_text: Option<&mut String>) -> Result<Compiled, J
             for (name, fid) in &imports {
                 refs.insert(*name, module.declare_func_in_func(*fid, b.func));
             }
-            let mut l = Lower::new(f, &plan, &mut b, ptr, refs);
+            let mut l = Lower::new(f, &plan, nest, &mut b, ptr, refs);
             l.nest(nest);
             b.seal_all_blocks();
             b.finalize(module.target_config());
@@ -397,7 +397,8 @@ struct Lower<'a, 'b> {
     vars: HashMap<IndexId, Variable>,
     /// Values already computed, per dominance scope (a loop body or a branch opens a scope).
     frames: Vec<HashMap<NodeId, Value>>,
-    bases: Vec<Value>,
+    /// Each buffer's base address, loaded on entry where the nest uses the buffer.
+    bases: Vec<Option<Value>>,
     sizes: Vec<Value>,
     hypers: Value,
     err: Value,
@@ -416,6 +417,7 @@ impl<'a, 'b> Lower<'a, 'b> {
     fn new(
         f: &'a Function,
         plan: &'a Plan,
+        nest: &Nest,
         b: &'a mut FunctionBuilder<'b>,
         ptr: Type,
         math: HashMap<&'static str, ir::FuncRef>,
@@ -426,8 +428,16 @@ impl<'a, 'b> Lower<'a, 'b> {
         let params = b.block_params(entry).to_vec();
         let (bufs, sizes_ptr) = (params[0], params[1]);
         let step = ptr.bytes() as usize;
+        // Only the buffers this nest reads or writes: a plan may hold hundreds.
+        let mut used = vec![false; plan.buffers.len()];
+        used[plan.buffer_of(f, TensorRef::Def(nest.tensor))] = true;
+        for n in f.reachable(&[nest.body]) {
+            if let Expr::Load { tensor, .. } = &f.node(n).expr {
+                used[plan.buffer_of(f, *tensor)] = true;
+            }
+        }
         let bases = (0..plan.buffers.len())
-            .map(|k| b.ins().load(ptr, flags(), bufs, (k * step) as i32))
+            .map(|k| used[k].then(|| b.ins().load(ptr, flags(), bufs, (k * step) as i32)))
             .collect();
         let sizes = (0..f.dims.len())
             .map(|k| b.ins().load(types::I64, flags(), sizes_ptr, (k * 8) as i32))
@@ -622,7 +632,8 @@ impl<'a, 'b> Lower<'a, 'b> {
         } else {
             self.b.ins().ireduce(self.ptr, off)
         };
-        self.b.ins().iadd(self.bases[buffer], off)
+        let base = self.bases[buffer].expect("the nest's buffers are loaded on entry");
+        self.b.ins().iadd(base, off)
     }
 
     fn store(&mut self, buffer: usize, scalar: Scalar, flat: Value, v: Value) {
