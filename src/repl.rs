@@ -56,10 +56,25 @@ impl Session {
             .filter_map(|p| p.surface())
             .map(String::from)
             .collect();
-        v.extend(["sum", "mean", "max", "min", "prod", "logsumexp", "count"].map(String::from));
         v.extend(
             [
-                "loss", "fn", "let", "out", "use", "const", "if", "then", "else", "nograd", "f32", "f64", "idx",
+                "sum",
+                "mean",
+                "max",
+                "min",
+                "prod",
+                "logsumexp",
+                "count",
+                "topk",
+                "argsort",
+                "sortnet",
+            ]
+            .map(String::from),
+        );
+        v.extend(
+            [
+                "loss", "fn", "let", "out", "use", "const", "if", "then", "else", "nograd", "state", "updates", "f32",
+                "f64", "idx",
             ]
             .map(String::from),
         );

@@ -141,6 +141,11 @@ fn completeness_follows_brackets_and_comments() {
     assert!(is_complete("/* a /* b */ c */ 1"));
     assert!(is_complete("x ) )"), "surplus closers are the parser's to report");
     assert!(is_complete("// a comment with ( inside"));
+    assert!(
+        is_complete("sortnet[k](x[r, k]; network = \"(bitonic\")[i, j]"),
+        "brackets in a string"
+    );
+    assert!(!is_complete("sortnet[k](x[r, k]; network = \"bitonic\""));
 }
 
 #[test]

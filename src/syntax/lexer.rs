@@ -24,6 +24,8 @@ pub enum Tok {
     #[token("then")]
     #[token("else")]
     #[token("nograd")]
+    #[token("state")]
+    #[token("updates")]
     #[token("true")]
     #[token("false")]
     Keyword,
@@ -38,7 +40,13 @@ pub enum Tok {
     #[token("prod")]
     #[token("logsumexp")]
     #[token("count")]
+    #[token("topk")]
+    #[token("argsort")]
+    #[token("sortnet")]
     Reduction,
+    /// A string literal (the options of `sortnet`); brackets inside it do not count.
+    #[regex(r#""[^"\n]*""#)]
+    Str,
     #[regex(r"[A-Za-z_][A-Za-z0-9_]*")]
     Ident,
     #[regex(r"[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")]
@@ -108,6 +116,7 @@ pub fn highlight(text: &str) -> String {
             Tok::Type => Some("36"),
             Tok::Reduction => Some("33"),
             Tok::Number => Some("32"),
+            Tok::Str => Some("92"),
             _ => None,
         };
         match colour {
