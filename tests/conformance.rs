@@ -39,7 +39,8 @@ fn close(what: &str, got: &[f64], want: &[f64], (rtol, atol): (f64, f64)) -> Res
         return Err(format!("{what}: {} values, expected {}", got.len(), want.len()));
     }
     for (k, (g, w)) in got.iter().zip(want).enumerate() {
-        if !((g - w).abs() <= atol + rtol * w.abs()) {
+        let within = (g - w).abs() <= atol + rtol * w.abs(); // false for NaN
+        if !within {
             return Err(format!("{what}[{k}]: got {g}, expected {w}"));
         }
     }

@@ -34,16 +34,16 @@ const LOG_COEFFICIENTS: [f32; 9] = [
     -1.666_805_8e-1,
     2.000_071_4e-1,
     -2.499_999_4e-1,
-    3.333_333_1e-1,
+    3.333_333e-1,
 ];
 
 /// The Cephes `tanhf` polynomial P in tanh x = x + x³ P(x²) for |x| < 0.625, highest degree first.
 const TANH_COEFFICIENTS: [f32; 5] = [
     -5.704_988_7e-3,
-    2.063_908_9e-2,
+    2.063_909e-2,
     -5.373_971_6e-2,
     1.333_144_2e-1,
-    -3.333_328_2e-1,
+    -3.333_328e-1,
 ];
 
 impl Lower<'_, '_> {
