@@ -513,7 +513,9 @@ impl Cx<'_, '_> {
             outer_nodes.push(int(self, o)?);
         }
         let head_x: Vec<IndexId> = outer.iter().copied().chain([w]).collect();
-        let head_p: Vec<IndexId> = outer.iter().copied().chain([i, w]).collect();
+        // P is kept transposed, P[wire, input]: the innermost loop runs over inputs with the wire's partner
+        // and weight fixed, contiguous and vectorized.
+        let head_p: Vec<IndexId> = outer.iter().copied().chain([w, i]).collect();
         let at = |base: &[NodeId], extra: &[NodeId]| -> Vec<NodeId> { base.iter().chain(extra).copied().collect() };
 
         let x0_body = self.f.subst(body, &HashMap::from([(j, w_node)])).ok()?;
@@ -541,8 +543,8 @@ impl Cx<'_, '_> {
             let x_body = mix(self, xw, xo)?;
             let (pw, po) = match p {
                 Some(p) => (
-                    self.load_at(p, at(&outer_nodes, &[i_node, w_node]), span)?,
-                    self.load_at(p, at(&outer_nodes, &[i_node, other]), span)?,
+                    self.load_at(p, at(&outer_nodes, &[w_node, i_node]), span)?,
+                    self.load_at(p, at(&outer_nodes, &[other, i_node]), span)?,
                 ),
                 None => {
                     let eye_w = self.prim(Prim::Eq, vec![i_node, w_node], span)?;
@@ -558,7 +560,7 @@ impl Cx<'_, '_> {
             p = Some(self.hidden_let(format!("sortnet.P{}", l + 1), &head_p, p_body, span)?);
         }
         match p {
-            Some(p) => self.load_at(p, at(&outer_nodes, &[si, sj]), span),
+            Some(p) => self.load_at(p, at(&outer_nodes, &[sj, si]), span),
             None => {
                 // One element: the identity.
                 let eq = self.prim(Prim::Eq, vec![si, sj], span)?;

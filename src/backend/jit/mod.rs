@@ -669,6 +669,11 @@ impl<'a, 'b> Lower<'a, 'b> {
                 ..
             } => self.f.inputs[*i as usize].bound.as_ref() == Some(d),
             Expr::Int(c) => matches!(d, Dim::Const(n) if *c >= 0 && c < n),
+            // A choice between subscripts in range (a constant table, such as a sorting network's partners).
+            Expr::Prim {
+                prim: Prim::Select,
+                args,
+            } => self.in_range(args[1], d) && self.in_range(args[2], d),
             _ => false,
         }
     }
