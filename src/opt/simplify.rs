@@ -539,6 +539,18 @@ fn reduce(
             let count = count_of(f, indices, span)?;
             return simplify(f, prim_expr(Prim::Mul, &[body, count]), Scalar::Float, span);
         }
+        // sum[i, j] e = sum[i] (sum[j] e) (unmasked; reassociates): each inner sum is then a reduction over
+        // one index (vectorizable along it) that hoisting can materialize in parallel over the outer ones.
+        if mask.is_none() && indices.len() >= 2 {
+            let inner = reduce(f, op, &indices[1..], None, body, scalar, span)?;
+            return reduce(f, op, &indices[..1], None, inner, scalar, span);
+        }
+    }
+    // mean[i, j] e = (sum[i, j] e) / (|i| |j|) (unmasked), so the sum nests as above.
+    if op == ReduceOp::Mean && mask.is_none() && indices.len() >= 2 {
+        let sum = reduce(f, ReduceOp::Sum, indices, None, body, scalar, span)?;
+        let count = count_of(f, indices, span)?;
+        return simplify(f, prim_expr(Prim::Div, &[sum, count]), Scalar::Float, span);
     }
     f.add(
         Expr::Reduce {
