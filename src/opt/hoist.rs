@@ -208,8 +208,21 @@ impl Hoist<'_> {
             None => {
                 let id = TensorId((self.dst.tensors.len() + self.pending.len()) as u32);
                 let scalar = self.dst.node(body).scalar;
+                // r0, r1, …, skipping names already in use.
+                let taken = |name: &str| {
+                    self.src
+                        .tensors
+                        .iter()
+                        .chain(&self.dst.tensors)
+                        .chain(&self.pending)
+                        .any(|t| t.name == name)
+                };
+                let name = (self.hoisted.len()..)
+                    .map(|k| format!("r{k}"))
+                    .find(|n| !taken(n))
+                    .expect("an unused name");
                 self.pending.push(TensorDef {
-                    name: format!("r{}", self.hoisted.len()),
+                    name,
                     indices: head,
                     body,
                     scalar,
