@@ -402,11 +402,9 @@ pub fn gather_inputs(f: &Function, args: &InputArgs) -> Result<BTreeMap<String, 
             sizes.insert(k, n);
         }
         // Sizes fixed by files already given win over nothing; a disagreement is reported at bind time.
-        for (input, t) in f.inputs.iter().filter_map(|i| inputs.get(&i.name).map(|t| (i, t))) {
-            for (d, n) in input.shape.iter().zip(&t.shape) {
-                if let Dim::Sym(s) = d {
-                    sizes.entry(f.dims[s.index()].name.clone()).or_insert(*n);
-                }
+        for (k, n) in sizes_from_inputs(f, &inputs).into_iter().enumerate() {
+            if let Some(n) = n {
+                sizes.entry(f.dims[k].name.clone()).or_insert(n as usize);
             }
         }
         let size_of = |d: &Dim| -> Result<usize, Failure> {
@@ -455,14 +453,9 @@ pub fn gather_inputs(f: &Function, args: &InputArgs) -> Result<BTreeMap<String, 
     Ok(inputs)
 }
 
-/// A per-sample loss called without `cotangent` gets ones: its gradients are those of the sum of its values.
-/// (A shape no other input determines is left for the call to report.)
-fn fill_cotangent(f: &Function, inputs: &mut BTreeMap<String, Tensor>) {
-    let Some(c) = f.cotangent else { return };
-    let input = &f.inputs[c as usize];
-    if inputs.contains_key(&input.name) {
-        return;
-    }
+/// Each dimension's size as the given inputs' shapes show it (the last input mentioning it wins; a
+/// disagreement is reported when the call is bound).
+fn sizes_from_inputs(f: &Function, inputs: &BTreeMap<String, Tensor>) -> Vec<Option<i64>> {
     let mut sizes = vec![None; f.dims.len()];
     for (i, t) in f.inputs.iter().filter_map(|i| inputs.get(&i.name).map(|t| (i, t))) {
         for (d, n) in i.shape.iter().zip(&t.shape) {
@@ -471,7 +464,18 @@ fn fill_cotangent(f: &Function, inputs: &mut BTreeMap<String, Tensor>) {
             }
         }
     }
-    let Some(sizes) = sizes.into_iter().collect::<Option<Vec<i64>>>() else {
+    sizes
+}
+
+/// A per-sample loss called without `cotangent` gets ones: its gradients are those of the sum of its values.
+/// (A shape no other input determines is left for the call to report.)
+fn fill_cotangent(f: &Function, inputs: &mut BTreeMap<String, Tensor>) {
+    let Some(c) = f.cotangent else { return };
+    let input = &f.inputs[c as usize];
+    if inputs.contains_key(&input.name) {
+        return;
+    }
+    let Some(sizes) = sizes_from_inputs(f, inputs).into_iter().collect::<Option<Vec<i64>>>() else {
         return;
     };
     let Some(shape) = input

@@ -858,12 +858,7 @@ impl Cx<'_, '_> {
         let mut head = Vec::new();
         let mut subs = Vec::new();
         for (k, d) in shape.iter().enumerate() {
-            let id = self.f.add_index(format!("s{k}"), d.clone(), span);
-            self.ranges.push(Some(RangeOrigin {
-                dim: d.clone(),
-                span,
-                what: "the per-sample value".into(),
-            }));
+            let id = self.known_index(format!("s{k}"), d.clone(), span, "the per-sample value");
             head.push(id);
             let Some(n) = self.mk(Expr::Index(id), Scalar::Int, span) else {
                 return;
@@ -975,6 +970,17 @@ impl Cx<'_, '_> {
             role,
             span: s.span,
         }))
+    }
+
+    /// A new index variable whose range is known (one the compiler introduces, not the source).
+    fn known_index(&mut self, name: impl Into<String>, dim: Dim, span: Span, what: &str) -> IndexId {
+        let id = self.f.add_index(name, dim.clone(), span);
+        self.ranges.push(Some(RangeOrigin {
+            dim,
+            span,
+            what: what.into(),
+        }));
+        id
     }
 
     /// Opens an index variable for a binder (its range still open unless given).

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use super::{Cx, RangeOrigin};
+use super::Cx;
 use crate::diag::{Code, Diag, Span};
 use crate::ir::{Dim, Expr, IndexId, NodeId, ReduceOp, Role, Scalar, TensorDef, TensorId, TensorRef, Value};
 use crate::prims::Prim;
@@ -212,14 +212,7 @@ impl Cx<'_, '_> {
         span: Span,
     ) -> Option<NodeId> {
         let range_j = self.f.index(j).range.clone();
-        let j2 = self
-            .f
-            .add_index(format!("{}'", self.f.index(j).name), range_j.clone(), span);
-        self.ranges.push(Some(RangeOrigin {
-            dim: range_j,
-            span,
-            what: "the ranked index".into(),
-        }));
+        let j2 = self.known_index(format!("{}'", self.f.index(j).name), range_j, span, "the ranked index");
         let j2_node = self.mk(Expr::Index(j2), Scalar::Int, span)?;
         let j_node = self.mk(Expr::Index(j), Scalar::Int, span)?;
         let map = HashMap::from([(j, j2_node)]);
@@ -429,12 +422,7 @@ impl Cx<'_, '_> {
         let mut fresh = Vec::new();
         for &h in head {
             let v = self.f.index(h).clone();
-            let id = self.f.add_index(v.name, v.range.clone(), v.span);
-            self.ranges.push(Some(RangeOrigin {
-                dim: v.range,
-                span: v.span,
-                what: "a sorting network".into(),
-            }));
+            let id = self.known_index(v.name, v.range, v.span, "a sorting network");
             map.insert(h, self.mk(Expr::Index(id), Scalar::Int, span)?);
             fresh.push(id);
         }
@@ -495,18 +483,8 @@ impl Cx<'_, '_> {
         }
         let int = |cx: &mut Self, i: IndexId| cx.mk(Expr::Index(i), Scalar::Int, span);
         // Wire and row indices of the layer tensors (renamed per tensor by `hidden_let`).
-        let w = self.f.add_index("w", Dim::Const(n as i64), span);
-        self.ranges.push(Some(RangeOrigin {
-            dim: Dim::Const(n as i64),
-            span,
-            what: "a sorting network".into(),
-        }));
-        let i = self.f.add_index("i", Dim::Const(n as i64), span);
-        self.ranges.push(Some(RangeOrigin {
-            dim: Dim::Const(n as i64),
-            span,
-            what: "a sorting network".into(),
-        }));
+        let w = self.known_index("w", Dim::Const(n as i64), span, "a sorting network");
+        let i = self.known_index("i", Dim::Const(n as i64), span, "a sorting network");
         let (w_node, i_node) = (int(self, w)?, int(self, i)?);
         let mut outer_nodes = Vec::new();
         for &o in &outer {

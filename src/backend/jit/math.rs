@@ -53,60 +53,49 @@ impl Lower<'_, '_> {
     /// stays NaN. No branches; about 1 ulp (measured against f64 in `tests/jit.rs`). `lanes`: x is an
     /// f32x4 and so is the result.
     pub(super) fn exp_lanes(&mut self, x: Value, lanes: bool) -> Value {
-        let (fty, ity) = if lanes {
-            (types::F32X4, types::I32X4)
-        } else {
-            (types::F32, types::I32)
-        };
-        let k = |l: &mut Self, v: f32| {
-            let c = l.b.ins().f32const(v);
-            if lanes { l.b.ins().splat(fty, c) } else { c }
-        };
-        let log2e = k(self, std::f32::consts::LOG2_E);
+        let (fty, ity) = Self::math_types(lanes);
+        let log2e = self.fk(std::f32::consts::LOG2_E, lanes);
         let t = self.b.ins().fmul(x, log2e);
-        let magic = k(self, 12_582_912.0);
+        let magic = self.fk(12_582_912.0, lanes);
         let shifted = self.b.ins().fadd(t, magic);
         let n = self.b.ins().fsub(shifted, magic);
-        let (ln2_hi, ln2_lo) = (k(self, 0.693_359_4), k(self, -2.121_944_4e-4));
+        let (ln2_hi, ln2_lo) = (self.fk(0.693_359_4, lanes), self.fk(-2.121_944_4e-4, lanes));
         let a = self.b.ins().fmul(n, ln2_hi);
         let r = self.b.ins().fsub(x, a);
         let b2 = self.b.ins().fmul(n, ln2_lo);
         let r = self.b.ins().fsub(r, b2);
-        let mut q = k(self, EXP_COEFFICIENTS[0]);
-        for c in &EXP_COEFFICIENTS[1..] {
-            let m = self.b.ins().fmul(q, r);
-            let ck = k(self, *c);
-            q = self.b.ins().fadd(m, ck);
-        }
+        let q = self.horner(&EXP_COEFFICIENTS, r, lanes);
         let r2 = self.b.ins().fmul(r, r);
         let y = self.b.ins().fmul(r2, q);
         let y = self.b.ins().fadd(y, r);
-        let one = k(self, 1.0);
+        let one = self.fk(1.0, lanes);
         let p = self.b.ins().fadd(y, one);
         let flags = MemFlagsData::new().with_endianness(ir::Endianness::Little);
         let nbits = self.b.ins().bitcast(ity, flags, shifted);
-        let bias = self.b.ins().iconst(types::I32, 127 - 0x4B40_0000);
-        let bias = if lanes { self.b.ins().splat(ity, bias) } else { bias };
+        let bias = self.ik(127 - 0x4B40_0000, lanes);
         let biased = self.b.ins().iadd(nbits, bias);
         let bits = self.b.ins().ishl_imm_s(biased, 23);
         let scale = self.b.ins().bitcast(fty, flags, bits);
         let y = self.b.ins().fmul(p, scale);
         // Outside the normal range: +inf above, 0 below; NaN passes through.
-        let (hi, lo, inf, zero) = (k(self, 88.72), k(self, -87.33), k(self, f32::INFINITY), k(self, 0.0));
-        let over = self.b.ins().fcmp(FloatCC::GreaterThan, x, hi);
-        let under = self.b.ins().fcmp(FloatCC::LessThan, x, lo);
+        let over = self.fcmp_k(FloatCC::GreaterThan, x, 88.72, lanes);
+        let under = self.fcmp_k(FloatCC::LessThan, x, -87.33, lanes);
         let nan = self.b.ins().fcmp(FloatCC::Unordered, x, x);
-        let choose = |l: &mut Self, c: Value, a: Value, b: Value| {
-            if lanes {
-                let m = l.b.ins().bitcast(fty, flags, c);
-                l.b.ins().bitselect(m, a, b)
-            } else {
-                l.b.ins().select(c, a, b)
-            }
-        };
-        let y = choose(self, over, inf, y);
-        let y = choose(self, under, zero, y);
-        choose(self, nan, x, y)
+        let (inf, zero) = (self.fk(f32::INFINITY, lanes), self.fk(0.0, lanes));
+        let y = self.choose(over, inf, y, lanes);
+        let y = self.choose(under, zero, y, lanes);
+        self.choose(nan, x, y, lanes)
+    }
+
+    /// `c[0] x^(n-1) + … + c[n-1]` by Horner's rule.
+    fn horner(&mut self, coefficients: &[f32], x: Value, lanes: bool) -> Value {
+        let mut p = self.fk(coefficients[0], lanes);
+        for c in &coefficients[1..] {
+            let t = self.b.ins().fmul(p, x);
+            let ck = self.fk(*c, lanes);
+            p = self.b.ins().fadd(t, ck);
+        }
+        p
     }
 
     /// The f32 type and the matching integer type of a lane-generic value.
@@ -119,7 +108,7 @@ impl Lower<'_, '_> {
     }
 
     /// A float constant, splatted when `lanes`.
-    fn fk(&mut self, v: f32, lanes: bool) -> Value {
+    pub(super) fn fk(&mut self, v: f32, lanes: bool) -> Value {
         let c = self.b.ins().f32const(v);
         if lanes { self.b.ins().splat(types::F32X4, c) } else { c }
     }
@@ -179,12 +168,7 @@ impl Lower<'_, '_> {
         let m_adj = self.choose(small, m2, m, lanes);
         let f = self.b.ins().fsub(m_adj, one);
         let z = self.b.ins().fmul(f, f);
-        let mut p = self.fk(LOG_COEFFICIENTS[0], lanes);
-        for c in &LOG_COEFFICIENTS[1..] {
-            let t = self.b.ins().fmul(p, f);
-            let ck = self.fk(*c, lanes);
-            p = self.b.ins().fadd(t, ck);
-        }
+        let p = self.horner(&LOG_COEFFICIENTS, f, lanes);
         let y = self.b.ins().fmul(p, f);
         let y = self.b.ins().fmul(y, z);
         let lo = self.fk(-2.121_944_4e-4, lanes);
@@ -249,12 +233,7 @@ impl Lower<'_, '_> {
     /// ±(1 - 2 / (e^{2|x|} + 1)) (±1 beyond the range of exp); NaN stays NaN.
     pub(super) fn tanh_lanes(&mut self, x: Value, lanes: bool) -> Value {
         let z = self.b.ins().fmul(x, x);
-        let mut p = self.fk(TANH_COEFFICIENTS[0], lanes);
-        for c in &TANH_COEFFICIENTS[1..] {
-            let t = self.b.ins().fmul(p, z);
-            let ck = self.fk(*c, lanes);
-            p = self.b.ins().fadd(t, ck);
-        }
+        let p = self.horner(&TANH_COEFFICIENTS, z, lanes);
         let pz = self.b.ins().fmul(p, z);
         let pzx = self.b.ins().fmul(pz, x);
         let near = self.b.ins().fadd(pzx, x);

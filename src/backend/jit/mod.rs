@@ -462,42 +462,28 @@ impl<'a, 'b> Lower<'a, 'b> {
         }
     }
 
-    /// The whole nest: loops over the head (the outermost over `lo..hi`), then the store.
+    /// The whole nest: loops over the head (the outermost over `lo..hi`), then the store. A float element
+    /// that is a contraction's gradient row or a dot product gets its blocked loop form (simd.rs).
     fn nest(&mut self, nest: &Nest) {
         let buffer = self.plan.buffer_of(self.f, TensorRef::Def(nest.tensor));
         let scalar = self.plan.buffers[buffer].scalar;
         let head = nest.head.clone();
-        if scalar == Scalar::Float
-            && let Some(update) = self.row_update_form(&head, nest.body)
-        {
-            self.vector_head = None;
+        let float = scalar == Scalar::Float;
+        // Whether the innermost head loop can run 4 elements at a time.
+        let lanes_along_head = float && head.last().is_some_and(|(k, _)| self.vectorizable(nest.body, *k));
+        self.vector_head = None;
+        if let Some(update) = self.row_update_form(&head, nest.body).filter(|_| float) {
             self.row_update_nest(buffer, &head, update);
-            self.b.ins().return_(&[]);
-            self.b.switch_to_block(self.fail);
-            self.b.ins().return_(&[]);
-            return;
-        }
-        if scalar == Scalar::Float
-            && !head.last().is_some_and(|(k, _)| self.vectorizable(nest.body, *k))
-            && let Some((d, term)) = self.dot_form(&head, nest.body)
-        {
-            self.vector_head = None;
+        } else if let Some((d, term)) = self.dot_form(&head, nest.body).filter(|_| float && !lanes_along_head) {
             self.dot_nest(buffer, &head, d, term, nest.body);
-            self.b.ins().return_(&[]);
-            self.b.switch_to_block(self.fail);
-            self.b.ins().return_(&[]);
-            return;
+        } else {
+            self.vector_head = lanes_along_head.then_some((buffer, nest.body));
+            self.loops(&head, 0, &mut |l: &mut Self| {
+                let v = l.value(nest.body);
+                let flat = l.flat(&head);
+                l.store(buffer, scalar, flat, v);
+            });
         }
-        // The innermost head loop runs 4 elements at a time when the element is vectorizable along it.
-        self.vector_head = match head.last() {
-            Some((k, _)) if scalar == Scalar::Float && self.vectorizable(nest.body, *k) => Some((buffer, nest.body)),
-            _ => None,
-        };
-        self.loops(&head, 0, &mut |l: &mut Self| {
-            let v = l.value(nest.body);
-            let flat = l.flat(&head);
-            l.store(buffer, scalar, flat, v);
-        });
         self.b.ins().return_(&[]);
         self.b.switch_to_block(self.fail);
         self.b.ins().return_(&[]);

@@ -118,8 +118,7 @@ impl Lower<'_, '_> {
     }
 
     fn splat_f32(&mut self, x: f32) -> Value {
-        let s = self.b.ins().f32const(x);
-        self.b.ins().splat(types::F32X4, s)
+        self.fk(x, true)
     }
 
     fn mask_as_f32(&mut self, m: Value) -> Value {
@@ -323,10 +322,13 @@ impl Lower<'_, '_> {
         r
     }
 
-    /// A nest `r[…, k] = sum[i | m] s * v` whose mask `m` and factor `s` do not depend on the last head
-    /// index `k` while `v` is vectorizable along `k` (the gradient of a contraction: `g[h, d] = sum[i]
-    /// w[i, h] * x[i, d]`). Returns (i, m, s, v).
-    pub(super) fn row_update_form(&self, head: &[(IndexId, crate::ir::Dim)], body: NodeId) -> Option<RowUpdate> {
+    /// The element of a nest with an outer head index and a last one `k`, when it is a sum over one
+    /// index: (k, the summed index, the mask, the term).
+    fn single_sum_element(
+        &self,
+        head: &[(IndexId, crate::ir::Dim)],
+        body: NodeId,
+    ) -> Option<(IndexId, IndexId, Option<NodeId>, NodeId)> {
         let (k, _) = *head.last()?;
         if head.len() < 2 || self.f.node(body).scalar != Scalar::Float {
             return None;
@@ -341,10 +343,18 @@ impl Lower<'_, '_> {
             return None;
         };
         let &[i] = &indices[..] else { return None };
+        Some((k, i, *mask, *term))
+    }
+
+    /// A nest `r[…, k] = sum[i | m] s * v` whose mask `m` and factor `s` do not depend on the last head
+    /// index `k` while `v` is vectorizable along `k` (the gradient of a contraction: `g[h, d] = sum[i]
+    /// w[i, h] * x[i, d]`).
+    pub(super) fn row_update_form(&self, head: &[(IndexId, crate::ir::Dim)], body: NodeId) -> Option<RowUpdate> {
+        let (k, i, mask, term) = self.single_sum_element(head, body)?;
         if mask.is_some_and(|m| self.f.node(m).free.contains(&k)) {
             return None;
         }
-        let Expr::Prim { prim: Prim::Mul, args } = &self.f.node(*term).expr else {
+        let Expr::Prim { prim: Prim::Mul, args } = &self.f.node(term).expr else {
             return None;
         };
         let depends = |n: NodeId| self.f.node(n).free.contains(&k);
@@ -355,7 +365,7 @@ impl Lower<'_, '_> {
         };
         (self.vectorizable(row, k) && !self.needs_branch(row)).then_some(RowUpdate {
             index: i,
-            mask: *mask,
+            mask,
             scale,
             row,
         })
@@ -513,22 +523,12 @@ impl Lower<'_, '_> {
     /// A nest whose element is a dot product `sum[d] e` (no mask) with `e` vectorizable along `d` and
     /// depending on the last head index `h` (`r[i, h] = sum[d] x[i, d] * y[h, d]`): returns `d` and `e`.
     pub(super) fn dot_form(&self, head: &[(IndexId, crate::ir::Dim)], body: NodeId) -> Option<(IndexId, NodeId)> {
-        let (h, _) = *head.last()?;
-        if head.len() < 2 || self.f.node(body).scalar != Scalar::Float {
-            return None;
-        }
-        let Expr::Reduce {
-            op: ReduceOp::Sum,
-            indices,
-            mask: None,
-            body: term,
-        } = &self.f.node(body).expr
-        else {
-            return None;
-        };
-        let &[d] = &indices[..] else { return None };
-        (self.f.node(*term).free.contains(&h) && self.vectorizable(*term, d) && !self.needs_branch(*term))
-            .then_some((d, *term))
+        let (h, d, mask, term) = self.single_sum_element(head, body)?;
+        (mask.is_none()
+            && self.f.node(term).free.contains(&h)
+            && self.vectorizable(term, d)
+            && !self.needs_branch(term))
+        .then_some((d, term))
     }
 
     /// The loops of a dot-product nest: four consecutive `h` at a time, each with its own f32x4 accumulator
