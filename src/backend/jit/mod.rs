@@ -15,8 +15,16 @@
 //! Parallelism: the outermost loop of each nest is split into fixed chunks handed to threads; chunking
 //! does not depend on the thread count and each element is computed by exactly one call, so results
 //! are bit-identical for any number of threads.
+//!
+//! Placement: Cranelift's egraph puts pure code at its uses and hoists out of a loop only what involves no
+//! constant (constants are rematerialized per block), so the lowering places loop-invariant work itself:
+//! before each loop it computes what the bound indices determine ([`Lower::hoist_invariants`]) and pins
+//! it (and every reduction's result) with a stack round trip the egraph cannot move.
+//!
+//! Debugging: `LOSSC_DUMP_OPT=1` prints each nest's CLIF after Cranelift's optimizations and
+//! `LOSSC_DUMP_ASM=1` its machine code, on stderr.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
@@ -188,6 +196,9 @@ fn build(f: &Function, mut clif_text: Option<&mut String>) -> Result<Compiled, J
         module
             .define_function(id, &mut ctx)
             .map_err(|e| err(&format!("{e:?}")))?;
+        if std::env::var_os("LOSSC_DUMP_OPT").is_some() {
+            eprintln!("== nest{k}\n{}", ctx.func.display());
+        }
         if dump
             && let Some(code) = ctx.compiled_code()
             && let Some(vcode) = &code.vcode
@@ -407,6 +418,8 @@ struct Lower<'a, 'b> {
     fail: Block,
     /// When the nest's innermost loop is vectorized: its buffer and element.
     vector_head: Option<(usize, NodeId)>,
+    /// The indices the loops around the current position bind, outermost first.
+    bound: Vec<IndexId>,
 }
 
 fn flags() -> MemFlagsData {
@@ -459,6 +472,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             hi: params[5],
             fail,
             vector_head: None,
+            bound: Vec::new(),
         }
     }
 
@@ -478,7 +492,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             self.dot_nest(buffer, &head, d, term, nest.body);
         } else {
             self.vector_head = lanes_along_head.then_some((buffer, nest.body));
-            self.loops(&head, 0, &mut |l: &mut Self| {
+            self.loops(&head, 0, &[nest.body], &mut |l: &mut Self| {
                 let v = l.value(nest.body);
                 let flat = l.flat(&head);
                 l.store(buffer, scalar, flat, v);
@@ -489,7 +503,10 @@ impl<'a, 'b> Lower<'a, 'b> {
         self.b.ins().return_(&[]);
     }
 
-    fn loops(&mut self, head: &[(IndexId, Dim)], level: usize, body: &mut dyn FnMut(&mut Self)) {
+    /// Loops over `head` from `level` on, then `body`; before each loop, the parts of `element` that the
+    /// indices bound so far determine are computed once (see [`Self::hoist_invariants`]).
+    fn loops(&mut self, head: &[(IndexId, Dim)], level: usize, element: &[NodeId], body: &mut dyn FnMut(&mut Self)) {
+        self.hoist_invariants(element);
         if level == head.len() {
             body(self);
             return;
@@ -520,7 +537,9 @@ impl<'a, 'b> Lower<'a, 'b> {
             }
             _ => start,
         };
-        self.for_range(i, start, end, &mut |l: &mut Self| l.loops(head, level + 1, body));
+        self.for_range(i, start, end, &mut |l: &mut Self| {
+            l.loops(head, level + 1, element, body)
+        });
     }
 
     /// The row-major position of the current head indices.
@@ -577,7 +596,9 @@ impl<'a, 'b> Lower<'a, 'b> {
         self.b.ins().brif(more, inner, &[], exit, &[]);
         self.b.switch_to_block(inner);
         self.frames.push(HashMap::new());
+        self.bound.push(i);
         body(self);
+        self.bound.pop();
         self.frames.pop();
         let iv = self.b.use_var(var);
         let next = self.b.ins().iadd_imm_s(iv, step);
@@ -585,6 +606,16 @@ impl<'a, 'b> Lower<'a, 'b> {
         self.b.ins().jump(header, &[]);
         self.b.switch_to_block(exit);
         self.b.use_var(var)
+    }
+
+    /// `v` computed here, where Cranelift's egraph cannot move it (a stack round trip).
+    fn pin(&mut self, v: Value) -> Value {
+        let ty = self.b.func.dfg.value_type(v);
+        let slot = self
+            .b
+            .create_sized_stack_slot(ir::StackSlotData::new(ir::StackSlotKind::ExplicitSlot, 16, 4));
+        self.b.ins().stack_store(self.ptr, v, slot, 0);
+        self.b.ins().stack_load(self.ptr, ty, slot, 0)
     }
 
     fn dim(&mut self, d: &Dim) -> Value {
@@ -674,6 +705,42 @@ impl<'a, 'b> Lower<'a, 'b> {
             }
             _ => false,
         })
+    }
+
+    /// Computes here, before a loop, the largest parts of `roots` that the indices bound so far determine
+    /// and that can neither fail nor loop; the loop body then finds them memoized. (Cranelift's egraph
+    /// hoists pure operations whose operands come from outside a loop, but it never moves a load, so
+    /// everything computed from a per-row load would otherwise run once per element.) Reductions are left
+    /// where they are: their bodies bind indices of their own. Only called where no bound index is
+    /// redefined later in the same frame (not between [`Self::at_index`] calls).
+    fn hoist_invariants(&mut self, roots: &[NodeId]) {
+        let mut seen = HashSet::new();
+        let mut stack = roots.to_vec();
+        while let Some(n) = stack.pop() {
+            if !seen.insert(n) {
+                continue;
+            }
+            let node = self.f.node(n);
+            match &node.expr {
+                Expr::Float(_)
+                | Expr::Int(_)
+                | Expr::Bool(_)
+                | Expr::Index(_)
+                | Expr::Size(_)
+                | Expr::Reduce { .. } => {}
+                expr if node.free.iter().all(|i| self.bound.contains(i)) && !self.needs_branch(n) => {
+                    let computed = matches!(expr, Expr::Prim { .. }) && self.lookup(n).is_none();
+                    let v = self.value(n);
+                    if computed {
+                        // Pinned: the egraph places pure code at its uses and cannot hoist anything that
+                        // involves a constant out of a loop (constants are rematerialized in every block).
+                        let v = self.pin(v);
+                        self.frames.last_mut().expect("a frame").insert(n, v);
+                    }
+                }
+                expr => stack.extend(expr.operands()),
+            }
+        }
     }
 
     fn value(&mut self, n: NodeId) -> Value {
@@ -952,6 +1019,7 @@ impl<'a, 'b> Lower<'a, 'b> {
         let lanes = self.vacc_fold(vmax, true);
         let tail = self.b.use_var(m);
         let mx = self.b.ins().fmax(lanes, tail);
+        let mx = self.pin(mx);
         let s = self.b.declare_var(types::F64);
         let zero = self.b.ins().f64const(0.0);
         self.b.def_var(s, zero);
@@ -1013,6 +1081,8 @@ impl<'a, 'b> Lower<'a, 'b> {
             _ => None,
         };
         let vec_index = single.filter(|k| self.vectorizable(body, *k) && mask.is_none_or(|m| self.vectorizable(m, *k)));
+        let roots: Vec<NodeId> = [Some(body), mask].into_iter().flatten().collect();
+        self.hoist_invariants(&roots);
         let mut one = |l: &mut Self| {
             l.masked(mask, &mut |l: &mut Self| {
                 let x = l.value(body);
@@ -1075,7 +1145,14 @@ impl<'a, 'b> Lower<'a, 'b> {
         }
     }
 
+    /// A reduction's value, pinned after its loops: Cranelift's egraph would otherwise recompute the final
+    /// fold of the accumulators inside a later sibling loop that uses it.
     fn reduce(&mut self, op: ReduceOp, indices: &[IndexId], mask: Option<NodeId>, body: NodeId) -> Value {
+        let v = self.reduce_loops_value(op, indices, mask, body);
+        self.pin(v)
+    }
+
+    fn reduce_loops_value(&mut self, op: ReduceOp, indices: &[IndexId], mask: Option<NodeId>, body: NodeId) -> Value {
         if op == ReduceOp::LogSumExp && self.cheap(body) {
             let ranges: Vec<(IndexId, Dim)> = indices.iter().map(|i| (*i, self.f.index(*i).range.clone())).collect();
             return self.logsumexp_two_pass(&ranges, mask, body);

@@ -382,7 +382,11 @@ impl Lower<'_, '_> {
         let outer = head[..head.len() - 1].to_vec();
         let head = head.to_vec();
         let i = update.index;
-        self.loops(&outer, 0, &mut |l: &mut Self| {
+        let roots: Vec<NodeId> = [Some(update.scale), Some(update.row), update.mask]
+            .into_iter()
+            .flatten()
+            .collect();
+        self.loops(&outer, 0, &roots, &mut |l: &mut Self| {
             let zero = l.b.ins().iconst(types::I64, 0);
             let end = l.dim(&kd);
             let tail = l.vector_loop(k, zero, end, &mut |l: &mut Self, _kb| {
@@ -546,7 +550,7 @@ impl Lower<'_, '_> {
         let (h, hd) = head.last().cloned().expect("dot_form: a head");
         let outer = head[..head.len() - 1].to_vec();
         let head = head.to_vec();
-        self.loops(&outer, 0, &mut |l: &mut Self| {
+        self.loops(&outer, 0, &[body], &mut |l: &mut Self| {
             let zero = l.b.ins().iconst(types::I64, 0);
             let h_end = l.dim(&hd);
             let d_range = l.f.index(d).range.clone();
