@@ -125,6 +125,10 @@ fn build(f: &Function, mut clif_text: Option<&mut String>) -> Result<Compiled, J
         .map_err(|e| err(&e))?
         .finish(settings::Flags::new(flags))
         .map_err(|e| err(&e))?;
+    let fma = isa
+        .isa_flags()
+        .iter()
+        .any(|flag| flag.name == "has_fma" && flag.as_bool() == Some(true));
     let mut jb = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
     for (name, ptr, _) in math_symbols() {
         jb.symbol(name, ptr);
@@ -177,7 +181,7 @@ fn build(f: &Function, mut clif_text: Option<&mut String>) -> Result<Compiled, J
             for (name, fid) in &imports {
                 refs.insert(*name, module.declare_func_in_func(*fid, b.func));
             }
-            let mut l = Lower::new(f, &plan, nest, &mut b, ptr, refs);
+            let mut l = Lower::new(f, &plan, nest, &mut b, ptr, refs, fma);
             l.nest(nest);
             b.seal_all_blocks();
             b.finalize(module.target_config());
@@ -420,6 +424,8 @@ struct Lower<'a, 'b> {
     vector_head: Option<(usize, NodeId)>,
     /// The indices the loops around the current position bind, outermost first.
     bound: Vec<IndexId>,
+    /// Whether the target has fused multiply-add (else `a * b + c` is two rounded operations).
+    fma: bool,
 }
 
 fn flags() -> MemFlagsData {
@@ -434,6 +440,7 @@ impl<'a, 'b> Lower<'a, 'b> {
         b: &'a mut FunctionBuilder<'b>,
         ptr: Type,
         math: HashMap<&'static str, ir::FuncRef>,
+        fma: bool,
     ) -> Self {
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
@@ -473,6 +480,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             fail,
             vector_head: None,
             bound: Vec::new(),
+            fma,
         }
     }
 
