@@ -304,3 +304,44 @@ fn distributivity_and_commutation() {
     let printed = lossc::ir::print::readable(&lossc::api::gradient(&f).unwrap());
     assert!(printed.matches("sum[d").count() <= 2, "{printed}");
 }
+
+/// The names of each group's tensors in the loop IR of an optimized loss-and-gradient program.
+fn groups(src: &str) -> Vec<Vec<String>> {
+    let opt = lossc::opt::optimize(&lossc::autodiff::grad(&compile(src)).unwrap()).unwrap();
+    let plan = lossc::backend::loops::Plan::new(&opt);
+    plan.groups
+        .iter()
+        .map(|g| {
+            plan.members(g)
+                .iter()
+                .map(|m| opt.tensor(m.tensor).name.clone())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn row_local_nests_fuse_into_one_group() {
+    // The row's logsumexp and the gradient row run in one loop over rows; the scalar loss (which needs
+    // every row) runs after them, although it comes between them in dependency order.
+    let g = groups("loss ce(s: f32[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }");
+    assert_eq!(g, vec![vec!["r0".to_string(), "grad_s".into()], vec!["loss".into()]]);
+}
+
+#[test]
+fn contractions_and_cross_row_reads_do_not_fuse() {
+    // x·xᵀ reads all of x for each row, and so do the two contractions of its gradient (r2 reads a column
+    // of g_adj); the row sums of exp(g) and the adjoint of g only read row i of g, and fuse.
+    let g = groups("loss f(x: f32[N, D]) { let g[i, j] = sum[d] x[i, d] * x[j, d]\n sum[i, j] exp(g[i, j] / 100) }");
+    for contraction in ["g", "r2", "r3"] {
+        assert!(g.contains(&vec![contraction.to_string()]), "{contraction} alone: {g:?}");
+    }
+    assert!(g.contains(&vec!["r1".to_string(), "g_adj".into()]), "{g:?}");
+    // A row reduction followed by an elementwise vector and a gradient row: the vector streams alone
+    // (it is not row-sized) and whatever reads it runs after it.
+    let g = groups("loss f(x: f32[N, D]) { let m[i] = max[d] x[i, d]\n sum[i] softplus(m[i]) + sum[d] x[i, d] ^ 2 }");
+    let fused: Vec<&Vec<String>> = g.iter().filter(|m| m.len() > 1).collect();
+    for members in &fused {
+        assert!(!members.iter().any(|t| t == "loss"), "{g:?}");
+    }
+}

@@ -5,9 +5,15 @@
 //! element expression to compute and store. Reductions inside an element stay expression nodes; a code
 //! generator turns each into an inner loop with an accumulator. Every tensor is materialized in its own
 //! [`Buffer`]; the optimizer has already decided what is recomputed inline and what gets a tensor.
-//! The Cranelift JIT consumes it; a CUDA C generator would map each nest to a kernel launch.
+//!
+//! Nests run in [`Group`]s, in the order of [`Plan::groups`]: a group is one loop over the outermost index
+//! its members share, running each member's remaining loops for that index value in turn (row fusion: a
+//! row of the data stays in cache from one member to the next, and a group is one parallel launch). A
+//! member reads the tensors of earlier members only at the current outer index (whose row is complete);
+//! nests that cannot join are scheduled after the group, with everything that depends on them.
+//! The Cranelift JIT consumes it; a CUDA C generator would map each group to a kernel launch.
 
-use crate::ir::{Dim, ElemTy, Function, IndexId, NodeId, Role, Scalar, TensorId, TensorRef};
+use crate::ir::{Dim, ElemTy, Expr, Function, IndexId, NodeId, Role, Scalar, TensorId, TensorRef};
 
 /// A buffer: an input or a tensor, with its element kind and shape.
 #[derive(Clone, Debug)]
@@ -30,11 +36,18 @@ pub struct Nest {
     pub parallel: bool,
 }
 
-/// Buffers (inputs, then one per tensor) and nests in execution order.
+/// Nests (indices into [`Plan::nests`]) that run as one loop over their shared outermost index.
+#[derive(Clone, Debug)]
+pub struct Group {
+    pub members: Vec<usize>,
+}
+
+/// Buffers (inputs, then one per tensor), nests in dependency order, and the groups they run in.
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub buffers: Vec<Buffer>,
     pub nests: Vec<Nest>,
+    pub groups: Vec<Group>,
 }
 
 impl Plan {
@@ -71,7 +84,13 @@ impl Plan {
                 parallel: !t.indices.is_empty(),
             });
         }
-        Plan { buffers, nests }
+        let groups = fuse_rows(f, &nests);
+        Plan { buffers, nests, groups }
+    }
+
+    /// The nests of a group, in the order they run.
+    pub fn members(&self, g: &Group) -> Vec<&Nest> {
+        g.members.iter().map(|m| &self.nests[*m]).collect()
     }
 
     /// The buffer of an input or tensor.
@@ -81,4 +100,77 @@ impl Plan {
             TensorRef::Def(t) => f.inputs.len() + t.index(),
         }
     }
+}
+
+/// Groups the nests greedily: each group starts at the first nest not yet scheduled; a later nest joins
+/// when both are row-local ([`row_local`]) over the same outermost extent, it reads the members' tensors only at its own outer
+/// index, and reads no tensor of a nest passed over (which then runs after the group).
+fn fuse_rows(f: &Function, nests: &[Nest]) -> Vec<Group> {
+    let mut left: Vec<usize> = (0..nests.len()).collect();
+    let mut groups = Vec::new();
+    while let Some(&first) = left.first() {
+        let mut members = vec![first];
+        let mut passed: Vec<TensorId> = Vec::new();
+        if let Some((_, extent)) = nests[first].head.first().filter(|_| row_local(f, &nests[first])) {
+            for &n in &left[1..] {
+                let nest = &nests[n];
+                let reads = tensor_reads(f, nest.body);
+                let joins = !reads.iter().any(|(t, _)| passed.contains(t))
+                    && row_local(f, nest)
+                    && nest.head.first().is_some_and(|(outer, d)| {
+                        d == extent
+                            && reads
+                                .iter()
+                                .all(|(t, row)| !members.iter().any(|m| nests[*m].tensor == *t) || *row == Some(*outer))
+                    });
+                if joins {
+                    members.push(n);
+                } else {
+                    passed.push(nest.tensor);
+                }
+            }
+        }
+        left.retain(|n| !members.contains(n));
+        groups.push(Group { members });
+    }
+    groups
+}
+
+/// Whether a nest may fuse: it does a row's worth of work per outer index (more than one element, or a
+/// reduction) and reads every matrix (rank 2 or more) only in that row, so the row is its working set.
+/// Elementwise vectors stream better on their own (a code generator vectorizes them along their one
+/// index); a nest that reads whole matrices per row (a contraction) would evict the other members' data.
+fn row_local(f: &Function, nest: &Nest) -> bool {
+    let Some((outer, _)) = nest.head.first().filter(|_| nest.parallel) else {
+        return false;
+    };
+    let nodes = f.reachable(&[nest.body]);
+    let reduces = nodes.iter().any(|n| matches!(f.node(*n).expr, Expr::Reduce { .. }));
+    let rows_only = nodes.iter().all(|n| match &f.node(*n).expr {
+        Expr::Load { tensor, subs } if subs.len() >= 2 => {
+            matches!(f.node(subs[0]).expr, Expr::Index(i) if i == *outer)
+        }
+        _ => true,
+    });
+    (nest.head.len() >= 2 || reduces) && rows_only
+}
+
+/// Every tensor load under `body`: the tensor and, when its first subscript is a bare index, that index.
+fn tensor_reads(f: &Function, body: NodeId) -> Vec<(TensorId, Option<IndexId>)> {
+    f.reachable(&[body])
+        .into_iter()
+        .filter_map(|n| match &f.node(n).expr {
+            Expr::Load {
+                tensor: TensorRef::Def(t),
+                subs,
+            } => Some((
+                *t,
+                subs.first().and_then(|s| match f.node(*s).expr {
+                    Expr::Index(i) => Some(i),
+                    _ => None,
+                }),
+            )),
+            _ => None,
+        })
+        .collect()
 }

@@ -169,9 +169,10 @@ fn build(f: &Function, mut clif_text: Option<&mut String>) -> Result<Compiled, J
     let mut ids: Vec<FuncId> = Vec::new();
     let mut ctx = module.make_context();
     let mut fctx = FunctionBuilderContext::new();
-    for (k, nest) in plan.nests.iter().enumerate() {
+    for (k, group) in plan.groups.iter().enumerate() {
+        let members = plan.members(group);
         let id = module
-            .declare_function(&format!("nest{k}"), Linkage::Local, &sig)
+            .declare_function(&format!("group{k}"), Linkage::Local, &sig)
             .map_err(|e| err(&e))?;
         ctx.func.signature = sig.clone();
         ctx.func.name = ir::UserFuncName::user(0, id.as_u32());
@@ -181,17 +182,17 @@ fn build(f: &Function, mut clif_text: Option<&mut String>) -> Result<Compiled, J
             for (name, fid) in &imports {
                 refs.insert(*name, module.declare_func_in_func(*fid, b.func));
             }
-            let mut l = Lower::new(f, &plan, nest, &mut b, ptr, refs, fma);
-            l.nest(nest);
+            let mut l = Lower::new(f, &plan, &members, &mut b, ptr, refs, fma);
+            l.group(&members);
             b.seal_all_blocks();
             b.finalize(module.target_config());
         }
         if let Some(text) = clif_text.as_deref_mut() {
-            let t = &f.tensor(nest.tensor);
+            let names: Vec<&str> = members.iter().map(|m| f.tensor(m.tensor).name.as_str()).collect();
             text.push_str(&format!(
-                "; nest {k}: {} {}\n{}\n",
-                t.name,
-                if nest.parallel { "(parallel)" } else { "" },
+                "; group {k}: {} {}\n{}\n",
+                names.join(", "),
+                if members[0].parallel { "(parallel)" } else { "" },
                 ctx.func.display()
             ));
         }
@@ -201,13 +202,13 @@ fn build(f: &Function, mut clif_text: Option<&mut String>) -> Result<Compiled, J
             .define_function(id, &mut ctx)
             .map_err(|e| err(&format!("{e:?}")))?;
         if std::env::var_os("LOSSC_DUMP_OPT").is_some() {
-            eprintln!("== nest{k}\n{}", ctx.func.display());
+            eprintln!("== group{k}\n{}", ctx.func.display());
         }
         if dump
             && let Some(code) = ctx.compiled_code()
             && let Some(vcode) = &code.vcode
         {
-            eprintln!("== nest{k}\n{vcode}");
+            eprintln!("== group{k}\n{vcode}");
         }
         module.clear_context(&mut ctx);
         ids.push(id);
@@ -287,8 +288,10 @@ impl Compiled {
             .collect();
         let shared = Shared(ptrs.as_ptr());
         let profile = std::env::var_os("LOSSC_PROFILE").is_some();
-        for (nest, entry) in self.plan.nests.iter().zip(&self.entries) {
+        for (group, entry) in self.plan.groups.iter().zip(&self.entries) {
             let started = std::time::Instant::now();
+            let members = self.plan.members(group);
+            let nest = members[0];
             let outer = nest.head.first().map_or(1, |(_, d)| d.eval(sizes).max(0));
             let chunks: Vec<(i64, i64)> = (0..outer)
                 .step_by(CHUNK as usize)
@@ -317,9 +320,10 @@ impl Compiled {
                 })
             };
             if profile {
+                let names: Vec<&str> = members.iter().map(|m| f.tensor(m.tensor).name.as_str()).collect();
                 eprintln!(
-                    "nest {:<12} {:>9.3} ms",
-                    f.tensor(nest.tensor).name,
+                    "{:<24} {:>9.3} ms",
+                    names.join(", "),
                     started.elapsed().as_secs_f64() * 1e3
                 );
             }
@@ -436,7 +440,7 @@ impl<'a, 'b> Lower<'a, 'b> {
     fn new(
         f: &'a Function,
         plan: &'a Plan,
-        nest: &Nest,
+        members: &[&Nest],
         b: &'a mut FunctionBuilder<'b>,
         ptr: Type,
         math: HashMap<&'static str, ir::FuncRef>,
@@ -450,8 +454,11 @@ impl<'a, 'b> Lower<'a, 'b> {
         let step = ptr.bytes() as usize;
         // Only the buffers this nest reads or writes: a plan may hold hundreds.
         let mut used = vec![false; plan.buffers.len()];
-        used[plan.buffer_of(f, TensorRef::Def(nest.tensor))] = true;
-        for n in f.reachable(&[nest.body]) {
+        for nest in members {
+            used[plan.buffer_of(f, TensorRef::Def(nest.tensor))] = true;
+        }
+        let bodies: Vec<NodeId> = members.iter().map(|m| m.body).collect();
+        for n in f.reachable(&bodies) {
             if let Expr::Load { tensor, .. } = &f.node(n).expr {
                 used[plan.buffer_of(f, *tensor)] = true;
             }
@@ -484,9 +491,39 @@ impl<'a, 'b> Lower<'a, 'b> {
         }
     }
 
-    /// The whole nest: loops over the head (the outermost over `lo..hi`), then the store. A float element
-    /// that is a contraction's gradient row or a dot product gets its blocked loop form (simd.rs).
-    fn nest(&mut self, nest: &Nest) {
+    /// A group's function: a lone nest loops over its whole head (the outermost over `lo..hi`); fused
+    /// members share one loop over `lo..hi` of their outer index and run their other loops in turn.
+    fn group(&mut self, members: &[&Nest]) {
+        if let [nest] = members {
+            self.member(nest, 0);
+        } else {
+            let (outer, extent) = members[0].head[0].clone();
+            let extent = self.dim(&extent);
+            let end = self.b.ins().smin(self.hi, extent);
+            let lo = self.lo;
+            self.for_range(outer, lo, end, &mut |l: &mut Self| {
+                let row = l.index(outer);
+                for m in members {
+                    let own = m.head[0].0;
+                    let var = l.var(own);
+                    l.b.def_var(var, row);
+                    l.bound.push(own);
+                    l.frames.push(HashMap::new());
+                    l.member(m, 1);
+                    l.frames.pop();
+                    l.bound.pop();
+                }
+            });
+        }
+        self.b.ins().return_(&[]);
+        self.b.switch_to_block(self.fail);
+        self.b.ins().return_(&[]);
+    }
+
+    /// One nest's loops over its head from level `from` (the levels before are bound), then the store. A
+    /// float element that is a contraction's gradient row or a dot product gets its blocked loop form
+    /// (simd.rs).
+    fn member(&mut self, nest: &Nest, from: usize) {
         let buffer = self.plan.buffer_of(self.f, TensorRef::Def(nest.tensor));
         let scalar = self.plan.buffers[buffer].scalar;
         let head = nest.head.clone();
@@ -494,21 +531,19 @@ impl<'a, 'b> Lower<'a, 'b> {
         // Whether the innermost head loop can run 4 elements at a time.
         let lanes_along_head = float && head.last().is_some_and(|(k, _)| self.vectorizable(nest.body, *k));
         self.vector_head = None;
+        let lanes_along_head = lanes_along_head && from < head.len();
         if let Some(update) = self.row_update_form(&head, nest.body).filter(|_| float) {
-            self.row_update_nest(buffer, &head, update);
+            self.row_update_nest(buffer, &head, update, from);
         } else if let Some((d, term)) = self.dot_form(&head, nest.body).filter(|_| float && !lanes_along_head) {
-            self.dot_nest(buffer, &head, d, term, nest.body);
+            self.dot_nest(buffer, &head, d, term, nest.body, from);
         } else {
             self.vector_head = lanes_along_head.then_some((buffer, nest.body));
-            self.loops(&head, 0, &[nest.body], &mut |l: &mut Self| {
+            self.loops(&head, from, &[nest.body], &mut |l: &mut Self| {
                 let v = l.value(nest.body);
                 let flat = l.flat(&head);
                 l.store(buffer, scalar, flat, v);
             });
         }
-        self.b.ins().return_(&[]);
-        self.b.switch_to_block(self.fail);
-        self.b.ins().return_(&[]);
     }
 
     /// Loops over `head` from `level` on, then `body`; before each loop, the parts of `element` that the

@@ -377,7 +377,13 @@ impl Lower<'_, '_> {
     /// four updates) when all four masks hold; otherwise those four go one by one, skipping masked-out
     /// points (which add nothing, not 0 * v: v may be inf or NaN there). f32 accumulation in the output
     /// row, as the other in-lane sums.
-    pub(super) fn row_update_nest(&mut self, buffer: usize, head: &[(IndexId, crate::ir::Dim)], update: RowUpdate) {
+    pub(super) fn row_update_nest(
+        &mut self,
+        buffer: usize,
+        head: &[(IndexId, crate::ir::Dim)],
+        update: RowUpdate,
+        from: usize,
+    ) {
         let (k, kd) = head.last().cloned().expect("row_update_form: a head");
         let outer = head[..head.len() - 1].to_vec();
         let head = head.to_vec();
@@ -386,7 +392,7 @@ impl Lower<'_, '_> {
             .into_iter()
             .flatten()
             .collect();
-        self.loops(&outer, 0, &roots, &mut |l: &mut Self| {
+        self.loops(&outer, from, &roots, &mut |l: &mut Self| {
             let zero = l.b.ins().iconst(types::I64, 0);
             let end = l.dim(&kd);
             let tail = l.vector_loop(k, zero, end, &mut |l: &mut Self, _kb| {
@@ -546,11 +552,12 @@ impl Lower<'_, '_> {
         d: IndexId,
         term: NodeId,
         body: NodeId,
+        from: usize,
     ) {
         let (h, hd) = head.last().cloned().expect("dot_form: a head");
         let outer = head[..head.len() - 1].to_vec();
         let head = head.to_vec();
-        self.loops(&outer, 0, &[body], &mut |l: &mut Self| {
+        self.loops(&outer, from, &[body], &mut |l: &mut Self| {
             let zero = l.b.ins().iconst(types::I64, 0);
             let h_end = l.dim(&hd);
             let d_range = l.f.index(d).range.clone();
