@@ -13,7 +13,10 @@
 //! nests that cannot join are scheduled after the group, with everything that depends on them.
 //! The Cranelift JIT consumes it; a CUDA C generator would map each group to a kernel launch.
 
-use crate::ir::{Dim, ElemTy, Expr, Function, IndexId, NodeId, Role, Scalar, TensorId, TensorRef};
+use std::collections::HashMap;
+
+use crate::ir::{Dim, ElemTy, Expr, Function, IndexId, NodeId, ReduceOp, Role, Scalar, TensorId, TensorRef};
+use crate::prims::Prim;
 
 /// A buffer: an input or a tensor, with its element kind and shape.
 #[derive(Clone, Debug)]
@@ -40,6 +43,23 @@ pub struct Nest {
 #[derive(Clone, Debug)]
 pub struct Group {
     pub members: Vec<usize>,
+    /// Softmax rows whose exponentials are computed once (see [`KeptExps`]).
+    pub kept_exps: Vec<KeptExps>,
+}
+
+/// A member `lse[t] = logsumexp[k] B(t, k)` and a later member `G[t, j]` of the same group whose element
+/// contains `exp(B(t, j) - lse[t])` (the softmax, as in every cross-entropy gradient): a code generator
+/// may write the row's `exp(B(t, k) - max)` into row `t` of G's own buffer while it sums them, and read
+/// `exp` node as that value times `1 / sum` when it computes G's row (which overwrites each element
+/// after reading it). One exponential per element instead of two.
+#[derive(Clone, Copy, Debug)]
+pub struct KeptExps {
+    /// The logsumexp member (its body is the reduction).
+    pub lse: usize,
+    /// The member whose row holds the exponentials.
+    pub consumer: usize,
+    /// The `exp` node of the consumer's element that reads them.
+    pub exp: NodeId,
 }
 
 /// Buffers (inputs, then one per tensor), nests in dependency order, and the groups they run in.
@@ -131,7 +151,8 @@ fn fuse_rows(f: &Function, nests: &[Nest]) -> Vec<Group> {
             }
         }
         left.retain(|n| !members.contains(n));
-        groups.push(Group { members });
+        let kept_exps = kept_exps(f, nests, &members);
+        groups.push(Group { members, kept_exps });
     }
     groups
 }
@@ -153,6 +174,52 @@ fn row_local(f: &Function, nest: &Nest) -> bool {
         _ => true,
     });
     (nest.head.len() >= 2 || reduces) && rows_only
+}
+
+/// The softmax rows of a group ([`KeptExps`]): each logsumexp member (without a mask) paired with the
+/// first later two-index member that reads `exp(B - lse)` along the reduced axis; each nest at most once.
+fn kept_exps(f: &Function, nests: &[Nest], members: &[usize]) -> Vec<KeptExps> {
+    let mut kept: Vec<KeptExps> = Vec::new();
+    for (p, &lse) in members.iter().enumerate() {
+        let Expr::Reduce {
+            op: ReduceOp::LogSumExp,
+            indices,
+            mask: None,
+            body,
+        } = &f.node(nests[lse].body).expr
+        else {
+            continue;
+        };
+        let ([k], [(row, _)]) = (&indices[..], &nests[lse].head[..]) else {
+            continue;
+        };
+        for &consumer in &members[p + 1..] {
+            let [(t, _), (j, jd)] = &nests[consumer].head[..] else {
+                continue;
+            };
+            if *jd != f.index(*k).range || kept.iter().any(|e| e.consumer == consumer) {
+                continue;
+            }
+            let map = HashMap::from([(*row, *t), (*k, *j)]);
+            let reads_softmax = |n: &NodeId| {
+                let Expr::Prim { prim: Prim::Exp, args } = &f.node(*n).expr else {
+                    return false;
+                };
+                let Expr::Prim { prim: Prim::Sub, args } = &f.node(args[0]).expr else {
+                    return false;
+                };
+                let lse_row = matches!(&f.node(args[1]).expr,
+                    Expr::Load { tensor: TensorRef::Def(d), subs }
+                        if *d == nests[lse].tensor && matches!(subs[..], [s] if f.node(s).expr == Expr::Index(*t)));
+                lse_row && f.same_renamed(*body, args[0], &map)
+            };
+            if let Some(exp) = f.reachable(&[nests[consumer].body]).into_iter().find(reads_softmax) {
+                kept.push(KeptExps { lse, consumer, exp });
+                break;
+            }
+        }
+    }
+    kept
 }
 
 /// Every tensor load under `body`: the tensor and, when its first subscript is a bare index, that index.

@@ -16,7 +16,7 @@ pub mod cost;
 pub mod print;
 pub mod verify;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use crate::diag::Span;
@@ -437,6 +437,41 @@ impl Function {
             Expr::Float(bits) => Some(f64::from_bits(bits)),
             _ => None,
         }
+    }
+
+    /// Whether renaming the indices of `a` by `map` gives `b` (reductions inside must be the same node and
+    /// not see a renamed index; the loop IR only matches reduction-free elements).
+    pub fn same_renamed(&self, a: NodeId, b: NodeId, map: &HashMap<IndexId, IndexId>) -> bool {
+        self.same_renamed_memo(a, b, map, &mut HashSet::new())
+    }
+
+    fn same_renamed_memo(
+        &self,
+        a: NodeId,
+        b: NodeId,
+        map: &HashMap<IndexId, IndexId>,
+        equal: &mut HashSet<(NodeId, NodeId)>,
+    ) -> bool {
+        let (x, y) = (self.node(a), self.node(b));
+        if !x.free.iter().any(|i| map.contains_key(i)) {
+            return a == b;
+        }
+        if equal.contains(&(a, b)) {
+            return true;
+        }
+        let mut all = |s: &[NodeId], v: &[NodeId]| {
+            s.len() == v.len() && s.iter().zip(v).all(|(p, q)| self.same_renamed_memo(*p, *q, map, equal))
+        };
+        let same = match (&x.expr, &y.expr) {
+            (Expr::Index(i), Expr::Index(j)) => map.get(i) == Some(j),
+            (Expr::Load { tensor: t, subs: s }, Expr::Load { tensor: u, subs: v }) => t == u && all(s, v),
+            (Expr::Prim { prim: p, args: s }, Expr::Prim { prim: q, args: v }) => p == q && all(s, v),
+            _ => false,
+        };
+        if same {
+            equal.insert((a, b));
+        }
+        same
     }
 
     /// Rebuilds `node` with index variables replaced by the given integer nodes. Only nodes in which a

@@ -38,7 +38,7 @@ mod math;
 mod simd;
 
 use super::interp::Evaluation;
-use super::loops::{Nest, Plan};
+use super::loops::{Group, Nest, Plan};
 use crate::call::{Bound, CallError};
 use crate::data::{Data, Tensor};
 use crate::ir::{Dim, Expr, Function, IndexId, NodeId, ReduceOp, Role, Scalar, TensorRef};
@@ -183,7 +183,7 @@ fn build(f: &Function, mut clif_text: Option<&mut String>) -> Result<Compiled, J
                 refs.insert(*name, module.declare_func_in_func(*fid, b.func));
             }
             let mut l = Lower::new(f, &plan, &members, &mut b, ptr, refs, fma);
-            l.group(&members);
+            l.group(group, &members);
             b.seal_all_blocks();
             b.finalize(module.target_config());
         }
@@ -430,6 +430,12 @@ struct Lower<'a, 'b> {
     bound: Vec<IndexId>,
     /// Whether the target has fused multiply-add (else `a * b + c` is two rounded operations).
     fma: bool,
+    /// While lowering a softmax row's logsumexp member ([`KeptExps`]): the consumer's `exp` node, buffer
+    /// and the row's first element; the two-pass logsumexp then writes its exponentials there.
+    keep_exps: Option<(NodeId, usize, Value)>,
+    /// Within a group's row: `exp` nodes whose values wait in their consumer's row, with the factor
+    /// (1 / sum, or 1 for a non-finite maximum) that turns a kept exponential into the node's value.
+    kept_exps: HashMap<NodeId, (usize, Value)>,
 }
 
 fn flags() -> MemFlagsData {
@@ -488,12 +494,14 @@ impl<'a, 'b> Lower<'a, 'b> {
             vector_head: None,
             bound: Vec::new(),
             fma,
+            keep_exps: None,
+            kept_exps: HashMap::new(),
         }
     }
 
     /// A group's function: a lone nest loops over its whole head (the outermost over `lo..hi`); fused
     /// members share one loop over `lo..hi` of their outer index and run their other loops in turn.
-    fn group(&mut self, members: &[&Nest]) {
+    fn group(&mut self, group: &Group, members: &[&Nest]) {
         if let [nest] = members {
             self.member(nest, 0);
         } else {
@@ -503,16 +511,25 @@ impl<'a, 'b> Lower<'a, 'b> {
             let lo = self.lo;
             self.for_range(outer, lo, end, &mut |l: &mut Self| {
                 let row = l.index(outer);
-                for m in members {
+                for (index, m) in group.members.iter().zip(members) {
                     let own = m.head[0].0;
                     let var = l.var(own);
                     l.b.def_var(var, row);
                     l.bound.push(own);
                     l.frames.push(HashMap::new());
+                    if let Some(e) = group.kept_exps.iter().find(|e| e.lse == *index) {
+                        let consumer = &l.plan.nests[e.consumer];
+                        let buffer = l.plan.buffer_of(l.f, TensorRef::Def(consumer.tensor));
+                        let length = l.dim(&consumer.head[1].1);
+                        let start = l.b.ins().imul(row, length);
+                        l.keep_exps = Some((e.exp, buffer, start));
+                    }
                     l.member(m, 1);
+                    l.keep_exps = None;
                     l.frames.pop();
                     l.bound.pop();
                 }
+                l.kept_exps.clear();
             });
         }
         self.b.ins().return_(&[]);
@@ -786,9 +803,30 @@ impl<'a, 'b> Lower<'a, 'b> {
         }
     }
 
+    /// The current element of a softmax consumer's buffer (its head indices are bound here).
+    fn kept_flat(&mut self, buffer: usize) -> Value {
+        let TensorRef::Def(t) = self.plan.buffers[buffer].of else {
+            unreachable!("kept exponentials live in a tensor's buffer")
+        };
+        let head: Vec<(IndexId, Dim)> = self
+            .f
+            .tensor(t)
+            .indices
+            .iter()
+            .map(|i| (*i, self.f.index(*i).range.clone()))
+            .collect();
+        self.flat(&head)
+    }
+
     fn value(&mut self, n: NodeId) -> Value {
         if let Some(v) = self.lookup(n) {
             return v;
+        }
+        if let Some(&(buffer, factor)) = self.kept_exps.get(&n) {
+            let flat = self.kept_flat(buffer);
+            let addr = self.address(buffer, Scalar::Float, flat);
+            let e = self.b.ins().load(types::F32, flags(), addr, 0);
+            return self.b.ins().fmul(e, factor);
         }
         let node = self.f.node(n).clone();
         let v = match &node.expr {
@@ -1067,6 +1105,18 @@ impl<'a, 'b> Lower<'a, 'b> {
         let zero = self.b.ins().f64const(0.0);
         self.b.def_var(s, zero);
         let vsum = self.vacc_sum();
+        // A softmax row's exponentials go to their consumer's row, at the reduced index (no mask here).
+        let keep = match ranges {
+            [(k, _)] if mask.is_none() => self
+                .keep_exps
+                .take()
+                .map(|(exp, buffer, start)| (*k, exp, buffer, start)),
+            _ => None,
+        };
+        let kept_at = |l: &mut Self, k: IndexId, start: Value| {
+            let at = l.index(k);
+            l.b.ins().iadd(start, at)
+        };
         self.reduce_pass(
             ranges,
             mask,
@@ -1077,11 +1127,19 @@ impl<'a, 'b> Lower<'a, 'b> {
                 let d = l.b.ins().fsub(v, mxv);
                 let e = l.exp_lanes(d, true);
                 let e = l.fill_masked(e, lanes_mask, 0.0);
+                if let Some((k, _, buffer, start)) = keep {
+                    let flat = kept_at(l, k, start);
+                    l.vstore(buffer, flat, e);
+                }
                 l.vacc_add(vsum, e);
             },
             &mut |l: &mut Self, x| {
                 let d = l.b.ins().fsub(x, mx);
                 let e = l.exp_lanes(d, false);
+                if let Some((k, _, buffer, start)) = keep {
+                    let flat = kept_at(l, k, start);
+                    l.store(buffer, Scalar::Float, flat, e);
+                }
                 let e = l.b.ins().fpromote(types::F64, e);
                 let cur = l.b.use_var(s);
                 let ns = l.b.ins().fadd(cur, e);
@@ -1099,6 +1157,16 @@ impl<'a, 'b> Lower<'a, 'b> {
         let inf = self.b.ins().f32const(f32::INFINITY);
         let a = self.b.ins().fabs(mx);
         let finite = self.b.ins().fcmp(FloatCC::LessThan, a, inf);
+        if let Some((_, exp, buffer, _)) = keep {
+            // exp(x - lse) = exp(x - m) / sum; where m is not finite, lse = m and the kept value is exact.
+            let one = self.b.ins().f64const(1.0);
+            let inverse = self.b.ins().fdiv(one, sum);
+            let inverse = self.b.ins().fdemote(types::F32, inverse);
+            let one = self.fconst(1.0);
+            let factor = self.b.ins().select(finite, inverse, one);
+            let factor = self.pin(factor);
+            self.kept_exps.insert(exp, (buffer, factor));
+        }
         self.b.ins().select(finite, r, mx)
     }
 
