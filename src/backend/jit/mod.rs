@@ -16,10 +16,12 @@
 //! does not depend on the thread count and each element is computed by exactly one call, so results
 //! are bit-identical for any number of threads.
 //!
-//! Placement: Cranelift's egraph puts pure code at its uses and hoists out of a loop only what involves no
-//! constant (constants are rematerialized per block), so the lowering places loop-invariant work itself:
-//! before each loop it computes what the bound indices determine ([`Lower::hoist_invariants`]) and pins
-//! it (and every reduction's result) with a stack round trip the egraph cannot move.
+//! Placement: Cranelift's egraph places pure code at its uses and hoists it out of loops, but never moves a
+//! load, so the lowering computes before each loop what the bound indices determine
+//! ([`Lower::hoist_invariants`]). The egraph's loop-invariant code motion only works when it visits a
+//! loop's body before the loop's exit (in 0.135 visiting the exit first drops the loop from its loop
+//! stack): every conditional branch whose first target leaves the loop makes the body its second target,
+//! which the egraph visits first.
 //!
 //! Debugging: `LOSSC_DUMP_OPT=1` prints each nest's CLIF after Cranelift's optimizations and
 //! `LOSSC_DUMP_ASM=1` its machine code, on stderr.
@@ -28,7 +30,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{self, AbiParam, Block, InstBuilder, MemFlagsData, Type, Value, types};
+use cranelift_codegen::ir::{self, AbiParam, InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_jit::{JITBuilder, JITModule};
@@ -423,7 +425,6 @@ struct Lower<'a, 'b> {
     err: Value,
     lo: Value,
     hi: Value,
-    fail: Block,
     /// When the nest's innermost loop is vectorized: its buffer and element.
     vector_head: Option<(usize, NodeId)>,
     /// The indices the loops around the current position bind, outermost first.
@@ -475,7 +476,6 @@ impl<'a, 'b> Lower<'a, 'b> {
         let sizes = (0..f.dims.len())
             .map(|k| b.ins().load(types::I64, flags(), sizes_ptr, (k * 8) as i32))
             .collect();
-        let fail = b.create_block();
         Lower {
             f,
             plan,
@@ -490,7 +490,6 @@ impl<'a, 'b> Lower<'a, 'b> {
             err: params[3],
             lo: params[4],
             hi: params[5],
-            fail,
             vector_head: None,
             bound: Vec::new(),
             fma,
@@ -532,8 +531,6 @@ impl<'a, 'b> Lower<'a, 'b> {
                 l.kept_exps.clear();
             });
         }
-        self.b.ins().return_(&[]);
-        self.b.switch_to_block(self.fail);
         self.b.ins().return_(&[]);
     }
 
@@ -652,8 +649,10 @@ impl<'a, 'b> Lower<'a, 'b> {
         self.b.switch_to_block(header);
         let iv = self.b.use_var(var);
         let next = self.b.ins().iadd_imm_s(iv, step);
-        let more = self.b.ins().icmp(IntCC::SignedLessThanOrEqual, next, end);
-        self.b.ins().brif(more, inner, &[], exit, &[]);
+        // The body is the branch's second target: Cranelift 0.135's egraph visits that one first, and a loop's
+        // exit visited before its body would drop the loop from the egraph's loop stack (no hoisting there).
+        let done = self.b.ins().icmp(IntCC::SignedGreaterThan, next, end);
+        self.b.ins().brif(done, exit, &[], inner, &[]);
         self.b.switch_to_block(inner);
         self.frames.push(HashMap::new());
         self.bound.push(i);
@@ -666,16 +665,6 @@ impl<'a, 'b> Lower<'a, 'b> {
         self.b.ins().jump(header, &[]);
         self.b.switch_to_block(exit);
         self.b.use_var(var)
-    }
-
-    /// `v` computed here, where Cranelift's egraph cannot move it (a stack round trip).
-    fn pin(&mut self, v: Value) -> Value {
-        let ty = self.b.func.dfg.value_type(v);
-        let slot = self
-            .b
-            .create_sized_stack_slot(ir::StackSlotData::new(ir::StackSlotKind::ExplicitSlot, 16, 4));
-        self.b.ins().stack_store(self.ptr, v, slot, 0);
-        self.b.ins().stack_load(self.ptr, ty, slot, 0)
     }
 
     fn dim(&mut self, d: &Dim) -> Value {
@@ -788,15 +777,8 @@ impl<'a, 'b> Lower<'a, 'b> {
                 | Expr::Index(_)
                 | Expr::Size(_)
                 | Expr::Reduce { .. } => {}
-                expr if node.free.iter().all(|i| self.bound.contains(i)) && !self.needs_branch(n) => {
-                    let computed = matches!(expr, Expr::Prim { .. }) && self.lookup(n).is_none();
-                    let v = self.value(n);
-                    if computed {
-                        // Pinned: the egraph places pure code at its uses and cannot hoist anything that
-                        // involves a constant out of a loop (constants are rematerialized in every block).
-                        let v = self.pin(v);
-                        self.frames.last_mut().expect("a frame").insert(n, v);
-                    }
+                _ if node.free.iter().all(|i| self.bound.contains(i)) && !self.needs_branch(n) => {
+                    self.value(n);
                 }
                 expr => stack.extend(expr.operands()),
             }
@@ -865,18 +847,19 @@ impl<'a, 'b> Lower<'a, 'b> {
             let v = self.value(*s);
             let size = self.dim(d);
             if !self.in_range(*s, d) {
-                // 0 <= v < size, as one unsigned comparison; else report and stop.
-                let ok = self.b.ins().icmp(IntCC::UnsignedLessThan, v, size);
+                // 0 <= v < size, as one unsigned comparison; else report and return. (The report is the
+                // branch's first target and returns itself, so the egraph visits it last: see stepped_loop.)
+                let bad = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, v, size);
                 let cont = self.b.create_block();
                 let report = self.b.create_block();
-                self.b.ins().brif(ok, cont, &[], report, &[]);
+                self.b.ins().brif(bad, report, &[], cont, &[]);
                 self.b.switch_to_block(report);
                 let code = self.b.ins().iconst(types::I64, i64::from(n.0) + 1);
                 let ax = self.b.ins().iconst(types::I64, axis as i64);
                 self.b.ins().store(flags(), code, self.err, 0);
                 self.b.ins().store(flags(), ax, self.err, 8);
                 self.b.ins().store(flags(), v, self.err, 16);
-                self.b.ins().jump(self.fail, &[]);
+                self.b.ins().return_(&[]);
                 self.b.switch_to_block(cont);
             }
             let scaled = self.b.ins().imul(flat, size);
@@ -1100,7 +1083,6 @@ impl<'a, 'b> Lower<'a, 'b> {
         let lanes = self.vacc_fold(vmax, true);
         let tail = self.b.use_var(m);
         let mx = self.b.ins().fmax(lanes, tail);
-        let mx = self.pin(mx);
         let s = self.b.declare_var(types::F64);
         let zero = self.b.ins().f64const(0.0);
         self.b.def_var(s, zero);
@@ -1164,7 +1146,6 @@ impl<'a, 'b> Lower<'a, 'b> {
             let inverse = self.b.ins().fdemote(types::F32, inverse);
             let one = self.fconst(1.0);
             let factor = self.b.ins().select(finite, inverse, one);
-            let factor = self.pin(factor);
             self.kept_exps.insert(exp, (buffer, factor));
         }
         self.b.ins().select(finite, r, mx)
@@ -1256,14 +1237,7 @@ impl<'a, 'b> Lower<'a, 'b> {
         }
     }
 
-    /// A reduction's value, pinned after its loops: Cranelift's egraph would otherwise recompute the final
-    /// fold of the accumulators inside a later sibling loop that uses it.
     fn reduce(&mut self, op: ReduceOp, indices: &[IndexId], mask: Option<NodeId>, body: NodeId) -> Value {
-        let v = self.reduce_loops_value(op, indices, mask, body);
-        self.pin(v)
-    }
-
-    fn reduce_loops_value(&mut self, op: ReduceOp, indices: &[IndexId], mask: Option<NodeId>, body: NodeId) -> Value {
         if op == ReduceOp::LogSumExp && self.cheap(body) {
             let ranges: Vec<(IndexId, Dim)> = indices.iter().map(|i| (*i, self.f.index(*i).range.clone())).collect();
             return self.logsumexp_two_pass(&ranges, mask, body);

@@ -388,6 +388,11 @@ impl Lower<'_, '_> {
     /// four updates) when all four masks hold; otherwise those four go one by one, skipping masked-out
     /// points (which add nothing, not 0 * v: v may be inf or NaN there). f32 accumulation in the output
     /// row, as the other in-lane sums.
+    ///
+    /// Loop order: row by row, all `i` for each; or, when the factor reads a matrix at `[i, row]` (the
+    /// transpose, as in `sum[i] g[i, h] * x[i, d]`), `i` outside and the chunk's rows inside, so those
+    /// reads run along a matrix row and each `v(i)` is reused by every row of the chunk while in cache.
+    /// Each output element receives the same terms in the same order either way.
     pub(super) fn row_update_nest(
         &mut self,
         buffer: usize,
@@ -403,7 +408,7 @@ impl Lower<'_, '_> {
             .into_iter()
             .flatten()
             .collect();
-        self.loops(&outer, from, &roots, &mut |l: &mut Self| {
+        let zero_row = |l: &mut Self| {
             let zero = l.b.ins().iconst(types::I64, 0);
             let end = l.dim(&kd);
             let tail = l.vector_loop(k, zero, end, &mut |l: &mut Self, _kb| {
@@ -416,53 +421,107 @@ impl Lower<'_, '_> {
                 let flat = l.flat(&head);
                 l.store(buffer, Scalar::Float, flat, z);
             });
+        };
+        let n_of = |l: &mut Self| {
             let range = l.f.index(i).range.clone();
-            let n = l.dim(&range);
+            l.dim(&range)
+        };
+        if let ([(h, hd)], 0, true) = (&outer[..], from, self.reads_transposed(&roots, i, outer[0].0)) {
+            let (h, hd) = (*h, hd.clone());
+            self.hoist_invariants(&roots);
+            let extent = self.dim(&hd);
+            let (lo, hi) = (self.lo, self.b.ins().smin(self.hi, extent));
+            self.for_range(h, lo, hi, &mut |l: &mut Self| zero_row(l));
+            let zero = self.b.ins().iconst(types::I64, 0);
+            let n = n_of(self);
+            let rest = self.stepped_loop(i, zero, n, ROW_BLOCK, &mut |l: &mut Self| {
+                let i0 = l.index(i);
+                l.for_range(h, lo, hi, &mut |l: &mut Self| {
+                    let end = l.dim(&kd);
+                    l.row_update_block(buffer, &head, update, k, end, i0);
+                });
+            });
+            self.for_range(h, lo, hi, &mut |l: &mut Self| {
+                let end = l.dim(&kd);
+                l.row_updates_one_by_one(buffer, &head, update, k, end, rest, n);
+            });
+            return;
+        }
+        self.loops(&outer, from, &roots, &mut |l: &mut Self| {
+            zero_row(l);
+            let zero = l.b.ins().iconst(types::I64, 0);
+            let end = l.dim(&kd);
+            let n = n_of(l);
             let rest = l.stepped_loop(i, zero, n, ROW_BLOCK, &mut |l: &mut Self| {
                 let i0 = l.index(i);
-                // Each i's factor (0, and not evaluated, where its mask fails) and whether all four masks hold.
-                let mut conds = Vec::new();
-                let scales: Vec<Value> = (0..ROW_BLOCK)
-                    .map(|u| {
-                        l.at_index(i, i0, u, &mut |l: &mut Self| match update.mask {
-                            None => l.value(update.scale),
-                            Some(m) => {
-                                let c = l.value(m);
-                                conds.push(c);
-                                l.branch(
-                                    c,
-                                    types::F32,
-                                    &mut |l: &mut Self| l.value(update.scale),
-                                    &mut |l: &mut Self| l.b.ins().f32const(0.0),
-                                )
-                            }
-                        })
-                    })
-                    .collect();
-                let all = conds.into_iter().reduce(|a, b| l.b.ins().band(a, b));
-                let block = &mut |l: &mut Self| l.row_axpy(buffer, &head, update, k, end, i0, &scales);
-                match all {
-                    None => block(l),
-                    Some(all) => {
-                        let (fast, slow, next) = (l.b.create_block(), l.b.create_block(), l.b.create_block());
-                        l.b.ins().brif(all, fast, &[], slow, &[]);
-                        l.b.switch_to_block(fast);
-                        l.frames.push(HashMap::new());
-                        block(l);
-                        l.frames.pop();
-                        l.b.ins().jump(next, &[]);
-                        l.b.switch_to_block(slow);
-                        let stop = l.b.ins().iadd_imm_s(i0, ROW_BLOCK);
-                        l.row_updates_one_by_one(buffer, &head, update, k, end, i0, stop);
-                        let var = l.var(i);
-                        l.b.def_var(var, i0);
-                        l.b.ins().jump(next, &[]);
-                        l.b.switch_to_block(next);
-                    }
-                }
+                l.row_update_block(buffer, &head, update, k, end, i0);
             });
             l.row_updates_one_by_one(buffer, &head, update, k, end, rest, n);
         });
+    }
+
+    /// Whether a node under `roots` loads a matrix at `[i, h]`.
+    fn reads_transposed(&self, roots: &[NodeId], i: IndexId, h: IndexId) -> bool {
+        self.f.reachable(roots).into_iter().any(|n| match &self.f.node(n).expr {
+            Expr::Load { subs, .. } => matches!(subs[..], [a, b]
+                if self.f.node(a).expr == Expr::Index(i) && self.f.node(b).expr == Expr::Index(h)),
+            _ => false,
+        })
+    }
+
+    /// Updates the current row with `i` = i0 .. i0 + 3: all four in one pass when their masks hold, else one
+    /// by one (masked-out points skipped). Leaves `i` at i0.
+    #[allow(clippy::too_many_arguments)]
+    fn row_update_block(
+        &mut self,
+        buffer: usize,
+        head: &[(IndexId, crate::ir::Dim)],
+        update: RowUpdate,
+        k: IndexId,
+        end: Value,
+        i0: Value,
+    ) {
+        let i = update.index;
+        // Each i's factor (0, and not evaluated, where its mask fails) and whether all four masks hold.
+        let mut conds = Vec::new();
+        let scales: Vec<Value> = (0..ROW_BLOCK)
+            .map(|u| {
+                self.at_index(i, i0, u, &mut |l: &mut Self| match update.mask {
+                    None => l.value(update.scale),
+                    Some(m) => {
+                        let c = l.value(m);
+                        conds.push(c);
+                        l.branch(
+                            c,
+                            types::F32,
+                            &mut |l: &mut Self| l.value(update.scale),
+                            &mut |l: &mut Self| l.b.ins().f32const(0.0),
+                        )
+                    }
+                })
+            })
+            .collect();
+        let all = conds.into_iter().reduce(|a, b| self.b.ins().band(a, b));
+        let block = &mut |l: &mut Self| l.row_axpy(buffer, head, update, k, end, i0, &scales);
+        match all {
+            None => block(self),
+            Some(all) => {
+                let (fast, slow, next) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
+                self.b.ins().brif(all, fast, &[], slow, &[]);
+                self.b.switch_to_block(fast);
+                self.frames.push(HashMap::new());
+                block(self);
+                self.frames.pop();
+                self.b.ins().jump(next, &[]);
+                self.b.switch_to_block(slow);
+                let stop = self.b.ins().iadd_imm_s(i0, ROW_BLOCK);
+                self.row_updates_one_by_one(buffer, head, update, k, end, i0, stop);
+                let var = self.var(i);
+                self.b.def_var(var, i0);
+                self.b.ins().jump(next, &[]);
+                self.b.switch_to_block(next);
+            }
+        }
     }
 
     /// `row += sum_u scales[u] * v(i0 + u)` over the row, 4 lanes at a time, then the scalar tail.
