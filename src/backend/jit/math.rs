@@ -85,7 +85,7 @@ impl Lower<'_, '_> {
     }
 
     /// `a * b + c`: one fused operation where the target has FMA.
-    fn mul_add(&mut self, a: Value, b: Value, c: Value) -> Value {
+    pub(super) fn mul_add(&mut self, a: Value, b: Value, c: Value) -> Value {
         if self.fma {
             self.b.ins().fma(a, b, c)
         } else {

@@ -627,58 +627,126 @@ impl Lower<'_, '_> {
         let (h, hd) = head.last().cloned().expect("dot_form: a head");
         let outer = head[..head.len() - 1].to_vec();
         let head = head.to_vec();
-        self.loops(&outer, from, &[body], &mut |l: &mut Self| {
-            let zero = l.b.ins().iconst(types::I64, 0);
-            let h_end = l.dim(&hd);
-            let d_range = l.f.index(d).range.clone();
-            let d_end = l.dim(&d_range);
-            let rest = l.stepped_loop(h, zero, h_end, DOT_BLOCK, &mut |l: &mut Self| {
-                let h0 = l.index(h);
-                let accs: Vec<Variable> = (0..DOT_BLOCK).map(|_| l.vacc_lanes(0.0)).collect();
-                let d_tail = l.vector_loop(d, zero, d_end, &mut |l: &mut Self, db| {
-                    for (u, acc) in accs.iter().enumerate() {
-                        let v = l.at_index(h, h0, u as i64, &mut |l: &mut Self| {
-                            let mut memo = HashMap::new();
-                            l.vvalue(term, d, db, &mut memo)
-                        });
-                        let a = l.b.use_var(*acc);
-                        let a = l.b.ins().fadd(a, v);
-                        l.b.def_var(*acc, a);
-                    }
-                });
-                for (u, acc) in accs.iter().enumerate() {
-                    // The lanes, then the scalar tail over d, in f64.
-                    let lanes = l.b.use_var(*acc);
-                    let mut total = l.b.ins().f64const(0.0);
-                    for lane in 0..LANES as u8 {
-                        let x = l.b.ins().extractlane(lanes, lane);
-                        let x = l.b.ins().fpromote(types::F64, x);
-                        total = l.b.ins().fadd(total, x);
-                    }
-                    let tail_sum = l.b.declare_var(types::F64);
-                    l.b.def_var(tail_sum, total);
-                    l.at_index(h, h0, u as i64, &mut |l: &mut Self| {
-                        l.for_range(d, d_tail, d_end, &mut |l: &mut Self| {
-                            let x = l.value(term);
-                            let x = l.b.ins().fpromote(types::F64, x);
-                            let t = l.b.use_var(tail_sum);
-                            let t = l.b.ins().fadd(t, x);
-                            l.b.def_var(tail_sum, t);
-                        });
-                        let t = l.b.use_var(tail_sum);
-                        let r = l.b.ins().fdemote(types::F32, t);
-                        let flat = l.flat(&head);
-                        l.store(buffer, Scalar::Float, flat, r);
-                        r
-                    });
-                }
-            });
+        let rest_one_by_one = |l: &mut Self, rest: Value, h_end: Value| {
             l.for_range(h, rest, h_end, &mut |l: &mut Self| {
                 let v = l.value(body);
                 let flat = l.flat(&head);
                 l.store(buffer, Scalar::Float, flat, v);
             });
+        };
+        if let ([(i, id)], 0) = (&outer[..], from) {
+            // Blocks of 4 outputs outside, the chunk's rows inside: the 4 rows of the other operand stay in
+            // cache for every row of the chunk (instead of the whole operand streaming past each row).
+            let (i, id) = (*i, id.clone());
+            self.hoist_invariants(&[body]);
+            let extent = self.dim(&id);
+            let (lo, hi) = (self.lo, self.b.ins().smin(self.hi, extent));
+            let zero = self.b.ins().iconst(types::I64, 0);
+            let h_end = self.dim(&hd);
+            let rest = self.stepped_loop(h, zero, h_end, DOT_BLOCK, &mut |l: &mut Self| {
+                let h0 = l.index(h);
+                l.for_range(i, lo, hi, &mut |l: &mut Self| {
+                    l.dot_block(buffer, &head, h, h0, d, term)
+                });
+            });
+            self.for_range(i, lo, hi, &mut |l: &mut Self| rest_one_by_one(l, rest, h_end));
+            return;
+        }
+        self.loops(&outer, from, &[body], &mut |l: &mut Self| {
+            let zero = l.b.ins().iconst(types::I64, 0);
+            let h_end = l.dim(&hd);
+            let rest = l.stepped_loop(h, zero, h_end, DOT_BLOCK, &mut |l: &mut Self| {
+                let h0 = l.index(h);
+                l.dot_block(buffer, &head, h, h0, d, term);
+            });
+            rest_one_by_one(l, rest, h_end);
         });
+    }
+
+    /// The outputs at h = h0 .. h0 + 3 of the current row: each `sum[d] term`, 4 outputs per pass over d.
+    fn dot_block(
+        &mut self,
+        buffer: usize,
+        head: &[(IndexId, crate::ir::Dim)],
+        h: IndexId,
+        h0: Value,
+        d: IndexId,
+        term: NodeId,
+    ) {
+        let l = self;
+        let zero = l.b.ins().iconst(types::I64, 0);
+        let d_range = l.f.index(d).range.clone();
+        let d_end = l.dim(&d_range);
+        // Two accumulator sets (8 independent FMA chains): 8 points of d per pass, then 4.
+        let sets: Vec<Vec<Variable>> = (0..2)
+            .map(|_| (0..DOT_BLOCK).map(|_| l.vacc_lanes(0.0)).collect())
+            .collect();
+        let step = &mut |l: &mut Self, db: Value, accs: &[Variable]| {
+            // A product term goes into its accumulator by one fused multiply-add.
+            let factors = match &l.f.node(term).expr {
+                Expr::Prim { prim: Prim::Mul, args } => Some((args[0], args[1])),
+                _ => None,
+            };
+            for (u, acc) in accs.iter().enumerate() {
+                let a = l.b.use_var(*acc);
+                let a = l.at_index(h, h0, u as i64, &mut |l: &mut Self| {
+                    let mut memo = HashMap::new();
+                    match factors {
+                        Some((x, y)) => {
+                            let x = l.vvalue(x, d, db, &mut memo);
+                            let y = l.vvalue(y, d, db, &mut memo);
+                            l.mul_add(x, y, a)
+                        }
+                        None => {
+                            let v = l.vvalue(term, d, db, &mut memo);
+                            l.b.ins().fadd(a, v)
+                        }
+                    }
+                });
+                l.b.def_var(*acc, a);
+            }
+        };
+        let d_half = l.stepped_loop(d, zero, d_end, 2 * LANES, &mut |l: &mut Self| {
+            let db = l.index(d);
+            step(l, db, &sets[0]);
+            let db4 = l.b.ins().iadd_imm_s(db, LANES);
+            step(l, db4, &sets[1]);
+        });
+        let d_tail = l.vector_loop(d, d_half, d_end, &mut |l: &mut Self, db| step(l, db, &sets[0]));
+        let accs: Vec<Variable> = (0..DOT_BLOCK as usize)
+            .map(|u| {
+                let (a, b) = (l.b.use_var(sets[0][u]), l.b.use_var(sets[1][u]));
+                let sum = l.b.ins().fadd(a, b);
+                l.b.def_var(sets[0][u], sum);
+                sets[0][u]
+            })
+            .collect();
+        for (u, acc) in accs.iter().enumerate() {
+            // The lanes, then the scalar tail over d, in f64.
+            let lanes = l.b.use_var(*acc);
+            let mut total = l.b.ins().f64const(0.0);
+            for lane in 0..LANES as u8 {
+                let x = l.b.ins().extractlane(lanes, lane);
+                let x = l.b.ins().fpromote(types::F64, x);
+                total = l.b.ins().fadd(total, x);
+            }
+            let tail_sum = l.b.declare_var(types::F64);
+            l.b.def_var(tail_sum, total);
+            l.at_index(h, h0, u as i64, &mut |l: &mut Self| {
+                l.for_range(d, d_tail, d_end, &mut |l: &mut Self| {
+                    let x = l.value(term);
+                    let x = l.b.ins().fpromote(types::F64, x);
+                    let t = l.b.use_var(tail_sum);
+                    let t = l.b.ins().fadd(t, x);
+                    l.b.def_var(tail_sum, t);
+                });
+                let t = l.b.use_var(tail_sum);
+                let r = l.b.ins().fdemote(types::F32, t);
+                let flat = l.flat(head);
+                l.store(buffer, Scalar::Float, flat, r);
+                r
+            });
+        }
     }
 
     /// Stores 4 lanes at `flat .. flat + 3` of a float buffer.
