@@ -31,6 +31,7 @@ use std::sync::Arc;
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{self, AbiParam, InstBuilder, MemFlagsData, Type, Value, types};
+use cranelift_codegen::isa;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_jit::{JITBuilder, JITModule};
@@ -123,6 +124,9 @@ fn build(f: &Function, mut clif_text: Option<&mut String>) -> Result<Compiled, J
     flags.set("opt_level", "speed").map_err(|e| err(&e))?;
     flags.set("is_pic", "false").map_err(|e| err(&e))?;
     flags.set("use_colocated_libcalls", "false").map_err(|e| err(&e))?;
+    // The IR verifier costs a third of compile time; debug builds (and so the test suite) keep it.
+    let verify = if cfg!(debug_assertions) { "true" } else { "false" };
+    flags.set("enable_verifier", verify).map_err(|e| err(&e))?;
     let isa = cranelift_native::builder()
         .map_err(|e| err(&e))?
         .finish(settings::Flags::new(flags))
@@ -168,18 +172,18 @@ fn build(f: &Function, mut clif_text: Option<&mut String>) -> Result<Compiled, J
     }
     sig.params.push(AbiParam::new(types::I64));
     sig.params.push(AbiParam::new(types::I64));
-    let mut ids: Vec<FuncId> = Vec::new();
-    let mut ctx = module.make_context();
+    // Build every group's CLIF here (it needs the module's declarations), compile the functions to
+    // machine code on all cores (each is independent), then hand the bytes to the module.
+    let mut functions: Vec<(FuncId, ir::Function)> = Vec::new();
     let mut fctx = FunctionBuilderContext::new();
     for (k, group) in plan.groups.iter().enumerate() {
         let members = plan.members(group);
         let id = module
             .declare_function(&format!("group{k}"), Linkage::Local, &sig)
             .map_err(|e| err(&e))?;
-        ctx.func.signature = sig.clone();
-        ctx.func.name = ir::UserFuncName::user(0, id.as_u32());
+        let mut func = ir::Function::with_name_signature(ir::UserFuncName::user(0, id.as_u32()), sig.clone());
         {
-            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let mut b = FunctionBuilder::new(&mut func, &mut fctx);
             let mut refs = HashMap::new();
             for (name, fid) in &imports {
                 refs.insert(*name, module.declare_func_in_func(*fid, b.func));
@@ -195,25 +199,18 @@ fn build(f: &Function, mut clif_text: Option<&mut String>) -> Result<Compiled, J
                 "; group {k}: {} {}\n{}\n",
                 names.join(", "),
                 if members[0].parallel { "(parallel)" } else { "" },
-                ctx.func.display()
+                func.display()
             ));
         }
-        let dump = std::env::var_os("LOSSC_DUMP_ASM").is_some();
-        ctx.set_disasm(dump);
+        functions.push((id, func));
+    }
+    let machine_code = compile_all(&*module.isa(), functions).map_err(|e| err(&e))?;
+    let mut ids: Vec<FuncId> = Vec::new();
+    for code in &machine_code {
         module
-            .define_function(id, &mut ctx)
+            .define_function_bytes(code.id, code.alignment, &code.bytes, &code.relocs)
             .map_err(|e| err(&format!("{e:?}")))?;
-        if std::env::var_os("LOSSC_DUMP_OPT").is_some() {
-            eprintln!("== group{k}\n{}", ctx.func.display());
-        }
-        if dump
-            && let Some(code) = ctx.compiled_code()
-            && let Some(vcode) = &code.vcode
-        {
-            eprintln!("== group{k}\n{vcode}");
-        }
-        module.clear_context(&mut ctx);
-        ids.push(id);
+        ids.push(code.id);
     }
     module.finalize_definitions().map_err(|e| err(&e))?;
     let entries = ids
@@ -230,6 +227,97 @@ fn build(f: &Function, mut clif_text: Option<&mut String>) -> Result<Compiled, J
         entries,
         _code: Arc::new(CodeHolder(Some(module))),
     })
+}
+
+/// One function's machine code, ready for [`Module::define_function_bytes`].
+struct MachineCode {
+    id: FuncId,
+    alignment: u64,
+    bytes: Vec<u8>,
+    relocs: Vec<cranelift_module::ModuleReloc>,
+}
+
+/// Compiles the functions on all available cores, keeping their order. `LOSSC_DUMP_OPT` and
+/// `LOSSC_DUMP_ASM` print each one's optimized CLIF and machine code.
+fn compile_all(isa: &dyn isa::TargetIsa, functions: Vec<(FuncId, ir::Function)>) -> Result<Vec<MachineCode>, String> {
+    let (dump_opt, dump_asm) = (
+        std::env::var_os("LOSSC_DUMP_OPT").is_some(),
+        std::env::var_os("LOSSC_DUMP_ASM").is_some(),
+    );
+    let compile = |k: usize, id: FuncId, func: ir::Function| -> Result<MachineCode, String> {
+        let mut ctx = cranelift_codegen::Context::for_function(func);
+        ctx.set_disasm(dump_asm);
+        ctx.compile(isa, &mut Default::default())
+            .map_err(|e| format!("{:?}", e.inner))?;
+        let code = ctx.compiled_code().ok_or("no machine code")?;
+        let alignment = (code.buffer.alignment as u64)
+            .max(isa.function_alignment().minimum as u64)
+            .max(isa.symbol_alignment());
+        let bytes = code.code_buffer().to_vec();
+        let relocs = code
+            .buffer
+            .relocs()
+            .iter()
+            .map(|r| cranelift_module::ModuleReloc::from_mach_reloc(r, &ctx.func, id))
+            .collect();
+        if dump_opt {
+            eprintln!("== group{k}\n{}", ctx.func.display());
+        }
+        if dump_asm && let Some(vcode) = ctx.compiled_code().and_then(|c| c.vcode.as_ref()) {
+            eprintln!("== group{k}\n{vcode}");
+        }
+        Ok(MachineCode {
+            id,
+            alignment,
+            bytes,
+            relocs,
+        })
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(functions.len());
+    if threads <= 1 || dump_opt || dump_asm {
+        return functions
+            .into_iter()
+            .enumerate()
+            .map(|(k, (id, func))| compile(k, id, func))
+            .collect();
+    }
+    // Largest first, spread round-robin over the threads.
+    let mut work: Vec<(usize, FuncId, ir::Function)> = functions
+        .into_iter()
+        .enumerate()
+        .map(|(k, (id, func))| (k, id, func))
+        .collect();
+    work.sort_by_key(|(_, _, func)| std::cmp::Reverse(func.dfg.num_insts()));
+    let mut shares: Vec<Vec<(usize, FuncId, ir::Function)>> = (0..threads).map(|_| Vec::new()).collect();
+    for (n, item) in work.into_iter().enumerate() {
+        shares[n % threads].push(item);
+    }
+    let compile = &compile;
+    let mut done: Vec<(usize, Result<MachineCode, String>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = shares
+            .into_iter()
+            .map(|share| {
+                scope.spawn(move || {
+                    share
+                        .into_iter()
+                        .map(|(k, id, func)| (k, compile(k, id, func)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for h in handles {
+            match h.join() {
+                Ok(part) => all.extend(part),
+                Err(_) => all.push((usize::MAX, Err("a compiler thread panicked".to_string()))),
+            }
+        }
+        all
+    });
+    done.sort_by_key(|(k, _)| *k);
+    done.into_iter().map(|(_, code)| code).collect()
 }
 
 /// A raw buffer pointer that threads may share: each writes a disjoint range of elements.
