@@ -55,8 +55,11 @@ pub struct JitError(String);
 /// The signature of every generated nest function.
 type NestFn = unsafe extern "C" fn(*const *mut u8, *const i64, *const f64, *mut i64, i64, i64);
 
-/// Elements of the outermost loop per parallel chunk.
+/// Elements of the outermost loop per parallel chunk (at least).
 const CHUNK: i64 = 16;
+
+/// Elements per parallel chunk below which a chunk takes more rows.
+const MIN_CHUNK_ELEMENTS: i64 = 4096;
 
 /// Compiled native code for one function. Immutable after compilation, so it is shared across threads.
 pub struct Compiled {
@@ -383,9 +386,23 @@ impl Compiled {
             let members = self.plan.members(group);
             let nest = members[0];
             let outer = nest.head.first().map_or(1, |(_, d)| d.eval(sizes).max(0));
+            // Enough elements per call that the call's setup is noise: a chunk holds CHUNK rows, or more
+            // rows where rows are short (an elementwise vector's rows are single elements).
+            let row: i64 = members
+                .iter()
+                .map(|m| {
+                    m.head
+                        .iter()
+                        .skip(1)
+                        .map(|(_, d)| d.eval(sizes).max(1))
+                        .product::<i64>()
+                })
+                .max()
+                .unwrap_or(1);
+            let chunk = CHUNK.max(MIN_CHUNK_ELEMENTS / row.max(1));
             let chunks: Vec<(i64, i64)> = (0..outer)
-                .step_by(CHUNK as usize)
-                .map(|lo| (lo, (lo + CHUNK).min(outer)))
+                .step_by(chunk as usize)
+                .map(|lo| (lo, (lo + chunk).min(outer)))
                 .collect();
             let run_chunks = |chunks: &[(i64, i64)]| -> [i64; 3] {
                 let mut err = [0i64; 3];
