@@ -122,21 +122,26 @@ impl Plan {
     }
 }
 
-/// Groups the nests greedily: each group starts at the first nest not yet scheduled; a later nest joins
-/// when both are row-local ([`row_local`]) over the same outermost extent, it reads the members' tensors only at its own outer
-/// index, and reads no tensor of a nest passed over (which then runs after the group).
+/// Groups the nests greedily: each group starts at the first nest not yet scheduled (if it is row-sized,
+/// [`row_local`]); a later row-local nest over the same outermost extent joins when it reads the members'
+/// tensors only at its own outer index and reads no tensor of a nest passed over (which then runs after
+/// the group).
 fn fuse_rows(f: &Function, nests: &[Nest]) -> Vec<Group> {
     let mut left: Vec<usize> = (0..nests.len()).collect();
     let mut groups = Vec::new();
     while let Some(&first) = left.first() {
         let mut members = vec![first];
         let mut passed: Vec<TensorId> = Vec::new();
-        if let Some((_, extent)) = nests[first].head.first().filter(|_| row_local(f, &nests[first])) {
+        if let Some((_, extent)) = nests[first]
+            .head
+            .first()
+            .filter(|_| row_local(f, &nests[first]) == Some(true))
+        {
             for &n in &left[1..] {
                 let nest = &nests[n];
                 let reads = tensor_reads(f, nest.body);
                 let joins = !reads.iter().any(|(t, _)| passed.contains(t))
-                    && row_local(f, nest)
+                    && row_local(f, nest).is_some()
                     && nest.head.first().is_some_and(|(outer, d)| {
                         d == extent
                             && reads
@@ -157,23 +162,22 @@ fn fuse_rows(f: &Function, nests: &[Nest]) -> Vec<Group> {
     groups
 }
 
-/// Whether a nest may fuse: it does a row's worth of work per outer index (more than one element, or a
-/// reduction) and reads every matrix (rank 2 or more) only in that row, so the row is its working set.
-/// Elementwise vectors stream better on their own (a code generator vectorizes them along their one
-/// index); a nest that reads whole matrices per row (a contraction) would evict the other members' data.
-fn row_local(f: &Function, nest: &Nest) -> bool {
-    let Some((outer, _)) = nest.head.first().filter(|_| nest.parallel) else {
-        return false;
-    };
+/// How a nest may take part in row fusion: `None` when it cannot (not parallel, or it reads a matrix
+/// (rank 2 or more) outside its own row: a contraction would evict the other members' data); else
+/// whether it is row-sized (more than one element per outer index, or a reduction), which may start a
+/// group. An elementwise vector only joins a group another nest started: alone it streams better (a code
+/// generator vectorizes it along its one index), inside a group it is a few operations per row.
+fn row_local(f: &Function, nest: &Nest) -> Option<bool> {
+    let (outer, _) = nest.head.first().filter(|_| nest.parallel)?;
     let nodes = f.reachable(&[nest.body]);
-    let reduces = nodes.iter().any(|n| matches!(f.node(*n).expr, Expr::Reduce { .. }));
     let rows_only = nodes.iter().all(|n| match &f.node(*n).expr {
-        Expr::Load { tensor, subs } if subs.len() >= 2 => {
+        Expr::Load { tensor: _, subs } if subs.len() >= 2 => {
             matches!(f.node(subs[0]).expr, Expr::Index(i) if i == *outer)
         }
         _ => true,
     });
-    (nest.head.len() >= 2 || reduces) && rows_only
+    let reduces = nodes.iter().any(|n| matches!(f.node(*n).expr, Expr::Reduce { .. }));
+    rows_only.then_some(nest.head.len() >= 2 || reduces)
 }
 
 /// The softmax rows of a group ([`KeptExps`]): each logsumexp member (without a mask) paired with the

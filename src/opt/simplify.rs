@@ -534,10 +534,19 @@ fn reduce(
             }
             _ => {}
         }
-        // sum[k] c = c * |k| when c does not depend on k (unmasked)
-        if mask.is_none() && indices.iter().all(|k| !f.node(body).free.contains(k)) {
+        // sum[k] c = c * |k| when c does not depend on k (unmasked); sum[k | m] c = select(m, c * |k|, 0)
+        // when the mask does not depend on k either.
+        if indices.iter().all(|k| !f.node(body).free.contains(k)) {
             let count = count_of(f, indices, span)?;
-            return simplify(f, prim_expr(Prim::Mul, &[body, count]), Scalar::Float, span);
+            let total = simplify(f, prim_expr(Prim::Mul, &[body, count]), Scalar::Float, span)?;
+            match mask {
+                None => return Ok(total),
+                Some(m) if indices.iter().all(|k| !f.node(m).free.contains(k)) => {
+                    let zero = f.float(0.0, span)?;
+                    return simplify(f, prim_expr(Prim::Select, &[m, total, zero]), Scalar::Float, span);
+                }
+                Some(_) => {}
+            }
         }
         // sum[i, j] e = sum[i] (sum[j] e) (unmasked; reassociates): each inner sum is then a reduction over
         // one index (vectorizable along it) that hoisting can materialize in parallel over the outer ones.
