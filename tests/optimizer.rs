@@ -345,3 +345,13 @@ fn contractions_and_cross_row_reads_do_not_fuse() {
         assert!(!members.iter().any(|t| t == "loss"), "{g:?}");
     }
 }
+
+#[test]
+fn sums_of_a_term_and_mask_free_of_the_summed_index_become_counts() {
+    // sum[k | x[i] > 0] x[i] = select(x[i] > 0, x[i] * C, 0): no loop over k remains.
+    let b = body(&rule(
+        "loss f(x: f32[N], w: f32[C]) { sum[i] (sum[k: C | x[i] > 0.0] x[i]) + w[0] }",
+    ));
+    assert!(!b.contains("sum[k"), "{b}");
+    assert!(b.contains("select(") && b.contains("* C"), "{b}");
+}
