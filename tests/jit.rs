@@ -510,7 +510,7 @@ fn row_updates_skip_masked_out_points() {
 
 #[test]
 fn softmax_rows_keep_their_exponentials_and_special_rows_agree() {
-    // Cross-entropy and LDR-KL compute each row's exp once (kept in the gradient row); rows with +inf,
+    // Cross-entropy, LDR-KL and KL-DRO compute each row's exp once (kept in the gradient row); rows with +inf,
     // -inf, NaN, all -inf and huge spreads must still match the interpreter, in the vector lanes and in
     // the scalar tail (C = 7).
     let sources = [
@@ -518,6 +518,11 @@ fn softmax_rows_keep_their_exponentials_and_special_rows_agree() {
         "loss ldr(s: f32[N, C], y: idx[N] < C, lambda: f32 = 0.5) {
             let m[i, k] = [k != y[i]] + s[i, k] - s[i, y[i]]
             mean[i] lambda * (logsumexp[k] m[i, k] / lambda) }",
+        // KL-DRO: the gradient row runs in a later group (after the batch's logsumexp), so the row's
+        // exponentials are scaled to exp(x - lse) in place.
+        "loss dro(s: f32[N, C], y: idx[N] < C, lambda: f32 = 2.0) {
+            let l[i] = (logsumexp[k] s[i, k]) - s[i, y[i]]
+            lambda * (logsumexp[i] l[i] / lambda) }",
     ];
     let (inf, nan) = (f64::INFINITY, f64::NAN);
     let rows: [[f64; 7]; 6] = [
@@ -528,25 +533,31 @@ fn softmax_rows_keep_their_exponentials_and_special_rows_agree() {
         [0.0, nan, 1.0, 2.0, 3.0, 4.0, 5.0],
         [80.0, -80.0, 0.0, 40.0, -40.0, 79.0, 1e-3],
     ];
-    let s: Vec<f64> = rows.iter().flatten().copied().collect();
-    let inputs = BTreeMap::from([
-        ("s".to_string(), Tensor::float(vec![6, 7], s)),
-        ("y".to_string(), Tensor::labels(vec![6], vec![0, 2, 6, 3, 1, 5])),
-    ]);
+    // All six rows, and the finite ones alone (where a batch-level loss is finite too).
+    let batch = |pick: &[usize]| {
+        let s: Vec<f64> = pick.iter().flat_map(|r| rows[*r]).collect();
+        let y: Vec<i64> = pick.iter().map(|r| [0, 2, 3, 3, 1, 5][*r]).collect();
+        BTreeMap::from([
+            ("s".to_string(), Tensor::float(vec![pick.len(), 7], s)),
+            ("y".to_string(), Tensor::labels(vec![pick.len()], y)),
+        ])
+    };
     for src in sources {
         let jit = Compiler::new().threads(2).compile_source("s.lx", src).unwrap();
         let plan_kept = {
             let f = jit.kernel(None).unwrap().function().clone();
             let plan = lossc::backend::loops::Plan::new(&f);
-            plan.groups.iter().map(|g| g.kept_exps.len()).sum::<usize>()
+            plan.kept_exps.len()
         };
         assert_eq!(plan_kept, 1, "{src}: one softmax row kept");
         let interp = Compiler::new()
             .backend(Backend::Interp)
             .compile_source("s.lx", src)
             .unwrap();
-        let a = jit.kernel(None).unwrap().eval(&inputs).unwrap();
-        let b = interp.kernel(None).unwrap().eval(&inputs).unwrap();
-        assert_agree(src, &a, &b);
+        for inputs in [batch(&[0, 1, 2, 3, 4, 5]), batch(&[0, 2, 5])] {
+            let a = jit.kernel(None).unwrap().eval(&inputs).unwrap();
+            let b = interp.kernel(None).unwrap().eval(&inputs).unwrap();
+            assert_agree(src, &a, &b);
+        }
     }
 }

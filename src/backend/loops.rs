@@ -43,20 +43,20 @@ pub struct Nest {
 #[derive(Clone, Debug)]
 pub struct Group {
     pub members: Vec<usize>,
-    /// Softmax rows whose exponentials are computed once (see [`KeptExps`]).
-    pub kept_exps: Vec<KeptExps>,
 }
 
-/// A member `lse[t] = logsumexp[k] B(t, k)` and a later member `G[t, j]` of the same group whose element
-/// contains `exp(B(t, j) - lse[t])` (the softmax, as in every cross-entropy gradient): a code generator
-/// may write the row's `exp(B(t, k) - max)` into row `t` of G's own buffer while it sums them, and read
-/// `exp` node as that value times `1 / sum` when it computes G's row (which overwrites each element
-/// after reading it). One exponential per element instead of two.
+/// A nest `lse[t] = logsumexp[k] B(t, k)` and a later elementwise nest `G[t, j]` whose element contains
+/// `exp(B(t, j) - lse[t])` (the softmax, as in every cross-entropy gradient): a code generator may write
+/// the row's `exp(B(t, k) - max)` into row `t` of G's own buffer while it sums them, and read the `exp`
+/// node from there when it computes G's row (which overwrites each element after reading it): times
+/// `1 / sum` when both run in one group; when G runs in a later group, the row is first scaled by
+/// `1 / sum` in place. One exponential per element instead of two.
 #[derive(Clone, Copy, Debug)]
 pub struct KeptExps {
-    /// The logsumexp member (its body is the reduction).
+    /// The logsumexp nest (its body is the reduction).
     pub lse: usize,
-    /// The member whose row holds the exponentials.
+    /// The nest whose row holds the exponentials (no reduction in its element, so nothing else touches
+    /// its row before it).
     pub consumer: usize,
     /// The `exp` node of the consumer's element that reads them.
     pub exp: NodeId,
@@ -68,6 +68,8 @@ pub struct Plan {
     pub buffers: Vec<Buffer>,
     pub nests: Vec<Nest>,
     pub groups: Vec<Group>,
+    /// Softmax rows whose exponentials are computed once.
+    pub kept_exps: Vec<KeptExps>,
 }
 
 impl Plan {
@@ -105,7 +107,14 @@ impl Plan {
             });
         }
         let groups = fuse_rows(f, &nests);
-        Plan { buffers, nests, groups }
+        let order: Vec<usize> = groups.iter().flat_map(|g| g.members.iter().copied()).collect();
+        let kept_exps = kept_exps(f, &nests, &order);
+        Plan {
+            buffers,
+            nests,
+            groups,
+            kept_exps,
+        }
     }
 
     /// The nests of a group, in the order they run.
@@ -156,8 +165,7 @@ fn fuse_rows(f: &Function, nests: &[Nest]) -> Vec<Group> {
             }
         }
         left.retain(|n| !members.contains(n));
-        let kept_exps = kept_exps(f, nests, &members);
-        groups.push(Group { members, kept_exps });
+        groups.push(Group { members });
     }
     groups
 }
@@ -180,11 +188,12 @@ fn row_local(f: &Function, nest: &Nest) -> Option<bool> {
     rows_only.then_some(nest.head.len() >= 2 || reduces)
 }
 
-/// The softmax rows of a group ([`KeptExps`]): each logsumexp member (without a mask) paired with the
-/// first later two-index member that reads `exp(B - lse)` along the reduced axis; each nest at most once.
-fn kept_exps(f: &Function, nests: &[Nest], members: &[usize]) -> Vec<KeptExps> {
+/// The softmax rows ([`KeptExps`]): each logsumexp nest (without a mask) paired with the first nest after
+/// it in execution `order` with two indices and no reduction that reads `exp(B - lse)` along the reduced
+/// axis; each nest at most once.
+fn kept_exps(f: &Function, nests: &[Nest], order: &[usize]) -> Vec<KeptExps> {
     let mut kept: Vec<KeptExps> = Vec::new();
-    for (p, &lse) in members.iter().enumerate() {
+    for (p, &lse) in order.iter().enumerate() {
         let Expr::Reduce {
             op: ReduceOp::LogSumExp,
             indices,
@@ -197,11 +206,19 @@ fn kept_exps(f: &Function, nests: &[Nest], members: &[usize]) -> Vec<KeptExps> {
         let ([k], [(row, _)]) = (&indices[..], &nests[lse].head[..]) else {
             continue;
         };
-        for &consumer in &members[p + 1..] {
-            let [(t, _), (j, jd)] = &nests[consumer].head[..] else {
+        for &consumer in &order[p + 1..] {
+            let [(t, td), (j, jd)] = &nests[consumer].head[..] else {
                 continue;
             };
-            if *jd != f.index(*k).range || kept.iter().any(|e| e.consumer == consumer) {
+            let elementwise = !f
+                .reachable(&[nests[consumer].body])
+                .iter()
+                .any(|n| matches!(f.node(*n).expr, Expr::Reduce { .. }));
+            if *jd != f.index(*k).range
+                || *td != nests[lse].head[0].1
+                || !elementwise
+                || kept.iter().any(|e| e.consumer == consumer)
+            {
                 continue;
             }
             let map = HashMap::from([(*row, *t), (*k, *j)]);

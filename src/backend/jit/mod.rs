@@ -168,7 +168,12 @@ fn build(f: &Function, mut clif_text: Option<&mut String>) -> Result<Compiled, J
             .map_err(|e| err(&e))?,
     );
 
-    let plan = Plan::new(f);
+    let mut plan = Plan::new(f);
+    // Exponentials are kept only where the logsumexp runs in two passes (its body is cheap).
+    plan.kept_exps.retain(|e| match &f.node(plan.nests[e.lse].body).expr {
+        Expr::Reduce { body, .. } => cheap(f, *body),
+        _ => false,
+    });
     let mut sig = module.make_signature();
     for _ in 0..4 {
         sig.params.push(AbiParam::new(ptr));
@@ -230,6 +235,34 @@ fn build(f: &Function, mut clif_text: Option<&mut String>) -> Result<Compiled, J
         entries,
         _code: Arc::new(CodeHolder(Some(module))),
     })
+}
+
+/// Whether a reduction body is cheap enough to evaluate twice (for a two-pass logsumexp).
+fn cheap(f: &Function, body: NodeId) -> bool {
+    let nodes = f.reachable(&[body]);
+    nodes.len() <= 12
+        && nodes.iter().all(|n| match &f.node(*n).expr {
+            Expr::Reduce { .. } => false,
+            Expr::Prim { prim, .. } => matches!(
+                prim,
+                Prim::Add
+                    | Prim::Sub
+                    | Prim::Mul
+                    | Prim::Div
+                    | Prim::Neg
+                    | Prim::ToFloat
+                    | Prim::Iverson
+                    | Prim::Eq
+                    | Prim::Ne
+                    | Prim::Lt
+                    | Prim::Le
+                    | Prim::Gt
+                    | Prim::Ge
+                    | Prim::Select
+                    | Prim::StopGrad
+            ),
+            _ => true,
+        })
 }
 
 /// One function's machine code, ready for [`Module::define_function_bytes`].
@@ -513,7 +546,20 @@ pub struct Buffers {
     hypers: Vec<f64>,
 }
 
-/// Lowers one nest to CLIF.
+/// Where a logsumexp keeps its exponentials ([`super::loops::KeptExps`]).
+struct KeepExps {
+    /// The consumer's `exp` node.
+    exp: NodeId,
+    /// The consumer's buffer and its row length.
+    buffer: usize,
+    length: Dim,
+    /// The logsumexp's row index (the consumer's row).
+    row: IndexId,
+    /// The consumer runs in a later group: scale the row by 1 / sum before leaving it.
+    scale_in_place: bool,
+}
+
+/// Lowers one group of nests to CLIF.
 struct Lower<'a, 'b> {
     f: &'a Function,
     plan: &'a Plan,
@@ -536,12 +582,13 @@ struct Lower<'a, 'b> {
     bound: Vec<IndexId>,
     /// Whether the target has fused multiply-add (else `a * b + c` is two rounded operations).
     fma: bool,
-    /// While lowering a softmax row's logsumexp member ([`KeptExps`]): the consumer's `exp` node, buffer
-    /// and the row's first element; the two-pass logsumexp then writes its exponentials there.
-    keep_exps: Option<(NodeId, usize, Value)>,
-    /// Within a group's row: `exp` nodes whose values wait in their consumer's row, with the factor
-    /// (1 / sum, or 1 for a non-finite maximum) that turns a kept exponential into the node's value.
-    kept_exps: HashMap<NodeId, (usize, Value)>,
+    /// While lowering a softmax row's logsumexp ([`super::loops::KeptExps`]): where the two-pass logsumexp writes its
+    /// exponentials.
+    keep_exps: Option<KeepExps>,
+    /// `exp` nodes whose values wait in their consumer's row (its buffer), with the factor (1 / sum, or
+    /// 1 for a non-finite maximum) that turns a kept exponential into the node's value unless the row was
+    /// scaled in place.
+    kept_exps: HashMap<NodeId, (usize, Option<Value>)>,
 }
 
 fn flags() -> MemFlagsData {
@@ -568,6 +615,12 @@ impl<'a, 'b> Lower<'a, 'b> {
         let mut used = vec![false; plan.buffers.len()];
         for nest in members {
             used[plan.buffer_of(f, TensorRef::Def(nest.tensor))] = true;
+        }
+        // A logsumexp writes kept exponentials into its consumer's buffer.
+        for e in &plan.kept_exps {
+            if members.iter().any(|m| m.tensor == plan.nests[e.lse].tensor) {
+                used[plan.buffer_of(f, TensorRef::Def(plan.nests[e.consumer].tensor))] = true;
+            }
         }
         let bodies: Vec<NodeId> = members.iter().map(|m| m.body).collect();
         for n in f.reachable(&bodies) {
@@ -607,7 +660,7 @@ impl<'a, 'b> Lower<'a, 'b> {
     /// members share one loop over `lo..hi` of their outer index and run their other loops in turn.
     fn group(&mut self, group: &Group, members: &[&Nest]) {
         if let [nest] = members {
-            self.member(nest, 0);
+            self.softmax_member(group, group.members[0], nest, 0);
         } else {
             let (outer, extent) = members[0].head[0].clone();
             let extent = self.dim(&extent);
@@ -621,22 +674,41 @@ impl<'a, 'b> Lower<'a, 'b> {
                     l.b.def_var(var, row);
                     l.bound.push(own);
                     l.frames.push(HashMap::new());
-                    if let Some(e) = group.kept_exps.iter().find(|e| e.lse == *index) {
-                        let consumer = &l.plan.nests[e.consumer];
-                        let buffer = l.plan.buffer_of(l.f, TensorRef::Def(consumer.tensor));
-                        let length = l.dim(&consumer.head[1].1);
-                        let start = l.b.ins().imul(row, length);
-                        l.keep_exps = Some((e.exp, buffer, start));
-                    }
-                    l.member(m, 1);
-                    l.keep_exps = None;
+                    l.softmax_member(group, *index, m, 1);
                     l.frames.pop();
                     l.bound.pop();
                 }
-                l.kept_exps.clear();
             });
         }
+        self.kept_exps.clear();
         self.b.ins().return_(&[]);
+    }
+
+    /// [`Self::member`], with the nest's part in kept softmax exponentials ([`super::loops::KeptExps`]) set up: a
+    /// logsumexp writes them into its consumer's row; a consumer in a later group reads them as they are
+    /// (one in the same group, times the factor its logsumexp leaves in `kept_exps`).
+    fn softmax_member(&mut self, group: &Group, index: usize, nest: &Nest, from: usize) {
+        let plan = self.plan;
+        self.keep_exps = plan.kept_exps.iter().find(|e| e.lse == index).map(|e| {
+            let consumer = &plan.nests[e.consumer];
+            KeepExps {
+                exp: e.exp,
+                buffer: plan.buffer_of(self.f, TensorRef::Def(consumer.tensor)),
+                length: consumer.head[1].1.clone(),
+                row: nest.head[0].0,
+                scale_in_place: !group.members.contains(&e.consumer),
+            }
+        });
+        for e in plan
+            .kept_exps
+            .iter()
+            .filter(|e| e.consumer == index && !group.members.contains(&e.lse))
+        {
+            let buffer = plan.buffer_of(self.f, TensorRef::Def(nest.tensor));
+            self.kept_exps.insert(e.exp, (buffer, None));
+        }
+        self.member(nest, from);
+        self.keep_exps = None;
     }
 
     /// One nest's loops over its head from level `from` (the levels before are bound), then the store. A
@@ -913,7 +985,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             let flat = self.kept_flat(buffer);
             let addr = self.address(buffer, Scalar::Float, flat);
             let e = self.b.ins().load(types::F32, flags(), addr, 0);
-            return self.b.ins().fmul(e, factor);
+            return factor.map_or(e, |factor| self.b.ins().fmul(e, factor));
         }
         let node = self.f.node(n).clone();
         let v = match &node.expr {
@@ -1133,34 +1205,6 @@ impl<'a, 'b> Lower<'a, 'b> {
         }
     }
 
-    /// Whether a reduction body is cheap enough to evaluate twice (for a two-pass logsumexp).
-    fn cheap(&self, body: NodeId) -> bool {
-        let nodes = self.f.reachable(&[body]);
-        nodes.len() <= 12
-            && nodes.iter().all(|n| match &self.f.node(*n).expr {
-                Expr::Reduce { .. } => false,
-                Expr::Prim { prim, .. } => matches!(
-                    prim,
-                    Prim::Add
-                        | Prim::Sub
-                        | Prim::Mul
-                        | Prim::Div
-                        | Prim::Neg
-                        | Prim::ToFloat
-                        | Prim::Iverson
-                        | Prim::Eq
-                        | Prim::Ne
-                        | Prim::Lt
-                        | Prim::Le
-                        | Prim::Gt
-                        | Prim::Ge
-                        | Prim::Select
-                        | Prim::StopGrad
-                ),
-                _ => true,
-            })
-    }
-
     /// logsumexp in two passes over a cheap body: the maximum, then the sum of exp(x - max) (one exp per
     /// element, no rescaling). A maximum of ±inf or NaN is the result itself.
     fn logsumexp_two_pass(&mut self, ranges: &[(IndexId, Dim)], mask: Option<NodeId>, body: NodeId) -> Value {
@@ -1194,10 +1238,12 @@ impl<'a, 'b> Lower<'a, 'b> {
         let vsum = self.vacc_sum();
         // A softmax row's exponentials go to their consumer's row, at the reduced index (no mask here).
         let keep = match ranges {
-            [(k, _)] if mask.is_none() => self
-                .keep_exps
-                .take()
-                .map(|(exp, buffer, start)| (*k, exp, buffer, start)),
+            [(k, _)] if mask.is_none() => self.keep_exps.take().map(|keep| {
+                let row = self.index(keep.row);
+                let length = self.dim(&keep.length);
+                let start = self.b.ins().imul(row, length);
+                (*k, keep, start)
+            }),
             _ => None,
         };
         let kept_at = |l: &mut Self, k: IndexId, start: Value| {
@@ -1214,18 +1260,18 @@ impl<'a, 'b> Lower<'a, 'b> {
                 let d = l.b.ins().fsub(v, mxv);
                 let e = l.exp_lanes(d, true);
                 let e = l.fill_masked(e, lanes_mask, 0.0);
-                if let Some((k, _, buffer, start)) = keep {
-                    let flat = kept_at(l, k, start);
-                    l.vstore(buffer, flat, e);
+                if let Some((k, keep, start)) = &keep {
+                    let flat = kept_at(l, *k, *start);
+                    l.vstore(keep.buffer, flat, e);
                 }
                 l.vacc_add(vsum, e);
             },
             &mut |l: &mut Self, x| {
                 let d = l.b.ins().fsub(x, mx);
                 let e = l.exp_lanes(d, false);
-                if let Some((k, _, buffer, start)) = keep {
-                    let flat = kept_at(l, k, start);
-                    l.store(buffer, Scalar::Float, flat, e);
+                if let Some((k, keep, start)) = &keep {
+                    let flat = kept_at(l, *k, *start);
+                    l.store(keep.buffer, Scalar::Float, flat, e);
                 }
                 let e = l.b.ins().fpromote(types::F64, e);
                 let cur = l.b.use_var(s);
@@ -1244,14 +1290,35 @@ impl<'a, 'b> Lower<'a, 'b> {
         let inf = self.b.ins().f32const(f32::INFINITY);
         let a = self.b.ins().fabs(mx);
         let finite = self.b.ins().fcmp(FloatCC::LessThan, a, inf);
-        if let Some((_, exp, buffer, _)) = keep {
+        if let Some((k, keep, start)) = keep {
             // exp(x - lse) = exp(x - m) / sum; where m is not finite, lse = m and the kept value is exact.
             let one = self.b.ins().f64const(1.0);
             let inverse = self.b.ins().fdiv(one, sum);
             let inverse = self.b.ins().fdemote(types::F32, inverse);
             let one = self.fconst(1.0);
             let factor = self.b.ins().select(finite, inverse, one);
-            self.kept_exps.insert(exp, (buffer, factor));
+            if keep.scale_in_place {
+                // The consumer runs later: leave exp(x - lse) itself in the row (still in cache).
+                let zero = self.b.ins().iconst(types::I64, 0);
+                let end = self.dim(&keep.length);
+                let splat = self.b.ins().splat(types::F32X4, factor);
+                let tail = self.vector_loop(k, zero, end, &mut |l: &mut Self, _| {
+                    let flat = kept_at(l, k, start);
+                    let addr = l.address(keep.buffer, Scalar::Float, flat);
+                    let e = l.b.ins().load(types::F32X4, MemFlagsData::new().with_notrap(), addr, 0);
+                    let e = l.b.ins().fmul(e, splat);
+                    l.vstore(keep.buffer, flat, e);
+                });
+                self.for_range(k, tail, end, &mut |l: &mut Self| {
+                    let flat = kept_at(l, k, start);
+                    let addr = l.address(keep.buffer, Scalar::Float, flat);
+                    let e = l.b.ins().load(types::F32, flags(), addr, 0);
+                    let e = l.b.ins().fmul(e, factor);
+                    l.store(keep.buffer, Scalar::Float, flat, e);
+                });
+            } else {
+                self.kept_exps.insert(keep.exp, (keep.buffer, Some(factor)));
+            }
         }
         self.b.ins().select(finite, r, mx)
     }
@@ -1343,7 +1410,7 @@ impl<'a, 'b> Lower<'a, 'b> {
     }
 
     fn reduce(&mut self, op: ReduceOp, indices: &[IndexId], mask: Option<NodeId>, body: NodeId) -> Value {
-        if op == ReduceOp::LogSumExp && self.cheap(body) {
+        if op == ReduceOp::LogSumExp && cheap(self.f, body) {
             let ranges: Vec<(IndexId, Dim)> = indices.iter().map(|i| (*i, self.f.index(*i).range.clone())).collect();
             return self.logsumexp_two_pass(&ranges, mask, body);
         }

@@ -138,8 +138,13 @@ impl Lower<'_, '_> {
                 .b
                 .ins()
                 .load(types::F32X4, MemFlagsData::new().with_notrap(), addr, 0);
-            let f = self.b.ins().splat(types::F32X4, factor);
-            return self.b.ins().fmul(e, f);
+            return match factor {
+                Some(factor) => {
+                    let f = self.b.ins().splat(types::F32X4, factor);
+                    self.b.ins().fmul(e, f)
+                }
+                None => e,
+            };
         }
         let node = self.f.node(n).clone();
         let v = if !node.free.contains(&k) {
