@@ -148,6 +148,54 @@ fn results_do_not_depend_on_the_thread_count() {
 }
 
 #[test]
+fn long_sums_run_in_parts_with_the_same_bits_for_any_thread_count() {
+    // AnyLoss sums over 200,003 points: each rank-0 sum runs in parallel chunks (a partial sum per fixed
+    // chunk, added in order), so 1, 2 and 3 threads agree bit for bit, and all agree with the interpreter.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/anyloss_f1.lx");
+    let kernel = |threads: usize| {
+        Compiler::new()
+            .threads(threads)
+            .compile_file(&path)
+            .unwrap()
+            .kernel(None)
+            .unwrap()
+    };
+    let mut rng = Rng::new(33);
+    let k1 = kernel(1);
+    let inputs = random_inputs(k1.function(), &[200_003], &mut rng);
+    let a = k1.eval(&inputs).unwrap();
+    for threads in [2, 3] {
+        assert_eq!(a, kernel(threads).eval(&inputs).unwrap(), "{threads} threads");
+    }
+    let interp = Compiler::new()
+        .backend(Backend::Interp)
+        .compile_file(&path)
+        .unwrap()
+        .kernel(None)
+        .unwrap()
+        .eval(&inputs)
+        .unwrap();
+    assert_agree("anyloss over 200,003 points", &a, &interp);
+    // An empty sum is 0.
+    let empty = random_inputs(k1.function(), &[0], &mut rng);
+    let e = k1.eval(&empty).unwrap();
+    let ei = Compiler::new()
+        .backend(Backend::Interp)
+        .compile_file(&path)
+        .unwrap()
+        .kernel(None)
+        .unwrap()
+        .eval(&empty)
+        .unwrap();
+    assert!(
+        e.loss.is_nan() == ei.loss.is_nan() && (e.loss.is_nan() || close(e.loss, ei.loss)),
+        "{} vs {}",
+        e.loss,
+        ei.loss
+    );
+}
+
+#[test]
 fn kernels_are_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<lossc::Kernel>();
@@ -559,5 +607,36 @@ fn softmax_rows_keep_their_exponentials_and_special_rows_agree() {
             let b = interp.kernel(None).unwrap().eval(&inputs).unwrap();
             assert_agree(src, &a, &b);
         }
+    }
+}
+
+#[test]
+fn label_comparisons_and_condition_tensors_vectorize() {
+    // `same[i, j]` is a condition tensor and `y[i] == y[j]` compares two label loads: both now run as
+    // i32 lanes in the masked reductions (vector steps and scalar tail, N = 13), matching the interpreter.
+    let src = "loss f(x: f32[N, N], y: idx[N]) {
+        let same[i, j] = y[i] == y[j] && i != j
+        sum[i] (max[j | same[i, j]] x[i, j]) + logsumexp[j | y[i] != y[j]] x[i, j] }";
+    let jit = Compiler::new().compile_source("l.lx", src).unwrap();
+    let kernel = jit.kernel(None).unwrap();
+    let clif = lossc::backend::jit::clif(kernel.function()).unwrap();
+    assert!(clif.contains("load.i8x16"), "no integer lane loads:\n{clif}");
+    let interp = Compiler::new()
+        .backend(Backend::Interp)
+        .compile_source("l.lx", src)
+        .unwrap();
+    let mut rng = Rng::new(34);
+    for n in [13usize, 4, 1] {
+        let labels: Vec<i64> = (0..n).map(|_| rng.below(3) as i64).collect();
+        let inputs = BTreeMap::from([
+            (
+                "x".to_string(),
+                Tensor::float(vec![n, n], (0..n * n).map(|_| rng.normal()).collect()),
+            ),
+            ("y".to_string(), Tensor::labels(vec![n], labels)),
+        ]);
+        let a = kernel.eval(&inputs).unwrap();
+        let b = interp.kernel(None).unwrap().eval(&inputs).unwrap();
+        assert_agree(&format!("labels, N = {n}"), &a, &b);
     }
 }

@@ -53,7 +53,7 @@ use crate::prims::Prim;
 pub struct JitError(String);
 
 /// The signature of every generated nest function.
-type NestFn = unsafe extern "C" fn(*const *mut u8, *const i64, *const f64, *mut i64, i64, i64);
+type NestFn = unsafe extern "C" fn(*const *mut u8, *const i64, *const f64, *mut i64, i64, i64, *mut f32);
 
 /// Elements of the outermost loop per parallel chunk (at least).
 const CHUNK: i64 = 16;
@@ -66,6 +66,8 @@ pub struct Compiled {
     plan: Plan,
     function: Function,
     entries: Vec<NestFn>,
+    /// Per group: the extent of the sum it computes in parallel parts ([`split_sum`]).
+    splits: Vec<Option<Dim>>,
     _code: Arc<CodeHolder>,
 }
 
@@ -180,6 +182,7 @@ fn build(f: &Function, mut clif_text: Option<&mut String>) -> Result<Compiled, J
     }
     sig.params.push(AbiParam::new(types::I64));
     sig.params.push(AbiParam::new(types::I64));
+    sig.params.push(AbiParam::new(ptr));
     // Build every group's CLIF here (it needs the module's declarations), compile the functions to
     // machine code on all cores (each is independent), then hand the bytes to the module.
     let mut functions: Vec<(FuncId, ir::Function)> = Vec::new();
@@ -229,13 +232,41 @@ fn build(f: &Function, mut clif_text: Option<&mut String>) -> Result<Compiled, J
             unsafe { std::mem::transmute::<*const u8, NestFn>(p) }
         })
         .collect();
+    let splits = plan
+        .groups
+        .iter()
+        .map(|g| split_sum(f, &plan.members(g)).map(|(i, _, _)| f.index(i).range.clone()))
+        .collect();
     Ok(Compiled {
         plan,
         function: f.clone(),
         entries,
+        splits,
         _code: Arc::new(CodeHolder(Some(module))),
     })
 }
+
+/// A lone rank-0 nest that is one sum over one index: (the index, the mask, the term). Its function
+/// computes the sum over `lo..hi` of that index into its partial slot; the caller adds the parts of
+/// fixed-size chunks in order (parallel, and the same bits for any thread count).
+fn split_sum(f: &Function, members: &[&Nest]) -> Option<(IndexId, Option<NodeId>, NodeId)> {
+    let [nest] = members else { return None };
+    if !nest.head.is_empty() {
+        return None;
+    }
+    match &f.node(nest.body).expr {
+        Expr::Reduce {
+            op: ReduceOp::Sum,
+            indices,
+            mask,
+            body,
+        } if indices.len() == 1 => Some((indices[0], *mask, *body)),
+        _ => None,
+    }
+}
+
+/// Points of a split sum per parallel part.
+const SPLIT_CHUNK: i64 = 1 << 16;
 
 /// Whether a reduction body is cheap enough to evaluate twice (for a two-pass logsumexp).
 fn cheap(f: &Function, body: NodeId) -> bool {
@@ -356,6 +387,13 @@ fn compile_all(isa: &dyn isa::TargetIsa, functions: Vec<(FuncId, ir::Function)>)
     done.into_iter().map(|(_, code)| code).collect()
 }
 
+/// Partial-sum slots that threads may share: each call writes its own slot.
+#[derive(Clone, Copy)]
+struct SharedParts(*mut f32);
+// SAFETY: every call writes only the slot of its chunk.
+unsafe impl Send for SharedParts {}
+unsafe impl Sync for SharedParts {}
+
 /// A raw buffer pointer that threads may share: each writes a disjoint range of elements.
 #[derive(Clone, Copy)]
 struct Shared(*const *mut u8);
@@ -414,51 +452,82 @@ impl Compiled {
             .collect();
         let shared = Shared(ptrs.as_ptr());
         let profile = std::env::var_os("LOSSC_PROFILE").is_some();
-        for (group, entry) in self.plan.groups.iter().zip(&self.entries) {
+        for ((group, entry), split) in self.plan.groups.iter().zip(&self.entries).zip(&self.splits) {
             let started = std::time::Instant::now();
             let members = self.plan.members(group);
             let nest = members[0];
-            let outer = nest.head.first().map_or(1, |(_, d)| d.eval(sizes).max(0));
-            // Enough elements per call that the call's setup is noise: a chunk holds CHUNK rows, or more
-            // rows where rows are short (an elementwise vector's rows are single elements).
-            let row: i64 = members
-                .iter()
-                .map(|m| {
-                    m.head
+            let (outer, chunk) = match split {
+                // A split sum: chunks of its index, each adding into its own partial slot.
+                Some(extent) => (extent.eval(sizes).max(0), SPLIT_CHUNK),
+                None => {
+                    let outer = nest.head.first().map_or(1, |(_, d)| d.eval(sizes).max(0));
+                    // Enough elements per call that the call's setup is noise: a chunk holds CHUNK rows,
+                    // or more rows where rows are short (an elementwise vector's rows are single elements).
+                    let row: i64 = members
                         .iter()
-                        .skip(1)
-                        .map(|(_, d)| d.eval(sizes).max(1))
-                        .product::<i64>()
-                })
-                .max()
-                .unwrap_or(1);
-            let chunk = CHUNK.max(MIN_CHUNK_ELEMENTS / row.max(1));
+                        .map(|m| {
+                            m.head
+                                .iter()
+                                .skip(1)
+                                .map(|(_, d)| d.eval(sizes).max(1))
+                                .product::<i64>()
+                        })
+                        .max()
+                        .unwrap_or(1);
+                    (outer, CHUNK.max(MIN_CHUNK_ELEMENTS / row.max(1)))
+                }
+            };
             let chunks: Vec<(i64, i64)> = (0..outer)
                 .step_by(chunk as usize)
                 .map(|lo| (lo, (lo + chunk).min(outer)))
                 .collect();
-            let run_chunks = |chunks: &[(i64, i64)]| -> [i64; 3] {
+            let mut partials = vec![0f32; chunks.len().max(1)];
+            let slots = SharedParts(partials.as_mut_ptr());
+            let numbered: Vec<(usize, (i64, i64))> = chunks.iter().copied().enumerate().collect();
+            let run_chunks = |chunks: &[(usize, (i64, i64))]| -> [i64; 3] {
                 let mut err = [0i64; 3];
-                for &(lo, hi) in chunks {
-                    let s = shared;
+                for &(c, (lo, hi)) in chunks {
+                    let (s, slots) = (shared, slots);
                     // SAFETY: buffers match the plan (bound call), the code checks every subscript that is not
-                    // statically in range, and this chunk's elements are written by no other call.
-                    unsafe { entry(s.0, sizes.as_ptr(), hypers.as_ptr(), err.as_mut_ptr(), lo, hi) };
+                    // statically in range, and this chunk's elements (or partial slot) are written by no
+                    // other call.
+                    unsafe {
+                        entry(
+                            s.0,
+                            sizes.as_ptr(),
+                            hypers.as_ptr(),
+                            err.as_mut_ptr(),
+                            lo,
+                            hi,
+                            slots.0.add(c),
+                        )
+                    };
                     if err[0] != 0 {
                         break;
                     }
                 }
                 err
             };
-            let errs: Vec<[i64; 3]> = if threads <= 1 || chunks.len() <= 1 || !nest.parallel {
-                vec![run_chunks(&chunks)]
+            let parallel = nest.parallel || split.is_some();
+            let errs: Vec<[i64; 3]> = if threads <= 1 || numbered.len() <= 1 || !parallel {
+                vec![run_chunks(&numbered)]
             } else {
-                let per = chunks.len().div_ceil(threads);
+                let per = numbered.len().div_ceil(threads);
                 std::thread::scope(|scope| {
-                    let handles: Vec<_> = chunks.chunks(per).map(|c| scope.spawn(move || run_chunks(c))).collect();
+                    let handles: Vec<_> = numbered
+                        .chunks(per)
+                        .map(|c| scope.spawn(move || run_chunks(c)))
+                        .collect();
                     handles.into_iter().map(|h| h.join().unwrap_or([1, 0, 0])).collect()
                 })
             };
+            if split.is_some() {
+                // The parts in chunk order, in f64.
+                let total: f64 = partials[..chunks.len()].iter().map(|p| *p as f64).sum();
+                let k = self.plan.buffer_of(f, TensorRef::Def(nest.tensor));
+                // SAFETY: a rank-0 float buffer holds one f32; no thread runs now.
+                unsafe { *(ptrs[k] as *mut f32) = total as f32 };
+            }
             if profile {
                 let names: Vec<&str> = members.iter().map(|m| f.tensor(m.tensor).name.as_str()).collect();
                 eprintln!(
@@ -582,6 +651,10 @@ struct Lower<'a, 'b> {
     bound: Vec<IndexId>,
     /// Whether the target has fused multiply-add (else `a * b + c` is two rounded operations).
     fma: bool,
+    /// Where a split sum's part goes (the function's last parameter).
+    partial: Value,
+    /// A split sum's range of its index, taken by the first reduction pass.
+    split_bounds: Option<(Value, Value)>,
     /// While lowering a softmax row's logsumexp ([`super::loops::KeptExps`]): where the two-pass logsumexp writes its
     /// exponentials.
     keep_exps: Option<KeepExps>,
@@ -653,13 +726,22 @@ impl<'a, 'b> Lower<'a, 'b> {
             fma,
             keep_exps: None,
             kept_exps: HashMap::new(),
+            partial: params[6],
+            split_bounds: None,
         }
     }
 
     /// A group's function: a lone nest loops over its whole head (the outermost over `lo..hi`); fused
     /// members share one loop over `lo..hi` of their outer index and run their other loops in turn.
     fn group(&mut self, group: &Group, members: &[&Nest]) {
-        if let [nest] = members {
+        if let Some((i, mask, body)) = split_sum(self.f, members) {
+            let extent = self.f.index(i).range.clone();
+            let extent = self.dim(&extent);
+            let hi = self.b.ins().smin(self.hi, extent);
+            self.split_bounds = Some((self.lo, hi));
+            let part = self.reduce(ReduceOp::Sum, &[i], mask, body);
+            self.b.ins().store(flags(), part, self.partial, 0);
+        } else if let [nest] = members {
             self.softmax_member(group, group.members[0], nest, 0);
         } else {
             let (outer, extent) = members[0].head[0].clone();
@@ -1353,10 +1435,13 @@ impl<'a, 'b> Lower<'a, 'b> {
                 scalar(l, x);
             })
         };
+        let bounds = self.split_bounds.take();
         match vec_index {
             Some(k) => {
-                let zero = self.b.ins().iconst(types::I64, 0);
-                let end = self.dim(&ranges[0].1);
+                let (zero, end) = match bounds {
+                    Some(b) => b,
+                    None => (self.b.ins().iconst(types::I64, 0), self.dim(&ranges[0].1)),
+                };
                 let zero = if presum {
                     self.stepped_loop(k, zero, end, 4 * simd::LANES, &mut |l: &mut Self| {
                         let kb = l.index(k);
@@ -1386,7 +1471,10 @@ impl<'a, 'b> Lower<'a, 'b> {
                 });
                 self.for_range(k, tail, end, &mut one);
             }
-            None => self.reduce_loops(ranges, 0, &mut one),
+            None => match (bounds, single) {
+                (Some((lo, hi)), Some(k)) => self.for_range(k, lo, hi, &mut one),
+                _ => self.reduce_loops(ranges, 0, &mut one),
+            },
         }
     }
 

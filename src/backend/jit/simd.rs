@@ -1,8 +1,9 @@
 //! 4-wide SIMD for innermost loops along one index `k` (Cranelift 0.135 has 128-bit vectors: f32x4).
 //!
-//! A body is vectorizable along `k` when every node that depends on `k` is a float load contiguous in `k`
-//! (`k` is the bare last subscript, every other subscript is in range and independent of `k`), `k` itself
-//! in an integer comparison, or an elementwise operation of the supported set on such nodes; nodes that do
+//! A body is vectorizable along `k` when every node that depends on `k` is a load contiguous in `k`
+//! (`k` is the bare last subscript, every other subscript is in range and independent of `k`; integers
+//! and conditions load as i32 lanes, the low halves of their i64 elements), `k` itself, a comparison of
+//! such integers, or an elementwise float operation of the supported set on such nodes; nodes that do
 //! not depend on `k` are computed once per vector step as scalars and broadcast. Nothing in a vectorized
 //! body can fail or loop (no reductions, no checked subscripts), so evaluating every lane — also lanes a
 //! mask or a choice discards — is safe. Loops run 4 elements at a time while 4 remain; the scalar code
@@ -11,6 +12,7 @@
 
 use std::collections::HashMap;
 
+use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{ConstantData, Endianness, InstBuilder, MemFlagsData, Value, types};
 use cranelift_frontend::Variable;
 
@@ -57,10 +59,10 @@ impl Lower<'_, '_> {
         } else {
             match &node.expr {
                 Expr::Index(i) => *i == k,
+                // Integers and conditions load as i32 lanes (the low halves of their i64 elements).
                 Expr::Load { tensor, subs } => {
                     let shape = self.f.ref_shape(*tensor);
-                    node.scalar == Scalar::Float
-                        && matches!(self.f.node(*subs.last().unwrap_or(&n)).expr, Expr::Index(i) if i == k)
+                    matches!(self.f.node(*subs.last().unwrap_or(&n)).expr, Expr::Index(i) if i == k)
                         && subs.iter().zip(&shape).all(|(s, d)| self.in_range(*s, d))
                         && subs[..subs.len() - 1]
                             .iter()
@@ -78,19 +80,13 @@ impl Lower<'_, '_> {
                 Expr::Prim { prim, args } => {
                     use Prim::*;
                     let args_ok = args.iter().all(|a| self.vec_ok(*a, k, memo));
-                    let int_args = args.iter().all(|a| self.f.node(*a).scalar == Scalar::Int);
                     args_ok
                         && match prim {
                             Add | Sub | Mul | Div | Neg | Min | Max | Abs | Sqrt | Exp | Sigmoid | Log | Log1p
                             | Softplus | Tanh | StopGrad => node.scalar == Scalar::Float,
-                            // Integer comparisons only of k against a k-independent integer.
-                            Eq | Ne | Lt | Le | Gt | Ge => {
-                                !int_args
-                                    || args.iter().all(|a| {
-                                        let e = &self.f.node(*a).expr;
-                                        matches!(e, Expr::Index(i) if *i == k) || !self.f.node(*a).free.contains(&k)
-                                    })
-                            }
+                            // Integer lanes come from k itself, integer loads and invariants (no integer
+                            // arithmetic is vectorized), so any comparison of them is.
+                            Eq | Ne | Lt | Le | Gt | Ge => true,
                             And | Or | Not | Iverson => true,
                             Select => node.scalar == Scalar::Float,
                             _ => false,
@@ -186,10 +182,31 @@ impl Lower<'_, '_> {
                         let scaled = self.b.ins().imul(flat, size);
                         flat = self.b.ins().iadd(scaled, v);
                     }
-                    let addr = self.address(buffer, Scalar::Float, flat);
-                    self.b
-                        .ins()
-                        .load(types::F32X4, MemFlagsData::new().with_notrap(), addr, 0)
+                    match node.scalar {
+                        Scalar::Float => {
+                            let addr = self.address(buffer, Scalar::Float, flat);
+                            self.b
+                                .ins()
+                                .load(types::F32X4, MemFlagsData::new().with_notrap(), addr, 0)
+                        }
+                        scalar => {
+                            // Four i64 elements: two i64x2 loads, their low halves gathered into i32x4.
+                            let addr = self.address(buffer, Scalar::Int, flat);
+                            let lo = self.b.ins().load(types::I8X16, vflags().with_notrap(), addr, 0);
+                            let hi = self.b.ins().load(types::I8X16, vflags().with_notrap(), addr, 16);
+                            let bytes: Vec<u8> = [0u8, 8, 16, 24].iter().flat_map(|b| *b..*b + 4).collect();
+                            let imm = self.b.func.dfg.immediates.push(ConstantData::from(bytes));
+                            let low = self.b.ins().shuffle(lo, hi, imm);
+                            let lanes = self.b.ins().bitcast(types::I32X4, vflags(), low);
+                            if scalar == Scalar::Bool {
+                                let zero = self.b.ins().iconst(types::I32, 0);
+                                let zero = self.b.ins().splat(types::I32X4, zero);
+                                self.b.ins().icmp(IntCC::NotEqual, lanes, zero)
+                            } else {
+                                lanes
+                            }
+                        }
+                    }
                 }
                 Expr::Prim { prim, args } => self.vprim(*prim, args, k, kb, memo),
                 Expr::Reduce {
