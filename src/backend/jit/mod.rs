@@ -387,6 +387,24 @@ fn compile_all(isa: &dyn isa::TargetIsa, functions: Vec<(FuncId, ir::Function)>)
     done.into_iter().map(|(_, code)| code).collect()
 }
 
+/// The points one row of a nest visits: its inner head extents times the extents its reductions run over.
+fn row_work(f: &Function, nest: &Nest, sizes: &[i64]) -> i64 {
+    let extent = |i: &IndexId| f.index(*i).range.eval(sizes).max(1);
+    let reduced = f
+        .reachable(&[nest.body])
+        .into_iter()
+        .filter_map(|n| match &f.node(n).expr {
+            Expr::Reduce { indices, .. } => Some(indices.iter().map(extent).fold(1i64, i64::saturating_mul)),
+            _ => None,
+        })
+        .fold(1i64, i64::saturating_mul);
+    nest.head
+        .iter()
+        .skip(1)
+        .map(|(i, _)| extent(i))
+        .fold(reduced, i64::saturating_mul)
+}
+
 /// Partial-sum slots that threads may share: each call writes its own slot.
 #[derive(Clone, Copy)]
 struct SharedParts(*mut f32);
@@ -461,19 +479,9 @@ impl Compiled {
                 Some(extent) => (extent.eval(sizes).max(0), SPLIT_CHUNK),
                 None => {
                     let outer = nest.head.first().map_or(1, |(_, d)| d.eval(sizes).max(0));
-                    // Enough elements per call that the call's setup is noise: a chunk holds CHUNK rows,
-                    // or more rows where rows are short (an elementwise vector's rows are single elements).
-                    let row: i64 = members
-                        .iter()
-                        .map(|m| {
-                            m.head
-                                .iter()
-                                .skip(1)
-                                .map(|(_, d)| d.eval(sizes).max(1))
-                                .product::<i64>()
-                        })
-                        .max()
-                        .unwrap_or(1);
+                    // Enough work per call that the call's setup is noise: a chunk holds CHUNK rows, or
+                    // more where rows are light (an elementwise vector's rows are single elements).
+                    let row = members.iter().map(|m| row_work(f, m, sizes)).max().unwrap_or(1);
                     (outer, CHUNK.max(MIN_CHUNK_ELEMENTS / row.max(1)))
                 }
             };
