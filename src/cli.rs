@@ -120,7 +120,7 @@ pub enum Emit {
     Grad,
     /// The optimized loss-and-gradient program (what backends run), one expression per tensor.
     Opt,
-    /// The Cranelift IR of every loop nest of the JIT kernel.
+    /// The Cranelift IR of every function of the JIT kernel (one per group of fused loop nests).
     Clif,
 }
 

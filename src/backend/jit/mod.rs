@@ -1,20 +1,22 @@
-//! The Cranelift JIT backend: one native function per loop nest of the [`Plan`], compiled together into
-//! one kernel that computes the loss, every gradient and every output.
+//! The Cranelift JIT backend: one native function per group of loop nests of the [`Plan`] (the
+//! functions compile in parallel), linked into one kernel that computes the loss, every gradient and
+//! every output.
 //!
 //! Numerics: tensors are stored as f32 (integers and conditions as i64); elementwise arithmetic is f32;
 //! reductions accumulate in f64 (`sum`, `mean`, `prod`, and `logsumexp` online with a running maximum),
 //! so a JIT result matches the f64 interpreter to float32 accuracy (see `tests/jit.rs` for the
-//! tolerances). Transcendental functions call Rust's `f32`/`f64` methods, correctly rounded to within
-//! an ulp or two.
+//! tolerances). Transcendental functions are inline CLIF in vector loops (math.rs, errors measured
+//! against f64) and Rust's `f32`/`f64` methods elsewhere, except exp and sigmoid, inline everywhere.
 //!
 //! Safety: the caller binds the call first ([`crate::call::bind`]), so input shapes agree with the
 //! dimension sizes and labels lie within their bounds. Subscripts that are not statically within their
 //! axis (index arithmetic, unbounded labels) are checked in the generated code, which then stops and
 //! reports [`CallError::IndexOutOfRange`]; no generated load or store leaves its buffer.
 //!
-//! Parallelism: the outermost loop of each nest is split into fixed chunks handed to threads; chunking
-//! does not depend on the thread count and each element is computed by exactly one call, so results
-//! are bit-identical for any number of threads.
+//! Parallelism: the outermost loop of each group is split into chunks handed to threads (sized by the
+//! work per row, never by the thread count); each element is computed by exactly one call. A lone long
+//! sum over one index ([`split_sum`]) runs as fixed chunks of partial sums added in chunk order. So
+//! results are bit-identical for any number of threads.
 //!
 //! Placement: Cranelift's egraph places pure code at its uses and hoists it out of loops, but never moves a
 //! load, so the lowering computes before each loop what the bound indices determine
@@ -23,8 +25,8 @@
 //! stack): every conditional branch whose first target leaves the loop makes the body its second target,
 //! which the egraph visits first.
 //!
-//! Debugging: `LOSSC_DUMP_OPT=1` prints each nest's CLIF after Cranelift's optimizations and
-//! `LOSSC_DUMP_ASM=1` its machine code, on stderr.
+//! Debugging: `LOSSC_DUMP_OPT=1` prints each group's CLIF after Cranelift's optimizations and
+//! `LOSSC_DUMP_ASM=1` its machine code, `LOSSC_PROFILE=1` each group's run time, on stderr.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
