@@ -355,3 +355,14 @@ fn sums_of_a_term_and_mask_free_of_the_summed_index_become_counts() {
     assert!(!b.contains("sum[k"), "{b}");
     assert!(b.contains("select(") && b.contains("* C"), "{b}");
 }
+
+#[test]
+fn sibling_sums_over_one_index_run_as_one_group() {
+    // AnyLoss's tp, fp and fn are three sums over the same points: one group (one pass over each chunk
+    // of the data); the loss that reads all three runs after it.
+    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/anyloss_f1.lx")).unwrap();
+    let g = groups(&src);
+    assert!(g.contains(&vec!["tp".to_string(), "fp".into(), "fn_".into()]), "{g:?}");
+    let at = |name: &str| g.iter().position(|m| m.iter().any(|t| t == name)).unwrap();
+    assert!(at("tp") < at("loss"), "{g:?}");
+}

@@ -10,7 +10,8 @@
 //! its members share, running each member's remaining loops for that index value in turn (row fusion: a
 //! row of the data stays in cache from one member to the next, and a group is one parallel launch). A
 //! member reads the tensors of earlier members only at the current outer index (whose row is complete);
-//! nests that cannot join are scheduled after the group, with everything that depends on them.
+//! nests that cannot join are scheduled after the group, with everything that depends on them. Sibling
+//! sums over one index ([`split_sum`]) group the same way, over the summed index.
 //! The Cranelift JIT consumes it; a CUDA C generator would map each group to a kernel launch.
 
 use std::collections::HashMap;
@@ -141,7 +142,23 @@ fn fuse_rows(f: &Function, nests: &[Nest]) -> Vec<Group> {
     while let Some(&first) = left.first() {
         let mut members = vec![first];
         let mut passed: Vec<TensorId> = Vec::new();
-        if let Some((_, extent)) = nests[first]
+        let sum_extent = |n: &Nest| split_sum(f, n).map(|(i, _, _)| f.index(i).range.clone());
+        if let Some(extent) = sum_extent(&nests[first]) {
+            // Sibling sums over the same extent: later sums that read no member and nothing passed over.
+            for &n in &left[1..] {
+                let nest = &nests[n];
+                let reads = tensor_reads(f, nest.body);
+                let joins = sum_extent(nest).as_ref() == Some(&extent)
+                    && !reads
+                        .iter()
+                        .any(|(t, _)| passed.contains(t) || members.iter().any(|m| nests[*m].tensor == *t));
+                if joins {
+                    members.push(n);
+                } else {
+                    passed.push(nest.tensor);
+                }
+            }
+        } else if let Some((_, extent)) = nests[first]
             .head
             .first()
             .filter(|_| row_local(f, &nests[first]) == Some(true))
@@ -168,6 +185,24 @@ fn fuse_rows(f: &Function, nests: &[Nest]) -> Vec<Group> {
         groups.push(Group { members });
     }
     groups
+}
+
+/// A rank-0 nest that is one sum over one index: (the index, the mask, the term). A code generator may
+/// compute it in parallel parts (partial sums over fixed chunks of the index, added in chunk order), and
+/// sibling sums over the same extent run as one group, each part of the data serving every sum.
+pub fn split_sum(f: &Function, nest: &Nest) -> Option<(IndexId, Option<NodeId>, NodeId)> {
+    if !nest.head.is_empty() {
+        return None;
+    }
+    match &f.node(nest.body).expr {
+        Expr::Reduce {
+            op: ReduceOp::Sum,
+            indices,
+            mask,
+            body,
+        } if indices.len() == 1 => Some((indices[0], *mask, *body)),
+        _ => None,
+    }
 }
 
 /// How a nest may take part in row fusion: `None` when it cannot (not parallel, or it reads a matrix

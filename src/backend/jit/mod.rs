@@ -14,8 +14,8 @@
 //! reports [`CallError::IndexOutOfRange`]; no generated load or store leaves its buffer.
 //!
 //! Parallelism: the outermost loop of each group is split into chunks handed to threads (sized by the
-//! work per row, never by the thread count); each element is computed by exactly one call. A lone long
-//! sum over one index ([`split_sum`]) runs as fixed chunks of partial sums added in chunk order. So
+//! work per row, never by the thread count); each element is computed by exactly one call. A group of
+//! sums over one index ([`split_sum`]) run as fixed chunks of partial sums added in chunk order. So
 //! results are bit-identical for any number of threads.
 //!
 //! Placement: Cranelift's egraph places pure code at its uses and hoists it out of loops, but never moves a
@@ -43,7 +43,7 @@ mod math;
 mod simd;
 
 use super::interp::Evaluation;
-use super::loops::{Group, Nest, Plan};
+use super::loops::{Group, Nest, Plan, split_sum};
 use crate::call::{Bound, CallError};
 use crate::data::{Data, Tensor};
 use crate::ir::{Dim, Expr, Function, IndexId, NodeId, ReduceOp, Role, Scalar, TensorRef};
@@ -68,7 +68,7 @@ pub struct Compiled {
     plan: Plan,
     function: Function,
     entries: Vec<NestFn>,
-    /// Per group: the extent of the sum it computes in parallel parts ([`split_sum`]).
+    /// Per group of sums: the extent of the index they sum over in parallel parts ([`split_sum`]).
     splits: Vec<Option<Dim>>,
     _code: Arc<CodeHolder>,
 }
@@ -237,7 +237,15 @@ fn build(f: &Function, mut clif_text: Option<&mut String>) -> Result<Compiled, J
     let splits = plan
         .groups
         .iter()
-        .map(|g| split_sum(f, &plan.members(g)).map(|(i, _, _)| f.index(i).range.clone()))
+        .map(|g| {
+            let members = plan.members(g);
+            members
+                .iter()
+                .all(|m| split_sum(f, m).is_some())
+                .then(|| members[0])
+                .and_then(|m| split_sum(f, m))
+                .map(|(i, _, _)| f.index(i).range.clone())
+        })
         .collect();
     Ok(Compiled {
         plan,
@@ -248,27 +256,8 @@ fn build(f: &Function, mut clif_text: Option<&mut String>) -> Result<Compiled, J
     })
 }
 
-/// A lone rank-0 nest that is one sum over one index: (the index, the mask, the term). Its function
-/// computes the sum over `lo..hi` of that index into its partial slot; the caller adds the parts of
-/// fixed-size chunks in order (parallel, and the same bits for any thread count).
-fn split_sum(f: &Function, members: &[&Nest]) -> Option<(IndexId, Option<NodeId>, NodeId)> {
-    let [nest] = members else { return None };
-    if !nest.head.is_empty() {
-        return None;
-    }
-    match &f.node(nest.body).expr {
-        Expr::Reduce {
-            op: ReduceOp::Sum,
-            indices,
-            mask,
-            body,
-        } if indices.len() == 1 => Some((indices[0], *mask, *body)),
-        _ => None,
-    }
-}
-
 /// Points of a split sum per parallel part.
-const SPLIT_CHUNK: i64 = 1 << 16;
+const SPLIT_CHUNK: i64 = 1 << 14;
 
 /// Whether a reduction body is cheap enough to evaluate twice (for a two-pass logsumexp).
 fn cheap(f: &Function, body: NodeId) -> bool {
@@ -491,7 +480,8 @@ impl Compiled {
                 .step_by(chunk as usize)
                 .map(|lo| (lo, (lo + chunk).min(outer)))
                 .collect();
-            let mut partials = vec![0f32; chunks.len().max(1)];
+            let per_chunk = if split.is_some() { members.len() } else { 1 };
+            let mut partials = vec![0f32; chunks.len().max(1) * per_chunk];
             let slots = SharedParts(partials.as_mut_ptr());
             let numbered: Vec<(usize, (i64, i64))> = chunks.iter().copied().enumerate().collect();
             let run_chunks = |chunks: &[(usize, (i64, i64))]| -> [i64; 3] {
@@ -509,7 +499,7 @@ impl Compiled {
                             err.as_mut_ptr(),
                             lo,
                             hi,
-                            slots.0.add(c),
+                            slots.0.add(c * per_chunk),
                         )
                     };
                     if err[0] != 0 {
@@ -532,11 +522,13 @@ impl Compiled {
                 })
             };
             if split.is_some() {
-                // The parts in chunk order, in f64.
-                let total: f64 = partials[..chunks.len()].iter().map(|p| *p as f64).sum();
-                let k = self.plan.buffer_of(f, TensorRef::Def(nest.tensor));
-                // SAFETY: a rank-0 float buffer holds one f32; no thread runs now.
-                unsafe { *(ptrs[k] as *mut f32) = total as f32 };
+                for (slot, member) in members.iter().enumerate() {
+                    // The parts in chunk order, in f64.
+                    let total: f64 = (0..chunks.len()).map(|c| partials[c * per_chunk + slot] as f64).sum();
+                    let k = self.plan.buffer_of(f, TensorRef::Def(member.tensor));
+                    // SAFETY: a rank-0 float buffer holds one f32; no thread runs now.
+                    unsafe { *(ptrs[k] as *mut f32) = total as f32 };
+                }
             }
             if profile {
                 let names: Vec<&str> = members.iter().map(|m| f.tensor(m.tensor).name.as_str()).collect();
@@ -744,13 +736,17 @@ impl<'a, 'b> Lower<'a, 'b> {
     /// A group's function: a lone nest loops over its whole head (the outermost over `lo..hi`); fused
     /// members share one loop over `lo..hi` of their outer index and run their other loops in turn.
     fn group(&mut self, group: &Group, members: &[&Nest]) {
-        if let Some((i, mask, body)) = split_sum(self.f, members) {
-            let extent = self.f.index(i).range.clone();
-            let extent = self.dim(&extent);
-            let hi = self.b.ins().smin(self.hi, extent);
-            self.split_bounds = Some((self.lo, hi));
-            let part = self.reduce(ReduceOp::Sum, &[i], mask, body);
-            self.b.ins().store(flags(), part, self.partial, 0);
+        let sums: Option<Vec<_>> = members.iter().map(|m| split_sum(self.f, m)).collect();
+        if let Some(sums) = sums {
+            // Each sum's part over this chunk (which stays in cache from one sum to the next).
+            for (slot, (i, mask, body)) in sums.into_iter().enumerate() {
+                let extent = self.f.index(i).range.clone();
+                let extent = self.dim(&extent);
+                let hi = self.b.ins().smin(self.hi, extent);
+                self.split_bounds = Some((self.lo, hi));
+                let part = self.reduce(ReduceOp::Sum, &[i], mask, body);
+                self.b.ins().store(flags(), part, self.partial, 4 * slot as i32);
+            }
         } else if let [nest] = members {
             self.softmax_member(group, group.members[0], nest, 0);
         } else {
