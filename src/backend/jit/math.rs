@@ -17,7 +17,7 @@ use cranelift_codegen::ir::{self, InstBuilder, MemFlagsData, Value, types};
 use super::Lower;
 
 /// The coefficients of the Cephes `expf` polynomial P in e^r = 1 + r + r^2 P(r).
-const EXP_COEFFICIENTS: [f32; 6] = [
+pub(super) const EXP_COEFFICIENTS: [f32; 6] = [
     1.987_569_2e-4,
     1.398_199_9e-3,
     8.333_452e-3,
@@ -25,6 +25,15 @@ const EXP_COEFFICIENTS: [f32; 6] = [
     1.666_666_5e-1,
     5e-1,
 ];
+
+/// exp's rounding constant (1.5 * 2^23: adding it rounds x log2(e) to an integer in the low bits).
+pub(super) const EXP_MAGIC: f32 = 12_582_912.0;
+/// -ln 2 in two parts (exact high part, low remainder) for exp's range reduction.
+pub(super) const EXP_LN2_HI: f32 = -0.693_359_4;
+pub(super) const EXP_LN2_LO: f32 = 2.121_944_4e-4;
+/// Beyond these exp is +inf and 0.
+pub(super) const EXP_OVERFLOW: f32 = 88.72;
+pub(super) const EXP_UNDERFLOW: f32 = -87.33;
 
 /// The Cephes `logf` polynomial P in ln(1 + f) = f - f²/2 + f³ P(f), highest degree first.
 const LOG_COEFFICIENTS: [f32; 9] = [
@@ -57,10 +66,10 @@ impl Lower<'_, '_> {
     pub(super) fn exp_lanes(&mut self, x: Value, lanes: bool) -> Value {
         let (fty, ity) = Self::math_types(lanes);
         let log2e = self.fk(std::f32::consts::LOG2_E, lanes);
-        let magic = self.fk(12_582_912.0, lanes);
+        let magic = self.fk(EXP_MAGIC, lanes);
         let shifted = self.mul_add(x, log2e, magic);
         let n = self.b.ins().fsub(shifted, magic);
-        let (ln2_hi, ln2_lo) = (self.fk(-0.693_359_4, lanes), self.fk(2.121_944_4e-4, lanes));
+        let (ln2_hi, ln2_lo) = (self.fk(EXP_LN2_HI, lanes), self.fk(EXP_LN2_LO, lanes));
         let r = self.mul_add(n, ln2_hi, x);
         let r = self.mul_add(n, ln2_lo, r);
         let q = self.horner(&EXP_COEFFICIENTS, r, lanes);
@@ -77,8 +86,8 @@ impl Lower<'_, '_> {
         let y = self.b.ins().fmul(p, scale);
         // Outside the normal range: +inf above, 0 below. NaN passes through every step above and
         // compares false here.
-        let over = self.fcmp_k(FloatCC::GreaterThan, x, 88.72, lanes);
-        let under = self.fcmp_k(FloatCC::LessThan, x, -87.33, lanes);
+        let over = self.fcmp_k(FloatCC::GreaterThan, x, EXP_OVERFLOW, lanes);
+        let under = self.fcmp_k(FloatCC::LessThan, x, EXP_UNDERFLOW, lanes);
         let (inf, zero) = (self.fk(f32::INFINITY, lanes), self.fk(0.0, lanes));
         let y = self.choose(over, inf, y, lanes);
         self.choose(under, zero, y, lanes)

@@ -40,6 +40,7 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{FuncId, Linkage, Module};
 
 mod math;
+mod rows;
 mod simd;
 
 use super::interp::Evaluation;
@@ -147,6 +148,7 @@ fn build(f: &Function, mut clif_text: Option<&mut String>) -> Result<Compiled, J
         jb.symbol(name, ptr);
     }
     jb.symbol("lossc_powf", lossc_powf as *const u8);
+    jb.symbol("lossc_exp_row", rows::lossc_exp_row as *const u8);
     let mut module = JITModule::new(jb);
     let ptr = module.target_config().pointer_type();
 
@@ -171,6 +173,18 @@ fn build(f: &Function, mut clif_text: Option<&mut String>) -> Result<Compiled, J
             .declare_function("lossc_powf", Linkage::Import, &sig)
             .map_err(|e| err(&e))?,
     );
+    let mut sig = module.make_signature();
+    sig.params.push(AbiParam::new(ptr));
+    sig.params.push(AbiParam::new(types::I64));
+    sig.params.push(AbiParam::new(types::F32));
+    sig.returns.push(AbiParam::new(types::F64));
+    imports.insert(
+        "lossc_exp_row",
+        module
+            .declare_function("lossc_exp_row", Linkage::Import, &sig)
+            .map_err(|e| err(&e))?,
+    );
+    let exp_rows = rows::available();
 
     let mut plan = Plan::new(f);
     // Exponentials are kept only where the logsumexp runs in two passes (its body is cheap).
@@ -202,6 +216,7 @@ fn build(f: &Function, mut clif_text: Option<&mut String>) -> Result<Compiled, J
                 refs.insert(*name, module.declare_func_in_func(*fid, b.func));
             }
             let mut l = Lower::new(f, &plan, &members, &mut b, ptr, refs, fma);
+            l.exp_rows = exp_rows;
             l.group(group, &members);
             b.seal_all_blocks();
             b.finalize(module.target_config());
@@ -653,6 +668,8 @@ struct Lower<'a, 'b> {
     bound: Vec<IndexId>,
     /// Whether the target has fused multiply-add (else `a * b + c` is two rounded operations).
     fma: bool,
+    /// Whether kept softmax rows take their exponentials from the 8-lane row helper (rows.rs).
+    exp_rows: bool,
     /// Where a split sum's part goes (the function's last parameter).
     partial: Value,
     /// A split sum's range of its index, taken by the first reduction pass.
@@ -730,6 +747,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             kept_exps: HashMap::new(),
             partial: params[6],
             split_bounds: None,
+            exp_rows: false,
         }
     }
 
@@ -1296,34 +1314,6 @@ impl<'a, 'b> Lower<'a, 'b> {
     /// logsumexp in two passes over a cheap body: the maximum, then the sum of exp(x - max) (one exp per
     /// element, no rescaling). A maximum of ±inf or NaN is the result itself.
     fn logsumexp_two_pass(&mut self, ranges: &[(IndexId, Dim)], mask: Option<NodeId>, body: NodeId) -> Value {
-        let m = self.b.declare_var(types::F32);
-        let ninf = self.b.ins().f32const(f32::NEG_INFINITY);
-        self.b.def_var(m, ninf);
-        let vmax = self.vacc_lanes(f32::NEG_INFINITY);
-        self.reduce_pass(
-            ranges,
-            mask,
-            body,
-            false,
-            &mut |l: &mut Self, v, lanes_mask| {
-                let v = l.fill_masked(v, lanes_mask, f32::NEG_INFINITY);
-                let cur = l.b.use_var(vmax);
-                let nm = l.b.ins().fmax(cur, v);
-                l.b.def_var(vmax, nm);
-            },
-            &mut |l: &mut Self, x| {
-                let cur = l.b.use_var(m);
-                let nm = l.b.ins().fmax(cur, x);
-                l.b.def_var(m, nm);
-            },
-        );
-        let lanes = self.vacc_fold(vmax, true);
-        let tail = self.b.use_var(m);
-        let mx = self.b.ins().fmax(lanes, tail);
-        let s = self.b.declare_var(types::F64);
-        let zero = self.b.ins().f64const(0.0);
-        self.b.def_var(s, zero);
-        let vsum = self.vacc_sum();
         // A softmax row's exponentials go to their consumer's row, at the reduced index (no mask here).
         let keep = match ranges {
             [(k, _)] if mask.is_none() => self.keep_exps.take().map(|keep| {
@@ -1338,38 +1328,52 @@ impl<'a, 'b> Lower<'a, 'b> {
             let at = l.index(k);
             l.b.ins().iadd(start, at)
         };
+        // With the 8-lane row helper, the first pass also leaves the row's values in the kept row, and
+        // the helper turns them into exp(x - m) in place and sums them: no second pass here.
+        let row_helper = keep
+            .as_ref()
+            .filter(|_| self.exp_rows)
+            .map(|(k, keep, start)| (*k, keep.buffer, *start));
+        let m = self.b.declare_var(types::F32);
+        let ninf = self.b.ins().f32const(f32::NEG_INFINITY);
+        self.b.def_var(m, ninf);
+        let vmax = self.vacc_lanes(f32::NEG_INFINITY);
         self.reduce_pass(
             ranges,
             mask,
             body,
             false,
             &mut |l: &mut Self, v, lanes_mask| {
-                let mxv = l.b.ins().splat(types::F32X4, mx);
-                let d = l.b.ins().fsub(v, mxv);
-                let e = l.exp_lanes(d, true);
-                let e = l.fill_masked(e, lanes_mask, 0.0);
-                if let Some((k, keep, start)) = &keep {
-                    let flat = kept_at(l, *k, *start);
-                    l.vstore(keep.buffer, flat, e);
+                if let Some((k, buffer, start)) = row_helper {
+                    let flat = kept_at(l, k, start);
+                    l.vstore(buffer, flat, v);
                 }
-                l.vacc_add(vsum, e);
+                let v = l.fill_masked(v, lanes_mask, f32::NEG_INFINITY);
+                let cur = l.b.use_var(vmax);
+                let nm = l.b.ins().fmax(cur, v);
+                l.b.def_var(vmax, nm);
             },
             &mut |l: &mut Self, x| {
-                let d = l.b.ins().fsub(x, mx);
-                let e = l.exp_lanes(d, false);
-                if let Some((k, keep, start)) = &keep {
-                    let flat = kept_at(l, *k, *start);
-                    l.store(keep.buffer, Scalar::Float, flat, e);
+                if let Some((k, buffer, start)) = row_helper {
+                    let flat = kept_at(l, k, start);
+                    l.store(buffer, Scalar::Float, flat, x);
                 }
-                let e = l.b.ins().fpromote(types::F64, e);
-                let cur = l.b.use_var(s);
-                let ns = l.b.ins().fadd(cur, e);
-                l.b.def_var(s, ns);
+                let cur = l.b.use_var(m);
+                let nm = l.b.ins().fmax(cur, x);
+                l.b.def_var(m, nm);
             },
         );
-        let lanes = self.vacc_total(vsum);
-        let tail = self.b.use_var(s);
-        let sum = self.b.ins().fadd(lanes, tail);
+        let lanes = self.vacc_fold(vmax, true);
+        let tail = self.b.use_var(m);
+        let mx = self.b.ins().fmax(lanes, tail);
+        let sum = match (&keep, row_helper) {
+            (Some((_, keep, _)), Some((_, buffer, start))) => {
+                let row = self.address(buffer, Scalar::Float, start);
+                let n = self.dim(&keep.length);
+                self.call("lossc_exp_row", &[row, n, mx])
+            }
+            _ => self.exp_sum_pass(ranges, mask, body, mx, &keep),
+        };
         let lg = self.call("lossc_log", &[sum]);
         let mx64 = self.b.ins().fpromote(types::F64, mx);
         let r = self.b.ins().fadd(mx64, lg);
@@ -1409,6 +1413,60 @@ impl<'a, 'b> Lower<'a, 'b> {
             }
         }
         self.b.ins().select(finite, r, mx)
+    }
+
+    /// The second pass of a two-pass logsumexp: the sum of exp(x - m) over the row (in f64), writing
+    /// each exp into a kept row as it goes.
+    #[allow(clippy::too_many_arguments)]
+    fn exp_sum_pass(
+        &mut self,
+        ranges: &[(IndexId, Dim)],
+        mask: Option<NodeId>,
+        body: NodeId,
+        mx: Value,
+        keep: &Option<(IndexId, KeepExps, Value)>,
+    ) -> Value {
+        let s = self.b.declare_var(types::F64);
+        let zero = self.b.ins().f64const(0.0);
+        self.b.def_var(s, zero);
+        let vsum = self.vacc_sum();
+        let kept_at = |l: &mut Self, k: IndexId, start: Value| {
+            let at = l.index(k);
+            l.b.ins().iadd(start, at)
+        };
+        self.reduce_pass(
+            ranges,
+            mask,
+            body,
+            false,
+            &mut |l: &mut Self, v, lanes_mask| {
+                let mxv = l.b.ins().splat(types::F32X4, mx);
+                let d = l.b.ins().fsub(v, mxv);
+                let e = l.exp_lanes(d, true);
+                let e = l.fill_masked(e, lanes_mask, 0.0);
+                if let Some((k, keep, start)) = keep {
+                    let flat = kept_at(l, *k, *start);
+                    l.vstore(keep.buffer, flat, e);
+                }
+                l.vacc_add(vsum, e);
+            },
+            &mut |l: &mut Self, x| {
+                let d = l.b.ins().fsub(x, mx);
+                let e = l.exp_lanes(d, false);
+                if let Some((k, keep, start)) = keep {
+                    let flat = kept_at(l, *k, *start);
+                    l.store(keep.buffer, Scalar::Float, flat, e);
+                }
+                let e = l.b.ins().fpromote(types::F64, e);
+                let cur = l.b.use_var(s);
+                let ns = l.b.ins().fadd(cur, e);
+                l.b.def_var(s, ns);
+            },
+        );
+        let lanes = self.vacc_total(vsum);
+        let tail = self.b.use_var(s);
+        let sum = self.b.ins().fadd(lanes, tail);
+        sum
     }
 
     /// One pass over a reduction's points where the mask holds: 4 at a time where the reduction has one

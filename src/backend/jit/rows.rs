@@ -1,0 +1,178 @@
+//! Row helpers the generated code calls where 128-bit Cranelift vectors leave half the machine idle.
+//!
+//! `lossc_exp_row` turns a row of values into their exponentials after a shift, in place, and returns
+//! their sum in f64: the second pass of a softmax row's logsumexp whose exponentials are kept
+//! ([`super::super::loops::KeptExps`]). On x86-64 with AVX2 and FMA it runs 8 lanes at a time with the
+//! same algorithm, constants and special cases as the inline CLIF `exp` (math.rs), so its values agree
+//! with the 4-lane code to the last bit or so; the JIT only calls it where [`available`] says so.
+
+use super::math::{EXP_COEFFICIENTS, EXP_LN2_HI, EXP_LN2_LO, EXP_MAGIC, EXP_OVERFLOW, EXP_UNDERFLOW};
+
+/// Whether this machine runs the 8-lane row helpers.
+pub(super) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `p[i] = exp(p[i] - shift)` for i < n, returning the sum of the new values (in f64, in order of 8-lane
+/// blocks). Only called when [`available`].
+pub(super) extern "C" fn lossc_exp_row(p: *mut f32, n: i64, shift: f32) -> f64 {
+    if n <= 0 {
+        return 0.0;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if available() {
+            // SAFETY: the generated code passes a row of `n` floats inside one buffer; AVX2 and FMA are
+            // present.
+            return unsafe { avx2::exp_row(p, n as usize, shift) };
+        }
+    }
+    // Not reached from generated code (the JIT only calls this where `available`); a plain version.
+    // SAFETY: as above.
+    let row = unsafe { std::slice::from_raw_parts_mut(p, n as usize) };
+    row.iter_mut()
+        .map(|x| {
+            *x = (*x - shift).exp();
+            f64::from(*x)
+        })
+        .sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::*;
+
+    /// The CLIF `exp` of math.rs, 8 lanes.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn exp8(x: __m256) -> __m256 {
+        let k = |v: f32| _mm256_set1_ps(v);
+        let magic = k(EXP_MAGIC);
+        let shifted = _mm256_fmadd_ps(x, k(std::f32::consts::LOG2_E), magic);
+        let n = _mm256_sub_ps(shifted, magic);
+        let r = _mm256_fmadd_ps(n, k(EXP_LN2_HI), x);
+        let r = _mm256_fmadd_ps(n, k(EXP_LN2_LO), r);
+        let mut q = k(EXP_COEFFICIENTS[0]);
+        for c in &EXP_COEFFICIENTS[1..] {
+            q = _mm256_fmadd_ps(q, r, k(*c));
+        }
+        let r2 = _mm256_mul_ps(r, r);
+        let y = _mm256_fmadd_ps(r2, q, r);
+        let p = _mm256_add_ps(y, k(1.0));
+        let bits = _mm256_add_epi32(_mm256_castps_si256(shifted), _mm256_set1_epi32(127 - 0x4B40_0000));
+        let scale = _mm256_castsi256_ps(_mm256_slli_epi32(bits, 23));
+        let y = _mm256_mul_ps(p, scale);
+        let over = _mm256_cmp_ps(x, k(EXP_OVERFLOW), _CMP_GT_OQ);
+        let y = _mm256_blendv_ps(y, k(f32::INFINITY), over);
+        let under = _mm256_cmp_ps(x, k(EXP_UNDERFLOW), _CMP_LT_OQ);
+        _mm256_blendv_ps(y, k(0.0), under)
+    }
+
+    /// Adds 8 f32 lanes into two f64x4 accumulators.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn add_wide(acc: &mut [__m256d; 2], e: __m256) {
+        acc[0] = _mm256_add_pd(acc[0], _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        acc[1] = _mm256_add_pd(acc[1], _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn exp_row(p: *mut f32, n: usize, shift: f32) -> f64 {
+        let s = _mm256_set1_ps(shift);
+        let mut acc = [_mm256_setzero_pd(); 2];
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= n floats from p.
+            let x = unsafe { _mm256_loadu_ps(p.add(i)) };
+            let e = unsafe { exp8(_mm256_sub_ps(x, s)) };
+            unsafe { _mm256_storeu_ps(p.add(i), e) };
+            unsafe { add_wide(&mut acc, e) };
+            i += 8;
+        }
+        if i < n {
+            // The tail through a padded block: exp(-inf) = 0 adds nothing.
+            let mut block = [f32::NEG_INFINITY; 8];
+            // SAFETY: n - i < 8 floats from p + i.
+            unsafe { std::ptr::copy_nonoverlapping(p.add(i), block.as_mut_ptr(), n - i) };
+            let x = unsafe { _mm256_loadu_ps(block.as_ptr()) };
+            let mut e = unsafe { exp8(_mm256_sub_ps(x, s)) };
+            // Padding lanes are exp(-inf - shift): 0, or NaN for shift = -inf; zero them.
+            let lanes = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+                _mm256_set1_epi32((n - i) as i32),
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            ));
+            e = _mm256_and_ps(e, lanes);
+            unsafe { _mm256_storeu_ps(block.as_mut_ptr(), e) };
+            unsafe { std::ptr::copy_nonoverlapping(block.as_ptr(), p.add(i), n - i) };
+            unsafe { add_wide(&mut acc, e) };
+        }
+        let total = _mm256_add_pd(acc[0], acc[1]);
+        let mut lanes = [0f64; 4];
+        // SAFETY: 4 f64 into a 4-element array.
+        unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), total) };
+        lanes.iter().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The row helper against f64: the 1.5e-7 relative bound of the inline exp (math.rs), its special
+    /// values, every tail length, and the sum.
+    #[test]
+    fn exp_row_matches_f64_exp_and_the_inline_special_cases() {
+        if !available() {
+            return;
+        }
+        for n in 0..20usize {
+            let values: Vec<f32> = (0..n).map(|i| -87.0 + 175.0 * (i as f32 + 0.37) / 20.0).collect();
+            let mut row = values.clone();
+            let sum = lossc_exp_row(row.as_mut_ptr(), n as i64, 1.5);
+            let mut want_sum = 0.0;
+            for (x, e) in values.iter().zip(&row) {
+                let want = (f64::from(*x) - 1.5).exp();
+                want_sum += f64::from(*e);
+                if (f64::from(*x) - 1.5).abs() < 87.0 {
+                    assert!(
+                        (f64::from(*e) - want).abs() <= 1.5e-7 * want,
+                        "exp({x} - 1.5) = {e}, want {want}"
+                    );
+                }
+            }
+            assert!(
+                (sum - want_sum).abs() <= 1e-12 * want_sum,
+                "n = {n}: {sum} vs {want_sum}"
+            );
+        }
+        let mut special = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            100.0,
+            -100.0,
+            0.0,
+            1e-30,
+            -1e-30,
+            3.0,
+        ];
+        let sum = lossc_exp_row(special.as_mut_ptr(), 9, 0.0);
+        assert!(special[0].is_nan() && sum.is_nan(), "{special:?}");
+        assert_eq!(
+            &special[1..8],
+            &[f32::INFINITY, 0.0, f32::INFINITY, 0.0, 1.0, 1.0, 1.0][..]
+        );
+        assert!((f64::from(special[8]) - 3f64.exp()).abs() <= 1.5e-7 * 3f64.exp());
+        // A row of -inf shifted by its maximum -inf: NaN in every value, as exp(x - m) is.
+        let mut empty = [f32::NEG_INFINITY; 5];
+        assert!(lossc_exp_row(empty.as_mut_ptr(), 5, f32::NEG_INFINITY).is_nan());
+        assert!(empty.iter().all(|e| e.is_nan()));
+    }
+}
