@@ -116,17 +116,18 @@ extern "C" fn lossc_powf(x: f32, y: f32) -> f32 {
 
 /// Compiles an optimized function.
 pub fn compile(f: &Function) -> Result<Compiled, JitError> {
-    build(f, None)
+    build(f, None, rows::available())
 }
 
 /// `--emit clif`: the Cranelift IR of every nest function, before Cranelift's own optimizations.
 pub fn clif(f: &Function) -> Result<String, JitError> {
     let mut text = String::new();
-    build(f, Some(&mut text))?;
+    build(f, Some(&mut text), rows::available())?;
     Ok(text)
 }
 
-fn build(f: &Function, mut clif_text: Option<&mut String>) -> Result<Compiled, JitError> {
+/// `exp_rows`: whether kept softmax rows use the 8-lane row helper (rows.rs) where this machine has it.
+fn build(f: &Function, mut clif_text: Option<&mut String>, exp_rows: bool) -> Result<Compiled, JitError> {
     let err = |e: &dyn std::fmt::Display| JitError(e.to_string());
     let mut flags = settings::builder();
     flags.set("opt_level", "speed").map_err(|e| err(&e))?;
@@ -184,7 +185,6 @@ fn build(f: &Function, mut clif_text: Option<&mut String>) -> Result<Compiled, J
             .declare_function("lossc_exp_row", Linkage::Import, &sig)
             .map_err(|e| err(&e))?,
     );
-    let exp_rows = rows::available();
 
     let mut plan = Plan::new(f);
     // Exponentials are kept only where the logsumexp runs in two passes (its body is cheap).
@@ -1791,6 +1791,60 @@ impl<'a, 'b> Lower<'a, 'b> {
                 self.b.def_var(pos, p2);
                 self.b.def_var(acc, b2);
                 self.b.def_var(nan, seen2);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::data::Rng;
+    use crate::{Backend, Compiler, Tensor};
+
+    /// Softmax rows with and without the 8-lane row helper agree with each other and the interpreter
+    /// (so machines without AVX2 run tested code too).
+    #[test]
+    fn softmax_rows_agree_with_and_without_the_row_helper() {
+        let src = "loss ce(s: f32[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }";
+        let kernel = Compiler::new()
+            .compile_source("ce.lx", src)
+            .unwrap()
+            .kernel(None)
+            .unwrap();
+        let f = kernel.function().clone();
+        let mut rng = Rng::new(35);
+        let (n, c) = (9usize, 37usize);
+        let inputs = BTreeMap::from([
+            (
+                "s".to_string(),
+                Tensor::float(vec![n, c], (0..n * c).map(|_| 4.0 * rng.normal()).collect()),
+            ),
+            (
+                "y".to_string(),
+                Tensor::labels(vec![n], (0..n).map(|_| rng.below(c as u64) as i64).collect()),
+            ),
+        ]);
+        let bound = crate::call::bind(&f, &inputs, &BTreeMap::new()).unwrap();
+        let interp = Compiler::new()
+            .backend(Backend::Interp)
+            .compile_source("ce.lx", src)
+            .unwrap()
+            .kernel(None)
+            .unwrap()
+            .eval(&inputs)
+            .unwrap();
+        for exp_rows in [false, rows::available()] {
+            let e = build(&f, None, exp_rows).unwrap().run(&bound, 2).unwrap();
+            assert!(
+                (e.loss - interp.loss).abs() <= 1e-5 * interp.loss.abs().max(1.0),
+                "{exp_rows}"
+            );
+            let (got, want) = (e.grads[0].1.to_f64(), interp.grads[0].1.to_f64());
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-6, "row helper {exp_rows}: {a} vs {b}");
             }
         }
     }
