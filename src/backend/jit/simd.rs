@@ -160,13 +160,13 @@ impl Lower<'_, '_> {
         } else {
             match &node.expr {
                 Expr::Index(_) => {
+                    // [kb, kb + 1, kb + 2, kb + 3]: a splat plus a constant vector.
                     let k32 = self.b.ins().ireduce(types::I32, kb);
-                    let mut lanes = self.b.ins().splat(types::I32X4, k32);
-                    for l in 1..LANES as u8 {
-                        let x = self.b.ins().iadd_imm_s(k32, i64::from(l));
-                        lanes = self.b.ins().insertlane(lanes, x, l);
-                    }
-                    lanes
+                    let base = self.b.ins().splat(types::I32X4, k32);
+                    let steps: Vec<u8> = (0..LANES as i32).flat_map(|l| l.to_le_bytes()).collect();
+                    let steps = self.b.func.dfg.constants.insert(ConstantData::from(steps));
+                    let steps = self.b.ins().vconst(types::I32X4, steps);
+                    self.b.ins().iadd(base, steps)
                 }
                 Expr::Load { tensor, subs } => {
                     let buffer = self.plan.buffer_of(self.f, *tensor);
