@@ -71,6 +71,8 @@ pub struct Compiled {
     entries: Vec<NestFn>,
     /// Per group of sums: the extent of the index they sum over in parallel parts ([`split_sum`]).
     splits: Vec<Option<Dim>>,
+    /// Per group, per member: [`row_indices`] (what sizes a group's parallel chunks).
+    row_indices: Vec<Vec<Vec<IndexId>>>,
     _code: Arc<CodeHolder>,
 }
 
@@ -153,38 +155,26 @@ fn build(f: &Function, mut clif_text: Option<&mut String>, exp_rows: bool) -> Re
     let mut module = JITModule::new(jb);
     let ptr = module.target_config().pointer_type();
 
+    // Every helper the generated code may call: (symbol, parameter types, result type).
+    let mut helpers: Vec<(&'static str, Vec<Type>, Type)> = math_symbols()
+        .into_iter()
+        .map(|(name, _, wide)| {
+            let t = if wide { types::F64 } else { types::F32 };
+            (name, vec![t], t)
+        })
+        .collect();
+    helpers.push(("lossc_powf", vec![types::F32, types::F32], types::F32));
+    helpers.push(("lossc_exp_row", vec![ptr, types::I64, types::F32], types::F64));
     let mut imports = HashMap::new();
-    for (name, _, wide) in math_symbols() {
-        let t = if wide { types::F64 } else { types::F32 };
+    for (name, params, result) in helpers {
         let mut sig = module.make_signature();
-        sig.params.push(AbiParam::new(t));
-        sig.returns.push(AbiParam::new(t));
+        sig.params.extend(params.into_iter().map(AbiParam::new));
+        sig.returns.push(AbiParam::new(result));
         let id = module
             .declare_function(name, Linkage::Import, &sig)
             .map_err(|e| err(&e))?;
         imports.insert(name, id);
     }
-    let mut sig = module.make_signature();
-    sig.params.push(AbiParam::new(types::F32));
-    sig.params.push(AbiParam::new(types::F32));
-    sig.returns.push(AbiParam::new(types::F32));
-    imports.insert(
-        "lossc_powf",
-        module
-            .declare_function("lossc_powf", Linkage::Import, &sig)
-            .map_err(|e| err(&e))?,
-    );
-    let mut sig = module.make_signature();
-    sig.params.push(AbiParam::new(ptr));
-    sig.params.push(AbiParam::new(types::I64));
-    sig.params.push(AbiParam::new(types::F32));
-    sig.returns.push(AbiParam::new(types::F64));
-    imports.insert(
-        "lossc_exp_row",
-        module
-            .declare_function("lossc_exp_row", Linkage::Import, &sig)
-            .map_err(|e| err(&e))?,
-    );
 
     let mut plan = Plan::new(f);
     // Exponentials are kept only where the logsumexp runs in two passes (its body is cheap).
@@ -249,6 +239,11 @@ fn build(f: &Function, mut clif_text: Option<&mut String>, exp_rows: bool) -> Re
             unsafe { std::mem::transmute::<*const u8, NestFn>(p) }
         })
         .collect();
+    let row_indices = plan
+        .groups
+        .iter()
+        .map(|g| plan.members(g).iter().map(|m| row_indices(f, m)).collect())
+        .collect();
     let splits = plan
         .groups
         .iter()
@@ -267,6 +262,7 @@ fn build(f: &Function, mut clif_text: Option<&mut String>, exp_rows: bool) -> Re
         function: f.clone(),
         entries,
         splits,
+        row_indices,
         _code: Arc::new(CodeHolder(Some(module))),
     })
 }
@@ -393,22 +389,16 @@ fn compile_all(isa: &dyn isa::TargetIsa, functions: Vec<(FuncId, ir::Function)>)
     done.into_iter().map(|(_, code)| code).collect()
 }
 
-/// The points one row of a nest visits: its inner head extents times the extents its reductions run over.
-fn row_work(f: &Function, nest: &Nest, sizes: &[i64]) -> i64 {
-    let extent = |i: &IndexId| f.index(*i).range.eval(sizes).max(1);
-    let reduced = f
-        .reachable(&[nest.body])
-        .into_iter()
-        .filter_map(|n| match &f.node(n).expr {
-            Expr::Reduce { indices, .. } => Some(indices.iter().map(extent).fold(1i64, i64::saturating_mul)),
-            _ => None,
-        })
-        .fold(1i64, i64::saturating_mul);
-    nest.head
-        .iter()
-        .skip(1)
-        .map(|(i, _)| extent(i))
-        .fold(reduced, i64::saturating_mul)
+/// The indices whose extents multiply into the points one row of a nest visits: its inner head indices
+/// and the indices its reductions run over (computed once per kernel; sized per call).
+fn row_indices(f: &Function, nest: &Nest) -> Vec<IndexId> {
+    let mut indices: Vec<IndexId> = nest.head.iter().skip(1).map(|(i, _)| *i).collect();
+    for n in f.reachable(&[nest.body]) {
+        if let Expr::Reduce { indices: r, .. } = &f.node(n).expr {
+            indices.extend(r.iter().copied());
+        }
+    }
+    indices
 }
 
 /// Partial-sum slots that threads may share: each call writes its own slot.
@@ -476,7 +466,14 @@ impl Compiled {
             .collect();
         let shared = Shared(ptrs.as_ptr());
         let profile = std::env::var_os("LOSSC_PROFILE").is_some();
-        for ((group, entry), split) in self.plan.groups.iter().zip(&self.entries).zip(&self.splits) {
+        let groups = self
+            .plan
+            .groups
+            .iter()
+            .zip(&self.entries)
+            .zip(&self.splits)
+            .zip(&self.row_indices);
+        for (((group, entry), split), row_indices) in groups {
             let started = std::time::Instant::now();
             let members = self.plan.members(group);
             let nest = members[0];
@@ -487,7 +484,16 @@ impl Compiled {
                     let outer = nest.head.first().map_or(1, |(_, d)| d.eval(sizes).max(0));
                     // Enough work per call that the call's setup is noise: a chunk holds CHUNK rows, or
                     // more where rows are light (an elementwise vector's rows are single elements).
-                    let row = members.iter().map(|m| row_work(f, m, sizes)).max().unwrap_or(1);
+                    let row = row_indices
+                        .iter()
+                        .map(|member| {
+                            member
+                                .iter()
+                                .map(|i| f.index(*i).range.eval(sizes).max(1))
+                                .fold(1i64, i64::saturating_mul)
+                        })
+                        .max()
+                        .unwrap_or(1);
                     (outer, CHUNK.max(MIN_CHUNK_ELEMENTS / row.max(1)))
                 }
             };
@@ -1083,15 +1089,37 @@ impl<'a, 'b> Lower<'a, 'b> {
         self.flat(&head)
     }
 
+    /// A kept softmax exponential ([`KeepExps`]) for node `n` at the current element (4 lanes when
+    /// `lanes`): the consumer's own row, read before the element overwrites it, times the factor its
+    /// logsumexp left (none when the row was scaled in place). `None` when `n` is not kept.
+    fn kept_exp(&mut self, n: NodeId, lanes: bool) -> Option<Value> {
+        let &(buffer, factor) = self.kept_exps.get(&n)?;
+        let flat = self.kept_flat(buffer);
+        let addr = self.address(buffer, Scalar::Float, flat);
+        let ty = if lanes { types::F32X4 } else { types::F32 };
+        let e = self.b.ins().load(ty, MemFlagsData::new().with_notrap(), addr, 0);
+        Some(match factor {
+            Some(factor) if lanes => {
+                let f = self.b.ins().splat(types::F32X4, factor);
+                self.b.ins().fmul(e, f)
+            }
+            Some(factor) => self.b.ins().fmul(e, factor),
+            None => e,
+        })
+    }
+
+    /// The flat position `start + k` in a kept softmax row.
+    fn kept_at(&mut self, k: IndexId, start: Value) -> Value {
+        let at = self.index(k);
+        self.b.ins().iadd(start, at)
+    }
+
     fn value(&mut self, n: NodeId) -> Value {
         if let Some(v) = self.lookup(n) {
             return v;
         }
-        if let Some(&(buffer, factor)) = self.kept_exps.get(&n) {
-            let flat = self.kept_flat(buffer);
-            let addr = self.address(buffer, Scalar::Float, flat);
-            let e = self.b.ins().load(types::F32, flags(), addr, 0);
-            return factor.map_or(e, |factor| self.b.ins().fmul(e, factor));
+        if let Some(e) = self.kept_exp(n, false) {
+            return e;
         }
         let node = self.f.node(n).clone();
         let v = match &node.expr {
@@ -1324,10 +1352,6 @@ impl<'a, 'b> Lower<'a, 'b> {
             }),
             _ => None,
         };
-        let kept_at = |l: &mut Self, k: IndexId, start: Value| {
-            let at = l.index(k);
-            l.b.ins().iadd(start, at)
-        };
         // With the 8-lane row helper, the first pass also leaves the row's values in the kept row, and
         // the helper turns them into exp(x - m) in place and sums them: no second pass here.
         let row_helper = keep
@@ -1345,7 +1369,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             false,
             &mut |l: &mut Self, v, lanes_mask| {
                 if let Some((k, buffer, start)) = row_helper {
-                    let flat = kept_at(l, k, start);
+                    let flat = l.kept_at(k, start);
                     l.vstore(buffer, flat, v);
                 }
                 let v = l.fill_masked(v, lanes_mask, f32::NEG_INFINITY);
@@ -1355,7 +1379,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             },
             &mut |l: &mut Self, x| {
                 if let Some((k, buffer, start)) = row_helper {
-                    let flat = kept_at(l, k, start);
+                    let flat = l.kept_at(k, start);
                     l.store(buffer, Scalar::Float, flat, x);
                 }
                 let cur = l.b.use_var(m);
@@ -1395,14 +1419,14 @@ impl<'a, 'b> Lower<'a, 'b> {
                 let end = self.dim(&keep.length);
                 let splat = self.b.ins().splat(types::F32X4, factor);
                 let tail = self.vector_loop(k, zero, end, &mut |l: &mut Self, _| {
-                    let flat = kept_at(l, k, start);
+                    let flat = l.kept_at(k, start);
                     let addr = l.address(keep.buffer, Scalar::Float, flat);
                     let e = l.b.ins().load(types::F32X4, MemFlagsData::new().with_notrap(), addr, 0);
                     let e = l.b.ins().fmul(e, splat);
                     l.vstore(keep.buffer, flat, e);
                 });
                 self.for_range(k, tail, end, &mut |l: &mut Self| {
-                    let flat = kept_at(l, k, start);
+                    let flat = l.kept_at(k, start);
                     let addr = l.address(keep.buffer, Scalar::Float, flat);
                     let e = l.b.ins().load(types::F32, flags(), addr, 0);
                     let e = l.b.ins().fmul(e, factor);
@@ -1430,10 +1454,6 @@ impl<'a, 'b> Lower<'a, 'b> {
         let zero = self.b.ins().f64const(0.0);
         self.b.def_var(s, zero);
         let vsum = self.vacc_sum();
-        let kept_at = |l: &mut Self, k: IndexId, start: Value| {
-            let at = l.index(k);
-            l.b.ins().iadd(start, at)
-        };
         self.reduce_pass(
             ranges,
             mask,
@@ -1445,7 +1465,7 @@ impl<'a, 'b> Lower<'a, 'b> {
                 let e = l.exp_lanes(d, true);
                 let e = l.fill_masked(e, lanes_mask, 0.0);
                 if let Some((k, keep, start)) = keep {
-                    let flat = kept_at(l, *k, *start);
+                    let flat = l.kept_at(*k, *start);
                     l.vstore(keep.buffer, flat, e);
                 }
                 l.vacc_add(vsum, e);
@@ -1454,7 +1474,7 @@ impl<'a, 'b> Lower<'a, 'b> {
                 let d = l.b.ins().fsub(x, mx);
                 let e = l.exp_lanes(d, false);
                 if let Some((k, keep, start)) = keep {
-                    let flat = kept_at(l, *k, *start);
+                    let flat = l.kept_at(*k, *start);
                     l.store(keep.buffer, Scalar::Float, flat, e);
                 }
                 let e = l.b.ins().fpromote(types::F64, e);

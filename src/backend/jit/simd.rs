@@ -126,21 +126,8 @@ impl Lower<'_, '_> {
         if let Some(v) = memo.get(&n) {
             return *v;
         }
-        if let Some(&(buffer, factor)) = self.kept_exps.get(&n) {
-            // A softmax consumer's kept exponentials: its own row, read before the element overwrites it.
-            let flat = self.kept_flat(buffer);
-            let addr = self.address(buffer, Scalar::Float, flat);
-            let e = self
-                .b
-                .ins()
-                .load(types::F32X4, MemFlagsData::new().with_notrap(), addr, 0);
-            return match factor {
-                Some(factor) => {
-                    let f = self.b.ins().splat(types::F32X4, factor);
-                    self.b.ins().fmul(e, f)
-                }
-                None => e,
-            };
+        if let Some(e) = self.kept_exp(n, true) {
+            return e;
         }
         let node = self.f.node(n).clone();
         let v = if !node.free.contains(&k) {
