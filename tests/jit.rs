@@ -632,3 +632,154 @@ fn label_comparisons_and_condition_tensors_vectorize() {
         assert_agree(&format!("labels, N = {n}"), &a, &b);
     }
 }
+
+#[test]
+fn a_logsumexp_constant_along_its_row_keeps_no_exponentials() {
+    // Found by the property test: `logsumexp[k] x[i, y[i]]` does not depend on k, so its gradient's
+    // `exp(x[i, y[i]] - r0[i])` is computed once per row, before any position of a kept row exists.
+    let src = "loss f(x: f32[N, C], y: idx[N] < C) {
+        mean[i] sigmoid(logsumexp[k: C] x[i, y[i]]) + x[i, y[i]] * (sum[k | x[i, k] > -0.5] tanh(x[i, k])) }";
+    let jit = Compiler::new().threads(2).compile_source("c.lx", src).unwrap();
+    let f = jit.kernel(None).unwrap().function().clone();
+    assert!(lossc::backend::loops::Plan::new(&f).kept_exps.is_empty());
+    let interp = Compiler::new()
+        .backend(Backend::Interp)
+        .compile_source("c.lx", src)
+        .unwrap();
+    let mut rng = Rng::new(567);
+    for (n, c) in [(3usize, 4usize), (5, 9)] {
+        let inputs = BTreeMap::from([
+            (
+                "x".to_string(),
+                Tensor::float(vec![n, c], (0..n * c).map(|_| rng.normal()).collect()),
+            ),
+            (
+                "y".to_string(),
+                Tensor::labels(vec![n], (0..n).map(|_| rng.below(c as u64) as i64).collect()),
+            ),
+        ]);
+        let a = jit.kernel(None).unwrap().eval(&inputs).unwrap();
+        let b = interp.kernel(None).unwrap().eval(&inputs).unwrap();
+        assert_agree(&format!("N = {n}, C = {c}"), &a, &b);
+    }
+}
+
+#[test]
+fn matrix_products_run_as_gemm_in_any_layout() {
+    // Every operand layout (plain and transposed on either side), a product whose factors are split into
+    // materialized operands (`w[k]` joins the left one), masked adjoint products in the gradients, and
+    // row counts below, at and past the block size (64) with odd extents.
+    let src = "loss f(a: f32[P, K], b: f32[Q, K], at: f32[K, P], bt: f32[K, Q], w: f32[K]) {
+        let s1[i, j] = sum[k] a[i, k] * b[j, k]
+        let s2[i, j] = sum[k] at[k, i] * bt[k, j]
+        let s3[i, j] = sum[k] a[i, k] * w[k] * bt[k, j]
+        sum[i, j] tanh(s1[i, j]) * s2[i, j] + softplus(s3[i, j] - s1[i, j]) }";
+    let jit = Compiler::new().threads(2).compile_source("g.lx", src).unwrap();
+    let f = jit.kernel(None).unwrap().function().clone();
+    let plan = lossc::backend::loops::Plan::new(&f);
+    // s1, s2, s3 (after its left operand `a * w` is materialized) and the gradients' products.
+    assert!(plan.contractions.len() >= 7, "{} products", plan.contractions.len());
+    assert!(
+        f.tensors.iter().any(|t| t.name.ends_with("_lhs")),
+        "no materialized operand"
+    );
+    let interp = Compiler::new()
+        .backend(Backend::Interp)
+        .compile_source("g.lx", src)
+        .unwrap();
+    let mut rng = Rng::new(77);
+    for (p, q, k) in [(3usize, 5usize, 7usize), (64, 9, 33), (131, 70, 5), (2, 1, 0)] {
+        let mut m = |r: usize, c: usize| Tensor::float(vec![r, c], (0..r * c).map(|_| rng.normal() * 0.3).collect());
+        let inputs = BTreeMap::from([
+            ("a".to_string(), m(p, k)),
+            ("b".to_string(), m(q, k)),
+            ("at".to_string(), m(k, p)),
+            ("bt".to_string(), m(k, q)),
+            (
+                "w".to_string(),
+                Tensor::float(vec![k], (0..k).map(|_| rng.normal()).collect()),
+            ),
+        ]);
+        let a = jit.kernel(None).unwrap().eval(&inputs).unwrap();
+        let b = interp.kernel(None).unwrap().eval(&inputs).unwrap();
+        assert_agree(&format!("P = {p}, Q = {q}, K = {k}"), &a, &b);
+        // Fixed blocks of rows: the same bits for any thread count.
+        for threads in [1, 3] {
+            let c = Compiler::new().threads(threads).compile_source("g.lx", src).unwrap();
+            let c = c.kernel(None).unwrap().eval(&inputs).unwrap();
+            assert_eq!(format!("{:?}", c.grads), format!("{:?}", a.grads), "{threads} threads");
+        }
+    }
+}
+
+#[test]
+fn masked_products_skip_non_finite_operands_as_the_interpreter_does() {
+    // grad_x[i, d] = sum[c | L[i, c] != 0] L[i, c] * w[d, c] with L = select(s > 0, 2 s, 0): where w holds an
+    // infinity (or NaN), a dense
+    // product would give 0 * inf = NaN for the points the mask leaves out; the kernel falls back to the
+    // masked loop there, and runs the dense product otherwise.
+    let src = "loss f(x: f32[N, D], w: f32[D, C]) {
+        let s[i, c] = sum[d] x[i, d] * w[d, c]
+        sum[i, c | s[i, c] > 0.0] s[i, c] * s[i, c] }";
+    let jit = Compiler::new().threads(2).compile_source("m.lx", src).unwrap();
+    let f = jit.kernel(None).unwrap().function().clone();
+    let plan = lossc::backend::loops::Plan::new(&f);
+    assert!(
+        plan.contractions.iter().any(|c| c.must_be_finite.is_some()),
+        "no guarded product"
+    );
+    let interp = Compiler::new()
+        .backend(Backend::Interp)
+        .compile_source("m.lx", src)
+        .unwrap();
+    let (n, d, c) = (70usize, 3usize, 4usize);
+    let mut rng = Rng::new(5);
+    let x: Vec<f64> = (0..n * d).map(|_| rng.normal().abs() + 0.1).collect();
+    for poison in [None, Some(f64::INFINITY), Some(f64::NAN)] {
+        let mut w: Vec<f64> = (0..d * c).map(|_| rng.normal()).collect();
+        if let Some(v) = poison {
+            // w[0, 1]: s[:, 1] is -inf (or NaN), masked out, so its adjoint is 0.
+            w[1] = -v.abs();
+        }
+        let inputs = BTreeMap::from([
+            ("x".to_string(), Tensor::float(vec![n, d], x.clone())),
+            ("w".to_string(), Tensor::float(vec![d, c], w)),
+        ]);
+        let a = jit.kernel(None).unwrap().eval(&inputs).unwrap();
+        let b = interp.kernel(None).unwrap().eval(&inputs).unwrap();
+        assert_agree(&format!("poison {poison:?}"), &a, &b);
+        if poison == Some(f64::INFINITY) {
+            let g = b.grads[0].1.to_f64();
+            assert!(
+                g.iter().all(|v| v.is_finite()),
+                "the interpreter's grad_x is finite: {g:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn column_sums_agree_in_blocks_vectors_and_tail() {
+    // `c[h] = sum[i | m] e(i, h)` reads rows i at consecutive h: it runs 16 columns per pass over i, then
+    // 4, then one at a time (H = 37 and 16 cover all three and the block alone).
+    let src = "loss f(a: f32[N, H], b: f32[N, H], v: f32[N]) {
+        let c[h] = sum[i | a[i, h] > -0.5] v[i] * exp(a[i, h]) / (1.0 + b[i, h] * b[i, h])
+        sum[h] c[h] * c[h] }";
+    let jit = Compiler::new().threads(2).compile_source("c.lx", src).unwrap();
+    let interp = Compiler::new()
+        .backend(Backend::Interp)
+        .compile_source("c.lx", src)
+        .unwrap();
+    let mut rng = Rng::new(9);
+    for (n, h) in [(23usize, 37usize), (5, 16), (3, 2)] {
+        let mut m = |len: usize, shape: Vec<usize>| Tensor::float(shape, (0..len).map(|_| rng.normal()).collect());
+        let inputs = BTreeMap::from([
+            ("a".to_string(), m(n * h, vec![n, h])),
+            ("b".to_string(), m(n * h, vec![n, h])),
+            ("v".to_string(), m(n, vec![n])),
+        ]);
+        let a = jit.kernel(None).unwrap().eval(&inputs).unwrap();
+        let b = interp.kernel(None).unwrap().eval(&inputs).unwrap();
+        assert_agree(&format!("N = {n}, H = {h}"), &a, &b);
+    }
+}

@@ -12,6 +12,7 @@
 //! member reads the tensors of earlier members only at the current outer index (whose row is complete);
 //! nests that cannot join are scheduled after the group, with everything that depends on them. Sibling
 //! sums over one index ([`split_sum`]) group the same way, over the summed index.
+//! A nest that is a plain matrix product of two buffers ([`Contraction`]) may instead run as a GEMM.
 //! The Cranelift JIT consumes it; a CUDA C generator would map each group to a kernel launch.
 
 use std::collections::HashMap;
@@ -63,6 +64,130 @@ pub struct KeptExps {
     pub exp: NodeId,
 }
 
+/// A nest `out[p, q] = sum[k] L(p, k) * R(k, q)` whose operands are float buffers read at bare indices
+/// (in either order, so a transposed operand is a strided read): a matrix product a code generator may
+/// hand to a GEMM. The sum may carry the mask `L != 0` (or `R != 0`) that autodiff puts on adjoint terms
+/// (an element that receives no adjoint contributes nothing): a dense product agrees with it where the
+/// other operand is finite, which `must_be_finite` tells the code generator to check first.
+#[derive(Clone, Debug)]
+pub struct Contraction {
+    pub nest: usize,
+    /// `L`, as a `rows × depth` matrix (rows = `p`, depth = `k`).
+    pub left: Operand,
+    /// `R`, as a `depth × columns` matrix (columns = `q`).
+    pub right: Operand,
+    /// The extents of `p`, `k` and `q`.
+    pub rows: Dim,
+    pub depth: Dim,
+    pub columns: Dim,
+    /// The sum is masked by one operand `!= 0`: it equals the dense product when this other one is finite.
+    pub must_be_finite: Option<Operand>,
+}
+
+/// One operand of a [`Contraction`]: its buffer (row-major, its two subscripts as axes), and whether it
+/// holds the transpose of the matrix the product needs (a strided read).
+#[derive(Clone, Copy, Debug)]
+pub struct Operand {
+    pub buffer: usize,
+    pub transposed: bool,
+}
+
+impl Contraction {
+    /// Recognizes a [`Contraction`] nest (both operands `f32` buffers whose axes are exactly the extents of
+    /// the indices that read them, so every strided read stays inside its buffer).
+    pub fn of(f: &Function, plan_buffers: &[Buffer], n: usize, nest: &Nest) -> Option<Contraction> {
+        let [(p, pd), (q, qd)] = &nest.head[..] else {
+            return None;
+        };
+        let Expr::Reduce {
+            op: ReduceOp::Sum,
+            indices,
+            mask,
+            body,
+        } = &f.node(nest.body).expr
+        else {
+            return None;
+        };
+        let [k] = indices[..] else {
+            return None;
+        };
+        let Expr::Prim { prim: Prim::Mul, args } = &f.node(*body).expr else {
+            return None;
+        };
+        // An operand: a float buffer read at (free, k) or (k, free), `free` one of the head indices.
+        let operand = |n: NodeId| -> Option<(IndexId, Operand)> {
+            let Expr::Load { tensor, subs } = &f.node(n).expr else {
+                return None;
+            };
+            let [a, b] = subs[..] else {
+                return None;
+            };
+            let (Expr::Index(a), Expr::Index(b)) = (&f.node(a).expr, &f.node(b).expr) else {
+                return None;
+            };
+            let (free, summed_first) = match (*a == k, *b == k) {
+                (false, true) => (*a, false),
+                (true, false) => (*b, true),
+                _ => return None,
+            };
+            let buffer = match tensor {
+                TensorRef::Input(i) => *i as usize,
+                TensorRef::Def(t) => f.inputs.len() + t.index(),
+            };
+            let buf = &plan_buffers[buffer];
+            let axes = [f.index(*a).range.clone(), f.index(*b).range.clone()];
+            // As `L` (p, k) it is transposed when k comes first; `right` flips it for `R` (k, q).
+            let operand = Operand {
+                buffer,
+                transposed: summed_first,
+            };
+            (buf.scalar == Scalar::Float && buf.shape[..] == axes[..]).then_some((free, operand))
+        };
+        let [x, y] = args[..] else {
+            return None;
+        };
+        let ((fx, ox), (fy, oy)) = (operand(x)?, operand(y)?);
+        let (left, left_node, right) = match (fx == *p && fy == *q, fx == *q && fy == *p) {
+            (true, false) => (ox, x, oy),
+            (false, true) => (oy, y, ox),
+            _ => return None,
+        };
+        let right = Operand {
+            buffer: right.buffer,
+            transposed: !right.transposed,
+        };
+        let must_be_finite = match mask {
+            None => None,
+            Some(m) => {
+                let Expr::Prim { prim: Prim::Ne, args } = &f.node(*m).expr else {
+                    return None;
+                };
+                let zero = |n: NodeId| f.as_float(n) == Some(0.0);
+                let tested = match args[..] {
+                    [a, b] if zero(a) => b,
+                    [a, b] if zero(b) => a,
+                    _ => return None,
+                };
+                // The operand the mask does not test.
+                match tested {
+                    t if t == left_node => Some(right),
+                    t if t == x || t == y => Some(left),
+                    _ => return None,
+                }
+            }
+        };
+        Some(Contraction {
+            nest: n,
+            left,
+            right,
+            rows: pd.clone(),
+            depth: f.index(k).range.clone(),
+            columns: qd.clone(),
+            must_be_finite,
+        })
+    }
+}
+
 /// Buffers (inputs, then one per tensor), nests in dependency order, and the groups they run in.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -71,6 +196,8 @@ pub struct Plan {
     pub groups: Vec<Group>,
     /// Softmax rows whose exponentials are computed once.
     pub kept_exps: Vec<KeptExps>,
+    /// Matrix products, each a group of its own.
+    pub contractions: Vec<Contraction>,
 }
 
 impl Plan {
@@ -110,11 +237,19 @@ impl Plan {
         let groups = fuse_rows(f, &nests);
         let order: Vec<usize> = groups.iter().flat_map(|g| g.members.iter().copied()).collect();
         let kept_exps = kept_exps(f, &nests, &order);
+        let contractions = groups
+            .iter()
+            .filter_map(|g| match g.members[..] {
+                [n] => Contraction::of(f, &buffers, n, &nests[n]),
+                _ => None,
+            })
+            .collect();
         Plan {
             buffers,
             nests,
             groups,
             kept_exps,
+            contractions,
         }
     }
 
@@ -223,7 +358,8 @@ fn row_local(f: &Function, nest: &Nest) -> Option<bool> {
     rows_only.then_some(nest.head.len() >= 2 || reduces)
 }
 
-/// The softmax rows ([`KeptExps`]): each logsumexp nest (without a mask) paired with the first nest after
+/// The softmax rows ([`KeptExps`]): each logsumexp nest (without a mask, its body depending on the reduced
+/// index) paired with the first nest after
 /// it in execution `order` with two indices and no reduction that reads `exp(B - lse)` along the reduced
 /// axis; each nest at most once.
 fn kept_exps(f: &Function, nests: &[Nest], order: &[usize]) -> Vec<KeptExps> {
@@ -241,6 +377,11 @@ fn kept_exps(f: &Function, nests: &[Nest], order: &[usize]) -> Vec<KeptExps> {
         let ([k], [(row, _)]) = (&indices[..], &nests[lse].head[..]) else {
             continue;
         };
+        // A body constant along the row has one exponential, not a row of them (and the consumer may
+        // compute its `exp` once per row, before any position of the row is bound).
+        if !f.node(*body).free.contains(k) {
+            continue;
+        }
         for &consumer in &order[p + 1..] {
             let [(t, td), (j, jd)] = &nests[consumer].head[..] else {
                 continue;

@@ -9,10 +9,22 @@
 //! head indices, so the same reduction hoisted from two places (the loss and its gradient, say) is one
 //! tensor, and so is a two-index reduction and its transpose. A reduction under a lazy operand (a `select` branch, the right side of `&&`/`||`) is hoisted
 //! only if every subscript inside it is statically in range, so hoisting never adds an out-of-range read.
+//!
+//! Matrix products: a two-index tensor `out[p, q] = sum[k | m] f1 * f2 * …` whose factors each depend only
+//! on `p, k` or only on `k, q`, each side reading a float matrix over its indices (and whose mask, if
+//! any, depends only on `p, k`) gets its two operands materialized,
+//! `L = select(m, ∏ first factors, 0)` and `R = ∏ second factors`, and becomes
+//! `sum[k | L != 0] L * R` (unmasked when there was no mask): a plain contraction of two tensors, which a
+//! backend runs as a GEMM ([`crate::backend::loops::Contraction`]). An operand that already is one float
+//! load at bare indices is read in place. Each operand is stored in the order its first matrix factor
+//! is read, so computing it streams. The result is the same wherever the factors are finite; a zero `L`
+//! (masked out, or a zero adjoint) contributes nothing, as autodiff's guards intend.
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::ir::{Dim, Expr, Function, IndexId, NodeId, Role, Scalar, TensorDef, TensorId, TensorRef, TooDeep};
+use crate::ir::{
+    Dim, Expr, Function, IndexId, NodeId, ReduceOp, Role, Scalar, TensorDef, TensorId, TensorRef, TooDeep,
+};
 use crate::prims::Prim;
 
 type R<T> = Result<T, TooDeep>;
@@ -31,6 +43,7 @@ pub fn materialize(src: &Function) -> R<Function> {
     for (k, t) in src.tensors.iter().enumerate() {
         let ctx: BTreeSet<IndexId> = t.indices.iter().copied().collect();
         let body = h.walk(t.body, &ctx, true, false)?;
+        let body = h.split_product(&t.indices, body, &t.name)?;
         let pending = std::mem::take(&mut h.pending);
         for p in pending {
             h.dst.add_tensor(p);
@@ -149,6 +162,192 @@ impl Hoist<'_> {
         Ok((head, self.dst.subst(node, &map)?))
     }
 
+    /// Whether a tensor of this name exists.
+    fn taken(&self, name: &str) -> bool {
+        self.src
+            .tensors
+            .iter()
+            .chain(&self.dst.tensors)
+            .chain(&self.pending)
+            .any(|t| t.name == name)
+    }
+
+    /// Adds a `let` tensor after the pending ones; returns its id.
+    fn push(&mut self, name: String, indices: Vec<IndexId>, body: NodeId, span: crate::diag::Span) -> TensorId {
+        let id = TensorId((self.dst.tensors.len() + self.pending.len()) as u32);
+        let scalar = self.dst.node(body).scalar;
+        self.pending.push(TensorDef {
+            name,
+            indices,
+            body,
+            scalar,
+            role: Role::Let,
+            span,
+        });
+        id
+    }
+
+    /// The shape of an input or of a tensor of `dst`, added or pending.
+    fn shape(&self, r: TensorRef) -> Vec<Dim> {
+        match r {
+            TensorRef::Input(i) => self.dst.inputs[i as usize].shape.clone(),
+            TensorRef::Def(t) => {
+                let def = match t.index().checked_sub(self.dst.tensors.len()) {
+                    None => &self.dst.tensors[t.index()],
+                    Some(p) => &self.pending[p],
+                };
+                def.indices.iter().map(|i| self.dst.index(*i).range.clone()).collect()
+            }
+        }
+    }
+
+    /// The matrix-product rewrite of the module doc for a tensor over `head` with element `body` (a `dst`
+    /// node): pushes the operand tensors it materializes and returns the new element, or `body` when the
+    /// element is not such a product or already reads two plain operands.
+    fn split_product(&mut self, head: &[IndexId], body: NodeId, name: &str) -> R<NodeId> {
+        let &[p, q] = head else {
+            return Ok(body);
+        };
+        let Expr::Reduce {
+            op: ReduceOp::Sum,
+            indices,
+            mask,
+            body: term,
+        } = self.dst.node(body).expr.clone()
+        else {
+            return Ok(body);
+        };
+        let [k] = indices[..] else {
+            return Ok(body);
+        };
+        let mut factors = Vec::new();
+        let mut stack = vec![term];
+        while let Some(n) = stack.pop() {
+            match &self.dst.node(n).expr {
+                Expr::Prim { prim: Prim::Mul, args } => stack.extend(args.iter().rev()),
+                _ => factors.push(n),
+            }
+        }
+        let within = |n: NodeId, set: [IndexId; 2]| self.dst.node(n).free.iter().all(|i| set.contains(i));
+        let (mut left, mut right) = (Vec::new(), Vec::new());
+        for n in factors {
+            if within(n, [p, k]) {
+                left.push(n);
+            } else if within(n, [k, q]) {
+                right.push(n);
+            } else {
+                return Ok(body);
+            }
+        }
+        // Each side reads a float matrix over its two indices (a side that is only an index function,
+        // such as the selector `[k == q + 1]`, is a gather, not a product).
+        let reads_matrix = |side: &[NodeId], free: IndexId| {
+            self.dst.reachable(side).iter().any(|n| {
+                let node = self.dst.node(*n);
+                matches!(node.expr, Expr::Load { .. })
+                    && node.scalar == Scalar::Float
+                    && node.free.contains(&free)
+                    && node.free.contains(&k)
+            })
+        };
+        if !reads_matrix(&left, p) || !reads_matrix(&right, q) || mask.is_some_and(|m| !within(m, [p, k])) {
+            return Ok(body);
+        }
+        // The subscript order of a float matrix load at the bare indices `free` and `k`, either way round.
+        let matrix = |n: NodeId, free: IndexId| -> Option<[IndexId; 2]> {
+            let Expr::Load { tensor, subs } = &self.dst.node(n).expr else {
+                return None;
+            };
+            let order = match subs[..] {
+                [a, b] => match (&self.dst.node(a).expr, &self.dst.node(b).expr) {
+                    (Expr::Index(a), Expr::Index(b)) if [*a, *b] == [free, k] || [*a, *b] == [k, free] => [*a, *b],
+                    _ => return None,
+                },
+                _ => return None,
+            };
+            let ranges = order.map(|i| self.dst.index(i).range.clone());
+            (self.dst.node(n).scalar == Scalar::Float && self.shape(*tensor)[..] == ranges[..]).then_some(order)
+        };
+        let guard_of = |m: NodeId, n: NodeId| match &self.dst.node(m).expr {
+            Expr::Prim { prim: Prim::Ne, args } => {
+                let zero = |a: NodeId| self.dst.as_float(a) == Some(0.0);
+                matches!(args[..], [a, b] if (a == n && zero(b)) || (b == n && zero(a)))
+            }
+            _ => false,
+        };
+        let plain_left = matches!(left[..], [n] if matrix(n, p).is_some() && mask.is_none_or(|m| guard_of(m, n)));
+        let plain_right = matches!(right[..], [n] if matrix(n, q).is_some());
+        if plain_left && plain_right {
+            return Ok(body);
+        }
+        let left_order = left.iter().find_map(|n| matrix(*n, p)).unwrap_or([p, k]);
+        let right_order = right.iter().find_map(|n| matrix(*n, q)).unwrap_or([k, q]);
+        let span = self.dst.span(body);
+        // Each side: its value (one plain load, or a load of the tensor it is materialized in).
+        let operand = |h: &mut Self, side: &[NodeId], order: [IndexId; 2], mask: Option<NodeId>, plain, suffix| {
+            if plain {
+                return Ok(side[0]);
+            }
+            let mut value = side[0];
+            for n in &side[1..] {
+                value = h.dst.prim(Prim::Mul, &[value, *n], span)?;
+            }
+            if let Some(m) = mask {
+                let zero = h.dst.float(0.0, span)?;
+                value = h.dst.prim(Prim::Select, &[m, value, zero], span)?;
+            }
+            let (head, canon) = h.canonicalize(value, &order)?;
+            // The same operand up to the order of commuting operands (the two `aa_adj` products of
+            // NT-Xent's gradient, one per side of the symmetric similarity) is one tensor.
+            let same = h
+                .hoisted
+                .iter()
+                .filter(|(b, _)| same_up_to_commuting(&h.dst, **b, canon, SAME_BUDGET))
+                .map(|(_, t)| *t)
+                .min();
+            let t = match same {
+                Some(t) => t,
+                None => {
+                    let t = h.push(format!("{name}_{suffix}"), head, canon, span);
+                    h.hoisted.insert(canon, t);
+                    t
+                }
+            };
+            let subs = order
+                .iter()
+                .map(|i| h.dst.add(Expr::Index(*i), Scalar::Int, span))
+                .collect::<R<Vec<NodeId>>>()?;
+            h.dst.add(
+                Expr::Load {
+                    tensor: TensorRef::Def(t),
+                    subs: subs.into(),
+                },
+                Scalar::Float,
+                span,
+            )
+        };
+        let l = operand(self, &left, left_order, mask, plain_left, "lhs")?;
+        let r = operand(self, &right, right_order, None, plain_right, "rhs")?;
+        let mask = match mask {
+            Some(_) => {
+                let zero = self.dst.float(0.0, span)?;
+                Some(self.dst.prim(Prim::Ne, &[l, zero], span)?)
+            }
+            None => None,
+        };
+        let term = self.dst.prim(Prim::Mul, &[l, r], span)?;
+        self.dst.add(
+            Expr::Reduce {
+                op: ReduceOp::Sum,
+                indices: [k].into(),
+                mask,
+                body: term,
+            },
+            Scalar::Float,
+            span,
+        )
+    }
+
     /// Every subscript under `n` is a bare index or a bounded label: reading it can never fail.
     fn safe(&self, n: NodeId) -> bool {
         self.src
@@ -206,29 +405,13 @@ impl Hoist<'_> {
         let t = match self.hoisted.get(&body) {
             Some(t) => *t,
             None => {
-                let id = TensorId((self.dst.tensors.len() + self.pending.len()) as u32);
-                let scalar = self.dst.node(body).scalar;
                 // r0, r1, …, skipping names already in use.
-                let taken = |name: &str| {
-                    self.src
-                        .tensors
-                        .iter()
-                        .chain(&self.dst.tensors)
-                        .chain(&self.pending)
-                        .any(|t| t.name == name)
-                };
                 let name = (self.hoisted.len()..)
                     .map(|k| format!("r{k}"))
-                    .find(|n| !taken(n))
+                    .find(|n| !self.taken(n))
                     .expect("an unused name");
-                self.pending.push(TensorDef {
-                    name,
-                    indices: head,
-                    body,
-                    scalar,
-                    role: Role::Let,
-                    span,
-                });
+                let product = self.split_product(&head, body, &name)?;
+                let id = self.push(name, head, product, span);
                 self.hoisted.insert(body, id);
                 id
             }

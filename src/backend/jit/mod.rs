@@ -39,12 +39,13 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{FuncId, Linkage, Module};
 
+mod gemm;
 mod math;
 mod rows;
 mod simd;
 
 use super::interp::Evaluation;
-use super::loops::{Group, Nest, Plan, split_sum};
+use super::loops::{Contraction, Group, Nest, Plan, split_sum};
 use crate::call::{Bound, CallError};
 use crate::data::{Data, Tensor};
 use crate::ir::{Dim, Expr, Function, IndexId, NodeId, ReduceOp, Role, Scalar, TensorRef};
@@ -73,6 +74,8 @@ pub struct Compiled {
     splits: Vec<Option<Dim>>,
     /// Per group, per member: [`row_indices`] (what sizes a group's parallel chunks).
     row_indices: Vec<Vec<Vec<IndexId>>>,
+    /// Per group: the matrix product it is, run as sgemm ([`gemm`]) where the call allows.
+    products: Vec<Option<Contraction>>,
     _code: Arc<CodeHolder>,
 }
 
@@ -257,12 +260,18 @@ fn build(f: &Function, mut clif_text: Option<&mut String>, exp_rows: bool) -> Re
                 .map(|(i, _, _)| f.index(i).range.clone())
         })
         .collect();
+    let products = plan
+        .groups
+        .iter()
+        .map(|g| plan.contractions.iter().find(|c| g.members == [c.nest]).cloned())
+        .collect();
     Ok(Compiled {
         plan,
         function: f.clone(),
         entries,
         splits,
         row_indices,
+        products,
         _code: Arc::new(CodeHolder(Some(module))),
     })
 }
@@ -472,14 +481,21 @@ impl Compiled {
             .iter()
             .zip(&self.entries)
             .zip(&self.splits)
-            .zip(&self.row_indices);
-        for (((group, entry), split), row_indices) in groups {
+            .zip(&self.row_indices)
+            .zip(&self.products);
+        for ((((group, entry), split), row_indices), product) in groups {
             let started = std::time::Instant::now();
             let members = self.plan.members(group);
             let nest = members[0];
+            let out = self.plan.buffer_of(f, TensorRef::Def(nest.tensor));
+            // SAFETY: `ptrs` are the buffers of a bound call of this plan.
+            let product = product
+                .as_ref()
+                .and_then(|c| unsafe { gemm::Product::new(c, out, &ptrs, sizes) });
             let (outer, chunk) = match split {
                 // A split sum: chunks of its index, each adding into its own partial slot.
                 Some(extent) => (extent.eval(sizes).max(0), SPLIT_CHUNK),
+                None if product.is_some() => (product.as_ref().map_or(0, |p| p.rows()), gemm::ROWS),
                 None => {
                     let outer = nest.head.first().map_or(1, |(_, d)| d.eval(sizes).max(0));
                     // Enough work per call that the call's setup is noise: a chunk holds CHUNK rows, or
@@ -508,6 +524,11 @@ impl Compiled {
             let run_chunks = |chunks: &[(usize, (i64, i64))]| -> [i64; 3] {
                 let mut err = [0i64; 3];
                 for &(c, (lo, hi)) in chunks {
+                    if let Some(p) = &product {
+                        // SAFETY: this chunk's rows are written by no other call.
+                        unsafe { p.block(lo, hi) };
+                        continue;
+                    }
                     let (s, slots) = (shared, slots);
                     // SAFETY: buffers match the plan (bound call), the code checks every subscript that is not
                     // statically in range, and this chunk's elements (or partial slot) are written by no
@@ -873,6 +894,7 @@ impl<'a, 'b> Lower<'a, 'b> {
         let start = match self.vector_head {
             Some((buffer, element)) if level + 1 == head.len() => {
                 let head = head.to_vec();
+                let start = self.column_blocks(buffer, &head, i, start, end, element);
                 self.vector_loop(i, start, end, &mut |l: &mut Self, _kb| {
                     let mut memo = HashMap::new();
                     let kb = l.index(i);

@@ -25,6 +25,9 @@ pub(super) const LANES: i64 = 4;
 /// How many outputs a dot-product nest computes per pass over the contracted index.
 const DOT_BLOCK: i64 = 4;
 
+/// How many vectors of its head a column sum computes per pass over the summed index.
+const COLUMN_BLOCK: i64 = 4;
+
 /// How many values of the summed index a row update handles per pass over the row.
 const ROW_BLOCK: i64 = 4;
 
@@ -196,32 +199,75 @@ impl Lower<'_, '_> {
                     }
                 }
                 Expr::Prim { prim, args } => self.vprim(*prim, args, k, kb, memo),
-                Expr::Reduce {
-                    indices, mask, body, ..
-                } => {
-                    let acc = self.b.declare_var(types::F32X4);
-                    let zero = self.splat_f32(0.0);
-                    self.b.def_var(acc, zero);
-                    let ranges: Vec<(IndexId, crate::ir::Dim)> =
-                        indices.iter().map(|i| (*i, self.f.index(*i).range.clone())).collect();
-                    let (mask, body) = (*mask, *body);
-                    self.reduce_loops(&ranges, 0, &mut |l: &mut Self| {
-                        // Terms depend on the summed indices: a fresh memo per point.
-                        let mut inner = HashMap::new();
-                        let v = l.vvalue(body, k, kb, &mut inner);
-                        let m = mask.map(|m| l.vvalue(m, k, kb, &mut inner));
-                        let v = l.fill_masked(v, m, 0.0);
-                        let a = l.b.use_var(acc);
-                        let r = l.b.ins().fadd(a, v);
-                        l.b.def_var(acc, r);
-                    });
-                    self.b.use_var(acc)
-                }
+                Expr::Reduce { .. } => self.vsums(n, k, &[kb])[0],
                 _ => unreachable!("vectorizable() admits no other node"),
             }
         };
         memo.insert(n, v);
         v
+    }
+
+    /// The lanes of the sum `n` (over indices other than `k`) at each of the lane starts `kbs`, all
+    /// accumulated in one pass over the summed indices (f32 lanes, terms in index order).
+    fn vsums(&mut self, n: NodeId, k: IndexId, kbs: &[Value]) -> Vec<Value> {
+        let Expr::Reduce {
+            indices, mask, body, ..
+        } = self.f.node(n).expr.clone()
+        else {
+            unreachable!("vsums: a reduction");
+        };
+        let zero = self.splat_f32(0.0);
+        let accs: Vec<Variable> = kbs
+            .iter()
+            .map(|_| {
+                let acc = self.b.declare_var(types::F32X4);
+                self.b.def_var(acc, zero);
+                acc
+            })
+            .collect();
+        let ranges: Vec<(IndexId, crate::ir::Dim)> =
+            indices.iter().map(|i| (*i, self.f.index(*i).range.clone())).collect();
+        self.reduce_loops(&ranges, 0, &mut |l: &mut Self| {
+            for (acc, kb) in accs.iter().zip(kbs) {
+                // Terms depend on the summed indices: a fresh memo per point.
+                let mut inner = HashMap::new();
+                let v = l.vvalue(body, k, *kb, &mut inner);
+                let m = mask.map(|m| l.vvalue(m, k, *kb, &mut inner));
+                let v = l.fill_masked(v, m, 0.0);
+                let a = l.b.use_var(*acc);
+                let r = l.b.ins().fadd(a, v);
+                l.b.def_var(*acc, r);
+            }
+        });
+        accs.into_iter().map(|acc| self.b.use_var(acc)).collect()
+    }
+
+    /// A vectorized nest whose element is a sum over other indices (a column sum `r[h] = sum[i] e(i, h)`),
+    /// [`COLUMN_BLOCK`] vectors of `k` per pass over the summed indices, so each pass reads whole cache
+    /// lines of the rows it visits instead of 16 bytes (and touches each page a quarter as often). Returns
+    /// the first `k` not covered. Each lane sums in the same order as in the 4-lane loop.
+    pub(super) fn column_blocks(
+        &mut self,
+        buffer: usize,
+        head: &[(IndexId, crate::ir::Dim)],
+        k: IndexId,
+        start: Value,
+        end: Value,
+        element: NodeId,
+    ) -> Value {
+        if !matches!(self.f.node(element).expr, Expr::Reduce { .. }) {
+            return start;
+        }
+        self.stepped_loop(k, start, end, LANES * COLUMN_BLOCK, &mut |l: &mut Self| {
+            let kb = l.index(k);
+            let kbs: Vec<Value> = (0..COLUMN_BLOCK).map(|u| l.b.ins().iadd_imm_s(kb, u * LANES)).collect();
+            let sums = l.vsums(element, k, &kbs);
+            let flat = l.flat(head);
+            for (u, v) in sums.into_iter().enumerate() {
+                let at = l.b.ins().iadd_imm_s(flat, u as i64 * LANES);
+                l.vstore(buffer, at, v);
+            }
+        })
     }
 
     fn vprim(
