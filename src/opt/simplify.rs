@@ -140,6 +140,10 @@ fn is_float(f: &Function, n: NodeId, x: f64) -> bool {
     float(f, n) == Some(x)
 }
 
+fn is_int(f: &Function, n: NodeId, i: i64) -> bool {
+    f.node(n).expr == Expr::Int(i)
+}
+
 fn constant(f: &Function, n: NodeId) -> Option<Value> {
     match f.node(n).expr {
         Expr::Float(b) => Some(Value::F(f64::from_bits(b))),
@@ -190,6 +194,13 @@ pub fn simplify(f: &mut Function, expr: Expr, scalar: Scalar, span: Span) -> R<N
         return simplify(f, prim_expr(prim, &[a[1], a[0]]), scalar, span);
     }
     match prim {
+        // Integers (exact): i + 0 = i, i * 1 = i, i * 0 = 0 (index arithmetic such as a flat position's
+        // `j + 0 * B`).
+        Add if is_int(f, a[1], 0) => return Ok(a[0]),
+        Add if is_int(f, a[0], 0) => return Ok(a[1]),
+        Mul if is_int(f, a[1], 1) => return Ok(a[0]),
+        Mul if is_int(f, a[0], 1) => return Ok(a[1]),
+        Mul if is_int(f, a[0], 0) || is_int(f, a[1], 0) => return f.add(Expr::Int(0), Scalar::Int, span),
         // x + 0 = x, 0 + x = x
         Add if is_float(f, a[1], 0.0) => return Ok(a[0]),
         Add if is_float(f, a[0], 0.0) => return Ok(a[1]),

@@ -410,6 +410,23 @@ fn row_indices(f: &Function, nest: &Nest) -> Vec<IndexId> {
     indices
 }
 
+/// The worker pool for `threads` threads (`None` for one: the calling thread runs everything). Pools are
+/// started on first use and kept for the process: a kernel runs many times, and starting threads for
+/// each group costs more than a small group's work.
+fn pool(threads: usize) -> Option<Arc<rayon::ThreadPool>> {
+    static POOLS: std::sync::Mutex<Vec<(usize, Arc<rayon::ThreadPool>)>> = std::sync::Mutex::new(Vec::new());
+    if threads <= 1 {
+        return None;
+    }
+    let mut pools = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = pools.iter().find(|(n, _)| *n == threads) {
+        return Some(p.clone());
+    }
+    let p = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(threads).build().ok()?);
+    pools.push((threads, p.clone()));
+    Some(p)
+}
+
 /// Partial-sum slots that threads may share: each call writes its own slot.
 #[derive(Clone, Copy)]
 struct SharedParts(*mut f32);
@@ -551,17 +568,15 @@ impl Compiled {
                 err
             };
             let parallel = nest.parallel || split.is_some();
-            let errs: Vec<[i64; 3]> = if threads <= 1 || numbered.len() <= 1 || !parallel {
-                vec![run_chunks(&numbered)]
-            } else {
-                let per = numbered.len().div_ceil(threads);
-                std::thread::scope(|scope| {
-                    let handles: Vec<_> = numbered
-                        .chunks(per)
-                        .map(|c| scope.spawn(move || run_chunks(c)))
-                        .collect();
-                    handles.into_iter().map(|h| h.join().unwrap_or([1, 0, 0])).collect()
-                })
+            let errs: Vec<[i64; 3]> = match pool(threads) {
+                Some(pool) if numbered.len() > 1 && parallel => pool.install(|| {
+                    use rayon::prelude::*;
+                    numbered
+                        .par_iter()
+                        .map(|c| run_chunks(std::slice::from_ref(c)))
+                        .collect()
+                }),
+                _ => vec![run_chunks(&numbered)],
             };
             if split.is_some() {
                 for (slot, member) in members.iter().enumerate() {

@@ -1,7 +1,7 @@
 //! Row helpers the generated code calls where 128-bit Cranelift vectors leave half the machine idle.
 //!
 //! `lossc_exp_row` turns a row of values into their exponentials after a shift, in place, and returns
-//! their sum in f64: the second pass of a softmax row's logsumexp whose exponentials are kept
+//! their sum (f64 over f32 partial sums of 8 values): the second pass of a softmax row's logsumexp whose exponentials are kept
 //! ([`super::super::loops::KeptExps`]). On x86-64 with AVX2 and FMA it runs 8 lanes at a time with the
 //! same algorithm, constants and special cases as the inline CLIF `exp` (math.rs), so its values agree
 //! with the 4-lane code to the last bit or so; the JIT only calls it where [`available`] says so.
@@ -20,8 +20,8 @@ pub(super) fn available() -> bool {
     }
 }
 
-/// `p[i] = exp(p[i] - shift)` for i < n, returning the sum of the new values (in f64, in order of 8-lane
-/// blocks). Only called when [`available`].
+/// `p[i] = exp(p[i] - shift)` for i < n, returning the sum of the new values (each lane's f32 sum of up to
+/// 8 values added in f64, in order). Only called when [`available`].
 pub(super) extern "C" fn lossc_exp_row(p: *mut f32, n: i64, shift: f32) -> f64 {
     if n <= 0 {
         return 0.0;
@@ -88,6 +88,20 @@ mod avx2 {
         let s = _mm256_set1_ps(shift);
         let mut acc = [_mm256_setzero_pd(); 2];
         let mut i = 0;
+        // Blocks of 8 vectors: each lane adds its 8 values in f32, then the block's lanes go to f64 (the
+        // conversions cost a fifth of the loop otherwise); relative rounding of a block ≲ 8 · 2⁻²⁴.
+        while i + 64 <= n {
+            let mut block = _mm256_setzero_ps();
+            for u in 0..8 {
+                // SAFETY: i + 64 <= n floats from p.
+                let x = unsafe { _mm256_loadu_ps(p.add(i + 8 * u)) };
+                let e = unsafe { exp8(_mm256_sub_ps(x, s)) };
+                unsafe { _mm256_storeu_ps(p.add(i + 8 * u), e) };
+                block = _mm256_add_ps(block, e);
+            }
+            unsafe { add_wide(&mut acc, block) };
+            i += 64;
+        }
         while i + 8 <= n {
             // SAFETY: i + 8 <= n floats from p.
             let x = unsafe { _mm256_loadu_ps(p.add(i)) };
@@ -126,14 +140,14 @@ mod tests {
     use super::*;
 
     /// The row helper against f64: the 1.5e-7 relative bound of the inline exp (math.rs), its special
-    /// values, every tail length, and the sum.
+    /// values, every tail length and block count, and the sum (partial sums of 8 in f32: 1e-6).
     #[test]
     fn exp_row_matches_f64_exp_and_the_inline_special_cases() {
         if !available() {
             return;
         }
-        for n in 0..20usize {
-            let values: Vec<f32> = (0..n).map(|i| -87.0 + 175.0 * (i as f32 + 0.37) / 20.0).collect();
+        for n in (0..20usize).chain([64, 71, 150]) {
+            let values: Vec<f32> = (0..n).map(|i| -87.0 + 175.0 * (i as f32 + 0.37) / n as f32).collect();
             let mut row = values.clone();
             let sum = lossc_exp_row(row.as_mut_ptr(), n as i64, 1.5);
             let mut want_sum = 0.0;
@@ -148,7 +162,7 @@ mod tests {
                 }
             }
             assert!(
-                (sum - want_sum).abs() <= 1e-12 * want_sum,
+                (sum - want_sum).abs() <= 1e-6 * want_sum,
                 "n = {n}: {sum} vs {want_sum}"
             );
         }
