@@ -783,3 +783,34 @@ fn column_sums_agree_in_blocks_vectors_and_tail() {
         assert_agree(&format!("N = {n}, H = {h}"), &a, &b);
     }
 }
+
+#[test]
+fn elementwise_nests_reading_a_transpose_run_in_tiles_and_agree() {
+    // `m[i, j]` reads `a[j, i]` and `a[i, j]`: it runs in tiles of 16 columns by the chunk's rows; odd
+    // sizes exercise the last tile and the last chunk, and a value that varies along both indices checks
+    // that nothing depending on j is computed once per tile.
+    let src = "loss f(a: f32[N, N], v: f32[N]) {
+        let m[i, j] = a[j, i] * v[i] + tanh(a[i, j] - v[j]) * a[j, i]
+        sum[i, j] m[i, j] * m[i, j] }";
+    let jit = Compiler::new().threads(2).compile_source("t.lx", src).unwrap();
+    let interp = Compiler::new()
+        .backend(Backend::Interp)
+        .compile_source("t.lx", src)
+        .unwrap();
+    let mut rng = Rng::new(12);
+    for n in [1usize, 15, 16, 37, 40] {
+        let inputs = BTreeMap::from([
+            (
+                "a".to_string(),
+                Tensor::float(vec![n, n], (0..n * n).map(|_| rng.normal()).collect()),
+            ),
+            (
+                "v".to_string(),
+                Tensor::float(vec![n], (0..n).map(|_| rng.normal()).collect()),
+            ),
+        ]);
+        let a = jit.kernel(None).unwrap().eval(&inputs).unwrap();
+        let b = interp.kernel(None).unwrap().eval(&inputs).unwrap();
+        assert_agree(&format!("N = {n}"), &a, &b);
+    }
+}

@@ -330,10 +330,10 @@ fn row_local_nests_fuse_into_one_group() {
 
 #[test]
 fn contractions_and_cross_row_reads_do_not_fuse() {
-    // x·xᵀ reads all of x for each row, and so do the two contractions of its gradient (r2 reads a column
-    // of g_adj); the row sums of exp(g) and the adjoint of g only read row i of g, and fuse.
+    // x·xᵀ reads all of x for each row, and so does the product of its gradient; its left operand reads
+    // g_adj transposed; the row sums of exp(g) and the adjoint of g only read row i of g, and fuse.
     let g = groups("loss f(x: f32[N, D]) { let g[i, j] = sum[d] x[i, d] * x[j, d]\n sum[i, j] exp(g[i, j] / 100) }");
-    for contraction in ["g", "r2", "r3"] {
+    for contraction in ["g", "grad_x_lhs", "grad_x"] {
         assert!(g.contains(&vec![contraction.to_string()]), "{contraction} alone: {g:?}");
     }
     assert!(g.contains(&vec!["r1".to_string(), "g_adj".into()]), "{g:?}");
@@ -365,4 +365,43 @@ fn sibling_sums_over_one_index_run_as_one_group() {
     assert!(g.contains(&vec!["tp".to_string(), "fp".into(), "fn_".into()]), "{g:?}");
     let at = |name: &str| g.iter().position(|m| m.iter().any(|t| t == name)).unwrap();
     assert!(at("tp") < at("loss"), "{g:?}");
+}
+
+#[test]
+fn sums_sharing_a_matrix_factor_merge_into_one_product() {
+    // The gradient of x·xᵀ multiplies x twice, `sum[i] g_adj[i, t] * x[i, d] + sum[j] g_adj[t, j] * x[j, d]`:
+    // one sum over (g_adjᵀ + g_adj) remains, one matrix product (with its materialized left operand)
+    // besides x·xᵀ itself; loss and gradient keep their values.
+    let src = "loss f(x: f32[N, D]) { let g[i, j] = sum[d] x[i, d] * x[j, d]\n sum[i, j] exp(g[i, j] / 100) }";
+    let f = compile(src);
+    let raw = lossc::autodiff::grad(&f).unwrap();
+    let opt = lossc::opt::optimize(&raw).unwrap();
+    lossc::ir::verify::verify(&opt).unwrap();
+    let printed = lossc::ir::print::readable(&opt);
+    let grad = printed.lines().find(|l| l.trim_start().starts_with("grad_x[")).unwrap();
+    assert_eq!(grad.matches("sum[").count(), 1, "{printed}");
+    let plan = lossc::backend::loops::Plan::new(&opt);
+    assert_eq!(plan.contractions.len(), 2, "{printed}");
+    let mut rng = Rng::new(4);
+    let inputs = inputs_for(&f, &mut rng, 1.0);
+    let a = lossc::api::eval(&raw, &inputs, &BTreeMap::new()).unwrap();
+    let b = lossc::api::eval(&opt, &inputs, &BTreeMap::new()).unwrap();
+    assert!((a.loss - b.loss).abs() <= 1e-12 * a.loss.abs());
+    for (x, y) in a.grads[0].1.to_f64().iter().zip(b.grads[0].1.to_f64()) {
+        assert!((x - y).abs() <= 1e-12 * x.abs().max(1.0), "{x} vs {y}");
+    }
+    // Different second factors (x and w) stay two sums.
+    let two =
+        "loss f(x: f32[N, D], w: f32[N, D]) { let g[i, j] = sum[d] x[i, d] * w[j, d]\n sum[i, j] exp(g[i, j] / 100) }";
+    let opt = lossc::opt::optimize(&lossc::autodiff::grad(&compile(two)).unwrap()).unwrap();
+    let printed = lossc::ir::print::readable(&opt);
+    assert!(
+        printed.lines().any(|l| l.trim_start().starts_with("grad_x[")),
+        "{printed}"
+    );
+    assert_eq!(
+        lossc::backend::loops::Plan::new(&opt).contractions.len(),
+        3,
+        "{printed}"
+    );
 }

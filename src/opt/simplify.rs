@@ -193,6 +193,11 @@ pub fn simplify(f: &mut Function, expr: Expr, scalar: Scalar, span: Span) -> R<N
     if matches!(prim, Add | Mul | Eq | Ne) && a[1] < a[0] {
         return simplify(f, prim_expr(prim, &[a[1], a[0]]), scalar, span);
     }
+    if prim == Add
+        && let Some(merged) = merge_sums(f, a[0], a[1], span)?
+    {
+        return Ok(merged);
+    }
     match prim {
         // Integers (exact): i + 0 = i, i * 1 = i, i * 0 = 0 (index arithmetic such as a flat position's
         // `j + 0 * B`).
@@ -362,6 +367,112 @@ pub fn simplify(f: &mut Function, expr: Expr, scalar: Scalar, span: Span) -> R<N
         _ => {}
     }
     f.add(expr, scalar, span)
+}
+
+/// `sum[k | m1] a * r + sum[k' | m2] b * r'` where `r'` is `r` with `k'` for `k` (a float load that depends
+/// on `k` and another index: the matrix a gradient multiplies twice, as `x` in the gradient of `x·xᵀ`)
+/// is `sum[k | m1 || m2] (select(m1, a, 0) + select(m2, b, 0)) * r`: one matrix product instead of two.
+/// Both sums have the same free indices (so they hoist alike) and the same extent.
+fn merge_sums(f: &mut Function, x: NodeId, y: NodeId, span: Span) -> R<Option<NodeId>> {
+    let sum = |n: NodeId| match &f.node(n).expr {
+        Expr::Reduce {
+            op: ReduceOp::Sum,
+            indices,
+            mask,
+            body,
+        } if indices.len() == 1 => Some((indices[0], *mask, *body)),
+        _ => None,
+    };
+    let (Some((k, mx, bx)), Some((k2, my, by))) = (sum(x), sum(y)) else {
+        return Ok(None);
+    };
+    if f.index(k).range != f.index(k2).range || f.node(x).free != f.node(y).free {
+        return Ok(None);
+    }
+    // `k` must not occur in y at all, so renaming k' to k captures nothing.
+    let roots: Vec<NodeId> = my.into_iter().chain([by]).collect();
+    let uses_k = f.reachable(&roots).into_iter().any(|n| match &f.node(n).expr {
+        Expr::Index(i) => *i == k,
+        Expr::Reduce { indices, .. } => indices.contains(&k),
+        _ => false,
+    });
+    if uses_k || k == k2 {
+        return Ok(None);
+    }
+    let at_k = f.add(Expr::Index(k), Scalar::Int, span)?;
+    let map = HashMap::from([(k2, at_k)]);
+    let by = f.subst(by, &map)?;
+    let my = my.map(|m| f.subst(m, &map)).transpose()?;
+    let factors = |f: &Function, n: NodeId| {
+        let mut out = Vec::new();
+        let mut stack = vec![n];
+        while let Some(m) = stack.pop() {
+            match prim_of(f, m) {
+                Some((Prim::Mul, args)) => stack.extend(args.iter().rev()),
+                _ => out.push(m),
+            }
+        }
+        out
+    };
+    let (fx, fy) = (factors(f, bx), factors(f, by));
+    let shared = fx.iter().copied().find(|r| {
+        let node = f.node(*r);
+        matches!(node.expr, Expr::Load { .. })
+            && node.scalar == Scalar::Float
+            && node.free.contains(&k)
+            && node.free.len() >= 2
+            && fy.contains(r)
+    });
+    let Some(r) = shared else {
+        return Ok(None);
+    };
+    // Each side without one `r`, as a product (1 when nothing is left), selected by its mask.
+    let side = |f: &mut Function, fs: &[NodeId], mask: Option<NodeId>| -> R<NodeId> {
+        let at = fs.iter().position(|n| *n == r).expect("the shared factor");
+        let rest: Vec<NodeId> = fs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != at)
+            .map(|(_, n)| *n)
+            .collect();
+        let mut v = match rest.first() {
+            Some(first) => *first,
+            None => f.float(1.0, span)?,
+        };
+        for n in rest.iter().skip(1) {
+            v = f.prim(Prim::Mul, &[v, *n], span)?;
+        }
+        // `select(v != 0, v, 0)` is `v` (up to the sign of a zero): autodiff's guard needs no select.
+        let guards_v = |m: NodeId| {
+            matches!(prim_of(f, m), Some((Prim::Ne, args)) if args.contains(&v) && args.iter().any(|a| is_float(f, *a, 0.0)))
+        };
+        match mask {
+            Some(m) if !guards_v(m) => {
+                let zero = f.float(0.0, span)?;
+                f.prim(Prim::Select, &[m, v, zero], span)
+            }
+            _ => Ok(v),
+        }
+    };
+    let a = side(f, &fx, mx)?;
+    let b = side(f, &fy, my)?;
+    let both = f.prim(Prim::Add, &[a, b], span)?;
+    let term = f.prim(Prim::Mul, &[both, r], span)?;
+    let mask = match (mx, my) {
+        (Some(m1), Some(m2)) => Some(f.prim(Prim::Or, &[m1, m2], span)?),
+        _ => None,
+    };
+    f.add(
+        Expr::Reduce {
+            op: ReduceOp::Sum,
+            indices: [k].into(),
+            mask,
+            body: term,
+        },
+        Scalar::Float,
+        span,
+    )
+    .map(Some)
 }
 
 fn prim_expr(prim: Prim, args: &[NodeId]) -> Expr {

@@ -62,6 +62,9 @@ type NestFn = unsafe extern "C" fn(*const *mut u8, *const i64, *const f64, *mut 
 /// Elements of the outermost loop per parallel chunk (at least).
 const CHUNK: i64 = 16;
 
+/// Columns per tile of an elementwise nest that reads a matrix transposed.
+const TILE: i64 = 16;
+
 /// Elements per parallel chunk below which a chunk takes more rows.
 const MIN_CHUNK_ELEMENTS: i64 = 4096;
 
@@ -871,7 +874,9 @@ impl<'a, 'b> Lower<'a, 'b> {
         let lanes_along_head = float && head.last().is_some_and(|(k, _)| self.vectorizable(nest.body, *k));
         self.vector_head = None;
         let lanes_along_head = lanes_along_head && from < head.len();
-        if let Some(update) = self.row_update_form(&head, nest.body).filter(|_| float) {
+        if from == 0 && self.column_major(&head, nest.body) {
+            self.column_major_nest(buffer, scalar, &head, nest.body);
+        } else if let Some(update) = self.row_update_form(&head, nest.body).filter(|_| float) {
             self.row_update_nest(buffer, &head, update, from);
         } else if let Some((d, term)) = self.dot_form(&head, nest.body).filter(|_| float && !lanes_along_head) {
             self.dot_nest(buffer, &head, d, term, nest.body, from);
@@ -883,6 +888,67 @@ impl<'a, 'b> Lower<'a, 'b> {
                 l.store(buffer, scalar, flat, v);
             });
         }
+    }
+
+    /// Whether an element over two indices `[p, q]` reads a matrix transposed (`m[q, p]`) and has no
+    /// reduction: it runs column by column within its chunk of rows ([`Self::column_major_nest`]).
+    fn column_major(&self, head: &[(IndexId, Dim)], body: NodeId) -> bool {
+        let [(p, _), (q, _)] = head else {
+            return false;
+        };
+        let nodes = self.f.reachable(&[body]);
+        !nodes
+            .iter()
+            .any(|n| matches!(self.f.node(*n).expr, Expr::Reduce { .. }))
+            && nodes.iter().any(|n| match &self.f.node(*n).expr {
+                Expr::Load { subs, .. } => matches!(subs[..], [a, b]
+                    if self.f.node(a).expr == Expr::Index(*q) && self.f.node(b).expr == Expr::Index(*p)),
+                _ => false,
+            })
+    }
+
+    /// An elementwise nest `[p, q]` that reads a matrix transposed, in tiles: the chunk's rows `p` times
+    /// [`TILE`] columns `q` at a time. A tile's elements read both `m[p, q]` (along rows) and `m[q, p]`
+    /// (16 lines, each reused by the chunk's 16 rows) from L1, where row by row each transposed read
+    /// would touch a new cache line (and, for wide matrices, a new page). The elements and their values
+    /// are the same in any order.
+    fn column_major_nest(&mut self, buffer: usize, scalar: Scalar, head: &[(IndexId, Dim)], body: NodeId) {
+        let [(p, pd), (q, qd)] = head else {
+            unreachable!("column_major: two indices");
+        };
+        let (p, q) = (*p, *q);
+        let extent = self.dim(pd);
+        let end = self.b.ins().smin(self.hi, extent);
+        let (zero, columns) = (self.b.ins().iconst(types::I64, 0), self.dim(qd));
+        let lo = self.lo;
+        let head = head.to_vec();
+        let q_var = self.var(q);
+        // Columns qb .. qe for every row of the chunk; leaves q at qb. The tile loop binds q to the tile's
+        // start only: nothing that depends on q may be computed before the inner loop over q.
+        let tile = |l: &mut Self, qb: Value, qe: Value| {
+            let tile_bound = l.bound.last() == Some(&q);
+            if tile_bound {
+                l.bound.pop();
+            }
+            l.for_range(p, lo, end, &mut |l: &mut Self| {
+                l.hoist_invariants(&[body]);
+                l.for_range(q, qb, qe, &mut |l: &mut Self| {
+                    let v = l.value(body);
+                    let flat = l.flat(&head);
+                    l.store(buffer, scalar, flat, v);
+                });
+            });
+            l.b.def_var(q_var, qb);
+            if tile_bound {
+                l.bound.push(q);
+            }
+        };
+        let rest = self.stepped_loop(q, zero, columns, TILE, &mut |l: &mut Self| {
+            let qb = l.index(q);
+            let qe = l.b.ins().iadd_imm_s(qb, TILE);
+            tile(l, qb, qe);
+        });
+        tile(self, rest, columns);
     }
 
     /// Loops over `head` from `level` on, then `body`; before each loop, the parts of `element` that the
