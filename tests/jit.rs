@@ -785,29 +785,29 @@ fn column_sums_agree_in_blocks_vectors_and_tail() {
 }
 
 #[test]
-fn elementwise_nests_reading_a_transpose_run_in_tiles_and_agree() {
-    // `m[i, j]` reads `a[j, i]` and `a[i, j]`: it runs in tiles of 16 columns by the chunk's rows; odd
-    // sizes exercise the last tile and the last chunk, and a value that varies along both indices checks
-    // that nothing depending on j is computed once per tile.
-    let src = "loss f(a: f32[N, N], v: f32[N]) {
-        let m[i, j] = a[j, i] * v[i] + tanh(a[i, j] - v[j]) * a[j, i]
-        sum[i, j] m[i, j] * m[i, j] }";
+fn transposed_reads_run_in_tiles_and_gathered_lanes_and_agree() {
+    // `m[i, j]` reads `a[j, i]` and `a[i, j]`: it runs in tiles of 16 columns by the chunk's rows, 4 columns
+    // at a time with `a[j, i]` gathered lane by lane; `c[i]` sums `a[j, i]` (contiguous along i) times a
+    // gathered `b[i, j]`. Odd sizes exercise the last tile, the last chunk and the scalar tails, and a
+    // value that varies along both indices checks that nothing depending on j is computed once per tile.
+    let src = "loss f(a: f32[N, N], b: f32[N, N], v: f32[N]) {
+        let m[i, j] = a[j, i] * v[i] + tanh(a[i, j] - v[j]) * a[j, i] / (1.0 + v[i] * v[j])
+        let c[i] = sum[j] a[j, i] / (1.0 + b[i, j] * b[i, j])
+        sum[i, j] m[i, j] * m[i, j] + c[i] * v[j] }";
     let jit = Compiler::new().threads(2).compile_source("t.lx", src).unwrap();
+    let clif = lossc::backend::jit::clif(jit.kernel(None).unwrap().function()).unwrap();
+    assert!(clif.contains("insertlane"), "no gathered lanes:\n{clif}");
     let interp = Compiler::new()
         .backend(Backend::Interp)
         .compile_source("t.lx", src)
         .unwrap();
     let mut rng = Rng::new(12);
     for n in [1usize, 15, 16, 37, 40] {
+        let mut m = |len: usize, shape: Vec<usize>| Tensor::float(shape, (0..len).map(|_| rng.normal()).collect());
         let inputs = BTreeMap::from([
-            (
-                "a".to_string(),
-                Tensor::float(vec![n, n], (0..n * n).map(|_| rng.normal()).collect()),
-            ),
-            (
-                "v".to_string(),
-                Tensor::float(vec![n], (0..n).map(|_| rng.normal()).collect()),
-            ),
+            ("a".to_string(), m(n * n, vec![n, n])),
+            ("b".to_string(), m(n * n, vec![n, n])),
+            ("v".to_string(), m(n, vec![n])),
         ]);
         let a = jit.kernel(None).unwrap().eval(&inputs).unwrap();
         let b = interp.kernel(None).unwrap().eval(&inputs).unwrap();

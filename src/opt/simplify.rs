@@ -443,9 +443,7 @@ fn merge_sums(f: &mut Function, x: NodeId, y: NodeId, span: Span) -> R<Option<No
             v = f.prim(Prim::Mul, &[v, *n], span)?;
         }
         // `select(v != 0, v, 0)` is `v` (up to the sign of a zero): autodiff's guard needs no select.
-        let guards_v = |m: NodeId| {
-            matches!(prim_of(f, m), Some((Prim::Ne, args)) if args.contains(&v) && args.iter().any(|a| is_float(f, *a, 0.0)))
-        };
+        let guards_v = |m: NodeId| matches!(prim_of(f, m), Some((Prim::Ne, args)) if args.contains(&v) && args.iter().any(|a| is_float(f, *a, 0.0)));
         match mask {
             Some(m) if !guards_v(m) => {
                 let zero = f.float(0.0, span)?;

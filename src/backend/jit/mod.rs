@@ -923,8 +923,10 @@ impl<'a, 'b> Lower<'a, 'b> {
         let lo = self.lo;
         let head = head.to_vec();
         let q_var = self.var(q);
-        // Columns qb .. qe for every row of the chunk; leaves q at qb. The tile loop binds q to the tile's
-        // start only: nothing that depends on q may be computed before the inner loop over q.
+        let lanes = scalar == Scalar::Float && self.vectorizable(body, q);
+        // Columns qb .. qe for every row of the chunk (4 at a time where the element is vectorizable);
+        // leaves q at qb. The tile loop binds q to the tile's start only: nothing that depends on q may be
+        // computed before the inner loop over q.
         let tile = |l: &mut Self, qb: Value, qe: Value| {
             let tile_bound = l.bound.last() == Some(&q);
             if tile_bound {
@@ -932,7 +934,16 @@ impl<'a, 'b> Lower<'a, 'b> {
             }
             l.for_range(p, lo, end, &mut |l: &mut Self| {
                 l.hoist_invariants(&[body]);
-                l.for_range(q, qb, qe, &mut |l: &mut Self| {
+                let rest = if lanes {
+                    l.vector_loop(q, qb, qe, &mut |l: &mut Self, kb| {
+                        let v = l.vvalue(body, q, kb, &mut HashMap::new());
+                        let flat = l.flat(&head);
+                        l.vstore(buffer, flat, v);
+                    })
+                } else {
+                    qb
+                };
+                l.for_range(q, rest, qe, &mut |l: &mut Self| {
                     let v = l.value(body);
                     let flat = l.flat(&head);
                     l.store(buffer, scalar, flat, v);

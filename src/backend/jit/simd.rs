@@ -1,8 +1,9 @@
 //! 4-wide SIMD for innermost loops along one index `k` (Cranelift 0.135 has 128-bit vectors: f32x4).
 //!
-//! A body is vectorizable along `k` when every node that depends on `k` is a load contiguous in `k`
-//! (`k` is the bare last subscript, every other subscript is in range and independent of `k`; integers
-//! and conditions load as i32 lanes, the low halves of their i64 elements), `k` itself, a comparison of
+//! A body is vectorizable along `k` when every node that depends on `k` is a load at `k` (`k` is one bare
+//! subscript, every other subscript is in range and independent of `k`; contiguous when `k` is the last
+//! subscript, else a float gathered lane by lane; integers and conditions load contiguous, as i32 lanes,
+//! the low halves of their i64 elements), `k` itself, a comparison of
 //! such integers, or an elementwise float operation of the supported set on such nodes; nodes that do
 //! not depend on `k` are computed once per vector step as scalars and broadcast. Nothing in a vectorized
 //! body can fail or loop (no reductions, no checked subscripts), so evaluating every lane — also lanes a
@@ -63,13 +64,17 @@ impl Lower<'_, '_> {
             match &node.expr {
                 Expr::Index(i) => *i == k,
                 // Integers and conditions load as i32 lanes (the low halves of their i64 elements).
+                // Contiguous along k (k the last subscript), or a float strided along k (gathered).
                 Expr::Load { tensor, subs } => {
                     let shape = self.f.ref_shape(*tensor);
-                    matches!(self.f.node(*subs.last().unwrap_or(&n)).expr, Expr::Index(i) if i == k)
-                        && subs.iter().zip(&shape).all(|(s, d)| self.in_range(*s, d))
-                        && subs[..subs.len() - 1]
+                    let at_k = |s: &NodeId| matches!(self.f.node(*s).expr, Expr::Index(i) if i == k);
+                    subs.iter().filter(|s| at_k(s)).count() == 1
+                        && subs
                             .iter()
+                            .filter(|s| !at_k(s))
                             .all(|s| !self.f.node(*s).free.contains(&k))
+                        && subs.iter().zip(&shape).all(|(s, d)| self.in_range(*s, d))
+                        && (subs.last().is_some_and(at_k) || node.scalar == Scalar::Float)
                 }
                 // A sum over other indices, each term lane-wise along k (an outer-product style loop).
                 Expr::Reduce {
@@ -162,17 +167,41 @@ impl Lower<'_, '_> {
                     let buffer = self.plan.buffer_of(self.f, *tensor);
                     let shape = self.plan.buffers[buffer].shape.clone();
                     let mut flat = self.b.ins().iconst(types::I64, 0);
+                    // Elements between consecutive k (the sizes of the axes after k's).
+                    let mut stride = None;
                     for (s, d) in subs.iter().zip(&shape) {
-                        let v = if matches!(self.f.node(*s).expr, Expr::Index(i) if i == k) {
-                            kb
-                        } else {
-                            self.value(*s)
-                        };
+                        let at_k = matches!(self.f.node(*s).expr, Expr::Index(i) if i == k);
+                        let v = if at_k { kb } else { self.value(*s) };
                         let size = self.dim(d);
+                        stride = stride.map(|st| self.b.ins().imul(st, size));
+                        if at_k {
+                            stride = Some(self.b.ins().iconst(types::I64, 1));
+                        }
                         let scaled = self.b.ins().imul(flat, size);
                         flat = self.b.ins().iadd(scaled, v);
                     }
+                    let contiguous = matches!(self.f.node(subs[subs.len() - 1]).expr, Expr::Index(i) if i == k);
                     match node.scalar {
+                        Scalar::Float if !contiguous => {
+                            // A gather: four loads `stride` elements apart, into the lanes.
+                            let stride = stride.expect("vectorizable: k is a subscript");
+                            let step = self.b.ins().ishl_imm_u(stride, 2);
+                            let mut addr = self.address(buffer, Scalar::Float, flat);
+                            let first = self
+                                .b
+                                .ins()
+                                .load(types::F32, MemFlagsData::new().with_notrap(), addr, 0);
+                            let mut lanes = self.b.ins().scalar_to_vector(types::F32X4, first);
+                            for lane in 1..LANES as u8 {
+                                addr = self.b.ins().iadd(addr, step);
+                                let x = self
+                                    .b
+                                    .ins()
+                                    .load(types::F32, MemFlagsData::new().with_notrap(), addr, 0);
+                                lanes = self.b.ins().insertlane(lanes, x, lane);
+                            }
+                            lanes
+                        }
                         Scalar::Float => {
                             let addr = self.address(buffer, Scalar::Float, flat);
                             self.b
