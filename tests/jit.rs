@@ -667,13 +667,17 @@ fn a_logsumexp_constant_along_its_row_keeps_no_exponentials() {
 #[test]
 fn matrix_products_run_as_gemm_in_any_layout() {
     // Every operand layout (plain and transposed on either side), a product whose factors are split into
-    // materialized operands (`w[k]` joins the left one), masked adjoint products in the gradients, and
-    // row counts below, at and past the block size (64) with odd extents.
+    // materialized operands (`w[k]` joins the left one), masked adjoint products in the gradients, the
+    // symmetric products a·aᵀ and atᵀ·at (half computed, half mirrored), and row counts below, at and
+    // past the block sizes (64 and 128) with odd extents.
     let src = "loss f(a: f32[P, K], b: f32[Q, K], at: f32[K, P], bt: f32[K, Q], w: f32[K]) {
         let s1[i, j] = sum[k] a[i, k] * b[j, k]
         let s2[i, j] = sum[k] at[k, i] * bt[k, j]
         let s3[i, j] = sum[k] a[i, k] * w[k] * bt[k, j]
-        sum[i, j] tanh(s1[i, j]) * s2[i, j] + softplus(s3[i, j] - s1[i, j]) }";
+        let s4[u, v] = sum[k] a[u, k] * a[v, k]
+        let s5[u, v] = sum[k] at[k, u] * at[k, v]
+        (sum[i, j] tanh(s1[i, j]) * s2[i, j] + softplus(s3[i, j] - s1[i, j]))
+            + sum[u, v] sigmoid(s4[u, v] + 0.1 * v) * s5[u, v] }";
     let jit = Compiler::new().threads(2).compile_source("g.lx", src).unwrap();
     let f = jit.kernel(None).unwrap().function().clone();
     let plan = lossc::backend::loops::Plan::new(&f);
@@ -683,12 +687,24 @@ fn matrix_products_run_as_gemm_in_any_layout() {
         f.tensors.iter().any(|t| t.name.ends_with("_lhs")),
         "no materialized operand"
     );
+    let symmetric = plan
+        .contractions
+        .iter()
+        .filter(|c| c.left.buffer == c.right.buffer && c.left.transposed != c.right.transposed)
+        .count();
+    assert!(symmetric >= 2, "{symmetric} symmetric products");
     let interp = Compiler::new()
         .backend(Backend::Interp)
         .compile_source("g.lx", src)
         .unwrap();
     let mut rng = Rng::new(77);
-    for (p, q, k) in [(3usize, 5usize, 7usize), (64, 9, 33), (131, 70, 5), (2, 1, 0)] {
+    for (p, q, k) in [
+        (3usize, 5usize, 7usize),
+        (64, 9, 33),
+        (131, 70, 5),
+        (200, 3, 4),
+        (2, 1, 0),
+    ] {
         let mut m = |r: usize, c: usize| Tensor::float(vec![r, c], (0..r * c).map(|_| rng.normal() * 0.3).collect());
         let inputs = BTreeMap::from([
             ("a".to_string(), m(p, k)),

@@ -2,18 +2,25 @@
 //! (AVX2 / FMA / AVX-512 detected at run time), which reach several times the throughput of a generated
 //! 4-lane dot loop.
 //!
-//! Invariants: the output is cut into fixed blocks of [`ROWS`] rows, one sgemm call each, so which thread
+//! Invariants: the output is cut into fixed blocks of rows ([`Product::block_rows`]), one sgemm call each, so which thread
 //! computes a block never changes its bits (each element's sum runs in the kernel's own fixed order). A
 //! masked product (`L != 0`) runs dense only when every element of the other operand is finite;
 //! otherwise [`Product::new`] declines and the nest's generated code, which skips the masked terms, runs
 //! instead.
 //! Operand shapes are the extents of the indices that read them ([`Contraction::of`]), so every strided
-//! read stays inside its buffer.
+//! read stays inside its buffer. A symmetric product (`x·xᵀ`) computes each block's columns from the
+//! diagonal on and mirrors them into the later rows, whose blocks skip them: half the arithmetic, and
+//! still no element written by two blocks.
 
 use super::super::loops::{Contraction, Operand};
 
-/// Output rows per sgemm call (and per parallel task).
-pub(super) const ROWS: i64 = 256;
+/// Output rows per sgemm call (and per parallel task): fewer calls repack the right operand less often;
+/// a symmetric product's blocks differ in work, and smaller ones balance across threads.
+const ROWS: i64 = 128;
+const SYMMETRIC_ROWS: i64 = 64;
+
+/// Columns per strip of a symmetric product's mirror copy.
+const MIRROR_STRIP: usize = 8;
 
 /// A product's extents and its operands' element strides, for one call's sizes.
 #[derive(Clone, Copy)]
@@ -24,6 +31,9 @@ pub(super) struct Product {
     left: (*const f32, isize, isize),
     right: (*const f32, isize, isize),
     out: *mut f32,
+    /// `L = Rᵀ` (one buffer read both ways, as in `x·xᵀ`): each block computes its rows from the
+    /// diagonal on and mirrors them.
+    symmetric: bool,
 }
 
 // SAFETY: the operands are only read, and each call writes the disjoint rows of its block.
@@ -58,6 +68,7 @@ impl Product {
             left: view(&c.left, rows, depth),
             right: view(&c.right, depth, columns),
             out: ptrs[out] as *mut f32,
+            symmetric: c.left.buffer == c.right.buffer && c.left.transposed != c.right.transposed && rows == columns,
         };
         if let Some(o) = &c.must_be_finite {
             let len = if o.buffer == c.left.buffer {
@@ -78,6 +89,11 @@ impl Product {
         self.rows as i64
     }
 
+    /// Output rows per block (a fixed number: blocks, not threads, decide every element's arithmetic).
+    pub(super) fn block_rows(&self) -> i64 {
+        if self.symmetric { SYMMETRIC_ROWS } else { ROWS }
+    }
+
     /// Computes output rows `lo..hi`.
     ///
     /// # Safety
@@ -95,25 +111,46 @@ impl Product {
         }
         let (a, rsa, csa) = self.left;
         let (b, rsb, csb) = self.right;
+        // A symmetric product computes columns from `lo` on (the rest of these rows is the mirror image
+        // of earlier blocks' columns, which those blocks write).
+        let first = if self.symmetric { lo } else { 0 };
+        let n = self.columns;
         // SAFETY: the views address `rows × depth`, `depth × columns` and `rows × columns` elements of
-        // their buffers; rows `lo..hi` of the left view start `lo * rsa` elements in.
+        // their buffers; rows `lo..hi` of the left view start `lo * rsa` elements in, columns `first..`
+        // of the right view `first * csb`.
         unsafe {
             matrixmultiply::sgemm(
                 hi - lo,
                 self.depth,
-                self.columns,
+                n - first,
                 1.0,
                 a.offset(lo as isize * rsa),
                 rsa,
                 csa,
-                b,
+                b.offset(first as isize * csb),
                 rsb,
                 csb,
                 0.0,
-                out,
-                self.columns as isize,
+                out.add(first),
+                n as isize,
                 1,
             )
         };
+        if self.symmetric {
+            // Mirror: C[j, i] = C[i, j] for the rows i of this block and every later row j. Those
+            // elements (rows after the block, its columns) are written by no other block.
+            // In strips of MIRROR_STRIP columns: a strip's rows are read along their lines and its
+            // target rows stay in cache (a column at a time would evict: rows of a power-of-two width all
+            // map to one cache set).
+            for strip in (hi..n).step_by(MIRROR_STRIP) {
+                let end = (strip + MIRROR_STRIP).min(n);
+                for i in lo..hi {
+                    for j in strip..end {
+                        // SAFETY: i, j < rows = columns.
+                        unsafe { *self.out.add(j * n + i) = *self.out.add(i * n + j) };
+                    }
+                }
+            }
+        }
     }
 }

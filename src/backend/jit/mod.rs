@@ -515,7 +515,7 @@ impl Compiled {
             let (outer, chunk) = match split {
                 // A split sum: chunks of its index, each adding into its own partial slot.
                 Some(extent) => (extent.eval(sizes).max(0), SPLIT_CHUNK),
-                None if product.is_some() => (product.as_ref().map_or(0, |p| p.rows()), gemm::ROWS),
+                None if let Some(p) = &product => (p.rows(), p.block_rows()),
                 None => {
                     let outer = nest.head.first().map_or(1, |(_, d)| d.eval(sizes).max(0));
                     // Enough work per call that the call's setup is noise: a chunk holds CHUNK rows, or
