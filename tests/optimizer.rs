@@ -405,3 +405,19 @@ fn sums_sharing_a_matrix_factor_merge_into_one_product() {
         "{printed}"
     );
 }
+
+#[test]
+fn costly_elements_computed_again_are_read_from_their_tensor() {
+    // AnyLoss's gradient needs sigmoid(L (p - 0.5)) again: it reads `a` instead of a second sigmoid per
+    // point. A division alone is not worth a read (it stays inline).
+    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/anyloss_f1.lx")).unwrap();
+    let opt = lossc::opt::optimize(&lossc::autodiff::grad(&compile(&src)).unwrap()).unwrap();
+    let printed = lossc::ir::print::readable(&opt);
+    let grad = printed.lines().find(|l| l.trim_start().starts_with("grad_p[")).unwrap();
+    assert!(grad.contains("a[") && !grad.contains("sigmoid"), "{grad}");
+    let src = "loss f(x: f32[N], t: f32 = 2.0) { let q[i] = x[i] / t\n sum[i] q[i] * (x[i] / t) }";
+    let opt = lossc::opt::optimize(&lossc::autodiff::grad(&compile(src)).unwrap()).unwrap();
+    let printed = lossc::ir::print::readable(&opt);
+    let loss = printed.lines().find(|l| l.trim_start().starts_with("loss =")).unwrap();
+    assert!(loss.contains("* (x[") && loss.contains("] / t)"), "{printed}");
+}

@@ -38,6 +38,7 @@ pub fn materialize(src: &Function) -> R<Function> {
         memo: HashMap::new(),
         canonical: HashMap::new(),
         hoisted: HashMap::new(),
+        elements: HashMap::new(),
         pending: Vec::new(),
     };
     for (k, t) in src.tensors.iter().enumerate() {
@@ -50,6 +51,16 @@ pub fn materialize(src: &Function) -> R<Function> {
         }
         let id = h.dst.add_tensor(TensorDef { body, ..t.clone() });
         h.tensors[k] = Some(id);
+        // A costly elementwise element (no reduction at its root, every head index used) is read from
+        // this tensor wherever a later element computes it again.
+        if !t.indices.is_empty()
+            && !matches!(h.dst.node(body).expr, Expr::Reduce { .. })
+            && h.dst.node(body).free.len() == t.indices.len()
+            && h.costly(body)
+        {
+            let canon = h.canonicalize(body, &t.indices)?;
+            h.elements.entry(canon.1).or_insert(id);
+        }
         // A reduction equal to this tensor's element (up to renaming its head) is read from it instead.
         if t.role == Role::Let && matches!(h.dst.node(body).expr, Expr::Reduce { .. }) {
             let head: Vec<IndexId> = t.indices.clone();
@@ -69,6 +80,8 @@ struct Hoist<'a> {
     memo: HashMap<(NodeId, Vec<IndexId>, bool, bool), NodeId>,
     canonical: HashMap<(Dim, usize), IndexId>,
     hoisted: HashMap<NodeId, TensorId>,
+    /// Costly elementwise tensor elements, canonicalized over their heads.
+    elements: HashMap<NodeId, TensorId>,
     pending: Vec<TensorDef>,
 }
 
@@ -114,7 +127,11 @@ impl Hoist<'_> {
                     };
                     out.push(self.walk(*a, ctx, false, lazy || lazy_arg)?);
                 }
-                self.dst.add(Expr::Prim { prim, args: out.into() }, node.scalar, span)?
+                let out = self.dst.add(Expr::Prim { prim, args: out.into() }, node.scalar, span)?;
+                match self.stored_element(out, root)? {
+                    Some(load) => load,
+                    None => out,
+                }
             }
             Expr::Load { tensor, subs } => {
                 let mut out = Vec::new();
@@ -160,6 +177,69 @@ impl Hoist<'_> {
             map.insert(*v, self.dst.add(Expr::Index(c), Scalar::Int, span)?);
         }
         Ok((head, self.dst.subst(node, &map)?))
+    }
+
+    /// Whether computing `n` costs more than reading it back: it holds a transcendental (not merely a
+    /// division: `s / T - lse` stays an expression, which is what a softmax row's kept exponentials
+    /// recognize).
+    fn costly(&self, n: NodeId) -> bool {
+        self.dst.reachable(&[n]).iter().any(|m| {
+            matches!(
+                self.dst.node(*m).expr,
+                Expr::Prim {
+                    prim: Prim::Exp
+                        | Prim::Log
+                        | Prim::Log1p
+                        | Prim::Expm1
+                        | Prim::Sigmoid
+                        | Prim::Softplus
+                        | Prim::Tanh
+                        | Prim::Atan
+                        | Prim::Sqrt
+                        | Prim::Pow,
+                    ..
+                }
+            )
+        })
+    }
+
+    /// A load of an earlier tensor whose element is `n` (a `dst` node inside an element, not its root),
+    /// with its free indices in either order for two: `sigmoid(L * (p[t] - 0.5))` in AnyLoss's gradient
+    /// reads `a[t]`.
+    fn stored_element(&mut self, n: NodeId, root: bool) -> R<Option<NodeId>> {
+        let free = self.dst.node(n).free.to_vec();
+        if root || self.elements.is_empty() || free.is_empty() || free.len() > 2 || !self.costly(n) {
+            return Ok(None);
+        }
+        let span = self.dst.span(n);
+        let mut orders = vec![free.clone()];
+        if free.len() == 2 {
+            orders.push(vec![free[1], free[0]]);
+        }
+        for order in orders {
+            let (_, canon) = self.canonicalize(n, &order)?;
+            let Some(t) = self.elements.get(&canon).copied() else {
+                continue;
+            };
+            let subs = order
+                .iter()
+                .map(|i| self.dst.add(Expr::Index(*i), Scalar::Int, span))
+                .collect::<R<Vec<NodeId>>>()?;
+            let tensor = TensorRef::Def(t);
+            let scalar = self.dst.node(n).scalar;
+            return self
+                .dst
+                .add(
+                    Expr::Load {
+                        tensor,
+                        subs: subs.into(),
+                    },
+                    scalar,
+                    span,
+                )
+                .map(Some);
+        }
+        Ok(None)
     }
 
     /// Whether a tensor of this name exists.
