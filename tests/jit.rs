@@ -604,8 +604,9 @@ fn softmax_rows_keep_their_exponentials_and_special_rows_agree() {
 
 #[test]
 fn label_comparisons_and_condition_tensors_vectorize() {
-    // `same[i, j]` is a condition tensor and `y[i] == y[j]` compares two label loads: both now run as
-    // i32 lanes in the masked reductions (vector steps and scalar tail, N = 13), matching the interpreter.
+    // `same[i, j]` is a condition tensor (computed and stored 4 lanes at a time) and `y[i] == y[j]`
+    // compares two label loads: both run as i32 lanes in the masked reductions (vector steps and scalar
+    // tail, N = 13), matching the interpreter.
     let src = "loss f(x: f32[N, N], y: idx[N]) {
         let same[i, j] = y[i] == y[j] && i != j
         sum[i] (max[j | same[i, j]] x[i, j]) + logsumexp[j | y[i] != y[j]] x[i, j] }";
@@ -613,6 +614,10 @@ fn label_comparisons_and_condition_tensors_vectorize() {
     let kernel = jit.kernel(None).unwrap();
     let clif = lossc::backend::jit::clif(kernel.function()).unwrap();
     assert!(clif.contains("load.i8x16"), "no integer lane loads:\n{clif}");
+    assert!(
+        clif.contains("swiden_low"),
+        "the condition tensor is not stored 4 lanes at a time:\n{clif}"
+    );
     let interp = Compiler::new()
         .backend(Backend::Interp)
         .compile_source("l.lx", src)

@@ -870,8 +870,9 @@ impl<'a, 'b> Lower<'a, 'b> {
         let scalar = self.plan.buffers[buffer].scalar;
         let head = nest.head.clone();
         let float = scalar == Scalar::Float;
-        // Whether the innermost head loop can run 4 elements at a time.
-        let lanes_along_head = float && head.last().is_some_and(|(k, _)| self.vectorizable(nest.body, *k));
+        // Whether the innermost head loop can run 4 elements at a time (numbers, or conditions as masks).
+        let lanes_along_head =
+            (float || scalar == Scalar::Bool) && head.last().is_some_and(|(k, _)| self.vectorizable(nest.body, *k));
         self.vector_head = None;
         let lanes_along_head = lanes_along_head && from < head.len();
         if from == 0 && self.column_major(&head, nest.body) {

@@ -833,9 +833,19 @@ impl Lower<'_, '_> {
         }
     }
 
-    /// Stores 4 lanes at `flat .. flat + 3` of a float buffer.
+    /// Stores 4 lanes at `flat .. flat + 3` of a float buffer (f32x4), or of a condition buffer (an i32x4
+    /// mask of -1 / 0 lanes, stored as i64 elements 1 / 0).
     pub(super) fn vstore(&mut self, buffer: usize, flat: Value, v: Value) {
+        let flags = MemFlagsData::new().with_notrap();
+        if self.plan.buffers[buffer].scalar == Scalar::Bool {
+            let addr = self.address(buffer, Scalar::Bool, flat);
+            for (half, offset) in [(self.b.ins().swiden_low(v), 0), (self.b.ins().swiden_high(v), 16)] {
+                let one_or_zero = self.b.ins().ineg(half);
+                self.b.ins().store(vflags().with_notrap(), one_or_zero, addr, offset);
+            }
+            return;
+        }
         let addr = self.address(buffer, Scalar::Float, flat);
-        self.b.ins().store(MemFlagsData::new().with_notrap(), v, addr, 0);
+        self.b.ins().store(flags, v, addr, 0);
     }
 }
