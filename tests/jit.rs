@@ -835,3 +835,29 @@ fn transposed_reads_run_in_tiles_and_gathered_lanes_and_agree() {
         assert_agree(&format!("N = {n}"), &a, &b);
     }
 }
+
+#[test]
+fn sums_and_means_add_sixteen_points_at_a_time_and_agree() {
+    // A row's sum and unmasked mean add 16 points in f32 before widening (then 4, then one by one):
+    // C = 15, 16, 37 and 70 cover every part; the mean's count must follow.
+    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/z_loss.lx")).unwrap();
+    let src = format!(
+        "{src}\nloss sums(s: f32[N, C]) {{ mean[i] (sum[k] s[i, k] * s[i, k]) - 3.0 * (mean[k] tanh(s[i, k])) }}"
+    );
+    let jit = Compiler::new().threads(2).compile_source("m.lx", &src).unwrap();
+    let interp = Compiler::new()
+        .backend(Backend::Interp)
+        .compile_source("m.lx", &src)
+        .unwrap();
+    let mut rng = Rng::new(21);
+    for name in jit.losses() {
+        for c in [15usize, 16, 37, 70] {
+            let f = jit.kernel(Some(name)).unwrap().function().clone();
+            let n = 5;
+            let inputs = random_inputs(&f, &[n as i64, c as i64], &mut rng);
+            let a = jit.kernel(Some(name)).unwrap().eval(&inputs).unwrap();
+            let b = interp.kernel(Some(name)).unwrap().eval(&inputs).unwrap();
+            assert_agree(&format!("{name}, C = {c}"), &a, &b);
+        }
+    }
+}

@@ -1482,7 +1482,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             mask,
             body,
             false,
-            &mut |l: &mut Self, v, lanes_mask| {
+            &mut |l: &mut Self, v, lanes_mask, _| {
                 if let Some((k, buffer, start)) = row_helper {
                     let flat = l.kept_at(k, start);
                     l.vstore(buffer, flat, v);
@@ -1574,7 +1574,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             mask,
             body,
             false,
-            &mut |l: &mut Self, v, lanes_mask| {
+            &mut |l: &mut Self, v, lanes_mask, _| {
                 let mxv = l.b.ins().splat(types::F32X4, mx);
                 let d = l.b.ins().fsub(v, mxv);
                 let e = l.exp_lanes(d, true);
@@ -1608,9 +1608,9 @@ impl<'a, 'b> Lower<'a, 'b> {
     /// index and its body and mask are vectorizable along it (`vector` gets the body's lanes and the mask's),
     /// the rest one by one (`scalar` gets the body's value).
     ///
-    /// `presum`: the caller only adds the lanes (a sum); 16 points at a time are then added in f32 four
-    /// vectors at once before `vector` sees them (one f64 widening per 16 points; each term passes through
-    /// at most three f32 additions).
+    /// `presum`: the caller only adds the lanes (a sum or an unmasked mean); 16 points at a time are then
+    /// added in f32 four vectors at once before `vector` sees them (one f64 widening per 16 points; each
+    /// term passes through at most three f32 additions). `vector` is told how many points it covers.
     #[allow(clippy::too_many_arguments)]
     fn reduce_pass(
         &mut self,
@@ -1618,7 +1618,7 @@ impl<'a, 'b> Lower<'a, 'b> {
         mask: Option<NodeId>,
         body: NodeId,
         presum: bool,
-        vector: &mut dyn FnMut(&mut Self, Value, Option<Value>),
+        vector: &mut dyn FnMut(&mut Self, Value, Option<Value>, i64),
         scalar: &mut dyn FnMut(&mut Self, Value),
     ) {
         let single = match ranges {
@@ -1657,7 +1657,7 @@ impl<'a, 'b> Lower<'a, 'b> {
                             });
                         }
                         let total = total.expect("four vectors");
-                        vector(l, total, None);
+                        vector(l, total, None, 4 * simd::LANES);
                     })
                 } else {
                     zero
@@ -1666,7 +1666,7 @@ impl<'a, 'b> Lower<'a, 'b> {
                     let mut memo = HashMap::new();
                     let v = l.vvalue(body, k, kb, &mut memo);
                     let m = mask.map(|m| l.vvalue(m, k, kb, &mut memo));
-                    vector(l, v, m);
+                    vector(l, v, m, simd::LANES);
                 });
                 self.for_range(k, tail, end, &mut one);
             }
@@ -1737,8 +1737,8 @@ impl<'a, 'b> Lower<'a, 'b> {
                 &ranges,
                 mask,
                 body,
-                op == ReduceOp::Sum,
-                &mut |l: &mut Self, v, lanes_mask| {
+                matches!(op, ReduceOp::Sum | ReduceOp::Mean),
+                &mut |l: &mut Self, v, lanes_mask, points| {
                     let fill = match op {
                         ReduceOp::Max => f32::NEG_INFINITY,
                         ReduceOp::Min => f32::INFINITY,
@@ -1759,7 +1759,7 @@ impl<'a, 'b> Lower<'a, 'b> {
                     }
                     if op == ReduceOp::Mean {
                         let c = l.b.use_var(count);
-                        let c = l.b.ins().iadd_imm_s(c, simd::LANES);
+                        let c = l.b.ins().iadd_imm_s(c, points);
                         l.b.def_var(count, c);
                     }
                 },
