@@ -170,7 +170,7 @@ fn build(f: &Function, mut clif_text: Option<&mut String>, exp_rows: bool) -> Re
         })
         .collect();
     helpers.push(("lossc_powf", vec![types::F32, types::F32], types::F32));
-    helpers.push(("lossc_exp_row", vec![ptr, types::I64, types::F32], types::F64));
+    helpers.push(("lossc_exp_row", vec![ptr, ptr, types::I64, types::F32], types::F64));
     let mut imports = HashMap::new();
     for (name, params, result) in helpers {
         let mut sig = module.make_signature();
@@ -1473,6 +1473,10 @@ impl<'a, 'b> Lower<'a, 'b> {
             .as_ref()
             .filter(|_| self.exp_rows)
             .map(|(k, keep, start)| (*k, keep.buffer, *start));
+        // A body that is a row of a buffer (`s[t, k]`) is read from there by the helper; other bodies are
+        // left in the kept row by the first pass.
+        let source = row_helper.and_then(|(k, _, _)| self.contiguous_row(body, k));
+        let row_helper_copy = row_helper.filter(|_| source.is_none());
         let m = self.b.declare_var(types::F32);
         let ninf = self.b.ins().f32const(f32::NEG_INFINITY);
         self.b.def_var(m, ninf);
@@ -1483,7 +1487,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             body,
             false,
             &mut |l: &mut Self, v, lanes_mask, _| {
-                if let Some((k, buffer, start)) = row_helper {
+                if let Some((k, buffer, start)) = row_helper_copy {
                     let flat = l.kept_at(k, start);
                     l.vstore(buffer, flat, v);
                 }
@@ -1493,7 +1497,7 @@ impl<'a, 'b> Lower<'a, 'b> {
                 l.b.def_var(vmax, nm);
             },
             &mut |l: &mut Self, x| {
-                if let Some((k, buffer, start)) = row_helper {
+                if let Some((k, buffer, start)) = row_helper_copy {
                     let flat = l.kept_at(k, start);
                     l.store(buffer, Scalar::Float, flat, x);
                 }
@@ -1509,7 +1513,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             (Some((_, keep, _)), Some((_, buffer, start))) => {
                 let row = self.address(buffer, Scalar::Float, start);
                 let n = self.dim(&keep.length);
-                self.call("lossc_exp_row", &[row, n, mx])
+                self.call("lossc_exp_row", &[source.unwrap_or(row), row, n, mx])
             }
             _ => self.exp_sum_pass(ranges, mask, body, mx, &keep),
         };
@@ -1552,6 +1556,38 @@ impl<'a, 'b> Lower<'a, 'b> {
             }
         }
         self.b.ins().select(finite, r, mx)
+    }
+
+    /// The address of element `k = 0` of a float load contiguous along `k` (`s[t, k]`: `k` the last
+    /// subscript, the others in range and independent of it), whose row the reduction over `k` reads.
+    fn contiguous_row(&mut self, body: NodeId, k: IndexId) -> Option<Value> {
+        let Expr::Load { tensor, subs } = self.f.node(body).expr.clone() else {
+            return None;
+        };
+        let buffer = self.plan.buffer_of(self.f, tensor);
+        let shape = self.plan.buffers[buffer].shape.clone();
+        let at_k = |l: &Self, s: NodeId| matches!(l.f.node(s).expr, Expr::Index(i) if i == k);
+        let contiguous = self.plan.buffers[buffer].scalar == Scalar::Float
+            && subs.last().is_some_and(|s| at_k(self, *s))
+            && subs[..subs.len() - 1]
+                .iter()
+                .all(|s| !self.f.node(*s).free.contains(&k))
+            && subs.iter().zip(&shape).all(|(s, d)| self.in_range(*s, d));
+        if !contiguous {
+            return None;
+        }
+        let mut flat = self.b.ins().iconst(types::I64, 0);
+        for (s, d) in subs.iter().zip(&shape) {
+            let v = if at_k(self, *s) {
+                self.b.ins().iconst(types::I64, 0)
+            } else {
+                self.value(*s)
+            };
+            let size = self.dim(d);
+            let scaled = self.b.ins().imul(flat, size);
+            flat = self.b.ins().iadd(scaled, v);
+        }
+        Some(self.address(buffer, Scalar::Float, flat))
     }
 
     /// The second pass of a two-pass logsumexp: the sum of exp(x - m) over the row (in f64), writing

@@ -1,6 +1,7 @@
 //! Row helpers the generated code calls where 128-bit Cranelift vectors leave half the machine idle.
 //!
-//! `lossc_exp_row` turns a row of values into their exponentials after a shift, in place, and returns
+//! `lossc_exp_row` turns a row of values into their exponentials after a shift (read from a source row,
+//! or in place when the source is the destination), and returns
 //! their sum (f64 over f32 partial sums of 8 values): the second pass of a softmax row's logsumexp whose exponentials are kept
 //! ([`super::super::loops::KeptExps`]). On x86-64 with AVX2 and FMA it runs 8 lanes at a time with the
 //! same algorithm, constants and special cases as the inline CLIF `exp` (math.rs), so its values agree
@@ -20,29 +21,31 @@ pub(super) fn available() -> bool {
     }
 }
 
-/// `p[i] = exp(p[i] - shift)` for i < n, returning the sum of the new values (each lane's f32 sum of up to
-/// 8 values added in f64, in order). Only called when [`available`].
-pub(super) extern "C" fn lossc_exp_row(p: *mut f32, n: i64, shift: f32) -> f64 {
+/// `p[i] = exp(src[i] - shift)` for i < n (`src` may be `p`), returning the sum of the new values (each
+/// lane's f32 sum of up to 8 values added in f64, in order). Only called when [`available`].
+pub(super) extern "C" fn lossc_exp_row(src: *const f32, p: *mut f32, n: i64, shift: f32) -> f64 {
     if n <= 0 {
         return 0.0;
     }
     #[cfg(target_arch = "x86_64")]
     {
         if available() {
-            // SAFETY: the generated code passes a row of `n` floats inside one buffer; AVX2 and FMA are
-            // present.
-            return unsafe { avx2::exp_row(p, n as usize, shift) };
+            // SAFETY: the generated code passes rows of `n` floats inside their buffers (equal, or not
+            // overlapping); AVX2 and FMA are present.
+            return unsafe { avx2::exp_row(src, p, n as usize, shift) };
         }
     }
     // Not reached from generated code (the JIT only calls this where `available`); a plain version.
-    // SAFETY: as above.
-    let row = unsafe { std::slice::from_raw_parts_mut(p, n as usize) };
-    row.iter_mut()
-        .map(|x| {
-            *x = (*x - shift).exp();
-            f64::from(*x)
-        })
-        .sum()
+    let mut sum = 0.0;
+    for i in 0..n as usize {
+        // SAFETY: as above; element by element, so `src == p` is fine.
+        unsafe {
+            let e = (*src.add(i) - shift).exp();
+            *p.add(i) = e;
+            sum += f64::from(e);
+        }
+    }
+    sum
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -84,7 +87,7 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn exp_row(p: *mut f32, n: usize, shift: f32) -> f64 {
+    pub(super) unsafe fn exp_row(src: *const f32, p: *mut f32, n: usize, shift: f32) -> f64 {
         let s = _mm256_set1_ps(shift);
         let mut acc = [_mm256_setzero_pd(); 2];
         let mut i = 0;
@@ -94,7 +97,7 @@ mod avx2 {
             let mut block = _mm256_setzero_ps();
             for u in 0..8 {
                 // SAFETY: i + 64 <= n floats from p.
-                let x = unsafe { _mm256_loadu_ps(p.add(i + 8 * u)) };
+                let x = unsafe { _mm256_loadu_ps(src.add(i + 8 * u)) };
                 let e = unsafe { exp8(_mm256_sub_ps(x, s)) };
                 unsafe { _mm256_storeu_ps(p.add(i + 8 * u), e) };
                 block = _mm256_add_ps(block, e);
@@ -103,8 +106,8 @@ mod avx2 {
             i += 64;
         }
         while i + 8 <= n {
-            // SAFETY: i + 8 <= n floats from p.
-            let x = unsafe { _mm256_loadu_ps(p.add(i)) };
+            // SAFETY: i + 8 <= n floats from src.
+            let x = unsafe { _mm256_loadu_ps(src.add(i)) };
             let e = unsafe { exp8(_mm256_sub_ps(x, s)) };
             unsafe { _mm256_storeu_ps(p.add(i), e) };
             unsafe { add_wide(&mut acc, e) };
@@ -113,8 +116,8 @@ mod avx2 {
         if i < n {
             // The tail through a padded block: exp(-inf) = 0 adds nothing.
             let mut block = [f32::NEG_INFINITY; 8];
-            // SAFETY: n - i < 8 floats from p + i.
-            unsafe { std::ptr::copy_nonoverlapping(p.add(i), block.as_mut_ptr(), n - i) };
+            // SAFETY: n - i < 8 floats from src + i.
+            unsafe { std::ptr::copy_nonoverlapping(src.add(i), block.as_mut_ptr(), n - i) };
             let x = unsafe { _mm256_loadu_ps(block.as_ptr()) };
             let mut e = unsafe { exp8(_mm256_sub_ps(x, s)) };
             // Padding lanes are exp(-inf - shift): 0, or NaN for shift = -inf; zero them.
@@ -149,7 +152,11 @@ mod tests {
         for n in (0..20usize).chain([64, 71, 150]) {
             let values: Vec<f32> = (0..n).map(|i| -87.0 + 175.0 * (i as f32 + 0.37) / n as f32).collect();
             let mut row = values.clone();
-            let sum = lossc_exp_row(row.as_mut_ptr(), n as i64, 1.5);
+            let sum = lossc_exp_row(row.as_ptr(), row.as_mut_ptr(), n as i64, 1.5);
+            // From a separate source row: the same values.
+            let mut out = vec![0f32; n];
+            let from = lossc_exp_row(values.as_ptr(), out.as_mut_ptr(), n as i64, 1.5);
+            assert_eq!((from, &out), (sum, &row));
             let mut want_sum = 0.0;
             for (x, e) in values.iter().zip(&row) {
                 let want = (f64::from(*x) - 1.5).exp();
@@ -177,7 +184,7 @@ mod tests {
             -1e-30,
             3.0,
         ];
-        let sum = lossc_exp_row(special.as_mut_ptr(), 9, 0.0);
+        let sum = lossc_exp_row(special.as_ptr(), special.as_mut_ptr(), 9, 0.0);
         assert!(special[0].is_nan() && sum.is_nan(), "{special:?}");
         assert_eq!(
             &special[1..8],
@@ -186,7 +193,7 @@ mod tests {
         assert!((f64::from(special[8]) - 3f64.exp()).abs() <= 1.5e-7 * 3f64.exp());
         // A row of -inf shifted by its maximum -inf: NaN in every value, as exp(x - m) is.
         let mut empty = [f32::NEG_INFINITY; 5];
-        assert!(lossc_exp_row(empty.as_mut_ptr(), 5, f32::NEG_INFINITY).is_nan());
+        assert!(lossc_exp_row(empty.as_ptr(), empty.as_mut_ptr(), 5, f32::NEG_INFINITY).is_nan());
         assert!(empty.iter().all(|e| e.is_nan()));
     }
 }
