@@ -26,7 +26,8 @@
 //! which the egraph visits first.
 //!
 //! Debugging: `LOSSC_DUMP_OPT=1` prints each group's CLIF after Cranelift's optimizations and
-//! `LOSSC_DUMP_ASM=1` its machine code, `LOSSC_PROFILE=1` each group's run time, on stderr.
+//! `LOSSC_DUMP_ASM=1` its machine code, `LOSSC_PROFILE=1` each group's compile time and run time, on
+//! stderr.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -325,11 +326,18 @@ fn compile_all(isa: &dyn isa::TargetIsa, functions: Vec<(FuncId, ir::Function)>)
         std::env::var_os("LOSSC_DUMP_OPT").is_some(),
         std::env::var_os("LOSSC_DUMP_ASM").is_some(),
     );
+    let profile = std::env::var_os("LOSSC_PROFILE").is_some();
     let compile = |k: usize, id: FuncId, func: ir::Function| -> Result<MachineCode, String> {
+        let started = std::time::Instant::now();
+        let instructions = func.dfg.num_insts();
         let mut ctx = cranelift_codegen::Context::for_function(func);
         ctx.set_disasm(dump_asm);
         ctx.compile(isa, &mut Default::default())
             .map_err(|e| format!("{:?}", e.inner))?;
+        if profile {
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            eprintln!("compile group{k:<3} {instructions:>6} instructions {ms:>8.3} ms");
+        }
         let code = ctx.compiled_code().ok_or("no machine code")?;
         let alignment = (code.buffer.alignment as u64)
             .max(isa.function_alignment().minimum as u64)
@@ -1773,7 +1781,8 @@ impl<'a, 'b> Lower<'a, 'b> {
                 &ranges,
                 mask,
                 body,
-                matches!(op, ReduceOp::Sum | ReduceOp::Mean),
+                // Unrolled four times: only for a cheap body (a costly one hides the widening anyway).
+                matches!(op, ReduceOp::Sum | ReduceOp::Mean) && cheap(self.f, body),
                 &mut |l: &mut Self, v, lanes_mask, points| {
                     let fill = match op {
                         ReduceOp::Max => f32::NEG_INFINITY,
