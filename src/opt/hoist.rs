@@ -19,6 +19,10 @@
 //! load at bare indices is read in place. Each operand is stored in the order its first matrix factor
 //! is read, so computing it streams. The result is the same wherever the factors are finite; a zero `L`
 //! (masked out, or a zero adjoint) contributes nothing, as autodiff's guards intend.
+//!
+//! Stored elements: a costly elementwise expression (one with a transcendental) that an earlier tensor's
+//! element computes, up to renaming its head, is read back from that tensor (`sigmoid(L (p - 0.5))` in
+//! AnyLoss's gradient reads `a`).
 
 use std::collections::{BTreeSet, HashMap};
 

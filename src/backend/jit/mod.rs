@@ -3,9 +3,11 @@
 //! every output.
 //!
 //! Numerics: tensors are stored as f32 (integers and conditions as i64); elementwise arithmetic is f32;
-//! reductions accumulate in f64 (`sum`, `mean`, `prod`, and `logsumexp` online with a running maximum),
-//! so a JIT result matches the f64 interpreter to float32 accuracy (see `tests/jit.rs` for the
-//! tolerances). Transcendental functions are inline CLIF in vector loops (math.rs, errors measured
+//! reductions accumulate in f64 (`sum`, `mean`, `prod`, and `logsumexp` online with a running maximum;
+//! vector loops add up to 16 points in f32 before widening), so a JIT result matches the f64
+//! interpreter to float32 accuracy (see `tests/jit.rs` for the tolerances). Dot products and matrix
+//! products accumulate in f32: the generated dot blocks in f32 lanes, plain matrix products
+//! ([`super::loops::Contraction`]) through `matrixmultiply`'s sgemm (gemm.rs), in fixed blocks of rows. Transcendental functions are inline CLIF in vector loops (math.rs, errors measured
 //! against f64) and Rust's `f32`/`f64` methods elsewhere, except exp and sigmoid, inline everywhere.
 //!
 //! Safety: the caller binds the call first ([`crate::call::bind`]), so input shapes agree with the
@@ -13,8 +15,9 @@
 //! axis (index arithmetic, unbounded labels) are checked in the generated code, which then stops and
 //! reports [`CallError::IndexOutOfRange`]; no generated load or store leaves its buffer.
 //!
-//! Parallelism: the outermost loop of each group is split into chunks handed to threads (sized by the
-//! work per row, never by the thread count); each element is computed by exactly one call. A group of
+//! Parallelism: the outermost loop of each group is split into chunks handed to the threads of a kept
+//! rayon pool (sized by the work per row, never by the thread count); each element is computed by
+//! exactly one call. A group of
 //! sums over one index ([`split_sum`]) run as fixed chunks of partial sums added in chunk order. So
 //! results are bit-identical for any number of threads.
 //!
