@@ -232,7 +232,7 @@ fn build(f: &Function, mut clif_text: Option<&mut String>, exp_rows: bool) -> Re
         }
         functions.push((id, func));
     }
-    let machine_code = compile_all(&*module.isa(), functions).map_err(|e| err(&e))?;
+    let machine_code = compile_all(module.isa(), functions).map_err(|e| err(&e))?;
     let mut ids: Vec<FuncId> = Vec::new();
     for code in &machine_code {
         module
@@ -700,6 +700,10 @@ struct KeepExps {
     /// The consumer runs in a later group: scale the row by 1 / sum before leaving it.
     scale_in_place: bool,
 }
+
+/// What a reduction pass does with one vector step: the body's lanes, the mask's lanes (if any) and how
+/// many points the step covers.
+type VectorStep<'c, 'a, 'b> = dyn FnMut(&mut Lower<'a, 'b>, Value, Option<Value>, i64) + 'c;
 
 /// Lowers one group of nests to CLIF.
 struct Lower<'a, 'b> {
@@ -1647,8 +1651,7 @@ impl<'a, 'b> Lower<'a, 'b> {
         );
         let lanes = self.vacc_total(vsum);
         let tail = self.b.use_var(s);
-        let sum = self.b.ins().fadd(lanes, tail);
-        sum
+        self.b.ins().fadd(lanes, tail)
     }
 
     /// One pass over a reduction's points where the mask holds: 4 at a time where the reduction has one
@@ -1665,7 +1668,7 @@ impl<'a, 'b> Lower<'a, 'b> {
         mask: Option<NodeId>,
         body: NodeId,
         presum: bool,
-        vector: &mut dyn FnMut(&mut Self, Value, Option<Value>, i64),
+        vector: &mut VectorStep<'_, 'a, 'b>,
         scalar: &mut dyn FnMut(&mut Self, Value),
     ) {
         let single = match ranges {
