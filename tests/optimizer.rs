@@ -421,3 +421,23 @@ fn costly_elements_computed_again_are_read_from_their_tensor() {
     let loss = printed.lines().find(|l| l.trim_start().starts_with("loss =")).unwrap();
     assert!(loss.contains("* (x[") && loss.contains("] / t)"), "{printed}");
 }
+
+#[test]
+fn row_fused_groups_hold_at_most_32_nests() {
+    // The unrolled 16-wire sorting network is ~140 row-local nests: they run as several groups of at most
+    // 32 (each one generated function, compiled in parallel), in dependency order.
+    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/sort_bce16.lx")).unwrap();
+    let g = groups(&src);
+    let nests: usize = g.iter().map(|m| m.len()).sum();
+    assert!(nests > 64, "{nests} nests");
+    assert!(
+        g.iter().all(|m| m.len() <= 32),
+        "{:?}",
+        g.iter().map(|m| m.len()).collect::<Vec<_>>()
+    );
+    assert!(
+        g.iter().filter(|m| m.len() == 32).count() >= 2,
+        "{:?}",
+        g.iter().map(|m| m.len()).collect::<Vec<_>>()
+    );
+}

@@ -267,6 +267,11 @@ impl Plan {
     }
 }
 
+/// The most nests a row-fused group holds: a group is one generated function, and one function of a
+/// hundred nests (an unrolled sorting network) compiles slowly and on one core; several run in turn
+/// over the same rows and compile in parallel.
+const MAX_MEMBERS: usize = 32;
+
 /// Groups the nests greedily: each group starts at the first nest not yet scheduled (if it is row-sized,
 /// [`row_local`]); a later row-local nest over the same outermost extent joins when it reads the members'
 /// tensors only at its own outer index and reads no tensor of a nest passed over (which then runs after
@@ -301,7 +306,8 @@ fn fuse_rows(f: &Function, nests: &[Nest]) -> Vec<Group> {
             for &n in &left[1..] {
                 let nest = &nests[n];
                 let reads = tensor_reads(f, nest.body);
-                let joins = !reads.iter().any(|(t, _)| passed.contains(t))
+                let joins = members.len() < MAX_MEMBERS
+                    && !reads.iter().any(|(t, _)| passed.contains(t))
                     && row_local(f, nest).is_some()
                     && nest.head.first().is_some_and(|(outer, d)| {
                         d == extent

@@ -20,7 +20,7 @@
 //! is read, so computing it streams. The result is the same wherever the factors are finite; a zero `L`
 //! (masked out, or a zero adjoint) contributes nothing, as autodiff's guards intend.
 //!
-//! Stored elements: a costly elementwise expression (one with a transcendental) that an earlier tensor's
+//! Stored elements: a costly elementwise expression (a transcendental at its root) that an earlier tensor's
 //! element computes, up to renaming its head, is read back from that tensor (`sigmoid(L (p - 0.5))` in
 //! AnyLoss's gradient reads `a`).
 
@@ -55,8 +55,8 @@ pub fn materialize(src: &Function) -> R<Function> {
         }
         let id = h.dst.add_tensor(TensorDef { body, ..t.clone() });
         h.tensors[k] = Some(id);
-        // A costly elementwise element (no reduction at its root, every head index used) is read from
-        // this tensor wherever a later element computes it again.
+        // A costly elementwise element (a transcendental at its root, every head index used) is read
+        // from this tensor wherever a later element computes it again.
         if !t.indices.is_empty()
             && !matches!(h.dst.node(body).expr, Expr::Reduce { .. })
             && h.dst.node(body).free.len() == t.indices.len()
@@ -183,28 +183,26 @@ impl Hoist<'_> {
         Ok((head, self.dst.subst(node, &map)?))
     }
 
-    /// Whether computing `n` costs more than reading it back: it holds a transcendental (not merely a
+    /// Whether computing `n` costs more than reading it back: it is a transcendental (not merely a
     /// division: `s / T - lse` stays an expression, which is what a softmax row's kept exponentials
-    /// recognize).
+    /// recognize). Only the root is looked at, so the check is constant time at every node.
     fn costly(&self, n: NodeId) -> bool {
-        self.dst.reachable(&[n]).iter().any(|m| {
-            matches!(
-                self.dst.node(*m).expr,
-                Expr::Prim {
-                    prim: Prim::Exp
-                        | Prim::Log
-                        | Prim::Log1p
-                        | Prim::Expm1
-                        | Prim::Sigmoid
-                        | Prim::Softplus
-                        | Prim::Tanh
-                        | Prim::Atan
-                        | Prim::Sqrt
-                        | Prim::Pow,
-                    ..
-                }
-            )
-        })
+        matches!(
+            self.dst.node(n).expr,
+            Expr::Prim {
+                prim: Prim::Exp
+                    | Prim::Log
+                    | Prim::Log1p
+                    | Prim::Expm1
+                    | Prim::Sigmoid
+                    | Prim::Softplus
+                    | Prim::Tanh
+                    | Prim::Atan
+                    | Prim::Sqrt
+                    | Prim::Pow,
+                ..
+            }
+        )
     }
 
     /// A load of an earlier tensor whose element is `n` (a `dst` node inside an element, not its root),
