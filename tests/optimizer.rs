@@ -441,3 +441,27 @@ fn row_fused_groups_hold_at_most_32_nests() {
         g.iter().map(|m| m.len()).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn factors_leave_a_masked_sum_only_when_they_are_finite_constants() {
+    // sum[k | m] x * log(u[i]) with an empty mask is 0 even where log(u[i]) is NaN; moving the factor out
+    // would give NaN · 0. A finite constant still moves out.
+    let src = "loss f(x: f32[N, C], u: f32[N]) { sum[i] (sum[k | x[i, k] > 100.0] x[i, k] * log(u[i])) + (sum[k | x[i, k] > 0.0] 3.0 * x[i, k]) }";
+    let f = compile(src);
+    let o = lossc::opt::simplify_only(&f).unwrap();
+    let inputs = BTreeMap::from([
+        (
+            "x".to_string(),
+            Tensor::float(vec![2, 3], vec![0.5, -1.0, 2.0, 1.0, 1.5, -0.5]),
+        ),
+        ("u".to_string(), Tensor::float(vec![2], vec![-1.0, 2.0])),
+    ]);
+    let (a, b) = (loss(&f, &inputs), loss(&o, &inputs));
+    assert_eq!(a, 5.0 * 3.0);
+    assert_eq!(b, a, "{}", lossc::ir::print::readable(&o));
+    assert!(
+        body(&lossc::ir::print::readable(&o)).contains("3.0 * (sum["),
+        "{}",
+        lossc::ir::print::readable(&o)
+    );
+}

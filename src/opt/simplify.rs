@@ -614,7 +614,9 @@ fn reduce(
         {
             return Ok(fused);
         }
-        // sum[k] select(k == e, x, 0) = x[k := e];  sum[k] [k == e] * x = x[k := e]
+        // sum[k] select(k == e, x, 0) = x[k := e];  sum[k] [k == e] * x = x[k := e]. The second reads the
+        // bracket as a strong zero (Knuth's convention): where x is NaN at some k != e the literal sum is
+        // NaN (0 * NaN) and the fused one is not.
         if mask.is_none() {
             let found = match prim_of(f, body) {
                 Some((Prim::Select, s)) if is_float(f, s[2], 0.0) => Some((s[0], s[1])),
@@ -633,8 +635,13 @@ fn reduce(
         }
         // Distributivity (reassociates float sums, so results may differ in the last bits):
         // sum[k] (c * e) = c * sum[k] e,  sum[k] (e * c) = (sum[k] e) * c,  sum[k] e / c = (sum[k] e) / c,
-        // sum[k] -e = -(sum[k] e), for c that does not depend on the summed indices.
-        let invariant = |f: &Function, n: NodeId| indices.iter().all(|k| !f.node(n).free.contains(k));
+        // sum[k] -e = -(sum[k] e), for c that does not depend on the summed indices. Under a mask the
+        // sum may be empty (0), and c · 0 is NaN for an infinite or NaN c: there c must be a finite
+        // constant.
+        let invariant = |f: &Function, n: NodeId| {
+            indices.iter().all(|k| !f.node(n).free.contains(k))
+                && (mask.is_none() || float(f, n).is_some_and(f64::is_finite))
+        };
         match prim_of(f, body) {
             Some((Prim::Mul, a)) if invariant(f, a[0]) && !invariant(f, a[1]) => {
                 let inner = reduce(f, op, indices, mask, a[1], scalar, span)?;
