@@ -861,3 +861,33 @@ fn sums_and_means_add_sixteen_points_at_a_time_and_agree() {
         }
     }
 }
+
+#[test]
+fn one_hot_terms_are_added_after_the_lanes_and_agree() {
+    // Cross-entropy's gradient is `select(y[i] == k, -1/N, 0) + softmax / N`: the lanes compute the
+    // softmax part and the label's term is added at k = y[i] afterwards, unless y[i] falls in the scalar
+    // tail (C = 7: lanes 0..4, tail 4..7), which computes whole elements. Every label position is used.
+    let src = "loss ce(s: f32[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }";
+    let jit = Compiler::new().threads(2).compile_source("o.lx", src).unwrap();
+    let interp = Compiler::new()
+        .backend(Backend::Interp)
+        .compile_source("o.lx", src)
+        .unwrap();
+    let mut rng = Rng::new(8);
+    for c in [7usize, 8, 3] {
+        let n = 2 * c;
+        let inputs = BTreeMap::from([
+            (
+                "s".to_string(),
+                Tensor::float(vec![n, c], (0..n * c).map(|_| rng.normal()).collect()),
+            ),
+            (
+                "y".to_string(),
+                Tensor::labels(vec![n], (0..n).map(|i| (i % c) as i64).collect()),
+            ),
+        ]);
+        let a = jit.kernel(None).unwrap().eval(&inputs).unwrap();
+        let b = interp.kernel(None).unwrap().eval(&inputs).unwrap();
+        assert_agree(&format!("C = {c}"), &a, &b);
+    }
+}

@@ -1003,19 +1003,97 @@ impl<'a, 'b> Lower<'a, 'b> {
             Some((buffer, element)) if level + 1 == head.len() => {
                 let head = head.to_vec();
                 let start = self.column_blocks(buffer, &head, i, start, end, element);
-                self.vector_loop(i, start, end, &mut |l: &mut Self, _kb| {
+                // `select(k == e, a, 0) + rest` (a one-hot term, as a label's in a cross-entropy
+                // gradient): the lanes compute `rest`, and `a` is added at k = e afterwards.
+                let one_hot = self.one_hot(element, i);
+                let lanes = one_hot.map_or(element, |(_, _, rest)| rest);
+                let covered = self.vector_loop(i, start, end, &mut |l: &mut Self, _kb| {
                     let mut memo = HashMap::new();
                     let kb = l.index(i);
-                    let v = l.vvalue(element, i, kb, &mut memo);
+                    let v = l.vvalue(lanes, i, kb, &mut memo);
                     let flat = l.flat(&head);
                     l.vstore(buffer, flat, v);
-                })
+                });
+                if let Some((e, a, _)) = one_hot {
+                    self.add_one_hot(buffer, &head, i, e, a, (start, covered));
+                }
+                covered
             }
             _ => start,
         };
         self.for_range(i, start, end, &mut |l: &mut Self| {
             l.loops(head, level + 1, element, body)
         });
+    }
+
+    /// `select(k == e, a, 0) + rest` (either way round) with `e` and `a` independent of `k`: (e, a, rest).
+    fn one_hot(&self, element: NodeId, k: IndexId) -> Option<(NodeId, NodeId, NodeId)> {
+        let Expr::Prim { prim: Prim::Add, args } = &self.f.node(element).expr else {
+            return None;
+        };
+        let free_of_k = |n: NodeId| !self.f.node(n).free.contains(&k);
+        [(args[0], args[1]), (args[1], args[0])]
+            .into_iter()
+            .find_map(|(term, rest)| {
+                let Expr::Prim {
+                    prim: Prim::Select,
+                    args: s,
+                } = &self.f.node(term).expr
+                else {
+                    return None;
+                };
+                let Expr::Prim {
+                    prim: Prim::Eq,
+                    args: c,
+                } = &self.f.node(s[0]).expr
+                else {
+                    return None;
+                };
+                let at_k = |n: NodeId| self.f.node(n).expr == Expr::Index(k);
+                let e = match c[..] {
+                    [p, q] if at_k(p) && free_of_k(q) => q,
+                    [p, q] if at_k(q) && free_of_k(p) => p,
+                    _ => return None,
+                };
+                (self.f.as_float(s[2]) == Some(0.0)
+                    && free_of_k(s[1])
+                    && !self.needs_branch(s[1])
+                    && !self.needs_branch(e))
+                .then_some((e, s[1], rest))
+            })
+    }
+
+    /// Adds the one-hot value `a` at `k = e` of the current row when `e` lies in `lo..hi` (the elements
+    /// the vector loop wrote as `rest` alone; the scalar tail computes whole elements).
+    fn add_one_hot(
+        &mut self,
+        buffer: usize,
+        head: &[(IndexId, Dim)],
+        k: IndexId,
+        e: NodeId,
+        a: NodeId,
+        (lo, hi): (Value, Value),
+    ) {
+        let at = self.value(e);
+        let above = self.b.ins().icmp(IntCC::SignedGreaterThanOrEqual, at, lo);
+        let below = self.b.ins().icmp(IntCC::SignedLessThan, at, hi);
+        let inside = self.b.ins().band(above, below);
+        let yes = self.b.create_block();
+        let next = self.b.create_block();
+        self.b.ins().brif(inside, yes, &[], next, &[]);
+        self.b.switch_to_block(yes);
+        self.frames.push(HashMap::new());
+        let var = self.var(k);
+        self.b.def_var(var, at);
+        let flat = self.flat(head);
+        let addr = self.address(buffer, Scalar::Float, flat);
+        let rest = self.b.ins().load(types::F32, flags(), addr, 0);
+        let one = self.value(a);
+        let sum = self.b.ins().fadd(one, rest);
+        self.b.ins().store(flags(), sum, addr, 0);
+        self.frames.pop();
+        self.b.ins().jump(next, &[]);
+        self.b.switch_to_block(next);
     }
 
     /// The row-major position of the current head indices.
