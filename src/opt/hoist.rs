@@ -461,11 +461,13 @@ impl Hoist<'_> {
             && self.dst.index(x).range == self.dst.index(y).range
         {
             let (_, swapped) = self.canonicalize(inner, &[y, x])?;
+            // The earliest such tensor (the map's order is arbitrary; the result must not be).
             let found = self
                 .hoisted
                 .iter()
-                .find(|(b, _)| same_up_to_commuting(&self.dst, **b, swapped, SAME_BUDGET))
-                .map(|(_, t)| *t);
+                .filter(|(b, _)| same_up_to_commuting(&self.dst, **b, swapped, SAME_BUDGET))
+                .map(|(_, t)| *t)
+                .min();
             if let Some(t) = found
                 && !self.hoisted.contains_key(&body)
             {
