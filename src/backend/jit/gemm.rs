@@ -2,8 +2,9 @@
 //! (AVX2 / FMA / AVX-512 detected at run time), which reach several times the throughput of a generated
 //! 4-lane dot loop.
 //!
-//! Invariants: the output is cut into fixed blocks of rows ([`Product::block_rows`]), one sgemm call each, so which thread
-//! computes a block never changes its bits (each element's sum runs in the kernel's own fixed order). A
+//! Invariants: the output is cut into fixed blocks of rows ([`Product::block_rows`]), one sgemm call
+//! each, so which thread computes a block never changes its bits (each element's sum runs in the
+//! kernel's own fixed order). A
 //! masked product (`L != 0`) runs dense only when every element of the other operand is finite;
 //! otherwise [`Product::new`] declines and the nest's generated code, which skips the masked terms, runs
 //! instead.
@@ -36,13 +37,14 @@ pub(super) struct Product {
     symmetric: bool,
 }
 
-// SAFETY: the operands are only read, and each call writes the disjoint rows of its block.
+// SAFETY: the operands are only read, and each call writes elements no other block writes (its rows,
+// and for a symmetric product its columns of the later rows).
 unsafe impl Send for Product {}
 unsafe impl Sync for Product {}
 
 impl Product {
-    /// The product for these buffers, or `None` when it must run as generated code (a guarded product
-    /// whose `R` holds a non-finite element).
+    /// The product for these buffers, or `None` when it must run as generated code (a masked product
+    /// whose other operand holds a non-finite element).
     ///
     /// # Safety
     /// `ptrs` are the buffers of a bound call of the plan that holds `c`.
