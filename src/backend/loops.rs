@@ -99,19 +99,8 @@ impl Contraction {
         let [(p, pd), (q, qd)] = &nest.head[..] else {
             return None;
         };
-        let Expr::Reduce {
-            op: ReduceOp::Sum,
-            indices,
-            mask,
-            body,
-        } = &f.node(nest.body).expr
-        else {
-            return None;
-        };
-        let [k] = indices[..] else {
-            return None;
-        };
-        let Expr::Prim { prim: Prim::Mul, args } = &f.node(*body).expr else {
+        let (k, mask, body) = f.single_sum(nest.body)?;
+        let Expr::Prim { prim: Prim::Mul, args } = &f.node(body).expr else {
             return None;
         };
         // An operand: a float buffer read at (free, k) or (k, free), `free` one of the head indices.
@@ -159,17 +148,8 @@ impl Contraction {
         let must_be_finite = match mask {
             None => None,
             Some(m) => {
-                let Expr::Prim { prim: Prim::Ne, args } = &f.node(*m).expr else {
-                    return None;
-                };
-                let zero = |n: NodeId| f.as_float(n) == Some(0.0);
-                let tested = match args[..] {
-                    [a, b] if zero(a) => b,
-                    [a, b] if zero(b) => a,
-                    _ => return None,
-                };
                 // The operand the mask does not test.
-                match tested {
+                match f.nonzero_test(m)? {
                     t if t == left_node => Some(right),
                     t if t == x || t == y => Some(left),
                     _ => return None,
@@ -335,15 +315,7 @@ pub fn split_sum(f: &Function, nest: &Nest) -> Option<(IndexId, Option<NodeId>, 
     if !nest.head.is_empty() {
         return None;
     }
-    match &f.node(nest.body).expr {
-        Expr::Reduce {
-            op: ReduceOp::Sum,
-            indices,
-            mask,
-            body,
-        } if indices.len() == 1 => Some((indices[0], *mask, *body)),
-        _ => None,
-    }
+    f.single_sum(nest.body)
 }
 
 /// How a nest may take part in row fusion: `None` when it cannot (not parallel, or it reads a matrix

@@ -431,6 +431,58 @@ impl Function {
         self.add(Expr::float(x), Scalar::Float, span)
     }
 
+    /// `sum[k | mask] body` over one index `k`: (k, mask, body).
+    pub fn single_sum(&self, n: NodeId) -> Option<(IndexId, Option<NodeId>, NodeId)> {
+        match &self.node(n).expr {
+            Expr::Reduce {
+                op: ReduceOp::Sum,
+                indices,
+                mask,
+                body,
+            } if indices.len() == 1 => Some((indices[0], *mask, *body)),
+            _ => None,
+        }
+    }
+
+    /// Adds the float `sum[k | mask] body`.
+    pub fn add_sum(&mut self, k: IndexId, mask: Option<NodeId>, body: NodeId, span: Span) -> Result<NodeId, TooDeep> {
+        self.add(
+            Expr::Reduce {
+                op: ReduceOp::Sum,
+                indices: [k].into(),
+                mask,
+                body,
+            },
+            Scalar::Float,
+            span,
+        )
+    }
+
+    /// The factors of the product tree at `n` (`a * b * c` gives a, b, c, left to right).
+    pub fn factors(&self, n: NodeId) -> Vec<NodeId> {
+        let mut out = Vec::new();
+        let mut stack = vec![n];
+        while let Some(m) = stack.pop() {
+            match &self.node(m).expr {
+                Expr::Prim { prim: Prim::Mul, args } => stack.extend(args.iter().rev()),
+                _ => out.push(m),
+            }
+        }
+        out
+    }
+
+    /// The value `v` of a test `v != 0` (either way round; autodiff's guard on an adjoint term).
+    pub fn nonzero_test(&self, m: NodeId) -> Option<NodeId> {
+        match &self.node(m).expr {
+            Expr::Prim { prim: Prim::Ne, args } => match args[..] {
+                [a, b] if self.as_float(b) == Some(0.0) => Some(a),
+                [a, b] if self.as_float(a) == Some(0.0) => Some(b),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// The float constant a node holds, if it is one.
     pub fn as_float(&self, id: NodeId) -> Option<f64> {
         match self.node(id).expr {

@@ -26,9 +26,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::ir::{
-    Dim, Expr, Function, IndexId, NodeId, ReduceOp, Role, Scalar, TensorDef, TensorId, TensorRef, TooDeep,
-};
+use crate::ir::{Dim, Expr, Function, IndexId, NodeId, Role, Scalar, TensorDef, TensorId, TensorRef, TooDeep};
 use crate::prims::Prim;
 
 type R<T> = Result<T, TooDeep>;
@@ -223,23 +221,8 @@ impl Hoist<'_> {
             let Some(t) = self.elements.get(&canon).copied() else {
                 continue;
             };
-            let subs = order
-                .iter()
-                .map(|i| self.dst.add(Expr::Index(*i), Scalar::Int, span))
-                .collect::<R<Vec<NodeId>>>()?;
-            let tensor = TensorRef::Def(t);
             let scalar = self.dst.node(n).scalar;
-            return self
-                .dst
-                .add(
-                    Expr::Load {
-                        tensor,
-                        subs: subs.into(),
-                    },
-                    scalar,
-                    span,
-                )
-                .map(Some);
+            return self.load_at(t, &order, scalar, span).map(Some);
         }
         Ok(None)
     }
@@ -290,26 +273,10 @@ impl Hoist<'_> {
         let &[p, q] = head else {
             return Ok(body);
         };
-        let Expr::Reduce {
-            op: ReduceOp::Sum,
-            indices,
-            mask,
-            body: term,
-        } = self.dst.node(body).expr.clone()
-        else {
+        let Some((k, mask, term)) = self.dst.single_sum(body) else {
             return Ok(body);
         };
-        let [k] = indices[..] else {
-            return Ok(body);
-        };
-        let mut factors = Vec::new();
-        let mut stack = vec![term];
-        while let Some(n) = stack.pop() {
-            match &self.dst.node(n).expr {
-                Expr::Prim { prim: Prim::Mul, args } => stack.extend(args.iter().rev()),
-                _ => factors.push(n),
-            }
-        }
+        let factors = self.dst.factors(term);
         let within = |n: NodeId, set: [IndexId; 2]| self.dst.node(n).free.iter().all(|i| set.contains(i));
         let (mut left, mut right) = (Vec::new(), Vec::new());
         for n in factors {
@@ -350,14 +317,7 @@ impl Hoist<'_> {
             let ranges = order.map(|i| self.dst.index(i).range.clone());
             (self.dst.node(n).scalar == Scalar::Float && self.shape(*tensor)[..] == ranges[..]).then_some(order)
         };
-        let guard_of = |m: NodeId, n: NodeId| match &self.dst.node(m).expr {
-            Expr::Prim { prim: Prim::Ne, args } => {
-                let zero = |a: NodeId| self.dst.as_float(a) == Some(0.0);
-                matches!(args[..], [a, b] if (a == n && zero(b)) || (b == n && zero(a)))
-            }
-            _ => false,
-        };
-        let plain_left = matches!(left[..], [n] if matrix(n, p).is_some() && mask.is_none_or(|m| guard_of(m, n)));
+        let plain_left = matches!(left[..], [n] if matrix(n, p).is_some() && mask.is_none_or(|m| self.dst.nonzero_test(m) == Some(n)));
         let plain_right = matches!(right[..], [n] if matrix(n, q).is_some());
         if plain_left && plain_right {
             return Ok(body);
@@ -395,18 +355,7 @@ impl Hoist<'_> {
                     t
                 }
             };
-            let subs = order
-                .iter()
-                .map(|i| h.dst.add(Expr::Index(*i), Scalar::Int, span))
-                .collect::<R<Vec<NodeId>>>()?;
-            h.dst.add(
-                Expr::Load {
-                    tensor: TensorRef::Def(t),
-                    subs: subs.into(),
-                },
-                Scalar::Float,
-                span,
-            )
+            h.load_at(t, &order, Scalar::Float, span)
         };
         let l = operand(self, &left, left_order, mask, plain_left, "lhs")?;
         let r = operand(self, &right, right_order, None, plain_right, "rhs")?;
@@ -418,16 +367,7 @@ impl Hoist<'_> {
             None => None,
         };
         let term = self.dst.prim(Prim::Mul, &[l, r], span)?;
-        self.dst.add(
-            Expr::Reduce {
-                op: ReduceOp::Sum,
-                indices: [k].into(),
-                mask,
-                body: term,
-            },
-            Scalar::Float,
-            span,
-        )
+        self.dst.add_sum(k, mask, term, span)
     }
 
     /// Every subscript under `n` is a bare index or a bounded label: reading it can never fail.
@@ -471,19 +411,7 @@ impl Hoist<'_> {
             if let Some(t) = found
                 && !self.hoisted.contains_key(&body)
             {
-                let subs = [y, x]
-                    .iter()
-                    .map(|v| self.dst.add(Expr::Index(*v), Scalar::Int, span))
-                    .collect::<R<Vec<NodeId>>>()?;
-                let tensor = TensorRef::Def(t);
-                return self.dst.add(
-                    Expr::Load {
-                        tensor,
-                        subs: subs.into(),
-                    },
-                    self.src.node(n).scalar,
-                    span,
-                );
+                return self.load_at(t, &[y, x], self.src.node(n).scalar, span);
             }
         }
         let t = match self.hoisted.get(&body) {
@@ -500,16 +428,21 @@ impl Hoist<'_> {
                 id
             }
         };
-        let subs: Vec<NodeId> = free
+        self.load_at(t, &free, self.src.node(n).scalar, span)
+    }
+
+    /// The load `t[at…]` (bare indices) in `dst`.
+    fn load_at(&mut self, t: TensorId, at: &[IndexId], scalar: Scalar, span: crate::diag::Span) -> R<NodeId> {
+        let subs = at
             .iter()
-            .map(|v| self.dst.add(Expr::Index(*v), Scalar::Int, span))
-            .collect::<R<_>>()?;
+            .map(|i| self.dst.add(Expr::Index(*i), Scalar::Int, span))
+            .collect::<R<Vec<NodeId>>>()?;
         self.dst.add(
             Expr::Load {
                 tensor: TensorRef::Def(t),
                 subs: subs.into(),
             },
-            self.src.node(n).scalar,
+            scalar,
             span,
         )
     }

@@ -374,16 +374,7 @@ pub fn simplify(f: &mut Function, expr: Expr, scalar: Scalar, span: Span) -> R<N
 /// is `sum[k | m1 || m2] (select(m1, a, 0) + select(m2, b, 0)) * r`: one matrix product instead of two.
 /// Both sums have the same free indices (so they hoist alike) and the same extent.
 fn merge_sums(f: &mut Function, x: NodeId, y: NodeId, span: Span) -> R<Option<NodeId>> {
-    let sum = |n: NodeId| match &f.node(n).expr {
-        Expr::Reduce {
-            op: ReduceOp::Sum,
-            indices,
-            mask,
-            body,
-        } if indices.len() == 1 => Some((indices[0], *mask, *body)),
-        _ => None,
-    };
-    let (Some((k, mx, bx)), Some((k2, my, by))) = (sum(x), sum(y)) else {
+    let (Some((k, mx, bx)), Some((k2, my, by))) = (f.single_sum(x), f.single_sum(y)) else {
         return Ok(None);
     };
     if f.index(k).range != f.index(k2).range || f.node(x).free != f.node(y).free {
@@ -403,18 +394,7 @@ fn merge_sums(f: &mut Function, x: NodeId, y: NodeId, span: Span) -> R<Option<No
     let map = HashMap::from([(k2, at_k)]);
     let by = f.subst(by, &map)?;
     let my = my.map(|m| f.subst(m, &map)).transpose()?;
-    let factors = |f: &Function, n: NodeId| {
-        let mut out = Vec::new();
-        let mut stack = vec![n];
-        while let Some(m) = stack.pop() {
-            match prim_of(f, m) {
-                Some((Prim::Mul, args)) => stack.extend(args.iter().rev()),
-                _ => out.push(m),
-            }
-        }
-        out
-    };
-    let (fx, fy) = (factors(f, bx), factors(f, by));
+    let (fx, fy) = (f.factors(bx), f.factors(by));
     let shared = fx.iter().copied().find(|r| {
         let node = f.node(*r);
         matches!(node.expr, Expr::Load { .. })
@@ -443,9 +423,8 @@ fn merge_sums(f: &mut Function, x: NodeId, y: NodeId, span: Span) -> R<Option<No
             v = f.prim(Prim::Mul, &[v, *n], span)?;
         }
         // `select(v != 0, v, 0)` is `v` (up to the sign of a zero): autodiff's guard needs no select.
-        let guards_v = |m: NodeId| matches!(prim_of(f, m), Some((Prim::Ne, args)) if args.contains(&v) && args.iter().any(|a| is_float(f, *a, 0.0)));
         match mask {
-            Some(m) if !guards_v(m) => {
+            Some(m) if f.nonzero_test(m) != Some(v) => {
                 let zero = f.float(0.0, span)?;
                 f.prim(Prim::Select, &[m, v, zero], span)
             }
@@ -460,17 +439,7 @@ fn merge_sums(f: &mut Function, x: NodeId, y: NodeId, span: Span) -> R<Option<No
         (Some(m1), Some(m2)) => Some(f.prim(Prim::Or, &[m1, m2], span)?),
         _ => None,
     };
-    f.add(
-        Expr::Reduce {
-            op: ReduceOp::Sum,
-            indices: [k].into(),
-            mask,
-            body: term,
-        },
-        Scalar::Float,
-        span,
-    )
-    .map(Some)
+    f.add_sum(k, mask, term, span).map(Some)
 }
 
 fn prim_expr(prim: Prim, args: &[NodeId]) -> Expr {
