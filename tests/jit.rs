@@ -603,6 +603,38 @@ fn softmax_rows_keep_their_exponentials_and_special_rows_agree() {
 }
 
 #[test]
+fn max_and_min_rows_track_nan_apart_from_their_lanes() {
+    // Vector max/min keep one `maxps`/`minps` per vector and a separate mask of lanes that met a NaN: a NaN
+    // in a lane or in the scalar tail (C = 9: two vectors and one tail point), infinities and signed zeros
+    // must give what the interpreter gives, row by row (each row's max and min is its own output).
+    let src = "loss spread(s: f32[N, C]) { sum[i] (max[k] s[i, k]) - 2.0 * (min[k] s[i, k]) }
+        loss top(s: f32[N, C]) { let t[i] = (max[k] s[i, k]) + 0.5 * (min[j] s[i, j])
+            sum[i] t[i] * t[i] }";
+    let (inf, nan) = (f64::INFINITY, f64::NAN);
+    let rows: [[f64; 9]; 6] = [
+        [0.5, -1.0, 2.0, 0.0, 3.0, -2.5, 1.0, 7.0, -7.5],
+        [0.5, nan, 2.0, 0.0, 3.0, -2.5, 1.0, 7.0, -7.5],
+        [0.5, -1.0, 2.0, 0.0, 3.0, -2.5, 1.0, 7.0, nan],
+        [-inf, 0.0, 1.0, inf, 3.0, 4.0, -inf, 0.0, 1.0],
+        [-0.0, 0.0, -0.0, -0.0, 0.0, 0.0, -0.0, 0.0, -0.0],
+        [nan; 9],
+    ];
+    let jit = Compiler::new().threads(2).compile_source("m.lx", src).unwrap();
+    let interp = Compiler::new()
+        .backend(Backend::Interp)
+        .compile_source("m.lx", src)
+        .unwrap();
+    for row in rows {
+        let inputs = BTreeMap::from([("s".to_string(), Tensor::float(vec![1, 9], row.to_vec()))]);
+        for name in ["spread", "top"] {
+            let a = jit.kernel(Some(name)).unwrap().eval(&inputs).unwrap();
+            let b = interp.kernel(Some(name)).unwrap().eval(&inputs).unwrap();
+            assert_agree(&format!("{name} on {row:?}"), &a, &b);
+        }
+    }
+}
+
+#[test]
 fn label_comparisons_and_condition_tensors_vectorize() {
     // `same[i, j]` is a condition tensor (computed and stored 4 lanes at a time) and `y[i] == y[j]`
     // compares two label loads: both run as i32 lanes in the masked reductions (vector steps and scalar

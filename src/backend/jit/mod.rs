@@ -1573,7 +1573,7 @@ impl<'a, 'b> Lower<'a, 'b> {
         let m = self.b.declare_var(types::F32);
         let ninf = self.b.ins().f32const(f32::NEG_INFINITY);
         self.b.def_var(m, ninf);
-        let vmax = self.vacc_lanes(f32::NEG_INFINITY);
+        let vmax = self.vext_new(true);
         self.reduce_pass(
             ranges,
             mask,
@@ -1585,9 +1585,7 @@ impl<'a, 'b> Lower<'a, 'b> {
                     l.vstore(buffer, flat, v);
                 }
                 let v = l.fill_masked(v, lanes_mask, f32::NEG_INFINITY);
-                let cur = l.b.use_var(vmax);
-                let nm = l.b.ins().fmax(cur, v);
-                l.b.def_var(vmax, nm);
+                l.vext_add(vmax, v);
             },
             &mut |l: &mut Self, x| {
                 if let Some((k, buffer, start)) = row_helper_copy {
@@ -1599,7 +1597,7 @@ impl<'a, 'b> Lower<'a, 'b> {
                 l.b.def_var(m, nm);
             },
         );
-        let lanes = self.vacc_fold(vmax, true);
+        let lanes = self.vext_fold(vmax);
         let tail = self.b.use_var(m);
         let mx = self.b.ins().fmax(lanes, tail);
         let sum = match (&keep, row_helper) {
@@ -1860,7 +1858,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             matches!(op, ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min) || (op == ReduceOp::Mean && mask.is_none());
         if simple && ranges.len() == 1 {
             let vsum = self.vacc_sum();
-            let vext = self.vacc_lanes(init as f32);
+            let vext = self.vext_new(op == ReduceOp::Max);
             self.reduce_pass(
                 &ranges,
                 mask,
@@ -1875,15 +1873,7 @@ impl<'a, 'b> Lower<'a, 'b> {
                     };
                     let v = l.fill_masked(v, lanes_mask, fill);
                     match op {
-                        ReduceOp::Max | ReduceOp::Min => {
-                            let a = l.b.use_var(vext);
-                            let r = if op == ReduceOp::Max {
-                                l.b.ins().fmax(a, v)
-                            } else {
-                                l.b.ins().fmin(a, v)
-                            };
-                            l.b.def_var(vext, r);
-                        }
+                        ReduceOp::Max | ReduceOp::Min => l.vext_add(vext, v),
                         _ => l.vacc_add(vsum, v),
                     }
                     if op == ReduceOp::Mean {
@@ -1898,7 +1888,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             let a = self.b.use_var(acc);
             let r = match op {
                 ReduceOp::Max | ReduceOp::Min => {
-                    let lanes = self.vacc_fold(vext, op == ReduceOp::Max);
+                    let lanes = self.vext_fold(vext);
                     let lanes = self.b.ins().fpromote(types::F64, lanes);
                     if op == ReduceOp::Max {
                         self.b.ins().fmax(a, lanes)

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{ConstantData, Endianness, InstBuilder, MemFlagsData, Value, types};
 use cranelift_frontend::Variable;
 
@@ -39,6 +39,14 @@ pub(super) struct RowUpdate {
     mask: Option<NodeId>,
     scale: NodeId,
     row: NodeId,
+}
+
+/// A vector max or min reduction's accumulator ([`Lower::vext_new`]).
+#[derive(Clone, Copy)]
+pub(super) struct Extreme {
+    lanes: Variable,
+    nan: Variable,
+    max: bool,
 }
 
 fn vflags() -> MemFlagsData {
@@ -400,6 +408,42 @@ impl Lower<'_, '_> {
         let var = self.b.declare_var(types::F32X4);
         self.b.def_var(var, v);
         var
+    }
+
+    /// The accumulator of a vector max (or min): lanes updated with one `maxps` (`minps`) each, and a
+    /// separate mask of the lanes that met a NaN, so the update is off the NaN-propagating `fmax`
+    /// sequence (seven instructions on one dependency chain). [`Self::vext_fold`] gives `fmax`'s result.
+    pub(super) fn vext_new(&mut self, max: bool) -> Extreme {
+        let lanes = self.vacc_lanes(if max { f32::NEG_INFINITY } else { f32::INFINITY });
+        let zero = self.b.ins().iconst(types::I32, 0);
+        let zero = self.b.ins().splat(types::I32X4, zero);
+        let nan = self.b.declare_var(types::I32X4);
+        self.b.def_var(nan, zero);
+        Extreme { lanes, nan, max }
+    }
+
+    /// `acc = v > acc ? v : acc` (`<` for min) lane by lane: a NaN `v` leaves `acc` and marks its lane.
+    pub(super) fn vext_add(&mut self, acc: Extreme, v: Value) {
+        let a = self.b.use_var(acc.lanes);
+        // The operand order of Cranelift's `maxps`/`minps` patterns (x64 lower.isle).
+        let (lo, hi) = if acc.max { (a, v) } else { (v, a) };
+        let pick = self.b.ins().fcmp(FloatCC::LessThan, lo, hi);
+        let pick = self.b.ins().bitcast(types::F32X4, vflags(), pick);
+        let r = self.b.ins().bitselect(pick, v, a);
+        self.b.def_var(acc.lanes, r);
+        let unordered = self.b.ins().fcmp(FloatCC::Unordered, v, v);
+        let seen = self.b.use_var(acc.nan);
+        let seen = self.b.ins().bor(seen, unordered);
+        self.b.def_var(acc.nan, seen);
+    }
+
+    /// The max (min) of every value added, as `fmax` (`fmin`) over them would give: NaN if any was.
+    pub(super) fn vext_fold(&mut self, acc: Extreme) -> Value {
+        let r = self.vacc_fold(acc.lanes, acc.max);
+        let seen = self.b.use_var(acc.nan);
+        let any = self.b.ins().vany_true(seen);
+        let nan = self.b.ins().f32const(f32::NAN);
+        self.b.ins().select(any, nan, r)
     }
 
     /// Folds the lanes of an f32x4 accumulator with `fmax` (or `fmin`) into one f32.
