@@ -635,6 +635,46 @@ fn max_and_min_rows_track_nan_apart_from_their_lanes() {
 }
 
 #[test]
+fn row_private_tensors_live_in_one_row_per_worker_and_agree() {
+    // LDR-KL's margins `m`, their adjoint `m_adj` and its row sums `r1` are read only inside their row-fused group: each
+    // running call keeps one row of them. KL-DRO's `r0` is read by a later group (the gradient): whole.
+    let program = |file: &str| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(file);
+        let f = Compiler::new()
+            .compile_file(&path)
+            .unwrap()
+            .kernel(None)
+            .unwrap()
+            .function()
+            .clone();
+        let plan = lossc::backend::loops::Plan::new(&f);
+        let private: Vec<String> = plan
+            .buffers
+            .iter()
+            .zip(&plan.row_private)
+            .filter(|(_, p)| **p)
+            .map(|(b, _)| b.name.clone())
+            .collect();
+        (path, private)
+    };
+    let (ldr, private) = program("ldr_kl.lx");
+    assert_eq!(private, ["m", "m_adj", "r1"]);
+    let (_, private) = program("kl_dro.lx");
+    assert!(!private.contains(&"r0".to_string()), "{private:?}");
+    // Many chunks over several workers (and one), rows long enough for every vector part: as the interpreter.
+    let interp = Compiler::new().backend(Backend::Interp).compile_file(&ldr).unwrap();
+    let mut rng = Rng::new(8);
+    for threads in [1, 2, 3] {
+        let jit = Compiler::new().threads(threads).compile_file(&ldr).unwrap();
+        let f = jit.kernel(None).unwrap().function().clone();
+        let inputs = random_inputs(&f, &[700, 37], &mut rng);
+        let a = jit.kernel(None).unwrap().eval(&inputs).unwrap();
+        let b = interp.kernel(None).unwrap().eval(&inputs).unwrap();
+        assert_agree(&format!("{threads} threads"), &a, &b);
+    }
+}
+
+#[test]
 fn label_comparisons_and_condition_tensors_vectorize() {
     // `same[i, j]` is a condition tensor (computed and stored 4 lanes at a time) and `y[i] == y[j]`
     // compares two label loads: both run as i32 lanes in the masked reductions (vector steps and scalar

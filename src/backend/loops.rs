@@ -178,6 +178,9 @@ pub struct Plan {
     pub kept_exps: Vec<KeptExps>,
     /// Matrix products, each a group of its own.
     pub contractions: Vec<Contraction>,
+    /// Per buffer: whether it is [`row_private`] (a code generator may give each running call one row of
+    /// it instead of the whole tensor).
+    pub row_private: Vec<bool>,
 }
 
 impl Plan {
@@ -224,12 +227,17 @@ impl Plan {
                 _ => None,
             })
             .collect();
+        let mut row_private = vec![false; buffers.len()];
+        for n in row_private_nests(f, &nests, &groups, &kept_exps) {
+            row_private[f.inputs.len() + nests[n].tensor.index()] = true;
+        }
         Plan {
             buffers,
             nests,
             groups,
             kept_exps,
             contractions,
+            row_private,
         }
     }
 
@@ -395,6 +403,31 @@ fn kept_exps(f: &Function, nests: &[Nest], order: &[usize]) -> Vec<KeptExps> {
         }
     }
     kept
+}
+
+/// The nests whose rows only live while their group's loop is at that row: `let` tensors of a row-fused
+/// group of several nests that no nest outside the group reads (members read each other only at the
+/// current row) and whose row no logsumexp of another group fills with kept exponentials. Row `t` is
+/// complete before any member reads it and dead once the loop moves on, so one row per running call
+/// holds it: the data never leaves the cache.
+fn row_private_nests(f: &Function, nests: &[Nest], groups: &[Group], kept: &[KeptExps]) -> Vec<usize> {
+    let mut private = Vec::new();
+    for group in groups {
+        if group.members.len() < 2 || group.members.iter().any(|m| nests[*m].head.is_empty()) {
+            continue;
+        }
+        for &m in &group.members {
+            let tensor = nests[m].tensor;
+            let read_outside = nests.iter().enumerate().any(|(n, nest)| {
+                !group.members.contains(&n) && tensor_reads(f, nest.body).iter().any(|(t, _)| *t == tensor)
+            });
+            let filled_outside = kept.iter().any(|e| e.consumer == m && !group.members.contains(&e.lse));
+            if nests[m].role == Role::Let && !read_outside && !filled_outside {
+                private.push(m);
+            }
+        }
+    }
+    private
 }
 
 /// Every tensor load under `body`: the tensor and, when its first subscript is a bare index, that index.

@@ -448,10 +448,11 @@ struct SharedParts(*mut f32);
 unsafe impl Send for SharedParts {}
 unsafe impl Sync for SharedParts {}
 
-/// A raw buffer pointer that threads may share: each writes a disjoint range of elements.
+/// A table of raw buffer pointers that threads may share: each writes a disjoint range of elements.
 #[derive(Clone, Copy)]
 struct Shared(*const *mut u8);
-// SAFETY: threads only read inputs and earlier tensors, and write disjoint chunks of the current one.
+// SAFETY: threads only read inputs and earlier tensors, and write disjoint chunks of the current one (and
+// row-private rows of their own worker's scratch).
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
@@ -478,6 +479,8 @@ impl Compiled {
                     Data::Float(v) => Store::F(v.iter().map(|x| *x as f32).collect()),
                     Data::Int(v) => Store::I(v.clone()),
                 },
+                // One row per running call, given by `execute`.
+                TensorRef::Def(_) if self.plan.row_private[k] => Store::F(Vec::new()),
                 TensorRef::Def(_) => match buf.scalar {
                     Scalar::Float => Store::F(vec![0.0; len]),
                     _ => Store::I(vec![0; len]),
@@ -504,7 +507,6 @@ impl Compiled {
                 Store::I(v) => v.as_mut_ptr() as *mut u8,
             })
             .collect();
-        let shared = Shared(ptrs.as_ptr());
         let profile = std::env::var_os("LOSSC_PROFILE").is_some();
         let groups = self
             .plan
@@ -548,11 +550,41 @@ impl Compiled {
                 .step_by(chunk as usize)
                 .map(|lo| (lo, (lo + chunk).min(outer)))
                 .collect();
+            // Row-private buffers (loops::Plan::row_private): one row of scratch per worker, each worker's
+            // calls reading a pointer table that points there.
+            let private: Vec<(usize, usize)> = group
+                .members
+                .iter()
+                .map(|m| self.plan.buffer_of(f, TensorRef::Def(self.plan.nests[*m].tensor)))
+                .filter(|k| self.plan.row_private[*k])
+                .map(|k| {
+                    let buf = &self.plan.buffers[k];
+                    let elements: i64 = buf.shape[1..].iter().map(|d| d.eval(sizes).max(0)).product();
+                    let bytes = elements as usize * Lower::elem_type(buf.scalar).bytes() as usize;
+                    (k, bytes.div_ceil(64) * 8)
+                })
+                .collect();
+            let per_worker: usize = private.iter().map(|(_, words)| words).sum();
+            let workers = if private.is_empty() { 1 } else { threads.max(1) + 1 };
+            let mut scratch = vec![0u64; per_worker * workers];
+            let pointer_tables: Vec<Vec<*mut u8>> = (0..workers)
+                .map(|w| {
+                    let mut table = ptrs.clone();
+                    let mut at = w * per_worker;
+                    for &(k, words) in &private {
+                        table[k] = scratch[at..].as_mut_ptr() as *mut u8;
+                        at += words;
+                    }
+                    table
+                })
+                .collect();
+            let tables: Vec<Shared> = pointer_tables.iter().map(|t| Shared(t.as_ptr())).collect();
             let per_chunk = if split.is_some() { members.len() } else { 1 };
             let mut partials = vec![0f32; chunks.len().max(1) * per_chunk];
             let slots = SharedParts(partials.as_mut_ptr());
             let numbered: Vec<(usize, (i64, i64))> = chunks.iter().copied().enumerate().collect();
-            let run_chunks = |chunks: &[(usize, (i64, i64))]| -> [i64; 3] {
+            // `worker`: which scratch rows the calls use (0 on the calling thread, 1 + a pool thread's index).
+            let run_chunks = |worker: usize, chunks: &[(usize, (i64, i64))]| -> [i64; 3] {
                 let mut err = [0i64; 3];
                 for &(c, (lo, hi)) in chunks {
                     if let Some(p) = &product {
@@ -560,7 +592,7 @@ impl Compiled {
                         unsafe { p.block(lo, hi) };
                         continue;
                     }
-                    let (s, slots) = (shared, slots);
+                    let (s, slots) = (tables[worker.min(tables.len() - 1)], slots);
                     // SAFETY: buffers match the plan (bound call), the code checks every subscript that is not
                     // statically in range, and this chunk's elements (or partial slot) are written by no
                     // other call.
@@ -587,10 +619,15 @@ impl Compiled {
                     use rayon::prelude::*;
                     numbered
                         .par_iter()
-                        .map(|c| run_chunks(std::slice::from_ref(c)))
+                        .map(|c| {
+                            run_chunks(
+                                rayon::current_thread_index().map_or(0, |i| 1 + i),
+                                std::slice::from_ref(c),
+                            )
+                        })
                         .collect()
                 }),
-                _ => vec![run_chunks(&numbered)],
+                _ => vec![run_chunks(0, &numbered)],
             };
             if split.is_some() {
                 for (slot, member) in members.iter().enumerate() {
@@ -832,8 +869,38 @@ impl<'a, 'b> Lower<'a, 'b> {
             let extent = self.dim(&extent);
             let end = self.b.ins().smin(self.hi, extent);
             let lo = self.lo;
+            // A row-private buffer's pointer is one row of this call's scratch: its base moves back by the
+            // row's offset so that the usual row-major addresses of row `t` land in that one row.
+            let private: Vec<(usize, Value, Value)> = members
+                .iter()
+                .map(|m| self.plan.buffer_of(self.f, TensorRef::Def(m.tensor)))
+                .filter(|k| self.plan.row_private[*k])
+                .map(|k| {
+                    let buf = &self.plan.buffers[k];
+                    let bytes = Self::elem_type(buf.scalar).bytes() as i64;
+                    let mut row_bytes = self.b.ins().iconst(types::I64, bytes);
+                    for d in buf.shape[1..].to_vec() {
+                        let d = self.dim(&d);
+                        row_bytes = self.b.ins().imul(row_bytes, d);
+                    }
+                    (
+                        k,
+                        self.bases[k].expect("a member's buffer is loaded on entry"),
+                        row_bytes,
+                    )
+                })
+                .collect();
             self.for_range(outer, lo, end, &mut |l: &mut Self| {
                 let row = l.index(outer);
+                for &(k, scratch, row_bytes) in &private {
+                    let back = l.b.ins().imul(row, row_bytes);
+                    let back = if l.ptr == types::I64 {
+                        back
+                    } else {
+                        l.b.ins().ireduce(l.ptr, back)
+                    };
+                    l.bases[k] = Some(l.b.ins().isub(scratch, back));
+                }
                 for (index, m) in group.members.iter().zip(members) {
                     let own = m.head[0].0;
                     let var = l.var(own);
@@ -845,6 +912,9 @@ impl<'a, 'b> Lower<'a, 'b> {
                     l.bound.pop();
                 }
             });
+            for (k, scratch, _) in private {
+                self.bases[k] = Some(scratch);
+            }
         }
         self.kept_exps.clear();
         self.b.ins().return_(&[]);
