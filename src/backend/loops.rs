@@ -411,16 +411,22 @@ fn kept_exps(f: &Function, nests: &[Nest], order: &[usize]) -> Vec<KeptExps> {
 /// complete before any member reads it and dead once the loop moves on, so one row per running call
 /// holds it: the data never leaves the cache.
 fn row_private_nests(f: &Function, nests: &[Nest], groups: &[Group], kept: &[KeptExps]) -> Vec<usize> {
+    // Which nests read each tensor.
+    let mut readers: HashMap<TensorId, Vec<usize>> = HashMap::new();
+    for (n, nest) in nests.iter().enumerate() {
+        for (t, _) in tensor_reads(f, nest.body) {
+            readers.entry(t).or_default().push(n);
+        }
+    }
     let mut private = Vec::new();
     for group in groups {
         if group.members.len() < 2 || group.members.iter().any(|m| nests[*m].head.is_empty()) {
             continue;
         }
         for &m in &group.members {
-            let tensor = nests[m].tensor;
-            let read_outside = nests.iter().enumerate().any(|(n, nest)| {
-                !group.members.contains(&n) && tensor_reads(f, nest.body).iter().any(|(t, _)| *t == tensor)
-            });
+            let read_outside = readers
+                .get(&nests[m].tensor)
+                .is_some_and(|r| r.iter().any(|n| !group.members.contains(n)));
             let filled_outside = kept.iter().any(|e| e.consumer == m && !group.members.contains(&e.lse));
             if nests[m].role == Role::Let && !read_outside && !filled_outside {
                 private.push(m);

@@ -16,14 +16,15 @@ use cranelift_codegen::ir::{self, InstBuilder, MemFlagsData, Value, types};
 
 use super::Lower;
 
-/// The coefficients of the Cephes `expf` polynomial P in e^r = 1 + r + r^2 P(r).
-pub(super) const EXP_COEFFICIENTS: [f32; 6] = [
-    1.987_569_2e-4,
-    1.398_199_9e-3,
-    8.333_452e-3,
-    4.166_579_6e-2,
-    1.666_666_5e-1,
-    5e-1,
+/// The coefficients of the polynomial Q in e^r = 1 + r + r^2 Q(r) for |r| <= ln2/2, highest degree first:
+/// a minimax fit of degree 4 for the relative error (4e-9 in exact arithmetic, below f32's rounding;
+/// `tools/exp_poly.py` fits it). One term shorter than Cephes' `expf` at the same f32 accuracy.
+pub(super) const EXP_COEFFICIENTS: [f32; 5] = [
+    1.381_461_3e-3,
+    8.368_71e-3,
+    4.166_839e-2,
+    1.666_652_1e-1,
+    4.999_999_4e-1,
 ];
 
 /// exp's rounding constant (1.5 * 2^23: adding it rounds x log2(e) to an integer in the low bits).
@@ -31,9 +32,10 @@ pub(super) const EXP_MAGIC: f32 = 12_582_912.0;
 /// -ln 2 in two parts (exact high part, low remainder) for exp's range reduction.
 pub(super) const EXP_LN2_HI: f32 = -0.693_359_4;
 pub(super) const EXP_LN2_LO: f32 = 2.121_944_4e-4;
-/// Beyond these exp is +inf and 0.
-pub(super) const EXP_OVERFLOW: f32 = 88.72;
-pub(super) const EXP_UNDERFLOW: f32 = -87.33;
+/// exp clamps its argument to this range first: x log2(e) then rounds to n in -127..=128, whose 2^n
+/// built in the exponent bits is 0 at -127 (the result flushes to 0) and +inf at 128 (overflow).
+pub(super) const EXP_LOWEST: f32 = -88.0;
+pub(super) const EXP_HIGHEST: f32 = 88.8;
 
 /// The Cephes `logf` polynomial P in ln(1 + f) = f - f²/2 + f³ P(f), highest degree first.
 const LOG_COEFFICIENTS: [f32; 9] = [
@@ -58,13 +60,15 @@ const TANH_COEFFICIENTS: [f32; 5] = [
 ];
 
 impl Lower<'_, '_> {
-    /// `e^x` in f32, inline: x = n ln2 + r with |r| <= ln2/2 (n rounded with the 1.5 * 2^23 trick, ln2
-    /// split in two parts), e^r by the Cephes `expf` polynomial (1 + r + r^2 P(r), P of degree 5), times 2^n
-    /// built in the exponent bits. Overflow gives +inf, results below the normal range flush to 0, NaN
-    /// stays NaN. No branches; about 1 ulp (measured against f64 in `tests/jit.rs`). `lanes`: x is an
-    /// f32x4 and so is the result.
+    /// `e^x` in f32, inline: x clamped to [`EXP_LOWEST`, `EXP_HIGHEST`] (NaN kept), x = n ln2 + r with
+    /// |r| <= ln2/2 (n rounded with the 1.5 * 2^23 trick, ln2 split in two parts), e^r = 1 + r + r^2 Q(r)
+    /// ([`EXP_COEFFICIENTS`]), times 2^n built in the exponent bits: the clamp makes that 2^n exactly 0
+    /// below the range (results flush to 0 from about -87.7) and +inf above it. NaN stays NaN. No
+    /// branches; about 1 ulp (measured against f64 in `tests/jit.rs`). `lanes`: x is an f32x4 and so
+    /// is the result.
     pub(super) fn exp_lanes(&mut self, x: Value, lanes: bool) -> Value {
         let (fty, ity) = Self::math_types(lanes);
+        let x = self.clamp_keeping_nan(x, EXP_LOWEST, EXP_HIGHEST, lanes);
         let log2e = self.fk(std::f32::consts::LOG2_E, lanes);
         let magic = self.fk(EXP_MAGIC, lanes);
         let shifted = self.mul_add(x, log2e, magic);
@@ -83,14 +87,18 @@ impl Lower<'_, '_> {
         let biased = self.b.ins().iadd(nbits, bias);
         let bits = self.b.ins().ishl_imm_s(biased, 23);
         let scale = self.b.ins().bitcast(fty, flags, bits);
-        let y = self.b.ins().fmul(p, scale);
-        // Outside the normal range: +inf above, 0 below. NaN passes through every step above and
-        // compares false here.
-        let over = self.fcmp_k(FloatCC::GreaterThan, x, EXP_OVERFLOW, lanes);
-        let under = self.fcmp_k(FloatCC::LessThan, x, EXP_UNDERFLOW, lanes);
-        let (inf, zero) = (self.fk(f32::INFINITY, lanes), self.fk(0.0, lanes));
-        let y = self.choose(over, inf, y, lanes);
-        self.choose(under, zero, y, lanes)
+        self.b.ins().fmul(p, scale)
+    }
+
+    /// `x` limited to `lo..=hi`, a NaN left as it is: one `maxps` and one `minps` for lanes (Cranelift's
+    /// pattern for them, x64 lower.isle), two selects for a scalar.
+    fn clamp_keeping_nan(&mut self, x: Value, lo: f32, hi: f32, lanes: bool) -> Value {
+        let (lo, hi) = (self.fk(lo, lanes), self.fk(hi, lanes));
+        // `x < lo ? lo : x`, then `hi < x ? hi : x`: false for NaN, which stays.
+        let below = self.b.ins().fcmp(FloatCC::LessThan, x, lo);
+        let x = self.choose(below, lo, x, lanes);
+        let above = self.b.ins().fcmp(FloatCC::LessThan, hi, x);
+        self.choose(above, hi, x, lanes)
     }
 
     /// `a * b + c`: one fused operation where the target has FMA.

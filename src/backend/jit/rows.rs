@@ -7,7 +7,7 @@
 //! same algorithm, constants and special cases as the inline CLIF `exp` (math.rs), so its values agree
 //! with the 4-lane code to the last bit or so; the JIT only calls it where [`available`] says so.
 
-use super::math::{EXP_COEFFICIENTS, EXP_LN2_HI, EXP_LN2_LO, EXP_MAGIC, EXP_OVERFLOW, EXP_UNDERFLOW};
+use super::math::{EXP_COEFFICIENTS, EXP_HIGHEST, EXP_LN2_HI, EXP_LN2_LO, EXP_LOWEST, EXP_MAGIC};
 
 /// Whether this machine runs the 8-lane row helpers.
 pub(super) fn available() -> bool {
@@ -58,6 +58,8 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn exp8(x: __m256) -> __m256 {
         let k = |v: f32| _mm256_set1_ps(v);
+        // `maxps`/`minps` return their second operand when either is NaN: a NaN x stays.
+        let x = _mm256_min_ps(k(EXP_HIGHEST), _mm256_max_ps(k(EXP_LOWEST), x));
         let magic = k(EXP_MAGIC);
         let shifted = _mm256_fmadd_ps(x, k(std::f32::consts::LOG2_E), magic);
         let n = _mm256_sub_ps(shifted, magic);
@@ -72,11 +74,7 @@ mod avx2 {
         let p = _mm256_add_ps(y, k(1.0));
         let bits = _mm256_add_epi32(_mm256_castps_si256(shifted), _mm256_set1_epi32(127 - 0x4B40_0000));
         let scale = _mm256_castsi256_ps(_mm256_slli_epi32(bits, 23));
-        let y = _mm256_mul_ps(p, scale);
-        let over = _mm256_cmp_ps(x, k(EXP_OVERFLOW), _CMP_GT_OQ);
-        let y = _mm256_blendv_ps(y, k(f32::INFINITY), over);
-        let under = _mm256_cmp_ps(x, k(EXP_UNDERFLOW), _CMP_LT_OQ);
-        _mm256_blendv_ps(y, k(0.0), under)
+        _mm256_mul_ps(p, scale)
     }
 
     /// Adds 8 f32 lanes into two f64x4 accumulators.
@@ -94,6 +92,12 @@ mod avx2 {
         // Blocks of 8 vectors: each lane adds its 8 values in f32, then the block's lanes go to f64 (the
         // conversions cost a fifth of the loop otherwise); relative rounding of a block ≲ 8 · 2⁻²⁴.
         while i + 64 <= n {
+            // The next row of a row-major matrix (source and destination): rows are about a page long,
+            // and the hardware prefetchers stop at page boundaries. A prefetch never faults.
+            for line in 0..4 {
+                _mm_prefetch::<_MM_HINT_T0>(src.wrapping_add(i + n + 16 * line) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(i + n + 16 * line) as *const i8);
+            }
             let mut block = _mm256_setzero_ps();
             for u in 0..8 {
                 // SAFETY: i + 64 <= n floats from p.
