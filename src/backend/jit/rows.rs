@@ -54,27 +54,32 @@ mod avx2 {
 
     use super::*;
 
-    /// The CLIF `exp` of math.rs, 8 lanes.
+    /// The CLIF `exp` of math.rs, 8 lanes, on `W` vectors at once: each step runs for all of them before
+    /// the next, so `W` independent dependency chains are in flight (measured on Zen 1: `W` = 4 takes a
+    /// quarter less time per value than one vector at a time; 8 spills registers).
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn exp8(x: __m256) -> __m256 {
+    unsafe fn exp8<const W: usize>(xs: [__m256; W]) -> [__m256; W] {
         let k = |v: f32| _mm256_set1_ps(v);
+        let each = |f: &dyn Fn(usize) -> __m256| -> [__m256; W] { std::array::from_fn(f) };
         // `maxps`/`minps` return their second operand when either is NaN: a NaN x stays.
-        let x = _mm256_min_ps(k(EXP_HIGHEST), _mm256_max_ps(k(EXP_LOWEST), x));
+        let x = each(&|j| _mm256_min_ps(k(EXP_HIGHEST), _mm256_max_ps(k(EXP_LOWEST), xs[j])));
         let magic = k(EXP_MAGIC);
-        let shifted = _mm256_fmadd_ps(x, k(std::f32::consts::LOG2_E), magic);
-        let n = _mm256_sub_ps(shifted, magic);
-        let r = _mm256_fmadd_ps(n, k(EXP_LN2_HI), x);
-        let r = _mm256_fmadd_ps(n, k(EXP_LN2_LO), r);
-        let mut q = k(EXP_COEFFICIENTS[0]);
+        let shifted = each(&|j| _mm256_fmadd_ps(x[j], k(std::f32::consts::LOG2_E), magic));
+        let n = each(&|j| _mm256_sub_ps(shifted[j], magic));
+        let r = each(&|j| _mm256_fmadd_ps(n[j], k(EXP_LN2_HI), x[j]));
+        let r = each(&|j| _mm256_fmadd_ps(n[j], k(EXP_LN2_LO), r[j]));
+        let mut q = [k(EXP_COEFFICIENTS[0]); W];
         for c in &EXP_COEFFICIENTS[1..] {
-            q = _mm256_fmadd_ps(q, r, k(*c));
+            q = each(&|j| _mm256_fmadd_ps(q[j], r[j], k(*c)));
         }
-        let r2 = _mm256_mul_ps(r, r);
-        let y = _mm256_fmadd_ps(r2, q, r);
-        let p = _mm256_add_ps(y, k(1.0));
-        let bits = _mm256_add_epi32(_mm256_castps_si256(shifted), _mm256_set1_epi32(127 - 0x4B40_0000));
-        let scale = _mm256_castsi256_ps(_mm256_slli_epi32(bits, 23));
-        _mm256_mul_ps(p, scale)
+        each(&|j| {
+            let r2 = _mm256_mul_ps(r[j], r[j]);
+            let y = _mm256_fmadd_ps(r2, q[j], r[j]);
+            let p = _mm256_add_ps(y, k(1.0));
+            let bits = _mm256_add_epi32(_mm256_castps_si256(shifted[j]), _mm256_set1_epi32(127 - 0x4B40_0000));
+            let scale = _mm256_castsi256_ps(_mm256_slli_epi32(bits, 23));
+            _mm256_mul_ps(p, scale)
+        })
     }
 
     /// Adds 8 f32 lanes into two f64x4 accumulators.
@@ -99,12 +104,14 @@ mod avx2 {
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(i + n + 16 * line) as *const i8);
             }
             let mut block = _mm256_setzero_ps();
-            for u in 0..8 {
-                // SAFETY: i + 64 <= n floats from p.
-                let x = unsafe { _mm256_loadu_ps(src.add(i + 8 * u)) };
-                let e = unsafe { exp8(_mm256_sub_ps(x, s)) };
-                unsafe { _mm256_storeu_ps(p.add(i + 8 * u), e) };
-                block = _mm256_add_ps(block, e);
+            for half in [0, 4] {
+                // SAFETY: i + 64 <= n floats from src (all four read before any is written: src may be p).
+                let x: [__m256; 4] =
+                    std::array::from_fn(|u| _mm256_sub_ps(unsafe { _mm256_loadu_ps(src.add(i + 8 * (half + u))) }, s));
+                for (u, e) in unsafe { exp8(x) }.into_iter().enumerate() {
+                    unsafe { _mm256_storeu_ps(p.add(i + 8 * (half + u)), e) };
+                    block = _mm256_add_ps(block, e);
+                }
             }
             unsafe { add_wide(&mut acc, block) };
             i += 64;
@@ -112,7 +119,7 @@ mod avx2 {
         while i + 8 <= n {
             // SAFETY: i + 8 <= n floats from src.
             let x = unsafe { _mm256_loadu_ps(src.add(i)) };
-            let e = unsafe { exp8(_mm256_sub_ps(x, s)) };
+            let [e] = unsafe { exp8([_mm256_sub_ps(x, s)]) };
             unsafe { _mm256_storeu_ps(p.add(i), e) };
             unsafe { add_wide(&mut acc, e) };
             i += 8;
@@ -123,7 +130,7 @@ mod avx2 {
             // SAFETY: n - i < 8 floats from src + i.
             unsafe { std::ptr::copy_nonoverlapping(src.add(i), block.as_mut_ptr(), n - i) };
             let x = unsafe { _mm256_loadu_ps(block.as_ptr()) };
-            let mut e = unsafe { exp8(_mm256_sub_ps(x, s)) };
+            let [mut e] = unsafe { exp8([_mm256_sub_ps(x, s)]) };
             // Padding lanes are exp(-inf - shift): 0, or NaN for shift = -inf; zero them.
             let lanes = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
                 _mm256_set1_epi32((n - i) as i32),
