@@ -375,25 +375,22 @@ fn compile_all(isa: &dyn isa::TargetIsa, functions: Vec<(FuncId, ir::Function)>)
             .map(|(k, (id, func))| compile(k, id, func))
             .collect();
     }
-    // Largest first, spread round-robin over the threads.
+    // Largest first; each thread takes the next function when it is done with one (a function's compile
+    // time is not proportional to its size, and one large function may take as long as all the rest).
     let mut work: Vec<(usize, FuncId, ir::Function)> = functions
         .into_iter()
         .enumerate()
         .map(|(k, (id, func))| (k, id, func))
         .collect();
     work.sort_by_key(|(_, _, func)| std::cmp::Reverse(func.dfg.num_insts()));
-    let mut shares: Vec<Vec<(usize, FuncId, ir::Function)>> = (0..threads).map(|_| Vec::new()).collect();
-    for (n, item) in work.into_iter().enumerate() {
-        shares[n % threads].push(item);
-    }
+    let queue = std::sync::Mutex::new(work.into_iter());
+    let next = || queue.lock().unwrap_or_else(|e| e.into_inner()).next();
     let compile = &compile;
     let mut done: Vec<(usize, Result<MachineCode, String>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = shares
-            .into_iter()
-            .map(|share| {
-                scope.spawn(move || {
-                    share
-                        .into_iter()
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    std::iter::from_fn(next)
                         .map(|(k, id, func)| (k, compile(k, id, func)))
                         .collect::<Vec<_>>()
                 })
