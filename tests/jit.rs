@@ -635,6 +635,42 @@ fn max_and_min_rows_track_nan_apart_from_their_lanes() {
 }
 
 #[test]
+fn arg_max_and_min_run_in_two_vector_passes_and_agree() {
+    // The gradient of max/min picks the first extreme position (the first NaN when there is one): found
+    // by a vector pass for the value and one for its first lane. Ties within and across vectors and the
+    // scalar tail, NaN in a lane or the tail, infinities, signed zeros, and rows only the tail covers.
+    let src = "loss top(s: f32[N, C]) { sum[i] 2.0 * (max[k] s[i, k]) }
+        loss bottom(s: f32[N, C]) { sum[i] (min[k] relu(s[i, k] + 1.0)) * (min[k] abs(s[i, k])) }";
+    let (inf, nan) = (f64::INFINITY, f64::NAN);
+    let rows: [[f64; 9]; 9] = [
+        [0.5, -1.0, 2.0, 0.0, 3.0, -2.5, 1.0, 7.0, -7.5],
+        [0.5, 7.0, 2.0, 7.0, 3.0, -2.5, 1.0, 7.0, -7.5],
+        [0.5, -1.0, 2.0, 0.0, 3.0, -2.5, 1.0, 2.0, 9.0],
+        [0.5, -1.0, nan, 0.0, 3.0, nan, 1.0, 7.0, -7.5],
+        [0.5, -1.0, 2.0, 0.0, 3.0, -2.5, 1.0, 7.0, nan],
+        [-inf; 9],
+        [inf, 0.0, 1.0, inf, -3.0, -4.0, -inf, 0.0, 1.0],
+        [-0.0, 0.0, -0.0, -0.0, 0.0, 0.0, -0.0, 0.0, -0.0],
+        [-1.0, -2.0, -3.0, -1.0, -2.0, -3.0, -1.5, -1.0, -4.0],
+    ];
+    let jit = Compiler::new().threads(2).compile_source("a.lx", src).unwrap();
+    let interp = Compiler::new()
+        .backend(Backend::Interp)
+        .compile_source("a.lx", src)
+        .unwrap();
+    for c in [9usize, 8, 3] {
+        for row in rows {
+            let inputs = BTreeMap::from([("s".to_string(), Tensor::float(vec![1, c], row[..c].to_vec()))]);
+            for name in ["top", "bottom"] {
+                let a = jit.kernel(Some(name)).unwrap().eval(&inputs).unwrap();
+                let b = interp.kernel(Some(name)).unwrap().eval(&inputs).unwrap();
+                assert_agree(&format!("{name} on {:?}", &row[..c]), &a, &b);
+            }
+        }
+    }
+}
+
+#[test]
 fn row_private_tensors_live_in_one_row_per_worker_and_agree() {
     // LDR-KL's margins `m`, their adjoint `m_adj` and its row sums `r1` are read only inside their row-fused group: each
     // running call keeps one row of them. KL-DRO's `r0` is read by a later group (the gradient): whole.

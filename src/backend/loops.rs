@@ -11,7 +11,9 @@
 //! row of the data stays in cache from one member to the next, and a group is one parallel launch). A
 //! member reads the tensors of earlier members only at the current outer index (whose row is complete);
 //! nests that cannot join are scheduled after the group, with everything that depends on them. Sibling
-//! sums over one index ([`split_sum`]) group the same way, over the summed index.
+//! sums over one index ([`split_sum`]) group the same way, over the summed index. A `let` tensor that
+//! only its own group reads is row-private ([`Plan::row_private`]): one row of it per running call is
+//! enough, so its data never leaves the cache.
 //! A nest that is a plain matrix product of two buffers ([`Contraction`]) may instead run as a GEMM.
 //! The Cranelift JIT consumes it; a CUDA C generator would map each group to a kernel launch.
 

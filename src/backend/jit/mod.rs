@@ -288,28 +288,46 @@ const SPLIT_CHUNK: i64 = 1 << 14;
 
 /// Whether a reduction body is cheap enough to evaluate twice (for a two-pass logsumexp).
 fn cheap(f: &Function, body: NodeId) -> bool {
+    few_steps(f, body, 12, &cheap_prim)
+}
+
+/// The arithmetic, comparison and selection steps of a [`cheap`] body.
+fn cheap_prim(prim: Prim) -> bool {
+    matches!(
+        prim,
+        Prim::Add
+            | Prim::Sub
+            | Prim::Mul
+            | Prim::Div
+            | Prim::Neg
+            | Prim::ToFloat
+            | Prim::Iverson
+            | Prim::Eq
+            | Prim::Ne
+            | Prim::Lt
+            | Prim::Le
+            | Prim::Gt
+            | Prim::Ge
+            | Prim::Select
+            | Prim::StopGrad
+    )
+}
+
+/// Whether a body is cheap enough to compute twice for a two-pass arg-max: [`cheap`]'s steps, `relu`,
+/// `min`, `max` and `abs`.
+fn light(f: &Function, body: NodeId) -> bool {
+    few_steps(f, body, 16, &|prim| {
+        matches!(prim, Prim::Relu | Prim::Min | Prim::Max | Prim::Abs) || cheap_prim(prim)
+    })
+}
+
+/// At most `limit` nodes, no reduction, and only primitives `allowed` admits.
+fn few_steps(f: &Function, body: NodeId, limit: usize, allowed: &dyn Fn(Prim) -> bool) -> bool {
     let nodes = f.reachable(&[body]);
-    nodes.len() <= 12
+    nodes.len() <= limit
         && nodes.iter().all(|n| match &f.node(*n).expr {
             Expr::Reduce { .. } => false,
-            Expr::Prim { prim, .. } => matches!(
-                prim,
-                Prim::Add
-                    | Prim::Sub
-                    | Prim::Mul
-                    | Prim::Div
-                    | Prim::Neg
-                    | Prim::ToFloat
-                    | Prim::Iverson
-                    | Prim::Eq
-                    | Prim::Ne
-                    | Prim::Lt
-                    | Prim::Le
-                    | Prim::Gt
-                    | Prim::Ge
-                    | Prim::Select
-                    | Prim::StopGrad
-            ),
+            Expr::Prim { prim, .. } => allowed(*prim),
             _ => true,
         })
 }
@@ -1894,6 +1912,12 @@ impl<'a, 'b> Lower<'a, 'b> {
             let ranges: Vec<(IndexId, Dim)> = indices.iter().map(|i| (*i, self.f.index(*i).range.clone())).collect();
             return self.logsumexp_two_pass(&ranges, mask, body);
         }
+        if let ([k], None, ReduceOp::ArgMax | ReduceOp::ArgMin) = (indices, mask, op)
+            && self.vectorizable(body, *k)
+            && light(self.f, body)
+        {
+            return self.arg_extreme_two_pass(op == ReduceOp::ArgMax, *k, body);
+        }
         let f64v = |l: &mut Self, x: f64| l.b.ins().f64const(x);
         let acc = self.b.declare_var(types::F64);
         let aux = self.b.declare_var(types::F64);
@@ -2010,6 +2034,70 @@ impl<'a, 'b> Lower<'a, 'b> {
                 self.b.ins().fdemote(types::F32, r)
             }
         }
+    }
+
+    /// `argmax[k] body` (`argmin`) of a body computed lane-wise, in two vector passes: the extreme value `m`
+    /// (NaN if any value is), then the first position whose value is `m` (the first NaN when `m` is NaN),
+    /// found as the first vector with a matching lane and the lowest such lane. That is the scalar
+    /// accumulator's answer (the first maximum; a NaN wins and stops it; -1 when empty).
+    fn arg_extreme_two_pass(&mut self, max: bool, k: IndexId, body: NodeId) -> Value {
+        let op = if max { ReduceOp::Max } else { ReduceOp::Min };
+        let m = self.reduce(op, &[k], None, body);
+        let m_is_nan = self.b.ins().fcmp(FloatCC::Unordered, m, m);
+        let none = self.b.ins().iconst(types::I64, -1);
+        let (first_block, first_lanes) = (self.b.declare_var(types::I64), self.b.declare_var(types::I32));
+        self.b.def_var(first_block, none);
+        let zero32 = self.b.ins().iconst(types::I32, 0);
+        self.b.def_var(first_lanes, zero32);
+        let pos = self.b.declare_var(types::I64);
+        self.b.def_var(pos, none);
+        let (mv, nan_v) = (
+            self.b.ins().splat(types::F32X4, m),
+            self.b.ins().bmask(types::I32, m_is_nan),
+        );
+        let nan_v = self.b.ins().splat(types::I32X4, nan_v);
+        let end = self.dim(&self.f.index(k).range.clone());
+        let start = self.b.ins().iconst(types::I64, 0);
+        let tail = self.vector_loop(k, start, end, &mut |l: &mut Self, kb| {
+            let mut memo = HashMap::new();
+            let v = l.vvalue(body, k, kb, &mut memo);
+            let equal = l.b.ins().fcmp(FloatCC::Equal, v, mv);
+            let unordered = l.b.ins().fcmp(FloatCC::Unordered, v, v);
+            let nan_match = l.b.ins().band(unordered, nan_v);
+            let matched = l.b.ins().bor(equal, nan_match);
+            let lanes = l.b.ins().vhigh_bits(types::I32, matched);
+            let found = l.b.use_var(first_block);
+            let unset = l.b.ins().icmp_imm_s(IntCC::Equal, found, -1);
+            let any = l.b.ins().icmp_imm_s(IntCC::NotEqual, lanes, 0);
+            let take = l.b.ins().band(unset, any);
+            let block = l.b.ins().select(take, kb, found);
+            l.b.def_var(first_block, block);
+            let kept = l.b.use_var(first_lanes);
+            let kept = l.b.ins().select(take, lanes, kept);
+            l.b.def_var(first_lanes, kept);
+        });
+        self.for_range(k, tail, end, &mut |l: &mut Self| {
+            let x = l.value(body);
+            let equal = l.b.ins().fcmp(FloatCC::Equal, x, m);
+            let unordered = l.b.ins().fcmp(FloatCC::Unordered, x, x);
+            let nan_match = l.b.ins().band(unordered, m_is_nan);
+            let matched = l.b.ins().bor(equal, nan_match);
+            let found = l.b.use_var(pos);
+            let unset = l.b.ins().icmp_imm_s(IntCC::Equal, found, -1);
+            let take = l.b.ins().band(unset, matched);
+            let here = l.index(k);
+            let p = l.b.ins().select(take, here, found);
+            l.b.def_var(pos, p);
+        });
+        // A vector match comes before any tail match.
+        let block = self.b.use_var(first_block);
+        let lanes = self.b.use_var(first_lanes);
+        let lane = self.b.ins().ctz(lanes);
+        let lane = self.b.ins().uextend(types::I64, lane);
+        let in_vectors = self.b.ins().iadd(block, lane);
+        let vector_found = self.b.ins().icmp_imm_s(IntCC::NotEqual, block, -1);
+        let tail_pos = self.b.use_var(pos);
+        self.b.ins().select(vector_found, in_vectors, tail_pos)
     }
 
     fn reduce_loops(&mut self, ranges: &[(IndexId, Dim)], level: usize, body: &mut dyn FnMut(&mut Self)) {

@@ -99,7 +99,7 @@ impl Lower<'_, '_> {
                     args_ok
                         && match prim {
                             Add | Sub | Mul | Div | Neg | Min | Max | Abs | Sqrt | Exp | Sigmoid | Log | Log1p
-                            | Softplus | Tanh | StopGrad => node.scalar == Scalar::Float,
+                            | Softplus | Tanh | Relu | StopGrad => node.scalar == Scalar::Float,
                             // Integer lanes come from k itself, integer loads and invariants (no integer
                             // arithmetic is vectorized), so any comparison of them is.
                             Eq | Ne | Lt | Le | Gt | Ge => true,
@@ -329,6 +329,13 @@ impl Lower<'_, '_> {
             Abs => ins.ins().fabs(a[0]),
             Sqrt => ins.ins().sqrt(a[0]),
             StopGrad => a[0],
+            Relu => {
+                // x where x > 0 or NaN (`cmpnleps`), +0 elsewhere (-0 too): the scalar `fmax(x, 0)`.
+                let zero = self.splat_f32(0.0);
+                let keep = self.b.ins().fcmp(FloatCC::UnorderedOrGreaterThan, a[0], zero);
+                let keep = self.mask_as_f32(keep);
+                self.b.ins().band(a[0], keep)
+            }
             Exp => self.exp_lanes(a[0], true),
             Sigmoid => self.sigmoid_lanes(a[0], true),
             Log => self.log_lanes(a[0], true),
