@@ -654,6 +654,10 @@ fn arg_max_and_min_run_in_two_vector_passes_and_agree() {
         [-1.0, -2.0, -3.0, -1.0, -2.0, -3.0, -1.5, -1.0, -4.0],
     ];
     let jit = Compiler::new().threads(2).compile_source("a.lx", src).unwrap();
+    for name in ["top", "bottom"] {
+        let clif = lossc::backend::jit::clif(jit.kernel(Some(name)).unwrap().function()).unwrap();
+        assert!(clif.contains("vhigh_bits"), "{name}: no vector arg-max pass:\n{clif}");
+    }
     let interp = Compiler::new()
         .backend(Backend::Interp)
         .compile_source("a.lx", src)

@@ -793,6 +793,18 @@ struct Lower<'a, 'b> {
     /// 1 for a non-finite maximum) that turns a kept exponential into the node's value unless the row was
     /// scaled in place.
     kept_exps: HashMap<NodeId, (usize, Option<Value>)>,
+    /// Earlier members of the current row-fused group that are a max or min over one index (their row is
+    /// done): an arg-max of the same body at the same row reads its extreme value from there.
+    extremes: Vec<KnownExtreme>,
+}
+
+/// A nest `r[t] = max[k] B(t, k)` (or `min`) of the current group, whose value at the current row is known.
+struct KnownExtreme {
+    max: bool,
+    row: IndexId,
+    index: IndexId,
+    body: NodeId,
+    buffer: usize,
 }
 
 fn flags() -> MemFlagsData {
@@ -857,6 +869,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             fma,
             keep_exps: None,
             kept_exps: HashMap::new(),
+            extremes: Vec::new(),
             partial: params[6],
             split_bounds: None,
             exp_rows: false,
@@ -916,6 +929,7 @@ impl<'a, 'b> Lower<'a, 'b> {
                     };
                     l.bases[k] = Some(l.b.ins().isub(scratch, back));
                 }
+                l.extremes.clear();
                 for (index, m) in group.members.iter().zip(members) {
                     let own = m.head[0].0;
                     let var = l.var(own);
@@ -925,6 +939,25 @@ impl<'a, 'b> Lower<'a, 'b> {
                     l.softmax_member(group, *index, m, 1);
                     l.frames.pop();
                     l.bound.pop();
+                    if let (
+                        Expr::Reduce {
+                            op: op @ (ReduceOp::Max | ReduceOp::Min),
+                            indices,
+                            mask: None,
+                            body,
+                        },
+                        [(row, _)],
+                    ) = (&l.f.node(m.body).expr, &m.head[..])
+                        && let [index] = indices[..]
+                    {
+                        l.extremes.push(KnownExtreme {
+                            max: *op == ReduceOp::Max,
+                            row: *row,
+                            index,
+                            body: *body,
+                            buffer: l.plan.buffer_of(l.f, TensorRef::Def(m.tensor)),
+                        });
+                    }
                 }
             });
             for (k, scratch, _) in private {
@@ -2042,7 +2075,10 @@ impl<'a, 'b> Lower<'a, 'b> {
     /// accumulator's answer (the first maximum; a NaN wins and stops it; -1 when empty).
     fn arg_extreme_two_pass(&mut self, max: bool, k: IndexId, body: NodeId) -> Value {
         let op = if max { ReduceOp::Max } else { ReduceOp::Min };
-        let m = self.reduce(op, &[k], None, body);
+        let m = match self.known_extreme(max, k, body) {
+            Some(m) => m,
+            None => self.reduce(op, &[k], None, body),
+        };
         let m_is_nan = self.b.ins().fcmp(FloatCC::Unordered, m, m);
         let none = self.b.ins().iconst(types::I64, -1);
         let (first_block, first_lanes) = (self.b.declare_var(types::I64), self.b.declare_var(types::I32));
@@ -2058,6 +2094,7 @@ impl<'a, 'b> Lower<'a, 'b> {
         let nan_v = self.b.ins().splat(types::I32X4, nan_v);
         let end = self.dim(&self.f.index(k).range.clone());
         let start = self.b.ins().iconst(types::I64, 0);
+        self.hoist_invariants(&[body]);
         let tail = self.vector_loop(k, start, end, &mut |l: &mut Self, kb| {
             let mut memo = HashMap::new();
             let v = l.vvalue(body, k, kb, &mut memo);
@@ -2098,6 +2135,21 @@ impl<'a, 'b> Lower<'a, 'b> {
         let vector_found = self.b.ins().icmp_imm_s(IntCC::NotEqual, block, -1);
         let tail_pos = self.b.use_var(pos);
         self.b.ins().select(vector_found, in_vectors, tail_pos)
+    }
+
+    /// The value of `max[k] body` (`min`) at the current row when an earlier member of the group holds it.
+    fn known_extreme(&mut self, max: bool, k: IndexId, body: NodeId) -> Option<Value> {
+        let row = *self.bound.first()?;
+        let found = self.extremes.iter().find(|e| {
+            e.max == max
+                && self
+                    .f
+                    .same_renamed(e.body, body, &HashMap::from([(e.row, row), (e.index, k)]))
+        })?;
+        let buffer = found.buffer;
+        let at = self.index(row);
+        let addr = self.address(buffer, Scalar::Float, at);
+        Some(self.b.ins().load(types::F32, flags(), addr, 0))
     }
 
     fn reduce_loops(&mut self, ranges: &[(IndexId, Dim)], level: usize, body: &mut dyn FnMut(&mut Self)) {
