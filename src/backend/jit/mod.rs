@@ -904,11 +904,12 @@ impl<'a, 'b> Lower<'a, 'b> {
                 .map(|m| self.plan.buffer_of(self.f, TensorRef::Def(m.tensor)))
                 .filter(|k| self.plan.row_private[*k])
                 .map(|k| {
-                    let buf = &self.plan.buffers[k];
+                    let plan = self.plan;
+                    let buf = &plan.buffers[k];
                     let bytes = Self::elem_type(buf.scalar).bytes() as i64;
                     let mut row_bytes = self.b.ins().iconst(types::I64, bytes);
-                    for d in buf.shape[1..].to_vec() {
-                        let d = self.dim(&d);
+                    for d in &buf.shape[1..] {
+                        let d = self.dim(d);
                         row_bytes = self.b.ins().imul(row_bytes, d);
                     }
                     (
