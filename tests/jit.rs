@@ -606,10 +606,12 @@ fn softmax_rows_keep_their_exponentials_and_special_rows_agree() {
 fn max_and_min_rows_track_nan_apart_from_their_lanes() {
     // Vector max/min keep one `maxps`/`minps` per vector and a separate mask of lanes that met a NaN: a NaN
     // in a lane or in the scalar tail (C = 9: two vectors and one tail point), infinities and signed zeros
-    // must give what the interpreter gives, row by row (each row's max and min is its own output).
+    // must give what the interpreter gives, row by row (each row's max and min is its own output). The
+    // elementwise `max`/`min` of lanes (`pair`) propagate a NaN from either side.
     let src = "loss spread(s: f32[N, C]) { sum[i] (max[k] s[i, k]) - 2.0 * (min[k] s[i, k]) }
         loss top(s: f32[N, C]) { let t[i] = (max[k] s[i, k]) + 0.5 * (min[j] s[i, j])
-            sum[i] t[i] * t[i] }";
+            sum[i] t[i] * t[i] }
+        loss pair(s: f32[N, C]) { sum[i] (sum[k] max(s[i, k], 0.25) + 2.0 * min(s[i, k], 0.75)) }";
     let (inf, nan) = (f64::INFINITY, f64::NAN);
     let rows: [[f64; 9]; 6] = [
         [0.5, -1.0, 2.0, 0.0, 3.0, -2.5, 1.0, 7.0, -7.5],
@@ -626,7 +628,7 @@ fn max_and_min_rows_track_nan_apart_from_their_lanes() {
         .unwrap();
     for row in rows {
         let inputs = BTreeMap::from([("s".to_string(), Tensor::float(vec![1, 9], row.to_vec()))]);
-        for name in ["spread", "top"] {
+        for name in ["spread", "top", "pair"] {
             let a = jit.kernel(Some(name)).unwrap().eval(&inputs).unwrap();
             let b = interp.kernel(Some(name)).unwrap().eval(&inputs).unwrap();
             assert_agree(&format!("{name} on {row:?}"), &a, &b);

@@ -324,8 +324,21 @@ impl Lower<'_, '_> {
             Mul => ins.ins().fmul(a[0], a[1]),
             Div => ins.ins().fdiv(a[0], a[1]),
             Neg => ins.ins().fneg(a[0]),
-            Min => ins.ins().fmin(a[0], a[1]),
-            Max => ins.ins().fmax(a[0], a[1]),
+            Min | Max => {
+                // `maxps x y` (`minps`) by Cranelift's pattern: y where either is NaN; then a NaN x wins, so
+                // a NaN of either side propagates as with `fmax` (three instructions for its seven; which
+                // zero `max(-0, +0)` gives is left open, as in the interpreter).
+                let (x, y) = (a[0], a[1]);
+                let pick = match prim {
+                    Max => self.b.ins().fcmp(FloatCC::LessThan, y, x),
+                    _ => self.b.ins().fcmp(FloatCC::LessThan, x, y),
+                };
+                let pick = self.mask_as_f32(pick);
+                let r = self.b.ins().bitselect(pick, x, y);
+                let x_nan = self.b.ins().fcmp(FloatCC::Unordered, x, x);
+                let x_nan = self.mask_as_f32(x_nan);
+                self.b.ins().bitselect(x_nan, x, r)
+            }
             Abs => ins.ins().fabs(a[0]),
             Sqrt => ins.ins().sqrt(a[0]),
             StopGrad => a[0],
