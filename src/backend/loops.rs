@@ -180,8 +180,8 @@ pub struct Plan {
     pub kept_exps: Vec<KeptExps>,
     /// Matrix products, each a group of its own.
     pub contractions: Vec<Contraction>,
-    /// Per buffer: whether it is [`row_private`] (a code generator may give each running call one row of
-    /// it instead of the whole tensor).
+    /// Per buffer: whether it is row-private: a `let` tensor that only its own row-fused group reads (see
+    /// the module doc), of which a code generator may give each running call one row instead of the whole.
     pub row_private: Vec<bool>,
 }
 

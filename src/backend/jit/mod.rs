@@ -19,7 +19,10 @@
 //! rayon pool (sized by the work per row, never by the thread count); each element is computed by
 //! exactly one call. A group of
 //! sums over one index ([`split_sum`]) run as fixed chunks of partial sums added in chunk order. So
-//! results are bit-identical for any number of threads.
+//! results are bit-identical for any number of threads. A row-private tensor
+//! ([`super::loops::Plan::row_private`]) is one row of scratch per worker: each worker's pointer table
+//! points the buffer there, and the group's row loop moves its base back by the row's offset, so the
+//! ordinary row-major addresses of the current row land in it.
 //!
 //! Placement: Cranelift's egraph places pure code at its uses and hoists it out of loops, but never moves a
 //! load, so the lowering computes before each loop what the bound indices determine
