@@ -12,6 +12,16 @@ use lossc::{Backend, CallError, Compiler, Evaluation, Tensor};
 /// Float32 accuracy: |jit - interp| <= 2e-4 * max(1, |interp|), per value.
 pub const TOL: f64 = 2e-4;
 
+/// A source compiled for the JIT (two threads) and for the interpreter.
+fn jit_and_interp(name: &str, src: &str) -> (lossc::kernel::Module, lossc::kernel::Module) {
+    let jit = Compiler::new().threads(2).compile_source(name, src).unwrap();
+    let interp = Compiler::new()
+        .backend(Backend::Interp)
+        .compile_source(name, src)
+        .unwrap();
+    (jit, interp)
+}
+
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= TOL * b.abs().max(1.0) || (a.is_nan() && b.is_nan()) || a == b
 }
@@ -583,17 +593,13 @@ fn softmax_rows_keep_their_exponentials_and_special_rows_agree() {
         ])
     };
     for src in sources {
-        let jit = Compiler::new().threads(2).compile_source("s.lx", src).unwrap();
+        let (jit, interp) = jit_and_interp("s.lx", src);
         let plan_kept = {
             let f = jit.kernel(None).unwrap().function().clone();
             let plan = lossc::backend::loops::Plan::new(&f);
             plan.kept_exps.len()
         };
         assert_eq!(plan_kept, 1, "{src}: one softmax row kept");
-        let interp = Compiler::new()
-            .backend(Backend::Interp)
-            .compile_source("s.lx", src)
-            .unwrap();
         for inputs in [batch(&[0, 1, 2, 3, 4, 5]), batch(&[0, 2, 5])] {
             let a = jit.kernel(None).unwrap().eval(&inputs).unwrap();
             let b = interp.kernel(None).unwrap().eval(&inputs).unwrap();
@@ -621,11 +627,7 @@ fn max_and_min_rows_track_nan_apart_from_their_lanes() {
         [-0.0, 0.0, -0.0, -0.0, 0.0, 0.0, -0.0, 0.0, -0.0],
         [nan; 9],
     ];
-    let jit = Compiler::new().threads(2).compile_source("m.lx", src).unwrap();
-    let interp = Compiler::new()
-        .backend(Backend::Interp)
-        .compile_source("m.lx", src)
-        .unwrap();
+    let (jit, interp) = jit_and_interp("m.lx", src);
     for row in rows {
         let inputs = BTreeMap::from([("s".to_string(), Tensor::float(vec![1, 9], row.to_vec()))]);
         for name in ["spread", "top", "pair"] {
@@ -655,15 +657,11 @@ fn arg_max_and_min_run_in_two_vector_passes_and_agree() {
         [-0.0, 0.0, -0.0, -0.0, 0.0, 0.0, -0.0, 0.0, -0.0],
         [-1.0, -2.0, -3.0, -1.0, -2.0, -3.0, -1.5, -1.0, -4.0],
     ];
-    let jit = Compiler::new().threads(2).compile_source("a.lx", src).unwrap();
+    let (jit, interp) = jit_and_interp("a.lx", src);
     for name in ["top", "bottom"] {
         let clif = lossc::backend::jit::clif(jit.kernel(Some(name)).unwrap().function()).unwrap();
         assert!(clif.contains("vhigh_bits"), "{name}: no vector arg-max pass:\n{clif}");
     }
-    let interp = Compiler::new()
-        .backend(Backend::Interp)
-        .compile_source("a.lx", src)
-        .unwrap();
     for c in [9usize, 8, 3] {
         for row in rows {
             let inputs = BTreeMap::from([("s".to_string(), Tensor::float(vec![1, c], row[..c].to_vec()))]);
@@ -758,13 +756,9 @@ fn a_logsumexp_constant_along_its_row_keeps_no_exponentials() {
     // `exp(x[i, y[i]] - r0[i])` is computed once per row, before any position of a kept row exists.
     let src = "loss f(x: f32[N, C], y: idx[N] < C) {
         mean[i] sigmoid(logsumexp[k: C] x[i, y[i]]) + x[i, y[i]] * (sum[k | x[i, k] > -0.5] tanh(x[i, k])) }";
-    let jit = Compiler::new().threads(2).compile_source("c.lx", src).unwrap();
+    let (jit, interp) = jit_and_interp("c.lx", src);
     let f = jit.kernel(None).unwrap().function().clone();
     assert!(lossc::backend::loops::Plan::new(&f).kept_exps.is_empty());
-    let interp = Compiler::new()
-        .backend(Backend::Interp)
-        .compile_source("c.lx", src)
-        .unwrap();
     let mut rng = Rng::new(567);
     for (n, c) in [(3usize, 4usize), (5, 9)] {
         let inputs = BTreeMap::from([
@@ -797,7 +791,7 @@ fn matrix_products_run_as_gemm_in_any_layout() {
         let s5[u, v] = sum[k] at[k, u] * at[k, v]
         (sum[i, j] tanh(s1[i, j]) * s2[i, j] + softplus(s3[i, j] - s1[i, j]))
             + sum[u, v] sigmoid(s4[u, v] + 0.1 * v) * s5[u, v] }";
-    let jit = Compiler::new().threads(2).compile_source("g.lx", src).unwrap();
+    let (jit, interp) = jit_and_interp("g.lx", src);
     let f = jit.kernel(None).unwrap().function().clone();
     let plan = lossc::backend::loops::Plan::new(&f);
     // s1, s2, s3 (after its left operand `a * w` is materialized) and the gradients' products.
@@ -812,10 +806,6 @@ fn matrix_products_run_as_gemm_in_any_layout() {
         .filter(|c| c.left.buffer == c.right.buffer && c.left.transposed != c.right.transposed)
         .count();
     assert!(symmetric >= 2, "{symmetric} symmetric products");
-    let interp = Compiler::new()
-        .backend(Backend::Interp)
-        .compile_source("g.lx", src)
-        .unwrap();
     let mut rng = Rng::new(77);
     for (p, q, k) in [
         (3usize, 5usize, 7usize),
@@ -856,17 +846,13 @@ fn masked_products_skip_non_finite_operands_as_the_interpreter_does() {
     let src = "loss f(x: f32[N, D], w: f32[D, C]) {
         let s[i, c] = sum[d] x[i, d] * w[d, c]
         sum[i, c | s[i, c] > 0.0] s[i, c] * s[i, c] }";
-    let jit = Compiler::new().threads(2).compile_source("m.lx", src).unwrap();
+    let (jit, interp) = jit_and_interp("m.lx", src);
     let f = jit.kernel(None).unwrap().function().clone();
     let plan = lossc::backend::loops::Plan::new(&f);
     assert!(
         plan.contractions.iter().any(|c| c.must_be_finite.is_some()),
         "no guarded product"
     );
-    let interp = Compiler::new()
-        .backend(Backend::Interp)
-        .compile_source("m.lx", src)
-        .unwrap();
     let (n, d, c) = (70usize, 3usize, 4usize);
     let mut rng = Rng::new(5);
     let x: Vec<f64> = (0..n * d).map(|_| rng.normal().abs() + 0.1).collect();
@@ -900,11 +886,7 @@ fn column_sums_agree_in_blocks_vectors_and_tail() {
     let src = "loss f(a: f32[N, H], b: f32[N, H], v: f32[N]) {
         let c[h] = sum[i | a[i, h] > -0.5] v[i] * exp(a[i, h]) / (1.0 + b[i, h] * b[i, h])
         sum[h] c[h] * c[h] }";
-    let jit = Compiler::new().threads(2).compile_source("c.lx", src).unwrap();
-    let interp = Compiler::new()
-        .backend(Backend::Interp)
-        .compile_source("c.lx", src)
-        .unwrap();
+    let (jit, interp) = jit_and_interp("c.lx", src);
     let mut rng = Rng::new(9);
     for (n, h) in [(23usize, 37usize), (5, 16), (3, 2)] {
         let mut m = |len: usize, shape: Vec<usize>| Tensor::float(shape, (0..len).map(|_| rng.normal()).collect());
@@ -929,13 +911,9 @@ fn transposed_reads_run_in_tiles_and_gathered_lanes_and_agree() {
         let m[i, j] = a[j, i] * v[i] + tanh(a[i, j] - v[j]) * a[j, i] / (1.0 + v[i] * v[j])
         let c[i] = sum[j] a[j, i] / (1.0 + b[i, j] * b[i, j])
         sum[i, j] m[i, j] * m[i, j] + c[i] * v[j] }";
-    let jit = Compiler::new().threads(2).compile_source("t.lx", src).unwrap();
+    let (jit, interp) = jit_and_interp("t.lx", src);
     let clif = lossc::backend::jit::clif(jit.kernel(None).unwrap().function()).unwrap();
     assert!(clif.contains("insertlane"), "no gathered lanes:\n{clif}");
-    let interp = Compiler::new()
-        .backend(Backend::Interp)
-        .compile_source("t.lx", src)
-        .unwrap();
     let mut rng = Rng::new(12);
     for n in [1usize, 15, 16, 37, 40] {
         let mut m = |len: usize, shape: Vec<usize>| Tensor::float(shape, (0..len).map(|_| rng.normal()).collect());
@@ -958,11 +936,7 @@ fn sums_and_means_add_sixteen_points_at_a_time_and_agree() {
     let src = format!(
         "{src}\nloss sums(s: f32[N, C]) {{ mean[i] (sum[k] s[i, k] * s[i, k]) - 3.0 * (mean[k] tanh(s[i, k])) }}"
     );
-    let jit = Compiler::new().threads(2).compile_source("m.lx", &src).unwrap();
-    let interp = Compiler::new()
-        .backend(Backend::Interp)
-        .compile_source("m.lx", &src)
-        .unwrap();
+    let (jit, interp) = jit_and_interp("m.lx", &src);
     let mut rng = Rng::new(21);
     for name in jit.losses() {
         for c in [15usize, 16, 37, 70] {
@@ -982,11 +956,7 @@ fn one_hot_terms_are_added_after_the_lanes_and_agree() {
     // softmax part and the label's term is added at k = y[i] afterwards, unless y[i] falls in the scalar
     // tail (C = 7: lanes 0..4, tail 4..7), which computes whole elements. Every label position is used.
     let src = "loss ce(s: f32[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }";
-    let jit = Compiler::new().threads(2).compile_source("o.lx", src).unwrap();
-    let interp = Compiler::new()
-        .backend(Backend::Interp)
-        .compile_source("o.lx", src)
-        .unwrap();
+    let (jit, interp) = jit_and_interp("o.lx", src);
     let mut rng = Rng::new(8);
     for c in [7usize, 8, 3] {
         let n = 2 * c;

@@ -583,7 +583,8 @@ impl Compiled {
                 })
                 .collect();
             let per_worker: usize = private.iter().map(|(_, words)| words).sum();
-            let workers = if private.is_empty() { 1 } else { threads.max(1) + 1 };
+            // Without row-private buffers every call reads the one table of the buffers.
+            let workers = if private.is_empty() { 0 } else { threads.max(1) + 1 };
             let mut scratch = vec![0u64; per_worker * workers];
             let pointer_tables: Vec<Vec<*mut u8>> = (0..workers)
                 .map(|w| {
@@ -596,7 +597,10 @@ impl Compiled {
                     table
                 })
                 .collect();
-            let tables: Vec<Shared> = pointer_tables.iter().map(|t| Shared(t.as_ptr())).collect();
+            let tables: Vec<Shared> = match &pointer_tables[..] {
+                [] => vec![Shared(ptrs.as_ptr())],
+                some => some.iter().map(|t| Shared(t.as_ptr())).collect(),
+            };
             let per_chunk = if split.is_some() { members.len() } else { 1 };
             let mut partials = vec![0f32; chunks.len().max(1) * per_chunk];
             let slots = SharedParts(partials.as_mut_ptr());
