@@ -569,7 +569,7 @@ fn bench_reports_json() {
 fn compile_emits_clif() {
     let (clif, _) = expect(&["compile", "examples/cross_entropy.lx", "--emit", "clif"], 0);
     assert!(
-        clif.contains("; group 0: r0, grad_s (parallel)") && clif.contains("f32x4"),
+        clif.contains("; group 0: r0, loss_terms, grad_s (parallel)") && clif.contains("f32x4"),
         "{clif}"
     );
 }

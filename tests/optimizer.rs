@@ -270,7 +270,44 @@ fn reductions_inside_elements_are_materialized_and_shared() {
     let g = lossc::api::gradient(&f).unwrap();
     let printed = lossc::ir::print::readable(&g);
     assert_eq!(printed.matches("logsumexp[").count(), 1, "{printed}");
-    assert!(printed.contains("loss = mean[i: N] r0[i] - s[i, y[i]]"), "{printed}");
+    assert!(printed.contains("loss_terms[i: N] = r0[i] - s[i, y[i]]"), "{printed}");
+}
+
+#[test]
+fn gathered_terms_of_a_reduction_are_materialized_per_row() {
+    // The label's logit is read in the group that streams the rows (with the row's logsumexp), and the
+    // loss averages a vector.
+    let g = groups("loss ce(s: f32[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }");
+    assert_eq!(
+        g,
+        vec![
+            vec!["r0".to_string(), "loss_terms".into(), "grad_s".into()],
+            vec!["loss".into()]
+        ]
+    );
+    let opt = lossc::opt::optimize(&compile("loss f(s: f32[N, C]) { sum[i] s[i, 0] * s[i, 1] }")).unwrap();
+    let printed = lossc::ir::print::readable(&opt);
+    assert!(
+        printed.contains("let loss_terms[i: N] = s[i, 0] * s[i, 1]"),
+        "{printed}"
+    );
+    // Terms that read vectors only, a masked reduction, or terms over two indices stay inline.
+    for src in [
+        "loss f(x: f32[N], w: f32[N]) { sum[i] x[i] * w[i] }",
+        "loss f(s: f32[N, C], y: idx[N] < C) { sum[i | y[i] > 0] s[i, y[i]] }",
+        "loss f(s: f32[N, C], y: idx[N] < C) { sum[i, k] exp(s[i, y[i]] * s[i, k]) }",
+    ] {
+        let opt = lossc::opt::optimize(&compile(src)).unwrap();
+        let printed = lossc::ir::print::readable(&opt);
+        assert!(!printed.contains("_terms"), "{src}: {printed}");
+    }
+    // A name in use is skipped.
+    let opt = lossc::opt::optimize(&compile(
+        "loss f(s: f32[N, C], y: idx[N] < C) { let loss_terms[i] = s[i, 0]\n sum[i] loss_terms[i] * s[i, y[i]] }",
+    ))
+    .unwrap();
+    let printed = lossc::ir::print::readable(&opt);
+    assert!(printed.contains("let loss_terms1[i"), "{printed}");
 }
 
 #[test]
@@ -325,7 +362,13 @@ fn row_local_nests_fuse_into_one_group() {
     // The row's logsumexp and the gradient row run in one loop over rows; the scalar loss (which needs
     // every row) runs after them, although it comes between them in dependency order.
     let g = groups("loss ce(s: f32[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }");
-    assert_eq!(g, vec![vec!["r0".to_string(), "grad_s".into()], vec!["loss".into()]]);
+    assert_eq!(
+        g,
+        vec![
+            vec!["r0".to_string(), "loss_terms".into(), "grad_s".into()],
+            vec!["loss".into()]
+        ]
+    );
 }
 
 #[test]

@@ -20,6 +20,11 @@
 //! is read, so computing it streams. The result is the same wherever the factors are finite; a zero `L`
 //! (masked out, or a zero adjoint) contributes nothing, as autodiff's guards intend.
 //!
+//! Gathered terms: a reduction over one index `i` whose terms read a matrix at row `i` and a computed or
+//! constant column (`mean[i] r0[i] - s[i, y[i]]`, the label's logit) gets its terms materialized as `terms[i]`, so
+//! the gather runs in the group that streams the matrix's rows (while the row is in cache) instead of
+//! missing the cache once per row afterwards.
+//!
 //! Stored elements: a costly elementwise expression (a transcendental at its root) that an earlier tensor's
 //! element computes, up to renaming its head, is read back from that tensor (`sigmoid(L (p - 0.5))` in
 //! AnyLoss's gradient reads `a`).
@@ -47,6 +52,7 @@ pub fn materialize(src: &Function) -> R<Function> {
         let ctx: BTreeSet<IndexId> = t.indices.iter().copied().collect();
         let body = h.walk(t.body, &ctx, true, false)?;
         let body = h.split_product(&t.indices, body, &t.name)?;
+        let body = h.gathered_terms(body, &t.name)?;
         let pending = std::mem::take(&mut h.pending);
         for p in pending {
             h.dst.add_tensor(p);
@@ -264,6 +270,59 @@ impl Hoist<'_> {
                 def.indices.iter().map(|i| self.dst.index(*i).range.clone()).collect()
             }
         }
+    }
+
+    /// The gathered-terms rewrite of the module doc for a tensor with element `body` (a `dst` node): when
+    /// it is an unmasked reduction over one index `i` whose terms depend on `i` alone and read a matrix at
+    /// row `i` and a computed or constant column (`s[i, y[i]]`), pushes `terms[i]` = the term and returns the reduction
+    /// of its loads; otherwise returns `body`.
+    fn gathered_terms(&mut self, body: NodeId, name: &str) -> R<NodeId> {
+        let Expr::Reduce {
+            op,
+            indices,
+            mask: None,
+            body: term,
+        } = self.dst.node(body).expr.clone()
+        else {
+            return Ok(body);
+        };
+        let (&[i], &[free]) = (&indices[..], &self.dst.node(term).free[..]) else {
+            return Ok(body);
+        };
+        let gathers = free == i
+            && self
+                .dst
+                .reachable(&[term])
+                .iter()
+                .any(|n| match &self.dst.node(*n).expr {
+                    Expr::Load { subs, .. } => {
+                        subs.len() >= 2
+                            && matches!(self.dst.node(subs[0]).expr, Expr::Index(first) if first == i)
+                            && subs[1..]
+                                .iter()
+                                .any(|s| !matches!(self.dst.node(*s).expr, Expr::Index(_)))
+                    }
+                    _ => false,
+                });
+        if !gathers {
+            return Ok(body);
+        }
+        let span = self.dst.span(body);
+        let terms = [format!("{name}_terms")]
+            .into_iter()
+            .chain((1..).map(|k| format!("{name}_terms{k}")))
+            .find(|n| !self.taken(n))
+            .expect("an unused name");
+        let scalar = self.dst.node(term).scalar;
+        let t = self.push(terms, vec![i], term, span);
+        let load = self.load_at(t, &[i], scalar, span)?;
+        let reduced = Expr::Reduce {
+            op,
+            indices,
+            mask: None,
+            body: load,
+        };
+        self.dst.add(reduced, self.dst.node(body).scalar, span)
     }
 
     /// The matrix-product rewrite of the module doc for a tensor over `head` with element `body` (a `dst`
