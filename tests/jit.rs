@@ -929,6 +929,34 @@ fn transposed_reads_run_in_tiles_and_gathered_lanes_and_agree() {
 }
 
 #[test]
+fn light_loops_run_four_vectors_per_iteration_and_agree() {
+    // The vector loops of light bodies (a row's max pass, the in-place scaling of kept exponentials, light
+    // gradient rows and row sums) handle four vectors per iteration, then single vectors, then single
+    // points: every C from 1 to 37 crosses each boundary, with the extreme anywhere in the row.
+    let src = "loss ce(s: f32[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }
+        loss ldr(s: f32[N, C], y: idx[N] < C, lambda: f32 = 0.5) {
+            let m[i, k] = [k != y[i]] + s[i, k] - s[i, y[i]]
+            mean[i] lambda * (logsumexp[k] m[i, k] / lambda) }
+        loss dro(s: f32[N, C], y: idx[N] < C, lambda: f32 = 2.0) {
+            let l[i] = (logsumexp[k] s[i, k]) - s[i, y[i]]
+            lambda * (logsumexp[i] l[i] / lambda) }
+        loss spread(s: f32[N, C]) { sum[i] (max[k] s[i, k]) - 2.0 * (min[k] 3.0 * s[i, k] + 1.0) }
+        loss hinge(s: f32[N, C], y: idx[N] < C) {
+            mean[i] sum[k] [k != y[i]] * relu(1.0 + s[i, k] - s[i, y[i]]) }";
+    let (jit, interp) = jit_and_interp("u.lx", src);
+    let mut rng = Rng::new(37);
+    for name in jit.losses() {
+        let f = jit.kernel(Some(name)).unwrap().function().clone();
+        for c in 1..=37i64 {
+            let inputs = random_inputs(&f, &[3, c], &mut rng);
+            let a = jit.kernel(Some(name)).unwrap().eval(&inputs).unwrap();
+            let b = interp.kernel(Some(name)).unwrap().eval(&inputs).unwrap();
+            assert_agree(&format!("{name}, C = {c}"), &a, &b);
+        }
+    }
+}
+
+#[test]
 fn sums_and_means_add_sixteen_points_at_a_time_and_agree() {
     // A row's sum and unmasked mean add 16 points in f32 before widening (then 4, then one by one):
     // C = 15, 16, 37 and 70 cover every part; the mean's count must follow.

@@ -29,11 +29,19 @@
 //! ([`Lower::hoist_invariants`]). The egraph's loop-invariant code motion only works when it visits a
 //! loop's body before the loop's exit (in 0.135 visiting the exit first drops the loop from its loop
 //! stack): every conditional branch whose first target leaves the loop makes the body its second target,
-//! which the egraph visits first.
+//! which the egraph visits first. A group's row index is read as the row loop's value, not through a
+//! variable, so no inner loop carries it as a block parameter and what it determines is hoisted.
+//!
+//! Loop shape: every loop is rotated (one test before it, one at the bottom of each iteration), and a
+//! light body's vector loop runs two vectors per iteration ([`UNROLL`]): a row's simple passes (its max,
+//! the scaling of kept exponentials, a light gradient row) are otherwise bound by the front end, one
+//! taken branch and the counting per vector, and their speed would hang on where the loop happens to sit
+//! in the code (Cranelift does not align loops).
 //!
 //! Debugging: `LOSSC_DUMP_OPT=1` prints each group's CLIF after Cranelift's optimizations and
 //! `LOSSC_DUMP_ASM=1` its machine code, `LOSSC_PROFILE=1` each group's compile time and run time, on
-//! stderr.
+//! stderr; `LOSSC_DUMP_BIN=DIR` writes each group's machine code to `DIR/group<k>.bin` (for `objdump -b
+//! binary -m i386:x86-64 -D`, to match `perf` samples against the perf map's addresses).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -290,6 +298,10 @@ fn build(f: &Function, mut clif_text: Option<&mut String>, exp_rows: bool) -> Re
 const SPLIT_CHUNK: i64 = 1 << 14;
 
 /// Whether a reduction body is cheap enough to evaluate twice (for a two-pass logsumexp).
+/// How many vectors one iteration of a [`light`] body's vector loop handles (the rest of the row is left
+/// to the scalar tail).
+const UNROLL: i64 = 2;
+
 fn cheap(f: &Function, body: NodeId) -> bool {
     few_steps(f, body, 12, &cheap_prim)
 }
@@ -367,6 +379,10 @@ fn compile_all(isa: &dyn isa::TargetIsa, functions: Vec<(FuncId, ir::Function)>)
             .max(isa.function_alignment().minimum as u64)
             .max(isa.symbol_alignment());
         let bytes = code.code_buffer().to_vec();
+        if let Some(dir) = std::env::var_os("LOSSC_DUMP_BIN") {
+            // A debugging aid only: a failed write is not the kernel's error.
+            let _ = std::fs::write(std::path::Path::new(&dir).join(format!("group{k}.bin")), &bytes);
+        }
         let relocs = code
             .buffer
             .relocs()
@@ -772,6 +788,10 @@ struct Lower<'a, 'b> {
     ptr: Type,
     math: HashMap<&'static str, ir::FuncRef>,
     vars: HashMap<IndexId, Variable>,
+    /// Indices bound to one value for a whole group row (each member's row index): read as that value, not
+    /// through a variable, so no loop inside the row carries them as a block parameter and Cranelift
+    /// hoists what depends on them out of the row's loops.
+    fixed: HashMap<IndexId, Value>,
     /// Values already computed, per dominance scope (a loop body or a branch opens a scope).
     frames: Vec<HashMap<NodeId, Value>>,
     /// Each buffer's base address, loaded on entry where the nest uses the buffer.
@@ -864,6 +884,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             ptr,
             math,
             vars: HashMap::new(),
+            fixed: HashMap::new(),
             frames: vec![HashMap::new()],
             bases,
             sizes,
@@ -940,13 +961,13 @@ impl<'a, 'b> Lower<'a, 'b> {
                 l.extremes.clear();
                 for (index, m) in group.members.iter().zip(members) {
                     let own = m.head[0].0;
-                    let var = l.var(own);
-                    l.b.def_var(var, row);
+                    l.fixed.insert(own, row);
                     l.bound.push(own);
                     l.frames.push(HashMap::new());
                     l.softmax_member(group, *index, m, 1);
                     l.frames.pop();
                     l.bound.pop();
+                    l.fixed.remove(&own);
                     if let (
                         Expr::Reduce {
                             op: op @ (ReduceOp::Max | ReduceOp::Min),
@@ -1133,7 +1154,8 @@ impl<'a, 'b> Lower<'a, 'b> {
                 // gradient): the lanes compute `rest`, and `a` is added at k = e afterwards.
                 let one_hot = self.one_hot(element, i);
                 let lanes = one_hot.map_or(element, |(_, _, rest)| rest);
-                let covered = self.vector_loop(i, start, end, &mut |l: &mut Self, _kb| {
+                let times = if light(self.f, lanes) { UNROLL } else { 1 };
+                let covered = self.unrolled_vector_loop(i, start, end, times, &mut |l: &mut Self, _kb| {
                     let mut memo = HashMap::new();
                     let kb = l.index(i);
                     let v = l.vvalue(lanes, i, kb, &mut memo);
@@ -1244,6 +1266,9 @@ impl<'a, 'b> Lower<'a, 'b> {
     }
 
     fn index(&mut self, i: IndexId) -> Value {
+        if let Some(v) = self.fixed.get(&i) {
+            return *v;
+        }
         let v = self.var(i);
         self.b.use_var(v)
     }
@@ -1265,17 +1290,15 @@ impl<'a, 'b> Lower<'a, 'b> {
     ) -> Value {
         let var = self.var(i);
         self.b.def_var(var, start);
-        let header = self.b.create_block();
+        // Rotated: one test before the loop and one at the bottom of each iteration (no jump back to a
+        // separate header), against the last i that covers `step` values.
+        let last = self.b.ins().iadd_imm_s(end, -step);
         let inner = self.b.create_block();
         let exit = self.b.create_block();
-        self.b.ins().jump(header, &[]);
-        self.b.switch_to_block(header);
-        let iv = self.b.use_var(var);
-        let next = self.b.ins().iadd_imm_s(iv, step);
         // The body is the branch's second target: Cranelift 0.135's egraph visits that one first, and a loop's
         // exit visited before its body would drop the loop from the egraph's loop stack (no hoisting there).
-        let done = self.b.ins().icmp(IntCC::SignedGreaterThan, next, end);
-        self.b.ins().brif(done, exit, &[], inner, &[]);
+        let skip = self.b.ins().icmp(IntCC::SignedGreaterThan, start, last);
+        self.b.ins().brif(skip, exit, &[], inner, &[]);
         self.b.switch_to_block(inner);
         self.frames.push(HashMap::new());
         self.bound.push(i);
@@ -1285,7 +1308,8 @@ impl<'a, 'b> Lower<'a, 'b> {
         let iv = self.b.use_var(var);
         let next = self.b.ins().iadd_imm_s(iv, step);
         self.b.def_var(var, next);
-        self.b.ins().jump(header, &[]);
+        let done = self.b.ins().icmp(IntCC::SignedGreaterThan, next, last);
+        self.b.ins().brif(done, exit, &[], inner, &[]);
         self.b.switch_to_block(exit);
         self.b.use_var(var)
     }
@@ -1754,7 +1778,7 @@ impl<'a, 'b> Lower<'a, 'b> {
                 let zero = self.b.ins().iconst(types::I64, 0);
                 let end = self.dim(&keep.length);
                 let splat = self.b.ins().splat(types::F32X4, factor);
-                let tail = self.vector_loop(k, zero, end, &mut |l: &mut Self, _| {
+                let tail = self.unrolled_vector_loop(k, zero, end, UNROLL, &mut |l: &mut Self, _| {
                     let flat = l.kept_at(k, start);
                     let addr = l.address(keep.buffer, Scalar::Float, flat);
                     let e = l.b.ins().load(types::F32X4, MemFlagsData::new().with_notrap(), addr, 0);
@@ -1914,7 +1938,12 @@ impl<'a, 'b> Lower<'a, 'b> {
                 } else {
                     zero
                 };
-                let tail = self.vector_loop(k, zero, end, &mut |l: &mut Self, kb| {
+                let times = if light(self.f, body) && mask.is_none_or(|m| light(self.f, m)) {
+                    UNROLL
+                } else {
+                    1
+                };
+                let tail = self.unrolled_vector_loop(k, zero, end, times, &mut |l: &mut Self, kb| {
                     let mut memo = HashMap::new();
                     let v = l.vvalue(body, k, kb, &mut memo);
                     let m = mask.map(|m| l.vvalue(m, k, kb, &mut memo));

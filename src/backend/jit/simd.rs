@@ -129,6 +129,32 @@ impl Lower<'_, '_> {
         })
     }
 
+    /// [`Self::vector_loop`] with `times` vectors per iteration, for a light body, whose loop would otherwise
+    /// spend as many instructions on its own counting and branching as on the body. Each vector's `body`
+    /// runs in its own scope, with `k` read as its `kb`. Returns the first k not covered: up to
+    /// `times * 4 - 1` points are left to the caller's scalar tail (a loop of single vectors for them
+    /// would be one more copy of the body to compile).
+    pub(super) fn unrolled_vector_loop(
+        &mut self,
+        k: IndexId,
+        start: Value,
+        end: Value,
+        times: i64,
+        body: &mut dyn FnMut(&mut Self, Value),
+    ) -> Value {
+        self.stepped_loop(k, start, end, times * LANES, &mut |l: &mut Self| {
+            let base = l.index(k);
+            for u in 0..times {
+                let kb = l.b.ins().iadd_imm_s(base, u * LANES);
+                l.fixed.insert(k, kb);
+                l.frames.push(HashMap::new());
+                body(l, kb);
+                l.frames.pop();
+                l.fixed.remove(&k);
+            }
+        })
+    }
+
     fn splat_f32(&mut self, x: f32) -> Value {
         self.fk(x, true)
     }
