@@ -185,7 +185,11 @@ fn build(f: &Function, mut clif_text: Option<&mut String>, exp_rows: bool) -> Re
         })
         .collect();
     helpers.push(("lossc_powf", vec![types::F32, types::F32], types::F32));
-    helpers.push(("lossc_exp_row", vec![ptr, ptr, types::I64, types::F32], types::F64));
+    helpers.push((
+        "lossc_exp_row",
+        vec![ptr, ptr, types::I64, types::F32, ptr, ptr],
+        types::F64,
+    ));
     let mut imports = HashMap::new();
     for (name, params, result) in helpers {
         let mut sig = module.make_signature();
@@ -823,6 +827,9 @@ struct Lower<'a, 'b> {
     /// Earlier members of the current row-fused group that are a max or min over one index (their row is
     /// done): an arg-max of the same body at the same row reads its extreme value from there.
     extremes: Vec<KnownExtreme>,
+    /// In a row-fused group's row: the next row of the matrix input it streams and of the first matrix it
+    /// writes (not row-private), for the row helper to prefetch.
+    rows_ahead: [Option<Value>; 2],
 }
 
 /// A nest `r[t] = max[k] B(t, k)` (or `min`) of the current group, whose value at the current row is known.
@@ -898,6 +905,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             keep_exps: None,
             kept_exps: HashMap::new(),
             extremes: Vec::new(),
+            rows_ahead: [None; 2],
             partial: params[6],
             split_bounds: None,
             exp_rows: false,
@@ -932,14 +940,7 @@ impl<'a, 'b> Lower<'a, 'b> {
                 .map(|m| self.plan.buffer_of(self.f, TensorRef::Def(m.tensor)))
                 .filter(|k| self.plan.row_private[*k])
                 .map(|k| {
-                    let plan = self.plan;
-                    let buf = &plan.buffers[k];
-                    let bytes = Self::elem_type(buf.scalar).bytes() as i64;
-                    let mut row_bytes = self.b.ins().iconst(types::I64, bytes);
-                    for d in &buf.shape[1..] {
-                        let d = self.dim(d);
-                        row_bytes = self.b.ins().imul(row_bytes, d);
-                    }
+                    let row_bytes = self.row_bytes(k);
                     (
                         k,
                         self.bases[k].expect("a member's buffer is loaded on entry"),
@@ -947,8 +948,11 @@ impl<'a, 'b> Lower<'a, 'b> {
                     )
                 })
                 .collect();
+            let streams = self.streamed_matrices(members);
             self.for_range(outer, lo, end, &mut |l: &mut Self| {
                 let row = l.index(outer);
+                let next = l.b.ins().iadd_imm_s(row, 1);
+                l.rows_ahead = streams.map(|s| s.map(|(k, row_bytes)| l.row_address(k, next, row_bytes)));
                 for &(k, scratch, row_bytes) in &private {
                     let back = l.b.ins().imul(row, row_bytes);
                     let back = if l.ptr == types::I64 {
@@ -992,9 +996,65 @@ impl<'a, 'b> Lower<'a, 'b> {
             for (k, scratch, _) in private {
                 self.bases[k] = Some(scratch);
             }
+            self.rows_ahead = [None; 2];
         }
         self.kept_exps.clear();
         self.b.ins().return_(&[]);
+    }
+
+    /// The bytes of one row (along the first axis) of buffer `k`.
+    fn row_bytes(&mut self, k: usize) -> Value {
+        let plan = self.plan;
+        let buf = &plan.buffers[k];
+        let bytes = Self::elem_type(buf.scalar).bytes() as i64;
+        let mut row_bytes = self.b.ins().iconst(types::I64, bytes);
+        for d in &buf.shape[1..] {
+            let d = self.dim(d);
+            row_bytes = self.b.ins().imul(row_bytes, d);
+        }
+        row_bytes
+    }
+
+    /// The address of row `row` of buffer `k` (a pure computation: no access, so any row will do).
+    fn row_address(&mut self, k: usize, row: Value, row_bytes: Value) -> Value {
+        let off = self.b.ins().imul(row, row_bytes);
+        let off = if self.ptr == types::I64 {
+            off
+        } else {
+            self.b.ins().ireduce(self.ptr, off)
+        };
+        let base = self.bases[k].expect("a member's buffer is loaded on entry");
+        self.b.ins().iadd(base, off)
+    }
+
+    /// What a row-fused group streams row by row, with each one's row length in bytes: the first float
+    /// matrix input its members read along a row (`s[t, k]`), and the first matrix among its members'
+    /// own buffers that is not row-private (a gradient row).
+    fn streamed_matrices(&mut self, members: &[&Nest]) -> [Option<(usize, Value)>; 2] {
+        let f = self.f;
+        let plan = self.plan;
+        let read = members.iter().find_map(|m| {
+            let own = m.head[0].0;
+            f.reachable(&[m.body]).into_iter().find_map(|n| match &f.node(n).expr {
+                Expr::Load {
+                    tensor: tensor @ TensorRef::Input(_),
+                    subs,
+                } if subs.len() >= 2
+                    && f.node(n).scalar == Scalar::Float
+                    && matches!(f.node(subs[0]).expr, Expr::Index(i) if i == own)
+                    && subs[1..].iter().all(|s| matches!(f.node(*s).expr, Expr::Index(_))) =>
+                {
+                    Some(plan.buffer_of(f, *tensor))
+                }
+                _ => None,
+            })
+        });
+        let written = members
+            .iter()
+            .filter(|m| m.head.len() >= 2)
+            .map(|m| plan.buffer_of(f, TensorRef::Def(m.tensor)))
+            .find(|k| !plan.row_private[*k]);
+        [read, written].map(|k| k.map(|k| (k, self.row_bytes(k))))
     }
 
     /// [`Self::member`], with the nest's part in kept softmax exponentials ([`super::loops::KeptExps`]) set up: a
@@ -1754,7 +1814,26 @@ impl<'a, 'b> Lower<'a, 'b> {
             (Some((_, keep, _)), Some((_, buffer, start))) => {
                 let row = self.address(buffer, Scalar::Float, start);
                 let n = self.dim(&keep.length);
-                self.call("lossc_exp_row", &[source.unwrap_or(row), row, n, mx])
+                // The rows to prefetch: the next row of the source and of the kept row (when these are
+                // rows of matrices), else what the group streams.
+                let row_bytes = self.b.ins().imul_imm_s(n, 4);
+                let row_bytes = if self.ptr == types::I64 {
+                    row_bytes
+                } else {
+                    self.b.ins().ireduce(self.ptr, row_bytes)
+                };
+                let next = |l: &mut Self, at: Value| l.b.ins().iadd(at, row_bytes);
+                let read = match source {
+                    Some(src) => Some(next(self, src)),
+                    None => self.rows_ahead[0],
+                };
+                let written = match self.plan.row_private[buffer] {
+                    false => Some(next(self, row)),
+                    true => self.rows_ahead[1],
+                };
+                let none = self.b.ins().iconst(self.ptr, 0);
+                let (read, written) = (read.unwrap_or(none), written.unwrap_or(none));
+                self.call("lossc_exp_row", &[source.unwrap_or(row), row, n, mx, read, written])
             }
             _ => self.exp_sum_pass(ranges, mask, body, mx, &keep),
         };
