@@ -274,6 +274,31 @@ fn reductions_inside_elements_are_materialized_and_shared() {
 }
 
 #[test]
+fn cheap_lets_read_once_at_the_readers_head_are_computed_there() {
+    let printed = |src: &str| lossc::ir::print::readable(&lossc::opt::optimize(&compile(src)).unwrap());
+    // Inlined: the element moves into its one elementwise reader, which reads it at its own head.
+    let p = printed(
+        "loss f(x: f32[N], w: f32[N]) { let u[i] = 2.0 * x[i] + w[i]\n let v[i] = u[i] * u[i] + 1.0\n sum[i] log(v[i]) }",
+    );
+    assert!(!p.contains("let u["), "{p}");
+    // Kept: two readers; a reader that reduces; a read off the head; a transcendental element.
+    for src in [
+        "loss f(x: f32[N]) { let u[i] = 2.0 * x[i]\n let v[i] = exp(u[i])\n let w[i] = log1p(u[i])\n sum[i] v[i] * w[i] }",
+        "loss f(x: f32[N, C]) { let u[i, k] = 2.0 * x[i, k]\n let v[i] = log(sum[k] exp(u[i, k]))\n sum[i] v[i] }",
+        "loss f(x: f32[N]) { let u[i] = 2.0 * x[i]\n let v[i] = exp(u[i] + u[0])\n sum[i] v[i] }",
+        "loss f(x: f32[N]) { let u[i] = exp(x[i])\n let v[i] = log(u[i] + 1.0)\n sum[i] v[i] }",
+    ] {
+        let p = printed(src);
+        assert!(p.contains("let u["), "{src}: {p}");
+    }
+    // AnyLoss: the adjoint of `a` is computed in the gradient's element, not stored.
+    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/anyloss_f1.lx")).unwrap();
+    let g = lossc::opt::optimize(&lossc::autodiff::grad(&compile(&src)).unwrap()).unwrap();
+    let p = lossc::ir::print::readable(&g);
+    assert!(!p.contains("let a_adj["), "{p}");
+}
+
+#[test]
 fn gathered_terms_of_a_reduction_are_materialized_per_row() {
     // The label's logit is read in the group that streams the rows (with the row's logsumexp), and the
     // loss averages a vector.

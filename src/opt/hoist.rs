@@ -191,22 +191,7 @@ impl Hoist<'_> {
     /// division: `s / T - lse` stays an expression, which is what a softmax row's kept exponentials
     /// recognize). Only the root is looked at, so the check is constant time at every node.
     fn costly(&self, n: NodeId) -> bool {
-        matches!(
-            self.dst.node(n).expr,
-            Expr::Prim {
-                prim: Prim::Exp
-                    | Prim::Log
-                    | Prim::Log1p
-                    | Prim::Expm1
-                    | Prim::Sigmoid
-                    | Prim::Softplus
-                    | Prim::Tanh
-                    | Prim::Atan
-                    | Prim::Sqrt
-                    | Prim::Pow,
-                ..
-            }
-        )
+        matches!(self.dst.node(n).expr, Expr::Prim { prim, .. } if prim.costly())
     }
 
     /// A load of an earlier tensor whose element is `n` (a `dst` node inside an element, not its root),

@@ -43,7 +43,7 @@ pub fn simplify_only(f: &Function) -> Result<Function, TooDeep> {
 }
 
 fn run(f: &Function) -> Result<Function, TooDeep> {
-    let simple = simplify_only(f)?;
+    let simple = simplify_only(&simplify::inline_lets(&simplify_only(f)?)?)?;
     let hoisted = hoist::materialize(&simple)?;
     simplify_only(&hoisted)
 }

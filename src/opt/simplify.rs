@@ -22,6 +22,69 @@ pub fn rebuild(src: &Function) -> R<Function> {
 
 /// [`rebuild`], with hyperparameter nodes replaced by the given nodes of `src` (for specialisation).
 pub fn rebuild_with(src: &Function, hypers: &HashMap<u32, NodeId>) -> R<Function> {
+    rebuild_inlining(src, hypers, vec![false; src.tensors.len()])
+}
+
+/// [`rebuild`], with every cheap elementwise `let` that one elementwise tensor reads at its own head
+/// computed there instead of materialized: `a_adj[t]` in `grad_p[t] = … a_adj[t] …` (AnyLoss) is one
+/// buffer written and read back less, and no more work. Cheap: no reduction and no transcendental,
+/// at most [`INLINE_NODES`] nodes. The inlined tensor is left dead for the next round to drop.
+pub fn inline_lets(src: &Function) -> R<Function> {
+    rebuild_inlining(src, &HashMap::new(), inlinable(src))
+}
+
+/// The most nodes of a `let` element [`inline_lets`] computes at its use.
+const INLINE_NODES: usize = 32;
+
+/// Which tensors [`inline_lets`] inlines.
+fn inlinable(f: &Function) -> Vec<bool> {
+    let elementwise = |k: usize| {
+        !f.reachable(&[f.tensors[k].body])
+            .iter()
+            .any(|n| matches!(f.node(*n).expr, Expr::Reduce { .. }))
+    };
+    // Each tensor's readers, and whether every load in them is at the reader's own head.
+    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); f.tensors.len()];
+    let mut at_head = vec![true; f.tensors.len()];
+    for (r, reader) in f.tensors.iter().enumerate() {
+        for n in f.reachable(&[reader.body]) {
+            let Expr::Load {
+                tensor: TensorRef::Def(t),
+                subs,
+            } = &f.node(n).expr
+            else {
+                continue;
+            };
+            if !readers[t.index()].contains(&r) {
+                readers[t.index()].push(r);
+            }
+            let own_head = subs.len() == reader.indices.len()
+                && subs
+                    .iter()
+                    .zip(&reader.indices)
+                    .all(|(s, i)| f.node(*s).expr == Expr::Index(*i));
+            at_head[t.index()] &= own_head;
+        }
+    }
+    (0..f.tensors.len())
+        .map(|k| {
+            let t = &f.tensors[k];
+            let nodes = f.reachable(&[t.body]);
+            t.role == Role::Let
+                && !t.indices.is_empty()
+                && nodes.len() <= INLINE_NODES
+                && nodes.iter().all(|n| match &f.node(*n).expr {
+                    Expr::Reduce { .. } => false,
+                    Expr::Prim { prim, .. } => !prim.costly(),
+                    _ => true,
+                })
+                && matches!(readers[k][..], [r] if r != k && elementwise(r))
+                && at_head[k]
+        })
+        .collect()
+}
+
+fn rebuild_inlining(src: &Function, hypers: &HashMap<u32, NodeId>, inline: Vec<bool>) -> R<Function> {
     let live = live_tensors(src);
     let mut b = Rebuild {
         src,
@@ -29,6 +92,7 @@ pub fn rebuild_with(src: &Function, hypers: &HashMap<u32, NodeId>) -> R<Function
         dst: src.empty_like(),
         map: vec![None; src.nodes().len()],
         tensors: vec![None; src.tensors.len()],
+        inline,
     };
     for (k, t) in src.tensors.iter().enumerate() {
         if !live[k] {
@@ -72,6 +136,8 @@ struct Rebuild<'a> {
     dst: Function,
     map: Vec<Option<NodeId>>,
     tensors: Vec<Option<TensorId>>,
+    /// Tensors whose loads become their element ([`inline_lets`]).
+    inline: Vec<bool>,
 }
 
 impl Rebuild<'_> {
@@ -89,6 +155,20 @@ impl Rebuild<'_> {
             return Ok(id);
         }
         let expr = match node.expr {
+            Expr::Load {
+                tensor: TensorRef::Def(t),
+                subs,
+            } if self.inline[t.index()] => {
+                let def = &self.src.tensors[t.index()];
+                let body = self.node(def.body)?;
+                let mut at = HashMap::new();
+                for (i, s) in def.indices.iter().zip(subs.iter()) {
+                    at.insert(*i, self.node(*s)?);
+                }
+                let id = self.dst.subst(body, &at)?;
+                self.map[n.index()] = Some(id);
+                return Ok(id);
+            }
             Expr::Load { tensor, subs } => {
                 let subs = subs.iter().map(|s| self.node(*s)).collect::<R<Vec<_>>>()?;
                 let tensor = match tensor {

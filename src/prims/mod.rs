@@ -101,6 +101,17 @@ impl Prim {
         Prim::ALL.iter().copied().find(|p| p.surface() == Some(name))
     }
 
+    /// Whether computing it costs far more than reading a stored value (a transcendental function, or a
+    /// square root): the optimizer stores such values rather than computing them twice.
+    pub fn costly(self) -> bool {
+        use Prim::*;
+        match self {
+            Exp | Log | Log1p | Expm1 | Sigmoid | Softplus | Tanh | Atan | Sqrt | Pow => true,
+            Add | Sub | Mul | Div | Neg | Min | Max | Abs | Sign | Relu | Clamp | Eq | Ne | Lt | Le | Gt | Ge | And
+            | Or | Not | Select | Iverson | ToFloat | StopGrad => false,
+        }
+    }
+
     pub fn sig(self) -> Sig {
         use Prim::*;
         match self {
