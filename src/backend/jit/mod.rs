@@ -301,11 +301,11 @@ fn build(f: &Function, mut clif_text: Option<&mut String>, exp_rows: bool) -> Re
 /// Points of a split sum per parallel part.
 const SPLIT_CHUNK: i64 = 1 << 14;
 
-/// Whether a reduction body is cheap enough to evaluate twice (for a two-pass logsumexp).
 /// How many vectors one iteration of a [`light`] body's vector loop handles (the rest of the row is left
 /// to the scalar tail).
 const UNROLL: i64 = 2;
 
+/// Whether a reduction body is cheap enough to evaluate twice (for a two-pass logsumexp).
 fn cheap(f: &Function, body: NodeId) -> bool {
     few_steps(f, body, 12, &cheap_prim)
 }
@@ -955,11 +955,7 @@ impl<'a, 'b> Lower<'a, 'b> {
                 l.rows_ahead = streams.map(|s| s.map(|(k, row_bytes)| l.row_address(k, next, row_bytes)));
                 for &(k, scratch, row_bytes) in &private {
                     let back = l.b.ins().imul(row, row_bytes);
-                    let back = if l.ptr == types::I64 {
-                        back
-                    } else {
-                        l.b.ins().ireduce(l.ptr, back)
-                    };
+                    let back = l.offset(back);
                     l.bases[k] = Some(l.b.ins().isub(scratch, back));
                 }
                 l.extremes.clear();
@@ -1002,6 +998,15 @@ impl<'a, 'b> Lower<'a, 'b> {
         self.b.ins().return_(&[]);
     }
 
+    /// An i64 byte offset as a pointer-sized value.
+    fn offset(&mut self, bytes: Value) -> Value {
+        if self.ptr == types::I64 {
+            bytes
+        } else {
+            self.b.ins().ireduce(self.ptr, bytes)
+        }
+    }
+
     /// The bytes of one row (along the first axis) of buffer `k`.
     fn row_bytes(&mut self, k: usize) -> Value {
         let plan = self.plan;
@@ -1018,11 +1023,7 @@ impl<'a, 'b> Lower<'a, 'b> {
     /// The address of row `row` of buffer `k` (a pure computation: no access, so any row will do).
     fn row_address(&mut self, k: usize, row: Value, row_bytes: Value) -> Value {
         let off = self.b.ins().imul(row, row_bytes);
-        let off = if self.ptr == types::I64 {
-            off
-        } else {
-            self.b.ins().ireduce(self.ptr, off)
-        };
+        let off = self.offset(off);
         let base = self.bases[k].expect("a member's buffer is loaded on entry");
         self.b.ins().iadd(base, off)
     }
@@ -1400,11 +1401,7 @@ impl<'a, 'b> Lower<'a, 'b> {
     fn address(&mut self, buffer: usize, scalar: Scalar, flat: Value) -> Value {
         let bytes = Self::elem_type(scalar).bytes() as i64;
         let off = self.b.ins().imul_imm_s(flat, bytes);
-        let off = if self.ptr == types::I64 {
-            off
-        } else {
-            self.b.ins().ireduce(self.ptr, off)
-        };
+        let off = self.offset(off);
         let base = self.bases[buffer].expect("the nest's buffers are loaded on entry");
         self.b.ins().iadd(base, off)
     }
@@ -1817,11 +1814,7 @@ impl<'a, 'b> Lower<'a, 'b> {
                 // The rows to prefetch: the next row of the source and of the kept row (when these are
                 // rows of matrices), else what the group streams.
                 let row_bytes = self.b.ins().imul_imm_s(n, 4);
-                let row_bytes = if self.ptr == types::I64 {
-                    row_bytes
-                } else {
-                    self.b.ins().ireduce(self.ptr, row_bytes)
-                };
+                let row_bytes = self.offset(row_bytes);
                 let next = |l: &mut Self, at: Value| l.b.ins().iadd(at, row_bytes);
                 let read = match source {
                     Some(src) => Some(next(self, src)),
