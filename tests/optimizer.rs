@@ -274,14 +274,14 @@ fn reductions_inside_elements_are_materialized_and_shared() {
 }
 
 #[test]
-fn cheap_lets_read_once_at_the_readers_head_are_computed_there() {
+fn cheap_lets_are_computed_where_they_are_read() {
     let printed = |src: &str| lossc::ir::print::readable(&lossc::opt::optimize(&compile(src)).unwrap());
     // Inlined: the element moves into its one elementwise reader, which reads it at its own head.
     let p = printed(
         "loss f(x: f32[N], w: f32[N]) { let u[i] = 2.0 * x[i] + w[i]\n let v[i] = u[i] * u[i] + 1.0\n sum[i] log(v[i]) }",
     );
     assert!(!p.contains("let u["), "{p}");
-    // Kept: two readers; a reader that reduces; a read off the head; a transcendental element.
+    // Kept (not trivial): two readers; a reader that reduces; a read off the head; a transcendental element.
     for src in [
         "loss f(x: f32[N]) { let u[i] = 2.0 * x[i]\n let v[i] = exp(u[i])\n let w[i] = log1p(u[i])\n sum[i] v[i] * w[i] }",
         "loss f(x: f32[N, C]) { let u[i, k] = 2.0 * x[i, k]\n let v[i] = log(sum[k] exp(u[i, k]))\n sum[i] v[i] }",
@@ -291,6 +291,20 @@ fn cheap_lets_read_once_at_the_readers_head_are_computed_there() {
         let p = printed(src);
         assert!(p.contains("let u["), "{src}: {p}");
     }
+    // Trivial elements (a few additions and comparisons, matrices read in their own order) are computed
+    // at every read: LDR-KL's margins; a transposed read stays stored.
+    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ldr_kl.lx")).unwrap();
+    let g = lossc::opt::optimize(&lossc::autodiff::grad(&compile(&src)).unwrap()).unwrap();
+    let p = lossc::ir::print::readable(&g);
+    assert!(!p.contains("let m["), "{p}");
+    let p = printed(
+        "loss f(x: f32[N, N]) { let u[i, j] = x[j, i] - x[i, i]\n sum[i] (max[j] u[i, j]) + (min[j] u[i, j]) }",
+    );
+    assert!(p.contains("let u["), "{p}");
+    let p = printed(
+        "loss f(x: f32[N, N]) { let u[i, j] = x[i, j] - x[i, i]\n sum[i] (max[j] u[i, j]) + (min[j] u[i, j]) }",
+    );
+    assert!(!p.contains("let u["), "{p}");
     // AnyLoss: the adjoint of `a` is computed in the gradient's element, not stored.
     let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/anyloss_f1.lx")).unwrap();
     let g = lossc::opt::optimize(&lossc::autodiff::grad(&compile(&src)).unwrap()).unwrap();
@@ -328,7 +342,7 @@ fn gathered_terms_of_a_reduction_are_materialized_per_row() {
     }
     // A name in use is skipped.
     let opt = lossc::opt::optimize(&compile(
-        "loss f(s: f32[N, C], y: idx[N] < C) { let loss_terms[i] = s[i, 0]\n sum[i] loss_terms[i] * s[i, y[i]] }",
+        "loss f(s: f32[N, C], y: idx[N] < C) { let loss_terms[i] = s[i, 0] * s[i, 1]\n sum[i] loss_terms[i] * s[i, y[i]] }",
     ))
     .unwrap();
     let printed = lossc::ir::print::readable(&opt);

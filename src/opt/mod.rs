@@ -2,9 +2,9 @@
 //!
 //! [`optimize`] runs [`simplify`] to a fixpoint (constant folding, cheaper algebra, bracket fusion and the
 //! stabilising rewrites, with CSE from hash-consing and dead-code removal from rebuilding only what the
-//! results reach), then [`hoist`] (the fusion decision: a reduction that does not depend on every index
-//! around it is materialized once as its own tensor instead of being recomputed inline), then one more
-//! simplification to compact. Every pass returns a function that passes [`crate::ir::verify::verify`] and
+//! results reach), computes cheap `let`s where they are read ([`simplify::inline_lets`]), then [`hoist`]
+//! (the fusion decision: a reduction that does not depend on every index around it is materialized once
+//! as its own tensor instead of being recomputed inline), then one more simplification to compact. Every pass returns a function that passes [`crate::ir::verify::verify`] and
 //! computes the same results as its input.
 
 pub mod hoist;

@@ -25,16 +25,23 @@ pub fn rebuild_with(src: &Function, hypers: &HashMap<u32, NodeId>) -> R<Function
     rebuild_inlining(src, hypers, vec![false; src.tensors.len()])
 }
 
-/// [`rebuild`], with every cheap elementwise `let` that one elementwise tensor reads at its own head
-/// computed there instead of materialized: `a_adj[t]` in `grad_p[t] = … a_adj[t] …` (AnyLoss) is one
-/// buffer written and read back less, and no more work. Cheap: no reduction and no transcendental,
-/// at most [`INLINE_NODES`] nodes. The inlined tensor is left dead for the next round to drop.
+/// [`rebuild`], with `let` tensors computed where they are read instead of materialized:
+/// - a cheap elementwise one (no reduction, no transcendental, at most 32 nodes) that one
+///   elementwise tensor reads at its own head: `a_adj[t]` in `grad_p[t] = … a_adj[t] …` (AnyLoss) is one
+///   buffer written and read back less, and no more work;
+/// - a trivial one (a few additions and comparisons, its matrices read in its own index order) read at
+///   bare indices anywhere: LDR-KL's margins, recomputed in two places for less than a store and two loads.
+///
+/// An inlined tensor is left dead for the next round to drop.
 pub fn inline_lets(src: &Function) -> R<Function> {
     rebuild_inlining(src, &HashMap::new(), inlinable(src))
 }
 
-/// The most nodes of a `let` element [`inline_lets`] computes at its use.
+/// The most nodes of a `let` element [`inline_lets`] computes at its one use.
 const INLINE_NODES: usize = 32;
+
+/// The most nodes of a `let` element [`inline_lets`] computes at each of several uses.
+const TRIVIAL_NODES: usize = 12;
 
 /// Which tensors [`inline_lets`] inlines.
 fn inlinable(f: &Function) -> Vec<bool> {
@@ -43,9 +50,48 @@ fn inlinable(f: &Function) -> Vec<bool> {
             .iter()
             .any(|n| matches!(f.node(*n).expr, Expr::Reduce { .. }))
     };
-    // Each tensor's readers, and whether every load in them is at the reader's own head.
+    // A float element of a few additions, subtractions and comparisons that reads its matrices in its own
+    // index order (no transpose, which its readers would read strided): cheaper to compute wherever it is
+    // read than to store and load (LDR-KL's margins `[k != y[i]] + s[i, k] - s[i, y[i]]`).
+    let trivial = |k: usize| {
+        let t = &f.tensors[k];
+        let nodes = f.reachable(&[t.body]);
+        let in_order = |subs: &[NodeId]| {
+            let at: Vec<usize> = subs
+                .iter()
+                .filter_map(|s| match f.node(*s).expr {
+                    Expr::Index(i) => t.indices.iter().position(|h| *h == i),
+                    _ => None,
+                })
+                .collect();
+            at.windows(2).all(|w| w[0] <= w[1])
+        };
+        t.scalar == Scalar::Float
+            && nodes.len() <= TRIVIAL_NODES
+            && nodes.iter().all(|n| match &f.node(*n).expr {
+                Expr::Reduce { .. } => false,
+                Expr::Load { subs, .. } => in_order(subs),
+                Expr::Prim { prim, .. } => matches!(
+                    prim,
+                    Prim::Add
+                        | Prim::Sub
+                        | Prim::Neg
+                        | Prim::Iverson
+                        | Prim::Eq
+                        | Prim::Ne
+                        | Prim::Lt
+                        | Prim::Le
+                        | Prim::Gt
+                        | Prim::Ge
+                ),
+                _ => true,
+            })
+    };
+    // Each tensor's readers, whether every load in them is at the reader's own head, and whether every
+    // load is at bare indices.
     let mut readers: Vec<Vec<usize>> = vec![Vec::new(); f.tensors.len()];
     let mut at_head = vec![true; f.tensors.len()];
+    let mut at_indices = vec![true; f.tensors.len()];
     for (r, reader) in f.tensors.iter().enumerate() {
         for n in f.reachable(&[reader.body]) {
             let Expr::Load {
@@ -64,6 +110,7 @@ fn inlinable(f: &Function) -> Vec<bool> {
                     .zip(&reader.indices)
                     .all(|(s, i)| f.node(*s).expr == Expr::Index(*i));
             at_head[t.index()] &= own_head;
+            at_indices[t.index()] &= subs.iter().all(|s| matches!(f.node(*s).expr, Expr::Index(_)));
         }
     }
     (0..f.tensors.len())
@@ -78,8 +125,8 @@ fn inlinable(f: &Function) -> Vec<bool> {
                     Expr::Prim { prim, .. } => !prim.costly(),
                     _ => true,
                 })
-                && matches!(readers[k][..], [r] if r != k && elementwise(r))
-                && at_head[k]
+                && (matches!(readers[k][..], [r] if r != k && elementwise(r)) && at_head[k]
+                    || trivial(k) && at_indices[k])
         })
         .collect()
 }

@@ -26,14 +26,14 @@
 //!
 //! Placement: Cranelift's egraph places pure code at its uses and hoists it out of loops, but never moves a
 //! load, so the lowering computes before each loop what the bound indices determine
-//! ([`Lower::hoist_invariants`]). The egraph's loop-invariant code motion only works when it visits a
+//! (`Lower::hoist_invariants`). The egraph's loop-invariant code motion only works when it visits a
 //! loop's body before the loop's exit (in 0.135 visiting the exit first drops the loop from its loop
 //! stack): every conditional branch whose first target leaves the loop makes the body its second target,
 //! which the egraph visits first. A group's row index is read as the row loop's value, not through a
 //! variable, so no inner loop carries it as a block parameter and what it determines is hoisted.
 //!
 //! Loop shape: every loop is rotated (one test before it, one at the bottom of each iteration), and a
-//! light body's vector loop runs two vectors per iteration ([`UNROLL`]): a row's simple passes (its max,
+//! light body's vector loop runs two vectors per iteration (`UNROLL`): a row's simple passes (its max,
 //! the scaling of kept exponentials, a light gradient row) are otherwise bound by the front end, one
 //! taken branch and the counting per vector, and their speed would hang on where the loop happens to sit
 //! in the code (Cranelift does not align loops).
