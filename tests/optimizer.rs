@@ -73,6 +73,22 @@ fn additive_and_multiplicative_identities() {
 }
 
 #[test]
+fn guards_on_a_value_by_itself_are_dropped() {
+    // sum[k | x != 0] x = sum[k] x;  select(x != 0, x, 0) = x (the guards autodiff puts on adjoints).
+    let b = body(&rule("loss f(x: f32[N, C]) { sum[i] sum[k | x[i, k] != 0.0] x[i, k] }"));
+    assert_eq!(b.trim(), "loss = sum[i: N] sum[k: C] x[i, k]");
+    let b = body(&rule(
+        "loss f(x: f32[N]) { sum[i] select(0.0 != x[i], x[i], 0.0) * x[i] }",
+    ));
+    assert_eq!(b.trim(), "loss = sum[i: N] x[i] * x[i]");
+    // Not when the guarded value is another one, or the mask another test.
+    let b = body(&rule("loss f(x: f32[N], w: f32[N]) { sum[i | w[i] != 0.0] x[i] }"));
+    assert!(b.contains("| w[i] != 0.0"), "{b}");
+    let b = body(&rule("loss f(x: f32[N]) { sum[i | x[i] > 0.0] x[i] }"));
+    assert!(b.contains("| x[i] > 0.0"), "{b}");
+}
+
+#[test]
 fn negation_rules() {
     // x * -1 = -x, -(-x) = x, x + (-y) = x - y, x - (-y) = x + y, 0 - x = -x
     assert!(body(&rule("loss f(x: f32[N]) { mean[i] x[i] * -1.0 }")).contains("-x[i]"));

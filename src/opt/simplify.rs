@@ -468,6 +468,9 @@ pub fn simplify(f: &mut Function, expr: Expr, scalar: Scalar, span: Span) -> R<N
         }
         // select(c, a, a) = a
         Select if a[1] == a[2] => return Ok(a[1]),
+        // select(x != 0, x, 0) = x (autodiff's guard on an adjoint that is itself the value): equal
+        // everywhere, -0 aside (which the select turns into +0).
+        Select if is_float(f, a[2], 0.0) && f.nonzero_test(a[0]) == Some(a[1]) => return Ok(a[1]),
         // select(true, a, b) = a, select(false, a, b) = b
         Select if matches!(constant(f, a[0]), Some(Value::B(_))) => {
             return Ok(if constant(f, a[0]) == Some(Value::B(true)) {
@@ -704,6 +707,13 @@ fn reduce(
         return Ok(n[0]);
     }
     if op == ReduceOp::Sum {
+        // sum[k | x != 0] x = sum[k] x: the terms the mask leaves out are ±0, and a sum starts at +0, which
+        // adding ±0 leaves as it is.
+        if let Some(m) = mask
+            && f.nonzero_test(m) == Some(body)
+        {
+            return reduce(f, op, indices, None, body, scalar, span);
+        }
         // Bracket fusion: sum[k | k == e && rest] x = sum[| rest] x[k := e]
         if let Some(m) = mask
             && let Some(fused) = fuse_condition(f, indices, m, body, span)?
