@@ -212,6 +212,20 @@ impl Failure {
     }
 }
 
+/// Writes `text` to standard output. A reader that went away (`lossc compile … | head`) ends the process
+/// quietly, as it would a C program killed by SIGPIPE, instead of a panic of `print!`.
+pub fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing the output: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// Runs a parsed command line; returns what to print on stdout.
 pub fn run(cli: Cli) -> Result<String, Failure> {
     match cli.command {
@@ -264,7 +278,7 @@ fn check(files: &[PathBuf]) -> Result<String, Failure> {
     if failed.is_empty() {
         Ok(out)
     } else {
-        print!("{out}");
+        emit(&out);
         Err(Failure::Diags(Diags(failed.into_iter().flat_map(|d| d.0).collect())))
     }
 }
@@ -629,7 +643,7 @@ fn gradcheck(args: &GradcheckArgs) -> Result<String, Failure> {
         s.push_str("no differentiable inputs\n");
     }
     if worst > args.tol || worst.is_nan() {
-        print!("{s}");
+        emit(&s);
         return Err(Failure::Message(format!(
             "error: gradient check failed: error {worst:.3e} above tolerance {:.1e}",
             args.tol

@@ -5,7 +5,7 @@ use clap::Parser;
 fn main() {
     let cli = lossc::cli::Cli::parse();
     match lossc::cli::run(cli) {
-        Ok(out) => print!("{out}"),
+        Ok(out) => lossc::cli::emit(&out),
         Err(failure) => {
             failure.print();
             std::process::exit(1);
