@@ -957,6 +957,40 @@ fn light_loops_run_four_vectors_per_iteration_and_agree() {
 }
 
 #[test]
+fn sibling_sums_run_in_one_loop_with_the_bits_each_has_alone() {
+    // Two cheap sums over one index are computed in one loop (their loads shared); each must keep the
+    // bits it has when it is the only sum: `max(a, b - 1e30)` is `a` exactly.
+    let src = "loss alone(p: f32[N], y: f32[N]) { sum[i] p[i] * y[i] }
+        loss both(p: f32[N], y: f32[N]) {
+            let a = sum[i] p[i] * y[i]
+            let b = sum[i] p[i] * (1.0 - y[i])
+            max(a, b - 1e30) }";
+    let (jit, interp) = jit_and_interp("s.lx", src);
+    let f = jit.kernel(Some("both")).unwrap().function().clone();
+    let plan = lossc::backend::loops::Plan::new(&f);
+    let sums = plan
+        .groups
+        .iter()
+        .find(|g| g.members.len() == 2)
+        .expect("a and b in one group");
+    let names: Vec<&str> = sums
+        .members
+        .iter()
+        .map(|m| f.tensor(plan.nests[*m].tensor).name.as_str())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    let mut rng = Rng::new(5);
+    for n in [1i64, 3, 15, 16, 17, 37, 70_001] {
+        let inputs = random_inputs(&f, &[n], &mut rng);
+        let alone = jit.kernel(Some("alone")).unwrap().eval(&inputs).unwrap();
+        let both = jit.kernel(Some("both")).unwrap().eval(&inputs).unwrap();
+        assert_eq!(alone.loss.to_bits(), both.loss.to_bits(), "N = {n}");
+        let reference = interp.kernel(Some("both")).unwrap().eval(&inputs).unwrap();
+        assert_agree(&format!("N = {n}"), &both, &reference);
+    }
+}
+
+#[test]
 fn sums_and_means_add_sixteen_points_at_a_time_and_agree() {
     // A row's sum and unmasked mean add 16 points in f32 before widening (then 4, then one by one):
     // C = 15, 16, 37 and 70 cover every part; the mean's count must follow.

@@ -917,14 +917,31 @@ impl<'a, 'b> Lower<'a, 'b> {
     fn group(&mut self, group: &Group, members: &[&Nest]) {
         let sums: Option<Vec<_>> = members.iter().map(|m| split_sum(self.f, m)).collect();
         if let Some(sums) = sums {
-            // Each sum's part over this chunk (which stays in cache from one sum to the next).
-            for (slot, (i, mask, body)) in sums.into_iter().enumerate() {
-                let extent = self.f.index(i).range.clone();
+            let together: Option<Vec<(IndexId, NodeId)>> = sums
+                .iter()
+                .map(|&(i, mask, body)| {
+                    (mask.is_none() && cheap(self.f, body) && self.vectorizable(body, i)).then_some((i, body))
+                })
+                .collect();
+            if let Some(together) = together.filter(|t| t.len() > 1) {
+                // Cheap unmasked sums: one loop over this chunk computes every term (shared loads).
+                let extent = self.f.index(together[0].0).range.clone();
                 let extent = self.dim(&extent);
                 let hi = self.b.ins().smin(self.hi, extent);
-                self.split_bounds = Some((self.lo, hi));
-                let part = self.reduce(ReduceOp::Sum, &[i], mask, body);
-                self.b.ins().store(flags(), part, self.partial, 4 * slot as i32);
+                let parts = self.sums_in_one_loop(&together, self.lo, hi);
+                for (slot, part) in parts.into_iter().enumerate() {
+                    self.b.ins().store(flags(), part, self.partial, 4 * slot as i32);
+                }
+            } else {
+                // Each sum's part over this chunk (which stays in cache from one sum to the next).
+                for (slot, (i, mask, body)) in sums.into_iter().enumerate() {
+                    let extent = self.f.index(i).range.clone();
+                    let extent = self.dim(&extent);
+                    let hi = self.b.ins().smin(self.hi, extent);
+                    self.split_bounds = Some((self.lo, hi));
+                    let part = self.reduce(ReduceOp::Sum, &[i], mask, body);
+                    self.b.ins().store(flags(), part, self.partial, 4 * slot as i32);
+                }
             }
         } else if let [nest] = members {
             self.softmax_member(group, group.members[0], nest, 0);
@@ -1950,6 +1967,71 @@ impl<'a, 'b> Lower<'a, 'b> {
         let lanes = self.vacc_total(vsum);
         let tail = self.b.use_var(s);
         self.b.ins().fadd(lanes, tail)
+    }
+
+    /// Sums of cheap vectorizable terms over indices of one extent, `lo..hi` of each, in one loop (each
+    /// iteration computes every sum's terms, so the terms' loads are shared): the same additions in the
+    /// same order as [`Self::reduce_pass`] makes for each alone (16 points pre-summed in f32, then single
+    /// vectors, then single points), so each result has the bits it would have alone. f32 results.
+    fn sums_in_one_loop(&mut self, sums: &[(IndexId, NodeId)], lo: Value, hi: Value) -> Vec<Value> {
+        let roots: Vec<NodeId> = sums.iter().map(|(_, body)| *body).collect();
+        self.hoist_invariants(&roots);
+        let vector: Vec<(Variable, Variable)> = sums.iter().map(|_| self.vacc_sum()).collect();
+        let zero = self.b.ins().f64const(0.0);
+        let scalar: Vec<Variable> = sums
+            .iter()
+            .map(|_| {
+                let v = self.b.declare_var(types::F64);
+                self.b.def_var(v, zero);
+                v
+            })
+            .collect();
+        let k = sums[0].0;
+        let rest = self.stepped_loop(k, lo, hi, 4 * simd::LANES, &mut |l: &mut Self| {
+            let kb = l.index(k);
+            for (&(i, body), acc) in sums.iter().zip(&vector) {
+                let mut total: Option<Value> = None;
+                for u in 0..4 {
+                    let at = l.b.ins().iadd_imm_s(kb, u * simd::LANES);
+                    let v = l.vvalue(body, i, at, &mut HashMap::new());
+                    total = Some(match total {
+                        None => v,
+                        Some(t) => l.b.ins().fadd(t, v),
+                    });
+                }
+                l.vacc_add(*acc, total.expect("four vectors"));
+            }
+        });
+        let tail = self.vector_loop(k, rest, hi, &mut |l: &mut Self, kb| {
+            for (&(i, body), acc) in sums.iter().zip(&vector) {
+                let v = l.vvalue(body, i, kb, &mut HashMap::new());
+                l.vacc_add(*acc, v);
+            }
+        });
+        self.for_range(k, tail, hi, &mut |l: &mut Self| {
+            let at = l.index(k);
+            for (&(i, body), acc) in sums.iter().zip(&scalar) {
+                l.fixed.insert(i, at);
+                l.frames.push(HashMap::new());
+                let x = l.value(body);
+                let x = l.b.ins().fpromote(types::F64, x);
+                let cur = l.b.use_var(*acc);
+                let next = l.b.ins().fadd(cur, x);
+                l.b.def_var(*acc, next);
+                l.frames.pop();
+                l.fixed.remove(&i);
+            }
+        });
+        vector
+            .into_iter()
+            .zip(scalar)
+            .map(|(lanes, acc)| {
+                let a = self.b.use_var(acc);
+                let lanes = self.vacc_total(lanes);
+                let total = self.b.ins().fadd(a, lanes);
+                self.b.ins().fdemote(types::F32, total)
+            })
+            .collect()
     }
 
     /// One pass over a reduction's points where the mask holds: 4 at a time where the reduction has one
