@@ -929,10 +929,10 @@ fn transposed_reads_run_in_tiles_and_gathered_lanes_and_agree() {
 }
 
 #[test]
-fn light_loops_run_four_vectors_per_iteration_and_agree() {
+fn light_loops_run_two_vectors_per_iteration_and_agree() {
     // The vector loops of light bodies (a row's max pass, the in-place scaling of kept exponentials, light
-    // gradient rows and row sums) handle four vectors per iteration, then single vectors, then single
-    // points: every C from 1 to 37 crosses each boundary, with the extreme anywhere in the row.
+    // gradient rows and row sums) handle two vectors per iteration, then single points (up to seven):
+    // every C from 1 to 37 crosses each boundary, with the extreme anywhere in the row.
     let src = "loss ce(s: f32[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }
         loss ldr(s: f32[N, C], y: idx[N] < C, lambda: f32 = 0.5) {
             let m[i, k] = [k != y[i]] + s[i, k] - s[i, y[i]]
