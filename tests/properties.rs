@@ -64,9 +64,15 @@ fn program() -> impl Strategy<Value = String> {
     })
 }
 
-fn inputs(seed: u64) -> BTreeMap<String, Tensor> {
+/// Class counts that cover every part of the generated loops: less than a vector, one vector, two vectors
+/// and a tail, several unrolled iterations, blocks of 16 and a tail.
+fn classes() -> impl Strategy<Value = usize> {
+    prop_oneof![Just(3), Just(4), Just(9), Just(19), Just(37)]
+}
+
+fn inputs(seed: u64, c: usize) -> BTreeMap<String, Tensor> {
     let mut rng = Rng::new(seed);
-    let (n, c) = (3, 4);
+    let n = 3;
     let mut f = |k: usize| (0..k).map(|_| rng.normal()).collect::<Vec<f64>>();
     let x = f(n * c);
     let w = f(c);
@@ -75,7 +81,7 @@ fn inputs(seed: u64) -> BTreeMap<String, Tensor> {
         ("x".to_string(), Tensor::float(vec![n, c], x)),
         ("w".to_string(), Tensor::float(vec![c], w)),
         ("u".to_string(), Tensor::float(vec![n], u)),
-        ("y".to_string(), Tensor::labels(vec![n], vec![0, 3, 1])),
+        ("y".to_string(), Tensor::labels(vec![n], vec![0, c as i64 - 1, 1])),
     ])
 }
 
@@ -91,10 +97,10 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, .. ProptestConfig::default() })]
 
     #[test]
-    fn gradient_matches_finite_differences(src in program(), seed in 0u64..1000) {
+    fn gradient_matches_finite_differences(src in program(), seed in 0u64..1000, c in classes()) {
         let p = Program::from_source("prop.lx", &src).unwrap_or_else(|d| panic!("{src}\n{}", d.render()));
         let f = p.loss(None).unwrap();
-        let x = inputs(seed);
+        let x = inputs(seed, c);
         let base = lossc::api::eval(f, &x, &BTreeMap::new()).unwrap();
         prop_assume!(base.loss.is_finite() && base.loss.abs() < 1e6);
         for c in lossc::gradcheck::check(f, &x, &BTreeMap::new(), 64).unwrap() {
@@ -103,10 +109,10 @@ proptest! {
     }
 
     #[test]
-    fn optimized_program_matches_unoptimized(src in program(), seed in 0u64..1000) {
+    fn optimized_program_matches_unoptimized(src in program(), seed in 0u64..1000, c in classes()) {
         let p = Program::from_source("prop.lx", &src).unwrap();
         let f = p.loss(None).unwrap();
-        let x = inputs(seed);
+        let x = inputs(seed, c);
         let raw = lossc::autodiff::grad(f).unwrap();
         let opt = lossc::opt::optimize(&raw).unwrap();
         lossc::ir::verify::verify(&opt).unwrap();
@@ -130,11 +136,11 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: cases() / 2, failure_persistence: None, .. ProptestConfig::default() })]
 
     #[test]
-    fn jit_matches_interpreter(src in program(), seed in 0u64..1000) {
+    fn jit_matches_interpreter(src in program(), seed in 0u64..1000, c in classes()) {
         let m = lossc::Compiler::new().threads(2).compile_source("prop.lx", &src).unwrap();
         let i = lossc::Compiler::new().backend(lossc::Backend::Interp).compile_source("prop.lx", &src).unwrap();
         let (kj, ki) = (m.kernel(None).unwrap(), i.kernel(None).unwrap());
-        let x = inputs(seed);
+        let x = inputs(seed, c);
         let (a, b) = (kj.eval(&x).unwrap(), ki.eval(&x).unwrap());
         // float32 arithmetic against f64: relative 1e-3 (long chains of tanh/exp amplify rounding).
         let close = |p: f64, q: f64| (p - q).abs() <= 1e-3 * q.abs().max(1.0) || (p.is_nan() && q.is_nan()) || p == q;
