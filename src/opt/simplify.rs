@@ -11,7 +11,7 @@ use crate::diag::Span;
 use crate::ir::{
     Dim, Expr, Function, IndexId, NodeId, ReduceOp, Role, Scalar, TensorDef, TensorId, TensorRef, TooDeep, Value,
 };
-use crate::prims::Prim;
+use crate::prims::{Cost, Prim};
 
 type R<T> = Result<T, TooDeep>;
 
@@ -71,19 +71,7 @@ fn inlinable(f: &Function) -> Vec<bool> {
             && nodes.iter().all(|n| match &f.node(*n).expr {
                 Expr::Reduce { .. } => false,
                 Expr::Load { subs, .. } => in_order(subs),
-                Expr::Prim { prim, .. } => matches!(
-                    prim,
-                    Prim::Add
-                        | Prim::Sub
-                        | Prim::Neg
-                        | Prim::Iverson
-                        | Prim::Eq
-                        | Prim::Ne
-                        | Prim::Lt
-                        | Prim::Le
-                        | Prim::Gt
-                        | Prim::Ge
-                ),
+                Expr::Prim { prim, .. } => prim.cost() == Cost::Trivial,
                 _ => true,
             })
     };

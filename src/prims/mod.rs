@@ -65,6 +65,21 @@ prims! {
     StopGrad "stopgrad" Some("stopgrad");
 }
 
+/// A primitive's cost class, cheapest first ([`Prim::cost`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Cost {
+    /// Addition, subtraction, negation, comparisons and the bracket of a comparison.
+    Trivial,
+    /// Multiplication, division, selection, conversion to float, stopgrad.
+    Arithmetic,
+    /// `relu`, `min`, `max`, `abs`.
+    Piecewise,
+    /// `sign`, `clamp` and logic.
+    Other,
+    /// Transcendental functions, `sqrt` and `pow`.
+    Costly,
+}
+
 /// The type rule family of a primitive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sig {
@@ -101,15 +116,22 @@ impl Prim {
         Prim::ALL.iter().copied().find(|p| p.surface() == Some(name))
     }
 
+    /// Its cost class: what the optimizer and the JIT recompute, unroll or store is decided from it.
+    pub fn cost(self) -> Cost {
+        use Prim::*;
+        match self {
+            Add | Sub | Neg | Iverson | Eq | Ne | Lt | Le | Gt | Ge => Cost::Trivial,
+            Mul | Div | ToFloat | Select | StopGrad => Cost::Arithmetic,
+            Relu | Min | Max | Abs => Cost::Piecewise,
+            Sign | Clamp | And | Or | Not => Cost::Other,
+            Exp | Log | Log1p | Expm1 | Sigmoid | Softplus | Tanh | Atan | Sqrt | Pow => Cost::Costly,
+        }
+    }
+
     /// Whether computing it costs far more than reading a stored value (a transcendental function, or a
     /// square root): the optimizer stores such values rather than computing them twice.
     pub fn costly(self) -> bool {
-        use Prim::*;
-        match self {
-            Exp | Log | Log1p | Expm1 | Sigmoid | Softplus | Tanh | Atan | Sqrt | Pow => true,
-            Add | Sub | Mul | Div | Neg | Min | Max | Abs | Sign | Relu | Clamp | Eq | Ne | Lt | Le | Gt | Ge | And
-            | Or | Not | Select | Iverson | ToFloat | StopGrad => false,
-        }
+        self.cost() == Cost::Costly
     }
 
     pub fn sig(self) -> Sig {
