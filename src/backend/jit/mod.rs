@@ -64,7 +64,7 @@ use super::loops::{Contraction, Group, Nest, Plan, split_sum};
 use crate::call::{Bound, CallError};
 use crate::data::{Data, Tensor};
 use crate::ir::{Dim, Expr, Function, IndexId, NodeId, ReduceOp, Role, Scalar, TensorRef};
-use crate::prims::Prim;
+use crate::prims::{Cost, Prim};
 
 /// Why JIT compilation failed (an internal limit or a Cranelift error; never user input).
 #[derive(Debug, thiserror::Error)]
@@ -190,7 +190,7 @@ fn build(f: &Function, mut clif_text: Option<&mut String>, exp_rows: bool) -> Re
         vec![ptr, ptr, types::I64, types::F32, ptr, ptr],
         types::F64,
     ));
-    let mut imports = HashMap::new();
+    let mut imports = std::collections::BTreeMap::new();
     for (name, params, result) in helpers {
         let mut sig = module.make_signature();
         sig.params.extend(params.into_iter().map(AbiParam::new));
@@ -305,48 +305,25 @@ const SPLIT_CHUNK: i64 = 1 << 14;
 /// to the scalar tail).
 const UNROLL: i64 = 2;
 
-/// Whether a reduction body is cheap enough to evaluate twice (for a two-pass logsumexp).
+/// Whether a reduction body is cheap enough to evaluate twice (for a two-pass logsumexp): arithmetic,
+/// comparison and selection steps.
 fn cheap(f: &Function, body: NodeId) -> bool {
-    few_steps(f, body, 12, &cheap_prim)
-}
-
-/// The arithmetic, comparison and selection steps of a [`cheap`] body.
-fn cheap_prim(prim: Prim) -> bool {
-    matches!(
-        prim,
-        Prim::Add
-            | Prim::Sub
-            | Prim::Mul
-            | Prim::Div
-            | Prim::Neg
-            | Prim::ToFloat
-            | Prim::Iverson
-            | Prim::Eq
-            | Prim::Ne
-            | Prim::Lt
-            | Prim::Le
-            | Prim::Gt
-            | Prim::Ge
-            | Prim::Select
-            | Prim::StopGrad
-    )
+    few_steps(f, body, 12, Cost::Arithmetic)
 }
 
 /// Whether a body is cheap enough to compute twice for a two-pass arg-max: [`cheap`]'s steps, `relu`,
 /// `min`, `max` and `abs`.
 fn light(f: &Function, body: NodeId) -> bool {
-    few_steps(f, body, 16, &|prim| {
-        matches!(prim, Prim::Relu | Prim::Min | Prim::Max | Prim::Abs) || cheap_prim(prim)
-    })
+    few_steps(f, body, 16, Cost::Piecewise)
 }
 
-/// At most `limit` nodes, no reduction, and only primitives `allowed` admits.
-fn few_steps(f: &Function, body: NodeId, limit: usize, allowed: &dyn Fn(Prim) -> bool) -> bool {
+/// At most `limit` nodes, no reduction, and no primitive costlier than `most`.
+fn few_steps(f: &Function, body: NodeId, limit: usize, most: Cost) -> bool {
     let nodes = f.reachable(&[body]);
     nodes.len() <= limit
         && nodes.iter().all(|n| match &f.node(*n).expr {
             Expr::Reduce { .. } => false,
-            Expr::Prim { prim, .. } => allowed(*prim),
+            Expr::Prim { prim, .. } => prim.cost() <= most,
             _ => true,
         })
 }
@@ -1990,16 +1967,8 @@ impl<'a, 'b> Lower<'a, 'b> {
         let rest = self.stepped_loop(k, lo, hi, 4 * simd::LANES, &mut |l: &mut Self| {
             let kb = l.index(k);
             for (&(i, body), acc) in sums.iter().zip(&vector) {
-                let mut total: Option<Value> = None;
-                for u in 0..4 {
-                    let at = l.b.ins().iadd_imm_s(kb, u * simd::LANES);
-                    let v = l.vvalue(body, i, at, &mut HashMap::new());
-                    total = Some(match total {
-                        None => v,
-                        Some(t) => l.b.ins().fadd(t, v),
-                    });
-                }
-                l.vacc_add(*acc, total.expect("four vectors"));
+                let total = l.presum(body, None, i, kb);
+                l.vacc_add(*acc, total);
             }
         });
         let tail = self.vector_loop(k, rest, hi, &mut |l: &mut Self, kb| {
@@ -2032,6 +2001,24 @@ impl<'a, 'b> Lower<'a, 'b> {
                 self.b.ins().fdemote(types::F32, total)
             })
             .collect()
+    }
+
+    /// The terms of four vectors of a sum from `kb` on (0 where the mask fails), added in f32 in order:
+    /// the 16-point step of [`Self::reduce_pass`]'s `presum`.
+    fn presum(&mut self, body: NodeId, mask: Option<NodeId>, k: IndexId, kb: Value) -> Value {
+        let mut total: Option<Value> = None;
+        for u in 0..4 {
+            let at = self.b.ins().iadd_imm_s(kb, u * simd::LANES);
+            let mut memo = HashMap::new();
+            let v = self.vvalue(body, k, at, &mut memo);
+            let m = mask.map(|m| self.vvalue(m, k, at, &mut memo));
+            let v = self.fill_masked(v, m, 0.0);
+            total = Some(match total {
+                None => v,
+                Some(t) => self.b.ins().fadd(t, v),
+            });
+        }
+        total.expect("four vectors")
     }
 
     /// One pass over a reduction's points where the mask holds: 4 at a time where the reduction has one
@@ -2074,19 +2061,7 @@ impl<'a, 'b> Lower<'a, 'b> {
                 let zero = if presum {
                     self.stepped_loop(k, zero, end, 4 * simd::LANES, &mut |l: &mut Self| {
                         let kb = l.index(k);
-                        let mut total: Option<Value> = None;
-                        for u in 0..4 {
-                            let at = l.b.ins().iadd_imm_s(kb, u * simd::LANES);
-                            let mut memo = HashMap::new();
-                            let v = l.vvalue(body, k, at, &mut memo);
-                            let m = mask.map(|m| l.vvalue(m, k, at, &mut memo));
-                            let v = l.fill_masked(v, m, 0.0);
-                            total = Some(match total {
-                                None => v,
-                                Some(t) => l.b.ins().fadd(t, v),
-                            });
-                        }
-                        let total = total.expect("four vectors");
+                        let total = l.presum(body, mask, k, kb);
                         vector(l, total, None, 4 * simd::LANES);
                     })
                 } else {
