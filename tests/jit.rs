@@ -674,32 +674,37 @@ fn arg_max_and_min_run_in_two_vector_passes_and_agree() {
     }
 }
 
+/// A plan's row-private buffers and its (guest, host) pairs of tensors living in another's rows, by name.
+fn private_and_hosted(f: &lossc::ir::Function) -> (Vec<String>, Vec<(String, String)>) {
+    let plan = lossc::backend::loops::Plan::new(f);
+    let name = |k: usize| plan.buffers[k].name.clone();
+    let private = (0..plan.buffers.len())
+        .filter(|k| plan.row_private[*k])
+        .map(name)
+        .collect();
+    let hosted = (0..plan.buffers.len())
+        .filter_map(|k| plan.row_host[k].map(|h| (name(k), name(h))))
+        .collect();
+    (private, hosted)
+}
+
 #[test]
 fn row_private_tensors_live_in_one_row_per_worker_and_agree() {
-    // LDR-KL's margin adjoints `m_adj` and their row sums `r1` are read only inside their row-fused group
-    // (the margins themselves are computed where they are read): each running call keeps one row of them. KL-DRO's `r0` is read by a later group (the gradient): whole.
+    // LDR-KL's margin adjoint row sums `r1` are read only inside their row-fused group (the margins
+    // themselves are computed where they are read): each running call keeps one row of them. The margin
+    // adjoints `m_adj` too, but the gradient reads them only at its own element, so they live in the
+    // gradient's rows, which are then complete before the gradient's own pass (a one-hot term).
+    // KL-DRO's `r0` is read by a later group (the gradient): whole.
     let program = |file: &str| {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(file);
-        let f = Compiler::new()
-            .compile_file(&path)
-            .unwrap()
-            .kernel(None)
-            .unwrap()
-            .function()
-            .clone();
-        let plan = lossc::backend::loops::Plan::new(&f);
-        let private: Vec<String> = plan
-            .buffers
-            .iter()
-            .zip(&plan.row_private)
-            .filter(|(_, p)| **p)
-            .map(|(b, _)| b.name.clone())
-            .collect();
-        (path, private)
+        let kernel = Compiler::new().compile_file(&path).unwrap();
+        let f = kernel.kernel(None).unwrap().function().clone();
+        (path, private_and_hosted(&f))
     };
-    let (ldr, private) = program("ldr_kl.lx");
-    assert_eq!(private, ["m_adj", "r1"]);
-    let (_, private) = program("kl_dro.lx");
+    let (ldr, (private, hosted)) = program("ldr_kl.lx");
+    assert_eq!(private, ["r1"]);
+    assert_eq!(hosted, [("m_adj".to_string(), "grad_s".to_string())]);
+    let (_, (private, _)) = program("kl_dro.lx");
     assert!(!private.contains(&"r0".to_string()), "{private:?}");
     // Many chunks over several workers (and one), rows long enough for every vector part: as the interpreter.
     let interp = Compiler::new().backend(Backend::Interp).compile_file(&ldr).unwrap();
@@ -711,6 +716,40 @@ fn row_private_tensors_live_in_one_row_per_worker_and_agree() {
         let a = jit.kernel(None).unwrap().eval(&inputs).unwrap();
         let b = interp.kernel(None).unwrap().eval(&inputs).unwrap();
         assert_agree(&format!("{threads} threads"), &a, &b);
+    }
+}
+
+#[test]
+fn row_tensors_live_in_the_rows_of_a_reader_of_their_own_elements_and_agree() {
+    // `e` is read by `p` at p's own element only (`f`): it lives in p's rows and p's pass adds `t` in
+    // place. In `g`, p also reads `e[i, 0]`, which its own pass would have overwritten: `e` keeps a row
+    // of its own. Both as the interpreter, with rows long enough for every vector part and any threads.
+    let src = "loss f(s: f32[N, C]) -> (p: f32[N, C]) {
+            let e[i, k] = exp(s[i, k]) * 2.0
+            let t[i] = sum[k] e[i, k]
+            out p[i, k] = e[i, k] + t[i]
+            sum[i] t[i] }
+        loss g(s: f32[N, C]) -> (p: f32[N, C]) {
+            let e[i, k] = exp(s[i, k]) * 2.0
+            let t[i] = sum[k] e[i, k]
+            out p[i, k] = e[i, k] + e[i, 0] + t[i]
+            sum[i] t[i] }";
+    let (jit, interp) = jit_and_interp("h.lx", src);
+    let hosted = |name: &str| private_and_hosted(jit.kernel(Some(name)).unwrap().function());
+    assert_eq!(hosted("f"), (vec![], vec![("e".to_string(), "p".to_string())]));
+    assert_eq!(hosted("g"), (vec!["e".to_string()], vec![]));
+    let mut rng = Rng::new(81);
+    for threads in [1, 2, 3] {
+        let jit = Compiler::new().threads(threads).compile_source("h.lx", src).unwrap();
+        for name in ["f", "g"] {
+            let f = jit.kernel(Some(name)).unwrap().function().clone();
+            for shape in [[300, 37], [5, 3], [1, 1]] {
+                let inputs = random_inputs(&f, &shape, &mut rng);
+                let a = jit.kernel(Some(name)).unwrap().eval(&inputs).unwrap();
+                let b = interp.kernel(Some(name)).unwrap().eval(&inputs).unwrap();
+                assert_agree(&format!("{name} {shape:?}, {threads} threads"), &a, &b);
+            }
+        }
     }
 }
 

@@ -183,6 +183,11 @@ pub struct Plan {
     /// Per buffer: whether it is row-private: a `let` tensor that only its own row-fused group reads (see
     /// the module doc), of which a code generator may give each running call one row instead of the whole.
     pub row_private: Vec<bool>,
+    /// Per buffer: the buffer whose rows it lives in, for a row-private tensor that a later member of its
+    /// group (the host) reads only at its own element ([`row_guests`]). The host's row is then computed in
+    /// place: an element that is the guest's element alone (`grad[t, k] = m_adj[t, k]`, with a one-hot
+    /// term) needs no store at all. Such a buffer is not [`Plan::row_private`]; it has no storage.
+    pub row_host: Vec<Option<usize>>,
 }
 
 impl Plan {
@@ -233,6 +238,12 @@ impl Plan {
         for n in row_private_nests(f, &nests, &groups, &kept_exps) {
             row_private[f.inputs.len() + nests[n].tensor.index()] = true;
         }
+        let mut row_host = vec![None; buffers.len()];
+        for (guest, host) in row_guests(f, &nests, &groups, &kept_exps, &row_private, &buffers) {
+            let buffer = |n: usize| f.inputs.len() + nests[n].tensor.index();
+            row_private[buffer(guest)] = false;
+            row_host[buffer(guest)] = Some(buffer(host));
+        }
         Plan {
             buffers,
             nests,
@@ -240,6 +251,7 @@ impl Plan {
             kept_exps,
             contractions,
             row_private,
+            row_host,
         }
     }
 
@@ -436,6 +448,59 @@ fn row_private_nests(f: &Function, nests: &[Nest], groups: &[Group], kept: &[Kep
         }
     }
     private
+}
+
+/// Row-private nests that can live in the rows of a later member of their group (guest, host): the host
+/// has the guest's shape, is a float matrix of its own (not row-private, no kept exponentials written into
+/// its row by anything but the guest's logsumexp), reads the guest only at its own element (`G[t, k]` for
+/// host element `[t, k]`, so each element is read before it is overwritten), and no member after the host
+/// reads the guest. Every member between them reads the guest's row as it was.
+fn row_guests(
+    f: &Function,
+    nests: &[Nest],
+    groups: &[Group],
+    kept: &[KeptExps],
+    row_private: &[bool],
+    buffers: &[Buffer],
+) -> Vec<(usize, usize)> {
+    let buffer = |n: usize| f.inputs.len() + nests[n].tensor.index();
+    let reads = |reader: usize, guest: usize| {
+        f.reachable(&[nests[reader].body]).into_iter().filter(move |n| {
+            matches!(&f.node(*n).expr, Expr::Load { tensor: TensorRef::Def(t), .. } if *t == nests[guest].tensor)
+        })
+    };
+    let mut pairs = Vec::new();
+    for group in groups {
+        for (at, &guest) in group.members.iter().enumerate() {
+            if !row_private[buffer(guest)] || buffers[buffer(guest)].scalar != Scalar::Float {
+                continue;
+            }
+            let host = group.members[at + 1..].iter().copied().find(|&host| {
+                let head: Vec<IndexId> = nests[host].head.iter().map(|(i, _)| *i).collect();
+                let at_own_element = |load: NodeId| match &f.node(load).expr {
+                    Expr::Load { subs, .. } => {
+                        subs.len() == head.len()
+                            && subs.iter().zip(&head).all(|(s, i)| f.node(*s).expr == Expr::Index(*i))
+                    }
+                    _ => false,
+                };
+                let kept_in_host = kept.iter().any(|e| e.consumer == host);
+                buffers[buffer(host)].scalar == Scalar::Float
+                    && buffers[buffer(host)].shape == buffers[buffer(guest)].shape
+                    && head.len() >= 2
+                    && !row_private[buffer(host)]
+                    && !kept_in_host
+                    && reads(host, guest).next().is_some()
+                    && reads(host, guest).all(at_own_element)
+            });
+            let Some(host) = host else { continue };
+            let after = group.members.iter().skip_while(|m| **m != host).skip(1);
+            if after.clone().all(|&m| reads(m, guest).next().is_none()) && pairs.iter().all(|(_, h)| *h != host) {
+                pairs.push((guest, host));
+            }
+        }
+    }
+    pairs
 }
 
 /// Every tensor load under `body`: the tensor and, when its first subscript is a bare index, that index.

@@ -495,7 +495,9 @@ impl Compiled {
                     Data::Int(v) => Store::I(v.clone()),
                 },
                 // One row per running call, given by `execute`.
-                TensorRef::Def(_) if self.plan.row_private[k] => Store::F(Vec::new()),
+                TensorRef::Def(_) if self.plan.row_private[k] || self.plan.row_host[k].is_some() => {
+                    Store::F(Vec::new())
+                }
                 TensorRef::Def(_) => match buf.scalar {
                     Scalar::Float => Store::F(vec![0.0; len]),
                     _ => Store::I(vec![0; len]),
@@ -514,7 +516,7 @@ impl Compiled {
         let f = &self.function;
         let sizes = &buffers.sizes;
         let hypers = &buffers.hypers;
-        let ptrs: Vec<*mut u8> = buffers
+        let mut ptrs: Vec<*mut u8> = buffers
             .stores
             .iter_mut()
             .map(|s| match s {
@@ -522,6 +524,12 @@ impl Compiled {
                 Store::I(v) => v.as_mut_ptr() as *mut u8,
             })
             .collect();
+        // A tensor that lives in its host's rows (loops::Plan::row_host) is addressed as the host.
+        for (guest, host) in self.plan.row_host.iter().enumerate() {
+            if let Some(host) = host {
+                ptrs[guest] = ptrs[*host];
+            }
+        }
         let profile = std::env::var_os("LOSSC_PROFILE").is_some();
         let groups = self
             .plan
@@ -1210,13 +1218,18 @@ impl<'a, 'b> Lower<'a, 'b> {
                 let one_hot = self.one_hot(element, i);
                 let lanes = one_hot.map_or(element, |(_, _, rest)| rest);
                 let times = if light(self.f, lanes) { UNROLL } else { 1 };
-                let covered = self.unrolled_vector_loop(i, start, end, times, &mut |l: &mut Self, _kb| {
-                    let mut memo = HashMap::new();
-                    let kb = l.index(i);
-                    let v = l.vvalue(lanes, i, kb, &mut memo);
-                    let flat = l.flat(&head);
-                    l.vstore(buffer, flat, v);
-                });
+                let covered = if self.guest_element(lanes, buffer, &head) {
+                    // The row already holds these values (its guest's): nothing to store.
+                    end
+                } else {
+                    self.unrolled_vector_loop(i, start, end, times, &mut |l: &mut Self, _kb| {
+                        let mut memo = HashMap::new();
+                        let kb = l.index(i);
+                        let v = l.vvalue(lanes, i, kb, &mut memo);
+                        let flat = l.flat(&head);
+                        l.vstore(buffer, flat, v);
+                    })
+                };
                 if let Some((e, a, _)) = one_hot {
                     self.add_one_hot(buffer, &head, i, e, a, (start, covered));
                 }
@@ -1227,6 +1240,20 @@ impl<'a, 'b> Lower<'a, 'b> {
         self.for_range(i, start, end, &mut |l: &mut Self| {
             l.loops(head, level + 1, element, body)
         });
+    }
+
+    /// Whether `element` of `buffer` at `head` is the element of a tensor living in its rows
+    /// (loops::Plan::row_host) at the same place: the value is already there.
+    fn guest_element(&self, element: NodeId, buffer: usize, head: &[(IndexId, Dim)]) -> bool {
+        let Expr::Load { tensor, subs } = &self.f.node(element).expr else {
+            return false;
+        };
+        self.plan.row_host[self.plan.buffer_of(self.f, *tensor)] == Some(buffer)
+            && subs.len() == head.len()
+            && subs
+                .iter()
+                .zip(head)
+                .all(|(s, (i, _))| self.f.node(*s).expr == Expr::Index(*i))
     }
 
     /// `select(k == e, a, 0) + rest` (either way round) with `e` and `a` independent of `k`: (e, a, rest).
