@@ -754,6 +754,27 @@ fn row_tensors_live_in_the_rows_of_a_reader_of_their_own_elements_and_agree() {
 }
 
 #[test]
+fn label_inequalities_as_numbers_and_choices_are_one_lane_compare_and_agree() {
+    // `[k != y[i]]` and `select(k != y[i], a, b)` run as the lanes of `k == y[i]` (`pcmpeqd`), then
+    // `andnps` against 1.0 and a select with its sides swapped; values as the interpreter's, for labels
+    // in the vector lanes, the unrolled part and the scalar tail.
+    let src = "loss f(s: f32[N, C], y: idx[N] < C) {
+        sum[i] (logsumexp[k] [k != y[i]] + s[i, k]) + sum[k] select(k != y[i], s[i, k] * s[i, k], -s[i, k]) }";
+    let (jit, interp) = jit_and_interp("ne.lx", src);
+    let kernel = jit.kernel(None).unwrap();
+    let clif = lossc::backend::jit::clif(kernel.function()).unwrap();
+    assert!(clif.contains("bnot"), "no negated equality lanes:\n{clif}");
+    let mut rng = Rng::new(5);
+    for c in [19usize, 9, 4, 3] {
+        let f = kernel.function().clone();
+        let inputs = random_inputs(&f, &[23, c as i64], &mut rng);
+        let a = kernel.eval(&inputs).unwrap();
+        let b = interp.kernel(None).unwrap().eval(&inputs).unwrap();
+        assert_agree(&format!("C = {c}"), &a, &b);
+    }
+}
+
+#[test]
 fn label_comparisons_and_condition_tensors_vectorize() {
     // `same[i, j]` is a condition tensor (computed and stored 4 lanes at a time) and `y[i] == y[j]`
     // compares two label loads: both run as i32 lanes in the masked reductions (vector steps and scalar

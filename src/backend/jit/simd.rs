@@ -342,6 +342,23 @@ impl Lower<'_, '_> {
         memo: &mut HashMap<NodeId, Value>,
     ) -> Value {
         use Prim::*;
+        if matches!(prim, Iverson | Select)
+            && let Some(opposite) = self.integer_opposite(args[0], k, kb, memo)
+        {
+            // `[i != j]` as `1 & !(i == j)` (`andnps`), a select on it with its sides swapped: `pcmpeqd`
+            // is the only integer lane compare for equality, and `!=` would invert it on its own.
+            return match prim {
+                Iverson => {
+                    let one = self.splat_f32(1.0);
+                    let not = self.b.ins().bnot(opposite);
+                    self.b.ins().band(one, not)
+                }
+                _ => {
+                    let (yes, no) = (self.vvalue(args[1], k, kb, memo), self.vvalue(args[2], k, kb, memo));
+                    self.b.ins().bitselect(opposite, no, yes)
+                }
+            };
+        }
         let a: Vec<Value> = args.iter().map(|x| self.vvalue(*x, k, kb, memo)).collect();
         let ins = &mut *self.b;
         match prim {
@@ -399,6 +416,28 @@ impl Lower<'_, '_> {
             }
             _ => unreachable!("vectorizable() admits no other primitive"),
         }
+    }
+
+    /// For a condition `a != b` on integers that varies along `k`: the lanes of `a == b`, as an f32x4 mask.
+    fn integer_opposite(
+        &mut self,
+        condition: NodeId,
+        k: IndexId,
+        kb: Value,
+        memo: &mut HashMap<NodeId, Value>,
+    ) -> Option<Value> {
+        let node = self.f.node(condition);
+        let Expr::Prim { prim: Prim::Ne, args } = &node.expr else {
+            return None;
+        };
+        let args = args.clone();
+        let int = args.iter().all(|x| self.f.node(*x).scalar == Scalar::Int);
+        if !int || !node.free.contains(&k) || memo.contains_key(&condition) {
+            return None;
+        }
+        let (a, b) = (self.vvalue(args[0], k, kb, memo), self.vvalue(args[1], k, kb, memo));
+        let equal = self.compare(Prim::Eq, true, a, b);
+        Some(self.mask_as_f32(equal))
     }
 
     /// `v` where the lanes' mask holds, `fill` elsewhere (just `v` without a mask).
