@@ -53,8 +53,9 @@ pub struct Group {
 /// `exp(B(t, j) - lse[t])` (the softmax, as in every cross-entropy gradient): a code generator may write
 /// the row's `exp(B(t, k) - max)` into row `t` of G's own buffer while it sums them, and read the `exp`
 /// node from there when it computes G's row (which overwrites each element after reading it): times
-/// `1 / sum` when both run in one group; when G runs in a later group, the row is first scaled by
-/// `1 / sum` in place. One exponential per element instead of two.
+/// `1 / sum` when both run in one group; when G runs in a later group, times the factor the logsumexp
+/// left for the row in [`KeptExps::factors`] (no pass over the row to scale it first). One exponential
+/// per element instead of two.
 #[derive(Clone, Copy, Debug)]
 pub struct KeptExps {
     /// The logsumexp nest (its body is the reduction).
@@ -64,6 +65,10 @@ pub struct KeptExps {
     pub consumer: usize,
     /// The `exp` node of the consumer's element that reads them.
     pub exp: NodeId,
+    /// When the consumer runs in a later group: a buffer of one float per row (after every tensor's)
+    /// where the logsumexp leaves the factor its row's `exp(B - max)` are to be multiplied by (`1 / sum`,
+    /// or 1 where the maximum is not finite), which the consumer applies as it reads them.
+    pub factors: Option<usize>,
 }
 
 /// A nest `out[p, q] = sum[k] L(p, k) * R(k, q)` whose operands are float buffers read at bare indices
@@ -226,7 +231,20 @@ impl Plan {
         }
         let groups = fuse_rows(f, &nests);
         let order: Vec<usize> = groups.iter().flat_map(|g| g.members.iter().copied()).collect();
-        let kept_exps = kept_exps(f, &nests, &order);
+        let mut kept_exps = kept_exps(f, &nests, &order);
+        let group_of = |n: usize| groups.iter().position(|g| g.members.contains(&n));
+        for e in &mut kept_exps {
+            if group_of(e.lse) != group_of(e.consumer) {
+                let lse = &nests[e.lse];
+                e.factors = Some(buffers.len());
+                buffers.push(Buffer {
+                    name: format!("{}_factors", f.tensor(lse.tensor).name),
+                    of: TensorRef::Def(lse.tensor),
+                    scalar: Scalar::Float,
+                    shape: lse.head.iter().map(|(_, d)| d.clone()).collect(),
+                });
+            }
+        }
         let contractions = groups
             .iter()
             .filter_map(|g| match g.members[..] {
@@ -411,7 +429,12 @@ fn kept_exps(f: &Function, nests: &[Nest], order: &[usize]) -> Vec<KeptExps> {
                 lse_row && f.same_renamed(*body, args[0], &map)
             };
             if let Some(exp) = f.reachable(&[nests[consumer].body]).into_iter().find(reads_softmax) {
-                kept.push(KeptExps { lse, consumer, exp });
+                kept.push(KeptExps {
+                    lse,
+                    consumer,
+                    exp,
+                    factors: None,
+                });
                 break;
             }
         }

@@ -34,7 +34,7 @@
 //!
 //! Loop shape: every loop is rotated (one test before it, one at the bottom of each iteration), and a
 //! light body's vector loop runs two vectors per iteration (`UNROLL`): a row's simple passes (its max,
-//! the scaling of kept exponentials, a light gradient row) are otherwise bound by the front end, one
+//! a light gradient row, a row sum) are otherwise bound by the front end, one
 //! taken branch and the counting per vector, and their speed would hang on where the loop happens to sit
 //! in the code (Cranelift does not align loops).
 //!
@@ -761,8 +761,16 @@ struct KeepExps {
     length: Dim,
     /// The logsumexp's row index (the consumer's row).
     row: IndexId,
-    /// The consumer runs in a later group: scale the row by 1 / sum before leaving it.
-    scale_in_place: bool,
+    /// The consumer runs in a later group: the buffer to leave the row's factor in (loops::KeptExps).
+    factors: Option<usize>,
+}
+
+/// What a kept exponential read from its row is multiplied by: the factor its logsumexp computed in this
+/// group, or the one it left in a buffer of factors (at the consumer's row `row`).
+#[derive(Clone, Copy)]
+enum KeptFactor {
+    Computed(Value),
+    Left { factors: usize, row: IndexId },
 }
 
 /// What a reduction pass does with one vector step: the body's lanes, the mask's lanes (if any) and how
@@ -806,9 +814,8 @@ struct Lower<'a, 'b> {
     /// exponentials.
     keep_exps: Option<KeepExps>,
     /// `exp` nodes whose values wait in their consumer's row (its buffer), with the factor (1 / sum, or
-    /// 1 for a non-finite maximum) that turns a kept exponential into the node's value unless the row was
-    /// scaled in place.
-    kept_exps: HashMap<NodeId, (usize, Option<Value>)>,
+    /// 1 for a non-finite maximum) that turns a kept exponential into the node's value.
+    kept_exps: HashMap<NodeId, (usize, KeptFactor)>,
     /// Earlier members of the current row-fused group that are a max or min over one index (their row is
     /// done): an arg-max of the same body at the same row reads its extreme value from there.
     extremes: Vec<KnownExtreme>,
@@ -851,10 +858,17 @@ impl<'a, 'b> Lower<'a, 'b> {
         for nest in members {
             used[plan.buffer_of(f, TensorRef::Def(nest.tensor))] = true;
         }
-        // A logsumexp writes kept exponentials into its consumer's buffer.
+        // A logsumexp writes kept exponentials into its consumer's buffer, and their factors.
         for e in &plan.kept_exps {
-            if members.iter().any(|m| m.tensor == plan.nests[e.lse].tensor) {
-                used[plan.buffer_of(f, TensorRef::Def(plan.nests[e.consumer].tensor))] = true;
+            let (lse, consumer) = (plan.nests[e.lse].tensor, plan.nests[e.consumer].tensor);
+            if members.iter().any(|m| m.tensor == lse) {
+                used[plan.buffer_of(f, TensorRef::Def(consumer))] = true;
+            }
+            if let Some(factors) = e
+                .factors
+                .filter(|_| members.iter().any(|m| m.tensor == lse || m.tensor == consumer))
+            {
+                used[factors] = true;
             }
         }
         let bodies: Vec<NodeId> = members.iter().map(|m| m.body).collect();
@@ -1072,7 +1086,7 @@ impl<'a, 'b> Lower<'a, 'b> {
                 buffer: plan.buffer_of(self.f, TensorRef::Def(consumer.tensor)),
                 length: consumer.head[1].1.clone(),
                 row: nest.head[0].0,
-                scale_in_place: !group.members.contains(&e.consumer),
+                factors: e.factors.filter(|_| !group.members.contains(&e.consumer)),
             }
         });
         for e in plan
@@ -1081,7 +1095,12 @@ impl<'a, 'b> Lower<'a, 'b> {
             .filter(|e| e.consumer == index && !group.members.contains(&e.lse))
         {
             let buffer = plan.buffer_of(self.f, TensorRef::Def(nest.tensor));
-            self.kept_exps.insert(e.exp, (buffer, None));
+            let factors = e
+                .factors
+                .expect("a consumer in a later group reads its factors from a buffer");
+            let row = nest.head[0].0;
+            self.kept_exps
+                .insert(e.exp, (buffer, KeptFactor::Left { factors, row }));
         }
         self.member(nest, from);
         self.keep_exps = None;
@@ -1527,20 +1546,29 @@ impl<'a, 'b> Lower<'a, 'b> {
 
     /// A kept softmax exponential ([`KeepExps`]) for node `n` at the current element (4 lanes when
     /// `lanes`): the consumer's own row, read before the element overwrites it, times the factor its
-    /// logsumexp left (none when the row was scaled in place). `None` when `n` is not kept.
+    /// logsumexp computed or left in a buffer. `None` when `n` is not kept.
     fn kept_exp(&mut self, n: NodeId, lanes: bool) -> Option<Value> {
         let &(buffer, factor) = self.kept_exps.get(&n)?;
         let flat = self.kept_flat(buffer);
         let addr = self.address(buffer, Scalar::Float, flat);
         let ty = if lanes { types::F32X4 } else { types::F32 };
         let e = self.b.ins().load(ty, MemFlagsData::new().with_notrap(), addr, 0);
-        Some(match factor {
-            Some(factor) if lanes => {
+        let factor = match factor {
+            KeptFactor::Computed(factor) => factor,
+            KeptFactor::Left { factors, row } => {
+                let row = self.index(row);
+                let addr = self.address(factors, Scalar::Float, row);
+                // Written by an earlier group, read-only here: free to move out of the row's loops.
+                let flags = MemFlagsData::new().with_notrap().with_readonly().with_can_move();
+                self.b.ins().load(types::F32, flags, addr, 0)
+            }
+        };
+        Some(match lanes {
+            true => {
                 let f = self.b.ins().splat(types::F32X4, factor);
                 self.b.ins().fmul(e, f)
             }
-            Some(factor) => self.b.ins().fmul(e, factor),
-            None => e,
+            false => self.b.ins().fmul(e, factor),
         })
     }
 
@@ -1859,34 +1887,23 @@ impl<'a, 'b> Lower<'a, 'b> {
         let inf = self.b.ins().f32const(f32::INFINITY);
         let a = self.b.ins().fabs(mx);
         let finite = self.b.ins().fcmp(FloatCC::LessThan, a, inf);
-        if let Some((k, keep, start)) = keep {
+        if let Some((_, keep, _)) = keep {
             // exp(x - lse) = exp(x - m) / sum; where m is not finite, lse = m and the kept value is exact.
             let one = self.b.ins().f64const(1.0);
             let inverse = self.b.ins().fdiv(one, sum);
             let inverse = self.b.ins().fdemote(types::F32, inverse);
             let one = self.fconst(1.0);
             let factor = self.b.ins().select(finite, inverse, one);
-            if keep.scale_in_place {
-                // The consumer runs later: leave exp(x - lse) itself in the row (still in cache).
-                let zero = self.b.ins().iconst(types::I64, 0);
-                let end = self.dim(&keep.length);
-                let splat = self.b.ins().splat(types::F32X4, factor);
-                let tail = self.unrolled_vector_loop(k, zero, end, UNROLL, &mut |l: &mut Self, _| {
-                    let flat = l.kept_at(k, start);
-                    let addr = l.address(keep.buffer, Scalar::Float, flat);
-                    let e = l.b.ins().load(types::F32X4, MemFlagsData::new().with_notrap(), addr, 0);
-                    let e = l.b.ins().fmul(e, splat);
-                    l.vstore(keep.buffer, flat, e);
-                });
-                self.for_range(k, tail, end, &mut |l: &mut Self| {
-                    let flat = l.kept_at(k, start);
-                    let addr = l.address(keep.buffer, Scalar::Float, flat);
-                    let e = l.b.ins().load(types::F32, flags(), addr, 0);
-                    let e = l.b.ins().fmul(e, factor);
-                    l.store(keep.buffer, Scalar::Float, flat, e);
-                });
-            } else {
-                self.kept_exps.insert(keep.exp, (keep.buffer, Some(factor)));
+            match keep.factors {
+                // The consumer runs later: the row's factor waits for it in a buffer (no pass over the row).
+                Some(factors) => {
+                    let row = self.index(keep.row);
+                    self.store(factors, Scalar::Float, row, factor);
+                }
+                None => {
+                    self.kept_exps
+                        .insert(keep.exp, (keep.buffer, KeptFactor::Computed(factor)));
+                }
             }
         }
         self.b.ins().select(finite, r, mx)
