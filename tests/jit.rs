@@ -562,7 +562,7 @@ fn row_updates_skip_masked_out_points() {
 fn softmax_rows_keep_their_exponentials_and_special_rows_agree() {
     // Cross-entropy, LDR-KL and KL-DRO compute each row's exp once (kept in the gradient row); rows with +inf,
     // -inf, NaN, all -inf and huge spreads must still match the interpreter, in the vector lanes and in
-    // the scalar tail (C = 7).
+    // the scalar tail.
     let sources = [
         "loss ce(s: f32[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }",
         "loss ldr(s: f32[N, C], y: idx[N] < C, lambda: f32 = 0.5) {
@@ -575,20 +575,27 @@ fn softmax_rows_keep_their_exponentials_and_special_rows_agree() {
             lambda * (logsumexp[i] l[i] / lambda) }",
     ];
     let (inf, nan) = (f64::INFINITY, f64::NAN);
-    let rows: [[f64; 7]; 6] = [
-        [0.5, -1.0, 2.0, 0.0, 3.0, -2.5, 1.0],
-        [inf, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
-        [-inf, 0.0, 1.0, 2.0, 3.0, 4.0, -inf],
-        [-inf; 7],
-        [0.0, nan, 1.0, 2.0, 3.0, 4.0, 5.0],
-        [80.0, -80.0, 0.0, 40.0, -40.0, 79.0, 1e-3],
+    // The row maximum skips NaN in its vector lanes; a NaN beside +inf (a maximum that is the result
+    // itself), among -inf, or alone must still give NaN, in a lane or in the tail (C = 11: eight points
+    // in the unrolled vector loop, three in the tail).
+    let rows: [[f64; 11]; 10] = [
+        [0.5, -1.0, 2.0, 0.0, 3.0, -2.5, 1.0, 0.25, -0.5, 1.5, 2.5],
+        [inf, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 0.25, -0.5, 1.5, 2.5],
+        [-inf, 0.0, 1.0, 2.0, 3.0, 4.0, -inf, 0.25, -0.5, 1.5, -inf],
+        [-inf; 11],
+        [0.0, nan, 1.0, 2.0, 3.0, 4.0, 5.0, 0.25, -0.5, 1.5, 2.5],
+        [80.0, -80.0, 0.0, 40.0, -40.0, 79.0, 1e-3, 0.25, -0.5, 1.5, 2.5],
+        [nan, inf, 1.0, 2.0, 3.0, 4.0, 5.0, 0.25, -0.5, 1.5, 2.5],
+        [-inf, -inf, -inf, nan, -inf, -inf, -inf, -inf, -inf, -inf, -inf],
+        [inf, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 0.25, -0.5, 1.5, nan],
+        [nan; 11],
     ];
-    // All six rows, and the finite ones alone (where a batch-level loss is finite too).
+    // All rows, and the finite ones alone (where a batch-level loss is finite too).
     let batch = |pick: &[usize]| {
         let s: Vec<f64> = pick.iter().flat_map(|r| rows[*r]).collect();
-        let y: Vec<i64> = pick.iter().map(|r| [0, 2, 3, 3, 1, 5][*r]).collect();
+        let y: Vec<i64> = pick.iter().map(|r| [0, 2, 3, 3, 1, 5, 2, 3, 1, 0][*r]).collect();
         BTreeMap::from([
-            ("s".to_string(), Tensor::float(vec![pick.len(), 7], s)),
+            ("s".to_string(), Tensor::float(vec![pick.len(), 11], s)),
             ("y".to_string(), Tensor::labels(vec![pick.len()], y)),
         ])
     };
@@ -600,7 +607,11 @@ fn softmax_rows_keep_their_exponentials_and_special_rows_agree() {
             plan.kept_exps.iter().map(|e| e.factors.is_some()).collect::<Vec<_>>()
         };
         assert_eq!(plan_kept, [src.contains("dro")], "{src}: one softmax row kept");
-        for inputs in [batch(&[0, 1, 2, 3, 4, 5]), batch(&[0, 2, 5])] {
+        let each = (0..rows.len()).map(|r| batch(&[r, 0]));
+        for inputs in [batch(&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]), batch(&[0, 2, 5])]
+            .into_iter()
+            .chain(each)
+        {
             let a = jit.kernel(None).unwrap().eval(&inputs).unwrap();
             let b = interp.kernel(None).unwrap().eval(&inputs).unwrap();
             assert_agree(src, &a, &b);

@@ -1829,7 +1829,15 @@ impl<'a, 'b> Lower<'a, 'b> {
         let m = self.b.declare_var(types::F32);
         let ninf = self.b.ins().f32const(f32::NEG_INFINITY);
         self.b.def_var(m, ninf);
-        let vmax = self.vext_new(true);
+        // Over a row (no mask), the lanes skip NaN (one `maxps` per vector): a NaN among finite values
+        // reaches the sum of the exponentials and makes the result NaN anyway; only a maximum that is not
+        // finite (the result itself) needs to know, and then the body is scanned for one. (A masked
+        // logsumexp keeps track in its lanes: its code stays smaller.)
+        let skip_nan = mask.is_none();
+        let vmax = match skip_nan {
+            true => self.vext_new_ignoring_nan(true),
+            false => self.vext_new(true),
+        };
         self.reduce_pass(
             ranges,
             mask,
@@ -1856,6 +1864,10 @@ impl<'a, 'b> Lower<'a, 'b> {
         let lanes = self.vext_fold(vmax);
         let tail = self.b.use_var(m);
         let mx = self.b.ins().fmax(lanes, tail);
+        let mx = match skip_nan {
+            true => self.nan_if_any_when_infinite(mx, ranges, body),
+            false => mx,
+        };
         let sum = match (&keep, row_helper) {
             (Some((_, keep, _)), Some((_, buffer, start))) => {
                 let row = self.address(buffer, Scalar::Float, start);
@@ -2129,6 +2141,39 @@ impl<'a, 'b> Lower<'a, 'b> {
                 _ => self.reduce_loops(ranges, 0, &mut one),
             },
         }
+    }
+
+    /// `m` (a maximum of the body's values over `ranges` that skipped NaN), or NaN when it is not finite and
+    /// some value is NaN: what `fmax` over them gives where the difference matters. The scan runs in a
+    /// cold block.
+    fn nan_if_any_when_infinite(&mut self, m: Value, ranges: &[(IndexId, Dim)], body: NodeId) -> Value {
+        let inf = self.fconst(f32::INFINITY);
+        let size = self.b.ins().fabs(m);
+        let finite = self.b.ins().fcmp(FloatCC::LessThan, size, inf);
+        let scan = self.b.create_block();
+        let join = self.b.create_block();
+        let result = self.b.append_block_param(join, types::F32);
+        self.b.ins().brif(finite, join, &[m.into()], scan, &[]);
+        self.b.set_cold_block(scan);
+        self.b.switch_to_block(scan);
+        let seen = self.b.declare_var(types::I8);
+        let no = self.b.ins().iconst(types::I8, 0);
+        self.b.def_var(seen, no);
+        self.frames.push(HashMap::new());
+        self.reduce_loops(ranges, 0, &mut |l: &mut Self| {
+            let x = l.value(body);
+            let nan = l.b.ins().fcmp(FloatCC::Unordered, x, x);
+            let before = l.b.use_var(seen);
+            let now = l.b.ins().bor(before, nan);
+            l.b.def_var(seen, now);
+        });
+        self.frames.pop();
+        let any = self.b.use_var(seen);
+        let nan = self.fconst(f32::NAN);
+        let m = self.b.ins().select(any, nan, m);
+        self.b.ins().jump(join, &[m.into()]);
+        self.b.switch_to_block(join);
+        result
     }
 
     /// Runs `body` where the mask holds (always without a mask), in its own scope.

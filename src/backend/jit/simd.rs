@@ -45,7 +45,8 @@ pub(super) struct RowUpdate {
 #[derive(Clone, Copy)]
 pub(super) struct Extreme {
     lanes: Variable,
-    nan: Variable,
+    /// The lanes that met a NaN (none: NaN values are skipped).
+    nan: Option<Variable>,
     max: bool,
 }
 
@@ -504,7 +505,17 @@ impl Lower<'_, '_> {
         let zero = self.b.ins().splat(types::I32X4, zero);
         let nan = self.b.declare_var(types::I32X4);
         self.b.def_var(nan, zero);
-        Extreme { lanes, nan, max }
+        Extreme {
+            lanes,
+            nan: Some(nan),
+            max,
+        }
+    }
+
+    /// The accumulator of a vector max (or min) that skips NaN values (one `maxps` per vector).
+    pub(super) fn vext_new_ignoring_nan(&mut self, max: bool) -> Extreme {
+        let lanes = self.vacc_lanes(if max { f32::NEG_INFINITY } else { f32::INFINITY });
+        Extreme { lanes, nan: None, max }
     }
 
     /// `acc = v > acc ? v : acc` (`<` for min) lane by lane: a NaN `v` leaves `acc` and marks its lane.
@@ -516,16 +527,20 @@ impl Lower<'_, '_> {
         let pick = self.b.ins().bitcast(types::F32X4, vflags(), pick);
         let r = self.b.ins().bitselect(pick, v, a);
         self.b.def_var(acc.lanes, r);
-        let unordered = self.b.ins().fcmp(FloatCC::Unordered, v, v);
-        let seen = self.b.use_var(acc.nan);
-        let seen = self.b.ins().bor(seen, unordered);
-        self.b.def_var(acc.nan, seen);
+        if let Some(nan) = acc.nan {
+            let unordered = self.b.ins().fcmp(FloatCC::Unordered, v, v);
+            let seen = self.b.use_var(nan);
+            let seen = self.b.ins().bor(seen, unordered);
+            self.b.def_var(nan, seen);
+        }
     }
 
-    /// The max (min) of every value added, as `fmax` (`fmin`) over them would give: NaN if any was.
+    /// The max (min) of every value added, as `fmax` (`fmin`) over them would give: NaN if any was (for an
+    /// accumulator that skips NaN, the max of the others).
     pub(super) fn vext_fold(&mut self, acc: Extreme) -> Value {
         let r = self.vacc_fold(acc.lanes, acc.max);
-        let seen = self.b.use_var(acc.nan);
+        let Some(seen) = acc.nan else { return r };
+        let seen = self.b.use_var(seen);
         let any = self.b.ins().vany_true(seen);
         let nan = self.b.ins().f32const(f32::NAN);
         self.b.ins().select(any, nan, r)
