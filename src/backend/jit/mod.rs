@@ -319,13 +319,24 @@ fn light(f: &Function, body: NodeId) -> bool {
 
 /// At most `limit` nodes, no reduction, and no primitive costlier than `most`.
 fn few_steps(f: &Function, body: NodeId, limit: usize, most: Cost) -> bool {
-    let nodes = f.reachable(&[body]);
-    nodes.len() <= limit
-        && nodes.iter().all(|n| match &f.node(*n).expr {
-            Expr::Reduce { .. } => false,
-            Expr::Prim { prim, .. } => prim.cost() <= most,
-            _ => true,
-        })
+    few_steps_reading(f, body, limit, most, &HashSet::new())
+}
+
+/// [`few_steps`], where the nodes of `read` are read from memory (one step each, their operands none).
+fn few_steps_reading(f: &Function, body: NodeId, limit: usize, most: Cost, read: &HashSet<NodeId>) -> bool {
+    let mut seen = HashSet::new();
+    let mut stack = vec![body];
+    while let Some(n) = stack.pop() {
+        if !seen.insert(n) || read.contains(&n) {
+            continue;
+        }
+        match &f.node(n).expr {
+            Expr::Reduce { .. } => return false,
+            Expr::Prim { prim, .. } if prim.cost() > most => return false,
+            expr => stack.extend(expr.operands()),
+        }
+    }
+    seen.len() <= limit
 }
 
 /// One function's machine code, ready for [`Module::define_function_bytes`].
@@ -1236,7 +1247,12 @@ impl<'a, 'b> Lower<'a, 'b> {
                 // gradient): the lanes compute `rest`, and `a` is added at k = e afterwards.
                 let one_hot = self.one_hot(element, i);
                 let lanes = one_hot.map_or(element, |(_, _, rest)| rest);
-                let times = if light(self.f, lanes) { UNROLL } else { 1 };
+                // Kept exponentials are loads here.
+                let kept: HashSet<NodeId> = self.kept_exps.keys().copied().collect();
+                let times = match few_steps_reading(self.f, lanes, 16, Cost::Piecewise, &kept) {
+                    true => UNROLL,
+                    false => 1,
+                };
                 let covered = if self.guest_element(lanes, buffer, &head) {
                     // The row already holds these values (its guest's): nothing to store.
                     end
