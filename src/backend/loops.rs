@@ -13,7 +13,8 @@
 //! nests that cannot join are scheduled after the group, with everything that depends on them. Sibling
 //! sums over one index ([`split_sum`]) group the same way, over the summed index. A `let` tensor that
 //! only its own group reads is row-private ([`Plan::row_private`]): one row of it per running call is
-//! enough, so its data never leaves the cache.
+//! enough, so its data never leaves the cache; if a later member reads it only at its own element, it
+//! lives in that member's rows instead ([`Plan::row_host`]).
 //! A nest that is a plain matrix product of two buffers ([`Contraction`]) may instead run as a GEMM.
 //! The Cranelift JIT consumes it; a CUDA C generator would map each group to a kernel launch.
 

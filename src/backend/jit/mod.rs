@@ -22,7 +22,8 @@
 //! results are bit-identical for any number of threads. A row-private tensor
 //! ([`super::loops::Plan::row_private`]) is one row of scratch per worker: each worker's pointer table
 //! points the buffer there, and the group's row loop moves its base back by the row's offset, so the
-//! ordinary row-major addresses of the current row land in it.
+//! ordinary row-major addresses of the current row land in it. A tensor with a row host
+//! ([`super::loops::Plan::row_host`]) has its host's pointer.
 //!
 //! Placement: Cranelift's egraph places pure code at its uses and hoists it out of loops, but never moves a
 //! load, so the lowering computes before each loop what the bound indices determine
