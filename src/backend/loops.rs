@@ -190,7 +190,7 @@ pub struct Plan {
     /// the module doc), of which a code generator may give each running call one row instead of the whole.
     pub row_private: Vec<bool>,
     /// Per buffer: the buffer whose rows it lives in, for a row-private tensor that a later member of its
-    /// group (the host) reads only at its own element ([`row_guests`]). The host's row is then computed in
+    /// group (the host) reads only at its own element (see `row_guests`). The host's row is then computed in
     /// place: an element that is the guest's element alone (`grad[t, k] = m_adj[t, k]`, with a one-hot
     /// term) needs no store at all. Such a buffer is not [`Plan::row_private`]; it has no storage.
     pub row_host: Vec<Option<usize>>,
