@@ -23,7 +23,9 @@ fn jit_and_interp(name: &str, src: &str) -> (lossc::kernel::Module, lossc::kerne
 }
 
 fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= TOL * b.abs().max(1.0) || (a.is_nan() && b.is_nan()) || a == b
+    // An infinity agrees only with itself (the relative bound of an infinite `b` is infinite).
+    let finite = a.is_finite() && b.is_finite();
+    (finite && (a - b).abs() <= TOL * b.abs().max(1.0)) || (a.is_nan() && b.is_nan()) || a == b
 }
 
 fn assert_agree(what: &str, jit: &Evaluation, interp: &Evaluation) {
@@ -779,6 +781,38 @@ fn label_inequalities_as_numbers_and_choices_are_one_lane_compare_and_agree() {
     for c in [19usize, 9, 4, 3] {
         let f = kernel.function().clone();
         let inputs = random_inputs(&f, &[23, c as i64], &mut rng);
+        let a = kernel.eval(&inputs).unwrap();
+        let b = interp.kernel(None).unwrap().eval(&inputs).unwrap();
+        assert_agree(&format!("C = {c}"), &a, &b);
+    }
+}
+
+#[test]
+fn choices_with_a_zero_side_are_one_mask_and_agree() {
+    // `select(c, x, 0)` (autodiff's guards) is `x & c` in lanes and `select(c, 0, x)` is `x & !c`; a side
+    // of -0.0 keeps the blend (its sign bit is set): `1 / q` tells -0.0 (-inf) from +0.0 (+inf). NaN in
+    // the kept side stays NaN; rows of 19 reach the unrolled lanes and the tail.
+    let src = "loss f(s: f32[N, C]) -> (q: f32[N, C], r: f32[N, C]) {
+        out q[i, k] = 1.0 / select(s[i, k] > 0.5, s[i, k], -0.0)
+        out r[i, k] = select(s[i, k] < 0.0, 0.0, s[i, k] * 3.0) + select(s[i, k] > -0.25, s[i, k], 0.0)
+        sum[i] sum[k] select(s[i, k] > 0.0, s[i, k] * s[i, k], 0.0) }";
+    let (jit, interp) = jit_and_interp("z.lx", src);
+    let kernel = jit.kernel(None).unwrap();
+    let clif = lossc::backend::jit::clif(kernel.function()).unwrap();
+    assert!(clif.contains("band"), "no masked sides:\n{clif}");
+    let mut rng = Rng::new(17);
+    for c in [19usize, 4, 3] {
+        let f = kernel.function().clone();
+        let mut inputs = random_inputs(&f, &[5, c as i64], &mut rng);
+        if let Some(Tensor {
+            data: lossc::data::Data::Float(v),
+            ..
+        }) = inputs.get_mut("s")
+        {
+            v[1] = f64::NAN;
+            v[c + 2] = 0.0;
+            v[2 * c - 1] = -0.0;
+        }
         let a = kernel.eval(&inputs).unwrap();
         let b = interp.kernel(None).unwrap().eval(&inputs).unwrap();
         assert_agree(&format!("C = {c}"), &a, &b);

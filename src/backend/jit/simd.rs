@@ -416,7 +416,17 @@ impl Lower<'_, '_> {
             }
             Select => {
                 let m = self.mask_as_f32(a[0]);
-                self.b.ins().bitselect(m, a[1], a[2])
+                // A side that is +0.0 (all bits clear) is a mask: `andps` / `andnps` for the blend of three.
+                let zero = |n: NodeId| self.f.as_float(n).is_some_and(|x| x.to_bits() == 0);
+                let float = self.f.node(args[1]).scalar == Scalar::Float;
+                match (zero(args[1]), zero(args[2])) {
+                    (_, true) if float => self.b.ins().band(a[1], m),
+                    (true, _) if float => {
+                        let not = self.b.ins().bnot(m);
+                        self.b.ins().band(a[2], not)
+                    }
+                    _ => self.b.ins().bitselect(m, a[1], a[2]),
+                }
             }
             _ => unreachable!("vectorizable() admits no other primitive"),
         }
