@@ -1121,10 +1121,15 @@ fn one_hot_terms_are_added_after_the_lanes_and_agree() {
     // Cross-entropy's gradient is `select(y[i] == k, -1/N, 0) + softmax / N`: the lanes compute the
     // softmax part and the label's term is added at k = y[i] afterwards, unless y[i] falls in the scalar
     // tail (C = 7: lanes 0..4, tail 4..7), which computes whole elements. Every label position is used.
-    let src = "loss ce(s: f32[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }";
+    // In `deep`'s output the term sits inside a sum of three (`(onehot + x) + y`): the lanes compute the
+    // sum with the term as 0.
+    let src = "loss ce(s: f32[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }
+        loss deep(s: f32[N, C], y: idx[N] < C) -> (g: f32[N, C]) {
+            out g[i, k] = select(k == y[i], s[i, 0] * 2.0, 0.0) + s[i, k] * s[i, k] + 0.5 * s[i, k]
+            sum[i] s[i, y[i]] }";
     let (jit, interp) = jit_and_interp("o.lx", src);
     let mut rng = Rng::new(8);
-    for c in [7usize, 8, 3] {
+    for c in [7usize, 8, 3, 19] {
         let n = 2 * c;
         let inputs = BTreeMap::from([
             (
@@ -1136,8 +1141,10 @@ fn one_hot_terms_are_added_after_the_lanes_and_agree() {
                 Tensor::labels(vec![n], (0..n).map(|i| (i % c) as i64).collect()),
             ),
         ]);
-        let a = jit.kernel(None).unwrap().eval(&inputs).unwrap();
-        let b = interp.kernel(None).unwrap().eval(&inputs).unwrap();
-        assert_agree(&format!("C = {c}"), &a, &b);
+        for name in ["ce", "deep"] {
+            let a = jit.kernel(Some(name)).unwrap().eval(&inputs).unwrap();
+            let b = interp.kernel(Some(name)).unwrap().eval(&inputs).unwrap();
+            assert_agree(&format!("{name}, C = {c}"), &a, &b);
+        }
     }
 }

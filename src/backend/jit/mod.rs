@@ -777,6 +777,16 @@ struct KeepExps {
     factors: Option<usize>,
 }
 
+/// A one-hot term `select(k == at, value, 0)` of a row's element: its lanes compute `rest` (or the element
+/// with `term` as 0), and `value` is added at `k = at` afterwards.
+#[derive(Clone, Copy)]
+struct OneHot {
+    term: NodeId,
+    at: NodeId,
+    value: NodeId,
+    rest: Option<NodeId>,
+}
+
 /// What a kept exponential read from its row is multiplied by: the factor its logsumexp computed in this
 /// group, or the one it left in a buffer of factors (at the consumer's row `row`).
 #[derive(Clone, Copy)]
@@ -1245,9 +1255,14 @@ impl<'a, 'b> Lower<'a, 'b> {
                 let head = head.to_vec();
                 let start = self.column_blocks(buffer, &head, i, start, end, element);
                 // `select(k == e, a, 0) + rest` (a one-hot term, as a label's in a cross-entropy
-                // gradient): the lanes compute `rest`, and `a` is added at k = e afterwards.
+                // gradient): the lanes compute `rest`, and `a` is added at k = e afterwards. A term deeper
+                // in a sum (`(onehot + x) + y`) counts as 0 in the lanes.
                 let one_hot = self.one_hot(element, i);
-                let lanes = one_hot.map_or(element, |(_, _, rest)| rest);
+                let (lanes, zeroed) = match one_hot {
+                    Some(OneHot { rest: Some(rest), .. }) => (rest, None),
+                    Some(OneHot { term, rest: None, .. }) => (element, Some(term)),
+                    None => (element, None),
+                };
                 // Kept exponentials are loads here.
                 let kept: HashSet<NodeId> = self.kept_exps.keys().copied().collect();
                 let times = match few_steps_reading(self.f, lanes, 16, Cost::Piecewise, &kept) {
@@ -1261,13 +1276,20 @@ impl<'a, 'b> Lower<'a, 'b> {
                     self.unrolled_vector_loop(i, start, end, times, &mut |l: &mut Self, _kb| {
                         let mut memo = HashMap::new();
                         let kb = l.index(i);
+                        if let Some(term) = zeroed
+                            && let Expr::Prim { args, .. } = &l.f.node(term).expr
+                        {
+                            // The term's own zero (its third operand) in every lane.
+                            let zero = l.vvalue(args[2], i, kb, &mut HashMap::new());
+                            memo.insert(term, zero);
+                        }
                         let v = l.vvalue(lanes, i, kb, &mut memo);
                         let flat = l.flat(&head);
                         l.vstore(buffer, flat, v);
                     })
                 };
-                if let Some((e, a, _)) = one_hot {
-                    self.add_one_hot(buffer, &head, i, e, a, (start, covered));
+                if let Some(OneHot { at, value, .. }) = one_hot {
+                    self.add_one_hot(buffer, &head, i, at, value, (start, covered));
                 }
                 covered
             }
@@ -1292,41 +1314,56 @@ impl<'a, 'b> Lower<'a, 'b> {
                 .all(|(s, (i, _))| self.f.node(*s).expr == Expr::Index(*i))
     }
 
-    /// `select(k == e, a, 0) + rest` (either way round) with `e` and `a` independent of `k`: (e, a, rest).
-    fn one_hot(&self, element: NodeId, k: IndexId) -> Option<(NodeId, NodeId, NodeId)> {
+    /// A one-hot term `select(k == e, a, 0)` (`e` and `a` independent of `k`) of the sum `element`: at the
+    /// top (`term + rest`, either way round), or deeper in a sum of terms (`(term + x) + y`).
+    fn one_hot(&self, element: NodeId, k: IndexId) -> Option<OneHot> {
         let Expr::Prim { prim: Prim::Add, args } = &self.f.node(element).expr else {
             return None;
         };
-        let free_of_k = |n: NodeId| !self.f.node(n).free.contains(&k);
-        [(args[0], args[1]), (args[1], args[0])]
+        let top = [(args[0], args[1]), (args[1], args[0])]
             .into_iter()
             .find_map(|(term, rest)| {
-                let Expr::Prim {
-                    prim: Prim::Select,
-                    args: s,
-                } = &self.f.node(term).expr
-                else {
-                    return None;
-                };
-                let Expr::Prim {
-                    prim: Prim::Eq,
-                    args: c,
-                } = &self.f.node(s[0]).expr
-                else {
-                    return None;
-                };
-                let at_k = |n: NodeId| self.f.node(n).expr == Expr::Index(k);
-                let e = match c[..] {
-                    [p, q] if at_k(p) && free_of_k(q) => q,
-                    [p, q] if at_k(q) && free_of_k(p) => p,
-                    _ => return None,
-                };
-                (self.f.as_float(s[2]) == Some(0.0)
-                    && free_of_k(s[1])
-                    && !self.needs_branch(s[1])
-                    && !self.needs_branch(e))
-                .then_some((e, s[1], rest))
+                let (at, value) = self.one_hot_term(term, k)?;
+                Some(OneHot {
+                    term,
+                    at,
+                    value,
+                    rest: Some(rest),
+                })
+            });
+        top.or_else(|| {
+            args.iter().find_map(|a| {
+                let inner = self.one_hot(*a, k)?;
+                Some(OneHot { rest: None, ..inner })
             })
+        })
+    }
+
+    /// `select(k == e, a, 0)` with `e` and `a` independent of `k` (and computed without a branch): (e, a).
+    fn one_hot_term(&self, term: NodeId, k: IndexId) -> Option<(NodeId, NodeId)> {
+        let free_of_k = |n: NodeId| !self.f.node(n).free.contains(&k);
+        let Expr::Prim {
+            prim: Prim::Select,
+            args: s,
+        } = &self.f.node(term).expr
+        else {
+            return None;
+        };
+        let Expr::Prim {
+            prim: Prim::Eq,
+            args: c,
+        } = &self.f.node(s[0]).expr
+        else {
+            return None;
+        };
+        let at_k = |n: NodeId| self.f.node(n).expr == Expr::Index(k);
+        let e = match c[..] {
+            [p, q] if at_k(p) && free_of_k(q) => q,
+            [p, q] if at_k(q) && free_of_k(p) => p,
+            _ => return None,
+        };
+        (self.f.as_float(s[2]) == Some(0.0) && free_of_k(s[1]) && !self.needs_branch(s[1]) && !self.needs_branch(e))
+            .then_some((e, s[1]))
     }
 
     /// Adds the one-hot value `a` at `k = e` of the current row when `e` lies in `lo..hi` (the elements
