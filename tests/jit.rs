@@ -1125,7 +1125,7 @@ fn one_hot_terms_are_added_after_the_lanes_and_agree() {
     // sum with the term as 0.
     let src = "loss ce(s: f32[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }
         loss deep(s: f32[N, C], y: idx[N] < C) -> (g: f32[N, C]) {
-            out g[i, k] = select(k == y[i], s[i, 0] * 2.0, 0.0) + s[i, k] * s[i, k] + 0.5 * s[i, k]
+            out g[i, k] = select(k == y[i], -1.5, 0.0) + s[i, k] * s[i, k] + 0.5 * s[i, k]
             sum[i] s[i, y[i]] }";
     let (jit, interp) = jit_and_interp("o.lx", src);
     let mut rng = Rng::new(8);
