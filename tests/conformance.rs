@@ -39,7 +39,8 @@ fn close(what: &str, got: &[f64], want: &[f64], (rtol, atol): (f64, f64)) -> Res
         return Err(format!("{what}: {} values, expected {}", got.len(), want.len()));
     }
     for (k, (g, w)) in got.iter().zip(want).enumerate() {
-        let within = (g - w).abs() <= atol + rtol * w.abs(); // false for NaN
+        // False for NaN; an infinity agrees only with itself (its relative bound is infinite).
+        let within = g == w || (g.is_finite() && w.is_finite() && (g - w).abs() <= atol + rtol * w.abs());
         if !within {
             return Err(format!("{what}[{k}]: got {g}, expected {w}"));
         }
