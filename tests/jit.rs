@@ -1121,11 +1121,12 @@ fn one_hot_terms_are_added_after_the_lanes_and_agree() {
     // Cross-entropy's gradient is `select(y[i] == k, -1/N, 0) + softmax / N`: the lanes compute the
     // softmax part and the label's term is added at k = y[i] afterwards, unless y[i] falls in the scalar
     // tail (C = 7: lanes 0..4, tail 4..7), which computes whole elements. Every label position is used.
-    // In `deep`'s output the term sits inside a sum of three (`(onehot + x) + y`): the lanes compute the
-    // sum with the term as 0.
+    // In `deep`'s output `g` the term sits inside a sum of three (`(onehot + x) + y`): the lanes compute
+    // the sum with the term as 0. In `h` the same term also occurs outside the sum: the lanes compute it.
     let src = "loss ce(s: f32[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }
-        loss deep(s: f32[N, C], y: idx[N] < C) -> (g: f32[N, C]) {
+        loss deep(s: f32[N, C], y: idx[N] < C) -> (g: f32[N, C], h: f32[N, C]) {
             out g[i, k] = select(k == y[i], -1.5, 0.0) + s[i, k] * s[i, k] + 0.5 * s[i, k]
+            out h[i, k] = select(k == y[i], -1.5, 0.0) + s[i, k] + 2.0 * select(k == y[i], -1.5, 0.0)
             sum[i] s[i, y[i]] }";
     let (jit, interp) = jit_and_interp("o.lx", src);
     let mut rng = Rng::new(8);

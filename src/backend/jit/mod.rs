@@ -1331,12 +1331,27 @@ impl<'a, 'b> Lower<'a, 'b> {
                     rest: Some(rest),
                 })
             });
+        // Deeper, the term is 0 wherever it occurs in the lanes: it must occur once.
         top.or_else(|| {
-            args.iter().find_map(|a| {
-                let inner = self.one_hot(*a, k)?;
-                Some(OneHot { rest: None, ..inner })
-            })
+            let inner = args.iter().find_map(|a| self.one_hot(*a, k))?;
+            (self.paths(element, inner.term, &mut HashMap::new()) == 1).then_some(OneHot { rest: None, ..inner })
         })
+    }
+
+    /// How many paths lead from `from` down to `to` in the expression DAG (counting stops at 2).
+    fn paths(&self, from: NodeId, to: NodeId, memo: &mut HashMap<NodeId, usize>) -> usize {
+        if from == to {
+            return 1;
+        }
+        if let Some(&n) = memo.get(&from) {
+            return n;
+        }
+        let mut n = 0;
+        for operand in self.f.node(from).expr.operands() {
+            n = (n + self.paths(operand, to, memo)).min(2);
+        }
+        memo.insert(from, n);
+        n
     }
 
     /// `select(k == e, a, 0)` with `e` and `a` independent of `k` (and computed without a branch): (e, a).
