@@ -426,7 +426,7 @@ fn kept_exps(f: &Function, nests: &[Nest], order: &[usize]) -> Vec<KeptExps> {
                 };
                 let lse_row = matches!(&f.node(args[1]).expr,
                     Expr::Load { tensor: TensorRef::Def(d), subs }
-                        if *d == nests[lse].tensor && matches!(subs[..], [s] if f.node(s).expr == Expr::Index(*t)));
+                        if *d == nests[lse].tensor && f.at_indices(subs, &[*t]));
                 lse_row && f.same_renamed(*body, args[0], &map)
             };
             if let Some(exp) = f.reachable(&[nests[consumer].body]).into_iter().find(reads_softmax) {
@@ -502,10 +502,7 @@ fn row_guests(
             let host = group.members[at + 1..].iter().copied().find(|&host| {
                 let head: Vec<IndexId> = nests[host].head.iter().map(|(i, _)| *i).collect();
                 let at_own_element = |load: NodeId| match &f.node(load).expr {
-                    Expr::Load { subs, .. } => {
-                        subs.len() == head.len()
-                            && subs.iter().zip(&head).all(|(s, i)| f.node(*s).expr == Expr::Index(*i))
-                    }
+                    Expr::Load { subs, .. } => f.at_indices(subs, &head),
                     _ => false,
                 };
                 let kept_in_host = kept.iter().any(|e| e.consumer == host);

@@ -431,6 +431,16 @@ impl Function {
         self.add(Expr::float(x), Scalar::Float, span)
     }
 
+    /// Whether the subscripts `subs` are exactly the indices `indices`, in order (a read of an element at
+    /// the position the indices stand for).
+    pub fn at_indices(&self, subs: &[NodeId], indices: &[IndexId]) -> bool {
+        subs.len() == indices.len()
+            && subs
+                .iter()
+                .zip(indices)
+                .all(|(s, i)| self.node(*s).expr == Expr::Index(*i))
+    }
+
     /// `sum[k | mask] body` over one index `k`: (k, mask, body).
     pub fn single_sum(&self, n: NodeId) -> Option<(IndexId, Option<NodeId>, NodeId)> {
         match &self.node(n).expr {

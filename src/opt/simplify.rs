@@ -92,11 +92,7 @@ fn inlinable(f: &Function) -> Vec<bool> {
             if !readers[t.index()].contains(&r) {
                 readers[t.index()].push(r);
             }
-            let own_head = subs.len() == reader.indices.len()
-                && subs
-                    .iter()
-                    .zip(&reader.indices)
-                    .all(|(s, i)| f.node(*s).expr == Expr::Index(*i));
+            let own_head = f.at_indices(subs, &reader.indices);
             at_head[t.index()] &= own_head;
             at_indices[t.index()] &= subs.iter().all(|s| matches!(f.node(*s).expr, Expr::Index(_)));
         }

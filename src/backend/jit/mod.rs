@@ -1306,12 +1306,8 @@ impl<'a, 'b> Lower<'a, 'b> {
         let Expr::Load { tensor, subs } = &self.f.node(element).expr else {
             return false;
         };
-        self.plan.row_host[self.plan.buffer_of(self.f, *tensor)] == Some(buffer)
-            && subs.len() == head.len()
-            && subs
-                .iter()
-                .zip(head)
-                .all(|(s, (i, _))| self.f.node(*s).expr == Expr::Index(*i))
+        let head: Vec<IndexId> = head.iter().map(|(i, _)| *i).collect();
+        self.plan.row_host[self.plan.buffer_of(self.f, *tensor)] == Some(buffer) && self.f.at_indices(subs, &head)
     }
 
     /// A one-hot term `select(k == e, a, 0)` (`e` and `a` independent of `k`) of the sum `element`: at the
@@ -1909,10 +1905,7 @@ impl<'a, 'b> Lower<'a, 'b> {
         // finite (the result itself) needs to know, and then the body is scanned for one. (A masked
         // logsumexp keeps track in its lanes: its code stays smaller.)
         let skip_nan = mask.is_none();
-        let vmax = match skip_nan {
-            true => self.vext_new_ignoring_nan(true),
-            false => self.vext_new(true),
-        };
+        let vmax = self.vext_new(true, !skip_nan);
         self.reduce_pass(
             ranges,
             mask,
@@ -1971,9 +1964,7 @@ impl<'a, 'b> Lower<'a, 'b> {
         let r = self.b.ins().fadd(mx64, lg);
         let r = self.b.ins().fdemote(types::F32, r);
         // m = ±inf or NaN: the result is m.
-        let inf = self.b.ins().f32const(f32::INFINITY);
-        let a = self.b.ins().fabs(mx);
-        let finite = self.b.ins().fcmp(FloatCC::LessThan, a, inf);
+        let finite = self.finite(mx);
         if let Some((_, keep, _)) = keep {
             // exp(x - lse) = exp(x - m) / sum; where m is not finite, lse = m and the kept value is exact.
             let one = self.b.ins().f64const(1.0);
@@ -2222,9 +2213,7 @@ impl<'a, 'b> Lower<'a, 'b> {
     /// some value is NaN: what `fmax` over them gives where the difference matters. The scan runs in a
     /// cold block.
     fn nan_if_any_when_infinite(&mut self, m: Value, ranges: &[(IndexId, Dim)], body: NodeId) -> Value {
-        let inf = self.fconst(f32::INFINITY);
-        let size = self.b.ins().fabs(m);
-        let finite = self.b.ins().fcmp(FloatCC::LessThan, size, inf);
+        let finite = self.finite(m);
         let scan = self.b.create_block();
         let join = self.b.create_block();
         let result = self.b.append_block_param(join, types::F32);
@@ -2249,6 +2238,13 @@ impl<'a, 'b> Lower<'a, 'b> {
         self.b.ins().jump(join, &[m.into()]);
         self.b.switch_to_block(join);
         result
+    }
+
+    /// Whether an f32 is finite (`|x| < inf`; false for NaN).
+    fn finite(&mut self, x: Value) -> Value {
+        let inf = self.fconst(f32::INFINITY);
+        let size = self.b.ins().fabs(x);
+        self.b.ins().fcmp(FloatCC::LessThan, size, inf)
     }
 
     /// Runs `body` where the mask holds (always without a mask), in its own scope.
@@ -2312,7 +2308,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             matches!(op, ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min) || (op == ReduceOp::Mean && mask.is_none());
         if simple && ranges.len() == 1 {
             let vsum = self.vacc_sum();
-            let vext = self.vext_new(op == ReduceOp::Max);
+            let vext = self.vext_new(op == ReduceOp::Max, true);
             self.reduce_pass(
                 &ranges,
                 mask,

@@ -41,6 +41,13 @@ pub(super) struct RowUpdate {
     row: NodeId,
 }
 
+/// A side of a lane choice ([`Lower::blend`]).
+#[derive(Clone, Copy)]
+enum Side {
+    Zero,
+    Lanes(Value),
+}
+
 /// A vector max or min reduction's accumulator ([`Lower::vext_new`]).
 #[derive(Clone, Copy)]
 pub(super) struct Extreme {
@@ -346,21 +353,23 @@ impl Lower<'_, '_> {
         if prim == Mul {
             return self.vproduct(args, k, kb, memo);
         }
-        if matches!(prim, Iverson | Select)
-            && let Some(opposite) = self.integer_opposite(args[0], k, kb, memo)
-        {
-            // `[i != j]` as `1 & !(i == j)` (`andnps`), a select on it with its sides swapped: `pcmpeqd`
-            // is the only integer lane compare for equality, and `!=` would invert it on its own.
-            return match prim {
-                Iverson => {
-                    let one = self.splat_f32(1.0);
-                    let not = self.b.ins().bnot(opposite);
-                    self.b.ins().band(one, not)
+        if matches!(prim, Iverson | Select) {
+            // `[i != j]` is `[i == j]` with its sides swapped: `pcmpeqd` is the only integer lane compare
+            // for equality, and `!=` would invert it on its own.
+            let (mask, swapped) = match self.integer_opposite(args[0], k, kb, memo) {
+                Some(opposite) => (opposite, true),
+                None => {
+                    let m = self.vvalue(args[0], k, kb, memo);
+                    (self.mask_as_f32(m), false)
                 }
-                _ => {
-                    let (yes, no) = (self.vvalue(args[1], k, kb, memo), self.vvalue(args[2], k, kb, memo));
-                    self.b.ins().bitselect(opposite, no, yes)
-                }
+            };
+            let (yes, no) = match prim {
+                Iverson => (Side::Lanes(self.splat_f32(1.0)), Side::Zero),
+                _ => (self.side(args[1], k, kb, memo), self.side(args[2], k, kb, memo)),
+            };
+            return match swapped {
+                true => self.blend(mask, no, yes),
+                false => self.blend(mask, yes, no),
             };
         }
         let a: Vec<Value> = args.iter().map(|x| self.vvalue(*x, k, kb, memo)).collect();
@@ -409,25 +418,6 @@ impl Lower<'_, '_> {
             And => self.b.ins().band(a[0], a[1]),
             Or => self.b.ins().bor(a[0], a[1]),
             Not => self.b.ins().bnot(a[0]),
-            Iverson => {
-                let one = self.splat_f32(1.0);
-                let m = self.mask_as_f32(a[0]);
-                self.b.ins().band(m, one)
-            }
-            Select => {
-                let m = self.mask_as_f32(a[0]);
-                // A side that is +0.0 (all bits clear) is a mask: `andps` / `andnps` for the blend of three.
-                let zero = |n: NodeId| self.f.as_float(n).is_some_and(|x| x.to_bits() == 0);
-                let float = self.f.node(args[1]).scalar == Scalar::Float;
-                match (zero(args[1]), zero(args[2])) {
-                    (_, true) if float => self.b.ins().band(a[1], m),
-                    (true, _) if float => {
-                        let not = self.b.ins().bnot(m);
-                        self.b.ins().band(a[2], not)
-                    }
-                    _ => self.b.ins().bitselect(m, a[1], a[2]),
-                }
-            }
             _ => unreachable!("vectorizable() admits no other primitive"),
         }
     }
@@ -467,6 +457,28 @@ impl Lower<'_, '_> {
             (None, Some(v)) => v,
             (Some(s), None) => self.b.ins().splat(types::F32X4, s),
             (None, None) => unreachable!("a product has factors"),
+        }
+    }
+
+    /// One side of a choice: +0.0 (all bits clear), or its lanes.
+    fn side(&mut self, n: NodeId, k: IndexId, kb: Value, memo: &mut HashMap<NodeId, Value>) -> Side {
+        match self.f.as_float(n) {
+            Some(x) if x.to_bits() == 0 => Side::Zero,
+            _ => Side::Lanes(self.vvalue(n, k, kb, memo)),
+        }
+    }
+
+    /// `yes` where the f32x4 mask holds, `no` elsewhere: a side that is +0.0 makes it one mask (`andps` /
+    /// `andnps` for the blend of three).
+    fn blend(&mut self, mask: Value, yes: Side, no: Side) -> Value {
+        match (yes, no) {
+            (Side::Lanes(yes), Side::Zero) => self.b.ins().band(yes, mask),
+            (Side::Zero, Side::Lanes(no)) => {
+                let not = self.b.ins().bnot(mask);
+                self.b.ins().band(no, not)
+            }
+            (Side::Lanes(yes), Side::Lanes(no)) => self.b.ins().bitselect(mask, yes, no),
+            (Side::Zero, Side::Zero) => self.splat_f32(0.0),
         }
     }
 
@@ -547,26 +559,20 @@ impl Lower<'_, '_> {
         var
     }
 
-    /// The accumulator of a vector max (or min): lanes updated with one `maxps` (`minps`) each, and a
-    /// separate mask of the lanes that met a NaN, so the update is off the NaN-propagating `fmax`
-    /// sequence (seven instructions on one dependency chain). [`Self::vext_fold`] gives `fmax`'s result.
-    pub(super) fn vext_new(&mut self, max: bool) -> Extreme {
+    /// The accumulator of a vector max (or min): lanes updated with one `maxps` (`minps`) each and, with
+    /// `track_nan`, a separate mask of the lanes that met a NaN, so the update is off the NaN-propagating
+    /// `fmax` sequence (seven instructions on one dependency chain); without it NaN values are skipped.
+    /// [`Self::vext_fold`] gives the result.
+    pub(super) fn vext_new(&mut self, max: bool, track_nan: bool) -> Extreme {
         let lanes = self.vacc_lanes(if max { f32::NEG_INFINITY } else { f32::INFINITY });
-        let zero = self.b.ins().iconst(types::I32, 0);
-        let zero = self.b.ins().splat(types::I32X4, zero);
-        let nan = self.b.declare_var(types::I32X4);
-        self.b.def_var(nan, zero);
-        Extreme {
-            lanes,
-            nan: Some(nan),
-            max,
-        }
-    }
-
-    /// The accumulator of a vector max (or min) that skips NaN values (one `maxps` per vector).
-    pub(super) fn vext_new_ignoring_nan(&mut self, max: bool) -> Extreme {
-        let lanes = self.vacc_lanes(if max { f32::NEG_INFINITY } else { f32::INFINITY });
-        Extreme { lanes, nan: None, max }
+        let nan = track_nan.then(|| {
+            let zero = self.b.ins().iconst(types::I32, 0);
+            let zero = self.b.ins().splat(types::I32X4, zero);
+            let nan = self.b.declare_var(types::I32X4);
+            self.b.def_var(nan, zero);
+            nan
+        });
+        Extreme { lanes, nan, max }
     }
 
     /// `acc = v > acc ? v : acc` (`<` for min) lane by lane: a NaN `v` leaves `acc` and marks its lane.
