@@ -702,6 +702,28 @@ fn private_and_hosted(f: &lossc::ir::Function) -> (Vec<String>, Vec<(String, Str
 }
 
 #[test]
+fn arg_max_of_a_product_with_a_constant_factor_agrees() {
+    // The gradient of `max` finds the maximum again by comparing bits: a product must have the same bits
+    // in the vector lanes as in the scalar code (found by the property tests when the lanes multiplied a
+    // product's constant factors first; C = 4 leaves the max pass to the scalar tail and the arg-max pass
+    // to a vector).
+    let src = "loss f(x: f32[N, C], w: f32[C]) { mean[i] (max[k] (w[k] * stopgrad(softplus(-0.524)) * x[i, k])) }";
+    let (jit, interp) = jit_and_interp("p.lx", src);
+    for seed in 0..40 {
+        let mut rng = Rng::new(seed);
+        let x: Vec<f64> = (0..12).map(|_| rng.normal()).collect();
+        let w: Vec<f64> = (0..4).map(|_| rng.normal()).collect();
+        let inputs = BTreeMap::from([
+            ("x".to_string(), Tensor::float(vec![3, 4], x)),
+            ("w".to_string(), Tensor::float(vec![4], w)),
+        ]);
+        let a = jit.kernel(None).unwrap().eval(&inputs).unwrap();
+        let b = interp.kernel(None).unwrap().eval(&inputs).unwrap();
+        assert_agree(&format!("seed {seed}"), &a, &b);
+    }
+}
+
+#[test]
 fn row_private_tensors_live_in_one_row_per_worker_and_agree() {
     // LDR-KL's margin adjoint row sums `r1` are read only inside their row-fused group (the margins
     // themselves are computed where they are read): each running call keeps one row of them. The margin

@@ -1613,18 +1613,6 @@ impl<'a, 'b> Lower<'a, 'b> {
     /// `lanes`): the consumer's own row, read before the element overwrites it, times the factor its
     /// logsumexp computed or left in a buffer. `None` when `n` is not kept.
     fn kept_exp(&mut self, n: NodeId, lanes: bool) -> Option<Value> {
-        let (e, factor) = self.kept_exp_parts(n, lanes)?;
-        Some(match lanes {
-            true => {
-                let f = self.b.ins().splat(types::F32X4, factor);
-                self.b.ins().fmul(e, f)
-            }
-            false => self.b.ins().fmul(e, factor),
-        })
-    }
-
-    /// [`Self::kept_exp`] as the kept value read and the scalar factor it is to be multiplied by.
-    fn kept_exp_parts(&mut self, n: NodeId, lanes: bool) -> Option<(Value, Value)> {
         let &(buffer, factor) = self.kept_exps.get(&n)?;
         let flat = self.kept_flat(buffer);
         let addr = self.address(buffer, Scalar::Float, flat);
@@ -1640,7 +1628,13 @@ impl<'a, 'b> Lower<'a, 'b> {
                 self.b.ins().load(types::F32, flags, addr, 0)
             }
         };
-        Some((e, factor))
+        Some(match lanes {
+            true => {
+                let f = self.b.ins().splat(types::F32X4, factor);
+                self.b.ins().fmul(e, f)
+            }
+            false => self.b.ins().fmul(e, factor),
+        })
     }
 
     /// The flat position `start + k` in a kept softmax row.

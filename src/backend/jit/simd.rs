@@ -350,9 +350,6 @@ impl Lower<'_, '_> {
         memo: &mut HashMap<NodeId, Value>,
     ) -> Value {
         use Prim::*;
-        if prim == Mul {
-            return self.vproduct(args, k, kb, memo);
-        }
         if matches!(prim, Iverson | Select) {
             // `[i != j]` is `[i == j]` with its sides swapped: `pcmpeqd` is the only integer lane compare
             // for equality, and `!=` would invert it on its own.
@@ -419,44 +416,6 @@ impl Lower<'_, '_> {
             Or => self.b.ins().bor(a[0], a[1]),
             Not => self.b.ins().bnot(a[0]),
             _ => unreachable!("vectorizable() admits no other primitive"),
-        }
-    }
-
-    /// A product's lanes: its factors that are the same in every lane (constants, hyperparameters, a
-    /// row's scalars, a kept exponential's factor) multiplied once as scalars (outside the loop, where
-    /// Cranelift hoists them), then one vector multiply per varying factor. (The order of the
-    /// multiplications is not the expression's; the rounding differs within an ulp or two.)
-    fn vproduct(&mut self, args: &[NodeId], k: IndexId, kb: Value, memo: &mut HashMap<NodeId, Value>) -> Value {
-        let (mut scalars, mut varying) = (Vec::new(), Vec::new());
-        let mut stack: Vec<NodeId> = args.iter().rev().copied().collect();
-        while let Some(n) = stack.pop() {
-            let node = self.f.node(n);
-            if !node.free.contains(&k) {
-                scalars.push(self.value(n));
-                continue;
-            }
-            if let Some((e, factor)) = self.kept_exp_parts(n, true) {
-                varying.push(e);
-                scalars.push(factor);
-                continue;
-            }
-            match &node.expr {
-                Expr::Prim { prim: Prim::Mul, args } if !memo.contains_key(&n) => {
-                    stack.extend(args.iter().rev().copied());
-                }
-                _ => varying.push(self.vvalue(n, k, kb, memo)),
-            }
-        }
-        let scalar = scalars.into_iter().reduce(|a, b| self.b.ins().fmul(a, b));
-        let lanes = varying.into_iter().reduce(|a, b| self.b.ins().fmul(a, b));
-        match (scalar, lanes) {
-            (Some(s), Some(v)) => {
-                let s = self.b.ins().splat(types::F32X4, s);
-                self.b.ins().fmul(v, s)
-            }
-            (None, Some(v)) => v,
-            (Some(s), None) => self.b.ins().splat(types::F32X4, s),
-            (None, None) => unreachable!("a product has factors"),
         }
     }
 
