@@ -174,6 +174,7 @@ fn build(f: &Function, mut clif_text: Option<&mut String>, exp_rows: bool) -> Re
     }
     jb.symbol("lossc_powf", lossc_powf as *const u8);
     jb.symbol("lossc_exp_row", rows::lossc_exp_row as *const u8);
+    jb.symbol("lossc_softmax_row", rows::lossc_softmax_row as *const u8);
     let mut module = JITModule::new(jb);
     let ptr = module.target_config().pointer_type();
 
@@ -189,6 +190,11 @@ fn build(f: &Function, mut clif_text: Option<&mut String>, exp_rows: bool) -> Re
     helpers.push((
         "lossc_exp_row",
         vec![ptr, ptr, types::I64, types::F32, ptr, ptr],
+        types::F64,
+    ));
+    helpers.push((
+        "lossc_softmax_row",
+        vec![ptr, ptr, types::I64, ptr, ptr, ptr],
         types::F64,
     ));
     let mut imports = std::collections::BTreeMap::new();
@@ -1891,67 +1897,47 @@ impl<'a, 'b> Lower<'a, 'b> {
         // left in the kept row by the first pass.
         let source = row_helper.and_then(|(k, _, _)| self.contiguous_row(body, k));
         let row_helper_copy = row_helper.filter(|_| source.is_none());
-        let m = self.b.declare_var(types::F32);
-        let ninf = self.b.ins().f32const(f32::NEG_INFINITY);
-        self.b.def_var(m, ninf);
-        // Over a row (no mask), the lanes skip NaN (one `maxps` per vector): a NaN among finite values
-        // reaches the sum of the exponentials and makes the result NaN anyway; only a maximum that is not
-        // finite (the result itself) needs to know, and then the body is scanned for one. (A masked
-        // logsumexp keeps track in its lanes: its code stays smaller.)
-        let skip_nan = mask.is_none();
-        let vmax = self.vext_new(true, !skip_nan);
-        self.reduce_pass(
-            ranges,
-            mask,
-            body,
-            false,
-            &mut |l: &mut Self, v, lanes_mask, _| {
-                if let Some((k, buffer, start)) = row_helper_copy {
-                    let flat = l.kept_at(k, start);
-                    l.vstore(buffer, flat, v);
-                }
-                let v = l.fill_masked(v, lanes_mask, f32::NEG_INFINITY);
-                l.vext_add(vmax, v);
-            },
-            &mut |l: &mut Self, x| {
-                if let Some((k, buffer, start)) = row_helper_copy {
-                    let flat = l.kept_at(k, start);
-                    l.store(buffer, Scalar::Float, flat, x);
-                }
-                let cur = l.b.use_var(m);
-                let nm = l.b.ins().fmax(cur, x);
-                l.b.def_var(m, nm);
-            },
-        );
-        let lanes = self.vext_fold(vmax);
-        let tail = self.b.use_var(m);
-        let mx = self.b.ins().fmax(lanes, tail);
-        let mx = match skip_nan {
-            true => self.nan_if_any_when_infinite(mx, ranges, body),
-            false => mx,
+        // The helper's arguments after the source: the kept row, its length, and the rows to prefetch (the
+        // next row of the source and of the kept row where these are rows of matrices, else what the group
+        // streams).
+        let helper_rows = |l: &mut Self, buffer: usize, start: Value, length: &Dim| -> [Value; 4] {
+            let row = l.address(buffer, Scalar::Float, start);
+            let n = l.dim(length);
+            let row_bytes = l.b.ins().imul_imm_s(n, 4);
+            let row_bytes = l.offset(row_bytes);
+            let next = |l: &mut Self, at: Value| l.b.ins().iadd(at, row_bytes);
+            let read = match source {
+                Some(src) => Some(next(l, src)),
+                None => l.rows_ahead[0],
+            };
+            let written = match l.plan.row_private[buffer] {
+                false => Some(next(l, row)),
+                true => l.rows_ahead[1],
+            };
+            let none = l.b.ins().iconst(l.ptr, 0);
+            [row, n, read.unwrap_or(none), written.unwrap_or(none)]
         };
-        let sum = match (&keep, row_helper) {
-            (Some((_, keep, _)), Some((_, buffer, start))) => {
-                let row = self.address(buffer, Scalar::Float, start);
-                let n = self.dim(&keep.length);
-                // The rows to prefetch: the next row of the source and of the kept row (when these are
-                // rows of matrices), else what the group streams.
-                let row_bytes = self.b.ins().imul_imm_s(n, 4);
-                let row_bytes = self.offset(row_bytes);
-                let next = |l: &mut Self, at: Value| l.b.ins().iadd(at, row_bytes);
-                let read = match source {
-                    Some(src) => Some(next(self, src)),
-                    None => self.rows_ahead[0],
-                };
-                let written = match self.plan.row_private[buffer] {
-                    false => Some(next(self, row)),
-                    true => self.rows_ahead[1],
-                };
-                let none = self.b.ins().iconst(self.ptr, 0);
-                let (read, written) = (read.unwrap_or(none), written.unwrap_or(none));
-                self.call("lossc_exp_row", &[source.unwrap_or(row), row, n, mx, read, written])
+        let (mx, sum) = match (&keep, row_helper, source) {
+            // A row of a matrix: the helper finds its maximum too (8 lanes), and leaves it in a stack slot.
+            (Some((_, keep, _)), Some((_, buffer, start)), Some(src)) => {
+                let [row, n, read, written] = helper_rows(self, buffer, start, &keep.length);
+                let slot = ir::StackSlotData::new(ir::StackSlotKind::ExplicitSlot, 4, 2);
+                let slot = self.b.create_sized_stack_slot(slot);
+                let at = self.b.ins().stack_addr(self.ptr, slot, 0);
+                let sum = self.call("lossc_softmax_row", &[src, row, n, read, written, at]);
+                (self.b.ins().stack_load(self.ptr, types::F32, slot, 0), sum)
             }
-            _ => self.exp_sum_pass(ranges, mask, body, mx, &keep),
+            _ => {
+                let mx = self.row_max_pass(ranges, mask, body, row_helper_copy);
+                let sum = match (&keep, row_helper) {
+                    (Some((_, keep, _)), Some((_, buffer, start))) => {
+                        let [row, n, read, written] = helper_rows(self, buffer, start, &keep.length);
+                        self.call("lossc_exp_row", &[row, row, n, mx, read, written])
+                    }
+                    _ => self.exp_sum_pass(ranges, mask, body, mx, &keep),
+                };
+                (mx, sum)
+            }
         };
         let lg = self.call("lossc_log", &[sum]);
         let mx64 = self.b.ins().fpromote(types::F64, mx);
@@ -1979,6 +1965,58 @@ impl<'a, 'b> Lower<'a, 'b> {
             }
         }
         self.b.ins().select(finite, r, mx)
+    }
+
+    /// The first pass of a two-pass logsumexp: the maximum of the body over `ranges` (where the mask holds)
+    /// as `fmax` over the values gives it where that matters. `copy`: the kept row (its buffer and start)
+    /// to leave the values in for the row helper.
+    fn row_max_pass(
+        &mut self,
+        ranges: &[(IndexId, Dim)],
+        mask: Option<NodeId>,
+        body: NodeId,
+        copy: Option<(IndexId, usize, Value)>,
+    ) -> Value {
+        let m = self.b.declare_var(types::F32);
+        let ninf = self.b.ins().f32const(f32::NEG_INFINITY);
+        self.b.def_var(m, ninf);
+        // Over a row (no mask), the lanes skip NaN (one `maxps` per vector): a NaN among finite values
+        // reaches the sum of the exponentials and makes the result NaN anyway; only a maximum that is not
+        // finite (the result itself) needs to know, and then the body is scanned for one. (A masked
+        // logsumexp keeps track in its lanes: its code stays smaller.)
+        let skip_nan = mask.is_none();
+        let vmax = self.vext_new(true, !skip_nan);
+        self.reduce_pass(
+            ranges,
+            mask,
+            body,
+            false,
+            &mut |l: &mut Self, v, lanes_mask, _| {
+                if let Some((k, buffer, start)) = copy {
+                    let flat = l.kept_at(k, start);
+                    l.vstore(buffer, flat, v);
+                }
+                let v = l.fill_masked(v, lanes_mask, f32::NEG_INFINITY);
+                l.vext_add(vmax, v);
+            },
+            &mut |l: &mut Self, x| {
+                if let Some((k, buffer, start)) = copy {
+                    let flat = l.kept_at(k, start);
+                    l.store(buffer, Scalar::Float, flat, x);
+                }
+                let cur = l.b.use_var(m);
+                let nm = l.b.ins().fmax(cur, x);
+                l.b.def_var(m, nm);
+            },
+        );
+        let lanes = self.vext_fold(vmax);
+        let tail = self.b.use_var(m);
+        let mx = self.b.ins().fmax(lanes, tail);
+        let mx = match skip_nan {
+            true => self.nan_if_any_when_infinite(mx, ranges, body),
+            false => mx,
+        };
+        mx
     }
 
     /// The address of element `k = 0` of a float load contiguous along `k` (`s[t, k]`: `k` the last

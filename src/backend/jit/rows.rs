@@ -6,6 +6,8 @@
 //! ([`super::super::loops::KeptExps`]). On x86-64 with AVX2 and FMA it runs 8 lanes at a time with the
 //! same algorithm, constants and special cases as the inline CLIF `exp` (math.rs), so its values agree
 //! with the 4-lane code to the last bit or so; the JIT only calls it where [`available`] says so.
+//! `lossc_softmax_row` is both passes of a row read from a matrix (`s[t, k]`): its maximum, then
+//! `lossc_exp_row` shifted by it.
 
 use super::math::{EXP_COEFFICIENTS, EXP_LN2_HI, EXP_LN2_LO, EXP_LOWEST, EXP_MAGIC};
 
@@ -63,6 +65,54 @@ pub(super) extern "C" fn lossc_exp_row(
     sum
 }
 
+/// A softmax row whose shift is its own maximum, found here: [`lossc_exp_row`] after one pass for the
+/// maximum, which goes to `*max` (a maximum of `src`'s values skipping NaN, or NaN where that is not finite
+/// and some value is NaN: the value the 4-lane code's maximum and its scan for NaN give). Only called when
+/// [`available`].
+pub(super) extern "C" fn lossc_softmax_row(
+    src: *const f32,
+    p: *mut f32,
+    n: i64,
+    ahead: *const f32,
+    ahead_too: *const f32,
+    max: *mut f32,
+) -> f64 {
+    let len = n.max(0) as usize;
+    // SAFETY: the generated code passes a row of `n` floats inside its buffer and a slot for the maximum.
+    let m = unsafe { row_max(src, len) };
+    unsafe { *max = m };
+    lossc_exp_row(src, p, n, m, ahead, ahead_too)
+}
+
+/// The maximum of `src[..n]` skipping NaN, or NaN where that is not finite and some value is NaN.
+///
+/// # Safety
+/// `src` holds `n` floats.
+unsafe fn row_max(src: *const f32, n: usize) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    let (mut m, mut i) = match available() {
+        // SAFETY: as above; AVX2 is present.
+        true => unsafe { avx2::row_max(src, n) },
+        false => (f32::NEG_INFINITY, 0),
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let (mut m, mut i) = (f32::NEG_INFINITY, 0);
+    while i < n {
+        // SAFETY: i < n.
+        let x = unsafe { *src.add(i) };
+        if x > m {
+            m = x;
+        }
+        i += 1;
+    }
+    // SAFETY: as above.
+    let row = unsafe { std::slice::from_raw_parts(src, n) };
+    match m.is_finite() || !row.iter().any(|x| x.is_nan()) {
+        true => m,
+        false => f32::NAN,
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -103,6 +153,26 @@ mod avx2 {
     unsafe fn add_wide(acc: &mut [__m256d; 2], e: __m256) {
         acc[0] = _mm256_add_pd(acc[0], _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
         acc[1] = _mm256_add_pd(acc[1], _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+
+    /// The maximum of the first values of `src[..n]`, 32 at a time, skipping NaN (`maxps` keeps its second
+    /// operand where either is NaN); returns it and how many values it covered.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn row_max(src: *const f32, n: usize) -> (f32, usize) {
+        let mut acc = [_mm256_set1_ps(f32::NEG_INFINITY); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (u, a) in acc.iter_mut().enumerate() {
+                // SAFETY: i + 32 <= n floats from src.
+                *a = _mm256_max_ps(unsafe { _mm256_loadu_ps(src.add(i + 8 * u)) }, *a);
+            }
+            i += 32;
+        }
+        let both = _mm256_max_ps(_mm256_max_ps(acc[0], acc[1]), _mm256_max_ps(acc[2], acc[3]));
+        let mut lanes = [0f32; 8];
+        // SAFETY: 8 floats into an 8-element array.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), both) };
+        (lanes.into_iter().fold(f32::NEG_INFINITY, f32::max), i)
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -170,6 +240,59 @@ mod tests {
     use std::ptr::null;
 
     use super::*;
+
+    /// The helper that finds a row's maximum itself: the same values and sum as the maximum found by a scan
+    /// and `lossc_exp_row` shifted by it, for every tail length (the 32-value blocks and the scalar rest),
+    /// and the maximum the 4-lane code gives for rows with NaN and infinities.
+    #[test]
+    fn softmax_rows_find_the_maximum_the_lanes_find() {
+        if !available() {
+            return;
+        }
+        let softmax = |row: &[f32]| {
+            let (mut out, mut max) = (vec![0f32; row.len()], 0f32);
+            let sum = lossc_softmax_row(
+                row.as_ptr(),
+                out.as_mut_ptr(),
+                row.len() as i64,
+                null(),
+                null(),
+                &mut max,
+            );
+            (max, sum, out)
+        };
+        for n in (0..70usize).chain([1000]) {
+            let row: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.25).collect();
+            let want_max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut want = vec![0f32; n];
+            let want_sum = lossc_exp_row(row.as_ptr(), want.as_mut_ptr(), n as i64, want_max, null(), null());
+            let (max, sum, out) = softmax(&row);
+            assert_eq!((max, sum, &out), (want_max, want_sum, &want), "n = {n}");
+        }
+        let nan = f32::NAN;
+        let inf = f32::INFINITY;
+        // (row, its maximum): NaN is skipped where the maximum is finite (the sum is NaN then anyway), and
+        // is the maximum where the others are not finite.
+        let cases: [(Vec<f32>, f32); 6] = [
+            ([vec![1.0; 40], vec![nan], vec![3.0; 5]].concat(), 3.0),
+            ([vec![1.0; 40], vec![inf], vec![nan]].concat(), nan),
+            ([vec![f32::NEG_INFINITY; 37], vec![nan]].concat(), nan),
+            (vec![f32::NEG_INFINITY; 33], f32::NEG_INFINITY),
+            ([vec![-2.0; 50], vec![inf]].concat(), inf),
+            (vec![nan; 3], nan),
+        ];
+        for (row, want) in cases {
+            let (max, sum, _) = softmax(&row);
+            assert!(
+                max == want || (max.is_nan() && want.is_nan()),
+                "{row:?}: {max} vs {want}"
+            );
+            assert!(
+                sum.is_nan() == row.iter().any(|x| x.is_nan() || *x == inf) || max == f32::NEG_INFINITY,
+                "{row:?}: sum {sum}"
+            );
+        }
+    }
 
     /// The row helper against f64: the 1.5e-7 relative bound of the inline exp (math.rs), its special
     /// values, every tail length and block count, and the sum (partial sums of 8 in f32: 1e-6). Each row is
