@@ -1171,3 +1171,57 @@ fn one_hot_terms_are_added_after_the_lanes_and_agree() {
         }
     }
 }
+
+#[test]
+fn masked_softmax_rows_keep_their_exponentials_and_agree() {
+    // A masked logsumexp's gradient reads exp(x - lse) only where the mask holds (autodiff's guard), so its
+    // row keeps the exponentials of the masked points. Two of them feed one gradient row: one lives in the
+    // gradient's row, the other in a scratch row per worker. Rows whose mask holds nowhere, or holds on NaN,
+    // +inf or -inf (and NaN where it does not hold), must match the interpreter at any thread count.
+    let src = "loss two(s: f32[N, C], y: idx[N] < C) {
+        mean[i] (logsumexp[k | k != y[i]] s[i, k]) + 0.5 * (logsumexp[k | s[i, k] > 0.0] s[i, k]) }";
+    let (_, interp) = jit_and_interp("two.lx", src);
+    let f = interp.kernel(None).unwrap().function().clone();
+    let plan = lossc::backend::loops::Plan::new(&f);
+    let scratch: Vec<bool> = plan.kept_exps.iter().map(|e| e.scratch.is_some()).collect();
+    assert_eq!(scratch, [false, true], "both rows kept, the second in a scratch row");
+    let (inf, nan) = (f64::INFINITY, f64::NAN);
+    let rows: [[f64; 11]; 7] = [
+        [0.5, -1.0, 2.0, 0.0, 3.0, -2.5, 1.0, 0.25, -0.5, 1.5, 2.5],
+        [-0.5, -1.0, -2.0, -0.1, -3.0, -2.5, -1.0, -0.25, -0.5, -1.5, -2.5],
+        [0.5, nan, 2.0, 0.0, 3.0, -2.5, 1.0, 0.25, -0.5, 1.5, 2.5],
+        [inf, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 0.25, -0.5, 1.5, 2.5],
+        [-inf, 0.0, 1.0, 2.0, -inf, 4.0, 5.0, 0.25, -inf, 1.5, -inf],
+        [80.0, -80.0, 0.0, 40.0, -40.0, 79.0, 1e-3, 0.25, -0.5, 1.5, 90.0],
+        [1.0, 2.0, 3.0, nan, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 1.0],
+    ];
+    let batch = |pick: &[usize]| {
+        let s: Vec<f64> = pick.iter().flat_map(|r| rows[*r]).collect();
+        let y: Vec<i64> = pick.iter().map(|r| [3, 1, 2, 0, 4, 10, 3][*r]).collect();
+        BTreeMap::from([
+            ("s".to_string(), Tensor::float(vec![pick.len(), 11], s)),
+            ("y".to_string(), Tensor::labels(vec![pick.len()], y)),
+        ])
+    };
+    // The probabilities of a masked softmax summed over every point: its gradient reads exp(x - lse) at
+    // every point, where the row has no exponential; nothing is kept.
+    let unguarded = "loss p(s: f32[N, C], y: idx[N] < C) {
+        let r[i] = logsumexp[k | k != y[i]] s[i, k]
+        sum[i] (sum[k] exp(s[i, k] - r[i])) + r[i] }";
+    let (jit, unguarded_interp) = jit_and_interp("p.lx", unguarded);
+    let f = jit.kernel(None).unwrap().function().clone();
+    assert!(lossc::backend::loops::Plan::new(&f).kept_exps.is_empty());
+    let many: Vec<usize> = (0..40).map(|r| [0, 5, 0, 1, 5][r % 5]).collect();
+    let a = jit.kernel(None).unwrap().eval(&batch(&many)).unwrap();
+    let b = unguarded_interp.kernel(None).unwrap().eval(&batch(&many)).unwrap();
+    assert_agree(unguarded, &a, &b);
+    for threads in [1, 2, 3] {
+        let jit = Compiler::new().threads(threads).compile_source("two.lx", src).unwrap();
+        let each = (0..rows.len()).map(|r| batch(&[r, 0]));
+        for inputs in [batch(&many), batch(&[0, 1, 2, 3, 4, 5, 6])].into_iter().chain(each) {
+            let a = jit.kernel(None).unwrap().eval(&inputs).unwrap();
+            let b = interp.kernel(None).unwrap().eval(&inputs).unwrap();
+            assert_agree(&format!("{threads} threads"), &a, &b);
+        }
+    }
+}

@@ -56,7 +56,8 @@ pub struct Group {
 /// node from there when it computes G's row (which overwrites each element after reading it): times
 /// `1 / sum` when both run in one group; when G runs in a later group, times the factor the logsumexp
 /// left for the row in [`KeptExps::factors`] (no pass over the row to scale it first). One exponential
-/// per element instead of two.
+/// per element instead of two. A masked logsumexp keeps the exponentials where its mask holds, for a
+/// consumer that reads them only there (multi-similarity's two mined softmaxes).
 #[derive(Clone, Copy, Debug)]
 pub struct KeptExps {
     /// The logsumexp nest (its body is the reduction).
@@ -70,6 +71,9 @@ pub struct KeptExps {
     /// where the logsumexp leaves the factor its row's `exp(B - max)` are to be multiplied by (`1 / sum`,
     /// or 1 where the maximum is not finite), which the consumer applies as it reads them.
     pub factors: Option<usize>,
+    /// Where the row lives when the consumer's own row holds another logsumexp's exponentials (both in
+    /// the consumer's group): a row-private buffer of the consumer's shape (after every tensor's).
+    pub scratch: Option<usize>,
 }
 
 /// A nest `out[p, q] = sum[k] L(p, k) * R(k, q)` whose operands are float buffers read at bare indices
@@ -231,10 +235,21 @@ impl Plan {
             });
         }
         let groups = fuse_rows(f, &nests);
-        let order: Vec<usize> = groups.iter().flat_map(|g| g.members.iter().copied()).collect();
-        let mut kept_exps = kept_exps(f, &nests, &order);
+        let mut kept_exps = kept_exps(f, &nests, &groups);
         let group_of = |n: usize| groups.iter().position(|g| g.members.contains(&n));
+        let mut scratch_rows = Vec::new();
         for e in &mut kept_exps {
+            if e.scratch.is_some() {
+                let consumer = &nests[e.consumer];
+                e.scratch = Some(buffers.len());
+                scratch_rows.push(buffers.len());
+                buffers.push(Buffer {
+                    name: format!("{}_exps", f.tensor(nests[e.lse].tensor).name),
+                    of: TensorRef::Def(consumer.tensor),
+                    scalar: Scalar::Float,
+                    shape: consumer.head.iter().map(|(_, d)| d.clone()).collect(),
+                });
+            }
             if group_of(e.lse) != group_of(e.consumer) {
                 let lse = &nests[e.lse];
                 e.factors = Some(buffers.len());
@@ -254,6 +269,9 @@ impl Plan {
             })
             .collect();
         let mut row_private = vec![false; buffers.len()];
+        for k in scratch_rows {
+            row_private[k] = true;
+        }
         for n in row_private_nests(f, &nests, &groups, &kept_exps) {
             row_private[f.inputs.len() + nests[n].tensor.index()] = true;
         }
@@ -277,6 +295,27 @@ impl Plan {
     /// The nests of a group, in the order they run.
     pub fn members(&self, g: &Group) -> Vec<&Nest> {
         g.members.iter().map(|m| &self.nests[*m]).collect()
+    }
+
+    /// The row-private buffers of a group ([`Plan::row_private`]): its members' and the scratch rows of
+    /// kept exponentials its logsumexps write.
+    pub fn private_buffers(&self, f: &Function, group: &Group) -> Vec<usize> {
+        let members = group
+            .members
+            .iter()
+            .map(|m| self.buffer_of(f, TensorRef::Def(self.nests[*m].tensor)));
+        let scratch = self
+            .kept_exps
+            .iter()
+            .filter(|e| group.members.contains(&e.lse))
+            .filter_map(|e| e.scratch);
+        members.filter(|k| self.row_private[*k]).chain(scratch).collect()
+    }
+
+    /// The buffer where a kept softmax row lives: its scratch row, or the consumer's own.
+    pub fn kept_row(&self, f: &Function, e: &KeptExps) -> usize {
+        e.scratch
+            .unwrap_or_else(|| self.buffer_of(f, TensorRef::Def(self.nests[e.consumer].tensor)))
     }
 
     /// The buffer of an input or tensor.
@@ -377,17 +416,21 @@ fn row_local(f: &Function, nest: &Nest) -> Option<bool> {
     rows_only.then_some(nest.head.len() >= 2 || reduces)
 }
 
-/// The softmax rows ([`KeptExps`]): each logsumexp nest (without a mask, its body depending on the reduced
-/// index) paired with the first nest after
-/// it in execution `order` with two indices and no reduction that reads `exp(B - lse)` along the reduced
-/// axis; each nest at most once.
-fn kept_exps(f: &Function, nests: &[Nest], order: &[usize]) -> Vec<KeptExps> {
+/// The softmax rows ([`KeptExps`]): each logsumexp nest (its body depending on the reduced index) paired
+/// with the first nest after it in execution order with two indices and no reduction that reads
+/// `exp(B - lse)` along the reduced axis. A masked logsumexp sums only where its mask holds, so its row
+/// only has those exponentials: the consumer must read the `exp` only where the mask holds (under
+/// `select(mask, …, _)`, as autodiff guards the terms of a masked reduction's adjoint). A consumer's own
+/// row holds one logsumexp's row; another in its group gets a scratch row.
+fn kept_exps(f: &Function, nests: &[Nest], groups: &[Group]) -> Vec<KeptExps> {
+    let order: Vec<usize> = groups.iter().flat_map(|g| g.members.iter().copied()).collect();
+    let group_of = |n: usize| groups.iter().position(|g| g.members.contains(&n));
     let mut kept: Vec<KeptExps> = Vec::new();
     for (p, &lse) in order.iter().enumerate() {
         let Expr::Reduce {
             op: ReduceOp::LogSumExp,
             indices,
-            mask: None,
+            mask,
             body,
         } = &f.node(nests[lse].body).expr
         else {
@@ -409,10 +452,11 @@ fn kept_exps(f: &Function, nests: &[Nest], order: &[usize]) -> Vec<KeptExps> {
                 .reachable(&[nests[consumer].body])
                 .iter()
                 .any(|n| matches!(f.node(*n).expr, Expr::Reduce { .. }));
+            let hosting = kept.iter().any(|e| e.consumer == consumer);
             if *jd != f.index(*k).range
                 || *td != nests[lse].head[0].1
                 || !elementwise
-                || kept.iter().any(|e| e.consumer == consumer)
+                || (hosting && group_of(consumer) != group_of(lse))
             {
                 continue;
             }
@@ -430,17 +474,59 @@ fn kept_exps(f: &Function, nests: &[Nest], order: &[usize]) -> Vec<KeptExps> {
                 lse_row && f.same_renamed(*body, args[0], &map)
             };
             if let Some(exp) = f.reachable(&[nests[consumer].body]).into_iter().find(reads_softmax) {
+                if mask.is_some_and(|m| !guarded(f, nests[consumer].body, exp, m, &map)) {
+                    continue;
+                }
                 kept.push(KeptExps {
                     lse,
                     consumer,
                     exp,
                     factors: None,
+                    // Allocated by `Plan::new`.
+                    scratch: hosting.then_some(usize::MAX),
                 });
                 break;
             }
         }
     }
     kept
+}
+
+/// Whether `target` counts in `root` only where `guard` (renamed by `map`) holds: every path to it passes
+/// through the chosen side of a `select` on that condition (or on a conjunction with it, as autodiff's
+/// `adj != 0 && mask`).
+fn guarded(f: &Function, root: NodeId, target: NodeId, guard: NodeId, map: &HashMap<IndexId, IndexId>) -> bool {
+    fn implies(f: &Function, cond: NodeId, guard: NodeId, map: &HashMap<IndexId, IndexId>) -> bool {
+        f.same_renamed(guard, cond, map)
+            || matches!(&f.node(cond).expr, Expr::Prim { prim: Prim::And, args }
+                if args.iter().any(|a| implies(f, *a, guard, map)))
+    }
+    fn reaches(
+        f: &Function,
+        n: NodeId,
+        target: NodeId,
+        guard: NodeId,
+        map: &HashMap<IndexId, IndexId>,
+        memo: &mut HashMap<NodeId, bool>,
+    ) -> bool {
+        if n == target {
+            return true;
+        }
+        if let Some(r) = memo.get(&n) {
+            return *r;
+        }
+        let operands = match &f.node(n).expr {
+            Expr::Prim {
+                prim: Prim::Select,
+                args,
+            } if implies(f, args[0], guard, map) => vec![args[0], args[2]],
+            e => e.operands(),
+        };
+        let r = operands.into_iter().any(|a| reaches(f, a, target, guard, map, memo));
+        memo.insert(n, r);
+        r
+    }
+    !reaches(f, root, target, guard, map, &mut HashMap::new())
 }
 
 /// The nests whose rows only live while their group's loop is at that row: `let` tensors of a row-fused

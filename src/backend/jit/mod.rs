@@ -593,11 +593,10 @@ impl Compiled {
                 .collect();
             // Row-private buffers (loops::Plan::row_private): one row of scratch per worker, each worker's
             // calls reading a pointer table that points there.
-            let private: Vec<(usize, usize)> = group
-                .members
-                .iter()
-                .map(|m| self.plan.buffer_of(f, TensorRef::Def(self.plan.nests[*m].tensor)))
-                .filter(|k| self.plan.row_private[*k])
+            let private: Vec<(usize, usize)> = self
+                .plan
+                .private_buffers(f, group)
+                .into_iter()
                 .map(|k| {
                     let buf = &self.plan.buffers[k];
                     let elements: i64 = buf.shape[1..].iter().map(|d| d.eval(sizes).max(0)).product();
@@ -747,7 +746,8 @@ impl Compiled {
             let elem = if buf.scalar == Scalar::Float { 4 } else { 8 };
             let counted = match buf.of {
                 TensorRef::Input(_) => true,
-                TensorRef::Def(t) => matches!(f.tensor(t).role, Role::Grad(_)),
+                // A gradient's own buffer (not a scratch row kept for it).
+                TensorRef::Def(t) => matches!(f.tensor(t).role, Role::Grad(_)) && k == self.plan.buffer_of(f, buf.of),
             };
             if counted || k < f.inputs.len() {
                 bytes += len * elem;
@@ -890,7 +890,7 @@ impl<'a, 'b> Lower<'a, 'b> {
         for e in &plan.kept_exps {
             let (lse, consumer) = (plan.nests[e.lse].tensor, plan.nests[e.consumer].tensor);
             if members.iter().any(|m| m.tensor == lse) {
-                used[plan.buffer_of(f, TensorRef::Def(consumer))] = true;
+                used[plan.kept_row(f, e)] = true;
             }
             if let Some(factors) = e
                 .factors
@@ -979,10 +979,10 @@ impl<'a, 'b> Lower<'a, 'b> {
             let lo = self.lo;
             // A row-private buffer's pointer is one row of this call's scratch: its base moves back by the
             // row's offset so that the usual row-major addresses of row `t` land in that one row.
-            let private: Vec<(usize, Value, Value)> = members
-                .iter()
-                .map(|m| self.plan.buffer_of(self.f, TensorRef::Def(m.tensor)))
-                .filter(|k| self.plan.row_private[*k])
+            let private: Vec<(usize, Value, Value)> = self
+                .plan
+                .private_buffers(self.f, group)
+                .into_iter()
                 .map(|k| {
                     let row_bytes = self.row_bytes(k);
                     (
@@ -1111,7 +1111,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             let consumer = &plan.nests[e.consumer];
             KeepExps {
                 exp: e.exp,
-                buffer: plan.buffer_of(self.f, TensorRef::Def(consumer.tensor)),
+                buffer: plan.kept_row(self.f, e),
                 length: consumer.head[1].1.clone(),
                 row: nest.head[0].0,
                 factors: e.factors.filter(|_| !group.members.contains(&e.consumer)),
@@ -1122,7 +1122,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             .iter()
             .filter(|e| e.consumer == index && !group.members.contains(&e.lse))
         {
-            let buffer = plan.buffer_of(self.f, TensorRef::Def(nest.tensor));
+            let buffer = plan.kept_row(self.f, e);
             let factors = e
                 .factors
                 .expect("a consumer in a later group reads its factors from a buffer");
@@ -1877,9 +1877,10 @@ impl<'a, 'b> Lower<'a, 'b> {
     /// logsumexp in two passes over a cheap body: the maximum, then the sum of exp(x - max) (one exp per
     /// element, no rescaling). A maximum of ±inf or NaN is the result itself.
     fn logsumexp_two_pass(&mut self, ranges: &[(IndexId, Dim)], mask: Option<NodeId>, body: NodeId) -> Value {
-        // A softmax row's exponentials go to their consumer's row, at the reduced index (no mask here).
+        // A softmax row's exponentials go to their consumer's row (or a scratch row), at the reduced index
+        // (with a mask, only where it holds: the consumer reads them only there).
         let keep = match ranges {
-            [(k, _)] if mask.is_none() => self.keep_exps.take().map(|keep| {
+            [(k, _)] => self.keep_exps.take().map(|keep| {
                 let row = self.index(keep.row);
                 let length = self.dim(&keep.length);
                 let start = self.b.ins().imul(row, length);
@@ -1891,7 +1892,7 @@ impl<'a, 'b> Lower<'a, 'b> {
         // the helper turns them into exp(x - m) in place and sums them: no second pass here.
         let row_helper = keep
             .as_ref()
-            .filter(|_| self.exp_rows)
+            .filter(|_| self.exp_rows && mask.is_none())
             .map(|(k, keep, start)| (*k, keep.buffer, *start));
         // A body that is a row of a buffer (`s[t, k]`) is read from there by the helper; other bodies are
         // left in the kept row by the first pass.
