@@ -563,3 +563,31 @@ fn factors_leave_a_masked_sum_only_when_they_are_finite_constants() {
         lossc::ir::print::readable(&o)
     );
 }
+
+#[test]
+fn equal_let_tensors_are_computed_once() {
+    // NT-Xent's gradient hoists `sum[j | h0 != j] exp(bb[h0, j])` again (its mask only becomes the loss's
+    // after simplification): one tensor, read by both. No two `let` tensors of the optimized program share
+    // head and element, and the program computes what it did.
+    let src = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/nt_xent.lx")).unwrap();
+    let f = compile(&src);
+    let g = lossc::api::gradient(&f).unwrap();
+    let printed = lossc::ir::print::readable(&g);
+    assert_eq!(printed.matches("exp(bb[h0, ").count(), 1, "{printed}");
+    let mut seen = std::collections::HashSet::new();
+    for t in g
+        .tensors
+        .iter()
+        .filter(|t| t.role == lossc::ir::Role::Let && !t.indices.is_empty())
+    {
+        assert!(
+            seen.insert((t.indices.clone(), t.body)),
+            "{} repeats an earlier let\n{printed}",
+            t.name
+        );
+    }
+    let mut rng = Rng::new(9);
+    let inputs = inputs_for(&f, &mut rng, 0.5);
+    let (x, y) = (loss(&f, &inputs), loss(&g, &inputs));
+    assert!((x - y).abs() < 1e-12 * x.abs().max(1.0), "{x} vs {y}");
+}

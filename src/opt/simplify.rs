@@ -125,17 +125,30 @@ fn rebuild_inlining(src: &Function, hypers: &HashMap<u32, NodeId>, inline: Vec<b
         tensors: vec![None; src.tensors.len()],
         inline,
     };
+    // `let` tensors by head and element: one equal to an earlier one (the same head indices, the same
+    // element node) is read from that one. The hoisted reductions of the loss and of its gradient share
+    // canonical heads, so one that only simplification made equal to another is computed once. (Scalars
+    // cost nothing twice and keep their names in `--emit grad`.)
+    let mut lets: HashMap<(Vec<IndexId>, NodeId), TensorId> = HashMap::new();
     for (k, t) in src.tensors.iter().enumerate() {
         if !live[k] {
             continue;
         }
         let body = b.node(t.body)?;
+        let shared = t.role == Role::Let && !t.indices.is_empty();
+        if shared && let Some(same) = lets.get(&(t.indices.clone(), body)) {
+            b.tensors[k] = Some(*same);
+            continue;
+        }
         let scalar = b.dst.node(body).scalar;
         let id = b.dst.add_tensor(TensorDef {
             body,
             scalar,
             ..t.clone()
         });
+        if shared {
+            lets.insert((t.indices.clone(), body), id);
+        }
         b.tensors[k] = Some(id);
     }
     Ok(b.dst)
