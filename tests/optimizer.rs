@@ -507,7 +507,8 @@ fn sums_sharing_a_matrix_factor_merge_into_one_product() {
 #[test]
 fn costly_elements_computed_again_are_read_from_their_tensor() {
     // AnyLoss's gradient needs sigmoid(L (p - 0.5)) again: it reads `a` instead of a second sigmoid per
-    // point. A division alone is not worth a read (it stays inline).
+    // point. A division of one read by a scalar is not worth a read (it stays inline); NT-Xent's cosine
+    // similarities (a division of three reads) are read back where its gradient divides again.
     let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/anyloss_f1.lx")).unwrap();
     let opt = lossc::opt::optimize(&lossc::autodiff::grad(&compile(&src)).unwrap()).unwrap();
     let printed = lossc::ir::print::readable(&opt);
@@ -518,6 +519,11 @@ fn costly_elements_computed_again_are_read_from_their_tensor() {
     let printed = lossc::ir::print::readable(&opt);
     let loss = printed.lines().find(|l| l.trim_start().starts_with("loss =")).unwrap();
     assert!(loss.contains("* (x[") && loss.contains("] / t)"), "{printed}");
+    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/nt_xent.lx")).unwrap();
+    let printed = lossc::ir::print::readable(&lossc::api::gradient(&compile(&src)).unwrap());
+    // `r4[…] / (tau * (nb[…] * nb[…]))` only in `bb`'s own element.
+    assert_eq!(printed.matches("r4[").count(), 2, "{printed}");
+    assert!(printed.matches("-(bb[").count() >= 2, "{printed}");
 }
 
 #[test]

@@ -187,11 +187,22 @@ impl Hoist<'_> {
         Ok((head, self.dst.subst(node, &map)?))
     }
 
-    /// Whether computing `n` costs more than reading it back: it is a transcendental (not merely a
-    /// division: `s / T - lse` stays an expression, which is what a softmax row's kept exponentials
-    /// recognize). Only the root is looked at, so the check is constant time at every node.
+    /// Whether computing `n` costs more than reading it back: it is a transcendental, or a division whose
+    /// operands read more than one element (NT-Xent's gradient divides `r4[i, j] / (tau * (nb[i] * nb[j]))`
+    /// again, which is `bb[i, j]`; `x[i] / t` stays inline). Only a division's operands are walked.
     fn costly(&self, n: NodeId) -> bool {
-        matches!(self.dst.node(n).expr, Expr::Prim { prim, .. } if prim.costly())
+        match self.dst.node(n).expr {
+            Expr::Prim { prim: Prim::Div, .. } => {
+                let reads = self.dst.reachable(&[n]);
+                reads
+                    .iter()
+                    .filter(|r| matches!(self.dst.node(**r).expr, Expr::Load { .. }))
+                    .count()
+                    > 1
+            }
+            Expr::Prim { prim, .. } => prim.costly(),
+            _ => false,
+        }
     }
 
     /// A load of an earlier tensor whose element is `n` (a `dst` node inside an element, not its root),
