@@ -519,7 +519,7 @@ fn guarded(f: &Function, root: NodeId, target: NodeId, guard: NodeId, map: &Hash
             Expr::Prim {
                 prim: Prim::Select,
                 args,
-            } if implies(f, args[0], guard, map) => vec![args[0], args[2]],
+            } if implies(f, args[0], guard, map) => [args[0], args[2]].into_iter().collect(),
             e => e.operands(),
         };
         let r = operands.into_iter().any(|a| reaches(f, a, target, guard, map, memo));

@@ -266,17 +266,20 @@ pub enum Expr {
     },
 }
 
+/// A node's operands ([`Expr::operands`]).
+pub type Operands = smallvec::SmallVec<[NodeId; 4]>;
+
 impl Expr {
     pub fn float(x: f64) -> Expr {
         Expr::Float(x.to_bits())
     }
-    /// The operand nodes, in order.
-    pub fn operands(&self) -> Vec<NodeId> {
+    /// The operand nodes, in order (inline for up to four: no allocation on the IR's hot paths).
+    pub fn operands(&self) -> Operands {
         match self {
-            Expr::Load { subs, .. } => subs.to_vec(),
-            Expr::Prim { args, .. } => args.to_vec(),
+            Expr::Load { subs, .. } => Operands::from_slice(subs),
+            Expr::Prim { args, .. } => Operands::from_slice(args),
             Expr::Reduce { mask, body, .. } => mask.iter().copied().chain([*body]).collect(),
-            _ => Vec::new(),
+            _ => Operands::new(),
         }
     }
 }
@@ -341,7 +344,8 @@ pub struct Function {
     pub tensors: Vec<TensorDef>,
     nodes: Vec<Node>,
     spans: Vec<Span>,
-    intern: HashMap<Expr, NodeId>,
+    /// Hash-consing: node ids by the hash of their expression (the expression itself lives in `nodes`).
+    intern: rustc_hash::FxHashMap<u64, smallvec::SmallVec<[NodeId; 1]>>,
 }
 
 impl Function {
@@ -359,7 +363,7 @@ impl Function {
             tensors: Vec::new(),
             nodes: Vec::new(),
             spans: Vec::new(),
-            intern: HashMap::new(),
+            intern: Default::default(),
         }
     }
 
@@ -381,7 +385,15 @@ impl Function {
 
     /// Adds (or finds) a node. Its kind is given; free indices and depth are derived from the operands.
     pub fn add(&mut self, expr: Expr, scalar: Scalar, span: Span) -> Result<NodeId, TooDeep> {
-        if let Some(&id) = self.intern.get(&expr) {
+        let key = {
+            use std::hash::{BuildHasher, Hash, Hasher};
+            let mut h = rustc_hash::FxBuildHasher.build_hasher();
+            expr.hash(&mut h);
+            h.finish()
+        };
+        if let Some(ids) = self.intern.get(&key)
+            && let Some(&id) = ids.iter().find(|id| self.nodes[id.index()].expr == expr)
+        {
             return Ok(id);
         }
         let mut free: Vec<IndexId> = Vec::new();
@@ -403,13 +415,13 @@ impl Function {
         free.dedup();
         let id = NodeId(self.nodes.len() as u32);
         self.nodes.push(Node {
-            expr: expr.clone(),
+            expr,
             scalar,
             free: free.into(),
             depth,
         });
         self.spans.push(span);
-        self.intern.insert(expr, id);
+        self.intern.entry(key).or_default().push(id);
         Ok(id)
     }
 
@@ -686,7 +698,7 @@ impl Function {
             tensors: Vec::new(),
             nodes: Vec::new(),
             spans: Vec::new(),
-            intern: HashMap::new(),
+            intern: Default::default(),
         }
     }
 
