@@ -175,33 +175,35 @@ fn build(f: &Function, mut clif_text: Option<&mut String>, exp_rows: bool) -> Re
     jb.symbol("lossc_powf", lossc_powf as *const u8);
     jb.symbol("lossc_exp_row", rows::lossc_exp_row as *const u8);
     jb.symbol("lossc_softmax_row", rows::lossc_softmax_row as *const u8);
+    jb.symbol("lossc_sigmoid_row", rows::lossc_sigmoid_row as *const u8);
     let mut module = JITModule::new(jb);
     let ptr = module.target_config().pointer_type();
 
     // Every helper the generated code may call: (symbol, parameter types, result type).
-    let mut helpers: Vec<(&'static str, Vec<Type>, Type)> = math_symbols()
+    let mut helpers: Vec<(&'static str, Vec<Type>, Option<Type>)> = math_symbols()
         .into_iter()
         .map(|(name, _, wide)| {
             let t = if wide { types::F64 } else { types::F32 };
-            (name, vec![t], t)
+            (name, vec![t], Some(t))
         })
         .collect();
-    helpers.push(("lossc_powf", vec![types::F32, types::F32], types::F32));
+    helpers.push(("lossc_powf", vec![types::F32, types::F32], Some(types::F32)));
     helpers.push((
         "lossc_exp_row",
         vec![ptr, ptr, types::I64, types::F32, ptr, ptr],
-        types::F64,
+        Some(types::F64),
     ));
     helpers.push((
         "lossc_softmax_row",
         vec![ptr, ptr, types::I64, ptr, ptr, ptr],
-        types::F64,
+        Some(types::F64),
     ));
+    helpers.push(("lossc_sigmoid_row", vec![ptr, types::I64], None));
     let mut imports = std::collections::BTreeMap::new();
     for (name, params, result) in helpers {
         let mut sig = module.make_signature();
         sig.params.extend(params.into_iter().map(AbiParam::new));
-        sig.returns.push(AbiParam::new(result));
+        sig.returns.extend(result.map(AbiParam::new));
         let id = module
             .declare_function(name, Linkage::Import, &sig)
             .map_err(|e| err(&e))?;
@@ -1275,9 +1277,31 @@ impl<'a, 'b> Lower<'a, 'b> {
                     true => UNROLL,
                     false => 1,
                 };
+                // A sigmoid at the root: the lanes store its argument, and the 8-lane row helper turns the
+                // stored run into sigmoids (the same bits as the 4-lane code, four chains at a time).
+                let sigmoid_argument = match &self.f.node(lanes).expr {
+                    Expr::Prim {
+                        prim: Prim::Sigmoid,
+                        args,
+                    } if self.exp_rows && one_hot.is_none() => Some(args[0]),
+                    _ => None,
+                };
                 let covered = if self.guest_element(lanes, buffer, &head) {
                     // The row already holds these values (its guest's): nothing to store.
                     end
+                } else if let Some(argument) = sigmoid_argument {
+                    let covered = self.unrolled_vector_loop(i, start, end, UNROLL, &mut |l: &mut Self, kb| {
+                        let v = l.vvalue(argument, i, kb, &mut HashMap::new());
+                        let flat = l.flat(&head);
+                        l.vstore(buffer, flat, v);
+                    });
+                    self.fixed.insert(i, start);
+                    let flat = self.flat(&head);
+                    self.fixed.remove(&i);
+                    let at = self.address(buffer, Scalar::Float, flat);
+                    let n = self.b.ins().isub(covered, start);
+                    self.call_helper("lossc_sigmoid_row", &[at, n]);
+                    covered
                 } else {
                     self.unrolled_vector_loop(i, start, end, times, &mut |l: &mut Self, _kb| {
                         let mut memo = HashMap::new();
@@ -1532,9 +1556,13 @@ impl<'a, 'b> Lower<'a, 'b> {
     }
 
     fn call(&mut self, name: &'static str, args: &[Value]) -> Value {
-        let fref = self.math[name];
-        let inst = self.b.ins().call(fref, args);
+        let inst = self.call_helper(name, args);
         self.b.inst_results(inst)[0]
+    }
+
+    fn call_helper(&mut self, name: &'static str, args: &[Value]) -> ir::Inst {
+        let fref = self.math[name];
+        self.b.ins().call(fref, args)
     }
 
     fn fconst(&mut self, x: f32) -> Value {
@@ -2623,6 +2651,65 @@ mod tests {
     use super::*;
     use crate::data::Rng;
     use crate::{Backend, Compiler, Tensor};
+
+    /// A map whose element is a sigmoid runs through the 8-lane row helper with the bits of the 4-lane code:
+    /// the kernel with and without it agrees to the bit, special values and every block and tail length
+    /// included (and with the interpreter).
+    #[test]
+    fn sigmoid_maps_have_the_same_bits_with_and_without_the_row_helper() {
+        let src = "loss f(p: f32[N]) { let a[i] = sigmoid(3.0 * p[i] - 1.0)\n sum[i] a[i] * a[i] + 0.5 * a[i] }";
+        let kernel = Compiler::new()
+            .compile_source("s.lx", src)
+            .unwrap()
+            .kernel(None)
+            .unwrap();
+        let f = kernel.function().clone();
+        let interp = Compiler::new()
+            .backend(Backend::Interp)
+            .compile_source("s.lx", src)
+            .unwrap();
+        let special = [
+            0.0,
+            -0.0,
+            29.6,
+            -29.3,
+            30.0,
+            -30.0,
+            29.7,
+            100.0,
+            -100.0,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ];
+        let mut rng = Rng::new(8);
+        for n in [1usize, 7, 8, 12, 31, 32, 45, 77, 200] {
+            let mut p: Vec<f64> = (0..n).map(|_| 3.0 * rng.normal()).collect();
+            for (k, x) in special.iter().enumerate().filter(|(k, _)| *k < n) {
+                p[(k * 7) % n] = *x;
+            }
+            let inputs = BTreeMap::from([("p".to_string(), Tensor::float(vec![n], p))]);
+            let bound = crate::call::bind(&f, &inputs, &BTreeMap::new()).unwrap();
+            let runs: Vec<Evaluation> = [false, rows::available()]
+                .into_iter()
+                .map(|helper| build(&f, None, helper).unwrap().run(&bound, 1).unwrap())
+                .collect();
+            let bits = |e: &Evaluation| {
+                let grads = e.grads[0].1.to_f64().into_iter().map(f64::to_bits);
+                std::iter::once(e.loss.to_bits()).chain(grads).collect::<Vec<u64>>()
+            };
+            assert_eq!(bits(&runs[0]), bits(&runs[1]), "n = {n}");
+            let want = interp.kernel(None).unwrap().eval(&inputs).unwrap();
+            assert!(
+                (runs[1].loss - want.loss).abs() <= 1e-5 * want.loss.abs().max(1.0),
+                "n = {n}"
+            );
+        }
+        // A NaN stays NaN.
+        let inputs = BTreeMap::from([("p".to_string(), Tensor::float(vec![9], vec![f64::NAN; 9]))]);
+        let bound = crate::call::bind(&f, &inputs, &BTreeMap::new()).unwrap();
+        let e = build(&f, None, rows::available()).unwrap().run(&bound, 1).unwrap();
+        assert!(e.loss.is_nan());
+    }
 
     /// Softmax rows with and without the 8-lane row helper agree with each other and the interpreter
     /// (so machines without AVX2 run tested code too).

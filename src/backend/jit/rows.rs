@@ -9,7 +9,7 @@
 //! `lossc_softmax_row` is both passes of a row read from a matrix (`s[t, k]`): its maximum, then
 //! `lossc_exp_row` shifted by it.
 
-use super::math::{EXP_COEFFICIENTS, EXP_LN2_HI, EXP_LN2_LO, EXP_LOWEST, EXP_MAGIC};
+use super::math::{EXP_COEFFICIENTS, EXP_HIGHEST, EXP_LN2_HI, EXP_LN2_LO, EXP_LOWEST, EXP_MAGIC};
 
 /// Whether this machine runs the 8-lane row helpers.
 pub(super) fn available() -> bool {
@@ -84,6 +84,24 @@ pub(super) extern "C" fn lossc_softmax_row(
     lossc_exp_row(src, p, n, m, ahead, ahead_too)
 }
 
+/// `p[i] = sigmoid(p[i])` for i < n, in place, with the bits of the inline CLIF `sigmoid` (math.rs): an
+/// elementwise map whose element is a sigmoid stores its argument, then this turns the stored row into
+/// sigmoids 8 lanes and 4 vectors at a time (the 4-lane CLIF runs one dependency chain per vector). Only
+/// called when [`available`].
+pub(super) extern "C" fn lossc_sigmoid_row(p: *mut f32, n: i64) {
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: the generated code passes `n` floats inside a buffer; AVX2 and FMA are present.
+        unsafe { avx2::sigmoid_row(p, n.max(0) as usize) };
+        return;
+    }
+    // Not reached from generated code; a plain version.
+    for i in 0..n.max(0) as usize {
+        // SAFETY: as above.
+        unsafe { *p.add(i) = 1.0 / (1.0 + (-*p.add(i)).exp()) };
+    }
+}
+
 /// The maximum of `src[..n]` skipping NaN, or NaN where that is not finite and some value is NaN.
 ///
 /// # Safety
@@ -125,10 +143,20 @@ mod avx2 {
     /// registers). Only the lower clamp: the inline exp's upper one cannot change an argument ≤ 0.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn exp8<const W: usize>(xs: [__m256; W]) -> [__m256; W] {
+        unsafe { exp8_clamped::<W, false>(xs) }
+    }
+
+    /// [`exp8`] for any argument when `UPPER`: with the inline exp's upper clamp too.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn exp8_clamped<const W: usize, const UPPER: bool>(xs: [__m256; W]) -> [__m256; W] {
         let k = |v: f32| _mm256_set1_ps(v);
         let each = |f: &dyn Fn(usize) -> __m256| -> [__m256; W] { std::array::from_fn(f) };
-        // `maxps` returns its second operand when either is NaN: a NaN x stays.
+        // `maxps` / `minps` return their second operand when either is NaN: a NaN x stays.
         let x = each(&|j| _mm256_max_ps(k(EXP_LOWEST), xs[j]));
+        let x = match UPPER {
+            true => each(&|j| _mm256_min_ps(k(EXP_HIGHEST), x[j])),
+            false => x,
+        };
         let magic = k(EXP_MAGIC);
         let shifted = each(&|j| _mm256_fmadd_ps(x[j], k(std::f32::consts::LOG2_E), magic));
         let n = each(&|j| _mm256_sub_ps(shifted[j], magic));
@@ -153,6 +181,39 @@ mod avx2 {
     unsafe fn add_wide(acc: &mut [__m256d; 2], e: __m256) {
         acc[0] = _mm256_add_pd(acc[0], _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
         acc[1] = _mm256_add_pd(acc[1], _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+
+    /// `1 / (1 + exp(-x))` as the inline CLIF `sigmoid` computes it (math.rs), 8 lanes on `W` vectors.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn sigmoid8<const W: usize>(xs: [__m256; W]) -> [__m256; W] {
+        let one = _mm256_set1_ps(1.0);
+        let negated = std::array::from_fn(|j| _mm256_xor_ps(xs[j], _mm256_set1_ps(-0.0)));
+        let e = unsafe { exp8_clamped::<W, true>(negated) };
+        std::array::from_fn(|j| _mm256_div_ps(one, _mm256_add_ps(one, e[j])))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn sigmoid_row(p: *mut f32, n: usize) {
+        let mut i = 0;
+        while i + 32 <= n {
+            // SAFETY: i + 32 <= n floats at p.
+            let x: [__m256; 4] = std::array::from_fn(|u| unsafe { _mm256_loadu_ps(p.add(i + 8 * u)) });
+            for (u, s) in unsafe { sigmoid8(x) }.into_iter().enumerate() {
+                unsafe { _mm256_storeu_ps(p.add(i + 8 * u), s) };
+            }
+            i += 32;
+        }
+        while i < n {
+            // The rest through a padded block of 8.
+            let m = (n - i).min(8);
+            let mut block = [0f32; 8];
+            // SAFETY: m <= n - i floats at p + i.
+            unsafe { std::ptr::copy_nonoverlapping(p.add(i), block.as_mut_ptr(), m) };
+            let [s] = unsafe { sigmoid8([_mm256_loadu_ps(block.as_ptr())]) };
+            unsafe { _mm256_storeu_ps(block.as_mut_ptr(), s) };
+            unsafe { std::ptr::copy_nonoverlapping(block.as_ptr(), p.add(i), m) };
+            i += m;
+        }
     }
 
     /// The maximum of the first values of `src[..n]`, 32 at a time, skipping NaN (`maxps` keeps its second
