@@ -16,7 +16,7 @@ pub mod cost;
 pub mod print;
 pub mod verify;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 
 use crate::diag::Span;
@@ -513,38 +513,43 @@ impl Function {
         }
     }
 
-    /// Whether renaming the indices of `a` by `map` gives `b` (reductions inside must be the same node and
-    /// not see a renamed index; the loop IR only matches reduction-free elements).
+    /// Whether renaming the indices of `a` by `map` gives `b`, up to the order of the two operands of `+`,
+    /// `*`, `==`, `!=`, `&&` and `||` (which give the same bits either way): `s[t, k] * 2.0` is `2.0 * s[t, k]`.
+    /// Reductions inside must be the same node and not see a renamed index; the loop IR only matches
+    /// reduction-free elements.
     pub fn same_renamed(&self, a: NodeId, b: NodeId, map: &HashMap<IndexId, IndexId>) -> bool {
-        self.same_renamed_memo(a, b, map, &mut HashSet::new())
+        self.same_renamed_memo(a, b, map, &mut HashMap::new())
     }
 
+    /// [`Self::same_renamed`], each pair compared once.
     fn same_renamed_memo(
         &self,
         a: NodeId,
         b: NodeId,
         map: &HashMap<IndexId, IndexId>,
-        equal: &mut HashSet<(NodeId, NodeId)>,
+        known: &mut HashMap<(NodeId, NodeId), bool>,
     ) -> bool {
         let (x, y) = (self.node(a), self.node(b));
         if !x.free.iter().any(|i| map.contains_key(i)) {
             return a == b;
         }
-        if equal.contains(&(a, b)) {
-            return true;
+        if let Some(same) = known.get(&(a, b)) {
+            return *same;
         }
         let mut all = |s: &[NodeId], v: &[NodeId]| {
-            s.len() == v.len() && s.iter().zip(v).all(|(p, q)| self.same_renamed_memo(*p, *q, map, equal))
+            s.len() == v.len() && s.iter().zip(v).all(|(p, q)| self.same_renamed_memo(*p, *q, map, known))
         };
         let same = match (&x.expr, &y.expr) {
             (Expr::Index(i), Expr::Index(j)) => map.get(i) == Some(j),
             (Expr::Load { tensor: t, subs: s }, Expr::Load { tensor: u, subs: v }) => t == u && all(s, v),
-            (Expr::Prim { prim: p, args: s }, Expr::Prim { prim: q, args: v }) => p == q && all(s, v),
+            (Expr::Prim { prim: p, args: s }, Expr::Prim { prim: q, args: v }) if p == q => {
+                use crate::prims::Prim::*;
+                let commutes = matches!(p, Add | Mul | Eq | Ne | And | Or) && s.len() == 2;
+                all(s, v) || (commutes && all(s, &[v[1], v[0]]))
+            }
             _ => false,
         };
-        if same {
-            equal.insert((a, b));
-        }
+        known.insert((a, b), same);
         same
     }
 
