@@ -9,6 +9,9 @@
 //! products accumulate in f32: the generated dot blocks in f32 lanes, plain matrix products
 //! ([`super::loops::Contraction`]) through `matrixmultiply`'s sgemm (gemm.rs), in fixed blocks of rows. Transcendental functions are inline CLIF in vector loops (math.rs, errors measured
 //! against f64) and Rust's `f32`/`f64` methods elsewhere, except exp and sigmoid, inline everywhere.
+//! Where AVX2 is present, 8-lane row helpers (rows.rs) with the inline algorithms' bits take the rows a
+//! 4-lane loop would run as one long dependency chain per vector: a softmax row's maximum and
+//! exponentials, and a map whose element is a sigmoid (the lanes store its argument).
 //!
 //! Safety: the caller binds the call first ([`crate::call::bind`]), so input shapes agree with the
 //! dimension sizes and labels lie within their bounds. Subscripts that are not statically within their
