@@ -1274,12 +1274,6 @@ impl<'a, 'b> Lower<'a, 'b> {
                     Some(OneHot { term, rest: None, .. }) => (element, Some(term)),
                     None => (element, None),
                 };
-                // Kept exponentials are loads here.
-                let kept: HashSet<NodeId> = self.kept_exps.keys().copied().collect();
-                let times = match few_steps_reading(self.f, lanes, 16, Cost::Piecewise, &kept) {
-                    true => UNROLL,
-                    false => 1,
-                };
                 // A sigmoid at the root: the lanes store its argument, and the 8-lane row helper turns the
                 // stored run into sigmoids (the same bits as the 4-lane code, four chains at a time).
                 let sigmoid_argument = match &self.f.node(lanes).expr {
@@ -1289,11 +1283,18 @@ impl<'a, 'b> Lower<'a, 'b> {
                     } if self.exp_rows && one_hot.is_none() => Some(args[0]),
                     _ => None,
                 };
+                // Kept exponentials are loads here.
+                let kept: HashSet<NodeId> = self.kept_exps.keys().copied().collect();
+                let computed = sigmoid_argument.unwrap_or(lanes);
+                let times = match few_steps_reading(self.f, computed, 16, Cost::Piecewise, &kept) {
+                    true => UNROLL,
+                    false => 1,
+                };
                 let covered = if self.guest_element(lanes, buffer, &head) {
                     // The row already holds these values (its guest's): nothing to store.
                     end
                 } else if let Some(argument) = sigmoid_argument {
-                    let covered = self.unrolled_vector_loop(i, start, end, UNROLL, &mut |l: &mut Self, kb| {
+                    let covered = self.unrolled_vector_loop(i, start, end, times, &mut |l: &mut Self, kb| {
                         let v = l.vvalue(argument, i, kb, &mut HashMap::new());
                         let flat = l.flat(&head);
                         l.vstore(buffer, flat, v);
