@@ -171,6 +171,8 @@ fn build(f: &Function, mut clif_text: Option<&mut String>, exp_rows: bool) -> Re
         .isa_flags()
         .iter()
         .any(|flag| flag.name == "has_fma" && flag.as_bool() == Some(true));
+    // The compile threads hold the ISA while the module declares what the CLIF being built refers to.
+    let compile_isa = isa.clone();
     let mut jb = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
     for (name, ptr, _) in math_symbols() {
         jb.symbol(name, ptr);
@@ -226,15 +228,15 @@ fn build(f: &Function, mut clif_text: Option<&mut String>, exp_rows: bool) -> Re
     sig.params.push(AbiParam::new(types::I64));
     sig.params.push(AbiParam::new(types::I64));
     sig.params.push(AbiParam::new(ptr));
-    // Build every group's CLIF here (it needs the module's declarations), compile the functions to
-    // machine code on all cores (each is independent), then hand the bytes to the module.
-    let mut functions: Vec<(FuncId, ir::Function)> = Vec::new();
+    // Build every group's CLIF here (it needs the module's declarations) while the functions built so far
+    // compile to machine code on all cores (each is independent), then hand the bytes to the module.
     let mut fctx = FunctionBuilderContext::new();
-    for (k, group) in plan.groups.iter().enumerate() {
+    let mut build_group = |k: usize| -> Result<(FuncId, ir::Function), String> {
+        let group = &plan.groups[k];
         let members = plan.members(group);
         let id = module
             .declare_function(&format!("group{k}"), Linkage::Local, &sig)
-            .map_err(|e| err(&e))?;
+            .map_err(|e| e.to_string())?;
         let mut func = ir::Function::with_name_signature(ir::UserFuncName::user(0, id.as_u32()), sig.clone());
         {
             let mut b = FunctionBuilder::new(&mut func, &mut fctx);
@@ -257,9 +259,9 @@ fn build(f: &Function, mut clif_text: Option<&mut String>, exp_rows: bool) -> Re
                 func.display()
             ));
         }
-        functions.push((id, func));
-    }
-    let machine_code = compile_all(module.isa(), functions).map_err(|e| err(&e))?;
+        Ok((id, func))
+    };
+    let machine_code = compile_all(&*compile_isa, plan.groups.len(), &mut build_group).map_err(|e| err(&e))?;
     let mut ids: Vec<FuncId> = Vec::new();
     for code in &machine_code {
         module
@@ -361,7 +363,11 @@ struct MachineCode {
 
 /// Compiles the functions on all available cores, keeping their order. `LOSSC_DUMP_OPT` and
 /// `LOSSC_DUMP_ASM` print each one's optimized CLIF and machine code.
-fn compile_all(isa: &dyn isa::TargetIsa, functions: Vec<(FuncId, ir::Function)>) -> Result<Vec<MachineCode>, String> {
+fn compile_all(
+    isa: &dyn isa::TargetIsa,
+    count: usize,
+    build: &mut dyn FnMut(usize) -> Result<(FuncId, ir::Function), String>,
+) -> Result<Vec<MachineCode>, String> {
     let (dump_opt, dump_asm) = (
         std::env::var_os("LOSSC_DUMP_OPT").is_some(),
         std::env::var_os("LOSSC_DUMP_ASM").is_some(),
@@ -406,38 +412,63 @@ fn compile_all(isa: &dyn isa::TargetIsa, functions: Vec<(FuncId, ir::Function)>)
             relocs,
         })
     };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(functions.len());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(count);
     if threads <= 1 || dump_opt || dump_asm {
-        return functions
-            .into_iter()
-            .enumerate()
-            .map(|(k, (id, func))| compile(k, id, func))
-            .collect();
-    }
-    // Largest first; each thread takes the next function when it is done with one (a function's compile
-    // time is not proportional to its size, and one large function may take as long as all the rest).
-    let mut work: Vec<(usize, FuncId, ir::Function)> = functions
-        .into_iter()
-        .enumerate()
-        .map(|(k, (id, func))| (k, id, func))
-        .collect();
-    work.sort_by_key(|(_, _, func)| std::cmp::Reverse(func.dfg.num_insts()));
-    let queue = std::sync::Mutex::new(work.into_iter());
-    let next = || queue.lock().unwrap_or_else(|e| e.into_inner()).next();
-    let compile = &compile;
-    let mut done: Vec<(usize, Result<MachineCode, String>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    std::iter::from_fn(next)
-                        .map(|(k, id, func)| (k, compile(k, id, func)))
-                        .collect::<Vec<_>>()
-                })
+        return (0..count)
+            .map(|k| {
+                let (id, func) = build(k)?;
+                compile(k, id, func)
             })
             .collect();
+    }
+    // Each thread takes the largest function built so far when it is done with one (a function's compile
+    // time is not proportional to its size, and one large function may take as long as all the rest), or
+    // waits for the next to be built. The building thread is one of them once it has built them all.
+    struct Queue {
+        built: Vec<(usize, FuncId, ir::Function)>,
+        finished: bool,
+    }
+    let queue = std::sync::Mutex::new(Queue {
+        built: Vec::new(),
+        finished: false,
+    });
+    let ready = std::sync::Condvar::new();
+    let lock = || queue.lock().unwrap_or_else(|e| e.into_inner());
+    let next = || {
+        let mut q = lock();
+        loop {
+            let largest = (0..q.built.len()).max_by_key(|j| q.built[*j].2.dfg.num_insts());
+            if let Some(j) = largest {
+                return Some(q.built.swap_remove(j));
+            }
+            if q.finished {
+                return None;
+            }
+            q = ready.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+    };
+    let compile = &compile;
+    let mut done: Vec<(usize, Result<MachineCode, String>)> = std::thread::scope(|scope| {
+        let work = || {
+            std::iter::from_fn(next)
+                .map(|(k, id, func)| (k, compile(k, id, func)))
+                .collect::<Vec<_>>()
+        };
+        let handles: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
         let mut all = Vec::new();
+        for k in 0..count {
+            match build(k) {
+                Ok((id, func)) => lock().built.push((k, id, func)),
+                Err(e) => {
+                    all.push((k, Err(e)));
+                    break;
+                }
+            }
+            ready.notify_one();
+        }
+        lock().finished = true;
+        ready.notify_all();
+        all.extend(work());
         for h in handles {
             match h.join() {
                 Ok(part) => all.extend(part),
