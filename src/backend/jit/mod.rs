@@ -455,6 +455,16 @@ fn compile_all(
                 .collect::<Vec<_>>()
         };
         let handles: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        // The threads stop waiting once every function is built, or the building stops (even by a panic,
+        // which would otherwise leave them waiting and the scope joining them forever).
+        struct Finished<'q>(&'q std::sync::Mutex<Queue>, &'q std::sync::Condvar);
+        impl Drop for Finished<'_> {
+            fn drop(&mut self) {
+                self.0.lock().unwrap_or_else(|e| e.into_inner()).finished = true;
+                self.1.notify_all();
+            }
+        }
+        let finished = Finished(&queue, &ready);
         let mut all = Vec::new();
         for k in 0..count {
             match build(k) {
@@ -466,8 +476,7 @@ fn compile_all(
             }
             ready.notify_one();
         }
-        lock().finished = true;
-        ready.notify_all();
+        drop(finished);
         all.extend(work());
         for h in handles {
             match h.join() {
