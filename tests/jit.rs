@@ -48,6 +48,29 @@ fn assert_agree(what: &str, jit: &Evaluation, interp: &Evaluation) {
     assert_eq!(jit.grads.len(), interp.grads.len());
 }
 
+/// The JIT and the interpreter give the same loss, outputs and gradients on `inputs` (`name`: which loss).
+fn modules_agree(
+    what: &str,
+    jit: &lossc::kernel::Module,
+    interp: &lossc::kernel::Module,
+    name: Option<&str>,
+    inputs: &BTreeMap<String, Tensor>,
+) {
+    let a = jit.kernel(name).unwrap().eval(inputs).unwrap();
+    let b = interp.kernel(name).unwrap().eval(inputs).unwrap();
+    assert_agree(what, &a, &b);
+}
+
+/// Softmax rows of 11 logits (`s`) and their labels (`y`), the rows and labels of `pick`.
+fn row_batch(rows: &[[f64; 11]], labels: &[i64], pick: &[usize]) -> BTreeMap<String, Tensor> {
+    let s: Vec<f64> = pick.iter().flat_map(|r| rows[*r]).collect();
+    let y: Vec<i64> = pick.iter().map(|r| labels[*r]).collect();
+    BTreeMap::from([
+        ("s".to_string(), Tensor::float(vec![pick.len(), 11], s)),
+        ("y".to_string(), Tensor::labels(vec![pick.len()], y)),
+    ])
+}
+
 fn random_inputs(f: &Function, sizes: &[i64], rng: &mut Rng) -> BTreeMap<String, Tensor> {
     f.inputs
         .iter()
@@ -593,14 +616,7 @@ fn softmax_rows_keep_their_exponentials_and_special_rows_agree() {
         [nan; 11],
     ];
     // All rows, and the finite ones alone (where a batch-level loss is finite too).
-    let batch = |pick: &[usize]| {
-        let s: Vec<f64> = pick.iter().flat_map(|r| rows[*r]).collect();
-        let y: Vec<i64> = pick.iter().map(|r| [0, 2, 3, 3, 1, 5, 2, 3, 1, 0][*r]).collect();
-        BTreeMap::from([
-            ("s".to_string(), Tensor::float(vec![pick.len(), 11], s)),
-            ("y".to_string(), Tensor::labels(vec![pick.len()], y)),
-        ])
-    };
+    let batch = |pick: &[usize]| row_batch(&rows, &[0, 2, 3, 3, 1, 5, 2, 3, 1, 0], pick);
     for src in sources {
         let (jit, interp) = jit_and_interp("s.lx", src);
         let plan_kept = {
@@ -780,9 +796,13 @@ fn row_tensors_live_in_the_rows_of_a_reader_of_their_own_elements_and_agree() {
             let f = jit.kernel(Some(name)).unwrap().function().clone();
             for shape in [[300, 37], [5, 3], [1, 1]] {
                 let inputs = random_inputs(&f, &shape, &mut rng);
-                let a = jit.kernel(Some(name)).unwrap().eval(&inputs).unwrap();
-                let b = interp.kernel(Some(name)).unwrap().eval(&inputs).unwrap();
-                assert_agree(&format!("{name} {shape:?}, {threads} threads"), &a, &b);
+                modules_agree(
+                    &format!("{name} {shape:?}, {threads} threads"),
+                    &jit,
+                    &interp,
+                    Some(name),
+                    &inputs,
+                );
             }
         }
     }
@@ -1175,9 +1195,10 @@ fn one_hot_terms_are_added_after_the_lanes_and_agree() {
 #[test]
 fn masked_softmax_rows_keep_their_exponentials_and_agree() {
     // A masked logsumexp's gradient reads exp(x - lse) only where the mask holds (autodiff's guard), so its
-    // row keeps the exponentials of the masked points (the gradient's `2.0 * s` is the body's `s * 2.0`). Two of them feed one gradient row: one lives in the
-    // gradient's row, the other in a scratch row per worker. Rows whose mask holds nowhere, or holds on NaN,
-    // +inf or -inf (and NaN where it does not hold), must match the interpreter at any thread count.
+    // row keeps the exponentials of the masked points (the gradient's `2.0 * s` is the body's `s * 2.0`).
+    // Two of them feed one gradient row: one lives in the gradient's row, the other in a scratch row per
+    // worker. Rows whose mask holds nowhere, or holds on NaN, +inf or -inf (and NaN where it does not
+    // hold), must match the interpreter at any thread count.
     let src = "loss two(s: f32[N, C], y: idx[N] < C) {
         mean[i] (logsumexp[k | k != y[i]] s[i, k]) + 0.5 * (logsumexp[k | s[i, k] > 0.0] 2.0 * s[i, k]) }";
     let (_, interp) = jit_and_interp("two.lx", src);
@@ -1195,14 +1216,7 @@ fn masked_softmax_rows_keep_their_exponentials_and_agree() {
         [80.0, -80.0, 0.0, 40.0, -40.0, 79.0, 1e-3, 0.25, -0.5, 1.5, 90.0],
         [1.0, 2.0, 3.0, nan, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 1.0],
     ];
-    let batch = |pick: &[usize]| {
-        let s: Vec<f64> = pick.iter().flat_map(|r| rows[*r]).collect();
-        let y: Vec<i64> = pick.iter().map(|r| [3, 1, 2, 0, 4, 10, 3][*r]).collect();
-        BTreeMap::from([
-            ("s".to_string(), Tensor::float(vec![pick.len(), 11], s)),
-            ("y".to_string(), Tensor::labels(vec![pick.len()], y)),
-        ])
-    };
+    let batch = |pick: &[usize]| row_batch(&rows, &[3, 1, 2, 0, 4, 10, 3], pick);
     // The probabilities of a masked softmax summed over every point: its gradient reads exp(x - lse) at
     // every point, where the row has no exponential; nothing is kept.
     let unguarded = "loss p(s: f32[N, C], y: idx[N] < C) {
@@ -1212,16 +1226,12 @@ fn masked_softmax_rows_keep_their_exponentials_and_agree() {
     let f = jit.kernel(None).unwrap().function().clone();
     assert!(lossc::backend::loops::Plan::new(&f).kept_exps.is_empty());
     let many: Vec<usize> = (0..40).map(|r| [0, 5, 0, 1, 5][r % 5]).collect();
-    let a = jit.kernel(None).unwrap().eval(&batch(&many)).unwrap();
-    let b = unguarded_interp.kernel(None).unwrap().eval(&batch(&many)).unwrap();
-    assert_agree(unguarded, &a, &b);
+    modules_agree(unguarded, &jit, &unguarded_interp, None, &batch(&many));
     for threads in [1, 2, 3] {
         let jit = Compiler::new().threads(threads).compile_source("two.lx", src).unwrap();
         let each = (0..rows.len()).map(|r| batch(&[r, 0]));
         for inputs in [batch(&many), batch(&[0, 1, 2, 3, 4, 5, 6])].into_iter().chain(each) {
-            let a = jit.kernel(None).unwrap().eval(&inputs).unwrap();
-            let b = interp.kernel(None).unwrap().eval(&inputs).unwrap();
-            assert_agree(&format!("{threads} threads"), &a, &b);
+            modules_agree(&format!("{threads} threads"), &jit, &interp, None, &inputs);
         }
     }
 }

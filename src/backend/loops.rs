@@ -235,21 +235,9 @@ impl Plan {
             });
         }
         let groups = fuse_rows(f, &nests);
-        let mut kept_exps = kept_exps(f, &nests, &groups);
+        let mut kept_exps = kept_exps(f, &nests, &groups, &mut buffers);
         let group_of = |n: usize| groups.iter().position(|g| g.members.contains(&n));
-        let mut scratch_rows = Vec::new();
         for e in &mut kept_exps {
-            if e.scratch.is_some() {
-                let consumer = &nests[e.consumer];
-                e.scratch = Some(buffers.len());
-                scratch_rows.push(buffers.len());
-                buffers.push(Buffer {
-                    name: format!("{}_exps", f.tensor(nests[e.lse].tensor).name),
-                    of: TensorRef::Def(consumer.tensor),
-                    scalar: Scalar::Float,
-                    shape: consumer.head.iter().map(|(_, d)| d.clone()).collect(),
-                });
-            }
             if group_of(e.lse) != group_of(e.consumer) {
                 let lse = &nests[e.lse];
                 e.factors = Some(buffers.len());
@@ -269,7 +257,7 @@ impl Plan {
             })
             .collect();
         let mut row_private = vec![false; buffers.len()];
-        for k in scratch_rows {
+        for k in kept_exps.iter().filter_map(|e| e.scratch) {
             row_private[k] = true;
         }
         for n in row_private_nests(f, &nests, &groups, &kept_exps) {
@@ -421,8 +409,8 @@ fn row_local(f: &Function, nest: &Nest) -> Option<bool> {
 /// `exp(B - lse)` along the reduced axis. A masked logsumexp sums only where its mask holds, so its row
 /// only has those exponentials: the consumer must read the `exp` only where the mask holds (under
 /// `select(mask, …, _)`, as autodiff guards the terms of a masked reduction's adjoint). A consumer's own
-/// row holds one logsumexp's row; another in its group gets a scratch row.
-fn kept_exps(f: &Function, nests: &[Nest], groups: &[Group]) -> Vec<KeptExps> {
+/// row holds one logsumexp's row; another in its group gets a scratch row, added to `buffers`.
+fn kept_exps(f: &Function, nests: &[Nest], groups: &[Group], buffers: &mut Vec<Buffer>) -> Vec<KeptExps> {
     let order: Vec<usize> = groups.iter().flat_map(|g| g.members.iter().copied()).collect();
     let group_of = |n: usize| groups.iter().position(|g| g.members.contains(&n));
     let mut kept: Vec<KeptExps> = Vec::new();
@@ -477,13 +465,22 @@ fn kept_exps(f: &Function, nests: &[Nest], groups: &[Group]) -> Vec<KeptExps> {
                 if mask.is_some_and(|m| !guarded(f, nests[consumer].body, exp, m, &map)) {
                     continue;
                 }
+                let scratch = hosting.then(|| {
+                    let shape = nests[consumer].head.iter().map(|(_, d)| d.clone()).collect();
+                    buffers.push(Buffer {
+                        name: format!("{}_exps", f.tensor(nests[lse].tensor).name),
+                        of: TensorRef::Def(nests[consumer].tensor),
+                        scalar: Scalar::Float,
+                        shape,
+                    });
+                    buffers.len() - 1
+                });
                 kept.push(KeptExps {
                     lse,
                     consumer,
                     exp,
                     factors: None,
-                    // Allocated by `Plan::new`.
-                    scratch: hosting.then_some(usize::MAX),
+                    scratch,
                 });
                 break;
             }

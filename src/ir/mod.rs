@@ -385,12 +385,7 @@ impl Function {
 
     /// Adds (or finds) a node. Its kind is given; free indices and depth are derived from the operands.
     pub fn add(&mut self, expr: Expr, scalar: Scalar, span: Span) -> Result<NodeId, TooDeep> {
-        let key = {
-            use std::hash::{BuildHasher, Hash, Hasher};
-            let mut h = rustc_hash::FxBuildHasher.build_hasher();
-            expr.hash(&mut h);
-            h.finish()
-        };
+        let key = std::hash::BuildHasher::hash_one(&rustc_hash::FxBuildHasher, &expr);
         if let Some(ids) = self.intern.get(&key)
             && let Some(&id) = ids.iter().find(|id| self.nodes[id.index()].expr == expr)
         {

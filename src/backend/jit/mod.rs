@@ -2696,22 +2696,26 @@ mod tests {
     use crate::data::Rng;
     use crate::{Backend, Compiler, Tensor};
 
+    /// The optimized function of the one loss in `src` (what `build` compiles), and the interpreter's module.
+    fn function_and_interpreter(src: &str) -> (Function, crate::kernel::Module) {
+        let jit = Compiler::new().compile_source("t.lx", src).unwrap();
+        let f = jit.kernel(None).unwrap().function().clone();
+        (
+            f,
+            Compiler::new()
+                .backend(Backend::Interp)
+                .compile_source("t.lx", src)
+                .unwrap(),
+        )
+    }
+
     /// A map whose element is a sigmoid runs through the 8-lane row helper with the bits of the 4-lane code:
     /// the kernel with and without it agrees to the bit, special values and every block and tail length
     /// included (and with the interpreter).
     #[test]
     fn sigmoid_maps_have_the_same_bits_with_and_without_the_row_helper() {
         let src = "loss f(p: f32[N]) { let a[i] = sigmoid(3.0 * p[i] - 1.0)\n sum[i] a[i] * a[i] + 0.5 * a[i] }";
-        let kernel = Compiler::new()
-            .compile_source("s.lx", src)
-            .unwrap()
-            .kernel(None)
-            .unwrap();
-        let f = kernel.function().clone();
-        let interp = Compiler::new()
-            .backend(Backend::Interp)
-            .compile_source("s.lx", src)
-            .unwrap();
+        let (f, interp) = function_and_interpreter(src);
         let special = [
             0.0,
             -0.0,
@@ -2760,12 +2764,7 @@ mod tests {
     #[test]
     fn softmax_rows_agree_with_and_without_the_row_helper() {
         let src = "loss ce(s: f32[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }";
-        let kernel = Compiler::new()
-            .compile_source("ce.lx", src)
-            .unwrap()
-            .kernel(None)
-            .unwrap();
-        let f = kernel.function().clone();
+        let (f, interp) = function_and_interpreter(src);
         let mut rng = Rng::new(35);
         let (n, c) = (9usize, 37usize);
         let inputs = BTreeMap::from([
@@ -2779,14 +2778,7 @@ mod tests {
             ),
         ]);
         let bound = crate::call::bind(&f, &inputs, &BTreeMap::new()).unwrap();
-        let interp = Compiler::new()
-            .backend(Backend::Interp)
-            .compile_source("ce.lx", src)
-            .unwrap()
-            .kernel(None)
-            .unwrap()
-            .eval(&inputs)
-            .unwrap();
+        let interp = interp.kernel(None).unwrap().eval(&inputs).unwrap();
         for exp_rows in [false, rows::available()] {
             let e = build(&f, None, exp_rows).unwrap().run(&bound, 2).unwrap();
             assert!(
