@@ -741,29 +741,31 @@ fn arg_max_of_a_product_with_a_constant_factor_agrees() {
 
 #[test]
 fn row_private_tensors_live_in_one_row_per_worker_and_agree() {
-    // LDR-KL's margin adjoint row sums `r1` are read only inside their row-fused group (the margins
-    // themselves are computed where they are read): each running call keeps one row of them. The margin
-    // adjoints `m_adj` too, but the gradient reads them only at its own element, so they live in the
-    // gradient's rows, which are then complete before the gradient's own pass (a one-hot term).
+    // LDR-KL with squared margins: the margin adjoint row sums `r1` are read only inside their row-fused
+    // group (the margins themselves are computed where they are read): each running call keeps one row
+    // of them. The margin adjoints `m_adj` too, but the gradient reads them only at its own element, so
+    // they live in the gradient's rows, which are then complete before the gradient's own pass (a one-hot
+    // term). (LDR-KL's own adjoints are a softmax, whose row sums to one: it has no `r1`.)
     // KL-DRO's `r0` is read by a later group (the gradient): whole.
-    let program = |file: &str| {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(file);
-        let kernel = Compiler::new().compile_file(&path).unwrap();
-        let f = kernel.kernel(None).unwrap().function().clone();
-        (path, private_and_hosted(&f))
-    };
-    let (ldr, (private, hosted)) = program("ldr_kl.lx");
+    let squared = "loss ldr_sq(s: f32[N, C], y: idx[N] < C) {
+            let m[i, k] = [k != y[i]] + s[i, k] - s[i, y[i]]
+            mean[i] logsumexp[k] m[i, k] * m[i, k] }";
+    let (_, interp) = jit_and_interp("sq.lx", squared);
+    let functions = |jit: &lossc::kernel::Module| jit.kernel(None).unwrap().function().clone();
+    let (private, hosted) = private_and_hosted(&functions(&Compiler::new().compile_source("sq.lx", squared).unwrap()));
     assert_eq!(private, ["r1"]);
     assert_eq!(hosted, [("m_adj".to_string(), "grad_s".to_string())]);
-    let (_, (private, _)) = program("kl_dro.lx");
+    let kl_dro = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/kl_dro.lx");
+    let (private, _) = private_and_hosted(&functions(&Compiler::new().compile_file(&kl_dro).unwrap()));
     assert!(!private.contains(&"r0".to_string()), "{private:?}");
     // Many chunks over several workers (and one), rows long enough for every vector part: as the interpreter.
-    let interp = Compiler::new().backend(Backend::Interp).compile_file(&ldr).unwrap();
     let mut rng = Rng::new(8);
     for threads in [1, 2, 3] {
-        let jit = Compiler::new().threads(threads).compile_file(&ldr).unwrap();
-        let f = jit.kernel(None).unwrap().function().clone();
-        let inputs = random_inputs(&f, &[700, 37], &mut rng);
+        let jit = Compiler::new()
+            .threads(threads)
+            .compile_source("sq.lx", squared)
+            .unwrap();
+        let inputs = random_inputs(&functions(&jit), &[700, 37], &mut rng);
         let a = jit.kernel(None).unwrap().eval(&inputs).unwrap();
         let b = interp.kernel(None).unwrap().eval(&inputs).unwrap();
         assert_agree(&format!("{threads} threads"), &a, &b);

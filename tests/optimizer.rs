@@ -597,3 +597,69 @@ fn equal_let_tensors_are_computed_once() {
     let (x, y) = (loss(&f, &inputs), loss(&g, &inputs));
     assert!((x - y).abs() < 1e-12 * x.abs().max(1.0), "{x} vs {y}");
 }
+
+#[test]
+fn a_softmax_summed_over_its_row_is_one() {
+    // Directly: sum[k] exp(X - logsumexp X) = 1 + 0 * lse (NaN where the logsumexp is not finite), with a
+    // guard for an empty row when the extent is not a positive constant.
+    let p = body(&rule(
+        "loss f(s: f32[N, C]) { mean[i] 3.0 * sum[k] exp(2.0 * s[i, k] - logsumexp[k2] 2.0 * s[i, k2]) }",
+    ));
+    assert!(!p.contains("sum[k"), "{p}");
+    assert!(
+        p.contains("select(0.0 == C, 0.0, 1.0 + 0.0 * (logsumexp[k2: C] 2.0 * s[i, k2]))"),
+        "{p}"
+    );
+    let p = body(&rule(
+        "loss f(s: f32[N, 5]) { mean[i] sum[k] exp(s[i, k] - logsumexp[k2] s[i, k2]) }",
+    ));
+    let poisoned = |p: &str| p.contains("0.0 * (logsumexp[k2") || p.contains("(logsumexp[k2: 5] s[i, k2]) * 0.0");
+    assert!(
+        p.contains("1.0 + ") && poisoned(&p) && !p.contains("select") && !p.contains("sum[k"),
+        "{p}"
+    );
+    // Where a row holds an infinity or a NaN, the literal sum is NaN, and so is the rewritten one.
+    let f = compile("loss f(s: f32[N, C]) { mean[i] sum[k] exp(s[i, k] - logsumexp[k2] s[i, k2]) }");
+    let o = lossc::opt::simplify_only(&f).unwrap();
+    for x in [f64::INFINITY, f64::NAN, f64::NEG_INFINITY, 1e30] {
+        let s = Tensor::float(vec![2, 3], vec![0.5, x, -1.0, 0.25, 2.0, 1.0]);
+        let inputs = BTreeMap::from([("s".to_string(), s)]);
+        let (a, b) = (loss(&f, &inputs), loss(&o, &inputs));
+        assert!(a.to_bits() == b.to_bits() || (a - b).abs() < 1e-12, "{x}: {a} vs {b}");
+    }
+    // Not a softmax row: another body, a mask, a logsumexp over another range.
+    for src in [
+        "loss f(s: f32[N, C]) { mean[i] sum[k] exp(s[i, k] - logsumexp[k2] 2.0 * s[i, k2]) }",
+        "loss f(s: f32[N, C]) { mean[i] sum[k | s[i, k] > 0] exp(s[i, k] - logsumexp[k2 | s[i, k2] > 0] s[i, k2]) }",
+        "loss f(s: f32[N, C], t: f32[N, D]) { mean[i] sum[k] exp(s[i, k] - logsumexp[d] t[i, d]) }",
+    ] {
+        assert!(body(&rule(src)).contains("sum[k"), "{src}");
+    }
+    // Through a `let` of the gradient: LDR-KL sums its margin adjoints for the label's column. The
+    // optimized gradient has no sum over a row left, and computes what the literal one does, also where a
+    // row holds an infinity or a NaN (both NaN there).
+    let src = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ldr_kl.lx")).unwrap();
+    let f = compile(&src);
+    let raw = lossc::autodiff::grad(&f).unwrap();
+    let opt = lossc::opt::optimize(&raw).unwrap();
+    let printed = lossc::ir::print::readable(&opt);
+    assert!(!printed.contains("sum["), "{printed}");
+    let mut rng = Rng::new(5);
+    for special in [None, Some(f64::INFINITY), Some(f64::NAN), Some(f64::NEG_INFINITY)] {
+        let mut inputs = inputs_for(&f, &mut rng, 1.0);
+        if let Some(x) = special {
+            let s = inputs.get_mut("s").unwrap();
+            let mut values = s.to_f64();
+            values[1] = x;
+            *s = Tensor::float(s.shape.clone(), values);
+        }
+        let a = lossc::api::eval(&raw, &inputs, &BTreeMap::new()).unwrap();
+        let b = lossc::api::eval(&opt, &inputs, &BTreeMap::new()).unwrap();
+        let close = |x: f64, y: f64| (x - y).abs() <= 1e-12 * x.abs().max(1.0) || (x.is_nan() && y.is_nan());
+        for ((n, ga), (_, gb)) in a.grads.iter().zip(&b.grads) {
+            for (x, y) in ga.to_f64().iter().zip(gb.to_f64()) {
+                assert!(close(*x, y), "{special:?}: grad {n}: {x} vs {y}");
+            }
+        }
+    }
+}

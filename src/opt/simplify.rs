@@ -736,6 +736,20 @@ fn reduce(
                 return Ok(fused);
             }
         }
+        // A softmax sums to one: sum[k] exp(X(k) - logsumexp[k'] X(k')) = 1 (see `softmax_total`); through a
+        // `let` tensor whose element is such an exponential times factors that do not depend on `k`
+        // (LDR-KL's margin adjoints, summed for the label's column), the element is substituted and the
+        // factors come out by distributivity below.
+        if mask.is_none()
+            && let [k] = indices[..]
+        {
+            if let Some(total) = softmax_total(f, k, body, span)? {
+                return Ok(total);
+            }
+            if let Some(element) = softmax_element(f, k, body)? {
+                return reduce(f, op, indices, mask, element, scalar, span);
+            }
+        }
         // Distributivity (reassociates float sums, so results may differ in the last bits):
         // sum[k] (c * e) = c * sum[k] e,  sum[k] (e * c) = (sum[k] e) * c,  sum[k] e / c = (sum[k] e) / c,
         // sum[k] -e = -(sum[k] e), for c that does not depend on the summed indices. Under a mask the
@@ -801,6 +815,90 @@ fn reduce(
         scalar,
         span,
     )
+}
+
+/// `sum[k] exp(X(k) - L)` where `L = logsumexp[k'] X(k')` (unmasked, over the range of `k`): the sum of a
+/// softmax row, 1 wherever `L` is finite. Where it is not (a +inf or NaN among the `X`, or all of them
+/// -inf), every literal term is NaN and so is `1 + 0 * L`; over an empty range both sums are 0.
+fn softmax_total(f: &mut Function, k: IndexId, body: NodeId, span: Span) -> R<Option<NodeId>> {
+    let Some(lse) = softmax_exp(f, k, body) else {
+        return Ok(None);
+    };
+    let (zero, one) = (f.float(0.0, span)?, f.float(1.0, span)?);
+    let poison = simplify(f, prim_expr(Prim::Mul, &[zero, lse]), Scalar::Float, span)?;
+    let total = simplify(f, prim_expr(Prim::Add, &[one, poison]), Scalar::Float, span)?;
+    if matches!(f.index(k).range, Dim::Const(n) if n > 0) {
+        return Ok(Some(total));
+    }
+    let count = count_of(f, &[k], span)?;
+    let empty = simplify(f, prim_expr(Prim::Eq, &[count, zero]), Scalar::Bool, span)?;
+    simplify(f, prim_expr(Prim::Select, &[empty, zero, total]), Scalar::Float, span).map(Some)
+}
+
+/// If `n` is `exp(X(k) - L)` with `L = logsumexp[k'] X(k')` unmasked over the range of `k` (`X` the same up
+/// to renaming `k'` to `k`, and `L` free of `k`): `L`.
+fn softmax_exp(f: &Function, k: IndexId, n: NodeId) -> Option<NodeId> {
+    let (Prim::Exp, e) = prim_of(f, n)? else { return None };
+    let (Prim::Sub, d) = prim_of(f, e[0])? else { return None };
+    let (x, lse) = (d[0], d[1]);
+    let Expr::Reduce {
+        op: ReduceOp::LogSumExp,
+        indices,
+        mask: None,
+        body,
+    } = &f.node(lse).expr
+    else {
+        return None;
+    };
+    let [k2] = indices[..] else { return None };
+    let same = !f.node(lse).free.contains(&k)
+        && f.index(k2).range == f.index(k).range
+        && f.same_renamed(*body, x, &HashMap::from([(k2, k)]));
+    same.then_some(lse)
+}
+
+/// If `body` loads a `let` tensor whose element, read at `k`, is a softmax exponential ([`softmax_exp`])
+/// times, divided by or negated by factors free of `k`: that element at the load's subscripts.
+fn softmax_element(f: &mut Function, k: IndexId, body: NodeId) -> R<Option<NodeId>> {
+    let Expr::Load {
+        tensor: TensorRef::Def(t),
+        subs,
+    } = f.node(body).expr.clone()
+    else {
+        return Ok(None);
+    };
+    let def = f.tensor(t);
+    let at_k = subs
+        .iter()
+        .position(|s| matches!(f.node(*s).expr, Expr::Index(i) if i == k));
+    let Some(at_k) = at_k.filter(|_| def.role == Role::Let && subs.len() == def.indices.len()) else {
+        return Ok(None);
+    };
+    if subs
+        .iter()
+        .enumerate()
+        .any(|(j, s)| j != at_k && f.node(*s).free.contains(&k))
+    {
+        return Ok(None);
+    }
+    let (element, own) = (def.body, def.indices[at_k]);
+    // Factors free of `own` around exactly one softmax exponential along `own`.
+    let mut n = element;
+    loop {
+        if softmax_exp(f, own, n).is_some() {
+            break;
+        }
+        let free = |f: &Function, m: NodeId| !f.node(m).free.contains(&own);
+        n = match prim_of(f, n) {
+            Some((Prim::Mul, a)) if free(f, a[0]) => a[1],
+            Some((Prim::Mul, a)) if free(f, a[1]) => a[0],
+            Some((Prim::Div, a)) if free(f, a[1]) => a[0],
+            Some((Prim::Neg, a)) => a[0],
+            _ => return Ok(None),
+        };
+    }
+    let map: HashMap<IndexId, NodeId> = def.indices.iter().copied().zip(subs.iter().copied()).collect();
+    f.subst(element, &map).map(Some)
 }
 
 /// `sum[indices | cond] body` with one equality of `cond` resolved by substitution, if one is fusible.
