@@ -723,9 +723,12 @@ fn arg_max_of_a_product_with_a_constant_factor_agrees() {
     // in the vector lanes as in the scalar code (found by the property tests when the lanes multiplied a
     // product's constant factors first; C = 4 leaves the max pass to the scalar tail and the arg-max pass
     // to a vector).
-    let src = "loss f(x: f32[N, C], w: f32[C]) { mean[i] (max[k] (w[k] * stopgrad(softplus(-0.524)) * x[i, k])) }";
+    // So must a quotient by a scalar (both multiply by its reciprocal).
+    let src = "loss f(x: f32[N, C], w: f32[C]) { mean[i] (max[k] (w[k] * stopgrad(softplus(-0.524)) * x[i, k])) }
+        loss g(x: f32[N, C], w: f32[C], lam: f32 = 0.7) { mean[i] (max[k] w[k] * x[i, k] / lam) / 3.0 }";
     let (jit, interp) = jit_and_interp("p.lx", src);
-    for seed in 0..40 {
+    for seed in 0..80 {
+        let name = if seed % 2 == 0 { "f" } else { "g" };
         let mut rng = Rng::new(seed);
         let x: Vec<f64> = (0..12).map(|_| rng.normal()).collect();
         let w: Vec<f64> = (0..4).map(|_| rng.normal()).collect();
@@ -733,9 +736,9 @@ fn arg_max_of_a_product_with_a_constant_factor_agrees() {
             ("x".to_string(), Tensor::float(vec![3, 4], x)),
             ("w".to_string(), Tensor::float(vec![4], w)),
         ]);
-        let a = jit.kernel(None).unwrap().eval(&inputs).unwrap();
-        let b = interp.kernel(None).unwrap().eval(&inputs).unwrap();
-        assert_agree(&format!("seed {seed}"), &a, &b);
+        let a = jit.kernel(Some(name)).unwrap().eval(&inputs).unwrap();
+        let b = interp.kernel(Some(name)).unwrap().eval(&inputs).unwrap();
+        assert_agree(&format!("{name}, seed {seed}"), &a, &b);
     }
 }
 

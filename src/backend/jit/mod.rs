@@ -1897,6 +1897,13 @@ impl<'a, 'b> Lower<'a, 'b> {
             Add => self.b.ins().fadd(a[0], a[1]),
             Sub => self.b.ins().fsub(a[0], a[1]),
             Mul => self.b.ins().fmul(a[0], a[1]),
+            // A scalar divisor (hyperparameter, constant): the product with its reciprocal, computed once
+            // outside the loops; the lanes do the same (simd.rs), so every place has the same bits.
+            Div if self.f.node(args[1]).free.is_empty() => {
+                let one = self.fconst(1.0);
+                let reciprocal = self.b.ins().fdiv(one, a[1]);
+                self.b.ins().fmul(a[0], reciprocal)
+            }
             Div => self.b.ins().fdiv(a[0], a[1]),
             Neg => self.b.ins().fneg(a[0]),
             Min => self.b.ins().fmin(a[0], a[1]),

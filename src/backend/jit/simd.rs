@@ -375,6 +375,11 @@ impl Lower<'_, '_> {
             Add => ins.ins().fadd(a[0], a[1]),
             Sub => ins.ins().fsub(a[0], a[1]),
             Mul => ins.ins().fmul(a[0], a[1]),
+            Div if self.f.node(args[1]).free.is_empty() => {
+                let one = self.splat_f32(1.0);
+                let reciprocal = self.b.ins().fdiv(one, a[1]);
+                self.b.ins().fmul(a[0], reciprocal)
+            }
             Div => ins.ins().fdiv(a[0], a[1]),
             Neg => ins.ins().fneg(a[0]),
             Min | Max => {
