@@ -1240,3 +1240,34 @@ fn masked_softmax_rows_keep_their_exponentials_and_agree() {
         }
     }
 }
+
+#[test]
+fn column_sums_run_in_tiles_with_the_same_bits_for_any_thread_count() {
+    // `c[j]` (and the gradient's `grad_w[j]`) sum a column of `m` each: tiles of up to 512 columns along
+    // the rows, a partial tile, a single vector and a scalar column at the end (C = 1109). The chunks of
+    // columns depend on the thread count, each column's sum does not: bit for bit the same for 1, 2, 3 and
+    // 5 threads, and as the interpreter. `g` reads one matrix transposed (gathered lanes, no tiles).
+    let src = "loss f(m: f32[R, C], w: f32[C], v: f32[R]) -> (c: f32[C]) {
+            out c[j] = sum[i | m[i, j] > -0.5] v[i] * m[i, j] / w[j]
+            sum[j] c[j] * c[j] }
+        loss g(a: f32[N, N], b: f32[N, N]) {
+            let d[j] = sum[i] a[j, i] * b[i, j]
+            sum[j] d[j] * d[j] }";
+    let interp = Compiler::new()
+        .backend(Backend::Interp)
+        .compile_source("c.lx", src)
+        .unwrap();
+    let mut rng = Rng::new(41);
+    for (name, sizes) in [("f", vec![37, 1109]), ("g", vec![300])] {
+        let module = |threads: usize| Compiler::new().threads(threads).compile_source("c.lx", src).unwrap();
+        let one = module(1);
+        let inputs = random_inputs(one.kernel(Some(name)).unwrap().function(), &sizes, &mut rng);
+        let a = one.kernel(Some(name)).unwrap().eval(&inputs).unwrap();
+        for threads in [2, 3, 5] {
+            let b = module(threads).kernel(Some(name)).unwrap().eval(&inputs).unwrap();
+            assert!(a == b, "{name}: {threads} threads give other bits than one");
+        }
+        let b = interp.kernel(Some(name)).unwrap().eval(&inputs).unwrap();
+        assert_agree(name, &a, &b);
+    }
+}

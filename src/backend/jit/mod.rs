@@ -98,6 +98,8 @@ pub struct Compiled {
     row_indices: Vec<Vec<Vec<IndexId>>>,
     /// Per group: the matrix product it is, run as sgemm ([`gemm`]) where the call allows.
     products: Vec<Option<Contraction>>,
+    /// Per group: whether it sums columns in tiles (`simd::COLUMN_TILE` columns per chunk at least).
+    column_sums: Vec<bool>,
     _code: Arc<CodeHolder>,
 }
 
@@ -231,6 +233,7 @@ fn build(f: &Function, mut clif_text: Option<&mut String>, exp_rows: bool) -> Re
     // Build every group's CLIF here (it needs the module's declarations) while the functions built so far
     // compile to machine code on all cores (each is independent), then hand the bytes to the module.
     let mut fctx = FunctionBuilderContext::new();
+    let mut column_sums = vec![false; plan.groups.len()];
     let mut build_group = |k: usize| -> Result<(FuncId, ir::Function), String> {
         let group = &plan.groups[k];
         let members = plan.members(group);
@@ -247,6 +250,7 @@ fn build(f: &Function, mut clif_text: Option<&mut String>, exp_rows: bool) -> Re
             let mut l = Lower::new(f, &plan, &members, &mut b, ptr, refs, fma);
             l.exp_rows = exp_rows;
             l.group(group, &members);
+            column_sums[k] = l.column_tiles;
             b.seal_all_blocks();
             b.finalize(module.target_config());
         }
@@ -308,6 +312,7 @@ fn build(f: &Function, mut clif_text: Option<&mut String>, exp_rows: bool) -> Re
         splits,
         row_indices,
         products,
+        column_sums,
         _code: Arc::new(CodeHolder(Some(module))),
     })
 }
@@ -601,8 +606,9 @@ impl Compiled {
             .zip(&self.entries)
             .zip(&self.splits)
             .zip(&self.row_indices)
-            .zip(&self.products);
-        for ((((group, entry), split), row_indices), product) in groups {
+            .zip(&self.products)
+            .zip(&self.column_sums);
+        for (((((group, entry), split), row_indices), product), column_sum) in groups {
             let started = std::time::Instant::now();
             let members = self.plan.members(group);
             let nest = members[0];
@@ -629,7 +635,20 @@ impl Compiled {
                         })
                         .max()
                         .unwrap_or(1);
-                    (outer, CHUNK.max(MIN_CHUNK_ELEMENTS / row.max(1)))
+                    let chunk = CHUNK.max(MIN_CHUNK_ELEMENTS / row.max(1));
+                    // A column sum: a tile's width per thread (each column sums in the same order in any
+                    // chunk, so the chunks may depend on the threads; whole blocks of columns keep every
+                    // column but the last few in the lanes).
+                    let chunk = match *column_sum {
+                        true => {
+                            let per_thread = (outer as u64).div_ceil(threads.max(1) as u64) as i64;
+                            let block = simd::COLUMN_BLOCK_COLUMNS as u64;
+                            let chunk = chunk.max(per_thread.min(simd::COLUMN_TILE)) as u64;
+                            (chunk.div_ceil(block) * block) as i64
+                        }
+                        false => chunk,
+                    };
+                    (outer, chunk)
                 }
             };
             let chunks: Vec<(i64, i64)> = (0..outer)
@@ -895,6 +914,8 @@ struct Lower<'a, 'b> {
     /// In a row-fused group's row: the next row of the matrix input it streams and of the first matrix it
     /// writes (not row-private), for the row helper to prefetch.
     rows_ahead: [Option<Value>; 2],
+    /// Whether the function sums columns in tiles ([`simd::COLUMN_TILE`]).
+    column_tiles: bool,
 }
 
 /// A nest `r[t] = max[k] B(t, k)` (or `min`) of the current group, whose value at the current row is known.
@@ -981,6 +1002,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             partial: params[6],
             split_bounds: None,
             exp_rows: false,
+            column_tiles: false,
         }
     }
 

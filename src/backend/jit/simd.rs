@@ -9,12 +9,16 @@
 //! body can fail or loop (no reductions, no checked subscripts), so evaluating every lane — also lanes a
 //! mask or a choice discards — is safe. Loops run 4 elements at a time while 4 remain; the scalar code
 //! finishes the tail, so any extent works. A sum over other indices inside such an element (the
-//! `sum[i] g[i, j] * x[i, d]` of a gradient contraction) accumulates all 4 lanes at once, in f32.
+//! `sum[i] g[i, j] * x[i, d]` of a gradient contraction) accumulates all 4 lanes at once, in f32; where
+//! no lane gathers, a tile of up to 512 such columns accumulates in a stack slot along each row of the
+//! summed index (a kilobyte or two of every row read in a run, not a cache line a page apart).
 
 use std::collections::HashMap;
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{ConstantData, Endianness, InstBuilder, MemFlagsData, Value, types};
+use cranelift_codegen::ir::{
+    ConstantData, Endianness, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Value, types,
+};
 use cranelift_frontend::Variable;
 
 use super::Lower;
@@ -28,6 +32,15 @@ const DOT_BLOCK: i64 = 4;
 
 /// How many vectors of its head a column sum computes per pass over the summed index.
 const COLUMN_BLOCK: i64 = 4;
+
+/// The columns of a block of [`COLUMN_BLOCK`] vectors.
+pub(super) const COLUMN_BLOCK_COLUMNS: i64 = LANES * COLUMN_BLOCK;
+
+/// How many columns of its head a column sum accumulates (in a stack tile) per pass over the summed
+/// index: each pass reads a kilobyte of every row it visits, where [`COLUMN_BLOCK`] vectors read one cache
+/// line of it (a new page per row of a wide matrix, and a TLB miss). A column sum's parallel chunks hold
+/// at least this many columns ([`super::Compiled`]).
+pub(super) const COLUMN_TILE: i64 = 512;
 
 /// How many values of the summed index a row update handles per pass over the row.
 const ROW_BLOCK: i64 = 4;
@@ -329,6 +342,14 @@ impl Lower<'_, '_> {
         if !matches!(self.f.node(element).expr, Expr::Reduce { .. }) {
             return start;
         }
+        let start = match self.gathers(element, k) {
+            false => {
+                // Along the outermost index, the tiles need chunks as wide as a tile.
+                self.column_tiles |= head.len() == 1;
+                self.column_tiles(buffer, head, k, start, end, element)
+            }
+            true => start,
+        };
         self.stepped_loop(k, start, end, LANES * COLUMN_BLOCK, &mut |l: &mut Self| {
             let kb = l.index(k);
             let kbs: Vec<Value> = (0..COLUMN_BLOCK).map(|u| l.b.ins().iadd_imm_s(kb, u * LANES)).collect();
@@ -339,6 +360,124 @@ impl Lower<'_, '_> {
                 l.vstore(buffer, at, v);
             }
         })
+    }
+
+    /// Whether lanes along `k` of `n` gather a float load (strided along `k`): a tile's rows would then
+    /// be a page apart for each step of the summed index.
+    fn gathers(&self, n: NodeId, k: IndexId) -> bool {
+        self.f.reachable(&[n]).iter().any(|m| match &self.f.node(*m).expr {
+            Expr::Load { subs, .. } => {
+                self.f.node(*m).free.contains(&k)
+                    && !subs
+                        .last()
+                        .is_some_and(|s| matches!(self.f.node(*s).expr, Expr::Index(i) if i == k))
+            }
+            _ => false,
+        })
+    }
+
+    /// The column sum of [`Self::column_blocks`] over tiles of up to [`COLUMN_TILE`] columns (as many
+    /// whole blocks of [`COLUMN_BLOCK`] vectors as `start..end` holds): the tile's lanes accumulate in a
+    /// stack slot, a block at a time along each row of the summed indices, then go to the buffer. Each lane
+    /// adds the same terms in the same order as in [`Self::vsums`] (f32, from +0), so the sums have the
+    /// same bits in any tiling. Returns the first `k` not covered.
+    fn column_tiles(
+        &mut self,
+        buffer: usize,
+        head: &[(IndexId, crate::ir::Dim)],
+        k: IndexId,
+        start: Value,
+        end: Value,
+        element: NodeId,
+    ) -> Value {
+        let Expr::Reduce {
+            indices, mask, body, ..
+        } = self.f.node(element).expr.clone()
+        else {
+            unreachable!("column_tiles: a reduction");
+        };
+        let ranges: Vec<(IndexId, crate::ir::Dim)> =
+            indices.iter().map(|i| (*i, self.f.index(*i).range.clone())).collect();
+        let bytes = (COLUMN_TILE * 4) as u32;
+        let slot = self
+            .b
+            .create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, bytes, 4));
+        let (tile_start, tile_end) = (self.b.declare_var(types::I64), self.b.declare_var(types::I64));
+        // The tile slot's address of column `kb`.
+        let slot_at = |l: &mut Self, kb: Value| {
+            let tile = l.b.use_var(tile_start);
+            let offset = l.b.ins().isub(kb, tile);
+            let offset = l.b.ins().imul_imm_s(offset, 4);
+            let offset = l.offset(offset);
+            let base = l.b.ins().stack_addr(l.ptr, slot, 0);
+            l.b.ins().iadd(base, offset)
+        };
+        // `body` for each vector of the tile (`step` columns at a time), `k` running over its columns.
+        let over_tile = |l: &mut Self, step: i64, body: &mut dyn FnMut(&mut Self, Value)| {
+            let (tile, end) = (l.b.use_var(tile_start), l.b.use_var(tile_end));
+            l.stepped_loop(k, tile, end, step, &mut |l: &mut Self| {
+                let kb = l.index(k);
+                body(l, kb)
+            });
+        };
+        let memory = vflags().with_notrap();
+        // Tiles from `start` while a block is left: the last one ends at the last whole block.
+        let block = LANES * COLUMN_BLOCK;
+        let span = self.b.ins().isub(end, start);
+        let zero = self.b.ins().iconst(types::I64, 0);
+        let span = self.b.ins().smax(span, zero);
+        let covered = self.b.ins().band_imm_s(span, -block);
+        let last = self.b.ins().iadd(start, covered);
+        let (header, inner, exit) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
+        self.b.def_var(tile_start, start);
+        self.b.ins().jump(header, &[]);
+        self.b.switch_to_block(header);
+        let tile = self.b.use_var(tile_start);
+        let done = self.b.ins().icmp(IntCC::SignedGreaterThanOrEqual, tile, last);
+        self.b.ins().brif(done, exit, &[], inner, &[]);
+        self.b.switch_to_block(inner);
+        self.frames.push(HashMap::new());
+        self.bound.push(k);
+        let next = self.b.ins().iadd_imm_s(tile, COLUMN_TILE);
+        let next = self.b.ins().smin(next, last);
+        self.b.def_var(tile_end, next);
+        over_tile(self, LANES, &mut |l: &mut Self, kb| {
+            let zero = l.splat_f32(0.0);
+            let at = slot_at(l, kb);
+            l.b.ins().store(memory, zero, at, 0);
+        });
+        self.reduce_loops(&ranges, 0, &mut |l: &mut Self| {
+            over_tile(l, block, &mut |l: &mut Self, kb| {
+                let at = slot_at(l, kb);
+                for u in 0..COLUMN_BLOCK {
+                    let kb = l.b.ins().iadd_imm_s(kb, u * LANES);
+                    // Terms depend on the summed indices: a fresh memo per point.
+                    let mut inner = HashMap::new();
+                    let v = l.vvalue(body, k, kb, &mut inner);
+                    let m = mask.map(|m| l.vvalue(m, k, kb, &mut inner));
+                    let v = l.fill_masked(v, m, 0.0);
+                    let offset = (16 * u) as i32;
+                    let acc = l.b.ins().load(types::F32X4, memory, at, offset);
+                    let acc = l.b.ins().fadd(acc, v);
+                    l.b.ins().store(memory, acc, at, offset);
+                }
+            });
+        });
+        over_tile(self, LANES, &mut |l: &mut Self, kb| {
+            let flat = l.flat(head);
+            let at = slot_at(l, kb);
+            let v = l.b.ins().load(types::F32X4, memory, at, 0);
+            l.vstore(buffer, flat, v);
+        });
+        self.bound.pop();
+        self.frames.pop();
+        let next = self.b.use_var(tile_end);
+        self.b.def_var(tile_start, next);
+        self.b.ins().jump(header, &[]);
+        self.b.switch_to_block(exit);
+        let var = self.var(k);
+        self.b.def_var(var, last);
+        last
     }
 
     fn vprim(
