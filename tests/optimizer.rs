@@ -255,11 +255,13 @@ fn every_pass_keeps_the_ir_valid_and_the_results_equal() {
             lossc::ir::verify::verify(&simple).unwrap_or_else(|e| panic!("{}: simplify: {e}", path.display()));
             let hoisted = lossc::opt::hoist::materialize(&simple).unwrap();
             lossc::ir::verify::verify(&hoisted).unwrap_or_else(|e| panic!("{}: hoist: {e}", path.display()));
+            let ordered = lossc::opt::transpose::contiguous_reads(&hoisted).unwrap();
+            lossc::ir::verify::verify(&ordered).unwrap_or_else(|e| panic!("{}: transpose: {e}", path.display()));
             let opt = lossc::opt::optimize(&raw).unwrap();
             lossc::ir::verify::verify(&opt).unwrap();
             let inputs = inputs_for(f, &mut rng, 1.0);
             let a = lossc::api::eval(&raw, &inputs, &BTreeMap::new()).unwrap();
-            for other in [&simple, &hoisted, &opt] {
+            for other in [&simple, &hoisted, &ordered, &opt] {
                 let b = lossc::api::eval(other, &inputs, &BTreeMap::new()).unwrap();
                 let close = |x: f64, y: f64| (x - y).abs() <= 1e-10 * x.abs().max(1.0) || (x.is_nan() && y.is_nan());
                 assert!(
@@ -429,12 +431,17 @@ fn row_local_nests_fuse_into_one_group() {
 #[test]
 fn contractions_and_cross_row_reads_do_not_fuse() {
     // x·xᵀ reads all of x for each row, and so does the product of its gradient; its left operand reads
-    // g_adj transposed; the row sums of exp(g) and the adjoint of g only read row i of g, and fuse.
-    let g = groups("loss f(x: f32[N, D]) { let g[i, j] = sum[d] x[i, d] * x[j, d]\n sum[i, j] exp(g[i, j] / 100) }");
+    // g_adj transposed (not symmetric: a factor w[i]); the row sums of exp(g) and the adjoint of g only
+    // read row i of g, and fuse.
+    let src = "loss f(x: f32[N, D], w: f32[N]) { let g[i, j] = sum[d] x[i, d] * x[j, d]\n sum[i, j] w[i] * exp(g[i, j] / 100) }";
+    let g = groups(src);
     for contraction in ["g", "grad_x_lhs", "grad_x"] {
         assert!(g.contains(&vec![contraction.to_string()]), "{contraction} alone: {g:?}");
     }
-    assert!(g.contains(&vec!["r1".to_string(), "g_adj".into()]), "{g:?}");
+    assert!(g.contains(&vec!["r1".to_string(), "g_adj".into(), "grad_w".into()]), "{g:?}");
+    // Without w, g_adj is symmetric and read along its rows (`transpose`): the left operand fuses too.
+    let g = groups("loss f(x: f32[N, D]) { let g[i, j] = sum[d] x[i, d] * x[j, d]\n sum[i, j] exp(g[i, j] / 100) }");
+    assert!(g.contains(&vec!["r1".to_string(), "g_adj".into(), "grad_x_lhs".into()]), "{g:?}");
     // A row reduction followed by an elementwise vector and a gradient row: the vector streams alone
     // (it is not row-sized) and whatever reads it runs after it.
     let g = groups("loss f(x: f32[N, D]) { let m[i] = max[d] x[i, d]\n sum[i] softplus(m[i]) + sum[d] x[i, d] ^ 2 }");
@@ -662,4 +669,38 @@ fn a_softmax_summed_over_its_row_is_one() {
             }
         }
     }
+}
+
+#[test]
+fn symmetric_matrices_are_read_along_their_rows() {
+    // `g` is symmetric (a Gram matrix over a symmetric scale), `h` is not. Summed over its first index, `g`
+    // is read as `g[h0, j]` (the row of the head), `h` as written; next to a column read of another matrix
+    // `m`, `g` follows that one's order. Gradients as before the rewrite.
+    let src = "loss f(b: f32[N, D], w: f32[N], m: f32[N, N]) {
+            let g[i, j] = sum[d] b[i, d] * b[j, d] / (w[i] * w[j] + 3.0)
+            let h[i, j] = b[i, 0] * w[j]
+            sum[i] (sum[j] g[j, i] * w[j]) + (sum[j] h[j, i] * w[j]) + (sum[j] g[j, i] * m[j, i]) }";
+    let f = compile(src);
+    let raw = lossc::autodiff::grad(&f).unwrap();
+    let opt = lossc::opt::optimize(&raw).unwrap();
+    let printed = lossc::ir::print::readable(&opt);
+    let has = |parts: &[&str]| printed.lines().any(|l| parts.iter().all(|p| l.contains(p)));
+    assert!(has(&["] = sum[j", "g[h0, j", "* w[j"]), "{printed}");
+    assert!(has(&["] = sum[j", "h[j", "* w[j"]), "{printed}");
+    assert!(has(&["] = sum[j", "g[j", "* m[j"]), "{printed}");
+    let mut rng = Rng::new(3);
+    let inputs = inputs_for(&f, &mut rng, 0.8);
+    let a = lossc::api::eval(&raw, &inputs, &BTreeMap::new()).unwrap();
+    let b = lossc::api::eval(&opt, &inputs, &BTreeMap::new()).unwrap();
+    assert!((a.loss - b.loss).abs() <= 1e-12 * a.loss.abs().max(1.0));
+    for ((n, ga), (_, gb)) in a.grads.iter().zip(&b.grads) {
+        for (x, y) in ga.to_f64().iter().zip(gb.to_f64()) {
+            assert!((x - y).abs() <= 1e-12 * x.abs().max(1.0), "grad {n}: {x} vs {y}");
+        }
+    }
+    // Without a symmetric tensor the pass changes nothing.
+    let plain = compile("loss f(m: f32[N, N]) { sum[i] sum[j] m[j, i] * m[i, j] }");
+    let before = lossc::opt::hoist::materialize(&plain).unwrap();
+    let after = lossc::opt::transpose::contiguous_reads(&before).unwrap();
+    assert_eq!(lossc::ir::print::readable(&before), lossc::ir::print::readable(&after));
 }

@@ -4,11 +4,13 @@
 //! stabilising rewrites, with CSE from hash-consing and dead-code removal from rebuilding only what the
 //! results reach), computes cheap `let`s where they are read ([`simplify::inline_lets`]), then [`hoist`]
 //! (the fusion decision: a reduction that does not depend on every index around it is materialized once
-//! as its own tensor instead of being recomputed inline), then one more simplification to compact. Every pass returns a function that passes [`crate::ir::verify::verify`] and
+//! as its own tensor instead of being recomputed inline), reads symmetric matrices along their rows
+//! ([`transpose`]), then one more simplification to compact. Every pass returns a function that passes [`crate::ir::verify::verify`] and
 //! computes the same results as its input.
 
 pub mod hoist;
 pub mod simplify;
+pub mod transpose;
 
 use crate::diag::{Code, Diag};
 use crate::ir::{Function, TooDeep};
@@ -45,7 +47,7 @@ pub fn simplify_only(f: &Function) -> Result<Function, TooDeep> {
 fn run(f: &Function) -> Result<Function, TooDeep> {
     let simple = simplify_only(&simplify::inline_lets(&simplify_only(f)?)?)?;
     let hoisted = hoist::materialize(&simple)?;
-    simplify_only(&hoisted)
+    simplify_only(&transpose::contiguous_reads(&hoisted)?)
 }
 
 /// Rebuilds `f` with the listed hyperparameters (by index) replaced by nodes already in `f`.
