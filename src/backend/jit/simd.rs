@@ -342,13 +342,14 @@ impl Lower<'_, '_> {
         if !matches!(self.f.node(element).expr, Expr::Reduce { .. }) {
             return start;
         }
-        let start = match self.gathers(element, k) {
-            false => {
-                // Along the outermost index, the tiles need chunks as wide as a tile.
-                self.column_tiles |= head.len() == 1;
+        // Tiles for a column sum along its one (outermost) index, whose chunks are then as wide as a tile;
+        // an inner index of a matrix's rows is seldom that wide (and more loops cost compile time).
+        let start = match head.len() == 1 && !self.gathers(element, k) {
+            true => {
+                self.column_tiles = true;
                 self.column_tiles(buffer, head, k, start, end, element)
             }
-            true => start,
+            false => start,
         };
         self.stepped_loop(k, start, end, LANES * COLUMN_BLOCK, &mut |l: &mut Self| {
             let kb = l.index(k);
