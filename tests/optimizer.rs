@@ -438,10 +438,16 @@ fn contractions_and_cross_row_reads_do_not_fuse() {
     for contraction in ["g", "grad_x_lhs", "grad_x"] {
         assert!(g.contains(&vec![contraction.to_string()]), "{contraction} alone: {g:?}");
     }
-    assert!(g.contains(&vec!["r1".to_string(), "g_adj".into(), "grad_w".into()]), "{g:?}");
+    assert!(
+        g.contains(&vec!["r1".to_string(), "g_adj".into(), "grad_w".into()]),
+        "{g:?}"
+    );
     // Without w, g_adj is symmetric and read along its rows (`transpose`): the left operand fuses too.
     let g = groups("loss f(x: f32[N, D]) { let g[i, j] = sum[d] x[i, d] * x[j, d]\n sum[i, j] exp(g[i, j] / 100) }");
-    assert!(g.contains(&vec!["r1".to_string(), "g_adj".into(), "grad_x_lhs".into()]), "{g:?}");
+    assert!(
+        g.contains(&vec!["r1".to_string(), "g_adj".into(), "grad_x_lhs".into()]),
+        "{g:?}"
+    );
     // A row reduction followed by an elementwise vector and a gradient row: the vector streams alone
     // (it is not row-sized) and whatever reads it runs after it.
     let g = groups("loss f(x: f32[N, D]) { let m[i] = max[d] x[i, d]\n sum[i] softplus(m[i]) + sum[d] x[i, d] ^ 2 }");
@@ -464,12 +470,23 @@ fn sums_of_a_term_and_mask_free_of_the_summed_index_become_counts() {
 #[test]
 fn sibling_sums_over_one_index_run_as_one_group() {
     // AnyLoss's tp, fp and fn are three sums over the same points: one group (one pass over each chunk
-    // of the data); the loss that reads all three runs after it.
+    // of the data), led by the map `a` they read at their own point (each chunk of it computed just before
+    // the sums read it); the loss that reads all three runs after it.
     let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/anyloss_f1.lx")).unwrap();
     let g = groups(&src);
-    assert!(g.contains(&vec!["tp".to_string(), "fp".into(), "fn_".into()]), "{g:?}");
+    assert!(
+        g.contains(&vec!["a".to_string(), "tp".into(), "fp".into(), "fn_".into()]),
+        "{g:?}"
+    );
     let at = |name: &str| g.iter().position(|m| m.iter().any(|t| t == name)).unwrap();
     assert!(at("tp") < at("loss"), "{g:?}");
+    // A sum that reads the map elsewhere than at its own point does not join it.
+    let g = groups("loss f(p: f32[N]) { let a[i] = sigmoid(p[i])\n (sum[i] a[i] * p[i]) + sum[i] exp(a[0] * p[i]) }");
+    assert!(
+        g.iter().all(|m| !(m.contains(&"a".to_string()) && m.len() > 2)),
+        "{g:?}"
+    );
+    assert!(g.iter().any(|m| m.len() == 2 && m[0] == "a"), "{g:?}");
 }
 
 #[test]

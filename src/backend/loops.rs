@@ -11,7 +11,9 @@
 //! row of the data stays in cache from one member to the next, and a group is one parallel launch). A
 //! member reads the tensors of earlier members only at the current outer index (whose row is complete);
 //! nests that cannot join are scheduled after the group, with everything that depends on them. Sibling
-//! sums over one index ([`split_sum`]) group the same way, over the summed index. A `let` tensor that
+//! sums over one index ([`split_sum`]) group the same way, over the summed index, after a map over that
+//! index that they read at their own point (computed part by part with them: AnyLoss's sigmoids and
+//! their three sums, [`split_members`]). A `let` tensor that
 //! only its own group reads is row-private ([`Plan::row_private`]): one row of it per running call is
 //! enough, so its data never leaves the cache; if a later member reads it only at its own element, it
 //! lives in that member's rows instead ([`Plan::row_host`]).
@@ -331,7 +333,35 @@ fn fuse_rows(f: &Function, nests: &[Nest]) -> Vec<Group> {
         let mut members = vec![first];
         let mut passed: Vec<TensorId> = Vec::new();
         let sum_extent = |n: &Nest| split_sum(f, n).map(|(i, _, _)| f.index(i).range.clone());
-        if let Some(extent) = sum_extent(&nests[first]) {
+        let map = map_extent(f, &nests[first]);
+        if let Some(extent) = map {
+            // A map over one index and the sibling sums after it over the same extent that read it only at
+            // their summed index: each part of the sums computes its part of the map first, and reads it
+            // back from the cache.
+            let map_tensor = nests[first].tensor;
+            for &n in &left[1..] {
+                let nest = &nests[n];
+                let reads = tensor_reads(f, nest.body);
+                let summed = split_sum(f, nest).map(|(i, _, _)| i);
+                let joins = sum_extent(nest).as_ref() == Some(&extent)
+                    && !reads.iter().any(|(t, row)| {
+                        passed.contains(t)
+                            || members[1..].iter().any(|m| nests[*m].tensor == *t)
+                            || (*t == map_tensor && *row != summed)
+                    });
+                if joins {
+                    members.push(n);
+                } else {
+                    passed.push(nest.tensor);
+                }
+            }
+            if members.len() == 1 {
+                passed.clear();
+            }
+        }
+        if members.len() > 1 {
+            // The map and its sums.
+        } else if let Some(extent) = sum_extent(&nests[first]) {
             // Sibling sums over the same extent: later sums that read no member and nothing passed over.
             for &n in &left[1..] {
                 let nest = &nests[n];
@@ -374,6 +404,38 @@ fn fuse_rows(f: &Function, nests: &[Nest]) -> Vec<Group> {
         groups.push(Group { members });
     }
     groups
+}
+
+/// A group of sibling sums over one index ([`split_sum`]), after at most one leading map over that extent
+/// ([`map_extent`]): the position of the first sum among the members, and each sum's index, mask and term.
+pub fn split_members(f: &Function, members: &[&Nest]) -> Option<(usize, Vec<(IndexId, Option<NodeId>, NodeId)>)> {
+    let first = match members {
+        [map, _, ..] if split_sum(f, map).is_none() && map_extent(f, map).is_some() => 1,
+        _ => 0,
+    };
+    let sums: Vec<_> = members[first..]
+        .iter()
+        .map(|m| split_sum(f, m))
+        .collect::<Option<_>>()?;
+    let extent = |i: IndexId| f.index(i).range.clone();
+    let same = match first {
+        1 => map_extent(f, members[0]) == Some(extent(sums[0].0)),
+        _ => true,
+    };
+    same.then_some((first, sums))
+}
+
+/// The extent of a nest that is a float map over one index (no reduction in its element), which may lead a
+/// group of sibling sums over that extent ([`fuse_rows`]).
+fn map_extent(f: &Function, nest: &Nest) -> Option<Dim> {
+    let [(_, extent)] = &nest.head[..] else {
+        return None;
+    };
+    let elementwise = !f
+        .reachable(&[nest.body])
+        .iter()
+        .any(|n| matches!(f.node(*n).expr, Expr::Reduce { .. }));
+    (nest.parallel && elementwise && f.node(nest.body).scalar == Scalar::Float).then(|| extent.clone())
 }
 
 /// A rank-0 nest that is one sum over one index: (the index, the mask, the term). A code generator may

@@ -64,7 +64,7 @@ mod rows;
 mod simd;
 
 use super::interp::Evaluation;
-use super::loops::{Contraction, Group, Nest, Plan, split_sum};
+use super::loops::{Contraction, Group, Nest, Plan, split_members};
 use crate::call::{Bound, CallError};
 use crate::data::{Data, Tensor};
 use crate::ir::{Dim, Expr, Function, IndexId, NodeId, ReduceOp, Role, Scalar, TensorRef};
@@ -290,15 +290,7 @@ fn build(f: &Function, mut clif_text: Option<&mut String>, exp_rows: bool) -> Re
     let splits = plan
         .groups
         .iter()
-        .map(|g| {
-            let members = plan.members(g);
-            members
-                .iter()
-                .all(|m| split_sum(f, m).is_some())
-                .then(|| members[0])
-                .and_then(|m| split_sum(f, m))
-                .map(|(i, _, _)| f.index(i).range.clone())
-        })
+        .map(|g| split_members(f, &plan.members(g)).map(|(_, sums)| f.index(sums[0].0).range.clone()))
         .collect();
     let products = plan
         .groups
@@ -737,8 +729,8 @@ impl Compiled {
                 }),
                 _ => vec![run_chunks(0, &numbered)],
             };
-            if split.is_some() {
-                for (slot, member) in members.iter().enumerate() {
+            if let Some((first, _)) = split.as_ref().and_then(|_| split_members(f, &members)) {
+                for (slot, member) in members.iter().enumerate().skip(first) {
                     // The parts in chunk order, in f64.
                     let total: f64 = (0..chunks.len()).map(|c| partials[c * per_chunk + slot] as f64).sum();
                     let k = self.plan.buffer_of(f, TensorRef::Def(member.tensor));
@@ -1009,8 +1001,13 @@ impl<'a, 'b> Lower<'a, 'b> {
     /// A group's function: a lone nest loops over its whole head (the outermost over `lo..hi`); fused
     /// members share one loop over `lo..hi` of their outer index and run their other loops in turn.
     fn group(&mut self, group: &Group, members: &[&Nest]) {
-        let sums: Option<Vec<_>> = members.iter().map(|m| split_sum(self.f, m)).collect();
-        if let Some(sums) = sums {
+        if let Some((first, sums)) = split_members(self.f, members) {
+            if first == 1 {
+                // The leading map's part first (`lo..hi` of its index, as the sums').
+                self.softmax_member(group, group.members[0], members[0], 0);
+            }
+            // Each member's part goes to its own slot.
+            let slot_offset = |slot: usize| 4 * (first + slot) as i32;
             let together: Option<Vec<(IndexId, NodeId)>> = sums
                 .iter()
                 .map(|&(i, mask, body)| {
@@ -1024,7 +1021,7 @@ impl<'a, 'b> Lower<'a, 'b> {
                 let hi = self.b.ins().smin(self.hi, extent);
                 let parts = self.sums_in_one_loop(&together, self.lo, hi);
                 for (slot, part) in parts.into_iter().enumerate() {
-                    self.b.ins().store(flags(), part, self.partial, 4 * slot as i32);
+                    self.b.ins().store(flags(), part, self.partial, slot_offset(slot));
                 }
             } else {
                 // Each sum's part over this chunk (which stays in cache from one sum to the next).
@@ -1034,7 +1031,7 @@ impl<'a, 'b> Lower<'a, 'b> {
                     let hi = self.b.ins().smin(self.hi, extent);
                     self.split_bounds = Some((self.lo, hi));
                     let part = self.reduce(ReduceOp::Sum, &[i], mask, body);
-                    self.b.ins().store(flags(), part, self.partial, 4 * slot as i32);
+                    self.b.ins().store(flags(), part, self.partial, slot_offset(slot));
                 }
             }
         } else if let [nest] = members {
