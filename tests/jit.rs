@@ -910,7 +910,7 @@ fn a_logsumexp_constant_along_its_row_keeps_no_exponentials() {
         mean[i] sigmoid(logsumexp[k: C] x[i, y[i]]) + x[i, y[i]] * (sum[k | x[i, k] > -0.5] tanh(x[i, k])) }";
     let (jit, interp) = jit_and_interp("c.lx", src);
     let f = jit.kernel(None).unwrap().function().clone();
-    assert!(lossc::backend::loops::Plan::new(&f).kept_exps.is_empty());
+    assert!(lossc::backend::loops::Plan::new(&f).kept_exps.iter().all(|e| e.plain));
     let mut rng = Rng::new(567);
     for (n, c) in [(3usize, 4usize), (5, 9)] {
         let inputs = BTreeMap::from([
@@ -1223,13 +1223,14 @@ fn masked_softmax_rows_keep_their_exponentials_and_agree() {
     ];
     let batch = |pick: &[usize]| row_batch(&rows, &[3, 1, 2, 0, 4, 10, 3], pick);
     // The probabilities of a masked softmax summed over every point: its gradient reads exp(x - lse) at
-    // every point, where the row has no exponential; nothing is kept.
+    // every point, where the row has no exponential; the logsumexp keeps nothing (the plain sum of those
+    // exponentials keeps its own for the gradient, which reads them as they are).
     let unguarded = "loss p(s: f32[N, C], y: idx[N] < C) {
         let r[i] = logsumexp[k | k != y[i]] s[i, k]
         sum[i] (sum[k] exp(s[i, k] - r[i])) + r[i] }";
     let (jit, unguarded_interp) = jit_and_interp("p.lx", unguarded);
     let f = jit.kernel(None).unwrap().function().clone();
-    assert!(lossc::backend::loops::Plan::new(&f).kept_exps.is_empty());
+    assert!(lossc::backend::loops::Plan::new(&f).kept_exps.iter().all(|e| e.plain));
     let many: Vec<usize> = (0..40).map(|r| [0, 5, 0, 1, 5][r % 5]).collect();
     modules_agree(unguarded, &jit, &unguarded_interp, None, &batch(&many));
     for threads in [1, 2, 3] {
@@ -1270,4 +1271,43 @@ fn column_sums_run_in_tiles_with_the_same_bits_for_any_thread_count() {
         let b = interp.kernel(Some(name)).unwrap().eval(&inputs).unwrap();
         assert_agree(name, &a, &b);
     }
+}
+
+#[test]
+fn plain_sums_of_exponentials_keep_them_for_a_reader_in_their_group() {
+    // `r[i] = sum[j | j != i] exp(s[i, j])` and the gradient's `exp(s[t, j])` under the same guard: the sum
+    // leaves its exponentials in the gradient's row, which reads them as they are (one exp per element).
+    // The diagonal (masked out) holds NaN and infinities in some rows; rows of -inf and +inf elsewhere.
+    // As the interpreter at any thread count; NT-Xent (W4) too.
+    let src = "loss f(s: f32[N, N]) {
+            let r[i] = sum[j | j != i] exp(s[i, j])
+            mean[i] log(r[i]) }";
+    let (jit, interp) = jit_and_interp("p.lx", src);
+    let f = jit.kernel(None).unwrap().function().clone();
+    let plan = lossc::backend::loops::Plan::new(&f);
+    assert!(
+        plan.kept_exps.iter().any(|e| e.plain),
+        "a plain sum keeps its exponentials"
+    );
+    let mut rng = Rng::new(12);
+    let n = 37;
+    let mut s: Vec<f64> = (0..n * n).map(|_| 2.0 * rng.normal()).collect();
+    for (row, x) in [(0, f64::NAN), (1, f64::INFINITY), (2, f64::NEG_INFINITY)] {
+        s[row * n + row] = x;
+    }
+    s[3 * n + 7] = f64::NEG_INFINITY;
+    s[4 * n + 9] = f64::INFINITY;
+    s[5 * n + 2] = 80.0;
+    let inputs = BTreeMap::from([("s".to_string(), Tensor::float(vec![n, n], s))]);
+    for threads in [1, 2, 3] {
+        let jit = Compiler::new().threads(threads).compile_source("p.lx", src).unwrap();
+        modules_agree(&format!("{threads} threads"), &jit, &interp, None, &inputs);
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/nt_xent.lx");
+    let jit = Compiler::new().compile_file(&path).unwrap();
+    let interp = Compiler::new().backend(Backend::Interp).compile_file(&path).unwrap();
+    let f = jit.kernel(None).unwrap().function().clone();
+    assert!(lossc::backend::loops::Plan::new(&f).kept_exps.iter().any(|e| e.plain));
+    let inputs = random_inputs(&f, &[45, 19], &mut rng);
+    modules_agree("nt_xent", &jit, &interp, None, &inputs);
 }

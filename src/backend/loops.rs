@@ -59,7 +59,8 @@ pub struct Group {
 /// `1 / sum` when both run in one group; when G runs in a later group, times the factor the logsumexp
 /// left for the row in [`KeptExps::factors`] (no pass over the row to scale it first). One exponential
 /// per element instead of two. A masked logsumexp keeps the exponentials where its mask holds, for a
-/// consumer that reads them only there (multi-similarity's two mined softmaxes).
+/// consumer that reads them only there (multi-similarity's two mined softmaxes). A plain sum of
+/// exponentials keeps them unshifted for a consumer in its group that reads the same `exp` ([`KeptExps::plain`]).
 #[derive(Clone, Copy, Debug)]
 pub struct KeptExps {
     /// The logsumexp nest (its body is the reduction).
@@ -76,6 +77,10 @@ pub struct KeptExps {
     /// Where the row lives when the consumer's own row holds another logsumexp's exponentials (both in
     /// the consumer's group): a row-private buffer of the consumer's shape (after every tensor's).
     pub scratch: Option<usize>,
+    /// The nest is a plain sum of exponentials `sum[k | m] exp(B)` (not a logsumexp) and the consumer, in
+    /// its group, reads `exp(B)` itself: the row holds them unshifted, to be read as they are (NT-Xent's
+    /// `sum[j | j != i] exp(aa[i, j])` and the adjoint of `aa`).
+    pub plain: bool,
 }
 
 /// A nest `out[p, q] = sum[k] L(p, k) * R(k, q)` whose operands are float buffers read at bare indices
@@ -471,20 +476,28 @@ fn row_local(f: &Function, nest: &Nest) -> Option<bool> {
 /// `exp(B - lse)` along the reduced axis. A masked logsumexp sums only where its mask holds, so its row
 /// only has those exponentials: the consumer must read the `exp` only where the mask holds (under
 /// `select(mask, …, _)`, as autodiff guards the terms of a masked reduction's adjoint). A consumer's own
-/// row holds one logsumexp's row; another in its group gets a scratch row, added to `buffers`.
+/// row holds one logsumexp's row; another in its group gets a scratch row, added to `buffers`. A plain
+/// sum `sum[k | m] exp(B)` pairs the same way with a consumer in its group that reads `exp(B)`.
 fn kept_exps(f: &Function, nests: &[Nest], groups: &[Group], buffers: &mut Vec<Buffer>) -> Vec<KeptExps> {
     let order: Vec<usize> = groups.iter().flat_map(|g| g.members.iter().copied()).collect();
     let group_of = |n: usize| groups.iter().position(|g| g.members.contains(&n));
     let mut kept: Vec<KeptExps> = Vec::new();
     for (p, &lse) in order.iter().enumerate() {
         let Expr::Reduce {
-            op: ReduceOp::LogSumExp,
+            op: op @ (ReduceOp::LogSumExp | ReduceOp::Sum),
             indices,
             mask,
             body,
         } = &f.node(nests[lse].body).expr
         else {
             continue;
+        };
+        // A plain sum of exponentials keeps `exp(B)` for a consumer in its group that reads `exp(B)`.
+        let plain = *op == ReduceOp::Sum;
+        let body = match (&f.node(*body).expr, plain) {
+            (_, false) => body,
+            (Expr::Prim { prim: Prim::Exp, args }, true) => &args[0],
+            _ => continue,
         };
         let ([k], [(row, _)]) = (&indices[..], &nests[lse].head[..]) else {
             continue;
@@ -506,7 +519,7 @@ fn kept_exps(f: &Function, nests: &[Nest], groups: &[Group], buffers: &mut Vec<B
             if *jd != f.index(*k).range
                 || *td != nests[lse].head[0].1
                 || !elementwise
-                || (hosting && group_of(consumer) != group_of(lse))
+                || ((hosting || plain) && group_of(consumer) != group_of(lse))
             {
                 continue;
             }
@@ -515,6 +528,9 @@ fn kept_exps(f: &Function, nests: &[Nest], groups: &[Group], buffers: &mut Vec<B
                 let Expr::Prim { prim: Prim::Exp, args } = &f.node(*n).expr else {
                     return false;
                 };
+                if plain {
+                    return f.same_renamed(*body, args[0], &map);
+                }
                 let Expr::Prim { prim: Prim::Sub, args } = &f.node(args[0]).expr else {
                     return false;
                 };
@@ -543,6 +559,7 @@ fn kept_exps(f: &Function, nests: &[Nest], groups: &[Group], buffers: &mut Vec<B
                     exp,
                     factors: None,
                     scratch,
+                    plain,
                 });
                 break;
             }

@@ -220,7 +220,7 @@ fn build(f: &Function, mut clif_text: Option<&mut String>, exp_rows: bool) -> Re
     let mut plan = Plan::new(f);
     // Exponentials are kept only where the logsumexp runs in two passes (its body is cheap).
     plan.kept_exps.retain(|e| match &f.node(plan.nests[e.lse].body).expr {
-        Expr::Reduce { body, .. } => cheap(f, *body),
+        Expr::Reduce { body, .. } => e.plain || cheap(f, *body),
         _ => false,
     });
     let mut sig = module.make_signature();
@@ -837,6 +837,8 @@ struct KeepExps {
     row: IndexId,
     /// The consumer runs in a later group: the buffer to leave the row's factor in (loops::KeptExps).
     factors: Option<usize>,
+    /// A plain sum of exponentials: the row holds them as they are (loops::KeptExps::plain).
+    plain: bool,
 }
 
 /// A one-hot term `select(k == at, value, 0)` of a row's element: its lanes compute `rest` (or the element
@@ -1179,6 +1181,7 @@ impl<'a, 'b> Lower<'a, 'b> {
                 length: consumer.head[1].1.clone(),
                 row: nest.head[0].0,
                 factors: e.factors.filter(|_| !group.members.contains(&e.consumer)),
+                plain: e.plain,
             }
         });
         for e in plan
@@ -2437,6 +2440,19 @@ impl<'a, 'b> Lower<'a, 'b> {
         self.b.def_var(flat, z);
         let simple =
             matches!(op, ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min) || (op == ReduceOp::Mean && mask.is_none());
+        // A plain sum of exponentials whose consumer reads them: each goes to the consumer's row as well
+        // (where the mask holds; the consumer reads them only there).
+        let keep = match (op, &ranges[..]) {
+            (ReduceOp::Sum, [(k, _)]) if self.keep_exps.as_ref().is_some_and(|keep| keep.plain) => {
+                self.keep_exps.take().map(|keep| {
+                    let row = self.index(keep.row);
+                    let length = self.dim(&keep.length);
+                    let start = self.b.ins().imul(row, length);
+                    (*k, keep, start)
+                })
+            }
+            _ => None,
+        };
         if simple && ranges.len() == 1 {
             let vsum = self.vacc_sum();
             let vext = self.vext_new(op == ReduceOp::Max, true);
@@ -2444,9 +2460,14 @@ impl<'a, 'b> Lower<'a, 'b> {
                 &ranges,
                 mask,
                 body,
-                // Unrolled four times: only for a cheap body (a costly one hides the widening anyway).
-                matches!(op, ReduceOp::Sum | ReduceOp::Mean) && cheap(self.f, body),
+                // Unrolled four times: only for a cheap body (a costly one hides the widening anyway), and
+                // not when each value is kept.
+                matches!(op, ReduceOp::Sum | ReduceOp::Mean) && cheap(self.f, body) && keep.is_none(),
                 &mut |l: &mut Self, v, lanes_mask, points| {
+                    if let Some((k, keep, start)) = &keep {
+                        let flat = l.kept_at(*k, *start);
+                        l.vstore(keep.buffer, flat, v);
+                    }
                     let fill = match op {
                         ReduceOp::Max => f32::NEG_INFINITY,
                         ReduceOp::Min => f32::INFINITY,
@@ -2463,8 +2484,20 @@ impl<'a, 'b> Lower<'a, 'b> {
                         l.b.def_var(count, c);
                     }
                 },
-                &mut |l: &mut Self, v| l.accumulate(op, v, acc, aux, count, pos, nan, flat),
+                &mut |l: &mut Self, v| {
+                    if let Some((k, keep, start)) = &keep {
+                        let at = l.kept_at(*k, *start);
+                        l.store(keep.buffer, Scalar::Float, at, v);
+                    }
+                    l.accumulate(op, v, acc, aux, count, pos, nan, flat)
+                },
             );
+            if let Some((_, keep, _)) = &keep {
+                // The consumer reads them as they are.
+                let one = self.fconst(1.0);
+                self.kept_exps
+                    .insert(keep.exp, (keep.buffer, KeptFactor::Computed(one)));
+            }
             // Fold the vector accumulators into the scalar one.
             let a = self.b.use_var(acc);
             let r = match op {
