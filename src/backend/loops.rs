@@ -60,7 +60,7 @@ pub struct Group {
 /// left for the row in [`KeptExps::factors`] (no pass over the row to scale it first). One exponential
 /// per element instead of two. A masked logsumexp keeps the exponentials where its mask holds, for a
 /// consumer that reads them only there (multi-similarity's two mined softmaxes). A plain sum of
-/// exponentials keeps them unshifted for a consumer in its group that reads the same `exp` ([`KeptExps::plain`]).
+/// exponentials keeps them unshifted for a consumer that reads the same `exp` ([`KeptExps::plain`]).
 #[derive(Clone, Copy, Debug)]
 pub struct KeptExps {
     /// The logsumexp nest (its body is the reduction).
@@ -77,9 +77,9 @@ pub struct KeptExps {
     /// Where the row lives when the consumer's own row holds another logsumexp's exponentials (both in
     /// the consumer's group): a row-private buffer of the consumer's shape (after every tensor's).
     pub scratch: Option<usize>,
-    /// The nest is a plain sum of exponentials `sum[k | m] exp(B)` (not a logsumexp) and the consumer, in
-    /// its group, reads `exp(B)` itself: the row holds them unshifted, to be read as they are (NT-Xent's
-    /// `sum[j | j != i] exp(aa[i, j])` and the adjoint of `aa`).
+    /// The nest is a plain sum of exponentials `sum[k | m] exp(B)` (not a logsumexp) and the consumer
+    /// reads `exp(B)` itself: the row holds them unshifted (their factor is 1), to be read as they are
+    /// (NT-Xent's `sum[j | j != i] exp(aa[i, j])` and the adjoint of `aa`).
     pub plain: bool,
 }
 
@@ -477,7 +477,7 @@ fn row_local(f: &Function, nest: &Nest) -> Option<bool> {
 /// only has those exponentials: the consumer must read the `exp` only where the mask holds (under
 /// `select(mask, …, _)`, as autodiff guards the terms of a masked reduction's adjoint). A consumer's own
 /// row holds one logsumexp's row; another in its group gets a scratch row, added to `buffers`. A plain
-/// sum `sum[k | m] exp(B)` pairs the same way with a consumer in its group that reads `exp(B)`.
+/// sum `sum[k | m] exp(B)` pairs the same way with a consumer that reads `exp(B)`.
 fn kept_exps(f: &Function, nests: &[Nest], groups: &[Group], buffers: &mut Vec<Buffer>) -> Vec<KeptExps> {
     let order: Vec<usize> = groups.iter().flat_map(|g| g.members.iter().copied()).collect();
     let group_of = |n: usize| groups.iter().position(|g| g.members.contains(&n));
@@ -519,7 +519,7 @@ fn kept_exps(f: &Function, nests: &[Nest], groups: &[Group], buffers: &mut Vec<B
             if *jd != f.index(*k).range
                 || *td != nests[lse].head[0].1
                 || !elementwise
-                || ((hosting || plain) && group_of(consumer) != group_of(lse))
+                || (hosting && group_of(consumer) != group_of(lse))
             {
                 continue;
             }

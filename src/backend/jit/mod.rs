@@ -2493,10 +2493,18 @@ impl<'a, 'b> Lower<'a, 'b> {
                 },
             );
             if let Some((_, keep, _)) = &keep {
-                // The consumer reads them as they are.
+                // The consumer reads them as they are: times 1, here or (in a later group) from the buffer.
                 let one = self.fconst(1.0);
-                self.kept_exps
-                    .insert(keep.exp, (keep.buffer, KeptFactor::Computed(one)));
+                match keep.factors {
+                    Some(factors) => {
+                        let row = self.index(keep.row);
+                        self.store(factors, Scalar::Float, row, one);
+                    }
+                    None => {
+                        self.kept_exps
+                            .insert(keep.exp, (keep.buffer, KeptFactor::Computed(one)));
+                    }
+                }
             }
             // Fold the vector accumulators into the scalar one.
             let a = self.b.use_var(acc);
