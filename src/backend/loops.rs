@@ -492,7 +492,7 @@ fn kept_exps(f: &Function, nests: &[Nest], groups: &[Group], buffers: &mut Vec<B
         else {
             continue;
         };
-        // A plain sum of exponentials keeps `exp(B)` for a consumer in its group that reads `exp(B)`.
+        // A plain sum of exponentials keeps `exp(B)` for a consumer that reads `exp(B)`.
         let plain = *op == ReduceOp::Sum;
         let body = match (&f.node(*body).expr, plain) {
             (_, false) => body,

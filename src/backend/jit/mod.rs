@@ -1981,12 +1981,7 @@ impl<'a, 'b> Lower<'a, 'b> {
         // A softmax row's exponentials go to their consumer's row (or a scratch row), at the reduced index
         // (with a mask, only where it holds: the consumer reads them only there).
         let keep = match ranges {
-            [(k, _)] => self.keep_exps.take().map(|keep| {
-                let row = self.index(keep.row);
-                let length = self.dim(&keep.length);
-                let start = self.b.ins().imul(row, length);
-                (*k, keep, start)
-            }),
+            [(k, _)] => self.keep_exps.take().map(|keep| self.kept_row_start(*k, keep)),
             _ => None,
         };
         // With the 8-lane row helper, the first pass also leaves the row's values in the kept row, and
@@ -2054,19 +2049,33 @@ impl<'a, 'b> Lower<'a, 'b> {
             let inverse = self.b.ins().fdemote(types::F32, inverse);
             let one = self.fconst(1.0);
             let factor = self.b.ins().select(finite, inverse, one);
-            match keep.factors {
-                // The consumer runs later: the row's factor waits for it in a buffer (no pass over the row).
-                Some(factors) => {
-                    let row = self.index(keep.row);
-                    self.store(factors, Scalar::Float, row, factor);
-                }
-                None => {
-                    self.kept_exps
-                        .insert(keep.exp, (keep.buffer, KeptFactor::Computed(factor)));
-                }
-            }
+            self.leave_factor(&keep, factor);
         }
         self.b.ins().select(finite, r, mx)
+    }
+
+    /// Where kept exponentials start in their row (`keep.row` times the row's length), with the index `k`
+    /// along the row and `keep`.
+    fn kept_row_start(&mut self, k: IndexId, keep: KeepExps) -> (IndexId, KeepExps, Value) {
+        let row = self.index(keep.row);
+        let length = self.dim(&keep.length);
+        let start = self.b.ins().imul(row, length);
+        (k, keep, start)
+    }
+
+    /// The factor that turns this row's kept exponentials into the consumer's `exp` values: for the
+    /// consumer in this group, or in a buffer for one in a later group (no pass over the row).
+    fn leave_factor(&mut self, keep: &KeepExps, factor: Value) {
+        match keep.factors {
+            Some(factors) => {
+                let row = self.index(keep.row);
+                self.store(factors, Scalar::Float, row, factor);
+            }
+            None => {
+                self.kept_exps
+                    .insert(keep.exp, (keep.buffer, KeptFactor::Computed(factor)));
+            }
+        }
     }
 
     /// The first pass of a two-pass logsumexp: the maximum of the body over `ranges` (where the mask holds)
@@ -2444,12 +2453,7 @@ impl<'a, 'b> Lower<'a, 'b> {
         // (where the mask holds; the consumer reads them only there).
         let keep = match (op, &ranges[..]) {
             (ReduceOp::Sum, [(k, _)]) if self.keep_exps.as_ref().is_some_and(|keep| keep.plain) => {
-                self.keep_exps.take().map(|keep| {
-                    let row = self.index(keep.row);
-                    let length = self.dim(&keep.length);
-                    let start = self.b.ins().imul(row, length);
-                    (*k, keep, start)
-                })
+                self.keep_exps.take().map(|keep| self.kept_row_start(*k, keep))
             }
             _ => None,
         };
@@ -2493,18 +2497,9 @@ impl<'a, 'b> Lower<'a, 'b> {
                 },
             );
             if let Some((_, keep, _)) = &keep {
-                // The consumer reads them as they are: times 1, here or (in a later group) from the buffer.
+                // The consumer reads them as they are.
                 let one = self.fconst(1.0);
-                match keep.factors {
-                    Some(factors) => {
-                        let row = self.index(keep.row);
-                        self.store(factors, Scalar::Float, row, one);
-                    }
-                    None => {
-                        self.kept_exps
-                            .insert(keep.exp, (keep.buffer, KeptFactor::Computed(one)));
-                    }
-                }
+                self.leave_factor(keep, one);
             }
             // Fold the vector accumulators into the scalar one.
             let a = self.b.use_var(acc);
