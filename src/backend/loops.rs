@@ -338,49 +338,17 @@ fn fuse_rows(f: &Function, nests: &[Nest]) -> Vec<Group> {
         let mut members = vec![first];
         let mut passed: Vec<TensorId> = Vec::new();
         let sum_extent = |n: &Nest| split_sum(f, n).map(|(i, _, _)| f.index(i).range.clone());
-        let map = map_extent(f, &nests[first]);
-        if let Some(extent) = map {
-            // A map over one index and the sibling sums after it over the same extent that read it only at
-            // their summed index: each part of the sums computes its part of the map first, and reads it
-            // back from the cache.
-            let map_tensor = nests[first].tensor;
-            for &n in &left[1..] {
-                let nest = &nests[n];
-                let reads = tensor_reads(f, nest.body);
-                let summed = split_sum(f, nest).map(|(i, _, _)| i);
-                let joins = sum_extent(nest).as_ref() == Some(&extent)
-                    && !reads.iter().any(|(t, row)| {
-                        passed.contains(t)
-                            || members[1..].iter().any(|m| nests[*m].tensor == *t)
-                            || (*t == map_tensor && *row != summed)
-                    });
-                if joins {
-                    members.push(n);
-                } else {
-                    passed.push(nest.tensor);
-                }
-            }
-            if members.len() == 1 {
-                passed.clear();
-            }
-        }
-        if members.len() > 1 {
-            // The map and its sums.
+        // A map over one index leads the sibling sums after it over that extent that read it only at their
+        // summed index (each part of the sums computes its part of the map first, and reads it back from
+        // the cache); without any, the map is grouped as any other nest.
+        let led = map_extent(f, &nests[first])
+            .map(|extent| sibling_sums(f, nests, &left[1..], &extent, Some(nests[first].tensor)))
+            .filter(|sums| !sums.is_empty());
+        if let Some(sums) = led {
+            members.extend(sums);
         } else if let Some(extent) = sum_extent(&nests[first]) {
             // Sibling sums over the same extent: later sums that read no member and nothing passed over.
-            for &n in &left[1..] {
-                let nest = &nests[n];
-                let reads = tensor_reads(f, nest.body);
-                let joins = sum_extent(nest).as_ref() == Some(&extent)
-                    && !reads
-                        .iter()
-                        .any(|(t, _)| passed.contains(t) || members.iter().any(|m| nests[*m].tensor == *t));
-                if joins {
-                    members.push(n);
-                } else {
-                    passed.push(nest.tensor);
-                }
-            }
+            members.extend(sibling_sums(f, nests, &left, &extent, None).into_iter().skip(1));
         } else if let Some((_, extent)) = nests[first]
             .head
             .first()
@@ -409,6 +377,27 @@ fn fuse_rows(f: &Function, nests: &[Nest]) -> Vec<Group> {
         groups.push(Group { members });
     }
     groups
+}
+
+/// The sums of `candidates` (in order) that join a group of sibling sums over `extent`: a sum joins when
+/// it reads no sum that joined before it and nothing passed over, and reads `map` (the group's leading
+/// map, if any) only at its summed index.
+fn sibling_sums(f: &Function, nests: &[Nest], candidates: &[usize], extent: &Dim, map: Option<TensorId>) -> Vec<usize> {
+    let (mut sums, mut passed): (Vec<usize>, Vec<TensorId>) = (Vec::new(), Vec::new());
+    for &n in candidates {
+        let nest = &nests[n];
+        let summed = split_sum(f, nest).map(|(i, _, _)| i);
+        let joins = summed.is_some_and(|i| f.index(i).range == *extent)
+            && !tensor_reads(f, nest.body).iter().any(|(t, row)| {
+                passed.contains(t) || sums.iter().any(|m| nests[*m].tensor == *t) || (Some(*t) == map && *row != summed)
+            });
+        if joins {
+            sums.push(n);
+        } else {
+            passed.push(nest.tensor);
+        }
+    }
+    sums
 }
 
 /// A group of sibling sums over one index ([`split_sum`]), after at most one leading map over that extent
