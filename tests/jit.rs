@@ -1108,6 +1108,49 @@ fn light_loops_run_two_vectors_per_iteration_and_agree() {
 }
 
 #[test]
+fn elementwise_runs_end_in_an_overlapping_vector_and_agree() {
+    // An elementwise run of at least a vector covers the points its vector loop leaves with vectors, the
+    // last ending at the run's end (it overlaps the one before); shorter runs are scalar. Every length
+    // from 1 to 13 (light bodies run two vectors per iteration and leave up to seven points), rows and
+    // one-index maps, a sigmoid at the root (the row helper), heavy and light bodies, one and two
+    // threads (a chunk's run ends inside the vector), and every point written: no NaN left by a stale
+    // buffer, each value as the interpreter's.
+    let src = "loss rows(s: f32[N, C]) -> (light: f32[N, C], heavy: f32[N, C], squash: f32[N, C]) {
+            out light[i, k] = 2.0 * s[i, k] + 1.0
+            out heavy[i, k] = log(1.0 + exp(s[i, k])) * tanh(s[i, k] - 0.5) + s[i, k] / (2.0 + s[i, k] * s[i, k])
+            out squash[i, k] = sigmoid(3.0 * s[i, k])
+            sum[t] sum[c] s[t, c] * s[t, c] }
+        loss points(p: f32[N], y: f32[N] nograd, L: f32 = 7.0) {
+            let a[i] = sigmoid(L * (p[i] - 0.5))
+            let tp = sum[i] a[i] * y[i]
+            1.0 - tp / ((sum[i] a[i]) + (sum[j] y[j])) }";
+    let jit1 = Compiler::new().threads(1).compile_source("v.lx", src).unwrap();
+    let (jit2, interp) = jit_and_interp("v.lx", src);
+    let mut rng = Rng::new(44);
+    for name in ["rows", "points"] {
+        let f = jit2.kernel(Some(name)).unwrap().function().clone();
+        for len in 1..=13i64 {
+            let sizes: &[i64] = if name == "rows" { &[3, len] } else { &[len] };
+            let inputs = random_inputs(&f, sizes, &mut rng);
+            let b = interp.kernel(Some(name)).unwrap().eval(&inputs).unwrap();
+            for jit in [&jit1, &jit2] {
+                let a = jit.kernel(Some(name)).unwrap().eval(&inputs).unwrap();
+                assert_agree(&format!("{name}, length {len}"), &a, &b);
+            }
+        }
+    }
+    // A one-index map over a million points runs in chunks of the outer loop: with two threads each
+    // chunk's run ends in an overlapping vector where its length is not a multiple of 8.
+    let f = jit2.kernel(Some("points")).unwrap().function().clone();
+    for n in [4099i64, 70_003] {
+        let inputs = random_inputs(&f, &[n], &mut rng);
+        let a = jit2.kernel(Some("points")).unwrap().eval(&inputs).unwrap();
+        let b = interp.kernel(Some("points")).unwrap().eval(&inputs).unwrap();
+        assert_agree(&format!("points, N = {n}"), &a, &b);
+    }
+}
+
+#[test]
 fn sibling_sums_run_in_one_loop_with_the_bits_each_has_alone() {
     // Two cheap sums over one index are computed in one loop (their loads shared); each must keep the
     // bits it has when it is the only sum: `max(a, b - 1e30)` is `a` exactly.
@@ -1166,8 +1209,9 @@ fn sums_and_means_add_sixteen_points_at_a_time_and_agree() {
 #[test]
 fn one_hot_terms_are_added_after_the_lanes_and_agree() {
     // Cross-entropy's gradient is `select(y[i] == k, -1/N, 0) + softmax / N`: the lanes compute the
-    // softmax part and the label's term is added at k = y[i] afterwards, unless y[i] falls in the scalar
-    // tail (C = 7: lanes 0..4, tail 4..7), which computes whole elements. Every label position is used.
+    // softmax part and the label's term is added at k = y[i] afterwards, also where y[i] falls in the
+    // last vector, which overlaps the one before (C = 7: lanes 0..4, then 3..7); a row shorter than a
+    // vector (C = 3) runs scalar code, which computes whole elements. Every label position is used.
     // In `deep`'s output `g` the term sits inside a sum of three (`(onehot + x) + y`): the lanes compute
     // the sum with the term as 0. In `h` the same term also occurs outside the sum: the lanes compute it.
     let src = "loss ce(s: f32[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }

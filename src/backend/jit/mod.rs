@@ -1324,76 +1324,126 @@ impl<'a, 'b> Lower<'a, 'b> {
             end
         };
         let start = match self.vector_head {
-            Some((buffer, element)) if level + 1 == head.len() => {
-                let head = head.to_vec();
-                let start = self.column_blocks(buffer, &head, i, start, end, element);
-                // `select(k == e, a, 0) + rest` (a one-hot term, as a label's in a cross-entropy
-                // gradient): the lanes compute `rest`, and `a` is added at k = e afterwards. A term deeper
-                // in a sum (`(onehot + x) + y`) counts as 0 in the lanes.
-                let one_hot = self.one_hot(element, i);
-                let (lanes, zeroed) = match one_hot {
-                    Some(OneHot { rest: Some(rest), .. }) => (rest, None),
-                    Some(OneHot { term, rest: None, .. }) => (element, Some(term)),
-                    None => (element, None),
-                };
-                // A sigmoid at the root: the lanes store its argument, and the 8-lane row helper turns the
-                // stored run into sigmoids (the same bits as the 4-lane code, four chains at a time).
-                let sigmoid_argument = match &self.f.node(lanes).expr {
-                    Expr::Prim {
-                        prim: Prim::Sigmoid,
-                        args,
-                    } if self.exp_rows && one_hot.is_none() => Some(args[0]),
-                    _ => None,
-                };
-                // Kept exponentials are loads here.
-                let kept: HashSet<NodeId> = self.kept_exps.keys().copied().collect();
-                let computed = sigmoid_argument.unwrap_or(lanes);
-                let times = match few_steps_reading(self.f, computed, 16, Cost::Piecewise, &kept) {
-                    true => UNROLL,
-                    false => 1,
-                };
-                let covered = if self.guest_element(lanes, buffer, &head) {
+            Some((buffer, stored)) if level + 1 == head.len() => {
+                let lanes_head = head.to_vec();
+                let start = self.column_blocks(buffer, &lanes_head, i, start, end, stored);
+                if self.guest_element(stored, buffer, &lanes_head) {
                     // The row already holds these values (its guest's): nothing to store.
-                    end
-                } else if let Some(argument) = sigmoid_argument {
-                    let covered = self.unrolled_vector_loop(i, start, end, times, &mut |l: &mut Self, kb| {
-                        let v = l.vvalue(argument, i, kb, &mut HashMap::new());
-                        let flat = l.flat(&head);
-                        l.vstore(buffer, flat, v);
-                    });
-                    self.fixed.insert(i, start);
-                    let flat = self.flat(&head);
-                    self.fixed.remove(&i);
-                    let at = self.address(buffer, Scalar::Float, flat);
-                    let n = self.b.ins().isub(covered, start);
-                    self.call_helper("lossc_sigmoid_row", &[at, n]);
-                    covered
-                } else {
-                    self.unrolled_vector_loop(i, start, end, times, &mut |l: &mut Self, _kb| {
-                        let mut memo = HashMap::new();
-                        let kb = l.index(i);
-                        if let Some(term) = zeroed
-                            && let Expr::Prim { args, .. } = &l.f.node(term).expr
-                        {
-                            // The term's own zero (its third operand) in every lane.
-                            let zero = l.vvalue(args[2], i, kb, &mut HashMap::new());
-                            memo.insert(term, zero);
-                        }
-                        let v = l.vvalue(lanes, i, kb, &mut memo);
-                        let flat = l.flat(&head);
-                        l.vstore(buffer, flat, v);
-                    })
-                };
-                if let Some(OneHot { at, value, .. }) = one_hot {
-                    self.add_one_hot(buffer, &head, i, at, value, (start, covered));
+                    return;
                 }
-                covered
+                if self.rewrites_in_place(stored, buffer) {
+                    self.vector_run(buffer, &lanes_head, i, stored, (start, end), false)
+                } else {
+                    // Where the run holds a vector, its last vector overlaps the one before instead of a
+                    // scalar tail, and the scalar loop runs only for runs shorter than a vector, in a
+                    // branch of its own: what only the scalar code needs (a scalar copy of each invariant)
+                    // is not live across the vector loop, where it took registers and was spilled.
+                    let n = self.b.ins().isub(end, start);
+                    let wide = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, n, simd::LANES);
+                    let (vector, scalar, join) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
+                    self.b.ins().brif(wide, vector, &[], scalar, &[]);
+                    self.b.switch_to_block(vector);
+                    self.frames.push(HashMap::new());
+                    self.vector_run(buffer, &lanes_head, i, stored, (start, end), true);
+                    self.frames.pop();
+                    self.b.ins().jump(join, &[]);
+                    self.b.switch_to_block(scalar);
+                    self.frames.push(HashMap::new());
+                    self.for_range(i, start, end, &mut |l: &mut Self| {
+                        l.loops(head, level + 1, element, body)
+                    });
+                    self.frames.pop();
+                    self.b.ins().jump(join, &[]);
+                    self.b.switch_to_block(join);
+                    return;
+                }
             }
             _ => start,
         };
         self.for_range(i, start, end, &mut |l: &mut Self| {
             l.loops(head, level + 1, element, body)
         });
+    }
+
+    /// Whether `element`, stored into `buffer`, reads `buffer` itself (a kept exponential in its
+    /// consumer's row, a tensor that lives in the buffer's rows): computing a point again after its
+    /// store would then read the stored value.
+    fn rewrites_in_place(&self, element: NodeId, buffer: usize) -> bool {
+        let host = |k: usize| self.plan.row_host[k].unwrap_or(k);
+        self.f.reachable(&[element]).into_iter().any(|n| {
+            self.kept_exps.contains_key(&n)
+                || matches!(&self.f.node(n).expr,
+                    Expr::Load { tensor, .. } if host(self.plan.buffer_of(self.f, *tensor)) == host(buffer))
+        })
+    }
+
+    /// The innermost run `[start, end)` of an elementwise nest along `i`, in vectors (see
+    /// [`Self::loops`]); returns the first point not covered. With `overlap` (the run holds at least a
+    /// vector, and the element does not read its own buffer) the points the vector loop leaves are
+    /// covered by vectors too, the last ending at `end` (its points computed twice, with the same bits).
+    fn vector_run(
+        &mut self,
+        buffer: usize,
+        head: &[(IndexId, Dim)],
+        i: IndexId,
+        element: NodeId,
+        (start, end): (Value, Value),
+        overlap: bool,
+    ) -> Value {
+        // `select(k == e, a, 0) + rest` (a one-hot term, as a label's in a cross-entropy gradient): the
+        // lanes compute `rest`, and `a` is added at k = e afterwards. A term deeper in a sum
+        // (`(onehot + x) + y`) counts as 0 in the lanes.
+        let one_hot = self.one_hot(element, i);
+        let (lanes, zeroed) = match one_hot {
+            Some(OneHot { rest: Some(rest), .. }) => (rest, None),
+            Some(OneHot { term, rest: None, .. }) => (element, Some(term)),
+            None => (element, None),
+        };
+        // A sigmoid at the root: the lanes store its argument, and the 8-lane row helper turns the
+        // stored run into sigmoids (the same bits as the 4-lane code, four chains at a time).
+        let sigmoid_argument = match &self.f.node(lanes).expr {
+            Expr::Prim {
+                prim: Prim::Sigmoid,
+                args,
+            } if self.exp_rows && one_hot.is_none() => Some(args[0]),
+            _ => None,
+        };
+        // Kept exponentials are loads here.
+        let kept: HashSet<NodeId> = self.kept_exps.keys().copied().collect();
+        let computed = sigmoid_argument.unwrap_or(lanes);
+        let times = match few_steps_reading(self.f, computed, 16, Cost::Piecewise, &kept) {
+            true => UNROLL,
+            false => 1,
+        };
+        let mut store = |l: &mut Self, kb: Value| {
+            let mut memo = HashMap::new();
+            if let Some(term) = zeroed
+                && let Expr::Prim { args, .. } = &l.f.node(term).expr
+            {
+                // The term's own zero (its third operand) in every lane.
+                let zero = l.vvalue(args[2], i, kb, &mut HashMap::new());
+                memo.insert(term, zero);
+            }
+            let v = l.vvalue(computed, i, kb, &mut memo);
+            let flat = l.flat(head);
+            l.vstore(buffer, flat, v);
+        };
+        let covered = match overlap {
+            true => self.overlapping_vector_loop(i, start, end, times, &mut store),
+            false => self.unrolled_vector_loop(i, start, end, times, &mut store),
+        };
+        if sigmoid_argument.is_some() {
+            self.fixed.insert(i, start);
+            let flat = self.flat(head);
+            self.fixed.remove(&i);
+            let at = self.address(buffer, Scalar::Float, flat);
+            let n = self.b.ins().isub(covered, start);
+            self.call_helper("lossc_sigmoid_row", &[at, n]);
+        }
+        if let Some(OneHot { at, value, .. }) = one_hot {
+            self.add_one_hot(buffer, head, i, at, value, (start, covered));
+        }
+        covered
     }
 
     /// Whether `element` of `buffer` at `head` is the element of a tensor living in its rows

@@ -176,6 +176,43 @@ impl Lower<'_, '_> {
         })
     }
 
+    /// [`Self::unrolled_vector_loop`], then single vectors over the points it leaves, the last one ending
+    /// at `end` (it overlaps the vector before): every point of `[start, end)` is covered. Only for a run
+    /// of at least 4 points whose `body` stores each point's value and reads nothing it stores (the
+    /// points covered twice get the same bits twice). Returns `end`.
+    pub(super) fn overlapping_vector_loop(
+        &mut self,
+        k: IndexId,
+        start: Value,
+        end: Value,
+        times: i64,
+        body: &mut dyn FnMut(&mut Self, Value),
+    ) -> Value {
+        let covered = self.unrolled_vector_loop(k, start, end, times, body);
+        let var = self.var(k);
+        self.b.def_var(var, covered);
+        let last = self.b.ins().iadd_imm_s(end, -LANES);
+        let (inner, exit) = (self.b.create_block(), self.b.create_block());
+        let done = self.b.ins().icmp(IntCC::SignedGreaterThanOrEqual, covered, end);
+        self.b.ins().brif(done, exit, &[], inner, &[]);
+        self.b.switch_to_block(inner);
+        self.frames.push(HashMap::new());
+        self.bound.push(k);
+        let at = self.b.use_var(var);
+        let kb = self.b.ins().smin(at, last);
+        self.fixed.insert(k, kb);
+        body(self, kb);
+        self.fixed.remove(&k);
+        self.bound.pop();
+        self.frames.pop();
+        let next = self.b.ins().iadd_imm_s(at, LANES);
+        self.b.def_var(var, next);
+        let done = self.b.ins().icmp(IntCC::SignedGreaterThanOrEqual, next, end);
+        self.b.ins().brif(done, exit, &[], inner, &[]);
+        self.b.switch_to_block(exit);
+        end
+    }
+
     fn splat_f32(&mut self, x: f32) -> Value {
         self.fk(x, true)
     }
