@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cli::{BenchArgs, InputArgs, gather_inputs};
+use crate::cli::{BenchArgs, Failure, InputArgs, gather_inputs};
 use crate::{Compiler, Program, call};
 
 /// The measured numbers.
@@ -63,9 +63,12 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
         sets: vec![],
         random: Some(args.shape.clone()),
         seed: args.seed,
+        dists: args.dists.clone(),
     };
-    let inputs =
-        gather_inputs(f, &input_args).map_err(|_| format!("error: bad --shape `{}` for `{}`", args.shape, f.name))?;
+    let inputs = gather_inputs(f, &input_args).map_err(|e| match e {
+        Failure::Message(m) => m,
+        Failure::Diags(_) => format!("error: bad --shape `{}` for `{}`", args.shape, f.name),
+    })?;
     let g = kernel.function();
     let bound = call::bind(g, &inputs, &Default::default()).map_err(|e| format!("error: {e}"))?;
     let elements: u64 = inputs.values().map(|t| t.len() as u64).sum();

@@ -105,6 +105,10 @@ pub struct BenchArgs {
     pub iters: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// How a float input is drawn: NAME=normal (the default for differentiable inputs), NAME=uniform
+    /// (in [0, 1); the default for `nograd` ones) or NAME=binary (0 or 1).
+    #[arg(long = "dist", value_name = "NAME=DIST")]
+    pub dists: Vec<String>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -145,6 +149,10 @@ pub struct InputArgs {
     /// Seed for --random.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// How --random draws a float input: NAME=normal (standard normal; the default for differentiable
+    /// inputs), NAME=uniform (in [0, 1); the default for `nograd` ones) or NAME=binary (0 or 1).
+    #[arg(long = "dist", value_name = "NAME=DIST")]
+    pub dists: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -437,6 +445,31 @@ pub fn gather_inputs(f: &Function, args: &InputArgs) -> Result<BTreeMap<String, 
             let v = d.eval(&vals?);
             usize::try_from(v).map_err(|_| Failure::Message(format!("error: dimension {} is negative", f.show_dim(d))))
         };
+        let mut dists: BTreeMap<String, Dist> = BTreeMap::new();
+        for (name, dist) in parse_pairs(&args.dists, "NAME=DIST")? {
+            let Some(input) = f.inputs.iter().find(|i| i.name == name) else {
+                return Err(Failure::Message(format!(
+                    "error: `{name}` is not an input of `{}`",
+                    f.name
+                )));
+            };
+            if input.elem == ElemTy::Idx {
+                return Err(Failure::Message(format!(
+                    "error: `{name}` holds labels: --dist applies to float inputs"
+                )));
+            }
+            let dist = match dist.as_str() {
+                "normal" => Dist::Normal,
+                "uniform" => Dist::Uniform,
+                "binary" => Dist::Binary,
+                other => {
+                    return Err(Failure::Message(format!(
+                        "error: unknown distribution `{other}` for `{name}` (normal, uniform or binary)"
+                    )));
+                }
+            };
+            dists.insert(name, dist);
+        }
         let mut rng = Rng::new(args.seed);
         for (k, input) in f.inputs.iter().enumerate() {
             // A per-sample loss's cotangent defaults to ones (below), not to random numbers.
@@ -455,16 +488,34 @@ pub fn gather_inputs(f: &Function, args: &InputArgs) -> Result<BTreeMap<String, 
                     None => 4,
                 };
                 Tensor::labels(shape, (0..count).map(|_| rng.below(bound) as i64).collect())
-            } else if input.nograd {
-                Tensor::float(shape, (0..count).map(|_| rng.uniform()).collect())
             } else {
-                Tensor::float(shape, (0..count).map(|_| rng.normal()).collect())
+                let default = if input.nograd { Dist::Uniform } else { Dist::Normal };
+                let dist = dists.get(&input.name).copied().unwrap_or(default);
+                Tensor::float(shape, (0..count).map(|_| dist.draw(&mut rng)).collect())
             };
             inputs.insert(input.name.clone(), t);
         }
     }
     fill_cotangent(f, &mut inputs);
     Ok(inputs)
+}
+
+/// How `--random` draws the elements of a float input.
+#[derive(Clone, Copy)]
+enum Dist {
+    Normal,
+    Uniform,
+    Binary,
+}
+
+impl Dist {
+    fn draw(self, rng: &mut Rng) -> f64 {
+        match self {
+            Dist::Normal => rng.normal(),
+            Dist::Uniform => rng.uniform(),
+            Dist::Binary => (rng.uniform() >= 0.5) as u8 as f64,
+        }
+    }
 }
 
 /// Each dimension's size as the given inputs' shapes show it (the last input mentioning it wins; a

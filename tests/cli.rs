@@ -566,6 +566,70 @@ fn bench_reports_json() {
 }
 
 #[test]
+fn random_inputs_follow_the_named_distribution() {
+    // `--dist NAME=uniform|binary|normal` for --random (eval) and bench: the loss reads the drawn values'
+    // extremes and how many are 0 or 1.
+    let d = scratch("dist");
+    let file = d.join("spread.lx");
+    std::fs::write(
+        &file,
+        "loss spread(x: f32[N]) -> (lo: f32, hi: f32, ends: f32) {
+            out lo = min[i] x[i]
+            out hi = max[i] x[i]
+            out ends = sum[i] [x[i] == 0.0 || x[i] == 1.0]
+            0.0 * sum[i] x[i] }",
+    )
+    .unwrap();
+    let outputs = |dist: &str| {
+        let (out, _) = expect(&["eval", p(&file), "--random", "N=2000", "--dist", dist, "--json"], 0);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let get = |k: &str| v["outputs"][k]["data"][0].as_f64().unwrap_or_else(|| panic!("{k}: {out}"));
+        (get("lo"), get("hi"), get("ends"))
+    };
+    let (lo, hi, ends) = outputs("x=uniform");
+    assert!(lo >= 0.0 && hi < 1.0 && ends <= 1.0, "{lo} {hi} {ends}");
+    let (lo, hi, ends) = outputs("x=binary");
+    assert!(lo == 0.0 && hi == 1.0 && ends == 2000.0, "{lo} {hi} {ends}");
+    let (lo, hi, _) = outputs("x=normal");
+    assert!(lo < -2.0 && hi > 2.0, "{lo} {hi}");
+    let (out, _) = expect(
+        &[
+            "bench",
+            "examples/anyloss_f1.lx",
+            "--shape",
+            "N=1000",
+            "--iters",
+            "2",
+            "--dist",
+            "p=uniform,y=binary",
+            "--json",
+        ],
+        0,
+    );
+    assert!(out.contains("median_ms"), "{out}");
+    for (dist, says) in [
+        ("x=cauchy", "unknown distribution `cauchy`"),
+        ("z=uniform", "`z` is not an input"),
+        ("x", "NAME=DIST"),
+    ] {
+        let (_, err) = expect(&["eval", p(&file), "--random", "N=5", "--dist", dist], 1);
+        assert!(err.contains(says), "{dist}: {err}");
+    }
+    let (_, err) = expect(
+        &[
+            "bench",
+            "examples/cross_entropy.lx",
+            "--shape",
+            "N=8,C=3",
+            "--dist",
+            "y=uniform",
+        ],
+        1,
+    );
+    assert!(err.contains("holds labels"), "{err}");
+}
+
+#[test]
 fn compile_emits_clif() {
     let (clif, _) = expect(&["compile", "examples/cross_entropy.lx", "--emit", "clif"], 0);
     assert!(
