@@ -105,8 +105,9 @@ pub struct BenchArgs {
     pub iters: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// How a float input is drawn: NAME=normal (the default for differentiable inputs), NAME=uniform
-    /// (in [0, 1); the default for `nograd` ones) or NAME=binary (0 or 1).
+    /// How an input is drawn: NAME=normal (the default for differentiable inputs), NAME=uniform (in
+    /// [0, 1); the default for `nograd` ones), NAME=binary (0 or 1), or for labels NAME=labels:K
+    /// (uniform in 0..K; the default is the input's bound, else 4).
     #[arg(long = "dist", value_name = "NAME=DIST")]
     pub dists: Vec<String>,
     /// Print the result as JSON.
@@ -149,8 +150,9 @@ pub struct InputArgs {
     /// Seed for --random.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// How --random draws a float input: NAME=normal (standard normal; the default for differentiable
-    /// inputs), NAME=uniform (in [0, 1); the default for `nograd` ones) or NAME=binary (0 or 1).
+    /// How --random draws an input: NAME=normal (standard normal; the default for differentiable
+    /// inputs), NAME=uniform (in [0, 1); the default for `nograd` ones), NAME=binary (0 or 1), or for
+    /// labels NAME=labels:K (uniform in 0..K; the default is the input's bound, else 4).
     #[arg(long = "dist", value_name = "NAME=DIST")]
     pub dists: Vec<String>,
 }
@@ -453,16 +455,20 @@ pub fn gather_inputs(f: &Function, args: &InputArgs) -> Result<BTreeMap<String, 
                     f.name
                 )));
             };
-            if input.elem == ElemTy::Idx {
-                return Err(Failure::Message(format!(
-                    "error: `{name}` holds labels: --dist applies to float inputs"
-                )));
-            }
-            let dist = match dist.as_str() {
-                "normal" => Dist::Normal,
-                "uniform" => Dist::Uniform,
-                "binary" => Dist::Binary,
-                other => {
+            let labels = dist
+                .strip_prefix("labels:")
+                .map(|k| k.parse::<u64>().ok().filter(|k| *k > 0));
+            let dist = match (input.elem == ElemTy::Idx, dist.as_str(), labels) {
+                (true, _, Some(Some(k))) => Dist::Labels(k),
+                (true, _, _) => {
+                    return Err(Failure::Message(format!(
+                        "error: `{name}` holds labels: draw them with --dist {name}=labels:K (uniform in 0..K, K > 0)"
+                    )));
+                }
+                (false, "normal", _) => Dist::Normal,
+                (false, "uniform", _) => Dist::Uniform,
+                (false, "binary", _) => Dist::Binary,
+                (false, other, _) => {
                     return Err(Failure::Message(format!(
                         "error: unknown distribution `{other}` for `{name}` (normal, uniform or binary)"
                     )));
@@ -483,9 +489,17 @@ pub fn gather_inputs(f: &Function, args: &InputArgs) -> Result<BTreeMap<String, 
                 .filter(|n| *n as u64 <= call::MAX_ELEMENTS)
                 .ok_or_else(|| Failure::Message(format!("error: input `{}` would be too large", input.name)))?;
             let t = if input.elem == ElemTy::Idx {
-                let bound = match &input.bound {
-                    Some(b) => size_of(b)? as u64,
-                    None => 4,
+                let bound = match (&input.bound, dists.get(&input.name)) {
+                    (Some(b), Some(Dist::Labels(k))) if *k > size_of(b)? as u64 => {
+                        return Err(Failure::Message(format!(
+                            "error: `{}` holds labels below {}: labels:{k} would draw larger ones",
+                            input.name,
+                            size_of(b)?
+                        )));
+                    }
+                    (_, Some(Dist::Labels(k))) => *k,
+                    (Some(b), _) => size_of(b)? as u64,
+                    (None, _) => 4,
                 };
                 Tensor::labels(shape, (0..count).map(|_| rng.below(bound) as i64).collect())
             } else {
@@ -500,12 +514,14 @@ pub fn gather_inputs(f: &Function, args: &InputArgs) -> Result<BTreeMap<String, 
     Ok(inputs)
 }
 
-/// How `--random` draws the elements of a float input.
+/// How `--random` draws the elements of an input.
 #[derive(Clone, Copy)]
 enum Dist {
     Normal,
     Uniform,
     Binary,
+    /// Labels uniform in `0..K`.
+    Labels(u64),
 }
 
 impl Dist {
@@ -514,6 +530,7 @@ impl Dist {
             Dist::Normal => rng.normal(),
             Dist::Uniform => rng.uniform(),
             Dist::Binary => (rng.uniform() >= 0.5) as u8 as f64,
+            Dist::Labels(k) => rng.below(k) as f64,
         }
     }
 }

@@ -583,7 +583,11 @@ fn random_inputs_follow_the_named_distribution() {
     let outputs = |dist: &str| {
         let (out, _) = expect(&["eval", p(&file), "--random", "N=2000", "--dist", dist, "--json"], 0);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let get = |k: &str| v["outputs"][k]["data"][0].as_f64().unwrap_or_else(|| panic!("{k}: {out}"));
+        let get = |k: &str| {
+            v["outputs"][k]["data"][0]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{k}: {out}"))
+        };
         (get("lo"), get("hi"), get("ends"))
     };
     let (lo, hi, ends) = outputs("x=uniform");
@@ -627,6 +631,37 @@ fn random_inputs_follow_the_named_distribution() {
         1,
     );
     assert!(err.contains("holds labels"), "{err}");
+    for (dist, says) in [
+        ("y=labels:0", "holds labels"),
+        ("y=labels:4", "labels:4 would draw larger ones"),
+    ] {
+        let (_, err) = expect(
+            &[
+                "bench",
+                "examples/cross_entropy.lx",
+                "--shape",
+                "N=8,C=3",
+                "--dist",
+                dist,
+            ],
+            1,
+        );
+        assert!(err.contains(says), "{dist}: {err}");
+    }
+    // Labels without a bound: 4 classes unless --dist says how many; the loss sees them all.
+    let classes = d.join("classes.lx");
+    std::fs::write(
+        &classes,
+        "loss top(y: idx[N], x: f32[N]) -> (most: f32) {\n out most = max[i] y[i] + 0.0 * x[i]\n sum[i] x[i] }",
+    )
+    .unwrap();
+    for (dist, most) in [(None, 3.0), (Some("y=labels:64"), 63.0)] {
+        let mut args = vec!["eval", p(&classes), "--random", "N=4000", "--json"];
+        args.extend(dist.iter().flat_map(|d| ["--dist", *d]));
+        let (out, _) = expect(&args, 0);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["outputs"]["most"]["data"][0].as_f64(), Some(most), "{out}");
+    }
 }
 
 #[test]
