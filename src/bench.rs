@@ -1,7 +1,7 @@
 //! `lossc bench`: times loss + gradient on seeded random data and relates it to the memory floor.
 //!
 //! The floor is the time to read every input once and write every gradient once, at the memory
-//! bandwidth measured in the same run (a large buffer copy); the ratio to it says how far the kernel is
+//! bandwidth measured in the same run (a large buffer copy, split across the kernel's threads); the ratio to it says how far the kernel is
 //! from being memory-bound. Times are wall-clock medians over repetitions after a warm-up; only the
 //! native code is timed, not the conversion of inputs.
 
@@ -30,15 +30,21 @@ impl Report {
     }
 }
 
-/// Best-of-5 copy bandwidth over a buffer of at least `bytes` (GB/s, counting read + write).
-pub fn copy_bandwidth(bytes: u64) -> f64 {
+/// Best-of-5 copy bandwidth over a buffer of at least `bytes` (GB/s, counting read + write), the buffer
+/// split across `threads` threads as the kernel's rows are: one core alone may not saturate the memory.
+pub fn copy_bandwidth(bytes: u64, threads: usize) -> f64 {
     let n = (bytes.max(64 << 20) / 4) as usize;
     let src = vec![1.0f32; n];
     let mut dst = vec![0.0f32; n];
+    let part = n.div_ceil(threads.max(1));
     let mut best = f64::INFINITY;
     for _ in 0..5 {
         let t = Instant::now();
-        dst.copy_from_slice(&src);
+        std::thread::scope(|scope| {
+            for (d, s) in dst.chunks_mut(part).zip(src.chunks(part)) {
+                scope.spawn(move || d.copy_from_slice(s));
+            }
+        });
         std::hint::black_box(&mut dst);
         best = best.min(t.elapsed().as_secs_f64());
     }
@@ -112,7 +118,7 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
         min_ms: times[0].as_secs_f64() * 1e3,
         bytes,
         elements,
-        bandwidth_gb_s: copy_bandwidth(bytes),
+        bandwidth_gb_s: copy_bandwidth(bytes, kernel.threads()),
         threads: kernel.threads(),
     };
     let gbs = report.bytes as f64 / (report.median_ms / 1e3) / 1e9;
