@@ -1246,8 +1246,9 @@ fn masked_softmax_rows_keep_their_exponentials_and_agree() {
     // A masked logsumexp's gradient reads exp(x - lse) only where the mask holds (autodiff's guard), so its
     // row keeps the exponentials of the masked points (the gradient's `2.0 * s` is the body's `s * 2.0`).
     // Two of them feed one gradient row: one lives in the gradient's row, the other in a scratch row per
-    // worker. Rows whose mask holds nowhere, or holds on NaN, +inf or -inf (and NaN where it does not
-    // hold), must match the interpreter at any thread count.
+    // worker. The row helper computes them: the first pass leaves -inf where the mask fails (also in the
+    // scalar tail, points 8..11 of a row of 11). Rows whose mask holds nowhere, or holds on NaN, +inf or
+    // -inf (and NaN where it does not hold), must match the interpreter at any thread count.
     let src = "loss two(s: f32[N, C], y: idx[N] < C) {
         mean[i] (logsumexp[k | k != y[i]] s[i, k]) + 0.5 * (logsumexp[k | s[i, k] > 0.0] 2.0 * s[i, k]) }";
     let (_, interp) = jit_and_interp("two.lx", src);

@@ -2036,13 +2036,16 @@ impl<'a, 'b> Lower<'a, 'b> {
         };
         // With the 8-lane row helper, the first pass also leaves the row's values in the kept row, and
         // the helper turns them into exp(x - m) in place and sums them: no second pass here.
+        // A masked row's first pass leaves -inf where the mask fails, whose exponential is 0.
         let row_helper = keep
             .as_ref()
-            .filter(|_| self.exp_rows && mask.is_none())
+            .filter(|_| self.exp_rows)
             .map(|(k, keep, start)| (*k, keep.buffer, *start));
-        // A body that is a row of a buffer (`s[t, k]`) is read from there by the helper; other bodies are
-        // left in the kept row by the first pass.
-        let source = row_helper.and_then(|(k, _, _)| self.contiguous_row(body, k));
+        // A body that is a row of a buffer (`s[t, k]`) is read from there by the helper (without a mask);
+        // other bodies are left in the kept row by the first pass.
+        let source = row_helper
+            .filter(|_| mask.is_none())
+            .and_then(|(k, _, _)| self.contiguous_row(body, k));
         let row_helper_copy = row_helper.filter(|_| source.is_none());
         // The helper's arguments after the source: the kept row, its length, and the rows to prefetch (the
         // next row of the source and of the kept row where these are rows of matrices, else what the group
@@ -2147,17 +2150,30 @@ impl<'a, 'b> Lower<'a, 'b> {
         // logsumexp keeps track in its lanes: its code stays smaller.)
         let skip_nan = mask.is_none();
         let vmax = self.vext_new(true, !skip_nan);
+        if let (Some((k, buffer, start)), Some(_), [(_, length)]) = (copy, mask, ranges) {
+            // The scalar tail copies only the points where the mask holds (at most the last 8 of the row,
+            // after the vector loop): the others hold -inf from here.
+            let n = self.dim(length);
+            let from = self.b.ins().iadd_imm_s(n, -UNROLL * simd::LANES);
+            let zero = self.b.ins().iconst(types::I64, 0);
+            let from = self.b.ins().smax(from, zero);
+            self.for_range(k, from, n, &mut |l: &mut Self| {
+                let flat = l.kept_at(k, start);
+                let ninf = l.fconst(f32::NEG_INFINITY);
+                l.store(buffer, Scalar::Float, flat, ninf);
+            });
+        }
         self.reduce_pass(
             ranges,
             mask,
             body,
             false,
             &mut |l: &mut Self, v, lanes_mask, _| {
+                let v = l.fill_masked(v, lanes_mask, f32::NEG_INFINITY);
                 if let Some((k, buffer, start)) = copy {
                     let flat = l.kept_at(k, start);
                     l.vstore(buffer, flat, v);
                 }
-                let v = l.fill_masked(v, lanes_mask, f32::NEG_INFINITY);
                 l.vext_add(vmax, v);
             },
             &mut |l: &mut Self, x| {
