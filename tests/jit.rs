@@ -1055,10 +1055,12 @@ fn column_sums_agree_in_blocks_vectors_and_tail() {
 
 #[test]
 fn transposed_reads_run_in_tiles_and_gathered_lanes_and_agree() {
-    // `m[i, j]` reads `a[j, i]` and `a[i, j]`: it runs in tiles of 16 columns by the chunk's rows, 4 columns
-    // at a time with `a[j, i]` gathered lane by lane; `c[i]` sums `a[j, i]` (contiguous along i) times a
-    // gathered `b[i, j]`. Odd sizes exercise the last tile, the last chunk and the scalar tails, and a
-    // value that varies along both indices checks that nothing depending on j is computed once per tile.
+    // `m[i, j]` reads `a[j, i]` and `a[i, j]`: it runs in tiles of 16 columns by the chunk's rows, a whole
+    // tile's rows four at a time with `a[j, i]` read as 4 x 4 blocks transposed in registers (each row's
+    // `v[i]` computed once per block), the last tile and the chunk's last rows 4 columns at a time with
+    // `a[j, i]` gathered lane by lane; `c[i]` sums `a[j, i]` (contiguous along i) times a gathered
+    // `b[i, j]`. Odd sizes exercise the last tile, the last chunk and the scalar tails, and a value that
+    // varies along both indices checks that nothing depending on j is computed once per tile.
     let src = "loss f(a: f32[N, N], b: f32[N, N], v: f32[N]) {
         let m[i, j] = a[j, i] * v[i] + tanh(a[i, j] - v[j]) * a[j, i] / (1.0 + v[i] * v[j])
         let c[i] = sum[j] a[j, i] / (1.0 + b[i, j] * b[i, j])

@@ -1250,8 +1250,9 @@ impl<'a, 'b> Lower<'a, 'b> {
     /// An elementwise nest `[p, q]` that reads a matrix transposed, in tiles: the chunk's rows `p` times
     /// [`TILE`] columns `q` at a time. A tile's elements read both `m[p, q]` (along rows) and `m[q, p]`
     /// (16 lines, each reused by the chunk's 16 rows) from L1, where row by row each transposed read
-    /// would touch a new cache line (and, for wide matrices, a new page). The elements and their values
-    /// are the same in any order.
+    /// would touch a new cache line (and, for wide matrices, a new page). Whole tiles run their rows four
+    /// at a time, each transposed read a 4 × 4 block transposed in registers
+    /// ([`Self::transposed_blocks`]). The elements and their values are the same in any order.
     fn column_major_nest(&mut self, buffer: usize, scalar: Scalar, head: &[(IndexId, Dim)], body: NodeId) {
         let [(p, pd), (q, qd)] = head else {
             unreachable!("column_major: two indices");
@@ -1264,15 +1265,24 @@ impl<'a, 'b> Lower<'a, 'b> {
         let head = head.to_vec();
         let q_var = self.var(q);
         let lanes = scalar == Scalar::Float && self.vectorizable(body, q);
-        // Columns qb .. qe for every row of the chunk (4 at a time where the element is vectorizable);
-        // leaves q at qb. The tile loop binds q to the tile's start only: nothing that depends on q may be
-        // computed before the inner loop over q.
-        let tile = |l: &mut Self, qb: Value, qe: Value| {
+        let transposed = match lanes {
+            true => self.transposed_loads(body, p, q),
+            false => Vec::new(),
+        };
+        // Columns qb .. qe for every row of the chunk (4 at a time where the element is vectorizable; a
+        // whole tile's rows four at a time where it reads matrices transposed); leaves q at qb. The tile
+        // loop binds q to the tile's start only: nothing that depends on q may be computed before the
+        // inner loop over q.
+        let tile = |l: &mut Self, qb: Value, qe: Value, whole: bool| {
             let tile_bound = l.bound.last() == Some(&q);
             if tile_bound {
                 l.bound.pop();
             }
-            l.for_range(p, lo, end, &mut |l: &mut Self| {
+            let first = match whole && !transposed.is_empty() {
+                true => l.transposed_blocks(buffer, &head, body, &transposed, (lo, end), (qb, qe)),
+                false => lo,
+            };
+            l.for_range(p, first, end, &mut |l: &mut Self| {
                 l.hoist_invariants(&[body]);
                 let rest = if lanes {
                     l.vector_loop(q, qb, qe, &mut |l: &mut Self, kb| {
@@ -1297,9 +1307,9 @@ impl<'a, 'b> Lower<'a, 'b> {
         let rest = self.stepped_loop(q, zero, columns, TILE, &mut |l: &mut Self| {
             let qb = l.index(q);
             let qe = l.b.ins().iadd_imm_s(qb, TILE);
-            tile(l, qb, qe);
+            tile(l, qb, qe, true);
         });
-        tile(self, rest, columns);
+        tile(self, rest, columns, false);
     }
 
     /// Loops over `head` from `level` on, then `body`; before each loop, the parts of `element` that the

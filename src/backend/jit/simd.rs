@@ -213,6 +213,121 @@ impl Lower<'_, '_> {
         end
     }
 
+    /// The loads `m[q, p]` of `body` (floats, both subscripts bare and in range) that an elementwise
+    /// nest `[p, q]` reads transposed.
+    pub(super) fn transposed_loads(&self, body: NodeId, p: IndexId, q: IndexId) -> Vec<NodeId> {
+        let bare = |s: NodeId, i: IndexId| matches!(self.f.node(s).expr, Expr::Index(j) if j == i);
+        self.f
+            .reachable(&[body])
+            .into_iter()
+            .filter(|n| match &self.f.node(*n).expr {
+                Expr::Load { tensor, subs } if subs.len() == 2 && self.f.node(*n).scalar == Scalar::Float => {
+                    let shape = &self.plan.buffers[self.plan.buffer_of(self.f, *tensor)].shape;
+                    bare(subs[0], q)
+                        && bare(subs[1], p)
+                        && self.in_range(subs[0], &shape[0])
+                        && self.in_range(subs[1], &shape[1])
+                }
+                _ => false,
+            })
+            .collect()
+    }
+
+    /// Rows `lo..end` of an elementwise nest `[p, q]` over a tile's columns `qb..qe` (a multiple of 4),
+    /// four rows at a time: each transposed load (`transposed`, see [`Self::transposed_loads`]) reads a
+    /// 4 × 4 block of its matrix with four row loads and transposes it in registers, where each element's
+    /// lanes would gather four scalars. Returns the first row not covered (fewer than 4 are left).
+    pub(super) fn transposed_blocks(
+        &mut self,
+        buffer: usize,
+        head: &[(IndexId, crate::ir::Dim)],
+        body: NodeId,
+        transposed: &[NodeId],
+        (lo, end): (Value, Value),
+        (qb, qe): (Value, Value),
+    ) -> Value {
+        let [(p, _), (q, _)] = head else {
+            unreachable!("a transposed block: two indices");
+        };
+        let (p, q) = (*p, *q);
+        self.stepped_loop(p, lo, end, LANES, &mut |l: &mut Self| {
+            let p0 = l.index(p);
+            let at_row = |l: &mut Self, i: i64| l.b.ins().iadd_imm_s(p0, i);
+            // Each row's invariants, once per block of rows.
+            let rows: Vec<HashMap<NodeId, Value>> = (0..LANES)
+                .map(|i| {
+                    let row = at_row(l, i);
+                    l.fixed.insert(p, row);
+                    l.frames.push(HashMap::new());
+                    l.hoist_invariants(&[body]);
+                    l.fixed.remove(&p);
+                    l.frames.pop().expect("pushed")
+                })
+                .collect();
+            l.vector_loop(q, qb, qe, &mut |l: &mut Self, kb| {
+                let blocks: Vec<[Value; 4]> = transposed.iter().map(|n| l.transposed_block(*n, kb, p0)).collect();
+                for (i, row) in rows.iter().enumerate() {
+                    let at = at_row(l, i as i64);
+                    l.fixed.insert(p, at);
+                    l.frames.push(row.clone());
+                    let mut memo: HashMap<NodeId, Value> = transposed
+                        .iter()
+                        .zip(&blocks)
+                        .map(|(n, block)| (*n, block[i]))
+                        .collect();
+                    let v = l.vvalue(body, q, kb, &mut memo);
+                    let flat = l.flat(head);
+                    l.vstore(buffer, flat, v);
+                    l.frames.pop();
+                    l.fixed.remove(&p);
+                }
+            });
+        })
+    }
+
+    /// The 4 × 4 block `m[kb + r, p0 + c]` of the matrix load `n` (`m[q, p]`), as four vectors: the `c`th
+    /// holds `m[kb .. kb + 4, p0 + c]`, the lanes of row `p0 + c` at columns `kb ..`.
+    fn transposed_block(&mut self, n: NodeId, kb: Value, p0: Value) -> [Value; 4] {
+        let Expr::Load { tensor, .. } = &self.f.node(n).expr else {
+            unreachable!("a transposed load");
+        };
+        let buffer = self.plan.buffer_of(self.f, *tensor);
+        let width = self.plan.buffers[buffer].shape[1].clone();
+        let width = self.dim(&width);
+        let rows: [Value; 4] = std::array::from_fn(|r| {
+            let row = self.b.ins().iadd_imm_s(kb, r as i64);
+            let start = self.b.ins().imul(row, width);
+            let flat = self.b.ins().iadd(start, p0);
+            let addr = self.address(buffer, Scalar::Float, flat);
+            self.b
+                .ins()
+                .load(types::F32X4, MemFlagsData::new().with_notrap(), addr, 0)
+        });
+        // Interleave pairs of rows, then pairs of pairs: lane c of row r ends in vector c, lane r.
+        let low = self.interleave(rows[0], rows[1], [0, 4, 1, 5]);
+        let high = self.interleave(rows[0], rows[1], [2, 6, 3, 7]);
+        let low2 = self.interleave(rows[2], rows[3], [0, 4, 1, 5]);
+        let high2 = self.interleave(rows[2], rows[3], [2, 6, 3, 7]);
+        [
+            self.interleave(low, low2, [0, 1, 4, 5]),
+            self.interleave(low, low2, [2, 3, 6, 7]),
+            self.interleave(high, high2, [0, 1, 4, 5]),
+            self.interleave(high, high2, [2, 3, 6, 7]),
+        ]
+    }
+
+    /// The f32 lanes `lanes` (0–3 from `a`, 4–7 from `b`) of two vectors.
+    fn interleave(&mut self, a: Value, b: Value, lanes: [u8; 4]) -> Value {
+        let bytes: Vec<u8> = lanes.iter().flat_map(|l| (0..4).map(move |k| l * 4 + k)).collect();
+        let imm = self.b.func.dfg.immediates.push(ConstantData::from(bytes));
+        let (a, b) = (
+            self.b.ins().bitcast(types::I8X16, vflags(), a),
+            self.b.ins().bitcast(types::I8X16, vflags(), b),
+        );
+        let mixed = self.b.ins().shuffle(a, b, imm);
+        self.b.ins().bitcast(types::F32X4, vflags(), mixed)
+    }
+
     fn splat_f32(&mut self, x: f32) -> Value {
         self.fk(x, true)
     }
