@@ -1350,21 +1350,20 @@ impl<'a, 'b> Lower<'a, 'b> {
                     // is not live across the vector loop, where it took registers and was spilled.
                     let n = self.b.ins().isub(end, start);
                     let wide = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, n, simd::LANES);
-                    let (vector, scalar, join) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
-                    self.b.ins().brif(wide, vector, &[], scalar, &[]);
-                    self.b.switch_to_block(vector);
-                    self.frames.push(HashMap::new());
-                    self.vector_run(buffer, &lanes_head, i, stored, (start, end), true);
-                    self.frames.pop();
-                    self.b.ins().jump(join, &[]);
-                    self.b.switch_to_block(scalar);
-                    self.frames.push(HashMap::new());
-                    self.for_range(i, start, end, &mut |l: &mut Self| {
-                        l.loops(head, level + 1, element, body)
-                    });
-                    self.frames.pop();
-                    self.b.ins().jump(join, &[]);
-                    self.b.switch_to_block(join);
+                    self.two_way(
+                        wide,
+                        None,
+                        &mut |l: &mut Self| {
+                            l.vector_run(buffer, &lanes_head, i, stored, (start, end), true);
+                            None
+                        },
+                        &mut |l: &mut Self| {
+                            l.for_range(i, start, end, &mut |l: &mut Self| {
+                                l.loops(head, level + 1, element, body)
+                            });
+                            None
+                        },
+                    );
                     return;
                 }
             }
@@ -1908,21 +1907,32 @@ impl<'a, 'b> Lower<'a, 'b> {
         a: &mut dyn FnMut(&mut Self) -> Value,
         b: &mut dyn FnMut(&mut Self) -> Value,
     ) -> Value {
-        let then = self.b.create_block();
-        let other = self.b.create_block();
-        let merge = self.b.create_block();
-        let out = self.b.append_block_param(merge, ty);
+        let out = self.two_way(c, Some(ty), &mut |l: &mut Self| Some(a(l)), &mut |l: &mut Self| {
+            Some(b(l))
+        });
+        out.expect("a value of type ty")
+    }
+
+    /// `a` where `c` holds, else `b`, each in its own block and dominance scope; with `ty`, both give a
+    /// value of that type and the join receives it.
+    fn two_way<'s>(
+        &mut self,
+        c: Value,
+        ty: Option<Type>,
+        a: &'s mut dyn FnMut(&mut Self) -> Option<Value>,
+        b: &'s mut dyn FnMut(&mut Self) -> Option<Value>,
+    ) -> Option<Value> {
+        let (then, other, merge) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
+        let out = ty.map(|ty| self.b.append_block_param(merge, ty));
         self.b.ins().brif(c, then, &[], other, &[]);
-        self.b.switch_to_block(then);
-        self.frames.push(HashMap::new());
-        let v = a(self);
-        self.frames.pop();
-        self.b.ins().jump(merge, &[v.into()]);
-        self.b.switch_to_block(other);
-        self.frames.push(HashMap::new());
-        let v = b(self);
-        self.frames.pop();
-        self.b.ins().jump(merge, &[v.into()]);
+        for (block, side) in [(then, a), (other, b)] {
+            self.b.switch_to_block(block);
+            self.frames.push(HashMap::new());
+            let v = side(self);
+            self.frames.pop();
+            let args: Vec<ir::BlockArg> = v.into_iter().map(Into::into).collect();
+            self.b.ins().jump(merge, &args);
+        }
         self.b.switch_to_block(merge);
         out
     }
