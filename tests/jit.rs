@@ -814,6 +814,26 @@ fn row_tensors_live_in_the_rows_of_a_reader_of_their_own_elements_and_agree() {
 }
 
 #[test]
+fn a_hosted_row_plus_a_one_hot_term_agrees() {
+    // `e` lives in `p`'s rows; `p = onehot + e` runs its lanes on `e`, which the row already holds, so the
+    // pass stores nothing and only the label's term is added in place (as in LDR-KL's gradient). Rows
+    // shorter than a vector, and with a tail, as the interpreter's.
+    let src = "loss h(s: f32[N, C], y: idx[N] < C) -> (p: f32[N, C]) {
+            let e[i, k] = exp(s[i, k]) * 2.0
+            let t[i] = sum[k] e[i, k]
+            out p[i, k] = select(k == y[i], -1.5, 0.0) + e[i, k]
+            sum[i] t[i] }";
+    let (jit, interp) = jit_and_interp("h.lx", src);
+    let f = jit.kernel(None).unwrap().function().clone();
+    assert_eq!(private_and_hosted(&f).1, [("e".to_string(), "p".to_string())]);
+    let mut rng = Rng::new(83);
+    for shape in [[40, 37], [5, 3], [2, 8]] {
+        let inputs = random_inputs(&f, &shape, &mut rng);
+        modules_agree(&format!("{shape:?}"), &jit, &interp, None, &inputs);
+    }
+}
+
+#[test]
 fn label_inequalities_as_numbers_and_choices_are_one_lane_compare_and_agree() {
     // `[k != y[i]]` and `select(k != y[i], a, b)` run as the lanes of `k == y[i]` (`pcmpeqd`), then
     // `andnps` against 1.0 and a select with its sides swapped; values as the interpreter's, for labels

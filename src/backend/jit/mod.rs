@@ -1337,10 +1337,6 @@ impl<'a, 'b> Lower<'a, 'b> {
             Some((buffer, stored)) if level + 1 == head.len() => {
                 let lanes_head = head.to_vec();
                 let start = self.column_blocks(buffer, &lanes_head, i, start, end, stored);
-                if self.guest_element(stored, buffer, &lanes_head) {
-                    // The row already holds these values (its guest's): nothing to store.
-                    return;
-                }
                 if self.rewrites_in_place(stored, buffer) {
                     self.vector_run(buffer, &lanes_head, i, stored, (start, end), false)
                 } else {
@@ -1438,6 +1434,8 @@ impl<'a, 'b> Lower<'a, 'b> {
             l.vstore(buffer, flat, v);
         };
         let covered = match overlap {
+            // The row already holds these values (its guest's): nothing to store.
+            _ if self.guest_element(lanes, buffer, head) => end,
             true => self.overlapping_vector_loop(i, start, end, times, &mut store),
             false => self.unrolled_vector_loop(i, start, end, times, &mut store),
         };
