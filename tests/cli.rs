@@ -619,33 +619,20 @@ fn random_inputs_follow_the_named_distribution() {
         let (_, err) = expect(&["eval", p(&file), "--random", "N=5", "--dist", dist], 1);
         assert!(err.contains(says), "{dist}: {err}");
     }
-    let (_, err) = expect(
-        &[
+    for (dist, says) in [
+        ("y=uniform", "holds labels"),
+        ("y=labels:0", "holds labels"),
+        ("y=labels:4", "labels:4 would draw larger ones"),
+    ] {
+        let bench = [
             "bench",
             "examples/cross_entropy.lx",
             "--shape",
             "N=8,C=3",
             "--dist",
-            "y=uniform",
-        ],
-        1,
-    );
-    assert!(err.contains("holds labels"), "{err}");
-    for (dist, says) in [
-        ("y=labels:0", "holds labels"),
-        ("y=labels:4", "labels:4 would draw larger ones"),
-    ] {
-        let (_, err) = expect(
-            &[
-                "bench",
-                "examples/cross_entropy.lx",
-                "--shape",
-                "N=8,C=3",
-                "--dist",
-                dist,
-            ],
-            1,
-        );
+            dist,
+        ];
+        let (_, err) = expect(&bench, 1);
         assert!(err.contains(says), "{dist}: {err}");
     }
     // Labels without a bound: 4 classes unless --dist says how many; the loss sees them all.

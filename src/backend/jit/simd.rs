@@ -191,27 +191,17 @@ impl Lower<'_, '_> {
         body: &mut dyn FnMut(&mut Self, Value),
     ) -> Value {
         let covered = self.unrolled_vector_loop(k, start, end, times, body);
-        let var = self.var(k);
-        self.b.def_var(var, covered);
+        // Vectors at covered, covered + 4, … while one starts before `end` (i + 4 <= end + 3), each moved
+        // back to end at most at `end`.
         let last = self.b.ins().iadd_imm_s(end, -LANES);
-        let (inner, exit) = (self.b.create_block(), self.b.create_block());
-        let done = self.b.ins().icmp(IntCC::SignedGreaterThanOrEqual, covered, end);
-        self.b.ins().brif(done, exit, &[], inner, &[]);
-        self.b.switch_to_block(inner);
-        self.frames.push(HashMap::new());
-        self.bound.push(k);
-        let at = self.b.use_var(var);
-        let kb = self.b.ins().smin(at, last);
-        self.fixed.insert(k, kb);
-        body(self, kb);
-        self.fixed.remove(&k);
-        self.bound.pop();
-        self.frames.pop();
-        let next = self.b.ins().iadd_imm_s(at, LANES);
-        self.b.def_var(var, next);
-        let done = self.b.ins().icmp(IntCC::SignedGreaterThanOrEqual, next, end);
-        self.b.ins().brif(done, exit, &[], inner, &[]);
-        self.b.switch_to_block(exit);
+        let bound = self.b.ins().iadd_imm_s(end, LANES - 1);
+        self.stepped_loop(k, covered, bound, LANES, &mut |l: &mut Self| {
+            let at = l.index(k);
+            let kb = l.b.ins().smin(at, last);
+            l.fixed.insert(k, kb);
+            body(l, kb);
+            l.fixed.remove(&k);
+        });
         end
     }
 
