@@ -2,7 +2,7 @@
 //! functions compile in parallel), linked into one kernel that computes the loss, every gradient and
 //! every output.
 //!
-//! Numerics: tensors are stored as f32 (integers and conditions as i64); elementwise arithmetic is f32;
+//! Numerics: tensors are stored as f32 (integers as i64, conditions as i32 masks); elementwise arithmetic is f32;
 //! reductions accumulate in f64 (`sum`, `mean`, `prod`, and `logsumexp` online with a running maximum;
 //! vector loops add up to 16 points in f32 before widening), so a JIT result matches the f64
 //! interpreter to float32 accuracy (see `tests/jit.rs` for the tolerances). Dot products and matrix
@@ -560,7 +560,8 @@ impl Compiled {
                 }
                 TensorRef::Def(_) => match buf.scalar {
                     Scalar::Float => Store::F(vec![0.0; len]),
-                    _ => Store::I(vec![0; len]),
+                    Scalar::Int => Store::I(vec![0; len]),
+                    Scalar::Bool => Store::C(vec![0; len]),
                 },
             });
         }
@@ -582,6 +583,7 @@ impl Compiled {
             .map(|s| match s {
                 Store::F(v) => v.as_mut_ptr() as *mut u8,
                 Store::I(v) => v.as_mut_ptr() as *mut u8,
+                Store::C(v) => v.as_mut_ptr() as *mut u8,
             })
             .collect();
         // A tensor that lives in its host's rows (loops::Plan::row_host) is addressed as the host.
@@ -782,6 +784,7 @@ impl Compiled {
             let values = || match &buffers.stores[k] {
                 Store::F(v) => v.iter().map(|x| *x as f64).collect::<Vec<f64>>(),
                 Store::I(v) => v.iter().map(|x| *x as f64).collect(),
+                Store::C(v) => v.iter().map(|x| (*x != 0) as u8 as f64).collect(),
             };
             match nest.role {
                 Role::Loss => loss = values().first().copied().unwrap_or(f64::NAN),
@@ -817,6 +820,8 @@ impl Compiled {
 enum Store {
     F(Vec<f32>),
     I(Vec<i64>),
+    /// Conditions: -1 (all bits set, a lane mask) where true, 0 where false.
+    C(Vec<i32>),
 }
 
 /// The buffers of one call: inputs converted, every tensor allocated.
@@ -1648,11 +1653,13 @@ impl<'a, 'b> Lower<'a, 'b> {
         }
     }
 
+    /// How a buffer stores its elements: f32, i64, and conditions as i32 masks (-1 true, 0 false), which
+    /// four lanes load and store as they are.
     fn elem_type(scalar: Scalar) -> Type {
-        if scalar == Scalar::Float {
-            types::F32
-        } else {
-            types::I64
+        match scalar {
+            Scalar::Float => types::F32,
+            Scalar::Int => types::I64,
+            Scalar::Bool => types::I32,
         }
     }
 
@@ -1667,7 +1674,7 @@ impl<'a, 'b> Lower<'a, 'b> {
     fn store(&mut self, buffer: usize, scalar: Scalar, flat: Value, v: Value) {
         let addr = self.address(buffer, scalar, flat);
         let v = if scalar == Scalar::Bool {
-            self.b.ins().uextend(types::I64, v)
+            self.b.ins().bmask(types::I32, v)
         } else {
             v
         };

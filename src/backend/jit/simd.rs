@@ -94,7 +94,8 @@ impl Lower<'_, '_> {
         } else {
             match &node.expr {
                 Expr::Index(i) => *i == k,
-                // Integers and conditions load as i32 lanes (the low halves of their i64 elements).
+                // Integers load as i32 lanes (the low halves of their i64 elements), conditions as their
+                // i32 masks.
                 // Contiguous along k (k the last subscript), or a float strided along k (gathered).
                 Expr::Load { tensor, subs } => {
                     let shape = self.f.ref_shape(*tensor);
@@ -407,7 +408,12 @@ impl Lower<'_, '_> {
                                 .ins()
                                 .load(types::F32X4, MemFlagsData::new().with_notrap(), addr, 0)
                         }
-                        scalar => {
+                        Scalar::Bool => {
+                            // Four conditions: their i32 masks as they are.
+                            let addr = self.address(buffer, Scalar::Bool, flat);
+                            self.b.ins().load(types::I32X4, vflags().with_notrap(), addr, 0)
+                        }
+                        Scalar::Int => {
                             // Four i64 elements: two i64x2 loads, their low halves gathered into i32x4.
                             let addr = self.address(buffer, Scalar::Int, flat);
                             let lo = self.b.ins().load(types::I8X16, vflags().with_notrap(), addr, 0);
@@ -415,14 +421,7 @@ impl Lower<'_, '_> {
                             let bytes: Vec<u8> = [0u8, 8, 16, 24].iter().flat_map(|b| *b..*b + 4).collect();
                             let imm = self.b.func.dfg.immediates.push(ConstantData::from(bytes));
                             let low = self.b.ins().shuffle(lo, hi, imm);
-                            let lanes = self.b.ins().bitcast(types::I32X4, vflags(), low);
-                            if scalar == Scalar::Bool {
-                                let zero = self.b.ins().iconst(types::I32, 0);
-                                let zero = self.b.ins().splat(types::I32X4, zero);
-                                self.b.ins().icmp(IntCC::NotEqual, lanes, zero)
-                            } else {
-                                lanes
-                            }
+                            self.b.ins().bitcast(types::I32X4, vflags(), low)
                         }
                     }
                 }
@@ -1283,18 +1282,10 @@ impl Lower<'_, '_> {
     }
 
     /// Stores 4 lanes at `flat .. flat + 3` of a float buffer (f32x4), or of a condition buffer (an i32x4
-    /// mask of -1 / 0 lanes, stored as i64 elements 1 / 0).
+    /// mask of -1 / 0 lanes, stored as it is).
     pub(super) fn vstore(&mut self, buffer: usize, flat: Value, v: Value) {
-        let flags = MemFlagsData::new().with_notrap();
-        if self.plan.buffers[buffer].scalar == Scalar::Bool {
-            let addr = self.address(buffer, Scalar::Bool, flat);
-            for (half, offset) in [(self.b.ins().swiden_low(v), 0), (self.b.ins().swiden_high(v), 16)] {
-                let one_or_zero = self.b.ins().ineg(half);
-                self.b.ins().store(vflags().with_notrap(), one_or_zero, addr, offset);
-            }
-            return;
-        }
-        let addr = self.address(buffer, Scalar::Float, flat);
-        self.b.ins().store(flags, v, addr, 0);
+        let scalar = self.plan.buffers[buffer].scalar;
+        let addr = self.address(buffer, scalar, flat);
+        self.b.ins().store(MemFlagsData::new().with_notrap(), v, addr, 0);
     }
 }
