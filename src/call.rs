@@ -84,6 +84,10 @@ pub enum CallError {
         size: usize,
         span: Span,
     },
+    /// A group's native code compiled on first use (a matrix product whose operand is not finite) failed
+    /// to compile: a compiler limit, never the input's fault.
+    #[error("the kernel's code for this call failed to compile: {0}")]
+    Compile(String),
 }
 
 /// A checked call: sizes of the dimension symbols, hyperparameter values and inputs in declaration order.

@@ -1029,6 +1029,14 @@ fn masked_products_skip_non_finite_operands_as_the_interpreter_does() {
     let (n, d, c) = (70usize, 3usize, 4usize);
     let mut rng = Rng::new(5);
     let x: Vec<f64> = (0..n * d).map(|_| rng.normal().abs() + 0.1).collect();
+    // The products' functions are compiled only when a call needs one (`s` and the guarded `grad_x`).
+    let kernel = jit.kernel(None).unwrap();
+    let uncompiled = || kernel.native().unwrap().uncompiled_groups();
+    assert!(
+        uncompiled() >= 2,
+        "the products' functions were compiled with the kernel"
+    );
+    let before = uncompiled();
     for poison in [None, Some(f64::INFINITY), Some(f64::NAN)] {
         let mut w: Vec<f64> = (0..d * c).map(|_| rng.normal()).collect();
         if let Some(v) = poison {
@@ -1039,9 +1047,17 @@ fn masked_products_skip_non_finite_operands_as_the_interpreter_does() {
             ("x".to_string(), Tensor::float(vec![n, d], x.clone())),
             ("w".to_string(), Tensor::float(vec![d, c], w)),
         ]);
-        let a = jit.kernel(None).unwrap().eval(&inputs).unwrap();
+        // Two threads at once: one compiles the fallback, the other waits for it.
+        let (a, again) = std::thread::scope(|scope| {
+            let other = scope.spawn(|| kernel.eval(&inputs).unwrap());
+            (kernel.eval(&inputs).unwrap(), other.join().unwrap())
+        });
         let b = interp.kernel(None).unwrap().eval(&inputs).unwrap();
         assert_agree(&format!("poison {poison:?}"), &a, &b);
+        assert_agree(&format!("poison {poison:?}, the other thread"), &again, &b);
+        // A finite `w` runs the products as sgemm; a poisoned one needs the guarded product's function.
+        let compiled = before - uncompiled();
+        assert_eq!(compiled, usize::from(poison.is_some()), "poison {poison:?}");
         if poison == Some(f64::INFINITY) {
             let g = b.grads[0].1.to_f64();
             assert!(

@@ -87,11 +87,22 @@ const TILE: i64 = 16;
 /// Elements per parallel chunk below which a chunk takes more rows.
 const MIN_CHUNK_ELEMENTS: i64 = 4096;
 
-/// Compiled native code for one function. Immutable after compilation, so it is shared across threads.
+/// A group's native function: compiled with the kernel, or, for a matrix product (which runs as sgemm
+/// unless a masked product's other operand holds a non-finite element, [`gemm::Product::new`]), by the
+/// first call that needs it: most kernels never do, and its Cranelift time is saved.
+enum Entry {
+    Ready(NestFn),
+    Deferred(std::sync::OnceLock<Result<(NestFn, Arc<CodeHolder>), JitError>>),
+}
+
+/// Compiled native code for one function. Immutable after compilation (but for deferred entries, each
+/// set once), so it is shared across threads.
 pub struct Compiled {
     plan: Plan,
     function: Function,
-    entries: Vec<NestFn>,
+    entries: Vec<Entry>,
+    /// Whether kept softmax rows use the row helper (what a deferred entry is compiled with too).
+    exp_rows: bool,
     /// Per group of sums: the extent of the index they sum over in parallel parts ([`split_sum`]).
     splits: Vec<Option<Dim>>,
     /// Per group, per member: [`row_indices`] (what sizes a group's parallel chunks).
@@ -145,18 +156,33 @@ extern "C" fn lossc_powf(x: f32, y: f32) -> f32 {
 
 /// Compiles an optimized function.
 pub fn compile(f: &Function) -> Result<Compiled, JitError> {
-    build(f, None, rows::available())
+    build(f, None, rows::available(), Functions::Undeferred)
 }
 
 /// `--emit clif`: the Cranelift IR of every nest function, before Cranelift's own optimizations.
 pub fn clif(f: &Function) -> Result<String, JitError> {
     let mut text = String::new();
-    build(f, Some(&mut text), rows::available())?;
+    build(f, Some(&mut text), rows::available(), Functions::All)?;
     Ok(text)
 }
 
+/// Which groups' functions a build compiles.
+#[derive(Clone, Copy, PartialEq)]
+enum Functions {
+    All,
+    /// All but the matrix products' ([`Entry::Deferred`]).
+    Undeferred,
+    /// One group's (a deferred entry's).
+    Only(usize),
+}
+
 /// `exp_rows`: whether kept softmax rows use the 8-lane row helper (rows.rs) where this machine has it.
-fn build(f: &Function, mut clif_text: Option<&mut String>, exp_rows: bool) -> Result<Compiled, JitError> {
+fn build(
+    f: &Function,
+    mut clif_text: Option<&mut String>,
+    exp_rows: bool,
+    functions: Functions,
+) -> Result<Compiled, JitError> {
     let err = |e: &dyn std::fmt::Display| JitError(e.to_string());
     let mut flags = settings::builder();
     flags.set("opt_level", "speed").map_err(|e| err(&e))?;
@@ -234,6 +260,18 @@ fn build(f: &Function, mut clif_text: Option<&mut String>, exp_rows: bool) -> Re
     // compile to machine code on all cores (each is independent), then hand the bytes to the module.
     let mut fctx = FunctionBuilderContext::new();
     let mut column_sums = vec![false; plan.groups.len()];
+    let products: Vec<Option<Contraction>> = plan
+        .groups
+        .iter()
+        .map(|g| plan.contractions.iter().find(|c| g.members == [c.nest]).cloned())
+        .collect();
+    let built: Vec<usize> = (0..plan.groups.len())
+        .filter(|&k| match functions {
+            Functions::All => true,
+            Functions::Undeferred => products[k].is_none(),
+            Functions::Only(only) => k == only,
+        })
+        .collect();
     let mut build_group = |k: usize| -> Result<(FuncId, ir::Function), String> {
         let group = &plan.groups[k];
         let members = plan.members(group);
@@ -265,23 +303,21 @@ fn build(f: &Function, mut clif_text: Option<&mut String>, exp_rows: bool) -> Re
         }
         Ok((id, func))
     };
-    let machine_code = compile_all(&*compile_isa, plan.groups.len(), &mut build_group).map_err(|e| err(&e))?;
-    let mut ids: Vec<FuncId> = Vec::new();
+    let machine_code = compile_all(&*compile_isa, &built, &mut build_group).map_err(|e| err(&e))?;
     for code in &machine_code {
         module
             .define_function_bytes(code.id, code.alignment, &code.bytes, &code.relocs)
             .map_err(|e| err(&format!("{e:?}")))?;
-        ids.push(code.id);
     }
     module.finalize_definitions().map_err(|e| err(&e))?;
-    let entries = ids
-        .iter()
-        .map(|id| {
-            let p = module.get_finalized_function(*id);
-            // SAFETY: every nest function was defined with exactly the `NestFn` signature above.
-            unsafe { std::mem::transmute::<*const u8, NestFn>(p) }
-        })
+    let mut entries: Vec<Entry> = (0..plan.groups.len())
+        .map(|_| Entry::Deferred(std::sync::OnceLock::new()))
         .collect();
+    for (k, code) in built.iter().zip(&machine_code) {
+        let p = module.get_finalized_function(code.id);
+        // SAFETY: every nest function was defined with exactly the `NestFn` signature above.
+        entries[*k] = Entry::Ready(unsafe { std::mem::transmute::<*const u8, NestFn>(p) });
+    }
     let row_indices = plan
         .groups
         .iter()
@@ -292,15 +328,11 @@ fn build(f: &Function, mut clif_text: Option<&mut String>, exp_rows: bool) -> Re
         .iter()
         .map(|g| split_members(f, &plan.members(g)).map(|(_, sums)| f.index(sums[0].0).range.clone()))
         .collect();
-    let products = plan
-        .groups
-        .iter()
-        .map(|g| plan.contractions.iter().find(|c| g.members == [c.nest]).cloned())
-        .collect();
     Ok(Compiled {
         plan,
         function: f.clone(),
         entries,
+        exp_rows,
         splits,
         row_indices,
         products,
@@ -358,13 +390,14 @@ struct MachineCode {
     relocs: Vec<cranelift_module::ModuleReloc>,
 }
 
-/// Compiles the functions on all available cores, keeping their order. `LOSSC_DUMP_OPT` and
+/// Compiles the functions of `groups` on all available cores, in that order. `LOSSC_DUMP_OPT` and
 /// `LOSSC_DUMP_ASM` print each one's optimized CLIF and machine code.
 fn compile_all(
     isa: &dyn isa::TargetIsa,
-    count: usize,
+    groups: &[usize],
     build: &mut dyn FnMut(usize) -> Result<(FuncId, ir::Function), String>,
 ) -> Result<Vec<MachineCode>, String> {
+    let count = groups.len();
     let (dump_opt, dump_asm) = (
         std::env::var_os("LOSSC_DUMP_OPT").is_some(),
         std::env::var_os("LOSSC_DUMP_ASM").is_some(),
@@ -411,8 +444,9 @@ fn compile_all(
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(count);
     if threads <= 1 || dump_opt || dump_asm {
-        return (0..count)
-            .map(|k| {
+        return groups
+            .iter()
+            .map(|&k| {
                 let (id, func) = build(k)?;
                 compile(k, id, func)
             })
@@ -463,7 +497,7 @@ fn compile_all(
         }
         let finished = Finished(&queue, &ready);
         let mut all = Vec::new();
-        for k in 0..count {
+        for &k in groups {
             match build(k) {
                 Ok((id, func)) => lock().built.push((k, id, func)),
                 Err(e) => {
@@ -483,6 +517,7 @@ fn compile_all(
         }
         all
     });
+    // Group numbers increase along `groups`.
     done.sort_by_key(|(k, _)| *k);
     done.into_iter().map(|(_, code)| code).collect()
 }
@@ -541,6 +576,33 @@ impl Compiled {
         let mut buffers = self.buffers(call);
         self.execute(&mut buffers, threads)?;
         Ok(self.collect(&buffers))
+    }
+
+    /// How many groups have no native code yet: matrix products whose function no call has needed
+    /// ([`Entry::Deferred`]).
+    pub fn uncompiled_groups(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| matches!(e, Entry::Deferred(cell) if cell.get().is_none()))
+            .count()
+    }
+
+    /// Group `k`'s deferred function ([`Entry::Deferred`]), compiled by the first call that needs it.
+    fn deferred(
+        &self,
+        k: usize,
+        cell: &std::sync::OnceLock<Result<(NestFn, Arc<CodeHolder>), JitError>>,
+    ) -> Result<NestFn, CallError> {
+        cell.get_or_init(|| {
+            let one = build(&self.function, None, self.exp_rows, Functions::Only(k))?;
+            match one.entries[k] {
+                Entry::Ready(native) => Ok((native, one._code.clone())),
+                Entry::Deferred(_) => Err(JitError(format!("group {k} was not compiled"))),
+            }
+        })
+        .as_ref()
+        .map(|(native, _)| *native)
+        .map_err(|e| CallError::Compile(e.to_string()))
     }
 
     /// Allocates every buffer and converts the inputs to their native element types.
@@ -602,7 +664,7 @@ impl Compiled {
             .zip(&self.row_indices)
             .zip(&self.products)
             .zip(&self.column_sums);
-        for (((((group, entry), split), row_indices), product), column_sum) in groups {
+        for (k, (((((group, entry), split), row_indices), product), column_sum)) in groups.enumerate() {
             let started = std::time::Instant::now();
             let members = self.plan.members(group);
             let nest = members[0];
@@ -611,6 +673,12 @@ impl Compiled {
             let product = product
                 .as_ref()
                 .and_then(|c| unsafe { gemm::Product::new(c, out, &ptrs, sizes) });
+            // Without the product, the group's native function (compiled now where it was deferred).
+            let native = match (&product, entry) {
+                (Some(_), _) => None,
+                (None, Entry::Ready(native)) => Some(*native),
+                (None, Entry::Deferred(cell)) => Some(self.deferred(k, cell)?),
+            };
             let (outer, chunk) = match split {
                 // A split sum: chunks of its index, each adding into its own partial slot.
                 Some(extent) => (extent.eval(sizes).max(0), SPLIT_CHUNK),
@@ -689,11 +757,13 @@ impl Compiled {
             let run_chunks = |worker: usize, chunks: &[(usize, (i64, i64))]| -> [i64; 3] {
                 let mut err = [0i64; 3];
                 for &(c, (lo, hi)) in chunks {
-                    if let Some(p) = &product {
-                        // SAFETY: this chunk's rows are written by no other call.
-                        unsafe { p.block(lo, hi) };
+                    let Some(entry) = native else {
+                        if let Some(p) = &product {
+                            // SAFETY: this chunk's rows are written by no other call.
+                            unsafe { p.block(lo, hi) };
+                        }
                         continue;
-                    }
+                    };
                     let (s, slots) = (tables[worker.min(tables.len() - 1)], slots);
                     // SAFETY: buffers match the plan (bound call), the code checks every subscript that is not
                     // statically in range, and this chunk's elements (or partial slot) are written by no
@@ -2892,7 +2962,12 @@ mod tests {
             let bound = crate::call::bind(&f, &inputs, &BTreeMap::new()).unwrap();
             let runs: Vec<Evaluation> = [false, rows::available()]
                 .into_iter()
-                .map(|helper| build(&f, None, helper).unwrap().run(&bound, 1).unwrap())
+                .map(|helper| {
+                    build(&f, None, helper, Functions::Undeferred)
+                        .unwrap()
+                        .run(&bound, 1)
+                        .unwrap()
+                })
                 .collect();
             let bits = |e: &Evaluation| {
                 let grads = e.grads[0].1.to_f64().into_iter().map(f64::to_bits);
@@ -2908,7 +2983,10 @@ mod tests {
         // A NaN stays NaN.
         let inputs = BTreeMap::from([("p".to_string(), Tensor::float(vec![9], vec![f64::NAN; 9]))]);
         let bound = crate::call::bind(&f, &inputs, &BTreeMap::new()).unwrap();
-        let e = build(&f, None, rows::available()).unwrap().run(&bound, 1).unwrap();
+        let e = build(&f, None, rows::available(), Functions::Undeferred)
+            .unwrap()
+            .run(&bound, 1)
+            .unwrap();
         assert!(e.loss.is_nan());
     }
 
@@ -2933,7 +3011,10 @@ mod tests {
         let bound = crate::call::bind(&f, &inputs, &BTreeMap::new()).unwrap();
         let interp = interp.kernel(None).unwrap().eval(&inputs).unwrap();
         for exp_rows in [false, rows::available()] {
-            let e = build(&f, None, exp_rows).unwrap().run(&bound, 2).unwrap();
+            let e = build(&f, None, exp_rows, Functions::Undeferred)
+                .unwrap()
+                .run(&bound, 2)
+                .unwrap();
             assert!(
                 (e.loss - interp.loss).abs() <= 1e-5 * interp.loss.abs().max(1.0),
                 "{exp_rows}"
