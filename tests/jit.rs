@@ -1295,6 +1295,23 @@ fn masked_softmax_rows_keep_their_exponentials_and_agree() {
     let plan = lossc::backend::loops::Plan::new(&f);
     let scratch: Vec<bool> = plan.kept_exps.iter().map(|e| e.scratch.is_some()).collect();
     assert_eq!(scratch, [false, true], "both rows kept, the second in a scratch row");
+    // Each member of the fused row loads the pointers of its buffers again at its start (moving a scratch
+    // row's back by the row's offset), so none lives across another member's loops: the fused group's
+    // function reads an entry of its pointer table (its first parameter, v0) more than once.
+    let clif = lossc::backend::jit::clif(&f).unwrap();
+    let fused = clif
+        .split("; group ")
+        .find(|g| g.lines().next().is_some_and(|head| head.contains(", ")))
+        .expect("a fused group");
+    let table_reads: Vec<&str> = fused
+        .lines()
+        .filter_map(|l| l.split_once("load.i64 notrap aligned v0").map(|(_, at)| at))
+        .collect();
+    let entries: std::collections::HashSet<&&str> = table_reads.iter().collect();
+    assert!(
+        table_reads.len() > entries.len(),
+        "the members do not reload their pointers:\n{fused}"
+    );
     let (inf, nan) = (f64::INFINITY, f64::NAN);
     let rows: [[f64; 11]; 7] = [
         [0.5, -1.0, 2.0, 0.0, 3.0, -2.5, 1.0, 0.25, -0.5, 1.5, 2.5],

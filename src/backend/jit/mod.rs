@@ -341,6 +341,31 @@ fn build(
     })
 }
 
+/// The buffers that lowering `members` reads or writes: their own, the inputs and tensors their elements
+/// load, and the rows and factors of the kept exponentials they write or read (loops::KeptExps).
+fn used_buffers(f: &Function, plan: &Plan, members: &[&Nest]) -> Vec<bool> {
+    let mut used = vec![false; plan.buffers.len()];
+    for nest in members {
+        used[plan.buffer_of(f, TensorRef::Def(nest.tensor))] = true;
+    }
+    for e in &plan.kept_exps {
+        let (lse, consumer) = (plan.nests[e.lse].tensor, plan.nests[e.consumer].tensor);
+        if members.iter().any(|m| m.tensor == lse || m.tensor == consumer) {
+            used[plan.kept_row(f, e)] = true;
+            if let Some(factors) = e.factors {
+                used[factors] = true;
+            }
+        }
+    }
+    let bodies: Vec<NodeId> = members.iter().map(|m| m.body).collect();
+    for n in f.reachable(&bodies) {
+        if let Expr::Load { tensor, .. } = &f.node(n).expr {
+            used[plan.buffer_of(f, *tensor)] = true;
+        }
+    }
+    used
+}
+
 /// Points of a split sum per parallel part.
 const SPLIT_CHUNK: i64 = 1 << 14;
 
@@ -952,6 +977,8 @@ struct Lower<'a, 'b> {
     fixed: HashMap<IndexId, Value>,
     /// Values already computed, per dominance scope (a loop body or a branch opens a scope).
     frames: Vec<HashMap<NodeId, Value>>,
+    /// The function's table of buffer pointers (its first parameter).
+    table: Value,
     /// Each buffer's base address, loaded on entry where the nest uses the buffer.
     bases: Vec<Option<Value>>,
     sizes: Vec<Value>,
@@ -1017,29 +1044,7 @@ impl<'a, 'b> Lower<'a, 'b> {
         let (bufs, sizes_ptr) = (params[0], params[1]);
         let step = ptr.bytes() as usize;
         // Only the buffers this nest reads or writes: a plan may hold hundreds.
-        let mut used = vec![false; plan.buffers.len()];
-        for nest in members {
-            used[plan.buffer_of(f, TensorRef::Def(nest.tensor))] = true;
-        }
-        // A logsumexp writes kept exponentials into its consumer's buffer, and their factors.
-        for e in &plan.kept_exps {
-            let (lse, consumer) = (plan.nests[e.lse].tensor, plan.nests[e.consumer].tensor);
-            if members.iter().any(|m| m.tensor == lse) {
-                used[plan.kept_row(f, e)] = true;
-            }
-            if let Some(factors) = e
-                .factors
-                .filter(|_| members.iter().any(|m| m.tensor == lse || m.tensor == consumer))
-            {
-                used[factors] = true;
-            }
-        }
-        let bodies: Vec<NodeId> = members.iter().map(|m| m.body).collect();
-        for n in f.reachable(&bodies) {
-            if let Expr::Load { tensor, .. } = &f.node(n).expr {
-                used[plan.buffer_of(f, *tensor)] = true;
-            }
-        }
+        let used = used_buffers(f, plan, members);
         let bases = (0..plan.buffers.len())
             .map(|k| used[k].then(|| b.ins().load(ptr, flags(), bufs, (k * step) as i32)))
             .collect();
@@ -1055,6 +1060,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             vars: HashMap::new(),
             fixed: HashMap::new(),
             frames: vec![HashMap::new()],
+            table: bufs,
             bases,
             sizes,
             hypers: params[2],
@@ -1134,6 +1140,12 @@ impl<'a, 'b> Lower<'a, 'b> {
                 })
                 .collect();
             let streams = self.streamed_matrices(members);
+            let used: HashMap<usize, Vec<bool>> = group
+                .members
+                .iter()
+                .zip(members)
+                .map(|(index, m)| (*index, used_buffers(self.f, self.plan, &[m])))
+                .collect();
             self.for_range(outer, lo, end, &mut |l: &mut Self| {
                 let row = l.index(outer);
                 let next = l.b.ins().iadd_imm_s(row, 1);
@@ -1149,7 +1161,10 @@ impl<'a, 'b> Lower<'a, 'b> {
                     l.fixed.insert(own, row);
                     l.bound.push(own);
                     l.frames.push(HashMap::new());
+                    let bases = l.bases.clone();
+                    l.reload_bases(&used[index], &private, row);
                     l.softmax_member(group, *index, m, 1);
+                    l.bases = bases;
                     l.frames.pop();
                     l.bound.pop();
                     l.fixed.remove(&own);
@@ -1181,6 +1196,28 @@ impl<'a, 'b> Lower<'a, 'b> {
         }
         self.kept_exps.clear();
         self.b.ins().return_(&[]);
+    }
+
+    /// Loads the pointers of the buffers `used` (of those the function loaded on entry) again, a
+    /// row-private one moved back by `row`'s offset as on entry to the row: at the start of a member of a
+    /// row-fused group, so that no pointer lives from one member's loops across another's (in a large
+    /// group such pointers were spilled, and re-stored on the back edge of every loop between).
+    fn reload_bases(&mut self, used: &[bool], private: &[(usize, Value, Value)], row: Value) {
+        let step = self.ptr.bytes() as i32;
+        let loaded: Vec<usize> = (0..self.bases.len())
+            .filter(|&k| used[k] && self.bases[k].is_some())
+            .collect();
+        for k in loaded {
+            let base = self.b.ins().load(self.ptr, flags(), self.table, k as i32 * step);
+            self.bases[k] = Some(match private.iter().find(|p| p.0 == k) {
+                Some(&(_, _, row_bytes)) => {
+                    let back = self.b.ins().imul(row, row_bytes);
+                    let back = self.offset(back);
+                    self.b.ins().isub(base, back)
+                }
+                None => base,
+            });
+        }
     }
 
     /// An i64 byte offset as a pointer-sized value.
