@@ -96,6 +96,15 @@ fn negation_rules() {
     assert!(body(&rule("loss f(x: f32[N], z: f32[N]) { mean[i] x[i] + -z[i] }")).contains("x[i] - z[i]"));
     assert!(body(&rule("loss f(x: f32[N], z: f32[N]) { mean[i] x[i] - -z[i] }")).contains("x[i] + z[i]"));
     assert!(body(&rule("loss f(x: f32[N]) { mean[i] 0.0 - x[i] }")).contains("-x[i]"));
+    // -(s * x) = (-s) * x for a factor with fewer indices (computed once outside x's loop), either side;
+    // not between factors over the same indices.
+    let b = body(&rule(
+        "loss f(x: f32[N], w: f32[N, C], s: f32) { sum[i, k] exp(-(s * w[i, k]) + -(x[i] * w[i, k])) }",
+    ));
+    assert!(b.contains("w[i, k] * -s"), "{b}");
+    assert!(b.contains("w[i, k] * -x[i]"), "{b}");
+    let b = body(&rule("loss f(x: f32[N], z: f32[N]) { sum[i] exp(-(x[i] * z[i])) }"));
+    assert!(b.contains("-(x[i] * z[i])"), "{b}");
 }
 
 #[test]

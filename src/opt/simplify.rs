@@ -260,6 +260,12 @@ fn float(f: &Function, n: NodeId) -> Option<f64> {
     f.as_float(n)
 }
 
+/// Whether `a`'s free indices are a proper subset of `b`'s.
+fn fewer_free(f: &Function, a: NodeId, b: NodeId) -> bool {
+    let (fa, fb) = (&f.node(a).free, &f.node(b).free);
+    fa.len() < fb.len() && fa.iter().all(|i| fb.contains(i))
+}
+
 fn is_float(f: &Function, n: NodeId, x: f64) -> bool {
     float(f, n) == Some(x)
 }
@@ -365,6 +371,16 @@ pub fn simplify(f: &mut Function, expr: Expr, scalar: Scalar, span: Span) -> R<N
         Pow if is_float(f, a[1], 2.0) => return f.prim(Mul, &[a[0], a[0]], span),
         // -(-x) = x
         Neg if matches!(p(f, a[0]), Some((Neg, _))) => return Ok(p(f, a[0]).unwrap().1[0]),
+        // -(x * y) = (-x) * y where x has fewer free indices (a scalar factor): the negation is computed
+        // once outside the loops over y's other indices (the same bits: negation is exact).
+        Neg if let Some((Mul, m)) = p(f, a[0])
+            && let Some(k) = (0..2).find(|&k| fewer_free(f, m[k], m[1 - k])) =>
+        {
+            let negated = simplify(f, prim_expr(Neg, &[m[k]]), scalar, span)?;
+            let mut factors = [m[0], m[1]];
+            factors[k] = negated;
+            return simplify(f, prim_expr(Mul, &factors), scalar, span);
+        }
         // log(exp(x)) = x
         Log if matches!(p(f, a[0]), Some((Exp, _))) => return Ok(p(f, a[0]).unwrap().1[0]),
         // Stabilising: log(sum[k] exp(e)) = logsumexp[k] e
