@@ -81,6 +81,16 @@ fn guards_on_a_value_by_itself_are_dropped() {
         "loss f(x: f32[N]) { sum[i] select(0.0 != x[i], x[i], 0.0) * x[i] }",
     ));
     assert_eq!(b.trim(), "loss = sum[i: N] x[i] * x[i]");
+    // select(x != 0 || z != 0, x + z, 0) = x + z (two guarded adjoints added), either order; not for
+    // another sum.
+    let b = body(&rule(
+        "loss f(x: f32[N], z: f32[N]) { sum[i] select(0.0 != x[i] || z[i] != 0.0, z[i] + x[i], 0.0) * x[i] }",
+    ));
+    assert_eq!(b.trim(), "loss = sum[i: N] x[i] * (x[i] + z[i])");
+    let b = body(&rule(
+        "loss f(x: f32[N], z: f32[N]) { sum[i] select(0.0 != x[i] || z[i] != 0.0, z[i] + z[i], 0.0) }",
+    ));
+    assert!(b.contains("select("), "{b}");
     // Not when the guarded value is another one, or the mask another test.
     let b = body(&rule("loss f(x: f32[N], w: f32[N]) { sum[i | w[i] != 0.0] x[i] }"));
     assert!(b.contains("| w[i] != 0.0"), "{b}");

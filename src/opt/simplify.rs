@@ -260,6 +260,17 @@ fn float(f: &Function, n: NodeId) -> Option<f64> {
     f.as_float(n)
 }
 
+/// Whether `sum` is `x + y` and `test` is `x != 0 || y != 0` (either way round).
+fn guarded_sum(f: &Function, test: NodeId, sum: NodeId) -> bool {
+    match (prim_of(f, test), prim_of(f, sum)) {
+        (Some((Prim::Or, c)), Some((Prim::Add, s))) => {
+            let tested = [f.nonzero_test(c[0]), f.nonzero_test(c[1])];
+            tested == [Some(s[0]), Some(s[1])] || tested == [Some(s[1]), Some(s[0])]
+        }
+        _ => false,
+    }
+}
+
 /// Whether `a`'s free indices are a proper subset of `b`'s.
 fn fewer_free(f: &Function, a: NodeId, b: NodeId) -> bool {
     let (fa, fb) = (&f.node(a).free, &f.node(b).free);
@@ -484,6 +495,9 @@ pub fn simplify(f: &mut Function, expr: Expr, scalar: Scalar, span: Span) -> R<N
         // select(x != 0, x, 0) = x (autodiff's guard on an adjoint that is itself the value): equal
         // everywhere, -0 aside (which the select turns into +0).
         Select if is_float(f, a[2], 0.0) && f.nonzero_test(a[0]) == Some(a[1]) => return Ok(a[1]),
+        // select(x != 0 || y != 0, x + y, 0) = x + y (the guards of two adjoints added, as the two reads
+        // of a Gram matrix's adjoint give): 0 where both are, -0 aside.
+        Select if is_float(f, a[2], 0.0) && guarded_sum(f, a[0], a[1]) => return Ok(a[1]),
         // select(true, a, b) = a, select(false, a, b) = b
         Select if matches!(constant(f, a[0]), Some(Value::B(_))) => {
             return Ok(if constant(f, a[0]) == Some(Value::B(true)) {
