@@ -401,7 +401,7 @@ fn sibling_sums(f: &Function, nests: &[Nest], candidates: &[usize], extent: &Dim
 }
 
 /// A group of sibling sums over one index ([`split_sum`]), after at most one leading map over that extent
-/// ([`map_extent`]): the position of the first sum among the members, and each sum's index, mask and term.
+/// (`map_extent`): the position of the first sum among the members, and each sum's index, mask and term.
 pub fn split_members(f: &Function, members: &[&Nest]) -> Option<(usize, Vec<(IndexId, Option<NodeId>, NodeId)>)> {
     let first = match members {
         [map, _, ..] if split_sum(f, map).is_none() && map_extent(f, map).is_some() => 1,

@@ -1,5 +1,6 @@
 //! The Cranelift JIT backend: one native function per group of loop nests of the [`Plan`] (the
-//! functions compile in parallel), linked into one kernel that computes the loss, every gradient and
+//! functions compile in parallel; a matrix product's, which runs as sgemm, only when a call first
+//! needs it: `Entry::Deferred`), linked into one kernel that computes the loss, every gradient and
 //! every output.
 //!
 //! Numerics: tensors are stored as f32 (integers as i64, conditions as i32 masks); elementwise arithmetic is f32;
@@ -21,7 +22,7 @@
 //! Parallelism: the outermost loop of each group is split into chunks handed to the threads of a kept
 //! rayon pool (sized by the work per row, never by the thread count); each element is computed by
 //! exactly one call. A group of
-//! sums over one index ([`split_sum`]) run as fixed chunks of partial sums added in chunk order. So
+//! sums over one index ([`split_members`]) run as fixed chunks of partial sums added in chunk order. So
 //! results are bit-identical for any number of threads. A row-private tensor
 //! ([`super::loops::Plan::row_private`]) is one row of scratch per worker: each worker's pointer table
 //! points the buffer there, and the group's row loop moves its base back by the row's offset, so the
@@ -103,7 +104,7 @@ pub struct Compiled {
     entries: Vec<Entry>,
     /// Whether kept softmax rows use the row helper (what a deferred entry is compiled with too).
     exp_rows: bool,
-    /// Per group of sums: the extent of the index they sum over in parallel parts ([`split_sum`]).
+    /// Per group of sums: the extent of the index they sum over in parallel parts ([`split_members`]).
     splits: Vec<Option<Dim>>,
     /// Per group, per member: [`row_indices`] (what sizes a group's parallel chunks).
     row_indices: Vec<Vec<Vec<IndexId>>>,
@@ -604,7 +605,7 @@ impl Compiled {
     }
 
     /// How many groups have no native code yet: matrix products whose function no call has needed
-    /// ([`Entry::Deferred`]).
+    /// (`Entry::Deferred`).
     pub fn uncompiled_groups(&self) -> usize {
         self.entries
             .iter()
