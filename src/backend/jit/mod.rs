@@ -96,6 +96,12 @@ enum Entry {
     Deferred(std::sync::OnceLock<Result<(NestFn, Arc<CodeHolder>), JitError>>),
 }
 
+/// How a group runs in one call.
+enum Run {
+    Product(gemm::Product),
+    Native(NestFn),
+}
+
 /// Compiled native code for one function. Immutable after compilation (but for deferred entries, each
 /// set once), so it is shared across threads.
 pub struct Compiled {
@@ -699,16 +705,16 @@ impl Compiled {
             let product = product
                 .as_ref()
                 .and_then(|c| unsafe { gemm::Product::new(c, out, &ptrs, sizes) });
-            // Without the product, the group's native function (compiled now where it was deferred).
-            let native = match (&product, entry) {
-                (Some(_), _) => None,
-                (None, Entry::Ready(native)) => Some(*native),
-                (None, Entry::Deferred(cell)) => Some(self.deferred(k, cell)?),
+            // The product as sgemm, or the group's native function (compiled now where it was deferred).
+            let run = match (product, entry) {
+                (Some(p), _) => Run::Product(p),
+                (None, Entry::Ready(native)) => Run::Native(*native),
+                (None, Entry::Deferred(cell)) => Run::Native(self.deferred(k, cell)?),
             };
             let (outer, chunk) = match split {
                 // A split sum: chunks of its index, each adding into its own partial slot.
                 Some(extent) => (extent.eval(sizes).max(0), SPLIT_CHUNK),
-                None if let Some(p) = &product => (p.rows(), p.block_rows()),
+                None if let Run::Product(p) = &run => (p.rows(), p.block_rows()),
                 None => {
                     let outer = nest.head.first().map_or(1, |(_, d)| d.eval(sizes).max(0));
                     // Enough work per call that the call's setup is noise: a chunk holds CHUNK rows, or
@@ -783,12 +789,13 @@ impl Compiled {
             let run_chunks = |worker: usize, chunks: &[(usize, (i64, i64))]| -> [i64; 3] {
                 let mut err = [0i64; 3];
                 for &(c, (lo, hi)) in chunks {
-                    let Some(entry) = native else {
-                        if let Some(p) = &product {
+                    let entry = match &run {
+                        Run::Native(entry) => entry,
+                        Run::Product(p) => {
                             // SAFETY: this chunk's rows are written by no other call.
                             unsafe { p.block(lo, hi) };
+                            continue;
                         }
-                        continue;
                     };
                     let (s, slots) = (tables[worker.min(tables.len() - 1)], slots);
                     // SAFETY: buffers match the plan (bound call), the code checks every subscript that is not
