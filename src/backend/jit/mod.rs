@@ -1159,9 +1159,7 @@ impl<'a, 'b> Lower<'a, 'b> {
                 let next = l.b.ins().iadd_imm_s(row, 1);
                 l.rows_ahead = streams.map(|s| s.map(|(k, row_bytes)| l.row_address(k, next, row_bytes)));
                 for &(k, scratch, row_bytes) in &private {
-                    let back = l.b.ins().imul(row, row_bytes);
-                    let back = l.offset(back);
-                    l.bases[k] = Some(l.b.ins().isub(scratch, back));
+                    l.bases[k] = Some(l.moved_back(scratch, row, row_bytes));
                 }
                 l.extremes.clear();
                 for (index, m) in group.members.iter().zip(members) {
@@ -1218,14 +1216,18 @@ impl<'a, 'b> Lower<'a, 'b> {
         for k in loaded {
             let base = self.b.ins().load(self.ptr, flags(), self.table, k as i32 * step);
             self.bases[k] = Some(match private.iter().find(|p| p.0 == k) {
-                Some(&(_, _, row_bytes)) => {
-                    let back = self.b.ins().imul(row, row_bytes);
-                    let back = self.offset(back);
-                    self.b.ins().isub(base, back)
-                }
+                Some(&(_, _, row_bytes)) => self.moved_back(base, row, row_bytes),
                 None => base,
             });
         }
+    }
+
+    /// A row-private buffer's pointer (one row of scratch) moved back by row `row`'s offset, so that the
+    /// row-major addresses of that row land in the scratch row.
+    fn moved_back(&mut self, scratch: Value, row: Value, row_bytes: Value) -> Value {
+        let back = self.b.ins().imul(row, row_bytes);
+        let back = self.offset(back);
+        self.b.ins().isub(scratch, back)
     }
 
     /// An i64 byte offset as a pointer-sized value.
