@@ -10,10 +10,11 @@
 //! mask or a choice discards — is safe. Loops run 4 elements at a time while 4 remain; the scalar code
 //! finishes the tail, so any extent works (an elementwise run of at least 4 that does not read what it
 //! stores ends instead in a vector overlapping the one before, and runs shorter than 4 are scalar; a
-//! nest reading a matrix transposed reads 4 x 4 blocks and transposes them in registers). A sum over other indices inside such an element (the
-//! `sum[i] g[i, j] * x[i, d]` of a gradient contraction) accumulates all 4 lanes at once, in f32; where
-//! no lane gathers, a tile of up to 512 such columns accumulates in a stack slot along each row of the
-//! summed index (a kilobyte or two of every row read in a run, not a cache line a page apart).
+//! nest reading a matrix transposed reads 4 x 4 blocks and transposes them in registers). A sum over
+//! other indices inside such an element (the `sum[i] g[i, j] * x[i, d]` of a gradient contraction)
+//! accumulates all 4 lanes at once, in f32; where no lane gathers, a tile of up to 512 such columns
+//! accumulates in a stack slot along each row of the summed index (a kilobyte or two of every row read in
+//! a run, not a cache line a page apart).
 
 use std::collections::HashMap;
 
