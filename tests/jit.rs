@@ -703,6 +703,57 @@ fn arg_max_and_min_run_in_two_vector_passes_and_agree() {
     }
 }
 
+/// `Function::reachable` and `Plan::branching` against their definitions, on every file's optimized
+/// function (and the sorting benchmark's, thousands of nodes): `reachable` is every node some path of
+/// operands leads to, in arena order, once each; a node branches when something it reaches is a
+/// reduction or a load with a subscript not statically in range.
+#[test]
+fn reachable_nodes_and_branching_follow_their_definitions() {
+    use lossc::ir::Expr;
+    let mut files = lx_files();
+    files.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/sort_bce16.lx"));
+    let mut checked = 0;
+    for path in files {
+        let module = Compiler::new().compile_file(&path).unwrap();
+        for name in module.losses() {
+            let f = module.kernel(Some(name)).unwrap().function().clone();
+            let plan = lossc::backend::loops::Plan::new(&f);
+            assert_eq!(plan.branching.len(), f.nodes().len());
+            for (k, node) in f.nodes().iter().enumerate() {
+                let n = lossc::ir::NodeId(k as u32);
+                let found = f.reachable(&[n]);
+                assert!(
+                    found.windows(2).all(|w| w[0] < w[1]) && found.contains(&n),
+                    "{name}: {k}"
+                );
+                for m in &found {
+                    for o in f.node(*m).expr.operands() {
+                        assert!(found.binary_search(&o).is_ok(), "{name}: {k} reaches {m:?}, not {o:?}");
+                    }
+                }
+                // Nothing more: every node found is the root or an operand of another found node.
+                for m in &found {
+                    assert!(
+                        *m == n || found.iter().any(|u| f.node(*u).expr.operands().contains(m)),
+                        "{name}: {k} finds {m:?}"
+                    );
+                }
+                let fails_or_loops = found.iter().any(|m| match &f.node(*m).expr {
+                    Expr::Reduce { .. } => true,
+                    Expr::Load { tensor, subs } => subs
+                        .iter()
+                        .zip(f.ref_shape(*tensor))
+                        .any(|(s, d)| !lossc::backend::loops::in_range(&f, *s, &d)),
+                    _ => false,
+                });
+                assert_eq!(plan.branching[k], fails_or_loops, "{name}: node {k} {:?}", node.expr);
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 5000, "{checked} nodes");
+}
+
 /// A plan's row-private buffers and its (guest, host) pairs of tensors living in another's rows, by name.
 fn private_and_hosted(f: &lossc::ir::Function) -> (Vec<String>, Vec<(String, String)>) {
     let plan = lossc::backend::loops::Plan::new(f);

@@ -205,6 +205,10 @@ pub struct Plan {
     /// place: an element that is the guest's element alone (`grad[t, k] = m_adj[t, k]`, with a one-hot
     /// term) needs no store at all. Such a buffer is not [`Plan::row_private`]; it has no storage.
     pub row_host: Vec<Option<usize>>,
+    /// Per node of the function: whether evaluating it could fail or cost a loop (it reaches a
+    /// reduction, or a load whose subscript is not statically in range), so that a choice around it must
+    /// branch rather than compute both sides and select. Indexed by [`NodeId::index`].
+    pub branching: Vec<bool>,
 }
 
 impl Plan {
@@ -284,6 +288,7 @@ impl Plan {
             contractions,
             row_private,
             row_host,
+            branching: branching(f),
         }
     }
 
@@ -319,6 +324,43 @@ impl Plan {
             TensorRef::Input(i) => i as usize,
             TensorRef::Def(t) => f.inputs.len() + t.index(),
         }
+    }
+}
+
+/// [`Plan::branching`] for every node, in one pass over the arena (operands come before their users).
+fn branching(f: &Function) -> Vec<bool> {
+    let mut out: Vec<bool> = Vec::with_capacity(f.nodes().len());
+    for node in f.nodes() {
+        let own = match &node.expr {
+            Expr::Reduce { .. } => true,
+            Expr::Load { tensor, subs } => {
+                let shape = f.ref_shape(*tensor);
+                subs.iter().zip(&shape).any(|(s, d)| !in_range(f, *s, d))
+            }
+            _ => false,
+        };
+        let branches = own || node.expr.operands().into_iter().any(|o| out[o.index()]);
+        out.push(branches);
+    }
+    out
+}
+
+/// Whether subscript `s` is statically inside `0..d`: an index over `d`, a label input bounded by `d`, a
+/// constant below it, or a choice between such subscripts (a constant table, such as a sorting network's
+/// partners).
+pub fn in_range(f: &Function, s: NodeId, d: &Dim) -> bool {
+    match &f.node(s).expr {
+        Expr::Index(v) => f.index(*v).range == *d,
+        Expr::Load {
+            tensor: TensorRef::Input(i),
+            ..
+        } => f.inputs[*i as usize].bound.as_ref() == Some(d),
+        Expr::Int(c) => matches!(d, Dim::Const(n) if *c >= 0 && c < n),
+        Expr::Prim {
+            prim: Prim::Select,
+            args,
+        } => in_range(f, args[1], d) && in_range(f, args[2], d),
+        _ => false,
     }
 }
 

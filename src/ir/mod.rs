@@ -667,20 +667,24 @@ impl Function {
     }
 
     /// Every node reachable from `root`, in arena (topological) order.
+    ///
+    /// Costs about the size of what it finds (a bit per node of the arena is cleared, nothing scanned):
+    /// lowering asks it about many small subexpressions of large functions.
     pub fn reachable(&self, roots: &[NodeId]) -> Vec<NodeId> {
-        let mut seen = vec![false; self.nodes.len()];
+        let mut seen = vec![0u64; self.nodes.len().div_ceil(64)];
+        let mut found = Vec::new();
         let mut stack: Vec<NodeId> = roots.to_vec();
         while let Some(n) = stack.pop() {
-            if std::mem::replace(&mut seen[n.index()], true) {
+            let (word, bit) = (n.index() / 64, 1u64 << (n.index() % 64));
+            if seen[word] & bit != 0 {
                 continue;
             }
+            seen[word] |= bit;
+            found.push(n);
             stack.extend(self.node(n).expr.operands());
         }
-        seen.iter()
-            .enumerate()
-            .filter(|(_, s)| **s)
-            .map(|(i, _)| NodeId(i as u32))
-            .collect()
+        found.sort_unstable();
+        found
     }
 
     /// A copy with the same signature and index variables but no nodes or tensors.

@@ -1818,32 +1818,12 @@ impl<'a, 'b> Lower<'a, 'b> {
 
     /// Whether subscript `s` is always within an axis of size `d` (so needs no check).
     fn in_range(&self, s: NodeId, d: &Dim) -> bool {
-        match &self.f.node(s).expr {
-            Expr::Index(v) => self.f.index(*v).range == *d,
-            Expr::Load {
-                tensor: TensorRef::Input(i),
-                ..
-            } => self.f.inputs[*i as usize].bound.as_ref() == Some(d),
-            Expr::Int(c) => matches!(d, Dim::Const(n) if *c >= 0 && c < n),
-            // A choice between subscripts in range (a constant table, such as a sorting network's partners).
-            Expr::Prim {
-                prim: Prim::Select,
-                args,
-            } => self.in_range(args[1], d) && self.in_range(args[2], d),
-            _ => false,
-        }
+        super::loops::in_range(self.f, s, d)
     }
 
     /// Whether evaluating `n` could fail or cost a loop (then choices around it branch instead of selecting).
     fn needs_branch(&self, n: NodeId) -> bool {
-        self.f.reachable(&[n]).into_iter().any(|m| match &self.f.node(m).expr {
-            Expr::Reduce { .. } => true,
-            Expr::Load { tensor, subs } => {
-                let shape = self.f.ref_shape(*tensor);
-                subs.iter().zip(&shape).any(|(s, d)| !self.in_range(*s, d))
-            }
-            _ => false,
-        })
+        self.plan.branching[n.index()]
     }
 
     /// Computes here, before a loop, the largest parts of `roots` that the indices bound so far determine
