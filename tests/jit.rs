@@ -754,6 +754,35 @@ fn reachable_nodes_and_branching_follow_their_definitions() {
     assert!(checked > 5000, "{checked} nodes");
 }
 
+/// Matrix products whose operand is a symmetric tensor (`select(m[h1, h0] || m[h0, h1], …)`, a sum of a
+/// matrix and its transpose) are marked so that the GEMM reads it in the order its packing copies fastest:
+/// NT-Xent's `r18` and `r22` (not `r20`, whose left operand is not symmetric), multi-similarity's `grad_x`.
+/// The values are checked against the interpreter by `plain_sums_of_exponentials_keep_them_for_their_reader` (NT-Xent) and
+/// `jit_matches_interpreter_on_every_file` (multi-similarity).
+#[test]
+fn symmetric_operands_of_matrix_products_are_marked() {
+    for (file, want) in [
+        ("benches/nt_xent.lx", vec!["r18", "r22"]),
+        ("examples/multi_similarity.lx", vec!["grad_x"]),
+    ] {
+        let module = Compiler::new()
+            .compile_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join(file))
+            .unwrap();
+        let f = module.kernel(None).unwrap().function().clone();
+        let plan = lossc::backend::loops::Plan::new(&f);
+        let name = |c: &lossc::backend::loops::Contraction| f.tensor(plan.nests[c.nest].tensor).name.clone();
+        let products: Vec<String> = plan.contractions.iter().map(name).collect();
+        assert!(products.len() > want.len(), "{file}: {products:?}");
+        let marked: Vec<String> = plan
+            .contractions
+            .iter()
+            .filter(|c| c.left.symmetric || c.right.symmetric)
+            .map(name)
+            .collect();
+        assert_eq!(marked, want, "{file}: products {products:?}");
+    }
+}
+
 /// A plan's row-private buffers and its (guest, host) pairs of tensors living in another's rows, by name.
 fn private_and_hosted(f: &lossc::ir::Function) -> (Vec<String>, Vec<(String, String)>) {
     let plan = lossc::backend::loops::Plan::new(f);

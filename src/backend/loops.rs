@@ -109,12 +109,17 @@ pub struct Contraction {
 pub struct Operand {
     pub buffer: usize,
     pub transposed: bool,
+    /// The buffer is a symmetric tensor ([`crate::opt::transpose::symmetric_tensors`]): read as its
+    /// transpose it gives the same values, so a GEMM may read it in whichever order it copies faster.
+    pub symmetric: bool,
 }
 
 impl Contraction {
     /// Recognizes a [`Contraction`] nest (both operands `f32` buffers whose axes are exactly the extents of
     /// the indices that read them, so every strided read stays inside its buffer).
-    pub fn of(f: &Function, plan_buffers: &[Buffer], n: usize, nest: &Nest) -> Option<Contraction> {
+    ///
+    /// `symmetric`: per tensor of `f`, whether it is symmetric ([`Operand::symmetric`]).
+    pub fn of(f: &Function, plan_buffers: &[Buffer], symmetric: &[bool], n: usize, nest: &Nest) -> Option<Contraction> {
         let [(p, pd), (q, qd)] = &nest.head[..] else {
             return None;
         };
@@ -138,9 +143,9 @@ impl Contraction {
                 (true, false) => (*b, true),
                 _ => return None,
             };
-            let buffer = match tensor {
-                TensorRef::Input(i) => *i as usize,
-                TensorRef::Def(t) => f.inputs.len() + t.index(),
+            let (buffer, symmetric) = match tensor {
+                TensorRef::Input(i) => (*i as usize, false),
+                TensorRef::Def(t) => (f.inputs.len() + t.index(), symmetric[t.index()]),
             };
             let buf = &plan_buffers[buffer];
             let axes = [f.index(*a).range.clone(), f.index(*b).range.clone()];
@@ -148,6 +153,7 @@ impl Contraction {
             let operand = Operand {
                 buffer,
                 transposed: summed_first,
+                symmetric,
             };
             (buf.scalar == Scalar::Float && buf.shape[..] == axes[..]).then_some((free, operand))
         };
@@ -161,8 +167,8 @@ impl Contraction {
             _ => return None,
         };
         let right = Operand {
-            buffer: right.buffer,
             transposed: !right.transposed,
+            ..right
         };
         let must_be_finite = match mask {
             None => None,
@@ -260,10 +266,11 @@ impl Plan {
                 });
             }
         }
+        let symmetric = crate::opt::transpose::symmetric_tensors(f);
         let contractions = groups
             .iter()
             .filter_map(|g| match g.members[..] {
-                [n] => Contraction::of(f, &buffers, n, &nests[n]),
+                [n] => Contraction::of(f, &buffers, &symmetric, n, &nests[n]),
                 _ => None,
             })
             .collect();

@@ -2,7 +2,7 @@
 //!
 //! A two-index tensor `T[p, q]` over one range is symmetric when its element with `p` and `q` swapped is the
 //! same computation: the same operations on swapped indices, up to the order of the operands of `+`, `*`,
-//! `==` and `!=` (which give the same bits), reading symmetric tensors with either subscript order. A
+//! `==`, `!=` (which give the same bits), `&&` and `||`, reading symmetric tensors with either subscript order. A
 //! Gram matrix `sum[d] b[p, d] * b[q, d]` is one, and so is NT-Xent's `bb[p, q] = r4[p, q] / (tau * (nb[p] *
 //! nb[q]))`. A read `T[a, b]` of a symmetric tensor is rewritten `T[b, a]` where the element's other
 //! matrix reads end in `a` more often than in `b` (so the lanes run along the same index for all of them),
@@ -20,20 +20,7 @@ type R<T> = Result<T, TooDeep>;
 
 /// Rebuilds `src` with every read of a symmetric tensor in loop order.
 pub fn contiguous_reads(src: &Function) -> R<Function> {
-    let mut symmetric = vec![false; src.tensors.len()];
-    for (k, t) in src.tensors.iter().enumerate() {
-        if let [p, q] = t.indices[..]
-            && src.index(p).range == src.index(q).range
-        {
-            let mut mirror = Mirror {
-                f: src,
-                swap: (p, q),
-                symmetric: &symmetric,
-                memo: HashMap::new(),
-            };
-            symmetric[k] = mirror.same(t.body, t.body);
-        }
-    }
+    let symmetric = symmetric_tensors(src);
     if !symmetric.contains(&true) {
         return Ok(src.clone());
     }
@@ -62,6 +49,26 @@ pub fn contiguous_reads(src: &Function) -> R<Function> {
         dst.add_tensor(TensorDef { body, ..t.clone() });
     }
     Ok(dst)
+}
+
+/// Per tensor of `f`: whether it is symmetric (see the module doc): its element at `[q, p]` is the same
+/// computation as at `[p, q]`, so reading it transposed reads the same values.
+pub fn symmetric_tensors(f: &Function) -> Vec<bool> {
+    let mut symmetric = vec![false; f.tensors.len()];
+    for (k, t) in f.tensors.iter().enumerate() {
+        if let [p, q] = t.indices[..]
+            && f.index(p).range == f.index(q).range
+        {
+            let mut mirror = Mirror {
+                f,
+                swap: (p, q),
+                symmetric: &symmetric,
+                memo: HashMap::new(),
+            };
+            symmetric[k] = mirror.same(t.body, t.body);
+        }
+    }
+    symmetric
 }
 
 /// Compares an element with its mirror image.
@@ -104,7 +111,10 @@ impl Mirror<'_> {
                 self.all(&x, &y) || (crosswise && self.all(&x, &[y[1], y[0]]))
             }
             (Expr::Prim { prim: f, args: x }, Expr::Prim { prim: g, args: y }) if f == g => {
-                let commutes = matches!(f, Prim::Add | Prim::Mul | Prim::Eq | Prim::Ne) && x.len() == 2;
+                // `&&` and `||` are lazy, but each element is computed whole (or the call fails): two
+                // elements whose operands are exchanged hold the same value.
+                let commutes =
+                    matches!(f, Prim::Add | Prim::Mul | Prim::Eq | Prim::Ne | Prim::And | Prim::Or) && x.len() == 2;
                 let (x, y) = (x.to_vec(), y.to_vec());
                 self.all(&x, &y) || (commutes && self.all(&x, &[y[1], y[0]]))
             }

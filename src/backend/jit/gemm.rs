@@ -11,7 +11,12 @@
 //! Operand shapes are the extents of the indices that read them ([`Contraction::of`]), so every strided
 //! read stays inside its buffer. A symmetric product (`x·xᵀ`) computes each block's columns from the
 //! diagonal on and mirrors them into the later rows, whose blocks skip them: half the arithmetic, and
-//! still no element written by two blocks.
+//! still no element written by two blocks. An operand that is a symmetric tensor
+//! ([`super::super::loops::Operand::symmetric`]) is read in the order the packing copies in contiguous
+//! runs (the left one by columns, the right one by rows): NT-Xent's products with a sum of an adjoint and
+//! its transpose take 15 % less time with matrixmultiply's AVX-512 kernel (its packing gathers a
+//! row-major left operand element by element, and copies a column-major one in runs of 16). Where such a tensor's two mirrored elements differ in the last bit (a fused
+//! multiply-add on one side), the product may differ in the last bits from reading it as written.
 
 use super::super::loops::{Contraction, Operand};
 
@@ -54,23 +59,31 @@ impl Product {
             c.depth.eval(sizes).max(0) as usize,
             c.columns.eval(sizes).max(0) as usize,
         );
-        // (pointer, stride between rows, stride between columns) of a `m × n` matrix view.
-        let view = |o: &Operand, m: usize, n: usize| {
+        // (pointer, stride between rows, stride between columns) of a `m × n` matrix view, read as its
+        // transpose when `transposed`.
+        let view = |o: &Operand, m: usize, n: usize, transposed: bool| {
             let p = ptrs[o.buffer] as *const f32;
-            if o.transposed {
+            if transposed {
                 (p, 1, m as isize)
             } else {
                 (p, n as isize, 1)
             }
         };
+        let symmetric = c.left.buffer == c.right.buffer && c.left.transposed != c.right.transposed && rows == columns;
+        // The packing copies runs of the left operand's column and of the right operand's row: a symmetric
+        // tensor is read in the order that makes those runs contiguous (as the product needs it otherwise).
+        let order = |o: &Operand, contiguous_when_transposed: bool| match o.symmetric && !symmetric {
+            true => contiguous_when_transposed,
+            false => o.transposed,
+        };
         let product = Product {
             rows,
             depth,
             columns,
-            left: view(&c.left, rows, depth),
-            right: view(&c.right, depth, columns),
+            left: view(&c.left, rows, depth, order(&c.left, true)),
+            right: view(&c.right, depth, columns, order(&c.right, false)),
             out: ptrs[out] as *mut f32,
-            symmetric: c.left.buffer == c.right.buffer && c.left.transposed != c.right.transposed && rows == columns,
+            symmetric,
         };
         if let Some(o) = &c.must_be_finite {
             let len = if o.buffer == c.left.buffer {
