@@ -4,19 +4,24 @@
 //!
 //! Invariants: the output is cut into fixed blocks of rows ([`Product::block_rows`]), one sgemm call
 //! each, so which thread computes a block never changes its bits (each element's sum runs in the
-//! kernel's own fixed order). A
-//! masked product (`L != 0`) runs dense only when every element of the other operand is finite;
-//! otherwise [`Product::new`] declines and the nest's generated code, which skips the masked terms, runs
-//! instead.
-//! Operand shapes are the extents of the indices that read them ([`Contraction::of`]), so every strided
-//! read stays inside its buffer. A symmetric product (`x·xᵀ`) computes each block's columns from the
-//! diagonal on and mirrors them into the later rows, whose blocks skip them: half the arithmetic, and
-//! still no element written by two blocks. An operand that is a symmetric tensor
-//! ([`super::super::loops::Operand::symmetric`]) is read in the order the packing copies in contiguous
-//! runs (the left one by columns, the right one by rows): NT-Xent's products with a sum of an adjoint and
-//! its transpose take 15 % less time with matrixmultiply's AVX-512 kernel (its packing gathers a
-//! row-major left operand element by element, and copies a column-major one in runs of 16). Where such a tensor's two mirrored elements differ in the last bit (a fused
-//! multiply-add on one side), the product may differ in the last bits from reading it as written.
+//! kernel's own fixed order). A masked product (`L != 0`) runs dense only when every element of the other
+//! operand is finite; otherwise [`Product::new`] declines and the nest's generated code, which skips the
+//! masked terms, runs instead. Operand shapes are the extents of the indices that read them
+//! ([`Contraction::of`]), so every strided read stays inside its buffer.
+//!
+//! A symmetric product (`x·xᵀ`) computes each block's columns from the diagonal on and mirrors them into
+//! the later rows, whose blocks skip them: half the arithmetic, and still no element written by two
+//! blocks.
+//!
+//! Operand order: sgemm packs the left operand in runs down its columns and the right one in runs along
+//! its rows, copying contiguous runs (16 floats at a time) but gathering strided ones element by element.
+//! An operand that is a symmetric tensor ([`super::super::loops::Operand::symmetric`]) is read in the
+//! contiguous order (NT-Xent's products with a sum of an adjoint and its transpose: 15 % less time). Where
+//! such a tensor's mirrored elements differ in the last bit (a fused multiply-add on one side), the
+//! product may differ in the last bits from reading it as written. A right operand read transposed is
+//! copied once per call in row order (rows padded by a cache line) when the product runs as several
+//! blocks, since every block's sgemm packs all of it again (NT-Xent's Gram products 5–9 %,
+//! multi-similarity's `x·xᵀ` about a fifth less time); the packed panels, and so the bits, are the same.
 
 use super::super::loops::{Contraction, Operand};
 
@@ -51,9 +56,20 @@ impl Product {
     /// The product for these buffers, or `None` when it must run as generated code (a masked product
     /// whose other operand holds a non-finite element).
     ///
+    /// A right operand read transposed (`x·xᵀ`'s `xᵀ`) is first copied in row order into `scratch` when
+    /// the product runs as several blocks: each block's sgemm packs the whole right operand again, and
+    /// packs rows in contiguous runs but columns element by element.
+    ///
     /// # Safety
-    /// `ptrs` are the buffers of a bound call of the plan that holds `c`.
-    pub(super) unsafe fn new(c: &Contraction, out: usize, ptrs: &[*mut u8], sizes: &[i64]) -> Option<Product> {
+    /// `ptrs` are the buffers of a bound call of the plan that holds `c`; `scratch` is neither moved nor
+    /// changed while the product runs.
+    pub(super) unsafe fn new(
+        c: &Contraction,
+        out: usize,
+        ptrs: &[*mut u8],
+        sizes: &[i64],
+        scratch: &mut Vec<f32>,
+    ) -> Option<Product> {
         let (rows, depth, columns) = (
             c.rows.eval(sizes).max(0) as usize,
             c.depth.eval(sizes).max(0) as usize,
@@ -76,7 +92,7 @@ impl Product {
             true => contiguous_when_transposed,
             false => o.transposed,
         };
-        let product = Product {
+        let mut product = Product {
             rows,
             depth,
             columns,
@@ -96,6 +112,19 @@ impl Product {
             if !data.iter().all(|x| x.is_finite()) {
                 return None;
             }
+        }
+        let (b, rsb, _) = product.right;
+        if rsb == 1 && depth > 1 && rows as i64 > product.block_rows() {
+            // A `columns × depth` row-major buffer read as `depth × columns`: its transpose, in row order,
+            // rows padded by a cache line (the packing reads down a panel of rows; a power-of-two stride
+            // would map them all to a few cache sets).
+            let stride = columns.next_multiple_of(16) + 16;
+            scratch.clear();
+            scratch.resize(depth * stride, 0.0);
+            // SAFETY: the operand is a buffer of the call with `columns × depth` elements.
+            let data = unsafe { std::slice::from_raw_parts(b, depth * columns) };
+            transpose(data, columns, depth, stride, scratch);
+            product.right = (scratch.as_ptr(), stride as isize, 1);
         }
         Some(product)
     }
@@ -164,6 +193,46 @@ impl Product {
                         // SAFETY: i, j < rows = columns.
                         unsafe { *self.out.add(j * n + i) = *self.out.add(i * n + j) };
                     }
+                }
+            }
+        }
+    }
+}
+
+/// Tile side of [`transpose`]: a tile's rows and columns stay in cache while it is copied.
+const TRANSPOSE_TILE: usize = 16;
+
+/// `dst[j * stride + i] = src[i * cols + j]`: the transpose of a `rows × cols` row-major matrix (its rows
+/// `stride ≥ rows` apart), tile by tile.
+fn transpose(src: &[f32], rows: usize, cols: usize, stride: usize, dst: &mut [f32]) {
+    for i0 in (0..rows).step_by(TRANSPOSE_TILE) {
+        for j0 in (0..cols).step_by(TRANSPOSE_TILE) {
+            for i in i0..(i0 + TRANSPOSE_TILE).min(rows) {
+                for j in j0..(j0 + TRANSPOSE_TILE).min(cols) {
+                    dst[j * stride + i] = src[i * cols + j];
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every element lands at its mirrored place, for sizes around the tile's and a padded stride; the
+    /// padding is left as it was.
+    #[test]
+    fn transpose_mirrors_every_element_into_padded_rows() {
+        for (rows, cols) in [(1, 1), (3, 17), (16, 16), (33, 5), (40, 70)] {
+            let src: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
+            let stride = rows + 3;
+            let mut dst = vec![-1.0; cols * stride];
+            transpose(&src, rows, cols, stride, &mut dst);
+            for j in 0..cols {
+                for i in 0..stride {
+                    let want = if i < rows { src[i * cols + j] } else { -1.0 };
+                    assert_eq!(dst[j * stride + i], want, "{rows} × {cols}: ({i}, {j})");
                 }
             }
         }

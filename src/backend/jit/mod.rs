@@ -687,6 +687,9 @@ impl Compiled {
             }
         }
         let profile = std::env::var_os("LOSSC_PROFILE").is_some();
+        // Where a matrix product copies a right operand it reads transposed (gemm::Product::new); reused
+        // by the call's products, each done before the next starts.
+        let mut transposed_right: Vec<f32> = Vec::new();
         let groups = self
             .plan
             .groups
@@ -704,7 +707,7 @@ impl Compiled {
             // SAFETY: `ptrs` are the buffers of a bound call of this plan.
             let product = product
                 .as_ref()
-                .and_then(|c| unsafe { gemm::Product::new(c, out, &ptrs, sizes) });
+                .and_then(|c| unsafe { gemm::Product::new(c, out, &ptrs, sizes, &mut transposed_right) });
             // The product as sgemm, or the group's native function (compiled now where it was deferred).
             let run = match (product, entry) {
                 (Some(p), _) => Run::Product(p),
