@@ -30,9 +30,6 @@ use super::super::loops::{Contraction, Operand};
 const ROWS: i64 = 128;
 const SYMMETRIC_ROWS: i64 = 64;
 
-/// Columns per strip of a symmetric product's mirror copy.
-const MIRROR_STRIP: usize = 8;
-
 /// A product's extents and its operands' element strides, for one call's sizes.
 #[derive(Clone, Copy)]
 pub(super) struct Product {
@@ -109,7 +106,7 @@ impl Product {
             };
             // SAFETY: the operand is a buffer of the call with `len` elements.
             let data = unsafe { std::slice::from_raw_parts(ptrs[o.buffer] as *const f32, len) };
-            if !data.iter().all(|x| x.is_finite()) {
+            if !all_finite(data) {
                 return None;
             }
         }
@@ -121,9 +118,9 @@ impl Product {
             let stride = columns.next_multiple_of(16) + 16;
             scratch.clear();
             scratch.resize(depth * stride, 0.0);
-            // SAFETY: the operand is a buffer of the call with `columns × depth` elements.
-            let data = unsafe { std::slice::from_raw_parts(b, depth * columns) };
-            transpose(data, columns, depth, stride, scratch);
+            // SAFETY: the operand is a buffer of the call with `columns × depth` elements; `scratch`
+            // holds `depth` rows of `stride ≥ columns`.
+            unsafe { transpose(b, depth, columns, depth, scratch.as_mut_ptr(), stride) };
             product.right = (scratch.as_ptr(), stride as isize, 1);
         }
         Some(product)
@@ -180,36 +177,47 @@ impl Product {
                 1,
             )
         };
-        if self.symmetric {
+        if self.symmetric && hi < n {
             // Mirror: C[j, i] = C[i, j] for the rows i of this block and every later row j. Those
             // elements (rows after the block, its columns) are written by no other block.
-            // In strips of MIRROR_STRIP columns: a strip's rows are read along their lines and its
-            // target rows stay in cache (a column at a time would evict: rows of a power-of-two width all
-            // map to one cache set).
-            for strip in (hi..n).step_by(MIRROR_STRIP) {
-                let end = (strip + MIRROR_STRIP).min(n);
-                for i in lo..hi {
-                    for j in strip..end {
-                        // SAFETY: i, j < rows = columns.
-                        unsafe { *self.out.add(j * n + i) = *self.out.add(i * n + j) };
-                    }
-                }
-            }
+            // SAFETY: rows `lo..hi`, columns `hi..n` and rows `hi..n`, columns `lo..hi` of the `n × n`
+            // output: inside it, and apart.
+            unsafe {
+                transpose(
+                    self.out.add(lo * n + hi),
+                    n,
+                    hi - lo,
+                    n - hi,
+                    self.out.add(hi * n + lo),
+                    n,
+                )
+            };
         }
     }
 }
 
-/// Tile side of [`transpose`]: a tile's rows and columns stay in cache while it is copied.
+/// Whether every value is finite (in runs the compiler vectorizes; `Iterator::all` stops at each value).
+fn all_finite(data: &[f32]) -> bool {
+    data.chunks(256)
+        .all(|run| run.iter().fold(true, |finite, x| finite & x.is_finite()))
+}
+
+/// Tile side of [`transpose`].
 const TRANSPOSE_TILE: usize = 16;
 
-/// `dst[j * stride + i] = src[i * cols + j]`: the transpose of a `rows × cols` row-major matrix (its rows
-/// `stride ≥ rows` apart), tile by tile.
-fn transpose(src: &[f32], rows: usize, cols: usize, stride: usize, dst: &mut [f32]) {
+/// `dst[j * dst_stride + i] = src[i * src_stride + j]` for `i < rows`, `j < cols`: a transpose, tile by
+/// tile, so that a tile's source and destination lines stay in cache (a column at a time would evict
+/// them where rows of a power-of-two width map to one cache set).
+///
+/// # Safety
+/// Both regions lie inside their buffers and do not overlap.
+unsafe fn transpose(src: *const f32, src_stride: usize, rows: usize, cols: usize, dst: *mut f32, dst_stride: usize) {
     for i0 in (0..rows).step_by(TRANSPOSE_TILE) {
         for j0 in (0..cols).step_by(TRANSPOSE_TILE) {
             for i in i0..(i0 + TRANSPOSE_TILE).min(rows) {
                 for j in j0..(j0 + TRANSPOSE_TILE).min(cols) {
-                    dst[j * stride + i] = src[i * cols + j];
+                    // SAFETY: as above.
+                    unsafe { *dst.add(j * dst_stride + i) = *src.add(i * src_stride + j) };
                 }
             }
         }
@@ -220,15 +228,32 @@ fn transpose(src: &[f32], rows: usize, cols: usize, stride: usize, dst: &mut [f3
 mod tests {
     use super::*;
 
+    /// A NaN or an infinity anywhere (in a full run, in the last partial one) is seen.
+    #[test]
+    fn all_finite_sees_every_value() {
+        for len in [0, 1, 255, 256, 257, 1000] {
+            let data = vec![0.5f32; len];
+            assert!(all_finite(&data));
+            for at in [0, len / 2, len.saturating_sub(1)].into_iter().filter(|at| *at < len) {
+                for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                    let mut d = data.clone();
+                    d[at] = bad;
+                    assert!(!all_finite(&d), "{len}: {bad} at {at}");
+                }
+            }
+        }
+    }
+
     /// Every element lands at its mirrored place, for sizes around the tile's and a padded stride; the
     /// padding is left as it was.
     #[test]
-    fn transpose_mirrors_every_element_into_padded_rows() {
+    fn transposes_mirror_every_element_into_padded_rows() {
         for (rows, cols) in [(1, 1), (3, 17), (16, 16), (33, 5), (40, 70)] {
             let src: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
             let stride = rows + 3;
             let mut dst = vec![-1.0; cols * stride];
-            transpose(&src, rows, cols, stride, &mut dst);
+            // SAFETY: `rows × cols` floats in, `cols` rows of `stride` out.
+            unsafe { transpose(src.as_ptr(), cols, rows, cols, dst.as_mut_ptr(), stride) };
             for j in 0..cols {
                 for i in 0..stride {
                     let want = if i < rows { src[i * cols + j] } else { -1.0 };
