@@ -783,6 +783,35 @@ fn symmetric_operands_of_matrix_products_are_marked() {
     }
 }
 
+/// Rows whose elements read what is stored at them (kept exponentials in the consumer's row, a guest
+/// tensor in its host's row) compute their last vector before the vector loop and store it after: every
+/// row length from 1 to 21 (the narrow scalar branch, the unrolled loop, the single vectors after it, the
+/// last vector over what they leave), for cross-entropy, LDR-KL, KL-DRO and multi-similarity, against the
+/// interpreter.
+#[test]
+fn rows_that_read_their_own_stores_cover_every_length() {
+    let mut rng = Rng::new(58);
+    for file in ["cross_entropy", "ldr_kl", "kl_dro", "multi_similarity"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{file}.lx"));
+        let jit = Compiler::new().threads(2).compile_file(&path).unwrap();
+        let interp = Compiler::new().backend(Backend::Interp).compile_file(&path).unwrap();
+        let f = jit.kernel(None).unwrap().function().clone();
+        for width in 1..=21i64 {
+            // The row length is the last dimension (C) for the softmax losses and B for multi-similarity.
+            let sizes: Vec<i64> = f
+                .dims
+                .iter()
+                .map(|d| match d.name.as_str() {
+                    "C" | "B" => width,
+                    _ => 7,
+                })
+                .collect();
+            let inputs = random_inputs(&f, &sizes, &mut rng);
+            modules_agree(&format!("{file}, rows of {width}"), &jit, &interp, None, &inputs);
+        }
+    }
+}
+
 /// A plan's row-private buffers and its (guest, host) pairs of tensors living in another's rows, by name.
 fn private_and_hosted(f: &lossc::ir::Function) -> (Vec<String>, Vec<(String, String)>) {
     let plan = lossc::backend::loops::Plan::new(f);

@@ -88,6 +88,16 @@ const TILE: i64 = 16;
 /// Elements per parallel chunk below which a chunk takes more rows.
 const MIN_CHUNK_ELEMENTS: i64 = 4096;
 
+/// How a vector run covers the points its vector loop leaves ([`Lower::vector_run`]).
+#[derive(Clone, Copy)]
+enum Tail {
+    /// Vectors after the loop, the last moved back to end at the run's end (overlapping the one before).
+    Overlap,
+    /// The element reads the points it stores (kept exponentials, a guest's row): the last vector is
+    /// computed before the loop, from the values not yet overwritten, and stored after it.
+    LastFirst,
+}
+
 /// A group's native function: compiled with the kernel, or, for a matrix product (which runs as sgemm
 /// unless a masked product's other operand holds a non-finite element, [`gemm::Product::new`]), by the
 /// first call that needs it: most kernels never do, and its Cranelift time is saved.
@@ -1458,38 +1468,38 @@ impl<'a, 'b> Lower<'a, 'b> {
         } else {
             end
         };
-        let start = match self.vector_head {
-            Some((buffer, stored)) if level + 1 == head.len() => {
-                let lanes_head = head.to_vec();
-                let start = self.column_blocks(buffer, &lanes_head, i, start, end, stored);
-                if self.rewrites_in_place(stored, buffer) {
-                    self.vector_run(buffer, &lanes_head, i, stored, (start, end), false)
-                } else {
-                    // Where the run holds a vector, its last vector overlaps the one before instead of a
-                    // scalar tail, and the scalar loop runs only for runs shorter than a vector, in a
-                    // branch of its own: what only the scalar code needs (a scalar copy of each invariant)
-                    // is not live across the vector loop, where it took registers and was spilled.
-                    let n = self.b.ins().isub(end, start);
-                    let wide = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, n, simd::LANES);
-                    self.two_way(
-                        wide,
-                        None,
-                        &mut |l: &mut Self| {
-                            l.vector_run(buffer, &lanes_head, i, stored, (start, end), true);
-                            None
-                        },
-                        &mut |l: &mut Self| {
-                            l.for_range(i, start, end, &mut |l: &mut Self| {
-                                l.loops(head, level + 1, element, body)
-                            });
-                            None
-                        },
-                    );
-                    return;
-                }
-            }
-            _ => start,
-        };
+        if let Some((buffer, stored)) = self.vector_head
+            && level + 1 == head.len()
+        {
+            let lanes_head = head.to_vec();
+            let start = self.column_blocks(buffer, &lanes_head, i, start, end, stored);
+            // Where the run holds a vector, its last vector (ending at `end`) covers what the vector loop
+            // leaves instead of a scalar tail, and the scalar loop runs only for runs shorter than a
+            // vector, in a branch of its own: what only the scalar code needs (a scalar copy of each
+            // invariant) is not live across the vector loop, where it took registers and was spilled
+            // (and re-stored on every back edge).
+            let tail = match self.rewrites_in_place(stored, buffer) {
+                true => Tail::LastFirst,
+                false => Tail::Overlap,
+            };
+            let n = self.b.ins().isub(end, start);
+            let wide = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, n, simd::LANES);
+            self.two_way(
+                wide,
+                None,
+                &mut |l: &mut Self| {
+                    l.vector_run(buffer, &lanes_head, i, stored, (start, end), tail);
+                    None
+                },
+                &mut |l: &mut Self| {
+                    l.for_range(i, start, end, &mut |l: &mut Self| {
+                        l.loops(head, level + 1, element, body)
+                    });
+                    None
+                },
+            );
+            return;
+        }
         self.for_range(i, start, end, &mut |l: &mut Self| {
             l.loops(head, level + 1, element, body)
         });
@@ -1507,10 +1517,9 @@ impl<'a, 'b> Lower<'a, 'b> {
         })
     }
 
-    /// The innermost run `[start, end)` of an elementwise nest along `i`, in vectors (see
-    /// [`Self::loops`]); returns the first point not covered. With `overlap` (the run holds at least a
-    /// vector, and the element does not read its own buffer) the points the vector loop leaves are
-    /// covered by vectors too, the last ending at `end` (its points computed twice, with the same bits).
+    /// The innermost run `[start, end)` of an elementwise nest along `i`, at least a vector long, in
+    /// vectors (see [`Self::loops`]); the points the vector loop leaves are covered by vectors too, the
+    /// last ending at `end` (its points computed twice, with the same bits), as `tail` says.
     fn vector_run(
         &mut self,
         buffer: usize,
@@ -1518,8 +1527,8 @@ impl<'a, 'b> Lower<'a, 'b> {
         i: IndexId,
         element: NodeId,
         (start, end): (Value, Value),
-        overlap: bool,
-    ) -> Value {
+        tail: Tail,
+    ) {
         // `select(k == e, a, 0) + rest` (a one-hot term, as a label's in a cross-entropy gradient): the
         // lanes compute `rest`, and `a` is added at k = e afterwards. A term deeper in a sum
         // (`(onehot + x) + y`) counts as 0 in the lanes.
@@ -1545,7 +1554,8 @@ impl<'a, 'b> Lower<'a, 'b> {
             true => UNROLL,
             false => 1,
         };
-        let mut store = |l: &mut Self, kb: Value| {
+        // The lanes at `kb` (the loop variable, or `fixed` at it).
+        let mut lanes_at = |l: &mut Self, kb: Value| {
             let mut memo = HashMap::new();
             if let Some(term) = zeroed
                 && let Expr::Prim { args, .. } = &l.f.node(term).expr
@@ -1554,28 +1564,32 @@ impl<'a, 'b> Lower<'a, 'b> {
                 let zero = l.vvalue(args[2], i, kb, &mut HashMap::new());
                 memo.insert(term, zero);
             }
-            let v = l.vvalue(computed, i, kb, &mut memo);
+            l.vvalue(computed, i, kb, &mut memo)
+        };
+        let mut store = |l: &mut Self, v: Value| {
             let flat = l.flat(head);
             l.vstore(buffer, flat, v);
         };
-        let covered = match overlap {
+        match tail {
             // The row already holds these values (its guest's): nothing to store.
-            _ if self.guest_element(lanes, buffer, head) => end,
-            true => self.overlapping_vector_loop(i, start, end, times, &mut store),
-            false => self.unrolled_vector_loop(i, start, end, times, &mut store),
-        };
+            _ if self.guest_element(lanes, buffer, head) => {}
+            Tail::Overlap => self.overlapping_vector_loop(i, start, end, times, &mut |l: &mut Self, kb| {
+                let v = lanes_at(l, kb);
+                store(l, v)
+            }),
+            Tail::LastFirst => self.last_first_vector_loop(i, start, end, times, &mut lanes_at, &mut store),
+        }
         if sigmoid_argument.is_some() {
             self.fixed.insert(i, start);
             let flat = self.flat(head);
             self.fixed.remove(&i);
             let at = self.address(buffer, Scalar::Float, flat);
-            let n = self.b.ins().isub(covered, start);
+            let n = self.b.ins().isub(end, start);
             self.call_helper("lossc_sigmoid_row", &[at, n]);
         }
         if let Some(OneHot { at, value, .. }) = one_hot {
-            self.add_one_hot(buffer, head, i, at, value, (start, covered));
+            self.add_one_hot(buffer, head, i, at, value, (start, end));
         }
-        covered
     }
 
     /// Whether `element` of `buffer` at `head` is the element of a tensor living in its rows

@@ -191,7 +191,7 @@ impl Lower<'_, '_> {
         end: Value,
         times: i64,
         body: &mut dyn FnMut(&mut Self, Value),
-    ) -> Value {
+    ) {
         let covered = self.unrolled_vector_loop(k, start, end, times, body);
         // Vectors at covered, covered + 4, … while one starts before `end` (i + 4 <= end + 3), each moved
         // back to end at most at `end`.
@@ -204,7 +204,42 @@ impl Lower<'_, '_> {
             body(l, kb);
             l.fixed.remove(&k);
         });
-        end
+    }
+
+    /// [`Self::overlapping_vector_loop`] for a run whose points read what is stored at them (a kept
+    /// exponential, a guest's row), so that a point must not be computed again after its store: the
+    /// last vector (ending at `end`) is computed first, `lanes(l, kb)`, kept in a register through the
+    /// loop and stored (`store(l, lanes)`, with `k` fixed at its start) after it, over points the loop
+    /// may have stored with the same bits. Single vectors cover what an unrolled loop leaves before it.
+    pub(super) fn last_first_vector_loop(
+        &mut self,
+        k: IndexId,
+        start: Value,
+        end: Value,
+        times: i64,
+        lanes: &mut dyn FnMut(&mut Self, Value) -> Value,
+        store: &mut dyn FnMut(&mut Self, Value),
+    ) {
+        let last = self.b.ins().iadd_imm_s(end, -LANES);
+        let at_last = |l: &mut Self, f: &mut dyn FnMut(&mut Self)| {
+            l.fixed.insert(k, last);
+            l.frames.push(HashMap::new());
+            f(l);
+            l.frames.pop();
+            l.fixed.remove(&k);
+        };
+        let mut kept = None;
+        at_last(self, &mut |l: &mut Self| kept = Some(lanes(l, last)));
+        let kept = kept.expect("the last vector");
+        let mut each = |l: &mut Self, kb: Value| {
+            let v = lanes(l, kb);
+            store(l, v)
+        };
+        let covered = self.unrolled_vector_loop(k, start, end, times, &mut each);
+        if times > 1 {
+            self.vector_loop(k, covered, end, &mut each);
+        }
+        at_last(self, &mut |l: &mut Self| store(l, kept));
     }
 
     /// The loads `m[q, p]` of `body` (floats, both subscripts bare and in range) that an elementwise
