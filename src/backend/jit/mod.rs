@@ -128,6 +128,10 @@ pub struct Compiled {
     products: Vec<Option<Contraction>>,
     /// Per group: whether it sums columns in tiles (`simd::COLUMN_TILE` columns per chunk at least).
     column_sums: Vec<bool>,
+    /// Kept from one call to the next: where matrix products copy a right operand they read transposed
+    /// ([`gemm::Product::new`]). A fresh allocation of that size per call came from `mmap`, and faulted
+    /// in its pages every time. A call that finds it taken (another thread's) allocates its own.
+    transposed_right: std::sync::Mutex<Vec<f32>>,
     _code: Arc<CodeHolder>,
 }
 
@@ -354,6 +358,7 @@ fn build(
         row_indices,
         products,
         column_sums,
+        transposed_right: Default::default(),
         _code: Arc::new(CodeHolder(Some(module))),
     })
 }
@@ -698,8 +703,12 @@ impl Compiled {
         }
         let profile = std::env::var_os("LOSSC_PROFILE").is_some();
         // Where a matrix product copies a right operand it reads transposed (gemm::Product::new); reused
-        // by the call's products, each done before the next starts.
-        let mut transposed_right: Vec<f32> = Vec::new();
+        // by the call's products, each done before the next starts, and kept for the next call.
+        let mut transposed_right = self
+            .transposed_right
+            .try_lock()
+            .map(|mut kept| std::mem::take(&mut *kept))
+            .unwrap_or_default();
         let groups = self
             .plan
             .groups
@@ -880,6 +889,11 @@ impl Compiled {
                     span: f.span(node),
                 });
             }
+        }
+        if let Ok(mut kept) = self.transposed_right.try_lock()
+            && kept.capacity() < transposed_right.capacity()
+        {
+            *kept = transposed_right;
         }
         Ok(())
     }
