@@ -2342,11 +2342,10 @@ impl<'a, 'b> Lower<'a, 'b> {
         let lanes = self.vext_fold(vmax);
         let tail = self.b.use_var(m);
         let mx = self.b.ins().fmax(lanes, tail);
-        let mx = match skip_nan {
+        match skip_nan {
             true => self.nan_if_any_when_infinite(mx, ranges, body),
             false => mx,
-        };
-        mx
+        }
     }
 
     /// The address of element `k = 0` of a float load contiguous along `k` (`s[t, k]`: `k` the last
