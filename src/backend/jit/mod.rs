@@ -1684,7 +1684,7 @@ impl<'a, 'b> Lower<'a, 'b> {
     }
 
     /// Adds the one-hot value `a` at `k = e` of the current row when `e` lies in `lo..hi` (the elements
-    /// the vector loop wrote as `rest` alone; the scalar tail computes whole elements).
+    /// the vectors wrote as `rest` alone; the scalar loop of a short row computes whole elements).
     fn add_one_hot(
         &mut self,
         buffer: usize,

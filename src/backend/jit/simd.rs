@@ -8,9 +8,10 @@
 //! not depend on `k` are computed once per vector step as scalars and broadcast. Nothing in a vectorized
 //! body can fail or loop (no reductions, no checked subscripts), so evaluating every lane — also lanes a
 //! mask or a choice discards — is safe. Loops run 4 elements at a time while 4 remain; the scalar code
-//! finishes the tail, so any extent works (an elementwise run of at least 4 that does not read what it
-//! stores ends instead in a vector overlapping the one before, and runs shorter than 4 are scalar; a
-//! nest reading a matrix transposed reads 4 x 4 blocks and transposes them in registers). A sum over
+//! finishes the tail, so any extent works (an elementwise run of at least 4 ends instead in a vector
+//! overlapping the one before, computed before the loop where the element reads what it stores, and
+//! runs shorter than 4 are scalar; a nest reading a matrix transposed reads 4 x 4 blocks and transposes
+//! them in registers). A sum over
 //! other indices inside such an element (the `sum[i] g[i, j] * x[i, d]` of a gradient contraction)
 //! accumulates all 4 lanes at once, in f32; where no lane gathers, a tile of up to 512 such columns
 //! accumulates in a stack slot along each row of the summed index (a kilobyte or two of every row read in
