@@ -122,6 +122,11 @@ impl Product {
             // holds `depth` rows of `stride ≥ columns`.
             unsafe { transpose(b, depth, columns, depth, scratch.as_mut_ptr(), stride) };
             product.right = (scratch.as_ptr(), stride as isize, 1);
+            if symmetric && product.left.2 == 1 {
+                // `x·xᵀ`: the copy is `x` in column order too, which the left operand's packing copies
+                // in runs (rows = columns here).
+                product.left = (scratch.as_ptr(), 1, stride as isize);
+            }
         }
         Some(product)
     }
@@ -202,23 +207,23 @@ fn all_finite(data: &[f32]) -> bool {
         .all(|run| run.iter().fold(true, |finite, x| finite & x.is_finite()))
 }
 
-/// Tile side of [`transpose`].
-const TRANSPOSE_TILE: usize = 16;
+/// Destination rows per strip of [`transpose`].
+const TRANSPOSE_STRIP: usize = 8;
 
-/// `dst[j * dst_stride + i] = src[i * src_stride + j]` for `i < rows`, `j < cols`: a transpose, tile by
-/// tile, so that a tile's source and destination lines stay in cache (a column at a time would evict
-/// them where rows of a power-of-two width map to one cache set).
+/// `dst[j * dst_stride + i] = src[i * src_stride + j]` for `i < rows`, `j < cols`: a transpose, in strips
+/// of [`TRANSPOSE_STRIP`] source columns. A strip's destination lines stay in cache while every source
+/// row passes through it once; a square tile of many rows would keep as many lines a row apart, and rows
+/// of a power-of-two width (NT-Xent's 1024) all map to one cache set (its symmetric products' mirror took
+/// 60 % longer in 16 × 16 tiles).
 ///
 /// # Safety
 /// Both regions lie inside their buffers and do not overlap.
 unsafe fn transpose(src: *const f32, src_stride: usize, rows: usize, cols: usize, dst: *mut f32, dst_stride: usize) {
-    for i0 in (0..rows).step_by(TRANSPOSE_TILE) {
-        for j0 in (0..cols).step_by(TRANSPOSE_TILE) {
-            for i in i0..(i0 + TRANSPOSE_TILE).min(rows) {
-                for j in j0..(j0 + TRANSPOSE_TILE).min(cols) {
-                    // SAFETY: as above.
-                    unsafe { *dst.add(j * dst_stride + i) = *src.add(i * src_stride + j) };
-                }
+    for strip in (0..cols).step_by(TRANSPOSE_STRIP) {
+        for i in 0..rows {
+            for j in strip..(strip + TRANSPOSE_STRIP).min(cols) {
+                // SAFETY: as above.
+                unsafe { *dst.add(j * dst_stride + i) = *src.add(i * src_stride + j) };
             }
         }
     }
