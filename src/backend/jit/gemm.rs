@@ -21,7 +21,8 @@
 //! product may differ in the last bits from reading it as written. A right operand read transposed is
 //! copied once per call in row order (rows padded by a cache line) when the product runs as several
 //! blocks, since every block's sgemm packs all of it again (NT-Xent's Gram products 5–9 %,
-//! multi-similarity's `x·xᵀ` about a fifth less time); the packed panels, and so the bits, are the same.
+//! multi-similarity's `x·xᵀ` about a fifth less time); a symmetric product reads the copy as its left
+//! operand too (`x` in column order). The packed panels, and so the bits, are the same.
 
 use super::super::loops::{Contraction, Operand};
 
