@@ -189,16 +189,17 @@ impl Rebuild<'_> {
         if let Some(m) = self.map[n.index()] {
             return Ok(m);
         }
-        let node = self.src.node(n).clone();
+        // The expression only (its free indices are recomputed by `add`).
+        let (expr, scalar) = (self.src.node(n).expr.clone(), self.src.node(n).scalar);
         let span = self.src.span(n);
-        if let Expr::Hyper(h) = node.expr
+        if let Expr::Hyper(h) = expr
             && let Some(v) = self.hypers.get(&h)
         {
             let id = self.node(*v)?;
             self.map[n.index()] = Some(id);
             return Ok(id);
         }
-        let expr = match node.expr {
+        let expr = match expr {
             Expr::Load {
                 tensor: TensorRef::Def(t),
                 subs,
@@ -250,7 +251,7 @@ impl Rebuild<'_> {
             }
             leaf => leaf,
         };
-        let id = simplify(&mut self.dst, expr, node.scalar, span)?;
+        let id = simplify(&mut self.dst, expr, scalar, span)?;
         self.map[n.index()] = Some(id);
         Ok(id)
     }
