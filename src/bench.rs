@@ -1,9 +1,10 @@
 //! `lossc bench`: times loss + gradient on seeded random data and relates it to the memory floor.
 //!
 //! The floor is the time to read every input once and write every gradient once, at the memory
-//! bandwidth measured in the same run (a large buffer copy, split across the kernel's threads); the ratio to it says how far the kernel is
-//! from being memory-bound. Times are wall-clock medians over repetitions after a warm-up; only the
-//! native code is timed, not the conversion of inputs.
+//! bandwidth measured in the same run (a large buffer copy, split across the kernel's threads); the ratio
+//! to it says how far the kernel is from being memory-bound. Times are wall-clock medians over
+//! repetitions after a warm-up (`--iters`, or about a second's worth); only the native code is timed,
+//! not the conversion of inputs.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,8 @@ pub struct Report {
     pub elements: u64,
     pub bandwidth_gb_s: f64,
     pub threads: usize,
+    /// Timed calls.
+    pub iters: usize,
 }
 
 impl Report {
@@ -78,39 +81,35 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
     let g = kernel.function();
     let bound = call::bind(g, &inputs, &Default::default()).map_err(|e| format!("error: {e}"))?;
     let elements: u64 = inputs.values().map(|t| t.len() as u64).sum();
-    let bar = ProgressBar::new(args.iters as u64 + 1);
+    let bar = ProgressBar::new(1);
     bar.set_style(
         ProgressStyle::with_template("{msg} {bar:30} {pos}/{len}").unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message(format!("timing {}", f.name));
-    let mut times: Vec<Duration> = Vec::new();
+    let times: Vec<Duration>;
     let bytes;
     #[cfg(feature = "jit")]
     {
         if let Some(native) = kernel.native() {
             let mut buffers = native.buffers(&bound);
             bytes = native.floor_bytes(&bound.sizes);
-            for k in 0..=args.iters {
-                let t = Instant::now();
+            times = time_calls(args.iters, &bar, &mut || {
                 native
                     .execute(&mut buffers, kernel.threads())
-                    .map_err(|e| format!("error: {e}"))?;
-                if k > 0 {
-                    times.push(t.elapsed());
-                }
-                bar.inc(1);
-            }
+                    .map_err(|e| format!("error: {e}"))
+            })?;
         } else {
             bytes = interp_floor(g, &bound);
-            time_interp(g, &bound, args.iters, &bar, &mut times)?;
+            times = time_interp(g, &bound, args.iters, &bar)?;
         }
     }
     #[cfg(not(feature = "jit"))]
     {
         bytes = interp_floor(g, &bound);
-        time_interp(g, &bound, args.iters, &bar, &mut times)?;
+        times = time_interp(g, &bound, args.iters, &bar)?;
     }
     bar.finish_and_clear();
+    let mut times = times;
     times.sort();
     let report = Report {
         compile_ms,
@@ -120,6 +119,7 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
         elements,
         bandwidth_gb_s: copy_bandwidth(bytes, kernel.threads()),
         threads: kernel.threads(),
+        iters: times.len(),
     };
     let gbs = report.bytes as f64 / (report.median_ms / 1e3) / 1e9;
     let eps = report.elements as f64 / (report.median_ms / 1e3);
@@ -127,7 +127,7 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
         return Ok(format!(
             "{}\n",
             serde_json::json!({
-                "loss": f.name, "shape": args.shape, "threads": report.threads,
+                "loss": f.name, "shape": args.shape, "threads": report.threads, "iters": report.iters,
                 "compile_ms": report.compile_ms, "median_ms": report.median_ms, "min_ms": report.min_ms,
                 "bytes": report.bytes, "gb_per_s": gbs, "elements_per_s": eps,
                 "copy_bandwidth_gb_per_s": report.bandwidth_gb_s, "floor_ms": report.floor_ms(),
@@ -136,13 +136,14 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
         ));
     }
     Ok(format!(
-        "{} [{}] on {} thread(s)\n  compile   {:>10.3} ms\n  median    {:>10.3} ms   (min {:.3} ms)\n  traffic   {:>10.3} MB    {:.2} GB/s, {:.3e} elements/s\n  floor     {:>10.3} ms   at {:.1} GB/s copy bandwidth: {:.2}x the floor\n",
+        "{} [{}] on {} thread(s)\n  compile   {:>10.3} ms\n  median    {:>10.3} ms   (min {:.3} ms, {} calls)\n  traffic   {:>10.3} MB    {:.2} GB/s, {:.3e} elements/s\n  floor     {:>10.3} ms   at {:.1} GB/s copy bandwidth: {:.2}x the floor\n",
         f.name,
         args.shape,
         report.threads,
         report.compile_ms,
         report.median_ms,
         report.min_ms,
+        report.iters,
         report.bytes as f64 / 1e6,
         gbs,
         eps,
@@ -172,17 +173,44 @@ fn interp_floor(g: &crate::ir::Function, bound: &call::Bound) -> u64 {
 fn time_interp(
     g: &crate::ir::Function,
     bound: &call::Bound,
-    iters: usize,
+    iters: Option<u64>,
     bar: &ProgressBar,
-    times: &mut Vec<Duration>,
-) -> Result<(), String> {
-    for k in 0..=iters {
+) -> Result<Vec<Duration>, String> {
+    time_calls(iters, bar, &mut || {
+        crate::backend::interp::run(g, bound)
+            .map(|_| ())
+            .map_err(|e| format!("error: {e}"))
+    })
+}
+
+/// Timed calls without `--iters`: at least [`MIN_ITERS`], and as many more as fill about
+/// [`TARGET_SECONDS`] at the warm-up call's pace (at most [`MAX_ITERS`]): a median of 20 calls of a
+/// millisecond kernel still carried the first calls' cache misses on a shared machine.
+const MIN_ITERS: usize = 20;
+const MAX_ITERS: usize = 10_000;
+const TARGET_SECONDS: f64 = 1.0;
+
+/// Runs `call` once to warm up, then `iters` times (or as many as [`MIN_ITERS`] and [`TARGET_SECONDS`]
+/// say), returning each timed call's duration.
+fn time_calls(
+    iters: Option<u64>,
+    bar: &ProgressBar,
+    call: &mut dyn FnMut() -> Result<(), String>,
+) -> Result<Vec<Duration>, String> {
+    let t = Instant::now();
+    call()?;
+    let warm = t.elapsed().as_secs_f64();
+    let iters = iters.map_or_else(
+        || ((TARGET_SECONDS / warm.max(1e-9)) as usize).clamp(MIN_ITERS, MAX_ITERS),
+        |n| n as usize,
+    );
+    bar.set_length(iters as u64);
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
         let t = Instant::now();
-        crate::backend::interp::run(g, bound).map_err(|e| format!("error: {e}"))?;
-        if k > 0 {
-            times.push(t.elapsed());
-        }
+        call()?;
+        times.push(t.elapsed());
         bar.inc(1);
     }
-    Ok(())
+    Ok(times)
 }

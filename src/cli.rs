@@ -100,9 +100,10 @@ pub struct BenchArgs {
     pub threads: Option<usize>,
     #[arg(long, value_enum, default_value = "jit")]
     pub backend: BackendArg,
-    /// Timed repetitions (after one warm-up).
-    #[arg(long, default_value_t = 20)]
-    pub iters: usize,
+    /// Timed repetitions after one warm-up [default: at least 20, and as many more as fill about a
+    /// second at the warm-up's pace, at most 10,000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub iters: Option<u64>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// How an input is drawn: NAME=normal (the default for differentiable inputs), NAME=uniform (in

@@ -531,6 +531,7 @@ fn bench_reports_json() {
         0,
     );
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["iters"].as_u64(), Some(3), "{out}");
     for key in [
         "compile_ms",
         "median_ms",
@@ -559,6 +560,26 @@ fn bench_reports_json() {
         0,
     );
     assert!(text.contains("x the floor"), "{text}");
+    // No timed call at all is a usage error, not a median of nothing.
+    let (_, err) = expect(
+        &[
+            "bench",
+            "examples/cross_entropy.lx",
+            "--shape",
+            "N=8,C=3",
+            "--iters",
+            "0",
+        ],
+        2,
+    );
+    assert!(err.contains("invalid value '0' for '--iters"), "{err}");
+    // Without --iters: at least 20 calls (about a second's worth of a tiny kernel is many more).
+    let (out, _) = expect(
+        &["bench", "examples/cross_entropy.lx", "--shape", "N=8,C=3", "--json"],
+        0,
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["iters"].as_u64().is_some_and(|n| (20..=10_000).contains(&n)), "{out}");
     let (_, err) = expect(&["bench", "examples/cross_entropy.lx", "--shape", "N=64"], 1);
     assert!(err.contains("error"), "{err}");
     let (_, err) = expect(&["compile", "examples/cross_entropy.lx", "--timings"], 0);
