@@ -246,6 +246,32 @@ fn kernels_are_send_and_sync() {
     });
 }
 
+/// Calls of one kernel from several threads at once, each with products that copy a transposed operand
+/// (multi-similarity's `x·xᵀ` over 150 rows runs as several blocks): a call that finds the kept copy
+/// buffer taken makes its own, and every call gives the bits of a lone call.
+#[test]
+fn concurrent_calls_of_one_kernel_with_matrix_products_agree() {
+    let k = Compiler::new()
+        .threads(2)
+        .compile_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/multi_similarity.lx"))
+        .unwrap()
+        .kernel(None)
+        .unwrap();
+    let mut rng = Rng::new(71);
+    let f = k.function().clone();
+    let inputs = random_inputs(&f, &[150, 16], &mut rng);
+    let base = k.eval(&inputs).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..5 {
+                    assert_eq!(k.eval(&inputs).unwrap(), base);
+                }
+            });
+        }
+    });
+}
+
 #[test]
 fn bad_calls_are_typed_errors_before_native_code() {
     let k = Compiler::new()
