@@ -86,7 +86,7 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
         ProgressStyle::with_template("{msg} {bar:30} {pos}/{len}").unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message(format!("timing {}", f.name));
-    let times: Vec<Duration>;
+    let mut times: Vec<Duration>;
     let bytes;
     #[cfg(feature = "jit")]
     {
@@ -109,7 +109,6 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
         times = time_interp(g, &bound, args.iters, &bar)?;
     }
     bar.finish_and_clear();
-    let mut times = times;
     times.sort();
     let report = Report {
         compile_ms,

@@ -766,10 +766,9 @@ fn reachable_nodes_and_branching_follow_their_definitions() {
                 }
                 let fails_or_loops = found.iter().any(|m| match &f.node(*m).expr {
                     Expr::Reduce { .. } => true,
-                    Expr::Load { tensor, subs } => subs
-                        .iter()
-                        .zip(f.ref_shape(*tensor))
-                        .any(|(s, d)| !lossc::backend::loops::in_range(&f, *s, &d)),
+                    Expr::Load { tensor, subs } => {
+                        subs.iter().zip(f.ref_shape(*tensor)).any(|(s, d)| !f.in_range(*s, &d))
+                    }
                     _ => false,
                 });
                 assert_eq!(plan.branching[k], fails_or_loops, "{name}: node {k} {:?}", node.expr);

@@ -342,7 +342,7 @@ fn branching(f: &Function) -> Vec<bool> {
             Expr::Reduce { .. } => true,
             Expr::Load { tensor, subs } => {
                 let shape = f.ref_shape(*tensor);
-                subs.iter().zip(&shape).any(|(s, d)| !in_range(f, *s, d))
+                subs.iter().zip(&shape).any(|(s, d)| !f.in_range(*s, d))
             }
             _ => false,
         };
@@ -350,25 +350,6 @@ fn branching(f: &Function) -> Vec<bool> {
         out.push(branches);
     }
     out
-}
-
-/// Whether subscript `s` is statically inside `0..d`: an index over `d`, a label input bounded by `d`, a
-/// constant below it, or a choice between such subscripts (a constant table, such as a sorting network's
-/// partners).
-pub fn in_range(f: &Function, s: NodeId, d: &Dim) -> bool {
-    match &f.node(s).expr {
-        Expr::Index(v) => f.index(*v).range == *d,
-        Expr::Load {
-            tensor: TensorRef::Input(i),
-            ..
-        } => f.inputs[*i as usize].bound.as_ref() == Some(d),
-        Expr::Int(c) => matches!(d, Dim::Const(n) if *c >= 0 && c < n),
-        Expr::Prim {
-            prim: Prim::Select,
-            args,
-        } => in_range(f, args[1], d) && in_range(f, args[2], d),
-        _ => false,
-    }
 }
 
 /// The most nests a row-fused group holds: a group is one generated function, and one function of a

@@ -666,6 +666,25 @@ impl Function {
         }
     }
 
+    /// Whether subscript `s` is statically inside `0..d`: an index over `d`, a label input bounded by
+    /// `d`, a constant below it, or a choice between such subscripts (a constant table, such as a sorting
+    /// network's partners).
+    pub fn in_range(&self, s: NodeId, d: &Dim) -> bool {
+        match &self.node(s).expr {
+            Expr::Index(v) => self.index(*v).range == *d,
+            Expr::Load {
+                tensor: TensorRef::Input(i),
+                ..
+            } => self.inputs[*i as usize].bound.as_ref() == Some(d),
+            Expr::Int(c) => matches!(d, Dim::Const(n) if *c >= 0 && c < n),
+            Expr::Prim {
+                prim: Prim::Select,
+                args,
+            } => self.in_range(args[1], d) && self.in_range(args[2], d),
+            _ => false,
+        }
+    }
+
     /// Every node reachable from `root`, in arena (topological) order.
     ///
     /// Costs about the size of what it finds (a bit per node of the arena is cleared, nothing scanned):

@@ -652,17 +652,10 @@ fn count_of(f: &mut Function, indices: &[IndexId], span: Span) -> R<NodeId> {
 }
 
 /// Whether integer node `e` always lies in `0..range` (so substituting it for an index of that range
-/// cannot read out of bounds).
+/// cannot read out of bounds): [`Function::in_range`] for an index, a bounded label or a constant (not a
+/// choice between them).
 fn within(f: &Function, e: NodeId, range: &Dim) -> bool {
-    match &f.node(e).expr {
-        Expr::Index(v) => f.index(*v).range == *range,
-        Expr::Load {
-            tensor: TensorRef::Input(i),
-            ..
-        } => f.inputs[*i as usize].bound.as_ref() == Some(range),
-        Expr::Int(c) => matches!(range, Dim::Const(r) if *c >= 0 && c < r),
-        _ => false,
-    }
+    !matches!(f.node(e).expr, Expr::Prim { prim: Prim::Select, .. }) && f.in_range(e, range)
 }
 
 /// An equality that bracket fusion can resolve for one of `indices`: `k == e` (either way round), or

@@ -1849,7 +1849,7 @@ impl<'a, 'b> Lower<'a, 'b> {
 
     /// Whether subscript `s` is always within an axis of size `d` (so needs no check).
     fn in_range(&self, s: NodeId, d: &Dim) -> bool {
-        super::loops::in_range(self.f, s, d)
+        self.f.in_range(s, d)
     }
 
     /// Whether evaluating `n` could fail or cost a loop (then choices around it branch instead of selecting).
