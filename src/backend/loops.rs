@@ -16,7 +16,8 @@
 //! their three sums, [`split_members`]). A `let` tensor that
 //! only its own group reads is row-private ([`Plan::row_private`]): one row of it per running call is
 //! enough, so its data never leaves the cache; if a later member reads it only at its own element, it
-//! lives in that member's rows instead ([`Plan::row_host`]).
+//! lives in that member's rows instead ([`Plan::host`]), as a whole `let` tensor may live in the buffer of
+//! its last reader in a later group.
 //! A nest that is a plain matrix product of two buffers ([`Contraction`]) may instead run as a GEMM.
 //! The Cranelift JIT consumes it; a CUDA C generator would map each group to a kernel launch.
 
@@ -206,11 +207,12 @@ pub struct Plan {
     /// Per buffer: whether it is row-private: a `let` tensor that only its own row-fused group reads (see
     /// the module doc), of which a code generator may give each running call one row instead of the whole.
     pub row_private: Vec<bool>,
-    /// Per buffer: the buffer whose rows it lives in, for a row-private tensor that a later member of its
-    /// group (the host) reads only at its own element (see `row_guests`). The host's row is then computed in
-    /// place: an element that is the guest's element alone (`grad[t, k] = m_adj[t, k]`, with a one-hot
-    /// term) needs no store at all. Such a buffer is not [`Plan::row_private`]; it has no storage.
-    pub row_host: Vec<Option<usize>>,
+    /// Per buffer: the buffer it lives in, for a tensor (the guest) that a later nest (the host) reads only
+    /// at its own element, last (see `guests`): a row-private tensor in the rows of a later member of its
+    /// group, or a whole `let` tensor in the buffer of a nest of a later group. The host's elements are then
+    /// computed in place: an element that is the guest's element alone (`grad[t, k] = m_adj[t, k]`, with a
+    /// one-hot term) needs no store at all. Such a buffer is not [`Plan::row_private`]; it has no storage.
+    pub host: Vec<Option<usize>>,
     /// Per node of the function: whether evaluating it could fail or cost a loop (it reaches a
     /// reduction, or a load whose subscript is not statically in range), so that a choice around it must
     /// branch rather than compute both sides and select. Indexed by [`NodeId::index`].
@@ -281,11 +283,11 @@ impl Plan {
         for n in row_private_nests(f, &nests, &groups, &kept_exps) {
             row_private[f.inputs.len() + nests[n].tensor.index()] = true;
         }
-        let mut row_host = vec![None; buffers.len()];
-        for (guest, host) in row_guests(f, &nests, &groups, &kept_exps, &row_private, &buffers) {
+        let mut lives_in = vec![None; buffers.len()];
+        for (guest, host) in guests(f, &nests, &groups, &kept_exps, &row_private, &buffers) {
             let buffer = |n: usize| f.inputs.len() + nests[n].tensor.index();
             row_private[buffer(guest)] = false;
-            row_host[buffer(guest)] = Some(buffer(host));
+            lives_in[buffer(guest)] = Some(buffer(host));
         }
         Plan {
             buffers,
@@ -294,7 +296,7 @@ impl Plan {
             kept_exps,
             contractions,
             row_private,
-            row_host,
+            host: lives_in,
             branching: branching(f),
         }
     }
@@ -655,12 +657,18 @@ fn row_private_nests(f: &Function, nests: &[Nest], groups: &[Group], kept: &[Kep
     private
 }
 
-/// Row-private nests that can live in the rows of a later member of their group (guest, host): the host
-/// has the guest's shape, is a float matrix of its own (not row-private, no kept exponentials written into
-/// its row by anything but the guest's logsumexp), reads the guest only at its own element (`G[t, k]` for
-/// host element `[t, k]`, so each element is read before it is overwritten), and no member after the host
-/// reads the guest. Every member between them reads the guest's row as it was.
-fn row_guests(
+/// Tensors that can live in the buffer of a later nest, the host, as (guest, host): the host has the
+/// guest's shape, is a float tensor of its own (not row-private, no kept exponentials written into its row
+/// by anything but the guest's logsumexp, not itself living elsewhere), reads the guest only at its own
+/// element (`G[t, k]` for host element `[t, k]`, so each element is read before it is overwritten), and
+/// nothing that runs after the host's element reads the guest. A host takes one guest. Either
+/// - the guest is row-private and the host a later member of its group, a matrix ([`Plan::host`]'s
+///   rows): no member after the host reads the guest; every member between them reads its row as it was;
+/// - or the guest is a whole `let` tensor (float, not row-private, no kept exponentials) and the host a
+///   nest of a later group that is its last reader: every other reader runs in an earlier group (a member
+///   of the host's group might read other rows, which another call of the group may have overwritten).
+///   AnyLoss's `a` then lives in the gradient's buffer: one buffer less to write and read back.
+fn guests(
     f: &Function,
     nests: &[Nest],
     groups: &[Group],
@@ -674,32 +682,56 @@ fn row_guests(
             matches!(&f.node(*n).expr, Expr::Load { tensor: TensorRef::Def(t), .. } if *t == nests[guest].tensor)
         })
     };
-    let mut pairs = Vec::new();
+    let group_of = |n: usize| groups.iter().position(|g| g.members.contains(&n));
+    let mut pairs: Vec<(usize, usize)> = Vec::new();
+    let taken = |pairs: &[(usize, usize)], n: usize| pairs.iter().any(|&(g, h)| g == n || h == n);
+    let fits = |pairs: &[(usize, usize)], guest: usize, host: usize| {
+        let head: Vec<IndexId> = nests[host].head.iter().map(|(i, _)| *i).collect();
+        let at_own_element = |load: NodeId| match &f.node(load).expr {
+            Expr::Load { subs, .. } => f.at_indices(subs, &head),
+            _ => false,
+        };
+        buffers[buffer(host)].scalar == Scalar::Float
+            && buffers[buffer(host)].shape == buffers[buffer(guest)].shape
+            && !row_private[buffer(host)]
+            && !kept.iter().any(|e| e.consumer == host)
+            && !taken(pairs, host)
+            && reads(host, guest).next().is_some()
+            && reads(host, guest).all(at_own_element)
+    };
     for group in groups {
         for (at, &guest) in group.members.iter().enumerate() {
             if !row_private[buffer(guest)] || buffers[buffer(guest)].scalar != Scalar::Float {
                 continue;
             }
-            let host = group.members[at + 1..].iter().copied().find(|&host| {
-                let head: Vec<IndexId> = nests[host].head.iter().map(|(i, _)| *i).collect();
-                let at_own_element = |load: NodeId| match &f.node(load).expr {
-                    Expr::Load { subs, .. } => f.at_indices(subs, &head),
-                    _ => false,
-                };
-                let kept_in_host = kept.iter().any(|e| e.consumer == host);
-                buffers[buffer(host)].scalar == Scalar::Float
-                    && buffers[buffer(host)].shape == buffers[buffer(guest)].shape
-                    && head.len() >= 2
-                    && !row_private[buffer(host)]
-                    && !kept_in_host
-                    && reads(host, guest).next().is_some()
-                    && reads(host, guest).all(at_own_element)
-            });
+            let host = group.members[at + 1..]
+                .iter()
+                .copied()
+                .find(|&host| nests[host].head.len() >= 2 && fits(&pairs, guest, host));
             let Some(host) = host else { continue };
             let after = group.members.iter().skip_while(|m| **m != host).skip(1);
-            if after.clone().all(|&m| reads(m, guest).next().is_none()) && pairs.iter().all(|(_, h)| *h != host) {
+            if after.clone().all(|&m| reads(m, guest).next().is_none()) {
                 pairs.push((guest, host));
             }
+        }
+    }
+    for guest in 0..nests.len() {
+        let whole_let = nests[guest].role == Role::Let
+            && !nests[guest].head.is_empty()
+            && !row_private[buffer(guest)]
+            && buffers[buffer(guest)].scalar == Scalar::Float
+            && !kept.iter().any(|e| e.consumer == guest)
+            && !taken(&pairs, guest);
+        if !whole_let {
+            continue;
+        }
+        let readers: Vec<usize> = (0..nests.len()).filter(|&n| reads(n, guest).next().is_some()).collect();
+        let Some(&host) = readers.iter().max_by_key(|&&n| group_of(n)) else {
+            continue;
+        };
+        let before_host = |n: &usize| *n == host || group_of(*n) < group_of(host);
+        if group_of(guest) < group_of(host) && readers.iter().all(before_host) && fits(&pairs, guest, host) {
+            pairs.push((guest, host));
         }
     }
     pairs

@@ -26,8 +26,8 @@
 //! results are bit-identical for any number of threads. A row-private tensor
 //! ([`super::loops::Plan::row_private`]) is one row of scratch per worker: each worker's pointer table
 //! points the buffer there, and the group's row loop moves its base back by the row's offset, so the
-//! ordinary row-major addresses of the current row land in it. A tensor with a row host
-//! ([`super::loops::Plan::row_host`]) has its host's pointer.
+//! ordinary row-major addresses of the current row land in it. A tensor with a host
+//! ([`super::loops::Plan::host`]: a later reader of its own elements only) has its host's pointer.
 //!
 //! Placement: Cranelift's egraph places pure code at its uses and hoists it out of loops, but never moves a
 //! load, so the lowering computes before each loop what the bound indices determine
@@ -664,9 +664,7 @@ impl Compiled {
                     Data::Int(v) => Store::I(v.clone()),
                 },
                 // One row per running call, given by `execute`.
-                TensorRef::Def(_) if self.plan.row_private[k] || self.plan.row_host[k].is_some() => {
-                    Store::F(Vec::new())
-                }
+                TensorRef::Def(_) if self.plan.row_private[k] || self.plan.host[k].is_some() => Store::F(Vec::new()),
                 TensorRef::Def(_) => match buf.scalar {
                     Scalar::Float => Store::F(vec![0.0; len]),
                     Scalar::Int => Store::I(vec![0; len]),
@@ -695,8 +693,8 @@ impl Compiled {
                 Store::C(v) => v.as_mut_ptr() as *mut u8,
             })
             .collect();
-        // A tensor that lives in its host's rows (loops::Plan::row_host) is addressed as the host.
-        for (guest, host) in self.plan.row_host.iter().enumerate() {
+        // A tensor that lives in its host's buffer (loops::Plan::host) is addressed as the host.
+        for (guest, host) in self.plan.host.iter().enumerate() {
             if let Some(host) = host {
                 ptrs[guest] = ptrs[*host];
             }
@@ -1520,10 +1518,10 @@ impl<'a, 'b> Lower<'a, 'b> {
     }
 
     /// Whether `element`, stored into `buffer`, reads `buffer` itself (a kept exponential in its
-    /// consumer's row, a tensor that lives in the buffer's rows): computing a point again after its
+    /// consumer's row, a tensor that lives in the buffer): computing a point again after its
     /// store would then read the stored value.
     fn rewrites_in_place(&self, element: NodeId, buffer: usize) -> bool {
-        let host = |k: usize| self.plan.row_host[k].unwrap_or(k);
+        let host = |k: usize| self.plan.host[k].unwrap_or(k);
         self.f.reachable(&[element]).into_iter().any(|n| {
             self.kept_exps.contains_key(&n)
                 || matches!(&self.f.node(n).expr,
@@ -1606,14 +1604,14 @@ impl<'a, 'b> Lower<'a, 'b> {
         }
     }
 
-    /// Whether `element` of `buffer` at `head` is the element of a tensor living in its rows
-    /// (loops::Plan::row_host) at the same place: the value is already there.
+    /// Whether `element` of `buffer` at `head` is the element of a tensor living in it
+    /// (loops::Plan::host) at the same place: the value is already there.
     fn guest_element(&self, element: NodeId, buffer: usize, head: &[(IndexId, Dim)]) -> bool {
         let Expr::Load { tensor, subs } = &self.f.node(element).expr else {
             return false;
         };
         let head: Vec<IndexId> = head.iter().map(|(i, _)| *i).collect();
-        self.plan.row_host[self.plan.buffer_of(self.f, *tensor)] == Some(buffer) && self.f.at_indices(subs, &head)
+        self.plan.host[self.plan.buffer_of(self.f, *tensor)] == Some(buffer) && self.f.at_indices(subs, &head)
     }
 
     /// A one-hot term `select(k == e, a, 0)` (`e` and `a` independent of `k`) of the sum `element`: at the
