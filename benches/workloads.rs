@@ -25,8 +25,11 @@ struct Workload {
     interp_sizes: &'static [(&'static str, usize)],
     /// Number of distinct labels for unbounded label inputs.
     classes: u64,
-    hand: Option<fn(&BTreeMap<String, Tensor>) -> f64>,
+    hand: Option<HandWritten>,
 }
+
+/// A hand-written Rust loop of a workload's loss and gradient, returning the loss.
+type HandWritten = fn(&BTreeMap<String, Tensor>) -> f64;
 
 fn example(name: &str) -> String {
     std::fs::read_to_string(

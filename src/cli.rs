@@ -575,8 +575,11 @@ fn fill_cotangent(f: &Function, inputs: &mut BTreeMap<String, Tensor>) {
     }
 }
 
+/// A loaded program, the loss picked, its inputs and its hyperparameters.
+type Prepared = (Program, String, BTreeMap<String, Tensor>, BTreeMap<String, f64>);
+
 /// Loads the program, picks the loss, gathers inputs and hyperparameters.
-fn prepare(args: &InputArgs) -> Result<(Program, String, BTreeMap<String, Tensor>, BTreeMap<String, f64>), Failure> {
+fn prepare(args: &InputArgs) -> Result<Prepared, Failure> {
     let p = Program::from_file(&args.file)?;
     let f = p
         .loss(args.loss.as_deref())

@@ -187,7 +187,8 @@ pub struct Diag {
     pub message: String,
     pub labels: Vec<Label>,
     pub help: Option<String>,
-    source: Option<NamedSource<Arc<String>>>,
+    /// Boxed: a diagnostic is the error of many results, which stay small.
+    source: Option<Box<NamedSource<Arc<String>>>>,
 }
 
 impl Diag {
@@ -217,7 +218,7 @@ impl Diag {
             let file = sources.get(first.span.source);
             let id = first.span.source;
             self.labels.retain(|l| l.span.source == id);
-            self.source = Some(NamedSource::new(file.name.clone(), file.text.clone()));
+            self.source = Some(Box::new(NamedSource::new(file.name.clone(), file.text.clone())));
         }
         self
     }
@@ -243,7 +244,7 @@ impl miette::Diagnostic for Diag {
         self.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
     fn source_code(&self) -> Option<&dyn SourceCode> {
-        self.source.as_ref().map(|s| s as &dyn SourceCode)
+        self.source.as_deref().map(|s| s as &dyn SourceCode)
     }
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
         self.source.as_ref()?;

@@ -9,6 +9,7 @@
 //!   for `margin`.
 //! - `prob`: the probability of the true class: multi-class scores are `log p` and `log((1-p)/(C-1))`; a
 //!   loss whose prediction is a single number gets `p` directly (AnyLoss-style inputs).
+//!
 //! The prediction is a loss's first differentiable float input; labels are class 0 (`idx` with a bound:
 //! class 0; binary 0/1 targets: 1); every other float input is 0. `--grad` adds the derivative of each
 //! loss with respect to the varied quantity (from the symbolic gradient, by the chain rule).

@@ -432,9 +432,12 @@ fn sibling_sums(f: &Function, nests: &[Nest], candidates: &[usize], extent: &Dim
     sums
 }
 
+/// A sum over one index: the index, its mask and the summed term.
+pub type IndexSum = (IndexId, Option<NodeId>, NodeId);
+
 /// A group of sibling sums over one index ([`split_sum`]), after at most one leading map over that extent
 /// (`map_extent`): the position of the first sum among the members, and each sum's index, mask and term.
-pub fn split_members(f: &Function, members: &[&Nest]) -> Option<(usize, Vec<(IndexId, Option<NodeId>, NodeId)>)> {
+pub fn split_members(f: &Function, members: &[&Nest]) -> Option<(usize, Vec<IndexSum>)> {
     let first = match members {
         [map, _, ..] if split_sum(f, map).is_none() && map_extent(f, map).is_some() => 1,
         _ => 0,
@@ -467,7 +470,7 @@ fn map_extent(f: &Function, nest: &Nest) -> Option<Dim> {
 /// A rank-0 nest that is one sum over one index: (the index, the mask, the term). A code generator may
 /// compute it in parallel parts (partial sums over fixed chunks of the index, added in chunk order), and
 /// sibling sums over the same extent run as one group, each part of the data serving every sum.
-pub fn split_sum(f: &Function, nest: &Nest) -> Option<(IndexId, Option<NodeId>, NodeId)> {
+pub fn split_sum(f: &Function, nest: &Nest) -> Option<IndexSum> {
     if !nest.head.is_empty() {
         return None;
     }

@@ -376,6 +376,8 @@ impl Function {
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
     }
+    // Like `node` and `tensor`: one arena per kind of id, so not `std::ops::Index`.
+    #[allow(clippy::should_implement_trait)]
     pub fn index(&self, id: IndexId) -> &IndexVar {
         &self.indices[id.index()]
     }

@@ -778,7 +778,7 @@ impl Cx<'_, '_> {
             );
             return;
         }
-        let v = self.to_float(v, body.result.span);
+        let v = self.as_float(v, body.result.span);
         if let Some(v) = v {
             self.f.add_tensor(TensorDef {
                 name: "loss".into(),
@@ -959,7 +959,7 @@ impl Cx<'_, '_> {
                 );
                 return None;
             }
-            value = self.to_float(value, s.value.span)?;
+            value = self.as_float(value, s.value.span)?;
         }
         let scalar = self.kind(value);
         Some(self.f.add_tensor(TensorDef {
@@ -1045,7 +1045,7 @@ impl Cx<'_, '_> {
 
     // ---- expressions ----
 
-    fn to_float(&mut self, id: NodeId, span: Span) -> Option<NodeId> {
+    fn as_float(&mut self, id: NodeId, span: Span) -> Option<NodeId> {
         match self.kind(id) {
             Scalar::Float => Some(id),
             _ => self.mk(
@@ -1105,7 +1105,7 @@ impl Cx<'_, '_> {
             Sig::Float(_) => {
                 for (a, e) in args {
                     let n = self.number(*a, e)?;
-                    out.push(self.to_float(n, e.span)?);
+                    out.push(self.as_float(n, e.span)?);
                 }
             }
             Sig::Numeric(_) | Sig::Compare => {
@@ -1115,7 +1115,7 @@ impl Cx<'_, '_> {
                 }
                 let all_int = ns.iter().all(|(n, _)| self.kind(*n) == Scalar::Int);
                 for (n, s) in ns {
-                    out.push(if all_int { n } else { self.to_float(n, s)? });
+                    out.push(if all_int { n } else { self.as_float(n, s)? });
                 }
             }
             Sig::Logic(_) | Sig::Iverson => {
@@ -1148,13 +1148,13 @@ impl Cx<'_, '_> {
                 if ka == kb {
                     out.extend([a.0, b.0]);
                 } else {
-                    out.push(self.to_float(a.0, a.1.span)?);
-                    out.push(self.to_float(b.0, b.1.span)?);
+                    out.push(self.as_float(a.0, a.1.span)?);
+                    out.push(self.as_float(b.0, b.1.span)?);
                 }
             }
             Sig::ToFloat => {
                 let n = self.number(args[0].0, args[0].1)?;
-                return self.to_float(n, span);
+                return self.as_float(n, span);
             }
         }
         self.prim(prim, out, span)
@@ -1485,7 +1485,7 @@ impl Cx<'_, '_> {
             (b, Scalar::Int)
         } else {
             let n = self.number(b, body)?;
-            (self.to_float(n, body.span)?, Scalar::Float)
+            (self.as_float(n, body.span)?, Scalar::Float)
         };
         self.mk(
             Expr::Reduce {
@@ -1649,7 +1649,7 @@ impl Cx<'_, '_> {
                     v
                 } else {
                     let n = self.number(v, a)?;
-                    self.to_float(n, a.span)?
+                    self.as_float(n, a.span)?
                 };
             }
             vals.push(v);

@@ -190,7 +190,7 @@ impl Cx<'_, '_> {
             None => None,
         };
         let b = self.number(b?, body)?;
-        let b = self.to_float(b, body.span)?;
+        let b = self.as_float(b, body.span)?;
         match op {
             OrderOp::TopK | OrderOp::ArgSort => self.select_by_rank(op, j, mask, b, subs[0], span),
             OrderOp::SortNet => {
@@ -359,7 +359,7 @@ impl Cx<'_, '_> {
         };
         let n = self.expr(e)?;
         let n = self.number(n, e)?;
-        let n = self.to_float(n, e.span)?;
+        let n = self.as_float(n, e.span)?;
         if !self.f.node(n).free.is_empty() {
             self.order_err(
                 e.span,
