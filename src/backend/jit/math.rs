@@ -11,6 +11,7 @@
 //! and range reductions use fused multiply-adds where the target has FMA (x86-64 with AVX2 here; the
 //! numbers above are with FMA), else a multiply and an add.
 
+use cranelift_codegen::cursor::{Cursor, FuncCursor};
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{self, InstBuilder, MemFlagsData, Value, types};
 
@@ -130,16 +131,56 @@ impl Lower<'_, '_> {
         }
     }
 
-    /// A float constant, splatted when `lanes`.
+    /// A float constant, in every lane when `lanes`.
     pub(super) fn fk(&mut self, v: f32, lanes: bool) -> Value {
-        let c = self.b.ins().f32const(v);
-        if lanes { self.b.ins().splat(types::F32X4, c) } else { c }
+        match lanes {
+            true => self.lanes_constant(types::F32X4, [v.to_bits(); 4]),
+            false => self.b.ins().f32const(v),
+        }
     }
 
-    /// An i32 constant, splatted when `lanes`.
+    /// An i32 constant, in every lane when `lanes`.
     fn ik(&mut self, v: i32, lanes: bool) -> Value {
-        let c = self.b.ins().iconst(types::I32, i64::from(v));
-        if lanes { self.b.ins().splat(types::I32X4, c) } else { c }
+        match lanes {
+            true => self.lanes_constant(types::I32X4, [v as u32; 4]),
+            false => self.b.ins().iconst(types::I32, i64::from(v)),
+        }
+    }
+
+    /// The bits of `v` when it is a constant instruction (`f32const`, or `iconst` as two's complement).
+    pub(super) fn constant_bits(&self, v: Value) -> Option<u64> {
+        let ir::ValueDef::Result(inst, _) = self.b.func.dfg.value_def(v) else {
+            return None;
+        };
+        match self.b.func.dfg.insts[inst] {
+            ir::InstructionData::UnaryIeee32 { imm, .. } => Some(u64::from(imm.bits())),
+            ir::InstructionData::UnaryImm { imm, .. } => Some(imm.bits() as u64),
+            _ => None,
+        }
+    }
+
+    /// A vector constant (`ty` is f32x4 or i32x4), loaded from the [`super::LanePool`] in the preheader of
+    /// the innermost loop around the current position (once per loop; here when no loop is open).
+    pub(super) fn lanes_constant(&mut self, ty: ir::Type, lanes: [u32; 4]) -> Value {
+        if let Some(v) = self.preheaders.last().and_then(|(_, loaded)| loaded.get(&(ty, lanes))) {
+            return *v;
+        }
+        let (chunk, offset) = self.lanes.add(lanes);
+        let v = match self.preheaders.last() {
+            Some((entry, _)) => {
+                let mut pos = FuncCursor::new(self.b.func).at_inst(*entry);
+                let chunk = pos.ins().iconst(types::I64, chunk);
+                pos.ins().load(ty, MemFlagsData::trusted(), chunk, offset)
+            }
+            None => {
+                let chunk = self.b.ins().iconst(types::I64, chunk);
+                self.b.ins().load(ty, MemFlagsData::trusted(), chunk, offset)
+            }
+        };
+        if let Some((_, loaded)) = self.preheaders.last_mut() {
+            loaded.insert((ty, lanes), v);
+        }
+        v
     }
 
     /// `c ? a : b` for a comparison result `c` (a lane mask when `lanes`).

@@ -35,7 +35,9 @@
 //! loop's body before the loop's exit (in 0.135 visiting the exit first drops the loop from its loop
 //! stack): every conditional branch whose first target leaves the loop makes the body its second target,
 //! which the egraph visits first. A group's row index is read as the row loop's value, not through a
-//! variable, so no inner loop carries it as a block parameter and what it determines is hoisted.
+//! variable, so no inner loop carries it as a block parameter and what it determines is hoisted. A
+//! vector constant, which the egraph would hoist to the function's top (live across every loop and helper
+//! call, so spilled), is a load in the preheader of the innermost loop that uses it ([`LanePool`]).
 //!
 //! Loop shape: every loop is rotated (one test before it, one at the bottom of each iteration), and a
 //! light body's vector loop runs two vectors per iteration (`UNROLL`): a row's simple passes (its max,
@@ -135,7 +137,12 @@ pub struct Compiled {
     _code: Arc<CodeHolder>,
 }
 
-struct CodeHolder(Option<JITModule>);
+/// The machine code of a build and the vector constants it loads ([`LanePool`]).
+struct CodeHolder {
+    module: Option<JITModule>,
+    /// Read by the code, never by Rust.
+    _lanes: LanePool,
+}
 
 // SAFETY: after `finalize_definitions` the module is never mutated; its code and data are read-only and
 // executable, and the entry points are plain functions that may be called from any thread.
@@ -144,10 +151,47 @@ unsafe impl Sync for CodeHolder {}
 
 impl Drop for CodeHolder {
     fn drop(&mut self) {
-        if let Some(m) = self.0.take() {
+        if let Some(m) = self.module.take() {
             // SAFETY: the last owner of the code is going away; no entry point can be called afterwards.
             unsafe { m.free_memory() };
         }
+    }
+}
+
+/// Vector constants that generated code loads instead of materializing them with `vconst`: Cranelift's
+/// egraph hoists a pure `vconst` to the top of the function, where it stays live across every loop and
+/// helper call (all vector registers are caller-saved), so the register allocator spilled dozens of them
+/// on entry and reloaded them in the loops. A load stays where it is put: in the preheader of the
+/// innermost loop that uses it ([`Lower::lanes_constant`]). Each load reads its own copy, so Cranelift's
+/// redundant-load elimination cannot merge loads of different loops into one long-lived value either.
+/// Entries are 16-byte aligned and never move (chunks are boxed and never reallocated).
+#[derive(Default)]
+struct LanePool {
+    chunks: Vec<Box<LaneChunk>>,
+    used: usize,
+}
+
+/// Whole cache lines of constants: no line is shared with data that another thread may write.
+#[repr(C, align(64))]
+struct LaneChunk([Lanes; LANE_CHUNK]);
+
+const LANE_CHUNK: usize = 256;
+
+#[repr(C, align(16))]
+#[derive(Clone, Copy, Default)]
+struct Lanes([u32; 4]);
+
+impl LanePool {
+    /// A new copy of `lanes`: its chunk's address and its offset there.
+    fn add(&mut self, lanes: [u32; 4]) -> (i64, i32) {
+        let at = self.used % LANE_CHUNK;
+        if at == 0 {
+            self.chunks.push(Box::new(LaneChunk([Lanes::default(); LANE_CHUNK])));
+        }
+        let chunk = &mut self.chunks.last_mut().expect("a chunk was just pushed").0;
+        chunk[at] = Lanes(lanes);
+        self.used += 1;
+        (chunk.as_ptr() as i64, (at * std::mem::size_of::<Lanes>()) as i32)
     }
 }
 
@@ -280,6 +324,7 @@ fn build(
     // Build every group's CLIF here (it needs the module's declarations) while the functions built so far
     // compile to machine code on all cores (each is independent), then hand the bytes to the module.
     let mut fctx = FunctionBuilderContext::new();
+    let mut lanes = LanePool::default();
     let mut column_sums = vec![false; plan.groups.len()];
     let products: Vec<Option<Contraction>> = plan
         .groups
@@ -306,7 +351,7 @@ fn build(
             for (name, fid) in &imports {
                 refs.insert(*name, module.declare_func_in_func(*fid, b.func));
             }
-            let mut l = Lower::new(f, &plan, &members, &mut b, ptr, refs, fma);
+            let mut l = Lower::new(f, &plan, &members, &mut b, &mut lanes, ptr, refs, fma);
             l.exp_rows = exp_rows;
             l.group(group, &members);
             column_sums[k] = l.column_tiles;
@@ -359,7 +404,10 @@ fn build(
         products,
         column_sums,
         transposed_right: Default::default(),
-        _code: Arc::new(CodeHolder(Some(module))),
+        _code: Arc::new(CodeHolder {
+            module: Some(module),
+            _lanes: lanes,
+        }),
     })
 }
 
@@ -1001,6 +1049,11 @@ struct Lower<'a, 'b> {
     f: &'a Function,
     plan: &'a Plan,
     b: &'a mut FunctionBuilder<'b>,
+    /// Where vector constants are loaded from ([`Self::lanes_constant`]).
+    lanes: &'a mut LanePool,
+    /// The loops around the current position, outermost first: each one's entry branch (the end of its
+    /// preheader) and the vector constants loaded there ([`Self::lanes_constant`]).
+    preheaders: Vec<(ir::Inst, HashMap<(Type, [u32; 4]), Value>)>,
     ptr: Type,
     math: HashMap<&'static str, ir::FuncRef>,
     vars: HashMap<IndexId, Variable>,
@@ -1066,6 +1119,7 @@ impl<'a, 'b> Lower<'a, 'b> {
         plan: &'a Plan,
         members: &[&Nest],
         b: &'a mut FunctionBuilder<'b>,
+        lanes: &'a mut LanePool,
         ptr: Type,
         math: HashMap<&'static str, ir::FuncRef>,
         fma: bool,
@@ -1088,6 +1142,8 @@ impl<'a, 'b> Lower<'a, 'b> {
             f,
             plan,
             b,
+            lanes,
+            preheaders: Vec::new(),
             ptr,
             math,
             vars: HashMap::new(),
@@ -1768,12 +1824,14 @@ impl<'a, 'b> Lower<'a, 'b> {
         // The body is the branch's second target: Cranelift 0.135's egraph visits that one first, and a loop's
         // exit visited before its body would drop the loop from the egraph's loop stack (no hoisting there).
         let skip = self.b.ins().icmp(IntCC::SignedGreaterThan, start, last);
-        self.b.ins().brif(skip, exit, &[], inner, &[]);
+        let entry = self.b.ins().brif(skip, exit, &[], inner, &[]);
         self.b.switch_to_block(inner);
         self.frames.push(HashMap::new());
+        self.preheaders.push((entry, HashMap::new()));
         self.bound.push(i);
         body(self);
         self.bound.pop();
+        self.preheaders.pop();
         self.frames.pop();
         let iv = self.b.use_var(var);
         let next = self.b.ins().iadd_imm_s(iv, step);
@@ -3079,5 +3137,58 @@ mod tests {
                 assert!((a - b).abs() <= 1e-6, "row helper {exp_rows}: {a} vs {b}");
             }
         }
+    }
+
+    /// A lane pool's entries keep their address and value as it grows by chunks, each 16-byte aligned
+    /// and each chunk on whole cache lines.
+    #[test]
+    fn lane_pool_entries_stay_put_aligned_and_intact() {
+        let mut pool = LanePool::default();
+        let added: Vec<([u32; 4], i64)> = (0..3 * LANE_CHUNK as u32 + 5)
+            .map(|k| {
+                let lanes = [k, k ^ 0xdead, !k, k.wrapping_mul(2_654_435_761)];
+                let (chunk, offset) = pool.add(lanes);
+                assert_eq!(chunk % 64, 0, "chunk of entry {k}");
+                assert_eq!(offset % 16, 0, "offset of entry {k}");
+                (lanes, chunk + i64::from(offset))
+            })
+            .collect();
+        assert_eq!(pool.chunks.len(), 4);
+        for (lanes, at) in added {
+            // SAFETY: `at` is an entry of `pool`, which is alive and whose chunks never move.
+            assert_eq!(unsafe { *(at as *const [u32; 4]) }, lanes);
+        }
+    }
+
+    /// Vector constants are loads from the lane pool, not `vconst`s (which Cranelift hoists to the top of
+    /// the function), and the loads sit in loop preheaders, not all in the entry block.
+    #[test]
+    fn vector_constants_are_loaded_before_their_loops() {
+        let src = "loss f(s: f32[N, C]) { mean[i] sum[k] softplus(s[i, k] - 0.25) * tanh(2.0 * s[i, k]) }";
+        let (f, _) = function_and_interpreter(src);
+        let text = clif(&f).unwrap();
+        assert!(!text.contains("vconst"), "{text}");
+        let mut block = String::new();
+        let (mut at_entry, mut in_loops) = (0, 0);
+        for line in text.lines() {
+            if line.starts_with("block") {
+                block = line
+                    .split('(')
+                    .next()
+                    .unwrap_or_default()
+                    .trim_end_matches(':')
+                    .to_string();
+            }
+            if line.contains("load.f32x4 notrap aligned") && line.contains("; v") {
+                match block.as_str() {
+                    "block0" => at_entry += 1,
+                    _ => in_loops += 1,
+                }
+            }
+        }
+        assert!(
+            in_loops > 0 && in_loops > at_entry,
+            "{at_entry} at entry, {in_loops} later:\n{text}"
+        );
     }
 }

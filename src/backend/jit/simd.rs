@@ -377,13 +377,18 @@ impl Lower<'_, '_> {
         let node = self.f.node(n).clone();
         let v = if !node.free.contains(&k) {
             let s = self.value(n);
-            match node.scalar {
-                Scalar::Float => self.b.ins().splat(types::F32X4, s),
-                Scalar::Int => {
+            // A constant's lanes are loaded (see Lower::lanes_constant), not splatted.
+            let constant = self.constant_bits(s);
+            match (node.scalar, constant) {
+                (Scalar::Float, Some(bits)) => self.lanes_constant(types::F32X4, [bits as u32; 4]),
+                (Scalar::Int, Some(bits)) => self.lanes_constant(types::I32X4, [bits as u32; 4]),
+                (Scalar::Bool, Some(bits)) => self.lanes_constant(types::I32X4, [(bits as u32).wrapping_neg(); 4]),
+                (Scalar::Float, None) => self.b.ins().splat(types::F32X4, s),
+                (Scalar::Int, None) => {
                     let s32 = self.b.ins().ireduce(types::I32, s);
                     self.b.ins().splat(types::I32X4, s32)
                 }
-                Scalar::Bool => {
+                (Scalar::Bool, None) => {
                     let s32 = self.b.ins().uextend(types::I32, s);
                     let m = self.b.ins().ineg(s32);
                     self.b.ins().splat(types::I32X4, m)
@@ -395,9 +400,7 @@ impl Lower<'_, '_> {
                     // [kb, kb + 1, kb + 2, kb + 3]: a splat plus a constant vector.
                     let k32 = self.b.ins().ireduce(types::I32, kb);
                     let base = self.b.ins().splat(types::I32X4, k32);
-                    let steps: Vec<u8> = (0..LANES as i32).flat_map(|l| l.to_le_bytes()).collect();
-                    let steps = self.b.func.dfg.constants.insert(ConstantData::from(steps));
-                    let steps = self.b.ins().vconst(types::I32X4, steps);
+                    let steps = self.lanes_constant(types::I32X4, [0, 1, 2, 3]);
                     self.b.ins().iadd(base, steps)
                 }
                 Expr::Load { tensor, subs } => {
