@@ -351,7 +351,7 @@ fn build(
             for (name, fid) in &imports {
                 refs.insert(*name, module.declare_func_in_func(*fid, b.func));
             }
-            let mut l = Lower::new(f, &plan, &members, &mut b, &mut lanes, ptr, refs, fma);
+            let mut l = Lower::new(f, &plan, &members, &mut b, &mut lanes, refs, fma);
             l.exp_rows = exp_rows;
             l.group(group, &members);
             column_sums[k] = l.column_tiles;
@@ -1053,7 +1053,7 @@ struct Lower<'a, 'b> {
     lanes: &'a mut LanePool,
     /// The loops around the current position, outermost first: each one's entry branch (the end of its
     /// preheader) and the vector constants loaded there ([`Self::lanes_constant`]).
-    preheaders: Vec<(ir::Inst, HashMap<(Type, [u32; 4]), Value>)>,
+    preheaders: Vec<(ir::Inst, LoadedLanes)>,
     ptr: Type,
     math: HashMap<&'static str, ir::FuncRef>,
     vars: HashMap<IndexId, Variable>,
@@ -1100,6 +1100,9 @@ struct Lower<'a, 'b> {
     column_tiles: bool,
 }
 
+/// The vector constants loaded in one loop's preheader, by type and lanes ([`Lower::lanes_constant`]).
+type LoadedLanes = HashMap<(Type, [u32; 4]), Value>;
+
 /// A nest `r[t] = max[k] B(t, k)` (or `min`) of the current group, whose value at the current row is known.
 struct KnownExtreme {
     max: bool,
@@ -1120,10 +1123,11 @@ impl<'a, 'b> Lower<'a, 'b> {
         members: &[&Nest],
         b: &'a mut FunctionBuilder<'b>,
         lanes: &'a mut LanePool,
-        ptr: Type,
         math: HashMap<&'static str, ir::FuncRef>,
         fma: bool,
     ) -> Self {
+        // The first parameter is the table of buffer pointers.
+        let ptr = b.func.signature.params[0].value_type;
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
