@@ -718,6 +718,16 @@ fn guests(
             }
         }
     }
+    // Which nests read each tensor (one walk per nest).
+    let mut readers: HashMap<TensorId, Vec<usize>> = HashMap::new();
+    for (n, nest) in nests.iter().enumerate() {
+        for (t, _) in tensor_reads(f, nest.body) {
+            let of_t = readers.entry(t).or_default();
+            if of_t.last() != Some(&n) {
+                of_t.push(n);
+            }
+        }
+    }
     for guest in 0..nests.len() {
         let whole_let = nests[guest].role == Role::Let
             && !nests[guest].head.is_empty()
@@ -728,7 +738,7 @@ fn guests(
         if !whole_let {
             continue;
         }
-        let readers: Vec<usize> = (0..nests.len()).filter(|&n| reads(n, guest).next().is_some()).collect();
+        let readers = readers.get(&nests[guest].tensor).map_or(&[][..], |r| &r[..]);
         let Some(&host) = readers.iter().max_by_key(|&&n| group_of(n)) else {
             continue;
         };
