@@ -319,8 +319,9 @@ fn sort_bce16(m: &BTreeMap<String, Tensor>) -> Hand {
                 let alpha = (steepness * side * (xp - xw)).atan() / std::f64::consts::PI + 0.5;
                 alphas[l][w] = alpha;
                 xs[l + 1][w] = alpha * xw + (1.0 - alpha) * xp;
-                for i in 0..N {
-                    ps[l + 1][i][w] = alpha * ps[l][i][w] + (1.0 - alpha) * ps[l][i][p];
+                let (before, after) = ps.split_at_mut(l + 1);
+                for (out, inp) in after[0].iter_mut().zip(&before[l]) {
+                    out[w] = alpha * inp[w] + (1.0 - alpha) * inp[p];
                 }
             }
         }
