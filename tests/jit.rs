@@ -466,6 +466,8 @@ fn math_functions_are_accurate() {
         ("softplus", -30.0, 80.0, lossc::prims::softplus, 3e-7),
         ("expm1", -20.0, 20.0, f64::exp_m1, 2.5e-7),
         ("atan", -100.0, 100.0, f64::atan, 2.5e-7),
+        ("atan", -3.0, 3.0, f64::atan, 2.5e-7),
+        ("atan", -1e30, 1e30, f64::atan, 2.5e-7),
         ("sqrt", 0.0, 1e6, f64::sqrt, 2.5e-7),
     ] {
         let e = max_rel_error(name, lo, hi, f);
@@ -506,6 +508,14 @@ fn math_functions_are_accurate() {
         special("softplus", vec![-inf, 100.0, 0.0, -200.0, inf])[..2],
         [0.0, 100.0]
     );
+    let atan = special("atan", vec![-inf, inf, -0.0, 0.0, f64::NAN]);
+    let half_pi = std::f32::consts::FRAC_PI_2 as f64;
+    assert!(
+        atan[..4] == [-half_pi, half_pi, 0.0, 0.0] && atan[4].is_nan(),
+        "{atan:?}"
+    );
+    assert!(atan[2].is_sign_negative(), "atan(-0) = {}", atan[2]);
+    assert!(special("atan", vec![f64::NAN; 5]).iter().all(|v| v.is_nan()));
     assert!(special("tanh", vec![f64::NAN; 5]).iter().all(|v| v.is_nan()));
     assert!(special("log", vec![f64::NAN; 5]).iter().all(|v| v.is_nan()));
     // Edge values of the inline exp.

@@ -1,13 +1,13 @@
 //! Inline f32 math in CLIF, lane-generic: every function takes `lanes` (x is an f32x4 and so is the result,
 //! or x is a scalar f32). The 4-wide vector loops use all of them; scalar code uses exp and sigmoid, and
-//! calls Rust's f32 `ln`, `ln_1p`, `tanh` and softplus for the others (measured 2x faster there than
+//! calls Rust's f32 `ln`, `ln_1p`, `tanh`, `atan` and softplus for the others (measured 2x faster there than
 //! these select-based forms, whose point is to run four lanes at once).
 //!
 //! All are branch-free (special cases by selects), so vectorized loops may evaluate every lane. Maximum
 //! relative errors against f64 measured over f32 inputs (tests/jit.rs `math_functions_are_accurate`
 //! asserts the bound in brackets, and prints the measurement): exp 8.0e-8 on [-87, 88] [1.5e-7]; log 7.6e-8 on [1e-30, 1e30]
 //! [1.5e-7]; log1p 1.6e-7 on [-0.9, 100] [3e-7]; tanh 1.3e-7 on [-10, 10] [2.5e-7]; sigmoid 1.4e-7 on
-//! [-30, 30] [2.5e-7]; softplus 1.5e-7 on [-30, 80] [3e-7]. (f32 itself rounds at 6e-8.) Polynomials
+//! [-30, 30] [2.5e-7]; softplus 1.5e-7 on [-30, 80] [3e-7]; atan 1.9e-7 on [-3, 3] [2.5e-7]. (f32 itself rounds at 6e-8.) Polynomials
 //! and range reductions use fused multiply-adds where the target has FMA (x86-64 with AVX2 here; the
 //! numbers above are with FMA), else a multiply and an add.
 
@@ -59,6 +59,9 @@ const TANH_COEFFICIENTS: [f32; 5] = [
     1.333_144_2e-1,
     -3.333_328e-1,
 ];
+
+/// The Cephes `atanf` polynomial P in atan x = x + x³ P(x²) for |x| ≤ tan(π/8), highest degree first.
+const ATAN_COEFFICIENTS: [f32; 4] = [8.053_744_5e-2, -1.387_768_6e-1, 1.997_771_1e-1, -3.333_295e-1];
 
 impl Lower<'_, '_> {
     /// `e^x` in f32, inline: x clamped to [`EXP_LOWEST`, `EXP_HIGHEST`] (NaN kept), x = n ln2 + r with
@@ -291,6 +294,44 @@ impl Lower<'_, '_> {
         let one = self.fk(1.0, lanes);
         let d = self.b.ins().fadd(one, e);
         self.b.ins().fdiv(one, d)
+    }
+
+    /// `atan x`, after Cephes `atanf`: |x| is reduced to |r| ≤ tan(π/8) by r = -1/|x| (plus π/2) above
+    /// tan(3π/8) and r = (|x| - 1)/(|x| + 1) (plus π/4) above tan(π/8), one division for both; then
+    /// r + r³ P(r²), and x's sign. NaN stays NaN, ±inf gives ±π/2, -0 gives -0.
+    pub(super) fn atan_lanes(&mut self, x: Value, lanes: bool) -> Value {
+        let (float, int) = Self::math_types(lanes);
+        let a = self.b.ins().fabs(x);
+        let big = self.fcmp_k(FloatCC::GreaterThan, a, 2.414_213_6, lanes);
+        let mid = self.fcmp_k(FloatCC::GreaterThan, a, 0.414_213_57, lanes);
+        let (one, minus_one) = (self.fk(1.0, lanes), self.fk(-1.0, lanes));
+        let a_minus = self.b.ins().fsub(a, one);
+        let a_plus = self.b.ins().fadd(a, one);
+        let num = self.choose(mid, a_minus, a, lanes);
+        let num = self.choose(big, minus_one, num, lanes);
+        let den = self.choose(mid, a_plus, one, lanes);
+        let den = self.choose(big, a, den, lanes);
+        let r = self.b.ins().fdiv(num, den);
+        let (zero, quarter, half) = (
+            self.fk(0.0, lanes),
+            self.fk(std::f32::consts::FRAC_PI_4, lanes),
+            self.fk(std::f32::consts::FRAC_PI_2, lanes),
+        );
+        let base = self.choose(mid, quarter, zero, lanes);
+        let base = self.choose(big, half, base, lanes);
+        let z = self.b.ins().fmul(r, r);
+        let p = self.horner(&ATAN_COEFFICIENTS, z, lanes);
+        let pz = self.b.ins().fmul(p, z);
+        let pzr = self.b.ins().fmul(pz, r);
+        let near = self.b.ins().fadd(pzr, r);
+        let y = self.b.ins().fadd(base, near);
+        // y ≥ 0 (or NaN): x's sign bit goes on it.
+        let flags = MemFlagsData::new().with_endianness(ir::Endianness::Little);
+        let (xi, yi) = (self.b.ins().bitcast(int, flags, x), self.b.ins().bitcast(int, flags, y));
+        let sign = self.ik(i32::MIN, lanes);
+        let sign = self.b.ins().band(xi, sign);
+        let signed = self.b.ins().bor(yi, sign);
+        self.b.ins().bitcast(float, flags, signed)
     }
 
     /// `tanh x`: the Cephes `tanhf` odd polynomial x + x³ P(x²) for |x| < 0.625, else

@@ -125,7 +125,7 @@ impl Lower<'_, '_> {
                     args_ok
                         && match prim {
                             Add | Sub | Mul | Div | Neg | Min | Max | Abs | Sqrt | Exp | Sigmoid | Log | Log1p
-                            | Softplus | Tanh | Relu | StopGrad => node.scalar == Scalar::Float,
+                            | Softplus | Tanh | Atan | Relu | StopGrad => node.scalar == Scalar::Float,
                             // Integer lanes come from k itself, integer loads and invariants (no integer
                             // arithmetic is vectorized), so any comparison of them is.
                             Eq | Ne | Lt | Le | Gt | Ge => true,
@@ -736,6 +736,7 @@ impl Lower<'_, '_> {
             Log1p => self.log1p_lanes(a[0], true),
             Softplus => self.softplus_lanes(a[0], true),
             Tanh => self.tanh_lanes(a[0], true),
+            Atan => self.atan_lanes(a[0], true),
             Eq | Ne | Lt | Le | Gt | Ge => {
                 let int = args.iter().all(|x| self.f.node(*x).scalar == Scalar::Int);
                 self.compare(prim, int, a[0], a[1])
