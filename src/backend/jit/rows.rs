@@ -36,17 +36,10 @@ fn kernels() -> Kernels {
     *DETECTED.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            let has = |f: &str| match f {
-                "avx2" => std::is_x86_feature_detected!("avx2"),
-                "fma" => std::is_x86_feature_detected!("fma"),
-                "avx512f" => std::is_x86_feature_detected!("avx512f"),
-                _ => std::is_x86_feature_detected!("avx512vl"),
-            };
+            let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
             let forced_avx2 = std::env::var("LOSSC_ROW_KERNELS").is_ok_and(|v| v == "avx2");
-            match (
-                has("avx2") && has("fma"),
-                has("avx512f") && has("avx512vl") && !forced_avx2,
-            ) {
+            let evex = evex_present() && !forced_avx2;
+            match (avx2, evex) {
                 (true, true) => Kernels::Evex,
                 (true, false) => Kernels::Avx2,
                 _ => Kernels::Plain,
@@ -55,6 +48,12 @@ fn kernels() -> Kernels {
         #[cfg(not(target_arch = "x86_64"))]
         Kernels::Plain
     })
+}
+
+/// Whether this machine has AVX-512F and AVX-512VL (the `evex` build's instruction sets beyond AVX2).
+#[cfg(target_arch = "x86_64")]
+fn evex_present() -> bool {
+    std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl")
 }
 
 /// Calls `$module::$kernel(args)` for the detected build of the row kernels (not `Plain`).
@@ -372,11 +371,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn both_builds_of_the_row_kernels_agree_to_the_bit() {
-        let has = |f: &str| match f {
-            "avx512f" => std::is_x86_feature_detected!("avx512f"),
-            _ => std::is_x86_feature_detected!("avx512vl"),
-        };
-        if !(available() && has("avx512f") && has("avx512vl")) {
+        if !(available() && evex_present()) {
             return;
         }
         let special = [
