@@ -13,8 +13,7 @@ use std::time::Duration;
 mod hand;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use lossc::data::Rng;
-use lossc::{Backend, Compiler, Tensor};
+use lossc::{Backend, Compiler};
 
 const SORT_BCE16: &str = include_str!("sort_bce16.lx");
 const NT_XENT: &str = include_str!("nt_xent.lx");
@@ -23,8 +22,8 @@ struct Workload {
     id: &'static str,
     source: String,
     /// Dimension sizes for the JIT and the hand-written loop, and (smaller) for the interpreter.
-    sizes: &'static [(&'static str, usize)],
-    interp_sizes: &'static [(&'static str, usize)],
+    sizes: &'static [(&'static str, i64)],
+    interp_sizes: &'static [(&'static str, i64)],
     /// Number of distinct labels for unbounded label inputs.
     classes: u64,
     hand: Option<hand::HandWritten>,
@@ -39,38 +38,9 @@ fn example(name: &str) -> String {
     .unwrap()
 }
 
-fn inputs(src: &str, sizes: &[(&str, usize)], classes: u64) -> BTreeMap<String, Tensor> {
-    let p = lossc::Program::from_source("w.lx", src).unwrap();
-    let f = p.loss(None).unwrap();
-    let dims: Vec<i64> = f
-        .dims
-        .iter()
-        .map(|d| sizes.iter().find(|(n, _)| *n == d.name).map_or(1, |(_, s)| *s as i64))
-        .collect();
-    let mut rng = Rng::new(1);
-    f.inputs
-        .iter()
-        .map(|i| {
-            let shape: Vec<usize> = i.shape.iter().map(|d| d.eval(&dims) as usize).collect();
-            let n = shape.iter().product();
-            let t = if i.elem == lossc::ir::ElemTy::Idx {
-                let b = i.bound.as_ref().map_or(classes, |b| b.eval(&dims) as u64);
-                Tensor::labels(shape, (0..n).map(|_| rng.below(b) as i64).collect())
-            } else if i.nograd {
-                Tensor::float(shape, (0..n).map(|_| (rng.uniform() > 0.5) as i64 as f64).collect())
-            } else if f.name == "anyloss_f1" {
-                Tensor::float(shape, (0..n).map(|_| rng.uniform()).collect())
-            } else {
-                Tensor::float(shape, (0..n).map(|_| rng.normal()).collect())
-            };
-            (i.name.clone(), t)
-        })
-        .collect()
-}
-
 fn workloads() -> Vec<Workload> {
-    let big: &'static [(&str, usize)] = &[("N", 8192), ("C", 1000)];
-    let small: &'static [(&str, usize)] = &[("N", 64), ("C", 100)];
+    let big: &'static [(&str, i64)] = &[("N", 8192), ("C", 1000)];
+    let small: &'static [(&str, i64)] = &[("N", 64), ("C", 100)];
     vec![
         Workload {
             id: "W1 cross-entropy [8192, 1000]",
@@ -146,7 +116,7 @@ fn bench(c: &mut Criterion) {
             .sample_size(10)
             .measurement_time(Duration::from_secs(3))
             .warm_up_time(Duration::from_millis(500));
-        let big = inputs(&w.source, w.sizes, w.classes);
+        let big = hand::inputs(&w.source, w.sizes, w.classes, 1.0, 1);
         let elements: u64 = big.values().map(|t| t.len() as u64).sum();
         group.throughput(Throughput::Elements(elements));
         let jit = Compiler::new()
@@ -187,7 +157,7 @@ fn bench(c: &mut Criterion) {
             }
             group.bench_function("hand-written rust (1 thread)", |b| b.iter(|| black_box(hand(&big))));
         }
-        let small = inputs(&w.source, w.interp_sizes, w.classes);
+        let small = hand::inputs(&w.source, w.interp_sizes, w.classes, 1.0, 1);
         group.throughput(Throughput::Elements(small.values().map(|t| t.len() as u64).sum()));
         let interp = Compiler::new()
             .backend(Backend::Interp)

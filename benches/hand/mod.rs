@@ -1,10 +1,44 @@
 //! Hand-written Rust loops of the eight workloads' losses and gradients: plain scalar code on one thread,
 //! what a researcher would write without a tensor library. `benches/workloads.rs` times them beside the
-//! JIT; `tests/hand_written.rs` checks each against the interpreter (loss and every gradient).
+//! JIT; `tests/hand_written.rs` checks each against the interpreter (loss and every gradient). Both draw
+//! their inputs with [`inputs`].
 
 use std::collections::BTreeMap;
 
 use lossc::Tensor;
+use lossc::data::Rng;
+
+/// Seeded inputs for the one loss of `src` at `sizes` (dimension name, size; 1 for any other): labels
+/// below their bound (or `classes`), 0/1 for float inputs without gradient, uniform in [0, 1) for AnyLoss's
+/// probabilities, `scale` times a standard normal for the other floats.
+pub fn inputs(src: &str, sizes: &[(&str, i64)], classes: u64, scale: f64, seed: u64) -> BTreeMap<String, Tensor> {
+    let p = lossc::Program::from_source("w.lx", src).unwrap();
+    let f = p.loss(None).unwrap();
+    let dims: Vec<i64> = f
+        .dims
+        .iter()
+        .map(|d| sizes.iter().find(|(n, _)| *n == d.name).map_or(1, |(_, s)| *s))
+        .collect();
+    let mut rng = Rng::new(seed);
+    f.inputs
+        .iter()
+        .map(|i| {
+            let shape: Vec<usize> = i.shape.iter().map(|d| d.eval(&dims) as usize).collect();
+            let n = shape.iter().product();
+            let t = if i.elem == lossc::ir::ElemTy::Idx {
+                let b = i.bound.as_ref().map_or(classes, |b| b.eval(&dims) as u64);
+                Tensor::labels(shape, (0..n).map(|_| rng.below(b) as i64).collect())
+            } else if i.nograd {
+                Tensor::float(shape, (0..n).map(|_| (rng.uniform() > 0.5) as i64 as f64).collect())
+            } else if f.name == "anyloss_f1" {
+                Tensor::float(shape, (0..n).map(|_| rng.uniform()).collect())
+            } else {
+                Tensor::float(shape, (0..n).map(|_| scale * rng.normal()).collect())
+            };
+            (i.name.clone(), t)
+        })
+        .collect()
+}
 
 /// A loop's loss and the gradient of each differentiable input, by input name.
 pub struct Hand {
@@ -38,21 +72,29 @@ fn labels(t: &Tensor) -> Vec<usize> {
     t.to_f64().iter().map(|x| *x as usize).collect()
 }
 
+/// Scores `s[N, C]` and labels `y[N]` as f32 and indices, with N and C.
+fn scores_and_labels(m: &BTreeMap<String, Tensor>) -> (Vec<f32>, Vec<usize>, usize, usize) {
+    (f32s(&m["s"]), labels(&m["y"]), m["s"].shape[0], m["s"].shape[1])
+}
+
+/// log sum exp of a row, shifted by its maximum (sums in f64).
+fn logsumexp(row: &[f32]) -> f64 {
+    let mx = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    mx as f64 + row.iter().map(|x| (x - mx).exp() as f64).sum::<f64>().ln()
+}
+
 fn dot(x: &[f32], y: &[f32]) -> f64 {
     x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>() as f64
 }
 
 /// Cross-entropy: one pass for the row's max and logsumexp, one for the gradient (softmax - onehot)/N.
 fn cross_entropy(m: &BTreeMap<String, Tensor>) -> Hand {
-    let (s, y) = (f32s(&m["s"]), labels(&m["y"]));
-    let (n, c) = (m["s"].shape[0], m["s"].shape[1]);
+    let (s, y, n, c) = scores_and_labels(m);
     let mut g = vec![0f32; n * c];
     let mut loss = 0f64;
     for i in 0..n {
         let row = &s[i * c..(i + 1) * c];
-        let mx = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f64 = row.iter().map(|x| ((x - mx).exp()) as f64).sum();
-        let lse = mx as f64 + sum.ln();
+        let lse = logsumexp(row);
         loss += lse - row[y[i]] as f64;
         let gr = &mut g[i * c..(i + 1) * c];
         for k in 0..c {
@@ -67,8 +109,7 @@ fn cross_entropy(m: &BTreeMap<String, Tensor>) -> Hand {
 
 /// LDR-KL (lambda = 1): margin-shifted logsumexp; gradient = softmax(m) - onehot * sum.
 fn ldr_kl(m: &BTreeMap<String, Tensor>) -> Hand {
-    let (s, y) = (f32s(&m["s"]), labels(&m["y"]));
-    let (n, c) = (m["s"].shape[0], m["s"].shape[1]);
+    let (s, y, n, c) = scores_and_labels(m);
     let mut g = vec![0f32; n * c];
     let mut loss = 0f64;
     let mut mrow = vec![0f32; c];
@@ -78,9 +119,7 @@ fn ldr_kl(m: &BTreeMap<String, Tensor>) -> Hand {
         for k in 0..c {
             mrow[k] = (k != y[i]) as i32 as f32 + row[k] - sy;
         }
-        let mx = mrow.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f64 = mrow.iter().map(|x| (x - mx).exp() as f64).sum();
-        let lse = mx as f64 + sum.ln();
+        let lse = logsumexp(&mrow);
         loss += lse - (c as f64).ln();
         let gr = &mut g[i * c..(i + 1) * c];
         let mut total = 0f64;
@@ -375,8 +414,7 @@ fn sort_bce16(m: &BTreeMap<String, Tensor>) -> Hand {
 
 /// Z-loss, plain form, summed.
 fn z_loss(m: &BTreeMap<String, Tensor>) -> Hand {
-    let (s, y) = (f32s(&m["s"]), labels(&m["y"]));
-    let (n, c) = (m["s"].shape[0], m["s"].shape[1]);
+    let (s, y, n, c) = scores_and_labels(m);
     let mut g = vec![0f32; n * c];
     let mut loss = 0f64;
     for i in 0..n {
@@ -402,14 +440,12 @@ fn z_loss(m: &BTreeMap<String, Tensor>) -> Hand {
 
 /// KL-DRO over per-sample cross-entropy, lambda = 1.
 fn kl_dro(m: &BTreeMap<String, Tensor>) -> Hand {
-    let (s, y) = (f32s(&m["s"]), labels(&m["y"]));
-    let (n, c) = (m["s"].shape[0], m["s"].shape[1]);
+    let (s, y, n, c) = scores_and_labels(m);
     let mut lse = vec![0f64; n];
     let mut l = vec![0f64; n];
     for i in 0..n {
         let row = &s[i * c..(i + 1) * c];
-        let mx = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        lse[i] = mx as f64 + row.iter().map(|x| (x - mx).exp() as f64).sum::<f64>().ln();
+        lse[i] = logsumexp(row);
         l[i] = lse[i] - row[y[i]] as f64;
     }
     let lm = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
