@@ -88,6 +88,10 @@ pub enum CallError {
     /// to compile: a compiler limit, never the input's fault.
     #[error("the kernel's code for this call failed to compile: {0}")]
     Compile(String),
+    /// The device backend (CUDA) could not run the call: no driver or device, an allocation or a launch
+    /// failed. Never the input's fault.
+    #[error("the device could not run the kernel: {0}")]
+    Device(String),
 }
 
 /// A checked call: sizes of the dimension symbols, hyperparameter values and inputs in declaration order.

@@ -128,6 +128,8 @@ pub enum Emit {
     Opt,
     /// The Cranelift IR of every function of the JIT kernel (one per group of fused loop nests).
     Clif,
+    /// The CUDA C of the GPU kernel (one `__global__` kernel per group; needs no CUDA library).
+    Cuda,
 }
 
 #[derive(clap::Args, Debug)]
@@ -302,7 +304,7 @@ fn compile(file: &Path, emit: Emit, loss: Option<&str>) -> Result<String, Failur
             let ast = Program::parse_only(&file.display().to_string(), &text)?;
             Ok(syntax::print::file(&ast))
         }
-        Emit::Ir | Emit::Grad | Emit::Opt | Emit::Clif => {
+        Emit::Ir | Emit::Grad | Emit::Opt | Emit::Clif | Emit::Cuda => {
             let p = Program::from_file(file)?;
             let fs: Vec<&Function> = match loss {
                 Some(_) => vec![p.loss(loss).map_err(|d| Failure::Diags(Diags(vec![d])))?],
@@ -315,6 +317,7 @@ fn compile(file: &Path, emit: Emit, loss: Option<&str>) -> Result<String, Failur
                     Emit::Grad => crate::ir::print::readable(&crate::api::simplified_gradient(f).map_err(diag)?),
                     Emit::Opt => crate::ir::print::readable(&crate::api::gradient(f).map_err(diag)?),
                     Emit::Clif => clif(f)?,
+                    Emit::Cuda => crate::backend::cuda::generate(&crate::api::gradient(f).map_err(diag)?).source,
                     _ => crate::ir::print::function(f),
                 });
             }

@@ -165,6 +165,8 @@ codes! {
     UnknownLoss = "201",
     /// A file that cannot be read.
     Io = "202",
+    /// A backend that cannot run here: no CUDA driver or device, or NVRTC failed on the generated code.
+    Backend = "203",
 }
 
 impl fmt::Display for Code {

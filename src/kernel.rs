@@ -38,14 +38,28 @@ pub enum Backend {
     Jit,
     /// The f64 reference interpreter.
     Interp,
+    /// Generated CUDA kernels, run by the compiler's CUDA loader ([`Compiler::cuda_loader`]; the CUDA
+    /// driver and NVRTC when built with the `cuda` feature).
+    Cuda,
 }
 
 /// Compilation options.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Compiler {
     backend: Backend,
     threads: usize,
     specialise: BTreeMap<String, f64>,
+    cuda: Arc<dyn crate::backend::cuda::Loader>,
+}
+
+impl std::fmt::Debug for Compiler {
+    fn fmt(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        out.debug_struct("Compiler")
+            .field("backend", &self.backend)
+            .field("threads", &self.threads)
+            .field("specialise", &self.specialise)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Compiler {
@@ -67,7 +81,14 @@ impl Compiler {
             backend,
             threads,
             specialise: BTreeMap::new(),
+            cuda: crate::backend::cuda::default_loader(),
         }
+    }
+    /// What puts `Backend::Cuda` kernels on a device (the CUDA driver by default; the tests use an
+    /// emulation that runs the generated kernels on the CPU).
+    pub fn cuda_loader(mut self, loader: Arc<dyn crate::backend::cuda::Loader>) -> Compiler {
+        self.cuda = loader;
+        self
     }
     pub fn backend(mut self, backend: Backend) -> Compiler {
         self.backend = backend;
@@ -130,6 +151,7 @@ pub struct Kernel {
     fixed: Vec<String>,
     #[cfg(feature = "jit")]
     jit: Option<Arc<crate::backend::jit::Compiled>>,
+    cuda: Option<Arc<CudaKernel>>,
     threads: usize,
     timings: Timings,
 }
@@ -170,11 +192,28 @@ impl Kernel {
         } else {
             None
         };
+        let cuda = if options.backend == Backend::Cuda {
+            let t = Instant::now();
+            let program = crate::backend::cuda::generate(&g);
+            timings.stages.push(("cuda codegen", t.elapsed()));
+            let t = Instant::now();
+            let device = options.cuda.load(&program).map_err(|e| {
+                Diag::new(Code::Backend, e.to_string()).help("use `--backend jit` (the CPU) where no CUDA device is present")
+            })?;
+            timings.stages.push(("nvrtc+load", t.elapsed()));
+            Some(Arc::new(CudaKernel {
+                program,
+                device: std::sync::Mutex::new(device),
+            }))
+        } else {
+            None
+        };
         Ok(Kernel {
             function: Arc::new(g),
             fixed,
             #[cfg(feature = "jit")]
             jit,
+            cuda,
             threads: options.threads,
             timings,
         })
@@ -214,6 +253,10 @@ impl Kernel {
             return Err(CallError::HyperFixed { name: name.clone() });
         }
         let bound = call::bind(&self.function, inputs, hypers)?;
+        if let Some(cuda) = &self.cuda {
+            let mut device = cuda.device.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            return crate::backend::cuda::host::run(&cuda.program, &self.function, &bound, &mut **device);
+        }
         #[cfg(feature = "jit")]
         if let Some(jit) = &self.jit {
             return jit.run(&bound, self.threads);
@@ -292,6 +335,12 @@ impl Kernel {
         }
         Ok(e.loss)
     }
+}
+
+/// A kernel's CUDA program and the device it was loaded on (one call at a time).
+struct CudaKernel {
+    program: crate::backend::cuda::Program,
+    device: std::sync::Mutex<Box<dyn crate::backend::cuda::host::Device + Send>>,
 }
 
 /// Replaces the named hyperparameters by their (default) values as constants and re-optimizes.

@@ -19,10 +19,13 @@
 //! lives in that member's rows instead ([`Plan::host`]), as a whole `let` tensor may live in the buffer of
 //! its last reader in a later group.
 //! A nest that is a plain matrix product of two buffers ([`Contraction`]) may instead run as a GEMM.
-//! The Cranelift JIT consumes it; a CUDA C generator would map each group to a kernel launch.
+//! The Cranelift JIT consumes it, and the CUDA generator maps each group to a kernel launch.
 
 use std::collections::HashMap;
 
+use crate::backend::interp::Evaluation;
+use crate::call::CallError;
+use crate::data::Tensor;
 use crate::ir::{Dim, ElemTy, Expr, Function, IndexId, NodeId, ReduceOp, Role, Scalar, TensorId, TensorRef};
 use crate::prims::Prim;
 
@@ -333,6 +336,47 @@ impl Plan {
             TensorRef::Input(i) => i as usize,
             TensorRef::Def(t) => f.inputs.len() + t.index(),
         }
+    }
+}
+
+impl Plan {
+    /// The loss, outputs and gradients of an executed plan, as f64 tensors: `values(k)` reads buffer `k`
+    /// (every backend that runs a plan collects its results here).
+    pub fn evaluation(&self, f: &Function, sizes: &[i64], mut values: impl FnMut(usize) -> Vec<f64>) -> Evaluation {
+        let mut loss = f64::NAN;
+        let mut outputs = Vec::new();
+        let mut grads = Vec::new();
+        for nest in &self.nests {
+            let k = self.buffer_of(f, TensorRef::Def(nest.tensor));
+            let shape = || -> Vec<usize> { self.buffers[k].shape.iter().map(|d| d.eval(sizes) as usize).collect() };
+            match nest.role {
+                Role::Loss => loss = values(k).first().copied().unwrap_or(f64::NAN),
+                Role::Output => outputs.push((f.tensor(nest.tensor).name.clone(), Tensor::float(shape(), values(k)))),
+                Role::Grad(i) => grads.push((f.inputs[i as usize].name.clone(), Tensor::float(shape(), values(k)))),
+                Role::Let => {}
+            }
+        }
+        Evaluation { loss, outputs, grads }
+    }
+}
+
+/// The error a generated bounds check reports: the load `node` (as the check records it, plus one), the
+/// axis and the subscript's value.
+pub fn index_error(f: &Function, sizes: &[i64], node_plus_one: i64, axis: i64, value: i64) -> CallError {
+    let node = NodeId((node_plus_one - 1) as u32);
+    let (tensor, shape) = match f.nodes().get(node.index()).map(|n| &n.expr) {
+        Some(Expr::Load { tensor, .. }) => (f.ref_name(*tensor).to_string(), f.ref_shape(*tensor)),
+        _ => (String::from("?"), vec![]),
+    };
+    let axis = axis as usize;
+    let size = shape.get(axis).map_or(0, |d| d.eval(sizes) as usize);
+    let span = f.nodes().get(node.index()).map_or(f.span, |_| f.span(node));
+    CallError::IndexOutOfRange {
+        tensor,
+        axis,
+        value,
+        size,
+        span,
     }
 }
 

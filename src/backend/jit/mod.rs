@@ -69,7 +69,7 @@ mod simd;
 use super::interp::Evaluation;
 use super::loops::{Contraction, Group, Nest, Plan, split_members};
 use crate::call::{Bound, CallError};
-use crate::data::{Data, Tensor};
+use crate::data::Data;
 use crate::ir::{Dim, Expr, Function, IndexId, NodeId, ReduceOp, Role, Scalar, TensorRef};
 use crate::prims::{Cost, Prim};
 
@@ -920,20 +920,7 @@ impl Compiled {
                 );
             }
             if let Some(e) = errs.iter().find(|e| e[0] != 0) {
-                let node = NodeId((e[0] - 1) as u32);
-                let (tensor, shape) = match &f.node(node).expr {
-                    Expr::Load { tensor, .. } => (f.ref_name(*tensor).to_string(), f.ref_shape(*tensor)),
-                    _ => (String::from("?"), vec![]),
-                };
-                let axis = e[1] as usize;
-                let size = shape.get(axis).map_or(0, |d| d.eval(sizes) as usize);
-                return Err(CallError::IndexOutOfRange {
-                    tensor,
-                    axis,
-                    value: e[2],
-                    size,
-                    span: f.span(node),
-                });
+                return Err(super::loops::index_error(f, sizes, e[0], e[1], e[2]));
             }
         }
         if let Ok(mut kept) = self.transposed_right.try_lock()
@@ -946,30 +933,11 @@ impl Compiled {
 
     /// The loss, outputs and gradients held in executed buffers, as f64 tensors.
     pub fn collect(&self, buffers: &Buffers) -> Evaluation {
-        let f = &self.function;
-        let mut loss = f64::NAN;
-        let mut outputs = Vec::new();
-        let mut grads = Vec::new();
-        for nest in &self.plan.nests {
-            let k = self.plan.buffer_of(f, TensorRef::Def(nest.tensor));
-            let shape: Vec<usize> = self.plan.buffers[k]
-                .shape
-                .iter()
-                .map(|d| d.eval(&buffers.sizes) as usize)
-                .collect();
-            let values = || match &buffers.stores[k] {
-                Store::F(v) => v.iter().map(|x| *x as f64).collect::<Vec<f64>>(),
-                Store::I(v) => v.iter().map(|x| *x as f64).collect(),
-                Store::C(v) => v.iter().map(|x| (*x != 0) as u8 as f64).collect(),
-            };
-            match nest.role {
-                Role::Loss => loss = values().first().copied().unwrap_or(f64::NAN),
-                Role::Output => outputs.push((f.tensor(nest.tensor).name.clone(), Tensor::float(shape, values()))),
-                Role::Grad(i) => grads.push((f.inputs[i as usize].name.clone(), Tensor::float(shape, values()))),
-                Role::Let => {}
-            }
-        }
-        Evaluation { loss, outputs, grads }
+        self.plan.evaluation(&self.function, &buffers.sizes, |k| match &buffers.stores[k] {
+            Store::F(v) => v.iter().map(|x| *x as f64).collect(),
+            Store::I(v) => v.iter().map(|x| *x as f64).collect(),
+            Store::C(v) => v.iter().map(|x| (*x != 0) as u8 as f64).collect(),
+        })
     }
 
     /// Bytes read from inputs plus bytes of gradients written: the memory floor of one call.

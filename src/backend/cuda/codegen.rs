@@ -1,0 +1,617 @@
+//! CUDA C for each group of a [`Plan`]: kernel shapes, expressions, reductions (see the module doc of
+//! [`super`]).
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write;
+
+use super::{KernelSpec, PRELUDE, Shape};
+use crate::backend::loops::{Group, Nest, Plan, split_members};
+use crate::ir::{Dim, Expr, Function, IndexId, NodeId, ReduceOp, Scalar, TensorRef};
+use crate::prims::Prim;
+
+/// The whole source and the kernels in launch order.
+pub(super) fn source(f: &Function, plan: &Plan) -> (String, Vec<KernelSpec>) {
+    let mut out = String::new();
+    let _ = writeln!(out, "// lossc: CUDA kernels of loss `{}` (generated; one kernel per group)", f.name);
+    out.push_str(PRELUDE);
+    let mut kernels = Vec::new();
+    for (k, group) in plan.groups.iter().enumerate() {
+        let members = plan.members(group);
+        let (shape, extent) = shape_of(f, &members);
+        let name = format!("lossc_g{k}");
+        let mut e = Emit::new(f, plan);
+        e.kernel(&name, group, shape, &extent);
+        out.push('\n');
+        out.push_str(&e.text);
+        kernels.push(KernelSpec { name, shape, extent });
+    }
+    (out, kernels)
+}
+
+fn reduces(f: &Function, body: NodeId) -> bool {
+    f.reachable(&[body]).iter().any(|n| matches!(f.node(*n).expr, Expr::Reduce { .. }))
+}
+
+/// The launch shape of a group and the extent its grid covers.
+fn shape_of(f: &Function, members: &[&Nest]) -> (Shape, Dim) {
+    if members[0].head.is_empty() || split_members(f, members).is_some() {
+        return (Shape::Single, Dim::Const(1));
+    }
+    if let [only] = members
+        && !reduces(f, only.body)
+    {
+        let total = only.head.iter().map(|(_, d)| d.clone()).reduce(|a, b| Dim::Mul(Box::new(a), Box::new(b)));
+        return (Shape::Flat, total.unwrap_or(Dim::Const(1)));
+    }
+    let rows = members[0].head[0].1.clone();
+    if members.iter().all(|m| m.head.len() == 1 && !reduces(f, m.body)) {
+        (Shape::ThreadRows, rows)
+    } else {
+        (Shape::BlockRows, rows)
+    }
+}
+
+/// The C type a node's value has.
+fn c_type(s: Scalar) -> &'static str {
+    match s {
+        Scalar::Float => "float",
+        Scalar::Int => "long long",
+        Scalar::Bool => "bool",
+    }
+}
+
+/// The C type a buffer's elements have.
+fn elem_type(s: Scalar) -> &'static str {
+    match s {
+        Scalar::Float => "float",
+        Scalar::Int => "long long",
+        Scalar::Bool => "int",
+    }
+}
+
+fn float_literal(x: f32) -> String {
+    if x.is_nan() {
+        "LX_NAN".into()
+    } else if x.is_infinite() {
+        if x > 0.0 { "LX_INF".into() } else { "(-LX_INF)".into() }
+    } else if x < 0.0 || (x == 0.0 && x.is_sign_negative()) {
+        format!("({x:?}f)")
+    } else {
+        format!("{x:?}f")
+    }
+}
+
+fn int_literal(i: i64) -> String {
+    match i {
+        i64::MIN => "(-9223372036854775807LL - 1)".into(),
+        i if i < 0 => format!("({i}LL)"),
+        i => format!("{i}LL"),
+    }
+}
+
+fn index_var(i: IndexId) -> String {
+    format!("i{}", i.0)
+}
+
+struct Emit<'a> {
+    f: &'a Function,
+    plan: &'a Plan,
+    text: String,
+    depth: usize,
+    /// Values computed in each open C scope, innermost last.
+    frames: Vec<HashMap<NodeId, String>>,
+    fresh: usize,
+}
+
+impl<'a> Emit<'a> {
+    fn new(f: &'a Function, plan: &'a Plan) -> Emit<'a> {
+        Emit {
+            f,
+            plan,
+            text: String::new(),
+            depth: 0,
+            frames: vec![HashMap::new()],
+            fresh: 0,
+        }
+    }
+
+    fn line(&mut self, s: impl AsRef<str>) {
+        for _ in 0..self.depth {
+            self.text.push_str("    ");
+        }
+        self.text.push_str(s.as_ref());
+        self.text.push('\n');
+    }
+
+    fn open(&mut self, head: impl AsRef<str>) {
+        let head = head.as_ref();
+        self.line(if head.is_empty() { "{".to_string() } else { format!("{head} {{") });
+        self.depth += 1;
+        self.frames.push(HashMap::new());
+    }
+
+    fn close(&mut self) {
+        self.frames.pop();
+        self.depth -= 1;
+        self.line("}");
+    }
+
+    fn name(&mut self, prefix: &str) -> String {
+        self.fresh += 1;
+        format!("{prefix}{}", self.fresh)
+    }
+
+    fn lookup(&self, n: NodeId) -> Option<String> {
+        self.frames.iter().rev().find_map(|fr| fr.get(&n).cloned())
+    }
+
+    fn remember(&mut self, n: NodeId, v: String) {
+        self.frames.last_mut().expect("a frame").insert(n, v);
+    }
+
+    fn dim(&self, d: &Dim) -> String {
+        match d {
+            Dim::Const(c) => int_literal(*c),
+            Dim::Sym(s) => format!("d{}", s.0),
+            Dim::Add(a, b) => format!("({} + {})", self.dim(a), self.dim(b)),
+            Dim::Sub(a, b) => format!("({} - {})", self.dim(a), self.dim(b)),
+            Dim::Mul(a, b) => format!("({} * {})", self.dim(a), self.dim(b)),
+        }
+    }
+
+    fn kernel(&mut self, name: &str, group: &Group, shape: Shape, extent: &Dim) {
+        let (f, plan) = (self.f, self.plan);
+        let members = plan.members(group);
+        let names: Vec<&str> = members.iter().map(|m| f.tensor(m.tensor).name.as_str()).collect();
+        self.line(format!("// {}: {}", name, names.join(", ")));
+        self.open(format!(
+            "extern \"C\" __global__ void {name}(void* const* B, const long long* D, const double* H, unsigned long long* E)"
+        ));
+        // The buffers the group reads or writes.
+        let mut used = BTreeSet::new();
+        for m in &members {
+            used.insert(plan.buffer_of(f, TensorRef::Def(m.tensor)));
+            for n in f.reachable(&[m.body]) {
+                if let Expr::Load { tensor, .. } = &f.node(n).expr {
+                    used.insert(plan.buffer_of(f, *tensor));
+                }
+            }
+        }
+        for b in used {
+            let ty = elem_type(plan.buffers[b].scalar);
+            self.line(format!("{ty}* const b{b} = ({ty}*)B[{b}]; // {}", plan.buffers[b].name));
+        }
+        for (k, d) in f.dims.iter().enumerate() {
+            self.line(format!("const long long d{k} = D[{k}]; // {}", d.name));
+        }
+        self.line("(void)E; (void)H; (void)D;");
+        if matches!(shape, Shape::BlockRows | Shape::Single) {
+            self.line("__shared__ double lx_sd[33];");
+            self.line("__shared__ float lx_sf[33];");
+            self.line("__shared__ long long lx_si[33];");
+            self.line("__shared__ lx_arg lx_sa[33];");
+        }
+        let extent = self.dim(extent);
+        match shape {
+            Shape::Flat => {
+                let nest = members[0];
+                self.open(format!(
+                    "for (long long lx_e = blockIdx.x * (long long)blockDim.x + threadIdx.x; lx_e < {extent}; lx_e += (long long)gridDim.x * blockDim.x)"
+                ));
+                self.decode("lx_e", &nest.head);
+                self.element(nest, "lx_e");
+                self.close();
+            }
+            Shape::ThreadRows => {
+                self.open(format!(
+                    "for (long long lx_row = blockIdx.x * (long long)blockDim.x + threadIdx.x; lx_row < {extent}; lx_row += (long long)gridDim.x * blockDim.x)"
+                ));
+                for nest in &members {
+                    self.open("");
+                    self.line(format!("const long long {} = lx_row;", index_var(nest.head[0].0)));
+                    self.element(nest, "lx_row");
+                    self.close();
+                }
+                self.close();
+            }
+            Shape::BlockRows => {
+                self.open(format!(
+                    "for (long long lx_row = blockIdx.x; lx_row < {extent}; lx_row += gridDim.x)"
+                ));
+                for nest in &members {
+                    self.open("");
+                    let outer = nest.head[0].0;
+                    self.line(format!("const long long {} = lx_row;", index_var(outer)));
+                    self.cooperative(nest.body, &[outer]);
+                    let rest = &nest.head[1..];
+                    if rest.is_empty() {
+                        self.open("if (threadIdx.x == 0)");
+                        self.element(nest, "lx_row");
+                        self.close();
+                    } else {
+                        let count = self.extent_of(rest);
+                        self.open(format!(
+                            "for (long long lx_e = threadIdx.x; lx_e < {count}; lx_e += blockDim.x)"
+                        ));
+                        self.decode("lx_e", rest);
+                        self.element(nest, &format!("lx_row * {count} + lx_e"));
+                        self.close();
+                    }
+                    self.close();
+                    self.line("__syncthreads();");
+                }
+                self.close();
+            }
+            Shape::Single => {
+                for nest in &members {
+                    self.open("");
+                    if nest.head.is_empty() {
+                        self.cooperative(nest.body, &[]);
+                        self.open("if (threadIdx.x == 0)");
+                        self.element(nest, "0");
+                        self.close();
+                    } else {
+                        let count = self.extent_of(&nest.head);
+                        self.open(format!(
+                            "for (long long lx_e = threadIdx.x; lx_e < {count}; lx_e += blockDim.x)"
+                        ));
+                        self.decode("lx_e", &nest.head);
+                        self.element(nest, "lx_e");
+                        self.close();
+                    }
+                    self.close();
+                    self.line("__syncthreads();");
+                }
+            }
+        }
+        self.close();
+    }
+
+    fn extent_of(&self, head: &[(IndexId, Dim)]) -> String {
+        let parts: Vec<String> = head.iter().map(|(_, d)| self.dim(d)).collect();
+        if parts.len() == 1 { parts[0].clone() } else { format!("({})", parts.join(" * ")) }
+    }
+
+    /// Declares the indices of `head` from a row-major position `flat` within it.
+    fn decode(&mut self, flat: &str, head: &[(IndexId, Dim)]) {
+        if let [(i, _)] = head {
+            self.line(format!("const long long {} = {flat};", index_var(*i)));
+            return;
+        }
+        let q = self.name("lx_q");
+        self.line(format!("long long {q} = {flat};"));
+        for (k, (i, d)) in head.iter().enumerate().rev() {
+            if k == 0 {
+                self.line(format!("const long long {} = {q};", index_var(*i)));
+            } else {
+                let d = self.dim(d);
+                self.line(format!("const long long {} = {q} % {d}; {q} /= {d};", index_var(*i)));
+            }
+        }
+    }
+
+    /// Computes a nest's element and stores it at `flat` of its buffer.
+    fn element(&mut self, nest: &Nest, flat: &str) {
+        let b = self.plan.buffer_of(self.f, TensorRef::Def(nest.tensor));
+        let v = self.value(nest.body);
+        let v = match self.plan.buffers[b].scalar {
+            Scalar::Bool => format!("(int)({v})"),
+            _ => v,
+        };
+        self.line(format!("b{b}[{flat}] = {v};"));
+    }
+
+    /// Computes, with the whole block, every reduction that `root` reaches unconditionally (not inside a
+    /// lazily evaluated side, nor inside another reduction) and whose free indices are all in `bound`.
+    fn cooperative(&mut self, root: NodeId, bound: &[IndexId]) {
+        let f = self.f;
+        let mut found = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = vec![root];
+        while let Some(n) = stack.pop() {
+            if !seen.insert(n) {
+                continue;
+            }
+            let node = f.node(n);
+            match &node.expr {
+                Expr::Reduce { .. } => {
+                    if node.free.iter().all(|i| bound.contains(i)) {
+                        found.push(n);
+                    }
+                }
+                Expr::Prim {
+                    prim: Prim::Select,
+                    args,
+                } if self.lazy(args[1]) || self.lazy(args[2]) => stack.push(args[0]),
+                Expr::Prim {
+                    prim: Prim::And | Prim::Or,
+                    args,
+                } if self.lazy(args[1]) => stack.push(args[0]),
+                e => stack.extend(e.operands()),
+            }
+        }
+        found.sort_unstable();
+        for n in found {
+            if self.lookup(n).is_some() {
+                continue;
+            }
+            let Expr::Reduce {
+                op,
+                indices,
+                mask,
+                body,
+            } = f.node(n).expr.clone()
+            else {
+                continue;
+            };
+            let v = self.reduce(op, &indices, mask, body, true);
+            self.remember(n, v);
+        }
+    }
+
+    /// Whether evaluating `n` may fail or loop, so that a choice around it must branch.
+    fn lazy(&self, n: NodeId) -> bool {
+        self.plan.branching[n.index()]
+    }
+
+    /// A C expression (a variable or a literal) holding node `n`'s value in the current scope.
+    fn value(&mut self, n: NodeId) -> String {
+        if let Some(v) = self.lookup(n) {
+            return v;
+        }
+        let node = self.f.node(n).clone();
+        let v = match &node.expr {
+            Expr::Float(bits) => return float_literal(f64::from_bits(*bits) as f32),
+            Expr::Int(i) => return int_literal(*i),
+            Expr::Bool(b) => return b.to_string(),
+            Expr::Index(i) => return index_var(*i),
+            Expr::Size(d) => return self.dim(d),
+            Expr::Hyper(h) => match node.scalar {
+                Scalar::Int => format!("(long long)H[{h}]"),
+                _ => format!("(float)H[{h}]"),
+            },
+            Expr::Load { tensor, subs } => self.load(n, *tensor, subs),
+            Expr::Prim { prim, args } => match self.prim(n, *prim, args, node.scalar) {
+                Ok(expr) => expr,
+                Err(var) => {
+                    self.remember(n, var.clone());
+                    return var;
+                }
+            },
+            Expr::Reduce {
+                op,
+                indices,
+                mask,
+                body,
+            } => {
+                let v = self.reduce(*op, indices, *mask, *body, false);
+                self.remember(n, v.clone());
+                return v;
+            }
+        };
+        let var = format!("v{}", n.0);
+        self.line(format!("const {} {var} = {v};", c_type(node.scalar)));
+        self.remember(n, var.clone());
+        var
+    }
+
+    fn load(&mut self, n: NodeId, tensor: TensorRef, subs: &[NodeId]) -> String {
+        let b = self.plan.buffer_of(self.f, tensor);
+        let shape = self.plan.buffers[b].shape.clone();
+        let mut flat = String::new();
+        for (axis, (s, d)) in subs.iter().zip(&shape).enumerate() {
+            let mut v = self.value(*s);
+            let size = self.dim(d);
+            if !self.f.in_range(*s, d) {
+                v = format!("lx_check({v}, {size}, E, {}ULL, {axis}ULL)", n.0);
+            }
+            flat = if axis == 0 { v } else { format!("({flat}) * {size} + {v}") };
+        }
+        if flat.is_empty() {
+            flat = "0".into();
+        }
+        match self.plan.buffers[b].scalar {
+            Scalar::Bool => format!("(b{b}[{flat}] != 0)"),
+            _ => format!("b{b}[{flat}]"),
+        }
+    }
+
+    /// A primitive: `Ok(expression)`, or `Err(variable)` when it was computed into a variable by branches.
+    fn prim(&mut self, n: NodeId, prim: Prim, args: &[NodeId], scalar: Scalar) -> Result<String, String> {
+        use Prim::*;
+        let lazy = match prim {
+            Select => self.lazy(args[1]) || self.lazy(args[2]),
+            And | Or => self.lazy(args[1]),
+            _ => false,
+        };
+        if lazy {
+            let var = format!("v{}", n.0);
+            let c = self.value(args[0]);
+            let (then, other) = match prim {
+                Select => (Some(args[1]), Some(args[2])),
+                And => (Some(args[1]), None),
+                _ => (None, Some(args[1])),
+            };
+            self.line(format!("{} {var};", c_type(scalar)));
+            for (head, side, constant) in [(format!("if ({c})"), then, "false"), ("else".to_string(), other, "true")] {
+                self.open(head);
+                let v = side.map_or_else(|| constant.to_string(), |s| self.value(s));
+                self.line(format!("{var} = {v};"));
+                self.close();
+            }
+            return Err(var);
+        }
+        let a: Vec<String> = args.iter().map(|x| self.value(*x)).collect();
+        let int = scalar == Scalar::Int;
+        Ok(match prim {
+            Add => format!("({} + {})", a[0], a[1]),
+            Sub => format!("({} - {})", a[0], a[1]),
+            Mul => format!("({} * {})", a[0], a[1]),
+            // A scalar divisor: the product with its reciprocal, as the JIT computes it.
+            Div if self.f.node(args[1]).free.is_empty() => format!("({} * (1.0f / {}))", a[0], a[1]),
+            Div => format!("({} / {})", a[0], a[1]),
+            Neg => format!("(-{})", a[0]),
+            Min if int => format!("lx_mini({}, {})", a[0], a[1]),
+            Max if int => format!("lx_maxi({}, {})", a[0], a[1]),
+            Abs if int => format!("lx_absi({})", a[0]),
+            Sign if int => format!("lx_signi({})", a[0]),
+            Min => format!("lx_min({}, {})", a[0], a[1]),
+            Max => format!("lx_max({}, {})", a[0], a[1]),
+            Abs => format!("fabsf({})", a[0]),
+            Sign => format!("lx_sign({})", a[0]),
+            Pow => format!("powf({}, {})", a[0], a[1]),
+            Exp => format!("expf({})", a[0]),
+            Log => format!("logf({})", a[0]),
+            Log1p => format!("log1pf({})", a[0]),
+            Expm1 => format!("expm1f({})", a[0]),
+            Sqrt => format!("sqrtf({})", a[0]),
+            Sigmoid => format!("lx_sigmoid({})", a[0]),
+            Softplus => format!("lx_softplus({})", a[0]),
+            Tanh => format!("tanhf({})", a[0]),
+            Relu => format!("lx_relu({})", a[0]),
+            Atan => format!("atanf({})", a[0]),
+            Clamp => format!("lx_clamp({}, {}, {})", a[0], a[1], a[2]),
+            Eq => format!("({} == {})", a[0], a[1]),
+            Ne => format!("({} != {})", a[0], a[1]),
+            Lt => format!("({} < {})", a[0], a[1]),
+            Le => format!("({} <= {})", a[0], a[1]),
+            Gt => format!("({} > {})", a[0], a[1]),
+            Ge => format!("({} >= {})", a[0], a[1]),
+            And => format!("({} && {})", a[0], a[1]),
+            Or => format!("({} || {})", a[0], a[1]),
+            Not => format!("(!{})", a[0]),
+            Select => format!("({} ? {} : {})", a[0], a[1], a[2]),
+            Iverson => format!("({} ? 1.0f : 0.0f)", a[0]),
+            ToFloat => format!("(float){}", a[0]),
+            StopGrad => a[0].clone(),
+        })
+    }
+
+    /// Opens the loops over a reduction's indices (serially, or strided over the block's threads) and
+    /// its mask; `body` runs inside; every scope is closed after.
+    fn reduce_loops(&mut self, indices: &[IndexId], mask: Option<NodeId>, block: bool, body: &mut dyn FnMut(&mut Self, &str)) {
+        let ranges: Vec<(IndexId, Dim)> = indices.iter().map(|i| (*i, self.f.index(*i).range.clone())).collect();
+        let mut opened = 0;
+        let position;
+        if block {
+            let total = self.extent_of(&ranges);
+            let p = self.name("lx_p");
+            self.open(format!("for (long long {p} = threadIdx.x; {p} < {total}; {p} += blockDim.x)"));
+            opened += 1;
+            self.decode(&p, &ranges);
+            position = p;
+        } else {
+            let mut pos = String::new();
+            for (k, (i, d)) in ranges.iter().enumerate() {
+                let (v, d) = (index_var(*i), self.dim(d));
+                self.open(format!("for (long long {v} = 0; {v} < {d}; ++{v})"));
+                opened += 1;
+                pos = if k == 0 { v } else { format!("({pos}) * {d} + {v}") };
+            }
+            position = pos;
+        }
+        if let Some(m) = mask {
+            let c = self.value(m);
+            self.open(format!("if ({c})"));
+            opened += 1;
+        }
+        body(self, &position);
+        for _ in 0..opened {
+            self.close();
+        }
+    }
+
+    /// A reduction, serially in this thread or (`block`) by the whole block; returns its variable.
+    fn reduce(&mut self, op: ReduceOp, indices: &[IndexId], mask: Option<NodeId>, body: NodeId, block: bool) -> String {
+        let acc = self.name("lx_a");
+        let out = self.name("lx_r");
+        let combine = |e: &mut Self, acc: &str, ty: &str, op: &str, scratch: &str| {
+            if block {
+                e.line(format!("{acc} = lx_block_reduce<{ty}>({acc}, {op}(), {scratch});"));
+            }
+        };
+        match op {
+            ReduceOp::Sum | ReduceOp::Prod | ReduceOp::Mean => {
+                let (init, upd) = if op == ReduceOp::Prod { ("1.0", "*=") } else { ("0.0", "+=") };
+                self.line(format!("double {acc} = {init};"));
+                let count = self.name("lx_n");
+                if op == ReduceOp::Mean {
+                    self.line(format!("long long {count} = 0;"));
+                }
+                self.reduce_loops(indices, mask, block, &mut |e, _| {
+                    let v = e.value(body);
+                    e.line(format!("{acc} {upd} (double){v};"));
+                    if op == ReduceOp::Mean {
+                        e.line(format!("{count} += 1;"));
+                    }
+                });
+                let fold = if op == ReduceOp::Prod { "lx_mul_d" } else { "lx_add_d" };
+                combine(self, &acc, "double", fold, "lx_sd");
+                if op == ReduceOp::Mean {
+                    combine(self, &count, "long long", "lx_add_i", "lx_si");
+                    self.line(format!("const float {out} = (float)({acc} / (double){count});"));
+                } else {
+                    self.line(format!("const float {out} = (float){acc};"));
+                }
+            }
+            ReduceOp::Count => {
+                self.line(format!("long long {acc} = 0;"));
+                self.reduce_loops(indices, mask, block, &mut |e, _| {
+                    let v = e.value(body);
+                    e.line(format!("{acc} += ({v}) ? 1 : 0;"));
+                });
+                combine(self, &acc, "long long", "lx_add_i", "lx_si");
+                self.line(format!("const long long {out} = {acc};"));
+            }
+            ReduceOp::Max | ReduceOp::Min => {
+                let (init, pick, fold) = match op {
+                    ReduceOp::Max => ("(-LX_INF)", "lx_max", "lx_max_f"),
+                    _ => ("LX_INF", "lx_min", "lx_min_f"),
+                };
+                self.line(format!("float {acc} = {init};"));
+                self.reduce_loops(indices, mask, block, &mut |e, _| {
+                    let v = e.value(body);
+                    e.line(format!("{acc} = {pick}({acc}, (float){v});"));
+                });
+                combine(self, &acc, "float", fold, "lx_sf");
+                self.line(format!("const float {out} = {acc};"));
+            }
+            ReduceOp::LogSumExp => {
+                // Two passes: the maximum, then the sum of exp(x - max); a maximum of ±inf or NaN is the result.
+                self.line(format!("float {acc} = (-LX_INF);"));
+                self.reduce_loops(indices, mask, block, &mut |e, _| {
+                    let v = e.value(body);
+                    e.line(format!("{acc} = lx_max({acc}, (float){v});"));
+                });
+                combine(self, &acc, "float", "lx_max_f", "lx_sf");
+                self.line(format!("float {out} = {acc};"));
+                self.open(format!("if ({acc} == {acc} && {acc} != LX_INF && {acc} != -LX_INF)"));
+                let sum = self.name("lx_s");
+                self.line(format!("double {sum} = 0.0;"));
+                self.reduce_loops(indices, mask, block, &mut |e, _| {
+                    let v = e.value(body);
+                    e.line(format!("{sum} += (double)expf((float){v} - {acc});"));
+                });
+                combine(self, &sum, "double", "lx_add_d", "lx_sd");
+                self.line(format!("{out} = (float)((double){acc} + log({sum}));"));
+                self.close();
+            }
+            ReduceOp::ArgMax | ReduceOp::ArgMin => {
+                let (max, fold) = match op {
+                    ReduceOp::ArgMax => ("true", "lx_argmax"),
+                    _ => ("false", "lx_argmin"),
+                };
+                self.line(format!("lx_arg {acc}; {acc}.v = 0.0f; {acc}.p = -1;"));
+                self.reduce_loops(indices, mask, block, &mut |e, pos| {
+                    let v = e.value(body);
+                    let c = e.name("lx_c");
+                    e.line(format!("lx_arg {c}; {c}.v = (float){v}; {c}.p = {pos};"));
+                    e.line(format!("{acc} = lx_arg_pick({acc}, {c}, {max});"));
+                });
+                combine(self, &acc, "lx_arg", fold, "lx_sa");
+                self.line(format!("const long long {out} = {acc}.p;"));
+            }
+        }
+        out
+    }
+}

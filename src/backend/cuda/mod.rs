@@ -1,0 +1,115 @@
+//! The CUDA backend: the loop [`Plan`] lowered to CUDA C, one `__global__` kernel per group, compiled at
+//! run time by NVRTC and launched through the CUDA driver (cudarc, behind the `cuda` feature).
+//!
+//! Generating the source needs no CUDA library (`lossc compile FILE --emit cuda` works in every build);
+//! only running it does. [`host`] is the host side shared by every device: buffers, launch order and
+//! geometry, the bounds-check flag, results. It drives any [`host::Device`]: the CUDA driver
+//! (`driver.rs`), or the emulation of the tests, which compiles the same source with the host C++
+//! compiler against a header that runs each block's threads as OS threads.
+//!
+//! A kernel's launch shape ([`Shape`]) follows its group:
+//! - `Flat`: one nest without reductions: one thread per element, grid-stride over all of them.
+//! - `ThreadRows`: several vectors (one element per row) without reductions: one thread per row, each
+//!   running every member for its row in turn.
+//! - `BlockRows`: a row-fused group: one block per row (grid-stride over rows); each member's elements
+//!   of the row are spread over the block's threads, and each reduction that depends on the row only is
+//!   computed by the whole block (strided partials, then a warp-shuffle tree and the warps in order);
+//!   `__syncthreads` between members, so a member reads the earlier members' row complete.
+//! - `Single`: rank-0 nests (the loss, sums over the batch) and groups of sibling sums: one block.
+//!
+//! Kernel ABI: `(void* const* buffers, const long long* dims, const double* hypers,
+//! unsigned long long* err)`, all device pointers: the buffer table (inputs, then one per tensor, as
+//! [`Plan::buffers`]), the sizes of the dimension symbols, the hyperparameters, and the bounds-check
+//! flag (node + 1, axis, value of the first subscript found out of range).
+//!
+//! Storage: floats as f32, integers as i64, conditions as i32 (0 or 1). Every tensor has a buffer of its
+//! own: the plan's row-private tensors and hosts are permissions the CUDA generator does not use yet.
+
+pub mod host;
+
+#[cfg(feature = "cuda")]
+pub mod driver;
+
+mod codegen;
+
+use crate::backend::loops::Plan;
+use crate::ir::{Dim, Function};
+
+/// The helpers every generated kernel uses (prepended to the generated source).
+pub const PRELUDE: &str = include_str!("prelude.cuh");
+
+/// How a kernel's threads cover its group (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    Flat,
+    ThreadRows,
+    BlockRows,
+    Single,
+}
+
+/// One generated kernel: its name, launch shape, and the extent its grid covers (elements for `Flat`,
+/// rows for `ThreadRows` and `BlockRows`; `Single` runs one block).
+#[derive(Clone, Debug)]
+pub struct KernelSpec {
+    pub name: String,
+    pub shape: Shape,
+    pub extent: Dim,
+}
+
+/// The CUDA C of one optimized function: the source (prelude included) and its kernels in launch order.
+#[derive(Clone, Debug)]
+pub struct Program {
+    pub source: String,
+    pub kernels: Vec<KernelSpec>,
+    pub plan: Plan,
+}
+
+/// Why a program could not be generated or run on a device.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CudaError {
+    #[error("CUDA is not available: {0}")]
+    Unavailable(String),
+    #[error("NVRTC could not compile the generated kernels: {0}")]
+    Compile(String),
+    #[error("CUDA driver error: {0}")]
+    Driver(String),
+}
+
+/// Puts programs on a device: NVRTC and the CUDA driver ([`driver`], feature `cuda`), or an emulation
+/// (the tests'). A [`crate::Compiler`] takes one with [`crate::Compiler::cuda_loader`].
+pub trait Loader: Send + Sync {
+    /// Compiles a program's source for the device and loads its kernels.
+    fn load(&self, program: &Program) -> Result<Box<dyn host::Device + Send>, CudaError>;
+}
+
+/// The loader `Backend::Cuda` uses unless the compiler was given one: the CUDA driver when lossc is built
+/// with the `cuda` feature, else one that says so.
+pub fn default_loader() -> std::sync::Arc<dyn Loader> {
+    #[cfg(feature = "cuda")]
+    {
+        std::sync::Arc::new(driver::Driver)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        std::sync::Arc::new(NoCuda)
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+struct NoCuda;
+
+#[cfg(not(feature = "cuda"))]
+impl Loader for NoCuda {
+    fn load(&self, _: &Program) -> Result<Box<dyn host::Device + Send>, CudaError> {
+        Err(CudaError::Unavailable(
+            "this lossc was built without the `cuda` feature (cargo build --features cuda)".into(),
+        ))
+    }
+}
+
+/// Generates the CUDA C of an optimized loss-and-gradient function.
+pub fn generate(f: &Function) -> Program {
+    let plan = Plan::new(f);
+    let (source, kernels) = codegen::source(f, &plan);
+    Program { source, kernels, plan }
+}

@@ -1,0 +1,90 @@
+// lossc CUDA prelude: the helpers every generated kernel uses. Plain CUDA C++ (NVRTC compiles it with no
+// headers); the emulation header of the tests defines the same built-ins on the host.
+//
+// Numerics follow the JIT: f32 elementwise arithmetic, reductions accumulated in f64 (sum, mean, prod,
+// logsumexp's sum), max/min/clamp/relu propagating NaN as the interpreter does, sigmoid and softplus in
+// their stable forms. Block reductions combine per-thread partials in a fixed order (a warp-shuffle tree,
+// then the warps' results in warp order), so a result depends on the block size only through rounding.
+
+#define LX_INF __int_as_float(0x7f800000)
+#define LX_NAN __int_as_float(0x7fffffff)
+
+__device__ __forceinline__ float lx_max(float a, float b) { return a != a ? a : (b != b ? b : (a > b ? a : b)); }
+__device__ __forceinline__ float lx_min(float a, float b) { return a != a ? a : (b != b ? b : (a < b ? a : b)); }
+__device__ __forceinline__ long long lx_maxi(long long a, long long b) { return a > b ? a : b; }
+__device__ __forceinline__ long long lx_mini(long long a, long long b) { return a < b ? a : b; }
+__device__ __forceinline__ float lx_relu(float x) { return x > 0.0f || x != x ? x : 0.0f; }
+__device__ __forceinline__ float lx_clamp(float x, float lo, float hi) { return x != x ? x : lx_min(lx_max(x, lo), hi); }
+__device__ __forceinline__ float lx_sign(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : x * 0.0f); }
+__device__ __forceinline__ long long lx_signi(long long x) { return (long long)(x > 0) - (long long)(x < 0); }
+__device__ __forceinline__ long long lx_absi(long long x) { return x < 0 ? -x : x; }
+__device__ __forceinline__ float lx_sigmoid(float x) {
+    if (x >= 0.0f) return 1.0f / (1.0f + expf(-x));
+    float e = expf(x);
+    return e / (1.0f + e);
+}
+__device__ __forceinline__ float lx_softplus(float x) { return (x > 0.0f ? x : 0.0f) + log1pf(expf(-fabsf(x))); }
+
+// A subscript that is not statically inside its axis: in range it is returned; otherwise the first such
+// failure of the launch is recorded (node + 1, axis, value; the host turns it into
+// CallError::IndexOutOfRange) and 0 is returned, so no load ever leaves its buffer.
+__device__ __forceinline__ long long lx_check(long long v, long long size, unsigned long long* err,
+                                              unsigned long long node, unsigned long long axis) {
+    if ((unsigned long long)v < (unsigned long long)size) return v;
+    if (atomicCAS(err, 0ULL, node + 1) == 0ULL) {
+        err[1] = axis;
+        err[2] = (unsigned long long)v;
+    }
+    return 0;
+}
+
+// An arg-max/arg-min candidate: its value, its position (-1: none yet) and whether the value is NaN
+// (the first NaN wins, as in the interpreter).
+struct lx_arg {
+    float v;
+    long long p;
+};
+__device__ __forceinline__ lx_arg lx_arg_pick(lx_arg a, lx_arg b, bool max) {
+    if (b.p < 0) return a;
+    if (a.p < 0) return b;
+    bool an = a.v != a.v, bn = b.v != b.v;
+    if (an || bn) return an && (!bn || a.p < b.p) ? a : b;
+    if (a.v == b.v) return a.p < b.p ? a : b;
+    return (max ? a.v > b.v : a.v < b.v) ? a : b;
+}
+
+__device__ __forceinline__ double lx_shfl_down(double v, int o) { return __shfl_down_sync(0xffffffffu, v, o); }
+__device__ __forceinline__ float lx_shfl_down(float v, int o) { return __shfl_down_sync(0xffffffffu, v, o); }
+__device__ __forceinline__ long long lx_shfl_down(long long v, int o) { return __shfl_down_sync(0xffffffffu, v, o); }
+__device__ __forceinline__ lx_arg lx_shfl_down(lx_arg v, int o) {
+    lx_arg r;
+    r.v = __shfl_down_sync(0xffffffffu, v.v, o);
+    r.p = __shfl_down_sync(0xffffffffu, v.p, o);
+    return r;
+}
+
+// Combines one value per thread of the block (blockDim.x a multiple of 32, every thread calling) and
+// returns the result to every thread. `scratch` holds 33 values in shared memory.
+template <typename T, typename F>
+__device__ __forceinline__ T lx_block_reduce(T v, F combine, T* scratch) {
+    for (int o = 16; o > 0; o >>= 1) v = combine(v, lx_shfl_down(v, o));
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        T a = scratch[0];
+        for (int w = 1; w < (int)(blockDim.x >> 5); ++w) a = combine(a, scratch[w]);
+        scratch[32] = a;
+    }
+    __syncthreads();
+    return scratch[32];
+}
+
+struct lx_add_d { __device__ double operator()(double a, double b) const { return a + b; } };
+struct lx_mul_d { __device__ double operator()(double a, double b) const { return a * b; } };
+struct lx_add_i { __device__ long long operator()(long long a, long long b) const { return a + b; } };
+struct lx_max_f { __device__ float operator()(float a, float b) const { return lx_max(a, b); } };
+struct lx_min_f { __device__ float operator()(float a, float b) const { return lx_min(a, b); } };
+struct lx_argmax { __device__ lx_arg operator()(lx_arg a, lx_arg b) const { return lx_arg_pick(a, b, true); } };
+struct lx_argmin { __device__ lx_arg operator()(lx_arg a, lx_arg b) const { return lx_arg_pick(a, b, false); } };

@@ -1,0 +1,164 @@
+//! The CUDA generator's oracle test: generated kernels run in the host emulation (tests/cuda_emu/) through
+//! the CUDA backend's host side, against the interpreter, on every example and test program, every stdlib
+//! loss and the bundled inputs, at the JIT's float32 tolerance; launch geometry changes only rounding;
+//! data-dependent subscripts out of range are typed errors. Needs g++ (C++20), no GPU.
+
+#[path = "cuda_emu/mod.rs"]
+mod emu;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use emu::EmuLoader;
+use lossc::data::Rng;
+use lossc::ir::Function;
+use lossc::{Backend, CallError, Compiler, Evaluation, Tensor};
+
+/// Float32 accuracy, as the JIT's: |cuda - interp| <= 2e-4 * max(1, |interp|), per value.
+const TOL: f64 = 2e-4;
+
+fn cuda(loader: EmuLoader) -> Compiler {
+    Compiler::new().backend(Backend::Cuda).cuda_loader(Arc::new(loader))
+}
+
+fn close(a: f64, b: f64) -> bool {
+    let finite = a.is_finite() && b.is_finite();
+    (finite && (a - b).abs() <= TOL * b.abs().max(1.0)) || (a.is_nan() && b.is_nan()) || a == b
+}
+
+fn assert_agree(what: &str, got: &Evaluation, want: &Evaluation) {
+    assert!(close(got.loss, want.loss), "{what}: loss cuda {} vs interp {}", got.loss, want.loss);
+    assert_eq!(got.grads.len(), want.grads.len(), "{what}: gradients");
+    assert_eq!(got.outputs.len(), want.outputs.len(), "{what}: outputs");
+    for ((n, a), (_, b)) in got.grads.iter().zip(&want.grads).chain(got.outputs.iter().zip(&want.outputs)) {
+        for (k, (x, y)) in a.to_f64().iter().zip(b.to_f64()).enumerate() {
+            assert!(close(*x, y), "{what}: {n}[{k}] cuda {x} vs interp {y}");
+        }
+    }
+}
+
+fn random_inputs(f: &Function, sizes: &[i64], rng: &mut Rng) -> BTreeMap<String, Tensor> {
+    f.inputs
+        .iter()
+        .map(|i| {
+            let shape: Vec<usize> = i.shape.iter().map(|d| d.eval(sizes) as usize).collect();
+            let n = shape.iter().product();
+            let t = if i.elem == lossc::ir::ElemTy::Idx {
+                let b = i.bound.as_ref().map_or(3, |b| b.eval(sizes));
+                Tensor::labels(shape, (0..n).map(|_| rng.below(b.max(1) as u64) as i64).collect())
+            } else if i.nograd {
+                Tensor::float(shape, (0..n).map(|_| rng.uniform()).collect())
+            } else {
+                Tensor::float(shape, (0..n).map(|_| rng.normal()).collect())
+            };
+            (i.name.clone(), t)
+        })
+        .collect()
+}
+
+fn lx_files() -> Vec<std::path::PathBuf> {
+    let mut v = Vec::new();
+    for dir in ["examples", "tests/in", "benches"] {
+        for e in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "lx") {
+                v.push(p);
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+/// Every loss of `module` (compiled for the emulated device and for the interpreter) at a few sizes.
+fn every_loss_agrees(what: &str, cuda: &lossc::kernel::Module, interp: &lossc::kernel::Module, rng: &mut Rng) {
+    for name in cuda.losses() {
+        let kc = cuda.kernel(Some(name)).unwrap_or_else(|d| panic!("{what} {name}: {d:?}"));
+        let ki = interp.kernel(Some(name)).unwrap();
+        for sizes in [[5i64, 4, 3, 6], [1, 1, 1, 1], [37, 9, 5, 2]] {
+            let f = kc.function();
+            let s: Vec<i64> = f.dims.iter().enumerate().map(|(k, _)| sizes[k % 4]).collect();
+            let inputs = random_inputs(f, &s, rng);
+            match (kc.eval(&inputs), ki.eval(&inputs)) {
+                (Ok(a), Ok(b)) => assert_agree(&format!("{what} {name} {s:?}"), &a, &b),
+                (Err(a), Err(b)) => assert_eq!(a, b, "{what} {name}: both fail, differently"),
+                (a, b) => panic!("{what} {name}: cuda {a:?} but interp {b:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn generated_kernels_match_the_interpreter_on_every_file() {
+    let mut rng = Rng::new(7);
+    for path in lx_files() {
+        // The sorting network of benches/ unrolls into ~140 groups: covered by its stdlib form below.
+        if path.ends_with("sort_bce16.lx") {
+            continue;
+        }
+        let c = cuda(EmuLoader::default()).compile_file(&path).unwrap();
+        let i = Compiler::new().backend(Backend::Interp).compile_file(&path).unwrap();
+        every_loss_agrees(&path.display().to_string(), &c, &i, &mut rng);
+    }
+}
+
+#[test]
+fn generated_kernels_match_the_interpreter_on_every_stdlib_loss() {
+    let mut rng = Rng::new(11);
+    for entry in lossc::stdlib::entries() {
+        let src = format!("use {}\n", entry.path);
+        let c = cuda(EmuLoader::default()).compile_source("std.lx", &src).unwrap();
+        let i = Compiler::new().backend(Backend::Interp).compile_source("std.lx", &src).unwrap();
+        every_loss_agrees(&entry.path, &c, &i, &mut rng);
+    }
+}
+
+#[test]
+fn generated_kernels_match_the_interpreter_on_bundled_examples() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for e in std::fs::read_dir(root.join("examples")).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_none_or(|x| x != "lx") {
+            continue;
+        }
+        let name = path.file_stem().unwrap().to_str().unwrap();
+        let Ok(dir) = std::fs::read_dir(root.join("examples/data").join(name)) else {
+            continue;
+        };
+        let mut inputs = BTreeMap::new();
+        for e in dir {
+            let p = e.unwrap().path();
+            inputs.insert(p.file_stem().unwrap().to_str().unwrap().to_string(), lossc::data::load_npy(&p).unwrap());
+        }
+        let kc = cuda(EmuLoader::default()).compile_file(&path).unwrap().kernel(None).unwrap();
+        let ki = Compiler::new().backend(Backend::Interp).compile_file(&path).unwrap().kernel(None).unwrap();
+        assert_agree(name, &kc.eval(&inputs).unwrap(), &ki.eval(&inputs).unwrap());
+    }
+}
+
+#[test]
+fn launch_geometry_changes_only_rounding() {
+    let src = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ldr_kl.lx")).unwrap();
+    let mut rng = Rng::new(3);
+    let one = cuda(EmuLoader { block: 32, max_grid: 1 }).compile_source("a.lx", &src).unwrap();
+    let many = cuda(EmuLoader { block: 128, max_grid: 1000 }).compile_source("a.lx", &src).unwrap();
+    let (k1, k2) = (one.kernel(None).unwrap(), many.kernel(None).unwrap());
+    let inputs = random_inputs(k1.function(), &[70, 300], &mut rng);
+    assert_agree("geometry", &k1.eval(&inputs).unwrap(), &k2.eval(&inputs).unwrap());
+}
+
+#[test]
+fn data_dependent_subscripts_out_of_range_are_typed_errors() {
+    let src = "loss shifted(x: f32[N], k: idx = 1) { sum[i: N] x[i + k] * x[i] }";
+    let c = cuda(EmuLoader::default()).compile_source("s.lx", src).unwrap();
+    let i = Compiler::new().backend(Backend::Interp).compile_source("s.lx", src).unwrap();
+    let inputs = BTreeMap::from([("x".to_string(), Tensor::float(vec![6], vec![1.0; 6]))]);
+    let (kc, ki) = (c.kernel(None).unwrap(), i.kernel(None).unwrap());
+    let err = kc.eval(&inputs).unwrap_err();
+    assert!(matches!(err, CallError::IndexOutOfRange { ref tensor, axis: 0, value: 6, size: 6, .. } if tensor == "x"), "{err:?}");
+    assert_eq!(err, ki.eval(&inputs).unwrap_err());
+    // In range with k = 0.
+    let hypers = BTreeMap::from([("k".to_string(), 0.0)]);
+    assert_agree("k = 0", &kc.eval_with(&inputs, &hypers).unwrap(), &ki.eval_with(&inputs, &hypers).unwrap());
+}

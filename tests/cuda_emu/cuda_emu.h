@@ -1,0 +1,143 @@
+// A host emulation of the CUDA built-ins the lossc generator uses, so that generated kernels compile with
+// the host C++ compiler (g++ -std=c++20) and run on the CPU: a deterministic scheduler runs every CUDA
+// thread of a block as a fiber (ucontext) on one OS thread and switches at each synchronization point.
+// __syncthreads and each half of a warp shuffle (write the lane's slot; read the partner's) are such
+// points; the scheduler resumes every thread of the block in turn until each reaches its next point, and
+// checks that they all reached the same kind of point (the generator only synchronizes in uniform
+// control flow, as CUDA requires). __shared__ variables are function statics, which the block's threads
+// share (blocks of a launch run one after another). Atomics are plain, as one thread runs at a time.
+#pragma once
+#include <math.h>
+#include <string.h>
+#include <ucontext.h>
+
+#include <cstdint>
+#include <vector>
+
+struct dim3 {
+    unsigned x, y, z;
+};
+
+inline thread_local dim3 threadIdx;
+inline thread_local dim3 blockIdx;
+inline thread_local dim3 blockDim;
+inline thread_local dim3 gridDim;
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static
+
+namespace lx_emu {
+using Kernel = void (*)(void* const*, const long long*, const double*, unsigned long long*);
+
+enum Point { Running = 0, Sync = 1, Shuffle = 2, Done = 3 };
+
+struct Fiber {
+    ucontext_t context;
+    std::vector<char> stack;
+    Point at = Running;
+};
+
+struct Block {
+    std::vector<Fiber> fibers;
+    ucontext_t scheduler;
+    std::vector<uint64_t> slots;
+    Kernel kernel;
+    void* const* b;
+    const long long* d;
+    const double* h;
+    unsigned long long* e;
+};
+inline thread_local Block* current = nullptr;
+
+inline void reach(Point p) {
+    Fiber& f = current->fibers[threadIdx.x];
+    f.at = p;
+    swapcontext(&f.context, &current->scheduler);
+}
+
+inline void entry() {
+    Block* b = current;
+    b->kernel(b->b, b->d, b->h, b->e);
+    b->fibers[threadIdx.x].at = Done;
+}
+}  // namespace lx_emu
+
+inline void __syncthreads() { lx_emu::reach(lx_emu::Sync); }
+
+template <typename T>
+T __shfl_down_sync(unsigned, T v, int delta) {
+    static_assert(sizeof(T) <= 8, "one slot per lane");
+    lx_emu::Block* b = lx_emu::current;
+    const unsigned t = threadIdx.x, lane = t & 31;
+    uint64_t bits = 0;
+    memcpy(&bits, &v, sizeof(T));
+    b->slots[t] = bits;
+    lx_emu::reach(lx_emu::Shuffle);
+    T r = v;
+    if (lane + (unsigned)delta < 32) {
+        uint64_t other = lx_emu::current->slots[threadIdx.x + delta];
+        memcpy(&r, &other, sizeof(T));
+    }
+    lx_emu::reach(lx_emu::Shuffle);
+    return r;
+}
+
+inline unsigned long long atomicCAS(unsigned long long* addr, unsigned long long compare, unsigned long long val) {
+    unsigned long long old = *addr;
+    if (old == compare) *addr = val;
+    return old;
+}
+
+inline float __int_as_float(int i) {
+    float f;
+    memcpy(&f, &i, sizeof f);
+    return f;
+}
+
+namespace lx_emu {
+// Runs `grid` blocks of `block` threads (a multiple of 32, at most 1024). 0 on success; 3 when the
+// threads of a block reached different synchronization points (a kernel that would hang on a GPU).
+inline int launch(Kernel k, unsigned grid, unsigned block, void* const* b, const long long* d, const double* h,
+                  unsigned long long* e) {
+    if (block == 0 || block % 32 != 0 || block > 1024 || grid == 0) return 1;
+    Block blk;
+    blk.fibers.resize(block);
+    for (Fiber& f : blk.fibers) f.stack.resize(256 * 1024);
+    blk.slots.assign(block, 0);
+    blk.kernel = k;
+    blk.b = b;
+    blk.d = d;
+    blk.h = h;
+    blk.e = e;
+    current = &blk;
+    gridDim = dim3{grid, 1, 1};
+    blockDim = dim3{block, 1, 1};
+    int status = 0;
+    for (unsigned g = 0; g < grid && status == 0; ++g) {
+        blockIdx = dim3{g, 0, 0};
+        for (Fiber& f : blk.fibers) {
+            getcontext(&f.context);
+            f.context.uc_stack.ss_sp = f.stack.data();
+            f.context.uc_stack.ss_size = f.stack.size();
+            f.context.uc_link = &blk.scheduler;
+            f.at = Running;
+            makecontext(&f.context, entry, 0);
+        }
+        for (;;) {
+            for (unsigned t = 0; t < block; ++t) {
+                if (blk.fibers[t].at == Done) continue;
+                threadIdx = dim3{t, 0, 0};
+                swapcontext(&blk.scheduler, &blk.fibers[t].context);
+            }
+            Point first = blk.fibers[0].at;
+            for (const Fiber& f : blk.fibers)
+                if (f.at != first) status = 3;
+            if (status != 0 || first == Done) break;
+        }
+    }
+    current = nullptr;
+    return status;
+}
+}  // namespace lx_emu
