@@ -89,7 +89,13 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
     let mut times: Vec<Duration>;
     let bytes;
     #[cfg(feature = "jit")]
-    {
+    if args.backend.into_backend() == crate::Backend::Cuda {
+        // A whole call: inputs copied to the device, every kernel, results copied back.
+        bytes = interp_floor(g, &bound);
+        times = time_calls(args.iters, &bar, &mut || {
+            kernel.eval(&inputs).map(|_| ()).map_err(|e| format!("error: {e}"))
+        })?;
+    } else {
         if let Some(native) = kernel.native() {
             let mut buffers = native.buffers(&bound);
             bytes = native.floor_bytes(&bound.sizes);

@@ -70,8 +70,12 @@ pub enum Command {
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackendArg {
+    /// The Cranelift JIT (CPU, f32 with f64 accumulators).
     Jit,
+    /// The f64 reference interpreter.
     Interp,
+    /// Generated CUDA kernels on GPU 0 (NVRTC and the CUDA driver, found at run time).
+    Cuda,
 }
 
 impl BackendArg {
@@ -82,6 +86,7 @@ impl BackendArg {
         match self {
             BackendArg::Jit => crate::Backend::Jit,
             BackendArg::Interp => crate::Backend::Interp,
+            BackendArg::Cuda => crate::Backend::Cuda,
         }
     }
 }
@@ -186,9 +191,13 @@ pub struct EvalArgs {
 pub struct GradcheckArgs {
     #[command(flatten)]
     pub input: InputArgs,
-    /// The largest error accepted: |g - fd| / max(1, |g|, |fd|).
-    #[arg(long, default_value_t = crate::gradcheck::TOLERANCE)]
-    pub tol: f64,
+    /// The largest error accepted: |g - fd| / max(1, |g|, |fd|) [default: 1e-6 for the interpreter, 2e-3
+    /// for the f32 backends].
+    #[arg(long)]
+    pub tol: Option<f64>,
+    /// Which backend computes the symbolic gradient (the finite differences are the interpreter's, in f64).
+    #[arg(long, value_enum, default_value = "interp")]
+    pub backend: BackendArg,
     /// Check at most this many elements of each input.
     #[arg(long, default_value_t = 256)]
     pub elements: usize,
@@ -704,7 +713,20 @@ fn eval(args: &EvalArgs) -> Result<String, Failure> {
 fn gradcheck(args: &GradcheckArgs) -> Result<String, Failure> {
     let (p, name, inputs, hypers) = prepare(&args.input)?;
     let f = p.module.get(&name).expect("prepare picked a loss of this program");
-    let checks = crate::gradcheck::check(f, &inputs, &hypers, args.elements).map_err(eval_failure)?;
+    let checks = match args.backend {
+        BackendArg::Interp => crate::gradcheck::check(f, &inputs, &hypers, args.elements),
+        backend => {
+            let kernel = crate::kernel::Kernel::build(f, &crate::Compiler::new().backend(backend.backend()))
+                .map_err(|d| Failure::Diags(Diags(vec![d])))?;
+            let symbolic = kernel.eval_with(&inputs, &hypers)?;
+            crate::gradcheck::check_against(f, &symbolic, &inputs, &hypers, args.elements)
+        }
+    }
+    .map_err(eval_failure)?;
+    let tol = args.tol.unwrap_or(match args.backend {
+        BackendArg::Interp => crate::gradcheck::TOLERANCE,
+        _ => crate::gradcheck::F32_TOLERANCE,
+    });
     let mut s = String::new();
     let mut worst: f64 = 0.0;
     for c in &checks {
@@ -717,14 +739,14 @@ fn gradcheck(args: &GradcheckArgs) -> Result<String, Failure> {
     if checks.is_empty() {
         s.push_str("no differentiable inputs\n");
     }
-    if worst > args.tol || worst.is_nan() {
+    if worst > tol || worst.is_nan() {
         emit(&s);
         return Err(Failure::Message(format!(
             "error: gradient check failed: error {worst:.3e} above tolerance {:.1e}",
-            args.tol
+            tol
         )));
     }
-    s.push_str(&format!("ok: every error within {:.1e}\n", args.tol));
+    s.push_str(&format!("ok: every error within {:.1e}\n", tol));
     Ok(s)
 }
 

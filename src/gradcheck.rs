@@ -18,6 +18,9 @@ use crate::ir::Function;
 /// The default tolerance on the error above.
 pub const TOLERANCE: f64 = 1e-6;
 
+/// The default tolerance for a gradient computed in f32 (the JIT, the CUDA backend).
+pub const F32_TOLERANCE: f64 = 2e-3;
+
 /// The result for one differentiable input.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InputCheck {
@@ -39,6 +42,18 @@ pub fn check(
     per_input: usize,
 ) -> Result<Vec<InputCheck>, EvalError> {
     let symbolic = crate::api::eval_grad(f, inputs, hypers)?;
+    check_against(f, &symbolic, inputs, hypers, per_input)
+}
+
+/// [`check`] of the gradients in `symbolic` (computed by any backend) against the interpreter's finite
+/// differences of `f`.
+pub fn check_against(
+    f: &Function,
+    symbolic: &crate::Evaluation,
+    inputs: &BTreeMap<String, Tensor>,
+    hypers: &BTreeMap<String, f64>,
+    per_input: usize,
+) -> Result<Vec<InputCheck>, EvalError> {
     // The stopped parts of the loss are constants for its gradient: freeze them at the base point.
     let mut frozen = Frozen::new();
     {

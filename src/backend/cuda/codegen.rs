@@ -97,6 +97,9 @@ struct Emit<'a> {
     f: &'a Function,
     plan: &'a Plan,
     text: String,
+    /// Dimension symbols and block-reduction scratch arrays the kernel uses (declared at its top).
+    dims: std::cell::RefCell<BTreeSet<usize>>,
+    scratch: BTreeSet<&'static str>,
     depth: usize,
     /// Values computed in each open C scope, innermost last.
     frames: Vec<HashMap<NodeId, String>>,
@@ -109,6 +112,8 @@ impl<'a> Emit<'a> {
             f,
             plan,
             text: String::new(),
+            dims: Default::default(),
+            scratch: BTreeSet::new(),
             depth: 0,
             frames: vec![HashMap::new()],
             fresh: 0,
@@ -152,7 +157,10 @@ impl<'a> Emit<'a> {
     fn dim(&self, d: &Dim) -> String {
         match d {
             Dim::Const(c) => int_literal(*c),
-            Dim::Sym(s) => format!("d{}", s.0),
+            Dim::Sym(s) => {
+                self.dims.borrow_mut().insert(s.index());
+                format!("d{}", s.0)
+            }
             Dim::Add(a, b) => format!("({} + {})", self.dim(a), self.dim(b)),
             Dim::Sub(a, b) => format!("({} - {})", self.dim(a), self.dim(b)),
             Dim::Mul(a, b) => format!("({} * {})", self.dim(a), self.dim(b)),
@@ -177,20 +185,12 @@ impl<'a> Emit<'a> {
                 }
             }
         }
+        let mut head = String::new();
         for b in used {
             let ty = elem_type(plan.buffers[b].scalar);
-            self.line(format!("{ty}* const b{b} = ({ty}*)B[{b}]; // {}", plan.buffers[b].name));
+            let _ = writeln!(head, "    {ty}* const b{b} = ({ty}*)B[{b}]; // {}", plan.buffers[b].name);
         }
-        for (k, d) in f.dims.iter().enumerate() {
-            self.line(format!("const long long d{k} = D[{k}]; // {}", d.name));
-        }
-        self.line("(void)E; (void)H; (void)D;");
-        if matches!(shape, Shape::BlockRows | Shape::Single) {
-            self.line("__shared__ double lx_sd[33];");
-            self.line("__shared__ float lx_sf[33];");
-            self.line("__shared__ long long lx_si[33];");
-            self.line("__shared__ lx_arg lx_sa[33];");
-        }
+        let signature = std::mem::take(&mut self.text);
         let extent = self.dim(extent);
         match shape {
             Shape::Flat => {
@@ -265,6 +265,17 @@ impl<'a> Emit<'a> {
             }
         }
         self.close();
+        // The declarations the body turned out to need, after the signature.
+        for k in self.dims.borrow().iter() {
+            let _ = writeln!(head, "    const long long d{k} = D[{k}]; // {}", f.dims[*k].name);
+        }
+        let types = [("lx_sd", "double"), ("lx_sf", "float"), ("lx_si", "long long"), ("lx_sa", "lx_arg")];
+        for (name, ty) in types.iter().filter(|(n, _)| self.scratch.contains(n)) {
+            let _ = writeln!(head, "    __shared__ {ty} {name}[33];");
+        }
+        head.push_str("    (void)E; (void)H; (void)D;\n");
+        let body = std::mem::take(&mut self.text);
+        self.text = signature + &head + &body;
     }
 
     fn extent_of(&self, head: &[(IndexId, Dim)]) -> String {
@@ -525,8 +536,9 @@ impl<'a> Emit<'a> {
     fn reduce(&mut self, op: ReduceOp, indices: &[IndexId], mask: Option<NodeId>, body: NodeId, block: bool) -> String {
         let acc = self.name("lx_a");
         let out = self.name("lx_r");
-        let combine = |e: &mut Self, acc: &str, ty: &str, op: &str, scratch: &str| {
+        let combine = |e: &mut Self, acc: &str, ty: &str, op: &str, scratch: &'static str| {
             if block {
+                e.scratch.insert(scratch);
                 e.line(format!("{acc} = lx_block_reduce<{ty}>({acc}, {op}(), {scratch});"));
             }
         };
