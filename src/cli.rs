@@ -260,7 +260,7 @@ pub fn run(cli: Cli) -> Result<String, Failure> {
             timings,
         } => {
             if timings {
-                eprint!("{}", stage_timings(&file, loss.as_deref())?);
+                eprint!("{}", stage_timings(&file, loss.as_deref(), emit)?);
             }
             let text = compile(&file, emit, loss.as_deref())?;
             match output {
@@ -369,7 +369,9 @@ fn fmt(files: &[PathBuf], check: bool) -> Result<String, Failure> {
 }
 
 /// Per-stage compile times of every loss in a file (or one), as text.
-fn stage_timings(file: &Path, loss: Option<&str>) -> Result<String, Failure> {
+/// With `--emit cuda`: the stages of the CUDA backend instead of the JIT's (code generation, and NVRTC
+/// for sm_90 where it is installed; no GPU needed).
+fn stage_timings(file: &Path, loss: Option<&str>, emit: Emit) -> Result<String, Failure> {
     let t = std::time::Instant::now();
     let p = Program::from_file(file)?;
     let front = t.elapsed();
@@ -379,8 +381,15 @@ fn stage_timings(file: &Path, loss: Option<&str>) -> Result<String, Failure> {
         None => p.module.functions.iter().collect(),
     };
     for f in fs {
-        let k = crate::kernel::Kernel::build(f, &crate::Compiler::new()).map_err(|d| Failure::Diags(Diags(vec![d])))?;
-        for (stage, d) in &k.timings().stages {
+        let stages = match emit {
+            Emit::Cuda => cuda_timings(f)?,
+            _ => {
+                let k = crate::kernel::Kernel::build(f, &crate::Compiler::new())
+                    .map_err(|d| Failure::Diags(Diags(vec![d])))?;
+                k.timings().stages.clone()
+            }
+        };
+        for (stage, d) in &stages {
             out.push_str(&format!(
                 "{:<12} {:>9.3} ms  ({})\n",
                 stage,
@@ -390,6 +399,26 @@ fn stage_timings(file: &Path, loss: Option<&str>) -> Result<String, Failure> {
         }
     }
     Ok(out)
+}
+
+fn cuda_timings(f: &Function) -> Result<Vec<(&'static str, std::time::Duration)>, Failure> {
+    let t = std::time::Instant::now();
+    let g = crate::api::gradient(f).map_err(|d| Failure::Diags(Diags(vec![d])))?;
+    let mut stages = vec![("autodiff+opt", t.elapsed())];
+    let t = std::time::Instant::now();
+    let program = crate::backend::cuda::generate(&g);
+    stages.push(("cuda codegen", t.elapsed()));
+    #[cfg(feature = "cuda")]
+    {
+        let t = std::time::Instant::now();
+        match crate::backend::cuda::driver::nvrtc_compile(&program.source, "sm_90") {
+            Ok(_) => stages.push(("nvrtc sm_90", t.elapsed())),
+            Err(e) => eprintln!("nvrtc: {e}"),
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = program;
+    Ok(stages)
 }
 
 pub(crate) fn parse_pairs(items: &[String], what: &str) -> Result<Vec<(String, String)>, Failure> {

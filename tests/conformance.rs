@@ -5,6 +5,9 @@
 
 use std::collections::BTreeMap;
 
+#[path = "cuda_emu/mod.rs"]
+mod emu;
+
 use lossc::{Backend, Compiler, StateStore, Tensor};
 use serde_json::Value;
 
@@ -17,6 +20,8 @@ fn tolerance(family: &str, backend: Backend) -> (f64, f64) {
         // Sorting networks compound f32 rounding over every layer; contrastive losses divide by small u.
         (Backend::Jit, "sorting" | "contrastive") => (2e-4, 2e-5),
         (Backend::Jit, _) => (1e-4, 1e-5),
+        // The generated CUDA kernels follow the JIT's numerics (f32, f64 accumulators).
+        (Backend::Cuda, _) => tolerance(family, Backend::Jit),
     }
 }
 
@@ -56,6 +61,7 @@ fn run_case(family: &str, case: &Value, backend: Backend) -> Result<(), String> 
     };
     let module = Compiler::new()
         .backend(backend)
+        .cuda_loader(emu::loader())
         .threads(2)
         .compile_source("fixture.lx", &source)
         .map_err(|d| format!("does not compile: {d:?}"))?;
@@ -115,7 +121,7 @@ fn run_case(family: &str, case: &Value, backend: Backend) -> Result<(), String> 
 }
 
 fn fixtures() -> Vec<(String, Value)> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = emu::root().join("tests/fixtures");
     let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     files
@@ -157,6 +163,12 @@ fn stdlib_matches_references_in_the_interpreter() {
 #[test]
 fn stdlib_matches_references_in_the_jit() {
     check_all(Backend::Jit);
+}
+
+/// The generated CUDA kernels, in the host emulation (tests/cuda_emu/; on a GPU with LOSSC_TEST_GPU=1).
+#[test]
+fn stdlib_matches_references_in_the_cuda_kernels() {
+    check_all(Backend::Cuda);
 }
 
 /// Every stdlib loss has a fixture case.

@@ -7,8 +7,6 @@
 mod emu;
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Arc;
 
 use emu::EmuLoader;
 use lossc::data::Rng;
@@ -19,7 +17,7 @@ use lossc::{Backend, CallError, Compiler, Evaluation, Tensor};
 const TOL: f64 = 2e-4;
 
 fn cuda(loader: EmuLoader) -> Compiler {
-    Compiler::new().backend(Backend::Cuda).cuda_loader(Arc::new(loader))
+    Compiler::new().backend(Backend::Cuda).cuda_loader(emu::gpu_or(loader))
 }
 
 fn close(a: f64, b: f64) -> bool {
@@ -78,7 +76,7 @@ fn random_inputs(f: &Function, sizes: &[i64], rng: &mut Rng) -> BTreeMap<String,
 fn lx_files() -> Vec<std::path::PathBuf> {
     let mut v = Vec::new();
     for dir in ["examples", "tests/in", "benches"] {
-        for e in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)).unwrap() {
+        for e in std::fs::read_dir(emu::root().join(dir)).unwrap() {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "lx") {
                 v.push(p);
@@ -138,7 +136,7 @@ fn generated_kernels_match_the_interpreter_on_every_stdlib_loss() {
 
 #[test]
 fn generated_kernels_match_the_interpreter_on_bundled_examples() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = emu::root();
     for e in std::fs::read_dir(root.join("examples")).unwrap() {
         let path = e.unwrap().path();
         if path.extension().is_none_or(|x| x != "lx") {
@@ -161,7 +159,7 @@ fn generated_kernels_match_the_interpreter_on_bundled_examples() {
 
 #[test]
 fn launch_geometry_changes_only_rounding() {
-    let src = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ldr_kl.lx")).unwrap();
+    let src = std::fs::read_to_string(emu::root().join("examples/ldr_kl.lx")).unwrap();
     let mut rng = Rng::new(3);
     let one = cuda(EmuLoader { block: 32, max_grid: 1 }).compile_source("a.lx", &src).unwrap();
     let many = cuda(EmuLoader { block: 128, max_grid: 1000 }).compile_source("a.lx", &src).unwrap();

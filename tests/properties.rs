@@ -2,6 +2,9 @@
 //! brackets, lets): the symbolic gradient agrees with finite differences, and the optimized program
 //! computes what the unoptimized one does.
 
+#[path = "cuda_emu/mod.rs"]
+mod emu;
+
 use std::collections::BTreeMap;
 
 use lossc::data::Rng;
@@ -142,7 +145,21 @@ proptest! {
 
     #[test]
     fn jit_matches_interpreter(src in program(), seed in 0u64..1000, c in classes()) {
-        let m = lossc::Compiler::new().threads(2).compile_source("prop.lx", &src).unwrap();
+        backend_matches_interpreter(lossc::Compiler::new().threads(2), &src, seed, c)?;
+    }
+
+    /// The generated CUDA kernels, in the host emulation (tests/cuda_emu/).
+    #[test]
+    fn cuda_matches_interpreter(src in program(), seed in 0u64..1000, c in classes()) {
+        let cuda = lossc::Compiler::new().backend(lossc::Backend::Cuda).cuda_loader(emu::loader());
+        backend_matches_interpreter(cuda, &src, seed, c)?;
+    }
+}
+
+fn backend_matches_interpreter(backend: lossc::Compiler, src: &str, seed: u64, c: usize) -> Result<(), TestCaseError> {
+    {
+        let src = src.to_string();
+        let m = backend.compile_source("prop.lx", &src).unwrap();
         let i = lossc::Compiler::new().backend(lossc::Backend::Interp).compile_source("prop.lx", &src).unwrap();
         let (kj, ki) = (m.kernel(None).unwrap(), i.kernel(None).unwrap());
         let x = inputs(seed, c);
@@ -157,8 +174,9 @@ proptest! {
         prop_assert!(close(a.loss, b.loss), "{src}\nloss {} vs {}", a.loss, b.loss);
         for ((n, ga), (_, gb)) in a.grads.iter().zip(&b.grads) {
             for (p, q) in ga.to_f64().iter().zip(gb.to_f64()) {
-                prop_assert!(close(*p, q), "{src}\ngrad {n}: jit {p} vs interp {q}");
+                prop_assert!(close(*p, q), "{src}\ngrad {n}: backend {p} vs interp {q}");
             }
         }
     }
+    Ok(())
 }

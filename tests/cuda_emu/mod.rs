@@ -21,10 +21,30 @@ pub struct EmuLoader {
     pub max_grid: u32,
 }
 
+/// The loader the CUDA tests use: the emulation, or the CUDA driver on a real GPU when `LOSSC_TEST_GPU=1`
+/// (tools/gpu_check.sh), so that one test binary checks both.
+pub fn loader() -> Arc<dyn Loader> {
+    gpu_or(EmuLoader::default())
+}
+
+/// `emu`, or the CUDA driver when `LOSSC_TEST_GPU=1`.
+pub fn gpu_or(emu: EmuLoader) -> Arc<dyn Loader> {
+    if std::env::var("LOSSC_TEST_GPU").is_ok_and(|v| v == "1") {
+        lossc::backend::cuda::default_loader()
+    } else {
+        Arc::new(emu)
+    }
+}
+
 impl Default for EmuLoader {
     fn default() -> Self {
         EmuLoader { block: 64, max_grid: 3 }
     }
+}
+
+/// The repository: `LOSSC_ROOT` (a test binary carried to another machine), else where it was built.
+pub fn root() -> PathBuf {
+    std::env::var_os("LOSSC_ROOT").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
 }
 
 fn header() -> PathBuf {
