@@ -108,22 +108,63 @@ pub fn bind<'a>(
     inputs: &'a BTreeMap<String, Tensor>,
     hypers: &BTreeMap<String, f64>,
 ) -> Result<Bound<'a>, CallError> {
+    let views: BTreeMap<&str, InputView> = inputs
+        .iter()
+        .map(|(name, t)| {
+            let view = InputView {
+                dtype: t.dtype,
+                shape: &t.shape,
+                len: t.len(),
+                labels: match &t.data {
+                    Data::Int(v) => Some(&v[..]),
+                    Data::Float(_) => None,
+                },
+            };
+            (name.as_str(), view)
+        })
+        .collect();
+    let (sizes, values) = bind_views(f, &views, hypers)?;
+    let ordered = f.inputs.iter().map(|i| &inputs[&i.name]).collect();
+    Ok(Bound {
+        sizes,
+        hypers: values,
+        inputs: ordered,
+    })
+}
+
+/// What the call checks need of one input: its element type, shape and length, and the labels where
+/// they can be read (on the host; a device call checks them in a kernel of its own).
+#[derive(Clone, Copy, Debug)]
+pub struct InputView<'a> {
+    pub dtype: DType,
+    pub shape: &'a [usize],
+    pub len: usize,
+    pub labels: Option<&'a [i64]>,
+}
+
+/// [`bind`]'s checks on views of the inputs: the sizes of the dimension symbols and the
+/// hyperparameters' values (labels are checked where `labels` is given).
+pub fn bind_views(
+    f: &Function,
+    inputs: &BTreeMap<&str, InputView>,
+    hypers: &BTreeMap<String, f64>,
+) -> Result<(Vec<i64>, Vec<f64>), CallError> {
     let expected = || f.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ");
     if let Some(name) = inputs.keys().find(|n| !f.inputs.iter().any(|i| &i.name == *n)) {
         return Err(CallError::UnknownInput {
-            name: name.clone(),
+            name: name.to_string(),
             expected: expected(),
         });
     }
     let mut sizes: Vec<Option<(usize, String)>> = vec![None; f.dims.len()];
     let mut ordered = Vec::new();
     for input in &f.inputs {
-        let t = inputs.get(&input.name).ok_or_else(|| CallError::MissingInput {
+        let t = inputs.get(input.name.as_str()).ok_or_else(|| CallError::MissingInput {
             name: input.name.clone(),
             expected: expected(),
         })?;
-        match (input.elem, &t.data) {
-            (ElemTy::Idx, Data::Int(_)) | (ElemTy::F32 | ElemTy::F64, Data::Float(_)) => {}
+        match (input.elem, t.dtype.is_float()) {
+            (ElemTy::Idx, false) | (ElemTy::F32 | ElemTy::F64, true) => {}
             (ElemTy::Idx, _) => {
                 return Err(CallError::WrongDtype {
                     input: input.name.clone(),
@@ -148,7 +189,7 @@ pub fn bind<'a>(
                 input: input.name.clone(),
                 expected: input.shape.len(),
                 shape: shape_str,
-                got: t.shape.clone(),
+                got: t.shape.to_vec(),
             });
         }
         let needed = t
@@ -162,15 +203,15 @@ pub fn bind<'a>(
                 elements: t.shape.iter().map(|d| *d as u128).product(),
             });
         };
-        if needed as usize != t.len() {
+        if needed as usize != t.len {
             return Err(CallError::LengthMismatch {
                 input: input.name.clone(),
-                shape: t.shape.clone(),
-                len: t.len(),
+                shape: t.shape.to_vec(),
+                len: t.len,
                 needed: needed as usize,
             });
         }
-        for (axis, (d, got)) in input.shape.iter().zip(&t.shape).enumerate() {
+        for (axis, (d, got)) in input.shape.iter().zip(t.shape).enumerate() {
             match d {
                 Dim::Const(c) if *c as usize != *got || *c < 0 => {
                     return Err(CallError::ShapeMismatch {
@@ -204,12 +245,12 @@ pub fn bind<'a>(
     let sizes: Vec<i64> = sizes.into_iter().map(|s| s.map_or(0, |(n, _)| n as i64)).collect();
     // Labels inside their bounds.
     for (input, t) in f.inputs.iter().zip(&ordered) {
-        if let (Some(b), Data::Int(v)) = (&input.bound, &t.data) {
+        if let (Some(b), Some(v)) = (&input.bound, t.labels) {
             let size = b.eval(&sizes);
             if let Some(pos) = v.iter().position(|x| *x < 0 || *x >= size) {
                 return Err(CallError::LabelOutOfRange {
                     input: input.name.clone(),
-                    position: unravel(pos, &t.shape),
+                    position: unravel(pos, t.shape),
                     value: v[pos],
                     bound: f.show_dim(b),
                     size,
@@ -266,11 +307,7 @@ pub fn bind<'a>(
             });
         }
     }
-    Ok(Bound {
-        sizes,
-        hypers: values,
-        inputs: ordered,
-    })
+    Ok((sizes, values))
 }
 
 /// Row-major position of a flat offset.

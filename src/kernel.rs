@@ -337,6 +337,88 @@ impl Kernel {
     }
 }
 
+/// An input in device memory, for [`Kernel::eval_device`]: its address (a `CUdeviceptr`: a PyTorch CUDA
+/// tensor's `data_ptr()`, a cudarc or candle allocation), shape and element type (float32 for float
+/// inputs, int64 for labels), row-major and contiguous.
+#[derive(Clone, Debug)]
+pub struct DeviceTensor {
+    pub ptr: u64,
+    pub shape: Vec<usize>,
+    pub dtype: crate::data::DType,
+}
+
+impl Kernel {
+    /// One call of a CUDA kernel on device memory the caller owns, queued on its `stream` (a `CUstream`;
+    /// 0: the default stream): the inputs are read in place, the gradients named in `grads` (by input
+    /// name) are written into the caller's device buffers (float32, the input's shape), and only the loss
+    /// and the tensors not placed (other gradients, extra outputs) are copied back. Shapes are checked on
+    /// the host, labels by a kernel on the device; every failure is a [`CallError`].
+    pub fn eval_device(
+        &self,
+        inputs: &BTreeMap<String, DeviceTensor>,
+        hypers: &BTreeMap<String, f64>,
+        grads: &BTreeMap<String, u64>,
+        stream: u64,
+    ) -> Result<Evaluation, CallError> {
+        use crate::data::DType;
+        let Some(cuda) = &self.cuda else {
+            return Err(CallError::Device(
+                "eval_device needs a kernel built with the CUDA backend (Compiler::backend(Backend::Cuda))".into(),
+            ));
+        };
+        if let Some(name) = hypers.keys().find(|k| self.fixed.contains(k)) {
+            return Err(CallError::HyperFixed { name: name.clone() });
+        }
+        let f = &*self.function;
+        let views: BTreeMap<&str, call::InputView> = inputs
+            .iter()
+            .map(|(n, t)| {
+                let len = t.shape.iter().product();
+                (n.as_str(), call::InputView { dtype: t.dtype, shape: &t.shape, len, labels: None })
+            })
+            .collect();
+        let (sizes, values) = call::bind_views(f, &views, hypers)?;
+        let mut placed_inputs = Vec::with_capacity(f.inputs.len());
+        for input in &f.inputs {
+            let t = &inputs[&input.name];
+            let expected = match input.elem {
+                crate::ir::ElemTy::Idx => DType::I64,
+                _ => DType::F32,
+            };
+            if t.dtype != expected {
+                return Err(CallError::WrongDtype {
+                    input: input.name.clone(),
+                    expected: if expected == DType::I64 { "int64 labels in device memory" } else { "float32 in device memory" },
+                    got: t.dtype,
+                });
+            }
+            placed_inputs.push(crate::backend::cuda::host::Input::Device(t.ptr));
+        }
+        let program = &cuda.program;
+        let mut placed = Vec::new();
+        for (name, addr) in grads {
+            let nest = program.plan.nests.iter().find(|n| {
+                matches!(n.role, crate::ir::Role::Grad(i) if f.inputs[i as usize].name == *name)
+            });
+            let Some(nest) = nest else {
+                let expected = f.inputs.iter().filter(|i| i.differentiable()).map(|i| i.name.as_str());
+                return Err(CallError::UnknownInput {
+                    name: name.clone(),
+                    expected: expected.collect::<Vec<_>>().join(", "),
+                });
+            };
+            placed.push((program.plan.buffer_of(f, crate::ir::TensorRef::Def(nest.tensor)), *addr));
+        }
+        let mut device = cuda.device.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        device.set_stream(stream);
+        let out = crate::backend::cuda::host::run_device(program, f, &sizes, &values, &placed_inputs, &placed, &mut **device);
+        device.set_stream(0);
+        let mut e = out?;
+        e.grads.retain(|(n, _)| !grads.contains_key(n));
+        Ok(e)
+    }
+}
+
 /// A kernel's CUDA program and the device it was loaded on (one call at a time).
 struct CudaKernel {
     program: crate::backend::cuda::Program,

@@ -39,5 +39,5 @@ pub use backend::interp::Evaluation;
 pub use call::CallError;
 pub use data::Tensor;
 pub use diag::{Diag, Diags};
-pub use kernel::{Backend, Compiler, Kernel};
+pub use kernel::{Backend, Compiler, DeviceTensor, Kernel};
 pub use state::StateStore;

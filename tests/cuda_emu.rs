@@ -183,3 +183,59 @@ fn data_dependent_subscripts_out_of_range_are_typed_errors() {
     assert_agree("k = 0", &kc.eval_with(&inputs, &hypers).unwrap(), &ki.eval_with(&inputs, &hypers).unwrap());
 }
 
+
+/// Device pointers in place (the emulated device's memory is the host's): inputs read where they are,
+/// gradients written into the caller's buffers, the rest copied back; labels checked by the label kernel.
+#[test]
+fn calls_on_device_memory_use_it_in_place() {
+    use lossc::DeviceTensor;
+    use lossc::data::DType;
+    let src = "loss ce(s: f32[N, C], y: idx[N] < C) -> (p: f32[N]) {\n\
+               out p[i] = exp(s[i, y[i]] - logsumexp[k] s[i, k])\n\
+               mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }";
+    let (n, c) = (9usize, 7usize);
+    let mut rng = Rng::new(5);
+    let s: Vec<f32> = (0..n * c).map(|_| rng.normal() as f32).collect();
+    let mut y: Vec<i64> = (0..n).map(|_| rng.below(c as u64) as i64).collect();
+    let kc = cuda(EmuLoader::default()).compile_source("ce.lx", src).unwrap().kernel(None).unwrap();
+    let ki = Compiler::new().backend(Backend::Interp).compile_source("ce.lx", src).unwrap().kernel(None).unwrap();
+    let host = |s: &[f32], y: &[i64]| {
+        BTreeMap::from([
+            ("s".to_string(), Tensor::float(vec![n, c], s.iter().map(|x| *x as f64).collect())),
+            ("y".to_string(), Tensor::labels(vec![n], y.to_vec())),
+        ])
+    };
+    let device = |s: &[f32], y: &[i64]| {
+        BTreeMap::from([
+            ("s".to_string(), DeviceTensor { ptr: s.as_ptr() as u64, shape: vec![n, c], dtype: DType::F32 }),
+            ("y".to_string(), DeviceTensor { ptr: y.as_ptr() as u64, shape: vec![n], dtype: DType::I64 }),
+        ])
+    };
+    let want = ki.eval(&host(&s, &y)).unwrap();
+    let mut grad = vec![f32::NAN; n * c];
+    let grads = BTreeMap::from([("s".to_string(), grad.as_mut_ptr() as u64)]);
+    let got = kc.eval_device(&device(&s, &y), &BTreeMap::new(), &grads, 0).unwrap();
+    assert!(close(got.loss, want.loss), "loss {} vs {}", got.loss, want.loss);
+    assert!(got.grads.is_empty(), "the placed gradient is not copied back");
+    for (k, (g, w)) in grad.iter().zip(want.grads[0].1.to_f64()).enumerate() {
+        assert!(close(*g as f64, w), "grad_s[{k}]: {g} vs {w}");
+    }
+    assert_agree("outputs", &Evaluation { grads: vec![], ..got.clone() }, &Evaluation { grads: vec![], ..want.clone() });
+    // A label out of range, found on the device.
+    y[4] = c as i64;
+    let err = kc.eval_device(&device(&s, &y), &BTreeMap::new(), &grads, 0).unwrap_err();
+    assert_eq!(err, lossc::call::bind(ki.function(), &host(&s, &y), &BTreeMap::new()).unwrap_err());
+    y[4] = 0;
+    // Wrong element types, unknown gradient names, shapes that disagree: typed errors before any launch.
+    let mut wrong = device(&s, &y);
+    wrong.get_mut("s").unwrap().dtype = DType::F64;
+    assert!(matches!(kc.eval_device(&wrong, &BTreeMap::new(), &grads, 0), Err(CallError::WrongDtype { .. })));
+    let bad = BTreeMap::from([("y".to_string(), 0u64)]);
+    assert!(matches!(kc.eval_device(&device(&s, &y), &BTreeMap::new(), &bad, 0), Err(CallError::UnknownInput { .. })));
+    let mut short = device(&s, &y);
+    short.get_mut("y").unwrap().shape = vec![n - 1];
+    assert!(matches!(kc.eval_device(&short, &BTreeMap::new(), &grads, 0), Err(CallError::ShapeMismatch { .. })));
+    // The JIT has no device entry point.
+    let kj = Compiler::new().compile_source("ce.lx", src).unwrap().kernel(None).unwrap();
+    assert!(matches!(kj.eval_device(&device(&s, &y), &BTreeMap::new(), &grads, 0), Err(CallError::Device(_))));
+}

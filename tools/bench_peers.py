@@ -5,7 +5,7 @@ Each peer runs whatever of {JAX jit(value_and_grad), PyTorch eager, torch.compil
 ones are reported as such. Data are float32, seeded, shaped as in benches/workloads.rs. Prints one line
 per (workload, peer) with the median over --iters runs after warm-up, and with --json a JSON list.
 
-Usage: python3 tools/bench_peers.py [--iters 20] [--json] [--only W1,W2]
+Usage: python3 tools/bench_peers.py [--iters 20] [--json] [--only W1,W2] [--device cpu|cuda]
 Compare with `lossc bench examples/<loss>.lx --shape ...` run in the same session on the same machine.
 """
 import argparse
@@ -23,6 +23,8 @@ WORKLOADS = {
     "W6": ("sort BCE, odd-even Cauchy n=16", {"B": 1024, "n": 16}),
     "W7": ("Z-loss", {"N": 8192, "C": 1000}),
     "W8": ("KL-DRO over CE, lambda=1", {"N": 8192, "C": 1000}),
+    # GPU only: an LLM's token batch and vocabulary, bf16 logits.
+    "LLM": ("cross-entropy, bf16 logits", {"N": 16384, "C": 128256}),
 }
 
 
@@ -48,9 +50,13 @@ def odd_even_layers(n):
     return layers
 
 
-def jax_workloads():
+def jax_workloads(device="cpu"):
     import jax
     import jax.numpy as jnp
+
+    platform = "gpu" if device == "cuda" else "cpu"
+    if jax.default_backend() != platform:
+        raise RuntimeError(f"JAX runs on {jax.default_backend()}, not {platform}")
 
     def ce(s, y):
         return jnp.mean(jax.nn.logsumexp(s, axis=1) - jnp.take_along_axis(s, y[:, None], 1)[:, 0])
@@ -132,6 +138,11 @@ def jax_workloads():
         "W1": (ce, (s, y)), "W2": (ldr, (s, y)), "W3": (anyloss, (p, yb)), "W4": (ntxent, (va, vb)),
         "W5": (ms, (xm, ym)), "W6": (sort_bce, (xs, gts)), "W7": (zloss, (s, y)), "W8": (kldro, (s, y)),
     }
+    if device == "cuda":
+        n, c = WORKLOADS["LLM"][1]["N"], WORKLOADS["LLM"][1]["C"]
+        logits = jax.random.normal(k1, (n, c), jnp.bfloat16)
+        labels = jax.random.randint(k2, (n,), 0, c)
+        cases["LLM"] = (ce, (logits, labels))
     out = {}
     for w, (fn, args) in cases.items():
         g = jax.jit(jax.value_and_grad(fn))
@@ -143,42 +154,130 @@ def jax_workloads():
     return out
 
 
-def torch_workloads(compiled):
+def torch_workloads(compiled, device="cpu"):
     import torch
     import torch.nn.functional as F
 
     torch.manual_seed(0)
-    s = torch.randn(8192, 1000, requires_grad=True)
-    y = torch.randint(0, 1000, (8192,))
+    dev = torch.device(device)
 
-    def ce():
-        s.grad = None
-        F.cross_entropy(s, y).backward()
+    def leaf(t):
+        return t.to(dev).requires_grad_(True)
 
-    def kldro():
-        s.grad = None
+    s = leaf(torch.randn(8192, 1000))
+    y = torch.randint(0, 1000, (8192,), device=dev)
+    p = leaf(torch.rand(1_000_000))
+    yb = (torch.rand(1_000_000, device=dev) > 0.5).float()
+    va, vb = leaf(torch.randn(1024, 128)), leaf(torch.randn(1024, 128))
+    xm = leaf(torch.randn(512, 128))
+    ym = torch.randint(0, 64, (512,), device=dev)
+    xs = leaf(torch.randn(1024, 16))
+    gts = F.one_hot(torch.argsort(torch.randn(1024, 16, device=dev), dim=-1), 16).transpose(-2, -1).float()
+
+    def ce(s, y):
+        return F.cross_entropy(s, y)
+
+    def ldr(s, y, lam=1.0):
+        c = s.shape[1]
+        sy = s.gather(1, y[:, None])
+        m = (torch.arange(c, device=s.device)[None, :] != y[:, None]).float() + s - sy
+        return torch.mean(lam * torch.logsumexp(m / lam, 1) - lam * math.log(c))
+
+    def anyloss(p, y, L=73.0):
+        a = torch.sigmoid(L * (p - 0.5))
+        tp, fp, fn = (a * y).sum(), (a * (1 - y)).sum(), ((1 - a) * y).sum()
+        return 1 - 2 * tp / (2 * tp + fp + fn)
+
+    def ntxent(a, b, tau=0.1):
+        z = torch.cat([F.normalize(a, dim=1), F.normalize(b, dim=1)])
+        z = z @ z.T / tau
+        n = a.shape[0]
+        z = z - 1e9 * torch.eye(2 * n, device=z.device)
+        pos = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+        return torch.mean(torch.logsumexp(z, 1) - z[torch.arange(2 * n, device=z.device), pos])
+
+    def ms(x, y, alpha=2.0, beta=50.0, base=0.5, eps=0.1):
+        sim = x @ x.T
+        same = y[:, None] == y[None, :]
+        eye = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
+        pos, neg = same & ~eye, ~same
+        inf = torch.tensor(float("inf"), device=x.device)
+        min_pos = torch.where(pos, sim, inf).min(1, keepdim=True).values.detach()
+        max_neg = torch.where(neg, sim, -inf).max(1, keepdim=True).values.detach()
+        hard_neg = neg & (sim + eps > min_pos)
+        hard_pos = pos & (sim - eps < max_neg)
+        zero = torch.zeros((), device=x.device)
+        lp = torch.log1p(torch.where(hard_pos, torch.exp(-alpha * (sim - base)), zero).sum(1)) / alpha
+        ln = torch.log1p(torch.where(hard_neg, torch.exp(beta * (sim - base)), zero).sum(1)) / beta
+        return torch.mean(lp + ln)
+
+    def zloss(s, y, eps=1e-12):
+        mu = s.mean(1)
+        sigma = torch.sqrt((s * s).mean(1) - mu * mu)
+        z = (s.gather(1, y[:, None])[:, 0] - mu) / (sigma + eps)
+        return F.softplus(-z).sum()
+
+    def kldro(s, y, lam=1.0):
         l = F.cross_entropy(s, y, reduction="none")
-        (torch.logsumexp(l, 0) - math.log(l.shape[0])).backward()
+        return lam * (torch.logsumexp(l / lam, 0) - math.log(l.shape[0]))
 
-    cases = {"W1": ce, "W8": kldro}
-    try:
-        import diffsort
+    def sort_bce(x, gt, steepness=10.0):
+        n = x.shape[1]
+        P = torch.eye(n, device=x.device).expand(x.shape[0], n, n)
+        for partner, side in odd_even_layers(n):
+            partner = torch.tensor(partner, device=x.device)
+            side = torch.tensor(side, device=x.device)
+            xo = x[:, partner]
+            alpha = torch.atan(steepness * side * (xo - x)) / math.pi + 0.5
+            x = alpha * x + (1 - alpha) * xo
+            P = alpha[:, None, :] * P + (1 - alpha[:, None, :]) * P[:, :, partner]
+        return F.binary_cross_entropy(P, gt)
 
-        xs = torch.randn(1024, 16, requires_grad=True)
-        gts = F.one_hot(torch.argsort(torch.randn(1024, 16), dim=-1), 16).transpose(-2, -1).float()
-        sorter = diffsort.DiffSortNet("odd_even", 16, steepness=10.0, distribution="cauchy")
+    cases = {
+        "W1": (ce, (s, y)), "W2": (ldr, (s, y)), "W3": (anyloss, (p, yb)), "W4": (ntxent, (va, vb)),
+        "W5": (ms, (xm, ym)), "W6": (sort_bce, (xs, gts)), "W7": (zloss, (s, y)), "W8": (kldro, (s, y)),
+    }
+    if dev.type == "cuda":
+        n, c = WORKLOADS["LLM"][1]["N"], WORKLOADS["LLM"][1]["C"]
+        logits = leaf(torch.randn(n, c, dtype=torch.bfloat16, device=dev))
+        labels = torch.randint(0, c, (n,), device=dev)
+        cases["LLM"] = (ce, (logits, labels))
+    out = {}
+    for w, (fn, args) in cases.items():
+        fn = torch.compile(fn) if compiled else fn
 
-        def sort_bce():
-            xs.grad = None
-            _, P = sorter(xs)
-            torch.nn.BCELoss()(P, gts).backward()
+        def run(fn=fn, args=args):
+            for a in args:
+                if a.requires_grad:
+                    a.grad = None
+            fn(*args).backward()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+        out[w] = run
+    return out
 
-        cases["W6"] = sort_bce
-    except ImportError:
-        pass
-    if compiled:
-        cases = {k: torch.compile(v) for k, v in cases.items()}
-    return cases
+
+def liger_workloads(device):
+    """Liger-Kernel's fused Triton cross-entropy (GPU only) on W1 and the LLM-sized batch."""
+    import torch
+    from liger_kernel.transformers import LigerCrossEntropyLoss
+
+    if device != "cuda":
+        raise RuntimeError("Liger-Kernel runs on CUDA only")
+    torch.manual_seed(0)
+    loss = LigerCrossEntropyLoss()
+    out = {}
+    for w, dtype in (("W1", torch.float32), ("LLM", torch.bfloat16)):
+        n, c = WORKLOADS[w][1]["N"], WORKLOADS[w][1]["C"]
+        s = torch.randn(n, c, dtype=dtype, device="cuda", requires_grad=True)
+        y = torch.randint(0, c, (n,), device="cuda")
+
+        def run(s=s, y=y):
+            s.grad = None
+            loss(s, y).backward()
+            torch.cuda.synchronize()
+        out[w] = run
+    return out
 
 
 def main():
@@ -186,11 +285,14 @@ def main():
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--only", default="")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="where the peers run (cuda: also the LLM-sized bf16 cross-entropy and Liger-Kernel)")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
     results = []
-    peers = [("jax jit(value_and_grad)", jax_workloads), ("pytorch eager", lambda: torch_workloads(False)),
-             ("torch.compile", lambda: torch_workloads(True))]
+    d = args.device
+    peers = [("jax jit(value_and_grad)", lambda: jax_workloads(d)), ("pytorch eager", lambda: torch_workloads(False, d)),
+             ("torch.compile", lambda: torch_workloads(True, d)), ("liger-kernel", lambda: liger_workloads(d))]
     for name, make in peers:
         try:
             cases = make()

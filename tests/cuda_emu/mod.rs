@@ -124,7 +124,9 @@ pub struct EmuDevice {
 
 impl Device for EmuDevice {
     fn alloc(&mut self, bytes: usize) -> Result<u64, CudaError> {
-        let words = vec![0u64; bytes.div_ceil(8)].into_boxed_slice();
+        // Not zeroed, as on a GPU: all bits set (NaN as f32, -1 as an integer), so an element a kernel
+        // forgets to write shows.
+        let words = vec![u64::MAX; bytes.div_ceil(8)].into_boxed_slice();
         let addr = words.as_ptr() as u64;
         self.memory.push(words);
         Ok(addr)

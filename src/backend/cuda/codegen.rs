@@ -25,7 +25,66 @@ pub(super) fn source(f: &Function, plan: &Plan) -> (String, Vec<KernelSpec>) {
         out.push_str(&e.text);
         kernels.push(KernelSpec { name, shape, extent });
     }
+    if let Some((text, spec)) = label_check(f, plan) {
+        out.push('\n');
+        out.push_str(&text);
+        kernels.push(spec);
+    }
     (out, kernels)
+}
+
+/// Name of the kernel that checks label inputs in device memory ([`super::Program::label_check`]).
+pub(super) const LABEL_CHECK: &str = "lossc_labels";
+
+/// The flag a label out of range leaves (with the input's index): above every node's.
+pub const LABEL_FLAG: u64 = 1 << 63;
+
+/// A kernel that checks every bounded label input (`0 <= y < bound`), for calls whose inputs are already
+/// in device memory (the host checks host inputs before copying them): the first failure found leaves
+/// `LABEL_FLAG | input`, the position and the value in the flag.
+fn label_check(f: &Function, plan: &Plan) -> Option<(String, KernelSpec)> {
+    let labels: Vec<(usize, &Dim)> = f
+        .inputs
+        .iter()
+        .enumerate()
+        .filter_map(|(k, i)| i.bound.as_ref().map(|b| (k, b)))
+        .collect();
+    let (first, _) = labels.first()?;
+    let e = Emit::new(f, plan);
+    let len = |k: usize| -> Dim {
+        f.inputs[k].shape.iter().cloned().reduce(|a, b| Dim::Mul(Box::new(a), Box::new(b))).unwrap_or(Dim::Const(1))
+    };
+    let mut body = String::new();
+    for (k, bound) in &labels {
+        let _ = writeln!(body, "    {{ // {}", f.inputs[*k].name);
+        let _ = writeln!(body, "        const long long* const b = (const long long*)B[{k}];");
+        let _ = writeln!(body, "        const long long n = {}, bound = {};", e.dim(&len(*k)), e.dim(bound));
+        let _ = writeln!(
+            body,
+            "        for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {{"
+        );
+        let _ = writeln!(body, "            const long long v = b[i];");
+        let _ = writeln!(
+            body,
+            "            if ((unsigned long long)v >= (unsigned long long)bound && atomicCAS(E, 0ULL, {LABEL_FLAG}ULL | {k}ULL) == 0ULL) {{ E[1] = (unsigned long long)i; E[2] = (unsigned long long)v; }}"
+        );
+        body.push_str("        }\n    }\n");
+    }
+    let mut text = format!(
+        "// {LABEL_CHECK}: labels in range (calls on device memory)\nextern \"C\" __global__ void {LABEL_CHECK}(void* const* B, const long long* D, const double* H, unsigned long long* E) {{\n"
+    );
+    for k in e.dims.borrow().iter() {
+        let _ = writeln!(text, "    const long long d{k} = D[{k}]; // {}", f.dims[*k].name);
+    }
+    text.push_str("    (void)H;\n");
+    text.push_str(&body);
+    text.push_str("}\n");
+    let spec = KernelSpec {
+        name: LABEL_CHECK.to_string(),
+        shape: Shape::Flat,
+        extent: len(*first),
+    };
+    Some((text, spec))
 }
 
 fn reduces(f: &Function, body: NodeId) -> bool {

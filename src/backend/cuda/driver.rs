@@ -160,17 +160,25 @@ impl Loader for Driver {
             module,
             functions,
             allocations: Vec::new(),
+            kept: Vec::new(),
+            stream: std::ptr::null_mut(),
             max_grid: (sms.max(1) as u32) * 16,
         }))
     }
 }
 
 /// A loaded program on the GPU; calls run on the legacy default stream and synchronize before reading.
+/// Device memory is kept from one call to the next (a call of the same shapes allocates nothing).
 pub struct GpuDevice {
     ctx: Arc<CudaContext>,
     module: sys::CUmodule,
     functions: Vec<sys::CUfunction>,
-    allocations: Vec<sys::CUdeviceptr>,
+    /// In use by the current call: (address, bytes).
+    allocations: Vec<(sys::CUdeviceptr, usize)>,
+    /// Free, from earlier calls.
+    kept: Vec<(sys::CUdeviceptr, usize)>,
+    /// Where calls run ([`Device::set_stream`]; null: the legacy default stream).
+    stream: sys::CUstream,
     max_grid: u32,
 }
 
@@ -182,6 +190,10 @@ impl Drop for GpuDevice {
     fn drop(&mut self) {
         self.release();
         if self.ctx.bind_to_thread().is_ok() {
+            for (p, _) in self.kept.drain(..) {
+                // SAFETY: allocated by `alloc`, freed once; release synchronized the stream.
+                let _ = unsafe { result::free_sync(p) };
+            }
             // SAFETY: no function of the module runs any more (release synchronized).
             let _ = unsafe { result::module::unload(self.module) };
         }
@@ -190,25 +202,44 @@ impl Drop for GpuDevice {
 
 impl Device for GpuDevice {
     fn alloc(&mut self, bytes: usize) -> Result<u64, CudaError> {
-        self.ctx.bind_to_thread().map_err(driver)?;
-        // SAFETY: plain device memory, zeroed, freed by `release`.
-        unsafe {
-            let p = result::malloc_sync(bytes).map_err(driver)?;
-            self.allocations.push(p);
-            result::memset_d8_sync(p, 0, bytes).map_err(driver)?;
-            Ok(p)
+        // A kept buffer of this size, or the smallest larger one.
+        let fit = self
+            .kept
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, size))| *size >= bytes)
+            .min_by_key(|(_, (_, size))| *size)
+            .map(|(k, _)| k);
+        if let Some(k) = fit {
+            let buffer = self.kept.swap_remove(k);
+            self.allocations.push(buffer);
+            return Ok(buffer.0);
         }
+        self.ctx.bind_to_thread().map_err(driver)?;
+        // SAFETY: plain device memory, kept by this device and freed when it is dropped.
+        let p = unsafe { result::malloc_sync(bytes) }.map_err(driver)?;
+        self.allocations.push((p, bytes));
+        Ok(p)
     }
     fn upload(&mut self, dst: u64, data: &[u8]) -> Result<(), CudaError> {
         self.ctx.bind_to_thread().map_err(driver)?;
-        // SAFETY: `dst` has at least `data.len()` bytes (the host side's sizes).
-        unsafe { result::memcpy_htod_sync(dst, data) }.map_err(driver)
+        // SAFETY: `dst` has at least `data.len()` bytes (the host side's sizes); `data` outlives the copy
+        // (the stream is synchronized before returning).
+        unsafe {
+            result::memcpy_htod_async(dst, data, self.stream).map_err(driver)?;
+            result::stream::synchronize(self.stream).map_err(driver)
+        }
     }
     fn download(&mut self, src: u64, out: &mut [u8]) -> Result<(), CudaError> {
         self.ctx.bind_to_thread().map_err(driver)?;
-        self.ctx.synchronize().map_err(driver)?;
-        // SAFETY: as in `upload`.
-        unsafe { result::memcpy_dtoh_sync(out, src) }.map_err(driver)
+        // SAFETY: as in `upload`; the kernels that write `src` were queued on this stream before.
+        unsafe {
+            result::memcpy_dtoh_async(out, src, self.stream).map_err(driver)?;
+            result::stream::synchronize(self.stream).map_err(driver)
+        }
+    }
+    fn set_stream(&mut self, stream: u64) {
+        self.stream = stream as sys::CUstream;
     }
     fn launch(&mut self, kernel: usize, grid: u32, block: u32, args: [u64; 4]) -> Result<(), CudaError> {
         self.ctx.bind_to_thread().map_err(driver)?;
@@ -219,7 +250,7 @@ impl Device for GpuDevice {
         let mut values = args;
         let mut params: Vec<*mut c_void> = values.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
         // SAFETY: the kernel ABI's four pointer arguments, into memory of this context.
-        unsafe { result::launch_kernel(f, (grid, 1, 1), (block, 1, 1), 0, std::ptr::null_mut(), &mut params) }
+        unsafe { result::launch_kernel(f, (grid, 1, 1), (block, 1, 1), 0, self.stream, &mut params) }
             .map_err(driver)
     }
     fn block_size(&self, shape: Shape) -> u32 {
@@ -234,11 +265,9 @@ impl Device for GpuDevice {
     }
     fn release(&mut self) {
         if self.ctx.bind_to_thread().is_ok() {
-            let _ = self.ctx.synchronize();
-            for p in self.allocations.drain(..) {
-                // SAFETY: allocated by `alloc`, freed once; the stream is synchronized.
-                let _ = unsafe { result::free_sync(p) };
-            }
+            // SAFETY: a stream of this context (or the default stream).
+            let _ = unsafe { result::stream::synchronize(self.stream) };
         }
+        self.kept.append(&mut self.allocations);
     }
 }

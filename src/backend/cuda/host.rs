@@ -2,17 +2,17 @@
 //! kernels launched in order with their geometry, the bounds-check flag read after the last launch, and
 //! the results collected as the JIT collects them.
 
-use super::{CudaError, Program, Shape};
+use super::{CudaError, LABEL_FLAG, Program, Shape};
 use crate::backend::interp::Evaluation;
 use crate::backend::loops::index_error;
 use crate::call::{Bound, CallError};
-use crate::data::Data;
-use crate::ir::{Function, Scalar, TensorRef};
+use crate::data::{Data, Tensor};
+use crate::ir::{Dim, Function, Scalar, TensorRef};
 
 /// What runs generated kernels: the CUDA driver, or the host emulation of the tests. Addresses are
 /// device addresses (`CUdeviceptr`).
 pub trait Device {
-    /// `bytes` of zeroed device memory, kept until [`Device::release`].
+    /// `bytes` of device memory (not initialized), the call's until [`Device::release`].
     fn alloc(&mut self, bytes: usize) -> Result<u64, CudaError>;
     fn upload(&mut self, dst: u64, data: &[u8]) -> Result<(), CudaError>;
     fn download(&mut self, src: u64, out: &mut [u8]) -> Result<(), CudaError>;
@@ -23,8 +23,11 @@ pub trait Device {
     fn block_size(&self, shape: Shape) -> u32;
     /// The most blocks one launch gets (the kernels loop over what is left).
     fn max_grid(&self) -> u32;
-    /// Frees what [`Device::alloc`] gave out.
+    /// Ends a call: what [`Device::alloc`] gave out may be reused (or freed).
     fn release(&mut self);
+    /// The stream the next calls run on (a `CUstream`; 0: the default stream), so that work the caller
+    /// queued there (a PyTorch stream) is ordered before and after them.
+    fn set_stream(&mut self, _stream: u64) {}
 }
 
 /// Bytes per element of a buffer of this scalar kind.
@@ -39,45 +42,96 @@ fn device(e: CudaError) -> CallError {
     CallError::Device(e.to_string())
 }
 
-/// Runs a program on a bound call of `f` (the function it was generated from).
+/// Where a call's input is: host data (copied to the device), or device memory the caller owns (f32 for
+/// floats, i64 for labels, row-major), used in place.
+#[derive(Clone, Copy, Debug)]
+pub enum Input<'a> {
+    Host(&'a Tensor),
+    Device(u64),
+}
+
+/// Runs a program on a bound call of `f` (the function it was generated from): inputs copied in, results
+/// copied out.
 pub fn run(program: &Program, f: &Function, call: &Bound, dev: &mut dyn Device) -> Result<Evaluation, CallError> {
-    let out = run_on(program, f, call, dev);
+    let inputs: Vec<Input> = call.inputs.iter().map(|t| Input::Host(t)).collect();
+    let out = execute(program, f, &call.sizes, &call.hypers, &inputs, &[], dev);
     dev.release();
     out
 }
 
-fn run_on(program: &Program, f: &Function, call: &Bound, dev: &mut dyn Device) -> Result<Evaluation, CallError> {
+/// Runs a program on inputs in device memory (their shapes already checked, labels not: the program's
+/// label check runs first), writing the tensors of `placed` (plan buffer, device address) where the
+/// caller wants them (gradients into the caller's buffers); the loss and the tensors not placed are
+/// copied back.
+pub fn run_device(
+    program: &Program,
+    f: &Function,
+    sizes: &[i64],
+    hypers: &[f64],
+    inputs: &[Input],
+    placed: &[(usize, u64)],
+    dev: &mut dyn Device,
+) -> Result<Evaluation, CallError> {
+    let out = execute(program, f, sizes, hypers, inputs, placed, dev);
+    dev.release();
+    out
+}
+
+fn execute(
+    program: &Program,
+    f: &Function,
+    sizes: &[i64],
+    hypers: &[f64],
+    inputs: &[Input],
+    placed: &[(usize, u64)],
+    dev: &mut dyn Device,
+) -> Result<Evaluation, CallError> {
     let plan = &program.plan;
-    let sizes = &call.sizes;
     let lens: Vec<usize> = plan
         .buffers
         .iter()
         .map(|b| b.shape.iter().map(|d| d.eval(sizes).max(0) as usize).product())
         .collect();
-    let mut addrs = Vec::with_capacity(plan.buffers.len());
-    for (k, buf) in plan.buffers.iter().enumerate() {
-        let bytes = lens[k] * elem_bytes(buf.scalar);
-        // At least one element: a clamped subscript of a failed bounds check reads element 0.
-        let addr = dev.alloc(bytes.max(16)).map_err(device)?;
-        if let TensorRef::Input(i) = buf.of {
-            let data: Vec<u8> = match &call.inputs[i as usize].data {
-                Data::Float(v) => v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect(),
-                Data::Int(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            };
-            dev.upload(addr, &data).map_err(device)?;
-        }
-        addrs.push(addr);
-    }
     let upload = |dev: &mut dyn Device, bytes: Vec<u8>| -> Result<u64, CallError> {
         let addr = dev.alloc(bytes.len().max(16)).map_err(device)?;
         dev.upload(addr, &bytes).map_err(device)?;
         Ok(addr)
     };
+    let mut addrs = Vec::with_capacity(plan.buffers.len());
+    let mut on_device = false;
+    for (k, buf) in plan.buffers.iter().enumerate() {
+        if let Some((_, addr)) = placed.iter().find(|(b, _)| *b == k) {
+            addrs.push(*addr);
+            continue;
+        }
+        let addr = match buf.of {
+            TensorRef::Input(i) => match inputs[i as usize] {
+                Input::Device(addr) => {
+                    on_device = true;
+                    addr
+                }
+                Input::Host(t) => {
+                    let data: Vec<u8> = match &t.data {
+                        Data::Float(v) => v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect(),
+                        Data::Int(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    };
+                    upload(dev, data)?
+                }
+            },
+            // At least one element: a clamped subscript of a failed bounds check reads element 0.
+            TensorRef::Def(_) => dev.alloc((lens[k] * elem_bytes(buf.scalar)).max(16)).map_err(device)?,
+        };
+        addrs.push(addr);
+    }
     let table = upload(dev, addrs.iter().flat_map(|a| a.to_le_bytes()).collect())?;
     let dims = upload(dev, sizes.iter().flat_map(|d| d.to_le_bytes()).collect())?;
-    let hypers = upload(dev, call.hypers.iter().flat_map(|h| h.to_le_bytes()).collect())?;
-    let err = dev.alloc(32).map_err(device)?;
-    for (k, spec) in program.kernels.iter().enumerate() {
+    let hypers = upload(dev, hypers.iter().flat_map(|h| h.to_le_bytes()).collect())?;
+    let err = upload(dev, vec![0u8; 32])?;
+    // Labels in device memory are checked by the program's label kernel first.
+    let label_check = program.label_check.filter(|_| on_device);
+    let groups = (0..program.kernels.len()).filter(|k| Some(*k) != program.label_check);
+    for k in label_check.into_iter().chain(groups) {
+        let spec = &program.kernels[k];
         let extent = spec.extent.eval(sizes);
         if extent <= 0 {
             continue;
@@ -94,12 +148,27 @@ fn run_on(program: &Program, f: &Function, call: &Bound, dev: &mut dyn Device) -
     }
     let mut flag = [0u8; 24];
     dev.download(err, &mut flag).map_err(device)?;
-    let word = |k: usize| i64::from_le_bytes(flag[k * 8..k * 8 + 8].try_into().expect("8 bytes"));
+    let word = |k: usize| u64::from_le_bytes(flag[k * 8..k * 8 + 8].try_into().expect("8 bytes"));
+    if word(0) & LABEL_FLAG != 0 {
+        let input = &f.inputs[(word(0) & !LABEL_FLAG) as usize];
+        let bound = input.bound.as_ref().map_or(Dim::Const(0), |b| b.clone());
+        let shape: Vec<usize> = input.shape.iter().map(|d| d.eval(sizes).max(0) as usize).collect();
+        return Err(CallError::LabelOutOfRange {
+            input: input.name.clone(),
+            position: crate::call::unravel(word(1) as usize, &shape),
+            value: word(2) as i64,
+            bound: f.show_dim(&bound),
+            size: bound.eval(sizes),
+        });
+    }
     if word(0) != 0 {
-        return Err(index_error(f, sizes, word(0), word(1), word(2)));
+        return Err(index_error(f, sizes, word(0) as i64, word(1) as i64, word(2) as i64));
     }
     let mut failed = None;
     let e = plan.evaluation(f, sizes, |k| {
+        if placed.iter().any(|(b, _)| *b == k) {
+            return Vec::new();
+        }
         let scalar = plan.buffers[k].scalar;
         let mut bytes = vec![0u8; lens[k] * elem_bytes(scalar)];
         if let Err(e) = dev.download(addrs[k], &mut bytes) {

@@ -32,6 +32,8 @@ pub mod driver;
 
 mod codegen;
 
+pub use codegen::LABEL_FLAG;
+
 use crate::backend::loops::Plan;
 use crate::ir::{Dim, Function};
 
@@ -60,8 +62,12 @@ pub struct KernelSpec {
 #[derive(Clone, Debug)]
 pub struct Program {
     pub source: String,
+    /// The groups' kernels in launch order, then the label check (if any).
     pub kernels: Vec<KernelSpec>,
     pub plan: Plan,
+    /// The kernel (index into `kernels`) that checks label inputs already in device memory: launched
+    /// first by calls on device pointers only.
+    pub label_check: Option<usize>,
 }
 
 /// Why a program could not be generated or run on a device.
@@ -111,5 +117,11 @@ impl Loader for NoCuda {
 pub fn generate(f: &Function) -> Program {
     let plan = Plan::new(f);
     let (source, kernels) = codegen::source(f, &plan);
-    Program { source, kernels, plan }
+    let label_check = kernels.iter().position(|k| k.name == codegen::LABEL_CHECK);
+    Program {
+        source,
+        kernels,
+        plan,
+        label_check,
+    }
 }
