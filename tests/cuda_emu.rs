@@ -159,13 +159,19 @@ fn generated_kernels_match_the_interpreter_on_bundled_examples() {
 
 #[test]
 fn launch_geometry_changes_only_rounding() {
-    let src = std::fs::read_to_string(emu::root().join("examples/ldr_kl.lx")).unwrap();
-    let mut rng = Rng::new(3);
-    let one = cuda(EmuLoader { block: 32, max_grid: 1 }).compile_source("a.lx", &src).unwrap();
-    let many = cuda(EmuLoader { block: 128, max_grid: 1000 }).compile_source("a.lx", &src).unwrap();
-    let (k1, k2) = (one.kernel(None).unwrap(), many.kernel(None).unwrap());
-    let inputs = random_inputs(k1.function(), &[70, 300], &mut rng);
-    assert_agree("geometry", &k1.eval(&inputs).unwrap(), &k2.eval(&inputs).unwrap());
+    // LDR-KL: rows over blocks; AnyLoss at N = 10,000: sums in three chunks of partials (Parts, Total).
+    for (file, sizes) in [("examples/ldr_kl.lx", vec![70i64, 300]), ("examples/anyloss_f1.lx", vec![10_000])] {
+        let src = std::fs::read_to_string(emu::root().join(file)).unwrap();
+        let mut rng = Rng::new(3);
+        let one = cuda(EmuLoader { block: 32, max_grid: 1 }).compile_source("a.lx", &src).unwrap();
+        let many = cuda(EmuLoader { block: 128, max_grid: 1000 }).compile_source("a.lx", &src).unwrap();
+        let interp = Compiler::new().backend(Backend::Interp).compile_source("a.lx", &src).unwrap();
+        let (k1, k2, ki) = (one.kernel(None).unwrap(), many.kernel(None).unwrap(), interp.kernel(None).unwrap());
+        let inputs = random_inputs(k1.function(), &sizes, &mut rng);
+        let want = ki.eval(&inputs).unwrap();
+        assert_agree(file, &k1.eval(&inputs).unwrap(), &want);
+        assert_agree(file, &k2.eval(&inputs).unwrap(), &want);
+    }
 }
 
 #[test]

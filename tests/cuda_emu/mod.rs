@@ -152,7 +152,7 @@ impl Device for EmuDevice {
     fn block_size(&self, shape: Shape) -> u32 {
         match shape {
             Shape::Flat | Shape::ThreadRows => 32,
-            Shape::BlockRows | Shape::Single => self.geometry.block,
+            Shape::BlockRows | Shape::Single | Shape::Parts | Shape::Total => self.geometry.block,
         }
     }
     fn max_grid(&self) -> u32 {

@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write;
 
-use super::{KernelSpec, PRELUDE, Shape};
+use super::{KernelSpec, PRELUDE, SPLIT_CHUNK, Shape};
 use crate::backend::loops::{Group, Nest, Plan, split_members};
 use crate::ir::{Dim, Expr, Function, IndexId, NodeId, ReduceOp, Scalar, TensorRef};
 use crate::prims::Prim;
@@ -23,7 +23,26 @@ pub(super) fn source(f: &Function, plan: &Plan) -> (String, Vec<KernelSpec>) {
         e.kernel(&name, group, shape, &extent);
         out.push('\n');
         out.push_str(&e.text);
-        kernels.push(KernelSpec { name, shape, extent });
+        let sums = split_members(f, &members).map_or(0, |(_, sums)| sums.len());
+        kernels.push(KernelSpec {
+            name: name.clone(),
+            shape,
+            extent: extent.clone(),
+            sums,
+        });
+        if shape == Shape::Parts {
+            let name = format!("{name}_total");
+            let mut e = Emit::new(f, plan);
+            e.kernel(&name, group, Shape::Total, &extent);
+            out.push('\n');
+            out.push_str(&e.text);
+            kernels.push(KernelSpec {
+                name,
+                shape: Shape::Total,
+                extent,
+                sums,
+            });
+        }
     }
     if let Some((text, spec)) = label_check(f, plan) {
         out.push('\n');
@@ -83,6 +102,7 @@ fn label_check(f: &Function, plan: &Plan) -> Option<(String, KernelSpec)> {
         name: LABEL_CHECK.to_string(),
         shape: Shape::Flat,
         extent: len(*first),
+        sums: 0,
     };
     Some((text, spec))
 }
@@ -93,7 +113,10 @@ fn reduces(f: &Function, body: NodeId) -> bool {
 
 /// The launch shape of a group and the extent its grid covers.
 fn shape_of(f: &Function, members: &[&Nest]) -> (Shape, Dim) {
-    if members[0].head.is_empty() || split_members(f, members).is_some() {
+    if let Some((_, sums)) = split_members(f, members) {
+        return (Shape::Parts, f.index(sums[0].0).range.clone());
+    }
+    if members[0].head.is_empty() {
         return (Shape::Single, Dim::Const(1));
     }
     if let [only] = members
@@ -301,6 +324,7 @@ impl<'a> Emit<'a> {
                 }
                 self.close();
             }
+            Shape::Parts | Shape::Total => self.split_sums(&members, shape, &extent),
             Shape::Single => {
                 for nest in &members {
                     self.open("");
@@ -335,6 +359,68 @@ impl<'a> Emit<'a> {
         head.push_str("    (void)E; (void)H; (void)D;\n");
         let body = std::mem::take(&mut self.text);
         self.text = signature + &head + &body;
+    }
+
+    /// A group of sibling sums ([`Shape::Parts`]: the partial sums of each chunk, computing the leading map
+    /// as it goes; [`Shape::Total`]: the partials added in chunk order).
+    fn split_sums(&mut self, members: &[&Nest], shape: Shape, extent: &str) {
+        let (f, plan) = (self.f, self.plan);
+        let (first, sums) = split_members(f, members).expect("a group of sums");
+        let scratch = plan.buffers.len();
+        self.line(format!("double* const lx_part = (double*)B[{scratch}];"));
+        self.line(format!("const long long lx_chunks = ({extent} + {SPLIT_CHUNK}LL - 1) / {SPLIT_CHUNK}LL;"));
+        if shape == Shape::Total {
+            self.open("if (threadIdx.x == 0)");
+            for (j, nest) in members[first..].iter().enumerate() {
+                let b = plan.buffer_of(f, TensorRef::Def(nest.tensor));
+                self.line(format!("double lx_t{j} = 0.0;"));
+                self.line(format!(
+                    "for (long long c = 0; c < lx_chunks; ++c) lx_t{j} += lx_part[{j} * lx_chunks + c];"
+                ));
+                self.line(format!("b{b}[0] = (float)lx_t{j};"));
+            }
+            self.close();
+            return;
+        }
+        self.open("for (long long lx_c = blockIdx.x; lx_c < lx_chunks; lx_c += gridDim.x)");
+        for j in 0..sums.len() {
+            self.line(format!("double lx_t{j} = 0.0;"));
+        }
+        self.line(format!(
+            "const long long lx_end = (lx_c + 1) * {SPLIT_CHUNK}LL < {extent} ? (lx_c + 1) * {SPLIT_CHUNK}LL : {extent};"
+        ));
+        self.open(format!(
+            "for (long long lx_e = lx_c * {SPLIT_CHUNK}LL + threadIdx.x; lx_e < lx_end; lx_e += blockDim.x)"
+        ));
+        if first == 1 {
+            self.open("");
+            self.line(format!("const long long {} = lx_e;", index_var(members[0].head[0].0)));
+            self.element(members[0], "lx_e");
+            self.close();
+        }
+        for (j, (k, mask, term)) in sums.iter().enumerate() {
+            self.open("");
+            self.line(format!("const long long {} = lx_e;", index_var(*k)));
+            let mut opened = 0;
+            if let Some(m) = mask {
+                let c = self.value(*m);
+                self.open(format!("if ({c})"));
+                opened += 1;
+            }
+            let v = self.value(*term);
+            self.line(format!("lx_t{j} += (double){v};"));
+            for _ in 0..opened {
+                self.close();
+            }
+            self.close();
+        }
+        self.close();
+        self.scratch.insert("lx_sd");
+        for j in 0..sums.len() {
+            self.line(format!("lx_t{j} = lx_block_reduce<double>(lx_t{j}, lx_add_d(), lx_sd);"));
+            self.line(format!("if (threadIdx.x == 0) lx_part[{j} * lx_chunks + lx_c] = lx_t{j};"));
+        }
+        self.close();
     }
 
     fn extent_of(&self, head: &[(IndexId, Dim)]) -> String {

@@ -255,9 +255,8 @@ impl Device for GpuDevice {
     }
     fn block_size(&self, shape: Shape) -> u32 {
         match shape {
-            Shape::Flat | Shape::ThreadRows => 256,
-            Shape::BlockRows => 256,
-            Shape::Single => 1024,
+            Shape::Flat | Shape::ThreadRows | Shape::BlockRows | Shape::Parts => 256,
+            Shape::Single | Shape::Total => 1024,
         }
     }
     fn max_grid(&self) -> u32 {

@@ -2,7 +2,7 @@
 //! kernels launched in order with their geometry, the bounds-check flag read after the last launch, and
 //! the results collected as the JIT collects them.
 
-use super::{CudaError, LABEL_FLAG, Program, Shape};
+use super::{CudaError, LABEL_FLAG, Program, SPLIT_CHUNK, Shape};
 use crate::backend::interp::Evaluation;
 use crate::backend::loops::index_error;
 use crate::call::{Bound, CallError};
@@ -123,6 +123,17 @@ fn execute(
         };
         addrs.push(addr);
     }
+    // The partial sums of `Parts` kernels: one scratch buffer after the plan's, as large as the largest needs.
+    let parts: usize = program
+        .kernels
+        .iter()
+        .filter(|k| k.shape == Shape::Parts)
+        .map(|k| k.sums * (k.extent.eval(sizes).max(0) as usize).div_ceil(SPLIT_CHUNK as usize))
+        .max()
+        .unwrap_or(0);
+    if parts > 0 {
+        addrs.push(dev.alloc(parts * 8).map_err(device)?);
+    }
     let table = upload(dev, addrs.iter().flat_map(|a| a.to_le_bytes()).collect())?;
     let dims = upload(dev, sizes.iter().flat_map(|d| d.to_le_bytes()).collect())?;
     let hypers = upload(dev, hypers.iter().flat_map(|h| h.to_le_bytes()).collect())?;
@@ -133,7 +144,8 @@ fn execute(
     for k in label_check.into_iter().chain(groups) {
         let spec = &program.kernels[k];
         let extent = spec.extent.eval(sizes);
-        if extent <= 0 {
+        // Nothing to compute, except a total (a sum over nothing is 0).
+        if extent <= 0 && spec.shape != Shape::Total {
             continue;
         }
         let block = dev.block_size(spec.shape);
@@ -141,7 +153,8 @@ fn execute(
         let grid = match spec.shape {
             Shape::Flat | Shape::ThreadRows => (extent + i64::from(block) - 1) / i64::from(block),
             Shape::BlockRows => extent,
-            Shape::Single => 1,
+            Shape::Parts => (extent + SPLIT_CHUNK - 1) / SPLIT_CHUNK,
+            Shape::Single | Shape::Total => 1,
         }
         .clamp(1, max_grid) as u32;
         dev.launch(k, grid, block, [table, dims, hypers, err]).map_err(device)?;

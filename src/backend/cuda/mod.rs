@@ -15,7 +15,10 @@
 //!   of the row are spread over the block's threads, and each reduction that depends on the row only is
 //!   computed by the whole block (strided partials, then a warp-shuffle tree and the warps in order);
 //!   `__syncthreads` between members, so a member reads the earlier members' row complete.
-//! - `Single`: rank-0 nests (the loss, sums over the batch) and groups of sibling sums: one block.
+//! - `Single`: rank-0 nests (the loss, a mean over the batch): one block.
+//! - `Parts` then `Total`: a group of sibling sums over one index (AnyLoss's sigmoids and their three
+//!   sums): blocks over fixed chunks of the index, one f64 partial per chunk and sum, added in chunk
+//!   order by one block (the result does not depend on the grid).
 //!
 //! Kernel ABI: `(void* const* buffers, const long long* dims, const double* hypers,
 //! unsigned long long* err)`, all device pointers: the buffer table (inputs, then one per tensor, as
@@ -47,15 +50,28 @@ pub enum Shape {
     ThreadRows,
     BlockRows,
     Single,
+    /// A group of sibling sums over one index (after the map they read, if any): blocks over fixed
+    /// chunks of [`SPLIT_CHUNK`] points, each leaving one partial sum per sum (f64) in the scratch buffer
+    /// that follows the plan's buffers in the table; the next kernel (`Total`) adds them in chunk order.
+    /// So the result does not depend on the grid.
+    Parts,
+    /// One block adding a `Parts` kernel's partial sums in chunk order.
+    Total,
 }
 
+/// Points of the summed index per partial sum of a `Parts` kernel.
+pub const SPLIT_CHUNK: i64 = 4096;
+
 /// One generated kernel: its name, launch shape, and the extent its grid covers (elements for `Flat`,
-/// rows for `ThreadRows` and `BlockRows`; `Single` runs one block).
+/// rows for `ThreadRows` and `BlockRows`, the summed index for `Parts` and `Total`; `Single` and `Total`
+/// run one block).
 #[derive(Clone, Debug)]
 pub struct KernelSpec {
     pub name: String,
     pub shape: Shape,
     pub extent: Dim,
+    /// For `Parts`: how many sums leave a partial per chunk.
+    pub sums: usize,
 }
 
 /// The CUDA C of one optimized function: the source (prelude included) and its kernels in launch order.
