@@ -99,7 +99,8 @@ pub enum CallError {
 pub struct Bound<'a> {
     pub sizes: Vec<i64>,
     pub hypers: Vec<f64>,
-    pub inputs: Vec<&'a Tensor>,
+    /// The inputs; one declared `bf16` or `f16` is rounded to that type (a copy, where it was not already).
+    pub inputs: Vec<std::borrow::Cow<'a, Tensor>>,
 }
 
 /// Checks a call of `f` and binds its dimensions.
@@ -124,7 +125,21 @@ pub fn bind<'a>(
         })
         .collect();
     let (sizes, values) = bind_views(f, &views, hypers)?;
-    let ordered = f.inputs.iter().map(|i| &inputs[&i.name]).collect();
+    let ordered = f
+        .inputs
+        .iter()
+        .map(|i| {
+            let t = &inputs[&i.name];
+            match (DType::half_of(i.elem), &t.data) {
+                (Some(half), Data::Float(v)) if t.dtype != half => std::borrow::Cow::Owned(Tensor {
+                    shape: t.shape.clone(),
+                    data: Data::Float(v.iter().map(|x| half.round(*x)).collect()),
+                    dtype: half,
+                }),
+                _ => std::borrow::Cow::Borrowed(t),
+            }
+        })
+        .collect();
     Ok(Bound {
         sizes,
         hypers: values,
@@ -164,7 +179,7 @@ pub fn bind_views(
             expected: expected(),
         })?;
         match (input.elem, t.dtype.is_float()) {
-            (ElemTy::Idx, false) | (ElemTy::F32 | ElemTy::F64, true) => {}
+            (ElemTy::Idx, false) | (ElemTy::F32 | ElemTy::F64 | ElemTy::Bf16 | ElemTy::F16, true) => {}
             (ElemTy::Idx, _) => {
                 return Err(CallError::WrongDtype {
                     input: input.name.clone(),

@@ -15,11 +15,32 @@ pub enum DType {
     F64,
     I32,
     I64,
+    BF16,
+    F16,
 }
 
 impl DType {
     pub fn is_float(self) -> bool {
-        matches!(self, DType::F32 | DType::F64)
+        matches!(self, DType::F32 | DType::F64 | DType::BF16 | DType::F16)
+    }
+
+    /// The half-precision type of an input declared `bf16` or `f16`.
+    pub fn half_of(elem: crate::ir::ElemTy) -> Option<DType> {
+        match elem {
+            crate::ir::ElemTy::Bf16 => Some(DType::BF16),
+            crate::ir::ElemTy::F16 => Some(DType::F16),
+            _ => None,
+        }
+    }
+
+    /// `x` rounded to this type (to nearest, ties to even; floats only, others unchanged).
+    pub fn round(self, x: f64) -> f64 {
+        match self {
+            DType::F32 => x as f32 as f64,
+            DType::BF16 => half::bf16::from_f64(x).to_f64(),
+            DType::F16 => half::f16::from_f64(x).to_f64(),
+            _ => x,
+        }
     }
 }
 
@@ -30,6 +51,8 @@ impl fmt::Display for DType {
             DType::F64 => "float64",
             DType::I32 => "int32",
             DType::I64 => "int64",
+            DType::BF16 => "bfloat16",
+            DType::F16 => "float16",
         })
     }
 }
@@ -55,6 +78,19 @@ impl Tensor {
             shape,
             data: Data::Float(data),
             dtype: DType::F64,
+        }
+    }
+    /// The gradient of an input declared with element type `elem`: float64 values, or for `bf16` / `f16`
+    /// inputs the values rounded to that type (and marked so), as the gradient is written in the
+    /// input's dtype.
+    pub fn gradient(shape: Vec<usize>, data: Vec<f64>, elem: crate::ir::ElemTy) -> Tensor {
+        match DType::half_of(elem) {
+            Some(half) => Tensor {
+                shape,
+                data: Data::Float(data.into_iter().map(|x| half.round(x)).collect()),
+                dtype: half,
+            },
+            None => Tensor::float(shape, data),
         }
     }
     pub fn labels(shape: Vec<usize>, data: Vec<i64>) -> Tensor {
@@ -251,6 +287,17 @@ pub fn load_safetensors(path: &Path, name: &str) -> Result<Tensor, DataError> {
             ),
             dtype: DType::F64,
         },
+        S::BF16 | S::F16 => {
+            let (dtype, decode): (DType, fn([u8; 2]) -> f64) = match view.dtype() {
+                S::BF16 => (DType::BF16, |b| half::bf16::from_le_bytes(b).to_f64()),
+                _ => (DType::F16, |b| half::f16::from_le_bytes(b).to_f64()),
+            };
+            Tensor {
+                shape,
+                data: Data::Float(raw.chunks_exact(2).map(|c| decode([c[0], c[1]])).collect()),
+                dtype,
+            }
+        }
         S::I32 => Tensor {
             shape,
             data: Data::Int(

@@ -351,7 +351,8 @@ impl Kernel {
     /// One call of a CUDA kernel on device memory the caller owns, queued on its `stream` (a `CUstream`;
     /// 0: the default stream): the inputs are read in place, the gradients named in `grads` (by input
     /// name) are written into the caller's device buffers (float32, the input's shape), and only the loss
-    /// and the tensors not placed (other gradients, extra outputs) are copied back. Shapes are checked on
+    /// and the tensors not placed (other gradients, extra outputs) are copied back. Float inputs are float32,
+    /// or bfloat16 / float16 where the loss declares them so (their gradients then too). Shapes are checked on
     /// the host, labels by a kernel on the device; every failure is a [`CallError`].
     pub fn eval_device(
         &self,
@@ -381,14 +382,16 @@ impl Kernel {
         let mut placed_inputs = Vec::with_capacity(f.inputs.len());
         for input in &f.inputs {
             let t = &inputs[&input.name];
-            let expected = match input.elem {
-                crate::ir::ElemTy::Idx => DType::I64,
-                _ => DType::F32,
+            let (expected, what) = match input.elem {
+                crate::ir::ElemTy::Idx => (DType::I64, "int64 labels in device memory"),
+                crate::ir::ElemTy::Bf16 => (DType::BF16, "bfloat16 in device memory"),
+                crate::ir::ElemTy::F16 => (DType::F16, "float16 in device memory"),
+                _ => (DType::F32, "float32 in device memory"),
             };
             if t.dtype != expected {
                 return Err(CallError::WrongDtype {
                     input: input.name.clone(),
-                    expected: if expected == DType::I64 { "int64 labels in device memory" } else { "float32 in device memory" },
+                    expected: what,
                     got: t.dtype,
                 });
             }

@@ -74,7 +74,7 @@ impl Session {
         v.extend(
             [
                 "loss", "fn", "let", "out", "use", "const", "if", "then", "else", "nograd", "state", "updates", "f32",
-                "f64", "idx",
+                "f64", "bf16", "f16", "idx",
             ]
             .map(String::from),
         );

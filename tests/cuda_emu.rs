@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use emu::EmuLoader;
 use lossc::data::Rng;
 use lossc::ir::Function;
+use lossc::data::Data;
 use lossc::{Backend, CallError, Compiler, Evaluation, Tensor};
 
 /// Float32 accuracy, as the JIT's: |cuda - interp| <= 2e-4 * max(1, |interp|), per value.
@@ -244,4 +245,71 @@ fn calls_on_device_memory_use_it_in_place() {
     // The JIT has no device entry point.
     let kj = Compiler::new().compile_source("ce.lx", src).unwrap().kernel(None).unwrap();
     assert!(matches!(kj.eval_device(&device(&s, &y), &BTreeMap::new(), &grads, 0), Err(CallError::Device(_))));
+}
+
+/// bf16 and f16 inputs: computed in f32, gradients rounded to the input's type, on every backend; the
+/// kernels' own conversions round as the host's (`half`), subnormals and overflow included.
+#[test]
+fn half_precision_inputs_and_gradients() {
+    use lossc::data::DType;
+    for (ty, dtype, ulp) in [("bf16", DType::BF16, 2f64.powi(-7)), ("f16", DType::F16, 2f64.powi(-10))] {
+        // The gradient of sum x * w is w: rounded from f32-representable values, exactly as the host rounds.
+        let src = format!("loss dot(x: {ty}[N], w: f32[N] nograd) {{ sum[i] x[i] * w[i] }}");
+        let mut w: Vec<f64> = vec![0.0, -0.0, 1.0, -2.5, 1e-6, -3e-8, 6e-5, 65504.0, 65519.0, 65520.0, 1e5, 3.0e38, 1.0 + 2f64.powi(-8), 1.0 + 3.0 * 2f64.powi(-11)];
+        let mut rng = Rng::new(9);
+        w.extend((0..50).map(|_| (rng.normal() * 10f64.powi(rng.below(9) as i32 - 4)) as f32 as f64));
+        let n = w.len();
+        let inputs = BTreeMap::from([
+            ("x".to_string(), Tensor::float(vec![n], vec![0.5; n])),
+            ("w".to_string(), Tensor::float(vec![n], w.clone())),
+        ]);
+        let kc = cuda(EmuLoader::default()).compile_source("h.lx", &src).unwrap().kernel(None).unwrap();
+        let ki = Compiler::new().backend(Backend::Interp).compile_source("h.lx", &src).unwrap().kernel(None).unwrap();
+        let kj = Compiler::new().compile_source("h.lx", &src).unwrap().kernel(None).unwrap();
+        let want = ki.eval(&inputs).unwrap();
+        assert_eq!(want.grads[0].1.dtype, dtype);
+        for got in [kc.eval(&inputs).unwrap(), kj.eval(&inputs).unwrap()] {
+            assert_eq!(got.grads[0].1.dtype, dtype, "{ty}");
+            let (g, e) = (got.grads[0].1.to_f64(), want.grads[0].1.to_f64());
+            for k in 0..n {
+                assert!(g[k] == e[k] || (g[k].is_nan() && e[k].is_nan()), "{ty}: w = {} rounds to {} here, {} on the host", w[k], g[k], e[k]);
+            }
+        }
+        // Cross-entropy over half logits: inputs rounded to the type when bound, gradients within an ulp of it.
+        let src = format!("loss ce(s: {ty}[N, C], y: idx[N] < C) {{ mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }}");
+        let kc = cuda(EmuLoader::default()).compile_source("c.lx", &src).unwrap().kernel(None).unwrap();
+        let ki = Compiler::new().backend(Backend::Interp).compile_source("c.lx", &src).unwrap().kernel(None).unwrap();
+        let inputs = random_inputs(ki.function(), &[6, 9], &mut rng);
+        let (got, want) = (kc.eval(&inputs).unwrap(), ki.eval(&inputs).unwrap());
+        assert!(close(got.loss, want.loss), "{ty}: loss {} vs {}", got.loss, want.loss);
+        for (g, e) in got.grads[0].1.to_f64().iter().zip(want.grads[0].1.to_f64()) {
+            assert!((g - e).abs() <= ulp * e.abs() + 1e-6, "{ty}: grad {g} vs {e}");
+        }
+        // The same call on half-precision device memory, gradients written in place.
+        let Data::Float(s) = &inputs["s"].data else { unreachable!() };
+        let Data::Int(y) = &inputs["y"].data else { unreachable!() };
+        let bits: Vec<u16> = s
+            .iter()
+            .map(|x| match dtype {
+                DType::BF16 => half::bf16::from_f64(*x).to_bits(),
+                _ => half::f16::from_f64(*x).to_bits(),
+            })
+            .collect();
+        let mut grad = vec![0u16; bits.len()];
+        let device = BTreeMap::from([
+            ("s".to_string(), lossc::DeviceTensor { ptr: bits.as_ptr() as u64, shape: vec![6, 9], dtype }),
+            ("y".to_string(), lossc::DeviceTensor { ptr: y.as_ptr() as u64, shape: vec![6], dtype: DType::I64 }),
+        ]);
+        let grads = BTreeMap::from([("s".to_string(), grad.as_mut_ptr() as u64)]);
+        let on_device = kc.eval_device(&device, &BTreeMap::new(), &grads, 0).unwrap();
+        assert_eq!(on_device.loss, got.loss, "{ty}: same bits in place as copied");
+        let placed: Vec<f64> = grad
+            .iter()
+            .map(|b| match dtype {
+                DType::BF16 => half::bf16::from_bits(*b).to_f64(),
+                _ => half::f16::from_bits(*b).to_f64(),
+            })
+            .collect();
+        assert_eq!(placed, got.grads[0].1.to_f64(), "{ty}");
+    }
 }

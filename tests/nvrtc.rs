@@ -56,6 +56,13 @@ fn sources() -> Vec<(String, String)> {
     for e in lossc::stdlib::entries() {
         v.push((e.path.clone(), format!("use {}\n", e.path)));
     }
+    // Half-precision storage (bf16 / f16 inputs and gradients).
+    v.push((
+        "half.lx".into(),
+        "loss ce(s: bf16[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }\n\
+         loss sq(x: f16[N], w: f32[N]) { sum[i] w[i] * x[i] ^ 2 }\n"
+            .into(),
+    ));
     v
 }
 

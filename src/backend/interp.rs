@@ -89,7 +89,11 @@ pub fn run_with(f: &Function, call: &Bound, stopgrads: StopGrads) -> Result<Eval
             )),
             Role::Grad(i) => grads.push((
                 f.inputs[i as usize].name.clone(),
-                Tensor::float(table.shape.clone(), table.data.iter().map(|v| v.as_f64()).collect()),
+                Tensor::gradient(
+                    table.shape.clone(),
+                    table.data.iter().map(|v| v.as_f64()).collect(),
+                    f.inputs[i as usize].elem,
+                ),
             )),
             Role::Let => {}
         }

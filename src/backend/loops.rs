@@ -37,6 +37,11 @@ pub struct Buffer {
     /// `Float` buffers hold f32; `Int` and `Bool` buffers hold i64.
     pub scalar: Scalar,
     pub shape: Vec<Dim>,
+    /// A float buffer whose storage may be half precision (`DType::BF16` or `DType::F16`): an input
+    /// declared `bf16` / `f16` and its gradient, whose values are those of that type. A code generator
+    /// may keep them so in memory (the CUDA kernels read and write device tensors in place); it must not
+    /// let another tensor live in such a buffer ([`Plan::host`]) unless it stores f32 there.
+    pub half: Option<crate::data::DType>,
 }
 
 /// One tensor's loop nest.
@@ -237,16 +242,22 @@ impl Plan {
                     Scalar::Float
                 },
                 shape: input.shape.clone(),
+                half: crate::data::DType::half_of(input.elem),
             })
             .collect();
         let mut nests = Vec::new();
         for (k, t) in f.tensors.iter().enumerate() {
             let id = TensorId(k as u32);
+            let half = match t.role {
+                Role::Grad(i) => crate::data::DType::half_of(f.inputs[i as usize].elem),
+                _ => None,
+            };
             buffers.push(Buffer {
                 name: t.name.clone(),
                 of: TensorRef::Def(id),
                 scalar: t.scalar,
                 shape: f.tensor_shape(id),
+                half,
             });
             nests.push(Nest {
                 tensor: id,
@@ -268,6 +279,7 @@ impl Plan {
                     of: TensorRef::Def(lse.tensor),
                     scalar: Scalar::Float,
                     shape: lse.head.iter().map(|(_, d)| d.clone()).collect(),
+                    half: None,
                 });
             }
         }
@@ -352,7 +364,10 @@ impl Plan {
             match nest.role {
                 Role::Loss => loss = values(k).first().copied().unwrap_or(f64::NAN),
                 Role::Output => outputs.push((f.tensor(nest.tensor).name.clone(), Tensor::float(shape(), values(k)))),
-                Role::Grad(i) => grads.push((f.inputs[i as usize].name.clone(), Tensor::float(shape(), values(k)))),
+                Role::Grad(i) => {
+                    let input = &f.inputs[i as usize];
+                    grads.push((input.name.clone(), Tensor::gradient(shape(), values(k), input.elem)))
+                }
                 Role::Let => {}
             }
         }
@@ -618,6 +633,7 @@ fn kept_exps(f: &Function, nests: &[Nest], groups: &[Group], buffers: &mut Vec<B
                         of: TensorRef::Def(nests[consumer].tensor),
                         scalar: Scalar::Float,
                         shape,
+                        half: None,
                     });
                     buffers.len() - 1
                 });

@@ -95,6 +95,10 @@ pub struct OutDecl {
 pub enum ElemTy {
     F32,
     F64,
+    /// bfloat16 (the dtype of LLM logits): computed in f32, gradients rounded to bf16.
+    Bf16,
+    /// IEEE half precision: computed in f32, gradients rounded to f16.
+    F16,
     Idx,
 }
 
@@ -103,6 +107,8 @@ impl ElemTy {
         match self {
             ElemTy::F32 => "f32",
             ElemTy::F64 => "f64",
+            ElemTy::Bf16 => "bf16",
+            ElemTy::F16 => "f16",
             ElemTy::Idx => "idx",
         }
     }

@@ -31,6 +31,8 @@ pub enum Tok {
     Keyword,
     #[token("f32")]
     #[token("f64")]
+    #[token("bf16")]
+    #[token("f16")]
     #[token("idx")]
     Type,
     #[token("sum")]

@@ -334,6 +334,8 @@ impl Builder {
                     elem = match q.as_str() {
                         "f32" => ElemTy::F32,
                         "f64" => ElemTy::F64,
+                        "bf16" => ElemTy::Bf16,
+                        "f16" => ElemTy::F16,
                         _ => ElemTy::Idx,
                     }
                 }

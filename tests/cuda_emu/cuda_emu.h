@@ -90,6 +90,18 @@ inline unsigned long long atomicCAS(unsigned long long* addr, unsigned long long
     return old;
 }
 
+inline float __uint_as_float(unsigned int i) {
+    float f;
+    memcpy(&f, &i, sizeof f);
+    return f;
+}
+
+inline unsigned int __float_as_uint(float f) {
+    unsigned int i;
+    memcpy(&i, &f, sizeof i);
+    return i;
+}
+
 inline float __int_as_float(int i) {
     float f;
     memcpy(&f, &i, sizeof f);

@@ -142,7 +142,15 @@ fn c_type(s: Scalar) -> &'static str {
     }
 }
 
-/// The C type a buffer's elements have.
+/// The C type of a buffer's elements (half-precision storage as its 16 bits).
+fn buffer_type(b: &crate::backend::loops::Buffer) -> &'static str {
+    match b.half {
+        Some(_) => "unsigned short",
+        None => elem_type(b.scalar),
+    }
+}
+
+/// The C type of a scalar kind's elements in a buffer.
 fn elem_type(s: Scalar) -> &'static str {
     match s {
         Scalar::Float => "float",
@@ -269,7 +277,7 @@ impl<'a> Emit<'a> {
         }
         let mut head = String::new();
         for b in used {
-            let ty = elem_type(plan.buffers[b].scalar);
+            let ty = buffer_type(&plan.buffers[b]);
             let _ = writeln!(head, "    {ty}* const b{b} = ({ty}*)B[{b}]; // {}", plan.buffers[b].name);
         }
         let signature = std::mem::take(&mut self.text);
@@ -377,7 +385,8 @@ impl<'a> Emit<'a> {
                 self.line(format!(
                     "for (long long c = 0; c < lx_chunks; ++c) lx_t{j} += lx_part[{j} * lx_chunks + c];"
                 ));
-                self.line(format!("b{b}[0] = (float)lx_t{j};"));
+                let v = self.stored(b, &format!("(float)lx_t{j}"));
+                self.line(format!("b{b}[0] = {v};"));
             }
             self.close();
             return;
@@ -450,11 +459,19 @@ impl<'a> Emit<'a> {
     fn element(&mut self, nest: &Nest, flat: &str) {
         let b = self.plan.buffer_of(self.f, TensorRef::Def(nest.tensor));
         let v = self.value(nest.body);
-        let v = match self.plan.buffers[b].scalar {
-            Scalar::Bool => format!("(int)({v})"),
-            _ => v,
-        };
+        let v = self.stored(b, &v);
         self.line(format!("b{b}[{flat}] = {v};"));
+    }
+
+    /// The value to store in buffer `b` for the element value `v`.
+    fn stored(&self, b: usize, v: &str) -> String {
+        let buf = &self.plan.buffers[b];
+        match (buf.half, buf.scalar) {
+            (Some(crate::data::DType::BF16), _) => format!("lx_f32_bf16({v})"),
+            (Some(_), _) => format!("lx_f32_f16({v})"),
+            (None, Scalar::Bool) => format!("(int)({v})"),
+            (None, _) => v.to_string(),
+        }
     }
 
     /// Computes, with the whole block, every reduction that `root` reaches unconditionally (not inside a
@@ -566,9 +583,11 @@ impl<'a> Emit<'a> {
         if flat.is_empty() {
             flat = "0".into();
         }
-        match self.plan.buffers[b].scalar {
-            Scalar::Bool => format!("(b{b}[{flat}] != 0)"),
-            _ => format!("b{b}[{flat}]"),
+        match (self.plan.buffers[b].half, self.plan.buffers[b].scalar) {
+            (Some(crate::data::DType::BF16), _) => format!("lx_bf16_f32(b{b}[{flat}])"),
+            (Some(_), _) => format!("lx_f16_f32(b{b}[{flat}])"),
+            (None, Scalar::Bool) => format!("(b{b}[{flat}] != 0)"),
+            (None, _) => format!("b{b}[{flat}]"),
         }
     }
 

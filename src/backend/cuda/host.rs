@@ -6,7 +6,8 @@ use super::{CudaError, LABEL_FLAG, Program, SPLIT_CHUNK, Shape};
 use crate::backend::interp::Evaluation;
 use crate::backend::loops::index_error;
 use crate::call::{Bound, CallError};
-use crate::data::{Data, Tensor};
+use crate::backend::loops::Buffer;
+use crate::data::{DType, Data, Tensor};
 use crate::ir::{Dim, Function, Scalar, TensorRef};
 
 /// What runs generated kernels: the CUDA driver, or the host emulation of the tests. Addresses are
@@ -30,11 +31,41 @@ pub trait Device {
     fn set_stream(&mut self, _stream: u64) {}
 }
 
-/// Bytes per element of a buffer of this scalar kind.
-pub fn elem_bytes(s: Scalar) -> usize {
-    match s {
-        Scalar::Float | Scalar::Bool => 4,
-        Scalar::Int => 8,
+/// Bytes per element of a buffer.
+pub fn elem_bytes(b: &Buffer) -> usize {
+    match (b.half, b.scalar) {
+        (Some(_), _) => 2,
+        (None, Scalar::Float | Scalar::Bool) => 4,
+        (None, Scalar::Int) => 8,
+    }
+}
+
+/// A float buffer's bytes for host values (f32, or its half-precision type).
+fn encode(b: &Buffer, v: &[f64]) -> Vec<u8> {
+    match b.half {
+        Some(DType::BF16) => v.iter().flat_map(|x| half::bf16::from_f64(*x).to_le_bytes()).collect(),
+        Some(_) => v.iter().flat_map(|x| half::f16::from_f64(*x).to_le_bytes()).collect(),
+        None => v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect(),
+    }
+}
+
+/// A buffer's values from its bytes.
+fn decode(b: &Buffer, bytes: &[u8]) -> Vec<f64> {
+    match (b.half, b.scalar) {
+        (Some(DType::BF16), _) => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
+        (Some(_), _) => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
+        (None, Scalar::Float) => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64)
+            .collect(),
+        (None, Scalar::Int) => bytes
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f64)
+            .collect(),
+        (None, Scalar::Bool) => bytes
+            .chunks_exact(4)
+            .map(|c| f64::from(u8::from(i32::from_le_bytes(c.try_into().expect("4 bytes")) != 0)))
+            .collect(),
     }
 }
 
@@ -53,7 +84,7 @@ pub enum Input<'a> {
 /// Runs a program on a bound call of `f` (the function it was generated from): inputs copied in, results
 /// copied out.
 pub fn run(program: &Program, f: &Function, call: &Bound, dev: &mut dyn Device) -> Result<Evaluation, CallError> {
-    let inputs: Vec<Input> = call.inputs.iter().map(|t| Input::Host(t)).collect();
+    let inputs: Vec<Input> = call.inputs.iter().map(|t| Input::Host(t.as_ref())).collect();
     let out = execute(program, f, &call.sizes, &call.hypers, &inputs, &[], dev);
     dev.release();
     out
@@ -112,14 +143,14 @@ fn execute(
                 }
                 Input::Host(t) => {
                     let data: Vec<u8> = match &t.data {
-                        Data::Float(v) => v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect(),
+                        Data::Float(v) => encode(buf, v),
                         Data::Int(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
                     };
                     upload(dev, data)?
                 }
             },
             // At least one element: a clamped subscript of a failed bounds check reads element 0.
-            TensorRef::Def(_) => dev.alloc((lens[k] * elem_bytes(buf.scalar)).max(16)).map_err(device)?,
+            TensorRef::Def(_) => dev.alloc((lens[k] * elem_bytes(buf)).max(16)).map_err(device)?,
         };
         addrs.push(addr);
     }
@@ -182,25 +213,11 @@ fn execute(
         if placed.iter().any(|(b, _)| *b == k) {
             return Vec::new();
         }
-        let scalar = plan.buffers[k].scalar;
-        let mut bytes = vec![0u8; lens[k] * elem_bytes(scalar)];
+        let mut bytes = vec![0u8; lens[k] * elem_bytes(&plan.buffers[k])];
         if let Err(e) = dev.download(addrs[k], &mut bytes) {
             failed = Some(e);
         }
-        match scalar {
-            Scalar::Float => bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64)
-                .collect(),
-            Scalar::Int => bytes
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f64)
-                .collect(),
-            Scalar::Bool => bytes
-                .chunks_exact(4)
-                .map(|c| f64::from(u8::from(i32::from_le_bytes(c.try_into().expect("4 bytes")) != 0)))
-                .collect(),
-        }
+        decode(&plan.buffers[k], &bytes)
     });
     match failed {
         Some(e) => Err(device(e)),

@@ -25,6 +25,31 @@ __device__ __forceinline__ float lx_sigmoid(float x) {
 }
 __device__ __forceinline__ float lx_softplus(float x) { return (x > 0.0f ? x : 0.0f) + log1pf(expf(-fabsf(x))); }
 
+// Half-precision storage (inputs declared bf16 / f16 and their gradients): converted to and from f32
+// by bits, rounding to nearest even, as the host's `half` crate does.
+__device__ __forceinline__ float lx_bf16_f32(unsigned short h) { return __uint_as_float(((unsigned int)h) << 16); }
+__device__ __forceinline__ unsigned short lx_f32_bf16(float f) {
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+__device__ __forceinline__ float lx_f16_f32(unsigned short h) {
+    const unsigned int sign = ((unsigned int)h & 0x8000u) << 16, e = ((unsigned int)h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0x1fu) return __uint_as_float(sign | 0x7f800000u | (m << 13));
+    if (e == 0u) return __uint_as_float(sign) + (sign ? -1.0f : 1.0f) * (float)m * 5.9604644775390625e-8f;
+    return __uint_as_float(sign | ((e + 112u) << 23) | (m << 13));
+}
+__device__ __forceinline__ unsigned short lx_f32_f16(float f) {
+    const unsigned int u = __float_as_uint(f), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (unsigned short)(sign | 0x7e00u);
+    if (a >= 0x477ff000u) return (unsigned short)(sign | 0x7c00u);
+    if (a < 0x38800000u) return (unsigned short)(sign | (unsigned int)rintf(__uint_as_float(a) * 16777216.0f));
+    unsigned int r = a - 0x38000000u;
+    r += 0xfffu + ((r >> 13) & 1u);
+    return (unsigned short)(sign | (r >> 13));
+}
+
 // A subscript that is not statically inside its axis: in range it is returned; otherwise the first such
 // failure of the launch is recorded (node + 1, axis, value; the host turns it into
 // CallError::IndexOutOfRange) and 0 is returned, so no load ever leaves its buffer.
