@@ -313,3 +313,28 @@ fn half_precision_inputs_and_gradients() {
         assert_eq!(placed, got.grads[0].1.to_f64(), "{ty}");
     }
 }
+
+/// A softmax row whose logsumexp and gradient run in one kernel keeps its exponentials in shared memory
+/// (the gradient reads them instead of computing them again); rows longer than the shared memory holds,
+/// and rows of infinite logits, compute them. The emulation's shared memory starts as NaN, so a read of
+/// an exponential never kept shows.
+#[test]
+fn softmax_rows_keep_their_exponentials_in_shared_memory() {
+    let src = std::fs::read_to_string(emu::root().join("examples/cross_entropy.lx")).unwrap();
+    let program = lossc::Program::from_source("ce.lx", &src).unwrap();
+    let g = lossc::api::gradient(&program.module.functions[0]).unwrap();
+    let cuda_src = lossc::backend::cuda::generate(&g).source;
+    assert!(cuda_src.contains("lx_kept[i1] = ") && cuda_src.contains("* lx_inv;"), "{cuda_src}");
+    let kc = cuda(EmuLoader::default()).compile_source("ce.lx", &src).unwrap().kernel(None).unwrap();
+    let ki = Compiler::new().backend(Backend::Interp).compile_source("ce.lx", &src).unwrap().kernel(None).unwrap();
+    let mut rng = Rng::new(17);
+    for sizes in [[3i64, 5], [2, lossc::backend::cuda::KEEP_MAX as i64 + 3]] {
+        let inputs = random_inputs(ki.function(), &sizes, &mut rng);
+        assert_agree(&format!("{sizes:?}"), &kc.eval(&inputs).unwrap(), &ki.eval(&inputs).unwrap());
+    }
+    let inf = BTreeMap::from([
+        ("s".to_string(), Tensor::float(vec![2, 3], vec![f64::INFINITY, 0.0, 1.0, -1.0, 0.0, 1.0])),
+        ("y".to_string(), Tensor::labels(vec![2], vec![1, 2])),
+    ]);
+    assert_agree("infinite logit", &kc.eval(&inf).unwrap(), &ki.eval(&inf).unwrap());
+}

@@ -27,6 +27,8 @@ inline thread_local dim3 gridDim;
 #define __device__
 #define __forceinline__ inline
 #define __shared__ static
+// Dynamic shared memory: the launch's buffer of the size it was given.
+#define LX_DYNAMIC_SHARED(T, name) T* const name = (T*)lx_emu::current->dynamic.data()
 
 namespace lx_emu {
 using Kernel = void (*)(void* const*, const long long*, const double*, unsigned long long*);
@@ -43,6 +45,7 @@ struct Block {
     std::vector<Fiber> fibers;
     ucontext_t scheduler;
     std::vector<uint64_t> slots;
+    std::vector<unsigned char> dynamic;
     Kernel kernel;
     void* const* b;
     const long long* d;
@@ -111,10 +114,12 @@ inline float __int_as_float(int i) {
 namespace lx_emu {
 // Runs `grid` blocks of `block` threads (a multiple of 32, at most 1024). 0 on success; 3 when the
 // threads of a block reached different synchronization points (a kernel that would hang on a GPU).
-inline int launch(Kernel k, unsigned grid, unsigned block, void* const* b, const long long* d, const double* h,
-                  unsigned long long* e) {
-    if (block == 0 || block % 32 != 0 || block > 1024 || grid == 0) return 1;
+inline int launch(Kernel k, unsigned grid, unsigned block, unsigned shared, void* const* b, const long long* d,
+                  const double* h, unsigned long long* e) {
+    if (block == 0 || block % 32 != 0 || block > 1024 || grid == 0 || shared > 48 * 1024) return 1;
     Block blk;
+    // Not zeroed, as on a GPU.
+    blk.dynamic.assign(shared, 0xff);
     blk.fibers.resize(block);
     for (Fiber& f : blk.fibers) f.stack.resize(256 * 1024);
     blk.slots.assign(block, 0);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use lossc::backend::cuda::host::Device;
 use lossc::backend::cuda::{CudaError, Loader, Program, Shape};
 
-type Launch = unsafe extern "C" fn(i32, u32, u32, u64, u64, u64, u64) -> i32;
+type Launch = unsafe extern "C" fn(i32, u32, u32, u32, u64, u64, u64, u64) -> i32;
 
 /// Launch geometry of the emulated device: threads per block of row and single-block kernels (those of
 /// elementwise kernels are 32), and the most blocks a launch gets.
@@ -56,10 +56,10 @@ pub fn library(program: &Program) -> Result<PathBuf, CudaError> {
     let names: Vec<&str> = program.kernels.iter().map(|k| k.name.as_str()).collect();
     let harness = format!(
         "#include \"{}\"\n{}\nstatic lx_emu::Kernel lx_table[] = {{ {} nullptr }};\n\
-         extern \"C\" int lossc_emu_launch(int k, unsigned grid, unsigned block, unsigned long long a0, \
+         extern \"C\" int lossc_emu_launch(int k, unsigned grid, unsigned block, unsigned shared, unsigned long long a0, \
          unsigned long long a1, unsigned long long a2, unsigned long long a3) {{\n\
          if (k < 0 || k >= {}) return 2;\n\
-         return lx_emu::launch(lx_table[k], grid, block, (void* const*)a0, (const long long*)a1, (const double*)a2, (unsigned long long*)a3);\n}}\n",
+         return lx_emu::launch(lx_table[k], grid, block, shared, (void* const*)a0, (const long long*)a1, (const double*)a2, (unsigned long long*)a3);\n}}\n",
         header().display(),
         program.source,
         names.iter().map(|n| format!("{n},")).collect::<String>(),
@@ -141,9 +141,9 @@ impl Device for EmuDevice {
         unsafe { std::ptr::copy_nonoverlapping(src as *const u8, out.as_mut_ptr(), out.len()) };
         Ok(())
     }
-    fn launch(&mut self, kernel: usize, grid: u32, block: u32, args: [u64; 4]) -> Result<(), CudaError> {
+    fn launch(&mut self, kernel: usize, grid: u32, block: u32, shared: u32, args: [u64; 4]) -> Result<(), CudaError> {
         // SAFETY: the arguments are the kernel ABI's four pointers into memory this device allocated.
-        let rc = unsafe { (self.launch)(kernel as i32, grid, block, args[0], args[1], args[2], args[3]) };
+        let rc = unsafe { (self.launch)(kernel as i32, grid, block, shared, args[0], args[1], args[2], args[3]) };
         match rc {
             0 => Ok(()),
             rc => Err(CudaError::Driver(format!("emulated launch of kernel {kernel} failed ({rc})"))),

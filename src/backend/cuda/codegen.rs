@@ -29,6 +29,7 @@ pub(super) fn source(f: &Function, plan: &Plan) -> (String, Vec<KernelSpec>) {
             shape,
             extent: extent.clone(),
             sums,
+            kept_row: e.keep.as_ref().map(|k| k.len.clone()),
         });
         if shape == Shape::Parts {
             let name = format!("{name}_total");
@@ -41,6 +42,7 @@ pub(super) fn source(f: &Function, plan: &Plan) -> (String, Vec<KernelSpec>) {
                 shape: Shape::Total,
                 extent,
                 sums,
+                kept_row: None,
             });
         }
     }
@@ -103,12 +105,38 @@ fn label_check(f: &Function, plan: &Plan) -> Option<(String, KernelSpec)> {
         shape: Shape::Flat,
         extent: len(*first),
         sums: 0,
+        kept_row: None,
     };
     Some((text, spec))
 }
 
 fn reduces(f: &Function, body: NodeId) -> bool {
     f.reachable(&[body]).iter().any(|n| matches!(f.node(*n).expr, Expr::Reduce { .. }))
+}
+
+/// The first softmax row of a group whose logsumexp and consumer both run in it ([`Keep`]).
+fn kept_row(f: &Function, plan: &Plan, group: &Group) -> Option<Keep> {
+    plan.kept_exps.iter().find_map(|e| {
+        let (lse, consumer) = (&plan.nests[e.lse], &plan.nests[e.consumer]);
+        let Expr::Reduce { indices, .. } = &f.node(lse.body).expr else {
+            return None;
+        };
+        let ([k], [_, (j, len)]) = (&indices[..], &consumer.head[..]) else {
+            return None;
+        };
+        let fits = group.members.contains(&e.lse)
+            && group.members.contains(&e.consumer)
+            && e.scratch.is_none()
+            && e.factors.is_none();
+        fits.then(|| Keep {
+            lse: lse.body,
+            k: *k,
+            consumer: e.consumer,
+            exp: e.exp,
+            j: *j,
+            len: len.clone(),
+        })
+    })
 }
 
 /// The launch shape of a group and the extent its grid covers.
@@ -183,6 +211,25 @@ fn index_var(i: IndexId) -> String {
     format!("i{}", i.0)
 }
 
+/// A softmax row kept in shared memory ([`crate::backend::loops::KeptExps`] whose logsumexp (or plain
+/// sum of exponentials) and consumer run in one block-rows kernel): the logsumexp's second pass writes
+/// each `exp(x - max)` to `lx_kept[k]` while summing, and the consumer reads `lx_kept[j] * (1 / sum)` for
+/// its `exp` node instead of computing it again. Rows longer than [`KEEP_MAX`] floats (which the shared
+/// memory would not hold) and rows whose maximum is not finite compute it.
+struct Keep {
+    /// The reduction (the logsumexp nest's body) and its index.
+    lse: NodeId,
+    k: IndexId,
+    /// The consumer nest, its `exp` node and its index along the row.
+    consumer: usize,
+    exp: NodeId,
+    j: IndexId,
+    len: Dim,
+}
+
+/// The longest row kept in shared memory, in floats (32 KB).
+pub const KEEP_MAX: i64 = 8192;
+
 struct Emit<'a> {
     f: &'a Function,
     plan: &'a Plan,
@@ -190,6 +237,10 @@ struct Emit<'a> {
     /// Dimension symbols and block-reduction scratch arrays the kernel uses (declared at its top).
     dims: std::cell::RefCell<BTreeSet<usize>>,
     scratch: BTreeSet<&'static str>,
+    /// The softmax row a block-rows kernel keeps in shared memory, and whether the member being
+    /// generated is its consumer.
+    keep: Option<Keep>,
+    in_consumer: bool,
     depth: usize,
     /// Values computed in each open C scope, innermost last.
     frames: Vec<HashMap<NodeId, String>>,
@@ -204,6 +255,8 @@ impl<'a> Emit<'a> {
             text: String::new(),
             dims: Default::default(),
             scratch: BTreeSet::new(),
+            keep: None,
+            in_consumer: false,
             depth: 0,
             frames: vec![HashMap::new()],
             fresh: 0,
@@ -305,11 +358,22 @@ impl<'a> Emit<'a> {
                 self.close();
             }
             Shape::BlockRows => {
+                self.keep = kept_row(f, plan, group);
+                if let Some(keep) = &self.keep {
+                    let len = self.dim(&keep.len);
+                    self.line("LX_DYNAMIC_SHARED(float, lx_kept);");
+                    self.line(format!("const bool lx_keep = {len} <= {KEEP_MAX}LL;"));
+                }
                 self.open(format!(
                     "for (long long lx_row = blockIdx.x; lx_row < {extent}; lx_row += gridDim.x)"
                 ));
-                for nest in &members {
+                if self.keep.is_some() {
+                    self.line("bool lx_kv = false;");
+                    self.line("float lx_inv = 0.0f;");
+                }
+                for (m, nest) in members.iter().enumerate() {
                     self.open("");
+                    self.in_consumer = self.keep.as_ref().is_some_and(|k| k.consumer == group.members[m]);
                     let outer = nest.head[0].0;
                     self.line(format!("const long long {} = lx_row;", index_var(outer)));
                     self.cooperative(nest.body, &[outer]);
@@ -517,7 +581,7 @@ impl<'a> Emit<'a> {
             else {
                 continue;
             };
-            let v = self.reduce(op, &indices, mask, body, true);
+            let v = self.reduce(n, op, &indices, mask, body, true);
             self.remember(n, v);
         }
     }
@@ -531,6 +595,22 @@ impl<'a> Emit<'a> {
     fn value(&mut self, n: NodeId) -> String {
         if let Some(v) = self.lookup(n) {
             return v;
+        }
+        if let Some(keep) = self.keep.as_ref().filter(|k| k.exp == n && self.in_consumer) {
+            // The kept exponential where the row was kept, else computed.
+            let (j, var) = (index_var(keep.j), format!("kept{}", n.0));
+            self.line(format!("float {var};"));
+            self.open("if (lx_kv)");
+            self.line(format!("{var} = lx_kept[{j}] * lx_inv;"));
+            self.close();
+            self.open("else");
+            self.in_consumer = false;
+            let v = self.value(n);
+            self.in_consumer = true;
+            self.line(format!("{var} = {v};"));
+            self.close();
+            self.remember(n, var.clone());
+            return var;
         }
         let node = self.f.node(n).clone();
         let v = match &node.expr {
@@ -557,7 +637,7 @@ impl<'a> Emit<'a> {
                 mask,
                 body,
             } => {
-                let v = self.reduce(*op, indices, *mask, *body, false);
+                let v = self.reduce(n, *op, indices, *mask, *body, false);
                 self.remember(n, v.clone());
                 return v;
             }
@@ -697,9 +777,19 @@ impl<'a> Emit<'a> {
     }
 
     /// A reduction, serially in this thread or (`block`) by the whole block; returns its variable.
-    fn reduce(&mut self, op: ReduceOp, indices: &[IndexId], mask: Option<NodeId>, body: NodeId, block: bool) -> String {
+    fn reduce(
+        &mut self,
+        n: NodeId,
+        op: ReduceOp,
+        indices: &[IndexId],
+        mask: Option<NodeId>,
+        body: NodeId,
+        block: bool,
+    ) -> String {
         let acc = self.name("lx_a");
         let out = self.name("lx_r");
+        // The softmax row this group keeps ([`Keep`]): its exponentials go to the shared row as they are summed.
+        let keep = self.keep.as_ref().filter(|k| block && k.lse == n).map(|k| index_var(k.k));
         let combine = |e: &mut Self, acc: &str, ty: &str, op: &str, scratch: &'static str| {
             if block {
                 e.scratch.insert(scratch);
@@ -716,6 +806,9 @@ impl<'a> Emit<'a> {
                 }
                 self.reduce_loops(indices, mask, block, &mut |e, _| {
                     let v = e.value(body);
+                    if let Some(k) = &keep {
+                        e.line(format!("if (lx_keep) lx_kept[{k}] = (float){v};"));
+                    }
                     e.line(format!("{acc} {upd} (double){v};"));
                     if op == ReduceOp::Mean {
                         e.line(format!("{count} += 1;"));
@@ -728,6 +821,9 @@ impl<'a> Emit<'a> {
                     self.line(format!("const float {out} = (float)({acc} / (double){count});"));
                 } else {
                     self.line(format!("const float {out} = (float){acc};"));
+                }
+                if keep.is_some() {
+                    self.line("lx_kv = lx_keep; lx_inv = 1.0f;");
                 }
             }
             ReduceOp::Count => {
@@ -766,10 +862,21 @@ impl<'a> Emit<'a> {
                 self.line(format!("double {sum} = 0.0;"));
                 self.reduce_loops(indices, mask, block, &mut |e, _| {
                     let v = e.value(body);
-                    e.line(format!("{sum} += (double)expf((float){v} - {acc});"));
+                    match &keep {
+                        Some(k) => {
+                            let x = e.name("lx_x");
+                            e.line(format!("const float {x} = expf((float){v} - {acc});"));
+                            e.line(format!("if (lx_keep) lx_kept[{k}] = {x};"));
+                            e.line(format!("{sum} += (double){x};"));
+                        }
+                        None => e.line(format!("{sum} += (double)expf((float){v} - {acc});")),
+                    }
                 });
                 combine(self, &sum, "double", "lx_add_d", "lx_sd");
                 self.line(format!("{out} = (float)((double){acc} + log({sum}));"));
+                if keep.is_some() {
+                    self.line(format!("lx_kv = lx_keep; lx_inv = (float)(1.0 / {sum});"));
+                }
                 self.close();
             }
             ReduceOp::ArgMax | ReduceOp::ArgMin => {

@@ -241,7 +241,7 @@ impl Device for GpuDevice {
     fn set_stream(&mut self, stream: u64) {
         self.stream = stream as sys::CUstream;
     }
-    fn launch(&mut self, kernel: usize, grid: u32, block: u32, args: [u64; 4]) -> Result<(), CudaError> {
+    fn launch(&mut self, kernel: usize, grid: u32, block: u32, shared: u32, args: [u64; 4]) -> Result<(), CudaError> {
         self.ctx.bind_to_thread().map_err(driver)?;
         let f = *self
             .functions
@@ -250,7 +250,7 @@ impl Device for GpuDevice {
         let mut values = args;
         let mut params: Vec<*mut c_void> = values.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
         // SAFETY: the kernel ABI's four pointer arguments, into memory of this context.
-        unsafe { result::launch_kernel(f, (grid, 1, 1), (block, 1, 1), 0, self.stream, &mut params) }
+        unsafe { result::launch_kernel(f, (grid, 1, 1), (block, 1, 1), shared, self.stream, &mut params) }
             .map_err(driver)
     }
     fn block_size(&self, shape: Shape) -> u32 {

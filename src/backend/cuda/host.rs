@@ -2,7 +2,7 @@
 //! kernels launched in order with their geometry, the bounds-check flag read after the last launch, and
 //! the results collected as the JIT collects them.
 
-use super::{CudaError, LABEL_FLAG, Program, SPLIT_CHUNK, Shape};
+use super::{CudaError, KEEP_MAX, LABEL_FLAG, Program, SPLIT_CHUNK, Shape};
 use crate::backend::interp::Evaluation;
 use crate::backend::loops::index_error;
 use crate::call::{Bound, CallError};
@@ -19,7 +19,8 @@ pub trait Device {
     fn download(&mut self, src: u64, out: &mut [u8]) -> Result<(), CudaError>;
     /// Launches kernel `kernel` of the program (in [`Program::kernels`] order) with the four pointer
     /// arguments of the kernel ABI (buffer table, dims, hypers, error flag).
-    fn launch(&mut self, kernel: usize, grid: u32, block: u32, args: [u64; 4]) -> Result<(), CudaError>;
+    /// `shared` bytes of dynamic shared memory (a kept softmax row).
+    fn launch(&mut self, kernel: usize, grid: u32, block: u32, shared: u32, args: [u64; 4]) -> Result<(), CudaError>;
     /// Threads per block for a kernel shape (a multiple of 32, at most 1024).
     fn block_size(&self, shape: Shape) -> u32;
     /// The most blocks one launch gets (the kernels loop over what is left).
@@ -188,7 +189,11 @@ fn execute(
             Shape::Single | Shape::Total => 1,
         }
         .clamp(1, max_grid) as u32;
-        dev.launch(k, grid, block, [table, dims, hypers, err]).map_err(device)?;
+        let shared = match &spec.kept_row {
+            Some(len) if (1..=KEEP_MAX).contains(&len.eval(sizes)) => len.eval(sizes) as u32 * 4,
+            _ => 0,
+        };
+        dev.launch(k, grid, block, shared, [table, dims, hypers, err]).map_err(device)?;
     }
     let mut flag = [0u8; 24];
     dev.download(err, &mut flag).map_err(device)?;

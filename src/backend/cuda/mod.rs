@@ -35,7 +35,7 @@ pub mod driver;
 
 mod codegen;
 
-pub use codegen::LABEL_FLAG;
+pub use codegen::{KEEP_MAX, LABEL_FLAG};
 
 use crate::backend::loops::Plan;
 use crate::ir::{Dim, Function};
@@ -72,6 +72,9 @@ pub struct KernelSpec {
     pub extent: Dim,
     /// For `Parts`: how many sums leave a partial per chunk.
     pub sums: usize,
+    /// For a kernel that keeps a softmax row in shared memory: the row's length (it is kept, in
+    /// dynamic shared memory of that many floats, when at most [`KEEP_MAX`]).
+    pub kept_row: Option<Dim>,
 }
 
 /// The CUDA C of one optimized function: the source (prelude included) and its kernels in launch order.
@@ -91,7 +94,7 @@ pub struct Program {
 pub enum CudaError {
     #[error("CUDA is not available: {0}")]
     Unavailable(String),
-    #[error("NVRTC could not compile the generated kernels: {0}")]
+    #[error("the generated kernels did not compile: {0}")]
     Compile(String),
     #[error("CUDA driver error: {0}")]
     Driver(String),

@@ -7,6 +7,9 @@
 // then the warps' results in warp order), so a result depends on the block size only through rounding.
 
 #define LX_INF __int_as_float(0x7f800000)
+#ifndef LX_DYNAMIC_SHARED
+#define LX_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+#endif
 #define LX_NAN __int_as_float(0x7fffffff)
 
 __device__ __forceinline__ float lx_max(float a, float b) { return a != a ? a : (b != b ? b : (a > b ? a : b)); }
