@@ -160,8 +160,15 @@ fn generated_kernels_match_the_interpreter_on_bundled_examples() {
 
 #[test]
 fn launch_geometry_changes_only_rounding() {
-    // LDR-KL: rows over blocks; AnyLoss at N = 10,000: sums in three chunks of partials (Parts, Total).
-    for (file, sizes) in [("examples/ldr_kl.lx", vec![70i64, 300]), ("examples/anyloss_f1.lx", vec![10_000])] {
+    // LDR-KL: rows over blocks; AnyLoss at N = 10,000: sums in three chunks of partials (Parts, Total);
+    // multi-similarity and NT-Xent: matrix products over several tiles each way (Tiled).
+    let cases = [
+        ("examples/ldr_kl.lx", vec![70i64, 300]),
+        ("examples/anyloss_f1.lx", vec![10_000]),
+        ("examples/multi_similarity.lx", vec![70, 40]),
+        ("benches/nt_xent.lx", vec![40, 70]),
+    ];
+    for (file, sizes) in cases {
         let src = std::fs::read_to_string(emu::root().join(file)).unwrap();
         let mut rng = Rng::new(3);
         let one = cuda(EmuLoader { block: 32, max_grid: 1 }).compile_source("a.lx", &src).unwrap();

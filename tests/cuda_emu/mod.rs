@@ -153,6 +153,7 @@ impl Device for EmuDevice {
         match shape {
             Shape::Flat | Shape::ThreadRows => 32,
             Shape::BlockRows | Shape::Single | Shape::Parts | Shape::Total => self.geometry.block,
+            Shape::Tiled => lossc::backend::cuda::TILED_BLOCK,
         }
     }
     fn max_grid(&self) -> u32 {

@@ -17,7 +17,10 @@ pub(super) fn source(f: &Function, plan: &Plan) -> (String, Vec<KernelSpec>) {
     let mut kernels = Vec::new();
     for (k, group) in plan.groups.iter().enumerate() {
         let members = plan.members(group);
-        let (shape, extent) = shape_of(f, &members);
+        let (shape, extent) = match plan.contractions.iter().find(|c| group.members == [c.nest]) {
+            Some(c) => (Shape::Tiled, Dim::Mul(Box::new(c.rows.clone()), Box::new(c.columns.clone()))),
+            None => shape_of(f, &members),
+        };
         let name = format!("lossc_g{k}");
         let mut e = Emit::new(f, plan);
         e.kernel(&name, group, shape, &extent);
@@ -397,6 +400,10 @@ impl<'a> Emit<'a> {
                 self.close();
             }
             Shape::Parts | Shape::Total => self.split_sums(&members, shape, &extent),
+            Shape::Tiled => {
+                let c = plan.contractions.iter().find(|c| group.members == [c.nest]).expect("a product");
+                self.tiled(c);
+            }
             Shape::Single => {
                 for nest in &members {
                     self.open("");
@@ -431,6 +438,75 @@ impl<'a> Emit<'a> {
         head.push_str("    (void)E; (void)H; (void)D;\n");
         let body = std::mem::take(&mut self.text);
         self.text = signature + &head + &body;
+    }
+
+    /// A matrix product in shared-memory tiles ([`Shape::Tiled`]). A masked product (autodiff's
+    /// `sum[k | a != 0] a * b`) skips the terms its mask excludes, so a non-finite element of the other
+    /// operand there contributes nothing, as in the interpreter.
+    fn tiled(&mut self, c: &crate::backend::loops::Contraction) {
+        let (f, plan) = (self.f, self.plan);
+        let (rows, depth, cols) = (self.dim(&c.rows), self.dim(&c.depth), self.dim(&c.columns));
+        let out = plan.buffer_of(f, TensorRef::Def(plan.nests[c.nest].tensor));
+        let read = |e: &Self, o: &crate::backend::loops::Operand, i: &str, j: &str, inner: &str, outer: &str| {
+            // Element (i, j) of the operand's matrix: row-major, or read from its transpose.
+            let at = if o.transposed { format!("{j} * {outer} + {i}") } else { format!("{i} * {inner} + {j}") };
+            let b = o.buffer;
+            match plan.buffers[b].half {
+                Some(crate::data::DType::BF16) => format!("lx_bf16_f32(b{b}[{at}])"),
+                Some(_) => format!("lx_f16_f32(b{b}[{at}])"),
+                None => {
+                    let _ = e;
+                    format!("b{b}[{at}]")
+                }
+            }
+        };
+        let same = |a: &crate::backend::loops::Operand, b: &crate::backend::loops::Operand| {
+            a.buffer == b.buffer && a.transposed == b.transposed
+        };
+        // The mask tests the operand that need not be finite.
+        let (mask_left, mask_right) = match &c.must_be_finite {
+            Some(o) if same(o, &c.right) => (true, false),
+            Some(_) => (false, true),
+            None => (false, false),
+        };
+        let left = read(self, &c.left, "lx_p", "lx_k", &depth, &rows);
+        let right = read(self, &c.right, "lx_k", "lx_q", &cols, &depth);
+        self.line("__shared__ float lx_tl[32][33];");
+        self.line("__shared__ float lx_tr[32][33];");
+        self.line(format!("const long long lx_tq = ({cols} + 31) / 32, lx_tiles = ({rows} + 31) / 32 * lx_tq;"));
+        self.line("const int lx_x = threadIdx.x & 31, lx_y = threadIdx.x >> 5;");
+        self.open("for (long long lx_t = blockIdx.x; lx_t < lx_tiles; lx_t += gridDim.x)");
+        self.line("const long long lx_p0 = lx_t / lx_tq * 32, lx_q0 = lx_t % lx_tq * 32;");
+        self.line("float lx_acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};");
+        self.open(format!("for (long long lx_k0 = 0; lx_k0 < {depth}; lx_k0 += 32)"));
+        self.open("for (int r = lx_y; r < 32; r += 8)");
+        self.line("long long lx_p = lx_p0 + r, lx_k = lx_k0 + lx_x;");
+        self.line(format!("lx_tl[r][lx_x] = lx_p < {rows} && lx_k < {depth} ? {left} : 0.0f;"));
+        self.line("long long lx_q = lx_q0 + lx_x;");
+        self.line("lx_k = lx_k0 + r;");
+        self.line(format!("lx_tr[r][lx_x] = lx_k < {depth} && lx_q < {cols} ? {right} : 0.0f;"));
+        self.close();
+        self.line("__syncthreads();");
+        self.open("for (int kk = 0; kk < 32; ++kk)");
+        self.line("const float lx_b = lx_tr[kk][lx_x];");
+        self.open("for (int i = 0; i < 4; ++i)");
+        self.line("const float lx_a = lx_tl[lx_y + 8 * i][kk];");
+        let term = match (mask_left, mask_right) {
+            (true, _) => "(lx_a != 0.0f ? lx_a * lx_b : 0.0f)",
+            (_, true) => "(lx_b != 0.0f ? lx_a * lx_b : 0.0f)",
+            _ => "lx_a * lx_b",
+        };
+        self.line(format!("lx_acc[i] += {term};"));
+        self.close();
+        self.close();
+        self.line("__syncthreads();");
+        self.close();
+        self.open("for (int i = 0; i < 4; ++i)");
+        self.line("const long long lx_p = lx_p0 + lx_y + 8 * i, lx_q = lx_q0 + lx_x;");
+        let v = self.stored(out, "lx_acc[i]");
+        self.line(format!("if (lx_p < {rows} && lx_q < {cols}) b{out}[lx_p * {cols} + lx_q] = {v};"));
+        self.close();
+        self.close();
     }
 
     /// A group of sibling sums ([`Shape::Parts`]: the partial sums of each chunk, computing the leading map

@@ -2,7 +2,7 @@
 //! kernels launched in order with their geometry, the bounds-check flag read after the last launch, and
 //! the results collected as the JIT collects them.
 
-use super::{CudaError, KEEP_MAX, LABEL_FLAG, Program, SPLIT_CHUNK, Shape};
+use super::{CudaError, KEEP_MAX, LABEL_FLAG, Program, SPLIT_CHUNK, Shape, TILED_BLOCK};
 use crate::backend::interp::Evaluation;
 use crate::backend::loops::index_error;
 use crate::call::{Bound, CallError};
@@ -180,12 +180,17 @@ fn execute(
         if extent <= 0 && spec.shape != Shape::Total {
             continue;
         }
-        let block = dev.block_size(spec.shape);
+        let block = match spec.shape {
+            Shape::Tiled => TILED_BLOCK,
+            shape => dev.block_size(shape),
+        };
         let max_grid = i64::from(dev.max_grid().max(1));
         let grid = match spec.shape {
             Shape::Flat | Shape::ThreadRows => (extent + i64::from(block) - 1) / i64::from(block),
             Shape::BlockRows => extent,
             Shape::Parts => (extent + SPLIT_CHUNK - 1) / SPLIT_CHUNK,
+            // About one block per 32 x 32 tile (the kernel loops over what is left).
+            Shape::Tiled => (extent + 1023) / 1024,
             Shape::Single | Shape::Total => 1,
         }
         .clamp(1, max_grid) as u32;

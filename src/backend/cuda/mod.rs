@@ -16,6 +16,7 @@
 //!   computed by the whole block (strided partials, then a warp-shuffle tree and the warps in order);
 //!   `__syncthreads` between members, so a member reads the earlier members' row complete.
 //! - `Single`: rank-0 nests (the loss, a mean over the batch): one block.
+//! - `Tiled`: a plain matrix product (a [`crate::backend::loops::Contraction`]): shared-memory tiles.
 //! - `Parts` then `Total`: a group of sibling sums over one index (AnyLoss's sigmoids and their three
 //!   sums): blocks over fixed chunks of the index, one f64 partial per chunk and sum, added in chunk
 //!   order by one block (the result does not depend on the grid).
@@ -57,7 +58,14 @@ pub enum Shape {
     Parts,
     /// One block adding a `Parts` kernel's partial sums in chunk order.
     Total,
+    /// A plain matrix product ([`crate::backend::loops::Contraction`]): 32 × 32 tiles of the output, one
+    /// per block (grid-stride), the operands staged through shared memory 32 deep, f32 accumulators (as
+    /// the JIT's sgemm). Blocks of exactly [`TILED_BLOCK`] threads, four outputs each.
+    Tiled,
 }
+
+/// Threads per block of a `Tiled` kernel.
+pub const TILED_BLOCK: u32 = 256;
 
 /// Points of the summed index per partial sum of a `Parts` kernel.
 pub const SPLIT_CHUNK: i64 = 4096;
