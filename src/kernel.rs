@@ -198,7 +198,8 @@ impl Kernel {
             timings.stages.push(("cuda codegen", t.elapsed()));
             let t = Instant::now();
             let device = options.cuda.load(&program).map_err(|e| {
-                Diag::new(Code::Backend, e.to_string()).help("use `--backend jit` (the CPU) where no CUDA device is present")
+                Diag::new(Code::Backend, e.to_string())
+                    .help("use `--backend jit` (the CPU) where no CUDA device is present")
             })?;
             timings.stages.push(("nvrtc+load", t.elapsed()));
             Some(Arc::new(CudaKernel {
@@ -375,7 +376,15 @@ impl Kernel {
             .iter()
             .map(|(n, t)| {
                 let len = t.shape.iter().product();
-                (n.as_str(), call::InputView { dtype: t.dtype, shape: &t.shape, len, labels: None })
+                (
+                    n.as_str(),
+                    call::InputView {
+                        dtype: t.dtype,
+                        shape: &t.shape,
+                        len,
+                        labels: None,
+                    },
+                )
             })
             .collect();
         let (sizes, values) = call::bind_views(f, &views, hypers)?;
@@ -400,9 +409,11 @@ impl Kernel {
         let program = &cuda.program;
         let mut placed = Vec::new();
         for (name, addr) in grads {
-            let nest = program.plan.nests.iter().find(|n| {
-                matches!(n.role, crate::ir::Role::Grad(i) if f.inputs[i as usize].name == *name)
-            });
+            let nest = program
+                .plan
+                .nests
+                .iter()
+                .find(|n| matches!(n.role, crate::ir::Role::Grad(i) if f.inputs[i as usize].name == *name));
             let Some(nest) = nest else {
                 let expected = f.inputs.iter().filter(|i| i.differentiable()).map(|i| i.name.as_str());
                 return Err(CallError::UnknownInput {
@@ -414,7 +425,8 @@ impl Kernel {
         }
         let mut device = cuda.device.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         device.set_stream(stream);
-        let out = crate::backend::cuda::host::run_device(program, f, &sizes, &values, &placed_inputs, &placed, &mut **device);
+        let out =
+            crate::backend::cuda::host::run_device(program, f, &sizes, &values, &placed_inputs, &placed, &mut **device);
         device.set_stream(0);
         let mut e = out?;
         e.grads.retain(|(n, _)| !grads.contains_key(n));

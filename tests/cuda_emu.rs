@@ -9,9 +9,9 @@ mod emu;
 use std::collections::BTreeMap;
 
 use emu::EmuLoader;
+use lossc::data::Data;
 use lossc::data::Rng;
 use lossc::ir::Function;
-use lossc::data::Data;
 use lossc::{Backend, CallError, Compiler, Evaluation, Tensor};
 
 /// Float32 accuracy, as the JIT's: |cuda - interp| <= 2e-4 * max(1, |interp|), per value.
@@ -92,9 +92,14 @@ fn lx_files() -> Vec<std::path::PathBuf> {
 fn every_loss_agrees(what: &str, source: &str, rng: &mut Rng) {
     let cuda = cuda(EmuLoader::default()).compile_source(what, source).unwrap();
     let jit = Compiler::new().threads(2).compile_source(what, source).unwrap();
-    let interp = Compiler::new().backend(Backend::Interp).compile_source(what, source).unwrap();
+    let interp = Compiler::new()
+        .backend(Backend::Interp)
+        .compile_source(what, source)
+        .unwrap();
     for name in cuda.losses() {
-        let kc = cuda.kernel(Some(name)).unwrap_or_else(|d| panic!("{what} {name}: {d:?}"));
+        let kc = cuda
+            .kernel(Some(name))
+            .unwrap_or_else(|d| panic!("{what} {name}: {d:?}"));
         let kj = jit.kernel(Some(name)).unwrap();
         let ki = interp.kernel(Some(name)).unwrap();
         for sizes in [[5i64, 4, 3, 6], [1, 1, 1, 1], [37, 9, 5, 2]] {
@@ -150,10 +155,22 @@ fn generated_kernels_match_the_interpreter_on_bundled_examples() {
         let mut inputs = BTreeMap::new();
         for e in dir {
             let p = e.unwrap().path();
-            inputs.insert(p.file_stem().unwrap().to_str().unwrap().to_string(), lossc::data::load_npy(&p).unwrap());
+            inputs.insert(
+                p.file_stem().unwrap().to_str().unwrap().to_string(),
+                lossc::data::load_npy(&p).unwrap(),
+            );
         }
-        let kc = cuda(EmuLoader::default()).compile_file(&path).unwrap().kernel(None).unwrap();
-        let ki = Compiler::new().backend(Backend::Interp).compile_file(&path).unwrap().kernel(None).unwrap();
+        let kc = cuda(EmuLoader::default())
+            .compile_file(&path)
+            .unwrap()
+            .kernel(None)
+            .unwrap();
+        let ki = Compiler::new()
+            .backend(Backend::Interp)
+            .compile_file(&path)
+            .unwrap()
+            .kernel(None)
+            .unwrap();
         assert_agree(name, &kc.eval(&inputs).unwrap(), &ki.eval(&inputs).unwrap());
     }
 }
@@ -171,10 +188,24 @@ fn launch_geometry_changes_only_rounding() {
     for (file, sizes) in cases {
         let src = std::fs::read_to_string(emu::root().join(file)).unwrap();
         let mut rng = Rng::new(3);
-        let one = cuda(EmuLoader { block: 32, max_grid: 1 }).compile_source("a.lx", &src).unwrap();
-        let many = cuda(EmuLoader { block: 128, max_grid: 1000 }).compile_source("a.lx", &src).unwrap();
-        let interp = Compiler::new().backend(Backend::Interp).compile_source("a.lx", &src).unwrap();
-        let (k1, k2, ki) = (one.kernel(None).unwrap(), many.kernel(None).unwrap(), interp.kernel(None).unwrap());
+        let one = cuda(EmuLoader { block: 32, max_grid: 1 })
+            .compile_source("a.lx", &src)
+            .unwrap();
+        let many = cuda(EmuLoader {
+            block: 128,
+            max_grid: 1000,
+        })
+        .compile_source("a.lx", &src)
+        .unwrap();
+        let interp = Compiler::new()
+            .backend(Backend::Interp)
+            .compile_source("a.lx", &src)
+            .unwrap();
+        let (k1, k2, ki) = (
+            one.kernel(None).unwrap(),
+            many.kernel(None).unwrap(),
+            interp.kernel(None).unwrap(),
+        );
         let inputs = random_inputs(k1.function(), &sizes, &mut rng);
         let want = ki.eval(&inputs).unwrap();
         assert_agree(file, &k1.eval(&inputs).unwrap(), &want);
@@ -186,17 +217,26 @@ fn launch_geometry_changes_only_rounding() {
 fn data_dependent_subscripts_out_of_range_are_typed_errors() {
     let src = "loss shifted(x: f32[N], k: idx = 1) { sum[i: N] x[i + k] * x[i] }";
     let c = cuda(EmuLoader::default()).compile_source("s.lx", src).unwrap();
-    let i = Compiler::new().backend(Backend::Interp).compile_source("s.lx", src).unwrap();
+    let i = Compiler::new()
+        .backend(Backend::Interp)
+        .compile_source("s.lx", src)
+        .unwrap();
     let inputs = BTreeMap::from([("x".to_string(), Tensor::float(vec![6], vec![1.0; 6]))]);
     let (kc, ki) = (c.kernel(None).unwrap(), i.kernel(None).unwrap());
     let err = kc.eval(&inputs).unwrap_err();
-    assert!(matches!(err, CallError::IndexOutOfRange { ref tensor, axis: 0, value: 6, size: 6, .. } if tensor == "x"), "{err:?}");
+    assert!(
+        matches!(err, CallError::IndexOutOfRange { ref tensor, axis: 0, value: 6, size: 6, .. } if tensor == "x"),
+        "{err:?}"
+    );
     assert_eq!(err, ki.eval(&inputs).unwrap_err());
     // In range with k = 0.
     let hypers = BTreeMap::from([("k".to_string(), 0.0)]);
-    assert_agree("k = 0", &kc.eval_with(&inputs, &hypers).unwrap(), &ki.eval_with(&inputs, &hypers).unwrap());
+    assert_agree(
+        "k = 0",
+        &kc.eval_with(&inputs, &hypers).unwrap(),
+        &ki.eval_with(&inputs, &hypers).unwrap(),
+    );
 }
-
 
 /// Device pointers in place (the emulated device's memory is the host's): inputs read where they are,
 /// gradients written into the caller's buffers, the rest copied back; labels checked by the label kernel.
@@ -211,18 +251,44 @@ fn calls_on_device_memory_use_it_in_place() {
     let mut rng = Rng::new(5);
     let s: Vec<f32> = (0..n * c).map(|_| rng.normal() as f32).collect();
     let mut y: Vec<i64> = (0..n).map(|_| rng.below(c as u64) as i64).collect();
-    let kc = cuda(EmuLoader::default()).compile_source("ce.lx", src).unwrap().kernel(None).unwrap();
-    let ki = Compiler::new().backend(Backend::Interp).compile_source("ce.lx", src).unwrap().kernel(None).unwrap();
+    let kc = cuda(EmuLoader::default())
+        .compile_source("ce.lx", src)
+        .unwrap()
+        .kernel(None)
+        .unwrap();
+    let ki = Compiler::new()
+        .backend(Backend::Interp)
+        .compile_source("ce.lx", src)
+        .unwrap()
+        .kernel(None)
+        .unwrap();
     let host = |s: &[f32], y: &[i64]| {
         BTreeMap::from([
-            ("s".to_string(), Tensor::float(vec![n, c], s.iter().map(|x| *x as f64).collect())),
+            (
+                "s".to_string(),
+                Tensor::float(vec![n, c], s.iter().map(|x| *x as f64).collect()),
+            ),
             ("y".to_string(), Tensor::labels(vec![n], y.to_vec())),
         ])
     };
     let device = |s: &[f32], y: &[i64]| {
         BTreeMap::from([
-            ("s".to_string(), DeviceTensor { ptr: s.as_ptr() as u64, shape: vec![n, c], dtype: DType::F32 }),
-            ("y".to_string(), DeviceTensor { ptr: y.as_ptr() as u64, shape: vec![n], dtype: DType::I64 }),
+            (
+                "s".to_string(),
+                DeviceTensor {
+                    ptr: s.as_ptr() as u64,
+                    shape: vec![n, c],
+                    dtype: DType::F32,
+                },
+            ),
+            (
+                "y".to_string(),
+                DeviceTensor {
+                    ptr: y.as_ptr() as u64,
+                    shape: vec![n],
+                    dtype: DType::I64,
+                },
+            ),
         ])
     };
     let want = ki.eval(&host(&s, &y)).unwrap();
@@ -234,24 +300,55 @@ fn calls_on_device_memory_use_it_in_place() {
     for (k, (g, w)) in grad.iter().zip(want.grads[0].1.to_f64()).enumerate() {
         assert!(close(*g as f64, w), "grad_s[{k}]: {g} vs {w}");
     }
-    assert_agree("outputs", &Evaluation { grads: vec![], ..got.clone() }, &Evaluation { grads: vec![], ..want.clone() });
+    assert_agree(
+        "outputs",
+        &Evaluation {
+            grads: vec![],
+            ..got.clone()
+        },
+        &Evaluation {
+            grads: vec![],
+            ..want.clone()
+        },
+    );
     // A label out of range, found on the device.
     y[4] = c as i64;
-    let err = kc.eval_device(&device(&s, &y), &BTreeMap::new(), &grads, 0).unwrap_err();
-    assert_eq!(err, lossc::call::bind(ki.function(), &host(&s, &y), &BTreeMap::new()).unwrap_err());
+    let err = kc
+        .eval_device(&device(&s, &y), &BTreeMap::new(), &grads, 0)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        lossc::call::bind(ki.function(), &host(&s, &y), &BTreeMap::new()).unwrap_err()
+    );
     y[4] = 0;
     // Wrong element types, unknown gradient names, shapes that disagree: typed errors before any launch.
     let mut wrong = device(&s, &y);
     wrong.get_mut("s").unwrap().dtype = DType::F64;
-    assert!(matches!(kc.eval_device(&wrong, &BTreeMap::new(), &grads, 0), Err(CallError::WrongDtype { .. })));
+    assert!(matches!(
+        kc.eval_device(&wrong, &BTreeMap::new(), &grads, 0),
+        Err(CallError::WrongDtype { .. })
+    ));
     let bad = BTreeMap::from([("y".to_string(), 0u64)]);
-    assert!(matches!(kc.eval_device(&device(&s, &y), &BTreeMap::new(), &bad, 0), Err(CallError::UnknownInput { .. })));
+    assert!(matches!(
+        kc.eval_device(&device(&s, &y), &BTreeMap::new(), &bad, 0),
+        Err(CallError::UnknownInput { .. })
+    ));
     let mut short = device(&s, &y);
     short.get_mut("y").unwrap().shape = vec![n - 1];
-    assert!(matches!(kc.eval_device(&short, &BTreeMap::new(), &grads, 0), Err(CallError::ShapeMismatch { .. })));
+    assert!(matches!(
+        kc.eval_device(&short, &BTreeMap::new(), &grads, 0),
+        Err(CallError::ShapeMismatch { .. })
+    ));
     // The JIT has no device entry point.
-    let kj = Compiler::new().compile_source("ce.lx", src).unwrap().kernel(None).unwrap();
-    assert!(matches!(kj.eval_device(&device(&s, &y), &BTreeMap::new(), &grads, 0), Err(CallError::Device(_))));
+    let kj = Compiler::new()
+        .compile_source("ce.lx", src)
+        .unwrap()
+        .kernel(None)
+        .unwrap();
+    assert!(matches!(
+        kj.eval_device(&device(&s, &y), &BTreeMap::new(), &grads, 0),
+        Err(CallError::Device(_))
+    ));
 }
 
 /// bf16 and f16 inputs: computed in f32, gradients rounded to the input's type, on every backend; the
@@ -259,10 +356,28 @@ fn calls_on_device_memory_use_it_in_place() {
 #[test]
 fn half_precision_inputs_and_gradients() {
     use lossc::data::DType;
-    for (ty, dtype, ulp) in [("bf16", DType::BF16, 2f64.powi(-7)), ("f16", DType::F16, 2f64.powi(-10))] {
+    for (ty, dtype, ulp) in [
+        ("bf16", DType::BF16, 2f64.powi(-7)),
+        ("f16", DType::F16, 2f64.powi(-10)),
+    ] {
         // The gradient of sum x * w is w: rounded from f32-representable values, exactly as the host rounds.
         let src = format!("loss dot(x: {ty}[N], w: f32[N] nograd) {{ sum[i] x[i] * w[i] }}");
-        let mut w: Vec<f64> = vec![0.0, -0.0, 1.0, -2.5, 1e-6, -3e-8, 6e-5, 65504.0, 65519.0, 65520.0, 1e5, 3.0e38, 1.0 + 2f64.powi(-8), 1.0 + 3.0 * 2f64.powi(-11)];
+        let mut w: Vec<f64> = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -2.5,
+            1e-6,
+            -3e-8,
+            6e-5,
+            65504.0,
+            65519.0,
+            65520.0,
+            1e5,
+            3.0e38,
+            1.0 + 2f64.powi(-8),
+            1.0 + 3.0 * 2f64.powi(-11),
+        ];
         let mut rng = Rng::new(9);
         w.extend((0..50).map(|_| (rng.normal() * 10f64.powi(rng.below(9) as i32 - 4)) as f32 as f64));
         let n = w.len();
@@ -270,22 +385,50 @@ fn half_precision_inputs_and_gradients() {
             ("x".to_string(), Tensor::float(vec![n], vec![0.5; n])),
             ("w".to_string(), Tensor::float(vec![n], w.clone())),
         ]);
-        let kc = cuda(EmuLoader::default()).compile_source("h.lx", &src).unwrap().kernel(None).unwrap();
-        let ki = Compiler::new().backend(Backend::Interp).compile_source("h.lx", &src).unwrap().kernel(None).unwrap();
-        let kj = Compiler::new().compile_source("h.lx", &src).unwrap().kernel(None).unwrap();
+        let kc = cuda(EmuLoader::default())
+            .compile_source("h.lx", &src)
+            .unwrap()
+            .kernel(None)
+            .unwrap();
+        let ki = Compiler::new()
+            .backend(Backend::Interp)
+            .compile_source("h.lx", &src)
+            .unwrap()
+            .kernel(None)
+            .unwrap();
+        let kj = Compiler::new()
+            .compile_source("h.lx", &src)
+            .unwrap()
+            .kernel(None)
+            .unwrap();
         let want = ki.eval(&inputs).unwrap();
         assert_eq!(want.grads[0].1.dtype, dtype);
         for got in [kc.eval(&inputs).unwrap(), kj.eval(&inputs).unwrap()] {
             assert_eq!(got.grads[0].1.dtype, dtype, "{ty}");
             let (g, e) = (got.grads[0].1.to_f64(), want.grads[0].1.to_f64());
             for k in 0..n {
-                assert!(g[k] == e[k] || (g[k].is_nan() && e[k].is_nan()), "{ty}: w = {} rounds to {} here, {} on the host", w[k], g[k], e[k]);
+                assert!(
+                    g[k] == e[k] || (g[k].is_nan() && e[k].is_nan()),
+                    "{ty}: w = {} rounds to {} here, {} on the host",
+                    w[k],
+                    g[k],
+                    e[k]
+                );
             }
         }
         // Cross-entropy over half logits: inputs rounded to the type when bound, gradients within an ulp of it.
         let src = format!("loss ce(s: {ty}[N, C], y: idx[N] < C) {{ mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }}");
-        let kc = cuda(EmuLoader::default()).compile_source("c.lx", &src).unwrap().kernel(None).unwrap();
-        let ki = Compiler::new().backend(Backend::Interp).compile_source("c.lx", &src).unwrap().kernel(None).unwrap();
+        let kc = cuda(EmuLoader::default())
+            .compile_source("c.lx", &src)
+            .unwrap()
+            .kernel(None)
+            .unwrap();
+        let ki = Compiler::new()
+            .backend(Backend::Interp)
+            .compile_source("c.lx", &src)
+            .unwrap()
+            .kernel(None)
+            .unwrap();
         let inputs = random_inputs(ki.function(), &[6, 9], &mut rng);
         let (got, want) = (kc.eval(&inputs).unwrap(), ki.eval(&inputs).unwrap());
         assert!(close(got.loss, want.loss), "{ty}: loss {} vs {}", got.loss, want.loss);
@@ -293,8 +436,12 @@ fn half_precision_inputs_and_gradients() {
             assert!((g - e).abs() <= ulp * e.abs() + 1e-6, "{ty}: grad {g} vs {e}");
         }
         // The same call on half-precision device memory, gradients written in place.
-        let Data::Float(s) = &inputs["s"].data else { unreachable!() };
-        let Data::Int(y) = &inputs["y"].data else { unreachable!() };
+        let Data::Float(s) = &inputs["s"].data else {
+            unreachable!()
+        };
+        let Data::Int(y) = &inputs["y"].data else {
+            unreachable!()
+        };
         let bits: Vec<u16> = s
             .iter()
             .map(|x| match dtype {
@@ -304,8 +451,22 @@ fn half_precision_inputs_and_gradients() {
             .collect();
         let mut grad = vec![0u16; bits.len()];
         let device = BTreeMap::from([
-            ("s".to_string(), lossc::DeviceTensor { ptr: bits.as_ptr() as u64, shape: vec![6, 9], dtype }),
-            ("y".to_string(), lossc::DeviceTensor { ptr: y.as_ptr() as u64, shape: vec![6], dtype: DType::I64 }),
+            (
+                "s".to_string(),
+                lossc::DeviceTensor {
+                    ptr: bits.as_ptr() as u64,
+                    shape: vec![6, 9],
+                    dtype,
+                },
+            ),
+            (
+                "y".to_string(),
+                lossc::DeviceTensor {
+                    ptr: y.as_ptr() as u64,
+                    shape: vec![6],
+                    dtype: DType::I64,
+                },
+            ),
         ]);
         let grads = BTreeMap::from([("s".to_string(), grad.as_mut_ptr() as u64)]);
         let on_device = kc.eval_device(&device, &BTreeMap::new(), &grads, 0).unwrap();
@@ -331,16 +492,35 @@ fn softmax_rows_keep_their_exponentials_in_shared_memory() {
     let program = lossc::Program::from_source("ce.lx", &src).unwrap();
     let g = lossc::api::gradient(&program.module.functions[0]).unwrap();
     let cuda_src = lossc::backend::cuda::generate(&g).source;
-    assert!(cuda_src.contains("lx_kept[i1] = ") && cuda_src.contains("* lx_inv;"), "{cuda_src}");
-    let kc = cuda(EmuLoader::default()).compile_source("ce.lx", &src).unwrap().kernel(None).unwrap();
-    let ki = Compiler::new().backend(Backend::Interp).compile_source("ce.lx", &src).unwrap().kernel(None).unwrap();
+    assert!(
+        cuda_src.contains("lx_kept[i1] = ") && cuda_src.contains("* lx_inv;"),
+        "{cuda_src}"
+    );
+    let kc = cuda(EmuLoader::default())
+        .compile_source("ce.lx", &src)
+        .unwrap()
+        .kernel(None)
+        .unwrap();
+    let ki = Compiler::new()
+        .backend(Backend::Interp)
+        .compile_source("ce.lx", &src)
+        .unwrap()
+        .kernel(None)
+        .unwrap();
     let mut rng = Rng::new(17);
-    for sizes in [[3i64, 5], [2, lossc::backend::cuda::KEEP_MAX as i64 + 3]] {
+    for sizes in [[3i64, 5], [2, lossc::backend::cuda::KEEP_MAX + 3]] {
         let inputs = random_inputs(ki.function(), &sizes, &mut rng);
-        assert_agree(&format!("{sizes:?}"), &kc.eval(&inputs).unwrap(), &ki.eval(&inputs).unwrap());
+        assert_agree(
+            &format!("{sizes:?}"),
+            &kc.eval(&inputs).unwrap(),
+            &ki.eval(&inputs).unwrap(),
+        );
     }
     let inf = BTreeMap::from([
-        ("s".to_string(), Tensor::float(vec![2, 3], vec![f64::INFINITY, 0.0, 1.0, -1.0, 0.0, 1.0])),
+        (
+            "s".to_string(),
+            Tensor::float(vec![2, 3], vec![f64::INFINITY, 0.0, 1.0, -1.0, 0.0, 1.0]),
+        ),
         ("y".to_string(), Tensor::labels(vec![2], vec![1, 2])),
     ]);
     assert_agree("infinite logit", &kc.eval(&inf).unwrap(), &ki.eval(&inf).unwrap());

@@ -30,7 +30,11 @@ fn ptxas_report(log: &str) -> Vec<(String, u32, u32)> {
         }
         // "ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads"
         if let Some(part) = line.split(", ").find(|p| p.ends_with("bytes spill stores")) {
-            let spill = part.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(u32::MAX);
+            let spill = part
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(u32::MAX);
             out.push((kernel.clone(), 0, spill));
         }
         if let Some(rest) = line.split("Used ").nth(1)
@@ -46,7 +50,10 @@ fn sources() -> Vec<(String, String)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut v = Vec::new();
     for dir in ["examples", "tests/in", "benches"] {
-        let mut files: Vec<_> = std::fs::read_dir(root.join(dir)).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut files: Vec<_> = std::fs::read_dir(root.join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         files.sort();
         for p in files.into_iter().filter(|p| p.extension().is_some_and(|x| x == "lx")) {
             let rel = p.strip_prefix(root).unwrap().display().to_string();
@@ -80,7 +87,13 @@ fn every_generated_kernel_compiles_for_sm_90_and_the_workloads_do_not_spill() {
                     compiled += 1;
                     assert!(!cubin.image.is_empty());
                     let report = ptxas_report(&cubin.log);
-                    assert_eq!(report.len(), cuda.kernels.len(), "{name} {}: ptxas reports\n{}", f.name, cubin.log);
+                    assert_eq!(
+                        report.len(),
+                        cuda.kernels.len(),
+                        "{name} {}: ptxas reports\n{}",
+                        f.name,
+                        cubin.log
+                    );
                     if WORKLOADS.contains(&name.as_str()) {
                         for (kernel, registers, spill) in &report {
                             eprintln!("{name} {kernel}: {registers} registers, {spill} bytes spill stores");
@@ -124,5 +137,8 @@ fn compiled_programs_are_cached_by_source_and_architecture() {
     }
     // Source NVRTC rejects is a compile error with its log, not a panic.
     let bad = driver::nvrtc_compile("extern \"C\" __global__ void k( { }", "sm_90").unwrap_err();
-    assert!(matches!(bad, CudaError::Compile(ref log) if log.contains("error")), "{bad}");
+    assert!(
+        matches!(bad, CudaError::Compile(ref log) if log.contains("error")),
+        "{bad}"
+    );
 }

@@ -160,7 +160,10 @@ fn backend_matches_interpreter(backend: lossc::Compiler, src: &str, seed: u64, c
     {
         let src = src.to_string();
         let m = backend.compile_source("prop.lx", &src).unwrap();
-        let i = lossc::Compiler::new().backend(lossc::Backend::Interp).compile_source("prop.lx", &src).unwrap();
+        let i = lossc::Compiler::new()
+            .backend(lossc::Backend::Interp)
+            .compile_source("prop.lx", &src)
+            .unwrap();
         let (kj, ki) = (m.kernel(None).unwrap(), i.kernel(None).unwrap());
         let x = inputs(seed, c);
         let (a, b) = (kj.eval(&x).unwrap(), ki.eval(&x).unwrap());

@@ -146,7 +146,9 @@ impl Device for EmuDevice {
         let rc = unsafe { (self.launch)(kernel as i32, grid, block, shared, args[0], args[1], args[2], args[3]) };
         match rc {
             0 => Ok(()),
-            rc => Err(CudaError::Driver(format!("emulated launch of kernel {kernel} failed ({rc})"))),
+            rc => Err(CudaError::Driver(format!(
+                "emulated launch of kernel {kernel} failed ({rc})"
+            ))),
         }
     }
     fn block_size(&self, shape: Shape) -> u32 {

@@ -12,13 +12,20 @@ use crate::prims::Prim;
 /// The whole source and the kernels in launch order.
 pub(super) fn source(f: &Function, plan: &Plan) -> (String, Vec<KernelSpec>) {
     let mut out = String::new();
-    let _ = writeln!(out, "// lossc: CUDA kernels of loss `{}` (generated; one kernel per group)", f.name);
+    let _ = writeln!(
+        out,
+        "// lossc: CUDA kernels of loss `{}` (generated; one kernel per group)",
+        f.name
+    );
     out.push_str(PRELUDE);
     let mut kernels = Vec::new();
     for (k, group) in plan.groups.iter().enumerate() {
         let members = plan.members(group);
         let (shape, extent) = match plan.contractions.iter().find(|c| group.members == [c.nest]) {
-            Some(c) => (Shape::Tiled, Dim::Mul(Box::new(c.rows.clone()), Box::new(c.columns.clone()))),
+            Some(c) => (
+                Shape::Tiled,
+                Dim::Mul(Box::new(c.rows.clone()), Box::new(c.columns.clone())),
+            ),
             None => shape_of(f, &members),
         };
         let name = format!("lossc_g{k}");
@@ -76,13 +83,23 @@ fn label_check(f: &Function, plan: &Plan) -> Option<(String, KernelSpec)> {
     let (first, _) = labels.first()?;
     let e = Emit::new(f, plan);
     let len = |k: usize| -> Dim {
-        f.inputs[k].shape.iter().cloned().reduce(|a, b| Dim::Mul(Box::new(a), Box::new(b))).unwrap_or(Dim::Const(1))
+        f.inputs[k]
+            .shape
+            .iter()
+            .cloned()
+            .reduce(|a, b| Dim::Mul(Box::new(a), Box::new(b)))
+            .unwrap_or(Dim::Const(1))
     };
     let mut body = String::new();
     for (k, bound) in &labels {
         let _ = writeln!(body, "    {{ // {}", f.inputs[*k].name);
         let _ = writeln!(body, "        const long long* const b = (const long long*)B[{k}];");
-        let _ = writeln!(body, "        const long long n = {}, bound = {};", e.dim(&len(*k)), e.dim(bound));
+        let _ = writeln!(
+            body,
+            "        const long long n = {}, bound = {};",
+            e.dim(&len(*k)),
+            e.dim(bound)
+        );
         let _ = writeln!(
             body,
             "        for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {{"
@@ -114,7 +131,9 @@ fn label_check(f: &Function, plan: &Plan) -> Option<(String, KernelSpec)> {
 }
 
 fn reduces(f: &Function, body: NodeId) -> bool {
-    f.reachable(&[body]).iter().any(|n| matches!(f.node(*n).expr, Expr::Reduce { .. }))
+    f.reachable(&[body])
+        .iter()
+        .any(|n| matches!(f.node(*n).expr, Expr::Reduce { .. }))
 }
 
 /// The first softmax row of a group whose logsumexp and consumer both run in it ([`Keep`]).
@@ -153,7 +172,11 @@ fn shape_of(f: &Function, members: &[&Nest]) -> (Shape, Dim) {
     if let [only] = members
         && !reduces(f, only.body)
     {
-        let total = only.head.iter().map(|(_, d)| d.clone()).reduce(|a, b| Dim::Mul(Box::new(a), Box::new(b)));
+        let total = only
+            .head
+            .iter()
+            .map(|(_, d)| d.clone())
+            .reduce(|a, b| Dim::Mul(Box::new(a), Box::new(b)));
         return (Shape::Flat, total.unwrap_or(Dim::Const(1)));
     }
     let rows = members[0].head[0].1.clone();
@@ -276,7 +299,11 @@ impl<'a> Emit<'a> {
 
     fn open(&mut self, head: impl AsRef<str>) {
         let head = head.as_ref();
-        self.line(if head.is_empty() { "{".to_string() } else { format!("{head} {{") });
+        self.line(if head.is_empty() {
+            "{".to_string()
+        } else {
+            format!("{head} {{")
+        });
         self.depth += 1;
         self.frames.push(HashMap::new());
     }
@@ -334,7 +361,11 @@ impl<'a> Emit<'a> {
         let mut head = String::new();
         for b in used {
             let ty = buffer_type(&plan.buffers[b]);
-            let _ = writeln!(head, "    {ty}* const b{b} = ({ty}*)B[{b}]; // {}", plan.buffers[b].name);
+            let _ = writeln!(
+                head,
+                "    {ty}* const b{b} = ({ty}*)B[{b}]; // {}",
+                plan.buffers[b].name
+            );
         }
         let signature = std::mem::take(&mut self.text);
         let extent = self.dim(extent);
@@ -401,7 +432,11 @@ impl<'a> Emit<'a> {
             }
             Shape::Parts | Shape::Total => self.split_sums(&members, shape, &extent),
             Shape::Tiled => {
-                let c = plan.contractions.iter().find(|c| group.members == [c.nest]).expect("a product");
+                let c = plan
+                    .contractions
+                    .iter()
+                    .find(|c| group.members == [c.nest])
+                    .expect("a product");
                 self.tiled(c);
             }
             Shape::Single => {
@@ -431,7 +466,12 @@ impl<'a> Emit<'a> {
         for k in self.dims.borrow().iter() {
             let _ = writeln!(head, "    const long long d{k} = D[{k}]; // {}", f.dims[*k].name);
         }
-        let types = [("lx_sd", "double"), ("lx_sf", "float"), ("lx_si", "long long"), ("lx_sa", "lx_arg")];
+        let types = [
+            ("lx_sd", "double"),
+            ("lx_sf", "float"),
+            ("lx_si", "long long"),
+            ("lx_sa", "lx_arg"),
+        ];
         for (name, ty) in types.iter().filter(|(n, _)| self.scratch.contains(n)) {
             let _ = writeln!(head, "    __shared__ {ty} {name}[33];");
         }
@@ -449,7 +489,11 @@ impl<'a> Emit<'a> {
         let out = plan.buffer_of(f, TensorRef::Def(plan.nests[c.nest].tensor));
         let read = |e: &Self, o: &crate::backend::loops::Operand, i: &str, j: &str, inner: &str, outer: &str| {
             // Element (i, j) of the operand's matrix: row-major, or read from its transpose.
-            let at = if o.transposed { format!("{j} * {outer} + {i}") } else { format!("{i} * {inner} + {j}") };
+            let at = if o.transposed {
+                format!("{j} * {outer} + {i}")
+            } else {
+                format!("{i} * {inner} + {j}")
+            };
             let b = o.buffer;
             match plan.buffers[b].half {
                 Some(crate::data::DType::BF16) => format!("lx_bf16_f32(b{b}[{at}])"),
@@ -473,7 +517,9 @@ impl<'a> Emit<'a> {
         let right = read(self, &c.right, "lx_k", "lx_q", &cols, &depth);
         self.line("__shared__ float lx_tl[32][33];");
         self.line("__shared__ float lx_tr[32][33];");
-        self.line(format!("const long long lx_tq = ({cols} + 31) / 32, lx_tiles = ({rows} + 31) / 32 * lx_tq;"));
+        self.line(format!(
+            "const long long lx_tq = ({cols} + 31) / 32, lx_tiles = ({rows} + 31) / 32 * lx_tq;"
+        ));
         self.line("const int lx_x = threadIdx.x & 31, lx_y = threadIdx.x >> 5;");
         self.open("for (long long lx_t = blockIdx.x; lx_t < lx_tiles; lx_t += gridDim.x)");
         self.line("const long long lx_p0 = lx_t / lx_tq * 32, lx_q0 = lx_t % lx_tq * 32;");
@@ -481,10 +527,14 @@ impl<'a> Emit<'a> {
         self.open(format!("for (long long lx_k0 = 0; lx_k0 < {depth}; lx_k0 += 32)"));
         self.open("for (int r = lx_y; r < 32; r += 8)");
         self.line("long long lx_p = lx_p0 + r, lx_k = lx_k0 + lx_x;");
-        self.line(format!("lx_tl[r][lx_x] = lx_p < {rows} && lx_k < {depth} ? {left} : 0.0f;"));
+        self.line(format!(
+            "lx_tl[r][lx_x] = lx_p < {rows} && lx_k < {depth} ? {left} : 0.0f;"
+        ));
         self.line("long long lx_q = lx_q0 + lx_x;");
         self.line("lx_k = lx_k0 + r;");
-        self.line(format!("lx_tr[r][lx_x] = lx_k < {depth} && lx_q < {cols} ? {right} : 0.0f;"));
+        self.line(format!(
+            "lx_tr[r][lx_x] = lx_k < {depth} && lx_q < {cols} ? {right} : 0.0f;"
+        ));
         self.close();
         self.line("__syncthreads();");
         self.open("for (int kk = 0; kk < 32; ++kk)");
@@ -504,7 +554,9 @@ impl<'a> Emit<'a> {
         self.open("for (int i = 0; i < 4; ++i)");
         self.line("const long long lx_p = lx_p0 + lx_y + 8 * i, lx_q = lx_q0 + lx_x;");
         let v = self.stored(out, "lx_acc[i]");
-        self.line(format!("if (lx_p < {rows} && lx_q < {cols}) b{out}[lx_p * {cols} + lx_q] = {v};"));
+        self.line(format!(
+            "if (lx_p < {rows} && lx_q < {cols}) b{out}[lx_p * {cols} + lx_q] = {v};"
+        ));
         self.close();
         self.close();
     }
@@ -516,7 +568,9 @@ impl<'a> Emit<'a> {
         let (first, sums) = split_members(f, members).expect("a group of sums");
         let scratch = plan.buffers.len();
         self.line(format!("double* const lx_part = (double*)B[{scratch}];"));
-        self.line(format!("const long long lx_chunks = ({extent} + {SPLIT_CHUNK}LL - 1) / {SPLIT_CHUNK}LL;"));
+        self.line(format!(
+            "const long long lx_chunks = ({extent} + {SPLIT_CHUNK}LL - 1) / {SPLIT_CHUNK}LL;"
+        ));
         if shape == Shape::Total {
             self.open("if (threadIdx.x == 0)");
             for (j, nest) in members[first..].iter().enumerate() {
@@ -566,15 +620,23 @@ impl<'a> Emit<'a> {
         self.close();
         self.scratch.insert("lx_sd");
         for j in 0..sums.len() {
-            self.line(format!("lx_t{j} = lx_block_reduce<double>(lx_t{j}, lx_add_d(), lx_sd);"));
-            self.line(format!("if (threadIdx.x == 0) lx_part[{j} * lx_chunks + lx_c] = lx_t{j};"));
+            self.line(format!(
+                "lx_t{j} = lx_block_reduce<double>(lx_t{j}, lx_add_d(), lx_sd);"
+            ));
+            self.line(format!(
+                "if (threadIdx.x == 0) lx_part[{j} * lx_chunks + lx_c] = lx_t{j};"
+            ));
         }
         self.close();
     }
 
     fn extent_of(&self, head: &[(IndexId, Dim)]) -> String {
         let parts: Vec<String> = head.iter().map(|(_, d)| self.dim(d)).collect();
-        if parts.len() == 1 { parts[0].clone() } else { format!("({})", parts.join(" * ")) }
+        if parts.len() == 1 {
+            parts[0].clone()
+        } else {
+            format!("({})", parts.join(" * "))
+        }
     }
 
     /// Declares the indices of `head` from a row-major position `flat` within it.
@@ -734,7 +796,11 @@ impl<'a> Emit<'a> {
             if !self.f.in_range(*s, d) {
                 v = format!("lx_check({v}, {size}, E, {}ULL, {axis}ULL)", n.0);
             }
-            flat = if axis == 0 { v } else { format!("({flat}) * {size} + {v}") };
+            flat = if axis == 0 {
+                v
+            } else {
+                format!("({flat}) * {size} + {v}")
+            };
         }
         if flat.is_empty() {
             flat = "0".into();
@@ -764,7 +830,10 @@ impl<'a> Emit<'a> {
                 _ => (None, Some(args[1])),
             };
             self.line(format!("{} {var};", c_type(scalar)));
-            for (head, side, constant) in [(format!("if ({c})"), then, "false"), ("else".to_string(), other, "true")] {
+            for (head, side, constant) in [
+                (format!("if ({c})"), then, "false"),
+                ("else".to_string(), other, "true"),
+            ] {
                 self.open(head);
                 let v = side.map_or_else(|| constant.to_string(), |s| self.value(s));
                 self.line(format!("{var} = {v};"));
@@ -820,14 +889,22 @@ impl<'a> Emit<'a> {
 
     /// Opens the loops over a reduction's indices (serially, or strided over the block's threads) and
     /// its mask; `body` runs inside; every scope is closed after.
-    fn reduce_loops(&mut self, indices: &[IndexId], mask: Option<NodeId>, block: bool, body: &mut dyn FnMut(&mut Self, &str)) {
+    fn reduce_loops(
+        &mut self,
+        indices: &[IndexId],
+        mask: Option<NodeId>,
+        block: bool,
+        body: &mut dyn FnMut(&mut Self, &str),
+    ) {
         let ranges: Vec<(IndexId, Dim)> = indices.iter().map(|i| (*i, self.f.index(*i).range.clone())).collect();
         let mut opened = 0;
         let position;
         if block {
             let total = self.extent_of(&ranges);
             let p = self.name("lx_p");
-            self.open(format!("for (long long {p} = threadIdx.x; {p} < {total}; {p} += blockDim.x)"));
+            self.open(format!(
+                "for (long long {p} = threadIdx.x; {p} < {total}; {p} += blockDim.x)"
+            ));
             opened += 1;
             self.decode(&p, &ranges);
             position = p;
@@ -865,7 +942,11 @@ impl<'a> Emit<'a> {
         let acc = self.name("lx_a");
         let out = self.name("lx_r");
         // The softmax row this group keeps ([`Keep`]): its exponentials go to the shared row as they are summed.
-        let keep = self.keep.as_ref().filter(|k| block && k.lse == n).map(|k| index_var(k.k));
+        let keep = self
+            .keep
+            .as_ref()
+            .filter(|k| block && k.lse == n)
+            .map(|k| index_var(k.k));
         let combine = |e: &mut Self, acc: &str, ty: &str, op: &str, scratch: &'static str| {
             if block {
                 e.scratch.insert(scratch);
@@ -874,7 +955,11 @@ impl<'a> Emit<'a> {
         };
         match op {
             ReduceOp::Sum | ReduceOp::Prod | ReduceOp::Mean => {
-                let (init, upd) = if op == ReduceOp::Prod { ("1.0", "*=") } else { ("0.0", "+=") };
+                let (init, upd) = if op == ReduceOp::Prod {
+                    ("1.0", "*=")
+                } else {
+                    ("0.0", "+=")
+                };
                 self.line(format!("double {acc} = {init};"));
                 let count = self.name("lx_n");
                 if op == ReduceOp::Mean {

@@ -103,9 +103,12 @@ fn cache_dir() -> Option<PathBuf> {
     Some(base.join("cuda"))
 }
 
+/// CUBINs by (source hash, architecture).
+type CubinCache = HashMap<(u64, String), Vec<u8>>;
+
 /// A program's CUBIN for `arch`: from memory, from disk, or compiled now (and stored in both).
 pub fn cached_cubin(source: &str, arch: &str) -> Result<Vec<u8>, CudaError> {
-    static MEMORY: OnceLock<Mutex<HashMap<(u64, String), Vec<u8>>>> = OnceLock::new();
+    static MEMORY: OnceLock<Mutex<CubinCache>> = OnceLock::new();
     let mut h = std::collections::hash_map::DefaultHasher::new();
     source.hash(&mut h);
     let key = (h.finish(), arch.to_string());
@@ -129,7 +132,10 @@ pub fn cached_cubin(source: &str, arch: &str) -> Result<Vec<u8>, CudaError> {
             image
         }
     };
-    memory.lock().unwrap_or_else(|p| p.into_inner()).insert(key, image.clone());
+    memory
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, image.clone());
     Ok(image)
 }
 

@@ -4,9 +4,9 @@
 
 use super::{CudaError, KEEP_MAX, LABEL_FLAG, Program, SPLIT_CHUNK, Shape, TILED_BLOCK};
 use crate::backend::interp::Evaluation;
+use crate::backend::loops::Buffer;
 use crate::backend::loops::index_error;
 use crate::call::{Bound, CallError};
-use crate::backend::loops::Buffer;
 use crate::data::{DType, Data, Tensor};
 use crate::ir::{Dim, Function, Scalar, TensorRef};
 
@@ -53,8 +53,14 @@ fn encode(b: &Buffer, v: &[f64]) -> Vec<u8> {
 /// A buffer's values from its bytes.
 fn decode(b: &Buffer, bytes: &[u8]) -> Vec<f64> {
     match (b.half, b.scalar) {
-        (Some(DType::BF16), _) => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
-        (Some(_), _) => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
+        (Some(DType::BF16), _) => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64())
+            .collect(),
+        (Some(_), _) => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
+            .collect(),
         (None, Scalar::Float) => bytes
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64)
@@ -198,7 +204,8 @@ fn execute(
             Some(len) if (1..=KEEP_MAX).contains(&len.eval(sizes)) => len.eval(sizes) as u32 * 4,
             _ => 0,
         };
-        dev.launch(k, grid, block, shared, [table, dims, hypers, err]).map_err(device)?;
+        dev.launch(k, grid, block, shared, [table, dims, hypers, err])
+            .map_err(device)?;
     }
     let mut flag = [0u8; 24];
     dev.download(err, &mut flag).map_err(device)?;

@@ -1,0 +1,1142 @@
+//! Lowering a group to Cranelift IR: the row loop, members, loop nests, elements (loads with bounds
+//! checks, primitives, lazy choices), kept softmax rows and one-hot terms.
+
+use std::collections::{HashMap, HashSet};
+
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{self, InstBuilder, MemFlagsData, Type, Value, types};
+use cranelift_frontend::{FunctionBuilder, Variable};
+
+use super::*;
+use crate::backend::loops::{Group, Nest, Plan, split_members};
+use crate::ir::{Dim, Expr, Function, IndexId, NodeId, ReduceOp, Scalar, TensorRef};
+use crate::prims::{Cost, Prim};
+
+impl<'a, 'b> Lower<'a, 'b> {
+    pub(super) fn new(
+        f: &'a Function,
+        plan: &'a Plan,
+        members: &[&Nest],
+        b: &'a mut FunctionBuilder<'b>,
+        lanes: &'a mut LanePool,
+        math: HashMap<&'static str, ir::FuncRef>,
+        fma: bool,
+    ) -> Self {
+        // The first parameter is the table of buffer pointers.
+        let ptr = b.func.signature.params[0].value_type;
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let params = b.block_params(entry).to_vec();
+        let (bufs, sizes_ptr) = (params[0], params[1]);
+        let step = ptr.bytes() as usize;
+        // Only the buffers this nest reads or writes: a plan may hold hundreds.
+        let used = used_buffers(f, plan, members);
+        let bases = (0..plan.buffers.len())
+            .map(|k| used[k].then(|| b.ins().load(ptr, flags(), bufs, (k * step) as i32)))
+            .collect();
+        let sizes = (0..f.dims.len())
+            .map(|k| b.ins().load(types::I64, flags(), sizes_ptr, (k * 8) as i32))
+            .collect();
+        Lower {
+            f,
+            plan,
+            b,
+            lanes,
+            preheaders: Vec::new(),
+            ptr,
+            math,
+            vars: HashMap::new(),
+            fixed: HashMap::new(),
+            frames: vec![HashMap::new()],
+            table: bufs,
+            bases,
+            sizes,
+            hypers: params[2],
+            err: params[3],
+            lo: params[4],
+            hi: params[5],
+            vector_head: None,
+            bound: Vec::new(),
+            fma,
+            keep_exps: None,
+            kept_exps: HashMap::new(),
+            extremes: Vec::new(),
+            rows_ahead: [None; 2],
+            partial: params[6],
+            split_bounds: None,
+            exp_rows: false,
+            column_tiles: false,
+        }
+    }
+
+    /// A group's function: a lone nest loops over its whole head (the outermost over `lo..hi`); fused
+    /// members share one loop over `lo..hi` of their outer index and run their other loops in turn.
+    pub(super) fn group(&mut self, group: &Group, members: &[&Nest]) {
+        if let Some((first, sums)) = split_members(self.f, members) {
+            if first == 1 {
+                // The leading map's part first (`lo..hi` of its index, as the sums').
+                self.softmax_member(group, group.members[0], members[0], 0);
+            }
+            // Each member's part goes to its own slot.
+            let slot_offset = |slot: usize| 4 * (first + slot) as i32;
+            let together: Option<Vec<(IndexId, NodeId)>> = sums
+                .iter()
+                .map(|&(i, mask, body)| {
+                    (mask.is_none() && cheap(self.f, body) && self.vectorizable(body, i)).then_some((i, body))
+                })
+                .collect();
+            if let Some(together) = together.filter(|t| t.len() > 1) {
+                // Cheap unmasked sums: one loop over this chunk computes every term (shared loads).
+                let extent = self.f.index(together[0].0).range.clone();
+                let extent = self.dim(&extent);
+                let hi = self.b.ins().smin(self.hi, extent);
+                let parts = self.sums_in_one_loop(&together, self.lo, hi);
+                for (slot, part) in parts.into_iter().enumerate() {
+                    self.b.ins().store(flags(), part, self.partial, slot_offset(slot));
+                }
+            } else {
+                // Each sum's part over this chunk (which stays in cache from one sum to the next).
+                for (slot, (i, mask, body)) in sums.into_iter().enumerate() {
+                    let extent = self.f.index(i).range.clone();
+                    let extent = self.dim(&extent);
+                    let hi = self.b.ins().smin(self.hi, extent);
+                    self.split_bounds = Some((self.lo, hi));
+                    let part = self.reduce(ReduceOp::Sum, &[i], mask, body);
+                    self.b.ins().store(flags(), part, self.partial, slot_offset(slot));
+                }
+            }
+        } else if let [nest] = members {
+            self.softmax_member(group, group.members[0], nest, 0);
+        } else {
+            let (outer, extent) = members[0].head[0].clone();
+            let extent = self.dim(&extent);
+            let end = self.b.ins().smin(self.hi, extent);
+            let lo = self.lo;
+            // A row-private buffer's pointer is one row of this call's scratch: its base moves back by the
+            // row's offset so that the usual row-major addresses of row `t` land in that one row.
+            let private: Vec<(usize, Value, Value)> = self
+                .plan
+                .private_buffers(self.f, group)
+                .into_iter()
+                .map(|k| {
+                    let row_bytes = self.row_bytes(k);
+                    (
+                        k,
+                        self.bases[k].expect("a member's buffer is loaded on entry"),
+                        row_bytes,
+                    )
+                })
+                .collect();
+            let streams = self.streamed_matrices(members);
+            let used: HashMap<usize, Vec<bool>> = group
+                .members
+                .iter()
+                .zip(members)
+                .map(|(index, m)| (*index, used_buffers(self.f, self.plan, &[m])))
+                .collect();
+            self.for_range(outer, lo, end, &mut |l: &mut Self| {
+                let row = l.index(outer);
+                let next = l.b.ins().iadd_imm_s(row, 1);
+                l.rows_ahead = streams.map(|s| s.map(|(k, row_bytes)| l.row_address(k, next, row_bytes)));
+                for &(k, scratch, row_bytes) in &private {
+                    l.bases[k] = Some(l.moved_back(scratch, row, row_bytes));
+                }
+                l.extremes.clear();
+                for (index, m) in group.members.iter().zip(members) {
+                    let own = m.head[0].0;
+                    l.fixed.insert(own, row);
+                    l.bound.push(own);
+                    l.frames.push(HashMap::new());
+                    let bases = l.bases.clone();
+                    l.reload_bases(&used[index], &private, row);
+                    l.softmax_member(group, *index, m, 1);
+                    l.bases = bases;
+                    l.frames.pop();
+                    l.bound.pop();
+                    l.fixed.remove(&own);
+                    if let (
+                        Expr::Reduce {
+                            op: op @ (ReduceOp::Max | ReduceOp::Min),
+                            indices,
+                            mask: None,
+                            body,
+                        },
+                        [(row, _)],
+                    ) = (&l.f.node(m.body).expr, &m.head[..])
+                        && let [index] = indices[..]
+                    {
+                        l.extremes.push(KnownExtreme {
+                            max: *op == ReduceOp::Max,
+                            row: *row,
+                            index,
+                            body: *body,
+                            buffer: l.plan.buffer_of(l.f, TensorRef::Def(m.tensor)),
+                        });
+                    }
+                }
+            });
+            for (k, scratch, _) in private {
+                self.bases[k] = Some(scratch);
+            }
+            self.rows_ahead = [None; 2];
+        }
+        self.kept_exps.clear();
+        self.b.ins().return_(&[]);
+    }
+
+    /// Loads the pointers of the buffers `used` (of those the function loaded on entry) again, a
+    /// row-private one moved back by `row`'s offset as on entry to the row: at the start of a member of a
+    /// row-fused group, so that no pointer lives from one member's loops across another's (in a large
+    /// group such pointers were spilled, and re-stored on the back edge of every loop between).
+    pub(super) fn reload_bases(&mut self, used: &[bool], private: &[(usize, Value, Value)], row: Value) {
+        let step = self.ptr.bytes() as i32;
+        let loaded: Vec<usize> = (0..self.bases.len())
+            .filter(|&k| used[k] && self.bases[k].is_some())
+            .collect();
+        for k in loaded {
+            let base = self.b.ins().load(self.ptr, flags(), self.table, k as i32 * step);
+            self.bases[k] = Some(match private.iter().find(|p| p.0 == k) {
+                Some(&(_, _, row_bytes)) => self.moved_back(base, row, row_bytes),
+                None => base,
+            });
+        }
+    }
+
+    /// A row-private buffer's pointer (one row of scratch) moved back by row `row`'s offset, so that the
+    /// row-major addresses of that row land in the scratch row.
+    pub(super) fn moved_back(&mut self, scratch: Value, row: Value, row_bytes: Value) -> Value {
+        let back = self.b.ins().imul(row, row_bytes);
+        let back = self.offset(back);
+        self.b.ins().isub(scratch, back)
+    }
+
+    /// An i64 byte offset as a pointer-sized value.
+    pub(super) fn offset(&mut self, bytes: Value) -> Value {
+        if self.ptr == types::I64 {
+            bytes
+        } else {
+            self.b.ins().ireduce(self.ptr, bytes)
+        }
+    }
+
+    /// The bytes of one row (along the first axis) of buffer `k`.
+    pub(super) fn row_bytes(&mut self, k: usize) -> Value {
+        let plan = self.plan;
+        let buf = &plan.buffers[k];
+        let bytes = Self::elem_type(buf.scalar).bytes() as i64;
+        let mut row_bytes = self.b.ins().iconst(types::I64, bytes);
+        for d in &buf.shape[1..] {
+            let d = self.dim(d);
+            row_bytes = self.b.ins().imul(row_bytes, d);
+        }
+        row_bytes
+    }
+
+    /// The address of row `row` of buffer `k` (a pure computation: no access, so any row will do).
+    pub(super) fn row_address(&mut self, k: usize, row: Value, row_bytes: Value) -> Value {
+        let off = self.b.ins().imul(row, row_bytes);
+        let off = self.offset(off);
+        let base = self.bases[k].expect("a member's buffer is loaded on entry");
+        self.b.ins().iadd(base, off)
+    }
+
+    /// What a row-fused group streams row by row, with each one's row length in bytes: the first float
+    /// matrix input its members read along a row (`s[t, k]`), and the first matrix among its members'
+    /// own buffers that is not row-private (a gradient row).
+    pub(super) fn streamed_matrices(&mut self, members: &[&Nest]) -> [Option<(usize, Value)>; 2] {
+        let f = self.f;
+        let plan = self.plan;
+        let read = members.iter().find_map(|m| {
+            let own = m.head[0].0;
+            f.reachable(&[m.body]).into_iter().find_map(|n| match &f.node(n).expr {
+                Expr::Load {
+                    tensor: tensor @ TensorRef::Input(_),
+                    subs,
+                } if subs.len() >= 2
+                    && f.node(n).scalar == Scalar::Float
+                    && matches!(f.node(subs[0]).expr, Expr::Index(i) if i == own)
+                    && subs[1..].iter().all(|s| matches!(f.node(*s).expr, Expr::Index(_))) =>
+                {
+                    Some(plan.buffer_of(f, *tensor))
+                }
+                _ => None,
+            })
+        });
+        let written = members
+            .iter()
+            .filter(|m| m.head.len() >= 2)
+            .map(|m| plan.buffer_of(f, TensorRef::Def(m.tensor)))
+            .find(|k| !plan.row_private[*k]);
+        [read, written].map(|k| k.map(|k| (k, self.row_bytes(k))))
+    }
+
+    /// [`Self::member`], with the nest's part in kept softmax exponentials ([`super::loops::KeptExps`]) set up: a
+    /// logsumexp writes them into its consumer's row; a consumer in a later group reads them as they are
+    /// (one in the same group, times the factor its logsumexp leaves in `kept_exps`).
+    pub(super) fn softmax_member(&mut self, group: &Group, index: usize, nest: &Nest, from: usize) {
+        let plan = self.plan;
+        self.keep_exps = plan.kept_exps.iter().find(|e| e.lse == index).map(|e| {
+            let consumer = &plan.nests[e.consumer];
+            KeepExps {
+                exp: e.exp,
+                buffer: plan.kept_row(self.f, e),
+                length: consumer.head[1].1.clone(),
+                row: nest.head[0].0,
+                factors: e.factors.filter(|_| !group.members.contains(&e.consumer)),
+                plain: e.plain,
+            }
+        });
+        for e in plan
+            .kept_exps
+            .iter()
+            .filter(|e| e.consumer == index && !group.members.contains(&e.lse))
+        {
+            let buffer = plan.kept_row(self.f, e);
+            let factors = e
+                .factors
+                .expect("a consumer in a later group reads its factors from a buffer");
+            let row = nest.head[0].0;
+            self.kept_exps
+                .insert(e.exp, (buffer, KeptFactor::Left { factors, row }));
+        }
+        self.member(nest, from);
+        self.keep_exps = None;
+    }
+
+    /// One nest's loops over its head from level `from` (the levels before are bound), then the store. A
+    /// float element that is a contraction's gradient row or a dot product gets its blocked loop form
+    /// (simd.rs).
+    pub(super) fn member(&mut self, nest: &Nest, from: usize) {
+        let buffer = self.plan.buffer_of(self.f, TensorRef::Def(nest.tensor));
+        let scalar = self.plan.buffers[buffer].scalar;
+        let head = nest.head.clone();
+        let float = scalar == Scalar::Float;
+        // Whether the innermost head loop can run 4 elements at a time (numbers, or conditions as masks).
+        let lanes_along_head =
+            (float || scalar == Scalar::Bool) && head.last().is_some_and(|(k, _)| self.vectorizable(nest.body, *k));
+        self.vector_head = None;
+        let lanes_along_head = lanes_along_head && from < head.len();
+        if from == 0 && self.column_major(&head, nest.body) {
+            self.column_major_nest(buffer, scalar, &head, nest.body);
+        } else if let Some(update) = self.row_update_form(&head, nest.body).filter(|_| float) {
+            self.row_update_nest(buffer, &head, update, from);
+        } else if let Some((d, term)) = self.dot_form(&head, nest.body).filter(|_| float && !lanes_along_head) {
+            self.dot_nest(buffer, &head, d, term, nest.body, from);
+        } else {
+            self.vector_head = lanes_along_head.then_some((buffer, nest.body));
+            self.loops(&head, from, &[nest.body], &mut |l: &mut Self| {
+                let v = l.value(nest.body);
+                let flat = l.flat(&head);
+                l.store(buffer, scalar, flat, v);
+            });
+        }
+    }
+
+    /// Whether an element over two indices `[p, q]` reads a matrix transposed (`m[q, p]`) and has no
+    /// reduction: it runs column by column within its chunk of rows ([`Self::column_major_nest`]).
+    pub(super) fn column_major(&self, head: &[(IndexId, Dim)], body: NodeId) -> bool {
+        let [(p, _), (q, _)] = head else {
+            return false;
+        };
+        let nodes = self.f.reachable(&[body]);
+        !nodes
+            .iter()
+            .any(|n| matches!(self.f.node(*n).expr, Expr::Reduce { .. }))
+            && nodes.iter().any(|n| match &self.f.node(*n).expr {
+                Expr::Load { subs, .. } => matches!(subs[..], [a, b]
+                    if self.f.node(a).expr == Expr::Index(*q) && self.f.node(b).expr == Expr::Index(*p)),
+                _ => false,
+            })
+    }
+
+    /// An elementwise nest `[p, q]` that reads a matrix transposed, in tiles: the chunk's rows `p` times
+    /// [`TILE`] columns `q` at a time. A tile's elements read both `m[p, q]` (along rows) and `m[q, p]`
+    /// (16 lines, each reused by the chunk's 16 rows) from L1, where row by row each transposed read
+    /// would touch a new cache line (and, for wide matrices, a new page). Whole tiles run their rows four
+    /// at a time, each transposed read a 4 × 4 block transposed in registers
+    /// ([`Self::transposed_blocks`]). The elements and their values are the same in any order.
+    pub(super) fn column_major_nest(&mut self, buffer: usize, scalar: Scalar, head: &[(IndexId, Dim)], body: NodeId) {
+        let [(p, pd), (q, qd)] = head else {
+            unreachable!("column_major: two indices");
+        };
+        let (p, q) = (*p, *q);
+        let extent = self.dim(pd);
+        let end = self.b.ins().smin(self.hi, extent);
+        let (zero, columns) = (self.b.ins().iconst(types::I64, 0), self.dim(qd));
+        let lo = self.lo;
+        let head = head.to_vec();
+        let q_var = self.var(q);
+        let lanes = scalar == Scalar::Float && self.vectorizable(body, q);
+        let transposed = match lanes {
+            true => self.transposed_loads(body, p, q),
+            false => Vec::new(),
+        };
+        // Columns qb .. qe for every row of the chunk (4 at a time where the element is vectorizable; a
+        // whole tile's rows four at a time where it reads matrices transposed); leaves q at qb. The tile
+        // loop binds q to the tile's start only: nothing that depends on q may be computed before the
+        // inner loop over q.
+        let tile = |l: &mut Self, qb: Value, qe: Value, whole: bool| {
+            let tile_bound = l.bound.last() == Some(&q);
+            if tile_bound {
+                l.bound.pop();
+            }
+            let first = match whole && !transposed.is_empty() {
+                true => l.transposed_blocks(buffer, &head, body, &transposed, (lo, end), (qb, qe)),
+                false => lo,
+            };
+            l.for_range(p, first, end, &mut |l: &mut Self| {
+                l.hoist_invariants(&[body]);
+                let rest = if lanes {
+                    l.vector_loop(q, qb, qe, &mut |l: &mut Self, kb| {
+                        let v = l.vvalue(body, q, kb, &mut HashMap::new());
+                        let flat = l.flat(&head);
+                        l.vstore(buffer, flat, v);
+                    })
+                } else {
+                    qb
+                };
+                l.for_range(q, rest, qe, &mut |l: &mut Self| {
+                    let v = l.value(body);
+                    let flat = l.flat(&head);
+                    l.store(buffer, scalar, flat, v);
+                });
+            });
+            l.b.def_var(q_var, qb);
+            if tile_bound {
+                l.bound.push(q);
+            }
+        };
+        let rest = self.stepped_loop(q, zero, columns, TILE, &mut |l: &mut Self| {
+            let qb = l.index(q);
+            let qe = l.b.ins().iadd_imm_s(qb, TILE);
+            tile(l, qb, qe, true);
+        });
+        tile(self, rest, columns, false);
+    }
+
+    /// Loops over `head` from `level` on, then `body`; before each loop, the parts of `element` that the
+    /// indices bound so far determine are computed once (see [`Self::hoist_invariants`]).
+    pub(super) fn loops(
+        &mut self,
+        head: &[(IndexId, Dim)],
+        level: usize,
+        element: &[NodeId],
+        body: &mut dyn FnMut(&mut Self),
+    ) {
+        self.hoist_invariants(element);
+        if level == head.len() {
+            body(self);
+            return;
+        }
+        let (i, d) = head[level].clone();
+        let (start, end) = if level == 0 {
+            (self.lo, self.hi)
+        } else {
+            (self.b.ins().iconst(types::I64, 0), self.dim(&d))
+        };
+        let end = if level == 0 {
+            // The outermost range is [lo, hi) but never beyond the extent.
+            let extent = self.dim(&d);
+            self.b.ins().smin(end, extent)
+        } else {
+            end
+        };
+        if let Some((buffer, stored)) = self.vector_head
+            && level + 1 == head.len()
+        {
+            let lanes_head = head.to_vec();
+            let start = self.column_blocks(buffer, &lanes_head, i, start, end, stored);
+            // Where the run holds a vector, its last vector (ending at `end`) covers what the vector loop
+            // leaves instead of a scalar tail, and the scalar loop runs only for runs shorter than a
+            // vector, in a branch of its own: what only the scalar code needs (a scalar copy of each
+            // invariant) is not live across the vector loop, where it took registers and was spilled
+            // (and re-stored on every back edge).
+            let tail = match self.rewrites_in_place(stored, buffer) {
+                true => Tail::LastFirst,
+                false => Tail::Overlap,
+            };
+            let n = self.b.ins().isub(end, start);
+            let wide = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, n, simd::LANES);
+            self.two_way(
+                wide,
+                None,
+                &mut |l: &mut Self| {
+                    l.vector_run(buffer, &lanes_head, i, stored, (start, end), tail);
+                    None
+                },
+                &mut |l: &mut Self| {
+                    l.for_range(i, start, end, &mut |l: &mut Self| {
+                        l.loops(head, level + 1, element, body)
+                    });
+                    None
+                },
+            );
+            return;
+        }
+        self.for_range(i, start, end, &mut |l: &mut Self| {
+            l.loops(head, level + 1, element, body)
+        });
+    }
+
+    /// Whether `element`, stored into `buffer`, reads `buffer` itself (a kept exponential in its
+    /// consumer's row, a tensor that lives in the buffer): computing a point again after its
+    /// store would then read the stored value.
+    pub(super) fn rewrites_in_place(&self, element: NodeId, buffer: usize) -> bool {
+        let host = |k: usize| self.plan.host[k].unwrap_or(k);
+        self.f.reachable(&[element]).into_iter().any(|n| {
+            self.kept_exps.contains_key(&n)
+                || matches!(&self.f.node(n).expr,
+                    Expr::Load { tensor, .. } if host(self.plan.buffer_of(self.f, *tensor)) == host(buffer))
+        })
+    }
+
+    /// The innermost run `[start, end)` of an elementwise nest along `i`, at least a vector long, in
+    /// vectors (see [`Self::loops`]); the points the vector loop leaves are covered by vectors too, the
+    /// last ending at `end` (its points computed twice, with the same bits), as `tail` says.
+    pub(super) fn vector_run(
+        &mut self,
+        buffer: usize,
+        head: &[(IndexId, Dim)],
+        i: IndexId,
+        element: NodeId,
+        (start, end): (Value, Value),
+        tail: Tail,
+    ) {
+        // `select(k == e, a, 0) + rest` (a one-hot term, as a label's in a cross-entropy gradient): the
+        // lanes compute `rest`, and `a` is added at k = e afterwards. A term deeper in a sum
+        // (`(onehot + x) + y`) counts as 0 in the lanes.
+        let one_hot = self.one_hot(element, i);
+        let (lanes, zeroed) = match one_hot {
+            Some(OneHot { rest: Some(rest), .. }) => (rest, None),
+            Some(OneHot { term, rest: None, .. }) => (element, Some(term)),
+            None => (element, None),
+        };
+        // A sigmoid at the root: the lanes store its argument, and the 8-lane row helper turns the
+        // stored run into sigmoids (the same bits as the 4-lane code, four chains at a time).
+        let sigmoid_argument = match &self.f.node(lanes).expr {
+            Expr::Prim {
+                prim: Prim::Sigmoid,
+                args,
+            } if self.exp_rows && one_hot.is_none() => Some(args[0]),
+            _ => None,
+        };
+        // Kept exponentials are loads here.
+        let kept: HashSet<NodeId> = self.kept_exps.keys().copied().collect();
+        let computed = sigmoid_argument.unwrap_or(lanes);
+        let times = match few_steps_reading(self.f, computed, 16, Cost::Piecewise, &kept) {
+            true => UNROLL,
+            false => 1,
+        };
+        // The lanes at `kb` (the loop variable, or `fixed` at it).
+        let mut lanes_at = |l: &mut Self, kb: Value| {
+            let mut memo = HashMap::new();
+            if let Some(term) = zeroed
+                && let Expr::Prim { args, .. } = &l.f.node(term).expr
+            {
+                // The term's own zero (its third operand) in every lane.
+                let zero = l.vvalue(args[2], i, kb, &mut HashMap::new());
+                memo.insert(term, zero);
+            }
+            l.vvalue(computed, i, kb, &mut memo)
+        };
+        let mut store = |l: &mut Self, v: Value| {
+            let flat = l.flat(head);
+            l.vstore(buffer, flat, v);
+        };
+        match tail {
+            // The row already holds these values (its guest's): nothing to store.
+            _ if self.guest_element(lanes, buffer, head) => {}
+            Tail::Overlap => self.overlapping_vector_loop(i, start, end, times, &mut |l: &mut Self, kb| {
+                let v = lanes_at(l, kb);
+                store(l, v)
+            }),
+            Tail::LastFirst => self.last_first_vector_loop(i, start, end, times, &mut lanes_at, &mut store),
+        }
+        if sigmoid_argument.is_some() {
+            self.fixed.insert(i, start);
+            let flat = self.flat(head);
+            self.fixed.remove(&i);
+            let at = self.address(buffer, Scalar::Float, flat);
+            let n = self.b.ins().isub(end, start);
+            self.call_helper("lossc_sigmoid_row", &[at, n]);
+        }
+        if let Some(OneHot { at, value, .. }) = one_hot {
+            self.add_one_hot(buffer, head, i, at, value, (start, end));
+        }
+    }
+
+    /// Whether `element` of `buffer` at `head` is the element of a tensor living in it
+    /// (loops::Plan::host) at the same place: the value is already there.
+    pub(super) fn guest_element(&self, element: NodeId, buffer: usize, head: &[(IndexId, Dim)]) -> bool {
+        let Expr::Load { tensor, subs } = &self.f.node(element).expr else {
+            return false;
+        };
+        let head: Vec<IndexId> = head.iter().map(|(i, _)| *i).collect();
+        self.plan.host[self.plan.buffer_of(self.f, *tensor)] == Some(buffer) && self.f.at_indices(subs, &head)
+    }
+
+    /// A one-hot term `select(k == e, a, 0)` (`e` and `a` independent of `k`) of the sum `element`: at the
+    /// top (`term + rest`, either way round), or deeper in a sum of terms (`(term + x) + y`).
+    pub(super) fn one_hot(&self, element: NodeId, k: IndexId) -> Option<OneHot> {
+        let Expr::Prim { prim: Prim::Add, args } = &self.f.node(element).expr else {
+            return None;
+        };
+        let top = [(args[0], args[1]), (args[1], args[0])]
+            .into_iter()
+            .find_map(|(term, rest)| {
+                let (at, value) = self.one_hot_term(term, k)?;
+                Some(OneHot {
+                    term,
+                    at,
+                    value,
+                    rest: Some(rest),
+                })
+            });
+        // Deeper, the term is 0 wherever it occurs in the lanes: it must occur once.
+        top.or_else(|| {
+            let inner = args.iter().find_map(|a| self.one_hot(*a, k))?;
+            (self.paths(element, inner.term, &mut HashMap::new()) == 1).then_some(OneHot { rest: None, ..inner })
+        })
+    }
+
+    /// How many paths lead from `from` down to `to` in the expression DAG (counting stops at 2).
+    pub(super) fn paths(&self, from: NodeId, to: NodeId, memo: &mut HashMap<NodeId, usize>) -> usize {
+        if from == to {
+            return 1;
+        }
+        if let Some(&n) = memo.get(&from) {
+            return n;
+        }
+        let mut n = 0;
+        for operand in self.f.node(from).expr.operands() {
+            n = (n + self.paths(operand, to, memo)).min(2);
+        }
+        memo.insert(from, n);
+        n
+    }
+
+    /// `select(k == e, a, 0)` with `e` and `a` independent of `k` (and computed without a branch): (e, a).
+    pub(super) fn one_hot_term(&self, term: NodeId, k: IndexId) -> Option<(NodeId, NodeId)> {
+        let free_of_k = |n: NodeId| !self.f.node(n).free.contains(&k);
+        let Expr::Prim {
+            prim: Prim::Select,
+            args: s,
+        } = &self.f.node(term).expr
+        else {
+            return None;
+        };
+        let Expr::Prim {
+            prim: Prim::Eq,
+            args: c,
+        } = &self.f.node(s[0]).expr
+        else {
+            return None;
+        };
+        let at_k = |n: NodeId| self.f.node(n).expr == Expr::Index(k);
+        let e = match c[..] {
+            [p, q] if at_k(p) && free_of_k(q) => q,
+            [p, q] if at_k(q) && free_of_k(p) => p,
+            _ => return None,
+        };
+        (self.f.as_float(s[2]) == Some(0.0) && free_of_k(s[1]) && !self.needs_branch(s[1]) && !self.needs_branch(e))
+            .then_some((e, s[1]))
+    }
+
+    /// Adds the one-hot value `a` at `k = e` of the current row when `e` lies in `lo..hi` (the elements
+    /// the vectors wrote as `rest` alone; the scalar loop of a short row computes whole elements).
+    pub(super) fn add_one_hot(
+        &mut self,
+        buffer: usize,
+        head: &[(IndexId, Dim)],
+        k: IndexId,
+        e: NodeId,
+        a: NodeId,
+        (lo, hi): (Value, Value),
+    ) {
+        let at = self.value(e);
+        let above = self.b.ins().icmp(IntCC::SignedGreaterThanOrEqual, at, lo);
+        let below = self.b.ins().icmp(IntCC::SignedLessThan, at, hi);
+        let inside = self.b.ins().band(above, below);
+        let yes = self.b.create_block();
+        let next = self.b.create_block();
+        self.b.ins().brif(inside, yes, &[], next, &[]);
+        self.b.switch_to_block(yes);
+        self.frames.push(HashMap::new());
+        let var = self.var(k);
+        self.b.def_var(var, at);
+        let flat = self.flat(head);
+        let addr = self.address(buffer, Scalar::Float, flat);
+        let rest = self.b.ins().load(types::F32, flags(), addr, 0);
+        let one = self.value(a);
+        let sum = self.b.ins().fadd(one, rest);
+        self.b.ins().store(flags(), sum, addr, 0);
+        self.frames.pop();
+        self.b.ins().jump(next, &[]);
+        self.b.switch_to_block(next);
+    }
+
+    /// The row-major position of the current head indices.
+    pub(super) fn flat(&mut self, head: &[(IndexId, Dim)]) -> Value {
+        let mut flat = self.b.ins().iconst(types::I64, 0);
+        for (i, d) in head {
+            let size = self.dim(d);
+            let iv = self.index(*i);
+            let scaled = self.b.ins().imul(flat, size);
+            flat = self.b.ins().iadd(scaled, iv);
+        }
+        flat
+    }
+
+    pub(super) fn var(&mut self, i: IndexId) -> Variable {
+        if let Some(v) = self.vars.get(&i) {
+            return *v;
+        }
+        let v = self.b.declare_var(types::I64);
+        self.vars.insert(i, v);
+        v
+    }
+
+    pub(super) fn index(&mut self, i: IndexId) -> Value {
+        if let Some(v) = self.fixed.get(&i) {
+            return *v;
+        }
+        let v = self.var(i);
+        self.b.use_var(v)
+    }
+
+    /// `for i in start..end { body }`; the body runs in its own dominance scope.
+    pub(super) fn for_range(&mut self, i: IndexId, start: Value, end: Value, body: &mut dyn FnMut(&mut Self)) {
+        self.stepped_loop(i, start, end, 1, body);
+    }
+
+    /// `body` for i = start, start + step, … while i + step <= end (each iteration covers `step` values of
+    /// i), in its own dominance scope; returns the first i not covered.
+    pub(super) fn stepped_loop(
+        &mut self,
+        i: IndexId,
+        start: Value,
+        end: Value,
+        step: i64,
+        body: &mut dyn FnMut(&mut Self),
+    ) -> Value {
+        let var = self.var(i);
+        self.b.def_var(var, start);
+        // Rotated: one test before the loop and one at the bottom of each iteration (no jump back to a
+        // separate header), against the last i that covers `step` values.
+        let last = self.b.ins().iadd_imm_s(end, -step);
+        let inner = self.b.create_block();
+        let exit = self.b.create_block();
+        // The body is the branch's second target: Cranelift 0.135's egraph visits that one first, and a loop's
+        // exit visited before its body would drop the loop from the egraph's loop stack (no hoisting there).
+        let skip = self.b.ins().icmp(IntCC::SignedGreaterThan, start, last);
+        let entry = self.b.ins().brif(skip, exit, &[], inner, &[]);
+        self.b.switch_to_block(inner);
+        self.frames.push(HashMap::new());
+        self.preheaders.push((entry, HashMap::new()));
+        self.bound.push(i);
+        body(self);
+        self.bound.pop();
+        self.preheaders.pop();
+        self.frames.pop();
+        let iv = self.b.use_var(var);
+        let next = self.b.ins().iadd_imm_s(iv, step);
+        self.b.def_var(var, next);
+        let done = self.b.ins().icmp(IntCC::SignedGreaterThan, next, last);
+        self.b.ins().brif(done, exit, &[], inner, &[]);
+        self.b.switch_to_block(exit);
+        self.b.use_var(var)
+    }
+
+    pub(super) fn dim(&mut self, d: &Dim) -> Value {
+        match d {
+            Dim::Const(c) => self.b.ins().iconst(types::I64, *c),
+            Dim::Sym(s) => self.sizes[s.index()],
+            Dim::Add(a, c) | Dim::Sub(a, c) | Dim::Mul(a, c) => {
+                let (x, y) = (self.dim(a), self.dim(c));
+                match d {
+                    Dim::Add(..) => self.b.ins().iadd(x, y),
+                    Dim::Sub(..) => self.b.ins().isub(x, y),
+                    _ => self.b.ins().imul(x, y),
+                }
+            }
+        }
+    }
+
+    /// How a buffer stores its elements: f32, i64, and conditions as i32 masks (-1 true, 0 false), which
+    /// four lanes load and store as they are.
+    pub(super) fn elem_type(scalar: Scalar) -> Type {
+        match scalar {
+            Scalar::Float => types::F32,
+            Scalar::Int => types::I64,
+            Scalar::Bool => types::I32,
+        }
+    }
+
+    pub(super) fn address(&mut self, buffer: usize, scalar: Scalar, flat: Value) -> Value {
+        let bytes = Self::elem_type(scalar).bytes() as i64;
+        let off = self.b.ins().imul_imm_s(flat, bytes);
+        let off = self.offset(off);
+        let base = self.bases[buffer].expect("the nest's buffers are loaded on entry");
+        self.b.ins().iadd(base, off)
+    }
+
+    pub(super) fn store(&mut self, buffer: usize, scalar: Scalar, flat: Value, v: Value) {
+        let addr = self.address(buffer, scalar, flat);
+        let v = if scalar == Scalar::Bool {
+            self.b.ins().bmask(types::I32, v)
+        } else {
+            v
+        };
+        self.b.ins().store(flags(), v, addr, 0);
+    }
+
+    pub(super) fn lookup(&self, n: NodeId) -> Option<Value> {
+        self.frames.iter().rev().find_map(|f| f.get(&n).copied())
+    }
+
+    pub(super) fn call(&mut self, name: &'static str, args: &[Value]) -> Value {
+        let inst = self.call_helper(name, args);
+        self.b.inst_results(inst)[0]
+    }
+
+    pub(super) fn call_helper(&mut self, name: &'static str, args: &[Value]) -> ir::Inst {
+        let fref = self.math[name];
+        self.b.ins().call(fref, args)
+    }
+
+    pub(super) fn fconst(&mut self, x: f32) -> Value {
+        self.b.ins().f32const(x)
+    }
+
+    /// Whether subscript `s` is always within an axis of size `d` (so needs no check).
+    pub(super) fn in_range(&self, s: NodeId, d: &Dim) -> bool {
+        self.f.in_range(s, d)
+    }
+
+    /// Whether evaluating `n` could fail or cost a loop (then choices around it branch instead of selecting).
+    pub(super) fn needs_branch(&self, n: NodeId) -> bool {
+        self.plan.branching[n.index()]
+    }
+
+    /// Computes here, before a loop, the largest parts of `roots` that the indices bound so far determine
+    /// and that can neither fail nor loop; the loop body then finds them memoized. (Cranelift's egraph
+    /// hoists pure operations whose operands come from outside a loop, but it never moves a load, so
+    /// everything computed from a per-row load would otherwise run once per element.) Reductions are left
+    /// where they are: their bodies bind indices of their own. Only called where no bound index is
+    /// redefined later in the same frame (not between [`Self::at_index`] calls).
+    pub(super) fn hoist_invariants(&mut self, roots: &[NodeId]) {
+        let mut seen = HashSet::new();
+        let mut stack = roots.to_vec();
+        while let Some(n) = stack.pop() {
+            if !seen.insert(n) {
+                continue;
+            }
+            let node = self.f.node(n);
+            match &node.expr {
+                Expr::Float(_)
+                | Expr::Int(_)
+                | Expr::Bool(_)
+                | Expr::Index(_)
+                | Expr::Size(_)
+                | Expr::Reduce { .. } => {}
+                _ if node.free.iter().all(|i| self.bound.contains(i)) && !self.needs_branch(n) => {
+                    self.value(n);
+                }
+                expr => stack.extend(expr.operands()),
+            }
+        }
+    }
+
+    /// The current element of a softmax consumer's buffer (its head indices are bound here).
+    pub(super) fn kept_flat(&mut self, buffer: usize) -> Value {
+        let TensorRef::Def(t) = self.plan.buffers[buffer].of else {
+            unreachable!("kept exponentials live in a tensor's buffer")
+        };
+        let head: Vec<(IndexId, Dim)> = self
+            .f
+            .tensor(t)
+            .indices
+            .iter()
+            .map(|i| (*i, self.f.index(*i).range.clone()))
+            .collect();
+        self.flat(&head)
+    }
+
+    /// A kept softmax exponential ([`KeepExps`]) for node `n` at the current element (4 lanes when
+    /// `lanes`): the consumer's own row, read before the element overwrites it, times the factor its
+    /// logsumexp computed or left in a buffer. `None` when `n` is not kept.
+    pub(super) fn kept_exp(&mut self, n: NodeId, lanes: bool) -> Option<Value> {
+        let &(buffer, factor) = self.kept_exps.get(&n)?;
+        let flat = self.kept_flat(buffer);
+        let addr = self.address(buffer, Scalar::Float, flat);
+        let ty = if lanes { types::F32X4 } else { types::F32 };
+        let e = self.b.ins().load(ty, MemFlagsData::new().with_notrap(), addr, 0);
+        let factor = match factor {
+            KeptFactor::Computed(factor) => factor,
+            KeptFactor::Left { factors, row } => {
+                let row = self.index(row);
+                let addr = self.address(factors, Scalar::Float, row);
+                // Written by an earlier group, read-only here: free to move out of the row's loops.
+                let flags = MemFlagsData::new().with_notrap().with_readonly().with_can_move();
+                self.b.ins().load(types::F32, flags, addr, 0)
+            }
+        };
+        Some(match lanes {
+            true => {
+                let f = self.b.ins().splat(types::F32X4, factor);
+                self.b.ins().fmul(e, f)
+            }
+            false => self.b.ins().fmul(e, factor),
+        })
+    }
+
+    /// The flat position `start + k` in a kept softmax row.
+    pub(super) fn kept_at(&mut self, k: IndexId, start: Value) -> Value {
+        let at = self.index(k);
+        self.b.ins().iadd(start, at)
+    }
+
+    pub(super) fn value(&mut self, n: NodeId) -> Value {
+        if let Some(v) = self.lookup(n) {
+            return v;
+        }
+        if let Some(e) = self.kept_exp(n, false) {
+            return e;
+        }
+        let node = self.f.node(n).clone();
+        let v = match &node.expr {
+            Expr::Float(bits) => self.fconst(f64::from_bits(*bits) as f32),
+            Expr::Int(i) => self.b.ins().iconst(types::I64, *i),
+            Expr::Bool(b) => self.b.ins().iconst(types::I8, i64::from(*b)),
+            Expr::Index(i) => self.index(*i),
+            Expr::Size(d) => self.dim(d),
+            Expr::Hyper(h) => {
+                let x = self.b.ins().load(types::F64, flags(), self.hypers, (*h as i32) * 8);
+                if node.scalar == Scalar::Int {
+                    self.b.ins().fcvt_to_sint_sat(types::I64, x)
+                } else {
+                    self.b.ins().fdemote(types::F32, x)
+                }
+            }
+            Expr::Load { tensor, subs } => self.load(n, *tensor, subs),
+            Expr::Prim { prim, args } => self.prim(*prim, args, node.scalar),
+            Expr::Reduce {
+                op,
+                indices,
+                mask,
+                body,
+            } => self.reduce(*op, indices, *mask, *body),
+        };
+        self.frames.last_mut().expect("a frame").insert(n, v);
+        v
+    }
+
+    pub(super) fn load(&mut self, n: NodeId, tensor: TensorRef, subs: &[NodeId]) -> Value {
+        let buffer = self.plan.buffer_of(self.f, tensor);
+        let scalar = self.plan.buffers[buffer].scalar;
+        let shape = self.plan.buffers[buffer].shape.clone();
+        let mut flat = self.b.ins().iconst(types::I64, 0);
+        for (axis, (s, d)) in subs.iter().zip(&shape).enumerate() {
+            let v = self.value(*s);
+            let size = self.dim(d);
+            if !self.in_range(*s, d) {
+                // 0 <= v < size, as one unsigned comparison; else report and return. (The report is the
+                // branch's first target and returns itself, so the egraph visits it last: see stepped_loop.)
+                let bad = self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, v, size);
+                let cont = self.b.create_block();
+                let report = self.b.create_block();
+                self.b.ins().brif(bad, report, &[], cont, &[]);
+                self.b.switch_to_block(report);
+                let code = self.b.ins().iconst(types::I64, i64::from(n.0) + 1);
+                let ax = self.b.ins().iconst(types::I64, axis as i64);
+                self.b.ins().store(flags(), code, self.err, 0);
+                self.b.ins().store(flags(), ax, self.err, 8);
+                self.b.ins().store(flags(), v, self.err, 16);
+                self.b.ins().return_(&[]);
+                self.b.switch_to_block(cont);
+            }
+            let scaled = self.b.ins().imul(flat, size);
+            flat = self.b.ins().iadd(scaled, v);
+        }
+        let addr = self.address(buffer, scalar, flat);
+        let x = self.b.ins().load(Self::elem_type(scalar), flags(), addr, 0);
+        if scalar == Scalar::Bool {
+            self.b.ins().icmp_imm_s(IntCC::NotEqual, x, 0)
+        } else {
+            x
+        }
+    }
+
+    /// A comparison, integer or float, of scalars or of lanes (the result is a condition or a lane mask).
+    pub(super) fn compare(&mut self, prim: Prim, int: bool, a: Value, b: Value) -> Value {
+        use Prim::*;
+        if int {
+            let cc = match prim {
+                Eq => IntCC::Equal,
+                Ne => IntCC::NotEqual,
+                Lt => IntCC::SignedLessThan,
+                Le => IntCC::SignedLessThanOrEqual,
+                Gt => IntCC::SignedGreaterThan,
+                _ => IntCC::SignedGreaterThanOrEqual,
+            };
+            self.b.ins().icmp(cc, a, b)
+        } else {
+            let cc = match prim {
+                Eq => FloatCC::Equal,
+                Ne => FloatCC::NotEqual,
+                Lt => FloatCC::LessThan,
+                Le => FloatCC::LessThanOrEqual,
+                Gt => FloatCC::GreaterThan,
+                _ => FloatCC::GreaterThanOrEqual,
+            };
+            self.b.ins().fcmp(cc, a, b)
+        }
+    }
+
+    /// A two-way choice evaluated lazily: only the taken side runs.
+    pub(super) fn branch(
+        &mut self,
+        c: Value,
+        ty: Type,
+        a: &mut dyn FnMut(&mut Self) -> Value,
+        b: &mut dyn FnMut(&mut Self) -> Value,
+    ) -> Value {
+        let out = self.two_way(c, Some(ty), &mut |l: &mut Self| Some(a(l)), &mut |l: &mut Self| {
+            Some(b(l))
+        });
+        out.expect("a value of type ty")
+    }
+
+    /// `a` where `c` holds, else `b`, each in its own block and dominance scope; with `ty`, both give a
+    /// value of that type and the join receives it.
+    pub(super) fn two_way<'s>(
+        &mut self,
+        c: Value,
+        ty: Option<Type>,
+        a: &'s mut dyn FnMut(&mut Self) -> Option<Value>,
+        b: &'s mut dyn FnMut(&mut Self) -> Option<Value>,
+    ) -> Option<Value> {
+        let (then, other, merge) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
+        let out = ty.map(|ty| self.b.append_block_param(merge, ty));
+        self.b.ins().brif(c, then, &[], other, &[]);
+        for (block, side) in [(then, a), (other, b)] {
+            self.b.switch_to_block(block);
+            self.frames.push(HashMap::new());
+            let v = side(self);
+            self.frames.pop();
+            let args: Vec<ir::BlockArg> = v.into_iter().map(Into::into).collect();
+            self.b.ins().jump(merge, &args);
+        }
+        self.b.switch_to_block(merge);
+        out
+    }
+
+    pub(super) fn prim(&mut self, prim: Prim, args: &[NodeId], scalar: Scalar) -> Value {
+        use Prim::*;
+        // Lazy operands first: they must not be evaluated unless needed.
+        match prim {
+            Select if self.needs_branch(args[1]) || self.needs_branch(args[2]) => {
+                let c = self.value(args[0]);
+                let ty = if scalar == Scalar::Float {
+                    types::F32
+                } else if scalar == Scalar::Int {
+                    types::I64
+                } else {
+                    types::I8
+                };
+                let (x, y) = (args[1], args[2]);
+                return self.branch(c, ty, &mut |l| l.value(x), &mut |l| l.value(y));
+            }
+            And | Or if self.needs_branch(args[1]) => {
+                let a = self.value(args[0]);
+                let rhs = args[1];
+                return if prim == And {
+                    self.branch(a, types::I8, &mut |l| l.value(rhs), &mut |l| {
+                        l.b.ins().iconst(types::I8, 0)
+                    })
+                } else {
+                    self.branch(a, types::I8, &mut |l| l.b.ins().iconst(types::I8, 1), &mut |l| {
+                        l.value(rhs)
+                    })
+                };
+            }
+            _ => {}
+        }
+        let a: Vec<Value> = args.iter().map(|x| self.value(*x)).collect();
+        let int = |l: &Self, k: usize| l.f.node(args[k]).scalar == Scalar::Int;
+        match prim {
+            Add if scalar == Scalar::Int => self.b.ins().iadd(a[0], a[1]),
+            Sub if scalar == Scalar::Int => self.b.ins().isub(a[0], a[1]),
+            Mul if scalar == Scalar::Int => self.b.ins().imul(a[0], a[1]),
+            Min if scalar == Scalar::Int => self.b.ins().smin(a[0], a[1]),
+            Max if scalar == Scalar::Int => self.b.ins().smax(a[0], a[1]),
+            Neg if scalar == Scalar::Int => self.b.ins().ineg(a[0]),
+            Abs if scalar == Scalar::Int => self.b.ins().iabs(a[0]),
+            Sign if scalar == Scalar::Int => {
+                let zero = self.b.ins().iconst(types::I64, 0);
+                let gt = self.b.ins().icmp(IntCC::SignedGreaterThan, a[0], zero);
+                let lt = self.b.ins().icmp(IntCC::SignedLessThan, a[0], zero);
+                let gt = self.b.ins().uextend(types::I64, gt);
+                let lt = self.b.ins().uextend(types::I64, lt);
+                self.b.ins().isub(gt, lt)
+            }
+            Add => self.b.ins().fadd(a[0], a[1]),
+            Sub => self.b.ins().fsub(a[0], a[1]),
+            Mul => self.b.ins().fmul(a[0], a[1]),
+            // A scalar divisor (hyperparameter, constant): the product with its reciprocal, computed once
+            // outside the loops; the lanes do the same (simd.rs), so every place has the same bits.
+            Div if self.f.node(args[1]).free.is_empty() => {
+                let one = self.fconst(1.0);
+                let reciprocal = self.b.ins().fdiv(one, a[1]);
+                self.b.ins().fmul(a[0], reciprocal)
+            }
+            Div => self.b.ins().fdiv(a[0], a[1]),
+            Neg => self.b.ins().fneg(a[0]),
+            Min => self.b.ins().fmin(a[0], a[1]),
+            Max => self.b.ins().fmax(a[0], a[1]),
+            Abs => self.b.ins().fabs(a[0]),
+            Sqrt => self.b.ins().sqrt(a[0]),
+            Relu => {
+                let zero = self.fconst(0.0);
+                self.b.ins().fmax(a[0], zero)
+            }
+            Clamp => {
+                let lo = self.b.ins().fmax(a[0], a[1]);
+                self.b.ins().fmin(lo, a[2])
+            }
+            Sign => {
+                let zero = self.fconst(0.0);
+                let (one, minus) = (self.fconst(1.0), self.fconst(-1.0));
+                let gt = self.b.ins().fcmp(FloatCC::GreaterThan, a[0], zero);
+                let lt = self.b.ins().fcmp(FloatCC::LessThan, a[0], zero);
+                let keep = self.b.ins().fmul(a[0], zero);
+                let neg = self.b.ins().select(lt, minus, keep);
+                self.b.ins().select(gt, one, neg)
+            }
+            Pow => self.call("lossc_powf", &a),
+            Exp => self.exp_lanes(a[0], false),
+            Log => self.call("lossc_logf", &a),
+            Log1p => self.call("lossc_log1pf", &a),
+            Expm1 => self.call("lossc_expm1f", &a),
+            Tanh => self.call("lossc_tanhf", &a),
+            Atan => self.call("lossc_atanf", &a),
+            Sigmoid => self.sigmoid_lanes(a[0], false),
+            Softplus => self.call("lossc_softplusf", &a),
+            Eq | Ne | Lt | Le | Gt | Ge => {
+                let both_int = int(self, 0) && int(self, 1);
+                self.compare(prim, both_int, a[0], a[1])
+            }
+            And => self.b.ins().band(a[0], a[1]),
+            Or => self.b.ins().bor(a[0], a[1]),
+            Not => self.b.ins().icmp_imm_s(IntCC::Equal, a[0], 0),
+            Select => self.b.ins().select(a[0], a[1], a[2]),
+            Iverson => {
+                let (one, zero) = (self.fconst(1.0), self.fconst(0.0));
+                self.b.ins().select(a[0], one, zero)
+            }
+            ToFloat => self.b.ins().fcvt_from_sint(types::F32, a[0]),
+            StopGrad => a[0],
+        }
+    }
+}
