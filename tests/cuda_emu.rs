@@ -525,3 +525,44 @@ fn softmax_rows_keep_their_exponentials_in_shared_memory() {
     ]);
     assert_agree("infinite logit", &kc.eval(&inf).unwrap(), &ki.eval(&inf).unwrap());
 }
+
+/// A logsumexp whose body is too costly to evaluate twice runs online (the plan's rule, `loops::cheap`),
+/// masked or not, through infinities and NaN, serially and by the whole block.
+#[test]
+fn costly_logsumexp_bodies_run_online() {
+    let src = "loss f(s: f32[N, C]) {\n\
+               let r[i] = logsumexp[k | s[i, k] > -2.0] exp(s[i, k]) * 3.0\n\
+               mean[i] r[i] + (sum[j] logsumexp[k] tanh(s[j, k]) * s[i, k]) / N }";
+    let program = lossc::Program::from_source("f.lx", src).unwrap();
+    let g = lossc::api::gradient(&program.module.functions[0]).unwrap();
+    assert!(lossc::backend::cuda::generate(&g).source.contains("= lx_lse_push("));
+    let kc = cuda(EmuLoader::default())
+        .compile_source("f.lx", src)
+        .unwrap()
+        .kernel(None)
+        .unwrap();
+    let ki = Compiler::new()
+        .backend(Backend::Interp)
+        .compile_source("f.lx", src)
+        .unwrap()
+        .kernel(None)
+        .unwrap();
+    let mut rng = Rng::new(23);
+    for sizes in [[4i64, 7], [3, 70], [1, 1]] {
+        let inputs = random_inputs(ki.function(), &sizes, &mut rng);
+        assert_agree(
+            &format!("{sizes:?}"),
+            &kc.eval(&inputs).unwrap(),
+            &ki.eval(&inputs).unwrap(),
+        );
+    }
+    for special in [f64::INFINITY, f64::NEG_INFINITY, f64::NAN, -5.0] {
+        let s = vec![0.5, special, -1.0, 2.0, special, special];
+        let inputs = BTreeMap::from([("s".to_string(), Tensor::float(vec![2, 3], s))]);
+        assert_agree(
+            &format!("{special}"),
+            &kc.eval(&inputs).unwrap(),
+            &ki.eval(&inputs).unwrap(),
+        );
+    }
+}

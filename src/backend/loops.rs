@@ -19,15 +19,19 @@
 //! lives in that member's rows instead ([`Plan::host`]), as a whole `let` tensor may live in the buffer of
 //! its last reader in a later group.
 //! A nest that is a plain matrix product of two buffers ([`Contraction`]) may instead run as a GEMM.
-//! The Cranelift JIT consumes it, and the CUDA generator maps each group to a kernel launch.
+//! Decisions both code generators follow live here: a logsumexp runs in two passes (its maximum, then the
+//! sum of `exp(x - max)`) where its body is [`cheap`] to evaluate twice, else online with a running
+//! maximum, and only a two-pass one keeps its exponentials; a one-hot term of a row's element
+//! ([`one_hot`]) may be added at its one position after the row.
+//! The Cranelift JIT consumes the plan, and the CUDA generator maps each group to a kernel launch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::backend::interp::Evaluation;
 use crate::call::CallError;
 use crate::data::Tensor;
 use crate::ir::{Dim, ElemTy, Expr, Function, IndexId, NodeId, ReduceOp, Role, Scalar, TensorId, TensorRef};
-use crate::prims::Prim;
+use crate::prims::{Cost, Prim};
 
 /// A buffer: an input or a tensor, with its element kind and shape.
 #[derive(Clone, Debug)]
@@ -269,6 +273,11 @@ impl Plan {
         }
         let groups = fuse_rows(f, &nests);
         let mut kept_exps = kept_exps(f, &nests, &groups, &mut buffers);
+        // Exponentials are kept only where the logsumexp runs in two passes ([`cheap`]).
+        kept_exps.retain(|e| match &f.node(nests[e.lse].body).expr {
+            Expr::Reduce { body, .. } => e.plain || cheap(f, *body),
+            _ => false,
+        });
         let group_of = |n: usize| groups.iter().position(|g| g.members.contains(&n));
         for e in &mut kept_exps {
             if group_of(e.lse) != group_of(e.consumer) {
@@ -392,6 +401,117 @@ pub fn index_error(f: &Function, sizes: &[i64], node_plus_one: i64, axis: i64, v
         value,
         size,
         span,
+    }
+}
+
+/// Whether a reduction body is cheap enough to evaluate twice (for a two-pass logsumexp): arithmetic,
+/// comparison and selection steps.
+pub fn cheap(f: &Function, body: NodeId) -> bool {
+    few_steps(f, body, 12, Cost::Arithmetic)
+}
+
+/// At most `limit` nodes, no reduction, and no primitive costlier than `most`.
+pub fn few_steps(f: &Function, body: NodeId, limit: usize, most: Cost) -> bool {
+    few_steps_reading(f, body, limit, most, &HashSet::new())
+}
+
+/// [`few_steps`], where the nodes of `read` are read from memory (one step each, their operands none).
+pub fn few_steps_reading(f: &Function, body: NodeId, limit: usize, most: Cost, read: &HashSet<NodeId>) -> bool {
+    let mut seen = HashSet::new();
+    let mut stack = vec![body];
+    while let Some(n) = stack.pop() {
+        if !seen.insert(n) || read.contains(&n) {
+            continue;
+        }
+        match &f.node(n).expr {
+            Expr::Reduce { .. } => return false,
+            Expr::Prim { prim, .. } if prim.cost() > most => return false,
+            expr => stack.extend(expr.operands()),
+        }
+    }
+    seen.len() <= limit
+}
+
+/// A one-hot term `select(k == at, value, 0)` of a row's element ([`Plan::one_hot`]): a code generator may
+/// compute `rest` (or the element with `term` as 0) along the row, and add `value` at `k = at` afterwards
+/// (a label's term in a cross-entropy gradient).
+#[derive(Clone, Copy, Debug)]
+pub struct OneHot {
+    pub term: NodeId,
+    pub at: NodeId,
+    pub value: NodeId,
+    pub rest: Option<NodeId>,
+}
+
+impl Plan {
+    /// A one-hot term `select(k == e, a, 0)` (`e` and `a` independent of `k`) of the sum `element`: at the
+    /// top (`term + rest`, either way round), or deeper in a sum of terms (`(term + x) + y`).
+    pub fn one_hot(&self, f: &Function, element: NodeId, k: IndexId) -> Option<OneHot> {
+        let Expr::Prim { prim: Prim::Add, args } = &f.node(element).expr else {
+            return None;
+        };
+        let top = [(args[0], args[1]), (args[1], args[0])]
+            .into_iter()
+            .find_map(|(term, rest)| {
+                let (at, value) = self.one_hot_term(f, term, k)?;
+                Some(OneHot {
+                    term,
+                    at,
+                    value,
+                    rest: Some(rest),
+                })
+            });
+        // Deeper, the term is 0 wherever it occurs in the lanes: it must occur once.
+        top.or_else(|| {
+            let inner = args.iter().find_map(|a| self.one_hot(f, *a, k))?;
+            (Plan::paths(f, element, inner.term, &mut HashMap::new()) == 1).then_some(OneHot { rest: None, ..inner })
+        })
+    }
+
+    /// How many paths lead from `from` down to `to` in the expression DAG (counting stops at 2).
+    fn paths(f: &Function, from: NodeId, to: NodeId, memo: &mut HashMap<NodeId, usize>) -> usize {
+        if from == to {
+            return 1;
+        }
+        if let Some(&n) = memo.get(&from) {
+            return n;
+        }
+        let mut n = 0;
+        for operand in f.node(from).expr.operands() {
+            n = (n + Plan::paths(f, operand, to, memo)).min(2);
+        }
+        memo.insert(from, n);
+        n
+    }
+
+    /// `select(k == e, a, 0)` with `e` and `a` independent of `k` (and computed without a branch): (e, a).
+    fn one_hot_term(&self, f: &Function, term: NodeId, k: IndexId) -> Option<(NodeId, NodeId)> {
+        let free_of_k = |n: NodeId| !f.node(n).free.contains(&k);
+        let Expr::Prim {
+            prim: Prim::Select,
+            args: s,
+        } = &f.node(term).expr
+        else {
+            return None;
+        };
+        let Expr::Prim {
+            prim: Prim::Eq,
+            args: c,
+        } = &f.node(s[0]).expr
+        else {
+            return None;
+        };
+        let at_k = |n: NodeId| f.node(n).expr == Expr::Index(k);
+        let e = match c[..] {
+            [p, q] if at_k(p) && free_of_k(q) => q,
+            [p, q] if at_k(q) && free_of_k(p) => p,
+            _ => return None,
+        };
+        (f.as_float(s[2]) == Some(0.0)
+            && free_of_k(s[1])
+            && !self.branching[s[1].index()]
+            && !self.branching[e.index()])
+        .then_some((e, s[1]))
     }
 }
 

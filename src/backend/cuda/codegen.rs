@@ -471,6 +471,7 @@ impl<'a> Emit<'a> {
             ("lx_sf", "float"),
             ("lx_si", "long long"),
             ("lx_sa", "lx_arg"),
+            ("lx_sl", "lx_lse"),
         ];
         for (name, ty) in types.iter().filter(|(n, _)| self.scratch.contains(n)) {
             let _ = writeln!(head, "    __shared__ {ty} {name}[33];");
@@ -1008,6 +1009,16 @@ impl<'a> Emit<'a> {
                 });
                 combine(self, &acc, "float", fold, "lx_sf");
                 self.line(format!("const float {out} = {acc};"));
+            }
+            ReduceOp::LogSumExp if !crate::backend::loops::cheap(self.f, body) => {
+                // Online, as the plan says for a body too costly to evaluate twice (loops::cheap).
+                self.line(format!("lx_lse {acc}; {acc}.m = (-LX_INF); {acc}.s = 0.0;"));
+                self.reduce_loops(indices, mask, block, &mut |e, _| {
+                    let v = e.value(body);
+                    e.line(format!("{acc} = lx_lse_push({acc}, (float){v});"));
+                });
+                combine(self, &acc, "lx_lse", "lx_lse_f", "lx_sl");
+                self.line(format!("const float {out} = lx_lse_value({acc});"));
             }
             ReduceOp::LogSumExp => {
                 // Two passes: the maximum, then the sum of exp(x - max); a maximum of ±inf or NaN is the result.

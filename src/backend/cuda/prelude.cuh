@@ -91,6 +91,39 @@ __device__ __forceinline__ lx_arg lx_shfl_down(lx_arg v, int o) {
     return r;
 }
 
+// A running logsumexp (for a body too costly to evaluate twice): the maximum so far and the sum of
+// exp(x - max) in f64, rescaled when the maximum grows. NaN is sticky, then +inf; -inf adds nothing.
+struct lx_lse {
+    float m;
+    double s;
+};
+__device__ __forceinline__ lx_lse lx_lse_push(lx_lse a, float v) {
+    if (a.m != a.m || v != v) { a.m = LX_NAN; return a; }
+    if (a.m == LX_INF || v == LX_INF) { a.m = LX_INF; return a; }
+    if (v == -LX_INF) return a;
+    if (v > a.m) { a.s = a.s * (double)expf(a.m - v) + 1.0; a.m = v; }
+    else a.s += (double)expf(v - a.m);
+    return a;
+}
+__device__ __forceinline__ lx_lse lx_lse_join(lx_lse a, lx_lse b) {
+    if (a.m != a.m || b.m != b.m) { a.m = LX_NAN; return a; }
+    if (a.m == LX_INF || b.m == LX_INF) { a.m = LX_INF; return a; }
+    if (b.m == -LX_INF) return a;
+    if (a.m == -LX_INF) return b;
+    if (a.m >= b.m) { a.s += b.s * (double)expf(b.m - a.m); return a; }
+    b.s += a.s * (double)expf(a.m - b.m);
+    return b;
+}
+__device__ __forceinline__ float lx_lse_value(lx_lse a) {
+    return (a.m != a.m || a.m == LX_INF || a.m == -LX_INF) ? a.m : (float)((double)a.m + log(a.s));
+}
+__device__ __forceinline__ lx_lse lx_shfl_down(lx_lse v, int o) {
+    lx_lse r;
+    r.m = __shfl_down_sync(0xffffffffu, v.m, o);
+    r.s = __shfl_down_sync(0xffffffffu, v.s, o);
+    return r;
+}
+
 // Combines one value per thread of the block (blockDim.x a multiple of 32, every thread calling) and
 // returns the result to every thread. `scratch` holds 33 values in shared memory.
 template <typename T, typename F>
@@ -116,3 +149,4 @@ struct lx_max_f { __device__ float operator()(float a, float b) const { return l
 struct lx_min_f { __device__ float operator()(float a, float b) const { return lx_min(a, b); } };
 struct lx_argmax { __device__ lx_arg operator()(lx_arg a, lx_arg b) const { return lx_arg_pick(a, b, true); } };
 struct lx_argmin { __device__ lx_arg operator()(lx_arg a, lx_arg b) const { return lx_arg_pick(a, b, false); } };
+struct lx_lse_f { __device__ lx_lse operator()(lx_lse a, lx_lse b) const { return lx_lse_join(a, b); } };

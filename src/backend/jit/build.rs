@@ -1,7 +1,7 @@
 //! Building a kernel: which groups get native code, the Cranelift module, compiling the groups' functions
 //! in parallel (a matrix product's only when a call first needs it).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use cranelift_codegen::ir::{self, AbiParam, Type, types};
@@ -93,12 +93,7 @@ pub(super) fn build(
         imports.insert(name, id);
     }
 
-    let mut plan = Plan::new(f);
-    // Exponentials are kept only where the logsumexp runs in two passes (its body is cheap).
-    plan.kept_exps.retain(|e| match &f.node(plan.nests[e.lse].body).expr {
-        Expr::Reduce { body, .. } => e.plain || cheap(f, *body),
-        _ => false,
-    });
+    let plan = Plan::new(f);
     let mut sig = module.make_signature();
     for _ in 0..4 {
         sig.params.push(AbiParam::new(ptr));
@@ -228,38 +223,10 @@ pub(super) const SPLIT_CHUNK: i64 = 1 << 14;
 /// to the scalar tail).
 pub(super) const UNROLL: i64 = 2;
 
-/// Whether a reduction body is cheap enough to evaluate twice (for a two-pass logsumexp): arithmetic,
-/// comparison and selection steps.
-pub(super) fn cheap(f: &Function, body: NodeId) -> bool {
-    few_steps(f, body, 12, Cost::Arithmetic)
-}
-
 /// Whether a body is cheap enough to compute twice for a two-pass arg-max: [`cheap`]'s steps, `relu`,
 /// `min`, `max` and `abs`.
 pub(super) fn light(f: &Function, body: NodeId) -> bool {
     few_steps(f, body, 16, Cost::Piecewise)
-}
-
-/// At most `limit` nodes, no reduction, and no primitive costlier than `most`.
-pub(super) fn few_steps(f: &Function, body: NodeId, limit: usize, most: Cost) -> bool {
-    few_steps_reading(f, body, limit, most, &HashSet::new())
-}
-
-/// [`few_steps`], where the nodes of `read` are read from memory (one step each, their operands none).
-pub(super) fn few_steps_reading(f: &Function, body: NodeId, limit: usize, most: Cost, read: &HashSet<NodeId>) -> bool {
-    let mut seen = HashSet::new();
-    let mut stack = vec![body];
-    while let Some(n) = stack.pop() {
-        if !seen.insert(n) || read.contains(&n) {
-            continue;
-        }
-        match &f.node(n).expr {
-            Expr::Reduce { .. } => return false,
-            Expr::Prim { prim, .. } if prim.cost() > most => return false,
-            expr => stack.extend(expr.operands()),
-        }
-    }
-    seen.len() <= limit
 }
 
 /// One function's machine code, ready for [`Module::define_function_bytes`].

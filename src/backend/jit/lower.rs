@@ -506,7 +506,7 @@ impl<'a, 'b> Lower<'a, 'b> {
         // `select(k == e, a, 0) + rest` (a one-hot term, as a label's in a cross-entropy gradient): the
         // lanes compute `rest`, and `a` is added at k = e afterwards. A term deeper in a sum
         // (`(onehot + x) + y`) counts as 0 in the lanes.
-        let one_hot = self.one_hot(element, i);
+        let one_hot = self.plan.one_hot(self.f, element, i);
         let (lanes, zeroed) = match one_hot {
             Some(OneHot { rest: Some(rest), .. }) => (rest, None),
             Some(OneHot { term, rest: None, .. }) => (element, Some(term)),
@@ -574,73 +574,6 @@ impl<'a, 'b> Lower<'a, 'b> {
         };
         let head: Vec<IndexId> = head.iter().map(|(i, _)| *i).collect();
         self.plan.host[self.plan.buffer_of(self.f, *tensor)] == Some(buffer) && self.f.at_indices(subs, &head)
-    }
-
-    /// A one-hot term `select(k == e, a, 0)` (`e` and `a` independent of `k`) of the sum `element`: at the
-    /// top (`term + rest`, either way round), or deeper in a sum of terms (`(term + x) + y`).
-    pub(super) fn one_hot(&self, element: NodeId, k: IndexId) -> Option<OneHot> {
-        let Expr::Prim { prim: Prim::Add, args } = &self.f.node(element).expr else {
-            return None;
-        };
-        let top = [(args[0], args[1]), (args[1], args[0])]
-            .into_iter()
-            .find_map(|(term, rest)| {
-                let (at, value) = self.one_hot_term(term, k)?;
-                Some(OneHot {
-                    term,
-                    at,
-                    value,
-                    rest: Some(rest),
-                })
-            });
-        // Deeper, the term is 0 wherever it occurs in the lanes: it must occur once.
-        top.or_else(|| {
-            let inner = args.iter().find_map(|a| self.one_hot(*a, k))?;
-            (self.paths(element, inner.term, &mut HashMap::new()) == 1).then_some(OneHot { rest: None, ..inner })
-        })
-    }
-
-    /// How many paths lead from `from` down to `to` in the expression DAG (counting stops at 2).
-    pub(super) fn paths(&self, from: NodeId, to: NodeId, memo: &mut HashMap<NodeId, usize>) -> usize {
-        if from == to {
-            return 1;
-        }
-        if let Some(&n) = memo.get(&from) {
-            return n;
-        }
-        let mut n = 0;
-        for operand in self.f.node(from).expr.operands() {
-            n = (n + self.paths(operand, to, memo)).min(2);
-        }
-        memo.insert(from, n);
-        n
-    }
-
-    /// `select(k == e, a, 0)` with `e` and `a` independent of `k` (and computed without a branch): (e, a).
-    pub(super) fn one_hot_term(&self, term: NodeId, k: IndexId) -> Option<(NodeId, NodeId)> {
-        let free_of_k = |n: NodeId| !self.f.node(n).free.contains(&k);
-        let Expr::Prim {
-            prim: Prim::Select,
-            args: s,
-        } = &self.f.node(term).expr
-        else {
-            return None;
-        };
-        let Expr::Prim {
-            prim: Prim::Eq,
-            args: c,
-        } = &self.f.node(s[0]).expr
-        else {
-            return None;
-        };
-        let at_k = |n: NodeId| self.f.node(n).expr == Expr::Index(k);
-        let e = match c[..] {
-            [p, q] if at_k(p) && free_of_k(q) => q,
-            [p, q] if at_k(q) && free_of_k(p) => p,
-            _ => return None,
-        };
-        (self.f.as_float(s[2]) == Some(0.0) && free_of_k(s[1]) && !self.needs_branch(s[1]) && !self.needs_branch(e))
-            .then_some((e, s[1]))
     }
 
     /// Adds the one-hot value `a` at `k = e` of the current row when `e` lies in `lo..hi` (the elements

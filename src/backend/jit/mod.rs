@@ -74,7 +74,7 @@ mod simd;
 
 use build::*;
 
-use super::loops::{Contraction, Plan};
+use super::loops::{Contraction, OneHot, Plan, cheap, few_steps, few_steps_reading};
 use crate::ir::{Dim, Function, IndexId, NodeId};
 
 /// Why JIT compilation failed (an internal limit or a Cranelift error; never user input).
@@ -263,16 +263,6 @@ struct KeepExps {
     factors: Option<usize>,
     /// A plain sum of exponentials: the row holds them as they are (loops::KeptExps::plain).
     plain: bool,
-}
-
-/// A one-hot term `select(k == at, value, 0)` of a row's element: its lanes compute `rest` (or the element
-/// with `term` as 0), and `value` is added at `k = at` afterwards.
-#[derive(Clone, Copy)]
-struct OneHot {
-    term: NodeId,
-    at: NodeId,
-    value: NodeId,
-    rest: Option<NodeId>,
 }
 
 /// What a kept exponential read from its row is multiplied by: the factor its logsumexp computed in this
