@@ -172,10 +172,19 @@ fn execute(
     if parts > 0 {
         addrs.push(dev.alloc(parts * 8).map_err(device)?);
     }
-    let table = upload(dev, addrs.iter().flat_map(|a| a.to_le_bytes()).collect())?;
-    let dims = upload(dev, sizes.iter().flat_map(|d| d.to_le_bytes()).collect())?;
-    let hypers = upload(dev, hypers.iter().flat_map(|h| h.to_le_bytes()).collect())?;
-    let err = upload(dev, vec![0u8; 32])?;
+    // One upload per call: the flag (zeroed), the buffer table, the sizes and the hyperparameters, each
+    // 8-byte words.
+    let words: Vec<u64> = [0u64; 4]
+        .into_iter()
+        .chain(addrs.iter().copied())
+        .chain(sizes.iter().map(|d| *d as u64))
+        .chain(hypers.iter().map(|h| h.to_bits()))
+        .collect();
+    let block = upload(dev, words.iter().flat_map(|w| w.to_le_bytes()).collect())?;
+    let err = block;
+    let table = block + 32;
+    let dims = table + 8 * addrs.len() as u64;
+    let hypers = dims + 8 * sizes.len() as u64;
     // Labels in device memory are checked by the program's label kernel first.
     let label_check = program.label_check.filter(|_| on_device);
     let groups = (0..program.kernels.len()).filter(|k| Some(*k) != program.label_check);
