@@ -3,6 +3,7 @@
 //! loss and the bundled inputs, at the JIT's float32 tolerance; launch geometry changes only rounding;
 //! data-dependent subscripts out of range are typed errors. Needs g++ (C++20), no GPU.
 
+mod common;
 #[path = "cuda_emu/mod.rs"]
 mod emu;
 
@@ -54,38 +55,11 @@ fn assert_agree_where_f32_can(what: &str, got: &Evaluation, jit: Option<&Evaluat
 }
 
 fn random_inputs(f: &Function, sizes: &[i64], rng: &mut Rng) -> BTreeMap<String, Tensor> {
-    f.inputs
-        .iter()
-        .map(|i| {
-            let shape: Vec<usize> = i.shape.iter().map(|d| d.eval(sizes) as usize).collect();
-            let n = shape.iter().product();
-            let t = if i.elem == lossc::ir::ElemTy::Idx {
-                let b = i.bound.as_ref().map_or(3, |b| b.eval(sizes));
-                Tensor::labels(shape, (0..n).map(|_| rng.below(b.max(1) as u64) as i64).collect())
-            } else if i.nograd {
-                // Temperatures, weights and state: away from 0, where f32 exponentials of s / t overflow
-                // (in the JIT as here) while the f64 interpreter stays finite.
-                Tensor::float(shape, (0..n).map(|_| 0.5 + rng.uniform()).collect())
-            } else {
-                Tensor::float(shape, (0..n).map(|_| rng.normal()).collect())
-            };
-            (i.name.clone(), t)
-        })
-        .collect()
+    common::random_inputs(f, sizes, rng, common::Nograd::AwayFromZero)
 }
 
 fn lx_files() -> Vec<std::path::PathBuf> {
-    let mut v = Vec::new();
-    for dir in ["examples", "tests/in", "benches"] {
-        for e in std::fs::read_dir(emu::root().join(dir)).unwrap() {
-            let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "lx") {
-                v.push(p);
-            }
-        }
-    }
-    v.sort();
-    v
+    common::lx_files(&emu::root(), &["examples", "tests/in", "benches"])
 }
 
 /// Every loss of `module` (compiled for the emulated device and for the interpreter) at a few sizes.
@@ -142,24 +116,9 @@ fn generated_kernels_match_the_interpreter_on_every_stdlib_loss() {
 
 #[test]
 fn generated_kernels_match_the_interpreter_on_bundled_examples() {
-    let root = emu::root();
-    for e in std::fs::read_dir(root.join("examples")).unwrap() {
-        let path = e.unwrap().path();
-        if path.extension().is_none_or(|x| x != "lx") {
-            continue;
-        }
-        let name = path.file_stem().unwrap().to_str().unwrap();
-        let Ok(dir) = std::fs::read_dir(root.join("examples/data").join(name)) else {
-            continue;
-        };
-        let mut inputs = BTreeMap::new();
-        for e in dir {
-            let p = e.unwrap().path();
-            inputs.insert(
-                p.file_stem().unwrap().to_str().unwrap().to_string(),
-                lossc::data::load_npy(&p).unwrap(),
-            );
-        }
+    let examples = common::bundled_examples(&emu::root());
+    assert!(examples.len() >= 5, "bundled examples");
+    for (path, name, inputs) in examples {
         let kc = cuda(EmuLoader::default())
             .compile_file(&path)
             .unwrap()
@@ -171,7 +130,7 @@ fn generated_kernels_match_the_interpreter_on_bundled_examples() {
             .unwrap()
             .kernel(None)
             .unwrap();
-        assert_agree(name, &kc.eval(&inputs).unwrap(), &ki.eval(&inputs).unwrap());
+        assert_agree(&name, &kc.eval(&inputs).unwrap(), &ki.eval(&inputs).unwrap());
     }
 }
 

@@ -2,6 +2,8 @@
 //! thread count; and the typed errors of bad calls.
 #![cfg(feature = "jit")]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -72,34 +74,11 @@ fn row_batch(rows: &[[f64; 11]], labels: &[i64], pick: &[usize]) -> BTreeMap<Str
 }
 
 fn random_inputs(f: &Function, sizes: &[i64], rng: &mut Rng) -> BTreeMap<String, Tensor> {
-    f.inputs
-        .iter()
-        .map(|i| {
-            let shape: Vec<usize> = i.shape.iter().map(|d| d.eval(sizes) as usize).collect();
-            let n = shape.iter().product();
-            let t = if i.elem == lossc::ir::ElemTy::Idx {
-                let b = i.bound.as_ref().map_or(3, |b| b.eval(sizes));
-                Tensor::labels(shape, (0..n).map(|_| rng.below(b as u64) as i64).collect())
-            } else {
-                Tensor::float(shape, (0..n).map(|_| rng.normal()).collect())
-            };
-            (i.name.clone(), t)
-        })
-        .collect()
+    common::random_inputs(f, sizes, rng, common::Nograd::Normal)
 }
 
 fn lx_files() -> Vec<std::path::PathBuf> {
-    let mut v = Vec::new();
-    for dir in ["examples", "tests/in"] {
-        for e in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)).unwrap() {
-            let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "lx") {
-                v.push(p);
-            }
-        }
-    }
-    v.sort();
-    v
+    common::lx_files(Path::new(env!("CARGO_MANIFEST_DIR")), &["examples", "tests/in"])
 }
 
 #[test]
@@ -128,20 +107,9 @@ fn jit_matches_interpreter_on_every_file() {
 
 #[test]
 fn jit_matches_interpreter_on_bundled_examples() {
-    for path in lx_files()
-        .into_iter()
-        .filter(|p| p.starts_with(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")))
-    {
-        let name = path.file_stem().unwrap().to_str().unwrap();
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data").join(name);
-        let mut inputs = BTreeMap::new();
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            inputs.insert(
-                p.file_stem().unwrap().to_str().unwrap().to_string(),
-                lossc::data::load_npy(&p).unwrap(),
-            );
-        }
+    let examples = common::bundled_examples(Path::new(env!("CARGO_MANIFEST_DIR")));
+    assert!(examples.len() >= 5, "bundled examples");
+    for (path, name, inputs) in examples {
         let kj = Compiler::new().compile_file(&path).unwrap().kernel(None).unwrap();
         let ki = Compiler::new()
             .backend(Backend::Interp)
@@ -149,7 +117,7 @@ fn jit_matches_interpreter_on_bundled_examples() {
             .unwrap()
             .kernel(None)
             .unwrap();
-        assert_agree(name, &kj.eval(&inputs).unwrap(), &ki.eval(&inputs).unwrap());
+        assert_agree(&name, &kj.eval(&inputs).unwrap(), &ki.eval(&inputs).unwrap());
     }
 }
 

@@ -92,13 +92,11 @@ pub enum Input<'a> {
 /// copied out.
 pub fn run(program: &Program, f: &Function, call: &Bound, dev: &mut dyn Device) -> Result<Evaluation, CallError> {
     let inputs: Vec<Input> = call.inputs.iter().map(|t| Input::Host(t.as_ref())).collect();
-    let out = execute(program, f, &call.sizes, &call.hypers, &inputs, &[], dev);
-    dev.release();
-    out
+    run_device(program, f, &call.sizes, &call.hypers, &inputs, &[], dev)
 }
 
-/// Runs a program on inputs in device memory (their shapes already checked, labels not: the program's
-/// label check runs first), writing the tensors of `placed` (plan buffer, device address) where the
+/// Runs a program on inputs in device memory or on the host (their shapes already checked; labels in
+/// device memory not: the program's label check runs first), writing the tensors of `placed` (plan buffer, device address) where the
 /// caller wants them (gradients into the caller's buffers); the loss and the tensors not placed are
 /// copied back.
 pub fn run_device(
@@ -110,143 +108,134 @@ pub fn run_device(
     placed: &[(usize, u64)],
     dev: &mut dyn Device,
 ) -> Result<Evaluation, CallError> {
-    let out = execute(program, f, sizes, hypers, inputs, placed, dev);
+    let mut call = || -> Result<Evaluation, CallError> {
+        let plan = &program.plan;
+        let lens: Vec<usize> = plan
+            .buffers
+            .iter()
+            .map(|b| b.shape.iter().map(|d| d.eval(sizes).max(0) as usize).product())
+            .collect();
+        let upload = |dev: &mut dyn Device, bytes: Vec<u8>| -> Result<u64, CallError> {
+            let addr = dev.alloc(bytes.len().max(16)).map_err(device)?;
+            dev.upload(addr, &bytes).map_err(device)?;
+            Ok(addr)
+        };
+        let mut addrs = Vec::with_capacity(plan.buffers.len());
+        let mut on_device = false;
+        for (k, buf) in plan.buffers.iter().enumerate() {
+            if let Some((_, addr)) = placed.iter().find(|(b, _)| *b == k) {
+                addrs.push(*addr);
+                continue;
+            }
+            let addr = match buf.of {
+                TensorRef::Input(i) => match inputs[i as usize] {
+                    Input::Device(addr) => {
+                        on_device = true;
+                        addr
+                    }
+                    Input::Host(t) => {
+                        let data: Vec<u8> = match &t.data {
+                            Data::Float(v) => encode(buf, v),
+                            Data::Int(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                        };
+                        upload(dev, data)?
+                    }
+                },
+                // At least one element: a clamped subscript of a failed bounds check reads element 0.
+                TensorRef::Def(_) => dev.alloc((lens[k] * elem_bytes(buf)).max(16)).map_err(device)?,
+            };
+            addrs.push(addr);
+        }
+        // The partial sums of `Parts` kernels: one scratch buffer after the plan's, as large as the largest needs.
+        let parts: usize = program
+            .kernels
+            .iter()
+            .filter(|k| k.shape == Shape::Parts)
+            .map(|k| k.sums * (k.extent.eval(sizes).max(0) as usize).div_ceil(SPLIT_CHUNK as usize))
+            .max()
+            .unwrap_or(0);
+        if parts > 0 {
+            addrs.push(dev.alloc(parts * 8).map_err(device)?);
+        }
+        // One upload per call: the flag (zeroed), the buffer table, the sizes and the hyperparameters, each
+        // 8-byte words.
+        let words: Vec<u64> = [0u64; 4]
+            .into_iter()
+            .chain(addrs.iter().copied())
+            .chain(sizes.iter().map(|d| *d as u64))
+            .chain(hypers.iter().map(|h| h.to_bits()))
+            .collect();
+        let block = upload(dev, words.iter().flat_map(|w| w.to_le_bytes()).collect())?;
+        let err = block;
+        let table = block + 32;
+        let dims = table + 8 * addrs.len() as u64;
+        let hypers = dims + 8 * sizes.len() as u64;
+        // Labels in device memory are checked by the program's label kernel first.
+        let label_check = program.label_check.filter(|_| on_device);
+        let groups = (0..program.kernels.len()).filter(|k| Some(*k) != program.label_check);
+        for k in label_check.into_iter().chain(groups) {
+            let spec = &program.kernels[k];
+            let extent = spec.extent.eval(sizes);
+            // Nothing to compute, except a total (a sum over nothing is 0).
+            if extent <= 0 && spec.shape != Shape::Total {
+                continue;
+            }
+            let block = match spec.shape {
+                Shape::Tiled => TILED_BLOCK,
+                shape => dev.block_size(shape),
+            };
+            let max_grid = i64::from(dev.max_grid().max(1));
+            let grid = match spec.shape {
+                Shape::Flat | Shape::ThreadRows => (extent + i64::from(block) - 1) / i64::from(block),
+                Shape::BlockRows => extent,
+                Shape::Parts => (extent + SPLIT_CHUNK - 1) / SPLIT_CHUNK,
+                // About one block per 32 x 32 tile (the kernel loops over what is left).
+                Shape::Tiled => (extent + 1023) / 1024,
+                Shape::Single | Shape::Total => 1,
+            }
+            .clamp(1, max_grid) as u32;
+            let shared = match &spec.kept_row {
+                Some(len) if (1..=KEEP_MAX).contains(&len.eval(sizes)) => len.eval(sizes) as u32 * 4,
+                _ => 0,
+            };
+            dev.launch(k, grid, block, shared, [table, dims, hypers, err])
+                .map_err(device)?;
+        }
+        let mut flag = [0u8; 24];
+        dev.download(err, &mut flag).map_err(device)?;
+        let word = |k: usize| u64::from_le_bytes(flag[k * 8..k * 8 + 8].try_into().expect("8 bytes"));
+        if word(0) & LABEL_FLAG != 0 {
+            let input = &f.inputs[(word(0) & !LABEL_FLAG) as usize];
+            let bound = input.bound.as_ref().map_or(Dim::Const(0), |b| b.clone());
+            let shape: Vec<usize> = input.shape.iter().map(|d| d.eval(sizes).max(0) as usize).collect();
+            return Err(CallError::LabelOutOfRange {
+                input: input.name.clone(),
+                position: crate::call::unravel(word(1) as usize, &shape),
+                value: word(2) as i64,
+                bound: f.show_dim(&bound),
+                size: bound.eval(sizes),
+            });
+        }
+        if word(0) != 0 {
+            return Err(index_error(f, sizes, word(0) as i64, word(1) as i64, word(2) as i64));
+        }
+        let mut failed = None;
+        let e = plan.evaluation(f, sizes, |k| {
+            if placed.iter().any(|(b, _)| *b == k) {
+                return Vec::new();
+            }
+            let mut bytes = vec![0u8; lens[k] * elem_bytes(&plan.buffers[k])];
+            if let Err(e) = dev.download(addrs[k], &mut bytes) {
+                failed = Some(e);
+            }
+            decode(&plan.buffers[k], &bytes)
+        });
+        match failed {
+            Some(e) => Err(device(e)),
+            None => Ok(e),
+        }
+    };
+    let out = call();
     dev.release();
     out
-}
-
-fn execute(
-    program: &Program,
-    f: &Function,
-    sizes: &[i64],
-    hypers: &[f64],
-    inputs: &[Input],
-    placed: &[(usize, u64)],
-    dev: &mut dyn Device,
-) -> Result<Evaluation, CallError> {
-    let plan = &program.plan;
-    let lens: Vec<usize> = plan
-        .buffers
-        .iter()
-        .map(|b| b.shape.iter().map(|d| d.eval(sizes).max(0) as usize).product())
-        .collect();
-    let upload = |dev: &mut dyn Device, bytes: Vec<u8>| -> Result<u64, CallError> {
-        let addr = dev.alloc(bytes.len().max(16)).map_err(device)?;
-        dev.upload(addr, &bytes).map_err(device)?;
-        Ok(addr)
-    };
-    let mut addrs = Vec::with_capacity(plan.buffers.len());
-    let mut on_device = false;
-    for (k, buf) in plan.buffers.iter().enumerate() {
-        if let Some((_, addr)) = placed.iter().find(|(b, _)| *b == k) {
-            addrs.push(*addr);
-            continue;
-        }
-        let addr = match buf.of {
-            TensorRef::Input(i) => match inputs[i as usize] {
-                Input::Device(addr) => {
-                    on_device = true;
-                    addr
-                }
-                Input::Host(t) => {
-                    let data: Vec<u8> = match &t.data {
-                        Data::Float(v) => encode(buf, v),
-                        Data::Int(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                    };
-                    upload(dev, data)?
-                }
-            },
-            // At least one element: a clamped subscript of a failed bounds check reads element 0.
-            TensorRef::Def(_) => dev.alloc((lens[k] * elem_bytes(buf)).max(16)).map_err(device)?,
-        };
-        addrs.push(addr);
-    }
-    // The partial sums of `Parts` kernels: one scratch buffer after the plan's, as large as the largest needs.
-    let parts: usize = program
-        .kernels
-        .iter()
-        .filter(|k| k.shape == Shape::Parts)
-        .map(|k| k.sums * (k.extent.eval(sizes).max(0) as usize).div_ceil(SPLIT_CHUNK as usize))
-        .max()
-        .unwrap_or(0);
-    if parts > 0 {
-        addrs.push(dev.alloc(parts * 8).map_err(device)?);
-    }
-    // One upload per call: the flag (zeroed), the buffer table, the sizes and the hyperparameters, each
-    // 8-byte words.
-    let words: Vec<u64> = [0u64; 4]
-        .into_iter()
-        .chain(addrs.iter().copied())
-        .chain(sizes.iter().map(|d| *d as u64))
-        .chain(hypers.iter().map(|h| h.to_bits()))
-        .collect();
-    let block = upload(dev, words.iter().flat_map(|w| w.to_le_bytes()).collect())?;
-    let err = block;
-    let table = block + 32;
-    let dims = table + 8 * addrs.len() as u64;
-    let hypers = dims + 8 * sizes.len() as u64;
-    // Labels in device memory are checked by the program's label kernel first.
-    let label_check = program.label_check.filter(|_| on_device);
-    let groups = (0..program.kernels.len()).filter(|k| Some(*k) != program.label_check);
-    for k in label_check.into_iter().chain(groups) {
-        let spec = &program.kernels[k];
-        let extent = spec.extent.eval(sizes);
-        // Nothing to compute, except a total (a sum over nothing is 0).
-        if extent <= 0 && spec.shape != Shape::Total {
-            continue;
-        }
-        let block = match spec.shape {
-            Shape::Tiled => TILED_BLOCK,
-            shape => dev.block_size(shape),
-        };
-        let max_grid = i64::from(dev.max_grid().max(1));
-        let grid = match spec.shape {
-            Shape::Flat | Shape::ThreadRows => (extent + i64::from(block) - 1) / i64::from(block),
-            Shape::BlockRows => extent,
-            Shape::Parts => (extent + SPLIT_CHUNK - 1) / SPLIT_CHUNK,
-            // About one block per 32 x 32 tile (the kernel loops over what is left).
-            Shape::Tiled => (extent + 1023) / 1024,
-            Shape::Single | Shape::Total => 1,
-        }
-        .clamp(1, max_grid) as u32;
-        let shared = match &spec.kept_row {
-            Some(len) if (1..=KEEP_MAX).contains(&len.eval(sizes)) => len.eval(sizes) as u32 * 4,
-            _ => 0,
-        };
-        dev.launch(k, grid, block, shared, [table, dims, hypers, err])
-            .map_err(device)?;
-    }
-    let mut flag = [0u8; 24];
-    dev.download(err, &mut flag).map_err(device)?;
-    let word = |k: usize| u64::from_le_bytes(flag[k * 8..k * 8 + 8].try_into().expect("8 bytes"));
-    if word(0) & LABEL_FLAG != 0 {
-        let input = &f.inputs[(word(0) & !LABEL_FLAG) as usize];
-        let bound = input.bound.as_ref().map_or(Dim::Const(0), |b| b.clone());
-        let shape: Vec<usize> = input.shape.iter().map(|d| d.eval(sizes).max(0) as usize).collect();
-        return Err(CallError::LabelOutOfRange {
-            input: input.name.clone(),
-            position: crate::call::unravel(word(1) as usize, &shape),
-            value: word(2) as i64,
-            bound: f.show_dim(&bound),
-            size: bound.eval(sizes),
-        });
-    }
-    if word(0) != 0 {
-        return Err(index_error(f, sizes, word(0) as i64, word(1) as i64, word(2) as i64));
-    }
-    let mut failed = None;
-    let e = plan.evaluation(f, sizes, |k| {
-        if placed.iter().any(|(b, _)| *b == k) {
-            return Vec::new();
-        }
-        let mut bytes = vec![0u8; lens[k] * elem_bytes(&plan.buffers[k])];
-        if let Err(e) = dev.download(addrs[k], &mut bytes) {
-            failed = Some(e);
-        }
-        decode(&plan.buffers[k], &bytes)
-    });
-    match failed {
-        Some(e) => Err(device(e)),
-        None => Ok(e),
-    }
 }

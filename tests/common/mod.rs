@@ -1,0 +1,77 @@
+//! Helpers the backend tests share: the program files they run and seeded random inputs.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use lossc::Tensor;
+use lossc::data::Rng;
+use lossc::ir::Function;
+
+/// The `.lx` files of `dirs` below `root`, sorted.
+pub fn lx_files(root: &Path, dirs: &[&str]) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for dir in dirs {
+        for e in std::fs::read_dir(root.join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "lx") {
+                v.push(p);
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+/// How `nograd` float inputs are drawn.
+#[derive(Clone, Copy)]
+pub enum Nograd {
+    /// Standard normal, like every other float input.
+    Normal,
+    /// Uniform in [0.5, 1.5): temperatures, weights and state away from 0, where f32 exponentials of
+    /// `s / t` overflow while the f64 interpreter stays finite.
+    AwayFromZero,
+}
+
+/// Seeded inputs of `f` at `sizes` (one per dimension symbol): labels uniform below their bound (or 3),
+/// floats standard normal, `nograd` floats as `nograd` says.
+pub fn random_inputs(f: &Function, sizes: &[i64], rng: &mut Rng, nograd: Nograd) -> BTreeMap<String, Tensor> {
+    f.inputs
+        .iter()
+        .map(|i| {
+            let shape: Vec<usize> = i.shape.iter().map(|d| d.eval(sizes) as usize).collect();
+            let n = shape.iter().product();
+            let t = if i.elem == lossc::ir::ElemTy::Idx {
+                let b = i.bound.as_ref().map_or(3, |b| b.eval(sizes));
+                Tensor::labels(shape, (0..n).map(|_| rng.below(b.max(1) as u64) as i64).collect())
+            } else if i.nograd && matches!(nograd, Nograd::AwayFromZero) {
+                Tensor::float(shape, (0..n).map(|_| 0.5 + rng.uniform()).collect())
+            } else {
+                Tensor::float(shape, (0..n).map(|_| rng.normal()).collect())
+            };
+            (i.name.clone(), t)
+        })
+        .collect()
+}
+
+/// The bundled inputs of every example that has them (`examples/data/NAME/*.npy`): (the example's
+/// path, its name, its inputs by name).
+pub fn bundled_examples(root: &Path) -> Vec<(PathBuf, String, BTreeMap<String, Tensor>)> {
+    let mut out = Vec::new();
+    for path in lx_files(root, &["examples"]) {
+        let name = path.file_stem().unwrap().to_str().unwrap().to_string();
+        let Ok(dir) = std::fs::read_dir(root.join("examples/data").join(&name)) else {
+            continue;
+        };
+        let mut inputs = BTreeMap::new();
+        for e in dir {
+            let p = e.unwrap().path();
+            inputs.insert(
+                p.file_stem().unwrap().to_str().unwrap().to_string(),
+                lossc::data::load_npy(&p).unwrap(),
+            );
+        }
+        out.push((path, name, inputs));
+    }
+    out
+}
