@@ -90,10 +90,27 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
     let bytes;
     #[cfg(feature = "jit")]
     if args.backend.into_backend() == crate::Backend::Cuda {
-        // A whole call: inputs copied to the device, every kernel, results copied back.
+        // Inputs and gradient buffers in device memory, as a PyTorch caller has them: a call is the
+        // kernels, the call's small upload and the loss (and any extra outputs) copied back.
         bytes = interp_floor(g, &bound);
+        let err = |e: crate::CallError| format!("error: {e}");
+        let mut on_device = std::collections::BTreeMap::new();
+        for (name, t) in &inputs {
+            on_device.insert(name.clone(), kernel.to_device(name, t).map_err(err)?);
+        }
+        let mut grads = std::collections::BTreeMap::new();
+        for input in g.inputs.iter().filter(|i| i.differentiable()) {
+            let t = &on_device[&input.name];
+            let elem = if t.dtype == crate::data::DType::F32 { 4 } else { 2 };
+            let len: usize = t.shape.iter().product();
+            grads.insert(input.name.clone(), kernel.device_buffer(len * elem).map_err(err)?);
+        }
+        let hypers = std::collections::BTreeMap::new();
         times = time_calls(args.iters, &bar, &mut || {
-            kernel.eval(&inputs).map(|_| ()).map_err(|e| format!("error: {e}"))
+            kernel
+                .eval_device(&on_device, &hypers, &grads, 0)
+                .map(|_| ())
+                .map_err(err)
         })?;
     } else {
         if let Some(native) = kernel.native() {

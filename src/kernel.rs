@@ -434,6 +434,61 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    /// Copies a host tensor to device memory the CUDA kernel keeps until it is dropped, in the element
+    /// type `eval_device` expects for input `name` (float32, bfloat16 or float16 as declared; int64 for
+    /// labels): an input uploaded once and used by many calls (what `lossc bench --backend cuda` times).
+    pub fn to_device(&self, name: &str, t: &Tensor) -> Result<DeviceTensor, CallError> {
+        use crate::data::{DType, Data};
+        let Some(cuda) = &self.cuda else {
+            return Err(CallError::Device(
+                "to_device needs a kernel built with the CUDA backend".into(),
+            ));
+        };
+        let f = &*self.function;
+        let Some(input) = f.inputs.iter().find(|i| i.name == name) else {
+            let expected = f.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ");
+            return Err(CallError::UnknownInput {
+                name: name.into(),
+                expected,
+            });
+        };
+        let (dtype, bytes): (DType, Vec<u8>) = match (&t.data, DType::half_of(input.elem)) {
+            (Data::Int(v), _) => (DType::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            (Data::Float(v), Some(DType::BF16)) => (
+                DType::BF16,
+                v.iter().flat_map(|x| half::bf16::from_f64(*x).to_le_bytes()).collect(),
+            ),
+            (Data::Float(v), Some(_)) => (
+                DType::F16,
+                v.iter().flat_map(|x| half::f16::from_f64(*x).to_le_bytes()).collect(),
+            ),
+            (Data::Float(v), None) => (DType::F32, v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect()),
+        };
+        let mut device = cuda.device.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let err = |e: crate::backend::cuda::CudaError| CallError::Device(e.to_string());
+        let ptr = device.alloc_kept(bytes.len()).map_err(err)?;
+        device.upload(ptr, &bytes).map_err(err)?;
+        Ok(DeviceTensor {
+            ptr,
+            shape: t.shape.clone(),
+            dtype,
+        })
+    }
+
+    /// Device memory of `bytes` the CUDA kernel keeps until it is dropped (a gradient buffer for
+    /// [`Kernel::eval_device`]).
+    pub fn device_buffer(&self, bytes: usize) -> Result<u64, CallError> {
+        let Some(cuda) = &self.cuda else {
+            return Err(CallError::Device(
+                "device_buffer needs a kernel built with the CUDA backend".into(),
+            ));
+        };
+        let mut device = cuda.device.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        device.alloc_kept(bytes).map_err(|e| CallError::Device(e.to_string()))
+    }
+}
+
 /// A kernel's CUDA program and the device it was loaded on (one call at a time).
 struct CudaKernel {
     program: crate::backend::cuda::Program,

@@ -525,3 +525,42 @@ fn costly_logsumexp_bodies_run_online() {
         );
     }
 }
+
+/// Inputs uploaded once into memory the kernel keeps (`to_device`), gradient buffers it keeps
+/// (`device_buffer`), many calls on them: what `lossc bench --backend cuda` times.
+#[test]
+fn kept_device_memory_serves_many_calls() {
+    let src = std::fs::read_to_string(emu::root().join("examples/ldr_kl.lx")).unwrap();
+    let kc = cuda(EmuLoader::default())
+        .compile_source("l.lx", &src)
+        .unwrap()
+        .kernel(None)
+        .unwrap();
+    let ki = Compiler::new()
+        .backend(Backend::Interp)
+        .compile_source("l.lx", &src)
+        .unwrap()
+        .kernel(None)
+        .unwrap();
+    let inputs = random_inputs(ki.function(), &[5, 6], &mut Rng::new(2));
+    let want = ki.eval(&inputs).unwrap();
+    let on_device: BTreeMap<String, lossc::DeviceTensor> = inputs
+        .iter()
+        .map(|(n, t)| (n.clone(), kc.to_device(n, t).unwrap()))
+        .collect();
+    let grad = kc.device_buffer(30 * 4).unwrap();
+    let grads = BTreeMap::from([("s".to_string(), grad)]);
+    for _ in 0..3 {
+        let got = kc.eval_device(&on_device, &BTreeMap::new(), &grads, 0).unwrap();
+        assert!(close(got.loss, want.loss));
+        // SAFETY: the emulated device's memory is the host's; the buffer holds 30 floats.
+        let g = unsafe { std::slice::from_raw_parts(grad as *const f32, 30) };
+        for (x, y) in g.iter().zip(want.grads[0].1.to_f64()) {
+            assert!(close(*x as f64, y), "{x} vs {y}");
+        }
+    }
+    assert!(matches!(
+        kc.to_device("nosuch", &inputs["s"]),
+        Err(CallError::UnknownInput { .. })
+    ));
+}

@@ -109,6 +109,7 @@ impl Loader for EmuLoader {
             _lib: Arc::new(lib),
             launch,
             memory: Vec::new(),
+            owned: Vec::new(),
             geometry: *self,
         }))
     }
@@ -119,6 +120,7 @@ pub struct EmuDevice {
     _lib: Arc<libloading::Library>,
     launch: Launch,
     memory: Vec<Box<[u64]>>,
+    owned: Vec<Box<[u64]>>,
     geometry: EmuLoader,
 }
 
@@ -163,5 +165,11 @@ impl Device for EmuDevice {
     }
     fn release(&mut self) {
         self.memory.clear();
+    }
+    fn alloc_kept(&mut self, bytes: usize) -> Result<u64, CudaError> {
+        let words = vec![u64::MAX; bytes.div_ceil(8).max(2)].into_boxed_slice();
+        let addr = words.as_ptr() as u64;
+        self.owned.push(words);
+        Ok(addr)
     }
 }

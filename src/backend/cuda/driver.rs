@@ -167,6 +167,7 @@ impl Loader for Driver {
             functions,
             allocations: Vec::new(),
             kept: Vec::new(),
+            owned: Vec::new(),
             stream: std::ptr::null_mut(),
             max_grid: (sms.max(1) as u32) * 16,
         }))
@@ -183,6 +184,8 @@ pub struct GpuDevice {
     allocations: Vec<(sys::CUdeviceptr, usize)>,
     /// Free, from earlier calls.
     kept: Vec<(sys::CUdeviceptr, usize)>,
+    /// The caller's, until the device is dropped ([`Device::alloc_kept`]).
+    owned: Vec<sys::CUdeviceptr>,
     /// Where calls run ([`Device::set_stream`]; null: the legacy default stream).
     stream: sys::CUstream,
     max_grid: u32,
@@ -196,7 +199,7 @@ impl Drop for GpuDevice {
     fn drop(&mut self) {
         self.release();
         if self.ctx.bind_to_thread().is_ok() {
-            for (p, _) in self.kept.drain(..) {
+            for p in self.kept.drain(..).map(|(p, _)| p).chain(self.owned.drain(..)) {
                 // SAFETY: allocated by `alloc`, freed once; release synchronized the stream.
                 let _ = unsafe { result::free_sync(p) };
             }
@@ -243,6 +246,13 @@ impl Device for GpuDevice {
             result::memcpy_dtoh_async(out, src, self.stream).map_err(driver)?;
             result::stream::synchronize(self.stream).map_err(driver)
         }
+    }
+    fn alloc_kept(&mut self, bytes: usize) -> Result<u64, CudaError> {
+        self.ctx.bind_to_thread().map_err(driver)?;
+        // SAFETY: plain device memory, freed when the device is dropped.
+        let p = unsafe { result::malloc_sync(bytes.max(16)) }.map_err(driver)?;
+        self.owned.push(p);
+        Ok(p)
     }
     fn set_stream(&mut self, stream: u64) {
         self.stream = stream as sys::CUstream;

@@ -27,6 +27,9 @@ pub trait Device {
     fn max_grid(&self) -> u32;
     /// Ends a call: what [`Device::alloc`] gave out may be reused (or freed).
     fn release(&mut self);
+    /// `bytes` of device memory the caller keeps across calls (inputs uploaded once, gradient buffers),
+    /// freed with the device.
+    fn alloc_kept(&mut self, bytes: usize) -> Result<u64, CudaError>;
     /// The stream the next calls run on (a `CUstream`; 0: the default stream), so that work the caller
     /// queued there (a PyTorch stream) is ordered before and after them.
     fn set_stream(&mut self, _stream: u64) {}
