@@ -476,6 +476,17 @@ impl Kernel {
         })
     }
 
+    /// Copies `out.len()` bytes of device memory at `ptr` (for example a gradient buffer) to the host.
+    pub fn from_device(&self, ptr: u64, out: &mut [u8]) -> Result<(), CallError> {
+        let Some(cuda) = &self.cuda else {
+            return Err(CallError::Device(
+                "from_device needs a kernel built with the CUDA backend".into(),
+            ));
+        };
+        let mut device = cuda.device.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        device.download(ptr, out).map_err(|e| CallError::Device(e.to_string()))
+    }
+
     /// Device memory of `bytes` the CUDA kernel keeps until it is dropped (a gradient buffer for
     /// [`Kernel::eval_device`]).
     pub fn device_buffer(&self, bytes: usize) -> Result<u64, CallError> {

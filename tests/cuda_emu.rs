@@ -197,19 +197,15 @@ fn data_dependent_subscripts_out_of_range_are_typed_errors() {
     );
 }
 
-/// Device pointers in place (the emulated device's memory is the host's): inputs read where they are,
-/// gradients written into the caller's buffers, the rest copied back; labels checked by the label kernel.
+/// Device memory in place: inputs read where they are, gradients written into the caller's buffers, the
+/// rest copied back; labels checked by the label kernel.
 #[test]
 fn calls_on_device_memory_use_it_in_place() {
-    use lossc::DeviceTensor;
     use lossc::data::DType;
     let src = "loss ce(s: f32[N, C], y: idx[N] < C) -> (p: f32[N]) {\n\
                out p[i] = exp(s[i, y[i]] - logsumexp[k] s[i, k])\n\
                mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }";
     let (n, c) = (9usize, 7usize);
-    let mut rng = Rng::new(5);
-    let s: Vec<f32> = (0..n * c).map(|_| rng.normal() as f32).collect();
-    let mut y: Vec<i64> = (0..n).map(|_| rng.below(c as u64) as i64).collect();
     let kc = cuda(EmuLoader::default())
         .compile_source("ce.lx", src)
         .unwrap()
@@ -221,67 +217,47 @@ fn calls_on_device_memory_use_it_in_place() {
         .unwrap()
         .kernel(None)
         .unwrap();
-    let host = |s: &[f32], y: &[i64]| {
-        BTreeMap::from([
-            (
-                "s".to_string(),
-                Tensor::float(vec![n, c], s.iter().map(|x| *x as f64).collect()),
-            ),
-            ("y".to_string(), Tensor::labels(vec![n], y.to_vec())),
-        ])
+    let mut host = random_inputs(ki.function(), &[n as i64, c as i64], &mut Rng::new(5));
+    let device = |host: &BTreeMap<String, Tensor>| -> BTreeMap<String, lossc::DeviceTensor> {
+        host.iter()
+            .map(|(k, t)| (k.clone(), kc.to_device(k, t).unwrap()))
+            .collect()
     };
-    let device = |s: &[f32], y: &[i64]| {
-        BTreeMap::from([
-            (
-                "s".to_string(),
-                DeviceTensor {
-                    ptr: s.as_ptr() as u64,
-                    shape: vec![n, c],
-                    dtype: DType::F32,
-                },
-            ),
-            (
-                "y".to_string(),
-                DeviceTensor {
-                    ptr: y.as_ptr() as u64,
-                    shape: vec![n],
-                    dtype: DType::I64,
-                },
-            ),
-        ])
-    };
-    let want = ki.eval(&host(&s, &y)).unwrap();
-    let mut grad = vec![f32::NAN; n * c];
-    let grads = BTreeMap::from([("s".to_string(), grad.as_mut_ptr() as u64)]);
-    let got = kc.eval_device(&device(&s, &y), &BTreeMap::new(), &grads, 0).unwrap();
+    let want = ki.eval(&host).unwrap();
+    let grad = kc.device_buffer(n * c * 4).unwrap();
+    let grads = BTreeMap::from([("s".to_string(), grad)]);
+    let got = kc.eval_device(&device(&host), &BTreeMap::new(), &grads, 0).unwrap();
     assert!(close(got.loss, want.loss), "loss {} vs {}", got.loss, want.loss);
     assert!(got.grads.is_empty(), "the placed gradient is not copied back");
-    for (k, (g, w)) in grad.iter().zip(want.grads[0].1.to_f64()).enumerate() {
+    for (k, (g, w)) in read_f32(&kc, grad, n * c)
+        .iter()
+        .zip(want.grads[0].1.to_f64())
+        .enumerate()
+    {
         assert!(close(*g as f64, w), "grad_s[{k}]: {g} vs {w}");
     }
-    assert_agree(
-        "outputs",
-        &Evaluation {
-            grads: vec![],
-            ..got.clone()
-        },
-        &Evaluation {
-            grads: vec![],
-            ..want.clone()
-        },
-    );
+    let no_grads = |e: &Evaluation| Evaluation {
+        grads: vec![],
+        ..e.clone()
+    };
+    assert_agree("outputs", &no_grads(&got), &no_grads(&want));
     // A label out of range, found on the device.
+    let Data::Int(y) = &mut host.get_mut("y").unwrap().data else {
+        unreachable!()
+    };
     y[4] = c as i64;
-    let err = kc
-        .eval_device(&device(&s, &y), &BTreeMap::new(), &grads, 0)
-        .unwrap_err();
+    let err = kc.eval_device(&device(&host), &BTreeMap::new(), &grads, 0).unwrap_err();
     assert_eq!(
         err,
-        lossc::call::bind(ki.function(), &host(&s, &y), &BTreeMap::new()).unwrap_err()
+        lossc::call::bind(ki.function(), &host, &BTreeMap::new()).unwrap_err()
     );
+    let Data::Int(y) = &mut host.get_mut("y").unwrap().data else {
+        unreachable!()
+    };
     y[4] = 0;
     // Wrong element types, unknown gradient names, shapes that disagree: typed errors before any launch.
-    let mut wrong = device(&s, &y);
+    let good = device(&host);
+    let mut wrong = good.clone();
     wrong.get_mut("s").unwrap().dtype = DType::F64;
     assert!(matches!(
         kc.eval_device(&wrong, &BTreeMap::new(), &grads, 0),
@@ -289,10 +265,10 @@ fn calls_on_device_memory_use_it_in_place() {
     ));
     let bad = BTreeMap::from([("y".to_string(), 0u64)]);
     assert!(matches!(
-        kc.eval_device(&device(&s, &y), &BTreeMap::new(), &bad, 0),
+        kc.eval_device(&good, &BTreeMap::new(), &bad, 0),
         Err(CallError::UnknownInput { .. })
     ));
-    let mut short = device(&s, &y);
+    let mut short = good.clone();
     short.get_mut("y").unwrap().shape = vec![n - 1];
     assert!(matches!(
         kc.eval_device(&short, &BTreeMap::new(), &grads, 0),
@@ -305,9 +281,19 @@ fn calls_on_device_memory_use_it_in_place() {
         .kernel(None)
         .unwrap();
     assert!(matches!(
-        kj.eval_device(&device(&s, &y), &BTreeMap::new(), &grads, 0),
+        kj.eval_device(&good, &BTreeMap::new(), &grads, 0),
         Err(CallError::Device(_))
     ));
+}
+
+/// `len` floats of device memory.
+fn read_f32(k: &lossc::Kernel, ptr: u64, len: usize) -> Vec<f32> {
+    let mut bytes = vec![0u8; len * 4];
+    k.from_device(ptr, &mut bytes).unwrap();
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 /// bf16 and f16 inputs: computed in f32, gradients rounded to the input's type, on every backend; the
@@ -395,46 +381,22 @@ fn half_precision_inputs_and_gradients() {
             assert!((g - e).abs() <= ulp * e.abs() + 1e-6, "{ty}: grad {g} vs {e}");
         }
         // The same call on half-precision device memory, gradients written in place.
-        let Data::Float(s) = &inputs["s"].data else {
-            unreachable!()
-        };
-        let Data::Int(y) = &inputs["y"].data else {
-            unreachable!()
-        };
-        let bits: Vec<u16> = s
+        let device: BTreeMap<String, lossc::DeviceTensor> = inputs
             .iter()
-            .map(|x| match dtype {
-                DType::BF16 => half::bf16::from_f64(*x).to_bits(),
-                _ => half::f16::from_f64(*x).to_bits(),
-            })
+            .map(|(k, t)| (k.clone(), kc.to_device(k, t).unwrap()))
             .collect();
-        let mut grad = vec![0u16; bits.len()];
-        let device = BTreeMap::from([
-            (
-                "s".to_string(),
-                lossc::DeviceTensor {
-                    ptr: bits.as_ptr() as u64,
-                    shape: vec![6, 9],
-                    dtype,
-                },
-            ),
-            (
-                "y".to_string(),
-                lossc::DeviceTensor {
-                    ptr: y.as_ptr() as u64,
-                    shape: vec![6],
-                    dtype: DType::I64,
-                },
-            ),
-        ]);
-        let grads = BTreeMap::from([("s".to_string(), grad.as_mut_ptr() as u64)]);
+        assert_eq!(device["s"].dtype, dtype);
+        let grad = kc.device_buffer(6 * 9 * 2).unwrap();
+        let grads = BTreeMap::from([("s".to_string(), grad)]);
         let on_device = kc.eval_device(&device, &BTreeMap::new(), &grads, 0).unwrap();
         assert_eq!(on_device.loss, got.loss, "{ty}: same bits in place as copied");
-        let placed: Vec<f64> = grad
-            .iter()
+        let mut bytes = vec![0u8; 6 * 9 * 2];
+        kc.from_device(grad, &mut bytes).unwrap();
+        let placed: Vec<f64> = bytes
+            .chunks_exact(2)
             .map(|b| match dtype {
-                DType::BF16 => half::bf16::from_bits(*b).to_f64(),
-                _ => half::f16::from_bits(*b).to_f64(),
+                DType::BF16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f64(),
+                _ => half::f16::from_le_bytes([b[0], b[1]]).to_f64(),
             })
             .collect();
         assert_eq!(placed, got.grads[0].1.to_f64(), "{ty}");
@@ -553,9 +515,7 @@ fn kept_device_memory_serves_many_calls() {
     for _ in 0..3 {
         let got = kc.eval_device(&on_device, &BTreeMap::new(), &grads, 0).unwrap();
         assert!(close(got.loss, want.loss));
-        // SAFETY: the emulated device's memory is the host's; the buffer holds 30 floats.
-        let g = unsafe { std::slice::from_raw_parts(grad as *const f32, 30) };
-        for (x, y) in g.iter().zip(want.grads[0].1.to_f64()) {
+        for (x, y) in read_f32(&kc, grad, 30).iter().zip(want.grads[0].1.to_f64()) {
             assert!(close(*x as f64, y), "{x} vs {y}");
         }
     }
