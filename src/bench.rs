@@ -86,51 +86,16 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
         ProgressStyle::with_template("{msg} {bar:30} {pos}/{len}").unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message(format!("timing {}", f.name));
-    let mut times: Vec<Duration>;
-    let bytes;
-    #[cfg(feature = "jit")]
-    if args.backend.into_backend() == crate::Backend::Cuda {
-        // Inputs and gradient buffers in device memory, as a PyTorch caller has them: a call is the
-        // kernels, the call's small upload and the loss (and any extra outputs) copied back.
-        bytes = interp_floor(g, &bound);
-        let err = |e: crate::CallError| format!("error: {e}");
-        let mut on_device = std::collections::BTreeMap::new();
-        for (name, t) in &inputs {
-            on_device.insert(name.clone(), kernel.to_device(name, t).map_err(err)?);
-        }
-        let mut grads = std::collections::BTreeMap::new();
-        for input in g.inputs.iter().filter(|i| i.differentiable()) {
-            let t = &on_device[&input.name];
-            let elem = if t.dtype == crate::data::DType::F32 { 4 } else { 2 };
-            let len: usize = t.shape.iter().product();
-            grads.insert(input.name.clone(), kernel.device_buffer(len * elem).map_err(err)?);
-        }
-        let hypers = std::collections::BTreeMap::new();
-        times = time_calls(args.iters, &bar, &mut || {
-            kernel
-                .eval_device(&on_device, &hypers, &grads, 0)
-                .map(|_| ())
-                .map_err(err)
-        })?;
+    let (bytes, mut times) = if args.backend.into_backend() == crate::Backend::Cuda {
+        (
+            interp_floor(g, &bound),
+            time_device(&kernel, &inputs, args.iters, &bar)?,
+        )
+    } else if let Some(timed) = time_native(&kernel, &bound, args.iters, &bar)? {
+        timed
     } else {
-        if let Some(native) = kernel.native() {
-            let mut buffers = native.buffers(&bound);
-            bytes = native.floor_bytes(&bound.sizes);
-            times = time_calls(args.iters, &bar, &mut || {
-                native
-                    .execute(&mut buffers, kernel.threads())
-                    .map_err(|e| format!("error: {e}"))
-            })?;
-        } else {
-            bytes = interp_floor(g, &bound);
-            times = time_interp(g, &bound, args.iters, &bar)?;
-        }
-    }
-    #[cfg(not(feature = "jit"))]
-    {
-        bytes = interp_floor(g, &bound);
-        times = time_interp(g, &bound, args.iters, &bar)?;
-    }
+        (interp_floor(g, &bound), time_interp(g, &bound, args.iters, &bar)?)
+    };
     bar.finish_and_clear();
     times.sort();
     let report = Report {
@@ -190,6 +155,66 @@ fn interp_floor(g: &crate::ir::Function, bound: &call::Bound) -> u64 {
         })
         .sum();
     inputs + grads
+}
+
+/// The JIT's calls on prepared buffers (the memory floor of the call, the times), when the kernel has
+/// native code.
+#[cfg(feature = "jit")]
+fn time_native(
+    kernel: &crate::Kernel,
+    bound: &call::Bound,
+    iters: Option<u64>,
+    bar: &ProgressBar,
+) -> Result<Option<(u64, Vec<Duration>)>, String> {
+    let Some(native) = kernel.native() else {
+        return Ok(None);
+    };
+    let mut buffers = native.buffers(bound);
+    let times = time_calls(iters, bar, &mut || {
+        native
+            .execute(&mut buffers, kernel.threads())
+            .map_err(|e| format!("error: {e}"))
+    })?;
+    Ok(Some((native.floor_bytes(&bound.sizes), times)))
+}
+
+#[cfg(not(feature = "jit"))]
+fn time_native(
+    _: &crate::Kernel,
+    _: &call::Bound,
+    _: Option<u64>,
+    _: &ProgressBar,
+) -> Result<Option<(u64, Vec<Duration>)>, String> {
+    Ok(None)
+}
+
+/// A CUDA kernel's calls with inputs and gradient buffers in device memory, as a PyTorch caller has them:
+/// a call is the kernels, the call's small upload and the loss (and any extra outputs) copied back.
+fn time_device(
+    kernel: &crate::Kernel,
+    inputs: &std::collections::BTreeMap<String, crate::Tensor>,
+    iters: Option<u64>,
+    bar: &ProgressBar,
+) -> Result<Vec<Duration>, String> {
+    let err = |e: crate::CallError| format!("error: {e}");
+    let mut on_device = std::collections::BTreeMap::new();
+    for (name, t) in inputs {
+        on_device.insert(name.clone(), kernel.to_device(name, t).map_err(err)?);
+    }
+    let mut grads = std::collections::BTreeMap::new();
+    for input in kernel.function().inputs.iter().filter(|i| i.differentiable()) {
+        let t = &on_device[&input.name];
+        let elem = if t.dtype == crate::data::DType::F32 { 4 } else { 2 };
+        let len: usize = t.shape.iter().product();
+        grads.insert(input.name.clone(), kernel.device_buffer(len * elem).map_err(err)?);
+    }
+    let hypers = std::collections::BTreeMap::new();
+    time_calls(iters, bar, &mut || {
+        kernel
+            .eval_device(&on_device, &hypers, &grads, 0)
+            .map(|_| ())
+            .map_err(err)
+    })
 }
 
 fn time_interp(
