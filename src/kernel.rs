@@ -205,6 +205,7 @@ impl Kernel {
             Some(Arc::new(CudaKernel {
                 program,
                 device: std::sync::Mutex::new(device),
+                state: Default::default(),
             }))
         } else {
             None
@@ -362,12 +363,35 @@ impl Kernel {
         grads: &BTreeMap<String, u64>,
         stream: u64,
     ) -> Result<Evaluation, CallError> {
+        let cuda = self.cuda_kernel("eval_device")?;
+        let mut device = cuda.device.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        device.set_stream(stream);
+        let out = self.device_call(cuda, &mut **device, inputs, hypers, grads, &[]);
+        device.release();
+        device.set_stream(0);
+        out
+    }
+
+    fn cuda_kernel(&self, what: &str) -> Result<&CudaKernel, CallError> {
+        self.cuda.as_deref().ok_or_else(|| {
+            CallError::Device(format!(
+                "{what} needs a kernel built with the CUDA backend (Compiler::backend(Backend::Cuda))"
+            ))
+        })
+    }
+
+    /// [`Kernel::eval_device`] on a locked device, with the tensors of `outputs` (plan buffer, address)
+    /// placed too.
+    fn device_call(
+        &self,
+        cuda: &CudaKernel,
+        device: &mut dyn crate::backend::cuda::host::Device,
+        inputs: &BTreeMap<String, DeviceTensor>,
+        hypers: &BTreeMap<String, f64>,
+        grads: &BTreeMap<String, u64>,
+        outputs: &[(usize, u64)],
+    ) -> Result<Evaluation, CallError> {
         use crate::data::DType;
-        let Some(cuda) = &self.cuda else {
-            return Err(CallError::Device(
-                "eval_device needs a kernel built with the CUDA backend (Compiler::backend(Backend::Cuda))".into(),
-            ));
-        };
         if let Some(name) = hypers.keys().find(|k| self.fixed.contains(k)) {
             return Err(CallError::HyperFixed { name: name.clone() });
         }
@@ -423,14 +447,255 @@ impl Kernel {
             };
             placed.push((program.plan.buffer_of(f, crate::ir::TensorRef::Def(nest.tensor)), *addr));
         }
-        let mut device = cuda.device.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        device.set_stream(stream);
-        let out =
-            crate::backend::cuda::host::run_device(program, f, &sizes, &values, &placed_inputs, &placed, &mut **device);
-        device.set_stream(0);
-        let mut e = out?;
+        placed.extend_from_slice(outputs);
+        let mut e =
+            crate::backend::cuda::host::run_device(program, f, &sizes, &values, &placed_inputs, &placed, device)?;
         e.grads.retain(|(n, _)| !grads.contains_key(n));
         Ok(e)
+    }
+
+    /// One call of a stateful loss (SogCLR, iSogCLR, ALDR-KL) whose state tables live in device memory,
+    /// kept by this CUDA kernel: pass every input but the state ones (the sample ids as an int64 device
+    /// tensor); each state input is gathered on the device by the call's ids (rows never seen start at
+    /// their initial value) and each `updates` output scattered back (where a batch holds an id twice,
+    /// its last row wins, as in [`crate::StateStore`]). The outputs are also copied back.
+    pub fn eval_device_stateful(
+        &self,
+        inputs: &BTreeMap<String, DeviceTensor>,
+        hypers: &BTreeMap<String, f64>,
+        grads: &BTreeMap<String, u64>,
+        stream: u64,
+    ) -> Result<Evaluation, CallError> {
+        let cuda = self.cuda_kernel("eval_device_stateful")?;
+        let mut device = cuda.device.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = cuda.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        device.set_stream(stream);
+        let out = self.stateful_call(cuda, &mut **device, &mut state, inputs, hypers, grads);
+        device.release();
+        device.set_stream(0);
+        out
+    }
+
+    fn stateful_call(
+        &self,
+        cuda: &CudaKernel,
+        device: &mut dyn crate::backend::cuda::host::Device,
+        state: &mut DeviceState,
+        inputs: &BTreeMap<String, DeviceTensor>,
+        hypers: &BTreeMap<String, f64>,
+        grads: &BTreeMap<String, u64>,
+    ) -> Result<Evaluation, CallError> {
+        use crate::backend::cuda::host::launch_aux;
+        use crate::data::DType;
+        let f = &*self.function;
+        let program = &cuda.program;
+        let dev_err = |e: crate::backend::cuda::CudaError| CallError::Device(e.to_string());
+        let Some((gather, scatter)) = program.state_kernels else {
+            return self.device_call(cuda, device, inputs, hypers, grads, &[]);
+        };
+        let mut all = inputs.clone();
+        // Per state input: its ids and where its rows were gathered.
+        let mut calls: Vec<(usize, Vec<i64>, u64)> = Vec::new();
+        for (k, input) in f.inputs.iter().enumerate() {
+            let Some(spec) = &input.state else { continue };
+            let key = &f.inputs[spec.key as usize].name;
+            if inputs.contains_key(&input.name) {
+                return Err(CallError::StateGiven {
+                    name: input.name.clone(),
+                    key: key.clone(),
+                });
+            }
+            let Some(ids_t) = inputs.get(key) else {
+                let expected = f.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ");
+                return Err(CallError::MissingInput {
+                    name: key.clone(),
+                    expected,
+                });
+            };
+            if ids_t.dtype != DType::I64 || ids_t.shape.len() != 1 {
+                return Err(CallError::WrongDtype {
+                    input: key.clone(),
+                    expected: "int64 sample ids in device memory, rank 1",
+                    got: ids_t.dtype,
+                });
+            }
+            let n = ids_t.shape[0];
+            let mut bytes = vec![0u8; n * 8];
+            device.download(ids_t.ptr, &mut bytes).map_err(dev_err)?;
+            let ids: Vec<i64> = bytes
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect();
+            if let Some((at, &bad)) = ids
+                .iter()
+                .enumerate()
+                .find(|(_, v)| !(0..crate::state::MAX_STATE_ROWS).contains(*v))
+            {
+                return Err(CallError::LabelOutOfRange {
+                    input: key.clone(),
+                    position: vec![at],
+                    value: bad,
+                    bound: "the state table limit".into(),
+                    size: crate::state::MAX_STATE_ROWS,
+                });
+            }
+            let init = match spec.init {
+                crate::ir::StateInit::Const(c) => c,
+                crate::ir::StateInit::Hyper(h) => {
+                    let h = &f.hypers[h as usize];
+                    hypers.get(&h.name).copied().unwrap_or(h.default)
+                }
+            };
+            let table = state.tables.entry(k).or_default();
+            let need = ids.iter().map(|&i| i as usize + 1).max().unwrap_or(0);
+            if table.rows < need {
+                // A larger table: the old rows, then new ones at their initial value.
+                let rows = need.max(2 * table.rows);
+                let mut values = vec![0u8; table.rows * 4];
+                if table.rows > 0 {
+                    device.download(table.ptr, &mut values).map_err(dev_err)?;
+                }
+                values.extend((table.rows..rows).flat_map(|_| (init as f32).to_le_bytes()));
+                let ptr = device.alloc_kept(rows * 4).map_err(dev_err)?;
+                device.upload(ptr, &values).map_err(dev_err)?;
+                *table = DeviceTable { ptr, rows };
+            }
+            let gathered = state.scratch(device, (k, 0), n * 4)?;
+            let table = state.tables[&k];
+            launch_aux(device, gather, n, &[ids_t.ptr, table.ptr, gathered], &[n as i64])?;
+            all.insert(
+                input.name.clone(),
+                DeviceTensor {
+                    ptr: gathered,
+                    shape: vec![n],
+                    dtype: DType::F32,
+                },
+            );
+            calls.push((k, ids, ids_t.ptr));
+        }
+        // The updating outputs go to buffers of their own, to be scattered after the call.
+        let mut outputs = Vec::new();
+        for u in &f.updates {
+            let Some((_, ids, _)) = calls.iter().find(|(k, _, _)| *k == u.input as usize) else {
+                continue;
+            };
+            let nest = program
+                .plan
+                .nests
+                .iter()
+                .find(|n| n.role == crate::ir::Role::Output && f.tensor(n.tensor).name == u.output);
+            if let Some(nest) = nest {
+                let buffer = program.plan.buffer_of(f, crate::ir::TensorRef::Def(nest.tensor));
+                outputs.push((buffer, state.scratch(device, (u.input as usize, 1), ids.len() * 4)?));
+            }
+        }
+        let mut e = self.device_call(cuda, device, &all, hypers, grads, &outputs)?;
+        for u in &f.updates {
+            let Some((k, ids, ids_ptr)) = calls.iter().find(|(k, _, _)| *k == u.input as usize) else {
+                continue;
+            };
+            let Some(&(_, rows)) = outputs.iter().find(|(b, _)| {
+                matches!(program.plan.buffers[*b].of, crate::ir::TensorRef::Def(t) if f.tensor(t).name == u.output)
+            }) else {
+                continue;
+            };
+            // The last row of each id wins.
+            let mut seen = std::collections::HashSet::new();
+            let mut last = vec![0i32; ids.len()];
+            for (r, id) in ids.iter().enumerate().rev() {
+                if seen.insert(*id) {
+                    last[r] = 1;
+                }
+            }
+            let last_bytes: Vec<u8> = last.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let last_ptr = device.alloc(last_bytes.len().max(16)).map_err(dev_err)?;
+            device.upload(last_ptr, &last_bytes).map_err(dev_err)?;
+            let table = state.tables[k];
+            launch_aux(
+                device,
+                scatter,
+                ids.len(),
+                &[*ids_ptr, table.ptr, rows, last_ptr],
+                &[ids.len() as i64],
+            )?;
+            // The output, copied back as `eval_stateful` returns it.
+            let mut bytes = vec![0u8; ids.len() * 4];
+            device.download(rows, &mut bytes).map_err(dev_err)?;
+            let values = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64)
+                .collect();
+            match e.outputs.iter_mut().find(|(n, _)| *n == u.output) {
+                Some((_, t)) => *t = Tensor::float(vec![ids.len()], values),
+                None => e
+                    .outputs
+                    .push((u.output.clone(), Tensor::float(vec![ids.len()], values))),
+            }
+        }
+        Ok(e)
+    }
+
+    /// A state table kept on the device by [`Kernel::eval_device_stateful`], as f64 values (rows never
+    /// written yet hold their initial value; empty before the first call).
+    pub fn device_state(&self, name: &str) -> Result<Vec<f64>, CallError> {
+        let cuda = self.cuda_kernel("device_state")?;
+        let f = &*self.function;
+        let Some(k) = f.inputs.iter().position(|i| i.name == name && i.state.is_some()) else {
+            let expected = f.inputs.iter().filter(|i| i.state.is_some()).map(|i| i.name.as_str());
+            return Err(CallError::UnknownInput {
+                name: name.into(),
+                expected: expected.collect::<Vec<_>>().join(", "),
+            });
+        };
+        let mut device = cuda.device.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let state = cuda.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(table) = state.tables.get(&k) else {
+            return Ok(Vec::new());
+        };
+        let mut bytes = vec![0u8; table.rows * 4];
+        device
+            .download(table.ptr, &mut bytes)
+            .map_err(|e| CallError::Device(e.to_string()))?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64)
+            .collect())
+    }
+}
+
+/// A state table in device memory: its address and rows (f32 each).
+#[derive(Clone, Copy, Debug, Default)]
+struct DeviceTable {
+    ptr: u64,
+    rows: usize,
+}
+
+/// The state tables of a CUDA kernel's stateful loss, by input, and the buffers its calls gather rows
+/// into and scatter them from (kept, grown as needed).
+#[derive(Default)]
+struct DeviceState {
+    tables: std::collections::HashMap<usize, DeviceTable>,
+    buffers: std::collections::HashMap<(usize, usize), (u64, usize)>,
+}
+
+impl DeviceState {
+    /// A kept buffer of at least `bytes` for `slot`.
+    fn scratch(
+        &mut self,
+        device: &mut dyn crate::backend::cuda::host::Device,
+        slot: (usize, usize),
+        bytes: usize,
+    ) -> Result<u64, CallError> {
+        match self.buffers.get(&slot) {
+            Some(&(ptr, size)) if size >= bytes => Ok(ptr),
+            _ => {
+                let ptr = device
+                    .alloc_kept(bytes.max(16))
+                    .map_err(|e| CallError::Device(e.to_string()))?;
+                self.buffers.insert(slot, (ptr, bytes.max(16)));
+                Ok(ptr)
+            }
+        }
     }
 }
 
@@ -504,6 +769,8 @@ impl Kernel {
 struct CudaKernel {
     program: crate::backend::cuda::Program,
     device: std::sync::Mutex<Box<dyn crate::backend::cuda::host::Device + Send>>,
+    /// Locked after `device`.
+    state: std::sync::Mutex<DeviceState>,
 }
 
 /// Replaces the named hyperparameters by their (default) values as constants and re-optimizes.

@@ -524,3 +524,80 @@ fn kept_device_memory_serves_many_calls() {
         Err(CallError::UnknownInput { .. })
     ));
 }
+
+/// State tables in device memory (`eval_device_stateful`): several calls of SogCLR whose batches share and
+/// repeat ids agree with the host state store through the interpreter, call by call, and the tables end
+/// equal.
+#[test]
+fn state_tables_live_on_the_device() {
+    for path in [
+        "std::contrastive::sogclr",
+        "std::contrastive::isogclr",
+        "std::robust::aldr_kl",
+    ] {
+        state_tables_agree(path);
+    }
+}
+
+fn state_tables_agree(path: &str) {
+    let src = format!("use {path}\n");
+    let kc = cuda(EmuLoader::default())
+        .compile_source("s.lx", &src)
+        .unwrap()
+        .kernel(None)
+        .unwrap();
+    let ki = Compiler::new()
+        .backend(Backend::Interp)
+        .compile_source("s.lx", &src)
+        .unwrap()
+        .kernel(None)
+        .unwrap();
+    let f = ki.function().clone();
+    let state: Vec<&lossc::ir::Input> = f.inputs.iter().filter(|i| i.state.is_some()).collect();
+    assert!(!state.is_empty(), "{path}");
+    let key = &f.inputs[state[0].state.as_ref().unwrap().key as usize].name;
+    let mut store = lossc::StateStore::new();
+    let mut rng = Rng::new(41);
+    for ids in [vec![3i64, 0, 7, 2], vec![7, 1, 3, 3], vec![9, 0, 2, 5]] {
+        let mut host = random_inputs(&f, &[ids.len() as i64, 5], &mut rng);
+        for s in &state {
+            host.remove(&s.name);
+        }
+        host.insert(key.clone(), Tensor::labels(vec![ids.len()], ids.clone()));
+        let want = ki.eval_stateful(&host, &BTreeMap::new(), &mut store).unwrap();
+        let device: BTreeMap<String, lossc::DeviceTensor> = host
+            .iter()
+            .map(|(k, t)| (k.clone(), kc.to_device(k, t).unwrap()))
+            .collect();
+        let got = kc
+            .eval_device_stateful(&device, &BTreeMap::new(), &BTreeMap::new(), 0)
+            .unwrap();
+        assert_agree(&format!("{path} ids {ids:?}"), &got, &want);
+    }
+    for s in &state {
+        // The device table grows by doubling: the host's rows, then rows at their initial value.
+        let (table, host) = (kc.device_state(&s.name).unwrap(), store.table(&s.name).unwrap());
+        assert!(table.len() >= host.len(), "{path} {}", s.name);
+        for (k, (x, y)) in table.iter().zip(host).enumerate() {
+            assert!(close(*x, *y), "{path} {}[{k}]: {x} vs {y}", s.name);
+        }
+    }
+    // The state is not passed; ids beyond the table limit are typed errors.
+    let mut host = random_inputs(&f, &[2, 5], &mut rng);
+    host.insert(key.clone(), Tensor::labels(vec![2], vec![1, -1]));
+    let mut device: BTreeMap<String, lossc::DeviceTensor> = host
+        .iter()
+        .map(|(k, t)| (k.clone(), kc.to_device(k, t).unwrap()))
+        .collect();
+    let given = kc
+        .eval_device_stateful(&device, &BTreeMap::new(), &BTreeMap::new(), 0)
+        .unwrap_err();
+    assert!(matches!(given, CallError::StateGiven { .. }), "{given:?}");
+    for s in &state {
+        device.remove(&s.name);
+    }
+    let bad = kc
+        .eval_device_stateful(&device, &BTreeMap::new(), &BTreeMap::new(), 0)
+        .unwrap_err();
+    assert!(matches!(bad, CallError::LabelOutOfRange { value: -1, .. }), "{bad:?}");
+}

@@ -61,8 +61,44 @@ pub(super) fn source(f: &Function, plan: &Plan) -> (String, Vec<KernelSpec>) {
         out.push_str(&text);
         kernels.push(spec);
     }
+    if f.inputs.iter().any(|i| i.state.is_some()) {
+        out.push('\n');
+        out.push_str(STATE_KERNELS);
+        for name in [STATE_GATHER, STATE_SCATTER] {
+            kernels.push(KernelSpec {
+                name: name.to_string(),
+                shape: Shape::Flat,
+                extent: Dim::Const(0),
+                sums: 0,
+                kept_row: None,
+            });
+        }
+    }
     (out, kernels)
 }
+
+/// The kernels that move a stateful loss's rows between its state tables in device memory and the call
+/// ([`crate::Kernel::eval_device_stateful`]): `B = [ids, table, rows(, last)]`, `D = [rows]`.
+pub(super) const STATE_GATHER: &str = "lossc_state_gather";
+pub(super) const STATE_SCATTER: &str = "lossc_state_scatter";
+const STATE_KERNELS: &str = r#"// lossc_state_gather / lossc_state_scatter: state rows by sample id (ids checked on the host)
+extern "C" __global__ void lossc_state_gather(void* const* B, const long long* D, const double* H, unsigned long long* E) {
+    const long long* const ids = (const long long*)B[0];
+    const float* const table = (const float*)B[1];
+    float* const rows = (float*)B[2];
+    (void)H; (void)E;
+    for (long long r = blockIdx.x * (long long)blockDim.x + threadIdx.x; r < D[0]; r += (long long)gridDim.x * blockDim.x) rows[r] = table[ids[r]];
+}
+extern "C" __global__ void lossc_state_scatter(void* const* B, const long long* D, const double* H, unsigned long long* E) {
+    const long long* const ids = (const long long*)B[0];
+    float* const table = (float*)B[1];
+    const float* const rows = (const float*)B[2];
+    const int* const last = (const int*)B[3];
+    (void)H; (void)E;
+    for (long long r = blockIdx.x * (long long)blockDim.x + threadIdx.x; r < D[0]; r += (long long)gridDim.x * blockDim.x)
+        if (last[r]) table[ids[r]] = rows[r];
+}
+"#;
 
 /// Name of the kernel that checks label inputs in device memory ([`super::Program::label_check`]).
 pub(super) const LABEL_CHECK: &str = "lossc_labels";

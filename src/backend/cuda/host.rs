@@ -175,7 +175,8 @@ pub fn run_device(
         let hypers = dims + 8 * sizes.len() as u64;
         // Labels in device memory are checked by the program's label kernel first.
         let label_check = program.label_check.filter(|_| on_device);
-        let groups = (0..program.kernels.len()).filter(|k| Some(*k) != program.label_check);
+        let state = program.state_kernels.map_or(vec![], |(g, s)| vec![g, s]);
+        let groups = (0..program.kernels.len()).filter(|k| Some(*k) != program.label_check && !state.contains(k));
         for k in label_check.into_iter().chain(groups) {
             let spec = &program.kernels[k];
             let extent = spec.extent.eval(sizes);
@@ -241,4 +242,34 @@ pub fn run_device(
     let out = call();
     dev.release();
     out
+}
+
+/// Launches one of a program's auxiliary kernels (the state gather and scatter) over `n` points, with
+/// its buffer table and sizes; its call block is the call's (freed by [`Device::release`]).
+pub fn launch_aux(
+    dev: &mut dyn Device,
+    kernel: usize,
+    n: usize,
+    buffers: &[u64],
+    dims: &[i64],
+) -> Result<(), CallError> {
+    if n == 0 {
+        return Ok(());
+    }
+    let words: Vec<u64> = [0u64; 4]
+        .into_iter()
+        .chain(buffers.iter().copied())
+        .chain(dims.iter().map(|d| *d as u64))
+        .collect();
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let block = dev.alloc(bytes.len()).map_err(device)?;
+    dev.upload(block, &bytes).map_err(device)?;
+    let table = block + 32;
+    let sizes = table + 8 * buffers.len() as u64;
+    let threads = dev.block_size(Shape::Flat);
+    let grid = (n as u64)
+        .div_ceil(u64::from(threads))
+        .clamp(1, u64::from(dev.max_grid().max(1))) as u32;
+    dev.launch(kernel, grid, threads, 0, [table, sizes, sizes, block])
+        .map_err(device)
 }

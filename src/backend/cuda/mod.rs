@@ -95,6 +95,9 @@ pub struct Program {
     /// The kernel (index into `kernels`) that checks label inputs already in device memory: launched
     /// first by calls on device pointers only.
     pub label_check: Option<usize>,
+    /// The gather and scatter kernels of a stateful loss (indices into `kernels`), launched by
+    /// [`crate::Kernel::eval_device_stateful`] only.
+    pub state_kernels: Option<(usize, usize)>,
 }
 
 /// Why a program could not be generated or run on a device.
@@ -145,10 +148,13 @@ pub fn generate(f: &Function) -> Program {
     let plan = Plan::new(f);
     let (source, kernels) = codegen::source(f, &plan);
     let label_check = kernels.iter().position(|k| k.name == codegen::LABEL_CHECK);
+    let position = |name: &str| kernels.iter().position(|k| k.name == name);
+    let state_kernels = position(codegen::STATE_GATHER).zip(position(codegen::STATE_SCATTER));
     Program {
         source,
         kernels,
         plan,
         label_check,
+        state_kernels,
     }
 }
