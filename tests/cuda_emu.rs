@@ -76,7 +76,8 @@ fn every_loss_agrees(what: &str, source: &str, rng: &mut Rng) {
             .unwrap_or_else(|d| panic!("{what} {name}: {d:?}"));
         let kj = jit.kernel(Some(name)).unwrap();
         let ki = interp.kernel(Some(name)).unwrap();
-        for sizes in [[5i64, 4, 3, 6], [1, 1, 1, 1], [37, 9, 5, 2]] {
+        // Short rows run a warp per row; rows over WARP_ROWS_MAX (70) a block per row.
+        for sizes in [[5i64, 4, 3, 6], [1, 1, 1, 1], [37, 9, 5, 2], [6, 70, 3, 66]] {
             let f = kc.function();
             let s: Vec<i64> = f.dims.iter().enumerate().map(|(k, _)| sizes[k % 4]).collect();
             let inputs = random_inputs(f, &s, rng);
@@ -140,6 +141,8 @@ fn launch_geometry_changes_only_rounding() {
     // multi-similarity and NT-Xent: matrix products over several tiles each way (Tiled).
     let cases = [
         ("examples/ldr_kl.lx", vec![70i64, 300]),
+        // Short rows: a warp per row, 8 rows per block, the blocks looping over the rest.
+        ("examples/ldr_kl.lx", vec![37, 9]),
         ("examples/anyloss_f1.lx", vec![10_000]),
         ("examples/multi_similarity.lx", vec![70, 40]),
         ("benches/nt_xent.lx", vec![40, 70]),
@@ -429,7 +432,8 @@ fn softmax_rows_keep_their_exponentials_in_shared_memory() {
         .kernel(None)
         .unwrap();
     let mut rng = Rng::new(17);
-    for sizes in [[3i64, 5], [2, lossc::backend::cuda::KEEP_MAX + 3]] {
+    // A short row (a warp per row, computed), a row kept in shared memory, a row too long to keep.
+    for sizes in [[3i64, 5], [3, 100], [2, lossc::backend::cuda::KEEP_MAX + 3]] {
         let inputs = random_inputs(ki.function(), &sizes, &mut rng);
         assert_agree(
             &format!("{sizes:?}"),

@@ -1,10 +1,11 @@
 // A host emulation of the CUDA built-ins the lossc generator uses, so that generated kernels compile with
 // the host C++ compiler (g++ -std=c++20) and run on the CPU: a deterministic scheduler runs every CUDA
 // thread of a block as a fiber (ucontext) on one OS thread and switches at each synchronization point.
-// __syncthreads and each half of a warp shuffle (write the lane's slot; read the partner's) are such
-// points; the scheduler resumes every thread of the block in turn until each reaches its next point, and
-// checks that they all reached the same kind of point (the generator only synchronizes in uniform
-// control flow, as CUDA requires). __shared__ variables are function statics, which the block's threads
+// Warp points (each half of a warp shuffle: write the lane's slot, read the partner's; __syncwarp) hold
+// a warp: when every lane of a warp waits at one, the warp's lanes run on, each to its next point,
+// whatever the other warps do. __syncthreads holds the block: when no warp can go on, every thread must
+// wait there, and all run on. A warp whose lanes wait at different kinds of point, or a block barrier that
+// some threads never reach, is reported (a kernel that would hang on a GPU). __shared__ variables are function statics, which the block's threads
 // share (blocks of a launch run one after another). Atomics are plain, as one thread runs at a time.
 #pragma once
 #include <math.h>
@@ -33,12 +34,12 @@ inline thread_local dim3 gridDim;
 namespace lx_emu {
 using Kernel = void (*)(void* const*, const long long*, const double*, unsigned long long*);
 
-enum Point { Running = 0, Sync = 1, Shuffle = 2, Done = 3 };
+enum Point { Start = 0, Sync = 1, Shuffle = 2, Done = 3 };
 
 struct Fiber {
     ucontext_t context;
     std::vector<char> stack;
-    Point at = Running;
+    Point at = Start;
 };
 
 struct Block {
@@ -86,6 +87,24 @@ T __shfl_down_sync(unsigned, T v, int delta) {
     lx_emu::reach(lx_emu::Shuffle);
     return r;
 }
+
+template <typename T>
+T __shfl_sync(unsigned, T v, int src) {
+    static_assert(sizeof(T) <= 8, "one slot per lane");
+    lx_emu::Block* b = lx_emu::current;
+    const unsigned t = threadIdx.x;
+    uint64_t bits = 0;
+    memcpy(&bits, &v, sizeof(T));
+    b->slots[t] = bits;
+    lx_emu::reach(lx_emu::Shuffle);
+    uint64_t other = lx_emu::current->slots[(threadIdx.x & ~31u) + ((unsigned)src & 31u)];
+    T r;
+    memcpy(&r, &other, sizeof(T));
+    lx_emu::reach(lx_emu::Shuffle);
+    return r;
+}
+
+inline void __syncwarp() { lx_emu::reach(lx_emu::Shuffle); }
 
 inline unsigned long long atomicCAS(unsigned long long* addr, unsigned long long compare, unsigned long long val) {
     unsigned long long old = *addr;
@@ -139,19 +158,53 @@ inline int launch(Kernel k, unsigned grid, unsigned block, unsigned shared, void
             f.context.uc_stack.ss_sp = f.stack.data();
             f.context.uc_stack.ss_size = f.stack.size();
             f.context.uc_link = &blk.scheduler;
-            f.at = Running;
+            f.at = Start;
             makecontext(&f.context, entry, 0);
         }
+        auto resume = [&](unsigned t) {
+            threadIdx = dim3{t, 0, 0};
+            swapcontext(&blk.scheduler, &blk.fibers[t].context);
+        };
         for (;;) {
-            for (unsigned t = 0; t < block; ++t) {
-                if (blk.fibers[t].at == Done) continue;
-                threadIdx = dim3{t, 0, 0};
-                swapcontext(&blk.scheduler, &blk.fibers[t].context);
+            // Warps whose every live lane waits at a warp point (or has not started) run on.
+            bool progressed = false;
+            for (unsigned w = 0; w < block / 32; ++w) {
+                bool live = false, ready = true;
+                for (unsigned t = 32 * w; t < 32 * w + 32; ++t) {
+                    Point p = blk.fibers[t].at;
+                    if (p == Done) continue;
+                    live = true;
+                    if (p != Start && p != Shuffle) ready = false;
+                }
+                if (!live || !ready) continue;
+                bool shuffle = false, other = false;
+                for (unsigned t = 32 * w; t < 32 * w + 32; ++t) {
+                    Point p = blk.fibers[t].at;
+                    shuffle |= p == Shuffle;
+                    other |= p != Shuffle;
+                }
+                if (shuffle && other) {  // some lanes at a shuffle, others done or elsewhere
+                    status = 3;
+                    break;
+                }
+                for (unsigned t = 32 * w; t < 32 * w + 32; ++t)
+                    if (blk.fibers[t].at != Done) resume(t);
+                progressed = true;
             }
-            Point first = blk.fibers[0].at;
-            for (const Fiber& f : blk.fibers)
-                if (f.at != first) status = 3;
-            if (status != 0 || first == Done) break;
+            if (status != 0) break;
+            if (progressed) continue;
+            // Otherwise every thread is done, or every one waits at the block barrier.
+            unsigned done = 0, sync = 0;
+            for (const Fiber& f : blk.fibers) {
+                done += f.at == Done;
+                sync += f.at == Sync;
+            }
+            if (done == block) break;
+            if (sync != block) {
+                status = 3;
+                break;
+            }
+            for (unsigned t = 0; t < block; ++t) resume(t);
         }
     }
     current = nullptr;

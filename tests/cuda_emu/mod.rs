@@ -1,5 +1,5 @@
 //! The CUDA emulation: generated kernels compiled by the host C++ compiler against `cuda_emu.h` (every
-//! CUDA thread an OS thread, barriers for `__syncthreads` and warp shuffles) and run through the CUDA
+//! CUDA thread a fiber, switched at `__syncthreads` and at warp shuffles and `__syncwarp`) and run through the CUDA
 //! backend's own host side ([`lossc::backend::cuda::host`]), as a [`Loader`] a `Compiler` takes. Each
 //! program's library is built once per source (cached under the target's tmp folder).
 #![allow(dead_code)]
@@ -157,7 +157,7 @@ impl Device for EmuDevice {
         match shape {
             Shape::Flat | Shape::ThreadRows => 32,
             Shape::BlockRows | Shape::Single | Shape::Parts | Shape::Total => self.geometry.block,
-            Shape::Tiled => lossc::backend::cuda::TILED_BLOCK,
+            Shape::Tiled | Shape::WarpRows => lossc::backend::cuda::TILED_BLOCK,
         }
     }
     fn max_grid(&self) -> u32 {

@@ -34,13 +34,31 @@ pub(super) fn source(f: &Function, plan: &Plan) -> (String, Vec<KernelSpec>) {
         out.push('\n');
         out.push_str(&e.text);
         let sums = split_members(f, &members).map_or(0, |(_, sums)| sums.len());
+        let short_rows = (shape == Shape::BlockRows).then(|| (kernels.len() + 1, e.row_extents.clone()));
         kernels.push(KernelSpec {
             name: name.clone(),
             shape,
             extent: extent.clone(),
             sums,
             kept_row: e.keep.as_ref().map(|k| k.len.clone()),
+            short_rows,
         });
+        if shape == Shape::BlockRows {
+            let name = format!("{name}_warps");
+            let mut e = Emit::new(f, plan);
+            e.warp = true;
+            e.kernel(&name, group, Shape::WarpRows, &extent);
+            out.push('\n');
+            out.push_str(&e.text);
+            kernels.push(KernelSpec {
+                name,
+                shape: Shape::WarpRows,
+                extent: extent.clone(),
+                sums,
+                kept_row: None,
+                short_rows: None,
+            });
+        }
         if shape == Shape::Parts {
             let name = format!("{name}_total");
             let mut e = Emit::new(f, plan);
@@ -53,6 +71,7 @@ pub(super) fn source(f: &Function, plan: &Plan) -> (String, Vec<KernelSpec>) {
                 extent,
                 sums,
                 kept_row: None,
+                short_rows: None,
             });
         }
     }
@@ -71,6 +90,7 @@ pub(super) fn source(f: &Function, plan: &Plan) -> (String, Vec<KernelSpec>) {
                 extent: Dim::Const(0),
                 sums: 0,
                 kept_row: None,
+                short_rows: None,
             });
         }
     }
@@ -162,6 +182,7 @@ fn label_check(f: &Function, plan: &Plan) -> Option<(String, KernelSpec)> {
         extent: len(*first),
         sums: 0,
         kept_row: None,
+        short_rows: None,
     };
     Some((text, spec))
 }
@@ -303,6 +324,10 @@ struct Emit<'a> {
     /// generated is its consumer.
     keep: Option<Keep>,
     in_consumer: bool,
+    /// A warp per row ([`Shape::WarpRows`]) instead of a block.
+    warp: bool,
+    /// The extents a block-rows kernel spreads over a row's threads ([`KernelSpec::short_rows`]).
+    row_extents: Vec<Dim>,
     depth: usize,
     /// Values computed in each open C scope, innermost last.
     frames: Vec<HashMap<NodeId, String>>,
@@ -319,6 +344,8 @@ impl<'a> Emit<'a> {
             scratch: BTreeSet::new(),
             keep: None,
             in_consumer: false,
+            warp: false,
+            row_extents: Vec::new(),
             depth: 0,
             frames: vec![HashMap::new()],
             fresh: 0,
@@ -427,6 +454,37 @@ impl<'a> Emit<'a> {
                 }
                 self.close();
             }
+            Shape::WarpRows => {
+                self.line("const int lx_lane = threadIdx.x & 31;");
+                self.open(format!(
+                    "for (long long lx_base = blockIdx.x * (long long)(blockDim.x >> 5); lx_base < {extent}; lx_base += (long long)gridDim.x * (blockDim.x >> 5))"
+                ));
+                self.line("const long long lx_row = lx_base + (threadIdx.x >> 5);");
+                self.line(format!("const bool lx_active = lx_row < {extent};"));
+                for nest in &members {
+                    self.open("");
+                    let outer = nest.head[0].0;
+                    self.line(format!("const long long {} = lx_row;", index_var(outer)));
+                    self.cooperative(nest.body, &[outer]);
+                    let rest = &nest.head[1..];
+                    if rest.is_empty() {
+                        self.open("if (lx_lane == 0 && lx_active)");
+                        self.element(nest, "lx_row");
+                        self.close();
+                    } else {
+                        let count = self.extent_of(rest);
+                        self.open(format!(
+                            "for (long long lx_e = lx_lane; lx_e < (lx_active ? {count} : 0); lx_e += 32)"
+                        ));
+                        self.decode("lx_e", rest);
+                        self.element(nest, &format!("lx_row * {count} + lx_e"));
+                        self.close();
+                    }
+                    self.close();
+                    self.line("__syncwarp();");
+                }
+                self.close();
+            }
             Shape::BlockRows => {
                 self.keep = kept_row(f, plan, group);
                 if let Some(keep) = &self.keep {
@@ -453,6 +511,11 @@ impl<'a> Emit<'a> {
                         self.element(nest, "lx_row");
                         self.close();
                     } else {
+                        self.row_extents.extend(
+                            rest.iter()
+                                .map(|(_, d)| d.clone())
+                                .reduce(|a, b| Dim::Mul(Box::new(a), Box::new(b))),
+                        );
                         let count = self.extent_of(rest);
                         self.open(format!(
                             "for (long long lx_e = threadIdx.x; lx_e < {count}; lx_e += blockDim.x)"
@@ -939,9 +1002,21 @@ impl<'a> Emit<'a> {
         if block {
             let total = self.extent_of(&ranges);
             let p = self.name("lx_p");
-            self.open(format!(
-                "for (long long {p} = threadIdx.x; {p} < {total}; {p} += blockDim.x)"
-            ));
+            if self.warp {
+                self.open(format!(
+                    "for (long long {p} = lx_lane; {p} < (lx_active ? {total} : 0); {p} += 32)"
+                ));
+            } else {
+                self.row_extents.extend(
+                    ranges
+                        .iter()
+                        .map(|(_, d)| d.clone())
+                        .reduce(|a, b| Dim::Mul(Box::new(a), Box::new(b))),
+                );
+                self.open(format!(
+                    "for (long long {p} = threadIdx.x; {p} < {total}; {p} += blockDim.x)"
+                ));
+            }
             opened += 1;
             self.decode(&p, &ranges);
             position = p;
@@ -985,7 +1060,9 @@ impl<'a> Emit<'a> {
             .filter(|k| block && k.lse == n)
             .map(|k| index_var(k.k));
         let combine = |e: &mut Self, acc: &str, ty: &str, op: &str, scratch: &'static str| {
-            if block {
+            if block && e.warp {
+                e.line(format!("{acc} = lx_warp_reduce<{ty}>({acc}, {op}());"));
+            } else if block {
                 e.scratch.insert(scratch);
                 e.line(format!("{acc} = lx_block_reduce<{ty}>({acc}, {op}(), {scratch});"));
             }

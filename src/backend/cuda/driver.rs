@@ -271,7 +271,7 @@ impl Device for GpuDevice {
     }
     fn block_size(&self, shape: Shape) -> u32 {
         match shape {
-            Shape::Flat | Shape::ThreadRows | Shape::BlockRows | Shape::Parts | Shape::Tiled => 256,
+            Shape::Flat | Shape::ThreadRows | Shape::BlockRows | Shape::Parts | Shape::Tiled | Shape::WarpRows => 256,
             Shape::Single | Shape::Total => 1024,
         }
     }

@@ -2,7 +2,7 @@
 //! kernels launched in order with their geometry, the bounds-check flag read after the last launch, and
 //! the results collected as the JIT collects them.
 
-use super::{CudaError, KEEP_MAX, LABEL_FLAG, Program, SPLIT_CHUNK, Shape, TILED_BLOCK};
+use super::{CudaError, KEEP_MAX, LABEL_FLAG, Program, SPLIT_CHUNK, Shape, TILED_BLOCK, WARP_ROWS_MAX};
 use crate::backend::interp::Evaluation;
 use crate::backend::loops::Buffer;
 use crate::backend::loops::index_error;
@@ -176,8 +176,15 @@ pub fn run_device(
         // Labels in device memory are checked by the program's label kernel first.
         let label_check = program.label_check.filter(|_| on_device);
         let state = program.state_kernels.map_or(vec![], |(g, s)| vec![g, s]);
-        let groups = (0..program.kernels.len()).filter(|k| Some(*k) != program.label_check && !state.contains(k));
+        let groups = (0..program.kernels.len()).filter(|k| {
+            Some(*k) != program.label_check && !state.contains(k) && program.kernels[*k].shape != Shape::WarpRows
+        });
         for k in label_check.into_iter().chain(groups) {
+            // Short rows: the warp-per-row variant.
+            let k = match &program.kernels[k].short_rows {
+                Some((variant, extents)) if extents.iter().all(|d| d.eval(sizes) <= WARP_ROWS_MAX) => *variant,
+                _ => k,
+            };
             let spec = &program.kernels[k];
             let extent = spec.extent.eval(sizes);
             // Nothing to compute, except a total (a sum over nothing is 0).
@@ -185,7 +192,7 @@ pub fn run_device(
                 continue;
             }
             let block = match spec.shape {
-                Shape::Tiled => TILED_BLOCK,
+                Shape::Tiled | Shape::WarpRows => TILED_BLOCK,
                 shape => dev.block_size(shape),
             };
             let max_grid = i64::from(dev.max_grid().max(1));
@@ -195,6 +202,7 @@ pub fn run_device(
                 Shape::Parts => (extent + SPLIT_CHUNK - 1) / SPLIT_CHUNK,
                 // About one block per 32 x 32 tile (the kernel loops over what is left).
                 Shape::Tiled => (extent + 1023) / 1024,
+                Shape::WarpRows => (extent + 7) / 8,
                 Shape::Single | Shape::Total => 1,
             }
             .clamp(1, max_grid) as u32;

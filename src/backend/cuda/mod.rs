@@ -15,6 +15,7 @@
 //!   of the row are spread over the block's threads, and each reduction that depends on the row only is
 //!   computed by the whole block (strided partials, then a warp-shuffle tree and the warps in order);
 //!   `__syncthreads` between members, so a member reads the earlier members' row complete.
+//! - `WarpRows`: the same group over short rows (a warp per row), chosen per call by the host.
 //! - `Single`: rank-0 nests (the loss, a mean over the batch): one block.
 //! - `Tiled`: a plain matrix product (a [`crate::backend::loops::Contraction`]): shared-memory tiles.
 //! - `Parts` then `Total`: a group of sibling sums over one index (AnyLoss's sigmoids and their three
@@ -58,11 +59,18 @@ pub enum Shape {
     Parts,
     /// One block adding a `Parts` kernel's partial sums in chunk order.
     Total,
+    /// A row-fused group over short rows: a warp per row (blocks of [`TILED_BLOCK`] threads, 8 rows each),
+    /// reductions over the row by the warp's lanes (a shuffle tree), `__syncwarp` between members. The
+    /// variant of a `BlockRows` kernel the host picks when no row extent exceeds [`WARP_ROWS_MAX`].
+    WarpRows,
     /// A plain matrix product ([`crate::backend::loops::Contraction`]): 32 × 32 tiles of the output, one
     /// per block (grid-stride), the operands staged through shared memory 32 deep, f32 accumulators (as
     /// the JIT's sgemm). Blocks of exactly [`TILED_BLOCK`] threads, four outputs each.
     Tiled,
 }
+
+/// The longest row (largest per-row extent of a group's members and reductions) run a warp per row.
+pub const WARP_ROWS_MAX: i64 = 64;
 
 /// Threads per block of a `Tiled` kernel.
 pub const TILED_BLOCK: u32 = 256;
@@ -83,6 +91,10 @@ pub struct KernelSpec {
     /// For a kernel that keeps a softmax row in shared memory: the row's length (it is kept, in
     /// dynamic shared memory of that many floats, when at most [`KEEP_MAX`]).
     pub kept_row: Option<Dim>,
+    /// For a `BlockRows` kernel: its `WarpRows` variant (an index into the kernels) and the row's extents
+    /// (of each member's elements and each reduction over the row): the host launches the variant instead
+    /// when none exceeds [`WARP_ROWS_MAX`].
+    pub short_rows: Option<(usize, Vec<Dim>)>,
 }
 
 /// The CUDA C of one optimized function: the source (prelude included) and its kernels in launch order.

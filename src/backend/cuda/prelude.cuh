@@ -124,6 +124,28 @@ __device__ __forceinline__ lx_lse lx_shfl_down(lx_lse v, int o) {
     return r;
 }
 
+__device__ __forceinline__ double lx_shfl_first(double v) { return __shfl_sync(0xffffffffu, v, 0); }
+__device__ __forceinline__ float lx_shfl_first(float v) { return __shfl_sync(0xffffffffu, v, 0); }
+__device__ __forceinline__ long long lx_shfl_first(long long v) { return __shfl_sync(0xffffffffu, v, 0); }
+__device__ __forceinline__ lx_arg lx_shfl_first(lx_arg v) {
+    v.v = __shfl_sync(0xffffffffu, v.v, 0);
+    v.p = __shfl_sync(0xffffffffu, v.p, 0);
+    return v;
+}
+__device__ __forceinline__ lx_lse lx_shfl_first(lx_lse v) {
+    v.m = __shfl_sync(0xffffffffu, v.m, 0);
+    v.s = __shfl_sync(0xffffffffu, v.s, 0);
+    return v;
+}
+
+// Combines one value per lane of a warp (every lane calling) in a fixed tree and returns the result to
+// every lane (a row per warp: short rows).
+template <typename T, typename F>
+__device__ __forceinline__ T lx_warp_reduce(T v, F combine) {
+    for (int o = 16; o > 0; o >>= 1) v = combine(v, lx_shfl_down(v, o));
+    return lx_shfl_first(v);
+}
+
 // Combines one value per thread of the block (blockDim.x a multiple of 32, every thread calling) and
 // returns the result to every thread. `scratch` holds 33 values in shared memory.
 template <typename T, typename F>
