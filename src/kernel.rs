@@ -363,10 +363,27 @@ impl Kernel {
         grads: &BTreeMap<String, u64>,
         stream: u64,
     ) -> Result<Evaluation, CallError> {
-        let cuda = self.cuda_kernel("eval_device")?;
+        self.on_device("eval_device", stream, |cuda, device, _| {
+            self.device_call(cuda, device, inputs, hypers, grads, &[])
+        })
+    }
+
+    /// Runs `call` with the CUDA kernel's device and state locked, on `stream`; ends the call after.
+    fn on_device<T>(
+        &self,
+        what: &str,
+        stream: u64,
+        call: impl FnOnce(
+            &CudaKernel,
+            &mut dyn crate::backend::cuda::host::Device,
+            &mut DeviceState,
+        ) -> Result<T, CallError>,
+    ) -> Result<T, CallError> {
+        let cuda = self.cuda_kernel(what)?;
         let mut device = cuda.device.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = cuda.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         device.set_stream(stream);
-        let out = self.device_call(cuda, &mut **device, inputs, hypers, grads, &[]);
+        let out = call(cuda, &mut **device, &mut state);
         device.release();
         device.set_stream(0);
         out
@@ -466,14 +483,9 @@ impl Kernel {
         grads: &BTreeMap<String, u64>,
         stream: u64,
     ) -> Result<Evaluation, CallError> {
-        let cuda = self.cuda_kernel("eval_device_stateful")?;
-        let mut device = cuda.device.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut state = cuda.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        device.set_stream(stream);
-        let out = self.stateful_call(cuda, &mut **device, &mut state, inputs, hypers, grads);
-        device.release();
-        device.set_stream(0);
-        out
+        self.on_device("eval_device_stateful", stream, |cuda, device, state| {
+            self.stateful_call(cuda, device, state, inputs, hypers, grads)
+        })
     }
 
     fn stateful_call(
@@ -526,26 +538,8 @@ impl Kernel {
                 .chunks_exact(8)
                 .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
                 .collect();
-            if let Some((at, &bad)) = ids
-                .iter()
-                .enumerate()
-                .find(|(_, v)| !(0..crate::state::MAX_STATE_ROWS).contains(*v))
-            {
-                return Err(CallError::LabelOutOfRange {
-                    input: key.clone(),
-                    position: vec![at],
-                    value: bad,
-                    bound: "the state table limit".into(),
-                    size: crate::state::MAX_STATE_ROWS,
-                });
-            }
-            let init = match spec.init {
-                crate::ir::StateInit::Const(c) => c,
-                crate::ir::StateInit::Hyper(h) => {
-                    let h = &f.hypers[h as usize];
-                    hypers.get(&h.name).copied().unwrap_or(h.default)
-                }
-            };
+            crate::state::check_ids(key, &ids)?;
+            let init = crate::state::initial_value(f, spec.init, hypers);
             let table = state.tables.entry(k).or_default();
             let need = ids.iter().map(|&i| i as usize + 1).max().unwrap_or(0);
             if table.rows < need {

@@ -92,13 +92,7 @@ impl StateStore {
                 });
             }
             let ids = sample_ids(f, key, inputs)?;
-            let init = match spec.init {
-                StateInit::Const(c) => c,
-                StateInit::Hyper(h) => {
-                    let h = &f.hypers[h as usize];
-                    hypers.get(&h.name).copied().unwrap_or(h.default)
-                }
-            };
+            let init = initial_value(f, spec.init, hypers);
             let table = self.tables.entry(input.name.clone()).or_default();
             let need = ids.iter().map(|&i| i as usize + 1).max().unwrap_or(0);
             if table.len() < need {
@@ -151,14 +145,31 @@ fn sample_ids(f: &Function, key: &str, inputs: &BTreeMap<String, Tensor>) -> Res
             got: t.dtype,
         });
     };
-    if let Some((at, &bad)) = ids.iter().enumerate().find(|(_, v)| !(0..MAX_STATE_ROWS).contains(*v)) {
-        return Err(CallError::LabelOutOfRange {
+    check_ids(key, ids)?;
+    Ok(ids.clone())
+}
+
+/// Sample ids lie in `0..MAX_STATE_ROWS` (a host or a device state store).
+pub fn check_ids(key: &str, ids: &[i64]) -> Result<(), CallError> {
+    match ids.iter().enumerate().find(|(_, v)| !(0..MAX_STATE_ROWS).contains(*v)) {
+        Some((at, &bad)) => Err(CallError::LabelOutOfRange {
             input: key.to_string(),
             position: vec![at],
             value: bad,
             bound: "the state table limit".into(),
             size: MAX_STATE_ROWS,
-        });
+        }),
+        None => Ok(()),
     }
-    Ok(ids.clone())
+}
+
+/// The value a state table's new rows start at, for a call with `hypers`.
+pub fn initial_value(f: &Function, init: StateInit, hypers: &BTreeMap<String, f64>) -> f64 {
+    match init {
+        StateInit::Const(c) => c,
+        StateInit::Hyper(h) => {
+            let h = &f.hypers[h as usize];
+            hypers.get(&h.name).copied().unwrap_or(h.default)
+        }
+    }
 }
