@@ -22,7 +22,7 @@
 //! Decisions both code generators follow live here: a logsumexp runs in two passes (its maximum, then the
 //! sum of `exp(x - max)`) where its body is [`cheap`] to evaluate twice, else online with a running
 //! maximum, and only a two-pass one keeps its exponentials; a one-hot term of a row's element
-//! ([`one_hot`]) may be added at its one position after the row.
+//! ([`Plan::one_hot`]) may be added at its one position after the row.
 //! The Cranelift JIT consumes the plan, and the CUDA generator maps each group to a kernel launch.
 
 use std::collections::{HashMap, HashSet};

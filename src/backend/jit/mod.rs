@@ -17,12 +17,12 @@
 //! Safety: the caller binds the call first ([`crate::call::bind`]), so input shapes agree with the
 //! dimension sizes and labels lie within their bounds. Subscripts that are not statically within their
 //! axis (index arithmetic, unbounded labels) are checked in the generated code, which then stops and
-//! reports [`CallError::IndexOutOfRange`]; no generated load or store leaves its buffer.
+//! reports [`crate::CallError::IndexOutOfRange`]; no generated load or store leaves its buffer.
 //!
 //! Parallelism: the outermost loop of each group is split into chunks handed to the threads of a kept
 //! rayon pool (sized by the work per row, never by the thread count); each element is computed by
 //! exactly one call. A group of
-//! sums over one index ([`split_members`]) run as fixed chunks of partial sums added in chunk order. So
+//! sums over one index ([`super::loops::split_members`]) run as fixed chunks of partial sums added in chunk order. So
 //! results are bit-identical for any number of threads. A row-private tensor
 //! ([`super::loops::Plan::row_private`]) is one row of scratch per worker: each worker's pointer table
 //! points the buffer there, and the group's row loop moves its base back by the row's offset, so the
@@ -37,7 +37,7 @@
 //! which the egraph visits first. A group's row index is read as the row loop's value, not through a
 //! variable, so no inner loop carries it as a block parameter and what it determines is hoisted. A
 //! vector constant, which the egraph would hoist to the function's top (live across every loop and helper
-//! call, so spilled), is a load in the preheader of the innermost loop that uses it ([`LanePool`]).
+//! call, so spilled), is a load in the preheader of the innermost loop that uses it (`LanePool`).
 //!
 //! Loop shape: every loop is rotated (one test before it, one at the bottom of each iteration), and a
 //! light body's vector loop runs two vectors per iteration (`UNROLL`): a row's simple passes (its max,
