@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write;
 
-use super::{KernelSpec, PRELUDE, SPLIT_CHUNK, Shape};
+use super::{KernelSpec, PRELUDE, SPLIT_CHUNK, Shape, WARP_ROWS_MAX};
 use crate::backend::loops::{Group, Nest, Plan, split_members};
 use crate::ir::{Dim, Expr, Function, IndexId, NodeId, ReduceOp, Scalar, TensorRef};
 use crate::prims::Prim;
@@ -31,19 +31,28 @@ pub(super) fn source(f: &Function, plan: &Plan) -> (String, Vec<KernelSpec>) {
         let name = format!("lossc_g{k}");
         let mut e = Emit::new(f, plan);
         e.kernel(&name, group, shape, &extent);
-        out.push('\n');
-        out.push_str(&e.text);
         let sums = split_members(f, &members).map_or(0, |(_, sums)| sums.len());
-        let short_rows = (shape == Shape::BlockRows).then(|| (kernels.len() + 1, e.row_extents.clone()));
-        kernels.push(KernelSpec {
-            name: name.clone(),
-            shape,
-            extent: extent.clone(),
-            sums,
-            kept_row: e.keep.as_ref().map(|k| k.len.clone()),
-            short_rows,
-        });
-        if shape == Shape::BlockRows {
+        // Rows whose extents are constants have one variant: a warp per row where all are short, a
+        // block per row where one is long (the host's rule, decided here).
+        let constant =
+            |short: bool| move |d: &Dim| matches!(d.clone().fold(), Dim::Const(c) if (c <= WARP_ROWS_MAX) == short);
+        let only_warps = shape == Shape::BlockRows && e.row_extents.iter().all(constant(true));
+        let only_blocks = shape == Shape::BlockRows && e.row_extents.iter().any(constant(false));
+        if !only_warps {
+            out.push('\n');
+            out.push_str(&e.text);
+            let short_rows =
+                (shape == Shape::BlockRows && !only_blocks).then(|| (kernels.len() + 1, e.row_extents.clone()));
+            kernels.push(KernelSpec {
+                name: name.clone(),
+                shape,
+                extent: extent.clone(),
+                sums,
+                kept_row: e.keep.as_ref().map(|k| k.len.clone()),
+                short_rows,
+            });
+        }
+        if shape == Shape::BlockRows && !only_blocks {
             let name = format!("{name}_warps");
             let mut e = Emit::new(f, plan);
             e.warp = true;

@@ -176,9 +176,14 @@ pub fn run_device(
         // Labels in device memory are checked by the program's label kernel first.
         let label_check = program.label_check.filter(|_| on_device);
         let state = program.state_kernels.map_or(vec![], |(g, s)| vec![g, s]);
-        let groups = (0..program.kernels.len()).filter(|k| {
-            Some(*k) != program.label_check && !state.contains(k) && program.kernels[*k].shape != Shape::WarpRows
-        });
+        // Warp-per-row variants run in place of their block-per-row kernel.
+        let variants: Vec<usize> = program
+            .kernels
+            .iter()
+            .filter_map(|k| k.short_rows.as_ref().map(|(v, _)| *v))
+            .collect();
+        let groups = (0..program.kernels.len())
+            .filter(|k| Some(*k) != program.label_check && !state.contains(k) && !variants.contains(k));
         for k in label_check.into_iter().chain(groups) {
             // Short rows: the warp-per-row variant.
             let k = match &program.kernels[k].short_rows {

@@ -61,7 +61,8 @@ pub enum Shape {
     Total,
     /// A row-fused group over short rows: a warp per row (blocks of [`TILED_BLOCK`] threads, 8 rows each),
     /// reductions over the row by the warp's lanes (a shuffle tree), `__syncwarp` between members. The
-    /// variant of a `BlockRows` kernel the host picks when no row extent exceeds [`WARP_ROWS_MAX`].
+    /// variant of a `BlockRows` kernel the host picks when no row extent exceeds [`WARP_ROWS_MAX`], or
+    /// the group's only kernel when its row extents are constants that do not.
     WarpRows,
     /// A plain matrix product ([`crate::backend::loops::Contraction`]): 32 × 32 tiles of the output, one
     /// per block (grid-stride), the operands staged through shared memory 32 deep, f32 accumulators (as
