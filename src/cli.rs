@@ -370,7 +370,7 @@ fn fmt(files: &[PathBuf], check: bool) -> Result<String, Failure> {
 
 /// Per-stage compile times of every loss in a file (or one), as text.
 /// With `--emit cuda`: the stages of the CUDA backend instead of the JIT's (code generation, and NVRTC
-/// for sm_90 where it is installed; no GPU needed).
+/// for sm_90 where it is installed, or the CUBIN from the disk cache; no GPU needed).
 fn stage_timings(file: &Path, loss: Option<&str>, emit: Emit) -> Result<String, Failure> {
     let t = std::time::Instant::now();
     let p = Program::from_file(file)?;
@@ -410,8 +410,10 @@ fn cuda_timings(f: &Function) -> Result<Vec<(&'static str, std::time::Duration)>
     stages.push(("cuda codegen", t.elapsed()));
     #[cfg(feature = "cuda")]
     {
+        // Through the CUBIN cache, as a first call would: NVRTC where the cache has no CUBIN for this
+        // source (and it is written), a read of the cache file where it has.
         let t = std::time::Instant::now();
-        match crate::backend::cuda::driver::nvrtc_compile(&program.source, "sm_90") {
+        match crate::backend::cuda::driver::cached_cubin(&program.source, "sm_90") {
             Ok(_) => stages.push(("nvrtc sm_90", t.elapsed())),
             Err(e) => eprintln!("nvrtc: {e}"),
         }

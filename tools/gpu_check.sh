@@ -9,6 +9,7 @@
 #    - the CUDA kernels against the interpreter on the GPU: every example, test program and stdlib loss at
 #      three sizes, the bundled inputs, launch geometry, bounds checks (tests/cuda_emu.rs with
 #      LOSSC_TEST_GPU=1), and every conformance fixture (tests/conformance.rs);
+#    - first use (NVRTC into an empty cache) and a later process's compile time (CUBIN from the disk cache);
 #    - `lossc bench --backend cuda` on W1–W8 (BENCHMARKS.md's shapes) and the JIT beside it;
 #    - tools/bench_peers.py --device cuda: torch eager, torch.compile, JAX and Liger-Kernel (if a wheel was
 #      carried in gpu/wheels) on W1–W8 and the LLM-sized bf16 cross-entropy.
@@ -50,6 +51,13 @@ status=0
 echo "== CUDA kernels vs the interpreter on the GPU"
 timeout 240 gpu/test_cuda_emu --test-threads=1 || status=1
 timeout 120 gpu/test_conformance stdlib_matches_references_in_the_cuda_kernels || status=1
+echo "== first use: NVRTC into an empty cache, then the CUBIN from the disk cache (lossc compile --timings)"
+cold=$(mktemp -d)
+for f in examples/cross_entropy.lx examples/ldr_kl.lx benches/nt_xent.lx benches/sort_bce16.lx; do
+    for use in first cached; do
+        echo "$use: $(LOSSC_CACHE_DIR="$cold" gpu/lossc compile "$f" --emit cuda --timings 2>&1 >/dev/null | grep nvrtc)"
+    done
+done
 echo "== lossc bench (cuda, then jit), W1-W8"
 bench() {
     for backend in cuda jit; do
