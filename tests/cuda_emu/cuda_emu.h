@@ -5,8 +5,9 @@
 // a warp: when every lane of a warp waits at one, the warp's lanes run on, each to its next point,
 // whatever the other warps do. __syncthreads holds the block: when no warp can go on, every thread must
 // wait there, and all run on. A warp whose lanes wait at different kinds of point, or a block barrier that
-// some threads never reach, is reported (a kernel that would hang on a GPU). __shared__ variables are function statics, which the block's threads
-// share (blocks of a launch run one after another). Atomics are plain, as one thread runs at a time.
+// some threads never reach, is reported (a kernel that would hang on a GPU). __shared__ variables are
+// function statics, which the block's threads share (blocks of a launch run one after another; thread
+// local, as several OS threads may run one kernel at once). Atomics are plain: one fiber runs at a time.
 #pragma once
 #include <math.h>
 #include <string.h>
@@ -27,7 +28,8 @@ inline thread_local dim3 gridDim;
 #define __global__
 #define __device__
 #define __forceinline__ inline
-#define __shared__ static
+// Per OS thread: the fibers of a block run on one thread, and tests may run one kernel on several.
+#define __shared__ static thread_local
 // Dynamic shared memory: the launch's buffer of the size it was given.
 #define LX_DYNAMIC_SHARED(T, name) T* const name = (T*)lx_emu::current->dynamic.data()
 

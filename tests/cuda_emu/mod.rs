@@ -75,9 +75,13 @@ pub fn library(program: &Program) -> Result<PathBuf, CudaError> {
     if lib.exists() {
         return Ok(lib);
     }
-    let src = dir.join(format!("{stem}.{}.cpp", std::process::id()));
+    // A name of this build's own: tests in several threads may build one program at once.
+    static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let build = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let own = format!("{stem}.{}.{build}", std::process::id());
+    let src = dir.join(format!("{own}.cpp"));
     std::fs::write(&src, &harness).map_err(|e| CudaError::Compile(e.to_string()))?;
-    let tmp = dir.join(format!("{stem}.{}.so", std::process::id()));
+    let tmp = dir.join(format!("{own}.so"));
     let out = std::process::Command::new("g++")
         .args(["-std=c++20", "-O1", "-w", "-shared", "-fPIC", "-pthread", "-o"])
         .arg(&tmp)
