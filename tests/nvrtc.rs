@@ -1,6 +1,6 @@
 //! NVRTC (no GPU needed): every generated kernel of the examples, test programs, benches and stdlib
 //! compiles for sm_90 (the H100), and the workloads W1–W8 of BENCHMARKS.md spill no register (ptxas's
-//! report, `--ptxas-options=-v`). Needs libnvrtc on the library path (`tools/test.sh` installs the
+//! report, `--ptxas-options=-v`). Needs libnvrtc on the library path (`.ci/run` installs the
 //! `nvidia-cuda-nvrtc` wheel into a cache folder); without it the test fails under CI and says how to get it.
 #![cfg(feature = "cuda")]
 
