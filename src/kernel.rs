@@ -236,6 +236,11 @@ impl Kernel {
         self.threads
     }
 
+    /// Whether hyperparameter `name` was fixed at compile time ([`Compiler::specialise`]).
+    pub fn is_fixed(&self, name: &str) -> bool {
+        self.fixed.iter().any(|n| n == name)
+    }
+
     pub fn timings(&self) -> &Timings {
         &self.timings
     }

@@ -367,20 +367,31 @@ impl Plan {
         let mut loss = f64::NAN;
         let mut outputs = Vec::new();
         let mut grads = Vec::new();
-        for nest in &self.nests {
-            let k = self.buffer_of(f, TensorRef::Def(nest.tensor));
+        for (role, name, k) in self.results(f) {
             let shape = || -> Vec<usize> { self.buffers[k].shape.iter().map(|d| d.eval(sizes) as usize).collect() };
-            match nest.role {
+            match role {
                 Role::Loss => loss = values(k).first().copied().unwrap_or(f64::NAN),
-                Role::Output => outputs.push((f.tensor(nest.tensor).name.clone(), Tensor::float(shape(), values(k)))),
-                Role::Grad(i) => {
-                    let input = &f.inputs[i as usize];
-                    grads.push((input.name.clone(), Tensor::gradient(shape(), values(k), input.elem)))
-                }
+                Role::Output => outputs.push((name.to_string(), Tensor::float(shape(), values(k)))),
+                Role::Grad(i) => grads.push((
+                    name.to_string(),
+                    Tensor::gradient(shape(), values(k), f.inputs[i as usize].elem),
+                )),
                 Role::Let => {}
             }
         }
         Evaluation { loss, outputs, grads }
+    }
+
+    /// Where the results of an executed plan are, in plan order: the role, name (an output's, or for a
+    /// gradient its input's) and buffer of the loss, each extra output and each gradient.
+    pub fn results<'a>(&'a self, f: &'a Function) -> impl Iterator<Item = (Role, &'a str, usize)> + 'a {
+        self.nests.iter().filter(|n| n.role != Role::Let).map(move |n| {
+            let name = match n.role {
+                Role::Grad(i) => f.inputs[i as usize].name.as_str(),
+                _ => f.tensor(n.tensor).name.as_str(),
+            };
+            (n.role, name, self.buffer_of(f, TensorRef::Def(n.tensor)))
+        })
     }
 }
 

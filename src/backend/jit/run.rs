@@ -83,15 +83,24 @@ impl Compiled {
 
     /// Allocates every buffer and converts the inputs to their native element types.
     pub fn buffers(&self, call: &Bound) -> Buffers {
-        let sizes = call.sizes.clone();
+        let mut buffers = self.defined(&call.sizes, &call.hypers);
+        for (store, input) in buffers.stores.iter_mut().zip(&call.inputs) {
+            *store = match &input.data {
+                Data::Float(v) => Store::F(v.iter().map(|x| *x as f32).collect()),
+                Data::Int(v) => Store::I(v.clone()),
+            };
+        }
+        buffers
+    }
+
+    /// Every defined tensor's buffer for a call of these sizes; the inputs' stores stay empty (a caller
+    /// fills them, or gives their addresses to [`Compiled::execute_over`]).
+    pub fn defined(&self, sizes: &[i64], hypers: &[f64]) -> Buffers {
         let mut stores: Vec<Store> = Vec::with_capacity(self.plan.buffers.len());
         for (k, buf) in self.plan.buffers.iter().enumerate() {
-            let len: usize = buf.shape.iter().map(|d| d.eval(&sizes) as usize).product();
+            let len: usize = buf.shape.iter().map(|d| d.eval(sizes) as usize).product();
             stores.push(match buf.of {
-                TensorRef::Input(_) => match &call.inputs[k].data {
-                    Data::Float(v) => Store::F(v.iter().map(|x| *x as f32).collect()),
-                    Data::Int(v) => Store::I(v.clone()),
-                },
+                TensorRef::Input(_) => Store::F(Vec::new()),
                 // One row per running call, given by `execute`.
                 TensorRef::Def(_) if self.plan.row_private[k] || self.plan.host[k].is_some() => Store::F(Vec::new()),
                 TensorRef::Def(_) => match buf.scalar {
@@ -103,13 +112,34 @@ impl Compiled {
         }
         Buffers {
             stores,
-            sizes,
-            hypers: call.hypers.clone(),
+            sizes: sizes.to_vec(),
+            hypers: hypers.to_vec(),
         }
+    }
+
+    /// Makes `buffers` fit a call of these sizes and hyperparameters: kept as they are where the sizes are
+    /// those of the last call (every group writes each element of its tensors, so nothing needs clearing),
+    /// allocated afresh otherwise.
+    pub fn refit<'b>(&self, buffers: &'b mut Option<Buffers>, sizes: &[i64], hypers: &[f64]) -> &'b mut Buffers {
+        match buffers {
+            Some(b) if b.sizes == sizes => {
+                b.hypers.clear();
+                b.hypers.extend_from_slice(hypers);
+            }
+            _ => *buffers = Some(self.defined(sizes, hypers)),
+        }
+        buffers.get_or_insert_with(|| self.defined(sizes, hypers))
     }
 
     /// Runs the native code over prepared buffers (what `lossc bench` times).
     pub fn execute(&self, buffers: &mut Buffers, threads: usize) -> Result<(), CallError> {
+        self.execute_over(buffers, &[], threads)
+    }
+
+    /// [`Compiled::execute`] with inputs read where the caller holds them: `inputs[k]`, where given and
+    /// not null, is the address of input `k`'s elements (f32 for a float input, i64 for labels, the bound
+    /// call's shape, contiguous), used instead of its store.
+    pub fn execute_over(&self, buffers: &mut Buffers, inputs: &[*const u8], threads: usize) -> Result<(), CallError> {
         let f = &self.function;
         let sizes = &buffers.sizes;
         let hypers = &buffers.hypers;
@@ -122,6 +152,12 @@ impl Compiled {
                 Store::C(v) => v.as_mut_ptr() as *mut u8,
             })
             .collect();
+        // The native code only reads inputs.
+        for (ptr, given) in ptrs.iter_mut().zip(inputs) {
+            if !given.is_null() {
+                *ptr = *given as *mut u8;
+            }
+        }
         // A tensor that lives in its host's buffer (loops::Plan::host) is addressed as the host.
         for (guest, host) in self.plan.host.iter().enumerate() {
             if let Some(host) = host {
@@ -320,6 +356,19 @@ impl Compiled {
                 Store::I(v) => v.iter().map(|x| *x as f64).collect(),
                 Store::C(v) => v.iter().map(|x| (*x != 0) as u8 as f64).collect(),
             })
+    }
+
+    /// The elements of float buffer `k` of executed buffers (a result: [`crate::backend::loops::Plan::results`]).
+    pub fn floats<'b>(&self, buffers: &'b Buffers, k: usize) -> &'b [f32] {
+        match &buffers.stores[k] {
+            Store::F(v) => v,
+            _ => &[],
+        }
+    }
+
+    /// The plan this code runs.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
     }
 
     /// Bytes read from inputs plus bytes of gradients written: the memory floor of one call.
