@@ -273,23 +273,7 @@ pub fn bind_views(
             }
         }
     }
-    let mut values: Vec<f64> = f.hypers.iter().map(|h| h.default).collect();
-    for (name, v) in hypers {
-        let Some(k) = f.hypers.iter().position(|h| &h.name == name) else {
-            let available = f.hypers.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ");
-            return Err(CallError::UnknownHyper {
-                name: name.clone(),
-                available: if available.is_empty() { "none".into() } else { available },
-            });
-        };
-        if f.hypers[k].scalar == Scalar::Int && v.fract() != 0.0 {
-            return Err(CallError::HyperNotInteger {
-                name: name.clone(),
-                value: *v,
-            });
-        }
-        values[k] = *v;
-    }
+    let values = hyper_values(f, hypers)?;
     // Every tensor definition must have a sane size.
     for t in &f.tensors {
         let mut elements: u128 = 1;
@@ -323,6 +307,28 @@ pub fn bind_views(
         }
     }
     Ok((sizes, values))
+}
+
+/// The values of `f`'s hyperparameters for a call that sets `hypers` (the others keep their defaults).
+pub fn hyper_values(f: &Function, hypers: &BTreeMap<String, f64>) -> Result<Vec<f64>, CallError> {
+    let mut values: Vec<f64> = f.hypers.iter().map(|h| h.default).collect();
+    for (name, v) in hypers {
+        let Some(k) = f.hypers.iter().position(|h| &h.name == name) else {
+            let available = f.hypers.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ");
+            return Err(CallError::UnknownHyper {
+                name: name.clone(),
+                available: if available.is_empty() { "none".into() } else { available },
+            });
+        };
+        if f.hypers[k].scalar == Scalar::Int && v.fract() != 0.0 {
+            return Err(CallError::HyperNotInteger {
+                name: name.clone(),
+                value: *v,
+            });
+        }
+        values[k] = *v;
+    }
+    Ok(values)
 }
 
 /// Row-major position of a flat offset.

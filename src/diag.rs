@@ -228,6 +228,16 @@ impl Diag {
     pub fn span(&self) -> Option<Span> {
         self.labels.first().map(|l| l.span)
     }
+    /// Where the primary span starts in its source: line and column, both from 1 (columns count
+    /// characters), where the diagnostic carries its source ([`Diag::with_source`]).
+    pub fn line_column(&self) -> Option<(usize, usize)> {
+        let text = self.source.as_ref()?.inner();
+        let start = (self.span()?.start as usize).min(text.len());
+        let before = text.get(..start)?;
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        Some((line, column))
+    }
 }
 
 impl fmt::Display for Diag {

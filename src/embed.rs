@@ -110,6 +110,8 @@ pub struct Workspace {
     buffers: Option<crate::backend::jit::Buffers>,
     /// Results of a call that did not run on the JIT: (role, name, values).
     other: Vec<(Role, String, Vec<f32>)>,
+    /// The dimension sizes of the last call that succeeded.
+    sizes: Vec<i64>,
 }
 
 #[derive(Default)]
@@ -129,6 +131,7 @@ impl Kernel {
             #[cfg(feature = "jit")]
             buffers: None,
             other: Vec::new(),
+            sizes: Vec::new(),
         }
     }
 }
@@ -137,6 +140,13 @@ impl Workspace {
     /// The kernel this workspace calls.
     pub fn kernel(&self) -> &Kernel {
         &self.kernel
+    }
+
+    /// Runs later calls on `threads` threads (the kernel's code is shared, not rebuilt).
+    pub fn set_threads(&mut self, threads: usize) {
+        if threads.max(1) != self.kernel.threads() {
+            self.kernel = self.kernel.with_threads(threads);
+        }
     }
 
     /// One call: checks the inputs (the same [`CallError`]s as [`Kernel::eval_with`]), computes the loss
@@ -179,6 +189,20 @@ impl Workspace {
     /// Extra output `name` of the last call (a per-sample loss's values are its output `value`).
     pub fn output(&self, name: &str) -> Option<&[f32]> {
         self.result(Role::Output, name)
+    }
+
+    /// The extra outputs of the last call (a per-sample loss's values are its output `value`): name, shape
+    /// and values, in declaration order.
+    pub fn outputs(&self) -> Vec<(&str, Vec<usize>, &[f32])> {
+        let f = self.kernel.function();
+        f.tensors
+            .iter()
+            .filter(|t| t.role == Role::Output)
+            .filter_map(|t| {
+                let shape = t.indices.iter().map(|i| f.index(*i).range.eval(&self.sizes).max(0) as usize);
+                Some((t.name.as_str(), shape.collect(), self.output(&t.name)?))
+            })
+            .collect()
     }
 
     fn same_kind(a: Role, b: Role) -> bool {
@@ -252,6 +276,7 @@ impl Workspace {
         }
         let (sizes, values) = call::bind_views(f, &views, hypers)?;
         drop(views);
+        self.sizes.clone_from(&sizes);
 
         #[cfg(feature = "jit")]
         if let Some(jit) = self.kernel.native() {

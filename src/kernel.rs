@@ -236,6 +236,14 @@ impl Kernel {
         self.threads
     }
 
+    /// The same kernel (sharing its code) running on `threads` threads.
+    pub fn with_threads(&self, threads: usize) -> Kernel {
+        Kernel {
+            threads: threads.max(1),
+            ..self.clone()
+        }
+    }
+
     /// Whether hyperparameter `name` was fixed at compile time ([`Compiler::specialise`]).
     pub fn is_fixed(&self, name: &str) -> bool {
         self.fixed.iter().any(|n| n == name)

@@ -1,0 +1,205 @@
+"""lossc losses as PyTorch modules.
+
+    criterion = lossc.torch.Loss("std::robust::ldr_kl", c=2.0)
+    loss = criterion(scores, labels)      # positional in the signature's order, or by name
+    loss.backward()
+
+The call is a `torch.library.custom_op` (`lossc::forward`, and `lossc::vjp` for per-sample losses) with a
+fake implementation and `register_autograd`, so `torch.compile` traces a model that uses it without a graph
+break. Forward computes the loss and every gradient in one kernel call; backward scales the kept gradients
+by the incoming gradient (a per-sample loss calls `lossc::vjp` with its cotangent instead). CPU tensors run
+on the JIT in place (float32 and int32/int64 contiguous tensors are not copied), on
+`torch.get_num_threads()` threads. Tensors of other dtypes are converted once (floats to float32, integers
+to int64) and gradients returned in the input's dtype. CUDA tensors raise `lossc.DeviceError` for now (the
+CUDA backend runs from Rust: `Kernel::eval_device`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import _core, _lossc
+
+__all__ = ["Loss"]
+
+# Losses by handle: the ops take an integer handle (a constant in a traced graph) to find their kernel.
+_losses: Dict[int, _core.Loss] = {}
+_next = itertools.count(1)
+_lock = threading.Lock()
+
+
+def _register(loss: _core.Loss) -> int:
+    with _lock:
+        handle = next(_next)
+        _losses[handle] = loss
+    return handle
+
+
+def _numpy(t: torch.Tensor, label: bool) -> np.ndarray:
+    if t.device.type != "cpu":
+        raise _lossc.DeviceError(
+            f"lossc.torch runs CPU tensors; this one is on {t.device} (CUDA tensors are not supported from Python yet)"
+        )
+    t = t.detach()
+    if label and t.dtype not in (torch.int32, torch.int64):
+        t = t.to(torch.int64)
+    elif not label and t.dtype not in (torch.float32, torch.float64):
+        t = t.to(torch.float32)
+    return t.contiguous().numpy()
+
+
+def _arrays(loss: _core.Loss, tensors: Sequence[torch.Tensor]) -> Dict[str, np.ndarray]:
+    return {i.name: _numpy(t, i.is_label) for i, t in zip(loss.call_inputs, tensors)}
+
+
+def _hypers(loss: _core.Loss, values: Sequence[float]) -> Dict[str, float]:
+    return dict(zip(loss.hyperparameters, values))
+
+
+@torch.library.custom_op("lossc::forward", mutates_args=(), device_types="cpu")
+def _forward(handle: int, tensors: List[torch.Tensor], hypers: List[float]) -> List[torch.Tensor]:
+    """[value, gradient of each differentiable input, each extra output]."""
+    loss = _losses[handle]
+    arrays = _arrays(loss, tensors)
+    r = loss.evaluate(threads=torch.get_num_threads(), **arrays, **_hypers(loss, hypers))
+    out = [torch.as_tensor(np.asarray(r.loss, dtype=np.float64 if _exact(loss, tensors) else np.float32))]
+    for i, t in zip(loss.call_inputs, tensors):
+        if i.differentiable:
+            out.append(torch.from_numpy(r.grads[i.name]).to(t.dtype))
+    out.extend(torch.from_numpy(np.ascontiguousarray(r.outputs[n])) for n, _ in _extra(loss))
+    return out
+
+
+def _exact(loss: _core.Loss, tensors: Sequence[torch.Tensor]) -> bool:
+    return loss.backend == "interp" and any(t.dtype == torch.float64 for t in tensors)
+
+
+def _extra(loss: _core.Loss):
+    return [(n, s) for n, s in loss.outputs if n != "value"]
+
+
+@_forward.register_fake
+def _(handle: int, tensors: List[torch.Tensor], hypers: List[float]) -> List[torch.Tensor]:
+    loss = _losses[handle]
+    shapes = {i.name: (tuple(t.shape), str(t.dtype).replace("torch.", "")) for i, t in zip(loss.call_inputs, tensors)}
+    dtype = torch.float64 if _exact(loss, tensors) else torch.float32
+    if loss.per_sample:
+        value = tensors[0].new_empty(loss.cotangent_shape({n: s for n, (s, _) in shapes.items()}), dtype=dtype)
+    else:
+        value = tensors[0].new_empty((), dtype=dtype)
+    out = [value]
+    out.extend(torch.empty_like(t) for i, t in zip(loss.call_inputs, tensors) if i.differentiable)
+    if _extra(loss):
+        cot = loss.cotangent_shape({n: s for n, (s, _) in shapes.items()}) if loss.per_sample else None
+        if cot is not None:
+            shapes[loss.cotangent] = (cot, "float32")
+        found = loss.check(shapes, _hypers(loss, hypers))
+        out.extend(tensors[0].new_empty(found[n], dtype=torch.float32) for n, _ in _extra(loss))
+    return out
+
+
+@torch.library.custom_op("lossc::vjp", mutates_args=(), device_types="cpu")
+def _vjp(handle: int, tensors: List[torch.Tensor], hypers: List[float], cotangent: torch.Tensor) -> List[torch.Tensor]:
+    """A per-sample loss's gradients: vector-Jacobian products with `cotangent`."""
+    loss = _losses[handle]
+    arrays = _arrays(loss, tensors)
+    arrays[loss.cotangent] = _numpy(cotangent, False)
+    r = loss.evaluate(threads=torch.get_num_threads(), **arrays, **_hypers(loss, hypers))
+    return [torch.from_numpy(r.grads[i.name]).to(t.dtype) for i, t in zip(loss.call_inputs, tensors) if i.differentiable]
+
+
+@_vjp.register_fake
+def _(handle: int, tensors: List[torch.Tensor], hypers: List[float], cotangent: torch.Tensor) -> List[torch.Tensor]:
+    loss = _losses[handle]
+    return [torch.empty_like(t) for i, t in zip(loss.call_inputs, tensors) if i.differentiable]
+
+
+def _setup_context(ctx, inputs, output):
+    handle, tensors, hypers = inputs
+    loss = _losses[handle]
+    ctx.handle, ctx.hypers = handle, hypers
+    ctx.differentiable = [i.differentiable for i in loss.call_inputs]
+    if loss.per_sample:
+        ctx.save_for_backward(*tensors)
+    else:
+        ctx.save_for_backward(*output[1 : 1 + sum(ctx.differentiable)])
+
+
+def _backward(ctx, grads):
+    loss = _losses[ctx.handle]
+    g = grads[0]
+    if loss.per_sample:
+        tensors = list(ctx.saved_tensors)
+        computed = iter(torch.ops.lossc.vjp(ctx.handle, tensors, ctx.hypers, g.contiguous()))
+    else:
+        computed = iter(t * g.to(t.dtype) for t in ctx.saved_tensors)
+    per_tensor = [next(computed) if d else None for d in ctx.differentiable]
+    return None, per_tensor, [None] * len(ctx.hypers)
+
+
+torch.library.register_autograd("lossc::forward", _backward, setup_context=_setup_context)
+
+
+class Loss(torch.nn.Module):
+    """An lx loss as a module: `Loss(source, name=None, *, backend="jit", threads=None, **hyperparameters)`.
+
+    `source` is lx text, the path of a `.lx` file, or a stdlib path (`"std::robust::ldr_kl"`). Calling it with
+    the loss's inputs (positionally in the signature's order, or by name; hyperparameters by name override
+    the module's) returns the loss tensor, or `(loss, {output: tensor})` when the loss declares extra outputs.
+    A stateful loss (SogCLR, ALDR-KL, iSogCLR) keeps its per-sample state in the module; `state_dict()` holds
+    it (as extra state) and `load_state_dict()` restores it.
+    """
+
+    def __init__(self, source, name: Optional[str] = None, *, backend: str = "jit", threads: Optional[int] = None, **hyperparameters):
+        super().__init__()
+        if isinstance(source, _core.Loss):
+            self.loss = source
+        elif isinstance(source, str) and source.startswith("std::"):
+            self.loss = _core.std(source, backend=backend, threads=threads)
+        else:
+            self.loss = _core.compile(source, backend=backend, threads=threads).loss(name)
+        self.loss._native.check_hypers({k: float(v) for k, v in hyperparameters.items()})
+        self.hyperparameters = {**self.loss.hyperparameters, **{k: float(v) for k, v in hyperparameters.items()}}
+        self._handle = _register(self.loss)
+
+    def extra_repr(self) -> str:
+        return f"{self.loss.signature}, backend={self.loss.backend}"
+
+    def forward(self, *args, **kwargs):
+        loss = self.loss
+        names = [i.name for i in loss.call_inputs]
+        if len(args) > len(names):
+            raise _lossc.InputError(f"{loss.name} takes {len(names)} inputs ({', '.join(names)}), got {len(args)}")
+        given = dict(zip(names, args))
+        for k, v in kwargs.items():
+            if k in given:
+                raise _lossc.InputError(f"input `{k}` given twice")
+            given[k] = v
+        inputs = {k: v for k, v in given.items() if k in names}
+        hypers = {**self.hyperparameters, **{k: float(v) for k, v in given.items() if k not in names}}
+        if not all(isinstance(v, torch.Tensor) for v in inputs.values()):
+            inputs = {k: v if isinstance(v, torch.Tensor) else torch.as_tensor(v) for k, v in inputs.items()}
+        if len(inputs) < len(names) or len(hypers) > len(loss.hyperparameters):
+            # Missing inputs and unknown hyperparameters: the call's own errors.
+            shapes = {k: (tuple(v.shape), str(v.dtype).replace("torch.", "")) for k, v in inputs.items()}
+            if loss.per_sample:
+                shapes[loss.cotangent] = (loss.cotangent_shape({k: s for k, (s, _) in shapes.items()}), "float32")
+            loss.check(shapes, hypers)
+        tensors = [inputs[n] for n in names]
+        values = [hypers[h] for h in loss.hyperparameters]
+        out = torch.ops.lossc.forward(self._handle, tensors, values)
+        extra = _extra(loss)
+        if extra:
+            return out[0], {n: t for (n, _), t in zip(extra, out[len(out) - len(extra) :])}
+        return out[0]
+
+    def get_extra_state(self):
+        return {n: torch.from_numpy(v) for n, v in self.loss.state().items()}
+
+    def set_extra_state(self, state) -> None:
+        self.loss.load_state({n: v.cpu().numpy() if isinstance(v, torch.Tensor) else v for n, v in state.items()})
