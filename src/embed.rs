@@ -199,7 +199,10 @@ impl Workspace {
             .iter()
             .filter(|t| t.role == Role::Output)
             .filter_map(|t| {
-                let shape = t.indices.iter().map(|i| f.index(*i).range.eval(&self.sizes).max(0) as usize);
+                let shape = t
+                    .indices
+                    .iter()
+                    .map(|i| f.index(*i).range.eval(&self.sizes).max(0) as usize);
                 Some((t.name.as_str(), shape.collect(), self.output(&t.name)?))
             })
             .collect()

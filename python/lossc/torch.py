@@ -139,7 +139,8 @@ def _backward(ctx, grads):
     else:
         computed = iter(t * g.to(t.dtype) for t in ctx.saved_tensors)
     per_tensor = [next(computed) if d else None for d in ctx.differentiable]
-    return None, per_tensor, [None] * len(ctx.hypers)
+    # A list of floats gets None; an empty list (no hyperparameters) is taken for a list of tensors.
+    return None, per_tensor, (None if ctx.hypers else [])
 
 
 torch.library.register_autograd("lossc::forward", _backward, setup_context=_setup_context)

@@ -18,14 +18,44 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
 create_exception!(lossc, Error, PyException, "Every error lossc raises.");
-create_exception!(lossc, CompileError, Error, "The source does not compile; `.diagnostics` lists each diagnostic.");
+create_exception!(
+    lossc,
+    CompileError,
+    Error,
+    "The source does not compile; `.diagnostics` lists each diagnostic."
+);
 create_exception!(lossc, CallError, Error, "A bad call of a compiled loss.");
-create_exception!(lossc, InputError, CallError, "A missing, unknown or repeated input, or one of the wrong dtype.");
-create_exception!(lossc, ShapeError, CallError, "An input's shape disagrees with the signature or another input.");
-create_exception!(lossc, LabelError, CallError, "A label or data-dependent subscript out of its range.");
-create_exception!(lossc, HyperparameterError, CallError, "An unknown, fixed or non-integer hyperparameter.");
+create_exception!(
+    lossc,
+    InputError,
+    CallError,
+    "A missing, unknown or repeated input, or one of the wrong dtype."
+);
+create_exception!(
+    lossc,
+    ShapeError,
+    CallError,
+    "An input's shape disagrees with the signature or another input."
+);
+create_exception!(
+    lossc,
+    LabelError,
+    CallError,
+    "A label or data-dependent subscript out of its range."
+);
+create_exception!(
+    lossc,
+    HyperparameterError,
+    CallError,
+    "An unknown, fixed or non-integer hyperparameter."
+);
 create_exception!(lossc, DeviceError, Error, "The CUDA device could not run the kernel.");
-create_exception!(lossc, InternalError, Error, "A bug in lossc (never the input's fault); please report it.");
+create_exception!(
+    lossc,
+    InternalError,
+    Error,
+    "A bug in lossc (never the input's fault); please report it."
+);
 
 /// The Python exception of a call error, with the CLI's message.
 fn call_error(e: lossc::CallError) -> PyErr {
@@ -57,7 +87,12 @@ fn compile_error(py: Python<'_>, diags: &lossc::Diags) -> PyErr {
         .iter()
         .map(|d| {
             let at = d.line_column();
-            (d.code.as_str().to_string(), d.message.clone(), at.map(|a| a.0), at.map(|a| a.1))
+            (
+                d.code.as_str().to_string(),
+                d.message.clone(),
+                at.map(|a| a.0),
+                at.map(|a| a.1),
+            )
         })
         .collect();
     if let Err(e) = err.value(py).setattr("diagnostics", list) {
@@ -138,7 +173,11 @@ impl Module {
                 let d = d.with_source(&self.module.program.sources);
                 return Err(compile_error(py, &lossc::Diags(vec![d])));
             }
-            Err(_) => return Err(InternalError::new_err("lossc panicked while compiling the kernel (a bug)")),
+            Err(_) => {
+                return Err(InternalError::new_err(
+                    "lossc panicked while compiling the kernel (a bug)",
+                ));
+            }
         };
         let gradient = lossc::api::simplified_gradient(&f)
             .map(|g| lossc::ir::print::readable(&g))
@@ -167,7 +206,10 @@ fn compile(py: Python<'_>, text: &str, name: &str) -> PyResult<Module> {
 /// Every stdlib loss: (path, signature, documentation).
 #[pyfunction]
 fn stdlib() -> Vec<(String, String, String)> {
-    lossc::stdlib::entries().into_iter().map(|e| (e.path, e.signature, e.doc)).collect()
+    lossc::stdlib::entries()
+        .into_iter()
+        .map(|e| (e.path, e.signature, e.doc))
+        .collect()
 }
 
 /// One input of a call as the Python side gives it: name, address, shape and dtype
@@ -215,11 +257,7 @@ unsafe fn views(raw: &[RawInput]) -> Result<Vec<Input<'_>>, PyErrLater> {
                     )));
                 }
             };
-            Ok(Input {
-                name,
-                shape,
-                data,
-            })
+            Ok(Input { name, shape, data })
         })
         .collect()
 }
@@ -236,12 +274,45 @@ unsafe fn tensors(raw: &[RawInput]) -> Result<BTreeMap<String, Tensor>, PyErrLat
             .try_fold(1usize, |a, d| a.checked_mul(*d))
             .ok_or_else(|| PyErrLater::Input(format!("input `{name}`: shape {shape:?} is too large")))?;
         // SAFETY: the caller's contract.
-        let read = |size: usize| unsafe { std::slice::from_raw_parts(*addr as *const u8, if n == 0 { 0 } else { n * size }) };
+        let read =
+            |size: usize| unsafe { std::slice::from_raw_parts(*addr as *const u8, if n == 0 { 0 } else { n * size }) };
         let (data, dt) = match dtype.as_str() {
-            "float32" => (Data::Float(read(4).chunks_exact(4).map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as f64).collect()), DType::F32),
-            "float64" => (Data::Float(read(8).chunks_exact(8).map(|b| f64::from_ne_bytes(b.try_into().unwrap_or([0; 8]))).collect()), DType::F64),
-            "int32" => (Data::Int(read(4).chunks_exact(4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as i64).collect()), DType::I32),
-            "int64" => (Data::Int(read(8).chunks_exact(8).map(|b| i64::from_ne_bytes(b.try_into().unwrap_or([0; 8]))).collect()), DType::I64),
+            "float32" => (
+                Data::Float(
+                    read(4)
+                        .chunks_exact(4)
+                        .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as f64)
+                        .collect(),
+                ),
+                DType::F32,
+            ),
+            "float64" => (
+                Data::Float(
+                    read(8)
+                        .chunks_exact(8)
+                        .map(|b| f64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+                        .collect(),
+                ),
+                DType::F64,
+            ),
+            "int32" => (
+                Data::Int(
+                    read(4)
+                        .chunks_exact(4)
+                        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as i64)
+                        .collect(),
+                ),
+                DType::I32,
+            ),
+            "int64" => (
+                Data::Int(
+                    read(8)
+                        .chunks_exact(8)
+                        .map(|b| i64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+                        .collect(),
+                ),
+                DType::I64,
+            ),
             other => {
                 return Err(PyErrLater::Input(format!(
                     "input `{name}` has dtype {other}; the kernel reads float32, float64, int64 or int32"
@@ -364,7 +435,11 @@ impl Loss {
         })?;
         Ok((f.tensors.iter().filter(|t| t.role == Role::Output))
             .map(|t| {
-                let shape = t.indices.iter().map(|i| f.index(*i).range.eval(&sizes).max(0) as usize).collect();
+                let shape = t
+                    .indices
+                    .iter()
+                    .map(|i| f.index(*i).range.eval(&sizes).max(0) as usize)
+                    .collect();
                 (t.name.clone(), shape)
             })
             .collect())
@@ -424,7 +499,11 @@ impl Loss {
         hypers: BTreeMap<String, f64>,
         threads: usize,
         stateful: bool,
-    ) -> PyResult<(f64, Vec<(String, Vec<usize>, Vec<u8>)>, Vec<(String, Vec<usize>, Vec<u8>)>)> {
+    ) -> PyResult<(
+        f64,
+        Vec<(String, Vec<usize>, Vec<u8>)>,
+        Vec<(String, Vec<usize>, Vec<u8>)>,
+    )> {
         guarded(py, || {
             // SAFETY: as in `call`.
             let tensors = unsafe { tensors(&inputs)? };
@@ -469,7 +548,10 @@ impl Loss {
         *store = StateStore::new();
         for (name, values) in tables {
             if !self.source.inputs.iter().any(|i| i.name == name && i.state.is_some()) {
-                return Err(InputError::new_err(format!("`{}` has no state input `{name}`", self.source.name)));
+                return Err(InputError::new_err(format!(
+                    "`{}` has no state input `{name}`",
+                    self.source.name
+                )));
             }
             store.set_table(&name, values);
         }
