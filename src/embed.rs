@@ -112,12 +112,20 @@ pub struct Workspace {
     other: Vec<(Role, String, Vec<f32>)>,
     /// The dimension sizes of the last call that succeeded.
     sizes: Vec<i64>,
+    /// The buffers the last call's native code wrote into the caller's memory (their results are not here).
+    placed: Vec<usize>,
 }
 
 #[derive(Default)]
 struct Converted {
     labels: Vec<i64>,
     floats: Vec<f32>,
+}
+
+/// Whether input `k` of `f` gets a gradient: a float input, not `nograd`, not state, not the cotangent.
+fn differentiable(f: &crate::ir::Function, k: usize) -> bool {
+    let i = &f.inputs[k];
+    i.elem != crate::ir::ElemTy::Idx && !i.nograd && i.state.is_none() && f.cotangent != Some(k as u32)
 }
 
 impl Kernel {
@@ -132,6 +140,7 @@ impl Kernel {
             buffers: None,
             other: Vec::new(),
             sizes: Vec::new(),
+            placed: Vec::new(),
         }
     }
 }
@@ -149,39 +158,56 @@ impl Workspace {
         }
     }
 
-    /// One call: checks the inputs (the same [`CallError`]s as [`Kernel::eval_with`]), computes the loss
-    /// and every gradient, copies the gradients named in `grads` (by input name; each slice the input's
-    /// size) into the caller's slices and returns the loss. Gradients not asked for and extra outputs stay
-    /// readable until the next call ([`Workspace::gradient`], [`Workspace::output`]).
+    /// One call: checks the inputs (the same [`CallError`]s as [`Kernel::eval_with`]) and the gradient
+    /// slices (by input name, each the input's size), computes the loss and every gradient and returns the
+    /// loss. On the JIT the gradients named in `grads` are written straight into the caller's slices;
+    /// elsewhere they are copied there. Gradients not asked for and extra outputs stay readable until the
+    /// next call ([`Workspace::gradient`], [`Workspace::output`]).
     pub fn call(
         &mut self,
         inputs: &[Input],
         hypers: &BTreeMap<String, f64>,
         grads: &mut [(&str, &mut [f32])],
     ) -> Result<f32, CallError> {
-        let loss = self.run(inputs, hypers)?;
-        for (name, out) in grads.iter_mut() {
-            let Some(g) = self.result(Role::Grad(0), name) else {
-                let expected = self.names(Role::Grad(0)).join(", ");
+        let f = self.kernel.function();
+        for (name, out) in grads.iter() {
+            let declared = f.inputs.iter().position(|i| i.name == *name);
+            if !declared.is_some_and(|k| differentiable(f, k)) {
+                let expected = (0..f.inputs.len())
+                    .filter(|k| differentiable(f, *k))
+                    .map(|k| f.inputs[k].name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 return Err(CallError::UnknownInput {
                     name: format!("grad_{name}"),
                     expected,
                 });
-            };
-            if g.len() != out.len() {
+            }
+            let given = inputs.iter().find(|i| i.name == *name).map(|i| i.len());
+            if let Some(needed) = given
+                && needed != out.len()
+            {
                 return Err(CallError::LengthMismatch {
                     input: format!("grad_{name}"),
                     shape: vec![out.len()],
                     len: out.len(),
-                    needed: g.len(),
+                    needed,
                 });
             }
-            out.copy_from_slice(g);
+        }
+        let loss = self.run(inputs, hypers, grads)?;
+        if self.placed.is_empty() {
+            for (name, out) in grads.iter_mut() {
+                if let Some(g) = self.result(Role::Grad(0), name) {
+                    out.copy_from_slice(g);
+                }
+            }
         }
         Ok(loss)
     }
 
-    /// The gradient of input `name` computed by the last call.
+    /// The gradient of input `name` computed by the last call, unless the call wrote it into a slice of
+    /// the caller's.
     pub fn gradient(&self, name: &str) -> Option<&[f32]> {
         self.result(Role::Grad(0), name)
     }
@@ -212,21 +238,6 @@ impl Workspace {
         std::mem::discriminant(&a) == std::mem::discriminant(&b)
     }
 
-    fn names(&self, role: Role) -> Vec<String> {
-        #[cfg(feature = "jit")]
-        if let (Some(jit), Some(_)) = (self.kernel.native(), &self.buffers) {
-            return (jit.plan().results(self.kernel.function()))
-                .filter(|(r, _, _)| Self::same_kind(*r, role))
-                .map(|(_, n, _)| n.to_string())
-                .collect();
-        }
-        self.other
-            .iter()
-            .filter(|(r, _, _)| Self::same_kind(*r, role))
-            .map(|(_, n, _)| n.clone())
-            .collect()
-    }
-
     fn result(&self, role: Role, name: &str) -> Option<&[f32]> {
         #[cfg(feature = "jit")]
         if let (Some(jit), Some(buffers)) = (self.kernel.native(), &self.buffers) {
@@ -234,7 +245,7 @@ impl Workspace {
                 .plan()
                 .results(self.kernel.function())
                 .find(|(r, n, _)| Self::same_kind(*r, role) && *n == name)?;
-            return Some(jit.floats(buffers, k));
+            return (!self.placed.contains(&k)).then(|| jit.floats(buffers, k));
         }
         self.other
             .iter()
@@ -242,7 +253,13 @@ impl Workspace {
             .map(|(_, _, v)| &v[..])
     }
 
-    fn run(&mut self, inputs: &[Input], hypers: &BTreeMap<String, f64>) -> Result<f32, CallError> {
+    fn run(
+        &mut self,
+        inputs: &[Input],
+        hypers: &BTreeMap<String, f64>,
+        grads: &mut [(&str, &mut [f32])],
+    ) -> Result<f32, CallError> {
+        self.placed.clear();
         let f = self.kernel.function();
         if let Some(name) = hypers.keys().find(|k| self.kernel.is_fixed(k)) {
             return Err(CallError::HyperFixed { name: name.clone() });
@@ -283,7 +300,7 @@ impl Workspace {
 
         #[cfg(feature = "jit")]
         if let Some(jit) = self.kernel.native() {
-            let mut ptrs: Vec<*const u8> = vec![std::ptr::null(); f.inputs.len()];
+            let mut ptrs: Vec<*mut u8> = vec![std::ptr::null_mut(); jit.plan().buffers.len()];
             for (k, declared) in f.inputs.iter().enumerate() {
                 let Some(input) = inputs.iter().find(|i| i.name == declared.name) else {
                     continue;
@@ -293,12 +310,22 @@ impl Workspace {
                     (View::F32(v), Some(half)) => {
                         converted.floats.clear();
                         converted.floats.extend(v.iter().map(|x| half.round(*x as f64) as f32));
-                        converted.floats.as_ptr() as *const u8
+                        converted.floats.as_mut_ptr() as *mut u8
                     }
-                    (View::F32(v), None) => v.as_ptr() as *const u8,
-                    (View::I64(v), _) => v.as_ptr() as *const u8,
-                    (View::I32(_), _) => converted.labels.as_ptr() as *const u8,
+                    // The native code only reads inputs.
+                    (View::F32(v), None) => v.as_ptr() as *mut u8,
+                    (View::I64(v), _) => v.as_ptr() as *mut u8,
+                    (View::I32(_), _) => converted.labels.as_mut_ptr() as *mut u8,
                 };
+            }
+            // Gradients asked for are written where the caller wants them (checked by `call`: the input's size).
+            for (role, name, k) in jit.plan().results(f) {
+                if let (Role::Grad(_), Some((_, out))) = (role, grads.iter_mut().find(|(n, _)| *n == name)) {
+                    if !out.is_empty() {
+                        ptrs[k] = out.as_mut_ptr() as *mut u8;
+                    }
+                    self.placed.push(k);
+                }
             }
             let buffers = jit.refit(&mut self.buffers, &sizes, &values);
             if let Err(e) = jit.execute_over(buffers, &ptrs, self.kernel.threads()) {

@@ -79,7 +79,10 @@ fn check(what: &str, workspace: &mut Workspace, inputs: &[Input], expected: &Eva
         for (a, b) in got.iter().zip(want.to_f64()) {
             assert!(same(*a, b), "{what}: grad {name}: {a} vs {b}");
         }
-        assert_eq!(workspace.gradient(name).unwrap(), &got[..], "{what}: gradient({name})");
+        // Written into the caller's slice on the JIT, kept in the workspace elsewhere.
+        if let Some(kept) = workspace.gradient(name) {
+            assert_eq!(kept, &got[..], "{what}: gradient({name})");
+        }
     }
     for (name, want) in &expected.outputs {
         let got = workspace

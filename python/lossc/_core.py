@@ -50,6 +50,10 @@ class InputSpec:
         return text
 
 
+# The dtypes the native module reads, by name (`dtype.name` costs microseconds).
+_DTYPE_NAMES = {np.dtype(t): np.dtype(t).name for t in (np.float32, np.float64, np.int32, np.int64)}
+
+
 def _as_float(name: str, x: Any) -> np.ndarray:
     """Float inputs: C-contiguous float32 arrays are used in place; anything else (another float dtype,
     integers, a strided view, a list) is converted once to a C-contiguous float32 copy. float64 inputs of a
@@ -73,10 +77,6 @@ def _as_labels(name: str, x: Any) -> np.ndarray:
     if a.dtype.kind == "u" and a.size and a.max() > np.iinfo(np.int64).max:
         raise _lossc.LabelError(f"input `{name}` holds a label beyond int64")
     return np.ascontiguousarray(a, dtype=np.int64)
-
-
-def _raw(name: str, a: np.ndarray) -> Tuple[str, int, list, str]:
-    return (name, a.ctypes.data, list(a.shape), str(a.dtype))
 
 
 def _from_bytes(shape, data, dtype=np.float32) -> np.ndarray:
@@ -109,6 +109,11 @@ class Loss:
         #: The per-sample loss's cotangent input, or None for a scalar loss.
         self.cotangent: Optional[str] = next((i.name for i in self.inputs if i.cotangent), None)
         self.stateful: bool = any(i.state_key for i in self.inputs)
+        self._by_name = {i.name: i for i in self.inputs}
+        # Calls that `__call__` makes itself: a scalar loss on the JIT or CUDA without state.
+        self._direct = backend != "interp" and not self.stateful and not self.per_sample
+        # os.cpu_count() costs microseconds: looked up once.
+        self._default_threads = threads or os.cpu_count() or 1
 
     @property
     def per_sample(self) -> bool:
@@ -136,13 +141,13 @@ class Loss:
         return self._native.gradient_source()
 
     def threads(self) -> int:
-        return self._threads or os.cpu_count() or 1
+        return self._default_threads
 
     def __repr__(self) -> str:
         return f"<lossc.Loss {self.signature} on {self.backend}>"
 
     def _split(self, kwargs: Mapping[str, Any]):
-        names = {i.name for i in self.inputs}
+        names = self._by_name
         inputs = {k: v for k, v in kwargs.items() if k in names}
         hypers = {k: float(v) for k, v in kwargs.items() if k not in names}
         return inputs, hypers
@@ -150,10 +155,9 @@ class Loss:
     def arrays(self, inputs: Mapping[str, Any], exact: bool = False) -> Dict[str, np.ndarray]:
         """The inputs as the kernel reads them (the conversion rule of `_as_float` / `_as_labels`);
         `exact` keeps float64 arrays as they are (for the interpreter)."""
-        spec = {i.name: i for i in self.inputs}
         out = {}
         for name, x in inputs.items():
-            i = spec.get(name)
+            i = self._by_name.get(name)
             if i is not None and i.is_label:
                 out[name] = _as_labels(name, x)
             elif exact and np.asarray(x).dtype == np.float64:
@@ -171,7 +175,7 @@ class Loss:
         if self.per_sample and self.cotangent not in inputs:
             inputs[self.cotangent] = self._ones_cotangent(inputs)
         arrays = self.arrays(inputs, exact)
-        raw = [_raw(n, a) for n, a in arrays.items()]
+        raw = [(n, a.ctypes.data, a.shape, _DTYPE_NAMES.get(a.dtype, "?")) for n, a in arrays.items()]
         if self.stateful or exact:
             loss, outputs, grads = self._native.evaluate(raw, hypers, threads, self.stateful)
             dtype = np.float64 if exact else np.float32
@@ -180,11 +184,10 @@ class Loss:
         else:
             grads = {}
             slots = []
-            for i in self.differentiable:
-                a = arrays.get(i.name)
-                if a is not None:
-                    grads[i.name] = np.empty(a.shape, dtype=np.float32)
-                    slots.append((i.name, grads[i.name].ctypes.data, grads[i.name].size))
+            for name, a in arrays.items():
+                if self._by_name[name].differentiable:
+                    g = grads[name] = np.empty(a.shape, dtype=np.float32)
+                    slots.append((name, g.ctypes.data, g.size))
             loss, outputs = self._native.call(raw, hypers, slots, threads)
             outputs = {n: _from_bytes(s, b) for n, s, b in outputs}
         value = outputs.pop("value") if self.per_sample else loss
@@ -192,8 +195,24 @@ class Loss:
 
     def __call__(self, **kwargs):
         """`(loss, {input: gradient})` on NumPy arrays (see `evaluate` for the outputs too)."""
-        r = self.evaluate(**kwargs)
-        return r.loss, r.grads
+        if not self._direct:
+            r = self.evaluate(**kwargs)
+            return r.loss, r.grads
+        # The common case (a scalar loss on the JIT, no state) in one pass: what `evaluate` does.
+        raw, slots, grads, hypers, kept = [], [], {}, {}, []
+        for name, x in kwargs.items():
+            spec = self._by_name.get(name)
+            if spec is None:
+                hypers[name] = float(x)
+                continue
+            a = _as_labels(name, x) if spec.is_label else _as_float(name, x)
+            kept.append(a)  # alive until the call returns
+            raw.append((name, a.ctypes.data, a.shape, _DTYPE_NAMES[a.dtype]))
+            if spec.differentiable:
+                g = grads[name] = np.empty(a.shape, dtype=np.float32)
+                slots.append((name, g.ctypes.data, g.size))
+        loss, _ = self._native.call(raw, hypers, slots, self._default_threads)
+        return loss, grads
 
     def check(self, shapes: Mapping[str, Tuple[Sequence[int], str]], hypers: Mapping[str, float]) -> Dict[str, Tuple[int, ...]]:
         """Checks a call's shapes ({input: (shape, dtype name)}) and hyperparameters without running it (the

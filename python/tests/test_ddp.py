@@ -67,6 +67,8 @@ def _worker(rank, kind, port, out):
         _train(kind, model, _crit(kind), x[shard], extra[shard], gather=True, wrap=wrap)
         if rank == 0:
             torch.save({k: v.detach() for k, v in model.state_dict().items()}, out)
+        # Both ranks done before either tears the group down (gloo aborts a rank whose peer left mid-way).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -170,3 +170,15 @@ def test_dtypes_are_converted_and_gradients_keep_the_input_dtype():
     sbf = torch.randn(4, 3).to(torch.bfloat16).requires_grad_()
     crit(sbf, y.to(torch.uint8)).backward()
     assert sbf.grad.dtype == torch.bfloat16
+
+
+def test_training_example_brings_the_loss_down():
+    import re
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    run = subprocess.run([sys.executable, str(ROOT / "examples/python/train.py")], capture_output=True, text=True, check=True)
+    losses = [float(m) for m in re.findall(r"mean loss (\S+),", run.stdout)]
+    assert len(losses) == 8 and losses[-1] < 0.5 * losses[0], run.stdout

@@ -136,10 +136,11 @@ impl Compiled {
         self.execute_over(buffers, &[], threads)
     }
 
-    /// [`Compiled::execute`] with inputs read where the caller holds them: `inputs[k]`, where given and
-    /// not null, is the address of input `k`'s elements (f32 for a float input, i64 for labels, the bound
-    /// call's shape, contiguous), used instead of its store.
-    pub fn execute_over(&self, buffers: &mut Buffers, inputs: &[*const u8], threads: usize) -> Result<(), CallError> {
+    /// [`Compiled::execute`] over memory the caller holds: `at[k]`, where given and not null, is where
+    /// buffer `k`'s elements are (f32 floats, i64 labels, the bound call's shape, contiguous), used instead
+    /// of its store: an input the code reads, or a result ([`crate::backend::loops::Plan::results`]) it
+    /// writes.
+    pub fn execute_over(&self, buffers: &mut Buffers, at: &[*mut u8], threads: usize) -> Result<(), CallError> {
         let f = &self.function;
         let sizes = &buffers.sizes;
         let hypers = &buffers.hypers;
@@ -152,10 +153,9 @@ impl Compiled {
                 Store::C(v) => v.as_mut_ptr() as *mut u8,
             })
             .collect();
-        // The native code only reads inputs.
-        for (ptr, given) in ptrs.iter_mut().zip(inputs) {
+        for (ptr, given) in ptrs.iter_mut().zip(at) {
             if !given.is_null() {
-                *ptr = *given as *mut u8;
+                *ptr = *given;
             }
         }
         // A tensor that lives in its host's buffer (loops::Plan::host) is addressed as the host.
