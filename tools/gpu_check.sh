@@ -11,6 +11,9 @@
 #      LOSSC_TEST_GPU=1), and every conformance fixture (tests/conformance.rs);
 #    - first use (NVRTC into an empty cache) and a later process's compile time (CUBIN from the disk cache);
 #    - `lossc bench --backend cuda` on W1–W8 (BENCHMARKS.md's shapes) and the JIT beside it;
+#    - the Python package on CUDA tensors (python/tests/test_cuda.py: lossc.torch with backend="cuda"
+#      against torch's losses and the CPU JIT, bf16 logits, torch.compile), from the abi3 wheel that
+#      --prepare builds into gpu/wheels (with pytest's wheels: the GPU machine has no network);
 #    - tools/bench_peers.py --device cuda: torch eager, torch.compile, JAX and Liger-Kernel (if a wheel was
 #      carried in gpu/wheels) on W1–W8 and the LLM-sized bf16 cross-entropy.
 #    Everything is printed; gpu/report.txt keeps a copy for BENCHMARKS.md.
@@ -32,6 +35,11 @@ for l in sys.stdin:
         cp "$bin" "gpu/test_$t"
     done
     strip gpu/lossc gpu/test_* 2>/dev/null || true
+    # The Python package as an abi3 wheel (the GPU machine's Python is 3.12), and pytest to run its tests.
+    venv="${LOSSC_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/lossc/venv}"
+    rm -rf gpu/wheels && mkdir -p gpu/wheels
+    "$venv/bin/maturin" build --release --quiet -m python/Cargo.toml -o gpu/wheels
+    "$venv/bin/pip" download --quiet --no-deps --only-binary=:all: -d gpu/wheels pytest iniconfig pluggy packaging
     du -sh gpu
     exit 0
 fi
@@ -73,10 +81,12 @@ bench benches/sort_bce16.lx --shape B=1024
 bench examples/z_loss.lx --shape N=8192,C=1000
 bench examples/kl_dro.lx --shape N=8192,C=1000
 timeout 120 gpu/lossc bench examples/cross_entropy.lx --shape N=16384,C=128256 --backend cuda --iters 10 || status=1
-echo "== peers on the GPU"
 if ls gpu/wheels/*.whl >/dev/null 2>&1; then
     python3 -m pip install --no-deps --no-index --quiet gpu/wheels/*.whl || true
 fi
+echo "== the Python package on CUDA tensors"
+(cd /tmp && timeout 180 python3 -m pytest -q -p no:cacheprovider "$LOSSC_ROOT/python/tests/test_cuda.py") || status=1
+echo "== peers on the GPU"
 timeout 240 python3 tools/bench_peers.py --device cuda --iters 50 || status=1
 echo "gpu_check: exit $status"
 exit $status

@@ -10,8 +10,9 @@ break. Forward computes the loss and every gradient in one kernel call; backward
 by the incoming gradient (a per-sample loss calls `lossc::vjp` with its cotangent instead). CPU tensors run
 on the JIT in place (float32 and int32/int64 contiguous tensors are not copied), on
 `torch.get_num_threads()` threads. Tensors of other dtypes are converted once (floats to float32, integers
-to int64) and gradients returned in the input's dtype. CUDA tensors raise `lossc.DeviceError` for now (the
-CUDA backend runs from Rust: `Kernel::eval_device`).
+to int64) and gradients returned in the input's dtype. A module made with `backend="cuda"` runs CUDA tensors
+on the CUDA backend (`Kernel::eval_device`): the kernels read the tensors' device memory and write the
+gradients into new device tensors on the current stream, with no host round trip but the loss value.
 """
 
 from __future__ import annotations
@@ -46,8 +47,44 @@ _NATIVE = {torch.float32: "float32", torch.int64: "int64", torch.int32: "int32"}
 def _check_device(t: torch.Tensor) -> None:
     if t.device.type != "cpu":
         raise _lossc.DeviceError(
-            f"lossc.torch runs CPU tensors; this one is on {t.device} (CUDA tensors are not supported from Python yet)"
+            f"this loss runs on the CPU but the tensor is on {t.device}; "
+            f"make the module with backend=\"cuda\" for CUDA tensors"
         )
+
+
+# On the device: float inputs in the dtype the loss declares, labels as int64.
+_DEVICE_DTYPES = {"f32": torch.float32, "f64": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16, "idx": torch.int64}
+_DEVICE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16", torch.int64: "int64"}
+
+
+def _run_device(loss: _core.Loss, tensors, named, cotangent) -> List[torch.Tensor]:
+    """`_run` for CUDA tensors on the CUDA backend: the kernels read the tensors and write the gradients in
+    device memory, queued on the current stream; the loss value is copied back (and up again as a tensor)."""
+    specs = loss.call_inputs
+    device = tensors[0].device
+    if any(t.device != device for t in tensors):
+        raise _lossc.DeviceError(f"every input of {loss.name} must be on {device}")
+    native = [t.detach().to(_DEVICE_DTYPES[i.elem]).contiguous() for i, t in zip(specs, tensors)]
+    raw = [(i.name, t.data_ptr(), tuple(t.shape), _DEVICE_NAMES[t.dtype]) for i, t in zip(specs, native)]
+    if loss.per_sample:
+        shape = loss.cotangent_shape({i.name: t.shape for i, t in zip(specs, native)})
+        c = torch.ones(shape, device=device) if cotangent is None else cotangent.detach().float().contiguous()
+        native.append(c)
+        raw.append((loss.cotangent, c.data_ptr(), tuple(c.shape), "float32"))
+    grads, slots = [], []
+    for i, t, given in zip(specs, native, tensors):
+        if i.differentiable:
+            g = torch.empty_like(t)
+            grads.append((g, given.dtype))
+            slots.append((i.name, g.data_ptr()))
+    stream = torch.cuda.current_stream(device).cuda_stream
+    value, outputs = loss._native.call_device(raw, named, slots, stream)
+    grads = [g if g.dtype == dtype else g.to(dtype) for g, dtype in grads]
+    if cotangent is not None:
+        return grads
+    outputs = {n: torch.from_numpy(_core._from_bytes(s, b, np.float64).astype(np.float32)).to(device) for n, s, b in outputs}
+    value = outputs.pop("value") if loss.per_sample else torch.scalar_tensor(value, device=device)
+    return [value, *grads, *(outputs[n] for n, _ in _extra(loss))]
 
 
 def _native(t: torch.Tensor, label: bool) -> torch.Tensor:
@@ -77,6 +114,8 @@ def _run(handle: int, tensors: Sequence[torch.Tensor], hypers: Sequence[float], 
     named = dict(zip(loss.hyperparameters, hypers))
     threads = torch.get_num_threads()
     specs = loss.call_inputs
+    if loss.backend == "cuda" and tensors and tensors[0].device.type == "cuda":
+        return _run_device(loss, tensors, named, cotangent)
     if _exact(loss, tensors):
         arrays = {}
         for i, t in zip(specs, tensors):
@@ -135,7 +174,7 @@ def _input_grads(ctx, g, vjp, eager=False) -> List[Optional[torch.Tensor]]:
     return [next(computed) if d else None for d in ctx.differentiable]
 
 
-@torch.library.custom_op("lossc::forward", mutates_args=(), device_types="cpu")
+@torch.library.custom_op("lossc::forward", mutates_args=(), device_types=("cpu", "cuda"))
 def _forward(handle: int, tensors: List[torch.Tensor], hypers: List[float]) -> List[torch.Tensor]:
     """[value, gradient of each differentiable input, each extra output]."""
     return _run(handle, tensors, hypers)
@@ -160,7 +199,7 @@ def _(handle: int, tensors: List[torch.Tensor], hypers: List[float]) -> List[tor
     return out
 
 
-@torch.library.custom_op("lossc::vjp", mutates_args=(), device_types="cpu")
+@torch.library.custom_op("lossc::vjp", mutates_args=(), device_types=("cpu", "cuda"))
 def _vjp(handle: int, tensors: List[torch.Tensor], hypers: List[float], cotangent: torch.Tensor) -> List[torch.Tensor]:
     """A per-sample loss's gradients: vector-Jacobian products with `cotangent`."""
     return _run(handle, tensors, hypers, cotangent)

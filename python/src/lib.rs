@@ -169,6 +169,9 @@ impl Module {
         let built = py.detach(|| catch_unwind(AssertUnwindSafe(|| Kernel::build(&f, &compiler))));
         let kernel = match built {
             Ok(Ok(k)) => k,
+            Ok(Err(d)) if d.code == lossc::diag::Code::Backend => {
+                return Err(DeviceError::new_err(format!("{}: {}", d.code.as_str(), d.message)));
+            }
             Ok(Err(d)) => {
                 let d = d.with_source(&self.module.program.sources);
                 return Err(compile_error(py, &lossc::Diags(vec![d])));
@@ -485,6 +488,51 @@ impl Loss {
                 .map(|(name, shape, values)| (name.to_string(), shape, f32_bytes(values)))
                 .collect();
             Ok((loss, outputs))
+        })
+    }
+
+    /// One call of a CUDA kernel on device memory ([`Kernel::eval_device`]): inputs as (name, device
+    /// address, shape, dtype: "float32", "bfloat16", "float16" or "int64"), the gradients named in `grads`
+    /// written into the caller's device buffers (the input's shape and float dtype), queued on `stream` (a
+    /// `CUstream`; 0: the default stream). Returns the loss and the extra outputs (float64 bytes).
+    fn call_device(
+        &self,
+        py: Python<'_>,
+        inputs: Vec<RawInput>,
+        hypers: BTreeMap<String, f64>,
+        grads: Vec<(String, u64)>,
+        stream: u64,
+    ) -> PyResult<(f64, Vec<(String, Vec<usize>, Vec<u8>)>)> {
+        guarded(py, || {
+            let mut tensors = BTreeMap::new();
+            for (name, addr, shape, dtype) in inputs {
+                let dtype = match dtype.as_str() {
+                    "float32" => DType::F32,
+                    "bfloat16" => DType::BF16,
+                    "float16" => DType::F16,
+                    "int64" => DType::I64,
+                    other => {
+                        return Err(PyErrLater::Input(format!(
+                            "input `{name}` has dtype {other}; on the device the kernel reads float32, bfloat16, float16 or int64"
+                        )));
+                    }
+                };
+                let t = lossc::DeviceTensor {
+                    ptr: addr as u64,
+                    shape,
+                    dtype,
+                };
+                tensors.insert(name, t);
+            }
+            let grads: BTreeMap<String, u64> = grads.into_iter().collect();
+            let e = self.kernel.eval_device(&tensors, &hypers, &grads, stream)?;
+            let outputs = (e.outputs.iter())
+                .map(|(n, t)| {
+                    let v: Vec<u8> = t.to_f64().iter().flat_map(|x| x.to_ne_bytes()).collect();
+                    (n.clone(), t.shape.clone(), v)
+                })
+                .collect();
+            Ok((e.loss, outputs))
         })
     }
 
