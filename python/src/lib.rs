@@ -336,7 +336,10 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_ne_bytes()).collect()
 }
 
-type Results = (f32, Vec<(String, Vec<usize>, Vec<u8>)>);
+/// Named tensors as (name, shape, native-endian bytes).
+type Tensors = Vec<(String, Vec<usize>, Vec<u8>)>;
+
+type Results = (f32, Tensors);
 
 #[pymethods]
 impl Loss {
@@ -502,7 +505,7 @@ impl Loss {
         hypers: BTreeMap<String, f64>,
         grads: Vec<(String, u64)>,
         stream: u64,
-    ) -> PyResult<(f64, Vec<(String, Vec<usize>, Vec<u8>)>)> {
+    ) -> PyResult<(f64, Tensors)> {
         guarded(py, || {
             let mut tensors = BTreeMap::new();
             for (name, addr, shape, dtype) in inputs {
@@ -539,7 +542,6 @@ impl Loss {
     /// One call through the `Tensor` API, exact in f64 where the backend is (the interpreter): float32 or
     /// float64 inputs, and for a stateful loss (`stateful`) the state gathered from the loss's store by the
     /// sample ids and the updates written back. Returns (loss, outputs, gradients), values as float64 bytes.
-    #[allow(clippy::type_complexity)]
     fn evaluate(
         &self,
         py: Python<'_>,
