@@ -549,11 +549,7 @@ impl Loss {
         hypers: BTreeMap<String, f64>,
         threads: usize,
         stateful: bool,
-    ) -> PyResult<(
-        f64,
-        Vec<(String, Vec<usize>, Vec<u8>)>,
-        Vec<(String, Vec<usize>, Vec<u8>)>,
-    )> {
+    ) -> PyResult<(f64, Tensors, Tensors)> {
         guarded(py, || {
             // SAFETY: as in `call`.
             let tensors = unsafe { tensors(&inputs)? };
