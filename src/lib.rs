@@ -19,6 +19,8 @@ pub mod call;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod data;
+#[cfg(feature = "dfdx")]
+pub mod dfdx;
 pub mod diag;
 pub mod embed;
 pub mod gradcheck;
