@@ -16,17 +16,27 @@ use lossc::{Compiler, Tensor};
 
 fn bench(c: &mut Criterion) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cross_entropy.lx");
-    let kernel = Compiler::new().threads(2).compile_file(&path).unwrap().kernel(None).unwrap();
+    let kernel = Compiler::new()
+        .threads(2)
+        .compile_file(&path)
+        .unwrap()
+        .kernel(None)
+        .unwrap();
     let mut rng = Rng::new(5);
     for (label, n, classes) in [("W1 [8192, 1000]", 8192usize, 1000usize), ("tiny [4, 3]", 4, 3)] {
         let scores: Vec<f32> = (0..n * classes).map(|_| rng.normal() as f32).collect();
         let labels: Vec<i64> = (0..n).map(|_| rng.below(classes as u64) as i64).collect();
         let tensors = BTreeMap::from([
-            ("s".to_string(), Tensor::float(vec![n, classes], scores.iter().map(|x| *x as f64).collect())),
+            (
+                "s".to_string(),
+                Tensor::float(vec![n, classes], scores.iter().map(|x| *x as f64).collect()),
+            ),
             ("y".to_string(), Tensor::labels(vec![n], labels.clone())),
         ]);
         let mut group = c.benchmark_group(format!("cross-entropy {label}"));
-        group.bench_function("Tensor API (Kernel::eval)", |b| b.iter(|| black_box(kernel.eval(&tensors).unwrap().loss)));
+        group.bench_function("Tensor API (Kernel::eval)", |b| {
+            b.iter(|| black_box(kernel.eval(&tensors).unwrap().loss))
+        });
         let mut workspace = kernel.workspace();
         let mut grad = vec![0f32; n * classes];
         let (s_shape, y_shape) = ([n, classes], [n]);

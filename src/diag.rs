@@ -285,8 +285,18 @@ impl Diags {
     }
 }
 
-/// Renders one diagnostic with miette's graphical handler, colour and links off, unicode on.
+/// The widest source line a diagnostic shows whole; a label on a wider line is shown in an excerpt
+/// ([`render`]; miette's renderer cannot place a label past column 65,535 and a wide line is unreadable).
+pub const WIDEST_LINE: usize = 400;
+
+/// Renders one diagnostic with miette's graphical handler, colour and links off, unicode on; a label on a
+/// line wider than [`WIDEST_LINE`] is shown in an excerpt of its line instead.
 pub fn render(diag: &Diag) -> String {
+    if let Some(text) = diag.source.as_ref().map(|s| s.inner())
+        && diag.labels.iter().any(|l| line_around(text, l.span.start as usize).len() > WIDEST_LINE)
+    {
+        return render_excerpt(diag, text);
+    }
     let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
         .with_links(false)
         .with_width(110);
@@ -295,6 +305,46 @@ pub fn render(diag: &Diag) -> String {
         Ok(()) => out,
         Err(_) => format!("{}: {}\n", diag.code, diag.message),
     }
+}
+
+/// The line of `text` that holds byte `at`.
+fn line_around(text: &str, at: usize) -> &str {
+    let at = at.min(text.len());
+    let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+    &text[start..end]
+}
+
+/// [`render`] for labels on wide lines: each label as `file:line:column`, 40 characters of its line on
+/// either side of it, and a caret under it.
+fn render_excerpt(diag: &Diag, text: &str) -> String {
+    let name = diag.source.as_ref().map_or("", |s| s.name());
+    let mut out = format!("{}\n\n  × {}\n", diag.code, diag.message);
+    for label in &diag.labels {
+        let at = (label.span.start as usize).min(text.len());
+        let before = &text[..at];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = text[line_start..at].chars().count() + 1;
+        let whole = line_around(text, at);
+        let left: String = text[line_start..at].chars().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+        let rest = &text[at..line_start + whole.len()];
+        let right: String = rest.chars().take(40).collect();
+        let trail = if rest.chars().count() > 40 { "…" } else { "" };
+        let clipped = column - 1 > left.chars().count();
+        let lead = if clipped { "…" } else { "" };
+        out.push_str(&format!(
+            "   ╭─[{name}:{line}:{column}] (a line of {} characters, shown around the column)\n",
+            whole.chars().count()
+        ));
+        out.push_str(&format!("   │ {lead}{left}{right}{trail}\n"));
+        let pad = lead.chars().count() + left.chars().count();
+        out.push_str(&format!("   │ {}^ {}\n", " ".repeat(pad), label.text));
+    }
+    if let Some(help) = &diag.help {
+        out.push_str(&format!("  help: {help}\n"));
+    }
+    out
 }
 
 /// Edit distance, for "did you mean" help.

@@ -266,3 +266,19 @@ fn deep_fn_inlining_is_a_diagnostic() {
     src.push_str("fn g20(v) { v }\nloss h(x: f32[N]) { mean[i] g0(x[i]) }\n");
     Program::from_source("inline20.lx", &src).unwrap();
 }
+
+/// A diagnostic past column 65,535 (miette's renderer panics there) is shown in an excerpt of its line, with
+/// the line and column, as is any label on a line wider than `diag::WIDEST_LINE`.
+#[test]
+fn diagnostics_on_very_wide_lines_render_as_excerpts() {
+    let source = format!("loss f(x: f32[N]) {{ mean[i] x[i]{}+ y }}\n", " ".repeat(70_000));
+    let diags = Program::from_source("wide.lx", &source).unwrap_err();
+    let text = diags.render();
+    assert!(text.contains("× unknown name `y`"), "{text}");
+    assert!(text.contains("[wide.lx:1:70035]"), "{text}");
+    assert!(text.contains("^ not defined here"), "{text}");
+    assert!(text.len() < 1000, "the excerpt is short: {} bytes", text.len());
+    // A line just under the limit keeps miette's rendering.
+    let narrow = Program::from_source("narrow.lx", "loss f(x: f32[N]) { mean[i] x[i] + y }").unwrap_err();
+    assert!(narrow.render().contains("╰── not defined here"), "{}", narrow.render());
+}
