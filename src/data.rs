@@ -184,8 +184,31 @@ enum NpyProblem {
     Dtype(String),
 }
 
+/// The preamble of a .npy file, checked before the reader sees it: the magic, a known version, and a header
+/// no longer than the file (the reader allocates the length a header claims before reading it).
+fn check_preamble(bytes: &[u8]) -> Result<(), NpyProblem> {
+    let bad = |s: String| NpyProblem::Bad(s);
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("not a .npy file (it does not start with \\x93NUMPY)".into()));
+    }
+    let (length, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        2 | 3 => return Err(bad("the file ends inside its preamble".into())),
+        v => return Err(bad(format!("unsupported .npy format version {v}"))),
+    };
+    if length > bytes.len() - start {
+        return Err(bad(format!(
+            "the header claims {length} bytes, but only {} follow the preamble",
+            bytes.len() - start
+        )));
+    }
+    Ok(())
+}
+
 fn parse_npy(bytes: &[u8]) -> Result<Tensor, NpyProblem> {
     let bad = |s: &str| NpyProblem::Bad(s.to_string());
+    check_preamble(bytes)?;
     let npy = npyz::NpyFile::new(bytes).map_err(|e| NpyProblem::Bad(e.to_string()))?;
     if npy.order() == npyz::Order::Fortran {
         return Err(bad("Fortran-order arrays are not supported; save with C order"));

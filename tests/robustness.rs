@@ -282,3 +282,25 @@ fn diagnostics_on_very_wide_lines_render_as_excerpts() {
     let narrow = Program::from_source("narrow.lx", "loss f(x: f32[N]) { mean[i] x[i] + y }").unwrap_err();
     assert!(narrow.render().contains("╰── not defined here"), "{}", narrow.render());
 }
+
+/// A .npy header length past the file's end is refused before anything is allocated for it (a version-2
+/// header claiming 0xFFFFFFFF bytes made the reader allocate 4 GiB); a file that is not .npy says so.
+#[test]
+fn npy_preambles_are_checked_against_the_file() {
+    let dir = std::env::temp_dir().join(format!("lossc_npy_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut v2 = b"\x93NUMPY\x02\x00".to_vec();
+    v2.extend_from_slice(&u32::MAX.to_le_bytes());
+    v2.extend_from_slice(b"{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }\n\0\0\0\0");
+    let path = dir.join("huge_header.npy");
+    std::fs::write(&path, &v2).unwrap();
+    let e = lossc::data::load_npy(&path).unwrap_err().to_string();
+    assert!(e.contains("the header claims 4294967295 bytes, but only 62 follow the preamble"), "{e}");
+    std::fs::write(&path, b"PK\x03\x04 not an npy").unwrap();
+    let e = lossc::data::load_npy(&path).unwrap_err().to_string();
+    assert!(e.contains("not a .npy file"), "{e}");
+    std::fs::write(&path, b"\x93NUMPY\x07\x00\x10\x00").unwrap();
+    let e = lossc::data::load_npy(&path).unwrap_err().to_string();
+    assert!(e.contains("unsupported .npy format version 7"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
