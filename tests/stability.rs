@@ -114,3 +114,33 @@ fn cross_entropy_family_matches_reference_at_large_logits() {
         e.loss
     );
 }
+
+/// The adjoint of `min`, `max` and `clamp` goes to the chosen operand by selection: an operand that is not
+/// chosen contributes 0 even where its own partials are infinite (`-log(q)` at q = 0), on both backends.
+#[test]
+fn clipped_logs_have_finite_gradients_where_they_are_clipped() {
+    let src = "loss clipped(q: f32[N], p: f32[N]) {
+        mean[i] min(-log(q[i]), 100.0) + max(log(p[i]), -100.0) + clamp(-log(q[i]), 0.0, 50.0)
+    }";
+    let inputs = BTreeMap::from([
+        ("q".to_string(), Tensor::float(vec![3], vec![0.0, 0.5, 1e-50])),
+        ("p".to_string(), Tensor::float(vec![3], vec![0.0, 0.25, 1.0])),
+    ]);
+    for backend in [lossc::Backend::Interp, lossc::Backend::Jit] {
+        let kernel = lossc::Compiler::new()
+            .backend(backend)
+            .compile_source("clipped.lx", src)
+            .unwrap()
+            .kernel(None)
+            .unwrap();
+        let e = kernel.eval(&inputs).unwrap();
+        let grads: BTreeMap<&str, Vec<f64>> = e.grads.iter().map(|(n, t)| (n.as_str(), t.to_f64())).collect();
+        // q = 0 and q = 1e-50 are clipped everywhere; q = 0.5 is not: d/dq of 2 · -log(q) / 3 at 0.5.
+        assert_eq!(grads["q"][0], 0.0, "{backend:?}: {grads:?}");
+        assert_eq!(grads["q"][2], 0.0, "{backend:?}: {grads:?}");
+        assert!((grads["q"][1] + 2.0 * 2.0 / 3.0).abs() < 1e-5, "{backend:?}: {grads:?}");
+        assert_eq!(grads["p"][0], 0.0, "{backend:?}: {grads:?}");
+        assert!((grads["p"][1] - 4.0 / 3.0).abs() < 1e-5, "{backend:?}: {grads:?}");
+        assert!(e.loss.is_finite(), "{backend:?}");
+    }
+}

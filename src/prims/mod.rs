@@ -288,8 +288,9 @@ pub enum Partial {
     NegOne,
     /// The partial as an IR node.
     Node(NodeId),
-    /// 1 where this condition holds, and the operand is not evaluated elsewhere (a branch of a choice):
-    /// the adjoint passes through under the condition.
+    /// 1 where this condition holds (the operand a choice takes: a `select` branch, the chosen side of a
+    /// `min`/`max`/`clamp`): the adjoint passes through under the condition, and the operand's own partials
+    /// are evaluated only there.
     Guard(NodeId),
 }
 
@@ -323,13 +324,14 @@ impl Prim {
                 let db = f_prim(f, Mul, &[out, la], span)?;
                 vec![Node(da), Node(db)]
             }
+            // A choice: the adjoint goes to the chosen operand under the condition (selected, not multiplied
+            // by 0 or 1, so an operand whose own partials are infinite where it is not chosen, `-log(q)` at
+            // q = 0 in `min(-log(q), 100)`, contributes 0 rather than 0 · ∞).
             Max | Min => {
                 let (first, second) = if self == Max { (Ge, Lt) } else { (Le, Gt) };
                 let c1 = f_prim(f, first, args, span)?;
                 let c2 = f_prim(f, second, args, span)?;
-                let i1 = f_prim(f, Iverson, &[c1], span)?;
-                let i2 = f_prim(f, Iverson, &[c2], span)?;
-                vec![Node(i1), Node(i2)]
+                vec![Partial::Guard(c1), Partial::Guard(c2)]
             }
             Abs => vec![Node(f_prim(f, Sign, &[a], span)?)],
             Exp => vec![Node(out)],
@@ -376,10 +378,7 @@ impl Prim {
                 let inside = f_prim(f, And, &[ge, le], span)?;
                 let below = f_prim(f, Lt, &[x, lo], span)?;
                 let above = f_prim(f, Gt, &[x, hi], span)?;
-                let di = f_prim(f, Iverson, &[inside], span)?;
-                let dl = f_prim(f, Iverson, &[below], span)?;
-                let dh = f_prim(f, Iverson, &[above], span)?;
-                vec![Node(di), Node(dl), Node(dh)]
+                vec![Partial::Guard(inside), Partial::Guard(below), Partial::Guard(above)]
             }
             Select => {
                 let c = args[0];
