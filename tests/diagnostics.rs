@@ -35,6 +35,12 @@ macro_rules! case {
 
 case!(syntax_error, Syntax, "loss f(x: f32[N]) {\n    mean[i] x[i] +\n}\n");
 case!(syntax_bad_item, Syntax, "lost f(x: f32[N]) { 1 }\n");
+// `2 /// note` once read as `2 / // note`: a division by the next line (issue 28).
+case!(
+    doc_comment_after_an_operand,
+    Syntax,
+    "loss f(x: f32[N]) {\n    let s = sum[i] x[i]\n    s + 2 /// note\n    - 3\n}\n"
+);
 case!(
     nesting_too_deep,
     TooDeep,

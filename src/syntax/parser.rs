@@ -55,6 +55,13 @@ fn syntax_error(source: SourceId, text: &str, e: pest::error::Error<Rule>) -> Di
         pest::error::ErrorVariant::CustomError { .. } => vec![],
     };
     let found = text[start..].chars().next();
+    if text[start..].starts_with("///") {
+        // `2 /// note` once read as `2 / // note`, a division by the next line.
+        let end = start + text[start..].find('\n').unwrap_or(text.len() - start);
+        return Diag::new(Code::Syntax, "a doc comment (`///`) cannot stand inside an expression")
+            .label(Span::new(source, start, end), "doc comment here")
+            .help("doc comments document items and statements; write `//` for a comment inside an expression");
+    }
     let message = match found {
         Some(c) => format!("unexpected `{c}`"),
         None => "unexpected end of file".to_string(),
