@@ -193,7 +193,10 @@ fn check_preamble(bytes: &[u8]) -> Result<(), NpyProblem> {
     }
     let (length, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
         2 | 3 => return Err(bad("the file ends inside its preamble".into())),
         v => return Err(bad(format!("unsupported .npy format version {v}"))),
     };

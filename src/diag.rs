@@ -293,7 +293,10 @@ pub const WIDEST_LINE: usize = 400;
 /// line wider than [`WIDEST_LINE`] is shown in an excerpt of its line instead.
 pub fn render(diag: &Diag) -> String {
     if let Some(text) = diag.source.as_ref().map(|s| s.inner())
-        && diag.labels.iter().any(|l| line_around(text, l.span.start as usize).len() > WIDEST_LINE)
+        && diag
+            .labels
+            .iter()
+            .any(|l| line_around(text, l.span.start as usize).len() > WIDEST_LINE)
     {
         return render_excerpt(diag, text);
     }
@@ -327,7 +330,14 @@ fn render_excerpt(diag: &Diag, text: &str) -> String {
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let column = text[line_start..at].chars().count() + 1;
         let whole = line_around(text, at);
-        let left: String = text[line_start..at].chars().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+        let left: String = text[line_start..at]
+            .chars()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         let rest = &text[at..line_start + whole.len()];
         let right: String = rest.chars().take(40).collect();
         let trail = if rest.chars().count() > 40 { "…" } else { "" };

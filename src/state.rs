@@ -5,10 +5,13 @@
 //! state input, indexed by sample id: before a call it gathers the rows of the batch's ids into the state
 //! input, after the call it scatters the updating output back. So a training loop passes only the ids.
 //!
-//! Invariants: a table is rank 1 and grows on demand (rows never written hold the initial value); ids are
-//! checked (`0 ≤ id < MAX_STATE_ROWS`) before anything is gathered; when one batch holds an id twice, the
-//! later row's update wins (batch order). Without a store, the state input is an ordinary input and the
-//! update an ordinary output, which is how tests pass state in and out explicitly.
+//! Invariants: a table holds only the ids seen (a sparse map from id to value: one id of 268,435,455 costs
+//! one row, not a 2 GiB array); a row never written reads as the initial value; ids are checked
+//! (`0 ≤ id < MAX_STATE_ROWS`) before anything is gathered; when one batch holds an id twice, the later
+//! row's update wins (batch order). Without a store, the state input is an ordinary input and the update an
+//! ordinary output, which is how tests pass state in and out explicitly. On disk a table is
+//! `DIR/<state>.npy`, a float64 array of shape [K, 2]: one (id, value) row per id, ids ascending (a rank-1
+//! array, the dense format of earlier versions, is read as ids 0, 1, …).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,28 +20,62 @@ use crate::call::CallError;
 use crate::data::{self, Data, DataError, Tensor};
 use crate::ir::{Function, StateInit};
 
-/// The most rows a state table may grow to (a guard against a wild id allocating without bound).
+/// The largest sample id a state table takes, plus one (ids are checked against it).
 pub const MAX_STATE_ROWS: i64 = 1 << 28;
+
+/// One state input's table: the rows of the ids seen, and the value the others read as.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Table {
+    /// Value by sample id.
+    pub rows: BTreeMap<i64, f64>,
+    /// What a row never written reads as (the initial value of the latest call that gathered).
+    pub init: f64,
+}
 
 /// State tables by state-input name.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StateStore {
-    tables: BTreeMap<String, Vec<f64>>,
+    tables: BTreeMap<String, Table>,
 }
 
 impl StateStore {
+    /// An empty store: every row reads as its initial value.
     pub fn new() -> StateStore {
         StateStore::default()
     }
 
-    /// The table of one state input (one value per sample id seen so far, or set).
-    pub fn table(&self, name: &str) -> Option<&[f64]> {
-        self.tables.get(name).map(Vec::as_slice)
+    /// The table of one state input as a dense array: ids 0 to the largest seen, rows never written at
+    /// the initial value.
+    pub fn table(&self, name: &str) -> Option<Vec<f64>> {
+        let t = self.tables.get(name)?;
+        let len = t.rows.keys().next_back().map_or(0, |last| *last as usize + 1);
+        let mut dense = vec![t.init; len];
+        for (id, v) in &t.rows {
+            dense[*id as usize] = *v;
+        }
+        Some(dense)
     }
 
-    /// Sets a whole table (e.g. restored from a checkpoint).
-    pub fn set_table(&mut self, name: &str, values: Vec<f64>) {
-        self.tables.insert(name.to_string(), values);
+    /// The rows of one state input's table (only the ids seen or set).
+    pub fn rows(&self, name: &str) -> Option<&Table> {
+        self.tables.get(name)
+    }
+
+    /// Sets a whole table from a dense array (ids 0, 1, …; e.g. restored from a checkpoint).
+    pub fn set_table(&mut self, name: &str, values: Vec<f64>) -> Result<(), CallError> {
+        self.set_rows(
+            name,
+            values.into_iter().enumerate().map(|(id, v)| (id as i64, v)).collect(),
+        )
+    }
+
+    /// Sets a whole table from (id, value) rows. Ids outside `0..MAX_STATE_ROWS` are an error.
+    pub fn set_rows(&mut self, name: &str, rows: BTreeMap<i64, f64>) -> Result<(), CallError> {
+        let ids: Vec<i64> = rows.keys().copied().collect();
+        check_ids(name, &ids)?;
+        let init = self.tables.get(name).map_or(0.0, |t| t.init);
+        self.tables.insert(name.to_string(), Table { rows, init });
+        Ok(())
     }
 
     /// Reads `DIR/<state>.npy` for every state input of `f` that has a file there.
@@ -50,25 +87,54 @@ impl StateStore {
                 continue;
             }
             let t = data::load_npy(&path)?;
-            if t.shape.len() != 1 || !matches!(t.data, Data::Float(_)) {
-                return Err(DataError::BadNpy {
-                    path,
-                    reason: format!("a state table is a rank-1 float array, this has shape {:?}", t.shape),
-                });
+            let bad = |reason: String| DataError::BadNpy {
+                path: path.clone(),
+                reason,
+            };
+            if !matches!(t.data, Data::Float(_)) {
+                return Err(bad(format!(
+                    "a state table holds floats (float64 (id, value) rows), but this is {}",
+                    t.dtype
+                )));
             }
-            store.set_table(&input.name, t.to_f64());
+            let values = t.to_f64();
+            let rows: BTreeMap<i64, f64> = match t.shape[..] {
+                [_] => values.iter().enumerate().map(|(id, v)| (id as i64, *v)).collect(),
+                [_, 2] => {
+                    let mut rows = BTreeMap::new();
+                    for pair in values.chunks_exact(2) {
+                        if pair[0].fract() != 0.0 || !(0.0..MAX_STATE_ROWS as f64).contains(&pair[0]) {
+                            return Err(bad(format!("sample id {} is not an integer in 0..2^28", pair[0])));
+                        }
+                        rows.insert(pair[0] as i64, pair[1]);
+                    }
+                    rows
+                }
+                _ => {
+                    return Err(bad(format!(
+                        "a state table has shape [K, 2] ((id, value) rows), but this has shape {:?}",
+                        t.shape
+                    )));
+                }
+            };
+            store.set_rows(&input.name, rows).map_err(|e| bad(e.to_string()))?;
         }
         Ok(store)
     }
 
-    /// Writes every table as `DIR/<state>.npy` (creating DIR).
+    /// Writes every table as `DIR/<state>.npy` (creating DIR): float64 (id, value) rows, ids ascending.
     pub fn save_dir(&self, dir: &Path) -> Result<(), DataError> {
         std::fs::create_dir_all(dir).map_err(|source| DataError::Write {
             path: dir.into(),
             source,
         })?;
-        for (name, values) in &self.tables {
-            let t = Tensor::float(vec![values.len()], values.clone());
+        for (name, table) in &self.tables {
+            let pairs: Vec<f64> = table.rows.iter().flat_map(|(id, v)| [*id as f64, *v]).collect();
+            let t = Tensor {
+                shape: vec![table.rows.len(), 2],
+                data: Data::Float(pairs),
+                dtype: data::DType::F64,
+            };
             data::save_npy(&dir.join(format!("{name}.npy")), &t)?;
         }
         Ok(())
@@ -94,11 +160,11 @@ impl StateStore {
             let ids = sample_ids(f, key, inputs)?;
             let init = initial_value(f, spec.init, hypers);
             let table = self.tables.entry(input.name.clone()).or_default();
-            let need = ids.iter().map(|&i| i as usize + 1).max().unwrap_or(0);
-            if table.len() < need {
-                table.resize(need, init);
-            }
-            let rows = ids.iter().map(|&i| table[i as usize]).collect();
+            table.init = init;
+            let rows = ids
+                .iter()
+                .map(|id| table.rows.get(id).copied().unwrap_or(init))
+                .collect();
             inputs.insert(input.name.clone(), Tensor::float(vec![ids.len()], rows));
         }
         Ok(())
@@ -122,7 +188,7 @@ impl StateStore {
             let values = out.to_f64();
             let table = self.tables.entry(input.name.clone()).or_default();
             for (id, v) in ids.iter().zip(values) {
-                table[*id as usize] = v;
+                table.rows.insert(*id, v);
             }
         }
         Ok(())

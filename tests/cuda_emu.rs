@@ -582,7 +582,7 @@ fn state_tables_agree(path: &str) {
         // The device table grows by doubling: the host's rows, then rows at their initial value.
         let (table, host) = (kc.device_state(&s.name).unwrap(), store.table(&s.name).unwrap());
         assert!(table.len() >= host.len(), "{path} {}", s.name);
-        for (k, (x, y)) in table.iter().zip(host).enumerate() {
+        for (k, (x, y)) in table.iter().zip(&host).enumerate() {
             assert!(close(*x, *y), "{path} {}[{k}]: {x} vs {y}", s.name);
         }
     }

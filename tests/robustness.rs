@@ -295,7 +295,10 @@ fn npy_preambles_are_checked_against_the_file() {
     let path = dir.join("huge_header.npy");
     std::fs::write(&path, &v2).unwrap();
     let e = lossc::data::load_npy(&path).unwrap_err().to_string();
-    assert!(e.contains("the header claims 4294967295 bytes, but only 62 follow the preamble"), "{e}");
+    assert!(
+        e.contains("the header claims 4294967295 bytes, but only 62 follow the preamble"),
+        "{e}"
+    );
     std::fs::write(&path, b"PK\x03\x04 not an npy").unwrap();
     let e = lossc::data::load_npy(&path).unwrap_err().to_string();
     assert!(e.contains("not a .npy file"), "{e}");

@@ -93,7 +93,7 @@ fn explicit_state_in_and_out_equals_the_store() {
         let s = Tensor::float(vec![3, 4], (0..12).map(|v| ((v * 7 % 5) as f64 - 2.0) * 0.7).collect());
         let y = Tensor::labels(vec![3], vec![0, 3, 1]);
         let mut store = StateStore::new();
-        store.set_table("lam", vec![1.0, 0.8, 0.6, 0.9]);
+        store.set_table("lam", vec![1.0, 0.8, 0.6, 0.9]).unwrap();
         let base = inputs(vec![
             ("s", s.clone()),
             ("y", y.clone()),
@@ -141,7 +141,7 @@ fn bad_stateful_calls_are_typed_errors() {
         ("ids", Tensor::labels(vec![1], vec![0])),
     ]);
     assert!(k.eval_stateful(&bad, &BTreeMap::new(), &mut store).is_err());
-    assert!(store.table("u").unwrap_or(&[]).iter().all(|v| *v == 3.0));
+    assert!(store.table("u").unwrap_or_default().iter().all(|v| *v == 3.0));
 }
 
 #[test]
@@ -153,7 +153,7 @@ fn tables_round_trip_through_a_directory() {
         .clone();
     let dir = std::env::temp_dir().join(format!("lossc-state-{}", std::process::id()));
     let mut store = StateStore::new();
-    store.set_table("u", vec![1.5, -2.0, 7.0]);
+    store.set_table("u", vec![1.5, -2.0, 7.0]).unwrap();
     store.save_dir(&dir).unwrap();
     let back = StateStore::load_dir(&dir, &f).unwrap();
     assert_eq!(back, store);
@@ -185,5 +185,53 @@ fn cli_keeps_state_between_runs() {
     let table2 = lossc::data::load_npy(&dir.join("state/lam.npy")).unwrap().to_f64();
     assert_ne!(first, second, "the second run starts from the first run's λ");
     assert_ne!(table1, table2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Tables are sparse: the largest id allowed costs one row in memory and on disk (it made a dense 2 GiB
+/// table), the file holds (id, value) rows, the dense rank-1 format still loads, and a table of the wrong
+/// dtype or shape is refused with what is wrong.
+#[test]
+fn tables_are_sparse_in_memory_and_on_disk() {
+    let k = kernel(COUNTER, "t", Backend::Interp);
+    let f = k.function().clone();
+    let mut store = StateStore::new();
+    let far = lossc::state::MAX_STATE_ROWS - 1;
+    let x = inputs(vec![
+        ("x", Tensor::float(vec![2], vec![1.0, 2.0])),
+        ("ids", Tensor::labels(vec![2], vec![far, 7])),
+    ]);
+    k.eval_stateful(&x, &BTreeMap::new(), &mut store).unwrap();
+    let rows = &store.rows("u").unwrap().rows;
+    assert_eq!(
+        rows.iter().map(|(id, v)| (*id, *v)).collect::<Vec<_>>(),
+        vec![(7, 5.0), (far, 4.0)]
+    );
+    let dir = std::env::temp_dir().join(format!("lossc-sparse-{}", std::process::id()));
+    store.save_dir(&dir).unwrap();
+    let file = lossc::data::load_npy(&dir.join("u.npy")).unwrap();
+    assert_eq!(file.shape, vec![2, 2]);
+    assert_eq!(file.to_f64(), vec![7.0, 5.0, far as f64, 4.0]);
+    let back = StateStore::load_dir(&dir, &f).unwrap();
+    assert_eq!(back.rows("u").unwrap().rows, store.rows("u").unwrap().rows);
+    // The dense format of earlier versions: ids 0, 1, 2.
+    lossc::data::save_npy(&dir.join("u.npy"), &Tensor::float(vec![3], vec![1.0, 2.0, 3.0])).unwrap();
+    assert_eq!(
+        StateStore::load_dir(&dir, &f).unwrap().table("u").unwrap(),
+        vec![1.0, 2.0, 3.0]
+    );
+    // An int64 table, a table of the wrong shape, an id that is not an integer.
+    lossc::data::save_npy(&dir.join("u.npy"), &Tensor::labels(vec![8], vec![0; 8])).unwrap();
+    let e = StateStore::load_dir(&dir, &f).unwrap_err().to_string();
+    assert!(
+        e.contains("a state table holds floats (float64 (id, value) rows), but this is int64"),
+        "{e}"
+    );
+    lossc::data::save_npy(&dir.join("u.npy"), &Tensor::float(vec![2, 3], vec![0.0; 6])).unwrap();
+    let e = StateStore::load_dir(&dir, &f).unwrap_err().to_string();
+    assert!(e.contains("has shape [K, 2]"), "{e}");
+    lossc::data::save_npy(&dir.join("u.npy"), &Tensor::float(vec![1, 2], vec![0.5, 1.0])).unwrap();
+    let e = StateStore::load_dir(&dir, &f).unwrap_err().to_string();
+    assert!(e.contains("sample id 0.5 is not an integer"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -239,14 +239,24 @@ class Loss:
     def _spec(self, name: str) -> Optional[InputSpec]:
         return next((i for i in self.inputs if i.name == name), None)
 
-    # State of a stateful loss (SogCLR's u, ALDR-KL's lambda): tables indexed by sample id.
+    # State of a stateful loss (SogCLR's u, ALDR-KL's lambda): sparse tables of the sample ids seen.
     def state(self) -> Dict[str, np.ndarray]:
-        """The state tables, by state input (float64, one row per sample id seen)."""
-        return {n: np.frombuffer(b, dtype=np.float64).copy() for n, b in self._native.state()}
+        """The state tables, by state input: float64 arrays of shape [K, 2], one (id, value) row per
+        sample id seen, ids ascending (the format `lossc eval --state` writes)."""
+        return {n: np.frombuffer(b, dtype=np.float64).reshape(-1, 2).copy() for n, b in self._native.state()}
 
     def load_state(self, tables: Mapping[str, Any]) -> None:
-        """Replaces the state tables (what `state()` returned)."""
-        self._native.set_state([(n, [float(x) for x in np.asarray(v, dtype=np.float64).ravel()]) for n, v in tables.items()])
+        """Replaces the state tables: [K, 2] (id, value) rows as `state()` returns, or a rank-1 array of
+        the rows of ids 0, 1, …"""
+        flat = []
+        for name, v in tables.items():
+            a = np.asarray(v, dtype=np.float64)
+            if a.ndim == 1:
+                a = np.stack([np.arange(len(a), dtype=np.float64), a], axis=1)
+            if a.ndim != 2 or a.shape[1] != 2:
+                raise _lossc.InputError(f"state `{name}`: expected (id, value) rows of shape [K, 2], got {a.shape}")
+            flat.append((name, [float(x) for x in a.ravel()]))
+        self._native.set_state(flat)
 
 
 class Module:

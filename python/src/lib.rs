@@ -572,7 +572,7 @@ impl Loss {
         })
     }
 
-    /// The state tables: (state input, float64 bytes of its rows).
+    /// The state tables: (state input, float64 bytes of its (id, value) rows, ids ascending).
     fn state(&self, py: Python<'_>) -> PyResult<Py<PyList>> {
         let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
         let list = PyList::empty(py);
@@ -580,27 +580,44 @@ impl Loss {
             if input.state.is_none() {
                 continue;
             }
-            if let Some(table) = store.table(&input.name) {
-                let bytes: Vec<u8> = table.iter().flat_map(|x| x.to_ne_bytes()).collect();
+            if let Some(table) = store.rows(&input.name) {
+                let bytes: Vec<u8> = (table.rows.iter())
+                    .flat_map(|(id, v)| [*id as f64, *v])
+                    .flat_map(|x| x.to_ne_bytes())
+                    .collect();
                 list.append((input.name.clone(), PyBytes::new(py, &bytes)))?;
             }
         }
         Ok(list.unbind())
     }
 
-    /// Replaces the state tables (what `state` returned).
+    /// Replaces the state tables (what `state` returned): per state input, its (id, value) rows flattened.
     fn set_state(&self, tables: Vec<(String, Vec<f64>)>) -> PyResult<()> {
-        let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
-        *store = StateStore::new();
-        for (name, values) in tables {
+        let mut fresh = StateStore::new();
+        for (name, pairs) in tables {
             if !self.source.inputs.iter().any(|i| i.name == name && i.state.is_some()) {
                 return Err(InputError::new_err(format!(
                     "`{}` has no state input `{name}`",
                     self.source.name
                 )));
             }
-            store.set_table(&name, values);
+            let mut rows = BTreeMap::new();
+            for pair in pairs.chunks(2) {
+                let [id, value] = pair else {
+                    return Err(InputError::new_err(format!(
+                        "state `{name}`: rows are (id, value) pairs"
+                    )));
+                };
+                if id.fract() != 0.0 || *id < 0.0 {
+                    return Err(InputError::new_err(format!(
+                        "state `{name}`: sample id {id} is not an integer"
+                    )));
+                }
+                rows.insert(*id as i64, *value);
+            }
+            fresh.set_rows(&name, rows).map_err(call_error)?;
         }
+        *self.store.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
         Ok(())
     }
 
