@@ -459,6 +459,12 @@ pub fn gather_inputs(f: &Function, args: &InputArgs) -> Result<BTreeMap<String, 
             let n = v.parse::<usize>().map_err(|_| {
                 Failure::Message(format!("error: size of {k} must be a non-negative integer, got `{v}`"))
             })?;
+            if n as u64 > call::MAX_ELEMENTS {
+                return Err(Failure::Message(format!(
+                    "error: size of {k} is {n}, more than a tensor may hold ({})",
+                    call::MAX_ELEMENTS
+                )));
+            }
             if !f.dims.iter().any(|d| d.name == k) {
                 let dims: Vec<&str> = f.dims.iter().map(|d| d.name.as_str()).collect();
                 return Err(Failure::Message(format!(

@@ -223,7 +223,8 @@ fn parse_npy(bytes: &[u8]) -> Result<Tensor, NpyProblem> {
         .ok_or_else(|| bad("shape overflows"))?;
     let type_str = match npy.dtype() {
         npyz::DType::Plain(t) => t,
-        other => return Err(NpyProblem::Dtype(format!("{other:?}"))),
+        npyz::DType::Record(_) => return Err(NpyProblem::Dtype("record (a structured array)".into())),
+        npyz::DType::Array(..) => return Err(NpyProblem::Dtype("sub-array".into())),
     };
     let elem = type_str.size_field() as usize;
     if count.checked_mul(elem).is_none_or(|n| n > bytes.len()) {

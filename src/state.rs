@@ -222,7 +222,7 @@ pub fn check_ids(key: &str, ids: &[i64]) -> Result<(), CallError> {
             input: key.to_string(),
             position: vec![at],
             value: bad,
-            bound: "the state table limit".into(),
+            bound: "MAX_STATE_ROWS".into(),
             size: MAX_STATE_ROWS,
         }),
         None => Ok(()),

@@ -720,3 +720,46 @@ fn a_reader_that_goes_away_ends_the_output_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(out.status.code(), Some(0), "{err}");
 }
+
+/// Messages the fuzzer found misleading (issue 28): a size past any tensor said "negative", a structured
+/// .npy printed a Rust debug dump.
+#[test]
+fn hostile_sizes_and_dtypes_say_what_is_wrong() {
+    let (_, err) = expect(
+        &[
+            "eval",
+            "examples/cross_entropy.lx",
+            "--random",
+            "N=18446744073709551615,C=3",
+        ],
+        1,
+    );
+    assert!(
+        err.contains("size of N is 18446744073709551615, more than a tensor may hold (4294967296)"),
+        "{err}"
+    );
+    let dir = scratch("record_npy");
+    // A structured dtype: '|V8' records of two float32 fields.
+    let mut file = b"\x93NUMPY\x01\x00".to_vec();
+    let header = "{'descr': [('a', '<f4'), ('b', '<f4')], 'fortran_order': False, 'shape': (2,), }";
+    let padded = format!("{header:<117}\n");
+    file.extend_from_slice(&(padded.len() as u16).to_le_bytes());
+    file.extend_from_slice(padded.as_bytes());
+    file.extend_from_slice(&[0u8; 16]);
+    let path = dir.join("rec.npy");
+    std::fs::write(&path, &file).unwrap();
+    let input = format!("s={}", path.display());
+    let (_, err) = expect(
+        &[
+            "eval",
+            "examples/cross_entropy.lx",
+            "--input",
+            &input,
+            "--random",
+            "N=2,C=3",
+        ],
+        1,
+    );
+    assert!(err.contains("holds dtype record (a structured array)"), "{err}");
+    assert!(!err.contains("Field"), "{err}");
+}
