@@ -25,7 +25,8 @@ enum lossc_status {
     LOSSC_LABEL_ERROR = 4,    /* a label or data-dependent subscript out of range */
     LOSSC_HYPER_ERROR = 5,    /* an unknown or non-integer hyperparameter */
     LOSSC_ARGUMENT_ERROR = 6, /* a NULL pointer or an invalid dtype code passed to the API */
-    LOSSC_INTERNAL_ERROR = 7  /* a bug in lossc (never the input's fault) */
+    LOSSC_INTERNAL_ERROR = 7, /* a bug in lossc (never the input's fault) */
+    LOSSC_MEMORY_ERROR = 8    /* the call would need more memory than the budget (LOSSC_MEMORY_BUDGET) */
 };
 
 /* Element types of inputs. */

@@ -120,6 +120,7 @@ pub fn eval(
     hypers: &BTreeMap<String, f64>,
 ) -> Result<Evaluation, CallError> {
     let bound = call::bind(f, inputs, hypers)?;
+    call::check_budget(interp::bytes_needed(f, &bound.sizes), call::default_memory_budget())?;
     on_big_stack(|| interp::run(f, &bound))
 }
 

@@ -16,6 +16,43 @@ use crate::ir::{Dim, ElemTy, Function, Scalar};
 /// The most elements one tensor (input or intermediate) may have.
 pub const MAX_ELEMENTS: u64 = 1 << 32;
 
+/// The memory budget of one call when none is set: `LOSSC_MEMORY_BUDGET` (bytes; a `K`, `M`, `G` or `T`
+/// suffix counts in powers of 1024) if set, else three quarters of the machine's memory (`MemTotal` of
+/// /proc/meminfo), else 16 GiB. A call whose buffers would need more fails with [`CallError::OverBudget`]
+/// before anything is allocated ([`crate::Compiler::memory_budget`] sets it per compiler).
+pub fn default_memory_budget() -> u64 {
+    if let Some(bytes) = std::env::var("LOSSC_MEMORY_BUDGET").ok().and_then(|v| parse_bytes(&v)) {
+        return bytes;
+    }
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|text| {
+        let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    });
+    total.map_or(16 << 30, |bytes| bytes / 4 * 3)
+}
+
+/// `123`, `64K`, `512M`, `16G`, `1T` (powers of 1024; a trailing `B`/`iB` is allowed) as bytes.
+pub fn parse_bytes(text: &str) -> Option<u64> {
+    let t = text.trim().trim_end_matches("iB").trim_end_matches('B');
+    let (digits, shift) = match t.chars().last()? {
+        'K' | 'k' => (&t[..t.len() - 1], 10),
+        'M' | 'm' => (&t[..t.len() - 1], 20),
+        'G' | 'g' => (&t[..t.len() - 1], 30),
+        'T' | 't' => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    digits.trim().parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+/// Checks the bytes a call's buffers need against `budget`.
+pub fn check_budget(needed: u64, budget: u64) -> Result<(), CallError> {
+    if needed > budget {
+        return Err(CallError::OverBudget { needed, budget });
+    }
+    Ok(())
+}
+
 /// A bad call of a compiled loss.
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum CallError {
@@ -88,6 +125,12 @@ pub enum CallError {
     /// to compile: a compiler limit, never the input's fault.
     #[error("the kernel's code for this call failed to compile: {0}")]
     Compile(String),
+    /// The call's buffers would need more memory than the budget allows (nothing was allocated).
+    #[error(
+        "the call needs about {needed} bytes of buffers, more than the memory budget of {budget} bytes \
+         (set LOSSC_MEMORY_BUDGET, or Compiler::memory_budget)"
+    )]
+    OverBudget { needed: u64, budget: u64 },
     /// The device backend (CUDA) could not run the call: no driver or device, an allocation or a launch
     /// failed. Never the input's fault.
     #[error("the device could not run the kernel: {0}")]

@@ -527,6 +527,8 @@ pub fn gather_inputs(f: &Function, args: &InputArgs) -> Result<BTreeMap<String, 
             dists.insert(name, dist);
         }
         let mut rng = Rng::new(args.seed);
+        // Drawn inputs are f64 tensors: their bytes count against the memory budget before any is drawn.
+        let (budget, mut drawn) = (call::default_memory_budget(), 0u64);
         for (k, input) in f.inputs.iter().enumerate() {
             // A per-sample loss's cotangent defaults to ones (below), not to random numbers.
             if inputs.contains_key(&input.name) || f.cotangent == Some(k as u32) {
@@ -538,6 +540,8 @@ pub fn gather_inputs(f: &Function, args: &InputArgs) -> Result<BTreeMap<String, 
                 .try_fold(1usize, |a, d| a.checked_mul(*d))
                 .filter(|n| *n as u64 <= call::MAX_ELEMENTS)
                 .ok_or_else(|| Failure::Message(format!("error: input `{}` would be too large", input.name)))?;
+            drawn = drawn.saturating_add(count as u64 * 8);
+            call::check_budget(drawn, budget).map_err(|e| Failure::Message(format!("error: {e}")))?;
             let t = if input.elem == ElemTy::Idx {
                 let bound = match (&input.bound, dists.get(&input.name)) {
                     (Some(b), Some(Dist::Labels(k))) if *k > size_of(b)? as u64 => {

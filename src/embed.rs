@@ -296,6 +296,7 @@ impl Workspace {
         }
         let (sizes, values) = call::bind_views(f, &views, hypers)?;
         drop(views);
+        call::check_budget(self.kernel.bytes_needed(&sizes, false), self.kernel.memory_budget())?;
         self.sizes.clone_from(&sizes);
 
         #[cfg(feature = "jit")]

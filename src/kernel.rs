@@ -48,6 +48,7 @@ pub enum Backend {
 pub struct Compiler {
     backend: Backend,
     threads: usize,
+    budget: u64,
     specialise: BTreeMap<String, f64>,
     cuda: Arc<dyn crate::backend::cuda::Loader>,
 }
@@ -57,6 +58,7 @@ impl std::fmt::Debug for Compiler {
         out.debug_struct("Compiler")
             .field("backend", &self.backend)
             .field("threads", &self.threads)
+            .field("budget", &self.budget)
             .field("specialise", &self.specialise)
             .finish_non_exhaustive()
     }
@@ -80,6 +82,7 @@ impl Compiler {
         Compiler {
             backend,
             threads,
+            budget: crate::call::default_memory_budget(),
             specialise: BTreeMap::new(),
             cuda: crate::backend::cuda::default_loader(),
         }
@@ -96,6 +99,12 @@ impl Compiler {
     }
     pub fn threads(mut self, threads: usize) -> Compiler {
         self.threads = threads.max(1);
+        self
+    }
+    /// The most bytes one call's buffers may take (on the host); a call that would need more fails with
+    /// [`CallError::OverBudget`] before anything is allocated. Default: [`crate::call::default_memory_budget`].
+    pub fn memory_budget(mut self, bytes: u64) -> Compiler {
+        self.budget = bytes;
         self
     }
     /// Fixes a hyperparameter at compile time (folded into the code; it cannot be set per call).
@@ -153,6 +162,7 @@ pub struct Kernel {
     jit: Option<Arc<crate::backend::jit::Compiled>>,
     cuda: Option<Arc<CudaKernel>>,
     threads: usize,
+    budget: u64,
     timings: Timings,
 }
 
@@ -217,6 +227,7 @@ impl Kernel {
             jit,
             cuda,
             threads: options.threads,
+            budget: options.budget,
             timings,
         })
     }
@@ -234,6 +245,44 @@ impl Kernel {
 
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// About how many bytes of host memory a call at these dimension sizes allocates: the backend's
+    /// buffers, and with `tensors` (the `Tensor` API) the inputs converted and the results collected as f64.
+    pub fn bytes_needed(&self, sizes: &[i64], tensors: bool) -> u64 {
+        let f = &self.function;
+        let elements = |shape: &[crate::ir::Dim]| -> u64 {
+            shape
+                .iter()
+                .fold(1u64, |a, d| a.saturating_mul(d.eval(sizes).max(0) as u64))
+        };
+        let io = if tensors {
+            let inputs: u64 = f.inputs.iter().map(|i| elements(&i.shape)).fold(0, u64::saturating_add);
+            let results: u64 = (f.tensors.iter())
+                .filter(|t| t.role != crate::ir::Role::Let)
+                .map(|t| {
+                    t.indices.iter().fold(1u64, |a, i| {
+                        a.saturating_mul(f.index(*i).range.eval(sizes).max(0) as u64)
+                    })
+                })
+                .fold(0, u64::saturating_add);
+            inputs.saturating_mul(4).saturating_add(results.saturating_mul(8))
+        } else {
+            0
+        };
+        #[cfg(feature = "jit")]
+        if let Some(jit) = &self.jit {
+            return jit.bytes_needed(sizes).saturating_add(io);
+        }
+        if self.cuda.is_some() {
+            return io;
+        }
+        interp::bytes_needed(f, sizes).saturating_add(io)
+    }
+
+    /// The memory budget of a call ([`Compiler::memory_budget`]).
+    pub fn memory_budget(&self) -> u64 {
+        self.budget
     }
 
     /// The same kernel (sharing its code) running on `threads` threads.
@@ -268,6 +317,7 @@ impl Kernel {
             return Err(CallError::HyperFixed { name: name.clone() });
         }
         let bound = call::bind(&self.function, inputs, hypers)?;
+        call::check_budget(self.bytes_needed(&bound.sizes, true), self.budget)?;
         if let Some(cuda) = &self.cuda {
             let mut device = cuda.device.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             return crate::backend::cuda::host::run(&cuda.program, &self.function, &bound, &mut **device);

@@ -219,3 +219,45 @@ fn bad_calls_fail_as_the_tensor_api_does() {
     assert!((loss - 3f32.ln()).abs() < 1e-6, "{loss}");
     assert!((g[0] - (1.0 / 3.0 - 1.0) / 4.0).abs() < 1e-6, "{g:?}");
 }
+
+/// A call whose buffers would exceed the memory budget fails before anything is allocated, on the
+/// `Tensor` API and the slice API alike, on the JIT and the interpreter (issue 28).
+#[test]
+fn calls_over_the_memory_budget_are_typed_errors() {
+    let src = "loss ce(s: f32[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }";
+    let (n, c) = (64usize, 100usize);
+    let s = vec![0f32; n * c];
+    let y = vec![0i64; n];
+    let tensors = BTreeMap::from([
+        ("s".to_string(), Tensor::float(vec![n, c], vec![0.0; n * c])),
+        ("y".to_string(), Tensor::labels(vec![n], y.clone())),
+    ]);
+    for backend in [Backend::Jit, Backend::Interp] {
+        let small = Compiler::new().backend(backend).memory_budget(10_000);
+        let kernel = small.compile_source("ce.lx", src).unwrap().kernel(None).unwrap();
+        let needed = kernel.bytes_needed(&[n as i64, c as i64], true);
+        assert!(needed > 10_000, "{backend:?}: {needed}");
+        let e = kernel.eval(&tensors).unwrap_err();
+        assert!(
+            matches!(e, lossc::CallError::OverBudget { budget: 10_000, .. }),
+            "{backend:?}: {e}"
+        );
+        assert!(
+            e.to_string().contains("more than the memory budget of 10000 bytes"),
+            "{e}"
+        );
+        let mut workspace = kernel.workspace();
+        let (s_shape, y_shape) = ([n, c], [n]);
+        let inputs = [Input::f32("s", &s_shape, &s), Input::i64("y", &y_shape, &y)];
+        let e = workspace.call(&inputs, &BTreeMap::new(), &mut []).unwrap_err();
+        assert!(matches!(e, lossc::CallError::OverBudget { .. }), "{backend:?}: {e}");
+        // Within a budget that holds them, the same call runs.
+        let roomy = Compiler::new().backend(backend).memory_budget(needed);
+        let kernel = roomy.compile_source("ce.lx", src).unwrap().kernel(None).unwrap();
+        assert!(kernel.eval(&tensors).is_ok(), "{backend:?}");
+    }
+    assert_eq!(lossc::call::parse_bytes("16G"), Some(16 << 30));
+    assert_eq!(lossc::call::parse_bytes("512MiB"), Some(512 << 20));
+    assert_eq!(lossc::call::parse_bytes("12345"), Some(12345));
+    assert_eq!(lossc::call::parse_bytes("lots"), None);
+}

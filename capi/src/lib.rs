@@ -28,6 +28,8 @@ pub const LOSSC_HYPER_ERROR: c_int = 5;
 pub const LOSSC_ARGUMENT_ERROR: c_int = 6;
 /// A bug in lossc.
 pub const LOSSC_INTERNAL_ERROR: c_int = 7;
+/// The call would need more memory than the budget allows.
+pub const LOSSC_MEMORY_ERROR: c_int = 8;
 
 /// Element type codes (`enum lossc_dtype`).
 pub const LOSSC_F32: c_int = 0;
@@ -101,6 +103,7 @@ impl From<CallError> for Failure {
             CallError::UnknownHyper { .. } | CallError::HyperFixed { .. } | CallError::HyperNotInteger { .. } => {
                 LOSSC_HYPER_ERROR
             }
+            CallError::OverBudget { .. } => LOSSC_MEMORY_ERROR,
             CallError::Device(_) | CallError::Compile(_) => LOSSC_INTERNAL_ERROR,
         };
         Failure(code, e.to_string())

@@ -76,6 +76,7 @@ fn call_error(e: lossc::CallError) -> PyErr {
             HyperparameterError::new_err(message)
         }
         CallError::Device(_) => DeviceError::new_err(message),
+        CallError::OverBudget { .. } => pyo3::exceptions::PyMemoryError::new_err(message),
         CallError::Compile(_) => InternalError::new_err(message),
     }
 }

@@ -43,6 +43,18 @@ pub fn run(f: &Function, call: &Bound) -> Result<Evaluation, CallError> {
     run_with(f, call, StopGrads::Live)
 }
 
+/// About how many bytes [`run`] allocates at these dimension sizes: every tensor, one value per element.
+pub fn bytes_needed(f: &Function, sizes: &[i64]) -> u64 {
+    (f.tensors.iter())
+        .map(|t| {
+            t.indices.iter().fold(1u64, |a, i| {
+                a.saturating_mul(f.index(*i).range.eval(sizes).max(0) as u64)
+            })
+        })
+        .fold(0, u64::saturating_add)
+        .saturating_mul(std::mem::size_of::<Value>() as u64)
+}
+
 /// [`run`], with a choice of how `stopgrad` is evaluated.
 pub fn run_with(f: &Function, call: &Bound, stopgrads: StopGrads) -> Result<Evaluation, CallError> {
     let mut it = Interp {

@@ -358,6 +358,23 @@ impl Compiled {
             })
     }
 
+    /// The bytes [`Compiled::defined`] allocates for a call of these sizes.
+    pub fn bytes_needed(&self, sizes: &[i64]) -> u64 {
+        (self.plan.buffers.iter().enumerate())
+            .filter(|(k, buf)| {
+                matches!(buf.of, TensorRef::Def(_)) && !self.plan.row_private[*k] && self.plan.host[*k].is_none()
+            })
+            .map(|(_, buf)| {
+                let len = buf
+                    .shape
+                    .iter()
+                    .fold(1u64, |a, d| a.saturating_mul(d.eval(sizes).max(0) as u64));
+                let elem = if buf.scalar == Scalar::Int { 8 } else { 4 };
+                len.saturating_mul(elem)
+            })
+            .fold(0, u64::saturating_add)
+    }
+
     /// The elements of float buffer `k` of executed buffers (a result: [`crate::backend::loops::Plan::results`]).
     pub fn floats<'b>(&self, buffers: &'b Buffers, k: usize) -> &'b [f32] {
         match &buffers.stores[k] {
