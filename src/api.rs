@@ -51,8 +51,16 @@ impl Program {
         })
     }
 
-    /// Reads, parses and checks a file.
+    /// Reads, parses and checks a file; a path of the form `std::module::loss` that names no file is the
+    /// stdlib loss of that path (as `use std::module::loss` would import it).
     pub fn from_file(path: &Path) -> Result<Program, Diags> {
+        if let Some(stdlib) = path.to_str().filter(|p| p.starts_with("std::") && !path.exists())
+            && stdlib
+                .rsplit_once("::")
+                .is_some_and(|(m, n)| m.len() > 5 && !n.is_empty())
+        {
+            return Program::from_source(stdlib, &format!("use {stdlib}\n"));
+        }
         let text = std::fs::read_to_string(path).map_err(|e| {
             Diags(vec![
                 Diag::new(Code::Io, format!("cannot read {}: {e}", path.display())).help("check the path"),

@@ -55,6 +55,11 @@ pub fn copy_bandwidth(bytes: u64, threads: usize) -> f64 {
 }
 
 pub fn run(args: &BenchArgs) -> Result<String, String> {
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "warning: this lossc is a debug build: its times are tens of times slower than a release build's (cargo build --release)"
+        );
+    }
     let t0 = Instant::now();
     let program = Program::from_file(&args.file).map_err(|d| d.render())?;
     let f = program.loss(args.loss.as_deref()).map_err(|d| format!("error: {d}"))?;
@@ -75,7 +80,8 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
         dists: args.dists.clone(),
     };
     let inputs = gather_inputs(f, &input_args).map_err(|e| match e {
-        Failure::Message(m) => m,
+        // The sizes come from --shape here.
+        Failure::Message(m) => m.replace("with --random ", "with --shape "),
         Failure::Diags(_) => format!("error: bad --shape `{}` for `{}`", args.shape, f.name),
     })?;
     let g = kernel.function();

@@ -65,6 +65,17 @@ pub struct Series {
 }
 
 pub fn run(args: &PlotArgs) -> Result<String, String> {
+    if let Some(dir) = args
+        .output
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+    {
+        return Err(format!(
+            "error: cannot write {}: the directory {} does not exist",
+            args.output.display(),
+            dir.display()
+        ));
+    }
     let program = Program::from_file(&args.file).map_err(|d| d.render())?;
     render(&program, args)
 }

@@ -763,3 +763,30 @@ fn hostile_sizes_and_dtypes_say_what_is_wrong() {
     assert!(err.contains("holds dtype record (a structured array)"), "{err}");
     assert!(!err.contains("Field"), "{err}");
 }
+
+/// What a new user trips on (issue 23): a stdlib loss by its path, bench's own flag in its message, a
+/// missing output directory named plainly, and a warning when bench runs in a debug build.
+#[test]
+fn stdlib_paths_and_plain_messages() {
+    let (out, _) = expect(&["eval", "std::robust::ldr_kl", "--random", "N=2,C=3"], 0);
+    assert!(out.starts_with("loss = "), "{out}");
+    let (_, err) = expect(&["eval", "std::robust::nope", "--random", "N=2,C=3"], 1);
+    assert!(err.contains("`std::robust` has no item `nope`"), "{err}");
+    let (_, err) = expect(
+        &["bench", "examples/cross_entropy.lx", "--shape", "N=4", "--iters", "1"],
+        1,
+    );
+    assert!(
+        err.contains("give the size of dimension C with --shape C=SIZE"),
+        "{err}"
+    );
+    assert_eq!(err.contains("debug build"), cfg!(debug_assertions), "{err}");
+    let (_, err) = expect(
+        &["plot", "examples/cross_entropy.lx", "-o", "/nonexistent-dir/p.png"],
+        1,
+    );
+    assert!(
+        err.contains("cannot write /nonexistent-dir/p.png: the directory /nonexistent-dir does not exist"),
+        "{err}"
+    );
+}
