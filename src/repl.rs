@@ -558,29 +558,106 @@ impl rustyline::validate::Validator for Helper {
 
 impl rustyline::Helper for Helper {}
 
+/// Splits what the terminal or a script hands over into entries and runs each in order: a line that
+/// completes an entry (brackets closed, comments ended) runs it. A paste of a definition followed by
+/// `:grad` and `:eval` arrives from the line editor as one text of several lines; each entry in it runs.
+pub struct Feeder {
+    pending: String,
+}
+
+impl Default for Feeder {
+    fn default() -> Feeder {
+        Feeder::new()
+    }
+}
+
+impl Feeder {
+    /// A feeder with nothing pending.
+    pub fn new() -> Feeder {
+        Feeder { pending: String::new() }
+    }
+
+    /// Runs every entry `text` completes; returns their output, each ending in a newline.
+    pub fn feed(&mut self, session: &mut Session, text: &str) -> String {
+        let mut out = String::new();
+        for line in text.split('\n') {
+            if session.done {
+                break;
+            }
+            self.pending.push_str(line);
+            self.pending.push('\n');
+            if lexer::is_complete(&self.pending) {
+                if !self.pending.trim().is_empty() {
+                    out.push_str(&ended(session.handle(&self.pending)));
+                }
+                self.pending.clear();
+            }
+        }
+        out
+    }
+
+    /// Runs what is left (an entry the input ended inside).
+    pub fn finish(&mut self, session: &mut Session) -> String {
+        let rest = std::mem::take(&mut self.pending);
+        if rest.trim().is_empty() || session.done {
+            return String::new();
+        }
+        ended(session.handle(&rest))
+    }
+}
+
+/// `text` ending in a newline (an error printed without one never showed, or stuck to the next output).
+fn ended(mut text: String) -> String {
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text
+}
+
+/// Lines typed (or pasted) while an entry ran: the terminal is in cooked mode then, so they wait whole in
+/// its input queue. They are read here, because the line editor reads everything queued and keeps only the
+/// first line (rustyline issue 690).
+#[cfg(unix)]
+fn typed_ahead() -> Option<String> {
+    let mut ready = libc::pollfd {
+        fd: 0,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    if unsafe { libc::poll(&mut ready, 1, 0) } <= 0 {
+        return None;
+    }
+    let mut buf = [0u8; 4096];
+    // SAFETY: reads at most buf.len() bytes into buf.
+    let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+    (n > 0).then(|| String::from_utf8_lossy(&buf[..n as usize]).into_owned())
+}
+
+#[cfg(not(unix))]
+fn typed_ahead() -> Option<String> {
+    None
+}
+
 /// Runs the REPL on the terminal, or reads stdin as a script when it is not one.
 pub fn run() -> Result<(), String> {
     use std::io::{BufRead, IsTerminal, Write};
     let mut session = Session::new();
+    let mut feeder = Feeder::new();
+    let show = |text: &str| {
+        let mut stdout = std::io::stdout().lock();
+        let _ = write!(stdout, "{text}");
+        let _ = stdout.flush();
+    };
     if !std::io::stdin().is_terminal() {
-        let mut pending = String::new();
-        let stdout = std::io::stdout();
         for line in std::io::stdin().lock().lines() {
             let line = line.map_err(|e| format!("error: {e}"))?;
-            pending.push_str(&line);
-            pending.push('\n');
-            if lexer::is_complete(&pending) {
-                let out = session.handle(&pending);
-                let _ = write!(stdout.lock(), "{out}");
-                pending.clear();
-                if session.done {
-                    break;
-                }
+            show(&feeder.feed(&mut session, &line));
+            if session.done {
+                break;
             }
         }
-        if !pending.trim().is_empty() {
-            print!("{}", session.handle(&pending));
-        }
+        show(&feeder.finish(&mut session));
         return Ok(());
     }
     let names = Rc::new(RefCell::new(session.names()));
@@ -595,10 +672,21 @@ pub fn run() -> Result<(), String> {
     }
     println!("lossc repl — :help for help, :quit to leave");
     loop {
+        if let Some(text) = typed_ahead() {
+            // The terminal echoed it as it was typed; run it without another prompt.
+            show(&feeder.feed(&mut session, text.strip_suffix('\n').unwrap_or(&text)));
+            *names.borrow_mut() = session.names();
+            if session.done {
+                break;
+            }
+            continue;
+        }
+        show(&feeder.finish(&mut session));
         match editor.readline("lx> ") {
-            Ok(line) => {
-                let _ = editor.add_history_entry(line.as_str());
-                print!("{}", session.handle(&line));
+            Ok(text) => {
+                let _ = editor.add_history_entry(text.as_str());
+                show(&feeder.feed(&mut session, &text));
+                show(&feeder.finish(&mut session));
                 *names.borrow_mut() = session.names();
                 if session.done {
                     break;
