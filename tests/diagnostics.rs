@@ -35,6 +35,12 @@ macro_rules! case {
 
 case!(syntax_error, Syntax, "loss f(x: f32[N]) {\n    mean[i] x[i] +\n}\n");
 case!(syntax_bad_item, Syntax, "lost f(x: f32[N]) { 1 }\n");
+// `fmt` deleted a doc comment inside a body that `check` accepted (issue 28).
+case!(
+    doc_comment_inside_a_body,
+    Syntax,
+    "loss f(x: f32[N]) {\n    /// the mean\n    mean[i] x[i]\n}\n"
+);
 // `2 /// note` once read as `2 / // note`: a division by the next line (issue 28).
 case!(
     doc_comment_after_an_operand,

@@ -426,7 +426,12 @@ impl Builder {
         let mut result = None;
         for q in p.into_inner() {
             match q.as_rule() {
-                Rule::doc_comment => {}
+                // `fmt` has nowhere to keep it, and it documents nothing (issue 28).
+                Rule::doc_comment => {
+                    return Err(Diag::new(Code::Syntax, "a doc comment (`///`) inside a body documents nothing")
+                        .label(self.span(&q), "doc comment here")
+                        .help("write `//` for a comment inside a body; `///` documents the item it precedes"));
+                }
                 Rule::stmt => stmts.push(self.stmt(q.into_inner().next().unwrap())?),
                 Rule::expr => result = Some(self.expr(q, 0)?),
                 r => unreachable!("body child {r:?}"),
