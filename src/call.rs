@@ -125,6 +125,14 @@ pub enum CallError {
     /// to compile: a compiler limit, never the input's fault.
     #[error("the kernel's code for this call failed to compile: {0}")]
     Compile(String),
+    /// A float input holds NaN or an infinity (reported only where asked: [`crate::Compiler::finite_inputs`]).
+    #[error("input `{input}` holds {value} at position {position:?} ({count} non-finite element(s) in all)")]
+    NonFinite {
+        input: String,
+        position: Vec<usize>,
+        value: f64,
+        count: usize,
+    },
     /// The call's buffers would need more memory than the budget allows (nothing was allocated).
     #[error(
         "the call needs about {needed} bytes of buffers, more than the memory budget of {budget} bytes \
@@ -372,6 +380,21 @@ pub fn hyper_values(f: &Function, hypers: &BTreeMap<String, f64>) -> Result<Vec<
         values[k] = *v;
     }
     Ok(values)
+}
+
+/// The first NaN or infinity among float inputs (in input-name order), as [`CallError::NonFinite`].
+pub fn non_finite<'a>(inputs: impl IntoIterator<Item = (&'a str, &'a [usize], &'a [f64])>) -> Option<CallError> {
+    for (name, shape, values) in inputs {
+        if let Some(at) = values.iter().position(|v| !v.is_finite()) {
+            return Some(CallError::NonFinite {
+                input: name.to_string(),
+                position: unravel(at, shape),
+                value: values[at],
+                count: values.iter().filter(|v| !v.is_finite()).count(),
+            });
+        }
+    }
+    None
 }
 
 /// Row-major position of a flat offset.

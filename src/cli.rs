@@ -638,6 +638,14 @@ fn prepare(args: &InputArgs) -> Result<Prepared, Failure> {
         .loss(args.loss.as_deref())
         .map_err(|d| Failure::Diags(Diags(vec![d])))?;
     let inputs = gather_inputs(f, args)?;
+    // NaN in, NaN out: say where it came from.
+    let floats = inputs.iter().filter_map(|(n, t)| match &t.data {
+        Data::Float(v) => Some((n.as_str(), &t.shape[..], &v[..])),
+        Data::Int(_) => None,
+    });
+    if let Some(e) = call::non_finite(floats) {
+        eprintln!("warning: {e}");
+    }
     let mut hypers = BTreeMap::new();
     for (k, v) in parse_pairs(&args.sets, "NAME=VALUE")? {
         let x = v

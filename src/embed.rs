@@ -294,6 +294,20 @@ impl Workspace {
             };
             views.insert(input.name, view);
         }
+        if self.kernel.checks_finite() {
+            for input in inputs {
+                if let View::F32(v) = input.data
+                    && let Some(at) = v.iter().position(|x| !x.is_finite())
+                {
+                    return Err(CallError::NonFinite {
+                        input: input.name.to_string(),
+                        position: call::unravel(at, input.shape),
+                        value: v[at] as f64,
+                        count: v.iter().filter(|x| !x.is_finite()).count(),
+                    });
+                }
+            }
+        }
         let (sizes, values) = call::bind_views(f, &views, hypers)?;
         drop(views);
         call::check_budget(self.kernel.bytes_needed(&sizes, false), self.kernel.memory_budget())?;

@@ -49,6 +49,7 @@ pub struct Compiler {
     backend: Backend,
     threads: usize,
     budget: u64,
+    finite: bool,
     specialise: BTreeMap<String, f64>,
     cuda: Arc<dyn crate::backend::cuda::Loader>,
 }
@@ -83,6 +84,7 @@ impl Compiler {
             backend,
             threads,
             budget: crate::call::default_memory_budget(),
+            finite: false,
             specialise: BTreeMap::new(),
             cuda: crate::backend::cuda::default_loader(),
         }
@@ -105,6 +107,13 @@ impl Compiler {
     /// [`CallError::OverBudget`] before anything is allocated. Default: [`crate::call::default_memory_budget`].
     pub fn memory_budget(mut self, bytes: u64) -> Compiler {
         self.budget = bytes;
+        self
+    }
+    /// With `true`, every call first checks that its float inputs are finite and fails with
+    /// [`CallError::NonFinite`] (the input, the first position and the count) where one is NaN or infinite;
+    /// by default NaN flows through as IEEE arithmetic has it.
+    pub fn finite_inputs(mut self, check: bool) -> Compiler {
+        self.finite = check;
         self
     }
     /// Fixes a hyperparameter at compile time (folded into the code; it cannot be set per call).
@@ -163,6 +172,7 @@ pub struct Kernel {
     cuda: Option<Arc<CudaKernel>>,
     threads: usize,
     budget: u64,
+    finite: bool,
     timings: Timings,
 }
 
@@ -228,6 +238,7 @@ impl Kernel {
             cuda,
             threads: options.threads,
             budget: options.budget,
+            finite: options.finite,
             timings,
         })
     }
@@ -280,6 +291,11 @@ impl Kernel {
         interp::bytes_needed(f, sizes).saturating_add(io)
     }
 
+    /// Whether calls check that float inputs are finite ([`Compiler::finite_inputs`]).
+    pub fn checks_finite(&self) -> bool {
+        self.finite
+    }
+
     /// The memory budget of a call ([`Compiler::memory_budget`]).
     pub fn memory_budget(&self) -> u64 {
         self.budget
@@ -317,6 +333,15 @@ impl Kernel {
             return Err(CallError::HyperFixed { name: name.clone() });
         }
         let bound = call::bind(&self.function, inputs, hypers)?;
+        if self.finite {
+            let floats = inputs.iter().filter_map(|(n, t)| match &t.data {
+                crate::data::Data::Float(v) => Some((n.as_str(), &t.shape[..], &v[..])),
+                crate::data::Data::Int(_) => None,
+            });
+            if let Some(e) = call::non_finite(floats) {
+                return Err(e);
+            }
+        }
         call::check_budget(self.bytes_needed(&bound.sizes, true), self.budget)?;
         if let Some(cuda) = &self.cuda {
             let mut device = cuda.device.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

@@ -790,3 +790,19 @@ fn stdlib_paths_and_plain_messages() {
         "{err}"
     );
 }
+
+/// NaN in the data: `eval` says which input and element (issue 23) and still evaluates.
+#[test]
+fn non_finite_inputs_are_named() {
+    let dir = scratch("nan_inputs");
+    let mut s = vec![0.0; 6];
+    s[5] = f64::NAN;
+    save_npy(&dir.join("s.npy"), &Tensor::float(vec![2, 3], s)).unwrap();
+    save_npy(&dir.join("y.npy"), &Tensor::labels(vec![2], vec![0, 1])).unwrap();
+    let (out, err) = expect(&["eval", "examples/cross_entropy.lx", "--data", p(&dir)], 0);
+    assert!(
+        err.contains("warning: input `s` holds NaN at position [1, 2] (1 non-finite element(s) in all)"),
+        "{err}"
+    );
+    assert!(out.contains("NaN"), "{out}");
+}

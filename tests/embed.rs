@@ -261,3 +261,40 @@ fn calls_over_the_memory_budget_are_typed_errors() {
     assert_eq!(lossc::call::parse_bytes("12345"), Some(12345));
     assert_eq!(lossc::call::parse_bytes("lots"), None);
 }
+
+/// NaN or infinite inputs: reported with the input and position where the compiler asks for it, on the
+/// `Tensor` and slice APIs; passed through as IEEE arithmetic has it otherwise (issue 23).
+#[test]
+fn non_finite_inputs_are_reported_where_asked() {
+    let src = "loss ce(s: f32[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }";
+    let mut values = vec![0.0; 6];
+    values[5] = f64::NAN;
+    values[1] = f64::INFINITY;
+    let tensors = BTreeMap::from([
+        ("s".to_string(), Tensor::float(vec![2, 3], values.clone())),
+        ("y".to_string(), Tensor::labels(vec![2], vec![0, 1])),
+    ]);
+    let strict = Compiler::new()
+        .finite_inputs(true)
+        .compile_source("ce.lx", src)
+        .unwrap()
+        .kernel(None)
+        .unwrap();
+    let e = strict.eval(&tensors).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "input `s` holds inf at position [0, 1] (2 non-finite element(s) in all)"
+    );
+    let floats: Vec<f32> = values.iter().map(|x| *x as f32).collect();
+    let labels = [0i64, 1];
+    let (s_shape, y_shape) = ([2usize, 3], [2usize]);
+    let inputs = [Input::f32("s", &s_shape, &floats), Input::i64("y", &y_shape, &labels)];
+    let e = strict.workspace().call(&inputs, &BTreeMap::new(), &mut []).unwrap_err();
+    assert!(matches!(e, lossc::CallError::NonFinite { count: 2, .. }), "{e}");
+    let lenient = Compiler::new()
+        .compile_source("ce.lx", src)
+        .unwrap()
+        .kernel(None)
+        .unwrap();
+    assert!(lenient.eval(&tensors).unwrap().loss.is_nan());
+}

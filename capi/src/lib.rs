@@ -93,7 +93,8 @@ impl From<CallError> for Failure {
             CallError::MissingInput { .. }
             | CallError::UnknownInput { .. }
             | CallError::WrongDtype { .. }
-            | CallError::StateGiven { .. } => LOSSC_INPUT_ERROR,
+            | CallError::StateGiven { .. }
+            | CallError::NonFinite { .. } => LOSSC_INPUT_ERROR,
             CallError::RankMismatch { .. }
             | CallError::LengthMismatch { .. }
             | CallError::ShapeMismatch { .. }

@@ -77,6 +77,7 @@ fn call_error(e: lossc::CallError) -> PyErr {
         }
         CallError::Device(_) => DeviceError::new_err(message),
         CallError::OverBudget { .. } => pyo3::exceptions::PyMemoryError::new_err(message),
+        CallError::NonFinite { .. } => InputError::new_err(message),
         CallError::Compile(_) => InternalError::new_err(message),
     }
 }

@@ -428,9 +428,11 @@ impl Builder {
             match q.as_rule() {
                 // `fmt` has nowhere to keep it, and it documents nothing (issue 28).
                 Rule::doc_comment => {
-                    return Err(Diag::new(Code::Syntax, "a doc comment (`///`) inside a body documents nothing")
-                        .label(self.span(&q), "doc comment here")
-                        .help("write `//` for a comment inside a body; `///` documents the item it precedes"));
+                    return Err(
+                        Diag::new(Code::Syntax, "a doc comment (`///`) inside a body documents nothing")
+                            .label(self.span(&q), "doc comment here")
+                            .help("write `//` for a comment inside a body; `///` documents the item it precedes"),
+                    );
                 }
                 Rule::stmt => stmts.push(self.stmt(q.into_inner().next().unwrap())?),
                 Rule::expr => result = Some(self.expr(q, 0)?),
