@@ -25,9 +25,13 @@ use crate::syntax::{self, ast};
 /// A checked program: its sources, its AST and the IR of every loss it defines or imports.
 #[derive(Debug)]
 pub struct Program {
+    /// Every source file the program read (the file itself and the stdlib modules it uses).
     pub sources: SourceMap,
+    /// The file the program was read from.
     pub root: SourceId,
+    /// The syntax tree of that file.
     pub ast: ast::File,
+    /// The checked IR of every loss the file defines or imports.
     pub module: Module,
 }
 
@@ -171,8 +175,10 @@ pub(crate) fn on_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 /// Why an evaluation through [`Program::eval`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
+    /// No such loss in the program (or none, or several, where one was meant).
     #[error("{0}")]
     Loss(Diag),
+    /// A bad call.
     #[error(transparent)]
     Call(#[from] CallError),
 }

@@ -16,18 +16,26 @@ use crate::{Compiler, Program, call};
 /// The measured numbers.
 #[derive(Debug, Clone)]
 pub struct Report {
+    /// Building the kernel (autodiff, optimization, code generation).
     pub compile_ms: f64,
+    /// The median call.
     pub median_ms: f64,
+    /// The fastest call.
     pub min_ms: f64,
+    /// Bytes of the memory floor: inputs read once, gradients written once.
     pub bytes: u64,
+    /// Input elements.
     pub elements: u64,
+    /// The copy bandwidth measured in the same run.
     pub bandwidth_gb_s: f64,
+    /// Threads of the JIT.
     pub threads: usize,
     /// Timed calls.
     pub iters: usize,
 }
 
 impl Report {
+    /// The time the floor's bytes take at the measured bandwidth.
     pub fn floor_ms(&self) -> f64 {
         self.bytes as f64 / (self.bandwidth_gb_s * 1e9) * 1e3
     }
@@ -54,6 +62,7 @@ pub fn copy_bandwidth(bytes: u64, threads: usize) -> f64 {
     (2 * n * 4) as f64 / best / 1e9
 }
 
+/// `lossc bench`: builds the kernel, times its calls on seeded random inputs and reports them.
 pub fn run(args: &BenchArgs) -> Result<String, String> {
     if cfg!(debug_assertions) {
         eprintln!(

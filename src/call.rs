@@ -53,19 +53,27 @@ pub fn check_budget(needed: u64, budget: u64) -> Result<(), CallError> {
     Ok(())
 }
 
-/// A bad call of a compiled loss.
+/// A bad call of a compiled loss. (Each variant's fields are what its message names.)
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum CallError {
+    /// An input the loss declares was not given.
+    #[allow(missing_docs)]
     #[error("missing input `{name}` (the loss takes: {expected})")]
     MissingInput { name: String, expected: String },
+    /// An input the loss does not declare was given.
+    #[allow(missing_docs)]
     #[error("unknown input `{name}` (the loss takes: {expected})")]
     UnknownInput { name: String, expected: String },
+    /// Floats given for labels, or labels for floats.
+    #[allow(missing_docs)]
     #[error("input `{input}` must be {expected}, but it is {got}")]
     WrongDtype {
         input: String,
         expected: &'static str,
         got: DType,
     },
+    /// An input of the wrong rank.
+    #[allow(missing_docs)]
     #[error("input `{input}` must have rank {expected} (shape {shape}), but it has shape {got:?}")]
     RankMismatch {
         input: String,
@@ -73,6 +81,8 @@ pub enum CallError {
         shape: String,
         got: Vec<usize>,
     },
+    /// An input whose element count is not its shape's.
+    #[allow(missing_docs)]
     #[error("input `{input}` holds {len} elements but its shape {shape:?} needs {needed}")]
     LengthMismatch {
         input: String,
@@ -80,6 +90,8 @@ pub enum CallError {
         len: usize,
         needed: usize,
     },
+    /// An axis whose size disagrees with the declared type or another input.
+    #[allow(missing_docs)]
     #[error(
         "dimension {dim} mismatch: axis {axis} of `{input}` has size {got}, but {dim} = {expected} (from {source_of})"
     )]
@@ -91,6 +103,8 @@ pub enum CallError {
         got: usize,
         source_of: String,
     },
+    /// A label outside `0..bound`.
+    #[allow(missing_docs)]
     #[error(
         "label out of range: `{input}` at position {position:?} is {value}, but labels must lie in 0..{bound} ({bound} = {size})"
     )]
@@ -101,18 +115,32 @@ pub enum CallError {
         bound: String,
         size: i64,
     },
+    /// A state input passed to a stateful call (the store supplies it).
+    #[allow(missing_docs)]
     #[error("input `{name}` is state kept by the state store; pass only its sample ids `{key}`")]
     StateGiven { name: String, key: String },
+    /// A hyperparameter the loss does not declare.
+    #[allow(missing_docs)]
     #[error("unknown hyperparameter `{name}` (the loss has: {available})")]
     UnknownHyper { name: String, available: String },
+    /// A hyperparameter fixed at compile time, set per call.
+    #[allow(missing_docs)]
     #[error("hyperparameter `{name}` was fixed when the kernel was compiled; it cannot be set per call")]
     HyperFixed { name: String },
+    /// A fractional value for an integer hyperparameter.
+    #[allow(missing_docs)]
     #[error("hyperparameter `{name}` is an integer, but was given {value}")]
     HyperNotInteger { name: String, value: f64 },
+    /// A dimension expression that evaluates negative at the call's sizes.
+    #[allow(missing_docs)]
     #[error("tensor `{tensor}` would have a negative extent {value} along {dim}")]
     NegativeDim { tensor: String, dim: String, value: i64 },
+    /// A tensor of more than `MAX_ELEMENTS` elements.
+    #[allow(missing_docs)]
     #[error("tensor `{tensor}` would have {elements} elements, more than the limit of {MAX_ELEMENTS}")]
     TooLarge { tensor: String, elements: u128 },
+    /// A data-dependent subscript out of range (checked in the generated code).
+    #[allow(missing_docs)]
     #[error("subscript out of range: axis {axis} of `{tensor}` has size {size}, but the subscript is {value}")]
     IndexOutOfRange {
         tensor: String,
@@ -126,6 +154,7 @@ pub enum CallError {
     #[error("the kernel's code for this call failed to compile: {0}")]
     Compile(String),
     /// A float input holds NaN or an infinity (reported only where asked: [`crate::Compiler::finite_inputs`]).
+    #[allow(missing_docs)]
     #[error("input `{input}` holds {value} at position {position:?} ({count} non-finite element(s) in all)")]
     NonFinite {
         input: String,
@@ -134,6 +163,7 @@ pub enum CallError {
         count: usize,
     },
     /// The call's buffers would need more memory than the budget allows (nothing was allocated).
+    #[allow(missing_docs)]
     #[error(
         "the call needs about {needed} bytes of buffers, more than the memory budget of {budget} bytes \
          (set LOSSC_MEMORY_BUDGET, or Compiler::memory_budget)"
@@ -148,7 +178,9 @@ pub enum CallError {
 /// A checked call: sizes of the dimension symbols, hyperparameter values and inputs in declaration order.
 #[derive(Debug)]
 pub struct Bound<'a> {
+    /// The size of each dimension symbol, in the function's order.
     pub sizes: Vec<i64>,
+    /// Every hyperparameter's value for the call, in declaration order.
     pub hypers: Vec<f64>,
     /// The inputs; one declared `bf16` or `f16` is rounded to that type (a copy, where it was not already).
     pub inputs: Vec<std::borrow::Cow<'a, Tensor>>,
@@ -202,9 +234,13 @@ pub fn bind<'a>(
 /// they can be read (on the host; a device call checks them in a kernel of its own).
 #[derive(Clone, Copy, Debug)]
 pub struct InputView<'a> {
+    /// The element type it holds.
     pub dtype: DType,
+    /// Its shape.
     pub shape: &'a [usize],
+    /// Its element count (checked against the shape).
     pub len: usize,
+    /// Its labels, where they can be read on the host (checked against their bound).
     pub labels: Option<&'a [i64]>,
 }
 

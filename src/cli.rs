@@ -13,6 +13,7 @@ use crate::diag::Diags;
 use crate::ir::{Dim, ElemTy, Function};
 use crate::{Program, syntax};
 
+/// The command line: `lossc <command>`.
 #[derive(Parser, Debug)]
 #[command(
     name = "lossc",
@@ -20,19 +21,23 @@ use crate::{Program, syntax};
     about = "A declarative language and compiler for training objectives"
 )]
 pub struct Cli {
+    /// The command to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The commands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Parse and check files; print every diagnostic.
     Check {
+        /// The .lx files to check.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
     /// Compile a file and print a stage of the pipeline.
     Compile {
+        /// The .lx file (or a stdlib loss by path: std::module::loss).
         file: PathBuf,
         /// What to print.
         #[arg(long, value_enum, default_value = "ir")]
@@ -56,18 +61,24 @@ pub enum Command {
     /// Draw losses (and their derivatives) against a varied margin, logit or probability.
     Plot(crate::plot::PlotArgs),
     /// List the standard library's losses, or show one's documentation and source.
-    Stdlib { name: Option<String> },
+    Stdlib {
+        /// One loss by name or path (all of them when omitted).
+        name: Option<String>,
+    },
     /// An interactive session (reads stdin as a script when it is not a terminal).
     Repl,
     /// Format .lx files in place (with --check: only report which would change, exit 1 if any).
     Fmt {
+        /// The .lx files to format.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Only report which files would change (exit 1 if any).
         #[arg(long)]
         check: bool,
     },
 }
 
+/// Which backend runs a command's kernels.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackendArg {
     /// The Cranelift JIT (CPU, f32 with f64 accumulators).
@@ -79,6 +90,7 @@ pub enum BackendArg {
 }
 
 impl BackendArg {
+    /// The library's backend of this choice.
     pub fn into_backend(self) -> crate::Backend {
         self.backend()
     }
@@ -91,8 +103,10 @@ impl BackendArg {
     }
 }
 
+/// `lossc bench`'s arguments.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
+    /// The .lx file (or a stdlib loss by path: std::module::loss).
     pub file: PathBuf,
     /// The loss to time (needed when the file defines several).
     #[arg(long)]
@@ -103,12 +117,14 @@ pub struct BenchArgs {
     /// Threads for the JIT (default: every core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Which backend runs the timed calls.
     #[arg(long, value_enum, default_value = "jit")]
     pub backend: BackendArg,
     /// Timed repetitions after one warm-up [default: at least 20, and as many more as fill about a
     /// second at the warm-up's pace, at most 10,000].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub iters: Option<u64>,
+    /// Seed of the random inputs.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// How an input is drawn: NAME=normal (the default for differentiable inputs), NAME=uniform (in
@@ -121,6 +137,7 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+/// What `lossc compile --emit` prints.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Emit {
     /// The syntax tree as S-expressions.
@@ -137,8 +154,10 @@ pub enum Emit {
     Cuda,
 }
 
+/// Where a command's inputs come from.
 #[derive(clap::Args, Debug)]
 pub struct InputArgs {
+    /// The .lx file (or a stdlib loss by path: std::module::loss).
     pub file: PathBuf,
     /// The loss to use (needed when the file defines several).
     #[arg(long)]
@@ -165,8 +184,10 @@ pub struct InputArgs {
     pub dists: Vec<String>,
 }
 
+/// `lossc eval`'s arguments.
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
+    /// The loss and its inputs.
     #[command(flatten)]
     pub input: InputArgs,
     /// Also compute the gradient of every differentiable input.
@@ -187,8 +208,10 @@ pub struct EvalArgs {
     pub state: Option<PathBuf>,
 }
 
+/// `lossc gradcheck`'s arguments.
 #[derive(clap::Args, Debug)]
 pub struct GradcheckArgs {
+    /// The loss and its inputs.
     #[command(flatten)]
     pub input: InputArgs,
     /// The largest error accepted: |g - fd| / max(1, |g|, |fd|) [default: 1e-6 for the interpreter, 2e-3
@@ -205,7 +228,9 @@ pub struct GradcheckArgs {
 
 /// A user-facing failure: printed to stderr, exit 1.
 pub enum Failure {
+    /// Diagnostics, rendered.
     Diags(Diags),
+    /// A message, printed as it is.
     Message(String),
 }
 
@@ -226,6 +251,7 @@ impl From<data::DataError> for Failure {
 }
 
 impl Failure {
+    /// Prints it on stderr.
     pub fn print(&self) {
         match self {
             Failure::Diags(d) => eprint!("{}", d.render()),

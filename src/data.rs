@@ -11,15 +11,22 @@ use thiserror::Error;
 /// The element type a tensor arrived with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {
+    /// 32-bit IEEE float.
     F32,
+    /// 64-bit IEEE float.
     F64,
+    /// 32-bit signed integer.
     I32,
+    /// 64-bit signed integer.
     I64,
+    /// bfloat16 (8 exponent bits, 7 mantissa bits).
     BF16,
+    /// IEEE half precision.
     F16,
 }
 
 impl DType {
+    /// Whether this is a floating-point type.
     pub fn is_float(self) -> bool {
         matches!(self, DType::F32 | DType::F64 | DType::BF16 | DType::F16)
     }
@@ -60,19 +67,25 @@ impl fmt::Display for DType {
 /// Element storage.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Data {
+    /// Float elements, held as f64.
     Float(Vec<f64>),
+    /// Integer elements (labels), held as i64.
     Int(Vec<i64>),
 }
 
 /// A dense row-major tensor.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
+    /// The shape, row-major.
     pub shape: Vec<usize>,
+    /// The elements.
     pub data: Data,
+    /// The element type it arrived with (or was made with).
     pub dtype: DType,
 }
 
 impl Tensor {
+    /// A float64 tensor of this shape (the data holds the product of the shape's elements).
     pub fn float(shape: Vec<usize>, data: Vec<f64>) -> Tensor {
         Tensor {
             shape,
@@ -93,6 +106,7 @@ impl Tensor {
             None => Tensor::float(shape, data),
         }
     }
+    /// An int64 label tensor of this shape.
     pub fn labels(shape: Vec<usize>, data: Vec<i64>) -> Tensor {
         Tensor {
             shape,
@@ -100,15 +114,18 @@ impl Tensor {
             dtype: DType::I64,
         }
     }
+    /// A rank-0 float64 tensor.
     pub fn scalar(x: f64) -> Tensor {
         Tensor::float(vec![], vec![x])
     }
+    /// The number of elements.
     pub fn len(&self) -> usize {
         match &self.data {
             Data::Float(v) => v.len(),
             Data::Int(v) => v.len(),
         }
     }
+    /// Whether it has no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -121,27 +138,43 @@ impl Tensor {
     }
 }
 
-/// Reading or writing a tensor file failed.
+/// Reading or writing a tensor file failed. (Each variant's fields are what its message names.)
 #[derive(Debug, Error)]
 pub enum DataError {
+    /// The file could not be read.
+    #[allow(missing_docs)]
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
+    /// The file could not be written.
+    #[allow(missing_docs)]
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
+    /// A malformed .npy file.
+    #[allow(missing_docs)]
     #[error("{path} is not a valid .npy file: {reason}")]
     BadNpy { path: PathBuf, reason: String },
+    /// A .npy file of an element type lossc does not read.
+    #[allow(missing_docs)]
     #[error("{path} holds dtype {dtype}; lossc reads float32, float64, int32 and int64")]
     UnsupportedDtype { path: PathBuf, dtype: String },
+    /// A malformed .safetensors file.
+    #[allow(missing_docs)]
     #[error("{path} is not a valid .safetensors file: {reason}")]
     BadSafetensors { path: PathBuf, reason: String },
+    /// A .safetensors file without the tensor asked for.
+    #[allow(missing_docs)]
     #[error("{path} has no tensor `{name}` (it has: {available})")]
     NoSuchTensor {
         path: PathBuf,
         name: String,
         available: String,
     },
+    /// A .safetensors path without `:TENSOR`.
+    #[allow(missing_docs)]
     #[error("{path}: name the tensor inside a .safetensors file as PATH:TENSOR")]
     SafetensorsNeedsName { path: PathBuf },
+    /// A file that is neither .npy nor .safetensors.
+    #[allow(missing_docs)]
     #[error("{path}: unknown file type (expected .npy or .safetensors)")]
     UnknownFormat { path: PathBuf },
 }
@@ -393,9 +426,11 @@ pub fn save_npy(path: &Path, t: &Tensor) -> Result<(), DataError> {
 pub struct Rng(u64);
 
 impl Rng {
+    /// A generator seeded with `seed` (the same seed, the same sequence).
     pub fn new(seed: u64) -> Rng {
         Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
     }
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;

@@ -15,12 +15,16 @@ pub type SourceId = u32;
 /// A byte range in one source file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Span {
+    /// The source file.
     pub source: SourceId,
+    /// Byte offset of the first byte.
     pub start: u32,
+    /// Byte offset past the last byte.
     pub end: u32,
 }
 
 impl Span {
+    /// The bytes `start..end` of `source`.
     pub fn new(source: SourceId, start: usize, end: usize) -> Span {
         Span {
             source,
@@ -39,9 +43,11 @@ impl Span {
             end: self.end.max(other.end),
         }
     }
+    /// Its length in bytes.
     pub fn len(&self) -> usize {
         (self.end - self.start) as usize
     }
+    /// Whether it covers no bytes.
     pub fn is_empty(&self) -> bool {
         self.end == self.start
     }
@@ -50,7 +56,9 @@ impl Span {
 /// One loaded source file.
 #[derive(Debug)]
 pub struct SourceFile {
+    /// The name diagnostics show (a path, or `std::module`).
     pub name: String,
+    /// The whole text.
     pub text: Arc<String>,
 }
 
@@ -61,6 +69,7 @@ pub struct SourceMap {
 }
 
 impl SourceMap {
+    /// Adds a file and returns its id.
     pub fn add(&mut self, name: impl Into<String>, text: impl Into<String>) -> SourceId {
         self.files.push(SourceFile {
             name: name.into(),
@@ -68,13 +77,16 @@ impl SourceMap {
         });
         (self.files.len() - 1) as SourceId
     }
+    /// The file of an id.
     pub fn get(&self, id: SourceId) -> &SourceFile {
         &self.files[id as usize]
     }
+    /// The text a span covers.
     pub fn text(&self, span: Span) -> &str {
         let f = self.get(span.source);
         f.text.get(span.start as usize..span.end as usize).unwrap_or("")
     }
+    /// The id of the file named `name`, if added.
     pub fn find(&self, name: &str) -> Option<SourceId> {
         self.files.iter().position(|f| f.name == name).map(|i| i as SourceId)
     }
@@ -88,6 +100,7 @@ macro_rules! codes {
         impl Code {
             /// Every code, in numeric order.
             pub const ALL: &'static [Code] = &[$(Code::$variant,)*];
+            /// The code as written in diagnostics (`lossc::E101`).
             pub fn as_str(self) -> &'static str {
                 match self { $(Code::$variant => concat!("lossc::E", $num),)* }
             }
@@ -178,22 +191,29 @@ impl fmt::Display for Code {
 /// A labelled span: where, and what is wrong there.
 #[derive(Clone, Debug)]
 pub struct Label {
+    /// What it points at.
     pub span: Span,
+    /// What it says there.
     pub text: String,
 }
 
 /// A compile-time diagnostic. Rendered by miette; carries its own copy of the source it points into.
 #[derive(Clone, Debug)]
 pub struct Diag {
+    /// The stable code.
     pub code: Code,
+    /// The one-line message.
     pub message: String,
+    /// Where it points, the primary label first.
     pub labels: Vec<Label>,
+    /// What to do about it.
     pub help: Option<String>,
     /// Boxed: a diagnostic is the error of many results, which stay small.
     source: Option<Box<NamedSource<Arc<String>>>>,
 }
 
 impl Diag {
+    /// A diagnostic with no label yet.
     pub fn new(code: Code, message: impl Into<String>) -> Diag {
         Diag {
             code,
@@ -203,6 +223,7 @@ impl Diag {
             source: None,
         }
     }
+    /// Adds a label (the first is the primary span).
     pub fn label(mut self, span: Span, text: impl Into<String>) -> Diag {
         self.labels.push(Label {
             span,
@@ -210,6 +231,7 @@ impl Diag {
         });
         self
     }
+    /// Sets the help line.
     pub fn help(mut self, help: impl Into<String>) -> Diag {
         self.help = Some(help.into());
         self

@@ -24,11 +24,13 @@ pub const F32_TOLERANCE: f64 = 2e-3;
 /// The result for one differentiable input.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InputCheck {
+    /// The input's name.
     pub name: String,
     /// The largest error over the checked elements.
     pub max_error: f64,
     /// The element with that error (flat position), if any was checked.
     pub worst: Option<usize>,
+    /// How many elements were checked.
     pub checked: usize,
     /// Elements skipped as lying next to a kink.
     pub skipped: usize,

@@ -95,10 +95,12 @@ impl Compiler {
         self.cuda = loader;
         self
     }
+    /// Which backend the kernels run on (default: the JIT where built, else the interpreter).
     pub fn backend(mut self, backend: Backend) -> Compiler {
         self.backend = backend;
         self
     }
+    /// How many threads a JIT kernel's calls use (default: one per available core; at least 1).
     pub fn threads(mut self, threads: usize) -> Compiler {
         self.threads = threads.max(1);
         self
@@ -121,12 +123,14 @@ impl Compiler {
         self.specialise.insert(name.to_string(), value);
         self
     }
+    /// Parses and checks lx source text (`name` is the file name diagnostics show); every diagnostic on failure.
     pub fn compile_source(&self, name: &str, text: &str) -> Result<Module, Diags> {
         Ok(Module {
             program: Program::from_source(name, text)?,
             compiler: self.clone(),
         })
     }
+    /// Reads, parses and checks a `.lx` file (a path `std::module::loss` names a stdlib loss).
     pub fn compile_file(&self, path: &Path) -> Result<Module, Diags> {
         Ok(Module {
             program: Program::from_file(path)?,
@@ -138,6 +142,7 @@ impl Compiler {
 /// A checked program and the options to build kernels from it.
 #[derive(Debug)]
 pub struct Module {
+    /// The checked program: its sources, syntax tree and the IR of every loss.
     pub program: Program,
     compiler: Compiler,
 }
@@ -145,6 +150,7 @@ pub struct Module {
 /// Time spent in each compilation stage.
 #[derive(Clone, Debug, Default)]
 pub struct Timings {
+    /// Each stage's name and how long it took, in order.
     pub stages: Vec<(&'static str, Duration)>,
 }
 
@@ -254,6 +260,7 @@ impl Kernel {
         self.jit.as_deref()
     }
 
+    /// The threads this kernel's calls use.
     pub fn threads(&self) -> usize {
         self.threads
     }
@@ -314,6 +321,7 @@ impl Kernel {
         self.fixed.iter().any(|n| n == name)
     }
 
+    /// How long each stage of building this kernel took.
     pub fn timings(&self) -> &Timings {
         &self.timings
     }
@@ -432,8 +440,11 @@ impl Kernel {
 /// inputs, int64 for labels), row-major and contiguous.
 #[derive(Clone, Debug)]
 pub struct DeviceTensor {
+    /// The device address of the first element.
     pub ptr: u64,
+    /// The shape, row-major.
     pub shape: Vec<usize>,
+    /// The element type: float32 (or bfloat16/float16 where declared) for float inputs, int64 for labels.
     pub dtype: crate::data::DType,
 }
 

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! lossc: a declarative language (lx) and compiler for training objectives.
 //!
 //! The pipeline, one module per stage:

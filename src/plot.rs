@@ -23,19 +23,26 @@ use crate::Program;
 use crate::data::Tensor;
 use crate::ir::{ElemTy, Function};
 
+/// What the x axis varies.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Vary {
+    /// The margin `s_y - s_other` of a score vector.
     Margin,
+    /// One logit (binary losses).
     Logit,
+    /// A probability in (0, 1).
     Prob,
 }
 
+/// `lossc plot`'s arguments.
 #[derive(clap::Args, Debug)]
 pub struct PlotArgs {
+    /// The .lx file (or a stdlib loss by path: std::module::loss).
     pub file: PathBuf,
     /// Comma-separated loss names (default: every loss of the file).
     #[arg(long)]
     pub loss: Option<String>,
+    /// What the x axis varies.
     #[arg(long, value_enum, default_value = "margin")]
     pub vary: Vary,
     /// The range of the varied quantity, LO:HI.
@@ -60,10 +67,13 @@ pub struct PlotArgs {
 
 /// One drawn series.
 pub struct Series {
+    /// The loss (or `name'` for its derivative).
     pub name: String,
+    /// One value per point.
     pub ys: Vec<f64>,
 }
 
+/// `lossc plot`: evaluates the losses along the varied quantity and draws them.
 pub fn run(args: &PlotArgs) -> Result<String, String> {
     if let Some(dir) = args
         .output

@@ -45,6 +45,7 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session with nothing defined.
     pub fn new() -> Session {
         Session::default()
     }

@@ -9,8 +9,11 @@ use crate::syntax::ast::{ItemKind, LossDef};
 pub struct Entry {
     /// `std::module::name`.
     pub path: String,
+    /// The loss's signature as written.
     pub signature: String,
+    /// Its documentation (the `///` lines before it).
     pub doc: String,
+    /// Its source.
     pub source: String,
 }
 

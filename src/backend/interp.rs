@@ -19,6 +19,7 @@ use crate::prims::Prim;
 /// What one evaluation produced.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Evaluation {
+    /// The loss (for a per-sample loss, the cotangent-weighted sum of its values).
     pub loss: f64,
     /// Extra outputs in declaration order.
     pub outputs: Vec<(String, Tensor)>,
@@ -33,8 +34,11 @@ pub type Frozen = HashMap<(NodeId, Vec<i64>), Value>;
 /// Replaying makes a finite-difference check see the function the gradient is of: a surrogate whose
 /// stopped parts are constants.
 pub enum StopGrads<'a> {
+    /// Evaluated as the expression inside.
     Live,
+    /// Evaluated, and each value recorded.
     Record(&'a mut Frozen),
+    /// Replayed from the record (the expression is not evaluated).
     Replay(&'a Frozen),
 }
 

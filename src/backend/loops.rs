@@ -36,10 +36,13 @@ use crate::prims::{Cost, Prim};
 /// A buffer: an input or a tensor, with its element kind and shape.
 #[derive(Clone, Debug)]
 pub struct Buffer {
+    /// The tensor's (or input's) name.
     pub name: String,
+    /// What it holds: an input, or a tensor the plan defines.
     pub of: TensorRef,
     /// `Float` buffers hold f32; `Int` and `Bool` buffers hold i64.
     pub scalar: Scalar,
+    /// Its extents, as dimension expressions.
     pub shape: Vec<Dim>,
     /// A float buffer whose storage may be half precision (`DType::BF16` or `DType::F16`): an input
     /// declared `bf16` / `f16` and its gradient, whose values are those of that type. A code generator
@@ -51,9 +54,13 @@ pub struct Buffer {
 /// One tensor's loop nest.
 #[derive(Clone, Debug)]
 pub struct Nest {
+    /// The tensor it computes.
     pub tensor: TensorId,
+    /// Its loop indices with their extents, outermost first.
     pub head: Vec<(IndexId, Dim)>,
+    /// The element's expression.
     pub body: NodeId,
+    /// What the tensor is for (a let, the loss, an output, a gradient).
     pub role: Role,
     /// Whether iterations of the outermost loop are independent (always, for a materialized tensor).
     pub parallel: bool,
@@ -62,6 +69,7 @@ pub struct Nest {
 /// Nests (indices into [`Plan::nests`]) that run as one loop over their shared outermost index.
 #[derive(Clone, Debug)]
 pub struct Group {
+    /// Its nests (indices into [`Plan::nests`]), in order.
     pub members: Vec<usize>,
 }
 
@@ -103,6 +111,7 @@ pub struct KeptExps {
 /// other operand is finite, which `must_be_finite` tells the code generator to check first.
 #[derive(Clone, Debug)]
 pub struct Contraction {
+    /// The nest that computes the product.
     pub nest: usize,
     /// `L`, as a `rows × depth` matrix (rows = `p`, depth = `k`).
     pub left: Operand,
@@ -110,7 +119,9 @@ pub struct Contraction {
     pub right: Operand,
     /// The extents of `p`, `k` and `q`.
     pub rows: Dim,
+    /// The extent of `k`.
     pub depth: Dim,
+    /// The extent of `q`.
     pub columns: Dim,
     /// The sum is masked by one operand `!= 0`: it equals the dense product when this other one is finite.
     pub must_be_finite: Option<Operand>,
@@ -120,7 +131,9 @@ pub struct Contraction {
 /// holds the transpose of the matrix the product needs (a strided read).
 #[derive(Clone, Copy, Debug)]
 pub struct Operand {
+    /// The buffer it reads (an index into [`Plan::buffers`]).
     pub buffer: usize,
+    /// Whether the buffer holds the operand transposed.
     pub transposed: bool,
     /// The buffer is a symmetric tensor ([`crate::opt::transpose::symmetric_tensors`]): read as its
     /// transpose it gives the same values, so a GEMM may read it in whichever order it copies faster.
@@ -209,8 +222,11 @@ impl Contraction {
 /// Buffers (inputs, then one per tensor), nests in dependency order, and the groups they run in.
 #[derive(Clone, Debug)]
 pub struct Plan {
+    /// Inputs first, then one per tensor of the function.
     pub buffers: Vec<Buffer>,
+    /// One per tensor, in dependency order.
     pub nests: Vec<Nest>,
+    /// The nests, grouped into loops over shared rows.
     pub groups: Vec<Group>,
     /// Softmax rows whose exponentials are computed once.
     pub kept_exps: Vec<KeptExps>,
@@ -232,6 +248,7 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The plan of an optimized function.
     pub fn new(f: &Function) -> Plan {
         let mut buffers: Vec<Buffer> = f
             .inputs
@@ -448,9 +465,13 @@ pub fn few_steps_reading(f: &Function, body: NodeId, limit: usize, most: Cost, r
 /// (a label's term in a cross-entropy gradient).
 #[derive(Clone, Copy, Debug)]
 pub struct OneHot {
+    /// The `select` node.
     pub term: NodeId,
+    /// The position `at` (the label).
     pub at: NodeId,
+    /// What is added there.
     pub value: NodeId,
+    /// The rest of the element, where the select is added to it.
     pub rest: Option<NodeId>,
 }
 

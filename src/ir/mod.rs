@@ -29,6 +29,7 @@ macro_rules! id {
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(pub u32);
         impl $name {
+            /// The position in its arena.
             pub fn index(self) -> usize { self.0 as usize }
         }
     };
@@ -54,12 +55,16 @@ id!(
 /// The kind of scalar a node denotes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Scalar {
+    /// A float (f64 in the interpreter, f32 in the f32 backends).
     Float,
+    /// An integer (indices, labels, sizes).
     Int,
+    /// A condition.
     Bool,
 }
 
 impl Scalar {
+    /// The letter the IR printer marks it with.
     pub fn letter(self) -> char {
         match self {
             Scalar::Float => 'f',
@@ -72,12 +77,16 @@ impl Scalar {
 /// A runtime scalar of the reference interpreter.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Value {
+    /// A float.
     F(f64),
+    /// An integer.
     I(i64),
+    /// A condition.
     B(bool),
 }
 
 impl Value {
+    /// As a float (a condition is 0 or 1).
     pub fn as_f64(self) -> f64 {
         match self {
             Value::F(x) => x,
@@ -85,6 +94,7 @@ impl Value {
             Value::B(b) => f64::from(u8::from(b)),
         }
     }
+    /// As a condition (a number is true where non-zero).
     pub fn as_bool(self) -> bool {
         match self {
             Value::B(b) => b,
@@ -92,6 +102,7 @@ impl Value {
             Value::F(x) => x != 0.0,
         }
     }
+    /// As an integer (a float truncated).
     pub fn as_i64(self) -> i64 {
         match self {
             Value::I(i) => i,
@@ -104,10 +115,15 @@ impl Value {
 /// A dimension: an integer expression over dimension symbols.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Dim {
+    /// A literal size.
     Const(i64),
+    /// A dimension symbol.
     Sym(DimId),
+    /// A sum.
     Add(Box<Dim>, Box<Dim>),
+    /// A difference.
     Sub(Box<Dim>, Box<Dim>),
+    /// A product.
     Mul(Box<Dim>, Box<Dim>),
 }
 
@@ -162,21 +178,28 @@ impl Dim {
 /// A named dimension symbol, bound from input shapes at call time.
 #[derive(Clone, Debug)]
 pub struct DimSym {
+    /// Its name.
     pub name: String,
+    /// Where it is declared.
     pub span: Span,
 }
 
 /// An input tensor (rank 0 for a scalar input).
 #[derive(Clone, Debug)]
 pub struct Input {
+    /// Its name.
     pub name: String,
+    /// Its element type.
     pub elem: ElemTy,
+    /// Its shape.
     pub shape: Vec<Dim>,
     /// For `idx` inputs: every value must lie in `0..bound`.
     pub bound: Option<Dim>,
+    /// Whether it gets no gradient.
     pub nograd: bool,
     /// For per-sample state (`u: f32[B] state[ids] = init`): the key input and the initial row value.
     pub state: Option<StateSpec>,
+    /// Where it is declared.
     pub span: Span,
 }
 
@@ -184,13 +207,16 @@ pub struct Input {
 /// input `key` (rank 1, one id per row), and a table row never written yet holds `init`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StateSpec {
+    /// The input (an index into [`Function::inputs`]) whose ids key the rows.
     pub key: u32,
+    /// What a row never written holds.
     pub init: StateInit,
 }
 
 /// The initial value of a state table's rows.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum StateInit {
+    /// A constant.
     Const(f64),
     /// The value of hyperparameter `.0` for the call that creates the row.
     Hyper(u32),
@@ -200,7 +226,9 @@ pub enum StateInit {
 /// input `input` at the call's sample ids.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StateUpdate {
+    /// The output's name.
     pub output: String,
+    /// The state input it writes back (an index into [`Function::inputs`]).
     pub input: u32,
 }
 
@@ -214,24 +242,33 @@ impl Input {
 /// A scalar hyperparameter with a default, overridable per call.
 #[derive(Clone, Debug)]
 pub struct Hyper {
+    /// Its name.
     pub name: String,
+    /// Float or integer.
     pub scalar: Scalar,
+    /// Its value when a call does not set it.
     pub default: f64,
+    /// Where it is declared.
     pub span: Span,
 }
 
 /// An index variable and its range `0..range`.
 #[derive(Clone, Debug)]
 pub struct IndexVar {
+    /// Its name.
     pub name: String,
+    /// Its extent.
     pub range: Dim,
+    /// Where it is bound.
     pub span: Span,
 }
 
 /// What a `Load` reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TensorRef {
+    /// Input `.0` (an index into [`Function::inputs`]).
     Input(u32),
+    /// A tensor the function defines.
     Def(TensorId),
 }
 
@@ -240,7 +277,9 @@ pub enum TensorRef {
 pub enum Expr {
     /// A float constant, stored as its bits.
     Float(u64),
+    /// An integer constant.
     Int(i64),
+    /// A condition constant.
     Bool(bool),
     /// The current value of an index variable.
     Index(IndexId),
@@ -250,18 +289,27 @@ pub enum Expr {
     Hyper(u32),
     /// An element of an input or an earlier tensor; subscripts are integer nodes.
     Load {
+        /// What it reads.
         tensor: TensorRef,
+        /// One subscript per axis.
         subs: Box<[NodeId]>,
     },
+    /// An elementwise primitive applied to operands.
     Prim {
+        /// Which primitive.
         prim: Prim,
+        /// Its operands.
         args: Box<[NodeId]>,
     },
     /// A reduction over `indices` (where `mask` holds, if given).
     Reduce {
+        /// Which reduction.
         op: ReduceOp,
+        /// The indices it reduces over.
         indices: Box<[IndexId]>,
+        /// The condition selecting the points reduced, if any.
         mask: Option<NodeId>,
+        /// What is reduced.
         body: NodeId,
     },
 }
@@ -270,6 +318,7 @@ pub enum Expr {
 pub type Operands = smallvec::SmallVec<[NodeId; 4]>;
 
 impl Expr {
+    /// A float constant.
     pub fn float(x: f64) -> Expr {
         Expr::Float(x.to_bits())
     }
@@ -287,9 +336,13 @@ impl Expr {
 /// An arena entry: the operation, its kind, its free indices (sorted) and its depth.
 #[derive(Clone, Debug)]
 pub struct Node {
+    /// The operation.
     pub expr: Expr,
+    /// The kind of scalar it denotes.
     pub scalar: Scalar,
+    /// The index variables it depends on, sorted.
     pub free: Box<[IndexId]>,
+    /// The longest path below it (bounded by [`MAX_NODE_DEPTH`]).
     pub depth: u32,
 }
 
@@ -309,11 +362,17 @@ pub enum Role {
 /// `name[indices] = body`.
 #[derive(Clone, Debug)]
 pub struct TensorDef {
+    /// Its name.
     pub name: String,
+    /// Its head indices (its axes).
     pub indices: Vec<IndexId>,
+    /// Its element's expression.
     pub body: NodeId,
+    /// Its kind of scalar.
     pub scalar: Scalar,
+    /// What it is for.
     pub role: Role,
+    /// Where it is defined.
     pub span: Span,
 }
 
@@ -330,17 +389,25 @@ pub struct TooDeep;
 /// One loss: its signature and its definitions.
 #[derive(Clone, Debug)]
 pub struct Function {
+    /// Its name.
     pub name: String,
+    /// Its doc comment.
     pub doc: String,
+    /// Where it is defined.
     pub span: Span,
+    /// Its dimension symbols.
     pub dims: Vec<DimSym>,
+    /// Its inputs, in declaration order.
     pub inputs: Vec<Input>,
+    /// Its hyperparameters, in declaration order.
     pub hypers: Vec<Hyper>,
     /// Which outputs write which state inputs back.
     pub updates: Vec<StateUpdate>,
     /// For a per-sample loss (`-> f32[N]`): the input holding the cotangent its gradients are VJPs with.
     pub cotangent: Option<u32>,
+    /// Its index variables (every `let` head, reduction and binder).
     pub indices: Vec<IndexVar>,
+    /// Its tensor definitions, in dependency order.
     pub tensors: Vec<TensorDef>,
     nodes: Vec<Node>,
     spans: Vec<Span>,
@@ -349,6 +416,7 @@ pub struct Function {
 }
 
 impl Function {
+    /// An empty function.
     pub fn new(name: impl Into<String>, span: Span) -> Function {
         Function {
             name: name.into(),
@@ -367,20 +435,25 @@ impl Function {
         }
     }
 
+    /// The node of an id.
     pub fn node(&self, id: NodeId) -> &Node {
         &self.nodes[id.index()]
     }
+    /// The source span of a node.
     pub fn span(&self, id: NodeId) -> Span {
         self.spans[id.index()]
     }
+    /// Every node, in creation order (operands before users).
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
     }
     // Like `node` and `tensor`: one arena per kind of id, so not `std::ops::Index`.
+    /// The index variable of an id.
     #[allow(clippy::should_implement_trait)]
     pub fn index(&self, id: IndexId) -> &IndexVar {
         &self.indices[id.index()]
     }
+    /// The tensor definition of an id.
     pub fn tensor(&self, id: TensorId) -> &TensorDef {
         &self.tensors[id.index()]
     }
@@ -436,6 +509,7 @@ impl Function {
         )
     }
 
+    /// The float constant `x` as a node.
     pub fn float(&mut self, x: f64, span: Span) -> Result<NodeId, TooDeep> {
         self.add(Expr::float(x), Scalar::Float, span)
     }
@@ -727,6 +801,7 @@ impl Function {
         }
     }
 
+    /// Adds an index variable ranging over `0..range`.
     pub fn add_index(&mut self, name: impl Into<String>, range: Dim, span: Span) -> IndexId {
         self.indices.push(IndexVar {
             name: name.into(),
@@ -736,6 +811,7 @@ impl Function {
         IndexId(self.indices.len() as u32 - 1)
     }
 
+    /// Adds a tensor definition.
     pub fn add_tensor(&mut self, def: TensorDef) -> TensorId {
         self.tensors.push(def);
         TensorId(self.tensors.len() as u32 - 1)
@@ -775,6 +851,7 @@ impl Function {
         }
     }
 
+    /// The name of what a `TensorRef` names.
     pub fn ref_name(&self, r: TensorRef) -> &str {
         match r {
             TensorRef::Input(i) => &self.inputs[i as usize].name,
@@ -782,6 +859,7 @@ impl Function {
         }
     }
 
+    /// A dimension written with its symbols' names.
     pub fn show_dim(&self, d: &Dim) -> String {
         d.show(&self.dims)
     }
@@ -790,10 +868,12 @@ impl Function {
 /// A checked program: every loss it defines or imports.
 #[derive(Clone, Debug, Default)]
 pub struct Module {
+    /// The losses, in definition order.
     pub functions: Vec<Function>,
 }
 
 impl Module {
+    /// The loss named `name`.
     pub fn get(&self, name: &str) -> Option<&Function> {
         self.functions.iter().find(|f| f.name == name)
     }

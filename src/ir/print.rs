@@ -13,6 +13,7 @@ use std::fmt::Write;
 
 use super::*;
 
+/// The function's IR, one node per line (`lossc compile --emit ir`).
 pub fn function(f: &Function) -> String {
     let names = index_names(f);
     let mut out = String::new();

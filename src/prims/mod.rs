@@ -12,7 +12,7 @@ macro_rules! prims {
     ($($variant:ident $name:literal $surface:expr;)*) => {
         /// An elementwise primitive.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub enum Prim { $($variant,)* }
+        pub enum Prim { $(#[doc = concat!("`", $name, "`")] $variant,)* }
         impl Prim {
             /// Every primitive, in table order (tests iterate this).
             pub const ALL: &'static [Prim] = &[$(Prim::$variant,)*];
@@ -100,6 +100,7 @@ pub enum Sig {
 }
 
 impl Sig {
+    /// How many operands it takes.
     pub fn arity(self) -> usize {
         match self {
             Sig::Float(n) | Sig::Numeric(n) | Sig::Logic(n) => n,
@@ -134,6 +135,7 @@ impl Prim {
         self.cost() == Cost::Costly
     }
 
+    /// Its type signature.
     pub fn sig(self) -> Sig {
         use Prim::*;
         match self {
@@ -284,7 +286,9 @@ pub fn softplus(x: f64) -> f64 {
 pub enum Partial {
     /// No dependence (or no gradient by definition: comparisons, `stopgrad`, integer operations).
     Zero,
+    /// The partial is 1 (the adjoint passes as it is).
     One,
+    /// The partial is -1.
     NegOne,
     /// The partial as an IR node.
     Node(NodeId),

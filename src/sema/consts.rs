@@ -11,11 +11,14 @@ use crate::syntax::ast::{self, BinOp, ExprKind, ItemKind, UnOp};
 /// A compile-time constant.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Const {
+    /// An integer.
     Int(i64),
+    /// A float.
     Float(f64),
 }
 
 impl Const {
+    /// Its value as a float.
     pub fn as_f64(self) -> f64 {
         match self {
             Const::Int(i) => i as f64,

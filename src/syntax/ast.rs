@@ -5,36 +5,53 @@
 
 use crate::diag::Span;
 
+/// A name as written, with its span.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Ident {
+    /// The name.
     pub name: String,
+    /// Where it is written.
     pub span: Span,
 }
 
+/// A parsed file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct File {
+    /// Its items in source order.
     pub items: Vec<Item>,
 }
 
+/// One top-level item with its doc comment.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Item {
+    /// The `///` lines before it, joined.
     pub doc: String,
+    /// What it is.
     pub kind: ItemKind,
+    /// Its whole text.
     pub span: Span,
 }
 
+/// The kinds of top-level item.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ItemKind {
     /// `use std::a::b` (the path after `std`); `glob` for `use std::a::*`.
     Use {
+        /// The module path after `std`.
         path: Vec<Ident>,
+        /// Whether it imports every item of the module.
         glob: bool,
     },
+    /// `const name = value`.
     Const {
+        /// The constant's name.
         name: Ident,
+        /// Its value (a constant expression).
         value: Expr,
     },
+    /// `fn name(params) { body }`.
     Fn(FnDef),
+    /// `loss name(params) -> … { body }`.
     Loss(LossDef),
 }
 
@@ -50,59 +67,84 @@ impl Item {
     }
 }
 
+/// `fn name(params) { body }`: an inlined helper.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FnDef {
+    /// Its name.
     pub name: Ident,
+    /// Its parameters.
     pub params: Vec<FnParam>,
+    /// Its body.
     pub body: Body,
 }
 
+/// A parameter of a `fn`: a name and an optional type.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FnParam {
+    /// Its name.
     pub name: Ident,
+    /// Its declared type, if any (else it takes its argument's).
     pub ty: Option<Type>,
 }
 
+/// A loss definition.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LossDef {
+    /// Its name.
     pub name: Ident,
+    /// Its inputs and hyperparameters, in order.
     pub params: Vec<Param>,
     /// `-> f32[N]`: the type of a per-sample loss value.
     pub result: Option<Type>,
+    /// Its extra outputs (`-> (name: type, …)`).
     pub outputs: Vec<OutDecl>,
+    /// Its body.
     pub body: Body,
 }
 
+/// An input (`s: f32[N, C]`) or a hyperparameter (`t: f32 = 1.0`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Param {
+    /// Its name.
     pub name: Ident,
+    /// Its type.
     pub ty: Type,
+    /// Where `nograd` is written, if it is.
     pub nograd: Option<Span>,
     /// `state[ids]`: the sample-id input whose rows this state input is gathered by.
     pub state: Option<Ident>,
+    /// A hyperparameter's default (or a state input's initial value).
     pub default: Option<Expr>,
 }
 
+/// An extra output of a loss: `name: type`, optionally `updates state`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutDecl {
+    /// Its name.
     pub name: Ident,
+    /// Its type.
     pub ty: Type,
     /// `updates u`: the state input this output is written back to.
     pub updates: Option<Ident>,
 }
 
+/// Element types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ElemTy {
+    /// 32-bit float.
     F32,
+    /// 64-bit float (computed in f32 by the f32 backends).
     F64,
     /// bfloat16 (the dtype of LLM logits): computed in f32, gradients rounded to bf16.
     Bf16,
     /// IEEE half precision: computed in f32, gradients rounded to f16.
     F16,
+    /// Integer labels and indices.
     Idx,
 }
 
 impl ElemTy {
+    /// The type's name as written.
     pub fn as_str(self) -> &'static str {
         match self {
             ElemTy::F32 => "f32",
@@ -114,77 +156,120 @@ impl ElemTy {
     }
 }
 
+/// A tensor type: element type, shape and (for labels) bound.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Type {
+    /// The element type.
     pub elem: ElemTy,
+    /// The shape, one dimension expression per axis.
     pub shape: Vec<DimExpr>,
+    /// For labels: the bound every value lies below (`< C`).
     pub bound: Option<DimExpr>,
+    /// Where it is written.
     pub span: Span,
 }
 
+/// The kinds of dimension expression.
 #[derive(Clone, Debug, PartialEq)]
 pub enum DimExprKind {
+    /// A literal size.
     Int(i64),
+    /// A dimension symbol.
     Name(String),
+    /// A sum.
     Add(Box<DimExpr>, Box<DimExpr>),
+    /// A difference.
     Sub(Box<DimExpr>, Box<DimExpr>),
+    /// A product.
     Mul(Box<DimExpr>, Box<DimExpr>),
 }
 
+/// A dimension expression (`N`, `2 * B`, `C - 1`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct DimExpr {
+    /// What it is.
     pub kind: DimExprKind,
+    /// Where it is written.
     pub span: Span,
 }
 
+/// A body: statements, then the result expression.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Body {
+    /// The `let` and `out` statements in order.
     pub stmts: Vec<Stmt>,
+    /// The final expression.
     pub result: Expr,
+    /// Where it is written, braces included.
     pub span: Span,
 }
 
+/// Whether a statement defines a tensor or an extra output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StmtKind {
+    /// `let`: an intermediate tensor.
     Let,
+    /// `out`: an extra output.
     Out,
 }
 
 /// `let name[head] = value` or `out name[head] = value`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Stmt {
+    /// `let` or `out`.
     pub kind: StmtKind,
+    /// The tensor's name.
     pub name: Ident,
+    /// Its indices, with optional ranges.
     pub head: Vec<Binder>,
+    /// Its element's expression.
     pub value: Expr,
+    /// Where it is written.
     pub span: Span,
 }
 
 /// An index bound by a let head or a reduction, with an optional explicit range.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Binder {
+    /// The index's name.
     pub name: Ident,
+    /// Its range, where written (`i: N`).
     pub range: Option<DimExpr>,
 }
 
+/// Binary operators.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BinOp {
+    /// `||`
     Or,
+    /// `&&`
     And,
+    /// `==`
     Eq,
+    /// `!=`
     Ne,
+    /// `<`
     Lt,
+    /// `<=`
     Le,
+    /// `>`
     Gt,
+    /// `>=`
     Ge,
+    /// `+`
     Add,
+    /// `-`
     Sub,
+    /// `*`
     Mul,
+    /// `/`
     Div,
+    /// `^`
     Pow,
 }
 
 impl BinOp {
+    /// The operator as written.
     pub fn as_str(self) -> &'static str {
         match self {
             BinOp::Or => "||",
@@ -215,20 +300,31 @@ impl BinOp {
     }
 }
 
+/// Unary operators.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum UnOp {
+    /// `-`
     Neg,
+    /// `!`
     Not,
 }
 
+/// Reductions over indices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReduceOp {
+    /// `sum`
     Sum,
+    /// `mean`
     Mean,
+    /// `max`
     Max,
+    /// `min`
     Min,
+    /// `prod`
     Prod,
+    /// `logsumexp`
     LogSumExp,
+    /// `count` (of the indices where a condition holds)
     Count,
     /// Internal (made by autodiff, not written in source): the row-major flat position of the first
     /// maximum among the reduced indices, or -1 when the set is empty.
@@ -248,6 +344,7 @@ impl ReduceOp {
         ReduceOp::LogSumExp,
         ReduceOp::Count,
     ];
+    /// The reduction's name as written.
     pub fn as_str(self) -> &'static str {
         match self {
             ReduceOp::Sum => "sum",
@@ -261,57 +358,91 @@ impl ReduceOp {
             ReduceOp::ArgMin => "argmin",
         }
     }
+    /// The reduction of a name, if source can write it.
     pub fn from_name(name: &str) -> Option<ReduceOp> {
         ReduceOp::ALL.into_iter().find(|r| r.as_str() == name)
     }
 }
 
+/// The kinds of expression.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ExprKind {
     /// A number literal; `is_int` when written without `.` or exponent.
     Number {
+        /// Its value.
         value: f64,
+        /// Whether it was written as an integer.
         is_int: bool,
     },
+    /// `true` or `false`.
     Bool(bool),
     /// A name, with subscripts when written `name[a, b]`.
     Access {
+        /// The name.
         name: Ident,
+        /// The subscripts, where written.
         subscripts: Option<Vec<Expr>>,
     },
+    /// A call of a `fn` or a primitive: `f(a, b)`.
     Call {
+        /// The function's name.
         func: Ident,
+        /// The arguments.
         args: Vec<Expr>,
     },
+    /// `-e` or `!e`.
     Unary {
+        /// The operator.
         op: UnOp,
+        /// The operand.
         arg: Box<Expr>,
     },
+    /// `a op b`.
     Binary {
+        /// The operator.
         op: BinOp,
+        /// The left operand.
         lhs: Box<Expr>,
+        /// The right operand.
         rhs: Box<Expr>,
     },
+    /// An Iverson bracket `[cond]`: 1 where the condition holds, else 0.
     Iverson(Box<Expr>),
+    /// `if c then a else b`.
     If {
+        /// The condition.
         cond: Box<Expr>,
+        /// The value where it holds.
         then: Box<Expr>,
+        /// The value elsewhere.
         otherwise: Box<Expr>,
     },
+    /// A reduction `op[binders | mask] body`.
     Reduce {
+        /// Which reduction.
         op: ReduceOp,
+        /// The indices it reduces over.
         binders: Vec<Binder>,
+        /// The condition that selects the points reduced, if any.
         mask: Option<Box<Expr>>,
+        /// What is reduced.
         body: Box<Expr>,
     },
+    /// `(e)`, kept so the formatter can keep the parentheses written.
     Paren(Box<Expr>),
     /// An ordering form: `topk[j | m](e; k = K)[u]`, `argsort[j](e)[u]`, `sortnet[k](e; …)[i, j]`.
     Order {
+        /// Which ordering form.
         op: OrderOp,
+        /// The index it orders over.
         binder: Binder,
+        /// The condition that selects the points ordered, if any.
         mask: Option<Box<Expr>>,
+        /// The values ordered.
         body: Box<Expr>,
+        /// Its options after `;`.
         options: Vec<OrderOption>,
+        /// The subscripts of its result.
         subscripts: Vec<Expr>,
     },
 }
@@ -319,12 +450,16 @@ pub enum ExprKind {
 /// Which ordering form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OrderOp {
+    /// `topk`
     TopK,
+    /// `argsort`
     ArgSort,
+    /// `sortnet`
     SortNet,
 }
 
 impl OrderOp {
+    /// The form's name as written.
     pub fn as_str(self) -> &'static str {
         match self {
             OrderOp::TopK => "topk",
@@ -332,6 +467,7 @@ impl OrderOp {
             OrderOp::SortNet => "sortnet",
         }
     }
+    /// The form of a name.
     pub fn from_name(name: &str) -> Option<OrderOp> {
         [OrderOp::TopK, OrderOp::ArgSort, OrderOp::SortNet]
             .into_iter()
@@ -342,18 +478,23 @@ impl OrderOp {
 /// `name = value` after the `;` of an ordering form.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OrderOption {
+    /// The option's name.
     pub name: Ident,
+    /// Its value.
     pub value: OptionValue,
 }
 
+/// The value of an ordering form's option.
 #[derive(Clone, Debug, PartialEq)]
 pub enum OptionValue {
     /// A string literal (without its quotes) and its span.
     Str(String, Span),
+    /// An expression.
     Expr(Expr),
 }
 
 impl OptionValue {
+    /// Where it is written.
     pub fn span(&self) -> Span {
         match self {
             OptionValue::Str(_, s) => *s,
@@ -362,8 +503,11 @@ impl OptionValue {
     }
 }
 
+/// An expression with its span.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Expr {
+    /// What it is.
     pub kind: ExprKind,
+    /// Where it is written.
     pub span: Span,
 }

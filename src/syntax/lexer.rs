@@ -7,13 +7,16 @@ use logos::Logos;
 #[derive(Logos, Debug, Clone, Copy, PartialEq, Eq)]
 #[logos(skip r"[ \t\r\n]+")]
 pub enum Tok {
+    /// A doc comment (`///`).
     #[regex(r"///[^\n]*", allow_greedy = true)]
     Doc,
+    /// A line comment (`//`).
     #[regex(r"//[^\n]*", allow_greedy = true)]
     LineComment,
     /// A block comment; `Open` when it is not closed before the end of the input.
     #[token("/*", block_comment)]
     BlockComment(Closed),
+    /// A keyword.
     #[token("loss")]
     #[token("fn")]
     #[token("let")]
@@ -29,12 +32,14 @@ pub enum Tok {
     #[token("true")]
     #[token("false")]
     Keyword,
+    /// An element type.
     #[token("f32")]
     #[token("f64")]
     #[token("bf16")]
     #[token("f16")]
     #[token("idx")]
     Type,
+    /// A reduction or ordering form.
     #[token("sum")]
     #[token("mean")]
     #[token("max")]
@@ -49,18 +54,23 @@ pub enum Tok {
     /// A string literal (the options of `sortnet`); brackets inside it do not count.
     #[regex(r#""[^"\n]*""#)]
     Str,
+    /// An identifier.
     #[regex(r"[A-Za-z_][A-Za-z0-9_]*")]
     Ident,
+    /// A number literal.
     #[regex(r"[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")]
     Number,
+    /// An opening bracket.
     #[token("(")]
     #[token("[")]
     #[token("{")]
     Open,
+    /// A closing bracket.
     #[token(")")]
     #[token("]")]
     #[token("}")]
     Close,
+    /// An operator or punctuation.
     #[regex(r"[-+*/^<>=!&|,:.]")]
     Punct,
 }
@@ -68,7 +78,9 @@ pub enum Tok {
 /// Whether a block comment was closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Closed {
+    /// It was closed.
     Yes,
+    /// The input ended inside it.
     Open,
 }
 

@@ -25,7 +25,9 @@ pub struct Driver;
 /// registers and spills per kernel).
 #[derive(Clone, Debug)]
 pub struct Cubin {
+    /// The CUBIN for the device's architecture.
     pub image: Vec<u8>,
+    /// NVRTC's log.
     pub log: String,
 }
 

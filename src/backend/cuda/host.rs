@@ -15,7 +15,9 @@ use crate::ir::{Dim, Function, Scalar, TensorRef};
 pub trait Device {
     /// `bytes` of device memory (not initialized), the call's until [`Device::release`].
     fn alloc(&mut self, bytes: usize) -> Result<u64, CudaError>;
+    /// Copies `data` to device address `dst`.
     fn upload(&mut self, dst: u64, data: &[u8]) -> Result<(), CudaError>;
+    /// Copies device memory at `src` into `out`.
     fn download(&mut self, src: u64, out: &mut [u8]) -> Result<(), CudaError>;
     /// Launches kernel `kernel` of the program (in [`Program::kernels`] order) with the four pointer
     /// arguments of the kernel ABI (buffer table, dims, hypers, error flag).
@@ -87,7 +89,9 @@ fn device(e: CudaError) -> CallError {
 /// floats, i64 for labels, row-major), used in place.
 #[derive(Clone, Copy, Debug)]
 pub enum Input<'a> {
+    /// Host data, uploaded for the call.
     Host(&'a Tensor),
+    /// A device address the caller owns, read in place.
     Device(u64),
 }
 

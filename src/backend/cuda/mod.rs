@@ -48,9 +48,13 @@ pub const PRELUDE: &str = include_str!("prelude.cuh");
 /// How a kernel's threads cover its group (see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Shape {
+    /// One thread per element (elementwise groups).
     Flat,
+    /// One thread per row.
     ThreadRows,
+    /// One block per row; reductions over the row are shared by the block.
     BlockRows,
+    /// One thread (a rank-0 group).
     Single,
     /// A group of sibling sums over one index (after the map they read, if any): blocks over fixed
     /// chunks of [`SPLIT_CHUNK`] points, each leaving one partial sum per sum (f64) in the scratch buffer
@@ -84,8 +88,11 @@ pub const SPLIT_CHUNK: i64 = 4096;
 /// run one block).
 #[derive(Clone, Debug)]
 pub struct KernelSpec {
+    /// The `__global__` function's name.
     pub name: String,
+    /// How its threads cover the group.
     pub shape: Shape,
+    /// The extent the launch covers (elements, rows or chunks, as the shape says).
     pub extent: Dim,
     /// For `Parts`: how many sums leave a partial per chunk.
     pub sums: usize,
@@ -101,9 +108,11 @@ pub struct KernelSpec {
 /// The CUDA C of one optimized function: the source (prelude included) and its kernels in launch order.
 #[derive(Clone, Debug)]
 pub struct Program {
+    /// The CUDA C source (prelude included).
     pub source: String,
     /// The groups' kernels in launch order, then the label check (if any).
     pub kernels: Vec<KernelSpec>,
+    /// The loop plan the kernels implement.
     pub plan: Plan,
     /// The kernel (index into `kernels`) that checks label inputs already in device memory: launched
     /// first by calls on device pointers only.
@@ -116,10 +125,13 @@ pub struct Program {
 /// Why a program could not be generated or run on a device.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CudaError {
+    /// No driver, no device, or no NVRTC on this machine.
     #[error("CUDA is not available: {0}")]
     Unavailable(String),
+    /// NVRTC rejected the source (its log).
     #[error("the generated kernels did not compile: {0}")]
     Compile(String),
+    /// A driver call failed.
     #[error("CUDA driver error: {0}")]
     Driver(String),
 }

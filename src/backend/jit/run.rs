@@ -43,6 +43,7 @@ unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
 impl Compiled {
+    /// The optimized function this code computes.
     pub fn function(&self) -> &Function {
         &self.function
     }
