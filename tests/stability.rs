@@ -144,3 +144,30 @@ fn clipped_logs_have_finite_gradients_where_they_are_clipped() {
         assert!(e.loss.is_finite(), "{backend:?}");
     }
 }
+
+/// `1 / (1 + exp(z))` is `sigmoid(-z)` and `exp(z) / (1 + exp(z))` is `sigmoid(z)`: their gradients stay
+/// finite where exp(z) overflows f32 (they were inf · 0 = NaN in the JIT: AnyLoss's amplifier; issue 28).
+#[test]
+fn logistic_quotients_have_finite_gradients() {
+    let src = "loss f(z: f32[N]) { mean[i] 1.0 / (1.0 + exp(z[i])) + exp(z[i]) / (exp(z[i]) + 1.0) + 2.0 / (1.0 + exp(-z[i])) }";
+    let inputs = BTreeMap::from([("z".to_string(), Tensor::float(vec![4], vec![100.0, 0.0, -100.0, 3.0]))]);
+    let program = Program::from_source("logistic.lx", src).unwrap();
+    let opt = lossc::ir::print::readable(&lossc::api::gradient(program.loss(None).unwrap()).unwrap());
+    assert!(!opt.contains("exp("), "no exponential left: {opt}");
+    for backend in [lossc::Backend::Interp, lossc::Backend::Jit] {
+        let kernel = lossc::Compiler::new()
+            .backend(backend)
+            .compile_source("logistic.lx", src)
+            .unwrap()
+            .kernel(None)
+            .unwrap();
+        let e = kernel.eval(&inputs).unwrap();
+        let g = e.grads[0].1.to_f64();
+        assert!(g.iter().all(|x| x.is_finite()), "{backend:?}: {g:?}");
+        // d/dz of σ(-z) + σ(z) + 2σ(z) = σ(z)(1 - σ(z)) · 2, over N = 4, at z = 3.
+        let s = 1.0 / (1.0 + (-3.0f64).exp());
+        assert!((g[3] - 2.0 * s * (1.0 - s) / 4.0).abs() < 1e-6, "{backend:?}: {g:?}");
+        // σ(-z) + σ(z) = 1, so the loss is the mean of 1 + 2σ(z): (3 + 2 + 1 + 1 + 2σ(3)) / 4.
+        assert!((e.loss - (7.0 + 2.0 * s) / 4.0).abs() < 1e-6, "{backend:?}: {}", e.loss);
+    }
+}

@@ -460,6 +460,20 @@ pub fn simplify(f: &mut Function, expr: Expr, scalar: Scalar, span: Span) -> R<N
             )?;
             return f.prim(Softplus, &[lse], span);
         }
+        // Stabilising: e^x / (1 + e^x) = sigmoid(x), and a / (1 + e^x) = a · sigmoid(-x) (1 / (1 + e^x) was
+        // inf · 0 in its derivative once e^x overflowed: AnyLoss's amplifier).
+        Div if let Some((Add, s)) = p(f, a[1])
+            && let Some(x) = one_plus_exp(f, &s) =>
+        {
+            if let Some((Exp, e)) = p(f, a[0])
+                && e[0] == x
+            {
+                return f.prim(Sigmoid, &[x], span);
+            }
+            let nx = simplify(f, prim_expr(Neg, &[x]), Scalar::Float, span)?;
+            let sig = f.prim(Sigmoid, &[nx], span)?;
+            return simplify(f, prim_expr(Mul, &[a[0], sig]), Scalar::Float, span);
+        }
         // Stabilising: log1p(exp(x)) = softplus(x)
         Log1p if let Some((Exp, e)) = p(f, a[0]) => return f.prim(Softplus, &[e[0]], span),
         // Stabilising: log(sigmoid(x)) = -softplus(-x)
