@@ -811,17 +811,13 @@ impl Kernel {
                 expected,
             });
         };
-        let (dtype, bytes): (DType, Vec<u8>) = match (&t.data, DType::half_of(input.elem)) {
-            (Data::Int(v), _) => (DType::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-            (Data::Float(v), Some(DType::BF16)) => (
-                DType::BF16,
-                v.iter().flat_map(|x| half::bf16::from_f64(*x).to_le_bytes()).collect(),
+        let half = DType::half_of(input.elem);
+        let (dtype, bytes): (DType, Vec<u8>) = match &t.data {
+            Data::Int(v) => (DType::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            Data::Float(v) => (
+                half.unwrap_or(DType::F32),
+                crate::backend::cuda::host::encode_floats(half, v),
             ),
-            (Data::Float(v), Some(_)) => (
-                DType::F16,
-                v.iter().flat_map(|x| half::f16::from_f64(*x).to_le_bytes()).collect(),
-            ),
-            (Data::Float(v), None) => (DType::F32, v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect()),
         };
         let mut device = cuda.device.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let err = |e: crate::backend::cuda::CudaError| CallError::Device(e.to_string());

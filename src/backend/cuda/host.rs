@@ -48,7 +48,12 @@ pub fn elem_bytes(b: &Buffer) -> usize {
 
 /// A float buffer's bytes for host values (f32, or its half-precision type).
 fn encode(b: &Buffer, v: &[f64]) -> Vec<u8> {
-    match b.half {
+    encode_floats(b.half, v)
+}
+
+/// Float values as device bytes: bfloat16 or float16 where `half` says so, float32 otherwise.
+pub fn encode_floats(half: Option<DType>, v: &[f64]) -> Vec<u8> {
+    match half {
         Some(DType::BF16) => v.iter().flat_map(|x| half::bf16::from_f64(*x).to_le_bytes()).collect(),
         Some(_) => v.iter().flat_map(|x| half::f16::from_f64(*x).to_le_bytes()).collect(),
         None => v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect(),
