@@ -65,9 +65,23 @@ impl Program {
         {
             return Program::from_source(stdlib, &format!("use {stdlib}\n"));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let bytes = std::fs::read(path).map_err(|e| {
             Diags(vec![
                 Diag::new(Code::Io, format!("cannot read {}: {e}", path.display())).help("check the path"),
+            ])
+        })?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let at = e.utf8_error().valid_up_to();
+            let line = e.as_bytes()[..at].iter().filter(|b| **b == b'\n').count() + 1;
+            Diags(vec![
+                Diag::new(
+                    Code::Io,
+                    format!(
+                        "{} is not UTF-8: byte {at} (line {line}) is not valid UTF-8",
+                        path.display()
+                    ),
+                )
+                .help("lx source is UTF-8 text; save the file as UTF-8"),
             ])
         })?;
         Program::from_source(&path.display().to_string(), &text)

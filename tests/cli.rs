@@ -761,6 +761,14 @@ fn hostile_sizes_and_dtypes_say_what_is_wrong() {
         1,
     );
     assert!(err.contains("holds dtype record (a structured array)"), "{err}");
+    // A source file that is not UTF-8: where the first bad byte is.
+    let latin1 = dir.join("latin1.lx");
+    std::fs::write(&latin1, b"loss f(x: f32[N]) { mean[i] x[i] }\n// caf\xe9\n").unwrap();
+    let (_, err) = expect(&["check", p(&latin1)], 1);
+    assert!(
+        err.contains("is not UTF-8: byte 41 (line 2) is not valid UTF-8"),
+        "{err}"
+    );
     assert!(!err.contains("Field"), "{err}");
 }
 

@@ -35,6 +35,13 @@ macro_rules! case {
 
 case!(syntax_error, Syntax, "loss f(x: f32[N]) {\n    mean[i] x[i] +\n}\n");
 case!(syntax_bad_item, Syntax, "lost f(x: f32[N]) { 1 }\n");
+// A missing `}` points at the `{` left open; an unclosed block comment at where it opens (issue 23).
+case!(unclosed_brace, Syntax, "loss f(x: f32[N]) {\n    mean[i] x[i]\n");
+case!(
+    unclosed_block_comment,
+    Syntax,
+    "loss f(x: f32[N]) {\n    /* note\n    mean[i] x[i]\n}\n"
+);
 // `fmt` deleted a doc comment inside a body that `check` accepted (issue 28).
 case!(
     doc_comment_inside_a_body,

@@ -55,6 +55,49 @@ fn syntax_error(source: SourceId, text: &str, e: pest::error::Error<Rule>) -> Di
         pest::error::ErrorVariant::CustomError { .. } => vec![],
     };
     let found = text[start..].chars().next();
+    // A block comment that never closes swallows the rest of the file: say so, where it opens.
+    let tokens = super::lexer::tokens(text);
+    if let Some((_, at)) = tokens
+        .iter()
+        .find(|(t, _)| matches!(t, super::lexer::Tok::BlockComment(super::lexer::Closed::Open)))
+    {
+        return Diag::new(Code::Syntax, "this block comment is never closed")
+            .label(Span::new(source, at.start, at.start + 2), "opened here")
+            .help("close it with `*/`");
+    }
+    if found.is_none() {
+        // The end of the file inside brackets: point at the innermost one left open.
+        let mut open: Vec<std::ops::Range<usize>> = Vec::new();
+        for (t, at) in &tokens {
+            match t {
+                super::lexer::Tok::Open => open.push(at.clone()),
+                super::lexer::Tok::Close => {
+                    open.pop();
+                }
+                _ => {}
+            }
+        }
+        if let Some(at) = open.pop() {
+            let bracket = &text[at.clone()];
+            return Diag::new(
+                Code::Syntax,
+                format!("unexpected end of file: this `{bracket}` is never closed"),
+            )
+            .label(
+                Span::new(source, at.start, at.end),
+                format!("this `{bracket}` is never closed"),
+            )
+            .label(Span::new(source, start, start), "the file ends here")
+            .help(format!(
+                "close it with `{}`",
+                match bracket {
+                    "(" => ")",
+                    "[" => "]",
+                    _ => "}",
+                }
+            ));
+        }
+    }
     if text[start..].starts_with("///") {
         // `2 /// note` once read as `2 / // note`, a division by the next line.
         let end = start + text[start..].find('\n').unwrap_or(text.len() - start);
