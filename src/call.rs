@@ -396,6 +396,47 @@ pub fn bind_views(
     Ok((sizes, values))
 }
 
+/// What kind of mistake a [`CallError`] is: what the Python exceptions and the C status codes are made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallErrorKind {
+    /// A missing, unknown, repeated or state input, one of the wrong dtype, or a non-finite one.
+    Input,
+    /// A shape that disagrees with the signature or another input, or a tensor too large.
+    Shape,
+    /// A label or data-dependent subscript out of range.
+    Label,
+    /// An unknown, fixed or non-integer hyperparameter.
+    Hyper,
+    /// More memory than the budget allows.
+    Memory,
+    /// The device could not run the call.
+    Device,
+    /// A compiler limit hit at call time (never the input's fault).
+    Internal,
+}
+
+impl CallError {
+    /// The kind of mistake this is.
+    pub fn kind(&self) -> CallErrorKind {
+        use CallError::*;
+        match self {
+            MissingInput { .. } | UnknownInput { .. } | WrongDtype { .. } | StateGiven { .. } | NonFinite { .. } => {
+                CallErrorKind::Input
+            }
+            RankMismatch { .. }
+            | LengthMismatch { .. }
+            | ShapeMismatch { .. }
+            | NegativeDim { .. }
+            | TooLarge { .. } => CallErrorKind::Shape,
+            LabelOutOfRange { .. } | IndexOutOfRange { .. } => CallErrorKind::Label,
+            UnknownHyper { .. } | HyperFixed { .. } | HyperNotInteger { .. } => CallErrorKind::Hyper,
+            OverBudget { .. } => CallErrorKind::Memory,
+            Device(_) => CallErrorKind::Device,
+            Compile(_) => CallErrorKind::Internal,
+        }
+    }
+}
+
 /// The values of `f`'s hyperparameters for a call that sets `hypers` (the others keep their defaults).
 pub fn hyper_values(f: &Function, hypers: &BTreeMap<String, f64>) -> Result<Vec<f64>, CallError> {
     let mut values: Vec<f64> = f.hypers.iter().map(|h| h.default).collect();

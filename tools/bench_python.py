@@ -14,25 +14,14 @@ Usage: python3 tools/bench_python.py [--iters 200] [--threads 2] [--lossc target
 """
 import argparse
 import json
-import statistics
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 
+from bench_peers import timeit as median_ms  # same folder: medians after a warm-up call
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def median_ms(fn, iters):
-    for _ in range(max(3, iters // 10)):
-        fn()
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
 
 
 def lossc_bench(binary, shape, threads):

@@ -89,23 +89,14 @@ struct Failure(c_int, String);
 
 impl From<CallError> for Failure {
     fn from(e: CallError) -> Failure {
-        let code = match e {
-            CallError::MissingInput { .. }
-            | CallError::UnknownInput { .. }
-            | CallError::WrongDtype { .. }
-            | CallError::StateGiven { .. }
-            | CallError::NonFinite { .. } => LOSSC_INPUT_ERROR,
-            CallError::RankMismatch { .. }
-            | CallError::LengthMismatch { .. }
-            | CallError::ShapeMismatch { .. }
-            | CallError::NegativeDim { .. }
-            | CallError::TooLarge { .. } => LOSSC_SHAPE_ERROR,
-            CallError::LabelOutOfRange { .. } | CallError::IndexOutOfRange { .. } => LOSSC_LABEL_ERROR,
-            CallError::UnknownHyper { .. } | CallError::HyperFixed { .. } | CallError::HyperNotInteger { .. } => {
-                LOSSC_HYPER_ERROR
-            }
-            CallError::OverBudget { .. } => LOSSC_MEMORY_ERROR,
-            CallError::Device(_) | CallError::Compile(_) => LOSSC_INTERNAL_ERROR,
+        use lossc::call::CallErrorKind;
+        let code = match e.kind() {
+            CallErrorKind::Input => LOSSC_INPUT_ERROR,
+            CallErrorKind::Shape => LOSSC_SHAPE_ERROR,
+            CallErrorKind::Label => LOSSC_LABEL_ERROR,
+            CallErrorKind::Hyper => LOSSC_HYPER_ERROR,
+            CallErrorKind::Memory => LOSSC_MEMORY_ERROR,
+            CallErrorKind::Device | CallErrorKind::Internal => LOSSC_INTERNAL_ERROR,
         };
         Failure(code, e.to_string())
     }

@@ -14,6 +14,32 @@ fn message(error: *mut c_char) -> String {
     text
 }
 
+/// `lossc_loss_call` on slices: the status and, on failure, the message.
+fn call(
+    loss: *mut Loss,
+    inputs: &[RawInput],
+    hypers: &[RawHyper],
+    grads: &mut [RawGrad],
+    out: *mut f32,
+) -> (i32, String) {
+    let mut error: *mut c_char = std::ptr::null_mut();
+    let status = unsafe {
+        lossc_loss_call(
+            loss,
+            inputs.as_ptr(),
+            inputs.len(),
+            hypers.as_ptr(),
+            hypers.len(),
+            grads.as_mut_ptr(),
+            grads.len(),
+            out,
+            &mut error,
+        )
+    };
+    let text = if error.is_null() { String::new() } else { message(error) };
+    (status, text)
+}
+
 #[test]
 fn calls_and_errors() {
     let source = CString::new(CE).unwrap();
@@ -52,40 +78,17 @@ fn calls_and_errors() {
         len: 6,
     }];
     let mut value = 0f32;
-    let status = unsafe {
-        lossc_loss_call(
-            loss,
-            inputs.as_ptr(),
-            2,
-            std::ptr::null(),
-            0,
-            grads.as_mut_ptr(),
-            1,
-            &mut value,
-            &mut error,
-        )
-    };
+    let (status, _) = call(loss, &inputs, &[], &mut grads, &mut value);
     assert_eq!(status, LOSSC_OK);
     assert!((value - 3f32.ln()).abs() < 1e-6);
     assert!((grad[1] + (1.0 - 1.0 / 3.0) / 2.0).abs() < 1e-6, "{grad:?}");
 
-    // Bad calls: a NULL loss_out, an unknown dtype code, an unknown hyperparameter, a missing input.
-    let status = unsafe {
-        lossc_loss_call(
-            loss,
-            inputs.as_ptr(),
-            2,
-            std::ptr::null(),
-            0,
-            grads.as_mut_ptr(),
-            1,
-            std::ptr::null_mut(),
-            &mut error,
-        )
-    };
+    // Bad calls: a NULL loss_out, an unknown dtype code, an unknown hyperparameter, a missing input, a
+    // NULL loss.
+    let nowhere = std::ptr::null_mut();
     assert_eq!(
-        (status, message(error).as_str()),
-        (LOSSC_ARGUMENT_ERROR, "loss_out is NULL")
+        call(loss, &inputs, &[], &mut grads, nowhere),
+        (LOSSC_ARGUMENT_ERROR, "loss_out is NULL".to_string())
     );
     let mut odd = [inputs[0].name, inputs[1].name].map(|n| RawInput {
         name: n,
@@ -95,70 +98,32 @@ fn calls_and_errors() {
         shape: y_shape.as_ptr(),
     });
     odd[0].dtype = LOSSC_F32;
-    let status = unsafe {
-        lossc_loss_call(
-            loss,
-            odd.as_ptr(),
-            2,
-            std::ptr::null(),
-            0,
-            std::ptr::null_mut(),
-            0,
-            &mut value,
-            &mut error,
-        )
-    };
+    let (status, text) = call(loss, &odd, &[], &mut [], &mut value);
     assert_eq!(status, LOSSC_ARGUMENT_ERROR);
-    assert!(message(error).contains("dtype code 9"));
+    assert!(text.contains("dtype code 9"), "{text}");
     let tau = CString::new("tau").unwrap();
     let hypers = [RawHyper {
         name: tau.as_ptr(),
         value: 1.0,
     }];
-    let status = unsafe {
-        lossc_loss_call(
-            loss,
-            inputs.as_ptr(),
-            2,
-            hypers.as_ptr(),
-            1,
-            std::ptr::null_mut(),
-            0,
-            &mut value,
-            &mut error,
+    assert_eq!(
+        call(loss, &inputs, &hypers, &mut [], &mut value),
+        (
+            LOSSC_HYPER_ERROR,
+            "unknown hyperparameter `tau` (the loss has: none)".to_string()
         )
-    };
-    assert_eq!(status, LOSSC_HYPER_ERROR);
-    assert_eq!(message(error), "unknown hyperparameter `tau` (the loss has: none)");
-    let status = unsafe {
-        lossc_loss_call(
-            loss,
-            inputs.as_ptr(),
-            1,
-            std::ptr::null(),
-            0,
-            std::ptr::null_mut(),
-            0,
-            &mut value,
-            &mut error,
+    );
+    assert_eq!(
+        call(loss, &inputs[..1], &[], &mut [], &mut value),
+        (
+            LOSSC_INPUT_ERROR,
+            "missing input `y` (the loss takes: s, y)".to_string()
         )
-    };
-    assert_eq!(status, LOSSC_INPUT_ERROR);
-    assert_eq!(message(error), "missing input `y` (the loss takes: s, y)");
-    let status = unsafe {
-        lossc_loss_call(
-            std::ptr::null_mut(),
-            inputs.as_ptr(),
-            2,
-            std::ptr::null(),
-            0,
-            std::ptr::null_mut(),
-            0,
-            &mut value,
-            std::ptr::null_mut(),
-        )
-    };
-    assert_eq!(status, LOSSC_ARGUMENT_ERROR);
+    );
+    assert_eq!(
+        call(std::ptr::null_mut(), &inputs, &[], &mut [], &mut value).0,
+        LOSSC_ARGUMENT_ERROR
+    );
 
     // Compile errors, a missing file, an unknown loss, bad UTF-8.
     let bad = CString::new("loss f(x: f32[N]) { mean[i] x[j] }").unwrap();

@@ -59,26 +59,16 @@ create_exception!(
 
 /// The Python exception of a call error, with the CLI's message.
 fn call_error(e: lossc::CallError) -> PyErr {
-    use lossc::CallError;
+    use lossc::call::CallErrorKind;
     let message = e.to_string();
-    match e {
-        CallError::MissingInput { .. }
-        | CallError::UnknownInput { .. }
-        | CallError::WrongDtype { .. }
-        | CallError::StateGiven { .. } => InputError::new_err(message),
-        CallError::RankMismatch { .. }
-        | CallError::LengthMismatch { .. }
-        | CallError::ShapeMismatch { .. }
-        | CallError::NegativeDim { .. }
-        | CallError::TooLarge { .. } => ShapeError::new_err(message),
-        CallError::LabelOutOfRange { .. } | CallError::IndexOutOfRange { .. } => LabelError::new_err(message),
-        CallError::UnknownHyper { .. } | CallError::HyperFixed { .. } | CallError::HyperNotInteger { .. } => {
-            HyperparameterError::new_err(message)
-        }
-        CallError::Device(_) => DeviceError::new_err(message),
-        CallError::OverBudget { .. } => pyo3::exceptions::PyMemoryError::new_err(message),
-        CallError::NonFinite { .. } => InputError::new_err(message),
-        CallError::Compile(_) => InternalError::new_err(message),
+    match e.kind() {
+        CallErrorKind::Input => InputError::new_err(message),
+        CallErrorKind::Shape => ShapeError::new_err(message),
+        CallErrorKind::Label => LabelError::new_err(message),
+        CallErrorKind::Hyper => HyperparameterError::new_err(message),
+        CallErrorKind::Memory => pyo3::exceptions::PyMemoryError::new_err(message),
+        CallErrorKind::Device => DeviceError::new_err(message),
+        CallErrorKind::Internal => InternalError::new_err(message),
     }
 }
 
