@@ -35,6 +35,13 @@ macro_rules! case {
 
 case!(syntax_error, Syntax, "loss f(x: f32[N]) {\n    mean[i] x[i] +\n}\n");
 case!(syntax_bad_item, Syntax, "lost f(x: f32[N]) { 1 }\n");
+// A reduction without a body: `count[j | c] < k` and `sum[i]` at the end of a body (issue 23).
+case!(
+    count_without_a_body,
+    Syntax,
+    "loss f(x: f32[N], y: idx[N] < 3, k: f32 = 2.0) { mean[i] count[j | y[j] == y[i]] < k }\n"
+);
+case!(reduction_without_a_body, Syntax, "loss f(x: f32[N]) { sum[i] }\n");
 // A missing `}` points at the `{` left open; an unclosed block comment at where it opens (issue 23).
 case!(unclosed_brace, Syntax, "loss f(x: f32[N]) {\n    mean[i] x[i]\n");
 case!(

@@ -1330,6 +1330,18 @@ impl Cx<'_, '_> {
 
     fn access(&mut self, name: &ast::Ident, subs: &[ast::Expr], span: Span) -> Option<NodeId> {
         let tensor = match self.lookup(&name.name) {
+            // `sum[i]` with nothing after it reads as a tensor named `sum`: say the body is missing (and
+            // check nothing inside, whose names the missing reduction would have bound).
+            None if ast::ReduceOp::from_name(&name.name).is_some() => {
+                self.err(
+                    Diag::new(Code::Syntax, format!("`{}[…]` needs a body after its `]`", name.name))
+                        .label(span, "a reduction without a body")
+                        .help(
+                            "the reduced expression follows the `]`: `sum[k] e`; `count[j] c` counts where `c` holds",
+                        ),
+                );
+                return None;
+            }
             None => {
                 self.unknown_name(name, "tensor");
                 for s in subs {

@@ -98,6 +98,20 @@ fn syntax_error(source: SourceId, text: &str, e: pest::error::Error<Rule>) -> Di
             ));
         }
     }
+    if let Some(op) = reduction_before(text, start) {
+        // `count[j | c] < k`: the reduction's body is missing (for `count`, the condition it counts).
+        let what = if op == "count" {
+            "`count[j] c` counts the points where the condition `c` holds (`count[j | m] c` within a mask)"
+        } else {
+            "the reduced expression follows the `]`: `sum[k] e`"
+        };
+        return Diag::new(Code::Syntax, format!("`{op}[…]` needs a body after its `]`"))
+            .label(
+                Span::new(source, start, start + found.map_or(0, char::len_utf8)),
+                "the body should start here",
+            )
+            .help(what);
+    }
     if text[start..].starts_with("///") {
         // `2 /// note` once read as `2 / // note`, a division by the next line.
         let end = start + text[start..].find('\n').unwrap_or(text.len() - start);
@@ -122,6 +136,35 @@ fn syntax_error(source: SourceId, text: &str, e: pest::error::Error<Rule>) -> Di
     Diag::new(Code::Syntax, message)
         .label(Span::new(source, start, end), "here")
         .help(help)
+}
+
+/// The reduction whose `[…]` ends just before byte `at` (spaces between), if one does: `count` for
+/// `… count[j | c] <`.
+fn reduction_before(text: &str, at: usize) -> Option<&'static str> {
+    let before = text.get(..at)?.trim_end();
+    let inner = before.strip_suffix(']')?;
+    // The matching `[`.
+    let mut depth = 0usize;
+    let open = inner.char_indices().rev().find_map(|(i, c)| match c {
+        ']' => {
+            depth += 1;
+            None
+        }
+        '[' if depth == 0 => Some(i),
+        '[' => {
+            depth -= 1;
+            None
+        }
+        _ => None,
+    })?;
+    let head = inner[..open].trim_end();
+    crate::syntax::ast::ReduceOp::ALL
+        .iter()
+        .map(|r| r.as_str())
+        .find(|name| {
+            head.ends_with(name)
+                && !head[..head.len() - name.len()].ends_with(|c: char| c.is_alphanumeric() || c == '_')
+        })
 }
 
 fn describe(rule: Rule) -> Option<&'static str> {
