@@ -122,12 +122,6 @@ struct Converted {
     floats: Vec<f32>,
 }
 
-/// Whether input `k` of `f` gets a gradient: a float input, not `nograd`, not state, not the cotangent.
-fn differentiable(f: &crate::ir::Function, k: usize) -> bool {
-    let i = &f.inputs[k];
-    i.elem != crate::ir::ElemTy::Idx && !i.nograd && i.state.is_none() && f.cotangent != Some(k as u32)
-}
-
 impl Kernel {
     /// A workspace for calls over the caller's memory ([`Workspace::call`]).
     pub fn workspace(&self) -> Workspace {
@@ -171,11 +165,11 @@ impl Workspace {
     ) -> Result<f32, CallError> {
         let f = self.kernel.function();
         for (name, out) in grads.iter() {
-            let declared = f.inputs.iter().position(|i| i.name == *name);
-            if !declared.is_some_and(|k| differentiable(f, k)) {
-                let expected = (0..f.inputs.len())
-                    .filter(|k| differentiable(f, *k))
-                    .map(|k| f.inputs[k].name.as_str())
+            // (State inputs and a per-sample loss's cotangent are `nograd`.)
+            if !f.inputs.iter().any(|i| i.name == *name && i.differentiable()) {
+                let expected = (f.inputs.iter())
+                    .filter(|i| i.differentiable())
+                    .map(|i| i.name.as_str())
                     .collect::<Vec<_>>()
                     .join(", ");
                 return Err(CallError::UnknownInput {

@@ -28,7 +28,7 @@ use crate::backend::interp::{self, Evaluation};
 use crate::call::{self, CallError};
 use crate::data::Tensor;
 use crate::diag::{Code, Diag, Diags};
-use crate::ir::{Expr, Function, Scalar};
+use crate::ir::{Dim, Expr, Function, Scalar};
 use crate::{Program, api};
 
 /// Which backend runs a kernel.
@@ -269,20 +269,13 @@ impl Kernel {
     /// buffers, and with `tensors` (the `Tensor` API) the inputs converted and the results collected as f64.
     pub fn bytes_needed(&self, sizes: &[i64], tensors: bool) -> u64 {
         let f = &self.function;
-        let elements = |shape: &[crate::ir::Dim]| -> u64 {
-            shape
-                .iter()
-                .fold(1u64, |a, d| a.saturating_mul(d.eval(sizes).max(0) as u64))
-        };
         let io = if tensors {
-            let inputs: u64 = f.inputs.iter().map(|i| elements(&i.shape)).fold(0, u64::saturating_add);
+            let inputs: u64 = (f.inputs.iter())
+                .map(|i| Dim::elements(&i.shape, sizes))
+                .fold(0, u64::saturating_add);
             let results: u64 = (f.tensors.iter())
                 .filter(|t| t.role != crate::ir::Role::Let)
-                .map(|t| {
-                    t.indices.iter().fold(1u64, |a, i| {
-                        a.saturating_mul(f.index(*i).range.eval(sizes).max(0) as u64)
-                    })
-                })
+                .map(|t| f.elements(t, sizes))
                 .fold(0, u64::saturating_add);
             inputs.saturating_mul(4).saturating_add(results.saturating_mul(8))
         } else {
@@ -607,25 +600,11 @@ impl Kernel {
         let mut all = inputs.clone();
         // Per state input: its ids and where its rows were gathered.
         let mut calls: Vec<(usize, Vec<i64>, u64)> = Vec::new();
-        for (k, input) in f.inputs.iter().enumerate() {
-            let Some(spec) = &input.state else { continue };
-            let key = &f.inputs[spec.key as usize].name;
-            if inputs.contains_key(&input.name) {
-                return Err(CallError::StateGiven {
-                    name: input.name.clone(),
-                    key: key.clone(),
-                });
-            }
-            let Some(ids_t) = inputs.get(key) else {
-                let expected = f.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ");
-                return Err(CallError::MissingInput {
-                    name: key.clone(),
-                    expected,
-                });
-            };
+        for (k, spec, key) in crate::state::state_inputs(f, |name| inputs.contains_key(name))? {
+            let ids_t = &inputs[key];
             if ids_t.dtype != DType::I64 || ids_t.shape.len() != 1 {
                 return Err(CallError::WrongDtype {
-                    input: key.clone(),
+                    input: key.to_string(),
                     expected: "int64 sample ids in device memory, rank 1",
                     got: ids_t.dtype,
                 });
@@ -657,7 +636,7 @@ impl Kernel {
             let table = state.tables[&k];
             launch_aux(device, gather, n, &[ids_t.ptr, table.ptr, gathered], &[n as i64])?;
             all.insert(
-                input.name.clone(),
+                f.inputs[k].name.clone(),
                 DeviceTensor {
                     ptr: gathered,
                     shape: vec![n],

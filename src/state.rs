@@ -148,15 +148,8 @@ impl StateStore {
         inputs: &mut BTreeMap<String, Tensor>,
         hypers: &BTreeMap<String, f64>,
     ) -> Result<(), CallError> {
-        for input in &f.inputs {
-            let Some(spec) = &input.state else { continue };
-            let key = &f.inputs[spec.key as usize].name;
-            if inputs.contains_key(&input.name) {
-                return Err(CallError::StateGiven {
-                    name: input.name.clone(),
-                    key: key.clone(),
-                });
-            }
+        for (k, spec, key) in state_inputs(f, |name| inputs.contains_key(name))? {
+            let input = &f.inputs[k];
             let ids = sample_ids(f, key, inputs)?;
             let init = initial_value(f, spec.init, hypers);
             let table = self.tables.entry(input.name.clone()).or_default();
@@ -193,6 +186,35 @@ impl StateStore {
         }
         Ok(())
     }
+}
+
+/// The state inputs of `f` (index, spec, the name of the input holding their sample ids), checked for a
+/// call that gives the inputs `given` says: a state input passed in is [`CallError::StateGiven`] (the store
+/// supplies it), a missing sample-id input [`CallError::MissingInput`]. The host and the device stores
+/// both start here.
+pub fn state_inputs(
+    f: &Function,
+    given: impl Fn(&str) -> bool,
+) -> Result<Vec<(usize, &crate::ir::StateSpec, &str)>, CallError> {
+    let mut out = Vec::new();
+    for (k, input) in f.inputs.iter().enumerate() {
+        let Some(spec) = &input.state else { continue };
+        let key = f.inputs[spec.key as usize].name.as_str();
+        if given(&input.name) {
+            return Err(CallError::StateGiven {
+                name: input.name.clone(),
+                key: key.to_string(),
+            });
+        }
+        if !given(key) {
+            return Err(CallError::MissingInput {
+                name: key.to_string(),
+                expected: f.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", "),
+            });
+        }
+        out.push((k, spec, key));
+    }
+    Ok(out)
 }
 
 /// The checked sample ids of a call.

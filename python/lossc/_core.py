@@ -36,7 +36,8 @@ class InputSpec:
 
     @property
     def differentiable(self) -> bool:
-        return not (self.is_label or self.nograd or self.state_key or self.cotangent)
+        # State inputs and a per-sample loss's cotangent are declared nograd by the compiler.
+        return not (self.is_label or self.nograd)
 
     def __str__(self) -> str:
         dims = f"[{', '.join(self.shape)}]" if self.shape else ""

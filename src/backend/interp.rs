@@ -50,11 +50,7 @@ pub fn run(f: &Function, call: &Bound) -> Result<Evaluation, CallError> {
 /// About how many bytes [`run`] allocates at these dimension sizes: every tensor, one value per element.
 pub fn bytes_needed(f: &Function, sizes: &[i64]) -> u64 {
     (f.tensors.iter())
-        .map(|t| {
-            t.indices.iter().fold(1u64, |a, i| {
-                a.saturating_mul(f.index(*i).range.eval(sizes).max(0) as u64)
-            })
-        })
+        .map(|t| f.elements(t, sizes))
         .fold(0, u64::saturating_add)
         .saturating_mul(std::mem::size_of::<Value>() as u64)
 }

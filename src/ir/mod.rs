@@ -128,6 +128,14 @@ pub enum Dim {
 }
 
 impl Dim {
+    /// How many elements a tensor of extents `shape` has at `sizes` (a negative extent counts as 0; the
+    /// product saturates).
+    pub fn elements(shape: &[Dim], sizes: &[i64]) -> u64 {
+        shape
+            .iter()
+            .fold(1u64, |a, d| a.saturating_mul(d.eval(sizes).max(0) as u64))
+    }
+
     /// Folds constant sub-expressions, so that `10 + 1` and `11` compare equal.
     pub fn fold(self) -> Dim {
         fn bin(a: Dim, b: Dim, f: fn(i64, i64) -> i64, mk: fn(Box<Dim>, Box<Dim>) -> Dim) -> Dim {
@@ -857,6 +865,12 @@ impl Function {
             TensorRef::Input(i) => &self.inputs[i as usize].name,
             TensorRef::Def(t) => &self.tensor(t).name,
         }
+    }
+
+    /// How many elements tensor `t` has at `sizes` ([`Dim::elements`] of its head indices' ranges).
+    pub fn elements(&self, t: &TensorDef, sizes: &[i64]) -> u64 {
+        let shape: Vec<Dim> = t.indices.iter().map(|i| self.index(*i).range.clone()).collect();
+        Dim::elements(&shape, sizes)
     }
 
     /// A dimension written with its symbols' names.

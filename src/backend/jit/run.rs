@@ -366,10 +366,7 @@ impl Compiled {
                 matches!(buf.of, TensorRef::Def(_)) && !self.plan.row_private[*k] && self.plan.host[*k].is_none()
             })
             .map(|(_, buf)| {
-                let len = buf
-                    .shape
-                    .iter()
-                    .fold(1u64, |a, d| a.saturating_mul(d.eval(sizes).max(0) as u64));
+                let len = crate::ir::Dim::elements(&buf.shape, sizes);
                 let elem = if buf.scalar == Scalar::Int { 8 } else { 4 };
                 len.saturating_mul(elem)
             })
