@@ -39,15 +39,19 @@ pub enum Command {
     Compile {
         /// The .lx file (or a stdlib loss by path: std::module::loss).
         file: PathBuf,
-        /// What to print.
-        #[arg(long, value_enum, default_value = "ir")]
-        emit: Emit,
+        /// What to print (default: ir).
+        #[arg(long, value_enum)]
+        emit: Option<Emit>,
         /// Only this loss (default: all).
         #[arg(long)]
         loss: Option<String>,
-        /// Write to this file instead of stdout.
+        /// Write to this file instead of stdout; a `.so` is a shared library of the losses (loss +
+        /// gradient, one C entry point each), a `.o` the same as one object to link into a program.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// With a library (`-o NAME.so` or `NAME.o`): also write a C header declaring its entry points.
+        #[arg(long)]
+        header: Option<PathBuf>,
         /// Print the time each compilation stage takes (on stderr).
         #[arg(long)]
         timings: bool,
@@ -283,8 +287,30 @@ pub fn run(cli: Cli) -> Result<String, Failure> {
             emit,
             loss,
             output,
+            header,
             timings,
         } => {
+            if let Some(path) = &output
+                && let Some(kind) = library_output(path)
+            {
+                if let Some(emit) = emit {
+                    return Err(Failure::Message(format!(
+                        "error: `-o {}` writes a library; `--emit {}` writes text (give -o another extension)",
+                        path.display(),
+                        emit.to_possible_value().map_or(String::new(), |v| v.get_name().to_string())
+                    )));
+                }
+                if timings {
+                    eprint!("{}", stage_timings(&file, loss.as_deref(), Emit::Clif)?);
+                }
+                return write_library(&file, loss.as_deref(), path, kind, header.as_deref());
+            }
+            if header.is_some() {
+                return Err(Failure::Message(
+                    "error: --header goes with a library: -o NAME.so or -o NAME.o".into(),
+                ));
+            }
+            let emit = emit.unwrap_or(Emit::Ir);
             if timings {
                 eprint!("{}", stage_timings(&file, loss.as_deref(), emit)?);
             }
@@ -359,6 +385,54 @@ fn compile(file: &Path, emit: Emit, loss: Option<&str>) -> Result<String, Failur
             Ok(out.join("\n"))
         }
     }
+}
+
+#[cfg(feature = "jit")]
+fn library_output(path: &Path) -> Option<crate::backend::aot::Output> {
+    crate::backend::aot::Output::of(path)
+}
+
+#[cfg(not(feature = "jit"))]
+fn library_output(_: &Path) -> Option<()> {
+    None
+}
+
+/// `lossc compile FILE -o lib.so|.o [--header H]`: the losses of a file (or one) as an ahead-of-time
+/// library ([`crate::backend::aot`]).
+#[cfg(feature = "jit")]
+fn write_library(
+    file: &Path,
+    loss: Option<&str>,
+    path: &Path,
+    kind: crate::backend::aot::Output,
+    header: Option<&Path>,
+) -> Result<String, Failure> {
+    use crate::backend::aot;
+    let p = Program::from_file(file)?;
+    let fs: Vec<&Function> = match loss {
+        Some(_) => vec![p.loss(loss).map_err(|d| Failure::Diags(Diags(vec![d])))?],
+        None => p.module.functions.iter().collect(),
+    };
+    let gradients = fs
+        .iter()
+        .map(|f| crate::api::gradient(f))
+        .collect::<Result<Vec<Function>, _>>()
+        .map_err(|d| Failure::Diags(Diags(vec![d])))?;
+    let source = file.display().to_string();
+    let refs: Vec<&Function> = gradients.iter().collect();
+    let library = aot::library(&refs, &source).map_err(|e| Failure::Message(format!("error: {e}")))?;
+    aot::link(&library, path, kind).map_err(|e| Failure::Message(format!("error: {e}")))?;
+    if let Some(h) = header {
+        let guard = h.file_stem().map_or("lossc".into(), |s| s.to_string_lossy().to_string());
+        std::fs::write(h, aot::header(&library, &source, &guard))
+            .map_err(|e| Failure::Message(format!("error: cannot write {}: {e}", h.display())))?;
+    }
+    Ok(String::new())
+}
+
+#[cfg(not(feature = "jit"))]
+fn write_library(_: &Path, _: Option<&str>, _: &Path, _: (), _: Option<&Path>) -> Result<String, Failure> {
+    Err(Failure::Message("error: this lossc was built without the `jit` feature".into()))
 }
 
 #[cfg(feature = "jit")]

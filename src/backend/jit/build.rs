@@ -13,7 +13,7 @@ use cranelift_module::{FuncId, Linkage, Module};
 
 use super::*;
 use crate::backend::loops::{Contraction, Nest, Plan, split_members};
-use crate::ir::{Expr, Function, IndexId, NodeId, TensorRef};
+use crate::ir::{Dim, Expr, Function, IndexId, NodeId, TensorRef};
 use crate::prims::Cost;
 
 /// Which groups' functions a build compiles.
@@ -26,17 +26,75 @@ pub(super) enum Functions {
     Only(usize),
 }
 
-/// `exp_rows`: whether kept softmax rows use the 8-lane row helper (rows.rs) where this machine has it.
-pub(super) fn build(
-    f: &Function,
-    mut clif_text: Option<&mut String>,
-    exp_rows: bool,
-    functions: Functions,
-) -> Result<Compiled, JitError> {
+/// How a group's outermost loop is handed out in chunks (fixed per kernel; sized per call by
+/// [`Schedule::chunking`]): what the JIT's runs and an ahead-of-time library's driver both follow.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    /// A group of sums over one index ([`split_members`]): that index's extent, run in parallel parts.
+    pub split: Option<Dim>,
+    /// Per member: [`row_indices`] (the points one row visits, what sizes a chunk).
+    pub row_indices: Vec<Vec<IndexId>>,
+    /// Whether the group sums columns in tiles (`simd::COLUMN_TILE` columns per chunk at least).
+    pub column_sum: bool,
+}
+
+impl Schedule {
+    /// The extent of the loop a native group's chunks split and the chunk's length, at these sizes on
+    /// `threads` threads.
+    pub fn chunking(&self, f: &Function, nest: &Nest, sizes: &[i64], threads: usize) -> (i64, i64) {
+        if let Some(extent) = &self.split {
+            // A split sum: chunks of its index, each adding into its own partial slot.
+            return (extent.eval(sizes).max(0), SPLIT_CHUNK);
+        }
+        let outer = nest.head.first().map_or(1, |(_, d)| d.eval(sizes).max(0));
+        let row = self
+            .row_indices
+            .iter()
+            .map(|member| {
+                member
+                    .iter()
+                    .map(|i| f.index(*i).range.eval(sizes).max(1))
+                    .fold(1i64, i64::saturating_mul)
+            })
+            .max()
+            .unwrap_or(1);
+        (outer, chunk_rows(outer, row, self.column_sum, threads))
+    }
+}
+
+/// Rows per chunk of a group of `outer` rows of `row` points each: enough work per call that the call's
+/// setup is noise (CHUNK rows, or more where rows are light: an elementwise vector's rows are single
+/// elements). A column sum takes a tile's width per thread (each column sums in the same order in any
+/// chunk, so its chunks may depend on the threads; whole blocks of columns keep every column but the
+/// last few in the lanes). An ahead-of-time library's driver (`lossc_rt_chunk_rows`) computes the same.
+pub fn chunk_rows(outer: i64, row: i64, column_sum: bool, threads: usize) -> i64 {
+    let chunk = CHUNK.max(MIN_CHUNK_ELEMENTS / row.max(1));
+    if !column_sum {
+        return chunk;
+    }
+    let per_thread = (outer as u64).div_ceil(threads.max(1) as u64) as i64;
+    let block = simd::COLUMN_BLOCK_COLUMNS as u64;
+    let chunk = chunk.max(per_thread.min(simd::COLUMN_TILE)) as u64;
+    (chunk.div_ceil(block) * block) as i64
+}
+
+/// The numbers [`chunk_rows`] and the split sums use, by name, for a driver written in another language.
+pub fn chunk_constants() -> [(&'static str, i64); 5] {
+    [
+        ("CHUNK", CHUNK),
+        ("MIN_CHUNK_ELEMENTS", MIN_CHUNK_ELEMENTS),
+        ("COLUMN_TILE", simd::COLUMN_TILE),
+        ("COLUMN_BLOCK_COLUMNS", simd::COLUMN_BLOCK_COLUMNS),
+        ("SPLIT_CHUNK", SPLIT_CHUNK),
+    ]
+}
+
+/// The target: this machine's CPU; position-independent code for an object file (`pic`).
+pub(super) fn target(pic: bool) -> Result<(isa::OwnedTargetIsa, bool), JitError> {
     let err = |e: &dyn std::fmt::Display| JitError(e.to_string());
     let mut flags = settings::builder();
     flags.set("opt_level", "speed").map_err(|e| err(&e))?;
-    flags.set("is_pic", "false").map_err(|e| err(&e))?;
+    flags.set("is_pic", if pic { "true" } else { "false" }).map_err(|e| err(&e))?;
     flags.set("use_colocated_libcalls", "false").map_err(|e| err(&e))?;
     // The IR verifier costs a third of compile time; debug builds (and so the test suite) keep it.
     let verify = if cfg!(debug_assertions) { "true" } else { "false" };
@@ -49,20 +107,12 @@ pub(super) fn build(
         .isa_flags()
         .iter()
         .any(|flag| flag.name == "has_fma" && flag.as_bool() == Some(true));
-    // The compile threads hold the ISA while the module declares what the CLIF being built refers to.
-    let compile_isa = isa.clone();
-    let mut jb = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
-    for (name, ptr, _) in math_symbols() {
-        jb.symbol(name, ptr);
-    }
-    jb.symbol("lossc_powf", lossc_powf as *const u8);
-    jb.symbol("lossc_exp_row", rows::lossc_exp_row as *const u8);
-    jb.symbol("lossc_softmax_row", rows::lossc_softmax_row as *const u8);
-    jb.symbol("lossc_sigmoid_row", rows::lossc_sigmoid_row as *const u8);
-    let mut module = JITModule::new(jb);
-    let ptr = module.target_config().pointer_type();
+    Ok((isa, fma))
+}
 
-    // Every helper the generated code may call: (symbol, parameter types, result type).
+/// Every helper the generated code may call: (symbol, parameter types, result type). The JIT binds them
+/// to this process's functions; an ahead-of-time library links its own (`aot/runtime.c`).
+pub(super) fn helpers(ptr: Type) -> Vec<(&'static str, Vec<Type>, Option<Type>)> {
     let mut helpers: Vec<(&'static str, Vec<Type>, Option<Type>)> = math_symbols()
         .into_iter()
         .map(|(name, _, wide)| {
@@ -82,8 +132,51 @@ pub(super) fn build(
         Some(types::F64),
     ));
     helpers.push(("lossc_sigmoid_row", vec![ptr, types::I64], None));
+    helpers
+}
+
+/// The groups of one function lowered and compiled into a module: the machine code of the groups built
+/// (their numbers), and the kernel's per-group facts.
+pub(super) struct Lowered {
+    pub plan: Plan,
+    pub built: Vec<usize>,
+    pub machine_code: Vec<MachineCode>,
+    pub products: Vec<Option<Contraction>>,
+    pub schedules: Vec<Schedule>,
+}
+
+/// How the functions of a module are named and where their vector constants live.
+pub(super) struct Naming<'n> {
+    /// Prefixed to each group's symbol (`{prefix}group{k}`) and lane data object.
+    pub prefix: &'n str,
+    /// The groups' linkage (local to a JIT module; visible to the driver in an object file).
+    pub linkage: Linkage,
+    /// One pool of vector constants for every group (the JIT's), or, when `None`, a data object per group
+    /// (an object file's: `{prefix}lanes{k}`).
+    pub host_lanes: Option<&'n mut LanePool>,
+}
+
+/// Declares, lowers and compiles `functions` of `f`'s plan into `module` (not yet defined there).
+/// `exp_rows`: whether kept softmax rows use the 8-lane row helper (rows.rs).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn lower_groups<M: Module>(
+    module: &mut M,
+    isa: &dyn isa::TargetIsa,
+    fma: bool,
+    f: &Function,
+    naming: Naming,
+    mut clif_text: Option<&mut String>,
+    exp_rows: bool,
+    functions: Functions,
+) -> Result<Lowered, JitError> {
+    let err = |e: &dyn std::fmt::Display| JitError(e.to_string());
+    let ptr = module.target_config().pointer_type();
     let mut imports = std::collections::BTreeMap::new();
-    for (name, params, result) in helpers {
+    // The row helpers only where the code calls them (an object file would otherwise name them).
+    let wanted = helpers(ptr)
+        .into_iter()
+        .filter(|(name, _, _)| exp_rows || !name.ends_with("_row"));
+    for (name, params, result) in wanted {
         let mut sig = module.make_signature();
         sig.params.extend(params.into_iter().map(AbiParam::new));
         sig.returns.extend(result.map(AbiParam::new));
@@ -104,7 +197,11 @@ pub(super) fn build(
     // Build every group's CLIF here (it needs the module's declarations) while the functions built so far
     // compile to machine code on all cores (each is independent), then hand the bytes to the module.
     let mut fctx = FunctionBuilderContext::new();
-    let mut lanes = LanePool::default();
+    let Naming {
+        prefix,
+        linkage,
+        mut host_lanes,
+    } = naming;
     let mut column_sums = vec![false; plan.groups.len()];
     let products: Vec<Option<Contraction>> = plan
         .groups
@@ -122,21 +219,46 @@ pub(super) fn build(
         let group = &plan.groups[k];
         let members = plan.members(group);
         let id = module
-            .declare_function(&format!("group{k}"), Linkage::Local, &sig)
+            .declare_function(&format!("{prefix}group{k}"), linkage, &sig)
             .map_err(|e| e.to_string())?;
         let mut func = ir::Function::with_name_signature(ir::UserFuncName::user(0, id.as_u32()), sig.clone());
+        // An object file's constants: a data object of this group's own, defined once it is lowered.
+        let mut object_lanes = match host_lanes {
+            Some(_) => None,
+            None => {
+                let data = module
+                    .declare_data(&format!("{prefix}lanes{k}"), Linkage::Local, false, false)
+                    .map_err(|e| e.to_string())?;
+                let symbol = module.declare_data_in_func(data, &mut func);
+                Some((data, LanePool::Object {
+                    symbol,
+                    lanes: Vec::new(),
+                }))
+            }
+        };
         {
+            let lanes = match (&mut host_lanes, &mut object_lanes) {
+                (Some(pool), _) => &mut **pool,
+                (None, Some((_, pool))) => pool,
+                (None, None) => return Err("no pool for the vector constants".into()),
+            };
             let mut b = FunctionBuilder::new(&mut func, &mut fctx);
             let mut refs = HashMap::new();
             for (name, fid) in &imports {
                 refs.insert(*name, module.declare_func_in_func(*fid, b.func));
             }
-            let mut l = Lower::new(f, &plan, &members, &mut b, &mut lanes, refs, fma);
+            let mut l = Lower::new(f, &plan, &members, &mut b, lanes, refs, fma);
             l.exp_rows = exp_rows;
             l.group(group, &members);
             column_sums[k] = l.column_tiles;
             b.seal_all_blocks();
             b.finalize(module.target_config());
+        }
+        if let Some((data, pool)) = object_lanes {
+            let mut description = cranelift_module::DataDescription::new();
+            description.define(pool.bytes().into_boxed_slice());
+            description.set_align(64);
+            module.define_data(data, &description).map_err(|e| e.to_string())?;
         }
         if let Some(text) = clif_text.as_deref_mut() {
             let names: Vec<&str> = members.iter().map(|m| f.tensor(m.tensor).name.as_str()).collect();
@@ -149,40 +271,86 @@ pub(super) fn build(
         }
         Ok((id, func))
     };
-    let machine_code = compile_all(&*compile_isa, &built, &mut build_group).map_err(|e| err(&e))?;
-    for code in &machine_code {
+    let machine_code = compile_all(isa, &built, &mut build_group).map_err(|e| err(&e))?;
+    let schedules = plan
+        .groups
+        .iter()
+        .zip(column_sums)
+        .map(|(g, column_sum)| {
+            let members = plan.members(g);
+            Schedule {
+                split: split_members(f, &members).map(|(_, sums)| f.index(sums[0].0).range.clone()),
+                row_indices: members.iter().map(|m| row_indices(f, m)).collect(),
+                column_sum,
+            }
+        })
+        .collect();
+    Ok(Lowered {
+        plan,
+        built,
+        machine_code,
+        products,
+        schedules,
+    })
+}
+
+/// `exp_rows`: whether kept softmax rows use the 8-lane row helper (rows.rs) where this machine has it.
+pub(super) fn build(
+    f: &Function,
+    clif_text: Option<&mut String>,
+    exp_rows: bool,
+    functions: Functions,
+) -> Result<Compiled, JitError> {
+    let err = |e: &dyn std::fmt::Display| JitError(e.to_string());
+    let (isa, fma) = target(false)?;
+    // The compile threads hold the ISA while the module declares what the CLIF being built refers to.
+    let compile_isa = isa.clone();
+    let mut jb = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
+    for (name, ptr, _) in math_symbols() {
+        jb.symbol(name, ptr);
+    }
+    jb.symbol("lossc_powf", lossc_powf as *const u8);
+    jb.symbol("lossc_exp_row", rows::lossc_exp_row as *const u8);
+    jb.symbol("lossc_softmax_row", rows::lossc_softmax_row as *const u8);
+    jb.symbol("lossc_sigmoid_row", rows::lossc_sigmoid_row as *const u8);
+    let mut module = JITModule::new(jb);
+    let mut lanes = LanePool::default();
+    let naming = Naming {
+        prefix: "",
+        linkage: Linkage::Local,
+        host_lanes: Some(&mut lanes),
+    };
+    let lowered = lower_groups(
+        &mut module,
+        &*compile_isa,
+        fma,
+        f,
+        naming,
+        clif_text,
+        exp_rows,
+        functions,
+    )?;
+    for code in &lowered.machine_code {
         module
             .define_function_bytes(code.id, code.alignment, &code.bytes, &code.relocs)
             .map_err(|e| err(&format!("{e:?}")))?;
     }
     module.finalize_definitions().map_err(|e| err(&e))?;
-    let mut entries: Vec<Entry> = (0..plan.groups.len())
+    let mut entries: Vec<Entry> = (0..lowered.plan.groups.len())
         .map(|_| Entry::Deferred(std::sync::OnceLock::new()))
         .collect();
-    for (k, code) in built.iter().zip(&machine_code) {
+    for (k, code) in lowered.built.iter().zip(&lowered.machine_code) {
         let p = module.get_finalized_function(code.id);
         // SAFETY: every nest function was defined with exactly the `NestFn` signature above.
         entries[*k] = Entry::Ready(unsafe { std::mem::transmute::<*const u8, NestFn>(p) });
     }
-    let row_indices = plan
-        .groups
-        .iter()
-        .map(|g| plan.members(g).iter().map(|m| row_indices(f, m)).collect())
-        .collect();
-    let splits = plan
-        .groups
-        .iter()
-        .map(|g| split_members(f, &plan.members(g)).map(|(_, sums)| f.index(sums[0].0).range.clone()))
-        .collect();
     Ok(Compiled {
-        plan,
+        plan: lowered.plan,
         function: f.clone(),
         entries,
         exp_rows,
-        splits,
-        row_indices,
-        products,
-        column_sums,
+        schedules: lowered.schedules,
+        products: lowered.products,
         transposed_right: Default::default(),
         _code: Arc::new(CodeHolder {
             module: Some(module),
@@ -231,10 +399,10 @@ pub(super) fn light(f: &Function, body: NodeId) -> bool {
 
 /// One function's machine code, ready for [`Module::define_function_bytes`].
 pub(super) struct MachineCode {
-    id: FuncId,
-    alignment: u64,
-    bytes: Vec<u8>,
-    relocs: Vec<cranelift_module::ModuleReloc>,
+    pub id: FuncId,
+    pub alignment: u64,
+    pub bytes: Vec<u8>,
+    pub relocs: Vec<cranelift_module::ModuleReloc>,
 }
 
 /// Compiles the functions of `groups` on all available cores, in that order. `LOSSC_DUMP_OPT` and

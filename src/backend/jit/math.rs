@@ -15,7 +15,7 @@ use cranelift_codegen::cursor::{Cursor, FuncCursor};
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{self, InstBuilder, MemFlagsData, Value, types};
 
-use super::Lower;
+use super::{LanePlace, Lower};
 
 /// The coefficients of the polynomial Q in e^r = 1 + r + r^2 Q(r) for |r| <= ln2/2, highest degree first:
 /// a minimax fit of degree 4 for the relative error (4e-9 in exact arithmetic, below f32's rounding;
@@ -168,16 +168,19 @@ impl Lower<'_, '_> {
         if let Some(v) = self.preheaders.last().and_then(|(_, loaded)| loaded.get(&(ty, lanes))) {
             return *v;
         }
-        let (chunk, offset) = self.lanes.add(lanes);
+        let place = self.lanes.add(lanes);
+        let offset = match place {
+            LanePlace::Host(_, offset) | LanePlace::Object(_, offset) => offset,
+        };
         let v = match self.preheaders.last() {
             Some((entry, _)) => {
                 let mut pos = FuncCursor::new(self.b.func).at_inst(*entry);
-                let chunk = pos.ins().iconst(types::I64, chunk);
-                pos.ins().load(ty, MemFlagsData::trusted(), chunk, offset)
+                let base = lane_base(pos.ins(), place);
+                pos.ins().load(ty, MemFlagsData::trusted(), base, offset)
             }
             None => {
-                let chunk = self.b.ins().iconst(types::I64, chunk);
-                self.b.ins().load(ty, MemFlagsData::trusted(), chunk, offset)
+                let base = lane_base(self.b.ins(), place);
+                self.b.ins().load(ty, MemFlagsData::trusted(), base, offset)
             }
         };
         if let Some((_, loaded)) = self.preheaders.last_mut() {
@@ -355,5 +358,13 @@ impl Lower<'_, '_> {
         let far = self.choose(neg, far_neg, far, lanes);
         let small = self.fcmp_k(FloatCC::LessThan, a, 0.625, lanes);
         self.choose(small, near, far, lanes)
+    }
+}
+
+/// The base address of a vector constant's place: a chunk's address, or its data object's symbol.
+fn lane_base<'f>(ins: impl InstBuilder<'f>, place: LanePlace) -> Value {
+    match place {
+        LanePlace::Host(chunk, _) => ins.iconst(types::I64, chunk),
+        LanePlace::Object(symbol, _) => ins.symbol_value(types::I64, symbol),
     }
 }

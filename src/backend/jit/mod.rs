@@ -67,12 +67,15 @@ mod build;
 mod gemm;
 mod lower;
 mod math;
+mod object;
 mod reduce;
 mod rows;
 mod run;
 mod simd;
 
 use build::*;
+pub use build::{Schedule, chunk_constants, chunk_rows};
+pub use object::{ObjectKernel, elem_bytes, object};
 
 use super::loops::{Contraction, OneHot, Plan, cheap, few_steps, few_steps_reading};
 use crate::ir::{Dim, Function, IndexId, NodeId};
@@ -126,14 +129,10 @@ pub struct Compiled {
     entries: Vec<Entry>,
     /// Whether kept softmax rows use the row helper (what a deferred entry is compiled with too).
     exp_rows: bool,
-    /// Per group of sums: the extent of the index they sum over in parallel parts ([`split_members`]).
-    splits: Vec<Option<Dim>>,
-    /// Per group, per member: [`row_indices`] (what sizes a group's parallel chunks).
-    row_indices: Vec<Vec<Vec<IndexId>>>,
+    /// Per group: how its chunks are sized.
+    schedules: Vec<Schedule>,
     /// Per group: the matrix product it is, run as sgemm ([`gemm`]) where the call allows.
     products: Vec<Option<Contraction>>,
-    /// Per group: whether it sums columns in tiles (`simd::COLUMN_TILE` columns per chunk at least).
-    column_sums: Vec<bool>,
     /// Kept from one call to the next: where matrix products copy a right operand they read transposed
     /// ([`gemm::Product::new`]). A fresh allocation of that size per call came from `mmap`, and faulted
     /// in its pages every time. A call that finds it taken (another thread's) allocates its own.
@@ -168,11 +167,30 @@ impl Drop for CodeHolder {
 /// on entry and reloaded them in the loops. A load stays where it is put: in the preheader of the
 /// innermost loop that uses it ([`Lower::lanes_constant`]). Each load reads its own copy, so Cranelift's
 /// redundant-load elimination cannot merge loads of different loops into one long-lived value either.
-/// Entries are 16-byte aligned and never move (chunks are boxed and never reallocated).
-#[derive(Default)]
-struct LanePool {
-    chunks: Vec<Box<LaneChunk>>,
-    used: usize,
+/// Entries are 16-byte aligned and never move.
+enum LanePool {
+    /// The JIT's: chunks in this process's memory (boxed, never reallocated), addressed by constants.
+    Host { chunks: Vec<Box<LaneChunk>>, used: usize },
+    /// An object file's (one per function): the contents of a data object, addressed through its symbol.
+    Object { symbol: ir::GlobalValue, lanes: Vec<Lanes> },
+}
+
+impl Default for LanePool {
+    fn default() -> Self {
+        LanePool::Host {
+            chunks: Vec::new(),
+            used: 0,
+        }
+    }
+}
+
+/// Where a vector constant is ([`LanePool::add`]): a base and the offset from it.
+#[derive(Clone, Copy)]
+enum LanePlace {
+    /// At a chunk's address (a constant) plus the offset.
+    Host(i64, i32),
+    /// At the data object's symbol plus the offset.
+    Object(ir::GlobalValue, i32),
 }
 
 /// Whole cache lines of constants: no line is shared with data that another thread may write.
@@ -186,16 +204,38 @@ const LANE_CHUNK: usize = 256;
 struct Lanes([u32; 4]);
 
 impl LanePool {
-    /// A new copy of `lanes`: its chunk's address and its offset there.
-    fn add(&mut self, lanes: [u32; 4]) -> (i64, i32) {
-        let at = self.used % LANE_CHUNK;
-        if at == 0 {
-            self.chunks.push(Box::new(LaneChunk([Lanes::default(); LANE_CHUNK])));
+    /// A new copy of `lanes`, and where it is.
+    fn add(&mut self, lanes: [u32; 4]) -> LanePlace {
+        let size = std::mem::size_of::<Lanes>();
+        match self {
+            LanePool::Host { chunks, used } => {
+                let at = *used % LANE_CHUNK;
+                if at == 0 {
+                    chunks.push(Box::new(LaneChunk([Lanes::default(); LANE_CHUNK])));
+                }
+                let chunk = &mut chunks.last_mut().expect("a chunk was just pushed").0;
+                chunk[at] = Lanes(lanes);
+                *used += 1;
+                LanePlace::Host(chunk.as_ptr() as i64, (at * size) as i32)
+            }
+            LanePool::Object { symbol, lanes: all } => {
+                all.push(Lanes(lanes));
+                LanePlace::Object(*symbol, ((all.len() - 1) * size) as i32)
+            }
         }
-        let chunk = &mut self.chunks.last_mut().expect("a chunk was just pushed").0;
-        chunk[at] = Lanes(lanes);
-        self.used += 1;
-        (chunk.as_ptr() as i64, (at * std::mem::size_of::<Lanes>()) as i32)
+    }
+
+    /// An object pool's contents, as the bytes of its data object (at least one entry: a data object is
+    /// never empty).
+    fn bytes(&self) -> Vec<u8> {
+        match self {
+            LanePool::Host { .. } => Vec::new(),
+            LanePool::Object { lanes, .. } => {
+                let one = [Lanes::default()];
+                let lanes = if lanes.is_empty() { &one[..] } else { lanes };
+                lanes.iter().flat_map(|l| l.0.iter().flat_map(|w| w.to_le_bytes())).collect()
+            }
+        }
     }
 }
 
@@ -473,13 +513,15 @@ mod tests {
         let added: Vec<([u32; 4], i64)> = (0..3 * LANE_CHUNK as u32 + 5)
             .map(|k| {
                 let lanes = [k, k ^ 0xdead, !k, k.wrapping_mul(2_654_435_761)];
-                let (chunk, offset) = pool.add(lanes);
+                let LanePlace::Host(chunk, offset) = pool.add(lanes) else {
+                    panic!("a host pool gives host places")
+                };
                 assert_eq!(chunk % 64, 0, "chunk of entry {k}");
                 assert_eq!(offset % 16, 0, "offset of entry {k}");
                 (lanes, chunk + i64::from(offset))
             })
             .collect();
-        assert_eq!(pool.chunks.len(), 4);
+        assert!(matches!(&pool, LanePool::Host { chunks, .. } if chunks.len() == 4));
         for (lanes, at) in added {
             // SAFETY: `at` is an entry of `pool`, which is alive and whose chunks never move.
             assert_eq!(unsafe { *(at as *const [u32; 4]) }, lanes);

@@ -173,16 +173,8 @@ impl Compiled {
             .try_lock()
             .map(|mut kept| std::mem::take(&mut *kept))
             .unwrap_or_default();
-        let groups = self
-            .plan
-            .groups
-            .iter()
-            .zip(&self.entries)
-            .zip(&self.splits)
-            .zip(&self.row_indices)
-            .zip(&self.products)
-            .zip(&self.column_sums);
-        for (k, (((((group, entry), split), row_indices), product), column_sum)) in groups.enumerate() {
+        let groups = self.plan.groups.iter().zip(&self.entries).zip(&self.schedules).zip(&self.products);
+        for (k, (((group, entry), schedule), product)) in groups.enumerate() {
             let started = std::time::Instant::now();
             let members = self.plan.members(group);
             let nest = members[0];
@@ -197,39 +189,10 @@ impl Compiled {
                 (None, Entry::Ready(native)) => Run::Native(*native),
                 (None, Entry::Deferred(cell)) => Run::Native(self.deferred(k, cell)?),
             };
-            let (outer, chunk) = match split {
-                // A split sum: chunks of its index, each adding into its own partial slot.
-                Some(extent) => (extent.eval(sizes).max(0), SPLIT_CHUNK),
-                None if let Run::Product(p) = &run => (p.rows(), p.block_rows()),
-                None => {
-                    let outer = nest.head.first().map_or(1, |(_, d)| d.eval(sizes).max(0));
-                    // Enough work per call that the call's setup is noise: a chunk holds CHUNK rows, or
-                    // more where rows are light (an elementwise vector's rows are single elements).
-                    let row = row_indices
-                        .iter()
-                        .map(|member| {
-                            member
-                                .iter()
-                                .map(|i| f.index(*i).range.eval(sizes).max(1))
-                                .fold(1i64, i64::saturating_mul)
-                        })
-                        .max()
-                        .unwrap_or(1);
-                    let chunk = CHUNK.max(MIN_CHUNK_ELEMENTS / row.max(1));
-                    // A column sum: a tile's width per thread (each column sums in the same order in any
-                    // chunk, so the chunks may depend on the threads; whole blocks of columns keep every
-                    // column but the last few in the lanes).
-                    let chunk = match *column_sum {
-                        true => {
-                            let per_thread = (outer as u64).div_ceil(threads.max(1) as u64) as i64;
-                            let block = simd::COLUMN_BLOCK_COLUMNS as u64;
-                            let chunk = chunk.max(per_thread.min(simd::COLUMN_TILE)) as u64;
-                            (chunk.div_ceil(block) * block) as i64
-                        }
-                        false => chunk,
-                    };
-                    (outer, chunk)
-                }
+            let split = &schedule.split;
+            let (outer, chunk) = match &run {
+                Run::Product(p) if split.is_none() => (p.rows(), p.block_rows()),
+                _ => schedule.chunking(f, nest, sizes, threads),
             };
             let chunks: Vec<(i64, i64)> = (0..outer)
                 .step_by(chunk as usize)
