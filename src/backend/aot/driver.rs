@@ -350,9 +350,30 @@ pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsuppor
     });
 
     // The entry point: the checks of call::bind_views, in its order and with its messages.
+    // The generic entry point: inputs, shapes, hyperparameters and results as arrays in declaration
+    // order (what a foreign-function interface calls without a header); it unpacks them into the typed
+    // entry point's parameters and checks the call.
     let entry_name = format!("lossc_{}", f.name);
-    let decls: Vec<&str> = params.iter().map(|p| p.decl.as_str()).collect();
-    let _ = writeln!(code, "LOSSC_EXPORT int {entry_name}({}) {{", decls.join(", "));
+    let _ = writeln!(
+        code,
+        "LOSSC_EXPORT int {entry_name}_call(const void *const *lossc_inputs, const int64_t *const *lossc_shapes, \
+         const double *lossc_hypers, float *const *lossc_results, int threads, char *error, size_t error_size) {{\n    \
+         if (!lossc_inputs || !lossc_shapes) return lossc_rt_fail(error, error_size, LOSSC_RT_ARGUMENT_ERROR, \
+         \"the inputs or their shapes are NULL\");"
+    );
+    for (k, (input, (n, shape))) in f.inputs.iter().zip(&input_names).enumerate() {
+        let ty = if input.elem == ElemTy::Idx { "int64_t" } else { "float" };
+        let _ = writeln!(
+            code,
+            "    const {ty} *{n} = (const {ty} *)lossc_inputs[{k}];\n    const int64_t *{shape} = lossc_shapes[{k}];"
+        );
+    }
+    for (k, (n, default)) in defaults.iter().enumerate() {
+        let _ = writeln!(code, "    double {n} = lossc_hypers ? lossc_hypers[{k}] : {default:?};");
+    }
+    for (k, (n, _)) in results.iter().enumerate() {
+        let _ = writeln!(code, "    float *{n} = lossc_results ? lossc_results[{k}] : NULL;");
+    }
     let _ = writeln!(
         code,
         "    int64_t lossc_s[{}] = {{0}};\n    void *lossc_ptrs[{n_buffers}] = {{0}};\n    char lossc_at[256];\n    (void)lossc_at;",
@@ -490,7 +511,22 @@ pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsuppor
     }
     let _ = writeln!(
         code,
-        "    return lossc_rt_call(&{p}_kernel, lossc_ptrs, lossc_s, lossc_h, threads, error, error_size);\n}}"
+        "    return lossc_rt_call(&{p}_kernel, lossc_ptrs, lossc_s, lossc_h, threads, error, error_size);\n}}\n"
+    );
+    // The typed entry point.
+    let decls: Vec<&str> = params.iter().map(|p| p.decl.as_str()).collect();
+    let list = |items: Vec<String>| if items.is_empty() { "NULL".to_string() } else { items.join(", ") };
+    let _ = writeln!(
+        code,
+        "LOSSC_EXPORT int {entry_name}({}) {{\n    const void *lossc_inputs[] = {{{}}};\n    \
+         const int64_t *lossc_shapes[] = {{{}}};\n    double lossc_hypers[] = {{{}}};\n    \
+         float *lossc_results[] = {{{}}};\n    return {entry_name}_call(lossc_inputs, lossc_shapes, lossc_hypers, \
+         lossc_results, threads, error, error_size);\n}}",
+        decls.join(", "),
+        list(input_names.iter().map(|(n, _)| n.clone()).collect()),
+        list(input_names.iter().map(|(_, s)| s.clone()).collect()),
+        if hyper_names.is_empty() { "0".to_string() } else { hyper_names.join(", ") },
+        list(results.iter().map(|(n, _)| n.clone()).collect()),
     );
     let inputs: Vec<String> = f
         .inputs

@@ -95,6 +95,13 @@ pub fn header(library: &Library, source_name: &str, guard: &str) -> String {
         h.push_str(" */\n");
         let decls: Vec<String> = e.params.iter().map(|p| p.decl.clone()).collect();
         h.push_str(&format!("int {}({});\n", e.name, decls.join(", ")));
+        h.push_str(&format!(
+            "/* The same with arrays in declaration order (hyperparameters NULL: their defaults; results NULL:\n \
+             * none wanted), for a foreign-function interface. */\nint {}_call(const void *const *inputs, \
+             const int64_t *const *shapes, const double *hypers, float *const *results, int threads, char *error, \
+             size_t error_size);\n",
+            e.name
+        ));
         for (name, value) in &e.defaults {
             h.push_str(&format!(
                 "#define {}_{}_DEFAULT {value:?}\n",

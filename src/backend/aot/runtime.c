@@ -181,14 +181,15 @@ static struct {
     struct lossc_rt_job *job;
     int helpers;  /* workers taking part in the job (the first `helpers`) */
     int finished; /* of them, how many are done */
+    unsigned long born[256]; /* per worker: the generation when it was started (it waits for a later one) */
 } lossc_rt_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
-                   PTHREAD_MUTEX_INITIALIZER, 0, 0, NULL, 0, 0};
+                   PTHREAD_MUTEX_INITIALIZER, 0, 0, NULL, 0, 0, {0}};
 
 static void *lossc_rt_worker(void *arg) {
     int index = (int)(intptr_t)arg;
-    unsigned long seen = 0;
     pthread_mutex_lock(&lossc_rt_pool.lock);
-    seen = lossc_rt_pool.generation;
+    /* A worker started for a job takes part in it, though it may first run after it was posted. */
+    unsigned long seen = lossc_rt_pool.born[index];
     for (;;) {
         while (lossc_rt_pool.generation == seen) pthread_cond_wait(&lossc_rt_pool.posted, &lossc_rt_pool.lock);
         seen = lossc_rt_pool.generation;
@@ -212,6 +213,7 @@ static void lossc_rt_parallel(struct lossc_rt_job *job, int threads) {
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        lossc_rt_pool.born[lossc_rt_pool.started] = lossc_rt_pool.generation;
         int failed = pthread_create(&t, &attr, lossc_rt_worker, (void *)(intptr_t)lossc_rt_pool.started);
         pthread_attr_destroy(&attr);
         if (failed) break; /* fewer helpers: the chunks are the same, so are the results */

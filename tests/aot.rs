@@ -1,0 +1,369 @@
+//! Ahead-of-time libraries (`lossc compile -o lib.so`) against the interpreter (the oracle): every
+//! example and feature input, loaded with dlopen and called through each loss's generic entry point;
+//! results that do not depend on the thread count; the same checks and messages as a call from Rust; a C
+//! program linked with the library and with its object; nothing needed beyond libc, libm and pthreads.
+#![cfg(feature = "jit")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ffi::{CStr, c_char, c_int, c_void};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use lossc::backend::aot::{self, Output};
+use lossc::backend::loops::Plan;
+use lossc::data::{Data, Rng};
+use lossc::ir::{Function, Role};
+use lossc::{Backend, Compiler, Tensor};
+
+/// Float32 accuracy, as the JIT's tests.
+const TOL: f64 = 2e-4;
+
+/// `lossc_<loss>_call`.
+type Call = unsafe extern "C" fn(
+    *const *const c_void,
+    *const *const i64,
+    *const f64,
+    *const *mut f32,
+    c_int,
+    *mut c_char,
+    usize,
+) -> c_int;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lossc-aot-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A library of these optimized functions, loaded.
+fn load(functions: &[&Function], dir: &Path, stem: &str) -> libloading::Library {
+    let library = aot::library(functions, stem).unwrap();
+    let path = dir.join(format!("lib{stem}.so"));
+    aot::link(&library, &path, Output::Shared).unwrap();
+    // SAFETY: the library runs no code when loaded (no constructors).
+    unsafe { libloading::Library::new(&path) }.unwrap()
+}
+
+/// What a call gives: the loss, then each result by role and name, or the status and message.
+type Results = Result<Vec<(Role, String, Vec<f32>)>, (i32, String)>;
+
+/// Calls loss `f` of a loaded library on `inputs` with default hyperparameters.
+fn call(lib: &libloading::Library, f: &Function, inputs: &BTreeMap<String, Tensor>, threads: i32) -> Results {
+    let name = format!("lossc_{}_call", f.name);
+    // SAFETY: every loss of the library has this entry point with the `Call` signature.
+    let entry: libloading::Symbol<Call> = unsafe { lib.get(name.as_bytes()) }.unwrap();
+    let floats: Vec<Vec<f32>>;
+    let labels: Vec<Vec<i64>>;
+    let ordered: Vec<&Tensor> = f.inputs.iter().map(|i| &inputs[&i.name]).collect();
+    floats = ordered
+        .iter()
+        .map(|t| match &t.data {
+            Data::Float(v) => v.iter().map(|x| *x as f32).collect(),
+            Data::Int(_) => Vec::new(),
+        })
+        .collect();
+    labels = ordered
+        .iter()
+        .map(|t| match &t.data {
+            Data::Int(v) => v.clone(),
+            Data::Float(_) => Vec::new(),
+        })
+        .collect();
+    let pointers: Vec<*const c_void> = ordered
+        .iter()
+        .enumerate()
+        .map(|(k, t)| match t.data {
+            Data::Float(_) => floats[k].as_ptr() as *const c_void,
+            Data::Int(_) => labels[k].as_ptr() as *const c_void,
+        })
+        .collect();
+    let shapes: Vec<Vec<i64>> = ordered.iter().map(|t| t.shape.iter().map(|d| *d as i64).collect()).collect();
+    let shape_pointers: Vec<*const i64> = shapes.iter().map(|s| s.as_ptr()).collect();
+    // The sizes of the dimensions, to size the results (none where the call is bad: it writes none).
+    let sizes = lossc::call::bind(f, inputs, &BTreeMap::new()).map(|b| b.sizes);
+    let plan = Plan::new(f);
+    let mut results: Vec<(Role, String, Vec<f32>)> = plan
+        .results(f)
+        .filter_map(|r| Some((r, sizes.as_ref().ok()?)))
+        .map(|((role, name, buffer), sizes)| {
+            let n = lossc::ir::Dim::elements(&plan.buffers[buffer].shape, &sizes) as usize;
+            (role, name.to_string(), vec![f32::NAN; n.max(1)])
+        })
+        .collect();
+    let result_pointers: Vec<*mut f32> = results.iter_mut().map(|(_, _, v)| v.as_mut_ptr()).collect();
+    let result_table = if results.is_empty() { std::ptr::null() } else { result_pointers.as_ptr() };
+    let mut message = vec![0 as c_char; 512];
+    // SAFETY: the pointers are to live buffers of the shapes the call's sizes give, in declaration order.
+    let status = unsafe {
+        entry(
+            pointers.as_ptr(),
+            shape_pointers.as_ptr(),
+            std::ptr::null(),
+            result_table,
+            threads,
+            message.as_mut_ptr(),
+            message.len(),
+        )
+    };
+    if status != 0 {
+        // SAFETY: the library wrote a NUL-terminated message into the buffer.
+        let text = unsafe { CStr::from_ptr(message.as_ptr()) };
+        return Err((status, text.to_string_lossy().into_owned()));
+    }
+    Ok(results)
+}
+
+fn close(a: f64, b: f64) -> bool {
+    let finite = a.is_finite() && b.is_finite();
+    (finite && (a - b).abs() <= TOL * b.abs().max(1.0)) || (a.is_nan() && b.is_nan()) || a == b
+}
+
+/// The library's results agree with the interpreter's evaluation.
+fn assert_agree(what: &str, got: &[(Role, String, Vec<f32>)], want: &lossc::Evaluation) {
+    for (role, name, values) in got {
+        let expected: Vec<f64> = match role {
+            Role::Loss => vec![want.loss],
+            Role::Grad(_) => want.grads.iter().find(|(n, _)| n == name).unwrap().1.to_f64(),
+            _ => want.outputs.iter().find(|(n, _)| n == name).unwrap().1.to_f64(),
+        };
+        for (k, (x, y)) in values.iter().zip(&expected).enumerate() {
+            assert!(close(*x as f64, *y), "{what}: {role:?} {name}[{k}]: library {x} vs interpreter {y}");
+        }
+    }
+}
+
+#[test]
+fn libraries_match_the_interpreter_on_every_file() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = scratch("files");
+    let mut rng = Rng::new(41);
+    let mut checked = 0;
+    for path in common::lx_files(root, &["examples", "tests/in"]) {
+        let jit = Compiler::new().compile_file(&path).unwrap();
+        let interp = Compiler::new().backend(Backend::Interp).compile_file(&path).unwrap();
+        let kernels: Vec<_> = jit.losses().iter().map(|n| jit.kernel(Some(n)).unwrap()).collect();
+        let functions: Vec<&Function> = kernels.iter().map(|k| k.function()).collect();
+        let stem = path.file_stem().unwrap().to_string_lossy().to_string();
+        let lib = load(&functions, &dir, &stem);
+        for (kernel, name) in kernels.iter().zip(jit.losses()) {
+            let ki = interp.kernel(Some(name)).unwrap();
+            let f = kernel.function();
+            for sizes in [[5i64, 4, 3, 6], [1, 1, 1, 1], [37, 9, 5, 2]] {
+                let s: Vec<i64> = f.dims.iter().enumerate().map(|(k, _)| sizes[k % 4]).collect();
+                let inputs = common::random_inputs(f, &s, &mut rng, common::Nograd::Normal);
+                let what = format!("{} {name} {s:?}", path.display());
+                match (call(&lib, f, &inputs, 3), ki.eval(&inputs)) {
+                    (Ok(got), Ok(want)) => {
+                        assert_agree(&what, &got, &want);
+                        // Bit for bit the same on one thread.
+                        let one = call(&lib, f, &inputs, 1).unwrap();
+                        for ((_, n, a), (_, _, b)) in got.iter().zip(&one) {
+                            let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                            assert!(same, "{what}: {n} differs between 3 threads and 1");
+                        }
+                        checked += 1;
+                    }
+                    (Err((_, got)), Err(want)) => assert_eq!(got, want.to_string(), "{what}"),
+                    (got, want) => panic!("{what}: library {got:?} but interpreter {want:?}"),
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(checked >= 40, "only {checked} calls compared");
+}
+
+/// Bad calls fail as a call from Rust does: the same message, and the status code of its kind.
+#[test]
+fn bad_calls_fail_with_the_messages_of_a_call_from_rust() {
+    let src = "loss ce(s: f32[N, C], y: idx[N] < C, k: idx = 2, t: f32 = 1.0) {\n    \
+               mean[i] (logsumexp[c] s[i, c] / t) - s[i, y[i]] / t * k\n}\n";
+    let module = Compiler::new().compile_source("ce.lx", src).unwrap();
+    let kernel = module.kernel(None).unwrap();
+    let f = kernel.function();
+    let dir = scratch("errors");
+    let lib = load(&[f], &dir, "ce");
+    let mut rng = Rng::new(7);
+    let good = common::random_inputs(f, &[6, 3], &mut rng, common::Nograd::Normal);
+    let mut wrong_rows = good.clone();
+    wrong_rows.insert("y".into(), Tensor::labels(vec![5], vec![0; 5]));
+    let mut bad_label = good.clone();
+    bad_label.insert("y".into(), Tensor::labels(vec![6], vec![0, 1, 2, 3, 0, 1]));
+    let mut negative = good.clone();
+    negative.insert("y".into(), Tensor::labels(vec![6], vec![0, 1, 0, 0, -1, 1]));
+    for (what, inputs) in [("rows", wrong_rows), ("label", bad_label), ("negative", negative)] {
+        let want = kernel.eval(&inputs).unwrap_err();
+        let code = match want.kind() {
+            lossc::call::CallErrorKind::Shape => 3,
+            lossc::call::CallErrorKind::Label => 4,
+            kind => panic!("{what}: {kind:?}"),
+        };
+        assert_eq!(call(&lib, f, &inputs, 2), Err((code, want.to_string())), "{what}");
+    }
+    // A fractional integer hyperparameter, through the typed entry point.
+    type Typed = unsafe extern "C" fn(
+        *const f32,
+        *const i64,
+        *const i64,
+        *const i64,
+        f64,
+        f64,
+        *mut f32,
+        *mut f32,
+        c_int,
+        *mut c_char,
+        usize,
+    ) -> c_int;
+    // SAFETY: `lossc_ce` has exactly these parameters (inputs and shapes, `k`, `t`, the loss, the gradient).
+    let typed: libloading::Symbol<Typed> = unsafe { lib.get(b"lossc_ce") }.unwrap();
+    let s = vec![0.5f32; 18];
+    let y = vec![0i64, 1, 2, 0, 1, 2];
+    let (s_shape, y_shape) = ([6i64, 3], [6i64]);
+    let mut message = vec![0 as c_char; 256];
+    let mut loss = 0f32;
+    let call_with = |k: f64, loss: &mut f32, message: &mut Vec<c_char>| -> (c_int, String) {
+        // SAFETY: live buffers of the declared shapes; no gradient wanted (NULL).
+        let status = unsafe {
+            typed(
+                s.as_ptr(),
+                s_shape.as_ptr(),
+                y.as_ptr(),
+                y_shape.as_ptr(),
+                k,
+                1.0,
+                loss,
+                std::ptr::null_mut(),
+                1,
+                message.as_mut_ptr(),
+                message.len(),
+            )
+        };
+        // SAFETY: a NUL-terminated message (or the zeros it started as).
+        (status, unsafe { CStr::from_ptr(message.as_ptr()) }.to_string_lossy().into_owned())
+    };
+    let want = lossc::CallError::HyperNotInteger {
+        name: "k".into(),
+        value: 2.5,
+    };
+    assert_eq!(call_with(2.5, &mut loss, &mut message), (5, want.to_string()));
+    assert_eq!(call_with(2.0, &mut loss, &mut message).0, 0);
+    // Uniform scores: the loss is ln 3 times... minus the label's score, 1.0986 - 0.5 * 2.
+    assert!((loss as f64 - (3f64.ln() + 0.5 - 0.5 * 2.0)).abs() < 1e-5, "{loss}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `lossc compile FILE -o NAME.so --header NAME.h` as a user runs it: a C program (examples/c/aot_train.c)
+/// built against the header and linked with the library trains, reports bad calls, and prints the same
+/// with the library's object (`-o NAME.o`) linked in instead; the library needs nothing beyond libc,
+/// libm and libpthread.
+#[test]
+fn c_program_links_the_library_and_its_object() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = scratch("cli");
+    let lossc = env!("CARGO_BIN_EXE_lossc");
+    let example = root.join("examples/cross_entropy.lx");
+    let run = |cmd: &mut Command| -> String {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(Command::new(lossc)
+        .arg("compile")
+        .arg(&example)
+        .arg("-o")
+        .arg(dir.join("libce.so"))
+        .arg("--header")
+        .arg(dir.join("ce.h")));
+    run(Command::new(lossc).arg("compile").arg(&example).arg("-o").arg(dir.join("ce.o")));
+    let program = root.join("examples/c/aot_train.c");
+    run(Command::new("cc")
+        .args(["-O1", "-Wall", "-Werror", "-I"])
+        .arg(&dir)
+        .arg(&program)
+        .arg("-L")
+        .arg(&dir)
+        .arg("-lce")
+        .arg(format!("-Wl,-rpath,{}", dir.display()))
+        .arg("-o")
+        .arg(dir.join("shared")));
+    run(Command::new("cc")
+        .args(["-O1", "-Wall", "-Werror", "-I"])
+        .arg(&dir)
+        .arg(&program)
+        .arg(dir.join("ce.o"))
+        .args(["-lm", "-lpthread", "-o"])
+        .arg(dir.join("static")));
+    let shared = run(&mut Command::new(dir.join("shared")));
+    let linked_in = run(&mut Command::new(dir.join("static")));
+    assert_eq!(shared, linked_in);
+    let losses: Vec<f32> = shared
+        .lines()
+        .filter_map(|l| l.split("loss ").nth(1)?.parse().ok())
+        .collect();
+    assert_eq!(losses.len(), 6, "{shared}");
+    assert!((losses[0] - 4f32.ln()).abs() < 1e-4, "zero weights give ln C: {shared}");
+    assert!(losses[5] < 0.5 * losses[0], "training brings the loss down: {shared}");
+    for line in [
+        "bad label: status 4: label out of range: `y` at position [3] is 4, but labels must lie in 0..C (C = 4)",
+        "bad shape: status 3: dimension N mismatch: axis 0 of `y` has size 255, but N = 256 (from axis 0 of `s`)",
+        "no scores: status 6: input `s` or its shape is NULL",
+        "generic: status 0, same loss: yes",
+    ] {
+        assert!(shared.contains(line), "{line}\n{shared}");
+    }
+    // Only libc, libm and libpthread (and the loader and the vDSO) are needed.
+    let ldd = run(Command::new("ldd").arg(dir.join("libce.so")));
+    for line in ldd.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let allowed = ["linux-vdso.so", "libc.so", "libm.so", "libpthread.so", "ld-linux", "/lib64/ld-linux"];
+        assert!(allowed.iter().any(|a| name.contains(a)), "the library needs {name}:\n{ldd}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The command line refuses what a library cannot be, with a message.
+#[test]
+fn command_line_refuses_a_library_with_emit_and_a_header_without_one() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lossc = env!("CARGO_BIN_EXE_lossc");
+    let dir = scratch("refusals");
+    let example = root.join("examples/cross_entropy.lx");
+    let out = Command::new(lossc)
+        .arg("compile")
+        .arg(&example)
+        .args(["--emit", "clif", "-o"])
+        .arg(dir.join("x.so"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("writes a library; `--emit clif` writes text"), "{err}");
+    let out = Command::new(lossc)
+        .arg("compile")
+        .arg(&example)
+        .arg("--header")
+        .arg(dir.join("x.h"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--header goes with a library"));
+    // A C compiler that cannot be run is named in the message.
+    let out = Command::new(lossc)
+        .env("CC", "/nonexistent/cc")
+        .arg("compile")
+        .arg(&example)
+        .arg("-o")
+        .arg(dir.join("x.so"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`/nonexistent/cc` could not be run"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
