@@ -140,7 +140,7 @@ fn libraries_match_the_interpreter_on_every_file() {
     let dir = scratch("files");
     let mut rng = Rng::new(41);
     let mut checked = 0;
-    for path in common::lx_files(root, &["examples", "tests/in"]) {
+    for path in common::lx_files(root, &["examples", "tests/in", "stdlib"]) {
         let jit = Compiler::new().compile_file(&path).unwrap();
         let interp = Compiler::new().backend(Backend::Interp).compile_file(&path).unwrap();
         let kernels: Vec<_> = jit.losses().iter().map(|n| jit.kernel(Some(n)).unwrap()).collect();
