@@ -1,7 +1,8 @@
-//! The workloads of BENCHMARKS.md: loss + gradient with the JIT, against the interpreter and a
-//! hand-written Rust loop of the same loss (f32 data, f64 accumulation, the same passes a careful
-//! programmer would write). Criterion reports elements/s, so sizes may differ between the three (the
-//! interpreter runs a smaller batch: it is the oracle, not a contender).
+//! The workloads of BENCHMARKS.md: loss + gradient with the JIT, against the same code as an
+//! ahead-of-time library (`lossc compile -o`), the interpreter and a hand-written Rust loop of the same
+//! loss (f32 data, f64 accumulation, the same passes a careful programmer would write). Criterion reports
+//! elements/s, so sizes may differ between them (the interpreter runs a smaller batch: it is the oracle,
+//! not a contender).
 //!
 //! Run: `cargo bench --bench workloads` (or `-- W1` for one workload).
 
@@ -11,6 +12,9 @@ use std::path::Path;
 use std::time::Duration;
 
 mod hand;
+/// Ahead-of-time libraries loaded and called from Rust (shared with tests/aot.rs).
+#[path = "../tests/common/aot.rs"]
+mod aot;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use lossc::{Backend, Compiler};
@@ -110,7 +114,7 @@ fn workloads() -> Vec<Workload> {
 }
 
 fn bench(c: &mut Criterion) {
-    for w in workloads() {
+    for (k, w) in workloads().into_iter().enumerate() {
         let mut group = c.benchmark_group(w.id);
         group
             .sample_size(10)
@@ -130,6 +134,25 @@ fn bench(c: &mut Criterion) {
         group.bench_function("lossc jit", |b| {
             b.iter(|| native.execute(&mut buffers, jit.threads()).unwrap())
         });
+        // The same code as an ahead-of-time library (`lossc compile -o`), called through its generic
+        // entry point on the same threads; its loss checked against the JIT's at the timed size.
+        let dir = aot::scratch("bench");
+        // A path of its own per workload: a loaded library stays loaded (its worker threads outlive
+        // dlclose), and dlopen of a path already loaded gives that library.
+        let library = aot::load(&[jit.function()], &dir, &format!("workload{k}"));
+        let entry = aot::entry(&library, jit.function());
+        let mut call = aot::Prepared::new(jit.function(), &big);
+        call.call(entry, jit.threads() as i32).unwrap();
+        let (got, want) = (call.results[0].2[0] as f64, jit.eval(&big).unwrap().loss);
+        assert!(
+            got == want || (got - want).abs() <= 1e-3 * want.abs().max(1.0),
+            "{}: library {got} vs jit {want}",
+            w.id
+        );
+        group.bench_function("lossc aot library", |b| {
+            b.iter(|| call.call(entry, jit.threads() as i32).unwrap())
+        });
+        let _ = std::fs::remove_dir_all(&dir);
         if let Some(hand) = w.hand {
             // The hand-written loop computes the same loss and gradients (tests/hand_written.rs checks
             // them on small inputs against the interpreter; here at the timed size, against the JIT).

@@ -6,114 +6,17 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::ffi::{CStr, c_char, c_int, c_void};
-use std::path::{Path, PathBuf};
+use std::ffi::{CStr, c_char, c_int};
+use std::path::Path;
 use std::process::Command;
 
-use lossc::backend::aot::{self, Output};
-use lossc::backend::loops::Plan;
-use lossc::data::{Data, Rng};
+use common::aot::{call, load, scratch};
+use lossc::data::Rng;
 use lossc::ir::{Function, Role};
 use lossc::{Backend, Compiler, Tensor};
 
 /// Float32 accuracy, as the JIT's tests.
 const TOL: f64 = 2e-4;
-
-/// `lossc_<loss>_call`.
-type Call = unsafe extern "C" fn(
-    *const *const c_void,
-    *const *const i64,
-    *const f64,
-    *const *mut f32,
-    c_int,
-    *mut c_char,
-    usize,
-) -> c_int;
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lossc-aot-test-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A library of these optimized functions, loaded.
-fn load(functions: &[&Function], dir: &Path, stem: &str) -> libloading::Library {
-    let library = aot::library(functions, stem).unwrap();
-    let path = dir.join(format!("lib{stem}.so"));
-    aot::link(&library, &path, Output::Shared).unwrap();
-    // SAFETY: the library runs no code when loaded (no constructors).
-    unsafe { libloading::Library::new(&path) }.unwrap()
-}
-
-/// What a call gives: the loss, then each result by role and name, or the status and message.
-type Results = Result<Vec<(Role, String, Vec<f32>)>, (i32, String)>;
-
-/// Calls loss `f` of a loaded library on `inputs` with default hyperparameters.
-fn call(lib: &libloading::Library, f: &Function, inputs: &BTreeMap<String, Tensor>, threads: i32) -> Results {
-    let name = format!("lossc_{}_call", f.name);
-    // SAFETY: every loss of the library has this entry point with the `Call` signature.
-    let entry: libloading::Symbol<Call> = unsafe { lib.get(name.as_bytes()) }.unwrap();
-    let floats: Vec<Vec<f32>>;
-    let labels: Vec<Vec<i64>>;
-    let ordered: Vec<&Tensor> = f.inputs.iter().map(|i| &inputs[&i.name]).collect();
-    floats = ordered
-        .iter()
-        .map(|t| match &t.data {
-            Data::Float(v) => v.iter().map(|x| *x as f32).collect(),
-            Data::Int(_) => Vec::new(),
-        })
-        .collect();
-    labels = ordered
-        .iter()
-        .map(|t| match &t.data {
-            Data::Int(v) => v.clone(),
-            Data::Float(_) => Vec::new(),
-        })
-        .collect();
-    let pointers: Vec<*const c_void> = ordered
-        .iter()
-        .enumerate()
-        .map(|(k, t)| match t.data {
-            Data::Float(_) => floats[k].as_ptr() as *const c_void,
-            Data::Int(_) => labels[k].as_ptr() as *const c_void,
-        })
-        .collect();
-    let shapes: Vec<Vec<i64>> = ordered.iter().map(|t| t.shape.iter().map(|d| *d as i64).collect()).collect();
-    let shape_pointers: Vec<*const i64> = shapes.iter().map(|s| s.as_ptr()).collect();
-    // The sizes of the dimensions, to size the results (none where the call is bad: it writes none).
-    let sizes = lossc::call::bind(f, inputs, &BTreeMap::new()).map(|b| b.sizes);
-    let plan = Plan::new(f);
-    let mut results: Vec<(Role, String, Vec<f32>)> = plan
-        .results(f)
-        .filter_map(|r| Some((r, sizes.as_ref().ok()?)))
-        .map(|((role, name, buffer), sizes)| {
-            let n = lossc::ir::Dim::elements(&plan.buffers[buffer].shape, &sizes) as usize;
-            (role, name.to_string(), vec![f32::NAN; n.max(1)])
-        })
-        .collect();
-    let result_pointers: Vec<*mut f32> = results.iter_mut().map(|(_, _, v)| v.as_mut_ptr()).collect();
-    let result_table = if results.is_empty() { std::ptr::null() } else { result_pointers.as_ptr() };
-    let mut message = vec![0 as c_char; 512];
-    // SAFETY: the pointers are to live buffers of the shapes the call's sizes give, in declaration order.
-    let status = unsafe {
-        entry(
-            pointers.as_ptr(),
-            shape_pointers.as_ptr(),
-            std::ptr::null(),
-            result_table,
-            threads,
-            message.as_mut_ptr(),
-            message.len(),
-        )
-    };
-    if status != 0 {
-        // SAFETY: the library wrote a NUL-terminated message into the buffer.
-        let text = unsafe { CStr::from_ptr(message.as_ptr()) };
-        return Err((status, text.to_string_lossy().into_owned()));
-    }
-    Ok(results)
-}
 
 fn close(a: f64, b: f64) -> bool {
     let finite = a.is_finite() && b.is_finite();

@@ -1,6 +1,9 @@
 //! Helpers the backend tests share: the program files they run and seeded random inputs.
 #![allow(dead_code)]
 
+#[cfg(feature = "jit")]
+pub mod aot;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

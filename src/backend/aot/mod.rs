@@ -175,7 +175,9 @@ fn link_in(library: &Library, path: &Path, output: Output, dir: &Path) -> Result
         Output::Shared => {
             let mut args: Vec<&std::ffi::OsStr> = flags.iter().map(|f| os(f)).collect();
             args.extend([os("-shared"), os("-o"), path.as_os_str(), driver.as_os_str(), kernels.as_os_str()]);
-            args.extend([os("-lm"), os("-lpthread"), os("-Wl,--no-undefined")]);
+            // The worker pool's threads live for the process, so the library stays mapped after a
+            // dlclose (`-z nodelete`): its code must outlive them.
+            args.extend([os("-lm"), os("-lpthread"), os("-Wl,--no-undefined"), os("-Wl,-z,nodelete")]);
             run(&args)
         }
         Output::Object => {

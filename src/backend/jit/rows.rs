@@ -13,7 +13,7 @@
 //! vector registers hold the exponential's four chains, its constants and the sums without spilling (the
 //! same 256-bit operations, so the same bits; cross-entropy's fused group 7 % faster on Zen 4). The wider
 //! build runs where the machine has it; `LOSSC_ROW_KERNELS=avx2` picks the other (to compare the two in
-//! one binary).
+//! one binary), `LOSSC_ROW_KERNELS=plain` neither (the code an ahead-of-time library runs).
 
 use super::math::{EXP_COEFFICIENTS, EXP_HIGHEST, EXP_LN2_HI, EXP_LN2_LO, EXP_LOWEST, EXP_MAGIC};
 
@@ -36,7 +36,8 @@ fn kernels() -> Kernels {
     *DETECTED.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+            let plain = std::env::var("LOSSC_ROW_KERNELS").is_ok_and(|v| v == "plain");
+            let avx2 = !plain && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
             let forced_avx2 = std::env::var("LOSSC_ROW_KERNELS").is_ok_and(|v| v == "avx2");
             let evex = evex_present() && !forced_avx2;
             match (avx2, evex) {
