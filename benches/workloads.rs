@@ -11,10 +11,10 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::Duration;
 
-mod hand;
 /// Ahead-of-time libraries loaded and called from Rust (shared with tests/aot.rs).
 #[path = "../tests/common/aot.rs"]
 mod aot;
+mod hand;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use lossc::{Backend, Compiler};

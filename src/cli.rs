@@ -297,7 +297,8 @@ pub fn run(cli: Cli) -> Result<String, Failure> {
                     return Err(Failure::Message(format!(
                         "error: `-o {}` writes a library; `--emit {}` writes text (give -o another extension)",
                         path.display(),
-                        emit.to_possible_value().map_or(String::new(), |v| v.get_name().to_string())
+                        emit.to_possible_value()
+                            .map_or(String::new(), |v| v.get_name().to_string())
                     )));
                 }
                 if timings {
@@ -423,7 +424,9 @@ fn write_library(
     let library = aot::library(&refs, &source).map_err(|e| Failure::Message(format!("error: {e}")))?;
     aot::link(&library, path, kind).map_err(|e| Failure::Message(format!("error: {e}")))?;
     if let Some(h) = header {
-        let guard = h.file_stem().map_or("lossc".into(), |s| s.to_string_lossy().to_string());
+        let guard = h
+            .file_stem()
+            .map_or("lossc".into(), |s| s.to_string_lossy().to_string());
         std::fs::write(h, aot::header(&library, &source, &guard))
             .map_err(|e| Failure::Message(format!("error: cannot write {}: {e}", h.display())))?;
     }
@@ -432,7 +435,9 @@ fn write_library(
 
 #[cfg(not(feature = "jit"))]
 fn write_library(_: &Path, _: Option<&str>, _: &Path, _: (), _: Option<&Path>) -> Result<String, Failure> {
-    Err(Failure::Message("error: this lossc was built without the `jit` feature".into()))
+    Err(Failure::Message(
+        "error: this lossc was built without the `jit` feature".into(),
+    ))
 }
 
 #[cfg(feature = "jit")]

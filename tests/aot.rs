@@ -32,7 +32,10 @@ fn assert_agree(what: &str, got: &[(Role, String, Vec<f32>)], want: &lossc::Eval
             _ => want.outputs.iter().find(|(n, _)| n == name).unwrap().1.to_f64(),
         };
         for (k, (x, y)) in values.iter().zip(&expected).enumerate() {
-            assert!(close(*x as f64, *y), "{what}: {role:?} {name}[{k}]: library {x} vs interpreter {y}");
+            assert!(
+                close(*x as f64, *y),
+                "{what}: {role:?} {name}[{k}]: library {x} vs interpreter {y}"
+            );
         }
     }
 }
@@ -121,8 +124,8 @@ fn bad_calls_fail_with_the_messages_of_a_call_from_rust() {
     ) -> c_int;
     // SAFETY: `lossc_ce` has exactly these parameters (inputs and shapes, `k`, `t`, the loss, the gradient).
     let typed: libloading::Symbol<Typed> = unsafe { lib.get(b"lossc_ce") }.unwrap();
-    let s = vec![0.5f32; 18];
-    let y = vec![0i64, 1, 2, 0, 1, 2];
+    let s = [0.5f32; 18];
+    let y = [0i64, 1, 2, 0, 1, 2];
     let (s_shape, y_shape) = ([6i64, 3], [6i64]);
     let mut message = vec![0 as c_char; 256];
     let mut loss = 0f32;
@@ -144,7 +147,12 @@ fn bad_calls_fail_with_the_messages_of_a_call_from_rust() {
             )
         };
         // SAFETY: a NUL-terminated message (or the zeros it started as).
-        (status, unsafe { CStr::from_ptr(message.as_ptr()) }.to_string_lossy().into_owned())
+        (
+            status,
+            unsafe { CStr::from_ptr(message.as_ptr()) }
+                .to_string_lossy()
+                .into_owned(),
+        )
     };
     let want = lossc::CallError::HyperNotInteger {
         name: "k".into(),
@@ -184,7 +192,11 @@ fn c_program_links_the_library_and_its_object() {
         .arg(dir.join("libce.so"))
         .arg("--header")
         .arg(dir.join("ce.h")));
-    run(Command::new(lossc).arg("compile").arg(&example).arg("-o").arg(dir.join("ce.o")));
+    run(Command::new(lossc)
+        .arg("compile")
+        .arg(&example)
+        .arg("-o")
+        .arg(dir.join("ce.o")));
     let program = root.join("examples/c/aot_train.c");
     run(Command::new("cc")
         .args(["-O1", "-Wall", "-Werror", "-I"])
@@ -225,15 +237,26 @@ fn c_program_links_the_library_and_its_object() {
     let ldd = run(Command::new("ldd").arg(dir.join("libce.so")));
     for line in ldd.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let name = line.split_whitespace().next().unwrap_or_default();
-        let allowed = ["linux-vdso.so", "libc.so", "libm.so", "libpthread.so", "ld-linux", "/lib64/ld-linux"];
-        assert!(allowed.iter().any(|a| name.contains(a)), "the library needs {name}:\n{ldd}");
+        let allowed = [
+            "linux-vdso.so",
+            "libc.so",
+            "libm.so",
+            "libpthread.so",
+            "ld-linux",
+            "/lib64/ld-linux",
+        ];
+        assert!(
+            allowed.iter().any(|a| name.contains(a)),
+            "the library needs {name}:\n{ldd}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The command line refuses what a library cannot be, with a message.
+/// `--emit cuda -o NAME.cu` writes the CUDA kernels; the command line refuses what a library cannot be,
+/// with a message.
 #[test]
-fn command_line_refuses_a_library_with_emit_and_a_header_without_one() {
+fn command_line_writes_cuda_source_and_refuses_what_a_library_cannot_be() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let lossc = env!("CARGO_BIN_EXE_lossc");
     let dir = scratch("refusals");
@@ -257,6 +280,17 @@ fn command_line_refuses_a_library_with_emit_and_a_header_without_one() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--header goes with a library"));
+    // With the CUDA backend's code, `-o` writes the kernels' source.
+    let out = Command::new(lossc)
+        .arg("compile")
+        .arg(&example)
+        .args(["--emit", "cuda", "-o"])
+        .arg(dir.join("ce.cu"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cuda = std::fs::read_to_string(dir.join("ce.cu")).unwrap();
+    assert!(cuda.contains("__global__"), "{cuda}");
     // A C compiler that cannot be run is named in the message.
     let out = Command::new(lossc)
         .env("CC", "/nonexistent/cc")

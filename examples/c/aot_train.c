@@ -11,51 +11,25 @@
 #include <stdio.h>
 
 #include "ce.h"
-
-#define N 256
-#define D 8
-#define C 4
-
-static uint64_t state = 42;
-static double uniform(void) {
-    state = state * 6364136223846793005ULL + 1442695040888963407ULL;
-    return (double)(state >> 11) / 9007199254740992.0;
-}
+#include "classifier.h"
 
 int main(void) {
-    /* Data: class k's points around a center of their own. */
     static float x[N * D], w[D * C], s[N * C], grad_s[N * C];
     static int64_t y[N];
-    float centers[C][D];
-    for (int k = 0; k < C; k++)
-        for (int d = 0; d < D; d++) centers[k][d] = (float)(2.0 * uniform() - 1.0);
-    for (int i = 0; i < N; i++) {
-        y[i] = (int64_t)(uniform() * C);
-        for (int d = 0; d < D; d++) x[i * D + d] = centers[y[i]][d] + (float)(0.5 * (uniform() - 0.5));
-    }
+    make_data(x, y);
 
     int64_t s_shape[2] = {N, C}, y_shape[1] = {N};
     char error[512];
     float loss = 0;
     for (int step = 0; step < 50; step++) {
-        for (int i = 0; i < N; i++)
-            for (int k = 0; k < C; k++) {
-                float acc = 0;
-                for (int d = 0; d < D; d++) acc += x[i * D + d] * w[d * C + k];
-                s[i * C + k] = acc;
-            }
+        scores(x, w, s);
         int status = lossc_cross_entropy(s, s_shape, y, y_shape, &loss, grad_s, 0, error, sizeof error);
         if (status != LOSSC_OK) {
             fprintf(stderr, "error %d: %s\n", status, error);
             return 1;
         }
         if (step % 10 == 0 || step == 49) printf("step %d: loss %.4f\n", step, loss);
-        for (int d = 0; d < D; d++)
-            for (int k = 0; k < C; k++) {
-                float g = 0;
-                for (int i = 0; i < N; i++) g += x[i * D + d] * grad_s[i * C + k];
-                w[d * C + k] -= 0.5f * g;
-            }
+        sgd_step(x, grad_s, w, 0.5f);
     }
 
     /* Bad calls are a status code and a message, never a crash. */

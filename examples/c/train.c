@@ -11,23 +11,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "classifier.h"
 #include "lossc.h"
-
-#define N 256
-#define D 8
-#define C 4
 
 static const char *SOURCE =
     "/// Cross-entropy with a temperature.\n"
     "loss ce(s: f32[N, C], y: idx[N] < C, t: f32 = 1.0) {\n"
     "    mean[i] (logsumexp[k] s[i, k] / t) - s[i, y[i]] / t\n"
     "}\n";
-
-static uint64_t state = 42;
-static double uniform(void) {
-    state = state * 6364136223846793005ULL + 1442695040888963407ULL;
-    return (double)(state >> 11) / 9007199254740992.0;
-}
 
 int main(void) {
     char *error = NULL;
@@ -45,16 +36,9 @@ int main(void) {
         return 1;
     }
 
-    /* Data: class k's points around a center of their own. */
     static float x[N * D], w[D * C], s[N * C], grad_s[N * C];
     static int64_t y[N];
-    float centers[C][D];
-    for (int k = 0; k < C; k++)
-        for (int d = 0; d < D; d++) centers[k][d] = (float)(2.0 * uniform() - 1.0);
-    for (int i = 0; i < N; i++) {
-        y[i] = (int64_t)(uniform() * C);
-        for (int d = 0; d < D; d++) x[i * D + d] = centers[y[i]][d] + (float)(0.5 * (uniform() - 0.5));
-    }
+    make_data(x, y);
 
     size_t s_shape[2] = {N, C}, y_shape[1] = {N};
     lossc_input inputs[2] = {
@@ -65,12 +49,7 @@ int main(void) {
     lossc_grad grads[1] = {{"s", grad_s, N * C}};
     float loss = 0;
     for (int step = 0; step < 50; step++) {
-        for (int i = 0; i < N; i++)
-            for (int k = 0; k < C; k++) {
-                float acc = 0;
-                for (int d = 0; d < D; d++) acc += x[i * D + d] * w[d * C + k];
-                s[i * C + k] = acc;
-            }
+        scores(x, w, s);
         int status = lossc_loss_call(ce, inputs, 2, hypers, 1, grads, 1, &loss, &error);
         if (status != LOSSC_OK) {
             fprintf(stderr, "error %d: %s\n", status, error);
@@ -78,12 +57,7 @@ int main(void) {
             return 1;
         }
         if (step % 10 == 0 || step == 49) printf("step %d: loss %.4f\n", step, loss);
-        for (int d = 0; d < D; d++)
-            for (int k = 0; k < C; k++) {
-                float g = 0;
-                for (int i = 0; i < N; i++) g += x[i * D + d] * grad_s[i * C + k];
-                w[d * C + k] -= 0.5f * g;
-            }
+        sgd_step(x, grad_s, w, 0.5f);
     }
 
     /* A bad call: a label out of range is an error code and a message, never a crash. */

@@ -80,7 +80,10 @@ impl Prepared {
                 Data::Int(_) => labels[k].as_ptr() as *const c_void,
             })
             .collect();
-        let shapes: Vec<Vec<i64>> = ordered.iter().map(|t| t.shape.iter().map(|d| *d as i64).collect()).collect();
+        let shapes: Vec<Vec<i64>> = ordered
+            .iter()
+            .map(|t| t.shape.iter().map(|d| *d as i64).collect())
+            .collect();
         let shape_pointers = shapes.iter().map(|s| s.as_ptr()).collect();
         let sizes = lossc::call::bind(f, inputs, &BTreeMap::new()).map(|b| b.sizes);
         let plan = Plan::new(f);

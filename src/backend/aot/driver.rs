@@ -41,10 +41,46 @@ pub struct Unsupported(pub String);
 
 /// Words C reserves (a parameter named so gets a trailing `_`).
 const C_KEYWORDS: &[&str] = &[
-    "auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else", "enum", "extern",
-    "float", "for", "goto", "if", "inline", "int", "long", "register", "restrict", "return", "short", "signed",
-    "sizeof", "static", "struct", "switch", "typedef", "union", "unsigned", "void", "volatile", "while", "bool",
-    "true", "false", "error", "error_size", "threads",
+    "auto",
+    "break",
+    "case",
+    "char",
+    "const",
+    "continue",
+    "default",
+    "do",
+    "double",
+    "else",
+    "enum",
+    "extern",
+    "float",
+    "for",
+    "goto",
+    "if",
+    "inline",
+    "int",
+    "long",
+    "register",
+    "restrict",
+    "return",
+    "short",
+    "signed",
+    "sizeof",
+    "static",
+    "struct",
+    "switch",
+    "typedef",
+    "union",
+    "unsigned",
+    "void",
+    "volatile",
+    "while",
+    "bool",
+    "true",
+    "false",
+    "error",
+    "error_size",
+    "threads",
 ];
 
 fn ident(name: &str) -> String {
@@ -86,9 +122,21 @@ fn sized(d: &Dim, sizes: &str) -> String {
     match d {
         Dim::Const(c) => format!("INT64_C({c})"),
         Dim::Sym(s) => format!("{sizes}[{}]", s.index()),
-        Dim::Add(a, b) => format!("(int64_t)((uint64_t){} + (uint64_t){})", sized(a, sizes), sized(b, sizes)),
-        Dim::Sub(a, b) => format!("(int64_t)((uint64_t){} - (uint64_t){})", sized(a, sizes), sized(b, sizes)),
-        Dim::Mul(a, b) => format!("(int64_t)((uint64_t){} * (uint64_t){})", sized(a, sizes), sized(b, sizes)),
+        Dim::Add(a, b) => format!(
+            "(int64_t)((uint64_t){} + (uint64_t){})",
+            sized(a, sizes),
+            sized(b, sizes)
+        ),
+        Dim::Sub(a, b) => format!(
+            "(int64_t)((uint64_t){} - (uint64_t){})",
+            sized(a, sizes),
+            sized(b, sizes)
+        ),
+        Dim::Mul(a, b) => format!(
+            "(int64_t)((uint64_t){} * (uint64_t){})",
+            sized(a, sizes),
+            sized(b, sizes)
+        ),
     }
 }
 
@@ -97,7 +145,10 @@ fn product(dims: &[Dim], at_least: i64) -> String {
     if dims.is_empty() {
         return "INT64_C(1)".into();
     }
-    let parts: Vec<String> = dims.iter().map(|d| format!("lossc_rt_at_least({}, {at_least})", dim(d))).collect();
+    let parts: Vec<String> = dims
+        .iter()
+        .map(|d| format!("lossc_rt_at_least({}, {at_least})", dim(d)))
+        .collect();
     parts
         .into_iter()
         .reduce(|a, b| format!("lossc_rt_mul({a}, {b})"))
@@ -153,7 +204,10 @@ pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsuppor
     }
     for (g, (group, schedule)) in plan.groups.iter().zip(&kernel.schedules).enumerate() {
         let members = plan.members(group);
-        let outer = members[0].head.first().map_or("INT64_C(1)".to_string(), |(_, d)| dim(d));
+        let outer = members[0]
+            .head
+            .first()
+            .map_or("INT64_C(1)".to_string(), |(_, d)| dim(d));
         let _ = writeln!(code, "    e->group_outer[{g}] = {outer};");
         let rows: Vec<String> = schedule
             .row_indices
@@ -188,7 +242,12 @@ pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsuppor
         if checked.is_empty() {
             continue;
         }
-        let _ = writeln!(code, "    case {}:\n        tensor = {};", node + 1, lit(f.ref_name(*tensor)));
+        let _ = writeln!(
+            code,
+            "    case {}:\n        tensor = {};",
+            node + 1,
+            lit(f.ref_name(*tensor))
+        );
         let _ = writeln!(code, "        switch (err[1]) {{");
         for a in checked {
             let _ = writeln!(code, "        case {a}: size = {}; break;", dim(&shape[a]));
@@ -296,7 +355,11 @@ pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsuppor
             .map_or(String::new(), |b| format!(", each in 0..{}", f.show_dim(b)));
         params.push(Param {
             decl: format!("const {ty} *{n}"),
-            doc: format!("input `{}`: {what} {}{bound}, row-major", input.name, shape_text(&input.shape)),
+            doc: format!(
+                "input `{}`: {what} {}{bound}, row-major",
+                input.name,
+                shape_text(&input.shape)
+            ),
         });
         params.push(Param {
             decl: format!("const int64_t *{shape}"),
@@ -311,7 +374,11 @@ pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsuppor
     let mut hyper_names = Vec::new();
     for h in &f.hypers {
         let n = name(ident(&h.name))?;
-        let kind = if h.scalar == Scalar::Int { "an integer" } else { "a float" };
+        let kind = if h.scalar == Scalar::Int {
+            "an integer"
+        } else {
+            "a float"
+        };
         params.push(Param {
             decl: format!("double {n}"),
             doc: format!("hyperparameter `{}`: {kind} (default {})", h.name, h.default),
@@ -470,7 +537,11 @@ pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsuppor
         code,
         "    double lossc_h[{}] = {{{}}};\n    (void)lossc_h;",
         hyper_values.len().max(1),
-        if hyper_values.is_empty() { "0".to_string() } else { hyper_values.join(", ") }
+        if hyper_values.is_empty() {
+            "0".to_string()
+        } else {
+            hyper_values.join(", ")
+        }
     );
     // Every tensor and index of a sane extent.
     for t in &f.tensors {
@@ -515,7 +586,13 @@ pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsuppor
     );
     // The typed entry point.
     let decls: Vec<&str> = params.iter().map(|p| p.decl.as_str()).collect();
-    let list = |items: Vec<String>| if items.is_empty() { "NULL".to_string() } else { items.join(", ") };
+    let list = |items: Vec<String>| {
+        if items.is_empty() {
+            "NULL".to_string()
+        } else {
+            items.join(", ")
+        }
+    };
     let _ = writeln!(
         code,
         "LOSSC_EXPORT int {entry_name}({}) {{\n    const void *lossc_inputs[] = {{{}}};\n    \
@@ -525,14 +602,21 @@ pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsuppor
         decls.join(", "),
         list(input_names.iter().map(|(n, _)| n.clone()).collect()),
         list(input_names.iter().map(|(_, s)| s.clone()).collect()),
-        if hyper_names.is_empty() { "0".to_string() } else { hyper_names.join(", ") },
+        if hyper_names.is_empty() {
+            "0".to_string()
+        } else {
+            hyper_names.join(", ")
+        },
         list(results.iter().map(|(n, _)| n.clone()).collect()),
     );
     let inputs: Vec<String> = f
         .inputs
         .iter()
         .map(|i| {
-            let bound = i.bound.as_ref().map_or(String::new(), |b| format!(" < {}", f.show_dim(b)));
+            let bound = i
+                .bound
+                .as_ref()
+                .map_or(String::new(), |b| format!(" < {}", f.show_dim(b)));
             format!("{}: {}{}{bound}", i.name, i.elem.as_str(), shape_text(&i.shape))
         })
         .collect();

@@ -32,7 +32,7 @@ pub(super) enum Functions {
 pub struct Schedule {
     /// A group of sums over one index ([`split_members`]): that index's extent, run in parallel parts.
     pub split: Option<Dim>,
-    /// Per member: [`row_indices`] (the points one row visits, what sizes a chunk).
+    /// Per member: the indices whose extents multiply into the points one row visits (what sizes a chunk).
     pub row_indices: Vec<Vec<IndexId>>,
     /// Whether the group sums columns in tiles (`simd::COLUMN_TILE` columns per chunk at least).
     pub column_sum: bool,
@@ -94,7 +94,9 @@ pub(super) fn target(pic: bool) -> Result<(isa::OwnedTargetIsa, bool), JitError>
     let err = |e: &dyn std::fmt::Display| JitError(e.to_string());
     let mut flags = settings::builder();
     flags.set("opt_level", "speed").map_err(|e| err(&e))?;
-    flags.set("is_pic", if pic { "true" } else { "false" }).map_err(|e| err(&e))?;
+    flags
+        .set("is_pic", if pic { "true" } else { "false" })
+        .map_err(|e| err(&e))?;
     flags.set("use_colocated_libcalls", "false").map_err(|e| err(&e))?;
     // The IR verifier costs a third of compile time; debug builds (and so the test suite) keep it.
     let verify = if cfg!(debug_assertions) { "true" } else { "false" };
@@ -230,10 +232,13 @@ pub(super) fn lower_groups<M: Module>(
                     .declare_data(&format!("{prefix}lanes{k}"), Linkage::Local, false, false)
                     .map_err(|e| e.to_string())?;
                 let symbol = module.declare_data_in_func(data, &mut func);
-                Some((data, LanePool::Object {
-                    symbol,
-                    lanes: Vec::new(),
-                }))
+                Some((
+                    data,
+                    LanePool::Object {
+                        symbol,
+                        lanes: Vec::new(),
+                    },
+                ))
             }
         };
         {

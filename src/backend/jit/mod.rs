@@ -233,7 +233,10 @@ impl LanePool {
             LanePool::Object { lanes, .. } => {
                 let one = [Lanes::default()];
                 let lanes = if lanes.is_empty() { &one[..] } else { lanes };
-                lanes.iter().flat_map(|l| l.0.iter().flat_map(|w| w.to_le_bytes())).collect()
+                lanes
+                    .iter()
+                    .flat_map(|l| l.0.iter().flat_map(|w| w.to_le_bytes()))
+                    .collect()
             }
         }
     }

@@ -8,8 +8,8 @@
 use cranelift_module::{Linkage, Module};
 use cranelift_object::{ObjectBuilder, ObjectModule};
 
-use super::build::{Functions, Naming, Schedule, lower_groups, target};
 use super::JitError;
+use super::build::{Functions, Naming, Schedule, lower_groups, target};
 use crate::backend::loops::Plan;
 use crate::ir::Function;
 

@@ -173,7 +173,13 @@ impl Compiled {
             .try_lock()
             .map(|mut kept| std::mem::take(&mut *kept))
             .unwrap_or_default();
-        let groups = self.plan.groups.iter().zip(&self.entries).zip(&self.schedules).zip(&self.products);
+        let groups = self
+            .plan
+            .groups
+            .iter()
+            .zip(&self.entries)
+            .zip(&self.schedules)
+            .zip(&self.products);
         for (k, (((group, entry), schedule), product)) in groups.enumerate() {
             let started = std::time::Instant::now();
             let members = self.plan.members(group);
