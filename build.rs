@@ -1,4 +1,6 @@
-//! Embeds every `stdlib/**/*.lx` file, so `use std::…` resolves in any build of lossc without a path.
+//! Embeds every `stdlib/**/*.lx` file, so `use std::…` resolves in any build of lossc without a path, and
+//! (with the JIT, on x86-64) compiles the 8-lane row helpers into the object that ahead-of-time libraries
+//! link (src/backend/aot/rows_lib.rs).
 
 use std::fmt::Write;
 use std::path::Path;
@@ -37,4 +39,35 @@ fn main() {
     src.push_str("];\n");
     let out = Path::new(&std::env::var("OUT_DIR").unwrap()).join("stdlib_files.rs");
     std::fs::write(out, src).unwrap();
+    row_helpers();
+}
+
+/// `$OUT_DIR/lossc_rows.o`: the row helpers compiled by the `rustc` that builds lossc (only `core`; one
+/// object, whose only undefined symbol is `memcpy`), or an empty file where there are none to build (not
+/// x86-64, no JIT) or the compiler failed (then libraries run without them, as the JIT does on a machine
+/// without AVX2).
+fn row_helpers() {
+    let out = Path::new(&std::env::var("OUT_DIR").unwrap()).join("lossc_rows.o");
+    for file in ["src/backend/aot/rows_lib.rs", "src/backend/jit/row_kernels.rs", "src/backend/jit/exp_constants.rs"] {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let wanted = std::env::var("CARGO_CFG_TARGET_ARCH").is_ok_and(|a| a == "x86_64")
+        && std::env::var_os("CARGO_FEATURE_JIT").is_some();
+    let built = wanted
+        && std::process::Command::new(std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()))
+            .args(["--edition", "2024", "--crate-type", "lib", "--emit", "obj", "--crate-name", "lossc_rows"])
+            .args(["-C", "opt-level=3", "-C", "panic=abort", "-C", "relocation-model=pic", "-C", "codegen-units=1"])
+            .arg("--target")
+            .arg(std::env::var("TARGET").unwrap_or_default())
+            .arg("src/backend/aot/rows_lib.rs")
+            .arg("-o")
+            .arg(&out)
+            .status()
+            .is_ok_and(|s| s.success());
+    if !built {
+        if wanted {
+            println!("cargo:warning=the row helpers for ahead-of-time libraries did not compile; libraries run without them");
+        }
+        std::fs::write(&out, b"").unwrap();
+    }
 }

@@ -17,26 +17,7 @@ use cranelift_codegen::ir::{self, InstBuilder, MemFlagsData, Value, types};
 
 use super::{LanePlace, Lower};
 
-/// The coefficients of the polynomial Q in e^r = 1 + r + r^2 Q(r) for |r| <= ln2/2, highest degree first:
-/// a minimax fit of degree 4 for the relative error (4e-9 in exact arithmetic, below f32's rounding;
-/// `tools/exp_poly.py` fits it). One term shorter than Cephes' `expf` at the same f32 accuracy.
-pub(super) const EXP_COEFFICIENTS: [f32; 5] = [
-    1.381_461_3e-3,
-    8.368_71e-3,
-    4.166_839e-2,
-    1.666_652_1e-1,
-    4.999_999_4e-1,
-];
-
-/// exp's rounding constant (1.5 * 2^23: adding it rounds x log2(e) to an integer in the low bits).
-pub(super) const EXP_MAGIC: f32 = 12_582_912.0;
-/// -ln 2 in two parts (exact high part, low remainder) for exp's range reduction.
-pub(super) const EXP_LN2_HI: f32 = -0.693_359_4;
-pub(super) const EXP_LN2_LO: f32 = 2.121_944_4e-4;
-/// exp clamps its argument to this range first: x log2(e) then rounds to n in -127..=128, whose 2^n
-/// built in the exponent bits is 0 at -127 (the result flushes to 0) and +inf at 128 (overflow).
-pub(super) const EXP_LOWEST: f32 = -88.0;
-pub(super) const EXP_HIGHEST: f32 = 88.8;
+include!("exp_constants.rs");
 
 /// The Cephes `logf` polynomial P in ln(1 + f) = f - f²/2 + f³ P(f), highest degree first.
 const LOG_COEFFICIENTS: [f32; 9] = [

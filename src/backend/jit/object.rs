@@ -1,9 +1,9 @@
 //! Ahead-of-time code: the groups of one or more kernels compiled by the same lowering as the JIT's into
 //! one relocatable object (`cranelift-object`), position-independent, each group a hidden symbol
 //! `lossc_<loss>_group<k>` for a library's driver ([`crate::backend::aot`]) to call, each group's vector
-//! constants a data object of its own. The math helpers the code calls are the driver's; the 8-lane row
-//! helpers are not used (the kernels' plain code does their work), and a matrix product runs as its
-//! group's native loops, not as sgemm.
+//! constants a data object of its own. The math helpers the code calls are the driver's, the 8-lane row
+//! helpers the library's own copy (aot/rows_lib.rs); a matrix product runs as its group's native loops,
+//! not as sgemm.
 
 use cranelift_module::{Linkage, Module};
 use cranelift_object::{ObjectBuilder, ObjectModule};
@@ -34,7 +34,8 @@ impl ObjectKernel {
 
 /// Compiles every group of each `(name, optimized function)` into one object file for this machine's
 /// CPU; returns its bytes and the kernels.
-pub fn object(kernels: &[(&str, &Function)]) -> Result<(Vec<u8>, Vec<ObjectKernel>), JitError> {
+/// `exp_rows`: whether the code calls the 8-lane row helpers (which the library must then link).
+pub fn object(kernels: &[(&str, &Function)], exp_rows: bool) -> Result<(Vec<u8>, Vec<ObjectKernel>), JitError> {
     let err = |e: &dyn std::fmt::Display| JitError(e.to_string());
     let (isa, fma) = target(true)?;
     let compile_isa = isa.clone();
@@ -48,7 +49,7 @@ pub fn object(kernels: &[(&str, &Function)]) -> Result<(Vec<u8>, Vec<ObjectKerne
             linkage: Linkage::Hidden,
             host_lanes: None,
         };
-        let lowered = lower_groups(&mut module, &*compile_isa, fma, f, naming, None, false, Functions::All)?;
+        let lowered = lower_groups(&mut module, &*compile_isa, fma, f, naming, None, exp_rows, Functions::All)?;
         for code in &lowered.machine_code {
             module
                 .define_function_bytes(code.id, code.alignment, &code.bytes, &code.relocs)
