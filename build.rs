@@ -48,15 +48,37 @@ fn main() {
 /// without AVX2).
 fn row_helpers() {
     let out = Path::new(&std::env::var("OUT_DIR").unwrap()).join("lossc_rows.o");
-    for file in ["src/backend/aot/rows_lib.rs", "src/backend/jit/row_kernels.rs", "src/backend/jit/exp_constants.rs"] {
+    for file in [
+        "src/backend/aot/rows_lib.rs",
+        "src/backend/jit/row_kernels.rs",
+        "src/backend/jit/exp_constants.rs",
+    ] {
         println!("cargo:rerun-if-changed={file}");
     }
     let wanted = std::env::var("CARGO_CFG_TARGET_ARCH").is_ok_and(|a| a == "x86_64")
         && std::env::var_os("CARGO_FEATURE_JIT").is_some();
     let built = wanted
         && std::process::Command::new(std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()))
-            .args(["--edition", "2024", "--crate-type", "lib", "--emit", "obj", "--crate-name", "lossc_rows"])
-            .args(["-C", "opt-level=3", "-C", "panic=abort", "-C", "relocation-model=pic", "-C", "codegen-units=1"])
+            .args([
+                "--edition",
+                "2024",
+                "--crate-type",
+                "lib",
+                "--emit",
+                "obj",
+                "--crate-name",
+                "lossc_rows",
+            ])
+            .args([
+                "-C",
+                "opt-level=3",
+                "-C",
+                "panic=abort",
+                "-C",
+                "relocation-model=pic",
+                "-C",
+                "codegen-units=1",
+            ])
             .arg("--target")
             .arg(std::env::var("TARGET").unwrap_or_default())
             .arg("src/backend/aot/rows_lib.rs")
@@ -66,7 +88,9 @@ fn row_helpers() {
             .is_ok_and(|s| s.success());
     if !built {
         if wanted {
-            println!("cargo:warning=the row helpers for ahead-of-time libraries did not compile; libraries run without them");
+            println!(
+                "cargo:warning=the row helpers for ahead-of-time libraries did not compile; libraries run without them"
+            );
         }
         std::fs::write(&out, b"").unwrap();
     }

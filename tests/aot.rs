@@ -237,9 +237,14 @@ fn c_program_links_the_library_and_its_object() {
     // only the entry points.
     let symbols = run(Command::new("nm").arg(dir.join("libce.so")));
     if let Some(build) = lossc::backend::jit::row_build() {
-        assert!(symbols.contains(&format!("lossc_rows_{build}_softmax_row")), "{symbols}");
+        assert!(
+            symbols.contains(&format!("lossc_rows_{build}_softmax_row")),
+            "{symbols}"
+        );
     }
-    let exported = run(Command::new("nm").args(["-D", "--defined-only"]).arg(dir.join("libce.so")));
+    let exported = run(Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(dir.join("libce.so")));
     let names: Vec<&str> = exported.lines().filter_map(|l| l.split_whitespace().nth(2)).collect();
     assert_eq!(names, ["lossc_cross_entropy", "lossc_cross_entropy_call"], "{exported}");
     // Only libc, libm and libpthread (and the loader and the vDSO) are needed.

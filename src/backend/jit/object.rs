@@ -49,7 +49,16 @@ pub fn object(kernels: &[(&str, &Function)], exp_rows: bool) -> Result<(Vec<u8>,
             linkage: Linkage::Hidden,
             host_lanes: None,
         };
-        let lowered = lower_groups(&mut module, &*compile_isa, fma, f, naming, None, exp_rows, Functions::All)?;
+        let lowered = lower_groups(
+            &mut module,
+            &*compile_isa,
+            fma,
+            f,
+            naming,
+            None,
+            exp_rows,
+            Functions::All,
+        )?;
         for code in &lowered.machine_code {
             module
                 .define_function_bytes(code.id, code.alignment, &code.bytes, &code.relocs)
