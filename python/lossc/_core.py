@@ -176,7 +176,7 @@ class Loss:
         if self.per_sample and self.cotangent not in inputs:
             inputs[self.cotangent] = self._ones_cotangent(inputs)
         arrays = self.arrays(inputs, exact)
-        raw = [(n, a.ctypes.data, a.shape, _DTYPE_NAMES.get(a.dtype, "?")) for n, a in arrays.items()]
+        raw = [(n, a, a.shape, _DTYPE_NAMES.get(a.dtype, "?")) for n, a in arrays.items()]
         if self.stateful or exact:
             loss, outputs, grads = self._native.evaluate(raw, hypers, threads, self.stateful)
             dtype = np.float64 if exact else np.float32
@@ -188,7 +188,7 @@ class Loss:
             for name, a in arrays.items():
                 if self._by_name[name].differentiable:
                     g = grads[name] = np.empty(a.shape, dtype=np.float32)
-                    slots.append((name, g.ctypes.data, g.size))
+                    slots.append((name, g, g.size))
             loss, outputs = self._native.call(raw, hypers, slots, threads)
             outputs = {n: _from_bytes(s, b) for n, s, b in outputs}
         value = outputs.pop("value") if self.per_sample else loss
@@ -200,18 +200,17 @@ class Loss:
             r = self.evaluate(**kwargs)
             return r.loss, r.grads
         # The common case (a scalar loss on the JIT, no state) in one pass: what `evaluate` does.
-        raw, slots, grads, hypers, kept = [], [], {}, {}, []
+        raw, slots, grads, hypers = [], [], {}, {}
         for name, x in kwargs.items():
             spec = self._by_name.get(name)
             if spec is None:
                 hypers[name] = float(x)
                 continue
             a = _as_labels(name, x) if spec.is_label else _as_float(name, x)
-            kept.append(a)  # alive until the call returns
-            raw.append((name, a.ctypes.data, a.shape, _DTYPE_NAMES[a.dtype]))
+            raw.append((name, a, a.shape, _DTYPE_NAMES[a.dtype]))
             if spec.differentiable:
                 g = grads[name] = np.empty(a.shape, dtype=np.float32)
-                slots.append((name, g.ctypes.data, g.size))
+                slots.append((name, g, g.size))
         loss, _ = self._native.call(raw, hypers, slots, self._default_threads)
         return loss, grads
 

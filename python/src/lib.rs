@@ -1,7 +1,7 @@
 //! `lossc._lossc`: the native module under the `lossc` Python package. It compiles lx source with the
 //! same library the CLI uses and runs kernels over memory the Python side owns (NumPy arrays, PyTorch CPU
-//! tensors, CUDA tensors), given as addresses, shapes and dtypes by `lossc/_core.py`, which keeps the
-//! arrays alive and contiguous for the call. Every failure is a Python exception of `lossc`'s hierarchy;
+//! tensors, CUDA tensors), given as arrays (whose address it reads: [`address`]) or addresses, with shapes
+//! and dtypes, by `lossc/_core.py`, which keeps them alive and contiguous for the call. Every failure is a Python exception of `lossc`'s hierarchy;
 //! a Rust panic is caught and raised as `lossc.InternalError`.
 
 use std::collections::BTreeMap;
@@ -210,6 +210,51 @@ fn stdlib() -> Vec<(String, String, String)> {
 /// One input of a call as the Python side gives it: name, address, shape and dtype
 /// ("float32", "int64" or "int32"), C-contiguous and aligned.
 type RawInput = (String, usize, Vec<usize>, String);
+
+/// A raw input as Python passes it: the address as an int (a tensor's `data_ptr()`, a device pointer) or
+/// the NumPy array itself, whose address [`address`] reads.
+type PyRawInput<'py> = (String, Bound<'py, PyAny>, Vec<usize>, String);
+
+/// NumPy's `__array_struct__` (the array interface's C struct, `PyArrayInterface`).
+#[repr(C)]
+struct ArrayInterface {
+    two: std::ffi::c_int,
+    nd: std::ffi::c_int,
+    typekind: std::ffi::c_char,
+    itemsize: std::ffi::c_int,
+    flags: std::ffi::c_int,
+    shape: *mut isize,
+    strides: *mut isize,
+    data: *mut std::ffi::c_void,
+    descr: *mut pyo3::ffi::PyObject,
+}
+
+/// The address of an input or gradient buffer: an int as it is, or a NumPy array's data pointer read from
+/// its `__array_struct__` capsule (a tenth of the cost of `ndarray.ctypes.data`, which built a ctypes
+/// object per array and was most of a small call's overhead).
+fn address(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
+    if let Ok(a) = obj.extract::<usize>() {
+        return Ok(a);
+    }
+    let capsule = obj.getattr("__array_struct__")?;
+    // SAFETY: `__array_struct__` is a capsule holding a `PyArrayInterface` (NumPy's array interface),
+    // valid while the capsule is; only its version tag and data pointer are read, while it is alive.
+    let data = unsafe {
+        let p = pyo3::ffi::PyCapsule_GetPointer(capsule.as_ptr(), std::ptr::null()) as *const ArrayInterface;
+        if p.is_null() || (*p).two != 2 {
+            return Err(pyo3::exceptions::PyTypeError::new_err("not an array (no array interface)"));
+        }
+        (*p).data as usize
+    };
+    Ok(data)
+}
+
+/// Raw inputs with their addresses read ([`address`]).
+fn resolve(inputs: Vec<PyRawInput<'_>>) -> PyResult<Vec<RawInput>> {
+    (inputs.into_iter())
+        .map(|(name, obj, shape, dtype)| Ok((name, address(&obj)?, shape, dtype)))
+        .collect()
+}
 
 /// One kernel, the workspace its calls reuse and the state store of a stateful loss.
 #[pyclass(module = "lossc._lossc", frozen)]
@@ -445,14 +490,18 @@ impl Loss {
 
     /// One call over caller memory: the loss, with the gradients named in `grads` (name, address of a
     /// float32 buffer of the input's size) written in place; returns (loss, [(output, shape, bytes)]).
-    fn call(
+    fn call<'py>(
         &self,
-        py: Python<'_>,
-        inputs: Vec<RawInput>,
+        py: Python<'py>,
+        inputs: Vec<PyRawInput<'py>>,
         hypers: BTreeMap<String, f64>,
-        grads: Vec<(String, usize, usize)>,
+        grads: Vec<(String, Bound<'py, PyAny>, usize)>,
         threads: usize,
     ) -> PyResult<Results> {
+        let inputs = resolve(inputs)?;
+        let grads = (grads.into_iter())
+            .map(|(name, obj, len)| Ok((name, address(&obj)?, len)))
+            .collect::<PyResult<Vec<(String, usize, usize)>>>()?;
         guarded(py, || {
             // A call that finds the workspace busy (another thread's) uses a workspace of its own.
             let mut fresh;
@@ -534,14 +583,15 @@ impl Loss {
     /// One call through the `Tensor` API, exact in f64 where the backend is (the interpreter): float32 or
     /// float64 inputs, and for a stateful loss (`stateful`) the state gathered from the loss's store by the
     /// sample ids and the updates written back. Returns (loss, outputs, gradients), values as float64 bytes.
-    fn evaluate(
+    fn evaluate<'py>(
         &self,
-        py: Python<'_>,
-        inputs: Vec<RawInput>,
+        py: Python<'py>,
+        inputs: Vec<PyRawInput<'py>>,
         hypers: BTreeMap<String, f64>,
         threads: usize,
         stateful: bool,
     ) -> PyResult<(f64, Tensors, Tensors)> {
+        let inputs = resolve(inputs)?;
         guarded(py, || {
             // SAFETY: as in `call`.
             let tensors = unsafe { tensors(&inputs)? };
