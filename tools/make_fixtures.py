@@ -2,7 +2,9 @@
 """Writes the stdlib conformance fixtures (tests/fixtures/*.json) from the reference implementations.
 
 Requires: torch, torchvision, libauc, pytorch-metric-learning, diffsort (all from PyPI; see
-tools/requirements-fixtures.txt; the test suite does not need Python). Run from the repository root:  python3 tools/make_fixtures.py
+tools/requirements-fixtures.txt; the test suite does not need Python), and git for the papers' own code
+(checked out at the commits ../shared/LOSSES.md names into $LOSSC_ORIGINALS, default
+~/.cache/lossc/originals). Run from the repository root:  python3 tools/make_fixtures.py [FAMILY ...]
 
 Each fixture file holds cases; a case names the lx loss (a stdlib path or inline source), its
 hyperparameters, and one or more calls (several for stateful losses: the state carries over) with inputs,
@@ -11,9 +13,12 @@ The reference of each case is named in its "reference" field: a library call, or
 <repo file>" where no package ships the paper's code.
 """
 
+import importlib.util
 import json
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import torch
@@ -74,6 +79,20 @@ def case(name, loss, reference, calls, hypers=None, source=None):
     if source is not None:
         c["source"] = source
     return c
+
+
+def original(repo, commit, path):
+    """The file `path` of GitHub `repo` at `commit`, imported as a module: the paper's own code, run as it is
+    (a checkout in $LOSSC_ORIGINALS/<owner>+<name>, cloned there when missing)."""
+    root = os.environ.get("LOSSC_ORIGINALS", os.path.expanduser("~/.cache/lossc/originals"))
+    checkout = os.path.join(root, repo.replace("/", "+"))
+    if not os.path.isdir(checkout):
+        subprocess.run(["git", "clone", "--quiet", f"https://github.com/{repo}", checkout], check=True)
+    subprocess.run(["git", "-C", checkout, "checkout", "--quiet", commit], check=True)
+    spec = importlib.util.spec_from_file_location(path.replace("/", "_").removesuffix(".py"), os.path.join(checkout, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # ---- classification ----------------------------------------------------------------------------------
@@ -593,12 +612,41 @@ def dro_metrics_divergence():
                               [call({"x": randn(6, 3, seed=113), "z": randn(5, 3, seed=114, scale=1.5)}, cs)])])
 
 
+# ---- learned temperatures (TempNet) ---------------------------------------------------------------------
+
+
+def temperature():
+    tempnet = original("zhqiu/TempNet", "3559645", "GPT-2/megatron/model/tempnet.py")
+
+    def lm(z, y, tau, rho=8.0):
+        # tau_cross_entropy(output [bsz, seq_len, V], (labels, loss_mask), tau [bsz*seq_len, 1], rho): the
+        # first of its results (the trained lm_loss; the second is the plain CE).
+        return tempnet.tau_cross_entropy(z, (y, None), tau.reshape(-1, 1), rho)[0]
+
+    z = randn(2, 3, 7, seed=201, scale=2.0)
+    y = torch.randint(0, 7, (2, 3), generator=gen(202))
+    tau = (0.5 + 1.5 * torch.rand(2, 3, generator=gen(203))).requires_grad_(True)
+    ref = "TempNet GPT-2/megatron/model/tempnet.py tau_cross_entropy @ 3559645"
+    write("temperature", [
+        case("tau_cross_entropy", "std::temperature::tau_cross_entropy", ref,
+             [call({"z": z, "y": y, "tau": tau}, lm)]),
+        case("tau_cross_entropy_rho0", "std::temperature::tau_cross_entropy", ref,
+             [call({"z": z, "y": y, "tau": tau}, lambda z, y, tau: lm(z, y, tau, rho=0.0))], hypers={"rho": 0.0}),
+    ])
+
+
+FAMILIES = {
+    "dro_metrics_divergence": dro_metrics_divergence,
+    "classification": classification,
+    "robust": robust,
+    "focal_hinge_distill": focal_hinge_distill,
+    "ranking": ranking,
+    "metric_learning": metric_learning,
+    "contrastive": contrastive,
+    "sorting": sorting,
+    "temperature": temperature,
+}
+
 if __name__ == "__main__":
-    dro_metrics_divergence()
-    classification()
-    robust()
-    focal_hinge_distill()
-    ranking()
-    metric_learning()
-    contrastive()
-    sorting()
+    for name in sys.argv[1:] or FAMILIES:
+        FAMILIES[name]()
