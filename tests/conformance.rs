@@ -1,7 +1,8 @@
 //! Conformance of the stdlib with the reference implementations (torch, libauc, pytorch-metric-learning,
 //! diffsort, or a re-implementation of a paper's code where no package has it): tests/fixtures/*.json,
 //! written by tools/make_fixtures.py. Every case runs through the interpreter and the JIT; stateful cases
-//! make several calls through one StateStore, so each call sees the state the previous one wrote.
+//! make several calls through one StateStore, so each call sees the state the previous one wrote (a call
+//! may set hyperparameters of its own).
 
 use std::collections::BTreeMap;
 
@@ -82,6 +83,11 @@ fn run_case(family: &str, case: &Value, backend: Backend) -> Result<(), String> 
             .iter()
             .map(|(k, v)| (k.clone(), tensor(v)))
             .collect();
+        // A call may set hyperparameters of its own (TempNet's epoch), over the case's.
+        let mut hypers = hypers.clone();
+        for (k, v) in call.get("hypers").and_then(Value::as_object).into_iter().flatten() {
+            hypers.insert(k.clone(), v.as_f64().unwrap());
+        }
         let e = if stateful {
             kernel.eval_stateful(&inputs, &hypers, &mut store)
         } else {

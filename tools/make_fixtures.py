@@ -627,12 +627,43 @@ def temperature():
     y = torch.randint(0, 7, (2, 3), generator=gen(202))
     tau = (0.5 + 1.5 * torch.rand(2, 3, generator=gen(203))).requires_grad_(True)
     ref = "TempNet GPT-2/megatron/model/tempnet.py tau_cross_entropy @ 3559645"
-    write("temperature", [
+    cases = [
         case("tau_cross_entropy", "std::temperature::tau_cross_entropy", ref,
              [call({"z": z, "y": y, "tau": tau}, lm)]),
         case("tau_cross_entropy_rho0", "std::temperature::tau_cross_entropy", ref,
              [call({"z": z, "y": y, "tau": tau}, lambda z, y, tau: lm(z, y, tau, rho=0.0))], hypers={"rho": 0.0}),
-    ])
+    ]
+
+    # iSogCLR_TempNet_Loss on the CPU: its constructor puts its tables and temperature generators on the GPU
+    # (`.cuda()` is the identity here), and the generators are replaced by the temperatures given as inputs.
+    torch.Tensor.cuda = lambda self, *a, **k: self
+    torch.nn.Module.cuda = lambda self, *a, **k: self
+    losses = original("zhqiu/TempNet", "3559645", "Bimodal_CL/models/losses.py")
+    crit = losses.iSogCLR_TempNet_Loss(N=10, gamma=0.8, world_size=1, rho=7.0, feature_dim=3)
+    del crit.image_temp_gen, crit.text_temp_gen
+    calls = []
+    for k, (ids_i, ids_t, epoch) in enumerate([([1, 4, 7, 2, 9], [3, 4, 0, 8, 6], 0),
+                                                ([7, 1, 5, 9, 0], [6, 2, 3, 4, 8], 1)]):
+        x = F.normalize(torch.randn(5, 3, generator=gen(210 + k)), dim=1).requires_grad_(True)
+        t = F.normalize(torch.randn(5, 3, generator=gen(220 + k)), dim=1).requires_grad_(True)
+        tau_i = (0.05 + 0.5 * torch.rand(5, generator=gen(230 + k))).requires_grad_(True)
+        tau_t = (0.05 + 0.5 * torch.rand(5, generator=gen(240 + k))).requires_grad_(True)
+        image_ids, text_ids = torch.tensor(ids_i), torch.tensor(ids_t)
+
+        def fn(x, t, tau_i, tau_t, image_ids, text_ids, epoch=epoch):
+            crit.image_temp_gen = lambda features: tau_i
+            crit.text_temp_gen = lambda features: tau_t
+            (clip, temp), _, _ = crit(x, t, image_ids, text_ids, epoch, 30)
+            tables = {"b_i_new": crit.b_I[image_ids], "s_i_new": crit.s_I[image_ids],
+                      "b_t_new": crit.b_T[text_ids], "s_t_new": crit.s_T[text_ids]}
+            return clip + temp, {n: v.clone() for n, v in tables.items()}
+
+        rec = call({"x": x, "t": t, "tau_i": tau_i, "tau_t": tau_t, "image_ids": image_ids, "text_ids": text_ids}, fn)
+        rec["hypers"] = {"epoch": epoch}
+        calls.append(rec)
+    cases.append(case("isogclr_tempnet_two_calls", "std::temperature::isogclr_tempnet",
+                      "TempNet Bimodal_CL/models/losses.py iSogCLR_TempNet_Loss(gamma=0.8, rho=7) @ 3559645", calls))
+    write("temperature", cases)
 
 
 FAMILIES = {
