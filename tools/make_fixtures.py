@@ -666,6 +666,35 @@ def temperature():
     write("temperature", cases)
 
 
+# ---- ensembles of calibrated losses (EnsLoss) --------------------------------------------------------
+
+
+def ensemble():
+    ens = original("statmlben/ensLoss", "fd37682", "losses.py")
+    orig_randn, orig_to = torch.randn, torch.Tensor.to
+    cases = []
+    for k, lam in enumerate([0.0, 0.5, -0.5]):
+        f = randn(9, seed=250 + k, scale=1.5)
+        y = torch.randint(0, 2, (9,), generator=gen(260 + k))
+        z = torch.randn(9, generator=gen(270 + k)) * 1.5
+
+        def fn(f, y, z, lam=lam):
+            # The draw inside `forward` (torch.randn) is this case's z; `.to("cuda")` stays on the CPU.
+            crit = ens.ensLoss()
+            crit.lam = lam
+            torch.randn = lambda *shape, **kw: z.clone()
+            torch.Tensor.to = lambda self, *a, **kw: self if a and a[0] == "cuda" else orig_to(self, *a, **kw)
+            try:
+                return crit(f, y.double())
+            finally:
+                torch.randn, torch.Tensor.to = orig_randn, orig_to
+
+        cases.append(case(f"ensloss_lam{lam}",
+                          "std::ensemble::ensloss", "ensLoss losses.py ensLoss (the draw as the input z) @ fd37682",
+                          [call({"f": f, "y": y, "z": z}, fn)], hypers={"lam": lam}))
+    write("ensemble", cases)
+
+
 FAMILIES = {
     "dro_metrics_divergence": dro_metrics_divergence,
     "classification": classification,
@@ -676,6 +705,7 @@ FAMILIES = {
     "contrastive": contrastive,
     "sorting": sorting,
     "temperature": temperature,
+    "ensemble": ensemble,
 }
 
 if __name__ == "__main__":
