@@ -89,6 +89,8 @@ def original(repo, commit, path):
     if not os.path.isdir(checkout):
         subprocess.run(["git", "clone", "--quiet", f"https://github.com/{repo}", checkout], check=True)
     subprocess.run(["git", "-C", checkout, "checkout", "--quiet", commit], check=True)
+    if checkout not in sys.path:
+        sys.path.insert(0, checkout)  # the file's own imports of its repository (`import util.globals`)
     spec = importlib.util.spec_from_file_location(path.replace("/", "_").removesuffix(".py"), os.path.join(checkout, path))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -695,6 +697,40 @@ def ensemble():
     write("ensemble", cases)
 
 
+# ---- few-shot episodes (FSL-Loss: ProtoNet, proto-triplet) ----------------------------------------------
+
+
+def few_shot():
+    icnn = original("maumruiz/FSL-Loss", "249405f", "algorithms/icnn_loss.py")
+    metric = original("maumruiz/FSL-Loss", "249405f", "util/metric.py")
+    way, shot, dim, per_class = 4, 2, 3, 2
+    supp = randn(way * shot, dim, seed=280)
+    q = randn(way * per_class, dim, seed=281)
+    y = torch.arange(way).repeat_interleave(per_class)
+
+    def protos(supp):
+        # protonet.py compute_prototypes: support.reshape(way, shot, -1).mean(dim=1)
+        return supp.reshape(way, shot, -1).mean(dim=1)
+
+    def cross(supp, q, y):
+        # protonet.py logits = -euclidean_dist(query_fts, prototypes) / temperature; get_icnn_loss 'cross'
+        return F.cross_entropy(-metric.euclidean_dist(q, protos(supp)) / 1.0, y)
+
+    def triplet(supp, q, y):
+        return icnn.proto_triplet_loss(q, y, protos(supp), torch.arange(way), way)
+
+    inputs = {"supp": supp, "q": q, "y": y}
+    lx_inputs = lambda rec: {**rec, "inputs": {**rec["inputs"], "supp": enc(supp.detach().reshape(way, shot, dim))},
+                             "grads": {**rec["grads"], "supp": {**rec["grads"]["supp"], "shape": [way, shot, dim]}}}
+    ref = "FSL-Loss @ 249405f"
+    write("few_shot", [
+        case("proto_cross_entropy", "std::few_shot::proto_cross_entropy",
+             f"{ref} models/protonet.py logits, F.cross_entropy", [lx_inputs(call(inputs, cross))]),
+        case("proto_triplet", "std::few_shot::proto_triplet", f"{ref} algorithms/icnn_loss.py proto_triplet_loss",
+             [lx_inputs(call(inputs, triplet))]),
+    ])
+
+
 FAMILIES = {
     "dro_metrics_divergence": dro_metrics_divergence,
     "classification": classification,
@@ -706,6 +742,7 @@ FAMILIES = {
     "sorting": sorting,
     "temperature": temperature,
     "ensemble": ensemble,
+    "few_shot": few_shot,
 }
 
 if __name__ == "__main__":
