@@ -719,16 +719,35 @@ def few_shot():
     def triplet(supp, q, y):
         return icnn.proto_triplet_loss(q, y, protos(supp), torch.arange(way), way)
 
+    # modified_score(origin, y_orig, target, y_targ, k, ipc): origins and targets as two leaves of the same
+    # values where the original passes one tensor (its gradient is then the sum of the two).
+    def icnn_case(name, x, yx, t, yt, **kw):
+        x = x.detach().clone().requires_grad_(True)
+        t = t.detach().clone().requires_grad_(True)
+        fn = lambda x, yx, t, yt: -torch.log(icnn.modified_score(x, yx, t, yt, **kw))
+        return case(name, "std::few_shot::icnn", f"{ref} algorithms/icnn_loss.py -log modified_score({kw or ''})",
+                    [call({"x": x, "yx": yx, "t": t, "yt": yt}, fn)], hypers={k: float(v) for k, v in kw.items()})
+
+    supp_labels = torch.arange(way).repeat_interleave(shot)
+    everything = torch.cat((supp, q))
+    all_labels = torch.cat((supp_labels, y))
+    ref = "FSL-Loss @ 249405f"
+    icnn_cases = [
+        icnn_case("icnn_support", supp, supp_labels, supp, supp_labels),
+        icnn_case("icnn_support_k3", supp, supp_labels, supp, supp_labels, k=3),
+        icnn_case("icnn_query_protos", q, y, protos(supp), torch.arange(way)),
+        icnn_case("icnn_query_support", q, y, supp, supp_labels),
+        icnn_case("icnn_full", everything, all_labels, everything, all_labels, ipc=shot + per_class),
+    ]
     inputs = {"supp": supp, "q": q, "y": y}
     lx_inputs = lambda rec: {**rec, "inputs": {**rec["inputs"], "supp": enc(supp.detach().reshape(way, shot, dim))},
                              "grads": {**rec["grads"], "supp": {**rec["grads"]["supp"], "shape": [way, shot, dim]}}}
-    ref = "FSL-Loss @ 249405f"
     write("few_shot", [
         case("proto_cross_entropy", "std::few_shot::proto_cross_entropy",
              f"{ref} models/protonet.py logits, F.cross_entropy", [lx_inputs(call(inputs, cross))]),
         case("proto_triplet", "std::few_shot::proto_triplet", f"{ref} algorithms/icnn_loss.py proto_triplet_loss",
              [lx_inputs(call(inputs, triplet))]),
-    ])
+    ] + icnn_cases)
 
 
 FAMILIES = {
