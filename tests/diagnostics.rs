@@ -42,6 +42,12 @@ case!(
     "loss f(x: f32[N], y: idx[N] < 3, k: f32 = 2.0) { mean[i] count[j | y[j] == y[i]] < k }\n"
 );
 case!(reduction_without_a_body, Syntax, "loss f(x: f32[N]) { sum[i] }\n");
+// A last line that starts with `-` continues the `let` above it: the body has no value.
+case!(
+    value_line_continues_the_let,
+    Syntax,
+    "loss f(x: f32[N]) {\n    let g = sum[i] x[i] ^ 2\n    -log(g)\n}\n"
+);
 // A missing `}` points at the `{` left open; an unclosed block comment at where it opens (issue 23).
 case!(unclosed_brace, Syntax, "loss f(x: f32[N]) {\n    mean[i] x[i]\n");
 case!(

@@ -242,7 +242,9 @@ fn address(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
     let data = unsafe {
         let p = pyo3::ffi::PyCapsule_GetPointer(capsule.as_ptr(), std::ptr::null()) as *const ArrayInterface;
         if p.is_null() || (*p).two != 2 {
-            return Err(pyo3::exceptions::PyTypeError::new_err("not an array (no array interface)"));
+            return Err(pyo3::exceptions::PyTypeError::new_err(
+                "not an array (no array interface)",
+            ));
         }
         (*p).data as usize
     };

@@ -119,6 +119,26 @@ fn syntax_error(source: SourceId, text: &str, e: pest::error::Error<Rule>) -> Di
             .label(Span::new(source, start, end), "doc comment here")
             .help("doc comments document items and statements; write `//` for a comment inside an expression");
     }
+    if found == Some('}')
+        && let Some((at, sign)) = leading_sign_line(text, start)
+    {
+        // `let g = a + b` then `-log(g)` on the next line: the sign continued the let, and the body has
+        // no value left.
+        let end = at + text[at..].find('\n').unwrap_or(text.len() - at);
+        return Diag::new(
+            Code::Syntax,
+            "this body has no value: its last line continues the line above",
+        )
+        .label(
+            Span::new(source, at, end),
+            format!("a line that starts with `{sign}` continues the expression before it"),
+        )
+        .label(Span::new(source, start, start + 1), "the body ends here")
+        .help(format!(
+            "wrap the value in parentheses so that it stands on its own: `({}…)`",
+            sign
+        ));
+    }
     let message = match found {
         Some(c) => format!("unexpected `{c}`"),
         None => "unexpected end of file".to_string(),
@@ -136,6 +156,17 @@ fn syntax_error(source: SourceId, text: &str, e: pest::error::Error<Rule>) -> Di
     Diag::new(Code::Syntax, message)
         .label(Span::new(source, start, end), "here")
         .help(help)
+}
+
+/// Where the last line before `at` starts, and its sign, when it begins with `-` or `+` after a line of
+/// its own (the sign reads as a binary operator continuing that line).
+fn leading_sign_line(text: &str, at: usize) -> Option<(usize, char)> {
+    let before = text[..at].trim_end();
+    let line_start = before.rfind('\n')? + 1;
+    let line = &before[line_start..];
+    let sign = line.trim_start().chars().next().filter(|c| matches!(c, '-' | '+'))?;
+    let above = before[..line_start].trim_end();
+    (!above.is_empty() && !above.ends_with('{')).then_some((line_start + (line.len() - line.trim_start().len()), sign))
 }
 
 /// The reduction whose `[…]` ends just before byte `at` (spaces between), if one does: `count` for
