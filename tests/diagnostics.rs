@@ -42,6 +42,17 @@ case!(
     "loss f(x: f32[N], y: idx[N] < 3, k: f32 = 2.0) { mean[i] count[j | y[j] == y[i]] < k }\n"
 );
 case!(reduction_without_a_body, Syntax, "loss f(x: f32[N]) { sum[i] }\n");
+// A `let` that uses its own name, and a loss whose value is a tensor (issue 23).
+case!(
+    let_refers_to_itself,
+    UnknownName,
+    "loss f(x: f32[N]) {\n    let l = l + 1\n    l\n}\n"
+);
+case!(
+    loss_value_is_a_tensor,
+    LossNotNumber,
+    "loss f(x: f32[N, C]) {\n    let l[i, k] = x[i, k] ^ 2\n    l\n}\n"
+);
 // A last line that starts with `-` continues the `let` above it: the body has no value.
 case!(
     value_line_continues_the_let,

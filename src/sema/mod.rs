@@ -255,6 +255,7 @@ impl Sema<'_> {
         let mut f = Function::new(def.name.name.clone(), def.name.span);
         f.doc = it.doc.clone();
         let mut cx = Cx {
+            defining: None,
             sema: self,
             unit,
             f,
@@ -311,6 +312,8 @@ struct Cx<'a, 's> {
     fn_stack: Vec<ItemRef>,
     /// Inlined calls by (fn, lowered arguments): a `fn` body is a pure function of its arguments.
     inlined: HashMap<(ItemRef, Vec<NodeId>), Option<NodeId>>,
+    /// The `let` or `out` whose body is being lowered (a use of its own name says so).
+    defining: Option<String>,
 }
 
 enum Found {
@@ -339,6 +342,13 @@ impl Cx<'_, '_> {
     }
 
     fn unknown_name(&mut self, name: &ast::Ident, what: &str) {
+        if self.defining.as_deref() == Some(name.name.as_str()) {
+            let d = Diag::new(Code::UnknownName, format!("`{}` cannot refer to itself", name.name))
+                .label(name.span, "used in its own definition")
+                .help("a `let` sees only the names defined before it; give the new value another name");
+            self.err(d);
+            return;
+        }
         let names = self.visible_names();
         let mut d = Diag::new(Code::UnknownName, format!("unknown {what} `{}`", name.name))
             .label(name.span, "not defined here");
@@ -714,10 +724,12 @@ impl Cx<'_, '_> {
         for s in &body.stmts {
             match s.kind {
                 StmtKind::Let => {
+                    self.defining = Some(s.name.name.clone());
                     let local = match self.tensor_def(s, Role::Let, None) {
                         Some(t) => Local::Tensor(t),
                         None => Local::Poison,
                     };
+                    self.defining = None;
                     self.bind(&s.name, local);
                 }
                 StmtKind::Out => {
@@ -765,6 +777,28 @@ impl Cx<'_, '_> {
         }
         if let Some(ty) = result {
             self.per_sample_result(&body.result, ty, decls);
+            return;
+        }
+        // A tensor's name as the loss value: a loss is a scalar (or a declared per-sample tensor).
+        if let ExprKind::Access { name, subscripts: None } = &body.result.kind
+            && let Some(Found::Local(Local::Tensor(t), _)) = self.lookup(&name.name)
+            && !self.f.tensor(t).indices.is_empty()
+        {
+            let shape: Vec<String> = self.f.tensor_shape(t).iter().map(|d| self.f.show_dim(d)).collect();
+            let indices = ["i", "j", "k", "l", "m"];
+            let subs: Vec<&str> = (0..shape.len())
+                .map(|k| indices.get(k).copied().unwrap_or("_"))
+                .collect();
+            self.err(
+                Diag::new(Code::LossNotNumber, format!("a loss is a scalar, but `{}` has shape [{}]", name.name, shape.join(", ")))
+                    .label(body.result.span, format!("shape [{}]", shape.join(", ")))
+                    .help(format!(
+                        "reduce it, e.g. `mean[{s}] {}[{s}]`, or make a per-sample loss: declare `-> f32[{}]` after the parameters",
+                        name.name,
+                        shape.join(", "),
+                        s = subs.join(", ")
+                    )),
+            );
             return;
         }
         let Some(v) = self.expr(&body.result) else {
@@ -1672,6 +1706,8 @@ impl Cx<'_, '_> {
         }
         let saved_scopes = std::mem::replace(&mut self.scopes, vec![Vec::new()]);
         let saved_unit = std::mem::replace(&mut self.unit, r.unit);
+        // A name in the fn is the fn's: not the caller's `let` being defined.
+        let saved_defining = self.defining.take();
         self.fn_stack.push(r);
         for (p, v) in def.params.iter().zip(vals) {
             self.bind(&p.name, Local::Value(v));
@@ -1694,10 +1730,13 @@ impl Cx<'_, '_> {
                 ok = false;
                 continue;
             }
+            self.defining = Some(s.name.name.clone());
             let local = self.expr(&s.value).map_or(Local::Poison, Local::Value);
+            self.defining = None;
             self.bind(&s.name, local);
         }
         let result = self.expr(&def.body.result);
+        self.defining = saved_defining;
         self.fn_stack.pop();
         self.unit = saved_unit;
         self.scopes = saved_scopes;
