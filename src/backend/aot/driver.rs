@@ -165,6 +165,14 @@ fn table(code: &mut String, name: &str, values: &[usize]) -> String {
     name.to_string()
 }
 
+/// The elements of a C array initializer, or `empty` alone where there are none (C has no empty arrays).
+fn initializer(items: &[String], empty: &str) -> String {
+    match items.is_empty() {
+        true => empty.to_string(),
+        false => items.join(", "),
+    }
+}
+
 /// The driver of one kernel of an object (`kernel.prefix` names its groups' symbols).
 pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsupported> {
     let f = &kernel.function;
@@ -371,7 +379,6 @@ pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsuppor
         input_names.push((n, shape));
     }
     let mut defaults = Vec::new();
-    let mut hyper_names = Vec::new();
     for h in &f.hypers {
         let n = name(ident(&h.name))?;
         let kind = if h.scalar == Scalar::Int {
@@ -383,8 +390,7 @@ pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsuppor
             decl: format!("double {n}"),
             doc: format!("hyperparameter `{}`: {kind} (default {})", h.name, h.default),
         });
-        defaults.push((n.clone(), h.default));
-        hyper_names.push(n);
+        defaults.push((n, h.default));
     }
     let mut results = Vec::new();
     for (role, result, buffer) in plan.results(f) {
@@ -521,7 +527,7 @@ pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsuppor
             bd = lit(&f.show_dim(b)),
         );
     }
-    let hyper_values: Vec<String> = hyper_names.clone();
+    let hyper_names: Vec<String> = defaults.iter().map(|(n, _)| n.clone()).collect();
     for (h, n) in f.hypers.iter().zip(&hyper_names) {
         if h.scalar == Scalar::Int {
             let _ = writeln!(
@@ -535,13 +541,8 @@ pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsuppor
     }
     let _ = writeln!(
         code,
-        "    double lossc_h[{}] = {{{}}};\n    (void)lossc_h;",
-        hyper_values.len().max(1),
-        if hyper_values.is_empty() {
-            "0".to_string()
-        } else {
-            hyper_values.join(", ")
-        }
+        "    double lossc_h[] = {{{}}};\n    (void)lossc_h;",
+        initializer(&hyper_names, "0")
     );
     // Every tensor and index of a sane extent.
     for t in &f.tensors {
@@ -586,13 +587,6 @@ pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsuppor
     );
     // The typed entry point.
     let decls: Vec<&str> = params.iter().map(|p| p.decl.as_str()).collect();
-    let list = |items: Vec<String>| {
-        if items.is_empty() {
-            "NULL".to_string()
-        } else {
-            items.join(", ")
-        }
-    };
     let _ = writeln!(
         code,
         "LOSSC_EXPORT int {entry_name}({}) {{\n    const void *lossc_inputs[] = {{{}}};\n    \
@@ -600,14 +594,10 @@ pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsuppor
          float *lossc_results[] = {{{}}};\n    return {entry_name}_call(lossc_inputs, lossc_shapes, lossc_hypers, \
          lossc_results, threads, error, error_size);\n}}",
         decls.join(", "),
-        list(input_names.iter().map(|(n, _)| n.clone()).collect()),
-        list(input_names.iter().map(|(_, s)| s.clone()).collect()),
-        if hyper_names.is_empty() {
-            "0".to_string()
-        } else {
-            hyper_names.join(", ")
-        },
-        list(results.iter().map(|(n, _)| n.clone()).collect()),
+        initializer(&input_names.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(), "NULL"),
+        initializer(&input_names.iter().map(|(_, s)| s.clone()).collect::<Vec<_>>(), "NULL"),
+        initializer(&hyper_names, "0"),
+        initializer(&results.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(), "NULL"),
     );
     let inputs: Vec<String> = f
         .inputs
