@@ -18,7 +18,7 @@ fn lossc(args: &[&str]) -> (i32, String, String) {
 }
 
 fn scratch(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("lossc-plot-{}-{name}", std::process::id()));
+    let d = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("lossc-plot-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
 }

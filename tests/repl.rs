@@ -262,7 +262,7 @@ fn typeahead_and_paste_in_a_real_terminal() {
     }
     // A bracketed paste of a definition and two commands, then Enter.
     let paste = "loss ce2(s: f32[N, C], y: idx[N] < C) {\n    mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]]\n}\n:grad ce2\n:eval ce2 N=4,C=3";
-    let buffer = std::env::temp_dir().join(format!("lossc-paste-{}", std::process::id()));
+    let buffer = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("lossc-paste-{}", std::process::id()));
     std::fs::write(&buffer, paste).unwrap();
     tmux(&["load-buffer", buffer.to_str().unwrap()]);
     tmux(&["paste-buffer", "-p", "-t", "r"]);

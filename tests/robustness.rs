@@ -287,7 +287,7 @@ fn diagnostics_on_very_wide_lines_render_as_excerpts() {
 /// header claiming 0xFFFFFFFF bytes made the reader allocate 4 GiB); a file that is not .npy says so.
 #[test]
 fn npy_preambles_are_checked_against_the_file() {
-    let dir = std::env::temp_dir().join(format!("lossc_npy_{}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("lossc_npy_{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut v2 = b"\x93NUMPY\x02\x00".to_vec();
     v2.extend_from_slice(&u32::MAX.to_le_bytes());

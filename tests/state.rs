@@ -151,7 +151,7 @@ fn tables_round_trip_through_a_directory() {
         .loss(None)
         .unwrap()
         .clone();
-    let dir = std::env::temp_dir().join(format!("lossc-state-{}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("lossc-state-{}", std::process::id()));
     let mut store = StateStore::new();
     store.set_table("u", vec![1.5, -2.0, 7.0]).unwrap();
     store.save_dir(&dir).unwrap();
@@ -163,7 +163,7 @@ fn tables_round_trip_through_a_directory() {
 #[cfg(feature = "cli")]
 #[test]
 fn cli_keeps_state_between_runs() {
-    let dir = std::env::temp_dir().join(format!("lossc-cli-state-{}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("lossc-cli-state-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("aldr.lx");
@@ -207,7 +207,7 @@ fn tables_are_sparse_in_memory_and_on_disk() {
         rows.iter().map(|(id, v)| (*id, *v)).collect::<Vec<_>>(),
         vec![(7, 5.0), (far, 4.0)]
     );
-    let dir = std::env::temp_dir().join(format!("lossc-sparse-{}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("lossc-sparse-{}", std::process::id()));
     store.save_dir(&dir).unwrap();
     let file = lossc::data::load_npy(&dir.join("u.npy")).unwrap();
     assert_eq!(file.shape, vec![2, 2]);

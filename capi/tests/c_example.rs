@@ -20,7 +20,7 @@ fn library_dir() -> PathBuf {
 fn c_example_trains_and_reports_errors() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let lib = library_dir();
-    let out = std::env::temp_dir().join(format!("lossc_c_train_{}", std::process::id()));
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("lossc_c_train_{}", std::process::id()));
     let cc = Command::new("cc")
         .args(["-O1", "-Wall", "-Werror", "-I"])
         .arg(root.join("include"))
