@@ -7,7 +7,10 @@
 //! axis is a [`CallError::IndexOutOfRange`], never a wild read.
 //!
 //! Reductions are memoized on the values of their free indices, so a reduction that does not depend on an
-//! enclosing index is computed once, not once per iteration.
+//! enclosing index is computed once, not once per iteration. Any other operation that several nodes read
+//! keeps its last value with the values of its free indices, so a shared sub-expression is computed once
+//! per point, not once per path to it (a chain of `let`s inlined into their gradient has exponentially
+//! many paths).
 
 use std::collections::HashMap;
 
@@ -63,6 +66,7 @@ pub fn run_with(f: &Function, call: &Bound, stopgrads: StopGrads) -> Result<Eval
         tensors: Vec::new(),
         env: vec![0; f.indices.len()],
         memo: HashMap::new(),
+        shared: shared_prims(f),
         stopgrads,
     };
     for t in &f.tensors {
@@ -124,11 +128,53 @@ struct Interp<'a> {
     tensors: Vec<Table>,
     env: Vec<i64>,
     memo: HashMap<(NodeId, Vec<i64>), Value>,
+    /// Per node, what is kept of its last evaluation.
+    shared: Vec<Kept>,
     stopgrads: StopGrads<'a>,
+}
+
+/// What [`Interp`] keeps of a node's last evaluation.
+enum Kept {
+    /// Nothing: the node is computed at every use.
+    Never,
+    /// The node is shared, and not yet computed.
+    Nothing,
+    /// The node is shared: its last value, at these values of its free indices.
+    Last(Vec<i64>, Value),
+}
+
+/// Which nodes [`Interp`] keeps the last value of: operations (not reductions, which are memoized on their
+/// own) that are operands of two or more nodes, or twice of one.
+fn shared_prims(f: &Function) -> Vec<Kept> {
+    let mut uses = vec![0u8; f.nodes().len()];
+    for n in f.nodes() {
+        for op in n.expr.operands() {
+            uses[op.index()] = uses[op.index()].saturating_add(1);
+        }
+    }
+    (f.nodes().iter().zip(uses))
+        .map(|(n, u)| match n.expr {
+            Expr::Prim { .. } if u >= 2 => Kept::Nothing,
+            _ => Kept::Never,
+        })
+        .collect()
 }
 
 impl Interp<'_> {
     fn eval(&mut self, id: NodeId) -> Result<Value, CallError> {
+        let free = &self.f.node(id).free;
+        match &self.shared[id.index()] {
+            Kept::Never => return self.compute(id),
+            Kept::Last(at, v) if at.iter().zip(free).all(|(a, i)| *a == self.env[i.index()]) => return Ok(*v),
+            _ => {}
+        }
+        let v = self.compute(id)?;
+        let at = free.iter().map(|i| self.env[i.index()]).collect();
+        self.shared[id.index()] = Kept::Last(at, v);
+        Ok(v)
+    }
+
+    fn compute(&mut self, id: NodeId) -> Result<Value, CallError> {
         let node = self.f.node(id);
         Ok(match &node.expr {
             Expr::Float(bits) => Value::F(f64::from_bits(*bits)),

@@ -149,14 +149,23 @@ fn node(f: &Function, id: NodeId, names: &[String]) -> String {
     format!("%{} = {rhs} : {ty}", id.0)
 }
 
+/// A sub-expression used more than once in a definition prints once, as `$k = …` on the line before the
+/// definition, when it would print as at least this many nodes; smaller ones print where they are used.
+/// (Printed where used, a chain of `let`s that each read the previous one twice doubles per `let`.)
+const NAMED_NODES: u64 = 12;
+
 /// `--emit grad|opt`: each tensor definition as one lx-like expression, for reading against a paper.
 ///
-/// Shared sub-expressions are printed where they are used; reductions print their index ranges.
+/// Reductions print their index ranges. A large sub-expression used several times prints once, named
+/// `$k` (see [`NAMED_NODES`]), so the text stays proportional to the program.
 pub fn readable(f: &Function) -> String {
     let names = index_names(f);
     let mut out = String::new();
     let head = function(f);
     let _ = writeln!(out, "{}", head.lines().next().unwrap_or_default());
+    let mut named: HashMap<NodeId, usize> = HashMap::new();
+    // Names are numbered through the function, so each `$k` is defined once.
+    let mut next = 1;
     for t in &f.tensors {
         let kw = match t.role {
             Role::Let => "let ",
@@ -174,94 +183,134 @@ pub fn readable(f: &Function) -> String {
         } else {
             format!("[{}]", idx.join(", "))
         };
-        let _ = writeln!(out, "  {kw}{}{idx} = {}", t.name, expr(f, t.body, &names, 0));
+        named.clear();
+        let printer = Readable { f, names: &names };
+        // Operands come before their users in the arena, so names are given (and printed) in use order.
+        let order = f.reachable(&[t.body]);
+        let mut uses: HashMap<NodeId, u32> = HashMap::new();
+        for &n in &order {
+            for op in f.node(n).expr.operands() {
+                *uses.entry(op).or_default() += 1;
+            }
+        }
+        let mut size: HashMap<NodeId, u64> = HashMap::new();
+        for &n in &order {
+            let own = f.node(n).expr.operands().into_iter().fold(1u64, |acc, op| {
+                acc.saturating_add(if named.contains_key(&op) { 1 } else { size[&op] })
+            });
+            size.insert(n, own);
+            let compound = matches!(f.node(n).expr, Expr::Prim { .. } | Expr::Reduce { .. });
+            if n != t.body && compound && uses.get(&n).copied().unwrap_or(0) >= 2 && own >= NAMED_NODES {
+                let _ = writeln!(out, "  ${next} = {}", printer.body(n, 0, &named));
+                named.insert(n, next);
+                next += 1;
+            }
+        }
+        let _ = writeln!(out, "  {kw}{}{idx} = {}", t.name, printer.expr(t.body, 0, &named));
     }
     out
 }
 
-fn expr(f: &Function, id: NodeId, names: &[String], prec: u8) -> String {
-    use crate::prims::Prim::*;
-    let n = f.node(id);
-    let sub = |x: NodeId, p: u8| expr(f, x, names, p);
-    let paren = |s: String, mine: u8| if mine < prec { format!("({s})") } else { s };
-    match &n.expr {
-        Expr::Float(bits) => {
-            let x = f64::from_bits(*bits);
-            let s = format!("{x:?}");
-            if x < 0.0 { paren(s, 6) } else { s }
+/// Prints sub-expressions in lx syntax, with named ones as `$k`.
+struct Readable<'a> {
+    f: &'a Function,
+    names: &'a [String],
+}
+
+impl Readable<'_> {
+    fn expr(&self, id: NodeId, prec: u8, named: &HashMap<NodeId, usize>) -> String {
+        match named.get(&id) {
+            Some(k) => format!("${k}"),
+            None => self.body(id, prec, named),
         }
-        Expr::Int(i) => {
-            if *i < 0 {
-                paren(i.to_string(), 6)
-            } else {
-                i.to_string()
+    }
+
+    /// The node itself, its operands by name where named.
+    fn body(&self, id: NodeId, prec: u8, named: &HashMap<NodeId, usize>) -> String {
+        use crate::prims::Prim::*;
+        let (f, names) = (self.f, self.names);
+        let n = f.node(id);
+        let sub = |x: NodeId, p: u8| self.expr(x, p, named);
+        let paren = |s: String, mine: u8| if mine < prec { format!("({s})") } else { s };
+        match &n.expr {
+            Expr::Float(bits) => {
+                let x = f64::from_bits(*bits);
+                let s = format!("{x:?}");
+                if x < 0.0 { paren(s, 6) } else { s }
             }
-        }
-        Expr::Bool(b) => b.to_string(),
-        Expr::Index(i) => names[i.index()].clone(),
-        Expr::Size(d) => {
-            let s = f.show_dim(d);
-            if matches!(d, Dim::Add(..) | Dim::Sub(..) | Dim::Mul(..)) {
-                format!("({s})")
-            } else {
-                s
-            }
-        }
-        Expr::Hyper(h) => f.hypers[*h as usize].name.clone(),
-        Expr::Load { tensor, subs } => {
-            if subs.is_empty() {
-                f.ref_name(*tensor).to_string()
-            } else {
-                let s: Vec<String> = subs.iter().map(|x| sub(*x, 0)).collect();
-                format!("{}[{}]", f.ref_name(*tensor), s.join(", "))
-            }
-        }
-        Expr::Prim { prim, args } => {
-            let bin = |op: &str, mine: u8, right_assoc: bool| {
-                let (l, r) = if right_assoc {
-                    (mine + 1, mine)
+            Expr::Int(i) => {
+                if *i < 0 {
+                    paren(i.to_string(), 6)
                 } else {
-                    (mine, mine + 1)
-                };
-                paren(format!("{} {op} {}", sub(args[0], l), sub(args[1], r)), mine)
-            };
-            match prim {
-                Or => bin("||", 1, false),
-                And => bin("&&", 2, false),
-                Eq => bin("==", 3, true),
-                Ne => bin("!=", 3, true),
-                Lt => bin("<", 3, true),
-                Le => bin("<=", 3, true),
-                Gt => bin(">", 3, true),
-                Ge => bin(">=", 3, true),
-                Add => bin("+", 4, false),
-                Sub => bin("-", 4, false),
-                Mul => bin("*", 5, false),
-                Div => bin("/", 5, false),
-                Pow => bin("^", 7, true),
-                Neg => paren(format!("-{}", sub(args[0], 7)), 6),
-                Not => paren(format!("!{}", sub(args[0], 7)), 6),
-                Iverson => format!("[{}]", sub(args[0], 0)),
-                ToFloat => sub(args[0], prec),
-                other => {
-                    let a: Vec<String> = args.iter().map(|x| sub(*x, 0)).collect();
-                    format!("{}({})", other.name(), a.join(", "))
+                    i.to_string()
                 }
             }
-        }
-        Expr::Reduce {
-            op,
-            indices,
-            mask,
-            body,
-        } => {
-            let idx: Vec<String> = indices
-                .iter()
-                .map(|i| format!("{}: {}", names[i.index()], f.show_dim(&f.index(*i).range)))
-                .collect();
-            let m = mask.map(|m| format!(" | {}", sub(m, 0))).unwrap_or_default();
-            let s = format!("{}[{}{m}] {}", op.as_str(), idx.join(", "), sub(*body, 0));
-            if prec > 0 { format!("({s})") } else { s }
+            Expr::Bool(b) => b.to_string(),
+            Expr::Index(i) => names[i.index()].clone(),
+            Expr::Size(d) => {
+                let s = f.show_dim(d);
+                if matches!(d, Dim::Add(..) | Dim::Sub(..) | Dim::Mul(..)) {
+                    format!("({s})")
+                } else {
+                    s
+                }
+            }
+            Expr::Hyper(h) => f.hypers[*h as usize].name.clone(),
+            Expr::Load { tensor, subs } => {
+                if subs.is_empty() {
+                    f.ref_name(*tensor).to_string()
+                } else {
+                    let s: Vec<String> = subs.iter().map(|x| sub(*x, 0)).collect();
+                    format!("{}[{}]", f.ref_name(*tensor), s.join(", "))
+                }
+            }
+            Expr::Prim { prim, args } => {
+                let bin = |op: &str, mine: u8, right_assoc: bool| {
+                    let (l, r) = if right_assoc {
+                        (mine + 1, mine)
+                    } else {
+                        (mine, mine + 1)
+                    };
+                    paren(format!("{} {op} {}", sub(args[0], l), sub(args[1], r)), mine)
+                };
+                match prim {
+                    Or => bin("||", 1, false),
+                    And => bin("&&", 2, false),
+                    Eq => bin("==", 3, true),
+                    Ne => bin("!=", 3, true),
+                    Lt => bin("<", 3, true),
+                    Le => bin("<=", 3, true),
+                    Gt => bin(">", 3, true),
+                    Ge => bin(">=", 3, true),
+                    Add => bin("+", 4, false),
+                    Sub => bin("-", 4, false),
+                    Mul => bin("*", 5, false),
+                    Div => bin("/", 5, false),
+                    Pow => bin("^", 7, true),
+                    Neg => paren(format!("-{}", sub(args[0], 7)), 6),
+                    Not => paren(format!("!{}", sub(args[0], 7)), 6),
+                    Iverson => format!("[{}]", sub(args[0], 0)),
+                    ToFloat => sub(args[0], prec),
+                    other => {
+                        let a: Vec<String> = args.iter().map(|x| sub(*x, 0)).collect();
+                        format!("{}({})", other.name(), a.join(", "))
+                    }
+                }
+            }
+            Expr::Reduce {
+                op,
+                indices,
+                mask,
+                body,
+            } => {
+                let idx: Vec<String> = indices
+                    .iter()
+                    .map(|i| format!("{}: {}", names[i.index()], f.show_dim(&f.index(*i).range)))
+                    .collect();
+                let m = mask.map(|m| format!(" | {}", sub(m, 0))).unwrap_or_default();
+                let s = format!("{}[{}{m}] {}", op.as_str(), idx.join(", "), sub(*body, 0));
+                if prec > 0 { format!("({s})") } else { s }
+            }
         }
     }
 }
