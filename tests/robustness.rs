@@ -351,3 +351,152 @@ fn chains_of_shared_lets_stay_linear() {
         );
     }
 }
+
+/// Random inputs for `f` at small random sizes, or `None` where its index ranges are out of bounds.
+fn small_inputs(f: &lossc::ir::Function, rng: &mut Rng) -> Option<BTreeMap<String, lossc::Tensor>> {
+    let sizes: Vec<i64> = f.dims.iter().map(|_| 1 + rng.below(3) as i64).collect();
+    if f.indices.iter().any(|i| !(0..=8).contains(&i.range.eval(&sizes))) || f.indices.len() > 40 {
+        return None;
+    }
+    let mut inputs = BTreeMap::new();
+    for input in &f.inputs {
+        let shape: Vec<usize> = input
+            .shape
+            .iter()
+            .map(|d| d.eval(&sizes).clamp(0, 8) as usize)
+            .collect();
+        let count = shape.iter().product();
+        let t = if input.elem == lossc::ir::ElemTy::Idx {
+            let bound = input.bound.as_ref().map_or(3, |b| b.eval(&sizes).max(1));
+            lossc::Tensor::labels(shape, (0..count).map(|_| rng.below(bound as u64 + 1) as i64).collect())
+        } else {
+            lossc::Tensor::float(shape, (0..count).map(|_| rng.normal() * 3.0).collect())
+        };
+        inputs.insert(input.name.clone(), t);
+    }
+    Some(inputs)
+}
+
+/// The mutants that still compile (issue 28's fuzz properties): `fmt` formats them to a fixed point that
+/// means the same (the same IR), and the JIT computes what the interpreter computes, value and gradients,
+/// wherever the interpreter's numbers are in float32's comfortable range.
+#[test]
+fn mutants_format_and_run_alike() {
+    let mut rng = Rng::new(2028);
+    let jit = lossc::Compiler::new().threads(1);
+    let interp = lossc::Compiler::new().backend(lossc::Backend::Interp);
+    let (mut formatted, mut compared) = (0, 0);
+    let sources = sources();
+    let per_file = (1200 / sources.len().max(1)).max(20);
+    for src in sources {
+        let toks = tokens(&src);
+        for _ in 0..per_file {
+            let m = mutate(&toks, &mut rng);
+            let Ok(program) = Program::from_source("mutant.lx", &m) else {
+                continue;
+            };
+            let ir =
+                |p: &Program| -> Vec<String> { p.module.functions.iter().map(lossc::ir::print::function).collect() };
+            let once = lossc::syntax::fmt::format("mutant.lx", &m).unwrap_or_else(|d| panic!("{}\n{m}", d.render()));
+            let twice = lossc::syntax::fmt::format("mutant.lx", &once).unwrap();
+            assert_eq!(once, twice, "fmt is not idempotent on\n{m}");
+            let reformatted =
+                Program::from_source("mutant.lx", &once).unwrap_or_else(|d| panic!("{}\n{m}\n{once}", d.render()));
+            assert_eq!(
+                ir(&program),
+                ir(&reformatted),
+                "fmt changed the meaning of\n{m}\ninto\n{once}"
+            );
+            formatted += 1;
+            for f in &program.module.functions {
+                let Some(inputs) = small_inputs(f, &mut rng) else {
+                    continue;
+                };
+                let (Ok(kj), Ok(ki)) = (lossc::Kernel::build(f, &jit), lossc::Kernel::build(f, &interp)) else {
+                    continue;
+                };
+                let (Ok(a), Ok(b)) = (kj.eval(&inputs), ki.eval(&inputs)) else {
+                    continue;
+                };
+                // float32 against f64, where the f64 numbers are moderate (beyond, a mutant's arithmetic
+                // may be ill-conditioned enough that float32 rightly differs).
+                let close =
+                    |p: f64, q: f64| !(q.is_finite() && q.abs() < 1e4) || (p - q).abs() <= 1e-3 * q.abs().max(1.0);
+                assert!(close(a.loss, b.loss), "{m}\nloss: jit {} vs interp {}", a.loss, b.loss);
+                for ((n, ga), (_, gb)) in a.grads.iter().zip(&b.grads) {
+                    for (p, q) in ga.to_f64().iter().zip(gb.to_f64()) {
+                        assert!(close(*p, q), "{m}\ngrad {n}: jit {p} vs interp {q}");
+                    }
+                }
+                compared += 1;
+            }
+        }
+    }
+    assert!(
+        formatted > 50 && compared > 50,
+        "{formatted} formatted, {compared} compared"
+    );
+}
+
+/// Mutants through the command line as a user runs it, under an address-space limit: `check`, `fmt
+/// --check` and `eval` on seeded random inputs exit 0 (fine) or 1 (a diagnostic), never with a panic's
+/// 101 or a signal.
+#[test]
+fn mutants_on_the_command_line_exit_0_or_1() {
+    let mut rng = Rng::new(99);
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("lossc-mutants-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sources = sources();
+    let mut runs = 0;
+    for (k, src) in sources.iter().enumerate() {
+        let toks = tokens(src);
+        for j in 0..3 {
+            let m = mutate(&toks, &mut rng);
+            let path = dir.join(format!("m{k}_{j}.lx"));
+            std::fs::write(&path, &m).unwrap();
+            let p = path.to_str().unwrap();
+            // Sizes for every dimension the mutant declares (where it still checks), else a guess.
+            let dims: Vec<String> = Program::from_source("m.lx", &m)
+                .map(|prog| {
+                    prog.module
+                        .functions
+                        .iter()
+                        .flat_map(|f| f.dims.iter().map(|d| d.name.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut sizes: Vec<String> = dims.iter().map(|d| format!("{d}=3")).collect();
+            sizes.sort();
+            sizes.dedup();
+            let random = if sizes.is_empty() {
+                "N=3".to_string()
+            } else {
+                sizes.join(",")
+            };
+            for args in [
+                vec!["check", p],
+                vec!["fmt", "--check", p],
+                vec!["eval", p, "--random", &random, "--grad"],
+            ] {
+                let line = format!("ulimit -v 8388608; exec \"$0\" \"$@\"");
+                let out = std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(&line)
+                    .arg(env!("CARGO_BIN_EXE_lossc"))
+                    .args(&args)
+                    .output()
+                    .unwrap();
+                let code = out.status.code();
+                assert!(
+                    matches!(code, Some(0 | 1)),
+                    "lossc {args:?} exited with {:?}\n{m}\n{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                runs += 1;
+            }
+        }
+    }
+    assert!(runs > 100, "{runs}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
