@@ -478,10 +478,9 @@ fn mutants_on_the_command_line_exit_0_or_1() {
                 vec!["fmt", "--check", p],
                 vec!["eval", p, "--random", &random, "--grad"],
             ] {
-                let line = format!("ulimit -v 8388608; exec \"$0\" \"$@\"");
                 let out = std::process::Command::new("sh")
                     .arg("-c")
-                    .arg(&line)
+                    .arg("ulimit -v 8388608; exec \"$0\" \"$@\"")
                     .arg(env!("CARGO_BIN_EXE_lossc"))
                     .args(&args)
                     .output()
