@@ -218,8 +218,9 @@ enum NpyProblem {
 }
 
 /// The preamble of a .npy file, checked before the reader sees it: the magic, a known version, and a header
-/// no longer than the file (the reader allocates the length a header claims before reading it).
-fn check_preamble(bytes: &[u8]) -> Result<(), NpyProblem> {
+/// no longer than the file (the reader allocates the length a header claims before reading it). Returns
+/// where the header starts and how long it is.
+fn check_preamble(bytes: &[u8]) -> Result<(usize, usize), NpyProblem> {
     let bad = |s: String| NpyProblem::Bad(s);
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(bad("not a .npy file (it does not start with \\x93NUMPY)".into()));
@@ -239,13 +240,37 @@ fn check_preamble(bytes: &[u8]) -> Result<(), NpyProblem> {
             bytes.len() - start
         )));
     }
+    Ok((start, length))
+}
+
+/// A header that is not what a .npy header holds, quoted (the reader's own message quotes its parser).
+fn not_a_header(header: &str) -> NpyProblem {
+    let shown: String = header.trim_end_matches(['\n', ' ', '\0']).chars().take(160).collect();
+    NpyProblem::Bad(format!(
+        "its header is not the Python dictionary of 'descr', 'fortran_order' and 'shape' a .npy header holds: \
+         {shown}"
+    ))
+}
+
+/// The header's text, checked for what the reader accepts but numpy never writes (a shape as a list).
+fn check_header(header: &str) -> Result<(), NpyProblem> {
+    let Some(at) = header.find("'shape':") else {
+        return Err(not_a_header(header));
+    };
+    if !header[at + "'shape':".len()..].trim_start().starts_with('(') {
+        return Err(NpyProblem::Bad(
+            "its header's 'shape' is not a tuple (numpy writes one, such as (4, 3))".into(),
+        ));
+    }
     Ok(())
 }
 
 fn parse_npy(bytes: &[u8]) -> Result<Tensor, NpyProblem> {
     let bad = |s: &str| NpyProblem::Bad(s.to_string());
-    check_preamble(bytes)?;
-    let npy = npyz::NpyFile::new(bytes).map_err(|e| NpyProblem::Bad(e.to_string()))?;
+    let (start, length) = check_preamble(bytes)?;
+    let header = String::from_utf8_lossy(&bytes[start..start + length]);
+    check_header(&header)?;
+    let npy = npyz::NpyFile::new(bytes).map_err(|_| not_a_header(&header))?;
     if npy.order() == npyz::Order::Fortran {
         return Err(bad("Fortran-order arrays are not supported; save with C order"));
     }
@@ -260,8 +285,13 @@ fn parse_npy(bytes: &[u8]) -> Result<Tensor, NpyProblem> {
         npyz::DType::Array(..) => return Err(NpyProblem::Dtype("sub-array".into())),
     };
     let elem = type_str.size_field() as usize;
-    if count.checked_mul(elem).is_none_or(|n| n > bytes.len()) {
-        return Err(bad("the data is shorter than the header says"));
+    let data = bytes.len() - start - length;
+    if count.checked_mul(elem).is_none_or(|n| n > data) {
+        return Err(NpyProblem::Bad(format!(
+            "the file is truncated: its header's shape {shape:?} of {elem}-byte elements needs {} bytes of \
+             data, and {data} follow the header",
+            count.saturating_mul(elem)
+        )));
     }
     let key = (type_str.type_char(), elem);
     let collect_err = |e: std::io::Error| NpyProblem::Bad(e.to_string());

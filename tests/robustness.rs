@@ -305,6 +305,33 @@ fn npy_preambles_are_checked_against_the_file() {
     std::fs::write(&path, b"\x93NUMPY\x07\x00\x10\x00").unwrap();
     let e = lossc::data::load_npy(&path).unwrap_err().to_string();
     assert!(e.contains("unsupported .npy format version 7"), "{e}");
+
+    // A well-formed file of a [4, 3] float32 array, then broken in three ways.
+    let npy = |header: &str, data: usize| {
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        let padded = format!("{header:<117}\n");
+        b.extend_from_slice(&(padded.len() as u16).to_le_bytes());
+        b.extend_from_slice(padded.as_bytes());
+        b.extend(std::iter::repeat_n(0u8, data));
+        b
+    };
+    let good = "{'descr': '<f4', 'fortran_order': False, 'shape': (4, 3), }";
+    std::fs::write(&path, npy(good, 48)).unwrap();
+    assert_eq!(lossc::data::load_npy(&path).unwrap().shape, vec![4, 3]);
+    std::fs::write(&path, npy(good, 38)).unwrap();
+    let e = lossc::data::load_npy(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("the file is truncated: its header's shape [4, 3] of 4-byte elements needs 48 bytes of data, and 38 follow the header"),
+        "{e}"
+    );
+    std::fs::write(&path, npy(&good.replace("(4, 3)", "[4, 3]"), 48)).unwrap();
+    let e = lossc::data::load_npy(&path).unwrap_err().to_string();
+    assert!(e.contains("its header's 'shape' is not a tuple"), "{e}");
+    let broken = good.replace("False", "Fals)");
+    std::fs::write(&path, npy(&broken, 48)).unwrap();
+    let e = lossc::data::load_npy(&path).unwrap_err().to_string();
+    assert!(e.contains(&format!("a .npy header holds: {broken}")), "{e}");
+    assert!(!e.contains("-->") && !e.contains("syntax error"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
