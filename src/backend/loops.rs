@@ -141,6 +141,25 @@ pub struct Operand {
 }
 
 impl Contraction {
+    /// The product reads one buffer both ways (`L = Rᵀ`, as in `x·xᵀ`): a GEMM may compute half of it and
+    /// mirror the rest.
+    pub fn symmetric(&self) -> bool {
+        self.left.buffer == self.right.buffer && self.left.transposed != self.right.transposed
+    }
+
+    /// Whether a GEMM reads each operand (left, right) as the transpose of the matrix the product needs:
+    /// as its buffer holds it, but for a symmetric tensor in a product that is not itself symmetric, which
+    /// is read in the order a GEMM's packing copies in contiguous runs (down the left operand's columns,
+    /// along the right operand's rows). Both code generators' GEMMs pack so.
+    pub fn reads_transposed(&self) -> (bool, bool) {
+        let symmetric = self.symmetric();
+        let order = |o: &Operand, contiguous_when_transposed: bool| match o.symmetric && !symmetric {
+            true => contiguous_when_transposed,
+            false => o.transposed,
+        };
+        (order(&self.left, true), order(&self.right, false))
+    }
+
     /// Recognizes a [`Contraction`] nest (both operands `f32` buffers whose axes are exactly the extents of
     /// the indices that read them, so every strided read stays inside its buffer).
     ///

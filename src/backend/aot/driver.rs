@@ -232,6 +232,11 @@ pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsuppor
         let _ = writeln!(code, "    e->group_row[{g}] = {row};");
         let split = schedule.split.as_ref().map_or("INT64_C(-1)".to_string(), dim);
         let _ = writeln!(code, "    e->group_split[{g}] = {split};");
+        if let Some(c) = &kernel.products[g] {
+            for (k, d) in [&c.rows, &c.depth, &c.columns].into_iter().enumerate() {
+                let _ = writeln!(code, "    e->product_dims[{}] = {};", 3 * g + k, dim(d));
+            }
+        }
     }
     code.push_str("}\n\n");
 
@@ -285,8 +290,27 @@ pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsuppor
         let split = table(&mut code, &format!("{p}_split{g}"), &split_buffers);
         let private_buffers = plan.private_buffers(f, group);
         let private = table(&mut code, &format!("{p}_private{g}"), &private_buffers);
+        // A matrix product: its operands as the GEMM reads them.
+        let product = match &kernel.products[g] {
+            Some(c) => {
+                let (left_transposed, right_transposed) = c.reads_transposed();
+                let finite = c.must_be_finite.map_or(-1, |o| o.buffer as i64);
+                let _ = writeln!(
+                    code,
+                    "static const struct lossc_rt_product {p}_product{g} = {{{}, {}, {}, {}, {}, {finite}}};",
+                    c.left.buffer,
+                    left_transposed as u8,
+                    c.right.buffer,
+                    right_transposed as u8,
+                    c.symmetric() as u8,
+                );
+                format!("&{p}_product{g}")
+            }
+            None => "NULL".into(),
+        };
+        let output = plan.buffer_of(f, TensorRef::Def(members[0].tensor));
         groups.push(format!(
-            "    {{{}, {}, {}, {}, {first}, {split}, {}, {private}}},",
+            "    {{{product}, {output}, {}, {}, {}, {}, {first}, {split}, {}, {private}}},",
             kernel.group_symbol(g),
             members[0].parallel as u8,
             schedule.column_sum as u8,

@@ -37,8 +37,9 @@ pub struct Library {
     pub rows: bool,
 }
 
-/// The runtime every library links (see runtime.c).
+/// The runtime every library links (see runtime.c), and its matrix products (gemm.c).
 const RUNTIME: &str = include_str!("runtime.c");
+const GEMM: &str = include_str!("gemm.c");
 
 /// The row helpers' object (rows_lib.rs, compiled by build.rs; empty where there are none).
 const ROWS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/lossc_rows.o"));
@@ -57,7 +58,11 @@ pub fn library(functions: &[&Function], source_name: &str) -> Result<Library, Ao
     for (name, value) in crate::backend::jit::chunk_constants() {
         driver.push_str(&format!("#define LOSSC_RT_{name} INT64_C({value})\n"));
     }
+    // The products' micro-kernel uses AVX2 and FMA where this CPU has them (the kernels are for it too).
+    let avx2 = crate::backend::jit::avx2_fma();
+    driver.push_str(&format!("#define LOSSC_RT_AVX2 {}\n", avx2 as u8));
     driver.push_str(RUNTIME);
+    driver.push_str(GEMM);
     if let Some(build) = rows {
         // The names the generated code calls, for the build of the row helpers this machine runs.
         driver.push_str(&format!(

@@ -52,8 +52,30 @@ LOSSC_HIDDEN float lossc_softplusf(float x) {
 typedef void (*lossc_rt_nest)(void *const *ptrs, const int64_t *sizes, const double *hypers, int64_t *err,
                               int64_t lo, int64_t hi, float *partial);
 
+/* A group that is a matrix product (loops::Contraction), run as sgemm (gemm.c): its operands' buffers,
+ * whether a GEMM reads each as the transpose of the matrix the product needs
+ * (Contraction::reads_transposed), whether it reads one buffer both ways (L = Rᵀ), and the buffer that must
+ * hold only finite values for the dense product to equal the masked sum (-1: none). */
+struct lossc_rt_product {
+    int left, left_transposed, right, right_transposed, symmetric, finite;
+};
+
+/* One product at a call's sizes: `c` (rows x columns, row-major) = a (rows x depth) · b (depth x columns),
+ * each operand addressed by its element strides between rows and between columns. */
+struct lossc_rt_matmul {
+    int64_t rows, depth, columns;
+    const float *a;
+    int64_t rsa, csa;
+    const float *b;
+    int64_t rsb, csb;
+    float *c;
+    int symmetric;
+};
+
 /* One group of a kernel (what backend/jit/run.rs reads of the plan and the schedule). */
 struct lossc_rt_group {
+    const struct lossc_rt_product *product; /* NULL unless the group is a matrix product */
+    int output;                             /* a product's buffer */
     lossc_rt_nest fn;
     int parallel;          /* its chunks may run on several threads */
     int column_sum;        /* it sums columns in tiles */
@@ -68,14 +90,22 @@ enum { LOSSC_RT_INPUT = 0, LOSSC_RT_DEFINED = 1, LOSSC_RT_PRIVATE = 2, LOSSC_RT_
 
 /* The extents of a call (from the sizes of its dimensions): each buffer's elements and the elements of
  * one row (all but its first axis), each group's outer extent, points per row and split extent (-1:
- * none). */
+ * none), and a product's rows, depth and columns (three per group). */
 struct lossc_rt_extents {
     int64_t *buffer_elements;
     int64_t *buffer_row;
     int64_t *group_outer;
     int64_t *group_row;
     int64_t *group_split;
+    int64_t *product_dims;
 };
+
+/* gemm.c: a group's product at a call's buffers (0: its loops must run), its block of output rows, and the
+ * rows of a block. */
+static int lossc_rt_matmul_of(const struct lossc_rt_product *p, void *const *ptrs, const int64_t *dims,
+                              const struct lossc_rt_extents *ext, float *out, struct lossc_rt_matmul *mm);
+static int lossc_rt_matmul_block(const struct lossc_rt_matmul *mm, int64_t lo, int64_t hi);
+static int64_t lossc_rt_matmul_block_rows(const struct lossc_rt_matmul *mm);
 
 struct lossc_rt_kernel {
     int n_buffers, n_dims, n_hypers, n_groups;
@@ -148,12 +178,18 @@ struct lossc_rt_job {
     int64_t outer, chunk, n_chunks;
     float *partials;
     int64_t *errs; /* three per chunk */
+    const struct lossc_rt_matmul *matmul; /* a product's blocks, instead of the group's function */
+    atomic_int failed;                    /* a block found no memory to pack into */
     atomic_llong next;
 };
 
 static void lossc_rt_run_chunk(struct lossc_rt_job *job, int64_t c, int worker) {
     int64_t lo = c * job->chunk;
     int64_t hi = lo + job->chunk < job->outer ? lo + job->chunk : job->outer;
+    if (job->matmul) {
+        if (!lossc_rt_matmul_block(job->matmul, lo, hi)) atomic_store(&job->failed, 1);
+        return;
+    }
     int t = worker < job->n_tables ? worker : job->n_tables - 1;
     int per_chunk = job->group->split_first >= 0 ? job->group->members : 1;
     job->group->fn(job->tables[t], job->sizes, job->hypers, job->errs + 3 * c, lo, hi,
@@ -234,12 +270,36 @@ static void lossc_rt_parallel(struct lossc_rt_job *job, int threads) {
     pthread_mutex_unlock(&lossc_rt_pool.serial);
 }
 
+/* Runs a product's blocks of rows (in any order, on any threads: each block's arithmetic is its own). */
+static int lossc_rt_product(const struct lossc_rt_matmul *mm, int threads, int *out_of_memory) {
+    int64_t chunk = lossc_rt_matmul_block_rows(mm);
+    struct lossc_rt_job job = {
+        .outer = mm->rows,
+        .chunk = chunk,
+        .n_chunks = (mm->rows + chunk - 1) / chunk,
+        .matmul = mm,
+    };
+    atomic_init(&job.next, 0);
+    atomic_init(&job.failed, 0);
+    if (threads > 1 && job.n_chunks > 1) {
+        lossc_rt_parallel(&job, threads);
+    } else {
+        for (int64_t c = 0; c < job.n_chunks; c++) lossc_rt_run_chunk(&job, c, 0);
+    }
+    if (atomic_load(&job.failed)) *out_of_memory = 1;
+    return 0;
+}
+
 /* Runs one group; 0, or the index of the first chunk (in chunk order) whose bounds check failed, plus
  * one, with its report in err. */
 static int lossc_rt_group(const struct lossc_rt_kernel *k, int g, void **ptrs, const int64_t *sizes,
                           const double *hypers, const struct lossc_rt_extents *ext, int threads, int64_t *err,
                           int *out_of_memory) {
     const struct lossc_rt_group *group = &k->groups[g];
+    struct lossc_rt_matmul mm;
+    if (group->product && lossc_rt_matmul_of(group->product, ptrs, ext->product_dims + 3 * g, ext,
+                                             ptrs[group->output], &mm))
+        return lossc_rt_product(&mm, threads, out_of_memory);
     int64_t outer, chunk;
     if (group->split_first >= 0) {
         outer = ext->group_split[g] > 0 ? ext->group_split[g] : 0;
@@ -301,6 +361,7 @@ static int lossc_rt_group(const struct lossc_rt_kernel *k, int g, void **ptrs, c
         .errs = errs,
     };
     atomic_init(&job.next, 0);
+    atomic_init(&job.failed, 0);
     int parallel = group->parallel || group->split_first >= 0;
     if (threads > 1 && n_chunks > 1 && parallel) {
         lossc_rt_parallel(&job, threads);
@@ -338,11 +399,12 @@ LOSSC_HIDDEN int lossc_rt_call(const struct lossc_rt_kernel *k, void **ptrs, con
         threads = cores > 0 ? (int)cores : 1;
     }
     if (threads > 256) threads = 256;
-    int64_t *numbers = calloc((size_t)(2 * k->n_buffers + 3 * k->n_groups), sizeof(int64_t));
+    int64_t *numbers = calloc((size_t)(2 * k->n_buffers + 6 * k->n_groups), sizeof(int64_t));
     if (!numbers) return lossc_rt_fail(error, error_size, LOSSC_RT_MEMORY_ERROR, "out of memory");
     struct lossc_rt_extents ext = {numbers, numbers + k->n_buffers, numbers + 2 * k->n_buffers,
                                    numbers + 2 * k->n_buffers + k->n_groups,
-                                   numbers + 2 * k->n_buffers + 2 * k->n_groups};
+                                   numbers + 2 * k->n_buffers + 2 * k->n_groups,
+                                   numbers + 2 * k->n_buffers + 3 * k->n_groups};
     k->extents(sizes, &ext);
     /* The kept buffers where this call has them (same sizes), else buffers of its own. */
     int kept = pthread_mutex_trylock(k->kept_lock) == 0;

@@ -83,19 +83,16 @@ impl Product {
                 (p, n as isize, 1)
             }
         };
-        let symmetric = c.left.buffer == c.right.buffer && c.left.transposed != c.right.transposed && rows == columns;
+        let symmetric = c.symmetric() && rows == columns;
         // The packing copies runs of the left operand's column and of the right operand's row: a symmetric
-        // tensor is read in the order that makes those runs contiguous (as the product needs it otherwise).
-        let order = |o: &Operand, contiguous_when_transposed: bool| match o.symmetric && !symmetric {
-            true => contiguous_when_transposed,
-            false => o.transposed,
-        };
+        // tensor is read in the order that makes those runs contiguous.
+        let (left_transposed, right_transposed) = c.reads_transposed();
         let mut product = Product {
             rows,
             depth,
             columns,
-            left: view(&c.left, rows, depth, order(&c.left, true)),
-            right: view(&c.right, depth, columns, order(&c.right, false)),
+            left: view(&c.left, rows, depth, left_transposed),
+            right: view(&c.right, depth, columns, right_transposed),
             out: ptrs[out] as *mut f32,
             symmetric,
         };

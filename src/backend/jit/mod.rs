@@ -76,7 +76,7 @@ mod simd;
 use build::*;
 pub use build::{Schedule, chunk_constants, chunk_rows};
 pub use object::{ObjectKernel, elem_bytes, object};
-pub use rows::build as row_build;
+pub use rows::{avx2_fma, build as row_build};
 
 use super::loops::{Contraction, OneHot, Plan, cheap, few_steps, few_steps_reading};
 use crate::ir::{Dim, Function, IndexId, NodeId};

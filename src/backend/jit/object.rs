@@ -10,7 +10,7 @@ use cranelift_object::{ObjectBuilder, ObjectModule};
 
 use super::JitError;
 use super::build::{Functions, Naming, Schedule, lower_groups, target};
-use crate::backend::loops::Plan;
+use crate::backend::loops::{Contraction, Plan};
 use crate::ir::Function;
 
 /// One kernel in an object: its optimized function, plan, and per group the symbol and schedule.
@@ -23,6 +23,8 @@ pub struct ObjectKernel {
     pub plan: Plan,
     /// Per group: how its chunks are sized.
     pub schedules: Vec<Schedule>,
+    /// Per group: the matrix product it computes, if it is one (a library runs it as sgemm).
+    pub products: Vec<Option<Contraction>>,
 }
 
 impl ObjectKernel {
@@ -69,6 +71,7 @@ pub fn object(kernels: &[(&str, &Function)], exp_rows: bool) -> Result<(Vec<u8>,
             function: (*f).clone(),
             plan: lowered.plan,
             schedules: lowered.schedules,
+            products: lowered.products,
         });
     }
     let bytes = module.finish().emit().map_err(|e| err(&e))?;

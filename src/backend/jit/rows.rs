@@ -61,6 +61,16 @@ fn kernels() -> Kernels {
     })
 }
 
+/// Whether this machine has AVX2 and FMA (what the 8-lane code of a library may use).
+pub fn avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Whether this machine has AVX-512F and AVX-512VL (the `evex` build's instruction sets beyond AVX2).
 #[cfg(target_arch = "x86_64")]
 fn evex_present() -> bool {
