@@ -61,6 +61,33 @@ LOSSC_GEMM_TARGET static void lossc_gemm_tile(int64_t kc, const float *restrict 
     }
 }
 
+/* A panel of `width` lanes (`used` of them read, the rest zeros) by `kc` terms: panel[p * width + l] =
+ * src[l * lane + p * term], copied along whichever stride is 1. */
+static void lossc_gemm_pack(float *restrict panel, int64_t width, int64_t used, int64_t kc, const float *src,
+                            int64_t lane, int64_t term) {
+    if (lane == 1 && used == width) {
+        /* Whole runs, of a size the compiler knows (a vector move or two). */
+        if (width == LOSSC_GEMM_NR)
+            for (int64_t p = 0; p < kc; p++) memcpy(panel + p * width, src + p * term, LOSSC_GEMM_NR * sizeof(float));
+        else
+            for (int64_t p = 0; p < kc; p++) memcpy(panel + p * width, src + p * term, LOSSC_GEMM_MR * sizeof(float));
+        return;
+    }
+    if (lane == 1) {
+        for (int64_t p = 0; p < kc; p++) {
+            memcpy(panel + p * width, src + p * term, (size_t)used * sizeof(float));
+            for (int64_t l = used; l < width; l++) panel[p * width + l] = 0.0f;
+        }
+        return;
+    }
+    for (int64_t l = 0; l < used; l++) {
+        const float *run = src + l * lane;
+        for (int64_t p = 0; p < kc; p++) panel[p * width + l] = run[p * term];
+    }
+    for (int64_t l = used; l < width; l++)
+        for (int64_t p = 0; p < kc; p++) panel[p * width + l] = 0.0f;
+}
+
 /* c[i, j] (row stride ldc) = Σ_p a[i, p] b[p, j] for i < m, j < n, p < k (a, b by their strides). */
 static int lossc_gemm(int64_t m, int64_t k, int64_t n, const float *a, int64_t rsa, int64_t csa, const float *b,
                       int64_t rsb, int64_t csb, float *c, int64_t ldc) {
@@ -78,31 +105,16 @@ static int lossc_gemm(int64_t m, int64_t k, int64_t n, const float *a, int64_t r
         int64_t nc = n - jc < LOSSC_GEMM_NC ? n - jc : LOSSC_GEMM_NC;
         for (int64_t pc = 0; pc < k; pc += LOSSC_GEMM_KC) {
             int64_t kc = k - pc < LOSSC_GEMM_KC ? k - pc : LOSSC_GEMM_KC;
-            /* The right operand's panels: NR columns each, kc rows of them, zeros past the last column. */
+            /* The right operand's panels: NR columns each, kc rows of them, zeros past the last column;
+             * the left operand's: MR rows each, zeros past the last row. Each is read along its unit
+             * stride. */
             for (int64_t jr = 0; jr < nc; jr += LOSSC_GEMM_NR) {
-                float *panel = pb + jr * kc;
                 int64_t w = nc - jr < LOSSC_GEMM_NR ? nc - jr : LOSSC_GEMM_NR;
-                for (int64_t p = 0; p < kc; p++) {
-                    const float *row = b + (pc + p) * rsb + (jc + jr) * csb;
-                    float *dst = panel + p * LOSSC_GEMM_NR;
-                    if (csb == 1) {
-                        memcpy(dst, row, (size_t)w * sizeof(float));
-                    } else {
-                        for (int64_t j = 0; j < w; j++) dst[j] = row[j * csb];
-                    }
-                    for (int64_t j = w; j < LOSSC_GEMM_NR; j++) dst[j] = 0.0f;
-                }
+                lossc_gemm_pack(pb + jr * kc, LOSSC_GEMM_NR, w, kc, b + pc * rsb + (jc + jr) * csb, csb, rsb);
             }
-            /* The left operand's panels: MR rows each, zeros past the last row. */
             for (int64_t ir = 0; ir < m; ir += LOSSC_GEMM_MR) {
-                float *panel = pa + ir * kc;
                 int64_t h = m - ir < LOSSC_GEMM_MR ? m - ir : LOSSC_GEMM_MR;
-                for (int64_t p = 0; p < kc; p++) {
-                    const float *col = a + ir * rsa + (pc + p) * csa;
-                    float *dst = panel + p * LOSSC_GEMM_MR;
-                    for (int64_t i = 0; i < h; i++) dst[i] = col[i * rsa];
-                    for (int64_t i = h; i < LOSSC_GEMM_MR; i++) dst[i] = 0.0f;
-                }
+                lossc_gemm_pack(pa + ir * kc, LOSSC_GEMM_MR, h, kc, a + ir * rsa + pc * csa, rsa, csa);
             }
             for (int64_t jr = 0; jr < nc; jr += LOSSC_GEMM_NR) {
                 int64_t w = nc - jr < LOSSC_GEMM_NR ? nc - jr : LOSSC_GEMM_NR;

@@ -7,9 +7,10 @@
 //! into a program. A header (`--header NAME.h`) declares the entry points.
 //!
 //! The code is the JIT's, for this machine's CPU (as `-march=native`), with its 8-lane row helpers (the
-//! same Rust, compiled by build.rs into an object of its own: rows_lib.rs), but for one difference: a
-//! matrix product runs as its group's loops instead of sgemm. Results are those of the JIT to float32
-//! accuracy and do not depend on the number of threads.
+//! same Rust, compiled by build.rs into an object of its own: rows_lib.rs). A matrix product runs as
+//! sgemm in both, the JIT's matrixmultiply and the library's own (gemm.c, the same blocking of output
+//! rows), so their products differ in the order of each element's sum. Results are those of the JIT to
+//! float32 accuracy and do not depend on the number of threads.
 
 mod driver;
 
