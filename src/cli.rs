@@ -56,6 +56,18 @@ pub enum Command {
         #[arg(long)]
         timings: bool,
     },
+    /// Decide properties of a loss from its IR (convexity, invariances, boundedness, symmetry): each
+    /// proven with its derivation, disproven with a counterexample, or unknown.
+    Analyze {
+        /// The .lx file (or a stdlib loss by path: std::module::loss).
+        file: PathBuf,
+        /// Only this loss (default: all).
+        #[arg(long)]
+        loss: Option<String>,
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Evaluate a loss on inputs from files or seeded random data.
     Eval(EvalArgs),
     /// Compare the symbolic gradient with central finite differences (f64); exit 1 above tolerance.
@@ -325,6 +337,7 @@ pub fn run(cli: Cli) -> Result<String, Failure> {
                 None => Ok(text),
             }
         }
+        Command::Analyze { file, loss, json } => analyze(&file, loss.as_deref(), json),
         Command::Eval(args) => eval(&args),
         Command::Gradcheck(args) => gradcheck(&args),
         Command::Bench(args) => crate::bench::run(&args).map_err(Failure::Message),
@@ -335,6 +348,42 @@ pub fn run(cli: Cli) -> Result<String, Failure> {
             .ok_or_else(|| Failure::Message(format!("error: no stdlib loss named `{n}` (see `lossc stdlib`)"))),
         Command::Repl => crate::repl::run().map(|()| String::new()).map_err(Failure::Message),
     }
+}
+
+/// `lossc analyze`: the findings of every loss of a file (or one), as text or JSON.
+fn analyze(file: &Path, loss: Option<&str>, json: bool) -> Result<String, Failure> {
+    let p = Program::from_file(file)?;
+    let fs: Vec<&Function> = match loss {
+        Some(_) => vec![p.loss(loss).map_err(|d| Failure::Diags(Diags(vec![d])))?],
+        None => p.module.functions.iter().collect(),
+    };
+    let reports = fs
+        .into_iter()
+        .map(crate::analyze::analyze)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|d| Failure::Diags(Diags(vec![d])))?;
+    if !json {
+        return Ok(reports.iter().map(|r| r.text()).collect::<Vec<_>>().join("\n"));
+    }
+    let value: Vec<serde_json::Value> = reports
+        .iter()
+        .map(|r| {
+            let findings: Vec<serde_json::Value> = r
+                .findings
+                .iter()
+                .map(|f| {
+                    serde_json::json!({
+                        "property": f.property,
+                        "verdict": f.verdict.name(),
+                        "reason": f.reason,
+                        "inconsistent": f.inconsistent,
+                    })
+                })
+                .collect();
+            serde_json::json!({"loss": r.loss, "findings": findings})
+        })
+        .collect();
+    Ok(format!("{}\n", serde_json::Value::Array(value)))
 }
 
 fn check(files: &[PathBuf]) -> Result<String, Failure> {

@@ -11,6 +11,7 @@
 //! 5. [`call`] checks a call (shapes, labels, hyperparameters) before any backend runs;
 //!    [`api`] and [`kernel`] tie it together for embedding; [`state`] keeps per-sample state between calls.
 
+pub mod analyze;
 pub mod api;
 pub mod autodiff;
 pub mod backend;

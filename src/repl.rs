@@ -28,6 +28,7 @@ expression logsumexp[k] s[0, k]                 (evaluated over the tensors defi
 :list                 what is defined
 :ir NAME              the IR of a loss
 :grad NAME            its gradient program
+:analyze NAME         what is proven of it: convexity, invariances, boundedness, symmetry
 :eval NAME [N=4,…]    loss and gradient norms on the session's tensors (by input name), else seeded random data
 :gradcheck NAME [N=…] finite-difference check of the gradient
 :bench NAME N=…       time loss + gradient with the JIT
@@ -273,6 +274,11 @@ impl Session {
                 let f = self.loss(arg)?;
                 let g = crate::api::simplified_gradient(&f).map_err(|d| format!("error: {d}"))?;
                 Ok(crate::ir::print::readable(&g))
+            }
+            "analyze" => {
+                let f = self.loss(arg)?;
+                let report = crate::analyze::analyze(&f).map_err(|d| format!("error: {d}"))?;
+                Ok(report.text())
             }
             "plot" => {
                 #[derive(clap::Parser)]

@@ -157,7 +157,7 @@ const NAMED_NODES: u64 = 12;
 /// `--emit grad|opt`: each tensor definition as one lx-like expression, for reading against a paper.
 ///
 /// Reductions print their index ranges. A large sub-expression used several times prints once, named
-/// `$k` (see [`NAMED_NODES`]), so the text stays proportional to the program.
+/// `$k` (when it prints as at least 12 nodes), so the text stays proportional to the program.
 pub fn readable(f: &Function) -> String {
     let names = index_names(f);
     let mut out = String::new();

@@ -65,6 +65,62 @@ prims! {
     StopGrad "stopgrad" Some("stopgrad");
 }
 
+/// How a primitive bends as a function of one float argument (`lossc analyze` composes these).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bend {
+    /// Convex.
+    Convex,
+    /// Concave.
+    Concave,
+    /// Neither, in general.
+    Neither,
+}
+
+/// A unary primitive's shape: how it bends, whether it never decreases, and the range of its values.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Shape {
+    /// Its curvature.
+    pub bend: Bend,
+    /// Nondecreasing in its argument.
+    pub increasing: bool,
+    /// The least value it takes (or approaches).
+    pub lo: f64,
+    /// The greatest.
+    pub hi: f64,
+}
+
+impl Prim {
+    /// The shape of a primitive that is a function of one float, or `None` for the others (arithmetic,
+    /// comparisons, logic, selection, conversions, and `min`/`max`/`pow`/`clamp`, whose rules take more
+    /// than one argument).
+    pub fn shape(self) -> Option<Shape> {
+        use Bend::*;
+        use Prim::*;
+        let inf = f64::INFINITY;
+        let shape = |bend, increasing, lo, hi| {
+            Some(Shape {
+                bend,
+                increasing,
+                lo,
+                hi,
+            })
+        };
+        match self {
+            Exp => shape(Convex, true, 0.0, inf),
+            Expm1 => shape(Convex, true, -1.0, inf),
+            Log | Log1p => shape(Concave, true, -inf, inf),
+            Sqrt => shape(Concave, true, 0.0, inf),
+            Softplus | Relu => shape(Convex, true, 0.0, inf),
+            Abs => shape(Convex, false, 0.0, inf),
+            Sigmoid => shape(Neither, true, 0.0, 1.0),
+            Tanh | Sign => shape(Neither, true, -1.0, 1.0),
+            Atan => shape(Neither, true, -std::f64::consts::FRAC_PI_2, std::f64::consts::FRAC_PI_2),
+            Add | Sub | Mul | Div | Neg | Pow | Min | Max | Clamp | Eq | Ne | Lt | Le | Gt | Ge | And | Or | Not
+            | Select | Iverson | ToFloat | StopGrad => None,
+        }
+    }
+}
+
 /// A primitive's cost class, cheapest first ([`Prim::cost`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Cost {

@@ -1,0 +1,535 @@
+//! `lossc analyze`: properties of a loss decided from its IR, each **proven** (with its derivation),
+//! **disproven** (with a counterexample point), or **unknown** (no rule decides and no sample refutes it).
+//!
+//! Proofs are symbolic: convexity and concavity in each differentiable input by composition rules
+//! ([`curvature`]), invariance of an input's rows to a shift and of the input to a positive scale
+//! ([`invariance`]), boundedness by interval arithmetic ([`bounds`]). Every verdict is cross-checked on
+//! seeded random points with the reference interpreter: a property no rule proves is disproven by a
+//! sample that violates it, and a proven one that a sample violates is reported as inconsistent (a bug,
+//! which the tests look for). Symmetry (Σ_k L(s, y = k) constant in s) is only ever refuted by samples.
+
+pub mod bounds;
+pub mod curvature;
+pub mod invariance;
+
+use std::collections::BTreeMap;
+
+use crate::data::{Rng, Tensor};
+use crate::diag::Diag;
+use crate::ir::{ElemTy, Expr, Function, Role};
+
+/// What was decided of a property.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// A rule proves it.
+    Proven,
+    /// A sample violates it.
+    Disproven,
+    /// Neither.
+    Unknown,
+}
+
+impl Verdict {
+    /// How the report names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Proven => "proven",
+            Verdict::Disproven => "disproven",
+            Verdict::Unknown => "unknown",
+        }
+    }
+}
+
+/// One property's verdict and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finding {
+    /// The property (`convex in s`).
+    pub property: String,
+    /// Its verdict.
+    pub verdict: Verdict,
+    /// The derivation, the counterexample, or why neither was found.
+    pub reason: Vec<String>,
+    /// A sample that violates a proven property (a bug in a rule).
+    pub inconsistent: Option<String>,
+}
+
+/// Every property of one loss.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    /// The loss.
+    pub loss: String,
+    /// Its findings, input by input.
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    /// The report as text: one line per property, its reasons indented below.
+    pub fn text(&self) -> String {
+        let mut out = format!("loss {}\n", self.loss);
+        for f in &self.findings {
+            out.push_str(&format!("  {}: {}\n", f.property, f.verdict.name()));
+            for r in &f.reason {
+                out.push_str(&format!("      {r}\n"));
+            }
+            if let Some(bad) = &f.inconsistent {
+                out.push_str(&format!("      INCONSISTENT (a sample violates the proof): {bad}\n"));
+            }
+        }
+        out
+    }
+}
+
+/// Samples each numeric check draws.
+const SAMPLES: usize = 48;
+
+/// Analyses one checked loss.
+pub fn analyze(f: &Function) -> Result<Report, Diag> {
+    let g = crate::opt::simplify_only(f).map_err(|_| {
+        Diag::new(
+            crate::diag::Code::TooDeep,
+            format!("`{}` is too large to analyse", f.name),
+        )
+    })?;
+    let Some(loss) = g.tensors.iter().position(|t| t.role == Role::Loss) else {
+        return Ok(Report {
+            loss: f.name.clone(),
+            findings: Vec::new(),
+        });
+    };
+    let mut s = Sampler::new(&g);
+    let mut findings = Vec::new();
+    for (i, input) in g.inputs.iter().enumerate() {
+        if !input.differentiable() {
+            continue;
+        }
+        findings.extend(convexity(&g, loss, i as u32, &mut s));
+        if input.shape.len() >= 2 {
+            findings.push(shift(&g, loss, i as u32, &mut s));
+        }
+        if !input.shape.is_empty() {
+            findings.push(scale(&g, loss, i as u32, &mut s));
+        }
+    }
+    findings.push(bounded(&g, loss, &mut s));
+    findings.extend(symmetry(&g, &mut s));
+    Ok(Report {
+        loss: f.name.clone(),
+        findings,
+    })
+}
+
+/// The names of the tensors a derivation lists (the loss as `loss`).
+fn tensor_name(g: &Function, t: usize) -> String {
+    match g.tensors[t].role {
+        Role::Loss => "loss".into(),
+        _ => format!("`{}`", g.tensors[t].name),
+    }
+}
+
+fn convexity(g: &Function, loss: usize, input: u32, s: &mut Sampler) -> Vec<Finding> {
+    let name = &g.inputs[input as usize].name;
+    let mut c = curvature::Curvature::new(g, input);
+    let top = c.tensor(loss as u32);
+    let mut derivation = Vec::new();
+    for t in (0..g.tensors.len()).filter(|t| *t == loss || g.tensors[*t].role == Role::Let) {
+        let k = c.tensor(t as u32);
+        if k != curvature::Curv::Constant {
+            let rule = describe(g, g.tensors[t].body, &mut c);
+            derivation.push(format!("{} is {}: {rule}", tensor_name(g, t), k.name()));
+        }
+    }
+    derivation.push(RULES.into());
+    if !c.assumed.is_empty() {
+        let names: Vec<String> = c.assumed.iter().map(|h| format!("`{h}`")).collect();
+        derivation.push(match names.len() {
+            1 => format!("assuming {} keeps the sign of its default", names[0]),
+            _ => format!("assuming {} keep the signs of their defaults", names.join(", ")),
+        });
+    }
+    let mut out = Vec::new();
+    for convex in [true, false] {
+        let word = if convex { "convex" } else { "concave" };
+        let proven = if convex { top.convex() } else { top.concave() };
+        let violation = s.curvature_violation(input, convex);
+        out.push(finding(
+            format!("{word} in {name}"),
+            proven,
+            derivation.clone(),
+            violation,
+            format!(
+                "no rule decides (the loss is {}), and no sample violates it",
+                top.name()
+            ),
+        ));
+    }
+    out
+}
+
+/// A sub-expression's structure down to its affine and constant parts, each part where a rule applied
+/// (`mean(logsumexp(affine) - affine)`); other tensors by name (each has its own line).
+fn describe(g: &Function, n: crate::ir::NodeId, c: &mut curvature::Curvature) -> String {
+    describe_at(g, n, c, 6)
+}
+
+fn describe_at(g: &Function, n: crate::ir::NodeId, c: &mut curvature::Curvature, depth: usize) -> String {
+    use crate::prims::Prim;
+    let own = c.node(n);
+    if depth == 0 || matches!(own, curvature::Curv::Constant | curvature::Curv::Affine) {
+        return own.name().to_string();
+    }
+    let mut part = |m: crate::ir::NodeId| describe_at(g, m, c, depth - 1);
+    match &g.node(n).expr {
+        Expr::Reduce { op, body, .. } => format!("{}({})", op.as_str(), part(*body)),
+        Expr::Load {
+            tensor: crate::ir::TensorRef::Def(t),
+            ..
+        } => format!("`{}`", g.tensors[t.index()].name),
+        Expr::Prim { prim, args } => {
+            let parts: Vec<String> = args.iter().map(|a| part(*a)).collect();
+            match prim {
+                Prim::Add => format!("{} + {}", parts[0], parts[1]),
+                Prim::Sub => format!("{} - ({})", parts[0], parts[1]),
+                Prim::Mul => format!("{} · {}", parts[0], parts[1]),
+                Prim::Div => format!("{} / {}", parts[0], parts[1]),
+                Prim::Neg => format!("-({})", parts[0]),
+                p => format!("{}({})", p.surface().unwrap_or(p.name()), parts.join(", ")),
+            }
+        }
+        _ => own.name().to_string(),
+    }
+}
+
+/// The composition rules a convexity derivation uses.
+const RULES: &str = "rules: sums and means keep curvature; logsumexp and max of convex terms are convex, min of \
+                     concave ones concave; a convex (concave) nondecreasing function of a convex (concave) \
+                     argument, or any of an affine one, is convex (concave); a constant factor keeps the \
+                     curvature (≥ 0) or flips it (≤ 0); other inputs are data";
+
+fn shift(g: &Function, loss: usize, input: u32, s: &mut Sampler) -> Finding {
+    let name = &g.inputs[input as usize].name;
+    let mut a = invariance::Shifts::new(g, input);
+    let verdict = a.tensor(loss as u32);
+    let proven = verdict == invariance::Shift::Invariant;
+    let reason = vec![format!(
+        "each value's change under s[.., k] + c tracked through the IR: the loss's is {}",
+        match &verdict {
+            invariance::Shift::Invariant => "zero (every change cancels)".to_string(),
+            invariance::Shift::By { number, .. } => format!("{number} · c (with factors)"),
+            invariance::Shift::Unknown => "not decided by any rule".to_string(),
+        }
+    )];
+    let violation = s.invariance_violation(input, Transform::Shift);
+    finding(
+        format!("invariant to shifting each row of {name} (+ c)"),
+        proven,
+        reason,
+        violation,
+        "no rule decides, and no sample violates it".into(),
+    )
+}
+
+fn scale(g: &Function, loss: usize, input: u32, s: &mut Sampler) -> Finding {
+    let name = &g.inputs[input as usize].name;
+    let mut a = invariance::Degrees::new(g, input);
+    let degree = a.tensor(loss as u32);
+    let reason = vec![match degree {
+        Some(d) => format!("the loss is homogeneous of degree {d} in {name}"),
+        None => format!("the loss is not homogeneous in {name} by any rule"),
+    }];
+    let violation = s.invariance_violation(input, Transform::Scale);
+    finding(
+        format!("invariant to scaling {name} (· a, a > 0)"),
+        degree == Some(0.0),
+        reason,
+        violation,
+        "no rule decides, and no sample violates it".into(),
+    )
+}
+
+fn bounded(g: &Function, loss: usize, s: &mut Sampler) -> Finding {
+    let mut b = bounds::Bounds::new(g);
+    let r = b.tensor(loss as u32);
+    let reason = vec![match (r.lo.is_finite(), r.hi.is_finite()) {
+        (true, true) => format!(
+            "by interval arithmetic the loss lies in [{}, {}] (hyperparameters at their defaults)",
+            r.lo, r.hi
+        ),
+        _ if r.finite => "by interval arithmetic the loss is finite for fixed data, sizes and hyperparameters".into(),
+        _ => "interval arithmetic finds no bound".into(),
+    }];
+    finding(
+        "bounded in the differentiable inputs".into(),
+        r.finite,
+        reason,
+        s.unbounded(),
+        "no rule decides, and it did not grow without bound along sampled rays".into(),
+    )
+}
+
+/// Σ_k L(s, y = k) constant in s, for a loss with one label input bounded by the last axis of a
+/// differentiable input: only refuted by samples.
+fn symmetry(g: &Function, s: &mut Sampler) -> Option<Finding> {
+    let label = g
+        .inputs
+        .iter()
+        .position(|i| i.elem == ElemTy::Idx && i.bound.is_some() && !i.shape.is_empty())?;
+    let name = &g.inputs[label].name;
+    let violation = s.symmetry_violation(label)?;
+    Some(finding(
+        format!("symmetric (Σ_k L with every {name} = k is constant)"),
+        false,
+        Vec::new(),
+        violation,
+        "the sum did not change between samples (no symbolic rule decides symmetry)".into(),
+    ))
+}
+
+fn finding(
+    property: String,
+    proven: bool,
+    derivation: Vec<String>,
+    violation: Option<String>,
+    unknown: String,
+) -> Finding {
+    match (proven, violation) {
+        (true, v) => Finding {
+            property,
+            verdict: Verdict::Proven,
+            reason: derivation,
+            inconsistent: v,
+        },
+        (false, Some(v)) => Finding {
+            property,
+            verdict: Verdict::Disproven,
+            reason: vec![v],
+            inconsistent: None,
+        },
+        (false, None) => Finding {
+            property,
+            verdict: Verdict::Unknown,
+            reason: vec![unknown],
+            inconsistent: None,
+        },
+    }
+}
+
+/// A transformation of one input an invariance is checked under.
+#[derive(Clone, Copy)]
+enum Transform {
+    /// Each row (all but the last axis) shifted by its own amount.
+    Shift,
+    /// The whole input times a positive number.
+    Scale,
+}
+
+/// Seeded random points of a loss, evaluated by the interpreter at small sizes.
+struct Sampler<'a> {
+    f: &'a Function,
+    sizes: Vec<i64>,
+    rng: Rng,
+}
+
+impl<'a> Sampler<'a> {
+    fn new(f: &'a Function) -> Sampler<'a> {
+        Sampler {
+            f,
+            sizes: vec![3; f.dims.len()],
+            rng: Rng::new(7),
+        }
+    }
+
+    fn shape(&self, input: usize) -> Vec<usize> {
+        self.f.inputs[input]
+            .shape
+            .iter()
+            .map(|d| d.eval(&self.sizes).max(0) as usize)
+            .collect()
+    }
+
+    /// Random inputs: floats normal with this spread, labels uniform below their bound.
+    fn point(&mut self, spread: f64) -> BTreeMap<String, Tensor> {
+        let mut out = BTreeMap::new();
+        for (k, input) in self.f.inputs.iter().enumerate() {
+            let shape = self.shape(k);
+            let n: usize = shape.iter().product();
+            let t = match input.elem {
+                ElemTy::Idx => {
+                    let bound = input.bound.as_ref().map_or(3, |b| b.eval(&self.sizes).max(1));
+                    Tensor::labels(shape, (0..n).map(|_| self.rng.below(bound as u64) as i64).collect())
+                }
+                _ if input.state.is_some() => Tensor::float(shape, (0..n).map(|_| 0.5 + self.rng.uniform()).collect()),
+                _ => Tensor::float(shape, (0..n).map(|_| spread * self.rng.normal()).collect()),
+            };
+            out.insert(input.name.clone(), t);
+        }
+        out
+    }
+
+    fn loss(&self, inputs: &BTreeMap<String, Tensor>) -> Option<f64> {
+        let e = crate::api::eval(self.f, inputs, &BTreeMap::new()).ok()?;
+        e.loss.is_finite().then_some(e.loss)
+    }
+
+    fn sizes_text(&self) -> String {
+        let s: Vec<String> = self
+            .f
+            .dims
+            .iter()
+            .zip(&self.sizes)
+            .map(|(d, n)| format!("{}={n}", d.name))
+            .collect();
+        s.join(",")
+    }
+
+    fn values(t: &Tensor) -> String {
+        let v: Vec<String> = t.to_f64().iter().take(12).map(|x| format!("{x:.3}")).collect();
+        let more = if t.len() > 12 { ", …" } else { "" };
+        format!("[{}{more}]", v.join(", "))
+    }
+
+    /// A point between two where the loss lies above (convex) or below (concave) the chord.
+    fn curvature_violation(&mut self, input: u32, convex: bool) -> Option<String> {
+        let name = self.f.inputs[input as usize].name.clone();
+        for _ in 0..SAMPLES {
+            let a = self.point(2.0);
+            let mut b = a.clone();
+            let shape = self.shape(input as usize);
+            let n: usize = shape.iter().product();
+            b.insert(
+                name.clone(),
+                Tensor::float(shape.clone(), (0..n).map(|_| 2.0 * self.rng.normal()).collect()),
+            );
+            let (xa, xb) = (a[&name].to_f64(), b[&name].to_f64());
+            let mut mid = a.clone();
+            let t = 0.5;
+            let xm: Vec<f64> = xa.iter().zip(&xb).map(|(p, q)| t * p + (1.0 - t) * q).collect();
+            mid.insert(name.clone(), Tensor::float(shape, xm));
+            let (Some(la), Some(lb), Some(lm)) = (self.loss(&a), self.loss(&b), self.loss(&mid)) else {
+                continue;
+            };
+            let chord = t * la + (1.0 - t) * lb;
+            let tol = 1e-9 * (1.0 + la.abs() + lb.abs());
+            let broken = if convex { lm > chord + tol } else { lm < chord - tol };
+            if broken {
+                return Some(format!(
+                    "at {}: L(midpoint) = {lm:.6} is {} the chord's {chord:.6} between {name} = {} (L = {la:.6}) and {name} = {} (L = {lb:.6})",
+                    self.sizes_text(),
+                    if convex { "above" } else { "below" },
+                    Self::values(&a[&name]),
+                    Self::values(&b[&name]),
+                ));
+            }
+        }
+        None
+    }
+
+    /// A point where shifting the rows (or scaling) the input changes the loss.
+    fn invariance_violation(&mut self, input: u32, how: Transform) -> Option<String> {
+        let name = self.f.inputs[input as usize].name.clone();
+        for _ in 0..SAMPLES {
+            let a = self.point(2.0);
+            let shape = self.shape(input as usize);
+            let x = a[&name].to_f64();
+            let row = *shape.last().unwrap_or(&1);
+            let (moved, what): (Vec<f64>, String) = match how {
+                Transform::Shift => {
+                    let c: Vec<f64> = (0..x.len().div_ceil(row.max(1)))
+                        .map(|_| 3.0 * self.rng.normal())
+                        .collect();
+                    let m = x.iter().enumerate().map(|(k, v)| v + c[k / row.max(1)]).collect();
+                    (
+                        m,
+                        format!("rows shifted by {}", Self::values(&Tensor::float(vec![c.len()], c))),
+                    )
+                }
+                Transform::Scale => {
+                    let k = 0.25 + 3.0 * self.rng.uniform();
+                    (x.iter().map(|v| v * k).collect(), format!("scaled by {k:.3}"))
+                }
+            };
+            let mut b = a.clone();
+            b.insert(name.clone(), Tensor::float(shape, moved));
+            let (Some(la), Some(lb)) = (self.loss(&a), self.loss(&b)) else {
+                continue;
+            };
+            if (la - lb).abs() > 1e-7 * (1.0 + la.abs()) {
+                return Some(format!(
+                    "at {}, {name} = {}: L = {la:.6}, and {lb:.6} with {what}",
+                    self.sizes_text(),
+                    Self::values(&a[&name])
+                ));
+            }
+        }
+        None
+    }
+
+    /// A ray along which the loss grows without bound (by a factor of 10 per factor of 10, three times).
+    fn unbounded(&mut self) -> Option<String> {
+        let free: Vec<String> = self
+            .f
+            .inputs
+            .iter()
+            .filter(|i| i.differentiable())
+            .map(|i| i.name.clone())
+            .collect();
+        for _ in 0..SAMPLES / 4 {
+            let a = self.point(1.0);
+            let mut values = Vec::new();
+            for r in [1e1, 1e2, 1e3, 1e4] {
+                let mut p = a.clone();
+                for name in &free {
+                    let t = &a[name];
+                    p.insert(
+                        name.clone(),
+                        Tensor::float(t.shape.clone(), t.to_f64().iter().map(|v| v * r).collect()),
+                    );
+                }
+                values.push(self.loss(&p));
+            }
+            let Some(v) = values.into_iter().collect::<Option<Vec<f64>>>() else {
+                continue;
+            };
+            if v.windows(2).all(|w| w[1].abs() >= 5.0 * w[0].abs() && w[0].abs() > 0.0) {
+                return Some(format!(
+                    "along a ray r · ({}) at {}: L = {:.4e}, {:.4e}, {:.4e}, {:.4e} at r = 10, 100, 1000, 10000",
+                    free.join(", "),
+                    self.sizes_text(),
+                    v[0],
+                    v[1],
+                    v[2],
+                    v[3]
+                ));
+            }
+        }
+        None
+    }
+
+    /// Two points whose sums over every label differ; `None` where the labels are not classes of a row.
+    fn symmetry_violation(&mut self, label: usize) -> Option<Option<String>> {
+        let classes = self.f.inputs[label].bound.as_ref()?.eval(&self.sizes);
+        let name = self.f.inputs[label].name.clone();
+        let mut first: Option<f64> = None;
+        for _ in 0..SAMPLES / 4 {
+            let a = self.point(2.0);
+            let mut total = 0.0;
+            for k in 0..classes {
+                let mut p = a.clone();
+                let shape = self.shape(label);
+                let n: usize = shape.iter().product();
+                p.insert(name.clone(), Tensor::labels(shape, vec![k; n]));
+                total += self.loss(&p)?;
+            }
+            match first {
+                None => first = Some(total),
+                Some(t) if (t - total).abs() > 1e-7 * (1.0 + t.abs()) => {
+                    return Some(Some(format!(
+                        "at {}: Σ_k L = {t:.6} at one point and {total:.6} at another",
+                        self.sizes_text()
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Some(None)
+    }
+}

@@ -1,0 +1,150 @@
+//! `lossc analyze` (issue 25): the verdicts on the standard library's losses, each justified by the paper
+//! or a short proof; mutations that flip a verdict (with a counterexample); no proven property that a
+//! sample violates anywhere in the stdlib; the report's text and the command line's JSON.
+
+use lossc::Program;
+use lossc::analyze::{Report, Verdict, analyze};
+
+fn report_of(source: &str) -> Report {
+    let p = Program::from_source("analyze.lx", source).unwrap_or_else(|d| panic!("{}", d.render()));
+    analyze(&p.module.functions[0]).unwrap()
+}
+
+fn stdlib(path: &str) -> Report {
+    report_of(&format!("use {path}"))
+}
+
+fn verdict(r: &Report, property: &str) -> Verdict {
+    r.findings
+        .iter()
+        .find(|f| f.property.starts_with(property))
+        .unwrap_or_else(|| panic!("{}: no `{property}` in\n{}", r.loss, r.text()))
+        .verdict
+}
+
+use Verdict::{Disproven, Proven, Unknown};
+
+/// (loss, property, verdict), with why.
+const TABLE: &[(&str, &str, Verdict)] = &[
+    // Cross-entropy is logsumexp(s) - s_y: convex (logsumexp of affine minus affine), not concave; the
+    // softmax does not see a shift of a row; it is not scale-invariant, nor bounded (it grows linearly
+    // along a ray that puts the label below the maximum), nor symmetric (Ghosh et al. 2017).
+    ("std::classification::cross_entropy", "convex in s", Proven),
+    ("std::classification::cross_entropy", "concave in s", Disproven),
+    ("std::classification::cross_entropy", "invariant to shifting", Proven),
+    ("std::classification::cross_entropy", "invariant to scaling", Disproven),
+    ("std::classification::cross_entropy", "bounded", Disproven),
+    ("std::classification::cross_entropy", "symmetric", Disproven),
+    // MAE of the softmax is 1 - p_y: in [0, 1], shift-invariant, neither convex nor concave, and symmetric
+    // (Σ_k (1 - p_k) = C - 1; Ghosh et al. 2017), which no rule proves and no sample refutes.
+    ("std::classification::mae", "convex in s", Disproven),
+    ("std::classification::mae", "bounded", Proven),
+    ("std::classification::mae", "invariant to shifting", Proven),
+    ("std::classification::mae", "symmetric", Unknown),
+    // GCE (1 - p_y^q) / q lies in [0, 1/q] (Zhang & Sabuncu 2018), symmetric only in the limit q -> 1.
+    ("std::classification::gce", "bounded", Proven),
+    ("std::classification::gce", "symmetric", Disproven),
+    // Z-loss standardises each row: a shift cancels in s - mean(s); a scale cancels but for the eps in the
+    // denominator, so no rule proves it and no sample sees the eps.
+    ("std::classification::z_loss", "invariant to shifting", Proven),
+    ("std::classification::z_loss", "invariant to scaling", Unknown),
+    // KL-DRO is λ logsumexp(l / λ) of per-sample cross-entropies: convex for λ > 0.
+    ("std::dro::kl_dro", "convex in s", Proven),
+    // Hinge losses are maxima of affine functions; the squared AUC surrogates are squares of affine or of
+    // nonnegative convex (hinged) margins.
+    ("std::hinge::crammer_singer", "convex in s", Proven),
+    ("std::hinge::weston_watkins", "convex in s", Proven),
+    ("std::hinge::binary_hinge", "convex in s", Proven),
+    ("std::ranking::auc_squared", "convex in s", Proven),
+    ("std::ranking::auc_squared_hinge", "convex in s", Proven),
+    // NT-Xent compares cosine similarities: scaling either view changes nothing.
+    ("std::contrastive::nt_xent", "invariant to scaling a", Proven),
+    ("std::contrastive::nt_xent", "invariant to scaling b", Proven),
+    // AnyLoss's accuracy is a ratio of soft confusion counts: in [0, 1].
+    ("std::metrics::anyloss_accuracy", "bounded", Proven),
+];
+
+#[test]
+fn stdlib_verdicts_match_the_table() {
+    for (loss, property, want) in TABLE {
+        let r = stdlib(loss);
+        assert_eq!(verdict(&r, property), *want, "{loss}: {property}\n{}", r.text());
+    }
+}
+
+/// A proven property that a sample violates is a bug in a rule: none, over the whole stdlib.
+#[test]
+fn no_proof_is_contradicted_by_a_sample() {
+    let listing = lossc::stdlib::listing();
+    let mut analysed = 0;
+    for path in listing
+        .lines()
+        .filter_map(|l| l.split('(').next())
+        .filter(|l| l.starts_with("std::"))
+    {
+        let r = stdlib(path);
+        for f in &r.findings {
+            assert!(f.inconsistent.is_none(), "{path}: {}\n{}", f.property, r.text());
+        }
+        analysed += 1;
+    }
+    assert!(analysed > 40, "{analysed}");
+}
+
+#[test]
+fn a_sign_flip_makes_convexity_disproven_with_a_counterexample() {
+    let ce = "loss ce(s: f32[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }";
+    let flipped = "loss ce(s: f32[N, C], y: idx[N] < C) { mean[i] s[i, y[i]] - logsumexp[k] s[i, k] }";
+    assert_eq!(verdict(&report_of(ce), "convex in s"), Proven);
+    let r = report_of(flipped);
+    assert_eq!(verdict(&r, "convex in s"), Disproven, "{}", r.text());
+    assert_eq!(verdict(&r, "concave in s"), Proven, "{}", r.text());
+    let f = r.findings.iter().find(|f| f.property == "convex in s").unwrap();
+    assert!(f.reason[0].contains("above the chord"), "{}", r.text());
+    // Without the label's term a shift of a row moves the loss: disproven.
+    let lse = "loss lse(s: f32[N, C]) { mean[i] logsumexp[k] s[i, k] }";
+    assert_eq!(verdict(&report_of(lse), "invariant to shifting"), Disproven);
+    // Cosine similarity is scale-invariant; a plain dot product is not.
+    let cosine = "loss c(x: f32[N, D]) {
+        let n[i] = sqrt(sum[d] x[i, d] * x[i, d])
+        mean[i, j] exp(sum[d] x[i, d] * x[j, d] / (n[i] * n[j]))
+    }";
+    let dot = "loss c(x: f32[N, D]) { mean[i, j] exp(sum[d] x[i, d] * x[j, d]) }";
+    assert_eq!(verdict(&report_of(cosine), "invariant to scaling"), Proven);
+    assert_eq!(verdict(&report_of(dot), "invariant to scaling"), Disproven);
+    // A negative factor flips convexity; one whose sign is a hyperparameter's default is assumed.
+    let scaled = "loss h(x: f32[N], w: f32 = -2.0) { mean[i] w * relu(1 - x[i]) }";
+    let r = report_of(scaled);
+    assert_eq!(verdict(&r, "concave in x"), Proven, "{}", r.text());
+    assert!(
+        r.text().contains("assuming `w` keeps the sign of its default"),
+        "{}",
+        r.text()
+    );
+}
+
+#[test]
+fn report_of_cross_entropy() {
+    insta::assert_snapshot!(stdlib("std::classification::cross_entropy").text());
+}
+
+#[test]
+fn command_line_prints_the_findings_as_json() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lossc"))
+        .args(["analyze", "examples/cross_entropy.lx", "--json"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let findings = v[0]["findings"].as_array().unwrap();
+    let convex = findings.iter().find(|f| f["property"] == "convex in s").unwrap();
+    assert_eq!(convex["verdict"], "proven");
+    assert!(convex["reason"][0].as_str().unwrap().contains("logsumexp"), "{convex}");
+    // A bad file is a diagnostic and exit 1, not a panic.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lossc"))
+        .args(["analyze", "no_such_file.lx"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
