@@ -156,10 +156,13 @@ fn convexity(g: &Function, loss: usize, input: u32, s: &mut Sampler) -> Vec<Find
             proven,
             derivation.clone(),
             violation,
-            format!(
-                "no rule decides (the loss is {}), and no sample violates it",
-                top.name()
-            ),
+            match top {
+                curvature::Curv::Unknown => "no rule decides, and no sample violates it".to_string(),
+                other => format!(
+                    "the rules find the loss {} only, and no sample violates it",
+                    other.name()
+                ),
+            },
         ));
     }
     out
@@ -358,6 +361,8 @@ impl<'a> Sampler<'a> {
                     Tensor::labels(shape, (0..n).map(|_| self.rng.below(bound as u64) as i64).collect())
                 }
                 _ if input.state.is_some() => Tensor::float(shape, (0..n).map(|_| 0.5 + self.rng.uniform()).collect()),
+                // A per-sample loss is analysed as the sum of its values.
+                _ if self.f.cotangent == Some(k as u32) => Tensor::float(shape, vec![1.0; n]),
                 _ => Tensor::float(shape, (0..n).map(|_| spread * self.rng.normal()).collect()),
             };
             out.insert(input.name.clone(), t);
