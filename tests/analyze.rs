@@ -148,3 +148,37 @@ fn command_line_prints_the_findings_as_json() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// Margin losses φ(m) (Bartlett, Jordan & McAuliffe 2006): a convex φ is classification-calibrated exactly
+/// when it is differentiable at 0 with φ'(0) < 0. Logistic, exponential and squared losses are; the
+/// perceptron's relu(-m) has a kink at 0; a sigmoid loss is not convex, so the theorem says nothing. The
+/// hinge loss (stdlib, labels ±1) is calibrated: its kink is at m = 1.
+#[test]
+fn margin_losses_are_calibrated_by_the_convex_theorem() {
+    let margin = |body: &str| format!("loss phi(m: f32[N]) {{ mean[i] {body} }}");
+    for (body, want) in [
+        ("softplus(-m[i])", Proven),
+        ("exp(-m[i])", Proven),
+        ("(1 - m[i]) ^ 2", Proven),
+        ("relu(-m[i])", Disproven),
+        ("sigmoid(-m[i])", Unknown),
+    ] {
+        let r = report_of(&margin(body));
+        assert_eq!(verdict(&r, "classification-calibrated"), want, "{body}\n{}", r.text());
+    }
+    let r = stdlib("std::hinge::binary_hinge");
+    assert_eq!(verdict(&r, "classification-calibrated"), Proven, "{}", r.text());
+    // Squared loss's gradient grows with the margin; the logistic loss's is bounded by 1.
+    assert_eq!(
+        verdict(&report_of(&margin("(1 - m[i]) ^ 2")), "gradient in m bounded"),
+        Disproven
+    );
+    assert_eq!(
+        verdict(&report_of(&margin("softplus(-m[i])")), "gradient in m bounded"),
+        Proven
+    );
+    assert_eq!(
+        verdict(&stdlib("std::classification::cross_entropy"), "gradient in s bounded"),
+        Proven
+    );
+}

@@ -99,7 +99,8 @@ impl<'a> Bounds<'a> {
             Expr::Int(i) => Range::exact(*i as f64),
             Expr::Bool(_) => Range::within(0.0, 1.0),
             Expr::Index(_) => Range::within(0.0, f64::INFINITY),
-            Expr::Size(_) => Range::within(0.0, f64::INFINITY),
+            // A loss is analysed where every dimension has at least one element.
+            Expr::Size(_) => Range::within(1.0, f64::INFINITY),
             Expr::Hyper(h) => Range::exact(f.hypers[*h as usize].default),
             Expr::Load { tensor, .. } => match tensor {
                 TensorRef::Input(i) => {

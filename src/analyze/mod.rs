@@ -3,7 +3,9 @@
 //!
 //! Proofs are symbolic: convexity and concavity in each differentiable input by composition rules
 //! ([`curvature`]), invariance of an input's rows to a shift and of the input to a positive scale
-//! ([`invariance`]), boundedness by interval arithmetic ([`bounds`]). Every verdict is cross-checked on
+//! ([`invariance`]), boundedness of the loss and of its gradient by interval arithmetic ([`bounds`]), and
+//! classification calibration of a margin loss by the convex-φ theorem (convex, differentiable at 0,
+//! φ'(0) < 0: its curvature, one-sided difference quotients and gradient). Every verdict is cross-checked on
 //! seeded random points with the reference interpreter: a property no rule proves is disproven by a
 //! sample that violates it, and a proven one that a sample violates is reported as inconsistent (a bug,
 //! which the tests look for). Symmetry (Σ_k L(s, y = k) constant in s) is only ever refuted by samples.
@@ -112,6 +114,12 @@ pub fn analyze(f: &Function) -> Result<Report, Diag> {
     }
     findings.push(bounded(&g, loss, &mut s));
     findings.extend(symmetry(&g, &mut s));
+    findings.extend(gradient_bounds(&g, &mut s)?);
+    for (i, input) in g.inputs.iter().enumerate() {
+        if input.differentiable() && input.shape.len() == 1 {
+            findings.extend(calibration(&g, loss, i as u32, &mut s));
+        }
+    }
     Ok(Report {
         loss: f.name.clone(),
         findings,
@@ -287,6 +295,94 @@ fn symmetry(g: &Function, s: &mut Sampler) -> Option<Finding> {
     ))
 }
 
+/// The largest |∂L/∂x| of each differentiable input over all inputs, by interval arithmetic on the
+/// gradient program (a softmax probability in [0, 1]); refuted by growth along sampled rays.
+fn gradient_bounds(g: &Function, s: &mut Sampler) -> Result<Vec<Finding>, Diag> {
+    let grad = crate::api::simplified_gradient(g)?;
+    let mut b = bounds::Bounds::new(&grad);
+    let mut out = Vec::new();
+    for (t, def) in grad.tensors.iter().enumerate() {
+        let Role::Grad(i) = def.role else { continue };
+        let name = &g.inputs[i as usize].name;
+        let r = b.tensor(t as u32);
+        let reason = vec![match (r.lo.is_finite() && r.hi.is_finite(), r.finite) {
+            (true, _) => format!(
+                "by interval arithmetic on the gradient program, ∂L/∂{name} lies in [{}, {}] (dimensions at least \
+                 1, hyperparameters at their defaults)",
+                r.lo, r.hi
+            ),
+            (false, true) => {
+                format!("by interval arithmetic on the gradient program, ∂L/∂{name} is bounded for fixed data")
+            }
+            (false, false) => "interval arithmetic finds no bound".into(),
+        }];
+        out.push(finding(
+            format!("gradient in {name} bounded (|∂L/∂{name}| ≤ a constant)"),
+            r.finite,
+            reason,
+            s.unbounded_gradient(i as usize),
+            "no rule bounds it, and it did not grow without bound along sampled rays".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Classification calibration of a margin loss (Bartlett, Jordan & McAuliffe 2006): a convex φ is
+/// calibrated exactly when it is differentiable at 0 with φ'(0) < 0. A loss of one margin per sample (an
+/// input of rank 1, with at most a binary label, whose class 1 makes the margin the input) is φ averaged
+/// over the samples.
+fn calibration(g: &Function, loss: usize, input: u32, s: &mut Sampler) -> Option<Finding> {
+    let x = &g.inputs[input as usize];
+    let n = x.shape.first()?;
+    // The other inputs: one label per sample (binary classes, or ±1 / {0, 1} targets as floats), set to
+    // the positive class 1.
+    let others: Vec<usize> = (0..g.inputs.len()).filter(|k| *k as u32 != input).collect();
+    let label = |k: &usize| {
+        let i = &g.inputs[*k];
+        i.shape.len() == 1
+            && i.shape.first() == Some(n)
+            && match i.elem {
+                ElemTy::Idx => matches!(i.bound, Some(crate::ir::Dim::Const(2))),
+                _ => !i.differentiable() && i.state.is_none(),
+            }
+    };
+    if others.len() > 1 || !others.iter().all(label) {
+        return None;
+    }
+    let labels = others;
+    let name = &x.name;
+    let convex = curvature::Curvature::new(g, input).tensor(loss as u32).convex();
+    let (slope, left, right) = s.margin_slopes(input as usize, labels.first().copied())?;
+    let smooth = (left - right).abs() <= 1e-4 * (1.0 + left.abs());
+    let label = match labels.first() {
+        Some(k) => format!(" and every {} = 1", g.inputs[*k].name),
+        None => String::new(),
+    };
+    let mut reason = vec![
+        format!("φ(m) is the loss with every {name} = m{label}"),
+        format!("convex: {}", if convex { "proven (above)" } else { "not proven" }),
+        format!(
+            "differentiable at 0: its one-sided difference quotients are {left:.6} and {right:.6} ({})",
+            if smooth { "they agree" } else { "they differ" }
+        ),
+        format!("φ'(0) = {slope:.6} (the gradient at m = 0)"),
+    ];
+    let verdict = match (convex, smooth && slope < 0.0) {
+        (true, true) => Verdict::Proven,
+        (true, false) => Verdict::Disproven,
+        (false, _) => Verdict::Unknown,
+    };
+    if verdict == Verdict::Unknown {
+        reason.push("the theorem needs φ convex".into());
+    }
+    Some(Finding {
+        property: format!("classification-calibrated in the margin {name}"),
+        verdict,
+        reason,
+        inconsistent: None,
+    })
+}
+
 fn finding(
     property: String,
     proven: bool,
@@ -330,6 +426,8 @@ struct Sampler<'a> {
     f: &'a Function,
     sizes: Vec<i64>,
     rng: Rng,
+    /// The loss-and-gradient program, made on first use.
+    gradient: Option<Option<Function>>,
 }
 
 impl<'a> Sampler<'a> {
@@ -338,7 +436,18 @@ impl<'a> Sampler<'a> {
             f,
             sizes: vec![3; f.dims.len()],
             rng: Rng::new(7),
+            gradient: None,
         }
+    }
+
+    /// The loss and gradients at a point, by the interpreter.
+    fn gradients(&mut self, inputs: &BTreeMap<String, Tensor>) -> Option<crate::backend::interp::Evaluation> {
+        let f = self.f;
+        let g = self
+            .gradient
+            .get_or_insert_with(|| crate::api::gradient(f).ok())
+            .as_ref()?;
+        crate::api::eval(g, inputs, &BTreeMap::new()).ok()
     }
 
     fn shape(&self, input: usize) -> Vec<usize> {
@@ -507,6 +616,82 @@ impl<'a> Sampler<'a> {
             }
         }
         None
+    }
+
+    /// A ray along which some element of the gradient in `input` grows without bound.
+    fn unbounded_gradient(&mut self, input: usize) -> Option<String> {
+        let name = self.f.inputs[input].name.clone();
+        let free: Vec<String> = self
+            .f
+            .inputs
+            .iter()
+            .filter(|i| i.differentiable())
+            .map(|i| i.name.clone())
+            .collect();
+        for _ in 0..SAMPLES / 8 {
+            let a = self.point(1.0);
+            let mut most = Vec::new();
+            for r in [1e1, 1e2, 1e3, 1e4] {
+                let mut p = a.clone();
+                for n in &free {
+                    let t = &a[n];
+                    p.insert(
+                        n.clone(),
+                        Tensor::float(t.shape.clone(), t.to_f64().iter().map(|v| v * r).collect()),
+                    );
+                }
+                let e = self.gradients(&p);
+                let g = e.and_then(|e| e.grads.into_iter().find(|(n, _)| *n == name));
+                most.push(g.map(|(_, t)| t.to_f64().iter().fold(0f64, |m, v| m.max(v.abs()))));
+            }
+            let Some(v) = most.into_iter().collect::<Option<Vec<f64>>>() else {
+                continue;
+            };
+            if v.iter().all(|x| x.is_finite()) && v.windows(2).all(|w| w[1] >= 5.0 * w[0] && w[0] > 0.0) {
+                return Some(format!(
+                    "along a ray r · ({}) at {}: max |∂L/∂{name}| = {:.4e}, {:.4e}, {:.4e}, {:.4e} at r = 10, 100, 1000, 10000",
+                    free.join(", "),
+                    self.sizes_text(),
+                    v[0],
+                    v[1],
+                    v[2],
+                    v[3]
+                ));
+            }
+        }
+        None
+    }
+
+    /// φ'(0) of a margin loss (its gradient's sum at every margin 0) and its one-sided difference
+    /// quotients at 0.
+    fn margin_slopes(&mut self, input: usize, label: Option<usize>) -> Option<(f64, f64, f64)> {
+        let mut p = self.point(1.0);
+        let shape = self.shape(input);
+        let n: usize = shape.iter().product();
+        if n == 0 {
+            return None;
+        }
+        if let Some(k) = label {
+            let one = match self.f.inputs[k].elem {
+                ElemTy::Idx => Tensor::labels(self.shape(k), vec![1; n]),
+                _ => Tensor::float(self.shape(k), vec![1.0; n]),
+            };
+            p.insert(self.f.inputs[k].name.clone(), one);
+        }
+        let name = self.f.inputs[input].name.clone();
+        let at = |m: f64, p: &mut BTreeMap<String, Tensor>| {
+            p.insert(name.clone(), Tensor::float(shape.clone(), vec![m; n]));
+        };
+        at(0.0, &mut p);
+        let e = self.gradients(&p)?;
+        let slope = e.grads.iter().find(|(g, _)| *g == name)?.1.to_f64().iter().sum::<f64>();
+        let l0 = e.loss;
+        let h = 1e-6;
+        at(h, &mut p);
+        let right = self.loss(&p)?;
+        at(-h, &mut p);
+        let left = self.loss(&p)?;
+        Some((slope, (l0 - left) / h, (right - l0) / h))
     }
 
     /// Two points whose sums over every label differ; `None` where the labels are not classes of a row.
