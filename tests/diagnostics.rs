@@ -42,6 +42,32 @@ case!(
     "loss f(x: f32[N], y: idx[N] < 3, k: f32 = 2.0) { mean[i] count[j | y[j] == y[i]] < k }\n"
 );
 case!(reduction_without_a_body, Syntax, "loss f(x: f32[N]) { sum[i] }\n");
+// Parameter lists, keywords as names and misspelt reductions say what is wrong (issue 23).
+case!(
+    parameters_without_a_comma,
+    Syntax,
+    "loss f(x: f32[N] y: idx[N]) {\n    mean[i] x[i]\n}\n"
+);
+case!(
+    parameter_list_never_closed,
+    Syntax,
+    "loss f(x: f32[N] {\n    mean[i] x[i]\n}\n"
+);
+case!(
+    parameter_without_a_type,
+    Syntax,
+    "loss f(x, y: idx[N]) {\n    mean[i] y[i]\n}\n"
+);
+case!(
+    keyword_as_a_name,
+    Syntax,
+    "loss f(x: f32[N]) {\n    let loss = mean[i] x[i]\n    loss\n}\n"
+);
+case!(
+    misspelt_reduction,
+    Syntax,
+    "loss f(x: f32[N]) {\n    logsumexpp[i] x[i]\n}\n"
+);
 // A `let` that uses its own name, and a loss whose value is a tensor (issue 23).
 case!(
     let_refers_to_itself,

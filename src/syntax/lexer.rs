@@ -142,3 +142,11 @@ pub fn highlight(text: &str) -> String {
     out.push_str(&text[last..]);
     out
 }
+
+/// Whether `word` is reserved (a keyword, an element type or a reduction's name), so never a name.
+pub fn is_keyword(word: &str) -> bool {
+    let mut lex = Tok::lexer(word);
+    let first = lex.next();
+    let whole = lex.span().len() == word.len();
+    matches!(first, Some(Ok(Tok::Keyword | Tok::Type | Tok::Reduction))) && whole && lex.next().is_none()
+}

@@ -139,8 +139,68 @@ fn syntax_error(source: SourceId, text: &str, e: pest::error::Error<Rule>) -> Di
             sign
         ));
     }
+    // The whole word where one starts (`loss`, not `l`).
+    let word: &str = {
+        let rest = &text[start..];
+        let len = rest
+            .char_indices()
+            .find(|(_, c)| !(c.is_alphanumeric() || *c == '_'))
+            .map_or(rest.len(), |(i, _)| i);
+        &rest[..len]
+    };
+    let after_word = text[start + word.len()..].trim_start();
+    if expected.iter().any(|e| *e == "`nograd`") && (found == Some('{') || !word.is_empty()) {
+        // After a parameter's type the list goes on with `,` or ends with `)`.
+        let (message, help) = match found {
+            Some('{') => (
+                "the parameter list is never closed",
+                "close it with `)` before the `{`".to_string(),
+            ),
+            _ => (
+                "a `,` is missing between two parameters",
+                format!("separate the parameters with a `,` before `{word}`"),
+            ),
+        };
+        return Diag::new(Code::Syntax, message)
+            .label(Span::new(source, start, start + word.len().max(1)), "here")
+            .help(help);
+    }
+    if expected == ["a parameter"] && !word.is_empty() && (after_word.starts_with(',') || after_word.starts_with(')')) {
+        return Diag::new(Code::Syntax, format!("parameter `{word}` has no type"))
+            .label(
+                Span::new(source, start, start + word.len()),
+                "a parameter needs its type",
+            )
+            .help(format!(
+                "write `{word}: f32[N]` (a float tensor), `{word}: idx[N] < C` (labels) or `{word}: f32` (a scalar)"
+            ));
+    }
+    if expected == ["a name"] && crate::syntax::lexer::is_keyword(word) {
+        return Diag::new(Code::Syntax, format!("`{word}` is a keyword and cannot be a name"))
+            .label(Span::new(source, start, start + word.len()), "a keyword")
+            .help(format!("choose another name, such as `{word}_`"));
+    }
+    if let Some((name, at)) = unknown_reduction_before(text, start) {
+        return Diag::new(Code::Syntax, format!("`{name}` is not a reduction"))
+            .label(
+                Span::new(source, at, at + name.len()),
+                "read as a tensor, which the next term cannot follow",
+            )
+            .help(format!(
+                "did you mean `{}`?",
+                crate::diag::closest(name, crate::syntax::ast::ReduceOp::ALL.iter().map(|r| r.as_str()))
+                    .unwrap_or("sum")
+            ));
+    }
+    let shown: String = if word.is_empty() {
+        found.map(String::from).unwrap_or_default()
+    } else if word.chars().count() > 40 {
+        format!("{}…", word.chars().take(40).collect::<String>())
+    } else {
+        word.to_string()
+    };
     let message = match found {
-        Some(c) => format!("unexpected `{c}`"),
+        Some(_) => format!("unexpected `{shown}`"),
         None => "unexpected end of file".to_string(),
     };
     let end = if end == start {
@@ -167,6 +227,24 @@ fn leading_sign_line(text: &str, at: usize) -> Option<(usize, char)> {
     let sign = line.trim_start().chars().next().filter(|c| matches!(c, '-' | '+'))?;
     let above = before[..line_start].trim_end();
     (!above.is_empty() && !above.ends_with('{')).then_some((line_start + (line.len() - line.trim_start().len()), sign))
+}
+
+/// A name close to a reduction's whose `[…]` ends just before byte `at` (`logsumexpp[k] x`), and where it
+/// starts.
+fn unknown_reduction_before(text: &str, at: usize) -> Option<(&str, usize)> {
+    let before = text.get(..at)?.trim_end();
+    let inner = before.strip_suffix(']')?;
+    let open = inner.rfind('[')?;
+    let head = inner[..open].trim_end();
+    let start = head
+        .char_indices()
+        .rev()
+        .find(|(_, c)| !(c.is_alphanumeric() || *c == '_'))
+        .map_or(0, |(i, c)| i + c.len_utf8());
+    let name = &head[start..];
+    let reductions = crate::syntax::ast::ReduceOp::ALL.iter().map(|r| r.as_str());
+    let close = crate::diag::closest(name, reductions)?;
+    (close != name && name.len() >= 3).then_some((name, start))
 }
 
 /// The reduction whose `[…]` ends just before byte `at` (spaces between), if one does: `count` for
