@@ -149,7 +149,7 @@ fn syntax_error(source: SourceId, text: &str, e: pest::error::Error<Rule>) -> Di
         &rest[..len]
     };
     let after_word = text[start + word.len()..].trim_start();
-    if expected.iter().any(|e| *e == "`nograd`") && (found == Some('{') || !word.is_empty()) {
+    if expected.contains(&"`nograd`") && (found == Some('{') || !word.is_empty()) {
         // After a parameter's type the list goes on with `,` or ends with `)`.
         let (message, help) = match found {
             Some('{') => (
