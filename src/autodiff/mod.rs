@@ -529,6 +529,20 @@ impl Ad {
             }
             let body = self.g.subst(c.adjoint, &map)?;
             let mut cond: Option<NodeId> = None;
+            // An index that ranges over another extent than the axis it was substituted by (a read under
+            // a guard, `if i < B then a[i] …` with i over 2B) contributes only inside its own range.
+            for (v, at) in &map {
+                let range = self.g.index(*v).range.clone();
+                let axis = self.g.node(*at).free.first().map(|h| self.g.index(*h).range.clone());
+                if axis.is_some_and(|a| a != range) {
+                    let size = self.g.add(Expr::Size(range), Scalar::Int, span)?;
+                    let inside = self.g.prim(Prim::Lt, &[*at, size], span)?;
+                    cond = Some(match cond {
+                        None => inside,
+                        Some(c) => self.g.prim(Prim::And, &[c, inside], span)?,
+                    });
+                }
+            }
             for p in conditions {
                 let s = self.g.subst(c.subs[p], &map)?;
                 let eq = self.g.prim(Prim::Eq, &[s, head_nodes[p]], span)?;

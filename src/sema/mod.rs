@@ -256,6 +256,7 @@ impl Sema<'_> {
         f.doc = it.doc.clone();
         let mut cx = Cx {
             defining: None,
+            guarded: Vec::new(),
             sema: self,
             unit,
             f,
@@ -314,6 +315,9 @@ struct Cx<'a, 's> {
     inlined: HashMap<(ItemRef, Vec<NodeId>), Option<NodeId>>,
     /// The `let` or `out` whose body is being lowered (a use of its own name says so).
     defining: Option<String>,
+    /// The indices the enclosing guards test (`if` conditions, reduction masks): a bare index among them
+    /// may subscript an axis of another size (`if i < B then a[i, d] else …`), checked at run time.
+    guarded: Vec<IndexId>,
 }
 
 enum Found {
@@ -1244,7 +1248,14 @@ impl Cx<'_, '_> {
                 self.apply(Prim::Iverson, &[(a, c)], e.span)
             }
             ExprKind::If { cond, then, otherwise } => {
-                let (c, a, b) = (self.expr(cond), self.expr(then), self.expr(otherwise));
+                let c = self.expr(cond);
+                let outer = self.guarded.len();
+                if let Some(c) = c {
+                    let tested = self.f.node(c).free.to_vec();
+                    self.guarded.extend(tested);
+                }
+                let (a, b) = (self.expr(then), self.expr(otherwise));
+                self.guarded.truncate(outer);
                 self.apply(Prim::Select, &[(c?, cond), (a?, then), (b?, otherwise)], e.span)
             }
             ExprKind::Reduce {
@@ -1417,7 +1428,13 @@ impl Cx<'_, '_> {
             } = &sub.kind
                 && let Some(Found::Local(Local::Index(id), _)) = self.lookup(&iname.name)
             {
-                self.constrain(id, dim, sub.span, format!("axis {axis} of `{}`", name.name));
+                // Under a guard that tests it, a read past the axis never happens (and is checked at run
+                // time): it does not constrain the index's range.
+                let guarded =
+                    self.guarded.contains(&id) && self.ranges[id.index()].as_ref().is_some_and(|o| o.dim != *dim);
+                if !guarded {
+                    self.constrain(id, dim, sub.span, format!("axis {axis} of `{}`", name.name));
+                }
             }
             let Some(n) = self.expr(sub) else {
                 ok = false;
@@ -1511,7 +1528,13 @@ impl Cx<'_, '_> {
         self.scopes.push(Vec::new());
         let ids: Vec<IndexId> = binders.iter().map(|b| self.binder(b, None)).collect();
         let m = mask.map(|m| self.expr(m).and_then(|n| self.condition(n, m)));
+        let outer = self.guarded.len();
+        if let Some(Some(m)) = m {
+            let tested = self.f.node(m).free.to_vec();
+            self.guarded.extend(tested);
+        }
         let b = self.expr(body);
+        self.guarded.truncate(outer);
         self.scopes.pop();
         let ids = self.finish_binders(binders, ids)?;
         let mask = match m {
