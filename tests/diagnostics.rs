@@ -185,6 +185,12 @@ case!(
     RangeConflict,
     "loss f(x: f32[N], z: f32[M]) {\n    sum[i] x[i] * z[i]\n}\n"
 );
+// A read past an axis that no guard tests is still a range conflict (a guarded one is not: tests/in).
+case!(
+    unguarded_read_past_an_axis,
+    RangeConflict,
+    "loss f(a: f32[B, D]) {\n    let z[i: 2 * B, d: D] = a[i, d]\n    sum[i, d] z[i, d]\n}\n"
+);
 case!(range_unknown, RangeUnknown, "loss f(x: f32[N]) {\n    sum[j] x[0]\n}\n");
 case!(
     condition_as_number,
