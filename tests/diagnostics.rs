@@ -191,6 +191,12 @@ case!(
     RangeConflict,
     "loss f(a: f32[B, D]) {\n    let z[i: 2 * B, d: D] = a[i, d]\n    sum[i, d] z[i, d]\n}\n"
 );
+// A `let`'s head index gets its range from its own definition; a later use does not give it one.
+case!(
+    let_index_range_from_a_later_use,
+    RangeUnknown,
+    "loss f(s: f32[M, M]) {\n    let pos[i] = if i < 3 then i + 3 else i - 3\n    mean[i] s[i, pos[i]]\n}\n"
+);
 case!(range_unknown, RangeUnknown, "loss f(x: f32[N]) {\n    sum[j] x[0]\n}\n");
 case!(
     condition_as_number,

@@ -256,6 +256,7 @@ impl Sema<'_> {
         f.doc = it.doc.clone();
         let mut cx = Cx {
             defining: None,
+            errors_before: before,
             guarded: Vec::new(),
             sema: self,
             unit,
@@ -315,6 +316,9 @@ struct Cx<'a, 's> {
     inlined: HashMap<(ItemRef, Vec<NodeId>), Option<NodeId>>,
     /// The `let` or `out` whose body is being lowered (a use of its own name says so).
     defining: Option<String>,
+    /// How many diagnostics there were before this loss (an index range left unknown after an error in
+    /// the loss is a follow-on, not reported).
+    errors_before: usize,
     /// The indices the enclosing guards test (`if` conditions, reduction masks): a bare index among them
     /// may subscript an axis of another size (`if i < B then a[i, d] else …`), checked at run time.
     guarded: Vec<IndexId>,
@@ -986,7 +990,7 @@ impl Cx<'_, '_> {
         }
         let value = self.expr(&s.value);
         self.scopes.pop();
-        let indices = self.finish_binders(&s.head, indices)?;
+        let indices = self.finish_binders(&s.head, indices, Some(&s.name.name))?;
         let mut value = value?;
         if role == Role::Output {
             if self.kind(value) == Scalar::Bool {
@@ -1057,11 +1061,20 @@ impl Cx<'_, '_> {
     }
 
     /// Closes binders: every index must have a range by now.
-    fn finish_binders(&mut self, binders: &[ast::Binder], ids: Vec<IndexId>) -> Option<Vec<IndexId>> {
+    /// Sets the binders' ranges (`tensor`: the `let` whose head they are, for the message when one has none).
+    fn finish_binders(
+        &mut self,
+        binders: &[ast::Binder],
+        ids: Vec<IndexId>,
+        tensor: Option<&str>,
+    ) -> Option<Vec<IndexId>> {
         let mut ok = true;
         for (b, id) in binders.iter().zip(&ids) {
             match self.ranges[id.index()].clone() {
                 Some(o) => self.f.indices[id.index()].range = o.dim,
+                // An explicit range that did not lower, or an earlier error in the loss (a tensor left
+                // undefined), has its own diagnostic: no second one.
+                None if b.range.is_some() || self.sema.diags.len() > self.errors_before => ok = false,
                 None => {
                     ok = false;
                     self.err(
@@ -1070,10 +1083,18 @@ impl Cx<'_, '_> {
                             format!("cannot infer the range of index `{}`", b.name.name),
                         )
                         .label(b.name.span, "bound here")
-                        .help(format!(
-                            "use `{0}` directly as a subscript of a tensor (`x[{0}]`), or give its range: `{0}: N`",
-                            b.name.name
-                        )),
+                        .help(match tensor {
+                            // A later use (`s[i, pos[i]]`) does not give a head index its range.
+                            Some(t) => format!(
+                                "a `let`'s index takes its range from a subscript in its own definition, not \
+                                 from later uses; write it in the head: `let {t}[{0}: N] = …`",
+                                b.name.name
+                            ),
+                            None => format!(
+                                "use `{0}` directly as a subscript of a tensor (`x[{0}]`), or give its range: `{0}: N`",
+                                b.name.name
+                            ),
+                        }),
                     );
                 }
             }
@@ -1536,7 +1557,7 @@ impl Cx<'_, '_> {
         let b = self.expr(body);
         self.guarded.truncate(outer);
         self.scopes.pop();
-        let ids = self.finish_binders(binders, ids)?;
+        let ids = self.finish_binders(binders, ids, None)?;
         let mask = match m {
             Some(m) => Some(m?),
             None => None,

@@ -116,7 +116,9 @@ impl Cx<'_, '_> {
         let m = mask_ast.map(|m| self.expr(m).and_then(|n| self.condition(n, m)));
         let b = self.expr(body);
         self.scopes.pop();
-        let j = self.finish_binders(std::slice::from_ref(binder), vec![j]).map(|v| v[0]);
+        let j = self
+            .finish_binders(std::slice::from_ref(binder), vec![j], None)
+            .map(|v| v[0]);
         let k_option = options.iter().find(|o| o.name.name == "k");
         let positions = match (op, j) {
             (OrderOp::TopK, _) => k_option.and_then(|k| self.option_dim(k)),
