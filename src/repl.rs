@@ -115,7 +115,16 @@ impl Session {
 
     fn loss(&self, name: &str) -> Result<Function, String> {
         let p = self.program()?;
-        let f = p.loss(Some(name)).map_err(|d| {
+        // A command without a name means the session's only loss.
+        if name.is_empty() && p.module.functions.len() > 1 {
+            let names: Vec<&str> = p.module.functions.iter().map(|f| f.name.as_str()).collect();
+            return Err(format!(
+                "error: name a loss after the command: one of {}",
+                names.join(", ")
+            ));
+        }
+        let name = (!name.is_empty()).then_some(name);
+        let f = p.loss(name).map_err(|d| {
             format!(
                 "error: {d}{}",
                 d.help.as_ref().map(|h| format!(" ({h})")).unwrap_or_default()
@@ -316,8 +325,8 @@ impl Session {
                     .split_once(char::is_whitespace)
                     .map_or((arg, ""), |(a, b)| (a, b.trim()));
                 let f = self.loss(loss)?;
-                let inputs = self.inputs_for(&f, sizes)?;
-                match name {
+                let (inputs, note) = self.inputs_for(&f, sizes)?;
+                let result = match name {
                     "eval" => {
                         let e =
                             crate::api::eval_grad(&f, &inputs, &BTreeMap::new()).map_err(|e| format!("error: {e}"))?;
@@ -354,14 +363,18 @@ impl Session {
                             t.elapsed().as_secs_f64() * 1e3 / reps as f64
                         ))
                     }
-                }
+                };
+                result.map(|r| format!("{note}{r}"))
             }
             other => Err(format!("error: unknown command `:{other}` (try :help)\n")),
         }
     }
 
     /// Inputs for a loss: session tensors by name, the rest seeded random data with `N=4,C=3` sizes.
-    fn inputs_for(&self, f: &Function, sizes: &str) -> Result<BTreeMap<String, Tensor>, String> {
+    /// The inputs of a `:eval`/`:gradcheck`/`:bench` call: the session's tensors of the inputs' names (those
+    /// whose shapes agree with sizes given on the line), seeded random data for the rest; and a note
+    /// naming the random ones when sizes were given.
+    fn inputs_for(&self, f: &Function, sizes: &str) -> Result<(BTreeMap<String, Tensor>, String), String> {
         let mut dims: BTreeMap<String, i64> = BTreeMap::new();
         for pair in sizes.split(',').filter(|p| !p.trim().is_empty()) {
             let (k, v) = pair
@@ -372,10 +385,24 @@ impl Session {
                 v.trim().parse().map_err(|_| format!("error: bad size `{v}`"))?,
             );
         }
+        let given = dims.clone();
+        // A session tensor whose shape disagrees with a size given on the line is not used.
+        let agrees = |input: &crate::ir::Input, t: &Tensor| {
+            input.shape.len() == t.shape.len()
+                && input.shape.iter().zip(&t.shape).all(|(d, n)| match d {
+                    crate::ir::Dim::Sym(s) => given.get(&f.dims[s.index()].name).is_none_or(|g| *g == *n as i64),
+                    _ => true,
+                })
+        };
         let mut inputs: BTreeMap<String, Tensor> = f
             .inputs
             .iter()
-            .filter_map(|i| self.tensors.get(&i.name).map(|t| (i.name.clone(), t.clone())))
+            .filter_map(|i| {
+                self.tensors
+                    .get(&i.name)
+                    .filter(|t| agrees(i, t))
+                    .map(|t| (i.name.clone(), t.clone()))
+            })
             .collect();
         for (input, t) in f.inputs.iter().filter_map(|i| inputs.get(&i.name).map(|t| (i, t))) {
             for (d, n) in input.shape.iter().zip(&t.shape) {
@@ -385,6 +412,21 @@ impl Session {
             }
         }
         let sizes: Vec<i64> = f.dims.iter().map(|d| *dims.get(&d.name).unwrap_or(&4)).collect();
+        let random: Vec<&str> = (f.inputs.iter())
+            .filter(|i| !inputs.contains_key(&i.name))
+            .map(|i| i.name.as_str())
+            .collect();
+        let note = if given.is_empty() || random.is_empty() {
+            String::new()
+        } else {
+            let at: Vec<String> = f
+                .dims
+                .iter()
+                .zip(&sizes)
+                .map(|(d, n)| format!("{}={n}", d.name))
+                .collect();
+            format!("(seeded random {} at {})\n", random.join(", "), at.join(","))
+        };
         let mut rng = Rng::new(0);
         for input in &f.inputs {
             if inputs.contains_key(&input.name) {
@@ -406,7 +448,7 @@ impl Session {
             };
             inputs.insert(input.name.clone(), t);
         }
-        Ok(inputs)
+        Ok((inputs, note))
     }
 }
 

@@ -65,6 +65,30 @@ this line is never read
     assert!(!out.contains("never read"), "{out}");
 }
 
+/// `:eval NAME N=…` uses the sizes: session tensors of other shapes give way to seeded random data, and
+/// a note says so (issue 23: they were used silently); a command without a name takes the only loss, and
+/// with several asks for one.
+#[test]
+fn eval_sizes_and_commands_without_a_name() {
+    let script = "\
+let s = [[1.0, 2.0], [0.5, 0.1]]
+let y = [1, 0]
+loss ce(s: f32[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }
+:eval ce N=64,C=10
+:eval ce N=2
+:grad
+loss two(x: f32[N]) { mean[i] x[i] }
+:grad
+";
+    let (out, err, _) = run_script(script);
+    let all = format!("{out}{err}");
+    assert!(all.contains("(seeded random s, y at N=64,C=10)"), "{all}");
+    // With sizes the session's tensors agree with, they are used (no note, their loss).
+    assert_eq!(all.matches("loss = 0.41313846995").count(), 1, "{all}");
+    assert!(all.contains("grad_s[t: N, t.1: C]"), "{all}");
+    assert!(all.contains("name a loss after the command: one of ce, two"), "{all}");
+}
+
 #[test]
 fn errors_leave_the_session_unchanged() {
     let mut s = Session::new();
