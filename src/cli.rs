@@ -350,13 +350,18 @@ pub fn run(cli: Cli) -> Result<String, Failure> {
     }
 }
 
+/// The loss named (or every loss of the program when none is).
+fn losses_of<'p>(p: &'p Program, loss: Option<&str>) -> Result<Vec<&'p Function>, Failure> {
+    match loss {
+        Some(_) => Ok(vec![p.loss(loss).map_err(|d| Failure::Diags(Diags(vec![d])))?]),
+        None => Ok(p.module.functions.iter().collect()),
+    }
+}
+
 /// `lossc analyze`: the findings of every loss of a file (or one), as text or JSON.
 fn analyze(file: &Path, loss: Option<&str>, json: bool) -> Result<String, Failure> {
     let p = Program::from_file(file)?;
-    let fs: Vec<&Function> = match loss {
-        Some(_) => vec![p.loss(loss).map_err(|d| Failure::Diags(Diags(vec![d])))?],
-        None => p.module.functions.iter().collect(),
-    };
+    let fs = losses_of(&p, loss)?;
     let reports = fs
         .into_iter()
         .map(crate::analyze::analyze)
@@ -417,10 +422,7 @@ fn compile(file: &Path, emit: Emit, loss: Option<&str>) -> Result<String, Failur
         }
         Emit::Ir | Emit::Grad | Emit::Opt | Emit::Clif | Emit::Cuda => {
             let p = Program::from_file(file)?;
-            let fs: Vec<&Function> = match loss {
-                Some(_) => vec![p.loss(loss).map_err(|d| Failure::Diags(Diags(vec![d])))?],
-                None => p.module.functions.iter().collect(),
-            };
+            let fs = losses_of(&p, loss)?;
             let diag = |d| Failure::Diags(Diags(vec![d]));
             let mut out = Vec::new();
             for f in fs {
@@ -459,10 +461,7 @@ fn write_library(
 ) -> Result<String, Failure> {
     use crate::backend::aot;
     let p = Program::from_file(file)?;
-    let fs: Vec<&Function> = match loss {
-        Some(_) => vec![p.loss(loss).map_err(|d| Failure::Diags(Diags(vec![d])))?],
-        None => p.module.functions.iter().collect(),
-    };
+    let fs = losses_of(&p, loss)?;
     let gradients = fs
         .iter()
         .map(|f| crate::api::gradient(f))
@@ -530,10 +529,7 @@ fn stage_timings(file: &Path, loss: Option<&str>, emit: Emit) -> Result<String, 
     let p = Program::from_file(file)?;
     let front = t.elapsed();
     let mut out = format!("parse+check  {:>9.3} ms\n", front.as_secs_f64() * 1e3);
-    let fs: Vec<&Function> = match loss {
-        Some(_) => vec![p.loss(loss).map_err(|d| Failure::Diags(Diags(vec![d])))?],
-        None => p.module.functions.iter().collect(),
-    };
+    let fs = losses_of(&p, loss)?;
     for f in fs {
         let stages = match emit {
             Emit::Cuda => cuda_timings(f)?,

@@ -136,26 +136,7 @@ fn exercise(src: &str, rng: &mut Rng) -> bool {
     };
     for f in &program.module.functions {
         lossc::ir::verify::verify(f).unwrap_or_else(|e| panic!("verify failed: {e}\n{src}"));
-        let mut inputs = BTreeMap::new();
-        let sizes: Vec<i64> = f.dims.iter().map(|_| 1 + rng.below(3) as i64).collect();
-        if f.indices.iter().any(|i| !(0..=8).contains(&i.range.eval(&sizes))) || f.indices.len() > 40 {
-            continue;
-        }
-        for input in &f.inputs {
-            let shape: Vec<usize> = input
-                .shape
-                .iter()
-                .map(|d| d.eval(&sizes).clamp(0, 8) as usize)
-                .collect();
-            let count = shape.iter().product();
-            let t = if input.elem == lossc::ir::ElemTy::Idx {
-                let bound = input.bound.as_ref().map_or(3, |b| b.eval(&sizes).max(1));
-                lossc::Tensor::labels(shape, (0..count).map(|_| rng.below(bound as u64 + 1) as i64).collect())
-            } else {
-                lossc::Tensor::float(shape, (0..count).map(|_| rng.normal() * 3.0).collect())
-            };
-            inputs.insert(input.name.clone(), t);
-        }
+        let Some(inputs) = small_inputs(f, rng) else { continue };
         let _ = lossc::api::eval(f, &inputs, &BTreeMap::new());
     }
     true

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 
+use super::Analysis;
 use crate::ir::{Expr, Function, IndexId, NodeId, ReduceOp, TensorRef};
 use crate::prims::Prim;
 
@@ -58,8 +59,7 @@ fn product(a: Range, b: Range) -> (f64, f64) {
 /// The interval analysis of a function whose differentiable inputs are free.
 pub struct Bounds<'a> {
     f: &'a Function,
-    memo: HashMap<NodeId, Range>,
-    tensors: HashMap<u32, Range>,
+    memo: super::Memo<Range>,
 }
 
 impl<'a> Bounds<'a> {
@@ -67,63 +67,7 @@ impl<'a> Bounds<'a> {
     pub fn new(f: &'a Function) -> Bounds<'a> {
         Bounds {
             f,
-            memo: HashMap::new(),
-            tensors: HashMap::new(),
-        }
-    }
-
-    /// Tensor `t`'s elements' range.
-    pub fn tensor(&mut self, t: u32) -> Range {
-        if let Some(r) = self.tensors.get(&t) {
-            return *r;
-        }
-        let r = self.node(self.f.tensors[t as usize].body);
-        self.tensors.insert(t, r);
-        r
-    }
-
-    /// Node `n`'s range.
-    pub fn node(&mut self, n: NodeId) -> Range {
-        if let Some(r) = self.memo.get(&n) {
-            return *r;
-        }
-        let r = self.compute(n);
-        self.memo.insert(n, r);
-        r
-    }
-
-    fn compute(&mut self, n: NodeId) -> Range {
-        let f = self.f;
-        match &f.node(n).expr {
-            Expr::Float(b) => Range::exact(f64::from_bits(*b)),
-            Expr::Int(i) => Range::exact(*i as f64),
-            Expr::Bool(_) => Range::within(0.0, 1.0),
-            Expr::Index(_) => Range::within(0.0, f64::INFINITY),
-            // A loss is analysed where every dimension has at least one element.
-            Expr::Size(_) => Range::within(1.0, f64::INFINITY),
-            Expr::Hyper(h) => Range::exact(f.hypers[*h as usize].default),
-            Expr::Load { tensor, .. } => match tensor {
-                TensorRef::Input(i) => {
-                    let input = &f.inputs[*i as usize];
-                    match (input.bound.as_ref(), input.differentiable()) {
-                        (Some(_), _) => Range::within(0.0, f64::INFINITY),
-                        (None, true) => Range::any(false),
-                        (None, false) => Range::any(true),
-                    }
-                }
-                TensorRef::Def(t) => self.tensor(t.index() as u32),
-            },
-            Expr::Prim { prim, args } => self.prim(*prim, args),
-            Expr::Reduce { op, body, .. } => {
-                let b = self.node(*body);
-                match op {
-                    ReduceOp::Mean | ReduceOp::Max | ReduceOp::Min => b,
-                    ReduceOp::Sum if b.lo >= 0.0 => Range { hi: f64::INFINITY, ..b },
-                    ReduceOp::LogSumExp => Range { hi: f64::INFINITY, ..b },
-                    ReduceOp::Count | ReduceOp::ArgMax | ReduceOp::ArgMin => Range::within(0.0, f64::INFINITY),
-                    _ => Range::any(b.finite),
-                }
-            }
+            memo: super::Memo::default(),
         }
     }
 
@@ -273,6 +217,53 @@ impl<'a> Bounds<'a> {
             bind.insert(*k, None);
         }
         unify(f, *body, a, &mut bind)
+    }
+}
+
+impl super::Analysis for Bounds<'_> {
+    type Fact = Range;
+
+    fn function(&self) -> &Function {
+        self.f
+    }
+
+    fn memo(&mut self) -> &mut super::Memo<Range> {
+        &mut self.memo
+    }
+
+    fn compute(&mut self, n: NodeId) -> Range {
+        let f = self.f;
+        match &f.node(n).expr {
+            Expr::Float(b) => Range::exact(f64::from_bits(*b)),
+            Expr::Int(i) => Range::exact(*i as f64),
+            Expr::Bool(_) => Range::within(0.0, 1.0),
+            Expr::Index(_) => Range::within(0.0, f64::INFINITY),
+            // A loss is analysed where every dimension has at least one element.
+            Expr::Size(_) => Range::within(1.0, f64::INFINITY),
+            Expr::Hyper(h) => Range::exact(f.hypers[*h as usize].default),
+            Expr::Load { tensor, .. } => match tensor {
+                TensorRef::Input(i) => {
+                    let input = &f.inputs[*i as usize];
+                    match (input.bound.as_ref(), input.differentiable()) {
+                        (Some(_), _) => Range::within(0.0, f64::INFINITY),
+                        (None, true) => Range::any(false),
+                        (None, false) => Range::any(true),
+                    }
+                }
+                TensorRef::Def(t) => self.tensor(t.index() as u32),
+            },
+            Expr::Prim { prim, args } => self.prim(*prim, args),
+            Expr::Reduce { op, body, .. } => {
+                let b = self.node(*body);
+                match op {
+                    ReduceOp::Mean | ReduceOp::Max | ReduceOp::Min => b,
+                    ReduceOp::Sum if b.lo >= 0.0 => Range { hi: f64::INFINITY, ..b },
+                    ReduceOp::LogSumExp => Range { hi: f64::INFINITY, ..b },
+                    ReduceOp::Count | ReduceOp::ArgMax | ReduceOp::ArgMin => Range::within(0.0, f64::INFINITY),
+                    _ => Range::any(b.finite),
+                }
+            }
+        }
     }
 }
 

@@ -4,8 +4,9 @@
 //! and nondecreasing in each term, a constant factor keeps or flips the curvature by its sign, and a
 //! selection by a condition on the data only is piecewise in the data, not in the input.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
+use super::Analysis;
 use crate::ir::{Expr, Function, NodeId, ReduceOp, TensorRef};
 use crate::prims::{Bend, Prim};
 
@@ -79,8 +80,7 @@ enum Sign {
 pub struct Curvature<'a> {
     f: &'a Function,
     input: u32,
-    memo: HashMap<NodeId, Curv>,
-    tensors: HashMap<u32, Curv>,
+    memo: super::Memo<Curv>,
     /// The hyperparameters whose sign a rule used (the verdict assumes their defaults' signs).
     pub assumed: BTreeSet<String>,
 }
@@ -91,68 +91,14 @@ impl<'a> Curvature<'a> {
         Curvature {
             f,
             input,
-            memo: HashMap::new(),
-            tensors: HashMap::new(),
+            memo: super::Memo::default(),
             assumed: BTreeSet::new(),
         }
-    }
-
-    /// The curvature of tensor `t`'s elements.
-    pub fn tensor(&mut self, t: u32) -> Curv {
-        if let Some(c) = self.tensors.get(&t) {
-            return *c;
-        }
-        let c = self.node(self.f.tensors[t as usize].body);
-        self.tensors.insert(t, c);
-        c
     }
 
     /// Whether a node's value depends on the input (through loads, also of tensors).
     fn depends(&mut self, n: NodeId) -> bool {
         self.node(n) != Curv::Constant
-    }
-
-    /// The curvature of node `n`.
-    pub fn node(&mut self, n: NodeId) -> Curv {
-        if let Some(c) = self.memo.get(&n) {
-            return *c;
-        }
-        let c = self.compute(n);
-        self.memo.insert(n, c);
-        c
-    }
-
-    fn compute(&mut self, n: NodeId) -> Curv {
-        use Curv::*;
-        let f = self.f;
-        match &f.node(n).expr {
-            Expr::Load { tensor, subs } => {
-                // A subscript that depends on the input (an argmax, say) makes no rule apply.
-                if subs.iter().any(|s| self.depends(*s)) {
-                    return Unknown;
-                }
-                match tensor {
-                    TensorRef::Input(i) if *i == self.input => Affine,
-                    TensorRef::Input(_) => Constant,
-                    TensorRef::Def(t) => self.tensor(t.index() as u32),
-                }
-            }
-            Expr::Prim { prim, args } => self.prim(*prim, args),
-            Expr::Reduce { op, mask, body, .. } => {
-                if mask.is_some_and(|m| self.depends(m)) {
-                    return Unknown;
-                }
-                let b = self.node(*body);
-                match op {
-                    _ if b == Constant => Constant,
-                    ReduceOp::Sum | ReduceOp::Mean => b,
-                    ReduceOp::Max | ReduceOp::LogSumExp if b.convex() => Convex,
-                    ReduceOp::Min if b.concave() => Concave,
-                    _ => Unknown,
-                }
-            }
-            _ => Constant,
-        }
     }
 
     fn prim(&mut self, prim: Prim, args: &[NodeId]) -> Curv {
@@ -284,6 +230,51 @@ impl<'a> Curvature<'a> {
                 ..
             } => self.sign(*body),
             _ => Any,
+        }
+    }
+}
+
+impl super::Analysis for Curvature<'_> {
+    type Fact = Curv;
+
+    fn function(&self) -> &Function {
+        self.f
+    }
+
+    fn memo(&mut self) -> &mut super::Memo<Curv> {
+        &mut self.memo
+    }
+
+    fn compute(&mut self, n: NodeId) -> Curv {
+        use Curv::*;
+        let f = self.f;
+        match &f.node(n).expr {
+            Expr::Load { tensor, subs } => {
+                // A subscript that depends on the input (an argmax, say) makes no rule apply.
+                if subs.iter().any(|s| self.depends(*s)) {
+                    return Unknown;
+                }
+                match tensor {
+                    TensorRef::Input(i) if *i == self.input => Affine,
+                    TensorRef::Input(_) => Constant,
+                    TensorRef::Def(t) => self.tensor(t.index() as u32),
+                }
+            }
+            Expr::Prim { prim, args } => self.prim(*prim, args),
+            Expr::Reduce { op, mask, body, .. } => {
+                if mask.is_some_and(|m| self.depends(m)) {
+                    return Unknown;
+                }
+                let b = self.node(*body);
+                match op {
+                    _ if b == Constant => Constant,
+                    ReduceOp::Sum | ReduceOp::Mean => b,
+                    ReduceOp::Max | ReduceOp::LogSumExp if b.convex() => Convex,
+                    ReduceOp::Min if b.concave() => Concave,
+                    _ => Unknown,
+                }
+            }
+            _ => Constant,
         }
     }
 }

@@ -9,8 +9,7 @@
 //! degree (`s` of 1, data of 0; products add degrees, `sqrt` halves them, sums need equal ones), and a
 //! value of degree 0 is unchanged.
 
-use std::collections::HashMap;
-
+use super::Analysis;
 use crate::ir::{Expr, Function, IndexId, NodeId, ReduceOp, TensorRef};
 use crate::prims::Prim;
 
@@ -36,8 +35,7 @@ pub enum Shift {
 pub struct Shifts<'a> {
     f: &'a Function,
     input: u32,
-    memo: HashMap<NodeId, Shift>,
-    tensors: HashMap<u32, Shift>,
+    memo: super::Memo<Shift>,
 }
 
 impl<'a> Shifts<'a> {
@@ -46,29 +44,57 @@ impl<'a> Shifts<'a> {
         Shifts {
             f,
             input,
-            memo: HashMap::new(),
-            tensors: HashMap::new(),
+            memo: super::Memo::default(),
         }
     }
 
-    /// How tensor `t`'s elements change, in terms of its head indices.
-    pub fn tensor(&mut self, t: u32) -> Shift {
-        if let Some(s) = self.tensors.get(&t) {
-            return s.clone();
+    fn prim(&mut self, prim: Prim, args: &[NodeId]) -> Shift {
+        use Shift::*;
+        let s: Vec<Shift> = args.iter().map(|a| self.node(*a)).collect();
+        if s.iter().all(|x| *x == Invariant) {
+            return Invariant;
         }
-        let s = self.node(self.f.tensors[t as usize].body);
-        self.tensors.insert(t, s.clone());
-        s
+        if s.contains(&Unknown) {
+            return Unknown;
+        }
+        match prim {
+            Prim::Add => add(&s[0], &s[1], 1.0),
+            Prim::Sub => add(&s[0], &s[1], -1.0),
+            Prim::Neg => scale(&s[0], -1.0, None),
+            Prim::StopGrad | Prim::ToFloat => s[0].clone(),
+            Prim::Mul => match (&s[0], &s[1]) {
+                (Invariant, x) => self.times(x, args[0], 1),
+                (x, Invariant) => self.times(x, args[1], 1),
+                _ => Unknown,
+            },
+            Prim::Div if s[1] == Invariant => self.times(&s[0], args[1], -1),
+            // Two values that change alike compare alike.
+            Prim::Eq | Prim::Ne | Prim::Lt | Prim::Le | Prim::Gt | Prim::Ge if s[0] == s[1] => Invariant,
+            Prim::Max | Prim::Min if s[0] == s[1] => s[0].clone(),
+            Prim::Select if s[0] == Invariant && s[1] == s[2] => s[1].clone(),
+            _ => Unknown,
+        }
     }
 
-    /// How node `n` changes.
-    pub fn node(&mut self, n: NodeId) -> Shift {
-        if let Some(s) = self.memo.get(&n) {
-            return s.clone();
+    /// `x · k^power` for a value `k` the shift leaves unchanged.
+    fn times(&self, x: &Shift, k: NodeId, power: i32) -> Shift {
+        match self.f.node(k).expr {
+            Expr::Float(b) => scale(x, f64::from_bits(b).powi(power), None),
+            Expr::Int(i) => scale(x, (i as f64).powi(power), None),
+            _ => scale(x, 1.0, Some((k, power))),
         }
-        let s = self.compute(n);
-        self.memo.insert(n, s.clone());
-        s
+    }
+}
+
+impl super::Analysis for Shifts<'_> {
+    type Fact = Shift;
+
+    fn function(&self) -> &Function {
+        self.f
+    }
+
+    fn memo(&mut self) -> &mut super::Memo<Shift> {
+        &mut self.memo
     }
 
     fn compute(&mut self, n: NodeId) -> Shift {
@@ -143,43 +169,6 @@ impl<'a> Shifts<'a> {
             _ => Invariant,
         }
     }
-
-    fn prim(&mut self, prim: Prim, args: &[NodeId]) -> Shift {
-        use Shift::*;
-        let s: Vec<Shift> = args.iter().map(|a| self.node(*a)).collect();
-        if s.iter().all(|x| *x == Invariant) {
-            return Invariant;
-        }
-        if s.contains(&Unknown) {
-            return Unknown;
-        }
-        match prim {
-            Prim::Add => add(&s[0], &s[1], 1.0),
-            Prim::Sub => add(&s[0], &s[1], -1.0),
-            Prim::Neg => scale(&s[0], -1.0, None),
-            Prim::StopGrad | Prim::ToFloat => s[0].clone(),
-            Prim::Mul => match (&s[0], &s[1]) {
-                (Invariant, x) => self.times(x, args[0], 1),
-                (x, Invariant) => self.times(x, args[1], 1),
-                _ => Unknown,
-            },
-            Prim::Div if s[1] == Invariant => self.times(&s[0], args[1], -1),
-            // Two values that change alike compare alike.
-            Prim::Eq | Prim::Ne | Prim::Lt | Prim::Le | Prim::Gt | Prim::Ge if s[0] == s[1] => Invariant,
-            Prim::Max | Prim::Min if s[0] == s[1] => s[0].clone(),
-            Prim::Select if s[0] == Invariant && s[1] == s[2] => s[1].clone(),
-            _ => Unknown,
-        }
-    }
-
-    /// `x · k^power` for a value `k` the shift leaves unchanged.
-    fn times(&self, x: &Shift, k: NodeId, power: i32) -> Shift {
-        match self.f.node(k).expr {
-            Expr::Float(b) => scale(x, f64::from_bits(b).powi(power), None),
-            Expr::Int(i) => scale(x, (i as f64).powi(power), None),
-            _ => scale(x, 1.0, Some((k, power))),
-        }
-    }
 }
 
 /// `a + sign · b`.
@@ -245,8 +234,7 @@ fn scale(x: &Shift, by: f64, factor: Option<(NodeId, i32)>) -> Shift {
 pub struct Degrees<'a> {
     f: &'a Function,
     input: u32,
-    memo: HashMap<NodeId, Option<f64>>,
-    tensors: HashMap<u32, Option<f64>>,
+    memo: super::Memo<Option<f64>>,
 }
 
 impl<'a> Degrees<'a> {
@@ -255,29 +243,20 @@ impl<'a> Degrees<'a> {
         Degrees {
             f,
             input,
-            memo: HashMap::new(),
-            tensors: HashMap::new(),
+            memo: super::Memo::default(),
         }
     }
+}
 
-    /// Tensor `t`'s degree (`None`: not homogeneous by any rule).
-    pub fn tensor(&mut self, t: u32) -> Option<f64> {
-        if let Some(d) = self.tensors.get(&t) {
-            return *d;
-        }
-        let d = self.node(self.f.tensors[t as usize].body);
-        self.tensors.insert(t, d);
-        d
+impl super::Analysis for Degrees<'_> {
+    type Fact = Option<f64>;
+
+    fn function(&self) -> &Function {
+        self.f
     }
 
-    /// Node `n`'s degree.
-    pub fn node(&mut self, n: NodeId) -> Option<f64> {
-        if let Some(d) = self.memo.get(&n) {
-            return *d;
-        }
-        let d = self.compute(n);
-        self.memo.insert(n, d);
-        d
+    fn memo(&mut self) -> &mut super::Memo<Option<f64>> {
+        &mut self.memo
     }
 
     fn compute(&mut self, n: NodeId) -> Option<f64> {
