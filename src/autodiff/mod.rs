@@ -519,19 +519,60 @@ impl Ad {
             // Resolve bare-index subscripts by substitution; keep the rest as equality conditions.
             let mut map: HashMap<IndexId, NodeId> = HashMap::new();
             let mut conditions = Vec::new();
+            // A shifted index (`b[i - B]`, `x[i + 1]`) is inverted: i = t + B, inside i's range.
+            let mut shifted: Vec<(IndexId, NodeId)> = Vec::new();
             for (p, s) in c.subs.iter().enumerate() {
-                match self.g.node(*s).expr {
+                match self.g.node(*s).expr.clone() {
                     Expr::Index(v) if free.contains(&v) && !map.contains_key(&v) => {
                         map.insert(v, head_nodes[p]);
+                    }
+                    Expr::Prim { prim, args } if matches!(prim, Prim::Add | Prim::Sub) => {
+                        let unmapped = |g: &Function, n: NodeId| match g.node(n).expr {
+                            Expr::Index(v) if free.contains(&v) && !map.contains_key(&v) => Some(v),
+                            _ => None,
+                        };
+                        // (the index, the offset, whether the index is subtracted from it)
+                        let shift = match (prim, unmapped(&self.g, args[0]), unmapped(&self.g, args[1])) {
+                            (Prim::Sub, Some(v), _) => Some((v, args[1], false)),
+                            (Prim::Add, Some(v), _) => Some((v, args[1], true)),
+                            (Prim::Add, None, Some(v)) => Some((v, args[0], true)),
+                            _ => None,
+                        };
+                        match shift.filter(|(v, k, _)| !self.g.node(*k).free.contains(v)) {
+                            // i - k = t: i = t + k; i + k = t: i = t - k.
+                            Some((v, k, added)) => {
+                                let op = if added { Prim::Sub } else { Prim::Add };
+                                let at = self.g.prim(op, &[head_nodes[p], k], span)?;
+                                map.insert(v, at);
+                                shifted.push((v, at));
+                            }
+                            None => conditions.push(p),
+                        }
                     }
                     _ => conditions.push(p),
                 }
             }
             let body = self.g.subst(c.adjoint, &map)?;
             let mut cond: Option<NodeId> = None;
+            for (v, at) in shifted {
+                let zero = self.g.add(Expr::Int(0), Scalar::Int, span)?;
+                let size = self
+                    .g
+                    .add(Expr::Size(self.g.index(v).range.clone()), Scalar::Int, span)?;
+                let above = self.g.prim(Prim::Ge, &[at, zero], span)?;
+                let below = self.g.prim(Prim::Lt, &[at, size], span)?;
+                let inside = self.g.prim(Prim::And, &[above, below], span)?;
+                cond = Some(match cond {
+                    None => inside,
+                    Some(c) => self.g.prim(Prim::And, &[c, inside], span)?,
+                });
+            }
             // An index that ranges over another extent than the axis it was substituted by (a read under
             // a guard, `if i < B then a[i] …` with i over 2B) contributes only inside its own range.
             for (v, at) in &map {
+                if !matches!(self.g.node(*at).expr, Expr::Index(_)) {
+                    continue; // a shifted index, bounded above
+                }
                 let range = self.g.index(*v).range.clone();
                 let axis = self.g.node(*at).free.first().map(|h| self.g.index(*h).range.clone());
                 if axis.is_some_and(|a| a != range) {
