@@ -81,6 +81,19 @@ fn a_blank_line_after_a_comment_stays() {
     assert_eq!(format("h.lx", src).unwrap(), src);
 }
 
+/// A comment after a one-line body stays after its `}` (it moved onto the `{` line: issue 23); one after
+/// the value stays there, and one after a multi-line body's `}` too.
+#[test]
+fn comments_after_a_body_stay_where_they_are() {
+    let one_line = "loss f(x: f32[N]) { mean[i] x[i] } // the mean\n";
+    assert_eq!(
+        format("c.lx", one_line).unwrap(),
+        "loss f(x: f32[N]) {\n    mean[i] x[i]\n} // the mean\n"
+    );
+    let src = "loss f(x: f32[N]) {\n    mean[i] x[i] // the value\n} // the loss\n";
+    assert_eq!(format("c.lx", src).unwrap(), src);
+}
+
 #[test]
 fn long_expressions_break_before_additive_operators() {
     let long = format!(

@@ -169,7 +169,7 @@ impl Formatter<'_> {
                     .collect();
                 let head = format!("fn {}({}) {{", f.name.name, params.join(", "));
                 self.out.push_str(&head);
-                self.end_line(self.line_end(f.body.span.start as usize));
+                self.end_line(self.head_end(&f.body));
                 self.body(&f.body);
             }
             ItemKind::Loss(l) => {
@@ -185,7 +185,7 @@ impl Formatter<'_> {
                     }
                     self.out.push_str(&format!("){outs} {{"));
                 }
-                self.end_line(self.line_end(l.body.span.start as usize));
+                self.end_line(self.head_end(&l.body));
                 self.body(&l.body);
             }
         }
@@ -212,6 +212,13 @@ impl Formatter<'_> {
         self.text[pos..].find('\n').map_or(self.text.len(), |e| pos + e)
     }
 
+    /// Where a comment stops trailing the `{` of a body: the end of its line, or the body's first token
+    /// where that is on the same line (`{ mean[i] x[i] } // c` keeps the comment after the `}`).
+    fn head_end(&self, b: &Body) -> usize {
+        let first = b.stmts.first().map_or(b.result.span.start, |s| s.span.start) as usize;
+        self.line_end(b.span.start as usize).min(first)
+    }
+
     fn body(&mut self, b: &Body) {
         for s in &b.stmts {
             self.leading(s.span.start as usize, "    ");
@@ -221,9 +228,12 @@ impl Formatter<'_> {
         }
         self.leading(b.result.span.start as usize, "    ");
         self.wrapped("    ", &b.result);
-        self.end_line(self.line_end(b.result.span.end as usize));
-        self.leading(b.span.end as usize, "    ");
-        self.out.push_str("}\n");
+        // The closing `}` (the body's last byte) ends the result's line where it stands on it.
+        let close = (b.span.end as usize).saturating_sub(1);
+        self.end_line(self.line_end(b.result.span.end as usize).min(close));
+        self.leading(close, "    ");
+        self.out.push('}');
+        self.end_line(self.line_end(b.span.end as usize));
     }
 
     /// `prefix` then the expression, broken before top-level `+`/`-` when too long.
