@@ -246,6 +246,37 @@ impl Diag {
         }
         self
     }
+    /// The diagnostic against the part `start..end` of its source, named `name`, where every label lies
+    /// in it (a label in the `slack` bytes just past its end points at its last character: it ended too
+    /// early); otherwise itself. The
+    /// REPL shows an entry's error against what was typed, not against the loss it wraps the entry in.
+    pub fn within(mut self, start: usize, end: usize, slack: usize, name: &str) -> Diag {
+        let Some(text) = self.source.as_ref().map(|s| s.inner().clone()) else {
+            return self;
+        };
+        let fits = |l: &Label| (l.span.start as usize) >= start && (l.span.start as usize) <= end + slack;
+        if start > end || end > text.len() || !self.labels.iter().all(fits) {
+            return self;
+        }
+        for l in &mut self.labels {
+            if l.span.start as usize >= end && end > start {
+                // Past the part: the part ended too early. Point at its last character.
+                l.span = Span::new(l.span.source, end - 1 - start, end - start);
+                l.text = "it ends here".into();
+                if self.message.starts_with("unexpected `") {
+                    self.message = "unexpected end of input".into();
+                }
+                continue;
+            }
+            let (a, b) = (l.span.start as usize, (l.span.end as usize).min(end));
+            l.span = Span::new(l.span.source, a - start, b.max(a) - start);
+        }
+        self.source = Some(Box::new(NamedSource::new(
+            name,
+            Arc::new(text[start..end].to_string()),
+        )));
+        self
+    }
     /// The primary span, if any.
     pub fn span(&self) -> Option<Span> {
         self.labels.first().map(|l| l.span)

@@ -242,9 +242,17 @@ impl Session {
         items.join("\n\n")
     }
 
+    /// Renders the diagnostics of a wrapped entry against the entry itself, which ends `tail` bytes before
+    /// the end of `text` (`\n}` of the wrapping loss, and what follows the entry inside it).
+    fn entry_errors(text: &str, entry: &str, tail: usize, d: crate::diag::Diags) -> String {
+        let end = text.len().saturating_sub(tail);
+        let start = end.saturating_sub(entry.len());
+        crate::diag::Diags(d.0.into_iter().map(|x| x.within(start, end, tail, "<input>")).collect()).render()
+    }
+
     fn expression(&self, expr: &str) -> Result<String, String> {
         let text = self.with_items(&self.wrap(expr));
-        let p = Program::from_source("<repl>", &text).map_err(|d| d.render())?;
+        let p = Program::from_source("<repl>", &text).map_err(|d| Self::entry_errors(&text, expr, 2, d))?;
         let f = p.loss(Some("__repl")).map_err(|d| format!("error: {d}"))?;
         let inputs: BTreeMap<String, Tensor> = self.tensors.clone();
         let e = crate::api::eval(f, &inputs, &BTreeMap::new()).map_err(|e| format!("error: {e}"))?;
@@ -311,7 +319,7 @@ impl Session {
             }
             "type" => {
                 let text = self.with_items(&self.wrap(&format!("let __t = {arg}\n0")));
-                let p = Program::from_source("<repl>", &text).map_err(|d| d.render())?;
+                let p = Program::from_source("<repl>", &text).map_err(|d| Self::entry_errors(&text, arg, 4, d))?;
                 let f = p.loss(Some("__repl")).map_err(|d| format!("error: {d}"))?;
                 let kind = match f.tensors[0].scalar {
                     crate::ir::Scalar::Float => "number (float)",

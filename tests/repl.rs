@@ -89,6 +89,20 @@ loss two(x: f32[N]) { mean[i] x[i] }
     assert!(all.contains("name a loss after the command: one of ce, two"), "{all}");
 }
 
+/// An error in an entry is shown against what was typed (it was shown inside the loss the REPL wraps the
+/// entry in, `loss __repl(…)`, at its line 2); an entry that ends too early says so at its end.
+#[test]
+fn entry_errors_point_at_what_was_typed() {
+    let script = "let s = [[1.0, 2.0], [0.5, 0.1]]\nmean[i] s[i, 0] + undefined_name\nlogsumexp[k] s[0, k] +\n:type s[0, 1] > nope\n";
+    let (out, err, _) = run_script(script);
+    let all = format!("{out}{err}");
+    assert!(!all.contains("__repl"), "{all}");
+    assert!(all.contains("<input>:1:19]"), "{all}");
+    assert!(all.contains("1 │ mean[i] s[i, 0] + undefined_name"), "{all}");
+    assert!(all.contains("unexpected end of input"), "{all}");
+    assert!(all.contains("1 │ s[0, 1] > nope"), "{all}");
+}
+
 #[test]
 fn errors_leave_the_session_unchanged() {
     let mut s = Session::new();
