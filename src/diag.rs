@@ -271,10 +271,7 @@ impl Diag {
             let (a, b) = (l.span.start as usize, (l.span.end as usize).min(end));
             l.span = Span::new(l.span.source, a - start, b.max(a) - start);
         }
-        self.source = Some(Box::new(NamedSource::new(
-            name,
-            Arc::new(text[start..end].to_string()),
-        )));
+        self.source = Some(Box::new(NamedSource::new(name, Arc::new(text[start..end].to_string()))));
         self
     }
     /// The primary span, if any.

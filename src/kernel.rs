@@ -209,7 +209,9 @@ impl Kernel {
         #[cfg(feature = "jit")]
         let jit = if options.backend == Backend::Jit {
             let t = Instant::now();
-            let compiled = crate::backend::jit::compile(&g).map_err(|e| {
+            // Code generation recurses over the program's depth: on the compiler's big stack, as the
+            // front end (a deep program from a thread with a small stack overflowed it).
+            let compiled = api::on_big_stack(|| crate::backend::jit::compile(&g)).map_err(|e| {
                 Diag::new(Code::TooDeep, e.to_string())
                     .help("this is a compiler limitation; use the interpreter backend")
             })?;
@@ -220,7 +222,7 @@ impl Kernel {
         };
         let cuda = if options.backend == Backend::Cuda {
             let t = Instant::now();
-            let program = crate::backend::cuda::generate(&g);
+            let program = api::on_big_stack(|| crate::backend::cuda::generate(&g));
             timings.stages.push(("cuda codegen", t.elapsed()));
             let t = Instant::now();
             let device = options.cuda.load(&program).map_err(|e| {

@@ -107,12 +107,12 @@ case!(
 case!(
     nesting_too_deep,
     TooDeep,
-    &format!("loss f(x: f32[N]) {{ {}x[0]{} }}\n", "(".repeat(100), ")".repeat(100))
+    &format!("loss f(x: f32[N]) {{ {}x[0]{} }}\n", "(".repeat(400), ")".repeat(400))
 );
 case!(
     chain_too_deep,
     TooDeep,
-    &format!("loss f(x: f32[N]) {{ x[0]{} }}\n", " + 1".repeat(400))
+    &format!("loss f(x: f32[N]) {{ x[0]{} }}\n", " + 1".repeat(1000))
 );
 case!(
     number_out_of_range,

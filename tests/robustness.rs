@@ -507,3 +507,37 @@ fn mutants_on_the_command_line_exit_0_or_1() {
     assert!(runs > 100, "{runs}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// 256 levels of real nesting of every construct compile, and the JIT computes what the interpreter
+/// computes (issue 23: 62 parentheses were refused); chains of 700 terms too. Beyond the limits, a
+/// diagnostic (`deep_nesting_is_a_diagnostic`).
+#[test]
+fn two_hundred_fifty_six_levels_of_nesting_compile_and_run() {
+    let n = 256;
+    let means: String = (0..n).map(|k| format!("mean[k{k}: N] ")).collect();
+    let programs = [
+        format!("{}x[0]{}", "(".repeat(n), ")".repeat(n)),
+        format!("{}x[0]", "-".repeat(n)),
+        format!("{}x[0]{}", "tanh(".repeat(n), ")".repeat(n)),
+        format!("{}x[0]{}", "if 1 > 0 then ".repeat(n), " else 0".repeat(n)),
+        format!("{means}x[k0]"),
+        format!("x[0]{}", " + x[1]".repeat(700)),
+    ];
+    let x = lossc::Tensor::float(vec![2], vec![0.25, -0.5]);
+    for body in programs {
+        let src = format!("loss f(x: f32[N]) {{\n    {body}\n}}\n");
+        let m = lossc::Compiler::new()
+            .compile_source("deep.lx", &src)
+            .unwrap_or_else(|d| panic!("{}\n{}", d.render(), &src[..120.min(src.len())]));
+        let inputs = BTreeMap::from([("x".to_string(), x.clone())]);
+        let jit = m.kernel(None).unwrap().eval(&inputs).unwrap();
+        let interp = lossc::api::eval_grad(m.program.loss(None).unwrap(), &inputs, &BTreeMap::new()).unwrap();
+        assert!(
+            (jit.loss - interp.loss).abs() <= 1e-4 * interp.loss.abs().max(1.0),
+            "{}: {} vs {}",
+            &src[..60],
+            jit.loss,
+            interp.loss
+        );
+    }
+}

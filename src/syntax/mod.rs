@@ -14,11 +14,11 @@ pub mod print;
 pub use parser::parse;
 
 /// The deepest AST any later stage sees. Operator chains count one level per operator.
-pub const MAX_DEPTH: usize = 200;
+pub const MAX_DEPTH: usize = 768;
 
 /// The deepest nesting of brackets plus prefix constructs (reductions, `if`, unary operators) the pre-scan
 /// lets through to pest.
-pub const MAX_NESTING: usize = 64;
+pub const MAX_NESTING: usize = 300;
 
 /// Scans a (nesting) block comment that starts at `bytes[start..]` with `/*`: returns the offset just past
 /// its closing `*/` (or the end of input), the deepest nesting seen, and whether it was closed. One scanner

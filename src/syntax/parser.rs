@@ -346,7 +346,7 @@ fn prescan(source: SourceId, text: &str) -> Result<()> {
             }
             let word = &text[start..i];
             match word {
-                "sum" | "mean" | "max" | "min" | "prod" | "logsumexp" | "count" | "if" | "then" | "else" => level += 1,
+                "sum" | "mean" | "max" | "min" | "prod" | "logsumexp" | "count" | "if" => level += 1,
                 "let" | "out" => level = stack.last().copied().unwrap_or(0),
                 _ => {}
             }
