@@ -197,6 +197,12 @@ case!(
     RangeUnknown,
     "loss f(s: f32[M, M]) {\n    let pos[i] = if i < 3 then i + 3 else i - 3\n    mean[i] s[i, pos[i]]\n}\n"
 );
+// Two letters swapped are one edit: `mea` suggests `mae`.
+case!(
+    swapped_letters_suggest_the_item,
+    UnknownImport,
+    "use std::classification::mea\n"
+);
 case!(range_unknown, RangeUnknown, "loss f(x: f32[N]) {\n    sum[j] x[0]\n}\n");
 case!(
     condition_as_number,
