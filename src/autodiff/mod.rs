@@ -562,10 +562,7 @@ impl Ad {
                 let above = self.g.prim(Prim::Ge, &[at, zero], span)?;
                 let below = self.g.prim(Prim::Lt, &[at, size], span)?;
                 let inside = self.g.prim(Prim::And, &[above, below], span)?;
-                cond = Some(match cond {
-                    None => inside,
-                    Some(c) => self.g.prim(Prim::And, &[c, inside], span)?,
-                });
+                cond = self.and(cond, inside, span)?;
             }
             // An index that ranges over another extent than the axis it was substituted by (a read under
             // a guard, `if i < B then a[i] …` with i over 2B) contributes only inside its own range.
@@ -578,19 +575,13 @@ impl Ad {
                 if axis.is_some_and(|a| a != range) {
                     let size = self.g.add(Expr::Size(range), Scalar::Int, span)?;
                     let inside = self.g.prim(Prim::Lt, &[*at, size], span)?;
-                    cond = Some(match cond {
-                        None => inside,
-                        Some(c) => self.g.prim(Prim::And, &[c, inside], span)?,
-                    });
+                    cond = self.and(cond, inside, span)?;
                 }
             }
             for p in conditions {
                 let s = self.g.subst(c.subs[p], &map)?;
                 let eq = self.g.prim(Prim::Eq, &[s, head_nodes[p]], span)?;
-                cond = Some(match cond {
-                    None => eq,
-                    Some(c) => self.g.prim(Prim::And, &[c, eq], span)?,
-                });
+                cond = self.and(cond, eq, span)?;
             }
             let remaining: Vec<IndexId> = free.iter().filter(|v| !map.contains_key(v)).copied().collect();
             let term = if remaining.is_empty() {

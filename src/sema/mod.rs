@@ -1270,13 +1270,7 @@ impl Cx<'_, '_> {
             }
             ExprKind::If { cond, then, otherwise } => {
                 let c = self.expr(cond);
-                let outer = self.guarded.len();
-                if let Some(c) = c {
-                    let tested = self.f.node(c).free.to_vec();
-                    self.guarded.extend(tested);
-                }
-                let (a, b) = (self.expr(then), self.expr(otherwise));
-                self.guarded.truncate(outer);
+                let (a, b) = self.under_guard(c, |cx| (cx.expr(then), cx.expr(otherwise)));
                 self.apply(Prim::Select, &[(c?, cond), (a?, then), (b?, otherwise)], e.span)
             }
             ExprKind::Reduce {
@@ -1512,6 +1506,19 @@ impl Cx<'_, '_> {
         self.load(tensor, name, out, span)
     }
 
+    /// Lowers what `guard` (a lowered condition, if any) guards: the indices it tests may read past an
+    /// axis there ([`Cx::guarded`]).
+    fn under_guard<T>(&mut self, guard: Option<NodeId>, lower: impl FnOnce(&mut Self) -> T) -> T {
+        let outer = self.guarded.len();
+        if let Some(g) = guard {
+            let tested = self.f.node(g).free.to_vec();
+            self.guarded.extend(tested);
+        }
+        let out = lower(self);
+        self.guarded.truncate(outer);
+        out
+    }
+
     /// Records that index `id` ranges over `dim` (from a use at `span`), reporting a conflict.
     fn constrain(&mut self, id: IndexId, dim: &Dim, span: Span, what: String) {
         match &self.ranges[id.index()] {
@@ -1549,13 +1556,7 @@ impl Cx<'_, '_> {
         self.scopes.push(Vec::new());
         let ids: Vec<IndexId> = binders.iter().map(|b| self.binder(b, None)).collect();
         let m = mask.map(|m| self.expr(m).and_then(|n| self.condition(n, m)));
-        let outer = self.guarded.len();
-        if let Some(Some(m)) = m {
-            let tested = self.f.node(m).free.to_vec();
-            self.guarded.extend(tested);
-        }
-        let b = self.expr(body);
-        self.guarded.truncate(outer);
+        let b = self.under_guard(m.flatten(), |cx| cx.expr(body));
         self.scopes.pop();
         let ids = self.finish_binders(binders, ids, None)?;
         let mask = match m {
