@@ -106,7 +106,8 @@ pub enum CallError {
     /// A label outside `0..bound`.
     #[allow(missing_docs)]
     #[error(
-        "label out of range: `{input}` at position {position:?} is {value}, but labels must lie in 0..{bound} ({bound} = {size})"
+        "label out of range: `{input}` at position {position:?} is {value}, but labels must lie in 0..{bound} ({bound} = {size}){}",
+        or_ignored(*.ignore)
     )]
     LabelOutOfRange {
         input: String,
@@ -114,6 +115,8 @@ pub enum CallError {
         value: i64,
         bound: String,
         size: i64,
+        /// The value to ignore the input also accepts (`ignore = 255`).
+        ignore: Option<i64>,
     },
     /// A state input passed to a stateful call (the store supplies it).
     #[allow(missing_docs)]
@@ -173,6 +176,11 @@ pub enum CallError {
     /// failed. Never the input's fault.
     #[error("the device could not run the kernel: {0}")]
     Device(String),
+}
+
+/// The end of a label error's message for an input that also accepts a value to ignore.
+pub fn or_ignored(ignore: Option<i64>) -> String {
+    ignore.map_or(String::new(), |v| format!(" or be {v}"))
 }
 
 /// A checked call: sizes of the dimension symbols, hyperparameter values and inputs in declaration order.
@@ -349,13 +357,17 @@ pub fn bind_views(
     for (input, t) in f.inputs.iter().zip(&ordered) {
         if let (Some(b), Some(v)) = (&input.bound, t.labels) {
             let size = b.eval(&sizes);
-            if let Some(pos) = v.iter().position(|x| *x < 0 || *x >= size) {
+            if let Some(pos) = v
+                .iter()
+                .position(|x| (*x < 0 || *x >= size) && Some(*x) != input.ignore)
+            {
                 return Err(CallError::LabelOutOfRange {
                     input: input.name.clone(),
                     position: unravel(pos, t.shape),
                     value: v[pos],
                     bound: f.show_dim(b),
                     size,
+                    ignore: input.ignore,
                 });
             }
         }

@@ -180,6 +180,11 @@ pub struct Kernel {
     budget: u64,
     finite: bool,
     timings: Timings,
+    /// How this kernel was built (hyperparameters fixed at compile time are already folded into
+    /// `function`): second-order kernels are built alike.
+    options: Compiler,
+    /// The Hessian-vector product kernels built so far ([`Kernel::hvp`]), by input.
+    hvps: Arc<std::sync::Mutex<BTreeMap<String, Kernel>>>,
 }
 
 impl Kernel {
@@ -248,6 +253,11 @@ impl Kernel {
             budget: options.budget,
             finite: options.finite,
             timings,
+            options: Compiler {
+                specialise: BTreeMap::new(),
+                ..options.clone()
+            },
+            hvps: Default::default(),
         })
     }
 
@@ -381,6 +391,67 @@ impl Kernel {
         let mut all = inputs.clone();
         all.insert(self.function.inputs[c as usize].name.clone(), cotangent);
         self.eval_with(&all, hypers)
+    }
+
+    /// The Hessian-vector product of the loss in the differentiable input `x` along `v` (shaped like `x`):
+    /// the gradient of `L_v = Σ_t ∂L/∂x[t] · v[t]`. Its `loss` is that directional derivative, its gradient
+    /// of `x` is `H v` (the Hessian of L in x times v), and the gradient of every other differentiable input
+    /// z is the mixed product `(∂²L / ∂z ∂x) v`; outputs are the loss's. The second-order program (the
+    /// kernel's gradient program differentiated again, [`crate::autodiff::directional`]) is built on this
+    /// kernel's backend at the first call for each `x` and kept.
+    pub fn hvp(
+        &self,
+        inputs: &BTreeMap<String, Tensor>,
+        hypers: &BTreeMap<String, f64>,
+        x: &str,
+        v: Tensor,
+    ) -> Result<Evaluation, CallError> {
+        let f = &self.function;
+        let differentiable = || {
+            let names: Vec<&str> = f
+                .inputs
+                .iter()
+                .filter(|i| i.differentiable())
+                .map(|i| i.name.as_str())
+                .collect();
+            names.join(", ")
+        };
+        if !f.inputs.iter().any(|i| i.name == x && i.differentiable()) {
+            return Err(CallError::UnknownInput {
+                name: x.to_string(),
+                expected: differentiable(),
+            });
+        }
+        // The direction is one more input, under a name the loss does not use.
+        let mut direction = "v".to_string();
+        while f.inputs.iter().any(|i| i.name == direction) {
+            direction.push('_');
+        }
+        let kernel = {
+            let mut built = self.hvps.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match built.get(x) {
+                Some(k) => k.clone(),
+                None => {
+                    let h = crate::autodiff::directional(f, x, &direction)
+                        .and_then(|h| Kernel::build(&h, &self.options))
+                        .map_err(|d| CallError::Compile(d.message))?;
+                    built.insert(x.to_string(), h.clone());
+                    h
+                }
+            }
+        };
+        if let Some(name) = hypers.keys().find(|k| self.fixed.contains(k)) {
+            return Err(CallError::HyperFixed { name: name.clone() });
+        }
+        let mut all = inputs.clone();
+        if all.contains_key(&direction) {
+            return Err(CallError::UnknownInput {
+                name: direction,
+                expected: f.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", "),
+            });
+        }
+        all.insert(direction, v);
+        kernel.with_threads(self.threads).eval_with(&all, hypers)
     }
 
     /// One call of a stateful loss: the state inputs are gathered from `store` by the call's sample ids,

@@ -246,6 +246,7 @@ pub fn check_ids(key: &str, ids: &[i64]) -> Result<(), CallError> {
             value: bad,
             bound: "MAX_STATE_ROWS".into(),
             size: MAX_STATE_ROWS,
+            ignore: None,
         }),
         None => Ok(()),
     }

@@ -81,6 +81,16 @@ fn case(p: Prim) -> (&'static str, f64, f64) {
         Tanh => ("tanh(x[i]) * z[i]", -2.0, 2.0),
         Relu => ("relu(x[i]) * z[i]", -2.0, 2.0),
         Atan => ("atan(x[i]) * z[i]", -2.0, 2.0),
+        Cos => ("cos(x[i]) * z[i]", -2.0, 2.0),
+        Sin => ("sin(x[i]) * z[i]", -2.0, 2.0),
+        Acos => ("acos(0.4 * x[i]) * z[i]", -2.0, 2.0),
+        // Steps of the remainder at multiples of z: the seeded points lie between them.
+        Rem => ("(x[i] + 5) % z[i] * x[i]", 0.5, 2.0),
+        Floor | Ceil | Round => (
+            "floor(3 * x[i]) * z[i] + ceil(x[i]) * x[i] + round(2 * z[i]) * x[i]",
+            -2.0,
+            2.0,
+        ),
         Clamp => ("clamp(x[i], -1, z[i])", -2.0, 2.0),
         Eq | Ne | Lt | Le | Gt | Ge | And | Or | Not | Iverson => (
             "[x[i] > z[i] && !(x[i] < -1) || x[i] == 0.25 || x[i] != z[i] && x[i] <= 3 && z[i] >= -3] * x[i] * z[i]",
@@ -326,5 +336,88 @@ fn masked_out_points_contribute_zero_not_nan() {
             g.grads
         );
         assert_gradcheck("masked", src, &inputs);
+    }
+}
+
+/// `Kernel::hvp` on the interpreter and the JIT: H·v in `a`, and the mixed product in `b`, against central
+/// differences of the kernel's own gradients along v; bad calls are typed errors.
+#[test]
+fn kernel_hvp_matches_differences_of_the_gradient() {
+    use lossc::{Backend, CallError, Compiler};
+    let src = "loss infonce(a: f32[B, D], b: f32[B, D], w: f32[B] nograd, tau: f32 = 0.5) {
+        let na[i] = sqrt(sum[d] a[i, d] ^ 2)
+        let S[i, j] = sum[d] a[i, d] * b[j, d] / (na[i] * tau)
+        mean[i] w[i] * ((logsumexp[j] S[i, j]) - S[i, i])
+    }";
+    let mut rng = Rng::new(23);
+    let p = Program::from_source("h.lx", src).unwrap();
+    let inputs = random_inputs(
+        p.loss(None).unwrap(),
+        &BTreeMap::from([("B", 4), ("D", 3)]),
+        &mut rng,
+        -1.5,
+        1.5,
+    );
+    let v: Vec<f64> = (0..12).map(|_| rng.normal()).collect();
+    for (backend, tolerance) in [(Backend::Interp, 1e-6), (Backend::Jit, 2e-3)] {
+        let k = Compiler::new()
+            .backend(backend)
+            .compile_source("h.lx", src)
+            .unwrap()
+            .kernel(None)
+            .unwrap();
+        let hv = k
+            .hvp(&inputs, &BTreeMap::new(), "a", Tensor::float(vec![4, 3], v.clone()))
+            .unwrap();
+        let grads_at = |delta: f64| {
+            let mut m = inputs.clone();
+            let a: Vec<f64> = m["a"].to_f64().iter().zip(&v).map(|(x, d)| x + delta * d).collect();
+            m.insert("a".into(), Tensor::float(vec![4, 3], a));
+            Compiler::new()
+                .backend(Backend::Interp)
+                .compile_source("h.lx", src)
+                .unwrap()
+                .kernel(None)
+                .unwrap()
+                .eval(&m)
+                .unwrap()
+        };
+        let (plus, minus) = (grads_at(1e-5), grads_at(-1e-5));
+        for input in ["a", "b"] {
+            let got = hv.grads.iter().find(|(n, _)| n == input).unwrap().1.to_f64();
+            let g = |e: &lossc::Evaluation| e.grads.iter().find(|(n, _)| n == input).unwrap().1.to_f64();
+            let (p, m) = (g(&plus), g(&minus));
+            for t in 0..12 {
+                let fd = (p[t] - m[t]) / 2e-5;
+                assert!(
+                    (got[t] - fd).abs() <= tolerance * fd.abs().max(1.0),
+                    "{backend:?} {input}[{t}]: {} vs {fd}",
+                    got[t]
+                );
+            }
+        }
+        // The directional derivative is the loss of the call.
+        let grad_a = k
+            .eval(&inputs)
+            .unwrap()
+            .grads
+            .into_iter()
+            .find(|(n, _)| n == "a")
+            .unwrap()
+            .1
+            .to_f64();
+        let directional: f64 = grad_a.iter().zip(&v).map(|(g, d)| g * d).sum();
+        assert!((hv.loss - directional).abs() <= tolerance * directional.abs().max(1.0));
+        // No second derivative in a `nograd` input or an unknown one; a direction of the wrong shape.
+        for x in ["w", "z"] {
+            let e = k
+                .hvp(&inputs, &BTreeMap::new(), x, Tensor::float(vec![4], vec![0.0; 4]))
+                .unwrap_err();
+            assert!(matches!(e, CallError::UnknownInput { .. }), "{e:?}");
+        }
+        let e = k
+            .hvp(&inputs, &BTreeMap::new(), "a", Tensor::float(vec![3, 3], vec![0.0; 9]))
+            .unwrap_err();
+        assert!(matches!(e, CallError::ShapeMismatch { .. }), "{e:?}");
     }
 }

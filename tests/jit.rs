@@ -437,6 +437,9 @@ fn math_functions_are_accurate() {
         ("atan", -3.0, 3.0, f64::atan, 2.5e-7),
         ("atan", -1e30, 1e30, f64::atan, 2.5e-7),
         ("sqrt", 0.0, 1e6, f64::sqrt, 2.5e-7),
+        ("cos", -3.0, 3.0, f64::cos, 2.5e-7),
+        ("sin", -3.0, 3.0, f64::sin, 2.5e-7),
+        ("acos", -1.0, 1.0, f64::acos, 2.5e-7),
     ] {
         let e = max_rel_error(name, lo, hi, f);
         eprintln!("{name} on [{lo}, {hi}]: max relative error {e:.2e}");
@@ -1595,4 +1598,63 @@ fn plain_sums_of_exponentials_keep_them_for_their_reader() {
     assert_eq!((plain(false), plain(true)), (1, 2), "{kept:?}");
     let inputs = random_inputs(&f, &[45, 19], &mut rng);
     modules_agree("nt_xent", &jit, &interp, None, &inputs);
+}
+
+/// Labels declared `ignore = 255`: accepted at call time, skipped by a mask, never read out of bounds (an
+/// unguarded read of one is an index error); any other value outside the bound is a label error.
+#[test]
+fn labels_to_ignore_are_accepted_and_never_read() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/in/ignore_labels.lx");
+    let s: Vec<f64> = (0..20).map(|k| ((k * 7) % 11) as f64 * 0.3 - 1.0).collect();
+    let batch = |labels: &[i64], rows: &[usize]| {
+        BTreeMap::from([
+            (
+                "s".to_string(),
+                Tensor::float(
+                    vec![rows.len(), 4],
+                    rows.iter().flat_map(|r| s[r * 4..r * 4 + 4].to_vec()).collect(),
+                ),
+            ),
+            ("y".to_string(), Tensor::labels(vec![rows.len()], labels.to_vec())),
+        ])
+    };
+    let all = batch(&[2, 255, 0, 255, 3], &[0, 1, 2, 3, 4]);
+    let kept = batch(&[2, 0, 3], &[0, 2, 4]);
+    for backend in [Backend::Jit, Backend::Interp] {
+        let k = Compiler::new()
+            .backend(backend)
+            .compile_file(&path)
+            .unwrap()
+            .kernel(None)
+            .unwrap();
+        let (e, r) = (k.eval(&all).unwrap(), k.eval(&kept).unwrap());
+        assert!(
+            (e.loss - r.loss).abs() < 1e-6,
+            "{backend:?}: {} vs {} over the kept rows",
+            e.loss,
+            r.loss
+        );
+        let g = e.grads[0].1.to_f64();
+        assert!(
+            g[4..8].iter().chain(&g[12..16]).all(|v| *v == 0.0),
+            "{backend:?}: ignored rows get {g:?}"
+        );
+        let bad = k.eval(&batch(&[2, 7, 0, 255, 3], &[0, 1, 2, 3, 4])).unwrap_err();
+        assert_eq!(
+            bad.to_string(),
+            "label out of range: `y` at position [1] is 7, but labels must lie in 0..C (C = 4) or be 255"
+        );
+        let unguarded = "loss f(s: f32[N, C], y: idx[N] < C ignore = 255) { mean[i] s[i, y[i]] }";
+        let k = Compiler::new()
+            .backend(backend)
+            .compile_source("u.lx", unguarded)
+            .unwrap()
+            .kernel(None)
+            .unwrap();
+        let e = k.eval(&all).unwrap_err();
+        assert!(
+            matches!(e, lossc::CallError::IndexOutOfRange { .. }),
+            "{backend:?}: {e}"
+        );
+    }
 }

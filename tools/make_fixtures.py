@@ -97,6 +97,24 @@ def original(repo, commit, path):
     return module
 
 
+def original_defs(repo, commit, path, names, namespace):
+    """The top-level functions and classes `names` of the file `path` (as `original`), defined in `namespace`
+    and returned in order: for a file whose module-level imports cannot run here (relative imports of its
+    package, APIs removed from numpy); the definitions themselves run as written."""
+    import ast
+    original_checkout = os.path.join(os.environ.get("LOSSC_ORIGINALS", os.path.expanduser("~/.cache/lossc/originals")),
+                                     repo.replace("/", "+"))
+    if not os.path.isdir(original_checkout):
+        subprocess.run(["git", "clone", "--quiet", "--no-checkout", f"https://github.com/{repo}", original_checkout],
+                       check=True)
+    text = subprocess.run(["git", "-C", original_checkout, "show", f"{commit}:{path}"], check=True,
+                          capture_output=True, text=True).stdout
+    tree = ast.parse(text)
+    defs = [d for d in tree.body if isinstance(d, (ast.FunctionDef, ast.ClassDef)) and d.name in names]
+    exec(compile(ast.Module(body=defs, type_ignores=[]), f"{repo}/{path}", "exec"), namespace)
+    return [namespace[n] for n in names]
+
+
 # ---- classification ----------------------------------------------------------------------------------
 
 
@@ -750,6 +768,40 @@ def few_shot():
     ] + icnn_cases)
 
 
+# ---- face-recognition margin heads (UNPG) ------------------------------------------------------------
+
+
+def face():
+    head = original("Jung-Jun-Uk/UNPG", "a6f9c17", "recognition/models/head.py")
+    ns = {"torch": torch, "nn": torch.nn, "F": F, "ArcFace": head.ArcFace, "CosFace": head.CosFace, "UNPG": head.UNPG}
+    box, pairs, head_and_loss = original_defs("Jung-Jun-Uk/UNPG", "a6f9c17", "recognition/models/build.py",
+                                              ["box_and_whisker_algorithm", "convert_label_to_similarity",
+                                               "HeadAndLoss"], ns)
+    ref = "UNPG recognition/models/build.py HeadAndLoss.forward (head.zoo.yaml: s 64, m 0.5, wisk 1.5) @ a6f9c17"
+    cases = []
+    for k, (n, d, c, head_name) in enumerate([(8, 5, 4, "arcface"), (9, 4, 3, "cosface"), (12, 6, 5, "arcface")]):
+        x = randn(n, d, seed=300 + k)
+        w = randn(c, d, seed=310 + k)
+        y = labels(n, c, 320 + k)
+
+        def fn(x, w, y, head_name=head_name):
+            # HeadAndLoss without its yaml file: the configuration it would read, set as __init__ sets it
+            # (one device: the original stacks the kept similarities once per GPU).
+            crit = head_and_loss.__new__(head_and_loss)
+            torch.nn.Module.__init__(crit)
+            crit.criterion, crit.head_name, crit.aux_name = torch.nn.CrossEntropyLoss(), head_name, "unpg"
+            cls = head.ArcFace if head_name == "arcface" else head.CosFace
+            crit.head = cls(in_feature=x.shape[1], out_feature=w.shape[0], s=64.0, m=0.5)
+            del crit.head.weight  # the case's weights, a leaf of their own
+            crit.head.weight = w
+            crit.aux, crit.wisk, crit.num_gpu = head.UNPG(s=64.0, wisk=1.5), 1.5, 1
+            return crit(x, y)
+
+        cases.append(case(f"unpg_{head_name}_{n}", "std::face::unpg", ref, [call({"x": x, "w": w, "y": y}, fn)],
+                          hypers={"head": 0 if head_name == "arcface" else 1}))
+    write("face", cases)
+
+
 FAMILIES = {
     "dro_metrics_divergence": dro_metrics_divergence,
     "classification": classification,
@@ -762,6 +814,7 @@ FAMILIES = {
     "temperature": temperature,
     "ensemble": ensemble,
     "few_shot": few_shot,
+    "face": face,
 }
 
 if __name__ == "__main__":

@@ -152,7 +152,8 @@ impl<'a> Bounds<'a> {
                 };
                 let (lo, hi) = match shape.increasing {
                     true => (image(x.lo).max(shape.lo), image(x.hi).min(shape.hi)),
-                    false => (shape.lo, x.lo.abs().max(x.hi.abs()).min(shape.hi)),
+                    false if prim == Prim::Abs => (shape.lo, x.lo.abs().max(x.hi.abs()).min(shape.hi)),
+                    false => (shape.lo, shape.hi),
                 };
                 // The argument must stay inside the function's domain for a finite value.
                 let inside = match prim {
@@ -161,7 +162,11 @@ impl<'a> Bounds<'a> {
                     Prim::Sqrt => x.lo >= 0.0,
                     _ => true,
                 };
-                let finite = (lo.is_finite() && hi.is_finite()) || (x.finite && (inside || !self.free(args[0])));
+                let finite = match prim {
+                    // NaN outside [-1, 1].
+                    Prim::Acos => x.lo >= -1.0 && x.hi <= 1.0,
+                    _ => (lo.is_finite() && hi.is_finite()) || (x.finite && (inside || !self.free(args[0]))),
+                };
                 Range { lo, hi, finite }
             }
         }

@@ -203,6 +203,9 @@ pub struct Input {
     pub shape: Vec<Dim>,
     /// For `idx` inputs: every value must lie in `0..bound`.
     pub bound: Option<Dim>,
+    /// For bounded labels: the one other value a label may take (`ignore = 255`); such a label is not
+    /// statically inside its bound, so every read it subscripts is checked.
+    pub ignore: Option<i64>,
     /// Whether it gets no gradient.
     pub nograd: bool,
     /// For per-sample state (`u: f32[B] state[ids] = init`): the key input and the initial row value.
@@ -759,7 +762,7 @@ impl Function {
             Expr::Load {
                 tensor: TensorRef::Input(i),
                 ..
-            } => self.inputs[*i as usize].bound.as_ref() == Some(d),
+            } => self.inputs[*i as usize].ignore.is_none() && self.inputs[*i as usize].bound.as_ref() == Some(d),
             Expr::Int(c) => matches!(d, Dim::Const(n) if *c >= 0 && c < n),
             Expr::Prim {
                 prim: Prim::Select,

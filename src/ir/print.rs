@@ -29,6 +29,9 @@ pub fn function(f: &Function) -> String {
             if let Some(b) = &i.bound {
                 let _ = write!(s, " < {}", f.show_dim(b));
             }
+            if let Some(v) = i.ignore {
+                let _ = write!(s, " ignore = {v}");
+            }
             if i.nograd {
                 s.push_str(" nograd");
             }

@@ -33,6 +33,7 @@ prims! {
     Sub "sub" None;
     Mul "mul" None;
     Div "div" None;
+    Rem "rem" None;
     Neg "neg" None;
     Pow "pow" Some("pow");
     Min "min" Some("min");
@@ -49,6 +50,12 @@ prims! {
     Tanh "tanh" Some("tanh");
     Relu "relu" Some("relu");
     Atan "atan" Some("atan");
+    Cos "cos" Some("cos");
+    Sin "sin" Some("sin");
+    Acos "acos" Some("acos");
+    Floor "floor" Some("floor");
+    Ceil "ceil" Some("ceil");
+    Round "round" Some("round");
     Clamp "clamp" Some("clamp");
     Eq "eq" None;
     Ne "ne" None;
@@ -115,6 +122,11 @@ impl Prim {
             Sigmoid => shape(Neither, true, 0.0, 1.0),
             Tanh | Sign => shape(Neither, true, -1.0, 1.0),
             Atan => shape(Neither, true, -std::f64::consts::FRAC_PI_2, std::f64::consts::FRAC_PI_2),
+            Cos | Sin => shape(Neither, false, -1.0, 1.0),
+            // Defined on [-1, 1]: decreasing, concave below 0 and convex above.
+            Acos => shape(Neither, false, 0.0, std::f64::consts::PI),
+            // Integer results, or more than one argument.
+            Floor | Ceil | Round | Rem => None,
             Add | Sub | Mul | Div | Neg | Pow | Min | Max | Clamp | Eq | Ne | Lt | Le | Gt | Ge | And | Or | Not
             | Select | Iverson | ToFloat | StopGrad => None,
         }
@@ -126,7 +138,7 @@ impl Prim {
 pub enum Cost {
     /// Addition, subtraction, negation, comparisons and the bracket of a comparison.
     Trivial,
-    /// Multiplication, division, selection, conversion to float, stopgrad.
+    /// Multiplication, division, remainder, selection, conversions, stopgrad.
     Arithmetic,
     /// `relu`, `min`, `max`, `abs`.
     Piecewise,
@@ -153,6 +165,8 @@ pub enum Sig {
     Iverson,
     /// An integer; the same value as a float.
     ToFloat,
+    /// A number; an integer (a float rounded to one, saturating; an integer as it is).
+    ToInt,
 }
 
 impl Sig {
@@ -162,7 +176,7 @@ impl Sig {
             Sig::Float(n) | Sig::Numeric(n) | Sig::Logic(n) => n,
             Sig::Compare => 2,
             Sig::Select => 3,
-            Sig::Iverson | Sig::ToFloat => 1,
+            Sig::Iverson | Sig::ToFloat | Sig::ToInt => 1,
         }
     }
 }
@@ -178,10 +192,12 @@ impl Prim {
         use Prim::*;
         match self {
             Add | Sub | Neg | Iverson | Eq | Ne | Lt | Le | Gt | Ge => Cost::Trivial,
-            Mul | Div | ToFloat | Select | StopGrad => Cost::Arithmetic,
+            Mul | Div | Rem | ToFloat | Floor | Ceil | Round | Select | StopGrad => Cost::Arithmetic,
             Relu | Min | Max | Abs => Cost::Piecewise,
             Sign | Clamp | And | Or | Not => Cost::Other,
-            Exp | Log | Log1p | Expm1 | Sigmoid | Softplus | Tanh | Atan | Sqrt | Pow => Cost::Costly,
+            Exp | Log | Log1p | Expm1 | Sigmoid | Softplus | Tanh | Atan | Cos | Sin | Acos | Sqrt | Pow => {
+                Cost::Costly
+            }
         }
     }
 
@@ -195,10 +211,12 @@ impl Prim {
     pub fn sig(self) -> Sig {
         use Prim::*;
         match self {
-            Add | Sub | Mul | Min | Max => Sig::Numeric(2),
+            Add | Sub | Mul | Min | Max | Rem => Sig::Numeric(2),
             Neg | Abs | Sign => Sig::Numeric(1),
             Div | Pow => Sig::Float(2),
-            Exp | Log | Log1p | Expm1 | Sqrt | Sigmoid | Softplus | Tanh | Relu | Atan | StopGrad => Sig::Float(1),
+            Exp | Log | Log1p | Expm1 | Sqrt | Sigmoid | Softplus | Tanh | Relu | Atan | Cos | Sin | Acos
+            | StopGrad => Sig::Float(1),
+            Floor | Ceil | Round => Sig::ToInt,
             Clamp => Sig::Float(3),
             Eq | Ne | Lt | Le | Gt | Ge => Sig::Compare,
             And | Or => Sig::Logic(2),
@@ -213,6 +231,7 @@ impl Prim {
     pub fn result(self, args: &[Scalar]) -> Scalar {
         match self.sig() {
             Sig::Float(_) | Sig::Iverson | Sig::ToFloat => Scalar::Float,
+            Sig::ToInt => Scalar::Int,
             Sig::Numeric(_) => {
                 if args.iter().all(|a| *a == Scalar::Int) {
                     Scalar::Int
@@ -231,12 +250,13 @@ impl Prim {
         use Value::{B, F, I};
         let f = |k: usize| a[k].as_f64();
         match self {
-            Add | Sub | Mul | Min | Max => match (a[0], a[1]) {
+            Add | Sub | Mul | Min | Max | Rem => match (a[0], a[1]) {
                 (I(x), I(y)) => I(match self {
                     Add => x.wrapping_add(y),
                     Sub => x.wrapping_sub(y),
                     Mul => x.wrapping_mul(y),
                     Min => x.min(y),
+                    Rem => rem_int(x, y),
                     _ => x.max(y),
                 }),
                 _ => {
@@ -246,6 +266,7 @@ impl Prim {
                         Sub => x - y,
                         Mul => x * y,
                         Min => nan_or(x, y, x.min(y)),
+                        Rem => x - y * (x / y).floor(),
                         _ => nan_or(x, y, x.max(y)),
                     })
                 }
@@ -277,6 +298,17 @@ impl Prim {
             Tanh => F(f(0).tanh()),
             Relu => F(if f(0) > 0.0 || f(0).is_nan() { f(0) } else { 0.0 }),
             Atan => F(f(0).atan()),
+            Cos => F(f(0).cos()),
+            Sin => F(f(0).sin()),
+            Acos => F(f(0).acos()),
+            Floor | Ceil | Round => match a[0] {
+                I(x) => I(x),
+                _ => I(to_int(match self {
+                    Floor => f(0).floor(),
+                    Ceil => f(0).ceil(),
+                    _ => f(0).round_ties_even(),
+                })),
+            },
             Clamp => F(nan_or(f(0), f(0), f(0).max(f(1)).min(f(2)))),
             Eq => B(cmp(a, |o| o.is_eq())),
             Ne => B(!cmp(a, |o| o.is_eq()) || a.iter().any(|v| v.as_f64().is_nan())),
@@ -299,6 +331,22 @@ impl Prim {
             StopGrad => F(f(0)),
         }
     }
+}
+
+/// `x % y` of integers as Python computes it: the remainder takes the divisor's sign (`-1 % 3` is 2), so
+/// a cyclic slot `(t - E) % (E + 1)` is never negative; `x % 0` is `x` (nothing is taken away).
+pub fn rem_int(x: i64, y: i64) -> i64 {
+    if y == 0 {
+        return x;
+    }
+    let r = x.wrapping_rem(y);
+    if r != 0 && (r < 0) != (y < 0) { r + y } else { r }
+}
+
+/// A float rounded to an integer as an index: saturating at the ends of i64, NaN to 0 (what a float to
+/// integer conversion does in every backend).
+pub fn to_int(x: f64) -> i64 {
+    x as i64
 }
 
 fn nan_or(x: f64, y: f64, v: f64) -> f64 {
@@ -431,6 +479,27 @@ impl Prim {
                 let d = f_prim(f, Add, &[one, sq], span)?;
                 vec![Node(f_prim(f, Div, &[one, d], span)?)]
             }
+            Cos => {
+                let s = f_prim(f, Sin, &[a], span)?;
+                vec![Node(f_prim(f, Neg, &[s], span)?)]
+            }
+            Sin => vec![Node(f_prim(f, Cos, &[a], span)?)],
+            // -1 / sqrt(1 - x²): infinite at ±1, as in PyTorch.
+            Acos => {
+                let one = f.float(1.0, span)?;
+                let sq = f_prim(f, Mul, &[a, a], span)?;
+                let d = f_prim(f, Sub, &[one, sq], span)?;
+                let r = f_prim(f, Sqrt, &[d], span)?;
+                let minus = f.float(-1.0, span)?;
+                vec![Node(f_prim(f, Div, &[minus, r], span)?)]
+            }
+            // x - y·floor(x / y): 1 for x, -floor(x / y) for y (integer remainders have no gradient).
+            Rem => {
+                let q = f_prim(f, Div, &[args[0], args[1]], span)?;
+                let fl = f_prim(f, Floor, &[q], span)?;
+                let fl = f_prim(f, ToFloat, &[fl], span)?;
+                vec![One, Node(f_prim(f, Neg, &[fl], span)?)]
+            }
             Clamp => {
                 let (x, lo, hi) = (args[0], args[1], args[2]);
                 let ge = f_prim(f, Ge, &[x, lo], span)?;
@@ -445,7 +514,8 @@ impl Prim {
                 let nc = f_prim(f, Not, &[c], span)?;
                 vec![Zero, Partial::Guard(c), Partial::Guard(nc)]
             }
-            Sign | StopGrad | Eq | Ne | Lt | Le | Gt | Ge | And | Or | Not | Iverson | ToFloat => {
+            Sign | StopGrad | Eq | Ne | Lt | Le | Gt | Ge | And | Or | Not | Iverson | ToFloat | Floor | Ceil
+            | Round => {
                 vec![Zero; self.sig().arity()]
             }
         })

@@ -85,6 +85,7 @@ pub(super) fn eval(sema: &mut Sema, unit: usize, e: &ast::Expr) -> Option<Const>
                 BinOp::Sub => Prim::Sub,
                 BinOp::Mul => Prim::Mul,
                 BinOp::Div => Prim::Div,
+                BinOp::Rem => Prim::Rem,
                 BinOp::Pow => Prim::Pow,
                 _ => return not_const(sema, e.span, "a condition"),
             };

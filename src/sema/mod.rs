@@ -519,6 +519,7 @@ impl Cx<'_, '_> {
             elem: p.ty.elem,
             shape,
             bound,
+            ignore: p.ty.ignore,
             nograd: p.nograd.is_some() || p.state.is_some(),
             state: None,
             span: p.name.span,
@@ -890,6 +891,7 @@ impl Cx<'_, '_> {
             elem: ElemTy::F32,
             shape: shape.clone(),
             bound: None,
+            ignore: None,
             nograd: true,
             state: None,
             span: ty.span,
@@ -1215,6 +1217,14 @@ impl Cx<'_, '_> {
                 let n = self.number(args[0].0, args[0].1)?;
                 return self.as_float(n, span);
             }
+            Sig::ToInt => {
+                // An integer is its own floor, ceiling and rounding.
+                let n = self.number(args[0].0, args[0].1)?;
+                if self.kind(n) == Scalar::Int {
+                    return Some(n);
+                }
+                out.push(n);
+            }
         }
         self.prim(prim, out, span)
     }
@@ -1260,6 +1270,7 @@ impl Cx<'_, '_> {
                     BinOp::Sub => Prim::Sub,
                     BinOp::Mul => Prim::Mul,
                     BinOp::Div => Prim::Div,
+                    BinOp::Rem => Prim::Rem,
                     BinOp::Pow => Prim::Pow,
                 };
                 self.apply(prim, &[(a, lhs), (b, rhs)], e.span)
@@ -1576,7 +1587,12 @@ impl Cx<'_, '_> {
             (b, Scalar::Int)
         } else {
             let n = self.number(b, body)?;
-            (self.as_float(n, body.span)?, Scalar::Float)
+            // `argmax` / `argmin` compare floats and give a position.
+            let scalar = match op {
+                ReduceOp::ArgMax | ReduceOp::ArgMin => Scalar::Int,
+                _ => Scalar::Float,
+            };
+            (self.as_float(n, body.span)?, scalar)
         };
         self.mk(
             Expr::Reduce {

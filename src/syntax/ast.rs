@@ -165,6 +165,8 @@ pub struct Type {
     pub shape: Vec<DimExpr>,
     /// For labels: the bound every value lies below (`< C`).
     pub bound: Option<DimExpr>,
+    /// For bounded labels: the one value outside the bound a label may also take (`ignore = 255`).
+    pub ignore: Option<i64>,
     /// Where it is written.
     pub span: Span,
 }
@@ -264,6 +266,8 @@ pub enum BinOp {
     Mul,
     /// `/`
     Div,
+    /// `%` (the remainder, with the divisor's sign)
+    Rem,
     /// `^`
     Pow,
 }
@@ -284,6 +288,7 @@ impl BinOp {
             BinOp::Sub => "-",
             BinOp::Mul => "*",
             BinOp::Div => "/",
+            BinOp::Rem => "%",
             BinOp::Pow => "^",
         }
     }
@@ -294,7 +299,7 @@ impl BinOp {
             BinOp::And => 2,
             BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => 3,
             BinOp::Add | BinOp::Sub => 4,
-            BinOp::Mul | BinOp::Div => 5,
+            BinOp::Mul | BinOp::Div | BinOp::Rem => 5,
             BinOp::Pow => 7,
         }
     }
@@ -326,16 +331,16 @@ pub enum ReduceOp {
     LogSumExp,
     /// `count` (of the indices where a condition holds)
     Count,
-    /// Internal (made by autodiff, not written in source): the row-major flat position of the first
-    /// maximum among the reduced indices, or -1 when the set is empty.
+    /// `argmax`: the row-major flat position of the first maximum among the reduced indices (a NaN counts
+    /// as the maximum, as in `torch.argmax`), or -1 when the set is empty. Autodiff makes them too.
     ArgMax,
-    /// Internal: like `ArgMax`, for the first minimum.
+    /// `argmin`: like `ArgMax`, for the first minimum.
     ArgMin,
 }
 
 impl ReduceOp {
     /// The reductions source code can write.
-    pub const ALL: [ReduceOp; 7] = [
+    pub const ALL: [ReduceOp; 9] = [
         ReduceOp::Sum,
         ReduceOp::Mean,
         ReduceOp::Max,
@@ -343,6 +348,8 @@ impl ReduceOp {
         ReduceOp::Prod,
         ReduceOp::LogSumExp,
         ReduceOp::Count,
+        ReduceOp::ArgMax,
+        ReduceOp::ArgMin,
     ];
     /// The reduction's name as written.
     pub fn as_str(self) -> &'static str {

@@ -47,6 +47,8 @@ pub enum Tok {
     #[token("prod")]
     #[token("logsumexp")]
     #[token("count")]
+    #[token("argmax")]
+    #[token("argmin")]
     #[token("topk")]
     #[token("argsort")]
     #[token("sortnet")]
@@ -71,7 +73,7 @@ pub enum Tok {
     #[token("}")]
     Close,
     /// An operator or punctuation.
-    #[regex(r"[-+*/^<>=!&|,:.]")]
+    #[regex(r"[-+*/%^<>=!&|,:.]")]
     Punct,
 }
 

@@ -529,7 +529,7 @@ impl Builder {
         let span = self.span(&p);
         let mut elem = ElemTy::F32;
         let mut shape = Vec::new();
-        let mut bound = None;
+        let (mut bound, mut ignore) = (None, None);
         for q in p.into_inner() {
             match q.as_rule() {
                 Rule::elem_ty => {
@@ -546,7 +546,15 @@ impl Builder {
                         shape.push(self.dim(d)?);
                     }
                 }
-                Rule::bound => bound = Some(self.dim(q.into_inner().next().unwrap())?),
+                Rule::bound => {
+                    let mut parts = q.into_inner();
+                    bound = Some(self.dim(parts.next().unwrap())?);
+                    if let Some(i) = parts.next() {
+                        let value = i.into_inner().next().unwrap();
+                        let span = self.span(&value);
+                        ignore = Some(value.as_str().parse::<i64>().map_err(|_| self.bad_number(span))?);
+                    }
+                }
                 r => unreachable!("type child {r:?}"),
             }
         }
@@ -554,6 +562,7 @@ impl Builder {
             elem,
             shape,
             bound,
+            ignore,
             span,
         })
     }
@@ -929,6 +938,7 @@ fn binop(s: &str) -> BinOp {
         "-" => BinOp::Sub,
         "*" => BinOp::Mul,
         "/" => BinOp::Div,
+        "%" => BinOp::Rem,
         _ => BinOp::Pow,
     }
 }

@@ -110,6 +110,9 @@ pub fn ty(t: &Type) -> String {
     if let Some(b) = &t.bound {
         let _ = write!(s, " < {}", dim(b));
     }
+    if let Some(v) = t.ignore {
+        let _ = write!(s, " ignore = {v}");
+    }
     s
 }
 

@@ -381,10 +381,13 @@ pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsuppor
             ElemTy::Idx => ("int64_t", "int64 labels"),
             _ => ("float", "float32"),
         };
-        let bound = input
-            .bound
-            .as_ref()
-            .map_or(String::new(), |b| format!(", each in 0..{}", f.show_dim(b)));
+        let bound = input.bound.as_ref().map_or(String::new(), |b| {
+            format!(
+                ", each in 0..{}{}",
+                f.show_dim(b),
+                crate::call::or_ignored(input.ignore)
+            )
+        });
         params.push(Param {
             decl: format!("const {ty} *{n}"),
             doc: format!(
@@ -537,10 +540,10 @@ pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsuppor
         let _ = writeln!(
             code,
             "    {{\n        int64_t lossc_size = {}, lossc_n = {};\n        for (int64_t lossc_i = 0; lossc_i < lossc_n; lossc_i++) {{\n            \
-             if ({n}[lossc_i] < 0 || {n}[lossc_i] >= lossc_size) {{\n                lossc_rt_position(lossc_i, {shape}, {}, lossc_at, \
+             if (({n}[lossc_i] < 0 || {n}[lossc_i] >= lossc_size){ignored}) {{\n                lossc_rt_position(lossc_i, {shape}, {}, lossc_at, \
              sizeof lossc_at);\n                return lossc_rt_fail(error, error_size, LOSSC_RT_LABEL_ERROR, \"label \
-             out of range: `%s` at position %s is %lld, but labels must lie in 0..%s (%s = %lld)\", {}, lossc_at, \
-             (long long){n}[lossc_i], {bd}, {bd}, (long long)lossc_size);\n            }}\n        }}\n    }}",
+             out of range: `%s` at position %s is %lld, but labels must lie in 0..%s (%s = %lld)%s\", {}, lossc_at, \
+             (long long){n}[lossc_i], {bd}, {bd}, (long long)lossc_size, {or});\n            }}\n        }}\n    }}",
             sized_entry(b),
             (0..input.shape.len())
                 .map(|a| format!("{shape}[{a}]"))
@@ -549,6 +552,10 @@ pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsuppor
             input.shape.len(),
             lit(&input.name),
             bd = lit(&f.show_dim(b)),
+            ignored = input
+                .ignore
+                .map_or(String::new(), |v| format!(" && {n}[lossc_i] != INT64_C({v})")),
+            or = lit(&crate::call::or_ignored(input.ignore)),
         );
     }
     let hyper_names: Vec<String> = defaults.iter().map(|(n, _)| n.clone()).collect();
@@ -627,10 +634,10 @@ pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsuppor
         .inputs
         .iter()
         .map(|i| {
-            let bound = i
-                .bound
-                .as_ref()
-                .map_or(String::new(), |b| format!(" < {}", f.show_dim(b)));
+            let bound = i.bound.as_ref().map_or(String::new(), |b| {
+                let ignore = i.ignore.map_or(String::new(), |v| format!(" ignore = {v}"));
+                format!(" < {}{ignore}", f.show_dim(b))
+            });
             format!("{}: {}{}{bound}", i.name, i.elem.as_str(), shape_text(&i.shape))
         })
         .collect();

@@ -39,6 +39,9 @@ LOSSC_HIDDEN float lossc_log1pf(float x) { return log1pf(x); }
 LOSSC_HIDDEN float lossc_tanhf(float x) { return tanhf(x); }
 LOSSC_HIDDEN float lossc_expm1f(float x) { return expm1f(x); }
 LOSSC_HIDDEN float lossc_atanf(float x) { return atanf(x); }
+LOSSC_HIDDEN float lossc_cosf(float x) { return cosf(x); }
+LOSSC_HIDDEN float lossc_sinf(float x) { return sinf(x); }
+LOSSC_HIDDEN float lossc_acosf(float x) { return acosf(x); }
 LOSSC_HIDDEN double lossc_log(double x) { return log(x); }
 LOSSC_HIDDEN float lossc_powf(float x, float y) { return powf(x, y); }
 /* prims::softplus in f64: max(x, 0) + log1p(exp(-|x|)). */

@@ -172,7 +172,10 @@ fn label_check(f: &Function, plan: &Plan) -> Option<(String, KernelSpec)> {
         let _ = writeln!(body, "            const long long v = b[i];");
         let _ = writeln!(
             body,
-            "            if ((unsigned long long)v >= (unsigned long long)bound && atomicCAS(E, 0ULL, {LABEL_FLAG}ULL | {k}ULL) == 0ULL) {{ E[1] = (unsigned long long)i; E[2] = (unsigned long long)v; }}"
+            "            if ((unsigned long long)v >= (unsigned long long)bound && {} && atomicCAS(E, 0ULL, {LABEL_FLAG}ULL | {k}ULL) == 0ULL) {{ E[1] = (unsigned long long)i; E[2] = (unsigned long long)v; }}",
+            f.inputs[*k]
+                .ignore
+                .map_or("true".to_string(), |v| format!("v != {v}LL"))
         );
         body.push_str("        }\n    }\n");
     }
@@ -979,6 +982,16 @@ impl<'a> Emit<'a> {
             Tanh => format!("tanhf({})", a[0]),
             Relu => format!("lx_relu({})", a[0]),
             Atan => format!("atanf({})", a[0]),
+            Cos => format!("cosf({})", a[0]),
+            Sin => format!("sinf({})", a[0]),
+            Acos => format!("acosf({})", a[0]),
+            Rem if int => format!("lx_remi({}, {})", a[0], a[1]),
+            Rem => format!("lx_remf({}, {})", a[0], a[1]),
+            // Integer operands are their own rounding (sema leaves no such node, an optimizer might).
+            Floor | Ceil | Round if self.f.node(args[0]).scalar == Scalar::Int => a[0].clone(),
+            Floor => format!("lx_toint(floorf({}))", a[0]),
+            Ceil => format!("lx_toint(ceilf({}))", a[0]),
+            Round => format!("lx_toint(rintf({}))", a[0]),
             Clamp => format!("lx_clamp({}, {}, {})", a[0], a[1], a[2]),
             Eq => format!("({} == {})", a[0], a[1]),
             Ne => format!("({} != {})", a[0], a[1]),

@@ -240,6 +240,7 @@ pub fn run_device(
                 value: word(2) as i64,
                 bound: f.show_dim(&bound),
                 size: bound.eval(sizes),
+                ignore: input.ignore,
             });
         }
         if word(0) != 0 {

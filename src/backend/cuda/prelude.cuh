@@ -21,6 +21,21 @@ __device__ __forceinline__ float lx_clamp(float x, float lo, float hi) { return 
 __device__ __forceinline__ float lx_sign(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : x * 0.0f); }
 __device__ __forceinline__ long long lx_signi(long long x) { return (long long)(x > 0) - (long long)(x < 0); }
 __device__ __forceinline__ long long lx_absi(long long x) { return x < 0 ? -x : x; }
+// `%` as Python computes it (the divisor's sign; `x % 0` is x); floats as x - y floor(x / y).
+__device__ __forceinline__ long long lx_remi(long long x, long long y) {
+    if (y == 0) return x;
+    if (y == -1) return 0;
+    long long r = x % y;
+    return r != 0 && ((r < 0) != (y < 0)) ? r + y : r;
+}
+__device__ __forceinline__ float lx_remf(float x, float y) { return x - y * floorf(x / y); }
+// A float rounded to an index: saturating, NaN to 0 (as the JIT's conversion and Rust's `as`).
+__device__ __forceinline__ long long lx_toint(float x) {
+    if (x != x) return 0;
+    if (x >= 9.2233720368547758e18f) return 9223372036854775807LL;
+    if (x <= -9.2233720368547758e18f) return (-9223372036854775807LL - 1);
+    return (long long)x;
+}
 __device__ __forceinline__ float lx_sigmoid(float x) {
     if (x >= 0.0f) return 1.0f / (1.0f + expf(-x));
     float e = expf(x);

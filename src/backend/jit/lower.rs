@@ -965,6 +965,29 @@ impl<'a, 'b> Lower<'a, 'b> {
         out
     }
 
+    /// `x % y` of integers as [`crate::prims::rem_int`]: no trap for a zero divisor (x) or `MIN % -1` (0).
+    fn rem_int(&mut self, x: Value, y: Value) -> Value {
+        let one = self.b.ins().iconst(types::I64, 1);
+        let zero = self.b.ins().iconst(types::I64, 0);
+        let minus_one = self.b.ins().iconst(types::I64, -1);
+        let unsafe_divisor = {
+            let is_zero = self.b.ins().icmp(IntCC::Equal, y, zero);
+            let is_minus_one = self.b.ins().icmp(IntCC::Equal, y, minus_one);
+            self.b.ins().bor(is_zero, is_minus_one)
+        };
+        let divisor = self.b.ins().select(unsafe_divisor, one, y);
+        let r = self.b.ins().srem(x, divisor);
+        // A remainder of the other sign than the divisor moves by one divisor.
+        let nonzero = self.b.ins().icmp(IntCC::NotEqual, r, zero);
+        let signs = self.b.ins().bxor(r, divisor);
+        let differ = self.b.ins().icmp(IntCC::SignedLessThan, signs, zero);
+        let adjust = self.b.ins().band(nonzero, differ);
+        let moved = self.b.ins().iadd(r, divisor);
+        let r = self.b.ins().select(adjust, moved, r);
+        let is_zero = self.b.ins().icmp(IntCC::Equal, y, zero);
+        self.b.ins().select(is_zero, x, r)
+    }
+
     pub(super) fn prim(&mut self, prim: Prim, args: &[NodeId], scalar: Scalar) -> Value {
         use Prim::*;
         // Lazy operands first: they must not be evaluated unless needed.
@@ -1054,6 +1077,25 @@ impl<'a, 'b> Lower<'a, 'b> {
             Expm1 => self.call("lossc_expm1f", &a),
             Tanh => self.call("lossc_tanhf", &a),
             Atan => self.call("lossc_atanf", &a),
+            Cos => self.call("lossc_cosf", &a),
+            Sin => self.call("lossc_sinf", &a),
+            Acos => self.call("lossc_acosf", &a),
+            Rem if scalar == Scalar::Int => self.rem_int(a[0], a[1]),
+            Rem => {
+                let q = self.b.ins().fdiv(a[0], a[1]);
+                let q = self.b.ins().floor(q);
+                let p = self.b.ins().fmul(a[1], q);
+                self.b.ins().fsub(a[0], p)
+            }
+            Floor | Ceil | Round if int(self, 0) => a[0],
+            Floor | Ceil | Round => {
+                let r = match prim {
+                    Floor => self.b.ins().floor(a[0]),
+                    Ceil => self.b.ins().ceil(a[0]),
+                    _ => self.b.ins().nearest(a[0]),
+                };
+                self.b.ins().fcvt_to_sint_sat(types::I64, r)
+            }
             Sigmoid => self.sigmoid_lanes(a[0], false),
             Softplus => self.call("lossc_softplusf", &a),
             Eq | Ne | Lt | Le | Gt | Ge => {

@@ -260,6 +260,9 @@ math! {
     lossc_softplusf: f32 => |x| crate::prims::softplus(x as f64) as f32;
     lossc_expm1f: f32 => f32::exp_m1;
     lossc_atanf: f32 => f32::atan;
+    lossc_cosf: f32 => f32::cos;
+    lossc_sinf: f32 => f32::sin;
+    lossc_acosf: f32 => f32::acos;
     lossc_log: f64 => f64::ln;
 }
 
