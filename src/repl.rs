@@ -34,7 +34,8 @@ expression logsumexp[k] s[0, k]                 (evaluated over the tensors defi
 :bench NAME N=…       time loss + gradient with the JIT
 :type EXPR            the kind of an expression
 :plot NAMES [OPTIONS] draw losses, e.g. :plot ce,gce --vary margin --range -5:5 --grad -o plot.png
-:quit                 leave";
+:quit                 leave
+With one loss defined, NAME may be left out (`:eval N=8`).";
 
 /// The state of one REPL session.
 #[derive(Default)]
@@ -329,9 +330,12 @@ impl Session {
                 Ok(format!("{kind}\n"))
             }
             "eval" | "gradcheck" | "bench" => {
-                let (loss, sizes) = arg
-                    .split_once(char::is_whitespace)
-                    .map_or((arg, ""), |(a, b)| (a, b.trim()));
+                // `:eval N=5`: sizes without a name are for the session's only loss.
+                let (loss, sizes) = match arg.split_once(char::is_whitespace) {
+                    _ if arg.split_whitespace().next().is_some_and(|a| a.contains('=')) => ("", arg),
+                    Some((a, b)) => (a, b.trim()),
+                    None => (arg, ""),
+                };
                 let f = self.loss(loss)?;
                 let (inputs, note) = self.inputs_for(&f, sizes)?;
                 let result = match name {

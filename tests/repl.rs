@@ -113,6 +113,9 @@ fn errors_leave_the_session_unchanged() {
         "a duplicate is refused"
     );
     assert!(s.handle(":eval f N=3").contains("loss = "));
+    // Sizes without a name are for the only loss.
+    let only = s.handle(":eval N=3");
+    assert!(only.contains("loss = ") && only.contains("N=3"), "{only}");
     assert!(s.handle("let x = [[1, 2], [3]]").contains("ragged"));
     assert!(s.handle(":ir nope").contains("no loss named `nope`"));
     assert!(s.handle(":load /nonexistent.lx").contains("cannot read"));
