@@ -190,7 +190,7 @@ pub struct InputArgs {
     /// Fill inputs not given otherwise with seeded random data, with these dimension sizes: N=8,C=5.
     #[arg(long, value_name = "DIM=SIZE,…")]
     pub random: Option<String>,
-    /// Seed for --random.
+    /// Seed for --random, and of the loss's random draws (`rand`, `randn`) unless --set seed=… is given.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// How --random draws an input: NAME=normal (standard normal; the default for differentiable
@@ -802,6 +802,10 @@ fn prepare(args: &InputArgs) -> Result<Prepared, Failure> {
             .parse::<f64>()
             .map_err(|_| Failure::Message(format!("error: value of {k} must be a number, got `{v}`")))?;
         hypers.insert(k, x);
+    }
+    // `--seed` also keys the loss's random draws, unless `--set seed=…` does.
+    if f.draws() && !hypers.contains_key("seed") {
+        hypers.insert("seed".into(), args.seed as f64);
     }
     let name = f.name.clone();
     Ok((p, name, inputs, hypers))

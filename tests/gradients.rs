@@ -86,6 +86,7 @@ fn case(p: Prim) -> (&'static str, f64, f64) {
         Acos => ("acos(0.4 * x[i]) * z[i]", -2.0, 2.0),
         // Steps of the remainder at multiples of z: the seeded points lie between them.
         Rem => ("(x[i] + 5) % z[i] * x[i]", 0.5, 2.0),
+        Mix | Draw => ("x[i] * rand[i] + z[i] * randn[i] * x[i]", -2.0, 2.0),
         Floor | Ceil | Round => (
             "floor(3 * x[i]) * z[i] + ceil(x[i]) * x[i] + round(2 * z[i]) * x[i]",
             -2.0,
@@ -419,5 +420,62 @@ fn kernel_hvp_matches_differences_of_the_gradient() {
             .hvp(&inputs, &BTreeMap::new(), "a", Tensor::float(vec![3, 3], vec![0.0; 9]))
             .unwrap_err();
         assert!(matches!(e, CallError::ShapeMismatch { .. }), "{e:?}");
+    }
+}
+
+/// `grad(e, x[i, k])` inside a loss is ∂e/∂x: the output `g` of the gradient-penalty loss equals the
+/// gradient of its cross-entropy alone (the kernel's own `grad_s`); misuses are diagnostics.
+#[test]
+fn grad_inside_a_loss_is_the_derivative() {
+    use lossc::{Backend, Compiler};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/in/gradient_penalty.lx");
+    let ce = "loss ce(s: f32[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }";
+    let mut rng = Rng::new(24);
+    let p = Program::from_source("ce.lx", ce).unwrap();
+    let inputs = random_inputs(
+        p.loss(None).unwrap(),
+        &BTreeMap::from([("N", 5), ("C", 4)]),
+        &mut rng,
+        -2.0,
+        2.0,
+    );
+    for backend in [Backend::Interp, Backend::Jit] {
+        let want = Compiler::new()
+            .backend(backend)
+            .compile_source("ce.lx", ce)
+            .unwrap()
+            .kernel(None)
+            .unwrap();
+        let want = want.eval(&inputs).unwrap().grads[0].1.to_f64();
+        let k = Compiler::new()
+            .backend(backend)
+            .compile_file(&path)
+            .unwrap()
+            .kernel(Some("ce_gradient_penalty"))
+            .unwrap();
+        let got = k.eval(&inputs).unwrap().outputs[0].1.to_f64();
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-6, "{backend:?}: {a} vs {b}");
+        }
+    }
+    for (src, message) in [
+        ("loss f(x: f32[N]) { sum[i] grad(x[i]) }", "takes two arguments"),
+        (
+            "loss f(x: f32[N]) { let t = sum[i] x[i]\n sum[i] grad(t, 3) }",
+            "an input at an element",
+        ),
+        (
+            "loss f(x: f32[N], y: idx[N] < 2) { let t = sum[i] x[i]\n sum[i] grad(t, y[i]) }",
+            "not a differentiable input",
+        ),
+        (
+            "loss f(x: f32[N], z: f32[N] nograd) { let t = sum[i] x[i] * z[i]\n sum[i] grad(t, z[i]) }",
+            "not a differentiable input",
+        ),
+        ("loss f(x: f32[N]) { sum[i] grad(x[i] ^ 2, x[i]) }", "must be a scalar"),
+    ] {
+        let e = Compiler::new().compile_source("g.lx", src).err().expect(src);
+        let text = e.0.iter().map(|d| d.message.clone()).collect::<Vec<_>>().join("\n");
+        assert!(text.contains(message), "{src}: {text}");
     }
 }

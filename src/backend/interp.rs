@@ -254,7 +254,7 @@ impl Interp<'_> {
                 }
             }
             Expr::Prim { prim, args } => {
-                let mut vals = [Value::I(0); 3];
+                let mut vals = [Value::I(0); crate::prims::MAX_ARITY];
                 for (k, a) in args.iter().enumerate() {
                     vals[k] = self.eval(*a)?;
                 }

@@ -753,6 +753,14 @@ impl Function {
         }
     }
 
+    /// Whether the function draws random numbers (`rand`, `randn`: keyed by its `seed` and `draw`
+    /// hyperparameters).
+    pub fn draws(&self) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| matches!(n.expr, Expr::Prim { prim: Prim::Draw, .. }))
+    }
+
     /// Whether subscript `s` is statically inside `0..d`: an index over `d`, a label input bounded by
     /// `d`, a constant below it, or a choice between such subscripts (a constant table, such as a sorting
     /// network's partners).

@@ -70,7 +70,12 @@ prims! {
     Iverson "iverson" None;
     ToFloat "float" None;
     StopGrad "stopgrad" Some("stopgrad");
+    Mix "mix" None;
+    Draw "draw" None;
 }
+
+/// The most operands a primitive takes (`Draw`).
+pub const MAX_ARITY: usize = 6;
 
 /// How a primitive bends as a function of one float argument (`lossc analyze` composes these).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,7 +131,7 @@ impl Prim {
             // Defined on [-1, 1]: decreasing, concave below 0 and convex above.
             Acos => shape(Neither, false, 0.0, std::f64::consts::PI),
             // Integer results, or more than one argument.
-            Floor | Ceil | Round | Rem => None,
+            Floor | Ceil | Round | Rem | Mix | Draw => None,
             Add | Sub | Mul | Div | Neg | Pow | Min | Max | Clamp | Eq | Ne | Lt | Le | Gt | Ge | And | Or | Not
             | Select | Iverson | ToFloat | StopGrad => None,
         }
@@ -167,6 +172,10 @@ pub enum Sig {
     ToFloat,
     /// A number; an integer (a float rounded to one, saturating; an integer as it is).
     ToInt,
+    /// `n` integers; an integer.
+    Int(usize),
+    /// Six integers (a key, four counter words, which word); a float.
+    Draw,
 }
 
 impl Sig {
@@ -177,6 +186,8 @@ impl Sig {
             Sig::Compare => 2,
             Sig::Select => 3,
             Sig::Iverson | Sig::ToFloat | Sig::ToInt => 1,
+            Sig::Int(n) => n,
+            Sig::Draw => 6,
         }
     }
 }
@@ -194,7 +205,8 @@ impl Prim {
             Add | Sub | Neg | Iverson | Eq | Ne | Lt | Le | Gt | Ge => Cost::Trivial,
             Mul | Div | Rem | ToFloat | Floor | Ceil | Round | Select | StopGrad => Cost::Arithmetic,
             Relu | Min | Max | Abs => Cost::Piecewise,
-            Sign | Clamp | And | Or | Not => Cost::Other,
+            Sign | Clamp | And | Or | Not | Mix => Cost::Other,
+            Draw => Cost::Costly,
             Exp | Log | Log1p | Expm1 | Sigmoid | Softplus | Tanh | Atan | Cos | Sin | Acos | Sqrt | Pow => {
                 Cost::Costly
             }
@@ -217,6 +229,8 @@ impl Prim {
             Exp | Log | Log1p | Expm1 | Sqrt | Sigmoid | Softplus | Tanh | Relu | Atan | Cos | Sin | Acos
             | StopGrad => Sig::Float(1),
             Floor | Ceil | Round => Sig::ToInt,
+            Mix => Sig::Int(2),
+            Draw => Sig::Draw,
             Clamp => Sig::Float(3),
             Eq | Ne | Lt | Le | Gt | Ge => Sig::Compare,
             And | Or => Sig::Logic(2),
@@ -231,7 +245,8 @@ impl Prim {
     pub fn result(self, args: &[Scalar]) -> Scalar {
         match self.sig() {
             Sig::Float(_) | Sig::Iverson | Sig::ToFloat => Scalar::Float,
-            Sig::ToInt => Scalar::Int,
+            Sig::ToInt | Sig::Int(_) => Scalar::Int,
+            Sig::Draw => Scalar::Float,
             Sig::Numeric(_) => {
                 if args.iter().all(|a| *a == Scalar::Int) {
                     Scalar::Int
@@ -329,8 +344,54 @@ impl Prim {
             Iverson => F(if a[0].as_bool() { 1.0 } else { 0.0 }),
             ToFloat => F(f(0)),
             StopGrad => F(f(0)),
+            Mix => I(mix(a[0].as_i64(), a[1].as_i64())),
+            Draw => {
+                let w = |k: usize| a[k].as_i64();
+                F(uniform(philox(w(0), [w(1), w(2), w(3), w(4)])[(w(5) & 3) as usize]))
+            }
         }
     }
+}
+
+/// The key of a stream of random draws from two integers (a seed and a draw counter, then that and a
+/// stream number): SplitMix64's finalizer of `a` xor the finalizer of `b`, wrapping.
+pub fn mix(a: i64, b: i64) -> i64 {
+    fn splitmix(z: u64) -> u64 {
+        let z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    splitmix(a as u64 ^ splitmix(b as u64)) as i64
+}
+
+/// Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011): four 32-bit
+/// words from a 64-bit key and a 128-bit counter (the low 32 bits of each counter word), the generator of
+/// `rand` / `randn`. Every backend computes these exact words.
+pub fn philox(key: i64, counter: [i64; 4]) -> [u32; 4] {
+    let (mut k0, mut k1) = (key as u32, (key as u64 >> 32) as u32);
+    let mut c = counter.map(|w| w as u32);
+    for round in 0..10 {
+        if round > 0 {
+            k0 = k0.wrapping_add(0x9E37_79B9);
+            k1 = k1.wrapping_add(0xBB67_AE85);
+        }
+        let p0 = u64::from(0xD251_1F53u32) * u64::from(c[0]);
+        let p1 = u64::from(0xCD9E_8D57u32) * u64::from(c[2]);
+        c = [
+            (p1 >> 32) as u32 ^ c[1] ^ k0,
+            p1 as u32,
+            (p0 >> 32) as u32 ^ c[3] ^ k1,
+            p0 as u32,
+        ];
+    }
+    c
+}
+
+/// A uniform float in (0, 1] from a 32-bit word: its top 24 bits plus one, times 2^-24 (exact in f32, so
+/// every backend draws the same value).
+pub fn uniform(w: u32) -> f64 {
+    f64::from((w >> 8) + 1) * (1.0 / 16_777_216.0)
 }
 
 /// `x % y` of integers as Python computes it: the remainder takes the divisor's sign (`-1 % 3` is 2), so
@@ -515,7 +576,7 @@ impl Prim {
                 vec![Zero, Partial::Guard(c), Partial::Guard(nc)]
             }
             Sign | StopGrad | Eq | Ne | Lt | Le | Gt | Ge | And | Or | Not | Iverson | ToFloat | Floor | Ceil
-            | Round => {
+            | Round | Mix | Draw => {
                 vec![Zero; self.sig().arity()]
             }
         })

@@ -258,6 +258,8 @@ impl Sema<'_> {
             defining: None,
             errors_before: before,
             guarded: Vec::new(),
+            streams: 0,
+            gradients: HashMap::new(),
             sema: self,
             unit,
             f,
@@ -322,6 +324,10 @@ struct Cx<'a, 's> {
     /// The indices the enclosing guards test (`if` conditions, reduction masks): a bare index among them
     /// may subscript an axis of another size (`if i < B then a[i, d] else …`), checked at run time.
     guarded: Vec<IndexId>,
+    /// Random draw sites lowered so far: the next one's stream number.
+    streams: i64,
+    /// The gradient tensors `grad(e, x[…])` made so far, by (e, input).
+    gradients: HashMap<(NodeId, u32), TensorId>,
 }
 
 enum Found {
@@ -1217,6 +1223,8 @@ impl Cx<'_, '_> {
                 let n = self.number(args[0].0, args[0].1)?;
                 return self.as_float(n, span);
             }
+            // Made by sema itself from integer operands (`rand` / `randn`), never called by name.
+            Sig::Int(_) | Sig::Draw => out.extend(args.iter().map(|(a, _)| *a)),
             Sig::ToInt => {
                 // An integer is its own floor, ceiling and rounding.
                 let n = self.number(args[0].0, args[0].1)?;
@@ -1399,6 +1407,217 @@ impl Cx<'_, '_> {
         )
     }
 
+    /// `grad(e, x[s…])`: the derivative of the scalar `e` with respect to the differentiable input `x` at
+    /// element `s…`. The gradient tensor of `e` (every element of x) is built by reverse mode over the
+    /// function as lowered so far ([`crate::autodiff::grad`] appends its tensors, so everything lowered
+    /// before stays valid) and kept as `let`s; the loss's own gradient later differentiates through them
+    /// (gradient penalties are second order).
+    fn grad(&mut self, args: &[ast::Expr], span: Span) -> Option<NodeId> {
+        let bad = |cx: &mut Self, at: Span, message: &str| {
+            cx.err(
+                Diag::new(Code::BadOperand, message.to_string())
+                    .label(at, "here")
+                    .help("write `grad(e, x[i, k])`: a scalar expression, then a differentiable input at an element"),
+            );
+            None
+        };
+        let [e, at] = args else {
+            return bad(
+                self,
+                span,
+                "`grad` takes two arguments: an expression and an input's element",
+            );
+        };
+        let (name, subs) = match &at.kind {
+            ExprKind::Access { name, subscripts } => (name, subscripts.as_deref().unwrap_or(&[])),
+            _ => {
+                return bad(
+                    self,
+                    at.span,
+                    "the second argument of `grad` must be an input at an element, `x[i, k]`",
+                );
+            }
+        };
+        let x = match self.lookup(&name.name) {
+            Some(Found::Local(Local::Input(i), _)) if self.f.inputs[i as usize].differentiable() => i,
+            _ => {
+                return bad(
+                    self,
+                    name.span,
+                    &format!("`{}` is not a differentiable input", name.name),
+                );
+            }
+        };
+        let n = self.expr(e)?;
+        let n = self.number(n, e)?;
+        let n = self.as_float(n, e.span)?;
+        if !self.f.node(n).free.is_empty() {
+            return bad(
+                self,
+                e.span,
+                "the expression `grad` differentiates must be a scalar: it uses an index bound outside it",
+            );
+        }
+        let gradient = match self.gradients.get(&(n, x)) {
+            Some(t) => *t,
+            None => {
+                let t = self.gradient_tensor(n, x, span)?;
+                self.gradients.insert((n, x), t);
+                t
+            }
+        };
+        self.subscript(TensorRef::Def(gradient), name, subs, span)
+    }
+
+    /// The tensor of the gradient of the closed scalar `e` with respect to input `x`, added to the function
+    /// with the adjoints it needs (all `let`s).
+    fn gradient_tensor(&mut self, e: NodeId, x: u32, span: Span) -> Option<TensorId> {
+        let k = self.gradients.len() + 1;
+        let mut f = self.f.clone();
+        f.add_tensor(TensorDef {
+            name: format!("grad{k}_target"),
+            indices: Vec::new(),
+            body: e,
+            scalar: Scalar::Float,
+            role: Role::Loss,
+            span,
+        });
+        let g = match crate::autodiff::grad(&f) {
+            Ok(g) => g,
+            Err(d) => {
+                self.err(d);
+                return None;
+            }
+        };
+        let before = self.f.tensors.len();
+        self.f = g;
+        let mut gradient = None;
+        for (t, def) in self.f.tensors.iter_mut().enumerate().skip(before) {
+            match def.role {
+                Role::Grad(i) => {
+                    def.name = format!("grad{k}_{}", def.name.trim_start_matches("grad_"));
+                    if i == x {
+                        gradient = Some(TensorId(t as u32));
+                    }
+                }
+                _ => def.name = format!("grad{k}_{}", def.name),
+            }
+            def.role = Role::Let;
+        }
+        // The indices autodiff made have their ranges.
+        for id in self.ranges.len()..self.f.indices.len() {
+            let dim = self.f.indices[id].range.clone();
+            self.ranges.push(Some(RangeOrigin {
+                dim,
+                span,
+                what: "a gradient's index".into(),
+            }));
+        }
+        gradient
+    }
+
+    /// `rand[s…]` (uniform in (0, 1]) or `randn[s…]` (standard normal, by Box–Muller from two uniforms) at
+    /// the integer position `s…` (one to four subscripts): Philox4x32-10 with the subscripts as its counter,
+    /// keyed by the hyperparameters `seed` and `draw` and by this draw site's stream number (sites numbered
+    /// in the order they are lowered, so two sites draw independently and one site is one tensor).
+    fn random_draw(&mut self, name: &ast::Ident, subs: &[ast::Expr], span: Span) -> Option<NodeId> {
+        if subs.is_empty() || subs.len() > 4 {
+            self.err(
+                Diag::new(
+                    Code::SubscriptCount,
+                    format!("`{}` takes one to four subscripts, found {}", name.name, subs.len()),
+                )
+                .label(span, "a random draw")
+                .help("subscript a draw by the indices it varies over: `randn[i, k]`"),
+            );
+            return None;
+        }
+        let mut words = Vec::new();
+        for s in subs {
+            let n = self.expr(s)?;
+            if self.kind(n) != Scalar::Int {
+                self.err(
+                    Diag::new(Code::FloatSubscript, "a random draw's subscript must be an integer")
+                        .label(s.span, "not an integer")
+                        .help("subscript a draw by indices and integer arithmetic on them"),
+                );
+                return None;
+            }
+            words.push(n);
+        }
+        while words.len() < 4 {
+            words.push(self.mk(Expr::Int(0), Scalar::Int, span)?);
+        }
+        let seed = self.draw_key("seed", span)?;
+        let draw = self.draw_key("draw", span)?;
+        let stream = self.mk(Expr::Int(self.streams), Scalar::Int, span)?;
+        self.streams += 1;
+        let call = self.prim(Prim::Mix, vec![seed, draw], span)?;
+        let key = self.prim(Prim::Mix, vec![call, stream], span)?;
+        let uniform = |cx: &mut Self, word: i64| {
+            let w = cx.mk(Expr::Int(word), Scalar::Int, span)?;
+            let args = [key].into_iter().chain(words.iter().copied()).chain([w]).collect();
+            cx.prim(Prim::Draw, args, span)
+        };
+        let u1 = uniform(self, 0)?;
+        if name.name == "rand" {
+            return Some(u1);
+        }
+        let u2 = uniform(self, 1)?;
+        let log = self.prim(Prim::Log, vec![u1], span)?;
+        let minus_two = self.mk(Expr::float(-2.0), Scalar::Float, span)?;
+        let r2 = self.prim(Prim::Mul, vec![minus_two, log], span)?;
+        let r = self.prim(Prim::Sqrt, vec![r2], span)?;
+        let tau = self.mk(Expr::float(std::f64::consts::TAU), Scalar::Float, span)?;
+        let angle = self.prim(Prim::Mul, vec![tau, u2], span)?;
+        let c = self.prim(Prim::Cos, vec![angle], span)?;
+        self.prim(Prim::Mul, vec![r, c], span)
+    }
+
+    /// The integer hyperparameter `name` (`seed` or `draw`) that keys the loss's random draws: the one the
+    /// loss declares, else one added with default 0.
+    fn draw_key(&mut self, name: &str, span: Span) -> Option<NodeId> {
+        let h = match self.f.hypers.iter().position(|h| h.name == name) {
+            Some(h) if self.f.hypers[h].scalar == Scalar::Int => h,
+            Some(h) => {
+                let at = self.f.hypers[h].span;
+                self.err(
+                    Diag::new(
+                        Code::DefaultType,
+                        format!("`{name}` keys the random draws, so it must be an integer"),
+                    )
+                    .label(at, "declared as a float")
+                    .label(span, "a random draw")
+                    .help(format!("declare `{name}: idx = 0`")),
+                );
+                return None;
+            }
+            None if self.f.inputs.iter().any(|i| i.name == name) => {
+                self.err(
+                    Diag::new(
+                        Code::Duplicate,
+                        format!("`{name}` is an input, but it names a key of the random draws"),
+                    )
+                    .label(span, "a random draw")
+                    .help(format!(
+                        "rename the input: a loss that draws has the hyperparameters `seed` and `draw`"
+                    )),
+                );
+                return None;
+            }
+            None => {
+                self.f.hypers.push(ir::Hyper {
+                    name: name.to_string(),
+                    scalar: Scalar::Int,
+                    default: 0.0,
+                    span,
+                });
+                self.f.hypers.len() - 1
+            }
+        };
+        self.mk(Expr::Hyper(h as u32), Scalar::Int, span)
+    }
+
     fn access(&mut self, name: &ast::Ident, subs: &[ast::Expr], span: Span) -> Option<NodeId> {
         let tensor = match self.lookup(&name.name) {
             // `sum[i]` with nothing after it reads as a tensor named `sum`: say the body is missing (and
@@ -1413,6 +1632,7 @@ impl Cx<'_, '_> {
                 );
                 return None;
             }
+            None if matches!(name.name.as_str(), "rand" | "randn") => return self.random_draw(name, subs, span),
             None => {
                 self.unknown_name(name, "tensor");
                 for s in subs {
@@ -1437,6 +1657,12 @@ impl Cx<'_, '_> {
                 return None;
             }
         };
+        self.subscript(tensor, name, subs, span)
+    }
+
+    /// `tensor[subs]` (written as `name[subs]`): the subscripts lowered, a bare index constrained to its
+    /// axis, labels checked against their axis.
+    fn subscript(&mut self, tensor: TensorRef, name: &ast::Ident, subs: &[ast::Expr], span: Span) -> Option<NodeId> {
         let shape = self.f.ref_shape(tensor);
         if shape.len() != subs.len() {
             for s in subs {
@@ -1639,6 +1865,9 @@ impl Cx<'_, '_> {
             }
             None => {}
         }
+        if func.name == "grad" {
+            return self.grad(args, span);
+        }
         let Some(prim) = Prim::from_surface(&func.name) else {
             let mut names: Vec<String> = Prim::ALL.iter().filter_map(|p| p.surface()).map(String::from).collect();
             names.extend(
@@ -1656,7 +1885,7 @@ impl Cx<'_, '_> {
             } else {
                 match closest(&func.name, names.iter().map(String::as_str)) {
                     Some(c) => format!("did you mean `{c}`?"),
-                    None => "builtins: exp log log1p expm1 sqrt abs sign sigmoid softplus tanh relu atan pow min max clamp select stopgrad".into(),
+                    None => "builtins: exp log log1p expm1 sqrt abs sign sigmoid softplus tanh relu atan cos sin acos pow min max clamp floor ceil round select stopgrad grad".into(),
                 }
             };
             self.err(

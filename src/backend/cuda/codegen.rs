@@ -985,6 +985,8 @@ impl<'a> Emit<'a> {
             Cos => format!("cosf({})", a[0]),
             Sin => format!("sinf({})", a[0]),
             Acos => format!("acosf({})", a[0]),
+            Mix => format!("lx_mix({}, {})", a[0], a[1]),
+            Draw => format!("lx_draw({}, {}, {}, {}, {}, {})", a[0], a[1], a[2], a[3], a[4], a[5]),
             Rem if int => format!("lx_remi({}, {})", a[0], a[1]),
             Rem => format!("lx_remf({}, {})", a[0], a[1]),
             // Integer operands are their own rounding (sema leaves no such node, an optimizer might).

@@ -29,6 +29,27 @@ __device__ __forceinline__ long long lx_remi(long long x, long long y) {
     return r != 0 && ((r < 0) != (y < 0)) ? r + y : r;
 }
 __device__ __forceinline__ float lx_remf(float x, float y) { return x - y * floorf(x / y); }
+// Random draws (`rand`, `randn`): the key of a stream and Philox4x32-10, as prims::mix / prims::philox.
+__device__ __forceinline__ unsigned long long lx_splitmix(unsigned long long z) {
+    z += 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+__device__ __forceinline__ long long lx_mix(long long a, long long b) {
+    return (long long)lx_splitmix((unsigned long long)a ^ lx_splitmix((unsigned long long)b));
+}
+__device__ __forceinline__ float lx_draw(long long key, long long c0, long long c1, long long c2, long long c3, long long word) {
+    unsigned int k0 = (unsigned int)key, k1 = (unsigned int)((unsigned long long)key >> 32);
+    unsigned int c[4] = {(unsigned int)c0, (unsigned int)c1, (unsigned int)c2, (unsigned int)c3};
+    for (int round = 0; round < 10; round++) {
+        if (round > 0) { k0 += 0x9E3779B9u; k1 += 0xBB67AE85u; }
+        const unsigned long long p0 = 0xD2511F53ull * c[0], p1 = 0xCD9E8D57ull * c[2];
+        const unsigned int n0 = (unsigned int)(p1 >> 32) ^ c[1] ^ k0, n2 = (unsigned int)(p0 >> 32) ^ c[3] ^ k1;
+        c[0] = n0; c[1] = (unsigned int)p1; c[2] = n2; c[3] = (unsigned int)p0;
+    }
+    return (float)((c[word & 3] >> 8) + 1u) * (1.0f / 16777216.0f);
+}
 // A float rounded to an index: saturating, NaN to 0 (as the JIT's conversion and Rust's `as`).
 __device__ __forceinline__ long long lx_toint(float x) {
     if (x != x) return 0;

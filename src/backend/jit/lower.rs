@@ -965,6 +965,67 @@ impl<'a, 'b> Lower<'a, 'b> {
         out
     }
 
+    /// SplitMix64's finalizer (of [`crate::prims::mix`]).
+    fn splitmix(&mut self, z: Value) -> Value {
+        let z = self.b.ins().iadd_imm_u(z, 0x9E37_79B9_7F4A_7C15_u64 as i64);
+        let mut z = z;
+        for (shift, factor) in [(30, 0xBF58_476D_1CE4_E5B9_u64), (27, 0x94D0_49BB_1331_11EB)] {
+            let s = self.b.ins().ushr_imm_u(z, shift);
+            let x = self.b.ins().bxor(z, s);
+            z = self.b.ins().imul_imm_u(x, factor as i64);
+        }
+        let s = self.b.ins().ushr_imm_u(z, 31);
+        self.b.ins().bxor(z, s)
+    }
+
+    /// A uniform draw in (0, 1]: Philox4x32-10 of `key` and the counter words ([`crate::prims::philox`]),
+    /// the chosen output word's top 24 bits plus one, times 2^-24.
+    fn draw(&mut self, key: Value, counter: [Value; 4], word: Option<usize>, word_value: Value) -> Value {
+        let mut k0 = self.b.ins().ireduce(types::I32, key);
+        let high = self.b.ins().ushr_imm_u(key, 32);
+        let mut k1 = self.b.ins().ireduce(types::I32, high);
+        let mut c = counter.map(|w| self.b.ins().ireduce(types::I32, w));
+        for round in 0..10 {
+            if round > 0 {
+                k0 = self.b.ins().iadd_imm_u(k0, 0x9E37_79B9_u32 as i64);
+                k1 = self.b.ins().iadd_imm_u(k1, 0xBB67_AE85_u32 as i64);
+            }
+            let mut product = |x: Value, m: u32| {
+                let wide = self.b.ins().uextend(types::I64, x);
+                let p = self.b.ins().imul_imm_u(wide, i64::from(m));
+                let hi = self.b.ins().ushr_imm_u(p, 32);
+                (
+                    self.b.ins().ireduce(types::I32, hi),
+                    self.b.ins().ireduce(types::I32, p),
+                )
+            };
+            let (hi0, lo0) = product(c[0], 0xD251_1F53);
+            let (hi1, lo1) = product(c[2], 0xCD9E_8D57);
+            let x = self.b.ins().bxor(hi1, c[1]);
+            let n0 = self.b.ins().bxor(x, k0);
+            let y = self.b.ins().bxor(hi0, c[3]);
+            let n2 = self.b.ins().bxor(y, k1);
+            c = [n0, lo1, n2, lo0];
+        }
+        let w = match word {
+            Some(k) => c[k],
+            None => {
+                let sel = self.b.ins().band_imm_u(word_value, 3);
+                let mut w = c[3];
+                for k in (0..3).rev() {
+                    let is = self.b.ins().icmp_imm_u(IntCC::Equal, sel, k as i64);
+                    w = self.b.ins().select(is, c[k], w);
+                }
+                w
+            }
+        };
+        let top = self.b.ins().ushr_imm_u(w, 8);
+        let plus = self.b.ins().iadd_imm_u(top, 1);
+        let f = self.b.ins().fcvt_from_uint(types::F32, plus);
+        let scale = self.fconst(1.0 / 16_777_216.0);
+        self.b.ins().fmul(f, scale)
+    }
+
     /// `x % y` of integers as [`crate::prims::rem_int`]: no trap for a zero divisor (x) or `MIN % -1` (0).
     fn rem_int(&mut self, x: Value, y: Value) -> Value {
         let one = self.b.ins().iconst(types::I64, 1);
@@ -1080,6 +1141,18 @@ impl<'a, 'b> Lower<'a, 'b> {
             Cos => self.call("lossc_cosf", &a),
             Sin => self.call("lossc_sinf", &a),
             Acos => self.call("lossc_acosf", &a),
+            Mix => {
+                let inner = self.splitmix(a[1]);
+                let x = self.b.ins().bxor(a[0], inner);
+                self.splitmix(x)
+            }
+            Draw => {
+                let word = match self.f.node(args[5]).expr {
+                    crate::ir::Expr::Int(w) => Some((w & 3) as usize),
+                    _ => None,
+                };
+                self.draw(a[0], [a[1], a[2], a[3], a[4]], word, a[5])
+            }
             Rem if scalar == Scalar::Int => self.rem_int(a[0], a[1]),
             Rem => {
                 let q = self.b.ins().fdiv(a[0], a[1]);
