@@ -210,19 +210,23 @@ pub fn eval_grad(
 /// The gradient program, simplified but not yet optimized for execution (`--emit grad`).
 pub fn simplified_gradient(f: &Function) -> Result<Function, Diag> {
     on_big_stack(|| {
-        let stable = crate::opt::simplify_only(f).map_err(|_| too_large(f))?;
-        let g = crate::autodiff::grad(&stable)?;
+        let g = crate::autodiff::grad(&primal(f)?)?;
         crate::opt::simplify_only(&g).map_err(|_| too_large(f))
     })
 }
 
 /// The optimized program computing the loss and the gradient of every differentiable input.
 pub fn gradient(f: &Function) -> Result<Function, Diag> {
-    on_big_stack(|| {
-        // Stabilise the primal first, so the derivative is taken of the stable form.
-        let stable = crate::opt::simplify_only(f).map_err(|_| too_large(f))?;
-        crate::opt::optimize(&crate::autodiff::grad(&stable)?)
-    })
+    on_big_stack(|| crate::opt::optimize(&crate::autodiff::grad(&primal(f)?)?))
+}
+
+/// The loss a derivative is taken of: simplified first, so the derivative is of its stable forms, with
+/// the `let`s [`crate::opt::simplify::inline_for_derivative`] inlines.
+fn primal(f: &Function) -> Result<Function, Diag> {
+    crate::opt::simplify_only(f)
+        .and_then(|s| crate::opt::simplify::inline_for_derivative(&s))
+        .and_then(|s| crate::opt::simplify_only(&s))
+        .map_err(|_| too_large(f))
 }
 
 fn too_large(f: &Function) -> Diag {

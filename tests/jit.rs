@@ -1560,14 +1560,15 @@ fn column_sums_run_in_tiles_with_the_same_bits_for_any_thread_count() {
 
 #[test]
 fn plain_sums_of_exponentials_keep_them_for_their_reader() {
-    // `r[i] = sum[j | j != i] exp(s[i, j])` and the gradient's `exp(s[t, j])` under the same guard: the sum
+    // `r[i] = sum[j | j != i] exp(s[i, j])` (read under a square root: under a `log` it would be a
+    // logsumexp) and the gradient's `exp(s[t, j])` under the same guard: the sum
     // leaves its exponentials in the gradient's row, which reads them as they are (one exp per element).
     // The diagonal (masked out) holds NaN and infinities in some rows; rows of -inf and +inf elsewhere.
     // As the interpreter at any thread count; NT-Xent (W4) too, whose gradient reads two such rows in a
     // later group (their factor, 1, left in a buffer).
     let src = "loss f(s: f32[N, N]) {
             let r[i] = sum[j | j != i] exp(s[i, j])
-            mean[i] log(r[i]) }";
+            mean[i] sqrt(r[i]) }";
     let (jit, interp) = jit_and_interp("p.lx", src);
     let f = jit.kernel(None).unwrap().function().clone();
     let plan = lossc::backend::loops::Plan::new(&f);

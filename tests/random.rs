@@ -98,7 +98,9 @@ fn a_draw_key_declared_as_a_float_or_an_input_is_an_error() {
         "loss f(x: f32[N]) { sum[i] x[i] * rand[i, i, i, i, i] }",
         "loss f(x: f32[N]) { sum[i] rand[x[i]] }",
     ] {
-        let e = Compiler::new().compile_source("e.lx", src).err().expect(src);
+        let Err(e) = Compiler::new().compile_source("e.lx", src) else {
+            panic!("{src} compiled")
+        };
         assert!(!e.0.is_empty(), "{src}");
     }
     // Declared as integers, they are the loss's own hyperparameters.

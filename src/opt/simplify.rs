@@ -30,11 +30,33 @@ pub fn rebuild_with(src: &Function, hypers: &HashMap<u32, NodeId>) -> R<Function
 ///   elementwise tensor reads at its own head: `a_adj[t]` in `grad_p[t] = … a_adj[t] …` (AnyLoss) is one
 ///   buffer written and read back less, and no more work;
 /// - a trivial one (a few additions and comparisons, its matrices read in its own index order) read at
-///   bare indices anywhere: LDR-KL's margins, recomputed in two places for less than a store and two loads.
+///   bare indices anywhere: LDR-KL's margins, recomputed in two places for less than a store and two loads;
+/// - one that is only gathered (every read picks an axis by a label, `z[i, y[i]]`; at most two reads):
+///   computed at the few elements read instead of all of them, whatever it costs per element (Z-loss with
+///   its standardised logits as a `let` of the whole matrix materialized N·C elements to read N;
+///   `-log(p[i, y[i]])` of a softmax `let` p becomes the logsumexp form once inlined).
 ///
 /// An inlined tensor is left dead for the next round to drop.
 pub fn inline_lets(src: &Function) -> R<Function> {
-    rebuild_inlining(src, &HashMap::new(), inlinable(src))
+    rebuild_inlining(
+        src,
+        &HashMap::new(),
+        inlinable(src).into_iter().map(|(any, _)| any).collect(),
+    )
+}
+
+/// The `let`s of a loss that are differentiated as if written inline: the gathered ones (see
+/// [`inline_lets`]) and a sum of exponentials read once, under a `log`, at bare indices. So a derivative reads the one
+/// element a gather picks instead of building a one-hot adjoint of a whole matrix, and `m + log(z)` with
+/// `z = sum[k] exp(s - m)` meets its `logsumexp` rewrite, whose shift then cancels (no arg-max adjoint of
+/// the row maximum). (Inlining every `let` read once made W7 and W8 slower: the optimizer's choice of
+/// what to store is tuned to the `let`s as written.)
+pub fn inline_for_derivative(src: &Function) -> R<Function> {
+    rebuild_inlining(
+        src,
+        &HashMap::new(),
+        inlinable(src).into_iter().map(|(_, primal)| primal).collect(),
+    )
 }
 
 /// The most nodes of a `let` element [`inline_lets`] computes at its one use.
@@ -43,8 +65,8 @@ const INLINE_NODES: usize = 32;
 /// The most nodes of a `let` element [`inline_lets`] computes at each of several uses.
 const TRIVIAL_NODES: usize = 12;
 
-/// Which tensors [`inline_lets`] inlines.
-fn inlinable(f: &Function) -> Vec<bool> {
+/// Which tensors [`inline_lets`] inlines, and which [`inline_for_derivative`] does.
+fn inlinable(f: &Function) -> Vec<(bool, bool)> {
     let elementwise = |k: usize| {
         !f.reachable(&[f.tensors[k].body])
             .iter()
@@ -80,8 +102,20 @@ fn inlinable(f: &Function) -> Vec<bool> {
     let mut readers: Vec<Vec<usize>> = vec![Vec::new(); f.tensors.len()];
     let mut at_head = vec![true; f.tensors.len()];
     let mut at_indices = vec![true; f.tensors.len()];
+    let mut gathered = vec![true; f.tensors.len()];
+    let mut loads = vec![0usize; f.tensors.len()];
+    // Loads that are the argument of a `log`.
+    let mut under_log = vec![0usize; f.tensors.len()];
     for (r, reader) in f.tensors.iter().enumerate() {
         for n in f.reachable(&[reader.body]) {
+            if let Some((Prim::Log, arg)) = prim_of(f, n)
+                && let Expr::Load {
+                    tensor: TensorRef::Def(t),
+                    ..
+                } = f.node(arg[0]).expr
+            {
+                under_log[t.index()] += 1;
+            }
             let Expr::Load {
                 tensor: TensorRef::Def(t),
                 subs,
@@ -95,22 +129,43 @@ fn inlinable(f: &Function) -> Vec<bool> {
             let own_head = f.at_indices(subs, &reader.indices);
             at_head[t.index()] &= own_head;
             at_indices[t.index()] &= subs.iter().all(|s| matches!(f.node(*s).expr, Expr::Index(_)));
+            gathered[t.index()] &= subs.iter().any(|s| matches!(f.node(*s).expr, Expr::Load { .. }));
+            loads[t.index()] += 1;
         }
     }
     (0..f.tensors.len())
         .map(|k| {
             let t = &f.tensors[k];
             let nodes = f.reachable(&[t.body]);
-            t.role == Role::Let
+            let cheap = t.role == Role::Let
                 && !t.indices.is_empty()
                 && nodes.len() <= INLINE_NODES
                 && nodes.iter().all(|n| match &f.node(*n).expr {
                     Expr::Reduce { .. } => false,
                     Expr::Prim { prim, .. } => !prim.costly(),
                     _ => true,
-                })
-                && (matches!(readers[k][..], [r] if r != k && elementwise(r)) && at_head[k]
-                    || trivial(k) && at_indices[k])
+                });
+            let gather = t.role == Role::Let
+                && !t.indices.is_empty()
+                && nodes.len() <= INLINE_NODES
+                && (1..=2).contains(&loads[k])
+                && gathered[k];
+            let one_use = matches!(readers[k][..], [r] if r != k && elementwise(r)) && at_head[k];
+            // A sum of exponentials (a softmax's normaliser) read once, under a `log`: inline, the two are
+            // a logsumexp.
+            let sum_of_exps = matches!(&f.node(t.body).expr,
+                Expr::Reduce { op: ReduceOp::Sum, body, .. } if matches!(prim_of(f, *body), Some((Prim::Exp, _))));
+            let read_once = t.role == Role::Let
+                && !t.indices.is_empty()
+                && nodes.len() <= INLINE_NODES
+                && loads[k] == 1
+                && under_log[k] == 1
+                && at_indices[k]
+                && sum_of_exps;
+            (
+                cheap && (one_use || trivial(k) && at_indices[k]) || gather,
+                gather || read_once,
+            )
         })
         .collect()
 }
@@ -348,6 +403,11 @@ pub fn simplify(f: &mut Function, expr: Expr, scalar: Scalar, span: Span) -> R<N
         Mul if is_int(f, a[1], 1) => return Ok(a[0]),
         Mul if is_int(f, a[0], 1) => return Ok(a[1]),
         Mul if is_int(f, a[0], 0) || is_int(f, a[1], 0) => return f.add(Expr::Int(0), Scalar::Int, span),
+        // c + logsumexp[k] (e - c) = logsumexp[k] e for a shift c free of k (a row maximum subtracted by
+        // hand and added back: the shift cancels, and its derivative, an arg-max, with it).
+        Add if let Some(lse) = (0..2).find_map(|k| unshifted_logsumexp(f, a[k], a[1 - k])) => {
+            return f.add(lse, Scalar::Float, span);
+        }
         // x + 0 = x, 0 + x = x
         Add if is_float(f, a[1], 0.0) => return Ok(a[0]),
         Add if is_float(f, a[0], 0.0) => return Ok(a[1]),
@@ -437,6 +497,27 @@ pub fn simplify(f: &mut Function, expr: Expr, scalar: Scalar, span: Span) -> R<N
             let count = count_of(f, &indices, span)?;
             let lc = simplify(f, prim_expr(Log, &[count]), Scalar::Float, span)?;
             return simplify(f, prim_expr(Sub, &[lse, lc]), Scalar::Float, span);
+        }
+        // (sum[k] e) / |k| = mean[k] e   (unmasked): a sum over the batch divided by its size is the mean
+        // the code generators fuse into the rows' group.
+        Div if let Expr::Reduce {
+            op: ReduceOp::Sum,
+            indices,
+            mask: None,
+            body,
+        } = f.node(a[0]).expr.clone()
+            && count_of(f, &indices, span)? == a[1] =>
+        {
+            return f.add(
+                Expr::Reduce {
+                    op: ReduceOp::Mean,
+                    indices,
+                    mask: None,
+                    body,
+                },
+                Scalar::Float,
+                span,
+            );
         }
         // Stabilising: log(1 + exp(x)) = softplus(x), log(exp(x) + 1) = softplus(x)
         Log if let Some((Add, s)) = p(f, a[0])
@@ -652,6 +733,29 @@ fn one_plus_sum_exp(f: &Function, s: &[NodeId]) -> Option<(Box<[IndexId]>, Optio
 }
 
 /// The number of points of an unmasked reduction over `indices`, as a float node.
+/// `logsumexp[k | m] e` where `lse` is `logsumexp[k | m] (e - c)` with `c` free of `k`.
+fn unshifted_logsumexp(f: &Function, lse: NodeId, c: NodeId) -> Option<Expr> {
+    let Expr::Reduce {
+        op: ReduceOp::LogSumExp,
+        indices,
+        mask,
+        body,
+    } = f.node(lse).expr.clone()
+    else {
+        return None;
+    };
+    let Some((Prim::Sub, d)) = prim_of(f, body) else {
+        return None;
+    };
+    let free_of_k = !f.node(c).free.iter().any(|i| indices.contains(i));
+    (d[1] == c && free_of_k).then(|| Expr::Reduce {
+        op: ReduceOp::LogSumExp,
+        indices,
+        mask,
+        body: d[0],
+    })
+}
+
 fn count_of(f: &mut Function, indices: &[IndexId], span: Span) -> R<NodeId> {
     let mut size: Option<Dim> = None;
     for i in indices {

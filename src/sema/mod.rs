@@ -1599,9 +1599,7 @@ impl Cx<'_, '_> {
                         format!("`{name}` is an input, but it names a key of the random draws"),
                     )
                     .label(span, "a random draw")
-                    .help(format!(
-                        "rename the input: a loss that draws has the hyperparameters `seed` and `draw`"
-                    )),
+                    .help("rename the input: a loss that draws has the hyperparameters `seed` and `draw`"),
                 );
                 return None;
             }
