@@ -689,29 +689,78 @@ def temperature():
 # ---- ensembles of calibrated losses (EnsLoss) --------------------------------------------------------
 
 
+def philox_randn(seed, draw, site, n):
+    """lossc's `randn[i]` for i in 0..n, written again from its definition (prims::mix, prims::philox, the
+    uniform (top 24 bits + 1) / 2^24 and Box-Muller) to check the compiler's draws independently."""
+    m32, m64 = (1 << 32) - 1, (1 << 64) - 1
+
+    def splitmix(z):
+        z = (z + 0x9E3779B97F4A7C15) & m64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m64
+        return z ^ (z >> 31)
+
+    def philox(key, counter):
+        k0, k1 = key & m32, key >> 32
+        c = [w & m32 for w in counter]
+        for r in range(10):
+            if r:
+                k0, k1 = (k0 + 0x9E3779B9) & m32, (k1 + 0xBB67AE85) & m32
+            p0, p1 = 0xD2511F53 * c[0], 0xCD9E8D57 * c[2]
+            c = [((p1 >> 32) ^ c[1] ^ k0) & m32, p1 & m32, ((p0 >> 32) ^ c[3] ^ k1) & m32, p0 & m32]
+        return c
+
+    # Random123's known answer for philox4x32_10 (counter and key all ones).
+    assert philox(m64, [m32] * 4) == [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]
+    key = splitmix((splitmix((seed & m64) ^ splitmix(draw & m64)) & m64) ^ splitmix(site))
+    out = []
+    for i in range(n):
+        w = philox(key, [i, 0, 0, 0])
+        u1, u2 = ((w[0] >> 8) + 1) / 2**24, ((w[1] >> 8) + 1) / 2**24
+        out.append(math.sqrt(-2.0 * math.log(u1)) * math.cos(2 * math.pi * u2))
+    return torch.tensor(out)
+
+
 def ensemble():
     ens = original("statmlben/ensLoss", "fd37682", "losses.py")
     orig_randn, orig_to = torch.randn, torch.Tensor.to
+
+    def run(f, y, z, lam):
+        # The draw inside `forward` (torch.randn) is the given z; `.to("cuda")` stays on the CPU.
+        crit = ens.ensLoss()
+        crit.lam = lam
+        torch.randn = lambda *shape, **kw: z.clone()
+        torch.Tensor.to = lambda self, *a, **kw: self if a and a[0] == "cuda" else orig_to(self, *a, **kw)
+        try:
+            return crit(f, y.double())
+        finally:
+            torch.randn, torch.Tensor.to = orig_randn, orig_to
+
+    ref = "ensLoss losses.py ensLoss @ fd37682"
     cases = []
     for k, lam in enumerate([0.0, 0.5, -0.5]):
         f = randn(9, seed=250 + k, scale=1.5)
         y = torch.randint(0, 2, (9,), generator=gen(260 + k))
         z = torch.randn(9, generator=gen(270 + k)) * 1.5
-
-        def fn(f, y, z, lam=lam):
-            # The draw inside `forward` (torch.randn) is this case's z; `.to("cuda")` stays on the CPU.
-            crit = ens.ensLoss()
-            crit.lam = lam
-            torch.randn = lambda *shape, **kw: z.clone()
-            torch.Tensor.to = lambda self, *a, **kw: self if a and a[0] == "cuda" else orig_to(self, *a, **kw)
-            try:
-                return crit(f, y.double())
-            finally:
-                torch.randn, torch.Tensor.to = orig_randn, orig_to
-
-        cases.append(case(f"ensloss_lam{lam}",
-                          "std::ensemble::ensloss", "ensLoss losses.py ensLoss (the draw as the input z) @ fd37682",
-                          [call({"f": f, "y": y, "z": z}, fn)], hypers={"lam": lam}))
+        cases.append(case(f"ensloss_lam{lam}", "std::ensemble::ensloss", f"{ref} (the draw as the input z)",
+                          [call({"f": f, "y": y, "z": z}, lambda f, y, z, lam=lam: run(f, y, z, lam))],
+                          hypers={"lam": lam}))
+    # The stdlib loss drawing its own z with `randn[i]` (its text, with z a draw instead of an input): the
+    # original run on the same normals, computed here from the generator's definition.
+    text = open(os.path.join(os.path.dirname(__file__), "..", "stdlib", "ensemble.lx")).read()
+    head = "loss ensloss(f: f32[N], y: idx[N] < 2, z: f32[N] nograd, lam: f32 = 0.0) {"
+    assert head in text
+    body = text[text.index(head) + len(head):]
+    source = ("loss ensloss_drawn(f: f32[N], y: idx[N] < 2, lam: f32 = 0.0, seed: idx = 0, draw: idx = 0)"
+              " -> (z: f32[N]) {\n    out z[i] = randn[i]" + body[:body.index("\n}\n") + 3])
+    for k, (seed, draw, lam) in enumerate([(0, 0, 0.0), (7, 3, 0.5), (123456789, 41, -0.5)]):
+        f = randn(11, seed=280 + k, scale=1.5)
+        y = torch.randint(0, 2, (11,), generator=gen(290 + k))
+        z = philox_randn(seed, draw, 0, 11)
+        cases.append(case(f"ensloss_drawn_seed{seed}_draw{draw}", "ensloss_drawn",
+                          f"{ref}, its torch.randn replaced by lossc's randn (Philox4x32-10, recomputed in Python)",
+                          [call({"f": f, "y": y}, lambda f, y, z=z, lam=lam: (run(f, y, z, lam), {"z": z}))],
+                          hypers={"lam": lam, "seed": seed, "draw": draw}, source=source))
     write("ensemble", cases)
 
 
