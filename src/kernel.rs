@@ -422,6 +422,9 @@ impl Kernel {
                 expected: differentiable(),
             });
         }
+        if let Some(name) = hypers.keys().find(|k| self.fixed.contains(k)) {
+            return Err(CallError::HyperFixed { name: name.clone() });
+        }
         // The direction is one more input, under a name the loss does not use.
         let mut direction = "v".to_string();
         while f.inputs.iter().any(|i| i.name == direction) {
@@ -440,9 +443,6 @@ impl Kernel {
                 }
             }
         };
-        if let Some(name) = hypers.keys().find(|k| self.fixed.contains(k)) {
-            return Err(CallError::HyperFixed { name: name.clone() });
-        }
         let mut all = inputs.clone();
         if all.contains_key(&direction) {
             return Err(CallError::UnknownInput {

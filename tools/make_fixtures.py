@@ -81,13 +81,20 @@ def case(name, loss, reference, calls, hypers=None, source=None):
     return c
 
 
-def original(repo, commit, path):
-    """The file `path` of GitHub `repo` at `commit`, imported as a module: the paper's own code, run as it is
-    (a checkout in $LOSSC_ORIGINALS/<owner>+<name>, cloned there when missing)."""
+def clone(repo):
+    """The checkout of GitHub `repo` in $LOSSC_ORIGINALS/<owner>+<name> (default ~/.cache/lossc/originals),
+    cloned there when missing."""
     root = os.environ.get("LOSSC_ORIGINALS", os.path.expanduser("~/.cache/lossc/originals"))
     checkout = os.path.join(root, repo.replace("/", "+"))
     if not os.path.isdir(checkout):
         subprocess.run(["git", "clone", "--quiet", f"https://github.com/{repo}", checkout], check=True)
+    return checkout
+
+
+def original(repo, commit, path):
+    """The file `path` of GitHub `repo` at `commit`, imported as a module: the paper's own code, run as it is
+    (a checkout in $LOSSC_ORIGINALS/<owner>+<name>, cloned there when missing)."""
+    checkout = clone(repo)
     subprocess.run(["git", "-C", checkout, "checkout", "--quiet", commit], check=True)
     if checkout not in sys.path:
         sys.path.insert(0, checkout)  # the file's own imports of its repository (`import util.globals`)
@@ -102,12 +109,7 @@ def original_defs(repo, commit, path, names, namespace):
     and returned in order: for a file whose module-level imports cannot run here (relative imports of its
     package, APIs removed from numpy); the definitions themselves run as written."""
     import ast
-    original_checkout = os.path.join(os.environ.get("LOSSC_ORIGINALS", os.path.expanduser("~/.cache/lossc/originals")),
-                                     repo.replace("/", "+"))
-    if not os.path.isdir(original_checkout):
-        subprocess.run(["git", "clone", "--quiet", "--no-checkout", f"https://github.com/{repo}", original_checkout],
-                       check=True)
-    text = subprocess.run(["git", "-C", original_checkout, "show", f"{commit}:{path}"], check=True,
+    text = subprocess.run(["git", "-C", clone(repo), "show", f"{commit}:{path}"], check=True,
                           capture_output=True, text=True).stdout
     tree = ast.parse(text)
     defs = [d for d in tree.body if isinstance(d, (ast.FunctionDef, ast.ClassDef)) and d.name in names]

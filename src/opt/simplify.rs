@@ -506,7 +506,7 @@ pub fn simplify(f: &mut Function, expr: Expr, scalar: Scalar, span: Span) -> R<N
             mask: None,
             body,
         } = f.node(a[0]).expr.clone()
-            && count_of(f, &indices, span)? == a[1] =>
+            && is_count_of(f, a[1], &indices) =>
         {
             return f.add(
                 Expr::Reduce {
@@ -756,7 +756,8 @@ fn unshifted_logsumexp(f: &Function, lse: NodeId, c: NodeId) -> Option<Expr> {
     })
 }
 
-fn count_of(f: &mut Function, indices: &[IndexId], span: Span) -> R<NodeId> {
+/// How many points `indices` range over.
+fn size_of(f: &Function, indices: &[IndexId]) -> Dim {
     let mut size: Option<Dim> = None;
     for i in indices {
         let r = f.index(*i).range.clone();
@@ -765,8 +766,23 @@ fn count_of(f: &mut Function, indices: &[IndexId], span: Span) -> R<NodeId> {
             Some(s) => Dim::Mul(Box::new(s), Box::new(r)).fold(),
         });
     }
-    let n = f.add(Expr::Size(size.unwrap_or(Dim::Const(1))), Scalar::Int, span)?;
+    size.unwrap_or(Dim::Const(1))
+}
+
+/// That count as a float node.
+fn count_of(f: &mut Function, indices: &[IndexId], span: Span) -> R<NodeId> {
+    let n = f.add(Expr::Size(size_of(f, indices)), Scalar::Int, span)?;
     simplify(f, prim_expr(Prim::ToFloat, &[n]), Scalar::Float, span)
+}
+
+/// Whether `n` is that count ([`count_of`]'s node), without building one.
+fn is_count_of(f: &Function, n: NodeId, indices: &[IndexId]) -> bool {
+    match size_of(f, indices) {
+        // A constant count is folded to a float.
+        Dim::Const(c) => f.as_float(n) == Some(c as f64),
+        size => matches!(prim_of(f, n), Some((Prim::ToFloat, x))
+            if matches!(&f.node(x[0]).expr, Expr::Size(d) if *d == size)),
+    }
 }
 
 /// Whether integer node `e` always lies in `0..range` (so substituting it for an index of that range

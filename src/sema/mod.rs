@@ -1535,12 +1535,7 @@ impl Cx<'_, '_> {
         let mut words = Vec::new();
         for s in subs {
             let n = self.expr(s)?;
-            if self.kind(n) != Scalar::Int {
-                self.err(
-                    Diag::new(Code::FloatSubscript, "a random draw's subscript must be an integer")
-                        .label(s.span, "not an integer")
-                        .help("subscript a draw by indices and integer arithmetic on them"),
-                );
+            if !self.integer_subscript(n, s) {
                 return None;
             }
             words.push(n);
@@ -1658,6 +1653,23 @@ impl Cx<'_, '_> {
         self.subscript(tensor, name, subs, span)
     }
 
+    /// Whether lowered subscript `n` (written `sub`) is an integer; says so where it is not.
+    fn integer_subscript(&mut self, n: NodeId, sub: &ast::Expr) -> bool {
+        let k = self.kind(n);
+        if k != Scalar::Int {
+            let what = if k == Scalar::Float { "a float" } else { "a condition" };
+            self.err(
+                Diag::new(
+                    Code::FloatSubscript,
+                    format!("a subscript must be an integer index, found {what}"),
+                )
+                .label(sub.span, what)
+                .help("subscripts are indices, labels (`idx` inputs), dimensions and integer arithmetic on them"),
+            );
+        }
+        k == Scalar::Int
+    }
+
     /// `tensor[subs]` (written as `name[subs]`): the subscripts lowered, a bare index constrained to its
     /// axis, labels checked against their axis.
     fn subscript(&mut self, tensor: TensorRef, name: &ast::Ident, subs: &[ast::Expr], span: Span) -> Option<NodeId> {
@@ -1690,23 +1702,9 @@ impl Cx<'_, '_> {
                 ok = false;
                 continue;
             };
-            match self.kind(n) {
-                Scalar::Int => {}
-                k => {
-                    ok = false;
-                    let what = if k == Scalar::Float { "a float" } else { "a condition" };
-                    self.err(
-                        Diag::new(
-                            Code::FloatSubscript,
-                            format!("a subscript must be an integer index, found {what}"),
-                        )
-                        .label(sub.span, what)
-                        .help(
-                            "subscripts are indices, labels (`idx` inputs), dimensions and integer arithmetic on them",
-                        ),
-                    );
-                    continue;
-                }
+            if !self.integer_subscript(n, sub) {
+                ok = false;
+                continue;
             }
             // A label as a subscript must range over this axis.
             if let Expr::Load {
@@ -1867,7 +1865,12 @@ impl Cx<'_, '_> {
             return self.grad(args, span);
         }
         let Some(prim) = Prim::from_surface(&func.name) else {
-            let mut names: Vec<String> = Prim::ALL.iter().filter_map(|p| p.surface()).map(String::from).collect();
+            let mut names: Vec<String> = Prim::ALL
+                .iter()
+                .filter_map(|p| p.surface())
+                .chain(["grad"])
+                .map(String::from)
+                .collect();
             names.extend(
                 self.sema.units[self.unit]
                     .globals
@@ -1883,7 +1886,11 @@ impl Cx<'_, '_> {
             } else {
                 match closest(&func.name, names.iter().map(String::as_str)) {
                     Some(c) => format!("did you mean `{c}`?"),
-                    None => "builtins: exp log log1p expm1 sqrt abs sign sigmoid softplus tanh relu atan cos sin acos pow min max clamp floor ceil round select stopgrad grad".into(),
+                    None => {
+                        let builtins: Vec<&str> =
+                            Prim::ALL.iter().filter_map(|p| p.surface()).chain(["grad"]).collect();
+                        format!("builtins: {}", builtins.join(" "))
+                    }
                 }
             };
             self.err(

@@ -967,8 +967,7 @@ impl<'a, 'b> Lower<'a, 'b> {
 
     /// SplitMix64's finalizer (of [`crate::prims::mix`]).
     fn splitmix(&mut self, z: Value) -> Value {
-        let z = self.b.ins().iadd_imm_u(z, 0x9E37_79B9_7F4A_7C15_u64 as i64);
-        let mut z = z;
+        let mut z = self.b.ins().iadd_imm_u(z, 0x9E37_79B9_7F4A_7C15_u64 as i64);
         for (shift, factor) in [(30, 0xBF58_476D_1CE4_E5B9_u64), (27, 0x94D0_49BB_1331_11EB)] {
             let s = self.b.ins().ushr_imm_u(z, shift);
             let x = self.b.ins().bxor(z, s);
