@@ -352,7 +352,16 @@ pub fn bind_views(
         }
         ordered.push(t);
     }
-    let sizes: Vec<i64> = sizes.into_iter().map(|s| s.map_or(0, |(n, _)| n as i64)).collect();
+    let values = hyper_values(f, hypers)?;
+    // Every dimension an integer hyperparameter sizes takes its value.
+    let sizes: Vec<i64> = sizes
+        .into_iter()
+        .zip(&f.dims)
+        .map(|(s, d)| match d.hyper {
+            Some(h) => values[h as usize] as i64,
+            None => s.map_or(0, |(n, _)| n as i64),
+        })
+        .collect();
     // Labels inside their bounds.
     for (input, t) in f.inputs.iter().zip(&ordered) {
         if let (Some(b), Some(v)) = (&input.bound, t.labels) {
@@ -372,7 +381,6 @@ pub fn bind_views(
             }
         }
     }
-    let values = hyper_values(f, hypers)?;
     // Every tensor definition must have a sane size.
     for t in &f.tensors {
         let mut elements: u128 = 1;

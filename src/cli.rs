@@ -615,8 +615,19 @@ pub fn gather_inputs(f: &Function, args: &InputArgs) -> Result<BTreeMap<String, 
                     call::MAX_ELEMENTS
                 )));
             }
+            if f.hypers.iter().any(|h| h.name == k) {
+                return Err(Failure::Message(format!(
+                    "error: `{k}` is a hyperparameter of `{}`: set it with --set {k}={n}",
+                    f.name
+                )));
+            }
             if !f.dims.iter().any(|d| d.name == k) {
-                let dims: Vec<&str> = f.dims.iter().map(|d| d.name.as_str()).collect();
+                let dims: Vec<&str> = f
+                    .dims
+                    .iter()
+                    .filter(|d| d.hyper.is_none())
+                    .map(|d| d.name.as_str())
+                    .collect();
                 return Err(Failure::Message(format!(
                     "error: `{k}` is not a dimension of `{}` (its dimensions: {})",
                     f.name,
@@ -636,6 +647,10 @@ pub fn gather_inputs(f: &Function, args: &InputArgs) -> Result<BTreeMap<String, 
                 .dims
                 .iter()
                 .map(|s| {
+                    // A size an integer hyperparameter sets never shapes an input.
+                    if s.hyper.is_some() {
+                        return Ok(0);
+                    }
                     sizes.get(&s.name).map(|n| *n as i64).ok_or_else(|| {
                         Failure::Message(format!(
                             "error: give the size of dimension {0} with --random {0}=SIZE",

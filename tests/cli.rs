@@ -820,3 +820,50 @@ fn non_finite_inputs_are_named() {
     );
     assert!(out.contains("NaN"), "{out}");
 }
+
+// An `idx` hyperparameter sizes the top-k axis: `--set k=…` picks it, `--random k=…` says to use --set.
+#[test]
+fn topk_k_is_set_like_any_hyperparameter() {
+    let args = |k: &str| {
+        [
+            "eval",
+            "tests/in/runtime_topk.lx",
+            "--loss",
+            "hard_mean",
+            "--random",
+            "N=7",
+        ]
+        .into_iter()
+        .chain(["--set", k])
+        .map(String::from)
+        .collect::<Vec<_>>()
+    };
+    let loss = |k: &str| {
+        let a = args(k);
+        let (out, _) = expect(&a.iter().map(String::as_str).collect::<Vec<_>>(), 0);
+        out.lines()
+            .find_map(|l| l.strip_prefix("loss = "))
+            .unwrap()
+            .trim()
+            .parse::<f64>()
+            .unwrap()
+    };
+    // The mean of the k largest decreases as k grows over distinct draws.
+    let (k1, k3, k7) = (loss("k=1"), loss("k=3"), loss("k=7"));
+    assert!(k1 > k3 && k3 > k7, "{k1} {k3} {k7}");
+    let (_, err) = expect(
+        &[
+            "eval",
+            "tests/in/runtime_topk.lx",
+            "--loss",
+            "hard_mean",
+            "--random",
+            "N=7,k=2",
+        ],
+        1,
+    );
+    assert!(
+        err.contains("`k` is a hyperparameter") && err.contains("--set k=2"),
+        "{err}"
+    );
+}

@@ -169,3 +169,40 @@ fn ordering_forms_format_and_reparse() {
     assert_eq!(formatted, src);
     lossc::Program::from_source("t.lx", &formatted).unwrap_or_else(|d| panic!("{}", d.render()));
 }
+
+// An `idx` hyperparameter sizes the chosen positions: k is set per call, `mean[u]` divides by it, and the
+// kept positions are the k largest (each with gradient 1/k).
+#[test]
+fn topk_takes_k_from_a_hyperparameter_per_call() {
+    let src = "loss hard_mean(l: f32[N], k: idx = 3) { mean[u] topk[j](l[j]; k = k)[u] }";
+    let l = random(vec![9], 11, false);
+    let v = l.to_f64();
+    let mut desc = v.clone();
+    desc.sort_by(|a, b| b.partial_cmp(a).unwrap());
+    let x = BTreeMap::from([("l".to_string(), l)]);
+    for backend in backends() {
+        let kernel = Compiler::new()
+            .backend(backend)
+            .compile_source("k.lx", src)
+            .unwrap_or_else(|d| panic!("{}", d.render()))
+            .kernel(None)
+            .unwrap();
+        for k in [1usize, 3, 5, 9] {
+            let hypers = BTreeMap::from([("k".to_string(), k as f64)]);
+            let e = kernel.eval_with(&x, &hypers).unwrap();
+            let want: f64 = desc[..k].iter().sum::<f64>() / k as f64;
+            assert!((e.loss - want).abs() < 1e-5, "{backend:?} k={k}: {} vs {want}", e.loss);
+            let g = e.grads[0].1.to_f64();
+            for (i, x) in v.iter().enumerate() {
+                let kept = desc[..k].contains(x);
+                let w = if kept { 1.0 / k as f64 } else { 0.0 };
+                assert!((g[i] - w).abs() < 1e-6, "{backend:?} k={k} grad {i}");
+            }
+        }
+        // The default, and a negative k refused as a negative extent.
+        assert!((kernel.eval(&x).unwrap().loss - desc[..3].iter().sum::<f64>() / 3.0).abs() < 1e-5);
+        let bad = BTreeMap::from([("k".to_string(), -2.0)]);
+        let err = kernel.eval_with(&x, &bad).unwrap_err().to_string();
+        assert!(err.contains("negative"), "{err}");
+    }
+}

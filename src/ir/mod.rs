@@ -183,13 +183,16 @@ impl Dim {
     }
 }
 
-/// A named dimension symbol, bound from input shapes at call time.
+/// A named dimension symbol, bound at call time from input shapes or, for an integer hyperparameter used
+/// as a size (`topk[j](e; k = k)`, `let t[u: k]`), from that hyperparameter's value.
 #[derive(Clone, Debug)]
 pub struct DimSym {
     /// Its name.
     pub name: String,
     /// Where it is declared.
     pub span: Span,
+    /// The integer hyperparameter whose value it is, if any.
+    pub hyper: Option<u32>,
 }
 
 /// An input tensor (rank 0 for a scalar input).

@@ -644,6 +644,20 @@ impl Cx<'_, '_> {
         }
     }
 
+    /// The dimension symbol sized by integer hyperparameter `h` at call time (created on first use).
+    fn hyper_dim(&mut self, h: u32) -> DimId {
+        if let Some(k) = self.f.dims.iter().position(|d| d.hyper == Some(h)) {
+            return DimId(k as u32);
+        }
+        let hyper = &self.f.hypers[h as usize];
+        self.f.dims.push(DimSym {
+            name: hyper.name.clone(),
+            span: hyper.span,
+            hyper: Some(h),
+        });
+        DimId(self.f.dims.len() as u32 - 1)
+    }
+
     /// A dimension in an input type: an integer, a const, or a dimension symbol (created on first use).
     fn input_dim(&mut self, d: &ast::DimExpr) -> Option<Dim> {
         match &d.kind {
@@ -664,6 +678,7 @@ impl Cx<'_, '_> {
                     self.f.dims.push(DimSym {
                         name: n.clone(),
                         span: d.span,
+                        hyper: None,
                     });
                     let id = DimId(self.f.dims.len() as u32 - 1);
                     let ident = ast::Ident {
@@ -706,11 +721,14 @@ impl Cx<'_, '_> {
                     }
                 }
                 Some(Found::Local(Local::Poison, _)) => return None,
+                Some(Found::Local(Local::Hyper(h), _)) if self.f.hypers[h as usize].scalar == Scalar::Int => {
+                    Dim::Sym(self.hyper_dim(h))
+                }
                 Some(_) => {
                     self.err(
                         Diag::new(Code::BadDim, format!("`{n}` is not a dimension"))
                             .label(d.span, "used as a dimension")
-                            .help("dimensions are the names in input types (`f32[N, C]`) or integer consts"),
+                            .help("dimensions are the names in input types (`f32[N, C]`), integer consts or `idx` hyperparameters"),
                     );
                     return None;
                 }

@@ -570,6 +570,16 @@ pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsuppor
             );
         }
     }
+    // A size an integer hyperparameter sets (saturated, as Rust's `as i64` does).
+    for (k, d) in f.dims.iter().enumerate() {
+        if let Some(h) = d.hyper {
+            let n = &hyper_names[h as usize];
+            let _ = writeln!(
+                code,
+                "    lossc_s[{k}] = {n} >= 9.2e18 ? INT64_MAX : {n} <= -9.2e18 ? INT64_MIN : (int64_t){n};"
+            );
+        }
+    }
     let _ = writeln!(
         code,
         "    double lossc_h[] = {{{}}};\n    (void)lossc_h;",
