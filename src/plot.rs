@@ -63,6 +63,9 @@ pub struct PlotArgs {
     /// Also write the series as CSV.
     #[arg(long)]
     pub csv: Option<PathBuf>,
+    /// A title above the figure (none by default).
+    #[arg(long)]
+    pub title: Option<String>,
 }
 
 /// One drawn series.
@@ -114,11 +117,28 @@ pub fn render(program: &Program, args: &PlotArgs) -> Result<String, String> {
     let xs: Vec<f64> = (0..points)
         .map(|k| lo + (hi - lo) * k as f64 / (points - 1) as f64)
         .collect();
-    let mut series = Vec::new();
+    let mut computed = Vec::new();
     for name in &names {
         let f = program.loss(Some(name)).map_err(|d| format!("error: {d}"))?;
         let g = crate::api::gradient(f).map_err(|d| format!("error: {d}"))?;
-        let (values, slopes) = curve(f, &g, args.vary, classes, &xs)?;
+        computed.push((name, curve(f, &g, args.vary, classes, &xs)?));
+    }
+    let label = match args.vary {
+        Vary::Margin => "true-class margin",
+        Vary::Logit => "true-class logit",
+        Vary::Prob => "true-class probability",
+    };
+    let curves: Vec<Curve> = computed
+        .iter()
+        .map(|(name, (values, slopes))| Curve {
+            name,
+            values,
+            slopes: args.grad.then_some(&slopes[..]),
+        })
+        .collect();
+    draw(&args.output, args.title.as_deref(), label, &xs, &curves)?;
+    let mut series = Vec::new();
+    for (name, (values, slopes)) in computed {
         series.push(Series {
             name: name.clone(),
             ys: values,
@@ -130,12 +150,6 @@ pub fn render(program: &Program, args: &PlotArgs) -> Result<String, String> {
             });
         }
     }
-    let label = match args.vary {
-        Vary::Margin => "true-class margin",
-        Vary::Logit => "true-class logit",
-        Vary::Prob => "true-class probability",
-    };
-    draw(&args.output, label, &xs, &series)?;
     if let Some(csv) = &args.csv {
         write_csv(csv, &xs, &series)?;
     }
@@ -214,22 +228,48 @@ fn curve(f: &Function, g: &Function, vary: Vary, classes: usize, xs: &[f64]) -> 
     Ok((values, slopes))
 }
 
-fn draw(path: &Path, xlabel: &str, xs: &[f64], series: &[Series]) -> Result<(), String> {
-    let svg = path.extension().is_some_and(|e| e == "svg");
-    if !svg && path.extension().is_none_or(|e| e != "png") {
-        return Err(format!("error: {}: the image must be .png or .svg", path.display()));
-    }
-    // The y range covers the finite values, fenced at half the 1st-99th percentile spread beyond those
-    // percentiles, so a singular point (z-loss at equal logits, say) does not flatten every curve; what
-    // lies beyond the fence is clipped.
-    let mut finite: Vec<f64> = series
+/// Line colours readable on white (contrast at least 3:1; no yellow or cyan): the Okabe–Ito colours a
+/// colour-blind reader tells apart, less yellow and sky blue, and three darker tones.
+pub const PALETTE: [(u8, u8, u8); 9] = [
+    (0x00, 0x72, 0xB2), // blue
+    (0xD5, 0x5E, 0x00), // vermillion
+    (0x00, 0x9E, 0x73), // bluish green
+    (0xCC, 0x79, 0xA7), // reddish purple
+    (0x00, 0x00, 0x00), // black
+    (0xB8, 0x6E, 0x00), // dark orange
+    (0x88, 0x22, 0x55), // wine
+    (0x33, 0x22, 0x88), // indigo
+    (0x66, 0x66, 0x66), // grey
+];
+
+/// The palette slot of each loss: one fixed by its name (FNV-1a), so a loss keeps its colour across
+/// figures; two losses of one figure on the same slot move the later one to the next free slot.
+pub fn colours(names: &[&str]) -> Vec<usize> {
+    let mut taken = [false; PALETTE.len()];
+    names
         .iter()
-        .flat_map(|s| s.ys.iter())
-        .copied()
-        .filter(|y| y.is_finite())
-        .collect();
+        .map(|name| {
+            let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+            let home = (hash % PALETTE.len() as u64) as usize;
+            let slot = (0..PALETTE.len())
+                .map(|k| (home + k) % PALETTE.len())
+                .find(|k| !taken[*k])
+                .unwrap_or(home);
+            taken[slot] = true;
+            slot
+        })
+        .collect()
+}
+
+/// A y range covering the finite values, fenced at half the 1st-99th percentile spread beyond those
+/// percentiles, so a singular point (Z-loss's derivative at equal logits, say) does not flatten every
+/// curve; what lies beyond the fence is clipped. Padded by 5 %.
+fn y_range<'a>(curves: impl Iterator<Item = &'a [f64]>) -> (f64, f64) {
+    let mut finite: Vec<f64> = curves.flatten().copied().filter(|y| y.is_finite()).collect();
     finite.sort_by(f64::total_cmp);
-    let (mut ymin, mut ymax) = match finite.len() {
+    let (mut lo, mut hi) = match finite.len() {
         0 => (0.0, 1.0),
         n => {
             let (q01, q99) = (finite[n / 100], finite[(n - 1) - n / 100]);
@@ -237,57 +277,177 @@ fn draw(path: &Path, xlabel: &str, xs: &[f64], series: &[Series]) -> Result<(), 
             (finite[0].max(q01 - spread), finite[n - 1].min(q99 + spread))
         }
     };
-    if ymax <= ymin {
-        (ymin, ymax) = (ymin - 0.5, ymax + 0.5);
+    if hi <= lo {
+        (lo, hi) = (lo - 0.5, hi + 0.5);
     }
-    let pad = ((ymax - ymin) * 0.05).max(1e-9);
+    let pad = ((hi - lo) * 0.05).max(1e-9);
+    (lo - pad, hi + pad)
+}
+
+/// An axis label: at most three decimals, no trailing zeros, and never `-0`.
+fn tick(v: f64) -> String {
+    let text = format!("{v:.3}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    match text {
+        "-0" | "" => "0".into(),
+        t => t.into(),
+    }
+}
+
+/// The runs of consecutive points inside `lo..=hi`: a curve leaving the range (a spike, a pole, a NaN)
+/// is drawn with a gap there, not pinned to the frame.
+fn in_range_runs(xs: &[f64], ys: &[f64], lo: f64, hi: f64) -> Vec<Vec<(f64, f64)>> {
+    let mut runs = vec![Vec::new()];
+    for (x, y) in xs.iter().zip(ys) {
+        if (lo..=hi).contains(y) {
+            if let Some(run) = runs.last_mut() {
+                run.push((*x, *y));
+            }
+        } else if runs.last().is_some_and(|r| !r.is_empty()) {
+            runs.push(Vec::new());
+        }
+    }
+    runs.retain(|r| !r.is_empty());
+    runs
+}
+
+/// One loss of a figure: its values and, with `--grad`, its derivative.
+struct Curve<'a> {
+    name: &'a str,
+    values: &'a [f64],
+    slopes: Option<&'a [f64]>,
+}
+
+impl<'a> Curve<'a> {
+    /// Its values, or its derivative (where drawn).
+    fn ys(&self, derivative: bool) -> Option<&'a [f64]> {
+        if derivative { self.slopes } else { Some(self.values) }
+    }
+}
+
+/// The longest loss name the legend shows whole.
+const LEGEND_NAME: usize = 22;
+
+/// Draws the figure: the losses in one panel and, with derivatives, those (dashed, in the loss's colour)
+/// in a second panel below with its own axis; the legend sits to the right of the panels, so it never
+/// covers a curve.
+fn draw(path: &Path, title: Option<&str>, xlabel: &str, xs: &[f64], curves: &[Curve]) -> Result<(), String> {
+    let svg = path.extension().is_some_and(|e| e == "svg");
+    if !svg && path.extension().is_none_or(|e| e != "png") {
+        return Err(format!("error: {}: the image must be .png or .svg", path.display()));
+    }
+    let grad = curves.iter().any(|c| c.slopes.is_some());
+    let names: Vec<&str> = curves.iter().map(|c| c.name).collect();
+    let colours: Vec<RGBColor> = colours(&names)
+        .into_iter()
+        .map(|k| RGBColor(PALETTE[k].0, PALETTE[k].1, PALETTE[k].2))
+        .collect();
     let (x0, x1) = (xs[0], xs[xs.len() - 1]);
+    let size = (900, if grad { 820 } else { 560 });
     let err = |e: &dyn std::fmt::Display| format!("error: drawing {}: {e}", path.display());
     macro_rules! render {
         ($backend:expr) => {{
             let root = $backend.into_drawing_area();
             root.fill(&WHITE).map_err(|e| err(&e))?;
-            let mut chart = ChartBuilder::on(&root)
-                .margin(12)
-                .caption("lossc plot", ("sans-serif", 20))
-                .x_label_area_size(40)
-                .y_label_area_size(56)
-                .build_cartesian_2d(x0..x1, (ymin - pad)..(ymax + pad))
-                .map_err(|e| err(&e))?;
-            chart
-                .configure_mesh()
-                .x_desc(xlabel)
-                .y_desc("loss")
-                .draw()
-                .map_err(|e| err(&e))?;
-            for (k, s) in series.iter().enumerate() {
-                let colour = Palette99::pick(k).to_rgba();
-                let (lo, hi) = (ymin - pad, ymax + pad);
-                let pts: Vec<(f64, f64)> = xs
-                    .iter()
-                    .copied()
-                    .zip(s.ys.iter().map(|y| y.clamp(lo, hi)))
-                    .filter(|(_, y)| y.is_finite())
-                    .collect();
-                chart
-                    .draw_series(LineSeries::new(pts, colour.stroke_width(2)))
-                    .map_err(|e| err(&e))?
-                    .label(s.name.clone())
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+            let root = match title {
+                Some(t) => root.titled(t, ("sans-serif", 22)).map_err(|e| err(&e))?,
+                None => root,
+            };
+            let (panels, legend) = root.split_horizontally(size.0 - 210);
+            let (top, bottom) = panels.split_vertically(panels.dim_in_pixel().1 / 2);
+            let top = if grad { top } else { panels.clone() };
+            let mut areas = vec![(top, "loss", false)];
+            if grad {
+                areas.push((bottom, "derivative", true));
             }
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw()
-                .map_err(|e| err(&e))?;
+            for (area, ylabel, derivative) in areas {
+                let (lo, hi) = y_range(curves.iter().filter_map(|c| c.ys(derivative)));
+                let mut chart = ChartBuilder::on(&area)
+                    .margin(12)
+                    .x_label_area_size(40)
+                    .y_label_area_size(64)
+                    .build_cartesian_2d(x0..x1, lo..hi)
+                    .map_err(|e| err(&e))?;
+                let xdesc = if grad && !derivative {
+                    String::new()
+                } else {
+                    xlabel.to_string()
+                };
+                let ydesc = if derivative {
+                    format!("d loss / d {}", xlabel.rsplit(' ').next().unwrap_or(xlabel))
+                } else {
+                    ylabel.to_string()
+                };
+                chart
+                    .configure_mesh()
+                    .x_desc(xdesc)
+                    .y_desc(ydesc)
+                    .light_line_style(TRANSPARENT)
+                    .bold_line_style(RGBColor(0xE4, 0xE4, 0xE4))
+                    .label_style(("sans-serif", 15))
+                    .x_label_formatter(&|v| tick(*v))
+                    .y_label_formatter(&|v| tick(*v))
+                    .axis_desc_style(("sans-serif", 17))
+                    .draw()
+                    .map_err(|e| err(&e))?;
+                for (c, colour) in curves.iter().zip(&colours) {
+                    let Some(ys) = c.ys(derivative) else { continue };
+                    let style = colour.stroke_width(2);
+                    for run in in_range_runs(xs, ys, lo, hi) {
+                        if derivative {
+                            chart
+                                .draw_series(DashedLineSeries::new(run, 8, 5, style))
+                                .map_err(|e| err(&e))?;
+                        } else {
+                            chart.draw_series(LineSeries::new(run, style)).map_err(|e| err(&e))?;
+                        }
+                    }
+                }
+            }
+            // The legend: one row per loss (solid; dashed beside it where its derivative is drawn).
+            for (k, (c, colour)) in curves.iter().zip(&colours).enumerate() {
+                let y = 30 + 26 * k as i32;
+                let style = colour.stroke_width(2);
+                legend
+                    .draw(&PathElement::new(vec![(6, y), (30, y)], style))
+                    .map_err(|e| err(&e))?;
+                if c.slopes.is_some() {
+                    for x in [36, 46] {
+                        legend
+                            .draw(&PathElement::new(vec![(x, y), (x + 6, y)], style))
+                            .map_err(|e| err(&e))?;
+                    }
+                }
+                let shown: String = if c.name.chars().count() > LEGEND_NAME {
+                    c.name.chars().take(LEGEND_NAME - 1).chain(['…']).collect()
+                } else {
+                    c.name.to_string()
+                };
+                legend
+                    .draw(&Text::new(
+                        shown,
+                        (58, y - 8),
+                        ("sans-serif", 15).into_font().color(&BLACK),
+                    ))
+                    .map_err(|e| err(&e))?;
+            }
+            if grad {
+                let y = 30 + 26 * curves.len() as i32 + 8;
+                legend
+                    .draw(&Text::new(
+                        "dashed: derivative",
+                        (6, y),
+                        ("sans-serif", 13).into_font().color(&RGBColor(0x55, 0x55, 0x55)),
+                    ))
+                    .map_err(|e| err(&e))?;
+            }
             root.present().map_err(|e| err(&e))?;
         }};
     }
     if svg {
-        render!(SVGBackend::new(path, (900, 560)));
+        render!(SVGBackend::new(path, size));
     } else {
-        render!(BitMapBackend::new(path, (900, 560)));
+        render!(BitMapBackend::new(path, size));
     }
     Ok(())
 }

@@ -191,3 +191,100 @@ fn bad_arguments_are_errors() {
     assert_eq!(code, 1);
     assert!(err.contains("no loss named `nope`"), "{err}");
 }
+
+// A figure for a paper: a title, the derivative in its own panel with its own axis label, each loss in
+// one colour in both panels, and the legend beside the panels (never over a curve).
+#[test]
+fn figures_have_a_title_a_derivative_panel_and_a_legend_beside_the_curves() {
+    let d = scratch("paper");
+    let svg = d.join("f.svg");
+    let (code, _, err) = lossc(&[
+        "plot",
+        "std::classification::cross_entropy",
+        "--grad",
+        "--title",
+        "Cross-entropy and its slope",
+        "-o",
+        svg.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let text = std::fs::read_to_string(&svg).unwrap();
+    for want in [
+        "Cross-entropy and its slope",
+        "\nloss\n",
+        "d loss / d margin",
+        "dashed: derivative",
+    ] {
+        assert!(text.contains(want), "no `{want}` in the figure");
+    }
+    // Where the legend's name is written, and the x extent of every drawn curve.
+    let attr = |tag: &str, name: &str| -> Option<String> {
+        let at = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+        Some(tag[at..].split('"').next()?.to_string())
+    };
+    let legend_x: f64 = text
+        .split("<text")
+        .find(|t| t.contains(">\ncross_entropy\n<"))
+        .and_then(|t| attr(t, "x"))
+        .expect("legend entry")
+        .parse()
+        .unwrap();
+    let colour = lossc::plot::PALETTE[lossc::plot::colours(&["cross_entropy"])[0]];
+    let stroke = format!("#{:02X}{:02X}{:02X}", colour.0, colour.1, colour.2);
+    let mut curve_xs = Vec::new();
+    for tag in text.split("<polyline").skip(1) {
+        if attr(tag, "stroke").is_some_and(|s| s.eq_ignore_ascii_case(&stroke)) {
+            let points = attr(tag, "points").unwrap();
+            curve_xs.extend(
+                points
+                    .split_whitespace()
+                    .map(|p| p.split(',').next().unwrap().parse::<f64>().unwrap()),
+            );
+        }
+    }
+    assert!(
+        curve_xs.len() > 100,
+        "the loss and its derivative drawn in the loss's colour"
+    );
+    let right = curve_xs.iter().copied().fold(f64::MIN, f64::max);
+    assert!(
+        legend_x > right,
+        "legend at x = {legend_x} overlaps curves reaching x = {right}"
+    );
+}
+
+// Every line colour is readable on white (WCAG contrast at least 3:1: no yellow, no cyan), the losses of
+// one figure get distinct colours, and a loss keeps its colour from figure to figure.
+#[test]
+fn line_colours_are_readable_distinct_and_kept_by_name() {
+    let luminance = |(r, g, b): (u8, u8, u8)| {
+        let lin = |c: u8| {
+            let c = f64::from(c) / 255.0;
+            if c <= 0.04045 {
+                c / 12.92
+            } else {
+                ((c + 0.055) / 1.055).powf(2.4)
+            }
+        };
+        0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b)
+    };
+    for c in lossc::plot::PALETTE {
+        let contrast = 1.05 / (luminance(c) + 0.05);
+        assert!(contrast >= 3.0, "{c:?} has contrast {contrast:.2} on white");
+    }
+    let names = ["cross_entropy", "mae", "gce", "z_loss", "focal", "comp_sum", "ldr_kl"];
+    let slots = lossc::plot::colours(&names);
+    let mut seen = slots.clone();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), names.len(), "{slots:?}");
+    // Alone or in any figure where its slot is free, a loss has the same colour.
+    for (k, name) in names.iter().enumerate() {
+        let alone = lossc::plot::colours(&[name])[0];
+        let first = lossc::plot::colours(&[name, "cross_entropy"])[0];
+        assert_eq!(alone, first, "{name}");
+        if k > 0 && !slots[..k].contains(&alone) {
+            assert_eq!(slots[k], alone, "{name}");
+        }
+    }
+}
