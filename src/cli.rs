@@ -350,10 +350,18 @@ pub fn run(cli: Cli) -> Result<String, Failure> {
     }
 }
 
-/// The loss named (or every loss of the program when none is).
-fn losses_of<'p>(p: &'p Program, loss: Option<&str>) -> Result<Vec<&'p Function>, Failure> {
+/// The loss named (or every loss of the program when none is: a file without a loss is E201 for every
+/// command, as it is where one loss is needed).
+fn losses_of<'p>(p: &'p Program, file: &Path, loss: Option<&str>) -> Result<Vec<&'p Function>, Diags> {
     match loss {
-        Some(_) => Ok(vec![p.loss(loss).map_err(|d| Failure::Diags(Diags(vec![d])))?]),
+        Some(_) => Ok(vec![p.loss(loss).map_err(|d| Diags(vec![d]))?]),
+        None if p.module.functions.is_empty() => Err(Diags(vec![
+            crate::diag::Diag::new(
+                crate::diag::Code::UnknownLoss,
+                format!("{} defines no loss", file.display()),
+            )
+            .help("every command needs a loss: define one, e.g. `loss name(x: f32[N]) { mean[i] x[i] }`"),
+        ])),
         None => Ok(p.module.functions.iter().collect()),
     }
 }
@@ -361,7 +369,7 @@ fn losses_of<'p>(p: &'p Program, loss: Option<&str>) -> Result<Vec<&'p Function>
 /// `lossc analyze`: the findings of every loss of a file (or one), as text or JSON.
 fn analyze(file: &Path, loss: Option<&str>, json: bool) -> Result<String, Failure> {
     let p = Program::from_file(file)?;
-    let fs = losses_of(&p, loss)?;
+    let fs = losses_of(&p, file, loss)?;
     let reports = fs
         .into_iter()
         .map(crate::analyze::analyze)
@@ -395,12 +403,8 @@ fn check(files: &[PathBuf]) -> Result<String, Failure> {
     let mut failed = Vec::new();
     let mut out = String::new();
     for f in files {
-        match Program::from_file(f) {
-            Ok(p) => out.push_str(&format!(
-                "{}: ok ({} loss(es))\n",
-                f.display(),
-                p.module.functions.len()
-            )),
+        match Program::from_file(f).and_then(|p| losses_of(&p, f, None).map(|fs| fs.len())) {
+            Ok(n) => out.push_str(&format!("{}: ok ({n} loss(es))\n", f.display())),
             Err(d) => failed.push(d),
         }
     }
@@ -422,7 +426,7 @@ fn compile(file: &Path, emit: Emit, loss: Option<&str>) -> Result<String, Failur
         }
         Emit::Ir | Emit::Grad | Emit::Opt | Emit::Clif | Emit::Cuda => {
             let p = Program::from_file(file)?;
-            let fs = losses_of(&p, loss)?;
+            let fs = losses_of(&p, file, loss)?;
             let diag = |d| Failure::Diags(Diags(vec![d]));
             let mut out = Vec::new();
             for f in fs {
@@ -461,7 +465,7 @@ fn write_library(
 ) -> Result<String, Failure> {
     use crate::backend::aot;
     let p = Program::from_file(file)?;
-    let fs = losses_of(&p, loss)?;
+    let fs = losses_of(&p, file, loss)?;
     let gradients = fs
         .iter()
         .map(|f| crate::api::gradient(f))
@@ -529,7 +533,7 @@ fn stage_timings(file: &Path, loss: Option<&str>, emit: Emit) -> Result<String, 
     let p = Program::from_file(file)?;
     let front = t.elapsed();
     let mut out = format!("parse+check  {:>9.3} ms\n", front.as_secs_f64() * 1e3);
-    let fs = losses_of(&p, loss)?;
+    let fs = losses_of(&p, file, loss)?;
     for f in fs {
         let stages = match emit {
             Emit::Cuda => cuda_timings(f)?,

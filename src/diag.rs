@@ -212,12 +212,52 @@ pub struct Diag {
     source: Option<Box<NamedSource<Arc<String>>>>,
 }
 
+/// The longest word (a run of letters, digits and `_`) a message shows whole.
+pub const LONGEST_WORD: usize = 48;
+
+/// `text` with every word longer than [`LONGEST_WORD`] shortened to its start, `…` and its end, so a
+/// 100,000-character identifier costs a message a few dozen characters.
+pub fn elide_long_words(text: String) -> String {
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    let mut longest = 0;
+    let mut run = 0;
+    for c in text.chars() {
+        run = if word(c) { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    if longest <= LONGEST_WORD {
+        return text;
+    }
+    let mut out = String::new();
+    let mut current: Vec<char> = Vec::new();
+    let flush = |current: &mut Vec<char>, out: &mut String| {
+        if current.len() > LONGEST_WORD {
+            out.extend(&current[..24]);
+            out.push('…');
+            out.extend(&current[current.len() - 8..]);
+        } else {
+            out.extend(current.iter());
+        }
+        current.clear();
+    };
+    for c in text.chars() {
+        if word(c) {
+            current.push(c);
+        } else {
+            flush(&mut current, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut current, &mut out);
+    out
+}
+
 impl Diag {
-    /// A diagnostic with no label yet.
+    /// A diagnostic with no label yet (its text, its labels' and its help's with long words elided).
     pub fn new(code: Code, message: impl Into<String>) -> Diag {
         Diag {
             code,
-            message: message.into(),
+            message: elide_long_words(message.into()),
             labels: Vec::new(),
             help: None,
             source: None,
@@ -227,13 +267,13 @@ impl Diag {
     pub fn label(mut self, span: Span, text: impl Into<String>) -> Diag {
         self.labels.push(Label {
             span,
-            text: text.into(),
+            text: elide_long_words(text.into()),
         });
         self
     }
     /// Sets the help line.
     pub fn help(mut self, help: impl Into<String>) -> Diag {
-        self.help = Some(help.into());
+        self.help = Some(elide_long_words(help.into()));
         self
     }
     /// Attaches the source text of the first label's file, keeping only labels in that file.
@@ -430,9 +470,15 @@ pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) ->
         }
         d[a.len()][b.len()]
     }
-    let limit = (name.chars().count() / 3).max(1);
+    // Names past the longest word shown are never suggested (and never compared: the table is quadratic).
+    let len = name.chars().count();
+    if len > LONGEST_WORD {
+        return None;
+    }
+    let limit = (len / 3).max(1);
     candidates
         .into_iter()
+        .filter(|c| c.chars().count().abs_diff(len) <= limit)
         .map(|c| (distance(name, c), c))
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, _)| *d)

@@ -867,3 +867,21 @@ fn topk_k_is_set_like_any_hyperparameter() {
         "{err}"
     );
 }
+
+// A file without a loss is E201 for every command, `check` included (it said "ok (0 loss(es))").
+#[test]
+fn a_file_without_a_loss_is_an_error_everywhere() {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("empty_{}.lx", std::process::id()));
+    std::fs::write(&path, "// nothing yet\n").unwrap();
+    let p = path.to_str().unwrap();
+    let (_, err) = expect(&["check", p], 1);
+    assert!(err.contains("E201") && err.contains("defines no loss"), "{err}");
+    for cmd in [
+        &["eval", p, "--random", "N=2"][..],
+        &["compile", p],
+        &["gradcheck", p, "--random", "N=2"],
+    ] {
+        let (_, err) = expect(cmd, 1);
+        assert!(err.contains("E201"), "{cmd:?}: {err}");
+    }
+}

@@ -264,6 +264,26 @@ fn diagnostics_on_very_wide_lines_render_as_excerpts() {
     assert!(narrow.render().contains("╰── not defined here"), "{}", narrow.render());
 }
 
+/// A 100,000-character name is elided in messages (its whole text was printed: 557 KB of stderr), in the
+/// message, the labels and the help alike, keeping its start and end.
+#[test]
+fn long_names_are_elided_in_messages() {
+    let name = format!("{}_end", "a".repeat(100_000));
+    let source = format!("loss f(x: f32[N]) {{\n    mean[i] x[i] * {name}\n}}\n");
+    let text = Program::from_source("long.lx", &source).unwrap_err().render();
+    assert!(
+        text.contains("unknown name `aaaaaaaaaaaaaaaaaaaaaaaa…aaaa_end`"),
+        "{text}"
+    );
+    assert!(text.len() < 1000, "{} bytes", text.len());
+    // A near miss of a long name is not compared letter by letter (the edit-distance table of two
+    // 100,000-character names took 80 GB), and names of ordinary length are untouched.
+    let near = format!("loss f({name}: f32[N]) {{ mean[i] {name}x[i] }}");
+    let text = Program::from_source("near.lx", &near).unwrap_err().render();
+    assert!(text.len() < 2000 && text.contains('…'), "{} bytes", text.len());
+    assert_eq!(lossc::diag::elide_long_words("`x_ok` and `y`".into()), "`x_ok` and `y`");
+}
+
 /// A .npy header length past the file's end is refused before anything is allocated for it (a version-2
 /// header claiming 0xFFFFFFFF bytes made the reader allocate 4 GiB); a file that is not .npy says so.
 #[test]
