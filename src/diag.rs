@@ -386,7 +386,7 @@ pub fn render(diag: &Diag) -> String {
         && diag
             .labels
             .iter()
-            .any(|l| line_around(text, l.span.start as usize).len() > WIDEST_LINE)
+            .any(|l| widest_near(text, l.span.start as usize) > WIDEST_LINE)
     {
         return render_excerpt(diag, text);
     }
@@ -398,6 +398,20 @@ pub fn render(diag: &Diag) -> String {
         Ok(()) => out,
         Err(_) => format!("{}: {}\n", diag.code, diag.message),
     }
+}
+
+/// The width of the widest of the lines miette shows around byte `at`: its own and one on either side.
+fn widest_near(text: &str, at: usize) -> usize {
+    let at = at.min(text.len());
+    let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+    let before = (start > 0).then(|| line_around(text, start - 1).len());
+    let after = (end < text.len()).then(|| line_around(text, end + 1).len());
+    [Some(end - start), before, after]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(0)
 }
 
 /// The line of `text` that holds byte `at`.
@@ -433,10 +447,13 @@ fn render_excerpt(diag: &Diag, text: &str) -> String {
         let trail = if rest.chars().count() > 40 { "…" } else { "" };
         let clipped = column - 1 > left.chars().count();
         let lead = if clipped { "…" } else { "" };
-        out.push_str(&format!(
-            "   ╭─[{name}:{line}:{column}] (a line of {} characters, shown around the column)\n",
-            whole.chars().count()
-        ));
+        let width = whole.chars().count();
+        let note = if width > WIDEST_LINE {
+            format!(" (a line of {width} characters, shown around the column)")
+        } else {
+            String::new()
+        };
+        out.push_str(&format!("   ╭─[{name}:{line}:{column}]{note}\n"));
         out.push_str(&format!("   │ {lead}{left}{right}{trail}\n"));
         let pad = lead.chars().count() + left.chars().count();
         out.push_str(&format!("   │ {}^ {}\n", " ".repeat(pad), label.text));

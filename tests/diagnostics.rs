@@ -109,10 +109,12 @@ case!(
     TooDeep,
     &format!("loss f(x: f32[N]) {{ {}x[0]{} }}\n", "(".repeat(400), ")".repeat(400))
 );
+// A `+` chain of any length is regrouped (tests/robustness.rs); a `%` chain cannot be, so it is a tree as
+// deep as it is long.
 case!(
     chain_too_deep,
     TooDeep,
-    &format!("loss f(x: f32[N]) {{ x[0]{} }}\n", " + 1".repeat(1000))
+    &format!("loss f(x: f32[N]) {{ x[0]{} }}\n", " % 2".repeat(1000))
 );
 case!(
     number_out_of_range,
@@ -191,11 +193,12 @@ case!(
     RangeConflict,
     "loss f(a: f32[B, D]) {\n    let z[i: 2 * B, d: D] = a[i, d]\n    sum[i, d] z[i, d]\n}\n"
 );
-// A `let`'s head index gets its range from its own definition; a later use does not give it one.
+// A `let`'s head index takes its range from a later read only where the index reading it has a known
+// range (tests/in/ranges_from_uses.lx); here `z` is defined after `pos`, so the message says what to write.
 case!(
     let_index_range_from_a_later_use,
     RangeUnknown,
-    "loss f(s: f32[M, M]) {\n    let pos[i] = if i < 3 then i + 3 else i - 3\n    mean[i] s[i, pos[i]]\n}\n"
+    "loss f(a: f32[B]) {\n    let pos[i] = if i < B then i + B else i - B\n    let z[i: 2 * B] = a[i % B]\n    mean[i] z[i] * z[pos[i]]\n}\n"
 );
 // Two letters swapped are one edit: `mea` suggests `mae`.
 case!(

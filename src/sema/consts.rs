@@ -91,6 +91,21 @@ pub(super) fn eval(sema: &mut Sema, unit: usize, e: &ast::Expr) -> Option<Const>
             };
             Some(apply(prim, &[a, b]))
         }
+        ExprKind::Chain { first, rest } => {
+            let mut acc = eval(sema, unit, first);
+            for (op, term) in rest {
+                let b = eval(sema, unit, term);
+                let prim = match op {
+                    BinOp::Add => Prim::Add,
+                    BinOp::Sub => Prim::Sub,
+                    BinOp::Mul => Prim::Mul,
+                    BinOp::Div => Prim::Div,
+                    _ => return not_const(sema, e.span, "a condition"),
+                };
+                acc = Some(apply(prim, &[acc?, b?]));
+            }
+            acc
+        }
         ExprKind::Access { name, subscripts: None } => match sema.units[unit].globals.get(&name.name).copied() {
             Some(r) if matches!(sema.item(r).kind, ItemKind::Const { .. }) => item_value(sema, r),
             Some(_) => not_const(sema, name.span, &format!("`{}`", name.name)),

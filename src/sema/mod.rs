@@ -11,6 +11,7 @@
 mod consts;
 mod order;
 mod std_modules;
+mod uses;
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -260,6 +261,7 @@ impl Sema<'_> {
             guarded: Vec::new(),
             streams: 0,
             gradients: HashMap::new(),
+            later_uses: Vec::new(),
             sema: self,
             unit,
             f,
@@ -284,6 +286,15 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 }
 
 /// What a name in a loss body refers to.
+/// One term of an operator chain: its lowered value, whether a `-` or `/` precedes it, and where it is
+/// written.
+#[derive(Clone, Copy)]
+struct Term<'a> {
+    inverted: bool,
+    node: NodeId,
+    ast: &'a ast::Expr,
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Local {
     Dim(DimId),
@@ -328,6 +339,8 @@ struct Cx<'a, 's> {
     streams: i64,
     /// The gradient tensors `grad(e, x[…])` made so far, by (e, input).
     gradients: HashMap<(NodeId, u32), TensorId>,
+    /// The loss body's reads with bare-index subscripts, for `let` head ranges fixed only by later uses.
+    later_uses: Vec<uses::Use>,
 }
 
 enum Found {
@@ -753,6 +766,7 @@ impl Cx<'_, '_> {
     // ---- bodies ----
 
     fn body(&mut self, body: &ast::Body, decls: &[ast::OutDecl], result: Option<&ast::Type>) {
+        self.later_uses = uses::collect(body);
         let mut defined_outs: Vec<(String, Span)> = Vec::new();
         for s in &body.stmts {
             match s.kind {
@@ -1095,8 +1109,12 @@ impl Cx<'_, '_> {
         tensor: Option<&str>,
     ) -> Option<Vec<IndexId>> {
         let mut ok = true;
-        for (b, id) in binders.iter().zip(&ids) {
-            match self.ranges[id.index()].clone() {
+        for (position, (b, id)) in binders.iter().zip(&ids).enumerate() {
+            let origin = match (self.ranges[id.index()].clone(), tensor) {
+                (None, Some(t)) if b.range.is_none() => self.range_from_uses(t, position, b.name.span),
+                (o, _) => o,
+            };
+            match origin {
                 Some(o) => self.f.indices[id.index()].range = o.dim,
                 // An explicit range that did not lower, or an earlier error in the loss (a tensor left
                 // undefined), has its own diagnostic: no second one.
@@ -1110,10 +1128,9 @@ impl Cx<'_, '_> {
                         )
                         .label(b.name.span, "bound here")
                         .help(match tensor {
-                            // A later use (`s[i, pos[i]]`) does not give a head index its range.
                             Some(t) => format!(
-                                "a `let`'s index takes its range from a subscript in its own definition, not \
-                                 from later uses; write it in the head: `let {t}[{0}: N] = …`",
+                                "neither its definition nor a later read `{t}[…{0}…]` under an index of known \
+                                 range fixes it; write it in the head: `let {t}[{0}: N] = …`",
                                 b.name.name
                             ),
                             None => format!(
@@ -1126,6 +1143,51 @@ impl Cx<'_, '_> {
             }
         }
         ok.then_some(ids)
+    }
+
+    /// The range of head index `position` of `let tensor` from the reads after it: the range written on
+    /// the binder of a bare index that subscripts it there, or the axis of a known tensor that index also
+    /// subscripts bare (see [`uses`]).
+    fn range_from_uses(&mut self, tensor: &str, position: usize, span: Span) -> Option<RangeOrigin> {
+        let hints: Vec<uses::Hint> = (self.later_uses.iter())
+            .filter(|u| u.tensor == tensor && u.position == position)
+            .flat_map(|u| u.hints.iter().cloned())
+            .collect();
+        for hint in hints {
+            let (dim, what) = match hint {
+                uses::Hint::Explicit(d) => {
+                    // Resolved quietly: where it does not resolve, its own binder reports it.
+                    let before = self.sema.diags.len();
+                    let dim = self.dim(&d);
+                    self.sema.diags.truncate(before);
+                    (
+                        dim,
+                        format!(
+                            "a later read of `{tensor}` under an index of range `{}`",
+                            crate::syntax::print::dim(&d)
+                        ),
+                    )
+                }
+                uses::Hint::Axis(other, q) => {
+                    let dim = match self.lookup(&other) {
+                        Some(Found::Local(Local::Tensor(t), _)) => {
+                            let ix = self.f.tensor(t).indices.get(q).copied();
+                            ix.map(|i| self.f.index(i).range.clone())
+                        }
+                        Some(Found::Local(Local::Input(k), _)) => self.f.inputs[k as usize].shape.get(q).cloned(),
+                        _ => None,
+                    };
+                    (
+                        dim,
+                        format!("a later read of `{tensor}` whose index also reads axis {q} of `{other}`"),
+                    )
+                }
+            };
+            if let Some(dim) = dim {
+                return Some(RangeOrigin { dim, span, what });
+            }
+        }
+        None
     }
 
     // ---- expressions ----
@@ -1181,6 +1243,59 @@ impl Cx<'_, '_> {
             scalar,
             span,
         )
+    }
+
+    /// Lowers a flat operator chain (`t0 op1 t1 …`, one family) as a balanced tree, so the IR stays
+    /// shallow however long the chain: each term is checked where it is written, then halves are joined;
+    /// the half after a `-` (a `/`) has its operators flipped (`a - b + c` is `a - (b - c)`). Equal to the
+    /// left-associative chain in exact arithmetic; in floating point the terms are summed pairwise.
+    fn chain(&mut self, first: &ast::Expr, rest: &[(BinOp, ast::Expr)]) -> Option<NodeId> {
+        let (plus, minus) = match rest.first().map(|(op, _)| *op) {
+            Some(BinOp::Add | BinOp::Sub) => (Prim::Add, Prim::Sub),
+            Some(BinOp::Mul | BinOp::Div) => (Prim::Mul, Prim::Div),
+            Some(BinOp::And) => (Prim::And, Prim::And),
+            Some(BinOp::Or) => (Prim::Or, Prim::Or),
+            _ => return self.expr(first),
+        };
+        let logic = plus == minus;
+        let mut terms: Vec<Term> = Vec::with_capacity(rest.len() + 1);
+        let mut ok = true;
+        let written = std::iter::once((false, first))
+            .chain(rest.iter().map(|(op, e)| (matches!(op, BinOp::Sub | BinOp::Div), e)));
+        for (inverted, e) in written {
+            let node = self
+                .expr(e)
+                .and_then(|n| if logic { self.condition(n, e) } else { self.number(n, e) });
+            match node {
+                Some(node) => terms.push(Term { inverted, node, ast: e }),
+                None => ok = false,
+            }
+        }
+        if !ok {
+            return None;
+        }
+        self.balanced(&terms, (plus, minus))
+    }
+
+    /// Joins `terms` (the first not inverted) as a balanced tree of `ops` (joining, joining inverted).
+    fn balanced(&mut self, terms: &[Term], ops: (Prim, Prim)) -> Option<NodeId> {
+        if let [only] = terms {
+            return Some(only.node);
+        }
+        let mid = terms.len() / 2;
+        let left = self.balanced(&terms[..mid], ops)?;
+        let inverted = terms[mid].inverted;
+        let tail: Vec<Term> = terms[mid..]
+            .iter()
+            .map(|t| Term {
+                inverted: t.inverted != inverted,
+                ..*t
+            })
+            .collect();
+        let right = self.balanced(&tail, ops)?;
+        let prim = if inverted { ops.1 } else { ops.0 };
+        let span = terms[0].ast.span.to(terms[terms.len() - 1].ast.span);
+        self.apply(prim, &[(left, terms[0].ast), (right, terms[mid].ast)], span)
     }
 
     /// Applies a primitive to lowered operands, checking and promoting per its signature.
@@ -1301,6 +1416,7 @@ impl Cx<'_, '_> {
                 };
                 self.apply(prim, &[(a, lhs), (b, rhs)], e.span)
             }
+            ExprKind::Chain { first, rest } => self.chain(first, rest),
             ExprKind::Iverson(c) => {
                 let a = self.expr(c)?;
                 self.apply(Prim::Iverson, &[(a, c)], e.span)

@@ -239,6 +239,10 @@ pub struct Binder {
     pub range: Option<DimExpr>,
 }
 
+/// The fewest operators an operator chain has to be kept flat as [`ExprKind::Chain`] (shorter chains are
+/// left-associative [`ExprKind::Binary`] trees).
+pub const CHAIN_MIN: usize = 32;
+
 /// Binary operators.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BinOp {
@@ -291,6 +295,15 @@ impl BinOp {
             BinOp::Rem => "%",
             BinOp::Pow => "^",
         }
+    }
+    /// The family of operators a flat chain may mix, by its operators' precedence: `+`/`-` and `*`/`/`
+    /// reassociate (splitting at a `+` or `*`, negating or inverting what follows a `-` or `/`); `&&` and
+    /// `||` are associative; comparisons, `%` and `^` never form a chain.
+    pub fn chains(self) -> bool {
+        matches!(
+            self,
+            BinOp::Or | BinOp::And | BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div
+        )
     }
     /// Binding strength: a larger number binds tighter.
     pub fn precedence(self) -> u8 {
@@ -412,6 +425,16 @@ pub enum ExprKind {
         lhs: Box<Expr>,
         /// The right operand.
         rhs: Box<Expr>,
+    },
+    /// A long operator chain `t0 op1 t1 op2 t2 …` of one family (more than [`CHAIN_MIN`] operators, all
+    /// `+`/`-`, all `*`/`/`, all `&&` or all `||`), kept flat so that no walk recurses through its length
+    /// (chains of 100,000 terms). It means the left-associative chain; the checker evaluates it as a
+    /// balanced tree of the same terms and signs.
+    Chain {
+        /// The first term.
+        first: Box<Expr>,
+        /// Each further operator and term.
+        rest: Vec<(BinOp, Expr)>,
     },
     /// An Iverson bracket `[cond]`: 1 where the condition holds, else 0.
     Iverson(Box<Expr>),

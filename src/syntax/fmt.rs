@@ -278,6 +278,10 @@ fn split_chain(e: &Expr) -> (String, Vec<(&'static str, String)>) {
     let mut terms = Vec::new();
     fn walk(e: &Expr, op: &'static str, out: &mut Vec<(&'static str, String)>) {
         match &e.kind {
+            ExprKind::Chain { first, rest } if matches!(rest[0].0, BinOp::Add | BinOp::Sub) => {
+                out.push((op, expr(first)));
+                out.extend(rest.iter().map(|(o, t)| (o.as_str(), expr(t))));
+            }
             ExprKind::Binary {
                 op: o @ (BinOp::Add | BinOp::Sub),
                 lhs,
@@ -361,6 +365,13 @@ fn print_expr(e: &Expr, src: &str) -> String {
         ExprKind::Call { func, args } => format!("{}({})", func.name, list(args)),
         ExprKind::Unary { op, arg } => format!("{}{}", if *op == UnOp::Neg { "-" } else { "!" }, go(arg)),
         ExprKind::Binary { op, lhs, rhs } => format!("{} {} {}", go(lhs), op.as_str(), go(rhs)),
+        ExprKind::Chain { first, rest } => {
+            let mut text = go(first);
+            for (op, term) in rest {
+                text.push_str(&format!(" {} {}", op.as_str(), go(term)));
+            }
+            text
+        }
         ExprKind::Iverson(c) => format!("[{}]", go(c)),
         ExprKind::If { cond, then, otherwise } => format!("if {} then {} else {}", go(cond), go(then), go(otherwise)),
         ExprKind::Reduce {

@@ -6,8 +6,12 @@ use pest::iterators::Pair;
 use super::ast::*;
 use super::{MAX_DEPTH, MAX_NESTING};
 
-/// The most grammar-rule calls one parse may make.
+/// The most grammar-rule calls one parse may make, besides [`PARSER_CALLS_PER_BYTE`] for each byte of
+/// input (long but flat input, such as a chain of 100,000 terms, needs calls in proportion to its length).
 const MAX_PARSER_CALLS: usize = 20_000_000;
+
+/// Grammar-rule calls allowed per byte of input, over [`MAX_PARSER_CALLS`].
+const PARSER_CALLS_PER_BYTE: usize = 64;
 use crate::diag::{Code, Diag, SourceId, Span};
 
 #[derive(pest_derive::Parser)]
@@ -20,7 +24,8 @@ type Result<T> = std::result::Result<T, Diag>;
 pub fn parse(source: SourceId, text: &str) -> Result<File> {
     prescan(source, text)?;
     // Bounds the work of backtracking on pathological input (a PEG can otherwise take exponential time).
-    pest::set_call_limit(std::num::NonZeroUsize::new(MAX_PARSER_CALLS));
+    let limit = MAX_PARSER_CALLS.saturating_add(text.len().saturating_mul(PARSER_CALLS_PER_BYTE));
+    pest::set_call_limit(std::num::NonZeroUsize::new(limit));
     let mut pairs = LxParser::parse(Rule::program, text).map_err(|e| syntax_error(source, text, e))?;
     let program = pairs.next().expect("pest returns the program rule");
     let b = Builder { source };
@@ -39,7 +44,7 @@ fn syntax_error(source: SourceId, text: &str, e: pest::error::Error<Rule>) -> Di
     {
         return Diag::new(Code::TooDeep, "the parser gave up: this input is too complex")
             .label(Span::new(source, 0, text.len().min(1)), "in this file")
-            .help("look for unclosed brackets or very deeply nested expressions");
+            .help("look for unclosed brackets or very deeply nested expressions; split a long one with `let`");
     }
     let (start, end) = match e.location {
         pest::error::InputLocation::Pos(p) => (p, p),
@@ -707,6 +712,21 @@ impl Builder {
                 let first = it.next().unwrap();
                 let rest: Vec<Pair<Rule>> = it.collect();
                 let ops = rest.len() / 2;
+                // A long chain of one family is kept flat, one level deep.
+                if ops > CHAIN_MIN && rest.chunks(2).all(|pair| binop(pair[0].as_str()).chains()) {
+                    let first = self.expr(first, depth + 1)?;
+                    let rest = rest
+                        .chunks(2)
+                        .map(|pair| Ok((binop(pair[0].as_str()), self.expr(pair[1].clone(), depth + 1)?)))
+                        .collect::<Result<Vec<_>>>()?;
+                    return Ok(Expr {
+                        kind: ExprKind::Chain {
+                            first: Box::new(first),
+                            rest,
+                        },
+                        span,
+                    });
+                }
                 if depth + ops > MAX_DEPTH {
                     return Err(self.too_deep(span));
                 }

@@ -170,6 +170,13 @@ pub fn expr(e: &Expr) -> String {
         ExprKind::Binary { op, lhs, rhs } => {
             format!("({} {} {})", op.as_str(), expr(lhs), expr(rhs))
         }
+        ExprKind::Chain { first, rest } => {
+            let terms: Vec<String> = rest
+                .iter()
+                .map(|(op, t)| format!("{} {}", op.as_str(), expr(t)))
+                .collect();
+            format!("(chain {} {})", expr(first), terms.join(" "))
+        }
         ExprKind::Iverson(c) => format!("[{}]", expr(c)),
         ExprKind::If { cond, then, otherwise } => {
             format!("(if {} {} {})", expr(cond), expr(then), expr(otherwise))

@@ -1,0 +1,186 @@
+//! Ranges from later uses: a `let` head index that its own definition does not give a range
+//! (`let pos[i] = if i < B then i + B else i - B`) takes it from how the tensor is subscripted afterwards.
+//! `mean[i] z[i] * z[pos[i]]` reads `pos[i]` with the `i` of a reduction that also subscripts `z[i]`, so
+//! `pos`'s index ranges over `z`'s first axis.
+//!
+//! This is a syntactic pass over the loss body, made before it is lowered: for every read `t[…, v, …]` whose
+//! subscript at some position is a bare index `v`, it records where `v`'s range can be read — the range
+//! written on `v`'s binder, or the axes of the other tensors `v` subscripts bare in the binder's scope. The
+//! checker resolves those hints (in that order) only for a head index it could not range otherwise, when
+//! the tensors they name are known.
+
+use crate::syntax::ast::{self, ExprKind};
+
+/// Where the range of a subscript can be read.
+#[derive(Clone, Debug)]
+pub(super) enum Hint {
+    /// The range written on the index's binder (`mean[i: 2 * B]`).
+    Explicit(ast::DimExpr),
+    /// Axis `.1` of tensor `.0`, which the same index subscripts bare in its binder's scope.
+    Axis(String, usize),
+}
+
+/// A read of `tensor` whose subscript at `position` is a bare index, and where that index's range shows.
+#[derive(Clone, Debug)]
+pub(super) struct Use {
+    pub tensor: String,
+    pub position: usize,
+    pub hints: Vec<Hint>,
+}
+
+/// An index binder in scope during the walk: its name, its written range, and the expressions it
+/// scopes over.
+struct Scope<'a> {
+    name: &'a str,
+    range: Option<&'a ast::DimExpr>,
+    over: Vec<&'a ast::Expr>,
+}
+
+/// The reads with bare-index subscripts in a loss body (its statements and its result), with hints.
+pub(super) fn collect(body: &ast::Body) -> Vec<Use> {
+    let mut out = Vec::new();
+    for s in &body.stmts {
+        let scopes: Vec<Scope> = s
+            .head
+            .iter()
+            .map(|b| Scope {
+                name: &b.name.name,
+                range: b.range.as_ref(),
+                over: vec![&s.value],
+            })
+            .collect();
+        walk(&s.value, &mut { scopes }, &mut out);
+    }
+    walk(&body.result, &mut Vec::new(), &mut out);
+    out
+}
+
+/// The bare name an expression is, if it is one (`i`, or `(i)`).
+fn bare(e: &ast::Expr) -> Option<&str> {
+    match &e.kind {
+        ExprKind::Access { name, subscripts: None } => Some(&name.name),
+        ExprKind::Paren(inner) => bare(inner),
+        _ => None,
+    }
+}
+
+fn walk<'a>(e: &'a ast::Expr, scopes: &mut Vec<Scope<'a>>, out: &mut Vec<Use>) {
+    match &e.kind {
+        ExprKind::Access {
+            name,
+            subscripts: Some(subs),
+        } => {
+            for (position, sub) in subs.iter().enumerate() {
+                if let Some(v) = bare(sub)
+                    && let Some(scope) = scopes.iter().rev().find(|s| s.name == v)
+                {
+                    let mut hints: Vec<Hint> = scope.range.map(|r| Hint::Explicit(r.clone())).into_iter().collect();
+                    for e in &scope.over {
+                        axes_of(e, v, &name.name, &mut hints);
+                    }
+                    out.push(Use {
+                        tensor: name.name.clone(),
+                        position,
+                        hints,
+                    });
+                }
+                walk(sub, scopes, out);
+            }
+        }
+        ExprKind::Reduce {
+            binders, mask, body, ..
+        } => {
+            let over: Vec<&ast::Expr> = mask.iter().map(|m| &**m).chain([&**body]).collect();
+            let opened = binders.len();
+            scopes.extend(binders.iter().map(|b| Scope {
+                name: &b.name.name,
+                range: b.range.as_ref(),
+                over: over.clone(),
+            }));
+            for e in &over {
+                walk(e, scopes, out);
+            }
+            scopes.truncate(scopes.len() - opened);
+        }
+        ExprKind::Order {
+            binder,
+            mask,
+            body,
+            subscripts,
+            ..
+        } => {
+            for s in subscripts {
+                walk(s, scopes, out);
+            }
+            let over: Vec<&ast::Expr> = mask.iter().map(|m| &**m).chain([&**body]).collect();
+            scopes.push(Scope {
+                name: &binder.name.name,
+                range: binder.range.as_ref(),
+                over: over.clone(),
+            });
+            for e in &over {
+                walk(e, scopes, out);
+            }
+            scopes.pop();
+        }
+        _ => for_each_child(e, |c| walk(c, scopes, out)),
+    }
+}
+
+/// Adds `Axis(t, q)` for every read `t[…]` in `e` (other than of `not`) whose subscript `q` is bare `v`.
+fn axes_of(e: &ast::Expr, v: &str, not: &str, hints: &mut Vec<Hint>) {
+    if let ExprKind::Access {
+        name,
+        subscripts: Some(subs),
+    } = &e.kind
+        && name.name != not
+    {
+        for (q, sub) in subs.iter().enumerate() {
+            if bare(sub) == Some(v) {
+                hints.push(Hint::Axis(name.name.clone(), q));
+            }
+        }
+    }
+    for_each_child(e, |c| axes_of(c, v, not, hints));
+}
+
+/// Calls `f` on each direct sub-expression of `e`.
+fn for_each_child<'a>(e: &'a ast::Expr, mut f: impl FnMut(&'a ast::Expr)) {
+    match &e.kind {
+        ExprKind::Number { .. } | ExprKind::Bool(_) | ExprKind::Access { subscripts: None, .. } => {}
+        ExprKind::Access {
+            subscripts: Some(subs), ..
+        } => subs.iter().for_each(f),
+        ExprKind::Call { args, .. } => args.iter().for_each(f),
+        ExprKind::Unary { arg, .. } => f(arg),
+        ExprKind::Binary { lhs, rhs, .. } => {
+            f(lhs);
+            f(rhs);
+        }
+        ExprKind::Chain { first, rest } => {
+            f(first);
+            rest.iter().for_each(|(_, t)| f(t));
+        }
+        ExprKind::Iverson(c) | ExprKind::Paren(c) => f(c),
+        ExprKind::If { cond, then, otherwise } => {
+            f(cond);
+            f(then);
+            f(otherwise);
+        }
+        ExprKind::Reduce { mask, body, .. } => {
+            if let Some(m) = mask {
+                f(m);
+            }
+            f(body);
+        }
+        ExprKind::Order {
+            mask, body, subscripts, ..
+        } => {
+            if let Some(m) = mask {
+                f(m);
+            }
+            f(body);
+            subscripts.iter().for_each(f);
+        }
+    }
+}
