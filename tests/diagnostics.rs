@@ -200,6 +200,13 @@ case!(
     RangeUnknown,
     "loss f(a: f32[B]) {\n    let pos[i] = if i < B then i + B else i - B\n    let z[i: 2 * B] = a[i % B]\n    mean[i] z[i] * z[pos[i]]\n}\n"
 );
+// A suggestion is of the kind the position needs: a tensor for a subscripted name (`xs`, not the
+// dimension `N` at the same distance).
+case!(
+    suggestions_are_of_the_right_kind,
+    UnknownName,
+    "loss f(xs: f32[N, C]) {\n    mean[i] sum[k] x[i, k]\n}\n"
+);
 // Two letters swapped are one edit: `mea` suggests `mae`.
 case!(
     swapped_letters_suggest_the_item,

@@ -362,9 +362,27 @@ impl Cx<'_, '_> {
         self.sema.units[self.unit].globals.get(name).map(|r| Found::Global(*r))
     }
 
-    fn visible_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.scopes.iter().flatten().map(|(n, _, _)| n.clone()).collect();
-        v.extend(self.sema.units[self.unit].globals.keys().cloned());
+    /// The names in scope that could stand where an unknown `what` was written ("tensor": inputs and
+    /// `let`s; "dimension": dimensions, `idx` hyperparameters and consts; otherwise any value), so a
+    /// suggestion is always of the right kind.
+    fn visible_names(&self, what: &str) -> Vec<String> {
+        let fits = |l: &Local| match what {
+            "tensor" => matches!(l, Local::Input(_) | Local::Tensor(_)),
+            "dimension" => matches!(l, Local::Dim(_) | Local::Hyper(_)),
+            _ => !matches!(l, Local::Poison),
+        };
+        let mut v: Vec<String> = (self.scopes.iter().flatten())
+            .filter(|(_, l, _)| fits(l))
+            .map(|(n, _, _)| n.clone())
+            .collect();
+        if what != "tensor" {
+            let globals = &self.sema.units[self.unit].globals;
+            v.extend(
+                (globals.iter())
+                    .filter(|(_, r)| matches!(self.sema.item(**r).kind, ItemKind::Const { .. }))
+                    .map(|(n, _)| n.clone()),
+            );
+        }
         v
     }
 
@@ -376,7 +394,7 @@ impl Cx<'_, '_> {
             self.err(d);
             return;
         }
-        let names = self.visible_names();
+        let names = self.visible_names(what);
         let mut d = Diag::new(Code::UnknownName, format!("unknown {what} `{}`", name.name))
             .label(name.span, "not defined here");
         d = match closest(&name.name, names.iter().map(String::as_str)) {
