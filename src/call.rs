@@ -362,6 +362,17 @@ pub fn bind_views(
             None => s.map_or(0, |(n, _)| n as i64),
         })
         .collect();
+    // Sample ids that key state lie in 0..MAX_STATE_ROWS with or without a state store (without one they
+    // were accepted negative, and refused with one).
+    for (k, (input, t)) in f.inputs.iter().zip(&ordered).enumerate() {
+        let keys_state = f
+            .inputs
+            .iter()
+            .any(|i| i.state.as_ref().is_some_and(|s| s.key as usize == k));
+        if let (true, Some(ids)) = (keys_state, t.labels) {
+            crate::state::check_ids(&input.name, ids)?;
+        }
+    }
     // Labels inside their bounds.
     for (input, t) in f.inputs.iter().zip(&ordered) {
         if let (Some(b), Some(v)) = (&input.bound, t.labels) {

@@ -109,6 +109,20 @@ fn bad_calls_fail_with_the_messages_of_a_call_from_rust() {
         };
         assert_eq!(call(&lib, f, &inputs, 2), Err((code, want.to_string())), "{what}");
     }
+    // A negative sample id of a stateful loss (its state passed in explicitly), as `call::bind` refuses it.
+    let counter = "loss t(x: f32[B], ids: idx[B], u: f32[B] state[ids] = 0.0) -> (u_new: f32[B] updates u) {\n    \
+                   out u_new[i] = u[i] + x[i]\n    sum[i] x[i] * u[i]\n}\n";
+    let stateful = Compiler::new()
+        .compile_source("t.lx", counter)
+        .unwrap()
+        .kernel(None)
+        .unwrap();
+    let g = stateful.function();
+    let state_lib = load(&[g], &dir, "t");
+    let mut ids = common::random_inputs(g, &[3], &mut rng, common::Nograd::Normal);
+    ids.insert("ids".into(), Tensor::labels(vec![3], vec![0, -2, 1]));
+    let want = stateful.eval(&ids).unwrap_err();
+    assert_eq!(call(&state_lib, g, &ids, 2), Err((4, want.to_string())), "negative id");
     // A fractional integer hyperparameter, through the typed entry point.
     type Typed = unsafe extern "C" fn(
         *const f32,

@@ -142,6 +142,18 @@ fn bad_stateful_calls_are_typed_errors() {
     ]);
     assert!(k.eval_stateful(&bad, &BTreeMap::new(), &mut store).is_err());
     assert!(store.table("u").unwrap_or_default().iter().all(|v| *v == 3.0));
+    // Without a store (state passed in explicitly) a negative id is refused the same way (issue 28: it was
+    // accepted), on both backends.
+    for backend in backends() {
+        let k = kernel(COUNTER, "t", backend);
+        let mut explicit = with(Tensor::labels(vec![1], vec![-3]));
+        explicit.insert("u".into(), Tensor::float(vec![1], vec![0.0]));
+        let e = k.eval(&explicit);
+        assert!(
+            matches!(e, Err(CallError::LabelOutOfRange { value: -3, .. })),
+            "{backend:?}: {e:?}"
+        );
+    }
 }
 
 #[test]

@@ -535,8 +535,19 @@ pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsuppor
         }
         let _ = writeln!(code, "    lossc_ptrs[{i}] = (void *){n};");
     }
-    for (input, (n, shape)) in f.inputs.iter().zip(&input_names) {
-        let Some(b) = &input.bound else { continue };
+    for (k, (input, (n, shape))) in f.inputs.iter().zip(&input_names).enumerate() {
+        // Labels within their bound; sample ids that key state within the state store's limit (as
+        // `call::bind` checks them).
+        let keys_state = f
+            .inputs
+            .iter()
+            .any(|i| i.state.as_ref().is_some_and(|s| s.key as usize == k));
+        let (b, bound_text) = match &input.bound {
+            Some(b) => (b.clone(), f.show_dim(b)),
+            None if keys_state => (Dim::Const(crate::state::MAX_STATE_ROWS), "MAX_STATE_ROWS".to_string()),
+            None => continue,
+        };
+        let b = &b;
         let _ = writeln!(
             code,
             "    {{\n        int64_t lossc_size = {}, lossc_n = {};\n        for (int64_t lossc_i = 0; lossc_i < lossc_n; lossc_i++) {{\n            \
@@ -551,7 +562,7 @@ pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsuppor
                 .unwrap_or_else(|| "1".into()),
             input.shape.len(),
             lit(&input.name),
-            bd = lit(&f.show_dim(b)),
+            bd = lit(&bound_text),
             ignored = input
                 .ignore
                 .map_or(String::new(), |v| format!(" && {n}[lossc_i] != INT64_C({v})")),
