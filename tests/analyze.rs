@@ -36,11 +36,11 @@ const TABLE: &[(&str, &str, Verdict)] = &[
     ("std::classification::cross_entropy", "bounded", Disproven),
     ("std::classification::cross_entropy", "symmetric", Disproven),
     // MAE of the softmax is 1 - p_y: in [0, 1], shift-invariant, neither convex nor concave, and symmetric
-    // (Σ_k (1 - p_k) = C - 1; Ghosh et al. 2017), which no rule proves and no sample refutes.
+    // (Σ_k (1 - p_k) = C - 1; Ghosh et al. 2017): affine in the probability at the label.
     ("std::classification::mae", "convex in s", Disproven),
     ("std::classification::mae", "bounded", Proven),
     ("std::classification::mae", "invariant to shifting", Proven),
-    ("std::classification::mae", "symmetric", Unknown),
+    ("std::classification::mae", "symmetric", Proven),
     // GCE (1 - p_y^q) / q lies in [0, 1/q] (Zhang & Sabuncu 2018), symmetric only in the limit q -> 1.
     ("std::classification::gce", "bounded", Proven),
     ("std::classification::gce", "symmetric", Disproven),
@@ -112,6 +112,20 @@ fn a_sign_flip_makes_convexity_disproven_with_a_counterexample() {
     let dot = "loss c(x: f32[N, D]) { mean[i, j] exp(sum[d] x[i, d] * x[j, d]) }";
     assert_eq!(verdict(&report_of(cosine), "invariant to scaling"), Proven);
     assert_eq!(verdict(&report_of(dot), "invariant to scaling"), Disproven);
+    // Symmetry: affine in the probability at the label is proven (through a `let`, a constant term and a
+    // hyperparameter factor); squaring that probability makes Σ_k L depend on the scores: disproven.
+    let affine = "loss m(s: f32[N, C], y: idx[N] < C, w: f32 = 3.0) {
+        let p[i] = exp(s[i, y[i]] - logsumexp[k] s[i, k])
+        2.0 + sum[i] w * (1 - p[i]) / 4.0
+    }";
+    let r = report_of(affine);
+    assert_eq!(verdict(&r, "symmetric"), Proven, "{}", r.text());
+    let squared = affine.replace("(1 - p[i])", "(1 - p[i]) ^ 2");
+    let r = report_of(&squared);
+    assert_eq!(verdict(&r, "symmetric"), Disproven, "{}", r.text());
+    // A label read outside the probability (a per-class weight) is not affine in it: no proof.
+    let weighted = affine.replace("w * (1 - p[i])", "(1 - p[i]) * s[i, y[i]]");
+    assert_ne!(verdict(&report_of(&weighted), "symmetric"), Proven);
     // A negative factor flips convexity; one whose sign is a hyperparameter's default is assumed.
     let scaled = "loss h(x: f32[N], w: f32 = -2.0) { mean[i] w * relu(1 - x[i]) }";
     let r = report_of(scaled);

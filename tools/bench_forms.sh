@@ -11,6 +11,9 @@ declare -A shapes=(
   [z_loss]="N=8192,C=1000"
   [kl_dro]="N=8192,C=1000"
   [nt_xent]="B=1024,D=128"
+  [anyloss_f1]="N=1000000"
+  [ldr_kl]="N=8192,C=1000"
+  [multi_similarity]="B=512,D=128"
 )
 for file in benches/forms/*.lx; do
   workload=$(basename "$file" .lx)

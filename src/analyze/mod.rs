@@ -8,11 +8,13 @@
 //! φ'(0) < 0: its curvature, one-sided difference quotients and gradient). Every verdict is cross-checked on
 //! seeded random points with the reference interpreter: a property no rule proves is disproven by a
 //! sample that violates it, and a proven one that a sample violates is reported as inconsistent (a bug,
-//! which the tests look for). Symmetry (Σ_k L(s, y = k) constant in s) is only ever refuted by samples.
+//! which the tests look for). Symmetry (Σ_k L(s, y = k) constant in s) is proven for losses affine in the
+//! softmax probability at the label ([`symmetry`]).
 
 pub mod bounds;
 pub mod curvature;
 pub mod invariance;
+pub mod symmetry;
 
 use std::collections::BTreeMap;
 
@@ -326,7 +328,8 @@ fn bounded(g: &Function, loss: usize, s: &mut Sampler) -> Finding {
 }
 
 /// Σ_k L(s, y = k) constant in s, for a loss with one label input bounded by the last axis of a
-/// differentiable input: only refuted by samples.
+/// differentiable input: proven for terms affine in the probability at the label ([`symmetry`]), else
+/// refuted by samples.
 fn symmetry(g: &Function, s: &mut Sampler) -> Option<Finding> {
     let label = g
         .inputs
@@ -334,12 +337,13 @@ fn symmetry(g: &Function, s: &mut Sampler) -> Option<Finding> {
         .position(|i| i.elem == ElemTy::Idx && i.bound.is_some() && !i.shape.is_empty())?;
     let name = &g.inputs[label].name;
     let violation = s.symmetry_violation(label)?;
+    let proof = symmetry::proof(g, label as u32);
     Some(finding(
         format!("symmetric (Σ_k L with every {name} = k is constant)"),
-        false,
-        Vec::new(),
+        proof.is_some(),
+        proof.unwrap_or_default(),
         violation,
-        "the sum did not change between samples (no symbolic rule decides symmetry)".into(),
+        "the sum did not change between samples (no rule decides: a term not affine in p at the label)".into(),
     ))
 }
 
