@@ -605,3 +605,17 @@ fn state_tables_agree(path: &str) {
         .unwrap_err();
     assert!(matches!(bad, CallError::LabelOutOfRange { value: -1, .. }), "{bad:?}");
 }
+
+/// A low-temperature loss's gradients at float32 accuracy on the device too (the logsumexp's rounding
+/// residual, loops::Residual, in both its two-pass and its online form).
+#[test]
+fn low_temperature_gradients_are_float32_accurate() {
+    let inputs = common::low_temperature_inputs(16, 100, 5);
+    let online = common::LOW_TEMPERATURE.replace("z[i, v] / tau[i])", "z[i, v] / tau[i] + 0.0 * tanh(z[i, v]))");
+    for src in [common::LOW_TEMPERATURE, online.as_str()] {
+        let device = cuda(EmuLoader::default()).compile_source("tce.lx", src).unwrap();
+        let got = device.kernel(None).unwrap().eval(&inputs).unwrap();
+        let want = lossc::api::eval_grad(device.program.loss(None).unwrap(), &inputs, &BTreeMap::new()).unwrap();
+        common::assert_float32_gradients(&got, &want, 1e-3);
+    }
+}

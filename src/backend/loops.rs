@@ -104,6 +104,24 @@ pub struct KeptExps {
     pub plain: bool,
 }
 
+/// A logsumexp nest whose value other nodes subtract from a value of their own (`x - lse[t]`, as in the
+/// softmax `exp(x - lse[t])` of every cross-entropy gradient). Stored as f32, a logsumexp of magnitude
+/// 4,000 (logits of 40 at a temperature of 0.01) is rounded by up to 2.4e-4, and each such difference, and
+/// the softmax computed from it, carries that error (a low-temperature loss's temperature gradient was
+/// 20 % off). So the nest also leaves, per element, what f32 rounded off its value (computed where the
+/// value is still exact) in `buffer`, and each difference in `reads` subtracts it too:
+/// `(x - lse[t]) - residual[t]`. A code generator that computes such a difference without it gets the
+/// plain f32 result; it must then still write the buffer (zeros will do).
+#[derive(Clone, Debug)]
+pub struct Residual {
+    /// The logsumexp nest.
+    pub lse: usize,
+    /// The buffer of its residuals: one float per element of the nest (after every tensor's).
+    pub buffer: usize,
+    /// The `x - lse[…]` nodes (a `Sub` whose right operand loads the nest's tensor).
+    pub reads: Vec<NodeId>,
+}
+
 /// A nest `out[p, q] = sum[k] L(p, k) * R(k, q)` whose operands are float buffers read at bare indices
 /// (in either order, so a transposed operand is a strided read): a matrix product a code generator may
 /// hand to a GEMM. The sum may carry the mask `L != 0` (or `R != 0`) that autodiff puts on adjoint terms
@@ -251,6 +269,8 @@ pub struct Plan {
     pub kept_exps: Vec<KeptExps>,
     /// Matrix products, each a group of its own.
     pub contractions: Vec<Contraction>,
+    /// Logsumexps whose values are subtracted from others, with their rounding residuals.
+    pub residuals: Vec<Residual>,
     /// Per buffer: whether it is row-private: a `let` tensor that only its own row-fused group reads (see
     /// the module doc), of which a code generator may give each running call one row instead of the whole.
     pub row_private: Vec<bool>,
@@ -328,6 +348,7 @@ impl Plan {
                 });
             }
         }
+        let residuals = residuals(f, &nests, &mut buffers);
         let symmetric = crate::opt::transpose::symmetric_tensors(f);
         let contractions = groups
             .iter()
@@ -355,10 +376,21 @@ impl Plan {
             groups,
             kept_exps,
             contractions,
+            residuals,
             row_private,
             host: lives_in,
             branching: branching(f),
         }
+    }
+
+    /// The residual of logsumexp nest `nest`, if its value is subtracted from others ([`Residual`]).
+    pub fn residual_of(&self, nest: usize) -> Option<&Residual> {
+        self.residuals.iter().find(|r| r.lse == nest)
+    }
+
+    /// The residual buffer a difference `x - lse[…]` subtracts too, if it is one of a [`Residual`]'s reads.
+    pub fn residual_read(&self, n: NodeId) -> Option<usize> {
+        self.residuals.iter().find(|r| r.reads.contains(&n)).map(|r| r.buffer)
     }
 
     /// The nests of a group, in the order they run.
@@ -449,6 +481,56 @@ pub fn index_error(f: &Function, sizes: &[i64], node_plus_one: i64, axis: i64, v
         size,
         span,
     }
+}
+
+/// The logsumexp nests whose values some node subtracts from another value ([`Residual`]), each with a
+/// residual buffer added to `buffers`.
+fn residuals(f: &Function, nests: &[Nest], buffers: &mut Vec<Buffer>) -> Vec<Residual> {
+    let mut out: Vec<Residual> = Vec::new();
+    for (k, node) in f.nodes().iter().enumerate() {
+        let Expr::Prim { prim: Prim::Sub, args } = &node.expr else {
+            continue;
+        };
+        let Expr::Load {
+            tensor: TensorRef::Def(t),
+            ..
+        } = &f.node(args[1]).expr
+        else {
+            continue;
+        };
+        let Some(lse) = nests.iter().position(|n| n.tensor == *t) else {
+            continue;
+        };
+        let is_lse = matches!(
+            f.node(nests[lse].body).expr,
+            Expr::Reduce {
+                op: ReduceOp::LogSumExp,
+                ..
+            }
+        );
+        if !is_lse || node.scalar != Scalar::Float {
+            continue;
+        }
+        let read = NodeId(k as u32);
+        match out.iter_mut().find(|r| r.lse == lse) {
+            Some(r) => r.reads.push(read),
+            None => {
+                out.push(Residual {
+                    lse,
+                    buffer: buffers.len(),
+                    reads: vec![read],
+                });
+                buffers.push(Buffer {
+                    name: format!("{}_residual", f.tensor(*t).name),
+                    of: TensorRef::Def(*t),
+                    scalar: Scalar::Float,
+                    shape: nests[lse].head.iter().map(|(_, d)| d.clone()).collect(),
+                    half: None,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// Whether a reduction body is cheap enough to evaluate twice (for a two-pass logsumexp): arithmetic,

@@ -78,3 +78,47 @@ pub fn bundled_examples(root: &Path) -> Vec<(PathBuf, String, BTreeMap<String, T
     }
     out
 }
+
+/// Inputs of a low-temperature loss τ_i · CE(z_i / τ_i, y_i): logits ±40 with six near-ties per row at
+/// 39.9, τ in [0.01, 0.05] (|z / τ| up to 4,000, as in CLIP-like and low-temperature LM losses).
+#[allow(dead_code)]
+pub fn low_temperature_inputs(n: usize, v: usize, seed: u64) -> BTreeMap<String, Tensor> {
+    let mut rng = lossc::data::Rng::new(seed);
+    let z: Vec<f64> = (0..n * v)
+        .map(|k| {
+            if k % v < 6 {
+                39.9 + 0.05 * rng.normal()
+            } else {
+                80.0 * rng.uniform() - 40.0
+            }
+        })
+        .map(|x| x as f32 as f64)
+        .collect();
+    let y: Vec<i64> = (0..n).map(|_| rng.below(v as u64) as i64).collect();
+    let tau: Vec<f64> = (0..n).map(|_| (0.01 + 0.04 * rng.uniform()) as f32 as f64).collect();
+    BTreeMap::from([
+        ("z".to_string(), Tensor::float(vec![n, v], z)),
+        ("y".to_string(), Tensor::labels(vec![n], y)),
+        ("tau".to_string(), Tensor::float(vec![n], tau)),
+    ])
+}
+
+/// τ · CE(z / τ) with a per-row temperature.
+#[allow(dead_code)]
+pub const LOW_TEMPERATURE: &str = "loss tce(z: f32[N, V], y: idx[N] < V, tau: f32[N]) {
+    mean[i] tau[i] * ((logsumexp[v] z[i, v] / tau[i]) - z[i, y[i]] / tau[i])
+}";
+
+/// Every gradient of `got` within `relative` of the largest magnitude of `want`'s (per input).
+#[allow(dead_code)]
+pub fn assert_float32_gradients(got: &lossc::Evaluation, want: &lossc::Evaluation, relative: f64) {
+    for ((name, g), (_, w)) in got.grads.iter().zip(&want.grads) {
+        let (g, w) = (g.to_f64(), w.to_f64());
+        let scale = w.iter().fold(0f64, |a, b| a.max(b.abs()));
+        let err = g.iter().zip(&w).fold(0f64, |a, (x, y)| a.max((x - y).abs()));
+        assert!(
+            err <= relative * scale,
+            "grad_{name}: error {err:e} at a scale of {scale:e}"
+        );
+    }
+}

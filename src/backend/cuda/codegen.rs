@@ -344,6 +344,8 @@ struct Emit<'a> {
     /// Values computed in each open C scope, innermost last.
     frames: Vec<HashMap<NodeId, String>>,
     fresh: usize,
+    /// The variable holding each lowered logsumexp's rounding residual ([`crate::backend::loops::Residual`]).
+    residuals: HashMap<NodeId, String>,
 }
 
 impl<'a> Emit<'a> {
@@ -361,6 +363,7 @@ impl<'a> Emit<'a> {
             depth: 0,
             frames: vec![HashMap::new()],
             fresh: 0,
+            residuals: HashMap::new(),
         }
     }
 
@@ -427,9 +430,15 @@ impl<'a> Emit<'a> {
         let mut used = BTreeSet::new();
         for m in &members {
             used.insert(plan.buffer_of(f, TensorRef::Def(m.tensor)));
+            if let Some(r) = plan.residuals.iter().find(|r| plan.nests[r.lse].tensor == m.tensor) {
+                used.insert(r.buffer);
+            }
             for n in f.reachable(&[m.body]) {
                 if let Expr::Load { tensor, .. } = &f.node(n).expr {
                     used.insert(plan.buffer_of(f, *tensor));
+                }
+                if let Some(r) = plan.residual_read(n) {
+                    used.insert(r);
                 }
             }
         }
@@ -775,6 +784,11 @@ impl<'a> Emit<'a> {
         let v = self.value(nest.body);
         let v = self.stored(b, &v);
         self.line(format!("b{b}[{flat}] = {v};"));
+        let plan = self.plan;
+        if let Some(r) = plan.residuals.iter().find(|r| plan.nests[r.lse].tensor == nest.tensor) {
+            let lo = self.residuals.get(&nest.body).cloned().unwrap_or_else(|| "0.0f".into());
+            self.line(format!("b{}[{flat}] = {lo};", r.buffer));
+        }
     }
 
     /// The value to store in buffer `b` for the element value `v`.
@@ -874,6 +888,16 @@ impl<'a> Emit<'a> {
                 _ => format!("(float)H[{h}]"),
             },
             Expr::Load { tensor, subs } => self.load(n, *tensor, subs),
+            // `x - lse[…]` with the logsumexp's rounding residual.
+            Expr::Prim { prim: Prim::Sub, args } if self.plan.residual_read(n).is_some() => {
+                let (a, b) = (self.value(args[0]), self.value(args[1]));
+                let r = self.plan.residual_read(n).expect("a residual read");
+                let Expr::Load { subs, .. } = self.f.node(args[1]).expr.clone() else {
+                    unreachable!("a residual read subtracts a load")
+                };
+                let lo = self.load_from(args[1], r, &subs);
+                format!("(({a}) - ({b})) - {lo}")
+            }
             Expr::Prim { prim, args } => match self.prim(n, *prim, args, node.scalar) {
                 Ok(expr) => expr,
                 Err(var) => {
@@ -900,6 +924,11 @@ impl<'a> Emit<'a> {
 
     fn load(&mut self, n: NodeId, tensor: TensorRef, subs: &[NodeId]) -> String {
         let b = self.plan.buffer_of(self.f, tensor);
+        self.load_from(n, b, subs)
+    }
+
+    /// Element `subs` of buffer `b` (bounds-checked where not known in range; `n` is the load reported).
+    fn load_from(&mut self, n: NodeId, b: usize, subs: &[NodeId]) -> String {
         let shape = self.plan.buffers[b].shape.clone();
         let mut flat = String::new();
         for (axis, (s, d)) in subs.iter().zip(&shape).enumerate() {
@@ -1156,6 +1185,9 @@ impl<'a> Emit<'a> {
                 });
                 combine(self, &acc, "lx_lse", "lx_lse_f", "lx_sl");
                 self.line(format!("const float {out} = lx_lse_value({acc});"));
+                let lo = format!("{out}_lo");
+                self.line(format!("const float {lo} = lx_lse_residual({acc});"));
+                self.residuals.insert(n, lo);
             }
             ReduceOp::LogSumExp => {
                 // Two passes: the maximum, then the sum of exp(x - max); a maximum of ±inf or NaN is the result.
@@ -1166,6 +1198,9 @@ impl<'a> Emit<'a> {
                 });
                 combine(self, &acc, "float", "lx_max_f", "lx_sf");
                 self.line(format!("float {out} = {acc};"));
+                let lo = format!("{out}_lo");
+                self.line(format!("float {lo} = 0.0f;"));
+                self.residuals.insert(n, lo.clone());
                 self.open(format!("if ({acc} == {acc} && {acc} != LX_INF && {acc} != -LX_INF)"));
                 let sum = self.name("lx_s");
                 self.line(format!("double {sum} = 0.0;"));
@@ -1182,7 +1217,10 @@ impl<'a> Emit<'a> {
                     }
                 });
                 combine(self, &sum, "double", "lx_add_d", "lx_sd");
-                self.line(format!("{out} = (float)((double){acc} + log({sum}));"));
+                let exact = self.name("lx_r");
+                self.line(format!("const double {exact} = (double){acc} + log({sum});"));
+                self.line(format!("{out} = (float){exact};"));
+                self.line(format!("{lo} = (float)({exact} - (double){out});"));
                 if keep.is_some() {
                     self.line(format!("lx_kv = lx_keep; lx_inv = (float)(1.0 / {sum});"));
                 }

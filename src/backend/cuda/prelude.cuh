@@ -153,6 +153,12 @@ __device__ __forceinline__ lx_lse lx_lse_join(lx_lse a, lx_lse b) {
 __device__ __forceinline__ float lx_lse_value(lx_lse a) {
     return (a.m != a.m || a.m == LX_INF || a.m == -LX_INF) ? a.m : (float)((double)a.m + log(a.s));
 }
+// What f32 rounds off the value (0 where it is not finite): the plan's logsumexp residual.
+__device__ __forceinline__ float lx_lse_residual(lx_lse a) {
+    if (a.m != a.m || a.m == LX_INF || a.m == -LX_INF) return 0.0f;
+    const double r = (double)a.m + log(a.s);
+    return (float)(r - (double)(float)r);
+}
 __device__ __forceinline__ lx_lse lx_shfl_down(lx_lse v, int o) {
     lx_lse r;
     r.m = __shfl_down_sync(0xffffffffu, v.m, o);

@@ -380,10 +380,18 @@ pub(super) fn used_buffers(f: &Function, plan: &Plan, members: &[&Nest]) -> Vec<
             }
         }
     }
+    for r in &plan.residuals {
+        if members.iter().any(|m| m.tensor == plan.nests[r.lse].tensor) {
+            used[r.buffer] = true;
+        }
+    }
     let bodies: Vec<NodeId> = members.iter().map(|m| m.body).collect();
     for n in f.reachable(&bodies) {
         if let Expr::Load { tensor, .. } = &f.node(n).expr {
             used[plan.buffer_of(f, *tensor)] = true;
+        }
+        if let Some(r) = plan.residual_read(n) {
+            used[r] = true;
         }
     }
     used

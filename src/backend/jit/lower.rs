@@ -60,6 +60,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             bound: Vec::new(),
             fma,
             keep_exps: None,
+            residual: None,
             kept_exps: HashMap::new(),
             extremes: Vec::new(),
             rows_ahead: [None; 2],
@@ -325,10 +326,22 @@ impl<'a, 'b> Lower<'a, 'b> {
             self.dot_nest(buffer, &head, d, term, nest.body, from);
         } else {
             self.vector_head = lanes_along_head.then_some((buffer, nest.body));
+            let residual = self
+                .plan
+                .residuals
+                .iter()
+                .find(|r| self.plan.nests[r.lse].tensor == nest.tensor);
+            let residual = residual.map(|r| r.buffer);
             self.loops(&head, from, &[nest.body], &mut |l: &mut Self| {
+                l.residual = None;
                 let v = l.value(nest.body);
                 let flat = l.flat(&head);
                 l.store(buffer, scalar, flat, v);
+                if let Some(r) = residual {
+                    // Where the logsumexp was not lowered here (its value was at hand), no residual: 0.
+                    let lo = l.residual.take().unwrap_or_else(|| l.fconst(0.0));
+                    l.store(r, Scalar::Float, flat, lo);
+                }
             });
         }
     }
@@ -853,6 +866,12 @@ impl<'a, 'b> Lower<'a, 'b> {
                 }
             }
             Expr::Load { tensor, subs } => self.load(n, *tensor, subs),
+            Expr::Prim { prim: Prim::Sub, args } if self.plan.residual_read(n).is_some() => {
+                let (a, b) = (self.value(args[0]), self.value(args[1]));
+                let lo = self.residual_at(n, args[1]);
+                let d = self.b.ins().fsub(a, b);
+                self.b.ins().fsub(d, lo)
+            }
             Expr::Prim { prim, args } => self.prim(*prim, args, node.scalar),
             Expr::Reduce {
                 op,
@@ -867,6 +886,22 @@ impl<'a, 'b> Lower<'a, 'b> {
 
     pub(super) fn load(&mut self, n: NodeId, tensor: TensorRef, subs: &[NodeId]) -> Value {
         let buffer = self.plan.buffer_of(self.f, tensor);
+        self.load_from(n, buffer, subs)
+    }
+
+    /// The rounding residual of the logsumexp element that difference `n` subtracts (the load `lse`), from
+    /// the plan's residual buffer ([`super::loops::Residual`]).
+    pub(super) fn residual_at(&mut self, n: NodeId, lse: NodeId) -> Value {
+        let buffer = self.plan.residual_read(n).expect("a residual read");
+        let Expr::Load { subs, .. } = self.f.node(lse).expr.clone() else {
+            unreachable!("a residual read subtracts a load")
+        };
+        self.load_from(lse, buffer, &subs)
+    }
+
+    /// Element `subs` of buffer `buffer` (bounds-checked where a subscript is not known in range; `n` is
+    /// the load reported).
+    pub(super) fn load_from(&mut self, n: NodeId, buffer: usize, subs: &[NodeId]) -> Value {
         let scalar = self.plan.buffers[buffer].scalar;
         let shape = self.plan.buffers[buffer].shape.clone();
         let mut flat = self.b.ins().iconst(types::I64, 0);

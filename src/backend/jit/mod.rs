@@ -367,6 +367,9 @@ struct Lower<'a, 'b> {
     /// While lowering a softmax row's logsumexp ([`super::loops::KeptExps`]): where the two-pass logsumexp writes its
     /// exponentials.
     keep_exps: Option<KeepExps>,
+    /// What f32 rounded off the last logsumexp lowered (its exact value minus its f32 value), for a nest
+    /// whose residual the plan keeps ([`super::loops::Residual`]).
+    residual: Option<Value>,
     /// `exp` nodes whose values wait in their consumer's row (its buffer), with the factor (1 / sum, or
     /// 1 for a non-finite maximum) that turns a kept exponential into the node's value.
     kept_exps: HashMap<NodeId, (usize, KeptFactor)>,

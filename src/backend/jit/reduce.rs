@@ -82,10 +82,11 @@ impl<'a, 'b> Lower<'a, 'b> {
         };
         let lg = self.call("lossc_log", &[sum]);
         let mx64 = self.b.ins().fpromote(types::F64, mx);
-        let r = self.b.ins().fadd(mx64, lg);
-        let r = self.b.ins().fdemote(types::F32, r);
+        let r64 = self.b.ins().fadd(mx64, lg);
+        let r = self.b.ins().fdemote(types::F32, r64);
         // m = ±inf or NaN: the result is m.
         let finite = self.finite(mx);
+        self.leave_residual(r64, r, finite);
         if let Some((_, keep, _)) = keep {
             // exp(x - lse) = exp(x - m) / sum; where m is not finite, lse = m and the kept value is exact.
             let one = self.b.ins().f64const(1.0);
@@ -96,6 +97,16 @@ impl<'a, 'b> Lower<'a, 'b> {
             self.leave_factor(&keep, factor);
         }
         self.b.ins().select(finite, r, mx)
+    }
+
+    /// Notes what f32 rounded off a logsumexp (`exact - rounded`, 0 where `finite` fails) for its nest's
+    /// residual buffer ([`crate::backend::loops::Residual`]).
+    fn leave_residual(&mut self, exact: Value, rounded: Value, finite: Value) {
+        let back = self.b.ins().fpromote(types::F64, rounded);
+        let lo = self.b.ins().fsub(exact, back);
+        let lo = self.b.ins().fdemote(types::F32, lo);
+        let zero = self.fconst(0.0);
+        self.residual = Some(self.b.ins().select(finite, lo, zero));
     }
 
     /// Where kept exponentials start in their row (`keep.row` times the row's length), with the index `k`
@@ -613,7 +624,12 @@ impl<'a, 'b> Lower<'a, 'b> {
                 let nanv = f64v(self, f64::NAN);
                 let r = self.b.ins().select(nan_seen, nanv, r);
                 let _ = finite;
-                self.b.ins().fdemote(types::F32, r)
+                let rounded = self.b.ins().fdemote(types::F32, r);
+                let ordinary = self.b.ins().bnot(special);
+                let clean = self.b.ins().bnot(nan_seen);
+                let exact = self.b.ins().band(ordinary, clean);
+                self.leave_residual(r, rounded, exact);
+                rounded
             }
         }
     }

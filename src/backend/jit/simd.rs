@@ -465,6 +465,20 @@ impl Lower<'_, '_> {
                         }
                     }
                 }
+                // `x - lse[t]` with the logsumexp's rounding residual, where lse[t] is the same in every lane.
+                Expr::Prim { prim: Prim::Sub, args }
+                    if self.plan.residual_read(n).is_some() && !self.f.node(args[1]).free.contains(&k) =>
+                {
+                    let a = self.vvalue(args[0], k, kb, memo);
+                    let b = self.value(args[1]);
+                    let lo = self.residual_at(n, args[1]);
+                    let (b, lo) = (
+                        self.b.ins().splat(types::F32X4, b),
+                        self.b.ins().splat(types::F32X4, lo),
+                    );
+                    let d = self.b.ins().fsub(a, b);
+                    self.b.ins().fsub(d, lo)
+                }
                 Expr::Prim { prim, args } => self.vprim(*prim, args, k, kb, memo),
                 Expr::Reduce { .. } => self.vsums(n, k, &[kb])[0],
                 _ => unreachable!("vectorizable() admits no other node"),
