@@ -691,23 +691,39 @@ impl Kernel {
                 .collect();
             crate::state::check_ids(key, &ids)?;
             let init = crate::state::initial_value(f, spec.init, hypers);
-            let table = state.tables.entry(k).or_default();
-            let need = ids.iter().map(|&i| i as usize + 1).max().unwrap_or(0);
+            let table = state.tables.entry(k).or_insert_with(|| DeviceTable {
+                init,
+                ..DeviceTable::default()
+            });
+            // Each id seen gets the next row (slot) of the table: its size follows the ids seen, not the
+            // largest id (one id of 2^28 - 1 cost a dense 1 GiB table).
+            let slots: Vec<i64> = ids
+                .iter()
+                .map(|id| {
+                    let next = table.slots.len() as i64;
+                    *table.slots.entry(*id).or_insert(next)
+                })
+                .collect();
+            let need = table.slots.len();
             if table.rows < need {
-                // A larger table: the old rows, then new ones at their initial value.
+                // A larger table: the old rows, then new ones at their initial value (rows past the slots
+                // in use keep it until an id takes them).
                 let rows = need.max(2 * table.rows);
                 let mut values = vec![0u8; table.rows * 4];
                 if table.rows > 0 {
                     device.download(table.ptr, &mut values).map_err(dev_err)?;
                 }
-                values.extend((table.rows..rows).flat_map(|_| (init as f32).to_le_bytes()));
+                values.extend((table.rows..rows).flat_map(|_| (table.init as f32).to_le_bytes()));
                 let ptr = device.alloc_kept(rows * 4).map_err(dev_err)?;
                 device.upload(ptr, &values).map_err(dev_err)?;
-                *table = DeviceTable { ptr, rows };
+                (table.ptr, table.rows) = (ptr, rows);
             }
+            let table_ptr = table.ptr;
+            let slot_bytes: Vec<u8> = slots.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let slots_ptr = state.scratch(device, (k, 2), slot_bytes.len())?;
+            device.upload(slots_ptr, &slot_bytes).map_err(dev_err)?;
             let gathered = state.scratch(device, (k, 0), n * 4)?;
-            let table = state.tables[&k];
-            launch_aux(device, gather, n, &[ids_t.ptr, table.ptr, gathered], &[n as i64])?;
+            launch_aux(device, gather, n, &[slots_ptr, table_ptr, gathered], &[n as i64])?;
             all.insert(
                 f.inputs[k].name.clone(),
                 DeviceTensor {
@@ -716,7 +732,7 @@ impl Kernel {
                     dtype: DType::F32,
                 },
             );
-            calls.push((k, ids, ids_t.ptr));
+            calls.push((k, ids, slots_ptr));
         }
         // The updating outputs go to buffers of their own, to be scattered after the call.
         let mut outputs = Vec::new();
@@ -755,12 +771,12 @@ impl Kernel {
             let last_bytes: Vec<u8> = last.iter().flat_map(|x| x.to_le_bytes()).collect();
             let last_ptr = device.alloc(last_bytes.len().max(16)).map_err(dev_err)?;
             device.upload(last_ptr, &last_bytes).map_err(dev_err)?;
-            let table = state.tables[k];
+            let table_ptr = state.tables[k].ptr;
             launch_aux(
                 device,
                 scatter,
                 ids.len(),
-                &[*ids_ptr, table.ptr, rows, last_ptr],
+                &[*ids_ptr, table_ptr, rows, last_ptr],
                 &[ids.len() as i64],
             )?;
             // The output, copied back as `eval_stateful` returns it.
@@ -780,9 +796,26 @@ impl Kernel {
         Ok(e)
     }
 
-    /// A state table kept on the device by [`Kernel::eval_device_stateful`], as f64 values (rows never
-    /// written yet hold their initial value; empty before the first call).
+    /// A state table kept on the device by [`Kernel::eval_device_stateful`], as f64 values by id (ids never
+    /// seen hold their initial value; empty before the first call), as [`crate::StateStore::table`] gives one.
     pub fn device_state(&self, name: &str) -> Result<Vec<f64>, CallError> {
+        let (rows, init) = self.device_table(name)?;
+        let len = rows.keys().next_back().map_or(0, |last| *last as usize + 1);
+        let mut dense = vec![init; len];
+        for (id, v) in rows {
+            dense[id as usize] = v;
+        }
+        Ok(dense)
+    }
+
+    /// The rows of a state table kept on the device, by sample id (only the ids seen), as
+    /// [`crate::StateStore::rows`] gives them.
+    pub fn device_state_rows(&self, name: &str) -> Result<BTreeMap<i64, f64>, CallError> {
+        self.device_table(name).map(|(rows, _)| rows)
+    }
+
+    /// A device state table's rows by id and the value a new row starts at.
+    fn device_table(&self, name: &str) -> Result<(BTreeMap<i64, f64>, f64), CallError> {
         let cuda = self.cuda_kernel("device_state")?;
         let f = &*self.function;
         let Some(k) = f.inputs.iter().position(|i| i.name == name && i.state.is_some()) else {
@@ -795,24 +828,33 @@ impl Kernel {
         let mut device = cuda.device.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let state = cuda.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let Some(table) = state.tables.get(&k) else {
-            return Ok(Vec::new());
+            return Ok((Default::default(), 0.0));
         };
         let mut bytes = vec![0u8; table.rows * 4];
         device
             .download(table.ptr, &mut bytes)
             .map_err(|e| CallError::Device(e.to_string()))?;
-        Ok(bytes
+        let values: Vec<f64> = bytes
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64)
-            .collect())
+            .collect();
+        let rows = table
+            .slots
+            .iter()
+            .map(|(id, slot)| (*id, values[*slot as usize]))
+            .collect();
+        Ok((rows, table.init))
     }
 }
 
-/// A state table in device memory: its address and rows (f32 each).
-#[derive(Clone, Copy, Debug, Default)]
+/// A state table in device memory: its address, its rows (f32 each; one per id seen, in the order the
+/// ids were first seen: `slots`), and the value a new row starts at.
+#[derive(Clone, Debug, Default)]
 struct DeviceTable {
     ptr: u64,
     rows: usize,
+    slots: std::collections::HashMap<i64, i64>,
+    init: f64,
 }
 
 /// The state tables of a CUDA kernel's stateful loss, by input, and the buffers its calls gather rows
