@@ -1176,8 +1176,8 @@ impl<'a> Emit<'a> {
                 combine(self, &acc, "float", fold, "lx_sf");
                 self.line(format!("const float {out} = {acc};"));
             }
-            ReduceOp::LogSumExp if !crate::backend::loops::cheap(self.f, body) => {
-                // Online, as the plan says for a body too costly to evaluate twice (loops::cheap).
+            ReduceOp::LogSumExp if !crate::backend::loops::two_pass_logsumexp(self.f, body) => {
+                // Online, as the plan says for a body too costly to evaluate twice (loops::two_pass_logsumexp).
                 self.line(format!("lx_lse {acc}; {acc}.m = (-LX_INF); {acc}.s = 0.0;"));
                 self.reduce_loops(indices, mask, block, &mut |e, _| {
                     let v = e.value(body);

@@ -477,7 +477,7 @@ impl<'a, 'b> Lower<'a, 'b> {
     }
 
     pub(super) fn reduce(&mut self, op: ReduceOp, indices: &[IndexId], mask: Option<NodeId>, body: NodeId) -> Value {
-        if op == ReduceOp::LogSumExp && cheap(self.f, body) {
+        if op == ReduceOp::LogSumExp && crate::backend::loops::two_pass_logsumexp(self.f, body) {
             let ranges: Vec<(IndexId, Dim)> = indices.iter().map(|i| (*i, self.f.index(*i).range.clone())).collect();
             return self.logsumexp_two_pass(&ranges, mask, body);
         }
