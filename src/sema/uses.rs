@@ -28,30 +28,54 @@ pub(super) struct Use {
     pub hints: Vec<Hint>,
 }
 
-/// An index binder in scope during the walk: its name, its written range, and the expressions it
-/// scopes over.
+/// An index binder in scope during the walk: its name, and where its range shows (computed once, when
+/// a read needs it: the written range, then the axes its bare uses subscript in its scope).
 struct Scope<'a> {
     name: &'a str,
     range: Option<&'a ast::DimExpr>,
     over: Vec<&'a ast::Expr>,
+    hints: Option<Vec<Hint>>,
 }
 
-/// The reads with bare-index subscripts in a loss body (its statements and its result), with hints.
+impl Scope<'_> {
+    fn hints(&mut self) -> Vec<Hint> {
+        if self.hints.is_none() {
+            let mut hints: Vec<Hint> = self.range.map(|r| Hint::Explicit(r.clone())).into_iter().collect();
+            for e in &self.over {
+                axes_of(e, self.name, &mut hints);
+            }
+            self.hints = Some(hints);
+        }
+        self.hints.clone().unwrap_or_default()
+    }
+}
+
+/// The reads with bare-index subscripts of the `let`s in a loss body whose heads leave an index's range
+/// open (only those can need it), in its statements and its result, with hints.
 pub(super) fn collect(body: &ast::Body) -> Vec<Use> {
+    let open: Vec<&str> = (body.stmts.iter())
+        .filter(|s| s.head.iter().any(|b| b.range.is_none()))
+        .map(|s| s.name.name.as_str())
+        .collect();
     let mut out = Vec::new();
+    if open.is_empty() {
+        return out;
+    }
+    let mut w = Walk { open, out: &mut out };
     for s in &body.stmts {
-        let scopes: Vec<Scope> = s
+        let mut scopes: Vec<Scope> = s
             .head
             .iter()
             .map(|b| Scope {
                 name: &b.name.name,
                 range: b.range.as_ref(),
                 over: vec![&s.value],
+                hints: None,
             })
             .collect();
-        walk(&s.value, &mut { scopes }, &mut out);
+        w.walk(&s.value, &mut scopes);
     }
-    walk(&body.result, &mut Vec::new(), &mut out);
+    w.walk(&body.result, &mut Vec::new());
     out
 }
 
@@ -64,84 +88,99 @@ fn bare(e: &ast::Expr) -> Option<&str> {
     }
 }
 
-fn walk<'a>(e: &'a ast::Expr, scopes: &mut Vec<Scope<'a>>, out: &mut Vec<Use>) {
-    match &e.kind {
-        ExprKind::Access {
-            name,
-            subscripts: Some(subs),
-        } => {
-            for (position, sub) in subs.iter().enumerate() {
-                if let Some(v) = bare(sub)
-                    && let Some(scope) = scopes.iter().rev().find(|s| s.name == v)
-                {
-                    let mut hints: Vec<Hint> = scope.range.map(|r| Hint::Explicit(r.clone())).into_iter().collect();
-                    for e in &scope.over {
-                        axes_of(e, v, &name.name, &mut hints);
+/// The walk: the `let`s whose reads are recorded, and the reads found.
+struct Walk<'o> {
+    open: Vec<&'o str>,
+    out: &'o mut Vec<Use>,
+}
+
+impl Walk<'_> {
+    fn walk<'a>(&mut self, e: &'a ast::Expr, scopes: &mut Vec<Scope<'a>>) {
+        match &e.kind {
+            ExprKind::Access {
+                name,
+                subscripts: Some(subs),
+            } => {
+                for (position, sub) in subs.iter().enumerate() {
+                    if self.open.contains(&name.name.as_str())
+                        && let Some(v) = bare(sub)
+                        && let Some(scope) = scopes.iter_mut().rev().find(|s| s.name == v)
+                    {
+                        let hints = scope
+                            .hints()
+                            .into_iter()
+                            .filter(|h| !matches!(h, Hint::Axis(t, _) if *t == name.name));
+                        self.out.push(Use {
+                            tensor: name.name.clone(),
+                            position,
+                            hints: hints.collect(),
+                        });
                     }
-                    out.push(Use {
-                        tensor: name.name.clone(),
-                        position,
-                        hints,
-                    });
+                    self.walk(sub, scopes);
                 }
-                walk(sub, scopes, out);
             }
+            ExprKind::Reduce {
+                binders, mask, body, ..
+            } => {
+                let over: Vec<&ast::Expr> = mask.iter().map(|m| &**m).chain([&**body]).collect();
+                let opened = binders.len();
+                scopes.extend(binders.iter().map(|b| Scope {
+                    name: &b.name.name,
+                    range: b.range.as_ref(),
+                    over: over.clone(),
+                    hints: None,
+                }));
+                for e in &over {
+                    self.walk(e, scopes);
+                }
+                scopes.truncate(scopes.len() - opened);
+            }
+            ExprKind::Order {
+                binder,
+                mask,
+                body,
+                subscripts,
+                ..
+            } => {
+                for s in subscripts {
+                    self.walk(s, scopes);
+                }
+                let over: Vec<&ast::Expr> = mask.iter().map(|m| &**m).chain([&**body]).collect();
+                scopes.push(Scope {
+                    name: &binder.name.name,
+                    range: binder.range.as_ref(),
+                    over: over.clone(),
+                    hints: None,
+                });
+                for e in &over {
+                    self.walk(e, scopes);
+                }
+                scopes.pop();
+            }
+            _ => for_each_child(e, |c| self.walk(c, scopes)),
         }
-        ExprKind::Reduce {
-            binders, mask, body, ..
-        } => {
-            let over: Vec<&ast::Expr> = mask.iter().map(|m| &**m).chain([&**body]).collect();
-            let opened = binders.len();
-            scopes.extend(binders.iter().map(|b| Scope {
-                name: &b.name.name,
-                range: b.range.as_ref(),
-                over: over.clone(),
-            }));
-            for e in &over {
-                walk(e, scopes, out);
-            }
-            scopes.truncate(scopes.len() - opened);
-        }
-        ExprKind::Order {
-            binder,
-            mask,
-            body,
-            subscripts,
-            ..
-        } => {
-            for s in subscripts {
-                walk(s, scopes, out);
-            }
-            let over: Vec<&ast::Expr> = mask.iter().map(|m| &**m).chain([&**body]).collect();
-            scopes.push(Scope {
-                name: &binder.name.name,
-                range: binder.range.as_ref(),
-                over: over.clone(),
-            });
-            for e in &over {
-                walk(e, scopes, out);
-            }
-            scopes.pop();
-        }
-        _ => for_each_child(e, |c| walk(c, scopes, out)),
     }
 }
 
-/// Adds `Axis(t, q)` for every read `t[…]` in `e` (other than of `not`) whose subscript `q` is bare `v`.
-fn axes_of(e: &ast::Expr, v: &str, not: &str, hints: &mut Vec<Hint>) {
+/// Adds `Axis(t, q)` for every read `t[…]` in `e` whose subscript `q` is bare `v`.
+fn axes_of(e: &ast::Expr, v: &str, hints: &mut Vec<Hint>) {
     if let ExprKind::Access {
         name,
         subscripts: Some(subs),
     } = &e.kind
-        && name.name != not
     {
         for (q, sub) in subs.iter().enumerate() {
-            if bare(sub) == Some(v) {
-                hints.push(Hint::Axis(name.name.clone(), q));
+            let hint = Hint::Axis(name.name.clone(), q);
+            if bare(sub) == Some(v)
+                && !hints
+                    .iter()
+                    .any(|h| matches!((h, &hint), (Hint::Axis(a, x), Hint::Axis(b, y)) if a == b && x == y))
+            {
+                hints.push(hint);
             }
         }
     }
-    for_each_child(e, |c| axes_of(c, v, not, hints));
+    for_each_child(e, |c| axes_of(c, v, hints));
 }
 
 /// Calls `f` on each direct sub-expression of `e`.
