@@ -37,7 +37,17 @@ struct Scope<'a> {
     hints: Option<Vec<Hint>>,
 }
 
-impl Scope<'_> {
+impl<'a> Scope<'a> {
+    /// The scope of binder `b` over `over` (a reduction's mask and body, a `let`'s value).
+    fn of(b: &'a ast::Binder, over: &[&'a ast::Expr]) -> Scope<'a> {
+        Scope {
+            name: &b.name.name,
+            range: b.range.as_ref(),
+            over: over.to_vec(),
+            hints: None,
+        }
+    }
+
     fn hints(&mut self) -> Vec<Hint> {
         if self.hints.is_none() {
             let mut hints: Vec<Hint> = self.range.map(|r| Hint::Explicit(r.clone())).into_iter().collect();
@@ -63,16 +73,7 @@ pub(super) fn collect(body: &ast::Body) -> Vec<Use> {
     }
     let mut w = Walk { open, out: &mut out };
     for s in &body.stmts {
-        let mut scopes: Vec<Scope> = s
-            .head
-            .iter()
-            .map(|b| Scope {
-                name: &b.name.name,
-                range: b.range.as_ref(),
-                over: vec![&s.value],
-                hints: None,
-            })
-            .collect();
+        let mut scopes: Vec<Scope> = s.head.iter().map(|b| Scope::of(b, &[&s.value])).collect();
         w.walk(&s.value, &mut scopes);
     }
     w.walk(&body.result, &mut Vec::new());
@@ -124,12 +125,7 @@ impl Walk<'_> {
             } => {
                 let over: Vec<&ast::Expr> = mask.iter().map(|m| &**m).chain([&**body]).collect();
                 let opened = binders.len();
-                scopes.extend(binders.iter().map(|b| Scope {
-                    name: &b.name.name,
-                    range: b.range.as_ref(),
-                    over: over.clone(),
-                    hints: None,
-                }));
+                scopes.extend(binders.iter().map(|b| Scope::of(b, &over)));
                 for e in &over {
                     self.walk(e, scopes);
                 }
@@ -146,12 +142,7 @@ impl Walk<'_> {
                     self.walk(s, scopes);
                 }
                 let over: Vec<&ast::Expr> = mask.iter().map(|m| &**m).chain([&**body]).collect();
-                scopes.push(Scope {
-                    name: &binder.name.name,
-                    range: binder.range.as_ref(),
-                    over: over.clone(),
-                    hints: None,
-                });
+                scopes.push(Scope::of(binder, &over));
                 for e in &over {
                     self.walk(e, scopes);
                 }
