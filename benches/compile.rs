@@ -2,7 +2,7 @@
 //! work must stay polynomial in the program's size; issue "Speed that does not depend on how a loss is
 //! written": sorting networks): parse, check, differentiate, optimize and generate the JIT's code for
 //! - 100 chained `let`s, each reading the one before three times (3^100 paths once inlined),
-//! - 30 chained `fn`s (inlining nests at most 32 deep), each calling the next twice with the same argument,
+//! - 100 chained `fn`s, each calling the next twice with the same argument,
 //! - a sum of 10,000 terms (a flat operator chain),
 //! - W6's sorting network (benches/sort_bce16.lx: 16 wires, unrolled layer by layer).
 //!
@@ -40,7 +40,7 @@ fn bench(c: &mut Criterion) {
     let sort = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/sort_bce16.lx")).unwrap();
     let programs = [
         ("100 chained lets", lets(100)),
-        ("30 chained fns", fns(30)),
+        ("100 chained fns", fns(100)),
         ("a sum of 10,000 terms", terms(10_000)),
         ("W6 sorting network (16 wires)", sort),
     ];
