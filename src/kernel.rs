@@ -800,12 +800,7 @@ impl Kernel {
     /// seen hold their initial value; empty before the first call), as [`crate::StateStore::table`] gives one.
     pub fn device_state(&self, name: &str) -> Result<Vec<f64>, CallError> {
         let (rows, init) = self.device_table(name)?;
-        let len = rows.keys().next_back().map_or(0, |last| *last as usize + 1);
-        let mut dense = vec![init; len];
-        for (id, v) in rows {
-            dense[id as usize] = v;
-        }
-        Ok(dense)
+        Ok(crate::state::dense(&rows, init))
     }
 
     /// The rows of a state table kept on the device, by sample id (only the ids seen), as

@@ -48,12 +48,7 @@ impl StateStore {
     /// the initial value.
     pub fn table(&self, name: &str) -> Option<Vec<f64>> {
         let t = self.tables.get(name)?;
-        let len = t.rows.keys().next_back().map_or(0, |last| *last as usize + 1);
-        let mut dense = vec![t.init; len];
-        for (id, v) in &t.rows {
-            dense[*id as usize] = *v;
-        }
-        Some(dense)
+        Some(dense(&t.rows, t.init))
     }
 
     /// The rows of one state input's table (only the ids seen or set).
@@ -235,6 +230,16 @@ fn sample_ids(f: &Function, key: &str, inputs: &BTreeMap<String, Tensor>) -> Res
     };
     check_ids(key, ids)?;
     Ok(ids.clone())
+}
+
+/// A table's rows by id as a dense array (ids 0 up to the largest seen; ids never seen at `init`).
+pub fn dense(rows: &BTreeMap<i64, f64>, init: f64) -> Vec<f64> {
+    let len = rows.keys().next_back().map_or(0, |last| *last as usize + 1);
+    let mut dense = vec![init; len];
+    for (id, v) in rows {
+        dense[*id as usize] = *v;
+    }
+    dense
 }
 
 /// Sample ids lie in `0..MAX_STATE_ROWS` (a host or a device state store).

@@ -136,7 +136,7 @@ impl<'a> Bounds<'a> {
                 Range::within(0.0, 1.0)
             }
             Prim::Iverson => Range::within(0.0, 1.0),
-            Prim::Exp if self.below_logsumexp(args[0]) => Range::within(0.0, 1.0),
+            Prim::Exp if logsumexp_term(self.f, args[0]).is_some() => Range::within(0.0, 1.0),
             _ => {
                 let Some(shape) = prim.shape() else {
                     return Range::any(false);
@@ -185,43 +185,6 @@ impl<'a> Bounds<'a> {
             } => self.free(self.f.tensors[t.index()].body),
             _ => false,
         })
-    }
-
-    /// `a - r ≤ 0` because `a` is one of the terms of the unmasked `logsumexp` that `r` is (or that a
-    /// tensor `r` loads holds).
-    fn below_logsumexp(&self, n: NodeId) -> bool {
-        let f = self.f;
-        let Expr::Prim { prim: Prim::Sub, args } = &f.node(n).expr else {
-            return false;
-        };
-        let (a, r) = (args[0], args[1]);
-        let mut bind: HashMap<IndexId, Option<NodeId>> = HashMap::new();
-        let reduce = match &f.node(r).expr {
-            Expr::Load {
-                tensor: TensorRef::Def(t),
-                subs,
-            } => {
-                let def = &f.tensors[t.index()];
-                for (h, s) in def.indices.iter().zip(subs.iter()) {
-                    bind.insert(*h, Some(*s));
-                }
-                def.body
-            }
-            _ => r,
-        };
-        let Expr::Reduce {
-            op: ReduceOp::LogSumExp,
-            indices,
-            mask: None,
-            body,
-        } = &f.node(reduce).expr
-        else {
-            return false;
-        };
-        for k in indices {
-            bind.insert(*k, None);
-        }
-        unify(f, *body, a, &mut bind)
     }
 }
 
@@ -274,6 +237,43 @@ impl super::Analysis for Bounds<'_> {
 
 /// Whether `target` is `pattern` with its indices in `bind` read as the nodes bound to them (an unbound
 /// one binds to what it meets).
+/// Where `n` is `a - r` with `a` one of the terms of the unmasked `logsumexp` that `r` is (or that a tensor
+/// `r` loads holds), so `a - r ≤ 0` and `exp(a - r)` is a softmax probability: the indices the logsumexp
+/// reduces over.
+pub(super) fn logsumexp_term(f: &Function, n: NodeId) -> Option<Vec<IndexId>> {
+    let Expr::Prim { prim: Prim::Sub, args } = &f.node(n).expr else {
+        return None;
+    };
+    let (a, r) = (args[0], args[1]);
+    let mut bind: HashMap<IndexId, Option<NodeId>> = HashMap::new();
+    let reduce = match &f.node(r).expr {
+        Expr::Load {
+            tensor: TensorRef::Def(t),
+            subs,
+        } => {
+            let def = &f.tensors[t.index()];
+            for (h, s) in def.indices.iter().zip(subs.iter()) {
+                bind.insert(*h, Some(*s));
+            }
+            def.body
+        }
+        _ => r,
+    };
+    let Expr::Reduce {
+        op: ReduceOp::LogSumExp,
+        indices,
+        mask: None,
+        body,
+    } = &f.node(reduce).expr
+    else {
+        return None;
+    };
+    for k in indices {
+        bind.insert(*k, None);
+    }
+    unify(f, *body, a, &mut bind).then(|| indices.to_vec())
+}
+
 fn unify(f: &Function, pattern: NodeId, target: NodeId, bind: &mut HashMap<IndexId, Option<NodeId>>) -> bool {
     let p = f.node(pattern);
     if pattern == target && p.free.iter().all(|i| !bind.contains_key(i)) {

@@ -90,59 +90,39 @@ impl Cx<'_> {
         }
     }
 
-    /// Whether `n` is `exp(s[r, y[r]] - logsumexp[k] s[r, k])` for the label input and a score input whose
-    /// last axis the label is bounded by.
+    /// Whether `n` is a softmax probability at the label: `exp(s[r, y[r]] - lse)` where `s[r, y[r]]` is a
+    /// term of the logsumexp (bounds::logsumexp_term), which reduces over the axis the label is bounded by.
     fn probability_at_label(&self, n: NodeId) -> bool {
         let g = self.g;
         let Expr::Prim { prim: Prim::Exp, args } = &g.node(n).expr else {
             return false;
         };
-        let Expr::Prim { prim: Prim::Sub, args } = &g.node(args[0]).expr else {
-            return false;
-        };
-        let (at, lse) = (args[0], args[1]);
-        let Expr::Load {
-            tensor: TensorRef::Input(s),
-            subs,
-        } = &g.node(at).expr
-        else {
-            return false;
-        };
-        let [row, class] = subs[..] else { return false };
-        let Expr::Load {
-            tensor: TensorRef::Input(y),
-            subs: y_subs,
-        } = &g.node(class).expr
-        else {
-            return false;
-        };
-        if *y != self.label || y_subs[..] != [row] {
-            return false;
-        }
-        let Expr::Reduce {
-            op: ReduceOp::LogSumExp,
-            indices,
-            mask: None,
-            body,
-        } = &g.node(lse).expr
-        else {
-            return false;
-        };
-        let Expr::Load {
-            tensor: TensorRef::Input(s2),
-            subs: s2_subs,
-        } = &g.node(*body).expr
-        else {
+        let Some(indices) = super::bounds::logsumexp_term(g, args[0]) else {
             return false;
         };
         let [k] = indices[..] else { return false };
+        let Expr::Prim { args: diff, .. } = &g.node(args[0]).expr else {
+            return false;
+        };
+        let Expr::Load {
+            tensor: TensorRef::Input(s),
+            subs,
+        } = &g.node(diff[0]).expr
+        else {
+            return false;
+        };
+        let (Some(class), Some(row)) = (subs.last(), subs.first()) else {
+            return false;
+        };
+        let reads_label = matches!(
+            &g.node(*class).expr,
+            Expr::Load { tensor: TensorRef::Input(y), subs: y_subs } if *y == self.label && y_subs[..] == [*row]
+        );
         let classes = g.inputs[*s as usize].shape.last();
-        s2 == s
-            && s2_subs.len() == 2
-            && s2_subs[0] == row
-            && matches!(g.node(s2_subs[1]).expr, Expr::Index(i) if i == k)
+        reads_label
+            && subs.len() == 2
             && classes.is_some()
             && g.inputs[self.label as usize].bound.as_ref() == classes
-            && g.index(k).range == *classes.unwrap()
+            && Some(&g.index(k).range) == classes
     }
 }

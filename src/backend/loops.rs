@@ -383,9 +383,13 @@ impl Plan {
         }
     }
 
-    /// The residual of logsumexp nest `nest`, if its value is subtracted from others ([`Residual`]).
-    pub fn residual_of(&self, nest: usize) -> Option<&Residual> {
-        self.residuals.iter().find(|r| r.lse == nest)
+    /// The residual buffer the nest of `tensor` writes, if it is a logsumexp whose value is subtracted
+    /// from others ([`Residual`]).
+    pub fn residual_of(&self, tensor: TensorId) -> Option<usize> {
+        self.residuals
+            .iter()
+            .find(|r| self.nests[r.lse].tensor == tensor)
+            .map(|r| r.buffer)
     }
 
     /// The residual buffer a difference `x - lse[…]` subtracts too, if it is one of a [`Residual`]'s reads.

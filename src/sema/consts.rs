@@ -59,6 +59,19 @@ pub(super) fn item_value(sema: &mut Sema, r: ItemRef) -> Option<Const> {
     v
 }
 
+/// The primitive of an arithmetic operator (`None` for comparisons and logic, which are not constants).
+fn arithmetic(op: BinOp) -> Option<Prim> {
+    match op {
+        BinOp::Add => Some(Prim::Add),
+        BinOp::Sub => Some(Prim::Sub),
+        BinOp::Mul => Some(Prim::Mul),
+        BinOp::Div => Some(Prim::Div),
+        BinOp::Rem => Some(Prim::Rem),
+        BinOp::Pow => Some(Prim::Pow),
+        _ => None,
+    }
+}
+
 /// Evaluates a constant expression in the scope of `unit`'s items.
 pub(super) fn eval(sema: &mut Sema, unit: usize, e: &ast::Expr) -> Option<Const> {
     let not_const = |sema: &mut Sema, span, what: &str| {
@@ -80,14 +93,8 @@ pub(super) fn eval(sema: &mut Sema, unit: usize, e: &ast::Expr) -> Option<Const>
         ExprKind::Binary { op, lhs, rhs } => {
             let (a, b) = (eval(sema, unit, lhs), eval(sema, unit, rhs));
             let (a, b) = (a?, b?);
-            let prim = match op {
-                BinOp::Add => Prim::Add,
-                BinOp::Sub => Prim::Sub,
-                BinOp::Mul => Prim::Mul,
-                BinOp::Div => Prim::Div,
-                BinOp::Rem => Prim::Rem,
-                BinOp::Pow => Prim::Pow,
-                _ => return not_const(sema, e.span, "a condition"),
+            let Some(prim) = arithmetic(*op) else {
+                return not_const(sema, e.span, "a condition");
             };
             Some(apply(prim, &[a, b]))
         }
@@ -95,12 +102,8 @@ pub(super) fn eval(sema: &mut Sema, unit: usize, e: &ast::Expr) -> Option<Const>
             let mut acc = eval(sema, unit, first);
             for (op, term) in rest {
                 let b = eval(sema, unit, term);
-                let prim = match op {
-                    BinOp::Add => Prim::Add,
-                    BinOp::Sub => Prim::Sub,
-                    BinOp::Mul => Prim::Mul,
-                    BinOp::Div => Prim::Div,
-                    _ => return not_const(sema, e.span, "a condition"),
+                let Some(prim) = arithmetic(*op) else {
+                    return not_const(sema, e.span, "a condition");
                 };
                 acc = Some(apply(prim, &[acc?, b?]));
             }

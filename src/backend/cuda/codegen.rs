@@ -430,8 +430,8 @@ impl<'a> Emit<'a> {
         let mut used = BTreeSet::new();
         for m in &members {
             used.insert(plan.buffer_of(f, TensorRef::Def(m.tensor)));
-            if let Some(r) = plan.residuals.iter().find(|r| plan.nests[r.lse].tensor == m.tensor) {
-                used.insert(r.buffer);
+            if let Some(r) = plan.residual_of(m.tensor) {
+                used.insert(r);
             }
             for n in f.reachable(&[m.body]) {
                 if let Expr::Load { tensor, .. } = &f.node(n).expr {
@@ -784,10 +784,9 @@ impl<'a> Emit<'a> {
         let v = self.value(nest.body);
         let v = self.stored(b, &v);
         self.line(format!("b{b}[{flat}] = {v};"));
-        let plan = self.plan;
-        if let Some(r) = plan.residuals.iter().find(|r| plan.nests[r.lse].tensor == nest.tensor) {
+        if let Some(r) = self.plan.residual_of(nest.tensor) {
             let lo = self.residuals.get(&nest.body).cloned().unwrap_or_else(|| "0.0f".into());
-            self.line(format!("b{}[{flat}] = {lo};", r.buffer));
+            self.line(format!("b{r}[{flat}] = {lo};"));
         }
     }
 

@@ -380,10 +380,8 @@ pub(super) fn used_buffers(f: &Function, plan: &Plan, members: &[&Nest]) -> Vec<
             }
         }
     }
-    for r in &plan.residuals {
-        if members.iter().any(|m| m.tensor == plan.nests[r.lse].tensor) {
-            used[r.buffer] = true;
-        }
+    for r in members.iter().filter_map(|m| plan.residual_of(m.tensor)) {
+        used[r] = true;
     }
     let bodies: Vec<NodeId> = members.iter().map(|m| m.body).collect();
     for n in f.reachable(&bodies) {

@@ -326,12 +326,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             self.dot_nest(buffer, &head, d, term, nest.body, from);
         } else {
             self.vector_head = lanes_along_head.then_some((buffer, nest.body));
-            let residual = self
-                .plan
-                .residuals
-                .iter()
-                .find(|r| self.plan.nests[r.lse].tensor == nest.tensor);
-            let residual = residual.map(|r| r.buffer);
+            let residual = self.plan.residual_of(nest.tensor);
             self.loops(&head, from, &[nest.body], &mut |l: &mut Self| {
                 l.residual = None;
                 let v = l.value(nest.body);
