@@ -122,6 +122,10 @@ pub enum CallError {
     #[allow(missing_docs)]
     #[error("input `{name}` is state kept by the state store; pass only its sample ids `{key}`")]
     StateGiven { name: String, key: String },
+    /// A state table whose rows have another length than this call's rows of that state.
+    #[allow(missing_docs)]
+    #[error("state `{name}` holds rows of {table} values, but this call's rows of it have {call}")]
+    StateWidth { name: String, table: usize, call: usize },
     /// A hyperparameter the loss does not declare.
     #[allow(missing_docs)]
     #[error("unknown hyperparameter `{name}` (the loss has: {available})")]
@@ -252,6 +256,24 @@ pub struct InputView<'a> {
     pub labels: Option<&'a [i64]>,
 }
 
+/// Where an input axis sized only by integer hyperparameters (and consts) gets its size ("hyperparameter
+/// `S`"), or None for an axis the inputs size.
+pub fn hyper_sized(f: &Function, d: &Dim) -> Option<String> {
+    let syms = d.syms();
+    let mut names: Vec<String> = Vec::new();
+    for s in &syms {
+        let name = format!("`{}`", f.hypers[f.dims[s.index()].hyper? as usize].name);
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    match names.len() {
+        0 => None,
+        1 => Some(format!("hyperparameter {}", names[0])),
+        _ => Some(format!("hyperparameters {}", names.join(", "))),
+    }
+}
+
 /// [`bind`]'s checks on views of the inputs: the sizes of the dimension symbols and the
 /// hyperparameters' values (labels are checked where `labels` is given).
 pub fn bind_views(
@@ -362,6 +384,30 @@ pub fn bind_views(
             None => s.map_or(0, |(n, _)| n as i64),
         })
         .collect();
+    // An input axis integer hyperparameters size (`bank: f32[B, S, C]`, `f32[B, E + 1]`) has their value.
+    for (input, t) in f.inputs.iter().zip(&ordered) {
+        for (axis, (d, got)) in input.shape.iter().zip(t.shape).enumerate() {
+            let Some(hypers) = hyper_sized(f, d) else { continue };
+            let n = d.eval(&sizes);
+            if n < 0 {
+                return Err(CallError::NegativeDim {
+                    tensor: input.name.clone(),
+                    dim: f.show_dim(d),
+                    value: n,
+                });
+            }
+            if n != *got as i64 {
+                return Err(CallError::ShapeMismatch {
+                    input: input.name.clone(),
+                    axis,
+                    dim: f.show_dim(d),
+                    expected: n as usize,
+                    got: *got,
+                    source_of: hypers,
+                });
+            }
+        }
+    }
     // Sample ids that key state lie in 0..MAX_STATE_ROWS with or without a state store (without one they
     // were accepted negative, and refused with one).
     for (k, (input, t)) in f.inputs.iter().zip(&ordered).enumerate() {
@@ -458,7 +504,8 @@ impl CallError {
             | LengthMismatch { .. }
             | ShapeMismatch { .. }
             | NegativeDim { .. }
-            | TooLarge { .. } => CallErrorKind::Shape,
+            | TooLarge { .. }
+            | StateWidth { .. } => CallErrorKind::Shape,
             LabelOutOfRange { .. } | IndexOutOfRange { .. } => CallErrorKind::Label,
             UnknownHyper { .. } | HyperFixed { .. } | HyperNotInteger { .. } => CallErrorKind::Hyper,
             OverBudget { .. } => CallErrorKind::Memory,

@@ -646,14 +646,20 @@ pub fn gather_inputs(f: &Function, args: &InputArgs) -> Result<BTreeMap<String, 
                 sizes.entry(f.dims[k].name.clone()).or_insert(n as usize);
             }
         }
+        let sets = parse_pairs(&args.sets, "NAME=VALUE")?;
         let size_of = |d: &Dim| -> Result<usize, Failure> {
             let vals: Result<Vec<i64>, Failure> = f
                 .dims
                 .iter()
                 .map(|s| {
-                    // A size an integer hyperparameter sets never shapes an input.
-                    if s.hyper.is_some() {
-                        return Ok(0);
+                    // A size an integer hyperparameter sets is its value (`--set`, else the default).
+                    if let Some(h) = s.hyper {
+                        let h = &f.hypers[h as usize];
+                        let set = sets
+                            .iter()
+                            .find(|(k, _)| *k == h.name)
+                            .and_then(|(_, v)| v.parse::<f64>().ok());
+                        return Ok(set.unwrap_or(h.default) as i64);
                     }
                     sizes.get(&s.name).map(|n| *n as i64).ok_or_else(|| {
                         Failure::Message(format!(

@@ -671,8 +671,8 @@ impl Kernel {
             return self.device_call(cuda, device, inputs, hypers, grads, &[]);
         };
         let mut all = inputs.clone();
-        // Per state input: its ids and where its rows were gathered.
-        let mut calls: Vec<(usize, Vec<i64>, u64)> = Vec::new();
+        // Per state input: its ids, the slots of their rows and the shape of the gathered state.
+        let mut calls: Vec<(usize, Vec<i64>, u64, Vec<usize>)> = Vec::new();
         for (k, spec, key) in crate::state::state_inputs(f, |name| inputs.contains_key(name))? {
             let ids_t = &inputs[key];
             if ids_t.dtype != DType::I64 || ids_t.shape.len() != 1 {
@@ -690,11 +690,21 @@ impl Kernel {
                 .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
                 .collect();
             crate::state::check_ids(key, &ids)?;
+            let row = crate::state::row_shape(f, k, |name| inputs.get(name).map(|t| t.shape.clone()), hypers)?;
+            let w = row.iter().product::<usize>();
             let init = crate::state::initial_value(f, spec.init, hypers);
             let table = state.tables.entry(k).or_insert_with(|| DeviceTable {
                 init,
+                width: w,
                 ..DeviceTable::default()
             });
+            if table.width != w {
+                return Err(CallError::StateWidth {
+                    name: f.inputs[k].name.clone(),
+                    table: table.width,
+                    call: w,
+                });
+            }
             // Each id seen gets the next row (slot) of the table: its size follows the ids seen, not the
             // largest id (one id of 2^28 - 1 cost a dense 1 GiB table).
             let slots: Vec<i64> = ids
@@ -709,12 +719,12 @@ impl Kernel {
                 // A larger table: the old rows, then new ones at their initial value (rows past the slots
                 // in use keep it until an id takes them).
                 let rows = need.max(2 * table.rows);
-                let mut values = vec![0u8; table.rows * 4];
+                let mut values = vec![0u8; table.rows * w * 4];
                 if table.rows > 0 {
                     device.download(table.ptr, &mut values).map_err(dev_err)?;
                 }
-                values.extend((table.rows..rows).flat_map(|_| (table.init as f32).to_le_bytes()));
-                let ptr = device.alloc_kept(rows * 4).map_err(dev_err)?;
+                values.extend((table.rows * w..rows * w).flat_map(|_| (table.init as f32).to_le_bytes()));
+                let ptr = device.alloc_kept((rows * w).max(1) * 4).map_err(dev_err)?;
                 device.upload(ptr, &values).map_err(dev_err)?;
                 (table.ptr, table.rows) = (ptr, rows);
             }
@@ -722,22 +732,29 @@ impl Kernel {
             let slot_bytes: Vec<u8> = slots.iter().flat_map(|x| x.to_le_bytes()).collect();
             let slots_ptr = state.scratch(device, (k, 2), slot_bytes.len())?;
             device.upload(slots_ptr, &slot_bytes).map_err(dev_err)?;
-            let gathered = state.scratch(device, (k, 0), n * 4)?;
-            launch_aux(device, gather, n, &[slots_ptr, table_ptr, gathered], &[n as i64])?;
+            let gathered = state.scratch(device, (k, 0), n * w * 4)?;
+            launch_aux(
+                device,
+                gather,
+                n * w,
+                &[slots_ptr, table_ptr, gathered],
+                &[(n * w) as i64, w as i64],
+            )?;
+            let shape: Vec<usize> = std::iter::once(n).chain(row).collect();
             all.insert(
                 f.inputs[k].name.clone(),
                 DeviceTensor {
                     ptr: gathered,
-                    shape: vec![n],
+                    shape: shape.clone(),
                     dtype: DType::F32,
                 },
             );
-            calls.push((k, ids, slots_ptr));
+            calls.push((k, ids, slots_ptr, shape));
         }
         // The updating outputs go to buffers of their own, to be scattered after the call.
         let mut outputs = Vec::new();
         for u in &f.updates {
-            let Some((_, ids, _)) = calls.iter().find(|(k, _, _)| *k == u.input as usize) else {
+            let Some((_, _, _, shape)) = calls.iter().find(|c| c.0 == u.input as usize) else {
                 continue;
             };
             let nest = program
@@ -747,14 +764,18 @@ impl Kernel {
                 .find(|n| n.role == crate::ir::Role::Output && f.tensor(n.tensor).name == u.output);
             if let Some(nest) = nest {
                 let buffer = program.plan.buffer_of(f, crate::ir::TensorRef::Def(nest.tensor));
-                outputs.push((buffer, state.scratch(device, (u.input as usize, 1), ids.len() * 4)?));
+                outputs.push((
+                    buffer,
+                    state.scratch(device, (u.input as usize, 1), shape.iter().product::<usize>() * 4)?,
+                ));
             }
         }
         let mut e = self.device_call(cuda, device, &all, hypers, grads, &outputs)?;
         for u in &f.updates {
-            let Some((k, ids, ids_ptr)) = calls.iter().find(|(k, _, _)| *k == u.input as usize) else {
+            let Some((k, ids, ids_ptr, shape)) = calls.iter().find(|c| c.0 == u.input as usize) else {
                 continue;
             };
+            let (n, w) = (shape.iter().product::<usize>(), shape[1..].iter().product::<usize>());
             let Some(&(_, rows)) = outputs.iter().find(|(b, _)| {
                 matches!(program.plan.buffers[*b].of, crate::ir::TensorRef::Def(t) if f.tensor(t).name == u.output)
             }) else {
@@ -775,22 +796,20 @@ impl Kernel {
             launch_aux(
                 device,
                 scatter,
-                ids.len(),
+                n,
                 &[*ids_ptr, table_ptr, rows, last_ptr],
-                &[ids.len() as i64],
+                &[n as i64, w as i64],
             )?;
             // The output, copied back as `eval_stateful` returns it.
-            let mut bytes = vec![0u8; ids.len() * 4];
+            let mut bytes = vec![0u8; n * 4];
             device.download(rows, &mut bytes).map_err(dev_err)?;
             let values = bytes
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64)
                 .collect();
             match e.outputs.iter_mut().find(|(n, _)| *n == u.output) {
-                Some((_, t)) => *t = Tensor::float(vec![ids.len()], values),
-                None => e
-                    .outputs
-                    .push((u.output.clone(), Tensor::float(vec![ids.len()], values))),
+                Some((_, t)) => *t = Tensor::float(shape.clone(), values),
+                None => e.outputs.push((u.output.clone(), Tensor::float(shape.clone(), values))),
             }
         }
         Ok(e)
@@ -799,18 +818,19 @@ impl Kernel {
     /// A state table kept on the device by [`Kernel::eval_device_stateful`], as f64 values by id (ids never
     /// seen hold their initial value; empty before the first call), as [`crate::StateStore::table`] gives one.
     pub fn device_state(&self, name: &str) -> Result<Vec<f64>, CallError> {
-        let (rows, init) = self.device_table(name)?;
-        Ok(crate::state::dense(&rows, init))
+        let (rows, init, width) = self.device_table(name)?;
+        Ok(crate::state::dense(&rows, init, width))
     }
 
     /// The rows of a state table kept on the device, by sample id (only the ids seen), as
     /// [`crate::StateStore::rows`] gives them.
-    pub fn device_state_rows(&self, name: &str) -> Result<BTreeMap<i64, f64>, CallError> {
-        self.device_table(name).map(|(rows, _)| rows)
+    pub fn device_state_rows(&self, name: &str) -> Result<BTreeMap<i64, Vec<f64>>, CallError> {
+        self.device_table(name).map(|(rows, _, _)| rows)
     }
 
-    /// A device state table's rows by id and the value a new row starts at.
-    fn device_table(&self, name: &str) -> Result<(BTreeMap<i64, f64>, f64), CallError> {
+    /// A device state table's rows by id, the value a new row starts at and the values per row.
+    #[allow(clippy::type_complexity)]
+    fn device_table(&self, name: &str) -> Result<(BTreeMap<i64, Vec<f64>>, f64, usize), CallError> {
         let cuda = self.cuda_kernel("device_state")?;
         let f = &*self.function;
         let Some(k) = f.inputs.iter().position(|i| i.name == name && i.state.is_some()) else {
@@ -823,9 +843,10 @@ impl Kernel {
         let mut device = cuda.device.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let state = cuda.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let Some(table) = state.tables.get(&k) else {
-            return Ok((Default::default(), 0.0));
+            return Ok((Default::default(), 0.0, 1));
         };
-        let mut bytes = vec![0u8; table.rows * 4];
+        let w = table.width;
+        let mut bytes = vec![0u8; table.rows * w * 4];
         device
             .download(table.ptr, &mut bytes)
             .map_err(|e| CallError::Device(e.to_string()))?;
@@ -836,18 +857,19 @@ impl Kernel {
         let rows = table
             .slots
             .iter()
-            .map(|(id, slot)| (*id, values[*slot as usize]))
+            .map(|(id, slot)| (*id, values[*slot as usize * w..][..w].to_vec()))
             .collect();
-        Ok((rows, table.init))
+        Ok((rows, table.init, w))
     }
 }
 
-/// A state table in device memory: its address, its rows (f32 each; one per id seen, in the order the
-/// ids were first seen: `slots`), and the value a new row starts at.
+/// A state table in device memory: its address, its rows (`width` f32 each; one per id seen, in the order
+/// the ids were first seen: `slots`), and the value a new row starts at.
 #[derive(Clone, Debug, Default)]
 struct DeviceTable {
     ptr: u64,
     rows: usize,
+    width: usize,
     slots: std::collections::HashMap<i64, i64>,
     init: f64,
 }

@@ -52,13 +52,19 @@ fn libraries_match_the_interpreter_on_every_file() {
         let interp = Compiler::new().backend(Backend::Interp).compile_file(&path).unwrap();
         let kernels: Vec<_> = jit.losses().iter().map(|n| jit.kernel(Some(n)).unwrap()).collect();
         let functions: Vec<&Function> = kernels.iter().map(|k| k.function()).collect();
-        let stem = path.file_stem().unwrap().to_string_lossy().to_string();
+        // One library per file, named by its folder too (examples/ and stdlib/ both have distill.lx: a
+        // second library at the same path is the first one to the loader).
+        let folder = path.parent().unwrap().file_name().unwrap().to_string_lossy();
+        let stem = format!("{folder}_{}", path.file_stem().unwrap().to_string_lossy());
         let lib = load(&functions, &dir, &stem);
         for (kernel, name) in kernels.iter().zip(jit.losses()) {
             let ki = interp.kernel(Some(name)).unwrap();
             let f = kernel.function();
             for sizes in [[5i64, 4, 3, 6], [1, 1, 1, 1], [37, 9, 5, 2]] {
-                let s: Vec<i64> = f.dims.iter().enumerate().map(|(k, _)| sizes[k % 4]).collect();
+                // A size an idx hyperparameter sets is its default.
+                let s: Vec<i64> = (f.dims.iter().enumerate())
+                    .map(|(k, d)| d.hyper.map_or(sizes[k % 4], |h| f.hypers[h as usize].default as i64))
+                    .collect();
                 let inputs = common::random_inputs(f, &s, &mut rng, common::Nograd::Normal);
                 let what = format!("{} {name} {s:?}", path.display());
                 match (call(&lib, f, &inputs, 3), ki.eval(&inputs)) {
@@ -123,6 +129,23 @@ fn bad_calls_fail_with_the_messages_of_a_call_from_rust() {
     ids.insert("ids".into(), Tensor::labels(vec![3], vec![0, -2, 1]));
     let want = stateful.eval(&ids).unwrap_err();
     assert_eq!(call(&state_lib, g, &ids, 2), Err((4, want.to_string())), "negative id");
+    // An axis idx hyperparameters size (`E + 1`) of another size (issue 24), and one of theirs that runs.
+    let ring = "loss r(x: f32[B, E + 1], E: idx = 2) {\n    sum[i, e] x[i, e] * e\n}\n";
+    let ring = Compiler::new()
+        .compile_source("r.lx", ring)
+        .unwrap()
+        .kernel(None)
+        .unwrap();
+    let h = ring.function();
+    let ring_lib = load(&[h], &dir, "r");
+    for slots in [3usize, 4] {
+        let x =
+            std::collections::BTreeMap::from([("x".to_string(), Tensor::float(vec![2, slots], vec![1.0; 2 * slots]))]);
+        match ring.eval(&x) {
+            Ok(want) => assert_eq!(call(&ring_lib, h, &x, 2).unwrap()[0].2, vec![want.loss as f32]),
+            Err(want) => assert_eq!(call(&ring_lib, h, &x, 2), Err((3, want.to_string())), "{slots} slots"),
+        }
+    }
     // A fractional integer hyperparameter, through the typed entry point.
     type Typed = unsafe extern "C" fn(
         *const f32,

@@ -300,7 +300,12 @@ case!(
 case!(
     state_wrong_shape,
     BadState,
-    "loss f(x: f32[B, C], ids: idx[B], u: f32[B, C] state[ids]) { sum[i, k] x[i, k] * u[i, k] }\n"
+    "loss f(x: f32[C, B], ids: idx[B], u: f32[C, B] state[ids]) { sum[i, k] x[i, k] * u[i, k] }\n"
+);
+case!(
+    state_row_undetermined,
+    BadState,
+    "loss f(x: f32[B], ids: idx[B], u: f32[B, S] state[ids]) { sum[i, k] x[i] * u[i, k] }\n"
 );
 case!(
     updates_not_state,

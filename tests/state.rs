@@ -216,8 +216,8 @@ fn tables_are_sparse_in_memory_and_on_disk() {
     k.eval_stateful(&x, &BTreeMap::new(), &mut store).unwrap();
     let rows = &store.rows("u").unwrap().rows;
     assert_eq!(
-        rows.iter().map(|(id, v)| (*id, *v)).collect::<Vec<_>>(),
-        vec![(7, 5.0), (far, 4.0)]
+        rows.iter().map(|(id, v)| (*id, v.clone())).collect::<Vec<_>>(),
+        vec![(7, vec![5.0]), (far, vec![4.0])]
     );
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("lossc-sparse-{}", std::process::id()));
     store.save_dir(&dir).unwrap();
@@ -236,7 +236,7 @@ fn tables_are_sparse_in_memory_and_on_disk() {
     lossc::data::save_npy(&dir.join("u.npy"), &Tensor::labels(vec![8], vec![0; 8])).unwrap();
     let e = StateStore::load_dir(&dir, &f).unwrap_err().to_string();
     assert!(
-        e.contains("a state table holds floats (float64 (id, value) rows), but this is int64"),
+        e.contains("a state table holds floats (float64 (id, values…) rows), but this is int64"),
         "{e}"
     );
     lossc::data::save_npy(&dir.join("u.npy"), &Tensor::float(vec![2, 3], vec![0.0; 6])).unwrap();
@@ -245,5 +245,196 @@ fn tables_are_sparse_in_memory_and_on_disk() {
     lossc::data::save_npy(&dir.join("u.npy"), &Tensor::float(vec![1, 2], vec![0.5, 1.0])).unwrap();
     let e = StateStore::load_dir(&dir, &f).unwrap_err().to_string();
     assert!(e.contains("sample id 0.5 is not an integer"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A ring buffer: each call writes x into slot `epoch % S` of its ids' rows and reads the slot written
+/// `lag` calls earlier (the loss is that slot's sum times a weight).
+const RING: &str =
+    "loss ring(x: f32[B, C], w: f32[B, C], ids: idx[B], bank: f32[B, S, C] state[ids] = -1.0, S: idx = 3,
+          epoch: idx = 0, lag: idx = 2) -> (bank_new: f32[B, S, C] updates bank) {
+    out bank_new[i, e, c] = if e == epoch % S then x[i, c] else bank[i, e, c]
+    sum[i, c] w[i, c] * bank[i, (epoch - lag) % S, c]
+}";
+
+/// Rows with extra axes (issue 24: SAF's ring buffer): state `[B, S, C]` with S an idx hyperparameter,
+/// gathered and scattered a row per id, against the same ring buffer kept by hand; rows never written read
+/// as the initial value in every element.
+#[test]
+fn state_rows_with_extra_axes_keep_a_ring_buffer() {
+    for backend in backends() {
+        let k = kernel(RING, "ring", backend);
+        let mut store = StateStore::new();
+        let (s, c) = (3usize, 2usize);
+        let mut want: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
+        for epoch in 0..7i64 {
+            let ids: Vec<i64> = vec![(epoch * 5) % 4, 4 + epoch % 2];
+            let x: Vec<f64> = (0..ids.len() * c).map(|v| (epoch * 10 + v as i64) as f64).collect();
+            let w: Vec<f64> = (0..ids.len() * c).map(|v| 1.0 + v as f64).collect();
+            let hypers = BTreeMap::from([("epoch".to_string(), epoch as f64)]);
+            let call = inputs(vec![
+                ("x", Tensor::float(vec![ids.len(), c], x.clone())),
+                ("w", Tensor::float(vec![ids.len(), c], w.clone())),
+                ("ids", Tensor::labels(vec![ids.len()], ids.clone())),
+            ]);
+            let e = k.eval_stateful(&call, &hypers, &mut store).unwrap();
+            // By hand: the read slot of the rows before this call's write.
+            let read = ((epoch - 2).rem_euclid(s as i64)) as usize;
+            let mut loss = 0.0;
+            for (r, id) in ids.iter().enumerate() {
+                let row = want.entry(*id).or_insert_with(|| vec![-1.0; s * c]);
+                for k in 0..c {
+                    loss += w[r * c + k] * row[read * c + k];
+                }
+                let slot = (epoch % s as i64) as usize;
+                row[slot * c..slot * c + c].copy_from_slice(&x[r * c..r * c + c]);
+            }
+            assert_eq!(e.loss, loss, "{backend:?} epoch {epoch}");
+            let out = e.outputs.iter().find(|(n, _)| n == "bank_new").unwrap();
+            assert_eq!(out.1.shape, vec![ids.len(), s, c]);
+        }
+        let table = store.rows("bank").unwrap();
+        assert_eq!(table.width(), s * c);
+        assert_eq!(table.rows, want, "{backend:?}");
+        // The dense view: ids 0 to 5, six values each.
+        assert_eq!(store.table("bank").unwrap().len(), 6 * s * c);
+    }
+}
+
+/// A row's width follows the call (S from the hyperparameter, C from x): a table of another width is a
+/// typed error, and a wide table round-trips through a directory as (id, values…) rows.
+#[test]
+fn wide_state_tables_check_their_width_and_round_trip() {
+    let k = kernel(RING, "ring", Backend::Interp);
+    let mut store = StateStore::new();
+    let call = |c: usize| {
+        inputs(vec![
+            ("x", Tensor::float(vec![1, c], vec![2.0; c])),
+            ("w", Tensor::float(vec![1, c], vec![1.0; c])),
+            ("ids", Tensor::labels(vec![1], vec![3])),
+        ])
+    };
+    k.eval_stateful(&call(2), &BTreeMap::new(), &mut store).unwrap();
+    let e = k.eval_stateful(&call(4), &BTreeMap::new(), &mut store).unwrap_err();
+    assert!(matches!(&e, CallError::StateWidth { table: 6, call: 12, .. }), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        "state `bank` holds rows of 6 values, but this call's rows of it have 12"
+    );
+    let more_slots = BTreeMap::from([("S".to_string(), 4.0)]);
+    let e = k.eval_stateful(&call(2), &more_slots, &mut store).unwrap_err();
+    assert!(matches!(e, CallError::StateWidth { call: 8, .. }), "{e:?}");
+    // Rows of different lengths are refused when set.
+    let e = store
+        .set_rows("bank", BTreeMap::from([(0, vec![1.0]), (1, vec![1.0, 2.0])]))
+        .unwrap_err();
+    assert!(matches!(e, CallError::StateWidth { .. }), "{e:?}");
+    let f = k.function().clone();
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("lossc-wide-{}", std::process::id()));
+    store.save_dir(&dir).unwrap();
+    let file = lossc::data::load_npy(&dir.join("bank.npy")).unwrap();
+    assert_eq!(file.shape, vec![1, 7]);
+    assert_eq!(file.to_f64(), vec![3.0, 2.0, 2.0, -1.0, -1.0, -1.0, -1.0]);
+    assert_eq!(
+        StateStore::load_dir(&dir, &f).unwrap().rows("bank").unwrap().rows,
+        store.rows("bank").unwrap().rows
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Several tables keyed by different id inputs, and an update that reads the old value (a running max).
+#[test]
+fn tables_keyed_by_different_ids_and_running_updates() {
+    let src = "loss t(x: f32[B], a: idx[B], b: idx[B], m: f32[B] state[a] = -1000.0, n: f32[B] state[b] = 0.0)
+        -> (m_new: f32[B] updates m, n_new: f32[B] updates n) {
+    out m_new[i] = max(m[i], x[i])
+    out n_new[i] = 0.5 * n[i] + x[i]
+    sum[i] x[i] * (m[i] + n[i])
+}";
+    for backend in backends() {
+        let k = kernel(src, "t", backend);
+        let mut store = StateStore::new();
+        let call = |x: Vec<f64>, a: Vec<i64>, b: Vec<i64>| {
+            inputs(vec![
+                ("x", Tensor::float(vec![x.len()], x)),
+                ("a", Tensor::labels(vec![a.len()], a)),
+                ("b", Tensor::labels(vec![b.len()], b)),
+            ])
+        };
+        k.eval_stateful(
+            &call(vec![1.0, 5.0], vec![0, 1], vec![1, 0]),
+            &BTreeMap::new(),
+            &mut store,
+        )
+        .unwrap();
+        let e = k
+            .eval_stateful(
+                &call(vec![3.0, 2.0], vec![0, 1], vec![0, 2]),
+                &BTreeMap::new(),
+                &mut store,
+            )
+            .unwrap();
+        // m = max so far by a: [1, 5] before, n by b: id 0 = 5, id 2 = 0.
+        assert_eq!(e.loss, 3.0 * (1.0 + 5.0) + 2.0 * (5.0 + 0.0), "{backend:?}");
+        assert_eq!(store.table("m").unwrap(), vec![3.0, 5.0]);
+        assert_eq!(store.table("n").unwrap(), vec![0.5 * 5.0 + 3.0, 1.0, 2.0]);
+    }
+}
+
+/// An input axis sized by idx hyperparameters (`f32[B, E + 1]`) is checked against their value, with or
+/// without a store; `lossc eval --random` sizes it from `--set`.
+#[test]
+fn input_axes_sized_by_hyperparameters_are_checked() {
+    let src = "loss t(x: f32[B, E + 1], E: idx = 2) { sum[i, e] x[i, e] * e }";
+    for backend in backends() {
+        let k = kernel(src, "t", backend);
+        let x = inputs(vec![("x", Tensor::float(vec![2, 3], vec![1.0; 6]))]);
+        assert_eq!(k.eval(&x).unwrap().loss, 6.0);
+        let e = k.eval_with(&x, &BTreeMap::from([("E".to_string(), 3.0)])).unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                CallError::ShapeMismatch {
+                    axis: 1,
+                    expected: 4,
+                    got: 3,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("hyperparameter `E`"), "{e}");
+        let e = k.eval_with(&x, &BTreeMap::from([("E".to_string(), -5.0)])).unwrap_err();
+        assert!(matches!(e, CallError::NegativeDim { value: -4, .. }), "{e:?}");
+    }
+}
+
+/// `lossc eval --state DIR` keeps SAF's ring buffer between runs: a table of (id, 2 × 3 values) rows, and a
+/// later epoch's KL term reads what an earlier run wrote.
+#[cfg(feature = "cli")]
+#[test]
+fn cli_keeps_rows_of_state_between_runs() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("lossc-cli-ring-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = |epoch: i64, seed: u64| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lossc"))
+            .args(["eval", "std::distill::saf", "--random", "N=4,C=3", "--json"])
+            .args(["--seed", &seed.to_string()])
+            .args(["--set", &format!("E=1,kl_start=0,epoch={epoch}"), "--state"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["loss"].as_f64().unwrap()
+    };
+    run(0, 1);
+    let table = lossc::data::load_npy(&dir.join("bank.npy")).unwrap();
+    assert_eq!(table.shape[1], 1 + 2 * 3, "{:?}", table.shape);
+    // Epoch 1 reads slot 0, written by the run of epoch 0: other logits than a fresh store's zeros.
+    let with_history = run(1, 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let fresh = run(1, 2);
+    assert_ne!(with_history, fresh);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -9,7 +9,14 @@ use lossc::ir::Function;
 use lossc::{Program, Tensor};
 
 fn inputs(f: &Function, rng: &mut Rng) -> BTreeMap<String, Tensor> {
-    let dims: Vec<i64> = f.dims.iter().map(|d| if d.name == "D" { 3 } else { 5 }).collect();
+    // A dimension an idx hyperparameter sizes (SAF's E) takes its default.
+    let dims: Vec<i64> = (f.dims.iter())
+        .map(|d| match d.hyper {
+            Some(h) => f.hypers[h as usize].default as i64,
+            None if d.name == "D" => 3,
+            None => 5,
+        })
+        .collect();
     f.inputs
         .iter()
         .map(|i| {

@@ -853,6 +853,60 @@ def face():
     write("face", cases)
 
 
+# ---- self-distillation from past outputs (SAF) --------------------------------------------------------
+
+
+def original_statements(repo, commit, path, function, keep):
+    """The statements of `function` in the file `path` (as `original`) for which `keep(source)` holds, in
+    source order, compiled as one block: for a loss written inline in a training loop."""
+    import ast
+    text = subprocess.run(["git", "-C", clone(repo), "show", f"{commit}:{path}"], check=True,
+                          capture_output=True, text=True).stdout
+    fn = next(d for d in ast.walk(ast.parse(text)) if isinstance(d, ast.FunctionDef) and d.name == function)
+    body = [n for n in ast.walk(fn) if isinstance(n, (ast.Assign, ast.AugAssign, ast.If))
+            and keep(ast.get_source_segment(text, n))]
+    body.sort(key=lambda n: n.lineno)
+    return compile(ast.Module(body=body, type_ignores=[]), f"{repo}/{path}:{function}", "exec")
+
+
+def saf():
+    ce = original("AngusDujw/SAF", "6e85600", "timm/loss/cross_entropy.py")
+    # train_one_epoch's `#SAF` lines: record the outputs in the ring buffer, the label-smoothed CE, the KL
+    # term against the outputs of minus_epoch epochs ago.
+    lines = original_statements(
+        "AngusDujw/SAF", "6e85600", "SAF_train.py", "train_one_epoch",
+        lambda src: src.startswith("train_logits[indices") or src.startswith("loss = loss_fn(output, target)")
+        or src.startswith("if epoch > args.kl_start_epoch"))
+    ref = "SAF SAF_train.py train_one_epoch #SAF lines, timm/loss/cross_entropy.py rein_LabelSmoothingCrossEntropy @ 6e85600"
+    cases = []
+    # (minus_epoch E, reinforce, temperature, kl_start_epoch, kl_end_epoch): run.sh's E = 2, λ = 0.3; E = 0
+    # (the slot read is the one just written); the argparse defaults.
+    for k, (E, lam, T, kl_start, kl_end) in enumerate([(2, 0.3, 5.0, 2, 6), (0, 0.5, 2.0, 0, 300), (3, 0.16, 5.0, 5, 300)]):
+        args = type("Args", (), {"minus_epoch": E, "reinforce": lam, "temperature": T,
+                                 "kl_start_epoch": kl_start, "kl_end_epoch": kl_end})()
+        # The buffer is float64 here (float32 in the original): lossc's host state store keeps f64.
+        train_logits = np.zeros((8, E + 1, 5), dtype=np.float64)
+        loss_fn = ce.rein_LabelSmoothingCrossEntropy(smoothing=0.1)
+        calls = []
+        for epoch in range(8):
+            ids = torch.randperm(8, generator=gen(400 + 10 * k + epoch))[:4]
+            s = randn(4, 5, seed=500 + 10 * k + epoch, scale=2.0)
+            y = labels(4, 5, 600 + 10 * k + epoch)
+
+            def fn(s, y, ids, epoch=epoch):
+                ns = {"train_logits": train_logits, "indices": ids.numpy(), "epoch": epoch, "args": args,
+                      "output": s, "target": y, "loss_fn": loss_fn, "F": F, "torch": torch}
+                exec(lines, ns)
+                return ns["loss"], {"bank_new": torch.tensor(train_logits[ids.numpy()])}
+
+            rec = call({"s": s, "y": y, "ids": ids}, fn)
+            rec["hypers"] = {"epoch": epoch}
+            calls.append(rec)
+        cases.append(case(f"saf_E{E}", "std::distill::saf", ref, calls,
+                          hypers={"E": E, "lam": lam, "T": T, "kl_start": kl_start, "kl_end": kl_end}))
+    write("saf", cases)
+
+
 FAMILIES = {
     "dro_metrics_divergence": dro_metrics_divergence,
     "classification": classification,
@@ -866,6 +920,7 @@ FAMILIES = {
     "ensemble": ensemble,
     "few_shot": few_shot,
     "face": face,
+    "saf": saf,
 }
 
 if __name__ == "__main__":

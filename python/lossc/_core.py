@@ -241,21 +241,22 @@ class Loss:
 
     # State of a stateful loss (SogCLR's u, ALDR-KL's lambda): sparse tables of the sample ids seen.
     def state(self) -> Dict[str, np.ndarray]:
-        """The state tables, by state input: float64 arrays of shape [K, 2], one (id, value) row per
-        sample id seen, ids ascending (the format `lossc eval --state` writes)."""
-        return {n: np.frombuffer(b, dtype=np.float64).reshape(-1, 2).copy() for n, b in self._native.state()}
+        """The state tables, by state input: float64 arrays of shape [K, 1 + W], one (id, values…) row per
+        sample id seen, ids ascending, W values per id (1 for `u: f32[B]`, S·C for `bank: f32[B, S, C]`,
+        row-major): the format `lossc eval --state` writes."""
+        return {n: np.frombuffer(b, dtype=np.float64).reshape(-1, 1 + w).copy() for n, w, b in self._native.state()}
 
     def load_state(self, tables: Mapping[str, Any]) -> None:
-        """Replaces the state tables: [K, 2] (id, value) rows as `state()` returns, or a rank-1 array of
-        the rows of ids 0, 1, …"""
+        """Replaces the state tables: [K, 1 + W] (id, values…) rows as `state()` returns, or a rank-1 array
+        of the values of ids 0, 1, … (one per id)."""
         flat = []
         for name, v in tables.items():
             a = np.asarray(v, dtype=np.float64)
             if a.ndim == 1:
                 a = np.stack([np.arange(len(a), dtype=np.float64), a], axis=1)
-            if a.ndim != 2 or a.shape[1] != 2:
-                raise _lossc.InputError(f"state `{name}`: expected (id, value) rows of shape [K, 2], got {a.shape}")
-            flat.append((name, [float(x) for x in a.ravel()]))
+            if a.ndim != 2 or a.shape[1] < 2:
+                raise _lossc.InputError(f"state `{name}`: expected (id, values…) rows of shape [K, 1 + W], got {a.shape}")
+            flat.append((name, a.shape[1] - 1, [float(x) for x in a.ravel()]))
         self._native.set_state(flat)
 
 

@@ -616,7 +616,8 @@ impl Loss {
         })
     }
 
-    /// The state tables: (state input, float64 bytes of its (id, value) rows, ids ascending).
+    /// The state tables: (state input, values per row, float64 bytes of its (id, values…) rows, ids
+    /// ascending).
     fn state(&self, py: Python<'_>) -> PyResult<Py<PyList>> {
         let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
         let list = PyList::empty(py);
@@ -626,38 +627,40 @@ impl Loss {
             }
             if let Some(table) = store.rows(&input.name) {
                 let bytes: Vec<u8> = (table.rows.iter())
-                    .flat_map(|(id, v)| [*id as f64, *v])
+                    .flat_map(|(id, row)| std::iter::once(*id as f64).chain(row.iter().copied()))
                     .flat_map(|x| x.to_ne_bytes())
                     .collect();
-                list.append((input.name.clone(), PyBytes::new(py, &bytes)))?;
+                list.append((input.name.clone(), table.width(), PyBytes::new(py, &bytes)))?;
             }
         }
         Ok(list.unbind())
     }
 
-    /// Replaces the state tables (what `state` returned): per state input, its (id, value) rows flattened.
-    fn set_state(&self, tables: Vec<(String, Vec<f64>)>) -> PyResult<()> {
+    /// Replaces the state tables (what `state` returned): per state input, the values per row and its
+    /// (id, values…) rows flattened.
+    fn set_state(&self, tables: Vec<(String, usize, Vec<f64>)>) -> PyResult<()> {
         let mut fresh = StateStore::new();
-        for (name, pairs) in tables {
+        for (name, width, flat) in tables {
             if !self.source.inputs.iter().any(|i| i.name == name && i.state.is_some()) {
                 return Err(InputError::new_err(format!(
                     "`{}` has no state input `{name}`",
                     self.source.name
                 )));
             }
+            if width == 0 || flat.len() % (width + 1) != 0 {
+                return Err(InputError::new_err(format!(
+                    "state `{name}`: rows are (id, {width} values)"
+                )));
+            }
             let mut rows = BTreeMap::new();
-            for pair in pairs.chunks(2) {
-                let [id, value] = pair else {
-                    return Err(InputError::new_err(format!(
-                        "state `{name}`: rows are (id, value) pairs"
-                    )));
-                };
-                if id.fract() != 0.0 || *id < 0.0 {
+            for row in flat.chunks_exact(width + 1) {
+                let id = row[0];
+                if id.fract() != 0.0 || id < 0.0 {
                     return Err(InputError::new_err(format!(
                         "state `{name}`: sample id {id} is not an integer"
                     )));
                 }
-                rows.insert(*id as i64, *value);
+                rows.insert(id as i64, row[1..].to_vec());
             }
             fresh.set_rows(&name, rows).map_err(call_error)?;
         }

@@ -144,6 +144,41 @@ def test_sogclr_state_dict_round_trip(tmp_path):
     torch.testing.assert_close(c.get_extra_state()["u"], a.get_extra_state()["u"])
 
 
+def test_saf_ring_buffer_state_trains_and_round_trips():
+    # SAF keeps a row of (E + 1) x C past logits per sample id (issue 24): state_dict holds (id, values...)
+    # rows, and each epoch's loss equals label-smoothed CE plus the KL term against the logits of E epochs
+    # ago, kept here by hand.
+    torch.manual_seed(3)
+    n, c, E, T, lam = 6, 4, 1, 2.0, 0.5
+    crit = lt.Loss("std::distill::saf", E=E, T=T, lam=lam, kl_start=0)
+    bank = {}
+    for epoch in range(4):
+        ids = torch.randperm(8)[:n]
+        s = torch.randn(n, c, requires_grad=True)
+        y = torch.randint(0, c, (n,))
+        loss, outputs = crit(s, y, ids, epoch=epoch)
+        assert tuple(outputs["bank_new"].shape) == (n, E + 1, c)
+        ref_s = s.detach().clone().requires_grad_()
+        for i, k in enumerate(ids.tolist()):
+            bank.setdefault(k, torch.zeros(E + 1, c))[epoch % (E + 1)] = ref_s.detach()[i]
+        past = torch.stack([bank[k][(epoch - E) % (E + 1)] for k in ids.tolist()])
+        ref = F.cross_entropy(ref_s, y, label_smoothing=0.0) * 0.9 - 0.1 * F.log_softmax(ref_s, 1).mean(1).mean()
+        if epoch > 0:
+            ref = ref + lam * T * T * F.kl_div(F.log_softmax(ref_s / T, 1), F.softmax(past / T, 1), reduction="batchmean")
+        loss.backward()
+        ref.backward()
+        torch.testing.assert_close(loss, ref.to(loss.dtype), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(s.grad, ref_s.grad, rtol=1e-4, atol=1e-6)
+    saved = crit.state_dict()["_extra_state"]["bank"]
+    assert tuple(saved.shape) == (len(bank), 1 + (E + 1) * c)
+    for row in saved:
+        torch.testing.assert_close(row[1:].reshape(E + 1, c), bank[int(row[0])].to(row.dtype), rtol=1e-6, atol=1e-6)
+    again = lt.Loss("std::distill::saf", E=E, T=T, lam=lam, kl_start=0)
+    again.load_state_dict(crit.state_dict())
+    s, y, ids = torch.randn(n, c), torch.randint(0, c, (n,)), torch.arange(n)
+    assert again(s, y, ids, epoch=4)[0].item() == crit(s, y, ids, epoch=4)[0].item()
+
+
 def test_bad_calls_raise_lossc_errors():
     crit = lt.Loss(CE)
     s = torch.zeros(2, 3)

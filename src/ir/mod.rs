@@ -152,6 +152,19 @@ impl Dim {
         }
     }
 
+    /// The symbols it reads.
+    pub fn syms(&self) -> Vec<DimId> {
+        match self {
+            Dim::Const(_) => vec![],
+            Dim::Sym(s) => vec![*s],
+            Dim::Add(a, b) | Dim::Sub(a, b) | Dim::Mul(a, b) => {
+                let mut v = a.syms();
+                v.extend(b.syms());
+                v
+            }
+        }
+    }
+
     /// Evaluates with the given sizes of the symbols.
     pub fn eval(&self, sizes: &[i64]) -> i64 {
         match self {

@@ -448,14 +448,20 @@ impl Cx<'_, '_> {
     // ---- signature ----
 
     fn lower_loss(&mut self, def: &ast::LossDef) {
-        for p in &def.params {
+        // Hyperparameters first, so that an input's type may name an `idx` hyperparameter as a dimension
+        // wherever it is declared (`bank: f32[B, S, C] state[ids], S: idx = 4`).
+        let is_hyper = |p: &&ast::Param| p.default.is_some() && p.state.is_none();
+        for p in def.params.iter().filter(is_hyper) {
+            self.param(p);
+        }
+        for p in def.params.iter().filter(|p| !is_hyper(p)) {
             self.param(p);
         }
         self.state_keys(def);
         // Every dimension symbol must be the extent of some input axis.
         for (k, d) in self.f.dims.clone().iter().enumerate() {
             let id = DimId(k as u32);
-            let determined = self.f.inputs.iter().any(|i| i.shape.contains(&Dim::Sym(id)));
+            let determined = d.hyper.is_some() || self.f.inputs.iter().any(|i| i.shape.contains(&Dim::Sym(id)));
             if !determined {
                 self.err(
                     Diag::new(
@@ -567,8 +573,8 @@ impl Cx<'_, '_> {
 
     /// Resolves `state[key]` inputs and `updates` outputs once every parameter is known.
     fn state_keys(&mut self, def: &ast::LossDef) {
-        let help_key = "a state input is gathered by a rank-1 idx input of sample ids of the same length: \
-                        `ids: idx[B], u: f32[B] state[ids] = 0.0`";
+        let help_key = "a state input is gathered by a rank-1 idx input of sample ids, a row per id: \
+                        `ids: idx[B], u: f32[B] state[ids] = 0.0` or `bank: f32[B, S, C] state[ids]`";
         for p in def.params.iter().filter(|p| p.state.is_some()) {
             let Some(at) = self.f.inputs.iter().position(|i| i.name == p.name.name) else {
                 continue;
@@ -600,14 +606,51 @@ impl Cx<'_, '_> {
                 continue;
             }
             if state_in.elem == ElemTy::Idx
-                || state_in.shape.len() != 1
+                || state_in.shape.is_empty()
                 || state_in.shape.first() != key_in.shape.first()
             {
                 let msg = format!(
-                    "state `{}` must be a float vector with one value per id of `{}`",
+                    "state `{}` must be a float tensor with one row per id of `{}`",
                     p.name.name, key.name
                 );
                 fail(self, msg, "the ids");
+                continue;
+            }
+            // A row's extra axes (a ring buffer `[B, S, C]`) must be sized without the state itself: a store
+            // gathers the rows before the call, from the other inputs' shapes and the hyperparameters.
+            let states: Vec<&str> = def
+                .params
+                .iter()
+                .filter(|q| q.state.is_some())
+                .map(|q| q.name.name.as_str())
+                .collect();
+            let undetermined = state_in.shape[1..].iter().find_map(|d| match d {
+                Dim::Sym(s)
+                    if self.f.dims[s.index()].hyper.is_none()
+                        && !self
+                            .f
+                            .inputs
+                            .iter()
+                            .any(|i| !states.contains(&i.name.as_str()) && i.shape.contains(d)) =>
+                {
+                    Some(*s)
+                }
+                _ => None,
+            });
+            if let Some(s) = undetermined {
+                let dim = self.f.dims[s.index()].name.clone();
+                let msg = format!(
+                    "the size {dim} of a row of state `{}` is not given by another input or an idx hyperparameter",
+                    p.name.name
+                );
+                self.err(
+                    Diag::new(Code::BadState, msg)
+                        .label(p.ty.span, "the state's type")
+                        .help(format!(
+                            "a state store gathers rows before the call, so {dim} must be an axis of another input \
+                             (`x: f32[B, {dim}]`) or an idx hyperparameter (`{dim}: idx = 4`)"
+                        )),
+                );
                 continue;
             }
             let init = match &p.default {
@@ -697,6 +740,9 @@ impl Cx<'_, '_> {
             ast::DimExprKind::Name(n) => match self.lookup(n) {
                 Some(Found::Local(Local::Dim(id), _)) => Some(Dim::Sym(id)),
                 Some(Found::Global(_)) => self.dim(d),
+                Some(Found::Local(Local::Hyper(h), _)) if self.f.hypers[h as usize].scalar == Scalar::Int => {
+                    Some(Dim::Sym(self.hyper_dim(h)))
+                }
                 Some(Found::Local(_, prev)) => {
                     self.err(
                         Diag::new(Code::Duplicate, format!("`{n}` is a parameter and a dimension"))
@@ -721,13 +767,33 @@ impl Cx<'_, '_> {
                     Some(Dim::Sym(id))
                 }
             },
+            // An expression over idx hyperparameters and consts is known before any input (`E + 1`).
+            _ if self.over_hypers(d) => self.dim(d),
             _ => {
                 self.err(
                     Diag::new(Code::BadDim, "an input's dimension must be a name or an integer")
                         .label(d.span, "an expression")
-                        .help("name the dimension (`f32[M]`) and derive others inside the body"),
+                        .help(
+                            "name the dimension (`f32[M]`) and derive others inside the body; only idx \
+                             hyperparameters and consts combine (`f32[N, E + 1]`)",
+                        ),
                 );
                 None
+            }
+        }
+    }
+
+    /// Whether every name in a dimension expression is an idx hyperparameter or an integer const.
+    fn over_hypers(&self, d: &ast::DimExpr) -> bool {
+        match &d.kind {
+            ast::DimExprKind::Int(_) => true,
+            ast::DimExprKind::Name(n) => match self.lookup(n) {
+                Some(Found::Local(Local::Hyper(h), _)) => self.f.hypers[h as usize].scalar == Scalar::Int,
+                Some(Found::Global(r)) => matches!(self.sema.item(r).kind, ItemKind::Const { .. }),
+                _ => false,
+            },
+            ast::DimExprKind::Add(a, b) | ast::DimExprKind::Sub(a, b) | ast::DimExprKind::Mul(a, b) => {
+                self.over_hypers(a) && self.over_hypers(b)
             }
         }
     }

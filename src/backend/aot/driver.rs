@@ -511,6 +511,8 @@ pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsuppor
                         lit(&input.name)
                     );
                 }
+                // Checked once the hyperparameters are read.
+                Dim::Sym(sym) if f.dims[sym.index()].hyper.is_some() => {}
                 Dim::Sym(sym) => match &source_of[sym.index()] {
                     Some(from) => {
                         let dname = &f.dims[sym.index()].name;
@@ -534,6 +536,46 @@ pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsuppor
             }
         }
         let _ = writeln!(code, "    lossc_ptrs[{i}] = (void *){n};");
+    }
+    let hyper_names: Vec<String> = defaults.iter().map(|(n, _)| n.clone()).collect();
+    for (h, n) in f.hypers.iter().zip(&hyper_names) {
+        if h.scalar == Scalar::Int {
+            let _ = writeln!(
+                code,
+                "    if (!isfinite({n}) || {n} != trunc({n})) {{\n        char lossc_value[40];\n        \
+                 lossc_rt_shortest({n}, lossc_value);\n        return lossc_rt_fail(error, error_size, \
+                 LOSSC_RT_HYPER_ERROR, \"hyperparameter `%s` is an integer, but was given %s\", {}, lossc_value);\n    }}",
+                lit(&h.name)
+            );
+        }
+    }
+    // A size an integer hyperparameter sets (saturated, as Rust's `as i64` does).
+    for (k, d) in f.dims.iter().enumerate() {
+        if let Some(h) = d.hyper {
+            let n = &hyper_names[h as usize];
+            let _ = writeln!(
+                code,
+                "    lossc_s[{k}] = {n} >= 9.2e18 ? INT64_MAX : {n} <= -9.2e18 ? INT64_MIN : (int64_t){n};"
+            );
+        }
+    }
+    // An input axis integer hyperparameters size has their value (as `call::bind` checks it).
+    for (input, (_, shape)) in f.inputs.iter().zip(&input_names) {
+        for (axis, d) in input.shape.iter().enumerate() {
+            let Some(from) = crate::call::hyper_sized(f, d) else {
+                continue;
+            };
+            let _ = writeln!(
+                code,
+                "    if ({shape}[{axis}] != {size}) return lossc_rt_fail(error, error_size, LOSSC_RT_SHAPE_ERROR, \
+                 \"dimension %s mismatch: axis {axis} of `%s` has size %lld, but %s = %lld (from %s)\", {dn}, {}, \
+                 (long long){shape}[{axis}], {dn}, (long long)({size}), {});",
+                lit(&input.name),
+                lit(&from),
+                size = sized_entry(d),
+                dn = lit(&f.show_dim(d)),
+            );
+        }
     }
     for (k, (input, (n, shape))) in f.inputs.iter().zip(&input_names).enumerate() {
         // Labels within their bound; sample ids that key state within the state store's limit (as
@@ -568,28 +610,6 @@ pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsuppor
                 .map_or(String::new(), |v| format!(" && {n}[lossc_i] != INT64_C({v})")),
             or = lit(&crate::call::or_ignored(input.ignore)),
         );
-    }
-    let hyper_names: Vec<String> = defaults.iter().map(|(n, _)| n.clone()).collect();
-    for (h, n) in f.hypers.iter().zip(&hyper_names) {
-        if h.scalar == Scalar::Int {
-            let _ = writeln!(
-                code,
-                "    if (!isfinite({n}) || {n} != trunc({n})) {{\n        char lossc_value[40];\n        \
-                 lossc_rt_shortest({n}, lossc_value);\n        return lossc_rt_fail(error, error_size, \
-                 LOSSC_RT_HYPER_ERROR, \"hyperparameter `%s` is an integer, but was given %s\", {}, lossc_value);\n    }}",
-                lit(&h.name)
-            );
-        }
-    }
-    // A size an integer hyperparameter sets (saturated, as Rust's `as i64` does).
-    for (k, d) in f.dims.iter().enumerate() {
-        if let Some(h) = d.hyper {
-            let n = &hyper_names[h as usize];
-            let _ = writeln!(
-                code,
-                "    lossc_s[{k}] = {n} >= 9.2e18 ? INT64_MAX : {n} <= -9.2e18 ? INT64_MIN : (int64_t){n};"
-            );
-        }
     }
     let _ = writeln!(
         code,

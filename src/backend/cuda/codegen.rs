@@ -107,25 +107,28 @@ pub(super) fn source(f: &Function, plan: &Plan) -> (String, Vec<KernelSpec>) {
 }
 
 /// The kernels that move a stateful loss's rows between its state tables in device memory and the call
-/// ([`crate::Kernel::eval_device_stateful`]): `B = [ids, table, rows(, last)]`, `D = [rows]`.
+/// ([`crate::Kernel::eval_device_stateful`]): `B = [slots, table, rows(, last)]`, `D = [values, values per
+/// row]`; value `r` of the call belongs to the row of `slots[r / width]`.
 pub(super) const STATE_GATHER: &str = "lossc_state_gather";
 pub(super) const STATE_SCATTER: &str = "lossc_state_scatter";
 const STATE_KERNELS: &str = r#"// lossc_state_gather / lossc_state_scatter: state rows by sample id (ids checked on the host)
 extern "C" __global__ void lossc_state_gather(void* const* B, const long long* D, const double* H, unsigned long long* E) {
-    const long long* const ids = (const long long*)B[0];
+    const long long* const slots = (const long long*)B[0];
     const float* const table = (const float*)B[1];
     float* const rows = (float*)B[2];
+    const long long w = D[1];
     (void)H; (void)E;
-    for (long long r = blockIdx.x * (long long)blockDim.x + threadIdx.x; r < D[0]; r += (long long)gridDim.x * blockDim.x) rows[r] = table[ids[r]];
+    for (long long r = blockIdx.x * (long long)blockDim.x + threadIdx.x; r < D[0]; r += (long long)gridDim.x * blockDim.x) rows[r] = table[slots[r / w] * w + r % w];
 }
 extern "C" __global__ void lossc_state_scatter(void* const* B, const long long* D, const double* H, unsigned long long* E) {
-    const long long* const ids = (const long long*)B[0];
+    const long long* const slots = (const long long*)B[0];
     float* const table = (float*)B[1];
     const float* const rows = (const float*)B[2];
     const int* const last = (const int*)B[3];
+    const long long w = D[1];
     (void)H; (void)E;
     for (long long r = blockIdx.x * (long long)blockDim.x + threadIdx.x; r < D[0]; r += (long long)gridDim.x * blockDim.x)
-        if (last[r]) table[ids[r]] = rows[r];
+        if (last[r / w]) table[slots[r / w] * w + r % w] = rows[r];
 }
 "#;
 
