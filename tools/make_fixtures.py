@@ -907,6 +907,65 @@ def saf():
     write("saf", cases)
 
 
+# ---- class-incremental segmentation (BARM) -----------------------------------------------------------
+
+
+def segmentation():
+    loss = original("ANDYZAQ/BARM", "0a59203", "utils/loss.py")
+    ns = {"torch": torch, "nn": torch.nn, "F": F, "time": __import__("time")}
+    head_cls, trainer_cls = original_defs("ANDYZAQ/BARM", "0a59203", "network/_deeplab.py", ["DeepLabHeadBgA"], ns) + \
+        original_defs("ANDYZAQ/BARM", "0a59203", "trainer/trainer.py", ["Trainer"], ns)
+    ref = ("BARM trainer/trainer.py Trainer.train_episode (step 1, pseudo labels, bce_loss), utils/loss.py "
+           "BCEWithLogitsLossWithIgnoreIndex, network/_deeplab.py DeepLabHeadBgA.forward @ 0a59203")
+
+    def head(heads, fea_pre):
+        # DeepLabHeadBgA in training mode whose convolutions are replaced by the case's tensors: `head_pre`
+        # gives the ear feature fea_pre, `head[k]` the k-th head's logits (ASPP: the identity).
+        m = head_cls.__new__(head_cls)
+        torch.nn.Module.__init__(m)
+        m.aspp = lambda x: x
+        m.head_pre = lambda x: fea_pre
+        m.head = [lambda x, t=t: t for t in heads]
+        m.ear = [lambda x: torch.zeros_like(fea_pre) for _ in heads[1:]]
+        return m
+
+    class Stub:
+        """What train_episode calls besides the loss: optimizer, scaler, scheduler, meters (no-ops)."""
+        def __getattr__(self, name):
+            return lambda *a, **k: self
+
+    cases = []
+    for k, (b, a, d, fc, h, w, up) in enumerate([(2, 3, 2, 2, 3, 4, 2), (1, 4, 3, 3, 4, 4, 2)]):
+        p0 = randn(b, a, h, w, seed=700 + k, scale=2.0)
+        p1 = randn(b, d, h, w, seed=710 + k, scale=2.0)
+        q0 = randn(b, a, h, w, seed=720 + k, scale=3.0, grad=False)
+        f0 = randn(b, fc, h, w, seed=730 + k)
+        g0 = randn(b, fc, h, w, seed=740 + k, grad=False)
+        big = (b, h * up, w * up)
+        y = torch.randint(0, a + d - 1, big, generator=gen(750 + k))
+        y = torch.where(torch.rand(big, generator=gen(760 + k)) < 0.4, 0, y)  # background, for pseudo labels
+        y = torch.where(torch.rand(big, generator=gen(770 + k)) < 0.1, 255, y)  # ignored pixels
+
+        def fn(p0, p1, q0, f0, g0, y):
+            cur, prev = head([p0, p1], f0), head([q0], g0)
+            images = torch.zeros(b, 1, h, w)  # the backbone's output: only its spatial size is read
+            t = trainer_cls.__new__(trainer_cls)
+            t.model = type("M", (), {"module": staticmethod(lambda x: cur.forward({"out": x}))})()
+            t.model_prev = type("M", (), {"module": staticmethod(lambda x: prev.forward({"out": x}))})()
+            t.optimizer = t.scheduler = t.aux_loss_1 = t.aux_loss_2 = t.aux_loss_3 = t.aux_loss_4 = Stub()
+            t.avg_loss = t.avg_time = t.avg_loss_std = Stub()
+            t.amp, t.pseudo, t.curr_step, t.loss_type, t.pseudo_thresh = False, True, 1, "bce_loss", 0.7
+            t.num_classes = [a - 1, d - 1]
+            t.criterion = loss.BCEWithLogitsLossWithIgnoreIndex(ignore_index=255, reduction="mean")
+            t.mse_loss, t.bce_loss = torch.nn.MSELoss(reduction="mean"), torch.nn.BCEWithLogitsLoss(reduction="none")
+            _, total = trainer_cls.train_episode(t, images, y, Stub(), 0)
+            return total
+
+        cases.append(case(f"barm_{k}", "std::segmentation::barm", ref,
+                          [call({"p0": p0, "p1": p1, "q0": q0, "f0": f0, "g0": g0, "y": y}, fn)]))
+    write("segmentation", cases)
+
+
 FAMILIES = {
     "dro_metrics_divergence": dro_metrics_divergence,
     "classification": classification,
@@ -921,6 +980,7 @@ FAMILIES = {
     "few_shot": few_shot,
     "face": face,
     "saf": saf,
+    "segmentation": segmentation,
 }
 
 if __name__ == "__main__":

@@ -973,9 +973,10 @@ impl<'a> Emit<'a> {
                 _ => (None, Some(args[1])),
             };
             self.line(format!("{} {var};", c_type(scalar)));
+            // `a && b` is false where a is; `a || b` true where a is.
             for (head, side, constant) in [
-                (format!("if ({c})"), then, "false"),
-                ("else".to_string(), other, "true"),
+                (format!("if ({c})"), then, "true"),
+                ("else".to_string(), other, "false"),
             ] {
                 self.open(head);
                 let v = side.map_or_else(|| constant.to_string(), |s| self.value(s));
