@@ -48,6 +48,12 @@ const TABLE: &[(&str, &str, Verdict)] = &[
     // denominator, so no rule proves it and no sample sees the eps.
     ("std::classification::z_loss", "invariant to shifting", Proven),
     ("std::classification::z_loss", "invariant to scaling", Unknown),
+    // Label smoothing mixes (1 - eps)(lse - s_y) and eps · mean_k (lse - s_k): both convex, and both weights
+    // nonnegative at eps = 0.1 (a sign read from an expression of hyperparameters at their defaults).
+    ("std::classification::cross_entropy_smooth", "convex in s", Proven),
+    // Comp-sum at tau = 0.5: (exp((1 - tau) l) - 1) / (1 - tau) with l = lse - s_y convex and 1 - tau > 0
+    // (Mao, Mohri, Zhong 2023: convex for tau < 1).
+    ("std::classification::comp_sum", "convex in s", Proven),
     // KL-DRO is λ logsumexp(l / λ) of per-sample cross-entropies: convex for λ > 0.
     ("std::dro::kl_dro", "convex in s", Proven),
     // Hinge losses are maxima of affine functions; the squared AUC surrogates are squares of affine or of
@@ -131,10 +137,21 @@ fn a_sign_flip_makes_convexity_disproven_with_a_counterexample() {
     let r = report_of(scaled);
     assert_eq!(verdict(&r, "concave in x"), Proven, "{}", r.text());
     assert!(
-        r.text().contains("assuming `w` keeps the sign of its default"),
+        r.text()
+            .contains("assuming the factors made of `w` keep the signs they have at its default"),
         "{}",
         r.text()
     );
+    // A factor that is an expression of a hyperparameter (`1 - eps`) has the sign of its value at the
+    // default: label smoothing with eps = 0.1 is convex; with eps = 2 the first weight is negative, and
+    // the sum of a concave and a convex part is not proven convex.
+    let smooth = "loss l(s: f32[N, C], y: idx[N] < C, eps: f32 = 0.1) {
+        let lse[i] = logsumexp[k] s[i, k]
+        mean[i] (1 - eps) * (lse[i] - s[i, y[i]]) + eps * mean[k] (lse[i] - s[i, k])
+    }";
+    assert_eq!(verdict(&report_of(smooth), "convex in s"), Proven);
+    let r = report_of(&smooth.replace("0.1", "2.0"));
+    assert_ne!(verdict(&r, "convex in s"), Proven, "{}", r.text());
 }
 
 #[test]

@@ -180,6 +180,40 @@ impl<'a> Curvature<'a> {
         }
     }
 
+    /// The value of an arithmetic expression of numbers and hyperparameters at the hyperparameters'
+    /// defaults (recorded as assumed), or None for anything else (a size, a load, a reduction).
+    fn at_defaults(&mut self, n: NodeId) -> Option<f64> {
+        fn eval(f: &Function, n: NodeId, used: &mut Vec<String>) -> Option<f64> {
+            let v = match &f.node(n).expr {
+                Expr::Float(b) => f64::from_bits(*b),
+                Expr::Int(i) => *i as f64,
+                Expr::Hyper(h) => {
+                    let h = &f.hypers[*h as usize];
+                    used.push(h.name.clone());
+                    h.default
+                }
+                Expr::Prim { prim, args } => {
+                    let a: Vec<f64> = args.iter().map(|x| eval(f, *x, used)).collect::<Option<_>>()?;
+                    match (prim, &a[..]) {
+                        (Prim::Add, [x, y]) => x + y,
+                        (Prim::Sub, [x, y]) => x - y,
+                        (Prim::Mul, [x, y]) => x * y,
+                        (Prim::Div, [x, y]) => x / y,
+                        (Prim::Neg, [x]) => -x,
+                        (Prim::ToFloat | Prim::StopGrad, [x]) => *x,
+                        _ => return None,
+                    }
+                }
+                _ => return None,
+            };
+            v.is_finite().then_some(v)
+        }
+        let mut used = Vec::new();
+        let v = eval(self.f, n, &mut used)?;
+        self.assumed.extend(used);
+        Some(v)
+    }
+
     /// The sign of a node that does not depend on the input (hyperparameters by their defaults' signs).
     fn sign(&mut self, n: NodeId) -> Sign {
         use Sign::*;
@@ -198,6 +232,8 @@ impl<'a> Curvature<'a> {
                 self.assumed.insert(h.name.clone());
                 of(h.default)
             }
+            // An expression of hyperparameters and numbers alone (`1 - eps`): its value at the defaults.
+            Expr::Prim { .. } if let Some(v) = self.at_defaults(n) => of(v),
             Expr::Prim { prim, args } => {
                 let s: Vec<Sign> = args.iter().map(|a| self.sign(*a)).collect();
                 let product = |a: Sign, b: Sign| match (a, b) {

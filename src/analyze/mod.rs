@@ -200,8 +200,14 @@ fn convexity(g: &Function, loss: usize, input: u32, s: &mut Sampler) -> Vec<Find
     if !c.assumed.is_empty() {
         let names: Vec<String> = c.assumed.iter().map(|h| format!("`{h}`")).collect();
         derivation.push(match names.len() {
-            1 => format!("assuming {} keeps the sign of its default", names[0]),
-            _ => format!("assuming {} keep the signs of their defaults", names.join(", ")),
+            1 => format!(
+                "assuming the factors made of {} keep the signs they have at its default",
+                names[0]
+            ),
+            _ => format!(
+                "assuming the factors made of {} keep the signs they have at their defaults",
+                names.join(", ")
+            ),
         });
     }
     let mut out = Vec::new();
