@@ -61,6 +61,8 @@ impl<'a, 'b> Lower<'a, 'b> {
             fma,
             keep_exps: None,
             residual: None,
+            lane_residual: None,
+            vector_residual: None,
             kept_exps: HashMap::new(),
             extremes: Vec::new(),
             rows_ahead: [None; 2],
@@ -317,7 +319,12 @@ impl<'a, 'b> Lower<'a, 'b> {
         let lanes_along_head =
             (float || scalar == Scalar::Bool) && head.last().is_some_and(|(k, _)| self.vectorizable(nest.body, *k));
         self.vector_head = None;
-        let lanes_along_head = lanes_along_head && from < head.len();
+        // A run of lanes stores its logsumexps' residuals as it stores them, which a run computing its
+        // last vector first (an element reading its own buffer) would not.
+        let residual = self.plan.residual_of(nest.tensor);
+        let lanes_along_head =
+            lanes_along_head && from < head.len() && !(residual.is_some() && self.rewrites_in_place(nest.body, buffer));
+        self.vector_residual = residual;
         if from == 0 && self.column_major(&head, nest.body) {
             self.column_major_nest(buffer, scalar, &head, nest.body);
         } else if let Some(update) = self.row_update_form(&head, nest.body).filter(|_| float) {
@@ -551,6 +558,11 @@ impl<'a, 'b> Lower<'a, 'b> {
         let mut store = |l: &mut Self, v: Value| {
             let flat = l.flat(head);
             l.vstore(buffer, flat, v);
+            if let Some(r) = l.vector_residual {
+                // Where no logsumexp was lowered lane-wise (its value was at hand), no residual: 0.
+                let lo = l.lane_residual.take().unwrap_or_else(|| l.splat_f32(0.0));
+                l.vstore(r, flat, lo);
+            }
         };
         match tail {
             // The row already holds these values (its guest's): nothing to store.

@@ -370,6 +370,10 @@ struct Lower<'a, 'b> {
     /// What f32 rounded off the last logsumexp lowered (its exact value minus its f32 value), for a nest
     /// whose residual the plan keeps ([`super::loops::Residual`]).
     residual: Option<Value>,
+    /// The same for the lanes of a logsumexp lowered lane-wise (simd.rs `vreduce`), and the residual
+    /// buffer of the nest whose run stores them.
+    lane_residual: Option<Value>,
+    vector_residual: Option<usize>,
     /// `exp` nodes whose values wait in their consumer's row (its buffer), with the factor (1 / sum, or
     /// 1 for a non-finite maximum) that turns a kept exponential into the node's value.
     kept_exps: HashMap<NodeId, (usize, KeptFactor)>,

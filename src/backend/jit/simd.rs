@@ -102,13 +102,16 @@ impl Lower<'_, '_> {
                 Expr::Load { tensor, subs } => {
                     let shape = self.f.ref_shape(*tensor);
                     let at_k = |s: &NodeId| matches!(self.f.node(*s).expr, Expr::Index(i) if i == k);
-                    subs.iter().filter(|s| at_k(s)).count() == 1
+                    let in_range = subs.iter().zip(&shape).all(|(s, d)| self.in_range(*s, d));
+                    let along_k = subs.iter().filter(|s| at_k(s)).count() == 1
                         && subs
                             .iter()
                             .filter(|s| !at_k(s))
                             .all(|s| !self.f.node(*s).free.contains(&k))
-                        && subs.iter().zip(&shape).all(|(s, d)| self.in_range(*s, d))
-                        && (subs.last().is_some_and(at_k) || node.scalar == Scalar::Float)
+                        && (subs.last().is_some_and(at_k) || node.scalar == Scalar::Float);
+                    // Else a float whose subscripts depend on k otherwise (a label's score `s[b, y[b, i, j],
+                    // i, j]`): gathered lane by lane ([`Self::lane_by_lane`]).
+                    in_range && (along_k || (node.scalar == Scalar::Float && !self.needs_branch(n)))
                 }
                 // A sum over other indices, each term lane-wise along k (an outer-product style loop).
                 Expr::Reduce {
@@ -118,6 +121,21 @@ impl Lower<'_, '_> {
                     body,
                 } => {
                     !indices.contains(&k) && self.vec_ok(*body, k, memo) && mask.is_none_or(|m| self.vec_ok(m, k, memo))
+                }
+                // A max, min or logsumexp over other indices whose terms are contiguous along k (a softmax
+                // over the channels of [B, C, H, W] scores: each lane a pixel, [`Self::vreduce`]); where the
+                // lanes would gather, the row strategies of reduce.rs read the row contiguously instead.
+                Expr::Reduce {
+                    op: ReduceOp::Max | ReduceOp::Min | ReduceOp::LogSumExp,
+                    indices,
+                    mask,
+                    body,
+                } => {
+                    !indices.contains(&k)
+                        && !self.gathers(*body, k)
+                        && mask.is_none_or(|m| !self.gathers(m, k))
+                        && self.vec_ok(*body, k, memo)
+                        && mask.is_none_or(|m| self.vec_ok(m, k, memo))
                 }
                 Expr::Prim { prim, args } => {
                     use Prim::*;
@@ -358,7 +376,7 @@ impl Lower<'_, '_> {
         self.b.ins().bitcast(types::F32X4, vflags(), mixed)
     }
 
-    fn splat_f32(&mut self, x: f32) -> Value {
+    pub(super) fn splat_f32(&mut self, x: f32) -> Value {
         self.fk(x, true)
     }
 
@@ -403,6 +421,7 @@ impl Lower<'_, '_> {
                     let steps = self.lanes_constant(types::I32X4, [0, 1, 2, 3]);
                     self.b.ins().iadd(base, steps)
                 }
+                Expr::Load { subs, .. } if !self.along(subs, k) => self.lane_by_lane(n, k, kb),
                 Expr::Load { tensor, subs } => {
                     let buffer = self.plan.buffer_of(self.f, *tensor);
                     let shape = self.plan.buffers[buffer].shape.clone();
@@ -480,7 +499,8 @@ impl Lower<'_, '_> {
                     self.b.ins().fsub(d, lo)
                 }
                 Expr::Prim { prim, args } => self.vprim(*prim, args, k, kb, memo),
-                Expr::Reduce { .. } => self.vsums(n, k, &[kb])[0],
+                Expr::Reduce { op: ReduceOp::Sum, .. } => self.vsums(n, k, &[kb])[0],
+                Expr::Reduce { .. } => self.vreduce(n, k, kb),
                 _ => unreachable!("vectorizable() admits no other node"),
             }
         };
@@ -508,10 +528,11 @@ impl Lower<'_, '_> {
             .collect();
         let ranges: Vec<(IndexId, crate::ir::Dim)> =
             indices.iter().map(|i| (*i, self.f.index(*i).range.clone())).collect();
+        let outer: Vec<HashMap<NodeId, Value>> = kbs.iter().map(|kb| self.lanes_outside(n, k, *kb)).collect();
         self.reduce_loops(&ranges, 0, &mut |l: &mut Self| {
-            for (acc, kb) in accs.iter().zip(kbs) {
-                // Terms depend on the summed indices: a fresh memo per point.
-                let mut inner = HashMap::new();
+            for ((acc, kb), outer) in accs.iter().zip(kbs).zip(&outer) {
+                // Terms depend on the summed indices: a fresh memo per point, over what does not.
+                let mut inner = outer.clone();
                 let v = l.vvalue(body, k, *kb, &mut inner);
                 let m = mask.map(|m| l.vvalue(m, k, *kb, &mut inner));
                 let v = l.fill_masked(v, m, 0.0);
@@ -521,6 +542,125 @@ impl Lower<'_, '_> {
             }
         });
         accs.into_iter().map(|acc| self.b.use_var(acc)).collect()
+    }
+
+    /// The lanes at `kb` of the nodes under the reduction `n` that depend on `k` and on no index bound
+    /// inside it (a label's score `s[b, y[b, i, j], i, j]` inside a logsumexp over channels): computed once
+    /// before the reduction's loops, for each point's memo to start from.
+    fn lanes_outside(&mut self, n: NodeId, k: IndexId, kb: Value) -> HashMap<NodeId, Value> {
+        let Expr::Reduce { mask, body, .. } = self.f.node(n).expr.clone() else {
+            unreachable!("lanes_outside: a reduction");
+        };
+        let bound = self.f.node(n).free.clone();
+        let mut memo = HashMap::new();
+        let roots: Vec<NodeId> = std::iter::once(body).chain(mask).collect();
+        for m in self.f.reachable(&roots) {
+            let free = &self.f.node(m).free;
+            if free.contains(&k) && free.iter().all(|i| bound.contains(i)) {
+                self.vvalue(m, k, kb, &mut memo);
+            }
+        }
+        memo
+    }
+
+    /// Whether a load's subscripts are `k` once, bare, and others free of `k` (a load along `k`).
+    fn along(&self, subs: &[NodeId], k: IndexId) -> bool {
+        let at_k = |s: &NodeId| matches!(self.f.node(*s).expr, Expr::Index(i) if i == k);
+        subs.iter().filter(|s| at_k(s)).count() == 1
+            && subs
+                .iter()
+                .filter(|s| !at_k(s))
+                .all(|s| !self.f.node(*s).free.contains(&k))
+    }
+
+    /// The lanes of `n` at `kb .. kb + 4` computed one at a time by the scalar code, `k` fixed at each (a
+    /// float load at subscripts that depend on `k` through other loads; in range, so it cannot fail).
+    fn lane_by_lane(&mut self, n: NodeId, k: IndexId, kb: Value) -> Value {
+        let before = self.fixed.get(&k).copied();
+        let mut lanes = self.splat_f32(0.0);
+        for lane in 0..LANES as u8 {
+            let at = self.b.ins().iadd_imm_s(kb, lane as i64);
+            self.fixed.insert(k, at);
+            self.frames.push(HashMap::new());
+            let x = self.value(n);
+            self.frames.pop();
+            lanes = self.b.ins().insertlane(lanes, x, lane);
+        }
+        match before {
+            Some(v) => self.fixed.insert(k, v),
+            None => self.fixed.remove(&k),
+        };
+        lanes
+    }
+
+    /// The lanes of the max, min or logsumexp `n` over indices other than `k`, each lane a row of its own
+    /// (one pass over the reduced indices for all four): a max (min) lane by lane, NaN in a lane whose
+    /// terms hold one (as `fmax` over them gives); a logsumexp in two passes, the lanes' maxima and then
+    /// their sums of exp(x - max) in f64, each lane finished as the row code finishes a row (max +
+    /// log(sum) in f64, rounded once; a maximum of ±inf or NaN is the result), its rounding residual left
+    /// in [`Lower::lane_residual`] for the nest's residual buffer. Masked terms are left out.
+    fn vreduce(&mut self, n: NodeId, k: IndexId, kb: Value) -> Value {
+        let Expr::Reduce {
+            op,
+            indices,
+            mask,
+            body,
+        } = self.f.node(n).expr.clone()
+        else {
+            unreachable!("vreduce: a reduction");
+        };
+        let ranges: Vec<(IndexId, crate::ir::Dim)> =
+            indices.iter().map(|i| (*i, self.f.index(*i).range.clone())).collect();
+        let max = op != ReduceOp::Min;
+        let acc = self.vext_new(max, true);
+        let empty = if max { f32::NEG_INFINITY } else { f32::INFINITY };
+        let outer = self.lanes_outside(n, k, kb);
+        self.reduce_loops(&ranges, 0, &mut |l: &mut Self| {
+            let mut inner = outer.clone();
+            let v = l.vvalue(body, k, kb, &mut inner);
+            let m = mask.map(|m| l.vvalue(m, k, kb, &mut inner));
+            let v = l.fill_masked(v, m, empty);
+            l.vext_add(acc, v);
+        });
+        let lanes = self.b.use_var(acc.lanes);
+        let seen = self.b.use_var(acc.nan.expect("tracked"));
+        let seen = self.b.ins().bitcast(types::F32X4, vflags(), seen);
+        let nan = self.splat_f32(f32::NAN);
+        let mx = self.b.ins().bitselect(seen, nan, lanes);
+        if op != ReduceOp::LogSumExp {
+            return mx;
+        }
+        let sums = self.vacc_sum();
+        self.reduce_loops(&ranges, 0, &mut |l: &mut Self| {
+            let mut inner = outer.clone();
+            let v = l.vvalue(body, k, kb, &mut inner);
+            let m = mask.map(|m| l.vvalue(m, k, kb, &mut inner));
+            let d = l.b.ins().fsub(v, mx);
+            let e = l.exp_lanes(d, true);
+            let e = l.fill_masked(e, m, 0.0);
+            l.vacc_add(sums, e);
+        });
+        let halves = [self.b.use_var(sums.0), self.b.use_var(sums.1)];
+        let (mut out, mut residual) = (mx, self.splat_f32(0.0));
+        for lane in 0..LANES as u8 {
+            let m = self.b.ins().extractlane(mx, lane);
+            let sum = self.b.ins().extractlane(halves[lane as usize / 2], lane % 2);
+            let lg = self.call("lossc_log", &[sum]);
+            let m64 = self.b.ins().fpromote(types::F64, m);
+            let r64 = self.b.ins().fadd(m64, lg);
+            let r = self.b.ins().fdemote(types::F32, r64);
+            let finite = self.finite(m);
+            let value = self.b.ins().select(finite, r, m);
+            out = self.b.ins().insertlane(out, value, lane);
+            let back = self.b.ins().fpromote(types::F64, r);
+            let lo = self.b.ins().fsub(r64, back);
+            let lo = self.b.ins().fdemote(types::F32, lo);
+            let zero = self.fconst(0.0);
+            let lo = self.b.ins().select(finite, lo, zero);
+            residual = self.b.ins().insertlane(residual, lo, lane);
+        }
+        self.lane_residual = Some(residual);
+        out
     }
 
     /// A vectorized nest whose element is a sum over other indices (a column sum `r[h] = sum[i] e(i, h)`),
@@ -536,7 +676,7 @@ impl Lower<'_, '_> {
         end: Value,
         element: NodeId,
     ) -> Value {
-        if !matches!(self.f.node(element).expr, Expr::Reduce { .. }) {
+        if !matches!(self.f.node(element).expr, Expr::Reduce { op: ReduceOp::Sum, .. }) {
             return start;
         }
         // Tiles for a column sum along its one (outermost) index, whose chunks are then as wide as a tile;
