@@ -1659,3 +1659,56 @@ fn labels_to_ignore_are_accepted_and_never_read() {
         );
     }
 }
+
+/// Reductions over the channels of [B, C, H, W] scores run four pixels per vector (simd.rs `vreduce`):
+/// per pixel, as the interpreter computes them, also where a pixel's channels hold an infinity or a NaN
+/// (the maximum is the result), where a mask leaves a pixel no channel, and at a low temperature (the
+/// logsumexp's residual). Per-pixel outputs show each lane.
+#[test]
+fn channel_reductions_agree_pixel_by_pixel() {
+    let src = "loss px(s: f32[B, C, H, W], y: idx[B, H, W] < C, t: f32 = 1.0)
+        -> (lse: f32[B, H, W], hi: f32[B, H, W], lo: f32[B, H, W], rest: f32[B, H, W]) {
+    out lse[b, i, j] = logsumexp[c] s[b, c, i, j] / t
+    out hi[b, i, j] = max[c] s[b, c, i, j]
+    out lo[b, i, j] = min[c] s[b, c, i, j]
+    out rest[b, i, j] = logsumexp[c | c != y[b, i, j] && s[b, c, i, j] > -5.0] s[b, c, i, j]
+    mean[b, i, j] lse[b, i, j] - s[b, y[b, i, j], i, j] / t
+}";
+    let (jit, interp) = jit_and_interp("px.lx", src);
+    let (b, c, h, w) = (2usize, 3usize, 2usize, 9usize);
+    let mut rng = Rng::new(5);
+    let mut s: Vec<f64> = (0..b * c * h * w).map(|_| rng.normal()).collect();
+    let y: Vec<i64> = (0..b * h * w).map(|_| rng.below(c as u64) as i64).collect();
+    let at = |bb: usize, cc: usize, i: usize, j: usize| ((bb * c + cc) * h + i) * w + j;
+    s[at(0, 1, 0, 2)] = f64::INFINITY;
+    s[at(0, 2, 1, 5)] = f64::NEG_INFINITY;
+    s[at(1, 0, 0, 1)] = f64::NAN;
+    for cc in 0..c {
+        s[at(1, cc, 1, 7)] = -9.0; // masked out entirely in `rest`
+    }
+    let inputs = BTreeMap::from([
+        ("s".to_string(), Tensor::float(vec![b, c, h, w], s.clone())),
+        ("y".to_string(), Tensor::labels(vec![b, h, w], y.clone())),
+    ]);
+    for t in [1.0, 0.01] {
+        let hypers = BTreeMap::from([("t".to_string(), t)]);
+        let a = jit.kernel(None).unwrap().eval_with(&inputs, &hypers).unwrap();
+        let e = interp.kernel(None).unwrap().eval_with(&inputs, &hypers).unwrap();
+        for ((n, x), (_, z)) in a.outputs.iter().zip(&e.outputs) {
+            for (k, (p, q)) in x.to_f64().iter().zip(z.to_f64()).enumerate() {
+                assert!(close(*p, q), "t = {t}: {n}[{k}] jit {p} vs interp {q}");
+            }
+        }
+    }
+    // Finite scores of magnitude ~50 at a low temperature (logsumexps near 5000, where f32 rounds by
+    // 5e-4): the loss and its gradient too, which the logsumexp's residual keeps at float32 accuracy.
+    let finite: Vec<f64> = s.iter().map(|v| if v.is_finite() { 50.0 * v } else { 0.5 }).collect();
+    let inputs = BTreeMap::from([
+        ("s".to_string(), Tensor::float(vec![b, c, h, w], finite)),
+        ("y".to_string(), Tensor::labels(vec![b, h, w], y)),
+    ]);
+    let hypers = BTreeMap::from([("t".to_string(), 0.01)]);
+    let a = jit.kernel(None).unwrap().eval_with(&inputs, &hypers).unwrap();
+    let e = interp.kernel(None).unwrap().eval_with(&inputs, &hypers).unwrap();
+    assert_agree("px at t = 0.01", &a, &e);
+}

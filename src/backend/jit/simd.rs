@@ -111,7 +111,7 @@ impl Lower<'_, '_> {
                         && (subs.last().is_some_and(at_k) || node.scalar == Scalar::Float);
                     // Else a float whose subscripts depend on k otherwise (a label's score `s[b, y[b, i, j],
                     // i, j]`): gathered lane by lane ([`Self::lane_by_lane`]).
-                    in_range && (along_k || (node.scalar == Scalar::Float && !self.needs_branch(n)))
+                    in_range && (along_k || (node.scalar == Scalar::Float && self.label_gather(subs, k)))
                 }
                 // A sum over other indices, each term lane-wise along k (an outer-product style loop).
                 Expr::Reduce {
@@ -498,6 +498,15 @@ impl Lower<'_, '_> {
                     let d = self.b.ins().fsub(a, b);
                     self.b.ins().fsub(d, lo)
                 }
+                // The same where lse differs from lane to lane (a pixel's logsumexp over channels): its
+                // residual lanes from the residual buffer, at the load's place.
+                Expr::Prim { prim: Prim::Sub, args } if self.plan.residual_read(n).is_some() => {
+                    let a = self.vvalue(args[0], k, kb, memo);
+                    let b = self.vvalue(args[1], k, kb, memo);
+                    let lo = self.vresidual_at(n, args[1], k, kb);
+                    let d = self.b.ins().fsub(a, b);
+                    self.b.ins().fsub(d, lo)
+                }
                 Expr::Prim { prim, args } => self.vprim(*prim, args, k, kb, memo),
                 Expr::Reduce { op: ReduceOp::Sum, .. } => self.vsums(n, k, &[kb])[0],
                 Expr::Reduce { .. } => self.vreduce(n, k, kb),
@@ -561,6 +570,69 @@ impl Lower<'_, '_> {
             }
         }
         memo
+    }
+
+    /// Whether a load's subscripts are bare indices and integer loads at bare indices (a label `y[b, i,
+    /// j]`), one of which reads along `k`: a gather that [`Self::lane_by_lane`] computes in four scalar
+    /// loads. Other subscripts that depend on `k` (index arithmetic) stay with the scalar code, whose
+    /// loops compile to less.
+    fn label_gather(&self, subs: &[NodeId], k: IndexId) -> bool {
+        let bare = |n: NodeId| matches!(self.f.node(n).expr, Expr::Index(_));
+        let label = |n: NodeId| match &self.f.node(n).expr {
+            Expr::Load { subs, .. } => self.f.node(n).scalar == Scalar::Int && subs.iter().all(|s| bare(*s)),
+            _ => false,
+        };
+        subs.iter().all(|s| bare(*s) || label(*s))
+            && subs.iter().any(|s| label(*s) && self.f.node(*s).free.contains(&k))
+            && !subs.iter().any(|s| self.needs_branch(*s))
+    }
+
+    /// The lanes of the residual that the read `n` (`x - lse[..]`) subtracts with `lse`, a load that
+    /// depends on `k`: a vector from the residual buffer where the load runs along `k` contiguously, else
+    /// lane by lane.
+    fn vresidual_at(&mut self, n: NodeId, lse: NodeId, k: IndexId, kb: Value) -> Value {
+        let Expr::Load { subs, .. } = self.f.node(lse).expr.clone() else {
+            unreachable!("a residual read subtracts a load")
+        };
+        let before = self.fixed.get(&k).copied();
+        let contiguous = self.along(&subs, k)
+            && subs
+                .last()
+                .is_some_and(|s| matches!(self.f.node(*s).expr, Expr::Index(i) if i == k));
+        let lanes = if contiguous {
+            let buffer = self.plan.residual_read(n).expect("a residual read");
+            let shape = self.plan.buffers[buffer].shape.clone();
+            self.fixed.insert(k, kb);
+            self.frames.push(HashMap::new());
+            let mut flat = self.b.ins().iconst(types::I64, 0);
+            for (s, d) in subs.iter().zip(&shape) {
+                let v = self.value(*s);
+                let size = self.dim(d);
+                let scaled = self.b.ins().imul(flat, size);
+                flat = self.b.ins().iadd(scaled, v);
+            }
+            self.frames.pop();
+            let addr = self.address(buffer, Scalar::Float, flat);
+            self.b
+                .ins()
+                .load(types::F32X4, MemFlagsData::new().with_notrap(), addr, 0)
+        } else {
+            let mut lanes = self.splat_f32(0.0);
+            for lane in 0..LANES as u8 {
+                let at = self.b.ins().iadd_imm_s(kb, lane as i64);
+                self.fixed.insert(k, at);
+                self.frames.push(HashMap::new());
+                let x = self.residual_at(n, lse);
+                self.frames.pop();
+                lanes = self.b.ins().insertlane(lanes, x, lane);
+            }
+            lanes
+        };
+        match before {
+            Some(v) => self.fixed.insert(k, v),
+            None => self.fixed.remove(&k),
+        };
+        lanes
     }
 
     /// Whether a load's subscripts are `k` once, bare, and others free of `k` (a load along `k`).
