@@ -594,45 +594,33 @@ impl Lower<'_, '_> {
         let Expr::Load { subs, .. } = self.f.node(lse).expr.clone() else {
             unreachable!("a residual read subtracts a load")
         };
-        let before = self.fixed.get(&k).copied();
         let contiguous = self.along(&subs, k)
             && subs
                 .last()
                 .is_some_and(|s| matches!(self.f.node(*s).expr, Expr::Index(i) if i == k));
-        let lanes = if contiguous {
-            let buffer = self.plan.residual_read(n).expect("a residual read");
-            let shape = self.plan.buffers[buffer].shape.clone();
-            self.fixed.insert(k, kb);
-            self.frames.push(HashMap::new());
-            let mut flat = self.b.ins().iconst(types::I64, 0);
-            for (s, d) in subs.iter().zip(&shape) {
-                let v = self.value(*s);
-                let size = self.dim(d);
-                let scaled = self.b.ins().imul(flat, size);
-                flat = self.b.ins().iadd(scaled, v);
-            }
-            self.frames.pop();
-            let addr = self.address(buffer, Scalar::Float, flat);
-            self.b
-                .ins()
-                .load(types::F32X4, MemFlagsData::new().with_notrap(), addr, 0)
-        } else {
-            let mut lanes = self.splat_f32(0.0);
-            for lane in 0..LANES as u8 {
-                let at = self.b.ins().iadd_imm_s(kb, lane as i64);
-                self.fixed.insert(k, at);
-                self.frames.push(HashMap::new());
-                let x = self.residual_at(n, lse);
-                self.frames.pop();
-                lanes = self.b.ins().insertlane(lanes, x, lane);
-            }
-            lanes
-        };
+        if !contiguous {
+            return self.per_lane(k, kb, &mut |l: &mut Self| l.residual_at(n, lse));
+        }
+        let buffer = self.plan.residual_read(n).expect("a residual read");
+        let shape = self.plan.buffers[buffer].shape.clone();
+        let before = self.fixed.insert(k, kb);
+        self.frames.push(HashMap::new());
+        let mut flat = self.b.ins().iconst(types::I64, 0);
+        for (s, d) in subs.iter().zip(&shape) {
+            let v = self.value(*s);
+            let size = self.dim(d);
+            let scaled = self.b.ins().imul(flat, size);
+            flat = self.b.ins().iadd(scaled, v);
+        }
+        self.frames.pop();
         match before {
             Some(v) => self.fixed.insert(k, v),
             None => self.fixed.remove(&k),
         };
-        lanes
+        let addr = self.address(buffer, Scalar::Float, flat);
+        self.b
+            .ins()
+            .load(types::F32X4, MemFlagsData::new().with_notrap(), addr, 0)
     }
 
     /// Whether a load's subscripts are `k` once, bare, and others free of `k` (a load along `k`).
@@ -648,13 +636,18 @@ impl Lower<'_, '_> {
     /// The lanes of `n` at `kb .. kb + 4` computed one at a time by the scalar code, `k` fixed at each (a
     /// float load at subscripts that depend on `k` through other loads; in range, so it cannot fail).
     fn lane_by_lane(&mut self, n: NodeId, k: IndexId, kb: Value) -> Value {
+        self.per_lane(k, kb, &mut |l: &mut Self| l.value(n))
+    }
+
+    /// Four scalars `scalar(l)` as lanes, with `k` fixed at `kb + lane` for each (in a scope of its own).
+    fn per_lane(&mut self, k: IndexId, kb: Value, scalar: &mut dyn FnMut(&mut Self) -> Value) -> Value {
         let before = self.fixed.get(&k).copied();
         let mut lanes = self.splat_f32(0.0);
         for lane in 0..LANES as u8 {
             let at = self.b.ins().iadd_imm_s(kb, lane as i64);
             self.fixed.insert(k, at);
             self.frames.push(HashMap::new());
-            let x = self.value(n);
+            let x = scalar(self);
             self.frames.pop();
             lanes = self.b.ins().insertlane(lanes, x, lane);
         }
