@@ -93,9 +93,17 @@ def clone(repo):
 
 def original(repo, commit, path):
     """The file `path` of GitHub `repo` at `commit`, imported as a module: the paper's own code, run as it is
-    (a checkout in $LOSSC_ORIGINALS/<owner>+<name>, cloned there when missing)."""
-    checkout = clone(repo)
-    subprocess.run(["git", "-C", checkout, "checkout", "--quiet", commit], check=True)
+    (a checkout in $LOSSC_ORIGINALS/<owner>+<name>, cloned there when missing). A repository whose history
+    was rewritten after the commit has no checkout of it: then the file is read from
+    $LOSSC_ORIGINALS/<owner>+<name>@<commit>/<path>, a copy of it at that commit (GitHub still serves it:
+    https://raw.githubusercontent.com/<owner>/<name>/<commit>/<path>)."""
+    root = os.environ.get("LOSSC_ORIGINALS", os.path.expanduser("~/.cache/lossc/originals"))
+    copy = os.path.join(root, repo.replace("/", "+") + "@" + commit)
+    if os.path.exists(os.path.join(copy, path)):
+        checkout = copy
+    else:
+        checkout = clone(repo)
+        subprocess.run(["git", "-C", checkout, "checkout", "--quiet", commit], check=True)
     if checkout not in sys.path:
         sys.path.insert(0, checkout)  # the file's own imports of its repository (`import util.globals`)
     spec = importlib.util.spec_from_file_location(path.replace("/", "_").removesuffix(".py"), os.path.join(checkout, path))
@@ -966,6 +974,60 @@ def segmentation():
     write("segmentation", cases)
 
 
+# ---- pair-adaptive temperatures (AMCL) ---------------------------------------------------------------
+
+
+def amcl():
+    losses = original("LeiWangR/cl", "755799d", "amcl/losses.py")
+    ref = "AMCL amcl/losses.py {} @ 755799d (float64: Tensor.float is the identity while it runs)"
+
+    def with_phi(crit, w1, b1, w2, b2):
+        # The temperature MLP's weights are the case's inputs (nn.Linear keeps weight [out, in]).
+        for lin, (w, b) in zip([crit.temperature.phi[0], crit.temperature.phi[2]], [(w1, b1), (w2, b2)]):
+            del lin.weight, lin.bias
+            lin.weight, lin.bias = w, b
+        return crit
+
+    def in_f64(fn):
+        # The original casts to float32 (`.float()`) throughout; the fixtures keep float64.
+        def run(**inputs):
+            saved = torch.Tensor.float
+            torch.Tensor.float = lambda self, *a, **k: self
+            try:
+                return fn(**inputs)
+            finally:
+                torch.Tensor.float = saved
+        return run
+
+    cases = []
+    for k, (b, h, d, topk) in enumerate([(4, 2, 3, 3), (3, 1, 4, 100), (5, 2, 3, 5)]):
+        z1, z2 = randn(b, h, d, seed=800 + k), randn(b, h, d, seed=810 + k)
+        w1, b1 = randn(d, d, seed=820 + k, scale=0.5), randn(d, seed=830 + k, scale=0.1)
+        w2, b2 = randn(d, d, seed=840 + k, scale=0.5), randn(d, seed=850 + k, scale=0.1)
+
+        def fn(z1, z2, w1, b1, w2, b2, h=h, d=d, topk=topk):
+            crit = with_phi(losses.AMCLNTXentLoss(dim=d, num_heads=h, topk=topk), w1, b1, w2, b2)
+            return crit(z1, z2)
+
+        cases.append(case(f"amcl_nt_xent_{k}", "std::contrastive::amcl_nt_xent", ref.format("AMCLNTXentLoss"),
+                          [call({"z1": z1, "z2": z2, "w1": w1, "b1": b1, "w2": w2, "b2": b2}, in_f64(fn))],
+                          hypers={"topk": topk}))
+    for k, (b, h, d) in enumerate([(4, 2, 3), (3, 3, 5)]):
+        # z1 and z2 enter detached (the other branch's projections): no gradient.
+        p1, z2, p2, z1 = (randn(b, h, d, seed=860 + 10 * k + j, grad=j % 2 == 0) for j in range(4))
+        w1, b1 = randn(d, d, seed=900 + k, scale=0.5), randn(d, seed=910 + k, scale=0.1)
+        w2, b2 = randn(d, d, seed=920 + k, scale=0.5), randn(d, seed=930 + k, scale=0.1)
+
+        def fn(p1, z2, p2, z1, w1, b1, w2, b2, h=h, d=d):
+            crit = with_phi(losses.AMCLSimSiamLoss(dim=d, num_heads=h), w1, b1, w2, b2)
+            return crit(p1, z2, p2, z1)
+
+        inputs = {"p1": p1, "z2": z2, "p2": p2, "z1": z1, "w1": w1, "b1": b1, "w2": w2, "b2": b2}
+        cases.append(case(f"amcl_simsiam_{k}", "std::contrastive::amcl_simsiam", ref.format("AMCLSimSiamLoss"),
+                          [call(inputs, in_f64(fn))]))
+    write("amcl", cases)
+
+
 FAMILIES = {
     "dro_metrics_divergence": dro_metrics_divergence,
     "classification": classification,
@@ -980,6 +1042,7 @@ FAMILIES = {
     "few_shot": few_shot,
     "face": face,
     "saf": saf,
+    "amcl": amcl,
     "segmentation": segmentation,
 }
 
