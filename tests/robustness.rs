@@ -451,6 +451,11 @@ fn mutants_format_and_run_alike() {
                 let close =
                     |p: f64, q: f64| !(q.is_finite() && q.abs() < 1e4) || (p - q).abs() <= 1e-3 * q.abs().max(1.0);
                 assert!(close(a.loss, b.loss), "{m}\nloss: jit {} vs interp {}", a.loss, b.loss);
+                // Gradients where the loss itself is moderate: beyond, the terms that cancel in them are
+                // as large (AMCL's 1/tau near 1e5 at random weights), and float32 rightly differs.
+                if !(b.loss.is_finite() && b.loss.abs() < 1e4) {
+                    continue;
+                }
                 for ((n, ga), (_, gb)) in a.grads.iter().zip(&b.grads) {
                     for (p, q) in ga.to_f64().iter().zip(gb.to_f64()) {
                         assert!(close(*p, q), "{m}\ngrad {n}: jit {p} vs interp {q}");
