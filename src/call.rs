@@ -256,6 +256,12 @@ pub struct InputView<'a> {
     pub labels: Option<&'a [i64]>,
 }
 
+/// The size a dimension symbol takes from the integer hyperparameter that sizes it (`values`: the call's
+/// hyperparameters, [`hyper_values`]), or None for a dimension the inputs size.
+pub fn hyper_size(d: &crate::ir::DimSym, values: &[f64]) -> Option<i64> {
+    d.hyper.map(|h| values[h as usize] as i64)
+}
+
 /// Where an input axis sized only by integer hyperparameters (and consts) gets its size ("hyperparameter
 /// `S`"), or None for an axis the inputs size.
 pub fn hyper_sized(f: &Function, d: &Dim) -> Option<String> {
@@ -379,10 +385,7 @@ pub fn bind_views(
     let sizes: Vec<i64> = sizes
         .into_iter()
         .zip(&f.dims)
-        .map(|(s, d)| match d.hyper {
-            Some(h) => values[h as usize] as i64,
-            None => s.map_or(0, |(n, _)| n as i64),
-        })
+        .map(|(s, d)| hyper_size(d, &values).unwrap_or_else(|| s.map_or(0, |(n, _)| n as i64)))
         .collect();
     // An input axis integer hyperparameters size (`bank: f32[B, S, C]`, `f32[B, E + 1]`) has their value.
     for (input, t) in f.inputs.iter().zip(&ordered) {

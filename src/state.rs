@@ -305,13 +305,9 @@ pub fn row_shape(
     hypers: &BTreeMap<String, f64>,
 ) -> Result<Vec<usize>, CallError> {
     let state = &f.inputs[k];
+    let values = crate::call::hyper_values(f, hypers)?;
     let hyper_sizes: Vec<i64> = (f.dims.iter())
-        .map(|d| {
-            d.hyper.map_or(0, |h| {
-                let h = &f.hypers[h as usize];
-                hypers.get(&h.name).copied().unwrap_or(h.default) as i64
-            })
-        })
+        .map(|d| crate::call::hyper_size(d, &values).unwrap_or(0))
         .collect();
     let mut row = Vec::new();
     for d in &state.shape[1..] {

@@ -424,21 +424,7 @@ impl Lower<'_, '_> {
                 Expr::Load { subs, .. } if !self.along(subs, k) => self.lane_by_lane(n, k, kb),
                 Expr::Load { tensor, subs } => {
                     let buffer = self.plan.buffer_of(self.f, *tensor);
-                    let shape = self.plan.buffers[buffer].shape.clone();
-                    let mut flat = self.b.ins().iconst(types::I64, 0);
-                    // Elements between consecutive k (the sizes of the axes after k's).
-                    let mut stride = None;
-                    for (s, d) in subs.iter().zip(&shape) {
-                        let at_k = matches!(self.f.node(*s).expr, Expr::Index(i) if i == k);
-                        let v = if at_k { kb } else { self.value(*s) };
-                        let size = self.dim(d);
-                        stride = stride.map(|st| self.b.ins().imul(st, size));
-                        if at_k {
-                            stride = Some(self.b.ins().iconst(types::I64, 1));
-                        }
-                        let scaled = self.b.ins().imul(flat, size);
-                        flat = self.b.ins().iadd(scaled, v);
-                    }
+                    let (flat, stride) = self.lanes_flat(buffer, subs, k, kb);
                     let contiguous = matches!(self.f.node(subs[subs.len() - 1]).expr, Expr::Index(i) if i == k);
                     match node.scalar {
                         Scalar::Float if !contiguous => {
@@ -587,6 +573,26 @@ impl Lower<'_, '_> {
             && !subs.iter().any(|s| self.needs_branch(*s))
     }
 
+    /// Where the first lane of a load along `k` at `kb` lies in `buffer` (the flat position of `subs` with
+    /// `k` at `kb`), and the elements between consecutive `k` (the sizes of the axes after k's).
+    fn lanes_flat(&mut self, buffer: usize, subs: &[NodeId], k: IndexId, kb: Value) -> (Value, Option<Value>) {
+        let shape = self.plan.buffers[buffer].shape.clone();
+        let mut flat = self.b.ins().iconst(types::I64, 0);
+        let mut stride = None;
+        for (s, d) in subs.iter().zip(&shape) {
+            let at_k = matches!(self.f.node(*s).expr, Expr::Index(i) if i == k);
+            let v = if at_k { kb } else { self.value(*s) };
+            let size = self.dim(d);
+            stride = stride.map(|st| self.b.ins().imul(st, size));
+            if at_k {
+                stride = Some(self.b.ins().iconst(types::I64, 1));
+            }
+            let scaled = self.b.ins().imul(flat, size);
+            flat = self.b.ins().iadd(scaled, v);
+        }
+        (flat, stride)
+    }
+
     /// The lanes of the residual that the read `n` (`x - lse[..]`) subtracts with `lse`, a load that
     /// depends on `k`: a vector from the residual buffer where the load runs along `k` contiguously, else
     /// lane by lane.
@@ -602,21 +608,7 @@ impl Lower<'_, '_> {
             return self.per_lane(k, kb, &mut |l: &mut Self| l.residual_at(n, lse));
         }
         let buffer = self.plan.residual_read(n).expect("a residual read");
-        let shape = self.plan.buffers[buffer].shape.clone();
-        let before = self.fixed.insert(k, kb);
-        self.frames.push(HashMap::new());
-        let mut flat = self.b.ins().iconst(types::I64, 0);
-        for (s, d) in subs.iter().zip(&shape) {
-            let v = self.value(*s);
-            let size = self.dim(d);
-            let scaled = self.b.ins().imul(flat, size);
-            flat = self.b.ins().iadd(scaled, v);
-        }
-        self.frames.pop();
-        match before {
-            Some(v) => self.fixed.insert(k, v),
-            None => self.fixed.remove(&k),
-        };
+        let (flat, _) = self.lanes_flat(buffer, &subs, k, kb);
         let addr = self.address(buffer, Scalar::Float, flat);
         self.b
             .ins()
