@@ -145,9 +145,37 @@ pub fn eval(
     inputs: &BTreeMap<String, Tensor>,
     hypers: &BTreeMap<String, f64>,
 ) -> Result<Evaluation, CallError> {
+    let all = with_externs(f, inputs, hypers)?;
+    run_interp(f, &all, hypers)
+}
+
+/// The interpreter on every input `f` declares (extern outputs included).
+fn run_interp(
+    f: &Function,
+    inputs: &BTreeMap<String, Tensor>,
+    hypers: &BTreeMap<String, f64>,
+) -> Result<Evaluation, CallError> {
     let bound = call::bind(f, inputs, hypers)?;
     call::check_budget(interp::bytes_needed(f, &bound.sizes), call::default_memory_budget())?;
     on_big_stack(|| interp::run(f, &bound))
+}
+
+/// The inputs with the outputs of `f`'s extern calls ([`crate::externs::complete`], the standard
+/// library's operations, the `let`s they read computed by the interpreter); `inputs` itself where `f`
+/// calls none.
+pub fn with_externs<'a>(
+    f: &Function,
+    inputs: &'a BTreeMap<String, Tensor>,
+    hypers: &BTreeMap<String, f64>,
+) -> Result<std::borrow::Cow<'a, BTreeMap<String, Tensor>>, CallError> {
+    if f.externs.is_empty() {
+        return Ok(std::borrow::Cow::Borrowed(inputs));
+    }
+    let ops = crate::externs::Externs::standard();
+    let all = crate::externs::complete(f, inputs, hypers, &ops, |k, all| {
+        run_interp(&crate::externs::pre_function(f, k), all, hypers)
+    })?;
+    Ok(std::borrow::Cow::Owned(all))
 }
 
 /// The stack the compiler's recursive stages run on. The parser, the checker and the interpreter recurse
@@ -204,7 +232,10 @@ pub fn eval_grad(
     hypers: &BTreeMap<String, f64>,
 ) -> Result<Evaluation, EvalError> {
     let g = gradient(f).map_err(EvalError::Loss)?;
-    Ok(eval(&g, inputs, hypers)?)
+    let all = with_externs(f, inputs, hypers)?;
+    let mut e = run_interp(&g, &all, hypers)?;
+    crate::externs::pull_back(f, &all, hypers, &crate::externs::Externs::standard(), &mut e)?;
+    Ok(e)
 }
 
 /// The gradient program, simplified but not yet optimized for execution (`--emit grad`).

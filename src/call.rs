@@ -176,6 +176,11 @@ pub enum CallError {
          (set LOSSC_MEMORY_BUDGET, or Compiler::memory_budget)"
     )]
     OverBudget { needed: u64, budget: u64 },
+    /// An extern operation failed, panicked, or returned an output of another shape or an index outside
+    /// its declared bound.
+    #[allow(missing_docs)]
+    #[error("extern operation `{op}` failed: {message}")]
+    Extern { op: String, message: String },
     /// The device backend (CUDA) could not run the call: no driver or device, an allocation or a launch
     /// failed. Never the input's fault.
     #[error("the device could not run the kernel: {0}")]
@@ -514,6 +519,7 @@ impl CallError {
             OverBudget { .. } => CallErrorKind::Memory,
             Device(_) => CallErrorKind::Device,
             Compile(_) => CallErrorKind::Internal,
+            Extern { .. } => CallErrorKind::Input,
         }
     }
 }

@@ -600,7 +600,7 @@ pub fn gather_inputs(f: &Function, args: &InputArgs) -> Result<BTreeMap<String, 
         inputs.insert(name.to_string(), data::load(path)?);
     }
     if let Some(dir) = &args.data {
-        for input in &f.inputs {
+        for input in f.inputs.iter().filter(|i| i.given()) {
             let path = dir.join(format!("{}.npy", input.name));
             if !inputs.contains_key(&input.name) && (path.exists() || args.random.is_none()) {
                 inputs.insert(input.name.clone(), data::load_npy(&path)?);
@@ -706,7 +706,7 @@ pub fn gather_inputs(f: &Function, args: &InputArgs) -> Result<BTreeMap<String, 
         let (budget, mut drawn) = (call::default_memory_budget(), 0u64);
         for (k, input) in f.inputs.iter().enumerate() {
             // A per-sample loss's cotangent defaults to ones (below), not to random numbers.
-            if inputs.contains_key(&input.name) || f.cotangent == Some(k as u32) {
+            if inputs.contains_key(&input.name) || f.cotangent == Some(k as u32) || !input.given() {
                 continue;
             }
             let shape: Vec<usize> = input.shape.iter().map(&size_of).collect::<Result<_, _>>()?;

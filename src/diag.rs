@@ -174,12 +174,18 @@ codes! {
     /// A `topk`, `argsort` or `sortnet` with an unknown or bad option, a mask it does not take, or a size it
     /// cannot sort.
     BadOrderOption = "130",
+    /// An `extern fn` declaration or call that does not fit: an argument of another type or shape, a
+    /// wrong count of arguments or names, an unknown or missing option, an extern called outside
+    /// `let (…) = op(…)`.
+    BadExtern = "131",
     /// A file has no loss, or `--loss` names none of its losses.
     UnknownLoss = "201",
     /// A file that cannot be read.
     Io = "202",
     /// A backend that cannot run here: no CUDA driver or device, or NVRTC failed on the generated code.
     Backend = "203",
+    /// An extern operation with no implementation registered on the compiler, or one a backend cannot call.
+    ExternMissing = "204",
 }
 
 impl fmt::Display for Code {

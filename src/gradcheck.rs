@@ -58,12 +58,23 @@ pub fn check_against(
 ) -> Result<Vec<InputCheck>, EvalError> {
     // The stopped parts of the loss are constants for its gradient: freeze them at the base point.
     let mut frozen = Frozen::new();
+    // So are the outputs of selection externs (piecewise constant); a differentiable extern runs again
+    // at every point.
+    let base = crate::api::with_externs(f, inputs, hypers)?.into_owned();
+    let rerun = f.externs.iter().any(|c| c.args.iter().any(|a| a.differentiable));
     {
-        let bound = call::bind(f, inputs, hypers)?;
+        let bound = call::bind(f, &base, hypers)?;
         interp::run_with(f, &bound, StopGrads::Record(&mut frozen))?;
     }
     let loss_at = |m: &BTreeMap<String, Tensor>| -> Result<f64, EvalError> {
-        let bound = call::bind(f, m, hypers)?;
+        let all = if rerun {
+            crate::api::with_externs(f, m, hypers)?.into_owned()
+        } else {
+            let mut all = base.clone();
+            all.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
+            all
+        };
+        let bound = call::bind(f, &all, hypers)?;
         Ok(interp::run_with(f, &bound, StopGrads::Replay(&frozen))?.loss)
     };
     let mut out = Vec::new();

@@ -52,6 +52,7 @@ pub struct Compiler {
     finite: bool,
     specialise: BTreeMap<String, f64>,
     cuda: Arc<dyn crate::backend::cuda::Loader>,
+    externs: crate::externs::Externs,
 }
 
 impl std::fmt::Debug for Compiler {
@@ -61,6 +62,7 @@ impl std::fmt::Debug for Compiler {
             .field("threads", &self.threads)
             .field("budget", &self.budget)
             .field("specialise", &self.specialise)
+            .field("externs", &self.externs)
             .finish_non_exhaustive()
     }
 }
@@ -87,7 +89,14 @@ impl Compiler {
             finite: false,
             specialise: BTreeMap::new(),
             cuda: crate::backend::cuda::default_loader(),
+            externs: crate::externs::Externs::standard(),
         }
+    }
+    /// Registers the implementation of `extern fn name(…)` (replacing one of that name); the standard
+    /// library's operations are registered from the start.
+    pub fn extern_op(mut self, name: &str, op: Arc<dyn crate::externs::ExternOp>) -> Compiler {
+        self.externs.insert(name, op);
+        self
     }
     /// What puts `Backend::Cuda` kernels on a device (the CUDA driver by default; the tests use an
     /// emulation that runs the generated kernels on the CPU).
@@ -185,6 +194,60 @@ pub struct Kernel {
     options: Compiler,
     /// The Hessian-vector product kernels built so far ([`Kernel::hvp`]), by input.
     hvps: Arc<std::sync::Mutex<BTreeMap<String, Kernel>>>,
+    /// For a loss that calls extern operations: what runs before this kernel.
+    stages: Option<Arc<Stages>>,
+}
+
+/// The extern calls of a loss ([`crate::externs`]): the loss as checked, the operations, and for each call
+/// that reads `let`s the kernel computing them.
+struct Stages {
+    source: Function,
+    ops: crate::externs::Externs,
+    pre: Vec<Option<Kernel>>,
+}
+
+impl Stages {
+    fn build(f: &Function, options: &Compiler) -> Result<Stages, Diag> {
+        for call in &f.externs {
+            if options.externs.get(&call.op).is_none() {
+                return Err(Diag::new(
+                    Code::ExternMissing,
+                    format!("no implementation of extern operation `{}` is registered", call.op),
+                )
+                .label(call.span, "called here")
+                .help(format!(
+                    "register one with `Compiler::extern_op(\"{}\", …)`; registered: {}",
+                    call.op,
+                    options.externs.names().join(", ")
+                )));
+            }
+        }
+        let mut pre = Vec::new();
+        for k in 0..f.externs.len() {
+            pre.push(if crate::externs::reads_lets(f, k) {
+                Some(Kernel::build(&crate::externs::pre_function(f, k), options)?)
+            } else {
+                None
+            });
+        }
+        Ok(Stages {
+            source: f.clone(),
+            ops: options.externs.clone(),
+            pre,
+        })
+    }
+
+    /// The inputs of the loss's kernel: the caller's and the extern outputs.
+    fn complete(
+        &self,
+        inputs: &BTreeMap<String, Tensor>,
+        hypers: &BTreeMap<String, f64>,
+    ) -> Result<BTreeMap<String, Tensor>, CallError> {
+        crate::externs::complete(&self.source, inputs, hypers, &self.ops, |k, all| match &self.pre[k] {
+            Some(kernel) => kernel.eval_with(all, hypers),
+            None => Err(CallError::Compile("an extern call's arguments were not compiled".into())),
+        })
+    }
 }
 
 impl Kernel {
@@ -205,6 +268,13 @@ impl Kernel {
             f.hypers[h].default = *value;
             fixed.push(name.clone());
         }
+        let stages = if f.externs.is_empty() {
+            None
+        } else {
+            let mut plain = options.clone();
+            plain.specialise.clear();
+            Some(Arc::new(Stages::build(&f, &plain)?))
+        };
         let mut g = api::gradient(&f)?;
         if !fixed.is_empty() {
             g = specialise(&g, &fixed)?;
@@ -258,6 +328,7 @@ impl Kernel {
                 ..options.clone()
             },
             hvps: Default::default(),
+            stages,
         })
     }
 
@@ -345,6 +416,19 @@ impl Kernel {
         if let Some(name) = hypers.keys().find(|k| self.fixed.contains(k)) {
             return Err(CallError::HyperFixed { name: name.clone() });
         }
+        match &self.stages {
+            Some(stages) => {
+                let completed = stages.complete(inputs, hypers)?;
+                let mut e = self.run(&completed, hypers)?;
+                crate::externs::pull_back(&stages.source, &completed, hypers, &stages.ops, &mut e)?;
+                Ok(e)
+            }
+            None => self.run(inputs, hypers),
+        }
+    }
+
+    /// One call of this kernel's own program, on every input it declares.
+    fn run(&self, inputs: &BTreeMap<String, Tensor>, hypers: &BTreeMap<String, f64>) -> Result<Evaluation, CallError> {
         let bound = call::bind(&self.function, inputs, hypers)?;
         if self.finite {
             let floats = inputs.iter().filter_map(|(n, t)| match &t.data {
@@ -435,7 +519,12 @@ impl Kernel {
             match built.get(x) {
                 Some(k) => k.clone(),
                 None => {
+                    // The extern outputs are inputs of the second-order program (completed below).
                     let h = crate::autodiff::directional(f, x, &direction)
+                        .map(|mut h| {
+                            h.externs.clear();
+                            h
+                        })
                         .and_then(|h| Kernel::build(&h, &self.options))
                         .map_err(|d| CallError::Compile(d.message))?;
                     built.insert(x.to_string(), h.clone());
@@ -443,7 +532,10 @@ impl Kernel {
                 }
             }
         };
-        let mut all = inputs.clone();
+        let mut all = match &self.stages {
+            Some(stages) => stages.complete(inputs, hypers)?,
+            None => inputs.clone(),
+        };
         if all.contains_key(&direction) {
             return Err(CallError::UnknownInput {
                 name: direction,
@@ -528,6 +620,7 @@ impl Kernel {
         grads: &BTreeMap<String, u64>,
         stream: u64,
     ) -> Result<Evaluation, CallError> {
+        self.host_only_externs("eval_device")?;
         self.on_device("eval_device", stream, |cuda, device, _| {
             self.device_call(cuda, device, inputs, hypers, grads, &[])
         })
@@ -552,6 +645,18 @@ impl Kernel {
         device.release();
         device.set_stream(0);
         out
+    }
+
+    /// Device calls take device pointers: a loss whose extern operations run on the host takes host
+    /// tensors ([`Kernel::eval`]).
+    fn host_only_externs(&self, what: &str) -> Result<(), CallError> {
+        match &self.stages {
+            Some(stages) => Err(CallError::Extern {
+                op: stages.source.externs[0].op.clone(),
+                message: format!("{what} takes device pointers, but extern operations run on the host; call `eval` with host tensors"),
+            }),
+            None => Ok(()),
+        }
     }
 
     fn cuda_kernel(&self, what: &str) -> Result<&CudaKernel, CallError> {
@@ -648,6 +753,7 @@ impl Kernel {
         grads: &BTreeMap<String, u64>,
         stream: u64,
     ) -> Result<Evaluation, CallError> {
+        self.host_only_externs("eval_device_stateful")?;
         self.on_device("eval_device_stateful", stream, |cuda, device, state| {
             self.stateful_call(cuda, device, state, inputs, hypers, grads)
         })

@@ -25,6 +25,7 @@ pub mod data;
 pub mod dfdx;
 pub mod diag;
 pub mod embed;
+pub mod externs;
 pub mod gradcheck;
 pub mod ir;
 pub mod kernel;

@@ -172,6 +172,7 @@ impl Session {
                     said.push(format!("defined loss {}({inputs})", l.name.name));
                 }
                 crate::syntax::ast::ItemKind::Fn(f) => said.push(format!("defined fn {}", f.name.name)),
+                crate::syntax::ast::ItemKind::Extern(e) => said.push(format!("declared extern fn {}", e.name.name)),
                 crate::syntax::ast::ItemKind::Const { name, .. } => said.push(format!("defined const {}", name.name)),
                 crate::syntax::ast::ItemKind::Use { path, .. } => said.push(format!(
                     "imported {}",

@@ -397,3 +397,50 @@ fn a_name_then_a_parenthesised_line_is_not_a_call() {
     // With a space, a call is a syntax error rather than a different program.
     assert!(Program::from_source("d.lx", "loss f(s: f32[N]) { exp (s[0]) }").is_err());
 }
+// Extern operations (issue 24): a call that does not fit its declaration.
+const EXTERN: &str = "extern fn pick(x: f32[N] nograd; mode: str = \"a\") -> (at: idx[N] < N, w: f32[N])\n";
+case!(
+    extern_in_an_expression,
+    BadExtern,
+    &format!("{EXTERN}loss f(x: f32[N]) {{\n    sum[i] pick(x)\n}}\n")
+);
+case!(
+    extern_wrong_arity,
+    BadExtern,
+    &format!("{EXTERN}loss f(x: f32[N]) {{\n    let (at, w) = pick(x, x)\n    sum[i] w[i] * x[at[i]]\n}}\n")
+);
+case!(
+    extern_too_few_names,
+    BadExtern,
+    &format!("{EXTERN}loss f(x: f32[N]) {{\n    let (at) = pick(x)\n    sum[i] x[at[i]]\n}}\n")
+);
+case!(
+    extern_wrong_rank,
+    BadExtern,
+    &format!("{EXTERN}loss f(x: f32[N, C]) {{\n    let (at, w) = pick(x)\n    sum[i] w[i]\n}}\n")
+);
+case!(
+    extern_labels_for_floats,
+    BadExtern,
+    &format!("{EXTERN}loss f(x: f32[N], y: idx[N] < N) {{\n    let (at, w) = pick(y)\n    sum[i] w[i] * x[at[i]]\n}}\n")
+);
+case!(
+    extern_unknown_option,
+    BadExtern,
+    &format!("{EXTERN}loss f(x: f32[N]) {{\n    let (at, w) = pick(x; order = \"b\")\n    sum[i] w[i] * x[at[i]]\n}}\n")
+);
+case!(
+    extern_option_of_the_wrong_kind,
+    BadExtern,
+    &format!("{EXTERN}loss f(x: f32[N]) {{\n    let (at, w) = pick(x; mode = 2)\n    sum[i] w[i] * x[at[i]]\n}}\n")
+);
+case!(
+    extern_differentiates_a_let,
+    BadExtern,
+    "extern fn cube(x: f32[N]) -> (y: f32[N])\nloss f(x: f32[N]) {\n    let z[i] = 2 * x[i]\n    let (y) = cube(z)\n    sum[i] y[i]\n}\n"
+);
+case!(
+    not_an_extern,
+    BadExtern,
+    "loss f(x: f32[N]) {\n    let (y) = exp(x)\n    sum[i] y[i]\n}\n"
+);

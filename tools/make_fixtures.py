@@ -1028,6 +1028,56 @@ def amcl():
     write("amcl", cases)
 
 
+# ---- topology -----------------------------------------------------------------------------------------
+
+
+def topology():
+    """Betti matching: BettiMatchingLoss.forward of loss_functions.py at 3e7eca2 with the classes of
+    BettiMatching.py it uses, both taken with `original_defs` (their modules import panel, gudhi, monai and
+    matplotlib at the top; the loss needs none of them: monai's DiceLoss only fills a dict entry the loss
+    does not return, and is a stub here). float64 throughout (the default dtype), so ValueMap is float64."""
+    import copy
+    import heapq
+    repo, commit = "nstucki/Betti-matching", "3e7eca2"
+    ns = {"np": np, "torch": torch, "copy": copy, "heapq": heapq}
+    if not hasattr(np, "infty"):
+        np.infty = np.inf  # removed in NumPy 2.0; the original spells it so
+    original_defs(repo, commit, "BettiMatching.py",
+                  ["UnionFind", "BoundaryMatrix", "CubicalPersistence", "ImagePersistence", "InducedMatching",
+                   "BettiMatching"], ns)
+
+    class DiceLoss:  # monai's, whose value goes into `dic` only
+        def __init__(self, **kw):
+            pass
+
+        def __call__(self, input, target):
+            return torch.zeros(())
+
+    ns["DiceLoss"] = DiceLoss
+    ns["_Loss"] = torch.nn.Module
+    compute, loss_class = original_defs(repo, commit, "loss_functions.py",
+                                        ["compute_BettiMatchingLoss", "BettiMatchingLoss"], ns)
+    ref = "Betti-matching loss_functions.py BettiMatchingLoss(filtration={!r}) @ 3e7eca2"
+    cases = []
+    shapes = [(2, 6, 7), (3, 5, 5), (1, 8, 6)]
+    for k, (b, h, w) in enumerate(shapes):
+        # Ground truths of blobs and holes (binary: every tie), logits moderate and, in case 1, on a grid of
+        # halves so that the prediction has ties too.
+        g = (torch.rand(b, h, w, generator=gen(1100 + k)) > 0.55).double()
+        logits = torch.randn(b, h, w, generator=gen(1110 + k)) * 1.5
+        if k == 1:
+            logits = torch.round(logits * 2) / 2
+        logits.requires_grad_(True)
+        for filtration, loss in [("superlevel", "betti_matching_loss"), ("sublevel", "betti_matching_sublevel"),
+                                 ("bothlevel", "betti_matching_both")]:
+            def fn(logits, g, filtration=filtration):
+                total, _ = loss_class(filtration=filtration)(logits, g)
+                return total
+            cases.append(case(f"{loss}_{k}", f"std::topology::{loss}", ref.format(filtration),
+                              [call({"logits": logits, "g": g}, fn)]))
+    write("topology", cases)
+
+
 FAMILIES = {
     "dro_metrics_divergence": dro_metrics_divergence,
     "classification": classification,
@@ -1044,6 +1094,7 @@ FAMILIES = {
     "saf": saf,
     "amcl": amcl,
     "segmentation": segmentation,
+    "topology": topology,
 }
 
 if __name__ == "__main__":

@@ -226,8 +226,50 @@ pub struct Input {
     pub nograd: bool,
     /// For per-sample state (`u: f32[B] state[ids] = init`): the key input and the initial row value.
     pub state: Option<StateSpec>,
+    /// For an output of an extern operation (`let (a, b) = op(x, y)`): the call (an index into
+    /// [`Function::externs`]) that computes it before the kernel runs; a caller never passes it.
+    pub produced_by: Option<u32>,
     /// Where it is declared.
     pub span: Span,
+}
+
+/// `let (a, b) = op(x, y; k = v)`: a call of the extern operation `op` (implemented in Rust, registered on
+/// the compiler), run on the host before the loss's kernel: its arguments are whole tensors (inputs or
+/// `let`s), its outputs become inputs of the kernel ([`Input::produced_by`]).
+#[derive(Clone, Debug)]
+pub struct ExternCall {
+    /// The operation's name.
+    pub op: String,
+    /// Its arguments, in the declaration's order.
+    pub args: Vec<ExternArg>,
+    /// Its options, every declared one (a call's value or the default).
+    pub options: Vec<(String, ExternOption)>,
+    /// The inputs (indices into [`Function::inputs`]) its outputs fill, in the declaration's order.
+    pub outputs: Vec<u32>,
+    /// Where it is written.
+    pub span: Span,
+}
+
+/// An argument of an extern call: a whole tensor.
+#[derive(Clone, Debug)]
+pub struct ExternArg {
+    /// The tensor's name.
+    pub name: String,
+    /// The tensor: an input, or a `let` of the function as checked (before autodiff).
+    pub tensor: TensorRef,
+    /// Whether the operation's gradient reaches it (its parameter is not `nograd`).
+    pub differentiable: bool,
+}
+
+/// An extern call's option value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExternOption {
+    /// A string.
+    Str(String),
+    /// A number fixed by the source.
+    Number(f64),
+    /// The call's value of hyperparameter `.0`.
+    Hyper(u32),
 }
 
 /// How a state input is kept between calls: its rows are gathered from a table by the sample ids of
@@ -260,6 +302,10 @@ pub struct StateUpdate {
 }
 
 impl Input {
+    /// Whether a caller passes it (not an extern call's output, which the kernel computes).
+    pub fn given(&self) -> bool {
+        self.produced_by.is_none()
+    }
     /// Whether this input receives a gradient.
     pub fn differentiable(&self) -> bool {
         self.elem != ElemTy::Idx && !self.nograd
@@ -432,6 +478,8 @@ pub struct Function {
     pub updates: Vec<StateUpdate>,
     /// For a per-sample loss (`-> f32[N]`): the input holding the cotangent its gradients are VJPs with.
     pub cotangent: Option<u32>,
+    /// The extern operations it calls, in order (each one's arguments read only earlier calls' outputs).
+    pub externs: Vec<ExternCall>,
     /// Its index variables (every `let` head, reduction and binder).
     pub indices: Vec<IndexVar>,
     /// Its tensor definitions, in dependency order.
@@ -454,6 +502,7 @@ impl Function {
             hypers: Vec::new(),
             updates: Vec::new(),
             cotangent: None,
+            externs: Vec::new(),
             indices: Vec::new(),
             tensors: Vec::new(),
             nodes: Vec::new(),
@@ -828,6 +877,7 @@ impl Function {
             hypers: self.hypers.clone(),
             updates: self.updates.clone(),
             cotangent: self.cotangent,
+            externs: self.externs.clone(),
             indices: self.indices.clone(),
             tensors: Vec::new(),
             nodes: Vec::new(),

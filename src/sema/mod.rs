@@ -9,6 +9,7 @@
 //! dimension symbol is the whole extent of some input axis, so call-time shapes bind all of them.
 
 mod consts;
+mod externs;
 mod order;
 mod std_modules;
 mod uses;
@@ -566,6 +567,7 @@ impl Cx<'_, '_> {
             ignore: p.ty.ignore,
             nograd: p.nograd.is_some() || p.state.is_some(),
             state: None,
+            produced_by: None,
             span: p.name.span,
         });
         self.bind(&p.name, Local::Input(self.f.inputs.len() as u32 - 1));
@@ -893,6 +895,7 @@ impl Cx<'_, '_> {
                     };
                     self.bind(&s.name, local);
                 }
+                StmtKind::Unpack => self.unpack(s),
             }
         }
         for d in decls {
@@ -1017,6 +1020,7 @@ impl Cx<'_, '_> {
             ignore: None,
             nograd: true,
             state: None,
+            produced_by: None,
             span: ty.span,
         });
         let cot = self.f.inputs.len() as u32 - 1;
@@ -1552,20 +1556,20 @@ impl Cx<'_, '_> {
                     Const::Int(v) => self.mk(Expr::Int(v), Scalar::Int, span),
                     Const::Float(v) => self.mk(Expr::float(v), Scalar::Float, span),
                 },
-                ItemKind::Fn(_) | ItemKind::Loss(_) => {
-                    let what = if matches!(self.sema.item(r).kind, ItemKind::Fn(_)) {
-                        "function"
-                    } else {
-                        "loss"
+                ItemKind::Fn(_) | ItemKind::Loss(_) | ItemKind::Extern(_) => {
+                    let what = match self.sema.item(r).kind {
+                        ItemKind::Fn(_) => "function",
+                        ItemKind::Extern(_) => "extern operation",
+                        _ => "loss",
                     };
                     self.err(
                         Diag::new(Code::NotAValue, format!("`{}` is a {what}, not a value", name.name))
                             .label(span, "used as a value")
-                            .help(if what == "function" {
-                                format!("call it: `{}(…)`", name.name)
-                            } else {
-                                "losses cannot be used inside other losses; factor the shared part into a `fn`"
-                                    .to_string()
+                            .help(match what {
+                                "function" => format!("call it: `{}(…)`", name.name),
+                                "extern operation" => format!("bind its outputs: `let (…) = {}(…)`", name.name),
+                                _ => "losses cannot be used inside other losses; factor the shared part into a `fn`"
+                                    .to_string(),
                             }),
                     );
                     None
@@ -2051,6 +2055,22 @@ impl Cx<'_, '_> {
         match self.lookup(&func.name) {
             Some(Found::Global(r)) if matches!(self.sema.item(r).kind, ItemKind::Fn(_)) => {
                 return self.inline(r, func, args, span);
+            }
+            Some(Found::Global(r)) if matches!(self.sema.item(r).kind, ItemKind::Extern(_)) => {
+                let names = match &self.sema.item(r).kind {
+                    ItemKind::Extern(e) => e.outputs.iter().map(|o| o.name.name.clone()).collect::<Vec<_>>(),
+                    _ => Vec::new(),
+                };
+                self.err(
+                    Diag::new(Code::BadExtern, format!("`{}` is an extern operation, called in an expression", func.name))
+                        .label(func.span, "called here")
+                        .help(format!(
+                            "an extern runs before the kernel, on whole tensors: `let ({}) = {}(…)`",
+                            names.join(", "),
+                            func.name
+                        )),
+                );
+                return None;
             }
             Some(Found::Local(l, _)) => {
                 let what = match l {

@@ -53,6 +53,8 @@ pub enum ItemKind {
     Fn(FnDef),
     /// `loss name(params) -> … { body }`.
     Loss(LossDef),
+    /// `extern fn name(params; options) -> (outputs)`.
+    Extern(ExternDef),
 }
 
 impl Item {
@@ -63,6 +65,7 @@ impl Item {
             ItemKind::Const { name, .. } => Some(name),
             ItemKind::Fn(f) => Some(&f.name),
             ItemKind::Loss(l) => Some(&l.name),
+            ItemKind::Extern(e) => Some(&e.name),
         }
     }
 }
@@ -85,6 +88,32 @@ pub struct FnParam {
     pub name: Ident,
     /// Its declared type, if any (else it takes its argument's).
     pub ty: Option<Type>,
+}
+
+/// `extern fn name(params; options) -> (outputs)`: an operation implemented in Rust and registered on
+/// the compiler under `name`, which a loss calls with `let (a, b) = name(x, y; option = value)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExternDef {
+    /// Its name (the name it is registered under).
+    pub name: Ident,
+    /// Its tensor parameters (`nograd` ones get no gradient: an extern whose parameters are all `nograd` is
+    /// a selection).
+    pub params: Vec<Param>,
+    /// Its options after `;`.
+    pub options: Vec<ExternOpt>,
+    /// Its outputs.
+    pub outputs: Vec<OutDecl>,
+}
+
+/// An option of an extern operation: `filtration: str = "superlevel"`, `alpha: f32 = 0.5`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExternOpt {
+    /// Its name.
+    pub name: Ident,
+    /// Its type (a scalar type), or `None` for `str`.
+    pub ty: Option<Type>,
+    /// Its default, if any (a call must set an option without one).
+    pub default: Option<OptionValue>,
 }
 
 /// A loss definition.
@@ -213,6 +242,8 @@ pub enum StmtKind {
     Let,
     /// `out`: an extra output.
     Out,
+    /// `let (a, b) = op(x, y; k = v)`: the outputs of an extern operation ([`Stmt::unpack`]).
+    Unpack,
 }
 
 /// `let name[head] = value` or `out name[head] = value`.
@@ -224,10 +255,25 @@ pub struct Stmt {
     pub name: Ident,
     /// Its indices, with optional ranges.
     pub head: Vec<Binder>,
-    /// Its element's expression.
+    /// Its element's expression (for `Unpack`, the call `op(x, y)` without its options).
     pub value: Expr,
     /// Where it is written.
     pub span: Span,
+    /// For `Unpack`: the names bound and the call.
+    pub unpack: Option<Box<Unpack>>,
+}
+
+/// `let (a, b) = op(x, y; k = v)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unpack {
+    /// The names of the outputs, in the extern's output order.
+    pub names: Vec<Ident>,
+    /// The extern operation.
+    pub func: Ident,
+    /// The tensors passed, whole.
+    pub args: Vec<Ident>,
+    /// The options after `;`.
+    pub options: Vec<OrderOption>,
 }
 
 /// An index bound by a let head or a reduction, with an optional explicit range.

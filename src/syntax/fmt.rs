@@ -188,6 +188,20 @@ impl Formatter<'_> {
                 self.end_line(self.head_end(&l.body));
                 self.body(&l.body);
             }
+            ItemKind::Extern(e) => {
+                let (params, outs) = super::print::extern_signature(e, expr);
+                let one_line = format!("extern fn {}{params} -> ({})", e.name.name, outs.join(", "));
+                if one_line.len() <= WIDTH {
+                    self.out.push_str(&one_line);
+                } else {
+                    self.out.push_str(&format!("extern fn {}{params} -> (\n", e.name.name));
+                    for o in &outs {
+                        self.out.push_str(&format!("    {o},\n"));
+                    }
+                    self.out.push(')');
+                }
+                self.end_line(self.line_end(item.span.end as usize));
+            }
         }
     }
 
@@ -223,7 +237,10 @@ impl Formatter<'_> {
         for s in &b.stmts {
             self.leading(s.span.start as usize, "    ");
             let start = format!("    {} = ", super::print::stmt_head(s));
-            self.wrapped(&start, &s.value);
+            match &s.unpack {
+                Some(u) => self.out.push_str(&format!("{start}{}", super::print::unpack_call(u, expr))),
+                None => self.wrapped(&start, &s.value),
+            }
             self.end_line(self.line_end(s.span.end as usize));
         }
         self.leading(b.result.span.start as usize, "    ");

@@ -283,9 +283,11 @@ fn reduction_before(text: &str, at: usize) -> Option<&'static str> {
 
 fn describe(rule: Rule) -> Option<&'static str> {
     Some(match rule {
-        Rule::item | Rule::use_item | Rule::const_item | Rule::fn_item | Rule::loss_item => {
-            "an item (`loss`, `fn`, `use` or `const`)"
+        Rule::item | Rule::use_item | Rule::const_item | Rule::fn_item | Rule::loss_item | Rule::extern_item => {
+            "an item (`loss`, `fn`, `extern fn`, `use` or `const`)"
         }
+        Rule::extern_opt | Rule::str_ty => "an option (`name: str` or `name: f32`)",
+        Rule::unpack_stmt => "`let (…) = …`",
         Rule::EOI => "end of file",
         Rule::ident | Rule::access | Rule::call | Rule::call_head => "a name",
         Rule::expr | Rule::primary | Rule::unary | Rule::power | Rule::paren | Rule::iverson => "an expression",
@@ -424,6 +426,7 @@ impl Builder {
                 }
                 Rule::fn_item => kind = Some(ItemKind::Fn(self.fn_item(q)?)),
                 Rule::loss_item => kind = Some(ItemKind::Loss(self.loss_item(q)?)),
+                Rule::extern_item => kind = Some(ItemKind::Extern(self.extern_item(q)?)),
                 r => unreachable!("item child {r:?}"),
             }
         }
@@ -481,40 +484,14 @@ impl Builder {
         let mut body = None;
         for q in it {
             match q.as_rule() {
-                Rule::param => {
-                    let mut jt = q.into_inner();
-                    let name = self.ident(jt.next().unwrap());
-                    let ty = self.ty(jt.next().unwrap())?;
-                    let mut nograd = None;
-                    let mut state = None;
-                    let mut default = None;
-                    for r in jt {
-                        match r.as_rule() {
-                            Rule::nograd => nograd = Some(self.span(&r)),
-                            Rule::state_key => state = Some(self.ident(r.into_inner().next().unwrap())),
-                            Rule::expr => default = Some(self.expr(r, 0)?),
-                            x => unreachable!("param child {x:?}"),
-                        }
-                    }
-                    params.push(Param {
-                        name,
-                        ty,
-                        nograd,
-                        state,
-                        default,
-                    });
-                }
+                Rule::param => params.push(self.param(q)?),
                 Rule::outputs => {
                     for d in q.into_inner() {
                         if d.as_rule() == Rule::result_ty {
                             result = Some(self.ty(d.into_inner().next().unwrap())?);
                             continue;
                         }
-                        let mut jt = d.into_inner();
-                        let name = self.ident(jt.next().unwrap());
-                        let ty = self.ty(jt.next().unwrap())?;
-                        let updates = jt.next().map(|u| self.ident(u));
-                        outputs.push(OutDecl { name, ty, updates });
+                        outputs.push(self.out_decl(d)?);
                     }
                 }
                 Rule::body => body = Some(self.body(q)?),
@@ -528,6 +505,83 @@ impl Builder {
             outputs,
             body: body.unwrap(),
         })
+    }
+
+    fn param(&self, p: Pair<Rule>) -> Result<Param> {
+        let mut jt = p.into_inner();
+        let name = self.ident(jt.next().unwrap());
+        let ty = self.ty(jt.next().unwrap())?;
+        let mut nograd = None;
+        let mut state = None;
+        let mut default = None;
+        for r in jt {
+            match r.as_rule() {
+                Rule::nograd => nograd = Some(self.span(&r)),
+                Rule::state_key => state = Some(self.ident(r.into_inner().next().unwrap())),
+                Rule::expr => default = Some(self.expr(r, 0)?),
+                x => unreachable!("param child {x:?}"),
+            }
+        }
+        Ok(Param {
+            name,
+            ty,
+            nograd,
+            state,
+            default,
+        })
+    }
+
+    fn out_decl(&self, p: Pair<Rule>) -> Result<OutDecl> {
+        let mut jt = p.into_inner();
+        let name = self.ident(jt.next().unwrap());
+        let ty = self.ty(jt.next().unwrap())?;
+        let updates = jt.next().map(|u| self.ident(u));
+        Ok(OutDecl { name, ty, updates })
+    }
+
+    fn extern_item(&self, p: Pair<Rule>) -> Result<ExternDef> {
+        let mut it = p.into_inner();
+        let name = self.ident(it.next().unwrap());
+        let (mut params, mut options, mut outputs) = (Vec::new(), Vec::new(), Vec::new());
+        for q in it {
+            match q.as_rule() {
+                Rule::param => params.push(self.param(q)?),
+                Rule::extern_opt => {
+                    let mut jt = q.into_inner();
+                    let name = self.ident(jt.next().unwrap());
+                    let t = jt.next().unwrap();
+                    let ty = if t.as_rule() == Rule::str_ty { None } else { Some(self.ty(t)?) };
+                    let default = jt.next().map(|v| self.option_value(v, 0)).transpose()?;
+                    options.push(ExternOpt { name, ty, default });
+                }
+                Rule::out_decl => outputs.push(self.out_decl(q)?),
+                r => unreachable!("extern child {r:?}"),
+            }
+        }
+        Ok(ExternDef {
+            name,
+            params,
+            options,
+            outputs,
+        })
+    }
+
+    /// An option's value: a string literal or an expression.
+    fn option_value(&self, v: Pair<Rule>, depth: usize) -> Result<OptionValue> {
+        Ok(match v.as_rule() {
+            Rule::string => {
+                let text = v.as_str();
+                OptionValue::Str(text[1..text.len() - 1].to_string(), self.span(&v))
+            }
+            _ => OptionValue::Expr(self.expr(v, depth)?),
+        })
+    }
+
+    fn option(&self, q: Pair<Rule>, depth: usize) -> Result<OrderOption> {
+        let mut jt = q.into_inner();
+        let name = self.ident(jt.next().unwrap());
+        let value = self.option_value(jt.next().unwrap(), depth)?;
+        Ok(OrderOption { name, value })
     }
 
     fn ty(&self, p: Pair<Rule>) -> Result<Type> {
@@ -657,6 +711,9 @@ impl Builder {
 
     fn stmt(&self, p: Pair<Rule>) -> Result<Stmt> {
         let span = self.span(&p);
+        if p.as_rule() == Rule::unpack_stmt {
+            return self.unpack(p);
+        }
         let kind = if p.as_rule() == Rule::let_stmt {
             StmtKind::Let
         } else {
@@ -683,6 +740,56 @@ impl Builder {
             head,
             value: value.unwrap(),
             span,
+            unpack: None,
+        })
+    }
+
+    /// `let (a, b) = op(x, y; k = v)`: its value is the call without its options.
+    fn unpack(&self, p: Pair<Rule>) -> Result<Stmt> {
+        let span = self.span(&p);
+        let (mut names, mut args, mut options) = (Vec::new(), Vec::new(), Vec::new());
+        let mut func = None;
+        let mut call_start = span.start;
+        for q in p.into_inner() {
+            match q.as_rule() {
+                Rule::ident if func.is_none() => names.push(self.ident(q)),
+                Rule::ident => args.push(self.ident(q)),
+                Rule::call_head => {
+                    call_start = q.as_span().start() as u32;
+                    func = Some(self.ident(q.into_inner().next().unwrap()));
+                }
+                Rule::option => options.push(self.option(q, 0)?),
+                r => unreachable!("unpack child {r:?}"),
+            }
+        }
+        let func = func.expect("grammar: unpack has a call");
+        let value = Expr {
+            kind: ExprKind::Call {
+                func: func.clone(),
+                args: (args.iter())
+                    .map(|a| Expr {
+                        kind: ExprKind::Access {
+                            name: a.clone(),
+                            subscripts: None,
+                        },
+                        span: a.span,
+                    })
+                    .collect(),
+            },
+            span: Span::new(self.source, call_start as usize, span.end as usize),
+        };
+        Ok(Stmt {
+            kind: StmtKind::Unpack,
+            name: names[0].clone(),
+            head: Vec::new(),
+            value,
+            span,
+            unpack: Some(Box::new(Unpack {
+                names,
+                func,
+                args,
+                options,
+            })),
         })
     }
 
@@ -872,19 +979,7 @@ impl Builder {
                 for q in it {
                     match q.as_rule() {
                         Rule::expr => exprs.push(self.expr(q, depth + 1)?),
-                        Rule::option => {
-                            let mut jt = q.into_inner();
-                            let name = self.ident(jt.next().unwrap());
-                            let v = jt.next().unwrap();
-                            let value = match v.as_rule() {
-                                Rule::string => {
-                                    let text = v.as_str();
-                                    OptionValue::Str(text[1..text.len() - 1].to_string(), self.span(&v))
-                                }
-                                _ => OptionValue::Expr(self.expr(v, depth + 1)?),
-                            };
-                            options.push(OrderOption { name, value });
-                        }
+                        Rule::option => options.push(self.option(q, depth + 1)?),
                         Rule::subscripts => {
                             for a in q.into_inner() {
                                 subscripts.push(self.expr(a, depth + 1)?);

@@ -63,15 +63,76 @@ pub fn file(f: &File) -> String {
                 }
                 body(&mut out, &l.body);
             }
+            ItemKind::Extern(e) => {
+                let _ = writeln!(out, "(extern {}", e.name.name);
+                for p in &e.params {
+                    let ng = if p.nograd.is_some() { " nograd" } else { "" };
+                    let _ = writeln!(out, "  (param {} {}{ng})", p.name.name, ty(&p.ty));
+                }
+                for o in &e.options {
+                    let t = o.ty.as_ref().map_or("str".to_string(), ty);
+                    let d = (o.default.as_ref()).map_or(String::new(), |d| format!(" (default {})", option_value(d, expr)));
+                    let _ = writeln!(out, "  (option {} {t}{d})", o.name.name);
+                }
+                for o in &e.outputs {
+                    let _ = writeln!(out, "  (output {} {})", o.name.name, ty(&o.ty));
+                }
+                let _ = writeln!(out, ")");
+            }
         }
     }
     out
 }
 
+/// An extern's parameters and options in lx syntax, `(p: f32[N] nograd; k: str = "a")`, and its outputs,
+/// `o: f32[N]` each.
+pub fn extern_signature(e: &ExternDef, show: impl Fn(&Expr) -> String) -> (String, Vec<String>) {
+    let params: Vec<String> = (e.params.iter())
+        .map(|p| {
+            let ng = if p.nograd.is_some() { " nograd" } else { "" };
+            format!("{}: {}{ng}", p.name.name, ty(&p.ty))
+        })
+        .collect();
+    let options: Vec<String> = (e.options.iter())
+        .map(|o| {
+            let t = o.ty.as_ref().map_or("str".to_string(), ty);
+            let d = (o.default.as_ref()).map_or(String::new(), |d| format!(" = {}", option_value(d, &show)));
+            format!("{}: {t}{d}", o.name.name)
+        })
+        .collect();
+    let options = if options.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", options.join(", "))
+    };
+    let outs = (e.outputs.iter())
+        .map(|o| format!("{}: {}", o.name.name, ty(&o.ty)))
+        .collect();
+    (format!("({}{options})", params.join(", ")), outs)
+}
+
+/// An unpacking statement's call, options included: `betti(p, g; filtration = "sublevel")`.
+pub fn unpack_call(u: &Unpack, show: impl Fn(&Expr) -> String) -> String {
+    let args: Vec<&str> = u.args.iter().map(|a| a.name.as_str()).collect();
+    let options: Vec<String> = (u.options.iter())
+        .map(|o| format!("{} = {}", o.name.name, option_value(&o.value, &show)))
+        .collect();
+    let options = if options.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", options.join(", "))
+    };
+    format!("{}({}{options})", u.func.name, args.join(", "))
+}
+
 /// A statement's left-hand side as written: `let m[i, k]`, `out u[i]`.
 pub fn stmt_head(s: &Stmt) -> String {
+    if let Some(u) = &s.unpack {
+        let names: Vec<&str> = u.names.iter().map(|n| n.name.as_str()).collect();
+        return format!("let ({})", names.join(", "));
+    }
     let kw = match s.kind {
-        StmtKind::Let => "let",
+        StmtKind::Let | StmtKind::Unpack => "let",
         StmtKind::Out => "out",
     };
     let head = if s.head.is_empty() {
@@ -84,7 +145,11 @@ pub fn stmt_head(s: &Stmt) -> String {
 
 fn body(out: &mut String, b: &Body) {
     for s in &b.stmts {
-        let _ = writeln!(out, "  ({} {})", stmt_head(s), expr(&s.value));
+        let value = match &s.unpack {
+            Some(u) => format!("(extern {})", unpack_call(u, expr)),
+            None => expr(&s.value),
+        };
+        let _ = writeln!(out, "  ({} {value})", stmt_head(s));
     }
     let _ = writeln!(out, "  {})", expr(&b.result));
 }
