@@ -258,6 +258,10 @@ impl Workspace {
         if let Some(name) = hypers.keys().find(|k| self.kernel.is_fixed(k)) {
             return Err(CallError::HyperFixed { name: name.clone() });
         }
+        // Extern operations run on host tensors before the kernel ([`Kernel::eval_with`]).
+        if self.kernel.calls_externs() {
+            return self.run_on_tensors(inputs, hypers);
+        }
         // Int32 labels are widened first, so that they are checked like int64 ones.
         for input in inputs {
             if let (View::I32(v), Some(k)) = (input.data, f.inputs.iter().position(|i| i.name == input.name)) {
@@ -351,7 +355,11 @@ impl Workspace {
                 });
             return Ok(loss);
         }
+        self.run_on_tensors(inputs, hypers)
+    }
 
+    /// A call through [`Kernel::eval_with`] on tensors copied from the caller's slices.
+    fn run_on_tensors(&mut self, inputs: &[Input], hypers: &BTreeMap<String, f64>) -> Result<f32, CallError> {
         let tensors: BTreeMap<String, Tensor> = inputs
             .iter()
             .map(|i| {

@@ -245,7 +245,9 @@ impl Stages {
     ) -> Result<BTreeMap<String, Tensor>, CallError> {
         crate::externs::complete(&self.source, inputs, hypers, &self.ops, |k, all| match &self.pre[k] {
             Some(kernel) => kernel.eval_with(all, hypers),
-            None => Err(CallError::Compile("an extern call's arguments were not compiled".into())),
+            None => Err(CallError::Compile(
+                "an extern call's arguments were not compiled".into(),
+            )),
         })
     }
 }
@@ -372,6 +374,11 @@ impl Kernel {
             return io;
         }
         interp::bytes_needed(f, sizes).saturating_add(io)
+    }
+
+    /// Whether the loss calls extern operations (run on the host before this kernel's program).
+    pub fn calls_externs(&self) -> bool {
+        self.stages.is_some()
     }
 
     /// Whether calls check that float inputs are finite ([`Compiler::finite_inputs`]).
@@ -653,7 +660,9 @@ impl Kernel {
         match &self.stages {
             Some(stages) => Err(CallError::Extern {
                 op: stages.source.externs[0].op.clone(),
-                message: format!("{what} takes device pointers, but extern operations run on the host; call `eval` with host tensors"),
+                message: format!(
+                    "{what} takes device pointers, but extern operations run on the host; call `eval` with host tensors"
+                ),
             }),
             None => Ok(()),
         }

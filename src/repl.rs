@@ -167,7 +167,12 @@ impl Session {
                 crate::syntax::ast::ItemKind::Loss(l) => {
                     let f = program.module.get(&l.name.name);
                     let inputs = f
-                        .map(|f| f.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", "))
+                        .map(|f| {
+                            (f.inputs.iter().filter(|i| i.given()))
+                                .map(|i| i.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        })
                         .unwrap_or_default();
                     said.push(format!("defined loss {}({inputs})", l.name.name));
                 }
@@ -410,6 +415,7 @@ impl Session {
         let mut inputs: BTreeMap<String, Tensor> = f
             .inputs
             .iter()
+            .filter(|i| i.given())
             .filter_map(|i| {
                 self.tensors
                     .get(&i.name)
@@ -426,7 +432,7 @@ impl Session {
         }
         let sizes: Vec<i64> = f.dims.iter().map(|d| *dims.get(&d.name).unwrap_or(&4)).collect();
         let random: Vec<&str> = (f.inputs.iter())
-            .filter(|i| !inputs.contains_key(&i.name))
+            .filter(|i| i.given() && !inputs.contains_key(&i.name))
             .map(|i| i.name.as_str())
             .collect();
         let note = if given.is_empty() || random.is_empty() {
@@ -441,7 +447,7 @@ impl Session {
             format!("(seeded random {} at {})\n", random.join(", "), at.join(","))
         };
         let mut rng = Rng::new(0);
-        for input in &f.inputs {
+        for input in f.inputs.iter().filter(|i| i.given()) {
             if inputs.contains_key(&input.name) {
                 continue;
             }

@@ -50,14 +50,21 @@ fn libraries_match_the_interpreter_on_every_file() {
     for path in common::lx_files(root, &["examples", "tests/in", "stdlib"]) {
         let jit = Compiler::new().compile_file(&path).unwrap();
         let interp = Compiler::new().backend(Backend::Interp).compile_file(&path).unwrap();
-        let kernels: Vec<_> = jit.losses().iter().map(|n| jit.kernel(Some(n)).unwrap()).collect();
+        // A loss calling an extern operation cannot be a C library (tests/cli.rs checks the message).
+        let names: Vec<&str> = (jit.losses().into_iter())
+            .filter(|n| !jit.kernel(Some(n)).unwrap().calls_externs())
+            .collect();
+        let kernels: Vec<_> = names.iter().map(|n| jit.kernel(Some(n)).unwrap()).collect();
+        if kernels.is_empty() {
+            continue;
+        }
         let functions: Vec<&Function> = kernels.iter().map(|k| k.function()).collect();
         // One library per file, named by its folder too (examples/ and stdlib/ both have distill.lx: a
         // second library at the same path is the first one to the loader).
         let folder = path.parent().unwrap().file_name().unwrap().to_string_lossy();
         let stem = format!("{folder}_{}", path.file_stem().unwrap().to_string_lossy());
         let lib = load(&functions, &dir, &stem);
-        for (kernel, name) in kernels.iter().zip(jit.losses()) {
+        for (kernel, name) in kernels.iter().zip(names) {
             let ki = interp.kernel(Some(name)).unwrap();
             let f = kernel.function();
             for sizes in [[5i64, 4, 3, 6], [1, 1, 1, 1], [37, 9, 5, 2]] {

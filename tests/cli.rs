@@ -885,3 +885,41 @@ fn a_file_without_a_loss_is_an_error_everywhere() {
         assert!(err.contains("E201"), "{cmd:?}: {err}");
     }
 }
+
+/// A loss calling an extern operation (Betti matching) evaluates and checks its gradient from the command
+/// line on both backends, and a C library refuses it with a message.
+#[test]
+fn extern_losses_run_from_the_command_line() {
+    let mut losses = Vec::new();
+    for backend in ["interp", "jit"] {
+        let (out, _) = expect(
+            &[
+                "eval",
+                "std::topology::betti_matching_both",
+                "--random",
+                "B=2,H=4,W=5",
+                "--backend",
+                backend,
+            ],
+            0,
+        );
+        let loss: f64 = out.trim().trim_start_matches("loss = ").parse().unwrap();
+        assert!(loss > 0.0, "{out}");
+        losses.push(loss);
+        expect(
+            &[
+                "gradcheck",
+                "std::topology::betti_matching_loss",
+                "--random",
+                "B=2,H=4,W=5",
+                "--backend",
+                backend,
+            ],
+            0,
+        );
+    }
+    assert!((losses[0] - losses[1]).abs() < 1e-5 * losses[0], "{losses:?}");
+    let lib = scratch("extern").join("libbetti.so");
+    let (_, err) = expect(&["compile", "std::topology::betti_matching_loss", "-o", p(&lib)], 1);
+    assert!(err.contains("extern operation `betti_matching`"), "{err}");
+}

@@ -422,12 +422,16 @@ case!(
 case!(
     extern_labels_for_floats,
     BadExtern,
-    &format!("{EXTERN}loss f(x: f32[N], y: idx[N] < N) {{\n    let (at, w) = pick(y)\n    sum[i] w[i] * x[at[i]]\n}}\n")
+    &format!(
+        "{EXTERN}loss f(x: f32[N], y: idx[N] < N) {{\n    let (at, w) = pick(y)\n    sum[i] w[i] * x[at[i]]\n}}\n"
+    )
 );
 case!(
     extern_unknown_option,
     BadExtern,
-    &format!("{EXTERN}loss f(x: f32[N]) {{\n    let (at, w) = pick(x; order = \"b\")\n    sum[i] w[i] * x[at[i]]\n}}\n")
+    &format!(
+        "{EXTERN}loss f(x: f32[N]) {{\n    let (at, w) = pick(x; order = \"b\")\n    sum[i] w[i] * x[at[i]]\n}}\n"
+    )
 );
 case!(
     extern_option_of_the_wrong_kind,

@@ -111,11 +111,22 @@ fn a_differentiable_extern_pulls_gradients_back_through_its_vjp() {
     let with_extern = "extern fn cube(x: f32[N]) -> (y: f32[N])\n\
                        loss f(x: f32[N], w: f32[N]) {\n    let (y) = cube(x)\n    sum[i] w[i] * y[i] + x[i] ^ 2\n}\n";
     let in_lx = "loss f(x: f32[N], w: f32[N]) { sum[i] w[i] * x[i] ^ 3 + x[i] ^ 2 }\n";
-    let inputs = BTreeMap::from([("x".to_string(), floats(vec![9], 1)), ("w".to_string(), floats(vec![9], 2))]);
+    let inputs = BTreeMap::from([
+        ("x".to_string(), floats(vec![9], 1)),
+        ("w".to_string(), floats(vec![9], 2)),
+    ]);
     for backend in backends() {
         let tol = if backend == Backend::Interp { 1e-12 } else { 1e-5 };
-        let a = compiler(backend).compile_source("a.lx", with_extern).unwrap().kernel(None).unwrap();
-        let b = compiler(backend).compile_source("b.lx", in_lx).unwrap().kernel(None).unwrap();
+        let a = compiler(backend)
+            .compile_source("a.lx", with_extern)
+            .unwrap()
+            .kernel(None)
+            .unwrap();
+        let b = compiler(backend)
+            .compile_source("b.lx", in_lx)
+            .unwrap()
+            .kernel(None)
+            .unwrap();
         let (ea, eb) = (a.eval(&inputs).unwrap(), b.eval(&inputs).unwrap());
         close("loss", &[ea.loss], &[eb.loss], tol);
         for x in ["x", "w"] {
@@ -134,11 +145,22 @@ fn a_selection_reading_a_let_gives_the_gathers_gradient() {
         sum[b, u | u < 3] z[b, order[b, u]] ^ 2\n}\n";
     let in_lx = "loss f(x: f32[B, N], s: f32[N]) {\n    let z[b, j] = x[b, j] * s[j]\n    \
         sum[b, u: 3] topk[j](z[b, j]; k = 3)[u] ^ 2\n}\n";
-    let inputs = BTreeMap::from([("x".to_string(), floats(vec![4, 7], 3)), ("s".to_string(), floats(vec![7], 4))]);
+    let inputs = BTreeMap::from([
+        ("x".to_string(), floats(vec![4, 7], 3)),
+        ("s".to_string(), floats(vec![7], 4)),
+    ]);
     for backend in backends() {
         let tol = if backend == Backend::Interp { 1e-12 } else { 1e-5 };
-        let a = compiler(backend).compile_source("a.lx", with_extern).unwrap().kernel(None).unwrap();
-        let b = compiler(backend).compile_source("b.lx", in_lx).unwrap().kernel(None).unwrap();
+        let a = compiler(backend)
+            .compile_source("a.lx", with_extern)
+            .unwrap()
+            .kernel(None)
+            .unwrap();
+        let b = compiler(backend)
+            .compile_source("b.lx", in_lx)
+            .unwrap()
+            .kernel(None)
+            .unwrap();
         let (ea, eb) = (a.eval(&inputs).unwrap(), b.eval(&inputs).unwrap());
         close("loss", &[ea.loss], &[eb.loss], tol);
         for x in ["x", "s"] {
@@ -149,7 +171,10 @@ fn a_selection_reading_a_let_gives_the_gathers_gradient() {
     let program = lossc::Program::from_source("a.lx", with_extern).unwrap();
     let f = program.loss(None).unwrap();
     let err = lossc::api::eval(f, &inputs, &BTreeMap::new()).unwrap_err();
-    assert!(matches!(&err, CallError::Extern { op, .. } if op == "descending"), "{err}");
+    assert!(
+        matches!(&err, CallError::Extern { op, .. } if op == "descending"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -164,19 +189,34 @@ fn broken_externs_are_typed_errors() {
         (3.0, "the input is not a valid image"),
     ];
     for backend in backends() {
-        let k = compiler(backend).compile_source("a.lx", src).unwrap().kernel(None).unwrap();
+        let k = compiler(backend)
+            .compile_source("a.lx", src)
+            .unwrap()
+            .kernel(None)
+            .unwrap();
         for (mode, message) in expect {
-            let err = k.eval_with(&inputs, &BTreeMap::from([("mode".to_string(), mode)])).unwrap_err();
+            let err = k
+                .eval_with(&inputs, &BTreeMap::from([("mode".to_string(), mode)]))
+                .unwrap_err();
             let text = err.to_string();
-            assert!(matches!(err, CallError::Extern { .. }) && text.contains(message), "{backend:?} {mode}: {text}");
+            assert!(
+                matches!(err, CallError::Extern { .. }) && text.contains(message),
+                "{backend:?} {mode}: {text}"
+            );
         }
         // A caller passes only the loss's own inputs.
         let mut given = inputs.clone();
         given.insert("at".into(), Tensor::labels(vec![5], vec![0; 5]));
         let err = k.eval(&given).unwrap_err();
-        assert!(matches!(&err, CallError::UnknownInput { name, .. } if name == "at"), "{err}");
+        assert!(
+            matches!(&err, CallError::UnknownInput { name, .. } if name == "at"),
+            "{err}"
+        );
         let err = k.eval(&BTreeMap::new()).unwrap_err();
-        assert!(matches!(&err, CallError::MissingInput { name, expected } if name == "x" && !expected.contains("at")), "{err}");
+        assert!(
+            matches!(&err, CallError::MissingInput { name, expected } if name == "x" && !expected.contains("at")),
+            "{err}"
+        );
     }
 }
 
@@ -194,7 +234,11 @@ fn an_extern_without_an_implementation_is_a_compile_error() {
 fn betti_matching_gradients_agree_with_finite_differences() {
     let program = lossc::Program::from_file(std::path::Path::new("std::topology::betti_matching_both")).unwrap();
     let f = program.loss(None).unwrap();
-    let g: Vec<f64> = floats(vec![2, 5, 6], 7).to_f64().iter().map(|v| f64::from(u8::from(*v > 0.1))).collect();
+    let g: Vec<f64> = floats(vec![2, 5, 6], 7)
+        .to_f64()
+        .iter()
+        .map(|v| f64::from(u8::from(*v > 0.1)))
+        .collect();
     let inputs = BTreeMap::from([
         ("logits".to_string(), floats(vec![2, 5, 6], 8)),
         ("g".to_string(), Tensor::float(vec![2, 5, 6], g)),
@@ -203,7 +247,9 @@ fn betti_matching_gradients_agree_with_finite_differences() {
     assert_eq!(checks.len(), 1);
     assert!(checks[0].checked > 0 && checks[0].max_error < 1e-6, "{:?}", checks[0]);
     // The JIT's gradient, from its own pre-kernel and kernel, agrees with the interpreter's.
-    let jit = Compiler::new().threads(2).compile_file(std::path::Path::new("std::topology::betti_matching_both"));
+    let jit = Compiler::new()
+        .threads(2)
+        .compile_file(std::path::Path::new("std::topology::betti_matching_both"));
     let e = jit.unwrap().kernel(None).unwrap().eval(&inputs).unwrap();
     let reference = lossc::api::eval_grad(f, &inputs, &BTreeMap::new()).unwrap();
     close("loss", &[e.loss], &[reference.loss], 1e-5);

@@ -21,7 +21,7 @@ fn random_inputs(
         .map(|d| *sizes.get(d.name.as_str()).unwrap_or(&3))
         .collect();
     let mut m = BTreeMap::new();
-    for input in &f.inputs {
+    for input in f.inputs.iter().filter(|i| i.given()) {
         let shape: Vec<usize> = input.shape.iter().map(|d| d.eval(&dims) as usize).collect();
         let n: usize = shape.iter().product();
         let t = if input.elem == lossc::ir::ElemTy::Idx {

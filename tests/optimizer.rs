@@ -18,6 +18,7 @@ fn inputs_for(f: &Function, rng: &mut Rng, scale: f64) -> BTreeMap<String, Tenso
     let dims: Vec<i64> = f.dims.iter().map(|_| 4).collect();
     f.inputs
         .iter()
+        .filter(|i| i.given())
         .map(|i| {
             let shape: Vec<usize> = i.shape.iter().map(|d| d.eval(&dims) as usize).collect();
             let n = shape.iter().product();

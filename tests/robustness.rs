@@ -387,7 +387,7 @@ fn small_inputs(f: &lossc::ir::Function, rng: &mut Rng) -> Option<BTreeMap<Strin
         return None;
     }
     let mut inputs = BTreeMap::new();
-    for input in &f.inputs {
+    for input in f.inputs.iter().filter(|i| i.given()) {
         let shape: Vec<usize> = input
             .shape
             .iter()

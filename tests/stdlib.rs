@@ -21,6 +21,7 @@ fn inputs(f: &Function, rng: &mut Rng) -> BTreeMap<String, Tensor> {
         .collect();
     f.inputs
         .iter()
+        .filter(|i| i.given())
         .map(|i| {
             let shape: Vec<usize> = i.shape.iter().map(|d| d.eval(&dims) as usize).collect();
             let n = shape.iter().product();

@@ -396,6 +396,7 @@ impl Loss {
         f.inputs
             .iter()
             .enumerate()
+            .filter(|(_, i)| i.given())
             .map(|(k, i)| {
                 (
                     i.name.clone(),

@@ -141,7 +141,12 @@ impl Cubical {
         let values = self.values.clone();
         let mut order: Vec<usize> = (0..m * n).collect();
         // NaN is refused before: the values are ordered. Tied pixels (`==`, so -0 and 0 too) stay row-major.
-        order.sort_by(|&a, &b| key(values[b]).partial_cmp(&key(values[a])).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
+        order.sort_by(|&a, &b| {
+            key(values[b])
+                .partial_cmp(&key(values[a]))
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(a.cmp(&b))
+        });
         let mut counter = self.index.len();
         let mut edges_rev = Vec::new();
         let mut start = 0;
@@ -325,8 +330,12 @@ fn induced(picture: &Cubical, comp: &Cubical, image: &[Vec<Bar>; 2]) -> [Vec<(Ba
         let mut left = picture.bars[dim].clone();
         let mut right = comp.bars[dim].clone();
         for &(a, b) in &image[dim] {
-            let Some(m0) = left.iter().copied().find(|x| x.0 == a) else { continue };
-            let Some(m1) = right.iter().copied().find(|x| x.1 == b) else { continue };
+            let Some(m0) = left.iter().copied().find(|x| x.0 == a) else {
+                continue;
+            };
+            let Some(m1) = right.iter().copied().find(|x| x.1 == b) else {
+                continue;
+            };
             out[dim].push((m0, m1));
             remove(&mut left, m0);
             remove(&mut right, m1);
@@ -362,7 +371,9 @@ fn terms(p: &[f64], g: &[f64], m: usize, n: usize, sublevel: bool) -> Vec<Term> 
         let mut unmatched_g = cg.bars[dim].clone();
         let mut matched_g = im_g[dim].clone();
         for &(bp, bc) in &im_p[dim] {
-            let Some(k) = matched_g.iter().position(|(_, c)| *c == bc) else { continue };
+            let Some(k) = matched_g.iter().position(|(_, c)| *c == bc) else {
+                continue;
+            };
             let (bg, _) = matched_g.remove(k);
             out.push((2.0, [at(&cp, FROM_P, bp.0), at(&cg, FROM_G, bg.0)]));
             out.push((2.0, [at(&cp, FROM_P, bp.1), at(&cg, FROM_G, bg.1)]));
@@ -390,7 +401,11 @@ impl ExternOp for BettiMatching {
         let sublevel = match options.get("filtration") {
             Some(OptionValue::Str(s)) if s == "superlevel" => false,
             Some(OptionValue::Str(s)) if s == "sublevel" => true,
-            other => return Err(format!("filtration must be \"superlevel\" or \"sublevel\", not {other:?}")),
+            other => {
+                return Err(format!(
+                    "filtration must be \"superlevel\" or \"sublevel\", not {other:?}"
+                ));
+            }
         };
         let (p, g) = (floats(args[0])?, floats(args[1])?);
         let [b, m, n] = args[0].shape[..] else {
@@ -403,9 +418,13 @@ impl ExternOp for BettiMatching {
         let [from, row, col, constant, weight] = outputs else {
             return Err("expects five outputs".into());
         };
-        let (Data::Int(from), Data::Int(row), Data::Int(col), Data::Float(constant), Data::Float(weight)) =
-            (&mut from.data, &mut row.data, &mut col.data, &mut constant.data, &mut weight.data)
-        else {
+        let (Data::Int(from), Data::Int(row), Data::Int(col), Data::Float(constant), Data::Float(weight)) = (
+            &mut from.data,
+            &mut row.data,
+            &mut col.data,
+            &mut constant.data,
+            &mut weight.data,
+        ) else {
             return Err("its outputs have other element types than declared".into());
         };
         for image in 0..b {
@@ -415,7 +434,10 @@ impl ExternOp for BettiMatching {
             }
             let all = terms(&p[range.clone()], &g[range], m, n, sublevel);
             if all.len() > t {
-                return Err(format!("image {image} has {} terms, more than the {t} rows declared", all.len()));
+                return Err(format!(
+                    "image {image} has {} terms, more than the {t} rows declared",
+                    all.len()
+                ));
             }
             for (k, (w, sides)) in all.into_iter().enumerate() {
                 let at = image * t + k;

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use crate::backend::interp::Evaluation;
 use crate::call::{self, CallError, InputView};
 use crate::data::{Data, Tensor};
-use crate::ir::{Dim, ExternCall, ExternOption, Expr, Function, Role, Scalar, TensorRef};
+use crate::ir::{Dim, Expr, ExternCall, ExternOption, Function, Role, Scalar, TensorRef};
 
 /// An option's value at a call.
 #[derive(Clone, Debug, PartialEq)]
@@ -100,7 +100,9 @@ impl Externs {
 /// 0, nothing is differentiated (so the optimizer keeps only what those `let`s need).
 pub fn pre_function(f: &Function, k: usize) -> Function {
     let mut pre = f.clone();
-    let zero = pre.add(Expr::float(0.0), Scalar::Float, f.span).expect("a constant fits the IR");
+    let zero = pre
+        .add(Expr::float(0.0), Scalar::Float, f.span)
+        .expect("a constant fits the IR");
     for t in &mut pre.tensors {
         match t.role {
             Role::Loss => t.body = zero,
@@ -216,7 +218,9 @@ pub fn complete(
             .map(|&o| all[&f.inputs[o as usize].name].clone())
             .collect();
         let shapes: Vec<Vec<usize>> = outputs.iter().map(|t| t.shape.clone()).collect();
-        let op = ops.get(&call.op).ok_or_else(|| extern_error(call, "no implementation is registered"))?;
+        let op = ops
+            .get(&call.op)
+            .ok_or_else(|| extern_error(call, "no implementation is registered"))?;
         let ran = std::panic::catch_unwind(AssertUnwindSafe(|| op.forward(&args, &options, &mut outputs)));
         match ran {
             Ok(Ok(())) => {}
@@ -244,24 +248,37 @@ fn check_output(
     if t.shape != shape || t.len() != shape.iter().product::<usize>() {
         return Err(extern_error(
             call,
-            format!("its output `{name}` has shape {:?} ({} values), but {shape:?} was declared", t.shape, t.len()),
+            format!(
+                "its output `{name}` has shape {:?} ({} values), but {shape:?} was declared",
+                t.shape,
+                t.len()
+            ),
         ));
     }
     match (&t.data, input.elem == crate::ir::ElemTy::Idx) {
         (Data::Int(v), true) => {
             if let Some(b) = &input.bound {
                 let bound = b.eval(sizes);
-                if let Some(k) = v.iter().position(|x| !(0..bound).contains(x) && Some(*x) != input.ignore) {
+                if let Some(k) = v
+                    .iter()
+                    .position(|x| !(0..bound).contains(x) && Some(*x) != input.ignore)
+                {
                     return Err(extern_error(
                         call,
-                        format!("its output `{name}` holds {} at flat position {k}, outside 0..{bound}", v[k]),
+                        format!(
+                            "its output `{name}` holds {} at flat position {k}, outside 0..{bound}",
+                            v[k]
+                        ),
                     ));
                 }
             }
             Ok(())
         }
         (Data::Float(_), false) => Ok(()),
-        _ => Err(extern_error(call, format!("its output `{name}` has the wrong element type"))),
+        _ => Err(extern_error(
+            call,
+            format!("its output `{name}` has the wrong element type"),
+        )),
     }
 }
 
@@ -311,7 +328,9 @@ pub fn pull_back(
                 }
             })
             .collect();
-        let op = ops.get(&call.op).ok_or_else(|| extern_error(call, "no implementation is registered"))?;
+        let op = ops
+            .get(&call.op)
+            .ok_or_else(|| extern_error(call, "no implementation is registered"))?;
         let options = options(call, &values);
         let ran = std::panic::catch_unwind(AssertUnwindSafe(|| op.vjp(&args, &options, &outputs, &cotangents)));
         let grads = match ran {
@@ -320,16 +339,28 @@ pub fn pull_back(
             Err(_) => return Err(extern_error(call, "its vector-Jacobian product panicked")),
         };
         if grads.len() != call.args.len() {
-            return Err(extern_error(call, format!("its vjp returned {} gradients for {} arguments", grads.len(), call.args.len())));
+            return Err(extern_error(
+                call,
+                format!(
+                    "its vjp returned {} gradients for {} arguments",
+                    grads.len(),
+                    call.args.len()
+                ),
+            ));
         }
         for (a, g) in call.args.iter().zip(grads) {
             if !a.differentiable {
                 continue;
             }
-            let Some((_, acc)) = e.grads.iter_mut().find(|(n, _)| *n == a.name) else { continue };
+            let Some((_, acc)) = e.grads.iter_mut().find(|(n, _)| *n == a.name) else {
+                continue;
+            };
             let mut sum = acc.to_f64();
             if g.len() != sum.len() {
-                return Err(extern_error(call, format!("its gradient of `{}` has {} values, not {}", a.name, g.len(), sum.len())));
+                return Err(extern_error(
+                    call,
+                    format!("its gradient of `{}` has {} values, not {}", a.name, g.len(), sum.len()),
+                ));
             }
             for (s, x) in sum.iter_mut().zip(g) {
                 *s += x;
@@ -341,6 +372,7 @@ pub fn pull_back(
             *acc = Tensor::gradient(acc.shape.clone(), sum, elem);
         }
     }
-    e.grads.retain(|(n, _)| !f.inputs.iter().any(|i| i.produced_by.is_some() && i.name == *n));
+    e.grads
+        .retain(|(n, _)| !f.inputs.iter().any(|i| i.produced_by.is_some() && i.name == *n));
     Ok(())
 }

@@ -51,7 +51,11 @@ impl Cx<'_, '_> {
         if u.args.len() != def.params.len() {
             let names: Vec<&str> = def.params.iter().map(|p| p.name.name.as_str()).collect();
             return self.bad(
-                format!("`{op}` takes {} tensors, but {} are passed", def.params.len(), u.args.len()),
+                format!(
+                    "`{op}` takes {} tensors, but {} are passed",
+                    def.params.len(),
+                    u.args.len()
+                ),
                 u.func.span,
                 "called here",
                 format!("pass {}", names.join(", ")),
@@ -60,7 +64,11 @@ impl Cx<'_, '_> {
         if u.names.len() != def.outputs.len() {
             let names: Vec<&str> = def.outputs.iter().map(|o| o.name.name.as_str()).collect();
             return self.bad(
-                format!("`{op}` has {} outputs, but {} names are bound", def.outputs.len(), u.names.len()),
+                format!(
+                    "`{op}` has {} outputs, but {} names are bound",
+                    def.outputs.len(),
+                    u.names.len()
+                ),
                 u.names[0].span.to(u.names[u.names.len() - 1].span),
                 "bound here",
                 format!("name each output: `let ({}) = {op}(…)`", names.join(", ")),
@@ -140,9 +148,16 @@ impl Cx<'_, '_> {
         };
         let wants_float = p.ty.elem != ElemTy::Idx;
         if float != wants_float {
-            let (is, wants) = if float { ("a float", "an idx") } else { ("an integer", "a float") };
+            let (is, wants) = if float {
+                ("a float", "an idx")
+            } else {
+                ("an integer", "a float")
+            };
             return self.bad(
-                format!("`{}` is {is} tensor, but `{op}` takes {wants} `{}`", a.name, p.name.name),
+                format!(
+                    "`{}` is {is} tensor, but `{op}` takes {wants} `{}`",
+                    a.name, p.name.name
+                ),
                 a.span,
                 "passed here",
                 format!("`{}` is declared `{}`", p.name.name, crate::syntax::print::ty(&p.ty)),
@@ -175,7 +190,10 @@ impl Cx<'_, '_> {
                 },
                 _ => {
                     return self.bad(
-                        format!("`{op}`'s parameter `{}` has a dimension that is not a name", p.name.name),
+                        format!(
+                            "`{op}`'s parameter `{}` has a dimension that is not a name",
+                            p.name.name
+                        ),
                         pd.span,
                         "an expression",
                         "an extern's parameter axes are names or integers; write expressions in its outputs",
@@ -202,7 +220,10 @@ impl Cx<'_, '_> {
         let differentiable = wants_float && p.nograd.is_none();
         if differentiable && !matches!(tensor, TensorRef::Input(_)) {
             return self.bad(
-                format!("`{op}` differentiates `{}`, which must then be an input of the loss", p.name.name),
+                format!(
+                    "`{op}` differentiates `{}`, which must then be an input of the loss",
+                    p.name.name
+                ),
                 a.span,
                 "a `let`",
                 format!(
@@ -226,22 +247,25 @@ impl Cx<'_, '_> {
                 Some(x) => x.clone(),
                 None => {
                     return self.bad(
-                            format!("`{op}`'s output dimension `{n}` is not an axis of its parameters"),
-                            d.span,
-                            "not bound by a parameter",
-                            "size outputs by the parameters' dimension names (`T: 4 * H * W`)",
-                        );
+                        format!("`{op}`'s output dimension `{n}` is not an axis of its parameters"),
+                        d.span,
+                        "not bound by a parameter",
+                        "size outputs by the parameters' dimension names (`T: 4 * H * W`)",
+                    );
                 }
             },
-            ast::DimExprKind::Add(a, b) => {
-                Dim::Add(Box::new(self.extern_dim(op, a, syms)?), Box::new(self.extern_dim(op, b, syms)?))
-            }
-            ast::DimExprKind::Sub(a, b) => {
-                Dim::Sub(Box::new(self.extern_dim(op, a, syms)?), Box::new(self.extern_dim(op, b, syms)?))
-            }
-            ast::DimExprKind::Mul(a, b) => {
-                Dim::Mul(Box::new(self.extern_dim(op, a, syms)?), Box::new(self.extern_dim(op, b, syms)?))
-            }
+            ast::DimExprKind::Add(a, b) => Dim::Add(
+                Box::new(self.extern_dim(op, a, syms)?),
+                Box::new(self.extern_dim(op, b, syms)?),
+            ),
+            ast::DimExprKind::Sub(a, b) => Dim::Sub(
+                Box::new(self.extern_dim(op, a, syms)?),
+                Box::new(self.extern_dim(op, b, syms)?),
+            ),
+            ast::DimExprKind::Mul(a, b) => Dim::Mul(
+                Box::new(self.extern_dim(op, a, syms)?),
+                Box::new(self.extern_dim(op, b, syms)?),
+            ),
         };
         Some(r.fold())
     }
@@ -262,7 +286,12 @@ impl Cx<'_, '_> {
             } else {
                 format!("`{op}`'s options are {}", declared.join(", "))
             };
-            return self.bad(format!("`{op}` has no option `{}`", o.name.name), o.name.span, "unknown option", help);
+            return self.bad(
+                format!("`{op}` has no option `{}`", o.name.name),
+                o.name.span,
+                "unknown option",
+                help,
+            );
         }
         let mut out = Vec::new();
         for d in &def.options {
@@ -272,11 +301,11 @@ impl Cx<'_, '_> {
                 (None, Some(v)) => (v, false),
                 (None, None) => {
                     return self.bad(
-                            format!("`{op}` needs its option `{}`", d.name.name),
-                            u.func.span,
-                            "called here",
-                            format!("set it after a `;`: `{op}(…; {} = …)`", d.name.name),
-                        );
+                        format!("`{op}` needs its option `{}`", d.name.name),
+                        u.func.span,
+                        "called here",
+                        format!("set it after a `;`: `{op}(…; {} = …)`", d.name.name),
+                    );
                 }
             };
             let v = match (value, &d.ty) {
@@ -303,11 +332,11 @@ impl Cx<'_, '_> {
                 (v, _) => {
                     let wants = if d.ty.is_none() { "a string" } else { "a number" };
                     return self.bad(
-                            format!("`{op}`'s option `{}` is {wants}", d.name.name),
-                            v.span(),
-                            "of the other kind",
-                            "a `str` option takes a string literal; a number option a constant or a hyperparameter",
-                        );
+                        format!("`{op}`'s option `{}` is {wants}", d.name.name),
+                        v.span(),
+                        "of the other kind",
+                        "a `str` option takes a string literal; a number option a constant or a hyperparameter",
+                    );
                 }
             };
             out.push((d.name.name.clone(), v));

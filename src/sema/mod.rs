@@ -2062,13 +2062,16 @@ impl Cx<'_, '_> {
                     _ => Vec::new(),
                 };
                 self.err(
-                    Diag::new(Code::BadExtern, format!("`{}` is an extern operation, called in an expression", func.name))
-                        .label(func.span, "called here")
-                        .help(format!(
-                            "an extern runs before the kernel, on whole tensors: `let ({}) = {}(…)`",
-                            names.join(", "),
-                            func.name
-                        )),
+                    Diag::new(
+                        Code::BadExtern,
+                        format!("`{}` is an extern operation, called in an expression", func.name),
+                    )
+                    .label(func.span, "called here")
+                    .help(format!(
+                        "an extern runs before the kernel, on whole tensors: `let ({}) = {}(…)`",
+                        names.join(", "),
+                        func.name
+                    )),
                 );
                 return None;
             }

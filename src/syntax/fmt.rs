@@ -238,7 +238,9 @@ impl Formatter<'_> {
             self.leading(s.span.start as usize, "    ");
             let start = format!("    {} = ", super::print::stmt_head(s));
             match &s.unpack {
-                Some(u) => self.out.push_str(&format!("{start}{}", super::print::unpack_call(u, expr))),
+                Some(u) => self
+                    .out
+                    .push_str(&format!("{start}{}", super::print::unpack_call(u, expr))),
                 None => self.wrapped(&start, &s.value),
             }
             self.end_line(self.line_end(s.span.end as usize));

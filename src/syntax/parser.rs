@@ -550,7 +550,11 @@ impl Builder {
                     let mut jt = q.into_inner();
                     let name = self.ident(jt.next().unwrap());
                     let t = jt.next().unwrap();
-                    let ty = if t.as_rule() == Rule::str_ty { None } else { Some(self.ty(t)?) };
+                    let ty = if t.as_rule() == Rule::str_ty {
+                        None
+                    } else {
+                        Some(self.ty(t)?)
+                    };
                     let default = jt.next().map(|v| self.option_value(v, 0)).transpose()?;
                     options.push(ExternOpt { name, ty, default });
                 }

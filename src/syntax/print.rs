@@ -71,7 +71,8 @@ pub fn file(f: &File) -> String {
                 }
                 for o in &e.options {
                     let t = o.ty.as_ref().map_or("str".to_string(), ty);
-                    let d = (o.default.as_ref()).map_or(String::new(), |d| format!(" (default {})", option_value(d, expr)));
+                    let d =
+                        (o.default.as_ref()).map_or(String::new(), |d| format!(" (default {})", option_value(d, expr)));
                     let _ = writeln!(out, "  (option {} {t}{d})", o.name.name);
                 }
                 for o in &e.outputs {

@@ -48,6 +48,13 @@ const ROWS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/lossc_rows.o"));
 /// Compiles optimized loss-and-gradient functions (as [`crate::api::gradient`] makes them) into a
 /// library's parts; `source_name` is what the header and comments say they came from.
 pub fn library(functions: &[&Function], source_name: &str) -> Result<Library, AotError> {
+    if let Some(f) = functions.iter().find(|f| !f.externs.is_empty()) {
+        return Err(AotError(format!(
+            "`{}` calls the extern operation `{}`, which runs in lossc's host code: a C library cannot call it \
+             (use the loss through the embedding API, the Python package or the CLI)",
+            f.name, f.externs[0].op
+        )));
+    }
     let named: Vec<(&str, &Function)> = functions.iter().map(|f| (f.name.as_str(), *f)).collect();
     // The row helpers of the build this machine runs (the code is for its CPU), where lossc has them.
     let rows = crate::backend::jit::row_build().filter(|_| !ROWS.is_empty());
