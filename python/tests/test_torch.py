@@ -217,3 +217,26 @@ def test_training_example_brings_the_loss_down():
     run = subprocess.run([sys.executable, str(ROOT / "examples/python/train.py")], capture_output=True, text=True, check=True)
     losses = [float(m) for m in re.findall(r"mean loss (\S+),", run.stdout)]
     assert len(losses) == 8 and losses[-1] < 0.5 * losses[0], run.stdout
+
+
+def test_betti_matching_calls_its_extern_and_matches_the_original():
+    # Betti matching (issue 24): the persistence barcodes are matched by an extern operation in Rust before
+    # the kernel; the loss and its gradient equal BettiMatchingLoss's at 3e7eca2 (tests/fixtures, written by
+    # tools/make_fixtures.py topology), and the signature has only the loss's own inputs.
+    import json
+    import pathlib
+
+    fixtures = json.loads((pathlib.Path(__file__).parents[2] / "tests/fixtures/topology.json").read_text())
+    crit = lt.Loss("std::topology::betti_matching_both")
+    assert [i.name for i in crit.loss.inputs] == ["logits", "g"]
+    case = next(c for c in fixtures["cases"] if c["loss"] == "std::topology::betti_matching_both")
+    call = case["calls"][0]
+
+    def tensor(t):
+        return torch.tensor(t["data"], dtype=torch.float32).reshape(t["shape"])
+
+    logits = tensor(call["inputs"]["logits"]).requires_grad_()
+    loss = crit(logits, tensor(call["inputs"]["g"]))
+    loss.backward()
+    assert abs(loss.item() - call["loss"]) < 1e-4 * abs(call["loss"])
+    torch.testing.assert_close(logits.grad, tensor(call["grads"]["logits"]), rtol=1e-4, atol=1e-5)
