@@ -448,3 +448,8 @@ case!(
     BadExtern,
     "loss f(x: f32[N]) {\n    let (y) = exp(x)\n    sum[i] y[i]\n}\n"
 );
+case!(
+    sortnet_two_indices,
+    BadOrderOption,
+    "loss f(x: f32[4, 4]) {\n    sum[i, j] sortnet[a, b](x[a, b])[i, j]\n}\n"
+);

@@ -206,3 +206,55 @@ fn topk_takes_k_from_a_hyperparameter_per_call() {
         assert!(err.contains("negative"), "{err}");
     }
 }
+
+/// topk and argsort over a masked set of pairs (issue 24: UNPG's negative pairs): the k largest pair
+/// similarities and the row-major flat positions in ascending order, against a sort of the pairs in Rust;
+/// ties (values from a small set) go by row-major position.
+const PAIRS: &str = "loss f(s: f32[N, N], y: idx[N] < 2) -> (order: f32[N * N], top: f32[K]) {
+    out order[u] = 1.0 * argsort[a, b | a < b && y[a] != y[b]](s[a, b])[u]
+    out top[u: K] = topk[a, b | a < b && y[a] != y[b]](s[a, b]; k = K)[u]
+    sum[u: K] (u + 1) * topk[a, b | a < b && y[a] != y[b]](s[a, b]; k = K)[u]
+}";
+
+#[test]
+fn topk_and_argsort_order_masked_pairs() {
+    let n = 6;
+    for ties in [false, true] {
+        let s = random(vec![n, n], 31 + u64::from(ties), ties);
+        let y = Tensor::labels(vec![n], vec![0, 1, 1, 0, 1, 0]);
+        let x = BTreeMap::from([("s".to_string(), s.clone()), ("y".to_string(), y.clone())]);
+        let (v, labels) = (s.to_f64(), y.to_f64());
+        // The pairs the mask keeps, by flat position, and their order.
+        let kept: Vec<usize> = (0..n * n)
+            .filter(|p| p / n < p % n && labels[p / n] != labels[p % n])
+            .collect();
+        let mut ascending = kept.clone();
+        ascending.sort_by(|a, b| v[*a].partial_cmp(&v[*b]).unwrap()); // stable: ties by position
+        let mut descending = kept.clone();
+        descending.sort_by(|a, b| v[*b].partial_cmp(&v[*a]).unwrap());
+        for backend in backends() {
+            let src = PAIRS.replace("K]", "4]").replace("K)", "4)");
+            let src = src.replace("sum[u: K]", "sum[u: 4]");
+            let e = eval(&src, &x, backend);
+            // Positions past the kept pairs' count are -1.
+            let mut order: Vec<f64> = ascending.iter().map(|p| *p as f64).collect();
+            order.resize(n * n, -1.0);
+            assert_eq!(output(&e, "order"), order, "{backend:?} ties {ties}");
+            for (g, p) in output(&e, "top").iter().zip(&descending) {
+                assert!((g - v[*p]).abs() < 1e-6, "{backend:?} top {g} vs {}", v[*p]);
+            }
+            // The gradient reaches the chosen pairs only, with their position's weight.
+            let g = e.grads.iter().find(|(n, _)| n == "s").unwrap().1.to_f64();
+            if !ties {
+                for (p, gp) in g.iter().enumerate() {
+                    let want = descending
+                        .iter()
+                        .position(|q| *q == p)
+                        .filter(|r| *r < 4)
+                        .map_or(0.0, |r| (r + 1) as f64);
+                    assert_eq!(*gp, want, "{backend:?} grad at {p}");
+                }
+            }
+        }
+    }
+}

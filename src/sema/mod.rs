@@ -1523,12 +1523,12 @@ impl Cx<'_, '_> {
             } => self.reduce(*op, binders, mask.as_deref(), body, e.span),
             ExprKind::Order {
                 op,
-                binder,
+                binders,
                 mask,
                 body,
                 options,
                 subscripts,
-            } => self.order(*op, binder, mask.as_deref(), body, options, subscripts, e.span),
+            } => self.order(*op, binders, mask.as_deref(), body, options, subscripts, e.span),
         }
     }
 

@@ -103,7 +103,7 @@ impl Cx<'_, '_> {
     pub(super) fn order(
         &mut self,
         op: OrderOp,
-        binder: &ast::Binder,
+        binders: &[ast::Binder],
         mask_ast: Option<&ast::Expr>,
         body: &ast::Expr,
         options: &[OrderOption],
@@ -112,17 +112,17 @@ impl Cx<'_, '_> {
     ) -> Option<NodeId> {
         // Lower everything first, so that one bad option does not leave the indices around unconstrained.
         self.scopes.push(Vec::new());
-        let j = self.binder(binder, None);
+        let js: Vec<IndexId> = binders.iter().map(|b| self.binder(b, None)).collect();
         let m = mask_ast.map(|m| self.expr(m).and_then(|n| self.condition(n, m)));
         let b = self.expr(body);
         self.scopes.pop();
-        let j = self
-            .finish_binders(std::slice::from_ref(binder), vec![j], None)
-            .map(|v| v[0]);
+        let js = self.finish_binders(binders, js, None);
         let k_option = options.iter().find(|o| o.name.name == "k");
-        let positions = match (op, j) {
+        // argsort's positions: the row-major flat positions of the ordered indices.
+        let positions = match (op, &js) {
             (OrderOp::TopK, _) => k_option.and_then(|k| self.option_dim(k)),
-            (_, Some(j)) => Some(self.f.index(j).range.clone()),
+            (_, Some(js)) => (js.iter().map(|j| self.f.index(*j).range.clone()))
+                .reduce(|a, b| Dim::Mul(Box::new(a), Box::new(b)).fold()),
             _ => None,
         };
         let subs: Vec<Option<NodeId>> = subscripts
@@ -175,6 +175,15 @@ impl Cx<'_, '_> {
             );
             return None;
         }
+        if op == OrderOp::SortNet && binders.len() > 1 {
+            self.order_err(
+                binders[1].name.span,
+                "a sorting network orders one index".into(),
+                "a second index",
+                "sort each row: `sortnet[k](x[r, k])[i, j]`; topk and argsort take several indices",
+            );
+            return None;
+        }
         if let (OrderOp::SortNet, Some(m)) = (op, mask_ast) {
             self.order_err(
                 m.span,
@@ -184,7 +193,7 @@ impl Cx<'_, '_> {
             );
             return None;
         }
-        let j = j?;
+        let js = js?;
         positions?;
         let subs = subs.into_iter().collect::<Option<Vec<NodeId>>>()?;
         let mask = match m {
@@ -194,30 +203,49 @@ impl Cx<'_, '_> {
         let b = self.number(b?, body)?;
         let b = self.as_float(b, body.span)?;
         match op {
-            OrderOp::TopK | OrderOp::ArgSort => self.select_by_rank(op, j, mask, b, subs[0], span),
+            OrderOp::TopK | OrderOp::ArgSort => self.select_by_rank(op, &js, mask, b, subs[0], span),
             OrderOp::SortNet => {
-                let net = self.net_options(j, options, span)?;
-                self.sortnet(j, b, net, (subs[0], subs[1]), span)
+                let net = self.net_options(js[0], options, span)?;
+                self.sortnet(js[0], b, net, (subs[0], subs[1]), span)
             }
         }
     }
 
-    /// topk / argsort: rank every element by a count over a second copy of the index, then pick rank u.
+    /// topk / argsort: rank every element by a count over a second copy of the indices (ties broken by
+    /// row-major position), then pick rank u.
     #[allow(clippy::too_many_arguments)]
     fn select_by_rank(
         &mut self,
         op: OrderOp,
-        j: IndexId,
+        js: &[IndexId],
         mask: Option<NodeId>,
         body: NodeId,
         u: NodeId,
         span: Span,
     ) -> Option<NodeId> {
-        let range_j = self.f.index(j).range.clone();
-        let j2 = self.known_index(format!("{}'", self.f.index(j).name), range_j, span, "the ranked index");
-        let j2_node = self.mk(Expr::Index(j2), Scalar::Int, span)?;
-        let j_node = self.mk(Expr::Index(j), Scalar::Int, span)?;
-        let map = HashMap::from([(j, j2_node)]);
+        let mut map = HashMap::new();
+        let mut j2s = Vec::new();
+        // `earlier`: (j') before (j) in row-major order, built from the last index outwards.
+        let mut earlier: Option<NodeId> = None;
+        for &j in js.iter().rev() {
+            let range_j = self.f.index(j).range.clone();
+            let j2 = self.known_index(format!("{}'", self.f.index(j).name), range_j, span, "the ranked index");
+            let j2_node = self.mk(Expr::Index(j2), Scalar::Int, span)?;
+            let j_node = self.mk(Expr::Index(j), Scalar::Int, span)?;
+            map.insert(j, j2_node);
+            j2s.push(j2);
+            let less = self.prim(Prim::Lt, vec![j2_node, j_node], span)?;
+            earlier = Some(match earlier {
+                None => less,
+                Some(inner) => {
+                    let same = self.prim(Prim::Eq, vec![j2_node, j_node], span)?;
+                    let then = self.prim(Prim::And, vec![same, inner], span)?;
+                    self.prim(Prim::Or, vec![less, then], span)?
+                }
+            });
+        }
+        j2s.reverse();
+        let earlier = earlier?;
         let body2 = self.f.subst(body, &map).ok()?;
         let mask2 = match mask {
             Some(m) => Some(self.f.subst(m, &map).ok()?),
@@ -226,13 +254,12 @@ impl Cx<'_, '_> {
         let ahead = if op == OrderOp::TopK { Prim::Gt } else { Prim::Lt };
         let strictly = self.prim(ahead, vec![body2, body], span)?;
         let tie = self.prim(Prim::Eq, vec![body2, body], span)?;
-        let earlier = self.prim(Prim::Lt, vec![j2_node, j_node], span)?;
         let tie_first = self.prim(Prim::And, vec![tie, earlier], span)?;
         let before = self.prim(Prim::Or, vec![strictly, tie_first], span)?;
         let rank = self.mk(
             Expr::Reduce {
                 op: ReduceOp::Count,
-                indices: [j2].into(),
+                indices: j2s.into(),
                 mask: mask2,
                 body: before,
             },
@@ -248,7 +275,7 @@ impl Cx<'_, '_> {
             OrderOp::TopK => self.mk(
                 Expr::Reduce {
                     op: ReduceOp::Sum,
-                    indices: [j].into(),
+                    indices: js.into(),
                     mask: Some(chosen),
                     body,
                 },
@@ -260,7 +287,7 @@ impl Cx<'_, '_> {
                 self.mk(
                     Expr::Reduce {
                         op: ReduceOp::ArgMax,
-                        indices: [j].into(),
+                        indices: js.into(),
                         mask: Some(chosen),
                         body: zero,
                     },

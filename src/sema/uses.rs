@@ -132,7 +132,7 @@ impl Walk<'_> {
                 scopes.truncate(scopes.len() - opened);
             }
             ExprKind::Order {
-                binder,
+                binders,
                 mask,
                 body,
                 subscripts,
@@ -142,11 +142,12 @@ impl Walk<'_> {
                     self.walk(s, scopes);
                 }
                 let over: Vec<&ast::Expr> = mask.iter().map(|m| &**m).chain([&**body]).collect();
-                scopes.push(Scope::of(binder, &over));
+                let opened = binders.len();
+                scopes.extend(binders.iter().map(|b| Scope::of(b, &over)));
                 for e in &over {
                     self.walk(e, scopes);
                 }
-                scopes.pop();
+                scopes.truncate(scopes.len() - opened);
             }
             _ => for_each_child(e, |c| self.walk(c, scopes)),
         }

@@ -510,8 +510,9 @@ pub enum ExprKind {
     Order {
         /// Which ordering form.
         op: OrderOp,
-        /// The index it orders over.
-        binder: Binder,
+        /// The indices it orders over (one for `sortnet`; topk and argsort take several: pairs, in
+        /// row-major order).
+        binders: Vec<Binder>,
         /// The condition that selects the points ordered, if any.
         mask: Option<Box<Expr>>,
         /// The values ordered.

@@ -405,7 +405,7 @@ fn print_expr(e: &Expr, src: &str) -> String {
         ExprKind::Paren(inner) => format!("({})", go(inner)),
         ExprKind::Order {
             op,
-            binder,
+            binders: order_binders,
             mask,
             body,
             options,
@@ -421,7 +421,7 @@ fn print_expr(e: &Expr, src: &str) -> String {
             } else {
                 format!("; {}", opts.join(", "))
             };
-            let b = binders(std::slice::from_ref(binder));
+            let b = binders(order_binders);
             format!("{}[{b}{m}]({}{opts})[{}]", op.as_str(), go(body), list(subscripts))
         }
     }

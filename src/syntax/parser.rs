@@ -976,12 +976,13 @@ impl Builder {
             Rule::order => {
                 let mut it = p.into_inner();
                 let op = OrderOp::from_name(it.next().unwrap().as_str()).expect("grammar: order_op");
-                let binder = self.binder(it.next().unwrap())?;
+                let mut binders = Vec::new();
                 let mut exprs = Vec::new();
                 let mut options = Vec::new();
                 let mut subscripts = Vec::new();
                 for q in it {
                     match q.as_rule() {
+                        Rule::binder => binders.push(self.binder(q)?),
                         Rule::expr => exprs.push(self.expr(q, depth + 1)?),
                         Rule::option => options.push(self.option(q, depth + 1)?),
                         Rule::subscripts => {
@@ -997,7 +998,7 @@ impl Builder {
                 Ok(Expr {
                     kind: ExprKind::Order {
                         op,
-                        binder,
+                        binders,
                         mask,
                         body: Box::new(body),
                         options,

@@ -259,7 +259,7 @@ pub fn expr(e: &Expr) -> String {
         ExprKind::Paren(inner) => expr(inner),
         ExprKind::Order {
             op,
-            binder,
+            binders: order_binders,
             mask,
             body,
             options,
@@ -274,7 +274,7 @@ pub fn expr(e: &Expr) -> String {
             format!(
                 "({}[{}{m}] {}{opts} [{}])",
                 op.as_str(),
-                binders(std::slice::from_ref(binder)),
+                binders(order_binders),
                 expr(body),
                 subs.join(" ")
             )
