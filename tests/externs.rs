@@ -167,6 +167,18 @@ fn a_selection_reading_a_let_gives_the_gathers_gradient() {
             close(&format!("{backend:?} grad {x}"), &grad(&ea, x), &grad(&eb, x), tol);
         }
     }
+    // Second order: Hessian-vector products with the selection held, as lx's topk holds its choice.
+    let v = floats(vec![4, 7], 9);
+    for backend in backends() {
+        let tol = if backend == Backend::Interp { 1e-12 } else { 1e-4 };
+        let a = compiler(backend).compile_source("a.lx", with_extern).unwrap().kernel(None).unwrap();
+        let b = compiler(backend).compile_source("b.lx", in_lx).unwrap().kernel(None).unwrap();
+        let (ha, hb) = (
+            a.hvp(&inputs, &BTreeMap::new(), "x", v.clone()).unwrap(),
+            b.hvp(&inputs, &BTreeMap::new(), "x", v.clone()).unwrap(),
+        );
+        close(&format!("{backend:?} hvp"), &grad(&ha, "x"), &grad(&hb, "x"), tol);
+    }
     // Through the library's interpreter entry points too (the REPL's and gradcheck's).
     let program = lossc::Program::from_source("a.lx", with_extern).unwrap();
     let f = program.loss(None).unwrap();
