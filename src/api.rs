@@ -146,7 +146,7 @@ pub fn eval(
     hypers: &BTreeMap<String, f64>,
 ) -> Result<Evaluation, CallError> {
     let all = with_externs(f, inputs, hypers)?;
-    run_interp(f, &all, hypers)
+    run_interp(f, &all.inputs, hypers)
 }
 
 /// The interpreter on every input `f` declares (extern outputs included).
@@ -161,23 +161,23 @@ fn run_interp(
 }
 
 /// The inputs with the outputs of `f`'s extern calls ([`crate::externs::complete`], the standard
-/// library's operations, the `let`s they read computed by the interpreter); `inputs` itself where `f`
-/// calls none.
-pub fn with_externs<'a>(
+/// library's operations, the `let`s they read computed by the interpreter).
+pub fn with_externs(
     f: &Function,
-    inputs: &'a BTreeMap<String, Tensor>,
+    inputs: &BTreeMap<String, Tensor>,
     hypers: &BTreeMap<String, f64>,
-) -> Result<std::borrow::Cow<'a, BTreeMap<String, Tensor>>, CallError> {
+) -> Result<crate::externs::Completed, CallError> {
     if f.externs.is_empty() {
-        return Ok(std::borrow::Cow::Borrowed(inputs));
+        return Ok(crate::externs::Completed {
+            inputs: inputs.clone(),
+            args: Vec::new(),
+        });
     }
     let ops = crate::externs::Externs::standard();
-    let all = crate::externs::complete(f, inputs, hypers, &ops, |k, all| {
+    crate::externs::complete(f, inputs, hypers, &ops, |k, all| {
         run_interp(&crate::externs::pre_function(f, k), all, hypers)
-    })?;
-    Ok(std::borrow::Cow::Owned(all))
+    })
 }
-
 /// The stack the compiler's recursive stages run on. The parser, the checker and the interpreter recurse
 /// over trees whose depth the front end bounds (see `syntax::MAX_NESTING` and `ir::MAX_NODE_DEPTH`); this
 /// much stack covers those bounds even in unoptimised builds. It is reserved, not committed, memory.
@@ -233,8 +233,13 @@ pub fn eval_grad(
 ) -> Result<Evaluation, EvalError> {
     let g = gradient(f).map_err(EvalError::Loss)?;
     let all = with_externs(f, inputs, hypers)?;
-    let mut e = run_interp(&g, &all, hypers)?;
-    crate::externs::pull_back(f, &all, hypers, &crate::externs::Externs::standard(), &mut e)?;
+    let mut e = run_interp(&g, &all.inputs, hypers)?;
+    let ops = crate::externs::Externs::standard();
+    crate::externs::pull_back(f, &all, hypers, &ops, &mut e, |k, at| {
+        let p = crate::externs::pullback_function(f, k).ok_or_else(|| CallError::Compile("no pullback".into()))?;
+        let p = gradient(&p).map_err(|d| CallError::Compile(d.message))?;
+        run_interp(&p, at, hypers)
+    })?;
     Ok(e)
 }
 

@@ -60,7 +60,7 @@ pub fn check_against(
     let mut frozen = Frozen::new();
     // So are the outputs of selection externs (piecewise constant); a differentiable extern runs again
     // at every point.
-    let base = crate::api::with_externs(f, inputs, hypers)?.into_owned();
+    let base = crate::api::with_externs(f, inputs, hypers)?.inputs;
     let rerun = f.externs.iter().any(|c| c.args.iter().any(|a| a.differentiable));
     {
         let bound = call::bind(f, &base, hypers)?;
@@ -68,7 +68,7 @@ pub fn check_against(
     }
     let loss_at = |m: &BTreeMap<String, Tensor>| -> Result<f64, EvalError> {
         let all = if rerun {
-            crate::api::with_externs(f, m, hypers)?.into_owned()
+            crate::api::with_externs(f, m, hypers)?.inputs
         } else {
             let mut all = base.clone();
             all.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));

@@ -204,6 +204,8 @@ struct Stages {
     source: Function,
     ops: crate::externs::Externs,
     pre: Vec<Option<Kernel>>,
+    /// For each call that differentiates a `let`: the kernel carrying its cotangent to the inputs.
+    pullback: Vec<Option<Kernel>>,
 }
 
 impl Stages {
@@ -222,18 +224,23 @@ impl Stages {
                 )));
             }
         }
-        let mut pre = Vec::new();
+        let (mut pre, mut pullback) = (Vec::new(), Vec::new());
         for k in 0..f.externs.len() {
             pre.push(if crate::externs::reads_lets(f, k) {
                 Some(Kernel::build(&crate::externs::pre_function(f, k), options)?)
             } else {
                 None
             });
+            pullback.push(match crate::externs::pullback_function(f, k) {
+                Some(g) => Some(Kernel::build(&g, options)?),
+                None => None,
+            });
         }
         Ok(Stages {
             source: f.clone(),
             ops: options.externs.clone(),
             pre,
+            pullback,
         })
     }
 
@@ -242,13 +249,37 @@ impl Stages {
         &self,
         inputs: &BTreeMap<String, Tensor>,
         hypers: &BTreeMap<String, f64>,
-    ) -> Result<BTreeMap<String, Tensor>, CallError> {
+    ) -> Result<crate::externs::Completed, CallError> {
         crate::externs::complete(&self.source, inputs, hypers, &self.ops, |k, all| match &self.pre[k] {
             Some(kernel) => kernel.eval_with(all, hypers),
             None => Err(CallError::Compile(
                 "an extern call's arguments were not compiled".into(),
             )),
         })
+    }
+
+    /// A call of the loss's kernel `run`, on the completed inputs, and the extern outputs' gradients pulled
+    /// back.
+    fn call(
+        &self,
+        inputs: &BTreeMap<String, Tensor>,
+        hypers: &BTreeMap<String, f64>,
+        run: impl FnOnce(&BTreeMap<String, Tensor>) -> Result<Evaluation, CallError>,
+    ) -> Result<Evaluation, CallError> {
+        let completed = self.complete(inputs, hypers)?;
+        let mut e = run(&completed.inputs)?;
+        crate::externs::pull_back(
+            &self.source,
+            &completed,
+            hypers,
+            &self.ops,
+            &mut e,
+            |k, all| match &self.pullback[k] {
+                Some(kernel) => kernel.eval_with(all, hypers),
+                None => Err(CallError::Compile("an extern call's pullback was not compiled".into())),
+            },
+        )?;
+        Ok(e)
     }
 }
 
@@ -424,12 +455,7 @@ impl Kernel {
             return Err(CallError::HyperFixed { name: name.clone() });
         }
         match &self.stages {
-            Some(stages) => {
-                let completed = stages.complete(inputs, hypers)?;
-                let mut e = self.run(&completed, hypers)?;
-                crate::externs::pull_back(&stages.source, &completed, hypers, &stages.ops, &mut e)?;
-                Ok(e)
-            }
+            Some(stages) => stages.call(inputs, hypers, |all| self.run(all, hypers)),
             None => self.run(inputs, hypers),
         }
     }
@@ -540,7 +566,7 @@ impl Kernel {
             }
         };
         let mut all = match &self.stages {
-            Some(stages) => stages.complete(inputs, hypers)?,
+            Some(stages) => stages.complete(inputs, hypers)?.inputs,
             None => inputs.clone(),
         };
         if all.contains_key(&direction) {

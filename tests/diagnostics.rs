@@ -439,11 +439,6 @@ case!(
     &format!("{EXTERN}loss f(x: f32[N]) {{\n    let (at, w) = pick(x; mode = 2)\n    sum[i] w[i] * x[at[i]]\n}}\n")
 );
 case!(
-    extern_differentiates_a_let,
-    BadExtern,
-    "extern fn cube(x: f32[N]) -> (y: f32[N])\nloss f(x: f32[N]) {\n    let z[i] = 2 * x[i]\n    let (y) = cube(z)\n    sum[i] y[i]\n}\n"
-);
-case!(
     not_an_extern,
     BadExtern,
     "loss f(x: f32[N]) {\n    let (y) = exp(x)\n    sum[i] y[i]\n}\n"

@@ -135,6 +135,34 @@ fn a_differentiable_extern_pulls_gradients_back_through_its_vjp() {
         // The extern's output is no gradient a caller sees.
         assert!(ea.grads.iter().all(|(n, _)| n != "y"), "{backend:?}: {:?}", ea.grads);
     }
+    // Through a `let`: the cotangent of z = x * w + x continues into x and w (one more kernel).
+    let through_let = "extern fn cube(x: f32[N]) -> (y: f32[N])\n\
+                       loss f(x: f32[N], w: f32[N]) {\n    let z[i] = x[i] * w[i] + x[i]\n    let (y) = cube(z)\n    \
+                       sum[i] y[i] * w[i]\n}\n";
+    let in_lx = "loss f(x: f32[N], w: f32[N]) { sum[i] (x[i] * w[i] + x[i]) ^ 3 * w[i] }\n";
+    for backend in backends() {
+        let tol = if backend == Backend::Interp { 1e-12 } else { 1e-5 };
+        let a = compiler(backend)
+            .compile_source("a.lx", through_let)
+            .unwrap()
+            .kernel(None)
+            .unwrap();
+        let b = compiler(backend)
+            .compile_source("b.lx", in_lx)
+            .unwrap()
+            .kernel(None)
+            .unwrap();
+        let (ea, eb) = (a.eval(&inputs).unwrap(), b.eval(&inputs).unwrap());
+        close("loss", &[ea.loss], &[eb.loss], tol);
+        for x in ["x", "w"] {
+            close(
+                &format!("{backend:?} through a let, grad {x}"),
+                &grad(&ea, x),
+                &grad(&eb, x),
+                tol,
+            );
+        }
+    }
 }
 
 #[test]
@@ -171,8 +199,16 @@ fn a_selection_reading_a_let_gives_the_gathers_gradient() {
     let v = floats(vec![4, 7], 9);
     for backend in backends() {
         let tol = if backend == Backend::Interp { 1e-12 } else { 1e-4 };
-        let a = compiler(backend).compile_source("a.lx", with_extern).unwrap().kernel(None).unwrap();
-        let b = compiler(backend).compile_source("b.lx", in_lx).unwrap().kernel(None).unwrap();
+        let a = compiler(backend)
+            .compile_source("a.lx", with_extern)
+            .unwrap()
+            .kernel(None)
+            .unwrap();
+        let b = compiler(backend)
+            .compile_source("b.lx", in_lx)
+            .unwrap()
+            .kernel(None)
+            .unwrap();
         let (ha, hb) = (
             a.hvp(&inputs, &BTreeMap::new(), "x", v.clone()).unwrap(),
             b.hvp(&inputs, &BTreeMap::new(), "x", v.clone()).unwrap(),

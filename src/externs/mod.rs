@@ -129,6 +129,103 @@ pub fn pre_function(f: &Function, k: usize) -> Function {
     pre
 }
 
+/// The function whose gradient carries the cotangents of the `let`s call `k` differentiates back to the
+/// inputs: [`pre_function`] with the inputs' own differentiability and the loss `Σ ct_<let> · let` over each
+/// such `let` (`ct_<let>` a new `nograd` input shaped like it, [`cotangent_name`]); None where the call
+/// differentiates no `let`.
+pub fn pullback_function(f: &Function, k: usize) -> Option<Function> {
+    let lets: Vec<(String, crate::ir::TensorId)> = (f.externs[k].args.iter())
+        .filter(|a| a.differentiable)
+        .filter_map(|a| match a.tensor {
+            TensorRef::Def(t) => Some((a.name.clone(), t)),
+            TensorRef::Input(_) => None,
+        })
+        .collect();
+    if lets.is_empty() {
+        return None;
+    }
+    let mut g = pre_function(f, k);
+    for (i, original) in g.inputs.iter_mut().zip(&f.inputs) {
+        i.nograd = original.nograd;
+    }
+    let span = f.externs[k].span;
+    let mut total = None;
+    for (name, t) in lets {
+        let def = g.tensors.get_mut(t.index()).filter(|d| d.name == name)?;
+        def.role = Role::Let;
+        let shape = g.tensor_shape(t);
+        g.inputs.push(crate::ir::Input {
+            name: cotangent_name(&name),
+            elem: crate::ir::ElemTy::F32,
+            shape: shape.clone(),
+            bound: None,
+            ignore: None,
+            nograd: true,
+            state: None,
+            produced_by: None,
+            span,
+        });
+        let ct = g.inputs.len() as u32 - 1;
+        let indices: Vec<crate::ir::IndexId> = (shape.iter().enumerate())
+            .map(|(axis, d)| g.add_index(format!("{name}.{axis}"), d.clone(), span))
+            .collect();
+        let subs = (indices.iter())
+            .map(|i| g.add(Expr::Index(*i), Scalar::Int, span))
+            .collect::<Result<Vec<_>, _>>()
+            .ok()?;
+        let node = |g: &mut Function, expr: Expr| g.add(expr, Scalar::Float, span).ok();
+        let value = node(
+            &mut g,
+            Expr::Load {
+                tensor: TensorRef::Def(t),
+                subs: subs.clone().into(),
+            },
+        )?;
+        let weight = node(
+            &mut g,
+            Expr::Load {
+                tensor: TensorRef::Input(ct),
+                subs: subs.into(),
+            },
+        )?;
+        let product = node(
+            &mut g,
+            Expr::Prim {
+                prim: crate::prims::Prim::Mul,
+                args: [weight, value].into(),
+            },
+        )?;
+        let sum = node(
+            &mut g,
+            Expr::Reduce {
+                op: crate::ir::ReduceOp::Sum,
+                indices: indices.into(),
+                mask: None,
+                body: product,
+            },
+        )?;
+        total = Some(match total {
+            None => sum,
+            Some(s) => node(
+                &mut g,
+                Expr::Prim {
+                    prim: crate::prims::Prim::Add,
+                    args: [s, sum].into(),
+                },
+            )?,
+        });
+    }
+    let loss = g.tensors.iter().position(|t| t.role == Role::Loss)?;
+    g.tensors[loss].body = total?;
+    g.name = format!("{}#{}'", f.name, f.externs[k].op);
+    Some(g)
+}
+
+/// The input of a [`pullback_function`] holding the cotangent of `let` `name`.
+pub fn cotangent_name(name: &str) -> String {
+    format!("ct_{name}")
+}
+
 /// Whether call `k` reads a `let` (and so needs its [`pre_function`] run).
 pub fn reads_lets(f: &Function, k: usize) -> bool {
     f.externs[k].args.iter().any(|a| matches!(a.tensor, TensorRef::Def(_)))
@@ -141,6 +238,16 @@ fn extern_error(call: &ExternCall, message: impl Into<String>) -> CallError {
     }
 }
 
+/// What [`complete`] computed: the kernel's inputs, and the arguments of each differentiable call (for its
+/// vector-Jacobian product; empty for a selection).
+#[derive(Debug)]
+pub struct Completed {
+    /// The caller's inputs and every extern output.
+    pub inputs: BTreeMap<String, Tensor>,
+    /// Per call, its arguments where it is differentiable.
+    pub args: Vec<Vec<Tensor>>,
+}
+
 /// The inputs of `f`'s kernel for a call with `inputs`: those plus every extern call's outputs, computed
 /// in order. `pre(k, inputs)` evaluates [`pre_function`]`(f, k)` (by the caller's backend).
 pub fn complete(
@@ -149,7 +256,7 @@ pub fn complete(
     hypers: &BTreeMap<String, f64>,
     ops: &Externs,
     mut pre: impl FnMut(usize, &BTreeMap<String, Tensor>) -> Result<Evaluation, CallError>,
-) -> Result<BTreeMap<String, Tensor>, CallError> {
+) -> Result<Completed, CallError> {
     // The caller's inputs alone size every dimension (an output's are expressions of its arguments').
     let mut signature = f.empty_like();
     signature.inputs.retain(|i| i.produced_by.is_none());
@@ -200,6 +307,7 @@ pub fn complete(
             all.insert(input.name.clone(), t);
         }
     }
+    let mut kept = Vec::new();
     for (k, call) in f.externs.iter().enumerate() {
         let computed = if reads_lets(f, k) { Some(pre(k, &all)?) } else { None };
         let mut args = Vec::new();
@@ -227,13 +335,40 @@ pub fn complete(
             Ok(Err(message)) => return Err(extern_error(call, message)),
             Err(_) => return Err(extern_error(call, "it panicked")),
         }
+        let differentiable = call.args.iter().any(|a| a.differentiable);
+        kept.push(if differentiable {
+            args.into_iter().cloned().collect()
+        } else {
+            Vec::new()
+        });
         for ((&o, t), shape) in call.outputs.iter().zip(outputs).zip(shapes) {
             let input = &f.inputs[o as usize];
             check_output(call, input, &t, &shape, &sizes)?;
             all.insert(input.name.clone(), t);
         }
     }
-    Ok(all)
+    Ok(Completed {
+        inputs: all,
+        args: kept,
+    })
+}
+
+/// Adds `g` to the gradient of input `name` in `e` (an extern output's gradient is kept for the call that
+/// made it to pull back).
+fn add_gradient(f: &Function, e: &mut Evaluation, name: &str, g: &[f64]) {
+    let Some((_, acc)) = e.grads.iter_mut().find(|(n, _)| n == name) else {
+        return;
+    };
+    let mut sum = acc.to_f64();
+    for (s, x) in sum.iter_mut().zip(g) {
+        *s += x;
+    }
+    let elem = f
+        .inputs
+        .iter()
+        .find(|i| i.name == name)
+        .map_or(crate::ir::ElemTy::F32, |i| i.elem);
+    *acc = Tensor::gradient(acc.shape.clone(), sum, elem);
 }
 
 /// An output as the operation left it: of its declared shape and kind, its indices inside their bound.
@@ -295,29 +430,27 @@ fn options(call: &ExternCall, hypers: &[f64]) -> Options {
         .collect()
 }
 
-/// After the kernel ran on `completed` ([`complete`]'s inputs): the gradients of the extern outputs pulled
-/// back through each differentiable call's [`ExternOp::vjp`] into its arguments' gradients, and removed
-/// from `e` (a caller never sees them).
+/// After the kernel ran on `completed` ([`complete`]'s result): the gradients of the extern outputs pulled
+/// back through each differentiable call's [`ExternOp::vjp`] (the last call first) into its arguments,
+/// then removed from `e` (a caller never sees them). An input argument's gradient is added to the input's;
+/// a `let`'s is carried on to the inputs it is computed from by `pullback(k, inputs)`, which evaluates
+/// [`pullback_function`]`(f, k)` with its cotangent inputs set (by the caller's backend).
 pub fn pull_back(
     f: &Function,
-    completed: &BTreeMap<String, Tensor>,
+    completed: &Completed,
     hypers: &BTreeMap<String, f64>,
     ops: &Externs,
     e: &mut Evaluation,
+    mut pullback: impl FnMut(usize, &BTreeMap<String, Tensor>) -> Result<Evaluation, CallError>,
 ) -> Result<(), CallError> {
     let values = call::hyper_values(f, hypers)?;
-    for call in f.externs.iter().rev() {
+    for (k, call) in f.externs.iter().enumerate().rev() {
         if !call.args.iter().any(|a| a.differentiable) || e.grads.is_empty() {
             continue;
         }
-        let args: Vec<&Tensor> = (call.args.iter())
-            .map(|a| match a.tensor {
-                TensorRef::Input(i) => &completed[&f.inputs[i as usize].name],
-                TensorRef::Def(_) => unreachable!("sema: a differentiable argument is an input"),
-            })
-            .collect();
+        let args: Vec<&Tensor> = completed.args[k].iter().collect();
         let outputs: Vec<Tensor> = (call.outputs.iter())
-            .map(|&o| completed[&f.inputs[o as usize].name].clone())
+            .map(|&o| completed.inputs[&f.inputs[o as usize].name].clone())
             .collect();
         let cotangents: Vec<Tensor> = (call.outputs.iter().zip(&outputs))
             .map(|(&o, t)| {
@@ -339,37 +472,36 @@ pub fn pull_back(
             Err(_) => return Err(extern_error(call, "its vector-Jacobian product panicked")),
         };
         if grads.len() != call.args.len() {
-            return Err(extern_error(
-                call,
-                format!(
-                    "its vjp returned {} gradients for {} arguments",
-                    grads.len(),
-                    call.args.len()
-                ),
-            ));
+            let message = format!(
+                "its vjp returned {} gradients for {} arguments",
+                grads.len(),
+                call.args.len()
+            );
+            return Err(extern_error(call, message));
         }
-        for (a, g) in call.args.iter().zip(grads) {
+        let mut through_lets = completed.inputs.clone();
+        let mut any_let = false;
+        for ((a, g), arg) in call.args.iter().zip(grads).zip(&completed.args[k]) {
             if !a.differentiable {
                 continue;
             }
-            let Some((_, acc)) = e.grads.iter_mut().find(|(n, _)| *n == a.name) else {
-                continue;
-            };
-            let mut sum = acc.to_f64();
-            if g.len() != sum.len() {
-                return Err(extern_error(
-                    call,
-                    format!("its gradient of `{}` has {} values, not {}", a.name, g.len(), sum.len()),
-                ));
+            if g.len() != arg.len() {
+                let message = format!("its gradient of `{}` has {} values, not {}", a.name, g.len(), arg.len());
+                return Err(extern_error(call, message));
             }
-            for (s, x) in sum.iter_mut().zip(g) {
-                *s += x;
+            match a.tensor {
+                TensorRef::Input(_) => add_gradient(f, e, &a.name, &g),
+                TensorRef::Def(_) => {
+                    through_lets.insert(cotangent_name(&a.name), Tensor::float(arg.shape.clone(), g));
+                    any_let = true;
+                }
             }
-            let elem = match a.tensor {
-                TensorRef::Input(i) => f.inputs[i as usize].elem,
-                TensorRef::Def(_) => crate::ir::ElemTy::F32,
-            };
-            *acc = Tensor::gradient(acc.shape.clone(), sum, elem);
+        }
+        if any_let {
+            let back = pullback(k, &through_lets)?;
+            for (name, g) in &back.grads {
+                add_gradient(f, e, name, &g.to_f64());
+            }
         }
     }
     e.grads

@@ -217,21 +217,13 @@ impl Cx<'_, '_> {
                 );
             }
         }
-        let differentiable = wants_float && p.nograd.is_none();
-        if differentiable && !matches!(tensor, TensorRef::Input(_)) {
-            return self.bad(
-                format!(
-                    "`{op}` differentiates `{}`, which must then be an input of the loss",
-                    p.name.name
-                ),
-                a.span,
-                "a `let`",
-                format!(
-                    "pass an input here, or declare `{}` nograd (a selection) and compute on its outputs in lx",
-                    p.name.name
-                ),
-            );
-        }
+        // Through a `let`, the gradient continues into what it is computed from ([`crate::externs`]).
+        let differentiable = wants_float
+            && p.nograd.is_none()
+            && match tensor {
+                TensorRef::Input(i) => self.f.inputs[i as usize].differentiable(),
+                TensorRef::Def(_) => true,
+            };
         Some(ExternArg {
             name: a.name.clone(),
             tensor,
