@@ -285,6 +285,19 @@ pub fn hyper_sized(f: &Function, d: &Dim) -> Option<String> {
     }
 }
 
+/// The extent of dimension `d` of tensor `tensor` at the call's `sizes`, or [`CallError::NegativeDim`].
+pub fn extent(f: &Function, tensor: &str, d: &Dim, sizes: &[i64]) -> Result<i64, CallError> {
+    let n = d.eval(sizes);
+    if n < 0 {
+        return Err(CallError::NegativeDim {
+            tensor: tensor.to_string(),
+            dim: f.show_dim(d),
+            value: n,
+        });
+    }
+    Ok(n)
+}
+
 /// [`bind`]'s checks on views of the inputs: the sizes of the dimension symbols and the
 /// hyperparameters' values (labels are checked where `labels` is given).
 pub fn bind_views(
@@ -396,14 +409,7 @@ pub fn bind_views(
     for (input, t) in f.inputs.iter().zip(&ordered) {
         for (axis, (d, got)) in input.shape.iter().zip(t.shape).enumerate() {
             let Some(hypers) = hyper_sized(f, d) else { continue };
-            let n = d.eval(&sizes);
-            if n < 0 {
-                return Err(CallError::NegativeDim {
-                    tensor: input.name.clone(),
-                    dim: f.show_dim(d),
-                    value: n,
-                });
-            }
+            let n = extent(f, &input.name, d, &sizes)?;
             if n != *got as i64 {
                 return Err(CallError::ShapeMismatch {
                     input: input.name.clone(),

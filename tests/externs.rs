@@ -106,6 +106,37 @@ fn grad(e: &lossc::Evaluation, name: &str) -> Vec<f64> {
     e.grads.iter().find(|(n, _)| n == name).unwrap().1.to_f64()
 }
 
+fn kernel(backend: Backend, src: &str) -> lossc::Kernel {
+    compiler(backend)
+        .compile_source("a.lx", src)
+        .unwrap()
+        .kernel(None)
+        .unwrap()
+}
+
+/// The loss and the gradients of `names` of two programs agree on both backends; the first's evaluations.
+fn agree(what: &str, a: &str, b: &str, inputs: &BTreeMap<String, Tensor>, names: &[&str]) -> Vec<lossc::Evaluation> {
+    let mut out = Vec::new();
+    for backend in backends() {
+        let tol = if backend == Backend::Interp { 1e-12 } else { 1e-5 };
+        let (ea, eb) = (
+            kernel(backend, a).eval(inputs).unwrap(),
+            kernel(backend, b).eval(inputs).unwrap(),
+        );
+        close(&format!("{what} {backend:?} loss"), &[ea.loss], &[eb.loss], tol);
+        for x in names {
+            close(
+                &format!("{what} {backend:?} grad {x}"),
+                &grad(&ea, x),
+                &grad(&eb, x),
+                tol,
+            );
+        }
+        out.push(ea);
+    }
+    out
+}
+
 #[test]
 fn a_differentiable_extern_pulls_gradients_back_through_its_vjp() {
     let with_extern = "extern fn cube(x: f32[N]) -> (y: f32[N])\n\
@@ -115,54 +146,16 @@ fn a_differentiable_extern_pulls_gradients_back_through_its_vjp() {
         ("x".to_string(), floats(vec![9], 1)),
         ("w".to_string(), floats(vec![9], 2)),
     ]);
-    for backend in backends() {
-        let tol = if backend == Backend::Interp { 1e-12 } else { 1e-5 };
-        let a = compiler(backend)
-            .compile_source("a.lx", with_extern)
-            .unwrap()
-            .kernel(None)
-            .unwrap();
-        let b = compiler(backend)
-            .compile_source("b.lx", in_lx)
-            .unwrap()
-            .kernel(None)
-            .unwrap();
-        let (ea, eb) = (a.eval(&inputs).unwrap(), b.eval(&inputs).unwrap());
-        close("loss", &[ea.loss], &[eb.loss], tol);
-        for x in ["x", "w"] {
-            close(&format!("{backend:?} grad {x}"), &grad(&ea, x), &grad(&eb, x), tol);
-        }
+    for e in agree("cube", with_extern, in_lx, &inputs, &["x", "w"]) {
         // The extern's output is no gradient a caller sees.
-        assert!(ea.grads.iter().all(|(n, _)| n != "y"), "{backend:?}: {:?}", ea.grads);
+        assert!(e.grads.iter().all(|(n, _)| n != "y"), "{:?}", e.grads);
     }
     // Through a `let`: the cotangent of z = x * w + x continues into x and w (one more kernel).
     let through_let = "extern fn cube(x: f32[N]) -> (y: f32[N])\n\
                        loss f(x: f32[N], w: f32[N]) {\n    let z[i] = x[i] * w[i] + x[i]\n    let (y) = cube(z)\n    \
                        sum[i] y[i] * w[i]\n}\n";
     let in_lx = "loss f(x: f32[N], w: f32[N]) { sum[i] (x[i] * w[i] + x[i]) ^ 3 * w[i] }\n";
-    for backend in backends() {
-        let tol = if backend == Backend::Interp { 1e-12 } else { 1e-5 };
-        let a = compiler(backend)
-            .compile_source("a.lx", through_let)
-            .unwrap()
-            .kernel(None)
-            .unwrap();
-        let b = compiler(backend)
-            .compile_source("b.lx", in_lx)
-            .unwrap()
-            .kernel(None)
-            .unwrap();
-        let (ea, eb) = (a.eval(&inputs).unwrap(), b.eval(&inputs).unwrap());
-        close("loss", &[ea.loss], &[eb.loss], tol);
-        for x in ["x", "w"] {
-            close(
-                &format!("{backend:?} through a let, grad {x}"),
-                &grad(&ea, x),
-                &grad(&eb, x),
-                tol,
-            );
-        }
-    }
+    agree("cube through a let", through_let, in_lx, &inputs, &["x", "w"]);
 }
 
 #[test]
@@ -177,38 +170,12 @@ fn a_selection_reading_a_let_gives_the_gathers_gradient() {
         ("x".to_string(), floats(vec![4, 7], 3)),
         ("s".to_string(), floats(vec![7], 4)),
     ]);
-    for backend in backends() {
-        let tol = if backend == Backend::Interp { 1e-12 } else { 1e-5 };
-        let a = compiler(backend)
-            .compile_source("a.lx", with_extern)
-            .unwrap()
-            .kernel(None)
-            .unwrap();
-        let b = compiler(backend)
-            .compile_source("b.lx", in_lx)
-            .unwrap()
-            .kernel(None)
-            .unwrap();
-        let (ea, eb) = (a.eval(&inputs).unwrap(), b.eval(&inputs).unwrap());
-        close("loss", &[ea.loss], &[eb.loss], tol);
-        for x in ["x", "s"] {
-            close(&format!("{backend:?} grad {x}"), &grad(&ea, x), &grad(&eb, x), tol);
-        }
-    }
+    agree("descending", with_extern, in_lx, &inputs, &["x", "s"]);
     // Second order: Hessian-vector products with the selection held, as lx's topk holds its choice.
     let v = floats(vec![4, 7], 9);
     for backend in backends() {
         let tol = if backend == Backend::Interp { 1e-12 } else { 1e-4 };
-        let a = compiler(backend)
-            .compile_source("a.lx", with_extern)
-            .unwrap()
-            .kernel(None)
-            .unwrap();
-        let b = compiler(backend)
-            .compile_source("b.lx", in_lx)
-            .unwrap()
-            .kernel(None)
-            .unwrap();
+        let (a, b) = (kernel(backend, with_extern), kernel(backend, in_lx));
         let (ha, hb) = (
             a.hvp(&inputs, &BTreeMap::new(), "x", v.clone()).unwrap(),
             b.hvp(&inputs, &BTreeMap::new(), "x", v.clone()).unwrap(),

@@ -154,17 +154,8 @@ pub fn pullback_function(f: &Function, k: usize) -> Option<Function> {
         let def = g.tensors.get_mut(t.index()).filter(|d| d.name == name)?;
         def.role = Role::Let;
         let shape = g.tensor_shape(t);
-        g.inputs.push(crate::ir::Input {
-            name: cotangent_name(&name),
-            elem: crate::ir::ElemTy::F32,
-            shape: shape.clone(),
-            bound: None,
-            ignore: None,
-            nograd: true,
-            state: None,
-            produced_by: None,
-            span,
-        });
+        g.inputs
+            .push(crate::ir::Input::cotangent(cotangent_name(&name), shape.clone(), span));
         let ct = g.inputs.len() as u32 - 1;
         let indices: Vec<crate::ir::IndexId> = (shape.iter().enumerate())
             .map(|(axis, d)| g.add_index(format!("{name}.{axis}"), d.clone(), span))
@@ -282,15 +273,7 @@ pub fn complete(
             let input = &f.inputs[o as usize];
             let mut shape = Vec::new();
             for d in &input.shape {
-                let n = d.eval(&sizes);
-                if n < 0 {
-                    return Err(CallError::NegativeDim {
-                        tensor: input.name.clone(),
-                        dim: f.show_dim(d),
-                        value: n,
-                    });
-                }
-                shape.push(n as usize);
+                shape.push(call::extent(f, &input.name, d, &sizes)? as usize);
             }
             let elements = Dim::elements(&input.shape, &sizes);
             if elements > call::MAX_ELEMENTS {

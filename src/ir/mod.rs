@@ -302,6 +302,21 @@ pub struct StateUpdate {
 }
 
 impl Input {
+    /// A float input that carries no gradient in, the cotangent of a value shaped `shape` (a per-sample
+    /// loss's `cotangent`, a pullback's `ct_<let>`).
+    pub fn cotangent(name: String, shape: Vec<Dim>, span: Span) -> Input {
+        Input {
+            name,
+            elem: ElemTy::F32,
+            shape,
+            bound: None,
+            ignore: None,
+            nograd: true,
+            state: None,
+            produced_by: None,
+            span,
+        }
+    }
     /// Whether a caller passes it (not an extern call's output, which the kernel computes).
     pub fn given(&self) -> bool {
         self.produced_by.is_none()

@@ -1012,17 +1012,9 @@ impl Cx<'_, '_> {
                 return;
             }
         }
-        self.f.inputs.push(ir::Input {
-            name: "cotangent".into(),
-            elem: ElemTy::F32,
-            shape: shape.clone(),
-            bound: None,
-            ignore: None,
-            nograd: true,
-            state: None,
-            produced_by: None,
-            span: ty.span,
-        });
+        self.f
+            .inputs
+            .push(ir::Input::cotangent("cotangent".into(), shape.clone(), ty.span));
         let cot = self.f.inputs.len() as u32 - 1;
         self.f.cotangent = Some(cot);
         let span = result.span;

@@ -174,35 +174,36 @@ impl Formatter<'_> {
             }
             ItemKind::Loss(l) => {
                 let params: Vec<String> = l.params.iter().map(param).collect();
-                let outs = outputs(l);
-                let one_line = format!("loss {}({}){outs} {{", l.name.name, params.join(", "));
-                if one_line.len() <= WIDTH {
-                    self.out.push_str(&one_line);
-                } else {
-                    self.out.push_str(&format!("loss {}(\n", l.name.name));
-                    for p in &params {
-                        self.out.push_str(&format!("    {p},\n"));
-                    }
-                    self.out.push_str(&format!("){outs} {{"));
-                }
+                self.list(
+                    &format!("loss {}(", l.name.name),
+                    &params,
+                    &format!("){} {{", outputs(l)),
+                );
                 self.end_line(self.head_end(&l.body));
                 self.body(&l.body);
             }
             ItemKind::Extern(e) => {
                 let (params, outs) = super::print::extern_signature(e, expr);
-                let one_line = format!("extern fn {}{params} -> ({})", e.name.name, outs.join(", "));
-                if one_line.len() <= WIDTH {
-                    self.out.push_str(&one_line);
-                } else {
-                    self.out.push_str(&format!("extern fn {}{params} -> (\n", e.name.name));
-                    for o in &outs {
-                        self.out.push_str(&format!("    {o},\n"));
-                    }
-                    self.out.push(')');
-                }
+                self.list(&format!("extern fn {}{params} -> (", e.name.name), &outs, ")");
                 self.end_line(self.line_end(item.span.end as usize));
             }
         }
+    }
+
+    /// `head`, the items separated by commas and `tail` on one line where it fits, else one item per
+    /// line (indented, each with a comma) between `head` and `tail`.
+    fn list(&mut self, head: &str, items: &[String], tail: &str) {
+        let one_line = format!("{head}{}{tail}", items.join(", "));
+        if one_line.len() <= WIDTH {
+            self.out.push_str(&one_line);
+            return;
+        }
+        self.out.push_str(head);
+        self.out.push('\n');
+        for item in items {
+            self.out.push_str(&format!("    {item},\n"));
+        }
+        self.out.push_str(tail);
     }
 
     /// The end of the source line holding the last token before `pos`. (pest spans of rules that end in
