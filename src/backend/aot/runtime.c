@@ -158,9 +158,8 @@ LOSSC_HIDDEN void lossc_rt_position(int64_t flat, const int64_t *shape, int rank
 
 /* Rows per chunk (backend/jit/build.rs, chunk_rows; the constants are the JIT's). */
 static int64_t lossc_rt_chunk_rows(int64_t outer, int64_t row, int column_sum, int64_t threads) {
-    int64_t chunk = LOSSC_RT_CHUNK;
-    int64_t light = LOSSC_RT_MIN_CHUNK_ELEMENTS / (row > 1 ? row : 1);
-    if (light > chunk) chunk = light;
+    int64_t chunk = LOSSC_RT_MIN_CHUNK_ELEMENTS / (row > 1 ? row : 1);
+    if (chunk < 1) chunk = 1;
     if (!column_sum) return chunk;
     int64_t t = threads > 1 ? threads : 1;
     int64_t per_thread = (outer + t - 1) / t;

@@ -63,12 +63,13 @@ impl Schedule {
 }
 
 /// Rows per chunk of a group of `outer` rows of `row` points each: enough work per call that the call's
-/// setup is noise (CHUNK rows, or more where rows are light: an elementwise vector's rows are single
-/// elements). A column sum takes a tile's width per thread (each column sums in the same order in any
+/// setup is noise (MIN_CHUNK_ELEMENTS points, so many rows where rows are light: an elementwise vector's
+/// rows are single elements; one row where a row is that heavy, so that a few heavy rows, [B, C, H, W]
+/// with B = 8, still spread over the threads). A column sum takes a tile's width per thread (each column sums in the same order in any
 /// chunk, so its chunks may depend on the threads; whole blocks of columns keep every column but the
 /// last few in the lanes). An ahead-of-time library's driver (`lossc_rt_chunk_rows`) computes the same.
 pub fn chunk_rows(outer: i64, row: i64, column_sum: bool, threads: usize) -> i64 {
-    let chunk = CHUNK.max(MIN_CHUNK_ELEMENTS / row.max(1));
+    let chunk = (MIN_CHUNK_ELEMENTS / row.max(1)).max(1);
     if !column_sum {
         return chunk;
     }
@@ -79,9 +80,8 @@ pub fn chunk_rows(outer: i64, row: i64, column_sum: bool, threads: usize) -> i64
 }
 
 /// The numbers [`chunk_rows`] and the split sums use, by name, for a driver written in another language.
-pub fn chunk_constants() -> [(&'static str, i64); 5] {
+pub fn chunk_constants() -> [(&'static str, i64); 4] {
     [
-        ("CHUNK", CHUNK),
         ("MIN_CHUNK_ELEMENTS", MIN_CHUNK_ELEMENTS),
         ("COLUMN_TILE", simd::COLUMN_TILE),
         ("COLUMN_BLOCK_COLUMNS", simd::COLUMN_BLOCK_COLUMNS),

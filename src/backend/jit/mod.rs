@@ -89,9 +89,6 @@ pub struct JitError(String);
 /// The signature of every generated nest function.
 type NestFn = unsafe extern "C" fn(*const *mut u8, *const i64, *const f64, *mut i64, i64, i64, *mut f32);
 
-/// Elements of the outermost loop per parallel chunk (at least).
-const CHUNK: i64 = 16;
-
 /// Columns per tile of an elementwise nest that reads a matrix transposed.
 const TILE: i64 = 16;
 
