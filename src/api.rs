@@ -256,6 +256,13 @@ pub fn gradient(f: &Function) -> Result<Function, Diag> {
     on_big_stack(|| crate::opt::optimize(&crate::autodiff::grad(&primal(f)?)?))
 }
 
+/// The program the JIT compiles where it differs from [`gradient`]'s: the gradient program of `f` with
+/// adjacent axes merged where every access reads them together ([`crate::opt::merge`]); None where none
+/// merges.
+pub fn merged_gradient(f: &Function) -> Result<Option<Function>, Diag> {
+    crate::opt::merge::merge_axes(f).map(|m| gradient(&m)).transpose()
+}
+
 /// The loss a derivative is taken of: simplified first, so the derivative is of its stable forms, with
 /// the `let`s [`crate::opt::simplify::inline_for_derivative`] inlines.
 fn primal(f: &Function) -> Result<Function, Diag> {

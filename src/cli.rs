@@ -494,7 +494,11 @@ fn write_library(_: &Path, _: Option<&str>, _: &Path, _: (), _: Option<&Path>) -
 
 #[cfg(feature = "jit")]
 fn clif(f: &Function) -> Result<String, Failure> {
-    let g = crate::api::gradient(f).map_err(|d| Failure::Diags(Diags(vec![d])))?;
+    let diags = |d| Failure::Diags(Diags(vec![d]));
+    let g = match crate::api::merged_gradient(f).map_err(diags)? {
+        Some(m) => m,
+        None => crate::api::gradient(f).map_err(diags)?,
+    };
     crate::backend::jit::clif(&g).map_err(|e| Failure::Message(format!("error: {e}")))
 }
 

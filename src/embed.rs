@@ -237,7 +237,7 @@ impl Workspace {
         if let (Some(jit), Some(buffers)) = (self.kernel.native(), &self.buffers) {
             let (_, _, k) = jit
                 .plan()
-                .results(self.kernel.function())
+                .results(jit.function())
                 .find(|(r, n, _)| Self::same_kind(*r, role) && *n == name)?;
             return (!self.placed.contains(&k)).then(|| jit.floats(buffers, k));
         }
@@ -332,7 +332,7 @@ impl Workspace {
                 };
             }
             // Gradients asked for are written where the caller wants them (checked by `call`: the input's size).
-            for (role, name, k) in jit.plan().results(f) {
+            for (role, name, k) in jit.plan().results(jit.function()) {
                 if let (Role::Grad(_), Some((_, out))) = (role, grads.iter_mut().find(|(n, _)| *n == name)) {
                     if !out.is_empty() {
                         ptrs[k] = out.as_mut_ptr() as *mut u8;
@@ -348,7 +348,7 @@ impl Workspace {
             }
             let loss = jit
                 .plan()
-                .results(f)
+                .results(jit.function())
                 .find(|(r, _, _)| *r == Role::Loss)
                 .map_or(f32::NAN, |(_, _, k)| {
                     jit.floats(buffers, k).first().copied().unwrap_or(f32::NAN)

@@ -316,10 +316,21 @@ impl Kernel {
 
         #[cfg(feature = "jit")]
         let jit = if options.backend == Backend::Jit {
+            // The JIT runs the loss with adjacent axes merged where every access reads them together
+            // (opt::merge: rows over heads or pixels become rows); its results are reshaped back by `run`.
             let t = Instant::now();
+            let merged = match api::merged_gradient(&f)? {
+                Some(m) if !fixed.is_empty() => Some(specialise(&m, &fixed)?),
+                m => m,
+            };
+            if merged.is_some() {
+                timings.stages.push(("merge axes+autodiff+opt", t.elapsed()));
+            }
+            let t = Instant::now();
+            let program = merged.as_ref().unwrap_or(&g);
             // Code generation recurses over the program's depth: on the compiler's big stack, as the
             // front end (a deep program from a thread with a small stack overflowed it).
-            let compiled = api::on_big_stack(|| crate::backend::jit::compile(&g)).map_err(|e| {
+            let compiled = api::on_big_stack(|| crate::backend::jit::compile(program)).map_err(|e| {
                 Diag::new(Code::TooDeep, e.to_string())
                     .help("this is a compiler limitation; use the interpreter backend")
             })?;
@@ -479,7 +490,18 @@ impl Kernel {
         }
         #[cfg(feature = "jit")]
         if let Some(jit) = &self.jit {
-            return jit.run(&bound, self.threads);
+            let mut e = jit.run(&bound, self.threads)?;
+            // Gradients in the shapes of their inputs (the JIT's program may have merged axes).
+            for (name, t) in &mut e.grads {
+                if let Some(input) = self.function.inputs.iter().find(|i| i.name == *name) {
+                    t.shape = input
+                        .shape
+                        .iter()
+                        .map(|d| d.eval(&bound.sizes).max(0) as usize)
+                        .collect();
+                }
+            }
+            return Ok(e);
         }
         interp::run(&self.function, &bound)
     }

@@ -9,6 +9,7 @@
 //! computes the same results as its input.
 
 pub mod hoist;
+pub mod merge;
 pub mod simplify;
 pub mod transpose;
 
