@@ -185,6 +185,25 @@ fn merge_once(f: &Function) -> Option<Function> {
     rewrite(f, &chosen.iter().map(|(p, _)| *p).collect::<Vec<_>>(), &merged_axes)
 }
 
+/// `items` with each pair (k, k + 1) for which `pair(k)` gives a value replaced by that value.
+fn collapse<T: Clone>(items: &[T], pair: impl Fn(usize) -> Option<T>) -> Vec<T> {
+    let mut out = Vec::new();
+    let mut k = 0;
+    while k < items.len() {
+        match pair(k) {
+            Some(joined) if k + 1 < items.len() => {
+                out.push(joined);
+                k += 2;
+            }
+            _ => {
+                out.push(items[k].clone());
+                k += 1;
+            }
+        }
+    }
+    out
+}
+
 fn rewrite(
     f: &Function,
     pairs: &[(IndexId, IndexId)],
@@ -201,58 +220,30 @@ fn rewrite(
         fused.insert(j, q);
         first.insert((i, j), q);
     }
-    let merge_list = |list: &[IndexId]| -> Vec<IndexId> {
-        let mut out = Vec::new();
-        let mut k = 0;
-        while k < list.len() {
-            if k + 1 < list.len()
-                && let Some(q) = first.get(&(list[k], list[k + 1]))
-            {
-                out.push(*q);
-                k += 2;
-            } else {
-                out.push(list[k]);
-                k += 1;
-            }
-        }
-        out
+    let merge_list = |list: &[IndexId]| {
+        collapse(list, |k| {
+            list.get(k + 1).and_then(|next| first.get(&(list[k], *next)).copied())
+        })
     };
-    let merge_shape = |shape: &[Dim], axes: Option<&Vec<usize>>| -> Vec<Dim> {
-        let mut out = Vec::new();
-        let mut a = 0;
-        while a < shape.len() {
-            if axes.is_some_and(|v| v.contains(&a)) {
-                out.push(Dim::Mul(Box::new(shape[a].clone()), Box::new(shape[a + 1].clone())).fold());
-                a += 2;
-            } else {
-                out.push(shape[a].clone());
-                a += 1;
-            }
-        }
-        out
-    };
+    let at = |t: TensorRef, a: usize| merged_axes.get(&t).is_some_and(|v| v.contains(&a));
     for (k, input) in g.inputs.iter_mut().enumerate() {
-        let axes = merged_axes.get(&TensorRef::Input(k as u32));
-        input.shape = merge_shape(&input.shape, axes);
+        let shape = &input.shape;
+        let both = |a: usize| Dim::Mul(Box::new(shape[a].clone()), Box::new(shape[a + 1].clone())).fold();
+        input.shape = collapse(shape, |a| at(TensorRef::Input(k as u32), a).then(|| both(a)));
     }
     let mut map: Vec<NodeId> = Vec::with_capacity(f.nodes().len());
     for (n, node) in f.nodes().iter().enumerate() {
         let m = |x: NodeId| map[x.index()];
         let expr = match &node.expr {
             Expr::Index(i) => Expr::Index(*fused.get(i).unwrap_or(i)),
-            Expr::Load { tensor, subs } => {
-                let axes = merged_axes.get(tensor);
-                let mut out = Vec::new();
-                let mut a = 0;
-                while a < subs.len() {
-                    out.push(m(subs[a]));
-                    a += if axes.is_some_and(|v| v.contains(&a)) { 2 } else { 1 };
-                }
-                Expr::Load {
-                    tensor: *tensor,
-                    subs: out.into(),
-                }
-            }
+            // A merged pair's first subscript is the merged index.
+            Expr::Load { tensor, subs } => Expr::Load {
+                tensor: *tensor,
+                subs: collapse(subs, |a| at(*tensor, a).then(|| subs[a]))
+                    .into_iter()
+                    .map(m)
+                    .collect(),
+            },
             Expr::Prim { prim, args } => Expr::Prim {
                 prim: *prim,
                 args: args.iter().map(|x| m(*x)).collect(),
