@@ -477,7 +477,8 @@ impl Loss {
             if let Some(name) = hypers.keys().find(|k| self.kernel.is_fixed(k)) {
                 return Err(lossc::CallError::HyperFixed { name: name.clone() }.into());
             }
-            Ok(lossc::call::bind_views(f, &views, &hypers)?.0)
+            // (Extern outputs are computed, not passed.)
+            Ok(lossc::call::bind_views(&f.caller_signature(), &views, &hypers)?.0)
         })?;
         Ok((f.tensors.iter().filter(|t| t.role == Role::Output))
             .map(|t| {

@@ -60,3 +60,19 @@ def test_bad_calls_raise_at_trace_time():
     # Labels are read when the callback runs: JAX re-raises lossc's error as its own, with the message.
     with pytest.raises(Exception, match="LabelError: label out of range: `y` at position \\[1\\] is 3"):
         ce(jnp.zeros((2, 3)), jnp.asarray([0, 3], dtype=jnp.int32)).block_until_ready()
+
+
+def test_betti_matching_under_jit_and_grad():
+    # A loss calling an extern operation (issue 24): its outputs are computed, so the shapes JAX asks for
+    # come from the caller's inputs only; jit and grad agree with the NumPy call.
+    import jax
+
+    rng = np.random.RandomState(0)
+    x = rng.randn(2, 5, 6).astype(np.float32)
+    g = (rng.rand(2, 5, 6) > 0.5).astype(np.float32)
+    f = lj.loss("std::topology::betti_matching_both")
+    value, grad = jax.jit(jax.value_and_grad(lambda a: f(a, g)))(x)
+    core = lossc.std("topology::betti_matching_both")
+    want, grads = core(logits=x, g=g)
+    np.testing.assert_allclose(float(value), float(want), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(grad), grads["logits"], rtol=1e-4, atol=1e-6)

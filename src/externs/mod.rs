@@ -249,8 +249,7 @@ pub fn complete(
     mut pre: impl FnMut(usize, &BTreeMap<String, Tensor>) -> Result<Evaluation, CallError>,
 ) -> Result<Completed, CallError> {
     // The caller's inputs alone size every dimension (an output's are expressions of its arguments').
-    let mut signature = f.empty_like();
-    signature.inputs.retain(|i| i.produced_by.is_none());
+    let signature = f.caller_signature();
     let views: BTreeMap<&str, InputView> = (inputs.iter())
         .map(|(name, t)| {
             let labels = match &t.data {

@@ -881,6 +881,14 @@ impl Function {
         found
     }
 
+    /// What a caller passes: a copy with no nodes or tensors whose inputs are the given ones (not the
+    /// extern calls' outputs), for the checks of a call ([`crate::call::bind_views`]).
+    pub fn caller_signature(&self) -> Function {
+        let mut s = self.empty_like();
+        s.inputs.retain(|i| i.given());
+        s
+    }
+
     /// A copy with the same signature and index variables but no nodes or tensors.
     pub fn empty_like(&self) -> Function {
         Function {
