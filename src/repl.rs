@@ -476,7 +476,7 @@ fn starts_item(s: &str) -> bool {
         .split(|c: char| !c.is_ascii_alphanumeric() && c != '_' && c != '/')
         .next()
         .unwrap_or("");
-    matches!(first, "loss" | "fn" | "use" | "const")
+    matches!(first, "loss" | "extern" | "fn" | "use" | "const")
         || s.starts_with("///")
         || s.starts_with("//")
         || s.starts_with("/*")

@@ -341,3 +341,18 @@ fn typeahead_and_paste_in_a_real_terminal() {
     let _ = std::fs::remove_file(&buffer);
     tmux(&["kill-server"]);
 }
+
+/// An `extern fn` is an item the session declares, and a stdlib loss calling one evaluates (issue 24).
+#[test]
+fn externs_are_declared_and_extern_losses_run() {
+    let script = "\
+extern fn pick(x: f32[N] nograd) -> (at: idx[N] < N)
+use std::topology::betti_matching_loss
+:eval betti_matching_loss B=1,H=4,W=4
+";
+    let (out, err, code) = run_script(script);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("declared extern fn pick"), "{out}");
+    assert!(out.contains("loss = "), "{out}");
+    assert!(!out.contains("lossc::E"), "{out}");
+}
