@@ -145,8 +145,10 @@ pub fn eval(
     inputs: &BTreeMap<String, Tensor>,
     hypers: &BTreeMap<String, f64>,
 ) -> Result<Evaluation, CallError> {
-    let all = with_externs(f, inputs, hypers)?;
-    run_interp(f, &all.inputs, hypers)
+    match with_externs(f, inputs, hypers)? {
+        Some(all) => run_interp(f, &all.inputs, hypers),
+        None => run_interp(f, inputs, hypers),
+    }
 }
 
 /// The interpreter on every input `f` declares (extern outputs included).
@@ -161,22 +163,20 @@ fn run_interp(
 }
 
 /// The inputs with the outputs of `f`'s extern calls ([`crate::externs::complete`], the standard
-/// library's operations, the `let`s they read computed by the interpreter).
+/// library's operations, the `let`s they read computed by the interpreter); None where `f` calls none.
 pub fn with_externs(
     f: &Function,
     inputs: &BTreeMap<String, Tensor>,
     hypers: &BTreeMap<String, f64>,
-) -> Result<crate::externs::Completed, CallError> {
+) -> Result<Option<crate::externs::Completed>, CallError> {
     if f.externs.is_empty() {
-        return Ok(crate::externs::Completed {
-            inputs: inputs.clone(),
-            args: Vec::new(),
-        });
+        return Ok(None);
     }
     let ops = crate::externs::Externs::standard();
     crate::externs::complete(f, inputs, hypers, &ops, |k, all| {
         run_interp(&crate::externs::pre_function(f, k), all, hypers)
     })
+    .map(Some)
 }
 /// The stack the compiler's recursive stages run on. The parser, the checker and the interpreter recurse
 /// over trees whose depth the front end bounds (see `syntax::MAX_NESTING` and `ir::MAX_NODE_DEPTH`); this
@@ -232,7 +232,9 @@ pub fn eval_grad(
     hypers: &BTreeMap<String, f64>,
 ) -> Result<Evaluation, EvalError> {
     let g = gradient(f).map_err(EvalError::Loss)?;
-    let all = with_externs(f, inputs, hypers)?;
+    let Some(all) = with_externs(f, inputs, hypers)? else {
+        return Ok(run_interp(&g, inputs, hypers)?);
+    };
     let mut e = run_interp(&g, &all.inputs, hypers)?;
     let ops = crate::externs::Externs::standard();
     crate::externs::pull_back(f, &all, hypers, &ops, &mut e, |k, at| {

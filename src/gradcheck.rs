@@ -60,21 +60,24 @@ pub fn check_against(
     let mut frozen = Frozen::new();
     // So are the outputs of selection externs (piecewise constant); a differentiable extern runs again
     // at every point.
-    let base = crate::api::with_externs(f, inputs, hypers)?.inputs;
+    let base = crate::api::with_externs(f, inputs, hypers)?.map(|c| c.inputs);
     let rerun = f.externs.iter().any(|c| c.args.iter().any(|a| a.differentiable));
     {
-        let bound = call::bind(f, &base, hypers)?;
+        let bound = call::bind(f, base.as_ref().unwrap_or(inputs), hypers)?;
         interp::run_with(f, &bound, StopGrads::Record(&mut frozen))?;
     }
     let loss_at = |m: &BTreeMap<String, Tensor>| -> Result<f64, EvalError> {
-        let all = if rerun {
-            crate::api::with_externs(f, m, hypers)?.inputs
-        } else {
-            let mut all = base.clone();
-            all.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
-            all
+        let completed = match &base {
+            None => None,
+            Some(_) if rerun => crate::api::with_externs(f, m, hypers)?.map(|c| c.inputs),
+            // The selection's outputs at the base point, with the perturbed inputs.
+            Some(base) => {
+                let mut all = m.clone();
+                all.extend((f.inputs.iter().filter(|i| !i.given())).map(|i| (i.name.clone(), base[&i.name].clone())));
+                Some(all)
+            }
         };
-        let bound = call::bind(f, &all, hypers)?;
+        let bound = call::bind(f, completed.as_ref().unwrap_or(m), hypers)?;
         Ok(interp::run_with(f, &bound, StopGrads::Replay(&frozen))?.loss)
     };
     let mut out = Vec::new();

@@ -64,49 +64,9 @@ pub fn directional(g: &Function, x: &str, v: &str) -> Result<Function, Diag> {
         }
     }
     let span = h.span;
-    let build = |h: &mut Function| -> R<NodeId> {
-        let idx: Vec<IndexId> = h.inputs[xi]
-            .shape
-            .clone()
-            .into_iter()
-            .map(|d| h.add_index("t", d, span))
-            .collect();
-        let subs: Vec<NodeId> = idx
-            .iter()
-            .map(|i| h.add(Expr::Index(*i), Scalar::Int, span))
-            .collect::<R<_>>()?;
-        let gl = h.add(
-            Expr::Load {
-                tensor: TensorRef::Def(TensorId(gt as u32)),
-                subs: subs.clone().into(),
-            },
-            Scalar::Float,
-            span,
-        )?;
-        let vl = h.add(
-            Expr::Load {
-                tensor: TensorRef::Input(vi),
-                subs: subs.into(),
-            },
-            Scalar::Float,
-            span,
-        )?;
-        let prod = h.prim(Prim::Mul, &[gl, vl], span)?;
-        if idx.is_empty() {
-            return Ok(prod);
-        }
-        h.add(
-            Expr::Reduce {
-                op: ReduceOp::Sum,
-                indices: idx.into(),
-                mask: None,
-                body: prod,
-            },
-            Scalar::Float,
-            span,
-        )
-    };
-    let body = build(&mut h).map_err(|TooDeep| too_large(g))?;
+    let shape = h.inputs[xi].shape.clone();
+    let body = (h.dot(TensorRef::Def(TensorId(gt as u32)), TensorRef::Input(vi), &shape, span))
+        .map_err(|TooDeep| too_large(g))?;
     h.add_tensor(TensorDef {
         name: "loss".into(),
         indices: vec![],

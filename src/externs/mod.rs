@@ -157,53 +157,10 @@ pub fn pullback_function(f: &Function, k: usize) -> Option<Function> {
         g.inputs
             .push(crate::ir::Input::cotangent(cotangent_name(&name), shape.clone(), span));
         let ct = g.inputs.len() as u32 - 1;
-        let indices: Vec<crate::ir::IndexId> = (shape.iter().enumerate())
-            .map(|(axis, d)| g.add_index(format!("{name}.{axis}"), d.clone(), span))
-            .collect();
-        let subs = (indices.iter())
-            .map(|i| g.add(Expr::Index(*i), Scalar::Int, span))
-            .collect::<Result<Vec<_>, _>>()
-            .ok()?;
-        let node = |g: &mut Function, expr: Expr| g.add(expr, Scalar::Float, span).ok();
-        let value = node(
-            &mut g,
-            Expr::Load {
-                tensor: TensorRef::Def(t),
-                subs: subs.clone().into(),
-            },
-        )?;
-        let weight = node(
-            &mut g,
-            Expr::Load {
-                tensor: TensorRef::Input(ct),
-                subs: subs.into(),
-            },
-        )?;
-        let product = node(
-            &mut g,
-            Expr::Prim {
-                prim: crate::prims::Prim::Mul,
-                args: [weight, value].into(),
-            },
-        )?;
-        let sum = node(
-            &mut g,
-            Expr::Reduce {
-                op: crate::ir::ReduceOp::Sum,
-                indices: indices.into(),
-                mask: None,
-                body: product,
-            },
-        )?;
+        let sum = g.dot(TensorRef::Def(t), TensorRef::Input(ct), &shape, span).ok()?;
         total = Some(match total {
             None => sum,
-            Some(s) => node(
-                &mut g,
-                Expr::Prim {
-                    prim: crate::prims::Prim::Add,
-                    args: [s, sum].into(),
-                },
-            )?,
+            Some(s) => g.prim(crate::prims::Prim::Add, &[s, sum], span).ok()?,
         });
     }
     let loss = g.tensors.iter().position(|t| t.role == Role::Loss)?;
@@ -461,8 +418,7 @@ pub fn pull_back(
             );
             return Err(extern_error(call, message));
         }
-        let mut through_lets = completed.inputs.clone();
-        let mut any_let = false;
+        let mut cotangents_of_lets = Vec::new();
         for ((a, g), arg) in call.args.iter().zip(grads).zip(&completed.args[k]) {
             if !a.differentiable {
                 continue;
@@ -474,12 +430,13 @@ pub fn pull_back(
             match a.tensor {
                 TensorRef::Input(_) => add_gradient(f, e, &a.name, &g),
                 TensorRef::Def(_) => {
-                    through_lets.insert(cotangent_name(&a.name), Tensor::float(arg.shape.clone(), g));
-                    any_let = true;
+                    cotangents_of_lets.push((cotangent_name(&a.name), Tensor::float(arg.shape.clone(), g)))
                 }
             }
         }
-        if any_let {
+        if !cotangents_of_lets.is_empty() {
+            let mut through_lets = completed.inputs.clone();
+            through_lets.extend(cotangents_of_lets);
             let back = pullback(k, &through_lets)?;
             for (name, g) in &back.grads {
                 add_gradient(f, e, name, &g.to_f64());

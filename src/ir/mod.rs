@@ -586,6 +586,34 @@ impl Function {
         Ok(id)
     }
 
+    /// `Σ_t a[t] · b[t]` over new indices `t` of `shape` (a tensor and a same-shaped weight: a directional
+    /// derivative's loss, a cotangent's pullback).
+    pub fn dot(&mut self, a: TensorRef, b: TensorRef, shape: &[Dim], span: Span) -> Result<NodeId, TooDeep> {
+        let idx: Vec<IndexId> = shape.iter().map(|d| self.add_index("t", d.clone(), span)).collect();
+        let subs: Vec<NodeId> = (idx.iter())
+            .map(|i| self.add(Expr::Index(*i), Scalar::Int, span))
+            .collect::<Result<_, _>>()?;
+        let load = |f: &mut Function, tensor: TensorRef| {
+            let subs = subs.clone().into();
+            f.add(Expr::Load { tensor, subs }, Scalar::Float, span)
+        };
+        let (la, lb) = (load(self, a)?, load(self, b)?);
+        let prod = self.prim(Prim::Mul, &[la, lb], span)?;
+        if idx.is_empty() {
+            return Ok(prod);
+        }
+        self.add(
+            Expr::Reduce {
+                op: ReduceOp::Sum,
+                indices: idx.into(),
+                mask: None,
+                body: prod,
+            },
+            Scalar::Float,
+            span,
+        )
+    }
+
     /// Adds a primitive application; its kind follows from the operands' kinds ([`Prim::result`]).
     pub fn prim(&mut self, prim: Prim, args: &[NodeId], span: Span) -> Result<NodeId, TooDeep> {
         let kinds: Vec<Scalar> = args.iter().map(|a| self.node(*a).scalar).collect();
