@@ -741,3 +741,64 @@ fn symmetric_matrices_are_read_along_their_rows() {
     let after = lossc::opt::transpose::contiguous_reads(&before).unwrap();
     assert_eq!(lossc::ir::print::readable(&before), lossc::ir::print::readable(&after));
 }
+
+#[test]
+fn deviations_from_a_mean_sum_to_zero() {
+    // Inline and through a `let`, scaled, divided, negated and selected by row factors: no sum is left,
+    // and the value is the literal one (0 up to rounding).
+    for src in [
+        "loss f(s: f32[N, C]) { mean[i] 2.0 * sum[k] 3.0 * (s[i, k] - mean[k2] s[i, k2]) }",
+        "loss f(s: f32[N, C], w: f32[N]) { let mu[i] = mean[k] s[i, k]
+            sum[i] sum[k] -((mu[i] - s[i, k]) * w[i] / 3.0) + select(w[i] > 0.0, s[i, k] - mu[i], 0.0) }",
+    ] {
+        let p = body(&rule(src));
+        assert!(!p.contains("sum[k"), "{src}: {p}");
+        assert!(p.contains("0.0 *"), "{src}: {p}");
+    }
+    // Not deviations from that mean: another range, a masked mean, a masked sum, another body, a square.
+    for src in [
+        "loss f(s: f32[N, C], t: f32[N, D]) { mean[i] sum[k] s[i, k] - mean[d] t[i, d] }",
+        "loss f(s: f32[N, C]) { mean[i] sum[k] s[i, k] - mean[k2 | s[i, k2] > 0] s[i, k2] }",
+        "loss f(s: f32[N, C]) { mean[i] sum[k | s[i, k] > 0] s[i, k] - mean[k2] s[i, k2] }",
+        "loss f(s: f32[N, C]) { mean[i] sum[k] s[i, k] - mean[k2] 2.0 * s[i, k2] }",
+        "loss f(s: f32[N, C]) { mean[i] sum[k] (s[i, k] - mean[k2] s[i, k2]) ^ 2 }",
+    ] {
+        assert!(body(&rule(src)).contains("sum[k"), "{src}");
+    }
+    // Z-loss: the variance's gradient through its mean is no row pass, and the optimized gradient computes
+    // what the literal one does, also where a row holds an infinity or a NaN (both NaN there).
+    let f = compile(
+        "loss z_loss(s: f32[N, C], y: idx[N] < C, eps: f32 = 1e-12) {
+            let mu[i] = mean[k] s[i, k]
+            let sigma[i] = sqrt(mean[k] (s[i, k] - mu[i]) ^ 2)
+            let z[i] = (s[i, y[i]] - mu[i]) / (sigma[i] + eps)
+            sum[i] softplus(-z[i]) }",
+    );
+    let raw = lossc::autodiff::grad(&f).unwrap();
+    let opt = lossc::opt::optimize(&raw).unwrap();
+    let printed = lossc::ir::print::readable(&opt);
+    let rows = printed
+        .lines()
+        .filter(|l| l.contains("sum[k") || l.contains("mean[k"))
+        .count();
+    assert_eq!(rows, 2, "the mean and the variance only:\n{printed}");
+    let mut rng = Rng::new(8);
+    for special in [None, Some(f64::INFINITY), Some(f64::NAN), Some(f64::NEG_INFINITY)] {
+        let mut inputs = inputs_for(&f, &mut rng, 1.0);
+        if let Some(x) = special {
+            let s = inputs.get_mut("s").unwrap();
+            let mut values = s.to_f64();
+            values[1] = x;
+            *s = Tensor::float(s.shape.clone(), values);
+        }
+        let a = lossc::api::eval(&raw, &inputs, &BTreeMap::new()).unwrap();
+        let b = lossc::api::eval(&opt, &inputs, &BTreeMap::new()).unwrap();
+        let close = |x: f64, y: f64| (x - y).abs() <= 1e-12 * x.abs().max(1.0) || (x.is_nan() && y.is_nan());
+        assert!(close(a.loss, b.loss), "{special:?}: {} vs {}", a.loss, b.loss);
+        for ((n, ga), (_, gb)) in a.grads.iter().zip(&b.grads) {
+            for (x, y) in ga.to_f64().iter().zip(gb.to_f64()) {
+                assert!(close(*x, y), "{special:?}: grad {n}: {x} vs {y}");
+            }
+        }
+    }
+}

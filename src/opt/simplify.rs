@@ -934,6 +934,21 @@ fn reduce(
                 return reduce(f, op, indices, mask, element, scalar, span);
             }
         }
+        // Deviations from a mean sum to zero: sum[k] c * (X(k) - mean[k'] X(k')) = c * 0 (see `deviations`):
+        // the gradient of a variance through its mean (Z-loss, standardised scores) is no row pass at all.
+        if let [k] = indices[..]
+            && mask.is_none_or(|m| !f.node(m).free.contains(&k))
+            && let Some(total) = deviations(f, k, body, span)?
+        {
+            let total = unless_empty(f, k, total, span)?;
+            return match mask {
+                None => Ok(total),
+                Some(m) => {
+                    let zero = f.float(0.0, span)?;
+                    simplify(f, prim_expr(Prim::Select, &[m, total, zero]), Scalar::Float, span)
+                }
+            };
+        }
         // Distributivity (reassociates float sums, so results may differ in the last bits):
         // sum[k] (c * e) = c * sum[k] e,  sum[k] (e * c) = (sum[k] e) * c,  sum[k] e / c = (sum[k] e) / c,
         // sum[k] -e = -(sum[k] e), for c that does not depend on the summed indices. Under a mask the
@@ -1001,6 +1016,101 @@ fn reduce(
     )
 }
 
+/// `sum[k] body` where `body` is a sum of deviations `X(k) - M` (or `M - X(k)`) from the mean
+/// `M = mean[k'] X(k')` over the range of `k` (written inline or as a `let`), each scaled, divided or
+/// selected by factors free of `k`: that expression with each deviation replaced by `0 * M`. The value is
+/// exactly zero where the mean is finite, and NaN where it is not, as the literal sum of an infinite or
+/// NaN row is (the one difference: a row of finite values whose sum overflows). The caller puts back the
+/// empty sum's 0 (the mean of nothing is NaN).
+fn deviations(f: &mut Function, k: IndexId, body: NodeId, span: Span) -> R<Option<NodeId>> {
+    if !f.node(body).free.contains(&k) {
+        return Ok(None);
+    }
+    let free = |f: &Function, n: NodeId| !f.node(n).free.contains(&k);
+    let Some((prim, a)) = prim_of(f, body) else {
+        return Ok(None);
+    };
+    if prim == Prim::Sub {
+        for (x, m) in [(a[0], a[1]), (a[1], a[0])] {
+            if free(f, m) && mean_along(f, k, x, m) {
+                let zero = f.float(0.0, span)?;
+                return simplify(f, prim_expr(Prim::Mul, &[zero, m]), Scalar::Float, span).map(Some);
+            }
+        }
+    }
+    let rebuilt = match prim {
+        Prim::Add | Prim::Sub => {
+            let (Some(x), Some(y)) = (deviations(f, k, a[0], span)?, deviations(f, k, a[1], span)?) else {
+                return Ok(None);
+            };
+            [x, y].to_vec()
+        }
+        Prim::Neg => match deviations(f, k, a[0], span)? {
+            Some(x) => vec![x],
+            None => return Ok(None),
+        },
+        Prim::Mul if free(f, a[0]) || free(f, a[1]) => {
+            let (c, x) = if free(f, a[0]) { (a[0], a[1]) } else { (a[1], a[0]) };
+            match deviations(f, k, x, span)? {
+                Some(x) => vec![c, x],
+                None => return Ok(None),
+            }
+        }
+        Prim::Div if free(f, a[1]) => match deviations(f, k, a[0], span)? {
+            Some(x) => vec![x, a[1]],
+            None => return Ok(None),
+        },
+        Prim::Select if free(f, a[0]) && is_float(f, a[2], 0.0) => match deviations(f, k, a[1], span)? {
+            Some(x) => vec![a[0], x, a[2]],
+            None => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    simplify(f, prim_expr(prim, &rebuilt), Scalar::Float, span).map(Some)
+}
+
+/// Whether `m` is `mean[k'] X(k')` unmasked over the range of `k` — inline, or a `let` whose element is
+/// that mean read at plain distinct indices — with `x` equal to `X(k)` up to renaming.
+fn mean_along(f: &Function, k: IndexId, x: NodeId, m: NodeId) -> bool {
+    let (reduce, mut map) = match &f.node(m).expr {
+        Expr::Reduce { .. } => (m, HashMap::new()),
+        Expr::Load {
+            tensor: TensorRef::Def(t),
+            subs,
+        } => {
+            let def = f.tensor(*t);
+            let mut map = HashMap::new();
+            for (h, s) in def.indices.iter().zip(subs.iter()) {
+                let Expr::Index(i) = f.node(*s).expr else { return false };
+                if map.values().any(|j| *j == i) {
+                    return false;
+                }
+                map.insert(*h, i);
+            }
+            if def.role != Role::Let || subs.len() != def.indices.len() {
+                return false;
+            }
+            (def.body, map)
+        }
+        _ => return false,
+    };
+    let Expr::Reduce {
+        op: ReduceOp::Mean,
+        indices,
+        mask: None,
+        body,
+    } = &f.node(reduce).expr
+    else {
+        return false;
+    };
+    let [k2] = indices[..] else { return false };
+    if f.index(k2).range != f.index(k).range {
+        return false;
+    }
+    map.insert(k2, k);
+    f.same_renamed(*body, x, &map)
+}
+
 /// `sum[k] exp(X(k) - L)` where `L = logsumexp[k'] X(k')` (unmasked, over the range of `k`): the sum of a
 /// softmax row, 1 wherever `L` is finite. Where it is not (a +inf or NaN among the `X`, or all of them
 /// -inf), every literal term is NaN and so is `1 + 0 * L`; over an empty range both sums are 0.
@@ -1011,12 +1121,18 @@ fn softmax_total(f: &mut Function, k: IndexId, body: NodeId, span: Span) -> R<Op
     let (zero, one) = (f.float(0.0, span)?, f.float(1.0, span)?);
     let poison = simplify(f, prim_expr(Prim::Mul, &[zero, lse]), Scalar::Float, span)?;
     let total = simplify(f, prim_expr(Prim::Add, &[one, poison]), Scalar::Float, span)?;
+    unless_empty(f, k, total, span).map(Some)
+}
+
+/// `total` where the range of `k` is not empty, else 0 (an empty sum).
+fn unless_empty(f: &mut Function, k: IndexId, total: NodeId, span: Span) -> R<NodeId> {
     if matches!(f.index(k).range, Dim::Const(n) if n > 0) {
-        return Ok(Some(total));
+        return Ok(total);
     }
+    let zero = f.float(0.0, span)?;
     let count = count_of(f, &[k], span)?;
     let empty = simplify(f, prim_expr(Prim::Eq, &[count, zero]), Scalar::Bool, span)?;
-    simplify(f, prim_expr(Prim::Select, &[empty, zero, total]), Scalar::Float, span).map(Some)
+    simplify(f, prim_expr(Prim::Select, &[empty, zero, total]), Scalar::Float, span)
 }
 
 /// If `n` is `exp(X(k) - L)` with `L = logsumexp[k'] X(k')` unmasked over the range of `k` (`X` the same up
