@@ -32,6 +32,9 @@ pub struct Report {
     pub threads: usize,
     /// Timed calls.
     pub iters: usize,
+    /// The most heap bytes the calls held at once (their buffers, f32 copies of the inputs included), where
+    /// the counting allocator is installed ([`crate::memory`]).
+    pub peak_bytes: Option<usize>,
 }
 
 impl Report {
@@ -101,6 +104,7 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
         ProgressStyle::with_template("{msg} {bar:30} {pos}/{len}").unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message(format!("timing {}", f.name));
+    let base = crate::memory::mark();
     let (bytes, mut times) = if args.backend.into_backend() == crate::Backend::Cuda {
         (
             interp_floor(g, &bound),
@@ -111,6 +115,7 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
     } else {
         (interp_floor(g, &bound), time_interp(g, &bound, args.iters, &bar)?)
     };
+    let peak_bytes = crate::memory::peak_since(base);
     bar.finish_and_clear();
     times.sort();
     let report = Report {
@@ -122,6 +127,7 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
         bandwidth_gb_s: copy_bandwidth(bytes, kernel.threads()),
         threads: kernel.threads(),
         iters: times.len(),
+        peak_bytes,
     };
     let gbs = report.bytes as f64 / (report.median_ms / 1e3) / 1e9;
     let eps = report.elements as f64 / (report.median_ms / 1e3);
@@ -133,12 +139,19 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
                 "compile_ms": report.compile_ms, "median_ms": report.median_ms, "min_ms": report.min_ms,
                 "bytes": report.bytes, "gb_per_s": gbs, "elements_per_s": eps,
                 "copy_bandwidth_gb_per_s": report.bandwidth_gb_s, "floor_ms": report.floor_ms(),
-                "ratio_to_floor": report.median_ms / report.floor_ms(),
+                "ratio_to_floor": report.median_ms / report.floor_ms(), "peak_bytes": report.peak_bytes,
             })
         ));
     }
+    let memory = match report.peak_bytes {
+        Some(b) => format!(
+            "  memory    {:>10.3} MB    at the calls' peak (every buffer, f32 copies of the inputs included)\n",
+            b as f64 / 1e6
+        ),
+        None => String::new(),
+    };
     Ok(format!(
-        "{} [{}] on {} thread(s)\n  compile   {:>10.3} ms\n  median    {:>10.3} ms   (min {:.3} ms, {} calls)\n  traffic   {:>10.3} MB    {:.2} GB/s, {:.3e} elements/s\n  floor     {:>10.3} ms   at {:.1} GB/s copy bandwidth: {:.2}x the floor\n",
+        "{} [{}] on {} thread(s)\n  compile   {:>10.3} ms\n  median    {:>10.3} ms   (min {:.3} ms, {} calls)\n  traffic   {:>10.3} MB    {:.2} GB/s, {:.3e} elements/s\n  floor     {:>10.3} ms   at {:.1} GB/s copy bandwidth: {:.2}x the floor\n{memory}",
         f.name,
         args.shape,
         report.threads,

@@ -29,6 +29,8 @@ pub mod externs;
 pub mod gradcheck;
 pub mod ir;
 pub mod kernel;
+#[cfg(feature = "cli")]
+pub mod memory;
 pub mod opt;
 #[cfg(feature = "cli")]
 pub mod plot;

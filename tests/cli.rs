@@ -532,6 +532,9 @@ fn bench_reports_json() {
     );
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["iters"].as_u64(), Some(3), "{out}");
+    // The calls hold at least the scores' f32 copy and their gradient at once, and not a hundred times that.
+    let peak = v["peak_bytes"].as_u64().unwrap_or_else(|| panic!("peak_bytes: {out}"));
+    assert!((2 * 64 * 10 * 4..100 * 64 * 10 * 4).contains(&peak), "{out}");
     for key in [
         "compile_ms",
         "median_ms",
@@ -559,7 +562,10 @@ fn bench_reports_json() {
         ],
         0,
     );
-    assert!(text.contains("x the floor"), "{text}");
+    assert!(
+        text.contains("x the floor") && text.contains("at the calls' peak"),
+        "{text}"
+    );
     // No timed call at all is a usage error, not a median of nothing.
     let (_, err) = expect(
         &[

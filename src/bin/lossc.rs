@@ -2,6 +2,10 @@
 
 use clap::Parser;
 
+/// Counts heap bytes, so that `lossc bench` can report the memory its calls hold at their peak.
+#[global_allocator]
+static ALLOC: lossc::memory::Counting = lossc::memory::Counting;
+
 fn main() {
     let cli = lossc::cli::Cli::parse();
     match lossc::cli::run(cli) {
