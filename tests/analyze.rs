@@ -44,10 +44,11 @@ const TABLE: &[(&str, &str, Verdict)] = &[
     // GCE (1 - p_y^q) / q lies in [0, 1/q] (Zhang & Sabuncu 2018), symmetric only in the limit q -> 1.
     ("std::classification::gce", "bounded", Proven),
     ("std::classification::gce", "symmetric", Disproven),
-    // Z-loss standardises each row: a shift cancels in s - mean(s); a scale cancels but for the eps in the
-    // denominator, so no rule proves it and no sample sees the eps.
+    // Z-loss standardises each row (de Brébisson & Vincent 2016, "shift and scale invariant"): a shift
+    // cancels in s - mean(s), a scale in (s - mean) / sigma — with the eps of the denominator taken as 0
+    // (default 1e-12, a stabiliser; the derivation says so).
     ("std::classification::z_loss", "invariant to shifting", Proven),
-    ("std::classification::z_loss", "invariant to scaling", Unknown),
+    ("std::classification::z_loss", "invariant to scaling", Proven),
     // Label smoothing mixes (1 - eps)(lse - s_y) and eps · mean_k (lse - s_k): both convex, and both weights
     // nonnegative at eps = 0.1 (a sign read from an expression of hyperparameters at their defaults).
     ("std::classification::cross_entropy_smooth", "convex in s", Proven),
@@ -118,6 +119,20 @@ fn a_sign_flip_makes_convexity_disproven_with_a_counterexample() {
     let dot = "loss c(x: f32[N, D]) { mean[i, j] exp(sum[d] x[i, d] * x[j, d]) }";
     assert_eq!(verdict(&report_of(cosine), "invariant to scaling"), Proven);
     assert_eq!(verdict(&report_of(dot), "invariant to scaling"), Disproven);
+    // A standardised score with a tiny `eps` in its denominator is scale-invariant where eps = 0, and the
+    // derivation says so; an `eps` of 0.5 is no stabiliser (and a sample sees it); nor is a data offset.
+    let z = "loss z(s: f32[N, C], y: idx[N] < C, eps: f32 = 1e-9) {
+        let mu[i] = mean[k] s[i, k]
+        let sd[i] = sqrt(mean[k] (s[i, k] - mu[i]) ^ 2)
+        sum[i] softplus((mu[i] - s[i, y[i]]) / (sd[i] + eps))
+    }";
+    let r = report_of(z);
+    assert_eq!(verdict(&r, "invariant to scaling"), Proven, "{}", r.text());
+    assert!(r.text().contains("taking eps = 0 (default 1e-9)"), "{}", r.text());
+    let r = report_of(&z.replace("1e-9", "0.5"));
+    assert_eq!(verdict(&r, "invariant to scaling"), Disproven, "{}", r.text());
+    let r = report_of(&z.replace("(sd[i] + eps)", "(sd[i] + 1e-9)"));
+    assert_ne!(verdict(&r, "invariant to scaling"), Proven, "{}", r.text());
     // Symmetry: affine in the probability at the label is proven (through a `let`, a constant term and a
     // hyperparameter factor); squaring that probability makes Σ_k L depend on the scores: disproven.
     let affine = "loss m(s: f32[N, C], y: idx[N] < C, w: f32 = 3.0) {

@@ -231,10 +231,16 @@ fn scale(x: &Shift, by: f64, factor: Option<(NodeId, i32)>) -> Shift {
 }
 
 /// The degree of homogeneity of values in one input (`v(a · s) = a^degree · v(s)` for a > 0).
+///
+/// A sum of a scaled value and a *stabiliser* — a hyperparameter whose default is at most 1e-6 in size, as
+/// the `eps` in `x / (sigma + eps)` — takes the scaled value's degree, and the stabiliser is recorded in
+/// [`Degrees::stabilisers`]: the degree holds where it is 0.
 pub struct Degrees<'a> {
     f: &'a Function,
     input: u32,
     memo: super::Memo<Option<f64>>,
+    /// The hyperparameters taken as 0 (sorted, each once).
+    pub stabilisers: Vec<u32>,
 }
 
 impl<'a> Degrees<'a> {
@@ -244,6 +250,7 @@ impl<'a> Degrees<'a> {
             f,
             input,
             memo: super::Memo::default(),
+            stabilisers: Vec::new(),
         }
     }
 }
@@ -280,8 +287,20 @@ impl super::Analysis for Degrees<'_> {
                     Expr::Int(i) => Some(i as f64),
                     _ => None,
                 };
+                let stabiliser = |k: usize| match f.node(args[k]).expr {
+                    Expr::Hyper(h) if f.hypers[h as usize].default.abs() <= 1e-6 => Some(h),
+                    _ => None,
+                };
                 match prim {
                     Prim::Add | Prim::Sub | Prim::Max | Prim::Min if d[0] == d[1] => Some(d[0]),
+                    Prim::Add | Prim::Sub if d[0] == 0.0 || d[1] == 0.0 => {
+                        let (k, other) = if d[0] == 0.0 { (0, d[1]) } else { (1, d[0]) };
+                        let h = stabiliser(k)?;
+                        if let Err(at) = self.stabilisers.binary_search(&h) {
+                            self.stabilisers.insert(at, h);
+                        }
+                        Some(other)
+                    }
                     Prim::Mul => Some(d[0] + d[1]),
                     Prim::Div => Some(d[0] - d[1]),
                     Prim::Neg | Prim::Abs | Prim::Relu | Prim::StopGrad | Prim::ToFloat => Some(d[0]),

@@ -299,10 +299,25 @@ fn scale(g: &Function, loss: usize, input: u32, s: &mut Sampler) -> Finding {
     let name = &g.inputs[input as usize].name;
     let mut a = invariance::Degrees::new(g, input);
     let degree = a.tensor(loss as u32);
-    let reason = vec![match degree {
+    let mut reason = vec![match degree {
         Some(d) => format!("the loss is homogeneous of degree {d} in {name}"),
         None => format!("the loss is not homogeneous in {name} by any rule"),
     }];
+    if degree.is_some() && !a.stabilisers.is_empty() {
+        let names: Vec<String> = a
+            .stabilisers
+            .iter()
+            .map(|h| {
+                let h = &g.hypers[*h as usize];
+                format!("{} = 0 (default {:e})", h.name, h.default)
+            })
+            .collect();
+        reason.push(format!(
+            "taking {}: a stabiliser added to a scaled value; at its default the loss moves by about its \
+             size relative to that value",
+            names.join(", ")
+        ));
+    }
     let violation = s.invariance_violation(input, Transform::Scale);
     finding(
         format!("invariant to scaling {name} (· a, a > 0)"),
