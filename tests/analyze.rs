@@ -69,6 +69,61 @@ const TABLE: &[(&str, &str, Verdict)] = &[
     ("std::contrastive::nt_xent", "invariant to scaling b", Proven),
     // AnyLoss's accuracy is a ratio of soft confusion counts: in [0, 1].
     ("std::metrics::anyloss_accuracy", "bounded", Proven),
+    // Multi-class calibration: each of these is a positive sum over the samples of Ψ(p_y) with Ψ' < 0 —
+    // -log p (CE), 1 - p (MAE), (1 - p^q) / q (GCE, Zhang & Sabuncu 2018), (p^(tau - 1) - 1) / (1 - tau)
+    // (comp-sum, Mao, Mohri & Zhong 2023), -(1 - p)^gamma log p (focal) — and the minimiser of
+    // Σ_k q_k Ψ(p_k) puts the most probability on the Bayes class (the swap argument in
+    // src/analyze/calibration.rs).
+    (
+        "std::classification::cross_entropy",
+        "classification-calibrated in the scores",
+        Proven,
+    ),
+    (
+        "std::classification::cross_entropy_per_sample",
+        "classification-calibrated in the scores",
+        Proven,
+    ),
+    (
+        "std::classification::mae",
+        "classification-calibrated in the scores",
+        Proven,
+    ),
+    (
+        "std::classification::gce",
+        "classification-calibrated in the scores",
+        Proven,
+    ),
+    (
+        "std::classification::comp_sum",
+        "classification-calibrated in the scores",
+        Proven,
+    ),
+    (
+        "std::focal::focal_multiclass",
+        "classification-calibrated in the scores",
+        Proven,
+    ),
+    // Not of that form, so no rule decides: label smoothing reads every probability (it is calibrated,
+    // its minimiser being (1 - eps) q + eps / C, but not by this rule); Crammer-Singer and Weston-Watkins
+    // hinge losses are not calibrated (Tewari & Bartlett 2007), which sampling cannot show; KL-DRO
+    // couples the samples.
+    (
+        "std::classification::cross_entropy_smooth",
+        "classification-calibrated in the scores",
+        Unknown,
+    ),
+    (
+        "std::hinge::crammer_singer",
+        "classification-calibrated in the scores",
+        Unknown,
+    ),
+    (
+        "std::hinge::weston_watkins",
+        "classification-calibrated in the scores",
+        Unknown,
+    ),
+    ("std::dro::kl_dro", "classification-calibrated in the scores", Unknown),
 ];
 
 #[test]
@@ -214,6 +269,40 @@ fn margin_losses_are_calibrated_by_the_convex_theorem() {
     }
     let r = stdlib("std::hinge::binary_hinge");
     assert_eq!(verdict(&r, "classification-calibrated"), Proven, "{}", r.text());
+    // Multi-class: a function of the probability at the label with a negative derivative is proven
+    // (through a `let`, a hyperparameter exponent, a product of nonpositive factors); one that rises with
+    // it, one weighting samples by their class, one squaring an aggregate, one with a detached factor are not.
+    let softmax = |body: &str| {
+        format!(
+            "loss l(s: f32[N, C], y: idx[N] < C, w: f32[C] nograd, g: f32 = 1.5) {{
+                let lp[i] = s[i, y[i]] - logsumexp[k] s[i, k]
+                {body} }}"
+        )
+    };
+    for (body, want) in [
+        ("mean[i] -lp[i]", Proven),
+        ("sum[i] (1 - exp(lp[i])) ^ g", Proven),
+        ("mean[i] lp[i] * -sqrt(1 - exp(lp[i]))", Proven),
+        ("mean[i] exp(lp[i])", Unknown),
+        ("mean[i] -w[y[i]] * lp[i]", Unknown),
+        ("(mean[i] -lp[i]) ^ 2", Unknown),
+        ("mean[i] -(1 - stopgrad(exp(lp[i]))) * lp[i]", Unknown),
+    ] {
+        let r = report_of(&softmax(body));
+        assert_eq!(
+            verdict(&r, "classification-calibrated in the scores"),
+            want,
+            "{body}
+{}",
+            r.text()
+        );
+        assert!(
+            r.findings.iter().all(|f| f.inconsistent.is_none()),
+            "{body}
+{}",
+            r.text()
+        );
+    }
     // Squared loss's gradient grows with the margin; the logistic loss's is bounded by 1.
     assert_eq!(
         verdict(&report_of(&margin("(1 - m[i]) ^ 2")), "gradient in m bounded"),

@@ -80,9 +80,14 @@ impl<'a> Bounds<'a> {
                 hi: r[0].hi + r[1].hi,
                 finite: all,
             },
+            // A term of a logsumexp minus the logsumexp (a log softmax probability) is at most 0.
             Prim::Sub => Range {
                 lo: r[0].lo - r[1].hi,
-                hi: r[0].hi - r[1].lo,
+                hi: if term_of_logsumexp(self.f, args[0], args[1]).is_some() {
+                    0f64.min(r[0].hi - r[1].lo)
+                } else {
+                    r[0].hi - r[1].lo
+                },
                 finite: all,
             },
             Prim::Neg => Range {
@@ -244,7 +249,12 @@ pub(super) fn logsumexp_term(f: &Function, n: NodeId) -> Option<Vec<IndexId>> {
     let Expr::Prim { prim: Prim::Sub, args } = &f.node(n).expr else {
         return None;
     };
-    let (a, r) = (args[0], args[1]);
+    term_of_logsumexp(f, args[0], args[1])
+}
+
+/// Where `a` is one of the terms of the unmasked `logsumexp` that `r` is (or that a tensor `r` loads holds):
+/// the indices the logsumexp reduces over.
+pub(super) fn term_of_logsumexp(f: &Function, a: NodeId, r: NodeId) -> Option<Vec<IndexId>> {
     let mut bind: HashMap<IndexId, Option<NodeId>> = HashMap::new();
     let reduce = match &f.node(r).expr {
         Expr::Load {

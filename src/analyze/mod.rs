@@ -12,6 +12,7 @@
 //! softmax probability at the label ([`symmetry`]).
 
 pub mod bounds;
+pub mod calibration;
 pub mod curvature;
 pub mod invariance;
 pub mod symmetry;
@@ -168,6 +169,9 @@ pub fn analyze(f: &Function) -> Result<Report, Diag> {
     for (i, input) in g.inputs.iter().enumerate() {
         if input.differentiable() && input.shape.len() == 1 {
             findings.extend(calibration(&g, loss, i as u32, &mut s));
+        }
+        if input.differentiable() && input.shape.len() == 2 {
+            findings.extend(softmax_calibration(&g, loss, i as u32, &mut s));
         }
     }
     Ok(Report {
@@ -456,6 +460,29 @@ fn calibration(g: &Function, loss: usize, input: u32, s: &mut Sampler) -> Option
     })
 }
 
+/// Classification calibration of a multi-class loss in scores `input` of shape [N, C] with a label
+/// `y: idx[N] < C`: proven for a positive combination of Ψ(softmax probability at the label) with Ψ' < 0
+/// ([`calibration`]), else unknown.
+fn softmax_calibration(g: &Function, loss: usize, input: u32, s: &mut Sampler) -> Option<Finding> {
+    let x = &g.inputs[input as usize];
+    let label = g.inputs.iter().position(|i| {
+        i.elem == ElemTy::Idx
+            && i.shape.len() == 1
+            && i.shape.first() == x.shape.first()
+            && i.bound.as_ref() == x.shape.last()
+    })?;
+    let (verdict, reason, inconsistent) = match calibration::proof(g, g.tensors[loss].body, label as u32) {
+        Ok(derivation) => (Verdict::Proven, derivation, s.softmax_violation(input as usize, label)),
+        Err(why) => (Verdict::Unknown, vec![why], None),
+    };
+    Some(Finding {
+        property: format!("classification-calibrated in the scores {}", x.name),
+        verdict,
+        reason,
+        inconsistent,
+    })
+}
+
 fn finding(
     property: String,
     proven: bool,
@@ -741,6 +768,64 @@ impl<'a> Sampler<'a> {
         Some((slope, (l0 - left) / h, (right - l0) / h))
     }
 
+    /// A point where the loss is not a decreasing function of the probabilities at the labels alone: raising
+    /// every label's score raises it, or moving the other scores with those probabilities held changes it.
+    fn softmax_violation(&mut self, input: usize, label: usize) -> Option<String> {
+        let (sname, yname) = (self.f.inputs[input].name.clone(), self.f.inputs[label].name.clone());
+        let shape = self.shape(input);
+        let (rows, classes) = (*shape.first()?, *shape.last()?);
+        for _ in 0..SAMPLES / 4 {
+            let p = self.point(1.0);
+            let (s, y) = (p[&sname].to_f64(), p[&yname].to_f64());
+            let base = self.loss(&p)?;
+            let at = |v: Vec<f64>| {
+                let mut q = p.clone();
+                q.insert(sname.clone(), Tensor::float(shape.clone(), v));
+                q
+            };
+            let mut raised = s.clone();
+            let mut moved = s.clone();
+            for (r, label) in y.iter().enumerate().take(rows) {
+                let row = r * classes;
+                let yr = *label as usize;
+                raised[row + yr] += 0.5;
+                // The other scores shifted by random amounts, the label's set so its probability stays.
+                let lse_others = |v: &[f64]| {
+                    let m = (0..classes)
+                        .filter(|k| *k != yr)
+                        .map(|k| v[row + k])
+                        .fold(f64::NEG_INFINITY, f64::max);
+                    m + (0..classes)
+                        .filter(|k| *k != yr)
+                        .map(|k| (v[row + k] - m).exp())
+                        .sum::<f64>()
+                        .ln()
+                };
+                let logit = s[row + yr] - lse_others(&s);
+                for k in (0..classes).filter(|k| *k != yr) {
+                    moved[row + k] += self.rng.normal();
+                }
+                moved[row + yr] = logit + lse_others(&moved);
+            }
+            let up = self.loss(&at(raised))?;
+            if up > base + 1e-9 * (1.0 + base.abs()) {
+                return Some(format!(
+                    "at {}: raising every label's score by 0.5 from {sname} = {} raised L from {base:.6} to {up:.6}",
+                    self.sizes_text(),
+                    Self::values(&p[&sname])
+                ));
+            }
+            let same = self.loss(&at(moved))?;
+            if (same - base).abs() > 1e-7 * (1.0 + base.abs()) {
+                return Some(format!(
+                    "at {}: two points with the same probabilities at the labels give L = {base:.6} and {same:.6}",
+                    self.sizes_text()
+                ));
+            }
+        }
+        None
+    }
+
     /// Two points whose sums over every label differ; `None` where the labels are not classes of a row.
     fn symmetry_violation(&mut self, label: usize) -> Option<Option<String>> {
         let classes = self.f.inputs[label].bound.as_ref()?.eval(&self.sizes);
@@ -768,5 +853,31 @@ impl<'a> Sampler<'a> {
             }
         }
         Some(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampler_check(src: &str) -> Option<String> {
+        let p = crate::Program::from_source("t.lx", src).unwrap();
+        let g = crate::opt::simplify_only(&p.module.functions[0]).unwrap();
+        Sampler::new(&g).softmax_violation(0, 1)
+    }
+
+    #[test]
+    fn the_softmax_cross_check_sees_what_the_rule_must_not_prove() {
+        // Ψ(p_y) decreasing: no violation.
+        assert_eq!(
+            sampler_check("loss f(s: f32[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }"),
+            None
+        );
+        // Label smoothing reads every probability; a loss rewarding the label's score the wrong way rises.
+        let smooth = "loss f(s: f32[N, C], y: idx[N] < C) {
+            mean[i] 0.5 * ((logsumexp[k] s[i, k]) - s[i, y[i]]) + 0.5 * mean[k] ((logsumexp[k2] s[i, k2]) - s[i, k]) }";
+        assert!(sampler_check(smooth).unwrap().contains("same probabilities"));
+        let wrong = "loss f(s: f32[N, C], y: idx[N] < C) { mean[i] s[i, y[i]] - logsumexp[k] s[i, k] }";
+        assert!(sampler_check(wrong).unwrap().contains("raised L"));
     }
 }

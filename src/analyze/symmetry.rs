@@ -34,7 +34,7 @@ pub fn proof(g: &Function, label: u32) -> Option<Vec<String>> {
 }
 
 /// Whether node `n` reads no input (numbers, hyperparameters, sizes, indices only).
-fn constant(g: &Function, n: NodeId) -> bool {
+pub(super) fn constant(g: &Function, n: NodeId) -> bool {
     match &g.node(n).expr {
         Expr::Load {
             tensor: TensorRef::Input(_),
@@ -90,39 +90,48 @@ impl Cx<'_> {
         }
     }
 
-    /// Whether `n` is a softmax probability at the label: `exp(s[r, y[r]] - lse)` where `s[r, y[r]]` is a
-    /// term of the logsumexp (bounds::logsumexp_term), which reduces over the axis the label is bounded by.
+    /// Whether `n` is a softmax probability at the label: `exp(s[r, y[r]] - lse)` ([`label_log_probability`]).
     fn probability_at_label(&self, n: NodeId) -> bool {
-        let g = self.g;
-        let Expr::Prim { prim: Prim::Exp, args } = &g.node(n).expr else {
+        let Expr::Prim { prim: Prim::Exp, args } = &self.g.node(n).expr else {
             return false;
         };
-        let Some(indices) = super::bounds::logsumexp_term(g, args[0]) else {
-            return false;
-        };
-        let [k] = indices[..] else { return false };
-        let Expr::Prim { args: diff, .. } = &g.node(args[0]).expr else {
-            return false;
-        };
-        let Expr::Load {
-            tensor: TensorRef::Input(s),
-            subs,
-        } = &g.node(diff[0]).expr
+        let Expr::Prim {
+            prim: Prim::Sub,
+            args: d,
+        } = &self.g.node(args[0]).expr
         else {
             return false;
         };
-        let (Some(class), Some(row)) = (subs.last(), subs.first()) else {
-            return false;
-        };
-        let reads_label = matches!(
-            &g.node(*class).expr,
-            Expr::Load { tensor: TensorRef::Input(y), subs: y_subs } if *y == self.label && y_subs[..] == [*row]
-        );
-        let classes = g.inputs[*s as usize].shape.last();
-        reads_label
-            && subs.len() == 2
-            && classes.is_some()
-            && g.inputs[self.label as usize].bound.as_ref() == classes
-            && Some(&g.index(k).range) == classes
+        label_log_probability(self.g, self.label, d[0], d[1])
     }
+}
+
+/// Whether `a - r` is the log softmax probability at the label, `s[r, y[r]] - lse`: `s[r, y[r]]` is a term
+/// of the logsumexp `r` (bounds::term_of_logsumexp), which reduces over the axis label input `label` is
+/// bounded by.
+pub(super) fn label_log_probability(g: &Function, label: u32, a: NodeId, r: NodeId) -> bool {
+    let Some(indices) = super::bounds::term_of_logsumexp(g, a, r) else {
+        return false;
+    };
+    let [k] = indices[..] else { return false };
+    let Expr::Load {
+        tensor: TensorRef::Input(s),
+        subs,
+    } = &g.node(a).expr
+    else {
+        return false;
+    };
+    let (Some(class), Some(row)) = (subs.last(), subs.first()) else {
+        return false;
+    };
+    let reads_label = matches!(
+        &g.node(*class).expr,
+        Expr::Load { tensor: TensorRef::Input(y), subs: y_subs } if *y == label && y_subs[..] == [*row]
+    );
+    let classes = g.inputs[*s as usize].shape.last();
+    reads_label
+        && subs.len() == 2
+        && classes.is_some()
+        && g.inputs[label as usize].bound.as_ref() == classes
+        && Some(&g.index(k).range) == classes
 }

@@ -1,0 +1,276 @@
+//! Classification calibration of a multi-class softmax loss: proven where the loss is a positive
+//! combination, over the samples, of one function Ψ of the softmax probability at the label, with
+//! Ψ' < 0.
+//!
+//! The argument (the one behind cross-entropy's, MAE's and the comp-sum family's calibration): at class
+//! probabilities q the conditional risk is Σ_k q_k Ψ(p_k) over the softmax p. Where q_a > q_b but
+//! p_a < p_b, exchanging p_a and p_b lowers it by (q_a − q_b)(Ψ(p_a) − Ψ(p_b)) > 0; where p_a = p_b,
+//! moving probability from b to a lowers it at the rate (q_a − q_b)|Ψ'(p)| > 0. So no point whose top
+//! class is not q's is a minimiser, and (the risk being continuous on the closed simplex) the best such
+//! point is strictly worse: the top class of the minimiser is the Bayes class.
+//!
+//! The rule works in u = logsumexp[k] s[i, k] − s[i, y[i]] = −log p (the sample's cross-entropy): each
+//! sample's term must be strictly increasing in u with a positive derivative (Ψ(p) = g(−log p), Ψ' =
+//! −g'/p < 0), built from u by primitives with positive derivatives, constant factors, and products of
+//! factors of fixed sign whose magnitudes move together; the loss sums or averages the terms with positive
+//! weights.
+
+use std::collections::BTreeSet;
+
+use super::Analysis;
+use super::bounds::Bounds;
+use super::symmetry::{constant, label_log_probability};
+use crate::ir::{Expr, Function, NodeId, ReduceOp, TensorRef};
+use crate::prims::Prim;
+
+/// How a value depends on the samples' cross-entropies u.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mono {
+    /// Free of every input.
+    Constant,
+    /// Strictly increasing in u (`up`) or decreasing, with a nonzero derivative; `sample` while it is one
+    /// sample's value (no reduction over the samples applied yet).
+    Strict { up: bool, sample: bool },
+}
+
+struct Cx<'a> {
+    g: &'a Function,
+    label: u32,
+    bounds: Bounds<'a>,
+    /// What the derivation relies on beyond the primitives' derivatives.
+    assumed: BTreeSet<String>,
+    /// The primitives met, for the derivation.
+    used: BTreeSet<&'static str>,
+}
+
+/// The derivation where the rule proves the loss calibrated in its scores (label input `label`), or why it
+/// does not apply.
+pub fn proof(g: &Function, loss: NodeId, label: u32) -> Result<Vec<String>, String> {
+    let mut cx = Cx {
+        g,
+        label,
+        bounds: Bounds::new(g),
+        assumed: BTreeSet::new(),
+        used: BTreeSet::new(),
+    };
+    let y = &g.inputs[label as usize].name;
+    match cx.mono(loss) {
+        Some(Mono::Strict { up: true, .. }) => {
+            let mut out = vec![
+                format!(
+                    "u = logsumexp[k] s[i, k] - s[i, {y}[i]] = -log p (the softmax probability at the label); \
+                     the loss is a positive combination over the samples of one g(u)"
+                ),
+                format!(
+                    "g is strictly increasing with g' > 0 (through {}), so Ψ(p) = g(-log p) has Ψ' < 0",
+                    if cx.used.is_empty() {
+                        "sums and positive factors".to_string()
+                    } else {
+                        cx.used.iter().copied().collect::<Vec<_>>().join(", ")
+                    }
+                ),
+                "the minimiser of Σ_k q_k Ψ(p_k) ranks the classes as q does (exchanging two probabilities out \
+                 of order, or splitting a tie toward the likelier class, lowers it): its top class is the Bayes \
+                 class"
+                    .into(),
+            ];
+            if !cx.assumed.is_empty() {
+                out.push(format!(
+                    "assuming {}",
+                    cx.assumed.iter().cloned().collect::<Vec<_>>().join("; ")
+                ));
+            }
+            Ok(out)
+        }
+        _ => Err(format!(
+            "no rule finds the loss a positive combination over the samples of Ψ(p) with Ψ' < 0, p the \
+             softmax probability at {y}"
+        )),
+    }
+}
+
+impl Cx<'_> {
+    fn mono(&mut self, n: NodeId) -> Option<Mono> {
+        let g = self.g;
+        if constant(g, n) || self.cotangent(n) {
+            return Some(Mono::Constant);
+        }
+        match &g.node(n).expr {
+            Expr::Prim { prim: Prim::Sub, args } if label_log_probability(g, self.label, args[0], args[1]) => {
+                Some(Mono::Strict {
+                    up: false,
+                    sample: true,
+                })
+            }
+            Expr::Prim { prim: Prim::Sub, args } if label_log_probability(g, self.label, args[1], args[0]) => {
+                Some(Mono::Strict { up: true, sample: true })
+            }
+            // A `let` read at its own head indices: its body.
+            Expr::Load {
+                tensor: TensorRef::Def(t),
+                subs,
+            } if subs.iter().all(|s| matches!(g.node(*s).expr, Expr::Index(_))) => self.mono(g.tensor(*t).body),
+            // A sum or mean over the samples (or over anything else: a constant multiple).
+            Expr::Reduce {
+                op: ReduceOp::Sum | ReduceOp::Mean,
+                mask,
+                body,
+                ..
+            } if mask.is_none_or(|m| constant(g, m)) => match self.mono(*body)? {
+                Mono::Strict { up, .. } => Some(Mono::Strict { up, sample: false }),
+                Mono::Constant => Some(Mono::Constant),
+            },
+            Expr::Prim { prim, args } => self.prim(*prim, args),
+            _ => None,
+        }
+    }
+
+    fn prim(&mut self, prim: Prim, args: &[NodeId]) -> Option<Mono> {
+        use Mono::*;
+        let parts: Vec<Mono> = args.iter().map(|a| self.mono(*a)).collect::<Option<_>>()?;
+        let flip = |m: Mono| match m {
+            Strict { up, sample } => Strict { up: !up, sample },
+            c => c,
+        };
+        match (prim, &parts[..]) {
+            (Prim::Add, [a, Constant]) | (Prim::Add, [Constant, a]) | (Prim::Sub, [a, Constant]) => Some(*a),
+            (Prim::Sub, [Constant, a]) | (Prim::Neg, [a]) => Some(flip(*a)),
+            (Prim::Add, [a, b]) if a == b => Some(*a),
+            (Prim::Sub, [a, b]) if *a == flip(*b) => Some(*a),
+            (Prim::ToFloat, [a]) => Some(*a),
+            (Prim::Mul, [Constant, a]) | (Prim::Mul, [a, Constant]) => {
+                let c = if parts[0] == Constant { args[0] } else { args[1] };
+                Some(if self.positive(c)? { *a } else { flip(*a) })
+            }
+            (Prim::Div, [a, Constant]) => Some(if self.positive(args[1])? { *a } else { flip(*a) }),
+            // c / x: decreasing where x keeps one sign (away from 0).
+            (Prim::Div, [Constant, a @ Strict { sample: true, .. }]) => {
+                let r = self.bounds.node(args[1]);
+                let apart = r.lo > 0.0 || r.hi < 0.0;
+                (apart && self.positive(args[0])?).then(|| flip(*a))
+            }
+            // A product of one sample's values that keep their signs: as the product of their magnitudes,
+            // which must move together (nonnegative and increasing, or decreasing, together).
+            (Prim::Mul, [a @ Strict { sample: true, .. }, b @ Strict { sample: true, .. }]) => {
+                let mut negated = false;
+                let mut magnitude = |cx: &mut Self, n: NodeId, m: Mono| {
+                    let r = cx.bounds.node(n);
+                    match (r.lo >= 0.0, r.hi <= 0.0) {
+                        (true, _) => Some(m),
+                        (_, true) => {
+                            negated = !negated;
+                            Some(flip(m))
+                        }
+                        _ => None,
+                    }
+                };
+                let (x, y) = (magnitude(self, args[0], *a)?, magnitude(self, args[1], *b)?);
+                (x == y).then(|| if negated { flip(x) } else { x })
+            }
+            // x ^ c (c constant, x > 0 or a nonnegative probability): the sign of c.
+            (Prim::Pow, [a @ Strict { sample: true, .. }, Constant]) => {
+                let r = self.bounds.node(args[0]);
+                if r.lo < 0.0 {
+                    return None;
+                }
+                self.used.insert("a power");
+                Some(if self.positive(args[1])? { *a } else { flip(*a) })
+            }
+            // A clamp that only guards a probability near 0: clamp(p, lo, hi) with p in [0, 1], lo ≤ 1e-6 and
+            // hi ≥ 1 changes only p < lo, where no class is the top one (p ≥ 1/C there).
+            (Prim::Clamp, [a @ Strict { sample: true, .. }, Constant, Constant]) => {
+                let r = self.bounds.node(args[0]);
+                let (lo, hi) = (self.value(args[1])?, self.value(args[2])?);
+                (r.lo >= 0.0 && r.hi <= 1.0 && lo <= 1e-6 && hi >= 1.0).then(|| {
+                    self.assumed.insert(format!(
+                        "the clamp of a probability to [{lo:e}, {hi}] is the identity where a class can be the top one"
+                    ));
+                    *a
+                })
+            }
+            (p, [a @ Strict { sample: true, .. }]) if positive_derivative(p) => {
+                self.used.insert(p.name());
+                Some(*a)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether a node free of the inputs is positive (`Some(false)`: negative; `None`: zero or unknown);
+    /// hyperparameters by their defaults, sizes positive.
+    fn positive(&mut self, n: NodeId) -> Option<bool> {
+        let g = self.g;
+        if self.cotangent(n) {
+            self.assumed
+                .insert("a positive cotangent (ones: the sum of the per-sample losses)".into());
+            return Some(true);
+        }
+        match &g.node(n).expr {
+            Expr::Size(_) => Some(true),
+            Expr::Prim {
+                prim: Prim::Mul | Prim::Div,
+                args,
+            } => Some(self.positive(args[0])? == self.positive(args[1])?),
+            Expr::Prim { prim: Prim::Neg, args } => self.positive(args[0]).map(|p| !p),
+            Expr::Prim {
+                prim: Prim::ToFloat,
+                args,
+            } => self.positive(args[0]),
+            _ => {
+                let v = self.value(n)?;
+                (v != 0.0).then_some(v > 0.0)
+            }
+        }
+    }
+
+    /// Whether `n` reads the cotangent of a per-sample loss (the weights of its samples' losses).
+    fn cotangent(&self, n: NodeId) -> bool {
+        matches!(&self.g.node(n).expr,
+            Expr::Load { tensor: TensorRef::Input(c), .. } if self.g.cotangent == Some(*c))
+    }
+
+    /// The value of numbers and hyperparameters (at their defaults, recorded as assumed).
+    fn value(&mut self, n: NodeId) -> Option<f64> {
+        let g = self.g;
+        let v = match &g.node(n).expr {
+            Expr::Float(b) => f64::from_bits(*b),
+            Expr::Int(i) => *i as f64,
+            Expr::Hyper(h) => {
+                let h = &g.hypers[*h as usize];
+                self.assumed
+                    .insert(format!("{} keeps the sign of its default {}", h.name, h.default));
+                h.default
+            }
+            Expr::Prim { prim, args } => {
+                let a: Vec<f64> = args.iter().map(|x| self.value(*x)).collect::<Option<_>>()?;
+                match (prim, &a[..]) {
+                    (Prim::Add, [x, y]) => x + y,
+                    (Prim::Sub, [x, y]) => x - y,
+                    (Prim::Mul, [x, y]) => x * y,
+                    (Prim::Div, [x, y]) => x / y,
+                    (Prim::Neg, [x]) => -x,
+                    (Prim::ToFloat, [x]) => *x,
+                    _ => return None,
+                }
+            }
+            _ => return None,
+        };
+        v.is_finite().then_some(v)
+    }
+}
+
+/// Unary primitives whose derivative is positive wherever they are defined.
+fn positive_derivative(p: Prim) -> bool {
+    matches!(
+        p,
+        Prim::Exp
+            | Prim::Expm1
+            | Prim::Log
+            | Prim::Log1p
+            | Prim::Sqrt
+            | Prim::Sigmoid
+            | Prim::Softplus
+            | Prim::Tanh
+            | Prim::Atan
+    )
+}
