@@ -353,12 +353,13 @@ fn cheap_lets_are_computed_where_they_are_read() {
 #[test]
 fn gathered_terms_of_a_reduction_are_materialized_per_row() {
     // The label's logit is read in the group that streams the rows (with the row's logsumexp), and the
-    // loss averages a vector.
+    // loss averages a vector: its sum (in parallel parts), divided by N.
     let g = groups("loss ce(s: f32[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }");
     assert_eq!(
         g,
         vec![
             vec!["r0".to_string(), "loss_terms".into(), "grad_s".into()],
+            vec!["loss_sum".into()],
             vec!["loss".into()]
         ]
     );
@@ -443,6 +444,7 @@ fn row_local_nests_fuse_into_one_group() {
         g,
         vec![
             vec!["r0".to_string(), "loss_terms".into(), "grad_s".into()],
+            vec!["loss_sum".into()],
             vec!["loss".into()]
         ]
     );
@@ -687,7 +689,11 @@ fn a_softmax_summed_over_its_row_is_one() {
     let raw = lossc::autodiff::grad(&f).unwrap();
     let opt = lossc::opt::optimize(&raw).unwrap();
     let printed = lossc::ir::print::readable(&opt);
-    assert!(!printed.contains("sum["), "{printed}");
+    // (The loss's mean over the samples is a sum over N divided by N.)
+    assert!(
+        !printed.lines().any(|l| l.contains("sum[") && l.contains(": C]")),
+        "{printed}"
+    );
     let mut rng = Rng::new(5);
     for special in [None, Some(f64::INFINITY), Some(f64::NAN), Some(f64::NEG_INFINITY)] {
         let mut inputs = inputs_for(&f, &mut rng, 1.0);
@@ -800,5 +806,40 @@ fn deviations_from_a_mean_sum_to_zero() {
                 assert!(close(*x, y), "{special:?}: grad {n}: {x} vs {y}");
             }
         }
+    }
+}
+
+#[test]
+fn scalar_means_are_sums_that_run_beside_their_siblings() {
+    // AnyLoss with TP, FP and FN as means: their sums join the group that computes the amplified
+    // predictions, as the sums of the form written with sums do; values and gradients as before.
+    let src = "loss f(p: f32[N], y: f32[N] nograd) {
+        let a[i] = sigmoid(73.0 * (p[i] - 0.5))
+        let tp = mean[i] a[i] * y[i]
+        let fp = mean[i] a[i] * (1 - y[i])
+        let fn_ = mean[i] (1 - a[i]) * y[i]
+        1 - 2 * tp / (2 * tp + fp + fn_) }";
+    let g = groups(src);
+    assert_eq!(g[0], ["a", "tp_sum", "fp_sum", "fn__sum"], "{g:?}");
+    let f = compile(src);
+    let raw = lossc::autodiff::grad(&f).unwrap();
+    let opt = lossc::opt::optimize(&raw).unwrap();
+    let mut rng = Rng::new(4);
+    let inputs = inputs_for(&f, &mut rng, 0.1);
+    let a = lossc::api::eval(&raw, &inputs, &BTreeMap::new()).unwrap();
+    let b = lossc::api::eval(&opt, &inputs, &BTreeMap::new()).unwrap();
+    assert!((a.loss - b.loss).abs() <= 1e-12 * a.loss.abs().max(1.0));
+    for ((n, ga), (_, gb)) in a.grads.iter().zip(&b.grads) {
+        for (x, y) in ga.to_f64().iter().zip(gb.to_f64()) {
+            assert!((x - y).abs() <= 1e-12 * x.abs().max(1.0), "grad {n}: {x} vs {y}");
+        }
+    }
+    // A masked mean, or a mean with head indices, stays as it is.
+    for src in [
+        "loss f(s: f32[N, C]) { mean[i | s[i, 0] > 0] s[i, 1] }",
+        "loss f(s: f32[N, C]) { let m[i] = mean[k] s[i, k]\n sum[i] m[i] * m[i] }",
+    ] {
+        let printed = lossc::ir::print::readable(&lossc::opt::optimize(&compile(src)).unwrap());
+        assert!(!printed.contains("_sum"), "{src}\n{printed}");
     }
 }

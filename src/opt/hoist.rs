@@ -53,6 +53,7 @@ pub fn materialize(src: &Function) -> R<Function> {
         let body = h.walk(t.body, &ctx, true, false)?;
         let body = h.split_product(&t.indices, body, &t.name)?;
         let body = h.gathered_terms(body, &t.name)?;
+        let body = h.mean_as_sum(&t.indices, body, &t.name)?;
         let pending = std::mem::take(&mut h.pending);
         for p in pending {
             h.dst.add_tensor(p);
@@ -319,6 +320,38 @@ impl Hoist<'_> {
             body: load,
         };
         self.dst.add(reduced, self.dst.node(body).scalar, span)
+    }
+
+    /// A scalar that is an unmasked mean over one index, `mean[i] e`, as `s / |i|` with `s = sum[i] e` a
+    /// tensor of its own: a code generator runs a rank-0 sum in parallel parts, next to the sibling sums over
+    /// the same index (AnyLoss's TP, FP and FN written as means, a loss averaged over its samples).
+    fn mean_as_sum(&mut self, head: &[IndexId], body: NodeId, name: &str) -> R<NodeId> {
+        let Expr::Reduce {
+            op: crate::ir::ReduceOp::Mean,
+            indices,
+            mask: None,
+            body: term,
+        } = self.dst.node(body).expr.clone()
+        else {
+            return Ok(body);
+        };
+        if !head.is_empty() || indices.len() != 1 || self.dst.node(body).scalar != Scalar::Float {
+            return Ok(body);
+        }
+        let span = self.dst.span(body);
+        let sum_name = [format!("{name}_sum")]
+            .into_iter()
+            .chain((1..).map(|k| format!("{name}_sum{k}")))
+            .find(|n| !self.taken(n))
+            .expect("an unused name");
+        let sum = self.dst.add_sum(indices[0], None, term, span)?;
+        let t = self.push(sum_name, Vec::new(), sum, span);
+        let total = self.load_at(t, &[], Scalar::Float, span)?;
+        let size = self
+            .dst
+            .add(Expr::Size(self.dst.index(indices[0]).range.clone()), Scalar::Int, span)?;
+        let count = self.dst.prim(Prim::ToFloat, &[size], span)?;
+        self.dst.prim(Prim::Div, &[total, count], span)
     }
 
     /// The matrix-product rewrite of the module doc for a tensor over `head` with element `body` (a `dst`
