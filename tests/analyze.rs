@@ -31,6 +31,9 @@ const TABLE: &[(&str, &str, Verdict)] = &[
     // along a ray that puts the label below the maximum), nor symmetric (Ghosh et al. 2017).
     ("std::classification::cross_entropy", "convex in s", Proven),
     ("std::classification::cross_entropy", "concave in s", Disproven),
+    // Per sample: the cotangent-weighted sum of the rows' cross-entropies, convex for a nonnegative
+    // cotangent (the derivation says it assumes one).
+    ("std::classification::cross_entropy_per_sample", "convex in s", Proven),
     ("std::classification::cross_entropy", "invariant to shifting", Proven),
     ("std::classification::cross_entropy", "invariant to scaling", Disproven),
     ("std::classification::cross_entropy", "bounded", Disproven),

@@ -202,7 +202,7 @@ impl Cx<'_> {
         let g = self.g;
         if self.cotangent(n) {
             self.assumed
-                .insert("a positive cotangent (ones: the sum of the per-sample losses)".into());
+                .insert("a positive cotangent (ones: the gradient of the per-sample losses' sum)".into());
             return Some(true);
         }
         match &g.node(n).expr {

@@ -83,6 +83,8 @@ pub struct Curvature<'a> {
     memo: super::Memo<Curv>,
     /// The hyperparameters whose sign a rule used (the verdict assumes their defaults' signs).
     pub assumed: BTreeSet<String>,
+    /// A rule took a per-sample loss's cotangent as nonnegative (the verdict assumes it is).
+    pub cotangent: bool,
 }
 
 impl<'a> Curvature<'a> {
@@ -93,6 +95,7 @@ impl<'a> Curvature<'a> {
             input,
             memo: super::Memo::default(),
             assumed: BTreeSet::new(),
+            cotangent: false,
         }
     }
 
@@ -265,6 +268,14 @@ impl<'a> Curvature<'a> {
                 body,
                 ..
             } => self.sign(*body),
+            // A per-sample loss's cotangent weighs its samples: ones for the gradient of their sum.
+            Expr::Load {
+                tensor: TensorRef::Input(c),
+                ..
+            } if f.cotangent == Some(*c) => {
+                self.cotangent = true;
+                Nonneg
+            }
             _ => Any,
         }
     }

@@ -201,6 +201,9 @@ fn convexity(g: &Function, loss: usize, input: u32, s: &mut Sampler) -> Vec<Find
         }
     }
     derivation.push(RULES.into());
+    if c.cotangent {
+        derivation.push("assuming a nonnegative cotangent (ones: the gradient of the per-sample losses' sum)".into());
+    }
     if !c.assumed.is_empty() {
         let names: Vec<String> = c.assumed.iter().map(|h| format!("`{h}`")).collect();
         derivation.push(match names.len() {
