@@ -25,6 +25,10 @@
 //! the gather runs in the group that streams the matrix's rows (while the row is in cache) instead of
 //! missing the cache once per row afterwards.
 //!
+//! Invariant weights: a transcendental over two indices or more inside a nest over more indices (the
+//! pairwise weight of a gradient row, `sum[j] exp(-d[i, j]) * (x[i, c] - z[j, c])`) is materialized over its
+//! own indices like a reduction, so it is computed once per pair instead of once per pair and column.
+//!
 //! Stored elements: a costly elementwise expression (a transcendental at its root) that an earlier tensor's
 //! element computes, up to renaming its head, is read back from that tensor (`sigmoid(L (p - 0.5))` in
 //! AnyLoss's gradient reads `a`).
@@ -105,6 +109,20 @@ impl Hoist<'_> {
         let free: BTreeSet<IndexId> = node.free.iter().copied().collect();
         let out = match node.expr {
             Expr::Reduce { .. } if !root && free.is_subset(ctx) && (!lazy || self.safe(n)) => self.hoist(n)?,
+            // A transcendental over two indices or more, inside a nest over more (a pairwise weight
+            // `exp(-d[i, j])` in the gradient row `g[i, c] = sum[j] w[i, j] * (x[i, c] - z[j, c])`): computed
+            // once per point of its own indices instead of once per element of the nest.
+            Expr::Prim { prim, .. }
+                if !root
+                    && prim.costly()
+                    && node.scalar == Scalar::Float
+                    && free.len() >= 2
+                    && free.is_subset(ctx)
+                    && free.len() < ctx.len()
+                    && (!lazy || self.safe(n)) =>
+            {
+                self.hoist(n)?
+            }
             Expr::Reduce {
                 op,
                 indices,
