@@ -843,3 +843,58 @@ fn scalar_means_are_sums_that_run_beside_their_siblings() {
         assert!(!printed.contains("_sum"), "{src}\n{printed}");
     }
 }
+
+#[test]
+fn pairwise_weights_are_computed_once_per_pair() {
+    use lossc::ir::{Expr, Function};
+    use lossc::prims::Prim;
+    // Cauchy-Schwarz's gradient rows sum exp(-d[i, j] / 2) · (x[i, c] - z[j, c]) over j: the weight is a
+    // tensor over (i, j), not recomputed for each column c; values and gradients as before.
+    let src = "loss f(x: f32[N, D], z: f32[M, D]) {
+        log(mean[i, j] exp(-(sum[d] (x[i, d] - z[j, d]) ^ 2) / 2.0)) }";
+    let f = compile(src);
+    let raw = lossc::autodiff::grad(&f).unwrap();
+    let opt = lossc::opt::optimize(&raw).unwrap();
+    let printed = lossc::ir::print::readable(&opt);
+    let columns = f.inputs[0].shape[1].clone();
+    let exps_in = |g: &Function, t: &lossc::ir::TensorDef| {
+        g.reachable(&[t.body])
+            .iter()
+            .filter(|n| matches!(g.node(**n).expr, Expr::Prim { prim: Prim::Exp, .. }))
+            .count()
+    };
+    let weights = opt
+        .tensors
+        .iter()
+        .filter(|t| t.indices.len() == 2 && matches!(opt.node(t.body).expr, Expr::Prim { prim: Prim::Exp, .. }))
+        .count();
+    assert!(weights >= 1, "{printed}");
+    for t in &opt.tensors {
+        let over_columns = t.indices.iter().any(|i| opt.index(*i).range == columns);
+        assert!(
+            !over_columns || exps_in(&opt, t) == 0,
+            "`{}` recomputes a weight:\n{printed}",
+            t.name
+        );
+    }
+    let mut rng = Rng::new(6);
+    let inputs = inputs_for(&f, &mut rng, 0.3);
+    let a = lossc::api::eval(&raw, &inputs, &BTreeMap::new()).unwrap();
+    let b = lossc::api::eval(&opt, &inputs, &BTreeMap::new()).unwrap();
+    assert!((a.loss - b.loss).abs() <= 1e-12 * a.loss.abs().max(1.0));
+    for ((n, ga), (_, gb)) in a.grads.iter().zip(&b.grads) {
+        for (x, y) in ga.to_f64().iter().zip(gb.to_f64()) {
+            assert!((x - y).abs() <= 1e-12 * x.abs().max(1.0), "grad {n}: {x} vs {y}");
+        }
+    }
+    // A transcendental over every index of its nest stays inline.
+    let all = compile("loss f(x: f32[N, D]) { sum[i, c] sum[j] exp(x[i, c] * x[j, c]) }");
+    let opt = lossc::opt::optimize(&all).unwrap();
+    assert!(
+        opt.tensors
+            .iter()
+            .all(|t| !matches!(opt.node(t.body).expr, Expr::Prim { prim: Prim::Exp, .. })),
+        "{}",
+        lossc::ir::print::readable(&opt)
+    );
+}
