@@ -501,11 +501,9 @@ impl Hoist<'_> {
         let own: BTreeSet<IndexId> = free.iter().copied().collect();
         let inner = self.walk(n, &own, true, false)?;
         let (head, body) = self.canonicalize(inner, &free)?;
-        // The transpose of a reduction already hoisted over two indices of one range (`sum[d] b[i, d] *
-        // a[j, d]` after `sum[d] a[i, d] * b[j, d]`) is read from it with the subscripts swapped.
-        if let [x, y] = free[..]
-            && self.dst.index(x).range == self.dst.index(y).range
-        {
+        // The transpose of a reduction already hoisted over two indices (`sum[d] b[i, d] * a[j, d]` after
+        // `sum[d] a[i, d] * b[j, d]`, of one range or two) is read from it with the subscripts swapped.
+        if let [x, y] = free[..] {
             let (_, swapped) = self.canonicalize(inner, &[y, x])?;
             // The earliest such tensor (the map's order is arbitrary; the result must not be).
             let found = self
