@@ -19,6 +19,7 @@ use std::collections::BTreeSet;
 
 use super::Analysis;
 use super::bounds::Bounds;
+use super::curvature::value_at_defaults;
 use super::symmetry::{constant, label_log_probability};
 use crate::ir::{Expr, Function, NodeId, ReduceOp, TensorRef};
 use crate::prims::Prim;
@@ -231,31 +232,14 @@ impl Cx<'_> {
 
     /// The value of numbers and hyperparameters (at their defaults, recorded as assumed).
     fn value(&mut self, n: NodeId) -> Option<f64> {
-        let g = self.g;
-        let v = match &g.node(n).expr {
-            Expr::Float(b) => f64::from_bits(*b),
-            Expr::Int(i) => *i as f64,
-            Expr::Hyper(h) => {
-                let h = &g.hypers[*h as usize];
-                self.assumed
-                    .insert(format!("{} keeps the sign of its default {}", h.name, h.default));
-                h.default
-            }
-            Expr::Prim { prim, args } => {
-                let a: Vec<f64> = args.iter().map(|x| self.value(*x)).collect::<Option<_>>()?;
-                match (prim, &a[..]) {
-                    (Prim::Add, [x, y]) => x + y,
-                    (Prim::Sub, [x, y]) => x - y,
-                    (Prim::Mul, [x, y]) => x * y,
-                    (Prim::Div, [x, y]) => x / y,
-                    (Prim::Neg, [x]) => -x,
-                    (Prim::ToFloat, [x]) => *x,
-                    _ => return None,
-                }
-            }
-            _ => return None,
-        };
-        v.is_finite().then_some(v)
+        let mut used = Vec::new();
+        let v = value_at_defaults(self.g, n, &mut used)?;
+        for h in used {
+            let h = &self.g.hypers[h as usize];
+            self.assumed
+                .insert(format!("{} keeps the sign of its default {}", h.name, h.default));
+        }
+        Some(v)
     }
 }
 

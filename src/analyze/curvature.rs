@@ -186,34 +186,10 @@ impl<'a> Curvature<'a> {
     /// The value of an arithmetic expression of numbers and hyperparameters at the hyperparameters'
     /// defaults (recorded as assumed), or None for anything else (a size, a load, a reduction).
     fn at_defaults(&mut self, n: NodeId) -> Option<f64> {
-        fn eval(f: &Function, n: NodeId, used: &mut Vec<String>) -> Option<f64> {
-            let v = match &f.node(n).expr {
-                Expr::Float(b) => f64::from_bits(*b),
-                Expr::Int(i) => *i as f64,
-                Expr::Hyper(h) => {
-                    let h = &f.hypers[*h as usize];
-                    used.push(h.name.clone());
-                    h.default
-                }
-                Expr::Prim { prim, args } => {
-                    let a: Vec<f64> = args.iter().map(|x| eval(f, *x, used)).collect::<Option<_>>()?;
-                    match (prim, &a[..]) {
-                        (Prim::Add, [x, y]) => x + y,
-                        (Prim::Sub, [x, y]) => x - y,
-                        (Prim::Mul, [x, y]) => x * y,
-                        (Prim::Div, [x, y]) => x / y,
-                        (Prim::Neg, [x]) => -x,
-                        (Prim::ToFloat | Prim::StopGrad, [x]) => *x,
-                        _ => return None,
-                    }
-                }
-                _ => return None,
-            };
-            v.is_finite().then_some(v)
-        }
         let mut used = Vec::new();
-        let v = eval(self.f, n, &mut used)?;
-        self.assumed.extend(used);
+        let v = value_at_defaults(self.f, n, &mut used)?;
+        self.assumed
+            .extend(used.into_iter().map(|h| self.f.hypers[h as usize].name.clone()));
         Some(v)
     }
 
@@ -324,4 +300,35 @@ impl super::Analysis for Curvature<'_> {
             _ => Constant,
         }
     }
+}
+
+/// The value of an arithmetic expression of numbers and hyperparameters at the hyperparameters' defaults
+/// (the hyperparameters it read pushed to `used`), or None for anything else (a size, a load, a reduction)
+/// or a value that is not finite.
+pub(super) fn value_at_defaults(f: &Function, n: NodeId, used: &mut Vec<u32>) -> Option<f64> {
+    let v = match &f.node(n).expr {
+        Expr::Float(b) => f64::from_bits(*b),
+        Expr::Int(i) => *i as f64,
+        Expr::Hyper(h) => {
+            used.push(*h);
+            f.hypers[*h as usize].default
+        }
+        Expr::Prim { prim, args } => {
+            let a: Vec<f64> = args
+                .iter()
+                .map(|x| value_at_defaults(f, *x, used))
+                .collect::<Option<_>>()?;
+            match (prim, &a[..]) {
+                (Prim::Add, [x, y]) => x + y,
+                (Prim::Sub, [x, y]) => x - y,
+                (Prim::Mul, [x, y]) => x * y,
+                (Prim::Div, [x, y]) => x / y,
+                (Prim::Neg, [x]) => -x,
+                (Prim::ToFloat | Prim::StopGrad, [x]) => *x,
+                _ => return None,
+            }
+        }
+        _ => return None,
+    };
+    v.is_finite().then_some(v)
 }

@@ -258,6 +258,15 @@ impl Hoist<'_> {
             .any(|t| t.name == name)
     }
 
+    /// `base`, or `base1`, `base2`, … : the first name no tensor has.
+    fn fresh(&self, base: &str) -> String {
+        [base.to_string()]
+            .into_iter()
+            .chain((1..).map(|k| format!("{base}{k}")))
+            .find(|n| !self.taken(n))
+            .expect("an unused name")
+    }
+
     /// Adds a `let` tensor after the pending ones; returns its id.
     fn push(&mut self, name: String, indices: Vec<IndexId>, body: NodeId, span: crate::diag::Span) -> TensorId {
         let id = TensorId((self.dst.tensors.len() + self.pending.len()) as u32);
@@ -323,11 +332,7 @@ impl Hoist<'_> {
             return Ok(body);
         }
         let span = self.dst.span(body);
-        let terms = [format!("{name}_terms")]
-            .into_iter()
-            .chain((1..).map(|k| format!("{name}_terms{k}")))
-            .find(|n| !self.taken(n))
-            .expect("an unused name");
+        let terms = self.fresh(&format!("{name}_terms"));
         let scalar = self.dst.node(term).scalar;
         let t = self.push(terms, vec![i], term, span);
         let load = self.load_at(t, &[i], scalar, span)?;
@@ -357,11 +362,7 @@ impl Hoist<'_> {
             return Ok(body);
         }
         let span = self.dst.span(body);
-        let sum_name = [format!("{name}_sum")]
-            .into_iter()
-            .chain((1..).map(|k| format!("{name}_sum{k}")))
-            .find(|n| !self.taken(n))
-            .expect("an unused name");
+        let sum_name = self.fresh(&format!("{name}_sum"));
         let sum = self.dst.add_sum(indices[0], None, term, span)?;
         let t = self.push(sum_name, Vec::new(), sum, span);
         let total = self.load_at(t, &[], Scalar::Float, span)?;
