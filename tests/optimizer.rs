@@ -716,14 +716,7 @@ fn symmetric_matrices_are_read_along_their_rows() {
     assert!(has(&["] = sum[j", "g[j", "* m[j"]), "{printed}");
     let mut rng = Rng::new(3);
     let inputs = inputs_for(&f, &mut rng, 0.8);
-    let a = lossc::api::eval(&raw, &inputs, &BTreeMap::new()).unwrap();
-    let b = lossc::api::eval(&opt, &inputs, &BTreeMap::new()).unwrap();
-    assert!((a.loss - b.loss).abs() <= 1e-12 * a.loss.abs().max(1.0));
-    for ((n, ga), (_, gb)) in a.grads.iter().zip(&b.grads) {
-        for (x, y) in ga.to_f64().iter().zip(gb.to_f64()) {
-            assert!((x - y).abs() <= 1e-12 * x.abs().max(1.0), "grad {n}: {x} vs {y}");
-        }
-    }
+    same_results(&raw, &opt, &inputs, "");
     // Without a symmetric tensor the pass changes nothing.
     let plain = compile("loss f(m: f32[N, N]) { sum[i] sum[j] m[j, i] * m[i, j] }");
     let before = lossc::opt::hoist::materialize(&plain).unwrap();
@@ -786,15 +779,7 @@ fn same_also_at_infinities(f: &Function, raw: &Function, opt: &Function, seed: u
             values[1] = x;
             *s = Tensor::float(s.shape.clone(), values);
         }
-        let a = lossc::api::eval(raw, &inputs, &BTreeMap::new()).unwrap();
-        let b = lossc::api::eval(opt, &inputs, &BTreeMap::new()).unwrap();
-        let close = |x: f64, y: f64| x == y || (x - y).abs() <= 1e-12 * x.abs().max(1.0) || (x.is_nan() && y.is_nan());
-        assert!(close(a.loss, b.loss), "{special:?}: {} vs {}", a.loss, b.loss);
-        for ((n, ga), (_, gb)) in a.grads.iter().zip(&b.grads) {
-            for (x, y) in ga.to_f64().iter().zip(gb.to_f64()) {
-                assert!(close(*x, y), "{special:?}: grad {n}: {x} vs {y}");
-            }
-        }
+        same_results(raw, opt, &inputs, &format!("{special:?}"));
     }
 }
 
@@ -815,14 +800,7 @@ fn scalar_means_are_sums_that_run_beside_their_siblings() {
     let opt = lossc::opt::optimize(&raw).unwrap();
     let mut rng = Rng::new(4);
     let inputs = inputs_for(&f, &mut rng, 0.1);
-    let a = lossc::api::eval(&raw, &inputs, &BTreeMap::new()).unwrap();
-    let b = lossc::api::eval(&opt, &inputs, &BTreeMap::new()).unwrap();
-    assert!((a.loss - b.loss).abs() <= 1e-12 * a.loss.abs().max(1.0));
-    for ((n, ga), (_, gb)) in a.grads.iter().zip(&b.grads) {
-        for (x, y) in ga.to_f64().iter().zip(gb.to_f64()) {
-            assert!((x - y).abs() <= 1e-12 * x.abs().max(1.0), "grad {n}: {x} vs {y}");
-        }
-    }
+    same_results(&raw, &opt, &inputs, "");
     // A masked mean, or a mean with head indices, stays as it is.
     for src in [
         "loss f(s: f32[N, C]) { mean[i | s[i, 0] > 0] s[i, 1] }",
@@ -868,14 +846,7 @@ fn pairwise_weights_are_computed_once_per_pair() {
     }
     let mut rng = Rng::new(6);
     let inputs = inputs_for(&f, &mut rng, 0.3);
-    let a = lossc::api::eval(&raw, &inputs, &BTreeMap::new()).unwrap();
-    let b = lossc::api::eval(&opt, &inputs, &BTreeMap::new()).unwrap();
-    assert!((a.loss - b.loss).abs() <= 1e-12 * a.loss.abs().max(1.0));
-    for ((n, ga), (_, gb)) in a.grads.iter().zip(&b.grads) {
-        for (x, y) in ga.to_f64().iter().zip(gb.to_f64()) {
-            assert!((x - y).abs() <= 1e-12 * x.abs().max(1.0), "grad {n}: {x} vs {y}");
-        }
-    }
+    same_results(&raw, &opt, &inputs, "");
     // A transcendental over every index of its nest stays inline.
     let all = compile("loss f(x: f32[N, D]) { sum[i, c] sum[j] exp(x[i, c] * x[j, c]) }");
     let opt = lossc::opt::optimize(&all).unwrap();
@@ -886,4 +857,17 @@ fn pairwise_weights_are_computed_once_per_pair() {
         "{}",
         lossc::ir::print::readable(&opt)
     );
+}
+
+/// `raw` and `opt` give the same loss and gradients at `inputs` (NaN where the other is NaN).
+fn same_results(raw: &Function, opt: &Function, inputs: &BTreeMap<String, Tensor>, at: &str) {
+    let a = lossc::api::eval(raw, inputs, &BTreeMap::new()).unwrap();
+    let b = lossc::api::eval(opt, inputs, &BTreeMap::new()).unwrap();
+    let close = |x: f64, y: f64| x == y || (x - y).abs() <= 1e-12 * x.abs().max(1.0) || (x.is_nan() && y.is_nan());
+    assert!(close(a.loss, b.loss), "{at}: {} vs {}", a.loss, b.loss);
+    for ((n, ga), (_, gb)) in a.grads.iter().zip(&b.grads) {
+        for (x, y) in ga.to_f64().iter().zip(gb.to_f64()) {
+            assert!(close(*x, y), "{at}: grad {n}: {x} vs {y}");
+        }
+    }
 }

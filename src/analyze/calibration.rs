@@ -9,7 +9,7 @@
 //! class is not q's is a minimiser, and (the risk being continuous on the closed simplex) the best such
 //! point is strictly worse: the top class of the minimiser is the Bayes class.
 //!
-//! The rule works in u = logsumexp[k] s[i, k] − s[i, y[i]] = −log p (the sample's cross-entropy): each
+//! The rule works in `u = logsumexp[k] s[i, k] − s[i, y[i]] = −log p` (the sample's cross-entropy): each
 //! sample's term must be strictly increasing in u with a positive derivative (Ψ(p) = g(−log p), Ψ' =
 //! −g'/p < 0), built from u by primitives with positive derivatives, constant factors, and products of
 //! factors of fixed sign whose magnitudes move together; the loss sums or averages the terms with positive
