@@ -282,6 +282,39 @@ fn margin_losses_are_calibrated_by_the_convex_theorem() {
                 {body} }}"
         )
     };
+    // One-vs-all margins (m = s at the label's class, -s elsewhere): a convex φ differentiable everywhere
+    // with φ'(0) < 0 is proven (logistic, squared, exponential; either way of writing the margin); the
+    // hinge has a kink at 1 and is not calibrated (Tewari & Bartlett 2007): not proven; nor φ'(0) > 0, nor
+    // a φ that differs per class.
+    let ova = |phi: &str| {
+        format!(
+            "loss l(s: f32[N, C], y: idx[N] < C, w: f32 = 2.0) {{
+                mean[i] sum[k] {} }}",
+            phi.replace("M", "select(k == y[i], s[i, k], -s[i, k])")
+        )
+    };
+    for (phi, want) in [
+        ("softplus(-M)", Proven),
+        ("(1 - select(k == y[i], 1.0, -1.0) * s[i, k]) ^ 2", Proven),
+        ("w * exp(-select(k != y[i], -s[i, k], s[i, k]))", Proven),
+        ("relu(1 - M)", Unknown),
+        ("softplus(M)", Unknown),
+        ("(1 + k) * softplus(-M)", Unknown),
+    ] {
+        let r = report_of(&ova(phi));
+        assert_eq!(
+            verdict(&r, "classification-calibrated in the scores"),
+            want,
+            "{phi}\n{}",
+            r.text()
+        );
+    }
+    let r = report_of(&ova("relu(1 - M)"));
+    assert!(
+        r.text().contains("differentiable everywhere: not shown"),
+        "{}",
+        r.text()
+    );
     for (body, want) in [
         ("mean[i] -lp[i]", Proven),
         ("sum[i] (1 - exp(lp[i])) ^ g", Proven),

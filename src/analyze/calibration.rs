@@ -21,7 +21,7 @@ use super::Analysis;
 use super::bounds::Bounds;
 use super::curvature::value_at_defaults;
 use super::symmetry::{constant, label_log_probability};
-use crate::ir::{Expr, Function, NodeId, ReduceOp, TensorRef};
+use crate::ir::{Expr, Function, IndexId, NodeId, ReduceOp, TensorRef};
 use crate::prims::Prim;
 
 /// How a value depends on the samples' cross-entropies u.
@@ -256,5 +256,198 @@ fn positive_derivative(p: Prim) -> bool {
             | Prim::Softplus
             | Prim::Tanh
             | Prim::Atan
+    )
+}
+
+/// One-vs-all margins: where the loss is a positive combination, over the samples, of `sum[k] φ(m[i, k])`
+/// with `m[i, k] = s[i, k]` at the label's class and `-s[i, k]` at the others (written
+/// `select(k == y[i], s[i, k], -s[i, k])` or `select(k == y[i], 1, -1) * s[i, k]`), φ the same for every
+/// class: `Some(smooth)`, whether φ is built from primitives differentiable everywhere. The conditional
+/// risk then splits into one binary problem per class, q_k φ(f_k) + (1 - q_k) φ(-f_k); for φ convex and
+/// differentiable with φ'(0) < 0 each minimiser rises strictly with q_k (at equal minimisers for two q the
+/// first-order conditions force φ' = 0 on [-|f|, |f|], against φ'(0) < 0), so the top class is the Bayes
+/// class. A kink anywhere breaks this (the one-vs-all hinge is not calibrated: Tewari & Bartlett 2007).
+pub fn one_vs_all(g: &Function, loss: NodeId, scores: u32, label: u32) -> Option<bool> {
+    let mut smooth = true;
+    combination(g, loss, scores, label, &mut smooth).then_some(smooth)
+}
+
+/// A positive combination of one-vs-all class sums ([`one_vs_all`]).
+fn combination(g: &Function, n: NodeId, scores: u32, label: u32, smooth: &mut bool) -> bool {
+    let positive = |c: NodeId| {
+        let mut used = Vec::new();
+        constant(g, c)
+            && (matches!(g.node(c).expr, Expr::Size(_)) || value_at_defaults(g, c, &mut used).is_some_and(|v| v > 0.0))
+    };
+    if let Some(sum) = class_sum(g, n, scores, label) {
+        *smooth &= sum;
+        return true;
+    }
+    match &g.node(n).expr {
+        Expr::Load {
+            tensor: TensorRef::Def(t),
+            subs,
+        } if subs.iter().all(|s| matches!(g.node(*s).expr, Expr::Index(_))) => {
+            combination(g, g.tensor(*t).body, scores, label, smooth)
+        }
+        Expr::Reduce {
+            op: ReduceOp::Sum | ReduceOp::Mean,
+            mask,
+            body,
+            ..
+        } if mask.is_none_or(|m| constant(g, m)) => combination(g, *body, scores, label, smooth),
+        Expr::Prim { prim, args } => match (prim, &args[..]) {
+            (Prim::Add, [a, b]) => {
+                let (ca, cb) = (constant(g, *a), constant(g, *b));
+                (ca || combination(g, *a, scores, label, smooth))
+                    && (cb || combination(g, *b, scores, label, smooth))
+                    && !(ca && cb)
+            }
+            (Prim::Sub, [a, b]) => constant(g, *b) && combination(g, *a, scores, label, smooth),
+            (Prim::Mul, [a, b]) if positive(*a) => combination(g, *b, scores, label, smooth),
+            (Prim::Mul, [a, b]) if positive(*b) => combination(g, *a, scores, label, smooth),
+            (Prim::Div, [a, b]) if positive(*b) => combination(g, *a, scores, label, smooth),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// `sum[k] φ(m[row, k])` over the classes, φ reading the scores, the label and `k` only through the one
+/// margin node: `Some(smooth)`.
+fn class_sum(g: &Function, n: NodeId, scores: u32, label: u32) -> Option<bool> {
+    let Expr::Reduce {
+        op: ReduceOp::Sum,
+        indices,
+        mask: None,
+        body,
+    } = &g.node(n).expr
+    else {
+        return None;
+    };
+    let [k] = indices[..] else { return None };
+    let classes = g.inputs[scores as usize].shape.last()?;
+    if g.index(k).range != *classes {
+        return None;
+    }
+    // The margin node, and φ around it: nothing else of φ reads the scores, the label or k.
+    let margin = g
+        .reachable(&[*body])
+        .into_iter()
+        .find(|m| is_margin(g, *m, k, scores, label))?;
+    let mut stack = vec![*body];
+    let mut seen = std::collections::HashSet::new();
+    let mut smooth = true;
+    while let Some(m) = stack.pop() {
+        if m == margin || !seen.insert(m) {
+            continue;
+        }
+        match &g.node(m).expr {
+            Expr::Index(i) if *i == k => return None,
+            Expr::Load {
+                tensor: TensorRef::Input(x),
+                ..
+            } if *x == scores || *x == label => return None,
+            Expr::Reduce { .. } => return None,
+            // A power is smooth with a constant exponent of at least 1.
+            Expr::Prim { prim: Prim::Pow, args } => {
+                let mut used = Vec::new();
+                smooth &= constant(g, args[1]) && value_at_defaults(g, args[1], &mut used).is_some_and(|e| e >= 1.0);
+            }
+            Expr::Prim { prim, .. } => smooth &= smooth_prim(*prim),
+            _ => {}
+        }
+        stack.extend(g.node(m).expr.operands());
+    }
+    Some(smooth)
+}
+
+/// `select(k == y[r], s[r, k], -s[r, k])` (the comparison either way round, or `!=` with the branches
+/// swapped), or `select(…, 1, -1) * s[r, k]` either way round.
+fn is_margin(g: &Function, m: NodeId, k: IndexId, scores: u32, label: u32) -> bool {
+    let score_at = |n: NodeId| -> Option<NodeId> {
+        let Expr::Load {
+            tensor: TensorRef::Input(x),
+            subs,
+        } = &g.node(n).expr
+        else {
+            return None;
+        };
+        (*x == scores && subs.len() == 2 && matches!(g.node(subs[1]).expr, Expr::Index(i) if i == k)).then_some(subs[0])
+    };
+    // `k == y[row]` (true) or `k != y[row]` (false) for a row subscript.
+    let is_label_test = |c: NodeId, row: NodeId| -> Option<bool> {
+        let Expr::Prim { prim, args } = &g.node(c).expr else {
+            return None;
+        };
+        let equal = match prim {
+            Prim::Eq => true,
+            Prim::Ne => false,
+            _ => return None,
+        };
+        let reads = |a: NodeId, b: NodeId| {
+            matches!(g.node(a).expr, Expr::Index(i) if i == k)
+                && matches!(&g.node(b).expr, Expr::Load { tensor: TensorRef::Input(y), subs } if *y == label && subs[..] == [row])
+        };
+        (reads(args[0], args[1]) || reads(args[1], args[0])).then_some(equal)
+    };
+    let negated =
+        |a: NodeId, b: NodeId| matches!(&g.node(b).expr, Expr::Prim { prim: Prim::Neg, args } if args[0] == a);
+    match &g.node(m).expr {
+        Expr::Prim {
+            prim: Prim::Select,
+            args,
+        } => {
+            let Some(row) = score_at(args[1]).or_else(|| score_at(args[2])) else {
+                return false;
+            };
+            match is_label_test(args[0], row) {
+                Some(true) => score_at(args[1]).is_some() && negated(args[1], args[2]),
+                Some(false) => score_at(args[2]).is_some() && negated(args[2], args[1]),
+                None => false,
+            }
+        }
+        Expr::Prim { prim: Prim::Mul, args } => {
+            let sign = |c: NodeId, row: NodeId| match &g.node(c).expr {
+                Expr::Prim {
+                    prim: Prim::Select,
+                    args: a,
+                } => {
+                    let (t, f) = (g.as_float(a[1]), g.as_float(a[2]));
+                    match is_label_test(a[0], row) {
+                        Some(true) => t == Some(1.0) && f == Some(-1.0),
+                        Some(false) => t == Some(-1.0) && f == Some(1.0),
+                        None => false,
+                    }
+                }
+                _ => false,
+            };
+            [(args[0], args[1]), (args[1], args[0])]
+                .iter()
+                .any(|(c, x)| score_at(*x).is_some_and(|row| sign(*c, row)))
+        }
+        _ => false,
+    }
+}
+
+/// Primitives differentiable wherever they are defined (no kink: not `abs`, `relu`, `max`, `min`, `clamp`,
+/// a `select` on data, rounding).
+fn smooth_prim(p: Prim) -> bool {
+    matches!(
+        p,
+        Prim::Add
+            | Prim::Sub
+            | Prim::Mul
+            | Prim::Div
+            | Prim::Neg
+            | Prim::Exp
+            | Prim::Expm1
+            | Prim::Log
+            | Prim::Log1p
+            | Prim::Sigmoid
+            | Prim::Softplus
+            | Prim::Tanh
+            | Prim::Atan
+            | Prim::ToFloat
     )
 }

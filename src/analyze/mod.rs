@@ -474,9 +474,16 @@ fn softmax_calibration(g: &Function, loss: usize, input: u32, s: &mut Sampler) -
             && i.shape.first() == x.shape.first()
             && i.bound.as_ref() == x.shape.last()
     })?;
-    let (verdict, reason, inconsistent) = match calibration::proof(g, g.tensors[loss].body, label as u32) {
+    let body = g.tensors[loss].body;
+    let (verdict, reason, inconsistent) = match calibration::proof(g, body, label as u32) {
         Ok(derivation) => (Verdict::Proven, derivation, s.softmax_violation(input as usize, label)),
-        Err(why) => (Verdict::Unknown, vec![why], None),
+        Err(why) => match calibration::one_vs_all(g, body, input, label as u32) {
+            Some(smooth) => {
+                let (verdict, reason) = one_vs_all(g, loss, input, label, smooth, s)?;
+                (verdict, reason, None)
+            }
+            None => (Verdict::Unknown, vec![why], None),
+        },
     };
     Some(Finding {
         property: format!("classification-calibrated in the scores {}", x.name),
@@ -484,6 +491,51 @@ fn softmax_calibration(g: &Function, loss: usize, input: u32, s: &mut Sampler) -
         reason,
         inconsistent,
     })
+}
+
+/// The one-vs-all margin theorem ([`calibration::one_vs_all`]): φ convex (the loss proven convex),
+/// differentiable everywhere (its primitives have no kink) and φ'(0) < 0 (from the gradient at every
+/// margin 0, with the one-sided difference quotients there) ⇒ calibrated; otherwise unknown, saying which
+/// condition fails.
+fn one_vs_all(
+    g: &Function,
+    loss: usize,
+    input: u32,
+    label: usize,
+    smooth: bool,
+    s: &mut Sampler,
+) -> Option<(Verdict, Vec<String>)> {
+    let convex = curvature::Curvature::new(g, input).tensor(loss as u32).convex();
+    let (slope, left, right) = s.one_vs_all_slopes(input as usize, label)?;
+    let at_zero = (left - right).abs() <= 1e-4 * (1.0 + left.abs());
+    let (name, y) = (&g.inputs[input as usize].name, &g.inputs[label].name);
+    let mut reason = vec![
+        format!(
+            "one-vs-all margins: the loss sums φ(m) over the classes, m = {name}[i, k] at k = {y}[i] and \
+             -{name}[i, k] elsewhere, with positive weights"
+        ),
+        format!("convex: {}", if convex { "proven (above)" } else { "not proven" }),
+        format!(
+            "differentiable everywhere: {}",
+            if smooth {
+                "its primitives have no kink"
+            } else {
+                "not shown (a kink: abs, relu, max, min, clamp, a select)"
+            }
+        ),
+        format!(
+            "φ'(0) has the sign of dL/dm = {slope:.6} at every margin m = 0 (one-sided quotients {left:.6} and {right:.6})"
+        ),
+    ];
+    let proven = convex && smooth && at_zero && slope < 0.0;
+    reason.push(if proven {
+        "each class's minimiser of q φ(f) + (1 - q) φ(-f) rises strictly with q, so the top class is the \
+         Bayes class (the one-vs-all hinge, with a kink at 1, is not calibrated: Tewari & Bartlett 2007)"
+            .into()
+    } else {
+        "the one-vs-all theorem needs φ convex, differentiable everywhere and φ'(0) < 0".into()
+    });
+    Some((if proven { Verdict::Proven } else { Verdict::Unknown }, reason))
 }
 
 fn finding(
@@ -762,6 +814,42 @@ impl<'a> Sampler<'a> {
         at(0.0, &mut p);
         let e = self.gradients(&p)?;
         let slope = e.grads.iter().find(|(g, _)| *g == name)?.1.to_f64().iter().sum::<f64>();
+        let l0 = e.loss;
+        let h = 1e-6;
+        at(h, &mut p);
+        let right = self.loss(&p)?;
+        at(-h, &mut p);
+        let left = self.loss(&p)?;
+        Some((slope, (l0 - left) / h, (right - l0) / h))
+    }
+
+    /// The one-vs-all margins all set to m (the label's score m, the others -m): the derivative of the loss
+    /// per margin at m = 0 from the gradient, and the one-sided difference quotients there.
+    fn one_vs_all_slopes(&mut self, input: usize, label: usize) -> Option<(f64, f64, f64)> {
+        let mut p = self.point(1.0);
+        let shape = self.shape(input);
+        let (rows, classes) = (*shape.first()?, *shape.last()?);
+        let y = p[&self.f.inputs[label].name].to_f64();
+        let signs: Vec<f64> = (0..rows * classes)
+            .map(|e| {
+                if y[e / classes] as usize == e % classes {
+                    1.0
+                } else {
+                    -1.0
+                }
+            })
+            .collect();
+        let name = self.f.inputs[input].name.clone();
+        let at = |m: f64, p: &mut BTreeMap<String, Tensor>| {
+            p.insert(
+                name.clone(),
+                Tensor::float(shape.clone(), signs.iter().map(|s| s * m).collect()),
+            );
+        };
+        at(0.0, &mut p);
+        let e = self.gradients(&p)?;
+        let grad = e.grads.iter().find(|(g, _)| *g == name)?.1.to_f64();
+        let slope = grad.iter().zip(&signs).map(|(g, s)| g * s).sum::<f64>();
         let l0 = e.loss;
         let h = 1e-6;
         at(h, &mut p);
