@@ -17,6 +17,8 @@ declare -A shapes=(
   [anyloss_f1]="N=1000000"
   [ldr_kl]="N=8192,C=1000"
   [multi_similarity]="B=512,D=128"
+  [focal]="N=8192,C=1000"
+  [gce]="N=8192,C=1000"
 )
 for file in benches/forms/*.lx; do
   workload=$(basename "$file" .lx)
