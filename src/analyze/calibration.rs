@@ -42,6 +42,8 @@ struct Cx<'a> {
     assumed: BTreeSet<String>,
     /// The primitives met, for the derivation.
     used: BTreeSet<&'static str>,
+    /// Each node's fact, found once (a `let` read several times is analysed once).
+    memo: std::collections::HashMap<NodeId, Option<Mono>>,
 }
 
 /// The derivation where the rule proves the loss calibrated in its scores (label input `label`), or why it
@@ -53,6 +55,7 @@ pub fn proof(g: &Function, loss: NodeId, label: u32) -> Result<Vec<String>, Stri
         bounds: Bounds::new(g),
         assumed: BTreeSet::new(),
         used: BTreeSet::new(),
+        memo: Default::default(),
     };
     let y = &g.inputs[label as usize].name;
     match cx.mono(loss) {
@@ -92,8 +95,17 @@ pub fn proof(g: &Function, loss: NodeId, label: u32) -> Result<Vec<String>, Stri
 
 impl Cx<'_> {
     fn mono(&mut self, n: NodeId) -> Option<Mono> {
+        if let Some(fact) = self.memo.get(&n) {
+            return *fact;
+        }
+        let fact = self.compute(n);
+        self.memo.insert(n, fact);
+        fact
+    }
+
+    fn compute(&mut self, n: NodeId) -> Option<Mono> {
         let g = self.g;
-        if constant(g, n) || self.cotangent(n) {
+        if constant(g, n) || reads_cotangent(g, n) {
             return Some(Mono::Constant);
         }
         match &g.node(n).expr {
@@ -189,7 +201,7 @@ impl Cx<'_> {
                     *a
                 })
             }
-            (p, [a @ Strict { sample: true, .. }]) if positive_derivative(p) => {
+            (p, [a @ Strict { sample: true, .. }]) if p.strictly_increasing() => {
                 self.used.insert(p.name());
                 Some(*a)
             }
@@ -197,66 +209,65 @@ impl Cx<'_> {
         }
     }
 
-    /// Whether a node free of the inputs is positive (`Some(false)`: negative; `None`: zero or unknown);
-    /// hyperparameters by their defaults, sizes positive.
+    /// Whether a node free of the inputs is positive (`Some(false)`: negative; `None`: zero or unknown), by
+    /// [`sign`], recording what it assumed.
     fn positive(&mut self, n: NodeId) -> Option<bool> {
-        let g = self.g;
-        if self.cotangent(n) {
+        let (mut used, mut cotangent) = (Vec::new(), false);
+        let sign = sign(self.g, n, &mut used, &mut cotangent);
+        if cotangent {
             self.assumed
                 .insert("a positive cotangent (ones: the gradient of the per-sample losses' sum)".into());
-            return Some(true);
         }
-        match &g.node(n).expr {
-            Expr::Size(_) => Some(true),
-            Expr::Prim {
-                prim: Prim::Mul | Prim::Div,
-                args,
-            } => Some(self.positive(args[0])? == self.positive(args[1])?),
-            Expr::Prim { prim: Prim::Neg, args } => self.positive(args[0]).map(|p| !p),
-            Expr::Prim {
-                prim: Prim::ToFloat,
-                args,
-            } => self.positive(args[0]),
-            _ => {
-                let v = self.value(n)?;
-                (v != 0.0).then_some(v > 0.0)
-            }
-        }
-    }
-
-    /// Whether `n` reads the cotangent of a per-sample loss (the weights of its samples' losses).
-    fn cotangent(&self, n: NodeId) -> bool {
-        matches!(&self.g.node(n).expr,
-            Expr::Load { tensor: TensorRef::Input(c), .. } if self.g.cotangent == Some(*c))
+        self.assume(used);
+        sign
     }
 
     /// The value of numbers and hyperparameters (at their defaults, recorded as assumed).
     fn value(&mut self, n: NodeId) -> Option<f64> {
         let mut used = Vec::new();
         let v = value_at_defaults(self.g, n, &mut used)?;
-        for h in used {
+        self.assume(used);
+        Some(v)
+    }
+
+    fn assume(&mut self, hypers: Vec<u32>) {
+        for h in hypers {
             let h = &self.g.hypers[h as usize];
             self.assumed
                 .insert(format!("{} keeps the sign of its default {}", h.name, h.default));
         }
-        Some(v)
     }
 }
 
-/// Unary primitives whose derivative is positive wherever they are defined.
-fn positive_derivative(p: Prim) -> bool {
-    matches!(
-        p,
-        Prim::Exp
-            | Prim::Expm1
-            | Prim::Log
-            | Prim::Log1p
-            | Prim::Sqrt
-            | Prim::Sigmoid
-            | Prim::Softplus
-            | Prim::Tanh
-            | Prim::Atan
-    )
+/// Whether a node free of the inputs is positive (`Some(false)`: negative; `None`: zero or unknown):
+/// sizes are positive, hyperparameters have their defaults' signs (pushed to `used`), a per-sample loss's
+/// cotangent is taken positive (`cotangent` set).
+fn sign(g: &Function, n: NodeId, used: &mut Vec<u32>, cotangent: &mut bool) -> Option<bool> {
+    if reads_cotangent(g, n) {
+        *cotangent = true;
+        return Some(true);
+    }
+    match &g.node(n).expr {
+        Expr::Size(_) => Some(true),
+        Expr::Prim {
+            prim: Prim::Mul | Prim::Div,
+            args,
+        } => Some(sign(g, args[0], used, cotangent)? == sign(g, args[1], used, cotangent)?),
+        Expr::Prim { prim: Prim::Neg, args } => sign(g, args[0], used, cotangent).map(|p| !p),
+        Expr::Prim {
+            prim: Prim::ToFloat,
+            args,
+        } => sign(g, args[0], used, cotangent),
+        _ => {
+            let v = value_at_defaults(g, n, used)?;
+            (v != 0.0).then_some(v > 0.0)
+        }
+    }
+}
+
+/// Whether `n` reads the cotangent of a per-sample loss (the weights of its samples' losses).
+fn reads_cotangent(g: &Function, n: NodeId) -> bool {
+    matches!(&g.node(n).expr, Expr::Load { tensor: TensorRef::Input(c), .. } if g.cotangent == Some(*c))
 }
 
 /// One-vs-all margins: where the loss is a positive combination, over the samples, of `sum[k] φ(m[i, k])`
@@ -274,11 +285,8 @@ pub fn one_vs_all(g: &Function, loss: NodeId, scores: u32, label: u32) -> Option
 
 /// A positive combination of one-vs-all class sums ([`one_vs_all`]).
 fn combination(g: &Function, n: NodeId, scores: u32, label: u32, smooth: &mut bool) -> bool {
-    let positive = |c: NodeId| {
-        let mut used = Vec::new();
-        constant(g, c)
-            && (matches!(g.node(c).expr, Expr::Size(_)) || value_at_defaults(g, c, &mut used).is_some_and(|v| v > 0.0))
-    };
+    let positive =
+        |c: NodeId| (constant(g, c) || reads_cotangent(g, c)) && sign(g, c, &mut Vec::new(), &mut false) == Some(true);
     if let Some(sum) = class_sum(g, n, scores, label) {
         *smooth &= sum;
         return true;
@@ -354,7 +362,7 @@ fn class_sum(g: &Function, n: NodeId, scores: u32, label: u32) -> Option<bool> {
                 let mut used = Vec::new();
                 smooth &= constant(g, args[1]) && value_at_defaults(g, args[1], &mut used).is_some_and(|e| e >= 1.0);
             }
-            Expr::Prim { prim, .. } => smooth &= smooth_prim(*prim),
+            Expr::Prim { prim, .. } => smooth &= prim.smooth(),
             _ => {}
         }
         stack.extend(g.node(m).expr.operands());
@@ -428,26 +436,4 @@ fn is_margin(g: &Function, m: NodeId, k: IndexId, scores: u32, label: u32) -> bo
         }
         _ => false,
     }
-}
-
-/// Primitives differentiable wherever they are defined (no kink: not `abs`, `relu`, `max`, `min`, `clamp`,
-/// a `select` on data, rounding).
-fn smooth_prim(p: Prim) -> bool {
-    matches!(
-        p,
-        Prim::Add
-            | Prim::Sub
-            | Prim::Mul
-            | Prim::Div
-            | Prim::Neg
-            | Prim::Exp
-            | Prim::Expm1
-            | Prim::Log
-            | Prim::Log1p
-            | Prim::Sigmoid
-            | Prim::Softplus
-            | Prim::Tanh
-            | Prim::Atan
-            | Prim::ToFloat
-    )
 }

@@ -807,26 +807,13 @@ impl<'a> Sampler<'a> {
             };
             p.insert(self.f.inputs[k].name.clone(), one);
         }
-        let name = self.f.inputs[input].name.clone();
-        let at = |m: f64, p: &mut BTreeMap<String, Tensor>| {
-            p.insert(name.clone(), Tensor::float(shape.clone(), vec![m; n]));
-        };
-        at(0.0, &mut p);
-        let e = self.gradients(&p)?;
-        let slope = e.grads.iter().find(|(g, _)| *g == name)?.1.to_f64().iter().sum::<f64>();
-        let l0 = e.loss;
-        let h = 1e-6;
-        at(h, &mut p);
-        let right = self.loss(&p)?;
-        at(-h, &mut p);
-        let left = self.loss(&p)?;
-        Some((slope, (l0 - left) / h, (right - l0) / h))
+        self.slopes_along(p, input, vec![1.0; n])
     }
 
     /// The one-vs-all margins all set to m (the label's score m, the others -m): the derivative of the loss
     /// per margin at m = 0 from the gradient, and the one-sided difference quotients there.
     fn one_vs_all_slopes(&mut self, input: usize, label: usize) -> Option<(f64, f64, f64)> {
-        let mut p = self.point(1.0);
+        let p = self.point(1.0);
         let shape = self.shape(input);
         let (rows, classes) = (*shape.first()?, *shape.last()?);
         let y = p[&self.f.inputs[label].name].to_f64();
@@ -839,17 +826,29 @@ impl<'a> Sampler<'a> {
                 }
             })
             .collect();
+        self.slopes_along(p, input, signs)
+    }
+
+    /// Input `input` set to `m · direction` in point `p`: the loss's derivative in m at 0 (from the
+    /// gradient) and its one-sided difference quotients there.
+    fn slopes_along(
+        &mut self,
+        mut p: BTreeMap<String, Tensor>,
+        input: usize,
+        direction: Vec<f64>,
+    ) -> Option<(f64, f64, f64)> {
+        let shape = self.shape(input);
         let name = self.f.inputs[input].name.clone();
         let at = |m: f64, p: &mut BTreeMap<String, Tensor>| {
             p.insert(
                 name.clone(),
-                Tensor::float(shape.clone(), signs.iter().map(|s| s * m).collect()),
+                Tensor::float(shape.clone(), direction.iter().map(|d| d * m).collect()),
             );
         };
         at(0.0, &mut p);
         let e = self.gradients(&p)?;
         let grad = e.grads.iter().find(|(g, _)| *g == name)?.1.to_f64();
-        let slope = grad.iter().zip(&signs).map(|(g, s)| g * s).sum::<f64>();
+        let slope = grad.iter().zip(&direction).map(|(g, d)| g * d).sum::<f64>();
         let l0 = e.loss;
         let h = 1e-6;
         at(h, &mut p);

@@ -1040,10 +1040,15 @@ fn deviations(f: &mut Function, k: IndexId, body: NodeId, span: Span) -> R<Optio
     }
     let rebuilt = match prim {
         Prim::Add | Prim::Sub => {
-            let (Some(x), Some(y)) = (deviations(f, k, a[0], span)?, deviations(f, k, a[1], span)?) else {
+            // The left side first: a side that is no deviation ends the search (shared terms would
+            // otherwise be searched once per path).
+            let Some(x) = deviations(f, k, a[0], span)? else {
                 return Ok(None);
             };
-            [x, y].to_vec()
+            let Some(y) = deviations(f, k, a[1], span)? else {
+                return Ok(None);
+            };
+            vec![x, y]
         }
         Prim::Neg => match deviations(f, k, a[0], span)? {
             Some(x) => vec![x],

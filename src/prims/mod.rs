@@ -219,6 +219,26 @@ impl Prim {
         self.cost() == Cost::Costly
     }
 
+    /// A function of one float whose derivative is positive wherever it is defined (`lossc analyze`'s
+    /// calibration rule composes these).
+    pub fn strictly_increasing(self) -> bool {
+        use Prim::*;
+        matches!(
+            self,
+            Exp | Expm1 | Log | Log1p | Sqrt | Sigmoid | Softplus | Tanh | Atan
+        )
+    }
+
+    /// Differentiable wherever it is defined: no kink (not `abs`, `relu`, `max`, `min`, `clamp`, `sqrt` at
+    /// 0, a `select` on data, rounding). `pow` is, with a constant exponent of at least 1 (its caller checks).
+    pub fn smooth(self) -> bool {
+        use Prim::*;
+        matches!(
+            self,
+            Add | Sub | Mul | Div | Neg | Exp | Expm1 | Log | Log1p | Sigmoid | Softplus | Tanh | Atan | ToFloat
+        )
+    }
+
     /// Its type signature.
     pub fn sig(self) -> Sig {
         use Prim::*;
