@@ -301,16 +301,10 @@ impl Hoist<'_> {
     /// row `i` and a computed or constant column (`s[i, y[i]]`), pushes `terms[i]` = the term and returns the reduction
     /// of its loads; otherwise returns `body`.
     fn gathered_terms(&mut self, body: NodeId, name: &str) -> R<NodeId> {
-        let Expr::Reduce {
-            op,
-            indices,
-            mask: None,
-            body: term,
-        } = self.dst.node(body).expr.clone()
-        else {
+        let Some((op, i, term)) = self.unmasked_over_one(body) else {
             return Ok(body);
         };
-        let (&[i], &[free]) = (&indices[..], &self.dst.node(term).free[..]) else {
+        let &[free] = &self.dst.node(term).free[..] else {
             return Ok(body);
         };
         let gathers = free == i
@@ -338,37 +332,44 @@ impl Hoist<'_> {
         let load = self.load_at(t, &[i], scalar, span)?;
         let reduced = Expr::Reduce {
             op,
-            indices,
+            indices: [i].into(),
             mask: None,
             body: load,
         };
         self.dst.add(reduced, self.dst.node(body).scalar, span)
     }
 
+    /// `n` as an unmasked reduction over one index: (its op, the index, the reduced term).
+    fn unmasked_over_one(&self, n: NodeId) -> Option<(crate::ir::ReduceOp, IndexId, NodeId)> {
+        match &self.dst.node(n).expr {
+            Expr::Reduce {
+                op,
+                indices,
+                mask: None,
+                body,
+            } if indices.len() == 1 => Some((*op, indices[0], *body)),
+            _ => None,
+        }
+    }
+
     /// A scalar that is an unmasked mean over one index, `mean[i] e`, as `s / |i|` with `s = sum[i] e` a
     /// tensor of its own: a code generator runs a rank-0 sum in parallel parts, next to the sibling sums over
     /// the same index (AnyLoss's TP, FP and FN written as means, a loss averaged over its samples).
     fn mean_as_sum(&mut self, head: &[IndexId], body: NodeId, name: &str) -> R<NodeId> {
-        let Expr::Reduce {
-            op: crate::ir::ReduceOp::Mean,
-            indices,
-            mask: None,
-            body: term,
-        } = self.dst.node(body).expr.clone()
-        else {
+        let Some((crate::ir::ReduceOp::Mean, i, term)) = self.unmasked_over_one(body) else {
             return Ok(body);
         };
-        if !head.is_empty() || indices.len() != 1 || self.dst.node(body).scalar != Scalar::Float {
+        if !head.is_empty() || self.dst.node(body).scalar != Scalar::Float {
             return Ok(body);
         }
         let span = self.dst.span(body);
         let sum_name = self.fresh(&format!("{name}_sum"));
-        let sum = self.dst.add_sum(indices[0], None, term, span)?;
+        let sum = self.dst.add_sum(i, None, term, span)?;
         let t = self.push(sum_name, Vec::new(), sum, span);
         let total = self.load_at(t, &[], Scalar::Float, span)?;
         let size = self
             .dst
-            .add(Expr::Size(self.dst.index(indices[0]).range.clone()), Scalar::Int, span)?;
+            .add(Expr::Size(self.dst.index(i).range.clone()), Scalar::Int, span)?;
         let count = self.dst.prim(Prim::ToFloat, &[size], span)?;
         self.dst.prim(Prim::Div, &[total, count], span)
     }
