@@ -75,7 +75,9 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
     let t0 = Instant::now();
     let program = Program::from_file(&args.file).map_err(|d| d.render())?;
     let f = program.loss(args.loss.as_deref()).map_err(|d| format!("error: {d}"))?;
-    let mut options = Compiler::new().backend(args.backend.into_backend());
+    let mut options = Compiler::new()
+        .backend(args.backend.into_backend())
+        .stream_pairwise(args.stream);
     if let Some(t) = args.threads {
         options = options.threads(t);
     }
@@ -194,7 +196,7 @@ fn time_native(
     iters: Option<u64>,
     bar: &ProgressBar,
 ) -> Result<Option<(u64, Vec<Duration>)>, String> {
-    let Some(native) = kernel.native() else {
+    let Some(native) = kernel.native_for(&bound.sizes).map_err(|e| format!("error: {e}"))? else {
         return Ok(None);
     };
     let mut buffers = native.buffers(bound);

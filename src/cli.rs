@@ -151,6 +151,10 @@ pub struct BenchArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Stream pairwise tensors (recomputed a row at a time, memory linear in the inputs) also where the
+    /// call fits the memory budget (LOSSC_MEMORY_BUDGET), where lossc streams them by itself.
+    #[arg(long)]
+    pub stream: bool,
 }
 
 /// What `lossc compile --emit` prints.

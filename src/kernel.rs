@@ -49,6 +49,7 @@ pub struct Compiler {
     backend: Backend,
     threads: usize,
     budget: u64,
+    stream: bool,
     finite: bool,
     specialise: BTreeMap<String, f64>,
     cuda: Arc<dyn crate::backend::cuda::Loader>,
@@ -86,6 +87,7 @@ impl Compiler {
             backend,
             threads,
             budget: crate::call::default_memory_budget(),
+            stream: false,
             finite: false,
             specialise: BTreeMap::new(),
             cuda: crate::backend::cuda::default_loader(),
@@ -118,6 +120,13 @@ impl Compiler {
     /// [`CallError::OverBudget`] before anything is allocated. Default: [`crate::call::default_memory_budget`].
     pub fn memory_budget(mut self, bytes: u64) -> Compiler {
         self.budget = bytes;
+        self
+    }
+    /// With `true`, JIT calls stream pairwise tensors a row at a time ([`crate::opt::stream`]) at any size
+    /// where some outgrow the inputs, not only where the call's buffers would not fit in the memory
+    /// budget (to measure or test the streamed program; it is slower where the budget allows the whole).
+    pub fn stream_pairwise(mut self, always: bool) -> Compiler {
+        self.stream = always;
         self
     }
     /// With `true`, every call first checks that its float inputs are finite and fails with
@@ -194,9 +203,17 @@ pub struct Kernel {
     options: Compiler,
     /// The Hessian-vector product kernels built so far ([`Kernel::hvp`]), by input.
     hvps: Arc<std::sync::Mutex<BTreeMap<String, Kernel>>>,
+    /// The JIT programs with pairwise tensors streamed ([`crate::opt::stream`]) built so far, by the
+    /// tensors streamed: for calls whose buffers would not fit in the memory budget.
+    #[cfg(feature = "jit")]
+    streamed: Arc<std::sync::Mutex<Streamed>>,
     /// For a loss that calls extern operations: what runs before this kernel.
     stages: Option<Arc<Stages>>,
 }
+
+/// The streamed programs of a kernel ([`Kernel::native_for`]), by the tensors they stream.
+#[cfg(feature = "jit")]
+type Streamed = Vec<(Vec<bool>, Arc<crate::backend::jit::Compiled>)>;
 
 /// The extern calls of a loss ([`crate::externs`]): the loss as checked, the operations, and for each call
 /// that reads `let`s the kernel computing them.
@@ -372,6 +389,8 @@ impl Kernel {
                 ..options.clone()
             },
             hvps: Default::default(),
+            #[cfg(feature = "jit")]
+            streamed: Default::default(),
             stages,
         })
     }
@@ -387,13 +406,54 @@ impl Kernel {
         self.jit.as_deref()
     }
 
+    /// The native code, shared ([`Kernel::native`]).
+    #[cfg(feature = "jit")]
+    pub fn native_shared(&self) -> Option<Arc<crate::backend::jit::Compiled>> {
+        self.jit.clone()
+    }
+
     /// The threads this kernel's calls use.
     pub fn threads(&self) -> usize {
         self.threads
     }
 
+    /// The native code a call at these dimension sizes runs, when the JIT backend built this kernel: its
+    /// own, or, where the buffers of its own would not fit in the memory budget, the program with the
+    /// pairwise tensors that outgrow the inputs streamed a row at a time ([`crate::opt::stream`]; built by
+    /// the first call that needs it, kept for the next). Its buffers may still not fit:
+    /// [`Kernel::bytes_needed`] tells.
+    #[cfg(feature = "jit")]
+    pub fn native_for(&self, sizes: &[i64]) -> Result<Option<Arc<crate::backend::jit::Compiled>>, CallError> {
+        let Some(jit) = &self.jit else {
+            return Ok(None);
+        };
+        if !self.options.stream && jit.bytes_needed(sizes) <= self.budget {
+            return Ok(Some(jit.clone()));
+        }
+        let stream = crate::opt::stream::pairwise(jit.function(), sizes);
+        if !stream.contains(&true) {
+            return Ok(Some(jit.clone()));
+        }
+        let mut built = self.streamed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, c)) = built.iter().find(|(s, _)| *s == stream) {
+            return Ok(Some(c.clone()));
+        }
+        // A program that recomputing its pairwise tensors makes too large runs as it is (the budget check
+        // then refuses the call as before).
+        let compiled = match api::on_big_stack(|| crate::opt::stream::rows(jit.function(), &stream)) {
+            Ok(f) => Arc::new(
+                api::on_big_stack(|| crate::backend::jit::compile_streaming(&f))
+                    .map_err(|e| CallError::Compile(format!("streaming the pairwise tensors: {e}")))?,
+            ),
+            Err(crate::ir::TooDeep) => jit.clone(),
+        };
+        built.push((stream, compiled.clone()));
+        Ok(Some(compiled))
+    }
+
     /// About how many bytes of host memory a call at these dimension sizes allocates: the backend's
-    /// buffers, and with `tensors` (the `Tensor` API) the inputs converted and the results collected as f64.
+    /// buffers (for the JIT, those of the program [`Kernel::native_for`] picks), and with `tensors` (the
+    /// `Tensor` API) the inputs converted and the results collected as f64.
     pub fn bytes_needed(&self, sizes: &[i64], tensors: bool) -> u64 {
         let f = &self.function;
         let io = if tensors {
@@ -410,7 +470,8 @@ impl Kernel {
         };
         #[cfg(feature = "jit")]
         if let Some(jit) = &self.jit {
-            return jit.bytes_needed(sizes).saturating_add(io);
+            let native = self.native_for(sizes).ok().flatten();
+            return native.as_ref().unwrap_or(jit).bytes_needed(sizes).saturating_add(io);
         }
         if self.cuda.is_some() {
             return io;
@@ -489,7 +550,7 @@ impl Kernel {
             return crate::backend::cuda::host::run(&cuda.program, &self.function, &bound, &mut **device);
         }
         #[cfg(feature = "jit")]
-        if let Some(jit) = &self.jit {
+        if let Some(jit) = self.native_for(&bound.sizes)? {
             let mut e = jit.run(&bound, self.threads)?;
             // Gradients in the shapes of their inputs (the JIT's program may have merged axes).
             for (name, t) in &mut e.grads {

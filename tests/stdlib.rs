@@ -109,6 +109,51 @@ fn every_stdlib_loss_agrees_between_jit_and_interpreter() {
     }
 }
 
+/// Every stdlib loss with its pairwise tensors streamed a row at a time (lossc::opt::stream, forced at
+/// these small sizes) agrees with the interpreter as the JIT's own program does; the pairwise families
+/// are among those streamed.
+#[cfg(feature = "jit")]
+#[test]
+fn every_stdlib_loss_streamed_agrees_with_the_interpreter() {
+    let mut rng = Rng::new(41);
+    let mut streamed = Vec::new();
+    for (path, f) in all_losses() {
+        let x = inputs(&f, &mut rng);
+        let kernel = lossc::Kernel::build(&f, &lossc::Compiler::new().stream_pairwise(true)).unwrap();
+        // (A loss calling an extern operation runs its pairwise tensors in a kernel of its own.)
+        if !kernel.calls_externs() {
+            let sizes = lossc::call::bind(kernel.function(), &x, &BTreeMap::new())
+                .unwrap()
+                .sizes;
+            let native = kernel.native_for(&sizes).unwrap().unwrap();
+            if !std::sync::Arc::ptr_eq(&native, &kernel.native_shared().unwrap()) {
+                streamed.push(path.clone());
+            }
+        }
+        let jit = kernel.eval(&x).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let interp = lossc::api::eval_grad(&f, &x, &BTreeMap::new()).unwrap();
+        let close = |a: f64, b: f64| (a - b).abs() <= 2e-4 * b.abs().max(1.0);
+        assert!(close(jit.loss, interp.loss), "{path}: {} vs {}", jit.loss, interp.loss);
+        for ((n, a), (_, b)) in jit.grads.iter().zip(&interp.grads) {
+            for (p, q) in a.to_f64().iter().zip(b.to_f64()) {
+                assert!(close(*p, q), "{path}: grad {n} {p} vs {q}");
+            }
+        }
+    }
+    for family in [
+        "contrastive::nt_xent",
+        "contrastive::sogclr",
+        "metric_learning::multi_similarity",
+        "metric_learning::triplet_all",
+        "divergence::cauchy_schwarz",
+    ] {
+        assert!(
+            streamed.iter().any(|p| p.ends_with(family)),
+            "{family} was not streamed: {streamed:?}"
+        );
+    }
+}
+
 fn eval(src: &str, name: &str, x: &BTreeMap<String, Tensor>, hypers: &[(&str, f64)]) -> lossc::Evaluation {
     let p = Program::from_source("t.lx", src).unwrap();
     let h: BTreeMap<String, f64> = hypers.iter().map(|(k, v)| (k.to_string(), *v)).collect();

@@ -289,6 +289,18 @@ pub struct Plan {
 impl Plan {
     /// The plan of an optimized function.
     pub fn new(f: &Function) -> Plan {
+        Plan::build(f, false)
+    }
+
+    /// The plan of a function whose pairwise tensors are streamed ([`crate::opt::stream::rows`]): a nest
+    /// may join a row group also when it reads matrices outside its own row (the copies of pairwise
+    /// tensors compute their rows from whole inputs, and their readers multiply them with whole
+    /// matrices), so that each copy runs in its reader's group and is row-private there.
+    pub fn streaming(f: &Function) -> Plan {
+        Plan::build(f, true)
+    }
+
+    fn build(f: &Function, anywhere: bool) -> Plan {
         let mut buffers: Vec<Buffer> = f
             .inputs
             .iter()
@@ -327,7 +339,7 @@ impl Plan {
                 parallel: !t.indices.is_empty(),
             });
         }
-        let groups = fuse_rows(f, &nests);
+        let groups = fuse_rows(f, &nests, anywhere);
         let mut kept_exps = kept_exps(f, &nests, &groups, &mut buffers);
         // Exponentials are kept only where the logsumexp runs in two passes ([`two_pass_logsumexp`]).
         kept_exps.retain(|e| match &f.node(nests[e.lse].body).expr {
@@ -686,8 +698,8 @@ const MAX_MEMBERS: usize = 32;
 /// Groups the nests greedily: each group starts at the first nest not yet scheduled (if it is row-sized,
 /// [`row_local`]); a later row-local nest over the same outermost extent joins when it reads the members'
 /// tensors only at its own outer index and reads no tensor of a nest passed over (which then runs after
-/// the group).
-fn fuse_rows(f: &Function, nests: &[Nest]) -> Vec<Group> {
+/// the group). With `anywhere`, nests may read matrices outside their row ([`row_local`]).
+fn fuse_rows(f: &Function, nests: &[Nest], anywhere: bool) -> Vec<Group> {
     let mut left: Vec<usize> = (0..nests.len()).collect();
     let mut groups = Vec::new();
     while let Some(&first) = left.first() {
@@ -708,14 +720,14 @@ fn fuse_rows(f: &Function, nests: &[Nest]) -> Vec<Group> {
         } else if let Some((_, extent)) = nests[first]
             .head
             .first()
-            .filter(|_| row_local(f, &nests[first]) == Some(true))
+            .filter(|_| row_local(f, &nests[first], anywhere) == Some(true))
         {
             for &n in &left[1..] {
                 let nest = &nests[n];
                 let reads = tensor_reads(f, nest.body);
                 let joins = members.len() < MAX_MEMBERS
                     && !reads.iter().any(|(t, _)| passed.contains(t))
-                    && row_local(f, nest).is_some()
+                    && row_local(f, nest, anywhere).is_some()
                     && nest.head.first().is_some_and(|(outer, d)| {
                         d == extent
                             && reads
@@ -729,10 +741,38 @@ fn fuse_rows(f: &Function, nests: &[Nest]) -> Vec<Group> {
                 }
             }
         }
+        if anywhere {
+            keep_with_readers(f, nests, &mut members);
+        }
         left.retain(|n| !members.contains(n));
         groups.push(Group { members });
     }
     groups
+}
+
+/// In a streaming plan: takes out of a group (after its first member) each matrix `let` that a nest outside
+/// the group reads, and what reads it (in turn): a streamed tensor's copy joins its one reader's group,
+/// where it is row-private, not an earlier group its reader cannot join (which would materialize it).
+fn keep_with_readers(f: &Function, nests: &[Nest], members: &mut Vec<usize>) {
+    let reads: Vec<Vec<TensorId>> = (nests.iter())
+        .map(|n| tensor_reads(f, n.body).into_iter().map(|(t, _)| t).collect())
+        .collect();
+    let mut removed: Vec<TensorId> = Vec::new();
+    loop {
+        let out = members.iter().skip(1).copied().find(|&m| {
+            let nest = &nests[m];
+            let read_outside = (0..nests.len()).any(|r| !members.contains(&r) && reads[r].contains(&nest.tensor));
+            (nest.role == Role::Let && nest.head.len() >= 2 && read_outside)
+                || reads[m].iter().any(|t| removed.contains(t))
+        });
+        match out {
+            Some(m) => {
+                members.retain(|x| *x != m);
+                removed.push(nests[m].tensor);
+            }
+            None => break,
+        }
+    }
 }
 
 /// The sums of `candidates` (in order) that join a group of sibling sums over `extent`: a sum joins when
@@ -805,16 +845,18 @@ pub fn split_sum(f: &Function, nest: &Nest) -> Option<IndexSum> {
 /// (rank 2 or more) outside its own row: a contraction would evict the other members' data); else
 /// whether it is row-sized (more than one element per outer index, or a reduction), which may start a
 /// group. An elementwise vector only joins a group another nest started: alone it streams better (a code
-/// generator vectorizes it along its one index), inside a group it is a few operations per row.
-fn row_local(f: &Function, nest: &Nest) -> Option<bool> {
+/// generator vectorizes it along its one index), inside a group it is a few operations per row. With
+/// `anywhere`, reads outside the row are allowed ([`Plan::streaming`]).
+fn row_local(f: &Function, nest: &Nest, anywhere: bool) -> Option<bool> {
     let (outer, _) = nest.head.first().filter(|_| nest.parallel)?;
     let nodes = f.reachable(&[nest.body]);
-    let rows_only = nodes.iter().all(|n| match &f.node(*n).expr {
-        Expr::Load { tensor: _, subs } if subs.len() >= 2 => {
-            matches!(f.node(subs[0]).expr, Expr::Index(i) if i == *outer)
-        }
-        _ => true,
-    });
+    let rows_only = anywhere
+        || nodes.iter().all(|n| match &f.node(*n).expr {
+            Expr::Load { tensor: _, subs } if subs.len() >= 2 => {
+                matches!(f.node(subs[0]).expr, Expr::Index(i) if i == *outer)
+            }
+            _ => true,
+        });
     let reduces = nodes.iter().any(|n| matches!(f.node(*n).expr, Expr::Reduce { .. }));
     rows_only.then_some(nest.head.len() >= 2 || reduces)
 }

@@ -11,6 +11,7 @@
 pub mod hoist;
 pub mod merge;
 pub mod simplify;
+pub mod stream;
 pub mod transpose;
 
 use crate::diag::{Code, Diag};

@@ -170,7 +170,7 @@ fn inlinable(f: &Function) -> Vec<(bool, bool)> {
         .collect()
 }
 
-fn rebuild_inlining(src: &Function, hypers: &HashMap<u32, NodeId>, inline: Vec<bool>) -> R<Function> {
+pub(crate) fn rebuild_inlining(src: &Function, hypers: &HashMap<u32, NodeId>, inline: Vec<bool>) -> R<Function> {
     let live = live_tensors(src);
     let mut b = Rebuild {
         src,

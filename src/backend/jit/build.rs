@@ -166,6 +166,7 @@ pub(super) fn lower_groups<M: Module>(
     isa: &dyn isa::TargetIsa,
     fma: bool,
     f: &Function,
+    plan: Plan,
     naming: Naming,
     mut clif_text: Option<&mut String>,
     exp_rows: bool,
@@ -188,7 +189,6 @@ pub(super) fn lower_groups<M: Module>(
         imports.insert(name, id);
     }
 
-    let plan = Plan::new(f);
     let mut sig = module.make_signature();
     for _ in 0..4 {
         sig.params.push(AbiParam::new(ptr));
@@ -302,6 +302,7 @@ pub(super) fn lower_groups<M: Module>(
 /// `exp_rows`: whether kept softmax rows use the 8-lane row helper (rows.rs) where this machine has it.
 pub(super) fn build(
     f: &Function,
+    plan: Plan,
     clif_text: Option<&mut String>,
     exp_rows: bool,
     functions: Functions,
@@ -330,6 +331,7 @@ pub(super) fn build(
         &*compile_isa,
         fma,
         f,
+        plan,
         naming,
         clif_text,
         exp_rows,

@@ -269,13 +269,19 @@ extern "C" fn lossc_powf(x: f32, y: f32) -> f32 {
 
 /// Compiles an optimized function.
 pub fn compile(f: &Function) -> Result<Compiled, JitError> {
-    build(f, None, rows::available(), Functions::Undeferred)
+    build(f, Plan::new(f), None, rows::available(), Functions::Undeferred)
+}
+
+/// Compiles a function whose pairwise tensors are streamed ([`crate::opt::stream::rows`]) on its
+/// [`Plan::streaming`]: each copy of a pairwise tensor row-private in its reader's group.
+pub fn compile_streaming(f: &Function) -> Result<Compiled, JitError> {
+    build(f, Plan::streaming(f), None, rows::available(), Functions::Undeferred)
 }
 
 /// `--emit clif`: the Cranelift IR of every nest function, before Cranelift's own optimizations.
 pub fn clif(f: &Function) -> Result<String, JitError> {
     let mut text = String::new();
-    build(f, Some(&mut text), rows::available(), Functions::All)?;
+    build(f, Plan::new(f), Some(&mut text), rows::available(), Functions::All)?;
     Ok(text)
 }
 
@@ -453,7 +459,7 @@ mod tests {
             let runs: Vec<Evaluation> = [false, rows::available()]
                 .into_iter()
                 .map(|helper| {
-                    build(&f, None, helper, Functions::Undeferred)
+                    build(&f, Plan::new(&f), None, helper, Functions::Undeferred)
                         .unwrap()
                         .run(&bound, 1)
                         .unwrap()
@@ -473,7 +479,7 @@ mod tests {
         // A NaN stays NaN.
         let inputs = BTreeMap::from([("p".to_string(), Tensor::float(vec![9], vec![f64::NAN; 9]))]);
         let bound = crate::call::bind(&f, &inputs, &BTreeMap::new()).unwrap();
-        let e = build(&f, None, rows::available(), Functions::Undeferred)
+        let e = build(&f, Plan::new(&f), None, rows::available(), Functions::Undeferred)
             .unwrap()
             .run(&bound, 1)
             .unwrap();
@@ -501,7 +507,7 @@ mod tests {
         let bound = crate::call::bind(&f, &inputs, &BTreeMap::new()).unwrap();
         let interp = interp.kernel(None).unwrap().eval(&inputs).unwrap();
         for exp_rows in [false, rows::available()] {
-            let e = build(&f, None, exp_rows, Functions::Undeferred)
+            let e = build(&f, Plan::new(&f), None, exp_rows, Functions::Undeferred)
                 .unwrap()
                 .run(&bound, 2)
                 .unwrap();

@@ -71,7 +71,13 @@ impl Compiled {
         cell: &std::sync::OnceLock<Result<(NestFn, Arc<CodeHolder>), JitError>>,
     ) -> Result<NestFn, CallError> {
         cell.get_or_init(|| {
-            let one = build(&self.function, None, self.exp_rows, Functions::Only(k))?;
+            let one = build(
+                &self.function,
+                self.plan.clone(),
+                None,
+                self.exp_rows,
+                Functions::Only(k),
+            )?;
             match one.entries[k] {
                 Entry::Ready(native) => Ok((native, one._code.clone())),
                 Entry::Deferred(_) => Err(JitError(format!("group {k} was not compiled"))),

@@ -1,0 +1,188 @@
+//! Pairwise tensors streamed a row at a time (lossc::opt::stream): the same results as the interpreter,
+//! in memory linear in the inputs; a call over its memory budget streams by itself.
+#![cfg(feature = "jit")]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use lossc::data::Rng;
+use lossc::ir::Function;
+use lossc::{CallError, Compiler, Kernel, Program, Tensor};
+
+mod common;
+
+fn root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn loss(source: &str, name: &str) -> Function {
+    let p = Program::from_source("u.lx", source).unwrap_or_else(|d| panic!("{}", d.render()));
+    p.loss(Some(name)).unwrap().clone()
+}
+
+fn std_loss(path: &str) -> Function {
+    loss(&format!("use std::{path}"), path.rsplit("::").next().unwrap())
+}
+
+/// Sizes with every batch-like dimension larger than the feature dimension `D` (so pairs outgrow rows).
+fn sizes(f: &Function, batch: i64) -> Vec<i64> {
+    (f.dims.iter())
+        .map(|d| match d.name.as_str() {
+            "D" => 3,
+            "H" => 2,
+            _ => batch,
+        })
+        .collect()
+}
+
+fn assert_agree(what: &str, got: &lossc::Evaluation, want: &lossc::Evaluation) {
+    let close = |a: f64, b: f64| (a - b).abs() <= 2e-4 * b.abs().max(1.0);
+    assert!(close(got.loss, want.loss), "{what}: {} vs {}", got.loss, want.loss);
+    for ((n, a), (_, b)) in got.grads.iter().zip(&want.grads) {
+        for (p, q) in a.to_f64().iter().zip(b.to_f64()) {
+            assert!(close(*p, q), "{what}: grad {n} {p} vs {q}");
+        }
+    }
+}
+
+/// Whether a kernel's calls at these sizes run a streamed program (not its own).
+fn streams(kernel: &Kernel, sizes: &[i64]) -> bool {
+    let native = kernel.native_for(sizes).unwrap().unwrap();
+    !Arc::ptr_eq(&native, &kernel.native_shared().unwrap())
+}
+
+#[test]
+fn examples_and_benches_streamed_agree_with_the_interpreter() {
+    let mut rng = Rng::new(7);
+    let mut streamed = Vec::new();
+    for path in common::lx_files(&root(), &["examples", "benches", "benches/forms"]) {
+        let program = Program::from_file(&path).unwrap_or_else(|d| panic!("{}", d.render()));
+        for f in &program.module.functions {
+            let what = format!("{} {}", path.display(), f.name);
+            let at = sizes(f, 7);
+            let x = common::random_inputs(f, &at, &mut rng, common::Nograd::AwayFromZero);
+            let kernel = Kernel::build(f, &Compiler::new().stream_pairwise(true)).unwrap();
+            let bound = lossc::call::bind(kernel.function(), &x, &BTreeMap::new()).unwrap();
+            if streams(&kernel, &bound.sizes) {
+                streamed.push(what.clone());
+            }
+            let got = kernel.eval(&x).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let want = lossc::api::eval_grad(f, &x, &BTreeMap::new()).unwrap();
+            assert_agree(&what, &got, &want);
+        }
+    }
+    // NT-Xent (bench and forms), multi-similarity (example and forms), CS divergence, at least.
+    assert!(streamed.len() >= 6, "streamed: {streamed:?}");
+    for name in ["nt_xent", "multi_similarity", "cs_divergence"] {
+        assert!(
+            streamed.iter().any(|w| w.contains(name)),
+            "{name} not streamed: {streamed:?}"
+        );
+    }
+}
+
+/// Inlining an ordering's index tensor as well (which `pairwise` never picks) puts reductions over an
+/// index inside reductions over the same index; the streamed program renames them, and the JIT's result
+/// is the interpreter's (without the renaming it was 26 % off).
+#[test]
+fn reductions_nested_over_one_index_are_renamed() {
+    let f = std_loss("contrastive::amcl_nt_xent");
+    let kernel = Kernel::build(&f, &Compiler::new()).unwrap();
+    let g = kernel.native().unwrap().function();
+    let mut rng = Rng::new(3);
+    let at = sizes(&f, 5);
+    let x: BTreeMap<String, Tensor> = common::random_inputs(&f, &at, &mut rng, common::Nograd::Normal)
+        .into_iter()
+        .map(|(n, t)| {
+            (
+                n,
+                Tensor::float(t.shape.clone(), t.to_f64().iter().map(|v| 0.3 * v).collect()),
+            )
+        })
+        .collect();
+    let bound = lossc::call::bind(g, &x, &BTreeMap::new()).unwrap();
+    let every: Vec<bool> = (g.tensors.iter())
+        .map(|t| t.role == lossc::ir::Role::Let && t.indices.len() >= 2)
+        .collect();
+    assert!(g.tensors.iter().zip(&every).any(|(t, s)| *s && t.name == "chosen"));
+    let streamed = lossc::opt::stream::rows(g, &every).unwrap();
+    let want = lossc::backend::interp::run(g, &bound).unwrap();
+    assert_agree(
+        "interp",
+        &lossc::backend::interp::run(&streamed, &bound).unwrap(),
+        &want,
+    );
+    let jit = lossc::backend::jit::compile_streaming(&streamed).unwrap();
+    assert_agree("jit", &jit.run(&bound, 2).unwrap(), &want);
+}
+
+/// The pairwise families: their streamed buffers grow linearly with the batch (the program's own grow
+/// as its square), and no buffer but a row-private one holds a pair per element.
+#[test]
+fn pairwise_losses_stream_in_linear_memory() {
+    let mut losses: Vec<Function> = [
+        "contrastive::nt_xent",
+        "contrastive::sogclr",
+        "metric_learning::multi_similarity",
+        "metric_learning::triplet_all",
+        "divergence::cauchy_schwarz",
+    ]
+    .into_iter()
+    .map(std_loss)
+    .collect();
+    losses.push(loss(
+        &std::fs::read_to_string(root().join("benches/nt_xent.lx")).unwrap(),
+        "nt_xent",
+    ));
+    for f in &losses {
+        let kernel = Kernel::build(f, &Compiler::new().stream_pairwise(true)).unwrap();
+        let own = kernel.native().unwrap();
+        let (small, large) = (sizes(f, 512), sizes(f, 1024));
+        let streamed = |at: &[i64]| kernel.native_for(at).unwrap().unwrap();
+        let (s, l) = (
+            streamed(&small).bytes_needed(&small),
+            streamed(&large).bytes_needed(&large),
+        );
+        let (os, ol) = (own.bytes_needed(&small), own.bytes_needed(&large));
+        assert!(ol as f64 >= 3.5 * os as f64, "{}: own {os} -> {ol}", f.name);
+        assert!((l as f64) <= 2.1 * s as f64, "{}: streamed {s} -> {l} bytes", f.name);
+        assert!(l * 20 < ol, "{}: streamed {l} vs own {ol} bytes", f.name);
+        let program = streamed(&large);
+        let plan = program.plan();
+        let pairs = 1024u64 * 1024;
+        for (k, b) in plan.buffers.iter().enumerate() {
+            let elements = lossc::ir::Dim::elements(&b.shape, &large);
+            assert!(
+                elements < pairs || plan.row_private[k] || plan.host[k].is_some() || k < f.inputs.len(),
+                "{}: buffer {} holds {elements} elements",
+                f.name,
+                b.name
+            );
+        }
+    }
+}
+
+/// A call whose buffers would not fit in the memory budget runs the streamed program (the same results);
+/// one whose streamed buffers do not fit either fails with the streamed program's need.
+#[test]
+fn a_call_over_its_memory_budget_streams() {
+    let f = loss(
+        &std::fs::read_to_string(root().join("benches/nt_xent.lx")).unwrap(),
+        "nt_xent",
+    );
+    let at = [256, 16];
+    let x = common::random_inputs(&f, &at, &mut Rng::new(5), common::Nograd::Normal);
+    let whole = Kernel::build(&f, &Compiler::new()).unwrap();
+    let own = whole.bytes_needed(&at, false);
+    let want = whole.eval(&x).unwrap();
+    let tight = Kernel::build(&f, &Compiler::new().memory_budget(own / 4)).unwrap();
+    let need = tight.bytes_needed(&at, false);
+    assert!(need < own / 8, "streamed {need} vs {own} bytes");
+    assert!(streams(&tight, &at));
+    assert_agree("over budget", &tight.eval(&x).unwrap(), &want);
+    let tighter = Kernel::build(&f, &Compiler::new().memory_budget(need / 2)).unwrap();
+    match tighter.eval(&x) {
+        Err(CallError::OverBudget { needed, budget }) => assert!(needed >= need && budget == need / 2),
+        other => panic!("expected OverBudget, got {:?}", other.map(|e| e.loss)),
+    }
+}
