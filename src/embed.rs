@@ -108,6 +108,10 @@ pub struct Workspace {
     converted: Vec<Converted>,
     #[cfg(feature = "jit")]
     buffers: Option<crate::backend::jit::Buffers>,
+    /// The native code of the last call ([`Kernel::native_for`]: the kernel's own, or its pairwise
+    /// tensors streamed where the call's buffers would not fit in the memory budget).
+    #[cfg(feature = "jit")]
+    native: Option<std::sync::Arc<crate::backend::jit::Compiled>>,
     /// Results of a call that did not run on the JIT: (role, name, values).
     other: Vec<(Role, String, Vec<f32>)>,
     /// The dimension sizes of the last call that succeeded.
@@ -132,6 +136,8 @@ impl Kernel {
                 .collect(),
             #[cfg(feature = "jit")]
             buffers: None,
+            #[cfg(feature = "jit")]
+            native: None,
             other: Vec::new(),
             sizes: Vec::new(),
             placed: Vec::new(),
@@ -200,6 +206,16 @@ impl Workspace {
         Ok(loss)
     }
 
+    /// The bytes of the buffers this workspace keeps for the next call at the last call's sizes (the
+    /// native code's tensors; 0 off the JIT).
+    pub fn bytes_held(&self) -> u64 {
+        #[cfg(feature = "jit")]
+        if let (Some(jit), Some(_)) = (&self.native, &self.buffers) {
+            return jit.bytes_needed(&self.sizes);
+        }
+        0
+    }
+
     /// The gradient of input `name` computed by the last call, unless the call wrote it into a slice of
     /// the caller's.
     pub fn gradient(&self, name: &str) -> Option<&[f32]> {
@@ -234,7 +250,7 @@ impl Workspace {
 
     fn result(&self, role: Role, name: &str) -> Option<&[f32]> {
         #[cfg(feature = "jit")]
-        if let (Some(jit), Some(buffers)) = (self.kernel.native(), &self.buffers) {
+        if let (Some(jit), Some(buffers)) = (&self.native, &self.buffers) {
             let (_, _, k) = jit
                 .plan()
                 .results(jit.function())
@@ -312,7 +328,11 @@ impl Workspace {
         self.sizes.clone_from(&sizes);
 
         #[cfg(feature = "jit")]
-        if let Some(jit) = self.kernel.native() {
+        if let Some(jit) = self.kernel.native_for(&sizes)? {
+            if !self.native.as_ref().is_some_and(|n| std::sync::Arc::ptr_eq(n, &jit)) {
+                self.buffers = None;
+                self.native = Some(jit.clone());
+            }
             let mut ptrs: Vec<*mut u8> = vec![std::ptr::null_mut(); jit.plan().buffers.len()];
             for (k, declared) in f.inputs.iter().enumerate() {
                 let Some(input) = inputs.iter().find(|i| i.name == declared.name) else {

@@ -358,7 +358,21 @@ impl Kernel {
         };
         let cuda = if options.backend == Backend::Cuda {
             let t = Instant::now();
-            let program = api::on_big_stack(|| crate::backend::cuda::generate(&g));
+            // With `stream_pairwise`, the CUDA kernels compute the tensors over pairs that may outgrow the
+            // inputs a row at a time (decided without sizes: the sizes are not known before a call, and
+            // the kernels are compiled once), and this kernel's program is the streamed one.
+            let stream = crate::opt::stream::pairwise_at_any_size(&g);
+            let streamed = match options.stream && stream.contains(&true) {
+                true => api::on_big_stack(|| crate::opt::stream::rows(&g, &stream)).ok(),
+                false => None,
+            };
+            let program = match &streamed {
+                Some(h) => api::on_big_stack(|| crate::backend::cuda::generate_streaming(h)),
+                None => api::on_big_stack(|| crate::backend::cuda::generate(&g)),
+            };
+            if let Some(h) = streamed {
+                g = h;
+            }
             timings.stages.push(("cuda codegen", t.elapsed()));
             let t = Instant::now();
             let device = options.cuda.load(&program).map_err(|e| {

@@ -186,3 +186,44 @@ fn a_call_over_its_memory_budget_streams() {
         other => panic!("expected OverBudget, got {:?}", other.map(|e| e.loss)),
     }
 }
+
+/// The zero-copy workspace (what the Python package and the C API call) streams as `Kernel::eval` does: a
+/// call over the budget runs the streamed program in its buffers, its gradients those of the whole.
+#[test]
+fn a_workspace_call_over_its_memory_budget_streams() {
+    let f = loss(
+        &std::fs::read_to_string(root().join("benches/nt_xent.lx")).unwrap(),
+        "nt_xent",
+    );
+    let at = [256, 16];
+    let x = common::random_inputs(&f, &at, &mut Rng::new(6), common::Nograd::Normal);
+    let whole = Kernel::build(&f, &Compiler::new()).unwrap();
+    let want = whole.eval(&x).unwrap();
+    let tight = Kernel::build(&f, &Compiler::new().memory_budget(whole.bytes_needed(&at, false) / 4)).unwrap();
+    let data: BTreeMap<&str, Vec<f32>> = (x.iter())
+        .map(|(n, t)| (n.as_str(), t.to_f64().iter().map(|v| *v as f32).collect()))
+        .collect();
+    let shape = [256usize, 16];
+    let inputs: Vec<lossc::Input> = data.iter().map(|(n, v)| lossc::Input::f32(n, &shape, v)).collect();
+    let mut workspace = tight.workspace();
+    let mut grad_a = vec![0f32; 256 * 16];
+    for _ in 0..2 {
+        let loss = workspace
+            .call(&inputs, &BTreeMap::new(), &mut [("a", &mut grad_a)])
+            .unwrap();
+        let held = workspace.bytes_held();
+        assert!(
+            held > 0 && held * 8 < whole.bytes_needed(&at, false),
+            "{held} bytes held"
+        );
+        assert!((loss as f64 - want.loss).abs() <= 2e-4 * want.loss.abs().max(1.0));
+        let (a, b) = (&want.grads[0].1.to_f64(), &want.grads[1].1.to_f64());
+        for (g, w) in grad_a
+            .iter()
+            .zip(a)
+            .chain(workspace.gradient("b").unwrap().iter().zip(b))
+        {
+            assert!((*g as f64 - w).abs() <= 2e-4 * w.abs().max(1.0), "{g} vs {w}");
+        }
+    }
+}

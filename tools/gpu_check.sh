@@ -10,7 +10,8 @@
 #      three sizes, the bundled inputs, launch geometry, bounds checks (tests/cuda_emu.rs with
 #      LOSSC_TEST_GPU=1), and every conformance fixture (tests/conformance.rs);
 #    - first use (NVRTC into an empty cache) and a later process's compile time (CUBIN from the disk cache);
-#    - `lossc bench --backend cuda` on W1–W8 (BENCHMARKS.md's shapes) and the JIT beside it;
+#    - `lossc bench --backend cuda` on W1–W8 (BENCHMARKS.md's shapes) and the JIT beside it; NT-Xent
+#      streamed (`--stream`) at B = 65,536 (whole, its [B, B] tensors would need ~170 GB);
 #    - the Python package on CUDA tensors (python/tests/test_cuda.py: lossc.torch with backend="cuda"
 #      against torch's losses and the CPU JIT, bf16 logits, torch.compile), from the abi3 wheel that
 #      --prepare builds into gpu/wheels (with pytest's wheels: the GPU machine has no network);
@@ -81,6 +82,9 @@ bench benches/sort_bce16.lx --shape B=1024
 bench examples/z_loss.lx --shape N=8192,C=1000
 bench examples/kl_dro.lx --shape N=8192,C=1000
 timeout 120 gpu/lossc bench examples/cross_entropy.lx --shape N=16384,C=128256 --backend cuda --iters 10 || status=1
+echo "== pairwise losses streamed (--stream: rows of pairs in slots, device memory linear in B), B = 65,536"
+timeout 120 gpu/lossc bench benches/nt_xent.lx --shape B=65536,D=128 --backend cuda --stream --iters 2 || status=1
+timeout 60 gpu/lossc bench benches/nt_xent.lx --shape B=8192,D=128 --backend cuda --stream --iters 5 || status=1
 if ls gpu/wheels/*.whl >/dev/null 2>&1; then
     python3 -m pip install --no-deps --no-index --quiet gpu/wheels/*.whl || true
 fi

@@ -22,23 +22,63 @@ use crate::ir::{Dim, Expr, Function, IndexId, NodeId, Role, TensorDef, TensorId,
 
 type R<T> = Result<T, TooDeep>;
 
-/// Per tensor of `f`: whether it is a pairwise `let` to stream at these dimension sizes: a float or
-/// condition `let` of rank 2 or more with more elements than the largest input (so more than linear in
-/// the inputs' size). Index tensors (an ordering, a selection) stay materialized: recomputing one where
-/// it is read costs a sort per read.
+/// Per tensor of `f`: whether it is a pairwise `let` to stream at these dimension sizes: one over pairs
+/// ([`pairwise_at_any_size`]) with more elements than the largest input.
 pub fn pairwise(f: &Function, sizes: &[i64]) -> Vec<bool> {
     let largest = (f.inputs.iter())
         .map(|i| Dim::elements(&i.shape, sizes))
         .max()
         .unwrap_or(0);
-    (f.tensors.iter())
-        .map(|t| {
+    (f.tensors.iter().zip(pairwise_at_any_size(f)))
+        .map(|(t, over_pairs)| over_pairs && f.elements(t, sizes) > largest.max(1))
+        .collect()
+}
+
+/// Per tensor of `f`: whether it is a `let` over pairs, whose size no input bounds: a float or condition
+/// `let` over two indices or more whose dimension symbols (with repeats: `[B, B]` has two `B`s; `2 * B`
+/// one) are not among those of any one input's shape (`[B, D]`). Index tensors (an ordering, a
+/// selection) stay materialized: recomputing one where it is read costs a sort per read. What a backend
+/// compiled before it knows a call's sizes streams.
+pub fn pairwise_at_any_size(f: &Function) -> Vec<bool> {
+    let symbols = |shape: &[Dim]| -> Vec<crate::ir::DimId> {
+        let mut v: Vec<_> = shape.iter().flat_map(factors).collect();
+        v.sort();
+        v
+    };
+    let inputs: Vec<Vec<crate::ir::DimId>> = f.inputs.iter().map(|i| symbols(&i.shape)).collect();
+    let within = |mine: &[crate::ir::DimId], input: &[crate::ir::DimId]| {
+        let mut left = input.to_vec();
+        mine.iter().all(|s| match left.iter().position(|d| d == s) {
+            Some(p) => {
+                left.remove(p);
+                true
+            }
+            None => false,
+        })
+    };
+    (f.tensors.iter().enumerate())
+        .map(|(k, t)| {
+            let mine = symbols(&f.tensor_shape(TensorId(k as u32)));
             t.role == Role::Let
                 && t.scalar != crate::ir::Scalar::Int
                 && t.indices.len() >= 2
-                && f.elements(t, sizes) > largest.max(1)
+                && !inputs.iter().any(|i| within(&mine, i))
         })
         .collect()
+}
+
+/// The symbols whose product a dimension grows as: `B * B` as two `B`s, `B + M` (a concatenation) as the
+/// larger side's.
+fn factors(d: &Dim) -> Vec<crate::ir::DimId> {
+    match d {
+        Dim::Const(_) => Vec::new(),
+        Dim::Sym(s) => vec![*s],
+        Dim::Mul(a, b) => [factors(a), factors(b)].concat(),
+        Dim::Add(a, b) | Dim::Sub(a, b) => {
+            let (a, b) = (factors(a), factors(b));
+            if a.len() >= b.len() { a } else { b }
+        }
+    }
 }
 
 /// `f` with the tensors `stream` marks computed where they are read (see the module doc). The results

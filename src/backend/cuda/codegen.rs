@@ -9,8 +9,23 @@ use crate::backend::loops::{Group, Nest, Plan, split_members};
 use crate::ir::{Dim, Expr, Function, IndexId, NodeId, ReduceOp, Scalar, TensorRef};
 use crate::prims::Prim;
 
+/// Per buffer: whether it is row-private in a block-rows group, so addressed by its kernel's slot
+/// ([`super::Program::slotted`]).
+pub(super) fn slotted(f: &Function, plan: &Plan) -> Vec<bool> {
+    let mut out = vec![false; plan.buffers.len()];
+    for group in &plan.groups {
+        let members = plan.members(group);
+        let blocks =
+            !plan.contractions.iter().any(|c| group.members == [c.nest]) && shape_of(f, &members).0 == Shape::BlockRows;
+        for b in plan.private_buffers(f, group) {
+            out[b] = blocks;
+        }
+    }
+    out
+}
+
 /// The whole source and the kernels in launch order.
-pub(super) fn source(f: &Function, plan: &Plan) -> (String, Vec<KernelSpec>) {
+pub(super) fn source(f: &Function, plan: &Plan, slotted: &[bool]) -> (String, Vec<KernelSpec>) {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -29,7 +44,7 @@ pub(super) fn source(f: &Function, plan: &Plan) -> (String, Vec<KernelSpec>) {
             None => shape_of(f, &members),
         };
         let name = format!("lossc_g{k}");
-        let mut e = Emit::new(f, plan);
+        let mut e = Emit::new(f, plan, slotted);
         e.kernel(&name, group, shape, &extent);
         let sums = split_members(f, &members).map_or(0, |(_, sums)| sums.len());
         // Rows whose extents are constants have one variant: a warp per row where all are short, a
@@ -54,7 +69,7 @@ pub(super) fn source(f: &Function, plan: &Plan) -> (String, Vec<KernelSpec>) {
         }
         if shape == Shape::BlockRows && !only_blocks {
             let name = format!("{name}_warps");
-            let mut e = Emit::new(f, plan);
+            let mut e = Emit::new(f, plan, slotted);
             e.warp = true;
             e.kernel(&name, group, Shape::WarpRows, &extent);
             out.push('\n');
@@ -70,7 +85,7 @@ pub(super) fn source(f: &Function, plan: &Plan) -> (String, Vec<KernelSpec>) {
         }
         if shape == Shape::Parts {
             let name = format!("{name}_total");
-            let mut e = Emit::new(f, plan);
+            let mut e = Emit::new(f, plan, slotted);
             e.kernel(&name, group, Shape::Total, &extent);
             out.push('\n');
             out.push_str(&e.text);
@@ -149,7 +164,7 @@ fn label_check(f: &Function, plan: &Plan) -> Option<(String, KernelSpec)> {
         .filter_map(|(k, i)| i.bound.as_ref().map(|b| (k, b)))
         .collect();
     let (first, _) = labels.first()?;
-    let e = Emit::new(f, plan);
+    let e = Emit::new(f, plan, &[]);
     let len = |k: usize| -> Dim {
         f.inputs[k]
             .shape
@@ -331,6 +346,8 @@ pub const KEEP_MAX: i64 = 8192;
 struct Emit<'a> {
     f: &'a Function,
     plan: &'a Plan,
+    /// [`super::Program::slotted`].
+    slotted: &'a [bool],
     text: String,
     /// Dimension symbols and block-reduction scratch arrays the kernel uses (declared at its top).
     dims: std::cell::RefCell<BTreeSet<usize>>,
@@ -352,10 +369,11 @@ struct Emit<'a> {
 }
 
 impl<'a> Emit<'a> {
-    fn new(f: &'a Function, plan: &'a Plan) -> Emit<'a> {
+    fn new(f: &'a Function, plan: &'a Plan, slotted: &'a [bool]) -> Emit<'a> {
         Emit {
             f,
             plan,
+            slotted,
             text: String::new(),
             dims: Default::default(),
             scratch: BTreeSet::new(),
@@ -484,6 +502,8 @@ impl<'a> Emit<'a> {
                     "for (long long lx_base = blockIdx.x * (long long)(blockDim.x >> 5); lx_base < {extent}; lx_base += (long long)gridDim.x * (blockDim.x >> 5))"
                 ));
                 self.line("const long long lx_row = lx_base + (threadIdx.x >> 5);");
+                self.line("const long long lx_slot = blockIdx.x * (long long)(blockDim.x >> 5) + (threadIdx.x >> 5);");
+                self.line("(void)lx_slot;");
                 self.line(format!("const bool lx_active = lx_row < {extent};"));
                 for nest in &members {
                     self.open("");
@@ -491,9 +511,10 @@ impl<'a> Emit<'a> {
                     self.line(format!("const long long {} = lx_row;", index_var(outer)));
                     self.cooperative(nest.body, &[outer]);
                     let rest = &nest.head[1..];
+                    let row = self.row_of(nest);
                     if rest.is_empty() {
                         self.open("if (lx_lane == 0 && lx_active)");
-                        self.element(nest, "lx_row");
+                        self.element(nest, row);
                         self.close();
                     } else {
                         let count = self.extent_of(rest);
@@ -501,7 +522,7 @@ impl<'a> Emit<'a> {
                             "for (long long lx_e = lx_lane; lx_e < (lx_active ? {count} : 0); lx_e += 32)"
                         ));
                         self.decode("lx_e", rest);
-                        self.element(nest, &format!("lx_row * {count} + lx_e"));
+                        self.element(nest, &format!("{row} * {count} + lx_e"));
                         self.close();
                     }
                     self.close();
@@ -516,6 +537,8 @@ impl<'a> Emit<'a> {
                     self.line("LX_DYNAMIC_SHARED(float, lx_kept);");
                     self.line(format!("const bool lx_keep = {len} <= {KEEP_MAX}LL;"));
                 }
+                self.line("const long long lx_slot = blockIdx.x;");
+                self.line("(void)lx_slot;");
                 self.open(format!(
                     "for (long long lx_row = blockIdx.x; lx_row < {extent}; lx_row += gridDim.x)"
                 ));
@@ -530,9 +553,10 @@ impl<'a> Emit<'a> {
                     self.line(format!("const long long {} = lx_row;", index_var(outer)));
                     self.cooperative(nest.body, &[outer]);
                     let rest = &nest.head[1..];
+                    let row = self.row_of(nest);
                     if rest.is_empty() {
                         self.open("if (threadIdx.x == 0)");
-                        self.element(nest, "lx_row");
+                        self.element(nest, row);
                         self.close();
                     } else {
                         self.row_extents.extend(
@@ -545,7 +569,7 @@ impl<'a> Emit<'a> {
                             "for (long long lx_e = threadIdx.x; lx_e < {count}; lx_e += blockDim.x)"
                         ));
                         self.decode("lx_e", rest);
-                        self.element(nest, &format!("lx_row * {count} + lx_e"));
+                        self.element(nest, &format!("{row} * {count} + lx_e"));
                         self.close();
                     }
                     self.close();
@@ -781,6 +805,18 @@ impl<'a> Emit<'a> {
         }
     }
 
+    /// Where a block-rows member's row lives in its buffer: at the slot for a slotted buffer, else at the row.
+    fn row_of(&self, nest: &Nest) -> &'static str {
+        match self
+            .slotted
+            .get(self.plan.buffer_of(self.f, TensorRef::Def(nest.tensor)))
+            == Some(&true)
+        {
+            true => "lx_slot",
+            false => "lx_row",
+        }
+    }
+
     /// Computes a nest's element and stores it at `flat` of its buffer.
     fn element(&mut self, nest: &Nest, flat: &str) {
         let b = self.plan.buffer_of(self.f, TensorRef::Def(nest.tensor));
@@ -934,8 +970,13 @@ impl<'a> Emit<'a> {
         let shape = self.plan.buffers[b].shape.clone();
         let mut flat = String::new();
         for (axis, (s, d)) in subs.iter().zip(&shape).enumerate() {
-            let mut v = self.value(*s);
             let size = self.dim(d);
+            // A slotted buffer is read only by its group's members, at the current row: its slot.
+            if axis == 0 && self.slotted.get(b) == Some(&true) {
+                flat = "lx_slot".into();
+                continue;
+            }
+            let mut v = self.value(*s);
             if !self.f.in_range(*s, d) {
                 v = format!("lx_check({v}, {size}, E, {}ULL, {axis}ULL)", n.0);
             }

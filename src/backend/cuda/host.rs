@@ -107,6 +107,27 @@ pub fn run(program: &Program, f: &Function, call: &Bound, dev: &mut dyn Device) 
     run_device(program, f, &call.sizes, &call.hypers, &inputs, &[], dev)
 }
 
+/// The elements a call at these sizes allocates for tensor buffer `k` of `program` on a device whose grids
+/// have at most `max_grid` blocks: all of them, or for a slotted buffer one row per slot
+/// ([`Program::slotted`]).
+pub fn allocated(program: &Program, k: usize, sizes: &[i64], max_grid: u32) -> usize {
+    let buf = &program.plan.buffers[k];
+    let len: usize = buf.shape.iter().map(|d| d.eval(sizes).max(0) as usize).product();
+    if !program.slotted[k] {
+        return len;
+    }
+    let rows = buf.shape.first().map_or(1, |d| d.eval(sizes).max(0) as usize);
+    len / rows.max(1) * Program::slots(rows, len, max_grid)
+}
+
+/// The bytes of the tensor buffers a call at these sizes allocates on such a device ([`allocated`]).
+pub fn device_bytes(program: &Program, sizes: &[i64], max_grid: u32) -> u64 {
+    (program.plan.buffers.iter().enumerate())
+        .filter(|(_, b)| matches!(b.of, TensorRef::Def(_)))
+        .map(|(k, b)| (allocated(program, k, sizes, max_grid) * elem_bytes(b)) as u64)
+        .sum()
+}
+
 /// Runs a program on inputs in device memory or on the host (their shapes already checked; labels in
 /// device memory not: the program's label check runs first), writing the tensors of `placed` (plan buffer, device address) where the
 /// caller wants them (gradients into the caller's buffers); the loss and the tensors not placed are
@@ -154,7 +175,10 @@ pub fn run_device(
                     }
                 },
                 // At least one element: a clamped subscript of a failed bounds check reads element 0.
-                TensorRef::Def(_) => dev.alloc((lens[k] * elem_bytes(buf)).max(16)).map_err(device)?,
+                TensorRef::Def(_) => {
+                    let len = allocated(program, k, sizes, dev.max_grid());
+                    dev.alloc((len * elem_bytes(buf)).max(16)).map_err(device)?
+                }
             };
             addrs.push(addr);
         }

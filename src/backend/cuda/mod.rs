@@ -28,7 +28,12 @@
 //! flag (node + 1, axis, value of the first subscript found out of range).
 //!
 //! Storage: floats as f32, integers as i64, conditions as i32 (0 or 1). Every tensor has a buffer of its
-//! own: the plan's row-private tensors and hosts are permissions the CUDA generator does not use yet.
+//! own. A row-private tensor ([`Plan::row_private`]) of a block-rows group has one row per running block
+//! or warp instead of one per row ([`Program::slotted`]): a block (a warp) computes one row at a time and
+//! addresses it at its slot, `blockIdx.x` (`blockIdx.x · warps per block + warp`), so its buffer holds as
+//! many rows as the launch has slots (the grid is at most [`host::Device::max_grid`] blocks): memory
+//! linear in the batch for a streamed pairwise loss ([`crate::opt::stream`]). The plan's hosts are a
+//! permission the CUDA generator does not use yet.
 
 pub mod host;
 
@@ -120,6 +125,24 @@ pub struct Program {
     /// The gather and scatter kernels of a stateful loss (indices into `kernels`), launched by
     /// [`crate::Kernel::eval_device_stateful`] only.
     pub state_kernels: Option<(usize, usize)>,
+    /// Per buffer: whether it holds one row per slot of its kernel's launch instead of one per row (a
+    /// row-private tensor of a block-rows group; see the module doc).
+    pub slotted: Vec<bool>,
+}
+
+impl Program {
+    /// How many rows a slotted buffer (of `len` elements over `rows` rows, at these sizes) needs on a
+    /// device whose grids have at most `max_grid` blocks: one per block, or per warp where its rows are
+    /// short enough for the warp-per-row variant; never more than its rows.
+    pub fn slots(rows: usize, len: usize, max_grid: u32) -> usize {
+        let per_row = len / rows.max(1);
+        let per_block = if per_row as i64 <= WARP_ROWS_MAX {
+            (TILED_BLOCK / 32) as usize
+        } else {
+            1
+        };
+        rows.min(max_grid.max(1) as usize * per_block)
+    }
 }
 
 /// Why a program could not be generated or run on a device.
@@ -170,8 +193,18 @@ impl Loader for NoCuda {
 
 /// Generates the CUDA C of an optimized loss-and-gradient function.
 pub fn generate(f: &Function) -> Program {
-    let plan = Plan::new(f);
-    let (source, kernels) = codegen::source(f, &plan);
+    generate_on(f, Plan::new(f))
+}
+
+/// Generates the CUDA C of a function whose pairwise tensors are streamed ([`crate::opt::stream::rows`]),
+/// on its [`Plan::streaming`].
+pub fn generate_streaming(f: &Function) -> Program {
+    generate_on(f, Plan::streaming(f))
+}
+
+fn generate_on(f: &Function, plan: Plan) -> Program {
+    let slotted = codegen::slotted(f, &plan);
+    let (source, kernels) = codegen::source(f, &plan, &slotted);
     let label_check = kernels.iter().position(|k| k.name == codegen::LABEL_CHECK);
     let position = |name: &str| kernels.iter().position(|k| k.name == name);
     let state_kernels = position(codegen::STATE_GATHER).zip(position(codegen::STATE_SCATTER));
@@ -181,5 +214,6 @@ pub fn generate(f: &Function) -> Program {
         plan,
         label_check,
         state_kernels,
+        slotted,
     }
 }
