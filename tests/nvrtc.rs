@@ -1,12 +1,12 @@
 //! NVRTC (no GPU needed): every generated kernel of the examples, test programs, benches and stdlib
-//! compiles for sm_90 (the H100), and the workloads W1–W8 of BENCHMARKS.md spill no register (ptxas's
+//! (and of their streamed programs, where they have tensors over pairs) compiles for sm_90 (the H100), and the workloads W1–W8 of BENCHMARKS.md spill no register (ptxas's
 //! report, `--ptxas-options=-v`). Needs libnvrtc on the library path (`.ci/run` installs the
 //! `nvidia-cuda-nvrtc` wheel into a cache folder); without it the test fails under CI and says how to get it.
 #![cfg(feature = "cuda")]
 
 use std::path::Path;
 
-use lossc::backend::cuda::{CudaError, driver, generate};
+use lossc::backend::cuda::{CudaError, driver, generate, generate_streaming};
 
 /// W1–W8: the files of BENCHMARKS.md's workloads.
 const WORKLOADS: [&str; 8] = [
@@ -81,34 +81,42 @@ fn every_generated_kernel_compiles_for_sm_90_and_the_workloads_do_not_spill() {
         let program = lossc::Program::from_source(&name, &src).unwrap();
         for f in &program.module.functions {
             let g = lossc::api::gradient(f).unwrap();
-            let cuda = generate(&g);
-            match driver::nvrtc_compile(&cuda.source, "sm_90") {
-                Ok(cubin) => {
-                    compiled += 1;
-                    assert!(!cubin.image.is_empty());
-                    let report = ptxas_report(&cubin.log);
-                    assert_eq!(
-                        report.len(),
-                        cuda.kernels.len(),
-                        "{name} {}: ptxas reports\n{}",
-                        f.name,
-                        cubin.log
-                    );
-                    if WORKLOADS.contains(&name.as_str()) {
-                        for (kernel, registers, spill) in &report {
-                            eprintln!("{name} {kernel}: {registers} registers, {spill} bytes spill stores");
-                            if *spill != 0 {
-                                failures.push(format!("{name} {kernel}: {spill} bytes spill stores"));
+            // With pairwise tensors streamed too (`stream_pairwise`), where the loss has some (and streaming
+            // them does not make too large a program: then the kernel runs unstreamed).
+            let stream = lossc::opt::stream::pairwise_at_any_size(&g);
+            let streamed = (stream.contains(&true))
+                .then(|| lossc::opt::stream::rows(&g, &stream).ok())
+                .flatten()
+                .map(|h| (format!("{name} (streamed)"), generate_streaming(&h)));
+            for (name, cuda) in [(name.clone(), generate(&g))].into_iter().chain(streamed) {
+                match driver::nvrtc_compile(&cuda.source, "sm_90") {
+                    Ok(cubin) => {
+                        compiled += 1;
+                        assert!(!cubin.image.is_empty());
+                        let report = ptxas_report(&cubin.log);
+                        assert_eq!(
+                            report.len(),
+                            cuda.kernels.len(),
+                            "{name} {}: ptxas reports\n{}",
+                            f.name,
+                            cubin.log
+                        );
+                        if WORKLOADS.contains(&name.as_str()) {
+                            for (kernel, registers, spill) in &report {
+                                eprintln!("{name} {kernel}: {registers} registers, {spill} bytes spill stores");
+                                if *spill != 0 {
+                                    failures.push(format!("{name} {kernel}: {spill} bytes spill stores"));
+                                }
                             }
                         }
                     }
+                    Err(CudaError::Unavailable(why)) => {
+                        assert!(std::env::var_os("CI").is_none(), "CI must have NVRTC: {why}");
+                        eprintln!("skipped: {why}");
+                        return;
+                    }
+                    Err(e) => failures.push(format!("{name} {}: {e}", f.name)),
                 }
-                Err(CudaError::Unavailable(why)) => {
-                    assert!(std::env::var_os("CI").is_none(), "CI must have NVRTC: {why}");
-                    eprintln!("skipped: {why}");
-                    return;
-                }
-                Err(e) => failures.push(format!("{name} {}: {e}", f.name)),
             }
         }
     }
