@@ -106,6 +106,9 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
         ProgressStyle::with_template("{msg} {bar:30} {pos}/{len}").unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message(format!("timing {}", f.name));
+    // (A streamed program is built before the memory is counted: its compilation is not a call's.)
+    #[cfg(feature = "jit")]
+    kernel.native_for(&bound.sizes).map_err(|e| format!("error: {e}"))?;
     let base = crate::memory::mark();
     let (bytes, mut times) = if args.backend.into_backend() == crate::Backend::Cuda {
         (

@@ -149,6 +149,25 @@ fn pairwise_losses_stream_in_linear_memory() {
         assert!(l * 20 < ol, "{}: streamed {l} vs own {ol} bytes", f.name);
         let program = streamed(&large);
         let plan = program.plan();
+        // A matrix reader's element reads its copy of a pairwise row; it computes no pair itself (a
+        // reduction inside its own, recomputed for each of its columns). Copies are the tensors the
+        // kernel's own program does not have.
+        let h = program.function();
+        let own_names: Vec<&str> = own.function().tensors.iter().map(|t| t.name.as_str()).collect();
+        for t in h
+            .tensors
+            .iter()
+            .filter(|t| t.indices.len() >= 2 && own_names.contains(&t.name.as_str()))
+        {
+            let nested = h.reachable(&[t.body]).into_iter().any(|n| match &h.node(n).expr {
+                lossc::ir::Expr::Reduce { body, mask, .. } => h
+                    .reachable(&[*body].into_iter().chain(*mask).collect::<Vec<_>>())
+                    .into_iter()
+                    .any(|m| m != n && matches!(h.node(m).expr, lossc::ir::Expr::Reduce { .. })),
+                _ => false,
+            });
+            assert!(!nested, "{}: {} recomputes pairs in its sums", f.name, t.name);
+        }
         let pairs = 1024u64 * 1024;
         for (k, b) in plan.buffers.iter().enumerate() {
             let elements = lossc::ir::Dim::elements(&b.shape, &large);

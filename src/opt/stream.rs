@@ -184,36 +184,38 @@ fn bound_below(f: &Function, n: NodeId, below: &mut HashMap<NodeId, Vec<IndexId>
 fn with_row_copies(f: &Function, stream: &[bool]) -> R<(Function, Vec<bool>)> {
     let mut dst = f.empty_like();
     let mut ids: Vec<Option<TensorId>> = vec![None; f.tensors.len()];
+    // Per tensor: its axes reordered (new axis `i` is old axis `order[i]`), for a `let` whose rows are
+    // not along the pairs it reads (a product laid out [D, B] reading `w[i, j]` along its second axis).
+    let mut orders: Vec<Option<Vec<usize>>> = vec![None; f.tensors.len()];
     for (k, t) in f.tensors.iter().enumerate() {
         let mut redirect: HashMap<NodeId, (TensorId, IndexId, IndexId)> = HashMap::new();
+        let mut def = t.clone();
         if !stream[k] && t.indices.len() >= 2 {
-            let outer = t.indices[0];
+            let reads = pair_reads(f, t.body, stream);
+            let along = |i: IndexId| reads.iter().any(|(_, _, a, b)| *a == i || *b == i);
+            if t.role == Role::Let
+                && !along(t.indices[0])
+                && let Some(p) = t.indices.iter().position(|i| along(*i))
+            {
+                let mut order: Vec<usize> = (0..t.indices.len()).collect();
+                order.swap(0, p);
+                def.indices = order.iter().map(|o| t.indices[*o]).collect();
+                orders[k] = Some(order);
+            }
+            let outer = def.indices[0];
             // (original, transposed) → copy
             let mut copies: HashMap<(TensorId, bool), TensorId> = HashMap::new();
-            for n in f.reachable(&[t.body]) {
-                let Expr::Load {
-                    tensor: TensorRef::Def(src),
-                    subs,
-                } = &f.node(n).expr
-                else {
-                    continue;
-                };
-                if !stream[src.index()] || subs.len() != 2 {
-                    continue;
-                }
-                let (Expr::Index(a), Expr::Index(b)) = (&f.node(subs[0]).expr, &f.node(subs[1]).expr) else {
-                    continue;
-                };
-                let (transposed, other) = match (*a == outer, *b == outer) {
-                    (true, false) => (false, *b),
-                    (false, true) => (true, *a),
+            for (n, src, a, b) in reads {
+                let (transposed, other) = match (a == outer, b == outer) {
+                    (true, false) => (false, b),
+                    (false, true) => (true, a),
                     _ => continue,
                 };
-                let copy = match copies.get(&(*src, transposed)) {
+                let copy = match copies.get(&(src, transposed)) {
                     Some(c) => *c,
                     None => {
-                        let c = add_copy(f, &mut dst, &ids, *src, transposed, &t.name)?;
-                        copies.insert((*src, transposed), c);
+                        let c = add_copy(f, &mut dst, &ids, src, transposed, &t.name)?;
+                        copies.insert((src, transposed), c);
                         c
                     }
                 };
@@ -221,14 +223,46 @@ fn with_row_copies(f: &Function, stream: &[bool]) -> R<(Function, Vec<bool>)> {
             }
         }
         let mut memo = HashMap::new();
-        let body = copy_node(f, &mut dst, &ids, &redirect, &mut memo, t.body)?;
-        ids[k] = Some(dst.add_tensor(TensorDef { body, ..t.clone() }));
+        let mut copier = Copier {
+            f,
+            dst: &mut dst,
+            ids: &ids,
+            orders: &orders,
+            redirect: &redirect,
+            memo: &mut memo,
+        };
+        def.body = copier.node(t.body)?;
+        ids[k] = Some(dst.add_tensor(def));
     }
     let mut inline = vec![false; dst.tensors.len()];
     for (k, id) in ids.iter().enumerate() {
         inline[id.expect("every tensor is copied").index()] = stream[k];
     }
     Ok((dst, inline))
+}
+
+/// The loads in `body` of a streamed tensor over two indices at two different bare indices: (the load,
+/// the tensor, its first and its second subscript).
+fn pair_reads(f: &Function, body: NodeId, stream: &[bool]) -> Vec<(NodeId, TensorId, IndexId, IndexId)> {
+    let mut out = Vec::new();
+    for n in f.reachable(&[body]) {
+        let Expr::Load {
+            tensor: TensorRef::Def(src),
+            subs,
+        } = &f.node(n).expr
+        else {
+            continue;
+        };
+        if !stream[src.index()] || subs.len() != 2 {
+            continue;
+        }
+        if let (Expr::Index(a), Expr::Index(b)) = (&f.node(subs[0]).expr, &f.node(subs[1]).expr)
+            && a != b
+        {
+            out.push((n, *src, *a, *b));
+        }
+    }
+    out
 }
 
 /// Adds `let {T}_{row|col}_{reader}[c0, c1] = T[c0, c1]` (`T[c1, c0]` when `transposed`) to `dst`.
@@ -279,73 +313,72 @@ fn add_copy(
     }))
 }
 
-/// Copies node `n` of `f` into `dst`, tensors renumbered by `ids`, the loads in `redirect` reading their
-/// copy at (outer, other) instead.
-fn copy_node(
-    f: &Function,
-    dst: &mut Function,
-    ids: &[Option<TensorId>],
-    redirect: &HashMap<NodeId, (TensorId, IndexId, IndexId)>,
-    memo: &mut HashMap<NodeId, NodeId>,
-    n: NodeId,
-) -> R<NodeId> {
-    if let Some(done) = memo.get(&n) {
-        return Ok(*done);
-    }
-    let node = f.node(n);
-    let span = f.span(n);
-    let expr = if let Some((copy, outer, other)) = redirect.get(&n) {
-        let subs = [
-            dst.add(Expr::Index(*outer), crate::ir::Scalar::Int, span)?,
-            dst.add(Expr::Index(*other), crate::ir::Scalar::Int, span)?,
-        ];
-        Expr::Load {
-            tensor: TensorRef::Def(*copy),
-            subs: subs.into(),
+/// Copies nodes of `f` into `dst`: tensors renumbered by `ids` (their subscripts reordered where their
+/// axes are, `orders`), the loads in `redirect` reading their copy at (outer, other) instead.
+struct Copier<'a> {
+    f: &'a Function,
+    dst: &'a mut Function,
+    ids: &'a [Option<TensorId>],
+    orders: &'a [Option<Vec<usize>>],
+    redirect: &'a HashMap<NodeId, (TensorId, IndexId, IndexId)>,
+    memo: &'a mut HashMap<NodeId, NodeId>,
+}
+
+impl Copier<'_> {
+    fn node(&mut self, n: NodeId) -> R<NodeId> {
+        if let Some(done) = self.memo.get(&n) {
+            return Ok(*done);
         }
-    } else {
-        match &node.expr {
-            Expr::Load { tensor, subs } => {
-                let subs = (subs.iter())
-                    .map(|s| copy_node(f, dst, ids, redirect, memo, *s))
-                    .collect::<R<Vec<_>>>()?;
-                let tensor = match tensor {
-                    TensorRef::Def(t) => TensorRef::Def(ids[t.index()].expect("loads read earlier tensors")),
-                    input => *input,
-                };
-                Expr::Load {
-                    tensor,
-                    subs: subs.into(),
-                }
+        let f = self.f;
+        let node = f.node(n);
+        let span = f.span(n);
+        let expr = if let Some((copy, outer, other)) = self.redirect.get(&n) {
+            let subs = [
+                self.dst.add(Expr::Index(*outer), crate::ir::Scalar::Int, span)?,
+                self.dst.add(Expr::Index(*other), crate::ir::Scalar::Int, span)?,
+            ];
+            Expr::Load {
+                tensor: TensorRef::Def(*copy),
+                subs: subs.into(),
             }
-            Expr::Prim { prim, args } => {
-                let args = (args.iter())
-                    .map(|a| copy_node(f, dst, ids, redirect, memo, *a))
-                    .collect::<R<Vec<_>>>()?;
-                Expr::Prim {
+        } else {
+            match &node.expr {
+                Expr::Load { tensor, subs } => {
+                    let mut subs = subs.iter().map(|s| self.node(*s)).collect::<R<Vec<_>>>()?;
+                    let tensor = match tensor {
+                        TensorRef::Def(t) => {
+                            if let Some(order) = &self.orders[t.index()] {
+                                subs = order.iter().map(|o| subs[*o]).collect();
+                            }
+                            TensorRef::Def(self.ids[t.index()].expect("loads read earlier tensors"))
+                        }
+                        input => *input,
+                    };
+                    Expr::Load {
+                        tensor,
+                        subs: subs.into(),
+                    }
+                }
+                Expr::Prim { prim, args } => Expr::Prim {
                     prim: *prim,
-                    args: args.into(),
-                }
-            }
-            Expr::Reduce {
-                op,
-                indices,
-                mask,
-                body,
-            } => {
-                let mask = mask.map(|m| copy_node(f, dst, ids, redirect, memo, m)).transpose()?;
-                let body = copy_node(f, dst, ids, redirect, memo, *body)?;
+                    args: args.iter().map(|a| self.node(*a)).collect::<R<Vec<_>>>()?.into(),
+                },
                 Expr::Reduce {
-                    op: *op,
-                    indices: indices.clone(),
+                    op,
+                    indices,
                     mask,
                     body,
-                }
+                } => Expr::Reduce {
+                    op: *op,
+                    indices: indices.clone(),
+                    mask: mask.map(|m| self.node(m)).transpose()?,
+                    body: self.node(*body)?,
+                },
+                leaf => leaf.clone(),
             }
-            leaf => leaf.clone(),
-        }
-    };
-    let id = dst.add(expr, node.scalar, span)?;
-    memo.insert(n, id);
-    Ok(id)
+        };
+        let id = self.dst.add(expr, node.scalar, span)?;
+        self.memo.insert(n, id);
+        Ok(id)
+    }
 }
