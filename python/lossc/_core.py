@@ -263,10 +263,11 @@ class Loss:
 class Module:
     """A compiled lx source: its losses by name."""
 
-    def __init__(self, native, backend: str, threads: Optional[int]):
+    def __init__(self, native, backend: str, threads: Optional[int], stream: bool = False):
         self._native = native
         self._backend = backend
         self._threads = threads
+        self._stream = stream
         self._losses: Dict[str, Loss] = {}
 
     @property
@@ -277,7 +278,7 @@ class Module:
         """The loss named `name`, or the only one when `name` is None."""
         key = name or ""
         if key not in self._losses:
-            native = self._native.kernel(name, self._backend, self._threads or os.cpu_count() or 1)
+            native = self._native.kernel(name, self._backend, self._threads or os.cpu_count() or 1, self._stream)
             self._losses[key] = Loss(native, self._backend, self._threads)
         return self._losses[key]
 
@@ -306,22 +307,25 @@ def _read(source_or_path) -> Tuple[str, str]:
     return source_or_path, "<source>"
 
 
-def compile(source_or_path, *, backend: str = "jit", threads: Optional[int] = None) -> Module:
+def compile(source_or_path, *, backend: str = "jit", threads: Optional[int] = None, stream: bool = False) -> Module:
     """Compiles lx source text, or the `.lx` file at a path. Raises `lossc.CompileError` whose message is
-    the rendered diagnostics and whose `.diagnostics` lists (code, message, line, column)."""
+    the rendered diagnostics and whose `.diagnostics` lists (code, message, line, column). With
+    `stream=True`, tensors over pairs (a contrastive loss's [B, B] similarities) are recomputed a row at a
+    time at any batch size, so memory grows as B · D (slower; the JIT does it by itself for a call over the
+    memory budget, LOSSC_MEMORY_BUDGET; the CUDA backend only when asked)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend `{backend}` (one of {', '.join(BACKENDS)})")
     text, name = _read(source_or_path)
-    return Module(_lossc.compile(text, name), backend, threads)
+    return Module(_lossc.compile(text, name), backend, threads, stream)
 
 
-def std(path: str, *, backend: str = "jit", threads: Optional[int] = None) -> Loss:
+def std(path: str, *, backend: str = "jit", threads: Optional[int] = None, stream: bool = False) -> Loss:
     """A standard-library loss by path: `lossc.std("robust::ldr_kl")` (a leading `std::` is optional)."""
     path = path[len("std::"):] if path.startswith("std::") else path
     module, _, name = path.rpartition("::")
     if not module or not name:
         raise ValueError(f"a stdlib path is `module::loss` (e.g. robust::ldr_kl), not `{path}`")
-    return compile(f"use std::{module}::{name}\n", backend=backend, threads=threads)[name]
+    return compile(f"use std::{module}::{name}\n", backend=backend, threads=threads, stream=stream)[name]
 
 
 def stdlib() -> Sequence[Tuple[str, str, str]]:

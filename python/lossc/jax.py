@@ -26,17 +26,26 @@ from . import _core
 __all__ = ["loss"]
 
 
-def _resolve(source, name, backend, threads) -> _core.Loss:
+def _resolve(source, name, backend, threads, stream) -> _core.Loss:
     if isinstance(source, _core.Loss):
         return source
     if isinstance(source, str) and source.startswith("std::"):
-        return _core.std(source, backend=backend, threads=threads)
-    return _core.compile(source, backend=backend, threads=threads).loss(name)
+        return _core.std(source, backend=backend, threads=threads, stream=stream)
+    return _core.compile(source, backend=backend, threads=threads, stream=stream).loss(name)
 
 
-def loss(source, name: Optional[str] = None, *, backend: str = "jit", threads: Optional[int] = None, **hyperparameters):
-    """A JAX function computing the loss `name` of `source` (lx text, a `.lx` path or `"std::module::loss"`)."""
-    compiled = _resolve(source, name, backend, threads)
+def loss(
+    source,
+    name: Optional[str] = None,
+    *,
+    backend: str = "jit",
+    threads: Optional[int] = None,
+    stream: bool = False,
+    **hyperparameters,
+):
+    """A JAX function computing the loss `name` of `source` (lx text, a `.lx` path or `"std::module::loss"`);
+    `stream`: see `lossc.compile`."""
+    compiled = _resolve(source, name, backend, threads, stream)
     if compiled.stateful:
         raise _core._lossc.InputError(f"{compiled.name} keeps per-sample state; use lossc.torch or the NumPy API")
     compiled._native.check_hypers({k: float(v) for k, v in hyperparameters.items()})

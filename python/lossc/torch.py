@@ -261,7 +261,8 @@ class _Eager(torch.autograd.Function):
 
 
 class Loss(torch.nn.Module):
-    """An lx loss as a module: `Loss(source, name=None, *, backend="jit", threads=None, **hyperparameters)`.
+    """An lx loss as a module: `Loss(source, name=None, *, backend="jit", threads=None, stream=False,
+    **hyperparameters)` (`stream`: see `lossc.compile`).
 
     `source` is lx text, the path of a `.lx` file, or a stdlib path (`"std::robust::ldr_kl"`). Calling it with
     the loss's inputs (positionally in the signature's order, or by name; hyperparameters by name override
@@ -270,14 +271,23 @@ class Loss(torch.nn.Module):
     it (as extra state) and `load_state_dict()` restores it.
     """
 
-    def __init__(self, source, name: Optional[str] = None, *, backend: str = "jit", threads: Optional[int] = None, **hyperparameters):
+    def __init__(
+        self,
+        source,
+        name: Optional[str] = None,
+        *,
+        backend: str = "jit",
+        threads: Optional[int] = None,
+        stream: bool = False,
+        **hyperparameters,
+    ):
         super().__init__()
         if isinstance(source, _core.Loss):
             self.loss = source
         elif isinstance(source, str) and source.startswith("std::"):
-            self.loss = _core.std(source, backend=backend, threads=threads)
+            self.loss = _core.std(source, backend=backend, threads=threads, stream=stream)
         else:
-            self.loss = _core.compile(source, backend=backend, threads=threads).loss(name)
+            self.loss = _core.compile(source, backend=backend, threads=threads, stream=stream).loss(name)
         self.loss._native.check_hypers({k: float(v) for k, v in hyperparameters.items()})
         self.hyperparameters = {**self.loss.hyperparameters, **{k: float(v) for k, v in hyperparameters.items()}}
         self._handle = _register(self.loss)

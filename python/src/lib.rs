@@ -147,11 +147,19 @@ impl Module {
         self.module.losses().into_iter().map(String::from).collect()
     }
 
-    /// Builds the kernel of one loss (the only one when `name` is None) for `backend` on `threads` threads.
-    #[pyo3(signature = (name, backend_name, threads))]
-    fn kernel(&self, py: Python<'_>, name: Option<&str>, backend_name: &str, threads: usize) -> PyResult<Loss> {
+    /// Builds the kernel of one loss (the only one when `name` is None) for `backend` on `threads` threads;
+    /// with `stream`, its tensors over pairs are streamed at any size (`Compiler::stream_pairwise`).
+    #[pyo3(signature = (name, backend_name, threads, stream = false))]
+    fn kernel(
+        &self,
+        py: Python<'_>,
+        name: Option<&str>,
+        backend_name: &str,
+        threads: usize,
+        stream: bool,
+    ) -> PyResult<Loss> {
         let b = backend(backend_name)?;
-        let compiler = Compiler::new().backend(b).threads(threads);
+        let compiler = Compiler::new().backend(b).threads(threads).stream_pairwise(stream);
         let f = self
             .module
             .program

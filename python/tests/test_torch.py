@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 import lossc
 import lossc.torch as lt
+from conftest import ROOT
 
 CE = "loss ce(s: f32[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }"
 
@@ -240,3 +241,32 @@ def test_betti_matching_calls_its_extern_and_matches_the_original():
     loss.backward()
     assert abs(loss.item() - call["loss"]) < 1e-4 * abs(call["loss"])
     torch.testing.assert_close(logits.grad, tensor(call["grads"]["logits"]), rtol=1e-4, atol=1e-5)
+
+
+def test_streamed_nt_xent_equals_torch():
+    """`stream=True` recomputes the [B, B] similarities a row at a time; the loss and gradients are torch's."""
+    source = (ROOT / "benches/nt_xent.lx").read_text()
+    streamed = lt.Loss(source, stream=True)
+    whole = lt.Loss(source)
+    g = torch.Generator().manual_seed(4)
+    a0 = torch.randn(96, 16, generator=g)
+    b0 = torch.randn(96, 16, generator=g)
+
+    def reference(a, b, tau=0.1):
+        a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+        z = torch.cat([a, b]) @ torch.cat([a, b]).T / tau
+        z.fill_diagonal_(float("-inf"))
+        n = a.shape[0]
+        pos = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
+        return (torch.logsumexp(z, 1) - z[torch.arange(2 * n), pos]).mean()
+
+    results = []
+    for fn in (streamed, whole, reference):
+        a, b = a0.clone().requires_grad_(), b0.clone().requires_grad_()
+        loss = fn(a, b)
+        loss.backward()
+        results.append((loss.item(), a.grad, b.grad))
+    for loss, ga, gb in results[:2]:
+        assert loss == pytest.approx(results[2][0], rel=1e-4)
+        torch.testing.assert_close(ga, results[2][1], rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(gb, results[2][2], rtol=1e-3, atol=1e-5)
