@@ -172,6 +172,9 @@ pub enum Emit {
     Clif,
     /// The CUDA C of the GPU kernel (one `__global__` kernel per group; needs no CUDA library).
     Cuda,
+    /// The optimized program with its tensors over pairs streamed, recomputed a row at a time (what a JIT
+    /// call over its memory budget runs, and the CUDA kernels with `stream_pairwise`).
+    Stream,
 }
 
 /// Where a command's inputs come from.
@@ -428,7 +431,7 @@ fn compile(file: &Path, emit: Emit, loss: Option<&str>) -> Result<String, Failur
             let ast = Program::parse_only(&file.display().to_string(), &text)?;
             Ok(syntax::print::file(&ast))
         }
-        Emit::Ir | Emit::Grad | Emit::Opt | Emit::Clif | Emit::Cuda => {
+        Emit::Ir | Emit::Grad | Emit::Opt | Emit::Clif | Emit::Cuda | Emit::Stream => {
             let p = Program::from_file(file)?;
             let fs = losses_of(&p, file, loss)?;
             let diag = |d| Failure::Diags(Diags(vec![d]));
@@ -439,6 +442,15 @@ fn compile(file: &Path, emit: Emit, loss: Option<&str>) -> Result<String, Failur
                     Emit::Opt => crate::ir::print::readable(&crate::api::gradient(f).map_err(diag)?),
                     Emit::Clif => clif(f)?,
                     Emit::Cuda => crate::backend::cuda::generate(&crate::api::gradient(f).map_err(diag)?).source,
+                    Emit::Stream => {
+                        let g = crate::api::gradient(f).map_err(diag)?;
+                        let pairs = crate::opt::stream::pairwise_at_any_size(&g);
+                        let streamed =
+                            crate::api::on_big_stack(|| crate::opt::stream::rows(&g, &pairs)).map_err(|_| {
+                                Failure::Message(format!("error: streaming `{}` made too large a program", f.name))
+                            })?;
+                        crate::ir::print::readable(&streamed)
+                    }
                     _ => crate::ir::print::function(f),
                 });
             }

@@ -929,3 +929,34 @@ fn extern_losses_run_from_the_command_line() {
     let (_, err) = expect(&["compile", "std::topology::betti_matching_loss", "-o", p(&lib)], 1);
     assert!(err.contains("extern operation `betti_matching`"), "{err}");
 }
+
+/// `--emit stream` prints the program with NT-Xent's tensors over pairs streamed (the gradient products'
+/// row copies, no [B, B] Gram matrix of its own), and `bench --stream` runs it in a fraction of the memory.
+#[test]
+fn pairwise_tensors_stream_from_the_command_line() {
+    let (text, _) = expect(&["compile", "benches/nt_xent.lx", "--emit", "stream"], 0);
+    assert!(
+        text.contains("let r18_lhs_row_r18[") && text.contains("_col_r24["),
+        "{text}"
+    );
+    assert!(!text.contains("let r2[h0: B, h1: B]"), "{text}");
+    let peak = |stream: bool| {
+        let mut args = vec![
+            "bench",
+            "benches/nt_xent.lx",
+            "--shape",
+            "B=256,D=32",
+            "--iters",
+            "2",
+            "--json",
+        ];
+        if stream {
+            args.push("--stream");
+        }
+        let (out, _) = expect(&args, 0);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["peak_bytes"].as_u64().unwrap_or_else(|| panic!("{out}"))
+    };
+    let (whole, streamed) = (peak(false), peak(true));
+    assert!(streamed * 4 < whole, "streamed {streamed} vs whole {whole} bytes");
+}
