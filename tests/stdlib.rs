@@ -88,6 +88,19 @@ fn every_stdlib_loss_passes_a_gradient_check() {
     }
 }
 
+/// The loss and gradients of a float32 backend within 2e-4 (relative, or absolute below 1) of the
+/// interpreter's.
+fn assert_like_interpreter(path: &str, f: &Function, x: &BTreeMap<String, Tensor>, got: &lossc::Evaluation) {
+    let interp = lossc::api::eval_grad(f, x, &BTreeMap::new()).unwrap();
+    let close = |a: f64, b: f64| (a - b).abs() <= 2e-4 * b.abs().max(1.0);
+    assert!(close(got.loss, interp.loss), "{path}: {} vs {}", got.loss, interp.loss);
+    for ((n, a), (_, b)) in got.grads.iter().zip(&interp.grads) {
+        for (p, q) in a.to_f64().iter().zip(b.to_f64()) {
+            assert!(close(*p, q), "{path}: grad {n} {p} vs {q}");
+        }
+    }
+}
+
 #[cfg(feature = "jit")]
 #[test]
 fn every_stdlib_loss_agrees_between_jit_and_interpreter() {
@@ -98,14 +111,7 @@ fn every_stdlib_loss_agrees_between_jit_and_interpreter() {
             .unwrap()
             .eval(&x)
             .unwrap();
-        let interp = lossc::api::eval_grad(&f, &x, &BTreeMap::new()).unwrap();
-        let close = |a: f64, b: f64| (a - b).abs() <= 2e-4 * b.abs().max(1.0);
-        assert!(close(jit.loss, interp.loss), "{path}: {} vs {}", jit.loss, interp.loss);
-        for ((n, a), (_, b)) in jit.grads.iter().zip(&interp.grads) {
-            for (p, q) in a.to_f64().iter().zip(b.to_f64()) {
-                assert!(close(*p, q), "{path}: grad {n} {p} vs {q}");
-            }
-        }
+        assert_like_interpreter(&path, &f, &x, &jit);
     }
 }
 
@@ -131,14 +137,7 @@ fn every_stdlib_loss_streamed_agrees_with_the_interpreter() {
             }
         }
         let jit = kernel.eval(&x).unwrap_or_else(|e| panic!("{path}: {e}"));
-        let interp = lossc::api::eval_grad(&f, &x, &BTreeMap::new()).unwrap();
-        let close = |a: f64, b: f64| (a - b).abs() <= 2e-4 * b.abs().max(1.0);
-        assert!(close(jit.loss, interp.loss), "{path}: {} vs {}", jit.loss, interp.loss);
-        for ((n, a), (_, b)) in jit.grads.iter().zip(&interp.grads) {
-            for (p, q) in a.to_f64().iter().zip(b.to_f64()) {
-                assert!(close(*p, q), "{path}: grad {n} {p} vs {q}");
-            }
-        }
+        assert_like_interpreter(&path, &f, &x, &jit);
     }
     for family in [
         "contrastive::nt_xent",

@@ -24,6 +24,14 @@ fn std_loss(path: &str) -> Function {
     loss(&format!("use std::{path}"), path.rsplit("::").next().unwrap())
 }
 
+/// W4's NT-Xent (benches/nt_xent.lx).
+fn bench_nt_xent() -> Function {
+    loss(
+        &std::fs::read_to_string(root().join("benches/nt_xent.lx")).unwrap(),
+        "nt_xent",
+    )
+}
+
 /// Sizes with every batch-like dimension larger than the feature dimension `D` (so pairs outgrow rows).
 fn sizes(f: &Function, batch: i64) -> Vec<i64> {
     (f.dims.iter())
@@ -130,10 +138,7 @@ fn pairwise_losses_stream_in_linear_memory() {
     .into_iter()
     .map(std_loss)
     .collect();
-    losses.push(loss(
-        &std::fs::read_to_string(root().join("benches/nt_xent.lx")).unwrap(),
-        "nt_xent",
-    ));
+    losses.push(bench_nt_xent());
     for f in &losses {
         let kernel = Kernel::build(f, &Compiler::new().stream_pairwise(true)).unwrap();
         let own = kernel.native().unwrap();
@@ -185,10 +190,7 @@ fn pairwise_losses_stream_in_linear_memory() {
 /// one whose streamed buffers do not fit either fails with the streamed program's need.
 #[test]
 fn a_call_over_its_memory_budget_streams() {
-    let f = loss(
-        &std::fs::read_to_string(root().join("benches/nt_xent.lx")).unwrap(),
-        "nt_xent",
-    );
+    let f = bench_nt_xent();
     let at = [256, 16];
     let x = common::random_inputs(&f, &at, &mut Rng::new(5), common::Nograd::Normal);
     let whole = Kernel::build(&f, &Compiler::new()).unwrap();
@@ -210,10 +212,7 @@ fn a_call_over_its_memory_budget_streams() {
 /// call over the budget runs the streamed program in its buffers, its gradients those of the whole.
 #[test]
 fn a_workspace_call_over_its_memory_budget_streams() {
-    let f = loss(
-        &std::fs::read_to_string(root().join("benches/nt_xent.lx")).unwrap(),
-        "nt_xent",
-    );
+    let f = bench_nt_xent();
     let at = [256, 16];
     let x = common::random_inputs(&f, &at, &mut Rng::new(6), common::Nograd::Normal);
     let whole = Kernel::build(&f, &Compiler::new()).unwrap();

@@ -410,6 +410,32 @@ impl Expr {
     pub fn float(x: f64) -> Expr {
         Expr::Float(x.to_bits())
     }
+    /// The same operation over other operands: each operand node replaced by `f`'s node for it (a
+    /// reduction's mask before its body); what it reads, reduces over or applies is unchanged.
+    pub fn try_map_operands<E>(&self, mut f: impl FnMut(NodeId) -> Result<NodeId, E>) -> Result<Expr, E> {
+        Ok(match self {
+            Expr::Load { tensor, subs } => Expr::Load {
+                tensor: *tensor,
+                subs: subs.iter().map(|s| f(*s)).collect::<Result<_, E>>()?,
+            },
+            Expr::Prim { prim, args } => Expr::Prim {
+                prim: *prim,
+                args: args.iter().map(|a| f(*a)).collect::<Result<_, E>>()?,
+            },
+            Expr::Reduce {
+                op,
+                indices,
+                mask,
+                body,
+            } => Expr::Reduce {
+                op: *op,
+                indices: indices.clone(),
+                mask: mask.map(&mut f).transpose()?,
+                body: f(*body)?,
+            },
+            leaf => leaf.clone(),
+        })
+    }
     /// The operand nodes, in order (inline for up to four: no allocation on the IR's hot paths).
     pub fn operands(&self) -> Operands {
         match self {

@@ -103,50 +103,32 @@ fn unshadow(f: &mut Function) -> R<()> {
     for k in 0..count {
         let node = f.nodes()[k].clone();
         let span = f.span(NodeId(k as u32));
-        let expr = match node.expr {
-            Expr::Load { tensor, subs } => Expr::Load {
-                tensor,
-                subs: subs.iter().map(|s| map[s.index()]).collect(),
-            },
-            Expr::Prim { prim, args } => Expr::Prim {
-                prim,
-                args: args.iter().map(|a| map[a.index()]).collect(),
-            },
+        let expr = match node.expr.try_map_operands(|o| Ok::<_, TooDeep>(map[o.index()]))? {
             Expr::Reduce {
                 op,
                 indices,
                 mask,
                 body,
-            } => {
-                let (mask, body) = (mask.map(|m| map[m.index()]), map[body.index()]);
-                let inner: Vec<IndexId> = (mask.iter().chain([&body]))
-                    .flat_map(|n| bound_below(f, *n, &mut below))
-                    .collect();
-                if indices.iter().any(|i| inner.contains(i)) {
-                    let mut to = HashMap::new();
-                    let mut fresh = Vec::with_capacity(indices.len());
-                    for i in indices.iter() {
-                        let var = f.index(*i).clone();
-                        let j = f.add_index(format!("{}'", var.name), var.range, var.span);
-                        to.insert(*i, f.add(Expr::Index(j), crate::ir::Scalar::Int, span)?);
-                        fresh.push(j);
-                    }
-                    Expr::Reduce {
-                        op,
-                        indices: fresh.into(),
-                        mask: mask.map(|m| f.subst(m, &to)).transpose()?,
-                        body: f.subst(body, &to)?,
-                    }
-                } else {
-                    Expr::Reduce {
-                        op,
-                        indices,
-                        mask,
-                        body,
-                    }
+            } if (mask.iter().chain([&body]))
+                .flat_map(|n| bound_below(f, *n, &mut below))
+                .any(|i| indices.contains(&i)) =>
+            {
+                let mut to = HashMap::new();
+                let mut fresh = Vec::with_capacity(indices.len());
+                for i in indices.iter() {
+                    let var = f.index(*i).clone();
+                    let j = f.add_index(format!("{}'", var.name), var.range, var.span);
+                    to.insert(*i, f.add(Expr::Index(j), crate::ir::Scalar::Int, span)?);
+                    fresh.push(j);
+                }
+                Expr::Reduce {
+                    op,
+                    indices: fresh.into(),
+                    mask: mask.map(|m| f.subst(m, &to)).transpose()?,
+                    body: f.subst(body, &to)?,
                 }
             }
-            leaf => leaf,
+            expr => expr,
         };
         map.push(f.add(expr, node.scalar, span)?);
     }
@@ -342,39 +324,19 @@ impl Copier<'_> {
                 subs: subs.into(),
             }
         } else {
-            match &node.expr {
-                Expr::Load { tensor, subs } => {
-                    let mut subs = subs.iter().map(|s| self.node(*s)).collect::<R<Vec<_>>>()?;
-                    let tensor = match tensor {
-                        TensorRef::Def(t) => {
-                            if let Some(order) = &self.orders[t.index()] {
-                                subs = order.iter().map(|o| subs[*o]).collect();
-                            }
-                            TensorRef::Def(self.ids[t.index()].expect("loads read earlier tensors"))
-                        }
-                        input => *input,
-                    };
-                    Expr::Load {
-                        tensor,
-                        subs: subs.into(),
-                    }
-                }
-                Expr::Prim { prim, args } => Expr::Prim {
-                    prim: *prim,
-                    args: args.iter().map(|a| self.node(*a)).collect::<R<Vec<_>>>()?.into(),
+            match node.expr.try_map_operands(|o| self.node(o))? {
+                // An earlier tensor: its new id, its subscripts in its new order of axes.
+                Expr::Load {
+                    tensor: TensorRef::Def(t),
+                    subs,
+                } => Expr::Load {
+                    tensor: TensorRef::Def(self.ids[t.index()].expect("loads read earlier tensors")),
+                    subs: match &self.orders[t.index()] {
+                        Some(order) => order.iter().map(|o| subs[*o]).collect(),
+                        None => subs,
+                    },
                 },
-                Expr::Reduce {
-                    op,
-                    indices,
-                    mask,
-                    body,
-                } => Expr::Reduce {
-                    op: *op,
-                    indices: indices.clone(),
-                    mask: mask.map(|m| self.node(m)).transpose()?,
-                    body: self.node(*body)?,
-                },
-                leaf => leaf.clone(),
+                expr => expr,
             }
         };
         let id = self.dst.add(expr, node.scalar, span)?;
