@@ -35,6 +35,8 @@ pub struct Report {
     /// The most heap bytes the calls held at once (their buffers, f32 copies of the inputs included), where
     /// the counting allocator is installed ([`crate::memory`]).
     pub peak_bytes: Option<usize>,
+    /// On a CUDA device: the bytes of the tensor buffers a call allocates there ([`crate::Kernel::device_bytes`]).
+    pub device_bytes: Option<u64>,
 }
 
 impl Report {
@@ -133,6 +135,7 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
         threads: kernel.threads(),
         iters: times.len(),
         peak_bytes,
+        device_bytes: kernel.device_bytes(&bound.sizes),
     };
     let gbs = report.bytes as f64 / (report.median_ms / 1e3) / 1e9;
     let eps = report.elements as f64 / (report.median_ms / 1e3);
@@ -145,6 +148,7 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
                 "bytes": report.bytes, "gb_per_s": gbs, "elements_per_s": eps,
                 "copy_bandwidth_gb_per_s": report.bandwidth_gb_s, "floor_ms": report.floor_ms(),
                 "ratio_to_floor": report.median_ms / report.floor_ms(), "peak_bytes": report.peak_bytes,
+                "device_bytes": report.device_bytes,
             })
         ));
     }
@@ -154,6 +158,13 @@ pub fn run(args: &BenchArgs) -> Result<String, String> {
             b as f64 / 1e6
         ),
         None => String::new(),
+    };
+    let memory = match report.device_bytes {
+        Some(b) => format!(
+            "{memory}  device    {:>10.3} MB    of tensor buffers on the device\n",
+            b as f64 / 1e6
+        ),
+        None => memory,
     };
     Ok(format!(
         "{} [{}] on {} thread(s)\n  compile   {:>10.3} ms\n  median    {:>10.3} ms   (min {:.3} ms, {} calls)\n  traffic   {:>10.3} MB    {:.2} GB/s, {:.3e} elements/s\n  floor     {:>10.3} ms   at {:.1} GB/s copy bandwidth: {:.2}x the floor\n{memory}",

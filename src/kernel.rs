@@ -493,6 +493,19 @@ impl Kernel {
         interp::bytes_needed(f, sizes).saturating_add(io)
     }
 
+    /// When this kernel runs on a CUDA device: the bytes of the tensor buffers a call at these dimension
+    /// sizes allocates there (inputs and the caller's gradient buffers not included;
+    /// [`crate::backend::cuda::host::device_bytes`]).
+    pub fn device_bytes(&self, sizes: &[i64]) -> Option<u64> {
+        let cuda = self.cuda.as_ref()?;
+        let device = cuda.device.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        Some(crate::backend::cuda::host::device_bytes(
+            &cuda.program,
+            sizes,
+            device.max_grid(),
+        ))
+    }
+
     /// Whether the loss calls extern operations (run on the host before this kernel's program).
     pub fn calls_externs(&self) -> bool {
         self.stages.is_some()

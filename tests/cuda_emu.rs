@@ -704,6 +704,18 @@ fn streamed_pairwise_losses_keep_rows_in_slots() {
                 &ki.eval(&inputs).unwrap(),
             );
         }
+        // What the kernel allocates on the device: less than the whole program's at 70 rows over 3 blocks.
+        let whole = cuda(EmuLoader::default())
+            .compile_source(what, &source)
+            .unwrap()
+            .kernel(None)
+            .unwrap();
+        let s: Vec<i64> = f.dims.iter().map(|d| if d.name == "D" { 3 } else { 70 }).collect();
+        let (streamed_bytes, whole_bytes) = (kc.device_bytes(&s).unwrap(), whole.device_bytes(&s).unwrap());
+        assert!(
+            streamed_bytes * 4 < whole_bytes,
+            "{what}: {streamed_bytes} vs {whole_bytes} device bytes"
+        );
         // Device memory at B = 4,096 and 8,192 (D = 128) with 132 blocks a grid: linear when streamed.
         let g = lossc::api::gradient(f).unwrap();
         let stream = lossc::opt::stream::pairwise_at_any_size(&g);
