@@ -20,6 +20,13 @@ pub(super) fn slotted(f: &Function, plan: &Plan) -> Vec<bool> {
         for b in plan.private_buffers(f, group) {
             out[b] = blocks;
         }
+        // A slotted logsumexp's rounding residuals are written and read at its slot too.
+        for m in &group.members {
+            let nest = plan.buffer_of(f, TensorRef::Def(plan.nests[*m].tensor));
+            if let Some(r) = plan.residual_of(plan.nests[*m].tensor) {
+                out[r] = out[nest];
+            }
+        }
     }
     out
 }
