@@ -122,9 +122,10 @@ impl Compiler {
         self.budget = bytes;
         self
     }
-    /// With `true`, JIT calls stream pairwise tensors a row at a time ([`crate::opt::stream`]) at any size
-    /// where some outgrow the inputs, not only where the call's buffers would not fit in the memory
-    /// budget (to measure or test the streamed program; it is slower where the budget allows the whole).
+    /// With `true`, tensors over pairs are streamed a row at a time ([`crate::opt::stream`]) at any size:
+    /// JIT calls where some outgrow the inputs, not only where the call's buffers would not fit in the
+    /// memory budget (to measure or test the streamed program; it is slower where the budget allows the
+    /// whole), and the CUDA kernels (built before any call's sizes are known: every tensor over pairs).
     pub fn stream_pairwise(mut self, always: bool) -> Compiler {
         self.stream = always;
         self

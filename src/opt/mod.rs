@@ -6,7 +6,9 @@
 //! (the fusion decision: a reduction that does not depend on every index around it is materialized once
 //! as its own tensor instead of being recomputed inline), reads symmetric matrices along their rows
 //! ([`transpose`]), then one more simplification to compact. Every pass returns a function that passes [`crate::ir::verify::verify`] and
-//! computes the same results as its input.
+//! computes the same results as its input. Two rewrites run on an optimized function for one backend's
+//! needs, not in [`optimize`]: [`merge`] (adjacent axes as one, for the JIT) and [`stream`] (tensors over
+//! pairs recomputed a row at a time, for calls that would not fit in memory whole).
 
 pub mod hoist;
 pub mod merge;

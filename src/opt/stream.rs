@@ -9,12 +9,15 @@
 //! - a reader that reads a row of pairs for every element of a row of its own (the gradient's products
 //!   `grad[i, d] = sum[j] w[i, j] · x[j, d]`, which would recompute `w[i, j]` for each `d`) gets a copy
 //!   of the tensor of its own, indexed by the reader's outer index first (so a column read becomes a row
-//!   of the transposed copy), that only it reads: the loop plan ([`crate::backend::loops::Plan::streaming`])
-//!   runs the copy in the reader's row group, where it is row-private (one row per running call).
+//!   of the transposed copy; a reader laid out across the pairs it reads, `[D, B]`, is turned to `[B, D]`
+//!   first), that only it reads: the loop plan ([`crate::backend::loops::Plan::streaming`]) runs the copy
+//!   in the reader's row group, where it is row-private: one row per running call in the JIT, one per
+//!   running block or warp in the CUDA kernels ([`crate::backend::cuda::Program::slotted`]).
 //!
 //! The work grows (each pair's value is recomputed by each reader, a dot product each time, where a
-//! materialized program computes it once with a matrix product), so the rewrite runs only for calls that
-//! need it ([`pairwise`] names the tensors at the call's sizes).
+//! materialized program computes it once with a matrix product), so the JIT streams only calls whose
+//! buffers would not fit in the memory budget ([`pairwise`] names the tensors at the call's sizes), and the
+//! CUDA kernels only when asked (`Compiler::stream_pairwise`; [`pairwise_at_any_size`]).
 
 use std::collections::HashMap;
 
