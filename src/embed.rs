@@ -324,11 +324,16 @@ impl Workspace {
         }
         let (sizes, values) = call::bind_views(f, &views, hypers)?;
         drop(views);
-        call::check_budget(self.kernel.bytes_needed(&sizes, false), self.kernel.memory_budget())?;
+        #[cfg(feature = "jit")]
+        let native = self.kernel.native_for(&sizes)?;
+        #[cfg(not(feature = "jit"))]
+        let native: Option<std::sync::Arc<crate::kernel::Native>> = None;
+        let needed = self.kernel.bytes_with(native.as_deref(), &sizes, false);
+        call::check_budget(needed, self.kernel.memory_budget())?;
         self.sizes.clone_from(&sizes);
 
         #[cfg(feature = "jit")]
-        if let Some(jit) = self.kernel.native_for(&sizes)? {
+        if let Some(jit) = native {
             if !self.native.as_ref().is_some_and(|n| std::sync::Arc::ptr_eq(n, &jit)) {
                 self.buffers = None;
                 self.native = Some(jit.clone());

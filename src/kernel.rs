@@ -212,6 +212,12 @@ pub struct Kernel {
     stages: Option<Arc<Stages>>,
 }
 
+/// A kernel's native code (the JIT's), or a placeholder type where the JIT is not built.
+#[cfg(feature = "jit")]
+pub(crate) type Native = crate::backend::jit::Compiled;
+#[cfg(not(feature = "jit"))]
+pub(crate) type Native = std::convert::Infallible;
+
 /// The streamed programs of a kernel ([`Kernel::native_for`]), by the tensors they stream.
 #[cfg(feature = "jit")]
 type Streamed = Vec<(Vec<bool>, Arc<crate::backend::jit::Compiled>)>;
@@ -470,6 +476,16 @@ impl Kernel {
     /// buffers (for the JIT, those of the program [`Kernel::native_for`] picks), and with `tensors` (the
     /// `Tensor` API) the inputs converted and the results collected as f64.
     pub fn bytes_needed(&self, sizes: &[i64], tensors: bool) -> u64 {
+        #[cfg(feature = "jit")]
+        let native = self.native_for(sizes).ok().flatten();
+        #[cfg(not(feature = "jit"))]
+        let native: Option<Arc<Native>> = None;
+        self.bytes_with(native.as_deref(), sizes, tensors)
+    }
+
+    /// [`Kernel::bytes_needed`] for a call that runs `native` (the program [`Kernel::native_for`] picked
+    /// for it, so a call picks it once).
+    pub(crate) fn bytes_with(&self, native: Option<&Native>, sizes: &[i64], tensors: bool) -> u64 {
         let f = &self.function;
         let io = if tensors {
             let inputs: u64 = (f.inputs.iter())
@@ -484,10 +500,11 @@ impl Kernel {
             0
         };
         #[cfg(feature = "jit")]
-        if let Some(jit) = &self.jit {
-            let native = self.native_for(sizes).ok().flatten();
-            return native.as_ref().unwrap_or(jit).bytes_needed(sizes).saturating_add(io);
+        if let Some(jit) = native.or(self.jit.as_deref()) {
+            return jit.bytes_needed(sizes).saturating_add(io);
         }
+        #[cfg(not(feature = "jit"))]
+        let _ = native;
         if self.cuda.is_some() {
             return io;
         }
@@ -572,13 +589,17 @@ impl Kernel {
                 return Err(e);
             }
         }
-        call::check_budget(self.bytes_needed(&bound.sizes, true), self.budget)?;
+        #[cfg(feature = "jit")]
+        let native = self.native_for(&bound.sizes)?;
+        #[cfg(not(feature = "jit"))]
+        let native: Option<Arc<Native>> = None;
+        call::check_budget(self.bytes_with(native.as_deref(), &bound.sizes, true), self.budget)?;
         if let Some(cuda) = &self.cuda {
             let mut device = cuda.device.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             return crate::backend::cuda::host::run(&cuda.program, &self.function, &bound, &mut **device);
         }
         #[cfg(feature = "jit")]
-        if let Some(jit) = self.native_for(&bound.sizes)? {
+        if let Some(jit) = native {
             let mut e = jit.run(&bound, self.threads)?;
             // Gradients in the shapes of their inputs (the JIT's program may have merged axes).
             for (name, t) in &mut e.grads {

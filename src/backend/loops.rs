@@ -700,6 +700,13 @@ const MAX_MEMBERS: usize = 32;
 /// tensors only at its own outer index and reads no tensor of a nest passed over (which then runs after
 /// the group). With `anywhere`, nests may read matrices outside their row ([`row_local`]).
 fn fuse_rows(f: &Function, nests: &[Nest], anywhere: bool) -> Vec<Group> {
+    // Per nest, the tensors it reads (for a streaming plan's `keep_with_readers`).
+    let reads: Vec<Vec<TensorId>> = match anywhere {
+        true => (nests.iter())
+            .map(|n| tensor_reads(f, n.body).into_iter().map(|(t, _)| t).collect())
+            .collect(),
+        false => Vec::new(),
+    };
     let mut left: Vec<usize> = (0..nests.len()).collect();
     let mut groups = Vec::new();
     while let Some(&first) = left.first() {
@@ -742,7 +749,7 @@ fn fuse_rows(f: &Function, nests: &[Nest], anywhere: bool) -> Vec<Group> {
             }
         }
         if anywhere {
-            keep_with_readers(f, nests, &mut members);
+            keep_with_readers(nests, &reads, &mut members);
         }
         left.retain(|n| !members.contains(n));
         groups.push(Group { members });
@@ -753,10 +760,8 @@ fn fuse_rows(f: &Function, nests: &[Nest], anywhere: bool) -> Vec<Group> {
 /// In a streaming plan: takes out of a group (after its first member) each matrix `let` that a nest outside
 /// the group reads, and what reads it (in turn): a streamed tensor's copy joins its one reader's group,
 /// where it is row-private, not an earlier group its reader cannot join (which would materialize it).
-fn keep_with_readers(f: &Function, nests: &[Nest], members: &mut Vec<usize>) {
-    let reads: Vec<Vec<TensorId>> = (nests.iter())
-        .map(|n| tensor_reads(f, n.body).into_iter().map(|(t, _)| t).collect())
-        .collect();
+/// `reads`: per nest, the tensors it reads.
+fn keep_with_readers(nests: &[Nest], reads: &[Vec<TensorId>], members: &mut Vec<usize>) {
     let mut removed: Vec<TensorId> = Vec::new();
     loop {
         let out = members.iter().skip(1).copied().find(|&m| {
