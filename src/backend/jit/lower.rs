@@ -228,10 +228,10 @@ impl<'a, 'b> Lower<'a, 'b> {
         let plan = self.plan;
         let buf = &plan.buffers[k];
         let bytes = Self::elem_type(buf.scalar).bytes() as i64;
-        let mut row_bytes = self.b.ins().iconst(types::I64, bytes);
+        let mut row_bytes = self.int(bytes);
         for d in &buf.shape[1..] {
             let d = self.dim(d);
-            row_bytes = self.b.ins().imul(row_bytes, d);
+            row_bytes = self.int_mul(row_bytes, d);
         }
         row_bytes
     }
@@ -631,12 +631,12 @@ impl<'a, 'b> Lower<'a, 'b> {
 
     /// The row-major position of the current head indices.
     pub(super) fn flat(&mut self, head: &[(IndexId, Dim)]) -> Value {
-        let mut flat = self.b.ins().iconst(types::I64, 0);
+        let mut flat = self.int(0);
         for (i, d) in head {
             let size = self.dim(d);
             let iv = self.index(*i);
-            let scaled = self.b.ins().imul(flat, size);
-            flat = self.b.ins().iadd(scaled, iv);
+            let scaled = self.int_mul(flat, size);
+            flat = self.int_add(scaled, iv);
         }
         flat
     }
@@ -675,6 +675,27 @@ impl<'a, 'b> Lower<'a, 'b> {
     ) -> Value {
         let var = self.var(i);
         self.b.def_var(var, start);
+        // A constant trip count (a constant-size axis: a sorting network's wires, a vector loop's tail
+        // over 16 elements) needs no test before the loop; no iteration is no code, and one is the body
+        // with `i` a constant, which folds into its addresses.
+        let trips = match (self.known_int(start), self.known_int(end)) {
+            (Some(s), Some(e)) => Some((e - s).div_euclid(step).max(0)),
+            _ => None,
+        };
+        match trips {
+            Some(0) => return start,
+            Some(1) => {
+                self.frames.push(HashMap::new());
+                self.bound.push(i);
+                body(self);
+                self.bound.pop();
+                self.frames.pop();
+                let after = self.int_add_imm(start, step);
+                self.b.def_var(var, after);
+                return after;
+            }
+            _ => {}
+        }
         // Rotated: one test before the loop and one at the bottom of each iteration (no jump back to a
         // separate header), against the last i that covers `step` values.
         let last = self.b.ins().iadd_imm_s(end, -step);
@@ -682,8 +703,12 @@ impl<'a, 'b> Lower<'a, 'b> {
         let exit = self.b.create_block();
         // The body is the branch's second target: Cranelift 0.135's egraph visits that one first, and a loop's
         // exit visited before its body would drop the loop from the egraph's loop stack (no hoisting there).
-        let skip = self.b.ins().icmp(IntCC::SignedGreaterThan, start, last);
-        let entry = self.b.ins().brif(skip, exit, &[], inner, &[]);
+        let entry = if trips.is_some() {
+            self.b.ins().jump(inner, &[])
+        } else {
+            let skip = self.b.ins().icmp(IntCC::SignedGreaterThan, start, last);
+            self.b.ins().brif(skip, exit, &[], inner, &[])
+        };
         self.b.switch_to_block(inner);
         self.frames.push(HashMap::new());
         self.preheaders.push((entry, HashMap::new()));
@@ -698,19 +723,26 @@ impl<'a, 'b> Lower<'a, 'b> {
         let done = self.b.ins().icmp(IntCC::SignedGreaterThan, next, last);
         self.b.ins().brif(done, exit, &[], inner, &[]);
         self.b.switch_to_block(exit);
-        self.b.use_var(var)
+        match trips {
+            Some(n) => {
+                let after = self.int_add_imm(start, n * step);
+                self.b.def_var(var, after);
+                after
+            }
+            None => self.b.use_var(var),
+        }
     }
 
     pub(super) fn dim(&mut self, d: &Dim) -> Value {
         match d {
-            Dim::Const(c) => self.b.ins().iconst(types::I64, *c),
+            Dim::Const(c) => self.int(*c),
             Dim::Sym(s) => self.sizes[s.index()],
             Dim::Add(a, c) | Dim::Sub(a, c) | Dim::Mul(a, c) => {
                 let (x, y) = (self.dim(a), self.dim(c));
                 match d {
-                    Dim::Add(..) => self.b.ins().iadd(x, y),
+                    Dim::Add(..) => self.int_add(x, y),
                     Dim::Sub(..) => self.b.ins().isub(x, y),
-                    _ => self.b.ins().imul(x, y),
+                    _ => self.int_mul(x, y),
                 }
             }
         }
@@ -728,9 +760,12 @@ impl<'a, 'b> Lower<'a, 'b> {
 
     pub(super) fn address(&mut self, buffer: usize, scalar: Scalar, flat: Value) -> Value {
         let bytes = Self::elem_type(scalar).bytes() as i64;
-        let off = self.b.ins().imul_imm_s(flat, bytes);
-        let off = self.offset(off);
+        let off = self.int_mul_imm(flat, bytes);
         let base = self.bases[buffer].expect("the nest's buffers are loaded on entry");
+        if self.known_int(off) == Some(0) {
+            return base;
+        }
+        let off = self.offset(off);
         self.b.ins().iadd(base, off)
     }
 
@@ -911,7 +946,7 @@ impl<'a, 'b> Lower<'a, 'b> {
     pub(super) fn load_from(&mut self, n: NodeId, buffer: usize, subs: &[NodeId]) -> Value {
         let scalar = self.plan.buffers[buffer].scalar;
         let shape = self.plan.buffers[buffer].shape.clone();
-        let mut flat = self.b.ins().iconst(types::I64, 0);
+        let mut flat = self.int(0);
         for (axis, (s, d)) in subs.iter().zip(&shape).enumerate() {
             let v = self.value(*s);
             let size = self.dim(d);
@@ -931,8 +966,8 @@ impl<'a, 'b> Lower<'a, 'b> {
                 self.b.ins().return_(&[]);
                 self.b.switch_to_block(cont);
             }
-            let scaled = self.b.ins().imul(flat, size);
-            flat = self.b.ins().iadd(scaled, v);
+            let scaled = self.int_mul(flat, size);
+            flat = self.int_add(scaled, v);
         }
         let addr = self.address(buffer, scalar, flat);
         let x = self.b.ins().load(Self::elem_type(scalar), flags(), addr, 0);
@@ -1124,9 +1159,9 @@ impl<'a, 'b> Lower<'a, 'b> {
         let a: Vec<Value> = args.iter().map(|x| self.value(*x)).collect();
         let int = |l: &Self, k: usize| l.f.node(args[k]).scalar == Scalar::Int;
         match prim {
-            Add if scalar == Scalar::Int => self.b.ins().iadd(a[0], a[1]),
+            Add if scalar == Scalar::Int => self.int_add(a[0], a[1]),
             Sub if scalar == Scalar::Int => self.b.ins().isub(a[0], a[1]),
-            Mul if scalar == Scalar::Int => self.b.ins().imul(a[0], a[1]),
+            Mul if scalar == Scalar::Int => self.int_mul(a[0], a[1]),
             Min if scalar == Scalar::Int => self.b.ins().smin(a[0], a[1]),
             Max if scalar == Scalar::Int => self.b.ins().smax(a[0], a[1]),
             Neg if scalar == Scalar::Int => self.b.ins().ineg(a[0]),

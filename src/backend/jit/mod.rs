@@ -65,6 +65,7 @@ use cranelift_jit::JITModule;
 
 mod build;
 mod gemm;
+mod ints;
 mod lower;
 mod math;
 mod object;

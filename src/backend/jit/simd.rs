@@ -577,18 +577,18 @@ impl Lower<'_, '_> {
     /// `k` at `kb`), and the elements between consecutive `k` (the sizes of the axes after k's).
     fn lanes_flat(&mut self, buffer: usize, subs: &[NodeId], k: IndexId, kb: Value) -> (Value, Option<Value>) {
         let shape = self.plan.buffers[buffer].shape.clone();
-        let mut flat = self.b.ins().iconst(types::I64, 0);
+        let mut flat = self.int(0);
         let mut stride = None;
         for (s, d) in subs.iter().zip(&shape) {
             let at_k = matches!(self.f.node(*s).expr, Expr::Index(i) if i == k);
             let v = if at_k { kb } else { self.value(*s) };
             let size = self.dim(d);
-            stride = stride.map(|st| self.b.ins().imul(st, size));
+            stride = stride.map(|st| self.int_mul(st, size));
             if at_k {
-                stride = Some(self.b.ins().iconst(types::I64, 1));
+                stride = Some(self.int(1));
             }
-            let scaled = self.b.ins().imul(flat, size);
-            flat = self.b.ins().iadd(scaled, v);
+            let scaled = self.int_mul(flat, size);
+            flat = self.int_add(scaled, v);
         }
         (flat, stride)
     }
