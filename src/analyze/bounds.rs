@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use super::Analysis;
-use crate::ir::{Expr, Function, IndexId, NodeId, ReduceOp, TensorRef};
+use crate::ir::{Expr, Function, IndexId, NodeId, ReduceOp, TensorRef, table_value};
 use crate::prims::Prim;
 
 /// A value's interval, and whether it is bounded for fixed data (where `lo`/`hi` may still be infinite:
@@ -226,6 +226,13 @@ impl super::Analysis for Bounds<'_> {
                 TensorRef::Def(t) => self.tensor(t.index() as u32),
             },
             Expr::Prim { prim, args } => self.prim(*prim, args),
+            Expr::Table { values, .. } => {
+                let v = values.iter().map(|v| table_value(f.node(n).scalar, *v).as_f64());
+                Range::within(
+                    v.clone().fold(f64::INFINITY, f64::min),
+                    v.fold(f64::NEG_INFINITY, f64::max),
+                )
+            }
             Expr::Reduce { op, body, .. } => {
                 let b = self.node(*body);
                 match op {

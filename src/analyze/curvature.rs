@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use super::Analysis;
-use crate::ir::{Expr, Function, NodeId, ReduceOp, TensorRef};
+use crate::ir::{Expr, Function, NodeId, ReduceOp, TensorRef, table_value};
 use crate::prims::{Bend, Prim};
 
 /// The curvature of a value in the input analysed.
@@ -206,6 +206,17 @@ impl<'a> Curvature<'a> {
             Expr::Float(b) => of(f64::from_bits(*b)),
             Expr::Int(i) => of(*i as f64),
             Expr::Size(_) => Nonneg,
+            Expr::Table { values, .. } => {
+                let v: Vec<f64> = values
+                    .iter()
+                    .map(|v| table_value(f.node(n).scalar, *v).as_f64())
+                    .collect();
+                match (v.iter().all(|x| *x >= 0.0), v.iter().all(|x| *x <= 0.0)) {
+                    (true, _) => Nonneg,
+                    (_, true) => Nonpos,
+                    _ => Any,
+                }
+            }
             Expr::Hyper(h) => {
                 let h = &f.hypers[*h as usize];
                 self.assumed.insert(h.name.clone());
@@ -297,6 +308,7 @@ impl super::Analysis for Curvature<'_> {
                     _ => Unknown,
                 }
             }
+            Expr::Table { at, .. } if self.depends(*at) => Unknown,
             _ => Constant,
         }
     }

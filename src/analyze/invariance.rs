@@ -166,6 +166,8 @@ impl super::Analysis for Shifts<'_> {
                     }
                 }
             }
+            // A constant table changes only where it is read.
+            Expr::Table { at, .. } if self.node(*at) != Invariant => Unknown,
             _ => Invariant,
         }
     }
@@ -329,6 +331,7 @@ impl super::Analysis for Degrees<'_> {
                     _ => None,
                 }
             }
+            Expr::Table { at, .. } if self.node(*at) != Some(0.0) => None,
             _ => Some(0.0),
         }
     }

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use crate::call::{Bound, CallError};
 use crate::data::{Data, Tensor};
-use crate::ir::{Expr, Function, IndexId, NodeId, ReduceOp, Role, Scalar, TensorRef, Value};
+use crate::ir::{Expr, Function, IndexId, NodeId, ReduceOp, Role, Scalar, TensorRef, Value, table_slot, table_value};
 use crate::prims::Prim;
 
 /// What one evaluation produced.
@@ -182,6 +182,10 @@ impl Interp<'_> {
             Expr::Bool(b) => Value::B(*b),
             Expr::Index(i) => Value::I(self.env[i.index()]),
             Expr::Size(d) => Value::I(d.eval(&self.call.sizes)),
+            Expr::Table { at, values } => {
+                let at = self.eval(*at)?.as_i64();
+                table_value(node.scalar, values[table_slot(at, values.len())])
+            }
             Expr::Hyper(h) => {
                 let v = self.call.hypers[*h as usize];
                 if node.scalar == Scalar::Int {

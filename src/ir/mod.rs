@@ -389,6 +389,16 @@ pub enum Expr {
         /// Its operands.
         args: Box<[NodeId]>,
     },
+    /// A constant table read at an integer node: `values[at]`, with `at` taken as the nearest of
+    /// `0..values.len()` (the choice of a sorting network's partner wires, built by [`Function::table`]).
+    /// The values are the bits of the node's kind ([`table_value`]); a table has two or more, not all
+    /// equal.
+    Table {
+        /// Where it is read.
+        at: NodeId,
+        /// Its entries.
+        values: std::sync::Arc<[u64]>,
+    },
     /// A reduction over `indices` (where `mask` holds, if given).
     Reduce {
         /// Which reduction.
@@ -433,6 +443,10 @@ impl Expr {
                 mask: mask.map(&mut f).transpose()?,
                 body: f(*body)?,
             },
+            Expr::Table { at, values } => Expr::Table {
+                at: f(*at)?,
+                values: values.clone(),
+            },
             leaf => leaf.clone(),
         })
     }
@@ -442,6 +456,7 @@ impl Expr {
             Expr::Load { subs, .. } => Operands::from_slice(subs),
             Expr::Prim { args, .. } => Operands::from_slice(args),
             Expr::Reduce { mask, body, .. } => mask.iter().copied().chain([*body]).collect(),
+            Expr::Table { at, .. } => Operands::from_slice(&[*at]),
             _ => Operands::new(),
         }
     }
@@ -758,6 +773,7 @@ impl Function {
         let same = match (&x.expr, &y.expr) {
             (Expr::Index(i), Expr::Index(j)) => map.get(i) == Some(j),
             (Expr::Load { tensor: t, subs: s }, Expr::Load { tensor: u, subs: v }) => t == u && all(s, v),
+            (Expr::Table { at: s, values: t }, Expr::Table { at: v, values: u }) => t == u && all(&[*s], &[*v]),
             (Expr::Prim { prim: p, args: s }, Expr::Prim { prim: q, args: v }) if p == q => {
                 use crate::prims::Prim::*;
                 let commutes = matches!(p, Add | Mul | Eq | Ne | And | Or) && s.len() == 2;
@@ -812,6 +828,10 @@ impl Function {
                 }
                 Expr::Prim { prim, args: out.into() }
             }
+            Expr::Table { at, values } => Expr::Table {
+                at: self.subst_memo(at, map, memo)?,
+                values,
+            },
             Expr::Reduce {
                 op,
                 indices,
@@ -846,26 +866,28 @@ impl Function {
         Ok(id)
     }
 
-    /// A constant lookup table `values[at]` as a balanced tree of selects over the integer node `at`
-    /// (`at` must lie in `0..values.len()`; the values share one kind).
+    /// A constant lookup table `values[at]` over the integer node `at` (read at the nearest of
+    /// `0..values.len()`; the values share one kind): [`Expr::Table`], or the constant when all are equal
+    /// or `at` is one.
     pub fn table(&mut self, at: NodeId, values: &[Value], span: Span) -> Result<NodeId, TooDeep> {
-        self.table_from(at, values, 0, span)
-    }
-
-    fn table_from(&mut self, at: NodeId, values: &[Value], lo: usize, span: Span) -> Result<NodeId, TooDeep> {
+        let constant = |v: Value, f: &mut Function| match v {
+            Value::I(i) => f.add(Expr::Int(i), Scalar::Int, span),
+            Value::B(b) => f.add(Expr::Bool(b), Scalar::Bool, span),
+            Value::F(x) => f.float(x, span),
+        };
         if values.iter().all(|v| *v == values[0]) {
-            return match values[0] {
-                Value::I(i) => self.add(Expr::Int(i), Scalar::Int, span),
-                Value::B(b) => self.add(Expr::Bool(b), Scalar::Bool, span),
-                Value::F(x) => self.float(x, span),
-            };
+            return constant(values[0], self);
         }
-        let mid = values.len() / 2;
-        let left = self.table_from(at, &values[..mid], lo, span)?;
-        let right = self.table_from(at, &values[mid..], lo + mid, span)?;
-        let split = self.add(Expr::Int((lo + mid) as i64), Scalar::Int, span)?;
-        let cond = self.prim(Prim::Lt, &[at, split], span)?;
-        self.prim(Prim::Select, &[cond, left, right], span)
+        if let Expr::Int(i) = self.node(at).expr {
+            return constant(values[table_slot(i, values.len())], self);
+        }
+        let scalar = match values[0] {
+            Value::I(_) => Scalar::Int,
+            Value::B(_) => Scalar::Bool,
+            Value::F(_) => Scalar::Float,
+        };
+        let bits = values.iter().map(|v| table_bits(*v)).collect();
+        self.add(Expr::Table { at, values: bits }, scalar, span)
     }
 
     /// The value of `node` when index `index` is `value`, if the node is built from constants, that index
@@ -876,6 +898,13 @@ impl Function {
             Expr::Bool(b) => Some(Value::B(*b)),
             Expr::Float(bits) => Some(Value::F(f64::from_bits(*bits))),
             Expr::Index(i) if *i == index => Some(Value::I(value)),
+            Expr::Table { at, values } => {
+                let at = self.eval_at(*at, index, value)?.as_i64();
+                Some(table_value(
+                    self.node(node).scalar,
+                    values[table_slot(at, values.len())],
+                ))
+            }
             Expr::Prim { prim, args } => {
                 let vals = args
                     .iter()
@@ -906,6 +935,9 @@ impl Function {
                 ..
             } => self.inputs[*i as usize].ignore.is_none() && self.inputs[*i as usize].bound.as_ref() == Some(d),
             Expr::Int(c) => matches!(d, Dim::Const(n) if *c >= 0 && c < n),
+            Expr::Table { values, .. } => {
+                matches!(d, Dim::Const(n) if values.iter().all(|v| (0..*n).contains(&(*v as i64))))
+            }
             Expr::Prim {
                 prim: Prim::Select,
                 args,
@@ -1050,5 +1082,28 @@ impl Module {
 impl fmt::Display for Function {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&print::function(self))
+    }
+}
+
+/// The entry of a table of `len` values read at `at`: the nearest of `0..len` ([`Expr::Table`]).
+pub fn table_slot(at: i64, len: usize) -> usize {
+    usize::try_from(at.max(0)).map_or(len - 1, |a| a.min(len - 1))
+}
+
+/// How [`Expr::Table`] stores a value: an integer as itself, a float as its bits, a condition as 0 or 1.
+pub fn table_bits(v: Value) -> u64 {
+    match v {
+        Value::I(i) => i as u64,
+        Value::F(x) => x.to_bits(),
+        Value::B(b) => u64::from(b),
+    }
+}
+
+/// A table entry as a value of kind `scalar` (the inverse of [`table_bits`]).
+pub fn table_value(scalar: Scalar, bits: u64) -> Value {
+    match scalar {
+        Scalar::Int => Value::I(bits as i64),
+        Scalar::Float => Value::F(f64::from_bits(bits)),
+        Scalar::Bool => Value::B(bits != 0),
     }
 }

@@ -132,6 +132,7 @@ fn node(f: &Function, id: NodeId, names: &[String]) -> String {
             let a: Vec<String> = args.iter().map(r).collect();
             format!("{} {}", prim.name(), a.join(", "))
         }
+        Expr::Table { at, values } => format!("{}[{}]", table_entries(n.scalar, values), r(at)),
         Expr::Reduce {
             op,
             indices,
@@ -259,6 +260,7 @@ impl Readable<'_> {
                 }
             }
             Expr::Hyper(h) => f.hypers[*h as usize].name.clone(),
+            Expr::Table { at, values } => format!("{}[{}]", table_entries(n.scalar, values), sub(*at, 0)),
             Expr::Load { tensor, subs } => {
                 if subs.is_empty() {
                     f.ref_name(*tensor).to_string()
@@ -316,4 +318,17 @@ impl Readable<'_> {
             }
         }
     }
+}
+
+/// A constant table's entries as `table(1, 0, 3, 2)` (read at a subscript after it).
+fn table_entries(scalar: crate::ir::Scalar, values: &[u64]) -> String {
+    let entries: Vec<String> = values
+        .iter()
+        .map(|v| match crate::ir::table_value(scalar, *v) {
+            crate::ir::Value::F(x) => format!("{x:?}"),
+            crate::ir::Value::I(i) => i.to_string(),
+            crate::ir::Value::B(b) => b.to_string(),
+        })
+        .collect();
+    format!("table({})", entries.join(", "))
 }

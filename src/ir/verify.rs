@@ -44,6 +44,14 @@ pub fn verify(f: &Function) -> Result<(), String> {
                     return Err(format!("%{i}: unknown index"));
                 }
             }
+            Expr::Table { at, values } => {
+                if kind(*at) != Scalar::Int {
+                    return Err(format!("%{i}: a table read at a non-integer"));
+                }
+                if values.len() < 2 || values.iter().all(|v| *v == values[0]) {
+                    return Err(format!("%{i}: a table of fewer than two distinct entries"));
+                }
+            }
             _ => {}
         }
     }

@@ -178,6 +178,10 @@ impl Hoist<'_> {
                     span,
                 )?
             }
+            Expr::Table { at, values } => {
+                let at = self.walk(at, ctx, false, lazy)?;
+                self.dst.add(Expr::Table { at, values }, node.scalar, span)?
+            }
             leaf => self.dst.add(leaf, node.scalar, span)?,
         };
         self.memo.insert(key, out);

@@ -259,6 +259,10 @@ fn rewrite(
                 mask: mask.map(m),
                 body: m(*body),
             },
+            Expr::Table { at, values } => Expr::Table {
+                at: m(*at),
+                values: values.clone(),
+            },
             e => e.clone(),
         };
         map.push(g.add(expr, node.scalar, f.span(NodeId(n as u32))).ok()?);

@@ -304,6 +304,10 @@ impl Rebuild<'_> {
                     body,
                 }
             }
+            Expr::Table { at, values } => Expr::Table {
+                at: self.node(at)?,
+                values,
+            },
             leaf => leaf,
         };
         let id = simplify(&mut self.dst, expr, scalar, span)?;
@@ -369,6 +373,14 @@ pub fn simplify(f: &mut Function, expr: Expr, scalar: Scalar, span: Span) -> R<N
         } = &expr
         {
             return reduce(f, *op, indices, *mask, *body, scalar, span);
+        }
+        // A table read at a constant is that entry.
+        if let Expr::Table { at, values } = &expr
+            && let Some(Value::I(i)) = constant(f, *at)
+        {
+            let v = crate::ir::table_value(scalar, values[crate::ir::table_slot(i, values.len())]);
+            let values = [v];
+            return f.table(*at, &values, span);
         }
         return f.add(expr, scalar, span);
     };
@@ -815,7 +827,10 @@ fn is_count_of(f: &Function, n: NodeId, indices: &[IndexId]) -> bool {
 /// cannot read out of bounds): [`Function::in_range`] for an index, a bounded label or a constant (not a
 /// choice between them).
 fn within(f: &Function, e: NodeId, range: &Dim) -> bool {
-    !matches!(f.node(e).expr, Expr::Prim { prim: Prim::Select, .. }) && f.in_range(e, range)
+    !matches!(
+        f.node(e).expr,
+        Expr::Prim { prim: Prim::Select, .. } | Expr::Table { .. }
+    ) && f.in_range(e, range)
 }
 
 /// An equality that bracket fusion can resolve for one of `indices`: `k == e` (either way round), or

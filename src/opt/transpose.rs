@@ -210,6 +210,10 @@ impl Order<'_> {
                 }
                 Expr::Prim { prim, args: out.into() }
             }
+            Expr::Table { at, values } => Expr::Table {
+                at: self.node(at, depth)?,
+                values,
+            },
             leaf => leaf,
         };
         let out = self.dst.add(expr, node.scalar, span)?;

@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use super::{KernelSpec, PRELUDE, SPLIT_CHUNK, Shape, WARP_ROWS_MAX};
 use crate::backend::loops::{Group, Nest, Plan, split_members};
-use crate::ir::{Dim, Expr, Function, IndexId, NodeId, ReduceOp, Scalar, TensorRef};
+use crate::ir::{Dim, Expr, Function, IndexId, NodeId, ReduceOp, Scalar, TensorRef, Value, table_value};
 use crate::prims::Prim;
 
 /// Per buffer: whether it is row-private in a block-rows group, so addressed by its kernel's slot
@@ -933,6 +933,18 @@ impl<'a> Emit<'a> {
                 _ => format!("(float)H[{h}]"),
             },
             Expr::Load { tensor, subs } => self.load(n, *tensor, subs),
+            Expr::Table { at, values } => {
+                let at = self.value(*at);
+                let literals: Vec<String> = values
+                    .iter()
+                    .map(|v| match table_value(node.scalar, *v) {
+                        Value::F(x) => float_literal(x as f32),
+                        Value::I(i) => int_literal(i),
+                        Value::B(b) => b.to_string(),
+                    })
+                    .collect();
+                choice_tree(&at, &literals, 0)
+            }
             // `x - lse[…]` with the logsumexp's rounding residual.
             Expr::Prim { prim: Prim::Sub, args } if self.plan.residual_read(n).is_some() => {
                 let (a, b) = (self.value(args[0]), self.value(args[1]));
@@ -1295,4 +1307,18 @@ impl<'a> Emit<'a> {
         }
         out
     }
+}
+
+/// A constant table read at `at` as a balanced tree of conditional expressions over `literals` (entries
+/// `lo..` of the table): the ends stand for every position beyond them ([`crate::ir::Expr::Table`]).
+fn choice_tree(at: &str, literals: &[String], lo: usize) -> String {
+    if literals.len() == 1 {
+        return literals[0].clone();
+    }
+    let mid = literals.len() / 2;
+    let (left, right) = (
+        choice_tree(at, &literals[..mid], lo),
+        choice_tree(at, &literals[mid..], lo + mid),
+    );
+    format!("({at} < {} ? {left} : {right})", lo + mid)
 }

@@ -70,15 +70,4 @@ impl Lower<'_, '_> {
             None => self.b.ins().imul_imm_s(a, c),
         }
     }
-
-    /// The row-major position `(((0 · n₀ + s₀) · n₁ + s₁) …)` of the subscripts `subs` in axes of sizes
-    /// `sizes`.
-    pub(super) fn row_major(&mut self, subs: &[Value], sizes: &[Value]) -> Value {
-        let mut flat = self.int(0);
-        for (&s, &n) in subs.iter().zip(sizes) {
-            let scaled = self.int_mul(flat, n);
-            flat = self.int_add(scaled, s);
-        }
-        flat
-    }
 }

@@ -9,7 +9,7 @@ use cranelift_frontend::{FunctionBuilder, Variable};
 
 use super::*;
 use crate::backend::loops::{Group, Nest, Plan, split_members};
-use crate::ir::{Dim, Expr, Function, IndexId, NodeId, ReduceOp, Scalar, TensorRef};
+use crate::ir::{Dim, Expr, Function, IndexId, NodeId, ReduceOp, Scalar, TensorRef, Value as IrValue, table_value};
 use crate::prims::{Cost, Prim};
 
 impl<'a, 'b> Lower<'a, 'b> {
@@ -70,6 +70,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             split_bounds: None,
             exp_rows: false,
             column_tiles: false,
+            tables: HashMap::new(),
         }
     }
 
@@ -908,6 +909,16 @@ impl<'a, 'b> Lower<'a, 'b> {
                 }
             }
             Expr::Load { tensor, subs } => self.load(n, *tensor, subs),
+            Expr::Table { at, values } => {
+                let at = self.table_slot(*at, values.len());
+                let addr = self.table_address(values, node.scalar, at);
+                let x = self.b.ins().load(Self::elem_type(node.scalar), flags(), addr, 0);
+                if node.scalar == Scalar::Bool {
+                    self.b.ins().icmp_imm_s(IntCC::NotEqual, x, 0)
+                } else {
+                    x
+                }
+            }
             Expr::Prim { prim: Prim::Sub, args } if self.plan.residual_read(n).is_some() => {
                 let (a, b) = (self.value(args[0]), self.value(args[1]));
                 let lo = self.residual_at(n, args[1]);
@@ -924,6 +935,49 @@ impl<'a, 'b> Lower<'a, 'b> {
         };
         self.frames.last_mut().expect("a frame").insert(n, v);
         v
+    }
+
+    /// Where a table is read at `at` (the nearest entry, [`Expr::Table`]): its value, clamped to
+    /// `0..len` unless it is known to lie there.
+    pub(super) fn table_slot(&mut self, at: NodeId, len: usize) -> Value {
+        let v = self.value(at);
+        if self.in_range(at, &Dim::Const(len as i64)) {
+            return v;
+        }
+        let (lo, hi) = (self.int(0), self.int(len as i64 - 1));
+        let v = self.b.ins().smax(v, lo);
+        self.b.ins().smin(v, hi)
+    }
+
+    /// The address of entry `at` (within the table) of a constant table, stored in the lane pool as a
+    /// buffer of its kind is ([`Self::elem_type`]), once per function.
+    pub(super) fn table_address(&mut self, values: &std::sync::Arc<[u64]>, scalar: Scalar, at: Value) -> Value {
+        let place = match self.tables.get(&(values.clone(), scalar)) {
+            Some(place) => *place,
+            None => {
+                let words: Vec<u32> = values
+                    .iter()
+                    .flat_map(|&v| match table_value(scalar, v) {
+                        IrValue::F(x) => vec![(x as f32).to_bits()],
+                        IrValue::I(i) => vec![i as u32, (i >> 32) as u32],
+                        IrValue::B(b) => vec![if b { u32::MAX } else { 0 }],
+                    })
+                    .collect();
+                let place = self.lanes.add_table(&words);
+                self.tables.insert((values.clone(), scalar), place);
+                place
+            }
+        };
+        let (base, offset) = match place {
+            LanePlace::Host(_, offset) | LanePlace::Object(_, offset) => {
+                (super::math::lane_base(self.b.ins(), place), offset)
+            }
+        };
+        let bytes = Self::elem_type(scalar).bytes() as i64;
+        let off = self.int_mul_imm(at, bytes);
+        let off = self.int_add_imm(off, i64::from(offset));
+        let off = self.offset(off);
+        self.b.ins().iadd(base, off)
     }
 
     pub(super) fn load(&mut self, n: NodeId, tensor: TensorRef, subs: &[NodeId]) -> Value {

@@ -343,7 +343,7 @@ impl Lower<'_, '_> {
 }
 
 /// The base address of a vector constant's place: a chunk's address, or its data object's symbol.
-fn lane_base<'f>(ins: impl InstBuilder<'f>, place: LanePlace) -> Value {
+pub(super) fn lane_base<'f>(ins: impl InstBuilder<'f>, place: LanePlace) -> Value {
     match place {
         LanePlace::Host(chunk, _) => ins.iconst(types::I64, chunk),
         LanePlace::Object(symbol, _) => ins.symbol_value(types::I64, symbol),

@@ -166,10 +166,12 @@ impl Drop for CodeHolder {
 /// on entry and reloaded them in the loops. A load stays where it is put: in the preheader of the
 /// innermost loop that uses it ([`Lower::lanes_constant`]). Each load reads its own copy, so Cranelift's
 /// redundant-load elimination cannot merge loads of different loops into one long-lived value either.
-/// Entries are 16-byte aligned and never move.
+/// Entries are 16-byte aligned and never move. Constant tables ([`crate::ir::Expr::Table`]) live here
+/// too, as consecutive entries ([`LanePool::add_table`]).
 enum LanePool {
-    /// The JIT's: chunks in this process's memory (boxed, never reallocated), addressed by constants.
-    Host { chunks: Vec<Box<LaneChunk>>, used: usize },
+    /// The JIT's: blocks of chunks in this process's memory (boxed, never reallocated; one chunk each but
+    /// for a table longer than one), addressed by constants.
+    Host { chunks: Vec<Box<[LaneChunk]>>, used: usize },
     /// An object file's (one per function): the contents of a data object, addressed through its symbol.
     Object { symbol: ir::GlobalValue, lanes: Vec<Lanes> },
 }
@@ -205,21 +207,44 @@ struct Lanes([u32; 4]);
 impl LanePool {
     /// A new copy of `lanes`, and where it is.
     fn add(&mut self, lanes: [u32; 4]) -> LanePlace {
+        self.add_all(&[Lanes(lanes)])
+    }
+
+    /// A table of 32-bit words (zero-padded to whole entries), consecutive from the place returned.
+    fn add_table(&mut self, words: &[u32]) -> LanePlace {
+        let entries: Vec<Lanes> = words
+            .chunks(4)
+            .map(|w| {
+                let mut lanes = [0; 4];
+                lanes[..w.len()].copy_from_slice(w);
+                Lanes(lanes)
+            })
+            .collect();
+        self.add_all(&entries)
+    }
+
+    /// Consecutive new entries, and where the first is.
+    fn add_all(&mut self, entries: &[Lanes]) -> LanePlace {
         let size = std::mem::size_of::<Lanes>();
         match self {
             LanePool::Host { chunks, used } => {
-                let at = *used % LANE_CHUNK;
-                if at == 0 {
-                    chunks.push(Box::new(LaneChunk([Lanes::default(); LANE_CHUNK])));
+                let room = chunks.last().map_or(0, |c| c.len() * LANE_CHUNK);
+                if *used + entries.len() > room {
+                    let n = entries.len().div_ceil(LANE_CHUNK).max(1);
+                    chunks.push((0..n).map(|_| LaneChunk([Lanes::default(); LANE_CHUNK])).collect());
+                    *used = 0;
                 }
-                let chunk = &mut chunks.last_mut().expect("a chunk was just pushed").0;
-                chunk[at] = Lanes(lanes);
-                *used += 1;
-                LanePlace::Host(chunk.as_ptr() as i64, (at * size) as i32)
+                let block = chunks.last_mut().expect("a block was just pushed");
+                let at = *used;
+                for (k, e) in entries.iter().enumerate() {
+                    block[(at + k) / LANE_CHUNK].0[(at + k) % LANE_CHUNK] = *e;
+                }
+                *used += entries.len();
+                LanePlace::Host(block.as_ptr() as i64, (at * size) as i32)
             }
             LanePool::Object { symbol, lanes: all } => {
-                all.push(Lanes(lanes));
-                LanePlace::Object(*symbol, ((all.len() - 1) * size) as i32)
+                all.extend_from_slice(entries);
+                LanePlace::Object(*symbol, ((all.len() - entries.len()) * size) as i32)
             }
         }
     }
@@ -389,6 +414,8 @@ struct Lower<'a, 'b> {
     rows_ahead: [Option<Value>; 2],
     /// Whether the function sums columns in tiles ([`simd::COLUMN_TILE`]).
     column_tiles: bool,
+    /// Where the constant tables lowered so far lie in the lane pool ([`Lower::table_address`]).
+    tables: HashMap<(std::sync::Arc<[u64]>, crate::ir::Scalar), LanePlace>,
 }
 
 /// The vector constants loaded in one loop's preheader, by type and lanes ([`Lower::lanes_constant`]).
