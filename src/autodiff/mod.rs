@@ -19,7 +19,8 @@
 //!   subscript is a bare index the sum is resolved by substitution, so the adjoint of a gather
 //!   `s[i, y[i]]` becomes `[k1 == y[k0]] * g[k0]`, never a scatter.
 
-use std::collections::{BTreeSet, HashMap};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::BTreeSet;
 
 use crate::diag::{Code, Diag, Span};
 use crate::ir::{
@@ -148,7 +149,7 @@ impl Ad {
             g,
             active,
             active_tensor,
-            contributions: HashMap::new(),
+            contributions: HashMap::default(),
         }
     }
 
@@ -247,7 +248,7 @@ impl Ad {
     /// the primal evaluated the node at all. Partials are only ever evaluated under the guard, so a masked
     /// out point whose partials would be NaN (`log` of a negative, say) contributes 0, not NaN.
     fn backprop(&mut self, root: NodeId, seed: Term) -> R<()> {
-        let mut terms: HashMap<NodeId, Vec<Term>> = HashMap::new();
+        let mut terms: HashMap<NodeId, Vec<Term>> = HashMap::default();
         terms.insert(root, vec![seed]);
         let order = self.g.reachable(&[root]);
         for &n in order.iter().rev() {
@@ -477,7 +478,7 @@ impl Ad {
                 free.extend(self.g.node(*s).free.iter().copied());
             }
             // Resolve bare-index subscripts by substitution; keep the rest as equality conditions.
-            let mut map: HashMap<IndexId, NodeId> = HashMap::new();
+            let mut map: HashMap<IndexId, NodeId> = HashMap::default();
             let mut conditions = Vec::new();
             // A shifted index (`b[i - B]`, `x[i + 1]`) is inverted: i = t + B, inside i's range.
             let mut shifted: Vec<(IndexId, NodeId)> = Vec::new();

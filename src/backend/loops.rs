@@ -25,7 +25,7 @@
 //! ([`Plan::one_hot`]) may be added at its one position after the row.
 //! The Cranelift JIT consumes the plan, and the CUDA generator maps each group to a kernel launch.
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use crate::backend::interp::Evaluation;
 use crate::call::CallError;
@@ -565,12 +565,12 @@ pub fn two_pass_logsumexp(f: &Function, body: NodeId) -> bool {
 
 /// At most `limit` nodes, no reduction, and no primitive costlier than `most`.
 pub fn few_steps(f: &Function, body: NodeId, limit: usize, most: Cost) -> bool {
-    few_steps_reading(f, body, limit, most, &HashSet::new())
+    few_steps_reading(f, body, limit, most, &HashSet::default())
 }
 
 /// [`few_steps`], where the nodes of `read` are read from memory (one step each, their operands none).
 pub fn few_steps_reading(f: &Function, body: NodeId, limit: usize, most: Cost, read: &HashSet<NodeId>) -> bool {
-    let mut seen = HashSet::new();
+    let mut seen = HashSet::default();
     let mut stack = vec![body];
     while let Some(n) = stack.pop() {
         if !seen.insert(n) || read.contains(&n) {
@@ -621,7 +621,8 @@ impl Plan {
         // Deeper, the term is 0 wherever it occurs in the lanes: it must occur once.
         top.or_else(|| {
             let inner = args.iter().find_map(|a| self.one_hot(f, *a, k))?;
-            (Plan::paths(f, element, inner.term, &mut HashMap::new()) == 1).then_some(OneHot { rest: None, ..inner })
+            (Plan::paths(f, element, inner.term, &mut HashMap::default()) == 1)
+                .then_some(OneHot { rest: None, ..inner })
         })
     }
 
@@ -918,7 +919,7 @@ fn kept_exps(f: &Function, nests: &[Nest], groups: &[Group], buffers: &mut Vec<B
             {
                 continue;
             }
-            let map = HashMap::from([(*row, *t), (*k, *j)]);
+            let map: HashMap<_, _> = [(*row, *t), (*k, *j)].into_iter().collect();
             let reads_softmax = |n: &NodeId| {
                 let Expr::Prim { prim: Prim::Exp, args } = &f.node(*n).expr else {
                     return false;
@@ -998,7 +999,7 @@ fn guarded(f: &Function, root: NodeId, target: NodeId, guard: NodeId, map: &Hash
         memo.insert(n, r);
         r
     }
-    !reaches(f, root, target, guard, map, &mut HashMap::new())
+    !reaches(f, root, target, guard, map, &mut HashMap::default())
 }
 
 /// The nests whose rows only live while their group's loop is at that row: `let` tensors of a row-fused
@@ -1008,7 +1009,7 @@ fn guarded(f: &Function, root: NodeId, target: NodeId, guard: NodeId, map: &Hash
 /// holds it: the data never leaves the cache.
 fn row_private_nests(f: &Function, nests: &[Nest], groups: &[Group], kept: &[KeptExps]) -> Vec<usize> {
     // Which nests read each tensor.
-    let mut readers: HashMap<TensorId, Vec<usize>> = HashMap::new();
+    let mut readers: HashMap<TensorId, Vec<usize>> = HashMap::default();
     for (n, nest) in nests.iter().enumerate() {
         for (t, _) in tensor_reads(f, nest.body) {
             readers.entry(t).or_default().push(n);
@@ -1091,7 +1092,7 @@ fn guests(
         }
     }
     // Which nests read each tensor (one walk per nest).
-    let mut readers: HashMap<TensorId, Vec<usize>> = HashMap::new();
+    let mut readers: HashMap<TensorId, Vec<usize>> = HashMap::default();
     for (n, nest) in nests.iter().enumerate() {
         for (t, _) in tensor_reads(f, nest.body) {
             let of_t = readers.entry(t).or_default();

@@ -748,17 +748,22 @@ impl Function {
     /// `*`, `==`, `!=`, `&&` and `||` (which give the same bits either way): `s[t, k] * 2.0` is `2.0 * s[t, k]`.
     /// Reductions inside must be the same node and not see a renamed index; the loop IR only matches
     /// reduction-free elements.
-    pub fn same_renamed(&self, a: NodeId, b: NodeId, map: &HashMap<IndexId, IndexId>) -> bool {
-        self.same_renamed_memo(a, b, map, &mut HashMap::new())
-    }
-
-    /// [`Self::same_renamed`], each pair compared once.
-    fn same_renamed_memo(
+    pub fn same_renamed<S: std::hash::BuildHasher>(
         &self,
         a: NodeId,
         b: NodeId,
-        map: &HashMap<IndexId, IndexId>,
-        known: &mut HashMap<(NodeId, NodeId), bool>,
+        map: &HashMap<IndexId, IndexId, S>,
+    ) -> bool {
+        self.same_renamed_memo(a, b, map, &mut rustc_hash::FxHashMap::default())
+    }
+
+    /// [`Self::same_renamed`], each pair compared once.
+    fn same_renamed_memo<S: std::hash::BuildHasher>(
+        &self,
+        a: NodeId,
+        b: NodeId,
+        map: &HashMap<IndexId, IndexId, S>,
+        known: &mut rustc_hash::FxHashMap<(NodeId, NodeId), bool>,
     ) -> bool {
         let (x, y) = (self.node(a), self.node(b));
         if !x.free.iter().any(|i| map.contains_key(i)) {
@@ -787,16 +792,20 @@ impl Function {
 
     /// Rebuilds `node` with index variables replaced by the given integer nodes. Only nodes in which a
     /// replaced index is free are rebuilt; a reduction that binds an index hides it from replacement.
-    pub fn subst(&mut self, node: NodeId, map: &HashMap<IndexId, NodeId>) -> Result<NodeId, TooDeep> {
-        let mut memo = HashMap::new();
+    pub fn subst<S: std::hash::BuildHasher>(
+        &mut self,
+        node: NodeId,
+        map: &HashMap<IndexId, NodeId, S>,
+    ) -> Result<NodeId, TooDeep> {
+        let mut memo = rustc_hash::FxHashMap::default();
         self.subst_memo(node, map, &mut memo)
     }
 
-    fn subst_memo(
+    fn subst_memo<S: std::hash::BuildHasher>(
         &mut self,
         node: NodeId,
-        map: &HashMap<IndexId, NodeId>,
-        memo: &mut HashMap<NodeId, NodeId>,
+        map: &HashMap<IndexId, NodeId, S>,
+        memo: &mut rustc_hash::FxHashMap<NodeId, NodeId>,
     ) -> Result<NodeId, TooDeep> {
         if let Some(done) = memo.get(&node) {
             return Ok(*done);
@@ -840,12 +849,12 @@ impl Function {
             } => {
                 // The reduction binds its indices: inside it they are not the ones being replaced.
                 let (mask, body) = if indices.iter().any(|i| map.contains_key(i)) {
-                    let inner: HashMap<IndexId, NodeId> = map
+                    let inner: rustc_hash::FxHashMap<IndexId, NodeId> = map
                         .iter()
                         .filter(|(k, _)| !indices.contains(k))
                         .map(|(k, v)| (*k, *v))
                         .collect();
-                    let mut inner_memo = HashMap::new();
+                    let mut inner_memo = rustc_hash::FxHashMap::default();
                     let mask = mask.map(|m| self.subst_memo(m, &inner, &mut inner_memo)).transpose()?;
                     (mask, self.subst_memo(body, &inner, &mut inner_memo)?)
                 } else {

@@ -33,7 +33,8 @@
 //! element computes, up to renaming its head, is read back from that tensor (`sigmoid(L (p - 0.5))` in
 //! AnyLoss's gradient reads `a`).
 
-use std::collections::{BTreeSet, HashMap};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::BTreeSet;
 
 use crate::ir::{Dim, Expr, Function, IndexId, NodeId, Role, Scalar, TensorDef, TensorId, TensorRef, TooDeep};
 use crate::prims::Prim;
@@ -46,10 +47,10 @@ pub fn materialize(src: &Function) -> R<Function> {
         src,
         dst: src.empty_like(),
         tensors: vec![None; src.tensors.len()],
-        memo: HashMap::new(),
-        canonical: HashMap::new(),
-        hoisted: HashMap::new(),
-        elements: HashMap::new(),
+        memo: HashMap::default(),
+        canonical: HashMap::default(),
+        hoisted: HashMap::default(),
+        elements: HashMap::default(),
         pending: Vec::new(),
     };
     for (k, t) in src.tensors.iter().enumerate() {
@@ -192,7 +193,7 @@ impl Hoist<'_> {
     /// position); returns the head and the renamed node.
     fn canonicalize(&mut self, node: NodeId, free: &[IndexId]) -> R<(Vec<IndexId>, NodeId)> {
         let span = self.dst.span(node);
-        let mut map = HashMap::new();
+        let mut map = HashMap::default();
         let mut head = Vec::new();
         for (pos, v) in free.iter().enumerate() {
             let range = self.dst.index(*v).range.clone();

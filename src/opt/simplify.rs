@@ -5,7 +5,7 @@
 //! that a result (loss, output, gradient) reaches are rebuilt, and only nodes they reach: rebuilding is also
 //! dead-code removal and compaction.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::diag::Span;
 use crate::ir::{
@@ -17,11 +17,11 @@ type R<T> = Result<T, TooDeep>;
 
 /// One simplification round over the live part of `src`.
 pub fn rebuild(src: &Function) -> R<Function> {
-    rebuild_with(src, &HashMap::new())
+    rebuild_with(src, &std::collections::HashMap::new())
 }
 
 /// [`rebuild`], with hyperparameter nodes replaced by the given nodes of `src` (for specialisation).
-pub fn rebuild_with(src: &Function, hypers: &HashMap<u32, NodeId>) -> R<Function> {
+pub fn rebuild_with(src: &Function, hypers: &std::collections::HashMap<u32, NodeId>) -> R<Function> {
     rebuild_inlining(src, hypers, vec![false; src.tensors.len()])
 }
 
@@ -40,7 +40,7 @@ pub fn rebuild_with(src: &Function, hypers: &HashMap<u32, NodeId>) -> R<Function
 pub fn inline_lets(src: &Function) -> R<Function> {
     rebuild_inlining(
         src,
-        &HashMap::new(),
+        &std::collections::HashMap::new(),
         inlinable(src).into_iter().map(|(any, _)| any).collect(),
     )
 }
@@ -54,7 +54,7 @@ pub fn inline_lets(src: &Function) -> R<Function> {
 pub fn inline_for_derivative(src: &Function) -> R<Function> {
     rebuild_inlining(
         src,
-        &HashMap::new(),
+        &std::collections::HashMap::new(),
         inlinable(src).into_iter().map(|(_, primal)| primal).collect(),
     )
 }
@@ -170,7 +170,11 @@ fn inlinable(f: &Function) -> Vec<(bool, bool)> {
         .collect()
 }
 
-pub(crate) fn rebuild_inlining(src: &Function, hypers: &HashMap<u32, NodeId>, inline: Vec<bool>) -> R<Function> {
+pub(crate) fn rebuild_inlining(
+    src: &Function,
+    hypers: &std::collections::HashMap<u32, NodeId>,
+    inline: Vec<bool>,
+) -> R<Function> {
     let live = live_tensors(src);
     let mut b = Rebuild {
         src,
@@ -184,7 +188,7 @@ pub(crate) fn rebuild_inlining(src: &Function, hypers: &HashMap<u32, NodeId>, in
     // element node) is read from that one. The hoisted reductions of the loss and of its gradient share
     // canonical heads, so one that only simplification made equal to another is computed once. (Scalars
     // cost nothing twice and keep their names in `--emit grad`.)
-    let mut lets: HashMap<(Vec<IndexId>, NodeId), TensorId> = HashMap::new();
+    let mut lets: HashMap<(Vec<IndexId>, NodeId), TensorId> = HashMap::default();
     for (k, t) in src.tensors.iter().enumerate() {
         if !live[k] {
             continue;
@@ -231,7 +235,7 @@ pub fn live_tensors(f: &Function) -> Vec<bool> {
 
 struct Rebuild<'a> {
     src: &'a Function,
-    hypers: &'a HashMap<u32, NodeId>,
+    hypers: &'a std::collections::HashMap<u32, NodeId>,
     dst: Function,
     map: Vec<Option<NodeId>>,
     tensors: Vec<Option<TensorId>>,
@@ -261,7 +265,7 @@ impl Rebuild<'_> {
             } if self.inline[t.index()] => {
                 let def = &self.src.tensors[t.index()];
                 let body = self.node(def.body)?;
-                let mut at = HashMap::new();
+                let mut at = HashMap::default();
                 for (i, s) in def.indices.iter().zip(subs.iter()) {
                     at.insert(*i, self.node(*s)?);
                 }
@@ -682,7 +686,7 @@ fn merge_sums(f: &mut Function, x: NodeId, y: NodeId, span: Span) -> R<Option<No
         return Ok(None);
     }
     let at_k = f.add(Expr::Index(k), Scalar::Int, span)?;
-    let map = HashMap::from([(k2, at_k)]);
+    let map: HashMap<_, _> = [(k2, at_k)].into_iter().collect();
     let by = f.subst(by, &map)?;
     let my = my.map(|m| f.subst(m, &map)).transpose()?;
     let (fx, fy) = (f.factors(bx), f.factors(by));
@@ -1093,13 +1097,13 @@ fn deviations(f: &mut Function, k: IndexId, body: NodeId, span: Span) -> R<Optio
 /// that mean read at plain distinct indices — with `x` equal to `X(k)` up to renaming.
 fn mean_along(f: &Function, k: IndexId, x: NodeId, m: NodeId) -> bool {
     let (reduce, mut map) = match &f.node(m).expr {
-        Expr::Reduce { .. } => (m, HashMap::new()),
+        Expr::Reduce { .. } => (m, HashMap::default()),
         Expr::Load {
             tensor: TensorRef::Def(t),
             subs,
         } => {
             let def = f.tensor(*t);
-            let mut map = HashMap::new();
+            let mut map = HashMap::default();
             for (h, s) in def.indices.iter().zip(subs.iter()) {
                 let Expr::Index(i) = f.node(*s).expr else { return false };
                 if map.values().any(|j| *j == i) {
@@ -1173,7 +1177,7 @@ fn softmax_exp(f: &Function, k: IndexId, n: NodeId) -> Option<NodeId> {
     let [k2] = indices[..] else { return None };
     let same = !f.node(lse).free.contains(&k)
         && f.index(k2).range == f.index(k).range
-        && f.same_renamed(*body, x, &HashMap::from([(k2, k)]));
+        && f.same_renamed(*body, x, &[(k2, k)].into_iter().collect::<HashMap<_, _>>());
     same.then_some(lse)
 }
 
@@ -1260,7 +1264,7 @@ fn fuse(
     body: NodeId,
     span: Span,
 ) -> R<NodeId> {
-    let map = HashMap::from([(k, e)]);
+    let map: HashMap<_, _> = [(k, e)].into_iter().collect();
     let body = f.subst(body, &map)?;
     let mut cond: Option<NodeId> = None;
     for r in rest {

@@ -11,7 +11,7 @@
 //! contiguous row after. The values are the same (a backend whose matrix products are not computed in
 //! mirrored order may differ in the last bits).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::ir::{Expr, Function, IndexId, NodeId, TensorDef, TensorId, TensorRef, TooDeep};
 use crate::prims::Prim;
@@ -28,7 +28,7 @@ pub fn contiguous_reads(src: &Function) -> R<Function> {
     for t in &src.tensors {
         let depth: HashMap<IndexId, usize> = t.indices.iter().enumerate().map(|(d, i)| (*i, d)).collect();
         // Each index's count as the last subscript of the element's other matrix reads.
-        let mut last: HashMap<IndexId, usize> = HashMap::new();
+        let mut last: HashMap<IndexId, usize> = HashMap::default();
         for n in src.reachable(&[t.body]) {
             if let Expr::Load { tensor, subs } = &src.node(n).expr
                 && subs.len() >= 2
@@ -43,7 +43,7 @@ pub fn contiguous_reads(src: &Function) -> R<Function> {
             dst: &mut dst,
             symmetric: &symmetric,
             last,
-            memo: HashMap::new(),
+            memo: HashMap::default(),
         };
         let body = order.node(t.body, &depth)?;
         dst.add_tensor(TensorDef { body, ..t.clone() });
@@ -63,7 +63,7 @@ pub fn symmetric_tensors(f: &Function) -> Vec<bool> {
                 f,
                 swap: (p, q),
                 symmetric: &symmetric,
-                memo: HashMap::new(),
+                memo: HashMap::default(),
             };
             symmetric[k] = mirror.same(t.body, t.body);
         }

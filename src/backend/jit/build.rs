@@ -1,7 +1,7 @@
 //! Building a kernel: which groups get native code, the Cranelift module, compiling the groups' functions
 //! in parallel (a matrix product's only when a call first needs it).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use cranelift_codegen::ir::{self, AbiParam, Type, types};
@@ -248,7 +248,7 @@ pub(super) fn lower_groups<M: Module>(
                 (None, None) => return Err("no pool for the vector constants".into()),
             };
             let mut b = FunctionBuilder::new(&mut func, &mut fctx);
-            let mut refs = HashMap::new();
+            let mut refs = HashMap::default();
             for (name, fid) in &imports {
                 refs.insert(*name, module.declare_func_in_func(*fid, b.func));
             }

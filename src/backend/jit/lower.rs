@@ -1,7 +1,7 @@
 //! Lowering a group to Cranelift IR: the row loop, members, loop nests, elements (loads with bounds
 //! checks, primitives, lazy choices), kept softmax rows and one-hot terms.
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{self, InstBuilder, MemFlagsData, Type, Value, types};
@@ -46,9 +46,9 @@ impl<'a, 'b> Lower<'a, 'b> {
             preheaders: Vec::new(),
             ptr,
             math,
-            vars: HashMap::new(),
-            fixed: HashMap::new(),
-            frames: vec![HashMap::new()],
+            vars: HashMap::default(),
+            fixed: HashMap::default(),
+            frames: vec![HashMap::default()],
             table: bufs,
             bases,
             sizes,
@@ -63,14 +63,14 @@ impl<'a, 'b> Lower<'a, 'b> {
             residual: None,
             lane_residual: None,
             vector_residual: None,
-            kept_exps: HashMap::new(),
+            kept_exps: HashMap::default(),
             extremes: Vec::new(),
             rows_ahead: [None; 2],
             partial: params[6],
             split_bounds: None,
             exp_rows: false,
             column_tiles: false,
-            tables: HashMap::new(),
+            tables: HashMap::default(),
         }
     }
 
@@ -151,7 +151,7 @@ impl<'a, 'b> Lower<'a, 'b> {
                     let own = m.head[0].0;
                     l.fixed.insert(own, row);
                     l.bound.push(own);
-                    l.frames.push(HashMap::new());
+                    l.frames.push(HashMap::default());
                     let bases = l.bases.clone();
                     l.reload_bases(&used[index], &private, row);
                     l.softmax_member(group, *index, m, 1);
@@ -405,7 +405,7 @@ impl<'a, 'b> Lower<'a, 'b> {
                 l.hoist_invariants(&[body]);
                 let rest = if lanes {
                     l.vector_loop(q, qb, qe, &mut |l: &mut Self, kb| {
-                        let v = l.vvalue(body, q, kb, &mut HashMap::new());
+                        let v = l.vvalue(body, q, kb, &mut HashMap::default());
                         let flat = l.flat(&head);
                         l.vstore(buffer, flat, v);
                     })
@@ -546,12 +546,12 @@ impl<'a, 'b> Lower<'a, 'b> {
         };
         // The lanes at `kb` (the loop variable, or `fixed` at it).
         let mut lanes_at = |l: &mut Self, kb: Value| {
-            let mut memo = HashMap::new();
+            let mut memo = HashMap::default();
             if let Some(term) = zeroed
                 && let Expr::Prim { args, .. } = &l.f.node(term).expr
             {
                 // The term's own zero (its third operand) in every lane.
-                let zero = l.vvalue(args[2], i, kb, &mut HashMap::new());
+                let zero = l.vvalue(args[2], i, kb, &mut HashMap::default());
                 memo.insert(term, zero);
             }
             l.vvalue(computed, i, kb, &mut memo)
@@ -616,7 +616,7 @@ impl<'a, 'b> Lower<'a, 'b> {
         let next = self.b.create_block();
         self.b.ins().brif(inside, yes, &[], next, &[]);
         self.b.switch_to_block(yes);
-        self.frames.push(HashMap::new());
+        self.frames.push(HashMap::default());
         let var = self.var(k);
         self.b.def_var(var, at);
         let flat = self.flat(head);
@@ -686,7 +686,7 @@ impl<'a, 'b> Lower<'a, 'b> {
         match trips {
             Some(0) => return start,
             Some(1) => {
-                self.frames.push(HashMap::new());
+                self.frames.push(HashMap::default());
                 self.bound.push(i);
                 body(self);
                 self.bound.pop();
@@ -711,8 +711,8 @@ impl<'a, 'b> Lower<'a, 'b> {
             self.b.ins().brif(skip, exit, &[], inner, &[])
         };
         self.b.switch_to_block(inner);
-        self.frames.push(HashMap::new());
-        self.preheaders.push((entry, HashMap::new()));
+        self.frames.push(HashMap::default());
+        self.preheaders.push((entry, HashMap::default()));
         self.bound.push(i);
         body(self);
         self.bound.pop();
@@ -815,7 +815,7 @@ impl<'a, 'b> Lower<'a, 'b> {
     /// where they are: their bodies bind indices of their own. Only called where no bound index is
     /// redefined later in the same frame (not between [`Self::at_index`] calls).
     pub(super) fn hoist_invariants(&mut self, roots: &[NodeId]) {
-        let mut seen = HashSet::new();
+        let mut seen = HashSet::default();
         let mut stack = roots.to_vec();
         while let Some(n) = stack.pop() {
             if !seen.insert(n) {
@@ -1086,7 +1086,7 @@ impl<'a, 'b> Lower<'a, 'b> {
         self.b.ins().brif(c, then, &[], other, &[]);
         for (block, side) in [(then, a), (other, b)] {
             self.b.switch_to_block(block);
-            self.frames.push(HashMap::new());
+            self.frames.push(HashMap::default());
             let v = side(self);
             self.frames.pop();
             let args: Vec<ir::BlockArg> = v.into_iter().map(Into::into).collect();

@@ -56,7 +56,7 @@
 //! stderr; `LOSSC_DUMP_BIN=DIR` writes each group's machine code to `DIR/group<k>.bin` (for `objdump -b
 //! binary -m i386:x86-64 -D`, to match `perf` samples against the perf map's addresses).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use cranelift_codegen::ir::{self, MemFlagsData, Type, Value};

@@ -1,7 +1,7 @@
 //! Reductions in Cranelift IR: the strategies (logsumexp in two passes over a row, row maxima, sums of
 //! exponentials, sums in one loop, arg max/min in two vector passes) and their accumulators.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{self, InstBuilder, Value, types};
@@ -305,7 +305,7 @@ impl<'a, 'b> Lower<'a, 'b> {
         });
         let tail = self.vector_loop(k, rest, hi, &mut |l: &mut Self, kb| {
             for (&(i, body), acc) in sums.iter().zip(&vector) {
-                let v = l.vvalue(body, i, kb, &mut HashMap::new());
+                let v = l.vvalue(body, i, kb, &mut HashMap::default());
                 l.vacc_add(*acc, v);
             }
         });
@@ -313,7 +313,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             let at = l.index(k);
             for (&(i, body), acc) in sums.iter().zip(&scalar) {
                 l.fixed.insert(i, at);
-                l.frames.push(HashMap::new());
+                l.frames.push(HashMap::default());
                 let x = l.value(body);
                 let x = l.b.ins().fpromote(types::F64, x);
                 let cur = l.b.use_var(*acc);
@@ -341,7 +341,7 @@ impl<'a, 'b> Lower<'a, 'b> {
         let mut total: Option<Value> = None;
         for u in 0..4 {
             let at = self.b.ins().iadd_imm_s(kb, u * simd::LANES);
-            let mut memo = HashMap::new();
+            let mut memo = HashMap::default();
             let v = self.vvalue(body, k, at, &mut memo);
             let m = mask.map(|m| self.vvalue(m, k, at, &mut memo));
             let v = self.fill_masked(v, m, 0.0);
@@ -405,7 +405,7 @@ impl<'a, 'b> Lower<'a, 'b> {
                     1
                 };
                 let tail = self.unrolled_vector_loop(k, zero, end, times, &mut |l: &mut Self, kb| {
-                    let mut memo = HashMap::new();
+                    let mut memo = HashMap::default();
                     let v = l.vvalue(body, k, kb, &mut memo);
                     let m = mask.map(|m| l.vvalue(m, k, kb, &mut memo));
                     vector(l, v, m, simd::LANES);
@@ -433,7 +433,7 @@ impl<'a, 'b> Lower<'a, 'b> {
         let seen = self.b.declare_var(types::I8);
         let no = self.b.ins().iconst(types::I8, 0);
         self.b.def_var(seen, no);
-        self.frames.push(HashMap::new());
+        self.frames.push(HashMap::default());
         self.reduce_loops(ranges, 0, &mut |l: &mut Self| {
             let x = l.value(body);
             let nan = l.b.ins().fcmp(FloatCC::Unordered, x, x);
@@ -467,7 +467,7 @@ impl<'a, 'b> Lower<'a, 'b> {
                 let next = self.b.create_block();
                 self.b.ins().brif(c, yes, &[], next, &[]);
                 self.b.switch_to_block(yes);
-                self.frames.push(HashMap::new());
+                self.frames.push(HashMap::default());
                 body(self);
                 self.frames.pop();
                 self.b.ins().jump(next, &[]);
@@ -661,7 +661,7 @@ impl<'a, 'b> Lower<'a, 'b> {
         let start = self.b.ins().iconst(types::I64, 0);
         self.hoist_invariants(&[body]);
         let tail = self.vector_loop(k, start, end, &mut |l: &mut Self, kb| {
-            let mut memo = HashMap::new();
+            let mut memo = HashMap::default();
             let v = l.vvalue(body, k, kb, &mut memo);
             let equal = l.b.ins().fcmp(FloatCC::Equal, v, mv);
             let unordered = l.b.ins().fcmp(FloatCC::Unordered, v, v);
@@ -707,9 +707,11 @@ impl<'a, 'b> Lower<'a, 'b> {
         let row = *self.bound.first()?;
         let found = self.extremes.iter().find(|e| {
             e.max == max
-                && self
-                    .f
-                    .same_renamed(e.body, body, &HashMap::from([(e.row, row), (e.index, k)]))
+                && self.f.same_renamed(
+                    e.body,
+                    body,
+                    &[(e.row, row), (e.index, k)].into_iter().collect::<HashMap<_, _>>(),
+                )
         })?;
         let buffer = found.buffer;
         let at = self.index(row);

@@ -17,7 +17,7 @@
 //! accumulates in a stack slot along each row of the summed index (a kilobyte or two of every row read in
 //! a run, not a cache line a page apart).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
@@ -81,7 +81,7 @@ fn vflags() -> MemFlagsData {
 impl Lower<'_, '_> {
     /// Whether `n` can be computed lane-wise along `k`.
     pub(super) fn vectorizable(&self, n: NodeId, k: IndexId) -> bool {
-        let mut memo = HashMap::new();
+        let mut memo = HashMap::default();
         self.vec_ok(n, k, &mut memo)
     }
 
@@ -191,7 +191,7 @@ impl Lower<'_, '_> {
             for u in 0..times {
                 let kb = l.b.ins().iadd_imm_s(base, u * LANES);
                 l.fixed.insert(k, kb);
-                l.frames.push(HashMap::new());
+                l.frames.push(HashMap::default());
                 body(l, kb);
                 l.frames.pop();
                 l.fixed.remove(&k);
@@ -242,7 +242,7 @@ impl Lower<'_, '_> {
         let last = self.b.ins().iadd_imm_s(end, -LANES);
         let at_last = |l: &mut Self, f: &mut dyn FnMut(&mut Self)| {
             l.fixed.insert(k, last);
-            l.frames.push(HashMap::new());
+            l.frames.push(HashMap::default());
             f(l);
             l.frames.pop();
             l.fixed.remove(&k);
@@ -306,7 +306,7 @@ impl Lower<'_, '_> {
                 .map(|i| {
                     let row = at_row(l, i);
                     l.fixed.insert(p, row);
-                    l.frames.push(HashMap::new());
+                    l.frames.push(HashMap::default());
                     l.hoist_invariants(&[body]);
                     l.fixed.remove(&p);
                     l.frames.pop().expect("pushed")
@@ -547,7 +547,7 @@ impl Lower<'_, '_> {
             unreachable!("lanes_outside: a reduction");
         };
         let bound = self.f.node(n).free.clone();
-        let mut memo = HashMap::new();
+        let mut memo = HashMap::default();
         let roots: Vec<NodeId> = std::iter::once(body).chain(mask).collect();
         for m in self.f.reachable(&roots) {
             let free = &self.f.node(m).free;
@@ -638,7 +638,7 @@ impl Lower<'_, '_> {
         for lane in 0..LANES as u8 {
             let at = self.b.ins().iadd_imm_s(kb, lane as i64);
             self.fixed.insert(k, at);
-            self.frames.push(HashMap::new());
+            self.frames.push(HashMap::default());
             let x = scalar(self);
             self.frames.pop();
             lanes = self.b.ins().insertlane(lanes, x, lane);
@@ -831,7 +831,7 @@ impl Lower<'_, '_> {
         let done = self.b.ins().icmp(IntCC::SignedGreaterThanOrEqual, tile, last);
         self.b.ins().brif(done, exit, &[], inner, &[]);
         self.b.switch_to_block(inner);
-        self.frames.push(HashMap::new());
+        self.frames.push(HashMap::default());
         self.bound.push(k);
         let next = self.b.ins().iadd_imm_s(tile, COLUMN_TILE);
         let next = self.b.ins().smin(next, last);
@@ -847,7 +847,7 @@ impl Lower<'_, '_> {
                 for u in 0..COLUMN_BLOCK {
                     let kb = l.b.ins().iadd_imm_s(kb, u * LANES);
                     // Terms depend on the summed indices: a fresh memo per point.
-                    let mut inner = HashMap::new();
+                    let mut inner = HashMap::default();
                     let v = l.vvalue(body, k, kb, &mut inner);
                     let m = mask.map(|m| l.vvalue(m, k, kb, &mut inner));
                     let v = l.fill_masked(v, m, 0.0);
@@ -1293,7 +1293,7 @@ impl Lower<'_, '_> {
                 let (fast, slow, next) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
                 self.b.ins().brif(all, fast, &[], slow, &[]);
                 self.b.switch_to_block(fast);
-                self.frames.push(HashMap::new());
+                self.frames.push(HashMap::default());
                 block(self);
                 self.frames.pop();
                 self.b.ins().jump(next, &[]);
@@ -1329,7 +1329,7 @@ impl Lower<'_, '_> {
             let mut acc = l.b.ins().load(types::F32X4, MemFlagsData::new().with_notrap(), addr, 0);
             for (u, sv) in splats.iter().enumerate() {
                 let v = l.at_index(i, i0, u as i64, &mut |l: &mut Self| {
-                    let mut memo = HashMap::new();
+                    let mut memo = HashMap::default();
                     l.vvalue(update.row, k, kb, &mut memo)
                 });
                 let add = l.b.ins().fmul(*sv, v);
@@ -1377,7 +1377,7 @@ impl Lower<'_, '_> {
         let var = self.var(i);
         let at = self.b.ins().iadd_imm_s(base, offset);
         self.b.def_var(var, at);
-        self.frames.push(HashMap::new());
+        self.frames.push(HashMap::default());
         let v = f(self);
         self.frames.pop();
         self.b.def_var(var, base);
@@ -1474,7 +1474,7 @@ impl Lower<'_, '_> {
             for (u, acc) in accs.iter().enumerate() {
                 let a = l.b.use_var(*acc);
                 let a = l.at_index(h, h0, u as i64, &mut |l: &mut Self| {
-                    let mut memo = HashMap::new();
+                    let mut memo = HashMap::default();
                     match factors {
                         Some((x, y)) => {
                             let x = l.vvalue(x, d, db, &mut memo);
