@@ -258,3 +258,35 @@ fn topk_and_argsort_order_masked_pairs() {
         }
     }
 }
+
+/// A sorting network's comparator tables are one node each (`table(…)[w]`), not trees of selects over the
+/// wire: W6's optimized loss-and-gradient program stays small (it had 5,923 nodes as select trees), and its
+/// code evaluates each partner with one read of the table.
+#[test]
+fn sorting_network_tables_are_single_nodes() {
+    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/sort_bce16.lx")).unwrap();
+    let p = lossc::Program::from_source("sort.lx", &src).unwrap();
+    let g = lossc::api::gradient(p.loss(None).unwrap()).unwrap();
+    let tables = g
+        .nodes()
+        .iter()
+        .filter(|n| matches!(n.expr, lossc::ir::Expr::Table { .. }))
+        .count();
+    let selects = g
+        .nodes()
+        .iter()
+        .filter(|n| {
+            matches!(
+                n.expr,
+                lossc::ir::Expr::Prim {
+                    prim: lossc::prims::Prim::Select,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert!(tables >= 16, "{tables} tables");
+    assert!(selects < 100, "{selects} selects");
+    assert!(g.nodes().len() < 2_500, "{} nodes", g.nodes().len());
+    assert!(g.to_string().contains("table(1, 0, 3, 2, 5, 4"), "{g}");
+}

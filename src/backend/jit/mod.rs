@@ -456,6 +456,87 @@ mod tests {
         )
     }
 
+    /// A constant table read beyond its ends reads its nearest entry ([`crate::ir::Expr::Table`]), in the
+    /// JIT (a clamped read of the lane pool) as in the interpreter, and its gradient flows through the
+    /// load it subscripts: `sum[i, j] x[i, T(j - 1)] * U(j + 2)` with T an integer and U a float table.
+    #[test]
+    fn tables_read_beyond_their_ends_take_the_nearest_entry() {
+        use crate::ir::{Expr, Role, Scalar, TensorRef, Value};
+        use crate::prims::Prim;
+        let src = "loss f(x: f32[N, 4]) { sum[i, j] x[i, j] }";
+        let (mut f, _) = function_and_interpreter(src);
+        let span = f.span;
+        let index = |f: &Function, name: &str| f.indices.iter().position(|v| v.name == name).unwrap();
+        let (i, j) = (IndexId(index(&f, "i") as u32), IndexId(index(&f, "j") as u32));
+        let iv = f.add(Expr::Index(i), Scalar::Int, span).unwrap();
+        let jv = f.add(Expr::Index(j), Scalar::Int, span).unwrap();
+        let (one, two) = (
+            f.add(Expr::Int(1), Scalar::Int, span).unwrap(),
+            f.add(Expr::Int(2), Scalar::Int, span).unwrap(),
+        );
+        let below = f.prim(Prim::Sub, &[jv, one], span).unwrap();
+        let above = f.prim(Prim::Add, &[jv, two], span).unwrap();
+        let partner = [3, 0, 2, 1].map(Value::I);
+        let t = f.table(below, &partner, span).unwrap();
+        let u = f.table(above, &[1.0, -2.0, 0.5, 4.0].map(Value::F), span).unwrap();
+        let load = f
+            .add(
+                Expr::Load {
+                    tensor: TensorRef::Input(0),
+                    subs: vec![iv, t].into(),
+                },
+                Scalar::Float,
+                span,
+            )
+            .unwrap();
+        let term = f.prim(Prim::Mul, &[load, u], span).unwrap();
+        let sum = f
+            .add(
+                Expr::Reduce {
+                    op: crate::ir::ReduceOp::Sum,
+                    indices: vec![i, j].into(),
+                    mask: None,
+                    body: term,
+                },
+                Scalar::Float,
+                span,
+            )
+            .unwrap();
+        let loss = f.tensors.iter().position(|t| t.role == Role::Loss).unwrap();
+        f.tensors[loss].body = sum;
+        assert!(crate::ir::verify::verify(&f).is_ok());
+        let x: Vec<f64> = (0..12).map(|k| k as f64 * 0.5 - 2.0).collect();
+        let inputs = BTreeMap::from([("x".to_string(), Tensor::float(vec![3, 4], x.clone()))]);
+        let jit = crate::kernel::Kernel::build(&f, &Compiler::new())
+            .unwrap()
+            .eval(&inputs)
+            .unwrap();
+        let interp = crate::kernel::Kernel::build(&f, &Compiler::new().backend(Backend::Interp))
+            .unwrap()
+            .eval(&inputs)
+            .unwrap();
+        // j = 0..4 reads column T(max(j - 1, 0)) = 3, 3, 0, 2, weighed by U(min(j + 2, 3)) = 0.5, 4, 4, 4.
+        let (cols, weights) = ([3usize, 3, 0, 2], [0.5, 4.0, 4.0, 4.0]);
+        let want: f64 = (0..3)
+            .flat_map(|r| (0..4).map(move |c| (r, c)))
+            .map(|(r, c)| x[r * 4 + cols[c]] * weights[c])
+            .sum();
+        let mut grad = vec![0.0; 12];
+        for r in 0..3 {
+            for c in 0..4 {
+                grad[r * 4 + cols[c]] += weights[c];
+            }
+        }
+        for e in [&jit, &interp] {
+            assert!((e.loss - want).abs() < 1e-4, "{} vs {want}", e.loss);
+            let g = e.grads[0].1.to_f64();
+            assert!(
+                g.iter().zip(&grad).all(|(a, b)| (a - b).abs() < 1e-5),
+                "{g:?} vs {grad:?}"
+            );
+        }
+    }
+
     /// A map whose element is a sigmoid runs through the 8-lane row helper with the bits of the 4-lane code:
     /// the kernel with and without it agrees to the bit, special values and every block and tail length
     /// included (and with the interpreter).
