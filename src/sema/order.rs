@@ -11,7 +11,7 @@
 //! Invariants: topk/argsort rank each element by a count over a second copy of the bound index (O(n²) per
 //! row, hoisted into a tensor by the optimizer). A sorting network's size must be a compile-time constant:
 //! it is unrolled into one `let` per comparator layer (wire values, layer weights α, permutation matrix),
-//! whose comparator tables are constant select trees over the wire index.
+//! whose comparator tables (partner wire, side) are constant tables read at the wire index ([`crate::ir::Expr::Table`]).
 
 use std::collections::HashMap;
 
