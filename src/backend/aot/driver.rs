@@ -310,10 +310,11 @@ pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsuppor
         };
         let output = plan.buffer_of(f, TensorRef::Def(members[0].tensor));
         groups.push(format!(
-            "    {{{product}, {output}, {}, {}, {}, {}, {first}, {split}, {}, {private}}},",
+            "    {{{product}, {output}, {}, {}, {}, {}, {}, {first}, {split}, {}, {private}}},",
             kernel.group_symbol(g),
             members[0].parallel as u8,
             schedule.column_sum as u8,
+            schedule.tiled_rows as u8,
             members.len(),
             private_buffers.len()
         ));

@@ -82,6 +82,7 @@ struct lossc_rt_group {
     lossc_rt_nest fn;
     int parallel;          /* its chunks may run on several threads */
     int column_sum;        /* it sums columns in tiles */
+    int tiled_rows;        /* it runs an elementwise nest in tiles of columns over its rows */
     int members;           /* partial slots per chunk of a split sum */
     int split_first;       /* the first member whose total the parts make, or -1: not a split sum */
     const int *split_buffers; /* the buffers of members split_first.. */
@@ -157,9 +158,10 @@ LOSSC_HIDDEN void lossc_rt_position(int64_t flat, const int64_t *shape, int rank
 }
 
 /* Rows per chunk (backend/jit/build.rs, chunk_rows; the constants are the JIT's). */
-static int64_t lossc_rt_chunk_rows(int64_t outer, int64_t row, int column_sum, int64_t threads) {
+static int64_t lossc_rt_chunk_rows(int64_t outer, int64_t row, int column_sum, int tiled_rows, int64_t threads) {
     int64_t chunk = LOSSC_RT_MIN_CHUNK_ELEMENTS / (row > 1 ? row : 1);
     if (chunk < 1) chunk = 1;
+    if (tiled_rows && chunk < LOSSC_RT_TILED_CHUNK_ROWS) chunk = LOSSC_RT_TILED_CHUNK_ROWS;
     if (!column_sum) return chunk;
     int64_t t = threads > 1 ? threads : 1;
     int64_t per_thread = (outer + t - 1) / t;
@@ -308,7 +310,7 @@ static int lossc_rt_group(const struct lossc_rt_kernel *k, int g, void **ptrs, c
         chunk = LOSSC_RT_SPLIT_CHUNK;
     } else {
         outer = ext->group_outer[g] > 0 ? ext->group_outer[g] : 0;
-        chunk = lossc_rt_chunk_rows(outer, ext->group_row[g], group->column_sum, threads);
+        chunk = lossc_rt_chunk_rows(outer, ext->group_row[g], group->column_sum, group->tiled_rows, threads);
     }
     int64_t n_chunks = (outer + chunk - 1) / chunk;
     int per_chunk = group->split_first >= 0 ? group->members : 1;

@@ -36,6 +36,9 @@ pub struct Schedule {
     pub row_indices: Vec<Vec<IndexId>>,
     /// Whether the group sums columns in tiles (`simd::COLUMN_TILE` columns per chunk at least).
     pub column_sum: bool,
+    /// Whether the group runs an elementwise nest in tiles of columns over its chunk's rows, which reuse
+    /// each line of a matrix read transposed once per row of a chunk (`TILED_CHUNK_ROWS` rows at least).
+    pub tiled_rows: bool,
 }
 
 impl Schedule {
@@ -58,7 +61,7 @@ impl Schedule {
             })
             .max()
             .unwrap_or(1);
-        (outer, chunk_rows(outer, row, self.column_sum, threads))
+        (outer, chunk_rows(outer, row, self.column_sum, self.tiled_rows, threads))
     }
 }
 
@@ -67,9 +70,13 @@ impl Schedule {
 /// rows are single elements; one row where a row is that heavy, so that a few heavy rows, [B, C, H, W]
 /// with B = 8, still spread over the threads). A column sum takes a tile's width per thread (each column sums in the same order in any
 /// chunk, so its chunks may depend on the threads; whole blocks of columns keep every column but the
-/// last few in the lanes). An ahead-of-time library's driver (`lossc_rt_chunk_rows`) computes the same.
-pub fn chunk_rows(outer: i64, row: i64, column_sum: bool, threads: usize) -> i64 {
+/// last few in the lanes). A nest in tiles of columns (`tiled_rows`) takes [`TILED_CHUNK_ROWS`] rows at
+/// least: a line of a matrix it reads transposed serves as many rows as the chunk has (two rows per chunk,
+/// at 2,048 columns, made a symmetrised 2,048 × 2,048 matrix three times slower per element than at
+/// 1,024). An ahead-of-time library's driver (`lossc_rt_chunk_rows`) computes the same.
+pub fn chunk_rows(outer: i64, row: i64, column_sum: bool, tiled_rows: bool, threads: usize) -> i64 {
     let chunk = (MIN_CHUNK_ELEMENTS / row.max(1)).max(1);
+    let chunk = if tiled_rows { chunk.max(TILED_CHUNK_ROWS) } else { chunk };
     if !column_sum {
         return chunk;
     }
@@ -80,9 +87,10 @@ pub fn chunk_rows(outer: i64, row: i64, column_sum: bool, threads: usize) -> i64
 }
 
 /// The numbers [`chunk_rows`] and the split sums use, by name, for a driver written in another language.
-pub fn chunk_constants() -> [(&'static str, i64); 4] {
+pub fn chunk_constants() -> [(&'static str, i64); 5] {
     [
         ("MIN_CHUNK_ELEMENTS", MIN_CHUNK_ELEMENTS),
+        ("TILED_CHUNK_ROWS", TILED_CHUNK_ROWS),
         ("COLUMN_TILE", simd::COLUMN_TILE),
         ("COLUMN_BLOCK_COLUMNS", simd::COLUMN_BLOCK_COLUMNS),
         ("SPLIT_CHUNK", SPLIT_CHUNK),
@@ -205,6 +213,7 @@ pub(super) fn lower_groups<M: Module>(
         mut host_lanes,
     } = naming;
     let mut column_sums = vec![false; plan.groups.len()];
+    let mut tiled_rows = vec![false; plan.groups.len()];
     let products: Vec<Option<Contraction>> = plan
         .groups
         .iter()
@@ -256,6 +265,7 @@ pub(super) fn lower_groups<M: Module>(
             l.exp_rows = exp_rows;
             l.group(group, &members);
             column_sums[k] = l.column_tiles;
+            tiled_rows[k] = l.tiled_rows;
             b.seal_all_blocks();
             b.finalize(module.target_config());
         }
@@ -280,13 +290,14 @@ pub(super) fn lower_groups<M: Module>(
     let schedules = plan
         .groups
         .iter()
-        .zip(column_sums)
-        .map(|(g, column_sum)| {
+        .zip(column_sums.into_iter().zip(tiled_rows))
+        .map(|(g, (column_sum, tiled_rows))| {
             let members = plan.members(g);
             Schedule {
                 split: split_members(f, &members).map(|(_, sums)| f.index(sums[0].0).range.clone()),
                 row_indices: members.iter().map(|m| row_indices(f, m)).collect(),
                 column_sum,
+                tiled_rows,
             }
         })
         .collect();

@@ -70,6 +70,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             split_bounds: None,
             exp_rows: false,
             column_tiles: false,
+            tiled_rows: false,
             tables: HashMap::default(),
         }
     }
@@ -377,6 +378,7 @@ impl<'a, 'b> Lower<'a, 'b> {
             unreachable!("column_major: two indices");
         };
         let (p, q) = (*p, *q);
+        self.tiled_rows = true;
         let extent = self.dim(pd);
         let end = self.b.ins().smin(self.hi, extent);
         let (zero, columns) = (self.b.ins().iconst(types::I64, 0), self.dim(qd));

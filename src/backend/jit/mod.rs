@@ -93,6 +93,11 @@ type NestFn = unsafe extern "C" fn(*const *mut u8, *const i64, *const f64, *mut 
 /// Columns per tile of an elementwise nest that reads a matrix transposed.
 const TILE: i64 = 16;
 
+/// The fewest rows in a parallel chunk of such a nest ([`chunk_rows`]): at 2,048 columns 8 rows ran a
+/// symmetrised matrix in half the time of 2 (the chunk [`MIN_CHUNK_ELEMENTS`] makes), and 16 rows no
+/// faster than 8 (slower at 1,024 columns).
+const TILED_CHUNK_ROWS: i64 = 8;
+
 /// Elements per parallel chunk below which a chunk takes more rows.
 const MIN_CHUNK_ELEMENTS: i64 = 4096;
 
@@ -414,6 +419,9 @@ struct Lower<'a, 'b> {
     rows_ahead: [Option<Value>; 2],
     /// Whether the function sums columns in tiles ([`simd::COLUMN_TILE`]).
     column_tiles: bool,
+    /// Whether the function runs an elementwise nest in tiles of columns over its chunk's rows
+    /// ([`Lower::column_major_nest`]): its chunks take [`TILED_CHUNK_ROWS`] rows at least.
+    tiled_rows: bool,
     /// Where the constant tables lowered so far lie in the lane pool ([`Lower::table_address`]).
     tables: HashMap<(std::sync::Arc<[u64]>, crate::ir::Scalar), LanePlace>,
 }
