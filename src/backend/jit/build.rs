@@ -70,7 +70,7 @@ impl Schedule {
 /// rows are single elements; one row where a row is that heavy, so that a few heavy rows, [B, C, H, W]
 /// with B = 8, still spread over the threads). A column sum takes a tile's width per thread (each column sums in the same order in any
 /// chunk, so its chunks may depend on the threads; whole blocks of columns keep every column but the
-/// last few in the lanes). A nest in tiles of columns (`tiled_rows`) takes [`TILED_CHUNK_ROWS`] rows at
+/// last few in the lanes). A nest in tiles of columns (`tiled_rows`) takes `TILED_CHUNK_ROWS` (8) rows at
 /// least: a line of a matrix it reads transposed serves as many rows as the chunk has (two rows per chunk,
 /// at 2,048 columns, made a symmetrised 2,048 × 2,048 matrix three times slower per element than at
 /// 1,024). An ahead-of-time library's driver (`lossc_rt_chunk_rows`) computes the same.
