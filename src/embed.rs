@@ -123,6 +123,7 @@ pub struct Workspace {
 #[derive(Default)]
 struct Converted {
     labels: Vec<i64>,
+    #[cfg_attr(not(feature = "jit"), allow(dead_code))]
     floats: Vec<f32>,
 }
 
@@ -327,7 +328,11 @@ impl Workspace {
         #[cfg(feature = "jit")]
         let native = self.kernel.native_for(&sizes)?;
         #[cfg(not(feature = "jit"))]
-        let native: Option<std::sync::Arc<crate::kernel::Native>> = None;
+        let native: Option<std::sync::Arc<crate::kernel::Native>> = {
+            // Without the JIT a call runs on tensors: the bound values and the caller's slices go unused.
+            let _ = (&values, &grads);
+            None
+        };
         let needed = self.kernel.bytes_with(native.as_deref(), &sizes, false);
         call::check_budget(needed, self.kernel.memory_budget())?;
         self.sizes.clone_from(&sizes);
