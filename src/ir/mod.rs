@@ -820,27 +820,6 @@ impl Function {
                 let r = map[&i];
                 return Ok(r);
             }
-            Expr::Load { tensor, subs } => {
-                let mut out = Vec::with_capacity(subs.len());
-                for s in subs.iter() {
-                    out.push(self.subst_memo(*s, map, memo)?);
-                }
-                Expr::Load {
-                    tensor,
-                    subs: out.into(),
-                }
-            }
-            Expr::Prim { prim, args } => {
-                let mut out = Vec::with_capacity(args.len());
-                for a in args.iter() {
-                    out.push(self.subst_memo(*a, map, memo)?);
-                }
-                Expr::Prim { prim, args: out.into() }
-            }
-            Expr::Table { at, values } => Expr::Table {
-                at: self.subst_memo(at, map, memo)?,
-                values,
-            },
             Expr::Reduce {
                 op,
                 indices,
@@ -868,27 +847,31 @@ impl Function {
                     body,
                 }
             }
-            other => other,
+            other => other.try_map_operands(|o| self.subst_memo(o, map, memo))?,
         };
         let id = self.add(expr, n.scalar, span)?;
         memo.insert(node, id);
         Ok(id)
     }
 
+    /// The constant node of a value (a float, an integer or a condition).
+    pub fn constant(&mut self, v: Value, span: Span) -> Result<NodeId, TooDeep> {
+        match v {
+            Value::I(i) => self.add(Expr::Int(i), Scalar::Int, span),
+            Value::B(b) => self.add(Expr::Bool(b), Scalar::Bool, span),
+            Value::F(x) => self.float(x, span),
+        }
+    }
+
     /// A constant lookup table `values[at]` over the integer node `at` (read at the nearest of
     /// `0..values.len()`; the values share one kind): [`Expr::Table`], or the constant when all are equal
     /// or `at` is one.
     pub fn table(&mut self, at: NodeId, values: &[Value], span: Span) -> Result<NodeId, TooDeep> {
-        let constant = |v: Value, f: &mut Function| match v {
-            Value::I(i) => f.add(Expr::Int(i), Scalar::Int, span),
-            Value::B(b) => f.add(Expr::Bool(b), Scalar::Bool, span),
-            Value::F(x) => f.float(x, span),
-        };
         if values.iter().all(|v| *v == values[0]) {
-            return constant(values[0], self);
+            return self.constant(values[0], span);
         }
         if let Expr::Int(i) = self.node(at).expr {
-            return constant(values[table_slot(i, values.len())], self);
+            return self.constant(values[table_slot(i, values.len())], span);
         }
         let scalar = match values[0] {
             Value::I(_) => Scalar::Int,

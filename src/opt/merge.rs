@@ -244,10 +244,6 @@ fn rewrite(
                     .map(m)
                     .collect(),
             },
-            Expr::Prim { prim, args } => Expr::Prim {
-                prim: *prim,
-                args: args.iter().map(|x| m(*x)).collect(),
-            },
             Expr::Reduce {
                 op,
                 indices,
@@ -259,11 +255,10 @@ fn rewrite(
                 mask: mask.map(m),
                 body: m(*body),
             },
-            Expr::Table { at, values } => Expr::Table {
-                at: m(*at),
-                values: values.clone(),
-            },
-            e => e.clone(),
+            e => {
+                let Ok(e) = e.try_map_operands(|x| Ok::<_, std::convert::Infallible>(m(x)));
+                e
+            }
         };
         map.push(g.add(expr, node.scalar, f.span(NodeId(n as u32))).ok()?);
     }

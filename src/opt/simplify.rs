@@ -286,33 +286,8 @@ impl Rebuild<'_> {
                     subs: subs.into(),
                 }
             }
-            Expr::Prim { prim, args } => {
-                let args = args.iter().map(|a| self.node(*a)).collect::<R<Vec<_>>>()?;
-                Expr::Prim {
-                    prim,
-                    args: args.into(),
-                }
-            }
-            Expr::Reduce {
-                op,
-                indices,
-                mask,
-                body,
-            } => {
-                let mask = mask.map(|m| self.node(m)).transpose()?;
-                let body = self.node(body)?;
-                Expr::Reduce {
-                    op,
-                    indices,
-                    mask,
-                    body,
-                }
-            }
-            Expr::Table { at, values } => Expr::Table {
-                at: self.node(at)?,
-                values,
-            },
-            leaf => leaf,
+            // Everything else: its operands rebuilt (a reduction's mask before its body).
+            other => other.try_map_operands(|o| self.node(o))?,
         };
         let id = simplify(&mut self.dst, expr, scalar, span)?;
         self.map[n.index()] = Some(id);
@@ -382,9 +357,10 @@ pub fn simplify(f: &mut Function, expr: Expr, scalar: Scalar, span: Span) -> R<N
         if let Expr::Table { at, values } = &expr
             && let Some(Value::I(i)) = constant(f, *at)
         {
-            let v = crate::ir::table_value(scalar, values[crate::ir::table_slot(i, values.len())]);
-            let values = [v];
-            return f.table(*at, &values, span);
+            return f.constant(
+                crate::ir::table_value(scalar, values[crate::ir::table_slot(i, values.len())]),
+                span,
+            );
         }
         return f.add(expr, scalar, span);
     };
@@ -393,11 +369,7 @@ pub fn simplify(f: &mut Function, expr: Expr, scalar: Scalar, span: Span) -> R<N
     if prim != StopGrad
         && let Some(vals) = a.iter().map(|x| constant(f, *x)).collect::<Option<Vec<Value>>>()
     {
-        return match prim.eval(&vals) {
-            Value::F(x) => f.float(x, span),
-            Value::I(i) => f.add(Expr::Int(i), Scalar::Int, span),
-            Value::B(b) => f.add(Expr::Bool(b), Scalar::Bool, span),
-        };
+        return f.constant(prim.eval(&vals), span);
     }
     let p = |f: &Function, n: NodeId| prim_of(f, n);
     // Canonical operand order for exactly commutative operations (IEEE + and * commute), so that

@@ -203,18 +203,7 @@ impl Order<'_> {
                     subs: out.into(),
                 }
             }
-            Expr::Prim { prim, args } => {
-                let mut out = Vec::with_capacity(args.len());
-                for a in args.iter() {
-                    out.push(self.node(*a, depth)?);
-                }
-                Expr::Prim { prim, args: out.into() }
-            }
-            Expr::Table { at, values } => Expr::Table {
-                at: self.node(at, depth)?,
-                values,
-            },
-            leaf => leaf,
+            other => other.try_map_operands(|o| self.node(o, depth))?,
         };
         let out = self.dst.add(expr, node.scalar, span)?;
         self.memo.insert(n, out);
