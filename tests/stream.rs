@@ -89,6 +89,29 @@ fn examples_and_benches_streamed_agree_with_the_interpreter() {
     }
 }
 
+/// A streamed dot product read in lanes along the other row (`sum[j] exp(sum[d] a[i, d] * b[j, d])`)
+/// sums four rows along `d` at once (the JIT's `vrow_sum`): whole vectors of `d` and the points after
+/// them, for batches that leave lanes over as well, agree with the interpreter.
+#[test]
+fn streamed_dot_products_along_rows_agree_at_every_width() {
+    let mut rng = Rng::new(11);
+    for f in [bench_nt_xent(), std_loss("divergence::cauchy_schwarz")] {
+        let kernel = Kernel::build(&f, &Compiler::new().stream_pairwise(true)).unwrap();
+        for width in [1, 4, 6, 8, 13] {
+            let at: Vec<i64> = (f.dims.iter())
+                .map(|d| if d.name == "D" { width } else { 17 })
+                .collect();
+            let x = common::random_inputs(&f, &at, &mut rng, common::Nograd::AwayFromZero);
+            let what = format!("{} D = {width}", f.name);
+            let bound = lossc::call::bind(kernel.function(), &x, &BTreeMap::new()).unwrap();
+            assert!(streams(&kernel, &bound.sizes), "{what}: not streamed");
+            let got = kernel.eval(&x).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let want = lossc::api::eval_grad(&f, &x, &BTreeMap::new()).unwrap();
+            assert_agree(&what, &got, &want);
+        }
+    }
+}
+
 /// Inlining an ordering's index tensor as well (which `pairwise` never picks) puts reductions over an
 /// index inside reductions over the same index; the streamed program renames them, and the JIT's result
 /// is the interpreter's (without the renaming it was 26 % off).

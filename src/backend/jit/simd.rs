@@ -351,7 +351,12 @@ impl Lower<'_, '_> {
                 .ins()
                 .load(types::F32X4, MemFlagsData::new().with_notrap(), addr, 0)
         });
-        // Interleave pairs of rows, then pairs of pairs: lane c of row r ends in vector c, lane r.
+        self.transpose4(rows)
+    }
+
+    /// The 4 × 4 transpose of `rows`: lane c of row r ends in vector c, lane r.
+    fn transpose4(&mut self, rows: [Value; 4]) -> [Value; 4] {
+        // Interleave pairs of rows, then pairs of pairs.
         let low = self.interleave(rows[0], rows[1], [0, 4, 1, 5]);
         let high = self.interleave(rows[0], rows[1], [2, 6, 3, 7]);
         let low2 = self.interleave(rows[2], rows[3], [0, 4, 1, 5]);
@@ -504,7 +509,8 @@ impl Lower<'_, '_> {
     }
 
     /// The lanes of the sum `n` (over indices other than `k`) at each of the lane starts `kbs`, all
-    /// accumulated in one pass over the summed indices (f32 lanes, terms in index order).
+    /// accumulated in one pass over the summed indices (f32 lanes, terms in index order), or lane by lane
+    /// along the summed index where lanes along `k` would gather every term ([`Self::vrow_sum`]).
     fn vsums(&mut self, n: NodeId, k: IndexId, kbs: &[Value]) -> Vec<Value> {
         let Expr::Reduce {
             indices, mask, body, ..
@@ -512,6 +518,9 @@ impl Lower<'_, '_> {
         else {
             unreachable!("vsums: a reduction");
         };
+        if let Some(d) = self.row_sum_index(n, k) {
+            return kbs.iter().map(|kb| self.vrow_sum(d, body, k, *kb)).collect();
+        }
         let zero = self.splat_f32(0.0);
         let accs: Vec<Variable> = kbs
             .iter()
@@ -1466,26 +1475,10 @@ impl Lower<'_, '_> {
             .map(|_| (0..DOT_BLOCK).map(|_| l.vacc_lanes(0.0)).collect())
             .collect();
         let step = &mut |l: &mut Self, db: Value, accs: &[Variable]| {
-            // A product term goes into its accumulator by one fused multiply-add.
-            let factors = match &l.f.node(term).expr {
-                Expr::Prim { prim: Prim::Mul, args } => Some((args[0], args[1])),
-                _ => None,
-            };
             for (u, acc) in accs.iter().enumerate() {
                 let a = l.b.use_var(*acc);
                 let a = l.at_index(h, h0, u as i64, &mut |l: &mut Self| {
-                    let mut memo = HashMap::default();
-                    match factors {
-                        Some((x, y)) => {
-                            let x = l.vvalue(x, d, db, &mut memo);
-                            let y = l.vvalue(y, d, db, &mut memo);
-                            l.mul_add(x, y, a)
-                        }
-                        None => {
-                            let v = l.vvalue(term, d, db, &mut memo);
-                            l.b.ins().fadd(a, v)
-                        }
-                    }
+                    l.add_term_lanes(term, d, db, a, &mut HashMap::default())
                 });
                 l.b.def_var(*acc, a);
             }
@@ -1531,6 +1524,109 @@ impl Lower<'_, '_> {
                 r
             });
         }
+    }
+
+    /// `acc` plus the lanes of `term` at `d = db .. db + 3`: a product term by one fused multiply-add.
+    fn add_term_lanes(
+        &mut self,
+        term: NodeId,
+        d: IndexId,
+        db: Value,
+        acc: Value,
+        memo: &mut HashMap<NodeId, Value>,
+    ) -> Value {
+        match &self.f.node(term).expr {
+            Expr::Prim { prim: Prim::Mul, args } => {
+                let (x, y) = (args[0], args[1]);
+                let x = self.vvalue(x, d, db, memo);
+                let y = self.vvalue(y, d, db, memo);
+                self.mul_add(x, y, acc)
+            }
+            _ => {
+                let v = self.vvalue(term, d, db, memo);
+                self.b.ins().fadd(acc, v)
+            }
+        }
+    }
+
+    /// For the sum `n` read in lanes along `k`: its one summed index `d`, where each lane's terms run along
+    /// `d` contiguously but lanes along `k` would gather every term (a dot product `sum[d] a[i, d] *
+    /// b[j, d]` in lanes along `j`: each lane a row of `b`), for [`Self::vrow_sum`].
+    fn row_sum_index(&self, n: NodeId, k: IndexId) -> Option<IndexId> {
+        let Expr::Reduce {
+            op: ReduceOp::Sum,
+            indices,
+            mask: None,
+            body,
+        } = &self.f.node(n).expr
+        else {
+            return None;
+        };
+        let [d] = indices[..] else { return None };
+        (self.gathers(*body, k) && !self.gathers(*body, d) && self.vectorizable(*body, d) && !self.needs_branch(*body))
+            .then_some(d)
+    }
+
+    /// The lanes at `k = kb .. kb + 3` of `sum[d] term` ([`Self::row_sum_index`]): each lane's sum
+    /// vectorized along `d`, the four lanes in one pass over `d` (an f32x4 accumulator each, four
+    /// independent chains of fused multiply-adds; what does not depend on `k` is read once per step for
+    /// all four), the accumulators folded into one vector by a transpose; the points of `d` after the
+    /// last whole vector one by one, in f32. Four rows read along their length where lanes along `k`
+    /// would gather four scalars per point. (A second set of accumulators, 8 points per pass, ran slower:
+    /// 16 vector registers do not hold 8 accumulators and their operands, and the loop spilled.)
+    fn vrow_sum(&mut self, d: IndexId, term: NodeId, k: IndexId, kb: Value) -> Value {
+        let before = self.fixed.get(&k).copied();
+        let zero = self.b.ins().iconst(types::I64, 0);
+        let d_range = self.f.index(d).range.clone();
+        let d_end = self.dim(&d_range);
+        let accs: Vec<Variable> = (0..LANES).map(|_| self.vacc_lanes(0.0)).collect();
+        let at_lane = |l: &mut Self, lane: i64, f: &mut dyn FnMut(&mut Self)| {
+            let at = l.b.ins().iadd_imm_s(kb, lane);
+            l.fixed.insert(k, at);
+            l.frames.push(HashMap::default());
+            f(l);
+            l.frames.pop();
+        };
+        let step = &mut |l: &mut Self, db: Value, accs: &[Variable]| {
+            let mut shared: HashMap<NodeId, Value> = HashMap::default();
+            for (lane, acc) in accs.iter().enumerate() {
+                at_lane(l, lane as i64, &mut |l: &mut Self| {
+                    let mut memo = shared.clone();
+                    let a = l.b.use_var(*acc);
+                    let a = l.add_term_lanes(term, d, db, a, &mut memo);
+                    l.b.def_var(*acc, a);
+                    shared.extend(memo.into_iter().filter(|(n, _)| !l.f.node(*n).free.contains(&k)));
+                });
+            }
+        };
+        let rest = self.vector_loop(d, zero, d_end, &mut |l: &mut Self, db| step(l, db, &accs));
+        let mut tails = self.splat_f32(0.0);
+        for lane in 0..LANES {
+            let tail = self.b.declare_var(types::F32);
+            let nothing = self.fconst(0.0);
+            self.b.def_var(tail, nothing);
+            at_lane(self, lane, &mut |l: &mut Self| {
+                l.for_range(d, rest, d_end, &mut |l: &mut Self| {
+                    let x = l.value(term);
+                    let t = l.b.use_var(tail);
+                    let t = l.b.ins().fadd(t, x);
+                    l.b.def_var(tail, t);
+                })
+            });
+            let t = self.b.use_var(tail);
+            tails = self.b.ins().insertlane(tails, t, lane as u8);
+        }
+        match before {
+            Some(v) => self.fixed.insert(k, v),
+            None => self.fixed.remove(&k),
+        };
+        let rows: [Value; LANES as usize] = std::array::from_fn(|u| self.b.use_var(accs[u]));
+        // Lane r of the result: the total of row r's lanes (the transpose's four vectors added).
+        let columns = self.transpose4(rows);
+        let sum01 = self.b.ins().fadd(columns[0], columns[1]);
+        let sum23 = self.b.ins().fadd(columns[2], columns[3]);
+        let sum = self.b.ins().fadd(sum01, sum23);
+        self.b.ins().fadd(sum, tails)
     }
 
     /// Stores 4 lanes at `flat .. flat + 3` of a float buffer (f32x4), or of a condition buffer (an i32x4
