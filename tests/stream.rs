@@ -112,6 +112,39 @@ fn streamed_dot_products_along_rows_agree_at_every_width() {
     }
 }
 
+/// NT-Xent's streamed program computes each dot product's rows (or columns) once per row group: the
+/// forward group's sums and the gradient group's readers share one copy of each (4 + 4, where a copy per
+/// reader would be 6 + 8), and a symmetric product's column read is its row.
+#[test]
+fn readers_in_one_group_share_a_dot_products_rows() {
+    let f = bench_nt_xent();
+    let kernel = Kernel::build(&f, &Compiler::new()).unwrap();
+    let g = kernel.native().unwrap().function();
+    let streamed = lossc::opt::stream::rows(g, &lossc::opt::stream::pairwise_at_any_size(g)).unwrap();
+    let dots: Vec<&str> = (streamed.tensors.iter())
+        .filter(|t| {
+            let [p, q] = t.indices[..] else { return false };
+            // Over pairs ([B, B]), not a product's rows ([B, D]).
+            streamed.index(p).range == streamed.index(q).range
+                && matches!(
+                    streamed.node(t.body).expr,
+                    lossc::ir::Expr::Reduce {
+                        op: lossc::ir::ReduceOp::Sum,
+                        ..
+                    }
+                )
+        })
+        .map(|t| t.name.as_str())
+        .collect();
+    assert_eq!(dots.len(), 8, "dot products computed per row: {dots:?}");
+    let mut rng = Rng::new(5);
+    let x = common::random_inputs(&f, &sizes(&f, 9), &mut rng, common::Nograd::AwayFromZero);
+    let bound = lossc::call::bind(g, &x, &BTreeMap::new()).unwrap();
+    let jit = lossc::backend::jit::compile_streaming(&streamed).unwrap();
+    let want = lossc::backend::interp::run(g, &bound).unwrap();
+    assert_agree("jit", &jit.run(&bound, 2).unwrap(), &want);
+}
+
 /// Inlining an ordering's index tensor as well (which `pairwise` never picks) puts reductions over an
 /// index inside reductions over the same index; the streamed program renames them, and the JIT's result
 /// is the interpreter's (without the renaming it was 26 % off).

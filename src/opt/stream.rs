@@ -12,12 +12,18 @@
 //!   of the transposed copy; a reader laid out across the pairs it reads, `[D, B]`, is turned to `[B, D]`
 //!   first), that only it reads: the loop plan ([`crate::backend::loops::Plan::streaming`]) runs the copy
 //!   in the reader's row group, where it is row-private: one row per running call in the JIT, one per
-//!   running block or warp in the CUDA kernels ([`crate::backend::cuda::Program::slotted`]).
+//!   running block or warp in the CUDA kernels ([`crate::backend::cuda::Program::slotted`]);
+//! - the dot products under the similarities (`sum[d] a[i, d] * b[j, d]`, the costly part of a pair)
+//!   are not inlined: every reader of a row or a column of one gets such a copy (a sum over pairs as well
+//!   as a product), and the copies of one dot product's rows that run in one row group are one copy
+//!   (`share_in_groups`): each row of it is computed once per group, not once per reader (a symmetric
+//!   one's column is its row).
 //!
-//! The work grows (each pair's value is recomputed by each reader, a dot product each time, where a
-//! materialized program computes it once with a matrix product), so the JIT streams only calls whose
-//! buffers would not fit in the memory budget ([`pairwise`] names the tensors at the call's sizes), and the
-//! CUDA kernels only when asked (`Compiler::stream_pairwise`; [`pairwise_at_any_size`]).
+//! The work grows (each group computes its rows of the dot products again, and a reader that inlines a
+//! pair recomputes what lies above it, where a materialized program computes each dot product once with
+//! a matrix product), so the JIT streams only calls whose buffers would not fit in the memory budget
+//! ([`pairwise`] names the tensors at the call's sizes), and the CUDA kernels only when asked
+//! (`Compiler::stream_pairwise`; [`pairwise_at_any_size`]).
 
 use std::collections::HashMap;
 
@@ -87,11 +93,105 @@ fn factors(d: &Dim) -> Vec<crate::ir::DimId> {
 /// `f` with the tensors `stream` marks computed where they are read (see the module doc). The results
 /// are the same up to f32 rounding.
 pub fn rows(f: &Function, stream: &[bool]) -> R<Function> {
-    let (copied, inline) = with_row_copies(f, stream)?;
+    // The streamed dot products (`sum[d] x[i, d] * y[j, d]`, the Gram matrices under the similarities)
+    // stay tensors while the others are inlined, so that every reader finds them as such.
+    let dots: Vec<bool> = (f.tensors.iter().zip(stream))
+        .map(|(t, s)| *s && t.indices.len() == 2 && is_sum(f, t.body))
+        .collect();
+    let others: Vec<bool> = stream.iter().zip(&dots).map(|(s, d)| *s && !d).collect();
+    let (copied, inline, _) = with_row_copies(f, &others, 2)?;
+    let inlined = super::simplify::rebuild_inlining(&copied, &HashMap::new(), inline)?;
+    // Then each reader of a row or a column of a dot product gets a copy of it indexed by its own row;
+    // copies of one dot product's rows (or columns) in one row group are one copy ([`share_in_groups`]).
+    let dot_names: Vec<&str> = (f.tensors.iter().zip(&dots))
+        .filter(|(_, d)| **d)
+        .map(|(t, _)| t.name.as_str())
+        .collect();
+    let in_inlined: Vec<bool> = (inlined.tensors.iter())
+        .map(|t| dot_names.contains(&t.name.as_str()))
+        .collect();
+    let (copied, inline, copies) = with_row_copies(&inlined, &in_inlined, 1)?;
     let inlined = super::simplify::rebuild_inlining(&copied, &HashMap::new(), inline)?;
     let mut out = super::simplify::rebuild(&inlined)?;
     unshadow(&mut out)?;
-    Ok(out)
+    share_in_groups(&out, &copies)
+}
+
+/// Whether `n` is an unmasked sum (the element of a dot product).
+fn is_sum(f: &Function, n: NodeId) -> bool {
+    matches!(
+        f.node(n).expr,
+        Expr::Reduce {
+            op: crate::ir::ReduceOp::Sum,
+            mask: None,
+            ..
+        }
+    )
+}
+
+/// `f` with the copies of one tensor's rows (or of its columns) that run in one row group of its
+/// streaming plan read as one: each reader of a later one reads the first, and the later ones are
+/// dropped. (NT-Xent's forward group reads the rows of `a·aᵀ` in two sums, its gradient group the columns
+/// of `a·bᵀ` in three: each is computed once per row instead of once per reader.) Kept only where every
+/// copy stays row-private in the new plan; else `f` as it is. `copies`: per copy's name, its source's
+/// name and whether it is transposed.
+fn share_in_groups(f: &Function, copies: &HashMap<String, (String, bool)>) -> R<Function> {
+    use crate::backend::loops::Plan;
+    let plan = Plan::streaming(f);
+    let mut alias: HashMap<TensorId, TensorId> = HashMap::new();
+    for group in &plan.groups {
+        let mut first: HashMap<&(String, bool), TensorId> = HashMap::new();
+        for n in &group.members {
+            let t = plan.nests[*n].tensor;
+            if let Some(source) = copies.get(&f.tensor(t).name) {
+                match first.get(source) {
+                    Some(one) => {
+                        alias.insert(t, *one);
+                    }
+                    None => {
+                        first.insert(source, t);
+                    }
+                }
+            }
+        }
+    }
+    if alias.is_empty() {
+        return Ok(f.clone());
+    }
+    let mut redirected = f.clone();
+    redirect_loads(&mut redirected, &alias)?;
+    let shared = super::simplify::rebuild(&redirected)?;
+    let plan = Plan::streaming(&shared);
+    let private = (shared.tensors.iter().enumerate())
+        .filter(|(_, t)| copies.contains_key(&t.name))
+        .all(|(k, _)| plan.row_private[shared.inputs.len() + k]);
+    Ok(if private { shared } else { f.clone() })
+}
+
+/// Loads of the tensors in `alias` read the tensor it maps them to (of the same shape); nodes are
+/// rebuilt in arena order.
+fn redirect_loads(f: &mut Function, alias: &HashMap<TensorId, TensorId>) -> R<()> {
+    let count = f.nodes().len();
+    let mut map: Vec<NodeId> = Vec::with_capacity(count);
+    for k in 0..count {
+        let node = f.nodes()[k].clone();
+        let span = f.span(NodeId(k as u32));
+        let expr = match node.expr.try_map_operands(|o| Ok::<_, TooDeep>(map[o.index()]))? {
+            Expr::Load {
+                tensor: TensorRef::Def(t),
+                subs,
+            } if alias.contains_key(&t) => Expr::Load {
+                tensor: TensorRef::Def(alias[&t]),
+                subs,
+            },
+            expr => expr,
+        };
+        map.push(f.add(expr, node.scalar, span)?);
+    }
+    for t in &mut f.tensors {
+        t.body = map[t.body.index()];
+    }
+    Ok(())
 }
 
 /// Gives a reduction fresh indices where a reduction inside it binds one of its indices again (a pairwise
@@ -161,21 +261,30 @@ fn bound_below(f: &Function, n: NodeId, below: &mut HashMap<NodeId, Vec<IndexId>
     out
 }
 
-/// The copies of pairwise tensors each matrix reader gets (see the module doc), inserted before it:
-/// `let T_row_R[c0, c1] = T[c0, c1]` (or `T[c1, c0]` for a column read), with loads of `T` in the reader
-/// redirected to it. Originals keep their names; copies get new ones and new head indices (so no later
-/// rebuild finds a copy equal to its original or to another reader's copy). Also: per tensor of the
-/// result, whether it is a streamed original (to be inlined).
-fn with_row_copies(f: &Function, stream: &[bool]) -> R<(Function, Vec<bool>)> {
+/// The copies of the pairwise tensors `stream` marks that each reader of `rank` indices or more gets
+/// (see the module doc), inserted before it: `let T_row_R[c0, c1] = T[c0, c1]` (or `T[c1, c0]` for a
+/// column read), with loads of `T` in the reader redirected to it. Originals keep their names; copies
+/// get new ones and new head indices (so no later rebuild finds a copy equal to its original or to
+/// another reader's copy). Also: per tensor of the result, whether it is a streamed original (to be
+/// inlined); and per copy's name, its original's name and whether it reads it transposed.
+#[allow(clippy::type_complexity)]
+fn with_row_copies(
+    f: &Function,
+    stream: &[bool],
+    rank: usize,
+) -> R<(Function, Vec<bool>, HashMap<String, (String, bool)>)> {
+    let mut names: HashMap<String, (String, bool)> = HashMap::new();
     let mut dst = f.empty_like();
     let mut ids: Vec<Option<TensorId>> = vec![None; f.tensors.len()];
     // Per tensor: its axes reordered (new axis `i` is old axis `order[i]`), for a `let` whose rows are
     // not along the pairs it reads (a product laid out [D, B] reading `w[i, j]` along its second axis).
     let mut orders: Vec<Option<Vec<usize>>> = vec![None; f.tensors.len()];
+    // A symmetric tensor's column is its row: a column read gets a row copy.
+    let symmetric = super::transpose::symmetric_tensors(f);
     for (k, t) in f.tensors.iter().enumerate() {
         let mut redirect: HashMap<NodeId, (TensorId, IndexId, IndexId)> = HashMap::new();
         let mut def = t.clone();
-        if !stream[k] && t.indices.len() >= 2 {
+        if !stream[k] && t.indices.len() >= rank.max(1) {
             let reads = pair_reads(f, t.body, stream);
             let along = |i: IndexId| reads.iter().any(|(_, _, a, b)| *a == i || *b == i);
             if t.role == Role::Let
@@ -193,7 +302,7 @@ fn with_row_copies(f: &Function, stream: &[bool]) -> R<(Function, Vec<bool>)> {
             for (n, src, a, b) in reads {
                 let (transposed, other) = match (a == outer, b == outer) {
                     (true, false) => (false, b),
-                    (false, true) => (true, a),
+                    (false, true) => (!symmetric[src.index()], a),
                     _ => continue,
                 };
                 let copy = match copies.get(&(src, transposed)) {
@@ -201,6 +310,8 @@ fn with_row_copies(f: &Function, stream: &[bool]) -> R<(Function, Vec<bool>)> {
                     None => {
                         let c = add_copy(f, &mut dst, &ids, src, transposed, &t.name)?;
                         copies.insert((src, transposed), c);
+                        let source = (f.tensor(src).name.clone(), transposed);
+                        names.insert(dst.tensor(c).name.clone(), source);
                         c
                     }
                 };
@@ -223,7 +334,7 @@ fn with_row_copies(f: &Function, stream: &[bool]) -> R<(Function, Vec<bool>)> {
     for (k, id) in ids.iter().enumerate() {
         inline[id.expect("every tensor is copied").index()] = stream[k];
     }
-    Ok((dst, inline))
+    Ok((dst, inline, names))
 }
 
 /// The loads in `body` of a streamed tensor over two indices at two different bare indices: (the load,

@@ -742,7 +742,11 @@ impl Lower<'_, '_> {
         end: Value,
         element: NodeId,
     ) -> Value {
-        if !matches!(self.f.node(element).expr, Expr::Reduce { op: ReduceOp::Sum, .. }) {
+        // (A dot product along rows sums each vector along its own index: one at a time, each stored as it
+        // is done, is what keeps its accumulators in registers.)
+        if !matches!(self.f.node(element).expr, Expr::Reduce { op: ReduceOp::Sum, .. })
+            || self.row_sum_index(element, k).is_some()
+        {
             return start;
         }
         // Tiles for a column sum along its one (outermost) index, whose chunks are then as wide as a tile;
@@ -1151,7 +1155,7 @@ impl Lower<'_, '_> {
     }
 
     /// A nest `r[…, k] = sum[i | m] s * v` whose mask `m` and factor `s` do not depend on the last head
-    /// index `k` while `v` is vectorizable along `k` (the gradient of a contraction: `g[h, d] = sum[i]
+    /// index `k` while `v` is vectorizable along `k`, and contiguous along `k` where it is along `i` (the gradient of a contraction: `g[h, d] = sum[i]
     /// w[i, h] * x[i, d]`).
     pub(super) fn row_update_form(&self, head: &[(IndexId, crate::ir::Dim)], body: NodeId) -> Option<RowUpdate> {
         let (k, i, mask, term) = self.single_sum_element(head, body)?;
@@ -1167,7 +1171,10 @@ impl Lower<'_, '_> {
             (true, false) => (args[1], args[0]),
             _ => return None,
         };
-        (self.vectorizable(row, k) && !self.needs_branch(row)).then_some(RowUpdate {
+        // A row strided along `k` but contiguous along `i` (`sum[d] a[t, d] * b[k, d]`, a dot product) is
+        // summed along `i` instead ([`Self::dot_nest`], [`Self::vrow_sum`]).
+        let across = self.gathers(row, k) && !self.gathers(row, i);
+        (self.vectorizable(row, k) && !self.needs_branch(row) && !across).then_some(RowUpdate {
             index: i,
             mask,
             scale,
