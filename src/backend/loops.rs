@@ -256,6 +256,19 @@ impl Contraction {
     }
 }
 
+/// A dot product of whole operands whose rows a row group reads (a streamed program's copy of a Gram
+/// matrix's rows, [`crate::opt::stream`]), taken out of the group ([`Plan::streaming_tiled`]): the caller
+/// computes it before the group's code for each block of the group's rows, as one matrix product per
+/// block, into a block of rows of its own ([`Plan::tiled`]); each loaded row of the other operand then
+/// serves the whole block instead of one row.
+#[derive(Clone, Debug)]
+pub struct Tile {
+    /// The group whose rows read it (its nest is in no group).
+    pub group: usize,
+    /// The product, its `nest` the copy's.
+    pub product: Contraction,
+}
+
 /// Buffers (inputs, then one per tensor), nests in dependency order, and the groups they run in.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -274,6 +287,14 @@ pub struct Plan {
     /// Per buffer: whether it is row-private: a `let` tensor that only its own row-fused group reads (see
     /// the module doc), of which a code generator may give each running call one row instead of the whole.
     pub row_private: Vec<bool>,
+    /// Products a group's caller computes for each block of its rows ([`Plan::streaming_tiled`]).
+    pub tiles: Vec<Tile>,
+    /// Runs of consecutive groups (first and last) that a call runs a block of rows at a time, each
+    /// block through all of them before the next ([`Plan::streaming_tiled`]); their tiles are the
+    /// first's.
+    pub pipelines: Vec<(usize, usize)>,
+    /// Per buffer: whether it is a [`Tile`]'s: one block of rows per running call, as the caller holds it.
+    pub tiled: Vec<bool>,
     /// Per buffer: the buffer it lives in, for a tensor (the guest) that a later nest (the host) reads only
     /// at its own element, last (see `guests`): a row-private tensor in the rows of a later member of its
     /// group, or a whole `let` tensor in the buffer of a nest of a later group. The host's elements are then
@@ -298,6 +319,106 @@ impl Plan {
     /// matrices), so that each copy runs in its reader's group and is row-private there.
     pub fn streaming(f: &Function) -> Plan {
         Plan::build(f, true)
+    }
+
+    /// [`Plan::streaming`] run a block of rows at a time where that turns row-by-row dot products into
+    /// matrix products (the JIT's streamed programs): in each row group that is not split into parts of
+    /// sums and has no kept exponentials or residuals,
+    /// - each row-private copy of a dot product of whole operands (inputs, or tensors of earlier groups)
+    ///   is taken out into [`Plan::tiles`], computed for each block of rows before the group's code;
+    /// - each member that multiplies a row-private tensor of the group with a whole matrix (the
+    ///   gradient's `sum[j] w[i, j] · x[j, d]`) becomes a matrix product of its own between the members
+    ///   before it and those after (a [`Plan::pipelines`] of groups), whose output, if row-private, and
+    ///   every row-private tensor read across those groups, hold a block of rows ([`Plan::tiled`]).
+    pub fn streaming_tiled(f: &Function) -> Plan {
+        let mut plan = Plan::streaming(f);
+        let unsymmetric = vec![false; f.tensors.len()];
+        let first = f.inputs.len();
+        let mut groups = Vec::with_capacity(plan.groups.len());
+        for g in std::mem::take(&mut plan.groups) {
+            let members = g.members.clone();
+            let buffer = |n: usize| first + plan.nests[n].tensor.index();
+            let ours = |b: usize| members.iter().any(|m| buffer(*m) == b);
+            let whole = |b: usize| b < first || !(plan.row_private[b] || plan.tiled[b] || ours(b));
+            let involved = plan
+                .kept_exps
+                .iter()
+                .any(|e| ours(buffer(e.lse)) || ours(buffer(e.consumer)))
+                || plan.residuals.iter().any(|r| ours(buffer(r.lse)))
+                || members
+                    .iter()
+                    .any(|m| plan.host[buffer(*m)].is_some_and(|h| plan.row_private[h]));
+            let product = |n: usize| Contraction::of(f, &plan.buffers, &unsymmetric, n, &plan.nests[n]);
+            let tiles: Vec<Contraction> = (members.iter())
+                .filter(|&&n| plan.row_private[buffer(n)])
+                .filter_map(|&n| product(n))
+                .filter(|c| c.must_be_finite.is_none() && whole(c.left.buffer) && whole(c.right.buffer))
+                .collect();
+            // The members left, cut around the products of a row-private tensor of the group and a whole one.
+            let mut stages: Vec<Vec<usize>> = vec![Vec::new()];
+            let mut products = Vec::new();
+            for &n in members.iter().filter(|n| !tiles.iter().any(|c| c.nest == **n)) {
+                let block_product = product(n).filter(|c| {
+                    let left = c.left.buffer;
+                    plan.row_private[left]
+                        && ours(left)
+                        && whole(c.right.buffer)
+                        && c.must_be_finite.is_none_or(|o| whole(o.buffer))
+                });
+                match block_product {
+                    Some(c) => {
+                        stages.push(vec![n]);
+                        products.push(c);
+                        stages.push(Vec::new());
+                    }
+                    None => stages.last_mut().expect("a stage").push(n),
+                }
+            }
+            stages.retain(|s| !s.is_empty());
+            let splits = stages.iter().any(|s| {
+                let nests: Vec<&Nest> = s.iter().map(|n| &plan.nests[*n]).collect();
+                split_members(f, &nests).is_some()
+            });
+            if involved || (tiles.is_empty() && products.is_empty()) || stages.is_empty() || splits {
+                groups.push(g);
+                continue;
+            }
+            // Row-private tensors read in another stage than their own hold a block of rows.
+            let stage_of = |b: usize| stages.iter().position(|s| s.iter().any(|m| buffer(*m) == b));
+            let mut crossing = Vec::new();
+            for (k, stage) in stages.iter().enumerate() {
+                for m in stage {
+                    for n in f.reachable(&[plan.nests[*m].body]) {
+                        if let Expr::Load {
+                            tensor: TensorRef::Def(t),
+                            ..
+                        } = f.node(n).expr
+                        {
+                            let b = plan.buffer_of(f, TensorRef::Def(t));
+                            if plan.row_private[b] && stage_of(b).is_some_and(|s| s != k) {
+                                crossing.push(b);
+                            }
+                        }
+                    }
+                }
+            }
+            let start = groups.len();
+            for product in tiles {
+                let b = buffer(product.nest);
+                plan.row_private[b] = false;
+                plan.tiled[b] = true;
+                plan.tiles.push(Tile { group: start, product });
+            }
+            for b in crossing {
+                plan.row_private[b] = false;
+                plan.tiled[b] = true;
+            }
+            plan.contractions.extend(products);
+            groups.extend(stages.into_iter().map(|members| Group { members }));
+            plan.pipelines.push((start, groups.len() - 1));
+        }
+        plan.groups = groups;
+        plan
     }
 
     fn build(f: &Function, anywhere: bool) -> Plan {
@@ -389,6 +510,9 @@ impl Plan {
             kept_exps,
             contractions,
             residuals,
+            tiles: Vec::new(),
+            pipelines: Vec::new(),
+            tiled: vec![false; row_private.len()],
             row_private,
             host: lives_in,
             branching: branching(f),

@@ -19,9 +19,11 @@
 //!   (`share_in_groups`): each row of it is computed once per group, not once per reader (a symmetric
 //!   one's column is its row).
 //!
-//! The work grows (each group computes its rows of the dot products again, and a reader that inlines a
-//! pair recomputes what lies above it, where a materialized program computes each dot product once with
-//! a matrix product), so the JIT streams only calls whose buffers would not fit in the memory budget
+//! The JIT runs the copies of dot products, and the products of a row of pairs with a matrix, a block of
+//! rows at a time as matrix products ([`crate::backend::loops::Plan::streaming_tiled`]). The work still
+//! grows (each group computes its rows of the dot products again, and a reader that inlines a pair
+//! recomputes what lies above it, where a materialized program computes each dot product once), so the
+//! JIT streams only calls whose buffers would not fit in the memory budget
 //! ([`pairwise`] names the tensors at the call's sizes), and the CUDA kernels only when asked
 //! (`Compiler::stream_pairwise`; [`pairwise_at_any_size`]).
 

@@ -153,15 +153,45 @@ impl Product {
             unsafe { std::ptr::write_bytes(out, 0, (hi - lo) * self.columns) };
             return;
         }
-        let (a, rsa, csa) = self.left;
-        let (b, rsb, csb) = self.right;
         // A symmetric product computes columns from `lo` on (the rest of these rows is the mirror image
         // of earlier blocks' columns, which those blocks write).
         let first = if self.symmetric { lo } else { 0 };
         let n = self.columns;
-        // SAFETY: the views address `rows × depth`, `depth × columns` and `rows × columns` elements of
-        // their buffers; rows `lo..hi` of the left view start `lo * rsa` elements in, columns `first..`
-        // of the right view `first * csb`.
+        // SAFETY: `out` is row `lo` of the `rows × columns` output.
+        unsafe { self.sgemm(lo, hi, first, out) };
+        if self.symmetric && hi < n {
+            // Mirror: C[j, i] = C[i, j] for the rows i of this block and every later row j. Those
+            // elements (rows after the block, its columns) are written by no other block.
+            // SAFETY: rows `lo..hi`, columns `hi..n` and rows `hi..n`, columns `lo..hi` of the `n × n`
+            // output: inside it, and apart.
+            unsafe {
+                transpose(
+                    self.out.add(lo * n + hi),
+                    n,
+                    hi - lo,
+                    n - hi,
+                    self.out.add(hi * n + lo),
+                    n,
+                )
+            };
+        }
+    }
+}
+
+impl Product {
+    /// Rows `lo..hi`, columns `first..` of the product into the rows of `out` (`columns` floats apart,
+    /// row `lo` first), with no mirroring (a symmetric product's rows are whole only from `lo` on).
+    ///
+    /// # Safety
+    /// `out` holds `hi - lo` rows of `columns` floats that no other call writes meanwhile; `lo < hi <=
+    /// rows`, `depth > 0`.
+    unsafe fn sgemm(&self, lo: usize, hi: usize, first: usize, out: *mut f32) {
+        let (a, rsa, csa) = self.left;
+        let (b, rsb, csb) = self.right;
+        let n = self.columns;
+        // SAFETY: the views address `rows × depth` and `depth × columns` elements of their buffers; rows
+        // `lo..hi` of the left view start `lo * rsa` elements in, columns `first..` of the right view
+        // `first * csb`; `out` as the caller promises.
         unsafe {
             matrixmultiply::sgemm(
                 hi - lo,
@@ -180,21 +210,51 @@ impl Product {
                 1,
             )
         };
-        if self.symmetric && hi < n {
-            // Mirror: C[j, i] = C[i, j] for the rows i of this block and every later row j. Those
-            // elements (rows after the block, its columns) are written by no other block.
-            // SAFETY: rows `lo..hi`, columns `hi..n` and rows `hi..n`, columns `lo..hi` of the `n × n`
-            // output: inside it, and apart.
-            unsafe {
-                transpose(
-                    self.out.add(lo * n + hi),
-                    n,
-                    hi - lo,
-                    n - hi,
-                    self.out.add(hi * n + lo),
-                    n,
-                )
-            };
+    }
+
+    /// Output rows `lo..hi` of a product that is not symmetric into `out`, row `lo` first (a
+    /// [`crate::backend::loops::Tile`]'s block of rows).
+    ///
+    /// # Safety
+    /// `out` holds `hi - lo` rows of [`Product::columns`] floats that no other call writes meanwhile.
+    pub(super) unsafe fn rows_into(&self, lo: i64, hi: i64, out: *mut f32) {
+        debug_assert!(!self.symmetric, "a tile's product is not mirrored");
+        let (lo, hi) = (lo as usize, (hi as usize).min(self.rows));
+        if lo >= hi || self.columns == 0 {
+            return;
+        }
+        if self.depth == 0 {
+            // SAFETY: as the caller promises.
+            unsafe { std::ptr::write_bytes(out, 0, (hi - lo) * self.columns) };
+            return;
+        }
+        // SAFETY: as the caller promises.
+        unsafe { self.sgemm(lo, hi, 0, out) };
+    }
+
+    pub(super) fn columns(&self) -> usize {
+        self.columns
+    }
+
+    /// The product with its left operand's buffer and its output at other addresses where given (a
+    /// pipeline's block of rows, moved back by the block's first row: loops::Plan::tiled).
+    pub(super) fn with_bases(&self, left: Option<*const f32>, out: Option<*mut f32>) -> Product {
+        let mut p = *self;
+        if let Some(left) = left {
+            p.left.0 = left;
+        }
+        if let Some(out) = out {
+            p.out = out;
+        }
+        p
+    }
+
+    /// The product computed as it is, without mirroring a symmetric one (a tile's block of rows needs
+    /// all its columns).
+    pub(super) fn unmirrored(self) -> Product {
+        Product {
+            symmetric: false,
+            ..self
         }
     }
 }

@@ -28,6 +28,11 @@
 //! points the buffer there, and the group's row loop moves its base back by the row's offset, so the
 //! ordinary row-major addresses of the current row land in it. A tensor with a host
 //! ([`super::loops::Plan::host`]: a later reader of its own elements only) has its host's pointer.
+//! A streamed program ([`compile_streaming`]) runs on [`Plan::streaming_tiled`]: a pipeline of groups
+//! runs a block of rows at a time through all of them, its tiles (the Gram rows) and its products (a
+//! row of pairs times a matrix) as sgemm calls per block, and each buffer it holds a block of
+//! ([`super::loops::Plan::tiled`]) is a block of scratch per worker, its pointer moved back by the
+//! block's first row in a table patched for the block.
 //!
 //! Placement: Cranelift's egraph places pure code at its uses and hoists it out of loops, but never moves a
 //! load, so the lowering computes before each loop what the bound indices determine
@@ -304,9 +309,16 @@ pub fn compile(f: &Function) -> Result<Compiled, JitError> {
 }
 
 /// Compiles a function whose pairwise tensors are streamed ([`crate::opt::stream::rows`]) on its
-/// [`Plan::streaming`]: each copy of a pairwise tensor row-private in its reader's group.
+/// [`Plan::streaming_tiled`]: each copy of a pairwise tensor row-private in its reader's group, or a block
+/// of rows of a pipeline's.
 pub fn compile_streaming(f: &Function) -> Result<Compiled, JitError> {
-    build(f, Plan::streaming(f), None, rows::available(), Functions::Undeferred)
+    build(
+        f,
+        Plan::streaming_tiled(f),
+        None,
+        rows::available(),
+        Functions::Undeferred,
+    )
 }
 
 /// `--emit clif`: the Cranelift IR of every nest function, before Cranelift's own optimizations.
