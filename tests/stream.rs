@@ -43,6 +43,14 @@ fn sizes(f: &Function, batch: i64) -> Vec<i64> {
         .collect()
 }
 
+/// `f`'s optimized program (the kernel's own) and that program with every tensor over pairs streamed.
+fn optimized_and_streamed(f: &Function) -> (Function, Function) {
+    let kernel = Kernel::build(f, &Compiler::new()).unwrap();
+    let g = kernel.native().unwrap().function().clone();
+    let streamed = lossc::opt::stream::rows(&g, &lossc::opt::stream::pairwise_at_any_size(&g)).unwrap();
+    (g, streamed)
+}
+
 fn assert_agree(what: &str, got: &lossc::Evaluation, want: &lossc::Evaluation) {
     let close = |a: f64, b: f64| (a - b).abs() <= 2e-4 * b.abs().max(1.0);
     assert!(close(got.loss, want.loss), "{what}: {} vs {}", got.loss, want.loss);
@@ -118,9 +126,8 @@ fn streamed_dot_products_along_rows_agree_at_every_width() {
 #[test]
 fn readers_in_one_group_share_a_dot_products_rows() {
     let f = bench_nt_xent();
-    let kernel = Kernel::build(&f, &Compiler::new()).unwrap();
-    let g = kernel.native().unwrap().function();
-    let streamed = lossc::opt::stream::rows(g, &lossc::opt::stream::pairwise_at_any_size(g)).unwrap();
+    let (g, streamed) = optimized_and_streamed(&f);
+    let g = &g;
     let dots: Vec<&str> = (streamed.tensors.iter())
         .filter(|t| {
             let [p, q] = t.indices[..] else { return false };
@@ -152,10 +159,7 @@ fn readers_in_one_group_share_a_dot_products_rows() {
 /// thread and on two.
 #[test]
 fn pipelines_run_blocks_of_rows_as_the_interpreter() {
-    let f = bench_nt_xent();
-    let kernel = Kernel::build(&f, &Compiler::new()).unwrap();
-    let g = kernel.native().unwrap().function();
-    let streamed = lossc::opt::stream::rows(g, &lossc::opt::stream::pairwise_at_any_size(g)).unwrap();
+    let (_, streamed) = optimized_and_streamed(&bench_nt_xent());
     let plan = lossc::backend::loops::Plan::streaming_tiled(&streamed);
     assert_eq!(plan.tiles.len(), 8, "Gram rows as tiles");
     assert_eq!(plan.pipelines.len(), 2, "{:?}", plan.pipelines);
@@ -170,9 +174,8 @@ fn pipelines_run_blocks_of_rows_as_the_interpreter() {
         std_loss("contrastive::sogclr"),
         std_loss("divergence::cauchy_schwarz"),
     ] {
-        let kernel = Kernel::build(&f, &Compiler::new()).unwrap();
-        let g = kernel.native().unwrap().function();
-        let streamed = lossc::opt::stream::rows(g, &lossc::opt::stream::pairwise_at_any_size(g)).unwrap();
+        let (g, streamed) = optimized_and_streamed(&f);
+        let g = &g;
         let jit = lossc::backend::jit::compile_streaming(&streamed).unwrap();
         for batch in [5, 29, 300] {
             let at: Vec<i64> = (f.dims.iter()).map(|d| if d.name == "D" { 5 } else { batch }).collect();

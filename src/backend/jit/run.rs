@@ -31,8 +31,6 @@ pub(super) fn pool(threads: usize) -> Option<Arc<rayon::ThreadPool>> {
 #[derive(Clone, Copy)]
 pub(super) struct SharedParts(*mut f32);
 
-/// The bytes of one block of a tile's rows (loops::Tile) per worker, at most: its rows, between
-/// [`TILE_ROWS`], as many as fit (NT-Xent at B = 65,536: 32 rows of 256 KB).
 // SAFETY: every call writes only the slot of its chunk.
 unsafe impl Send for SharedParts {}
 unsafe impl Sync for SharedParts {}
@@ -253,6 +251,8 @@ impl Compiled {
                     (b, row as usize * Lower::elem_type(buf.scalar).bytes() as usize)
                 })
                 .collect();
+            // Each buffer's block starts on a cache line.
+            let block_bytes = |bytes: usize, rows: i64| (bytes * rows as usize).next_multiple_of(64);
             let widest = blocked.iter().map(|(_, bytes)| *bytes).max().unwrap_or(0);
             let (outer, chunk) = match &stages[0].run {
                 Run::Product(p) if split.is_none() && last == k => (p.rows(), p.block_rows()),
@@ -269,7 +269,7 @@ impl Compiled {
                 .step_by(chunk as usize)
                 .map(|lo| (lo, (lo + chunk).min(outer)))
                 .collect();
-            let per_worker: usize = blocked.iter().map(|(_, bytes)| bytes * block_rows as usize).sum();
+            let per_worker: usize = blocked.iter().map(|(_, bytes)| block_bytes(*bytes, block_rows)).sum();
             let workers = if blocked.is_empty() { 0 } else { threads.max(1) + 1 };
             let mut block_store = vec![0u64; (per_worker * workers).div_ceil(8)];
             let blocks_base = SharedParts(block_store.as_mut_ptr() as *mut f32);
@@ -306,7 +306,7 @@ impl Compiled {
                                 .iter()
                                 .map(|&(b, bytes)| {
                                     let base = at;
-                                    at = unsafe { at.add(bytes * block_rows as usize) };
+                                    at = unsafe { at.add(block_bytes(bytes, block_rows)) };
                                     (b, base.wrapping_sub(b_lo as usize * bytes))
                                 })
                                 .collect()
