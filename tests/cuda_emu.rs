@@ -734,3 +734,15 @@ fn streamed_pairwise_losses_keep_rows_in_slots() {
         );
     }
 }
+
+/// A constant table is a `__constant__` array whose reads are clamped to its ends: read beyond them it
+/// gives its nearest entry, as the interpreter and the JIT do (`common::tables_read_beyond_their_ends`).
+#[test]
+fn tables_read_beyond_their_ends_take_the_nearest_entry() {
+    let (f, inputs, loss, grad) = common::tables_read_beyond_their_ends();
+    let kernel = lossc::Kernel::build(&f, &cuda(EmuLoader::default())).unwrap();
+    let source = lossc::backend::cuda::generate(kernel.function()).source;
+    assert!(source.contains("__constant__ long long lx_table"), "{source}");
+    let e = kernel.eval(&inputs).unwrap();
+    common::assert_loss_and_grad("cuda", &e, loss, &grad);
+}

@@ -1737,3 +1737,18 @@ fn channel_reductions_agree_pixel_by_pixel() {
     let e = interp.kernel(None).unwrap().eval_with(&inputs, &hypers).unwrap();
     assert_agree("px at t = 0.01", &a, &e);
 }
+
+/// A constant table read beyond its ends reads its nearest entry ([`lossc::ir::Expr::Table`]), in the JIT
+/// (a clamped read of the lane pool) as in the interpreter, and its gradient flows through the load it
+/// subscripts (`common::tables_read_beyond_their_ends`).
+#[test]
+fn tables_read_beyond_their_ends_take_the_nearest_entry() {
+    let (f, inputs, loss, grad) = common::tables_read_beyond_their_ends();
+    for (what, compiler) in [
+        ("jit", Compiler::new()),
+        ("interp", Compiler::new().backend(Backend::Interp)),
+    ] {
+        let e = lossc::Kernel::build(&f, &compiler).unwrap().eval(&inputs).unwrap();
+        common::assert_loss_and_grad(what, &e, loss, &grad);
+    }
+}

@@ -135,3 +135,64 @@ pub fn assert_float32_gradients(got: &lossc::Evaluation, want: &lossc::Evaluatio
         );
     }
 }
+
+/// `sum[i, j] x[i, T(j - 1)] * U(j + 2)` over `x: f32[3, 4]`, T an integer and U a float constant table
+/// ([`lossc::ir::Expr::Table`]) read beyond their ends at j = 0 and j ≥ 2, where a read takes the nearest
+/// entry; with its inputs, its loss and the gradient of `x` worked out by hand.
+pub fn tables_read_beyond_their_ends() -> (Function, BTreeMap<String, Tensor>, f64, Vec<f64>) {
+    use lossc::ir::{Expr, IndexId, ReduceOp, Role, Scalar, TensorRef, Value};
+    use lossc::prims::Prim;
+    let src = "loss f(x: f32[N, 4]) { sum[i, j] x[i, j] }";
+    let module = lossc::Compiler::new().compile_source("t.lx", src).unwrap();
+    let mut f = module.kernel(None).unwrap().function().clone();
+    let span = f.span;
+    let index = |f: &Function, name: &str| IndexId(f.indices.iter().position(|v| v.name == name).unwrap() as u32);
+    let (i, j) = (index(&f, "i"), index(&f, "j"));
+    let iv = f.add(Expr::Index(i), Scalar::Int, span).unwrap();
+    let jv = f.add(Expr::Index(j), Scalar::Int, span).unwrap();
+    let one = f.add(Expr::Int(1), Scalar::Int, span).unwrap();
+    let two = f.add(Expr::Int(2), Scalar::Int, span).unwrap();
+    let below = f.prim(Prim::Sub, &[jv, one], span).unwrap();
+    let above = f.prim(Prim::Add, &[jv, two], span).unwrap();
+    let t = f.table(below, &[3, 0, 2, 1].map(Value::I), span).unwrap();
+    let u = f.table(above, &[1.0, -2.0, 0.5, 4.0].map(Value::F), span).unwrap();
+    let load = Expr::Load {
+        tensor: TensorRef::Input(0),
+        subs: vec![iv, t].into(),
+    };
+    let load = f.add(load, Scalar::Float, span).unwrap();
+    let term = f.prim(Prim::Mul, &[load, u], span).unwrap();
+    let sum = Expr::Reduce {
+        op: ReduceOp::Sum,
+        indices: vec![i, j].into(),
+        mask: None,
+        body: term,
+    };
+    let sum = f.add(sum, Scalar::Float, span).unwrap();
+    let loss = f.tensors.iter().position(|t| t.role == Role::Loss).unwrap();
+    f.tensors[loss].body = sum;
+    assert!(lossc::ir::verify::verify(&f).is_ok());
+    let x: Vec<f64> = (0..12).map(|k| k as f64 * 0.5 - 2.0).collect();
+    // j = 0..4 reads column T(max(j - 1, 0)) = 3, 3, 0, 2, weighed by U(min(j + 2, 3)) = 0.5, 4, 4, 4.
+    let (cols, weights) = ([3usize, 3, 0, 2], [0.5, 4.0, 4.0, 4.0]);
+    let mut loss = 0.0;
+    let mut grad = vec![0.0; 12];
+    for r in 0..3 {
+        for c in 0..4 {
+            loss += x[r * 4 + cols[c]] * weights[c];
+            grad[r * 4 + cols[c]] += weights[c];
+        }
+    }
+    let inputs = BTreeMap::from([("x".to_string(), Tensor::float(vec![3, 4], x))]);
+    (f, inputs, loss, grad)
+}
+
+/// Whether `e`'s loss and only gradient are `loss` and `grad` (float32 accuracy).
+pub fn assert_loss_and_grad(what: &str, e: &lossc::Evaluation, loss: f64, grad: &[f64]) {
+    assert!((e.loss - loss).abs() < 1e-4, "{what}: {} vs {loss}", e.loss);
+    let g = e.grads[0].1.to_f64();
+    assert!(
+        g.iter().zip(grad).all(|(a, b)| (a - b).abs() < 1e-5),
+        "{what}: {g:?} vs {grad:?}"
+    );
+}

@@ -27,6 +27,7 @@ inline thread_local dim3 gridDim;
 
 #define __global__
 #define __device__
+#define __constant__
 #define __forceinline__ inline
 // Per OS thread: the fibers of a block run on one thread, and tests may run one kernel on several.
 #define __shared__ static thread_local

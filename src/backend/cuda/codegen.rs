@@ -40,6 +40,7 @@ pub(super) fn source(f: &Function, plan: &Plan, slotted: &[bool]) -> (String, Ve
         f.name
     );
     out.push_str(PRELUDE);
+    out.push_str(&tables(f).1);
     let mut kernels = Vec::new();
     for (k, group) in plan.groups.iter().enumerate() {
         let members = plan.members(group);
@@ -373,6 +374,8 @@ struct Emit<'a> {
     fresh: usize,
     /// The variable holding each lowered logsumexp's rounding residual ([`crate::backend::loops::Residual`]).
     residuals: HashMap<NodeId, String>,
+    /// The `__constant__` array of each table node ([`tables`]).
+    tables: HashMap<NodeId, String>,
 }
 
 impl<'a> Emit<'a> {
@@ -392,6 +395,7 @@ impl<'a> Emit<'a> {
             frames: vec![HashMap::new()],
             fresh: 0,
             residuals: HashMap::new(),
+            tables: tables(f).0,
         }
     }
 
@@ -934,16 +938,13 @@ impl<'a> Emit<'a> {
             },
             Expr::Load { tensor, subs } => self.load(n, *tensor, subs),
             Expr::Table { at, values } => {
+                // The nearest entry: positions beyond the ends read the ends.
                 let at = self.value(*at);
-                let literals: Vec<String> = values
-                    .iter()
-                    .map(|v| match table_value(node.scalar, *v) {
-                        Value::F(x) => float_literal(x as f32),
-                        Value::I(i) => int_literal(i),
-                        Value::B(b) => b.to_string(),
-                    })
-                    .collect();
-                choice_tree(&at, &literals, 0)
+                let last = values.len() - 1;
+                format!(
+                    "{}[lx_mini(lx_maxi((long long)({at}), 0LL), {last}LL)]",
+                    self.tables[&n]
+                )
             }
             // `x - lse[…]` with the logsumexp's rounding residual.
             Expr::Prim { prim: Prim::Sub, args } if self.plan.residual_read(n).is_some() => {
@@ -1309,16 +1310,42 @@ impl<'a> Emit<'a> {
     }
 }
 
-/// A constant table read at `at` as a balanced tree of conditional expressions over `literals` (entries
-/// `lo..` of the table): the ends stand for every position beyond them ([`crate::ir::Expr::Table`]).
-fn choice_tree(at: &str, literals: &[String], lo: usize) -> String {
-    if literals.len() == 1 {
-        return literals[0].clone();
+/// The constant tables of `f` ([`crate::ir::Expr::Table`]) as `__constant__` arrays: per table node, the
+/// name of its array (tables with the same entries share one), and their definitions (after the
+/// prelude, before the kernels), each read clamped to its ends. (A balanced tree of conditional
+/// expressions at each read, as before, made NVRTC take about twice as long on W6's sorting network.)
+fn tables(f: &Function) -> (HashMap<NodeId, String>, String) {
+    let mut names = HashMap::new();
+    let mut arrays: HashMap<(Scalar, &[u64]), String> = HashMap::new();
+    let mut defs = String::new();
+    for (k, node) in f.nodes().iter().enumerate() {
+        let Expr::Table { values, .. } = &node.expr else {
+            continue;
+        };
+        let next = arrays.len();
+        let name = arrays.entry((node.scalar, &values[..])).or_insert_with(|| {
+            let name = format!("lx_table{next}");
+            let ty = match node.scalar {
+                Scalar::Float => "float",
+                Scalar::Int => "long long",
+                Scalar::Bool => "bool",
+            };
+            let literals: Vec<String> = (values.iter())
+                .map(|v| match table_value(node.scalar, *v) {
+                    Value::F(x) => float_literal(x as f32),
+                    Value::I(i) => int_literal(i),
+                    Value::B(b) => b.to_string(),
+                })
+                .collect();
+            let _ = writeln!(
+                defs,
+                "__constant__ {ty} {name}[{}] = {{{}}};",
+                values.len(),
+                literals.join(", ")
+            );
+            name
+        });
+        names.insert(NodeId(k as u32), name.clone());
     }
-    let mid = literals.len() / 2;
-    let (left, right) = (
-        choice_tree(at, &literals[..mid], lo),
-        choice_tree(at, &literals[mid..], lo + mid),
-    );
-    format!("({at} < {} ? {left} : {right})", lo + mid)
+    (names, defs)
 }
