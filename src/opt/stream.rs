@@ -170,15 +170,10 @@ fn share_in_groups(f: &Function, copies: &HashMap<String, (String, bool)>) -> R<
     Ok(if private { shared } else { f.clone() })
 }
 
-/// Loads of the tensors in `alias` read the tensor it maps them to (of the same shape); nodes are
-/// rebuilt in arena order.
+/// Loads of the tensors in `alias` read the tensor it maps them to (of the same shape).
 fn redirect_loads(f: &mut Function, alias: &HashMap<TensorId, TensorId>) -> R<()> {
-    let count = f.nodes().len();
-    let mut map: Vec<NodeId> = Vec::with_capacity(count);
-    for k in 0..count {
-        let node = f.nodes()[k].clone();
-        let span = f.span(NodeId(k as u32));
-        let expr = match node.expr.try_map_operands(|o| Ok::<_, TooDeep>(map[o.index()]))? {
+    rebuild_nodes(f, |_, expr, _| {
+        Ok(match expr {
             Expr::Load {
                 tensor: TensorRef::Def(t),
                 subs,
@@ -187,13 +182,8 @@ fn redirect_loads(f: &mut Function, alias: &HashMap<TensorId, TensorId>) -> R<()
                 subs,
             },
             expr => expr,
-        };
-        map.push(f.add(expr, node.scalar, span)?);
-    }
-    for t in &mut f.tensors {
-        t.body = map[t.body.index()];
-    }
-    Ok(())
+        })
+    })
 }
 
 /// Gives a reduction fresh indices where a reduction inside it binds one of its indices again (a pairwise
@@ -201,14 +191,10 @@ fn redirect_loads(f: &mut Function, alias: &HashMap<TensorId, TensorId>) -> R<()
 /// reduction over it): the code generators keep one loop variable per index, so each index is bound once
 /// on any path. Nodes are rebuilt in arena order (operands first); what they compute is unchanged.
 fn unshadow(f: &mut Function) -> R<()> {
-    let count = f.nodes().len();
-    let mut map: Vec<NodeId> = Vec::with_capacity(count);
     // The indices bound by reductions at or below each node (new nodes included).
     let mut below: HashMap<NodeId, Vec<IndexId>> = HashMap::new();
-    for k in 0..count {
-        let node = f.nodes()[k].clone();
-        let span = f.span(NodeId(k as u32));
-        let expr = match node.expr.try_map_operands(|o| Ok::<_, TooDeep>(map[o.index()]))? {
+    rebuild_nodes(f, |f, expr, span| {
+        Ok(match expr {
             Expr::Reduce {
                 op,
                 indices,
@@ -234,7 +220,23 @@ fn unshadow(f: &mut Function) -> R<()> {
                 }
             }
             expr => expr,
-        };
+        })
+    })
+}
+
+/// Rebuilds every node of `f` in arena order (operands first): each one's expression, its operands
+/// already rebuilt, passes through `rewrite` (which may add nodes); the tensors' elements follow.
+fn rebuild_nodes(
+    f: &mut Function,
+    mut rewrite: impl FnMut(&mut Function, Expr, crate::diag::Span) -> R<Expr>,
+) -> R<()> {
+    let count = f.nodes().len();
+    let mut map: Vec<NodeId> = Vec::with_capacity(count);
+    for k in 0..count {
+        let node = f.nodes()[k].clone();
+        let span = f.span(NodeId(k as u32));
+        let expr = node.expr.try_map_operands(|o| Ok::<_, TooDeep>(map[o.index()]))?;
+        let expr = rewrite(f, expr, span)?;
         map.push(f.add(expr, node.scalar, span)?);
     }
     for t in &mut f.tensors {

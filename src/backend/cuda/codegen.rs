@@ -40,7 +40,8 @@ pub(super) fn source(f: &Function, plan: &Plan, slotted: &[bool]) -> (String, Ve
         f.name
     );
     out.push_str(PRELUDE);
-    out.push_str(&tables(f).1);
+    let (tables, definitions) = tables(f);
+    out.push_str(&definitions);
     let mut kernels = Vec::new();
     for (k, group) in plan.groups.iter().enumerate() {
         let members = plan.members(group);
@@ -52,7 +53,7 @@ pub(super) fn source(f: &Function, plan: &Plan, slotted: &[bool]) -> (String, Ve
             None => shape_of(f, &members),
         };
         let name = format!("lossc_g{k}");
-        let mut e = Emit::new(f, plan, slotted);
+        let mut e = Emit::new(f, plan, slotted, &tables);
         e.kernel(&name, group, shape, &extent);
         let sums = split_members(f, &members).map_or(0, |(_, sums)| sums.len());
         // Rows whose extents are constants have one variant: a warp per row where all are short, a
@@ -77,7 +78,7 @@ pub(super) fn source(f: &Function, plan: &Plan, slotted: &[bool]) -> (String, Ve
         }
         if shape == Shape::BlockRows && !only_blocks {
             let name = format!("{name}_warps");
-            let mut e = Emit::new(f, plan, slotted);
+            let mut e = Emit::new(f, plan, slotted, &tables);
             e.warp = true;
             e.kernel(&name, group, Shape::WarpRows, &extent);
             out.push('\n');
@@ -93,7 +94,7 @@ pub(super) fn source(f: &Function, plan: &Plan, slotted: &[bool]) -> (String, Ve
         }
         if shape == Shape::Parts {
             let name = format!("{name}_total");
-            let mut e = Emit::new(f, plan, slotted);
+            let mut e = Emit::new(f, plan, slotted, &tables);
             e.kernel(&name, group, Shape::Total, &extent);
             out.push('\n');
             out.push_str(&e.text);
@@ -172,7 +173,9 @@ fn label_check(f: &Function, plan: &Plan) -> Option<(String, KernelSpec)> {
         .filter_map(|(k, i)| i.bound.as_ref().map(|b| (k, b)))
         .collect();
     let (first, _) = labels.first()?;
-    let e = Emit::new(f, plan, &[]);
+    // (It reads labels only: no table.)
+    let no_tables = HashMap::new();
+    let e = Emit::new(f, plan, &[], &no_tables);
     let len = |k: usize| -> Dim {
         f.inputs[k]
             .shape
@@ -375,11 +378,11 @@ struct Emit<'a> {
     /// The variable holding each lowered logsumexp's rounding residual ([`crate::backend::loops::Residual`]).
     residuals: HashMap<NodeId, String>,
     /// The `__constant__` array of each table node ([`tables`]).
-    tables: HashMap<NodeId, String>,
+    tables: &'a HashMap<NodeId, String>,
 }
 
 impl<'a> Emit<'a> {
-    fn new(f: &'a Function, plan: &'a Plan, slotted: &'a [bool]) -> Emit<'a> {
+    fn new(f: &'a Function, plan: &'a Plan, slotted: &'a [bool], tables: &'a HashMap<NodeId, String>) -> Emit<'a> {
         Emit {
             f,
             plan,
@@ -395,7 +398,7 @@ impl<'a> Emit<'a> {
             frames: vec![HashMap::new()],
             fresh: 0,
             residuals: HashMap::new(),
-            tables: tables(f).0,
+            tables,
         }
     }
 
