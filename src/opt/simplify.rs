@@ -396,6 +396,12 @@ pub fn simplify(f: &mut Function, expr: Expr, scalar: Scalar, span: Span) -> R<N
         Add if let Some(lse) = (0..2).find_map(|k| unshifted_logsumexp(f, a[k], a[1 - k])) => {
             return f.add(lse, Scalar::Float, span);
         }
+        // x + x = 2 * x (exact, infinities and NaN included): a square's derivative is its two equal
+        // product-rule terms, and a scaled term is what the row-update loops take.
+        Add if a[0] == a[1] && scalar == Scalar::Float => {
+            let two = f.constant(Value::F(2.0), span)?;
+            return simplify(f, prim_expr(Mul, &[two, a[0]]), scalar, span);
+        }
         // x + 0 = x, 0 + x = x
         Add if is_float(f, a[1], 0.0) => return Ok(a[0]),
         Add if is_float(f, a[0], 0.0) => return Ok(a[1]),
