@@ -158,6 +158,7 @@ fn run_interp(
     hypers: &BTreeMap<String, f64>,
 ) -> Result<Evaluation, CallError> {
     let bound = call::bind(f, inputs, hypers)?;
+    call::check_elements(f, &bound.sizes, |_| true)?;
     call::check_budget(interp::bytes_needed(f, &bound.sizes), call::default_memory_budget())?;
     on_big_stack(|| interp::run(f, &bound))
 }

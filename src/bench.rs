@@ -213,6 +213,7 @@ fn time_native(
     let Some(native) = kernel.native_for(&bound.sizes).map_err(|e| format!("error: {e}"))? else {
         return Ok(None);
     };
+    native.check_elements(&bound.sizes).map_err(|e| format!("error: {e}"))?;
     let mut buffers = native.buffers(bound);
     let times = time_calls(iters, bar, &mut || {
         native

@@ -45,6 +45,24 @@ pub fn parse_bytes(text: &str) -> Option<u64> {
     digits.trim().parse::<u64>().ok()?.checked_mul(1 << shift)
 }
 
+/// Checks that no tensor of `f` for which `stored` holds has more than [`MAX_ELEMENTS`] elements at these
+/// sizes. Checked on the program a call runs and the tensors it stores whole: a streamed program holds a
+/// block of a pairwise tensor's rows, not the [B, B] (or [B, B, B]) tensor its source defines.
+pub fn check_elements(f: &Function, sizes: &[i64], stored: impl Fn(usize) -> bool) -> Result<(), CallError> {
+    for (_, t) in f.tensors.iter().enumerate().filter(|(k, _)| stored(*k)) {
+        let elements = (t.indices.iter())
+            .map(|i| f.index(*i).range.eval(sizes).max(0) as u128)
+            .fold(1u128, u128::saturating_mul);
+        if elements > MAX_ELEMENTS as u128 {
+            return Err(CallError::TooLarge {
+                tensor: t.name.clone(),
+                elements,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Checks the bytes a call's buffers need against `budget`.
 pub fn check_budget(needed: u64, budget: u64) -> Result<(), CallError> {
     if needed > budget {
@@ -452,9 +470,9 @@ pub fn bind_views(
             }
         }
     }
-    // Every tensor definition must have a sane size.
+    // Every tensor definition must have a sane extent (how many elements a call stores is the backend's
+    // to check: [`check_elements`]).
     for t in &f.tensors {
-        let mut elements: u128 = 1;
         for i in &t.indices {
             let r = &f.index(*i).range;
             let n = r.eval(&sizes);
@@ -465,13 +483,6 @@ pub fn bind_views(
                     value: n,
                 });
             }
-            elements = elements.saturating_mul(n as u128);
-        }
-        if elements > MAX_ELEMENTS as u128 {
-            return Err(CallError::TooLarge {
-                tensor: t.name.clone(),
-                elements,
-            });
         }
     }
     for v in &f.indices {

@@ -333,8 +333,7 @@ impl Workspace {
             let _ = (&values, &grads);
             None
         };
-        let needed = self.kernel.bytes_with(native.as_deref(), &sizes, false);
-        call::check_budget(needed, self.kernel.memory_budget())?;
+        self.kernel.admit(native.as_deref(), &sizes, false)?;
         self.sizes.clone_from(&sizes);
 
         #[cfg(feature = "jit")]

@@ -448,7 +448,7 @@ impl Kernel {
         let Some(jit) = &self.jit else {
             return Ok(None);
         };
-        if !self.options.stream && jit.bytes_needed(sizes) <= self.budget {
+        if !self.options.stream && jit.bytes_needed(sizes) <= self.budget && jit.check_elements(sizes).is_ok() {
             return Ok(Some(jit.clone()));
         }
         let stream = crate::opt::stream::pairwise(jit.function(), sizes);
@@ -481,6 +481,20 @@ impl Kernel {
         #[cfg(not(feature = "jit"))]
         let native: Option<Arc<Native>> = None;
         self.bytes_with(native.as_deref(), sizes, tensors)
+    }
+
+    /// Whether a call at these sizes that runs `native` (the program [`Kernel::native_for`] picked) may
+    /// start: no tensor the running program stores whole is over [`call::MAX_ELEMENTS`] (the interpreter
+    /// checks its own), and its buffers fit the memory budget ([`Kernel::bytes_with`]).
+    pub(crate) fn admit(&self, native: Option<&Native>, sizes: &[i64], tensors: bool) -> Result<(), CallError> {
+        #[cfg(feature = "jit")]
+        if let Some(jit) = native {
+            jit.check_elements(sizes)?;
+        }
+        if let Some(cuda) = &self.cuda {
+            cuda.check_elements(&self.function, sizes)?;
+        }
+        call::check_budget(self.bytes_with(native, sizes, tensors), self.budget)
     }
 
     /// [`Kernel::bytes_needed`] for a call that runs `native` (the program [`Kernel::native_for`] picked
@@ -593,7 +607,7 @@ impl Kernel {
         let native = self.native_for(&bound.sizes)?;
         #[cfg(not(feature = "jit"))]
         let native: Option<Arc<Native>> = None;
-        call::check_budget(self.bytes_with(native.as_deref(), &bound.sizes, true), self.budget)?;
+        self.admit(native.as_deref(), &bound.sizes, true)?;
         if let Some(cuda) = &self.cuda {
             let mut device = cuda.device.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             return crate::backend::cuda::host::run(&cuda.program, &self.function, &bound, &mut **device);
@@ -866,6 +880,7 @@ impl Kernel {
             })
             .collect();
         let (sizes, values) = call::bind_views(f, &views, hypers)?;
+        cuda.check_elements(f, &sizes)?;
         let mut placed_inputs = Vec::with_capacity(f.inputs.len());
         for input in &f.inputs {
             let t = &inputs[&input.name];
@@ -1244,6 +1259,14 @@ struct CudaKernel {
     device: std::sync::Mutex<Box<dyn crate::backend::cuda::host::Device + Send>>,
     /// Locked after `device`.
     state: std::sync::Mutex<DeviceState>,
+}
+
+impl CudaKernel {
+    /// [`call::check_elements`] on the tensors of `f` (the program's function) that the kernels store
+    /// whole: not a slotted buffer's, which holds a row per running block.
+    fn check_elements(&self, f: &Function, sizes: &[i64]) -> Result<(), CallError> {
+        call::check_elements(f, sizes, |t| !self.program.slotted[f.inputs.len() + t])
+    }
 }
 
 /// Replaces the named hyperparameters by their (default) values as constants and re-optimizes.

@@ -295,6 +295,44 @@ fn pairwise_losses_stream_in_linear_memory() {
     }
 }
 
+/// Issue 27's sizes: at B = 65,536 and D = 128 each pairwise family's call runs its streamed program, in
+/// under a gigabyte of buffers, also where the budget would hold the whole program's but one of its tensors
+/// has more than `MAX_ELEMENTS` elements (all-triplets' [B, B, B] at any budget; NT-Xent's [B, B] just past
+/// 65,536): the element limit is the running program's, whose pairwise tensors are blocks of rows.
+#[test]
+fn pairwise_losses_at_65536_fit_in_a_gigabyte() {
+    let mut losses: Vec<Function> = [
+        "contrastive::nt_xent",
+        "contrastive::sogclr",
+        "metric_learning::multi_similarity",
+        "metric_learning::triplet_all",
+        "divergence::cauchy_schwarz",
+    ]
+    .into_iter()
+    .map(std_loss)
+    .collect();
+    losses.push(bench_nt_xent());
+    let giga = 1u64 << 30;
+    for f in &losses {
+        for (batch, budget) in [(65_536, None), (65_600, Some(u64::MAX))] {
+            let at: Vec<i64> = (f.dims.iter())
+                .map(|d| if d.name == "D" { 128 } else { batch })
+                .collect();
+            let compiler = budget.map_or_else(Compiler::new, |b| Compiler::new().memory_budget(b));
+            let kernel = Kernel::build(f, &compiler).unwrap();
+            assert!(streams(&kernel, &at), "{} at B = {batch}", f.name);
+            let native = kernel.native_for(&at).unwrap().unwrap();
+            assert!(native.check_elements(&at).is_ok(), "{} at B = {batch}", f.name);
+            let need = kernel.bytes_needed(&at, false);
+            assert!(need < giga, "{} at B = {batch}: {need} bytes", f.name);
+            if budget.is_some() {
+                let own = kernel.native().unwrap();
+                assert!(own.check_elements(&at).is_err(), "{} at B = {batch}", f.name);
+            }
+        }
+    }
+}
+
 /// A call whose buffers would not fit in the memory budget runs the streamed program (the same results);
 /// one whose streamed buffers do not fit either fails with the streamed program's need.
 #[test]

@@ -60,6 +60,7 @@ pub fn bytes_needed(f: &Function, sizes: &[i64]) -> u64 {
 
 /// [`run`], with a choice of how `stopgrad` is evaluated.
 pub fn run_with(f: &Function, call: &Bound, stopgrads: StopGrads) -> Result<Evaluation, CallError> {
+    crate::call::check_elements(f, &call.sizes, |_| true)?;
     let mut it = Interp {
         f,
         call,

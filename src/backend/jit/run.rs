@@ -402,14 +402,31 @@ impl Compiled {
             })
     }
 
+    /// Whether buffer `k` is one this code allocates for a call (a tensor's, not a row kept in a group or
+    /// one sharing another's storage).
+    fn allocated(&self, k: usize) -> bool {
+        matches!(self.plan.buffers[k].of, TensorRef::Def(_)) && !self.plan.row_private[k] && self.plan.host[k].is_none()
+    }
+
+    /// [`crate::call::check_elements`] on the tensors this code stores whole (a blocked buffer holds a
+    /// block of rows, a row-private one a row).
+    pub fn check_elements(&self, sizes: &[i64]) -> Result<(), crate::call::CallError> {
+        let whole: Vec<usize> = (0..self.plan.buffers.len())
+            .filter(|k| self.allocated(*k) && !self.plan.tiled[*k])
+            .filter_map(|k| match self.plan.buffers[k].of {
+                TensorRef::Def(t) => Some(t.index()),
+                TensorRef::Input(_) => None,
+            })
+            .collect();
+        crate::call::check_elements(&self.function, sizes, |t| whole.contains(&t))
+    }
+
     /// The bytes [`Compiled::defined`] allocates for a call of these sizes, and the blocks of rows of its
     /// blocked buffers (loops::Plan::tiled), one per worker of a call on every core, at most.
     pub fn bytes_needed(&self, sizes: &[i64]) -> u64 {
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64 + 1;
         (self.plan.buffers.iter().enumerate())
-            .filter(|(k, buf)| {
-                matches!(buf.of, TensorRef::Def(_)) && !self.plan.row_private[*k] && self.plan.host[*k].is_none()
-            })
+            .filter(|(k, _)| self.allocated(*k))
             .map(|(k, buf)| {
                 let elem = if buf.scalar == Scalar::Int { 8 } else { 4 };
                 if self.plan.tiled[k] {
