@@ -49,7 +49,7 @@ pub fn parse_bytes(text: &str) -> Option<u64> {
 /// sizes. Checked on the program a call runs and the tensors it stores whole: a streamed program holds a
 /// block of a pairwise tensor's rows, not the [B, B] (or [B, B, B]) tensor its source defines.
 pub fn check_elements(f: &Function, sizes: &[i64], stored: impl Fn(usize) -> bool) -> Result<(), CallError> {
-    for (_, t) in f.tensors.iter().enumerate().filter(|(k, _)| stored(*k)) {
+    for t in (f.tensors.iter().enumerate()).filter_map(|(k, t)| stored(k).then_some(t)) {
         let elements = (t.indices.iter())
             .map(|i| f.index(*i).range.eval(sizes).max(0) as u128)
             .fold(1u128, u128::saturating_mul);

@@ -168,11 +168,18 @@ fn pipelines_run_blocks_of_rows_as_the_interpreter() {
         .filter(|g| plan.contractions.iter().any(|c| plan.groups[*g].members == [c.nest]))
         .count();
     assert_eq!(products, 4, "the gradient's row products");
+    // Multi-similarity's forward group computes logsumexps whose rounding residuals the gradient reads: it
+    // runs in blocks as well.
+    let (_, streamed) = optimized_and_streamed(&std_loss("metric_learning::multi_similarity"));
+    let plan = lossc::backend::loops::Plan::streaming_tiled(&streamed);
+    assert!(!plan.residuals.is_empty());
+    assert_eq!(plan.pipelines.len(), 2, "{:?}", plan.pipelines);
     let mut rng = Rng::new(13);
     for f in [
         bench_nt_xent(),
         std_loss("contrastive::sogclr"),
         std_loss("divergence::cauchy_schwarz"),
+        std_loss("metric_learning::multi_similarity"),
     ] {
         let (g, streamed) = optimized_and_streamed(&f);
         let g = &g;

@@ -323,7 +323,8 @@ impl Plan {
 
     /// [`Plan::streaming`] run a block of rows at a time where that turns row-by-row dot products into
     /// matrix products (the JIT's streamed programs): in each row group that is not split into parts of
-    /// sums and has no kept exponentials or residuals,
+    /// sums and has no kept exponentials (a logsumexp's residuals are whole buffers: a group that writes
+    /// them runs in blocks as well),
     /// - each row-private copy of a dot product of whole operands (inputs, or tensors of earlier groups)
     ///   is taken out into [`Plan::tiles`], computed for each block of rows before the group's code;
     /// - each member that multiplies a row-private tensor of the group with a whole matrix (the
@@ -344,7 +345,6 @@ impl Plan {
                 .kept_exps
                 .iter()
                 .any(|e| ours(buffer(e.lse)) || ours(buffer(e.consumer)))
-                || plan.residuals.iter().any(|r| ours(buffer(r.lse)))
                 || members
                     .iter()
                     .any(|m| plan.host[buffer(*m)].is_some_and(|h| plan.row_private[h]));
