@@ -701,6 +701,29 @@ fn a_softmax_summed_over_its_row_is_one() {
 }
 
 #[test]
+fn squared_and_absolute_differences_are_symmetric() {
+    // A squared distance (`(a - b) ^ 2` or written out) and an L1 distance are the same computation with
+    // their indices exchanged; a plain difference, or one times a point, is not.
+    let symmetric = |element: &str| {
+        let f = compile(&format!(
+            "loss f(x: f32[N, D]) {{ let e[i: N, j: N] = {element}
+            sum[i, j] e[i, j] * e[j, i] }}"
+        ));
+        let f = lossc::opt::hoist::materialize(&lossc::opt::simplify_only(&f).unwrap()).unwrap();
+        let s = lossc::opt::transpose::symmetric_tensors(&f);
+        let e = f.tensors.iter().position(|t| t.name == "e").expect("e stored");
+        s[e]
+    };
+    assert!(symmetric("sum[d] (x[i, d] - x[j, d]) ^ 2"));
+    assert!(symmetric("sum[d] (x[i, d] - x[j, d]) * (x[i, d] - x[j, d])"));
+    assert!(symmetric("sqrt(sum[d] (x[i, d] / 2 - x[j, d] / 2) ^ 2 + 1e-12)"));
+    assert!(symmetric("sum[d] abs(x[i, d] - x[j, d])"));
+    assert!(!symmetric("sum[d] x[i, d] - x[j, d]"));
+    assert!(!symmetric("sum[d] (x[i, d] - x[j, d]) * x[i, d]"));
+    assert!(!symmetric("sum[d] (x[i, d] - x[j, d]) * (x[i, 0] - x[j, d])"));
+}
+
+#[test]
 fn symmetric_matrices_are_read_along_their_rows() {
     // `g` is symmetric (a Gram matrix over a symmetric scale), `h` is not. Summed over its first index, `g`
     // is read as `g[h0, j]` (the row of the head), `h` as written; next to a column read of another matrix

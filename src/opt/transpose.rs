@@ -2,7 +2,8 @@
 //!
 //! A two-index tensor `T[p, q]` over one range is symmetric when its element with `p` and `q` swapped is the
 //! same computation: the same operations on swapped indices, up to the order of the operands of `+`, `*`,
-//! `==`, `!=` (which give the same bits), `&&` and `||`, reading symmetric tensors with either subscript order. A
+//! `==`, `!=` (which give the same bits), `&&` and `||`, and of a difference that is squared or taken the
+//! absolute value of (`(a - b) * (a - b)`, a squared distance), reading symmetric tensors with either subscript order. A
 //! Gram matrix `sum[d] b[p, d] * b[q, d]` is one, and so is NT-Xent's `bb[p, q] = r4[p, q] / (tau * (nb[p] *
 //! nb[q]))`. A read `T[a, b]` of a symmetric tensor is rewritten `T[b, a]` where the element's other
 //! matrix reads end in `a` more often than in `b` (so the lanes run along the same index for all of them),
@@ -115,8 +116,15 @@ impl Mirror<'_> {
                 // elements whose operands are exchanged hold the same value.
                 let commutes =
                     matches!(f, Prim::Add | Prim::Mul | Prim::Eq | Prim::Ne | Prim::And | Prim::Or) && x.len() == 2;
+                // A square or an absolute value of a difference is its mirror's with the difference's
+                // operands exchanged: `a - b` is `-(b - a)` exactly, and both drop the sign.
+                let unsigned = match f {
+                    Prim::Mul => x[0] == x[1] && y[0] == y[1],
+                    Prim::Abs => true,
+                    _ => false,
+                };
                 let (x, y) = (x.to_vec(), y.to_vec());
-                self.all(&x, &y) || (commutes && self.all(&x, &[y[1], y[0]]))
+                self.all(&x, &y) || (commutes && self.all(&x, &[y[1], y[0]])) || (unsigned && self.opposite(x[0], y[0]))
             }
             (
                 Expr::Reduce {
@@ -143,6 +151,26 @@ impl Mirror<'_> {
         };
         self.memo.insert((a, b), same);
         same
+    }
+
+    /// Whether `a` and `b` are differences, `b` the mirror of `a` with its operands exchanged.
+    fn opposite(&mut self, a: NodeId, b: NodeId) -> bool {
+        match (&self.f.node(a).expr, &self.f.node(b).expr) {
+            (
+                Expr::Prim {
+                    prim: Prim::Sub,
+                    args: x,
+                },
+                Expr::Prim {
+                    prim: Prim::Sub,
+                    args: y,
+                },
+            ) => {
+                let (x, y) = (x.to_vec(), y.to_vec());
+                self.all(&x, &[y[1], y[0]])
+            }
+            _ => false,
+        }
     }
 
     fn all(&mut self, x: &[NodeId], y: &[NodeId]) -> bool {
