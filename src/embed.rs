@@ -212,7 +212,7 @@ impl Workspace {
     pub fn bytes_held(&self) -> u64 {
         #[cfg(feature = "jit")]
         if let (Some(jit), Some(_)) = (&self.native, &self.buffers) {
-            return jit.bytes_needed(&self.sizes);
+            return jit.bytes_needed(&self.sizes, self.kernel.threads());
         }
         0
     }

@@ -448,7 +448,10 @@ impl Kernel {
         let Some(jit) = &self.jit else {
             return Ok(None);
         };
-        if !self.options.stream && jit.bytes_needed(sizes) <= self.budget && jit.check_elements(sizes).is_ok() {
+        if !self.options.stream
+            && jit.bytes_needed(sizes, self.threads) <= self.budget
+            && jit.check_elements(sizes).is_ok()
+        {
             return Ok(Some(jit.clone()));
         }
         let stream = crate::opt::stream::pairwise(jit.function(), sizes);
@@ -515,7 +518,7 @@ impl Kernel {
         };
         #[cfg(feature = "jit")]
         if let Some(jit) = native.or(self.jit.as_deref()) {
-            return jit.bytes_needed(sizes).saturating_add(io);
+            return jit.bytes_needed(sizes, self.threads).saturating_add(io);
         }
         #[cfg(not(feature = "jit"))]
         let _ = native;

@@ -61,6 +61,22 @@ fn assert_agree(what: &str, got: &lossc::Evaluation, want: &lossc::Evaluation) {
     }
 }
 
+/// The pairwise families of issue 27 and W4's NT-Xent.
+fn pairwise_families() -> Vec<Function> {
+    let mut losses: Vec<Function> = [
+        "contrastive::nt_xent",
+        "contrastive::sogclr",
+        "metric_learning::multi_similarity",
+        "metric_learning::triplet_all",
+        "divergence::cauchy_schwarz",
+    ]
+    .into_iter()
+    .map(std_loss)
+    .collect();
+    losses.push(bench_nt_xent());
+    losses
+}
+
 /// Whether a kernel's calls at these sizes run a streamed program (not its own).
 fn streams(kernel: &Kernel, sizes: &[i64]) -> bool {
     let native = kernel.native_for(sizes).unwrap().unwrap();
@@ -239,28 +255,17 @@ fn reductions_nested_over_one_index_are_renamed() {
 /// as its square), and no buffer but a row-private one holds a pair per element.
 #[test]
 fn pairwise_losses_stream_in_linear_memory() {
-    let mut losses: Vec<Function> = [
-        "contrastive::nt_xent",
-        "contrastive::sogclr",
-        "metric_learning::multi_similarity",
-        "metric_learning::triplet_all",
-        "divergence::cauchy_schwarz",
-    ]
-    .into_iter()
-    .map(std_loss)
-    .collect();
-    losses.push(bench_nt_xent());
-    for f in &losses {
+    for f in &pairwise_families() {
         let kernel = Kernel::build(f, &Compiler::new().stream_pairwise(true)).unwrap();
         let own = kernel.native().unwrap();
         // (Sizes where a pipeline's blocks have their full height: below, they hold a 32nd of the rows.)
         let (small, large) = (sizes(f, 2048), sizes(f, 4096));
         let streamed = |at: &[i64]| kernel.native_for(at).unwrap().unwrap();
         let (s, l) = (
-            streamed(&small).bytes_needed(&small),
-            streamed(&large).bytes_needed(&large),
+            streamed(&small).bytes_needed(&small, 2),
+            streamed(&large).bytes_needed(&large, 2),
         );
-        let (os, ol) = (own.bytes_needed(&small), own.bytes_needed(&large));
+        let (os, ol) = (own.bytes_needed(&small, 2), own.bytes_needed(&large, 2));
         assert!(ol as f64 >= 3.5 * os as f64, "{}: own {os} -> {ol}", f.name);
         assert!((l as f64) <= 2.1 * s as f64, "{}: streamed {s} -> {l} bytes", f.name);
         assert!(l * 20 < ol, "{}: streamed {l} vs own {ol} bytes", f.name);
@@ -308,31 +313,22 @@ fn pairwise_losses_stream_in_linear_memory() {
 /// 65,536): the element limit is the running program's, whose pairwise tensors are blocks of rows.
 #[test]
 fn pairwise_losses_at_65536_fit_in_a_gigabyte() {
-    let mut losses: Vec<Function> = [
-        "contrastive::nt_xent",
-        "contrastive::sogclr",
-        "metric_learning::multi_similarity",
-        "metric_learning::triplet_all",
-        "divergence::cauchy_schwarz",
-    ]
-    .into_iter()
-    .map(std_loss)
-    .collect();
-    losses.push(bench_nt_xent());
     let giga = 1u64 << 30;
-    for f in &losses {
-        for (batch, budget) in [(65_536, None), (65_600, Some(u64::MAX))] {
+    for f in &pairwise_families() {
+        // (Calls on two threads, each worker a block of rows, and a 16 GiB budget, whatever this machine
+        // has; then no budget at all.)
+        for (batch, budget) in [(65_536, 16 << 30), (65_600, u64::MAX)] {
             let at: Vec<i64> = (f.dims.iter())
                 .map(|d| if d.name == "D" { 128 } else { batch })
                 .collect();
-            let compiler = budget.map_or_else(Compiler::new, |b| Compiler::new().memory_budget(b));
+            let compiler = Compiler::new().threads(2).memory_budget(budget);
             let kernel = Kernel::build(f, &compiler).unwrap();
             assert!(streams(&kernel, &at), "{} at B = {batch}", f.name);
             let native = kernel.native_for(&at).unwrap().unwrap();
             assert!(native.check_elements(&at).is_ok(), "{} at B = {batch}", f.name);
             let need = kernel.bytes_needed(&at, false);
             assert!(need < giga, "{} at B = {batch}: {need} bytes", f.name);
-            if budget.is_some() {
+            if budget == u64::MAX {
                 let own = kernel.native().unwrap();
                 assert!(own.check_elements(&at).is_err(), "{} at B = {batch}", f.name);
             }

@@ -422,9 +422,9 @@ impl Compiled {
     }
 
     /// The bytes [`Compiled::defined`] allocates for a call of these sizes, and the blocks of rows of its
-    /// blocked buffers (loops::Plan::tiled), one per worker of a call on every core, at most.
-    pub fn bytes_needed(&self, sizes: &[i64]) -> u64 {
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64 + 1;
+    /// blocked buffers (loops::Plan::tiled), one per worker of a call on `threads` threads.
+    pub fn bytes_needed(&self, sizes: &[i64], threads: usize) -> u64 {
+        let workers = threads.max(1) as u64 + 1;
         (self.plan.buffers.iter().enumerate())
             .filter(|(k, _)| self.allocated(*k))
             .map(|(k, buf)| {
