@@ -1268,7 +1268,7 @@ impl CudaKernel {
     /// [`call::check_elements`] on the tensors of `f` (the program's function) that the kernels store
     /// whole: not a slotted buffer's, which holds a row per running block.
     fn check_elements(&self, f: &Function, sizes: &[i64]) -> Result<(), CallError> {
-        call::check_elements(f, sizes, |t| !self.program.slotted[f.inputs.len() + t])
+        (self.program.plan).check_elements(f, sizes, |k| !self.program.slotted[k])
     }
 }
 

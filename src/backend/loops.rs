@@ -566,6 +566,19 @@ impl Plan {
             TensorRef::Def(t) => f.inputs.len() + t.index(),
         }
     }
+
+    /// [`crate::call::check_elements`] on the tensors of `f` whose buffers a backend stores whole
+    /// (`whole(buffer)`; not a row or a block of rows per running call).
+    pub fn check_elements(
+        &self,
+        f: &Function,
+        sizes: &[i64],
+        whole: impl Fn(usize) -> bool,
+    ) -> Result<(), crate::call::CallError> {
+        crate::call::check_elements(f, sizes, |t| {
+            whole(self.buffer_of(f, TensorRef::Def(crate::ir::TensorId(t as u32))))
+        })
+    }
 }
 
 impl Plan {

@@ -411,14 +411,7 @@ impl Compiled {
     /// [`crate::call::check_elements`] on the tensors this code stores whole (a blocked buffer holds a
     /// block of rows, a row-private one a row).
     pub fn check_elements(&self, sizes: &[i64]) -> Result<(), crate::call::CallError> {
-        let whole: Vec<usize> = (0..self.plan.buffers.len())
-            .filter(|k| self.allocated(*k) && !self.plan.tiled[*k])
-            .filter_map(|k| match self.plan.buffers[k].of {
-                TensorRef::Def(t) => Some(t.index()),
-                TensorRef::Input(_) => None,
-            })
-            .collect();
-        crate::call::check_elements(&self.function, sizes, |t| whole.contains(&t))
+        (self.plan).check_elements(&self.function, sizes, |k| self.allocated(k) && !self.plan.tiled[k])
     }
 
     /// The bytes [`Compiled::defined`] allocates for a call of these sizes, and the blocks of rows of its
