@@ -193,12 +193,13 @@ case!(
     RangeConflict,
     "loss f(a: f32[B, D]) {\n    let z[i: 2 * B, d: D] = a[i, d]\n    sum[i, d] z[i, d]\n}\n"
 );
-// A `let`'s head index takes its range from a later read only where the index reading it has a known
-// range (tests/in/ranges_from_uses.lx); here `z` is defined after `pos`, so the message says what to write.
+// A `let`'s head index takes its range from a later read where the index reading it has a range of its
+// own or subscripts a tensor there (tests/in/ranges_from_uses.lx); here `w` is read only by the head of
+// `v`, whose range comes from `v`'s own later read, which is not followed: the message says what to write.
 case!(
     let_index_range_from_a_later_use,
     RangeUnknown,
-    "loss f(a: f32[B]) {\n    let pos[i] = if i < B then i + B else i - B\n    let z[i: 2 * B] = a[i % B]\n    mean[i] z[i] * z[pos[i]]\n}\n"
+    "loss f(a: f32[B]) {\n    let w[i] = 2 * i\n    let v[j] = w[j]\n    sum[j: B] a[j] * v[j]\n}\n"
 );
 // A suggestion is of the kind the position needs: a tensor for a subscripted name (`xs`, not the
 // dimension `N` at the same distance).

@@ -19,6 +19,10 @@ declare -A shapes=(
   [multi_similarity]="B=512,D=128"
   [focal]="N=8192,C=1000"
   [gce]="N=8192,C=1000"
+  [label_smoothing]="N=8192,C=1000"
+  [distill]="N=8192,C=1000"
+  [multi_margin]="N=8192,C=1000"
+  [triplet_margin]="N=8192,D=128"
 )
 for file in benches/forms/*.lx; do
   workload=$(basename "$file" .lx)
