@@ -730,7 +730,7 @@ fn symmetric_matrices_are_read_along_their_rows() {
     // `m`, `g` follows that one's order. Gradients as before the rewrite.
     let src = "loss f(b: f32[N, D], w: f32[N], m: f32[N, N]) {
             let g[i, j] = sum[d] b[i, d] * b[j, d] / (w[i] * w[j] + 3.0)
-            let h[i, j] = b[i, 0] * w[j]
+            let h[i, j] = b[i, 0] * m[i, j]
             sum[i] (sum[j] g[j, i] * w[j]) + (sum[j] h[j, i] * w[j]) + (sum[j] g[j, i] * m[j, i]) }";
     let f = compile(src);
     let raw = lossc::autodiff::grad(&f).unwrap();
@@ -904,5 +904,36 @@ fn same_results(raw: &Function, opt: &Function, inputs: &BTreeMap<String, Tensor
         for (x, y) in ga.to_f64().iter().zip(gb.to_f64()) {
             assert!(close(*x, y), "{at}: grad {n}: {x} vs {y}");
         }
+    }
+}
+
+#[test]
+fn probabilities_read_under_a_log_are_log_softmaxes() {
+    // A softmax probability read under `log` (and by one more load) is inlined before differentiating:
+    // its log is the log-softmax, no `log` or `1 / p` is left, and the gradient is the logsumexp's. The
+    // smoothed target, an [N, C] tensor built from the labels, is computed where it is read, not stored.
+    for src in [
+        "loss f(s: f32[N, C], y: idx[N] < C, eps: f32 = 0.1) {
+            let p[i, k] = exp(s[i, k]) / sum[j] exp(s[i, j])
+            (sum[i] -(1 - eps) * log(p[i, y[i]]) - eps / C * sum[k] log(p[i, k])) / N }",
+        "loss f(s: f32[N, C], t: f32[N, C] nograd, T: f32 = 4.0) {
+            let ps[i, k] = exp(s[i, k] / T) / sum[c] exp(s[i, c] / T)
+            let pt[i, k] = exp(t[i, k] / T) / sum[c] exp(t[i, c] / T)
+            mean[i] sum[k] pt[i, k] * (log(pt[i, k]) - log(ps[i, k])) }",
+        "loss f(s: f32[N, C], y: idx[N] < C, eps: f32 = 0.1) {
+            let q[i, k] = (1 - eps) * [k == y[i]] + eps / C
+            let logp[i, k] = s[i, k] - logsumexp[c] s[i, c]
+            mean[i] -sum[k] q[i, k] * logp[i, k] }",
+    ] {
+        let f = compile(src);
+        let raw = lossc::autodiff::grad(&f).unwrap();
+        let opt = lossc::api::gradient(&f).unwrap();
+        let printed = lossc::ir::print::readable(&opt);
+        for gone in ["log(", "let p[", "let ps[", "let pt[", "let q["] {
+            assert!(!printed.contains(gone), "{gone} in {printed}");
+        }
+        let mut rng = Rng::new(5);
+        let inputs = inputs_for(&f, &mut rng, 0.8);
+        same_results(&raw, &opt, &inputs, "");
     }
 }

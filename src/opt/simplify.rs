@@ -75,25 +75,46 @@ fn inlinable(f: &Function) -> Vec<(bool, bool)> {
     // A float element of a few additions, subtractions and comparisons that reads its matrices in its own
     // index order (no transpose, which its readers would read strided): cheaper to compute wherever it is
     // read than to store and load (LDR-KL's margins `[k != y[i]] + s[i, k] - s[i, y[i]]`).
+    let in_order = |k: usize, subs: &[NodeId]| {
+        let t = &f.tensors[k];
+        let at: Vec<usize> = subs
+            .iter()
+            .filter_map(|s| match f.node(*s).expr {
+                Expr::Index(i) => t.indices.iter().position(|h| *h == i),
+                _ => None,
+            })
+            .collect();
+        at.windows(2).all(|w| w[0] <= w[1])
+    };
     let trivial = |k: usize| {
         let t = &f.tensors[k];
         let nodes = f.reachable(&[t.body]);
-        let in_order = |subs: &[NodeId]| {
-            let at: Vec<usize> = subs
-                .iter()
-                .filter_map(|s| match f.node(*s).expr {
-                    Expr::Index(i) => t.indices.iter().position(|h| *h == i),
-                    _ => None,
-                })
-                .collect();
-            at.windows(2).all(|w| w[0] <= w[1])
-        };
         t.scalar == Scalar::Float
             && nodes.len() <= TRIVIAL_NODES
             && nodes.iter().all(|n| match &f.node(*n).expr {
                 Expr::Reduce { .. } => false,
-                Expr::Load { subs, .. } => in_order(subs),
+                Expr::Load { subs, .. } => in_order(k, subs),
                 Expr::Prim { prim, .. } => prim.cost() == Cost::Trivial,
+                _ => true,
+            })
+    };
+    // A float matrix (or higher) built from smaller tensors (no load depends on all of its indices) whose
+    // work along its last index is arithmetic (anything costly in it does not depend on that index: the
+    // code generators compute it once per vector or row): a few operations per element wherever it is
+    // read, where storing it writes and reads back four bytes per element (a smoothed target
+    // `(1 - eps) [k == y[i]] + eps / C`, an [N, C] tensor from N labels).
+    let broadcast = |k: usize| {
+        let t = &f.tensors[k];
+        let Some(last) = t.indices.last() else { return false };
+        let nodes = f.reachable(&[t.body]);
+        let whole = |load: NodeId| t.indices.iter().all(|h| f.node(load).free.contains(h));
+        t.indices.len() >= 2
+            && t.scalar == Scalar::Float
+            && nodes.len() <= INLINE_NODES
+            && nodes.iter().all(|n| match &f.node(*n).expr {
+                Expr::Reduce { .. } => false,
+                Expr::Load { subs, .. } => in_order(k, subs) && !whole(*n),
+                Expr::Prim { prim, .. } => !prim.costly() || !f.node(*n).free.contains(last),
                 _ => true,
             })
     };
@@ -162,9 +183,25 @@ fn inlinable(f: &Function) -> Vec<(bool, bool)> {
                 && under_log[k] == 1
                 && at_indices[k]
                 && sum_of_exps;
+            // A probability (an exponential, or one over a normaliser: `exp(s) / sum[j] exp(s)`) read under
+            // a `log`, by at most two loads: inline, each log of it is the exponential's argument less the
+            // normaliser's log (a log-softmax), the gradient has no 1 / p in it, and another read computes
+            // the exponential again instead of loading it (label smoothing through the softmax probability
+            // ran 4.7x slower than through the logsumexp; KL divergence through the probabilities, `p (log p
+            // - log q)`, 1.6x slower than with the probability inlined).
+            let exponential = |n: NodeId| matches!(prim_of(f, n), Some((Prim::Exp, _)));
+            let probability =
+                exponential(t.body) || matches!(prim_of(f, t.body), Some((Prim::Div, q)) if exponential(q[0]));
+            let logged = t.role == Role::Let
+                && !t.indices.is_empty()
+                && nodes.len() <= INLINE_NODES
+                && under_log[k] > 0
+                && loads[k] <= 2
+                && probability;
+            let broadcast = t.role == Role::Let && at_indices[k] && broadcast(k);
             (
-                cheap && (one_use || trivial(k) && at_indices[k]) || gather,
-                gather || read_once,
+                cheap && (one_use || trivial(k) && at_indices[k]) || gather || broadcast,
+                gather || read_once || logged,
             )
         })
         .collect()
