@@ -74,6 +74,9 @@ fn additive_and_multiplicative_identities() {
     // x + x = 2 * x
     let b = body(&rule("loss f(x: f32[N]) { sum[i] exp(x[i]) + exp(x[i]) }"));
     assert_eq!(b.trim(), "loss = 2.0 * (sum[i: N] exp(x[i]))");
+    // x ^ 0.5 = sqrt(x) (a norm written as a power)
+    let b = body(&rule("loss f(x: f32[N]) { sum[i] (x[i] * x[i]) ^ 0.5 }"));
+    assert_eq!(b.trim(), "loss = sum[i: N] sqrt(x[i] * x[i])");
 }
 
 #[test]

@@ -498,6 +498,8 @@ pub fn simplify(f: &mut Function, expr: Expr, scalar: Scalar, span: Span) -> R<N
         Pow if is_float(f, a[1], 1.0) => return Ok(a[0]),
         // x ^ 2 = x * x
         Pow if is_float(f, a[1], 2.0) => return f.prim(Mul, &[a[0], a[0]], span),
+        // x ^ 0.5 = sqrt(x) (a norm written as a power; its derivative 0.5 / sqrt(x), not a second power)
+        Pow if is_float(f, a[1], 0.5) => return f.prim(Sqrt, &[a[0]], span),
         // -(-x) = x
         Neg if matches!(p(f, a[0]), Some((Neg, _))) => return Ok(p(f, a[0]).unwrap().1[0]),
         // -(x * y) = (-x) * y where x has fewer free indices (a scalar factor): the negation is computed
