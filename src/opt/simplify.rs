@@ -72,9 +72,7 @@ fn inlinable(f: &Function) -> Vec<(bool, bool)> {
             .iter()
             .any(|n| matches!(f.node(*n).expr, Expr::Reduce { .. }))
     };
-    // A float element of a few additions, subtractions and comparisons that reads its matrices in its own
-    // index order (no transpose, which its readers would read strided): cheaper to compute wherever it is
-    // read than to store and load (LDR-KL's margins `[k != y[i]] + s[i, k] - s[i, y[i]]`).
+    // Whether a load in tensor `k`'s element reads its indices in the order of `k`'s head.
     let in_order = |k: usize, subs: &[NodeId]| {
         let t = &f.tensors[k];
         let at: Vec<usize> = subs
@@ -86,6 +84,9 @@ fn inlinable(f: &Function) -> Vec<(bool, bool)> {
             .collect();
         at.windows(2).all(|w| w[0] <= w[1])
     };
+    // A float element of a few additions, subtractions and comparisons that reads its matrices in its own
+    // index order (no transpose, which its readers would read strided): cheaper to compute wherever it is
+    // read than to store and load (LDR-KL's margins `[k != y[i]] + s[i, k] - s[i, y[i]]`).
     let trivial = |k: usize| {
         let t = &f.tensors[k];
         let nodes = f.reachable(&[t.body]);

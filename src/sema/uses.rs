@@ -78,7 +78,8 @@ pub(super) fn collect(body: &ast::Body) -> Vec<Use> {
     }
     w.walk(&body.result, &mut Vec::new());
     for u in &mut out {
-        u.hints = through_lets(std::mem::take(&mut u.hints), body, 0);
+        let mut seen = Vec::new();
+        u.hints = through_lets(std::mem::take(&mut u.hints), body, &mut seen);
     }
     out
 }
@@ -87,21 +88,25 @@ pub(super) fn collect(body: &ast::Body) -> Vec<Use> {
 /// range, or the axes its definition subscripts with it (`sum[k] q[i, k] * logp[i, k]` ranges `q`'s `k`
 /// over `logp`'s second axis, which `let logp[i, k] = s[i, k] - …` ranges over `s`'s, also where `logp`
 /// is defined after `q`). Each hint comes before those it leads to, so a tensor the checker knows is read
-/// first; the chain stops after a few `let`s (a cycle of reads is an error of its own).
-fn through_lets(hints: Vec<Hint>, body: &ast::Body, depth: usize) -> Vec<Hint> {
+/// first; each axis of a `let` is followed once (`seen`), so a chain of `let`s reading each other several
+/// times costs one step per axis.
+fn through_lets(hints: Vec<Hint>, body: &ast::Body, seen: &mut Vec<(String, usize)>) -> Vec<Hint> {
     let mut out = Vec::new();
     for hint in hints {
         let head = match &hint {
-            Hint::Axis(t, q) if depth < 8 => (body.stmts.iter())
-                .find(|s| s.name.name == *t)
-                .and_then(|s| Some((s, s.head.get(*q)?))),
+            Hint::Axis(t, q) if !seen.iter().any(|(u, p)| u == t && p == q) => {
+                seen.push((t.clone(), *q));
+                (body.stmts.iter())
+                    .find(|s| s.name.name == *t)
+                    .and_then(|s| Some((s, s.head.get(*q)?)))
+            }
             _ => None,
         };
         out.push(hint);
         let Some((s, b)) = head else { continue };
         let mut own: Vec<Hint> = b.range.iter().map(|r| Hint::Explicit(r.clone())).collect();
         axes_of(&s.value, &b.name.name, &mut own);
-        out.extend(through_lets(own, body, depth + 1));
+        out.extend(through_lets(own, body, seen));
     }
     out
 }
