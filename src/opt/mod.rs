@@ -67,7 +67,10 @@ fn same_program(a: &Function, b: &Function) -> bool {
 }
 
 fn run(f: &Function) -> Result<Function, TooDeep> {
-    let simple = simplify_only(&simplify::inline_lets(&simplify_only(f)?)?)?;
+    let mut simple = simplify_only(&simplify::inline_lets(&simplify_only(f)?)?)?;
+    if let Some(again) = simplify::inline_broadcasts(&simple)? {
+        simple = simplify_only(&again)?;
+    }
     let hoisted = hoist::materialize(&simple)?;
     simplify_only(&transpose::contiguous_reads(&hoisted)?)
 }

@@ -41,8 +41,19 @@ pub fn inline_lets(src: &Function) -> R<Function> {
     rebuild_inlining(
         src,
         &std::collections::HashMap::new(),
-        inlinable(src).into_iter().map(|(any, _)| any).collect(),
+        inlinable(src).into_iter().map(|(any, _, _)| any).collect(),
     )
+}
+
+/// [`inline_lets`]' matrices built from smaller tensors, once more after it: a matrix that read one it
+/// inlined may be one itself now (the adjoint `-(1 / N) q[t, k]` of a smoothed target `q`, whose row sum
+/// then folds to a constant). None where there is none.
+pub fn inline_broadcasts(src: &Function) -> R<Option<Function>> {
+    let broadcast: Vec<bool> = inlinable(src).into_iter().map(|(_, _, b)| b).collect();
+    if !broadcast.contains(&true) {
+        return Ok(None);
+    }
+    rebuild_inlining(src, &std::collections::HashMap::new(), broadcast).map(Some)
 }
 
 /// The `let`s of a loss that are differentiated as if written inline: the gathered ones (see
@@ -55,7 +66,7 @@ pub fn inline_for_derivative(src: &Function) -> R<Function> {
     rebuild_inlining(
         src,
         &std::collections::HashMap::new(),
-        inlinable(src).into_iter().map(|(_, primal)| primal).collect(),
+        inlinable(src).into_iter().map(|(_, primal, _)| primal).collect(),
     )
 }
 
@@ -65,8 +76,9 @@ const INLINE_NODES: usize = 32;
 /// The most nodes of a `let` element [`inline_lets`] computes at each of several uses.
 const TRIVIAL_NODES: usize = 12;
 
-/// Which tensors [`inline_lets`] inlines, and which [`inline_for_derivative`] does.
-fn inlinable(f: &Function) -> Vec<(bool, bool)> {
+/// Which tensors [`inline_lets`] inlines, which [`inline_for_derivative`] does, and which of the first
+/// are matrices built from smaller tensors ([`inline_broadcasts`]).
+fn inlinable(f: &Function) -> Vec<(bool, bool, bool)> {
     let elementwise = |k: usize| {
         !f.reachable(&[f.tensors[k].body])
             .iter()
@@ -203,6 +215,7 @@ fn inlinable(f: &Function) -> Vec<(bool, bool)> {
             (
                 cheap && (one_use || trivial(k) && at_indices[k]) || gather || broadcast,
                 gather || read_once || logged,
+                broadcast,
             )
         })
         .collect()
@@ -1012,6 +1025,15 @@ fn reduce(
                 let inner = reduce(f, op, indices, mask, a[0], scalar, span)?;
                 return simplify(f, prim_expr(Prim::Neg, &[inner]), Scalar::Float, span);
             }
+            // sum[k] (c + e) = c * |k| + sum[k] e (unmasked): a term that does not depend on k is counted,
+            // not added |k| times (a smoothed target's `eps / C`, whose row sum is then a constant).
+            Some((Prim::Add, a)) if mask.is_none() && invariant(f, a[0]) != invariant(f, a[1]) => {
+                let (c, e) = if invariant(f, a[0]) { (a[0], a[1]) } else { (a[1], a[0]) };
+                let count = count_of(f, indices, span)?;
+                let counted = simplify(f, prim_expr(Prim::Mul, &[c, count]), Scalar::Float, span)?;
+                let inner = reduce(f, op, indices, None, e, scalar, span)?;
+                return simplify(f, prim_expr(Prim::Add, &[counted, inner]), Scalar::Float, span);
+            }
             _ => {}
         }
         // sum[k] c = c * |k| when c does not depend on k (unmasked); sum[k | m] c = select(m, c * |k|, 0)
@@ -1028,10 +1050,15 @@ fn reduce(
                 Some(_) => {}
             }
         }
-        // sum[i, j] e = sum[i] (sum[j] e) (unmasked; reassociates): each inner sum is then a reduction over
-        // one index (vectorizable along it) that hoisting can materialize in parallel over the outer ones.
-        if mask.is_none() && indices.len() >= 2 {
-            let inner = reduce(f, op, &indices[1..], None, body, scalar, span)?;
+        // sum[i, j] e = sum[i] (sum[j] e) (reassociates): each inner sum is then a reduction over one index
+        // (vectorizable along it) that hoisting can materialize in parallel over the outer ones. Masked,
+        // only for a scalar (a loss value: a multi-class hinge's `sum[i, k | k != y[i]]` ran as one serial
+        // pass over N C elements); the inner sum of a masked sum over free indices would be stored over
+        // all of them (a scatter's `sum[t, s | row[b, t, s] == i]` as a tensor over t, b and the pixels).
+        let outer_free = |n: NodeId| f.node(n).free.iter().any(|i| !indices.contains(i));
+        let scalar_sum = !outer_free(body) && !mask.is_some_and(outer_free);
+        if indices.len() >= 2 && (mask.is_none() || scalar_sum) {
+            let inner = reduce(f, op, &indices[1..], mask, body, scalar, span)?;
             return reduce(f, op, &indices[..1], None, inner, scalar, span);
         }
     }
