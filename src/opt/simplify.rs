@@ -1254,7 +1254,9 @@ fn log_softmax_exp(f: &Function, k: IndexId, n: NodeId) -> Option<(NodeId, HashM
     let (Prim::Exp, e) = prim_of(f, n)? else { return None };
     let (t, subs, at_k) = let_load_at(f, k, e[0])?;
     let def = f.tensor(t);
-    let lse = softmax_shift(f, def.indices[at_k], def.body)?;
+    // The sum runs over the whole axis (a part of a softmax row does not sum to one).
+    let own = def.indices[at_k];
+    let lse = softmax_shift(f, own, def.body).filter(|_| f.index(own).range == f.index(k).range)?;
     Some((lse, def.indices.iter().copied().zip(subs).collect()))
 }
 
