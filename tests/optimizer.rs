@@ -958,10 +958,14 @@ fn probabilities_read_under_a_log_are_log_softmaxes() {
 fn invariant_terms_are_counted_and_masked_scalar_sums_nest() {
     // sum[k] (c + e) = c * |k| + sum[k] e: a smoothed target's row sum is a constant.
     let b = body(&rule(
-        "loss f(s: f32[N, C], y: idx[N] < C, eps: f32 = 0.1) { sum[i] sum[k: C] s[i, 0] * (eps / C + (1 - eps) * [k == y[i]]) }",
+        "loss f(s: f32[N, C], y: idx[N] < C, eps: f32 = 0.1) { sum[i] sum[k: C] eps / C + (1 - eps) * [k == y[i]] * s[i, 0] }",
     ));
     assert!(!b.contains("sum[k"), "{b}");
     assert!(b.contains("C * (eps / C)"), "{b}");
+    let b = body(&rule(
+        "loss f(s: f32[N, C], eps: f32 = 0.1) { sum[i] sum[k] eps / C + s[i, k] }",
+    ));
+    assert!(b.contains("C * (eps / C)") && b.contains("sum[k: C] s[i, k]"), "{b}");
     // A masked sum over two indices to a scalar nests (the inner sum a row's), unlike one over free
     // indices, whose inner sum would be stored over all of them.
     let b = body(&rule(
@@ -972,4 +976,15 @@ fn invariant_terms_are_counted_and_masked_scalar_sums_nest() {
         "loss f(s: f32[N, C], r: idx[N, C] < N) { sum[j: N] sum[i, k | r[i, k] == j] s[i, k] * j }",
     ));
     assert!(b.contains("sum[i: N, k: C | r[i, k] == j]"), "{b}");
+}
+
+#[test]
+fn a_bracket_term_of_a_product_is_a_gather() {
+    // sum[k] (c [k == y] + b) * e = c e[y] + sum[k] b * e: no bracket is left to sum.
+    let b = body(&rule(
+        "loss f(s: f32[N, C], y: idx[N] < C, eps: f32 = 0.1) {
+            sum[i] sum[k] ((1 - eps) * [k == y[i]] + eps / C) * s[i, k] }",
+    ));
+    assert!(!b.contains("=="), "{b}");
+    assert!(b.contains("s[i, y[i]]"), "{b}");
 }

@@ -884,6 +884,28 @@ fn within(f: &Function, e: NodeId, range: &Dim) -> bool {
 /// An equality that bracket fusion can resolve for one of `indices`: `k == e` (either way round), or
 /// `T(k) == e` where `T` is a constant table permuting the range of `k` (the adjoint of a gather through a
 /// permutation, as in a sorting network's partner wires), resolved as `k = T⁻¹(e)`.
+/// If `n` is an Iverson bracket of an equality [`fusible_eq`] resolves over `indices`, or one times a
+/// factor free of them: the bracket and the factor.
+fn bracket_factor(f: &mut Function, n: NodeId, indices: &[IndexId], span: Span) -> R<Option<(NodeId, Option<NodeId>)>> {
+    let split = match prim_of(f, n) {
+        Some((Prim::Mul, m)) => (0..2).find_map(|j| {
+            let free = indices.iter().all(|k| !f.node(m[1 - j]).free.contains(k));
+            matches!(prim_of(f, m[j]), Some((Prim::Iverson, _)))
+                .then_some((m[j], Some(m[1 - j])))
+                .filter(|_| free)
+        }),
+        Some((Prim::Iverson, _)) => Some((n, None)),
+        _ => None,
+    };
+    let Some((bracket, factor)) = split else {
+        return Ok(None);
+    };
+    let Some((Prim::Iverson, c)) = prim_of(f, bracket) else {
+        return Ok(None);
+    };
+    Ok(fusible_eq(f, c[0], indices, span)?.map(|_| (bracket, factor)))
+}
+
 fn fusible_eq(f: &mut Function, cond: NodeId, indices: &[IndexId], span: Span) -> R<Option<(IndexId, NodeId)>> {
     let Some((Prim::Eq, s)) = prim_of(f, cond) else {
         return Ok(None);
@@ -1011,6 +1033,28 @@ fn reduce(
                     simplify(f, prim_expr(Prim::Select, &[m, total, zero]), Scalar::Float, span)
                 }
             };
+        }
+        // sum[k] (c [k == j] + b) * e = c e[j] + sum[k] b * e (unmasked): the bracket's part of a product
+        // is a gather, the rest a sum of its own (a smoothed target times the log-probabilities).
+        if mask.is_none()
+            && let Some((Prim::Mul, m)) = prim_of(f, body)
+            && let Some((a, e)) = [(m[0], m[1]), (m[1], m[0])].into_iter().find_map(|(sum, e)| {
+                let (Prim::Add, a) = prim_of(f, sum)? else { return None };
+                Some((a, e))
+            })
+        {
+            for (p, q) in [(a[0], a[1]), (a[1], a[0])] {
+                if let Some((bracket, factor)) = bracket_factor(f, p, indices, span)? {
+                    let mut pe = simplify(f, prim_expr(Prim::Mul, &[bracket, e]), Scalar::Float, span)?;
+                    if let Some(c) = factor {
+                        pe = simplify(f, prim_expr(Prim::Mul, &[c, pe]), Scalar::Float, span)?;
+                    }
+                    let qe = simplify(f, prim_expr(Prim::Mul, &[q, e]), Scalar::Float, span)?;
+                    let gathered = reduce(f, op, indices, None, pe, scalar, span)?;
+                    let rest = reduce(f, op, indices, None, qe, scalar, span)?;
+                    return simplify(f, prim_expr(Prim::Add, &[gathered, rest]), Scalar::Float, span);
+                }
+            }
         }
         // Distributivity (reassociates float sums, so results may differ in the last bits):
         // sum[k] (c * e) = c * sum[k] e,  sum[k] (e * c) = (sum[k] e) * c,  sum[k] e / c = (sum[k] e) / c,
