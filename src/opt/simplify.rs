@@ -116,10 +116,9 @@ fn inlinable(f: &Function) -> Vec<(bool, bool, bool)> {
     // code generators compute it once per vector or row): a few operations per element wherever it is
     // read, where storing it writes and reads back four bytes per element (a smoothed target
     // `(1 - eps) [k == y[i]] + eps / C`, an [N, C] tensor from N labels).
-    let broadcast = |k: usize| {
+    let broadcast = |k: usize, nodes: &[NodeId]| {
         let t = &f.tensors[k];
         let Some(last) = t.indices.last() else { return false };
-        let nodes = f.reachable(&[t.body]);
         let whole = |load: NodeId| t.indices.iter().all(|h| f.node(load).free.contains(h));
         t.indices.len() >= 2
             && t.scalar == Scalar::Float
@@ -216,15 +215,17 @@ fn inlinable(f: &Function) -> Vec<(bool, bool, bool)> {
             // one and whose values the logsumexp's row keeps (it ran 1.4x slower than the same loss with
             // the probabilities inlined). Only where it reads its tensors at bare indices (SAF's
             // `lr` reads a slot of its state bank by a computed subscript: 2x slower inlined).
-            let bare_loads = nodes.iter().all(|n| match &f.node(*n).expr {
-                Expr::Load { subs, .. } => subs.iter().all(|s| matches!(f.node(*s).expr, Expr::Index(_))),
-                _ => true,
-            });
+            let bare_loads = || {
+                nodes.iter().all(|n| match &f.node(*n).expr {
+                    Expr::Load { subs, .. } => subs.iter().all(|s| matches!(f.node(*s).expr, Expr::Index(_))),
+                    _ => true,
+                })
+            };
             let log_softmax = t.role == Role::Let
                 && nodes.len() <= INLINE_NODES
-                && bare_loads
-                && t.indices.iter().any(|&h| softmax_shift(f, h, t.body).is_some());
-            let broadcast = t.role == Role::Let && at_indices[k] && broadcast(k);
+                && t.indices.iter().any(|&h| softmax_shift(f, h, t.body).is_some())
+                && bare_loads();
+            let broadcast = t.role == Role::Let && at_indices[k] && broadcast(k, &nodes);
             (
                 cheap && (one_use || trivial(k) && at_indices[k]) || gather || broadcast,
                 gather || read_once || logged || log_softmax,
