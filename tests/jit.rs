@@ -1455,18 +1455,28 @@ fn sums_and_means_add_sixteen_points_at_a_time_and_agree() {
 }
 
 #[test]
-fn one_hot_terms_are_added_after_the_lanes_and_agree() {
+fn one_hot_terms_are_written_after_the_lanes_and_agree() {
     // Cross-entropy's gradient is `select(y[i] == k, -1/N, 0) + softmax / N`: the lanes compute the
-    // softmax part and the label's term is added at k = y[i] afterwards, also where y[i] falls in the
+    // softmax part and the element at k = y[i] is written afterwards, also where y[i] falls in the
     // last vector, which overlaps the one before (C = 7: lanes 0..4, then 3..7); a row shorter than a
     // vector (C = 3) runs scalar code, which computes whole elements. Every label position is used.
     // In `deep`'s output `g` the term sits inside a sum of three (`(onehot + x) + y`): the lanes compute
-    // the sum with the term as 0. In `h` the same term also occurs outside the sum: the lanes compute it.
+    // the sum with the term as 0. In `h` the same term also occurs outside the sum, in `u` a bracket
+    // inside a product, in `v` a select that is not 0 elsewhere: the lanes compute the term as it is away
+    // from the label. `smooth`'s gradient reads the softmax's kept exponentials from its own row, and its
+    // smoothed target's `(1 - eps) [k == y[i]]` is a bracket inside a product: the element at the label
+    // is computed before the lanes overwrite the exponential it reads.
     let src = "loss ce(s: f32[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }
-        loss deep(s: f32[N, C], y: idx[N] < C) -> (g: f32[N, C], h: f32[N, C]) {
+        loss deep(s: f32[N, C], y: idx[N] < C) -> (g: f32[N, C], h: f32[N, C], u: f32[N, C], v: f32[N, C]) {
             out g[i, k] = select(k == y[i], -1.5, 0.0) + s[i, k] * s[i, k] + 0.5 * s[i, k]
             out h[i, k] = select(k == y[i], -1.5, 0.0) + s[i, k] + 2.0 * select(k == y[i], -1.5, 0.0)
-            sum[i] s[i, y[i]] }";
+            out u[i, k] = -0.25 * (0.1 + 0.9 * [k == y[i]]) + s[i, k] * s[i, k]
+            out v[i, k] = s[i, k] * select(k == y[i], 2.0, -0.5) + 1.0
+            sum[i] s[i, y[i]] }
+        loss smooth(s: f32[N, C], y: idx[N] < C, eps: f32 = 0.1) {
+            let q[i, k] = (1 - eps) * [k == y[i]] + eps / C
+            let logp[i, k] = s[i, k] - logsumexp[c] s[i, c]
+            mean[i] -sum[k] q[i, k] * logp[i, k] }";
     let (jit, interp) = jit_and_interp("o.lx", src);
     let mut rng = Rng::new(8);
     for c in [7usize, 8, 3, 19] {
@@ -1481,7 +1491,7 @@ fn one_hot_terms_are_added_after_the_lanes_and_agree() {
                 Tensor::labels(vec![n], (0..n).map(|i| (i % c) as i64).collect()),
             ),
         ]);
-        for name in ["ce", "deep"] {
+        for name in ["ce", "deep", "smooth"] {
             let a = jit.kernel(Some(name)).unwrap().eval(&inputs).unwrap();
             let b = interp.kernel(Some(name)).unwrap().eval(&inputs).unwrap();
             assert_agree(&format!("{name}, C = {c}"), &a, &b);

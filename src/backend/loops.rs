@@ -22,7 +22,7 @@
 //! Decisions both code generators follow live here: a logsumexp runs in two passes (its maximum, then the
 //! sum of `exp(x - max)`) where its body is cheap to evaluate twice ([`two_pass_logsumexp`]), else online with a running
 //! maximum, and only a two-pass one keeps its exponentials; a one-hot term of a row's element
-//! ([`Plan::one_hot`]) may be added at its one position after the row.
+//! ([`Plan::one_hot`]) may be left out of the row's lanes and its one position written after them.
 //! The Cranelift JIT consumes the plan, and the CUDA generator maps each group to a kernel launch.
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -722,72 +722,59 @@ pub fn few_steps_reading(f: &Function, body: NodeId, limit: usize, most: Cost, r
     seen.len() <= limit
 }
 
-/// A one-hot term `select(k == at, value, 0)` of a row's element ([`Plan::one_hot`]): a code generator may
-/// compute `rest` (or the element with `term` as 0) along the row, and add `value` at `k = at` afterwards
-/// (a label's term in a cross-entropy gradient).
+/// A one-hot term of a row's element ([`Plan::one_hot`]): `select(k == at, a, z)` or `[k == at]`, with
+/// `at` free of `k`. Away from `at` the term is `z` (or 0): a code generator may compute the row with the
+/// term replaced by that (or only `rest`, where the element is `term + rest` and the term is 0 away from
+/// `at`), and write the element at `k = at`, computed whole, over it (a label's term in a cross-entropy
+/// gradient, a smoothed target's `(1 - eps) [k == y]` in its own).
 #[derive(Clone, Copy, Debug)]
 pub struct OneHot {
-    /// The `select` node.
+    /// The `select` or bracket node.
     pub term: NodeId,
     /// The position `at` (the label).
     pub at: NodeId,
-    /// What is added there.
-    pub value: NodeId,
-    /// The rest of the element, where the select is added to it.
+    /// What the term is away from `at`: the select's third operand, `None` for a bracket (0).
+    pub away: Option<NodeId>,
+    /// The rest of the element, where the term is added to it and is 0 away from `at`.
     pub rest: Option<NodeId>,
 }
 
 impl Plan {
-    /// A one-hot term `select(k == e, a, 0)` (`e` and `a` independent of `k`) of the sum `element`: at the
-    /// top (`term + rest`, either way round), or deeper in a sum of terms (`(term + x) + y`).
+    /// A one-hot term (`select(k == e, a, z)` or `[k == e]`, `e` free of `k` and computed without a
+    /// branch) of `element`: preferably at the top of a sum (`term + rest`, either way round, the term 0
+    /// away from `e`), else anywhere in the element.
     pub fn one_hot(&self, f: &Function, element: NodeId, k: IndexId) -> Option<OneHot> {
-        let Expr::Prim { prim: Prim::Add, args } = &f.node(element).expr else {
+        if let Expr::Prim { prim: Prim::Add, args } = &f.node(element).expr {
+            let top = [(args[0], args[1]), (args[1], args[0])]
+                .into_iter()
+                .find_map(|(term, rest)| {
+                    let hot = self.one_hot_term(f, term, k)?;
+                    hot.away.is_none_or(|z| f.as_float(z) == Some(0.0)).then_some(OneHot {
+                        rest: Some(rest),
+                        ..hot
+                    })
+                });
+            if top.is_some() {
+                return top;
+            }
+        }
+        // Anywhere else, but not in a reduction's body (its lanes are another loop's).
+        let nodes = f.reachable(&[element]);
+        if nodes.iter().any(|n| matches!(f.node(*n).expr, Expr::Reduce { .. })) {
+            return None;
+        }
+        nodes.into_iter().find_map(|n| self.one_hot_term(f, n, k))
+    }
+
+    /// `select(k == e, a, z)` or `[k == e]` with `e` free of `k` and computed without a branch.
+    fn one_hot_term(&self, f: &Function, term: NodeId, k: IndexId) -> Option<OneHot> {
+        let Expr::Prim { prim, args: s } = &f.node(term).expr else {
             return None;
         };
-        let top = [(args[0], args[1]), (args[1], args[0])]
-            .into_iter()
-            .find_map(|(term, rest)| {
-                let (at, value) = self.one_hot_term(f, term, k)?;
-                Some(OneHot {
-                    term,
-                    at,
-                    value,
-                    rest: Some(rest),
-                })
-            });
-        // Deeper, the term is 0 wherever it occurs in the lanes: it must occur once.
-        top.or_else(|| {
-            let inner = args.iter().find_map(|a| self.one_hot(f, *a, k))?;
-            (Plan::paths(f, element, inner.term, &mut HashMap::default()) == 1)
-                .then_some(OneHot { rest: None, ..inner })
-        })
-    }
-
-    /// How many paths lead from `from` down to `to` in the expression DAG (counting stops at 2).
-    fn paths(f: &Function, from: NodeId, to: NodeId, memo: &mut HashMap<NodeId, usize>) -> usize {
-        if from == to {
-            return 1;
-        }
-        if let Some(&n) = memo.get(&from) {
-            return n;
-        }
-        let mut n = 0;
-        for operand in f.node(from).expr.operands() {
-            n = (n + Plan::paths(f, operand, to, memo)).min(2);
-        }
-        memo.insert(from, n);
-        n
-    }
-
-    /// `select(k == e, a, 0)` with `e` and `a` independent of `k` (and computed without a branch): (e, a).
-    fn one_hot_term(&self, f: &Function, term: NodeId, k: IndexId) -> Option<(NodeId, NodeId)> {
-        let free_of_k = |n: NodeId| !f.node(n).free.contains(&k);
-        let Expr::Prim {
-            prim: Prim::Select,
-            args: s,
-        } = &f.node(term).expr
-        else {
-            return None;
+        let away = match prim {
+            Prim::Select => Some(s[2]),
+            Prim::Iverson => None,
+            _ => return None,
         };
         let Expr::Prim {
             prim: Prim::Eq,
@@ -796,17 +783,19 @@ impl Plan {
         else {
             return None;
         };
+        let free_of_k = |n: NodeId| !f.node(n).free.contains(&k);
         let at_k = |n: NodeId| f.node(n).expr == Expr::Index(k);
-        let e = match c[..] {
+        let at = match c[..] {
             [p, q] if at_k(p) && free_of_k(q) => q,
             [p, q] if at_k(q) && free_of_k(p) => p,
             _ => return None,
         };
-        (f.as_float(s[2]) == Some(0.0)
-            && free_of_k(s[1])
-            && !self.branching[s[1].index()]
-            && !self.branching[e.index()])
-        .then_some((e, s[1]))
+        (!self.branching[at.index()]).then_some(OneHot {
+            term,
+            at,
+            away,
+            rest: None,
+        })
     }
 }
 

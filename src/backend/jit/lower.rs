@@ -521,13 +521,14 @@ impl<'a, 'b> Lower<'a, 'b> {
         (start, end): (Value, Value),
         tail: Tail,
     ) {
-        // `select(k == e, a, 0) + rest` (a one-hot term, as a label's in a cross-entropy gradient): the
-        // lanes compute `rest`, and `a` is added at k = e afterwards. A term deeper in a sum
-        // (`(onehot + x) + y`) counts as 0 in the lanes.
+        // A one-hot term (`select(k == e, a, z)` or `[k == e]`, as a label's in a cross-entropy gradient):
+        // the lanes compute the element with the term as it is away from `e` (only `rest` where the element
+        // is `term + rest` with the term 0 there), and the element at k = e, computed whole before the
+        // lanes overwrite what it reads, is written over theirs afterwards.
         let one_hot = self.plan.one_hot(self.f, element, i);
         let (lanes, zeroed) = match one_hot {
             Some(OneHot { rest: Some(rest), .. }) => (rest, None),
-            Some(OneHot { term, rest: None, .. }) => (element, Some(term)),
+            Some(OneHot { term, away, .. }) => (element, Some((term, away))),
             None => (element, None),
         };
         // A sigmoid at the root: the lanes store its argument, and the 8-lane row helper turns the
@@ -549,11 +550,12 @@ impl<'a, 'b> Lower<'a, 'b> {
         // The lanes at `kb` (the loop variable, or `fixed` at it).
         let mut lanes_at = |l: &mut Self, kb: Value| {
             let mut memo = HashMap::default();
-            if let Some(term) = zeroed
-                && let Expr::Prim { args, .. } = &l.f.node(term).expr
-            {
-                // The term's own zero (its third operand) in every lane.
-                let zero = l.vvalue(args[2], i, kb, &mut HashMap::default());
+            if let Some((term, away)) = zeroed {
+                // The term away from `e` (a select's third operand, a bracket's 0) in every lane.
+                let zero = match away {
+                    Some(z) => l.vvalue(z, i, kb, &mut HashMap::default()),
+                    None => l.splat_f32(0.0),
+                };
                 memo.insert(term, zero);
             }
             l.vvalue(computed, i, kb, &mut memo)
@@ -567,6 +569,7 @@ impl<'a, 'b> Lower<'a, 'b> {
                 l.vstore(r, flat, lo);
             }
         };
+        let hot = one_hot.map(|h| self.one_hot_element(element, i, h.at, (start, end)));
         match tail {
             // The row already holds these values (its guest's): nothing to store.
             _ if self.guest_element(lanes, buffer, head) => {}
@@ -584,8 +587,8 @@ impl<'a, 'b> Lower<'a, 'b> {
             let n = self.b.ins().isub(end, start);
             self.call_helper("lossc_sigmoid_row", &[at, n]);
         }
-        if let Some(OneHot { at, value, .. }) = one_hot {
-            self.add_one_hot(buffer, head, i, at, value, (start, end));
+        if let Some((inside, at, slot)) = hot {
+            self.write_one_hot(buffer, head, i, (inside, at), slot);
         }
     }
 
@@ -599,21 +602,49 @@ impl<'a, 'b> Lower<'a, 'b> {
         self.plan.host[self.plan.buffer_of(self.f, *tensor)] == Some(buffer) && self.f.at_indices(subs, &head)
     }
 
-    /// Adds the one-hot value `a` at `k = e` of the current row when `e` lies in `lo..hi` (the elements
-    /// the vectors wrote as `rest` alone; the scalar loop of a short row computes whole elements).
-    pub(super) fn add_one_hot(
+    /// The element at `k = e` of the current row, when `e` lies in `lo..hi` (the elements the vectors
+    /// write; the scalar loop of a short row computes whole elements), computed before the row's lanes
+    /// overwrite what it reads (a kept exponential) and left in a stack slot, not a register live across
+    /// the lanes: (whether `e` lies there, `e`, the slot).
+    pub(super) fn one_hot_element(
         &mut self,
-        buffer: usize,
-        head: &[(IndexId, Dim)],
+        element: NodeId,
         k: IndexId,
         e: NodeId,
-        a: NodeId,
         (lo, hi): (Value, Value),
-    ) {
+    ) -> (Value, Value, ir::StackSlot) {
         let at = self.value(e);
         let above = self.b.ins().icmp(IntCC::SignedGreaterThanOrEqual, at, lo);
         let below = self.b.ins().icmp(IntCC::SignedLessThan, at, hi);
         let inside = self.b.ins().band(above, below);
+        let slot = ir::StackSlotData::new(ir::StackSlotKind::ExplicitSlot, 4, 2);
+        let slot = self.b.create_sized_stack_slot(slot);
+        self.at_one_hot(k, (inside, at), &mut |l: &mut Self| {
+            let v = l.value(element);
+            l.b.ins().stack_store(l.ptr, v, slot, 0);
+        });
+        (inside, at, slot)
+    }
+
+    /// Writes the element [`Self::one_hot_element`] computed over the lanes' value at `k = e`.
+    pub(super) fn write_one_hot(
+        &mut self,
+        buffer: usize,
+        head: &[(IndexId, Dim)],
+        k: IndexId,
+        (inside, at): (Value, Value),
+        slot: ir::StackSlot,
+    ) {
+        self.at_one_hot(k, (inside, at), &mut |l: &mut Self| {
+            let flat = l.flat(head);
+            let addr = l.address(buffer, Scalar::Float, flat);
+            let v = l.b.ins().stack_load(l.ptr, types::F32, slot, 0);
+            l.b.ins().store(flags(), v, addr, 0);
+        });
+    }
+
+    /// `body` with `k = at`, in a branch taken when `inside`, in its own dominance scope.
+    fn at_one_hot(&mut self, k: IndexId, (inside, at): (Value, Value), body: &mut dyn FnMut(&mut Self)) {
         let yes = self.b.create_block();
         let next = self.b.create_block();
         self.b.ins().brif(inside, yes, &[], next, &[]);
@@ -621,12 +652,7 @@ impl<'a, 'b> Lower<'a, 'b> {
         self.frames.push(HashMap::default());
         let var = self.var(k);
         self.b.def_var(var, at);
-        let flat = self.flat(head);
-        let addr = self.address(buffer, Scalar::Float, flat);
-        let rest = self.b.ins().load(types::F32, flags(), addr, 0);
-        let one = self.value(a);
-        let sum = self.b.ins().fadd(one, rest);
-        self.b.ins().store(flags(), sum, addr, 0);
+        body(self);
         self.frames.pop();
         self.b.ins().jump(next, &[]);
         self.b.switch_to_block(next);
