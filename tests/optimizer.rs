@@ -934,12 +934,32 @@ fn probabilities_read_under_a_log_are_log_softmaxes() {
             let ls[i, k] = s[i, k] / T - logsumexp[c] s[i, c] / T
             let lt[i, k] = t[i, k] / T - logsumexp[c] t[i, c] / T
             T ^ 2 * mean[i] sum[k] exp(lt[i, k]) * (lt[i, k] - ls[i, k]) }",
+        // Temperature-scaled `let`s (one load divided by a hyperparameter) are read scaled, not stored with
+        // an adjoint; the student's softmax summed under the adjoint's guard `ce_adj[i] != 0`, free of the
+        // summed index, is the guarded 1.
+        "loss f(s: f32[N, C], t: f32[N, C] nograd, T: f32 = 4.0) {
+            let zs[i, k] = s[i, k] / T
+            let zt[i, k] = t[i, k] / T
+            let lt[i, k] = zt[i, k] - logsumexp[c] zt[i, c]
+            let ce[i] = -sum[k] exp(lt[i, k]) * (zs[i, k] - logsumexp[c] zs[i, c])
+            let h[i] = -sum[k] exp(lt[i, k]) * lt[i, k]
+            T * T * (sum[i] ce[i] - h[i]) / N }",
     ] {
         let f = compile(src);
         let raw = lossc::autodiff::grad(&f).unwrap();
         let opt = lossc::api::gradient(&f).unwrap();
         let printed = lossc::ir::print::readable(&opt);
-        for gone in ["log(", "let p[", "let ps[", "let pt[", "let q[", "let lt[", "let ls["] {
+        for gone in [
+            "log(",
+            "let p[",
+            "let ps[",
+            "let pt[",
+            "let q[",
+            "let lt[",
+            "let ls[",
+            "let zs[",
+            "let zs_adj[",
+        ] {
             assert!(!printed.contains(gone), "{gone} in {printed}");
         }
         let gradient = printed
@@ -987,4 +1007,31 @@ fn a_bracket_term_of_a_product_is_a_gather() {
     ));
     assert!(!b.contains("=="), "{b}");
     assert!(b.contains("s[i, y[i]]"), "{b}");
+}
+
+#[test]
+fn a_reduction_hoisted_already_is_read_under_a_select_too() {
+    // A softmax over a state bank's slot (a computed subscript, not known to be in range) summed under the
+    // guard `on > 0` is the guarded 1, which keeps its logsumexp as `0 * lse` (NaN stays NaN). Under the
+    // select the logsumexp is not hoisted for its own sake (hoisting must add no read), but the loss reads
+    // it already, as a tensor over the rows: the gradient reads that tensor instead of computing a
+    // logsumexp per element.
+    let src = "loss f(s: f32[N, C], bank: f32[N, E + 1, C] nograd, epoch: idx = 0, E: idx = 3, T: f32 = 5.0,
+                      on: idx = 1) {
+        let lr[i, k] = bank[i, epoch % (E + 1), k] / T - logsumexp[c] bank[i, epoch % (E + 1), c] / T
+        let ls[i, k] = s[i, k] / T - logsumexp[c] s[i, c] / T
+        select(on > 0, mean[i] sum[k] exp(lr[i, k]) * (lr[i, k] - ls[i, k]), 0.0) }";
+    let f = compile(src);
+    let raw = lossc::autodiff::grad(&f).unwrap();
+    let opt = lossc::api::gradient(&f).unwrap();
+    let printed = lossc::ir::print::readable(&opt);
+    let gradient = printed.lines().find(|l| l.contains("grad_s[")).expect("a gradient");
+    assert!(!gradient.contains("logsumexp"), "{printed}");
+    assert!(!gradient.contains("sum["), "{printed}");
+    let mut rng = Rng::new(6);
+    let mut inputs = inputs_for(&f, &mut rng, 0.8);
+    // The bank has E + 1 = 4 slots (E is a hyperparameter, 3 by default).
+    let bank = Tensor::float(vec![4, 4, 4], (0..64).map(|_| 0.8 * rng.normal()).collect());
+    inputs.insert("bank".into(), bank);
+    same_results(&raw, &opt, &inputs, "");
 }

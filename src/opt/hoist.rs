@@ -8,7 +8,8 @@
 //! stays fused inline. Hoisted reductions are keyed by their body with canonical
 //! head indices, so the same reduction hoisted from two places (the loss and its gradient, say) is one
 //! tensor, and so is a two-index reduction and its transpose. A reduction under a lazy operand (a `select` branch, the right side of `&&`/`||`) is hoisted
-//! only if every subscript inside it is statically in range, so hoisting never adds an out-of-range read.
+//! only if every subscript inside it is statically in range, or if it is one already hoisted, so hoisting
+//! never adds an out-of-range read.
 //!
 //! Matrix products: a two-index tensor `out[p, q] = sum[k | m] f1 * f2 * …` whose factors each depend only
 //! on `p, k` or only on `k, q`, each side reading a float matrix over its indices (and whose mask, if
@@ -109,7 +110,11 @@ impl Hoist<'_> {
         let span = self.src.span(n);
         let free: BTreeSet<IndexId> = node.free.iter().copied().collect();
         let out = match node.expr {
-            Expr::Reduce { .. } if !root && free.is_subset(ctx) && (!lazy || self.safe(n)) => self.hoist(n)?,
+            Expr::Reduce { .. }
+                if !root && free.is_subset(ctx) && (!lazy || self.safe(n) || self.hoisted_already(n)?) =>
+            {
+                self.hoist(n)?
+            }
             // A transcendental over two indices or more, inside a nest over more (a pairwise weight
             // `exp(-d[i, j])` in the gradient row `g[i, c] = sum[j] w[i, j] * (x[i, c] - z[j, c])`): computed
             // once per point of its own indices instead of once per element of the nest.
@@ -499,6 +504,16 @@ impl Hoist<'_> {
                 }),
                 _ => true,
             })
+    }
+
+    /// Whether reduction `n` is one already materialized (read outside any lazy operand, so reading it
+    /// under one adds no read: a softmax's logsumexp that its sum-to-one rewrite keeps as `0 * lse`).
+    fn hoisted_already(&mut self, n: NodeId) -> R<bool> {
+        let free: Vec<IndexId> = self.src.node(n).free.to_vec();
+        let own: BTreeSet<IndexId> = free.iter().copied().collect();
+        let inner = self.walk(n, &own, true, false)?;
+        let (_, body) = self.canonicalize(inner, &free)?;
+        Ok(self.hoisted.contains_key(&body))
     }
 
     /// Materializes reduction `n` as a tensor over its free indices; returns the load that replaces it.
