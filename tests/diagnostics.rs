@@ -215,6 +215,12 @@ case!(
     "use std::classification::mea\n"
 );
 case!(range_unknown, RangeUnknown, "loss f(x: f32[N]) {\n    sum[j] x[0]\n}\n");
+// The suggested range is one of the loss's dimensions, and the help names the others.
+case!(
+    range_unknown_names_the_dimensions,
+    RangeUnknown,
+    "loss f(x: f32[N, D], y: f32[B]) {\n    sum[j] x[0, 0] + y[0]\n}\n"
+);
 case!(
     condition_as_number,
     ConditionAsNumber,

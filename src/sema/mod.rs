@@ -1202,6 +1202,7 @@ impl Cx<'_, '_> {
                 None if b.range.is_some() || self.sema.diags.len() > self.errors_before => ok = false,
                 None => {
                     ok = false;
+                    let size = self.size_example();
                     self.err(
                         Diag::new(
                             Code::RangeUnknown,
@@ -1211,12 +1212,13 @@ impl Cx<'_, '_> {
                         .help(match tensor {
                             Some(t) => format!(
                                 "neither its definition nor a later read `{t}[…{0}…]` under an index of known \
-                                 range fixes it; write it in the head: `let {t}[{0}: N] = …`",
-                                b.name.name
+                                 range fixes it; write it in the head: `let {t}[{0}: {1}] = …`{2}",
+                                b.name.name, size.0, size.1
                             ),
                             None => format!(
-                                "use `{0}` directly as a subscript of a tensor (`x[{0}]`), or give its range: `{0}: N`",
-                                b.name.name
+                                "use `{0}` directly as a subscript of a tensor (`x[{0}]`), or give its range: \
+                                 `{0}: {1}`{2}",
+                                b.name.name, size.0, size.1
                             ),
                         }),
                     );
@@ -1224,6 +1226,20 @@ impl Cx<'_, '_> {
             }
         }
         ok.then_some(ids)
+    }
+
+    /// A range to suggest where none could be inferred: the loss's first dimension, and which others it
+    /// has (the axis's size is the user's to choose), or a placeholder where it has none.
+    fn size_example(&self) -> (String, String) {
+        let names: Vec<&str> = self.f.dims.iter().map(|d| d.name.as_str()).collect();
+        match names[..] {
+            [] => ("N".into(), " (a dimension of the loss, or a number)".into()),
+            [one] => (one.into(), String::new()),
+            [first, ..] => (
+                first.into(),
+                format!(" (or another of the loss's dimensions: {})", names.join(", ")),
+            ),
+        }
     }
 
     /// The range of head index `position` of `let tensor` from the reads after it: the range written on
