@@ -510,7 +510,7 @@ fn sibling_sums_over_one_index_run_as_one_group() {
     let at = |name: &str| g.iter().position(|m| m.iter().any(|t| t == name)).unwrap();
     assert!(at("tp") < at("loss"), "{g:?}");
     // A sum that reads the map elsewhere than at its own point does not join it.
-    let g = groups("loss f(p: f32[N]) { let a[i] = sigmoid(p[i])\n (sum[i] a[i] * p[i]) + sum[i] exp(a[0] * p[i]) }");
+    let g = groups("loss f(p: f32[N]) { let a[i] = sigmoid(p[i])\n (sum[i] a[i] * p[i]) * sum[i] exp(a[0] * p[i]) }");
     assert!(
         g.iter().all(|m| !(m.contains(&"a".to_string()) && m.len() > 2)),
         "{g:?}"
@@ -729,13 +729,14 @@ fn squared_and_absolute_differences_are_symmetric() {
 
 #[test]
 fn symmetric_matrices_are_read_along_their_rows() {
-    // `g` is symmetric (a Gram matrix over a symmetric scale), `h` is not. Summed over its first index, `g`
+    // `g` is symmetric (a Gram matrix over a symmetric scale), `h` is not (the three sums are multiplied, not
+    // added, so they stay three). Summed over its first index, `g`
     // is read as `g[h0, j]` (the row of the head), `h` as written; next to a column read of another matrix
     // `m`, `g` follows that one's order. Gradients as before the rewrite.
     let src = "loss f(b: f32[N, D], w: f32[N], m: f32[N, N]) {
             let g[i, j] = sum[d] b[i, d] * b[j, d] / (w[i] * w[j] + 3.0)
             let h[i, j] = b[i, 0] * m[i, j]
-            sum[i] (sum[j] g[j, i] * w[j]) + (sum[j] h[j, i] * w[j]) + (sum[j] g[j, i] * m[j, i]) }";
+            sum[i] (sum[j] g[j, i] * w[j]) * (sum[j] h[j, i] * w[j]) * (sum[j] g[j, i] * m[j, i]) }";
     let f = compile(src);
     let raw = lossc::autodiff::grad(&f).unwrap();
     let opt = lossc::opt::optimize(&raw).unwrap();
@@ -1033,5 +1034,35 @@ fn a_reduction_hoisted_already_is_read_under_a_select_too() {
     // The bank has E + 1 = 4 slots (E is a hyperparameter, 3 by default).
     let bank = Tensor::float(vec![4, 4, 4], (0..64).map(|_| 0.8 * rng.normal()).collect());
     inputs.insert("bank".into(), bank);
+    same_results(&raw, &opt, &inputs, "");
+}
+
+#[test]
+fn two_sums_over_one_range_are_one_pass() {
+    // sum[k] a ± sum[k'] b = sum[k] (a ± b): written inline (Dice's denominator `sum a + sum y`), and as two
+    // `let` row sums read once each side by side (a soft cross-entropy minus the teacher's entropy: one
+    // row pass computes the teacher's exponentials once for both).
+    let b = body(&rule(
+        "loss f(a: f32[N], y: f32[N]) { 1 - 2 * (sum[i] a[i] * y[i]) / ((sum[i] a[i]) + sum[j] y[j]) }",
+    ));
+    assert_eq!(b.matches("sum[").count(), 2, "{b}");
+    assert!(b.contains("] + y[i"), "{b}");
+    let f = compile(
+        "loss f(s: f32[N, C], t: f32[N, C] nograd, T: f32 = 4.0) {
+            let lt[i, k] = t[i, k] / T - logsumexp[c] t[i, c] / T
+            let ce[i] = -sum[k] exp(lt[i, k]) * (s[i, k] / T - logsumexp[c] s[i, c] / T)
+            let h[i] = -sum[k] exp(lt[i, k]) * lt[i, k]
+            T * T * (sum[i] ce[i] - h[i]) / N }",
+    );
+    let raw = lossc::autodiff::grad(&f).unwrap();
+    let opt = lossc::api::gradient(&f).unwrap();
+    let printed = lossc::ir::print::readable(&opt);
+    let row_sums = printed
+        .lines()
+        .filter(|l| l.contains("= sum[") && l.contains(": C]"))
+        .count();
+    assert_eq!(row_sums, 1, "{printed}");
+    let mut rng = Rng::new(7);
+    let inputs = inputs_for(&f, &mut rng, 0.8);
     same_results(&raw, &opt, &inputs, "");
 }

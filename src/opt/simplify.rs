@@ -166,6 +166,50 @@ fn inlinable(f: &Function) -> Vec<(bool, bool, bool)> {
             loads[t.index()] += 1;
         }
     }
+    // Two `let`s whose elements are row sums over one range (negated or not), each read once, added or
+    // subtracted at the same subscripts (a cross-entropy and an entropy, `ce[i] - h[i]`): inlined before
+    // differentiating, the two sums are one (`fuse_sums`), and so is their pass over the row.
+    let row_sum = |t: TensorId| {
+        let def = &f.tensors[t.index()];
+        let body = match prim_of(f, def.body) {
+            Some((Prim::Neg, arg)) => arg[0],
+            _ => def.body,
+        };
+        match f.single_sum(body) {
+            Some((k, None, _)) if def.role == Role::Let && loads[t.index()] == 1 => Some(f.index(k).range.clone()),
+            _ => None,
+        }
+    };
+    let mut paired = vec![false; f.tensors.len()];
+    for reader in &f.tensors {
+        for n in f.reachable(&[reader.body]) {
+            let Some((Prim::Add | Prim::Sub, args)) = prim_of(f, n) else {
+                continue;
+            };
+            let load = |x: NodeId| {
+                let x = match prim_of(f, x) {
+                    Some((Prim::Neg, arg)) => arg[0],
+                    _ => x,
+                };
+                match &f.node(x).expr {
+                    Expr::Load {
+                        tensor: TensorRef::Def(t),
+                        subs,
+                    } => Some((*t, subs.clone())),
+                    _ => None,
+                }
+            };
+            if let (Some((t0, s0)), Some((t1, s1))) = (load(args[0]), load(args[1]))
+                && t0 != t1
+                && s0 == s1
+                && let (Some(r0), Some(r1)) = (row_sum(t0), row_sum(t1))
+                && r0 == r1
+            {
+                paired[t0.index()] = true;
+                paired[t1.index()] = true;
+            }
+        }
+    }
     (0..f.tensors.len())
         .map(|k| {
             let t = &f.tensors[k];
@@ -255,7 +299,7 @@ fn inlinable(f: &Function) -> Vec<(bool, bool, bool)> {
             let broadcast = t.role == Role::Let && at_indices[k] && broadcast(k, &nodes);
             (
                 cheap && (one_use || trivial(k) && at_indices[k]) || gather || broadcast,
-                gather || read_once || logged || log_softmax || scaled,
+                gather || read_once || logged || log_softmax || scaled || paired[k],
                 broadcast,
             )
         })
@@ -474,6 +518,11 @@ pub fn simplify(f: &mut Function, expr: Expr, scalar: Scalar, span: Span) -> R<N
         && let Some(merged) = merge_sums(f, a[0], a[1], span)?
     {
         return Ok(merged);
+    }
+    if matches!(prim, Add | Sub)
+        && let Some(fused) = fuse_sums(f, prim, a[0], a[1], span)?
+    {
+        return Ok(fused);
     }
     match prim {
         // Integers (exact): i + 0 = i, i * 1 = i, i * 0 = 0 (index arithmetic such as a flat position's
@@ -807,6 +856,50 @@ fn merge_sums(f: &mut Function, x: NodeId, y: NodeId, span: Span) -> R<Option<No
         _ => None,
     };
     f.add_sum(k, mask, term, span).map(Some)
+}
+
+/// `sum[k] a ± sum[k'] b = sum[k] (a ± b[k' := k])` for unmasked sums over one range with the same free
+/// indices (reassociates): one pass over the range instead of two, in which what both terms compute (a
+/// teacher's softmax exponentials in a cross-entropy and in its entropy) is computed once.
+fn fuse_sums(f: &mut Function, prim: Prim, x: NodeId, y: NodeId, span: Span) -> R<Option<NodeId>> {
+    // A negated sum is the sum of the negated terms (`-sum[k] a = sum[k] -a`, exact).
+    let sum = |f: &Function, n: NodeId| match prim_of(f, n) {
+        Some((Prim::Neg, arg)) => f.single_sum(arg[0]).map(|s| (s, true)),
+        _ => f.single_sum(n).map(|s| (s, false)),
+    };
+    let (Some(((k, None, a), neg_a)), Some(((k2, None, b), neg_b))) = (sum(f, x), sum(f, y)) else {
+        return Ok(None);
+    };
+    let (a, b) = (negated(f, a, neg_a, span)?, negated(f, b, neg_b, span)?);
+    if f.index(k).range != f.index(k2).range || f.node(x).free != f.node(y).free {
+        return Ok(None);
+    }
+    let b = if k == k2 {
+        b
+    } else {
+        // `k` must not occur in y at all, so renaming k' to k captures nothing.
+        let uses_k = f.reachable(&[b]).into_iter().any(|n| match &f.node(n).expr {
+            Expr::Index(i) => *i == k,
+            Expr::Reduce { indices, .. } => indices.contains(&k),
+            _ => false,
+        });
+        if uses_k {
+            return Ok(None);
+        }
+        let at_k = f.add(Expr::Index(k), Scalar::Int, span)?;
+        let map: HashMap<_, _> = [(k2, at_k)].into_iter().collect();
+        f.subst(b, &map)?
+    };
+    let body = simplify(f, prim_expr(prim, &[a, b]), Scalar::Float, span)?;
+    reduce(f, ReduceOp::Sum, &[k], None, body, Scalar::Float, span).map(Some)
+}
+
+/// `-n` where `negate`, else `n`.
+fn negated(f: &mut Function, n: NodeId, negate: bool, span: Span) -> R<NodeId> {
+    match negate {
+        true => simplify(f, prim_expr(Prim::Neg, &[n]), Scalar::Float, span),
+        false => Ok(n),
+    }
 }
 
 fn prim_expr(prim: Prim, args: &[NodeId]) -> Expr {
