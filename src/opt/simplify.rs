@@ -139,8 +139,30 @@ fn inlinable(f: &Function) -> Vec<(bool, bool, bool)> {
     let mut loads = vec![0usize; f.tensors.len()];
     // Loads that are the argument of a `log`.
     let mut under_log = vec![0usize; f.tensors.len()];
+    // Two loads (each negated or not) of different tensors at the same subscripts, added or subtracted.
+    let mut side_by_side: Vec<(TensorId, TensorId)> = Vec::new();
+    let load_of = |x: NodeId| {
+        let x = match prim_of(f, x) {
+            Some((Prim::Neg, arg)) => arg[0],
+            _ => x,
+        };
+        match &f.node(x).expr {
+            Expr::Load {
+                tensor: TensorRef::Def(t),
+                subs,
+            } => Some((*t, subs.clone())),
+            _ => None,
+        }
+    };
     for (r, reader) in f.tensors.iter().enumerate() {
         for n in f.reachable(&[reader.body]) {
+            if let Some((Prim::Add | Prim::Sub, args)) = prim_of(f, n)
+                && let (Some((t0, s0)), Some((t1, s1))) = (load_of(args[0]), load_of(args[1]))
+                && t0 != t1
+                && s0 == s1
+            {
+                side_by_side.push((t0, t1));
+            }
             if let Some((Prim::Log, arg)) = prim_of(f, n)
                 && let Expr::Load {
                     tensor: TensorRef::Def(t),
@@ -181,33 +203,12 @@ fn inlinable(f: &Function) -> Vec<(bool, bool, bool)> {
         }
     };
     let mut paired = vec![false; f.tensors.len()];
-    for reader in &f.tensors {
-        for n in f.reachable(&[reader.body]) {
-            let Some((Prim::Add | Prim::Sub, args)) = prim_of(f, n) else {
-                continue;
-            };
-            let load = |x: NodeId| {
-                let x = match prim_of(f, x) {
-                    Some((Prim::Neg, arg)) => arg[0],
-                    _ => x,
-                };
-                match &f.node(x).expr {
-                    Expr::Load {
-                        tensor: TensorRef::Def(t),
-                        subs,
-                    } => Some((*t, subs.clone())),
-                    _ => None,
-                }
-            };
-            if let (Some((t0, s0)), Some((t1, s1))) = (load(args[0]), load(args[1]))
-                && t0 != t1
-                && s0 == s1
-                && let (Some(r0), Some(r1)) = (row_sum(t0), row_sum(t1))
-                && r0 == r1
-            {
-                paired[t0.index()] = true;
-                paired[t1.index()] = true;
-            }
+    for (t0, t1) in side_by_side {
+        if let (Some(r0), Some(r1)) = (row_sum(t0), row_sum(t1))
+            && r0 == r1
+        {
+            paired[t0.index()] = true;
+            paired[t1.index()] = true;
         }
     }
     (0..f.tensors.len())
@@ -271,16 +272,16 @@ fn inlinable(f: &Function) -> Vec<(bool, bool, bool)> {
                 && bare_loads();
             // A scaled read (`zs[i, k] = s[i, k] / T`: one load, at the head's indices in their order, in a
             // chain of additions, multiplications and divisions by values free of them, each step with one
-            // operand that depends on them) read at bare indices: inline
-            // before differentiating, each reader scales its own read (distillation's cross-entropy minus
-            // entropy over temperature-scaled `let`s kept the matrix and a guarded adjoint of it, an extra
-            // pass over [N, C]: 1.9x slower than the stdlib form).
+            // operand that depends on them) read at bare indices: inline before differentiating, each
+            // reader scales its own read (distillation's cross-entropy minus entropy over
+            // temperature-scaled `let`s kept the matrix and a guarded adjoint of it, an extra pass over
+            // [N, C]: 1.9x slower than the stdlib form).
             let one_load = || {
-                let loads: Vec<&NodeId> = nodes
+                let reads: Vec<&NodeId> = nodes
                     .iter()
                     .filter(|n| matches!(f.node(**n).expr, Expr::Load { .. }))
                     .collect();
-                matches!(loads[..], [&n] if matches!(&f.node(n).expr,
+                matches!(reads[..], [&n] if matches!(&f.node(n).expr,
                     Expr::Load { subs, .. } if f.at_indices(subs, &t.indices)))
             };
             let scaled = t.role == Role::Let
