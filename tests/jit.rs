@@ -1457,15 +1457,16 @@ fn sums_and_means_add_sixteen_points_at_a_time_and_agree() {
 #[test]
 fn one_hot_terms_are_written_after_the_lanes_and_agree() {
     // Cross-entropy's gradient is `select(y[i] == k, -1/N, 0) + softmax / N`: the lanes compute the
-    // softmax part and the element at k = y[i] is written afterwards, also where y[i] falls in the
+    // softmax part and the label's term is added at k = y[i] afterwards, also where y[i] falls in the
     // last vector, which overlaps the one before (C = 7: lanes 0..4, then 3..7); a row shorter than a
     // vector (C = 3) runs scalar code, which computes whole elements. Every label position is used.
     // In `deep`'s output `g` the term sits inside a sum of three (`(onehot + x) + y`): the lanes compute
     // the sum with the term as 0. In `h` the same term also occurs outside the sum, in `u` a bracket
     // inside a product, in `v` a select that is not 0 elsewhere: the lanes compute the term as it is away
-    // from the label. `smooth`'s gradient reads the softmax's kept exponentials from its own row, and its
-    // smoothed target's `(1 - eps) [k == y[i]]` is a bracket inside a product: the element at the label
-    // is computed before the lanes overwrite the exponential it reads.
+    // from the label, and the element at the label is computed whole and written after them. `smooth`'s
+    // gradient reads the softmax's kept exponentials from its own row, and its smoothed target's
+    // `(1 - eps) [k == y[i]]` is a bracket inside a product: the element at the label is computed before
+    // the lanes overwrite the exponential it reads.
     let src = "loss ce(s: f32[N, C], y: idx[N] < C) { mean[i] (logsumexp[k] s[i, k]) - s[i, y[i]] }
         loss deep(s: f32[N, C], y: idx[N] < C) -> (g: f32[N, C], h: f32[N, C], u: f32[N, C], v: f32[N, C]) {
             out g[i, k] = select(k == y[i], -1.5, 0.0) + s[i, k] * s[i, k] + 0.5 * s[i, k]

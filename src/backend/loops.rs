@@ -723,10 +723,12 @@ pub fn few_steps_reading(f: &Function, body: NodeId, limit: usize, most: Cost, r
 }
 
 /// A one-hot term of a row's element ([`Plan::one_hot`]): `select(k == at, a, z)` or `[k == at]`, with
-/// `at` free of `k`. Away from `at` the term is `z` (or 0): a code generator may compute the row with the
-/// term replaced by that (or only `rest`, where the element is `term + rest` and the term is 0 away from
-/// `at`), and write the element at `k = at`, computed whole, over it (a label's term in a cross-entropy
-/// gradient, a smoothed target's `(1 - eps) [k == y]` in its own).
+/// `at` free of `k`. Away from `at` the term is `z` (or 0). Where the term is `select(k == at, a, 0)`, `a`
+/// free of `k`, and the element adds it once (`term + rest`, or deeper in a sum of terms), a code
+/// generator may compute `rest` (or the element with the term as 0) along the row and add `a` at
+/// `k = at` afterwards (a label's term in a cross-entropy gradient); elsewhere (a smoothed target's
+/// `(1 - eps) [k == y]` inside a product) it may compute the row with the term as it is away from `at`,
+/// and write the element at `k = at`, computed whole, over it.
 #[derive(Clone, Copy, Debug)]
 pub struct OneHot {
     /// The `select` or bracket node.
@@ -735,35 +737,77 @@ pub struct OneHot {
     pub at: NodeId,
     /// What the term is away from `at`: the select's third operand, `None` for a bracket (0).
     pub away: Option<NodeId>,
-    /// The rest of the element, where the term is added to it and is 0 away from `at`.
+    /// The value `a` to add at `at` after the lanes, where the element adds `select(k == at, a, 0)` once.
+    pub added: Option<NodeId>,
+    /// The rest of the element, where it is `term + rest` and `a` is added.
     pub rest: Option<NodeId>,
 }
 
 impl Plan {
     /// A one-hot term (`select(k == e, a, z)` or `[k == e]`, `e` free of `k` and computed without a
-    /// branch) of `element`: preferably at the top of a sum (`term + rest`, either way round, the term 0
-    /// away from `e`), else anywhere in the element.
+    /// branch) of `element`: preferably one added to the element ([`OneHot::added`]: at the top of a sum,
+    /// `term + rest` either way round, or deeper in a sum of terms, `(term + x) + y`), else anywhere in
+    /// the element but a reduction's body.
     pub fn one_hot(&self, f: &Function, element: NodeId, k: IndexId) -> Option<OneHot> {
-        if let Expr::Prim { prim: Prim::Add, args } = &f.node(element).expr {
-            let top = [(args[0], args[1]), (args[1], args[0])]
-                .into_iter()
-                .find_map(|(term, rest)| {
-                    let hot = self.one_hot_term(f, term, k)?;
-                    hot.away.is_none_or(|z| f.as_float(z) == Some(0.0)).then_some(OneHot {
-                        rest: Some(rest),
-                        ..hot
-                    })
-                });
-            if top.is_some() {
-                return top;
-            }
+        if let Some(hot) = self.added_one_hot(f, element, k) {
+            return Some(hot);
         }
-        // Anywhere else, but not in a reduction's body (its lanes are another loop's).
         let nodes = f.reachable(&[element]);
         if nodes.iter().any(|n| matches!(f.node(*n).expr, Expr::Reduce { .. })) {
             return None;
         }
         nodes.into_iter().find_map(|n| self.one_hot_term(f, n, k))
+    }
+
+    /// A term `select(k == e, a, 0)`, `a` free of `k` and computed without a branch, that the sum
+    /// `element` adds once.
+    fn added_one_hot(&self, f: &Function, element: NodeId, k: IndexId) -> Option<OneHot> {
+        let Expr::Prim { prim: Prim::Add, args } = &f.node(element).expr else {
+            return None;
+        };
+        let added = |term: NodeId| {
+            let hot = self.one_hot_term(f, term, k)?;
+            let Expr::Prim { args: s, .. } = &f.node(term).expr else {
+                return None;
+            };
+            (hot.away.is_some_and(|z| f.as_float(z) == Some(0.0))
+                && !f.node(s[1]).free.contains(&k)
+                && !self.branching[s[1].index()])
+            .then_some(OneHot {
+                added: Some(s[1]),
+                ..hot
+            })
+        };
+        let top = [(args[0], args[1]), (args[1], args[0])]
+            .into_iter()
+            .find_map(|(term, rest)| {
+                Some(OneHot {
+                    rest: Some(rest),
+                    ..added(term)?
+                })
+            });
+        // Deeper, the term is 0 wherever it occurs in the lanes: it must occur once.
+        top.or_else(|| {
+            let inner = args.iter().find_map(|a| self.added_one_hot(f, *a, k))?;
+            (Plan::paths(f, element, inner.term, &mut HashMap::default()) == 1)
+                .then_some(OneHot { rest: None, ..inner })
+        })
+    }
+
+    /// How many paths lead from `from` down to `to` in the expression DAG (counting stops at 2).
+    fn paths(f: &Function, from: NodeId, to: NodeId, memo: &mut HashMap<NodeId, usize>) -> usize {
+        if from == to {
+            return 1;
+        }
+        if let Some(&n) = memo.get(&from) {
+            return n;
+        }
+        let mut n = 0;
+        for operand in f.node(from).expr.operands() {
+            n = (n + Plan::paths(f, operand, to, memo)).min(2);
+        }
+        memo.insert(from, n);
+        n
     }
 
     /// `select(k == e, a, z)` or `[k == e]` with `e` free of `k` and computed without a branch.
@@ -794,6 +838,7 @@ impl Plan {
             term,
             at,
             away,
+            added: None,
             rest: None,
         })
     }

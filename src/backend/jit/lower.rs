@@ -521,10 +521,14 @@ impl<'a, 'b> Lower<'a, 'b> {
         (start, end): (Value, Value),
         tail: Tail,
     ) {
-        // A one-hot term (`select(k == e, a, z)` or `[k == e]`, as a label's in a cross-entropy gradient):
-        // the lanes compute the element with the term as it is away from `e` (only `rest` where the element
-        // is `term + rest` with the term 0 there), and the element at k = e, computed whole before the
-        // lanes overwrite what it reads, is written over theirs afterwards.
+        // A one-hot term (`select(k == e, a, z)` or `[k == e]`): where the element adds `select(k == e, a,
+        // 0)` once (a label's term in a cross-entropy gradient), the lanes compute `rest` (or the element
+        // with the term as 0) and `a` is added at k = e afterwards; elsewhere (a smoothed target's bracket
+        // inside a product) the lanes compute the element with the term as it is away from `e`, and the
+        // element at k = e, computed whole before the lanes overwrite what it reads, is written over
+        // theirs afterwards. (Computing it whole for the first kind too left a value live across the
+        // lanes, and Cranelift's register allocator then spilled a loop invariant and stored it back on
+        // every iteration: W1 ran 1.3x slower.)
         let one_hot = self.plan.one_hot(self.f, element, i);
         let (lanes, zeroed) = match one_hot {
             Some(OneHot { rest: Some(rest), .. }) => (rest, None),
@@ -569,7 +573,10 @@ impl<'a, 'b> Lower<'a, 'b> {
                 l.vstore(r, flat, lo);
             }
         };
-        let hot = one_hot.map(|h| self.one_hot_element(element, i, h.at, (start, end)));
+        let whole = match one_hot {
+            Some(OneHot { at, added: None, .. }) => Some(self.one_hot_element(element, i, at, (start, end))),
+            _ => None,
+        };
         match tail {
             // The row already holds these values (its guest's): nothing to store.
             _ if self.guest_element(lanes, buffer, head) => {}
@@ -587,8 +594,10 @@ impl<'a, 'b> Lower<'a, 'b> {
             let n = self.b.ins().isub(end, start);
             self.call_helper("lossc_sigmoid_row", &[at, n]);
         }
-        if let Some((inside, at, slot)) = hot {
-            self.write_one_hot(buffer, head, i, (inside, at), slot);
+        match (one_hot, whole) {
+            (Some(OneHot { at, added: Some(a), .. }), _) => self.add_one_hot(buffer, head, i, at, a, (start, end)),
+            (_, Some((inside, at, slot))) => self.write_one_hot(buffer, head, i, (inside, at), slot),
+            _ => {}
         }
     }
 
@@ -614,9 +623,7 @@ impl<'a, 'b> Lower<'a, 'b> {
         (lo, hi): (Value, Value),
     ) -> (Value, Value, ir::StackSlot) {
         let at = self.value(e);
-        let above = self.b.ins().icmp(IntCC::SignedGreaterThanOrEqual, at, lo);
-        let below = self.b.ins().icmp(IntCC::SignedLessThan, at, hi);
-        let inside = self.b.ins().band(above, below);
+        let inside = self.inside(at, (lo, hi));
         let slot = ir::StackSlotData::new(ir::StackSlotKind::ExplicitSlot, 4, 2);
         let slot = self.b.create_sized_stack_slot(slot);
         self.at_one_hot(k, (inside, at), &mut |l: &mut Self| {
@@ -624,6 +631,36 @@ impl<'a, 'b> Lower<'a, 'b> {
             l.b.ins().stack_store(l.ptr, v, slot, 0);
         });
         (inside, at, slot)
+    }
+
+    /// Adds the one-hot value `a` at `k = e` of the current row when `e` lies in `lo..hi` (the elements
+    /// the vectors wrote as `rest` alone; the scalar loop of a short row computes whole elements).
+    pub(super) fn add_one_hot(
+        &mut self,
+        buffer: usize,
+        head: &[(IndexId, Dim)],
+        k: IndexId,
+        e: NodeId,
+        a: NodeId,
+        (lo, hi): (Value, Value),
+    ) {
+        let at = self.value(e);
+        let inside = self.inside(at, (lo, hi));
+        self.at_one_hot(k, (inside, at), &mut |l: &mut Self| {
+            let flat = l.flat(head);
+            let addr = l.address(buffer, Scalar::Float, flat);
+            let rest = l.b.ins().load(types::F32, flags(), addr, 0);
+            let one = l.value(a);
+            let sum = l.b.ins().fadd(one, rest);
+            l.b.ins().store(flags(), sum, addr, 0);
+        });
+    }
+
+    /// Whether `at` lies in `lo..hi`.
+    fn inside(&mut self, at: Value, (lo, hi): (Value, Value)) -> Value {
+        let above = self.b.ins().icmp(IntCC::SignedGreaterThanOrEqual, at, lo);
+        let below = self.b.ins().icmp(IntCC::SignedLessThan, at, hi);
+        self.b.ins().band(above, below)
     }
 
     /// Writes the element [`Self::one_hot_element`] computed over the lanes' value at `k = e`.
