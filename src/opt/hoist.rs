@@ -509,20 +509,24 @@ impl Hoist<'_> {
     /// Whether reduction `n` is one already materialized (read outside any lazy operand, so reading it
     /// under one adds no read: a softmax's logsumexp that its sum-to-one rewrite keeps as `0 * lse`).
     fn hoisted_already(&mut self, n: NodeId) -> R<bool> {
+        let (_, _, _, body) = self.canonical(n)?;
+        Ok(self.hoisted.contains_key(&body))
+    }
+
+    /// Reduction `n` rebuilt over its own free indices, and with canonical head indices: (its free
+    /// indices, the rebuilt node, the canonical head, the canonical body).
+    fn canonical(&mut self, n: NodeId) -> R<(Vec<IndexId>, NodeId, Vec<IndexId>, NodeId)> {
         let free: Vec<IndexId> = self.src.node(n).free.to_vec();
         let own: BTreeSet<IndexId> = free.iter().copied().collect();
         let inner = self.walk(n, &own, true, false)?;
-        let (_, body) = self.canonicalize(inner, &free)?;
-        Ok(self.hoisted.contains_key(&body))
+        let (head, body) = self.canonicalize(inner, &free)?;
+        Ok((free, inner, head, body))
     }
 
     /// Materializes reduction `n` as a tensor over its free indices; returns the load that replaces it.
     fn hoist(&mut self, n: NodeId) -> R<NodeId> {
         let span = self.src.span(n);
-        let free: Vec<IndexId> = self.src.node(n).free.to_vec();
-        let own: BTreeSet<IndexId> = free.iter().copied().collect();
-        let inner = self.walk(n, &own, true, false)?;
-        let (head, body) = self.canonicalize(inner, &free)?;
+        let (free, inner, head, body) = self.canonical(n)?;
         // The transpose of a reduction already hoisted over two indices (`sum[d] b[i, d] * a[j, d]` after
         // `sum[d] a[i, d] * b[j, d]`, of one range or two) is read from it with the subscripts swapped.
         if let [x, y] = free[..] {

@@ -141,18 +141,12 @@ fn inlinable(f: &Function) -> Vec<(bool, bool, bool)> {
     let mut under_log = vec![0usize; f.tensors.len()];
     // Two loads (each negated or not) of different tensors at the same subscripts, added or subtracted.
     let mut side_by_side: Vec<(TensorId, TensorId)> = Vec::new();
-    let load_of = |x: NodeId| {
-        let x = match prim_of(f, x) {
-            Some((Prim::Neg, arg)) => arg[0],
-            _ => x,
-        };
-        match &f.node(x).expr {
-            Expr::Load {
-                tensor: TensorRef::Def(t),
-                subs,
-            } => Some((*t, subs.clone())),
-            _ => None,
-        }
+    let load_of = |x: NodeId| match &f.node(unnegated(f, x).0).expr {
+        Expr::Load {
+            tensor: TensorRef::Def(t),
+            subs,
+        } => Some((*t, subs.clone())),
+        _ => None,
     };
     for (r, reader) in f.tensors.iter().enumerate() {
         for n in f.reachable(&[reader.body]) {
@@ -193,11 +187,7 @@ fn inlinable(f: &Function) -> Vec<(bool, bool, bool)> {
     // differentiating, the two sums are one (`fuse_sums`), and so is their pass over the row.
     let row_sum = |t: TensorId| {
         let def = &f.tensors[t.index()];
-        let body = match prim_of(f, def.body) {
-            Some((Prim::Neg, arg)) => arg[0],
-            _ => def.body,
-        };
-        match f.single_sum(body) {
+        match f.single_sum(unnegated(f, def.body).0) {
             Some((k, None, _)) if def.role == Role::Let && loads[t.index()] == 1 => Some(f.index(k).range.clone()),
             _ => None,
         }
@@ -797,20 +787,18 @@ fn merge_sums(f: &mut Function, x: NodeId, y: NodeId, span: Span) -> R<Option<No
     if f.index(k).range != f.index(k2).range || f.node(x).free != f.node(y).free {
         return Ok(None);
     }
-    // `k` must not occur in y at all, so renaming k' to k captures nothing.
-    let roots: Vec<NodeId> = my.into_iter().chain([by]).collect();
-    let uses_k = f.reachable(&roots).into_iter().any(|n| match &f.node(n).expr {
-        Expr::Index(i) => *i == k,
-        Expr::Reduce { indices, .. } => indices.contains(&k),
-        _ => false,
-    });
-    if uses_k || k == k2 {
+    if k == k2 {
         return Ok(None);
     }
-    let at_k = f.add(Expr::Index(k), Scalar::Int, span)?;
-    let map: HashMap<_, _> = [(k2, at_k)].into_iter().collect();
-    let by = f.subst(by, &map)?;
-    let my = my.map(|m| f.subst(m, &map)).transpose()?;
+    let roots: Vec<NodeId> = my.into_iter().chain([by]).collect();
+    let Some(renamed) = renamed(f, k2, k, &roots, span)? else {
+        return Ok(None);
+    };
+    let (my, by) = match renamed[..] {
+        [m, b] => (Some(m), b),
+        [b] => (None, b),
+        _ => unreachable!("one or two roots"),
+    };
     let (fx, fy) = (f.factors(bx), f.factors(by));
     let shared = fx.iter().copied().find(|r| {
         let node = f.node(*r);
@@ -864,35 +852,47 @@ fn merge_sums(f: &mut Function, x: NodeId, y: NodeId, span: Span) -> R<Option<No
 /// teacher's softmax exponentials in a cross-entropy and in its entropy) is computed once.
 fn fuse_sums(f: &mut Function, prim: Prim, x: NodeId, y: NodeId, span: Span) -> R<Option<NodeId>> {
     // A negated sum is the sum of the negated terms (`-sum[k] a = sum[k] -a`, exact).
-    let sum = |f: &Function, n: NodeId| match prim_of(f, n) {
-        Some((Prim::Neg, arg)) => f.single_sum(arg[0]).map(|s| (s, true)),
-        _ => f.single_sum(n).map(|s| (s, false)),
-    };
-    let (Some(((k, None, a), neg_a)), Some(((k2, None, b), neg_b))) = (sum(f, x), sum(f, y)) else {
+    let ((x, neg_x), (y, neg_y)) = (unnegated(f, x), unnegated(f, y));
+    let (Some((k, None, a)), Some((k2, None, b))) = (f.single_sum(x), f.single_sum(y)) else {
         return Ok(None);
     };
-    let (a, b) = (negated(f, a, neg_a, span)?, negated(f, b, neg_b, span)?);
+    let (a, b) = (negated(f, a, neg_x, span)?, negated(f, b, neg_y, span)?);
     if f.index(k).range != f.index(k2).range || f.node(x).free != f.node(y).free {
         return Ok(None);
     }
-    let b = if k == k2 {
-        b
-    } else {
-        // `k` must not occur in y at all, so renaming k' to k captures nothing.
-        let uses_k = f.reachable(&[b]).into_iter().any(|n| match &f.node(n).expr {
-            Expr::Index(i) => *i == k,
-            Expr::Reduce { indices, .. } => indices.contains(&k),
-            _ => false,
-        });
-        if uses_k {
-            return Ok(None);
-        }
-        let at_k = f.add(Expr::Index(k), Scalar::Int, span)?;
-        let map: HashMap<_, _> = [(k2, at_k)].into_iter().collect();
-        f.subst(b, &map)?
+    let b = match k == k2 {
+        true => b,
+        false => match renamed(f, k2, k, &[b], span)? {
+            Some(b) => b[0],
+            None => return Ok(None),
+        },
     };
     let body = simplify(f, prim_expr(prim, &[a, b]), Scalar::Float, span)?;
     reduce(f, ReduceOp::Sum, &[k], None, body, Scalar::Float, span).map(Some)
+}
+
+/// `roots` with index `from` renamed `to`, or None where `to` occurs in them already (renaming would
+/// capture it): how one of two sums over one range is read in the other's index.
+fn renamed(f: &mut Function, from: IndexId, to: IndexId, roots: &[NodeId], span: Span) -> R<Option<Vec<NodeId>>> {
+    let uses_to = f.reachable(roots).into_iter().any(|n| match &f.node(n).expr {
+        Expr::Index(i) => *i == to,
+        Expr::Reduce { indices, .. } => indices.contains(&to),
+        _ => false,
+    });
+    if uses_to {
+        return Ok(None);
+    }
+    let at = f.add(Expr::Index(to), Scalar::Int, span)?;
+    let map: HashMap<_, _> = [(from, at)].into_iter().collect();
+    roots.iter().map(|r| f.subst(*r, &map)).collect::<R<Vec<_>>>().map(Some)
+}
+
+/// `(m, true)` where `n` is `-m`, else `(n, false)`.
+fn unnegated(f: &Function, n: NodeId) -> (NodeId, bool) {
+    match prim_of(f, n) {
+        Some((Prim::Neg, arg)) => (arg[0], true),
+        _ => (n, false),
+    }
 }
 
 /// `-n` where `negate`, else `n`.
@@ -1003,9 +1003,6 @@ fn within(f: &Function, e: NodeId, range: &Dim) -> bool {
     ) && f.in_range(e, range)
 }
 
-/// An equality that bracket fusion can resolve for one of `indices`: `k == e` (either way round), or
-/// `T(k) == e` where `T` is a constant table permuting the range of `k` (the adjoint of a gather through a
-/// permutation, as in a sorting network's partner wires), resolved as `k = T⁻¹(e)`.
 /// If `n` is an Iverson bracket of an equality [`fusible_eq`] resolves over `indices`, or one times a
 /// factor free of them: the bracket and the factor.
 fn bracket_factor(f: &mut Function, n: NodeId, indices: &[IndexId], span: Span) -> R<Option<(NodeId, Option<NodeId>)>> {
@@ -1028,6 +1025,9 @@ fn bracket_factor(f: &mut Function, n: NodeId, indices: &[IndexId], span: Span) 
     Ok(fusible_eq(f, c[0], indices, span)?.map(|_| (bracket, factor)))
 }
 
+/// An equality that bracket fusion can resolve for one of `indices`: `k == e` (either way round), or
+/// `T(k) == e` where `T` is a constant table permuting the range of `k` (the adjoint of a gather through a
+/// permutation, as in a sorting network's partner wires), resolved as `k = T⁻¹(e)`.
 fn fusible_eq(f: &mut Function, cond: NodeId, indices: &[IndexId], span: Span) -> R<Option<(IndexId, NodeId)>> {
     let Some((Prim::Eq, s)) = prim_of(f, cond) else {
         return Ok(None);
