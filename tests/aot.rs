@@ -368,7 +368,7 @@ fn command_line_writes_cuda_source_and_refuses_what_a_library_cannot_be() {
 /// that cross every boundary of its blocking: several blocks of output rows (128; a symmetric product's
 /// 64), a sum longer than one packed panel (256 terms), more columns than one panel (1024), partial
 /// register tiles; products with an operand read transposed (copied in row order first), symmetric Gram
-/// matrices, and a masked product whose other operand holds an infinity, which must run as its loops (a
+/// matrices, pairwise squared distances (two sets, and one set's by halves), and a masked product whose other operand holds an infinity, which must run as its loops (a
 /// dense product would give 0 · inf = NaN). The results do not depend on the thread count.
 #[test]
 fn matrix_products_run_as_sgemm_and_match_the_jit() {
@@ -385,6 +385,12 @@ fn matrix_products_run_as_sgemm_and_match_the_jit() {
             let c[i, j] = sum[d | a[i, d] != 0] a[i, d] * b[d, j]
             mean[i, j] c[i, j]
         }
+        loss distances(x: f32[N, D], z: f32[M, D]) {
+            mean[i, j] exp(-(sum[d] (x[i, d] - z[j, d]) ^ 2) / (4 * D))
+        }
+        loss self_distances(x: f32[N, D]) {
+            mean[i, j] exp(-(sum[d] (x[i, d] - x[j, d]) ^ 2) / (4 * D))
+        }
     ";
     let jit = Compiler::new().compile_source("products.lx", src).unwrap();
     let kernels: Vec<_> = jit.losses().iter().map(|n| jit.kernel(Some(n)).unwrap()).collect();
@@ -393,12 +399,16 @@ fn matrix_products_run_as_sgemm_and_match_the_jit() {
         functions.iter().all(|f| !Plan::new(f).contractions.is_empty()),
         "every loss has a matrix product"
     );
+    for f in functions.iter().filter(|f| f.name.contains("distances")) {
+        let plan = Plan::new(f);
+        assert!(plan.contractions.iter().any(|c| c.distance), "{}: no distances", f.name);
+    }
     let lib = load(&functions, &scratch("products"), "products");
     let mut rng = Rng::new(8);
     let mut matrix =
         |rows: usize, cols: usize| Tensor::float(vec![rows, cols], (0..rows * cols).map(|_| rng.normal()).collect());
     let (n, d, m) = (300, 300, 1100);
-    let (a, b, x) = (matrix(n, d), matrix(d, m), matrix(n, d));
+    let (a, b, x, z) = (matrix(n, d), matrix(d, m), matrix(n, d), matrix(m, d));
     // For `masked`: column 7 of `a` is zero and row 7 of `b` holds an infinity, so every term that meets
     // it is masked.
     let (mut a7, mut b7) = (a.clone(), b.clone());
@@ -409,7 +419,8 @@ fn matrix_products_run_as_sgemm_and_match_the_jit() {
     for kernel in &kernels {
         let f = kernel.function();
         let inputs: std::collections::BTreeMap<String, Tensor> = match f.name.as_str() {
-            "gram" => [("x".to_string(), x.clone())].into(),
+            "gram" | "self_distances" => [("x".to_string(), x.clone())].into(),
+            "distances" => [("x".to_string(), x.clone()), ("z".to_string(), z.clone())].into(),
             "masked" => [("a".to_string(), a7.clone()), ("b".to_string(), b7.clone())].into(),
             _ => [("a".to_string(), a.clone()), ("b".to_string(), b.clone())].into(),
         };

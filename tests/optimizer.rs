@@ -1066,3 +1066,61 @@ fn two_sums_over_one_range_are_one_pass() {
     let inputs = inputs_for(&f, &mut rng, 0.8);
     same_results(&raw, &opt, &inputs, "");
 }
+
+#[test]
+fn a_weighted_sum_of_differences_is_a_row_sum_and_a_product() {
+    // sum[j] w[i, j] * (x[i, d] - z[j, d]) = x[i, d] * sum[j] w[i, j] - sum[j] w[i, j] * z[j, d]: the gradient
+    // of a kernel of squared distances (Cauchy-Schwarz) is row sums and matrix products, no pass over every
+    // pair and column; each product runs as a GEMM.
+    let f = compile(
+        "loss f(x: f32[N, D], z: f32[M, D]) {
+            log(mean[i, j] exp(-(sum[d] (x[i, d] - z[j, d]) ^ 2) / 2)) }",
+    );
+    let raw = lossc::autodiff::grad(&f).unwrap();
+    let opt = lossc::api::gradient(&f).unwrap();
+    let printed = lossc::ir::print::readable(&opt);
+    let products = printed
+        .lines()
+        .filter(|l| l.contains(": D] = sum[") && l.matches('[').count() == 4)
+        .count();
+    assert_eq!(products, 2, "{printed}");
+    let summed_differences = printed
+        .lines()
+        .filter(|l| l.contains(": D] = sum[") && l.contains(" - "))
+        .count();
+    assert_eq!(
+        summed_differences, 0,
+        "a difference is still summed over pairs:\n{printed}"
+    );
+    // The two products, and the squared distances themselves in a product's tiles.
+    let plan = lossc::backend::loops::Plan::new(&opt);
+    let distances = plan.contractions.iter().filter(|c| c.distance).count();
+    assert_eq!((plan.contractions.len(), distances), (3, 1), "{printed}");
+    let mut rng = Rng::new(3);
+    let inputs = inputs_for(&f, &mut rng, 0.3);
+    same_results(&raw, &opt, &inputs, "");
+    // A weight that reads the column index too (no product to gain) is summed as written.
+    let g = compile("loss g(x: f32[N, D], w: f32[N, N, D]) { sum[i, d] sum[j] w[i, j, d] * (x[i, d] - x[j, d]) }");
+    let printed = lossc::ir::print::readable(&lossc::api::gradient(&g).unwrap());
+    assert!(
+        printed.contains("x[i, d] - x[j, d]") || printed.contains("- x[j"),
+        "{printed}"
+    );
+}
+
+#[test]
+fn a_sum_equal_to_another_up_to_its_summed_index_is_one_tensor() {
+    // A kernel of one set's squared distances: its gradient sums each row of the symmetric weights twice,
+    // once over `i` and once over `j` (`x[t] - x[j]` and `x[i] - x[t]`); once the weights are read along
+    // their rows, the two products `sum[i] w[t, i] x[i, c]` and `sum[j] w[t, j] x[j, c]` are one tensor,
+    // and both row sums are the loss's own `sum[j] w[t, j]`.
+    let f = compile("loss f(x: f32[N, D]) { log(mean[i, j] exp(-(sum[d] (x[i, d] - x[j, d]) ^ 2) / 2)) }");
+    let opt = lossc::api::gradient(&f).unwrap();
+    let printed = lossc::ir::print::readable(&opt);
+    let products = printed.lines().filter(|l| l.contains(": D] = sum[")).count();
+    let row_sums = printed.lines().filter(|l| l.contains("[h0: N] = sum[")).count();
+    assert_eq!((products, row_sums), (1, 1), "{printed}");
+    let raw = lossc::autodiff::grad(&f).unwrap();
+    let mut rng = Rng::new(5);
+    same_results(&raw, &opt, &inputs_for(&f, &mut rng, 0.3), "");
+}

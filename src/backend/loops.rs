@@ -127,6 +127,11 @@ pub struct Residual {
 /// hand to a GEMM. The sum may carry the mask `L != 0` (or `R != 0`) that autodiff puts on adjoint terms
 /// (an element that receives no adjoint contributes nothing): a dense product agrees with it where the
 /// other operand is finite, which `must_be_finite` tells the code generator to check first.
+///
+/// A nest `out[p, q] = sum[k] (L(p, k) - R(k, q)) ^ 2` (either operand first; no mask) is one too, with
+/// `distance` set: pairwise squared distances, which a code generator computes in the same tiles as a
+/// product, each term a squared difference instead of a product (not expanded into norms minus twice a
+/// product, which loses the accuracy of near pairs).
 #[derive(Clone, Debug)]
 pub struct Contraction {
     /// The nest that computes the product.
@@ -143,6 +148,8 @@ pub struct Contraction {
     pub columns: Dim,
     /// The sum is masked by one operand `!= 0`: it equals the dense product when this other one is finite.
     pub must_be_finite: Option<Operand>,
+    /// Each term is `(L - R) ^ 2`, not `L * R`.
+    pub distance: bool,
 }
 
 /// One operand of a [`Contraction`]: its buffer (row-major, its two subscripts as axes), and whether it
@@ -189,6 +196,14 @@ impl Contraction {
         let (k, mask, body) = f.single_sum(nest.body)?;
         let Expr::Prim { prim: Prim::Mul, args } = &f.node(body).expr else {
             return None;
+        };
+        // `(L - R) * (L - R)`: the factors are one node.
+        let (args, distance) = match (mask, &args[..]) {
+            (None, [a, b]) if a == b => match &f.node(*a).expr {
+                Expr::Prim { prim: Prim::Sub, args } => (args, true),
+                _ => return None,
+            },
+            _ => (args, false),
         };
         // An operand: a float buffer read at (free, k) or (k, free), `free` one of the head indices.
         let operand = |n: NodeId| -> Option<(IndexId, Operand)> {
@@ -252,6 +267,7 @@ impl Contraction {
             depth: f.index(k).range.clone(),
             columns: qd.clone(),
             must_be_finite,
+            distance,
         })
     }
 }

@@ -579,12 +579,12 @@ impl Hoist<'_> {
 }
 
 /// How many node pairs [`same_up_to_commuting`] may compare (it branches at every commutative node).
-const SAME_BUDGET: usize = 256;
+pub(crate) const SAME_BUDGET: usize = 256;
 
 /// Whether two nodes compute the same value by the same operations, up to the order of the operands of
 /// exactly commutative primitives (`+`, `*`, `==`, `!=`) and the names of reduction indices, within a
 /// budget of compared pairs.
-fn same_up_to_commuting(f: &Function, a: NodeId, b: NodeId, budget: usize) -> bool {
+pub(crate) fn same_up_to_commuting(f: &Function, a: NodeId, b: NodeId, budget: usize) -> bool {
     struct Cmp<'f> {
         f: &'f Function,
         budget: usize,

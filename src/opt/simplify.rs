@@ -7,6 +7,7 @@
 
 use rustc_hash::FxHashMap as HashMap;
 
+use super::hoist::{SAME_BUDGET, same_up_to_commuting};
 use crate::diag::Span;
 use crate::ir::{
     Dim, Expr, Function, IndexId, NodeId, ReduceOp, Role, Scalar, TensorDef, TensorId, TensorRef, TooDeep, Value,
@@ -315,7 +316,10 @@ pub(crate) fn rebuild_inlining(
     // element node) is read from that one. The hoisted reductions of the loss and of its gradient share
     // canonical heads, so one that only simplification made equal to another is computed once. (Scalars
     // cost nothing twice and keep their names in `--emit grad`.)
+    // So is a reduction equal to an earlier one up to the names of the indices it sums over (a gradient's
+    // row sums `sum[i] w[h0, i] x[i, c]` and `sum[j] w[h0, j] x[j, c]`) and the order of commuting operands.
     let mut lets: HashMap<(Vec<IndexId>, NodeId), TensorId> = HashMap::default();
+    let mut sums: HashMap<Vec<IndexId>, Vec<(NodeId, TensorId)>> = HashMap::default();
     for (k, t) in src.tensors.iter().enumerate() {
         if !live[k] {
             continue;
@@ -326,6 +330,12 @@ pub(crate) fn rebuild_inlining(
             b.tensors[k] = Some(*same);
             continue;
         }
+        let sum = shared && matches!(b.dst.node(body).expr, Expr::Reduce { .. });
+        let same = |(e, _): &&(NodeId, TensorId)| same_up_to_commuting(&b.dst, body, *e, SAME_BUDGET);
+        if sum && let Some((_, t)) = sums.get(&t.indices).and_then(|earlier| earlier.iter().find(same)) {
+            b.tensors[k] = Some(*t);
+            continue;
+        }
         let scalar = b.dst.node(body).scalar;
         let id = b.dst.add_tensor(TensorDef {
             body,
@@ -334,6 +344,9 @@ pub(crate) fn rebuild_inlining(
         });
         if shared {
             lets.insert((t.indices.clone(), body), id);
+        }
+        if sum {
+            sums.entry(t.indices.clone()).or_default().push((body, id));
         }
         b.tensors[k] = Some(id);
     }
@@ -1232,6 +1245,20 @@ fn reduce(
             }
             _ => {}
         }
+        // sum[k] w * (a - b) = a * sum[k] w - sum[k] w * b (see `split_difference`); under a mask free of k,
+        // select(m, that, 0), as the masked sum of a term free of k below.
+        if let [k] = indices[..]
+            && mask.is_none_or(|m| !f.node(m).free.contains(&k))
+            && let Some(split) = split_difference(f, k, body, scalar, span)?
+        {
+            return match mask {
+                None => Ok(split),
+                Some(m) => {
+                    let zero = f.float(0.0, span)?;
+                    simplify(f, prim_expr(Prim::Select, &[m, split, zero]), Scalar::Float, span)
+                }
+            };
+        }
         // sum[k] c = c * |k| when c does not depend on k (unmasked); sum[k | m] c = select(m, c * |k|, 0)
         // when the mask does not depend on k either.
         if indices.iter().all(|k| !f.node(body).free.contains(k)) {
@@ -1274,6 +1301,68 @@ fn reduce(
         scalar,
         span,
     )
+}
+
+/// `sum[k] body` for a product `body = c * w * (a - b)` (its factors in any order) where `a` and `c` are
+/// free of `k` and `w` (every other factor) and `b` are not, and `b` reads an index that `w` does not: `c *
+/// (a * sum[k] w - sum[k] w * b)` (or the mirror image, for `(b - a)`). The gradient of a pairwise
+/// squared distance weighted per pair, `sum[j] w[i, j] * (x[i, d] - z[j, d])`, is then a row sum and a
+/// matrix product (a GEMM) instead of a pass over every pair and column (Cauchy-Schwarz's gradient ran
+/// 5x slower so). It reassociates: where the terms cancel (`a` near the `w`-weighted mean of `b`), the
+/// result's error is that of a matrix product, a few ulps of `sum |w| |b|`, not of the small difference.
+fn split_difference(f: &mut Function, k: IndexId, body: NodeId, scalar: Scalar, span: Span) -> R<Option<NodeId>> {
+    if scalar != Scalar::Float {
+        return Ok(None);
+    }
+    let depends = |f: &Function, n: NodeId| f.node(n).free.contains(&k);
+    let mut factors = f.factors(body);
+    let Some((at, a, b, a_first)) = factors.iter().enumerate().find_map(|(at, &n)| {
+        let (Prim::Sub, s) = prim_of(f, n)? else { return None };
+        match (depends(f, s[0]), depends(f, s[1])) {
+            (false, true) => Some((at, s[0], s[1], true)),
+            (true, false) => Some((at, s[1], s[0], false)),
+            _ => None,
+        }
+    }) else {
+        return Ok(None);
+    };
+    factors.remove(at);
+    let (weights, invariant): (Vec<NodeId>, Vec<NodeId>) = factors.into_iter().partition(|&n| depends(f, n));
+    let reads_more = |f: &Function| {
+        let by_weights = |i: &IndexId| weights.iter().any(|&w| f.node(w).free.contains(i));
+        f.node(b).free.iter().any(|i| *i != k && !by_weights(i))
+    };
+    if weights.is_empty() || !reads_more(f) {
+        return Ok(None);
+    }
+    let product = |f: &mut Function, ns: &[NodeId]| -> R<NodeId> {
+        let mut p = ns[0];
+        for &n in &ns[1..] {
+            p = simplify(f, prim_expr(Prim::Mul, &[p, n]), Scalar::Float, span)?;
+        }
+        Ok(p)
+    };
+    let w = product(f, &weights)?;
+    let wb = simplify(f, prim_expr(Prim::Mul, &[w, b]), Scalar::Float, span)?;
+    let total = reduce(f, ReduceOp::Sum, &[k], None, w, scalar, span)?;
+    let a_total = simplify(f, prim_expr(Prim::Mul, &[a, total]), Scalar::Float, span)?;
+    let b_total = reduce(f, ReduceOp::Sum, &[k], None, wb, scalar, span)?;
+    let (x, y) = if a_first {
+        (a_total, b_total)
+    } else {
+        (b_total, a_total)
+    };
+    let split = simplify(f, prim_expr(Prim::Sub, &[x, y]), Scalar::Float, span)?;
+    if invariant.is_empty() {
+        return Ok(Some(split));
+    }
+    let c = product(f, &invariant)?;
+    Ok(Some(simplify(
+        f,
+        prim_expr(Prim::Mul, &[c, split]),
+        Scalar::Float,
+        span,
+    )?))
 }
 
 /// `sum[k] body` where `body` is a sum of deviations `X(k) - M` (or `M - X(k)`) from the mean

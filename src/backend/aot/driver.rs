@@ -297,12 +297,13 @@ pub fn entry(kernel: &ObjectKernel, source_name: &str) -> Result<Entry, Unsuppor
                 let finite = c.must_be_finite.map_or(-1, |o| o.buffer as i64);
                 let _ = writeln!(
                     code,
-                    "static const struct lossc_rt_product {p}_product{g} = {{{}, {}, {}, {}, {}, {finite}}};",
+                    "static const struct lossc_rt_product {p}_product{g} = {{{}, {}, {}, {}, {}, {finite}, {}}};",
                     c.left.buffer,
                     left_transposed as u8,
                     c.right.buffer,
                     right_transposed as u8,
                     c.symmetric() as u8,
+                    c.distance as u8,
                 );
                 format!("&{p}_product{g}")
             }

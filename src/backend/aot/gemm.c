@@ -11,7 +11,8 @@
  * block's columns from its first row on and mirrors them into the later rows. A right operand read
  * transposed is first copied in row order (rows padded by a cache line) when the product runs as several
  * blocks, since every block packs all of it. A masked product runs dense only when the operand its mask
- * does not test is all finite; otherwise the group's loops run. */
+ * does not test is all finite; otherwise the group's loops run. Pairwise squared distances (a Contraction
+ * with `distance`) run through the same blocks and panels, each term a squared difference. */
 
 #define LOSSC_GEMM_ROWS 128
 #define LOSSC_GEMM_SYMMETRIC_ROWS 64
@@ -38,9 +39,10 @@ static float *lossc_gemm_buffer(float **kept, size_t *have, size_t floats) {
     return *kept;
 }
 
-/* The MR x NR tile of sums of `kc` terms: packed rows `a` (kc x MR), packed columns `b` (kc x NR). */
+/* The MR x NR tile of sums of `kc` terms: packed rows `a` (kc x MR), packed columns `b` (kc x NR); each
+ * term a product, or a squared difference where `distance` (backend/jit/distance.rs, in the same order). */
 LOSSC_GEMM_TARGET static void lossc_gemm_tile(int64_t kc, const float *restrict a, const float *restrict b,
-                                              float tile[LOSSC_GEMM_MR][LOSSC_GEMM_NR]) {
+                                              float tile[LOSSC_GEMM_MR][LOSSC_GEMM_NR], int distance) {
     lossc_v8 acc[LOSSC_GEMM_MR][2];
     for (int i = 0; i < LOSSC_GEMM_MR; i++) acc[i][0] = acc[i][1] = (lossc_v8){0};
     a = __builtin_assume_aligned(a, 32);
@@ -48,6 +50,16 @@ LOSSC_GEMM_TARGET static void lossc_gemm_tile(int64_t kc, const float *restrict 
     for (int64_t p = 0; p < kc; p++) {
         lossc_v8 b0 = *(const lossc_v8 *)(b + p * LOSSC_GEMM_NR);
         lossc_v8 b1 = *(const lossc_v8 *)(b + p * LOSSC_GEMM_NR + 8);
+        if (distance) {
+#pragma GCC unroll 6
+            for (int i = 0; i < LOSSC_GEMM_MR; i++) {
+                float x = a[p * LOSSC_GEMM_MR + i];
+                lossc_v8 d0 = b0 - x, d1 = b1 - x;
+                acc[i][0] += d0 * d0;
+                acc[i][1] += d1 * d1;
+            }
+            continue;
+        }
 #pragma GCC unroll 6
         for (int i = 0; i < LOSSC_GEMM_MR; i++) {
             float x = a[p * LOSSC_GEMM_MR + i];
@@ -88,9 +100,10 @@ static void lossc_gemm_pack(float *restrict panel, int64_t width, int64_t used, 
         for (int64_t p = 0; p < kc; p++) panel[p * width + l] = 0.0f;
 }
 
-/* c[i, j] (row stride ldc) = Σ_p a[i, p] b[p, j] for i < m, j < n, p < k (a, b by their strides). */
+/* c[i, j] (row stride ldc) = Σ_p a[i, p] b[p, j] (where `distance`: Σ_p (a[i, p] - b[p, j])²) for i < m,
+ * j < n, p < k (a, b by their strides). */
 static int lossc_gemm(int64_t m, int64_t k, int64_t n, const float *a, int64_t rsa, int64_t csa, const float *b,
-                      int64_t rsb, int64_t csb, float *c, int64_t ldc) {
+                      int64_t rsb, int64_t csb, float *c, int64_t ldc, int distance) {
     static _Thread_local float *packed_a, *packed_b;
     static _Thread_local size_t have_a, have_b;
     int64_t mp = (m + LOSSC_GEMM_MR - 1) / LOSSC_GEMM_MR * LOSSC_GEMM_MR;
@@ -120,7 +133,7 @@ static int lossc_gemm(int64_t m, int64_t k, int64_t n, const float *a, int64_t r
                 int64_t w = nc - jr < LOSSC_GEMM_NR ? nc - jr : LOSSC_GEMM_NR;
                 for (int64_t ir = 0; ir < m; ir += LOSSC_GEMM_MR) {
                     int64_t h = m - ir < LOSSC_GEMM_MR ? m - ir : LOSSC_GEMM_MR;
-                    lossc_gemm_tile(kc, pa + ir * kc, pb + jr * kc, tile);
+                    lossc_gemm_tile(kc, pa + ir * kc, pb + jr * kc, tile, distance);
                     for (int64_t i = 0; i < h; i++) {
                         float *out = c + (ir + i) * ldc + jc + jr;
                         if (pc == 0) {
@@ -167,7 +180,7 @@ static int lossc_rt_matmul_block(const struct lossc_rt_matmul *mm, int64_t lo, i
     /* A symmetric product computes columns from `lo` on; the rest of these rows mirrors earlier blocks. */
     int64_t first = mm->symmetric ? lo : 0;
     if (!lossc_gemm(hi - lo, mm->depth, n - first, mm->a + lo * mm->rsa, mm->rsa, mm->csa, mm->b + first * mm->csb,
-                    mm->rsb, mm->csb, out + first, n))
+                    mm->rsb, mm->csb, out + first, n, mm->distance))
         return 0;
     if (mm->symmetric && hi < n) lossc_gemm_transpose(mm->c + lo * n + hi, n, hi - lo, n - hi, mm->c + hi * n + lo, n);
     return 1;
@@ -191,7 +204,7 @@ static int lossc_rt_matmul_of(const struct lossc_rt_product *p, void *const *ptr
         return 0;
     /* (stride between rows, stride between columns) of an m x n matrix view, read transposed or not. */
     *mm = (struct lossc_rt_matmul){rows, depth, columns, ptrs[p->left], 0, 0, ptrs[p->right], 0, 0, out,
-                                   p->symmetric && rows == columns};
+                                   p->symmetric && rows == columns, p->distance};
     if (p->left_transposed) mm->rsa = 1, mm->csa = rows;
     else mm->rsa = depth, mm->csa = 1;
     if (p->right_transposed) mm->rsb = 1, mm->csb = depth;

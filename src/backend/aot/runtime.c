@@ -57,10 +57,11 @@ typedef void (*lossc_rt_nest)(void *const *ptrs, const int64_t *sizes, const dou
 
 /* A group that is a matrix product (loops::Contraction), run as sgemm (gemm.c): its operands' buffers,
  * whether a GEMM reads each as the transpose of the matrix the product needs
- * (Contraction::reads_transposed), whether it reads one buffer both ways (L = Rᵀ), and the buffer that must
- * hold only finite values for the dense product to equal the masked sum (-1: none). */
+ * (Contraction::reads_transposed), whether it reads one buffer both ways (L = Rᵀ), the buffer that must
+ * hold only finite values for the dense product to equal the masked sum (-1: none), and whether its terms
+ * are squared differences (pairwise squared distances) instead of products. */
 struct lossc_rt_product {
-    int left, left_transposed, right, right_transposed, symmetric, finite;
+    int left, left_transposed, right, right_transposed, symmetric, finite, distance;
 };
 
 /* One product at a call's sizes: `c` (rows x columns, row-major) = a (rows x depth) · b (depth x columns),
@@ -72,7 +73,7 @@ struct lossc_rt_matmul {
     const float *b;
     int64_t rsb, csb;
     float *c;
-    int symmetric;
+    int symmetric, distance;
 };
 
 /* One group of a kernel (what backend/jit/run.rs reads of the plan and the schedule). */

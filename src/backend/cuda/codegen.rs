@@ -642,9 +642,9 @@ impl<'a> Emit<'a> {
         self.text = signature + &head + &body;
     }
 
-    /// A matrix product in shared-memory tiles ([`Shape::Tiled`]). A masked product (autodiff's
-    /// `sum[k | a != 0] a * b`) skips the terms its mask excludes, so a non-finite element of the other
-    /// operand there contributes nothing, as in the interpreter.
+    /// A matrix product in shared-memory tiles ([`Shape::Tiled`]), or pairwise squared distances in the
+    /// same tiles. A masked product (autodiff's `sum[k | a != 0] a * b`) skips the terms its mask excludes,
+    /// so a non-finite element of the other operand there contributes nothing, as in the interpreter.
     fn tiled(&mut self, c: &crate::backend::loops::Contraction) {
         let (f, plan) = (self.f, self.plan);
         let (rows, depth, cols) = (self.dim(&c.rows), self.dim(&c.depth), self.dim(&c.columns));
@@ -706,6 +706,7 @@ impl<'a> Emit<'a> {
         let term = match (mask_left, mask_right) {
             (true, _) => "(lx_a != 0.0f ? lx_a * lx_b : 0.0f)",
             (_, true) => "(lx_b != 0.0f ? lx_a * lx_b : 0.0f)",
+            _ if c.distance => "(lx_a - lx_b) * (lx_a - lx_b)",
             _ => "lx_a * lx_b",
         };
         self.line(format!("lx_acc[i] += {term};"));

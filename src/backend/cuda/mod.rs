@@ -17,7 +17,7 @@
 //!   `__syncthreads` between members, so a member reads the earlier members' row complete.
 //! - `WarpRows`: the same group over short rows (a warp per row), chosen per call by the host.
 //! - `Single`: rank-0 nests (the loss, a mean over the batch): one block.
-//! - `Tiled`: a plain matrix product (a [`crate::backend::loops::Contraction`]): shared-memory tiles.
+//! - `Tiled`: a plain matrix product or pairwise squared distances (a [`crate::backend::loops::Contraction`]): shared-memory tiles.
 //! - `Parts` then `Total`: a group of sibling sums over one index (AnyLoss's sigmoids and their three
 //!   sums): blocks over fixed chunks of the index, one f64 partial per chunk and sum, added in chunk
 //!   order by one block (the result does not depend on the grid).

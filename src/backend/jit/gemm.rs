@@ -1,6 +1,6 @@
 //! Matrix products ([`Contraction`]) as sgemm calls: `matrixmultiply`'s packed, register-tiled kernels
 //! (AVX2 / FMA / AVX-512 detected at run time), which reach several times the throughput of a generated
-//! 4-lane dot loop.
+//! 4-lane dot loop; pairwise squared distances in the same blocks, through distance.rs's kernel.
 //!
 //! Invariants: the output is cut into fixed blocks of rows ([`Product::block_rows`]), one sgemm call
 //! each, so which thread computes a block never changes its bits (each element's sum runs in the
@@ -43,6 +43,8 @@ pub(super) struct Product {
     /// `L = Rᵀ` (one buffer read both ways, as in `x·xᵀ`): each block computes its rows from the
     /// diagonal on and mirrors them.
     symmetric: bool,
+    /// Squared distances (`Σ (L - R)²`, distance.rs) instead of a product.
+    distance: bool,
 }
 
 // SAFETY: the operands are only read, and each call writes elements no other block writes (its rows,
@@ -95,6 +97,7 @@ impl Product {
             right: view(&c.right, depth, columns, right_transposed),
             out: ptrs[out] as *mut f32,
             symmetric,
+            distance: c.distance,
         };
         if let Some(o) = &c.must_be_finite {
             let len = if o.buffer == c.left.buffer {
@@ -179,7 +182,7 @@ impl Product {
 }
 
 impl Product {
-    /// Rows `lo..hi`, columns `first..` of the product into the rows of `out` (`columns` floats apart,
+    /// Rows `lo..hi`, columns `first..` of the product (or the distances) into the rows of `out` (`columns` floats apart,
     /// row `lo` first), with no mirroring (a symmetric product's rows are whole only from `lo` on).
     ///
     /// # Safety
@@ -189,6 +192,12 @@ impl Product {
         let (a, rsa, csa) = self.left;
         let (b, rsb, csb) = self.right;
         let n = self.columns;
+        if self.distance {
+            let a = (unsafe { a.offset(lo as isize * rsa) }, rsa, csa);
+            let b = (unsafe { b.offset(first as isize * csb) }, rsb, csb);
+            // SAFETY: as below.
+            return unsafe { super::distance::distances(hi - lo, self.depth, n - first, a, b, out.add(first), n) };
+        }
         // SAFETY: the views address `rows × depth` and `depth × columns` elements of their buffers; rows
         // `lo..hi` of the left view start `lo * rsa` elements in, columns `first..` of the right view
         // `first * csb`; `out` as the caller promises.

@@ -69,6 +69,7 @@ use cranelift_frontend::{FunctionBuilder, Variable};
 use cranelift_jit::JITModule;
 
 mod build;
+mod distance;
 mod gemm;
 mod ints;
 mod lower;
