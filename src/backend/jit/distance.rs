@@ -1,6 +1,6 @@
 //! Pairwise squared distances ([`crate::backend::loops::Contraction`] with `distance`): `c[i, j] = Σ_p
-//! (a[i, p] - b[p, j])²`, blocked as a matrix product is (the ahead-of-time library's gemm.c, with the same
-//! constants and order of operations, so both compute the same bits on a machine with AVX2 and FMA).
+//! (a[i, p] - b[p, j])²`, blocked as a matrix product is (as the ahead-of-time library's gemm.c computes
+//! them, with the same blocking and order of terms).
 //!
 //! Each call packs the right operand in panels of [`NR`] columns and the left one in panels of [`MR`]
 //! rows, [`KC`] terms of the sum at a time (zeros past the last row or column, whose results are not
