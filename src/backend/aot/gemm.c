@@ -193,8 +193,9 @@ static int lossc_gemm_all_finite(const float *x, int64_t n) {
     return finite;
 }
 
-/* The product of group `g` at this call's buffers and extents, or 0 where its loops must run (a masked
- * product whose other operand holds a non-finite value, or no memory for the transposed copy). */
+/* The product of group `g` at this call's buffers and extents, or 0 where its loops run (a masked product
+ * whose other operand holds a non-finite value, distances to fewer columns than a tile's, or no memory for
+ * the transposed copy). */
 static int lossc_rt_matmul_of(const struct lossc_rt_product *p, void *const *ptrs, const int64_t *dims,
                               const struct lossc_rt_extents *ext, float *out, struct lossc_rt_matmul *mm) {
     static _Thread_local float *copy;
@@ -202,6 +203,8 @@ static int lossc_rt_matmul_of(const struct lossc_rt_product *p, void *const *ptr
     int64_t rows = dims[0] > 0 ? dims[0] : 0, depth = dims[1] > 0 ? dims[1] : 0, columns = dims[2] > 0 ? dims[2] : 0;
     if (p->finite >= 0 && !lossc_gemm_all_finite(ptrs[p->finite], ext->buffer_elements[p->finite]))
         return 0;
+    /* Distances to fewer columns than a tile's run as loops (backend/jit/distance.rs: NR). */
+    if (p->distance && columns < LOSSC_GEMM_NR) return 0;
     /* (stride between rows, stride between columns) of an m x n matrix view, read transposed or not. */
     *mm = (struct lossc_rt_matmul){rows, depth, columns, ptrs[p->left], 0, 0, ptrs[p->right], 0, 0, out,
                                    p->symmetric && rows == columns, p->distance};

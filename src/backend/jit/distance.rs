@@ -12,7 +12,9 @@
 use std::cell::RefCell;
 
 const MR: usize = 6;
-const NR: usize = 16;
+/// Also the fewest columns a group's distances need to run here instead of as its loops
+/// (`gemm::Product::fills_tiles`).
+pub(super) const NR: usize = 16;
 const KC: usize = 256;
 const NC: usize = 1024;
 

@@ -136,6 +136,13 @@ impl Product {
         self.rows as i64
     }
 
+    /// Whether a group that is this product runs it so rather than as its loops: not for distances to
+    /// fewer columns than a tile's (a query's to a few prototypes), where a tile would mostly add up zeros
+    /// of its padding. (A streamed program's tile has no loops and always runs so.)
+    pub(super) fn fills_tiles(&self) -> bool {
+        !self.distance || self.columns >= super::distance::NR
+    }
+
     /// Output rows per block (a fixed number: blocks, not threads, decide every element's arithmetic).
     pub(super) fn block_rows(&self) -> i64 {
         if self.symmetric { SYMMETRIC_ROWS } else { ROWS }
