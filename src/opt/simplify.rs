@@ -1308,7 +1308,7 @@ fn reduce(
 /// (a * sum[k] w - sum[k] w * b)` (or the mirror image, for `(b - a)`). The gradient of a pairwise
 /// squared distance weighted per pair, `sum[j] w[i, j] * (x[i, d] - z[j, d])`, is then a row sum and a
 /// matrix product (a GEMM) instead of a pass over every pair and column (Cauchy-Schwarz's gradient ran
-/// 5x slower so). It reassociates: where the terms cancel (`a` near the `w`-weighted mean of `b`), the
+/// 4x slower so). It reassociates: where the terms cancel (`a` near the `w`-weighted mean of `b`), the
 /// result's error is that of a matrix product, a few ulps of `sum |w| |b|`, not of the small difference.
 fn split_difference(f: &mut Function, k: IndexId, body: NodeId, scalar: Scalar, span: Span) -> R<Option<NodeId>> {
     if scalar != Scalar::Float {

@@ -199,15 +199,16 @@ impl Product {
         let (a, rsa, csa) = self.left;
         let (b, rsb, csb) = self.right;
         let n = self.columns;
+        // SAFETY (here and below): the views address `rows × depth` and `depth × columns` elements of their
+        // buffers; rows `lo..hi` of the left view start `lo * rsa` elements in, columns `first..` of the
+        // right view `first * csb`; `out` as the caller promises.
         if self.distance {
-            let a = (unsafe { a.offset(lo as isize * rsa) }, rsa, csa);
-            let b = (unsafe { b.offset(first as isize * csb) }, rsb, csb);
-            // SAFETY: as below.
-            return unsafe { super::distance::distances(hi - lo, self.depth, n - first, a, b, out.add(first), n) };
+            let (a, b) = unsafe { (a.offset(lo as isize * rsa), b.offset(first as isize * csb)) };
+            let out = unsafe { out.add(first) };
+            return unsafe {
+                super::distance::distances(hi - lo, self.depth, n - first, (a, rsa, csa), (b, rsb, csb), out, n)
+            };
         }
-        // SAFETY: the views address `rows × depth` and `depth × columns` elements of their buffers; rows
-        // `lo..hi` of the left view start `lo * rsa` elements in, columns `first..` of the right view
-        // `first * csb`; `out` as the caller promises.
         unsafe {
             matrixmultiply::sgemm(
                 hi - lo,
