@@ -172,7 +172,7 @@ fn readers_in_one_group_share_a_dot_products_rows() {
 /// NT-Xent's Gram rows as matrix products per block (8 tiles) and its gradient's products of a row of
 /// pairs with a matrix as products of their own between the groups' parts. Over batches of one
 /// block, several, and a last partial one, the results are the interpreter's, with the same bits on one
-/// thread and on two.
+/// thread and on two (Cauchy-Schwarz's distance tiles included).
 #[test]
 fn pipelines_run_blocks_of_rows_as_the_interpreter() {
     let (_, streamed) = optimized_and_streamed(&bench_nt_xent());
@@ -190,6 +190,10 @@ fn pipelines_run_blocks_of_rows_as_the_interpreter() {
     let plan = lossc::backend::loops::Plan::streaming_tiled(&streamed);
     assert!(!plan.residuals.is_empty());
     assert_eq!(plan.pipelines.len(), 2, "{:?}", plan.pipelines);
+    // Cauchy-Schwarz's squared distances are tiles too: a product's blocks, each term a squared difference.
+    let (_, streamed) = optimized_and_streamed(&std_loss("divergence::cauchy_schwarz"));
+    let plan = lossc::backend::loops::Plan::streaming_tiled(&streamed);
+    assert!(plan.tiles.iter().any(|t| t.product.distance), "distances as tiles");
     let mut rng = Rng::new(13);
     for f in [
         bench_nt_xent(),
