@@ -272,9 +272,7 @@ fn pairwise_losses_stream_in_linear_memory() {
         let (os, ol) = (own.bytes_needed(&small, 2), own.bytes_needed(&large, 2));
         assert!(ol as f64 >= 3.5 * os as f64, "{}: own {os} -> {ol}", f.name);
         assert!((l as f64) <= 2.1 * s as f64, "{}: streamed {s} -> {l} bytes", f.name);
-        // (Cauchy-Schwarz's blocks of distances, one per pair of sets and group, hold 18x less than its
-        // own program at 4,096; the other families' 25x and more.)
-        assert!(l * 15 < ol, "{}: streamed {l} vs own {ol} bytes", f.name);
+        assert!(l * 20 < ol, "{}: streamed {l} vs own {ol} bytes", f.name);
         let program = streamed(&large);
         let plan = program.plan();
         // A matrix reader's element reads its copy of a pairwise row; it computes no pair itself (a
