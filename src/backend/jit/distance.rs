@@ -13,7 +13,7 @@ use std::cell::RefCell;
 
 const MR: usize = 6;
 /// Also the fewest columns a group's distances need to run here instead of as its loops
-/// (`gemm::Product::fills_tiles`).
+/// (`gemm::fills_tiles`).
 pub(super) const NR: usize = 16;
 const KC: usize = 256;
 const NC: usize = 1024;
@@ -40,6 +40,7 @@ pub(super) unsafe fn distances(m: usize, k: usize, n: usize, a: View, b: View, c
         pa.resize(pa.len().max(mp * kc_most), 0.0);
         pb.resize(pb.len().max(np * kc_most), 0.0);
         let mut tile = [[0f32; NR]; MR];
+        let fma = super::rows::avx2_fma();
         for jc in (0..n).step_by(NC) {
             let nc = (n - jc).min(NC);
             for pc in (0..k).step_by(KC) {
@@ -61,6 +62,7 @@ pub(super) unsafe fn distances(m: usize, k: usize, n: usize, a: View, b: View, c
                     for ir in (0..m).step_by(MR) {
                         let h = (m - ir).min(MR);
                         squares(
+                            fma,
                             kc,
                             &pa[ir * kc..(ir + MR) * kc],
                             &pb[jr * kc..(jr + NR) * kc],
@@ -100,10 +102,13 @@ unsafe fn pack(panel: &mut [f32], width: usize, used: usize, kc: usize, src: *co
     }
 }
 
-/// The tile of sums of `kc` squared differences: packed rows `a` (`kc × MR`), packed columns `b` (`kc × NR`).
-fn squares(kc: usize, a: &[f32], b: &[f32], tile: &mut [[f32; NR]; MR]) {
+/// The tile of sums of `kc` squared differences: packed rows `a` (`kc × MR`), packed columns `b` (`kc × NR`);
+/// `fma`: the CPU has AVX2 and FMA (`rows::avx2_fma`, asked once per call).
+fn squares(fma: bool, kc: usize, a: &[f32], b: &[f32], tile: &mut [[f32; NR]; MR]) {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = fma;
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if fma {
         // SAFETY: the CPU has the features the function is compiled for.
         return unsafe { squares_fma(kc, a, b, tile) };
     }

@@ -136,13 +136,6 @@ impl Product {
         self.rows as i64
     }
 
-    /// Whether a group that is this product runs it so rather than as its loops: not for distances to
-    /// fewer columns than a tile's (a query's to a few prototypes), where a tile would mostly add up zeros
-    /// of its padding. (A streamed program's tile has no loops and always runs so.)
-    pub(super) fn fills_tiles(&self) -> bool {
-        !self.distance || self.columns >= super::distance::NR
-    }
-
     /// Output rows per block (a fixed number: blocks, not threads, decide every element's arithmetic).
     pub(super) fn block_rows(&self) -> i64 {
         if self.symmetric { SYMMETRIC_ROWS } else { ROWS }
@@ -274,6 +267,13 @@ impl Product {
             ..self
         }
     }
+}
+
+/// Whether a group that is product `c` runs it as one at these sizes rather than as its loops: not for
+/// distances to fewer columns than a tile's (a query's to a few prototypes), where a tile would mostly add
+/// up zeros of its padding. (A streamed program's tile has no loops and always runs as a product.)
+pub(super) fn fills_tiles(c: &Contraction, sizes: &[i64]) -> bool {
+    !c.distance || c.columns.eval(sizes) >= super::distance::NR as i64
 }
 
 /// Whether every value is finite (in runs the compiler vectorizes; `Iterator::all` stops at each value).

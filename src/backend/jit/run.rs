@@ -203,8 +203,8 @@ impl Compiled {
                 // SAFETY: `ptrs` are the buffers of a bound call of this plan.
                 let product = self.products[g]
                     .as_ref()
-                    .and_then(|c| unsafe { gemm::Product::new(c, out, &ptrs, sizes, &mut transposed_right) })
-                    .filter(gemm::Product::fills_tiles);
+                    .filter(|c| gemm::fills_tiles(c, sizes))
+                    .and_then(|c| unsafe { gemm::Product::new(c, out, &ptrs, sizes, &mut transposed_right) });
                 // The product as sgemm, or the group's native function (compiled now where it was deferred).
                 let run = match (product, &self.entries[g]) {
                     (Some(p), _) => Run::Product(p),
